@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+// First-run setup shared by `npm start` and `npm test`: npm packages, the Debian packages the
+// platform drives, and the built-in `tiny` guest image. Plain Node with no dependencies, because
+// it runs before node_modules exists. Every step checks first, so a second run takes a moment.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Debian packages Nubis runs at some point, with what each is for (shown when one is missing). */
+export const debianPackages = {
+  'qemu-system-x86': 'runs the virtual machines',
+  'qemu-utils': 'qemu-img checks and converts imported disk images',
+  'busybox-static': 'the userland of the built-in tiny guest image',
+  'iproute2': 'network namespaces, bridges, veth and VXLAN links',
+  'nftables': 'security groups and anti-spoofing filters',
+  'iptables': 'stateful per-port filters (physdev match)',
+  'dnsmasq-base': 'DHCP on virtual networks',
+  'libnbd-bin': 'nbdinfo and nbdcopy, used to test the NBD server',
+  'nbdkit': 'a reference NBD server for storage tests',
+  'fio': 'storage benchmarks',
+  'gcc': 'compiles the guest workload tool and native npm modules',
+  'libc6-dev': 'static C library for the guest workload tool',
+  'make': 'builds native npm modules',
+  'python3': 'node-gyp builds native npm modules',
+};
+
+function log(message) {
+  process.stderr.write(`[setup] ${message}\n`);
+}
+
+function isDebian() {
+  try {
+    return /^ID=debian$/m.test(readFileSync('/etc/os-release', 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+function missingDebianPackages() {
+  return Object.keys(debianPackages).filter((name) => {
+    const probe = spawnSync('dpkg-query', ['-W', '-f=${Status}', name], { encoding: 'utf8' });
+    return probe.status !== 0 || !probe.stdout.includes('install ok installed');
+  });
+}
+
+function ensureDebianPackages() {
+  if (!isDebian()) {
+    log('This is not Debian: install the equivalents of these packages yourself, then run again:');
+    for (const [name, why] of Object.entries(debianPackages)) log(`  ${name}: ${why}`);
+    return;
+  }
+  const missing = missingDebianPackages();
+  if (missing.length === 0) return;
+  if (process.getuid?.() !== 0) {
+    log(`Not root, so these Debian packages cannot be installed for you. Run as root:`);
+    log(`  apt-get update && apt-get install -y --no-install-recommends ${missing.join(' ')}`);
+    for (const name of missing) log(`  ${name}: ${debianPackages[name]}`);
+    return;
+  }
+  log(`Installing Debian packages: ${missing.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
+}
+
+function npmPackagesCurrent() {
+  const installedLock = join(repoRoot, 'node_modules', '.package-lock.json');
+  const lock = join(repoRoot, 'package-lock.json');
+  if (!existsSync(installedLock)) return false;
+  return statSync(installedLock).mtimeMs >= statSync(lock).mtimeMs;
+}
+
+function ensureNpmPackages() {
+  if (npmPackagesCurrent()) return;
+  log('Installing npm packages (npm ci)');
+  execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: repoRoot, stdio: 'inherit' });
+}
+
+function ensureTinyImage() {
+  // The image builder is TypeScript; it is a no-op when the cached image is current.
+  const result = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'image', 'build', 'tiny', '--if-missing'], {
+    cwd: repoRoot,
+    stdio: 'inherit',
+  });
+  if (result.status !== 0) {
+    log('Building the tiny guest image failed (see above); VMs cannot boot until it succeeds');
+    process.exit(1);
+  }
+}
+
+const major = Number(process.versions.node.split('.')[0]);
+if (major < 20) {
+  log(`Nubis needs Node.js 20 or newer; this is ${process.versions.node}. Install Node.js 20 and run again`);
+  process.exit(1);
+}
+ensureDebianPackages();
+ensureNpmPackages();
+ensureTinyImage();
