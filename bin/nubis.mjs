@@ -1,12 +1,7 @@
 #!/usr/bin/env node
-// The `nubis` command: runs the TypeScript CLI through tsx, so there is no build step.
-import { spawnSync } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// The `nubis` command: loads the TypeScript CLI through tsx in this same process, so there is no
+// build step and no second Node process (stdin raw mode for `vm console` stays ours).
+import { register } from 'tsx/esm/api';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
-const result = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), ...process.argv.slice(2)], {
-  stdio: 'inherit',
-});
-if (result.signal) process.kill(process.pid, result.signal);
-process.exit(result.status ?? 1);
+register();
+await import('../src/cli/main.ts');
