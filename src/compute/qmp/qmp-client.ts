@@ -281,7 +281,7 @@ export class QmpClient {
         }
         settle.reject(this.#closedError ?? new QmpError('QMP_DISCONNECTED', `The QMP connection closed before event ${name}`));
       })().catch(settle.reject);
-      return () => void subscription.return();
+      return () => void subscription.return?.();
     });
   }
 

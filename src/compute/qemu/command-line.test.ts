@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { VmSpec } from '../vm-spec.ts';
+import { buildQemuArgs } from './command-line.ts';
+
+const paths = {
+  qmpSocket: '/run/vm/qmp.sock',
+  consoleSocket: '/run/vm/console.sock',
+  vncSocket: '/run/vm/vnc.sock',
+  serialLog: '/run/vm/serial.log',
+  pidFile: '/run/vm/qemu.pid',
+};
+
+const spec: VmSpec = {
+  id: 'vm-1',
+  name: 'web1',
+  cpus: 2,
+  memoryMb: 256,
+  boot: { kind: 'kernel', kernelPath: '/img/vmlinuz', initrdPath: '/img/initrd', cmdline: 'console=ttyS0 nubis.name=web1' },
+  disks: [{ id: 'disk0', path: '/data/a,b.qcow2', format: 'qcow2' }],
+  nics: [{ id: 'net0', mac: '52:54:00:12:34:56', mode: 'user', forwards: [{ protocol: 'tcp', hostAddress: '127.0.0.1', hostPort: 8080, guestPort: 80 }] }],
+};
+
+/** The value that follows `flag` each time it appears. */
+function valuesOf(args: string[], flag: string): string[] {
+  return args.flatMap((arg, index) => (arg === flag ? [args[index + 1]] : []));
+}
+
+describe('buildQemuArgs', () => {
+  it('fixes machine type and CPU model so the device model is the same on every host', () => {
+    const args = buildQemuArgs(spec, paths, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(args, '-machine'), ['pc-q35-7.2,accel=tcg']);
+    assert.deepEqual(valuesOf(args, '-cpu'), ['qemu64']);
+    assert.deepEqual(valuesOf(args, '-smp'), ['2']);
+    assert.deepEqual(valuesOf(args, '-m'), ['256M']);
+  });
+
+  it('sandboxes QEMU and exposes QMP, a logged serial console and VNC on unix sockets', () => {
+    const args = buildQemuArgs(spec, paths, { accelerator: 'kvm' });
+    assert.match(valuesOf(args, '-sandbox')[0], /^on,.*spawn=deny/);
+    assert.deepEqual(valuesOf(args, '-qmp'), ['unix:/run/vm/qmp.sock,server=on,wait=off']);
+    assert.match(valuesOf(args, '-chardev')[0], /path=\/run\/vm\/console\.sock,.*logfile=\/run\/vm\/serial\.log/);
+    assert.deepEqual(valuesOf(args, '-vnc'), ['unix:/run/vm/vnc.sock']);
+    assert.deepEqual(valuesOf(args, '-pidfile'), ['/run/vm/qemu.pid']);
+  });
+
+  it('adds virtio disks and NICs, escaping commas in paths', () => {
+    const args = buildQemuArgs(spec, paths, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(args, '-blockdev'), ['driver=qcow2,node-name=disk0,read-only=off,file.driver=file,file.filename=/data/a,,b.qcow2']);
+    assert.ok(valuesOf(args, '-device').includes('virtio-blk-pci,drive=disk0,id=disk0-disk'));
+    assert.deepEqual(valuesOf(args, '-netdev'), ['user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80']);
+    assert.ok(valuesOf(args, '-device').includes('virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,id=net0-dev'));
+    assert.deepEqual(valuesOf(args, '-append'), ['console=ttyS0 nubis.name=web1']);
+  });
+
+  it('waits for an incoming migration when asked', () => {
+    const args = buildQemuArgs(spec, paths, { accelerator: 'tcg', incoming: 'tcp:0.0.0.0:4444' });
+    assert.deepEqual(valuesOf(args, '-incoming'), ['tcp:0.0.0.0:4444']);
+  });
+
+  it('refuses a tap NIC without a device name', () => {
+    assert.throws(() => buildQemuArgs({ ...spec, nics: [{ id: 'net0', mac: '52:54:00:00:00:01', mode: 'tap' }] }, paths, { accelerator: 'tcg' }), /no tap device/);
+  });
+});

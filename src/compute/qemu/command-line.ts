@@ -1,0 +1,76 @@
+/**
+ * Builds the qemu-system-x86_64 argument list for a VM. Pure: no I/O, so it is unit-tested and
+ * the same spec always gives the same device model (which live migration depends on).
+ */
+import { NUBIS_CPU_MODEL, NUBIS_MACHINE_TYPE, type Accelerator, type VmSpec } from '../vm-spec.ts';
+
+/** Where a VM's control files live (all in the VM's folder on its host). */
+export interface VmRuntimePaths {
+  qmpSocket: string;
+  consoleSocket: string;
+  vncSocket: string;
+  serialLog: string;
+  pidFile: string;
+}
+
+/** Extra command-line options for special starts, e.g. an incoming migration. */
+export interface QemuLaunchOptions {
+  accelerator: Accelerator;
+  /** `-incoming` URI for the destination of a migration; the VM then waits for its state. */
+  incoming?: string;
+}
+
+/** QEMU's option syntax escapes a comma in a value by doubling it. */
+function escapeOptionValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+/** The argument list (without the binary) for `spec` under `options`. */
+export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: QemuLaunchOptions): string[] {
+  const args: string[] = [
+    '-name', `guest=${escapeOptionValue(spec.name)},debug-threads=on`,
+    '-machine', `${NUBIS_MACHINE_TYPE},accel=${options.accelerator}`,
+    '-cpu', NUBIS_CPU_MODEL,
+    '-smp', String(spec.cpus),
+    '-m', `${spec.memoryMb}M`,
+    '-nodefaults',
+    '-no-user-config',
+    '-display', 'none',
+    // seccomp filter: QEMU may not run obsolete syscalls, gain privileges, or spawn programs.
+    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    '-qmp', `unix:${escapeOptionValue(paths.qmpSocket)},server=on,wait=off`,
+    // The serial console is a socket a user can attach to, and QEMU also logs it to a file,
+    // so the log is complete whether or not anyone is attached.
+    '-chardev', `socket,id=serial0,path=${escapeOptionValue(paths.consoleSocket)},server=on,wait=off,logfile=${escapeOptionValue(paths.serialLog)},logappend=on`,
+    '-serial', 'chardev:serial0',
+    '-vnc', `unix:${escapeOptionValue(paths.vncSocket)}`,
+    '-device', 'VGA',
+    '-pidfile', paths.pidFile,
+  ];
+  if (spec.boot.kind === 'kernel') {
+    args.push('-kernel', spec.boot.kernelPath, '-initrd', spec.boot.initrdPath, '-append', spec.boot.cmdline);
+  } else {
+    args.push('-blockdev', blockdev('boot', spec.boot.path, spec.boot.format, false));
+    args.push('-device', 'virtio-blk-pci,drive=boot,id=boot-disk,bootindex=0');
+  }
+  for (const disk of spec.disks) {
+    args.push('-blockdev', blockdev(disk.id, disk.path, disk.format, disk.readOnly ?? false));
+    args.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-disk`);
+  }
+  for (const nic of spec.nics) {
+    if (nic.mode === 'user') {
+      const forwards = (nic.forwards ?? []).map((f) => `,hostfwd=${f.protocol}:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`).join('');
+      args.push('-netdev', `user,id=${nic.id}${forwards}`);
+    } else {
+      if (!nic.tapName) throw new Error(`NIC ${nic.id} is in tap mode but has no tap device name`);
+      args.push('-netdev', `tap,id=${nic.id},ifname=${nic.tapName},script=no,downscript=no`);
+    }
+    args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+  }
+  if (options.incoming) args.push('-incoming', options.incoming);
+  return args;
+}
+
+function blockdev(id: string, path: string, format: 'qcow2' | 'raw', readOnly: boolean): string {
+  return `driver=${format},node-name=${id},read-only=${readOnly ? 'on' : 'off'},file.driver=file,file.filename=${escapeOptionValue(path)}`;
+}

@@ -1,0 +1,271 @@
+/**
+ * One QEMU process on this host: launched detached (so it outlives the agent), re-attached after
+ * an agent restart, driven over QMP, and observed through QMP events rather than polling.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { NubisError } from '../../core/errors.ts';
+import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
+import type { VmSpec } from '../vm-spec.ts';
+import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
+
+export const QEMU_BINARY = 'qemu-system-x86_64';
+
+/** The run state of a VM's QEMU process as a user sees it. */
+export type QemuRunState = 'running' | 'paused' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
+
+/** The control files of a VM in its folder. */
+export function runtimePathsOf(vmDir: string): VmRuntimePaths & { qemuLog: string } {
+  return {
+    qmpSocket: join(vmDir, 'qmp.sock'),
+    consoleSocket: join(vmDir, 'console.sock'),
+    vncSocket: join(vmDir, 'vnc.sock'),
+    serialLog: join(vmDir, 'serial.log'),
+    pidFile: join(vmDir, 'qemu.pid'),
+    qemuLog: join(vmDir, 'qemu.log'),
+  };
+}
+
+/** True when `pid` is alive and is a QEMU whose command line names `qmpSocket` (not a reused pid). */
+function isOurQemu(pid: number, qmpSocket: string): boolean {
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.includes(qmpSocket);
+  } catch {
+    return false;
+  }
+}
+
+function readPid(pidFile: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(pidFile, 'utf8').trim(), 10);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Maps QMP's `query-status` run states onto ours. */
+function runStateFromQmp(status: string): QemuRunState {
+  switch (status) {
+    case 'running':
+      return 'running';
+    case 'inmigrate':
+    case 'prelaunch':
+      return 'incoming';
+    case 'finish-migrate':
+    case 'postmigrate':
+      return 'migrating';
+    case 'shutdown':
+      return 'stopped';
+    case 'guest-panicked':
+    case 'internal-error':
+    case 'io-error':
+      return 'crashed';
+    default:
+      return 'paused';
+  }
+}
+
+export interface QemuProcessEvents {
+  /** The run state changed (from a QMP event or the process ending). */
+  onState?: (state: QemuRunState, reason: string) => void;
+  /** Every QMP event, for the event log and migration progress. */
+  onQmpEvent?: (event: QmpEvent) => void;
+  /** QMP wire traffic, for a debug-level log. */
+  onQmpTraffic?: (direction: '>' | '<', line: string) => void;
+}
+
+/** A running (or just ended) QEMU process and its QMP session. */
+export class QemuProcess {
+  readonly pid: number;
+  readonly vmDir: string;
+  readonly qmp: QmpClient;
+  #state: QemuRunState;
+  #shutdownSeen = false;
+  #stopRequested = false;
+  #detached = false;
+  readonly #events: QemuProcessEvents;
+  /** Resolves when the process has ended, with the state it ended in. */
+  readonly exited: Promise<QemuRunState>;
+
+  private constructor(pid: number, vmDir: string, qmp: QmpClient, state: QemuRunState, events: QemuProcessEvents) {
+    this.pid = pid;
+    this.vmDir = vmDir;
+    this.qmp = qmp;
+    this.#state = state;
+    this.#events = events;
+    void this.#followEvents();
+    this.exited = qmp.closed.then(async () => {
+      if (this.#detached) return this.#state;
+      await waitForPidGone(pid);
+      const ended: QemuRunState = this.#shutdownSeen || this.#stopRequested ? 'stopped' : 'crashed';
+      this.#setState(ended, ended === 'crashed' ? 'QEMU exited without a shutdown' : 'QEMU exited after shutdown');
+      return ended;
+    });
+  }
+
+  /**
+   * Starts QEMU for `spec` in `vmDir`, detached in its own session so that it survives the agent,
+   * and returns once QMP answers. A QEMU that fails to start rejects with `VM_START_FAILED`
+   * and the end of QEMU's own error output.
+   */
+  static async launch(spec: VmSpec, vmDir: string, options: QemuLaunchOptions & { timeoutMs?: number; events?: QemuProcessEvents }): Promise<QemuProcess> {
+    const paths = runtimePathsOf(vmDir);
+    await mkdir(vmDir, { recursive: true });
+    // Stale sockets from an earlier run would make QEMU fail to bind.
+    await Promise.all([paths.qmpSocket, paths.consoleSocket, paths.vncSocket, paths.pidFile].map((path) => rm(path, { force: true })));
+    const args = buildQemuArgs(spec, paths, options);
+    const logFd = openSync(paths.qemuLog, 'a');
+    let child;
+    try {
+      child = spawn(QEMU_BINARY, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+    } finally {
+      closeSync(logFd);
+    }
+    let exitedEarly: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    let spawnError: Error | undefined;
+    child.on('error', (error) => (spawnError = error));
+    child.on('exit', (code, signal) => (exitedEarly = { code, signal }));
+    child.unref();
+    const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+    // QEMU creates the QMP socket while it initialises; connecting is the event we wait for.
+    for (;;) {
+      if (spawnError) throw new NubisError('VM_START_FAILED', `Cannot run ${QEMU_BINARY}: ${spawnError.message}; install the qemu-system-x86 package`, { cause: spawnError });
+      if (exitedEarly) {
+        const log = await readFile(paths.qemuLog, 'utf8').catch(() => '');
+        const tail = log.trim().split('\n').slice(-5).join('\n');
+        throw new NubisError('VM_START_FAILED', `QEMU exited while starting VM ${spec.name} (code ${exitedEarly.code ?? exitedEarly.signal}): ${tail}`, { details: { qemuLog: tail } });
+      }
+      if (existsSync(paths.qmpSocket)) {
+        try {
+          const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: 10_000, traffic: options.events?.onQmpTraffic });
+          const status = await qmp.execute<{ status: string }>('query-status');
+          return new QemuProcess(child.pid!, vmDir, qmp, runStateFromQmp(status.status), options.events ?? {});
+        } catch (error) {
+          if (!(error instanceof QmpError) || error.code !== 'QMP_CONNECT_FAILED') throw error;
+        }
+      }
+      if (Date.now() > deadline) {
+        if (child.pid) process.kill(child.pid, 'SIGKILL');
+        throw new NubisError('VM_START_FAILED', `QEMU for VM ${spec.name} did not open its QMP socket within ${options.timeoutMs ?? 30_000} ms`);
+      }
+      await delay(20);
+    }
+  }
+
+  /**
+   * Re-attaches to the QEMU of `vmDir` after an agent restart. Returns undefined when no QEMU of
+   * this VM runs (the pid file is missing, the process is gone, or the pid was reused).
+   */
+  static async attach(vmDir: string, events: QemuProcessEvents = {}): Promise<QemuProcess | undefined> {
+    const paths = runtimePathsOf(vmDir);
+    const pid = readPid(paths.pidFile);
+    if (pid === undefined || !isOurQemu(pid, paths.qmpSocket)) return undefined;
+    const qmp = await QmpClient.connect(paths.qmpSocket, { timeoutMs: 10_000, traffic: events.onQmpTraffic });
+    const status = await qmp.execute<{ status: string }>('query-status');
+    return new QemuProcess(pid, vmDir, qmp, runStateFromQmp(status.status), events);
+  }
+
+  get state(): QemuRunState {
+    return this.#state;
+  }
+
+  /** Pauses the vCPUs (QMP `stop`). */
+  async pause(): Promise<void> {
+    await this.qmp.execute('stop');
+    this.#setState('paused', 'paused by request');
+  }
+
+  /** Resumes the vCPUs (QMP `cont`). */
+  async resume(): Promise<void> {
+    await this.qmp.execute('cont');
+    this.#setState('running', 'resumed by request');
+  }
+
+  /** Hard reset, like the reset button. */
+  async reset(): Promise<void> {
+    await this.qmp.execute('system_reset');
+  }
+
+  /**
+   * Stops the VM: ACPI power button first, so the guest shuts down cleanly; if it is still
+   * running after `gracefulTimeoutMs` (or `force`), QEMU is told to quit; if QEMU does not end,
+   * it is killed. Resolves when the process is gone. Returns how it ended.
+   */
+  async stop(options: { gracefulTimeoutMs?: number; force?: boolean } = {}): Promise<'graceful' | 'forced' | 'killed'> {
+    this.#stopRequested = true;
+    if (this.qmp.isClosed) {
+      await this.exited;
+      return 'graceful';
+    }
+    const gracefulTimeoutMs = options.gracefulTimeoutMs ?? 30_000;
+    if (!options.force && this.#state === 'running') {
+      await this.qmp.execute('system_powerdown').catch(() => undefined);
+      const ended = await Promise.race([this.exited.then(() => true), delay(gracefulTimeoutMs).then(() => false)]);
+      if (ended) return 'graceful';
+    }
+    await this.qmp.execute('quit', undefined, { timeoutMs: 5_000 }).catch(() => undefined);
+    const ended = await Promise.race([this.exited.then(() => true), delay(10_000).then(() => false)]);
+    if (ended) return 'forced';
+    process.kill(this.pid, 'SIGKILL');
+    await this.exited;
+    return 'killed';
+  }
+
+  /** Drops the QMP session without touching QEMU (the agent is shutting down). */
+  detach(): void {
+    this.#detached = true; // QEMU goes on running: its end must not be reported from here
+    this.qmp.close();
+  }
+
+  #setState(state: QemuRunState, reason: string): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#events.onState?.(state, reason);
+  }
+
+  async #followEvents(): Promise<void> {
+    for await (const event of this.qmp.events()) {
+      this.#events.onQmpEvent?.(event);
+      switch (event.event) {
+        case 'STOP':
+          if (this.#state === 'running') this.#setState('paused', 'vCPUs stopped');
+          break;
+        case 'RESUME':
+          this.#setState('running', 'vCPUs resumed');
+          break;
+        case 'SHUTDOWN':
+          this.#shutdownSeen = true;
+          break;
+        case 'GUEST_PANICKED':
+          this.#setState('crashed', 'the guest kernel panicked');
+          break;
+        default:
+          break;
+      }
+    }
+  }
+}
+
+/**
+ * After QMP closes, the process may need a moment to exit. Our own child can be awaited, but a
+ * re-attached QEMU is not our child, so its end is seen through /proc.
+ */
+async function waitForPidGone(pid: number): Promise<void> {
+  for (let attempt = 0; attempt < 500; attempt++) {
+    if (!existsSync(`/proc/${pid}`) || readProcState(pid) === 'Z') return;
+    await delay(10);
+  }
+}
+
+function readProcState(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0];
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * What a host needs to run one VM: the wire type between control plane and host agent, and the
+ * input of every hypervisor driver. Sizes carry their unit in the name.
+ */
+
+/** The fixed vCPU model every host presents, so that a VM can later move to any host. */
+export const NUBIS_CPU_MODEL = 'qemu64';
+/** A versioned machine type: the device model must be identical on both ends of a migration. */
+export const NUBIS_MACHINE_TYPE = 'pc-q35-7.2';
+
+export type Accelerator = 'kvm' | 'tcg';
+
+/** How the guest boots: a kernel with initrd (like the built-in `tiny` image) or a disk image. */
+export type BootSource =
+  | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline: string }
+  | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' };
+
+export interface DiskSpec {
+  id: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  readOnly?: boolean;
+}
+
+/** A host port forwarded to a guest port over user-mode networking. */
+export interface PortForward {
+  protocol: 'tcp' | 'udp';
+  hostAddress: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+export interface NicSpec {
+  id: string;
+  mac: string;
+  /** `user`: QEMU's user-mode network (no root needed); `tap`: a tap device plugged by the host. */
+  mode: 'user' | 'tap';
+  tapName?: string;
+  forwards?: PortForward[];
+}
+
+export interface VmSpec {
+  id: string;
+  name: string;
+  cpus: number;
+  memoryMb: number;
+  boot: BootSource;
+  disks: DiskSpec[];
+  nics: NicSpec[];
+}
