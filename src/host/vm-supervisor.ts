@@ -1,0 +1,356 @@
+/**
+ * The host agent's side of VMs: it owns the QEMU processes of this host, keeps each VM's spec and
+ * desired state on disk beside its control files, re-adopts running QEMUs after a restart, and
+ * tells its listener every change of actual state.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { NubisError, messageOf } from '../core/errors.ts';
+import { QemuProcess, runtimePathsOf, type QemuRunState } from '../compute/qemu/qemu-process.ts';
+import { READINESS_PATTERN, serialLogOffset, serialLogTail, waitForSerialLine } from '../compute/serial-log.ts';
+import type { Accelerator, VmSpec } from '../compute/vm-spec.ts';
+import { KeyedSerialQueue } from './serial-queue.ts';
+import type { VmStatus } from './vm-status.ts';
+
+/** What survives an agent restart about a VM, in `<vmDir>/vm.json`. */
+interface VmRecord {
+  spec: VmSpec;
+  desired: 'running' | 'stopped';
+  status: VmStatus;
+}
+
+export interface VmSupervisorOptions {
+  /** Folder holding one sub-folder per VM. */
+  vmsDir: string;
+  accelerator: Accelerator;
+  /** How long a guest may take to print its readiness line before it is reported not ready. */
+  readyTimeoutMs?: number;
+  /** Called after every change of a VM's actual state. */
+  onChange?: (status: VmStatus) => void;
+  log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
+}
+
+/** Lines of console log kept with a crash report. */
+const CRASH_LOG_LINES = 20;
+
+export class VmSupervisor {
+  readonly #options: VmSupervisorOptions;
+  readonly #records = new Map<string, VmRecord>();
+  readonly #processes = new Map<string, QemuProcess>();
+  readonly #readyWaits = new Map<string, AbortController>();
+  readonly #queue = new KeyedSerialQueue();
+  /** Callbacks of `waitReady` calls, run whenever readiness or liveness of any VM changes. */
+  readonly #waiters = new Set<() => void>();
+
+  constructor(options: VmSupervisorOptions) {
+    this.#options = Object.freeze({ ...options });
+  }
+
+  #vmDir(id: string): string {
+    return join(this.#options.vmsDir, id);
+  }
+
+  #record(id: string): VmRecord {
+    const record = this.#records.get(id);
+    if (!record) throw new NubisError('VM_NOT_FOUND', `VM ${id} is not on this host`);
+    return record;
+  }
+
+  async #save(record: VmRecord): Promise<void> {
+    const dir = this.#vmDir(record.spec.id);
+    await mkdir(dir, { recursive: true });
+    const path = join(dir, 'vm.json');
+    // Write then rename, so a crash mid-write never leaves a torn record.
+    await writeFile(`${path}.tmp`, `${JSON.stringify(record, null, 2)}\n`);
+    await rename(`${path}.tmp`, path);
+  }
+
+  #update(record: VmRecord, change: Partial<VmStatus>): void {
+    Object.assign(record.status, change);
+    void this.#save(record).catch((error) => this.#options.log?.('error', `Cannot save state of VM ${record.spec.name}: ${messageOf(error)}`));
+    this.#options.onChange?.({ ...record.status });
+  }
+
+  /**
+   * Reads every VM folder and re-attaches to the QEMUs that still run. A VM that should run but
+   * whose QEMU is gone is reported `crashed`; nothing is started or stopped here.
+   */
+  async adoptAll(): Promise<void> {
+    if (!existsSync(this.#options.vmsDir)) return;
+    for (const entry of readdirSync(this.#options.vmsDir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      const file = join(this.#options.vmsDir, entry.name, 'vm.json');
+      if (!existsSync(file)) continue;
+      const record = JSON.parse(await readFile(file, 'utf8')) as VmRecord;
+      this.#records.set(record.spec.id, record);
+      let qemu: QemuProcess | undefined;
+      try {
+        qemu = await QemuProcess.attach(this.#vmDir(record.spec.id), this.#eventsFor(record));
+      } catch (error) {
+        this.#options.log?.('warn', `Cannot re-attach to VM ${record.spec.name}: ${messageOf(error)}`);
+      }
+      if (qemu) {
+        this.#track(record, qemu);
+        this.#update(record, { state: qemu.state, pid: qemu.pid });
+        if (!record.status.readyAt && qemu.state === 'running') void this.#watchReadiness(record, 0);
+      } else if (record.desired === 'running' && record.status.state !== 'stopped') {
+        await this.#markCrashed(record, 'QEMU is gone (it ended while the agent was not running)');
+      } else {
+        this.#update(record, { state: 'stopped', pid: undefined });
+      }
+    }
+  }
+
+  /** Statuses of every VM on this host. */
+  list(): VmStatus[] {
+    return [...this.#records.values()].map((record) => ({ ...record.status }));
+  }
+
+  status(id: string): VmStatus {
+    return { ...this.#record(id).status };
+  }
+
+  spec(id: string): VmSpec {
+    return this.#record(id).spec;
+  }
+
+  /** Defines a VM on this host and starts it. Creating an existing id is refused. */
+  create(spec: VmSpec): Promise<VmStatus> {
+    return this.#queue.run(spec.id, async () => {
+      if (this.#records.has(spec.id)) throw new NubisError('VM_EXISTS', `VM ${spec.id} already exists on this host`);
+      const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'stopped' } };
+      this.#records.set(spec.id, record);
+      await this.#save(record);
+      try {
+        await this.#launch(record);
+      } catch (error) {
+        // Nothing half-built: a VM that never started is removed again.
+        this.#records.delete(spec.id);
+        await rm(this.#vmDir(spec.id), { recursive: true, force: true });
+        throw error;
+      }
+      return { ...record.status };
+    });
+  }
+
+  start(id: string): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      if (this.#processes.has(id)) throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is already ${record.status.state}; stop it first`);
+      record.desired = 'running';
+      await this.#launch(record);
+      return { ...record.status };
+    });
+  }
+
+  stop(id: string, options: { force?: boolean; gracefulTimeoutMs?: number } = {}): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      record.desired = 'stopped';
+      await this.#save(record);
+      const qemu = this.#processes.get(id);
+      if (!qemu) return { ...record.status };
+      this.#update(record, { state: 'stopping' });
+      const how = await qemu.stop(options);
+      this.#update(record, { state: 'stopped', pid: undefined, readyAt: undefined, lastError: how === 'graceful' ? undefined : `Stopped ${how} after the guest did not shut down in time` });
+      return { ...record.status };
+    });
+  }
+
+  /** Reboot: a clean stop and a fresh QEMU, or with `force` a hard reset of the running one. */
+  reboot(id: string, options: { force?: boolean; gracefulTimeoutMs?: number } = {}): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      const qemu = this.#processes.get(id);
+      if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}; start it instead of rebooting it`);
+      if (options.force) {
+        const offset = await serialLogOffset(runtimePathsOf(this.#vmDir(id)).serialLog);
+        await qemu.reset();
+        this.#update(record, { readyAt: undefined, startedAt: new Date().toISOString() });
+        void this.#watchReadiness(record, offset);
+      } else {
+        this.#update(record, { state: 'stopping' });
+        await qemu.stop(options);
+        await this.#launch(record);
+      }
+      return { ...record.status };
+    });
+  }
+
+  pause(id: string): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const qemu = this.#running(id);
+      await qemu.pause();
+      return this.status(id);
+    });
+  }
+
+  resume(id: string): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      const qemu = this.#processes.get(id);
+      if (!qemu || qemu.state !== 'paused') throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}, not paused`);
+      await qemu.resume();
+      return this.status(id);
+    });
+  }
+
+  /** Stops the VM if it runs (forcefully after the deadline) and removes all its files. */
+  delete(id: string, options: { gracefulTimeoutMs?: number } = {}): Promise<void> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      record.desired = 'stopped';
+      const qemu = this.#processes.get(id);
+      if (qemu) await qemu.stop({ gracefulTimeoutMs: options.gracefulTimeoutMs ?? 10_000 });
+      this.#readyWaits.get(id)?.abort();
+      this.#records.delete(id);
+      await rm(this.#vmDir(id), { recursive: true, force: true });
+    });
+  }
+
+  /**
+   * Resolves with the status once the guest has printed its readiness line in its current boot;
+   * rejects with `VM_READY_TIMEOUT` after `timeoutMs`, or `VM_INVALID_STATE` when it is not running.
+   */
+  async waitReady(id: string, timeoutMs: number): Promise<VmStatus> {
+    const record = this.#record(id);
+    if (record.status.readyAt) return { ...record.status };
+    if (!this.#processes.has(id)) throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}; it cannot become ready`);
+    return new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        if (record.status.readyAt) resolve({ ...record.status });
+        else if (!this.#processes.has(id)) reject(new NubisError('VM_NOT_READY', `VM ${record.spec.name} ended (${record.status.state}) before its guest was ready: ${record.status.lastError ?? ''}`.trim()));
+        else return false;
+        return true;
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(waiter);
+        reject(new NubisError('VM_READY_TIMEOUT', `The guest of VM ${record.spec.name} did not print its readiness line within ${timeoutMs} ms; see nubis vm log ${record.spec.name}`));
+      }, timeoutMs);
+      const waiter = (): void => {
+        if (check()) {
+          clearTimeout(timer);
+          this.#waiters.delete(waiter);
+        }
+      };
+      this.#waiters.add(waiter);
+    });
+  }
+
+  /** The last `lines` lines of the VM's serial console. */
+  async consoleLog(id: string, lines: number): Promise<string[]> {
+    this.#record(id);
+    return serialLogTail(runtimePathsOf(this.#vmDir(id)).serialLog, lines);
+  }
+
+  /** The unix socket of the VM's serial console, for an interactive attach. */
+  consoleSocket(id: string): string {
+    this.#running(id);
+    return runtimePathsOf(this.#vmDir(id)).consoleSocket;
+  }
+
+  /** The QEMU process of a running VM, for migration and disk operations. */
+  qemuOf(id: string): QemuProcess | undefined {
+    return this.#processes.get(id);
+  }
+
+  /** Lets go of every QEMU without stopping it (agent shutdown): VMs keep running. */
+  detachAll(): void {
+    for (const wait of this.#readyWaits.values()) wait.abort();
+    for (const qemu of this.#processes.values()) qemu.detach();
+    this.#processes.clear();
+  }
+
+  /** Stops every running VM (used by `nubis down` without --keep-vms). */
+  async stopAll(options: { gracefulTimeoutMs?: number } = {}): Promise<void> {
+    await Promise.all([...this.#processes.keys()].map((id) => this.stop(id, options).catch(() => undefined)));
+  }
+
+  #running(id: string): QemuProcess {
+    const record = this.#record(id);
+    const qemu = this.#processes.get(id);
+    if (!qemu || qemu.state !== 'running') throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}, not running`);
+    return qemu;
+  }
+
+  async #launch(record: VmRecord): Promise<void> {
+    const dir = this.#vmDir(record.spec.id);
+    await mkdir(dir, { recursive: true });
+    const offset = await serialLogOffset(runtimePathsOf(dir).serialLog);
+    this.#update(record, { state: 'starting', readyAt: undefined, lastError: undefined, crashLogTail: undefined, guestIps: undefined });
+    let qemu: QemuProcess;
+    try {
+      qemu = await QemuProcess.launch(record.spec, dir, { accelerator: this.#options.accelerator, events: this.#eventsFor(record) });
+    } catch (error) {
+      this.#update(record, { state: 'stopped', lastError: messageOf(error) });
+      throw error;
+    }
+    await this.#save(record);
+    this.#track(record, qemu);
+    this.#update(record, { state: qemu.state, pid: qemu.pid, startedAt: new Date().toISOString() });
+    void this.#watchReadiness(record, offset);
+  }
+
+  #eventsFor(record: VmRecord) {
+    return {
+      onState: (state: QemuRunState) => {
+        if (state !== 'stopped' && state !== 'crashed') this.#update(record, { state });
+      },
+      onQmpEvent: (event: { event: string }) => {
+        // A guest-initiated reboot starts a new boot: readiness must be seen again.
+        if (event.event === 'RESET' && record.status.readyAt) {
+          void serialLogOffset(runtimePathsOf(this.#vmDir(record.spec.id)).serialLog).then((offset) => {
+            this.#update(record, { readyAt: undefined });
+            void this.#watchReadiness(record, offset);
+          });
+        }
+      },
+      onQmpTraffic: (direction: '>' | '<', line: string) => this.#options.log?.('debug', `qmp ${record.spec.name} ${direction} ${line}`),
+    };
+  }
+
+  #track(record: VmRecord, qemu: QemuProcess): void {
+    this.#processes.set(record.spec.id, qemu);
+    void qemu.exited.then(async (ended) => {
+      if (this.#processes.get(record.spec.id) !== qemu) return;
+      this.#processes.delete(record.spec.id);
+      this.#readyWaits.get(record.spec.id)?.abort();
+      if (!this.#records.has(record.spec.id)) return;
+      if (ended === 'crashed') await this.#markCrashed(record, 'QEMU exited without a shutdown (killed or failed)');
+      else if (record.desired === 'running') {
+        // The guest powered itself off: that is a stop the user asked for from inside.
+        record.desired = 'stopped';
+        this.#update(record, { state: 'stopped', pid: undefined, readyAt: undefined, lastError: 'The guest shut itself down' });
+      }
+      for (const waiter of this.#waiters) waiter();
+    });
+  }
+
+  async #markCrashed(record: VmRecord, reason: string): Promise<void> {
+    const tail = await serialLogTail(runtimePathsOf(this.#vmDir(record.spec.id)).serialLog, CRASH_LOG_LINES).catch(() => []);
+    this.#update(record, { state: 'crashed', pid: undefined, readyAt: undefined, lastError: reason, crashLogTail: tail });
+    this.#options.log?.('warn', `VM ${record.spec.name} crashed: ${reason}`);
+  }
+
+  async #watchReadiness(record: VmRecord, fromOffset: number): Promise<void> {
+    const id = record.spec.id;
+    this.#readyWaits.get(id)?.abort();
+    const controller = new AbortController();
+    this.#readyWaits.set(id, controller);
+    try {
+      const match = await waitForSerialLine(runtimePathsOf(this.#vmDir(id)).serialLog, READINESS_PATTERN, {
+        fromOffset,
+        timeoutMs: this.#options.readyTimeoutMs ?? 600_000,
+        signal: controller.signal,
+      });
+      const ips = match[2] === 'none' ? [] : match[2].split(',');
+      this.#update(record, { readyAt: new Date().toISOString(), guestIps: ips });
+    } catch (error) {
+      if (!controller.signal.aborted) this.#options.log?.('warn', `VM ${record.spec.name}: ${messageOf(error)}`);
+    } finally {
+      if (this.#readyWaits.get(id) === controller) this.#readyWaits.delete(id);
+      for (const waiter of this.#waiters) waiter();
+    }
+  }
+}
