@@ -1,0 +1,244 @@
+/**
+ * The control plane's REST API. `buildApp()` wires routes to services without listening, so route
+ * tests use `inject()`; the same TypeBox schemas validate requests and produce /v1/openapi.json.
+ */
+import { createHash } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from '@sinclair/typebox';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import WebSocket from 'ws';
+import { NubisError, messageOf } from '../core/errors.ts';
+import { parseEndpoint } from '../core/http-json.ts';
+import type { Logger } from '../core/logger.ts';
+import type { HostRegistry } from '../control/hosts.ts';
+import type { ImageCatalogue } from '../control/images.ts';
+import type { OperationManager } from '../control/operations.ts';
+import type { VmAction, VmService } from '../control/vms.ts';
+import type { Db } from '../state/database.ts';
+import { httpStatusOf } from './error-status.ts';
+import {
+  Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
+  Project, ProjectCreateRequest, ProjectQuery, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest,
+} from './schemas.ts';
+import type { VmStatus } from '../host/vm-status.ts';
+import { newId } from '../core/ids.ts';
+
+export const API_VERSION = '0.1.0';
+
+export interface AppServices {
+  db: Db;
+  hosts: HostRegistry;
+  images: ImageCatalogue;
+  vms: VmService;
+  operations: OperationManager;
+  dataDir: string;
+  logger?: Logger;
+}
+
+const errorResponses = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 503: ErrorBody };
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** Turns Fastify's validation errors into our codes and a sentence that names the field. */
+function toApiError(error: FastifyError | NubisError | Error): { status: number; body: { code: string; message: string; details?: Record<string, unknown> } } {
+  if (error instanceof NubisError) return { status: httpStatusOf(error.code), body: { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) } };
+  const fastifyError = error as FastifyError;
+  if (fastifyError.validation) {
+    const first = fastifyError.validation[0];
+    const field = `${fastifyError.validationContext ?? 'body'}${first?.instancePath ? first.instancePath.replaceAll('/', '.') : ''}`;
+    if (first?.keyword === 'additionalProperties') {
+      const extra = (first.params as { additionalProperty?: string }).additionalProperty;
+      return { status: 400, body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)` } };
+    }
+    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
+  }
+  if (fastifyError.statusCode && fastifyError.statusCode < 500) {
+    return { status: fastifyError.statusCode, body: { code: fastifyError.code ?? 'BAD_REQUEST', message: fastifyError.message } };
+  }
+  if (typeof (error as { code?: unknown }).code === 'string' && httpStatusOf((error as { code: string }).code) !== 500) {
+    const code = (error as { code: string }).code;
+    return { status: httpStatusOf(code), body: { code, message: error.message } };
+  }
+  return { status: 500, body: { code: 'INTERNAL_ERROR', message: `Internal error: ${messageOf(error)}` } };
+}
+
+/** Builds the API app; the caller listens. */
+export async function buildApp(services: AppServices): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: true, useDefaults: true } } }).withTypeProvider<TypeBoxTypeProvider>();
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Nubis API', version: API_VERSION, description: 'Private-cloud virtualization: VMs, hosts, images, operations' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(websocket);
+  app.addSchema(ErrorBody);
+
+  const publicRoutes = new Set(['/v1/openapi.json', '/v1/hosts/join', '/v1/hosts/:name/report']);
+  app.addHook('onRequest', async (request) => {
+    if (publicRoutes.has(request.routeOptions.url ?? '')) return;
+    const header = request.headers.authorization ?? '';
+    const token = header.startsWith('Bearer ') ? header.slice(7).trim() : undefined;
+    if (!token) throw new NubisError('AUTH_REQUIRED', 'This request needs a bearer token: send Authorization: Bearer <token> (the admin token is in the data folder, file admin-token)');
+    const known = await services.db.selectFrom('tokens').select(['role']).where('secret_sha256', '=', sha256(token)).executeTakeFirst();
+    if (!known || known.role !== 'admin') throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; use the admin token from the data folder (admin-token)');
+  });
+  app.setErrorHandler((error, request, reply) => {
+    const { status, body } = toApiError(error as Error);
+    if (status >= 500) services.logger?.error({ err: error, url: request.url }, 'request failed');
+    void reply.status(status).send(body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.status(404).send({ code: 'ROUTE_NOT_FOUND', message: `No route ${request.method} ${request.url}; see /v1/openapi.json` });
+  });
+
+  app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  app.get('/v1/status', { schema: { tags: ['status'], summary: 'Cluster summary', response: { 200: Status } } }, async () => {
+    const hosts = await services.hosts.list();
+    const vms = await services.vms.list();
+    return {
+      version: API_VERSION,
+      hosts: hosts.length,
+      hostsOnline: hosts.filter((h) => h.status === 'online').length,
+      vms: vms.length,
+      vmsRunning: vms.filter((v) => v.state === 'running').length,
+      dataDir: services.dataDir,
+    };
+  });
+
+  // Projects
+  app.get('/v1/projects', { schema: { tags: ['projects'], summary: 'List projects', response: { 200: Type.Array(Project) } } }, async () =>
+    (await services.db.selectFrom('projects').selectAll().orderBy('name').execute()).map((p) => ({ id: p.id, name: p.name, createdAt: p.created_at })),
+  );
+  app.post('/v1/projects', { schema: { tags: ['projects'], summary: 'Create a project', body: ProjectCreateRequest, response: { 201: Project, ...errorResponses } } }, async (request, reply) => {
+    if (await services.db.selectFrom('projects').select('id').where('name', '=', request.body.name).executeTakeFirst()) {
+      throw new NubisError('PROJECT_NAME_TAKEN', `A project named ${request.body.name} exists`);
+    }
+    const project = { id: newId('prj'), name: request.body.name, created_at: new Date().toISOString() };
+    await services.db.insertInto('projects').values(project).execute();
+    return reply.status(201).send({ id: project.id, name: project.name, createdAt: project.created_at });
+  });
+
+  // Hosts
+  app.get('/v1/hosts', { schema: { tags: ['hosts'], summary: 'List hosts with capacity and allocation', response: { 200: Type.Array(Host) } } }, async () => services.hosts.list());
+  app.get('/v1/hosts/:host', { schema: { tags: ['hosts'], summary: 'Show a host', params: Type.Object({ host: Type.String() }), response: { 200: Host, ...errorResponses } } }, async (request) =>
+    services.hosts.get(request.params.host),
+  );
+  app.post('/v1/hosts/join', { schema: { tags: ['hosts'], summary: 'A host agent joins with the join token', security: [], body: HostJoinRequest, response: { 200: Type.Object({ hostId: Type.String() }), ...errorResponses } } }, async (request) => {
+    const host = await services.hosts.join(request.body);
+    return { hostId: host.id };
+  });
+  app.post('/v1/hosts/:name/report', { schema: { tags: ['hosts'], summary: 'A host agent reports its VMs (agent token)', security: [], params: Type.Object({ name: Type.String() }), body: HostReport, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    const header = request.headers.authorization ?? '';
+    const host = await services.hosts.authenticateAgent(request.params.name, header.startsWith('Bearer ') ? header.slice(7) : '');
+    await services.hosts.touch(host.id);
+    await services.vms.applyReport(host.id, request.body.vms as VmStatus[], request.body.full);
+    return reply.status(204).send(null);
+  });
+
+  // Images
+  app.get('/v1/images', { schema: { tags: ['images'], summary: 'List images', response: { 200: Type.Array(Image) } } }, async () => services.images.list());
+  app.post('/v1/images', { schema: { tags: ['images'], summary: 'Import a qcow2/raw disk image or a kernel+initrd pair (operation)', body: ImageImportRequest, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+    const checked = await services.images.checkImport(request.body);
+    const operation = await services.operations.start('image.import', { type: 'image', id: request.body.name, name: request.body.name }, async (op) => {
+      await op.report('copying', `Copying ${checked.kind === 'disk' ? request.body.path : 'kernel and initrd'} into the image store`, 0.2);
+      return services.images.import(request.body, checked);
+    });
+    return reply.status(202).send({ operation });
+  });
+
+  // VMs
+  app.get('/v1/vms', { schema: { tags: ['vms'], summary: 'List VMs', querystring: ProjectQuery, response: { 200: Type.Array(Vm) } } }, async (request) => services.vms.list(request.query.project));
+  app.post('/v1/vms', { schema: { tags: ['vms'], summary: 'Create and boot a VM (operation)', body: VmCreateRequest, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+    const operation = await services.vms.create(request.body);
+    return reply.status(202).send({ operation });
+  });
+  app.get('/v1/vms/:vm', { schema: { tags: ['vms'], summary: 'Show a VM', params: VmRef, querystring: ProjectQuery, response: { 200: Vm, ...errorResponses } } }, async (request) =>
+    services.vms.get(request.params.vm, request.query.project),
+  );
+  for (const action of ['start', 'stop', 'reboot', 'pause', 'resume'] as VmAction[]) {
+    app.post(`/v1/vms/:vm/${action}`, { schema: { tags: ['vms'], summary: `${action[0].toUpperCase()}${action.slice(1)} a VM (operation)`, params: VmRef, querystring: ProjectQuery, body: Type.Optional(VmStopRequest), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+      const body = request.body ?? { force: false, timeoutSeconds: 30 };
+      const operation = await services.vms.act(request.params.vm, action, { project: request.query.project, force: body.force, timeoutSeconds: body.timeoutSeconds });
+      return reply.status(202).send({ operation });
+    });
+  }
+  app.delete('/v1/vms/:vm', { schema: { tags: ['vms'], summary: 'Stop and delete a VM (operation)', params: VmRef, querystring: ProjectQuery, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+    const operation = await services.vms.delete(request.params.vm, request.query.project);
+    return reply.status(202).send({ operation });
+  });
+  app.get('/v1/vms/:vm/log', { schema: { tags: ['vms'], summary: 'The end of the serial console log', params: VmRef, querystring: VmLogQuery, response: { 200: VmLog, ...errorResponses } } }, async (request) => ({
+    lines: await services.vms.log(request.params.vm, request.query.lines, request.query.project),
+  }));
+  app.get('/v1/vms/:vm/console', { websocket: true, schema: { tags: ['vms'], summary: 'Interactive serial console (WebSocket; binary frames both ways)', params: VmRef, querystring: ProjectQuery } }, (socket, request) => {
+    const params = request.params as { vm: string };
+    const query = request.query as { project?: string };
+    void services.vms.consoleTarget(params.vm, query.project).then(
+      ({ host, vmId }) => {
+        const { socketPath, host: address, port } = parseEndpoint(host.endpoint);
+        const url = socketPath ? `ws+unix://${socketPath}:/agent/vms/${vmId}/console` : `ws://${address}:${port}/agent/vms/${vmId}/console`;
+        const upstream = new WebSocket(url, { headers: { authorization: `Bearer ${host.agent_token}` } });
+        const pending: Buffer[] = [];
+        socket.on('message', (data: Buffer) => (upstream.readyState === WebSocket.OPEN ? upstream.send(data) : pending.push(data)));
+        upstream.on('open', () => pending.splice(0).forEach((data) => upstream.send(data)));
+        upstream.on('message', (data: Buffer) => socket.send(data));
+        upstream.on('close', (code, reason) => socket.close(code >= 4000 ? code : 1000, reason.toString()));
+        upstream.on('error', () => socket.close(1011, 'The host agent console is not reachable'));
+        socket.on('close', () => upstream.close());
+      },
+      (error) => socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120)),
+    );
+  });
+
+  // Operations
+  app.get('/v1/operations', { schema: { tags: ['operations'], summary: 'Recent operations, newest first', querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 500, default: 50 }), status: Type.Optional(Type.String()) }, { additionalProperties: false }), response: { 200: Type.Array(Operation) } } }, async (request) =>
+    services.operations.list(request.query),
+  );
+  app.get('/v1/operations/:id', { schema: { tags: ['operations'], summary: 'Show an operation', params: Type.Object({ id: Type.String() }), response: { 200: Operation, ...errorResponses } } }, async (request) =>
+    services.operations.get(request.params.id),
+  );
+  app.post('/v1/operations/:id/cancel', { schema: { tags: ['operations'], summary: 'Cancel a running operation', params: Type.Object({ id: Type.String() }), response: { 202: Operation, ...errorResponses } } }, async (request, reply) =>
+    reply.status(202).send(await services.operations.cancel(request.params.id)),
+  );
+  app.get('/v1/operations/:id/events', { schema: { tags: ['operations'], summary: 'Server-sent events: every event of the operation, then `end` with the final operation', params: Type.Object({ id: Type.String() }), response: { 200: { content: { 'text/event-stream': { schema: OperationEvent } } }, ...errorResponses } } }, async (request, reply) => {
+    const { id } = request.params;
+    await services.operations.get(id);
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    const send = (event: string, data: unknown): void => void raw.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    let lastSeq = 0;
+    const backlog: Array<{ event?: OperationEvent; finished?: unknown }> = [];
+    let replaying = true;
+    const deliver = (update: { event?: OperationEvent; finished?: unknown }): void => {
+      if (update.event && update.event.seq > lastSeq) {
+        lastSeq = update.event.seq;
+        send('progress', update.event);
+      }
+      if (update.finished) {
+        send('end', update.finished);
+        raw.end();
+      }
+    };
+    // Subscribe before replaying, so an event between the two is not lost.
+    const unsubscribe = services.operations.subscribe(id, (update) => (replaying ? backlog.push(update) : deliver(update)));
+    raw.on('close', unsubscribe);
+    for (const event of await services.operations.events(id)) deliver({ event });
+    replaying = false;
+    for (const update of backlog.splice(0)) deliver(update);
+    const operation = await services.operations.get(id);
+    if (operation.status !== 'running' && !raw.writableEnded) {
+      send('end', operation);
+      raw.end();
+    }
+  });
+
+  return app;
+}

@@ -1,0 +1,40 @@
+/**
+ * The one table from error codes to HTTP statuses. A code missing here is a server fault (500);
+ * every error a client can cause must be listed.
+ */
+const statusByCode: Record<string, number> = {
+  VALIDATION_FAILED: 400,
+  UNKNOWN_FIELD: 400,
+  INVALID_SIZE: 400,
+  IMAGE_INVALID: 400,
+  AUTH_REQUIRED: 401,
+  AUTH_INVALID_TOKEN: 401,
+  AUTH_FORBIDDEN: 403,
+  VM_NOT_FOUND: 404,
+  HOST_NOT_FOUND: 404,
+  IMAGE_NOT_FOUND: 404,
+  PROJECT_NOT_FOUND: 404,
+  OPERATION_NOT_FOUND: 404,
+  ROUTE_NOT_FOUND: 404,
+  VM_EXISTS: 409,
+  VM_NAME_TAKEN: 409,
+  IMAGE_NAME_TAKEN: 409,
+  PROJECT_NAME_TAKEN: 409,
+  HOST_NAME_TAKEN: 409,
+  VM_INVALID_STATE: 409,
+  VM_BUSY: 409,
+  VM_CONSOLE_BUSY: 409,
+  OPERATION_FINISHED: 409,
+  PORT_IN_USE: 409,
+  NO_HOST_FITS: 422,
+  HOST_UNAVAILABLE: 503,
+  HOST_OFFLINE: 503,
+  VM_START_FAILED: 502,
+  VM_READY_TIMEOUT: 504,
+  VM_NOT_READY: 502,
+};
+
+/** The HTTP status for an error code. */
+export function httpStatusOf(code: string): number {
+  return statusByCode[code] ?? 500;
+}

@@ -1,0 +1,208 @@
+/**
+ * Every wire type of the REST API, in one place: the same schemas validate requests, type the
+ * route handlers and produce the OpenAPI document.
+ */
+import { Type, type Static } from '@sinclair/typebox';
+
+/** Names of VMs, images, projects, hosts: DNS-label-like, so they work as guest hostnames. */
+export const ResourceName = Type.String({
+  pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$',
+  description: 'Lowercase letters, digits and inner hyphens, 1-63 characters',
+  examples: ['web1'],
+});
+
+export const ErrorBody = Type.Object(
+  {
+    code: Type.String({ description: 'Stable error code, e.g. VM_NOT_FOUND' }),
+    message: Type.String({ description: 'What went wrong and what to change' }),
+    details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { $id: 'Error' },
+);
+
+export const ProjectQuery = Type.Object(
+  { project: Type.Optional(ResourceName) },
+  { additionalProperties: false },
+);
+
+export const Host = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    status: Type.Union([Type.Literal('online'), Type.Literal('offline'), Type.Literal('maintenance')]),
+    endpoint: Type.String(),
+    accelerator: Type.String({ description: 'kvm or tcg, chosen by a boot probe' }),
+    acceleratorReason: Type.String(),
+    cpus: Type.Integer(),
+    memoryMb: Type.Integer(),
+    allocatedCpus: Type.Integer(),
+    allocatedMemoryMb: Type.Integer(),
+    vmCount: Type.Integer(),
+    lastSeenAt: Type.String({ format: 'date-time' }),
+    joinedAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Host' },
+);
+
+export const PublishedPort = Type.Object({
+  protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
+  hostAddress: Type.String({ default: '127.0.0.1' }),
+  hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+});
+
+export const VmCreateRequest = Type.Object(
+  {
+    name: ResourceName,
+    image: ResourceName,
+    cpus: Type.Integer({ minimum: 1, maximum: 64, default: 1, description: 'Virtual CPUs' }),
+    memoryMb: Type.Integer({ minimum: 64, maximum: 1048576, default: 256, description: 'Guest memory in MiB' }),
+    host: Type.Optional(ResourceName),
+    project: Type.Optional(ResourceName),
+    publish: Type.Optional(Type.Array(PublishedPort, { maxItems: 16, description: 'Host ports forwarded to guest ports (user-mode network)' })),
+    waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
+  },
+  { additionalProperties: false, $id: 'VmCreateRequest' },
+);
+export type VmCreateRequest = Static<typeof VmCreateRequest>;
+
+export const VmState = Type.String({ description: 'pending, starting, running, paused, stopping, stopped, crashed, migrating, unknown' });
+
+export const Vm = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    project: Type.String(),
+    host: Type.String(),
+    image: Type.String(),
+    cpus: Type.Integer(),
+    memoryMb: Type.Integer(),
+    state: VmState,
+    desiredState: Type.String(),
+    accelerator: Type.String(),
+    ready: Type.Boolean({ description: 'The guest printed its readiness line in its current boot' }),
+    pid: Type.Optional(Type.Integer()),
+    startedAt: Type.Optional(Type.String({ format: 'date-time' })),
+    readyAt: Type.Optional(Type.String({ format: 'date-time' })),
+    uptimeSeconds: Type.Optional(Type.Integer()),
+    guestIps: Type.Array(Type.String()),
+    publish: Type.Array(PublishedPort),
+    lastError: Type.Optional(Type.String()),
+    crashLogTail: Type.Optional(Type.Array(Type.String())),
+    createdAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Vm' },
+);
+export type Vm = Static<typeof Vm>;
+
+export const VmRef = Type.Object({ vm: Type.String({ description: 'VM name (in the project) or id' }) });
+
+export const VmStopRequest = Type.Object(
+  {
+    force: Type.Boolean({ default: false, description: 'Skip the ACPI shutdown: stop at once (stop) or hard reset (reboot)' }),
+    timeoutSeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 30, description: 'How long the guest may take to shut down before it is forced' }),
+  },
+  { additionalProperties: false },
+);
+
+export const VmLogQuery = Type.Object(
+  { project: Type.Optional(ResourceName), lines: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }) },
+  { additionalProperties: false },
+);
+
+export const VmLog = Type.Object({ lines: Type.Array(Type.String()) });
+
+export const Image = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    kind: Type.Union([Type.Literal('kernel'), Type.Literal('disk')]),
+    format: Type.String(),
+    sizeBytes: Type.Integer(),
+    builtin: Type.Boolean(),
+    createdAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Image' },
+);
+
+export const ImageImportRequest = Type.Object(
+  {
+    name: ResourceName,
+    path: Type.Optional(Type.String({ description: 'A qcow2 or raw disk image on the control plane host' })),
+    kernelPath: Type.Optional(Type.String({ description: 'A kernel, with initrdPath: a kernel+initrd image' })),
+    initrdPath: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+
+export const Operation = Type.Object(
+  {
+    id: Type.String(),
+    kind: Type.String(),
+    status: Type.Union([Type.Literal('running'), Type.Literal('succeeded'), Type.Literal('failed'), Type.Literal('cancelled')]),
+    stage: Type.String(),
+    progress: Type.Number({ minimum: 0, maximum: 1 }),
+    target: Type.Object({ type: Type.String(), id: Type.String(), name: Type.String() }),
+    error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+    result: Type.Optional(Type.Unknown()),
+    createdAt: Type.String({ format: 'date-time' }),
+    updatedAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Operation' },
+);
+export type Operation = Static<typeof Operation>;
+
+export const OperationEvent = Type.Object({
+  seq: Type.Integer(),
+  at: Type.String({ format: 'date-time' }),
+  stage: Type.String(),
+  message: Type.String(),
+  progress: Type.Number(),
+  data: Type.Optional(Type.Unknown()),
+});
+export type OperationEvent = Static<typeof OperationEvent>;
+
+export const Accepted = Type.Object({ operation: Operation }, { $id: 'Accepted' });
+
+export const Project = Type.Object({ id: Type.String(), name: Type.String(), createdAt: Type.String() });
+export const ProjectCreateRequest = Type.Object({ name: ResourceName }, { additionalProperties: false });
+
+export const HostJoinRequest = Type.Object(
+  {
+    name: ResourceName,
+    joinToken: Type.String(),
+    endpoint: Type.String({ description: 'Where the control plane reaches the agent: unix:/path or http://host:port' }),
+    agentToken: Type.String({ minLength: 32, description: 'The credential both sides use from now on' }),
+    accelerator: Type.String(),
+    acceleratorReason: Type.String(),
+    cpus: Type.Integer({ minimum: 1 }),
+    memoryMb: Type.Integer({ minimum: 64 }),
+  },
+  { additionalProperties: false },
+);
+
+export const VmStatusReport = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  state: Type.String(),
+  pid: Type.Optional(Type.Integer()),
+  startedAt: Type.Optional(Type.String()),
+  readyAt: Type.Optional(Type.String()),
+  guestIps: Type.Optional(Type.Array(Type.String())),
+  lastError: Type.Optional(Type.String()),
+  crashLogTail: Type.Optional(Type.Array(Type.String())),
+});
+
+export const HostReport = Type.Object(
+  { vms: Type.Array(VmStatusReport), full: Type.Boolean({ description: 'The list is every VM of the host' }) },
+  { additionalProperties: false },
+);
+
+export const Status = Type.Object({
+  version: Type.String(),
+  hosts: Type.Integer(),
+  hostsOnline: Type.Integer(),
+  vms: Type.Integer(),
+  vmsRunning: Type.Integer(),
+  dataDir: Type.String(),
+});

@@ -1,0 +1,78 @@
+/**
+ * The CLI's view of the API: where it is, with which token, and how to follow an operation's
+ * event stream. The CLI reaches the control plane over HTTP only.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { NubisError } from '../core/errors.ts';
+import { dataPaths } from '../core/paths.ts';
+import type { Operation, OperationEvent } from '../api/schemas.ts';
+
+export interface ApiTarget {
+  url: string;
+  token: string;
+}
+
+/** URL and token from flags, then NUBIS_URL / NUBIS_TOKEN, then the data folder of `nubis up`. */
+export function resolveApiTarget(dataDir: string, flags: { url?: string; token?: string } = {}): ApiTarget {
+  const paths = dataPaths(dataDir);
+  let url = flags.url ?? process.env.NUBIS_URL;
+  if (!url && existsSync(paths.apiInfo)) url = (JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string }).url;
+  if (!url) throw new NubisError('CLI_NOT_CONFIGURED', `No Nubis API found: start one with npx nubis up (data folder ${dataDir}), or set NUBIS_URL and NUBIS_TOKEN`);
+  let token = flags.token ?? process.env.NUBIS_TOKEN;
+  if (!token && existsSync(paths.adminToken)) token = readFileSync(paths.adminToken, 'utf8').trim();
+  if (!token) throw new NubisError('CLI_NOT_CONFIGURED', `No API token: set NUBIS_TOKEN or run as a user who can read ${paths.adminToken}`);
+  return { url, token };
+}
+
+export class ApiClient {
+  readonly target: ApiTarget;
+
+  constructor(target: ApiTarget) {
+    this.target = target;
+  }
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let response: Response;
+    try {
+      response = await fetch(`${this.target.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${this.target.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (error) {
+      throw new NubisError('API_UNREACHABLE', `Cannot reach the Nubis API at ${this.target.url} (${(error as Error).message}); is it running? (npx nubis status)`);
+    }
+    const text = await response.text();
+    const parsed = text ? (JSON.parse(text) as unknown) : undefined;
+    if (!response.ok) {
+      const error = parsed as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
+      throw new NubisError(error?.code ?? `HTTP_${response.status}`, error?.message ?? `${method} ${path} answered ${response.status}`, { details: error?.details });
+    }
+    return parsed as T;
+  }
+
+  /**
+   * Follows an operation's event stream until it ends; `onEvent` sees each progress event.
+   * Resolves with the final operation (which may have failed: the caller decides).
+   */
+  async follow(operationId: string, onEvent: (event: OperationEvent) => void): Promise<Operation> {
+    const response = await fetch(`${this.target.url}/v1/operations/${operationId}/events`, { headers: { authorization: `Bearer ${this.target.token}`, accept: 'text/event-stream' } });
+    if (!response.ok || !response.body) return this.request<Operation>('GET', `/v1/operations/${operationId}`);
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let boundary: number;
+      while ((boundary = buffer.indexOf('\n\n')) !== -1) {
+        const block = buffer.slice(0, boundary);
+        buffer = buffer.slice(boundary + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (!data) continue;
+        if (event === 'progress') onEvent(JSON.parse(data) as OperationEvent);
+        if (event === 'end') return JSON.parse(data) as Operation;
+      }
+    }
+    return this.request<Operation>('GET', `/v1/operations/${operationId}`);
+  }
+}

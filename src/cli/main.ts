@@ -1,0 +1,412 @@
+/**
+ * The `nubis` command. Every command has --json; long actions follow their operation's event
+ * stream with a progress bar; a failure exits non-zero with a one-line reason.
+ */
+import { Command, Option } from 'commander';
+import WebSocket from 'ws';
+import { NubisError, messageOf } from '../core/errors.ts';
+import { DEFAULT_API_PORT, cacheDir, dataPaths, defaultDataDir } from '../core/paths.ts';
+import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
+import type { Operation, Vm } from '../api/schemas.ts';
+import { ApiClient, resolveApiTarget } from './api-client.ts';
+import { down, up } from './local-services.ts';
+import { ProgressView, formatDuration, printJson, printTable } from './output.ts';
+
+interface GlobalOptions {
+  json?: boolean;
+  data: string;
+  url?: string;
+  token?: string;
+  project?: string;
+}
+
+const program = new Command('nubis')
+  .description('Nubis: real virtual machines on a pool of hosts')
+  .option('--json', 'print machine-readable JSON')
+  .option('--data <dir>', 'data folder of the local control plane (env NUBIS_DATA)', defaultDataDir())
+  .option('--url <url>', 'API URL (env NUBIS_URL; default: from the data folder)')
+  .option('--token <token>', 'API token (env NUBIS_TOKEN; default: the admin token in the data folder)')
+  .configureHelp({ showGlobalOptions: true })
+  .showHelpAfterError();
+
+function globals(command: Command): GlobalOptions {
+  return command.optsWithGlobals() as GlobalOptions;
+}
+
+function client(command: Command): ApiClient {
+  const options = globals(command);
+  return new ApiClient(resolveApiTarget(options.data, options));
+}
+
+function projectQuery(command: Command): string {
+  const project = globals(command).project;
+  return project ? `?project=${encodeURIComponent(project)}` : '';
+}
+
+/** Follows an operation with a progress bar, then fails the command if the operation failed. */
+async function runOperation(command: Command, title: string, operation: Operation): Promise<Operation> {
+  const view = new ProgressView(title, !globals(command).json);
+  const final = await client(command).follow(operation.id, (event) => view.update(event));
+  view.done();
+  if (final.status !== 'succeeded') {
+    throw new NubisError(final.error?.code ?? 'OPERATION_FAILED', `${title} ${final.status}: ${final.error?.message ?? ''} (operation ${final.id})`);
+  }
+  return final;
+}
+
+function printVms(vms: Vm[]): void {
+  printTable(
+    ['NAME', 'STATE', 'HOST', 'ACCEL', 'VCPUS', 'MEMORY', 'UPTIME', 'IPS', 'PORTS'],
+    vms.map((vm) => [
+      vm.name,
+      vm.state === 'running' && !vm.ready ? 'running (booting)' : vm.state,
+      vm.host,
+      vm.accelerator,
+      vm.cpus,
+      `${vm.memoryMb} MiB`,
+      formatDuration(vm.uptimeSeconds),
+      vm.guestIps.join(',') || undefined,
+      vm.publish.map((p) => `${p.hostAddress}:${p.hostPort}->${p.guestPort}/${p.protocol}`).join(',') || undefined,
+    ]),
+  );
+}
+
+function printVm(vm: Vm): void {
+  const rows: Array<[string, unknown]> = [
+    ['Name', vm.name], ['ID', vm.id], ['Project', vm.project], ['State', vm.state], ['Desired state', vm.desiredState],
+    ['Guest ready', vm.ready ? `yes (${vm.readyAt})` : 'no'], ['Host', vm.host], ['Accelerator', vm.accelerator],
+    ['vCPUs', vm.cpus], ['Memory', `${vm.memoryMb} MiB`], ['Image', vm.image], ['PID', vm.pid], ['Started', vm.startedAt],
+    ['Uptime', formatDuration(vm.uptimeSeconds)], ['Guest IPs', vm.guestIps.join(', ') || undefined],
+    ['Published ports', vm.publish.map((p) => `${p.hostAddress}:${p.hostPort} -> ${p.guestPort}/${p.protocol}`).join(', ') || undefined],
+    ['Last error', vm.lastError],
+  ];
+  for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
+  if (vm.crashLogTail?.length) {
+    console.log('Last console lines:');
+    for (const line of vm.crashLogTail) console.log(`  ${line}`);
+  }
+}
+
+/** Parses `8080:80`, `127.0.0.1:8080:80` or `8053:53/udp`. */
+function parsePublish(value: string, previous: Array<Record<string, unknown>> = []): Array<Record<string, unknown>> {
+  const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d+):(\d+)(?:\/(tcp|udp))?$/.exec(value);
+  if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --publish ${value}; write HOSTPORT:GUESTPORT, e.g. 8080:80 or 127.0.0.1:8080:80/tcp`);
+  return [...previous, { hostAddress: match[1] ?? '127.0.0.1', hostPort: Number(match[2]), guestPort: Number(match[3]), protocol: match[4] ?? 'tcp' }];
+}
+
+function parseInteger(name: string) {
+  return (value: string): number => {
+    if (!/^-?\d+$/.test(value)) throw new NubisError('VALIDATION_FAILED', `${name} must be a whole number, not ${value}`);
+    return Number(value);
+  };
+}
+
+// --- up / down / status ---------------------------------------------------------------------
+program
+  .command('up')
+  .description('Start the control plane and the local host agent(s)')
+  .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
+  .option('--hosts <count>', 'number of local host agents', parseInteger('--hosts'), 1)
+  .option('-d, --detach', 'return once everything runs, leaving it in the background')
+  .action(async (options: { port: number; hosts: number; detach?: boolean }, command: Command) => {
+    const g = globals(command);
+    const say = (line: string): void => void (g.json ? undefined : console.error(line));
+    const result = await up({ dataDir: g.data, port: options.port, hosts: options.hosts, detach: Boolean(options.detach), quiet: Boolean(g.json) }, say);
+    if (g.json) printJson(result);
+    else {
+      console.log(`Nubis ${result.alreadyRunning ? 'was already running' : 'is running'}.`);
+      console.log(`  API:          ${result.url}  (OpenAPI: ${result.url}/v1/openapi.json)`);
+      console.log(`  Admin token:  ${result.adminTokenFile}`);
+      console.log(`  Hosts:        ${result.hosts.join(', ')}`);
+      console.log(`  Data folder:  ${result.dataDir}`);
+      console.log('Next: npx nubis vm create web1 --image tiny --cpus 1 --memory 256');
+    }
+    if (options.detach) return;
+    console.error('Running in the foreground: Ctrl-C stops Nubis and its VMs (nubis up --detach leaves it running).');
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    console.error('\nStopping Nubis');
+    await down({ dataDir: g.data, keepVms: false }, (line) => console.error(line));
+  });
+
+program
+  .command('down')
+  .description('Stop what nubis up started; VMs are shut down cleanly first')
+  .option('--keep-vms', 'leave the VMs running (the next nubis up re-adopts them)')
+  .action(async (options: { keepVms?: boolean }, command: Command) => {
+    const g = globals(command);
+    const result = await down({ dataDir: g.data, keepVms: Boolean(options.keepVms) }, (line) => void (g.json ? undefined : console.error(line)));
+    if (g.json) printJson(result);
+    else console.log(`Stopped ${result.stoppedProcesses.join(', ') || 'nothing (nothing was running)'}${result.stoppedVms.length ? `; VMs stopped: ${result.stoppedVms.join(', ')}` : ''}`);
+  });
+
+program
+  .command('status')
+  .description('Show whether Nubis runs, its hosts and VMs')
+  .action(async (_options: unknown, command: Command) => {
+    const status = await client(command).request<Record<string, unknown>>('GET', '/v1/status');
+    if (globals(command).json) printJson(status);
+    else console.log(`Nubis ${status.version}: ${status.hostsOnline}/${status.hosts} hosts online, ${status.vmsRunning}/${status.vms} VMs running (data ${status.dataDir})`);
+  });
+
+// --- hosts ------------------------------------------------------------------------------------
+const host = program.command('host').description('Hosts of the cluster');
+host
+  .command('list')
+  .description('List hosts with their accelerator, capacity and allocation')
+  .action(async (_options: unknown, command: Command) => {
+    const hosts = await client(command).request<Array<Record<string, any>>>('GET', '/v1/hosts');
+    if (globals(command).json) return printJson(hosts);
+    printTable(
+      ['NAME', 'STATUS', 'ACCEL', 'VMS', 'VCPUS', 'MEMORY (USED/TOTAL)'],
+      hosts.map((h) => [h.name, h.status, h.accelerator, h.vmCount, `${h.allocatedCpus}/${h.cpus}`, `${h.allocatedMemoryMb}/${h.memoryMb} MiB`]),
+    );
+  });
+host
+  .command('show <host>')
+  .description('Show a host, with why its accelerator was chosen')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const h = await client(command).request<Record<string, unknown>>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
+    if (globals(command).json) return printJson(h);
+    for (const [key, value] of Object.entries(h)) console.log(`${`${key}:`.padEnd(20)} ${value}`);
+  });
+
+// --- VMs --------------------------------------------------------------------------------------
+const vm = program.command('vm').description('Virtual machines').option('--project <name>', 'project (default: default)');
+vm
+  .command('create <name>')
+  .description('Create and boot a VM')
+  .requiredOption('--image <image>', 'image to boot (nubis image list)')
+  .option('--cpus <n>', 'virtual CPUs', parseInteger('--cpus'), 1)
+  .option('--memory <mib>', 'memory in MiB', parseInteger('--memory'), 256)
+  .option('--host <host>', 'pin the VM to this host')
+  .option('--publish <host:guest>', 'forward a host port to a guest port (repeatable)', parsePublish)
+  .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
+  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; wait: boolean }, command: Command) => {
+    const g = globals(command);
+    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(g.project ? { project: g.project } : {}) };
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
+    const final = await runOperation(command, `Creating ${name}`, operation);
+    if (g.json) printJson(final.result);
+    else printVm(final.result as Vm);
+  });
+vm
+  .command('list')
+  .description('List VMs')
+  .action(async (_options: unknown, command: Command) => {
+    const vms = await client(command).request<Vm[]>('GET', `/v1/vms${projectQuery(command)}`);
+    if (globals(command).json) printJson(vms);
+    else printVms(vms);
+  });
+vm
+  .command('show <vm>')
+  .description('Show a VM')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const found = await client(command).request<Vm>('GET', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`);
+    if (globals(command).json) printJson(found);
+    else printVm(found);
+  });
+for (const action of ['start', 'stop', 'reboot', 'pause', 'resume'] as const) {
+  const sub = vm.command(`${action} <vm>`).description(`${action[0].toUpperCase()}${action.slice(1)} a VM`);
+  if (action === 'stop' || action === 'reboot') {
+    sub
+      .option('--force', action === 'stop' ? 'stop at once instead of an ACPI shutdown' : 'hard reset instead of a clean shutdown and start')
+      .option('--timeout <seconds>', 'how long the guest may take to shut down before it is forced', parseInteger('--timeout'), 30);
+  }
+  sub.action(async (name: string, options: { force?: boolean; timeout?: number }, command: Command) => {
+    const body = action === 'stop' || action === 'reboot' ? { force: Boolean(options.force), timeoutSeconds: options.timeout ?? 30 } : undefined;
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/${action}${projectQuery(command)}`, body);
+    const final = await runOperation(command, `${action} ${name}`, operation);
+    if (globals(command).json) printJson(final.result);
+    else console.log(`${name}: ${(final.result as Vm).state}`);
+  });
+}
+vm
+  .command('delete <vm>')
+  .description('Stop and delete a VM')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const { operation } = await client(command).request<{ operation: Operation }>('DELETE', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`);
+    const final = await runOperation(command, `Deleting ${name}`, operation);
+    if (globals(command).json) printJson(final.result);
+    else console.log(`${name}: deleted`);
+  });
+vm
+  .command('log <vm>')
+  .description('Show the serial console output of a VM')
+  .option('-n, --lines <n>', 'how many lines', parseInteger('--lines'), 100)
+  .action(async (name: string, options: { lines: number }, command: Command) => {
+    const g = globals(command);
+    const query = `?lines=${options.lines}${g.project ? `&project=${encodeURIComponent(g.project)}` : ''}`;
+    const log = await client(command).request<{ lines: string[] }>('GET', `/v1/vms/${encodeURIComponent(name)}/log${query}`);
+    if (g.json) printJson(log);
+    else for (const line of log.lines) console.log(line);
+  });
+vm
+  .command('console <vm>')
+  .description('Attach to the serial console of a VM (detach with Ctrl-])')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const api = client(command);
+    const url = `${api.target.url.replace(/^http/, 'ws')}/v1/vms/${encodeURIComponent(name)}/console${projectQuery(command)}`;
+    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${api.target.token}` } });
+    await new Promise<void>((resolve, reject) => {
+      socket.on('open', () => {
+        if (!globals(command).json) console.error(`Connected to the console of ${name}; detach with Ctrl-]`);
+        if (process.stdin.isTTY) process.stdin.setRawMode(true);
+        process.stdin.resume();
+        process.stdin.on('data', (data: Buffer) => {
+          // Ctrl-] (0x1d) detaches, as in telnet and virsh console.
+          if (data.includes(0x1d)) socket.close();
+          else socket.send(data);
+        });
+      });
+      socket.on('message', (data: Buffer) => process.stdout.write(data));
+      socket.on('close', (code, reason) => {
+        if (process.stdin.isTTY) process.stdin.setRawMode(false);
+        process.stdin.pause();
+        if (code >= 4000) reject(new NubisError('VM_CONSOLE_FAILED', reason.toString() || `Console closed (${code})`));
+        else resolve();
+      });
+      socket.on('error', (error) => reject(new NubisError('VM_CONSOLE_FAILED', `Cannot attach to the console: ${error.message}`)));
+    });
+    if (!globals(command).json) console.error('\nDetached');
+  });
+
+// --- images -----------------------------------------------------------------------------------
+const image = program.command('image').description('Guest images');
+image
+  .command('list')
+  .description('List images')
+  .action(async (_options: unknown, command: Command) => {
+    const images = await client(command).request<Array<Record<string, any>>>('GET', '/v1/images');
+    if (globals(command).json) return printJson(images);
+    printTable(['NAME', 'KIND', 'FORMAT', 'SIZE', 'BUILTIN'], images.map((i) => [i.name, i.kind, i.format, `${(i.sizeBytes / 1048576).toFixed(1)} MiB`, i.builtin ? 'yes' : 'no']));
+  });
+image
+  .command('build <name>')
+  .description('Build a built-in image (tiny) into the local cache')
+  .option('--force', 'rebuild even when the cached image is current')
+  .option('--if-missing', 'do nothing when an image was built before (used by npm start)')
+  .action(async (name: string, options: { force?: boolean; ifMissing?: boolean }, command: Command) => {
+    if (name !== 'tiny') throw new NubisError('IMAGE_NOT_FOUND', `No built-in image ${name}; the built-in image is tiny`);
+    const g = globals(command);
+    const existing = options.ifMissing ? readTinyImage(cacheDir()) : undefined;
+    const built = existing ?? (await buildTinyImage({ cacheDir: cacheDir(), force: options.force, onProgress: (message) => void (g.json ? undefined : console.error(`  ${message}`)) }));
+    if (g.json) printJson(built);
+    else console.log(`tiny: kernel ${built.kernelVersion}, initrd ${built.initrdPath}`);
+  });
+image
+  .command('import <name> [file]')
+  .description('Import a qcow2 or raw disk image, or a kernel+initrd pair')
+  .option('--kernel <file>', 'kernel of a kernel+initrd image')
+  .option('--initrd <file>', 'initrd of a kernel+initrd image')
+  .action(async (name: string, file: string | undefined, options: { kernel?: string; initrd?: string }, command: Command) => {
+    const { resolve } = await import('node:path');
+    const body = { name, ...(file ? { path: resolve(file) } : {}), ...(options.kernel ? { kernelPath: resolve(options.kernel) } : {}), ...(options.initrd ? { initrdPath: resolve(options.initrd) } : {}) };
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/images', body);
+    const final = await runOperation(command, `Importing ${name}`, operation);
+    if (globals(command).json) printJson(final.result);
+    else console.log(`${name}: imported`);
+  });
+
+// --- operations -------------------------------------------------------------------------------
+const operation = program.command('operation').description('Long-running operations');
+operation
+  .command('list')
+  .description('Recent operations')
+  .option('--limit <n>', 'how many', parseInteger('--limit'), 20)
+  .action(async (options: { limit: number }, command: Command) => {
+    const operations = await client(command).request<Operation[]>('GET', `/v1/operations?limit=${options.limit}`);
+    if (globals(command).json) return printJson(operations);
+    printTable(['ID', 'KIND', 'TARGET', 'STATUS', 'STAGE', 'CREATED'], operations.map((o) => [o.id, o.kind, o.target.name, o.status, o.stage, o.createdAt]));
+  });
+operation
+  .command('show <id>')
+  .description('Show an operation')
+  .action(async (id: string, _options: unknown, command: Command) => {
+    const found = await client(command).request<Operation>('GET', `/v1/operations/${encodeURIComponent(id)}`);
+    if (globals(command).json) return printJson(found);
+    for (const [key, value] of Object.entries(found)) console.log(`${`${key}:`.padEnd(12)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+  });
+operation
+  .command('cancel <id>')
+  .description('Cancel a running operation')
+  .action(async (id: string, _options: unknown, command: Command) => {
+    const found = await client(command).request<Operation>('POST', `/v1/operations/${encodeURIComponent(id)}/cancel`);
+    if (globals(command).json) return printJson(found);
+    console.log(`${id}: cancel requested`);
+  });
+
+// --- projects ---------------------------------------------------------------------------------
+const project = program.command('project').description('Projects (tenants)');
+project.command('list').description('List projects').action(async (_options: unknown, command: Command) => {
+  const projects = await client(command).request<Array<Record<string, string>>>('GET', '/v1/projects');
+  if (globals(command).json) return printJson(projects);
+  printTable(['NAME', 'ID', 'CREATED'], projects.map((p) => [p.name, p.id, p.createdAt]));
+});
+project.command('create <name>').description('Create a project').action(async (name: string, _options: unknown, command: Command) => {
+  const created = await client(command).request<Record<string, string>>('POST', '/v1/projects', { name });
+  if (globals(command).json) return printJson(created);
+  console.log(`${name}: created`);
+});
+
+// --- daemons (started by `nubis up`) ----------------------------------------------------------
+const daemon = program.command('daemon').description('Run a Nubis service in the foreground (nubis up does this for you)');
+daemon
+  .command('control-plane')
+  .description('Run the control plane')
+  .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
+  .option('--listen <address>', 'address to listen on', '127.0.0.1')
+  .action(async (options: { port: number; listen: string }, command: Command) => {
+    const { startControlPlane } = await import('../control/control-plane.ts');
+    const { createLogger } = await import('../core/logger.ts');
+    const logger = createLogger('control-plane');
+    const running = await startControlPlane({ dataDir: globals(command).data, cacheDir: cacheDir(), host: options.listen, port: options.port, logger });
+    await waitForSignal();
+    logger.info('stopping');
+    await running.stop();
+  });
+daemon
+  .command('agent')
+  .description('Run a host agent')
+  .requiredOption('--name <name>', 'host name')
+  .requiredOption('--control-url <url>', 'control plane URL')
+  .action(async (options: { name: string; controlUrl: string }, command: Command) => {
+    const { startAgent } = await import('../host/agent.ts');
+    const { createLogger } = await import('../core/logger.ts');
+    const { readFile } = await import('node:fs/promises');
+    const { join } = await import('node:path');
+    const dataDir = globals(command).data;
+    const tiny = readTinyImage(cacheDir());
+    if (!tiny) throw new NubisError('IMAGE_NOT_FOUND', 'The tiny image is not built; run npx nubis image build tiny');
+    const logger = createLogger(`agent ${options.name}`);
+    const agent = await startAgent({
+      name: options.name,
+      hostDir: join(dataPaths(dataDir).hostsDir, options.name),
+      controlUrl: options.controlUrl,
+      joinToken: (await readFile(dataPaths(dataDir).joinToken, 'utf8')).trim(),
+      probeGuest: { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath, identity: tiny.sha256 },
+      cacheDir: cacheDir(),
+      logger,
+    });
+    await Promise.race([waitForSignal(), agent.ended]);
+    logger.info('stopping; VMs keep running');
+    await agent.stop();
+  });
+
+function waitForSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  const code = error instanceof NubisError ? error.code : 'ERROR';
+  if (program.opts().json) console.error(JSON.stringify({ code, message: messageOf(error) }));
+  else console.error(`Error: ${messageOf(error)}`);
+  process.exitCode = 1;
+}

@@ -1,0 +1,82 @@
+/**
+ * The control plane process: opens the state database, makes sure the first-start secrets and
+ * the `default` project exist, registers the built-in image, and serves the API.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../api/app.ts';
+import { newId, newSecret } from '../core/ids.ts';
+import type { Logger } from '../core/logger.ts';
+import { dataPaths } from '../core/paths.ts';
+import { readTinyImage } from '../images/build-tiny.ts';
+import { openDatabase, type Db } from '../state/database.ts';
+import { HostRegistry } from './hosts.ts';
+import { ImageCatalogue } from './images.ts';
+import { OperationManager } from './operations.ts';
+import { VmService } from './vms.ts';
+
+export interface ControlPlaneOptions {
+  dataDir: string;
+  cacheDir: string;
+  /** Address to listen on. Default 127.0.0.1. */
+  host?: string;
+  port: number;
+  logger: Logger;
+}
+
+export interface RunningControlPlane {
+  url: string;
+  app: FastifyInstance;
+  db: Db;
+  operations: OperationManager;
+  stop(): Promise<void>;
+}
+
+/** Reads a secret file, or creates it (mode 0600) with a new secret; `onCreate` sees a new one. */
+async function secretFile(path: string, prefix: string, onCreate?: (secret: string) => Promise<void>): Promise<string> {
+  if (existsSync(path)) return (await readFile(path, 'utf8')).trim();
+  const secret = newSecret(prefix);
+  await onCreate?.(secret);
+  await writeFile(path, `${secret}\n`, { mode: 0o600 });
+  return secret;
+}
+
+/** Starts the control plane and resolves once it listens. */
+export async function startControlPlane(options: ControlPlaneOptions): Promise<RunningControlPlane> {
+  const paths = dataPaths(options.dataDir);
+  await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+  const db = await openDatabase(paths.database);
+  const now = new Date().toISOString();
+  await secretFile(paths.adminToken, 'nubis_admin', async (secret) => {
+    await db.insertInto('tokens').values({ id: newId('tok'), name: 'admin', secret_sha256: createHash('sha256').update(secret).digest('hex'), role: 'admin', created_at: now }).execute();
+  });
+  const joinToken = await secretFile(paths.joinToken, 'nubis_join');
+  if (!(await db.selectFrom('projects').select('id').where('name', '=', 'default').executeTakeFirst())) {
+    await db.insertInto('projects').values({ id: newId('prj'), name: 'default', created_at: now }).execute();
+  }
+  const operations = new OperationManager(db);
+  await operations.failInterrupted();
+  const hosts = new HostRegistry(db, joinToken);
+  const images = new ImageCatalogue(db, paths.images);
+  const tiny = readTinyImage(options.cacheDir);
+  if (tiny) await images.registerBuiltin('tiny', { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath });
+  else options.logger.warn('The tiny image is not built; run nubis image build tiny');
+  const vms = new VmService({ db, hosts, images, operations });
+  const app = await buildApp({ db, hosts, images, vms, operations, dataDir: options.dataDir, logger: options.logger });
+  const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port });
+  const url = address.replace('[::1]', '127.0.0.1');
+  await writeFile(paths.apiInfo, `${JSON.stringify({ url, pid: process.pid }, null, 2)}\n`);
+  options.logger.info({ url }, 'control plane listening');
+  return {
+    url,
+    app,
+    db,
+    operations,
+    async stop() {
+      await app.close();
+      await db.destroy();
+    },
+  };
+}

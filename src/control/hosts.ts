@@ -1,0 +1,143 @@
+/**
+ * The hosts of the cluster: agents join with the join token, report what runs, and are called
+ * through their endpoint. A host that has not reported for a while is shown offline.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { NubisError } from '../core/errors.ts';
+import { newId } from '../core/ids.ts';
+import { requestJson, type JsonRequest } from '../core/http-json.ts';
+import type { Db } from '../state/database.ts';
+import type { HostsTable } from '../state/schema.ts';
+
+/** A host is offline when its last report is older than this. */
+export const HOST_OFFLINE_AFTER_MS = 30_000;
+
+export interface HostView {
+  id: string;
+  name: string;
+  status: 'online' | 'offline' | 'maintenance';
+  endpoint: string;
+  accelerator: string;
+  acceleratorReason: string;
+  cpus: number;
+  memoryMb: number;
+  allocatedCpus: number;
+  allocatedMemoryMb: number;
+  vmCount: number;
+  lastSeenAt: string;
+  joinedAt: string;
+}
+
+export interface JoinRequest {
+  name: string;
+  joinToken: string;
+  endpoint: string;
+  agentToken: string;
+  accelerator: string;
+  acceleratorReason: string;
+  cpus: number;
+  memoryMb: number;
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+export class HostRegistry {
+  readonly #db: Db;
+  readonly #joinToken: string;
+
+  constructor(db: Db, joinToken: string) {
+    this.#db = db;
+    this.#joinToken = joinToken;
+  }
+
+  /** Adds a host, or updates it when an agent of that name joins again (after a restart). */
+  async join(request: JoinRequest): Promise<HostsTable> {
+    if (!sameSecret(request.joinToken, this.#joinToken)) {
+      throw new NubisError('AUTH_INVALID_TOKEN', 'The join token is wrong; use the one in the control plane data folder (join-token)');
+    }
+    const now = new Date().toISOString();
+    const existing = await this.#db.selectFrom('hosts').selectAll().where('name', '=', request.name).executeTakeFirst();
+    const values = {
+      endpoint: request.endpoint,
+      agent_token: request.agentToken,
+      accelerator: request.accelerator,
+      accelerator_reason: request.acceleratorReason,
+      cpus: request.cpus,
+      memory_mb: request.memoryMb,
+      last_seen_at: now,
+    };
+    if (existing) {
+      await this.#db.updateTable('hosts').set(values).where('id', '=', existing.id).execute();
+      return { ...existing, ...values };
+    }
+    const row: HostsTable = { id: newId('host'), name: request.name, maintenance: 0, joined_at: now, ...values };
+    await this.#db.insertInto('hosts').values(row).execute();
+    return row;
+  }
+
+  /** The host whose agent presents `agentToken`, checked against the host named in the path. */
+  async authenticateAgent(hostName: string, agentToken: string): Promise<HostsTable> {
+    const host = await this.#db.selectFrom('hosts').selectAll().where('name', '=', hostName).executeTakeFirst();
+    if (!host) throw new NubisError('HOST_NOT_FOUND', `No host ${hostName} has joined; the agent must join first`);
+    if (!sameSecret(agentToken, host.agent_token)) throw new NubisError('AUTH_INVALID_TOKEN', `Wrong agent token for host ${hostName}`);
+    return host;
+  }
+
+  async touch(hostId: string): Promise<void> {
+    await this.#db.updateTable('hosts').set({ last_seen_at: new Date().toISOString() }).where('id', '=', hostId).execute();
+  }
+
+  async row(ref: string): Promise<HostsTable> {
+    const host = await this.#db.selectFrom('hosts').selectAll().where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)])).executeTakeFirst();
+    if (!host) throw new NubisError('HOST_NOT_FOUND', `No host ${ref}; see nubis host list`);
+    return host;
+  }
+
+  /** Every host with what is allocated on it. */
+  async list(): Promise<HostView[]> {
+    const hosts = await this.#db.selectFrom('hosts').selectAll().orderBy('name').execute();
+    const usage = await this.#db
+      .selectFrom('vms')
+      .select((eb) => ['host_id', eb.fn.sum<number>('cpus').as('cpus'), eb.fn.sum<number>('memory_mb').as('memory'), eb.fn.countAll<number>().as('count')])
+      .groupBy('host_id')
+      .execute();
+    const byHost = new Map(usage.map((u) => [u.host_id, u]));
+    const now = Date.now();
+    return hosts.map((host) => ({
+      id: host.id,
+      name: host.name,
+      status: host.maintenance ? 'maintenance' : now - Date.parse(host.last_seen_at) > HOST_OFFLINE_AFTER_MS ? 'offline' : 'online',
+      endpoint: host.endpoint,
+      accelerator: host.accelerator,
+      acceleratorReason: host.accelerator_reason,
+      cpus: host.cpus,
+      memoryMb: host.memory_mb,
+      allocatedCpus: Number(byHost.get(host.id)?.cpus ?? 0),
+      allocatedMemoryMb: Number(byHost.get(host.id)?.memory ?? 0),
+      vmCount: Number(byHost.get(host.id)?.count ?? 0),
+      lastSeenAt: host.last_seen_at,
+      joinedAt: host.joined_at,
+    }));
+  }
+
+  async get(ref: string): Promise<HostView> {
+    const row = await this.row(ref);
+    return (await this.list()).find((host) => host.id === row.id)!;
+  }
+
+  /** Calls the agent of `host`. An unreachable agent is `HOST_UNAVAILABLE`. */
+  async call<T>(host: HostsTable, request: Omit<JsonRequest, 'token'>): Promise<T> {
+    try {
+      return await requestJson<T>(host.endpoint, { ...request, token: host.agent_token });
+    } catch (error) {
+      if ((error as { code?: string }).code === 'HTTP_UNREACHABLE') {
+        throw new NubisError('HOST_UNAVAILABLE', `The agent of host ${host.name} does not answer (${(error as Error).message}); is it running?`, { cause: error });
+      }
+      throw error;
+    }
+  }
+}

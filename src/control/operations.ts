@@ -1,0 +1,188 @@
+/**
+ * Long actions as operations: each has an id, a status, a stage and progress, a stream of events
+ * (kept in the database, so a client that connects late replays them), a result or an error,
+ * and can be cancelled through its AbortSignal.
+ */
+import { EventEmitter } from 'node:events';
+import { NubisError, messageOf } from '../core/errors.ts';
+import { newId } from '../core/ids.ts';
+import type { Operation, OperationEvent } from '../api/schemas.ts';
+import type { Db } from '../state/database.ts';
+import type { OperationsTable } from '../state/schema.ts';
+
+/** What an operation's work gets: a way to report progress and the signal that cancels it. */
+export interface OperationContext {
+  readonly id: string;
+  readonly signal: AbortSignal;
+  /** Records a stage change or a progress step as an event. `progress` is 0..1. */
+  report(stage: string, message: string, progress: number, data?: unknown): Promise<void>;
+}
+
+export interface OperationTarget {
+  type: string;
+  id: string;
+  name: string;
+  projectId?: string;
+}
+
+function toOperation(row: OperationsTable): Operation {
+  return {
+    id: row.id,
+    kind: row.kind,
+    status: row.status,
+    stage: row.stage,
+    progress: row.progress,
+    target: { type: row.target_type, id: row.target_id, name: row.target_name },
+    ...(row.error_code ? { error: { code: row.error_code, message: row.error_message ?? '' } } : {}),
+    ...(row.result ? { result: JSON.parse(row.result) } : {}),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+export class OperationManager {
+  readonly #db: Db;
+  readonly #live = new EventEmitter();
+  readonly #controllers = new Map<string, AbortController>();
+  readonly #running = new Map<string, Promise<void>>();
+
+  constructor(db: Db) {
+    this.#db = db;
+    this.#live.setMaxListeners(0);
+  }
+
+  /** Operations left `running` by a control plane that died cannot finish: mark them failed. */
+  async failInterrupted(): Promise<void> {
+    await this.#db
+      .updateTable('operations')
+      .set({ status: 'failed', error_code: 'OPERATION_INTERRUPTED', error_message: 'The control plane stopped while this operation ran', updated_at: new Date().toISOString() })
+      .where('status', '=', 'running')
+      .execute();
+  }
+
+  /**
+   * Records a new operation and runs `work` in the background. Returns the operation at once,
+   * so the API can answer `202` with its id.
+   */
+  async start<T>(kind: string, target: OperationTarget, work: (context: OperationContext) => Promise<T>): Promise<Operation> {
+    const now = new Date().toISOString();
+    const row: OperationsTable = {
+      id: newId('op'),
+      kind,
+      project_id: target.projectId ?? null,
+      target_type: target.type,
+      target_id: target.id,
+      target_name: target.name,
+      status: 'running',
+      stage: 'queued',
+      progress: 0,
+      error_code: null,
+      error_message: null,
+      result: null,
+      created_at: now,
+      updated_at: now,
+    };
+    await this.#db.insertInto('operations').values(row).execute();
+    const controller = new AbortController();
+    this.#controllers.set(row.id, controller);
+    const context: OperationContext = {
+      id: row.id,
+      signal: controller.signal,
+      report: (stage, message, progress, data) => this.#addEvent(row.id, stage, message, progress, data),
+    };
+    const run = (async () => {
+      try {
+        const result = await work(context);
+        await this.#finish(row.id, 'succeeded', { result });
+      } catch (error) {
+        const cancelled = controller.signal.aborted;
+        const code = cancelled ? 'OPERATION_CANCELLED' : error instanceof NubisError || (error as { code?: unknown })?.code ? String((error as { code: string }).code) : 'INTERNAL_ERROR';
+        await this.#finish(row.id, cancelled ? 'cancelled' : 'failed', { code, message: messageOf(error) });
+      } finally {
+        this.#controllers.delete(row.id);
+        this.#running.delete(row.id);
+      }
+    })();
+    this.#running.set(row.id, run);
+    return toOperation(row);
+  }
+
+  async get(id: string): Promise<Operation> {
+    const row = await this.#db.selectFrom('operations').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw new NubisError('OPERATION_NOT_FOUND', `No operation ${id}; list operations with nubis operation list`);
+    return toOperation(row);
+  }
+
+  async list(options: { limit?: number; status?: string } = {}): Promise<Operation[]> {
+    let query = this.#db.selectFrom('operations').selectAll().orderBy('created_at', 'desc').limit(options.limit ?? 50);
+    if (options.status) query = query.where('status', '=', options.status as OperationsTable['status']);
+    return (await query.execute()).map(toOperation);
+  }
+
+  /** Asks a running operation to stop; its work sees the abort signal and rolls back. */
+  async cancel(id: string): Promise<Operation> {
+    const operation = await this.get(id);
+    const controller = this.#controllers.get(id);
+    if (operation.status !== 'running' || !controller) {
+      throw new NubisError('OPERATION_FINISHED', `Operation ${id} already ended (${operation.status}); nothing to cancel`);
+    }
+    controller.abort(new NubisError('OPERATION_CANCELLED', `Operation ${id} was cancelled`));
+    return operation;
+  }
+
+  /** Resolves when the operation has ended, with its final record. */
+  async wait(id: string): Promise<Operation> {
+    await this.#running.get(id);
+    return this.get(id);
+  }
+
+  /** Events recorded so far with a sequence number above `afterSeq`. */
+  async events(id: string, afterSeq = 0): Promise<OperationEvent[]> {
+    const rows = await this.#db.selectFrom('operation_events').selectAll().where('operation_id', '=', id).where('seq', '>', afterSeq).orderBy('seq').execute();
+    return rows.map((row) => ({ seq: row.seq, at: row.at, stage: row.stage, message: row.message, progress: row.progress, ...(row.data ? { data: JSON.parse(row.data) } : {}) }));
+  }
+
+  /**
+   * Calls `listener` for every event of `id` from now on and with the final operation when it
+   * ends. Returns the function that unsubscribes.
+   */
+  subscribe(id: string, listener: (update: { event?: OperationEvent; finished?: Operation }) => void): () => void {
+    this.#live.on(id, listener);
+    return () => this.#live.off(id, listener);
+  }
+
+  /** Waits for every running operation (used at shutdown and in tests). */
+  async drain(): Promise<void> {
+    await Promise.all(this.#running.values());
+  }
+
+  async #addEvent(id: string, stage: string, message: string, progress: number, data?: unknown): Promise<void> {
+    const at = new Date().toISOString();
+    const clamped = Math.max(0, Math.min(1, progress));
+    const inserted = await this.#db
+      .insertInto('operation_events')
+      .values({ operation_id: id, at, stage, message, progress: clamped, data: data === undefined ? null : JSON.stringify(data) })
+      .returning('seq')
+      .executeTakeFirstOrThrow();
+    await this.#db.updateTable('operations').set({ stage, progress: clamped, updated_at: at }).where('id', '=', id).execute();
+    this.#live.emit(id, { event: { seq: inserted.seq, at, stage, message, progress: clamped, ...(data === undefined ? {} : { data }) } });
+  }
+
+  async #finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', outcome: { result?: unknown; code?: string; message?: string }): Promise<void> {
+    const at = new Date().toISOString();
+    const stage = status === 'succeeded' ? 'done' : status;
+    await this.#addEvent(id, stage, status === 'succeeded' ? 'Done' : (outcome.message ?? status), status === 'succeeded' ? 1 : (await this.get(id)).progress);
+    await this.#db
+      .updateTable('operations')
+      .set({
+        status,
+        error_code: outcome.code ?? null,
+        error_message: outcome.message ?? null,
+        result: outcome.result === undefined ? null : JSON.stringify(outcome.result),
+        updated_at: at,
+      })
+      .where('id', '=', id)
+      .execute();
+    this.#live.emit(id, { finished: await this.get(id) });
+  }
+}

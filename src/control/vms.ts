@@ -1,0 +1,253 @@
+/**
+ * The VM service of the control plane: validates and records desired state, places VMs, and
+ * turns every lifecycle action into an operation that drives the VM's host agent. Changes to one
+ * VM pass through its queue, one at a time.
+ */
+import { NubisError } from '../core/errors.ts';
+import { newId, newMac } from '../core/ids.ts';
+import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
+import type { VmStatus } from '../host/vm-status.ts';
+import { KeyedSerialQueue } from '../host/serial-queue.ts';
+import type { Db } from '../state/database.ts';
+import type { HostsTable, VmsTable } from '../state/schema.ts';
+import type { HostRegistry } from './hosts.ts';
+import type { ImageCatalogue } from './images.ts';
+import type { OperationManager } from './operations.ts';
+import { placeVm } from './placement.ts';
+import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
+
+/** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
+const READY_TIMEOUT_MS = 180_000;
+
+export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
+
+export class VmService {
+  readonly #db: Db;
+  readonly #hosts: HostRegistry;
+  readonly #images: ImageCatalogue;
+  readonly #operations: OperationManager;
+  readonly #queue = new KeyedSerialQueue();
+
+  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager }) {
+    this.#db = deps.db;
+    this.#hosts = deps.hosts;
+    this.#images = deps.images;
+    this.#operations = deps.operations;
+  }
+
+  async projectId(name = 'default'): Promise<string> {
+    const project = await this.#db.selectFrom('projects').select('id').where('name', '=', name).executeTakeFirst();
+    if (!project) throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
+    return project.id;
+  }
+
+  async #row(ref: string, project?: string): Promise<VmsTable> {
+    const projectId = await this.projectId(project);
+    const row = await this.#db
+      .selectFrom('vms')
+      .selectAll()
+      .where((eb) => eb.or([eb.and([eb('name', '=', ref), eb('project_id', '=', projectId)]), eb('id', '=', ref)]))
+      .executeTakeFirst();
+    if (!row) throw new NubisError('VM_NOT_FOUND', `No VM ${ref} in project ${project ?? 'default'}; see nubis vm list`);
+    return row;
+  }
+
+  async #view(row: VmsTable): Promise<Vm> {
+    const [host, image, project] = await Promise.all([
+      this.#db.selectFrom('hosts').select(['name', 'accelerator']).where('id', '=', row.host_id).executeTakeFirst(),
+      this.#db.selectFrom('images').select('name').where('id', '=', row.image_id).executeTakeFirst(),
+      this.#db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
+    ]);
+    const status = JSON.parse(row.status) as Partial<VmStatus>;
+    const spec = JSON.parse(row.spec) as VmSpec;
+    const running = row.actual_state === 'running' || row.actual_state === 'paused';
+    return {
+      id: row.id,
+      name: row.name,
+      project: project?.name ?? row.project_id,
+      host: host?.name ?? row.host_id,
+      image: image?.name ?? row.image_id,
+      cpus: row.cpus,
+      memoryMb: row.memory_mb,
+      state: row.actual_state,
+      desiredState: row.desired_state,
+      accelerator: host?.accelerator ?? 'unknown',
+      ready: running && Boolean(status.readyAt),
+      ...(status.pid && running ? { pid: status.pid } : {}),
+      ...(status.startedAt && running ? { startedAt: status.startedAt, uptimeSeconds: Math.floor((Date.now() - Date.parse(status.startedAt)) / 1000) } : {}),
+      ...(status.readyAt && running ? { readyAt: status.readyAt } : {}),
+      guestIps: running ? (status.guestIps ?? []) : [],
+      publish: spec.nics.flatMap((nic) => nic.forwards ?? []),
+      ...(status.lastError ? { lastError: status.lastError } : {}),
+      ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
+      createdAt: row.created_at,
+    };
+  }
+
+  async list(project?: string): Promise<Vm[]> {
+    let query = this.#db.selectFrom('vms').selectAll().orderBy('name');
+    if (project) query = query.where('project_id', '=', await this.projectId(project));
+    return Promise.all((await query.execute()).map((row) => this.#view(row)));
+  }
+
+  async get(ref: string, project?: string): Promise<Vm> {
+    return this.#view(await this.#row(ref, project));
+  }
+
+  /**
+   * Validates, places and records a new VM, then creates and boots it on its host in an
+   * operation. Everything that can be refused is refused before anything is recorded.
+   */
+  async create(request: VmCreateRequest): Promise<Operation> {
+    const projectId = await this.projectId(request.project);
+    const image = await this.#images.row(request.image);
+    if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
+      throw new NubisError('VM_NAME_TAKEN', `A VM named ${request.name} exists in project ${request.project ?? 'default'}; choose another name or delete it first`);
+    }
+    const forwards: PortForward[] = (request.publish ?? []).map((p) => ({ protocol: p.protocol ?? 'tcp', hostAddress: p.hostAddress ?? '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort }));
+    await this.#checkPortsFree(forwards);
+    const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: request.host });
+    const id = newId('vm');
+    const files = this.#images.filesOf(image);
+    const spec: VmSpec = {
+      id,
+      name: request.name,
+      cpus: request.cpus,
+      memoryMb: request.memoryMb,
+      boot:
+        'kernelPath' in files
+          ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=dhcp panic=-1` }
+          : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
+      disks: [],
+      nics: [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
+    };
+    const now = new Date().toISOString();
+    const row: VmsTable = {
+      id,
+      project_id: projectId,
+      name: request.name,
+      host_id: host.id,
+      image_id: image.id,
+      cpus: request.cpus,
+      memory_mb: request.memoryMb,
+      desired_state: 'running',
+      actual_state: 'pending',
+      spec: JSON.stringify(spec),
+      status: '{}',
+      created_at: now,
+      updated_at: now,
+    };
+    await this.#db.insertInto('vms').values(row).execute();
+    return this.#operations.start('vm.create', { type: 'vm', id, name: request.name, projectId }, (op) =>
+      this.#queue.run(id, async () => {
+        const hostRow = await this.#hosts.row(host.id);
+        await op.report('placed', `Placed on host ${host.name} (${host.accelerator})`, 0.1, { host: host.name });
+        try {
+          const status = await this.#hosts.call<VmStatus>(hostRow, { method: 'PUT', path: `/agent/vms/${id}`, body: spec, timeoutMs: 60_000, signal: op.signal });
+          await this.applyStatus(hostRow.id, status);
+          await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
+        } catch (error) {
+          // The host has nothing of it (the agent removes a VM that never started): forget it too.
+          await this.#db.deleteFrom('vms').where('id', '=', id).execute();
+          throw error;
+        }
+        if (request.waitReady) await this.#waitReady(hostRow, id, request.name, op);
+        return this.get(id);
+      }),
+    );
+  }
+
+  async #waitReady(host: HostsTable, id: string, name: string, op: { report: (stage: string, message: string, progress: number, data?: unknown) => Promise<void>; signal: AbortSignal }): Promise<void> {
+    await op.report('booting', 'Waiting for the guest to print its readiness line', 0.5);
+    const status = await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${id}/wait-ready`, body: { timeoutMs: READY_TIMEOUT_MS }, timeoutMs: READY_TIMEOUT_MS + 10_000, signal: op.signal });
+    await this.applyStatus(host.id, status);
+    const seconds = status.startedAt && status.readyAt ? ((Date.parse(status.readyAt) - Date.parse(status.startedAt)) / 1000).toFixed(1) : '?';
+    await op.report('ready', `Guest ready after ${seconds} s (${(status.guestIps ?? []).join(', ') || 'no address'})`, 0.95, { guestIps: status.guestIps });
+  }
+
+  async #checkPortsFree(forwards: PortForward[]): Promise<void> {
+    if (forwards.length === 0) return;
+    const taken = new Set((await this.list()).flatMap((vm) => vm.publish.map((p) => `${p.protocol}:${p.hostPort}`)));
+    for (const forward of forwards) {
+      if (taken.has(`${forward.protocol}:${forward.hostPort}`)) {
+        throw new NubisError('PORT_IN_USE', `Host port ${forward.hostPort}/${forward.protocol} is already published by another VM; choose another port`);
+      }
+    }
+  }
+
+  /** Runs a lifecycle action on a VM as an operation. */
+  async act(ref: string, action: VmAction, options: { project?: string; force?: boolean; timeoutSeconds?: number } = {}): Promise<Operation> {
+    const row = await this.#row(ref, options.project);
+    return this.#operations.start(`vm.${action}`, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
+      this.#queue.run(row.id, async () => {
+        const host = await this.#hosts.row(row.host_id);
+        if (action === 'start' || action === 'stop') {
+          await this.#db.updateTable('vms').set({ desired_state: action === 'start' ? 'running' : 'stopped' }).where('id', '=', row.id).execute();
+        }
+        await op.report(action, `${action} on host ${host.name}`, 0.2);
+        const status = await this.#hosts.call<VmStatus>(host, {
+          method: 'POST',
+          path: `/agent/vms/${row.id}/${action}`,
+          body: { force: options.force ?? false, timeoutSeconds: options.timeoutSeconds ?? 30 },
+          timeoutMs: ((options.timeoutSeconds ?? 30) + 30) * 1000,
+          signal: op.signal,
+        });
+        await this.applyStatus(host.id, status);
+        if (action === 'start' || action === 'reboot') await this.#waitReady(host, row.id, row.name, op);
+        return this.get(row.id);
+      }),
+    );
+  }
+
+  /** Stops the VM if needed and removes it from its host and from the records. */
+  async delete(ref: string, project?: string): Promise<Operation> {
+    const row = await this.#row(ref, project);
+    return this.#operations.start('vm.delete', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
+      this.#queue.run(row.id, async () => {
+        const host = await this.#hosts.row(row.host_id);
+        await op.report('stopping', `Stopping and removing on host ${host.name}`, 0.3);
+        try {
+          await this.#hosts.call(host, { method: 'DELETE', path: `/agent/vms/${row.id}`, timeoutMs: 60_000, signal: op.signal });
+        } catch (error) {
+          if ((error as { code?: string }).code !== 'VM_NOT_FOUND') throw error;
+        }
+        await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
+        return { deleted: row.id };
+      }),
+    );
+  }
+
+  /** The last lines of the VM's serial console, from its host. */
+  async log(ref: string, lines: number, project?: string): Promise<string[]> {
+    const row = await this.#row(ref, project);
+    const host = await this.#hosts.row(row.host_id);
+    return (await this.#hosts.call<{ lines: string[] }>(host, { method: 'GET', path: `/agent/vms/${row.id}/log?lines=${lines}` })).lines;
+  }
+
+  /** Where to attach to the VM's console: its host agent and the VM id. */
+  async consoleTarget(ref: string, project?: string): Promise<{ host: HostsTable; vmId: string }> {
+    const row = await this.#row(ref, project);
+    return { host: await this.#hosts.row(row.host_id), vmId: row.id };
+  }
+
+  /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
+  async applyStatus(hostId: string, status: VmStatus): Promise<void> {
+    await this.#db
+      .updateTable('vms')
+      .set({ actual_state: status.state, status: JSON.stringify(status), updated_at: new Date().toISOString() })
+      .where('id', '=', status.id)
+      .where('host_id', '=', hostId)
+      .execute();
+  }
+
+  /** A full report: VMs of the host that the agent does not know are `missing`. */
+  async applyReport(hostId: string, statuses: VmStatus[], full: boolean): Promise<void> {
+    for (const status of statuses) await this.applyStatus(hostId, status);
+    if (!full) return;
+    const known = statuses.map((s) => s.id);
+    let query = this.#db.updateTable('vms').set({ actual_state: 'missing', updated_at: new Date().toISOString() }).where('host_id', '=', hostId).where('actual_state', '!=', 'pending');
+    if (known.length > 0) query = query.where('id', 'not in', known);
+    // A VM being created is not yet on its host: leave it to its operation.
+    await query.execute();
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * The host agent's HTTP API, used only by the control plane (authenticated with the agent token
+ * both agreed on at join). It turns each request into one supervisor action.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { connect } from 'node:net';
+import websocket from '@fastify/websocket';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { NubisError, messageOf } from '../core/errors.ts';
+import type { VmSpec } from '../compute/vm-spec.ts';
+import { httpStatusOf } from '../api/error-status.ts';
+import type { VmSupervisor } from './vm-supervisor.ts';
+
+export interface AgentAppOptions {
+  supervisor: VmSupervisor;
+  agentToken: string;
+  info: () => Record<string, unknown>;
+  /** Called by POST /agent/shutdown after the answer is sent. */
+  onShutdown: (stopVms: boolean) => void;
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** Builds the agent's Fastify app (not listening: the caller chooses the socket). */
+export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false });
+  await app.register(websocket);
+  const { supervisor } = options;
+
+  app.addHook('onRequest', async (request) => {
+    const header = request.headers.authorization ?? '';
+    const token = header.startsWith('Bearer ') ? header.slice(7) : String((request.query as Record<string, unknown>)?.token ?? '');
+    if (!sameSecret(token, options.agentToken)) throw new NubisError('AUTH_INVALID_TOKEN', 'The agent token is missing or wrong');
+  });
+  app.setErrorHandler((error, _request, reply) => {
+    const code = error instanceof NubisError ? error.code : (error as { code?: string }).code?.startsWith('FST_ERR_VALIDATION') ? 'VALIDATION_FAILED' : 'INTERNAL_ERROR';
+    void reply.status(httpStatusOf(code)).send({ code, message: messageOf(error), ...(error instanceof NubisError && error.details ? { details: error.details } : {}) });
+  });
+
+  type IdParams = { Params: { id: string } };
+  type ActionBody = { force?: boolean; timeoutSeconds?: number };
+
+  app.get('/agent/info', async () => ({ ...options.info(), vms: supervisor.list() }));
+  app.get('/agent/vms', async () => supervisor.list());
+  app.put<IdParams & { Body: VmSpec }>('/agent/vms/:id', async (request) => supervisor.create({ ...request.body, id: request.params.id }));
+  app.get<IdParams>('/agent/vms/:id', async (request) => supervisor.status(request.params.id));
+  app.post<IdParams>('/agent/vms/:id/start', async (request) => supervisor.start(request.params.id));
+  app.post<IdParams & { Body: ActionBody }>('/agent/vms/:id/stop', async (request) =>
+    supervisor.stop(request.params.id, { force: request.body?.force, gracefulTimeoutMs: (request.body?.timeoutSeconds ?? 30) * 1000 }),
+  );
+  app.post<IdParams & { Body: ActionBody }>('/agent/vms/:id/reboot', async (request) =>
+    supervisor.reboot(request.params.id, { force: request.body?.force, gracefulTimeoutMs: (request.body?.timeoutSeconds ?? 30) * 1000 }),
+  );
+  app.post<IdParams>('/agent/vms/:id/pause', async (request) => supervisor.pause(request.params.id));
+  app.post<IdParams>('/agent/vms/:id/resume', async (request) => supervisor.resume(request.params.id));
+  app.post<IdParams & { Body: { timeoutMs?: number } }>('/agent/vms/:id/wait-ready', async (request) =>
+    supervisor.waitReady(request.params.id, request.body?.timeoutMs ?? 120_000),
+  );
+  app.delete<IdParams>('/agent/vms/:id', async (request, reply) => {
+    await supervisor.delete(request.params.id);
+    return reply.status(204).send();
+  });
+  app.get<IdParams & { Querystring: { lines?: string } }>('/agent/vms/:id/log', async (request) => ({
+    lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
+  }));
+  app.post<{ Body: { stopVms?: boolean } }>('/agent/shutdown', async (request, reply) => {
+    await reply.status(202).send({ shuttingDown: true });
+    options.onShutdown(request.body?.stopVms ?? false);
+  });
+
+  // Interactive serial console: bytes both ways between the WebSocket and QEMU's console socket.
+  // QEMU's socket chardev serves one client at a time, so a second attach is refused.
+  const attached = new Set<string>();
+  app.get<IdParams>('/agent/vms/:id/console', { websocket: true }, (socket, request) => {
+    const { id } = request.params;
+    let path: string;
+    try {
+      path = supervisor.consoleSocket(id);
+      if (attached.has(id)) throw new NubisError('VM_CONSOLE_BUSY', 'Someone is already attached to this console; detach there first');
+    } catch (error) {
+      socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120));
+      return;
+    }
+    attached.add(id);
+    const serial = connect(path);
+    serial.on('data', (data) => socket.send(data));
+    socket.on('message', (data: Buffer) => serial.write(data));
+    const end = (): void => {
+      attached.delete(id);
+      serial.destroy();
+      socket.close();
+    };
+    serial.on('close', end);
+    serial.on('error', end);
+    socket.on('close', end);
+  });
+  return app;
+}

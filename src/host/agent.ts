@@ -1,0 +1,164 @@
+/**
+ * The host agent process: one per host. It owns the VMs of its host, serves the agent API on its
+ * endpoint, joins the control plane with a join token and keeps it told what actually runs.
+ * Stopping the agent leaves every VM running; the next agent re-adopts them.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator-probe.ts';
+import { messageOf } from '../core/errors.ts';
+import { requestJson } from '../core/http-json.ts';
+import { newSecret } from '../core/ids.ts';
+import type { Logger } from '../core/logger.ts';
+import { buildAgentApp } from './agent-app.ts';
+import { VmSupervisor } from './vm-supervisor.ts';
+import type { VmStatus } from './vm-status.ts';
+
+export interface AgentOptions {
+  /** Host name, unique in the cluster. */
+  name: string;
+  /** This host's own folder: agent.json, vms/, agent.sock. */
+  hostDir: string;
+  /** The control plane's URL (http://127.0.0.1:8443 or unix:/path). */
+  controlUrl: string;
+  joinToken: string;
+  /** The guest used by the accelerator probe. */
+  probeGuest: { kernelPath: string; initrdPath: string; identity: string };
+  /** Folder for the probe's cached result (shared by all agents of a machine). */
+  cacheDir: string;
+  logger: Logger;
+  /** Seconds between full reports to the control plane. Default 10. */
+  heartbeatSeconds?: number;
+}
+
+interface AgentIdentity {
+  agentToken: string;
+}
+
+/** A running host agent; `stop()` ends it and leaves the VMs running unless asked otherwise. */
+export interface RunningAgent {
+  endpoint: string;
+  accelerator: AcceleratorChoice;
+  supervisor: VmSupervisor;
+  stop(options?: { stopVms?: boolean }): Promise<void>;
+  /** Resolves when the agent has ended (by `stop()` or a shutdown request). */
+  ended: Promise<void>;
+}
+
+async function loadIdentity(hostDir: string): Promise<AgentIdentity> {
+  const path = join(hostDir, 'agent.json');
+  if (existsSync(path)) return JSON.parse(await readFile(path, 'utf8')) as AgentIdentity;
+  const identity = { agentToken: newSecret('nubis_agent') };
+  await writeFile(path, `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
+  return identity;
+}
+
+/** Starts a host agent and returns once it serves (joining the control plane goes on in the background). */
+export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
+  const { logger } = options;
+  await mkdir(join(options.hostDir, 'vms'), { recursive: true });
+  const identity = await loadIdentity(options.hostDir);
+  const accelerator = await chooseAccelerator(options.probeGuest, { cacheFile: join(options.cacheDir, 'accelerator-probe.json'), workDir: options.hostDir });
+  logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
+
+  const changed = new Map<string, VmStatus>();
+  let flushScheduled = false;
+  let joined = false;
+  const supervisor = new VmSupervisor({
+    vmsDir: join(options.hostDir, 'vms'),
+    accelerator: accelerator.accelerator,
+    log: (level, message) => logger[level](message),
+    onChange: (status) => {
+      changed.set(status.id, status);
+      if (!flushScheduled && joined) {
+        flushScheduled = true;
+        queueMicrotask(() => void flushChanges());
+      }
+    },
+  });
+
+  const report = (vms: VmStatus[], full: boolean): Promise<unknown> =>
+    requestJson(options.controlUrl, { method: 'POST', path: `/v1/hosts/${options.name}/report`, token: identity.agentToken, body: { vms, full }, timeoutMs: 10_000 });
+
+  async function flushChanges(): Promise<void> {
+    flushScheduled = false;
+    const batch = [...changed.values()];
+    changed.clear();
+    if (batch.length === 0) return;
+    try {
+      await report(batch, false);
+    } catch (error) {
+      // The next heartbeat sends everything again, so nothing is lost by dropping this batch.
+      logger.warn(`Cannot report to the control plane: ${messageOf(error)}`);
+    }
+  }
+
+  await supervisor.adoptAll();
+  const endpoint = `unix:${join(options.hostDir, 'agent.sock')}`;
+  let resolveEnded!: () => void;
+  const ended = new Promise<void>((resolve) => (resolveEnded = resolve));
+  const abort = new AbortController();
+  let stopping = false;
+  const stop = async (stopOptions: { stopVms?: boolean } = {}): Promise<void> => {
+    if (stopping) return ended;
+    stopping = true;
+    abort.abort();
+    if (stopOptions.stopVms) {
+      logger.info('stopping every VM of this host');
+      await supervisor.stopAll({ gracefulTimeoutMs: 20_000 });
+      await flushChanges();
+    }
+    supervisor.detachAll();
+    await app.close();
+    await rm(join(options.hostDir, 'agent.sock'), { force: true });
+    resolveEnded();
+  };
+
+  const app = await buildAgentApp({
+    supervisor,
+    agentToken: identity.agentToken,
+    info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
+    onShutdown: (stopVms) => void stop({ stopVms }),
+  });
+  await rm(join(options.hostDir, 'agent.sock'), { force: true });
+  await app.listen({ path: join(options.hostDir, 'agent.sock') });
+
+  const joinBody = {
+    name: options.name,
+    joinToken: options.joinToken,
+    endpoint,
+    agentToken: identity.agentToken,
+    accelerator: accelerator.accelerator,
+    acceleratorReason: accelerator.reason,
+    cpus: cpus().length,
+    memoryMb: Math.floor(totalmem() / 1024 / 1024),
+  };
+  // Join, then report everything on a heartbeat. The control plane may start after the agent or
+  // restart under it: the loop keeps trying and re-joins, and VMs run on meanwhile.
+  void (async () => {
+    let backoffMs = 200;
+    while (!abort.signal.aborted) {
+      try {
+        if (!joined) {
+          await requestJson(options.controlUrl, { method: 'POST', path: '/v1/hosts/join', body: joinBody, timeoutMs: 10_000 });
+          joined = true;
+          backoffMs = 200;
+          logger.info({ controlUrl: options.controlUrl }, 'joined the control plane');
+        }
+        await report(supervisor.list(), true);
+        await delay((options.heartbeatSeconds ?? 10) * 1000, undefined, { signal: abort.signal });
+      } catch (error) {
+        if (abort.signal.aborted) break;
+        if ((error as { code?: string }).code === 'HOST_NOT_FOUND' || (error as { code?: string }).code === 'AUTH_INVALID_TOKEN') joined = false;
+        logger.warn(`Control plane not reachable or refused us (${messageOf(error)}); retrying`);
+        await delay(backoffMs, undefined, { signal: abort.signal }).catch(() => undefined);
+        backoffMs = Math.min(backoffMs * 2, 5_000);
+      }
+    }
+  })();
+
+  return { endpoint, accelerator, supervisor, stop, ended };
+}

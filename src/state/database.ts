@@ -1,0 +1,28 @@
+/**
+ * Opens the control plane's database: embedded SQLite under the data folder, migrated to the
+ * current schema before anything reads it.
+ */
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, Migrator, SqliteDialect } from 'kysely';
+import { NubisError } from '../core/errors.ts';
+import { inlineMigrations } from './migrations.ts';
+import type { Database } from './schema.ts';
+
+export type Db = Kysely<Database>;
+
+/** Opens (creating if needed) the SQLite database at `path` and applies pending migrations. */
+export async function openDatabase(path: string): Promise<Db> {
+  const sqlite = new SqliteDatabase(path);
+  // WAL keeps readers off the writer's back; foreign keys are off by default in SQLite.
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('foreign_keys = ON');
+  sqlite.pragma('busy_timeout = 5000');
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const { error, results } = await new Migrator({ db, provider: inlineMigrations }).migrateToLatest();
+  if (error) {
+    await db.destroy();
+    const failed = results?.find((result) => result.status === 'Error')?.migrationName ?? 'unknown';
+    throw new NubisError('STATE_MIGRATION_FAILED', `Migration ${failed} of ${path} failed: ${(error as Error).message}`, { cause: error });
+  }
+  return db;
+}

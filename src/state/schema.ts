@@ -1,0 +1,105 @@
+/**
+ * The control plane's tables, as Kysely types. Times are ISO strings; JSON columns hold text.
+ * The SQL that creates them is in migrations.ts; both change together.
+ */
+import type { Generated } from 'kysely';
+
+export interface ProjectsTable {
+  id: string;
+  name: string;
+  created_at: string;
+}
+
+export interface TokensTable {
+  id: string;
+  name: string;
+  /** sha256 of the secret: the secret itself is shown once and never stored. */
+  secret_sha256: string;
+  role: 'admin' | 'host';
+  created_at: string;
+}
+
+export interface HostsTable {
+  id: string;
+  name: string;
+  /** `unix:/path/agent.sock` or `http://address:port`. */
+  endpoint: string;
+  /** The credential the control plane and this agent use with each other. */
+  agent_token: string;
+  accelerator: string;
+  accelerator_reason: string;
+  cpus: number;
+  memory_mb: number;
+  maintenance: number;
+  last_seen_at: string;
+  joined_at: string;
+}
+
+export interface ImagesTable {
+  id: string;
+  name: string;
+  /** `kernel`: kernel + initrd; `disk`: a bootable qcow2 or raw disk. */
+  kind: 'kernel' | 'disk';
+  format: string;
+  /** JSON: { kernelPath, initrdPath } or { path }. */
+  files: string;
+  size_bytes: number;
+  builtin: number;
+  created_at: string;
+}
+
+export interface VmsTable {
+  id: string;
+  project_id: string;
+  name: string;
+  host_id: string;
+  image_id: string;
+  cpus: number;
+  memory_mb: number;
+  desired_state: 'running' | 'stopped';
+  /** What the host last reported (or `pending` before it did). */
+  actual_state: string;
+  /** JSON: the VmSpec sent to the host. */
+  spec: string;
+  /** JSON: the host's last VmStatus. */
+  status: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface OperationsTable {
+  id: string;
+  kind: string;
+  project_id: string | null;
+  target_type: string;
+  target_id: string;
+  target_name: string;
+  status: 'running' | 'succeeded' | 'failed' | 'cancelled';
+  stage: string;
+  progress: number;
+  error_code: string | null;
+  error_message: string | null;
+  result: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface OperationEventsTable {
+  seq: Generated<number>;
+  operation_id: string;
+  at: string;
+  stage: string;
+  message: string;
+  progress: number;
+  data: string | null;
+}
+
+export interface Database {
+  projects: ProjectsTable;
+  tokens: TokensTable;
+  hosts: HostsTable;
+  images: ImagesTable;
+  vms: VmsTable;
+  operations: OperationsTable;
+  operation_events: OperationEventsTable;
+}
