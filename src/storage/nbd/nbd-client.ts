@@ -35,6 +35,7 @@ export class NbdClient {
   #nextHandle = 1;
   #closedError?: NbdError;
   #waitingReply?: { handle: number; error: number; pending: Pending };
+  #onIdle?: () => void;
 
   private constructor(socket: Socket, queue: ByteQueue, sizeBytes: number, flags: number) {
     this.#socket = socket;
@@ -165,7 +166,8 @@ export class NbdClient {
   /** Soft disconnect (NBD_CMD_DISC) once the server has answered everything in flight. */
   async close(): Promise<void> {
     if (this.#closedError) return;
-    await Promise.allSettled([...this.#pending.values()].map((p) => new Promise((r) => { const { resolve, reject } = p; p.resolve = (d) => { resolve(d); r(d); }; p.reject = (e) => { reject(e); r(e); }; })));
+    // proto.md NBD_CMD_DISC: the client SHOULD wait until no requests are in flight.
+    while (this.#pending.size > 0 && !this.#closedError) await new Promise<void>((resolve) => (this.#onIdle = resolve));
     if (this.#closedError) return;
     const header = encodeRequest(C.NBD_CMD_DISC, 0, 0, 0, 0);
     this.#socket.end(header);
@@ -225,6 +227,7 @@ export class NbdClient {
       this.#pending.delete(handle);
       if (error !== 0) pending.reject(NbdError.fromErrno(error, `Server answered error ${error}`));
       else pending.resolve(length > 0 ? Buffer.from(this.#queue.take(length)) : undefined);
+      if (this.#pending.size === 0) this.#onIdle?.();
     }
   }
 
@@ -232,6 +235,7 @@ export class NbdClient {
     this.#closedError ??= error;
     for (const pending of this.#pending.values()) pending.reject(error);
     this.#pending.clear();
+    this.#onIdle?.();
   }
 }
 
