@@ -164,8 +164,15 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     services.vms.get(request.params.vm, request.query.project),
   );
   for (const action of ['start', 'stop', 'reboot', 'pause', 'resume'] as VmAction[]) {
-    app.post(`/v1/vms/:vm/${action}`, { schema: { tags: ['vms'], summary: `${action[0].toUpperCase()}${action.slice(1)} a VM (operation)`, params: VmRef, querystring: ProjectQuery, body: Type.Optional(VmStopRequest), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
-      const body = request.body ?? { force: false, timeoutSeconds: 30 };
+    const takesOptions = action === 'stop' || action === 'reboot';
+    app.post(`/v1/vms/:vm/${action}`, {
+      schema: { tags: ['vms'], summary: `${action[0].toUpperCase()}${action.slice(1)} a VM (operation)`, params: VmRef, querystring: ProjectQuery, body: takesOptions ? VmStopRequest : Type.Object({}, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } },
+      // A bodiless POST (curl -X POST) means "no options": validate it as an empty object.
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
+    }, async (request, reply) => {
+      const body = request.body as { force?: boolean; timeoutSeconds?: number };
       const operation = await services.vms.act(request.params.vm, action, { project: request.query.project, force: body.force, timeoutSeconds: body.timeoutSeconds });
       return reply.status(202).send({ operation });
     });

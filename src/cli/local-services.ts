@@ -8,6 +8,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
+import { processAlive } from '../core/process-alive.ts';
 import { cacheDir, dataPaths, repoRoot } from '../core/paths.ts';
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import { stopOrphanedVms } from '../host/orphan-vms.ts';
@@ -22,19 +23,11 @@ export interface UpOptions {
   quiet: boolean;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function readPidFile(path: string): Promise<number | undefined> {
   if (!existsSync(path)) return undefined;
   const pid = Number.parseInt(await readFile(path, 'utf8'), 10);
-  return Number.isInteger(pid) && pidAlive(pid) ? pid : undefined;
+  return Number.isInteger(pid) && processAlive(pid) ? pid : undefined;
 }
 
 /** Starts `nubis daemon ...` detached, with its output in a log file and its pid in run/. */
@@ -91,7 +84,7 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     controlPid = await spawnDaemon(options.dataDir, 'control-plane', ['control-plane', '--data', options.dataDir, '--port', String(options.port)]);
   }
   const url = await waitFor('The control plane answering', 30_000, async () => {
-    if (!pidAlive(controlPid!)) throw new NubisError('UP_FAILED', `The control plane exited; see ${join(paths.logsDir, 'control-plane.log')}`);
+    if (!processAlive(controlPid!)) throw new NubisError('UP_FAILED', `The control plane exited; see ${join(paths.logsDir, 'control-plane.log')}`);
     if (!existsSync(paths.apiInfo)) return undefined;
     const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string };
     await new ApiClient(resolveApiTarget(options.dataDir)).request('GET', '/v1/status');
@@ -149,7 +142,7 @@ export async function down(options: { dataDir: string; keepVms: boolean }, say: 
       const pid = await readPidFile(join(paths.runDir, file));
       if (pid) {
         process.kill(pid, 'SIGTERM');
-        await waitFor(`${file.replace('.pid', '')} exiting`, 30_000, async () => (pidAlive(pid) ? undefined : true)).catch(() => process.kill(pid, 'SIGKILL'));
+        await waitFor(`${file.replace('.pid', '')} exiting`, 30_000, async () => (processAlive(pid) ? undefined : true)).catch(() => process.kill(pid, 'SIGKILL'));
         stoppedProcesses.push(file.replace('.pid', ''));
       }
       await rm(join(paths.runDir, file), { force: true });

@@ -318,7 +318,7 @@ export class VmSupervisor {
       this.#readyWaits.get(record.spec.id)?.abort();
       if (!this.#records.has(record.spec.id)) return;
       if (ended === 'crashed') await this.#markCrashed(record, 'QEMU exited without a shutdown (killed or failed)');
-      else if (record.desired === 'running') {
+      else if (!qemu.stopRequested) {
         // The guest powered itself off: that is a stop the user asked for from inside.
         record.desired = 'stopped';
         this.#update(record, { state: 'stopped', pid: undefined, readyAt: undefined, lastError: 'The guest shut itself down' });

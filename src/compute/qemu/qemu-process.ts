@@ -8,6 +8,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../../core/errors.ts';
+import { processAlive } from '../../core/process-alive.ts';
 import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
 import type { VmSpec } from '../vm-spec.ts';
 import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
@@ -174,6 +175,11 @@ export class QemuProcess {
     return this.#state;
   }
 
+  /** True once Nubis asked this QEMU to stop (so its end is no surprise). */
+  get stopRequested(): boolean {
+    return this.#stopRequested;
+  }
+
   /** Pauses the vCPUs (QMP `stop`). */
   async pause(): Promise<void> {
     await this.qmp.execute('stop');
@@ -252,20 +258,9 @@ export class QemuProcess {
 }
 
 /**
- * After QMP closes, the process may need a moment to exit. Our own child can be awaited, but a
- * re-attached QEMU is not our child, so its end is seen through /proc.
+ * After QMP closes, the process may need a moment to exit. A re-attached QEMU is not our child,
+ * so its end is seen through /proc.
  */
 async function waitForPidGone(pid: number): Promise<void> {
-  for (let attempt = 0; attempt < 500; attempt++) {
-    if (!existsSync(`/proc/${pid}`) || readProcState(pid) === 'Z') return;
-    await delay(10);
-  }
-}
-
-function readProcState(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0];
-  } catch {
-    return undefined;
-  }
+  for (let attempt = 0; attempt < 500 && processAlive(pid); attempt++) await delay(10);
 }
