@@ -256,10 +256,14 @@ vm
         if (process.stdin.isTTY) process.stdin.setRawMode(true);
         process.stdin.resume();
         process.stdin.on('data', (data: Buffer) => {
-          // Ctrl-] (0x1d) detaches, as in telnet and virsh console.
-          if (data.includes(0x1d)) socket.close();
-          else socket.send(data);
+          // Ctrl-] (0x1d) detaches, as in telnet and virsh console; what came before it is sent.
+          const detachAt = data.indexOf(0x1d);
+          if (detachAt === -1) return socket.send(data);
+          if (detachAt > 0) socket.send(data.subarray(0, detachAt));
+          socket.close();
         });
+        // Piped input that ends detaches too, instead of holding the console forever.
+        process.stdin.on('end', () => socket.close());
       });
       socket.on('message', (data: Buffer) => process.stdout.write(data));
       socket.on('close', (code, reason) => {

@@ -1,0 +1,173 @@
+/**
+ * The foundation end to end, with real processes: `nubis up`, a tiny VM booted through the API
+ * and driven through the CLI, the guest answering HTTP, agent restart and QEMU crash, bad input,
+ * the console, and `nubis down` leaving no QEMU behind.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import WebSocket from 'ws';
+import type { Operation, Vm } from '../../src/api/schemas.ts';
+import { processAlive } from '../../src/core/process-alive.ts';
+import { NubisInstance, freePort, httpGet } from '../helpers/nubis-instance.ts';
+
+describe('VM lifecycle through the API and the CLI', () => {
+  const nubis = new NubisInstance('lifecycle');
+  let httpPort = 0;
+  let guestUrl = '';
+
+  before(async () => {
+    await nubis.up();
+    httpPort = await freePort();
+    guestUrl = `http://127.0.0.1:${httpPort}/`;
+  });
+  after(() => nubis.destroy());
+
+  async function vm(name: string): Promise<Vm> {
+    return nubis.cliJson<Vm>(['vm', 'show', name]);
+  }
+
+  it('shows the local host with its probed accelerator', async () => {
+    const hosts = await nubis.cliJson<Array<{ name: string; status: string; accelerator: string; acceleratorReason: string }>>(['host', 'list']);
+    assert.equal(hosts.length, 1);
+    assert.equal(hosts[0].name, 'host-1');
+    assert.equal(hosts[0].status, 'online');
+    assert.match(hosts[0].accelerator, /^(kvm|tcg)$/);
+    assert.ok(hosts[0].acceleratorReason.length > 0);
+  });
+
+  it('creates a VM through the API that boots and answers HTTP', async () => {
+    const created = await nubis.api<{ operation: Operation }>('POST', '/v1/vms', { name: 'web1', image: 'tiny', cpus: 1, memoryMb: 256, publish: [{ hostPort: httpPort, guestPort: 80 }] });
+    assert.equal(created.status, 202);
+    const operation = await nubis.waitOperation(created.body.operation.id);
+    assert.equal(operation.status, 'succeeded', operation.error?.message);
+    const events = await nubis.api<Array<{ stage: string }>>('GET', `/v1/operations/${operation.id}`);
+    assert.equal(events.status, 200);
+    assert.equal(await httpGet(guestUrl), 'web1 requests=1');
+    assert.equal(await httpGet(guestUrl), 'web1 requests=2');
+    const listed = await nubis.cliJson<Vm[]>(['vm', 'list']);
+    assert.equal(listed.length, 1);
+    assert.equal(listed[0].state, 'running');
+    assert.equal(listed[0].host, 'host-1');
+    assert.equal(listed[0].ready, true);
+    assert.equal(listed[0].cpus, 1);
+    assert.equal(listed[0].memoryMb, 256);
+    assert.ok(listed[0].pid && processAlive(listed[0].pid));
+    const log = await nubis.cliJson<{ lines: string[] }>(['vm', 'log', 'web1']);
+    assert.ok(log.lines.some((line) => line.includes('NUBIS-READY name=web1')), 'the console log holds the readiness line');
+  });
+
+  it('refuses bad input with a 4xx, a stable code and a sentence, and creates nothing', async () => {
+    const cases: Array<[unknown, number, string]> = [
+      [{ name: 'bad1', image: 'tiny', memoryMb: -5 }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'bad2', image: 'tiny', cpus: 100000 }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'Bad Name', image: 'tiny' }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'bad3', image: 'no-such-image' }, 404, 'IMAGE_NOT_FOUND'],
+      [{ name: 'web1', image: 'tiny' }, 409, 'VM_NAME_TAKEN'],
+      [{ name: 'bad4', image: 'tiny', memoryMb: 1048576 }, 422, 'NO_HOST_FITS'],
+      [{ name: 'bad5', image: 'tiny', colour: 'blue' }, 400, 'UNKNOWN_FIELD'],
+      [{ name: 'bad6', image: 'tiny', host: 'no-such-host' }, 404, 'HOST_NOT_FOUND'],
+      [{ name: 'bad7', image: 'tiny', publish: [{ hostPort: httpPort, guestPort: 80 }] }, 409, 'PORT_IN_USE'],
+    ];
+    for (const [body, status, code] of cases) {
+      const response = await nubis.api<{ code: string; message: string }>('POST', '/v1/vms', body);
+      assert.equal(response.status, status, `${JSON.stringify(body)}: ${JSON.stringify(response.body)}`);
+      assert.equal(response.body.code, code);
+      assert.match(response.body.message, /^[A-Z]/);
+    }
+    assert.equal((await nubis.api('GET', '/v1/vms', undefined, null)).status, 401);
+    const wrong = await nubis.api<{ code: string }>('GET', '/v1/vms', undefined, 'nubis_admin_wrong');
+    assert.equal(wrong.status, 401);
+    assert.equal(wrong.body.code, 'AUTH_INVALID_TOKEN');
+    assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).length, 1, 'no VM was created by bad requests');
+    const cli = await nubis.cli(['vm', 'create', 'bad8', '--image', 'tiny', '--memory', 'lots']);
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /--memory must be a whole number, not lots/);
+  });
+
+  it('stops, starts, pauses, resumes and reboots through the CLI', async () => {
+    let result = await nubis.cli(['vm', 'stop', 'web1']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal((await vm('web1')).state, 'stopped');
+    assert.equal(await httpGet(guestUrl, 2_000), undefined, 'a stopped VM does not answer');
+    result = await nubis.cli(['vm', 'start', 'web1']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(await httpGet(guestUrl), 'web1 requests=1', 'a fresh boot counts from 1');
+    await nubis.cliJson(['vm', 'pause', 'web1']);
+    assert.equal((await vm('web1')).state, 'paused');
+    assert.equal(await httpGet(guestUrl, 2_000), undefined, 'a paused guest does not answer');
+    await nubis.cliJson(['vm', 'resume', 'web1']);
+    assert.equal((await vm('web1')).state, 'running');
+    assert.ok((await httpGet(guestUrl))?.startsWith('web1 requests='));
+    const before = await vm('web1');
+    await nubis.cliJson(['vm', 'reboot', 'web1']);
+    const rebooted = await vm('web1');
+    assert.equal(rebooted.state, 'running');
+    assert.equal(rebooted.ready, true);
+    assert.notEqual(rebooted.pid, before.pid, 'a reboot starts a fresh QEMU');
+    assert.equal(await httpGet(guestUrl), 'web1 requests=1');
+  });
+
+  it('attaches to the serial console and runs a command in the guest', async () => {
+    const socket = new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/web1/console`, { headers: { authorization: `Bearer ${nubis.token}` } });
+    let output = '';
+    socket.on('message', (data: Buffer) => (output += data.toString()));
+    await new Promise((resolve, reject) => {
+      socket.once('open', resolve);
+      socket.once('error', reject);
+    });
+    const marker = `console-${process.pid}`;
+    socket.send(`echo ${marker}-$((6*7))\n`);
+    const deadline = Date.now() + 30_000;
+    while (!output.includes(`${marker}-42`) && Date.now() < deadline) await new Promise((resolve) => socket.once('message', resolve));
+    socket.close();
+    assert.ok(output.includes(`${marker}-42`), `the guest shell evaluated the command; got: ${output.slice(-300)}`);
+    // The CLI detaches on Ctrl-] (0x1d).
+    const cli = await nubis.cli(['vm', 'console', 'web1'], { input: `echo cli-${marker}\n\x1d` });
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stderr, /Connected to the console of web1; detach with Ctrl-\]/);
+    assert.match(cli.stderr, /Detached/);
+  });
+
+  it('keeps the VM running across an agent restart and shows the truth afterwards', async () => {
+    const before = await vm('web1');
+    process.kill(nubis.pidOf('agent-host-1'), 'SIGKILL');
+    assert.ok((await httpGet(guestUrl))?.startsWith('web1 requests='), 'the guest serves while its agent is down');
+    await nubis.up();
+    const after = await vm('web1');
+    assert.equal(after.state, 'running');
+    assert.equal(after.pid, before.pid, 'the same QEMU was re-adopted');
+    const stopped = await nubis.cli(['vm', 'stop', 'web1', '--json']);
+    assert.equal(stopped.code, 0, `the re-adopted VM can be driven: ${stopped.stderr}`);
+    await nubis.cliJson(['vm', 'start', 'web1']);
+  });
+
+  it('shows a VM whose QEMU died as crashed, with the end of its console log', async () => {
+    const running = await vm('web1');
+    process.kill(running.pid!, 'SIGKILL');
+    const deadline = Date.now() + 20_000;
+    let crashed = await vm('web1');
+    while (crashed.state !== 'crashed' && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      crashed = await vm('web1');
+    }
+    assert.equal(crashed.state, 'crashed');
+    assert.match(crashed.lastError ?? '', /QEMU exited without a shutdown/);
+    assert.ok(crashed.crashLogTail?.some((line) => line.includes('NUBIS-READY')));
+    await nubis.cliJson(['vm', 'start', 'web1']);
+    assert.equal(await httpGet(guestUrl), 'web1 requests=1');
+  });
+
+  it('deletes a VM and leaves no QEMU behind on down', async () => {
+    const second = await nubis.cliJson<Vm>(['vm', 'create', 'web2', '--image', 'tiny', '--memory', '128']);
+    assert.equal(second.state, 'running');
+    const first = await vm('web1');
+    await nubis.cliJson(['vm', 'delete', 'web2']);
+    assert.equal(processAlive(second.pid!), false, 'deleting stops its QEMU');
+    assert.deepEqual((await nubis.cliJson<Vm[]>(['vm', 'list'])).map((v) => v.name), ['web1']);
+    const down = await nubis.cli(['down']);
+    assert.equal(down.code, 0, down.stderr);
+    assert.equal(processAlive(first.pid!), false, 'down stops the VMs');
+    assert.equal(existsSync(`${nubis.dataDir}/run/control-plane.pid`), false);
+  });
+});

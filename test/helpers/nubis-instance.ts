@@ -1,0 +1,114 @@
+/**
+ * A whole Nubis for a test: `nubis up` in a data folder of its own on a free port, the API with
+ * its admin token, the CLI, and `nubis down` plus removal of the folder at the end.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Operation } from '../../src/api/schemas.ts';
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** A TCP port nothing listens on right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export class NubisInstance {
+  readonly dataDir: string;
+  port = 0;
+  url = '';
+  token = '';
+
+  constructor(prefix: string) {
+    this.dataDir = mkdtempSync(join(tmpdir(), `nubis-${prefix}-${process.pid}-`));
+  }
+
+  /** Runs the nubis CLI against this instance; `input` is written to its stdin. */
+  cli(args: string[], options: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [join(repoRoot, 'bin/nubis.mjs'), '--data', this.dataDir, ...args], {
+        env: { ...process.env, NUBIS_URL: '', NUBIS_TOKEN: '', ...options.env },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk) => (stdout += chunk));
+      child.stderr.on('data', (chunk) => (stderr += chunk));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+      if (options.input !== undefined) child.stdin.write(options.input);
+      child.stdin.end();
+    });
+  }
+
+  /** `cli` that must succeed; with `--json` its output is parsed. */
+  async cliJson<T>(args: string[]): Promise<T> {
+    const result = await this.cli([...args, '--json']);
+    if (result.code !== 0) throw new Error(`nubis ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+    return JSON.parse(result.stdout) as T;
+  }
+
+  async up(): Promise<void> {
+    this.port = await freePort();
+    const result = await this.cli(['up', '--detach', '--port', String(this.port), '--json']);
+    if (result.code !== 0) throw new Error(`nubis up failed: ${result.stderr}${result.stdout}`);
+    this.url = (JSON.parse(result.stdout) as { url: string }).url;
+    this.token = readFileSync(join(this.dataDir, 'admin-token'), 'utf8').trim();
+  }
+
+  /** Stops everything and removes the data folder, whatever state the test left. */
+  async destroy(): Promise<void> {
+    await this.cli(['down']).catch(() => undefined);
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+
+  async api<T>(method: string, path: string, body?: unknown, token: string | null = this.token): Promise<{ status: number; body: T }> {
+    const response = await fetch(`${this.url}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    return { status: response.status, body: (text ? JSON.parse(text) : undefined) as T };
+  }
+
+  /** Waits for an operation to end (by its event stream) and returns it. */
+  async waitOperation(id: string): Promise<Operation> {
+    const response = await fetch(`${this.url}/v1/operations/${id}/events`, { headers: { authorization: `Bearer ${this.token}` } });
+    const text = await response.text(); // the stream ends when the operation does
+    const end = /event: end\ndata: (.*)\n/.exec(text);
+    if (!end) throw new Error(`Operation ${id} stream ended without an end event: ${text.slice(-500)}`);
+    return JSON.parse(end[1]) as Operation;
+  }
+
+  pidOf(name: string): number {
+    return Number(readFileSync(join(this.dataDir, 'run', `${name}.pid`), 'utf8'));
+  }
+}
+
+/** GETs a URL with a deadline; resolves with the body text or undefined when it did not answer. */
+export async function httpGet(url: string, timeoutMs = 5_000): Promise<string | undefined> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+    return await response.text();
+  } catch {
+    return undefined;
+  }
+}
