@@ -66,6 +66,21 @@ function toApiError(error: FastifyError | NubisError | Error): { status: number;
   return { status: 500, body: { code: 'INTERNAL_ERROR', message: `Internal error: ${messageOf(error)}` } };
 }
 
+/** The serial console route, which is a WebSocket and so not seen by @fastify/swagger. */
+const consolePath = {
+  '/v1/vms/{vm}/console': {
+    get: {
+      tags: ['vms'],
+      summary: 'Interactive serial console: a WebSocket upgrade; binary frames carry the bytes both ways',
+      parameters: [
+        { name: 'vm', in: 'path', required: true, schema: { type: 'string' }, description: 'VM name (in the project) or id' },
+        { name: 'project', in: 'query', required: false, schema: { type: 'string' } },
+      ],
+      responses: { '101': { description: 'Switching to the WebSocket protocol' }, '404': { description: 'No such VM' }, '409': { description: 'Someone else is attached' } },
+    },
+  },
+};
+
 /** Builds the API app; the caller listens. */
 export async function buildApp(services: AppServices): Promise<FastifyInstance> {
   const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: true, useDefaults: true } } }).withTypeProvider<TypeBoxTypeProvider>();
@@ -75,6 +90,11 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
       info: { title: 'Nubis API', version: API_VERSION, description: 'Private-cloud virtualization: VMs, hosts, images, operations' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
+    },
+    // @fastify/websocket hides WebSocket routes from the document; list the console by hand.
+    transformObject: (documentObject) => {
+      const document = (documentObject as { openapiObject: { paths?: Record<string, unknown> } }).openapiObject;
+      return { ...document, paths: { ...document.paths, ...consolePath } };
     },
   });
   await app.register(websocket);
@@ -98,7 +118,7 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     void reply.status(404).send({ code: 'ROUTE_NOT_FOUND', message: `No route ${request.method} ${request.url}; see /v1/openapi.json` });
   });
 
-  app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/v1/openapi.json', { schema: { tags: ['status'], summary: 'This OpenAPI document', security: [] } }, async () => app.swagger());
 
   app.get('/v1/status', { schema: { tags: ['status'], summary: 'Cluster summary', response: { 200: Status } } }, async () => {
     const hosts = await services.hosts.list();

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from '../api/app.ts';
+import { buildApp, type AppServices } from '../api/app.ts';
 import { newId, newSecret } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
 import { dataPaths } from '../core/paths.ts';
@@ -43,6 +43,16 @@ async function secretFile(path: string, prefix: string, onCreate?: (secret: stri
   return secret;
 }
 
+/** The control plane's services over an open database: what `buildApp` serves. */
+export function createServices(options: { db: Db; dataDir: string; joinToken: string; logger?: Logger }): AppServices {
+  const { db } = options;
+  const operations = new OperationManager(db);
+  const hosts = new HostRegistry(db, options.joinToken);
+  const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
+  const vms = new VmService({ db, hosts, images, operations });
+  return { db, hosts, images, vms, operations, dataDir: options.dataDir, logger: options.logger };
+}
+
 /** Starts the control plane and resolves once it listens. */
 export async function startControlPlane(options: ControlPlaneOptions): Promise<RunningControlPlane> {
   const paths = dataPaths(options.dataDir);
@@ -56,15 +66,13 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   if (!(await db.selectFrom('projects').select('id').where('name', '=', 'default').executeTakeFirst())) {
     await db.insertInto('projects').values({ id: newId('prj'), name: 'default', created_at: now }).execute();
   }
-  const operations = new OperationManager(db);
+  const services = createServices({ db, dataDir: options.dataDir, joinToken, logger: options.logger });
+  const { operations, images } = services;
   await operations.failInterrupted();
-  const hosts = new HostRegistry(db, joinToken);
-  const images = new ImageCatalogue(db, paths.images);
   const tiny = readTinyImage(options.cacheDir);
   if (tiny) await images.registerBuiltin('tiny', { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath });
   else options.logger.warn('The tiny image is not built; run nubis image build tiny');
-  const vms = new VmService({ db, hosts, images, operations });
-  const app = await buildApp({ db, hosts, images, vms, operations, dataDir: options.dataDir, logger: options.logger });
+  const app = await buildApp(services);
   const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port });
   const url = address.replace('[::1]', '127.0.0.1');
   await writeFile(paths.apiInfo, `${JSON.stringify({ url, pid: process.pid }, null, 2)}\n`);

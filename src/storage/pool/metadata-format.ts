@@ -139,7 +139,7 @@ export function decodeCheckpointHeader(header: Buffer): { generation: number; se
 }
 
 /** Verifies and decodes a checkpoint (header + payload); undefined when its checksum fails. */
-export function decodeCheckpoint(buffer: Buffer, checksumCount: number, auCount: number): PoolState | undefined {
+export function decodeCheckpoint(buffer: Buffer, checksumCount: number, allocationUnitBytes: number): PoolState | undefined {
   const header = decodeCheckpointHeader(buffer);
   if (!header || CHECKPOINT_HEADER_BYTES + header.payloadBytes > buffer.length) return undefined;
   const payload = buffer.subarray(CHECKPOINT_HEADER_BYTES, CHECKPOINT_HEADER_BYTES + header.payloadBytes);
@@ -154,15 +154,14 @@ export function decodeCheckpoint(buffer: Buffer, checksumCount: number, auCount:
   let at = 4 + jsonLength;
   const volumes = new Map<number, { record: VolumeRecord; map: Int32Array }>();
   for (const record of meta.volumes) {
-    const map = new Int32Array(Math.ceil(record.sizeBytes / (auCount > 0 ? 1 : 1)) === 0 ? 0 : 0);
+    const map = new Int32Array(Math.ceil(record.sizeBytes / allocationUnitBytes));
     const count = payload.readUInt32LE(at);
     at += 4;
-    const entries: Array<[number, number]> = [];
     for (let i = 0; i < count; i++) {
-      entries.push([payload.readUInt32LE(at), payload.readUInt32LE(at + 4)]);
+      map[payload.readUInt32LE(at)] = payload.readUInt32LE(at + 4);
       at += 8;
     }
-    volumes.set(record.id, { record, map: map.length ? map : Int32Array.from([]) , ...{ entries } } as never);
+    volumes.set(record.id, { record, map });
   }
   const checksums = new Uint32Array(checksumCount);
   Buffer.from(checksums.buffer).set(payload.subarray(at, at + checksumCount * 4));

@@ -400,9 +400,10 @@ export class RaidArray {
 
   /**
    * Other ways to read `length` bytes at `position` (within one chunk) when the normal read gave
-   * bad data: each candidate names the member it assumes is wrong. Used by repair and scrub.
+   * bad data. A mirror candidate names the member it was read from (`source`); a parity
+   * candidate names the member it assumes is wrong (`suspect`). Used by repair and scrub.
    */
-  async *alternatives(position: number, length: number): AsyncGenerator<{ suspect: number; data: Buffer }> {
+  async *alternatives(position: number, length: number): AsyncGenerator<{ source: number; suspect: number; data: Buffer }> {
     const chunk = this.geometry.chunkBytes;
     const c = Math.floor(position / chunk);
     const inChunk = position - c * chunk;
@@ -414,7 +415,7 @@ export class RaidArray {
         if (this.#unreadable(member, row)) continue;
         const data = Buffer.allocUnsafe(length);
         if (await this.#readMember(member, data, 0, length, this.#memberOffset(row, inChunk))) {
-          yield { suspect: -1, data, source: index } as { suspect: number; data: Buffer };
+          yield { source: index, suspect: -1, data };
         }
       }
       return;
@@ -424,7 +425,7 @@ export class RaidArray {
     for (const useOnly of this.#parity === 2 ? (['p', 'q'] as const) : (['p'] as const)) {
       try {
         const pieces = await this.#reconstructRow(row, inChunk, length, new Set([target]), useOnly);
-        yield { suspect: target, data: pieces.get(target)! };
+        yield { source: -1, suspect: target, data: pieces.get(target)! };
       } catch {
         // Not solvable this way.
       }
@@ -436,7 +437,7 @@ export class RaidArray {
         if (other === target) continue;
         try {
           const pieces = await this.#reconstructRow(row, inChunk, length, new Set([target, other]));
-          yield { suspect: other, data: pieces.get(target)! };
+          yield { source: -1, suspect: other, data: pieces.get(target)! };
         } catch {
           // Not solvable this way.
         }

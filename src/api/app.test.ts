@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { generateOpenApi, openApiPath } from '../../scripts/write-openapi.ts';
+import { createServices } from '../control/control-plane.ts';
+import { openDatabase, type Db } from '../state/database.ts';
+import { buildApp } from './app.ts';
+
+describe('API (inject, no hosts)', () => {
+  let dir: string;
+  let db: Db;
+  let app: FastifyInstance;
+  const token = 'nubis_admin_test-secret';
+  const auth = { authorization: `Bearer ${token}` };
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'nubis-api-test-'));
+    db = await openDatabase(join(dir, 'nubis.db'));
+    const now = new Date().toISOString();
+    await db.insertInto('tokens').values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now }).execute();
+    await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
+    const services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_test' });
+    writeFileSync(join(dir, 'vmlinuz'), 'kernel');
+    writeFileSync(join(dir, 'initrd'), 'initrd');
+    await services.images.registerBuiltin('tiny', { kernelPath: join(dir, 'vmlinuz'), initrdPath: join(dir, 'initrd') });
+    app = await buildApp(services);
+  });
+  after(async () => {
+    await app.close();
+    await db.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('needs a valid bearer token everywhere but the OpenAPI document and the agent routes', async () => {
+    const missing = await app.inject({ method: 'GET', url: '/v1/vms' });
+    assert.equal(missing.statusCode, 401);
+    assert.equal(missing.json().code, 'AUTH_REQUIRED');
+    assert.match(missing.json().message, /admin-token/);
+    const wrong = await app.inject({ method: 'GET', url: '/v1/vms', headers: { authorization: 'Bearer nope' } });
+    assert.equal(wrong.json().code, 'AUTH_INVALID_TOKEN');
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/openapi.json' })).statusCode, 200);
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/vms', headers: auth })).statusCode, 200);
+  });
+
+  it('refuses a wrong join token and reports from unknown hosts', async () => {
+    const join = await app.inject({
+      method: 'POST', url: '/v1/hosts/join',
+      payload: { name: 'h1', joinToken: 'wrong', endpoint: 'unix:/x', agentToken: 'a'.repeat(40), accelerator: 'tcg', acceleratorReason: 'test', cpus: 2, memoryMb: 4096 },
+    });
+    assert.equal(join.statusCode, 401);
+    const report = await app.inject({ method: 'POST', url: '/v1/hosts/h9/report', headers: { authorization: 'Bearer x' }, payload: { vms: [], full: true } });
+    assert.equal(report.statusCode, 404);
+    assert.equal(report.json().code, 'HOST_NOT_FOUND');
+  });
+
+  it('names the offending field of invalid input and never answers 500', async () => {
+    const cases: Array<[unknown, string, RegExp]> = [
+      [{ name: 'a', image: 'tiny', memoryMb: 'lots' }, 'VALIDATION_FAILED', /memoryMb/],
+      [{ name: 'a', image: 'tiny', memoryMb: 1 }, 'VALIDATION_FAILED', /memoryMb.*>= 64/],
+      [{ image: 'tiny' }, 'VALIDATION_FAILED', /name/],
+      [{ name: 'a', image: 'tiny', extra: 1 }, 'UNKNOWN_FIELD', /Unknown field extra/],
+      [{ name: 'a', image: 'nope' }, 'IMAGE_NOT_FOUND', /No image nope/],
+    ];
+    for (const [payload, code, message] of cases) {
+      const response = await app.inject({ method: 'POST', url: '/v1/vms', headers: auth, payload: payload as object });
+      assert.ok(response.statusCode >= 400 && response.statusCode < 500, `${JSON.stringify(payload)} -> ${response.statusCode}`);
+      assert.equal(response.json().code, code);
+      assert.match(response.json().message, message);
+    }
+    const unknownVm = await app.inject({ method: 'POST', url: '/v1/vms/nope/stop', headers: auth });
+    assert.equal(unknownVm.statusCode, 404);
+    assert.equal(unknownVm.json().code, 'VM_NOT_FOUND');
+    const unknownRoute = await app.inject({ method: 'GET', url: '/v1/nothing', headers: auth });
+    assert.equal(unknownRoute.json().code, 'ROUTE_NOT_FOUND');
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/operations/op-x', headers: auth })).json().code, 'OPERATION_NOT_FOUND');
+  });
+
+  it('refuses a VM when no host has joined, and an import of a file that is not there', async () => {
+    const vm = await app.inject({ method: 'POST', url: '/v1/vms', headers: auth, payload: { name: 'a', image: 'tiny' } });
+    assert.equal(vm.statusCode, 422);
+    assert.equal(vm.json().code, 'NO_HOST_FITS');
+    assert.match(vm.json().message, /No host has joined yet/);
+    const image = await app.inject({ method: 'POST', url: '/v1/images', headers: auth, payload: { name: 'x', path: '/nonexistent.qcow2' } });
+    assert.equal(image.statusCode, 400);
+    assert.equal(image.json().code, 'IMAGE_INVALID');
+    const list = await app.inject({ method: 'GET', url: '/v1/vms', headers: auth });
+    assert.deepEqual(list.json(), [], 'nothing was created');
+  });
+
+  it('documents every route in the OpenAPI document, and the checked-in copy is current', async () => {
+    const document = (await app.inject({ method: 'GET', url: '/v1/openapi.json' })).json() as { paths: Record<string, Record<string, unknown>> };
+    const routes = app.printRoutes({ commonPrefix: false });
+    for (const path of ['/v1/vms', '/v1/vms/{vm}', '/v1/vms/{vm}/console', '/v1/vms/{vm}/log', '/v1/operations/{id}/events', '/v1/hosts', '/v1/images', '/v1/status']) {
+      assert.ok(document.paths[path], `${path} is documented`);
+    }
+    // Every registered /v1 route appears (fastify's :param is OpenAPI's {param}).
+    const registered = [...routes.matchAll(/(\/v1\/[^\s(]*)/g)].map((m) => m[1].replace(/:(\w+)/g, '{$1}'));
+    for (const path of registered) assert.ok(document.paths[path], `registered route ${path} is in the OpenAPI document`);
+    assert.equal(readFileSync(openApiPath, 'utf8'), await generateOpenApi(), 'docs/openapi.json is stale: run npm run openapi');
+  });
+});
