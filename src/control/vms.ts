@@ -9,7 +9,7 @@ import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { KeyedSerialQueue } from '../host/serial-queue.ts';
 import type { Db } from '../state/database.ts';
-import type { HostsTable, VmsTable } from '../state/schema.ts';
+import type { HostsTable, ImagesTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
@@ -18,6 +18,14 @@ import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
 
 /** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
 const READY_TIMEOUT_MS = 180_000;
+
+/**
+ * Whether guests of this image print the NUBIS-READY line. The built-in images do; an imported
+ * image is any OS, so for it an operation ends when QEMU runs.
+ */
+function announcesReadiness(image: ImagesTable): boolean {
+  return image.builtin === 1;
+}
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
 
@@ -151,7 +159,7 @@ export class VmService {
           await this.#db.deleteFrom('vms').where('id', '=', id).execute();
           throw error;
         }
-        if (request.waitReady) await this.#waitReady(hostRow, id, request.name, op);
+        if (request.waitReady && announcesReadiness(image)) await this.#waitReady(hostRow, id, request.name, op);
         return this.get(id);
       }),
     );
@@ -193,7 +201,8 @@ export class VmService {
           signal: op.signal,
         });
         await this.applyStatus(host.id, status);
-        if (action === 'start' || action === 'reboot') await this.#waitReady(host, row.id, row.name, op);
+        const image = await this.#images.row(row.image_id);
+        if ((action === 'start' || action === 'reboot') && announcesReadiness(image)) await this.#waitReady(host, row.id, row.name, op);
         return this.get(row.id);
       }),
     );

@@ -3,7 +3,9 @@
  * desired state on disk beside its control files, re-adopts running QEMUs after a restart, and
  * tells its listener every change of actual state.
  */
+import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NubisError, messageOf } from '../core/errors.ts';
@@ -30,6 +32,8 @@ export interface VmSupervisorOptions {
   onChange?: (status: VmStatus) => void;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
 }
+
+const runFile = promisify(execFile);
 
 /** Lines of console log kept with a crash report. */
 const CRASH_LOG_LINES = 20;
@@ -121,8 +125,9 @@ export class VmSupervisor {
       if (this.#records.has(spec.id)) throw new NubisError('VM_EXISTS', `VM ${spec.id} already exists on this host`);
       const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'stopped' } };
       this.#records.set(spec.id, record);
-      await this.#save(record);
       try {
+        await this.#save(record);
+        await this.#prepareBootDisk(record);
         await this.#launch(record);
       } catch (error) {
         // Nothing half-built: a VM that never started is removed again.
@@ -132,6 +137,23 @@ export class VmSupervisor {
       }
       return { ...record.status };
     });
+  }
+
+  /**
+   * A VM booting from a disk image gets its own copy-on-write overlay over the image, so that
+   * images stay read-only and any number of VMs can share one.
+   */
+  async #prepareBootDisk(record: VmRecord): Promise<void> {
+    const boot = record.spec.boot;
+    if (boot.kind !== 'disk') return;
+    const overlay = join(this.#vmDir(record.spec.id), 'root.qcow2');
+    try {
+      await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', boot.format, '-b', boot.path, overlay]);
+    } catch (error) {
+      throw new NubisError('VM_START_FAILED', `Cannot create the root disk of VM ${record.spec.name} over ${boot.path}: ${(error as { stderr?: string }).stderr?.trim() || messageOf(error)}`);
+    }
+    record.spec = { ...record.spec, boot: { kind: 'disk', path: overlay, format: 'qcow2' } };
+    await this.#save(record);
   }
 
   start(id: string): Promise<VmStatus> {

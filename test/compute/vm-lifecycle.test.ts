@@ -4,7 +4,9 @@
  * the console, and `nubis down` leaving no QEMU behind.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import type { Operation, Vm } from '../../src/api/schemas.ts';
@@ -156,6 +158,28 @@ describe('VM lifecycle through the API and the CLI', () => {
     assert.ok(crashed.crashLogTail?.some((line) => line.includes('NUBIS-READY')));
     await nubis.cliJson(['vm', 'start', 'web1']);
     assert.equal(await httpGet(guestUrl), 'web1 requests=1');
+  });
+
+  it('imports a qcow2 image (checked with qemu-img) and boots VMs from copy-on-write overlays of it', async () => {
+    const source = join(nubis.dataDir, 'blank.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', source, '64M']);
+    const imported = await nubis.cliJson<{ name: string; kind: string; format: string }>(['image', 'import', 'blank', source]);
+    assert.deepEqual([imported.name, imported.kind, imported.format], ['blank', 'disk', 'qcow2']);
+    const missing = await nubis.cli(['image', 'import', 'ghost', join(nubis.dataDir, 'nope.qcow2')]);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /No file at/);
+    const layered = join(nubis.dataDir, 'layered.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', source, layered]);
+    const backing = await nubis.cli(['image', 'import', 'layered', layered]);
+    assert.match(backing.stderr, /has a backing file; flatten it first/);
+    const images = await nubis.cliJson<Array<{ name: string }>>(['image', 'list']);
+    assert.deepEqual(images.map((i) => i.name).sort(), ['blank', 'tiny']);
+    // Not an OS that announces readiness: the VM is created once QEMU runs.
+    const blank = await nubis.cliJson<Vm>(['vm', 'create', 'blank1', '--image', 'blank', '--memory', '64']);
+    assert.equal(blank.state, 'running');
+    const overlayInfo = JSON.parse(execFileSync('qemu-img', ['info', '--force-share', '--output=json', join(nubis.dataDir, 'hosts', 'host-1', 'vms', blank.id, 'root.qcow2')], { encoding: 'utf8' }));
+    assert.match(overlayInfo['backing-filename'], /images\/blank\/disk\.qcow2$/);
+    await nubis.cliJson(['vm', 'delete', 'blank1']);
   });
 
   it('deletes a VM and leaves no QEMU behind on down', async () => {

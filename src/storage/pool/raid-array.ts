@@ -437,7 +437,7 @@ export class RaidArray {
         if (other === target) continue;
         try {
           const pieces = await this.#reconstructRow(row, inChunk, length, new Set([target, other]));
-          yield { source: -1, suspect: other, data: pieces.get(target)! };
+          yield { source: -1, suspect: target, data: pieces.get(target)! };
         } catch {
           // Not solvable this way.
         }
@@ -445,9 +445,21 @@ export class RaidArray {
     }
   }
 
-  /** Rewrites the block at `position` (within one chunk) on every member of its redundancy set from good `data`. */
+  /**
+   * Rewrites good `data` for the block at `position` (within one chunk). Mirrors get it on every
+   * copy; parity layouts only on the data member, never recomputing parity from a row that may
+   * hold another bad block (parity stays as it was, which is what repaired that block).
+   */
   async repairBlock(position: number, data: Buffer): Promise<void> {
-    await this.write(data, 0, data.length, position);
+    if (!this.hasParity) {
+      await this.write(data, 0, data.length, position);
+      return;
+    }
+    const chunk = this.geometry.chunkBytes;
+    const c = Math.floor(position / chunk);
+    const row = Math.floor(c / this.#dataPerRow);
+    const member = this.members[this.#parityMembers(row).data(c % this.#dataPerRow)]!;
+    if (this.#writable(member)) await this.#writeMember(member, data, 0, data.length, this.#memberOffset(row, position - c * chunk));
   }
 
   /**
