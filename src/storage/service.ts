@@ -1,0 +1,296 @@
+/**
+ * The storage service: opens every pool described in a folder and serves each volume as an NBD
+ * export named `<pool>/<volume>` on a unix socket and/or TCP. Its methods are the programmatic
+ * API that the control plane and CLI call (`nubis pool ...`, `nubis volume ...`).
+ *
+ * The folder holds one `<pool>.pool.json` per pool: `{ "name", "uuid", "devices": [paths] }`.
+ * Devices carry their own labels and metadata, so the file only says where to look.
+ */
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isNubisError, NubisError } from '../core/errors.ts';
+import * as C from './nbd/nbd-constants.ts';
+import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
+import { NbdServer, type NbdServerEvent } from './nbd/nbd-server.ts';
+import { FileMemberDevice, type MemberDevice } from './pool/member-device.ts';
+import { LABEL_BYTES } from './pool/metadata-format.ts';
+import type { RaidLayout } from './pool/raid-array.ts';
+import {
+  StoragePool,
+  type LongActionOptions,
+  type OpenMemberDevice,
+  type PoolStatus,
+  type ScrubReport,
+  type VolumeInfo,
+} from './pool/storage-pool.ts';
+import { parseSize } from './size.ts';
+
+export type { LongActionOptions, PoolProgress, PoolStatus, ScrubReport, VolumeInfo } from './pool/storage-pool.ts';
+export type { RaidLayout } from './pool/raid-array.ts';
+
+/** Options of `StorageService.start`. */
+export interface StorageServiceOptions {
+  /** Folder of `<pool>.pool.json` files; created if missing. */
+  poolsDir: string;
+  /** Serve every volume on this unix socket. */
+  socketPath?: string;
+  /** And/or on TCP (port 0 picks one). Default host 127.0.0.1. */
+  tcp?: { host?: string; port: number };
+  /** How member devices are opened; default regular files and block devices. */
+  openDevice?: OpenMemberDevice;
+  /** NBD connection events, for a debug log. */
+  onNbdEvent?: (event: NbdServerEvent) => void;
+}
+
+/** Input of `createPool`. */
+export interface CreatePoolRequest {
+  name: string;
+  layout: RaidLayout;
+  devices: string[];
+  /** Bytes or a size string like `64K`. Default 64 KiB. */
+  chunk?: number | string;
+  /** Bytes or a size string. Default 1 MiB (rounded up to whole RAID rows). */
+  allocationUnit?: number | string;
+}
+
+interface PoolFile {
+  name: string;
+  uuid: string;
+  devices: string[];
+}
+
+/** Maps pool and volume error codes to NBD wire errors (proto.md "Error values"). */
+export function storageErrnoOf(error: unknown): number {
+  if (isNubisError(error)) {
+    switch (error.code) {
+      case 'POOL_FULL':
+        return C.NBD_ENOSPC;
+      case 'VOLUME_READ_ONLY':
+      case 'POOL_READ_ONLY':
+        return C.NBD_EPERM;
+      case 'VOLUME_IO_RANGE':
+        return C.NBD_EINVAL;
+      case 'POOL_CLOSED':
+        return C.NBD_ESHUTDOWN;
+      default:
+        return C.NBD_EIO;
+    }
+  }
+  return defaultErrnoOf(error);
+}
+
+/** Pools of one storage node and the NBD server over their volumes. */
+export class StorageService {
+  readonly #options: Readonly<StorageServiceOptions>;
+  readonly #pools = new Map<string, StoragePool>();
+  /** Per-pool queue: management actions on one pool never interleave. */
+  readonly #queues = new Map<string, Promise<unknown>>();
+  readonly #server: NbdServer;
+  #unixPath?: string;
+  #tcpAddress?: { host: string; port: number };
+
+  private constructor(options: StorageServiceOptions) {
+    this.#options = Object.freeze({ ...options });
+    const catalog: NbdExportCatalog = {
+      get: (name) => this.#export(name),
+      names: () => [...this.#pools.values()].flatMap((pool) => pool.listVolumes().map((v) => `${pool.name}/${v.name}`)),
+    };
+    this.#server = new NbdServer({ catalog, errnoOf: storageErrnoOf, onEvent: options.onNbdEvent });
+  }
+
+  /** Opens every pool in `poolsDir` (a pool that fails to open is skipped and reported) and listens. */
+  static async start(options: StorageServiceOptions): Promise<{ service: StorageService; failures: Array<{ file: string; error: string }> }> {
+    const service = new StorageService(options);
+    await mkdir(options.poolsDir, { recursive: true });
+    const failures: Array<{ file: string; error: string }> = [];
+    for (const file of (await readdir(options.poolsDir)).filter((f) => f.endsWith('.pool.json')).sort()) {
+      try {
+        const config = JSON.parse(await readFile(join(options.poolsDir, file), 'utf8')) as PoolFile;
+        const pool = await StoragePool.open({ devices: config.devices, openDevice: options.openDevice });
+        service.#pools.set(pool.name, pool);
+      } catch (error) {
+        failures.push({ file, error: (error as Error).message });
+      }
+    }
+    if (options.socketPath) service.#unixPath = ((await service.#server.listen({ path: options.socketPath })) as { path: string }).path;
+    if (options.tcp) service.#tcpAddress = (await service.#server.listen({ host: options.tcp.host ?? '127.0.0.1', port: options.tcp.port })) as { host: string; port: number };
+    return { service, failures };
+  }
+
+  /** Where the NBD server listens. */
+  get addresses(): { unixSocket?: string; tcp?: { host: string; port: number } } {
+    return { unixSocket: this.#unixPath, tcp: this.#tcpAddress };
+  }
+
+  /** The URI QEMU and libnbd tools take for a volume (unix socket preferred). */
+  exportUri(pool: string, volume: string): string {
+    this.#pool(pool).getVolume(volume);
+    const name = `${encodeURIComponent(pool)}/${encodeURIComponent(volume)}`;
+    if (this.#unixPath) return `nbd+unix:///${name}?socket=${this.#unixPath}`;
+    if (this.#tcpAddress) return `nbd://${this.#tcpAddress.host}:${this.#tcpAddress.port}/${name}`;
+    throw new NubisError('NBD_NOT_LISTENING', 'The storage service serves no NBD address');
+  }
+
+  #export(name: string): NbdExport | undefined {
+    const slash = name.indexOf('/');
+    if (slash < 0) return undefined;
+    const pool = this.#pools.get(name.slice(0, slash));
+    try {
+      return pool?.volumeDevice(name.slice(slash + 1));
+    } catch {
+      return undefined;
+    }
+  }
+
+  #pool(name: string): StoragePool {
+    const pool = this.#pools.get(name);
+    if (!pool) throw new NubisError('POOL_NOT_FOUND', `No pool named ${JSON.stringify(name)}`, { details: { pool: name } });
+    return pool;
+  }
+
+  /** Runs `action` after every earlier management action on the same pool. */
+  #serial<T>(pool: string, action: () => Promise<T>): Promise<T> {
+    const previous = this.#queues.get(pool) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(action);
+    this.#queues.set(pool, next);
+    return next;
+  }
+
+  async #writePoolFile(pool: StoragePool): Promise<void> {
+    const file = join(this.#options.poolsDir, `${pool.name}.pool.json`);
+    const content: PoolFile = { name: pool.name, uuid: pool.uuid, devices: pool.memberPaths().filter((p) => p !== '') };
+    await writeFile(`${file}.tmp`, `${JSON.stringify(content, null, 2)}\n`);
+    await rename(`${file}.tmp`, file);
+  }
+
+  // ---------------------------------------------------------------- pools
+
+  listPools(): PoolStatus[] {
+    return [...this.#pools.values()].map((p) => p.status()).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  getPool(name: string): PoolStatus {
+    return this.#pool(name).status();
+  }
+
+  /** Creates a pool; bad layouts, too few or too small devices, devices in use fail with nothing changed. */
+  async createPool(request: CreatePoolRequest): Promise<PoolStatus> {
+    if (this.#pools.has(request.name)) throw new NubisError('POOL_EXISTS', `A pool named ${request.name} already exists`, { details: { pool: request.name } });
+    for (const pool of this.#pools.values()) {
+      const clash = request.devices.find((d) => pool.memberPaths().includes(d));
+      if (clash) throw new NubisError('POOL_DEVICE_IN_USE', `Device ${clash} already belongs to pool ${pool.name}`, { details: { device: clash, pool: pool.name } });
+    }
+    const pool = await StoragePool.create({
+      name: request.name,
+      layout: request.layout,
+      devices: request.devices,
+      chunkBytes: request.chunk === undefined ? undefined : parseSize(request.chunk, 'chunk size'),
+      allocationUnitBytes: request.allocationUnit === undefined ? undefined : parseSize(request.allocationUnit, 'allocation unit'),
+      openDevice: this.#options.openDevice,
+    });
+    this.#pools.set(pool.name, pool);
+    await this.#writePoolFile(pool);
+    return pool.status();
+  }
+
+  /** Deletes an empty pool and wipes its member labels (`force` deletes its volumes too). */
+  async deletePool(name: string, options: { force?: boolean } = {}): Promise<void> {
+    const pool = this.#pool(name);
+    await this.#serial(name, async () => {
+      const volumes = pool.listVolumes();
+      if (volumes.length > 0 && !options.force) {
+        throw new NubisError('POOL_NOT_EMPTY', `Pool ${name} still has ${volumes.length} volume(s); delete them first or use force`, { details: { pool: name, volumes: volumes.length } });
+      }
+      const paths = pool.memberPaths().filter((p) => p !== '');
+      await pool.close();
+      this.#pools.delete(name);
+      const openDevice = this.#options.openDevice ?? FileMemberDevice.open;
+      for (const path of paths) {
+        let device: MemberDevice | undefined;
+        try {
+          device = await openDevice(path);
+          await device.write(Buffer.alloc(LABEL_BYTES), 0, LABEL_BYTES, 0);
+          await device.flush();
+        } finally {
+          await device?.close();
+        }
+      }
+      await rm(join(this.#options.poolsDir, `${name}.pool.json`), { force: true });
+    });
+  }
+
+  /** Reads every allocated block, repairs what fails its checksum; progress via `onProgress`. */
+  scrubPool(name: string, options: LongActionOptions = {}): Promise<ScrubReport> {
+    const pool = this.#pool(name);
+    return this.#serial(name, () => pool.scrub(options));
+  }
+
+  /**
+   * Replaces member `member` (its index or device path) by `newDevice` and rebuilds online;
+   * `maxBytesPerSec` throttles the rebuild, `onProgress` reports rate and ETA.
+   */
+  replaceMember(name: string, member: number | string, newDevice: string, options: LongActionOptions = {}): Promise<PoolStatus> {
+    const pool = this.#pool(name);
+    const index = typeof member === 'number' ? member : pool.memberPaths().indexOf(member);
+    if (index < 0) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${name} has no member ${JSON.stringify(member)}`, { details: { pool: name, member } });
+    return this.#serial(name, async () => {
+      await pool.replaceMember(index, newDevice, options);
+      await this.#writePoolFile(pool);
+      return pool.status();
+    });
+  }
+
+  /** Takes a member out of service (for maintenance or tests); the pool runs degraded. */
+  offlineMember(name: string, index: number): Promise<PoolStatus> {
+    const pool = this.#pool(name);
+    return this.#serial(name, async () => {
+      await pool.offlineMember(index);
+      return pool.status();
+    });
+  }
+
+  // ---------------------------------------------------------------- volumes
+
+  listVolumes(pool: string): VolumeInfo[] {
+    return this.#pool(pool).listVolumes();
+  }
+
+  getVolume(pool: string, name: string): VolumeInfo {
+    return this.#pool(pool).getVolume(name);
+  }
+
+  /** Creates a thin volume; `size` in bytes or like `20G`. */
+  createVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
+    const p = this.#pool(pool);
+    const sizeBytes = parseSize(size, 'volume size');
+    return this.#serial(pool, () => p.createVolume(name, sizeBytes));
+  }
+
+  snapshotVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
+    const p = this.#pool(pool);
+    return this.#serial(pool, () => p.snapshot(source, name));
+  }
+
+  cloneVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
+    const p = this.#pool(pool);
+    return this.#serial(pool, () => p.clone(source, name));
+  }
+
+  resizeVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
+    const p = this.#pool(pool);
+    const sizeBytes = parseSize(size, 'volume size');
+    return this.#serial(pool, () => p.resizeVolume(name, sizeBytes));
+  }
+
+  deleteVolume(pool: string, name: string): Promise<void> {
+    const p = this.#pool(pool);
+    return this.#serial(pool, () => p.deleteVolume(name));
+  }
+
+  /** Stops serving (running requests finish), commits and closes every pool. */
+  async close(): Promise<void> {
+    await this.#server.close(2000);
+    for (const pool of this.#pools.values()) await pool.close();
+    this.#pools.clear();
+  }
+}
