@@ -220,7 +220,7 @@ export class StorageService {
   }
 
   /** Reads every allocated block, repairs what fails its checksum; progress via `onProgress`. */
-  scrubPool(name: string, options: LongActionOptions = {}): Promise<ScrubReport> {
+  async scrubPool(name: string, options: LongActionOptions = {}): Promise<ScrubReport> {
     const pool = this.#pool(name);
     return this.#serial(name, () => pool.scrub(options));
   }
@@ -229,7 +229,7 @@ export class StorageService {
    * Replaces member `member` (its index or device path) by `newDevice` and rebuilds online;
    * `maxBytesPerSec` throttles the rebuild, `onProgress` reports rate and ETA.
    */
-  replaceMember(name: string, member: number | string, newDevice: string, options: LongActionOptions = {}): Promise<PoolStatus> {
+  async replaceMember(name: string, member: number | string, newDevice: string, options: LongActionOptions = {}): Promise<PoolStatus> {
     const pool = this.#pool(name);
     const index = typeof member === 'number' ? member : pool.memberPaths().indexOf(member);
     if (index < 0) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${name} has no member ${JSON.stringify(member)}`, { details: { pool: name, member } });
@@ -241,7 +241,7 @@ export class StorageService {
   }
 
   /** Takes a member out of service (for maintenance or tests); the pool runs degraded. */
-  offlineMember(name: string, index: number): Promise<PoolStatus> {
+  async offlineMember(name: string, index: number): Promise<PoolStatus> {
     const pool = this.#pool(name);
     return this.#serial(name, async () => {
       await pool.offlineMember(index);
@@ -260,29 +260,29 @@ export class StorageService {
   }
 
   /** Creates a thin volume; `size` in bytes or like `20G`. */
-  createVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
+  async createVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
     const p = this.#pool(pool);
     const sizeBytes = parseSize(size, 'volume size');
     return this.#serial(pool, () => p.createVolume(name, sizeBytes));
   }
 
-  snapshotVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
+  async snapshotVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
     const p = this.#pool(pool);
     return this.#serial(pool, () => p.snapshot(source, name));
   }
 
-  cloneVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
+  async cloneVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
     const p = this.#pool(pool);
     return this.#serial(pool, () => p.clone(source, name));
   }
 
-  resizeVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
+  async resizeVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
     const p = this.#pool(pool);
     const sizeBytes = parseSize(size, 'volume size');
     return this.#serial(pool, () => p.resizeVolume(name, sizeBytes));
   }
 
-  deleteVolume(pool: string, name: string): Promise<void> {
+  async deleteVolume(pool: string, name: string): Promise<void> {
     const p = this.#pool(pool);
     return this.#serial(pool, () => p.deleteVolume(name));
   }
