@@ -155,3 +155,16 @@ export async function listLinks(options: CommandOptions = {}): Promise<LinkInfo[
 export async function setSysctl(key: string, value: string, options: CommandOptions = {}): Promise<void> {
   await runCommand('sysctl', ['-q', '-w', `${key}=${value}`], options);
 }
+
+/**
+ * Leaves exactly `address` (e.g. `10.0.0.2/24`) as the IPv4 address of `device`, or no IPv4
+ * address at all when it is undefined: other addresses are deleted, a missing one added.
+ */
+export async function setExactAddress(device: string, address: string | undefined, options: CommandOptions = {}): Promise<void> {
+  const entries = await ipJson<{ addr_info?: { family: string; local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', device], options);
+  const present = (entries[0]?.addr_info ?? []).filter((info) => info.family === 'inet').map((info) => `${info.local}/${info.prefixlen}`);
+  for (const other of present) {
+    if (other !== address) await ip(['addr', 'delete', other, 'dev', device], options);
+  }
+  if (address !== undefined && !present.includes(address)) await ip(['addr', 'add', address, 'dev', device], options);
+}

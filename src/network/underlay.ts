@@ -3,7 +3,7 @@
 // exactly as separate servers on one L2 segment. Also the crash-proof cleanup by name prefix.
 import { NubisError } from '../core/errors.ts';
 import { parseIpv4Cidr } from './addresses.ts';
-import { findLink, ip, ipJson, listLinks, runCommand, type LinkInfo } from './ip-command.ts';
+import { findLink, ip, listLinks, runCommand, setExactAddress, type LinkInfo } from './ip-command.ts';
 import { assertInterfaceName, shortName } from './names.ts';
 import { createNamespace, deleteNamespace, killNamespaceProcesses, listNamespaces } from './namespaces.ts';
 import { Revert } from './revert.ts';
@@ -36,7 +36,7 @@ export async function ensureUnderlayBridge(name: string, options: CallOptions = 
       revert.add(`delete bridge ${name}`, () => ip(['link', 'delete', name], options));
     }
     await ip(['link', 'set', name, 'addrgenmode', 'none'], options);
-    await flushAddresses(name, undefined, options);
+    await setExactAddress(name, undefined, options);
     await ip(['link', 'set', name, 'up'], options);
     return !existing;
   });
@@ -113,7 +113,7 @@ export async function attachHostToUnderlay(options: AttachHostOptions): Promise<
     await ip(['link', 'set', rootLink, 'addrgenmode', 'none'], call);
     await ip(['link', 'set', rootLink, 'mtu', String(mtu), 'master', bridge, 'up'], call);
     await ip(['link', 'set', device, 'mtu', String(mtu), 'up'], inHost);
-    await flushAddresses(device, address, inHost);
+    await setExactAddress(device, address, inHost);
     return { device, rootLink, address, mtu };
   });
 }
@@ -218,14 +218,4 @@ export async function deleteLinkIfPresent(name: string, options: CallOptions & {
     if (await findLink(name, options)) throw error;
   }
   return true;
-}
-
-/** Leaves exactly `keep` (or no address at all) as the IPv4 address of `device`. */
-async function flushAddresses(device: string, keep: string | undefined, options: CallOptions & { netns?: string }): Promise<void> {
-  const entries = await ipJson<{ addr_info?: { family: string; local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', device], options);
-  const present = (entries[0]?.addr_info ?? []).filter((info) => info.family === 'inet').map((info) => `${info.local}/${info.prefixlen}`);
-  for (const address of present) {
-    if (address !== keep) await ip(['addr', 'delete', address, 'dev', device], options);
-  }
-  if (keep !== undefined && !present.includes(keep)) await ip(['addr', 'add', keep, 'dev', device], options);
 }
