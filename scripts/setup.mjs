@@ -21,6 +21,8 @@ export const debianPackages = {
   'libnbd-bin': 'nbdinfo and nbdcopy, used to test the NBD server',
   'nbdkit': 'a reference NBD server for storage tests',
   'fio': 'storage benchmarks',
+  'iputils-ping': 'ping in network probes and tests',
+  'curl': 'HTTP checks in network probes and tests',
   'gcc': 'compiles the guest workload tool and native npm modules',
   'libc6-dev': 'static C library for the guest workload tool',
   'make': 'builds native npm modules',

@@ -14,13 +14,14 @@ import { parseEndpoint } from '../core/http-json.ts';
 import type { Logger } from '../core/logger.ts';
 import type { HostRegistry } from '../control/hosts.ts';
 import type { ImageCatalogue } from '../control/images.ts';
+import type { NetworkService } from '../control/networks.ts';
 import type { OperationManager } from '../control/operations.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
-  Project, ProjectCreateRequest, ProjectQuery, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest,
+  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Project, ProjectCreateRequest, ProjectQuery, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest,
 } from './schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
@@ -32,6 +33,7 @@ export interface AppServices {
   hosts: HostRegistry;
   images: ImageCatalogue;
   vms: VmService;
+  networks: NetworkService;
   operations: OperationManager;
   dataDir: string;
   logger?: Logger;
@@ -222,6 +224,34 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
       },
       (error) => socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120)),
     );
+  });
+
+  // Networks
+  const NetworkRef = Type.Object({ network: Type.String({ description: 'Network name (in the project) or id' }) });
+  app.get('/v1/networks', { schema: { tags: ['networks'], summary: 'List virtual networks', querystring: ProjectQuery, response: { 200: Type.Array(Network) } } }, async (request) =>
+    services.networks.list(request.query.project),
+  );
+  app.post('/v1/networks', { schema: { tags: ['networks'], summary: 'Create a virtual network (plumbed on hosts as VMs join it)', body: NetworkCreateRequest, response: { 201: Network, ...errorResponses } } }, async (request, reply) =>
+    reply.status(201).send(await services.networks.create(request.body)),
+  );
+  app.get('/v1/networks/:network', { schema: { tags: ['networks'], summary: 'Show a network', params: NetworkRef, querystring: ProjectQuery, response: { 200: Network, ...errorResponses } } }, async (request) =>
+    services.networks.get(request.params.network, request.query.project),
+  );
+  app.delete('/v1/networks/:network', { schema: { tags: ['networks'], summary: 'Delete a network no NIC uses', params: NetworkRef, querystring: ProjectQuery, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    await services.networks.delete(request.params.network, request.query.project);
+    return reply.status(204).send(null);
+  });
+  app.post('/v1/networks/:network/probe', { schema: { tags: ['networks'], summary: 'Run a command in a diagnostic namespace attached to the network', params: NetworkRef, querystring: ProjectQuery, body: NetworkProbeRequest, response: { 200: NetworkProbeResult, ...errorResponses } } }, async (request) => {
+    const network = await services.networks.row(request.params.network, request.query.project);
+    const host = await services.networks.probeHost(network.id, request.body.host);
+    const { address, prefixLength } = await services.networks.probeAddress(network);
+    const result = await services.hosts.call<{ exitCode: number; stdout: string; stderr: string }>(host, {
+      method: 'POST',
+      path: `/agent/networks/${network.id}/probe`,
+      body: { address: `${address}/${prefixLength}`, ...(network.gateway ? { gateway: network.gateway } : {}), command: request.body.command, timeoutMs: request.body.timeoutSeconds * 1000 },
+      timeoutMs: request.body.timeoutSeconds * 1000 + 15_000,
+    });
+    return { host: host.name, address, ...result };
   });
 
   // Operations

@@ -40,6 +40,7 @@ export const Host = Type.Object(
     vmCount: Type.Integer(),
     lastSeenAt: Type.String({ format: 'date-time' }),
     joinedAt: Type.String({ format: 'date-time' }),
+    underlayIp: Type.Optional(Type.String({ description: 'Address on the underlay network (VXLAN endpoint)' })),
   },
   { $id: 'Host' },
 );
@@ -60,6 +61,12 @@ export const VmCreateRequest = Type.Object(
     host: Type.Optional(ResourceName),
     project: Type.Optional(ResourceName),
     publish: Type.Optional(Type.Array(PublishedPort, { maxItems: 16, description: 'Host ports forwarded to guest ports (user-mode network)' })),
+    networks: Type.Optional(
+      Type.Array(
+        Type.Object({ network: ResourceName, ip: Type.Optional(Type.String({ description: 'Requested address; default: the lowest free one' })) }, { additionalProperties: false }),
+        { maxItems: 8, description: 'NICs on virtual networks, in guest order (eth0, eth1, ...); without it the VM gets a user-mode NIC' },
+      ),
+    ),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
@@ -86,6 +93,7 @@ export const Vm = Type.Object(
     readyAt: Type.Optional(Type.String({ format: 'date-time' })),
     uptimeSeconds: Type.Optional(Type.Integer()),
     guestIps: Type.Array(Type.String()),
+    nics: Type.Array(Type.Object({ network: Type.String(), mac: Type.String(), ip: Type.String() })),
     publish: Type.Array(PublishedPort),
     lastError: Type.Optional(Type.String()),
     crashLogTail: Type.Optional(Type.Array(Type.String())),
@@ -177,6 +185,7 @@ export const HostJoinRequest = Type.Object(
     acceleratorReason: Type.String(),
     cpus: Type.Integer({ minimum: 1 }),
     memoryMb: Type.Integer({ minimum: 64 }),
+    underlayIp: Type.Optional(Type.String()),
   },
   { additionalProperties: false },
 );
@@ -205,4 +214,51 @@ export const Status = Type.Object({
   vms: Type.Integer(),
   vmsRunning: Type.Integer(),
   dataDir: Type.String(),
+});
+
+export const Network = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    project: Type.String(),
+    subnet: Type.String(),
+    gateway: Type.Optional(Type.String()),
+    dhcp: Type.Boolean(),
+    dhcpAddress: Type.Optional(Type.String()),
+    vni: Type.Integer(),
+    mtu: Type.Integer(),
+    nicCount: Type.Integer(),
+    hosts: Type.Array(Type.String(), { description: 'Hosts that carry the network (have a VM on it)' }),
+    createdAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Network' },
+);
+
+export const NetworkCreateRequest = Type.Object(
+  {
+    name: ResourceName,
+    subnet: Type.String({ description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
+    gateway: Type.Optional(Type.String({ description: 'Gateway address given to guests (reserved in IPAM)' })),
+    dhcp: Type.Boolean({ default: false, description: 'Serve DHCP (fixed leases from IPAM); otherwise guests get static settings' }),
+    vni: Type.Optional(Type.Integer({ minimum: 1, maximum: 16777215, description: 'VXLAN network identifier; default: the next free one from 1000' })),
+    project: Type.Optional(ResourceName),
+  },
+  { additionalProperties: false },
+);
+
+export const NetworkProbeRequest = Type.Object(
+  {
+    command: Type.Array(Type.String(), { minItems: 1, maxItems: 64, description: 'Command and arguments, run in a namespace attached to the network' }),
+    host: Type.Optional(ResourceName),
+    timeoutSeconds: Type.Integer({ minimum: 1, maximum: 600, default: 30 }),
+  },
+  { additionalProperties: false },
+);
+
+export const NetworkProbeResult = Type.Object({
+  host: Type.String(),
+  address: Type.String({ description: 'The address the probe used' }),
+  exitCode: Type.Integer(),
+  stdout: Type.String(),
+  stderr: Type.String(),
 });

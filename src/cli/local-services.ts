@@ -3,6 +3,7 @@
  * processes of their own, so that either can restart without touching running VMs.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import { processAlive } from '../core/process-alive.ts';
 import { cacheDir, dataPaths, repoRoot } from '../core/paths.ts';
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import { stopOrphanedVms } from '../host/orphan-vms.ts';
+import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../network/underlay.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../api/schemas.ts';
 
@@ -21,6 +23,48 @@ export interface UpOptions {
   hosts: number;
   detach: boolean;
   quiet: boolean;
+  /** Run each host in a network namespace of its own on an underlay bridge (needs root). */
+  netns: boolean;
+}
+
+/** How the hosts of a test bed are laid out on this machine (kept in run/testbed.json). */
+interface TestBed {
+  /** Prefix of every namespace, link and bridge this data folder's hosts use. */
+  prefix: string;
+  underlayBridge: string;
+  hosts: Array<{ name: string; netns: string; underlayIp: string }>;
+}
+
+/** A per-data-folder prefix, so two Nubis test beds on one machine never share a device name. */
+function testBedPrefix(dataDir: string): string {
+  return `nb${createHash('sha256').update(dataDir).digest('hex').slice(0, 5)}`;
+}
+
+/** Underlay addresses: 172.31.0.11, .12, ... inside the host namespaces only. */
+function underlayIpOf(index: number): string {
+  return `172.31.0.${11 + index}`;
+}
+
+async function readTestBed(dataDir: string): Promise<TestBed | undefined> {
+  const path = join(dataPaths(dataDir).runDir, 'testbed.json');
+  return existsSync(path) ? (JSON.parse(await readFile(path, 'utf8')) as TestBed) : undefined;
+}
+
+/** Creates (or re-checks) the underlay bridge and one namespace per host joined to it. */
+async function ensureTestBed(dataDir: string, hostNames: string[]): Promise<TestBed> {
+  const prefix = testBedPrefix(dataDir);
+  const bed: TestBed = {
+    prefix,
+    underlayBridge: `${prefix}-ul`,
+    hosts: hostNames.map((name, index) => ({ name, netns: `${prefix}-${name}`, underlayIp: underlayIpOf(index) })),
+  };
+  await ensureUnderlayBridge(bed.underlayBridge);
+  for (const host of bed.hosts) {
+    await attachHostToUnderlay({ bridge: bed.underlayBridge, hostNs: host.netns, address: `${host.underlayIp}/24` });
+  }
+  await mkdir(dataPaths(dataDir).runDir, { recursive: true });
+  await writeFile(join(dataPaths(dataDir).runDir, 'testbed.json'), `${JSON.stringify(bed, null, 2)}\n`);
+  return bed;
 }
 
 
@@ -30,13 +74,18 @@ async function readPidFile(path: string): Promise<number | undefined> {
   return Number.isInteger(pid) && processAlive(pid) ? pid : undefined;
 }
 
-/** Starts `nubis daemon ...` detached, with its output in a log file and its pid in run/. */
-async function spawnDaemon(dataDir: string, name: string, args: string[]): Promise<number> {
+/**
+ * Starts `nubis daemon ...` detached, with its output in a log file and its pid in run/. With
+ * `netns` it runs inside that network namespace (`ip netns exec` execs in place: same pid).
+ */
+async function spawnDaemon(dataDir: string, name: string, args: string[], netns?: string): Promise<number> {
   const paths = dataPaths(dataDir);
   await mkdir(paths.runDir, { recursive: true });
   await mkdir(paths.logsDir, { recursive: true });
   const logFd = openSync(join(paths.logsDir, `${name}.log`), 'a');
-  const child = spawn(process.execPath, [join(repoRoot, 'bin/nubis.mjs'), 'daemon', ...args], { detached: true, stdio: ['ignore', logFd, logFd], env: process.env });
+  const command = [process.execPath, join(repoRoot, 'bin/nubis.mjs'), 'daemon', ...args];
+  const argv = netns ? ['ip', 'netns', 'exec', netns, ...command] : command;
+  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', logFd, logFd], env: process.env });
   closeSync(logFd);
   child.unref();
   await writeFile(join(paths.runDir, `${name}.pid`), `${child.pid}\n`);
@@ -65,6 +114,8 @@ export interface UpResult {
   adminTokenFile: string;
   hosts: string[];
   alreadyRunning: boolean;
+  /** The prefix of the namespaces and links of hosts in namespaces. */
+  testBed?: string;
 }
 
 /** Starts whatever of the control plane and the host agents is not running yet. */
@@ -90,10 +141,18 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     await new ApiClient(resolveApiTarget(options.dataDir)).request('GET', '/v1/status');
     return info.url;
   });
-  for (const name of hostNames) {
+  if (options.netns && process.getuid?.() !== 0) {
+    throw new NubisError('UP_NEEDS_ROOT', 'Hosts in network namespaces (--hosts 2 or more, or --netns) need root; run as root, or use --no-netns for plain agent processes with user-mode networking only');
+  }
+  const bed = options.netns ? await ensureTestBed(options.dataDir, hostNames) : undefined;
+  // Agents reach the control plane over its unix socket: it works from any network namespace.
+  const agentUrl = `unix:${paths.agentApiSocket}`;
+  for (const [index, name] of hostNames.entries()) {
     if (await readPidFile(join(paths.runDir, `agent-${name}.pid`))) continue;
     alreadyRunning = false;
-    await spawnDaemon(options.dataDir, `agent-${name}`, ['agent', '--name', name, '--data', options.dataDir, '--control-url', url]);
+    const host = bed?.hosts[index];
+    const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp] : [];
+    await spawnDaemon(options.dataDir, `agent-${name}`, ['agent', '--name', name, '--data', options.dataDir, '--control-url', agentUrl, ...placement], host?.netns);
   }
   const client = new ApiClient(resolveApiTarget(options.dataDir));
   // The first agent start probes the accelerator (up to ~20 s where KVM does not work).
@@ -101,7 +160,7 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     const hosts = await client.request<Array<{ name: string; status: string }>>('GET', '/v1/hosts');
     return hostNames.every((name) => hosts.some((host) => host.name === name && host.status === 'online')) ? true : undefined;
   });
-  return { url, dataDir: options.dataDir, adminTokenFile: paths.adminToken, hosts: hostNames, alreadyRunning };
+  return { url, dataDir: options.dataDir, adminTokenFile: paths.adminToken, hosts: hostNames, alreadyRunning, ...(bed ? { testBed: bed.prefix } : {}) };
 }
 
 export interface DownResult {
@@ -151,6 +210,10 @@ export async function down(options: { dataDir: string; keepVms: boolean }, say: 
   if (!options.keepVms) {
     const orphans = await stopOrphanedVms(paths.hostsDir);
     if (orphans.length > 0) say(`Stopped ${orphans.length} QEMU process(es) that had no agent`);
+    // Namespaces, links and bridges of hosts in namespaces: also those a crashed run left.
+    const removed = await cleanupByPrefix(testBedPrefix(options.dataDir));
+    if (removed.namespaces.length + removed.links.length > 0) say(`Removed ${removed.namespaces.length} namespace(s) and ${removed.links.length} link(s)`);
+    await rm(join(paths.runDir, 'testbed.json'), { force: true });
   }
   await rm(paths.apiInfo, { force: true });
   return { stoppedVms, stoppedProcesses };

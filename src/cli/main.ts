@@ -94,6 +94,11 @@ function parsePublish(value: string, previous: Array<Record<string, unknown>> = 
   return [...previous, { hostAddress: match[1] ?? '127.0.0.1', hostPort: Number(match[2]), guestPort: Number(match[3]), protocol: match[4] ?? 'tcp' }];
 }
 
+/** Commander's way to gather a repeatable option into a list. */
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
 function parseInteger(name: string) {
   return (value: string): number => {
     if (!/^-?\d+$/.test(value)) throw new NubisError('VALIDATION_FAILED', `${name} must be a whole number, not ${value}`);
@@ -107,11 +112,15 @@ program
   .description('Start the control plane and the local host agent(s)')
   .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
   .option('--hosts <count>', 'number of local host agents', parseInteger('--hosts'), 1)
+  .option('--netns', 'run each host in a network namespace with an underlay link (default as root with 2+ hosts)')
+  .option('--no-netns', 'run host agents as plain processes (user-mode networking only)')
   .option('-d, --detach', 'return once everything runs, leaving it in the background')
-  .action(async (options: { port: number; hosts: number; detach?: boolean }, command: Command) => {
+  .action(async (options: { port: number; hosts: number; detach?: boolean; netns?: boolean }, command: Command) => {
     const g = globals(command);
     const say = (line: string): void => void (g.json ? undefined : console.error(line));
-    const result = await up({ dataDir: g.data, port: options.port, hosts: options.hosts, detach: Boolean(options.detach), quiet: Boolean(g.json) }, say);
+    if (options.hosts < 1 || options.hosts > 16) throw new NubisError('VALIDATION_FAILED', `--hosts must be from 1 to 16, not ${options.hosts}`);
+    const netns = options.netns ?? (options.hosts > 1 && process.getuid?.() === 0);
+    const result = await up({ dataDir: g.data, port: options.port, hosts: options.hosts, detach: Boolean(options.detach), quiet: Boolean(g.json), netns }, say);
     if (g.json) printJson(result);
     else {
       console.log(`Nubis ${result.alreadyRunning ? 'was already running' : 'is running'}.`);
@@ -183,10 +192,14 @@ vm
   .option('--memory <mib>', 'memory in MiB', parseInteger('--memory'), 256)
   .option('--host <host>', 'pin the VM to this host')
   .option('--publish <host:guest>', 'forward a host port to a guest port (repeatable)', parsePublish)
+  .option('--network <name>', 'a NIC on this virtual network (repeatable: eth0, eth1, ...)', collect, [])
+  .option('--ip <address>', 'address for the NIC of the --network in the same position (repeatable)', collect, [])
   .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
-  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; wait: boolean }, command: Command) => {
+  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; wait: boolean }, command: Command) => {
     const g = globals(command);
-    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(g.project ? { project: g.project } : {}) };
+    if (options.ip.length > options.network.length) throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
+    const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
+    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(g.project ? { project: g.project } : {}) };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
     const final = await runOperation(command, `Creating ${name}`, operation);
     if (g.json) printJson(final.result);
@@ -314,6 +327,64 @@ image
     else console.log(`${name}: imported`);
   });
 
+// --- networks ---------------------------------------------------------------------------------
+const network = program.command('network').description('Virtual networks (VXLAN overlays across hosts)').option('--project <name>', 'project (default: default)');
+network
+  .command('create <name>')
+  .description('Create a virtual network')
+  .requiredOption('--subnet <cidr>', 'IPv4 subnet, e.g. 10.10.0.0/24')
+  .option('--gateway <ip>', 'gateway address handed to guests')
+  .option('--dhcp', 'serve DHCP with fixed leases (otherwise guests get static settings)')
+  .option('--vni <n>', 'VXLAN network identifier (default: the next free one)', parseInteger('--vni'))
+  .action(async (name: string, options: { subnet: string; gateway?: string; dhcp?: boolean; vni?: number }, command: Command) => {
+    const g = globals(command);
+    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/networks', { name, subnet: options.subnet, dhcp: Boolean(options.dhcp), ...(options.gateway ? { gateway: options.gateway } : {}), ...(options.vni ? { vni: options.vni } : {}), ...(g.project ? { project: g.project } : {}) });
+    if (g.json) return printJson(created);
+    console.log(`${name}: created (subnet ${created.subnet}, VNI ${created.vni}${created.dhcp ? `, DHCP from ${created.dhcpAddress}` : ''})`);
+  });
+network
+  .command('list')
+  .description('List networks')
+  .action(async (_options: unknown, command: Command) => {
+    const networks = await client(command).request<Array<Record<string, any>>>('GET', `/v1/networks${projectQuery(command)}`);
+    if (globals(command).json) return printJson(networks);
+    printTable(['NAME', 'SUBNET', 'GATEWAY', 'DHCP', 'VNI', 'NICS', 'HOSTS'], networks.map((n) => [n.name, n.subnet, n.gateway, n.dhcp ? 'yes' : 'no', n.vni, n.nicCount, n.hosts.join(',') || undefined]));
+  });
+network
+  .command('show <network>')
+  .description('Show a network')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const found = await client(command).request<Record<string, unknown>>('GET', `/v1/networks/${encodeURIComponent(name)}${projectQuery(command)}`);
+    if (globals(command).json) return printJson(found);
+    for (const [key, value] of Object.entries(found)) console.log(`${`${key}:`.padEnd(13)} ${Array.isArray(value) ? value.join(', ') : value}`);
+  });
+network
+  .command('delete <network>')
+  .description('Delete a network (refused while NICs use it)')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    await client(command).request('DELETE', `/v1/networks/${encodeURIComponent(name)}${projectQuery(command)}`);
+    if (globals(command).json) return printJson({ deleted: name });
+    console.log(`${name}: deleted`);
+  });
+network
+  .command('probe <network> <command...>')
+  .description('Run a command in a namespace attached to the network, e.g. nubis network probe net1 -- ping -c 3 10.10.0.2')
+  .option('--on <host>', 'host to attach the probe on (default: the first carrying the network)')
+  .option('--timeout <seconds>', 'deadline for the command', parseInteger('--timeout'), 30)
+  .action(async (name: string, probeCommand: string[], options: { on?: string; timeout: number }, command: Command) => {
+    const result = await client(command).request<{ host: string; address: string; exitCode: number; stdout: string; stderr: string }>(
+      'POST',
+      `/v1/networks/${encodeURIComponent(name)}/probe${projectQuery(command)}`,
+      { command: probeCommand, timeoutSeconds: options.timeout, ...(options.on ? { host: options.on } : {}) },
+    );
+    if (globals(command).json) printJson(result);
+    else {
+      process.stdout.write(result.stdout);
+      process.stderr.write(result.stderr);
+    }
+    process.exitCode = result.exitCode;
+  });
+
 // --- operations -------------------------------------------------------------------------------
 const operation = program.command('operation').description('Long-running operations');
 operation
@@ -375,8 +446,10 @@ daemon
   .command('agent')
   .description('Run a host agent')
   .requiredOption('--name <name>', 'host name')
-  .requiredOption('--control-url <url>', 'control plane URL')
-  .action(async (options: { name: string; controlUrl: string }, command: Command) => {
+  .requiredOption('--control-url <url>', 'control plane URL (http://... or unix:/path)')
+  .option('--netns <name>', 'the network namespace this host runs in')
+  .option('--underlay-ip <address>', "this host's underlay address (VXLAN endpoint)")
+  .action(async (options: { name: string; controlUrl: string; netns?: string; underlayIp?: string }, command: Command) => {
     const { startAgent } = await import('../host/agent.ts');
     const { createLogger } = await import('../core/logger.ts');
     const { readFile } = await import('node:fs/promises');
@@ -393,6 +466,8 @@ daemon
       probeGuest: { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath, identity: tiny.sha256 },
       cacheDir: cacheDir(),
       logger,
+      hostNs: options.netns,
+      underlayIp: options.underlayIp,
     });
     await Promise.race([waitForSignal(), agent.ended]);
     logger.info('stopping; VMs keep running');

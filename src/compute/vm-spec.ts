@@ -37,6 +37,8 @@ export interface NicSpec {
   mode: 'user' | 'tap';
   tapName?: string;
   forwards?: PortForward[];
+  /** For `tap` NICs: the virtual network the host plugs the tap into. */
+  network?: { id: string; vni: number; mtu: number };
 }
 
 export interface VmSpec {

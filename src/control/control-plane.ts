@@ -4,7 +4,8 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildApp, type AppServices } from '../api/app.ts';
 import { newId, newSecret } from '../core/ids.ts';
@@ -15,6 +16,7 @@ import { openDatabase, type Db } from '../state/database.ts';
 import { HostRegistry } from './hosts.ts';
 import { ImageCatalogue } from './images.ts';
 import { OperationManager } from './operations.ts';
+import { NetworkService } from './networks.ts';
 import { VmService } from './vms.ts';
 
 export interface ControlPlaneOptions {
@@ -49,8 +51,9 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const operations = new OperationManager(db);
   const hosts = new HostRegistry(db, options.joinToken);
   const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
-  const vms = new VmService({ db, hosts, images, operations });
-  return { db, hosts, images, vms, operations, dataDir: options.dataDir, logger: options.logger };
+  const networks = new NetworkService({ db, hosts });
+  const vms = new VmService({ db, hosts, images, operations, networks });
+  return { db, hosts, images, vms, networks, operations, dataDir: options.dataDir, logger: options.logger };
 }
 
 /** Starts the control plane and resolves once it listens. */
@@ -75,7 +78,13 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   const app = await buildApp(services);
   const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port });
   const url = address.replace('[::1]', '127.0.0.1');
-  await writeFile(paths.apiInfo, `${JSON.stringify({ url, pid: process.pid }, null, 2)}\n`);
+  // Agents in host namespaces cannot reach the root namespace's loopback; a unix socket in the
+  // data folder reaches every namespace of this machine without an address in the root one.
+  const agentSocket = dataPaths(options.dataDir).agentApiSocket;
+  await rm(agentSocket, { force: true });
+  const agentServer = createServer((request, response) => app.routing(request, response));
+  await new Promise<void>((resolve, reject) => agentServer.listen(agentSocket, resolve).once('error', reject));
+  await writeFile(paths.apiInfo, `${JSON.stringify({ url, agentUrl: `unix:${agentSocket}`, pid: process.pid }, null, 2)}\n`);
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -83,6 +92,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     db,
     operations,
     async stop() {
+      await new Promise((resolve) => agentServer.close(resolve));
       await app.close();
       await db.destroy();
     },

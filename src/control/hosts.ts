@@ -26,6 +26,7 @@ export interface HostView {
   vmCount: number;
   lastSeenAt: string;
   joinedAt: string;
+  underlayIp?: string;
 }
 
 export interface JoinRequest {
@@ -37,6 +38,7 @@ export interface JoinRequest {
   acceleratorReason: string;
   cpus: number;
   memoryMb: number;
+  underlayIp?: string;
 }
 
 function sameSecret(given: string, expected: string): boolean {
@@ -68,6 +70,7 @@ export class HostRegistry {
       accelerator_reason: request.acceleratorReason,
       cpus: request.cpus,
       memory_mb: request.memoryMb,
+      underlay_ip: request.underlayIp ?? null,
       last_seen_at: now,
     };
     if (existing) {
@@ -121,6 +124,7 @@ export class HostRegistry {
       vmCount: Number(byHost.get(host.id)?.count ?? 0),
       lastSeenAt: host.last_seen_at,
       joinedAt: host.joined_at,
+      ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
     }));
   }
 

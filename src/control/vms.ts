@@ -9,10 +9,11 @@ import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { KeyedSerialQueue } from '../host/serial-queue.ts';
 import type { Db } from '../state/database.ts';
-import type { HostsTable, ImagesTable, VmsTable } from '../state/schema.ts';
+import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
+import type { NetworkService } from './networks.ts';
 import { placeVm } from './placement.ts';
 import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
 
@@ -34,13 +35,15 @@ export class VmService {
   readonly #hosts: HostRegistry;
   readonly #images: ImageCatalogue;
   readonly #operations: OperationManager;
+  readonly #networks: NetworkService;
   readonly #queue = new KeyedSerialQueue();
 
-  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService }) {
     this.#db = deps.db;
     this.#hosts = deps.hosts;
     this.#images = deps.images;
     this.#operations = deps.operations;
+    this.#networks = deps.networks;
   }
 
   async projectId(name = 'default'): Promise<string> {
@@ -68,6 +71,7 @@ export class VmService {
     ]);
     const status = JSON.parse(row.status) as Partial<VmStatus>;
     const spec = JSON.parse(row.spec) as VmSpec;
+    const nics = await this.#db.selectFrom('nics').innerJoin('networks', 'networks.id', 'nics.network_id').select(['networks.name', 'nics.mac', 'nics.ip']).where('nics.vm_id', '=', row.id).orderBy('nics.device_index').execute();
     const running = row.actual_state === 'running' || row.actual_state === 'paused';
     return {
       id: row.id,
@@ -85,6 +89,7 @@ export class VmService {
       ...(status.startedAt && running ? { startedAt: status.startedAt, uptimeSeconds: Math.floor((Date.now() - Date.parse(status.startedAt)) / 1000) } : {}),
       ...(status.readyAt && running ? { readyAt: status.readyAt } : {}),
       guestIps: running ? (status.guestIps ?? []) : [],
+      nics: nics.map((nic) => ({ network: nic.name, mac: nic.mac, ip: nic.ip })),
       publish: spec.nics.flatMap((nic) => nic.forwards ?? []),
       ...(status.lastError ? { lastError: status.lastError } : {}),
       ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
@@ -114,9 +119,23 @@ export class VmService {
     }
     const forwards: PortForward[] = (request.publish ?? []).map((p) => ({ protocol: p.protocol ?? 'tcp', hostAddress: p.hostAddress ?? '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort }));
     await this.#checkPortsFree(forwards);
+    const networks = await Promise.all((request.networks ?? []).map(async (nic) => ({ row: await this.#networks.row(nic.network, request.project), ip: nic.ip })));
+    if (networks.length > 0 && forwards.length > 0) {
+      throw new NubisError('VALIDATION_FAILED', 'Published ports work on the user-mode NIC only; a VM on virtual networks is reached through them (or a network port forward)');
+    }
     const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: request.host });
     const id = newId('vm');
+    // Addresses are allocated before anything else is recorded, so a taken or invalid address
+    // refuses the request with nothing to undo but the NICs allocated before it.
+    const nics: Array<{ nic: NicsTable; network: NetworksTable }> = [];
+    try {
+      for (const [index, nic] of networks.entries()) nics.push({ nic: await this.#networks.allocateNic(nic.row, id, index, nic.ip), network: nic.row });
+    } catch (error) {
+      await this.#networks.releaseNics(id);
+      throw error;
+    }
     const files = this.#images.filesOf(image);
+    const guestNet = nics.length > 0 ? nics.map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`)).join(';') : 'dhcp';
     const spec: VmSpec = {
       id,
       name: request.name,
@@ -124,10 +143,13 @@ export class VmService {
       memoryMb: request.memoryMb,
       boot:
         'kernelPath' in files
-          ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=dhcp panic=-1` }
+          ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1` }
           : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
       disks: [],
-      nics: [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
+      nics:
+        nics.length > 0
+          ? nics.map(({ nic, network }) => ({ id: `net${nic.device_index}`, mac: nic.mac, mode: 'tap' as const, network: { id: network.id, vni: network.vni, mtu: network.mtu } }))
+          : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
     };
     const now = new Date().toISOString();
     const row: VmsTable = {
@@ -151,12 +173,19 @@ export class VmService {
         const hostRow = await this.#hosts.row(host.id);
         await op.report('placed', `Placed on host ${host.name} (${host.accelerator})`, 0.1, { host: host.name });
         try {
+          for (const { network } of nics) {
+            await op.report('network', `Plumbing network ${network.name} (VNI ${network.vni})`, 0.2);
+            await this.#networks.sync(network.id, op.signal);
+          }
           const status = await this.#hosts.call<VmStatus>(hostRow, { method: 'PUT', path: `/agent/vms/${id}`, body: spec, timeoutMs: 60_000, signal: op.signal });
           await this.applyStatus(hostRow.id, status);
           await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
         } catch (error) {
-          // The host has nothing of it (the agent removes a VM that never started): forget it too.
+          // The host has nothing of it (the agent removes a VM that never started): forget it
+          // too, with its addresses, and unplug networks only it used on that host.
           await this.#db.deleteFrom('vms').where('id', '=', id).execute();
+          await this.#networks.releaseNics(id);
+          for (const { network } of nics) await this.#networks.unplugHost(network.id, hostRow);
           throw error;
         }
         if (request.waitReady && announcesReadiness(image)) await this.#waitReady(hostRow, id, request.name, op);
@@ -220,7 +249,13 @@ export class VmService {
         } catch (error) {
           if ((error as { code?: string }).code !== 'VM_NOT_FOUND') throw error;
         }
+        const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
         await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
+        await this.#networks.releaseNics(row.id);
+        for (const networkId of networkIds) {
+          await this.#networks.unplugHost(networkId, host);
+          await this.#networks.sync(networkId);
+        }
         return { deleted: row.id };
       }),
     );

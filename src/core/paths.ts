@@ -24,6 +24,8 @@ export function dataPaths(dataDir: string) {
     adminToken: join(dataDir, 'admin-token'),
     joinToken: join(dataDir, 'join-token'),
     apiInfo: join(dataDir, 'api.json'),
+    /** The API on a unix socket, for host agents in network namespaces. */
+    agentApiSocket: join(dataDir, 'api.sock'),
     images: join(dataDir, 'images'),
     hostsDir: join(dataDir, 'hosts'),
     runDir: join(dataDir, 'run'),

@@ -9,10 +9,12 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { httpStatusOf } from '../api/error-status.ts';
+import type { HostNetworkSpec, NetworkPlumbing } from './network-plumbing.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
 
 export interface AgentAppOptions {
   supervisor: VmSupervisor;
+  networks: NetworkPlumbing;
   agentToken: string;
   info: () => Record<string, unknown>;
   /** Called by POST /agent/shutdown after the answer is sent. */
@@ -67,6 +69,14 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   app.get<IdParams & { Querystring: { lines?: string } }>('/agent/vms/:id/log', async (request) => ({
     lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
   }));
+  app.put<IdParams & { Body: HostNetworkSpec }>('/agent/networks/:id', async (request) => options.networks.apply({ ...request.body, id: request.params.id }));
+  app.delete<IdParams>('/agent/networks/:id', async (request, reply) => {
+    await options.networks.remove(request.params.id);
+    return reply.status(204).send();
+  });
+  app.post<IdParams & { Body: { address: string; gateway?: string; command: string[]; timeoutMs: number } }>('/agent/networks/:id/probe', async (request) =>
+    options.networks.probe(request.params.id, request.body),
+  );
   app.post<{ Body: { stopVms?: boolean } }>('/agent/shutdown', async (request, reply) => {
     await reply.status(202).send({ shuttingDown: true });
     options.onShutdown(request.body?.stopVms ?? false);

@@ -14,6 +14,7 @@ import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
 import { buildAgentApp } from './agent-app.ts';
+import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
 import type { VmStatus } from './vm-status.ts';
 
@@ -30,6 +31,10 @@ export interface AgentOptions {
   /** Folder for the probe's cached result (shared by all agents of a machine). */
   cacheDir: string;
   logger: Logger;
+  /** The network namespace this agent runs in (a host of the test bed), if any. */
+  hostNs?: string;
+  /** This host's underlay address (VXLAN endpoint), if it has an underlay. */
+  underlayIp?: string;
   /** Seconds between full reports to the control plane. Default 10. */
   heartbeatSeconds?: number;
 }
@@ -67,8 +72,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const changed = new Map<string, VmStatus>();
   let flushScheduled = false;
   let joined = false;
+  const networks = new NetworkPlumbing({ hostNs: options.hostNs, underlayIp: options.underlayIp, stateDir: join(options.hostDir, 'networks') });
   const supervisor = new VmSupervisor({
     vmsDir: join(options.hostDir, 'vms'),
+    plugNics: (spec) => networks.plugNics(spec),
+    unplugNics: (spec) => networks.unplugNics(spec),
     accelerator: accelerator.accelerator,
     log: (level, message) => logger[level](message),
     onChange: (status) => {
@@ -119,6 +127,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
 
   const app = await buildAgentApp({
     supervisor,
+    networks,
     agentToken: identity.agentToken,
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),
@@ -135,6 +144,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     acceleratorReason: accelerator.reason,
     cpus: cpus().length,
     memoryMb: Math.floor(totalmem() / 1024 / 1024),
+    ...(options.underlayIp ? { underlayIp: options.underlayIp } : {}),
   };
   // Join, then report everything on a heartbeat. The control plane may start after the agent or
   // restart under it: the loop keeps trying and re-joins, and VMs run on meanwhile.

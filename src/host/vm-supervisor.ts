@@ -28,6 +28,9 @@ export interface VmSupervisorOptions {
   accelerator: Accelerator;
   /** How long a guest may take to print its readiness line before it is reported not ready. */
   readyTimeoutMs?: number;
+  /** Plugs a new VM's network NICs (taps) in and returns the spec QEMU starts from; unplugs a deleted VM's. */
+  plugNics?: (spec: VmSpec) => Promise<VmSpec>;
+  unplugNics?: (spec: VmSpec) => Promise<void>;
   /** Called after every change of a VM's actual state. */
   onChange?: (status: VmStatus) => void;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
@@ -128,9 +131,11 @@ export class VmSupervisor {
       try {
         await this.#save(record);
         await this.#prepareBootDisk(record);
+        if (this.#options.plugNics) record.spec = await this.#options.plugNics(record.spec);
         await this.#launch(record);
       } catch (error) {
-        // Nothing half-built: a VM that never started is removed again.
+        // Nothing half-built: a VM that never started is removed again, taps and all.
+        await this.#options.unplugNics?.(record.spec).catch(() => undefined);
         this.#records.delete(spec.id);
         await rm(this.#vmDir(spec.id), { recursive: true, force: true });
         throw error;
@@ -226,6 +231,7 @@ export class VmSupervisor {
       const qemu = this.#processes.get(id);
       if (qemu) await qemu.stop({ gracefulTimeoutMs: options.gracefulTimeoutMs ?? 10_000 });
       this.#readyWaits.get(id)?.abort();
+      await this.#options.unplugNics?.(record.spec);
       this.#records.delete(id);
       await rm(this.#vmDir(id), { recursive: true, force: true });
     });

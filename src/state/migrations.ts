@@ -93,6 +93,36 @@ const migrations: Record<string, Migration> = {
       await sql`CREATE INDEX operation_events_by_operation ON operation_events (operation_id, seq)`.execute(db);
     },
   },
+  '0002-networks': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('hosts').addColumn('underlay_ip', 'text').execute();
+      await db.schema
+        .createTable('networks')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('project_id', 'text', (c) => c.notNull().references('projects.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('subnet', 'text', (c) => c.notNull())
+        .addColumn('gateway', 'text')
+        .addColumn('dhcp', 'integer', (c) => c.notNull())
+        .addColumn('dhcp_address', 'text')
+        .addColumn('vni', 'integer', (c) => c.notNull().unique())
+        .addColumn('mtu', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('networks_project_name', ['project_id', 'name'])
+        .execute();
+      await db.schema
+        .createTable('nics')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('network_id', 'text', (c) => c.notNull().references('networks.id'))
+        .addColumn('device_index', 'integer', (c) => c.notNull())
+        .addColumn('mac', 'text', (c) => c.notNull().unique())
+        .addColumn('ip', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('nics_network_ip', ['network_id', 'ip'])
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

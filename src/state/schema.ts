@@ -33,6 +33,8 @@ export interface HostsTable {
   maintenance: number;
   last_seen_at: string;
   joined_at: string;
+  /** The host's address on the underlay (VXLAN endpoint), or null for a host without one. */
+  underlay_ip: string | null;
 }
 
 export interface ImagesTable {
@@ -94,7 +96,35 @@ export interface OperationEventsTable {
   data: string | null;
 }
 
+export interface NetworksTable {
+  id: string;
+  project_id: string;
+  name: string;
+  subnet: string;
+  gateway: string | null;
+  dhcp: number;
+  /** The DHCP server's own address in the subnet, when dhcp is on. */
+  dhcp_address: string | null;
+  vni: number;
+  mtu: number;
+  created_at: string;
+}
+
+/** A VM's NIC on a virtual network: its MAC and IP stay with it for its life. */
+export interface NicsTable {
+  id: string;
+  vm_id: string;
+  network_id: string;
+  /** Position among the VM's NICs: eth0, eth1, ... in the guest. */
+  device_index: number;
+  mac: string;
+  ip: string;
+  created_at: string;
+}
+
 export interface Database {
+  networks: NetworksTable;
+  nics: NicsTable;
   projects: ProjectsTable;
   tokens: TokensTable;
   hosts: HostsTable;

@@ -1,0 +1,261 @@
+/**
+ * Virtual networks in the control plane: their records, IPAM (every NIC gets a MAC and an IP
+ * that stay with it for its life), and keeping each host's plumbing in step: which hosts carry a
+ * network, their VXLAN peers, and the network's DHCP server with its fixed leases.
+ */
+import { NubisError } from '../core/errors.ts';
+import { newId, newMac } from '../core/ids.ts';
+import type { Db } from '../state/database.ts';
+import type { HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
+import type { HostRegistry } from './hosts.ts';
+import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
+
+/** VNIs Nubis hands out start here; lower ones are left for explicit choice. */
+const FIRST_AUTO_VNI = 1000;
+const MAX_VNI = 16_777_215;
+/** Underlay MTU 1500 minus the VXLAN, UDP, IP and inner Ethernet headers (50 bytes). */
+export const OVERLAY_MTU = 1450;
+
+export interface NetworkView {
+  id: string;
+  name: string;
+  project: string;
+  subnet: string;
+  gateway?: string;
+  dhcp: boolean;
+  dhcpAddress?: string;
+  vni: number;
+  mtu: number;
+  nicCount: number;
+  hosts: string[];
+  createdAt: string;
+}
+
+/** What a host agent needs to plumb one network (PUT /agent/networks/{id}). */
+export interface HostNetworkSpec {
+  id: string;
+  vni: number;
+  mtu: number;
+  /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
+  peers: string[];
+  /** Present on the one host that serves the network's DHCP. */
+  dhcp?: { address: string; prefixLength: number; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
+}
+
+export interface NetworkCreateRequest {
+  name: string;
+  subnet: string;
+  gateway?: string;
+  dhcp?: boolean;
+  vni?: number;
+  project?: string;
+}
+
+export class NetworkService {
+  readonly #db: Db;
+  readonly #hosts: HostRegistry;
+
+  constructor(deps: { db: Db; hosts: HostRegistry }) {
+    this.#db = deps.db;
+    this.#hosts = deps.hosts;
+  }
+
+  async #projectId(name = 'default'): Promise<string> {
+    const project = await this.#db.selectFrom('projects').select('id').where('name', '=', name).executeTakeFirst();
+    if (!project) throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
+    return project.id;
+  }
+
+  async row(ref: string, project?: string): Promise<NetworksTable> {
+    const projectId = await this.#projectId(project);
+    const row = await this.#db
+      .selectFrom('networks')
+      .selectAll()
+      .where((eb) => eb.or([eb.and([eb('name', '=', ref), eb('project_id', '=', projectId)]), eb('id', '=', ref)]))
+      .executeTakeFirst();
+    if (!row) throw new NubisError('NET_NOT_FOUND', `No network ${ref} in project ${project ?? 'default'}; see nubis network list`);
+    return row;
+  }
+
+  /** Validates and records a network. Nothing is plumbed until a VM uses it. */
+  async create(request: NetworkCreateRequest): Promise<NetworkView> {
+    const projectId = await this.#projectId(request.project);
+    const subnet = parseSubnet(request.subnet);
+    if (await this.#db.selectFrom('networks').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
+      throw new NubisError('NET_NAME_TAKEN', `A network named ${request.name} exists in project ${request.project ?? 'default'}; choose another name`);
+    }
+    // Within a project subnets must not overlap (its VMs could not tell them apart once routed);
+    // across projects they may: tenant networks are isolated from each other.
+    for (const other of await this.#db.selectFrom('networks').select(['name', 'subnet']).where('project_id', '=', projectId).execute()) {
+      if (subnetsOverlap(subnet, parseSubnet(other.subnet))) {
+        throw new NubisError('NET_SUBNET_OVERLAP', `Subnet ${subnet.cidr} overlaps ${other.subnet} of network ${other.name} in this project; choose a subnet that does not`);
+      }
+    }
+    const taken = new Set<number>();
+    const gateway = request.gateway === undefined ? undefined : checkAddress(subnet, request.gateway);
+    if (gateway !== undefined) taken.add(gateway);
+    const dhcpAddress = request.dhcp ? firstFreeAddress(subnet, taken) : undefined;
+    let vni = request.vni;
+    if (vni !== undefined) {
+      if (!Number.isInteger(vni) || vni < 1 || vni > MAX_VNI) throw new NubisError('NET_INVALID_VNI', `VNI ${vni} is outside 1-${MAX_VNI}`);
+      const clash = await this.#db.selectFrom('networks').select('name').where('vni', '=', vni).executeTakeFirst();
+      if (clash) throw new NubisError('NET_VNI_TAKEN', `VNI ${vni} is used by network ${clash.name}; choose another or leave it out`);
+    } else {
+      const highest = await this.#db.selectFrom('networks').select((eb) => eb.fn.max('vni').as('vni')).executeTakeFirst();
+      vni = Math.max(FIRST_AUTO_VNI, Number(highest?.vni ?? 0) + 1);
+    }
+    const row: NetworksTable = {
+      id: newId('net'),
+      project_id: projectId,
+      name: request.name,
+      subnet: subnet.cidr,
+      gateway: gateway === undefined ? null : formatIpv4(gateway),
+      dhcp: request.dhcp ? 1 : 0,
+      dhcp_address: dhcpAddress === undefined ? null : formatIpv4(dhcpAddress),
+      vni,
+      mtu: OVERLAY_MTU,
+      created_at: new Date().toISOString(),
+    };
+    await this.#db.insertInto('networks').values(row).execute();
+    return this.#view(row);
+  }
+
+  async #view(row: NetworksTable): Promise<NetworkView> {
+    const [project, nicCount, hosts] = await Promise.all([
+      this.#db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
+      this.#db.selectFrom('nics').select((eb) => eb.fn.countAll<number>().as('count')).where('network_id', '=', row.id).executeTakeFirst(),
+      this.hostsOf(row.id),
+    ]);
+    return {
+      id: row.id,
+      name: row.name,
+      project: project?.name ?? row.project_id,
+      subnet: row.subnet,
+      ...(row.gateway ? { gateway: row.gateway } : {}),
+      dhcp: row.dhcp === 1,
+      ...(row.dhcp_address ? { dhcpAddress: row.dhcp_address } : {}),
+      vni: row.vni,
+      mtu: row.mtu,
+      nicCount: Number(nicCount?.count ?? 0),
+      hosts: hosts.map((host) => host.name),
+      createdAt: row.created_at,
+    };
+  }
+
+  async list(project?: string): Promise<NetworkView[]> {
+    let query = this.#db.selectFrom('networks').selectAll().orderBy('name');
+    if (project) query = query.where('project_id', '=', await this.#projectId(project));
+    return Promise.all((await query.execute()).map((row) => this.#view(row)));
+  }
+
+  async get(ref: string, project?: string): Promise<NetworkView> {
+    return this.#view(await this.row(ref, project));
+  }
+
+  /** Deletes a network no NIC uses, and removes its plumbing from every host. */
+  async delete(ref: string, project?: string): Promise<void> {
+    const row = await this.row(ref, project);
+    const users = await this.#db.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select('vms.name').where('nics.network_id', '=', row.id).execute();
+    if (users.length > 0) {
+      throw new NubisError('NET_IN_USE', `Network ${row.name} is used by VM(s) ${users.map((u) => u.name).join(', ')}; delete those VMs first`);
+    }
+    await this.#db.deleteFrom('networks').where('id', '=', row.id).execute();
+  }
+
+  /**
+   * Gives a VM a NIC on `network`: a fresh MAC and the requested or the lowest free IP. Refuses an
+   * address outside the subnet or already held. Runs inside the caller's transaction-free flow,
+   * so the caller removes the NICs again when a later step fails (`releaseNics`).
+   */
+  async allocateNic(network: NetworksTable, vmId: string, deviceIndex: number, requestedIp?: string): Promise<NicsTable> {
+    const subnet = parseSubnet(network.subnet);
+    const held = await this.#db.selectFrom('nics').select('ip').where('network_id', '=', network.id).execute();
+    const taken = new Set(held.map((nic) => parseIpv4(nic.ip)!));
+    for (const reserved of [network.gateway, network.dhcp_address]) if (reserved) taken.add(parseIpv4(reserved)!);
+    let address: number;
+    if (requestedIp) {
+      address = checkAddress(subnet, requestedIp);
+      if (taken.has(address)) throw new NubisError('NET_ADDRESS_TAKEN', `Address ${requestedIp} on network ${network.name} is taken; choose another or leave --ip out`);
+    } else {
+      address = firstFreeAddress(subnet, taken);
+    }
+    const nic: NicsTable = { id: newId('nic'), vm_id: vmId, network_id: network.id, device_index: deviceIndex, mac: newMac(), ip: formatIpv4(address), created_at: new Date().toISOString() };
+    await this.#db.insertInto('nics').values(nic).execute();
+    return nic;
+  }
+
+  async nicsOf(vmId: string): Promise<NicsTable[]> {
+    return this.#db.selectFrom('nics').selectAll().where('vm_id', '=', vmId).orderBy('device_index').execute();
+  }
+
+  async releaseNics(vmId: string): Promise<void> {
+    await this.#db.deleteFrom('nics').where('vm_id', '=', vmId).execute();
+  }
+
+  /** Hosts that carry the network: those with a VM that has a NIC on it. */
+  async hostsOf(networkId: string): Promise<HostsTable[]> {
+    return this.#db
+      .selectFrom('hosts')
+      .selectAll('hosts')
+      .where('hosts.id', 'in', (eb) => eb.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select('vms.host_id').where('nics.network_id', '=', networkId))
+      .orderBy('hosts.name')
+      .execute();
+  }
+
+  /** What each host carrying the network needs, keyed by host id. */
+  async hostSpecs(networkId: string): Promise<Map<string, { host: HostsTable; spec: HostNetworkSpec }>> {
+    const network = await this.#db.selectFrom('networks').selectAll().where('id', '=', networkId).executeTakeFirstOrThrow();
+    const hosts = await this.hostsOf(networkId);
+    const specs = new Map<string, { host: HostsTable; spec: HostNetworkSpec }>();
+    const subnet = parseSubnet(network.subnet);
+    const leases = network.dhcp
+      ? (await this.#db.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select(['nics.mac', 'nics.ip', 'vms.name']).where('nics.network_id', '=', networkId).execute())
+      : [];
+    hosts.forEach((host, index) => {
+      const peers = hosts.filter((other) => other.id !== host.id && other.underlay_ip).map((other) => other.underlay_ip!);
+      const spec: HostNetworkSpec = { id: network.id, vni: network.vni, mtu: network.mtu, peers };
+      // One DHCP server per network, on the first host carrying it (like a network node).
+      if (network.dhcp && index === 0 && network.dhcp_address) {
+        spec.dhcp = { address: network.dhcp_address, prefixLength: subnet.prefixLength, ...(network.gateway ? { gateway: network.gateway } : {}), hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })) };
+      }
+      specs.set(host.id, { host, spec });
+    });
+    return specs;
+  }
+
+  /**
+   * Brings every host carrying the network in step (bridge, VXLAN, peers, DHCP). Called after a
+   * VM with a NIC on it is placed, started, moved or deleted.
+   */
+  async sync(networkId: string, signal?: AbortSignal): Promise<void> {
+    for (const { host, spec } of (await this.hostSpecs(networkId)).values()) {
+      await this.#hosts.call(host, { method: 'PUT', path: `/agent/networks/${networkId}`, body: spec, timeoutMs: 30_000, signal });
+    }
+  }
+
+  /** Removes the network's plumbing from a host that no longer carries it. */
+  async unplugHost(networkId: string, host: HostsTable): Promise<void> {
+    if ((await this.hostsOf(networkId)).some((h) => h.id === host.id)) return;
+    await this.#hosts.call(host, { method: 'DELETE', path: `/agent/networks/${networkId}`, timeoutMs: 30_000 }).catch(() => undefined);
+  }
+
+  /** A host carrying the network, for probes: the given one, or the first. */
+  async probeHost(networkId: string, hostName?: string): Promise<HostsTable> {
+    const hosts = await this.hostsOf(networkId);
+    const host = hostName ? hosts.find((h) => h.name === hostName) : hosts[0];
+    if (!host) throw new NubisError('NET_NOT_PLUMBED', hostName ? `Host ${hostName} carries no VM on this network; probe from one that does` : 'No VM uses this network yet, so no host carries it; create a VM on it first');
+    return host;
+  }
+
+  /** A free address for a temporary probe: the highest free one, so VMs keep the low ones. */
+  async probeAddress(network: NetworksTable): Promise<{ address: string; prefixLength: number }> {
+    const subnet = parseSubnet(network.subnet);
+    const held = await this.#db.selectFrom('nics').select('ip').where('network_id', '=', network.id).execute();
+    const taken = new Set(held.map((nic) => parseIpv4(nic.ip)!));
+    for (const reserved of [network.gateway, network.dhcp_address]) if (reserved) taken.add(parseIpv4(reserved)!);
+    for (let address = subnet.network + 2 ** (32 - subnet.prefixLength) - 2; address > subnet.network; address--) {
+      if (!taken.has(address)) return { address: formatIpv4(address), prefixLength: subnet.prefixLength };
+    }
+    throw new NubisError('NET_SUBNET_FULL', `Network ${network.name} has no free address for a probe`);
+  }
+}
