@@ -54,6 +54,29 @@ const ALLOWED_FLAGS: Record<number, number> = {
 
 let zeroChunk: Buffer | undefined;
 
+/**
+ * Recycled payload buffers of READ replies and WRITE requests (64 KiB and up): a 1 MiB request
+ * otherwise costs a fresh allocation and garbage collection each time. Shared by all connections.
+ */
+const POOLED_MIN_BYTES = 64 * 1024;
+const POOLED_PER_SIZE = 64;
+const bufferPool = new Map<number, Buffer[]>();
+
+function takeBuffer(length: number): Buffer {
+  if (length >= POOLED_MIN_BYTES) {
+    const recycled = bufferPool.get(length)?.pop();
+    if (recycled) return recycled;
+  }
+  return Buffer.allocUnsafe(length);
+}
+
+function giveBuffer(buffer: Buffer): void {
+  if (buffer.length < POOLED_MIN_BYTES || buffer.byteOffset !== 0) return;
+  let list = bufferPool.get(buffer.length);
+  if (!list) bufferPool.set(buffer.length, (list = []));
+  if (list.length < POOLED_PER_SIZE) list.push(buffer);
+}
+
 class Disconnected extends Error {}
 
 /** A request taken off the wire; `payload` only for WRITE. */
@@ -184,6 +207,16 @@ export class NbdConnection {
     } catch {
       // A failing listener must not take a connection down.
     }
+  }
+
+  /** Sends `data` after `header`, then recycles `data` once the socket is done with it. */
+  #sendPayload(header: Buffer, data: Buffer): void {
+    if (this.#closed) {
+      giveBuffer(data);
+      return;
+    }
+    this.#send(header);
+    this.#socket.write(data, () => giveBuffer(data));
   }
 
   #send(...buffers: Buffer[]): void {
@@ -509,7 +542,7 @@ export class NbdConnection {
           this.#replyError(request, C.NBD_EINVAL, `Write of ${request.length} bytes exceeds the maximum payload of ${this.#settings.maxPayloadBytes}`);
           continue;
         }
-        request.payload = Buffer.allocUnsafe(request.length);
+        request.payload = takeBuffer(request.length);
         this.#pendingWrite = { request, filled: 0 };
         continue;
       }
@@ -607,14 +640,24 @@ export class NbdConnection {
     const fua = (request.flags & C.NBD_CMD_FLAG_FUA) !== 0;
     switch (request.type) {
       case C.NBD_CMD_READ: {
-        const data = Buffer.allocUnsafe(request.length);
-        if (request.length > 0) await exp.read(data, request.offset);
+        const data = takeBuffer(request.length);
+        try {
+          if (request.length > 0) await exp.read(data, request.offset);
+        } catch (error) {
+          giveBuffer(data);
+          throw error;
+        }
         this.#replyRead(request, data);
         return;
       }
       case C.NBD_CMD_WRITE:
-        if (request.length > 0) await exp.write(request.payload!, request.offset, { fua });
-        request.payload = undefined;
+        try {
+          if (request.length > 0) await exp.write(request.payload!, request.offset, { fua });
+        } finally {
+          // The export contract: it keeps no reference to `data` once its promise settles.
+          giveBuffer(request.payload!);
+          request.payload = undefined;
+        }
         this.#replyOk(request);
         return;
       case C.NBD_CMD_FLUSH:
@@ -699,7 +742,7 @@ export class NbdConnection {
 
   #replyRead(request: Request, data: Buffer): void {
     if (!this.#structuredReplies) {
-      this.#send(this.#simpleHeader(request, 0), data);
+      this.#sendPayload(this.#simpleHeader(request, 0), data);
     } else if (data.length === 0) {
       this.#send(this.#structuredHeader(request, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_NONE, 0));
     } else {
@@ -708,7 +751,7 @@ export class NbdConnection {
       const header = this.#structuredHeader(request, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, 8 + data.length, 8);
       header.writeUInt32BE(Math.floor(request.offset / TWO_POW_32), 20);
       header.writeUInt32BE(request.offset % TWO_POW_32, 24);
-      this.#send(header, data);
+      this.#sendPayload(header, data);
     }
     this.#finishRequest();
   }

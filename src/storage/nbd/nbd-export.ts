@@ -36,8 +36,9 @@ export interface NbdExport {
    * (proto.md NBD_FLAG_CAN_MULTI_CONN). Default false.
    */
   readonly multiConn?: boolean;
-  /** Fill `buffer` with the bytes at `position`. */
+  /** Fill `buffer` with the bytes at `position`. The buffer is recycled after the reply: keep no reference. */
   read(buffer: Buffer, position: number): Promise<void>;
+  /** Store `data` at `position`. `data` is recycled once the promise settles: keep no reference. */
   write(data: Buffer, position: number, options: NbdWriteOptions): Promise<void>;
   /** Make every write that has completed so far durable. */
   flush(): Promise<void>;

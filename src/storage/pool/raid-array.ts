@@ -182,20 +182,43 @@ export class RaidArray {
   async read(buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
     this.#checkRange(position, length);
     const jobs: Promise<void>[] = [];
-    this.#pieces(position, length, (row, dataIndex, inChunk, n, done) => {
-      jobs.push(this.#readPiece(row, dataIndex, inChunk, n, buffer, offset + done));
-    });
+    if (!this.hasParity) {
+      this.#runs(position, length, (row, dataIndex, inChunk, n, done) => jobs.push(this.#readPiece(row, dataIndex, inChunk, n, buffer, offset + done)));
+    } else {
+      this.#pieces(position, length, (row, dataIndex, inChunk, n, done) => {
+        jobs.push(this.#readPiece(row, dataIndex, inChunk, n, buffer, offset + done));
+      });
+    }
     await Promise.all(jobs);
+  }
+
+  /**
+   * Mirror layouts: like #pieces, but consecutive chunks of one mirror group that are adjacent on
+   * disk (raid1, a one-member raid0) become one run, so a 1 MiB request is one system call.
+   */
+  #runs(position: number, length: number, fn: (row: number, dataIndex: number, inChunk: number, runLength: number, done: number) => void): void {
+    let current: [number, number, number, number, number] | undefined;
+    this.#pieces(position, length, (row, dataIndex, inChunk, n, done) => {
+      if (current && current[1] === dataIndex && inChunk === 0 && current[0] * this.geometry.chunkBytes + current[2] + current[3] === row * this.geometry.chunkBytes) {
+        current[3] += n;
+        return;
+      }
+      if (current) fn(...current);
+      current = [row, dataIndex, inChunk, n, done];
+    });
+    if (current) fn(...current);
   }
 
   async #readPiece(row: number, dataIndex: number, inChunk: number, length: number, buffer: Buffer, offset: number): Promise<void> {
     const memberPosition = this.#memberOffset(row, inChunk);
     if (!this.hasParity) {
       const group = this.#mirrorGroup(dataIndex);
+      // A run may span rows: a rebuilding member must have rebuilt the last of them.
+      const lastRow = row + Math.floor((inChunk + length - 1) / this.geometry.chunkBytes);
       // Spread reads of mirrors over their members by row.
       for (let k = 0; k < group.length; k++) {
         const member = this.members[group[(row + k) % group.length]!]!;
-        if (this.#unreadable(member, row)) continue;
+        if (this.#unreadable(member, lastRow)) continue;
         if (await this.#readMember(member, buffer, offset, length, memberPosition)) return;
       }
       throw new NubisError('POOL_FAULTED', `No member can serve row ${row}: the pool has lost more members than its layout tolerates`);
@@ -296,7 +319,7 @@ export class RaidArray {
     this.#checkRange(position, length);
     if (!this.hasParity) {
       const jobs: Promise<void>[] = [];
-      this.#pieces(position, length, (row, dataIndex, inChunk, n, done) => {
+      this.#runs(position, length, (row, dataIndex, inChunk, n, done) => {
         jobs.push(this.#writeMirrored(row, dataIndex, inChunk, n, buffer, offset + done));
       });
       await Promise.all(jobs);

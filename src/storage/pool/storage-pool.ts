@@ -55,6 +55,8 @@ const DEFAULT_ALLOCATION_UNIT_BYTES = MiB;
 const MIN_ALLOCATION_UNITS = 8;
 const HIGH_WATER_STEP_AUS = 256;
 const PERIODIC_COMMIT_MS = 5000;
+/** A write intent is cleared once its AU has not been written for this long. */
+const INTENT_IDLE_MS = 10_000;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const SECTOR_BYTES = 512;
 
@@ -254,7 +256,8 @@ export class StoragePool {
   #epoch = 0;
   #pending = new JournalWriter();
   #dirtyAus = new Set<number>();
-  #writtenThisEpoch = new Set<number>();
+  /** AU -> when an in-place write last started (ms). */
+  readonly #lastInPlaceWriteMs = new Map<number, number>();
   readonly #inPlaceInflight = new Map<number, number>();
   #generation: number;
   #sequence: number;
@@ -314,7 +317,7 @@ export class StoragePool {
     this.#rebuildAllocation();
     if (!this.#readOnlyReason) {
       this.#timer = setInterval(() => {
-        if (this.#pending.bytes > 0 || this.#dirtyAus.size > 0) this.commit().catch(() => undefined);
+        if (this.#pending.bytes > 0 || this.#dirtyAus.size > 0 || this.#state.intentAus.size > 0) this.commit().catch(() => undefined);
       }, PERIODIC_COMMIT_MS);
       this.#timer.unref();
     }
@@ -906,7 +909,7 @@ export class StoragePool {
 
   async #writeInPlace(p: number, inAu: number, chunk: Buffer): Promise<void> {
     const B = CHECKSUM_BLOCK_BYTES;
-    this.#writtenThisEpoch.add(p);
+    this.#lastInPlaceWriteMs.set(p, Date.now());
     this.#inPlaceInflight.set(p, (this.#inPlaceInflight.get(p) ?? 0) + 1);
     try {
       if (!this.#state.intentAus.has(p)) {
@@ -1057,14 +1060,16 @@ export class StoragePool {
     const checksums = this.#state.checksums;
     for (const p of this.#dirtyAus) writer.checksums(p * this.#blocksPerAu, checksums.subarray(p * this.#blocksPerAu, (p + 1) * this.#blocksPerAu));
     this.#dirtyAus = new Set();
+    // An intent ends once its AU has been idle for a while: its checksums are then current. The
+    // delay keeps hot AUs marked, so that random writes do not each pay for a new intent.
+    const idleBefore = Date.now() - INTENT_IDLE_MS;
     for (const p of this.#state.intentAus) {
-      // An intent ends once its AU saw a whole epoch without writes (checksums are then current).
-      if (!this.#writtenThisEpoch.has(p) && !this.#inPlaceInflight.has(p)) {
+      if (!this.#inPlaceInflight.has(p) && (this.#lastInPlaceWriteMs.get(p) ?? 0) < idleBefore) {
         this.#state.intentAus.delete(p);
+        this.#lastInPlaceWriteMs.delete(p);
         writer.number(OP_INTENT_CLEAR, p);
       }
     }
-    this.#writtenThisEpoch = new Set();
     const freed = this.#pendingFree;
     this.#pendingFree = [];
     const epoch = this.#epoch++;
