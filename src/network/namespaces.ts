@@ -15,7 +15,7 @@ export interface NamespaceCallOptions {
 
 /** Names of the existing network namespaces that start with `prefix` (all when omitted), sorted. */
 export async function listNamespaces(prefix = '', options: NamespaceCallOptions = {}): Promise<string[]> {
-  const entries = await ipJson<{ name: string }[]>(['netns', 'list'], options);
+  const entries = await ipJson<{ name: string }[]>(['netns', 'list'], rootCall(options));
   return entries.map((entry) => entry.name).filter((name) => name.startsWith(prefix)).sort();
 }
 
@@ -32,13 +32,13 @@ export async function createNamespace(name: string, options: NamespaceCallOption
   assertNamespaceName(name);
   let created = false;
   if (!(await namespaceExists(name, options))) {
-    await ip(['netns', 'add', name], options);
+    await ip(['netns', 'add', name], rootCall(options));
     created = true;
   }
   try {
-    await ip(['link', 'set', 'lo', 'up'], { ...options, netns: name });
+    await ip(['link', 'set', 'lo', 'up'], { ...rootCall(options), netns: name });
   } catch (error) {
-    if (created) await ip(['netns', 'delete', name], options).catch(() => {});
+    if (created) await ip(['netns', 'delete', name], rootCall(options)).catch(() => {});
     throw error;
   }
   return created;
@@ -65,13 +65,13 @@ export async function deleteNamespace(name: string, options: DeleteNamespaceOpti
   assertNamespaceName(name);
   if (!(await namespaceExists(name, options))) return false;
   if (options.killProcesses) await killNamespaceProcesses(name, options);
-  await ip(['netns', 'delete', name], options);
+  await ip(['netns', 'delete', name], rootCall(options));
   return true;
 }
 
 /** Process ids running in the namespace (`ip netns pids`). */
 export async function namespacePids(name: string, options: NamespaceCallOptions = {}): Promise<number[]> {
-  const out = await ip(['netns', 'pids', name], options);
+  const out = await ip(['netns', 'pids', name], rootCall(options));
   return out
     .split('\n')
     .map((line) => Number.parseInt(line.trim(), 10))
@@ -112,7 +112,12 @@ export async function runInNamespace(
   options: RunInNamespaceOptions = {},
 ): Promise<CommandResult> {
   assertNamespaceName(ns);
-  return runCommand(command, args, { ...options, netns: ns, allowFailure: true });
+  return runCommand(command, args, { ...rootCall(options), input: options.input, netns: ns, allowFailure: true });
+}
+
+/** Only cancellation and deadline: `ip netns` commands must run in the root namespace. */
+function rootCall(options: NamespaceCallOptions): NamespaceCallOptions {
+  return { signal: options.signal, timeoutMs: options.timeoutMs };
 }
 
 /** True while `pid` exists and is not a zombie. */

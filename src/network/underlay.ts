@@ -5,7 +5,7 @@ import { NubisError } from '../core/errors.ts';
 import { parseIpv4Cidr } from './addresses.ts';
 import { findLink, ip, listLinks, runCommand, setExactAddress, type LinkInfo } from './ip-command.ts';
 import { assertInterfaceName, shortName } from './names.ts';
-import { createNamespace, deleteNamespace, killNamespaceProcesses, listNamespaces } from './namespaces.ts';
+import { createNamespace, deleteNamespace, killNamespaceProcesses, listNamespaces, namespaceExists } from './namespaces.ts';
 import { Revert } from './revert.ts';
 
 /** The default name of the underlay device inside a host namespace. */
@@ -210,6 +210,8 @@ export async function listNftTables(options: CallOptions & { netns?: string } = 
 
 /** Deletes a link when present; resolves true when it was. */
 export async function deleteLinkIfPresent(name: string, options: CallOptions & { netns?: string } = {}): Promise<boolean> {
+  // A link in a namespace that is gone is gone too.
+  if (options.netns !== undefined && !(await namespaceExists(options.netns, { signal: options.signal, timeoutMs: options.timeoutMs }))) return false;
   if (!(await findLink(name, options))) return false;
   try {
     await ip(['link', 'delete', name], options);
