@@ -12,7 +12,7 @@ import { isNubisError, NubisError } from '../core/errors.ts';
 import * as C from './nbd/nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
 import { NbdServer, type NbdServerEvent } from './nbd/nbd-server.ts';
-import { FileMemberDevice, type MemberDevice } from './pool/member-device.ts';
+import { openMemberDevice, type MemberDevice } from './pool/member-device.ts';
 import { LABEL_BYTES } from './pool/metadata-format.ts';
 import type { RaidLayout } from './pool/raid-array.ts';
 import {
@@ -204,7 +204,7 @@ export class StorageService {
       const paths = pool.memberPaths().filter((p) => p !== '');
       await pool.close();
       this.#pools.delete(name);
-      const openDevice = this.#options.openDevice ?? FileMemberDevice.open;
+      const openDevice = this.#options.openDevice ?? openMemberDevice;
       for (const path of paths) {
         let device: MemberDevice | undefined;
         try {

@@ -92,8 +92,10 @@ describe('storage service over NBD', () => {
     assert.ok(progress.length > 0);
     await service.offlineMember('raid5', 0);
     await qemuIo(uri, [...READ_PATTERNS, 'read -P 0x77 9M 256k']);
-    // Back to full health after a restart (member 0 comes back from its device), then rot a member.
+    // Member 0 stays out after a restart (its data may be stale): replace it, then rot a member.
     await restart();
+    assert.equal(service.getPool('raid5').state, 'degraded');
+    await service.replaceMember('raid5', 0, await device('raid5-spare2.img', 40));
     assert.equal(service.getPool('raid5').state, 'online');
     const members = service.getPool('raid5').members;
     const victim = members[1]!.path;

@@ -85,6 +85,8 @@ export interface PoolState {
   durableHighWaterAu: number;
   /** Allocation units that may hold writes not yet reflected in checksums (write intent). */
   intentAus: Set<number>;
+  /** Members taken out of service (failed or offlined): stale until replaced, never trusted again. */
+  faultedMembers: Set<number>;
   /** Per 4 KiB block of the pool's logical space. */
   checksums: Uint32Array;
 }
@@ -97,6 +99,7 @@ export function encodeCheckpoint(state: PoolState, generation: number, sequence:
       nextVolumeId: state.nextVolumeId,
       durableHighWaterAu: state.durableHighWaterAu,
       intentAus: [...state.intentAus],
+      faultedMembers: [...state.faultedMembers],
     }),
     'utf8',
   );
@@ -150,6 +153,7 @@ export function decodeCheckpoint(buffer: Buffer, checksumCount: number, allocati
     nextVolumeId: number;
     durableHighWaterAu: number;
     intentAus: number[];
+    faultedMembers?: number[];
   };
   let at = 4 + jsonLength;
   const volumes = new Map<number, { record: VolumeRecord; map: Int32Array }>();
@@ -165,7 +169,7 @@ export function decodeCheckpoint(buffer: Buffer, checksumCount: number, allocati
   }
   const checksums = new Uint32Array(checksumCount);
   Buffer.from(checksums.buffer).set(payload.subarray(at, at + checksumCount * 4));
-  return { volumes, nextVolumeId: meta.nextVolumeId, durableHighWaterAu: meta.durableHighWaterAu, intentAus: new Set(meta.intentAus), checksums };
+  return { volumes, nextVolumeId: meta.nextVolumeId, durableHighWaterAu: meta.durableHighWaterAu, intentAus: new Set(meta.intentAus), faultedMembers: new Set(meta.faultedMembers ?? []), checksums };
 }
 
 // Journal operations.
@@ -181,7 +185,9 @@ export type JsonOp =
   | { op: 'create'; record: VolumeRecord }
   | { op: 'copy'; record: VolumeRecord; sourceId: number }
   | { op: 'delete'; id: number }
-  | { op: 'resize'; id: number; sizeBytes: number };
+  | { op: 'resize'; id: number; sizeBytes: number }
+  | { op: 'member-faulted'; index: number }
+  | { op: 'member-replaced'; index: number };
 
 /** Builds the payload of one journal record. */
 export class JournalWriter {

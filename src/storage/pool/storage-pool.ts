@@ -22,7 +22,7 @@ import { randomUUID } from 'node:crypto';
 import { NubisError } from '../../core/errors.ts';
 import { blockChecksum, CHECKSUM_BLOCK_BYTES, ZERO_BLOCK_CHECKSUM } from './checksum.ts';
 import { KeyedLocks } from './locks.ts';
-import { FileMemberDevice, type MemberDevice } from './member-device.ts';
+import { openMemberDevice, type MemberDevice } from './member-device.ts';
 import {
   CHECKPOINT_HEADER_BYTES,
   decodeCheckpoint,
@@ -334,7 +334,7 @@ export class StoragePool {
       throw new NubisError('POOL_DEVICE_DUPLICATE', `Device ${duplicate} is listed twice`, { details: { device: duplicate } });
     }
     if (!RAID_LAYOUTS.includes(options.layout)) planPool({ layout: options.layout, deviceSizes: [], devices: [] });
-    const openDevice = options.openDevice ?? FileMemberDevice.open;
+    const openDevice = options.openDevice ?? openMemberDevice;
     const devices: MemberDevice[] = [];
     try {
       for (const path of options.devices) devices.push(await openDevice(path));
@@ -365,6 +365,7 @@ export class StoragePool {
         nextVolumeId: 1,
         durableHighWaterAu: 0,
         intentAus: new Set(),
+        faultedMembers: new Set(),
         checksums: new Uint32Array(plan.auCount * (plan.allocationUnitBytes / CHECKSUM_BLOCK_BYTES)).fill(ZERO_BLOCK_CHECKSUM),
       };
       const checkpoint = encodeCheckpoint(state, 1, 0);
@@ -405,7 +406,7 @@ export class StoragePool {
    * metadata that fails its checksums opens it read-only with the reason in `status()`.
    */
   static async open(options: PoolOpenOptions): Promise<StoragePool> {
-    const openDevice = options.openDevice ?? FileMemberDevice.open;
+    const openDevice = options.openDevice ?? openMemberDevice;
     const found: Array<{ path: string; device: MemberDevice; label: PoolLabel }> = [];
     const problems: string[] = [];
     for (const path of options.devices) {
@@ -468,6 +469,15 @@ export class StoragePool {
       openDevice,
       readOnlyReason: loaded.readOnlyReason,
     });
+    // A member the metadata says failed holds stale data, even if its device is back.
+    for (const index of loaded.state.faultedMembers) {
+      const member = members[index];
+      if (member && member.state !== 'missing') {
+        member.state = 'faulted';
+        await member.device?.close().catch(() => undefined);
+        member.device = undefined;
+      }
+    }
     if (!pool.#readOnlyReason && raid.health().state === 'faulted') {
       pool.#readOnlyReason = `Pool ${reference.poolName} has lost more members than ${reference.layout} tolerates`;
     }
@@ -1055,6 +1065,9 @@ export class StoragePool {
 
   async #doCommit(): Promise<void> {
     // Capture, synchronously, everything completed up to now.
+    for (const member of this.#raid.members) {
+      if (member.state === 'faulted' && !this.#state.faultedMembers.has(member.index)) this.#apply({ op: 'member-faulted', index: member.index });
+    }
     const writer = this.#pending;
     this.#pending = new JournalWriter();
     const checksums = this.#state.checksums;
@@ -1197,6 +1210,7 @@ export class StoragePool {
     member.state = 'faulted';
     await member.device?.close().catch(() => undefined);
     member.device = undefined;
+    await this.commit();
   }
 
   /**
@@ -1211,7 +1225,7 @@ export class StoragePool {
     if (this.#geometry.layout === 'raid0') {
       throw new NubisError('POOL_NO_REDUNDANCY', `Pool ${this.name} is raid0: a member's data exists nowhere else, so it cannot be rebuilt`, { details: { pool: this.name } });
     }
-    if (this.#raid.members.some((m) => m.path === newPath && m.device)) {
+    if (this.#raid.members.some((m) => m.path === newPath && m.device && m.index !== index)) {
       throw new NubisError('POOL_DEVICE_IN_USE', `Device ${newPath} is already a member of pool ${this.name}`, { details: { device: newPath } });
     }
     const device = await this.#openDevice(newPath);
@@ -1224,7 +1238,9 @@ export class StoragePool {
       } catch {
         existing = { poolName: '(damaged label)' } as PoolLabel;
       }
-      if (existing) throw new NubisError('POOL_DEVICE_IN_USE', `Device ${newPath} already belongs to pool ${existing.poolName}`, { details: { device: newPath, pool: existing.poolName } });
+      // A device that already carries this member's label is an interrupted rebuild: resume it.
+      const resuming = existing?.poolUuid === this.uuid && existing.memberIndex === index;
+      if (existing && !resuming) throw new NubisError('POOL_DEVICE_IN_USE', `Device ${newPath} already belongs to pool ${existing.poolName}`, { details: { device: newPath, pool: existing.poolName } });
       const needed = this.#geometry.dataStartBytes + this.#geometry.rows * this.#geometry.chunkBytes;
       if (device.sizeBytes < needed) {
         throw new NubisError('POOL_DEVICE_TOO_SMALL', `Device ${newPath} has ${formatSize(device.sizeBytes)}; members of pool ${this.name} need ${formatSize(needed)}`, {
@@ -1270,6 +1286,7 @@ export class StoragePool {
     member.rebuiltRows = this.#geometry.rows;
     await device.flush();
     member.state = 'online';
+    this.#apply({ op: 'member-replaced', index });
     const finalLabel = await this.#labelFor(index, false);
     await device.write(finalLabel, 0, finalLabel.length, 0);
     await device.flush();
@@ -1343,6 +1360,12 @@ function applyJsonOp(state: PoolState, op: JsonOp, allocationUnitBytes: number, 
       state.volumes.delete(op.id);
       return;
     }
+    case 'member-faulted':
+      state.faultedMembers.add(op.index);
+      return;
+    case 'member-replaced':
+      state.faultedMembers.delete(op.index);
+      return;
     case 'resize': {
       const entry = state.volumes.get(op.id);
       if (!entry) return;
@@ -1389,7 +1412,7 @@ async function loadMetadata(
       break;
     }
   }
-  const emptyState = (): PoolState => ({ volumes: new Map(), nextVolumeId: 1, durableHighWaterAu: 0, intentAus: new Set(), checksums: new Uint32Array(checksumCount) });
+  const emptyState = (): PoolState => ({ volumes: new Map(), nextVolumeId: 1, durableHighWaterAu: 0, intentAus: new Set(), faultedMembers: new Set(), checksums: new Uint32Array(checksumCount) });
   if (!chosen) {
     return {
       state: emptyState(),
