@@ -348,7 +348,7 @@ network
   .action(async (_options: unknown, command: Command) => {
     const networks = await client(command).request<Array<Record<string, any>>>('GET', `/v1/networks${projectQuery(command)}`);
     if (globals(command).json) return printJson(networks);
-    printTable(['NAME', 'SUBNET', 'GATEWAY', 'DHCP', 'VNI', 'NICS', 'HOSTS'], networks.map((n) => [n.name, n.subnet, n.gateway, n.dhcp ? 'yes' : 'no', n.vni, n.nicCount, n.hosts.join(',') || undefined]));
+    printTable(['NAME', 'PROJECT', 'SUBNET', 'GATEWAY', 'DHCP', 'VNI', 'NICS', 'HOSTS'], networks.map((n) => [n.name, n.project, n.subnet, n.gateway, n.dhcp ? 'yes' : 'no', n.vni, n.nicCount, n.hosts.join(',') || undefined]));
   });
 network
   .command('show <network>')

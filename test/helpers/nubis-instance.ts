@@ -65,11 +65,15 @@ export class NubisInstance {
     return JSON.parse(result.stdout) as T;
   }
 
-  async up(): Promise<void> {
-    this.port = await freePort();
-    const result = await this.cli(['up', '--detach', '--port', String(this.port), '--json']);
+  /** What `nubis up --json` answered last. */
+  upResult: Record<string, unknown> = {};
+
+  async up(extraArgs: string[] = []): Promise<void> {
+    this.port ||= await freePort();
+    const result = await this.cli(['up', '--detach', '--port', String(this.port), ...extraArgs, '--json']);
     if (result.code !== 0) throw new Error(`nubis up failed: ${result.stderr}${result.stdout}`);
-    this.url = (JSON.parse(result.stdout) as { url: string }).url;
+    this.upResult = JSON.parse(result.stdout) as Record<string, unknown>;
+    this.url = this.upResult.url as string;
     this.token = readFileSync(join(this.dataDir, 'admin-token'), 'utf8').trim();
   }
 
@@ -110,5 +114,40 @@ export async function httpGet(url: string, timeoutMs = 5_000): Promise<string | 
     return await response.text();
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Types `command` on a VM's serial console (through the API's WebSocket) and resolves with what
+ * the console printed up to the line `<marker>-done`, which is echoed after the command.
+ */
+export async function runOnConsole(nubis: NubisInstance, vm: string, command: string, options: { project?: string; timeoutMs?: number } = {}): Promise<string> {
+  const { default: WebSocket } = await import('ws');
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const query = options.project ? `?project=${options.project}` : '';
+  const socket = new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/${vm}/console${query}`, { headers: { authorization: `Bearer ${nubis.token}` } });
+  const marker = `mark${Math.random().toString(36).slice(2, 10)}`;
+  let output = '';
+  try {
+    await new Promise((resolve, reject) => {
+      socket.once('open', resolve);
+      socket.once('error', reject);
+    });
+    const done = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`No ${marker}-done on the console of ${vm} within ${timeoutMs} ms; got: ${output.slice(-400)}`)), timeoutMs);
+      socket.on('message', (data: Buffer) => {
+        output += data.toString();
+        // The marker is built by the shell ($((1+1)) -> 2), so the echoed command line never matches.
+        if (output.includes(`${marker}-2-done`)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    socket.send(`${command}; echo ${marker}-$((1+1))-done\n`);
+    await done;
+    return output;
+  } finally {
+    socket.close();
   }
 }

@@ -1,0 +1,123 @@
+/**
+ * Virtual networks across hosts, with real packets: two hosts in network namespaces joined by an
+ * underlay, tenant networks as VXLAN overlays, VMs on different hosts reaching each other, two
+ * networks with the same subnet never exchanging a frame, IPAM refusals, and `down` leaving no
+ * namespace or link behind.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { after, before, describe, it } from 'node:test';
+import type { Vm } from '../../src/api/schemas.ts';
+import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+
+interface ProbeResult {
+  host: string;
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false }, () => {
+  const nubis = new NubisInstance('networks');
+  let testBed = '';
+
+  before(async () => {
+    await nubis.up(['--hosts', '2']);
+    testBed = nubis.upResult.testBed as string;
+  });
+  after(() => nubis.destroy());
+
+  async function probe(network: string, args: string[], project?: string): Promise<ProbeResult> {
+    // --json goes before `--`: everything after it belongs to the probed command.
+    const result = await nubis.cli(['--json', 'network', 'probe', network, ...(project ? ['--project', project] : []), '--', ...args]);
+    return JSON.parse(result.stdout) as ProbeResult;
+  }
+
+  it('puts every host in its own namespace on the underlay', async () => {
+    const hosts = await nubis.cliJson<Array<{ name: string; status: string; underlayIp?: string }>>(['host', 'list']);
+    assert.deepEqual(hosts.map((h) => [h.name, h.status]), [['host-1', 'online'], ['host-2', 'online']]);
+    assert.ok(hosts.every((h) => h.underlayIp?.startsWith('172.31.0.')));
+    const namespaces = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+    assert.match(namespaces, new RegExp(`${testBed}-host-1`));
+    assert.match(namespaces, new RegExp(`${testBed}-host-2`));
+  });
+
+  it('creates networks and refuses bad ones with the reason, creating nothing', async () => {
+    const created = await nubis.cliJson<{ subnet: string; vni: number; mtu: number }>(['network', 'create', 'net-a', '--subnet', '10.20.0.0/24', '--gateway', '10.20.0.1']);
+    assert.equal(created.subnet, '10.20.0.0/24');
+    assert.ok(created.vni >= 1000);
+    assert.equal(created.mtu, 1450);
+    await nubis.cliJson(['project', 'create', 'other']);
+    // The same subnet in another project: allowed, the networks are isolated.
+    await nubis.cliJson(['network', 'create', 'net-b', '--subnet', '10.20.0.0/24', '--project', 'other']);
+    const refusals: Array<[string[], RegExp]> = [
+      [['network', 'create', 'bad1', '--subnet', '10.20.0.0/33'], /not an IPv4 subnet/],
+      [['network', 'create', 'bad2', '--subnet', '10.20.0.7/24'], /host bits set/],
+      [['network', 'create', 'bad3', '--subnet', '10.20.0.128/25'], /overlaps 10\.20\.0\.0\/24 of network net-a/],
+      [['network', 'create', 'bad4', '--subnet', '10.30.0.0/24', '--vni', String(created.vni)], /VNI \d+ is used by network net-a/],
+      [['network', 'create', 'bad5', '--subnet', '10.30.0.0/24', '--gateway', '10.31.0.1'], /not a usable address of subnet/],
+      [['vm', 'create', 'bad6', '--image', 'tiny', '--network', 'net-a', '--ip', '10.99.0.5'], /not a usable address of subnet/],
+      [['vm', 'create', 'bad7', '--image', 'tiny', '--network', 'net-a', '--ip', '10.20.0.1'], /10\.20\.0\.1 on network net-a is taken/],
+      [['vm', 'create', 'bad8', '--image', 'tiny', '--network', 'nope'], /No network nope/],
+    ];
+    for (const [args, message] of refusals) {
+      const result = await nubis.cli(args);
+      assert.notEqual(result.code, 0, args.join(' '));
+      assert.match(result.stderr, message);
+    }
+    const networks = await nubis.cliJson<Array<{ name: string; project: string; nicCount: number }>>(['network', 'list']);
+    assert.deepEqual(networks.map((n) => [n.name, n.project, n.nicCount]), [['net-a', 'default', 0], ['net-b', 'other', 0]]);
+    assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).length, 0);
+  });
+
+  it('lets VMs on different hosts of one network reach each other', async () => {
+    const a1 = await nubis.cliJson<Vm>(['vm', 'create', 'a1', '--image', 'tiny', '--network', 'net-a', '--ip', '10.20.0.10', '--host', 'host-1']);
+    const a2 = await nubis.cliJson<Vm>(['vm', 'create', 'a2', '--image', 'tiny', '--network', 'net-a', '--host', 'host-2']);
+    assert.deepEqual(a1.guestIps, ['10.20.0.10']);
+    assert.deepEqual(a2.nics.map((n) => n.ip), ['10.20.0.2'], 'the lowest free address after the gateway');
+    assert.deepEqual(a2.guestIps, ['10.20.0.2'], 'the guest configured the address IPAM gave it');
+    const ping = await probe('net-a', ['ping', '-c', '3', '-i', '0.2', '-W', '2', '10.20.0.10']);
+    assert.equal(ping.exitCode, 0, ping.stdout + ping.stderr);
+    const http = await probe('net-a', ['curl', '-s', '--max-time', '5', 'http://10.20.0.2/']);
+    assert.match(http.stdout, /^a2 requests=\d+$/);
+    // From inside the guest on host-2 to the guest on host-1, across the VXLAN overlay.
+    const fromGuest = await runOnConsole(nubis, 'a2', 'wget -qO- http://10.20.0.10/');
+    assert.match(fromGuest, /a1 requests=\d+/);
+    const network = await nubis.cliJson<{ hosts: string[]; nicCount: number }>(['network', 'show', 'net-a']);
+    assert.deepEqual(network.hosts, ['host-1', 'host-2']);
+    assert.equal(network.nicCount, 2);
+  });
+
+  it('never lets two networks exchange a frame, even with the same subnet on the same host', async () => {
+    // b1 takes the very address a1 has, on host-2 where a2 (net-a) also runs.
+    const b1 = await nubis.cliJson<Vm>(['vm', 'create', 'b1', '--image', 'tiny', '--network', 'net-b', '--ip', '10.20.0.10', '--host', 'host-2', '--project', 'other']);
+    assert.deepEqual(b1.guestIps, ['10.20.0.10']);
+    const onB = await probe('net-b', ['curl', '-s', '--max-time', '5', 'http://10.20.0.10/'], 'other');
+    assert.match(onB.stdout, /^b1 requests=/, 'net-b sees its own 10.20.0.10');
+    const onA = await probe('net-a', ['curl', '-s', '--max-time', '5', 'http://10.20.0.10/']);
+    assert.match(onA.stdout, /^a1 requests=/, 'net-a sees its own 10.20.0.10');
+    const crossing = await probe('net-b', ['ping', '-c', '3', '-i', '0.2', '-W', '1', '10.20.0.2'], 'other');
+    assert.notEqual(crossing.exitCode, 0, 'a2 (net-a) must not answer on net-b');
+    const fromGuest = await runOnConsole(nubis, 'b1', 'ping -c 2 -W 1 10.20.0.2 || echo unreachable', { project: 'other' });
+    assert.match(fromGuest, /unreachable/);
+  });
+
+  it('refuses to delete a network in use, and deletes it once its VMs are gone', async () => {
+    const inUse = await nubis.cli(['network', 'delete', 'net-a']);
+    assert.notEqual(inUse.code, 0);
+    assert.match(inUse.stderr, /used by VM\(s\) a1, a2/);
+    await nubis.cliJson(['vm', 'delete', 'a2']);
+    const network = await nubis.cliJson<{ hosts: string[] }>(['network', 'show', 'net-a']);
+    assert.deepEqual(network.hosts, ['host-1'], 'host-2 no longer carries net-a');
+    await nubis.cliJson(['vm', 'delete', 'a1']);
+    await nubis.cliJson(['network', 'delete', 'net-a']);
+    assert.deepEqual((await nubis.cliJson<Array<{ name: string }>>(['network', 'list'])).map((n) => n.name), ['net-b']);
+  });
+
+  it('leaves no namespace, link or QEMU behind on down', async () => {
+    const down = await nubis.cli(['down']);
+    assert.equal(down.code, 0, down.stderr);
+    assert.doesNotMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), new RegExp(testBed));
+    assert.doesNotMatch(execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' }), new RegExp(testBed));
+  });
+});
