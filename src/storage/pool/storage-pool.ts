@@ -1093,7 +1093,9 @@ export class StoragePool {
       this.#forceCheckpoint = false;
       checkpoint = encodeCheckpoint(this.#state, this.#generation + 1, this.#sequence + 1);
       if (checkpoint.length > this.#geometry.slotBytes) {
-        throw new NubisError('POOL_METADATA_FULL', `Pool ${this.name} metadata outgrew its ${formatSize(this.#geometry.slotBytes)} area; delete snapshots`);
+        // The captured changes cannot be made durable: stop accepting writes rather than lose them.
+        this.#readOnlyReason = `Metadata of pool ${this.name} outgrew its ${formatSize(this.#geometry.slotBytes)} area; delete snapshots or volumes`;
+        throw new NubisError('POOL_METADATA_FULL', this.#readOnlyReason, { details: { pool: this.name } });
       }
     }
     try {
@@ -1119,8 +1121,9 @@ export class StoragePool {
         this.#journalOffset += record.length;
       }
     } catch (error) {
-      // Nothing was acknowledged; keep what was captured for the next attempt.
-      this.#pendingFree.push(...freed);
+      // The captured records are neither on disk nor pending any more: the on-disk metadata can
+      // no longer follow memory, so the pool stops taking writes (it reopens from the last commit).
+      this.#readOnlyReason = `Metadata of pool ${this.name} could not be written: ${(error as Error).message}`;
       throw error;
     }
     this.#highWaterDurable = Math.max(this.#highWaterDurable, highWater);
