@@ -40,6 +40,8 @@ export interface StorageServiceOptions {
   openDevice?: OpenMemberDevice;
   /** NBD connection events, for a debug log. */
   onNbdEvent?: (event: NbdServerEvent) => void;
+  /** Share of a pool's space allocated above which its status warns. Default 0.8. */
+  fullWarningRatio?: number;
 }
 
 /** Input of `createPool`. */
@@ -106,7 +108,7 @@ export class StorageService {
     for (const file of (await readdir(options.poolsDir)).filter((f) => f.endsWith('.pool.json')).sort()) {
       try {
         const config = JSON.parse(await readFile(join(options.poolsDir, file), 'utf8')) as PoolFile;
-        const pool = await StoragePool.open({ devices: config.devices, openDevice: options.openDevice });
+        const pool = await StoragePool.open({ devices: config.devices, openDevice: options.openDevice, fullWarningRatio: options.fullWarningRatio });
         service.#pools.set(pool.name, pool);
       } catch (error) {
         failures.push({ file, error: (error as Error).message });
@@ -187,6 +189,7 @@ export class StorageService {
       chunkBytes: request.chunk === undefined ? undefined : parseSize(request.chunk, 'chunk size'),
       allocationUnitBytes: request.allocationUnit === undefined ? undefined : parseSize(request.allocationUnit, 'allocation unit'),
       openDevice: this.#options.openDevice,
+      fullWarningRatio: this.#options.fullWarningRatio,
     });
     this.#pools.set(pool.name, pool);
     await this.#writePoolFile(pool);

@@ -19,7 +19,8 @@ const BLOCK = 4096;
 const VOLUME_BYTES = 8 * MiB;
 const BLOCKS = VOLUME_BYTES / BLOCK;
 const BLOCKS_PER_AU = (128 * 1024) / BLOCK;
-const KILLS = 20;
+/** 20 in CI; a torture run sets NUBIS_CRASH_KILLS=1000 (see bench/storage/README.md). */
+const KILLS = Number(process.env.NUBIS_CRASH_KILLS ?? 20);
 const daemonPath = new URL('../../src/storage/storage-daemon.ts', import.meta.url).pathname;
 
 function digest(data: Buffer): string {

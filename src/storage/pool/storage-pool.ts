@@ -60,7 +60,7 @@ const INTENT_IDLE_MS = 10_000;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const SECTOR_BYTES = 512;
 
-/** Opens a member device by path; the default handles regular files and block devices. */
+/** Opens a member device by path; the default handles files, block devices and NBD URIs. */
 export type OpenMemberDevice = (path: string) => Promise<MemberDevice>;
 
 /** Options of `StoragePool.create`. */
@@ -74,6 +74,8 @@ export interface PoolCreateOptions {
   /** Allocation unit, rounded up to whole RAID rows. Default 1 MiB. */
   allocationUnitBytes?: number;
   openDevice?: OpenMemberDevice;
+  /** Share of usable space allocated above which status warns. Default 0.8. */
+  fullWarningRatio?: number;
 }
 
 /** Options of `StoragePool.open`. */
@@ -398,7 +400,7 @@ export class StoragePool {
     } finally {
       await Promise.all(devices.map((d) => d.close().catch(() => undefined)));
     }
-    return StoragePool.open({ devices: options.devices, openDevice });
+    return StoragePool.open({ devices: options.devices, openDevice, fullWarningRatio: options.fullWarningRatio });
   }
 
   /**
