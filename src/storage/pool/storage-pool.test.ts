@@ -35,7 +35,7 @@ async function expectCode(promise: Promise<unknown>, code: string, message?: Reg
 }
 
 /** Writes a recognisable pattern at several offsets (aligned and not) and returns a checker. */
-async function writePattern(pool: StoragePool, volume: string, sizeBytes: number, seed: number): Promise<(pool: StoragePool) => Promise<void>> {
+async function writePattern(pool: StoragePool, volume: string, sizeBytes: number): Promise<(pool: StoragePool) => Promise<void>> {
   const device = pool.volumeDevice(volume);
   const writes: Array<[number, Buffer]> = [
     [0, randomBytes(MiB)],
@@ -43,7 +43,6 @@ async function writePattern(pool: StoragePool, volume: string, sizeBytes: number
     [sizeBytes - 4096, randomBytes(4096)],
     [5 * MiB + 123, randomBytes(777)],
   ];
-  void seed;
   await Promise.all(writes.map(([position, data]) => device.write(data, position, { fua: false })));
   await device.flush();
   return async (reopened: StoragePool) => {
@@ -83,7 +82,7 @@ describe('StoragePool layouts', () => {
       assert.equal(status.state, 'online');
       assert.ok(status.wasteBytes >= (Math.max(...sizes) - Math.min(...sizes)) * MiB, 'waste of unequal members is reported');
       await pool.createVolume('v', 16 * MiB);
-      const check = await writePattern(pool, 'v', 16 * MiB, 1);
+      const check = await writePattern(pool, 'v', 16 * MiB);
       await check(pool);
       await pool.close();
       const reopened = await StoragePool.open({ devices: [...paths].reverse() });
@@ -98,7 +97,7 @@ describe('StoragePool redundancy', () => {
     const paths = await devices([40, 40, 40]);
     const pool = await StoragePool.create({ name: 'r5', layout: 'raid5', devices: paths, allocationUnitBytes: 256 * 1024 });
     await pool.createVolume('v', 16 * MiB);
-    const check = await writePattern(pool, 'v', 16 * MiB, 2);
+    const check = await writePattern(pool, 'v', 16 * MiB);
     await pool.offlineMember(1);
     assert.equal(pool.status().state, 'degraded');
     await check(pool);
@@ -121,7 +120,7 @@ describe('StoragePool redundancy', () => {
     const paths = await devices([40, 40, 40, 40, 40]);
     const pool = await StoragePool.create({ name: 'r6', layout: 'raid6', devices: paths, allocationUnitBytes: 256 * 1024 });
     await pool.createVolume('v', 16 * MiB);
-    const check = await writePattern(pool, 'v', 16 * MiB, 3);
+    const check = await writePattern(pool, 'v', 16 * MiB);
     await pool.close();
     await rm(paths[1]!);
     await rm(paths[3]!);
@@ -136,7 +135,7 @@ describe('StoragePool redundancy', () => {
       const paths = await devices(layout === 'raid1' ? [40, 40] : layout === 'raid0' ? [40] : layout === 'raid5' ? [40, 40, 40] : [40, 40, 40, 40]);
       const pool = await StoragePool.create({ name: `s-${layout}`, layout, devices: paths, allocationUnitBytes: 256 * 1024 });
       await pool.createVolume('v', 16 * MiB);
-      const check = await writePattern(pool, 'v', 16 * MiB, 4);
+      const check = await writePattern(pool, 'v', 16 * MiB);
       await pool.close();
       // Flip bytes in the first data row of member 0, behind the pool's back.
       const label = decodeLabel((await readFile(paths[0]!)).subarray(0, LABEL_BYTES))!;
