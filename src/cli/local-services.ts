@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -12,6 +12,7 @@ import { NubisError } from '../core/errors.ts';
 import { processAlive } from '../core/process-alive.ts';
 import { cacheDir, dataPaths, repoRoot } from '../core/paths.ts';
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
+import { DHCP_STATE_ROOT } from '../host/network-plumbing.ts';
 import { stopOrphanedVms } from '../host/orphan-vms.ts';
 import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../network/underlay.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
@@ -194,7 +195,6 @@ export async function down(options: { dataDir: string; keepVms: boolean }, say: 
   }
   const stoppedProcesses: string[] = [];
   if (existsSync(paths.runDir)) {
-    const { readdirSync } = await import('node:fs');
     // Agents first, so none reports to a control plane that is going away.
     const pidFiles = readdirSync(paths.runDir).filter((f) => f.endsWith('.pid')).sort((a, b) => Number(a.startsWith('control')) - Number(b.startsWith('control')));
     for (const file of pidFiles) {
@@ -214,6 +214,9 @@ export async function down(options: { dataDir: string; keepVms: boolean }, say: 
     const removed = await cleanupByPrefix(testBedPrefix(options.dataDir));
     if (removed.namespaces.length + removed.links.length > 0) say(`Removed ${removed.namespaces.length} namespace(s) and ${removed.links.length} link(s)`);
     await rm(join(paths.runDir, 'testbed.json'), { force: true });
+    for (const entry of existsSync(DHCP_STATE_ROOT) ? readdirSync(DHCP_STATE_ROOT) : []) {
+      if (entry.startsWith(testBedPrefix(options.dataDir))) await rm(join(DHCP_STATE_ROOT, entry), { recursive: true, force: true });
+    }
   }
   await rm(paths.apiInfo, { force: true });
   return { stoppedVms, stoppedProcesses };

@@ -39,7 +39,7 @@ export interface HostNetworkSpec {
   /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
   peers: string[];
   /** Present on the one host that serves the network's DHCP. */
-  dhcp?: { address: string; prefixLength: number; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
+  dhcp?: { subnet: string; serverIp: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
 }
 
 export interface NetworkCreateRequest {
@@ -216,7 +216,7 @@ export class NetworkService {
       const spec: HostNetworkSpec = { id: network.id, vni: network.vni, mtu: network.mtu, peers };
       // One DHCP server per network, on the first host carrying it (like a network node).
       if (network.dhcp && index === 0 && network.dhcp_address) {
-        spec.dhcp = { address: network.dhcp_address, prefixLength: subnet.prefixLength, ...(network.gateway ? { gateway: network.gateway } : {}), hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })) };
+        spec.dhcp = { subnet: subnet.cidr, serverIp: network.dhcp_address, ...(network.gateway ? { gateway: network.gateway } : {}), hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })) };
       }
       specs.set(host.id, { host, spec });
     });

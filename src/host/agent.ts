@@ -72,7 +72,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const changed = new Map<string, VmStatus>();
   let flushScheduled = false;
   let joined = false;
-  const networks = new NetworkPlumbing({ hostNs: options.hostNs, underlayIp: options.underlayIp, stateDir: join(options.hostDir, 'networks') });
+  const networks = new NetworkPlumbing({ hostNs: options.hostNs, underlayIp: options.underlayIp });
   const supervisor = new VmSupervisor({
     vmsDir: join(options.hostDir, 'vms'),
     plugNics: (spec) => networks.plugNics(spec),

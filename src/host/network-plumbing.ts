@@ -4,11 +4,15 @@
  * host serves it), plugs VM NICs in as taps, and runs diagnostic probes. The devices themselves
  * are made by the network driver in src/network.
  */
+import { existsSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { NubisError } from '../core/errors.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { tapNameFor } from '../network/names.ts';
 import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPeers } from '../network/overlay.ts';
 import { runProbe } from '../network/probe.ts';
+import { ensureDhcp, stopDhcp } from '../network/dhcp.ts';
 
 /** What the control plane sends for one network (see HostNetworkSpec in src/control/networks.ts). */
 export interface HostNetworkSpec {
@@ -16,26 +20,27 @@ export interface HostNetworkSpec {
   vni: number;
   mtu: number;
   peers: string[];
-  dhcp?: { address: string; prefixLength: number; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
+  dhcp?: { subnet: string; serverIp: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
 }
 
-/** The DHCP side, provided by src/network/dhcp.ts once it is wired (optional: static networks work without it). */
-export interface DhcpDriver {
-  ensure(options: { hostNs: string; networkKey: string; address: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }>; stateDir: string }): Promise<void>;
-  stop(options: { hostNs: string; networkKey: string; stateDir: string }): Promise<void>;
-}
+/**
+ * Where a host keeps its DHCP servers' files. Not in the data folder: dnsmasq drops root and must
+ * still read its hosts file, and the data folder (tokens) is private to root. Under /run they
+ * vanish with a reboot, when the agent writes them again.
+ */
+export const DHCP_STATE_ROOT = '/run/nubis';
 
 export class NetworkPlumbing {
   readonly #hostNs?: string;
   readonly #underlayIp?: string;
-  readonly #stateDir: string;
-  readonly #dhcp?: DhcpDriver;
 
-  constructor(options: { hostNs?: string; underlayIp?: string; stateDir: string; dhcp?: DhcpDriver }) {
+  constructor(options: { hostNs?: string; underlayIp?: string }) {
     this.#hostNs = options.hostNs;
     this.#underlayIp = options.underlayIp;
-    this.#stateDir = options.stateDir;
-    this.#dhcp = options.dhcp;
+  }
+
+  #dhcpStateDir(hostNs: string, networkId: string): string {
+    return join(DHCP_STATE_ROOT, hostNs, networkId);
   }
 
   /** The host namespace and underlay address; virtual networks need both. */
@@ -51,11 +56,14 @@ export class NetworkPlumbing {
     const { hostNs, underlayIp } = this.#where();
     const devices = await ensureNetworkOnHost({ hostNs, networkKey: spec.id, vni: spec.vni, localUnderlayIp: underlayIp, mtu: spec.mtu });
     await setPeers({ hostNs, networkKey: spec.id, peerUnderlayIps: spec.peers });
+    const stateDir = this.#dhcpStateDir(hostNs, spec.id);
     if (spec.dhcp) {
-      if (!this.#dhcp) throw new NubisError('NET_DHCP_UNAVAILABLE', 'This agent has no DHCP driver; use a network without --dhcp');
-      await this.#dhcp.ensure({ hostNs, networkKey: spec.id, address: `${spec.dhcp.address}/${spec.dhcp.prefixLength}`, gateway: spec.dhcp.gateway, hosts: spec.dhcp.hosts, stateDir: this.#stateDir });
-    } else {
-      await this.#dhcp?.stop({ hostNs, networkKey: spec.id, stateDir: this.#stateDir });
+      await mkdir(stateDir, { recursive: true, mode: 0o755 });
+      await ensureDhcp({ hostNs, networkKey: spec.id, stateDir, subnet: spec.dhcp.subnet, serverIp: spec.dhcp.serverIp, gateway: spec.dhcp.gateway, hosts: spec.dhcp.hosts, mtu: spec.mtu });
+    } else if (existsSync(stateDir)) {
+      // This host served DHCP for the network before (the server moved, or DHCP was turned off).
+      await stopDhcp({ hostNs, networkKey: spec.id, stateDir });
+      await rm(stateDir, { recursive: true, force: true });
     }
     return { bridge: devices.bridge, vxlan: devices.vxlan };
   }
@@ -63,7 +71,11 @@ export class NetworkPlumbing {
   /** Removes the network (and its DHCP server) from this host. */
   async remove(networkId: string): Promise<void> {
     const { hostNs } = this.#where();
-    await this.#dhcp?.stop({ hostNs, networkKey: networkId, stateDir: this.#stateDir });
+    const stateDir = this.#dhcpStateDir(hostNs, networkId);
+    if (existsSync(stateDir)) {
+      await stopDhcp({ hostNs, networkKey: networkId, stateDir });
+      await rm(stateDir, { recursive: true, force: true });
+    }
     await removeNetworkFromHost({ hostNs, networkKey: networkId });
   }
 

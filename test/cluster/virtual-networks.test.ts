@@ -88,6 +88,21 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     assert.equal(network.nicCount, 2);
   });
 
+  it('hands each NIC its IPAM address over DHCP, also to a host that does not run the server', async () => {
+    const created = await nubis.cliJson<{ dhcp: boolean; dhcpAddress: string }>(['network', 'create', 'net-d', '--subnet', '10.40.0.0/24', '--gateway', '10.40.0.1', '--dhcp']);
+    assert.equal(created.dhcp, true);
+    assert.equal(created.dhcpAddress, '10.40.0.2');
+    const d1 = await nubis.cliJson<Vm>(['vm', 'create', 'd1', '--image', 'tiny', '--network', 'net-d', '--host', 'host-1']);
+    const d2 = await nubis.cliJson<Vm>(['vm', 'create', 'd2', '--image', 'tiny', '--network', 'net-d', '--ip', '10.40.0.77', '--host', 'host-2']);
+    assert.deepEqual(d1.guestIps, ['10.40.0.3'], 'the guest on the DHCP server host got its lease');
+    assert.deepEqual(d2.guestIps, ['10.40.0.77'], 'the guest on the other host got its fixed lease across the overlay');
+    const route = await runOnConsole(nubis, 'd2', 'ip route');
+    assert.match(route, /default via 10\.40\.0\.1/, 'DHCP handed out the gateway');
+    await nubis.cliJson(['vm', 'delete', 'd1']);
+    await nubis.cliJson(['vm', 'delete', 'd2']);
+    await nubis.cliJson(['network', 'delete', 'net-d']);
+  });
+
   it('never lets two networks exchange a frame, even with the same subnet on the same host', async () => {
     // b1 takes the very address a1 has, on host-2 where a2 (net-a) also runs.
     const b1 = await nubis.cliJson<Vm>(['vm', 'create', 'b1', '--image', 'tiny', '--network', 'net-b', '--ip', '10.20.0.10', '--host', 'host-2', '--project', 'other']);
