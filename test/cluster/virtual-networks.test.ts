@@ -88,6 +88,18 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     assert.equal(network.nicCount, 2);
   });
 
+  it('keeps the data path up while an agent is down, and the agent re-adopts it', async () => {
+    process.kill(nubis.pidOf('agent-host-2'), 'SIGKILL');
+    // host-1's agent runs the probe; a2's bridge, VXLAN device and tap on host-2 carry the traffic.
+    const whileDown = await probe('net-a', ['curl', '-s', '--max-time', '5', 'http://10.20.0.2/']);
+    assert.match(whileDown.stdout, /^a2 requests=\d+$/);
+    await nubis.up(['--hosts', '2']);
+    const a2 = await nubis.cliJson<Vm>(['vm', 'show', 'a2']);
+    assert.equal(a2.state, 'running');
+    const fromGuest = await runOnConsole(nubis, 'a2', 'wget -qO- http://10.20.0.10/');
+    assert.match(fromGuest, /a1 requests=\d+/);
+  });
+
   it('hands each NIC its IPAM address over DHCP, also to a host that does not run the server', async () => {
     const created = await nubis.cliJson<{ dhcp: boolean; dhcpAddress: string }>(['network', 'create', 'net-d', '--subnet', '10.40.0.0/24', '--gateway', '10.40.0.1', '--dhcp']);
     assert.equal(created.dhcp, true);
