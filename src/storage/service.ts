@@ -104,6 +104,7 @@ export class StorageService {
   static async start(options: StorageServiceOptions): Promise<{ service: StorageService; failures: Array<{ file: string; error: string }> }> {
     const service = new StorageService(options);
     await mkdir(options.poolsDir, { recursive: true });
+    await takeFolderLock(options.poolsDir);
     const failures: Array<{ file: string; error: string }> = [];
     for (const file of (await readdir(options.poolsDir)).filter((f) => f.endsWith('.pool.json')).sort()) {
       try {
@@ -295,5 +296,39 @@ export class StorageService {
     await this.#server.close(2000);
     for (const pool of this.#pools.values()) await pool.close();
     this.#pools.clear();
+    await rm(join(this.#options.poolsDir, LOCK_FILE), { force: true });
   }
+}
+
+const LOCK_FILE = 'storage.lock';
+
+/**
+ * One service per pools folder: two processes writing the same members would corrupt them. The
+ * lock names its process; a lock left by a process that no longer exists (kill -9) is taken over.
+ */
+async function takeFolderLock(poolsDir: string): Promise<void> {
+  const path = join(poolsDir, LOCK_FILE);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    const owner = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+    let alive = false;
+    if (Number.isInteger(owner) && owner > 0) {
+      try {
+        process.kill(owner, 0);
+        alive = true;
+      } catch (error) {
+        alive = (error as NodeJS.ErrnoException).code === 'EPERM';
+      }
+    }
+    if (alive) {
+      throw new NubisError('POOL_IN_USE', `The pools in ${poolsDir} are served by process ${owner} already`, { details: { poolsDir, pid: owner } });
+    }
+    await rm(path, { force: true });
+  }
+  throw new NubisError('POOL_IN_USE', `Could not lock ${poolsDir}`, { details: { poolsDir } });
 }

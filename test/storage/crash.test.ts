@@ -93,6 +93,10 @@ describe('storage daemon killed with SIGKILL while writing', () => {
       }
       if (round === KILLS) {
         await client.close();
+        // A clean stop this time; the pool must not be open in two processes.
+        const exited = new Promise<void>((resolve) => child!.once('exit', () => resolve()));
+        child.kill('SIGTERM');
+        await exited;
         break;
       }
       // Write until killed: batches of concurrent writes, then a FLUSH; some writes carry FUA.

@@ -149,5 +149,6 @@ describe('storage service over NBD', () => {
     assert.equal(service.getVolume('raid1', 'disk').sizeBytes, 16 * MiB);
     assert.deepEqual(service.listPools().map((p) => p.name), ['raid0', 'raid1', 'raid10', 'raid5', 'raid6', 'tiny']);
     assert.ok((await readFile(a)).subarray(0, 8).every((x) => x === 0));
+    await expect(StorageService.start({ poolsDir: poolsDir() }), 'POOL_IN_USE', /served by process \d+ already/);
   });
 });
