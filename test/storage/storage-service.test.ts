@@ -1,5 +1,5 @@
 // The storage service with real NBD peers: every layout written and read back by qemu-io through
-// our NBD server, after a restart, with a member failed, after a rebuild, after a scrub that
+// our NBD server, after a restart, with a member failed (every redundant layout), after a rebuild, after a scrub that
 // repaired injected corruption; ENOSPC reaches the writer; nbdinfo sees thin holes.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -72,6 +72,14 @@ describe('storage service over NBD', () => {
     }
     await restart();
     for (const [layout] of layouts) await qemuIo(service.exportUri(layout, 'disk'), READ_PATTERNS);
+  });
+
+  it('raid1, raid6 and raid10 serve the same bytes with a member failed, and take writes', async () => {
+    for (const layout of ['raid1', 'raid6', 'raid10'] as const) {
+      await service.offlineMember(layout, 0);
+      assert.equal(service.getPool(layout).state, 'degraded');
+      await qemuIo(service.exportUri(layout, 'disk'), [...READ_PATTERNS, 'write -P 0x42 12M 128k', 'read -P 0x42 12M 128k']);
+    }
   });
 
   it('nbdinfo sees base:allocation with holes in a thin volume', async () => {
