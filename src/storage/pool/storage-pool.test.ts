@@ -116,6 +116,29 @@ describe('StoragePool redundancy', () => {
     await pool.close();
   });
 
+  it('an interrupted rebuild leaves the member out after a restart and resumes on the same device', async () => {
+    const paths = await devices([40, 40, 40]);
+    const pool = await StoragePool.create({ name: 'resume', layout: 'raid5', devices: paths, allocationUnitBytes: 256 * 1024 });
+    await pool.createVolume('v', 16 * MiB);
+    const check = await writePattern(pool, 'v', 16 * MiB);
+    await pool.offlineMember(2);
+    const [spare] = await devices([40]);
+    const abort = new AbortController();
+    await assert.rejects(
+      pool.replaceMember(2, spare!, { signal: abort.signal, onProgress: (p) => p.doneBytes > 0 && abort.abort() }),
+      (error: unknown) => (error as Error).name === 'AbortError',
+    );
+    await pool.close();
+    const reopened = await StoragePool.open({ devices: [...paths, spare!] });
+    assert.equal(reopened.status().members[2]!.state, 'faulted', 'a half-rebuilt member is not trusted');
+    await check(reopened);
+    await reopened.replaceMember(2, spare!);
+    assert.equal(reopened.status().state, 'online');
+    await reopened.offlineMember(0);
+    await check(reopened);
+    await reopened.close();
+  });
+
   it('raid6 serves data with two members missing after a restart', async () => {
     const paths = await devices([40, 40, 40, 40, 40]);
     const pool = await StoragePool.create({ name: 'r6', layout: 'raid6', devices: paths, allocationUnitBytes: 256 * 1024 });
