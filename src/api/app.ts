@@ -16,12 +16,13 @@ import type { HostRegistry } from '../control/hosts.ts';
 import type { ImageCatalogue } from '../control/images.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationManager } from '../control/operations.ts';
+import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
-  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Project, ProjectCreateRequest, ProjectQuery, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest,
+  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Project, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest,
 } from './schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
@@ -34,6 +35,7 @@ export interface AppServices {
   images: ImageCatalogue;
   vms: VmService;
   networks: NetworkService;
+  secgroups: SecurityGroupService;
   operations: OperationManager;
   dataDir: string;
   logger?: Logger;
@@ -252,6 +254,29 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
       timeoutMs: request.body.timeoutSeconds * 1000 + 15_000,
     });
     return { host: host.name, address, ...result };
+  });
+
+  // Security groups
+  const GroupRef = Type.Object({ group: Type.String({ description: 'Security group name (in the project) or id' }) });
+  app.get('/v1/secgroups', { schema: { tags: ['secgroups'], summary: 'List security groups', querystring: ProjectQuery, response: { 200: Type.Array(Secgroup) } } }, async (request) =>
+    services.secgroups.list(request.query.project),
+  );
+  app.post('/v1/secgroups', { schema: { tags: ['secgroups'], summary: 'Create a security group', body: SecgroupCreateRequest, response: { 201: Secgroup, ...errorResponses } } }, async (request, reply) =>
+    reply.status(201).send(await services.secgroups.create(request.body)),
+  );
+  app.get('/v1/secgroups/:group', { schema: { tags: ['secgroups'], summary: 'Show a security group with its rules and members', params: GroupRef, querystring: ProjectQuery, response: { 200: Secgroup, ...errorResponses } } }, async (request) =>
+    services.secgroups.get(request.params.group, request.query.project),
+  );
+  app.delete('/v1/secgroups/:group', { schema: { tags: ['secgroups'], summary: 'Delete a security group no VM uses', params: GroupRef, querystring: ProjectQuery, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    await services.secgroups.delete(request.params.group, request.query.project);
+    return reply.status(204).send(null);
+  });
+  app.post('/v1/secgroups/:group/rules', { schema: { tags: ['secgroups'], summary: 'Add an allow rule (applied to every member port at once)', params: GroupRef, querystring: ProjectQuery, body: SecgroupRuleRequest, response: { 201: SecgroupRule, ...errorResponses } } }, async (request, reply) =>
+    reply.status(201).send(await services.secgroups.addRule(request.params.group, request.body, request.query.project)),
+  );
+  app.delete('/v1/secgroups/:group/rules/:rule', { schema: { tags: ['secgroups'], summary: 'Delete a rule (applied at once)', params: Type.Object({ group: Type.String(), rule: Type.String() }), querystring: ProjectQuery, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    await services.secgroups.deleteRule(request.params.group, request.params.rule, request.query.project);
+    return reply.status(204).send(null);
   });
 
   // Operations

@@ -67,6 +67,7 @@ export const VmCreateRequest = Type.Object(
         { maxItems: 8, description: 'NICs on virtual networks, in guest order (eth0, eth1, ...); without it the VM gets a user-mode NIC' },
       ),
     ),
+    secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
@@ -262,3 +263,43 @@ export const NetworkProbeResult = Type.Object({
   stdout: Type.String(),
   stderr: Type.String(),
 });
+
+export const SecgroupRule = Type.Object({
+  id: Type.String(),
+  direction: Type.Literal('ingress'),
+  protocol: Type.String(),
+  portMin: Type.Optional(Type.Integer()),
+  portMax: Type.Optional(Type.Integer()),
+  cidr: Type.Optional(Type.String()),
+  remoteGroup: Type.Optional(Type.String()),
+});
+
+export const Secgroup = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    project: Type.String(),
+    description: Type.String(),
+    rules: Type.Array(SecgroupRule),
+    members: Type.Array(Type.String(), { description: 'VMs in the group' }),
+    createdAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Secgroup' },
+);
+
+export const SecgroupCreateRequest = Type.Object(
+  { name: ResourceName, description: Type.Optional(Type.String({ maxLength: 200 })), project: Type.Optional(ResourceName) },
+  { additionalProperties: false },
+);
+
+export const SecgroupRuleRequest = Type.Object(
+  {
+    direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')], { default: 'ingress' }),
+    protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
+    portMin: Type.Optional(Type.Integer({ description: 'First port (tcp/udp)' })),
+    portMax: Type.Optional(Type.Integer({ description: 'Last port (default: portMin)' })),
+    cidr: Type.Optional(Type.String({ description: 'Allowed sources (default 0.0.0.0/0)' })),
+    remoteGroup: Type.Optional(ResourceName),
+  },
+  { additionalProperties: false },
+);

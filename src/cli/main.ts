@@ -194,12 +194,13 @@ vm
   .option('--publish <host:guest>', 'forward a host port to a guest port (repeatable)', parsePublish)
   .option('--network <name>', 'a NIC on this virtual network (repeatable: eth0, eth1, ...)', collect, [])
   .option('--ip <address>', 'address for the NIC of the --network in the same position (repeatable)', collect, [])
+  .option('--secgroup <group>', 'security group of its network NICs (repeatable)', collect, [])
   .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
-  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; wait: boolean }, command: Command) => {
+  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; secgroup: string[]; wait: boolean }, command: Command) => {
     const g = globals(command);
     if (options.ip.length > options.network.length) throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
     const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
-    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(g.project ? { project: g.project } : {}) };
+    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(options.secgroup.length ? { secgroups: options.secgroup } : {}), ...(g.project ? { project: g.project } : {}) };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
     const final = await runOperation(command, `Creating ${name}`, operation);
     if (g.json) printJson(final.result);
@@ -383,6 +384,75 @@ network
       process.stderr.write(result.stderr);
     }
     process.exitCode = result.exitCode;
+  });
+
+// --- security groups ------------------------------------------------------------------------
+const secgroup = program.command('secgroup').description('Security groups: allow rules for traffic towards VMs').option('--project <name>', 'project (default: default)');
+secgroup
+  .command('create <name>')
+  .description('Create a security group (members reach each other; everything else needs a rule)')
+  .option('--description <text>', 'what the group is for')
+  .action(async (name: string, options: { description?: string }, command: Command) => {
+    const g = globals(command);
+    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/secgroups', { name, ...(options.description ? { description: options.description } : {}), ...(g.project ? { project: g.project } : {}) });
+    if (g.json) return printJson(created);
+    console.log(`${name}: created`);
+  });
+secgroup
+  .command('list')
+  .description('List security groups')
+  .action(async (_options: unknown, command: Command) => {
+    const groups = await client(command).request<Array<Record<string, any>>>('GET', `/v1/secgroups${projectQuery(command)}`);
+    if (globals(command).json) return printJson(groups);
+    printTable(['NAME', 'PROJECT', 'RULES', 'MEMBERS'], groups.map((group) => [group.name, group.project, group.rules.length, group.members.join(',') || undefined]));
+  });
+secgroup
+  .command('show <group>')
+  .description('Show a security group with its rules and members')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const group = await client(command).request<Record<string, any>>('GET', `/v1/secgroups/${encodeURIComponent(name)}${projectQuery(command)}`);
+    if (globals(command).json) return printJson(group);
+    console.log(`${group.name} (${group.project}): members ${group.members.join(', ') || 'none'}`);
+    printTable(['RULE', 'DIRECTION', 'PROTOCOL', 'PORTS', 'SOURCE'], group.rules.map((rule: Record<string, any>) => [
+      rule.id, rule.direction, rule.protocol, rule.portMin === undefined ? 'all' : rule.portMin === rule.portMax ? rule.portMin : `${rule.portMin}-${rule.portMax}`, rule.remoteGroup ? `group ${rule.remoteGroup}` : rule.cidr,
+    ]));
+  });
+secgroup
+  .command('delete <group>')
+  .description('Delete a security group no VM uses')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    await client(command).request('DELETE', `/v1/secgroups/${encodeURIComponent(name)}${projectQuery(command)}`);
+    if (globals(command).json) return printJson({ deleted: name });
+    console.log(`${name}: deleted`);
+  });
+const rule = secgroup.command('rule').description('Rules of a security group');
+rule
+  .command('add <group>')
+  .description('Allow traffic towards the group\'s VMs, e.g. nubis secgroup rule add web --protocol tcp --port 80')
+  .requiredOption('--protocol <protocol>', 'tcp, udp, icmp or any')
+  .option('--port <port[-port]>', 'port or port range (tcp and udp)')
+  .option('--cidr <cidr>', 'allowed sources (default 0.0.0.0/0)')
+  .option('--remote-group <group>', 'allow the members of this group instead of a CIDR')
+  .option('--direction <direction>', 'ingress (egress is always allowed)', 'ingress')
+  .action(async (name: string, options: { protocol: string; port?: string; cidr?: string; remoteGroup?: string; direction: string }, command: Command) => {
+    let ports = {};
+    if (options.port !== undefined) {
+      const match = /^(\d+)(?:-(\d+))?$/.exec(options.port);
+      if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --port ${options.port}; write a port (80) or a range (8000-8080)`);
+      ports = { portMin: Number(match[1]), portMax: Number(match[2] ?? match[1]) };
+    }
+    const body = { direction: options.direction, protocol: options.protocol, ...ports, ...(options.cidr ? { cidr: options.cidr } : {}), ...(options.remoteGroup ? { remoteGroup: options.remoteGroup } : {}) };
+    const added = await client(command).request<Record<string, unknown>>('POST', `/v1/secgroups/${encodeURIComponent(name)}/rules${projectQuery(command)}`, body);
+    if (globals(command).json) return printJson(added);
+    console.log(`${name}: rule ${added.id} added`);
+  });
+rule
+  .command('delete <group> <rule>')
+  .description('Delete a rule by its id (nubis secgroup show GROUP lists them)')
+  .action(async (name: string, ruleId: string, _options: unknown, command: Command) => {
+    await client(command).request('DELETE', `/v1/secgroups/${encodeURIComponent(name)}/rules/${encodeURIComponent(ruleId)}${projectQuery(command)}`);
+    if (globals(command).json) return printJson({ deleted: ruleId });
+    console.log(`${name}: rule ${ruleId} deleted`);
   });
 
 // --- operations -------------------------------------------------------------------------------

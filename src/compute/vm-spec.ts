@@ -39,6 +39,15 @@ export interface NicSpec {
   forwards?: PortForward[];
   /** For `tap` NICs: the virtual network the host plugs the tap into. */
   network?: { id: string; vni: number; mtu: number };
+  /** For `tap` NICs: the port's firewall (anti-spoofing for `ip`, and ingress from its security groups). */
+  firewall?: NicFirewallSpec;
+}
+
+/** A port's firewall; the host enforces it before the VM starts and whenever it changes. */
+export interface NicFirewallSpec {
+  ip: string;
+  ingressRules: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; sourceCidr: string }>;
+  allowIngressFrom: string[];
 }
 
 export interface VmSpec {

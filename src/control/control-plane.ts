@@ -17,6 +17,7 @@ import { HostRegistry } from './hosts.ts';
 import { ImageCatalogue } from './images.ts';
 import { OperationManager } from './operations.ts';
 import { NetworkService } from './networks.ts';
+import { SecurityGroupService } from './security-groups.ts';
 import { VmService } from './vms.ts';
 
 export interface ControlPlaneOptions {
@@ -52,8 +53,9 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const hosts = new HostRegistry(db, options.joinToken);
   const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
   const networks = new NetworkService({ db, hosts });
-  const vms = new VmService({ db, hosts, images, operations, networks });
-  return { db, hosts, images, vms, networks, operations, dataDir: options.dataDir, logger: options.logger };
+  const secgroups = new SecurityGroupService({ db, hosts });
+  const vms = new VmService({ db, hosts, images, operations, networks, secgroups });
+  return { db, hosts, images, vms, networks, secgroups, operations, dataDir: options.dataDir, logger: options.logger };
 }
 
 /** Starts the control plane and resolves once it listens. */

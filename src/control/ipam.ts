@@ -86,3 +86,16 @@ export function firstFreeAddress(subnet: Subnet, taken: ReadonlySet<number>): nu
   }
   throw new NubisError('NET_SUBNET_FULL', `Subnet ${subnet.cidr} has no free address left; delete NICs or use a larger subnet`);
 }
+
+/** Parses any IPv4 CIDR (/0 to /32, host bits allowed to be zero only), e.g. a firewall source. */
+export function parseCidr(cidr: string): string {
+  const match = /^([\d.]+)\/(\d{1,2})$/.exec(cidr.trim());
+  const address = match ? parseIpv4(match[1]) : undefined;
+  const prefixLength = match ? Number(match[2]) : NaN;
+  if (address === undefined || !(prefixLength >= 0 && prefixLength <= 32)) {
+    throw new NubisError('NET_INVALID_CIDR', `${cidr} is not an IPv4 CIDR; write it like 0.0.0.0/0 or 10.0.0.0/24`);
+  }
+  const network = (address & maskOf(prefixLength)) >>> 0;
+  if (network !== address) throw new NubisError('NET_INVALID_CIDR', `${cidr} has host bits set; write ${formatIpv4(network)}/${prefixLength}`);
+  return `${formatIpv4(network)}/${prefixLength}`;
+}

@@ -14,6 +14,7 @@ import type { HostRegistry } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
 import type { NetworkService } from './networks.ts';
+import type { SecurityGroupService } from './security-groups.ts';
 import { placeVm } from './placement.ts';
 import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
 
@@ -36,9 +37,11 @@ export class VmService {
   readonly #images: ImageCatalogue;
   readonly #operations: OperationManager;
   readonly #networks: NetworkService;
+  readonly #secgroups: SecurityGroupService;
   readonly #queue = new KeyedSerialQueue();
 
-  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService; secgroups: SecurityGroupService }) {
+    this.#secgroups = deps.secgroups;
     this.#db = deps.db;
     this.#hosts = deps.hosts;
     this.#images = deps.images;
@@ -127,11 +130,18 @@ export class VmService {
     const id = newId('vm');
     // Addresses are allocated before anything else is recorded, so a taken or invalid address
     // refuses the request with nothing to undo but the NICs allocated before it.
+    if ((request.secgroups ?? []).length > 0 && networks.length === 0) {
+      throw new NubisError('VALIDATION_FAILED', 'Security groups filter NICs on virtual networks; give the VM a --network too');
+    }
     const nics: Array<{ nic: NicsTable; network: NetworksTable }> = [];
+    let firewalls: Awaited<ReturnType<SecurityGroupService['firewallOf']>> = [];
     try {
       for (const [index, nic] of networks.entries()) nics.push({ nic: await this.#networks.allocateNic(nic.row, id, index, nic.ip), network: nic.row });
+      await this.#secgroups.assign(id, projectId, request.secgroups ?? []);
+      firewalls = await this.#secgroups.firewallOf(id);
     } catch (error) {
       await this.#networks.releaseNics(id);
+      await this.#secgroups.unassign(id);
       throw error;
     }
     const files = this.#images.filesOf(image);
@@ -148,7 +158,16 @@ export class VmService {
       disks: [],
       nics:
         nics.length > 0
-          ? nics.map(({ nic, network }) => ({ id: `net${nic.device_index}`, mac: nic.mac, mode: 'tap' as const, network: { id: network.id, vni: network.vni, mtu: network.mtu } }))
+          ? nics.map(({ nic, network }) => {
+              const firewall = firewalls.find((f) => f.nicId === `net${nic.device_index}`)!;
+              return {
+                id: `net${nic.device_index}`,
+                mac: nic.mac,
+                mode: 'tap' as const,
+                network: { id: network.id, vni: network.vni, mtu: network.mtu },
+                firewall: { ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom },
+              };
+            })
           : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
     };
     const now = new Date().toISOString();
@@ -185,9 +204,12 @@ export class VmService {
           // too, with its addresses, and unplug networks only it used on that host.
           await this.#db.deleteFrom('vms').where('id', '=', id).execute();
           await this.#networks.releaseNics(id);
+          await this.#secgroups.unassign(id);
           for (const { network } of nics) await this.#networks.unplugHost(network.id, hostRow);
           throw error;
         }
+        // The other members of its groups now let the new VM in.
+        if ((request.secgroups ?? []).length > 0) await this.#secgroups.refreshProject(projectId);
         if (request.waitReady && announcesReadiness(image)) await this.#waitReady(hostRow, id, request.name, op);
         return this.get(id);
       }),
@@ -252,6 +274,8 @@ export class VmService {
         const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
         await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
         await this.#networks.releaseNics(row.id);
+        await this.#secgroups.unassign(row.id);
+        await this.#secgroups.refreshProject(row.project_id);
         for (const networkId of networkIds) {
           await this.#networks.unplugHost(networkId, host);
           await this.#networks.sync(networkId);

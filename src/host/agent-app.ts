@@ -4,13 +4,17 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { connect } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
 import websocket from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { NubisError, messageOf } from '../core/errors.ts';
-import type { VmSpec } from '../compute/vm-spec.ts';
+import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { httpStatusOf } from '../api/error-status.ts';
 import type { HostNetworkSpec, NetworkPlumbing } from './network-plumbing.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
+
+/** How long a new console attach waits for the previous session to end. */
+const CONSOLE_HANDOVER_MS = 2_000;
 
 export interface AgentAppOptions {
   supervisor: VmSupervisor;
@@ -69,6 +73,10 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   app.get<IdParams & { Querystring: { lines?: string } }>('/agent/vms/:id/log', async (request) => ({
     lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
   }));
+  app.put<IdParams & { Body: Array<NicFirewallSpec & { nicId: string }> }>('/agent/vms/:id/firewall', async (request, reply) => {
+    await options.networks.applyFirewalls(supervisor.spec(request.params.id), request.body);
+    return reply.status(204).send();
+  });
   app.put<IdParams & { Body: HostNetworkSpec }>('/agent/networks/:id', async (request) => options.networks.apply({ ...request.body, id: request.params.id }));
   app.delete<IdParams>('/agent/networks/:id', async (request, reply) => {
     await options.networks.remove(request.params.id);
@@ -83,24 +91,31 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   });
 
   // Interactive serial console: bytes both ways between the WebSocket and QEMU's console socket.
-  // QEMU's socket chardev serves one client at a time, so a second attach is refused.
-  const attached = new Set<string>();
-  app.get<IdParams>('/agent/vms/:id/console', { websocket: true }, (socket, request) => {
+  // QEMU's socket chardev serves one client at a time, so a second attach is refused; but a
+  // detach travels through the control plane and may arrive just after a new attach, so a busy
+  // console gets a moment to free itself first.
+  const attached = new Map<string, Promise<void>>();
+  app.get<IdParams>('/agent/vms/:id/console', { websocket: true }, async (socket, request) => {
     const { id } = request.params;
     let path: string;
     try {
       path = supervisor.consoleSocket(id);
+      const previous = attached.get(id);
+      if (previous) await Promise.race([previous, delay(CONSOLE_HANDOVER_MS)]);
       if (attached.has(id)) throw new NubisError('VM_CONSOLE_BUSY', 'Someone is already attached to this console; detach there first');
     } catch (error) {
       socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120));
       return;
     }
-    attached.add(id);
+    let ended!: () => void;
+    attached.set(id, new Promise<void>((resolve) => (ended = resolve)));
     const serial = connect(path);
     serial.on('data', (data) => socket.send(data));
     socket.on('message', (data: Buffer) => serial.write(data));
     const end = (): void => {
+      if (!attached.has(id)) return;
       attached.delete(id);
+      ended();
       serial.destroy();
       socket.close();
     };

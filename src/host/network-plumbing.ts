@@ -8,7 +8,8 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NubisError } from '../core/errors.ts';
-import type { VmSpec } from '../compute/vm-spec.ts';
+import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
+import { applyPortFirewall, removePortFirewall } from '../network/firewall.ts';
 import { tapNameFor } from '../network/names.ts';
 import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPeers } from '../network/overlay.ts';
 import { runProbe } from '../network/probe.ts';
@@ -95,19 +96,38 @@ export class NetworkPlumbing {
         const tapName = tapNameFor(`${spec.id}-${nic.id}`);
         await createTap({ hostNs, networkKey: nic.network.id, tapName, mtu: nic.network.mtu });
         plugged.push(tapName);
+        // The port is filtered before QEMU opens it: the VM never sends or receives unfiltered.
+        if (nic.firewall) await applyPortFirewall({ hostNs, tapName, mac: nic.mac, ...nic.firewall });
         nics.push({ ...nic, tapName });
       }
       return { ...spec, nics };
     } catch (error) {
-      for (const tapName of plugged) await deleteTap({ hostNs, tapName }).catch(() => undefined);
+      for (const tapName of plugged) {
+        await removePortFirewall({ hostNs, tapName }).catch(() => undefined);
+        await deleteTap({ hostNs, tapName }).catch(() => undefined);
+      }
       throw error;
+    }
+  }
+
+  /** Replaces the firewall of a VM's ports (its security groups or their members changed). */
+  async applyFirewalls(spec: VmSpec, firewalls: Array<NicFirewallSpec & { nicId: string }>): Promise<void> {
+    const { hostNs } = this.#where();
+    for (const firewall of firewalls) {
+      const nic = spec.nics.find((candidate) => candidate.id === firewall.nicId);
+      if (!nic?.tapName) throw new NubisError('NET_NIC_NOT_FOUND', `VM ${spec.name} has no network NIC ${firewall.nicId} on this host`);
+      await applyPortFirewall({ hostNs, tapName: nic.tapName, mac: nic.mac, ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom });
     }
   }
 
   /** Deletes the taps of a VM that is gone. */
   async unplugNics(spec: VmSpec): Promise<void> {
     if (!this.#hostNs) return;
-    for (const nic of spec.nics) if (nic.tapName) await deleteTap({ hostNs: this.#hostNs, tapName: nic.tapName }).catch(() => undefined);
+    for (const nic of spec.nics) {
+      if (!nic.tapName) continue;
+      await removePortFirewall({ hostNs: this.#hostNs, tapName: nic.tapName }).catch(() => undefined);
+      await deleteTap({ hostNs: this.#hostNs, tapName: nic.tapName }).catch(() => undefined);
+    }
   }
 
   /** Runs a command in a throw-away namespace plugged into the network on this host. */

@@ -123,6 +123,37 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003-security-groups': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('secgroups')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('project_id', 'text', (c) => c.notNull().references('projects.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('description', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('secgroups_project_name', ['project_id', 'name'])
+        .execute();
+      await db.schema
+        .createTable('secgroup_rules')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('group_id', 'text', (c) => c.notNull().references('secgroups.id'))
+        .addColumn('direction', 'text', (c) => c.notNull())
+        .addColumn('protocol', 'text', (c) => c.notNull())
+        .addColumn('port_min', 'integer')
+        .addColumn('port_max', 'integer')
+        .addColumn('cidr', 'text')
+        .addColumn('remote_group_id', 'text', (c) => c.references('secgroups.id'))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('vm_secgroups')
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('group_id', 'text', (c) => c.notNull().references('secgroups.id'))
+        .addPrimaryKeyConstraint('vm_secgroups_pk', ['vm_id', 'group_id'])
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

@@ -122,7 +122,36 @@ export interface NicsTable {
   created_at: string;
 }
 
+export interface SecgroupsTable {
+  id: string;
+  project_id: string;
+  name: string;
+  description: string;
+  created_at: string;
+}
+
+/** An allow rule: traffic of `protocol` to ports `port_min..port_max` from `cidr` or members of `remote_group_id`. */
+export interface SecgroupRulesTable {
+  id: string;
+  group_id: string;
+  direction: 'ingress';
+  protocol: 'tcp' | 'udp' | 'icmp' | 'any';
+  port_min: number | null;
+  port_max: number | null;
+  cidr: string | null;
+  remote_group_id: string | null;
+  created_at: string;
+}
+
+export interface VmSecgroupsTable {
+  vm_id: string;
+  group_id: string;
+}
+
 export interface Database {
+  secgroups: SecgroupsTable;
+  secgroup_rules: SecgroupRulesTable;
+  vm_secgroups: VmSecgroupsTable;
   networks: NetworksTable;
   nics: NicsTable;
   projects: ProjectsTable;

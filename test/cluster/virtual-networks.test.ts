@@ -129,6 +129,49 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     assert.match(fromGuest, /unreachable/);
   });
 
+  it('enforces security groups per port, updated live as rules change', async () => {
+    await nubis.cliJson(['secgroup', 'create', 'web']);
+    const badRule = await nubis.cli(['secgroup', 'rule', 'add', 'web', '--protocol', 'tcp', '--port', '90-80']);
+    assert.match(badRule.stderr, /Port range 90-80 runs backwards/);
+    const s1 = await nubis.cliJson<Vm>(['vm', 'create', 's1', '--image', 'tiny', '--network', 'net-a', '--secgroup', 'web', '--host', 'host-1']);
+    const s1Ip = s1.nics[0].ip;
+    const curl = ['curl', '-s', '--max-time', '3', `http://${s1Ip}/`];
+    assert.equal((await probe('net-a', curl)).stdout, '', 'new ingress from outside the group is dropped');
+    const fromA2 = await runOnConsole(nubis, 'a2', `timeout 5 wget -qO- http://${s1Ip}/ || echo blocked`);
+    assert.match(fromA2, /blocked/, 'a VM outside the group is blocked too');
+    const outbound = await runOnConsole(nubis, 's1', 'timeout 5 wget -qO- http://10.20.0.2/');
+    assert.match(outbound, /a2 requests=/, 'egress and its replies pass');
+    const rule = await nubis.cliJson<{ id: string }>(['secgroup', 'rule', 'add', 'web', '--protocol', 'tcp', '--port', '80']);
+    assert.match((await probe('net-a', curl)).stdout, /^s1 requests=/, 'the rule opens HTTP');
+    const ping = await probe('net-a', ['ping', '-c', '2', '-W', '1', s1Ip]);
+    assert.notEqual(ping.exitCode, 0, 'ICMP stays closed: the rule is for TCP 80 only');
+    const s2 = await nubis.cliJson<Vm>(['vm', 'create', 's2', '--image', 'tiny', '--network', 'net-a', '--secgroup', 'web', '--host', 'host-2']);
+    await nubis.cli(['secgroup', 'rule', 'delete', 'web', rule.id]);
+    assert.equal((await probe('net-a', curl)).stdout, '', 'deleting the rule closes HTTP again');
+    const member = await runOnConsole(nubis, 's2', `timeout 5 wget -qO- http://${s1Ip}/`);
+    assert.match(member, /s1 requests=/, 'members of the group reach each other without a rule');
+    const group = await nubis.cliJson<{ members: string[] }>(['secgroup', 'show', 'web']);
+    assert.deepEqual(group.members, ['s1', 's2']);
+    assert.match((await nubis.cli(['secgroup', 'delete', 'web'])).stderr, /used by VM\(s\) s1, s2/);
+    await nubis.cliJson(['vm', 'delete', 's2']);
+    await nubis.cliJson(['vm', 'delete', 's1']);
+    await nubis.cliJson(['secgroup', 'delete', 'web']);
+    assert.ok(s2.nics[0].ip);
+  });
+
+  it('drops frames a VM sends from an address that is not its own', async () => {
+    // One console session: the same ping from the VM's own address (the control) and from an
+    // address it added itself.
+    const output = await runOnConsole(
+      nubis,
+      'a1',
+      'ping -c 1 -W 2 10.20.0.2 && echo own-address-ok; ip addr add 10.20.0.99/24 dev eth0; ping -c 2 -W 1 -I 10.20.0.99 10.20.0.2 || echo spoof-dropped; ip addr del 10.20.0.99/24 dev eth0',
+      { timeoutMs: 30_000 },
+    );
+    assert.match(output, /own-address-ok/);
+    assert.match(output, /spoof-dropped/);
+  });
+
   it('refuses to delete a network in use, and deletes it once its VMs are gone', async () => {
     const inUse = await nubis.cli(['network', 'delete', 'net-a']);
     assert.notEqual(inUse.code, 0);

@@ -135,6 +135,10 @@ export async function runOnConsole(nubis: NubisInstance, vm: string, command: st
     });
     const done = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`No ${marker}-done on the console of ${vm} within ${timeoutMs} ms; got: ${output.slice(-400)}`)), timeoutMs);
+      socket.on('close', (code, reason) => {
+        clearTimeout(timer);
+        reject(new Error(`The console of ${vm} closed (${code} ${reason.toString()}) before ${marker}-done; got: ${output.slice(-400)}`));
+      });
       socket.on('message', (data: Buffer) => {
         output += data.toString();
         // The marker is built by the shell ($((1+1)) -> 2), so the echoed command line never matches.
