@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
 import { NubisError, messageOf } from '../core/errors.ts';
@@ -17,12 +17,13 @@ import type { ImageCatalogue } from '../control/images.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationManager } from '../control/operations.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
+import type { StorageCatalogue } from '../control/storage.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
-  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Project, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest,
+  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
 } from './schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
@@ -36,6 +37,7 @@ export interface AppServices {
   vms: VmService;
   networks: NetworkService;
   secgroups: SecurityGroupService;
+  storage: StorageCatalogue;
   operations: OperationManager;
   dataDir: string;
   logger?: Logger;
@@ -278,6 +280,69 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     await services.secgroups.deleteRule(request.params.group, request.params.rule, request.query.project);
     return reply.status(204).send(null);
   });
+
+  // Storage: pools and volumes of the storage node
+  const PoolRef = Type.Object({ pool: ResourceName });
+  const VolumeRef = Type.Object({ pool: ResourceName, volume: ResourceName });
+  const poolPath = (pool: string): string => `/storage/pools/${encodeURIComponent(pool)}`;
+  type PoolBody = Static<typeof Pool>;
+  type VolumeBody = Static<typeof Volume>;
+  const volumeView = async (pool: string, volume: VolumeBody): Promise<VolumeBody> => {
+    const user = await services.db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select('vms.name').where('pool', '=', pool).where('volume', '=', volume.name).executeTakeFirst();
+    return { ...volume, pool, ...(user ? { usedBy: user.name } : {}) };
+  };
+  app.get('/v1/pools', { schema: { tags: ['storage'], summary: 'List storage pools with health and capacity', response: { 200: Type.Array(Pool) } } }, async () =>
+    (await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' })).map((pool) => ({ ...pool, kind: 'san' })),
+  );
+  app.post('/v1/pools', { schema: { tags: ['storage'], summary: 'Create a pool over devices with a RAID layout', body: PoolCreateRequest, response: { 201: Pool, ...errorResponses } } }, async (request, reply) =>
+    reply.status(201).send({ ...(await services.storage.call<PoolBody>({ method: 'POST', path: '/storage/pools', body: request.body })), kind: 'san' }),
+  );
+  app.get('/v1/pools/:pool', { schema: { tags: ['storage'], summary: 'Show a pool: state, capacity, members with error counters', params: PoolRef, response: { 200: Pool, ...errorResponses } } }, async (request) =>
+    ({ ...(await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })), kind: 'san' }),
+  );
+  app.delete('/v1/pools/:pool', { schema: { tags: ['storage'], summary: 'Delete an empty pool', params: PoolRef, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    await services.storage.checkUnused(request.params.pool);
+    await services.storage.call({ method: 'DELETE', path: poolPath(request.params.pool) });
+    return reply.status(204).send(null);
+  });
+  app.post('/v1/pools/:pool/scrub', { schema: { tags: ['storage'], summary: 'Read everything, find silent corruption by checksum and repair it (operation)', params: PoolRef, body: Type.Object({ maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } }, preValidation: async (request) => { request.body ??= {}; } }, async (request, reply) => {
+    await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
+    const body = request.body as { maxMbPerSec?: number };
+    const operation = await services.operations.start('pool.scrub', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
+      services.storage.runJob(`${poolPath(request.params.pool)}/scrub`, { ...(body.maxMbPerSec ? { maxBytesPerSec: body.maxMbPerSec * 2 ** 20 } : {}) }, op, 'scrubbing'),
+    );
+    return reply.status(202).send({ operation });
+  });
+  app.post('/v1/pools/:pool/replace', { schema: { tags: ['storage'], summary: 'Replace a member and rebuild onto the new device, online (operation)', params: PoolRef, body: Type.Object({ member: Type.Union([Type.Integer(), Type.String()]), device: Type.String(), maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+    await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
+    const { member, device, maxMbPerSec } = request.body;
+    const operation = await services.operations.start('pool.replace', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
+      services.storage.runJob(`${poolPath(request.params.pool)}/replace`, { member, device, ...(maxMbPerSec ? { maxBytesPerSec: maxMbPerSec * 2 ** 20 } : {}) }, op, 'rebuilding'),
+    );
+    return reply.status(202).send({ operation });
+  });
+  app.get('/v1/pools/:pool/volumes', { schema: { tags: ['storage'], summary: 'List the volumes of a pool', params: PoolRef, response: { 200: Type.Array(Volume), ...errorResponses } } }, async (request) =>
+    Promise.all((await services.storage.call<VolumeBody[]>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes` })).map((v) => volumeView(request.params.pool, v))),
+  );
+  app.post('/v1/pools/:pool/volumes', { schema: { tags: ['storage'], summary: 'Create a thin volume', params: PoolRef, body: VolumeCreateRequest, response: { 201: Volume, ...errorResponses } } }, async (request, reply) =>
+    reply.status(201).send(await volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes`, body: request.body }))),
+  );
+  app.get('/v1/pools/:pool/volumes/:volume', { schema: { tags: ['storage'], summary: 'Show a volume', params: VolumeRef, response: { 200: Volume, ...errorResponses } } }, async (request) =>
+    volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` })),
+  );
+  app.delete('/v1/pools/:pool/volumes/:volume', { schema: { tags: ['storage'], summary: 'Delete a volume no VM uses (its space returns to the pool)', params: VolumeRef, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    await services.storage.checkUnused(request.params.pool, request.params.volume);
+    await services.storage.call({ method: 'DELETE', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` });
+    return reply.status(204).send(null);
+  });
+  for (const action of ['snapshot', 'clone'] as const) {
+    app.post(`/v1/pools/:pool/volumes/:volume/${action}`, { schema: { tags: ['storage'], summary: action === 'snapshot' ? 'Take a read-only copy-on-write snapshot, instantly' : 'Make a writable copy-on-write clone, instantly', params: VolumeRef, body: Type.Object({ name: ResourceName }, { additionalProperties: false }), response: { 201: Volume, ...errorResponses } } }, async (request, reply) =>
+      reply.status(201).send(await volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/${action}`, body: request.body }))),
+    );
+  }
+  app.post('/v1/pools/:pool/volumes/:volume/resize', { schema: { tags: ['storage'], summary: 'Grow or shrink a volume (never below its data)', params: VolumeRef, body: Type.Object({ size: Type.String() }, { additionalProperties: false }), response: { 200: Volume, ...errorResponses } } }, async (request) =>
+    volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/resize`, body: request.body })),
+  );
 
   // Operations
   app.get('/v1/operations', { schema: { tags: ['operations'], summary: 'Recent operations, newest first', querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 500, default: 50 }), status: Type.Optional(Type.String()) }, { additionalProperties: false }), response: { 200: Type.Array(Operation) } } }, async (request) =>

@@ -1,3 +1,5 @@
+import { storageHttpStatus } from '../storage/storage-node.ts';
+
 /**
  * The one table from error codes to HTTP statuses. A code missing here is a server fault (500);
  * every error a client can cause must be listed.
@@ -52,9 +54,13 @@ const statusByCode: Record<string, number> = {
   VM_START_FAILED: 502,
   VM_READY_TIMEOUT: 504,
   VM_NOT_READY: 502,
+  VOLUME_IN_USE: 409,
+  STORAGE_UNAVAILABLE: 503,
 };
 
-/** The HTTP status for an error code. */
+/** The HTTP status for an error code. Storage codes follow the storage node's own table. */
 export function httpStatusOf(code: string): number {
-  return statusByCode[code] ?? 500;
+  if (statusByCode[code] !== undefined) return statusByCode[code];
+  if (/^(POOL|VOLUME|STORAGE)_/.test(code)) return storageHttpStatus(code);
+  return 500;
 }

@@ -68,6 +68,7 @@ export const VmCreateRequest = Type.Object(
       ),
     ),
     secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
+    disks: Type.Optional(Type.Array(Type.String({ pattern: '^[^/]+/[^/]+$' }), { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
@@ -95,6 +96,7 @@ export const Vm = Type.Object(
     uptimeSeconds: Type.Optional(Type.Integer()),
     guestIps: Type.Array(Type.String()),
     nics: Type.Array(Type.Object({ network: Type.String(), mac: Type.String(), ip: Type.String() })),
+    disks: Type.Array(Type.Object({ device: Type.String({ description: 'Name in the guest when it boots from kernel+initrd' }), volume: Type.String() })),
     publish: Type.Array(PublishedPort),
     lastError: Type.Optional(Type.String()),
     crashLogTail: Type.Optional(Type.Array(Type.String())),
@@ -303,3 +305,54 @@ export const SecgroupRuleRequest = Type.Object(
   },
   { additionalProperties: false },
 );
+
+export const PoolMember = Type.Object({ index: Type.Integer(), path: Type.String(), state: Type.String(), readErrors: Type.Optional(Type.Integer()), writeErrors: Type.Optional(Type.Integer()), checksumErrors: Type.Optional(Type.Integer()) }, { additionalProperties: true });
+
+export const Pool = Type.Object(
+  {
+    name: Type.String(),
+    kind: Type.String({ description: 'san: volumes served by the storage node over NBD' }),
+    layout: Type.String(),
+    state: Type.String({ description: 'online, degraded or faulted' }),
+    readOnly: Type.Boolean(),
+    readOnlyReason: Type.Optional(Type.String()),
+    sizeBytes: Type.Integer(),
+    allocatedBytes: Type.Integer(),
+    freeBytes: Type.Integer(),
+    provisionedBytes: Type.Integer(),
+    overcommitRatio: Type.Number(),
+    wasteBytes: Type.Integer(),
+    chunkBytes: Type.Integer(),
+    warnings: Type.Array(Type.String()),
+    members: Type.Array(PoolMember),
+    volumes: Type.Integer(),
+  },
+  { $id: 'Pool', additionalProperties: true },
+);
+
+export const PoolCreateRequest = Type.Object(
+  {
+    name: ResourceName,
+    layout: Type.Union(['raid0', 'raid1', 'raid5', 'raid6', 'raid10'].map((l) => Type.Literal(l))),
+    devices: Type.Array(Type.String({ description: 'Regular file, block device or nbd:// export' }), { minItems: 1, maxItems: 32 }),
+    chunk: Type.Optional(Type.String({ description: 'Chunk size, e.g. 64K (default 64K)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const Volume = Type.Object(
+  {
+    name: Type.String(),
+    pool: Type.String(),
+    sizeBytes: Type.Integer(),
+    kind: Type.String({ description: 'volume, snapshot or clone' }),
+    originName: Type.Optional(Type.String()),
+    readOnly: Type.Boolean(),
+    allocatedBytes: Type.Integer(),
+    usedBy: Type.Optional(Type.String({ description: 'The VM it is attached to' })),
+    createdAt: Type.String(),
+  },
+  { $id: 'Volume' },
+);
+
+export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Type.String({ description: 'e.g. 20G, 512M' }) }, { additionalProperties: false });

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
@@ -93,6 +94,18 @@ async function spawnDaemon(dataDir: string, name: string, args: string[], netns?
   return child.pid!;
 }
 
+/** True when something accepts connections on the unix socket at `path`. */
+function socketAccepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
 /** Waits until `check` returns a value, or throws with `what` after `timeoutMs`. */
 async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -142,18 +155,36 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     await new ApiClient(resolveApiTarget(options.dataDir)).request('GET', '/v1/status');
     return info.url;
   });
+  // The storage node starts before the agents: VMs they re-adopt may have volumes on it.
+  if (!(await readPidFile(join(paths.runDir, 'storage.pid')))) {
+    alreadyRunning = false;
+    const pid = await spawnDaemon(options.dataDir, 'storage', ['storage', '--data', options.dataDir]);
+    await waitFor('The storage node listening', 30_000, async () => {
+      if (!processAlive(pid)) throw new NubisError('UP_FAILED', `The storage node exited; see ${join(paths.logsDir, 'storage.log')}`);
+      return (await socketAccepts(paths.storageManageSocket)) ? true : undefined;
+    });
+  }
   if (options.netns && process.getuid?.() !== 0) {
     throw new NubisError('UP_NEEDS_ROOT', 'Hosts in network namespaces (--hosts 2 or more, or --netns) need root; run as root, or use --no-netns for plain agent processes with user-mode networking only');
   }
   const bed = options.netns ? await ensureTestBed(options.dataDir, hostNames) : undefined;
   // Agents reach the control plane over its unix socket: it works from any network namespace.
   const agentUrl = `unix:${paths.agentApiSocket}`;
+  const started: Array<{ name: string; pid: number }> = [];
   for (const [index, name] of hostNames.entries()) {
     if (await readPidFile(join(paths.runDir, `agent-${name}.pid`))) continue;
     alreadyRunning = false;
     const host = bed?.hosts[index];
     const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp] : [];
-    await spawnDaemon(options.dataDir, `agent-${name}`, ['agent', '--name', name, '--data', options.dataDir, '--control-url', agentUrl, ...placement], host?.netns);
+    started.push({ name, pid: await spawnDaemon(options.dataDir, `agent-${name}`, ['agent', '--name', name, '--data', options.dataDir, '--control-url', agentUrl, ...placement], host?.netns) });
+  }
+  // A restarted agent's host still looks online from its last report, so wait for the new agent
+  // itself: it listens on its socket before it joins.
+  for (const agent of started) {
+    await waitFor(`The agent of ${agent.name} listening`, 90_000, async () => {
+      if (!processAlive(agent.pid)) throw new NubisError('UP_FAILED', `The agent of ${agent.name} exited; see ${join(paths.logsDir, `agent-${agent.name}.log`)}`);
+      return (await socketAccepts(join(paths.hostsDir, agent.name, 'agent.sock'))) ? true : undefined;
+    });
   }
   const client = new ApiClient(resolveApiTarget(options.dataDir));
   // The first agent start probes the accelerator (up to ~20 s where KVM does not work).
@@ -195,9 +226,13 @@ export async function down(options: { dataDir: string; keepVms: boolean }, say: 
   }
   const stoppedProcesses: string[] = [];
   if (existsSync(paths.runDir)) {
-    // Agents first, so none reports to a control plane that is going away.
-    const pidFiles = readdirSync(paths.runDir).filter((f) => f.endsWith('.pid')).sort((a, b) => Number(a.startsWith('control')) - Number(b.startsWith('control')));
+    // Agents first, so none reports to a control plane that is going away; the storage node
+    // last, since VMs (stopped by now unless kept) read their volumes from it.
+    const order = (file: string): number => (file.startsWith('agent') ? 0 : file.startsWith('control') ? 1 : 2);
+    const pidFiles = readdirSync(paths.runDir).filter((f) => f.endsWith('.pid')).sort((a, b) => order(a) - order(b));
     for (const file of pidFiles) {
+      // VMs kept running still read their volumes from the storage node: it stays too.
+      if (options.keepVms && file === 'storage.pid') continue;
       const pid = await readPidFile(join(paths.runDir, file));
       if (pid) {
         process.kill(pid, 'SIGTERM');

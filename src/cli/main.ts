@@ -195,12 +195,13 @@ vm
   .option('--network <name>', 'a NIC on this virtual network (repeatable: eth0, eth1, ...)', collect, [])
   .option('--ip <address>', 'address for the NIC of the --network in the same position (repeatable)', collect, [])
   .option('--secgroup <group>', 'security group of its network NICs (repeatable)', collect, [])
+  .option('--disk <pool/volume>', 'attach a volume of the storage node as a virtio disk (repeatable: vda, vdb, ...)', collect, [])
   .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
-  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; secgroup: string[]; wait: boolean }, command: Command) => {
+  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; secgroup: string[]; disk: string[]; wait: boolean }, command: Command) => {
     const g = globals(command);
     if (options.ip.length > options.network.length) throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
     const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
-    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(options.secgroup.length ? { secgroups: options.secgroup } : {}), ...(g.project ? { project: g.project } : {}) };
+    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(options.secgroup.length ? { secgroups: options.secgroup } : {}), ...(options.disk.length ? { disks: options.disk } : {}), ...(g.project ? { project: g.project } : {}) };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
     const final = await runOperation(command, `Creating ${name}`, operation);
     if (g.json) printJson(final.result);
@@ -455,6 +456,135 @@ rule
     console.log(`${name}: rule ${ruleId} deleted`);
   });
 
+// --- storage ----------------------------------------------------------------------------------
+const mib = (bytes: number): string => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`);
+const pool = program.command('pool').description('Storage pools: devices mapped into one address space with RAID');
+pool
+  .command('create <name>')
+  .description('Create a pool, e.g. nubis pool create p1 --layout raid5 --device /srv/a.img --device /srv/b.img --device /srv/c.img')
+  .requiredOption('--layout <layout>', 'raid0, raid1, raid5, raid6 or raid10')
+  .requiredOption('--device <path>', 'member device: a file, a block device or nbd://... (repeatable)', collect, [])
+  .option('--chunk <size>', 'chunk size, e.g. 64K')
+  .action(async (name: string, options: { layout: string; device: string[]; chunk?: string }, command: Command) => {
+    const { resolve } = await import('node:path');
+    const devices = options.device.map((device) => (device.startsWith('nbd') ? device : resolve(device)));
+    const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', { name, layout: options.layout, devices, ...(options.chunk ? { chunk: options.chunk } : {}) });
+    if (globals(command).json) return printJson(created);
+    console.log(`${name}: ${created.layout}, ${mib(created.sizeBytes)} usable, ${mib(created.wasteBytes)} unusable (unequal members and metadata)`);
+  });
+pool
+  .command('list')
+  .description('List pools with health and capacity')
+  .action(async (_options: unknown, command: Command) => {
+    const pools = await client(command).request<Array<Record<string, any>>>('GET', '/v1/pools');
+    if (globals(command).json) return printJson(pools);
+    printTable(['NAME', 'KIND', 'LAYOUT', 'STATE', 'SIZE', 'ALLOCATED', 'PROVISIONED', 'VOLUMES'], pools.map((p) => [p.name, p.kind, p.layout, p.state, mib(p.sizeBytes), mib(p.allocatedBytes), `${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`, p.volumes]));
+  });
+pool
+  .command('show <pool>')
+  .description('Show a pool like zpool status: state, members and their error counters')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const p = await client(command).request<Record<string, any>>('GET', `/v1/pools/${encodeURIComponent(name)}`);
+    if (globals(command).json) return printJson(p);
+    console.log(`pool: ${p.name}  state: ${p.state}${p.readOnly ? ` (read-only: ${p.readOnlyReason})` : ''}  layout: ${p.layout}  chunk: ${p.chunkBytes / 1024}K`);
+    console.log(`size ${mib(p.sizeBytes)}, allocated ${mib(p.allocatedBytes)}, free ${mib(p.freeBytes)}, provisioned ${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`);
+    for (const warning of p.warnings) console.log(`warning: ${warning}`);
+    printTable(['#', 'DEVICE', 'STATE', 'READ', 'WRITE', 'CKSUM'], p.members.map((m: Record<string, any>) => [m.index, m.path, m.state, m.readErrors, m.writeErrors, m.checksumErrors]));
+  });
+pool
+  .command('scrub <pool>')
+  .description('Read everything, find silent corruption by checksum and repair it from redundancy')
+  .option('--max-rate <MiB/s>', 'throttle', parseInteger('--max-rate'))
+  .action(async (name: string, options: { maxRate?: number }, command: Command) => {
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/pools/${encodeURIComponent(name)}/scrub`, options.maxRate ? { maxMbPerSec: options.maxRate } : {});
+    const final = await runOperation(command, `Scrubbing ${name}`, operation);
+    if (globals(command).json) return printJson(final.result);
+    const r = final.result as Record<string, number>;
+    console.log(`${name}: scanned ${mib(r.scannedBytes)}, ${r.checksumErrors} checksum errors, ${r.repairedBlocks} blocks repaired, ${r.unrepairedBlocks} unrepairable`);
+  });
+pool
+  .command('replace <pool> <member> <device>')
+  .description('Replace a member (index or path) with a new device and rebuild online')
+  .option('--max-rate <MiB/s>', 'throttle the rebuild so VMs keep running', parseInteger('--max-rate'))
+  .action(async (name: string, member: string, device: string, options: { maxRate?: number }, command: Command) => {
+    const { resolve } = await import('node:path');
+    const body = { member: /^\d+$/.test(member) ? Number(member) : member, device: device.startsWith('nbd') ? device : resolve(device), ...(options.maxRate ? { maxMbPerSec: options.maxRate } : {}) };
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/pools/${encodeURIComponent(name)}/replace`, body);
+    const final = await runOperation(command, `Rebuilding ${name}`, operation);
+    if (globals(command).json) return printJson(final.result);
+    console.log(`${name}: ${(final.result as Record<string, string>).state}`);
+  });
+pool
+  .command('delete <pool>')
+  .description('Delete an empty pool')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    await client(command).request('DELETE', `/v1/pools/${encodeURIComponent(name)}`);
+    if (globals(command).json) return printJson({ deleted: name });
+    console.log(`${name}: deleted`);
+  });
+
+const volume = program.command('volume').description('Thin volumes of storage pools, served over NBD');
+const volumePath = (ref: string): string => {
+  const [poolName, volumeName] = ref.split('/');
+  if (!poolName || !volumeName) throw new NubisError('VALIDATION_FAILED', `Write the volume as POOL/VOLUME, not ${ref}`);
+  return `/v1/pools/${encodeURIComponent(poolName)}/volumes/${encodeURIComponent(volumeName)}`;
+};
+volume
+  .command('create <name>')
+  .description('Create a thin volume, e.g. nubis volume create data1 --pool p1 --size 20G')
+  .requiredOption('--pool <pool>', 'pool')
+  .requiredOption('--size <size>', 'size, e.g. 512M or 20G')
+  .action(async (name: string, options: { pool: string; size: string }, command: Command) => {
+    const created = await client(command).request<Record<string, any>>('POST', `/v1/pools/${encodeURIComponent(options.pool)}/volumes`, { name, size: options.size });
+    if (globals(command).json) return printJson(created);
+    console.log(`${options.pool}/${name}: ${mib(created.sizeBytes)}`);
+  });
+volume
+  .command('list')
+  .description('List volumes (of one pool with --pool)')
+  .option('--pool <pool>', 'only this pool')
+  .action(async (options: { pool?: string }, command: Command) => {
+    const api = client(command);
+    const pools = options.pool ? [options.pool] : (await api.request<Array<{ name: string }>>('GET', '/v1/pools')).map((p) => p.name);
+    const volumes = (await Promise.all(pools.map((p) => api.request<Array<Record<string, any>>>('GET', `/v1/pools/${encodeURIComponent(p)}/volumes`)))).flat();
+    if (globals(command).json) return printJson(volumes);
+    printTable(['VOLUME', 'KIND', 'SIZE', 'ALLOCATED', 'ORIGIN', 'USED BY'], volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, mib(v.sizeBytes), mib(v.allocatedBytes), v.originName, v.usedBy]));
+  });
+volume
+  .command('show <pool/volume>')
+  .description('Show a volume')
+  .action(async (ref: string, _options: unknown, command: Command) => {
+    const found = await client(command).request<Record<string, unknown>>('GET', volumePath(ref));
+    if (globals(command).json) return printJson(found);
+    for (const [key, value] of Object.entries(found)) console.log(`${`${key}:`.padEnd(16)} ${value}`);
+  });
+for (const action of ['snapshot', 'clone'] as const) {
+  volume
+    .command(`${action} <pool/volume> <name>`)
+    .description(action === 'snapshot' ? 'Take a read-only snapshot (instant, copy-on-write)' : 'Make a writable clone (instant, copy-on-write)')
+    .action(async (ref: string, name: string, _options: unknown, command: Command) => {
+      const made = await client(command).request<Record<string, unknown>>('POST', `${volumePath(ref)}/${action}`, { name });
+      if (globals(command).json) return printJson(made);
+      console.log(`${ref.split('/')[0]}/${name}: ${action} of ${ref}`);
+    });
+}
+volume
+  .command('resize <pool/volume> <size>')
+  .description('Grow or shrink a volume (never below its data)')
+  .action(async (ref: string, size: string, _options: unknown, command: Command) => {
+    const resized = await client(command).request<Record<string, any>>('POST', `${volumePath(ref)}/resize`, { size });
+    if (globals(command).json) return printJson(resized);
+    console.log(`${ref}: ${mib(resized.sizeBytes)}`);
+  });
+volume
+  .command('delete <pool/volume>')
+  .description('Delete a volume no VM uses; its space returns to the pool')
+  .action(async (ref: string, _options: unknown, command: Command) => {
+    await client(command).request('DELETE', volumePath(ref));
+    if (globals(command).json) return printJson({ deleted: ref });
+    console.log(`${ref}: deleted`);
+  });
+
 // --- operations -------------------------------------------------------------------------------
 const operation = program.command('operation').description('Long-running operations');
 operation
@@ -542,6 +672,21 @@ daemon
     await Promise.race([waitForSignal(), agent.ended]);
     logger.info('stopping; VMs keep running');
     await agent.stop();
+  });
+
+daemon
+  .command('storage')
+  .description('Run the storage node: pools, volumes and their NBD exports')
+  .action(async (_options: unknown, command: Command) => {
+    const { startStorageNode } = await import('../storage/storage-node.ts');
+    const { createLogger } = await import('../core/logger.ts');
+    const paths = dataPaths(globals(command).data);
+    const logger = createLogger('storage');
+    const node = await startStorageNode({ poolsDir: paths.storagePools, nbdSocket: paths.storageNbdSocket, manageSocket: paths.storageManageSocket });
+    logger.info({ pools: node.service.listPools().map((pool) => pool.name) }, 'storage node serving');
+    await waitForSignal();
+    logger.info('stopping');
+    await node.stop();
   });
 
 function waitForSignal(): Promise<void> {

@@ -15,12 +15,10 @@ export type BootSource =
   | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline: string }
   | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' };
 
-export interface DiskSpec {
-  id: string;
-  path: string;
-  format: 'qcow2' | 'raw';
-  readOnly?: boolean;
-}
+/** A VM disk: a local image file, or a volume that a storage node exports over NBD. */
+export type DiskSpec =
+  | { id: string; kind: 'file'; path: string; format: 'qcow2' | 'raw'; readOnly?: boolean }
+  | { id: string; kind: 'nbd'; socketPath: string; exportName: string; readOnly?: boolean };
 
 /** A host port forwarded to a guest port over user-mode networking. */
 export interface PortForward {

@@ -18,6 +18,7 @@ import { ImageCatalogue } from './images.ts';
 import { OperationManager } from './operations.ts';
 import { NetworkService } from './networks.ts';
 import { SecurityGroupService } from './security-groups.ts';
+import { StorageCatalogue } from './storage.ts';
 import { VmService } from './vms.ts';
 
 export interface ControlPlaneOptions {
@@ -54,8 +55,10 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
-  const vms = new VmService({ db, hosts, images, operations, networks, secgroups });
-  return { db, hosts, images, vms, networks, secgroups, operations, dataDir: options.dataDir, logger: options.logger };
+  const paths = dataPaths(options.dataDir);
+  const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket });
+  const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage });
+  return { db, hosts, images, vms, networks, secgroups, storage, operations, dataDir: options.dataDir, logger: options.logger };
 }
 
 /** Starts the control plane and resolves once it listens. */

@@ -15,6 +15,7 @@ import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
 import type { NetworkService } from './networks.ts';
 import type { SecurityGroupService } from './security-groups.ts';
+import type { StorageCatalogue } from './storage.ts';
 import { placeVm } from './placement.ts';
 import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
 
@@ -38,10 +39,12 @@ export class VmService {
   readonly #operations: OperationManager;
   readonly #networks: NetworkService;
   readonly #secgroups: SecurityGroupService;
+  readonly #storage: StorageCatalogue;
   readonly #queue = new KeyedSerialQueue();
 
-  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService; secgroups: SecurityGroupService }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService; secgroups: SecurityGroupService; storage: StorageCatalogue }) {
     this.#secgroups = deps.secgroups;
+    this.#storage = deps.storage;
     this.#db = deps.db;
     this.#hosts = deps.hosts;
     this.#images = deps.images;
@@ -93,6 +96,7 @@ export class VmService {
       ...(status.readyAt && running ? { readyAt: status.readyAt } : {}),
       guestIps: running ? (status.guestIps ?? []) : [],
       nics: nics.map((nic) => ({ network: nic.name, mac: nic.mac, ip: nic.ip })),
+      disks: (await this.#storage.disksOf(row.id)).map((disk) => ({ device: `vd${String.fromCharCode(97 + disk.deviceIndex)}`, volume: `${disk.pool}/${disk.volume}` })),
       publish: spec.nics.flatMap((nic) => nic.forwards ?? []),
       ...(status.lastError ? { lastError: status.lastError } : {}),
       ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
@@ -126,6 +130,13 @@ export class VmService {
     if (networks.length > 0 && forwards.length > 0) {
       throw new NubisError('VALIDATION_FAILED', 'Published ports work on the user-mode NIC only; a VM on virtual networks is reached through them (or a network port forward)');
     }
+    const volumes = (request.disks ?? []).map((ref) => {
+      const [pool, volume, ...rest] = ref.split('/');
+      if (!pool || !volume || rest.length > 0) throw new NubisError('VALIDATION_FAILED', `Disk ${ref} is not POOL/VOLUME; see nubis volume list`);
+      return { pool, volume };
+    });
+    if (new Set(volumes.map((v) => `${v.pool}/${v.volume}`)).size !== volumes.length) throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
+    for (const { pool, volume } of volumes) await this.#storage.checkDiskFree(pool, volume);
     const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: request.host });
     const id = newId('vm');
     // Addresses are allocated before anything else is recorded, so a taken or invalid address
@@ -155,7 +166,7 @@ export class VmService {
         'kernelPath' in files
           ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1` }
           : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
-      disks: [],
+      disks: volumes.map(({ pool, volume }, index) => ({ id: `disk${index}`, kind: 'nbd' as const, socketPath: this.#storage.endpoints.nbdSocket, exportName: `${pool}/${volume}` })),
       nics:
         nics.length > 0
           ? nics.map(({ nic, network }) => {
@@ -187,6 +198,7 @@ export class VmService {
       updated_at: now,
     };
     await this.#db.insertInto('vms').values(row).execute();
+    for (const [index, { pool, volume }] of volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume);
     return this.#operations.start('vm.create', { type: 'vm', id, name: request.name, projectId }, (op) =>
       this.#queue.run(id, async () => {
         const hostRow = await this.#hosts.row(host.id);
@@ -205,6 +217,7 @@ export class VmService {
           await this.#db.deleteFrom('vms').where('id', '=', id).execute();
           await this.#networks.releaseNics(id);
           await this.#secgroups.unassign(id);
+          await this.#storage.forgetDisks(id);
           for (const { network } of nics) await this.#networks.unplugHost(network.id, hostRow);
           throw error;
         }
@@ -275,6 +288,7 @@ export class VmService {
         await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
         await this.#networks.releaseNics(row.id);
         await this.#secgroups.unassign(row.id);
+        await this.#storage.forgetDisks(row.id);
         await this.#secgroups.refreshProject(row.project_id);
         for (const networkId of networkIds) {
           await this.#networks.unplugHost(networkId, host);

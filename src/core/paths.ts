@@ -27,6 +27,10 @@ export function dataPaths(dataDir: string) {
     /** The API on a unix socket, for host agents in network namespaces. */
     agentApiSocket: join(dataDir, 'api.sock'),
     images: join(dataDir, 'images'),
+    /** The storage node of this machine: pools, the NBD socket VMs attach volumes through, its API. */
+    storagePools: join(dataDir, 'storage', 'pools'),
+    storageNbdSocket: join(dataDir, 'storage', 'nbd.sock'),
+    storageManageSocket: join(dataDir, 'storage', 'manage.sock'),
     hostsDir: join(dataDir, 'hosts'),
     runDir: join(dataDir, 'run'),
     logsDir: join(dataDir, 'logs'),

@@ -154,6 +154,19 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0004-vm-disks': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('vm_disks')
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('device_index', 'integer', (c) => c.notNull())
+        .addColumn('pool', 'text', (c) => c.notNull())
+        .addColumn('volume', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('vm_disks_pk', ['vm_id', 'device_index'])
+        .addUniqueConstraint('vm_disks_volume', ['pool', 'volume'])
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

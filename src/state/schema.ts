@@ -148,7 +148,16 @@ export interface VmSecgroupsTable {
   group_id: string;
 }
 
+/** A volume of the storage node attached to a VM as its disk number `device_index`. */
+export interface VmDisksTable {
+  vm_id: string;
+  device_index: number;
+  pool: string;
+  volume: string;
+}
+
 export interface Database {
+  vm_disks: VmDisksTable;
   secgroups: SecgroupsTable;
   secgroup_rules: SecgroupRulesTable;
   vm_secgroups: VmSecgroupsTable;

@@ -17,7 +17,7 @@ const spec: VmSpec = {
   cpus: 2,
   memoryMb: 256,
   boot: { kind: 'kernel', kernelPath: '/img/vmlinuz', initrdPath: '/img/initrd', cmdline: 'console=ttyS0 nubis.name=web1' },
-  disks: [{ id: 'disk0', path: '/data/a,b.qcow2', format: 'qcow2' }],
+  disks: [{ id: 'disk0', kind: 'file', path: '/data/a,b.qcow2', format: 'qcow2' }, { id: 'disk1', kind: 'nbd', socketPath: '/run/nbd.sock', exportName: 'pool1/vol1' }],
   nics: [{ id: 'net0', mac: '52:54:00:12:34:56', mode: 'user', forwards: [{ protocol: 'tcp', hostAddress: '127.0.0.1', hostPort: 8080, guestPort: 80 }] }],
 };
 
@@ -46,7 +46,10 @@ describe('buildQemuArgs', () => {
 
   it('adds virtio disks and NICs, escaping commas in paths', () => {
     const args = buildQemuArgs(spec, paths, { accelerator: 'tcg' });
-    assert.deepEqual(valuesOf(args, '-blockdev'), ['driver=qcow2,node-name=disk0,read-only=off,file.driver=file,file.filename=/data/a,,b.qcow2']);
+    assert.deepEqual(valuesOf(args, '-blockdev'), [
+      'driver=qcow2,node-name=disk0,read-only=off,file.driver=file,file.filename=/data/a,,b.qcow2',
+      'driver=raw,node-name=disk1,read-only=off,file.driver=nbd,file.server.type=unix,file.server.path=/run/nbd.sock,file.export=pool1/vol1',
+    ]);
     assert.ok(valuesOf(args, '-device').includes('virtio-blk-pci,drive=disk0,id=disk0-disk'));
     assert.deepEqual(valuesOf(args, '-netdev'), ['user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80']);
     assert.ok(valuesOf(args, '-device').includes('virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,id=net0-dev'));

@@ -2,7 +2,7 @@
  * Builds the qemu-system-x86_64 argument list for a VM. Pure: no I/O, so it is unit-tested and
  * the same spec always gives the same device model (which live migration depends on).
  */
-import { NUBIS_CPU_MODEL, NUBIS_MACHINE_TYPE, type Accelerator, type VmSpec } from '../vm-spec.ts';
+import { NUBIS_CPU_MODEL, NUBIS_MACHINE_TYPE, type Accelerator, type DiskSpec, type VmSpec } from '../vm-spec.ts';
 
 /** Where a VM's control files live (all in the VM's folder on its host). */
 export interface VmRuntimePaths {
@@ -54,7 +54,7 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     args.push('-device', 'virtio-blk-pci,drive=boot,id=boot-disk,bootindex=0');
   }
   for (const disk of spec.disks) {
-    args.push('-blockdev', blockdev(disk.id, disk.path, disk.format, disk.readOnly ?? false));
+    args.push('-blockdev', diskBlockdev(disk));
     args.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-disk`);
   }
   for (const nic of spec.nics) {
@@ -69,6 +69,12 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
   }
   if (options.incoming) args.push('-incoming', options.incoming);
   return args;
+}
+
+/** The -blockdev of a disk: QEMU's own NBD client attaches a storage node's volume natively. */
+export function diskBlockdev(disk: DiskSpec): string {
+  if (disk.kind === 'file') return blockdev(disk.id, disk.path, disk.format, disk.readOnly ?? false);
+  return `driver=raw,node-name=${disk.id},read-only=${disk.readOnly ? 'on' : 'off'},file.driver=nbd,file.server.type=unix,file.server.path=${escapeOptionValue(disk.socketPath)},file.export=${escapeOptionValue(disk.exportName)}`;
 }
 
 function blockdev(id: string, path: string, format: 'qcow2' | 'raw', readOnly: boolean): string {

@@ -1,0 +1,96 @@
+/**
+ * The control plane's side of the storage node: pools and volumes are managed there (through its
+ * API on a unix socket); the control plane adds what spans the cluster: which VM uses which
+ * volume, operations with progress for long pool actions, and the NBD address hosts attach.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import { NubisError } from '../core/errors.ts';
+import { requestJson, type JsonRequest } from '../core/http-json.ts';
+import type { Db } from '../state/database.ts';
+import type { OperationContext } from './operations.ts';
+
+export interface StorageEndpoints {
+  /** The storage node's management API, e.g. `unix:/var/lib/nubis/storage/manage.sock`. */
+  manage: string;
+  /** The NBD socket QEMU attaches volumes through. */
+  nbdSocket: string;
+}
+
+interface StorageJob {
+  id: string;
+  status: 'running' | 'succeeded' | 'failed';
+  progress?: { doneBytes: number; totalBytes: number; rateBytesPerSec: number; etaSeconds: number };
+  result?: unknown;
+  error?: { code: string; message: string };
+}
+
+export class StorageCatalogue {
+  readonly #db: Db;
+  readonly endpoints: StorageEndpoints;
+
+  constructor(db: Db, endpoints: StorageEndpoints) {
+    this.#db = db;
+    this.endpoints = endpoints;
+  }
+
+  /** Calls the storage node; an unreachable node is `STORAGE_UNAVAILABLE`. */
+  async call<T>(request: JsonRequest): Promise<T> {
+    try {
+      return await requestJson<T>(this.endpoints.manage, { timeoutMs: 60_000, ...request });
+    } catch (error) {
+      if ((error as { code?: string }).code === 'HTTP_UNREACHABLE') {
+        throw new NubisError('STORAGE_UNAVAILABLE', 'The storage node does not answer; is it running? (nubis up starts it)', { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  /** Runs a storage job, reporting its progress into the operation until it ends. */
+  async runJob(path: string, body: unknown, op: OperationContext, stage: string): Promise<unknown> {
+    let job = await this.call<StorageJob>({ method: 'POST', path, body });
+    while (job.status === 'running') {
+      await delay(500, undefined, { signal: op.signal });
+      job = await this.call<StorageJob>({ method: 'GET', path: `/storage/jobs/${job.id}` });
+      const p = job.progress;
+      if (p && p.totalBytes > 0) {
+        await op.report(stage, `${(p.doneBytes / 2 ** 20).toFixed(0)} of ${(p.totalBytes / 2 ** 20).toFixed(0)} MiB at ${(p.rateBytesPerSec / 2 ** 20).toFixed(1)} MiB/s, ETA ${Math.ceil(p.etaSeconds)} s`, p.doneBytes / p.totalBytes, p);
+      }
+    }
+    if (job.status === 'failed') throw new NubisError(job.error?.code ?? 'STORAGE_JOB_FAILED', job.error?.message ?? 'The storage job failed');
+    return job.result;
+  }
+
+  /** Checks that `pool/volume` exists and is writable, and that no other VM uses it. */
+  async checkDiskFree(pool: string, volume: string): Promise<{ sizeBytes: number }> {
+    const info = await this.call<{ sizeBytes: number; readOnly: boolean }>({ method: 'GET', path: `/storage/pools/${encodeURIComponent(pool)}/volumes/${encodeURIComponent(volume)}` });
+    if (info.readOnly) throw new NubisError('VOLUME_READ_ONLY', `Volume ${pool}/${volume} is a read-only snapshot; clone it (nubis volume clone) and attach the clone`);
+    const user = await this.#db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select('vms.name').where('pool', '=', pool).where('volume', '=', volume).executeTakeFirst();
+    if (user) throw new NubisError('VOLUME_IN_USE', `Volume ${pool}/${volume} is attached to VM ${user.name}; detach it there first`);
+    return info;
+  }
+
+  /** Refuses to delete a volume (or pool) a VM uses. */
+  async checkUnused(pool: string, volume?: string): Promise<void> {
+    let query = this.#db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select(['vms.name', 'vm_disks.volume']).where('pool', '=', pool);
+    if (volume) query = query.where('volume', '=', volume);
+    const users = await query.execute();
+    if (users.length > 0) {
+      throw new NubisError('VOLUME_IN_USE', `${volume ? `Volume ${pool}/${volume}` : `Pool ${pool}`} is used by VM(s) ${[...new Set(users.map((u) => u.name))].join(', ')}; detach or delete them first`);
+    }
+  }
+
+  async recordDisk(vmId: string, deviceIndex: number, pool: string, volume: string): Promise<void> {
+    await this.#db.insertInto('vm_disks').values({ vm_id: vmId, device_index: deviceIndex, pool, volume }).execute();
+  }
+
+  async disksOf(vmId: string): Promise<Array<{ deviceIndex: number; pool: string; volume: string }>> {
+    const rows = await this.#db.selectFrom('vm_disks').selectAll().where('vm_id', '=', vmId).orderBy('device_index').execute();
+    return rows.map((row) => ({ deviceIndex: row.device_index, pool: row.pool, volume: row.volume }));
+  }
+
+  async forgetDisks(vmId: string, deviceIndex?: number): Promise<void> {
+    let query = this.#db.deleteFrom('vm_disks').where('vm_id', '=', vmId);
+    if (deviceIndex !== undefined) query = query.where('device_index', '=', deviceIndex);
+    await query.execute();
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * A storage node: the storage service (pools, volumes, the NBD server) plus a small management
+ * API for the control plane on a unix socket. Long pool actions (scrub, member replacement) run
+ * as jobs whose progress the control plane samples into its operations.
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
+import { newId } from '../core/ids.ts';
+import type { PoolProgress } from './pool/storage-pool.ts';
+import { StorageService, type CreatePoolRequest } from './service.ts';
+
+/** Where a storage node listens. */
+export interface StorageNodeOptions {
+  poolsDir: string;
+  /** The NBD server's unix socket: QEMU on every host of this machine attaches volumes here. */
+  nbdSocket: string;
+  /** The management API's unix socket. */
+  manageSocket: string;
+}
+
+/** A long action on the node. */
+export interface StorageJob {
+  id: string;
+  kind: 'scrub' | 'replace';
+  pool: string;
+  status: 'running' | 'succeeded' | 'failed';
+  progress?: PoolProgress;
+  result?: unknown;
+  error?: { code: string; message: string };
+}
+
+/** The HTTP status of a storage error code: bad requests are 4xx, never 500. */
+export function storageHttpStatus(code: string): number {
+  if (/_NOT_FOUND$/.test(code)) return 404;
+  if (/(_EXISTS|_IN_USE|_NOT_EMPTY|_READ_ONLY|POOL_DEVICE_DUPLICATE)$/.test(code)) return 409;
+  if (code === 'POOL_FULL' || code === 'POOL_METADATA_FULL') return 507;
+  if (code === 'POOL_FAULTED' || code === 'POOL_CLOSED') return 503;
+  if (/(_INVALID|_TOO_FEW_DEVICES|_TOO_SMALL|_SHRINK_BELOW_DATA|_NO_REDUNDANCY)$/.test(code)) return 400;
+  return 500;
+}
+
+/** Starts the storage service and its management API; resolves once both listen. */
+export async function startStorageNode(options: StorageNodeOptions): Promise<{ service: StorageService; app: FastifyInstance; stop(): Promise<void> }> {
+  const { service, failures } = await StorageService.start({ poolsDir: options.poolsDir, socketPath: options.nbdSocket });
+  const app = Fastify({ logger: false });
+  const jobs = new Map<string, StorageJob>();
+
+  app.setErrorHandler((error, _request, reply) => {
+    const code = isNubisError(error) ? error.code : (error as { validation?: unknown }).validation ? 'VALIDATION_FAILED' : 'INTERNAL_ERROR';
+    void reply.status(code === 'VALIDATION_FAILED' ? 400 : storageHttpStatus(code)).send({ code, message: messageOf(error) });
+  });
+
+  function startJob(kind: StorageJob['kind'], pool: string, work: (onProgress: (progress: PoolProgress) => void) => Promise<unknown>): StorageJob {
+    const job: StorageJob = { id: newId('job'), kind, pool, status: 'running' };
+    jobs.set(job.id, job);
+    work((progress) => (job.progress = progress)).then(
+      (result) => Object.assign(job, { status: 'succeeded', result }),
+      (error: unknown) => Object.assign(job, { status: 'failed', error: { code: isNubisError(error) ? error.code : 'INTERNAL_ERROR', message: messageOf(error) } }),
+    );
+    return job;
+  }
+
+  type PoolParams = { Params: { pool: string } };
+  type VolumeParams = { Params: { pool: string; volume: string } };
+  app.get('/storage/info', async () => ({ nbdSocket: options.nbdSocket, openFailures: failures }));
+  app.get('/storage/pools', async () => service.listPools());
+  app.post<{ Body: CreatePoolRequest }>('/storage/pools', async (request, reply) => reply.status(201).send(await service.createPool(request.body)));
+  app.get<PoolParams>('/storage/pools/:pool', async (request) => service.getPool(request.params.pool));
+  app.delete<PoolParams>('/storage/pools/:pool', async (request, reply) => {
+    await service.deletePool(request.params.pool);
+    return reply.status(204).send();
+  });
+  app.post<PoolParams & { Body: { maxBytesPerSec?: number } }>('/storage/pools/:pool/scrub', async (request, reply) => {
+    service.getPool(request.params.pool);
+    return reply.status(202).send(startJob('scrub', request.params.pool, (onProgress) => service.scrubPool(request.params.pool, { onProgress, maxBytesPerSec: request.body?.maxBytesPerSec })));
+  });
+  app.post<PoolParams & { Body: { member: number | string; device: string; maxBytesPerSec?: number } }>('/storage/pools/:pool/replace', async (request, reply) => {
+    service.getPool(request.params.pool);
+    const { member, device, maxBytesPerSec } = request.body;
+    return reply.status(202).send(startJob('replace', request.params.pool, (onProgress) => service.replaceMember(request.params.pool, member, device, { onProgress, maxBytesPerSec })));
+  });
+  app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => {
+    const job = jobs.get(request.params.id);
+    if (!job) throw new NubisError('STORAGE_JOB_NOT_FOUND', `No storage job ${request.params.id}`);
+    return job;
+  });
+  app.get<PoolParams>('/storage/pools/:pool/volumes', async (request) => service.listVolumes(request.params.pool));
+  app.post<PoolParams & { Body: { name: string; size: number | string } }>('/storage/pools/:pool/volumes', async (request, reply) =>
+    reply.status(201).send(await service.createVolume(request.params.pool, request.body.name, request.body.size)),
+  );
+  app.get<VolumeParams>('/storage/pools/:pool/volumes/:volume', async (request) => service.getVolume(request.params.pool, request.params.volume));
+  app.delete<VolumeParams>('/storage/pools/:pool/volumes/:volume', async (request, reply) => {
+    await service.deleteVolume(request.params.pool, request.params.volume);
+    return reply.status(204).send();
+  });
+  app.post<VolumeParams & { Body: { name: string } }>('/storage/pools/:pool/volumes/:volume/snapshot', async (request, reply) =>
+    reply.status(201).send(await service.snapshotVolume(request.params.pool, request.params.volume, request.body.name)),
+  );
+  app.post<VolumeParams & { Body: { name: string } }>('/storage/pools/:pool/volumes/:volume/clone', async (request, reply) =>
+    reply.status(201).send(await service.cloneVolume(request.params.pool, request.params.volume, request.body.name)),
+  );
+  app.post<VolumeParams & { Body: { size: number | string } }>('/storage/pools/:pool/volumes/:volume/resize', async (request) =>
+    service.resizeVolume(request.params.pool, request.params.volume, request.body.size),
+  );
+
+  const { rm } = await import('node:fs/promises');
+  await rm(options.manageSocket, { force: true });
+  await app.listen({ path: options.manageSocket });
+  return {
+    service,
+    app,
+    async stop() {
+      await app.close();
+      await service.close();
+    },
+  };
+}
