@@ -1,4 +1,4 @@
-import { storageHttpStatus } from '../storage/storage-node.ts';
+import { storageHttpStatus } from '../storage/error-status.ts';
 
 /**
  * The one table from error codes to HTTP statuses. A code missing here is a server fault (500);

@@ -3,6 +3,7 @@
  * addresses. Pure functions over numbers; the database keeps who holds which address.
  */
 import { NubisError } from '../core/errors.ts';
+import { ipv4ToNumber, numberToIpv4 } from '../network/addresses.ts';
 
 export interface Subnet {
   /** Network address as a 32-bit unsigned number. */
@@ -12,22 +13,10 @@ export interface Subnet {
   cidr: string;
 }
 
-export function parseIpv4(text: string): number | undefined {
-  const parts = text.split('.');
-  if (parts.length !== 4) return undefined;
-  let value = 0;
-  for (const part of parts) {
-    if (!/^\d{1,3}$/.test(part)) return undefined;
-    const octet = Number(part);
-    if (octet > 255) return undefined;
-    value = value * 256 + octet;
-  }
-  return value;
-}
-
-export function formatIpv4(value: number): string {
-  return [24, 16, 8, 0].map((shift) => Math.floor(value / 2 ** shift) % 256).join('.');
-}
+/** Dotted IPv4 text to its 32-bit value (undefined when malformed); the network driver's parser. */
+export const parseIpv4 = ipv4ToNumber;
+/** A 32-bit value to dotted IPv4 text. */
+export const formatIpv4 = numberToIpv4;
 
 function maskOf(prefixLength: number): number {
   return prefixLength === 0 ? 0 : (0xffffffff << (32 - prefixLength)) >>> 0;

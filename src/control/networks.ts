@@ -4,9 +4,11 @@
  * network, their VXLAN peers, and the network's DHCP server with its fixed leases.
  */
 import { NubisError } from '../core/errors.ts';
+import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
+import type { HostNetworkSpec } from '../host/network-plumbing.ts';
 import type { HostRegistry } from './hosts.ts';
 import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
 
@@ -31,17 +33,6 @@ export interface NetworkView {
   createdAt: string;
 }
 
-/** What a host agent needs to plumb one network (PUT /agent/networks/{id}). */
-export interface HostNetworkSpec {
-  id: string;
-  vni: number;
-  mtu: number;
-  /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
-  peers: string[];
-  /** Present on the one host that serves the network's DHCP. */
-  dhcp?: { subnet: string; serverIp: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
-}
-
 export interface NetworkCreateRequest {
   name: string;
   subnet: string;
@@ -61,9 +52,7 @@ export class NetworkService {
   }
 
   async #projectId(name = 'default'): Promise<string> {
-    const project = await this.#db.selectFrom('projects').select('id').where('name', '=', name).executeTakeFirst();
-    if (!project) throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
-    return project.id;
+    return projectIdByName(this.#db, name);
   }
 
   async row(ref: string, project?: string): Promise<NetworksTable> {

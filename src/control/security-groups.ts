@@ -6,6 +6,7 @@
  * again whenever a rule or a membership changes.
  */
 import { NubisError } from '../core/errors.ts';
+import { projectIdByName } from './projects.ts';
 import { newId } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
 import type { SecgroupRulesTable, SecgroupsTable } from '../state/schema.ts';
@@ -63,9 +64,7 @@ export class SecurityGroupService {
   }
 
   async #projectId(name = 'default'): Promise<string> {
-    const project = await this.#db.selectFrom('projects').select('id').where('name', '=', name).executeTakeFirst();
-    if (!project) throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
-    return project.id;
+    return projectIdByName(this.#db, name);
   }
 
   async row(ref: string, project?: string): Promise<SecgroupsTable> {

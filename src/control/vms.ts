@@ -4,6 +4,7 @@
  * VM pass through its queue, one at a time.
  */
 import { NubisError } from '../core/errors.ts';
+import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
@@ -53,9 +54,7 @@ export class VmService {
   }
 
   async projectId(name = 'default'): Promise<string> {
-    const project = await this.#db.selectFrom('projects').select('id').where('name', '=', name).executeTakeFirst();
-    if (!project) throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
-    return project.id;
+    return projectIdByName(this.#db, name);
   }
 
   async #row(ref: string, project?: string): Promise<VmsTable> {

@@ -15,12 +15,14 @@ import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPe
 import { runProbe } from '../network/probe.ts';
 import { ensureDhcp, stopDhcp } from '../network/dhcp.ts';
 
-/** What the control plane sends for one network (see HostNetworkSpec in src/control/networks.ts). */
+/** What a host needs to plumb one network: the control plane sends it as PUT /agent/networks/{id}. */
 export interface HostNetworkSpec {
   id: string;
   vni: number;
   mtu: number;
+  /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
   peers: string[];
+  /** Present on the one host that serves the network's DHCP. */
   dhcp?: { subnet: string; serverIp: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
 }
 

@@ -3,10 +3,12 @@
  * API for the control plane on a unix socket. Long pool actions (scrub, member replacement) run
  * as jobs whose progress the control plane samples into its operations.
  */
+import { rm } from 'node:fs/promises';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
+import { storageHttpStatus } from './error-status.ts';
 import { StorageService, type CreatePoolRequest } from './service.ts';
 
 /** Where a storage node listens. */
@@ -27,16 +29,6 @@ export interface StorageJob {
   progress?: PoolProgress;
   result?: unknown;
   error?: { code: string; message: string };
-}
-
-/** The HTTP status of a storage error code: bad requests are 4xx, never 500. */
-export function storageHttpStatus(code: string): number {
-  if (/_NOT_FOUND$/.test(code)) return 404;
-  if (/(_EXISTS|_IN_USE|_NOT_EMPTY|_READ_ONLY|POOL_DEVICE_DUPLICATE)$/.test(code)) return 409;
-  if (code === 'POOL_FULL' || code === 'POOL_METADATA_FULL') return 507;
-  if (code === 'POOL_FAULTED' || code === 'POOL_CLOSED') return 503;
-  if (/(_INVALID|_TOO_FEW_DEVICES|_TOO_SMALL|_SHRINK_BELOW_DATA|_NO_REDUNDANCY)$/.test(code)) return 400;
-  return 500;
 }
 
 /** Starts the storage service and its management API; resolves once both listen. */
@@ -103,7 +95,6 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
     service.resizeVolume(request.params.pool, request.params.volume, request.body.size),
   );
 
-  const { rm } = await import('node:fs/promises');
   await rm(options.manageSocket, { force: true });
   await app.listen({ path: options.manageSocket });
   return {

@@ -1,0 +1,10 @@
+/** Projects (tenants): every resource belongs to one; `default` exists from the first start. */
+import { NubisError } from '../core/errors.ts';
+import type { Db } from '../state/database.ts';
+
+/** The id of the project named `name` (default: `default`), or `PROJECT_NOT_FOUND`. */
+export async function projectIdByName(db: Db, name = 'default'): Promise<string> {
+  const project = await db.selectFrom('projects').select('id').where('name', '=', name).executeTakeFirst();
+  if (!project) throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
+  return project.id;
+}
