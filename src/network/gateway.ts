@@ -315,10 +315,8 @@ export async function ensureGateway(options: GatewayOptions): Promise<Gateway> {
         `add element ip ${HOST_GATEWAY_TABLE} masquerade_sources { ${mine} }`,
         '',
       ].join('\n');
+      // The last step, and one transaction: if it fails it changed nothing, so it has no undo.
       await runCommand('nft', ['-f', '-'], { ...inHost, input: hostScript });
-      revert.add(`stop masquerading ${addresses.routerOuterIp}`, () =>
-        runCommand('nft', ['delete', 'element', 'ip', HOST_GATEWAY_TABLE, 'masquerade_sources', `{ ${mine} }`], { ...inHost, allowFailure: true }),
-      );
       return {
         routerNs,
         innerHostLink,
@@ -382,7 +380,7 @@ export async function removeGateway(options: GatewayKey): Promise<boolean> {
 
 /**
  * Reads back a network's gateway on a host (for an agent re-adopting after a restart), or
- * undefined when its router namespace or one of its legs is missing.
+ * undefined when it is missing or incomplete (router namespace, a leg or its masquerading).
  */
 export async function inspectGateway(options: GatewayKey): Promise<Gateway | undefined> {
   const call: CallOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
@@ -397,7 +395,9 @@ export async function inspectGateway(options: GatewayKey): Promise<Gateway | und
   if (!inner || !outer) return undefined;
   const subnet = parseIpv4Cidr(inner, 'gateway address');
   const addresses = linkAddresses(`${parseIpv4Cidr(outer).network}/30`);
-  const sources = (await readHostTable(inHost))?.masqueradeSources ?? [];
+  // Without its masquerade entry the gateway is half-built (a crash): ensureGateway completes it.
+  const source = (await readHostTable(inHost))?.masqueradeSources.find((entry) => entry.address === addresses.routerOuterIp);
+  if (!source) return undefined;
   return {
     routerNs,
     innerHostLink,
@@ -405,7 +405,7 @@ export async function inspectGateway(options: GatewayKey): Promise<Gateway | und
     gatewayIp: subnet.address,
     subnet: `${subnet.network}/${subnet.prefixLength}`,
     ...addresses,
-    uplinkDevice: sources.find((source) => source.address === addresses.routerOuterIp)?.device ?? DEFAULT_UNDERLAY_DEVICE,
+    uplinkDevice: source.device,
   };
 }
 
@@ -466,7 +466,9 @@ async function replaceForwards(
   const current = await readForwards(options, gateway);
   const wanted = normalizePortForwards(choose(current), gateway.subnet, options.listenAddress);
 
-  const table = (await readHostTable(inHost))!;
+  // requireGateway saw the table; only a concurrent removal from outside can have taken it.
+  const table = await readHostTable(inHost);
+  if (!table) throw gatewayNotFound(options);
   for (const forward of wanted) {
     const owner = table.forwards.find((entry) => entry.protocol === forward.protocol && entry.hostPort === forward.hostPort);
     if (owner && owner.routerIp !== gateway.routerOuterIp) {
@@ -556,12 +558,14 @@ function portTaken(hostNs: string, protocol: string, hostPort: number, owner: st
 
 async function requireGateway(options: GatewayKey): Promise<Gateway> {
   const gateway = await inspectGateway(options);
-  if (!gateway) {
-    throw new NubisError('NET_GATEWAY_NOT_FOUND', `Network ${options.networkKey} has no gateway on ${options.hostNs}: ensure the gateway first`, {
-      details: { hostNs: options.hostNs, networkKey: options.networkKey },
-    });
-  }
+  if (!gateway) throw gatewayNotFound(options);
   return gateway;
+}
+
+function gatewayNotFound(options: GatewayKey): NubisError {
+  return new NubisError('NET_GATEWAY_NOT_FOUND', `Network ${options.networkKey} has no gateway on ${options.hostNs}: ensure the gateway first`, {
+    details: { hostNs: options.hostNs, networkKey: options.networkKey },
+  });
 }
 
 /** The forwards in force: router entries whose host port the host sends to this router. */
