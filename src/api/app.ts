@@ -207,6 +207,12 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     const operation = await services.vms.delete(request.params.vm, request.query.project);
     return reply.status(202).send({ operation });
   });
+  app.post('/v1/vms/:vm/disks', { schema: { tags: ['vms'], summary: 'Attach a volume (hot-plugged into a running VM) (operation)', params: VmRef, querystring: ProjectQuery, body: Type.Object({ volume: Type.String({ pattern: '^[^/]+/[^/]+$', description: 'POOL/VOLUME' }) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) =>
+    reply.status(202).send({ operation: await services.vms.attachVolume(request.params.vm, request.body.volume, request.query.project) }),
+  );
+  app.delete('/v1/vms/:vm/disks/:pool/:volume', { schema: { tags: ['vms'], summary: 'Detach a volume (a running guest must release it) (operation)', params: Type.Object({ vm: Type.String(), pool: Type.String(), volume: Type.String() }), querystring: ProjectQuery, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) =>
+    reply.status(202).send({ operation: await services.vms.detachVolume(request.params.vm, `${request.params.pool}/${request.params.volume}`, request.query.project) }),
+  );
   app.get('/v1/vms/:vm/log', { schema: { tags: ['vms'], summary: 'The end of the serial console log', params: VmRef, querystring: VmLogQuery, response: { 200: VmLog, ...errorResponses } } }, async (request) => ({
     lines: await services.vms.log(request.params.vm, request.query.lines, request.query.project),
   }));

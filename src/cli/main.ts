@@ -248,6 +248,24 @@ vm
     else console.log(`${name}: deleted`);
   });
 vm
+  .command('attach <vm> <pool/volume>')
+  .description('Attach a volume as a disk (hot-plugged when the VM runs)')
+  .action(async (name: string, volumeRef: string, _options: unknown, command: Command) => {
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/disks${projectQuery(command)}`, { volume: volumeRef });
+    const final = await runOperation(command, `Attaching ${volumeRef}`, operation);
+    if (globals(command).json) return printJson(final.result);
+    console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ')}`);
+  });
+vm
+  .command('detach <vm> <pool/volume>')
+  .description('Detach a volume (a running guest must release it)')
+  .action(async (name: string, volumeRef: string, _options: unknown, command: Command) => {
+    const { operation } = await client(command).request<{ operation: Operation }>('DELETE', `/v1/vms/${encodeURIComponent(name)}/disks/${volumeRef.split('/').map(encodeURIComponent).join('/')}${projectQuery(command)}`);
+    const final = await runOperation(command, `Detaching ${volumeRef}`, operation);
+    if (globals(command).json) return printJson(final.result);
+    console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ') || 'none'}`);
+  });
+vm
   .command('log <vm>')
   .description('Show the serial console output of a VM')
   .option('-n, --lines <n>', 'how many lines', parseInteger('--lines'), 100)

@@ -6,7 +6,7 @@
 import { NubisError } from '../core/errors.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
-import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
+import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { KeyedSerialQueue } from '../host/serial-queue.ts';
 import type { Db } from '../state/database.ts';
@@ -269,6 +269,54 @@ export class VmService {
         return this.get(row.id);
       }),
     );
+  }
+
+  /** Attaches a volume to a VM (hot-plugged when it runs) as an operation. */
+  async attachVolume(ref: string, volumeRef: string, project?: string): Promise<Operation> {
+    const row = await this.#row(ref, project);
+    const [pool, volume] = volumeRef.split('/');
+    if (!pool || !volume) throw new NubisError('VALIDATION_FAILED', `Write the volume as POOL/VOLUME, not ${volumeRef}`);
+    await this.#storage.checkDiskFree(pool, volume);
+    const deviceIndex = Math.max(-1, ...(await this.#storage.disksOf(row.id)).map((d) => d.deviceIndex)) + 1;
+    // Recorded first, so a second attach of the same volume is refused while this one runs.
+    await this.#storage.recordDisk(row.id, deviceIndex, pool, volume);
+    return this.#operations.start('vm.attach', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
+      this.#queue.run(row.id, async () => {
+        const disk: DiskSpec = { id: `disk${deviceIndex}`, kind: 'nbd', socketPath: this.#storage.endpoints.nbdSocket, exportName: `${pool}/${volume}` };
+        const host = await this.#hosts.row(row.host_id);
+        await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
+        try {
+          await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${row.id}/disks`, body: disk, signal: op.signal });
+        } catch (error) {
+          await this.#storage.forgetDisks(row.id, deviceIndex);
+          throw error;
+        }
+        await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: [...spec.disks, disk] }));
+        return this.get(row.id);
+      }),
+    );
+  }
+
+  /** Detaches a volume from a VM (the guest must release it when it runs) as an operation. */
+  async detachVolume(ref: string, volumeRef: string, project?: string): Promise<Operation> {
+    const row = await this.#row(ref, project);
+    const attached = (await this.#storage.disksOf(row.id)).find((d) => `${d.pool}/${d.volume}` === volumeRef);
+    if (!attached) throw new NubisError('VM_DISK_NOT_FOUND', `Volume ${volumeRef} is not attached to VM ${row.name}; see nubis vm show ${row.name}`);
+    return this.#operations.start('vm.detach', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
+      this.#queue.run(row.id, async () => {
+        const host = await this.#hosts.row(row.host_id);
+        await op.report('detaching', `Detaching ${volumeRef} on host ${host.name}`, 0.3);
+        await this.#hosts.call<VmStatus>(host, { method: 'DELETE', path: `/agent/vms/${row.id}/disks/disk${attached.deviceIndex}`, timeoutMs: 60_000, signal: op.signal });
+        await this.#storage.forgetDisks(row.id, attached.deviceIndex);
+        await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
+        return this.get(row.id);
+      }),
+    );
+  }
+
+  async #updateSpec(id: string, change: (spec: VmSpec) => VmSpec): Promise<void> {
+    const row = await this.#db.selectFrom('vms').select('spec').where('id', '=', id).executeTakeFirstOrThrow();
+    await this.#db.updateTable('vms').set({ spec: JSON.stringify(change(JSON.parse(row.spec) as VmSpec)) }).where('id', '=', id).execute();
   }
 
   /** Stops the VM if needed and removes it from its host and from the records. */

@@ -8,7 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import websocket from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { NubisError, messageOf } from '../core/errors.ts';
-import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { httpStatusOf } from '../api/error-status.ts';
 import type { HostNetworkSpec, NetworkPlumbing } from './network-plumbing.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
@@ -73,6 +73,8 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   app.get<IdParams & { Querystring: { lines?: string } }>('/agent/vms/:id/log', async (request) => ({
     lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
   }));
+  app.post<IdParams & { Body: DiskSpec }>('/agent/vms/:id/disks', async (request) => supervisor.attachDisk(request.params.id, request.body));
+  app.delete<{ Params: { id: string; disk: string } }>('/agent/vms/:id/disks/:disk', async (request) => supervisor.detachDisk(request.params.id, request.params.disk));
   app.put<IdParams & { Body: Array<NicFirewallSpec & { nicId: string }> }>('/agent/vms/:id/firewall', async (request, reply) => {
     await options.networks.applyFirewalls(supervisor.spec(request.params.id), request.body);
     return reply.status(204).send();

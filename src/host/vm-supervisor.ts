@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { QemuProcess, runtimePathsOf, type QemuRunState } from '../compute/qemu/qemu-process.ts';
 import { READINESS_PATTERN, serialLogOffset, serialLogTail, waitForSerialLine } from '../compute/serial-log.ts';
-import type { Accelerator, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { KeyedSerialQueue } from './serial-queue.ts';
 import type { VmStatus } from './vm-status.ts';
 
@@ -20,6 +21,8 @@ interface VmRecord {
   spec: VmSpec;
   desired: 'running' | 'stopped';
   status: VmStatus;
+  /** Root ports of disks hot-plugged since this QEMU started (disk id -> port). */
+  hotplugged?: Record<string, string>;
 }
 
 export interface VmSupervisorOptions {
@@ -223,6 +226,40 @@ export class VmSupervisor {
     });
   }
 
+  /** Adds a disk: hot-plugged into a running VM, or simply part of the next boot of a stopped one. */
+  attachDisk(id: string, disk: DiskSpec): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      if (record.spec.disks.some((d) => d.id === disk.id)) throw new NubisError('VM_DISK_EXISTS', `VM ${record.spec.name} already has a disk ${disk.id}`);
+      const qemu = this.#processes.get(id);
+      if (qemu) {
+        const used = new Set(Object.values(record.hotplugged ?? {}));
+        const port = HOTPLUG_PORTS.find((candidate) => !used.has(candidate));
+        if (!port) throw new NubisError('VM_NO_HOTPLUG_SLOT', `VM ${record.spec.name} has no free hot-plug slot (${HOTPLUG_PORTS.length}); stop it to attach more disks`);
+        await qemu.attachDisk(disk, port);
+        record.hotplugged = { ...record.hotplugged, [disk.id]: port };
+      }
+      record.spec = { ...record.spec, disks: [...record.spec.disks, disk] };
+      await this.#save(record);
+      return { ...record.status };
+    });
+  }
+
+  /** Removes a disk: hot-unplugged from a running VM (the guest must release it), or dropped from a stopped one. */
+  detachDisk(id: string, diskId: string): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      if (!record.spec.disks.some((d) => d.id === diskId)) throw new NubisError('VM_DISK_NOT_FOUND', `VM ${record.spec.name} has no disk ${diskId}`);
+      const qemu = this.#processes.get(id);
+      if (qemu) await qemu.detachDisk(diskId);
+      const { [diskId]: _freed, ...stillPlugged } = record.hotplugged ?? {};
+      record.hotplugged = stillPlugged;
+      record.spec = { ...record.spec, disks: record.spec.disks.filter((d) => d.id !== diskId) };
+      await this.#save(record);
+      return { ...record.status };
+    });
+  }
+
   /** Stops the VM if it runs (forcefully after the deadline) and removes all its files. */
   delete(id: string, options: { gracefulTimeoutMs?: number } = {}): Promise<void> {
     return this.#queue.run(id, async () => {
@@ -307,6 +344,7 @@ export class VmSupervisor {
     await mkdir(dir, { recursive: true });
     const offset = await serialLogOffset(runtimePathsOf(dir).serialLog);
     this.#update(record, { state: 'starting', readyAt: undefined, lastError: undefined, crashLogTail: undefined, guestIps: undefined });
+    record.hotplugged = {}; // a fresh QEMU puts every disk on the root bus
     let qemu: QemuProcess;
     try {
       qemu = await QemuProcess.launch(record.spec, dir, { accelerator: this.#options.accelerator, events: this.#eventsFor(record) });

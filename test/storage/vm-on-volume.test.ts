@@ -8,7 +8,7 @@ import { truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Vm } from '../../src/api/schemas.ts';
-import { NubisInstance, freePort, httpGet } from '../helpers/nubis-instance.ts';
+import { NubisInstance, freePort, httpGet, runOnConsole } from '../helpers/nubis-instance.ts';
 
 describe('VMs on volumes of the storage node', () => {
   const nubis = new NubisInstance('storage-vm');
@@ -96,7 +96,26 @@ describe('VMs on volumes of the storage node', () => {
     await nubis.cliJson(['volume', 'delete', 'p1/snap1']);
     await nubis.cliJson(['volume', 'delete', 'p1/data1']);
     const pool = await nubis.cliJson<{ allocatedBytes: number }>(['pool', 'show', 'p1']);
-    assert.equal(pool.allocatedBytes, 0, 'deleting the volumes returned their space');
+    assert.equal(pool.allocatedBytes, 0, 'deleting the volumes returned their space');  });
+
+  it('hot-plugs a volume into a running VM and unplugs it again, data intact', async () => {
+    await nubis.cliJson(['volume', 'create', 'hot', '--pool', 'p1', '--size', '32M']);
+    const port = await freePort();
+    await nubis.cliJson(['vm', 'create', 'hp1', '--image', 'tiny', '--memory', '128', '--publish', `${port}:80`]);
+    const waitForDisk = 'for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done; ls /dev/vda';
+    const attached = await nubis.cliJson<Vm>(['vm', 'attach', 'hp1', 'p1/hot']);
+    assert.deepEqual(attached.disks.map((d) => d.volume), ['p1/hot']);
+    assert.match(await runOnConsole(nubis, 'hp1', waitForDisk), /\/dev\/vda\r?\n/, 'the guest sees the new disk');
+    assert.equal((await guestDisk(port, 'write', 5)).ok, true);
+    const detached = await nubis.cliJson<Vm>(['vm', 'detach', 'hp1', 'p1/hot']);
+    assert.deepEqual(detached.disks, []);
+    assert.match(await runOnConsole(nubis, 'hp1', '[ -b /dev/vda ] || echo gone'), /gone/, 'the guest released the disk');
+    assert.equal((await nubis.cliJson<{ usedBy?: string }>(['volume', 'show', 'p1/hot'])).usedBy, undefined);
+    await nubis.cliJson(['vm', 'attach', 'hp1', 'p1/hot']);
+    await runOnConsole(nubis, 'hp1', waitForDisk);
+    assert.equal((await guestDisk(port, 'verify', 5)).ok, true, 'what the guest wrote before the detach is still there');
+    await nubis.cliJson(['vm', 'delete', 'hp1']);
+    await nubis.cliJson(['volume', 'delete', 'p1/hot']);
     await nubis.cliJson(['pool', 'delete', 'p1']);
   });
 });

@@ -13,6 +13,9 @@ export interface VmRuntimePaths {
   pidFile: string;
 }
 
+/** Root ports for devices attached while the VM runs; the same on every host, for migration. */
+export const HOTPLUG_PORTS = ['hp0', 'hp1', 'hp2', 'hp3'];
+
 /** Extra command-line options for special starts, e.g. an incoming migration. */
 export interface QemuLaunchOptions {
   accelerator: Accelerator;
@@ -45,6 +48,9 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     '-serial', 'chardev:serial0',
     '-vnc', `unix:${escapeOptionValue(paths.vncSocket)}`,
     '-device', 'VGA',
+    // q35's root bus takes no hot-plugged devices: a few PCIe root ports give disks attached
+    // to a running VM a slot (the guest kernel's pciehp sees them arrive and leave).
+    ...HOTPLUG_PORTS.flatMap((port, index) => ['-device', `pcie-root-port,id=${port},chassis=${index + 1},slot=${index + 1}`]),
     '-pidfile', paths.pidFile,
   ];
   if (spec.boot.kind === 'kernel') {

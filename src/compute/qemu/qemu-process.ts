@@ -10,7 +10,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../../core/errors.ts';
 import { processAlive } from '../../core/process-alive.ts';
 import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
-import type { VmSpec } from '../vm-spec.ts';
+import type { DiskSpec, VmSpec } from '../vm-spec.ts';
 import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -192,6 +192,36 @@ export class QemuProcess {
     this.#setState('running', 'resumed by request');
   }
 
+  /**
+   * Hot-plugs a disk into a free root port. Returns the port, which the caller keeps until
+   * `detachDisk` or the next boot (a fresh QEMU puts every disk on the root bus).
+   */
+  async attachDisk(disk: DiskSpec, port: string): Promise<void> {
+    await this.qmp.execute('blockdev-add', blockdevQmpOf(disk));
+    try {
+      await this.qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `${disk.id}-disk`, drive: disk.id, bus: port });
+    } catch (error) {
+      await this.qmp.execute('blockdev-del', { 'node-name': disk.id }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Unplugs a disk: the guest is asked to let go (PCIe hot-unplug), and only once QEMU reports
+   * the device gone is the block node removed, so no write in flight is lost.
+   */
+  async detachDisk(diskId: string, timeoutMs = 30_000): Promise<void> {
+    const deviceId = `${diskId}-disk`;
+    const deleted = this.qmp.waitForEvent('DEVICE_DELETED', (event) => event.data.device === deviceId, { timeoutMs });
+    await this.qmp.execute('device_del', { id: deviceId });
+    try {
+      await deleted;
+    } catch (error) {
+      throw new NubisError('VM_DETACH_TIMEOUT', `The guest did not release disk ${diskId} within ${timeoutMs / 1000} s; is something using it? (it stays attached)`, { cause: error });
+    }
+    await this.qmp.execute('blockdev-del', { 'node-name': diskId });
+  }
+
   /** Hard reset, like the reset button. */
   async reset(): Promise<void> {
     await this.qmp.execute('system_reset');
@@ -255,6 +285,15 @@ export class QemuProcess {
       }
     }
   }
+}
+
+/** The QMP `blockdev-add` arguments of a disk, matching what `diskBlockdev` puts on the command line. */
+function blockdevQmpOf(disk: DiskSpec): Record<string, unknown> {
+  const file =
+    disk.kind === 'file'
+      ? { driver: 'file', filename: disk.path }
+      : { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName };
+  return { driver: disk.kind === 'file' ? disk.format : 'raw', 'node-name': disk.id, 'read-only': disk.readOnly ?? false, file };
 }
 
 /**
