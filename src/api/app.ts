@@ -23,7 +23,7 @@ import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
-  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
+  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
 } from './schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
@@ -249,6 +249,18 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   );
   app.delete('/v1/networks/:network', { schema: { tags: ['networks'], summary: 'Delete a network no NIC uses', params: NetworkRef, querystring: ProjectQuery, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
     await services.networks.delete(request.params.network, request.query.project);
+    return reply.status(204).send(null);
+  });
+  app.get('/v1/networks/:network/forwards', { schema: { tags: ['networks'], summary: "Port forwards through the network's NAT gateway", params: NetworkRef, querystring: ProjectQuery, response: { 200: Type.Array(PortForward), ...errorResponses } } }, async (request) =>
+    services.networks.forwards(request.params.network, request.query.project),
+  );
+  app.post('/v1/networks/:network/forwards', { schema: { tags: ['networks'], summary: 'Forward a port of the gateway host to a VM port (applied at once)', params: NetworkRef, querystring: ProjectQuery, body: PortForwardRequest, response: { 201: PortForward, ...errorResponses } } }, async (request, reply) => {
+    const vm = await services.vms.get(request.body.vm, request.query.project);
+    const forward = await services.networks.addForward(request.params.network, { protocol: request.body.protocol, hostPort: request.body.hostPort, vmId: vm.id, vmName: vm.name, vmPort: request.body.vmPort }, request.query.project);
+    return reply.status(201).send(forward);
+  });
+  app.delete('/v1/networks/:network/forwards/:protocol/:port', { schema: { tags: ['networks'], summary: 'Remove a port forward (applied at once)', params: Type.Object({ network: Type.String(), protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]), port: Type.Integer() }), querystring: ProjectQuery, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
+    await services.networks.deleteForward(request.params.network, request.params.protocol, request.params.port, request.query.project);
     return reply.status(204).send(null);
   });
   app.post('/v1/networks/:network/probe', { schema: { tags: ['networks'], summary: 'Run a command in a diagnostic namespace attached to the network', params: NetworkRef, querystring: ProjectQuery, body: NetworkProbeRequest, response: { 200: NetworkProbeResult, ...errorResponses } } }, async (request) => {

@@ -227,6 +227,7 @@ export const Network = Type.Object(
     subnet: Type.String(),
     gateway: Type.Optional(Type.String()),
     dhcp: Type.Boolean(),
+    nat: Type.Boolean(),
     dhcpAddress: Type.Optional(Type.String()),
     vni: Type.Integer(),
     mtu: Type.Integer(),
@@ -243,6 +244,7 @@ export const NetworkCreateRequest = Type.Object(
     subnet: Type.String({ description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
     gateway: Type.Optional(Type.String({ description: 'Gateway address given to guests (reserved in IPAM)' })),
     dhcp: Type.Boolean({ default: false, description: 'Serve DHCP (fixed leases from IPAM); otherwise guests get static settings' }),
+    nat: Type.Boolean({ default: false, description: 'A NAT gateway at the gateway address: VMs reach the outside, port forwards reach VMs' }),
     vni: Type.Optional(Type.Integer({ minimum: 1, maximum: 16777215, description: 'VXLAN network identifier; default: the next free one from 1000' })),
     project: Type.Optional(ResourceName),
   },
@@ -356,3 +358,26 @@ export const Volume = Type.Object(
 );
 
 export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Type.String({ description: 'e.g. 20G, 512M' }) }, { additionalProperties: false });
+
+export const PortForward = Type.Object(
+  {
+    id: Type.String(),
+    protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
+    hostPort: Type.Integer(),
+    vm: Type.String(),
+    vmPort: Type.Integer(),
+    listenAddress: Type.Optional(Type.String({ description: "Where clients connect: the gateway host's outside (underlay) address" })),
+    host: Type.Optional(Type.String()),
+  },
+  { $id: 'PortForward' },
+);
+
+export const PortForwardRequest = Type.Object(
+  {
+    protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
+    hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    vm: ResourceName,
+    vmPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  },
+  { additionalProperties: false },
+);

@@ -355,10 +355,11 @@ network
   .requiredOption('--subnet <cidr>', 'IPv4 subnet, e.g. 10.10.0.0/24')
   .option('--gateway <ip>', 'gateway address handed to guests')
   .option('--dhcp', 'serve DHCP with fixed leases (otherwise guests get static settings)')
+  .option('--nat', 'a NAT gateway at --gateway: VMs reach the outside; port forwards reach VMs')
   .option('--vni <n>', 'VXLAN network identifier (default: the next free one)', parseInteger('--vni'))
-  .action(async (name: string, options: { subnet: string; gateway?: string; dhcp?: boolean; vni?: number }, command: Command) => {
+  .action(async (name: string, options: { subnet: string; gateway?: string; dhcp?: boolean; nat?: boolean; vni?: number }, command: Command) => {
     const g = globals(command);
-    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/networks', { name, subnet: options.subnet, dhcp: Boolean(options.dhcp), ...(options.gateway ? { gateway: options.gateway } : {}), ...(options.vni ? { vni: options.vni } : {}), ...(g.project ? { project: g.project } : {}) });
+    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/networks', { name, subnet: options.subnet, dhcp: Boolean(options.dhcp), nat: Boolean(options.nat), ...(options.gateway ? { gateway: options.gateway } : {}), ...(options.vni ? { vni: options.vni } : {}), ...(g.project ? { project: g.project } : {}) });
     if (g.json) return printJson(created);
     console.log(`${name}: created (subnet ${created.subnet}, VNI ${created.vni}${created.dhcp ? `, DHCP from ${created.dhcpAddress}` : ''})`);
   });
@@ -385,6 +386,37 @@ network
     await client(command).request('DELETE', `/v1/networks/${encodeURIComponent(name)}${projectQuery(command)}`);
     if (globals(command).json) return printJson({ deleted: name });
     console.log(`${name}: deleted`);
+  });
+const forward = network.command('forward').description("Port forwards into VMs through the network's NAT gateway");
+forward
+  .command('add <network>')
+  .description('Forward a port of the gateway host to a VM, e.g. nubis network forward add net1 --port 8080 --to web1:80')
+  .requiredOption('--port <port>', 'host port', parseInteger('--port'))
+  .requiredOption('--to <vm:port>', 'the VM and its port')
+  .option('--protocol <protocol>', 'tcp or udp', 'tcp')
+  .action(async (name: string, options: { port: number; to: string; protocol: string }, command: Command) => {
+    const match = /^([^:]+):(\d+)$/.exec(options.to);
+    if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --to ${options.to}; write VM:PORT, e.g. web1:80`);
+    const added = await client(command).request<Record<string, unknown>>('POST', `/v1/networks/${encodeURIComponent(name)}/forwards${projectQuery(command)}`, { protocol: options.protocol, hostPort: options.port, vm: match[1], vmPort: Number(match[2]) });
+    if (globals(command).json) return printJson(added);
+    console.log(`${added.listenAddress ?? '?'}:${added.hostPort}/${added.protocol} -> ${added.vm}:${added.vmPort}`);
+  });
+forward
+  .command('list <network>')
+  .description('List port forwards')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const forwards = await client(command).request<Array<Record<string, any>>>('GET', `/v1/networks/${encodeURIComponent(name)}/forwards${projectQuery(command)}`);
+    if (globals(command).json) return printJson(forwards);
+    printTable(['LISTEN', 'PROTOCOL', 'VM', 'VM PORT', 'HOST'], forwards.map((f) => [`${f.listenAddress ?? '?'}:${f.hostPort}`, f.protocol, f.vm, f.vmPort, f.host]));
+  });
+forward
+  .command('delete <network> <port>')
+  .description('Remove a port forward')
+  .option('--protocol <protocol>', 'tcp or udp', 'tcp')
+  .action(async (name: string, port: string, options: { protocol: string }, command: Command) => {
+    await client(command).request('DELETE', `/v1/networks/${encodeURIComponent(name)}/forwards/${options.protocol}/${Number(port)}${projectQuery(command)}`);
+    if (globals(command).json) return printJson({ deleted: `${port}/${options.protocol}` });
+    console.log(`${name}: forward of ${port}/${options.protocol} removed`);
   });
 network
   .command('probe <network> <command...>')

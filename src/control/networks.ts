@@ -25,6 +25,7 @@ export interface NetworkView {
   subnet: string;
   gateway?: string;
   dhcp: boolean;
+  nat: boolean;
   dhcpAddress?: string;
   vni: number;
   mtu: number;
@@ -33,11 +34,24 @@ export interface NetworkView {
   createdAt: string;
 }
 
+export interface PortForwardView {
+  id: string;
+  protocol: 'tcp' | 'udp';
+  hostPort: number;
+  vm: string;
+  vmPort: number;
+  /** Where clients connect: the underlay address of the host running the network's gateway. */
+  listenAddress?: string;
+  host?: string;
+}
+
 export interface NetworkCreateRequest {
   name: string;
   subnet: string;
   gateway?: string;
   dhcp?: boolean;
+  /** A NAT gateway at `gateway`: VMs reach the hosts' outside network, port forwards reach VMs. */
+  nat?: boolean;
   vni?: number;
   project?: string;
 }
@@ -82,6 +96,7 @@ export class NetworkService {
     }
     const taken = new Set<number>();
     const gateway = request.gateway === undefined ? undefined : checkAddress(subnet, request.gateway);
+    if (request.nat && gateway === undefined) throw new NubisError('NET_NAT_NEEDS_GATEWAY', 'A NAT gateway needs the gateway address: add --gateway, e.g. the first address of the subnet');
     if (gateway !== undefined) taken.add(gateway);
     const dhcpAddress = request.dhcp ? firstFreeAddress(subnet, taken) : undefined;
     let vni = request.vni;
@@ -103,6 +118,7 @@ export class NetworkService {
       dhcp_address: dhcpAddress === undefined ? null : formatIpv4(dhcpAddress),
       vni,
       mtu: OVERLAY_MTU,
+      nat: request.nat ? 1 : 0,
       created_at: new Date().toISOString(),
     };
     await this.#db.insertInto('networks').values(row).execute();
@@ -122,6 +138,7 @@ export class NetworkService {
       subnet: row.subnet,
       ...(row.gateway ? { gateway: row.gateway } : {}),
       dhcp: row.dhcp === 1,
+      nat: row.nat === 1,
       ...(row.dhcp_address ? { dhcpAddress: row.dhcp_address } : {}),
       vni: row.vni,
       mtu: row.mtu,
@@ -149,6 +166,49 @@ export class NetworkService {
       throw new NubisError('NET_IN_USE', `Network ${row.name} is used by VM(s) ${users.map((u) => u.name).join(', ')}; delete those VMs first`);
     }
     await this.#db.deleteFrom('networks').where('id', '=', row.id).execute();
+  }
+
+  /** Forwards `hostPort` on the network's NAT gateway host to `vmPort` of a VM on the network. */
+  async addForward(ref: string, request: { protocol: 'tcp' | 'udp'; hostPort: number; vmId: string; vmName: string; vmPort: number }, project?: string): Promise<PortForwardView> {
+    const network = await this.row(ref, project);
+    if (!network.nat) throw new NubisError('NET_NO_NAT', `Network ${network.name} has no NAT gateway; port forwards need one (network create --nat)`);
+    if (!(await this.#db.selectFrom('nics').select('id').where('vm_id', '=', request.vmId).where('network_id', '=', network.id).executeTakeFirst())) {
+      throw new NubisError('NET_INVALID_PORT_FORWARD', `VM ${request.vmName} has no NIC on network ${network.name}`);
+    }
+    if (await this.#db.selectFrom('port_forwards').select('id').where('network_id', '=', network.id).where('protocol', '=', request.protocol).where('host_port', '=', request.hostPort).executeTakeFirst()) {
+      throw new NubisError('NET_PORT_FORWARD_TAKEN', `Port ${request.hostPort}/${request.protocol} of network ${network.name} is already forwarded; choose another`);
+    }
+    const row = { id: newId('fwd'), network_id: network.id, protocol: request.protocol, host_port: request.hostPort, vm_id: request.vmId, vm_port: request.vmPort, created_at: new Date().toISOString() };
+    await this.#db.insertInto('port_forwards').values(row).execute();
+    try {
+      await this.sync(network.id);
+    } catch (error) {
+      // The gateway refused it (e.g. another network's forward holds the port on that host).
+      await this.#db.deleteFrom('port_forwards').where('id', '=', row.id).execute();
+      await this.sync(network.id).catch(() => undefined);
+      throw error;
+    }
+    return (await this.forwards(ref, project)).find((f) => f.id === row.id)!;
+  }
+
+  async deleteForward(ref: string, protocol: 'tcp' | 'udp', hostPort: number, project?: string): Promise<void> {
+    const network = await this.row(ref, project);
+    const deleted = await this.#db.deleteFrom('port_forwards').where('network_id', '=', network.id).where('protocol', '=', protocol).where('host_port', '=', hostPort).executeTakeFirst();
+    if (Number(deleted.numDeletedRows) === 0) throw new NubisError('NET_PORT_FORWARD_NOT_FOUND', `Network ${network.name} forwards no port ${hostPort}/${protocol}`);
+    await this.sync(network.id);
+  }
+
+  /** The forwards of a network, with the address they listen on (the gateway host's underlay). */
+  async forwards(ref: string, project?: string): Promise<PortForwardView[]> {
+    const network = await this.row(ref, project);
+    const listenHost = (await this.hostsOf(network.id))[0];
+    const rows = await this.#db.selectFrom('port_forwards').innerJoin('vms', 'vms.id', 'port_forwards.vm_id').selectAll('port_forwards').select('vms.name as vm_name').where('network_id', '=', network.id).orderBy('host_port').execute();
+    return rows.map((r) => ({ id: r.id, protocol: r.protocol, hostPort: r.host_port, vm: r.vm_name, vmPort: r.vm_port, ...(listenHost?.underlay_ip ? { listenAddress: listenHost.underlay_ip, host: listenHost.name } : {}) }));
+  }
+
+  /** Drops the forwards to a VM that is going away. */
+  async dropForwardsOf(vmId: string): Promise<void> {
+    await this.#db.deleteFrom('port_forwards').where('vm_id', '=', vmId).execute();
   }
 
   /**
@@ -200,10 +260,17 @@ export class NetworkService {
     const leases = network.dhcp
       ? (await this.#db.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select(['nics.mac', 'nics.ip', 'vms.name']).where('nics.network_id', '=', networkId).execute())
       : [];
+    const forwards = network.nat
+      ? (await this.#db.selectFrom('port_forwards').innerJoin('nics', (join) => join.onRef('nics.vm_id', '=', 'port_forwards.vm_id').onRef('nics.network_id', '=', 'port_forwards.network_id')).select(['port_forwards.protocol', 'port_forwards.host_port', 'port_forwards.vm_port', 'nics.ip']).where('port_forwards.network_id', '=', networkId).execute()).map((f) => ({ protocol: f.protocol, hostPort: f.host_port, vmIp: f.ip, vmPort: f.vm_port }))
+      : [];
     hosts.forEach((host, index) => {
       const peers = hosts.filter((other) => other.id !== host.id && other.underlay_ip).map((other) => other.underlay_ip!);
       const spec: HostNetworkSpec = { id: network.id, vni: network.vni, mtu: network.mtu, peers };
-      // One DHCP server per network, on the first host carrying it (like a network node).
+      // One NAT gateway per network, on the first host carrying it (like a network node).
+      if (network.nat && index === 0 && network.gateway) {
+        spec.nat = { gatewayCidr: `${network.gateway}/${subnet.prefixLength}`, subnet: subnet.cidr, forwards };
+      }
+      // One DHCP server per network, on the first host carrying it.
       if (network.dhcp && index === 0 && network.dhcp_address) {
         spec.dhcp = { subnet: subnet.cidr, serverIp: network.dhcp_address, ...(network.gateway ? { gateway: network.gateway } : {}), hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })) };
       }

@@ -333,6 +333,7 @@ export class VmService {
         }
         const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
         await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
+        await this.#networks.dropForwardsOf(row.id);
         await this.#networks.releaseNics(row.id);
         await this.#secgroups.unassign(row.id);
         await this.#storage.forgetDisks(row.id);

@@ -14,6 +14,7 @@ import { tapNameFor } from '../network/names.ts';
 import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPeers } from '../network/overlay.ts';
 import { runProbe } from '../network/probe.ts';
 import { ensureDhcp, stopDhcp } from '../network/dhcp.ts';
+import { ensureGateway, removeGateway, setPortForwards } from '../network/gateway.ts';
 
 /** What a host needs to plumb one network: the control plane sends it as PUT /agent/networks/{id}. */
 export interface HostNetworkSpec {
@@ -24,6 +25,8 @@ export interface HostNetworkSpec {
   peers: string[];
   /** Present on the one host that serves the network's DHCP. */
   dhcp?: { subnet: string; serverIp: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
+  /** Present on the one host that runs the network's NAT gateway, with the port forwards into it. */
+  nat?: { gatewayCidr: string; subnet: string; forwards: Array<{ protocol: 'tcp' | 'udp'; hostPort: number; vmIp: string; vmPort: number }> };
 }
 
 /**
@@ -68,6 +71,12 @@ export class NetworkPlumbing {
       await stopDhcp({ hostNs, networkKey: spec.id, stateDir });
       await rm(stateDir, { recursive: true, force: true });
     }
+    if (spec.nat) {
+      await ensureGateway({ hostNs, networkKey: spec.id, gatewayCidr: spec.nat.gatewayCidr, subnet: spec.nat.subnet, uplinkDevice: 'ul0' });
+      await setPortForwards({ hostNs, networkKey: spec.id, forwards: spec.nat.forwards, listenAddress: underlayIp });
+    } else {
+      await removeGateway({ hostNs, networkKey: spec.id });
+    }
     return { bridge: devices.bridge, vxlan: devices.vxlan };
   }
 
@@ -79,6 +88,7 @@ export class NetworkPlumbing {
       await stopDhcp({ hostNs, networkKey: networkId, stateDir });
       await rm(stateDir, { recursive: true, force: true });
     }
+    await removeGateway({ hostNs, networkKey: networkId });
     await removeNetworkFromHost({ hostNs, networkKey: networkId });
   }
 

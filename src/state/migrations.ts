@@ -167,6 +167,22 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0005-nat-gateways': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('networks').addColumn('nat', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema
+        .createTable('port_forwards')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('network_id', 'text', (c) => c.notNull().references('networks.id'))
+        .addColumn('protocol', 'text', (c) => c.notNull())
+        .addColumn('host_port', 'integer', (c) => c.notNull())
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('vm_port', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('port_forwards_port', ['network_id', 'protocol', 'host_port'])
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

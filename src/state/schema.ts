@@ -107,6 +107,19 @@ export interface NetworksTable {
   dhcp_address: string | null;
   vni: number;
   mtu: number;
+  /** 1: a NAT gateway at `gateway` lets VMs out and port forwards in. */
+  nat: number;
+  created_at: string;
+}
+
+/** A host port on the network's NAT gateway host forwarded to a VM's port. */
+export interface PortForwardsTable {
+  id: string;
+  network_id: string;
+  protocol: 'tcp' | 'udp';
+  host_port: number;
+  vm_id: string;
+  vm_port: number;
   created_at: string;
 }
 
@@ -157,6 +170,7 @@ export interface VmDisksTable {
 }
 
 export interface Database {
+  port_forwards: PortForwardsTable;
   vm_disks: VmDisksTable;
   secgroups: SecgroupsTable;
   secgroup_rules: SecgroupRulesTable;

@@ -172,6 +172,33 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     assert.match(output, /spoof-dropped/);
   });
 
+  it('lets VMs out through a NAT gateway, and in only through port forwards', async () => {
+    const noGateway = await nubis.cli(['network', 'create', 'bad-nat', '--subnet', '10.50.0.0/24', '--nat']);
+    assert.match(noGateway.stderr, /A NAT gateway needs the gateway address/);
+    await nubis.cliJson(['network', 'create', 'net-n', '--subnet', '10.50.0.0/24', '--gateway', '10.50.0.1', '--nat']);
+    await nubis.cliJson<Vm>(['vm', 'create', 'n1', '--image', 'tiny', '--network', 'net-n', '--host', 'host-1']);
+    // host-2's underlay address stands for the outside world of the VM.
+    const out = await runOnConsole(nubis, 'n1', 'ping -c 2 -W 2 172.31.0.12 && echo reached-outside');
+    assert.match(out, /reached-outside/);
+    const fromOutside = (): string => {
+      try {
+        return execFileSync('ip', ['netns', 'exec', `${testBed}-host-2`, 'curl', '-s', '--max-time', '3', 'http://172.31.0.11:8080/'], { encoding: 'utf8' });
+      } catch {
+        return 'unreachable';
+      }
+    };
+    assert.equal(fromOutside(), 'unreachable', 'no way in without a forward');
+    const forward = await nubis.cliJson<{ listenAddress: string; hostPort: number }>(['network', 'forward', 'add', 'net-n', '--port', '8080', '--to', 'n1:80']);
+    assert.equal(forward.listenAddress, '172.31.0.11');
+    assert.match(fromOutside(), /^n1 requests=\d+$/);
+    const taken = await nubis.cli(['network', 'forward', 'add', 'net-n', '--port', '8080', '--to', 'n1:22']);
+    assert.match(taken.stderr, /already forwarded/);
+    await nubis.cliJson(['network', 'forward', 'delete', 'net-n', '8080']);
+    assert.equal(fromOutside(), 'unreachable', 'the forward is gone');
+    await nubis.cliJson(['vm', 'delete', 'n1']);
+    await nubis.cliJson(['network', 'delete', 'net-n']);
+  });
+
   it('refuses to delete a network in use, and deletes it once its VMs are gone', async () => {
     const inUse = await nubis.cli(['network', 'delete', 'net-a']);
     assert.notEqual(inUse.code, 0);
