@@ -270,7 +270,7 @@ export const NetworkProbeResult = Type.Object({
 
 export const SecgroupRule = Type.Object({
   id: Type.String(),
-  direction: Type.Literal('ingress'),
+  direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')]),
   protocol: Type.String(),
   portMin: Type.Optional(Type.Integer()),
   portMax: Type.Optional(Type.Integer()),
@@ -302,7 +302,7 @@ export const SecgroupRuleRequest = Type.Object(
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
     portMin: Type.Optional(Type.Integer({ description: 'First port (tcp/udp)' })),
     portMax: Type.Optional(Type.Integer({ description: 'Last port (default: portMin)' })),
-    cidr: Type.Optional(Type.String({ description: 'Allowed sources (default 0.0.0.0/0)' })),
+    cidr: Type.Optional(Type.String({ description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0' })),
     remoteGroup: Type.Optional(ResourceName),
   },
   { additionalProperties: false },

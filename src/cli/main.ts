@@ -464,7 +464,7 @@ secgroup
     const group = await client(command).request<Record<string, any>>('GET', `/v1/secgroups/${encodeURIComponent(name)}${projectQuery(command)}`);
     if (globals(command).json) return printJson(group);
     console.log(`${group.name} (${group.project}): members ${group.members.join(', ') || 'none'}`);
-    printTable(['RULE', 'DIRECTION', 'PROTOCOL', 'PORTS', 'SOURCE'], group.rules.map((rule: Record<string, any>) => [
+    printTable(['RULE', 'DIRECTION', 'PROTOCOL', 'PORTS', 'PEER'], group.rules.map((rule: Record<string, any>) => [
       rule.id, rule.direction, rule.protocol, rule.portMin === undefined ? 'all' : rule.portMin === rule.portMax ? rule.portMin : `${rule.portMin}-${rule.portMax}`, rule.remoteGroup ? `group ${rule.remoteGroup}` : rule.cidr,
     ]));
   });
@@ -479,12 +479,12 @@ secgroup
 const rule = secgroup.command('rule').description('Rules of a security group');
 rule
   .command('add <group>')
-  .description('Allow traffic towards the group\'s VMs, e.g. nubis secgroup rule add web --protocol tcp --port 80')
+  .description('Allow traffic towards (or with --direction egress, from) the group\'s VMs, e.g. nubis secgroup rule add web --protocol tcp --port 80')
   .requiredOption('--protocol <protocol>', 'tcp, udp, icmp or any')
   .option('--port <port[-port]>', 'port or port range (tcp and udp)')
-  .option('--cidr <cidr>', 'allowed sources (default 0.0.0.0/0)')
-  .option('--remote-group <group>', 'allow the members of this group instead of a CIDR')
-  .option('--direction <direction>', 'ingress (egress is always allowed)', 'ingress')
+  .option('--cidr <cidr>', 'allowed sources (ingress) or destinations (egress); default 0.0.0.0/0')
+  .option('--remote-group <group>', 'the members of this group instead of a CIDR')
+  .option('--direction <direction>', 'ingress (towards the VMs) or egress (from them)', 'ingress')
   .action(async (name: string, options: { protocol: string; port?: string; cidr?: string; remoteGroup?: string; direction: string }, command: Command) => {
     let ports = {};
     if (options.port !== undefined) {

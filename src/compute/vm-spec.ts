@@ -46,6 +46,8 @@ export interface NicFirewallSpec {
   ip: string;
   ingressRules: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; sourceCidr: string }>;
   allowIngressFrom: string[];
+  /** Allowed new connections from the VM; undefined: egress open. */
+  egressRules?: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; destinationCidr: string }>;
 }
 
 export interface VmSpec {

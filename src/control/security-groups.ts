@@ -20,11 +20,13 @@ export interface NicFirewall {
   ip: string;
   ingressRules: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; sourceCidr: string }>;
   allowIngressFrom: string[];
+  /** Undefined: egress open (a VM in no group). */
+  egressRules?: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; destinationCidr: string }>;
 }
 
 export interface SecgroupRuleView {
   id: string;
-  direction: 'ingress';
+  direction: 'ingress' | 'egress';
   protocol: string;
   portMin?: number;
   portMax?: number;
@@ -85,6 +87,11 @@ export class SecurityGroupService {
     }
     const row: SecgroupsTable = { id: newId('sg'), project_id: projectId, name: request.name, description: request.description ?? '', created_at: new Date().toISOString() };
     await this.#db.insertInto('secgroups').values(row).execute();
+    // As in OpenStack, a new group allows all egress; delete this rule to restrict it.
+    await this.#db
+      .insertInto('secgroup_rules')
+      .values({ id: newId('rule'), group_id: row.id, direction: 'egress', protocol: 'any', port_min: null, port_max: null, cidr: '0.0.0.0/0', remote_group_id: null, created_at: row.created_at })
+      .execute();
     return this.#view(row);
   }
 
@@ -136,9 +143,6 @@ export class SecurityGroupService {
   /** Checks and adds an allow rule, then updates the firewall of every affected port. */
   async addRule(ref: string, request: RuleRequest, project?: string): Promise<SecgroupRuleView> {
     const group = await this.row(ref, project);
-    if (request.direction === 'egress') {
-      throw new NubisError('SECGROUP_INVALID_RULE', 'Egress is always allowed in this version, so egress rules have no effect; add ingress rules');
-    }
     const ported = request.protocol === 'tcp' || request.protocol === 'udp';
     if (!ported && (request.portMin !== undefined || request.portMax !== undefined)) {
       throw new NubisError('SECGROUP_INVALID_RULE', `Ports apply to tcp and udp only, not ${request.protocol}; leave the port out`);
@@ -159,7 +163,7 @@ export class SecurityGroupService {
     const rule: SecgroupRulesTable = {
       id: newId('rule'),
       group_id: group.id,
-      direction: 'ingress',
+      direction: request.direction ?? 'ingress',
       protocol: request.protocol,
       port_min: portMin ?? null,
       port_max: portMax ?? null,
@@ -197,19 +201,24 @@ export class SecurityGroupService {
     const nics = await this.#db.selectFrom('nics').selectAll().where('vm_id', '=', vmId).orderBy('device_index').execute();
     const groupIds = (await this.#db.selectFrom('vm_secgroups').select('group_id').where('vm_id', '=', vmId).execute()).map((g) => g.group_id);
     let ingressRules = OPEN_INGRESS;
+    let egressRules: NicFirewall['egressRules'];
     let allowIngressFrom: string[] = [];
     if (groupIds.length > 0) {
       allowIngressFrom = await this.#memberIps(groupIds, vmId);
       const rules = await this.#db.selectFrom('secgroup_rules').selectAll().where('group_id', 'in', groupIds).execute();
       ingressRules = [];
+      egressRules = [];
       for (const rule of rules) {
-        const sources = rule.remote_group_id ? (await this.#memberIps([rule.remote_group_id], vmId)).map((ip) => `${ip}/32`) : [rule.cidr ?? '0.0.0.0/0'];
-        for (const sourceCidr of sources) {
-          ingressRules.push({ protocol: rule.protocol, ...(rule.port_min !== null ? { portMin: rule.port_min } : {}), ...(rule.port_max !== null ? { portMax: rule.port_max } : {}), sourceCidr });
+        // A remote group stands for its members' addresses: the sources (ingress) or destinations (egress).
+        const peers = rule.remote_group_id ? (await this.#memberIps([rule.remote_group_id], vmId)).map((ip) => `${ip}/32`) : [rule.cidr ?? '0.0.0.0/0'];
+        const ports = { ...(rule.port_min !== null ? { portMin: rule.port_min } : {}), ...(rule.port_max !== null ? { portMax: rule.port_max } : {}) };
+        for (const peer of peers) {
+          if (rule.direction === 'egress') egressRules.push({ protocol: rule.protocol, ...ports, destinationCidr: peer });
+          else ingressRules.push({ protocol: rule.protocol, ...ports, sourceCidr: peer });
         }
       }
     }
-    return nics.map((nic) => ({ nicId: `net${nic.device_index}`, mac: nic.mac, ip: nic.ip, ingressRules, allowIngressFrom }));
+    return nics.map((nic) => ({ nicId: `net${nic.device_index}`, mac: nic.mac, ip: nic.ip, ingressRules, allowIngressFrom, ...(egressRules ? { egressRules } : {}) }));
   }
 
   /** Addresses of the NICs of every VM in `groupIds`, but `exceptVmId`'s. */

@@ -175,7 +175,7 @@ export class VmService {
                 mac: nic.mac,
                 mode: 'tap' as const,
                 network: { id: network.id, vni: network.vni, mtu: network.mtu },
-                firewall: { ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom },
+                firewall: { ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom, ...(firewall.egressRules ? { egressRules: firewall.egressRules } : {}) },
               };
             })
           : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],

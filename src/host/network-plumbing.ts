@@ -128,7 +128,7 @@ export class NetworkPlumbing {
     for (const firewall of firewalls) {
       const nic = spec.nics.find((candidate) => candidate.id === firewall.nicId);
       if (!nic?.tapName) throw new NubisError('NET_NIC_NOT_FOUND', `VM ${spec.name} has no network NIC ${firewall.nicId} on this host`);
-      await applyPortFirewall({ hostNs, tapName: nic.tapName, mac: nic.mac, ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom });
+      await applyPortFirewall({ hostNs, tapName: nic.tapName, mac: nic.mac, ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom, egressRules: firewall.egressRules });
     }
   }
 

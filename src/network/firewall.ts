@@ -27,6 +27,15 @@ export interface IngressRule {
   sourceCidr: string;
 }
 
+/** One allow rule for connections the VM opens; with none at all, egress is open. */
+export interface EgressRule {
+  protocol: 'tcp' | 'udp' | 'icmp' | 'any';
+  portMin?: number;
+  portMax?: number;
+  /** Allowed destinations, e.g. `0.0.0.0/0`. */
+  destinationCidr: string;
+}
+
 /** What {@link applyPortFirewall} needs. */
 export interface PortFirewallOptions extends CallOptions {
   hostNs: string;
@@ -40,12 +49,19 @@ export interface PortFirewallOptions extends CallOptions {
   ingressRules: readonly IngressRule[];
   /** Addresses allowed to open any connection to the VM (the members of its security groups). */
   allowIngressFrom: readonly string[];
+  /**
+   * Allowed new connections from the VM. Undefined: egress is open. Otherwise everything new
+   * the rules do not allow is dropped (replies and the VM's DHCP requests always pass).
+   */
+  egressRules?: readonly EgressRule[];
 }
 
 /** The names a port's firewall uses. */
 export interface PortFirewallNames {
   /** The iptables chain (filter table) for traffic towards the port. */
   ingressChain: string;
+  /** The iptables chain (filter table) for traffic from the port. */
+  egressChain: string;
   /** The nftables chain in {@link ANTI_SPOOF_TABLE} for frames from the port. */
   antiSpoofChain: string;
 }
@@ -54,7 +70,7 @@ export interface PortFirewallNames {
 export function portFirewallNames(tapName: string): PortFirewallNames {
   const hash = createHash('sha256').update(tapName).digest('hex').slice(0, 12);
   // iptables chain names are at most 28 characters.
-  return { ingressChain: `nubis-in-${hash}`, antiSpoofChain: `port_${hash}` };
+  return { ingressChain: `nubis-in-${hash}`, egressChain: `nubis-out-${hash}`, antiSpoofChain: `port_${hash}` };
 }
 
 /**
@@ -97,6 +113,7 @@ export async function applyPortFirewall(options: PortFirewallOptions): Promise<P
   const jump = ['FORWARD', '-m', 'physdev', '--physdev-out', options.tapName, '--physdev-is-bridged', '-j', chain];
   const present = await runCommand('iptables', ['-C', ...jump], { ...inHost, allowFailure: true });
   if (present.exitCode !== 0) await runCommand('iptables', ['-I', ...jump], inHost);
+  await applyEgress(options, names.egressChain, inHost);
 
   const table = `bridge ${ANTI_SPOOF_TABLE}`;
   const portChain = names.antiSpoofChain;
@@ -129,19 +146,52 @@ export async function applyPortFirewall(options: PortFirewallOptions): Promise<P
   return names;
 }
 
+/**
+ * The egress chain of a port: with rules, new connections from the VM are allowed only by them;
+ * without, the chain and its jump are removed and egress is open.
+ */
+async function applyEgress(options: PortFirewallOptions, chain: string, inHost: CommandOptions): Promise<void> {
+  const jump = ['FORWARD', '-m', 'physdev', '--physdev-in', options.tapName, '--physdev-is-bridged', '-j', chain];
+  if (options.egressRules === undefined) {
+    await removeChain(jump, chain, inHost);
+    return;
+  }
+  const lines = options.egressRules.map((rule) => ruleToIptables({ protocol: rule.protocol, portMin: rule.portMin, portMax: rule.portMax, sourceCidr: rule.destinationCidr }).replace(/^-s /, '-d '));
+  const restore = [
+    '*filter',
+    `:${chain} - [0:0]`,
+    `-A ${chain} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`,
+    `-A ${chain} -m conntrack --ctstate INVALID -j DROP`,
+    // The VM's own DHCP requests, or it could not renew its address.
+    `-A ${chain} -p udp --sport 68 --dport 67 -j ACCEPT`,
+    ...lines.map((line) => `-A ${chain} ${line} -j ACCEPT`),
+    `-A ${chain} -j DROP`,
+    'COMMIT',
+    '',
+  ].join('\n');
+  await runCommand('iptables-restore', ['--noflush'], { ...inHost, input: restore });
+  const present = await runCommand('iptables', ['-C', ...jump], { ...inHost, allowFailure: true });
+  if (present.exitCode !== 0) await runCommand('iptables', ['-I', ...jump], inHost);
+}
+
+/** Removes every copy of `jump` and then `chain`. Missing is not an error. */
+async function removeChain(jump: string[], chain: string, inHost: CommandOptions): Promise<void> {
+  while ((await runCommand('iptables', ['-C', ...jump], { ...inHost, allowFailure: true })).exitCode === 0) {
+    await runCommand('iptables', ['-D', ...jump], inHost);
+  }
+  if ((await runCommand('iptables', ['-L', chain, '-n'], { ...inHost, allowFailure: true })).exitCode === 0) {
+    await runCommand('iptables', ['-F', chain], inHost);
+    await runCommand('iptables', ['-X', chain], inHost);
+  }
+}
+
 /** Takes a port's firewall away (anti-spoofing and security groups). Missing is not an error. */
 export async function removePortFirewall(options: { hostNs: string; tapName: string } & CallOptions): Promise<void> {
   assertInterfaceName(options.tapName);
   const names = portFirewallNames(options.tapName);
   const inHost: CommandOptions = { netns: options.hostNs, signal: options.signal, timeoutMs: options.timeoutMs };
-  const jump = ['FORWARD', '-m', 'physdev', '--physdev-out', options.tapName, '--physdev-is-bridged', '-j', names.ingressChain];
-  while ((await runCommand('iptables', ['-C', ...jump], { ...inHost, allowFailure: true })).exitCode === 0) {
-    await runCommand('iptables', ['-D', ...jump], inHost);
-  }
-  if ((await runCommand('iptables', ['-L', names.ingressChain, '-n'], { ...inHost, allowFailure: true })).exitCode === 0) {
-    await runCommand('iptables', ['-F', names.ingressChain], inHost);
-    await runCommand('iptables', ['-X', names.ingressChain], inHost);
-  }
+  await removeChain(['FORWARD', '-m', 'physdev', '--physdev-out', options.tapName, '--physdev-is-bridged', '-j', names.ingressChain], names.ingressChain, inHost);
+  await removeChain(['FORWARD', '-m', 'physdev', '--physdev-in', options.tapName, '--physdev-is-bridged', '-j', names.egressChain], names.egressChain, inHost);
   const table = `bridge ${ANTI_SPOOF_TABLE}`;
   const listed = await runCommand('nft', ['list', 'chain', 'bridge', ANTI_SPOOF_TABLE, names.antiSpoofChain], { ...inHost, allowFailure: true });
   const element = await runCommand('nft', ['get', 'element', 'bridge', ANTI_SPOOF_TABLE, 'ports', `{ ${JSON.stringify(options.tapName)} }`], {

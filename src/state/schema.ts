@@ -143,11 +143,11 @@ export interface SecgroupsTable {
   created_at: string;
 }
 
-/** An allow rule: traffic of `protocol` to ports `port_min..port_max` from `cidr` or members of `remote_group_id`. */
+/** An allow rule: traffic of `protocol` to ports `port_min..port_max` from (ingress) or to (egress) `cidr` or the members of `remote_group_id`. */
 export interface SecgroupRulesTable {
   id: string;
   group_id: string;
-  direction: 'ingress';
+  direction: 'ingress' | 'egress';
   protocol: 'tcp' | 'udp' | 'icmp' | 'any';
   port_min: number | null;
   port_max: number | null;

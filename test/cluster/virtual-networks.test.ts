@@ -150,8 +150,17 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     assert.equal((await probe('net-a', curl)).stdout, '', 'deleting the rule closes HTTP again');
     const member = await runOnConsole(nubis, 's2', `timeout 5 wget -qO- http://${s1Ip}/`);
     assert.match(member, /s1 requests=/, 'members of the group reach each other without a rule');
-    const group = await nubis.cliJson<{ members: string[] }>(['secgroup', 'show', 'web']);
+    const group = await nubis.cliJson<{ members: string[]; rules: Array<{ id: string; direction: string }> }>(['secgroup', 'show', 'web']);
     assert.deepEqual(group.members, ['s1', 's2']);
+    // Egress: a new group allows all; without that rule, only what egress rules allow goes out.
+    const allEgress = group.rules.find((r) => r.direction === 'egress')!;
+    await nubis.cliJson(['secgroup', 'rule', 'delete', 'web', allEgress.id]);
+    const blockedOut = await runOnConsole(nubis, 's1', 'timeout 5 wget -qO- http://10.20.0.2/ || echo egress-blocked');
+    assert.match(blockedOut, /egress-blocked/);
+    await nubis.cliJson(['secgroup', 'rule', 'add', 'web', '--direction', 'egress', '--protocol', 'tcp', '--port', '80', '--cidr', '10.20.0.0/24']);
+    const allowedOut = await runOnConsole(nubis, 's1', 'timeout 5 wget -qO- http://10.20.0.2/; ping -c 1 -W 1 10.20.0.2 || echo icmp-blocked');
+    assert.match(allowedOut, /a2 requests=/, 'the egress rule lets HTTP out');
+    assert.match(allowedOut, /icmp-blocked/, 'and nothing else');
     assert.match((await nubis.cli(['secgroup', 'delete', 'web'])).stderr, /used by VM\(s\) s1, s2/);
     await nubis.cliJson(['vm', 'delete', 's2']);
     await nubis.cliJson(['vm', 'delete', 's1']);
