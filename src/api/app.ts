@@ -18,6 +18,7 @@ import type { NetworkService } from '../control/networks.ts';
 import type { OperationManager } from '../control/operations.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { StorageCatalogue } from '../control/storage.ts';
+import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
@@ -38,6 +39,7 @@ export interface AppServices {
   networks: NetworkService;
   secgroups: SecurityGroupService;
   storage: StorageCatalogue;
+  migrations: MigrationService;
   operations: OperationManager;
   dataDir: string;
   logger?: Logger;
@@ -207,6 +209,34 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     const operation = await services.vms.delete(request.params.vm, request.query.project);
     return reply.status(202).send({ operation });
   });
+  app.post('/v1/vms/:vm/migrate', {
+    schema: {
+      tags: ['vms'],
+      summary: 'Live-migrate a VM to another host (operation; events carry the stage, passes, dirty rate and remaining memory)',
+      params: VmRef,
+      querystring: ProjectQuery,
+      body: Type.Object(
+        {
+          to: Type.Optional(ResourceName),
+          strategy: Type.Union([Type.Literal('precopy'), Type.Literal('postcopy'), Type.Literal('auto')], { default: 'auto' }),
+          maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 60000 })),
+          bandwidthMbps: Type.Optional(Type.Integer({ minimum: 1, description: 'Cap on the migration stream in MB/s' })),
+          completionTimeoutSeconds: Type.Optional(Type.Integer({ minimum: 5, maximum: 86400 })),
+        },
+        { additionalProperties: false },
+      ),
+      response: { 202: Accepted, ...errorResponses },
+    },
+    preValidation: async (request) => {
+      request.body ??= { strategy: 'auto' };
+    },
+  }, async (request, reply) => {
+    const vm = await services.vms.get(request.params.vm, request.query.project);
+    return reply.status(202).send({ operation: await services.migrations.migrate(vm.id, request.body as Parameters<MigrationService['migrate']>[1]) });
+  });
+  app.get('/v1/vms/:vm/migrations', { schema: { tags: ['vms'], summary: 'Past migrations of a VM with their figures', params: VmRef, querystring: ProjectQuery, response: { 200: Type.Array(Type.Object({ id: Type.String(), from: Type.String(), to: Type.String(), strategy: Type.String(), status: Type.String(), startedAt: Type.String(), endedAt: Type.Optional(Type.String()), figures: Type.Record(Type.String(), Type.Unknown()) })), ...errorResponses } } }, async (request) =>
+    (await services.migrations.history((await services.vms.get(request.params.vm, request.query.project)).id)).map((entry) => ({ ...entry, figures: entry.figures as unknown as Record<string, unknown> })),
+  );
   app.post('/v1/vms/:vm/disks', { schema: { tags: ['vms'], summary: 'Attach a volume (hot-plugged into a running VM) (operation)', params: VmRef, querystring: ProjectQuery, body: Type.Object({ volume: Type.String({ pattern: '^[^/]+/[^/]+$', description: 'POOL/VOLUME' }) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) =>
     reply.status(202).send({ operation: await services.vms.attachVolume(request.params.vm, request.body.volume, request.query.project) }),
   );

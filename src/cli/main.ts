@@ -266,6 +266,33 @@ vm
     console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ') || 'none'}`);
   });
 vm
+  .command('migrate <vm>')
+  .description('Live-migrate a VM to another host, showing stage, passes, dirty rate and remaining memory')
+  .option('--to <host>', 'destination (default: the scheduler picks)')
+  .option('--strategy <strategy>', 'precopy, postcopy or auto', 'auto')
+  .option('--max-downtime <ms>', 'downtime limit of the stop-and-copy phase', parseInteger('--max-downtime'))
+  .option('--bandwidth <MB/s>', 'cap on the migration stream', parseInteger('--bandwidth'))
+  .option('--timeout <seconds>', 'switch to post-copy (auto) or give up (precopy) after this long', parseInteger('--timeout'))
+  .action(async (name: string, options: { to?: string; strategy: string; maxDowntime?: number; bandwidth?: number; timeout?: number }, command: Command) => {
+    const body = { strategy: options.strategy, ...(options.to ? { to: options.to } : {}), ...(options.maxDowntime ? { maxDowntimeMs: options.maxDowntime } : {}), ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}), ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}) };
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/migrate${projectQuery(command)}`, body);
+    const final = await runOperation(command, `Migrating ${name}`, operation);
+    if (globals(command).json) return printJson(final.result);
+    const result = final.result as { from: string; to: string; figures: Record<string, number> };
+    const f = result.figures;
+    console.log(`${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, downtime ${f.downtimeMs} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}`);
+  });
+vm
+  .command('migrations <vm>')
+  .description('Past migrations of a VM with their figures')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const history = await client(command).request<Array<Record<string, any>>>('GET', `/v1/vms/${encodeURIComponent(name)}/migrations${projectQuery(command)}`);
+    if (globals(command).json) return printJson(history);
+    printTable(['STARTED', 'FROM', 'TO', 'STRATEGY', 'STATUS', 'TOTAL MS', 'DOWNTIME MS', 'SENT MiB', 'POSTCOPY'], history.map((h) => [
+      h.startedAt, h.from, h.to, h.strategy, h.status, h.figures.totalTimeMs, h.figures.downtimeMs, h.figures.transferredBytes === undefined ? undefined : (h.figures.transferredBytes / 2 ** 20).toFixed(1), h.figures.switchedToPostcopy ? 'yes' : 'no',
+    ]));
+  });
+vm
   .command('log <vm>')
   .description('Show the serial console output of a VM')
   .option('-n, --lines <n>', 'how many lines', parseInteger('--lines'), 100)

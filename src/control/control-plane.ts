@@ -18,6 +18,7 @@ import { ImageCatalogue } from './images.ts';
 import { OperationManager } from './operations.ts';
 import { NetworkService } from './networks.ts';
 import { SecurityGroupService } from './security-groups.ts';
+import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from './storage.ts';
 import { VmService } from './vms.ts';
 
@@ -58,7 +59,8 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const paths = dataPaths(options.dataDir);
   const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket });
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage });
-  return { db, hosts, images, vms, networks, secgroups, storage, operations, dataDir: options.dataDir, logger: options.logger };
+  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations });
+  return { db, hosts, images, vms, networks, secgroups, storage, migrations, operations, dataDir: options.dataDir, logger: options.logger };
 }
 
 /** Starts the control plane and resolves once it listens. */

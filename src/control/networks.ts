@@ -252,9 +252,12 @@ export class NetworkService {
   }
 
   /** What each host carrying the network needs, keyed by host id. */
-  async hostSpecs(networkId: string): Promise<Map<string, { host: HostsTable; spec: HostNetworkSpec }>> {
+  async hostSpecs(networkId: string, alsoHostIds: string[] = []): Promise<Map<string, { host: HostsTable; spec: HostNetworkSpec }>> {
     const network = await this.#db.selectFrom('networks').selectAll().where('id', '=', networkId).executeTakeFirstOrThrow();
     const hosts = await this.hostsOf(networkId);
+    for (const id of alsoHostIds) {
+      if (!hosts.some((host) => host.id === id)) hosts.push(await this.#db.selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirstOrThrow());
+    }
     const specs = new Map<string, { host: HostsTable; spec: HostNetworkSpec }>();
     const subnet = parseSubnet(network.subnet);
     const leases = network.dhcp
@@ -281,10 +284,11 @@ export class NetworkService {
 
   /**
    * Brings every host carrying the network in step (bridge, VXLAN, peers, DHCP). Called after a
-   * VM with a NIC on it is placed, started, moved or deleted.
+   * VM with a NIC on it is placed, started, moved or deleted; `alsoHostIds` plumbs hosts about
+   * to carry it (the destination of a migration).
    */
-  async sync(networkId: string, signal?: AbortSignal): Promise<void> {
-    for (const { host, spec } of (await this.hostSpecs(networkId)).values()) {
+  async sync(networkId: string, signal?: AbortSignal, alsoHostIds: string[] = []): Promise<void> {
+    for (const { host, spec } of (await this.hostSpecs(networkId, alsoHostIds)).values()) {
       await this.#hosts.call(host, { method: 'PUT', path: `/agent/networks/${networkId}`, body: spec, timeoutMs: 30_000, signal });
     }
   }

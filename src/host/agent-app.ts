@@ -11,6 +11,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import type { DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { httpStatusOf } from '../api/error-status.ts';
 import type { HostNetworkSpec, NetworkPlumbing } from './network-plumbing.ts';
+import type { VmStatus } from './vm-status.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
 
 /** How long a new console attach waits for the previous session to end. */
@@ -73,6 +74,23 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   app.get<IdParams & { Querystring: { lines?: string } }>('/agent/vms/:id/log', async (request) => ({
     lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
   }));
+  // Live migration: the control plane drives both ends through these.
+  app.put<IdParams & { Body: { spec: VmSpec; listenUri: string; capabilities: Record<string, boolean>; carried: Partial<VmStatus> } }>('/agent/vms/:id/incoming', async (request) =>
+    supervisor.prepareIncoming({ ...request.body.spec, id: request.params.id }, request.body.listenUri, request.body.capabilities, request.body.carried),
+  );
+  app.post<IdParams>('/agent/vms/:id/incoming/activate', async (request) => supervisor.activateIncoming(request.params.id));
+  app.post<IdParams & { Body: { uri: string; capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number } }>('/agent/vms/:id/migrate', async (request) =>
+    supervisor.migrateOut(request.params.id, request.body.uri, request.body),
+  );
+  app.get<IdParams>('/agent/vms/:id/migration', async (request) => supervisor.migrationStatus(request.params.id));
+  app.post<IdParams>('/agent/vms/:id/migration/postcopy', async (request, reply) => {
+    await supervisor.startPostcopy(request.params.id);
+    return reply.status(204).send();
+  });
+  app.post<IdParams>('/agent/vms/:id/migration/cancel', async (request, reply) => {
+    await supervisor.cancelMigration(request.params.id);
+    return reply.status(204).send();
+  });
   app.post<IdParams & { Body: DiskSpec }>('/agent/vms/:id/disks', async (request) => supervisor.attachDisk(request.params.id, request.body));
   app.delete<{ Params: { id: string; disk: string } }>('/agent/vms/:id/disks/:disk', async (request) => supervisor.detachDisk(request.params.id, request.params.disk));
   app.put<IdParams & { Body: Array<NicFirewallSpec & { nicId: string }> }>('/agent/vms/:id/firewall', async (request, reply) => {

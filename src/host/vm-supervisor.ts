@@ -260,6 +260,90 @@ export class VmSupervisor {
     });
   }
 
+  /**
+   * Destination of a live migration: plugs the VM's NICs, starts QEMU with the identical device
+   * model waiting for the migration stream (`-incoming defer`), agrees on the capabilities and
+   * listens on `listenUri`. Nothing half-built is left when a step fails.
+   */
+  prepareIncoming(spec: VmSpec, listenUri: string, capabilities: Record<string, boolean>, carried: Partial<VmStatus>): Promise<VmStatus> {
+    return this.#queue.run(spec.id, async () => {
+      if (this.#records.has(spec.id)) throw new NubisError('VM_EXISTS', `VM ${spec.name} already exists on this host`);
+      const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps } };
+      this.#records.set(spec.id, record);
+      let qemu: QemuProcess | undefined;
+      try {
+        await this.#save(record);
+        if (this.#options.plugNics) record.spec = await this.#options.plugNics(record.spec);
+        qemu = await QemuProcess.launch(record.spec, this.#vmDir(spec.id), { accelerator: this.#options.accelerator, incoming: 'defer', events: this.#eventsFor(record) });
+        await qemu.setMigrationCapabilities(capabilities);
+        await qemu.acceptIncomingMigration(listenUri);
+      } catch (error) {
+        await qemu?.stop({ force: true }).catch(() => undefined);
+        await this.#options.unplugNics?.(record.spec).catch(() => undefined);
+        this.#records.delete(spec.id);
+        await rm(this.#vmDir(spec.id), { recursive: true, force: true });
+        throw error;
+      }
+      this.#track(record, qemu);
+      this.#update(record, { state: 'incoming', pid: qemu.pid, startedAt: carried.startedAt });
+      return { ...record.status };
+    });
+  }
+
+  /**
+   * Destination, after the source reported the migration complete: waits for the VM to run here,
+   * has it announce itself so switches (and VXLAN learning) move its MAC, and reports it ready.
+   */
+  activateIncoming(id: string, timeoutMs = 60_000): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const record = this.#record(id);
+      const qemu = this.#processes.get(id);
+      if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} has no QEMU on this host`);
+      const deadline = Date.now() + timeoutMs;
+      while (qemu.state !== 'running') {
+        const status = await qemu.migrationStatus();
+        if (status.status === 'failed') throw new NubisError('MIGRATION_FAILED', `The incoming migration of ${record.spec.name} failed here`);
+        if ((await qemu.qmp.execute<{ status: string }>('query-status')).status === 'running') break;
+        if (Date.now() > deadline) throw new NubisError('MIGRATION_TIMEOUT', `VM ${record.spec.name} did not start running here within ${timeoutMs / 1000} s`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await qemu.announceSelf();
+      await this.#save(record);
+      this.#update(record, { state: 'running', readyAt: new Date().toISOString() });
+      return { ...record.status };
+    });
+  }
+
+  /** Source: starts sending a running VM to `uri`. */
+  migrateOut(id: string, uri: string, options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number }): Promise<VmStatus> {
+    return this.#queue.run(id, async () => {
+      const qemu = this.#running(id);
+      await qemu.setMigrationCapabilities(options.capabilities);
+      await qemu.startMigration(uri, { downtimeLimitMs: options.downtimeLimitMs, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec });
+      return this.status(id);
+    });
+  }
+
+  /** The QEMU `query-migrate` of a VM on this host (not queued: read while a migration runs). */
+  async migrationStatus(id: string): Promise<Record<string, unknown>> {
+    const qemu = this.#processes.get(id);
+    if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${this.#record(id).spec.name} has no QEMU on this host`);
+    return qemu.migrationStatus();
+  }
+
+  /** Source: switches the running migration to post-copy. */
+  async startPostcopy(id: string): Promise<void> {
+    const qemu = this.#processes.get(id);
+    if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${this.#record(id).spec.name} has no QEMU on this host`);
+    await qemu.startPostcopy();
+  }
+
+  /** Source: cancels the migration; the VM goes on running here. */
+  async cancelMigration(id: string): Promise<void> {
+    const qemu = this.#processes.get(id);
+    if (qemu) await qemu.cancelMigration().catch(() => undefined);
+  }
+
   /** Stops the VM if it runs (forcefully after the deadline) and removes all its files. */
   delete(id: string, options: { gracefulTimeoutMs?: number } = {}): Promise<void> {
     return this.#queue.run(id, async () => {

@@ -183,6 +183,22 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0006-vm-migrations': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('vm_migrations')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('from_host', 'text', (c) => c.notNull())
+        .addColumn('to_host', 'text', (c) => c.notNull())
+        .addColumn('strategy', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('figures', 'text', (c) => c.notNull())
+        .addColumn('started_at', 'text', (c) => c.notNull())
+        .addColumn('ended_at', 'text')
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

@@ -169,7 +169,21 @@ export interface VmDisksTable {
   volume: string;
 }
 
+/** One live migration of a VM, with the figures QEMU and Nubis measured (JSON). */
+export interface VmMigrationsTable {
+  id: string;
+  vm_id: string;
+  from_host: string;
+  to_host: string;
+  strategy: string;
+  status: 'running' | 'completed' | 'failed' | 'cancelled';
+  figures: string;
+  started_at: string;
+  ended_at: string | null;
+}
+
 export interface Database {
+  vm_migrations: VmMigrationsTable;
   port_forwards: PortForwardsTable;
   vm_disks: VmDisksTable;
   secgroups: SecgroupsTable;

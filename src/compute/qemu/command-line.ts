@@ -19,7 +19,7 @@ export const HOTPLUG_PORTS = ['hp0', 'hp1', 'hp2', 'hp3'];
 /** Extra command-line options for special starts, e.g. an incoming migration. */
 export interface QemuLaunchOptions {
   accelerator: Accelerator;
-  /** `-incoming` URI for the destination of a migration; the VM then waits for its state. */
+  /** `-incoming` for the destination of a migration (`defer`: wait for `migrate-incoming`). */
   incoming?: string;
 }
 

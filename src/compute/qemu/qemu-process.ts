@@ -15,6 +15,9 @@ import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './co
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
+/** The migration stream's cap when none is asked for: far above any link, so in effect none. */
+const UNCAPPED_MIGRATION_BYTES_PER_SEC = 100_000_000_000;
+
 /** The run state of a VM's QEMU process as a user sees it. */
 export type QemuRunState = 'running' | 'paused' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
 
@@ -220,6 +223,47 @@ export class QemuProcess {
       throw new NubisError('VM_DETACH_TIMEOUT', `The guest did not release disk ${diskId} within ${timeoutMs / 1000} s; is something using it? (it stays attached)`, { cause: error });
     }
     await this.qmp.execute('blockdev-del', { 'node-name': diskId });
+  }
+
+  /** Turns migration capabilities on or off (both ends must agree, e.g. on `postcopy-ram`). */
+  async setMigrationCapabilities(capabilities: Record<string, boolean>): Promise<void> {
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(capabilities).map(([capability, state]) => ({ capability, state })) });
+  }
+
+  /** Destination: starts listening for the migration stream (QEMU was started with `-incoming defer`). */
+  async acceptIncomingMigration(uri: string): Promise<void> {
+    await this.qmp.execute('migrate-incoming', { uri });
+  }
+
+  /** Source: starts sending the VM to `uri` with the given limits. */
+  async startMigration(uri: string, limits: { downtimeLimitMs: number; maxBandwidthBytesPerSec?: number }): Promise<void> {
+    await this.qmp.execute('migrate-set-parameters', {
+      'downtime-limit': limits.downtimeLimitMs,
+      // Always set: QEMU keeps parameters from an earlier (say, cancelled and capped) migration,
+      // and its own default caps the stream at 128 MiB/s.
+      'max-bandwidth': limits.maxBandwidthBytesPerSec ?? UNCAPPED_MIGRATION_BYTES_PER_SEC,
+    });
+    await this.qmp.execute('migrate', { uri });
+  }
+
+  /** QEMU's view of the migration in progress (`query-migrate`). */
+  migrationStatus(): Promise<Record<string, unknown>> {
+    return this.qmp.execute<Record<string, unknown>>('query-migrate');
+  }
+
+  /** Source: switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both ends). */
+  async startPostcopy(): Promise<void> {
+    await this.qmp.execute('migrate-start-postcopy');
+  }
+
+  /** Source: abandons the migration before switch-over; the VM keeps running here. */
+  async cancelMigration(): Promise<void> {
+    await this.qmp.execute('migrate_cancel');
+  }
+
+  /** Destination: tells the network where the VM now is (RARP from each NIC, repeated). */
+  async announceSelf(): Promise<void> {
+    await this.qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 });
   }
 
   /** Hard reset, like the reset button. */
