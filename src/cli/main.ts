@@ -182,6 +182,26 @@ host
     for (const [key, value] of Object.entries(h)) console.log(`${`${key}:`.padEnd(20)} ${value}`);
   });
 
+host
+  .command('evacuate <host>')
+  .description('Maintenance: place nothing on the host and live-migrate its running VMs away')
+  .option('--parallel <n>', 'migrations at a time', parseInteger('--parallel'), 2)
+  .action(async (name: string, options: { parallel: number }, command: Command) => {
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/hosts/${encodeURIComponent(name)}/evacuate`, { parallel: options.parallel });
+    const final = await runOperation(command, `Evacuating ${name}`, operation);
+    if (globals(command).json) return printJson(final.result);
+    const results = (final.result as { results: Array<{ vm: string; status: string; to?: string }> }).results;
+    printTable(['VM', 'RESULT', 'NOW ON'], results.map((r) => [r.vm, r.status, r.to]));
+  });
+host
+  .command('restore <host>')
+  .description('End maintenance: the host takes VMs again')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const restored = await client(command).request<Record<string, unknown>>('POST', `/v1/hosts/${encodeURIComponent(name)}/restore`);
+    if (globals(command).json) return printJson(restored);
+    console.log(`${name}: ${restored.status}`);
+  });
+
 // --- VMs --------------------------------------------------------------------------------------
 const vm = program.command('vm').description('Virtual machines').option('--project <name>', 'project (default: default)');
 vm

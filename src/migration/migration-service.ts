@@ -143,6 +143,46 @@ export class MigrationService {
     });
   }
 
+  /**
+   * Host maintenance: marks the host so nothing is placed there, then live-migrates every running
+   * VM off it (destinations from the scheduler, `parallel` at a time) and reports each result.
+   * VMs that are not running are left where they are (they hold no resources there while stopped).
+   */
+  async evacuate(hostRef: string, options: { parallel?: number } = {}): Promise<Operation> {
+    const host = await this.#hosts.row(hostRef);
+    await this.#db.updateTable('hosts').set({ maintenance: 1 }).where('id', '=', host.id).execute();
+    const vms = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '=', host.id).orderBy('name').execute();
+    return this.#operations.start('host.evacuate', { type: 'host', id: host.id, name: host.name }, async (op) => {
+      const running = vms.filter((vm) => vm.actual_state === 'running');
+      const results: Array<{ vm: string; status: string; to?: string; error?: string }> = vms.filter((vm) => vm.actual_state !== 'running').map((vm) => ({ vm: vm.name, status: `left ${vm.actual_state}` }));
+      await op.report('evacuating', `Host ${host.name} is in maintenance; moving ${running.length} running VM(s)`, 0.05);
+      const queue = [...running];
+      const worker = async (): Promise<void> => {
+        for (let vm = queue.shift(); vm; vm = queue.shift()) {
+          try {
+            const child = await this.migrate(vm.id, { strategy: 'auto' });
+            const final = await this.#operations.wait(child.id);
+            const moved = final.result as { to?: string } | undefined;
+            results.push({ vm: vm.name, status: final.status, ...(moved?.to ? { to: moved.to } : {}), ...(final.error ? { error: final.error.message } : {}) });
+          } catch (error) {
+            results.push({ vm: vm.name, status: 'failed', error: messageOf(error) });
+          }
+          await op.report('evacuating', `${vm.name}: ${results.at(-1)!.status}${results.at(-1)!.to ? ` to ${results.at(-1)!.to}` : ''}`, 0.05 + (0.9 * results.length) / Math.max(1, vms.length));
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 2) }, worker));
+      const failed = results.filter((r) => r.status === 'failed');
+      if (failed.length > 0) throw new NubisError('EVACUATION_INCOMPLETE', `${failed.length} VM(s) could not leave ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`, { details: { results } });
+      return { host: host.name, results };
+    });
+  }
+
+  /** Ends maintenance: the host takes new VMs again. */
+  async restore(hostRef: string): Promise<void> {
+    const host = await this.#hosts.row(hostRef);
+    await this.#db.updateTable('hosts').set({ maintenance: 0 }).where('id', '=', host.id).execute();
+  }
+
   async #run(
     op: OperationContext,
     m: { vmId: string; vmName: string; spec: VmSpec; source: HostsTable; destination: HostsTable; request: MigrationRequest; figures: MigrationFigures },

@@ -115,4 +115,17 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     await nubis.cliJson(['vm', 'delete', 'mv1']);
     await nubis.cliJson(['vm', 'delete', 'anchor']);
   });
+
+  it('evacuates a host for maintenance and takes it back', async () => {
+    for (const name of ['e1', 'e2']) await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--network', 'mnet', '--host', 'host-1']);
+    const evacuated = await nubis.cliJson<{ results: Array<{ vm: string; status: string; to: string }> }>(['host', 'evacuate', 'host-1']);
+    assert.deepEqual(evacuated.results.map((r) => [r.vm, r.status, r.to]).sort(), [['e1', 'succeeded', 'host-2'], ['e2', 'succeeded', 'host-2']]);
+    const hosts = await nubis.cliJson<Array<{ name: string; status: string; vmCount: number }>>(['host', 'list']);
+    assert.deepEqual(hosts.map((h) => [h.name, h.status, h.vmCount]), [['host-1', 'maintenance', 0], ['host-2', 'online', 2]]);
+    const refused = await nubis.cli(['vm', 'create', 'e3', '--image', 'tiny', '--host', 'host-1', '--network', 'mnet']);
+    assert.match(refused.stderr, /host-1 is maintenance/);
+    const restored = await nubis.cliJson<{ status: string }>(['host', 'restore', 'host-1']);
+    assert.equal(restored.status, 'online');
+    for (const name of ['e1', 'e2']) await nubis.cliJson(['vm', 'delete', name]);
+  });
 });
