@@ -9,6 +9,7 @@ import { newId, newMac } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
 import type { HostNetworkSpec } from '../host/network-plumbing.ts';
+import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { HostRegistry } from './hosts.ts';
 import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
 
@@ -59,6 +60,7 @@ export interface NetworkCreateRequest {
 export class NetworkService {
   readonly #db: Db;
   readonly #hosts: HostRegistry;
+  readonly #syncQueue = new KeyedSerialQueue();
 
   constructor(deps: { db: Db; hosts: HostRegistry }) {
     this.#db = deps.db;
@@ -287,10 +289,14 @@ export class NetworkService {
    * VM with a NIC on it is placed, started, moved or deleted; `alsoHostIds` plumbs hosts about
    * to carry it (the destination of a migration).
    */
-  async sync(networkId: string, signal?: AbortSignal, alsoHostIds: string[] = []): Promise<void> {
-    for (const { host, spec } of (await this.hostSpecs(networkId, alsoHostIds)).values()) {
-      await this.#hosts.call(host, { method: 'PUT', path: `/agent/networks/${networkId}`, body: spec, timeoutMs: 30_000, signal });
-    }
+  sync(networkId: string, signal?: AbortSignal, alsoHostIds: string[] = []): Promise<void> {
+    // One sync of a network at a time, each computing the specs afresh: two interleaved syncs
+    // (say, of two VMs migrating at once) could otherwise apply an older view last.
+    return this.#syncQueue.run(networkId, async () => {
+      for (const { host, spec } of (await this.hostSpecs(networkId, alsoHostIds)).values()) {
+        await this.#hosts.call(host, { method: 'PUT', path: `/agent/networks/${networkId}`, body: spec, timeoutMs: 30_000, signal });
+      }
+    });
   }
 
   /** Removes the network's plumbing from a host that no longer carries it. */

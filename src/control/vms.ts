@@ -8,7 +8,7 @@ import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
-import { KeyedSerialQueue } from '../host/serial-queue.ts';
+import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';

@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NubisError } from '../core/errors.ts';
+import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { applyPortFirewall, removePortFirewall } from '../network/firewall.ts';
 import { tapNameFor } from '../network/names.ts';
@@ -39,6 +40,8 @@ export const DHCP_STATE_ROOT = '/run/nubis';
 export class NetworkPlumbing {
   readonly #hostNs?: string;
   readonly #underlayIp?: string;
+  /** One change at a time per network: concurrent FDB or DHCP edits would trip over each other. */
+  readonly #queue = new KeyedSerialQueue();
 
   constructor(options: { hostNs?: string; underlayIp?: string }) {
     this.#hostNs = options.hostNs;
@@ -58,7 +61,11 @@ export class NetworkPlumbing {
   }
 
   /** Makes the network present and its peers and DHCP exactly as the spec says. Idempotent. */
-  async apply(spec: HostNetworkSpec): Promise<{ bridge: string; vxlan: string }> {
+  apply(spec: HostNetworkSpec): Promise<{ bridge: string; vxlan: string }> {
+    return this.#queue.run(spec.id, () => this.#apply(spec));
+  }
+
+  async #apply(spec: HostNetworkSpec): Promise<{ bridge: string; vxlan: string }> {
     const { hostNs, underlayIp } = this.#where();
     const devices = await ensureNetworkOnHost({ hostNs, networkKey: spec.id, vni: spec.vni, localUnderlayIp: underlayIp, mtu: spec.mtu });
     await setPeers({ hostNs, networkKey: spec.id, peerUnderlayIps: spec.peers });
@@ -81,7 +88,11 @@ export class NetworkPlumbing {
   }
 
   /** Removes the network (and its DHCP server) from this host. */
-  async remove(networkId: string): Promise<void> {
+  remove(networkId: string): Promise<void> {
+    return this.#queue.run(networkId, () => this.#remove(networkId));
+  }
+
+  async #remove(networkId: string): Promise<void> {
     const { hostNs } = this.#where();
     const stateDir = this.#dhcpStateDir(hostNs, networkId);
     if (existsSync(stateDir)) {

@@ -13,7 +13,7 @@ import { QemuProcess, runtimePathsOf, type QemuRunState } from '../compute/qemu/
 import { READINESS_PATTERN, serialLogOffset, serialLogTail, waitForSerialLine } from '../compute/serial-log.ts';
 import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
-import { KeyedSerialQueue } from './serial-queue.ts';
+import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { VmStatus } from './vm-status.ts';
 
 /** What survives an agent restart about a VM, in `<vmDir>/vm.json`. */

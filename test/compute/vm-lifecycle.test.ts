@@ -139,6 +139,13 @@ describe('VM lifecycle through the API and the CLI', () => {
     const after = await vm('web1');
     assert.equal(after.state, 'running');
     assert.equal(after.pid, before.pid, 'the same QEMU was re-adopted');
+    // The control plane too: VMs and agents run on, and the restarted one shows the truth.
+    process.kill(nubis.pidOf('control-plane'), 'SIGKILL');
+    assert.ok((await httpGet(guestUrl))?.startsWith('web1 requests='), 'the guest serves while the control plane is down');
+    await nubis.up();
+    const afterControlPlane = await vm('web1');
+    assert.equal(afterControlPlane.state, 'running');
+    assert.equal(afterControlPlane.pid, before.pid);
     const stopped = await nubis.cli(['vm', 'stop', 'web1', '--json']);
     assert.equal(stopped.code, 0, `the re-adopted VM can be driven: ${stopped.stderr}`);
     await nubis.cliJson(['vm', 'start', 'web1']);
