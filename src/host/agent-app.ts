@@ -82,9 +82,6 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   app.post<IdParams & { Body: { uri: string; capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number } }>('/agent/vms/:id/migrate', async (request) =>
     supervisor.migrateOut(request.params.id, request.body.uri, request.body),
   );
-  app.post<IdParams & { Body: { seconds?: number } }>('/agent/vms/:id/dirty-rate', async (request) => ({
-    dirtyRateBytesPerSec: await supervisor.measureDirtyRate(request.params.id, request.body?.seconds ?? 1),
-  }));
   app.get<IdParams>('/agent/vms/:id/migration', async (request) => supervisor.migrationStatus(request.params.id));
   app.post<IdParams>('/agent/vms/:id/migration/postcopy', async (request, reply) => {
     await supervisor.startPostcopy(request.params.id);

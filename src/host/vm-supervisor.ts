@@ -331,11 +331,6 @@ export class VmSupervisor {
     return qemu.migrationStatus();
   }
 
-  /** The guest's memory dirty rate in bytes per second, sampled over `seconds`. */
-  async measureDirtyRate(id: string, seconds: number): Promise<number> {
-    return this.#running(id).measureDirtyRate(seconds);
-  }
-
   /** Source: switches the running migration to post-copy. */
   async startPostcopy(id: string): Promise<void> {
     const qemu = this.#processes.get(id);

@@ -61,17 +61,10 @@ export interface MigrationFigures {
   passes?: number;
   postcopyRequests?: number;
   switchedToPostcopy: boolean;
-  /** `auto` only: the dirty rate sampled before starting, which decided whether post-copy was prepared. */
-  sampledDirtyRateBytesPerSec?: number;
   /** At the decision point: dirty rate, bandwidth and the predicted outcome of plain pre-copy. */
   prediction?: { dirtyRateBytesPerSec: number; bandwidthBytesPerSec: number; lambda: number; converges: boolean; predictedTotalMs?: number };
   error?: string;
 }
-
-/** The link rate `auto` assumes without a bandwidth cap (a 10 Gbit/s class link). */
-const ASSUMED_LINK_BYTES_PER_SEC = 1_000_000_000;
-/** `auto` prepares for post-copy when the sampled dirty rate exceeds this share of the link. */
-const POSTCOPY_READY_RATIO = 0.3;
 
 /** The first migration port tried on the destination; each migration takes the next free one. */
 const MIGRATION_PORT_BASE = 49152;
@@ -196,19 +189,8 @@ export class MigrationService {
   ): Promise<unknown> {
     const { vmId, source, destination, request, figures } = m;
     const networkIds = [...new Set(m.spec.nics.flatMap((nic) => (nic.network ? [nic.network.id] : [])))];
-    // QEMU needs `postcopy-ram` before the migration starts, and with it the final phase is
-    // slower. So `auto` samples the dirty rate first and enables post-copy only when the guest
-    // may outrun the link; otherwise it relies on pre-copy, with auto-converge throttling the
-    // guest should it not converge after all.
-    let postcopyAllowed = request.strategy === 'postcopy';
-    if (request.strategy === 'auto') {
-      const { dirtyRateBytesPerSec } = await this.#hosts.call<{ dirtyRateBytesPerSec: number }>(source, { method: 'POST', path: `/agent/vms/${vmId}/dirty-rate`, body: { seconds: 1 }, timeoutMs: 15_000, signal: op.signal });
-      const linkBytesPerSec = request.bandwidthMbps ? request.bandwidthMbps * 1_000_000 : ASSUMED_LINK_BYTES_PER_SEC;
-      postcopyAllowed = dirtyRateBytesPerSec > POSTCOPY_READY_RATIO * linkBytesPerSec;
-      figures.sampledDirtyRateBytesPerSec = dirtyRateBytesPerSec;
-      await op.report('checks', `Guest dirties ${mib(dirtyRateBytesPerSec)}/s against a link of ${mib(linkBytesPerSec)}/s: ${postcopyAllowed ? 'post-copy ready' : 'pre-copy with auto-converge'}`, 0.04);
-    }
-    const capabilities = { events: true, 'postcopy-ram': postcopyAllowed, 'auto-converge': request.strategy === 'auto' && !postcopyAllowed };
+    const postcopyAllowed = request.strategy !== 'precopy';
+    const capabilities = { events: true, 'postcopy-ram': postcopyAllowed };
     const port = nextPort;
     nextPort = nextPort >= 60999 ? MIGRATION_PORT_BASE : nextPort + 1;
     const uri = `tcp:${destination.underlay_ip ?? '127.0.0.1'}:${port}`;

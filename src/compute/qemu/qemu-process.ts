@@ -251,21 +251,6 @@ export class QemuProcess {
     return this.qmp.execute<Record<string, unknown>>('query-migrate');
   }
 
-  /**
-   * Samples how fast the guest dirties its memory (`calc-dirty-rate`, page-sampling mode: the
-   * dirty-bitmap mode crashes QEMU 7.2 under TCG, see HOST-FACTS). Returns bytes per second.
-   */
-  async measureDirtyRate(seconds = 1): Promise<number> {
-    await this.qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
-    const deadline = Date.now() + (seconds + 5) * 1000;
-    for (;;) {
-      const result = await this.qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
-      if (result.status === 'measured') return (result['dirty-rate'] ?? 0) * 1024 * 1024;
-      if (Date.now() > deadline) throw new NubisError('MIGRATION_DIRTY_RATE_TIMEOUT', `QEMU did not finish measuring the dirty rate within ${seconds + 5} s`);
-      await delay(100);
-    }
-  }
-
   /** Source: switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both ends). */
   async startPostcopy(): Promise<void> {
     await this.qmp.execute('migrate-start-postcopy');
