@@ -7,9 +7,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ensureDhcp, stopDhcp, updateDhcpHosts, type DhcpOptions } from '../../src/network/dhcp.ts';
 import { isRunning } from '../../src/network/namespaces.ts';
-import { ensureNetworkOnHost, setPeers } from '../../src/network/overlay.ts';
 import { openProbe } from '../../src/network/probe.ts';
-import { buildTestbed, leftovers, type Testbed } from './testbed.ts';
+import { buildTestbed, plumbNetworks, leftovers, type Testbed } from './testbed.ts';
 
 const NET_A = 'net-a';
 const NET_B = 'net-b';
@@ -51,13 +50,7 @@ describe('DHCP server per network', { timeout: 120_000 }, () => {
     // udhcpc passes the lease in environment variables; print them for the test to read.
     await writeFile(script, '#!/bin/sh\necho "$1 ip=$ip mask=$mask router=$router mtu=$mtu"\n', { mode: 0o755 });
     bed = await buildTestbed(2);
-    const ips = bed.hosts.map((host) => host.underlayIp);
-    for (const [networkKey, vni] of [[NET_A, 100], [NET_B, 101]] as const) {
-      for (const host of bed.hosts) {
-        await ensureNetworkOnHost({ hostNs: host.ns, networkKey, vni, localUnderlayIp: host.underlayIp });
-        await setPeers({ hostNs: host.ns, networkKey, peerUnderlayIps: ips });
-      }
-    }
+    await plumbNetworks(bed, [[NET_A, 100], [NET_B, 101]]);
     dhcp = {
       hostNs: bed.hosts[0].ns,
       networkKey: NET_A,

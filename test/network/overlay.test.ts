@@ -14,7 +14,7 @@ import {
   setPeers,
 } from '../../src/network/overlay.ts';
 import { openProbe, runProbe, startProbe, type Probe } from '../../src/network/probe.ts';
-import { buildTestbed, flushNeighbours, leftovers, macOf, type Testbed } from './testbed.ts';
+import { buildTestbed, plumbNetworks, flushNeighbours, leftovers, macOf, type Testbed } from './testbed.ts';
 
 const NET_A = 'net-a';
 const NET_B = 'net-b';
@@ -42,13 +42,7 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
 
   before(async () => {
     bed = await buildTestbed(2);
-    const ips = bed.hosts.map((host) => host.underlayIp);
-    for (const [networkKey, vni] of [[NET_A, 100], [NET_B, 101]] as const) {
-      for (const host of bed.hosts) {
-        await ensureNetworkOnHost({ hostNs: host.ns, networkKey, vni, localUnderlayIp: host.underlayIp });
-        await setPeers({ hostNs: host.ns, networkKey, peerUnderlayIps: ips });
-      }
-    }
+    await plumbNetworks(bed, [[NET_A, 100], [NET_B, 101]]);
   });
 
   after(async () => {

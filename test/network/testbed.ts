@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { ip, ipJson } from '../../src/network/ip-command.ts';
 import { listNamespaces } from '../../src/network/namespaces.ts';
+import { ensureNetworkOnHost, setPeers } from '../../src/network/overlay.ts';
 import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge, type CleanupReport } from '../../src/network/underlay.ts';
 
 /** One simulated host. */
@@ -65,4 +66,15 @@ export async function macOf(ns: string, device: string): Promise<string> {
 /** Flushes the neighbour (ARP) table of a namespace. */
 export async function flushNeighbours(ns: string): Promise<void> {
   await ip(['neigh', 'flush', 'all'], { netns: ns });
+}
+
+/** Puts each `[networkKey, vni]` network on every host of `bed`, every host a flood peer of the others. */
+export async function plumbNetworks(bed: Testbed, networks: ReadonlyArray<readonly [string, number]>): Promise<void> {
+  const ips = bed.hosts.map((host) => host.underlayIp);
+  for (const [networkKey, vni] of networks) {
+    for (const host of bed.hosts) {
+      await ensureNetworkOnHost({ hostNs: host.ns, networkKey, vni, localUnderlayIp: host.underlayIp });
+      await setPeers({ hostNs: host.ns, networkKey, peerUnderlayIps: ips });
+    }
+  }
 }

@@ -734,6 +734,25 @@ export class StoragePool {
     return this.#volume(id).record;
   }
 
+  /**
+   * Splits the byte range `position`..`position + length` of a volume at allocation-unit
+   * boundaries: each piece lies in one AU (`vAu`, from `inAu` within it) and starts `offset`
+   * bytes into the caller's buffer.
+   */
+  #segments(position: number, length: number): Array<{ vAu: number; inAu: number; offset: number; length: number }> {
+    const au = this.#geometry.allocationUnitBytes;
+    const segments: Array<{ vAu: number; inAu: number; offset: number; length: number }> = [];
+    for (let done = 0; done < length; ) {
+      const pos = position + done;
+      const vAu = Math.floor(pos / au);
+      const inAu = pos - vAu * au;
+      const n = Math.min(au - inAu, length - done);
+      segments.push({ vAu, inAu, offset: done, length: n });
+      done += n;
+    }
+    return segments;
+  }
+
   /** Reads `buffer.length` bytes of volume `id` at `position`. */
   async readVolume(id: number, buffer: Buffer, position: number): Promise<void> {
     if (this.#closed) throw new NubisError('POOL_CLOSED', `Pool ${this.name} is closed`);
@@ -742,16 +761,7 @@ export class StoragePool {
     try {
       const entry = this.#volume(id);
       this.#checkBounds(entry, position, buffer.length);
-      const au = this.#geometry.allocationUnitBytes;
-      const jobs: Promise<void>[] = [];
-      for (let done = 0; done < buffer.length; ) {
-        const pos = position + done;
-        const vAu = Math.floor(pos / au);
-        const inAu = pos - vAu * au;
-        const n = Math.min(au - inAu, buffer.length - done);
-        jobs.push(this.#readSegment(entry, vAu, inAu, buffer, done, n));
-        done += n;
-      }
+      const jobs = this.#segments(position, buffer.length).map(({ vAu, inAu, offset, length }) => this.#readSegment(entry, vAu, inAu, buffer, offset, length));
       await Promise.all(jobs);
     } finally {
       this.#gates.release(id, false);
@@ -835,16 +845,7 @@ export class StoragePool {
       const entry = this.#volume(id);
       if (entry.record.readOnly) throw new NubisError('VOLUME_READ_ONLY', `Volume ${entry.record.name} is a read-only snapshot`, { details: { volume: entry.record.name } });
       this.#checkBounds(entry, position, data.length);
-      const au = this.#geometry.allocationUnitBytes;
-      const jobs: Promise<void>[] = [];
-      for (let done = 0; done < data.length; ) {
-        const pos = position + done;
-        const vAu = Math.floor(pos / au);
-        const inAu = pos - vAu * au;
-        const n = Math.min(au - inAu, data.length - done);
-        jobs.push(this.#writeSegment(entry, vAu, inAu, data.subarray(done, done + n)));
-        done += n;
-      }
+      const jobs = this.#segments(position, data.length).map(({ vAu, inAu, offset, length }) => this.#writeSegment(entry, vAu, inAu, data.subarray(offset, offset + length)));
       const results = await Promise.allSettled(jobs);
       const failed = results.find((r) => r.status === 'rejected');
       if (failed) throw (failed as PromiseRejectedResult).reason;
