@@ -1,20 +1,28 @@
 /**
- * fio (nbd engine) through our NBD server vs qemu-nbd serving the same raw file, in one run, and
- * writes bench/storage/RESULTS.md. Run once, never in a loop (two cores, shared machine):
+ * fio (nbd engine) through our NBD server vs qemu-nbd serving the same kind of backing file, in
+ * one run, and writes bench/storage/RESULTS.md. Two cores, shared machine: every server runs at
+ * once in its own process, and the cells are measured interleaved (job by job, server by server,
+ * `--repeat` rounds with the server order rotated), so load from other sessions hits them alike.
  *
- *   node --import tsx bench/storage/nbd-bench.ts [--runtime 8] [--size-mib 1024]
+ *   node --import tsx bench/storage/nbd-bench.ts [--runtime 6] [--size-mib 1024] [--repeat 3]
+ *       [--jobs "rand write"] [--servers qemu-direct,pool] [--no-rebuild]
  *
- * Servers measured, each in its own process on a unix socket:
- * - qemu-nbd --cache=none --aio=native (the reference the issue names) and qemu-nbd default cache
- * - ours serving the raw file (protocol overhead only)
- * - ours serving a volume of a single-device pool (raid0 over one file: thin map, checksums)
- * - ours serving a volume of a 3-device raid5 pool, healthy and with a member offline
- * and the rebuild rate of that raid5 member.
+ * `--jobs` (substrings of job labels) and `--servers` (keys below) narrow the run while working on
+ * one path; a narrowed run prints its table and leaves RESULTS.md alone. A full run replaces the part
+ * of RESULTS.md between the two generated-section markers and keeps the text around them.
+ *
+ * Servers measured, each in its own process on a unix socket, each on its own copy of the data:
+ * - qemu-direct: qemu-nbd --cache=none --aio=native (the reference the issue names)
+ * - qemu-cache: qemu-nbd with its default cache mode (buffered, like ours)
+ * - raw: ours serving a raw file (protocol overhead only)
+ * - pool: ours serving a volume of a single-device pool (raid0 over one file: thin map, checksums)
+ * - raid5, raid5-degraded: ours serving a volume of a 3-device raid5 pool, healthy and with a
+ *   member offline
+ * and the rebuild rate of the degraded raid5 member onto a new device.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
-import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs, promisify } from 'node:util';
@@ -22,9 +30,19 @@ import { StorageService } from '../../src/storage/service.ts';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-const { values } = parseArgs({ options: { runtime: { type: 'string', default: '8' }, 'size-mib': { type: 'string', default: '1024' } } });
+const { values } = parseArgs({
+  options: {
+    runtime: { type: 'string', default: '6' },
+    'size-mib': { type: 'string', default: '1024' },
+    repeat: { type: 'string', default: '3' },
+    jobs: { type: 'string' },
+    servers: { type: 'string' },
+    'no-rebuild': { type: 'boolean', default: false },
+  },
+});
 const runtime = Number(values.runtime);
 const sizeMiB = Number(values['size-mib']);
+const repeat = Number(values.repeat);
 const repoRoot = new URL('../..', import.meta.url).pathname;
 
 interface Job {
@@ -33,15 +51,51 @@ interface Job {
   bs: string;
   depth: number;
 }
-const JOBS: Job[] = [
+const ALL_JOBS: Job[] = [
   { label: 'seq read 1 MiB QD32', rw: 'read', bs: '1M', depth: 32 },
   { label: 'seq write 1 MiB QD32', rw: 'write', bs: '1M', depth: 32 },
   { label: 'rand read 4 KiB QD1', rw: 'randread', bs: '4k', depth: 1 },
   { label: 'rand read 4 KiB QD32', rw: 'randread', bs: '4k', depth: 32 },
+  { label: 'rand write 4 KiB QD1', rw: 'randwrite', bs: '4k', depth: 1 },
   { label: 'rand write 4 KiB QD32', rw: 'randwrite', bs: '4k', depth: 32 },
 ];
 
-async function fio(uri: string, job: Job, dir: string): Promise<{ mbPerSec: number; iops: number }> {
+interface Server {
+  key: string;
+  title: string;
+  /** Degraded arrays are measured on reads only (writes would change what the rebuild copies). */
+  readsOnly?: boolean;
+  uri?: string;
+}
+const ALL_SERVERS: Server[] = [
+  { key: 'qemu-direct', title: 'qemu-nbd --cache=none --aio=native' },
+  { key: 'qemu-cache', title: 'qemu-nbd (default cache)' },
+  { key: 'raw', title: 'ours, raw file' },
+  { key: 'pool', title: 'ours, single-device pool volume' },
+  { key: 'raid5', title: 'ours, raid5 (3 devices) volume' },
+  { key: 'raid5-degraded', title: 'ours, raid5 degraded (1 of 3 offline)', readsOnly: true },
+];
+const REFERENCE = 'qemu-direct';
+const RESULTS_BEGIN = '<!-- nbd-bench: generated from here -->';
+const RESULTS_END = '<!-- nbd-bench: generated up to here -->';
+
+const jobFilter = values.jobs?.split(',').map((s) => s.trim()).filter(Boolean);
+const serverFilter = values.servers?.split(',').map((s) => s.trim()).filter(Boolean);
+const JOBS = ALL_JOBS.filter((job) => !jobFilter || jobFilter.some((f) => job.label.includes(f)));
+const SERVERS = ALL_SERVERS.filter((server) => !serverFilter || serverFilter.includes(server.key));
+const fullRun = !jobFilter && !serverFilter;
+if (JOBS.length === 0 || SERVERS.length === 0) {
+  process.stderr.write(`Nothing to measure: jobs ${values.jobs ?? 'all'}, servers ${values.servers ?? 'all'} (keys: ${ALL_SERVERS.map((s) => s.key).join(', ')})\n`);
+  process.exit(2);
+}
+const wants = (key: string) => SERVERS.some((s) => s.key === key);
+
+interface Sample {
+  mbPerSec: number;
+  iops: number;
+}
+
+async function fio(uri: string, job: Job, dir: string): Promise<Sample> {
   const out = join(dir, 'fio.json');
   await run('fio', [
     '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.depth}`,
@@ -80,86 +134,122 @@ async function stop(child: ChildProcess): Promise<void> {
   await exited;
 }
 
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+async function sparseFile(path: string, bytes: number): Promise<void> {
+  await writeFile(path, '');
+  await truncate(path, bytes);
+}
+
 const dir = await mkdtemp(join(tmpdir(), 'nubis-nbd-bench-'));
 const children: ChildProcess[] = [];
-const results = new Map<string, Map<string, { mbPerSec: number; iops: number }>>();
+/** server key -> job label -> samples */
+const samples = new Map<string, Map<string, Sample[]>>();
 const notes: string[] = [];
+const startedAt = Date.now();
 try {
   const raw = join(dir, 'disk.raw');
   // Fully written, so that every server reads real data (no sparse-file shortcuts).
   await run('dd', ['if=/dev/urandom', `of=${raw}`, 'bs=1M', `count=${sizeMiB}`, 'status=none']);
 
-  const measure = async (name: string, uri: string) => {
-    const row = new Map<string, { mbPerSec: number; iops: number }>();
-    for (const job of JOBS) row.set(job.label, await fio(uri, job, dir));
-    results.set(name, row);
-    process.stderr.write(`${name}: done\n`);
-  };
-
-  for (const [name, extra] of [['qemu-nbd --cache=none --aio=native', ['--cache=none', '--aio=native']], ['qemu-nbd (default cache)', []]] as const) {
-    const socket = join(dir, 'qemu.sock');
-    const child = spawn('qemu-nbd', ['-t', '-f', 'raw', ...extra, '-x', 'disk', '-k', socket, raw], { stdio: 'ignore' });
-    children.push(child);
+  // qemu-nbd locks its image, so every server gets its own copy.
+  for (const [key, extra] of [['qemu-direct', ['--cache=none', '--aio=native']], ['qemu-cache', []]] as const) {
+    if (!wants(key)) continue;
+    const file = join(dir, `${key}.raw`);
+    await copyFile(raw, file);
+    const socket = join(dir, `${key}.sock`);
+    children.push(spawn('qemu-nbd', ['-t', '-f', 'raw', ...extra, '-x', 'disk', '-k', socket, file], { stdio: 'ignore' }));
     await waitForSocket(socket);
-    await measure(name, `nbd+unix:///disk?socket=${socket}`);
-    await stop(child);
+    SERVERS.find((s) => s.key === key)!.uri = `nbd+unix:///disk?socket=${socket}`;
   }
-
-  {
+  if (wants('raw')) {
+    const file = join(dir, 'ours.raw');
+    await copyFile(raw, file);
     const socket = join(dir, 'ours-raw.sock');
-    const child = await startDaemon(['bench/storage/serve-file.ts', raw, socket]);
-    children.push(child);
-    await measure('ours, raw file', `nbd+unix:///disk?socket=${socket}`);
-    await stop(child);
+    children.push(await startDaemon(['bench/storage/serve-file.ts', file, socket]));
+    SERVERS.find((s) => s.key === 'raw')!.uri = `nbd+unix:///disk?socket=${socket}`;
   }
 
-  // Single-device pool: one member file, a volume as large as the benchmark area, written in full.
+  // Pools: one member file for the single-device pool; three per raid5 pool. Volumes as large as
+  // the benchmark area, written in full, so that every cell reads and overwrites allocated data.
   const poolsDir = join(dir, 'pools');
-  const member = join(dir, 'member.img');
-  await writeFile(member, '');
-  await truncate(member, (sizeMiB + 256) * MiB);
-  const r5 = [0, 1, 2].map((i) => join(dir, `r5-${i}.img`));
-  for (const path of r5) {
-    await writeFile(path, '');
-    await truncate(path, (sizeMiB / 2 + 256) * MiB);
+  const pools = [
+    { key: 'pool', name: 'single', layout: 'raid0' as const, members: 1, memberMiB: sizeMiB + 256 },
+    { key: 'raid5', name: 'r5', layout: 'raid5' as const, members: 3, memberMiB: sizeMiB / 2 + 256 },
+    { key: 'raid5-degraded', name: 'r5d', layout: 'raid5' as const, members: 3, memberMiB: sizeMiB / 2 + 256 },
+  ].filter((p) => wants(p.key));
+  let daemon: ChildProcess | undefined;
+  const socket = join(dir, 'pool.sock');
+  if (pools.length > 0) {
+    {
+      const { service } = await StorageService.start({ poolsDir });
+      for (const pool of pools) {
+        const devices: string[] = [];
+        for (let i = 0; i < pool.members; i++) {
+          devices.push(join(dir, `${pool.name}-${i}.img`));
+          await sparseFile(devices[i]!, pool.memberMiB * MiB);
+        }
+        await service.createPool({ name: pool.name, layout: pool.layout, devices });
+        await service.createVolume(pool.name, 'vol', sizeMiB * MiB);
+      }
+      await service.close();
+    }
+    daemon = await startDaemon(['src/storage/storage-daemon.ts', '--pools', poolsDir, '--socket', socket]);
+    for (const pool of pools) await run('nbdcopy', [raw, `nbd+unix:///${pool.name}/vol?socket=${socket}`]);
+    if (wants('raid5-degraded')) {
+      // Offline member 1 while no daemon has the pool open; the daemon then serves it degraded.
+      await stop(daemon);
+      const { service } = await StorageService.start({ poolsDir });
+      await service.offlineMember('r5d', 1);
+      await service.close();
+      daemon = await startDaemon(['src/storage/storage-daemon.ts', '--pools', poolsDir, '--socket', socket]);
+    }
+    children.push(daemon);
+    for (const pool of pools) SERVERS.find((s) => s.key === pool.key)!.uri = `nbd+unix:///${pool.name}/vol?socket=${socket}`;
   }
-  {
+
+  // Write back what the set-up left dirty in the page cache, so that no cell pays for it.
+  await run('sync');
+
+  for (let round = 0; round < repeat; round++) {
+    for (const job of JOBS) {
+      // Rotate the order each round, so no server always runs right after the same neighbour.
+      const order = SERVERS.map((_, i) => SERVERS[(i + round) % SERVERS.length]!);
+      for (const server of order) {
+        if (server.readsOnly && job.rw.includes('write')) continue;
+        const sample = await fio(server.uri!, job, dir);
+        let row = samples.get(server.key);
+        if (!row) samples.set(server.key, (row = new Map()));
+        let list = row.get(job.label);
+        if (!list) row.set(job.label, (list = []));
+        list.push(sample);
+        process.stderr.write(`round ${round + 1}/${repeat} ${job.label} ${server.key}: ${Math.round(sample.iops)} IOPS, ${Math.round(sample.mbPerSec)} MB/s\n`);
+      }
+    }
+  }
+
+  if (daemon) await stop(daemon);
+  if (wants('raid5-degraded') && !values['no-rebuild']) {
+    // The rebuild of the offline member onto a new device, in-process, unthrottled.
     const { service } = await StorageService.start({ poolsDir });
-    await service.createPool({ name: 'single', layout: 'raid0', devices: [member] });
-    await service.createVolume('single', 'vol', sizeMiB * MiB);
-    await service.createPool({ name: 'r5', layout: 'raid5', devices: r5 });
-    await service.createVolume('r5', 'vol', sizeMiB * MiB);
+    const spare = join(dir, 'r5d-spare.img');
+    await sparseFile(spare, (sizeMiB / 2 + 256) * MiB);
+    const started = Date.now();
+    let rebuilt = 0;
+    await service.replaceMember('r5d', 1, spare, { onProgress: (p) => (rebuilt = p.doneBytes) });
+    const seconds = (Date.now() - started) / 1000;
+    // Each of 3 members holds a third of every row (data or parity): half the pool data's size.
+    const memberBytes = rebuilt / 2;
+    notes.push(
+      `RAID 5 rebuild of one member (3 devices, ${sizeMiB} MiB of allocated volume data): ${(rebuilt / MiB).toFixed(0)} MiB of allocation units in ${seconds.toFixed(1)} s, ` +
+        `${(rebuilt / 1e6 / seconds).toFixed(0)} MB/s of pool data (${(memberBytes / 1e6 / seconds).toFixed(0)} MB/s written to the new member, the rest read from the two others), unthrottled, in-process.`,
+    );
     await service.close();
   }
-  const socket = join(dir, 'pool.sock');
-  const daemon = await startDaemon(['src/storage/storage-daemon.ts', '--pools', poolsDir, '--socket', socket]);
-  children.push(daemon);
-  for (const pool of ['single', 'r5']) {
-    await run('nbdcopy', [raw, `nbd+unix:///${pool}/vol?socket=${socket}`]);
-  }
-  await measure('ours, single-device pool volume', `nbd+unix:///single/vol?socket=${socket}`);
-  await measure('ours, raid5 (3 devices) volume', `nbd+unix:///r5/vol?socket=${socket}`);
-  await stop(daemon);
-
-  // Degraded raid5: member 1 removed; then the rebuild rate onto a new device.
-  const { service } = await StorageService.start({ poolsDir, socketPath: socket });
-  await service.offlineMember('r5', 1);
-  const degradedJobs = JOBS.filter((j) => j.rw.includes('read'));
-  const degraded = new Map<string, { mbPerSec: number; iops: number }>();
-  for (const job of degradedJobs) {
-    // fio runs as a child; the service answers from this process meanwhile.
-    degraded.set(job.label, await fio(`nbd+unix:///r5/vol?socket=${socket}`, job, dir));
-  }
-  results.set('ours, raid5 degraded (1 of 3 offline)', degraded);
-  const spare = join(dir, 'r5-spare.img');
-  await writeFile(spare, '');
-  await truncate(spare, (sizeMiB / 2 + 256) * MiB);
-  const started = Date.now();
-  let rebuilt = 0;
-  await service.replaceMember('r5', 1, spare, { onProgress: (p) => (rebuilt = p.doneBytes) });
-  const seconds = (Date.now() - started) / 1000;
-  notes.push(`RAID 5 rebuild of one member (3 devices, ${sizeMiB} MiB of allocated volume data): ${(rebuilt / MiB).toFixed(0)} MiB of allocation units in ${seconds.toFixed(1)} s = ${(rebuilt / 1e6 / seconds).toFixed(0)} MB/s of pool data, unthrottled, in-process.`);
-  await service.close();
 } finally {
   for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   await rm(dir, { recursive: true, force: true });
@@ -170,43 +260,61 @@ const cpu = cpus()[0]?.model ?? 'unknown CPU';
 const { stdout: kernel } = await run('uname', ['-r']);
 const { stdout: fioVersion } = await run('fio', ['--version']);
 const { stdout: qemuVersion } = await run('qemu-nbd', ['--version']);
-const names = [...results.keys()];
-const reference = results.get('qemu-nbd --cache=none --aio=native')!;
+const measured = SERVERS.filter((s) => samples.has(s.key));
+const cell = (key: string, label: string, metric: keyof Sample): { median: number; min: number; max: number } | undefined => {
+  const list = samples.get(key)?.get(label);
+  if (!list?.length) return undefined;
+  const values_ = list.map((s) => s[metric]);
+  return { median: median(values_), min: Math.min(...values_), max: Math.max(...values_) };
+};
 const lines: string[] = [];
 lines.push('# NBD server benchmark', '');
-lines.push(`Date: ${new Date().toISOString()}  `);
+lines.push(`Date: ${new Date().toISOString()} (${Math.round((Date.now() - startedAt) / 60000)} min)  `);
 lines.push(`Load average at the end of the run: ${(await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ')}  `);
 lines.push(`Machine: ${cpus().length} x ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${kernel.trim()}, Node ${process.version}  `);
 lines.push(`Tools: ${fioVersion.trim()} (nbd engine), ${qemuVersion.split('\n')[0]}  `);
-lines.push(`Method: \`node --import tsx bench/storage/nbd-bench.ts --runtime ${runtime} --size-mib ${sizeMiB}\`; one fio job per cell, ${runtime} s time-based over ${sizeMiB} MiB, unix sockets, every server in its own process, all in the same run. The machine is shared with other test runs (2 cores), so figures move by +-20% between runs.`, '');
-for (const metric of ['MB/s', 'IOPS'] as const) {
-  lines.push(`## ${metric}`, '');
-  lines.push(`| job | ${names.join(' | ')} |`);
-  lines.push(`| --- | ${names.map(() => '---:').join(' | ')} |`);
+lines.push(
+  `Method: \`node --import tsx bench/storage/nbd-bench.ts --runtime ${runtime} --size-mib ${sizeMiB} --repeat ${repeat}\`; one fio job per cell, ${runtime} s time-based over ${sizeMiB} MiB, unix sockets, every server in its own process on its own copy of the data. ` +
+    `All servers run at once and the cells are measured interleaved, ${repeat} rounds; each cell shows the median, with the lowest and highest of the rounds in brackets.`,
+  '',
+);
+for (const metric of ['iops', 'mbPerSec'] as const) {
+  lines.push(`## ${metric === 'iops' ? 'IOPS' : 'MB/s'}`, '');
+  lines.push(`| job | ${measured.map((s) => s.title).join(' | ')} |`);
+  lines.push(`| --- | ${measured.map(() => '---:').join(' | ')} |`);
   for (const job of JOBS) {
-    const cells = names.map((name) => {
-      const cell = results.get(name)!.get(job.label);
-      if (!cell) return '-';
-      const value = metric === 'MB/s' ? cell.mbPerSec : cell.iops;
-      const ref = reference.get(job.label)!;
-      const refValue = metric === 'MB/s' ? ref.mbPerSec : ref.iops;
-      const ratio = name === 'qemu-nbd --cache=none --aio=native' ? '' : ` (${Math.round((100 * value) / refValue)}%)`;
-      return `${Math.round(value)}${ratio}`;
+    const ref = cell(REFERENCE, job.label, metric);
+    const cells = measured.map((server) => {
+      const c = cell(server.key, job.label, metric);
+      if (!c) return '-';
+      const ratio = server.key === REFERENCE || !ref ? '' : ` **${Math.round((100 * c.median) / ref.median)}%**`;
+      const spread = repeat > 1 ? ` (${Math.round(c.min)}-${Math.round(c.max)})` : '';
+      return `${Math.round(c.median)}${spread}${ratio}`;
     });
     lines.push(`| ${job.label} | ${cells.join(' | ')} |`);
   }
   lines.push('');
 }
-lines.push('Percentages are relative to qemu-nbd --cache=none --aio=native, the reference the storage issue names.', '');
-lines.push(
-  '## Reading the figures',
-  '',
-  '- Our server does buffered I/O (page cache), like qemu-nbd\'s default cache mode; qemu-nbd --cache=none bypasses the cache (O_DIRECT), so its writes reach the disk and its reads of a 1 GiB file miss the cache. Ours vs qemu-nbd (default cache) is the like-for-like column pair; vs --cache=none is what the issue asked to report.',
-  '- "ours, raw file" isolates the NBD protocol layer; the pool columns add the thin map, per-4 KiB checksums verified on every read, and RAID.',
-  '- raid5 writes are reconstruct-writes of the touched column of each row (read the other data chunks, write data and parity); degraded reads rebuild the lost chunk from the others.',
-  '- Check the load average before trusting a single run: other sessions run QEMU tests on the same two cores.',
-  '',
-);
+lines.push(`Percentages (bold) are medians relative to the median of ${ALL_SERVERS.find((s) => s.key === REFERENCE)!.title}, the reference the storage issue names.`, '');
+const degradedLines: string[] = [];
+for (const job of JOBS.filter((j) => !j.rw.includes('write'))) {
+  const healthy = cell('raid5', job.label, 'iops');
+  const degraded = cell('raid5-degraded', job.label, 'iops');
+  if (healthy && degraded) {
+    degradedLines.push(`- ${job.label}: ${Math.round(degraded.median)} IOPS degraded vs ${Math.round(healthy.median)} healthy, ${Math.round(100 - (100 * degraded.median) / healthy.median)}% less.`);
+  }
+}
+if (degradedLines.length) lines.push('## RAID 5 degraded reads', '', 'One member of three offline: a third of the data chunks are rebuilt from the other two on every read.', '', ...degradedLines, '');
 if (notes.length) lines.push('## Rebuild', '', ...notes.map((n) => `- ${n}`), '');
-await writeFile(new URL('RESULTS.md', import.meta.url), `${lines.join('\n')}\n`);
-process.stdout.write(`${lines.join('\n')}\n`);
+const report = `${lines.join('\n')}\n`;
+if (fullRun) {
+  // The figures go between two markers, so the hand-written reading around them stays.
+  const resultsUrl = new URL('RESULTS.md', import.meta.url);
+  const previous = await readFile(resultsUrl, 'utf8').catch(() => '');
+  const begin = previous.indexOf(RESULTS_BEGIN);
+  const end = previous.indexOf(RESULTS_END);
+  const generated = `${RESULTS_BEGIN}\n${report}${RESULTS_END}`;
+  const next = begin >= 0 && end > begin ? previous.slice(0, begin) + generated + previous.slice(end + RESULTS_END.length) : `${generated}\n`;
+  await writeFile(resultsUrl, next);
+}
+process.stdout.write(report);
