@@ -3,7 +3,9 @@
  * with positioned reads and writes (a remote NBD export through NbdClient, a test double that
  * fails on demand) implements the same interface.
  */
+import { writeSync } from 'node:fs';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
+import { performance } from 'node:perf_hooks';
 import { NubisError } from '../../core/errors.ts';
 import { NbdClient } from '../nbd/nbd-client.ts';
 
@@ -18,11 +20,63 @@ export interface MemberDevice {
   close(): Promise<void>;
 }
 
+/** Writes up to this size may run inline on the event loop (see `InlineWritePolicy`). */
+const INLINE_WRITE_MAX_BYTES = 64 * 1024;
+/** An inline write slower than this counts against the stall budget. */
+const INLINE_WRITE_SLOW_MS = 2;
+/** Time the event loop may spend in slow inline writes per window before writes go to threads. */
+const INLINE_STALL_BUDGET_MS = 20;
+const INLINE_WINDOW_MS = 1000;
+const INLINE_BACKOFF_FIRST_MS = 1000;
+const INLINE_BACKOFF_MAX_MS = 30_000;
+
+/**
+ * Decides whether a small write runs inline (a synchronous pwrite on the event loop) or through
+ * libuv's threadpool. A buffered write of a few KiB only copies into the page cache; handing it to
+ * a worker thread and back costs futex wake-ups and context switches: measured on the benchmark
+ * machine (2 vCPUs), the daemon spent 80 us of CPU per random 4 KiB write through the threadpool
+ * against 36 us inline, and inline doubled the IOPS. But a write can block (dirty-page throttling, a slow block device), and an
+ * inline one then stalls every connection of the process. So inline writes get a stall budget:
+ * once those slower than INLINE_WRITE_SLOW_MS add up to more than INLINE_STALL_BUDGET_MS in a
+ * second, the device's writes go back to the threadpool for a second, doubling up to 30 s while
+ * the probes after each back-off stay slow. A few scheduling hiccups (measured: a handful of 2-20 ms
+ * writes per 200 000 on a busy machine) stay within budget; a throttled or stalling disk does not.
+ */
+export class InlineWritePolicy {
+  #inlineFromMs = 0;
+  #backoffMs = INLINE_BACKOFF_FIRST_MS;
+  #windowStartMs = 0;
+  #stalledMs = 0;
+
+  /** Whether a write of `length` bytes should run inline now. */
+  allows(length: number, nowMs: number): boolean {
+    return length <= INLINE_WRITE_MAX_BYTES && nowMs >= this.#inlineFromMs;
+  }
+
+  /** Reports that an inline write started at `startedMs` ended at `endedMs`. */
+  observe(startedMs: number, endedMs: number): void {
+    const elapsedMs = endedMs - startedMs;
+    if (elapsedMs <= INLINE_WRITE_SLOW_MS) return;
+    if (endedMs - this.#windowStartMs > INLINE_WINDOW_MS) {
+      this.#windowStartMs = endedMs;
+      this.#stalledMs = 0;
+    }
+    this.#stalledMs += elapsedMs;
+    if (this.#stalledMs <= INLINE_STALL_BUDGET_MS) return;
+    // Slow again right after a back-off: back off longer.
+    const sinceLastBackoffMs = endedMs - this.#inlineFromMs;
+    this.#backoffMs = sinceLastBackoffMs < INLINE_WINDOW_MS ? Math.min(INLINE_BACKOFF_MAX_MS, this.#backoffMs * 2) : INLINE_BACKOFF_FIRST_MS;
+    this.#inlineFromMs = endedMs + this.#backoffMs;
+    this.#stalledMs = 0;
+  }
+}
+
 /** A regular file or block device on this host. */
 export class FileMemberDevice implements MemberDevice {
   readonly path: string;
   readonly sizeBytes: number;
   readonly #handle: FileHandle;
+  readonly #inline = new InlineWritePolicy();
 
   private constructor(path: string, handle: FileHandle, sizeBytes: number) {
     this.path = path;
@@ -65,6 +119,12 @@ export class FileMemberDevice implements MemberDevice {
 
   async write(buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
     let done = 0;
+    const started = performance.now();
+    if (this.#inline.allows(length, started)) {
+      while (done < length) done += writeSync(this.#handle.fd, buffer, offset + done, length - done, position + done);
+      this.#inline.observe(started, performance.now());
+      return;
+    }
     while (done < length) {
       const { bytesWritten } = await this.#handle.write(buffer, offset + done, length - done, position + done);
       done += bytesWritten;

@@ -1,0 +1,54 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { FileMemberDevice, InlineWritePolicy } from './member-device.ts';
+
+describe('InlineWritePolicy', () => {
+  it('keeps small writes inline through scheduling hiccups within the stall budget', () => {
+    const policy = new InlineWritePolicy();
+    assert.equal(policy.allows(4096, 0), true);
+    assert.equal(policy.allows(1024 * 1024, 0), false, 'large writes always go to the threadpool');
+    // Three 5 ms hiccups in one second: 15 ms, within the 20 ms budget.
+    for (const at of [100, 400, 700]) policy.observe(at, at + 5);
+    assert.equal(policy.allows(4096, 800), true);
+  });
+
+  it('sends writes to the threadpool once slow writes exceed the budget, longer while probes stay slow', () => {
+    const policy = new InlineWritePolicy();
+    policy.observe(1000, 1030);
+    assert.equal(policy.allows(4096, 1100), false);
+    assert.equal(policy.allows(4096, 2031), true, 'the first back-off lasts a second');
+    // The probe after the back-off is slow again: two seconds this time.
+    policy.observe(2031, 2060);
+    assert.equal(policy.allows(4096, 3500), false);
+    assert.equal(policy.allows(4096, 4061), true);
+    // A slow write long after the last back-off starts over at one second.
+    policy.observe(20_000, 20_030);
+    assert.equal(policy.allows(4096, 21_031), true);
+  });
+});
+
+describe('FileMemberDevice', () => {
+  it('reads back what inline and threadpool writes stored', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'nubis-member-'));
+    try {
+      const path = join(dir, 'member.img');
+      await writeFile(path, '');
+      await truncate(path, 4 * 1024 * 1024);
+      const device = await FileMemberDevice.open(path);
+      const small = Buffer.alloc(4096, 0x11);
+      const large = Buffer.alloc(1024 * 1024, 0x22);
+      await device.write(small, 0, small.length, 8192);
+      await device.write(large, 0, large.length, 1024 * 1024);
+      await device.flush();
+      await device.close();
+      const image = await readFile(path);
+      assert.ok(image.subarray(8192, 8192 + 4096).equals(small));
+      assert.ok(image.subarray(1024 * 1024, 2 * 1024 * 1024).equals(large));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
