@@ -216,6 +216,9 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     const operation = await services.vms.delete(request.params.vm, request.query.project);
     return reply.status(202).send({ operation });
   });
+  app.patch('/v1/vms/:vm', { schema: { tags: ['vms'], summary: "Change a VM's policies", params: VmRef, querystring: ProjectQuery, body: Type.Object({ allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy' })) }, { additionalProperties: false }), response: { 200: Vm, ...errorResponses } } }, async (request) =>
+    services.vms.update(request.params.vm, request.query.project, request.body),
+  );
   app.post('/v1/vms/:vm/migrate', {
     schema: {
       tags: ['vms'],
@@ -228,7 +231,8 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
           strategy: Type.Union([Type.Literal('precopy'), Type.Literal('postcopy'), Type.Literal('auto')], { default: 'auto' }),
           maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 60000 })),
           bandwidthMbps: Type.Optional(Type.Integer({ minimum: 1, description: 'Cap on the migration stream in MB/s' })),
-          completionTimeoutSeconds: Type.Optional(Type.Integer({ minimum: 5, maximum: 86400 })),
+          completionTimeoutSeconds: Type.Optional(Type.Integer({ minimum: 5, maximum: 86400, description: 'Deadline for the switch-over (default 300)' })),
+          onTimeout: Type.Optional(Type.Union([Type.Literal('abort'), Type.Literal('postcopy')], { description: 'At the deadline: give up (the VM stays on its source) or switch to post-copy; default: post-copy when prepared, else abort' })),
         },
         { additionalProperties: false },
       ),

@@ -70,6 +70,7 @@ export const VmCreateRequest = Type.Object(
     secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
     disks: Type.Optional(Type.Array(Type.String({ pattern: '^[^/]+/[^/]+$' }), { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
+    allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' })),
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -100,6 +101,7 @@ export const Vm = Type.Object(
     publish: Type.Array(PublishedPort),
     lastError: Type.Optional(Type.String()),
     crashLogTail: Type.Optional(Type.Array(Type.String())),
+    allowPostcopy: Type.Boolean({ description: 'Live migration may use post-copy' }),
     createdAt: Type.String({ format: 'date-time' }),
   },
   { $id: 'Vm' },

@@ -16,6 +16,7 @@ import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import { DHCP_STATE_ROOT } from '../host/network-plumbing.ts';
 import { stopOrphanedVms } from '../host/orphan-vms.ts';
 import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../network/underlay.ts';
+import { setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../api/schemas.ts';
 
@@ -42,6 +43,9 @@ function testBedPrefix(dataDir: string): string {
   return `nb${createHash('sha256').update(dataDir).digest('hex').slice(0, 5)}`;
 }
 
+/** Largest TCP socket buffer in a test-bed host: room for a LAN's bandwidth-delay product. */
+const MIGRATION_LINK_SOCKET_BUFFER = 262_144;
+
 /** Underlay addresses: 172.31.0.11, .12, ... inside the host namespaces only. */
 function underlayIpOf(index: number): string {
   return `172.31.0.${11 + index}`;
@@ -63,6 +67,12 @@ async function ensureTestBed(dataDir: string, hostNames: string[]): Promise<Test
   await ensureUnderlayBridge(bed.underlayBridge);
   for (const host of bed.hosts) {
     await attachHostToUnderlay({ bridge: bed.underlayBridge, hostNs: host.netns, address: `${host.underlayIp}/24` });
+    // TCP buffers sized for a LAN (its bandwidth-delay product is tens of KiB) instead of the
+    // autotuned megabytes. Measured here: a destination QEMU under TCG reads the migration stream
+    // more slowly than the source writes it, so megabytes wait in socket buffers when the source
+    // stops the VM, and draining them added 20-200 ms to the pause that QEMU's own downtime
+    // figure does not show (bench/migration/RESULTS.md).
+    for (const key of ['net.ipv4.tcp_wmem', 'net.ipv4.tcp_rmem']) await setSysctl(key, `4096 65536 ${MIGRATION_LINK_SOCKET_BUFFER}`, { netns: host.netns });
   }
   await mkdir(dataPaths(dataDir).runDir, { recursive: true });
   await writeFile(join(dataPaths(dataDir).runDir, 'testbed.json'), `${JSON.stringify(bed, null, 2)}\n`);

@@ -217,11 +217,12 @@ vm
   .option('--secgroup <group>', 'security group of its network NICs (repeatable)', collect, [])
   .option('--disk <pool/volume>', 'attach a volume of the storage node as a virtio disk (repeatable: vda, vdb, ...)', collect, [])
   .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
-  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; secgroup: string[]; disk: string[]; wait: boolean }, command: Command) => {
+  .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
+  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; secgroup: string[]; disk: string[]; wait: boolean; postcopy: boolean }, command: Command) => {
     const g = globals(command);
     if (options.ip.length > options.network.length) throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
     const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
-    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(options.secgroup.length ? { secgroups: options.secgroup } : {}), ...(options.disk.length ? { disks: options.disk } : {}), ...(g.project ? { project: g.project } : {}) };
+    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(options.secgroup.length ? { secgroups: options.secgroup } : {}), ...(options.disk.length ? { disks: options.disk } : {}), ...(options.postcopy ? {} : { allowPostcopy: false }), ...(g.project ? { project: g.project } : {}) };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
     const final = await runOperation(command, `Creating ${name}`, operation);
     if (g.json) printJson(final.result);
@@ -286,21 +287,33 @@ vm
     console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ') || 'none'}`);
   });
 vm
+  .command('set <vm>')
+  .description("Change a VM's policies")
+  .option('--postcopy <allow|deny>', 'whether live migration may use post-copy')
+  .action(async (name: string, options: { postcopy?: string }, command: Command) => {
+    if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny') throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
+    const body = options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' };
+    const vm = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
+    if (globals(command).json) return printJson(vm);
+    console.log(`${vm.name}: post-copy ${vm.allowPostcopy ? 'allowed' : 'denied'}`);
+  });
+vm
   .command('migrate <vm>')
   .description('Live-migrate a VM to another host, showing stage, passes, dirty rate and remaining memory')
   .option('--to <host>', 'destination (default: the scheduler picks)')
-  .option('--strategy <strategy>', 'precopy, postcopy or auto', 'auto')
-  .option('--max-downtime <ms>', 'downtime limit of the stop-and-copy phase', parseInteger('--max-downtime'))
+  .option('--strategy <strategy>', 'precopy, postcopy or auto (post-copy: a link broken mid-way pauses the VM until it returns)', 'auto')
+  .option('--max-downtime <ms>', 'longest stop-and-copy accepted (default 300; auto aims at 20 first)', parseInteger('--max-downtime'))
   .option('--bandwidth <MB/s>', 'cap on the migration stream', parseInteger('--bandwidth'))
-  .option('--timeout <seconds>', 'switch to post-copy (auto) or give up (precopy) after this long', parseInteger('--timeout'))
-  .action(async (name: string, options: { to?: string; strategy: string; maxDowntime?: number; bandwidth?: number; timeout?: number }, command: Command) => {
-    const body = { strategy: options.strategy, ...(options.to ? { to: options.to } : {}), ...(options.maxDowntime ? { maxDowntimeMs: options.maxDowntime } : {}), ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}), ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}) };
+  .option('--timeout <seconds>', 'deadline for the switch-over (default 300)', parseInteger('--timeout'))
+  .option('--on-timeout <action>', 'at the deadline: abort, or postcopy (default: postcopy when prepared, else abort)')
+  .action(async (name: string, options: { to?: string; strategy: string; maxDowntime?: number; bandwidth?: number; timeout?: number; onTimeout?: string }, command: Command) => {
+    const body = { strategy: options.strategy, ...(options.to ? { to: options.to } : {}), ...(options.maxDowntime ? { maxDowntimeMs: options.maxDowntime } : {}), ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}), ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}), ...(options.onTimeout ? { onTimeout: options.onTimeout } : {}) };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/migrate${projectQuery(command)}`, body);
     const final = await runOperation(command, `Migrating ${name}`, operation);
     if (globals(command).json) return printJson(final.result);
     const result = final.result as { from: string; to: string; figures: Record<string, number> };
     const f = result.figures;
-    console.log(`${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, downtime ${f.downtimeMs} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}`);
+    console.log(`${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, QEMU downtime ${f.downtimeMs} ms, paused ${f.pausedMs ?? '?'} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}${f.predictionErrorPercent !== undefined ? `, predicted total off by ${f.predictionErrorPercent}%` : ''}`);
   });
 vm
   .command('migrations <vm>')
@@ -308,8 +321,8 @@ vm
   .action(async (name: string, _options: unknown, command: Command) => {
     const history = await client(command).request<Array<Record<string, any>>>('GET', `/v1/vms/${encodeURIComponent(name)}/migrations${projectQuery(command)}`);
     if (globals(command).json) return printJson(history);
-    printTable(['STARTED', 'FROM', 'TO', 'STRATEGY', 'STATUS', 'TOTAL MS', 'DOWNTIME MS', 'SENT MiB', 'POSTCOPY'], history.map((h) => [
-      h.startedAt, h.from, h.to, h.strategy, h.status, h.figures.totalTimeMs, h.figures.downtimeMs, h.figures.transferredBytes === undefined ? undefined : (h.figures.transferredBytes / 2 ** 20).toFixed(1), h.figures.switchedToPostcopy ? 'yes' : 'no',
+    printTable(['STARTED', 'FROM', 'TO', 'STRATEGY', 'STATUS', 'TOTAL MS', 'PREDICTED MS', 'DOWNTIME MS', 'PAUSED MS', 'SENT MiB', 'POSTCOPY'], history.map((h) => [
+      h.startedAt, h.from, h.to, h.strategy, h.status, h.figures.totalTimeMs, h.figures.prediction?.predictedTotalMs, h.figures.downtimeMs, h.figures.pausedMs, h.figures.transferredBytes === undefined ? undefined : (h.figures.transferredBytes / 2 ** 20).toFixed(1), h.figures.switchedToPostcopy ? 'yes' : 'no',
     ]));
   });
 vm

@@ -99,6 +99,7 @@ export class VmService {
       publish: spec.nics.flatMap((nic) => nic.forwards ?? []),
       ...(status.lastError ? { lastError: status.lastError } : {}),
       ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
+      allowPostcopy: row.allow_postcopy === 1,
       createdAt: row.created_at,
     };
   }
@@ -111,6 +112,15 @@ export class VmService {
 
   async get(ref: string, project?: string): Promise<Vm> {
     return this.#view(await this.#row(ref, project));
+  }
+
+  /** Changes a VM's policies (today: whether live migration may use post-copy). */
+  async update(ref: string, project: string | undefined, change: { allowPostcopy?: boolean }): Promise<Vm> {
+    const row = await this.#row(ref, project);
+    if (change.allowPostcopy !== undefined) {
+      await this.#db.updateTable('vms').set({ allow_postcopy: change.allowPostcopy ? 1 : 0, updated_at: new Date().toISOString() }).where('id', '=', row.id).execute();
+    }
+    return this.get(row.id);
   }
 
   /**
@@ -193,6 +203,7 @@ export class VmService {
       actual_state: 'pending',
       spec: JSON.stringify(spec),
       status: '{}',
+      allow_postcopy: request.allowPostcopy === false ? 0 : 1,
       created_at: now,
       updated_at: now,
     };

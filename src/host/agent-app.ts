@@ -91,6 +91,27 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     await supervisor.cancelMigration(request.params.id);
     return reply.status(204).send();
   });
+  app.post<IdParams & { Body: { seconds: number } }>('/agent/vms/:id/migration/dirty-rate', async (request) => ({
+    bytesPerSec: await supervisor.sampleDirtyRate(request.params.id, request.body.seconds),
+  }));
+  app.put<IdParams & { Body: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number } }>('/agent/vms/:id/migration/parameters', async (request, reply) => {
+    await supervisor.setMigrationParameters(request.params.id, request.body);
+    return reply.status(204).send();
+  });
+  // Post-copy recovery: both ends pause on a broken link; the destination listens again and the
+  // source reconnects.
+  app.post<IdParams>('/agent/vms/:id/migration/pause', async (request, reply) => {
+    await supervisor.pauseMigration(request.params.id);
+    return reply.status(204).send();
+  });
+  app.post<IdParams & { Body: { uri: string } }>('/agent/vms/:id/incoming/recover', async (request, reply) => {
+    await supervisor.recoverIncoming(request.params.id, request.body.uri);
+    return reply.status(204).send();
+  });
+  app.post<IdParams & { Body: { uri: string } }>('/agent/vms/:id/migration/resume', async (request, reply) => {
+    await supervisor.resumeMigration(request.params.id, request.body.uri);
+    return reply.status(204).send();
+  });
   app.post<IdParams & { Body: DiskSpec }>('/agent/vms/:id/disks', async (request) => supervisor.attachDisk(request.params.id, request.body));
   app.delete<{ Params: { id: string; disk: string } }>('/agent/vms/:id/disks/:disk', async (request) => supervisor.detachDisk(request.params.id, request.params.disk));
   app.put<IdParams & { Body: Array<NicFirewallSpec & { nicId: string }> }>('/agent/vms/:id/firewall', async (request, reply) => {

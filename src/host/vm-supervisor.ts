@@ -52,6 +52,9 @@ export class VmSupervisor {
   readonly #queue = new KeyedSerialQueue();
   /** Callbacks of `waitReady` calls, run whenever readiness or liveness of any VM changes. */
   readonly #waiters = new Set<() => void>();
+  /** QEMU's timestamps of each VM's last STOP and RESUME events: a migration's true pause is
+   * the source's STOP to the destination's RESUME, which QEMU's own `downtime` does not cover. */
+  readonly #pauseTimes = new Map<string, { stoppedAtMs?: number; resumedAtMs?: number }>();
 
   constructor(options: VmSupervisorOptions) {
     this.#options = Object.freeze({ ...options });
@@ -267,6 +270,14 @@ export class VmSupervisor {
    */
   prepareIncoming(spec: VmSpec, listenUri: string, capabilities: Record<string, boolean>, carried: Partial<VmStatus>): Promise<VmStatus> {
     return this.#queue.run(spec.id, async () => {
+      const earlier = this.#records.get(spec.id);
+      if (earlier && !this.#processes.has(spec.id) && earlier.status.state !== 'running') {
+        // What an earlier migration left here when this agent could not be told to clean up
+        // (say, it was down): its QEMU is gone, so the record is only in the way.
+        await this.#options.unplugNics?.(earlier.spec).catch(() => undefined);
+        this.#records.delete(spec.id);
+        await rm(this.#vmDir(spec.id), { recursive: true, force: true });
+      }
       if (this.#records.has(spec.id)) throw new NubisError('VM_EXISTS', `VM ${spec.name} already exists on this host`);
       const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps } };
       this.#records.set(spec.id, record);
@@ -314,6 +325,11 @@ export class VmSupervisor {
     });
   }
 
+  /** Source: the guest's dirty rate in bytes per second, sampled over `seconds` while it runs. */
+  sampleDirtyRate(id: string, seconds: number): Promise<number> {
+    return this.#queue.run(id, () => this.#running(id).sampleDirtyRate(seconds));
+  }
+
   /** Source: starts sending a running VM to `uri`. */
   migrateOut(id: string, uri: string, options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number }): Promise<VmStatus> {
     return this.#queue.run(id, async () => {
@@ -324,18 +340,43 @@ export class VmSupervisor {
     });
   }
 
-  /** The QEMU `query-migrate` of a VM on this host (not queued: read while a migration runs). */
+  /**
+   * The QEMU `query-migrate` of a VM on this host, with the times of its last STOP and RESUME
+   * (not queued: read while a migration runs).
+   */
   async migrationStatus(id: string): Promise<Record<string, unknown>> {
-    const qemu = this.#processes.get(id);
-    if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${this.#record(id).spec.name} has no QEMU on this host`);
-    return qemu.migrationStatus();
+    return { ...(await this.#qemuOf(id).migrationStatus()), ...this.#pauseTimes.get(id) };
+  }
+
+  /** Changes the parameters of the running migration (e.g. a widened downtime limit). */
+  async setMigrationParameters(id: string, parameters: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number }): Promise<void> {
+    await this.#qemuOf(id).setMigrationParameters(parameters);
   }
 
   /** Source: switches the running migration to post-copy. */
   async startPostcopy(id: string): Promise<void> {
+    await this.#qemuOf(id).startPostcopy();
+  }
+
+  /** Either end, in post-copy: closes the stream so this end waits in `postcopy-paused`. */
+  async pauseMigration(id: string): Promise<void> {
+    await this.#qemuOf(id).pauseMigration();
+  }
+
+  /** Destination in `postcopy-paused`: listens on `uri` for the source to resume. */
+  async recoverIncoming(id: string, uri: string): Promise<void> {
+    await this.#qemuOf(id).recoverIncomingMigration(uri);
+  }
+
+  /** Source in `postcopy-paused`: reconnects to the destination's recovery listener. */
+  async resumeMigration(id: string, uri: string): Promise<void> {
+    await this.#qemuOf(id).resumeMigration(uri);
+  }
+
+  #qemuOf(id: string): QemuProcess {
     const qemu = this.#processes.get(id);
     if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${this.#record(id).spec.name} has no QEMU on this host`);
-    await qemu.startPostcopy();
+    return qemu;
   }
 
   /** Source: cancels the migration; the VM goes on running here. */
@@ -354,6 +395,7 @@ export class VmSupervisor {
       this.#readyWaits.get(id)?.abort();
       await this.#options.unplugNics?.(record.spec);
       this.#records.delete(id);
+      this.#pauseTimes.delete(id);
       await rm(this.#vmDir(id), { recursive: true, force: true });
     });
   }
@@ -447,7 +489,11 @@ export class VmSupervisor {
       onState: (state: QemuRunState) => {
         if (state !== 'stopped' && state !== 'crashed') this.#update(record, { state });
       },
-      onQmpEvent: (event: { event: string }) => {
+      onQmpEvent: (event: { event: string; timestampMs: number }) => {
+        if (event.event === 'STOP' || event.event === 'RESUME') {
+          const times = this.#pauseTimes.get(record.spec.id) ?? {};
+          this.#pauseTimes.set(record.spec.id, event.event === 'STOP' ? { ...times, stoppedAtMs: event.timestampMs } : { ...times, resumedAtMs: event.timestampMs });
+        }
         // A guest-initiated reboot starts a new boot: readiness must be seen again.
         if (event.event === 'RESET' && record.status.readyAt) {
           void serialLogOffset(runtimePathsOf(this.#vmDir(record.spec.id)).serialLog).then((offset) => {

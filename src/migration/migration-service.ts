@@ -15,6 +15,7 @@ import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
 import { placeVm } from '../control/placement.ts';
+import { predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { Operation } from '../api/schemas.ts';
 
@@ -23,12 +24,16 @@ export type MigrationStrategy = 'precopy' | 'postcopy' | 'auto';
 export interface MigrationRequest {
   to?: string;
   strategy: MigrationStrategy;
-  /** QEMU's downtime limit for the stop-and-copy phase. Default 300 ms (QEMU's own). */
+  /** The longest stop-and-copy the user accepts. Default 300 ms (QEMU's own limit). `auto` aims
+   * lower first ({@link AUTO_TARGET_DOWNTIME_MS}) and widens towards this only if it must. */
   maxDowntimeMs?: number;
   /** Cap on the migration stream; default unlimited. */
   bandwidthMbps?: number;
-  /** Deadline after which a pre-copy that has not converged switches to post-copy (or is cancelled). */
+  /** Deadline for the switch-over; then `onTimeout` applies. */
   completionTimeoutSeconds?: number;
+  /** At the deadline: give up (the VM stays on its source) or switch to post-copy. Default:
+   * post-copy when it is prepared for this migration, else abort. */
+  onTimeout?: 'abort' | 'postcopy';
 }
 
 /** What `query-migrate` tells about RAM, the fields Nubis reads. */
@@ -36,6 +41,8 @@ interface QemuRamStats {
   transferred?: number;
   remaining?: number;
   total?: number;
+  normal?: number;
+  duplicate?: number;
   'dirty-pages-rate'?: number;
   'dirty-sync-count'?: number;
   'page-size'?: number;
@@ -49,22 +56,72 @@ interface QemuMigrationStatus {
   'total-time'?: number;
   downtime?: number;
   'setup-time'?: number;
+  'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
+  /** Added by the agent: QEMU's timestamps of the VM's last STOP and RESUME events. */
+  stoppedAtMs?: number;
+  resumedAtMs?: number;
+}
+
+/** How a migration is set up before it starts, and why. */
+export interface MigrationPlan {
+  /** `postcopy-ram` on both ends: the switch to post-copy stays possible, at the price of a
+   * return-path handshake that lengthens a plain pre-copy's final phase. */
+  postcopyPrepared: boolean;
+  /** QEMU throttles the guest's vCPUs when pre-copy passes stop shrinking. */
+  autoConverge: boolean;
+  /** The stop-and-copy QEMU is first asked to fit in, and the most it may be widened to. */
+  targetDowntimeMs: number;
+  maxDowntimeMs: number;
+  onTimeout: 'abort' | 'postcopy';
+  reason: string;
+  sampledDirtyRateBytesPerSec?: number;
+  expectedBandwidthBytesPerSec?: number;
 }
 
 /** The figures of a migration, as recorded and shown by `nubis vm migrations`. */
 export interface MigrationFigures {
   memoryMb: number;
   totalTimeMs?: number;
+  /** QEMU's downtime: from stopping the VM to the last byte handed to the stream. */
   downtimeMs?: number;
+  /** What the guest lost: the source's STOP to the destination's RESUME. It adds what QEMU's
+   * downtime leaves out: the destination draining the stream and loading the device state. */
+  pausedMs?: number;
   transferredBytes?: number;
   passes?: number;
   postcopyRequests?: number;
   switchedToPostcopy: boolean;
-  /** At the decision point: dirty rate, bandwidth and the predicted outcome of plain pre-copy. */
-  prediction?: { dirtyRateBytesPerSec: number; bandwidthBytesPerSec: number; lambda: number; converges: boolean; predictedTotalMs?: number };
+  /** The largest vCPU throttle auto-converge applied, in percent. */
+  throttlePercent?: number;
+  /** How often a broken post-copy stream was recovered. */
+  recoveries?: number;
+  plan?: MigrationPlan;
+  /** The link as measured from bytes sent over time, beside QEMU's own estimate. */
+  bandwidth?: { measuredBytesPerSec: number; qemuBytesPerSec: number; capped: boolean };
+  /** Made once, early in the first pass, with the dirty rate and link known then. */
+  prediction?: { madeAtMs: number; dirtyRateBytesPerSec: number; bandwidthBytesPerSec: number; lambda: number; converges: boolean; route: 'precopy' | 'postcopy'; predictedTotalMs?: number; predictedDowntimeMs?: number };
+  /** Actual minus predicted total time, in percent of the actual. */
+  predictionErrorPercent?: number;
   error?: string;
 }
+
+/** `auto` first asks QEMU for a stop-and-copy this short: an idle guest then loses only a few
+ * milliseconds; it is widened step by step, up to the user's maximum, when passes stop shrinking. */
+export const AUTO_TARGET_DOWNTIME_MS = 20;
+/** QEMU's own default downtime limit, the maximum when the user names none. */
+const DEFAULT_MAX_DOWNTIME_MS = 300;
+/** `auto` prepares post-copy when the guest dirties memory at least this fraction of the link. */
+const POSTCOPY_PREPARE_LAMBDA = 0.5;
+/** The link assumed before any migration between two hosts has measured it: one gigabit. */
+const ASSUMED_LINK_BYTES_PER_SEC = 125_000_000;
+/** Pre-copy passes `auto` allows before it switches to post-copy (when prepared). */
+const AUTO_MAX_PASSES = 10;
+/** No byte moved for this long: the link or an end is gone. */
+const STALL_MS = 10_000;
+/** How long a paused post-copy waits for its link to return. */
+const POSTCOPY_RECOVERY_MS = 600_000;
+const POLL_MS = 200;
 
 /** The first migration port tried on the destination; each migration takes the next free one. */
 const MIGRATION_PORT_BASE = 49152;
@@ -118,6 +175,10 @@ export class MigrationService {
     if (spec.nics.some((nic) => nic.network) && !destination.underlay_ip) {
       throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} has no underlay, so it cannot carry the VM's networks`);
     }
+    const postcopyAllowed = vm.allow_postcopy === 1;
+    if (!postcopyAllowed && (request.strategy === 'postcopy' || request.onTimeout === 'postcopy')) {
+      throw new NubisError('MIGRATION_POSTCOPY_DENIED', `VM ${vm.name} does not allow post-copy (a broken link during post-copy pauses it until the link returns); use --strategy auto or precopy, or allow it with: nubis vm set ${vm.name} --postcopy allow`);
+    }
     this.#running.add(vmId);
     const migrationId = newId('mig');
     const figures: MigrationFigures = { memoryMb: vm.memory_mb, switchedToPostcopy: false };
@@ -132,15 +193,68 @@ export class MigrationService {
     return this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, async (op) => {
       await op.report('checks', `Checks passed: ${source.name} -> ${destination.name} (${destination.accelerator}), strategy ${request.strategy}`, 0.02);
       try {
-        const result = await this.#run(op, { vmId, vmName: vm.name, spec, source, destination, request, figures });
+        const plan = await this.#plan(op, { vmId, source, destination, request, postcopyAllowed });
+        figures.plan = plan;
+        await op.report('plan', plan.reason, 0.04, plan);
+        const result = await this.#run(op, { vmId, vmName: vm.name, spec, source, destination, request, plan, figures });
         await finish('completed');
         return result;
       } catch (error) {
         figures.error = messageOf(error);
         await finish(op.signal.aborted ? 'cancelled' : 'failed');
         throw error;
+      } finally {
+        this.#running.delete(vmId);
       }
     });
+  }
+
+  /**
+   * Decides how the migration is set up. `auto` samples the guest's dirty rate first (QEMU's
+   * calc-dirty-rate, 1 s) and sets it against the link (the cap, else what the last migration
+   * between these hosts measured): post-copy is prepared only when the guest may outrun the link,
+   * because preparing it lengthens a plain pre-copy's final phase; auto-converge is the safety
+   * net either way, and the only one for a VM that does not allow post-copy.
+   */
+  async #plan(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; request: MigrationRequest; postcopyAllowed: boolean }): Promise<MigrationPlan> {
+    const { request } = m;
+    const maxDowntimeMs = request.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS;
+    const onTimeoutFor = (prepared: boolean): 'abort' | 'postcopy' => request.onTimeout ?? (prepared ? 'postcopy' : 'abort');
+    if (request.strategy === 'precopy') {
+      const prepared = request.onTimeout === 'postcopy';
+      return { postcopyPrepared: prepared, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason: `Pre-copy with a ${maxDowntimeMs} ms downtime limit${prepared ? '; post-copy prepared for the timeout' : ''}` };
+    }
+    if (request.strategy === 'postcopy') {
+      return { postcopyPrepared: true, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(true), reason: 'One pre-copy pass, then post-copy' };
+    }
+    await op.report('measure', 'Sampling the dirty rate of the guest (1 s)', 0.03);
+    const sampled = (await this.#hosts.call<{ bytesPerSec: number }>(m.source, { method: 'POST', path: `/agent/vms/${m.vmId}/migration/dirty-rate`, body: { seconds: 1 }, timeoutMs: 30_000, signal: op.signal })).bytesPerSec;
+    const expected = request.bandwidthMbps ? request.bandwidthMbps * 1_000_000 : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
+    const lambda = sampled / expected;
+    const prepared = m.postcopyAllowed && lambda >= POSTCOPY_PREPARE_LAMBDA;
+    const targetDowntimeMs = Math.min(AUTO_TARGET_DOWNTIME_MS, maxDowntimeMs);
+    const rates = `dirty rate ${mib(sampled)}/s over a link of about ${mib(expected)}/s (lambda ${lambda.toFixed(2)})`;
+    const reason = prepared
+      ? `${rates}: pre-copy may not converge, post-copy prepared`
+      : `${rates}: pre-copy aiming at ${targetDowntimeMs} ms downtime (up to ${maxDowntimeMs} ms), auto-converge as the safety net${m.postcopyAllowed ? '' : ' (the VM does not allow post-copy)'}`;
+    return { postcopyPrepared: prepared, autoConverge: true, targetDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason, sampledDirtyRateBytesPerSec: sampled, expectedBandwidthBytesPerSec: expected };
+  }
+
+  /** The link rate the last completed migration between two hosts (either way) measured. */
+  async #lastMeasuredLink(a: string, b: string): Promise<number | undefined> {
+    const rows = await this.#db
+      .selectFrom('vm_migrations')
+      .select('figures')
+      .where('status', '=', 'completed')
+      .where((eb) => eb.or([eb.and([eb('from_host', '=', a), eb('to_host', '=', b)]), eb.and([eb('from_host', '=', b), eb('to_host', '=', a)])]))
+      .orderBy('ended_at', 'desc')
+      .limit(5)
+      .execute();
+    for (const row of rows) {
+      const link = (JSON.parse(row.figures) as MigrationFigures).bandwidth;
+      if (link && !link.capped && link.measuredBytesPerSec > 0) return link.measuredBytesPerSec;
+    }
+    return undefined;
   }
 
   /**
@@ -185,16 +299,14 @@ export class MigrationService {
 
   async #run(
     op: OperationContext,
-    m: { vmId: string; vmName: string; spec: VmSpec; source: HostsTable; destination: HostsTable; request: MigrationRequest; figures: MigrationFigures },
+    m: { vmId: string; vmName: string; spec: VmSpec; source: HostsTable; destination: HostsTable; request: MigrationRequest; plan: MigrationPlan; figures: MigrationFigures },
   ): Promise<unknown> {
-    const { vmId, source, destination, request, figures } = m;
+    const { vmId, source, destination, request, plan, figures } = m;
     const networkIds = [...new Set(m.spec.nics.flatMap((nic) => (nic.network ? [nic.network.id] : [])))];
-    const postcopyAllowed = request.strategy !== 'precopy';
-    const capabilities = { events: true, 'postcopy-ram': postcopyAllowed };
-    const port = nextPort;
-    nextPort = nextPort >= 60999 ? MIGRATION_PORT_BASE : nextPort + 1;
-    const uri = `tcp:${destination.underlay_ip ?? '127.0.0.1'}:${port}`;
+    const capabilities = { events: true, 'postcopy-ram': plan.postcopyPrepared, 'auto-converge': plan.autoConverge };
+    const uri = this.#listenUri(destination);
     const sourceStatus = JSON.parse((await this.#db.selectFrom('vms').select('status').where('id', '=', vmId).executeTakeFirstOrThrow()).status) as VmStatus;
+    const vmPath = `/agent/vms/${vmId}`;
     let switchedOver = false;
 
     // Stage 2: reservation. The destination gets the VM's networks and an incoming QEMU with the
@@ -202,66 +314,121 @@ export class MigrationService {
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
     try {
       for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
-      await this.#hosts.call(destination, { method: 'PUT', path: `/agent/vms/${vmId}/incoming`, body: { spec: m.spec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt } }, timeoutMs: 60_000, signal: op.signal });
+      await this.#hosts.call(destination, { method: 'PUT', path: `${vmPath}/incoming`, body: { spec: m.spec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt } }, timeoutMs: 60_000, signal: op.signal });
 
       // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
+      let qemuLimitMs = plan.targetDowntimeMs;
       await this.#hosts.call(source, {
         method: 'POST',
-        path: `/agent/vms/${vmId}/migrate`,
-        body: { uri, capabilities, downtimeLimitMs: request.maxDowntimeMs ?? 300, ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
+        path: `${vmPath}/migrate`,
+        body: { uri, capabilities, downtimeLimitMs: qemuLimitMs, ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
         signal: op.signal,
       });
-      const deadline = Date.now() + (request.completionTimeoutSeconds ?? 300) * 1000;
+      const startedAt = Date.now();
+      const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
+      const link = new RateMeter();
+      const scan = new RateMeter();
+      let targetMs = plan.targetDowntimeMs;
+      let lastBytes = -1;
+      let lastProgressAt = startedAt;
+      let widenedAtPass = 0;
       let status: QemuMigrationStatus = {};
       for (;;) {
-        status = await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `/agent/vms/${vmId}/migration`, signal: op.signal });
+        status = await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/migration`, signal: op.signal });
+        const now = Date.now();
         const ram = status.ram ?? {};
+        const pageSize = ram['page-size'] ?? 4096;
         const passes = ram['dirty-sync-count'] ?? 0;
-        const dirtyRate = (ram['dirty-pages-rate'] ?? 0) * (ram['page-size'] ?? 4096);
-        const bandwidth = ((ram.mbps ?? 0) * 1_000_000) / 8;
+        const dirtyRate = (ram['dirty-pages-rate'] ?? 0) * pageSize;
+        if (ram.transferred !== undefined) {
+          link.add(now, ram.transferred);
+          if (ram.transferred !== lastBytes) [lastBytes, lastProgressAt] = [ram.transferred, now];
+        }
+        scan.add(now, ((ram.normal ?? 0) + (ram.duplicate ?? 0)) * pageSize);
+        const bandwidth = link.rate();
+        const qemuBandwidth = ((ram.mbps ?? 0) * 1_000_000) / 8;
+        if (bandwidth > 0) figures.bandwidth = { measuredBytesPerSec: Math.round(bandwidth), qemuBytesPerSec: Math.round(qemuBandwidth), capped: request.bandwidthMbps !== undefined };
+        figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
         const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
         if (status.status === 'completed') break;
         if (status.status === 'failed' || status.status === 'cancelled') throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
-        if (status.status === 'postcopy-active' || status.status === 'postcopy-paused') {
+        if (status.status === 'postcopy-paused' || (status.status === 'postcopy-active' && now - lastProgressAt > STALL_MS)) {
+          switchedOver = true;
+          await this.#recoverPostcopy(op, { vmId, source, destination, figures });
+          lastProgressAt = Date.now();
+        } else if (status.status === 'postcopy-active' || status.status === 'postcopy-recover') {
           switchedOver = true;
           await op.report('postcopy', `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`, 0.9, { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] });
         } else if (status.status === 'device' || status.status === 'pre-switchover') {
           await op.report('stop-and-copy', 'Stop-and-copy: the last dirty pages and the device state', 0.9);
         } else if (status.status === 'active') {
-          await op.report('precopy', `Pass ${passes + 1}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirtyRate)}/s, link ${mib(bandwidth)}/s`, 0.1 + progress * 0.75, {
-            pass: passes + 1, transferredBytes: ram.transferred, remainingBytes: ram.remaining, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth,
+          // The destination must still be there: a lost destination agent fails the migration
+          // now, while the VM can still stay where it is.
+          await this.#hosts.call(destination, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 5_000, signal: op.signal }).catch((error) => {
+            throw new NubisError('MIGRATION_DESTINATION_LOST', `The destination ${destination.name} stopped answering: ${messageOf(error)}`);
           });
-          // The decision point: once the first full pass has measured the dirty rate and the link.
-          if (postcopyAllowed && !figures.switchedToPostcopy && passes >= 2) {
-            const lambda = bandwidth > 0 ? dirtyRate / bandwidth : 1;
-            // Liu et al. (HPDC 2011): pre-copy converges when the dirty rate stays below the link.
-            const converges = lambda < 0.8;
-            figures.prediction = { dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, lambda, converges, ...(converges && bandwidth > 0 ? { predictedTotalMs: Math.round(((ram.remaining ?? 0) / (bandwidth * (1 - lambda))) * 1000) } : {}) };
-            if (request.strategy === 'postcopy' || !converges || Date.now() > deadline) {
-              await op.report('postcopy', `Switching to post-copy (dirty rate / link = ${lambda.toFixed(2)})`, 0.85, figures.prediction);
-              await this.#hosts.call(source, { method: 'POST', path: `/agent/vms/${vmId}/migration/postcopy`, signal: op.signal });
+          if (now - lastProgressAt > STALL_MS) {
+            throw new NubisError('MIGRATION_STALLED', `No byte reached ${destination.name} for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
+          }
+          const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
+          await op.report('precopy', `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`, 0.1 + progress * 0.75, {
+            pass: Math.max(1, passes), transferredBytes: ram.transferred, remainingBytes: ram.remaining, dirtyRateBytesPerSec: dirty, bandwidthBytesPerSec: bandwidth, ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
+          });
+          if (!figures.prediction && bandwidth > 0 && ram.remaining !== undefined) {
+            figures.prediction = this.#predict({ elapsedMs: now - startedAt, remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy });
+          }
+          // Widen the downtime target, step by step, while passes go on without converging; and
+          // tell QEMU the limit that, with its under-estimate of the link, means that target.
+          if (passes >= 3 && passes > widenedAtPass && targetMs < plan.maxDowntimeMs) {
+            targetMs = Math.min(plan.maxDowntimeMs, targetMs * 2);
+            widenedAtPass = passes;
+          }
+          const limit = qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth);
+          if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
+            await this.#hosts.call(source, { method: 'PUT', path: `${vmPath}/migration/parameters`, body: { downtimeLimitMs: limit }, signal: op.signal }).catch(() => undefined);
+            qemuLimitMs = limit;
+          }
+          // The post-copy decision, once the first full pass has measured the dirty rate.
+          if (plan.postcopyPrepared && !figures.switchedToPostcopy && passes >= 2) {
+            const outlook = predictPrecopy({ remainingBytes: ram.remaining ?? 0, scanRateBytesPerSec: bandwidth, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, downtimeLimitMs: plan.maxDowntimeMs });
+            const why = request.strategy === 'postcopy' ? 'as asked'
+              : !outlook.converges ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
+              : passes > AUTO_MAX_PASSES ? `still not done after ${AUTO_MAX_PASSES} passes`
+              : now > deadline && plan.onTimeout === 'postcopy' ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
+              : undefined;
+            if (why && (request.strategy !== 'precopy' || now > deadline)) {
+              await op.report('postcopy', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
+              await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/postcopy`, signal: op.signal });
               figures.switchedToPostcopy = true;
             }
           }
-          if (Date.now() > deadline && !postcopyAllowed) {
-            throw new NubisError('MIGRATION_TIMEOUT', `Pre-copy did not converge within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto or --max-downtime`);
+          if (now > deadline && !figures.switchedToPostcopy && !(plan.postcopyPrepared && plan.onTimeout === 'postcopy')) {
+            throw new NubisError('MIGRATION_TIMEOUT', `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`);
           }
         }
-        await delay(200, undefined, { signal: op.signal });
+        await delay(POLL_MS, undefined, { signal: op.signal });
       }
       switchedOver = true;
+      // QEMU marks the migration completed a moment before it fills in the times: ask again.
+      for (let i = 0; i < 20 && !status['total-time']; i++) {
+        await delay(50);
+        status = await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/migration` });
+      }
       figures.totalTimeMs = status['total-time'];
       figures.downtimeMs = status.downtime;
       figures.transferredBytes = status.ram?.transferred;
       figures.passes = status.ram?.['dirty-sync-count'];
       figures.postcopyRequests = status.ram?.['postcopy-requests'];
+      if (figures.prediction?.predictedTotalMs && figures.totalTimeMs) {
+        figures.predictionErrorPercent = Math.round(((figures.totalTimeMs - figures.prediction.predictedTotalMs) / figures.totalTimeMs) * 100);
+      }
     } catch (error) {
       if (switchedOver) throw error; // past the switch-over the VM lives on the destination: nothing to roll back
       // Before the switch-over: the VM never left the source. Stop the stream, drop the
       // destination, and unplug what was plumbed for it.
       await op.report('rollback', `Rolling back: ${messageOf(error)}`, 0.95);
-      await this.#hosts.call(source, { method: 'POST', path: `/agent/vms/${vmId}/migration/cancel` }).catch(() => undefined);
-      await this.#hosts.call(destination, { method: 'DELETE', path: `/agent/vms/${vmId}`, timeoutMs: 60_000 }).catch(() => undefined);
+      await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/cancel` }).catch(() => undefined);
+      await this.#hosts.call(destination, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch(() => undefined);
       for (const networkId of networkIds) {
         await this.#networks.unplugHost(networkId, destination).catch(() => undefined);
         await this.#networks.sync(networkId).catch(() => undefined);
@@ -272,17 +439,91 @@ export class MigrationService {
     // Stage 6: commitment and activation. The destination owns the VM and announces it; the
     // record moves in one step; the source lets go.
     await op.report('activation', `Activating on ${destination.name} and announcing the VM to the network`, 0.96);
-    const activated = await this.#hosts.call<VmStatus>(destination, { method: 'POST', path: `/agent/vms/${vmId}/incoming/activate`, timeoutMs: 90_000 });
+    const stoppedAtMs = (await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/migration` }).catch(() => ({}) as QemuMigrationStatus)).stoppedAtMs;
+    const activated = await this.#hosts.call<VmStatus>(destination, { method: 'POST', path: `${vmPath}/incoming/activate`, timeoutMs: 90_000 });
+    const resumedAtMs = (await this.#hosts.call<QemuMigrationStatus>(destination, { method: 'GET', path: `${vmPath}/migration` }).catch(() => ({}) as QemuMigrationStatus)).resumedAtMs;
+    if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
     await this.#db.updateTable('vms').set({ host_id: destination.id, actual_state: activated.state, status: JSON.stringify(activated), updated_at: new Date().toISOString() }).where('id', '=', vmId).execute();
-    await this.#hosts.call(source, { method: 'DELETE', path: `/agent/vms/${vmId}`, timeoutMs: 60_000 }).catch((error) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
+    await this.#hosts.call(source, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch((error) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, source);
       await this.#networks.sync(networkId);
     }
     const project = (await this.#db.selectFrom('vms').select('project_id').where('id', '=', vmId).executeTakeFirstOrThrow()).project_id;
     await this.#secgroups.refreshProject(project);
-    await op.report('done', `Moved to ${destination.name}: ${figures.totalTimeMs ?? '?'} ms total, ${figures.downtimeMs ?? '?'} ms downtime, ${mib(figures.transferredBytes)} sent for ${figures.memoryMb} MiB of memory`, 1, figures);
+    await op.report('done', `Moved to ${destination.name}: ${figures.totalTimeMs ?? '?'} ms total, ${figures.downtimeMs ?? '?'} ms QEMU downtime, ${figures.pausedMs ?? '?'} ms paused, ${mib(figures.transferredBytes)} sent for ${figures.memoryMb} MiB of memory`, 1, figures);
     return { vm: m.vmName, from: source.name, to: destination.name, figures };
+  }
+
+  /** A fresh port on the destination's underlay address for a migration stream. */
+  #listenUri(destination: HostsTable): string {
+    const port = nextPort;
+    nextPort = nextPort >= 60999 ? MIGRATION_PORT_BASE : nextPort + 1;
+    return `tcp:${destination.underlay_ip ?? '127.0.0.1'}:${port}`;
+  }
+
+  /**
+   * The prediction recorded with the migration: the rest of the first pass at the rate it goes
+   * through memory, then the model's pre-copy passes, or (when post-copy will be used) the
+   * dirty set pulled once over the link.
+   */
+  #predict(p: { elapsedMs: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy }): NonNullable<MigrationFigures['prediction']> {
+    const model = predictPrecopy({ remainingBytes: p.remaining, scanRateBytesPerSec: p.scanRate, dirtyRateBytesPerSec: p.dirtyRate, bandwidthBytesPerSec: p.bandwidth, memoryBytes: p.memoryBytes, downtimeLimitMs: p.plan.maxDowntimeMs });
+    const base = { madeAtMs: p.elapsedMs, dirtyRateBytesPerSec: Math.round(p.dirtyRate), bandwidthBytesPerSec: Math.round(p.bandwidth), lambda: Number(model.lambda.toFixed(3)), converges: model.converges };
+    const usesPostcopy = p.plan.postcopyPrepared && (p.strategy === 'postcopy' || !model.converges);
+    if (usesPostcopy) {
+      const firstPassMs = (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000;
+      const dirtyAfterFirstPass = Math.min(p.dirtyRate * (firstPassMs / 1000), p.memoryBytes);
+      return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + firstPassMs + predictPostcopyMs(dirtyAfterFirstPass, p.bandwidth)) };
+    }
+    return { ...base, route: 'precopy', ...(model.converges ? { predictedTotalMs: p.elapsedMs + (model.remainingTimeMs ?? 0), predictedDowntimeMs: model.downtimeMs } : {}) };
+  }
+
+  /**
+   * Post-copy lost its stream (a broken or stalled link): the VM already runs on the destination
+   * and some of its pages are still on the source, so neither end may go on alone. Both ends are
+   * paused (vCPUs touching a missing page wait; nothing crashes), then, until the link returns,
+   * the destination listens again (`migrate-recover`) and the source reconnects (`migrate`
+   * with `resume`), and post-copy goes on where it stopped.
+   */
+  async #recoverPostcopy(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; figures: MigrationFigures }): Promise<void> {
+    const vmPath = `/agent/vms/${m.vmId}`;
+    const statusOf = (host: HostsTable) => this.#hosts.call<QemuMigrationStatus>(host, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 10_000 }).then((s) => s.status, () => undefined);
+    const giveUpAt = Date.now() + POSTCOPY_RECOVERY_MS;
+    m.figures.recoveries = (m.figures.recoveries ?? 0) + 1;
+    await op.report('postcopy-paused', `The post-copy stream to ${m.destination.name} broke: the VM waits there for its missing pages; recovering as soon as the link is back`, 0.9);
+    for (let attempt = 1; ; attempt++) {
+      if (Date.now() > giveUpAt) {
+        throw new NubisError('MIGRATION_POSTCOPY_PAUSED', `Post-copy could not be recovered within ${POSTCOPY_RECOVERY_MS / 1000} s; the VM stays paused on ${m.destination.name} with pages on ${m.source.name} (keep both hosts up)`);
+      }
+      // Both ends must be in postcopy-paused: a stalled (not broken) stream is closed by hand.
+      for (const host of [m.source, m.destination]) {
+        if ((await statusOf(host)) === 'postcopy-active') await this.#hosts.call(host, { method: 'POST', path: `${vmPath}/migration/pause` }).catch(() => undefined);
+      }
+      const [sourceState, destinationState] = [await statusOf(m.source), await statusOf(m.destination)];
+      if (sourceState === 'completed') return;
+      if (sourceState === 'postcopy-paused' && destinationState === 'postcopy-paused') {
+        const uri = this.#listenUri(m.destination);
+        try {
+          await this.#hosts.call(m.destination, { method: 'POST', path: `${vmPath}/incoming/recover`, body: { uri } });
+          await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/migration/resume`, body: { uri } });
+          // The source connects (the kernel retries its SYN while the link is down); wait for
+          // it to go on or to fall back to paused.
+          for (let waited = 0; waited < 60_000; waited += 500) {
+            const state = await statusOf(m.source);
+            if (state === 'postcopy-active' || state === 'completed') {
+              await op.report('postcopy', `Post-copy recovered (attempt ${attempt}); the rest of the pages follow`, 0.92);
+              return;
+            }
+            if (state === 'postcopy-paused') break;
+            await delay(500);
+          }
+        } catch (error) {
+          await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again`, 0.9);
+        }
+      }
+      await delay(2_000);
+    }
   }
 }
 

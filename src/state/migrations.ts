@@ -199,6 +199,11 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0007-vm-allow-postcopy': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('vms').addColumn('allow_postcopy', 'integer', (c) => c.notNull().defaultTo(1)).execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

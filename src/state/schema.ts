@@ -65,6 +65,8 @@ export interface VmsTable {
   spec: string;
   /** JSON: the host's last VmStatus. */
   status: string;
+  /** 1 when live migration may use post-copy for this VM (a link broken mid-way pauses it). */
+  allow_postcopy: number;
   created_at: string;
   updated_at: string;
 }

@@ -251,6 +251,48 @@ export class QemuProcess {
     return this.qmp.execute<Record<string, unknown>>('query-migrate');
   }
 
+  /** Changes migration parameters, also while a migration runs (e.g. a widened `downtime-limit`). */
+  async setMigrationParameters(parameters: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number }): Promise<void> {
+    await this.qmp.execute('migrate-set-parameters', {
+      ...(parameters.downtimeLimitMs !== undefined ? { 'downtime-limit': parameters.downtimeLimitMs } : {}),
+      ...(parameters.maxBandwidthBytesPerSec !== undefined ? { 'max-bandwidth': parameters.maxBandwidthBytesPerSec } : {}),
+    });
+  }
+
+  /**
+   * How fast the guest dirties memory, sampled over `seconds` by QEMU's `calc-dirty-rate`
+   * (page-sampling mode: the dirty-bitmap mode crashes QEMU 7.2 under TCG). Bytes per second.
+   */
+  async sampleDirtyRate(seconds: number): Promise<number> {
+    await this.qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
+    const deadline = Date.now() + seconds * 1000 + 10_000;
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(250, seconds * 250)));
+      const result = await this.qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
+      // QEMU reports whole MB/s.
+      if (result.status === 'measured') return (result['dirty-rate'] ?? 0) * 1_000_000;
+      if (Date.now() > deadline) throw new Error(`calc-dirty-rate did not finish within ${seconds + 10} s (status ${result.status})`);
+    }
+  }
+
+  /**
+   * Post-copy with a broken or stalled link: shuts the migration stream here, so this end waits in
+   * `postcopy-paused` (guest pages still missing stay missing; nothing is lost) for a recovery.
+   */
+  async pauseMigration(): Promise<void> {
+    await this.qmp.execute('migrate-pause');
+  }
+
+  /** Destination in `postcopy-paused`: listens on `uri` for the source to resume the stream. */
+  async recoverIncomingMigration(uri: string): Promise<void> {
+    await this.qmp.execute('migrate-recover', { uri });
+  }
+
+  /** Source in `postcopy-paused`: reconnects to the destination's recovery listener and goes on. */
+  async resumeMigration(uri: string): Promise<void> {
+    await this.qmp.execute('migrate', { uri, resume: true });
+  }
+
   /** Source: switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both ends). */
   async startPostcopy(): Promise<void> {
     await this.qmp.execute('migrate-start-postcopy');
