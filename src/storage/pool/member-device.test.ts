@@ -31,7 +31,7 @@ describe('InlineWritePolicy', () => {
 });
 
 describe('FileMemberDevice', () => {
-  it('reads back what inline and threadpool writes stored', async () => {
+  it('reads back what inline, threadpool and durable writes stored', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'nubis-member-'));
     try {
       const path = join(dir, 'member.img');
@@ -40,13 +40,16 @@ describe('FileMemberDevice', () => {
       const device = await FileMemberDevice.open(path);
       const small = Buffer.alloc(4096, 0x11);
       const large = Buffer.alloc(1024 * 1024, 0x22);
+      const record = Buffer.alloc(100, 0x33);
       await device.write(small, 0, small.length, 8192);
       await device.write(large, 0, large.length, 1024 * 1024);
+      await device.writeDurable(record, 0, record.length, 4096);
       await device.flush();
       await device.close();
       const image = await readFile(path);
       assert.ok(image.subarray(8192, 8192 + 4096).equals(small));
       assert.ok(image.subarray(1024 * 1024, 2 * 1024 * 1024).equals(large));
+      assert.ok(image.subarray(4096, 4196).equals(record));
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -3,11 +3,12 @@
  * with positioned reads and writes (a remote NBD export through NbdClient, a test double that
  * fails on demand) implements the same interface.
  */
-import { writeSync } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { NubisError } from '../../core/errors.ts';
 import { NbdClient } from '../nbd/nbd-client.ts';
+import { NBD_FLAG_SEND_FUA } from '../nbd/nbd-constants.ts';
 
 /** Positioned I/O on one pool member. Reads and writes either complete fully or throw. */
 export interface MemberDevice {
@@ -15,6 +16,11 @@ export interface MemberDevice {
   readonly sizeBytes: number;
   read(buffer: Buffer, offset: number, length: number, position: number): Promise<void>;
   write(buffer: Buffer, offset: number, length: number, position: number): Promise<void>;
+  /**
+   * Write and make these bytes durable before resolving, without waiting for other dirty data
+   * (metadata records, which must not queue behind a flush of every data write).
+   */
+  writeDurable(buffer: Buffer, offset: number, length: number, position: number): Promise<void>;
   /** Make completed writes durable (fdatasync). */
   flush(): Promise<void>;
   close(): Promise<void>;
@@ -76,11 +82,14 @@ export class FileMemberDevice implements MemberDevice {
   readonly path: string;
   readonly sizeBytes: number;
   readonly #handle: FileHandle;
+  /** The same file opened O_DSYNC: each write syncs its own range only (ext4, block devices). */
+  readonly #syncHandle: FileHandle;
   readonly #inline = new InlineWritePolicy();
 
-  private constructor(path: string, handle: FileHandle, sizeBytes: number) {
+  private constructor(path: string, handle: FileHandle, syncHandle: FileHandle, sizeBytes: number) {
     this.path = path;
     this.#handle = handle;
+    this.#syncHandle = syncHandle;
     this.sizeBytes = sizeBytes;
   }
 
@@ -92,13 +101,16 @@ export class FileMemberDevice implements MemberDevice {
     } catch (error) {
       throw new NubisError('POOL_DEVICE_UNREADABLE', `Cannot open device ${path}: ${(error as Error).message}`, { cause: error, details: { path } });
     }
+    let syncHandle: FileHandle | undefined;
     try {
       const stat = await handle.stat();
       let size = stat.size;
       if (stat.isBlockDevice()) size = await blockDeviceSize(stat.rdev);
       else if (!stat.isFile()) throw new NubisError('POOL_DEVICE_UNREADABLE', `Device ${path} is neither a regular file nor a block device`, { details: { path } });
-      return new FileMemberDevice(path, handle, size);
+      syncHandle = await open(path, constants.O_RDWR | constants.O_DSYNC);
+      return new FileMemberDevice(path, handle, syncHandle, size);
     } catch (error) {
+      await syncHandle?.close();
       await handle.close();
       throw error;
     }
@@ -131,12 +143,20 @@ export class FileMemberDevice implements MemberDevice {
     }
   }
 
+  async writeDurable(buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
+    let done = 0;
+    while (done < length) {
+      const { bytesWritten } = await this.#syncHandle.write(buffer, offset + done, length - done, position + done);
+      done += bytesWritten;
+    }
+  }
+
   async flush(): Promise<void> {
     await this.#handle.datasync();
   }
 
   async close(): Promise<void> {
-    await this.#handle.close();
+    await Promise.all([this.#handle.close(), this.#syncHandle.close()]);
   }
 }
 
@@ -201,6 +221,17 @@ export class NbdMemberDevice implements MemberDevice {
       const n = Math.min(NBD_MEMBER_MAX_REQUEST_BYTES, length - done);
       await this.#client.write(position + done, buffer.subarray(offset + done, offset + done + n));
     }
+  }
+
+  async writeDurable(buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
+    // NBD proto.md: a FUA write is on stable storage before its reply; a client MUST NOT send FUA
+    // unless the server advertised NBD_FLAG_SEND_FUA, and then a flush does the same.
+    const fua = (this.#client.transmissionFlags & NBD_FLAG_SEND_FUA) !== 0;
+    for (let done = 0; done < length; done += NBD_MEMBER_MAX_REQUEST_BYTES) {
+      const n = Math.min(NBD_MEMBER_MAX_REQUEST_BYTES, length - done);
+      await this.#client.write(position + done, buffer.subarray(offset + done, offset + done + n), { fua });
+    }
+    if (!fua) await this.#client.flush();
   }
 
   async flush(): Promise<void> {

@@ -9,14 +9,16 @@
  *
  * Crash consistency (see metadata-format.ts for the layout):
  * - A commit fsyncs the data on every member first, then appends a journal record (or writes a
- *   checkpoint) with the maps and checksums of every write completed before it, then fsyncs again.
- *   FLUSH and FUA are commits, so what they acknowledge survives kill -9 and power loss.
+ *   checkpoint) with the maps and checksums of every write completed before it, written durable
+ *   for its own bytes (O_DSYNC, or FUA on an NBD member). FLUSH and FUA are commits, so what they
+ *   acknowledge survives kill -9 and power loss.
  * - A new write never lands where the committed metadata points to live data of another owner:
  *   first writes go to fresh AUs, shared AUs are copied (CoW), freed AUs are reused only after the
  *   commit that frees them, and AUs shared at the last commit stay copy-on-write until the next.
  * - Writes in place (an AU the volume alone owns) are preceded by a durable write intent for that
  *   AU; after a crash, intent AUs get their redundancy resynced and their checksums recomputed, as
- *   their content is only guaranteed up to the last commit anyway (md's write-intent bitmap).
+ *   their content is only guaranteed up to the last commit anyway (md's write-intent bitmap). An
+ *   intent vouches for no data, so its record goes out alone, without flushing any data first.
  */
 import { randomUUID } from 'node:crypto';
 import { NubisError } from '../../core/errors.ts';
@@ -257,6 +259,8 @@ export class StoragePool {
   readonly #dropped = new Map<number, number>();
   #epoch = 0;
   #pending = new JournalWriter();
+  /** AUs whose write intent is set in memory but not yet durable. */
+  #pendingIntents: number[] = [];
   #dirtyAus = new Set<number>();
   /** AU -> when an in-place write last started (ms). */
   readonly #lastInPlaceWriteMs = new Map<number, number>();
@@ -268,6 +272,8 @@ export class StoragePool {
   #forceCheckpoint = false;
   #commitRunning?: Promise<void>;
   #commitQueued?: Promise<void>;
+  /** The queued commit must be a full one (someone asked for more than intents). */
+  #queuedFull = false;
   #readOnlyReason?: string;
   #closed = false;
   #timer?: NodeJS.Timeout;
@@ -928,8 +934,8 @@ export class StoragePool {
       if (!this.#state.intentAus.has(p)) {
         // Durable intent before touching data that the committed metadata vouches for.
         this.#state.intentAus.add(p);
-        this.#pending.number(OP_INTENT_SET, p);
-        await this.commit();
+        this.#pendingIntents.push(p);
+        await this.#commitIntents();
       }
       const first = Math.floor(inAu / B);
       const end = Math.ceil((inAu + chunk.length) / B);
@@ -1052,18 +1058,54 @@ export class StoragePool {
    * arrive while one runs share the next).
    */
   commit(): Promise<void> {
+    return this.#requestCommit(true);
+  }
+
+  /**
+   * Makes the write intents set so far durable. Lighter than a commit: an intent vouches for no
+   * data, so no member is flushed; only the record is written, durable for its own bytes.
+   */
+  #commitIntents(): Promise<void> {
+    return this.#requestCommit(false);
+  }
+
+  /** Commits run one at a time; requests that arrive meanwhile share the next one. */
+  #requestCommit(full: boolean): Promise<void> {
     if (this.#readOnlyReason || this.#closed) return Promise.resolve();
     if (!this.#commitRunning) {
-      this.#commitRunning = this.#doCommit().finally(() => (this.#commitRunning = undefined));
+      this.#commitRunning = (full ? this.#doCommit() : this.#doIntentCommit()).finally(() => (this.#commitRunning = undefined));
       return this.#commitRunning;
     }
+    if (full) this.#queuedFull = true;
     this.#commitQueued ??= this.#commitRunning
       .catch(() => undefined)
       .then(() => {
         this.#commitQueued = undefined;
-        return this.commit();
+        const nextFull = this.#queuedFull;
+        this.#queuedFull = false;
+        return this.#requestCommit(nextFull);
       });
     return this.#commitQueued;
+  }
+
+  async #doIntentCommit(): Promise<void> {
+    if (this.#pendingIntents.length === 0) return;
+    const writer = new JournalWriter();
+    for (const p of this.#pendingIntents) writer.number(OP_INTENT_SET, p);
+    // No room before the next checkpoint: a full commit takes the intents along.
+    if (this.#forceCheckpoint || this.#journalOffset + JOURNAL_HEADER_BYTES + writer.bytes + JOURNAL_HEADER_BYTES > this.#geometry.journalBytes) {
+      return this.#doCommit();
+    }
+    this.#pendingIntents = [];
+    const record = writer.encode(this.#generation, this.#sequence + 1);
+    try {
+      await this.#writeMetadata(record, LABEL_BYTES + 2 * this.#geometry.slotBytes + this.#journalOffset);
+    } catch (error) {
+      this.#readOnlyReason = `Metadata of pool ${this.name} could not be written: ${(error as Error).message}`;
+      throw error;
+    }
+    this.#sequence++;
+    this.#journalOffset += record.length;
   }
 
   async #doCommit(): Promise<void> {
@@ -1073,6 +1115,8 @@ export class StoragePool {
     }
     const writer = this.#pending;
     this.#pending = new JournalWriter();
+    for (const p of this.#pendingIntents) writer.number(OP_INTENT_SET, p);
+    this.#pendingIntents = [];
     const checksums = this.#state.checksums;
     for (const p of this.#dirtyAus) writer.checksums(p * this.#blocksPerAu, checksums.subarray(p * this.#blocksPerAu, (p + 1) * this.#blocksPerAu));
     this.#dirtyAus = new Set();
@@ -1134,15 +1178,13 @@ export class StoragePool {
     for (const [p, at] of this.#dropped) if (at <= epoch) this.#dropped.delete(p);
   }
 
-  /** Writes metadata bytes at `position` on every writable member, then fsyncs them. */
+  /**
+   * Writes metadata bytes at `position` on every writable member, durable on return. Only these
+   * bytes are synced: data written since the commit's flush need not wait for them, nor they for it.
+   */
   async #writeMetadata(bytes: Buffer, position: number): Promise<void> {
     const targets = this.#raid.members.filter((m) => m.device && (m.state === 'online' || m.state === 'rebuilding'));
-    const results = await Promise.allSettled(
-      targets.map(async (m) => {
-        await m.device!.write(bytes, 0, bytes.length, position);
-        await m.device!.flush();
-      }),
-    );
+    const results = await Promise.allSettled(targets.map((m) => m.device!.writeDurable(bytes, 0, bytes.length, position)));
     results.forEach((r, i) => {
       if (r.status === 'rejected') {
         targets[i]!.writeErrors++;
