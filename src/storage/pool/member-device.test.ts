@@ -10,23 +10,24 @@ describe('InlineWritePolicy', () => {
     const policy = new InlineWritePolicy();
     assert.equal(policy.allows(4096, 0), true);
     assert.equal(policy.allows(1024 * 1024, 0), false, 'large writes always go to the threadpool');
-    // Three 5 ms hiccups in one second: 15 ms, within the 20 ms budget.
-    for (const at of [100, 400, 700]) policy.observe(at, at + 5);
+    // Four 12 ms hiccups in one second: 48 ms, within the 50 ms budget.
+    for (const at of [100, 300, 500, 700]) policy.observe(at, at + 12);
     assert.equal(policy.allows(4096, 800), true);
   });
 
   it('sends writes to the threadpool once slow writes exceed the budget, longer while probes stay slow', () => {
     const policy = new InlineWritePolicy();
-    policy.observe(1000, 1030);
+    policy.observe(1000, 1060);
     assert.equal(policy.allows(4096, 1100), false);
-    assert.equal(policy.allows(4096, 2031), true, 'the first back-off lasts a second');
-    // The probe after the back-off is slow again: two seconds this time.
-    policy.observe(2031, 2060);
-    assert.equal(policy.allows(4096, 3500), false);
-    assert.equal(policy.allows(4096, 4061), true);
-    // A slow write long after the last back-off starts over at one second.
-    policy.observe(20_000, 20_030);
-    assert.equal(policy.allows(4096, 21_031), true);
+    assert.equal(policy.allows(4096, 1311), true, 'the first back-off lasts 250 ms');
+    // The probe after the back-off is slow again: 500 ms this time.
+    policy.observe(1311, 1371);
+    assert.equal(policy.allows(4096, 1800), false);
+    assert.equal(policy.allows(4096, 1872), true);
+    // A slow write long after the last back-off starts over at 250 ms.
+    policy.observe(20_000, 20_060);
+    assert.equal(policy.allows(4096, 20_200), false);
+    assert.equal(policy.allows(4096, 20_311), true);
   });
 });
 
