@@ -3,20 +3,20 @@ import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { FileMemberDevice, InlineWritePolicy } from './member-device.ts';
+import { FileMemberDevice, InlineIoPolicy } from './member-device.ts';
 
-describe('InlineWritePolicy', () => {
-  it('keeps small writes inline through scheduling hiccups within the stall budget', () => {
-    const policy = new InlineWritePolicy();
+describe('InlineIoPolicy', () => {
+  it('keeps small calls inline through hiccups within the stall budget', () => {
+    const policy = new InlineIoPolicy(2);
     assert.equal(policy.allows(4096, 0), true);
-    assert.equal(policy.allows(1024 * 1024, 0), false, 'large writes always go to the threadpool');
+    assert.equal(policy.allows(1024 * 1024, 0), false, 'large calls always go to the threadpool');
     // Four 12 ms hiccups in one second: 48 ms, within the 50 ms budget.
     for (const at of [100, 300, 500, 700]) policy.observe(at, at + 12);
     assert.equal(policy.allows(4096, 800), true);
   });
 
-  it('sends writes to the threadpool once slow writes exceed the budget, longer while probes stay slow', () => {
-    const policy = new InlineWritePolicy();
+  it('sends calls to the threadpool once slow ones exceed the budget, longer while probes stay slow', () => {
+    const policy = new InlineIoPolicy(2);
     policy.observe(1000, 1060);
     assert.equal(policy.allows(4096, 1100), false);
     assert.equal(policy.allows(4096, 1311), true, 'the first back-off lasts 250 ms');
@@ -32,7 +32,7 @@ describe('InlineWritePolicy', () => {
 });
 
 describe('FileMemberDevice', () => {
-  it('reads back what inline, threadpool and durable writes stored', async () => {
+  it('reads back, inline and through the threadpool, what inline, threadpool and durable writes stored', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'nubis-member-'));
     try {
       const path = join(dir, 'member.img');
@@ -45,6 +45,16 @@ describe('FileMemberDevice', () => {
       await device.write(small, 0, small.length, 8192);
       await device.write(large, 0, large.length, 1024 * 1024);
       await device.writeDurable(record, 0, record.length, 4096);
+      const smallBack = Buffer.alloc(4096);
+      const largeBack = Buffer.alloc(1024 * 1024);
+      await device.read(smallBack, 0, smallBack.length, 8192);
+      await device.read(largeBack, 0, largeBack.length, 1024 * 1024);
+      assert.ok(smallBack.equals(small));
+      assert.ok(largeBack.equals(large));
+      // Past the end of the file reads as zeroes, like an unwritten disk.
+      const tail = Buffer.alloc(8192, 0xff);
+      await device.read(tail, 0, tail.length, 4 * 1024 * 1024 - 4096);
+      assert.ok(tail.equals(Buffer.alloc(8192)));
       await device.flush();
       await device.close();
       const image = await readFile(path);
