@@ -22,6 +22,7 @@ import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
+import { parseSize } from '../storage/size.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
   Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
@@ -350,21 +351,39 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     const user = await services.db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select('vms.name').where('pool', '=', pool).where('volume', '=', volume.name).executeTakeFirst();
     return { ...volume, pool, ...(user ? { usedBy: user.name } : {}) };
   };
-  app.get('/v1/pools', { schema: { tags: ['storage'], summary: 'List storage pools with health and capacity', response: { 200: Type.Array(Pool) } } }, async () =>
-    (await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' })).map((pool) => ({ ...pool, kind: 'san' })),
-  );
-  app.post('/v1/pools', { schema: { tags: ['storage'], summary: 'Create a pool over devices with a RAID layout', body: PoolCreateRequest, response: { 201: Pool, ...errorResponses } } }, async (request, reply) =>
-    reply.status(201).send({ ...(await services.storage.call<PoolBody>({ method: 'POST', path: '/storage/pools', body: request.body })), kind: 'san' }),
-  );
-  app.get('/v1/pools/:pool', { schema: { tags: ['storage'], summary: 'Show a pool: state, capacity, members with error counters', params: PoolRef, response: { 200: Pool, ...errorResponses } } }, async (request) =>
-    ({ ...(await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })), kind: 'san' }),
+  // A pool name refers to a storage-node pool or to a host-based dir pool (one namespace).
+  const dirPools = services.storage.dirPools;
+  const isDir = async (pool: string): Promise<boolean> => (await dirPools.find(pool)) !== undefined;
+  const refuseForDir = async (pool: string, what: string): Promise<void> => {
+    if (await isDir(pool)) throw new NubisError('POOL_KIND_UNSUPPORTED', `${pool} is a dir pool (qcow2 files on hosts): ${what} is for storage-node pools`);
+  };
+  app.get('/v1/pools', { schema: { tags: ['storage'], summary: 'List storage pools (storage-node and host dir pools) with health and capacity', response: { 200: Type.Array(Pool) } } }, async () => [
+    ...(await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' })).map((pool) => ({ ...pool, kind: 'san' })),
+    ...((await dirPools.list()) as PoolBody[]),
+  ]);
+  app.post('/v1/pools', { schema: { tags: ['storage'], summary: 'Create a pool: over devices with a RAID layout (san), or a folder of qcow2 files on hosts (dir)', body: PoolCreateRequest, response: { 201: Pool, ...errorResponses } } }, async (request, reply) => {
+    const { kind, hosts, ...san } = request.body;
+    if (kind === 'dir') {
+      if (san.layout || san.devices) throw new NubisError('VALIDATION_FAILED', 'A dir pool takes hosts, not a layout or devices');
+      const sanNames = (await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' }).catch(() => [] as PoolBody[])).map((p) => p.name);
+      return reply.status(201).send((await dirPools.create(san.name, hosts ?? [], sanNames.includes(san.name))) as PoolBody);
+    }
+    if (hosts) throw new NubisError('VALIDATION_FAILED', 'A storage-node pool takes devices, not hosts (hosts are for --kind dir)');
+    if (!san.layout || !san.devices) throw new NubisError('VALIDATION_FAILED', 'A storage-node pool needs a layout and at least one device');
+    if (await isDir(san.name)) throw new NubisError('POOL_EXISTS', `A pool named ${san.name} exists; choose another name`);
+    return reply.status(201).send({ ...(await services.storage.call<PoolBody>({ method: 'POST', path: '/storage/pools', body: san })), kind: 'san' });
+  });
+  app.get('/v1/pools/:pool', { schema: { tags: ['storage'], summary: 'Show a pool: state, capacity, members with error counters (a dir pool: a member per host)', params: PoolRef, response: { 200: Pool, ...errorResponses } } }, async (request) =>
+    (await isDir(request.params.pool)) ? ((await dirPools.show(request.params.pool)) as PoolBody) : { ...(await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })), kind: 'san' },
   );
   app.delete('/v1/pools/:pool', { schema: { tags: ['storage'], summary: 'Delete an empty pool', params: PoolRef, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
     await services.storage.checkUnused(request.params.pool);
-    await services.storage.call({ method: 'DELETE', path: poolPath(request.params.pool) });
+    if (await isDir(request.params.pool)) await dirPools.delete(request.params.pool);
+    else await services.storage.call({ method: 'DELETE', path: poolPath(request.params.pool) });
     return reply.status(204).send(null);
   });
   app.post('/v1/pools/:pool/scrub', { schema: { tags: ['storage'], summary: 'Read everything, find silent corruption by checksum and repair it (operation)', params: PoolRef, body: Type.Object({ maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } }, preValidation: async (request) => { request.body ??= {}; } }, async (request, reply) => {
+    await refuseForDir(request.params.pool, 'scrub');
     await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
     const body = request.body as { maxMbPerSec?: number };
     const operation = await services.operations.start('pool.scrub', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
@@ -373,6 +392,7 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     return reply.status(202).send({ operation });
   });
   app.post('/v1/pools/:pool/replace', { schema: { tags: ['storage'], summary: 'Replace a member and rebuild onto the new device, online (operation)', params: PoolRef, body: Type.Object({ member: Type.Union([Type.Integer(), Type.String()]), device: Type.String(), maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+    await refuseForDir(request.params.pool, 'replace');
     await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
     const { member, device, maxMbPerSec } = request.body;
     const operation = await services.operations.start('pool.replace', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
@@ -381,27 +401,40 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     return reply.status(202).send({ operation });
   });
   app.get('/v1/pools/:pool/volumes', { schema: { tags: ['storage'], summary: 'List the volumes of a pool', params: PoolRef, response: { 200: Type.Array(Volume), ...errorResponses } } }, async (request) =>
-    Promise.all((await services.storage.call<VolumeBody[]>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes` })).map((v) => volumeView(request.params.pool, v))),
+    (await isDir(request.params.pool))
+      ? ((await dirPools.listVolumes(request.params.pool)) as VolumeBody[])
+      : Promise.all((await services.storage.call<VolumeBody[]>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes` })).map((v) => volumeView(request.params.pool, v))),
   );
-  app.post('/v1/pools/:pool/volumes', { schema: { tags: ['storage'], summary: 'Create a thin volume', params: PoolRef, body: VolumeCreateRequest, response: { 201: Volume, ...errorResponses } } }, async (request, reply) =>
-    reply.status(201).send(await volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes`, body: request.body }))),
-  );
+  app.post('/v1/pools/:pool/volumes', { schema: { tags: ['storage'], summary: 'Create a volume: thin on a storage-node pool, a qcow2 file on a dir pool (on `host`)', params: PoolRef, body: VolumeCreateRequest, response: { 201: Volume, ...errorResponses } } }, async (request, reply) => {
+    const { host, ...body } = request.body;
+    if (await isDir(request.params.pool)) return reply.status(201).send((await dirPools.createVolume(request.params.pool, body.name, parseSize(body.size), host)) as VolumeBody);
+    if (host) throw new NubisError('VALIDATION_FAILED', `${request.params.pool} is a storage-node pool, reachable from every host: drop --host`);
+    return reply.status(201).send(await volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes`, body })));
+  });
   app.get('/v1/pools/:pool/volumes/:volume', { schema: { tags: ['storage'], summary: 'Show a volume', params: VolumeRef, response: { 200: Volume, ...errorResponses } } }, async (request) =>
-    volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` })),
+    (await isDir(request.params.pool))
+      ? ((await dirPools.showVolume(request.params.pool, request.params.volume)) as VolumeBody)
+      : volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` })),
   );
   app.delete('/v1/pools/:pool/volumes/:volume', { schema: { tags: ['storage'], summary: 'Delete a volume no VM uses (its space returns to the pool)', params: VolumeRef, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
     await services.storage.checkUnused(request.params.pool, request.params.volume);
-    await services.storage.call({ method: 'DELETE', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` });
+    if (await isDir(request.params.pool)) await dirPools.deleteVolume(request.params.pool, request.params.volume);
+    else await services.storage.call({ method: 'DELETE', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` });
     return reply.status(204).send(null);
   });
   for (const action of ['snapshot', 'clone'] as const) {
-    app.post(`/v1/pools/:pool/volumes/:volume/${action}`, { schema: { tags: ['storage'], summary: action === 'snapshot' ? 'Take a read-only copy-on-write snapshot, instantly' : 'Make a writable copy-on-write clone, instantly', params: VolumeRef, body: Type.Object({ name: ResourceName }, { additionalProperties: false }), response: { 201: Volume, ...errorResponses } } }, async (request, reply) =>
-      reply.status(201).send(await volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/${action}`, body: request.body }))),
-    );
+    app.post(`/v1/pools/:pool/volumes/:volume/${action}`, { schema: { tags: ['storage'], summary: action === 'snapshot' ? 'Take a read-only copy-on-write snapshot, instantly' : 'Make a writable copy-on-write clone, instantly', params: VolumeRef, body: Type.Object({ name: ResourceName }, { additionalProperties: false }), response: { 201: Volume, ...errorResponses } } }, async (request, reply) => {
+      await refuseForDir(request.params.pool, action);
+      return reply.status(201).send(await volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/${action}`, body: request.body })));
+    });
   }
-  app.post('/v1/pools/:pool/volumes/:volume/resize', { schema: { tags: ['storage'], summary: 'Grow or shrink a volume (never below its data)', params: VolumeRef, body: Type.Object({ size: Type.String() }, { additionalProperties: false }), response: { 200: Volume, ...errorResponses } } }, async (request) =>
-    volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/resize`, body: request.body })),
-  );
+  app.post('/v1/pools/:pool/volumes/:volume/resize', { schema: { tags: ['storage'], summary: 'Grow or shrink a volume (never below its data; dir volumes only grow, while detached)', params: VolumeRef, body: Type.Object({ size: Type.String() }, { additionalProperties: false }), response: { 200: Volume, ...errorResponses } } }, async (request) => {
+    if (await isDir(request.params.pool)) {
+      await services.storage.checkUnused(request.params.pool, request.params.volume);
+      return (await dirPools.resizeVolume(request.params.pool, request.params.volume, parseSize(request.body.size))) as VolumeBody;
+    }
+    return volumeView(request.params.pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/resize`, body: request.body }));
+  });
 
   // Operations
   app.get('/v1/operations', { schema: { tags: ['operations'], summary: 'Recent operations, newest first', querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 500, default: 50 }), status: Type.Optional(Type.String()) }, { additionalProperties: false }), response: { 200: Type.Array(Operation) } } }, async (request) =>

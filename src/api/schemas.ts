@@ -315,7 +315,7 @@ export const PoolMember = Type.Object({ index: Type.Integer(), path: Type.String
 export const Pool = Type.Object(
   {
     name: Type.String(),
-    kind: Type.String({ description: 'san: volumes served by the storage node over NBD' }),
+    kind: Type.String({ description: 'san: volumes served by the storage node over NBD (device-based); dir: qcow2 files on hosts (host-based)' }),
     layout: Type.String(),
     state: Type.String({ description: 'online, degraded or faulted' }),
     readOnly: Type.Boolean(),
@@ -337,9 +337,11 @@ export const Pool = Type.Object(
 export const PoolCreateRequest = Type.Object(
   {
     name: ResourceName,
-    layout: Type.Union(['raid0', 'raid1', 'raid5', 'raid6', 'raid10'].map((l) => Type.Literal(l))),
-    devices: Type.Array(Type.String({ description: 'Regular file, block device or nbd:// export' }), { minItems: 1, maxItems: 32 }),
+    kind: Type.Optional(Type.Union([Type.Literal('san'), Type.Literal('dir')], { description: 'san (default): devices in a RAID layout served by the storage node over NBD; dir: a folder of qcow2 files on each of `hosts`' })),
+    layout: Type.Optional(Type.Union(['raid0', 'raid1', 'raid5', 'raid6', 'raid10'].map((l) => Type.Literal(l)), { description: 'san pools' })),
+    devices: Type.Optional(Type.Array(Type.String({ description: 'Regular file, block device or nbd:// export' }), { minItems: 1, maxItems: 32, description: 'san pools' })),
     chunk: Type.Optional(Type.String({ description: 'Chunk size, e.g. 64K (default 64K)' })),
+    hosts: Type.Optional(Type.Array(ResourceName, { minItems: 1, maxItems: 64, description: 'dir pools: the hosts that get a folder (default: every host)' })),
   },
   { additionalProperties: false },
 );
@@ -354,12 +356,13 @@ export const Volume = Type.Object(
     readOnly: Type.Boolean(),
     allocatedBytes: Type.Integer(),
     usedBy: Type.Optional(Type.String({ description: 'The VM it is attached to' })),
+    host: Type.Optional(Type.String({ description: 'dir pools: the host holding the qcow2 file' })),
     createdAt: Type.String(),
   },
   { $id: 'Volume' },
 );
 
-export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Type.String({ description: 'e.g. 20G, 512M' }) }, { additionalProperties: false });
+export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Type.String({ description: 'e.g. 20G, 512M' }), host: Type.Optional(ResourceName) }, { additionalProperties: false });
 
 export const PortForward = Type.Object(
   {

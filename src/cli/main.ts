@@ -301,7 +301,7 @@ vm
   .command('migrate <vm>')
   .description('Live-migrate a VM to another host, showing stage, passes, dirty rate and remaining memory')
   .option('--to <host>', 'destination (default: the scheduler picks)')
-  .option('--strategy <strategy>', 'precopy, postcopy or auto (post-copy: a link broken mid-way pauses the VM until it returns)', 'auto')
+  .option('--strategy <strategy>', 'precopy, postcopy (the VM moves at once and pulls its memory; a link broken mid-way pauses it until the link returns) or auto', 'auto')
   .option('--max-downtime <ms>', 'longest stop-and-copy accepted (default 300; auto aims at 20 first)', parseInteger('--max-downtime'))
   .option('--bandwidth <MB/s>', 'cap on the migration stream', parseInteger('--bandwidth'))
   .option('--timeout <seconds>', 'deadline for the switch-over (default 300)', parseInteger('--timeout'))
@@ -571,16 +571,22 @@ const mib = (bytes: number): string => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).
 const pool = program.command('pool').description('Storage pools: devices mapped into one address space with RAID');
 pool
   .command('create <name>')
-  .description('Create a pool, e.g. nubis pool create p1 --layout raid5 --device /srv/a.img --device /srv/b.img --device /srv/c.img')
-  .requiredOption('--layout <layout>', 'raid0, raid1, raid5, raid6 or raid10')
-  .requiredOption('--device <path>', 'member device: a file, a block device or nbd://... (repeatable)', collect, [])
-  .option('--chunk <size>', 'chunk size, e.g. 64K')
-  .action(async (name: string, options: { layout: string; device: string[]; chunk?: string }, command: Command) => {
+  .description('Create a pool: on the storage node, e.g. nubis pool create p1 --layout raid5 --device /srv/a.img --device /srv/b.img --device /srv/c.img; or a dir pool of qcow2 files on hosts, e.g. nubis pool create local --kind dir')
+  .option('--kind <kind>', 'san (storage node, shared by every host) or dir (a folder on each host)', 'san')
+  .option('--layout <layout>', 'san: raid0, raid1, raid5, raid6 or raid10')
+  .option('--device <path>', 'san: member device, a file, a block device or nbd://... (repeatable)', collect, [])
+  .option('--chunk <size>', 'san: chunk size, e.g. 64K')
+  .option('--host <host>', 'dir: a host that gets a folder (repeatable; default every host)', collect, [])
+  .action(async (name: string, options: { kind: string; layout?: string; device: string[]; chunk?: string; host: string[] }, command: Command) => {
     const { resolve } = await import('node:path');
     const devices = options.device.map((device) => (device.startsWith('nbd') ? device : resolve(device)));
-    const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', { name, layout: options.layout, devices, ...(options.chunk ? { chunk: options.chunk } : {}) });
+    const body = options.kind === 'dir'
+      ? { name, kind: 'dir', ...(options.host.length ? { hosts: options.host } : {}), ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}) }
+      : { name, kind: options.kind, ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}), ...(options.chunk ? { chunk: options.chunk } : {}), ...(options.host.length ? { hosts: options.host } : {}) };
+    const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', body);
     if (globals(command).json) return printJson(created);
-    console.log(`${name}: ${created.layout}, ${mib(created.sizeBytes)} usable, ${mib(created.wasteBytes)} unusable (unequal members and metadata)`);
+    if (created.kind === 'dir') console.log(`${name}: dir pool of qcow2 files on ${created.hosts.join(', ')}, ${mib(created.freeBytes)} free`);
+    else console.log(`${name}: ${created.layout}, ${mib(created.sizeBytes)} usable, ${mib(created.wasteBytes)} unusable (unequal members and metadata)`);
   });
 pool
   .command('list')
@@ -644,10 +650,11 @@ volume
   .description('Create a thin volume, e.g. nubis volume create data1 --pool p1 --size 20G')
   .requiredOption('--pool <pool>', 'pool')
   .requiredOption('--size <size>', 'size, e.g. 512M or 20G')
-  .action(async (name: string, options: { pool: string; size: string }, command: Command) => {
-    const created = await client(command).request<Record<string, any>>('POST', `/v1/pools/${encodeURIComponent(options.pool)}/volumes`, { name, size: options.size });
+  .option('--host <host>', 'dir pools: the host that holds the qcow2 file (needed when the pool spans several)')
+  .action(async (name: string, options: { pool: string; size: string; host?: string }, command: Command) => {
+    const created = await client(command).request<Record<string, any>>('POST', `/v1/pools/${encodeURIComponent(options.pool)}/volumes`, { name, size: options.size, ...(options.host ? { host: options.host } : {}) });
     if (globals(command).json) return printJson(created);
-    console.log(`${options.pool}/${name}: ${mib(created.sizeBytes)}`);
+    console.log(`${options.pool}/${name}: ${mib(created.sizeBytes)}${created.host ? ` on ${created.host}` : ''}`);
   });
 volume
   .command('list')
@@ -658,7 +665,7 @@ volume
     const pools = options.pool ? [options.pool] : (await api.request<Array<{ name: string }>>('GET', '/v1/pools')).map((p) => p.name);
     const volumes = (await Promise.all(pools.map((p) => api.request<Array<Record<string, any>>>('GET', `/v1/pools/${encodeURIComponent(p)}/volumes`)))).flat();
     if (globals(command).json) return printJson(volumes);
-    printTable(['VOLUME', 'KIND', 'SIZE', 'ALLOCATED', 'ORIGIN', 'USED BY'], volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, mib(v.sizeBytes), mib(v.allocatedBytes), v.originName, v.usedBy]));
+    printTable(['VOLUME', 'KIND', 'SIZE', 'ALLOCATED', 'ORIGIN', 'HOST', 'USED BY'], volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, mib(v.sizeBytes), mib(v.allocatedBytes), v.originName, v.host, v.usedBy]));
   });
 volume
   .command('show <pool/volume>')

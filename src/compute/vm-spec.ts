@@ -17,7 +17,7 @@ export type BootSource =
 
 /** A VM disk: a local image file, or a volume that a storage node exports over NBD. */
 export type DiskSpec =
-  | { id: string; kind: 'file'; path: string; format: 'qcow2' | 'raw'; readOnly?: boolean }
+  | { id: string; kind: 'file'; path: string; format: 'qcow2' | 'raw'; readOnly?: boolean; /** POOL/VOLUME when the file is a volume of a host's dir pool. */ localVolume?: string }
   | { id: string; kind: 'nbd'; socketPath: string; exportName: string; readOnly?: boolean };
 
 /** A host port forwarded to a guest port over user-mode networking. */

@@ -20,6 +20,7 @@ import { NetworkService } from './networks.ts';
 import { SecurityGroupService } from './security-groups.ts';
 import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from './storage.ts';
+import { DirPoolCatalogue } from './dir-pools.ts';
 import { VmService } from './vms.ts';
 
 export interface ControlPlaneOptions {
@@ -57,9 +58,9 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
   const paths = dataPaths(options.dataDir);
-  const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket });
+  const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket }, new DirPoolCatalogue(db, hosts));
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage });
-  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations });
+  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools });
   return { db, hosts, images, vms, networks, secgroups, storage, migrations, operations, dataDir: options.dataDir, logger: options.logger };
 }
 

@@ -6,7 +6,9 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
 import { requestJson, type JsonRequest } from '../core/http-json.ts';
+import type { DiskSpec } from '../compute/vm-spec.ts';
 import type { Db } from '../state/database.ts';
+import type { DirPoolCatalogue } from './dir-pools.ts';
 import type { OperationContext } from './operations.ts';
 
 export interface StorageEndpoints {
@@ -27,10 +29,25 @@ interface StorageJob {
 export class StorageCatalogue {
   readonly #db: Db;
   readonly endpoints: StorageEndpoints;
+  /** Host-based pools; volume references name either kind. */
+  readonly dirPools: DirPoolCatalogue;
 
-  constructor(db: Db, endpoints: StorageEndpoints) {
+  constructor(db: Db, endpoints: StorageEndpoints, dirPools: DirPoolCatalogue) {
     this.#db = db;
     this.endpoints = endpoints;
+    this.dirPools = dirPools;
+  }
+
+  /**
+   * The disk QEMU attaches for `pool/volume`: a storage-node volume over NBD (reachable from every
+   * host), or a dir-pool volume as a qcow2 file, which pins the VM to `hostId`.
+   */
+  async diskFor(pool: string, volume: string, diskId: string): Promise<{ disk: DiskSpec; hostId?: string }> {
+    if (await this.dirPools.find(pool)) {
+      const { disk, hostId } = await this.dirPools.diskOf(pool, volume, diskId);
+      return { disk, hostId };
+    }
+    return { disk: { id: diskId, kind: 'nbd', socketPath: this.endpoints.nbdSocket, exportName: `${pool}/${volume}` } };
   }
 
   /** Calls the storage node; an unreachable node is `STORAGE_UNAVAILABLE`. */
@@ -62,7 +79,9 @@ export class StorageCatalogue {
 
   /** Checks that `pool/volume` exists and is writable, and that no other VM uses it. */
   async checkDiskFree(pool: string, volume: string): Promise<{ sizeBytes: number }> {
-    const info = await this.call<{ sizeBytes: number; readOnly: boolean }>({ method: 'GET', path: `/storage/pools/${encodeURIComponent(pool)}/volumes/${encodeURIComponent(volume)}` });
+    const info = (await this.dirPools.find(pool))
+      ? { sizeBytes: (await this.dirPools.diskOf(pool, volume, 'check')).sizeBytes, readOnly: false }
+      : await this.call<{ sizeBytes: number; readOnly: boolean }>({ method: 'GET', path: `/storage/pools/${encodeURIComponent(pool)}/volumes/${encodeURIComponent(volume)}` });
     if (info.readOnly) throw new NubisError('VOLUME_READ_ONLY', `Volume ${pool}/${volume} is a read-only snapshot; clone it (nubis volume clone) and attach the clone`);
     const user = await this.#db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select('vms.name').where('pool', '=', pool).where('volume', '=', volume).executeTakeFirst();
     if (user) throw new NubisError('VOLUME_IN_USE', `Volume ${pool}/${volume} is attached to VM ${user.name}; detach it there first`);

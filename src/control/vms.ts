@@ -146,7 +146,17 @@ export class VmService {
     });
     if (new Set(volumes.map((v) => `${v.pool}/${v.volume}`)).size !== volumes.length) throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
     for (const { pool, volume } of volumes) await this.#storage.checkDiskFree(pool, volume);
-    const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: request.host });
+    const disks = await Promise.all(volumes.map(({ pool, volume }, index) => this.#storage.diskFor(pool, volume, `disk${index}`)));
+    // A volume of a host's dir pool is a file on that host: the VM runs there.
+    const diskHosts = [...new Set(disks.flatMap((d) => (d.hostId ? [d.hostId] : [])))];
+    if (diskHosts.length > 1) throw new NubisError('VALIDATION_FAILED', 'The dir-pool volumes given live on different hosts; a VM runs on one host');
+    let pinned = request.host;
+    if (diskHosts.length === 1) {
+      const diskHost = await this.#hosts.row(diskHosts[0]);
+      if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id) throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
+      pinned = diskHost.name;
+    }
+    const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: pinned });
     const id = newId('vm');
     // Addresses are allocated before anything else is recorded, so a taken or invalid address
     // refuses the request with nothing to undo but the NICs allocated before it.
@@ -175,7 +185,7 @@ export class VmService {
         'kernelPath' in files
           ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1` }
           : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
-      disks: volumes.map(({ pool, volume }, index) => ({ id: `disk${index}`, kind: 'nbd' as const, socketPath: this.#storage.endpoints.nbdSocket, exportName: `${pool}/${volume}` })),
+      disks: disks.map((d) => d.disk),
       nics:
         nics.length > 0
           ? nics.map(({ nic, network }) => {
@@ -293,8 +303,12 @@ export class VmService {
     await this.#storage.recordDisk(row.id, deviceIndex, pool, volume);
     return this.#operations.start('vm.attach', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
       this.#queue.run(row.id, async () => {
-        const disk: DiskSpec = { id: `disk${deviceIndex}`, kind: 'nbd', socketPath: this.#storage.endpoints.nbdSocket, exportName: `${pool}/${volume}` };
+        const { disk, hostId } = await this.#storage.diskFor(pool, volume, `disk${deviceIndex}`);
         const host = await this.#hosts.row(row.host_id);
+        if (hostId && hostId !== host.id) {
+          await this.#storage.forgetDisks(row.id, deviceIndex);
+          throw new NubisError('VALIDATION_FAILED', `Volume ${pool}/${volume} lives on ${(await this.#hosts.row(hostId)).name}, VM ${row.name} on ${host.name}; a dir-pool volume attaches on its own host only`);
+        }
         await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
         try {
           await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${row.id}/disks`, body: disk, signal: op.signal });

@@ -13,6 +13,7 @@ import { httpStatusOf } from '../api/error-status.ts';
 import type { HostNetworkSpec, NetworkPlumbing } from './network-plumbing.ts';
 import type { VmStatus } from './vm-status.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
+import type { DirPools } from './dir-pools.ts';
 
 /** How long a new console attach waits for the previous session to end. */
 const CONSOLE_HANDOVER_MS = 2_000;
@@ -20,6 +21,7 @@ const CONSOLE_HANDOVER_MS = 2_000;
 export interface AgentAppOptions {
   supervisor: VmSupervisor;
   networks: NetworkPlumbing;
+  dirPools: DirPools;
   agentToken: string;
   info: () => Record<string, unknown>;
   /** Called by POST /agent/shutdown after the answer is sent. */
@@ -75,11 +77,22 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
   }));
   // Live migration: the control plane drives both ends through these.
-  app.put<IdParams & { Body: { spec: VmSpec; listenUri: string; capabilities: Record<string, boolean>; carried: Partial<VmStatus> } }>('/agent/vms/:id/incoming', async (request) =>
-    supervisor.prepareIncoming({ ...request.body.spec, id: request.params.id }, request.body.listenUri, request.body.capabilities, request.body.carried),
+  type IncomingBody = { spec: VmSpec; listenUri: string; capabilities: Record<string, boolean>; carried: Partial<VmStatus>; mirror?: Parameters<VmSupervisor['prepareIncoming']>[4] };
+  app.put<IdParams & { Body: IncomingBody }>('/agent/vms/:id/incoming', async (request) =>
+    supervisor.prepareIncoming({ ...request.body.spec, id: request.params.id }, request.body.listenUri, request.body.capabilities, request.body.carried, request.body.mirror),
   );
+  // Local disks travel by mirror: the source copies them into the destination's NBD exports.
+  app.post<IdParams & { Body: { diskIds: string[]; target: { host: string; port: number } } }>('/agent/vms/:id/mirror', async (request, reply) => {
+    await supervisor.startDiskMirrors(request.params.id, request.body.diskIds, request.body.target);
+    return reply.status(204).send();
+  });
+  app.get<IdParams>('/agent/vms/:id/mirror', async (request) => supervisor.diskMirrors(request.params.id));
+  app.delete<IdParams>('/agent/vms/:id/mirror', async (request, reply) => {
+    await supervisor.abortDiskMirrors(request.params.id);
+    return reply.status(204).send();
+  });
   app.post<IdParams>('/agent/vms/:id/incoming/activate', async (request) => supervisor.activateIncoming(request.params.id));
-  app.post<IdParams & { Body: { uri: string; capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number } }>('/agent/vms/:id/migrate', async (request) =>
+  app.post<IdParams & { Body: { uri: string; capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] } }>('/agent/vms/:id/migrate', async (request) =>
     supervisor.migrateOut(request.params.id, request.body.uri, request.body),
   );
   app.get<IdParams>('/agent/vms/:id/migration', async (request) => supervisor.migrationStatus(request.params.id));
@@ -112,6 +125,26 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     await supervisor.resumeMigration(request.params.id, request.body.uri);
     return reply.status(204).send();
   });
+  // Host-based storage: the dir pools of this host.
+  type PoolParams = { Params: { pool: string } };
+  type VolumeParams = { Params: { pool: string; volume: string } };
+  app.put<PoolParams>('/agent/dir-pools/:pool', async (request) => options.dirPools.ensurePool(request.params.pool));
+  app.get<PoolParams>('/agent/dir-pools/:pool', async (request) => options.dirPools.poolInfo(request.params.pool));
+  app.delete<PoolParams>('/agent/dir-pools/:pool', async (request, reply) => {
+    await options.dirPools.removePool(request.params.pool);
+    return reply.status(204).send();
+  });
+  app.put<VolumeParams & { Body: { sizeBytes: number } }>('/agent/dir-pools/:pool/volumes/:volume', async (request) =>
+    options.dirPools.createVolume(request.params.pool, request.params.volume, request.body.sizeBytes),
+  );
+  app.get<VolumeParams>('/agent/dir-pools/:pool/volumes/:volume', async (request) => options.dirPools.volumeInfo(request.params.pool, request.params.volume));
+  app.delete<VolumeParams>('/agent/dir-pools/:pool/volumes/:volume', async (request, reply) => {
+    await options.dirPools.deleteVolume(request.params.pool, request.params.volume);
+    return reply.status(204).send();
+  });
+  app.post<VolumeParams & { Body: { sizeBytes: number } }>('/agent/dir-pools/:pool/volumes/:volume/resize', async (request) =>
+    options.dirPools.resizeVolume(request.params.pool, request.params.volume, request.body.sizeBytes),
+  );
   app.post<IdParams & { Body: DiskSpec }>('/agent/vms/:id/disks', async (request) => supervisor.attachDisk(request.params.id, request.body));
   app.delete<{ Params: { id: string; disk: string } }>('/agent/vms/:id/disks/:disk', async (request) => supervisor.detachDisk(request.params.id, request.params.disk));
   app.put<IdParams & { Body: Array<NicFirewallSpec & { nicId: string }> }>('/agent/vms/:id/firewall', async (request, reply) => {

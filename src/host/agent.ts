@@ -14,6 +14,7 @@ import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
 import { buildAgentApp } from './agent-app.ts';
+import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
 import type { VmStatus } from './vm-status.ts';
@@ -128,6 +129,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const app = await buildAgentApp({
     supervisor,
     networks,
+    dirPools: new DirPools(join(options.hostDir, 'pools')),
     agentToken: identity.agentToken,
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),

@@ -268,7 +268,13 @@ export class VmSupervisor {
    * model waiting for the migration stream (`-incoming defer`), agrees on the capabilities and
    * listens on `listenUri`. Nothing half-built is left when a step fails.
    */
-  prepareIncoming(spec: VmSpec, listenUri: string, capabilities: Record<string, boolean>, carried: Partial<VmStatus>): Promise<VmStatus> {
+  prepareIncoming(
+    spec: VmSpec,
+    listenUri: string,
+    capabilities: Record<string, boolean>,
+    carried: Partial<VmStatus>,
+    mirror?: { newFiles: Array<{ path: string; sizeBytes: number }>; listen: { host: string; port: number }; diskIds: string[] },
+  ): Promise<VmStatus> {
     return this.#queue.run(spec.id, async () => {
       const earlier = this.#records.get(spec.id);
       if (earlier && !this.#processes.has(spec.id) && earlier.status.state !== 'running') {
@@ -282,14 +288,23 @@ export class VmSupervisor {
       const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps } };
       this.#records.set(spec.id, record);
       let qemu: QemuProcess | undefined;
+      const createdFiles: string[] = [];
       try {
         await this.#save(record);
+        // Empty copies of the disks the source mirrors here, the same size; never over a file.
+        for (const file of mirror?.newFiles ?? []) {
+          if (existsSync(file.path)) throw new NubisError('VOLUME_EXISTS', `${file.path} already exists on this host; it would be overwritten by the mirrored disk`);
+          await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', file.path, String(file.sizeBytes)]);
+          createdFiles.push(file.path);
+        }
         if (this.#options.plugNics) record.spec = await this.#options.plugNics(record.spec);
         qemu = await QemuProcess.launch(record.spec, this.#vmDir(spec.id), { accelerator: this.#options.accelerator, incoming: 'defer', events: this.#eventsFor(record) });
         await qemu.setMigrationCapabilities(capabilities);
+        if (mirror && mirror.diskIds.length > 0) await qemu.exportDisksForMirror(mirror.diskIds, mirror.listen);
         await qemu.acceptIncomingMigration(listenUri);
       } catch (error) {
         await qemu?.stop({ force: true }).catch(() => undefined);
+        for (const path of createdFiles) await rm(path, { force: true });
         await this.#options.unplugNics?.(record.spec).catch(() => undefined);
         this.#records.delete(spec.id);
         await rm(this.#vmDir(spec.id), { recursive: true, force: true });
@@ -318,6 +333,8 @@ export class VmSupervisor {
         if (Date.now() > deadline) throw new NubisError('MIGRATION_TIMEOUT', `VM ${record.spec.name} did not start running here within ${timeoutMs / 1000} s`);
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
+      // The source's mirrors ended before the switch-over; their exports can go.
+      await qemu.stopDiskExports().catch(() => undefined);
       await qemu.announceSelf();
       await this.#save(record);
       this.#update(record, { state: 'running', readyAt: new Date().toISOString() });
@@ -330,14 +347,53 @@ export class VmSupervisor {
     return this.#queue.run(id, () => this.#running(id).sampleDirtyRate(seconds));
   }
 
-  /** Source: starts sending a running VM to `uri`. */
-  migrateOut(id: string, uri: string, options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number }): Promise<VmStatus> {
+  /** Source: starts mirroring local disks into the destination's NBD exports. */
+  startDiskMirrors(id: string, diskIds: string[], target: { host: string; port: number }): Promise<void> {
+    return this.#queue.run(id, () => this.#running(id).startDiskMirrors(diskIds, target));
+  }
+
+  /** Source: the disk mirrors of a migration in progress. */
+  diskMirrors(id: string): ReturnType<QemuProcess['diskMirrors']> {
+    return this.#qemuOf(id).diskMirrors();
+  }
+
+  /** Source, on rollback: abandons the disk mirrors. */
+  async abortDiskMirrors(id: string): Promise<void> {
+    await this.#qemuOf(id).endDiskMirrors({ force: true });
+  }
+
+  /**
+   * Source: starts sending a running VM to `uri`. With mirrored disks QEMU pauses right before
+   * the switch-over (the VM already stopped); the mirrors are ended there, so the destination's
+   * copies are complete, and the migration goes on, all here and without a round trip.
+   */
+  migrateOut(id: string, uri: string, options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] }): Promise<VmStatus> {
     return this.#queue.run(id, async () => {
       const qemu = this.#running(id);
-      await qemu.setMigrationCapabilities(options.capabilities);
+      const mirrored = (options.mirroredDisks ?? []).length > 0;
+      await qemu.setMigrationCapabilities({ ...options.capabilities, 'pause-before-switchover': mirrored });
+      if (mirrored) void this.#switchOverMirrors(qemu, this.#record(id).spec.name);
       await qemu.startMigration(uri, { downtimeLimitMs: options.downtimeLimitMs, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec });
       return this.status(id);
     });
+  }
+
+  async #switchOverMirrors(qemu: QemuProcess, name: string): Promise<void> {
+    for await (const event of qemu.qmp.events()) {
+      if (event.event !== 'MIGRATION') continue;
+      const status = event.data.status;
+      if (status === 'pre-switchover') {
+        try {
+          await qemu.endDiskMirrors();
+          await qemu.qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        } catch (error) {
+          this.#options.log?.('error', `VM ${name}: ending the disk mirrors at the switch-over failed, cancelling the migration: ${messageOf(error)}`);
+          await qemu.cancelMigration().catch(() => undefined);
+        }
+        return;
+      }
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') return;
+    }
   }
 
   /**

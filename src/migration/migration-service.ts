@@ -11,6 +11,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
+import type { DirPoolCatalogue } from '../control/dir-pools.ts';
 import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
@@ -133,10 +134,12 @@ export class MigrationService {
   readonly #networks: NetworkService;
   readonly #secgroups: SecurityGroupService;
   readonly #operations: OperationManager;
+  readonly #dirPools: DirPoolCatalogue;
   readonly #running = new Set<string>();
 
-  constructor(deps: { db: Db; hosts: HostRegistry; networks: NetworkService; secgroups: SecurityGroupService; operations: OperationManager }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; networks: NetworkService; secgroups: SecurityGroupService; operations: OperationManager; dirPools: DirPoolCatalogue }) {
     this.#db = deps.db;
+    this.#dirPools = deps.dirPools;
     this.#hosts = deps.hosts;
     this.#networks = deps.networks;
     this.#secgroups = deps.secgroups;
@@ -166,8 +169,16 @@ export class MigrationService {
     if (destination.accelerator !== source.accelerator) {
       throw new NubisError('MIGRATION_INCOMPATIBLE', `${source.name} runs ${source.accelerator} and ${destination.name} ${destination.accelerator}; a VM migrates only between hosts of the same accelerator class`);
     }
-    if (spec.boot.kind === 'disk' || spec.disks.some((disk) => disk.kind === 'file')) {
-      throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} has a disk local to ${source.name}; mirroring local disks is not available yet: use volumes of the storage node (shared by every host)`);
+    if (spec.boot.kind === 'disk') {
+      throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} boots from an image overlay local to ${source.name}, which is not mirrored; use the tiny image, or data on volumes`);
+    }
+    for (const disk of spec.disks) {
+      if (disk.kind !== 'file') continue;
+      const [pool, volume] = (disk.localVolume ?? '').split('/');
+      if (!pool || !volume) throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} has a local file disk ${disk.path} that is no pool volume; it cannot be mirrored`);
+      if (!(await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id))) {
+        throw new NubisError('MIGRATION_LOCAL_DISK', `Disk ${disk.localVolume} of VM ${vm.name} lives in dir pool ${pool}, which has no folder on ${destination.name}; choose a host the pool spans`);
+      }
     }
     if (spec.nics.some((nic) => nic.mode === 'user')) {
       throw new NubisError('MIGRATION_USER_NETWORK', `VM ${vm.name} uses user-mode networking, which cannot keep its address on another host; give it a --network`);
@@ -225,7 +236,7 @@ export class MigrationService {
       return { postcopyPrepared: prepared, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason: `Pre-copy with a ${maxDowntimeMs} ms downtime limit${prepared ? '; post-copy prepared for the timeout' : ''}` };
     }
     if (request.strategy === 'postcopy') {
-      return { postcopyPrepared: true, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(true), reason: 'One pre-copy pass, then post-copy' };
+      return { postcopyPrepared: true, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(true), reason: 'Post-copy from the start: the VM runs on the destination at once and pulls the rest of its memory' };
     }
     await op.report('measure', 'Sampling the dirty rate of the guest (1 s)', 0.03);
     const sampled = (await this.#hosts.call<{ bytesPerSec: number }>(m.source, { method: 'POST', path: `/agent/vms/${m.vmId}/migration/dirty-rate`, body: { seconds: 1 }, timeoutMs: 30_000, signal: op.signal })).bytesPerSec;
@@ -308,20 +319,36 @@ export class MigrationService {
     const sourceStatus = JSON.parse((await this.#db.selectFrom('vms').select('status').where('id', '=', vmId).executeTakeFirstOrThrow()).status) as VmStatus;
     const vmPath = `/agent/vms/${vmId}`;
     let switchedOver = false;
+    // Disks in a dir pool of the source are copied to the pool's folder on the destination.
+    const mirrored = await Promise.all(
+      m.spec.disks.flatMap((disk) => (disk.kind === 'file' && disk.localVolume ? [{ disk, ref: disk.localVolume }] : [])).map(async ({ disk, ref }) => {
+        const [pool, volume] = ref.split('/');
+        const target = await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id);
+        if (!target || target.kind !== 'file') throw new NubisError('MIGRATION_LOCAL_DISK', `Dir pool ${pool} has no folder on ${destination.name}`);
+        return { diskId: disk.id, pool, volume, target, sizeBytes: (await this.#dirPools.diskOf(pool, volume, disk.id)).sizeBytes };
+      }),
+    );
+    const destinationSpec: VmSpec = { ...m.spec, disks: m.spec.disks.map((disk) => mirrored.find((x) => x.diskId === disk.id)?.target ?? disk) };
+    const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(this.#listenUri(destination).split(':').at(-1)) };
+    let reserved = false;
 
     // Stage 2: reservation. The destination gets the VM's networks and an incoming QEMU with the
-    // identical device model, listening for the stream.
+    // identical device model, listening for the stream (and, for local disks, empty copies
+    // exported over NBD).
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
     try {
       for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
-      await this.#hosts.call(destination, { method: 'PUT', path: `${vmPath}/incoming`, body: { spec: m.spec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt } }, timeoutMs: 60_000, signal: op.signal });
+      const mirror = mirrored.length > 0 ? { newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })), listen: mirrorTarget, diskIds: mirrored.map((x) => x.diskId) } : undefined;
+      await this.#hosts.call(destination, { method: 'PUT', path: `${vmPath}/incoming`, body: { spec: destinationSpec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt }, mirror }, timeoutMs: 60_000, signal: op.signal });
+      reserved = true;
+      if (mirrored.length > 0) await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirrored.map((x) => x.diskId) });
 
       // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
       let qemuLimitMs = plan.targetDowntimeMs;
       await this.#hosts.call(source, {
         method: 'POST',
         path: `${vmPath}/migrate`,
-        body: { uri, capabilities, downtimeLimitMs: qemuLimitMs, ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
+        body: { uri, capabilities, downtimeLimitMs: qemuLimitMs, mirroredDisks: mirrored.map((x) => x.diskId), ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
         signal: op.signal,
       });
       const startedAt = Date.now();
@@ -350,6 +377,10 @@ export class MigrationService {
         if (bandwidth > 0) figures.bandwidth = { measuredBytesPerSec: Math.round(bandwidth), qemuBytesPerSec: Math.round(qemuBandwidth), capped: request.bandwidthMbps !== undefined };
         figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
         const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
+        if (!figures.prediction && bandwidth > 0 && ram.remaining !== undefined && status.status !== 'completed') {
+          const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
+          figures.prediction = this.#predict({ elapsedMs: now - startedAt, remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
+        }
         if (status.status === 'completed') break;
         if (status.status === 'failed' || status.status === 'cancelled') throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
         if (status.status === 'postcopy-paused' || (status.status === 'postcopy-active' && now - lastProgressAt > STALL_MS)) {
@@ -374,9 +405,6 @@ export class MigrationService {
           await op.report('precopy', `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`, 0.1 + progress * 0.75, {
             pass: Math.max(1, passes), transferredBytes: ram.transferred, remainingBytes: ram.remaining, dirtyRateBytesPerSec: dirty, bandwidthBytesPerSec: bandwidth, ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
           });
-          if (!figures.prediction && bandwidth > 0 && ram.remaining !== undefined) {
-            figures.prediction = this.#predict({ elapsedMs: now - startedAt, remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy });
-          }
           // Widen the downtime target, step by step, while passes go on without converging; and
           // tell QEMU the limit that, with its under-estimate of the link, means that target.
           if (passes >= 3 && passes > widenedAtPass && targetMs < plan.maxDowntimeMs) {
@@ -388,25 +416,28 @@ export class MigrationService {
             await this.#hosts.call(source, { method: 'PUT', path: `${vmPath}/migration/parameters`, body: { downtimeLimitMs: limit }, signal: op.signal }).catch(() => undefined);
             qemuLimitMs = limit;
           }
-          // The post-copy decision, once the first full pass has measured the dirty rate.
-          if (plan.postcopyPrepared && !figures.switchedToPostcopy && passes >= 2) {
+          // The post-copy decision: for `auto` once the first full pass has measured the dirty
+          // rate; at the completion timeout when that is its action.
+          if (plan.postcopyPrepared && !figures.switchedToPostcopy) {
             const outlook = predictPrecopy({ remainingBytes: ram.remaining ?? 0, scanRateBytesPerSec: bandwidth, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, downtimeLimitMs: plan.maxDowntimeMs });
-            const why = request.strategy === 'postcopy' ? 'as asked'
-              : !outlook.converges ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
-              : passes > AUTO_MAX_PASSES ? `still not done after ${AUTO_MAX_PASSES} passes`
-              : now > deadline && plan.onTimeout === 'postcopy' ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
+            const afterFirstPass = passes >= 2;
+            const why = now > deadline && plan.onTimeout === 'postcopy' ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
+              : request.strategy === 'postcopy' ? 'as asked'
+              : request.strategy === 'auto' && afterFirstPass && !outlook.converges ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
+              : request.strategy === 'auto' && passes > AUTO_MAX_PASSES ? `still not done after ${AUTO_MAX_PASSES} passes`
               : undefined;
-            if (why && (request.strategy !== 'precopy' || now > deadline)) {
+            if (why) {
               await op.report('postcopy', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
               await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/postcopy`, signal: op.signal });
               figures.switchedToPostcopy = true;
             }
           }
-          if (now > deadline && !figures.switchedToPostcopy && !(plan.postcopyPrepared && plan.onTimeout === 'postcopy')) {
+          if (now > deadline && !figures.switchedToPostcopy) {
             throw new NubisError('MIGRATION_TIMEOUT', `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`);
           }
         }
-        await delay(POLL_MS, undefined, { signal: op.signal });
+        // Closer looks in the first second, so that even a short migration gets its prediction.
+        await delay(now - startedAt < 1000 ? POLL_MS / 2 : POLL_MS, undefined, { signal: op.signal });
       }
       switchedOver = true;
       // QEMU marks the migration completed a moment before it fills in the times: ask again.
@@ -428,7 +459,11 @@ export class MigrationService {
       // destination, and unplug what was plumbed for it.
       await op.report('rollback', `Rolling back: ${messageOf(error)}`, 0.95);
       await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/cancel` }).catch(() => undefined);
+      if (mirrored.length > 0) await this.#hosts.call(source, { method: 'DELETE', path: `${vmPath}/mirror` }).catch(() => undefined);
       await this.#hosts.call(destination, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch(() => undefined);
+      // The copies made for this migration (only once the reservation made them: a file that
+      // was there before made it fail, and is not ours to delete).
+      if (reserved) for (const x of mirrored) await this.#hosts.call(destination, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` }).catch(() => undefined);
       for (const networkId of networkIds) {
         await this.#networks.unplugHost(networkId, destination).catch(() => undefined);
         await this.#networks.sync(networkId).catch(() => undefined);
@@ -443,8 +478,12 @@ export class MigrationService {
     const activated = await this.#hosts.call<VmStatus>(destination, { method: 'POST', path: `${vmPath}/incoming/activate`, timeoutMs: 90_000 });
     const resumedAtMs = (await this.#hosts.call<QemuMigrationStatus>(destination, { method: 'GET', path: `${vmPath}/migration` }).catch(() => ({}) as QemuMigrationStatus)).resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
-    await this.#db.updateTable('vms').set({ host_id: destination.id, actual_state: activated.state, status: JSON.stringify(activated), updated_at: new Date().toISOString() }).where('id', '=', vmId).execute();
+    await this.#db.updateTable('vms').set({ host_id: destination.id, actual_state: activated.state, status: JSON.stringify(activated), spec: JSON.stringify(destinationSpec), updated_at: new Date().toISOString() }).where('id', '=', vmId).execute();
+    for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
     await this.#hosts.call(source, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch((error) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
+    for (const x of mirrored) {
+      await this.#hosts.call(source, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` }).catch((error) => op.report('activation', `The old copy of ${x.pool}/${x.volume} on ${source.name} could not be removed: ${messageOf(error)}`, 0.97));
+    }
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, source);
       await this.#networks.sync(networkId);
@@ -453,6 +492,31 @@ export class MigrationService {
     await this.#secgroups.refreshProject(project);
     await op.report('done', `Moved to ${destination.name}: ${figures.totalTimeMs ?? '?'} ms total, ${figures.downtimeMs ?? '?'} ms QEMU downtime, ${figures.pausedMs ?? '?'} ms paused, ${mib(figures.transferredBytes)} sent for ${figures.memoryMb} MiB of memory`, 1, figures);
     return { vm: m.vmName, from: source.name, to: destination.name, figures };
+  }
+
+  /**
+   * Storage during migration: the source mirrors each local disk into the destination's export
+   * while the VM runs, until every mirror is in step (from then on writes reach both copies).
+   */
+  async #mirrorDisks(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; target: { host: string; port: number }; diskIds: string[] }): Promise<void> {
+    const vmPath = `/agent/vms/${m.vmId}`;
+    await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/mirror`, body: { diskIds: m.diskIds, target: m.target }, signal: op.signal });
+    let lastCopied = -1;
+    let lastProgressAt = Date.now();
+    for (;;) {
+      const jobs = await this.#hosts.call<Array<{ disk: string; lengthBytes: number; copiedBytes: number; ready: boolean; status: string }>>(m.source, { method: 'GET', path: `${vmPath}/mirror`, signal: op.signal });
+      if (jobs.length < m.diskIds.length) throw new NubisError('MIGRATION_FAILED', `A disk mirror to ${m.destination.name} ended before it was in step (see the agent log of ${m.source.name})`);
+      const copied = jobs.reduce((sum, j) => sum + j.copiedBytes, 0);
+      const length = jobs.reduce((sum, j) => sum + j.lengthBytes, 0);
+      if (jobs.every((j) => j.ready)) {
+        await op.report('mirror', `Local disks in step on ${m.destination.name}: ${mib(length)} copied; guest writes now reach both copies`, 0.1);
+        return;
+      }
+      if (copied !== lastCopied) [lastCopied, lastProgressAt] = [copied, Date.now()];
+      else if (Date.now() - lastProgressAt > STALL_MS) throw new NubisError('MIGRATION_STALLED', `The disk mirror to ${m.destination.name} made no progress for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
+      await op.report('mirror', `Mirroring ${m.diskIds.length} local disk(s) to ${m.destination.name}: ${mib(copied)} of ${mib(length)}`, 0.05 + 0.05 * (length > 0 ? copied / length : 0), { copiedBytes: copied, lengthBytes: length });
+      await delay(POLL_MS, undefined, { signal: op.signal });
+    }
   }
 
   /** A fresh port on the destination's underlay address for a migration stream. */
@@ -467,11 +531,14 @@ export class MigrationService {
    * through memory, then the model's pre-copy passes, or (when post-copy will be used) the
    * dirty set pulled once over the link.
    */
-  #predict(p: { elapsedMs: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy }): NonNullable<MigrationFigures['prediction']> {
+  #predict(p: { elapsedMs: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy; inPostcopy: boolean }): NonNullable<MigrationFigures['prediction']> {
     const model = predictPrecopy({ remainingBytes: p.remaining, scanRateBytesPerSec: p.scanRate, dirtyRateBytesPerSec: p.dirtyRate, bandwidthBytesPerSec: p.bandwidth, memoryBytes: p.memoryBytes, downtimeLimitMs: p.plan.maxDowntimeMs });
     const base = { madeAtMs: p.elapsedMs, dirtyRateBytesPerSec: Math.round(p.dirtyRate), bandwidthBytesPerSec: Math.round(p.bandwidth), lambda: Number(model.lambda.toFixed(3)), converges: model.converges };
-    const usesPostcopy = p.plan.postcopyPrepared && (p.strategy === 'postcopy' || !model.converges);
-    if (usesPostcopy) {
+    if (p.inPostcopy || (p.plan.postcopyPrepared && p.strategy === 'postcopy')) {
+      // Post-copy from (nearly) the start: the rest of memory crosses once, at the pace of the scan.
+      return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000) };
+    }
+    if (p.plan.postcopyPrepared && !model.converges) {
       const firstPassMs = (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000;
       const dirtyAfterFirstPass = Math.min(p.dirtyRate * (firstPassMs / 1000), p.memoryBytes);
       return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + firstPassMs + predictPostcopyMs(dirtyAfterFirstPass, p.bandwidth)) };

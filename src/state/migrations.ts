@@ -204,6 +204,27 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('vms').addColumn('allow_postcopy', 'integer', (c) => c.notNull().defaultTo(1)).execute();
     },
   },
+  '0008-dir-pools': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('dir_pools')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('hosts', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('dir_volumes')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('pool_id', 'text', (c) => c.notNull().references('dir_pools.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('host_id', 'text', (c) => c.notNull())
+        .addColumn('size_bytes', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('dir_volumes_pool_name', ['pool_id', 'name'])
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

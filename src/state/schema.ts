@@ -184,7 +184,28 @@ export interface VmMigrationsTable {
   ended_at: string | null;
 }
 
+/** A host-based pool: a folder of qcow2 files on each of its hosts. */
+export interface DirPoolsTable {
+  id: string;
+  name: string;
+  /** JSON: [{ hostId, path }], the pool's folder on each host. */
+  hosts: string;
+  created_at: string;
+}
+
+/** A qcow2 volume of a dir pool; it lives on one host (and moves when its VM migrates). */
+export interface DirVolumesTable {
+  id: string;
+  pool_id: string;
+  name: string;
+  host_id: string;
+  size_bytes: number;
+  created_at: string;
+}
+
 export interface Database {
+  dir_pools: DirPoolsTable;
+  dir_volumes: DirVolumesTable;
   vm_migrations: VmMigrationsTable;
   port_forwards: PortForwardsTable;
   vm_disks: VmDisksTable;

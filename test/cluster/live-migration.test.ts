@@ -1,16 +1,19 @@
 /**
  * Live migration between two hosts in network namespaces, with real VMs and packets: the VM keeps
  * its IP and its memory (the guest's request counter goes on), its volume's checksummed data
- * verifies on the new host, a client pinging every 50 ms keeps getting answers, every strategy
- * completes and is recorded with sane figures, and a cancelled migration leaves the VM running on
- * its source.
+ * verifies on the new host, a client pinging every 10 ms keeps getting answers and a client's TCP
+ * connection survives, every strategy completes and is recorded with sane figures; failures
+ * before the switch-over (destination QEMU killed, underlay link cut, cancel) leave the VM running
+ * on its source; a post-copy whose link breaks pauses and recovers when the link returns.
  */
 import assert from 'node:assert/strict';
-import { truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import type { Operation, Vm } from '../../src/api/schemas.ts';
 import { startProbe, type RunningProbe } from '../../src/network/probe.ts';
+import { underlayRootLinkName } from '../../src/network/underlay.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 interface Migration {
@@ -18,8 +21,14 @@ interface Migration {
   to: string;
   strategy: string;
   status: string;
-  figures: { memoryMb: number; totalTimeMs: number; downtimeMs: number; transferredBytes: number; switchedToPostcopy: boolean };
+  figures: {
+    memoryMb: number; totalTimeMs: number; downtimeMs: number; pausedMs?: number; transferredBytes: number; switchedToPostcopy: boolean; recoveries?: number; error?: string;
+    plan?: { postcopyPrepared: boolean; autoConverge: boolean; reason: string };
+    prediction?: { predictedTotalMs?: number; lambda: number };
+  };
 }
+
+const echoClient = join(import.meta.dirname, '..', 'helpers', 'tcp-echo-client.mjs');
 
 describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false }, () => {
   const nubis = new NubisInstance('migration');
@@ -39,8 +48,8 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
   });
   after(() => nubis.destroy());
 
-  async function httpCount(): Promise<number> {
-    const result = await nubis.cli(['--json', 'network', 'probe', 'mnet', '--', 'curl', '-s', '--max-time', '5', `http://${vmIp}/`]);
+  async function httpCount(on?: string): Promise<number> {
+    const result = await nubis.cli(['--json', 'network', 'probe', 'mnet', ...(on ? ['--on', on] : []), '--', 'curl', '-s', '--max-time', '5', `http://${vmIp}/`]);
     const match = /requests=(\d+)/.exec((JSON.parse(result.stdout) as { stdout: string }).stdout);
     assert.ok(match, `the guest answers HTTP: ${result.stdout}`);
     return Number(match[1]);
@@ -58,11 +67,14 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     assert.match(written, /written-ok/);
   });
 
-  it('moves a running VM with each strategy: same IP, same memory, same data, the client keeps its answers', async () => {
-    // A client on the overlay pings the VM every 50 ms through all three migrations, from a probe
-    // on host-2, which carries the network throughout because another VM stays there.
+  it('moves a running VM with each strategy: same IP, same memory, same data, the client keeps its answers and its connection', async () => {
+    // A client on the overlay pings the VM every 10 ms, and another keeps a TCP connection to an
+    // echo server in the guest, through all three migrations, from probes on host-2, which
+    // carries the network throughout because another VM stays there.
     await nubis.cliJson(['vm', 'create', 'anchor', '--image', 'tiny', '--memory', '128', '--network', 'mnet', '--host', 'host-2']);
-    const pinger: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.250/24', command: ['ping', '-i', '0.05', '-W', '1', vmIp] });
+    assert.match(await runOnConsole(nubis, 'mv1', 'nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 & echo echo-started'), /echo-started/);
+    const pinger: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.250/24', command: ['ping', '-i', '0.01', '-W', '1', vmIp] });
+    const talker: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.251/24', command: [process.execPath, echoClient, vmIp, '7000'] });
     let counter = await httpCount();
     try {
       for (const [strategy, to] of [['precopy', 'host-2'], ['postcopy', 'host-1'], ['auto', 'host-2']] as const) {
@@ -80,17 +92,131 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
         const figures = moved.figures;
         assert.ok(figures.totalTimeMs > 0 && figures.downtimeMs >= 0 && figures.downtimeMs < figures.totalTimeMs + 1, JSON.stringify(figures));
         assert.ok(figures.transferredBytes > 1 << 20 && figures.transferredBytes < 4 * figures.memoryMb * 2 ** 20, JSON.stringify(figures));
+        assert.ok(figures.pausedMs !== undefined && figures.pausedMs >= 0 && figures.pausedMs < 5000, `the true pause is measured: ${JSON.stringify(figures)}`);
+        assert.ok(figures.prediction?.predictedTotalMs, `a prediction is recorded: ${JSON.stringify(figures)}`);
         assert.equal(figures.switchedToPostcopy, strategy === 'postcopy');
+        if (strategy === 'auto') {
+          // An idle guest: no reason to prepare post-copy; a tight downtime target instead.
+          assert.deepEqual([figures.plan?.postcopyPrepared, figures.plan?.autoConverge], [false, true], JSON.stringify(figures.plan));
+          assert.match(figures.plan?.reason ?? '', /dirty rate .*\(lambda/);
+        }
       }
     } finally {
       const ping = await pinger.stop();
+      const talk = await talker.stop();
       const summary = /(\d+) packets transmitted, (\d+) received/.exec(ping.stdout);
       assert.ok(summary, ping.stdout.slice(-300));
       const [sent, received] = [Number(summary[1]), Number(summary[2])];
       assert.ok(received >= sent * 0.8, `the client kept its answers across three migrations: ${received} of ${sent}`);
+      const conversation = JSON.parse(talk.stdout.trim().split('\n').at(-1) ?? '{}') as { sent: number; echoed: number; inOrder: boolean; longestGapMs: number; broken?: string };
+      assert.equal(conversation.broken, undefined, `the TCP connection survived: ${talk.stdout} ${talk.stderr}`);
+      assert.ok(conversation.inOrder && conversation.echoed > 100 && conversation.echoed >= conversation.sent - 50, `every line came back, in order: ${talk.stdout}`);
     }
     const history = await nubis.cliJson<Migration[]>(['vm', 'migrations', 'mv1']);
     assert.deepEqual(history.map((h) => [h.strategy, h.status, h.from, h.to]), [['auto', 'completed', 'host-1', 'host-2'], ['postcopy', 'completed', 'host-2', 'host-1'], ['precopy', 'completed', 'host-1', 'host-2']]);
+  });
+
+  /** Starts a slow (capped) migration of mv1 to `to` and resolves once it is in `stage`. */
+  async function slowMigration(body: Record<string, unknown>, stage: string): Promise<string> {
+    const started = await nubis.api<{ operation: Operation }>('POST', '/v1/vms/mv1/migrate', body);
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    const id = started.body.operation.id;
+    for (let i = 0; i < 300; i++) {
+      const op = (await nubis.api<Operation>('GET', `/v1/operations/${id}`)).body;
+      if (op.stage === stage) return id;
+      assert.equal(op.status, 'running', `the migration reached ${stage}: ${JSON.stringify(op)}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    throw new Error(`migration ${id} never reached ${stage}`);
+  }
+
+  /** The root-namespace end of a host's underlay cable: setting it down cuts the host off. */
+  function underlayCable(host: string): string {
+    return underlayRootLinkName(`${testBed}-ul`, `${testBed}-${host}`);
+  }
+
+  async function assertStillOn(host: string, why: string): Promise<void> {
+    const vm = await nubis.cliJson<Vm>(['vm', 'show', 'mv1']);
+    assert.deepEqual([vm.host, vm.state], [host, 'running'], why);
+    assert.ok((await httpCount(host)) > 0, `${why}: it still serves`);
+  }
+
+  it('leaves the VM running on its source when the destination QEMU is killed mid-pre-copy', async () => {
+    const id = await slowMigration({ to: 'host-1', strategy: 'precopy', bandwidthMbps: 2 }, 'precopy');
+    const vmId = (await nubis.cliJson<Vm>(['vm', 'show', 'mv1'])).id;
+    const destinationPid = Number(readFileSync(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId, 'qemu.pid'), 'utf8'));
+    process.kill(destinationPid, 'SIGKILL');
+    const final = await nubis.waitOperation(id);
+    assert.equal(final.status, 'failed');
+    await assertStillOn('host-2', 'the destination QEMU died before the switch-over');
+    assert.ok(!existsSync(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId)), 'the destination kept nothing');
+    const history = await nubis.cliJson<Migration[]>(['vm', 'migrations', 'mv1']);
+    assert.equal(history[0].status, 'failed');
+    assert.ok(history[0].figures.error, JSON.stringify(history[0].figures));
+  });
+
+  it('leaves the VM running on its source when the underlay link is cut mid-pre-copy', async () => {
+    const cable = underlayCable('host-1');
+    const id = await slowMigration({ to: 'host-1', strategy: 'precopy', bandwidthMbps: 2 }, 'precopy');
+    execFileSync('ip', ['link', 'set', cable, 'down']);
+    try {
+      const final = await nubis.waitOperation(id);
+      assert.equal(final.status, 'failed');
+      assert.match(final.error?.message ?? '', /No byte reached host-1/);
+    } finally {
+      execFileSync('ip', ['link', 'set', cable, 'up']);
+    }
+    await assertStillOn('host-2', 'the link broke before the switch-over');
+  });
+
+  it('pauses a post-copy whose link breaks and recovers it when the link returns, losing nothing', async () => {
+    let counter = await httpCount();
+    // Pre-copy capped at 4 MB/s switches to post-copy at its 5 s deadline, leaving most of
+    // memory to be pulled over the capped link: time to cut it.
+    const id = await slowMigration({ to: 'host-1', strategy: 'precopy', bandwidthMbps: 4, completionTimeoutSeconds: 5, onTimeout: 'postcopy' }, 'postcopy');
+    const cable = underlayCable('host-1');
+    execFileSync('ip', ['link', 'set', cable, 'down']);
+    let sawPaused = false;
+    try {
+      for (let i = 0; i < 150 && !sawPaused; i++) {
+        sawPaused = (await nubis.api<Operation>('GET', `/v1/operations/${id}`)).body.stage === 'postcopy-paused';
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      assert.ok(sawPaused, 'the broken post-copy was detected and paused');
+      const vm = await nubis.cliJson<Vm>(['vm', 'show', 'mv1']);
+      assert.notEqual(vm.state, 'crashed');
+    } finally {
+      execFileSync('ip', ['link', 'set', cable, 'up']);
+    }
+    const final = await nubis.waitOperation(id);
+    assert.equal(final.status, 'succeeded', JSON.stringify(final.error));
+    const vm = await nubis.cliJson<Vm>(['vm', 'show', 'mv1']);
+    assert.deepEqual([vm.host, vm.state], ['host-1', 'running']);
+    const next = await httpCount();
+    assert.equal(next, counter + 1, "the guest's memory is whole after the recovery");
+    counter = next;
+    assert.match(await runOnConsole(nubis, 'mv1', 'nubis-tool disk-verify /dev/vda 16 11 && echo verified-ok'), /verified-ok/);
+    const history = await nubis.cliJson<Migration[]>(['vm', 'migrations', 'mv1']);
+    assert.equal(history[0].status, 'completed');
+    assert.equal(history[0].figures.switchedToPostcopy, true);
+    assert.ok((history[0].figures.recoveries ?? 0) >= 1, JSON.stringify(history[0].figures));
+  });
+
+  it('throttles a VM that does not allow post-copy instead, and refuses post-copy for it', async () => {
+    const set = await nubis.cliJson<Vm>(['vm', 'set', 'mv1', '--postcopy', 'deny']);
+    assert.equal(set.allowPostcopy, false);
+    const refused = await nubis.cli(['vm', 'migrate', 'mv1', '--to', 'host-2', '--strategy', 'postcopy']);
+    assert.match(refused.stderr, /does not allow post-copy/);
+    // Dirtying at 10 MB/s over an 8 MB/s cap: pre-copy alone would never converge.
+    await nubis.cli(['network', 'probe', 'mnet', '--', 'curl', '-s', `http://${vmIp}/cgi-bin/dirty?rate_mb=10&wss_mb=16`]);
+    const moved = await nubis.cliJson<{ to: string; figures: Migration['figures'] & { throttlePercent?: number } }>(['vm', 'migrate', 'mv1', '--to', 'host-2', '--bandwidth', '8']);
+    assert.equal(moved.to, 'host-2');
+    assert.equal(moved.figures.switchedToPostcopy, false);
+    assert.equal(moved.figures.plan?.postcopyPrepared, false);
+    assert.ok((moved.figures.throttlePercent ?? 0) > 0, `auto-converge throttled the guest: ${JSON.stringify(moved.figures)}`);
+    await nubis.cli(['network', 'probe', 'mnet', '--', 'curl', '-s', `http://${vmIp}/cgi-bin/dirty?rate_mb=0`]);
+    await assertStillOn('host-2', 'the throttled migration completed');
+    await nubis.cliJson(['vm', 'set', 'mv1', '--postcopy', 'allow']);
   });
 
   it('leaves the VM running on its source when a migration is cancelled', async () => {

@@ -19,6 +19,9 @@ export const QEMU_BINARY = 'qemu-system-x86_64';
 const UNCAPPED_MIGRATION_BYTES_PER_SEC = 100_000_000_000;
 
 /** The run state of a VM's QEMU process as a user sees it. */
+/** Names of the block nodes, jobs and exports that mirror a disk during a migration. */
+const MIRROR_PREFIX = 'mirror-';
+
 export type QemuRunState = 'running' | 'paused' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
 
 /** The control files of a VM in its folder. */
@@ -242,6 +245,8 @@ export class QemuProcess {
       // Always set: QEMU keeps parameters from an earlier (say, cancelled and capped) migration,
       // and its own default caps the stream at 128 MiB/s.
       'max-bandwidth': limits.maxBandwidthBytesPerSec ?? UNCAPPED_MIGRATION_BYTES_PER_SEC,
+      // A cap holds in post-copy too (QEMU's own default there is unlimited: 0).
+      'max-postcopy-bandwidth': limits.maxBandwidthBytesPerSec ?? 0,
     });
     await this.qmp.execute('migrate', { uri });
   }
@@ -291,6 +296,55 @@ export class QemuProcess {
   /** Source in `postcopy-paused`: reconnects to the destination's recovery listener and goes on. */
   async resumeMigration(uri: string): Promise<void> {
     await this.qmp.execute('migrate', { uri, resume: true });
+  }
+
+  /**
+   * Destination: serves `diskIds` over NBD at `listen` so that the source can mirror its local
+   * disks into them while the VM still runs there (QEMU activates the exported nodes for writing).
+   */
+  async exportDisksForMirror(diskIds: string[], listen: { host: string; port: number }): Promise<void> {
+    await this.qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listen.host, port: String(listen.port) } } });
+    for (const id of diskIds) await this.qmp.execute('block-export-add', { type: 'nbd', id: `${MIRROR_PREFIX}${id}`, 'node-name': id, name: id, writable: true });
+  }
+
+  /** Destination, after the switch-over: the mirror exports are no longer needed. */
+  async stopDiskExports(): Promise<void> {
+    await this.qmp.execute('nbd-server-stop');
+  }
+
+  /**
+   * Source: mirrors each of `diskIds` into the destination's export of the same name. Write-
+   * blocking: once a mirror is ready, every guest write reaches both copies before it completes,
+   * so the copies stay equal however fast the guest writes.
+   */
+  async startDiskMirrors(diskIds: string[], target: { host: string; port: number }): Promise<void> {
+    for (const id of diskIds) {
+      await this.qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': `${MIRROR_PREFIX}${id}`, server: { type: 'inet', host: target.host, port: String(target.port) }, export: id });
+      await this.qmp.execute('blockdev-mirror', { 'job-id': `${MIRROR_PREFIX}${id}`, device: id, target: `${MIRROR_PREFIX}${id}`, sync: 'full', 'copy-mode': 'write-blocking' });
+    }
+  }
+
+  /** Source: the disk mirrors in progress, with bytes copied and whether each is in step. */
+  async diskMirrors(): Promise<Array<{ disk: string; lengthBytes: number; copiedBytes: number; ready: boolean; status: string }>> {
+    const jobs = await this.qmp.execute<Array<{ device: string; len: number; offset: number; ready: boolean; status: string }>>('query-block-jobs');
+    return jobs.filter((job) => job.device.startsWith(MIRROR_PREFIX)).map((job) => ({ disk: job.device.slice(MIRROR_PREFIX.length), lengthBytes: job.len, copiedBytes: job.offset, ready: job.ready, status: job.status }));
+  }
+
+  /**
+   * Source, with the VM stopped for the switch-over: ends the mirrors leaving the destination's
+   * copies complete (cancelling a ready mirror flushes it and keeps the source as it is).
+   * `force` abandons them instead (rollback); either way the NBD connections go.
+   */
+  async endDiskMirrors(options: { force?: boolean } = {}): Promise<void> {
+    const jobs = await this.diskMirrors();
+    for (const job of jobs) await this.qmp.execute('block-job-cancel', { device: `${MIRROR_PREFIX}${job.disk}`, ...(options.force ? { force: true } : {}) });
+    const deadline = Date.now() + 60_000;
+    while ((await this.diskMirrors()).length > 0) {
+      if (Date.now() > deadline) throw new Error('Disk mirrors did not end within 60 s');
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const nodes = await this.qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
+    for (const node of nodes.filter((n) => n['node-name'].startsWith(MIRROR_PREFIX))) await this.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
   }
 
   /** Source: switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both ends). */

@@ -1,0 +1,104 @@
+/**
+ * Host-based storage: a `dir` pool is a folder on this host holding one qcow2 file per volume.
+ * The host carves its own disks; QEMU opens them as files. The control plane keeps the catalogue
+ * and asks the agent of the volume's host to do the file work here.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm, rmdir, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { NubisError } from '../core/errors.ts';
+
+const run = promisify(execFile);
+
+export interface DirPoolInfo {
+  path: string;
+  sizeBytes: number;
+  freeBytes: number;
+}
+
+export interface DirVolumeInfo {
+  path: string;
+  sizeBytes: number;
+  /** What the qcow2 file takes on disk. */
+  allocatedBytes: number;
+}
+
+export class DirPools {
+  readonly #root: string;
+
+  /** `root`: the folder that holds one folder per pool (`<hostDir>/pools`). */
+  constructor(root: string) {
+    this.#root = root;
+  }
+
+  #poolPath(pool: string): string {
+    return join(this.#root, pool);
+  }
+
+  volumePath(pool: string, volume: string): string {
+    return join(this.#poolPath(pool), `${volume}.qcow2`);
+  }
+
+  /** Creates the pool's folder (idempotent) and tells its capacity. */
+  async ensurePool(pool: string): Promise<DirPoolInfo> {
+    await mkdir(this.#poolPath(pool), { recursive: true });
+    return this.poolInfo(pool);
+  }
+
+  async poolInfo(pool: string): Promise<DirPoolInfo> {
+    const path = this.#poolPath(pool);
+    if (!existsSync(path)) throw new NubisError('POOL_NOT_FOUND', `Dir pool ${pool} has no folder on this host`);
+    const fs = await statfs(path);
+    return { path, sizeBytes: fs.blocks * fs.bsize, freeBytes: fs.bavail * fs.bsize };
+  }
+
+  /** Removes the pool's folder; refused while it holds volumes. */
+  async removePool(pool: string): Promise<void> {
+    const path = this.#poolPath(pool);
+    if (!existsSync(path)) return;
+    const left = (await readdir(path)).filter((name) => name.endsWith('.qcow2'));
+    if (left.length > 0) throw new NubisError('POOL_NOT_EMPTY', `Dir pool ${pool} still holds ${left.join(', ')} on this host`);
+    await rm(join(path, '.tmp'), { recursive: true, force: true });
+    await rmdir(path);
+  }
+
+  /** A new, empty qcow2 volume; an existing file of that name is never overwritten. */
+  async createVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo> {
+    await this.poolInfo(pool);
+    const path = this.volumePath(pool, volume);
+    if (existsSync(path)) throw new NubisError('VOLUME_EXISTS', `Volume ${pool}/${volume} already has a file on this host (${path})`);
+    await this.#qemuImg(['create', '-q', '-f', 'qcow2', path, String(sizeBytes)]);
+    return this.volumeInfo(pool, volume);
+  }
+
+  async volumeInfo(pool: string, volume: string): Promise<DirVolumeInfo> {
+    const path = this.volumePath(pool, volume);
+    if (!existsSync(path)) throw new NubisError('VOLUME_NOT_FOUND', `Volume ${pool}/${volume} has no file on this host`);
+    // -U: also while a running VM holds the image lock.
+    const info = JSON.parse(await this.#qemuImg(['info', '-U', '--output=json', path])) as { 'virtual-size': number; 'actual-size'?: number };
+    return { path, sizeBytes: info['virtual-size'], allocatedBytes: info['actual-size'] ?? 0 };
+  }
+
+  async deleteVolume(pool: string, volume: string): Promise<void> {
+    await rm(this.volumePath(pool, volume), { force: true });
+  }
+
+  /** Grows a volume (qcow2 shrinking would cut data off: refused). */
+  async resizeVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo> {
+    const current = await this.volumeInfo(pool, volume);
+    if (sizeBytes < current.sizeBytes) throw new NubisError('VOLUME_SHRINK_REFUSED', `Volume ${pool}/${volume} is ${current.sizeBytes} bytes; dir volumes only grow`);
+    if (sizeBytes > current.sizeBytes) await this.#qemuImg(['resize', '-q', '-f', 'qcow2', current.path, String(sizeBytes)]);
+    return this.volumeInfo(pool, volume);
+  }
+
+  async #qemuImg(args: string[]): Promise<string> {
+    try {
+      return (await run('qemu-img', args)).stdout;
+    } catch (error) {
+      const stderr = (error as { stderr?: string }).stderr?.trim();
+      throw new NubisError('STORAGE_IO_FAILED', `qemu-img ${args[0]} failed: ${stderr || (error as Error).message}`);
+    }
+  }
+}
