@@ -389,7 +389,12 @@ export class MigrationService {
           lastProgressAt = Date.now();
         } else if (status.status === 'postcopy-active' || status.status === 'postcopy-recover') {
           switchedOver = true;
-          await op.report('postcopy', `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`, 0.9, { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] });
+          // Until the destination has resumed the VM it is still loading the device state: a
+          // link lost in that window ends the destination QEMU (QEMU recovers only a running
+          // post-copy), which is why post-copy is reported only from the RESUME on.
+          const resumed = (await this.#hosts.call<QemuMigrationStatus>(destination, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 5_000 }).catch(() => ({}) as QemuMigrationStatus)).resumedAtMs;
+          if (resumed) await op.report('postcopy', `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`, 0.9, { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] });
+          else await op.report('switching', `Handing the device state over to ${destination.name}`, 0.88);
         } else if (status.status === 'device' || status.status === 'pre-switchover') {
           await op.report('stop-and-copy', 'Stop-and-copy: the last dirty pages and the device state', 0.9);
         } else if (status.status === 'active') {
@@ -427,7 +432,7 @@ export class MigrationService {
               : request.strategy === 'auto' && passes > AUTO_MAX_PASSES ? `still not done after ${AUTO_MAX_PASSES} passes`
               : undefined;
             if (why) {
-              await op.report('postcopy', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
+              await op.report('switching', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
               await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/postcopy`, signal: op.signal });
               figures.switchedToPostcopy = true;
             }
@@ -569,6 +574,10 @@ export class MigrationService {
       }
       const [sourceState, destinationState] = [await statusOf(m.source), await statusOf(m.destination)];
       if (sourceState === 'completed') return;
+      const destinationGone = await this.#hosts.call(m.destination, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 10_000 }).then(() => false, (error: { code?: string }) => error.code === 'VM_INVALID_STATE');
+      if (destinationGone) {
+        throw new NubisError('MIGRATION_FAILED', `The destination QEMU on ${m.destination.name} ended during post-copy; the VM's last state is paused on ${m.source.name} (see the destination's qemu.log)`);
+      }
       if (sourceState === 'postcopy-paused' && destinationState === 'postcopy-paused') {
         const uri = this.#listenUri(m.destination);
         try {
