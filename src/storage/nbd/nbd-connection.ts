@@ -8,9 +8,17 @@
  * connection: every read of client-controlled lengths is bounded before anything is allocated.
  */
 import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
 import { ByteQueue } from './byte-queue.ts';
 import * as C from './nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog, type NbdExtent } from './nbd-export.ts';
+
+/** How a server that requires TLS upgrades connections (proto.md "TLS support"). */
+export interface NbdTlsSettings {
+  secureContext: SecureContext;
+  /** Ask clients for a certificate and refuse those without one signed by the configured CA. */
+  requireClientCertificate: boolean;
+}
 
 /** Settings shared by all connections of one server (frozen by the server). */
 export interface NbdConnectionSettings {
@@ -28,7 +36,8 @@ export interface NbdConnectionSettings {
 /** What a server reports about its connections (wire it to a logger). */
 export type NbdServerEvent =
   | { type: 'connected'; connectionId: number; remote: string }
-  | { type: 'export-selected'; connectionId: number; exportName: string; structuredReplies: boolean }
+  | { type: 'tls-established'; connectionId: number; protocol: string; clientCertificateSubject?: string }
+  | { type: 'export-selected'; connectionId: number; exportName: string; structuredReplies: boolean; tls: boolean }
   | { type: 'protocol-violation'; connectionId: number; reason: string }
   | { type: 'request-failed'; connectionId: number; command: number; errno: number; message: string }
   | { type: 'disconnected'; connectionId: number };
@@ -96,8 +105,13 @@ interface Request {
 export class NbdConnection {
   readonly id: number;
   readonly done: Promise<void>;
-  readonly #socket: Socket;
+  /** The client's socket; after NBD_OPT_STARTTLS, the TLS socket over `#rawSocket`. */
+  #socket: Socket;
+  readonly #rawSocket: Socket;
   readonly #settings: NbdConnectionSettings;
+  /** Set when this connection must upgrade to TLS before anything else (FORCEDTLS). */
+  readonly #tls?: NbdTlsSettings;
+  #tlsStarted = false;
   readonly #queue = new ByteQueue();
   #closed = false;
   #resolveDone!: () => void;
@@ -125,16 +139,16 @@ export class NbdConnection {
   #corked = false;
   readonly #headerBuffer = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
 
-  constructor(id: number, socket: Socket, settings: NbdConnectionSettings) {
+  /** `tls`: this connection is FORCEDTLS (proto.md); without it, NOTLS. */
+  constructor(id: number, socket: Socket, settings: NbdConnectionSettings, tls?: NbdTlsSettings) {
     this.id = id;
     this.#socket = socket;
+    this.#rawSocket = socket;
     this.#settings = settings;
+    this.#tls = tls;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('error', () => this.#teardown());
-    socket.on('close', () => this.#teardown());
-    socket.on('drain', () => this.#maybeResume());
+    this.#listen(socket);
     this.#emit({ type: 'connected', connectionId: id, remote: `${socket.remoteAddress ?? 'unix'}:${socket.remotePort ?? ''}` });
     this.#handshakeTimer = setTimeout(() => this.#violation('handshake not completed in time'), settings.handshakeTimeoutMs);
     this.#handshake().catch((error: unknown) => {
@@ -161,6 +175,17 @@ export class NbdConnection {
   }
 
   // ---------------------------------------------------------------- input
+
+  readonly #onDataListener = (chunk: Buffer) => this.#onData(chunk);
+  readonly #teardownListener = () => this.#teardown();
+  readonly #drainListener = () => this.#maybeResume();
+
+  #listen(socket: Socket): void {
+    socket.on('data', this.#onDataListener);
+    socket.on('error', this.#teardownListener);
+    socket.on('close', this.#teardownListener);
+    socket.on('drain', this.#drainListener);
+  }
 
   #onData(chunk: Buffer): void {
     if (this.#closed || this.#disconnectRequested) return;
@@ -190,6 +215,7 @@ export class NbdConnection {
     this.#waiter?.reject(new Disconnected());
     this.#waiter = undefined;
     this.#socket.destroy();
+    this.#rawSocket.destroy();
     this.#emit({ type: 'disconnected', connectionId: this.id });
     this.#resolveDone();
   }
@@ -249,6 +275,12 @@ export class NbdConnection {
       return;
     }
     this.#noZeroes = (clientFlags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
+    if (this.#tls && (clientFlags & C.NBD_FLAG_C_FIXED_NEWSTYLE) === 0) {
+      // proto.md "TLS support": without fixed newstyle the server MUST operate in NOTLS mode,
+      // which this server does not offer once TLS is configured.
+      this.#violation('TLS is required but the client does not speak fixed newstyle');
+      return;
+    }
 
     for (let count = 0; ; count++) {
       if (count >= this.#settings.maxOptions) {
@@ -280,6 +312,17 @@ export class NbdConnection {
 
   /** Answers one option; true when transmission begins, 'abort' on NBD_OPT_ABORT. */
   #handleOption(option: number, data: Buffer): boolean | 'abort' {
+    if (this.#tls && !this.#tlsStarted) {
+      // proto.md FORCEDTLS: every option other than STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD;
+      // NBD_OPT_EXPORT_NAME cannot fail, so the server MUST terminate the session.
+      if (option === C.NBD_OPT_EXPORT_NAME) {
+        this.#violation('NBD_OPT_EXPORT_NAME before TLS on a server that requires TLS');
+        return true;
+      }
+      if (option !== C.NBD_OPT_STARTTLS && option !== C.NBD_OPT_ABORT) {
+        return this.#optError(option, C.NBD_REP_ERR_TLS_REQD, 'This server requires TLS: send NBD_OPT_STARTTLS first');
+      }
+    }
     switch (option) {
       case C.NBD_OPT_EXPORT_NAME:
         return this.#optExportName(data);
@@ -299,8 +342,7 @@ export class NbdConnection {
         this.#optReply(option, C.NBD_REP_ACK);
         return false;
       case C.NBD_OPT_STARTTLS:
-        // proto.md "NOTLS mode": reply NBD_REP_ERR_UNSUP or NBD_REP_ERR_POLICY.
-        return this.#optError(option, C.NBD_REP_ERR_POLICY, 'TLS is not enabled on this server');
+        return this.#optStartTls(option, data);
       case C.NBD_OPT_INFO:
       case C.NBD_OPT_GO:
         return this.#optInfoOrGo(option, data);
@@ -316,6 +358,52 @@ export class NbdConnection {
       default:
         return this.#optError(option, C.NBD_REP_ERR_UNSUP, `Option ${option} is not supported`);
     }
+  }
+
+  #optStartTls(option: number, data: Buffer): false {
+    // proto.md "NOTLS mode": reply NBD_REP_ERR_UNSUP or NBD_REP_ERR_POLICY.
+    if (!this.#tls) return this.#optError(option, C.NBD_REP_ERR_POLICY, 'TLS is not enabled on this server');
+    // proto.md FORCEDTLS: STARTTLS once TLS has been negotiated MUST get NBD_REP_ERR_INVALID.
+    if (this.#tlsStarted) return this.#optError(option, C.NBD_REP_ERR_INVALID, 'TLS is already running');
+    if (data.length !== 0) return this.#optError(option, C.NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+    if (this.#queue.length > 0) {
+      // The client MUST wait for our reply before its TLS handshake, so bytes already here were
+      // sent in plaintext after STARTTLS: never process them as if they came over TLS (the
+      // STARTTLS command-injection attack on mail servers).
+      this.#violation('plaintext bytes after NBD_OPT_STARTTLS');
+      return false;
+    }
+    this.#optReply(option, C.NBD_REP_ACK);
+    this.#startTls(this.#tls);
+    return false;
+  }
+
+  /**
+   * Upgrades the socket to TLS in the same turn of the event loop as the ACK, so that no byte
+   * of the client's handshake is read in plaintext. The ACK is flushed to the socket first.
+   */
+  #startTls(tls: NbdTlsSettings): void {
+    const plain = this.#socket;
+    if (this.#corked) {
+      this.#corked = false;
+      plain.uncork();
+    }
+    plain.off('data', this.#onDataListener);
+    plain.off('drain', this.#drainListener);
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: tls.secureContext,
+      requestCert: tls.requireClientCertificate,
+      rejectUnauthorized: tls.requireClientCertificate,
+    });
+    this.#socket = secure;
+    // From here every byte comes through TLS: a failed handshake errors the socket (teardown).
+    this.#tlsStarted = true;
+    this.#listen(secure);
+    secure.once('secure', () => {
+      const subject = tls.requireClientCertificate ? secure.getPeerCertificate()?.subject?.CN : undefined;
+      this.#emit({ type: 'tls-established', connectionId: this.id, protocol: secure.getProtocol() ?? 'unknown', clientCertificateSubject: typeof subject === 'string' ? subject : undefined });
+    });
   }
 
   #optReply(option: number, type: number, payload?: Buffer): void {
@@ -486,7 +574,7 @@ export class NbdConnection {
     this.#exportSize = exp.sizeBytes;
     this.#readOnly = exp.readOnly === true;
     this.#transmitting = true;
-    this.#emit({ type: 'export-selected', connectionId: this.id, exportName: name, structuredReplies: this.#structuredReplies });
+    this.#emit({ type: 'export-selected', connectionId: this.id, exportName: name, structuredReplies: this.#structuredReplies, tls: this.#tlsStarted });
     if (this.#queue.length > 0) setImmediate(() => this.#pump());
   }
 

@@ -79,7 +79,8 @@ export type NbdErrorCode =
   | 'NBD_CONNECT_FAILED'
   | 'NBD_DISCONNECTED'
   | 'NBD_EXPORT_UNKNOWN'
-  | 'NBD_TIMEOUT';
+  | 'NBD_TIMEOUT'
+  | 'NBD_TLS_CONFIG';
 
 /**
  * An error of the NBD module. An export may throw one to choose the wire error a client gets;

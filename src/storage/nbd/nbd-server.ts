@@ -1,20 +1,39 @@
 /**
  * An NBD server (NetworkBlockDevice/nbd doc/proto.md, fixed newstyle only) over TCP and unix
- * sockets. Exports come from a catalog, so the server knows nothing of pools or files.
+ * sockets, in plaintext (NOTLS) or, given a certificate and key, requiring TLS through
+ * NBD_OPT_STARTTLS (FORCEDTLS), optionally with client certificates. Exports come from a catalog,
+ * so the server knows nothing of pools or files.
  *
  * Protocol code: imports nothing from the application and can be lifted into its own package.
  */
 import { unlink } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from './nbd-constants.ts';
-import { NbdConnection, type NbdServerEvent } from './nbd-connection.ts';
+import { NbdConnection, type NbdServerEvent, type NbdTlsSettings } from './nbd-connection.ts';
 import { defaultErrnoOf, NbdError, type NbdExportCatalog } from './nbd-export.ts';
 
 export type { NbdServerEvent } from './nbd-connection.ts';
 
+/** TLS credentials of a server, PEM-encoded. */
+export interface NbdTlsOptions {
+  /** The server's certificate (chain). */
+  cert: string | Buffer;
+  /** The server's private key (unencrypted). */
+  key: string | Buffer;
+  /** When given, clients must present a certificate signed by this CA (x509 client auth). */
+  ca?: string | Buffer;
+}
+
 /** Options of `NbdServer`. */
 export interface NbdServerOptions {
   catalog: NbdExportCatalog;
+  /**
+   * With credentials the server requires TLS (proto.md FORCEDTLS): clients must send
+   * NBD_OPT_STARTTLS before anything else, on every listener that does not opt out with
+   * `tls: false`. Without them (the default) the server runs NOTLS and refuses STARTTLS.
+   */
+  tls?: NbdTlsOptions;
   /** Largest READ/WRITE payload accepted (advertised in NBD_INFO_BLOCK_SIZE). Default 32 MiB. */
   maxPayloadBytes?: number;
   /** Largest option accepted during the handshake; more is a hard disconnect. Default 64 KiB. */
@@ -33,12 +52,17 @@ export interface NbdServerOptions {
   onEvent?: (event: NbdServerEvent) => void;
 }
 
-/** Where to listen: a unix socket path, or a TCP host and port (port 0 picks a free one). */
-export type NbdListenAddress = { path: string } | { host?: string; port: number };
+/**
+ * Where to listen: a unix socket path, or a TCP host and port (port 0 picks a free one). On a
+ * server with TLS credentials, `tls: false` serves this listener in plaintext (say, a unix socket
+ * that only local QEMU processes can open); proto.md lets the mode depend on the session.
+ */
+export type NbdListenAddress = ({ path: string } | { host?: string; port: number }) & { tls?: boolean };
 
 /** An NBD server; `listen` may be called several times (e.g. a unix socket and TCP). */
 export class NbdServer {
   readonly #settings;
+  readonly #tls?: NbdTlsSettings;
   readonly #listeners: Server[] = [];
   readonly #connections = new Set<NbdConnection>();
   readonly #socketPaths: string[] = [];
@@ -57,6 +81,22 @@ export class NbdServer {
       errnoOf: options.errnoOf ?? defaultErrnoOf,
       onEvent: options.onEvent,
     });
+    if (options.tls) {
+      try {
+        this.#tls = Object.freeze({
+          // proto.md "TLS versions": MUST support TLS 1.2; older versions SHOULD NOT be on by default.
+          secureContext: createSecureContext({ cert: options.tls.cert, key: options.tls.key, ca: options.tls.ca, minVersion: 'TLSv1.2' }),
+          requireClientCertificate: options.tls.ca !== undefined,
+        });
+      } catch (error) {
+        throw new NbdError('NBD_TLS_CONFIG', `TLS credentials are unusable: ${(error as Error).message}`, { cause: error });
+      }
+    }
+  }
+
+  /** Whether the server has TLS credentials (listeners require TLS unless opted out). */
+  get tlsEnabled(): boolean {
+    return this.#tls !== undefined;
   }
 
   /** Connections currently open. */
@@ -70,7 +110,9 @@ export class NbdServer {
    */
   async listen(address: NbdListenAddress): Promise<{ path: string } | { host: string; port: number }> {
     if (this.#closing) throw new NbdError('NBD_ESHUTDOWN', 'Server is closed');
-    const server = createServer({ noDelay: true }, (socket) => this.#accept(socket));
+    if (address.tls === true && !this.#tls) throw new NbdError('NBD_TLS_CONFIG', 'A listener asks for TLS but the server has no TLS credentials');
+    const tls = address.tls === false ? undefined : this.#tls;
+    const server = createServer({ noDelay: true }, (socket) => this.#accept(socket, tls));
     if ('path' in address) await unlink(address.path).catch(() => undefined);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -103,12 +145,12 @@ export class NbdServer {
     await Promise.all(this.#socketPaths.map((path) => unlink(path).catch(() => undefined)));
   }
 
-  #accept(socket: Socket): void {
+  #accept(socket: Socket, tls: NbdTlsSettings | undefined): void {
     if (this.#closing) {
       socket.destroy();
       return;
     }
-    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings);
+    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings, tls);
     this.#connections.add(connection);
     void connection.done.then(() => this.#connections.delete(connection));
   }
