@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isNubisError } from '../../core/errors.ts';
 import { decodeLabel, LABEL_BYTES } from './metadata-format.ts';
+import type { MemberDevice } from './member-device.ts';
 import type { RaidLayout } from './raid-array.ts';
 import { StoragePool } from './storage-pool.ts';
 
@@ -113,6 +114,41 @@ describe('StoragePool redundancy', () => {
     const back = Buffer.alloc(later.length);
     await pool.volumeDevice('v').read(back, 10 * MiB + 5);
     assert.ok(back.equals(later));
+    await pool.close();
+  });
+
+  it('serves the event loop between allocation units while it rebuilds a member', async () => {
+    // Members in memory: like page-cache I/O done inline, every call completes without a turn of
+    // the event loop, so clients (sockets, timers) only get one if the rebuild gives it.
+    const memory = new Map<string, Buffer>();
+    const openDevice = async (path: string): Promise<MemberDevice> => {
+      if (!memory.has(path)) memory.set(path, Buffer.alloc(40 * MiB));
+      const bytes = memory.get(path)!;
+      return {
+        path,
+        sizeBytes: bytes.length,
+        read: async (buffer, offset, length, position) => void bytes.copy(buffer, offset, position, position + length),
+        write: async (buffer, offset, length, position) => void buffer.copy(bytes, position, offset, offset + length),
+        writeDurable: async (buffer, offset, length, position) => void buffer.copy(bytes, position, offset, offset + length),
+        flush: async () => undefined,
+        close: async () => undefined,
+      };
+    };
+    const pool = await StoragePool.create({ name: 'turns', layout: 'raid5', devices: ['m0', 'm1', 'm2'], allocationUnitBytes: 256 * 1024, openDevice });
+    await pool.createVolume('v', 16 * MiB);
+    await pool.volumeDevice('v').write(randomBytes(16 * MiB), 0, { fua: true });
+    await pool.offlineMember(1);
+    let turns = 0;
+    let counting = true;
+    const count = () => {
+      turns++;
+      if (counting) setImmediate(count);
+    };
+    setImmediate(count);
+    await pool.replaceMember(1, 'spare');
+    counting = false;
+    const allocationUnits = (16 * MiB) / (256 * 1024);
+    assert.ok(turns >= allocationUnits, `${turns} turns of the event loop during a rebuild of ${allocationUnits} allocation units`);
     await pool.close();
   });
 

@@ -21,6 +21,7 @@
  *   intent vouches for no data, so its record goes out alone, without flushing any data first.
  */
 import { randomUUID } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { NubisError } from '../../core/errors.ts';
 import { blockChecksum, CHECKSUM_BLOCK_BYTES, ZERO_BLOCK_CHECKSUM } from './checksum.ts';
 import { KeyedLocks } from './locks.ts';
@@ -1379,10 +1380,11 @@ async function reportAndThrottle(options: LongActionOptions, started: number, do
   const elapsed = Math.max(1, Date.now() - started) / 1000;
   const rate = done / elapsed;
   options.onProgress?.({ doneBytes: done, totalBytes: total, rateBytesPerSec: Math.round(rate), etaSeconds: rate > 0 ? Math.round((total - done) / rate) : 0 });
-  if (options.maxBytesPerSec && options.maxBytesPerSec > 0) {
-    const aheadMs = (done / options.maxBytesPerSec - elapsed) * 1000;
-    if (aheadMs > 0) await new Promise((resolve) => setTimeout(resolve, aheadMs));
-  }
+  const aheadMs = options.maxBytesPerSec && options.maxBytesPerSec > 0 ? (done / options.maxBytesPerSec - elapsed) * 1000 : 0;
+  if (aheadMs > 0) await new Promise((resolve) => setTimeout(resolve, aheadMs));
+  // Member I/O of cached data completes inline (member-device.ts), without a turn of the event
+  // loop: give one between allocation units, so that clients are served during long actions.
+  else await nextTurn();
 }
 
 /** Applies a volume-level operation to a state (at runtime and in journal replay). */
