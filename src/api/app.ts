@@ -163,8 +163,20 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   app.post('/v1/hosts/:host/evacuate', { schema: { tags: ['hosts'], summary: 'Maintenance: place nothing on the host and live-migrate its running VMs away (operation)', params: Type.Object({ host: Type.String() }), body: Type.Object({ parallel: Type.Integer({ minimum: 1, maximum: 8, default: 2 }) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } }, preValidation: async (request) => { request.body ??= { parallel: 2 }; } }, async (request, reply) =>
     reply.status(202).send({ operation: await services.migrations.evacuate(request.params.host, request.body as { parallel?: number }) }),
   );
-  app.post('/v1/hosts/:host/restore', { schema: { tags: ['hosts'], summary: 'End maintenance: the host takes VMs again', params: Type.Object({ host: Type.String() }), response: { 200: Host, ...errorResponses } } }, async (request) => {
-    await services.migrations.restore(request.params.host);
+  app.post('/v1/hosts/:host/restore', {
+    schema: {
+      tags: ['hosts'],
+      summary: 'End maintenance: the host takes VMs again; with moveBack, the VMs that last left it migrate back (202 with an operation)',
+      params: Type.Object({ host: Type.String() }),
+      body: Type.Object({ moveBack: Type.Boolean({ default: false }), parallel: Type.Integer({ minimum: 1, maximum: 8, default: 2 }) }, { additionalProperties: false }),
+      response: { 200: Host, 202: Accepted, ...errorResponses },
+    },
+    preValidation: async (request) => {
+      request.body ??= { moveBack: false, parallel: 2 };
+    },
+  }, async (request, reply) => {
+    const operation = await services.migrations.restore(request.params.host, request.body as { moveBack?: boolean; parallel?: number });
+    if (operation) return reply.status(202).send({ operation });
     return services.hosts.get(request.params.host);
   });
   app.post('/v1/hosts/join', { schema: { tags: ['hosts'], summary: 'A host agent joins with the join token', security: [], body: HostJoinRequest, response: { 200: Type.Object({ hostId: Type.String() }), ...errorResponses } } }, async (request) => {

@@ -196,10 +196,18 @@ host
 host
   .command('restore <host>')
   .description('End maintenance: the host takes VMs again')
-  .action(async (name: string, _options: unknown, command: Command) => {
-    const restored = await client(command).request<Record<string, unknown>>('POST', `/v1/hosts/${encodeURIComponent(name)}/restore`);
-    if (globals(command).json) return printJson(restored);
-    console.log(`${name}: ${restored.status}`);
+  .option('--move-back', 'live-migrate back the running VMs whose last migration took them off this host')
+  .option('--parallel <n>', 'migrations at a time', parseInteger('--parallel'), 2)
+  .action(async (name: string, options: { moveBack?: boolean; parallel: number }, command: Command) => {
+    const answer = await client(command).request<Record<string, unknown> & { operation?: Operation }>('POST', `/v1/hosts/${encodeURIComponent(name)}/restore`, { moveBack: Boolean(options.moveBack), parallel: options.parallel });
+    if (answer.operation) {
+      const final = await runOperation(command, `Moving VMs back to ${name}`, answer.operation);
+      if (globals(command).json) return printJson(final.result);
+      const results = (final.result as { results: Array<{ vm: string; status: string; to?: string }> }).results;
+      return printTable(['VM', 'RESULT', 'NOW ON'], results.map((r) => [r.vm, r.status, r.to]));
+    }
+    if (globals(command).json) return printJson(answer);
+    console.log(`${name}: ${answer.status}`);
   });
 
 // --- VMs --------------------------------------------------------------------------------------

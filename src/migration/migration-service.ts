@@ -279,33 +279,58 @@ export class MigrationService {
     const vms = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '=', host.id).orderBy('name').execute();
     return this.#operations.start('host.evacuate', { type: 'host', id: host.id, name: host.name }, async (op) => {
       const running = vms.filter((vm) => vm.actual_state === 'running');
-      const results: Array<{ vm: string; status: string; to?: string; error?: string }> = vms.filter((vm) => vm.actual_state !== 'running').map((vm) => ({ vm: vm.name, status: `left ${vm.actual_state}` }));
+      const left: Array<{ vm: string; status: string; error?: string }> = vms.filter((vm) => vm.actual_state !== 'running').map((vm) => ({ vm: vm.name, status: `left ${vm.actual_state}` }));
       await op.report('evacuating', `Host ${host.name} is in maintenance; moving ${running.length} running VM(s)`, 0.05);
-      const queue = [...running];
-      const worker = async (): Promise<void> => {
-        for (let vm = queue.shift(); vm; vm = queue.shift()) {
-          try {
-            const child = await this.migrate(vm.id, { strategy: 'auto' });
-            const final = await this.#operations.wait(child.id);
-            const moved = final.result as { to?: string } | undefined;
-            results.push({ vm: vm.name, status: final.status, ...(moved?.to ? { to: moved.to } : {}), ...(final.error ? { error: final.error.message } : {}) });
-          } catch (error) {
-            results.push({ vm: vm.name, status: 'failed', error: messageOf(error) });
-          }
-          await op.report('evacuating', `${vm.name}: ${results.at(-1)!.status}${results.at(-1)!.to ? ` to ${results.at(-1)!.to}` : ''}`, 0.05 + (0.9 * results.length) / Math.max(1, vms.length));
-        }
-      };
-      await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 2) }, worker));
+      const results = [...left, ...(await this.#migrateAll(op, 'evacuating', running, undefined, options.parallel ?? 2))];
       const failed = results.filter((r) => r.status === 'failed');
       if (failed.length > 0) throw new NubisError('EVACUATION_INCOMPLETE', `${failed.length} VM(s) could not leave ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`, { details: { results } });
       return { host: host.name, results };
     });
   }
 
-  /** Ends maintenance: the host takes new VMs again. */
-  async restore(hostRef: string): Promise<void> {
+  /**
+   * Ends maintenance: the host takes new VMs again. With `moveBack`, the running VMs whose last
+   * migration took them off this host come back, as an operation.
+   */
+  async restore(hostRef: string, options: { moveBack?: boolean; parallel?: number } = {}): Promise<Operation | undefined> {
     const host = await this.#hosts.row(hostRef);
     await this.#db.updateTable('hosts').set({ maintenance: 0 }).where('id', '=', host.id).execute();
+    if (!options.moveBack) return undefined;
+    const elsewhere = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '!=', host.id).where('actual_state', '=', 'running').orderBy('name').execute();
+    const moved: typeof elsewhere = [];
+    for (const vm of elsewhere) {
+      const last = await this.#db.selectFrom('vm_migrations').select('from_host').where('vm_id', '=', vm.id).where('status', '=', 'completed').orderBy('ended_at', 'desc').executeTakeFirst();
+      if (last?.from_host === host.name) moved.push(vm);
+    }
+    return this.#operations.start('host.restore', { type: 'host', id: host.id, name: host.name }, async (op) => {
+      await op.report('restoring', `Host ${host.name} takes VMs again; moving ${moved.length} VM(s) back`, 0.05);
+      const results = await this.#migrateAll(op, 'restoring', moved, host.name, options.parallel ?? 2);
+      const failed = results.filter((r) => r.status === 'failed');
+      if (failed.length > 0) throw new NubisError('RESTORE_INCOMPLETE', `${failed.length} VM(s) could not move back to ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`, { details: { results } });
+      return { host: host.name, results };
+    });
+  }
+
+  /** Live-migrates `vms` (`parallel` at a time) to `to` or where the scheduler says, reporting each result. */
+  async #migrateAll(op: OperationContext, stage: string, vms: Array<{ id: string; name: string }>, to: string | undefined, parallel: number): Promise<Array<{ vm: string; status: string; to?: string; error?: string }>> {
+    const results: Array<{ vm: string; status: string; to?: string; error?: string }> = [];
+    const queue = [...vms];
+    const worker = async (): Promise<void> => {
+      for (let vm = queue.shift(); vm; vm = queue.shift()) {
+        try {
+          const child = await this.migrate(vm.id, { strategy: 'auto', ...(to ? { to } : {}) });
+          const final = await this.#operations.wait(child.id);
+          const moved = final.result as { to?: string } | undefined;
+          results.push({ vm: vm.name, status: final.status, ...(moved?.to ? { to: moved.to } : {}), ...(final.error ? { error: final.error.message } : {}) });
+        } catch (error) {
+          results.push({ vm: vm.name, status: 'failed', error: messageOf(error) });
+        }
+        const last = results.at(-1)!;
+        await op.report(stage, `${vm.name}: ${last.status}${last.to ? ` to ${last.to}` : ''}`, 0.05 + (0.9 * results.length) / Math.max(1, vms.length));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, parallel) }, worker));
+    return results;
   }
 
   async #run(
@@ -568,35 +593,33 @@ export class MigrationService {
       if (Date.now() > giveUpAt) {
         throw new NubisError('MIGRATION_POSTCOPY_PAUSED', `Post-copy could not be recovered within ${POSTCOPY_RECOVERY_MS / 1000} s; the VM stays paused on ${m.destination.name} with pages on ${m.source.name} (keep both hosts up)`);
       }
-      // Both ends must be in postcopy-paused: a stalled (not broken) stream is closed by hand.
-      for (const host of [m.source, m.destination]) {
-        if ((await statusOf(host)) === 'postcopy-active') await this.#hosts.call(host, { method: 'POST', path: `${vmPath}/migration/pause` }).catch(() => undefined);
-      }
-      const [sourceState, destinationState] = [await statusOf(m.source), await statusOf(m.destination)];
+      const sourceState = await statusOf(m.source);
       if (sourceState === 'completed') return;
-      const destinationGone = await this.#hosts.call(m.destination, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 10_000 }).then(() => false, (error: { code?: string }) => error.code === 'VM_INVALID_STATE');
-      if (destinationGone) {
+      // The agent's record, not QEMU: the destination's main loop may be stuck on a missing page.
+      const destinationVm = await this.#hosts.call<VmStatus>(m.destination, { method: 'GET', path: vmPath, timeoutMs: 10_000 }).catch((error: { code?: string }) => (error.code === 'VM_NOT_FOUND' ? ({ state: 'stopped' } as VmStatus) : undefined));
+      if (destinationVm && (destinationVm.state === 'crashed' || destinationVm.state === 'stopped')) {
         throw new NubisError('MIGRATION_FAILED', `The destination QEMU on ${m.destination.name} ended during post-copy; the VM's last state is paused on ${m.source.name} (see the destination's qemu.log)`);
       }
-      if (sourceState === 'postcopy-paused' && destinationState === 'postcopy-paused') {
-        const uri = this.#listenUri(m.destination);
-        try {
-          await this.#hosts.call(m.destination, { method: 'POST', path: `${vmPath}/incoming/recover`, body: { uri } });
-          await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/migration/resume`, body: { uri } });
-          // The source connects (the kernel retries its SYN while the link is down); wait for
-          // it to go on or to fall back to paused.
-          for (let waited = 0; waited < 60_000; waited += 500) {
-            const state = await statusOf(m.source);
-            if (state === 'postcopy-active' || state === 'completed') {
-              await op.report('postcopy', `Post-copy recovered (attempt ${attempt}); the rest of the pages follow`, 0.92);
-              return;
-            }
-            if (state === 'postcopy-paused') break;
-            await delay(500);
+      // Both ends must wait in postcopy-paused: a stalled (not broken) stream is closed by hand.
+      // Out-of-band, and harmless on an end that already paused.
+      for (const host of [m.source, m.destination]) await this.#hosts.call(host, { method: 'POST', path: `${vmPath}/migration/pause`, timeoutMs: 15_000 }).catch(() => undefined);
+      const uri = this.#listenUri(m.destination);
+      try {
+        await this.#hosts.call(m.destination, { method: 'POST', path: `${vmPath}/incoming/recover`, body: { uri }, timeoutMs: 15_000 });
+        await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/migration/resume`, body: { uri } });
+        // The source connects (the kernel retries its SYN while the link is down); wait for
+        // it to go on or to fall back to paused.
+        for (let waited = 0; waited < 60_000; waited += 500) {
+          const state = await statusOf(m.source);
+          if (state === 'postcopy-active' || state === 'completed') {
+            await op.report('postcopy', `Post-copy recovered (attempt ${attempt}); the rest of the pages follow`, 0.92);
+            return;
           }
-        } catch (error) {
-          await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again`, 0.9);
+          if (state === 'postcopy-paused') break;
+          await delay(500);
         }
+      } catch (error) {
+        await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again`, 0.9);
       }
       await delay(2_000);
     }

@@ -1,6 +1,7 @@
 /**
  * A client that keeps one TCP connection to an echo server and sends a numbered line every
- * 10 ms until it gets SIGINT; then it prints what it saw as JSON: lines sent and echoed, whether
+ * 50 ms until it gets SIGINT; then, once the last echoes are back (or after 1.5 s), it prints
+ * what it saw as JSON: lines sent and echoed, whether
  * every echo came back in order, the longest gap between two echoes, and whether the connection
  * broke. Run in a probe namespace to show that a connection survives a live migration.
  *
@@ -22,7 +23,7 @@ let timer;
 
 socket.on('connect', () => {
   lastEchoAt = performance.now();
-  timer = setInterval(() => socket.write(`${sent++}\n`), 10);
+  timer = setInterval(() => socket.write(`${sent++}\n`), 50);
 });
 socket.on('data', (chunk) => {
   pending += chunk.toString();
@@ -41,7 +42,16 @@ socket.on('close', () => {
   broken ||= 'closed by the peer';
   finish();
 });
-process.on('SIGINT', finish);
+process.on('SIGINT', () => {
+  clearInterval(timer);
+  const giveUpAt = performance.now() + 1500;
+  const check = setInterval(() => {
+    if (echoed >= sent || broken || performance.now() > giveUpAt) {
+      clearInterval(check);
+      finish();
+    }
+  }, 20);
+});
 
 function finish() {
   clearInterval(timer);

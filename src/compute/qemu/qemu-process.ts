@@ -285,12 +285,15 @@ export class QemuProcess {
    * `postcopy-paused` (guest pages still missing stay missing; nothing is lost) for a recovery.
    */
   async pauseMigration(): Promise<void> {
-    await this.qmp.execute('migrate-pause');
+    await this.qmp.execute('migrate-pause', undefined, { outOfBand: true, timeoutMs: 10_000 });
   }
 
-  /** Destination in `postcopy-paused`: listens on `uri` for the source to resume the stream. */
+  /**
+   * Destination in `postcopy-paused`: listens on `uri` for the source to resume the stream.
+   * Out-of-band, like the pause: the destination's main loop may be stuck on a missing page.
+   */
   async recoverIncomingMigration(uri: string): Promise<void> {
-    await this.qmp.execute('migrate-recover', { uri });
+    await this.qmp.execute('migrate-recover', { uri }, { outOfBand: true, timeoutMs: 10_000 });
   }
 
   /** Source in `postcopy-paused`: reconnects to the destination's recovery listener and goes on. */

@@ -44,6 +44,13 @@ export interface QmpCallOptions {
   /** Give up after this long; defaults to the client's `defaultTimeoutMs`. */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /**
+   * Out-of-band (`exec-oob`): QEMU runs it on the monitor's own thread, so it is answered even
+   * while the main loop is blocked (as on a post-copy destination waiting for a page). Only for
+   * commands QEMU allows there (e.g. `migrate-pause`, `migrate-recover`); without OOB support in
+   * the session it is sent in-band.
+   */
+  outOfBand?: boolean;
 }
 
 /** Options of `QmpClient.connect`. */
@@ -170,6 +177,8 @@ export class QmpClient {
   #greetingWaiter?: (greeting: Record<string, unknown>) => void;
   /** QEMU's version and capabilities as sent in its greeting. */
   greeting: Record<string, unknown> = {};
+  /** Whether out-of-band execution was negotiated (QEMU offers it on socket monitors). */
+  outOfBand = false;
 
   private constructor(socket: Socket, options: QmpConnectOptions) {
     this.#socket = socket;
@@ -217,7 +226,9 @@ export class QmpClient {
           client.#greetingWaiter = undefined;
         };
       });
-      await client.execute('qmp_capabilities', undefined, { timeoutMs, signal: options.signal });
+      const offered = ((client.greeting.QMP as { capabilities?: string[] } | undefined)?.capabilities ?? []).includes('oob');
+      await client.execute('qmp_capabilities', offered ? { enable: ['oob'] } : undefined, { timeoutMs, signal: options.signal });
+      client.outOfBand = offered;
       return client;
     } catch (error) {
       client.close();
@@ -248,7 +259,7 @@ export class QmpClient {
     const timeoutMs = options.timeoutMs ?? this.#options.defaultTimeoutMs;
     return withDeadline<T>(`QMP command ${command}`, { timeoutMs, signal: options.signal }, (settle) => {
       this.#pending.set(id, { command, resolve: settle.resolve as (value: unknown) => void, reject: settle.reject });
-      this.#send({ execute: command, ...(args === undefined ? {} : { arguments: args }), id });
+      this.#send({ [options.outOfBand && this.outOfBand ? 'exec-oob' : 'execute']: command, ...(args === undefined ? {} : { arguments: args }), id });
       return () => this.#pending.delete(id);
     });
   }
