@@ -95,6 +95,8 @@ describe('storage daemon killed with SIGKILL while writing', () => {
           blocksVerified++;
         }
       }
+      // A torture run takes half an hour: say how far it got.
+      if (KILLS >= 100 && round % 100 === 0) process.stderr.write(`crash test: round ${round} of ${KILLS}, ${acknowledgedWrites} acknowledged writes\n`);
       if (round === KILLS) {
         await client.close();
         // A clean stop this time; the pool must not be open in two processes.
