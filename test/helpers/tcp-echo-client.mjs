@@ -1,6 +1,6 @@
 /**
  * A client that keeps one TCP connection to an echo server and sends a numbered line every
- * 50 ms until it gets SIGINT; then, once the last echoes are back (or after 1.5 s), it prints
+ * 100 ms until it gets SIGINT; then, once the last echoes are back (or after 1.5 s), it prints
  * what it saw as JSON: lines sent and echoed, whether
  * every echo came back in order, the longest gap between two echoes, and whether the connection
  * broke. Run in a probe namespace to show that a connection survives a live migration.
@@ -23,7 +23,7 @@ let timer;
 
 socket.on('connect', () => {
   lastEchoAt = performance.now();
-  timer = setInterval(() => socket.write(`${sent++}\n`), 50);
+  timer = setInterval(() => socket.write(`${sent++}\n`), 100);
 });
 socket.on('data', (chunk) => {
   pending += chunk.toString();
