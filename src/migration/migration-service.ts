@@ -402,7 +402,8 @@ export class MigrationService {
         if (bandwidth > 0) figures.bandwidth = { measuredBytesPerSec: Math.round(bandwidth), qemuBytesPerSec: Math.round(qemuBandwidth), capped: request.bandwidthMbps !== undefined };
         figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
         const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
-        if (!figures.prediction && bandwidth > 0 && ram.remaining !== undefined && status.status !== 'completed') {
+        // The prediction waits for half a second of samples: the first pass's pace settles.
+        if (!figures.prediction && bandwidth > 0 && link.spanMs() >= 500 && ram.remaining !== undefined && status.status !== 'completed') {
           const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
           figures.prediction = this.#predict({ elapsedMs: now - startedAt, remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
         }
@@ -441,7 +442,8 @@ export class MigrationService {
             targetMs = Math.min(plan.maxDowntimeMs, targetMs * 2);
             widenedAtPass = passes;
           }
-          const limit = qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth);
+          // (`precopy` keeps QEMU's own semantics: the user's limit goes to QEMU as it is.)
+          const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
           if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
             await this.#hosts.call(source, { method: 'PUT', path: `${vmPath}/migration/parameters`, body: { downtimeLimitMs: limit }, signal: op.signal }).catch(() => undefined);
             qemuLimitMs = limit;

@@ -82,6 +82,11 @@ export class RateMeter {
     while (this.#samples.length > 2 && atMs - this.#samples[1].atMs >= this.#windowMs) this.#samples.shift();
   }
 
+  /** How much time the samples in the window span. */
+  spanMs(): number {
+    return this.#samples.length < 2 ? 0 : this.#samples[this.#samples.length - 1].atMs - this.#samples[0].atMs;
+  }
+
   /** Bytes per second over the window; 0 until two samples span some time. */
   rate(): number {
     if (this.#samples.length < 2) return 0;
