@@ -802,12 +802,27 @@ daemon
 daemon
   .command('storage')
   .description('Run the storage node: pools, volumes and their NBD exports')
-  .action(async (_options: unknown, command: Command) => {
+  .option('--nbd-tcp <host:port>', 'also serve NBD on TCP')
+  .option('--nbd-tls-dir <dir>', 'require TLS on TCP: server-cert.pem, server-key.pem and, for client certificates, ca-cert.pem (QEMU\'s file names)')
+  .action(async (options: { nbdTcp?: string; nbdTlsDir?: string }, command: Command) => {
     const { startStorageNode } = await import('../storage/storage-node.ts');
     const { createLogger } = await import('../core/logger.ts');
+    const { existsSync, readFileSync } = await import('node:fs');
+    const { join } = await import('node:path');
     const paths = dataPaths(globals(command).data);
     const logger = createLogger('storage');
-    const node = await startStorageNode({ poolsDir: paths.storagePools, nbdSocket: paths.storageNbdSocket, manageSocket: paths.storageManageSocket });
+    const tcp = options.nbdTcp ? /^(.+):(\d+)$/.exec(options.nbdTcp) : undefined;
+    if (options.nbdTcp && !tcp) throw new NubisError('VALIDATION_FAILED', `--nbd-tcp takes HOST:PORT, not ${options.nbdTcp}`);
+    if (options.nbdTlsDir && !tcp) throw new NubisError('VALIDATION_FAILED', '--nbd-tls-dir protects the TCP listener: give --nbd-tcp too');
+    const tlsFile = (name: string): string => join(options.nbdTlsDir!, name);
+    if (options.nbdTlsDir) for (const name of ['server-cert.pem', 'server-key.pem']) if (!existsSync(tlsFile(name))) throw new NubisError('VALIDATION_FAILED', `${tlsFile(name)} is missing`);
+    const node = await startStorageNode({
+      poolsDir: paths.storagePools,
+      nbdSocket: paths.storageNbdSocket,
+      manageSocket: paths.storageManageSocket,
+      ...(tcp ? { nbdTcp: { host: tcp[1], port: Number(tcp[2]) } } : {}),
+      ...(options.nbdTlsDir ? { nbdTls: { cert: readFileSync(tlsFile('server-cert.pem')), key: readFileSync(tlsFile('server-key.pem')), ...(existsSync(tlsFile('ca-cert.pem')) ? { ca: readFileSync(tlsFile('ca-cert.pem')) } : {}) } } : {}),
+    });
     logger.info({ pools: node.service.listPools().map((pool) => pool.name) }, 'storage node serving');
     await waitForSignal();
     logger.info('stopping');

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { isNubisError, NubisError } from '../core/errors.ts';
 import * as C from './nbd/nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
-import { NbdServer, type NbdServerEvent } from './nbd/nbd-server.ts';
+import { NbdServer, type NbdServerEvent, type NbdTlsOptions } from './nbd/nbd-server.ts';
 import { openMemberDevice, type MemberDevice } from './pool/member-device.ts';
 import { LABEL_BYTES } from './pool/metadata-format.ts';
 import type { RaidLayout } from './pool/raid-array.ts';
@@ -36,6 +36,8 @@ export interface StorageServiceOptions {
   socketPath?: string;
   /** And/or on TCP (port 0 picks one). Default host 127.0.0.1. */
   tcp?: { host?: string; port: number };
+  /** TLS required on TCP (NBD's FORCEDTLS mode); the local unix socket stays plaintext. */
+  nbdTls?: NbdTlsOptions;
   /** How member devices are opened; default regular files and block devices. */
   openDevice?: OpenMemberDevice;
   /** NBD connection events, for a debug log. */
@@ -97,7 +99,7 @@ export class StorageService {
       get: (name) => this.#export(name),
       names: () => [...this.#pools.values()].flatMap((pool) => pool.listVolumes().map((v) => `${pool.name}/${v.name}`)),
     };
-    this.#server = new NbdServer({ catalog, errnoOf: storageErrnoOf, onEvent: options.onNbdEvent });
+    this.#server = new NbdServer({ catalog, errnoOf: storageErrnoOf, onEvent: options.onNbdEvent, ...(options.nbdTls ? { tls: options.nbdTls } : {}) });
   }
 
   /** Opens every pool in `poolsDir` (a pool that fails to open is skipped and reported) and listens. */
@@ -115,7 +117,7 @@ export class StorageService {
         failures.push({ file, error: (error as Error).message });
       }
     }
-    if (options.socketPath) service.#unixPath = ((await service.#server.listen({ path: options.socketPath })) as { path: string }).path;
+    if (options.socketPath) service.#unixPath = ((await service.#server.listen({ path: options.socketPath, tls: false })) as { path: string }).path;
     if (options.tcp) service.#tcpAddress = (await service.#server.listen({ host: options.tcp.host ?? '127.0.0.1', port: options.tcp.port })) as { host: string; port: number };
     return { service, failures };
   }
@@ -130,7 +132,7 @@ export class StorageService {
     this.#pool(pool).getVolume(volume);
     const name = `${encodeURIComponent(pool)}/${encodeURIComponent(volume)}`;
     if (this.#unixPath) return `nbd+unix:///${name}?socket=${this.#unixPath}`;
-    if (this.#tcpAddress) return `nbd://${this.#tcpAddress.host}:${this.#tcpAddress.port}/${name}`;
+    if (this.#tcpAddress) return `${this.#options.nbdTls ? 'nbds' : 'nbd'}://${this.#tcpAddress.host}:${this.#tcpAddress.port}/${name}`;
     throw new NubisError('NBD_NOT_LISTENING', 'The storage service serves no NBD address');
   }
 

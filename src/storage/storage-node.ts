@@ -9,6 +9,7 @@ import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
 import { storageHttpStatus } from './error-status.ts';
+import type { NbdTlsOptions } from './nbd/nbd-server.ts';
 import { StorageService, type CreatePoolRequest } from './service.ts';
 
 /** Where a storage node listens. */
@@ -18,6 +19,10 @@ export interface StorageNodeOptions {
   nbdSocket: string;
   /** The management API's unix socket. */
   manageSocket: string;
+  /** Also serve NBD on TCP, for hosts that do not share this machine's filesystem. */
+  nbdTcp?: { host: string; port: number };
+  /** Require TLS there (the unix socket stays plaintext). */
+  nbdTls?: NbdTlsOptions;
 }
 
 /** A long action on the node. */
@@ -33,7 +38,7 @@ export interface StorageJob {
 
 /** Starts the storage service and its management API; resolves once both listen. */
 export async function startStorageNode(options: StorageNodeOptions): Promise<{ service: StorageService; app: FastifyInstance; stop(): Promise<void> }> {
-  const { service, failures } = await StorageService.start({ poolsDir: options.poolsDir, socketPath: options.nbdSocket });
+  const { service, failures } = await StorageService.start({ poolsDir: options.poolsDir, socketPath: options.nbdSocket, ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}), ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}) });
   const app = Fastify({ logger: false });
   const jobs = new Map<string, StorageJob>();
 
