@@ -407,8 +407,9 @@ export class MigrationService {
         if (bandwidth > 0) figures.bandwidth = { measuredBytesPerSec: Math.round(bandwidth), qemuBytesPerSec: Math.round(qemuBandwidth), capped: request.bandwidthMbps !== undefined };
         figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
         const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
-        // The prediction waits for half a second of samples: the first pass's pace settles.
-        if (!figures.prediction && bandwidth > 0 && link.spanMs() >= 500 && ram.remaining !== undefined && status.status !== 'completed') {
+        // A pre-copy prediction waits for 300 ms of samples, so that the first pass's pace has
+        // settled; a post-copy one needs only the link rate.
+        if (!figures.prediction && bandwidth > 0 && link.spanMs() >= (status.status === 'active' ? 300 : 0) && ram.remaining !== undefined && status.status !== 'completed') {
           const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
           figures.prediction = this.#predict({ elapsedMs: now - startedAt, remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
         }

@@ -213,26 +213,11 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     assert.ok((history[0].figures.recoveries ?? 0) >= 1, JSON.stringify(history[0].figures));
   });
 
-  it('throttles a VM that does not allow post-copy instead, and refuses post-copy for it', async () => {
-    const set = await nubis.cliJson<Vm>(['vm', 'set', 'mv1', '--postcopy', 'deny']);
-    assert.equal(set.allowPostcopy, false);
-    const refused = await nubis.cli(['vm', 'migrate', 'mv1', '--to', 'host-2', '--strategy', 'postcopy']);
-    assert.match(refused.stderr, /does not allow post-copy/);
-    // Dirtying at 10 MB/s over an 8 MB/s cap: pre-copy alone would never converge.
-    await nubis.cli(['network', 'probe', 'mnet', '--', 'curl', '-s', `http://${vmIp}/cgi-bin/dirty?rate_mb=10&wss_mb=16`]);
-    const moved = await nubis.cliJson<{ to: string; figures: Migration['figures'] & { throttlePercent?: number } }>(['vm', 'migrate', 'mv1', '--to', 'host-2', '--bandwidth', '8']);
-    assert.equal(moved.to, 'host-2');
-    assert.equal(moved.figures.switchedToPostcopy, false);
-    assert.equal(moved.figures.plan?.postcopyPrepared, false);
-    assert.ok((moved.figures.throttlePercent ?? 0) > 0, `auto-converge throttled the guest: ${JSON.stringify(moved.figures)}`);
-    await nubis.cli(['network', 'probe', 'mnet', '--', 'curl', '-s', `http://${vmIp}/cgi-bin/dirty?rate_mb=0`]);
-    await assertStillOn('host-2', 'the throttled migration completed');
-    await nubis.cliJson(['vm', 'set', 'mv1', '--postcopy', 'allow']);
-  });
-
   it('leaves the VM running on its source when a migration is cancelled', async () => {
     // 1 MB/s makes the migration last long enough to cancel it mid-pre-copy.
-    const started = await nubis.api<{ operation: Operation }>('POST', '/v1/vms/mv1/migrate', { to: 'host-1', strategy: 'precopy', bandwidthMbps: 1 });
+    const from = (await nubis.cliJson<Vm>(['vm', 'show', 'mv1'])).host;
+    const to = from === 'host-1' ? 'host-2' : 'host-1';
+    const started = await nubis.api<{ operation: Operation }>('POST', '/v1/vms/mv1/migrate', { to, strategy: 'precopy', bandwidthMbps: 1 });
     assert.equal(started.status, 202);
     const id = started.body.operation.id;
     for (let i = 0; i < 100 && (await nubis.api<Operation>('GET', `/v1/operations/${id}`)).body.stage !== 'precopy'; i++) await new Promise((resolve) => setTimeout(resolve, 200));
@@ -241,14 +226,14 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const final = await nubis.waitOperation(id);
     assert.equal(final.status, 'cancelled');
     const vm = await nubis.cliJson<Vm>(['vm', 'show', 'mv1']);
-    assert.equal(vm.host, 'host-2');
+    assert.equal(vm.host, from);
     assert.equal(vm.state, 'running');
     assert.ok((await httpCount()) > 0, 'the VM still serves from its source');
     const history = await nubis.cliJson<Migration[]>(['vm', 'migrations', 'mv1']);
     assert.equal(history[0].status, 'cancelled');
     // The destination kept nothing: a new migration there works.
-    const again = await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'mv1', '--to', 'host-1']);
-    assert.equal(again.to, 'host-1');
+    const again = await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'mv1', '--to', to]);
+    assert.equal(again.to, to);
     await nubis.cliJson(['vm', 'delete', 'mv1']);
     await nubis.cliJson(['vm', 'delete', 'anchor']);
   });
@@ -266,5 +251,26 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const after = await nubis.cliJson<Array<{ name: string; status: string; vmCount: number }>>(['host', 'list']);
     assert.deepEqual(after.map((h) => [h.name, h.status, h.vmCount]), [['host-1', 'online', 2], ['host-2', 'online', 0]]);
     for (const name of ['e1', 'e2']) await nubis.cliJson(['vm', 'delete', name]);
+  });
+
+  it('throttles a VM that does not allow post-copy instead, and refuses post-copy for it', async () => {
+    // A VM of its own: QEMU 7.2 under TCG was seen corrupting the memory of a guest that writes
+    // memory during long pre-copies (bench/migration/RESULTS.md), which is what this migration is.
+    await nubis.cliJson(['vm', 'create', 'thr', '--image', 'tiny', '--network', 'mnet', '--host', 'host-1', '--no-postcopy']);
+    assert.equal((await nubis.cliJson<Vm>(['vm', 'show', 'thr'])).allowPostcopy, false);
+    const refused = await nubis.cli(['vm', 'migrate', 'thr', '--to', 'host-2', '--strategy', 'postcopy']);
+    assert.match(refused.stderr, /does not allow post-copy/);
+    const ip = (await nubis.cliJson<Vm>(['vm', 'show', 'thr'])).nics[0].ip;
+    // Dirtying at 10 MB/s over an 8 MB/s cap: pre-copy alone would never converge.
+    await nubis.cli(['network', 'probe', 'mnet', '--', 'curl', '-s', `http://${ip}/cgi-bin/dirty?rate_mb=10&wss_mb=16`]);
+    const moved = await nubis.cliJson<{ to: string; figures: Migration['figures'] & { throttlePercent?: number } }>(['vm', 'migrate', 'thr', '--to', 'host-2', '--bandwidth', '8']);
+    assert.equal(moved.to, 'host-2');
+    assert.equal(moved.figures.switchedToPostcopy, false);
+    assert.equal(moved.figures.plan?.postcopyPrepared, false);
+    assert.ok((moved.figures.throttlePercent ?? 0) > 0, `auto-converge throttled the guest: ${JSON.stringify(moved.figures)}`);
+    assert.deepEqual([(await nubis.cliJson<Vm>(['vm', 'show', 'thr'])).host, (await nubis.cliJson<Vm>(['vm', 'show', 'thr'])).state], ['host-2', 'running']);
+    const set = await nubis.cliJson<Vm>(['vm', 'set', 'thr', '--postcopy', 'allow']);
+    assert.equal(set.allowPostcopy, true);
+    await nubis.cliJson(['vm', 'delete', 'thr']);
   });
 });
