@@ -96,6 +96,7 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     supervisor.migrateOut(request.params.id, request.body.uri, request.body),
   );
   app.get<IdParams>('/agent/vms/:id/migration', async (request) => supervisor.migrationStatus(request.params.id));
+  app.get<IdParams>('/agent/vms/:id/pauses', async (request) => supervisor.pauseTimes(request.params.id));
   app.post<IdParams>('/agent/vms/:id/migration/postcopy', async (request, reply) => {
     await supervisor.startPostcopy(request.params.id);
     return reply.status(204).send();

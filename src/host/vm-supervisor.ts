@@ -404,6 +404,16 @@ export class VmSupervisor {
     return { ...(await this.#qemuOf(id).migrationStatus()), ...this.#pauseTimes.get(id) };
   }
 
+  /**
+   * The times of the VM's last STOP and RESUME, without asking QEMU: on a post-copy destination
+   * whose main loop waits for a page, in-band QMP commands queue up, and a full queue keeps
+   * even out-of-band commands (the recovery) from being read.
+   */
+  pauseTimes(id: string): { stoppedAtMs?: number; resumedAtMs?: number } {
+    this.#record(id);
+    return { ...this.#pauseTimes.get(id) };
+  }
+
   /** Changes the parameters of the running migration (e.g. a widened downtime limit). */
   async setMigrationParameters(id: string, parameters: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number }): Promise<void> {
     await this.#qemuOf(id).setMigrationParameters(parameters);
