@@ -72,10 +72,11 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     await nubis.cliJson(['network', 'create', 'dnet', '--subnet', '10.91.0.0/24']);
     const vm = await nubis.cliJson<Vm>(['vm', 'create', 'dv1', '--image', 'tiny', '--disk', 'local/lv1', '--network', 'dnet']);
     assert.equal(vm.host, 'host-1', 'placed where its volume lives');
-    assert.match(await runOnConsole(nubis, 'dv1', 'nubis-tool disk-write /dev/vda 32 5 && echo written-ok', { timeoutMs: 120_000 }), /written-ok/);
-
-    // The guest rewrites the first 8 MiB with another pattern while the disk is being mirrored.
-    assert.match(await runOnConsole(nubis, 'dv1', '(nubis-tool disk-write /dev/vda 8 6 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started'), /writer-started/);
+    // 32 MiB of one pattern, then the guest rewrites the first 8 MiB with another in the
+    // background, while the disk is being mirrored (one console session for both).
+    const started = await runOnConsole(nubis, 'dv1', 'nubis-tool disk-write /dev/vda 32 5 && echo written-ok; (nubis-tool disk-write /dev/vda 8 6 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started', { timeoutMs: 120_000 });
+    assert.match(started, /written-ok/);
+    assert.match(started, /writer-started/);
     const moved = await nubis.cliJson<{ to: string; figures: { transferredBytes: number } }>(['vm', 'migrate', 'dv1', '--to', 'host-2']);
     assert.equal(moved.to, 'host-2');
     assert.match(await runOnConsole(nubis, 'dv1', 'while [ ! -s /tmp/w.status ]; do sleep 1; done; cat /tmp/w.status', { timeoutMs: 120_000 }), /\n0\r?\n/);
