@@ -148,13 +148,6 @@ export async function runOnConsole(nubis: NubisInstance, vm: string, command: st
         }
       });
     });
-    // Only type once a shell prompt shows: a shell that is still starting (right after boot)
-    // flushes its terminal's input when it sets it up, and a command sent then is lost.
-    for (let i = 0; i < 40 && !/# (\x1b\[6n)?$/.test(output); i++) {
-      if (i % 10 === 0) socket.send('\n');
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-    output = '';
     socket.send(`${command}; echo ${marker}-$((1+1))-done\n`);
     await done;
     return output;
