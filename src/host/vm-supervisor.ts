@@ -396,12 +396,9 @@ export class VmSupervisor {
     }
   }
 
-  /**
-   * The QEMU `query-migrate` of a VM on this host, with the times of its last STOP and RESUME
-   * (not queued: read while a migration runs).
-   */
+  /** The QEMU `query-migrate` of a VM on this host (not queued: read while a migration runs). */
   async migrationStatus(id: string): Promise<Record<string, unknown>> {
-    return { ...(await this.#qemuOf(id).migrationStatus()), ...this.#pauseTimes.get(id) };
+    return this.#qemuOf(id).migrationStatus();
   }
 
   /**

@@ -59,7 +59,10 @@ interface QemuMigrationStatus {
   'setup-time'?: number;
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
-  /** Added by the agent: QEMU's timestamps of the VM's last STOP and RESUME events. */
+}
+
+/** What an agent's `/pauses` tells: QEMU's timestamps of the VM's last STOP and RESUME events. */
+interface PauseTimes {
   stoppedAtMs?: number;
   resumedAtMs?: number;
 }
@@ -425,7 +428,7 @@ export class MigrationService {
           // link lost in that window ends the destination QEMU (QEMU recovers only a running
           // post-copy), which is why post-copy is reported only from the RESUME on.
           // Read from the agent, not QEMU: in-band QMP on a post-copy destination may hang.
-          const resumed = (await this.#hosts.call<QemuMigrationStatus>(destination, { method: 'GET', path: `${vmPath}/pauses`, timeoutMs: 5_000 }).catch(() => ({}) as QemuMigrationStatus)).resumedAtMs;
+          const resumed = (await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses`, timeoutMs: 5_000 }).catch(() => ({}) as PauseTimes)).resumedAtMs;
           if (resumed) await op.report('postcopy', `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`, 0.9, { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] });
           else await op.report('switching', `Handing the device state over to ${destination.name}`, 0.88);
         } else if (status.status === 'device' || status.status === 'pre-switchover') {
@@ -513,9 +516,9 @@ export class MigrationService {
     // Stage 6: commitment and activation. The destination owns the VM and announces it; the
     // record moves in one step; the source lets go.
     await op.report('activation', `Activating on ${destination.name} and announcing the VM to the network`, 0.96);
-    const stoppedAtMs = (await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as QemuMigrationStatus)).stoppedAtMs;
+    const stoppedAtMs = (await this.#hosts.call<PauseTimes>(source, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes)).stoppedAtMs;
     const activated = await this.#hosts.call<VmStatus>(destination, { method: 'POST', path: `${vmPath}/incoming/activate`, timeoutMs: 90_000 });
-    const resumedAtMs = (await this.#hosts.call<QemuMigrationStatus>(destination, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as QemuMigrationStatus)).resumedAtMs;
+    const resumedAtMs = (await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes)).resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
     await this.#db.updateTable('vms').set({ host_id: destination.id, actual_state: activated.state, status: JSON.stringify(activated), spec: JSON.stringify(destinationSpec), updated_at: new Date().toISOString() }).where('id', '=', vmId).execute();
     for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
