@@ -3,7 +3,7 @@
 // platform drives, and the built-in `tiny` guest image. Plain Node with no dependencies, because
 // it runs before node_modules exists. Every step checks first, so a second run takes a moment.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -48,6 +48,56 @@ function missingDebianPackages() {
   });
 }
 
+/**
+ * QEMU older than package.json's `nubis.minimumQemuMajor` is refused (the agent checks too): Debian
+ * 12's own 7.2 lost guest memory under TCG and hung in post-copy recovery. Debian 12 gets a
+ * recent QEMU from Debian's own bookworm-backports.
+ */
+export const MINIMUM_QEMU_MAJOR = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')).nubis.minimumQemuMajor;
+const QEMU_PACKAGES = ['qemu-system-x86', 'qemu-utils'];
+const BACKPORTS_SOURCE = '/etc/apt/sources.list.d/nubis-bookworm-backports.sources';
+
+function debianCodename() {
+  try {
+    return /^VERSION_CODENAME=(\S+)$/m.exec(readFileSync('/etc/os-release', 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The upstream major version of an installed Debian package ("1:10.0.2+ds-2~bpo12+1" is 10), or undefined. */
+function installedMajor(name) {
+  const probe = spawnSync('dpkg-query', ['-W', '-f=${Status} ${Version}', name], { encoding: 'utf8' });
+  if (probe.status !== 0 || !probe.stdout.includes('install ok installed')) return undefined;
+  const match = /(?:\d+:)?(\d+)\./.exec(probe.stdout.split(' ').at(-1));
+  return match ? Number(match[1]) : undefined;
+}
+
+function qemuCurrent() {
+  return QEMU_PACKAGES.every((name) => (installedMajor(name) ?? 0) >= MINIMUM_QEMU_MAJOR);
+}
+
+/** Installs QEMU from bookworm-backports on Debian 12; newer Debian ships a recent enough QEMU itself. */
+function ensureQemu(env) {
+  if (qemuCurrent()) return;
+  const codename = debianCodename();
+  const fromBackports = codename === 'bookworm';
+  if (fromBackports && !existsSync(BACKPORTS_SOURCE)) {
+    log(`Adding Debian's bookworm-backports (${BACKPORTS_SOURCE}): Nubis needs QEMU ${MINIMUM_QEMU_MAJOR} or newer`);
+    writeFileSync(
+      BACKPORTS_SOURCE,
+      'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n',
+    );
+  }
+  log(`Installing QEMU ${MINIMUM_QEMU_MAJOR} or newer${fromBackports ? ' from bookworm-backports' : ''}`);
+  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...(fromBackports ? ['-t', 'bookworm-backports'] : []), ...QEMU_PACKAGES], { stdio: 'inherit', env });
+  if (!qemuCurrent()) {
+    log(`QEMU ${MINIMUM_QEMU_MAJOR} or newer could not be installed on Debian ${codename ?? '(unknown release)'}; install it by hand and run again`);
+    process.exit(1);
+  }
+}
+
 function ensureDebianPackages() {
   if (!isDebian()) {
     log('This is not Debian: install the equivalents of these packages yourself, then run again:');
@@ -55,17 +105,23 @@ function ensureDebianPackages() {
     return;
   }
   const missing = missingDebianPackages();
-  if (missing.length === 0) return;
+  if (missing.length === 0 && qemuCurrent()) return;
   if (process.getuid?.() !== 0) {
+    if (!qemuCurrent()) log(`Not root, so QEMU ${MINIMUM_QEMU_MAJOR} or newer cannot be installed for you (on Debian 12 it comes from bookworm-backports)`);
+    if (missing.length === 0) return;
     log(`Not root, so these Debian packages cannot be installed for you. Run as root:`);
     log(`  apt-get update && apt-get install -y --no-install-recommends ${missing.join(' ')}`);
     for (const name of missing) log(`  ${name}: ${debianPackages[name]}`);
     return;
   }
-  log(`Installing Debian packages: ${missing.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  // QEMU first, so the plain install below does not bring Debian 12's older one.
+  ensureQemu(env);
+  const stillMissing = missingDebianPackages();
+  if (stillMissing.length === 0) return;
+  log(`Installing Debian packages: ${stillMissing.join(' ')}`);
   execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...stillMissing], { stdio: 'inherit', env });
 }
 
 function npmPackagesCurrent() {

@@ -3,12 +3,12 @@
  * mere presence of /dev/kvm: on these machines /dev/kvm is a paravirtual KVM (kvm_pvm) under
  * which a stock guest kernel hangs without a line of output (shared/HOST-FACTS.md).
  */
-import { execFileSync } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { messageOf } from '../core/errors.ts';
-import { QEMU_BINARY, QemuProcess, runtimePathsOf } from './qemu/qemu-process.ts';
+import { QemuProcess, runtimePathsOf } from './qemu/qemu-process.ts';
+import { qemuVersionLine } from './qemu/qemu-version.ts';
 import { READINESS_PATTERN, waitForSerialLine } from './serial-log.ts';
 import type { Accelerator } from './vm-spec.ts';
 
@@ -28,21 +28,13 @@ export interface ProbeGuest {
   identity: string;
 }
 
-function qemuVersion(): string {
-  try {
-    return execFileSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' }).split('\n')[0];
-  } catch {
-    return 'unknown';
-  }
-}
-
 /**
  * The accelerator for this host, probed once and cached in `cacheFile` for as long as the kernel,
  * QEMU and the probe guest stay the same. `NUBIS_ACCELERATOR=tcg|kvm` overrides the probe.
  */
 export async function chooseAccelerator(guest: ProbeGuest, options: { cacheFile: string; workDir: string; timeoutMs?: number }): Promise<AcceleratorChoice> {
   const forced = process.env.NUBIS_ACCELERATOR;
-  const key = [readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), qemuVersion(), guest.identity].join(' | ');
+  const key = [readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), qemuVersionLine(), guest.identity].join(' | ');
   if (forced === 'tcg' || forced === 'kvm') {
     return { accelerator: forced, reason: `Set by NUBIS_ACCELERATOR=${forced}`, probedAt: new Date().toISOString(), key };
   }

@@ -9,6 +9,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator-probe.ts';
+import { requireSupportedQemu } from '../compute/qemu/qemu-version.ts';
 import { messageOf } from '../core/errors.ts';
 import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
@@ -67,6 +68,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const { logger } = options;
   await mkdir(join(options.hostDir, 'vms'), { recursive: true });
   const identity = await loadIdentity(options.hostDir);
+  requireSupportedQemu();
   const accelerator = await chooseAccelerator(options.probeGuest, { cacheFile: join(options.cacheDir, 'accelerator-probe.json'), workDir: options.hostDir });
   logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
 

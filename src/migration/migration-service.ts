@@ -231,7 +231,6 @@ export class MigrationService {
    * net either way, and the only one for a VM that does not allow post-copy.
    */
   async #plan(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; request: MigrationRequest; postcopyAllowed: boolean }): Promise<MigrationPlan> {
-    // (The accelerator is the source's; a migration only goes between hosts of the same class.)
     const { request } = m;
     const maxDowntimeMs = request.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS;
     const onTimeoutFor = (prepared: boolean): 'abort' | 'postcopy' => request.onTimeout ?? (prepared ? 'postcopy' : 'abort');
@@ -247,15 +246,11 @@ export class MigrationService {
     const expected = request.bandwidthMbps ? request.bandwidthMbps * 1_000_000 : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
     const lambda = sampled / expected;
     const prepared = m.postcopyAllowed && lambda >= POSTCOPY_PREPARE_LAMBDA;
-    // Under TCG, QEMU 7.2 was seen to corrupt guest memory when pre-copy runs four or more
-    // passes over a guest that writes memory (reproduced with plain QEMU: 7 of 8 such runs, none
-    // of 3 three-pass runs; bench/migration/RESULTS.md). A tight target means more passes, so
-    // TCG hosts keep QEMU's own limit and converge in as few passes as it allows.
-    const targetDowntimeMs = m.source.accelerator === 'tcg' ? maxDowntimeMs : Math.min(AUTO_TARGET_DOWNTIME_MS, maxDowntimeMs);
+    const targetDowntimeMs = Math.min(AUTO_TARGET_DOWNTIME_MS, maxDowntimeMs);
     const rates = `dirty rate ${mib(sampled)}/s over a link of about ${mib(expected)}/s (lambda ${lambda.toFixed(2)})`;
     const reason = prepared
       ? `${rates}: pre-copy may not converge, post-copy prepared`
-      : `${rates}: pre-copy aiming at ${targetDowntimeMs} ms downtime${targetDowntimeMs < maxDowntimeMs ? ` (up to ${maxDowntimeMs} ms)` : m.source.accelerator === 'tcg' ? ' (QEMU\'s limit: few passes under TCG)' : ''}, auto-converge as the safety net${m.postcopyAllowed ? '' : ' (the VM does not allow post-copy)'}`;
+      : `${rates}: pre-copy aiming at ${targetDowntimeMs} ms downtime${targetDowntimeMs < maxDowntimeMs ? ` (up to ${maxDowntimeMs} ms)` : ''}, auto-converge as the safety net${m.postcopyAllowed ? '' : ' (the VM does not allow post-copy)'}`;
     return { postcopyPrepared: prepared, autoConverge: true, targetDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason, sampledDirtyRateBytesPerSec: sampled, expectedBandwidthBytesPerSec: expected };
   }
 

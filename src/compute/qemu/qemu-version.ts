@@ -1,0 +1,33 @@
+/**
+ * The installed QEMU's version, and the refusal of one too old to trust with guest memory: under
+ * TCG, QEMU 7.2 lost memory the guest wrote during the later passes of a pre-copy and hung in
+ * post-copy recovery (bench/migration/RESULTS.md). The minimum lives in package.json, where the
+ * first-run setup (scripts/setup.mjs) reads it to install a recent enough QEMU.
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { NubisError } from '../../core/errors.ts';
+import { QEMU_BINARY } from './qemu-process.ts';
+
+const packageJson = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { nubis: { minimumQemuMajor: number } };
+export const MINIMUM_QEMU_MAJOR = packageJson.nubis.minimumQemuMajor;
+
+/** `qemu-system-x86_64 --version`'s first line, e.g. "QEMU emulator version 10.0.2 (Debian ...)". */
+export function qemuVersionLine(): string {
+  try {
+    return execFileSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' }).split('\n')[0];
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Throws QEMU_TOO_OLD (or QEMU_MISSING) unless the installed QEMU is at least the minimum. */
+export function requireSupportedQemu(versionLine = qemuVersionLine()): void {
+  const major = /version (\d+)\./.exec(versionLine)?.[1];
+  if (major === undefined) {
+    throw new NubisError('QEMU_MISSING', `${QEMU_BINARY} could not be run or did not report its version: run \`npm start\` (or node scripts/setup.mjs) as root to install QEMU ${MINIMUM_QEMU_MAJOR} or newer`);
+  }
+  if (Number(major) < MINIMUM_QEMU_MAJOR) {
+    throw new NubisError('QEMU_TOO_OLD', `${versionLine} is older than QEMU ${MINIMUM_QEMU_MAJOR}, which Nubis needs (7.2 lost guest memory in live migration under TCG): run \`npm start\` (or node scripts/setup.mjs) as root, which installs it, on Debian 12 from bookworm-backports`);
+  }
+}
