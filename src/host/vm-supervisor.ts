@@ -23,6 +23,8 @@ interface VmRecord {
   status: VmStatus;
   /** Root ports of disks hot-plugged since this QEMU started (disk id -> port). */
   hotplugged?: Record<string, string>;
+  /** Destination of a migration: the disk copies made here for the source to mirror into. */
+  mirrorCopies?: string[];
 }
 
 export interface VmSupervisorOptions {
@@ -107,6 +109,11 @@ export class VmSupervisor {
         this.#track(record, qemu);
         this.#update(record, { state: qemu.state, pid: qemu.pid });
         if (!record.status.readyAt && qemu.state === 'running') void this.#watchReadiness(record, 0);
+      } else if (record.status.state === 'incoming') {
+        // The destination of a migration that ended while this agent was down, before the guest
+        // ran here (a guest that runs here is saved as running): the VM stayed on its source.
+        this.#options.log?.('info', `Discarding the incoming migration of VM ${record.spec.name}: its QEMU ended while the agent was not running`);
+        await this.#discardIncoming(record);
       } else if (record.desired === 'running' && record.status.state !== 'stopped') {
         await this.#markCrashed(record, 'QEMU is gone (it ended while the agent was not running)');
       } else {
@@ -280,22 +287,21 @@ export class VmSupervisor {
       if (earlier && !this.#processes.has(spec.id) && earlier.status.state !== 'running') {
         // What an earlier migration left here when this agent could not be told to clean up
         // (say, it was down): its QEMU is gone, so the record is only in the way.
-        await this.#options.unplugNics?.(earlier.spec).catch(() => undefined);
-        this.#records.delete(spec.id);
-        await rm(this.#vmDir(spec.id), { recursive: true, force: true });
+        await this.#discardIncoming(earlier);
       }
       if (this.#records.has(spec.id)) throw new NubisError('VM_EXISTS', `VM ${spec.name} already exists on this host`);
-      const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps } };
+      const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps }, mirrorCopies: [] };
       this.#records.set(spec.id, record);
       let qemu: QemuProcess | undefined;
-      const createdFiles: string[] = [];
       try {
         await this.#save(record);
         // Empty copies of the disks the source mirrors here, the same size; never over a file.
         for (const file of mirror?.newFiles ?? []) {
           if (existsSync(file.path)) throw new NubisError('VOLUME_EXISTS', `${file.path} already exists on this host; it would be overwritten by the mirrored disk`);
           await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', file.path, String(file.sizeBytes)]);
-          createdFiles.push(file.path);
+          // Saved before anything else can fail, so a restarted agent knows what to delete.
+          record.mirrorCopies?.push(file.path);
+          await this.#save(record);
         }
         if (this.#options.plugNics) record.spec = await this.#options.plugNics(record.spec);
         qemu = await QemuProcess.launch(record.spec, this.#vmDir(spec.id), { accelerator: this.#options.accelerator, incoming: 'defer', events: this.#eventsFor(record) });
@@ -304,16 +310,25 @@ export class VmSupervisor {
         await qemu.acceptIncomingMigration(listenUri);
       } catch (error) {
         await qemu?.stop({ force: true }).catch(() => undefined);
-        for (const path of createdFiles) await rm(path, { force: true });
-        await this.#options.unplugNics?.(record.spec).catch(() => undefined);
-        this.#records.delete(spec.id);
-        await rm(this.#vmDir(spec.id), { recursive: true, force: true });
+        await this.#discardIncoming(record);
         throw error;
       }
       this.#track(record, qemu);
       this.#update(record, { state: 'incoming', pid: qemu.pid, startedAt: carried.startedAt });
       return { ...record.status };
     });
+  }
+
+  /**
+   * Drops the destination side of a migration whose guest never ran here (its QEMU already
+   * ended): the NICs plumbed for it, the disk copies made for the mirror, and the VM folder.
+   */
+  async #discardIncoming(record: VmRecord): Promise<void> {
+    await this.#options.unplugNics?.(record.spec).catch(() => undefined);
+    for (const path of record.mirrorCopies ?? []) await rm(path, { force: true });
+    this.#records.delete(record.spec.id);
+    this.#pauseTimes.delete(record.spec.id);
+    await rm(this.#vmDir(record.spec.id), { recursive: true, force: true });
   }
 
   /**
@@ -336,6 +351,7 @@ export class VmSupervisor {
       // The source's mirrors ended before the switch-over; their exports can go.
       await qemu.stopDiskExports().catch(() => undefined);
       await qemu.announceSelf();
+      delete record.mirrorCopies; // the VM's own disks from now on
       await this.#save(record);
       this.#update(record, { state: 'running', readyAt: new Date().toISOString() });
       return { ...record.status };

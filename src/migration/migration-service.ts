@@ -342,7 +342,10 @@ export class MigrationService {
   ): Promise<unknown> {
     const { vmId, source, destination, request, plan, figures } = m;
     const networkIds = [...new Set(m.spec.nics.flatMap((nic) => (nic.network ? [nic.network.id] : [])))];
-    const capabilities = { events: true, 'postcopy-ram': plan.postcopyPrepared, 'auto-converge': plan.autoConverge };
+    // With post-copy, `postcopy-preempt` sends the pages the guest waits for on a channel of
+    // their own, so they do not queue behind the background stream (on a slow link a missing
+    // page otherwise waits for everything already in the socket buffers).
+    const capabilities = { events: true, 'postcopy-ram': plan.postcopyPrepared, 'postcopy-preempt': plan.postcopyPrepared, 'auto-converge': plan.autoConverge };
     const uri = this.#listenUri(destination);
     const sourceStatus = JSON.parse((await this.#db.selectFrom('vms').select('status').where('id', '=', vmId).executeTakeFirstOrThrow()).status) as VmStatus;
     const vmPath = `/agent/vms/${vmId}`;
@@ -626,7 +629,12 @@ export class MigrationService {
           await delay(500);
         }
       } catch (error) {
-        await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again`, 0.9);
+        // Under TCG a vCPU delivers interrupts holding QEMU's global lock; one that waits there
+        // for a page that cannot come blocks the destination's main loop, which must accept the
+        // recovered stream (seen with gdb: do_interrupt_all -> handle_userfault). KVM's vCPUs
+        // wait for pages outside that lock.
+        const tcgHint = m.destination.accelerator === 'tcg' && attempt >= 3 ? ' (under TCG, a vCPU waiting for a missing page inside interrupt delivery blocks the destination QEMU for good; KVM hosts do not have this limit)' : '';
+        await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again${tcgHint}`, 0.9);
       }
       await delay(2_000);
     }
