@@ -16,7 +16,7 @@ import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
 import { placeVm } from '../control/placement.ts';
-import { predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
+import { downtimeTargetForPass, predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { Operation } from '../api/schemas.ts';
 
@@ -386,10 +386,8 @@ export class MigrationService {
       const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
       const link = new RateMeter();
       const scan = new RateMeter();
-      let targetMs = plan.targetDowntimeMs;
       let lastBytes = -1;
       let lastProgressAt = startedAt;
-      let widenedAtPass = 0;
       let status: QemuMigrationStatus = {};
       for (;;) {
         status = await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/migration`, signal: op.signal });
@@ -412,7 +410,7 @@ export class MigrationService {
         // settled; a post-copy one needs only the link rate.
         if (!figures.prediction && bandwidth > 0 && link.spanMs() >= (status.status === 'active' ? 300 : 0) && ram.remaining !== undefined && status.status !== 'completed') {
           const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-          figures.prediction = this.#predict({ elapsedMs: now - startedAt, remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
+          figures.prediction = this.#predict({ elapsedMs: now - startedAt, pass: Math.max(1, passes), remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
         }
         if (status.status === 'completed') break;
         if (status.status === 'failed' || status.status === 'cancelled') throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
@@ -446,10 +444,7 @@ export class MigrationService {
           });
           // Widen the downtime target, step by step, while passes go on without converging; and
           // tell QEMU the limit that, with its under-estimate of the link, means that target.
-          if (passes >= 3 && passes > widenedAtPass && targetMs < plan.maxDowntimeMs) {
-            targetMs = Math.min(plan.maxDowntimeMs, targetMs * 2);
-            widenedAtPass = passes;
-          }
+          const targetMs = downtimeTargetForPass(plan.targetDowntimeMs, plan.maxDowntimeMs, passes);
           // (`precopy` keeps QEMU's own semantics: the user's limit goes to QEMU as it is.)
           const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
           if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
@@ -571,8 +566,9 @@ export class MigrationService {
    * through memory, then the model's pre-copy passes, or (when post-copy will be used) the
    * dirty set pulled once over the link.
    */
-  #predict(p: { elapsedMs: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy; inPostcopy: boolean }): NonNullable<MigrationFigures['prediction']> {
-    const model = predictPrecopy({ remainingBytes: p.remaining, scanRateBytesPerSec: p.scanRate, dirtyRateBytesPerSec: p.dirtyRate, bandwidthBytesPerSec: p.bandwidth, memoryBytes: p.memoryBytes, downtimeLimitMs: p.plan.maxDowntimeMs });
+  #predict(p: { elapsedMs: number; pass: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy; inPostcopy: boolean }): NonNullable<MigrationFigures['prediction']> {
+    // The targets QEMU will really be given, pass by pass (auto's tight start, widened).
+    const model = predictPrecopy({ remainingBytes: p.remaining, scanRateBytesPerSec: p.scanRate, dirtyRateBytesPerSec: p.dirtyRate, bandwidthBytesPerSec: p.bandwidth, memoryBytes: p.memoryBytes, downtimeLimitMs: p.plan.targetDowntimeMs, maxDowntimeLimitMs: p.plan.maxDowntimeMs, pass: p.pass });
     const base = { madeAtMs: p.elapsedMs, dirtyRateBytesPerSec: Math.round(p.dirtyRate), bandwidthBytesPerSec: Math.round(p.bandwidth), lambda: Number(model.lambda.toFixed(3)), converges: model.converges };
     if (p.inPostcopy || (p.plan.postcopyPrepared && p.strategy === 'postcopy')) {
       // Post-copy from (nearly) the start: the rest of memory crosses once, at the pace of the scan.

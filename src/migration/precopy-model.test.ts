@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
+import { downtimeTargetForPass, predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 
 const MiB = 2 ** 20;
 
@@ -21,6 +21,17 @@ describe('pre-copy model', () => {
     assert.equal(p.passes, 4); // 0.5 s, 0.25 s, 0.125 s, then 62.5 ms fits
     assert.equal(p.remainingTimeMs, 1000 + 500 + 250 + 125 + 63);
     assert.equal(p.downtimeMs, 63);
+  });
+
+  it("follows auto's widening target: tight for two passes, then doubled up to the maximum", () => {
+    assert.deepEqual([1, 2, 3, 4, 5, 6, 7].map((pass) => downtimeTargetForPass(20, 300, pass)), [20, 20, 40, 80, 160, 300, 300]);
+    // lambda 0.5 after 1 s of first pass: passes of 500, 250, 125, 62.5, 31, 16 ms. At a fixed
+    // 20 ms the 16 ms one is the stop-and-copy; widened, 62.5 ms already fits (target 160 ms).
+    const fixed = predictPrecopy({ remainingBytes: 100 * MiB, scanRateBytesPerSec: 100 * MiB, dirtyRateBytesPerSec: 50 * MiB, bandwidthBytesPerSec: 100 * MiB, memoryBytes: 1024 * MiB, downtimeLimitMs: 20 });
+    const widened = predictPrecopy({ remainingBytes: 100 * MiB, scanRateBytesPerSec: 100 * MiB, dirtyRateBytesPerSec: 50 * MiB, bandwidthBytesPerSec: 100 * MiB, memoryBytes: 1024 * MiB, downtimeLimitMs: 20, maxDowntimeLimitMs: 300 });
+    assert.equal(fixed.passes, 6);
+    assert.equal(widened.passes, 4);
+    assert.equal(widened.downtimeMs, 63);
   });
 
   it('a guest dirtying faster than the link never converges', () => {

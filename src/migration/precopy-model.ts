@@ -15,7 +15,12 @@ export interface PrecopyInput {
   bandwidthBytesPerSec: number;
   /** The dirty set never exceeds guest memory. */
   memoryBytes: number;
+  /** The stop-and-copy QEMU is asked to fit in now; with `maxDowntimeLimitMs`, widened per pass
+   * as `downtimeTargetForPass` says. */
   downtimeLimitMs: number;
+  maxDowntimeLimitMs?: number;
+  /** The pass under way (QEMU's `dirty-sync-count`); 1 when not given. */
+  pass?: number;
   /** Give up predicting convergence after this many passes. */
   maxPasses?: number;
 }
@@ -42,13 +47,23 @@ export function predictPrecopy(input: PrecopyInput): PrecopyPrediction {
   let dirty = Math.min(input.dirtyRateBytesPerSec * elapsedSec, input.memoryBytes);
   for (let pass = 1; pass <= maxPasses; pass++) {
     const passSec = dirty / bandwidth;
-    if (passSec * 1000 <= input.downtimeLimitMs) {
+    const limitMs = downtimeTargetForPass(input.downtimeLimitMs, input.maxDowntimeLimitMs ?? input.downtimeLimitMs, (input.pass ?? 1) + pass);
+    if (passSec * 1000 <= limitMs) {
       return { lambda, converges: true, passes: pass, remainingTimeMs: Math.round((elapsedSec + passSec) * 1000), downtimeMs: Math.round(passSec * 1000) };
     }
     elapsedSec += passSec;
     dirty = Math.min(input.dirtyRateBytesPerSec * passSec, input.memoryBytes);
   }
   return { lambda, converges: false, passes: maxPasses };
+}
+
+/**
+ * `auto`'s downtime target while pass `pass` (QEMU's `dirty-sync-count`) runs: the first target
+ * for two passes, then doubled each pass up to the most the user accepts, so a guest that does
+ * not converge at the tight target still finishes by pre-copy.
+ */
+export function downtimeTargetForPass(initialMs: number, maxMs: number, pass: number): number {
+  return Math.min(maxMs, initialMs * 2 ** Math.max(0, pass - 2));
 }
 
 /** Post-copy from now: the rest of memory crosses the link once while the VM runs on the destination. */
