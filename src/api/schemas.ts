@@ -41,6 +41,7 @@ export const Host = Type.Object(
     lastSeenAt: Type.String({ format: 'date-time' }),
     joinedAt: Type.String({ format: 'date-time' }),
     underlayIp: Type.Optional(Type.String({ description: 'Address on the underlay network (VXLAN endpoint)' })),
+    qemuVersion: Type.Optional(Type.String({ description: 'QEMU on the host; a VM migrates only to the same or a newer QEMU' })),
   },
   { $id: 'Host' },
 );
@@ -191,6 +192,7 @@ export const HostJoinRequest = Type.Object(
     cpus: Type.Integer({ minimum: 1 }),
     memoryMb: Type.Integer({ minimum: 64 }),
     underlayIp: Type.Optional(Type.String()),
+    qemuVersion: Type.Optional(Type.String({ description: "The host's `qemu-system-x86_64 --version` line" })),
   },
   { additionalProperties: false },
 );

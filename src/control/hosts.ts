@@ -27,6 +27,7 @@ export interface HostView {
   lastSeenAt: string;
   joinedAt: string;
   underlayIp?: string;
+  qemuVersion?: string;
 }
 
 export interface JoinRequest {
@@ -39,6 +40,7 @@ export interface JoinRequest {
   cpus: number;
   memoryMb: number;
   underlayIp?: string;
+  qemuVersion?: string;
 }
 
 function sameSecret(given: string, expected: string): boolean {
@@ -71,6 +73,7 @@ export class HostRegistry {
       cpus: request.cpus,
       memory_mb: request.memoryMb,
       underlay_ip: request.underlayIp ?? null,
+      qemu_version: request.qemuVersion ?? null,
       last_seen_at: now,
     };
     if (existing) {
@@ -125,6 +128,7 @@ export class HostRegistry {
       lastSeenAt: host.last_seen_at,
       joinedAt: host.joined_at,
       ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
+      ...(host.qemu_version ? { qemuVersion: host.qemu_version } : {}),
     }));
   }
 

@@ -9,7 +9,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator-probe.ts';
-import { requireSupportedQemu } from '../compute/qemu/qemu-version.ts';
+import { qemuVersionLine, requireSupportedQemu } from '../compute/qemu/qemu-version.ts';
 import { messageOf } from '../core/errors.ts';
 import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
@@ -68,7 +68,8 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const { logger } = options;
   await mkdir(join(options.hostDir, 'vms'), { recursive: true });
   const identity = await loadIdentity(options.hostDir);
-  requireSupportedQemu();
+  const qemuVersion = qemuVersionLine();
+  requireSupportedQemu(qemuVersion);
   const accelerator = await chooseAccelerator(options.probeGuest, { cacheFile: join(options.cacheDir, 'accelerator-probe.json'), workDir: options.hostDir });
   logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
 
@@ -149,6 +150,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     cpus: cpus().length,
     memoryMb: Math.floor(totalmem() / 1024 / 1024),
     ...(options.underlayIp ? { underlayIp: options.underlayIp } : {}),
+    qemuVersion,
   };
   // Join, then report everything on a heartbeat. The control plane may start after the agent or
   // restart under it: the loop keeps trying and re-joins, and VMs run on meanwhile.

@@ -8,6 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
+import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
@@ -171,6 +172,9 @@ export class MigrationService {
     const destination = await this.#hosts.row(target.id);
     if (destination.accelerator !== source.accelerator) {
       throw new NubisError('MIGRATION_INCOMPATIBLE', `${source.name} runs ${source.accelerator} and ${destination.name} ${destination.accelerator}; a VM migrates only between hosts of the same accelerator class`);
+    }
+    if (!canMigrateBetween(source.qemu_version, destination.qemu_version)) {
+      throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} runs an older QEMU (${destination.qemu_version}) than ${source.name} (${source.qemu_version}); QEMU cannot load a newer release's stream: upgrade QEMU on ${destination.name} first`);
     }
     if (spec.boot.kind === 'disk') {
       throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} boots from an image overlay local to ${source.name}, which is not mirrored; use the tiny image, or data on volumes`);

@@ -225,6 +225,11 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0009-host-qemu-version': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('hosts').addColumn('qemu_version', 'text').execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

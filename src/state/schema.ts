@@ -35,6 +35,8 @@ export interface HostsTable {
   joined_at: string;
   /** The host's address on the underlay (VXLAN endpoint), or null for a host without one. */
   underlay_ip: string | null;
+  /** The agent's `qemu-system-x86_64 --version` line, or null when it did not say. */
+  qemu_version: string | null;
 }
 
 export interface ImagesTable {

@@ -21,13 +21,32 @@ export function qemuVersionLine(): string {
   }
 }
 
+/** [major, minor, micro] from a `--version` line, or undefined when it names none. */
+export function parseQemuVersion(versionLine: string): [number, number, number] | undefined {
+  const match = /version (\d+)\.(\d+)\.(\d+)/.exec(versionLine);
+  return match ? [Number(match[1]), Number(match[2]), Number(match[3])] : undefined;
+}
+
+/**
+ * Whether a VM can migrate from a host running `sourceLine`'s QEMU to one running
+ * `destinationLine`'s: QEMU loads the streams of its own and older releases (with the same
+ * machine type), never those of a newer one. Unknown versions are not held against a host.
+ */
+export function canMigrateBetween(sourceLine: string | null | undefined, destinationLine: string | null | undefined): boolean {
+  const source = sourceLine ? parseQemuVersion(sourceLine) : undefined;
+  const destination = destinationLine ? parseQemuVersion(destinationLine) : undefined;
+  if (!source || !destination) return true;
+  for (let i = 0; i < 3; i++) if (source[i] !== destination[i]) return destination[i] > source[i];
+  return true;
+}
+
 /** Throws QEMU_TOO_OLD (or QEMU_MISSING) unless the installed QEMU is at least the minimum. */
 export function requireSupportedQemu(versionLine = qemuVersionLine()): void {
-  const major = /version (\d+)\./.exec(versionLine)?.[1];
+  const major = parseQemuVersion(versionLine)?.[0];
   if (major === undefined) {
     throw new NubisError('QEMU_MISSING', `${QEMU_BINARY} could not be run or did not report its version: run \`npm start\` (or node scripts/setup.mjs) as root to install QEMU ${MINIMUM_QEMU_MAJOR} or newer`);
   }
-  if (Number(major) < MINIMUM_QEMU_MAJOR) {
+  if (major < MINIMUM_QEMU_MAJOR) {
     throw new NubisError('QEMU_TOO_OLD', `${versionLine} is older than QEMU ${MINIMUM_QEMU_MAJOR}, which Nubis needs (7.2 lost guest memory in live migration under TCG): run \`npm start\` (or node scripts/setup.mjs) as root, which installs it, on Debian 12 from bookworm-backports`);
   }
 }
