@@ -12,7 +12,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { QemuProcess, runtimePathsOf, type QemuRunState } from '../compute/qemu/qemu-process.ts';
 import { READINESS_PATTERN, serialLogOffset, serialLogTail, waitForSerialLine } from '../compute/serial-log.ts';
 import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
-import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
+import { BOOT_DISK_NODE, HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { VmStatus } from './vm-status.ts';
 
@@ -57,6 +57,8 @@ export class VmSupervisor {
   /** QEMU's timestamps of each VM's last STOP and RESUME events: a migration's true pause is
    * the source's STOP to the destination's RESUME, which QEMU's own `downtime` does not cover. */
   readonly #pauseTimes = new Map<string, { stoppedAtMs?: number; resumedAtMs?: number }>();
+  /** The last write of each VM's record, so that writes happen one after another. */
+  readonly #saves = new Map<string, Promise<void>>();
 
   constructor(options: VmSupervisorOptions) {
     this.#options = Object.freeze({ ...options });
@@ -72,13 +74,35 @@ export class VmSupervisor {
     return record;
   }
 
-  async #save(record: VmRecord): Promise<void> {
-    const dir = this.#vmDir(record.spec.id);
-    await mkdir(dir, { recursive: true });
-    const path = join(dir, 'vm.json');
-    // Write then rename, so a crash mid-write never leaves a torn record.
-    await writeFile(`${path}.tmp`, `${JSON.stringify(record, null, 2)}\n`);
-    await rename(`${path}.tmp`, path);
+  /**
+   * Writes the record to disk after any write of it still under way (state changes save without
+   * waiting, so two writes could otherwise share the temporary file and one rename would fail).
+   * Each write takes the record as it is by then. A record no longer kept (the VM was deleted or
+   * discarded) is not written again, so no deleted folder comes back.
+   */
+  #save(record: VmRecord): Promise<void> {
+    const id = record.spec.id;
+    const write = async (): Promise<void> => {
+      if (this.#records.get(id) !== record) return;
+      const dir = this.#vmDir(id);
+      await mkdir(dir, { recursive: true });
+      const path = join(dir, 'vm.json');
+      // Write then rename, so a crash mid-write never leaves a torn record.
+      await writeFile(`${path}.tmp`, `${JSON.stringify(record, null, 2)}\n`);
+      await rename(`${path}.tmp`, path);
+    };
+    const saved = (this.#saves.get(id) ?? Promise.resolve()).catch(() => undefined).then(write);
+    this.#saves.set(id, saved);
+    void saved.catch(() => undefined).finally(() => {
+      if (this.#saves.get(id) === saved) this.#saves.delete(id);
+    });
+    return saved;
+  }
+
+  /** Removes a VM's folder once no write of its record is under way. */
+  async #removeVmDir(id: string): Promise<void> {
+    await this.#saves.get(id)?.catch(() => undefined);
+    await rm(this.#vmDir(id), { recursive: true, force: true });
   }
 
   #update(record: VmRecord, change: Partial<VmStatus>): void {
@@ -150,7 +174,7 @@ export class VmSupervisor {
         // Nothing half-built: a VM that never started is removed again, taps and all.
         await this.#options.unplugNics?.(record.spec).catch(() => undefined);
         this.#records.delete(spec.id);
-        await rm(this.#vmDir(spec.id), { recursive: true, force: true });
+        await this.#removeVmDir(spec.id);
         throw error;
       }
       return { ...record.status };
@@ -303,6 +327,9 @@ export class VmSupervisor {
           record.mirrorCopies?.push(file.path);
           await this.#save(record);
         }
+        // A VM booting from an image gets its own empty overlay here, which the source's mirror
+        // fills with what its overlay holds.
+        await this.#prepareBootDisk(record);
         if (this.#options.plugNics) record.spec = await this.#options.plugNics(record.spec);
         qemu = await QemuProcess.launch(record.spec, this.#vmDir(spec.id), { accelerator: this.#options.accelerator, incoming: 'defer', events: this.#eventsFor(record) });
         await qemu.setMigrationCapabilities(capabilities);
@@ -328,7 +355,7 @@ export class VmSupervisor {
     for (const path of record.mirrorCopies ?? []) await rm(path, { force: true });
     this.#records.delete(record.spec.id);
     this.#pauseTimes.delete(record.spec.id);
-    await rm(this.#vmDir(record.spec.id), { recursive: true, force: true });
+    await this.#removeVmDir(record.spec.id);
   }
 
   /**
@@ -365,7 +392,10 @@ export class VmSupervisor {
 
   /** Source: starts mirroring local disks into the destination's NBD exports. */
   startDiskMirrors(id: string, diskIds: string[], target: { host: string; port: number }): Promise<void> {
-    return this.#queue.run(id, () => this.#running(id).startDiskMirrors(diskIds, target));
+    // The boot overlay's image is on both hosts (the destination made its overlay over it), so
+    // only the overlay's own clusters cross; volumes are copied whole.
+    const disks = diskIds.map((diskId) => ({ id: diskId, sync: diskId === BOOT_DISK_NODE ? ('top' as const) : ('full' as const) }));
+    return this.#queue.run(id, () => this.#running(id).startDiskMirrors(disks, target));
   }
 
   /** Source: the disk mirrors of a migration in progress. */
@@ -475,7 +505,7 @@ export class VmSupervisor {
       await this.#options.unplugNics?.(record.spec);
       this.#records.delete(id);
       this.#pauseTimes.delete(id);
-      await rm(this.#vmDir(id), { recursive: true, force: true });
+      await this.#removeVmDir(id);
     });
   }
 

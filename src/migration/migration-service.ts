@@ -8,6 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
+import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import type { Db } from '../state/database.ts';
@@ -175,9 +176,6 @@ export class MigrationService {
     }
     if (!canMigrateBetween(source.qemu_version, destination.qemu_version)) {
       throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} runs an older QEMU (${destination.qemu_version}) than ${source.name} (${source.qemu_version}); QEMU cannot load a newer release's stream: upgrade QEMU on ${destination.name} first`);
-    }
-    if (spec.boot.kind === 'disk') {
-      throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} boots from an image overlay local to ${source.name}, which is not mirrored; use the tiny image, or data on volumes`);
     }
     for (const disk of spec.disks) {
       if (disk.kind !== 'file') continue;
@@ -364,6 +362,9 @@ export class MigrationService {
       }),
     );
     const destinationSpec: VmSpec = { ...m.spec, disks: m.spec.disks.map((disk) => mirrored.find((x) => x.diskId === disk.id)?.target ?? disk) };
+    // A VM booting from an image has its own overlay over it on the source; the destination
+    // makes an empty one over the same image and the overlay's clusters are mirrored into it.
+    const mirroredDiskIds = [...(m.spec.boot.kind === 'disk' ? [BOOT_DISK_NODE] : []), ...mirrored.map((x) => x.diskId)];
     const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(this.#listenUri(destination).split(':').at(-1)) };
     let reserved = false;
 
@@ -373,17 +374,17 @@ export class MigrationService {
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
     try {
       for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
-      const mirror = mirrored.length > 0 ? { newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })), listen: mirrorTarget, diskIds: mirrored.map((x) => x.diskId) } : undefined;
+      const mirror = mirroredDiskIds.length > 0 ? { newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })), listen: mirrorTarget, diskIds: mirroredDiskIds } : undefined;
       await this.#hosts.call(destination, { method: 'PUT', path: `${vmPath}/incoming`, body: { spec: destinationSpec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt }, mirror }, timeoutMs: 60_000, signal: op.signal });
       reserved = true;
-      if (mirrored.length > 0) await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirrored.map((x) => x.diskId) });
+      if (mirroredDiskIds.length > 0) await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirroredDiskIds });
 
       // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
       let qemuLimitMs = plan.targetDowntimeMs;
       await this.#hosts.call(source, {
         method: 'POST',
         path: `${vmPath}/migrate`,
-        body: { uri, capabilities, downtimeLimitMs: qemuLimitMs, mirroredDisks: mirrored.map((x) => x.diskId), ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
+        body: { uri, capabilities, downtimeLimitMs: qemuLimitMs, mirroredDisks: mirroredDiskIds, ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
         signal: op.signal,
       });
       const startedAt = Date.now();
@@ -498,7 +499,7 @@ export class MigrationService {
       // destination, and unplug what was plumbed for it.
       await op.report('rollback', `Rolling back: ${messageOf(error)}`, 0.95);
       await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/cancel` }).catch(() => undefined);
-      if (mirrored.length > 0) await this.#hosts.call(source, { method: 'DELETE', path: `${vmPath}/mirror` }).catch(() => undefined);
+      if (mirroredDiskIds.length > 0) await this.#hosts.call(source, { method: 'DELETE', path: `${vmPath}/mirror` }).catch(() => undefined);
       await this.#hosts.call(destination, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch(() => undefined);
       // The copies made for this migration (only once the reservation made them: a file that
       // was there before made it fail, and is not ours to delete).

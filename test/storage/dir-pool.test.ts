@@ -1,14 +1,17 @@
 /**
  * Host-based storage: a `dir` pool of qcow2 files on each host, beside a storage-node pool in
  * `nubis pool list`; a VM on a dir volume runs on the volume's host; live migration mirrors the
- * volume to the destination while the guest keeps writing, and the data verifies there; bad input
- * changes nothing.
+ * volume to the destination while the guest keeps writing, and the data verifies there; a VM
+ * booting from an imported disk image migrates with its overlay mirrored; bad input changes
+ * nothing.
  */
 import assert from 'node:assert/strict';
-import { existsSync, truncateSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Vm } from '../../src/api/schemas.ts';
+import { cacheDir } from '../../src/core/paths.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 interface PoolView {
@@ -92,6 +95,41 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     await nubis.cliJson(['vm', 'stop', 'dv1']);
     await nubis.cliJson(['vm', 'start', 'dv1']);
     assert.match(await runOnConsole(nubis, 'dv1', 'nubis-tool disk-verify /dev/vda 8 6 && echo still-ok', { timeoutMs: 120_000 }), /still-ok/);
+  });
+
+  it('migrates a VM booting from an imported disk image, its overlay mirrored while the guest writes', async () => {
+    // A bootable disk image of the tiny guest: a FAT file system with syslinux, kernel and initrd.
+    const tiny = JSON.parse(readFileSync(join(cacheDir(), 'images', 'tiny', 'manifest.json'), 'utf8')) as { kernelPath: string; initrdPath: string };
+    const image = join(nubis.dataDir, 'tiny-disk.img');
+    const config = join(nubis.dataDir, 'syslinux.cfg');
+    writeFileSync(image, '');
+    truncateSync(image, 64 * 2 ** 20);
+    execFileSync('mkfs.fat', ['-n', 'TINY', image], { stdio: 'ignore' });
+    execFileSync('syslinux', ['--install', image]);
+    writeFileSync(config, 'DEFAULT tiny\nPROMPT 0\nLABEL tiny\n  KERNEL vmlinuz\n  APPEND initrd=initrd.img console=ttyS0 nubis.name=di1 panic=-1\n');
+    execFileSync('mcopy', ['-i', image, tiny.kernelPath, '::/vmlinuz']);
+    execFileSync('mcopy', ['-i', image, tiny.initrdPath, '::/initrd.img']);
+    execFileSync('mcopy', ['-i', image, config, '::/syslinux.cfg']);
+    await nubis.cliJson(['image', 'import', 'tiny-disk', image]);
+
+    const vm = await nubis.cliJson<Vm>(['vm', 'create', 'di1', '--image', 'tiny-disk', '--memory', '256', '--host', 'host-1']);
+    const overlayOn = (host: string): string => join(nubis.dataDir, 'hosts', host, 'vms', vm.id, 'root.qcow2');
+    for (let i = 0; i < 300 && !(await nubis.cliJson<Vm>(['vm', 'show', 'di1'])).ready; i++) await new Promise((resolve) => setTimeout(resolve, 200));
+    // The guest writes into its boot disk (its overlay: the image stays as imported), over the
+    // file system it booted from (kernel and initrd are in memory by now), then rewrites the
+    // start in the background during the mirror.
+    const started = await runOnConsole(nubis, 'di1', 'nubis-tool disk-write /dev/vda 24 8 && echo written-ok; (nubis-tool disk-write /dev/vda 6 9 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started', { timeoutMs: 120_000 });
+    assert.match(started, /written-ok/);
+    assert.match(started, /writer-started/);
+    const moved = await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'di1', '--to', 'host-2']);
+    assert.equal(moved.to, 'host-2');
+    assert.match(await runOnConsole(nubis, 'di1', 'while [ ! -s /tmp/w.status ]; do sleep 1; done; cat /tmp/w.status', { timeoutMs: 120_000 }), /\n0\r?\n/);
+    assert.match(await runOnConsole(nubis, 'di1', 'nubis-tool disk-verify /dev/vda 6 9 && echo head-ok', { timeoutMs: 120_000 }), /head-ok/, 'what the guest wrote during the mirror is on host-2');
+    // The new overlay holds the guest's writes over the same image; the old one is gone.
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '--force-share', '--output=json', overlayOn('host-2')], { encoding: 'utf8' })) as { 'backing-filename': string };
+    assert.match(info['backing-filename'], /images\/tiny-disk\//);
+    assert.ok(!existsSync(overlayOn('host-1')), 'the old overlay is gone from host-1');
+    await nubis.cliJson(['vm', 'delete', 'di1']);
   });
 
   it('deletes what it made: VM, volume, pool folders', async () => {

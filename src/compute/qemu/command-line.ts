@@ -28,6 +28,9 @@ function escapeOptionValue(value: string): string {
   return value.replaceAll(',', ',,');
 }
 
+/** The block node of a VM's boot disk (its copy-on-write overlay over an image). */
+export const BOOT_DISK_NODE = 'boot';
+
 /** The argument list (without the binary) for `spec` under `options`. */
 export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: QemuLaunchOptions): string[] {
   const args: string[] = [
@@ -56,8 +59,8 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
   if (spec.boot.kind === 'kernel') {
     args.push('-kernel', spec.boot.kernelPath, '-initrd', spec.boot.initrdPath, '-append', spec.boot.cmdline);
   } else {
-    args.push('-blockdev', blockdev('boot', spec.boot.path, spec.boot.format, false));
-    args.push('-device', 'virtio-blk-pci,drive=boot,id=boot-disk,bootindex=0');
+    args.push('-blockdev', blockdev(BOOT_DISK_NODE, spec.boot.path, spec.boot.format, false));
+    args.push('-device', `virtio-blk-pci,drive=${BOOT_DISK_NODE},id=boot-disk,bootindex=0`);
   }
   for (const disk of spec.disks) {
     args.push('-blockdev', diskBlockdev(disk));

@@ -316,14 +316,15 @@ export class QemuProcess {
   }
 
   /**
-   * Source: mirrors each of `diskIds` into the destination's export of the same name. Write-
+   * Source: mirrors each disk into the destination's export of the same name: `full` copies a
+   * whole disk, `top` only an overlay's own clusters (its image is on both hosts). Write-
    * blocking: once a mirror is ready, every guest write reaches both copies before it completes,
    * so the copies stay equal however fast the guest writes.
    */
-  async startDiskMirrors(diskIds: string[], target: { host: string; port: number }): Promise<void> {
-    for (const id of diskIds) {
+  async startDiskMirrors(disks: Array<{ id: string; sync: 'full' | 'top' }>, target: { host: string; port: number }): Promise<void> {
+    for (const { id, sync } of disks) {
       await this.qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': `${MIRROR_PREFIX}${id}`, server: { type: 'inet', host: target.host, port: String(target.port) }, export: id });
-      await this.qmp.execute('blockdev-mirror', { 'job-id': `${MIRROR_PREFIX}${id}`, device: id, target: `${MIRROR_PREFIX}${id}`, sync: 'full', 'copy-mode': 'write-blocking' });
+      await this.qmp.execute('blockdev-mirror', { 'job-id': `${MIRROR_PREFIX}${id}`, device: id, target: `${MIRROR_PREFIX}${id}`, sync, 'copy-mode': 'write-blocking' });
     }
   }
 
