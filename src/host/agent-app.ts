@@ -183,13 +183,17 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
       return;
     }
     let ended!: () => void;
-    attached.set(id, new Promise<void>((resolve) => (ended = resolve)));
+    const session = new Promise<void>((resolve) => (ended = resolve));
+    attached.set(id, session);
     const serial = connect(path);
     serial.on('data', (data) => socket.send(data));
     socket.on('message', (data: Buffer) => serial.write(data));
+    let over = false;
     const end = (): void => {
-      if (!attached.has(id)) return;
-      attached.delete(id);
+      if (over) return;
+      over = true;
+      // Only this session's entry: a later session may already hold the console.
+      if (attached.get(id) === session) attached.delete(id);
       ended();
       serial.destroy();
       socket.close();

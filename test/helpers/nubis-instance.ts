@@ -120,38 +120,55 @@ export async function httpGet(url: string, timeoutMs = 5_000): Promise<string | 
 /**
  * Types `command` on a VM's serial console (through the API's WebSocket) and resolves with what
  * the console printed up to the line `<marker>-done`, which is echoed after the command.
+ *
+ * A command typed while the guest's shell is still starting is flushed with the terminal's
+ * input, so the shell is first woken with empty lines until it shows a prompt.
  */
 export async function runOnConsole(nubis: NubisInstance, vm: string, command: string, options: { project?: string; timeoutMs?: number } = {}): Promise<string> {
   const { default: WebSocket } = await import('ws');
   const timeoutMs = options.timeoutMs ?? 30_000;
+  const deadline = Date.now() + timeoutMs;
   const query = options.project ? `?project=${options.project}` : '';
-  const socket = new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/${vm}/console${query}`, { headers: { authorization: `Bearer ${nubis.token}` } });
   const marker = `mark${Math.random().toString(36).slice(2, 10)}`;
+  const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+  const socket = new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/${vm}/console${query}`, { headers: { authorization: `Bearer ${nubis.token}` } });
   let output = '';
+  let prompted = false;
+  let finished = false;
+  let closed: string | undefined;
+  socket.on('message', (data: Buffer) => {
+    const text = data.toString();
+    output += text;
+    // After each prompt busybox ash asks the terminal where the cursor is; answer as a terminal
+    // would, so that nothing typed later is taken for the answer.
+    for (const _ of text.matchAll(/\x1b\[6n/g)) if (socket.readyState === WebSocket.OPEN) socket.send('\x1b[1;1R');
+    if (/[#$] (\x1b\[6n)?$/.test(output)) prompted = true;
+    // The marker is built by the shell ($((1+1)) -> 2), so the echoed command line never matches.
+    if (output.includes(`${marker}-2-done`)) finished = true;
+  });
+  socket.on('close', (code, reason) => (closed = `${code} ${reason.toString()}`));
+  let failure: string;
   try {
     await new Promise((resolve, reject) => {
       socket.once('open', resolve);
       socket.once('error', reject);
     });
-    const done = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`No ${marker}-done on the console of ${vm} within ${timeoutMs} ms; got: ${output.slice(-400)}`)), timeoutMs);
-      socket.on('close', (code, reason) => {
-        clearTimeout(timer);
-        reject(new Error(`The console of ${vm} closed (${code} ${reason.toString()}) before ${marker}-done; got: ${output.slice(-400)}`));
-      });
-      socket.on('message', (data: Buffer) => {
-        output += data.toString();
-        // The marker is built by the shell ($((1+1)) -> 2), so the echoed command line never matches.
-        if (output.includes(`${marker}-2-done`)) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-    socket.send(`${command}; echo ${marker}-$((1+1))-done\n`);
-    await done;
-    return output;
+    while (!prompted && !closed && Date.now() < deadline) {
+      socket.send('\n');
+      for (let waited = 0; waited < 1000 && !prompted; waited += 50) await sleep(50);
+    }
+    if (prompted && !closed) {
+      socket.send(`${command}; echo ${marker}-$((1+1))-done\n`);
+      while (!finished && !closed && Date.now() < deadline) await sleep(50);
+      if (finished) return output;
+    }
+    failure = closed ? `The console of ${vm} closed (${closed})` : `No ${prompted ? `${marker}-done` : 'prompt'} on the console of ${vm} within ${timeoutMs} ms`;
+  } catch (error) {
+    failure = `The console of ${vm} could not be opened: ${(error as Error).message}`;
   } finally {
     socket.close();
   }
+  // What the guest printed, whether or not it reached this console session.
+  const log = await nubis.cli(['vm', 'log', vm, '-n', '12', ...(options.project ? ['--project', options.project] : [])]).catch(() => ({ stdout: '(no log)' }));
+  throw new Error(`${failure} after typing ${JSON.stringify(command.slice(0, 60))}; got: ${JSON.stringify(output.slice(-400))}\nserial log:\n${log.stdout}`);
 }

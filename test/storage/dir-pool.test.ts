@@ -112,7 +112,7 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     execFileSync('mcopy', ['-i', image, config, '::/syslinux.cfg']);
     await nubis.cliJson(['image', 'import', 'tiny-disk', image]);
 
-    const vm = await nubis.cliJson<Vm>(['vm', 'create', 'di1', '--image', 'tiny-disk', '--memory', '256', '--host', 'host-1']);
+    const vm = await nubis.cliJson<Vm>(['vm', 'create', 'di1', '--image', 'tiny-disk', '--memory', '256', '--network', 'dnet', '--host', 'host-1']);
     const overlayOn = (host: string): string => join(nubis.dataDir, 'hosts', host, 'vms', vm.id, 'root.qcow2');
     for (let i = 0; i < 300 && !(await nubis.cliJson<Vm>(['vm', 'show', 'di1'])).ready; i++) await new Promise((resolve) => setTimeout(resolve, 200));
     // The guest writes into its boot disk (its overlay: the image stays as imported), over the
