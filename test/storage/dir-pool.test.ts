@@ -30,6 +30,15 @@ interface VolumeView {
   usedBy?: string;
 }
 
+/** A console command printing the md5 of MiB [skip, skip+count) of /dev/vda as the disk holds it, not the page cache. */
+const regionSum = (skip: number, count: number): string => `sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M skip=${skip} count=${count} 2>/dev/null | md5sum`;
+const md5Of = (output: string): string => {
+  const match = /\b([0-9a-f]{32})\s+-/.exec(output);
+  assert.ok(match, `an md5sum in: ${output.slice(-300)}`);
+  assert.notEqual(match[1], 'd41d8cd98f00b204e9800998ecf8427e', 'dd read something (that is the md5 of nothing)');
+  return match[1];
+};
+
 describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false }, () => {
   const nubis = new NubisInstance('dir-pool');
   const fileOn = (host: string, volume: string): string => join(nubis.dataDir, 'hosts', host, 'pools', 'local', `${volume}.qcow2`);
@@ -80,11 +89,12 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     const started = await runOnConsole(nubis, 'dv1', 'nubis-tool disk-write /dev/vda 32 5 && echo written-ok; (nubis-tool disk-write /dev/vda 8 6 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started', { timeoutMs: 120_000 });
     assert.match(started, /written-ok/);
     assert.match(started, /writer-started/);
+    const tailBefore = md5Of(await runOnConsole(nubis, 'dv1', regionSum(8, 24), { timeoutMs: 120_000 }));
     const moved = await nubis.cliJson<{ to: string; figures: { transferredBytes: number } }>(['vm', 'migrate', 'dv1', '--to', 'host-2']);
     assert.equal(moved.to, 'host-2');
     assert.match(await runOnConsole(nubis, 'dv1', 'while [ ! -s /tmp/w.status ]; do sleep 1; done; cat /tmp/w.status', { timeoutMs: 120_000 }), /\n0\r?\n/);
     assert.match(await runOnConsole(nubis, 'dv1', 'nubis-tool disk-verify /dev/vda 8 6 && echo head-ok', { timeoutMs: 120_000 }), /head-ok/, 'what the guest wrote during the mirror is on the new copy');
-    assert.match(await runOnConsole(nubis, 'dv1', 'dd if=/dev/vda of=/dev/null bs=1M count=1 skip=8 2>/dev/null && echo readable'), /readable/);
+    assert.equal(md5Of(await runOnConsole(nubis, 'dv1', regionSum(8, 24), { timeoutMs: 120_000 })), tailBefore, 'what the guest wrote before the mirror is on the new copy');
 
     const after = await nubis.cliJson<VolumeView>(['volume', 'show', 'local/lv1']);
     assert.deepEqual([after.host, after.usedBy], ['host-2', 'dv1']);
@@ -121,10 +131,13 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     const started = await runOnConsole(nubis, 'di1', 'nubis-tool disk-write /dev/vda 24 8 && echo written-ok; (nubis-tool disk-write /dev/vda 6 9 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started', { timeoutMs: 120_000 });
     assert.match(started, /written-ok/);
     assert.match(started, /writer-started/);
+    // Written before the mirror: only the initial copy of the overlay's clusters carries it.
+    const tailBefore = md5Of(await runOnConsole(nubis, 'di1', regionSum(6, 18), { timeoutMs: 120_000 }));
     const moved = await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'di1', '--to', 'host-2']);
     assert.equal(moved.to, 'host-2');
     assert.match(await runOnConsole(nubis, 'di1', 'while [ ! -s /tmp/w.status ]; do sleep 1; done; cat /tmp/w.status', { timeoutMs: 120_000 }), /\n0\r?\n/);
     assert.match(await runOnConsole(nubis, 'di1', 'nubis-tool disk-verify /dev/vda 6 9 && echo head-ok', { timeoutMs: 120_000 }), /head-ok/, 'what the guest wrote during the mirror is on host-2');
+    assert.equal(md5Of(await runOnConsole(nubis, 'di1', regionSum(6, 18), { timeoutMs: 120_000 })), tailBefore, 'what the guest wrote before the mirror is on host-2');
     // The new overlay holds the guest's writes over the same image; the old one is gone.
     const info = JSON.parse(execFileSync('qemu-img', ['info', '--force-share', '--output=json', overlayOn('host-2')], { encoding: 'utf8' })) as { 'backing-filename': string };
     assert.match(info['backing-filename'], /images\/tiny-disk\//);
