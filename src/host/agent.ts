@@ -70,7 +70,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const identity = await loadIdentity(options.hostDir);
   const qemuVersion = qemuVersionLine();
   requireSupportedQemu(qemuVersion);
-  const accelerator = await chooseAccelerator(options.probeGuest, { cacheFile: join(options.cacheDir, 'accelerator-probe.json'), workDir: options.hostDir });
+  const accelerator = await chooseAccelerator(options.probeGuest, { cacheFile: join(options.cacheDir, 'accelerator-probe.json'), workDir: options.hostDir, qemuVersion });
   logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
 
   const changed = new Map<string, VmStatus>();
