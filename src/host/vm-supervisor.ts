@@ -172,9 +172,7 @@ export class VmSupervisor {
         await this.#launch(record);
       } catch (error) {
         // Nothing half-built: a VM that never started is removed again, taps and all.
-        await this.#options.unplugNics?.(record.spec).catch(() => undefined);
-        this.#records.delete(spec.id);
-        await this.#removeVmDir(spec.id);
+        await this.#forget(record);
         throw error;
       }
       return { ...record.status };
@@ -351,8 +349,13 @@ export class VmSupervisor {
    * ended): the NICs plumbed for it, the disk copies made for the mirror, and the VM folder.
    */
   async #discardIncoming(record: VmRecord): Promise<void> {
-    await this.#options.unplugNics?.(record.spec).catch(() => undefined);
     for (const path of record.mirrorCopies ?? []) await rm(path, { force: true });
+    await this.#forget(record);
+  }
+
+  /** Removes a VM whose QEMU is gone from this host: its plumbing, its record and its folder. */
+  async #forget(record: VmRecord): Promise<void> {
+    await this.#options.unplugNics?.(record.spec).catch(() => undefined);
     this.#records.delete(record.spec.id);
     this.#pauseTimes.delete(record.spec.id);
     await this.#removeVmDir(record.spec.id);

@@ -286,8 +286,7 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
   });
 
   it('throttles a VM that does not allow post-copy instead, and refuses post-copy for it', async () => {
-    // A VM of its own: QEMU 7.2 under TCG was seen corrupting the memory of a guest that writes
-    // memory during long pre-copies (bench/migration/RESULTS.md), which is what this migration is.
+    // A VM of its own, so that its dirtying workload and post-copy policy touch no other case.
     await nubis.cliJson(['vm', 'create', 'thr', '--image', 'tiny', '--network', 'mnet', '--host', 'host-1', '--no-postcopy']);
     assert.equal((await nubis.cliJson<Vm>(['vm', 'show', 'thr'])).allowPostcopy, false);
     const refused = await nubis.cli(['vm', 'migrate', 'thr', '--to', 'host-2', '--strategy', 'postcopy']);
