@@ -80,9 +80,12 @@ function qemuCurrent() {
   return QEMU_PACKAGES.every((name) => (installedMajor(name) ?? 0) >= MINIMUM_QEMU_MAJOR);
 }
 
-/** Installs QEMU from bookworm-backports on Debian 12; newer Debian ships a recent enough QEMU itself. */
+/**
+ * Installs QEMU from bookworm-backports on Debian 12; newer Debian ships a recent enough QEMU
+ * itself. Returns whether it refreshed apt's package lists.
+ */
 function ensureQemu(env) {
-  if (qemuCurrent()) return;
+  if (qemuCurrent()) return false;
   const codename = debianCodename();
   const fromBackports = codename === 'bookworm';
   if (fromBackports && !existsSync(BACKPORTS_SOURCE)) {
@@ -99,6 +102,7 @@ function ensureQemu(env) {
     log(`QEMU ${MINIMUM_QEMU_MAJOR} or newer could not be installed on Debian ${codename ?? '(unknown release)'}; install it by hand and run again`);
     process.exit(1);
   }
+  return true;
 }
 
 function ensureDebianPackages() {
@@ -119,11 +123,11 @@ function ensureDebianPackages() {
   }
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   // QEMU first, so the plain install below does not bring Debian 12's older one.
-  ensureQemu(env);
+  const listsFresh = ensureQemu(env);
   const stillMissing = missingDebianPackages();
   if (stillMissing.length === 0) return;
   log(`Installing Debian packages: ${stillMissing.join(' ')}`);
-  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  if (!listsFresh) execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
   execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...stillMissing], { stdio: 'inherit', env });
 }
 
