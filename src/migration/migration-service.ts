@@ -81,8 +81,10 @@ export interface MigrationPlan {
   maxDowntimeMs: number;
   onTimeout: 'abort' | 'postcopy';
   reason: string;
+  /** `auto` only: the guest's dirty rate sampled before the stream starts. */
   sampledDirtyRateBytesPerSec?: number;
-  expectedBandwidthBytesPerSec?: number;
+  /** The link assumed before the stream measures it (the cap, the last measured, or a gigabit). */
+  expectedBandwidthBytesPerSec: number;
 }
 
 /** The figures of a migration, as recorded and shown by `nubis vm migrations`. */
@@ -105,11 +107,26 @@ export interface MigrationFigures {
   plan?: MigrationPlan;
   /** The link as measured from bytes sent over time, beside QEMU's own estimate. */
   bandwidth?: { measuredBytesPerSec: number; qemuBytesPerSec: number; capped: boolean };
-  /** Made once, early in the first pass, with the dirty rate and link known then. */
-  prediction?: { madeAtMs: number; dirtyRateBytesPerSec: number; bandwidthBytesPerSec: number; lambda: number; converges: boolean; route: 'precopy' | 'postcopy'; predictedTotalMs?: number; predictedDowntimeMs?: number };
+  /** Made before the stream starts from the plan's dirty rate and link (`basis: plan`), and
+   * refined once early in the first pass from what the stream measures (`basis: first-pass`);
+   * a migration over before the refinement keeps the first one, so every migration has one. */
+  prediction?: MigrationPrediction;
   /** Actual minus predicted total time, in percent of the actual. */
   predictionErrorPercent?: number;
   error?: string;
+}
+
+/** What the model expected of a migration, and from what. */
+export interface MigrationPrediction {
+  basis: 'plan' | 'first-pass';
+  madeAtMs: number;
+  dirtyRateBytesPerSec: number;
+  bandwidthBytesPerSec: number;
+  lambda: number;
+  converges: boolean;
+  route: 'precopy' | 'postcopy';
+  predictedTotalMs?: number;
+  predictedDowntimeMs?: number;
 }
 
 /** `auto` first asks QEMU for a stop-and-copy this short: an idle guest then loses only a few
@@ -236,16 +253,18 @@ export class MigrationService {
     const { request } = m;
     const maxDowntimeMs = request.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS;
     const onTimeoutFor = (prepared: boolean): 'abort' | 'postcopy' => request.onTimeout ?? (prepared ? 'postcopy' : 'abort');
+    // The link as known before the stream measures it: the cap, else what the last migration
+    // between these hosts measured, else a gigabit. Every plan carries it for the prediction.
+    const expected = request.bandwidthMbps ? request.bandwidthMbps * 1_000_000 : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
     if (request.strategy === 'precopy') {
       const prepared = request.onTimeout === 'postcopy';
-      return { postcopyPrepared: prepared, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason: `Pre-copy with a ${maxDowntimeMs} ms downtime limit${prepared ? '; post-copy prepared for the timeout' : ''}` };
+      return { postcopyPrepared: prepared, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason: `Pre-copy with a ${maxDowntimeMs} ms downtime limit${prepared ? '; post-copy prepared for the timeout' : ''}`, expectedBandwidthBytesPerSec: expected };
     }
     if (request.strategy === 'postcopy') {
-      return { postcopyPrepared: true, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(true), reason: 'Post-copy from the start: the VM runs on the destination at once and pulls the rest of its memory' };
+      return { postcopyPrepared: true, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(true), reason: 'Post-copy from the start: the VM runs on the destination at once and pulls the rest of its memory', expectedBandwidthBytesPerSec: expected };
     }
     await op.report('measure', 'Sampling the dirty rate of the guest (1 s)', 0.03);
     const sampled = (await this.#hosts.call<{ bytesPerSec: number }>(m.source, { method: 'POST', path: `/agent/vms/${m.vmId}/migration/dirty-rate`, body: { seconds: 1 }, timeoutMs: 30_000, signal: op.signal })).bytesPerSec;
-    const expected = request.bandwidthMbps ? request.bandwidthMbps * 1_000_000 : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
     const lambda = sampled / expected;
     const prepared = m.postcopyAllowed && lambda >= POSTCOPY_PREPARE_LAMBDA;
     const targetDowntimeMs = Math.min(AUTO_TARGET_DOWNTIME_MS, maxDowntimeMs);
@@ -388,6 +407,10 @@ export class MigrationService {
         signal: op.signal,
       });
       const startedAt = Date.now();
+      // A first prediction before any byte moves, from the plan's figures, so that a migration
+      // over before the first-pass samples settle (an idle guest can finish in 300 ms) has one.
+      const memoryBytes = figures.memoryMb * 2 ** 20;
+      figures.prediction = this.#predict({ basis: 'plan', elapsedMs: 0, pass: 1, remaining: memoryBytes, scanRate: 0, dirtyRate: plan.sampledDirtyRateBytesPerSec ?? 0, bandwidth: plan.expectedBandwidthBytesPerSec, memoryBytes, plan, strategy: request.strategy, inPostcopy: request.strategy === 'postcopy' });
       const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
       const link = new RateMeter();
       const scan = new RateMeter();
@@ -413,9 +436,9 @@ export class MigrationService {
         const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
         // A pre-copy prediction waits for 300 ms of samples, so that the first pass's pace has
         // settled; a post-copy one needs only the link rate.
-        if (!figures.prediction && bandwidth > 0 && link.spanMs() >= (status.status === 'active' ? 300 : 0) && ram.remaining !== undefined && status.status !== 'completed') {
+        if (figures.prediction?.basis !== 'first-pass' && bandwidth > 0 && link.spanMs() >= (status.status === 'active' ? 300 : 0) && ram.remaining !== undefined && status.status !== 'completed') {
           const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-          figures.prediction = this.#predict({ elapsedMs: now - startedAt, pass: Math.max(1, passes), remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
+          figures.prediction = this.#predict({ basis: 'first-pass', elapsedMs: now - startedAt, pass: Math.max(1, passes), remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
         }
         if (status.status === 'completed') break;
         if (status.status === 'failed' || status.status === 'cancelled') throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
@@ -476,7 +499,7 @@ export class MigrationService {
             throw new NubisError('MIGRATION_TIMEOUT', `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`);
           }
         }
-        // Closer looks in the first second, so that even a short migration gets its prediction.
+        // Closer looks in the first second, so that even a short migration gets its first-pass refinement.
         await delay(now - startedAt < 1000 ? POLL_MS / 2 : POLL_MS, undefined, { signal: op.signal });
       }
       switchedOver = true;
@@ -571,10 +594,10 @@ export class MigrationService {
    * through memory, then the model's pre-copy passes, or (when post-copy will be used) the
    * dirty set pulled once over the link.
    */
-  #predict(p: { elapsedMs: number; pass: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy; inPostcopy: boolean }): NonNullable<MigrationFigures['prediction']> {
+  #predict(p: { basis: MigrationPrediction['basis']; elapsedMs: number; pass: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy; inPostcopy: boolean }): MigrationPrediction {
     // The targets QEMU will really be given, pass by pass (auto's tight start, widened).
     const model = predictPrecopy({ remainingBytes: p.remaining, scanRateBytesPerSec: p.scanRate, dirtyRateBytesPerSec: p.dirtyRate, bandwidthBytesPerSec: p.bandwidth, memoryBytes: p.memoryBytes, downtimeLimitMs: p.plan.targetDowntimeMs, maxDowntimeLimitMs: p.plan.maxDowntimeMs, pass: p.pass });
-    const base = { madeAtMs: p.elapsedMs, dirtyRateBytesPerSec: Math.round(p.dirtyRate), bandwidthBytesPerSec: Math.round(p.bandwidth), lambda: Number(model.lambda.toFixed(3)), converges: model.converges };
+    const base = { basis: p.basis, madeAtMs: p.elapsedMs, dirtyRateBytesPerSec: Math.round(p.dirtyRate), bandwidthBytesPerSec: Math.round(p.bandwidth), lambda: Number(model.lambda.toFixed(3)), converges: model.converges };
     if (p.inPostcopy || (p.plan.postcopyPrepared && p.strategy === 'postcopy')) {
       // Post-copy from (nearly) the start: the rest of memory crosses once, at the pace of the scan.
       return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000) };

@@ -79,6 +79,10 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const pinger: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.250/24', command: ['ping', '-D', '-i', '0.01', '-W', '1', vmIp] });
     const talker: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.251/24', command: [process.execPath, echoClient, vmIp, '7000'] });
     let counter = await httpCount();
+    // The probes stop in `finally`, but their results are judged only after it, so that a
+    // failing migration assertion is the one reported, not hidden by a follow-on one.
+    let ping: Awaited<ReturnType<RunningProbe['stop']>>;
+    let talk: Awaited<ReturnType<RunningProbe['stop']>>;
     try {
       for (const [strategy, to] of [['precopy', 'host-2'], ['postcopy', 'host-1'], ['auto', 'host-2']] as const) {
         const moved = await nubis.cliJson<{ from: string; to: string; figures: Migration['figures'] }>(['vm', 'migrate', 'mv1', '--to', to, '--strategy', strategy]);
@@ -105,8 +109,10 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
         }
       }
     } finally {
-      const ping = await pinger.stop();
-      const talk = await talker.stop();
+      ping = await pinger.stop();
+      talk = await talker.stop();
+    }
+    {
       const summary = /(\d+) packets transmitted, (\d+) received/.exec(ping.stdout);
       assert.ok(summary, ping.stdout.slice(-300));
       const [sent, received] = [Number(summary[1]), Number(summary[2])];
