@@ -53,8 +53,30 @@ describe('API (inject, no hosts)', () => {
     });
     assert.equal(join.statusCode, 401);
     const report = await app.inject({ method: 'POST', url: '/v1/hosts/h9/report', headers: { authorization: 'Bearer x' }, payload: { vms: [], full: true } });
-    assert.equal(report.statusCode, 404);
-    assert.equal(report.json().code, 'HOST_NOT_FOUND');
+    assert.equal(report.statusCode, 401);
+    assert.equal(report.json().code, 'AUTH_INVALID_TOKEN');
+    // A host that joined: only a hash of its token is stored, and a wrong token gets the same
+    // answer as an unknown host, so host names cannot be probed.
+    const agentToken = `nubis_agent_${'b'.repeat(43)}`;
+    const joined = await app.inject({
+      method: 'POST', url: '/v1/hosts/join',
+      payload: { name: 'h2', joinToken: 'nubis_join_test', endpoint: 'unix:/x', agentToken, accelerator: 'tcg', acceleratorReason: 'test', cpus: 2, memoryMb: 4096 },
+    });
+    assert.equal(joined.statusCode, 200, joined.body);
+    assert.match(joined.json().controlToken, /^nubis_ctl_/);
+    const stored = JSON.stringify(await db.selectFrom('hosts').selectAll().execute());
+    assert.ok(!stored.includes(agentToken) && !stored.includes(joined.json().controlToken), 'no credential is stored as it is');
+    const wrongToken = await app.inject({ method: 'POST', url: '/v1/hosts/h2/report', headers: { authorization: 'Bearer x' }, payload: { vms: [], full: true } });
+    assert.deepEqual([wrongToken.statusCode, wrongToken.json()], [report.statusCode, report.json()]);
+    const right = await app.inject({ method: 'POST', url: '/v1/hosts/h2/report', headers: { authorization: `Bearer ${agentToken}` }, payload: { vms: [], full: true } });
+    assert.equal(right.statusCode, 204);
+    await db.deleteFrom('hosts').where('name', '=', 'h2').execute();
+  });
+
+  it('lets only its own origin (or no origin: the CLI) open a console', async () => {
+    const foreign = await app.inject({ method: 'GET', url: '/v1/vms/web1/console', headers: { ...auth, origin: 'http://evil.example', host: 'localhost:8600', connection: 'upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' } });
+    assert.equal(foreign.statusCode, 403, foreign.body);
+    assert.equal(foreign.json().code, 'AUTH_FORBIDDEN');
   });
 
   it('names the offending field of invalid input and never answers 500', async () => {

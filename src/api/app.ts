@@ -22,10 +22,11 @@ import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { httpStatusOf } from './error-status.ts';
+import { coerceTextValues } from './query-coercion.ts';
 import { parseSize } from '../storage/size.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
-  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
+  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, VolumeRefString, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
 } from './schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
@@ -92,7 +93,14 @@ const consolePath = {
 
 /** Builds the API app; the caller listens. */
 export async function buildApp(services: AppServices): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: true, useDefaults: true } } }).withTypeProvider<TypeBoxTypeProvider>();
+  // No coercion by the validator: bodies are checked as sent, and query strings and path
+  // parameters are turned into numbers and booleans strictly, before validation (query-coercion.ts).
+  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } } }).withTypeProvider<TypeBoxTypeProvider>();
+  app.addHook('preValidation', async (request) => {
+    const schema = request.routeOptions.schema as { querystring?: Parameters<typeof coerceTextValues>[1]; params?: Parameters<typeof coerceTextValues>[1] } | undefined;
+    coerceTextValues(request.query, schema?.querystring);
+    coerceTextValues(request.params, schema?.params);
+  });
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -179,9 +187,9 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     if (operation) return reply.status(202).send({ operation });
     return services.hosts.get(request.params.host);
   });
-  app.post('/v1/hosts/join', { schema: { tags: ['hosts'], summary: 'A host agent joins with the join token', security: [], body: HostJoinRequest, response: { 200: Type.Object({ hostId: Type.String() }), ...errorResponses } } }, async (request) => {
+  app.post('/v1/hosts/join', { schema: { tags: ['hosts'], summary: 'A host agent joins with the join token', security: [], body: HostJoinRequest, response: { 200: Type.Object({ hostId: Type.String(), controlToken: Type.String({ description: 'What the control plane presents to this agent from now on; the agent keeps only its hash' }) }), ...errorResponses } } }, async (request) => {
     const host = await services.hosts.join(request.body);
-    return { hostId: host.id };
+    return { hostId: host.id, controlToken: services.hosts.controlTokenFor(host) };
   });
   app.post('/v1/hosts/:name/report', { schema: { tags: ['hosts'], summary: 'A host agent reports its VMs (agent token)', security: [], params: Type.Object({ name: Type.String() }), body: HostReport, response: { 204: Type.Null(), ...errorResponses } } }, async (request, reply) => {
     const header = request.headers.authorization ?? '';
@@ -261,7 +269,7 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   app.get('/v1/vms/:vm/migrations', { schema: { tags: ['vms'], summary: 'Past migrations of a VM with their figures', params: VmRef, querystring: ProjectQuery, response: { 200: Type.Array(Type.Object({ id: Type.String(), from: Type.String(), to: Type.String(), strategy: Type.String(), status: Type.String(), startedAt: Type.String(), endedAt: Type.Optional(Type.String()), figures: Type.Record(Type.String(), Type.Unknown()) })), ...errorResponses } } }, async (request) =>
     (await services.migrations.history((await services.vms.get(request.params.vm, request.query.project)).id)).map((entry) => ({ ...entry, figures: entry.figures as unknown as Record<string, unknown> })),
   );
-  app.post('/v1/vms/:vm/disks', { schema: { tags: ['vms'], summary: 'Attach a volume (hot-plugged into a running VM) (operation)', params: VmRef, querystring: ProjectQuery, body: Type.Object({ volume: Type.String({ pattern: '^[^/]+/[^/]+$', description: 'POOL/VOLUME' }) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) =>
+  app.post('/v1/vms/:vm/disks', { schema: { tags: ['vms'], summary: 'Attach a volume (hot-plugged into a running VM) (operation)', params: VmRef, querystring: ProjectQuery, body: Type.Object({ volume: VolumeRefString }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) =>
     reply.status(202).send({ operation: await services.vms.attachVolume(request.params.vm, request.body.volume, request.query.project) }),
   );
   app.delete('/v1/vms/:vm/disks/:pool/:volume', { schema: { tags: ['vms'], summary: 'Detach a volume (a running guest must release it) (operation)', params: Type.Object({ vm: Type.String(), pool: Type.String(), volume: Type.String() }), querystring: ProjectQuery, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) =>
@@ -270,14 +278,30 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   app.get('/v1/vms/:vm/log', { schema: { tags: ['vms'], summary: 'The end of the serial console log', params: VmRef, querystring: VmLogQuery, response: { 200: VmLog, ...errorResponses } } }, async (request) => ({
     lines: await services.vms.log(request.params.vm, request.query.lines, request.query.project),
   }));
-  app.get('/v1/vms/:vm/console', { websocket: true, schema: { tags: ['vms'], summary: 'Interactive serial console (WebSocket; binary frames both ways)', params: VmRef, querystring: ProjectQuery } }, (socket, request) => {
+  app.get('/v1/vms/:vm/console', {
+    websocket: true,
+    schema: { tags: ['vms'], summary: 'Interactive serial console (WebSocket; binary frames both ways)', params: VmRef, querystring: ProjectQuery },
+    // A browser sends its page's Origin with every WebSocket, and lets any page open one to any
+    // site: only pages of this API's own origin may attach. The CLI sends no Origin.
+    preValidation: async (request) => {
+      const origin = request.headers.origin;
+      if (origin === undefined) return;
+      let originHost: string | undefined;
+      try {
+        originHost = new URL(origin).host;
+      } catch {
+        originHost = undefined;
+      }
+      if (originHost !== request.headers.host) throw new NubisError('AUTH_FORBIDDEN', `A console may be opened only from this API's own origin, not from ${origin.slice(0, 100)}`);
+    },
+  }, (socket, request) => {
     const params = request.params as { vm: string };
     const query = request.query as { project?: string };
     void services.vms.consoleTarget(params.vm, query.project).then(
       ({ host, vmId }) => {
         const { socketPath, host: address, port } = parseEndpoint(host.endpoint);
         const url = socketPath ? `ws+unix://${socketPath}:/agent/vms/${vmId}/console` : `ws://${address}:${port}/agent/vms/${vmId}/console`;
-        const upstream = new WebSocket(url, { headers: { authorization: `Bearer ${host.agent_token}` } });
+        const upstream = new WebSocket(url, { headers: { authorization: `Bearer ${services.hosts.controlTokenFor(host)}` } });
         const pending: Buffer[] = [];
         socket.on('message', (data: Buffer) => (upstream.readyState === WebSocket.OPEN ? upstream.send(data) : pending.push(data)));
         upstream.on('open', () => pending.splice(0).forEach((data) => upstream.send(data)));

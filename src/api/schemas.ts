@@ -11,6 +11,15 @@ export const ResourceName = Type.String({
   examples: ['web1'],
 });
 
+/** A dotted IPv4 address; the pattern refuses anything a command line could read as more. */
+const IPV4_PATTERN = '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$';
+export const Ipv4Address = Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'A dotted IPv4 address', examples: ['10.0.0.5'] });
+/** An IPv4 address with a prefix length, e.g. 10.10.0.0/24. */
+export const Ipv4Cidr = Type.String({ pattern: `${IPV4_PATTERN.slice(0, -1)}/(3[0-2]|[12]?[0-9])$`, maxLength: 18, description: 'IPv4 address/prefix length', examples: ['10.10.0.0/24'] });
+/** A volume as POOL/VOLUME, both resource names. */
+const NAME_PATTERN = '[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?';
+export const VolumeRefString = Type.String({ pattern: `^${NAME_PATTERN}/${NAME_PATTERN}$`, maxLength: 127, description: 'POOL/VOLUME', examples: ['p1/data1'] });
+
 export const ErrorBody = Type.Object(
   {
     code: Type.String({ description: 'Stable error code, e.g. VM_NOT_FOUND' }),
@@ -48,10 +57,11 @@ export const Host = Type.Object(
 
 export const PublishedPort = Type.Object({
   protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
-  hostAddress: Type.String({ default: '127.0.0.1' }),
+  // It becomes part of QEMU's `hostfwd=` option: only a plain address may pass.
+  hostAddress: Type.String({ pattern: IPV4_PATTERN, maxLength: 15, default: '127.0.0.1', description: 'Host IPv4 address to listen on' }),
   hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
-});
+}, { additionalProperties: false });
 
 export const VmCreateRequest = Type.Object(
   {
@@ -64,12 +74,12 @@ export const VmCreateRequest = Type.Object(
     publish: Type.Optional(Type.Array(PublishedPort, { maxItems: 16, description: 'Host ports forwarded to guest ports (user-mode network)' })),
     networks: Type.Optional(
       Type.Array(
-        Type.Object({ network: ResourceName, ip: Type.Optional(Type.String({ description: 'Requested address; default: the lowest free one' })) }, { additionalProperties: false }),
+        Type.Object({ network: ResourceName, ip: Type.Optional(Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'Requested address; default: the lowest free one' })) }, { additionalProperties: false }),
         { maxItems: 8, description: 'NICs on virtual networks, in guest order (eth0, eth1, ...); without it the VM gets a user-mode NIC' },
       ),
     ),
     secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
-    disks: Type.Optional(Type.Array(Type.String({ pattern: '^[^/]+/[^/]+$' }), { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
+    disks: Type.Optional(Type.Array(VolumeRefString, { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
     allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' })),
   },
@@ -186,7 +196,7 @@ export const HostJoinRequest = Type.Object(
     name: ResourceName,
     joinToken: Type.String(),
     endpoint: Type.String({ description: 'Where the control plane reaches the agent: unix:/path or http://host:port' }),
-    agentToken: Type.String({ minLength: 32, description: 'The credential both sides use from now on' }),
+    agentToken: Type.String({ minLength: 32, maxLength: 256, description: 'What the agent presents to the control plane from now on (only its hash is kept)' }),
     accelerator: Type.String(),
     acceleratorReason: Type.String(),
     cpus: Type.Integer({ minimum: 1 }),
@@ -245,8 +255,8 @@ export const Network = Type.Object(
 export const NetworkCreateRequest = Type.Object(
   {
     name: ResourceName,
-    subnet: Type.String({ description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
-    gateway: Type.Optional(Type.String({ description: 'Gateway address given to guests (reserved in IPAM)' })),
+    subnet: Type.String({ pattern: Ipv4Cidr.pattern, maxLength: 18, description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
+    gateway: Type.Optional(Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'Gateway address given to guests (reserved in IPAM)' })),
     dhcp: Type.Boolean({ default: false, description: 'Serve DHCP (fixed leases from IPAM); otherwise guests get static settings' }),
     nat: Type.Boolean({ default: false, description: 'A NAT gateway at the gateway address: VMs reach the outside, port forwards reach VMs' }),
     vni: Type.Optional(Type.Integer({ minimum: 1, maximum: 16777215, description: 'VXLAN network identifier; default: the next free one from 1000' })),
@@ -257,7 +267,7 @@ export const NetworkCreateRequest = Type.Object(
 
 export const NetworkProbeRequest = Type.Object(
   {
-    command: Type.Array(Type.String(), { minItems: 1, maxItems: 64, description: 'Command and arguments, run in a namespace attached to the network' }),
+    command: Type.Array(Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\u0000]*$' }), { minItems: 1, maxItems: 64, description: 'Command and arguments, run in a namespace attached to the network' }),
     host: Type.Optional(ResourceName),
     timeoutSeconds: Type.Integer({ minimum: 1, maximum: 600, default: 30 }),
   },
@@ -304,9 +314,9 @@ export const SecgroupRuleRequest = Type.Object(
   {
     direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')], { default: 'ingress' }),
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
-    portMin: Type.Optional(Type.Integer({ description: 'First port (tcp/udp)' })),
-    portMax: Type.Optional(Type.Integer({ description: 'Last port (default: portMin)' })),
-    cidr: Type.Optional(Type.String({ description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0' })),
+    portMin: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'First port (tcp/udp)' })),
+    portMax: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'Last port (default: portMin)' })),
+    cidr: Type.Optional(Type.String({ pattern: Ipv4Cidr.pattern, maxLength: 18, description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0' })),
     remoteGroup: Type.Optional(ResourceName),
   },
   { additionalProperties: false },

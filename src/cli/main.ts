@@ -753,6 +753,11 @@ project.command('create <name>').description('Create a project').action(async (n
 
 // --- daemons (started by `nubis up`) ----------------------------------------------------------
 const daemon = program.command('daemon').description('Run a Nubis service in the foreground (nubis up does this for you)');
+// Everything a service writes (the database, secrets, VM folders, QEMU's serial logs, pool
+// files) is its owner's alone unless a file says otherwise.
+daemon.hook('preAction', () => {
+  process.umask(0o077);
+});
 daemon
   .command('control-plane')
   .description('Run the control plane')

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildApp, type AppServices } from '../api/app.ts';
@@ -50,10 +50,11 @@ async function secretFile(path: string, prefix: string, onCreate?: (secret: stri
 }
 
 /** The control plane's services over an open database: what `buildApp` serves. */
-export function createServices(options: { db: Db; dataDir: string; joinToken: string; logger?: Logger }): AppServices {
+export function createServices(options: { db: Db; dataDir: string; joinToken: string; controlKey?: string; logger?: Logger }): AppServices {
   const { db } = options;
   const operations = new OperationManager(db);
-  const hosts = new HostRegistry(db, options.joinToken);
+  // Without a key file (unit tests), a key of this process: agents joined to it join again later.
+  const hosts = new HostRegistry(db, { joinToken: options.joinToken, controlKey: options.controlKey ?? newSecret('nubis_ctlkey') });
   const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
@@ -68,16 +69,20 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
 export async function startControlPlane(options: ControlPlaneOptions): Promise<RunningControlPlane> {
   const paths = dataPaths(options.dataDir);
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+  // mkdir's mode does nothing for a folder that exists: the data folder holds the database and
+  // the secrets, so it is closed to others whoever made it.
+  await chmod(options.dataDir, 0o700);
   const db = await openDatabase(paths.database);
   const now = new Date().toISOString();
   await secretFile(paths.adminToken, 'nubis_admin', async (secret) => {
     await db.insertInto('tokens').values({ id: newId('tok'), name: 'admin', secret_sha256: createHash('sha256').update(secret).digest('hex'), role: 'admin', created_at: now }).execute();
   });
   const joinToken = await secretFile(paths.joinToken, 'nubis_join');
+  const controlKey = await secretFile(paths.controlKey, 'nubis_ctlkey');
   if (!(await db.selectFrom('projects').select('id').where('name', '=', 'default').executeTakeFirst())) {
     await db.insertInto('projects').values({ id: newId('prj'), name: 'default', created_at: now }).execute();
   }
-  const services = createServices({ db, dataDir: options.dataDir, joinToken, logger: options.logger });
+  const services = createServices({ db, dataDir: options.dataDir, joinToken, controlKey, logger: options.logger });
   const { operations, images } = services;
   await operations.failInterrupted();
   const tiny = readTinyImage(options.cacheDir);

@@ -2,7 +2,7 @@
  * The hosts of the cluster: agents join with the join token, report what runs, and are called
  * through their endpoint. A host that has not reported for a while is shown offline.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import { requestJson, type JsonRequest } from '../core/http-json.ts';
@@ -43,19 +43,34 @@ export interface JoinRequest {
   qemuVersion?: string;
 }
 
-function sameSecret(given: string, expected: string): boolean {
-  const a = createHash('sha256').update(given).digest();
-  const b = createHash('sha256').update(expected).digest();
-  return timingSafeEqual(a, b);
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
 }
 
+function sameSecret(given: string, expected: string): boolean {
+  return timingSafeEqual(Buffer.from(sha256(given), 'hex'), Buffer.from(sha256(expected), 'hex'));
+}
+
+/**
+ * Credentials, in both directions, with no secret in the database: an agent presents its own
+ * token (only its sha256 is stored); the control plane presents to each agent a token derived
+ * from a key file of its own (HMAC of the host's name), handed to the agent once at join, which
+ * keeps only its hash too.
+ */
 export class HostRegistry {
   readonly #db: Db;
   readonly #joinToken: string;
+  readonly #controlKey: string;
 
-  constructor(db: Db, joinToken: string) {
+  constructor(db: Db, secrets: { joinToken: string; controlKey: string }) {
     this.#db = db;
-    this.#joinToken = joinToken;
+    this.#joinToken = secrets.joinToken;
+    this.#controlKey = secrets.controlKey;
+  }
+
+  /** The token the control plane presents to the agent of `host`. */
+  controlTokenFor(host: Pick<HostsTable, 'name'>): string {
+    return `nubis_ctl_${createHmac('sha256', this.#controlKey).update(`agent:${host.name}`).digest('base64url')}`;
   }
 
   /** Adds a host, or updates it when an agent of that name joins again (after a restart). */
@@ -67,7 +82,7 @@ export class HostRegistry {
     const existing = await this.#db.selectFrom('hosts').selectAll().where('name', '=', request.name).executeTakeFirst();
     const values = {
       endpoint: request.endpoint,
-      agent_token: request.agentToken,
+      agent_token_sha256: sha256(request.agentToken),
       accelerator: request.accelerator,
       accelerator_reason: request.acceleratorReason,
       cpus: request.cpus,
@@ -88,8 +103,12 @@ export class HostRegistry {
   /** The host whose agent presents `agentToken`, checked against the host named in the path. */
   async authenticateAgent(hostName: string, agentToken: string): Promise<HostsTable> {
     const host = await this.#db.selectFrom('hosts').selectAll().where('name', '=', hostName).executeTakeFirst();
-    if (!host) throw new NubisError('HOST_NOT_FOUND', `No host ${hostName} has joined; the agent must join first`);
-    if (!sameSecret(agentToken, host.agent_token)) throw new NubisError('AUTH_INVALID_TOKEN', `Wrong agent token for host ${hostName}`);
+    // One answer for an unknown host and a wrong token, so that host names cannot be probed.
+    const given = Buffer.from(sha256(agentToken), 'hex');
+    const expected = Buffer.from(host?.agent_token_sha256 || sha256(`no host: ${agentToken}`), 'hex');
+    if (!host || given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      throw new NubisError('AUTH_INVALID_TOKEN', 'Unknown host or wrong agent token; the agent joins again with the join token');
+    }
     return host;
   }
 
@@ -140,7 +159,7 @@ export class HostRegistry {
   /** Calls the agent of `host`. An unreachable agent is `HOST_UNAVAILABLE`. */
   async call<T>(host: HostsTable, request: Omit<JsonRequest, 'token'>): Promise<T> {
     try {
-      return await requestJson<T>(host.endpoint, { ...request, token: host.agent_token });
+      return await requestJson<T>(host.endpoint, { ...request, token: this.controlTokenFor(host) });
     } catch (error) {
       if ((error as { code?: string }).code === 'HTTP_UNREACHABLE') {
         throw new NubisError('HOST_UNAVAILABLE', `The agent of host ${host.name} does not answer (${(error as Error).message}); is it running?`, { cause: error });

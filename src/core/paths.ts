@@ -23,6 +23,8 @@ export function dataPaths(dataDir: string) {
     database: join(dataDir, 'nubis.db'),
     adminToken: join(dataDir, 'admin-token'),
     joinToken: join(dataDir, 'join-token'),
+    /** The key the control plane derives each agent's control token from (never in the database). */
+    controlKey: join(dataDir, 'control-key'),
     apiInfo: join(dataDir, 'api.json'),
     /** The API on a unix socket, for host agents in network namespaces. */
     agentApiSocket: join(dataDir, 'api.sock'),

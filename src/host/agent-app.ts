@@ -2,7 +2,7 @@
  * The host agent's HTTP API, used only by the control plane (authenticated with the agent token
  * both agreed on at join). It turns each request into one supervisor action.
  */
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { connect } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import websocket from '@fastify/websocket';
@@ -22,16 +22,18 @@ export interface AgentAppOptions {
   supervisor: VmSupervisor;
   networks: NetworkPlumbing;
   dirPools: DirPools;
-  agentToken: string;
+  /** True when `token` is what the control plane presents to this agent. */
+  isControlToken: (token: string) => boolean;
   info: () => Record<string, unknown>;
   /** Called by POST /agent/shutdown after the answer is sent. */
   onShutdown: (stopVms: boolean) => void;
 }
 
-function sameSecret(given: string, expected: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
+/** Whether `token`'s sha256 is `expectedSha256` (hex), compared in constant time. */
+export function matchesHash(token: string, expectedSha256: string | undefined): boolean {
+  const given = createHash('sha256').update(token).digest();
+  const expected = Buffer.from(expectedSha256 ?? '', 'hex');
+  return expected.length === given.length && timingSafeEqual(given, expected);
 }
 
 /** Builds the agent's Fastify app (not listening: the caller chooses the socket). */
@@ -41,9 +43,10 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   const { supervisor } = options;
 
   app.addHook('onRequest', async (request) => {
+    // Only in the header: a token in a query string ends up in logs and process listings.
     const header = request.headers.authorization ?? '';
-    const token = header.startsWith('Bearer ') ? header.slice(7) : String((request.query as Record<string, unknown>)?.token ?? '');
-    if (!sameSecret(token, options.agentToken)) throw new NubisError('AUTH_INVALID_TOKEN', 'The agent token is missing or wrong');
+    const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+    if (!options.isControlToken(token)) throw new NubisError('AUTH_INVALID_TOKEN', 'The control token is missing or wrong');
   });
   app.setErrorHandler((error, _request, reply) => {
     const code = error instanceof NubisError ? error.code : (error as { code?: string }).code?.startsWith('FST_ERR_VALIDATION') ? 'VALIDATION_FAILED' : 'INTERNAL_ERROR';

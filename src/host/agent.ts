@@ -3,6 +3,7 @@
  * endpoint, joins the control plane with a join token and keeps it told what actually runs.
  * Stopping the agent leaves every VM running; the next agent re-adopts them.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
@@ -14,7 +15,7 @@ import { messageOf } from '../core/errors.ts';
 import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
-import { buildAgentApp } from './agent-app.ts';
+import { buildAgentApp, matchesHash } from './agent-app.ts';
 import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
@@ -42,7 +43,10 @@ export interface AgentOptions {
 }
 
 interface AgentIdentity {
+  /** What this agent presents to the control plane. */
   agentToken: string;
+  /** sha256 (hex) of what the control plane presents to this agent, learnt at join. */
+  controlTokenSha256?: string;
 }
 
 /** A running host agent; `stop()` ends it and leaves the VMs running unless asked otherwise. */
@@ -133,7 +137,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     supervisor,
     networks,
     dirPools: new DirPools(join(options.hostDir, 'pools')),
-    agentToken: identity.agentToken,
+    isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),
   });
@@ -159,7 +163,12 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     while (!abort.signal.aborted) {
       try {
         if (!joined) {
-          await requestJson(options.controlUrl, { method: 'POST', path: '/v1/hosts/join', body: joinBody, timeoutMs: 10_000 });
+          const answer = await requestJson<{ controlToken: string }>(options.controlUrl, { method: 'POST', path: '/v1/hosts/join', body: joinBody, timeoutMs: 10_000 });
+          const controlTokenSha256 = createHash('sha256').update(answer.controlToken).digest('hex');
+          if (controlTokenSha256 !== identity.controlTokenSha256) {
+            identity.controlTokenSha256 = controlTokenSha256;
+            await writeFile(join(options.hostDir, 'agent.json'), `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
+          }
           joined = true;
           backoffMs = 200;
           logger.info({ controlUrl: options.controlUrl }, 'joined the control plane');

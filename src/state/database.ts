@@ -2,6 +2,7 @@
  * Opens the control plane's database: embedded SQLite under the data folder, migrated to the
  * current schema before anything reads it.
  */
+import { chmodSync, existsSync } from 'node:fs';
 import SqliteDatabase from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import { NubisError } from '../core/errors.ts';
@@ -15,6 +16,9 @@ export async function openDatabase(path: string): Promise<Db> {
   const sqlite = new SqliteDatabase(path);
   // WAL keeps readers off the writer's back; foreign keys are off by default in SQLite.
   sqlite.pragma('journal_mode = WAL');
+  // The state holds hashes of every credential and each tenant's resources: readable by its
+  // owner only, also when an older Nubis (or a umask) made the files readable by all.
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(file)) chmodSync(file, 0o600);
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });

@@ -2,6 +2,7 @@
  * Schema migrations, applied in order at start. A released migration never changes: a new
  * change is a new entry. Kysely's Migrator records which ran in its own table.
  */
+import { createHash } from 'node:crypto';
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 
 const migrations: Record<string, Migration> = {
@@ -228,6 +229,19 @@ const migrations: Record<string, Migration> = {
   '0009-host-qemu-version': {
     async up(db: Kysely<unknown>): Promise<void> {
       await db.schema.alterTable('hosts').addColumn('qemu_version', 'text').execute();
+    },
+  },
+  '0010-host-agent-token-hash': {
+    // The agent's credential was kept as it is; a copy of the database gave it away. Only its
+    // sha256 is kept now (the control plane's own credential towards agents is derived from a key
+    // file, see HostRegistry).
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('hosts').addColumn('agent_token_sha256', 'text', (c) => c.notNull().defaultTo('')).execute();
+      const hosts = await sql<{ id: string; agent_token: string }>`select id, agent_token from hosts`.execute(db);
+      for (const host of hosts.rows) {
+        await sql`update hosts set agent_token_sha256 = ${createHash('sha256').update(host.agent_token).digest('hex')} where id = ${host.id}`.execute(db);
+      }
+      await db.schema.alterTable('hosts').dropColumn('agent_token').execute();
     },
   },
 };

@@ -24,8 +24,8 @@ export interface HostsTable {
   name: string;
   /** `unix:/path/agent.sock` or `http://address:port`. */
   endpoint: string;
-  /** The credential the control plane and this agent use with each other. */
-  agent_token: string;
+  /** sha256 (hex) of the credential the agent presents to the control plane. */
+  agent_token_sha256: string;
   accelerator: string;
   accelerator_reason: string;
   cpus: number;

@@ -72,6 +72,14 @@ describe('VM lifecycle through the API and the CLI', () => {
       [{ name: 'bad5', image: 'tiny', colour: 'blue' }, 400, 'UNKNOWN_FIELD'],
       [{ name: 'bad6', image: 'tiny', host: 'no-such-host' }, 404, 'HOST_NOT_FOUND'],
       [{ name: 'bad7', image: 'tiny', publish: [{ hostPort: httpPort, guestPort: 80 }] }, 409, 'PORT_IN_USE'],
+      // Values that would reach QEMU's option strings, and types the schema must not coerce.
+      [{ name: 'bad9', image: 'tiny', publish: [{ hostAddress: '127.0.0.1:18081-:80,tftp=/etc,hostfwd=tcp:127.0.0.1', hostPort: 18082, guestPort: 80 }] }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'bad10', image: 'tiny', publish: [{ hostAddress: '127.0.0.1', hostPort: 18083, guestPort: 80, extra: ',tftp=/' }] }, 400, 'UNKNOWN_FIELD'],
+      [{ name: 'bad11', image: 'tiny', disks: ['p1,tftp=/etc/v1'] }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'bad12', image: 'tiny', cpus: '-Infinity' }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'bad13', image: 'tiny', cpus: '2' }, 400, 'VALIDATION_FAILED'],
+      [{ name: 'bad14', image: 'tiny', allowPostcopy: null }, 400, 'VALIDATION_FAILED'],
+      [{ name: 1234, image: 'tiny' }, 400, 'VALIDATION_FAILED'],
     ];
     for (const [body, status, code] of cases) {
       const response = await nubis.api<{ code: string; message: string }>('POST', '/v1/vms', body);
@@ -84,6 +92,17 @@ describe('VM lifecycle through the API and the CLI', () => {
     assert.equal(wrong.status, 401);
     assert.equal(wrong.body.code, 'AUTH_INVALID_TOKEN');
     assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).length, 1, 'no VM was created by bad requests');
+    // Nothing of the refused values reached a QEMU command line.
+    for (const pid of execFileSync('pidof', ['qemu-system-x86_64'], { encoding: 'utf8' }).trim().split(/\s+/)) {
+      const cmdline = execFileSync('cat', [`/proc/${pid}/cmdline`], { encoding: 'utf8' }).replaceAll('\0', ' ');
+      assert.doesNotMatch(cmdline, /tftp=|18082|18083/, `QEMU ${pid}: ${cmdline}`);
+    }
+    for (const [query, code] of [['lines=Infinity', 'VALIDATION_FAILED'], ['lines=1e400', 'VALIDATION_FAILED'], ['lines=20000', 'VALIDATION_FAILED']] as const) {
+      const log = await nubis.api<{ code: string }>('GET', `/v1/vms/web1/log?${query}`);
+      assert.deepEqual([log.status, log.body.code], [400, code], query);
+    }
+    const limit = await nubis.api<{ code: string }>('GET', '/v1/operations?limit=Infinity');
+    assert.deepEqual([limit.status, limit.body.code], [400, 'VALIDATION_FAILED']);
     const cli = await nubis.cli(['vm', 'create', 'bad8', '--image', 'tiny', '--memory', 'lots']);
     assert.notEqual(cli.code, 0);
     assert.match(cli.stderr, /--memory must be a whole number, not lots/);

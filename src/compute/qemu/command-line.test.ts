@@ -64,4 +64,27 @@ describe('buildQemuArgs', () => {
   it('refuses a tap NIC without a device name', () => {
     assert.throws(() => buildQemuArgs({ ...spec, nics: [{ id: 'net0', mac: '52:54:00:00:00:01', mode: 'tap' }] }, paths, { accelerator: 'tcg' }), /no tap device/);
   });
+
+  it('refuses, field by field, a value that would add options to the QEMU command line', () => {
+    const userNic = spec.nics[0];
+    const forward = userNic.forwards![0];
+    const attempts: Array<[string, VmSpec]> = [
+      ['published host address', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, hostAddress: '127.0.0.1:18081-:80,tftp=/etc,hostfwd=tcp:127.0.0.1' }] }] }],
+      ['published host port', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, hostPort: 70000 }] }] }],
+      ['published guest port', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, guestPort: Number.POSITIVE_INFINITY }] }] }],
+      ['published protocol', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, protocol: 'tcp,tftp=/' as 'tcp' }] }] }],
+      ['NIC id', { ...spec, nics: [{ ...userNic, id: 'net0,tftp=/etc' }] }],
+      ['MAC address', { ...spec, nics: [{ ...userNic, mac: '52:54:00:12:34:56,romfile=/etc/shadow' }] }],
+      ['tap name', { ...spec, nics: [{ id: 'net1', mac: '52:54:00:12:34:57', mode: 'tap', tapName: 'tap0,script=/bin/sh' }] }],
+      ['disk id', { ...spec, disks: [{ id: 'disk0,file.filename=/etc/shadow', kind: 'file', path: '/data/a.qcow2', format: 'qcow2' }] }],
+      ['disk path', { ...spec, disks: [{ id: 'disk0', kind: 'file', path: '/data/a.qcow2\n-append', format: 'qcow2' }] }],
+      ['NBD export', { ...spec, disks: [{ id: 'disk1', kind: 'nbd', socketPath: '/run/nbd.sock', exportName: 'p1/v\u0000' }] }],
+      ['kernel command line', { ...spec, boot: { ...spec.boot, cmdline: 'console=ttyS0\nroot=/dev/sda' } as VmSpec['boot'] }],
+    ];
+    for (const [what, hostile] of attempts) {
+      assert.throws(() => buildQemuArgs(hostile, paths, { accelerator: 'tcg' }), (error: Error & { code?: string }) => error.code === 'QEMU_INVALID_OPTION' && error.message.includes(what), what);
+    }
+    // A comma in a path is escaped, not refused: QEMU reads ",," as a comma.
+    assert.ok(buildQemuArgs(spec, paths, { accelerator: 'tcg' }).some((arg) => arg.includes('file.filename=/data/a,,b.qcow2')));
+  });
 });

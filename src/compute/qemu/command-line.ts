@@ -2,6 +2,7 @@
  * Builds the qemu-system-x86_64 argument list for a VM. Pure: no I/O, so it is unit-tested and
  * the same spec always gives the same device model (which live migration depends on).
  */
+import { NubisError } from '../../core/errors.ts';
 import { NUBIS_CPU_MODEL, NUBIS_MACHINE_TYPE, type Accelerator, type DiskSpec, type VmSpec } from '../vm-spec.ts';
 
 /** Where a VM's control files live (all in the VM's folder on its host). */
@@ -28,13 +29,38 @@ function escapeOptionValue(value: string): string {
   return value.replaceAll(',', ',,');
 }
 
+/**
+ * The formats of values placed into option strings as they are. The API validates each where it
+ * receives it; this second check, where the command line is built, keeps a value that slipped
+ * through (`127.0.0.1,tftp=/etc` as an address) from adding options to a QEMU that runs as root.
+ */
+const OPTION_VALUE_FORMATS = {
+  address: /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/,
+  id: /^[a-z][a-z0-9-]{0,31}$/,
+  mac: /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/,
+  tap: /^[A-Za-z0-9_.-]{1,15}$/,
+  protocol: /^(tcp|udp)$/,
+  port: /^([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])$/,
+  // Paths are escaped, not matched; but no control character (NUL, newline) belongs in one.
+  path: /^[^\u0000-\u001f\u007f]+$/u,
+} as const;
+
+/** `value` when it has the named format; otherwise a `QEMU_INVALID_OPTION` error naming it. */
+export function optionValue(value: string | number, format: keyof typeof OPTION_VALUE_FORMATS, what: string): string {
+  const text = String(value);
+  if (!OPTION_VALUE_FORMATS[format].test(text)) {
+    throw new NubisError('QEMU_INVALID_OPTION', `The ${what} ${JSON.stringify(text).slice(0, 80)} is not a valid ${format} for a QEMU option; nothing was started`);
+  }
+  return text;
+}
+
 /** The block node of a VM's boot disk (its copy-on-write overlay over an image). */
 export const BOOT_DISK_NODE = 'boot';
 
 /** The argument list (without the binary) for `spec` under `options`. */
 export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: QemuLaunchOptions): string[] {
   const args: string[] = [
-    '-name', `guest=${escapeOptionValue(spec.name)},debug-threads=on`,
+    '-name', `guest=${escapeOptionValue(optionValue(spec.name, 'path', 'VM name'))},debug-threads=on`,
     '-machine', `${NUBIS_MACHINE_TYPE},accel=${options.accelerator}`,
     '-cpu', NUBIS_CPU_MODEL,
     '-smp', String(spec.cpus),
@@ -57,24 +83,27 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     '-pidfile', paths.pidFile,
   ];
   if (spec.boot.kind === 'kernel') {
-    args.push('-kernel', spec.boot.kernelPath, '-initrd', spec.boot.initrdPath, '-append', spec.boot.cmdline);
+    args.push('-kernel', optionValue(spec.boot.kernelPath, 'path', 'kernel path'), '-initrd', optionValue(spec.boot.initrdPath, 'path', 'initrd path'), '-append', optionValue(spec.boot.cmdline, 'path', 'kernel command line'));
   } else {
     args.push('-blockdev', blockdev(BOOT_DISK_NODE, spec.boot.path, spec.boot.format, false));
     args.push('-device', `virtio-blk-pci,drive=${BOOT_DISK_NODE},id=boot-disk,bootindex=0`);
   }
   for (const disk of spec.disks) {
+    optionValue(disk.id, 'id', 'disk id');
     args.push('-blockdev', diskBlockdev(disk));
     args.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-disk`);
   }
   for (const nic of spec.nics) {
     if (nic.mode === 'user') {
-      const forwards = (nic.forwards ?? []).map((f) => `,hostfwd=${f.protocol}:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`).join('');
-      args.push('-netdev', `user,id=${nic.id}${forwards}`);
+      const forwards = (nic.forwards ?? [])
+        .map((f) => `,hostfwd=${optionValue(f.protocol, 'protocol', 'published protocol')}:${optionValue(f.hostAddress, 'address', 'published host address')}:${optionValue(f.hostPort, 'port', 'published host port')}-:${optionValue(f.guestPort, 'port', 'published guest port')}`)
+        .join('');
+      args.push('-netdev', `user,id=${optionValue(nic.id, 'id', 'NIC id')}${forwards}`);
     } else {
       if (!nic.tapName) throw new Error(`NIC ${nic.id} is in tap mode but has no tap device name`);
-      args.push('-netdev', `tap,id=${nic.id},ifname=${nic.tapName},script=no,downscript=no`);
+      args.push('-netdev', `tap,id=${optionValue(nic.id, 'id', 'NIC id')},ifname=${optionValue(nic.tapName, 'tap', 'tap name')},script=no,downscript=no`);
     }
-    args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac},id=${nic.id}-dev`);
+    args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev`);
   }
   if (options.incoming) args.push('-incoming', options.incoming);
   return args;
@@ -83,9 +112,10 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
 /** The -blockdev of a disk: QEMU's own NBD client attaches a storage node's volume natively. */
 export function diskBlockdev(disk: DiskSpec): string {
   if (disk.kind === 'file') return blockdev(disk.id, disk.path, disk.format, disk.readOnly ?? false);
-  return `driver=raw,node-name=${disk.id},read-only=${disk.readOnly ? 'on' : 'off'},file.driver=nbd,file.server.type=unix,file.server.path=${escapeOptionValue(disk.socketPath)},file.export=${escapeOptionValue(disk.exportName)}`;
+  return `driver=raw,node-name=${optionValue(disk.id, 'id', 'disk id')},read-only=${disk.readOnly ? 'on' : 'off'},file.driver=nbd,file.server.type=unix,file.server.path=${escapeOptionValue(optionValue(disk.socketPath, 'path', 'NBD socket'))},file.export=${escapeOptionValue(optionValue(disk.exportName, 'path', 'NBD export'))}`;
 }
 
 function blockdev(id: string, path: string, format: 'qcow2' | 'raw', readOnly: boolean): string {
-  return `driver=${format},node-name=${id},read-only=${readOnly ? 'on' : 'off'},file.driver=file,file.filename=${escapeOptionValue(path)}`;
+  if (format !== 'qcow2' && format !== 'raw') throw new NubisError('QEMU_INVALID_OPTION', `The disk format ${JSON.stringify(format)} is neither qcow2 nor raw`);
+  return `driver=${format},node-name=${optionValue(id, 'id', 'disk id')},read-only=${readOnly ? 'on' : 'off'},file.driver=file,file.filename=${escapeOptionValue(optionValue(path, 'path', 'disk path'))}`;
 }
