@@ -22,6 +22,7 @@ import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from './storage.ts';
 import { DirPoolCatalogue } from './dir-pools.ts';
 import { VmService } from './vms.ts';
+import { VmOwner } from './vm-owner.ts';
 
 export interface ControlPlaneOptions {
   dataDir: string;
@@ -60,8 +61,10 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const secgroups = new SecurityGroupService({ db, hosts });
   const paths = dataPaths(options.dataDir);
   const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket }, new DirPoolCatalogue(db, hosts));
-  const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage });
-  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools });
+  // The one owner of every VM: user actions and migrations claim VMs from the same table.
+  const owner = new VmOwner();
+  const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner });
+  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner });
   return { db, hosts, images, vms, networks, secgroups, storage, migrations, operations, dataDir: options.dataDir, logger: options.logger };
 }
 

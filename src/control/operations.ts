@@ -61,6 +61,31 @@ export class OperationManager {
   }
 
   /**
+   * The operations of `kind` on `targetIds` that a control plane restart interrupted and that
+   * have not been settled with the hosts' truth yet.
+   */
+  async interrupted(kind: string, targetIds: string[]): Promise<OperationsTable[]> {
+    if (targetIds.length === 0) return [];
+    return this.#db.selectFrom('operations').selectAll().where('kind', '=', kind).where('target_id', 'in', targetIds).where('error_code', '=', 'OPERATION_INTERRUPTED').where('stage', '!=', 'reconciled').execute();
+  }
+
+  /**
+   * Settles an interrupted operation once the hosts have told what really happened: finished
+   * (the work was done before the restart) or failed with what was undone.
+   */
+  async settleInterrupted(id: string, outcome: { status: 'succeeded'; message: string; result: unknown } | { status: 'failed'; message: string }): Promise<void> {
+    const at = new Date().toISOString();
+    await this.#addEvent(id, 'reconciled', outcome.message, 1);
+    await this.#db
+      .updateTable('operations')
+      .set(outcome.status === 'succeeded'
+        ? { status: 'succeeded', error_code: null, error_message: null, result: JSON.stringify(outcome.result), updated_at: at }
+        : { status: 'failed', error_message: outcome.message, updated_at: at })
+      .where('id', '=', id)
+      .execute();
+  }
+
+  /**
    * Records a new operation and runs `work` in the background. Returns the operation at once,
    * so the API can answer `202` with its id.
    */

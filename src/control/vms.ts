@@ -3,12 +3,13 @@
  * turns every lifecycle action into an operation that drives the VM's host agent. Changes to one
  * VM pass through its queue, one at a time.
  */
-import { NubisError } from '../core/errors.ts';
+import { NubisError, messageOf } from '../core/errors.ts';
+import { faultPoint } from '../core/fault-points.ts';
+import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
-import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -18,6 +19,8 @@ import type { NetworkService } from './networks.ts';
 import type { SecurityGroupService } from './security-groups.ts';
 import type { StorageCatalogue } from './storage.ts';
 import { placeVm } from './placement.ts';
+import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
+import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
 
 /** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
@@ -41,9 +44,10 @@ export class VmService {
   readonly #networks: NetworkService;
   readonly #secgroups: SecurityGroupService;
   readonly #storage: StorageCatalogue;
-  readonly #queue = new KeyedSerialQueue();
+  readonly #owner: VmOwner;
 
-  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService; secgroups: SecurityGroupService; storage: StorageCatalogue }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService; secgroups: SecurityGroupService; storage: StorageCatalogue; owner: VmOwner }) {
+    this.#owner = deps.owner;
     this.#secgroups = deps.secgroups;
     this.#storage = deps.storage;
     this.#db = deps.db;
@@ -51,6 +55,26 @@ export class VmService {
     this.#images = deps.images;
     this.#operations = deps.operations;
     this.#networks = deps.networks;
+  }
+
+  /**
+   * Runs `work` as an operation under `claim` (taken by the caller before any check, so that the
+   * checks hold until the work runs). A failure to start the operation gives the claim back.
+   */
+  async #operate<T>(claim: VmClaim, target: OperationTarget, work: (op: OperationContext) => Promise<T>): Promise<Operation> {
+    try {
+      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)));
+      claim.setOperation(operation.id);
+      return operation;
+    } catch (error) {
+      claim.release();
+      throw error;
+    }
+  }
+
+  /** Claims the VM of `row` for `action` (`VM_BUSY` when what is in progress refuses it). */
+  #claim(row: Pick<VmsTable, 'id' | 'name'>, action: VmActionName): VmClaim {
+    return this.#owner.claim(row.id, action, row.name);
   }
 
   async projectId(name = 'default'): Promise<string> {
@@ -156,71 +180,76 @@ export class VmService {
       if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id) throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
       pinned = diskHost.name;
     }
+    await faultPoint('vm.create.before-placement');
     const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: pinned });
     const id = newId('vm');
-    // Addresses are allocated before anything else is recorded, so a taken or invalid address
-    // refuses the request with nothing to undo but the NICs allocated before it.
-    if ((request.secgroups ?? []).length > 0 && networks.length === 0) {
-      throw new NubisError('VALIDATION_FAILED', 'Security groups filter NICs on virtual networks; give the VM a --network too');
-    }
-    const nics: Array<{ nic: NicsTable; network: NetworksTable }> = [];
-    let firewalls: Awaited<ReturnType<SecurityGroupService['firewallOf']>> = [];
+    // Claimed before anything is recorded: a VM still `pending` that nobody holds is one whose
+    // create was interrupted (reconciled when its host reports).
+    const claim = this.#claim({ id, name: request.name }, 'create');
     try {
-      for (const [index, nic] of networks.entries()) nics.push({ nic: await this.#networks.allocateNic(nic.row, id, index, nic.ip), network: nic.row });
-      await this.#secgroups.assign(id, projectId, request.secgroups ?? []);
-      firewalls = await this.#secgroups.firewallOf(id);
-    } catch (error) {
-      await this.#networks.releaseNics(id);
-      await this.#secgroups.unassign(id);
-      throw error;
-    }
-    const files = this.#images.filesOf(image);
-    const guestNet = nics.length > 0 ? nics.map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`)).join(';') : 'dhcp';
-    const spec: VmSpec = {
-      id,
-      name: request.name,
-      cpus: request.cpus,
-      memoryMb: request.memoryMb,
-      boot:
-        'kernelPath' in files
-          ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1` }
-          : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
-      disks: disks.map((d) => d.disk),
-      nics:
-        nics.length > 0
-          ? nics.map(({ nic, network }) => {
-              const firewall = firewalls.find((f) => f.nicId === `net${nic.device_index}`)!;
-              return {
-                id: `net${nic.device_index}`,
-                mac: nic.mac,
-                mode: 'tap' as const,
-                network: { id: network.id, vni: network.vni, mtu: network.mtu },
-                firewall: { ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom, ...(firewall.egressRules ? { egressRules: firewall.egressRules } : {}) },
-              };
-            })
-          : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
-    };
-    const now = new Date().toISOString();
-    const row: VmsTable = {
-      id,
-      project_id: projectId,
-      name: request.name,
-      host_id: host.id,
-      image_id: image.id,
-      cpus: request.cpus,
-      memory_mb: request.memoryMb,
-      desired_state: 'running',
-      actual_state: 'pending',
-      spec: JSON.stringify(spec),
-      status: '{}',
-      allow_postcopy: request.allowPostcopy === false ? 0 : 1,
-      created_at: now,
-      updated_at: now,
-    };
-    await this.#db.insertInto('vms').values(row).execute();
-    for (const [index, { pool, volume }] of volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume);
-    return this.#operations.start('vm.create', { type: 'vm', id, name: request.name, projectId }, (op) =>
-      this.#queue.run(id, async () => {
+      // Addresses are allocated before anything else is recorded, so a taken or invalid address
+      // refuses the request with nothing to undo but the NICs allocated before it.
+      if ((request.secgroups ?? []).length > 0 && networks.length === 0) {
+        throw new NubisError('VALIDATION_FAILED', 'Security groups filter NICs on virtual networks; give the VM a --network too');
+      }
+      const nics: Array<{ nic: NicsTable; network: NetworksTable }> = [];
+      let firewalls: Awaited<ReturnType<SecurityGroupService['firewallOf']>> = [];
+      try {
+        for (const [index, nic] of networks.entries()) nics.push({ nic: await this.#networks.allocateNic(nic.row, id, index, nic.ip), network: nic.row });
+        await this.#secgroups.assign(id, projectId, request.secgroups ?? []);
+        firewalls = await this.#secgroups.firewallOf(id);
+      } catch (error) {
+        await this.#networks.releaseNics(id);
+        await this.#secgroups.unassign(id);
+        throw error;
+      }
+      const files = this.#images.filesOf(image);
+      const guestNet = nics.length > 0 ? nics.map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`)).join(';') : 'dhcp';
+      const spec: VmSpec = {
+        id,
+        name: request.name,
+        cpus: request.cpus,
+        memoryMb: request.memoryMb,
+        boot:
+          'kernelPath' in files
+            ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1` }
+            : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
+        disks: disks.map((d) => d.disk),
+        nics:
+          nics.length > 0
+            ? nics.map(({ nic, network }) => {
+                const firewall = firewalls.find((f) => f.nicId === `net${nic.device_index}`)!;
+                return {
+                  id: `net${nic.device_index}`,
+                  mac: nic.mac,
+                  mode: 'tap' as const,
+                  network: { id: network.id, vni: network.vni, mtu: network.mtu },
+                  firewall: { ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom, ...(firewall.egressRules ? { egressRules: firewall.egressRules } : {}) },
+                };
+              })
+            : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
+      };
+      const now = new Date().toISOString();
+      const row: VmsTable = {
+        id,
+        project_id: projectId,
+        name: request.name,
+        host_id: host.id,
+        image_id: image.id,
+        cpus: request.cpus,
+        memory_mb: request.memoryMb,
+        desired_state: 'running',
+        actual_state: 'pending',
+        spec: JSON.stringify(spec),
+        status: '{}',
+        allow_postcopy: request.allowPostcopy === false ? 0 : 1,
+        created_at: now,
+        updated_at: now,
+      };
+      await this.#db.insertInto('vms').values(row).execute();
+      for (const [index, { pool, volume }] of volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume);
+      return this.#operate(claim, { type: 'vm', id, name: request.name, projectId }, async (op) => {
+        await faultPoint('vm.create.after-record');
         const hostRow = await this.#hosts.row(host.id);
         await op.report('placed', `Placed on host ${host.name} (${host.accelerator})`, 0.1, { host: host.name });
         try {
@@ -230,23 +259,22 @@ export class VmService {
           }
           const status = await this.#hosts.call<VmStatus>(hostRow, { method: 'PUT', path: `/agent/vms/${id}`, body: spec, timeoutMs: 60_000, signal: op.signal });
           await this.applyStatus(hostRow.id, status);
+          await faultPoint('vm.create.after-qemu-started');
           await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
         } catch (error) {
-          // The host has nothing of it (the agent removes a VM that never started): forget it
-          // too, with its addresses, and unplug networks only it used on that host.
-          await this.#db.deleteFrom('vms').where('id', '=', id).execute();
-          await this.#networks.releaseNics(id);
-          await this.#secgroups.unassign(id);
-          await this.#storage.forgetDisks(id);
-          for (const { network } of nics) await this.#networks.unplugHost(network.id, hostRow);
+          // The host has nothing of it (the agent removes a VM that never started): forget it too.
+          await this.#forget({ id, project_id: projectId }, hostRow).catch((undoError) => op.report('undo', `Could not undo everything: ${messageOf(undoError)}`, 0.4));
           throw error;
         }
         // The other members of its groups now let the new VM in.
         if ((request.secgroups ?? []).length > 0) await this.#secgroups.refreshProject(projectId);
         if (request.waitReady && announcesReadiness(image)) await this.#waitReady(hostRow, id, request.name, op);
         return this.get(id);
-      }),
-    );
+      });
+    } catch (error) {
+      claim.release();
+      throw error;
+    }
   }
 
   async #waitReady(host: HostsTable, id: string, name: string, op: { report: (stage: string, message: string, progress: number, data?: unknown) => Promise<void>; signal: AbortSignal }): Promise<void> {
@@ -270,26 +298,24 @@ export class VmService {
   /** Runs a lifecycle action on a VM as an operation. */
   async act(ref: string, action: VmAction, options: { project?: string; force?: boolean; timeoutSeconds?: number } = {}): Promise<Operation> {
     const row = await this.#row(ref, options.project);
-    return this.#operations.start(`vm.${action}`, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
-      this.#queue.run(row.id, async () => {
-        const host = await this.#hosts.row(row.host_id);
-        if (action === 'start' || action === 'stop') {
-          await this.#db.updateTable('vms').set({ desired_state: action === 'start' ? 'running' : 'stopped' }).where('id', '=', row.id).execute();
-        }
-        await op.report(action, `${action} on host ${host.name}`, 0.2);
-        const status = await this.#hosts.call<VmStatus>(host, {
-          method: 'POST',
-          path: `/agent/vms/${row.id}/${action}`,
-          body: { force: options.force ?? false, timeoutSeconds: options.timeoutSeconds ?? 30 },
-          timeoutMs: ((options.timeoutSeconds ?? 30) + 30) * 1000,
-          signal: op.signal,
-        });
-        await this.applyStatus(host.id, status);
-        const image = await this.#images.row(row.image_id);
-        if ((action === 'start' || action === 'reboot') && announcesReadiness(image)) await this.#waitReady(host, row.id, row.name, op);
-        return this.get(row.id);
-      }),
-    );
+    return this.#operate(this.#claim(row, action), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
+      const host = await this.#hosts.row(row.host_id);
+      if (action === 'start' || action === 'stop') {
+        await this.#db.updateTable('vms').set({ desired_state: action === 'start' ? 'running' : 'stopped' }).where('id', '=', row.id).execute();
+      }
+      await op.report(action, `${action} on host ${host.name}`, 0.2);
+      const status = await this.#hosts.call<VmStatus>(host, {
+        method: 'POST',
+        path: `/agent/vms/${row.id}/${action}`,
+        body: { force: options.force ?? false, timeoutSeconds: options.timeoutSeconds ?? 30 },
+        timeoutMs: ((options.timeoutSeconds ?? 30) + 30) * 1000,
+        signal: op.signal,
+      });
+      await this.applyStatus(host.id, status);
+      const image = await this.#images.row(row.image_id);
+      if ((action === 'start' || action === 'reboot') && announcesReadiness(image)) await this.#waitReady(host, row.id, row.name, op);
+      return this.get(row.id);
+    });
   }
 
   /** Attaches a volume to a VM (hot-plugged when it runs) as an operation. */
@@ -297,29 +323,34 @@ export class VmService {
     const row = await this.#row(ref, project);
     const [pool, volume] = volumeRef.split('/');
     if (!pool || !volume) throw new NubisError('VALIDATION_FAILED', `Write the volume as POOL/VOLUME, not ${volumeRef}`);
-    await this.#storage.checkDiskFree(pool, volume);
-    const deviceIndex = Math.max(-1, ...(await this.#storage.disksOf(row.id)).map((d) => d.deviceIndex)) + 1;
-    // Recorded first, so a second attach of the same volume is refused while this one runs.
-    await this.#storage.recordDisk(row.id, deviceIndex, pool, volume);
-    return this.#operations.start('vm.attach', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
-      this.#queue.run(row.id, async () => {
-        const { disk, hostId } = await this.#storage.diskFor(pool, volume, `disk${deviceIndex}`);
-        const host = await this.#hosts.row(row.host_id);
-        if (hostId && hostId !== host.id) {
-          await this.#storage.forgetDisks(row.id, deviceIndex);
-          throw new NubisError('VALIDATION_FAILED', `Volume ${pool}/${volume} lives on ${(await this.#hosts.row(hostId)).name}, VM ${row.name} on ${host.name}; a dir-pool volume attaches on its own host only`);
-        }
-        await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
-        try {
-          await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${row.id}/disks`, body: disk, signal: op.signal });
-        } catch (error) {
-          await this.#storage.forgetDisks(row.id, deviceIndex);
-          throw error;
-        }
-        await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: [...spec.disks, disk] }));
-        return this.get(row.id);
-      }),
-    );
+    const claim = this.#claim(row, 'attach');
+    let deviceIndex: number;
+    try {
+      await this.#storage.checkDiskFree(pool, volume);
+      deviceIndex = Math.max(-1, ...(await this.#storage.disksOf(row.id)).map((d) => d.deviceIndex)) + 1;
+      // Recorded first, so a second attach of the same volume is refused while this one runs.
+      await this.#storage.recordDisk(row.id, deviceIndex, pool, volume);
+    } catch (error) {
+      claim.release();
+      throw error;
+    }
+    return this.#operate(claim, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
+      const { disk, hostId } = await this.#storage.diskFor(pool, volume, `disk${deviceIndex}`);
+      const host = await this.#hosts.row(row.host_id);
+      if (hostId && hostId !== host.id) {
+        await this.#storage.forgetDisks(row.id, deviceIndex);
+        throw new NubisError('VALIDATION_FAILED', `Volume ${pool}/${volume} lives on ${(await this.#hosts.row(hostId)).name}, VM ${row.name} on ${host.name}; a dir-pool volume attaches on its own host only`);
+      }
+      await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
+      try {
+        await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${row.id}/disks`, body: disk, signal: op.signal });
+      } catch (error) {
+        await this.#storage.forgetDisks(row.id, deviceIndex);
+        throw error;
+      }
+      await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: [...spec.disks, disk] }));
+      return this.get(row.id);
+    });
   }
 
   /** Detaches a volume from a VM (the guest must release it when it runs) as an operation. */
@@ -327,16 +358,14 @@ export class VmService {
     const row = await this.#row(ref, project);
     const attached = (await this.#storage.disksOf(row.id)).find((d) => `${d.pool}/${d.volume}` === volumeRef);
     if (!attached) throw new NubisError('VM_DISK_NOT_FOUND', `Volume ${volumeRef} is not attached to VM ${row.name}; see nubis vm show ${row.name}`);
-    return this.#operations.start('vm.detach', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
-      this.#queue.run(row.id, async () => {
-        const host = await this.#hosts.row(row.host_id);
-        await op.report('detaching', `Detaching ${volumeRef} on host ${host.name}`, 0.3);
-        await this.#hosts.call<VmStatus>(host, { method: 'DELETE', path: `/agent/vms/${row.id}/disks/disk${attached.deviceIndex}`, timeoutMs: 60_000, signal: op.signal });
-        await this.#storage.forgetDisks(row.id, attached.deviceIndex);
-        await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
-        return this.get(row.id);
-      }),
-    );
+    return this.#operate(this.#claim(row, 'detach'), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
+      const host = await this.#hosts.row(row.host_id);
+      await op.report('detaching', `Detaching ${volumeRef} on host ${host.name}`, 0.3);
+      await this.#hosts.call<VmStatus>(host, { method: 'DELETE', path: `/agent/vms/${row.id}/disks/disk${attached.deviceIndex}`, timeoutMs: 60_000, signal: op.signal });
+      await this.#storage.forgetDisks(row.id, attached.deviceIndex);
+      await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
+      return this.get(row.id);
+    });
   }
 
   async #updateSpec(id: string, change: (spec: VmSpec) => VmSpec): Promise<void> {
@@ -346,30 +375,40 @@ export class VmService {
 
   /** Stops the VM if needed and removes it from its host and from the records. */
   async delete(ref: string, project?: string): Promise<Operation> {
-    const row = await this.#row(ref, project);
-    return this.#operations.start('vm.delete', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
-      this.#queue.run(row.id, async () => {
-        const host = await this.#hosts.row(row.host_id);
-        await op.report('stopping', `Stopping and removing on host ${host.name}`, 0.3);
-        try {
-          await this.#hosts.call(host, { method: 'DELETE', path: `/agent/vms/${row.id}`, timeoutMs: 60_000, signal: op.signal });
-        } catch (error) {
-          if ((error as { code?: string }).code !== 'VM_NOT_FOUND') throw error;
-        }
-        const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
-        await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
-        await this.#networks.dropForwardsOf(row.id);
-        await this.#networks.releaseNics(row.id);
-        await this.#secgroups.unassign(row.id);
-        await this.#storage.forgetDisks(row.id);
-        await this.#secgroups.refreshProject(row.project_id);
-        for (const networkId of networkIds) {
-          await this.#networks.unplugHost(networkId, host);
-          await this.#networks.sync(networkId);
-        }
-        return { deleted: row.id };
-      }),
-    );
+    const claimed = await this.#row(ref, project);
+    return this.#operate(this.#claim(claimed, 'delete'), { type: 'vm', id: claimed.id, name: claimed.name, projectId: claimed.project_id }, async (op) => {
+      // Read again: a delete queued behind a create runs once the create has ended.
+      const row = await this.#db.selectFrom('vms').selectAll().where('id', '=', claimed.id).executeTakeFirst();
+      if (!row) return { deleted: claimed.id };
+      const host = await this.#hosts.row(row.host_id);
+      await op.report('stopping', `Stopping and removing on host ${host.name}`, 0.3);
+      try {
+        await this.#hosts.call(host, { method: 'DELETE', path: `/agent/vms/${row.id}`, timeoutMs: 60_000, signal: op.signal });
+      } catch (error) {
+        if ((error as { code?: string }).code !== 'VM_NOT_FOUND') throw error;
+      }
+      await this.#forget(row, host);
+      return { deleted: row.id };
+    });
+  }
+
+  /**
+   * Drops the record of a VM its host no longer has, and everything it held: its name, its
+   * addresses and forwards, its groups, its volumes, its share of the host; networks only it
+   * used on that host are unplugged there.
+   */
+  async #forget(row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable): Promise<void> {
+    const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
+    await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
+    await this.#networks.dropForwardsOf(row.id);
+    await this.#networks.releaseNics(row.id);
+    await this.#secgroups.unassign(row.id);
+    await this.#storage.forgetDisks(row.id);
+    await this.#secgroups.refreshProject(row.project_id);
+    for (const networkId of networkIds) {
+      await this.#networks.unplugHost(networkId, host);
+      await this.#networks.sync(networkId);
+    }
   }
 
   /** The last lines of the VM's serial console, from its host. */
@@ -383,6 +422,30 @@ export class VmService {
   async consoleTarget(ref: string, project?: string): Promise<{ host: HostsTable; vmId: string }> {
     const row = await this.#row(ref, project);
     return { host: await this.#hosts.row(row.host_id), vmId: row.id };
+  }
+
+  /**
+   * A control plane that stopped mid-create left a VM `pending` (before its QEMU started) or
+   * running with its operation failed. With the host's full report the truth is known: a VM
+   * the host has is finished, and its operation says so; a `pending` VM the host does not have
+   * is undone, freeing its name, addresses and capacity. VMs an action of this control plane
+   * holds are left to it.
+   */
+  async #reconcileInterruptedCreates(hostId: string, statuses: VmStatus[]): Promise<void> {
+    const reported = new Set(statuses.map((status) => status.id));
+    const host = await this.#hosts.row(hostId);
+    const rows = await this.#db.selectFrom('vms').selectAll().where('host_id', '=', hostId).execute();
+    const interrupted = await this.#operations.interrupted('vm.create', rows.map((row) => row.id));
+    for (const row of rows) {
+      if (this.#owner.busy(row.id)) continue;
+      const operation = interrupted.find((op) => op.target_id === row.id);
+      if (reported.has(row.id)) {
+        if (operation) await this.#operations.settleInterrupted(operation.id, { status: 'succeeded', message: `The control plane restarted while this ran; host ${host.name} runs the VM, so it is done`, result: await this.get(row.id) });
+      } else if (row.actual_state === 'pending') {
+        await this.#forget(row, host);
+        if (operation) await this.#operations.settleInterrupted(operation.id, { status: 'failed', message: `The control plane stopped while this ran, before host ${host.name} started the VM; it was undone (its name, addresses and capacity are free)` });
+      }
+    }
   }
 
   /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
@@ -399,6 +462,7 @@ export class VmService {
   async applyReport(hostId: string, statuses: VmStatus[], full: boolean): Promise<void> {
     for (const status of statuses) await this.applyStatus(hostId, status);
     if (!full) return;
+    await this.#reconcileInterruptedCreates(hostId, statuses);
     const known = statuses.map((s) => s.id);
     let query = this.#db.updateTable('vms').set({ actual_state: 'missing', updated_at: new Date().toISOString() }).where('host_id', '=', hostId).where('actual_state', '!=', 'pending');
     if (known.length > 0) query = query.where('id', 'not in', known);

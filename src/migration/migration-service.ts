@@ -12,7 +12,7 @@ import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import type { Db } from '../state/database.ts';
-import type { HostsTable } from '../state/schema.ts';
+import type { HostsTable, VmsTable } from '../state/schema.ts';
 import type { DirPoolCatalogue } from '../control/dir-pools.ts';
 import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
@@ -20,6 +20,7 @@ import type { OperationContext, OperationManager } from '../control/operations.t
 import { placeVm } from '../control/placement.ts';
 import { downtimeTargetForPass, predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
+import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
 import type { Operation } from '../api/schemas.ts';
 
 export type MigrationStrategy = 'precopy' | 'postcopy' | 'auto';
@@ -157,10 +158,11 @@ export class MigrationService {
   readonly #secgroups: SecurityGroupService;
   readonly #operations: OperationManager;
   readonly #dirPools: DirPoolCatalogue;
-  readonly #running = new Set<string>();
+  readonly #owner: VmOwner;
 
-  constructor(deps: { db: Db; hosts: HostRegistry; networks: NetworkService; secgroups: SecurityGroupService; operations: OperationManager; dirPools: DirPoolCatalogue }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; networks: NetworkService; secgroups: SecurityGroupService; operations: OperationManager; dirPools: DirPoolCatalogue; owner: VmOwner }) {
     this.#db = deps.db;
+    this.#owner = deps.owner;
     this.#dirPools = deps.dirPools;
     this.#hosts = deps.hosts;
     this.#networks = deps.networks;
@@ -180,7 +182,20 @@ export class MigrationService {
    */
   async migrate(vmId: string, request: MigrationRequest): Promise<Operation> {
     const vm = await this.#db.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirstOrThrow();
-    if (this.#running.has(vmId)) throw new NubisError('VM_BUSY', `VM ${vm.name} is already migrating; wait for it or cancel that operation`);
+    // Claimed before any check, so that what the checks saw holds until the migration ends.
+    const claim = this.#owner.claim(vmId, 'migrate', vm.name);
+    try {
+      return await this.#checkedMigration(claim, vm, request);
+    } catch (error) {
+      claim.release();
+      throw error;
+    }
+  }
+
+  async #checkedMigration(claim: VmClaim, claimed: VmsTable, request: MigrationRequest): Promise<Operation> {
+    const vmId = claimed.id;
+    // Read again under the claim: an action that ended just before may have changed it.
+    const vm = await this.#db.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirstOrThrow();
     if (vm.actual_state !== 'running') throw new NubisError('VM_INVALID_STATE', `VM ${vm.name} is ${vm.actual_state}; only a running VM migrates live (a stopped one can simply start elsewhere)`);
     const spec = JSON.parse(vm.spec) as VmSpec;
     const source = await this.#hosts.row(vm.host_id);
@@ -212,7 +227,6 @@ export class MigrationService {
     if (!postcopyAllowed && (request.strategy === 'postcopy' || request.onTimeout === 'postcopy')) {
       throw new NubisError('MIGRATION_POSTCOPY_DENIED', `VM ${vm.name} does not allow post-copy (a broken link during post-copy pauses it until the link returns); use --strategy auto or precopy, or allow it with: nubis vm set ${vm.name} --postcopy allow`);
     }
-    this.#running.add(vmId);
     const migrationId = newId('mig');
     const figures: MigrationFigures = { memoryMb: vm.memory_mb, switchedToPostcopy: false };
     await this.#db
@@ -220,10 +234,9 @@ export class MigrationService {
       .values({ id: migrationId, vm_id: vmId, from_host: source.name, to_host: destination.name, strategy: request.strategy, status: 'running', figures: JSON.stringify(figures), started_at: new Date().toISOString(), ended_at: null })
       .execute();
     const finish = async (status: 'completed' | 'failed' | 'cancelled'): Promise<void> => {
-      this.#running.delete(vmId);
       await this.#db.updateTable('vm_migrations').set({ status, figures: JSON.stringify(figures), ended_at: new Date().toISOString() }).where('id', '=', migrationId).execute();
     };
-    return this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, async (op) => {
+    const operation = await this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, (op) => claim.run(async () => {
       await op.report('checks', `Checks passed: ${source.name} -> ${destination.name} (${destination.accelerator}), strategy ${request.strategy}`, 0.02);
       try {
         const plan = await this.#plan(op, { vmId, source, destination, request, postcopyAllowed });
@@ -236,10 +249,10 @@ export class MigrationService {
         figures.error = messageOf(error);
         await finish(op.signal.aborted ? 'cancelled' : 'failed');
         throw error;
-      } finally {
-        this.#running.delete(vmId);
       }
-    });
+    }));
+    claim.setOperation(operation.id);
+    return operation;
   }
 
   /**

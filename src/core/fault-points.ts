@@ -1,0 +1,22 @@
+/**
+ * Named places where a test stops a process on purpose, to prove that a crash there loses
+ * nothing and leaves nothing half-built (as FreeBSD's fail points and etcd's gofail do).
+ * `NUBIS_FAULT_POINTS=vm.create.after-record,...` makes the process, on reaching such a point,
+ * write a file named after it into `NUBIS_FAULT_DIR` and wait there for good, so that the test
+ * kills it at exactly that moment. Without the variable a fault point does nothing.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** The places a test can stop at (one list, so a typo cannot silently never fire). */
+export type FaultPoint = 'vm.create.before-placement' | 'vm.create.after-record' | 'vm.create.after-qemu-started';
+
+export async function faultPoint(name: FaultPoint): Promise<void> {
+  const armed = process.env.NUBIS_FAULT_POINTS?.split(',') ?? [];
+  if (!armed.includes(name)) return;
+  if (process.env.NUBIS_FAULT_DIR) writeFileSync(join(process.env.NUBIS_FAULT_DIR, name), `${process.pid}\n`);
+  await new Promise<never>(() => {
+    // Never settles: the test kills the process here.
+    setInterval(() => undefined, 60_000);
+  });
+}
