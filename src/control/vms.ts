@@ -5,7 +5,6 @@
  */
 import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
-import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
