@@ -64,7 +64,9 @@ function toApiError(error: FastifyError | NubisError | Error): { status: number;
       const extra = (first.params as { additionalProperty?: string }).additionalProperty;
       return { status: 400, body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)` } };
     }
-    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
+    // A pattern means little to a person: say what the field holds instead, from its description.
+    const described = first?.keyword === 'pattern' ? (first as unknown as { parentSchema?: { description?: string } }).parentSchema?.description : undefined;
+    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${described ? `expected ${described}` : (first?.message ?? fastifyError.message)}` } };
   }
   if (fastifyError.statusCode && fastifyError.statusCode < 500) {
     return { status: fastifyError.statusCode, body: { code: fastifyError.code ?? 'BAD_REQUEST', message: fastifyError.message } };
@@ -95,7 +97,7 @@ const consolePath = {
 export async function buildApp(services: AppServices): Promise<FastifyInstance> {
   // No coercion by the validator: bodies are checked as sent, and query strings and path
   // parameters are turned into numbers and booleans strictly, before validation (query-coercion.ts).
-  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true } } }).withTypeProvider<TypeBoxTypeProvider>();
+  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, verbose: true } } }).withTypeProvider<TypeBoxTypeProvider>();
   app.addHook('preValidation', async (request) => {
     const schema = request.routeOptions.schema as { querystring?: Parameters<typeof coerceTextValues>[1]; params?: Parameters<typeof coerceTextValues>[1] } | undefined;
     coerceTextValues(request.query, schema?.querystring);

@@ -14,8 +14,10 @@ export const ResourceName = Type.String({
 /** A dotted IPv4 address; the pattern refuses anything a command line could read as more. */
 const IPV4_PATTERN = '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$';
 export const Ipv4Address = Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'A dotted IPv4 address', examples: ['10.0.0.5'] });
-/** An IPv4 address with a prefix length, e.g. 10.10.0.0/24. */
-export const Ipv4Cidr = Type.String({ pattern: `${IPV4_PATTERN.slice(0, -1)}/(3[0-2]|[12]?[0-9])$`, maxLength: 18, description: 'IPv4 address/prefix length', examples: ['10.10.0.0/24'] });
+/** The shape of an IPv4 address with a prefix length, e.g. 10.10.0.0/24: digits, dots and a
+ * slash only, so nothing else can reach a command line; the network code checks the values and
+ * says what is wrong with them (an octet over 255, a /33, host bits set). */
+const CIDR_SHAPE = '^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$';
 /** A volume as POOL/VOLUME, both resource names. */
 const NAME_PATTERN = '[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?';
 export const VolumeRefString = Type.String({ pattern: `^${NAME_PATTERN}/${NAME_PATTERN}$`, maxLength: 127, description: 'POOL/VOLUME', examples: ['p1/data1'] });
@@ -255,7 +257,7 @@ export const Network = Type.Object(
 export const NetworkCreateRequest = Type.Object(
   {
     name: ResourceName,
-    subnet: Type.String({ pattern: Ipv4Cidr.pattern, maxLength: 18, description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
+    subnet: Type.String({ pattern: CIDR_SHAPE, maxLength: 18, description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
     gateway: Type.Optional(Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'Gateway address given to guests (reserved in IPAM)' })),
     dhcp: Type.Boolean({ default: false, description: 'Serve DHCP (fixed leases from IPAM); otherwise guests get static settings' }),
     nat: Type.Boolean({ default: false, description: 'A NAT gateway at the gateway address: VMs reach the outside, port forwards reach VMs' }),
@@ -316,7 +318,7 @@ export const SecgroupRuleRequest = Type.Object(
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
     portMin: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'First port (tcp/udp)' })),
     portMax: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'Last port (default: portMin)' })),
-    cidr: Type.Optional(Type.String({ pattern: Ipv4Cidr.pattern, maxLength: 18, description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0' })),
+    cidr: Type.Optional(Type.String({ pattern: CIDR_SHAPE, maxLength: 18, description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0' })),
     remoteGroup: Type.Optional(ResourceName),
   },
   { additionalProperties: false },

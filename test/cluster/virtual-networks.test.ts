@@ -6,8 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Vm } from '../../src/api/schemas.ts';
+import type { Operation, Vm } from '../../src/api/schemas.ts';
+import type { FaultPoint } from '../../src/core/fault-points.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 interface ProbeResult {
@@ -218,6 +222,62 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     await nubis.cliJson(['vm', 'delete', 'a1']);
     await nubis.cliJson(['network', 'delete', 'net-a']);
     assert.deepEqual((await nubis.cliJson<Array<{ name: string }>>(['network', 'list'])).map((n) => n.name), ['net-b']);
+  });
+
+  it('reconciles a VM create that a killed control plane interrupted: the VM and its operation agree, nothing is left holding a name, address or capacity', async () => {
+    await nubis.cliJson(['network', 'create', 'net-k', '--subnet', '10.60.0.0/24']);
+    const faultDir = mkdtempSync(join(tmpdir(), 'nubis-faults-'));
+    const memoryOf = async (host: string): Promise<number> => (await nubis.cliJson<{ allocatedMemoryMb: number }>(['host', 'show', host])).allocatedMemoryMb;
+    /** Restarts the control plane armed to stop at `point`, creates k1 there, and kills it at that moment. */
+    const killDuringCreate = async (point: FaultPoint): Promise<string | undefined> => {
+      process.kill(nubis.pidOf('control-plane'), 'SIGKILL');
+      const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port), '--hosts', '2', '--json'], { env: { NUBIS_FAULT_POINTS: point, NUBIS_FAULT_DIR: faultDir } });
+      assert.equal(armed.code, 0, armed.stderr);
+      const request = nubis.api<{ operation: Operation }>('POST', '/v1/vms', { name: 'k1', image: 'tiny', memoryMb: 128, host: 'host-2', networks: [{ network: 'net-k', ip: '10.60.0.9' }] }).catch(() => undefined);
+      for (let i = 0; i < 600 && !existsSync(join(faultDir, point)); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.ok(existsSync(join(faultDir, point)), `the control plane reached ${point}`);
+      process.kill(nubis.pidOf('control-plane'), 'SIGKILL');
+      rmSync(join(faultDir, point));
+      const answered = await request;
+      await nubis.up(['--hosts', '2']);
+      return answered?.body.operation.id;
+    };
+    /** Waits until the VM is reconciled with its host's report (no longer pending). */
+    const settled = async (): Promise<Vm | undefined> => {
+      for (let i = 0; i < 150; i++) {
+        const vms = await nubis.cliJson<Vm[]>(['vm', 'list']);
+        const vm = vms.find((v) => v.name === 'k1');
+        if (!vm || vm.state !== 'pending') return vm;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      throw new Error('k1 stayed pending');
+    };
+    try {
+      const before = await memoryOf('host-2');
+      // Before placement nothing is recorded: nothing to reconcile.
+      assert.equal(await killDuringCreate('vm.create.before-placement'), undefined, 'the request got no answer');
+      assert.equal(await settled(), undefined);
+      // After the record, before QEMU: undone once host-2 reports that it has no such VM.
+      const undone = await killDuringCreate('vm.create.after-record');
+      assert.ok(undone, 'the request was answered with an operation');
+      assert.equal(await settled(), undefined, 'the pending VM was undone');
+      const undoneOp = await nubis.cliJson<Operation>(['operation', 'show', undone]);
+      assert.equal(undoneOp.status, 'failed');
+      assert.match(undoneOp.error?.message ?? '', /undone/);
+      assert.equal(await memoryOf('host-2'), before, 'its capacity is free');
+      // After QEMU started: host-2 runs it, so the create is done and says so.
+      const finished = await killDuringCreate('vm.create.after-qemu-started');
+      const vm = await settled();
+      assert.equal(vm?.state, 'running');
+      assert.deepEqual(vm?.nics.map((n) => n.ip), ['10.60.0.9'], 'its name and address were free for it again');
+      const finishedOp = await nubis.cliJson<Operation>(['operation', 'show', finished!]);
+      assert.equal(finishedOp.status, 'succeeded', JSON.stringify(finishedOp));
+      assert.equal(await memoryOf('host-2'), before + 128);
+      await nubis.cliJson(['vm', 'delete', 'k1']);
+      await nubis.cliJson(['network', 'delete', 'net-k']);
+    } finally {
+      rmSync(faultDir, { recursive: true, force: true });
+    }
   });
 
   it('leaves no namespace, link or QEMU behind on down', async () => {
