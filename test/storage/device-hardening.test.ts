@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { httpStatusOf } from '../../src/api/error-status.ts';
 import { encodeLabel } from '../../src/storage/pool/metadata-format.ts';
 import { startStorageNode } from '../../src/storage/storage-node.ts';
@@ -71,8 +71,8 @@ describe('storage node: pool member hardening', () => {
   const poolNames = async () => ((await app.inject({ method: 'GET', url: '/storage/pools' })).json() as Array<{ name: string }>).map((p) => p.name).sort();
 
   /** The answer to a request, failing the test if it takes 5 s (a FIFO opened would hang). */
-  async function within5s(request: Parameters<FastifyInstance['inject']>[0]) {
-    const answer = app.inject(request);
+  async function within5s(request: InjectOptions): Promise<LightMyRequestResponse> {
+    const answer: Promise<LightMyRequestResponse> = app.inject(request);
     const timeout = delay(5000, 'timeout', { ref: false });
     const first = await Promise.race([answer, timeout]);
     assert.notEqual(first, 'timeout', `${JSON.stringify(request)} got no answer within 5 s`);
