@@ -101,6 +101,25 @@ describe('API (inject, no hosts)', () => {
     assert.equal((await app.inject({ method: 'GET', url: '/v1/operations/op-x', headers: auth })).json().code, 'OPERATION_NOT_FOUND');
   });
 
+  it('checks pool device strings and chunk sizes before the storage node sees them', async () => {
+    const cases: Array<[string, unknown, RegExp]> = [
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/a.img', 'b.img'] }, /^Invalid body\.devices\.1 "b\.img": give regular file or block device .*absolute path/],
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/../etc/shadow'] }, /"\/srv\/\.\.\/etc\/shadow"/],
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/a\u0000.img'] }, /devices\.0/],
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: [`/${'a'.repeat(5000)}`] }, /devices\.0/],
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['nbd://h/x?tls=1'] }, /devices\.0/],
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/a.img'], chunk: '1.5K' }, /chunk/],
+      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/a.img'], force: 'yes please' }, /force/],
+      ['/v1/pools/p1/replace', { member: 0, device: '../d.img' }, /body\.device "\.\.\/d\.img"/],
+    ];
+    for (const [url, payload, message] of cases) {
+      const response = await app.inject({ method: 'POST', url, headers: auth, payload: payload as object });
+      assert.equal(response.statusCode, 400, `${JSON.stringify(payload).slice(0, 100)} -> ${response.body.slice(0, 300)}`);
+      assert.equal(response.json().code, 'VALIDATION_FAILED');
+      assert.match(response.json().message, message);
+    }
+  });
+
   it('refuses a VM when no host has joined, and an import of a file that is not there', async () => {
     const vm = await app.inject({ method: 'POST', url: '/v1/vms', headers: auth, payload: { name: 'a', image: 'tiny' } });
     assert.equal(vm.statusCode, 422);

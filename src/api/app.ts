@@ -26,7 +26,7 @@ import { coerceTextValues } from './query-coercion.ts';
 import { parseSize } from '../storage/size.ts';
 import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent,
-  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, VolumeRefString, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
+  Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, PoolReplaceRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, VolumeRefString, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
 } from './schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
@@ -64,9 +64,15 @@ function toApiError(error: FastifyError | NubisError | Error): { status: number;
       const extra = (first.params as { additionalProperty?: string }).additionalProperty;
       return { status: 400, body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)` } };
     }
-    // A pattern means little to a person: say what the field holds instead, from its description.
-    const described = first?.keyword === 'pattern' ? (first as unknown as { parentSchema?: { description?: string } }).parentSchema?.description : undefined;
-    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${described ? `expected ${described}` : (first?.message ?? fastifyError.message)}` } };
+    // A pattern alone tells a person nothing: name the value and say what the field takes.
+    // (Ajv's `verbose` option adds the failing schema and value to each error.)
+    const verbose = first as { parentSchema?: { description?: string }; data?: unknown } | undefined;
+    const description = verbose?.parentSchema?.description;
+    if (first?.keyword === 'pattern' && description && typeof verbose?.data === 'string') {
+      const value = verbose.data.length > 200 ? `${JSON.stringify(verbose.data.slice(0, 200))}...` : JSON.stringify(verbose.data);
+      return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field} ${value}: give ${description.charAt(0).toLowerCase()}${description.slice(1)}` } };
+    }
+    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
   }
   if (fastifyError.statusCode && fastifyError.statusCode < 500) {
     return { status: fastifyError.statusCode, body: { code: fastifyError.code ?? 'BAD_REQUEST', message: fastifyError.message } };
@@ -429,12 +435,15 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
     );
     return reply.status(202).send({ operation });
   });
-  app.post('/v1/pools/:pool/replace', { schema: { tags: ['storage'], summary: 'Replace a member and rebuild onto the new device, online (operation)', params: PoolRef, body: Type.Object({ member: Type.Union([Type.Integer(), Type.String()]), device: Type.String(), maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }), response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
+  app.post('/v1/pools/:pool/replace', { schema: { tags: ['storage'], summary: 'Replace a member and rebuild onto the new device, online (operation)', params: PoolRef, body: PoolReplaceRequest, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
     await refuseForDir(request.params.pool, 'replace');
     await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
-    const { member, device, maxMbPerSec } = request.body;
+    const { member, device, maxMbPerSec, force } = request.body;
+    const body = { member, device, ...(maxMbPerSec ? { maxBytesPerSec: maxMbPerSec * 2 ** 20 } : {}), ...(force ? { force } : {}) };
+    // The storage node vets the device before it starts the job: a bad one is this request's 4xx.
+    const job = await services.storage.startJob(`${poolPath(request.params.pool)}/replace`, body);
     const operation = await services.operations.start('pool.replace', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
-      services.storage.runJob(`${poolPath(request.params.pool)}/replace`, { member, device, ...(maxMbPerSec ? { maxBytesPerSec: maxMbPerSec * 2 ** 20 } : {}) }, op, 'rebuilding'),
+      services.storage.followJob(job, op, 'rebuilding'),
     );
     return reply.status(202).send({ operation });
   });

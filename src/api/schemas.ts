@@ -3,6 +3,7 @@
  * route handlers and produce the OpenAPI document.
  */
 import { Type, type Static } from '@sinclair/typebox';
+import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
 
 /** Names of VMs, images, projects, hosts: DNS-label-like, so they work as guest hostnames. */
 export const ResourceName = Type.String({
@@ -348,14 +349,28 @@ export const Pool = Type.Object(
   { $id: 'Pool', additionalProperties: true },
 );
 
+/** A pool member as a client names it; the storage node checks it again (src/storage/pool/device-ref.ts). */
+export const DeviceRef = Type.String({ minLength: 1, maxLength: DEVICE_REF_MAX_LENGTH, pattern: DEVICE_REF_PATTERN, description: `Regular file or block device on the storage node, or an NBD export: ${DEVICE_REF_RULE}` });
+
 export const PoolCreateRequest = Type.Object(
   {
     name: ResourceName,
     kind: Type.Optional(Type.Union([Type.Literal('san'), Type.Literal('dir')], { description: 'san (default): devices in a RAID layout served by the storage node over NBD; dir: a folder of qcow2 files on each of `hosts`' })),
     layout: Type.Optional(Type.Union(['raid0', 'raid1', 'raid5', 'raid6', 'raid10'].map((l) => Type.Literal(l)), { description: 'san pools' })),
-    devices: Type.Optional(Type.Array(Type.String({ description: 'Regular file, block device or nbd:// export' }), { minItems: 1, maxItems: 32, description: 'san pools' })),
-    chunk: Type.Optional(Type.String({ description: 'Chunk size, e.g. 64K (default 64K)' })),
+    devices: Type.Optional(Type.Array(DeviceRef, { minItems: 1, maxItems: 32, description: 'san pools' })),
+    chunk: Type.Optional(Type.String({ maxLength: 16, pattern: '^[0-9]{1,12}([KMGkmg]([iI]?[bB])?|[bB])?$', description: 'Chunk size: whole bytes or with K, M or G, e.g. 64K (default 64K)' })),
+    force: Type.Optional(Type.Boolean({ description: 'san pools: overwrite devices that hold a filesystem, a partition table or another pool (refused otherwise)' })),
     hosts: Type.Optional(Type.Array(ResourceName, { minItems: 1, maxItems: 64, description: 'dir pools: the hosts that get a folder (default: every host)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const PoolReplaceRequest = Type.Object(
+  {
+    member: Type.Union([Type.Integer({ minimum: 0, maximum: 31 }), DeviceRef], { description: 'The member to replace: its index or its device' }),
+    device: DeviceRef,
+    maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })),
+    force: Type.Optional(Type.Boolean({ description: 'Overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)' })),
   },
   { additionalProperties: false },
 );

@@ -585,12 +585,13 @@ pool
   .option('--device <path>', 'san: member device, a file, a block device or nbd://... (repeatable)', collect, [])
   .option('--chunk <size>', 'san: chunk size, e.g. 64K')
   .option('--host <host>', 'dir: a host that gets a folder (repeatable; default every host)', collect, [])
-  .action(async (name: string, options: { kind: string; layout?: string; device: string[]; chunk?: string; host: string[] }, command: Command) => {
+  .option('--force', 'san: overwrite devices that hold a filesystem, a partition table or another pool (refused otherwise)')
+  .action(async (name: string, options: { kind: string; layout?: string; device: string[]; chunk?: string; host: string[]; force?: boolean }, command: Command) => {
     const { resolve } = await import('node:path');
     const devices = options.device.map((device) => (device.startsWith('nbd') ? device : resolve(device)));
     const body = options.kind === 'dir'
       ? { name, kind: 'dir', ...(options.host.length ? { hosts: options.host } : {}), ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}) }
-      : { name, kind: options.kind, ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}), ...(options.chunk ? { chunk: options.chunk } : {}), ...(options.host.length ? { hosts: options.host } : {}) };
+      : { name, kind: options.kind, ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}), ...(options.chunk ? { chunk: options.chunk } : {}), ...(options.host.length ? { hosts: options.host } : {}), ...(options.force ? { force: true } : {}) };
     const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', body);
     if (globals(command).json) return printJson(created);
     if (created.kind === 'dir') console.log(`${name}: dir pool of qcow2 files on ${created.hosts.join(', ')}, ${mib(created.freeBytes)} free`);
@@ -630,9 +631,10 @@ pool
   .command('replace <pool> <member> <device>')
   .description('Replace a member (index or path) with a new device and rebuild online')
   .option('--max-rate <MiB/s>', 'throttle the rebuild so VMs keep running', parseInteger('--max-rate'))
-  .action(async (name: string, member: string, device: string, options: { maxRate?: number }, command: Command) => {
+  .option('--force', 'overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)')
+  .action(async (name: string, member: string, device: string, options: { maxRate?: number; force?: boolean }, command: Command) => {
     const { resolve } = await import('node:path');
-    const body = { member: /^\d+$/.test(member) ? Number(member) : member, device: device.startsWith('nbd') ? device : resolve(device), ...(options.maxRate ? { maxMbPerSec: options.maxRate } : {}) };
+    const body = { member: /^\d+$/.test(member) ? Number(member) : member, device: device.startsWith('nbd') ? device : resolve(device), ...(options.maxRate ? { maxMbPerSec: options.maxRate } : {}), ...(options.force ? { force: true } : {}) };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/pools/${encodeURIComponent(name)}/replace`, body);
     const final = await runOperation(command, `Rebuilding ${name}`, operation);
     if (globals(command).json) return printJson(final.result);

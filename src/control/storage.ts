@@ -18,7 +18,8 @@ export interface StorageEndpoints {
   nbdSocket: string;
 }
 
-interface StorageJob {
+/** A long action on the storage node, as its API reports it. */
+export interface StorageJob {
   id: string;
   status: 'running' | 'succeeded' | 'failed';
   progress?: { doneBytes: number; totalBytes: number; rateBytesPerSec: number; etaSeconds: number };
@@ -64,7 +65,20 @@ export class StorageCatalogue {
 
   /** Runs a storage job, reporting its progress into the operation until it ends. */
   async runJob(path: string, body: unknown, op: OperationContext, stage: string): Promise<unknown> {
-    let job = await this.call<StorageJob>({ method: 'POST', path, body });
+    return this.followJob(await this.startJob(path, body), op, stage);
+  }
+
+  /**
+   * Starts a storage job. The storage node refuses a bad request here with its 4xx, so a route
+   * that starts the job before its operation answers that request itself, not a failed operation.
+   */
+  async startJob(path: string, body: unknown): Promise<StorageJob> {
+    return this.call<StorageJob>({ method: 'POST', path, body });
+  }
+
+  /** Reports a started job's progress into the operation until it ends; its result or error. */
+  async followJob(started: StorageJob, op: OperationContext, stage: string): Promise<unknown> {
+    let job = started;
     while (job.status === 'running') {
       await delay(500, undefined, { signal: op.signal });
       job = await this.call<StorageJob>({ method: 'GET', path: `/storage/jobs/${job.id}` });

@@ -24,6 +24,7 @@ import {
   type VolumeInfo,
 } from './pool/storage-pool.ts';
 import { parseSize } from './size.ts';
+import { checkDeviceRef } from './pool/device-ref.ts';
 
 export type { LongActionOptions, PoolProgress, PoolStatus, ScrubReport, VolumeInfo } from './pool/storage-pool.ts';
 export type { RaidLayout } from './pool/raid-array.ts';
@@ -55,6 +56,29 @@ export interface CreatePoolRequest {
   chunk?: number | string;
   /** Bytes or a size string. Default 1 MiB (rounded up to whole RAID rows). */
   allocationUnit?: number | string;
+  /** Overwrite devices that hold a filesystem, a partition table or another pool's label. */
+  force?: boolean;
+}
+
+/** Options of `replaceMember` and `checkReplacement`. */
+export interface ReplaceMemberOptions extends LongActionOptions {
+  /** Overwrite a new device that holds a filesystem, a partition table or another pool's label. */
+  force?: boolean;
+}
+
+/** Most members a pool takes (the API's limit too). */
+const MAX_POOL_DEVICES = 32;
+/** A size as a client writes it for a chunk or allocation unit: digits and a binary unit, no fractions. */
+const STRICT_SIZE = /^[0-9]{1,12}(?:[KMG](?:i?B)?|B)?$/i;
+
+/** Parses a chunk or allocation unit size strictly; POOL_CHUNK_INVALID naming the value otherwise. */
+function parseGeometrySize(value: unknown, what: string): number {
+  if (typeof value === 'number') return parseSize(value, what);
+  if (typeof value !== 'string' || value.length > 16 || !STRICT_SIZE.test(value)) {
+    const shown = typeof value === 'string' && value.length > 40 ? `${JSON.stringify(value.slice(0, 40))}...` : JSON.stringify(value);
+    throw new NubisError('POOL_CHUNK_INVALID', `The ${what} ${shown} does not parse; write it like 64K or 1M`, { details: { value: typeof value === 'string' ? value.slice(0, 40) : value } });
+  }
+  return parseSize(value, what);
 }
 
 interface PoolFile {
@@ -153,6 +177,11 @@ export class StorageService {
     return pool;
   }
 
+  /** The pools this service has open: their members are never overwritten, even with force. */
+  #livePoolUuids(): Set<string> {
+    return new Set([...this.#pools.values()].map((pool) => pool.uuid));
+  }
+
   /** Runs `action` after every earlier management action on the same pool. */
   #serial<T>(pool: string, action: () => Promise<T>): Promise<T> {
     const previous = this.#queues.get(pool) ?? Promise.resolve();
@@ -178,21 +207,33 @@ export class StorageService {
     return this.#pool(name).status();
   }
 
-  /** Creates a pool; bad layouts, too few or too small devices, devices in use fail with nothing changed. */
+  /**
+   * Creates a pool; bad layouts, too few or too small devices, devices in use or holding data
+   * (unless `force`) fail with nothing changed. Device strings are checked here again, since the
+   * storage node's socket can be called without the API's validation in front.
+   */
   async createPool(request: CreatePoolRequest): Promise<PoolStatus> {
+    if (!Array.isArray(request.devices) || request.devices.length === 0 || request.devices.length > MAX_POOL_DEVICES) {
+      throw new NubisError('POOL_DEVICES_INVALID', `A pool takes 1 to ${MAX_POOL_DEVICES} devices as a list of paths or nbd:// URIs`, { details: { devices: Array.isArray(request.devices) ? request.devices.length : typeof request.devices } });
+    }
+    const devices = request.devices.map((device) => checkDeviceRef(device));
+    const chunkBytes = request.chunk === undefined ? undefined : parseGeometrySize(request.chunk, 'chunk size');
+    const allocationUnitBytes = request.allocationUnit === undefined ? undefined : parseGeometrySize(request.allocationUnit, 'allocation unit');
     if (this.#pools.has(request.name)) throw new NubisError('POOL_EXISTS', `A pool named ${request.name} already exists`, { details: { pool: request.name } });
     for (const pool of this.#pools.values()) {
-      const clash = request.devices.find((d) => pool.memberPaths().includes(d));
+      const clash = devices.find((d) => pool.memberPaths().includes(d));
       if (clash) throw new NubisError('POOL_DEVICE_IN_USE', `Device ${clash} already belongs to pool ${pool.name}`, { details: { device: clash, pool: pool.name } });
     }
     const pool = await StoragePool.create({
       name: request.name,
       layout: request.layout,
-      devices: request.devices,
-      chunkBytes: request.chunk === undefined ? undefined : parseSize(request.chunk, 'chunk size'),
-      allocationUnitBytes: request.allocationUnit === undefined ? undefined : parseSize(request.allocationUnit, 'allocation unit'),
+      devices,
+      chunkBytes,
+      allocationUnitBytes,
       openDevice: this.#options.openDevice,
       fullWarningRatio: this.#options.fullWarningRatio,
+      force: request.force === true,
+      livePoolUuids: this.#livePoolUuids(),
     });
     this.#pools.set(pool.name, pool);
     await this.#writePoolFile(pool);
@@ -233,17 +274,33 @@ export class StorageService {
 
   /**
    * Replaces member `member` (its index or device path) by `newDevice` and rebuilds online;
-   * `maxBytesPerSec` throttles the rebuild, `onProgress` reports rate and ETA.
+   * `maxBytesPerSec` throttles the rebuild, `onProgress` reports rate and ETA, `force` lets a
+   * device holding data be overwritten.
    */
-  async replaceMember(name: string, member: number | string, newDevice: string, options: LongActionOptions = {}): Promise<PoolStatus> {
-    const pool = this.#pool(name);
-    const index = typeof member === 'number' ? member : pool.memberPaths().indexOf(member);
-    if (index < 0) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${name} has no member ${JSON.stringify(member)}`, { details: { pool: name, member } });
+  async replaceMember(name: string, member: number | string, newDevice: string, options: ReplaceMemberOptions = {}): Promise<PoolStatus> {
+    const { pool, index, device } = this.#replacementRequest(name, member, newDevice);
     return this.#serial(name, async () => {
-      await pool.replaceMember(index, newDevice, options);
+      await pool.replaceMember(index, device, { ...options, force: options.force === true, livePoolUuids: this.#livePoolUuids() });
       await this.#writePoolFile(pool);
       return pool.status();
     });
+  }
+
+  /**
+   * Checks a replacement without writing anything (see `StoragePool.checkReplacement`), so a
+   * caller that runs the replacement as a background job can refuse a bad request at once.
+   */
+  async checkReplacement(name: string, member: number | string, newDevice: string, options: { force?: boolean } = {}): Promise<void> {
+    const { pool, index, device } = this.#replacementRequest(name, member, newDevice);
+    await pool.checkReplacement(index, device, { force: options.force === true, livePoolUuids: this.#livePoolUuids() });
+  }
+
+  #replacementRequest(name: string, member: number | string, newDevice: string): { pool: StoragePool; index: number; device: string } {
+    const pool = this.#pool(name);
+    const device = checkDeviceRef(newDevice);
+    const index = typeof member === 'number' ? member : typeof member === 'string' ? pool.memberPaths().indexOf(member) : -1;
+    if (!Number.isInteger(index) || index < 0) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${name} has no member ${JSON.stringify(member)}`, { details: { pool: name, member } });
+    return { pool, index, device };
   }
 
   /** Takes a member out of service (for maintenance or tests); the pool runs degraded. */

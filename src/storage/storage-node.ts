@@ -44,7 +44,8 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
 
   app.setErrorHandler((error, _request, reply) => {
     const code = isNubisError(error) ? error.code : (error as { validation?: unknown }).validation ? 'VALIDATION_FAILED' : 'INTERNAL_ERROR';
-    void reply.status(code === 'VALIDATION_FAILED' ? 400 : storageHttpStatus(code)).send({ code, message: messageOf(error) });
+    const details = isNubisError(error) && error.details ? { details: error.details } : {};
+    void reply.status(code === 'VALIDATION_FAILED' ? 400 : storageHttpStatus(code)).send({ code, message: messageOf(error), ...details });
   });
 
   function startJob(kind: StorageJob['kind'], pool: string, work: (onProgress: (progress: PoolProgress) => void) => Promise<unknown>): StorageJob {
@@ -71,10 +72,11 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
     service.getPool(request.params.pool);
     return reply.status(202).send(startJob('scrub', request.params.pool, (onProgress) => service.scrubPool(request.params.pool, { onProgress, maxBytesPerSec: request.body?.maxBytesPerSec })));
   });
-  app.post<PoolParams & { Body: { member: number | string; device: string; maxBytesPerSec?: number } }>('/storage/pools/:pool/replace', async (request, reply) => {
-    service.getPool(request.params.pool);
-    const { member, device, maxBytesPerSec } = request.body;
-    return reply.status(202).send(startJob('replace', request.params.pool, (onProgress) => service.replaceMember(request.params.pool, member, device, { onProgress, maxBytesPerSec })));
+  app.post<PoolParams & { Body: { member: number | string; device: string; maxBytesPerSec?: number; force?: boolean } }>('/storage/pools/:pool/replace', async (request, reply) => {
+    const { member, device, maxBytesPerSec, force } = request.body ?? {};
+    // Bad devices are refused here, with a 4xx, rather than as a failed job after the 202.
+    await service.checkReplacement(request.params.pool, member, device, { force });
+    return reply.status(202).send(startJob('replace', request.params.pool, (onProgress) => service.replaceMember(request.params.pool, member, device, { onProgress, maxBytesPerSec, force })));
   });
   app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => {
     const job = jobs.get(request.params.id);

@@ -4,7 +4,8 @@
  * fails on demand) implements the same interface.
  */
 import { constants, readSync, writeSync } from 'node:fs';
-import { open, readFile, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { open, readFile, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { NubisError } from '../../core/errors.ts';
 import { NbdClient } from '../nbd/nbd-client.ts';
@@ -107,20 +108,30 @@ export class FileMemberDevice implements MemberDevice {
     this.sizeBytes = sizeBytes;
   }
 
-  /** Opens `path` read-write; a block device's size comes from sysfs (stat reports 0). */
+  /**
+   * Opens `path` read-write; a block device's size comes from sysfs (stat reports 0). The type is
+   * checked on the final target of any symlinks before anything is opened: opening a FIFO can
+   * block until a writer appears and reading it hangs, and a character device such as /dev/zero
+   * reads as an endless blank disk. Missing or unsuitable devices are the caller's to fix, so
+   * they get their own codes (POOL_DEVICE_MISSING, POOL_DEVICE_UNSUITABLE) that name the target.
+   */
   static async open(path: string): Promise<FileMemberDevice> {
+    const expected = await statMemberPath(path);
     let handle: FileHandle;
     try {
       handle = await open(path, 'r+');
     } catch (error) {
-      throw new NubisError('POOL_DEVICE_UNREADABLE', `Cannot open device ${path}: ${(error as Error).message}`, { cause: error, details: { path } });
+      throw openError(path, error);
     }
     let syncHandle: FileHandle | undefined;
     try {
       const stat = await handle.stat();
+      // The path may have been swapped between the check and the open: check what we got.
+      if (stat.dev !== expected.dev || stat.ino !== expected.ino || !(stat.isFile() || stat.isBlockDevice())) {
+        throw new NubisError('POOL_DEVICE_UNSUITABLE', `Device ${path} changed while it was opened; try again`, { details: { path } });
+      }
       let size = stat.size;
       if (stat.isBlockDevice()) size = await blockDeviceSize(stat.rdev);
-      else if (!stat.isFile()) throw new NubisError('POOL_DEVICE_UNREADABLE', `Device ${path} is neither a regular file nor a block device`, { details: { path } });
       syncHandle = await open(path, constants.O_RDWR | constants.O_DSYNC);
       return new FileMemberDevice(path, handle, syncHandle, size);
     } catch (error) {
@@ -187,12 +198,57 @@ export class FileMemberDevice implements MemberDevice {
   }
 }
 
+/** What a path resolves to, for messages: `/srv/link (a symlink to /dev/zero)`. */
+async function describeTarget(path: string): Promise<string> {
+  const target = await realpath(path).catch(() => path);
+  return target === path ? path : `${path} (a symlink to ${target})`;
+}
+
+function fileTypeOf(stat: Stats): string {
+  if (stat.isDirectory()) return 'a directory';
+  if (stat.isFIFO()) return 'a FIFO';
+  if (stat.isCharacterDevice()) return 'a character device';
+  if (stat.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+/**
+ * Stats `path` through its symlinks without opening it; returns the stat of a regular file or
+ * block device and throws for anything else, naming the final target.
+ */
+async function statMemberPath(path: string): Promise<Stats> {
+  let found: Stats;
+  try {
+    found = await stat(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      throw new NubisError('POOL_DEVICE_MISSING', `Device ${await describeTarget(path)} does not exist; create the file (e.g. truncate -s 1G ${path}) or name an existing block device`, { cause: error, details: { path } });
+    }
+    throw openError(path, error);
+  }
+  if (found.isFile() || found.isBlockDevice()) return found;
+  throw new NubisError('POOL_DEVICE_UNSUITABLE', `Device ${await describeTarget(path)} is ${fileTypeOf(found)}; a pool member must be a regular file, a block device or an nbd:// export`, {
+    details: { path, target: await realpath(path).catch(() => path) },
+  });
+}
+
+/** An open that failed on a device that exists: permissions, a read-only filesystem, a busy device. */
+function openError(path: string, error: unknown): NubisError {
+  const code = (error as NodeJS.ErrnoException).code;
+  const hint = code === 'EACCES' || code === 'EPERM' ? '; give the storage node read-write access to it' : code === 'EROFS' ? '; it is on a read-only filesystem' : code === 'EBUSY' ? '; something else holds it open exclusively' : '';
+  return new NubisError('POOL_DEVICE_UNREADABLE', `Cannot open device ${path}: ${(error as Error).message}${hint}`, { cause: error, details: { path } });
+}
+
 async function blockDeviceSize(rdev: number): Promise<number> {
   const major = Math.floor(rdev / 256) & 0xfff;
   const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & ~0xff);
   const sectors = await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8');
   return Number(sectors.trim()) * 512;
 }
+
+/** How long attaching a remote member may take, connect and handshake together. */
+export const NBD_MEMBER_CONNECT_TIMEOUT_MS = 3000;
 
 /** Largest single request sent to a remote member (proto.md: 32 MiB is always acceptable). */
 const NBD_MEMBER_MAX_REQUEST_BYTES = 4 * 1024 * 1024;
@@ -212,28 +268,39 @@ export class NbdMemberDevice implements MemberDevice {
     this.sizeBytes = client.sizeBytes;
   }
 
-  static async open(uri: string): Promise<NbdMemberDevice> {
+  /**
+   * Connects to the export at `uri` within `timeoutMs` (default NBD_MEMBER_CONNECT_TIMEOUT_MS):
+   * an address that drops packets must not hold a pool create for the TCP connect timeout.
+   */
+  static async open(uri: string, options: { timeoutMs?: number } = {}): Promise<NbdMemberDevice> {
     let parsed: URL;
+    let exportName: string;
     try {
       parsed = new URL(uri);
+      exportName = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
     } catch (error) {
-      throw new NubisError('POOL_DEVICE_UNREADABLE', `Device ${uri} is not a valid NBD URI`, { cause: error, details: { path: uri } });
+      throw new NubisError('POOL_DEVICE_INVALID', `Device ${uri} is not a valid NBD URI`, { cause: error, details: { path: uri } });
     }
-    const exportName = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
+    const timeoutMs = options.timeoutMs ?? NBD_MEMBER_CONNECT_TIMEOUT_MS;
+    let client: NbdClient;
     try {
-      const client =
+      client =
         parsed.protocol === 'nbd+unix:'
-          ? await NbdClient.connect({ path: parsed.searchParams.get('socket') ?? '', exportName })
-          : await NbdClient.connect({ host: parsed.hostname, port: Number(parsed.port || 10809), exportName });
-      if (client.readOnly) {
-        client.destroy();
-        throw new NubisError('POOL_DEVICE_UNREADABLE', `NBD export ${uri} is read-only`, { details: { path: uri } });
-      }
-      return new NbdMemberDevice(uri, client);
+          ? await NbdClient.connect({ path: parsed.searchParams.get('socket') ?? '', exportName, timeoutMs })
+          : await NbdClient.connect({ host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(parsed.port || 10809), exportName, timeoutMs });
     } catch (error) {
-      if (error instanceof NubisError) throw error;
-      throw new NubisError('POOL_DEVICE_UNREADABLE', `Cannot attach NBD export ${uri}: ${(error as Error).message}`, { cause: error, details: { path: uri } });
+      const code = (error as { code?: string }).code;
+      if (code === 'NBD_EXPORT_UNKNOWN') {
+        throw new NubisError('POOL_DEVICE_MISSING', `The NBD server at ${uri} has no export ${JSON.stringify(exportName)}; check the export name`, { cause: error, details: { path: uri } });
+      }
+      const reason = code === 'NBD_TIMEOUT' ? `no NBD handshake within ${timeoutMs} ms` : (error as Error).message;
+      throw new NubisError('POOL_DEVICE_UNREACHABLE', `Cannot attach NBD export ${uri}: ${reason}; check that its server runs and this node can reach it`, { cause: error, details: { path: uri } });
     }
+    if (client.readOnly) {
+      client.destroy();
+      throw new NubisError('POOL_DEVICE_UNSUITABLE', `NBD export ${uri} is read-only; a pool member must be writable`, { details: { path: uri } });
+    }
+    return new NbdMemberDevice(uri, client);
   }
 
   async read(buffer: Buffer, offset: number, length: number, position: number): Promise<void> {

@@ -25,6 +25,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { NubisError } from '../../core/errors.ts';
 import { blockChecksum, CHECKSUM_BLOCK_BYTES, ZERO_BLOCK_CHECKSUM } from './checksum.ts';
 import { KeyedLocks } from './locks.ts';
+import { readDeviceSignature } from './device-signature.ts';
 import { openMemberDevice, type MemberDevice } from './member-device.ts';
 import {
   CHECKPOINT_HEADER_BYTES,
@@ -79,6 +80,37 @@ export interface PoolCreateOptions {
   openDevice?: OpenMemberDevice;
   /** Share of usable space allocated above which status warns. Default 0.8. */
   fullWarningRatio?: number;
+  /** Overwrite devices that hold a filesystem, a partition table or another pool. Default false. */
+  force?: boolean;
+  /** UUIDs of the pools open on this node: their members are refused even with `force`. */
+  livePoolUuids?: ReadonlySet<string>;
+}
+
+/** Options of `StoragePool.replaceMember` and `checkReplacement`. */
+export interface ReplaceOptions {
+  /** Overwrite a new device that holds a filesystem, a partition table or another pool. Default false. */
+  force?: boolean;
+  /** UUIDs of the pools open on this node (this one included): never overwritten. */
+  livePoolUuids?: ReadonlySet<string>;
+}
+
+/**
+ * Refuses a device that holds something (see device-signature.ts) unless `force`; a member of
+ * a pool this node serves is refused even then, since overwriting it breaks a live pool.
+ */
+async function refuseDeviceWithData(device: MemberDevice, options: { force?: boolean; livePoolUuids?: ReadonlySet<string> }): Promise<void> {
+  const found = await readDeviceSignature(device);
+  if (!found) return;
+  const details = { device: device.path, found: found.kind, ...(found.pool ? { pool: found.pool } : {}) };
+  if (found.poolUuid && options.livePoolUuids?.has(found.poolUuid)) {
+    throw new NubisError('POOL_DEVICE_IN_USE', `Device ${device.path} already belongs to pool ${found.pool}, which this node serves; take it out of that pool first`, { details });
+  }
+  if (options.force) return;
+  if (found.kind === 'nubis-pool') {
+    const owner = found.pool ? `already belongs to pool ${found.pool} (it holds ${found.description})` : `holds ${found.description}`;
+    throw new NubisError('POOL_DEVICE_IN_USE', `Device ${device.path} ${owner}; pass --force to overwrite it`, { details });
+  }
+  throw new NubisError('POOL_DEVICE_HAS_DATA', `Device ${device.path} holds ${found.description}; pass --force to overwrite it`, { details });
 }
 
 /** Options of `StoragePool.open`. */
@@ -347,19 +379,7 @@ export class StoragePool {
     const devices: MemberDevice[] = [];
     try {
       for (const path of options.devices) devices.push(await openDevice(path));
-      for (const device of devices) {
-        const block = Buffer.alloc(LABEL_BYTES);
-        await device.read(block, 0, LABEL_BYTES, 0);
-        let label: PoolLabel | undefined;
-        try {
-          label = decodeLabel(block);
-        } catch {
-          label = { poolName: '(damaged label)' } as PoolLabel;
-        }
-        if (label) {
-          throw new NubisError('POOL_DEVICE_IN_USE', `Device ${device.path} already belongs to pool ${label.poolName}`, { details: { device: device.path, pool: label.poolName } });
-        }
-      }
+      for (const device of devices) await refuseDeviceWithData(device, options);
       const plan = planPool({
         layout: options.layout,
         deviceSizes: devices.map((d) => d.sizeBytes),
@@ -1263,11 +1283,17 @@ export class StoragePool {
   }
 
   /**
-   * Replaces member `index` (missing, faulted or healthy) by the device at `newPath` and rebuilds
-   * its data from the other members online, with progress and an optional throttle. The new
-   * device must read as zeroes where the pool has never written (a new or zeroed device).
+   * Everything `replaceMember` checks before it writes (the member exists, the layout has
+   * redundancy, the new device opens, holds no data unless forced, is large enough), without
+   * writing: the storage node answers a bad request at once instead of failing its job later.
    */
-  async replaceMember(index: number, newPath: string, options: LongActionOptions = {}): Promise<void> {
+  async checkReplacement(index: number, newPath: string, options: ReplaceOptions = {}): Promise<void> {
+    const { device } = await this.#openReplacement(index, newPath, options);
+    await device.close();
+  }
+
+  /** Opens and vets the device replacing member `index`; see `checkReplacement`. */
+  async #openReplacement(index: number, newPath: string, options: ReplaceOptions): Promise<{ member: MemberSlot; device: MemberDevice }> {
     this.#requireWritable();
     const member = this.#raid.members[index];
     if (!member) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${this.name} has no member ${index}`, { details: { index } });
@@ -1285,21 +1311,31 @@ export class StoragePool {
       try {
         existing = decodeLabel(block);
       } catch {
-        existing = { poolName: '(damaged label)' } as PoolLabel;
+        existing = undefined;
       }
       // A device that already carries this member's label is an interrupted rebuild: resume it.
       const resuming = existing?.poolUuid === this.uuid && existing.memberIndex === index;
-      if (existing && !resuming) throw new NubisError('POOL_DEVICE_IN_USE', `Device ${newPath} already belongs to pool ${existing.poolName}`, { details: { device: newPath, pool: existing.poolName } });
+      if (!resuming) await refuseDeviceWithData(device, { force: options.force, livePoolUuids: new Set([...(options.livePoolUuids ?? []), this.uuid]) });
       const needed = this.#geometry.dataStartBytes + this.#geometry.rows * this.#geometry.chunkBytes;
       if (device.sizeBytes < needed) {
         throw new NubisError('POOL_DEVICE_TOO_SMALL', `Device ${newPath} has ${formatSize(device.sizeBytes)}; members of pool ${this.name} need ${formatSize(needed)}`, {
           details: { device: newPath, sizeBytes: device.sizeBytes, minimumBytes: needed },
         });
       }
+      return { member, device };
     } catch (error) {
       await device.close();
       throw error;
     }
+  }
+
+  /**
+   * Replaces member `index` (missing, faulted or healthy) by the device at `newPath` and rebuilds
+   * its data from the other members online, with progress and an optional throttle. The new
+   * device must read as zeroes where the pool has never written (a new or zeroed device).
+   */
+  async replaceMember(index: number, newPath: string, options: LongActionOptions & ReplaceOptions = {}): Promise<void> {
+    const { member, device } = await this.#openReplacement(index, newPath, options);
     const label = await this.#labelFor(index, true);
     await device.write(label, 0, label.length, 0);
     await device.flush();
