@@ -21,7 +21,7 @@ import type { StorageCatalogue } from '../control/storage.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
-import { httpStatusOf } from './error-status.ts';
+import { httpStatusOf, toWireError } from '../core/error-codes.ts';
 import { coerceTextValues } from './query-coercion.ts';
 import { parseSize } from '../storage/size.ts';
 import {
@@ -55,7 +55,6 @@ function sha256(text: string): string {
 
 /** Turns Fastify's validation errors into our codes and a sentence that names the field. */
 function toApiError(error: FastifyError | NubisError | Error): { status: number; body: { code: string; message: string; details?: Record<string, unknown> } } {
-  if (error instanceof NubisError) return { status: httpStatusOf(error.code), body: { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) } };
   const fastifyError = error as FastifyError;
   if (fastifyError.validation) {
     const first = fastifyError.validation[0];
@@ -74,14 +73,11 @@ function toApiError(error: FastifyError | NubisError | Error): { status: number;
     }
     return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
   }
-  if (fastifyError.statusCode && fastifyError.statusCode < 500) {
-    return { status: fastifyError.statusCode, body: { code: fastifyError.code ?? 'BAD_REQUEST', message: fastifyError.message } };
+  // Fastify's own refusals of a malformed request (a body that is no JSON, too large, ...).
+  if (!(error instanceof NubisError) && fastifyError.statusCode && fastifyError.statusCode < 500 && fastifyError.code?.startsWith('FST_')) {
+    return { status: fastifyError.statusCode, body: { code: 'BAD_REQUEST', message: fastifyError.message } };
   }
-  if (typeof (error as { code?: unknown }).code === 'string' && httpStatusOf((error as { code: string }).code) !== 500) {
-    const code = (error as { code: string }).code;
-    return { status: httpStatusOf(code), body: { code, message: error.message } };
-  }
-  return { status: 500, body: { code: 'INTERNAL_ERROR', message: `Internal error: ${messageOf(error)}` } };
+  return toWireError(error);
 }
 
 /** The serial console route, which is a WebSocket and so not seen by @fastify/swagger. */

@@ -4,6 +4,7 @@
  * and can be cancelled through its AbortSignal.
  */
 import { EventEmitter } from 'node:events';
+import { toWireError } from '../core/error-codes.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Operation, OperationEvent } from '../api/schemas.ts';
@@ -121,8 +122,8 @@ export class OperationManager {
         await this.#finish(row.id, 'succeeded', { result });
       } catch (error) {
         const cancelled = controller.signal.aborted;
-        const code = cancelled ? 'OPERATION_CANCELLED' : error instanceof NubisError || (error as { code?: unknown })?.code ? String((error as { code: string }).code) : 'INTERNAL_ERROR';
-        await this.#finish(row.id, cancelled ? 'cancelled' : 'failed', { code, message: messageOf(error) });
+        const wire = toWireError(error);
+        await this.#finish(row.id, cancelled ? 'cancelled' : 'failed', { code: cancelled ? 'OPERATION_CANCELLED' : wire.body.code, message: cancelled ? messageOf(error) : wire.body.message });
       } finally {
         this.#controllers.delete(row.id);
         this.#running.delete(row.id);

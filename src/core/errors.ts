@@ -1,7 +1,7 @@
 /**
  * The one error type that crosses module boundaries. Each subsystem uses its own stable code
  * prefix (`VM_`, `QMP_`, `NBD_`, `IMAGE_`, `HOST_`, ...); the API maps codes to HTTP statuses in
- * one table (src/api/error-status.ts), so a code is a contract: never rename one.
+ * one table (src/core/error-codes.ts), so a code is a contract: never rename one.
  */
 export class NubisError extends Error {
   override readonly name = 'NubisError';

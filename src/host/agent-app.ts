@@ -9,7 +9,7 @@ import websocket from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
-import { httpStatusOf } from '../api/error-status.ts';
+import { httpStatusOf, toWireError } from '../core/error-codes.ts';
 import type { HostNetworkSpec, NetworkPlumbing } from './network-plumbing.ts';
 import type { VmStatus } from './vm-status.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
@@ -49,8 +49,8 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     if (!options.isControlToken(token)) throw new NubisError('AUTH_INVALID_TOKEN', 'The control token is missing or wrong');
   });
   app.setErrorHandler((error, _request, reply) => {
-    const code = error instanceof NubisError ? error.code : (error as { code?: string }).code?.startsWith('FST_ERR_VALIDATION') ? 'VALIDATION_FAILED' : 'INTERNAL_ERROR';
-    void reply.status(httpStatusOf(code)).send({ code, message: messageOf(error), ...(error instanceof NubisError && error.details ? { details: error.details } : {}) });
+    const { status, body } = (error as { validation?: unknown }).validation ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } } : toWireError(error);
+    void reply.status(status).send(body);
   });
 
   type IdParams = { Params: { id: string } };

@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NubisError } from '../core/errors.ts';
+import { NubisError, isNubisError } from '../core/errors.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { applyPortFirewall, removePortFirewall } from '../network/firewall.ts';
@@ -156,6 +156,12 @@ export class NetworkPlumbing {
   /** Runs a command in a throw-away namespace plugged into the network on this host. */
   async probe(networkId: string, request: { address: string; gateway?: string; command: string[]; timeoutMs: number }): Promise<{ exitCode: number; stdout: string; stderr: string }> {
     const { hostNs } = this.#where();
-    return runProbe({ hostNs, networkKey: networkId, address: request.address, gateway: request.gateway, command: request.command, timeoutMs: request.timeoutMs });
+    try {
+      return await runProbe({ hostNs, networkKey: networkId, address: request.address, gateway: request.gateway, command: request.command, timeoutMs: request.timeoutMs });
+    } catch (error) {
+      // The deadline is the caller's own choice: running past it is the command's outcome, not a fault here.
+      if (isNubisError(error, 'NET_COMMAND_TIMEOUT')) throw new NubisError('NET_PROBE_TIMEOUT', `The probe command did not end within ${request.timeoutMs / 1000} s and was killed; give it a longer --timeout`, { cause: error });
+      throw error;
+    }
   }
 }

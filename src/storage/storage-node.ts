@@ -8,7 +8,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
-import { storageHttpStatus } from './error-status.ts';
+import { toWireError } from '../core/error-codes.ts';
 import type { NbdTlsOptions } from './nbd/nbd-server.ts';
 import { StorageService, type CreatePoolRequest } from './service.ts';
 
@@ -43,9 +43,8 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
   const jobs = new Map<string, StorageJob>();
 
   app.setErrorHandler((error, _request, reply) => {
-    const code = isNubisError(error) ? error.code : (error as { validation?: unknown }).validation ? 'VALIDATION_FAILED' : 'INTERNAL_ERROR';
-    const details = isNubisError(error) && error.details ? { details: error.details } : {};
-    void reply.status(code === 'VALIDATION_FAILED' ? 400 : storageHttpStatus(code)).send({ code, message: messageOf(error), ...details });
+    const { status, body } = (error as { validation?: unknown }).validation ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } } : toWireError(error);
+    void reply.status(status).send(body);
   });
 
   function startJob(kind: StorageJob['kind'], pool: string, work: (onProgress: (progress: PoolProgress) => void) => Promise<unknown>): StorageJob {

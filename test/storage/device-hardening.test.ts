@@ -12,7 +12,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
-import { httpStatusOf } from '../../src/api/error-status.ts';
+import { httpStatusOf } from '../../src/core/error-codes.ts';
 import { encodeLabel } from '../../src/storage/pool/metadata-format.ts';
 import { startStorageNode } from '../../src/storage/storage-node.ts';
 
