@@ -54,7 +54,7 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const { db } = options;
   const operations = new OperationManager(db);
   const hosts = new HostRegistry(db, options.joinToken);
-  const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
+  const images = new ImageCatalogue(db, { imagesDir: dataPaths(options.dataDir).images, importDir: dataPaths(options.dataDir).imports });
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
   const paths = dataPaths(options.dataDir);
@@ -80,6 +80,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   const services = createServices({ db, dataDir: options.dataDir, joinToken, logger: options.logger });
   const { operations, images } = services;
   await operations.failInterrupted();
+  await images.prepareFolders();
   const tiny = readTinyImage(options.cacheDir);
   if (tiny) await images.registerBuiltin('tiny', { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath });
   else options.logger.warn('The tiny image is not built; run nubis image build tiny');
