@@ -72,16 +72,12 @@ export function importPathOf(importDir: string, given: string): string {
  * the checks is refused rather than read. The caller closes `handle`.
  */
 export async function openImportSource(importDir: string, given: string, role: ImportFileRole): Promise<ImportSource> {
-  let realDir: string;
-  try {
-    realDir = await realpath(importDir);
-  } catch (error) {
-    throw new NubisError('IMAGE_IMPORT_FOLDER_MISSING', `The import folder ${importDir} is missing; restart the control plane, which creates it`, { cause: error });
-  }
   const path = importPathOf(importDir, given);
-  if (!isInside(importDir, path) && !isInside(realDir, path)) {
+  const realDir = await realpath(importDir).catch(() => undefined);
+  if (!isInside(importDir, path) && !(realDir && isInside(realDir, path))) {
     throw invalid(`The ${role} file ${given} is outside the import folder ${importDir}; copy it there (nubis image import does) and give its name`);
   }
+  if (!realDir) throw new NubisError('IMAGE_IMPORT_FOLDER_MISSING', `The import folder ${importDir} is missing; restart the control plane, which creates it`);
   let linkStats: Stats;
   try {
     linkStats = await lstat(path);
