@@ -63,6 +63,12 @@ function toApiError(error: FastifyError | NubisError | Error): { status: number;
       const extra = (first.params as { additionalProperty?: string }).additionalProperty;
       return { status: 400, body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)` } };
     }
+    // A pattern means nothing to most readers: say what the field takes, from its description.
+    const { parentSchema, data } = first as { parentSchema?: { description?: string }; data?: unknown };
+    if (first?.keyword === 'pattern' && parentSchema?.description) {
+      const shown = JSON.stringify(data) ?? '';
+      return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field} ${shown.length > 80 ? `${shown.slice(0, 77)}...` : shown}: ${parentSchema.description}` } };
+    }
     return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
   }
   if (fastifyError.statusCode && fastifyError.statusCode < 500) {
@@ -92,7 +98,7 @@ const consolePath = {
 
 /** Builds the API app; the caller listens. */
 export async function buildApp(services: AppServices): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: true, useDefaults: true } } }).withTypeProvider<TypeBoxTypeProvider>();
+  const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: true, useDefaults: true, verbose: true } } }).withTypeProvider<TypeBoxTypeProvider>();
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',

@@ -145,7 +145,8 @@ export const Image = Type.Object(
  * characters. The catalogue checks the same rule again and where the file really is.
  */
 export const importFileNamePattern = '^(?!.*(?:^|/)\\.\\.(?:/|$))[A-Za-z0-9._+@/-]{1,1024}$';
-const ImportFileName = (description: string) => Type.String({ pattern: importFileNamePattern, maxLength: 1024, description, examples: ['debian-12.qcow2'] });
+const ImportFileName = (description: string) =>
+  Type.String({ pattern: importFileNamePattern, maxLength: 1024, description: `${description}; letters, digits and . _ + @ - /, no .. segments, at most 1024 characters`, examples: ['debian-12.qcow2'] });
 
 export const ImageImportRequest = Type.Object(
   {
