@@ -130,12 +130,11 @@ export class ImageCatalogue {
    * initrd a cpio or compressor magic. Returns the checked facts.
    */
   async checkImport(request: ImageImportFiles, signal?: AbortSignal): Promise<CheckedImport> {
-    if (!imageNamePattern.test(request.name)) throw new NubisError('IMAGE_INVALID', `The image name ${JSON.stringify(request.name)} is not allowed; use lowercase letters, digits and inner hyphens`);
     if (await this.#db.selectFrom('images').select('id').where('name', '=', request.name).executeTakeFirst()) {
       throw new NubisError('IMAGE_NAME_TAKEN', `An image named ${request.name} exists; choose another name`);
     }
     const checked = this.#shape(request);
-    const sources = await this.#openSources(request, checked);
+    const sources = await this.#openSources(checked);
     try {
       return { kind: checked.kind, format: await this.#checkContent(sources, signal) };
     } finally {
@@ -157,7 +156,7 @@ export class ImageCatalogue {
     await mkdir(this.#imagesDir, { recursive: true, mode: 0o750 });
     const staging = join(this.#imagesDir, `${STAGING_PREFIX}${newId('imp')}`);
     const finalDir = join(this.#imagesDir, request.name);
-    const sources = await this.#openSources(request, shape);
+    const sources = await this.#openSources(shape);
     let renamed = false;
     try {
       await mkdir(staging, { mode: 0o750 });
@@ -206,6 +205,8 @@ export class ImageCatalogue {
 
   /** Which files an import names, and for what. */
   #shape(request: ImageImportFiles): ImportShape {
+    // The name becomes a folder of the image store: the schema's rule, checked where it is used.
+    if (!imageNamePattern.test(request.name)) throw new NubisError('IMAGE_INVALID', `The image name ${JSON.stringify(request.name)} is not allowed; use lowercase letters, digits and inner hyphens`);
     if (request.path && (request.kernelPath || request.initrdPath)) {
       throw new NubisError('IMAGE_INVALID', 'Give either a disk image path or a kernel and initrd, not both');
     }
@@ -215,7 +216,7 @@ export class ImageCatalogue {
   }
 
   /** Opens every file of an import, or none (what was opened is closed when one fails). */
-  async #openSources(request: ImageImportFiles, shape: ImportShape): Promise<ImportSource[]> {
+  async #openSources(shape: ImportShape): Promise<ImportSource[]> {
     const sources: ImportSource[] = [];
     try {
       for (const [index, given] of shape.given.entries()) sources.push(await openImportSource(this.#importDir, given, shape.roles[index]));
