@@ -419,6 +419,13 @@ image
       const final = await runOperation(command, `Importing ${name}`, operation);
       if (globals(command).json) printJson(final.result);
       else console.log(`${name}: imported`);
+    } catch (error) {
+      // The control plane names the staged copy; the user knows the file they gave.
+      if (error instanceof NubisError) {
+        const message = staged.names.reduce((text, stagedName, index) => text.replaceAll(stagedName, files[index]), error.message);
+        throw new NubisError(error.code, message, { cause: error, details: error.details });
+      }
+      throw error;
     } finally {
       await staged.remove();
     }

@@ -180,9 +180,9 @@ export async function checkDisk(source: { given: string; handle: FileHandle }, s
   const isQcow2 = head.subarray(0, 4).equals(magic.qcow2);
   if (isQcow2) {
     if (head.length < 104) throw invalid(`The disk file ${source.given} has a truncated qcow2 header; import a complete image`);
-    if (head.readBigUInt64BE(8) !== 0n) throw invalid(`The disk file ${source.given} is a qcow2 image with a backing file; flatten it first (qemu-img convert -O qcow2)`);
+    if (head.readBigUInt64BE(8) !== 0n) throw invalid(`The disk file ${source.given} is a qcow2 image that has a backing file; flatten it first (qemu-img convert -O qcow2)`);
     if (head.readUInt32BE(4) >= 3 && (head.readBigUInt64BE(72) & 4n) !== 0n) {
-      throw invalid(`The disk file ${source.given} is a qcow2 image with an external data file; convert it to a self-contained image first (qemu-img convert -O qcow2)`);
+      throw invalid(`The disk file ${source.given} is a qcow2 image that has an external data file; convert it to a self-contained image first (qemu-img convert -O qcow2)`);
     }
   }
   let info: { format?: string; 'backing-filename'?: string; 'format-specific'?: { data?: { 'data-file'?: string } } };

@@ -153,8 +153,8 @@ describe('image import (API, no hosts)', () => {
     execFileSync('qemu-img', ['create', '-q', '-f', 'raw', join(importDir, 'base.raw'), '1M']);
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', join(importDir, 'overlay.qcow2')]);
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${join(importDir, 'data.raw')}`, join(importDir, 'external.qcow2'), '1M']);
-    await assertRefused({ name: 'overlay', path: 'overlay.qcow2' }, /overlay\.qcow2 is a qcow2 image with a backing file/);
-    await assertRefused({ name: 'external', path: 'external.qcow2' }, /external\.qcow2 is a qcow2 image with an external data file/);
+    await assertRefused({ name: 'overlay', path: 'overlay.qcow2' }, /overlay\.qcow2 is a qcow2 image that has a backing file; flatten it first/);
+    await assertRefused({ name: 'external', path: 'external.qcow2' }, /external\.qcow2 is a qcow2 image that has an external data file/);
   });
 
   it('imports a qcow2 and a raw disk, stored 0640 even from a 0666 source', async () => {
