@@ -208,8 +208,11 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   app.post('/v1/images', { schema: { tags: ['images'], summary: 'Import a qcow2/raw disk image or a kernel+initrd pair (operation)', body: ImageImportRequest, response: { 202: Accepted, ...errorResponses } } }, async (request, reply) => {
     const checked = await services.images.checkImport(request.body);
     const operation = await services.operations.start('image.import', { type: 'image', id: request.body.name, name: request.body.name }, async (op) => {
-      await op.report('copying', `Copying ${checked.kind === 'disk' ? request.body.path : 'kernel and initrd'} into the image store`, 0.2);
-      return services.images.import(request.body, checked);
+      await op.report('copying', `Copying ${checked.kind === 'disk' ? request.body.path : 'kernel and initrd'} into the image store`, 0.05);
+      return services.images.import(request.body, checked, {
+        signal: op.signal,
+        onProgress: (share) => op.report('copying', `Copied ${Math.round(share * 100)} %`, 0.05 + share * 0.9),
+      });
     });
     return reply.status(202).send({ operation });
   });

@@ -152,12 +152,21 @@ export const Image = Type.Object(
   { $id: 'Image' },
 );
 
+/**
+ * A file in the control plane's import folder (`<data>/import/`): a name relative to it, or an
+ * absolute path inside it. No `..` segments, no spaces or control characters, at most 1024
+ * characters. The catalogue checks the same rule again and where the file really is.
+ */
+export const importFileNamePattern = '^(?!.*(?:^|/)\\.\\.(?:/|$))[A-Za-z0-9._+@/-]{1,1024}$';
+const ImportFileName = (description: string) =>
+  Type.String({ pattern: importFileNamePattern, maxLength: 1024, description: `${description}; letters, digits and . _ + @ - /, no .. segments, at most 1024 characters`, examples: ['debian-12.qcow2'] });
+
 export const ImageImportRequest = Type.Object(
   {
     name: ResourceName,
-    path: Type.Optional(Type.String({ description: 'A qcow2 or raw disk image on the control plane host' })),
-    kernelPath: Type.Optional(Type.String({ description: 'A kernel, with initrdPath: a kernel+initrd image' })),
-    initrdPath: Type.Optional(Type.String()),
+    path: Type.Optional(ImportFileName('A qcow2 or raw disk image in the import folder (<data>/import/): its name there, or its absolute path inside it')),
+    kernelPath: Type.Optional(ImportFileName('A Linux x86 kernel (bzImage) in the import folder, with initrdPath: a kernel+initrd image')),
+    initrdPath: Type.Optional(ImportFileName('An initrd (cpio, optionally gzip/xz/zstd/lz4/bzip2-compressed) in the import folder')),
   },
   { additionalProperties: false },
 );

@@ -9,6 +9,7 @@ import { DEFAULT_API_PORT, cacheDir, dataPaths, defaultDataDir } from '../core/p
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import type { Operation, Vm } from '../api/schemas.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
+import { stageForImport } from './import-staging.ts';
 import { down, up } from './local-services.ts';
 import { ProgressView, formatDuration, printJson, printTable } from './output.ts';
 
@@ -403,16 +404,31 @@ image
   });
 image
   .command('import <name> [file]')
-  .description('Import a qcow2 or raw disk image, or a kernel+initrd pair')
+  .description('Import a qcow2 or raw disk image, or a kernel+initrd pair: the files are put into the control plane\'s import folder (<data>/import/) and checked there')
   .option('--kernel <file>', 'kernel of a kernel+initrd image')
   .option('--initrd <file>', 'initrd of a kernel+initrd image')
-  .action(async (name: string, file: string | undefined, options: { kernel?: string; initrd?: string }, command: Command) => {
-    const { resolve } = await import('node:path');
-    const body = { name, ...(file ? { path: resolve(file) } : {}), ...(options.kernel ? { kernelPath: resolve(options.kernel) } : {}), ...(options.initrd ? { initrdPath: resolve(options.initrd) } : {}) };
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/images', body);
-    const final = await runOperation(command, `Importing ${name}`, operation);
-    if (globals(command).json) printJson(final.result);
-    else console.log(`${name}: imported`);
+  .option('--in-import-folder', 'the files are already in the control plane\'s import folder: send their names as given (for a CLI on another machine)')
+  .action(async (name: string, file: string | undefined, options: { kernel?: string; initrd?: string; inImportFolder?: boolean }, command: Command) => {
+    const files = file ? [file] : [options.kernel, options.initrd].filter((f): f is string => f !== undefined);
+    if (file && (options.kernel || options.initrd)) throw new NubisError('IMAGE_INVALID', 'Give either a disk image FILE or --kernel and --initrd, not both');
+    if (!file && files.length !== 2) throw new NubisError('IMAGE_INVALID', 'Give a disk image FILE, or both --kernel and --initrd');
+    const staged = options.inImportFolder ? { names: files, remove: async () => {} } : await stageForImport(dataPaths(globals(command).data).imports, files);
+    try {
+      const body = { name, ...(file ? { path: staged.names[0] } : { kernelPath: staged.names[0], initrdPath: staged.names[1] }) };
+      const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/images', body);
+      const final = await runOperation(command, `Importing ${name}`, operation);
+      if (globals(command).json) printJson(final.result);
+      else console.log(`${name}: imported`);
+    } catch (error) {
+      // The control plane names the staged copy; the user knows the file they gave.
+      if (error instanceof NubisError) {
+        const message = staged.names.reduce((text, stagedName, index) => text.replaceAll(stagedName, files[index]), error.message);
+        throw new NubisError(error.code, message, { cause: error, details: error.details });
+      }
+      throw error;
+    } finally {
+      await staged.remove();
+    }
   });
 
 // --- networks ---------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ export function createServices(options: { db: Db; dataDir: string; joinToken: st
   const operations = new OperationManager(db);
   // Without a key file (unit tests), a key of this process: agents joined to it join again later.
   const hosts = new HostRegistry(db, { joinToken: options.joinToken, controlKey: options.controlKey ?? newSecret('nubis_ctlkey') });
-  const images = new ImageCatalogue(db, dataPaths(options.dataDir).images);
+  const images = new ImageCatalogue(db, { imagesDir: dataPaths(options.dataDir).images, importDir: dataPaths(options.dataDir).imports });
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
   const paths = dataPaths(options.dataDir);
@@ -88,6 +88,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   const services = createServices({ db, dataDir: options.dataDir, joinToken, controlKey, logger: options.logger });
   const { operations, images } = services;
   await operations.failInterrupted();
+  await images.prepareFolders();
   const tiny = readTinyImage(options.cacheDir);
   if (tiny) await images.registerBuiltin('tiny', { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath });
   else options.logger.warn('The tiny image is not built; run nubis image build tiny');

@@ -29,6 +29,8 @@ export function dataPaths(dataDir: string) {
     /** The API on a unix socket, for host agents in network namespaces. */
     agentApiSocket: join(dataDir, 'api.sock'),
     images: join(dataDir, 'images'),
+    /** The only place image imports are read from (mode 0700); `nubis image import` copies files here. */
+    imports: join(dataDir, 'import'),
     /** The storage node of this machine: pools, the NBD socket VMs attach volumes through, its API. */
     storagePools: join(dataDir, 'storage', 'pools'),
     storageNbdSocket: join(dataDir, 'storage', 'nbd.sock'),
