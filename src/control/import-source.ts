@@ -191,7 +191,7 @@ export async function checkDisk(source: { given: string; handle: FileHandle }, s
     info = JSON.parse((await runCommand('qemu-img', args, { timeoutMs: QEMU_IMG_TIMEOUT_MS, signal, passFds: [source.handle.fd] })).stdout) as typeof info;
   } catch (error) {
     if (signal?.aborted) throw error;
-    if (isNubisError(error, 'COMMAND_NOT_FOUND')) throw error;
+    if (isNubisError(error, 'COMMAND_MISSING')) throw error;
     const reason = isNubisError(error, 'COMMAND_FAILED') ? String(error.details?.stderr ?? '').trim().replaceAll('/dev/fd/3', source.given) : messageOf(error);
     throw invalid(`qemu-img cannot read the disk file ${source.given}: ${reason || messageOf(error)}`, error);
   }

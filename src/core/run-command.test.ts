@@ -22,7 +22,7 @@ describe('runCommand', () => {
   });
 
   it('names a program that is not installed', async () => {
-    await assert.rejects(runCommand('nubis-no-such-program', [], { timeoutMs: 5000 }), (error) => isNubisError(error, 'COMMAND_NOT_FOUND'));
+    await assert.rejects(runCommand('nubis-no-such-program', [], { timeoutMs: 5000 }), (error) => isNubisError(error, 'COMMAND_MISSING'));
   });
 
   it('kills a program that passes its deadline', async () => {

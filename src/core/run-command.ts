@@ -26,7 +26,7 @@ export interface CommandOutput {
 
 /**
  * Runs `command` with `args` and resolves with its output once it exits with status 0. Rejects
- * with a NubisError: `COMMAND_NOT_FOUND` (not installed), `COMMAND_TIMEOUT` (deadline passed; the
+ * with a NubisError: `COMMAND_MISSING` (not installed), `COMMAND_TIMEOUT` (deadline passed; the
  * program was killed), `COMMAND_FAILED` (non-zero exit or killed by a signal; `details` carries
  * `exitCode` and `stderr`), or with `signal.reason` when the signal aborted it.
  */
@@ -75,7 +75,7 @@ export function runCommand(command: string, args: readonly string[], options: Ru
     };
     child.on('error', (error: NodeJS.ErrnoException) => {
       settle();
-      if (error.code === 'ENOENT') reject(new NubisError('COMMAND_NOT_FOUND', `${command} is not installed; install it (see README, Setup)`, { cause: error }));
+      if (error.code === 'ENOENT') reject(new NubisError('COMMAND_MISSING', `${command} is not installed; install it (see README, Setup)`, { cause: error }));
       else reject(new NubisError('COMMAND_FAILED', `${command} could not be started: ${error.message}`, { cause: error }));
     });
     child.on('close', (code, killedBy) => {

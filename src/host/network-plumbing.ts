@@ -5,7 +5,7 @@
  * are made by the network driver in src/network.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NubisError, isNubisError } from '../core/errors.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
@@ -72,6 +72,9 @@ export class NetworkPlumbing {
     const stateDir = this.#dhcpStateDir(hostNs, spec.id);
     if (spec.dhcp) {
       await mkdir(stateDir, { recursive: true, mode: 0o755 });
+      // dnsmasq re-reads its hosts file as its own user, which must be able to search every
+      // folder down to it; mkdir's mode is cut by the agent's umask (0077), so set it outright.
+      for (const dir of [DHCP_STATE_ROOT, join(DHCP_STATE_ROOT, hostNs), stateDir]) await chmod(dir, 0o755);
       await ensureDhcp({ hostNs, networkKey: spec.id, stateDir, subnet: spec.dhcp.subnet, serverIp: spec.dhcp.serverIp, gateway: spec.dhcp.gateway, hosts: spec.dhcp.hosts, mtu: spec.mtu });
     } else if (existsSync(stateDir)) {
       // This host served DHCP for the network before (the server moved, or DHCP was turned off).

@@ -297,5 +297,7 @@ async function stopProcess(pid: number): Promise<void> {
 async function writeAtomically(path: string, text: string): Promise<void> {
   const temporary = `${path}.${process.pid}.tmp`;
   await writeFile(temporary, text, { mode: 0o644 });
+  // dnsmasq re-reads it as its own user; the mode above is cut by the agent's umask.
+  await chmod(temporary, 0o644);
   await rename(temporary, path);
 }
