@@ -110,7 +110,7 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
       info: { title: 'Nubis API', version: API_VERSION, description: 'Private-cloud virtualization: VMs, hosts, images, operations' },
       // The document is served by the API it describes: its paths are relative to the same origin.
       // x-internal: a private cloud's control plane is for its operators, not the public.
-      servers: [{ url: '/', description: 'Same origin: the production control plane that serves this document', 'x-internal': true }],
+      servers: [{ url: '/', description: 'Same origin: the production control plane that serves this document', 'x-internal': true } as { url: string; description: string }],
       components: {
         securitySchemes: {
           bearer: { type: 'http', scheme: 'bearer', description: 'The admin token (file admin-token in the data folder)' },
