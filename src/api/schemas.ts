@@ -2,31 +2,95 @@
  * Every wire type of the REST API, in one place: the same schemas validate requests, type the
  * route handlers and produce the OpenAPI document.
  */
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
+
+const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
 /** Names of VMs, images, projects, hosts: DNS-label-like, so they work as guest hostnames. */
 export const ResourceName = Type.String({
-  pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$',
+  pattern: NAME_PATTERN,
+  maxLength: 63,
   description: 'Lowercase letters, digits and inner hyphens, 1-63 characters',
   examples: ['web1'],
 });
 
+/**
+ * A resource named in a route: its name or its id. Ids (`vm-3f9c1a2b7d4e`, see core/ids.ts) are
+ * written in the names' alphabet, so one pattern takes both.
+ */
+export function ResourceRef(description: string) {
+  return Type.String({ pattern: NAME_PATTERN, maxLength: 63, description, examples: ['web1'] });
+}
+
+/** An id as the API hands it out: a type prefix and random hex (core/ids.ts). */
+export const ResourceId = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 63, description: 'A type prefix and random hex, e.g. vm-3f9c1a2b7d4e' });
+
+/** An ISO 8601 time as `Date.toISOString()` writes it. */
+export const Timestamp = Type.String({ format: 'date-time', maxLength: 32 });
+
+/** Free text (messages, descriptions, log lines) of at most `maxLength` characters. */
+export function Text(maxLength: number, options: { description?: string } = {}) {
+  return Type.String({ maxLength, ...options });
+}
+
+/** A 32-bit integer from `minimum` to `maximum`. */
+export function Int32(minimum: number, maximum: number, options: { description?: string; default?: number } = {}) {
+  return Type.Integer({ format: 'int32', minimum, maximum, ...options });
+}
+
+/** A count (of VMs, NICs, errors...): 0 up to the int32 range. */
+export function Count(options: { description?: string } = {}) {
+  return Int32(0, 2 ** 31 - 1, options);
+}
+
+/** A byte count; JSON numbers stay exact up to 2^53 - 1. */
+export function ByteCount(options: { description?: string } = {}) {
+  return Type.Integer({ format: 'int64', minimum: 0, maximum: Number.MAX_SAFE_INTEGER, ...options });
+}
+
+/** A TCP/UDP port. */
+export function Port(options: { description?: string } = {}) {
+  return Int32(1, 65535, options);
+}
+
 /** A dotted IPv4 address; the pattern refuses anything a command line could read as more. */
 const IPV4_PATTERN = '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$';
-export const Ipv4Address = Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'A dotted IPv4 address', examples: ['10.0.0.5'] });
-/** The shape of an IPv4 address with a prefix length, e.g. 10.10.0.0/24: digits, dots and a
- * slash only, so nothing else can reach a command line; the network code checks the values and
- * says what is wrong with them (an octet over 255, a /33, host bits set). */
-const CIDR_SHAPE = '^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$';
-/** A volume as POOL/VOLUME, both resource names. */
-const NAME_PATTERN = '[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?';
-export const VolumeRefString = Type.String({ pattern: `^${NAME_PATTERN}/${NAME_PATTERN}$`, maxLength: 127, description: 'POOL/VOLUME', examples: ['p1/data1'] });
+
+/** A dotted-quad IPv4 address. */
+export function Ipv4(options: { description?: string; examples?: string[] } = {}) {
+  return Type.String({ format: 'ipv4', pattern: IPV4_PATTERN, maxLength: 15, ...options });
+}
+
+/**
+ * An IPv4 network in CIDR notation, e.g. 10.10.0.0/24. The pattern takes digits, dots and a slash
+ * only, so nothing else can reach a command line; the network code checks the values and says
+ * what is wrong with them (an octet over 255, a /33, host bits set).
+ */
+export function Ipv4Cidr(options: { description?: string; examples?: string[] } = {}) {
+  return Type.String({ pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$', maxLength: 18, ...options });
+}
+
+/** A path on the control plane host (Linux PATH_MAX). */
+export function FilePath(options: { description?: string } = {}) {
+  return Type.String({ minLength: 1, maxLength: 4096, ...options });
+}
+
+/** A size such as 20G, 512MiB or 4096, as storage/size.ts parses it. */
+const SIZE_PATTERN = '^\\s*[0-9]+(\\.[0-9]+)?\\s*[KMGTPkmgtp]?([iI]?[bB])?\\s*$';
+
+/** Every list the API answers with stays below this many entries. */
+const MAX_LIST = 100000;
+
+/** A list answer; the API has no paging, so the bound is a sanity limit for clients. */
+export function List<T extends TSchema>(items: T, options: { description?: string } = {}) {
+  return Type.Array(items, { maxItems: MAX_LIST, ...options });
+}
 
 export const ErrorBody = Type.Object(
   {
-    code: Type.String({ description: 'Stable error code, e.g. VM_NOT_FOUND' }),
-    message: Type.String({ description: 'What went wrong and what to change' }),
+    code: Type.String({ pattern: '^[A-Z][A-Z0-9_]*$', maxLength: 64, description: 'Stable error code, e.g. VM_NOT_FOUND' }),
+    message: Text(65536, { description: 'What went wrong and what to change' }),
     details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
   },
   { $id: 'Error' },
@@ -39,21 +103,21 @@ export const ProjectQuery = Type.Object(
 
 export const Host = Type.Object(
   {
-    id: Type.String(),
-    name: Type.String(),
+    id: ResourceId,
+    name: ResourceName,
     status: Type.Union([Type.Literal('online'), Type.Literal('offline'), Type.Literal('maintenance')]),
-    endpoint: Type.String(),
-    accelerator: Type.String({ description: 'kvm or tcg, chosen by a boot probe' }),
-    acceleratorReason: Type.String(),
-    cpus: Type.Integer(),
-    memoryMb: Type.Integer(),
-    allocatedCpus: Type.Integer(),
-    allocatedMemoryMb: Type.Integer(),
-    vmCount: Type.Integer(),
-    lastSeenAt: Type.String({ format: 'date-time' }),
-    joinedAt: Type.String({ format: 'date-time' }),
-    underlayIp: Type.Optional(Type.String({ description: 'Address on the underlay network (VXLAN endpoint)' })),
-    qemuVersion: Type.Optional(Type.String({ description: 'QEMU on the host; a VM migrates only to the same or a newer QEMU' })),
+    endpoint: Text(4096),
+    accelerator: Text(16, { description: 'kvm or tcg, chosen by a boot probe' }),
+    acceleratorReason: Text(4096),
+    cpus: Count(),
+    memoryMb: Count(),
+    allocatedCpus: Count(),
+    allocatedMemoryMb: Count(),
+    vmCount: Count(),
+    lastSeenAt: Timestamp,
+    joinedAt: Timestamp,
+    underlayIp: Type.Optional(Ipv4({ description: 'Address on the underlay network (VXLAN endpoint)' })),
+    qemuVersion: Type.Optional(Text(256, { description: 'QEMU on the host; a VM migrates only to the same or a newer QEMU' })),
   },
   { $id: 'Host' },
 );
@@ -61,28 +125,31 @@ export const Host = Type.Object(
 export const PublishedPort = Type.Object({
   protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
   // It becomes part of QEMU's `hostfwd=` option: only a plain address may pass.
-  hostAddress: Type.String({ pattern: IPV4_PATTERN, maxLength: 15, default: '127.0.0.1', description: 'Host IPv4 address to listen on' }),
-  hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
-  guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  hostAddress: Type.String({ format: 'ipv4', pattern: IPV4_PATTERN, maxLength: 15, default: '127.0.0.1', description: 'Host IPv4 address to listen on' }),
+  hostPort: Type.Integer({ format: 'int32', minimum: 1, maximum: 65535 }),
+  guestPort: Type.Integer({ format: 'int32', minimum: 1, maximum: 65535 }),
 }, { additionalProperties: false });
+
+/** A volume as POOL/VOLUME. */
+export const VolumePath = Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?/[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', maxLength: 127, description: 'POOL/VOLUME, both names', examples: ['pool1/vol1'] });
 
 export const VmCreateRequest = Type.Object(
   {
     name: ResourceName,
     image: ResourceName,
-    cpus: Type.Integer({ minimum: 1, maximum: 64, default: 1, description: 'Virtual CPUs' }),
-    memoryMb: Type.Integer({ minimum: 64, maximum: 1048576, default: 256, description: 'Guest memory in MiB' }),
+    cpus: Int32(1, 64, { default: 1, description: 'Virtual CPUs' }),
+    memoryMb: Int32(64, 1048576, { default: 256, description: 'Guest memory in MiB' }),
     host: Type.Optional(ResourceName),
     project: Type.Optional(ResourceName),
     publish: Type.Optional(Type.Array(PublishedPort, { maxItems: 16, description: 'Host ports forwarded to guest ports (user-mode network)' })),
     networks: Type.Optional(
       Type.Array(
-        Type.Object({ network: ResourceName, ip: Type.Optional(Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'Requested address; default: the lowest free one' })) }, { additionalProperties: false }),
+        Type.Object({ network: ResourceName, ip: Type.Optional(Ipv4({ description: 'Requested address; default: the lowest free one' })) }, { additionalProperties: false }),
         { maxItems: 8, description: 'NICs on virtual networks, in guest order (eth0, eth1, ...); without it the VM gets a user-mode NIC' },
       ),
     ),
     secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
-    disks: Type.Optional(Type.Array(VolumeRefString, { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
+    disks: Type.Optional(Type.Array(VolumePath, { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
     allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' })),
   },
@@ -90,64 +157,64 @@ export const VmCreateRequest = Type.Object(
 );
 export type VmCreateRequest = Static<typeof VmCreateRequest>;
 
-export const VmState = Type.String({ description: 'pending, starting, running, paused, stopping, stopped, crashed, migrating, unknown' });
+export const VmState = Text(16, { description: 'pending, starting, running, paused, stopping, stopped, crashed, migrating, unknown' });
 
 export const Vm = Type.Object(
   {
-    id: Type.String(),
-    name: Type.String(),
-    project: Type.String(),
-    host: Type.String(),
-    image: Type.String(),
-    cpus: Type.Integer(),
-    memoryMb: Type.Integer(),
+    id: ResourceId,
+    name: ResourceName,
+    project: ResourceName,
+    host: Text(63),
+    image: ResourceName,
+    cpus: Count(),
+    memoryMb: Count(),
     state: VmState,
-    desiredState: Type.String(),
-    accelerator: Type.String(),
+    desiredState: Text(16),
+    accelerator: Text(16),
     ready: Type.Boolean({ description: 'The guest printed its readiness line in its current boot' }),
-    pid: Type.Optional(Type.Integer()),
-    startedAt: Type.Optional(Type.String({ format: 'date-time' })),
-    readyAt: Type.Optional(Type.String({ format: 'date-time' })),
-    uptimeSeconds: Type.Optional(Type.Integer()),
-    guestIps: Type.Array(Type.String()),
-    nics: Type.Array(Type.Object({ network: Type.String(), mac: Type.String(), ip: Type.String() })),
-    disks: Type.Array(Type.Object({ device: Type.String({ description: 'Name in the guest when it boots from kernel+initrd' }), volume: Type.String() })),
-    publish: Type.Array(PublishedPort),
-    lastError: Type.Optional(Type.String()),
-    crashLogTail: Type.Optional(Type.Array(Type.String())),
+    pid: Type.Optional(Count()),
+    startedAt: Type.Optional(Timestamp),
+    readyAt: Type.Optional(Timestamp),
+    uptimeSeconds: Type.Optional(Count()),
+    guestIps: Type.Array(Text(64), { maxItems: 64 }),
+    nics: Type.Array(Type.Object({ network: ResourceName, mac: Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$', maxLength: 17 }), ip: Ipv4() }), { maxItems: 8 }),
+    disks: Type.Array(Type.Object({ device: Text(16, { description: 'Name in the guest when it boots from kernel+initrd' }), volume: VolumePath }), { maxItems: 64 }),
+    publish: Type.Array(PublishedPort, { maxItems: 16 }),
+    lastError: Type.Optional(Text(65536)),
+    crashLogTail: Type.Optional(Type.Array(Text(65536), { maxItems: 1000 })),
     allowPostcopy: Type.Boolean({ description: 'Live migration may use post-copy' }),
-    createdAt: Type.String({ format: 'date-time' }),
+    createdAt: Timestamp,
   },
   { $id: 'Vm' },
 );
 export type Vm = Static<typeof Vm>;
 
-export const VmRef = Type.Object({ vm: Type.String({ description: 'VM name (in the project) or id' }) });
+export const VmRef = Type.Object({ vm: ResourceRef('VM name (in the project) or id') });
 
 export const VmStopRequest = Type.Object(
   {
     force: Type.Boolean({ default: false, description: 'Skip the ACPI shutdown: stop at once (stop) or hard reset (reboot)' }),
-    timeoutSeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 30, description: 'How long the guest may take to shut down before it is forced' }),
+    timeoutSeconds: Int32(1, 3600, { default: 30, description: 'How long the guest may take to shut down before it is forced' }),
   },
   { additionalProperties: false },
 );
 
 export const VmLogQuery = Type.Object(
-  { project: Type.Optional(ResourceName), lines: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }) },
+  { project: Type.Optional(ResourceName), lines: Int32(1, 10000, { default: 100 }) },
   { additionalProperties: false },
 );
 
-export const VmLog = Type.Object({ lines: Type.Array(Type.String()) });
+export const VmLog = Type.Object({ lines: Type.Array(Text(65536), { maxItems: 10000 }) });
 
 export const Image = Type.Object(
   {
-    id: Type.String(),
-    name: Type.String(),
+    id: ResourceId,
+    name: ResourceName,
     kind: Type.Union([Type.Literal('kernel'), Type.Literal('disk')]),
-    format: Type.String(),
-    sizeBytes: Type.Integer(),
+    format: Text(16),
+    sizeBytes: ByteCount(),
     builtin: Type.Boolean(),
-    createdAt: Type.String({ format: 'date-time' }),
+    createdAt: Timestamp,
   },
   { $id: 'Image' },
 );
@@ -171,28 +238,30 @@ export const ImageImportRequest = Type.Object(
   { additionalProperties: false },
 );
 
+export const OperationStatus = Type.Union([Type.Literal('running'), Type.Literal('succeeded'), Type.Literal('failed'), Type.Literal('cancelled')]);
+
 export const Operation = Type.Object(
   {
-    id: Type.String(),
-    kind: Type.String(),
-    status: Type.Union([Type.Literal('running'), Type.Literal('succeeded'), Type.Literal('failed'), Type.Literal('cancelled')]),
-    stage: Type.String(),
+    id: ResourceId,
+    kind: Text(64),
+    status: OperationStatus,
+    stage: Text(256),
     progress: Type.Number({ minimum: 0, maximum: 1 }),
-    target: Type.Object({ type: Type.String(), id: Type.String(), name: Type.String() }),
-    error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+    target: Type.Object({ type: Text(64), id: Text(256), name: Text(256) }),
+    error: Type.Optional(Type.Object({ code: Text(64), message: Text(65536) })),
     result: Type.Optional(Type.Unknown()),
-    createdAt: Type.String({ format: 'date-time' }),
-    updatedAt: Type.String({ format: 'date-time' }),
+    createdAt: Timestamp,
+    updatedAt: Timestamp,
   },
   { $id: 'Operation' },
 );
 export type Operation = Static<typeof Operation>;
 
 export const OperationEvent = Type.Object({
-  seq: Type.Integer(),
-  at: Type.String({ format: 'date-time' }),
-  stage: Type.String(),
-  message: Type.String(),
+  seq: Count(),
+  at: Timestamp,
+  stage: Text(256),
+  message: Text(65536),
   progress: Type.Number(),
   data: Type.Optional(Type.Unknown()),
 });
@@ -200,66 +269,68 @@ export type OperationEvent = Static<typeof OperationEvent>;
 
 export const Accepted = Type.Object({ operation: Operation }, { $id: 'Accepted' });
 
-export const Project = Type.Object({ id: Type.String(), name: Type.String(), createdAt: Type.String() });
+export const Project = Type.Object({ id: ResourceId, name: ResourceName, createdAt: Timestamp });
 export const ProjectCreateRequest = Type.Object({ name: ResourceName }, { additionalProperties: false });
 
 export const HostJoinRequest = Type.Object(
   {
     name: ResourceName,
-    joinToken: Type.String(),
-    endpoint: Type.String({ description: 'Where the control plane reaches the agent: unix:/path or http://host:port' }),
+    joinToken: Text(256),
+    endpoint: Type.String({ pattern: '^(unix:/|https?://)', maxLength: 4096, description: 'Where the control plane reaches the agent: unix:/path or http://host:port', examples: ['unix:/run/nubis/agent.sock'] }),
     agentToken: Type.String({ minLength: 32, maxLength: 256, description: 'What the agent presents to the control plane from now on (only its hash is kept)' }),
-    accelerator: Type.String(),
-    acceleratorReason: Type.String(),
-    cpus: Type.Integer({ minimum: 1 }),
-    memoryMb: Type.Integer({ minimum: 64 }),
-    underlayIp: Type.Optional(Type.String()),
-    qemuVersion: Type.Optional(Type.String({ description: "The host's `qemu-system-x86_64 --version` line" })),
+    accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
+    acceleratorReason: Text(4096),
+    cpus: Int32(1, 65536),
+    memoryMb: Int32(64, 2 ** 31 - 1),
+    underlayIp: Type.Optional(Ipv4()),
+    qemuVersion: Type.Optional(Text(256, { description: "The host's `qemu-system-x86_64 --version` line" })),
   },
   { additionalProperties: false },
 );
 
+// What an agent reports about its VMs: bounds only, no patterns, so that a report is never
+// refused for a detail and the control plane keeps hearing from the host.
 export const VmStatusReport = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  state: Type.String(),
-  pid: Type.Optional(Type.Integer()),
-  startedAt: Type.Optional(Type.String()),
-  readyAt: Type.Optional(Type.String()),
-  guestIps: Type.Optional(Type.Array(Type.String())),
-  lastError: Type.Optional(Type.String()),
-  crashLogTail: Type.Optional(Type.Array(Type.String())),
+  id: Text(63),
+  name: Text(63),
+  state: Text(16),
+  pid: Type.Optional(Count()),
+  startedAt: Type.Optional(Text(32)),
+  readyAt: Type.Optional(Text(32)),
+  guestIps: Type.Optional(Type.Array(Text(64), { maxItems: 64 })),
+  lastError: Type.Optional(Text(65536)),
+  crashLogTail: Type.Optional(Type.Array(Text(65536), { maxItems: 1000 })),
 });
 
 export const HostReport = Type.Object(
-  { vms: Type.Array(VmStatusReport), full: Type.Boolean({ description: 'The list is every VM of the host' }) },
+  { vms: List(VmStatusReport), full: Type.Boolean({ description: 'The list is every VM of the host' }) },
   { additionalProperties: false },
 );
 
 export const Status = Type.Object({
-  version: Type.String(),
-  hosts: Type.Integer(),
-  hostsOnline: Type.Integer(),
-  vms: Type.Integer(),
-  vmsRunning: Type.Integer(),
-  dataDir: Type.String(),
+  version: Text(32),
+  hosts: Count(),
+  hostsOnline: Count(),
+  vms: Count(),
+  vmsRunning: Count(),
+  dataDir: FilePath(),
 });
 
 export const Network = Type.Object(
   {
-    id: Type.String(),
-    name: Type.String(),
-    project: Type.String(),
-    subnet: Type.String(),
-    gateway: Type.Optional(Type.String()),
+    id: ResourceId,
+    name: ResourceName,
+    project: ResourceName,
+    subnet: Ipv4Cidr(),
+    gateway: Type.Optional(Ipv4()),
     dhcp: Type.Boolean(),
     nat: Type.Boolean(),
-    dhcpAddress: Type.Optional(Type.String()),
-    vni: Type.Integer(),
-    mtu: Type.Integer(),
-    nicCount: Type.Integer(),
-    hosts: Type.Array(Type.String(), { description: 'Hosts that carry the network (have a VM on it)' }),
-    createdAt: Type.String({ format: 'date-time' }),
+    dhcpAddress: Type.Optional(Ipv4()),
+    vni: Int32(1, 16777215),
+    mtu: Int32(68, 65535),
+    nicCount: Count(),
+    hosts: List(ResourceName, { description: 'Hosts that carry the network (have a VM on it)' }),
+    createdAt: Timestamp,
   },
   { $id: 'Network' },
 );
@@ -267,11 +338,11 @@ export const Network = Type.Object(
 export const NetworkCreateRequest = Type.Object(
   {
     name: ResourceName,
-    subnet: Type.String({ pattern: CIDR_SHAPE, maxLength: 18, description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
-    gateway: Type.Optional(Type.String({ pattern: IPV4_PATTERN, maxLength: 15, description: 'Gateway address given to guests (reserved in IPAM)' })),
+    subnet: Ipv4Cidr({ description: 'IPv4 subnet, /8 to /29', examples: ['10.10.0.0/24'] }),
+    gateway: Type.Optional(Ipv4({ description: 'Gateway address given to guests (reserved in IPAM)', examples: ['10.10.0.1'] })),
     dhcp: Type.Boolean({ default: false, description: 'Serve DHCP (fixed leases from IPAM); otherwise guests get static settings' }),
     nat: Type.Boolean({ default: false, description: 'A NAT gateway at the gateway address: VMs reach the outside, port forwards reach VMs' }),
-    vni: Type.Optional(Type.Integer({ minimum: 1, maximum: 16777215, description: 'VXLAN network identifier; default: the next free one from 1000' })),
+    vni: Type.Optional(Int32(1, 16777215, { description: 'VXLAN network identifier; default: the next free one from 1000' })),
     project: Type.Optional(ResourceName),
   },
   { additionalProperties: false },
@@ -281,38 +352,38 @@ export const NetworkProbeRequest = Type.Object(
   {
     command: Type.Array(Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\u0000]*$' }), { minItems: 1, maxItems: 64, description: 'Command and arguments, run in a namespace attached to the network' }),
     host: Type.Optional(ResourceName),
-    timeoutSeconds: Type.Integer({ minimum: 1, maximum: 600, default: 30 }),
+    timeoutSeconds: Int32(1, 600, { default: 30 }),
   },
   { additionalProperties: false },
 );
 
 export const NetworkProbeResult = Type.Object({
-  host: Type.String(),
-  address: Type.String({ description: 'The address the probe used' }),
-  exitCode: Type.Integer(),
-  stdout: Type.String(),
-  stderr: Type.String(),
+  host: ResourceName,
+  address: Ipv4({ description: 'The address the probe used' }),
+  exitCode: Int32(-255, 255),
+  stdout: Text(16 * 2 ** 20),
+  stderr: Text(16 * 2 ** 20),
 });
 
 export const SecgroupRule = Type.Object({
-  id: Type.String(),
+  id: ResourceId,
   direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')]),
-  protocol: Type.String(),
-  portMin: Type.Optional(Type.Integer()),
-  portMax: Type.Optional(Type.Integer()),
-  cidr: Type.Optional(Type.String()),
-  remoteGroup: Type.Optional(Type.String()),
+  protocol: Text(8),
+  portMin: Type.Optional(Port()),
+  portMax: Type.Optional(Port()),
+  cidr: Type.Optional(Ipv4Cidr()),
+  remoteGroup: Type.Optional(Text(63)),
 });
 
 export const Secgroup = Type.Object(
   {
-    id: Type.String(),
-    name: Type.String(),
-    project: Type.String(),
-    description: Type.String(),
-    rules: Type.Array(SecgroupRule),
-    members: Type.Array(Type.String(), { description: 'VMs in the group' }),
-    createdAt: Type.String({ format: 'date-time' }),
+    id: ResourceId,
+    name: ResourceName,
+    project: ResourceName,
+    description: Text(200),
+    rules: List(SecgroupRule),
+    members: List(ResourceName, { description: 'VMs in the group' }),
+    createdAt: Timestamp,
   },
   { $id: 'Secgroup' },
 );
@@ -326,34 +397,34 @@ export const SecgroupRuleRequest = Type.Object(
   {
     direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')], { default: 'ingress' }),
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
-    portMin: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'First port (tcp/udp)' })),
-    portMax: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'Last port (default: portMin)' })),
-    cidr: Type.Optional(Type.String({ pattern: CIDR_SHAPE, maxLength: 18, description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0' })),
+    portMin: Type.Optional(Port({ description: 'First port (tcp/udp)' })),
+    portMax: Type.Optional(Port({ description: 'Last port (default: portMin)' })),
+    cidr: Type.Optional(Ipv4Cidr({ description: 'Allowed sources (ingress) or destinations (egress); default 0.0.0.0/0', examples: ['10.0.0.0/8'] })),
     remoteGroup: Type.Optional(ResourceName),
   },
   { additionalProperties: false },
 );
 
-export const PoolMember = Type.Object({ index: Type.Integer(), path: Type.String(), state: Type.String(), readErrors: Type.Optional(Type.Integer()), writeErrors: Type.Optional(Type.Integer()), checksumErrors: Type.Optional(Type.Integer()) }, { additionalProperties: true });
+export const PoolMember = Type.Object({ index: Count(), path: FilePath(), state: Text(32), readErrors: Type.Optional(Count()), writeErrors: Type.Optional(Count()), checksumErrors: Type.Optional(Count()) }, { additionalProperties: true });
 
 export const Pool = Type.Object(
   {
-    name: Type.String(),
-    kind: Type.String({ description: 'san: volumes served by the storage node over NBD (device-based); dir: qcow2 files on hosts (host-based)' }),
-    layout: Type.String(),
-    state: Type.String({ description: 'online, degraded or faulted' }),
+    name: ResourceName,
+    kind: Text(8, { description: 'san: volumes served by the storage node over NBD (device-based); dir: qcow2 files on hosts (host-based)' }),
+    layout: Text(16),
+    state: Text(16, { description: 'online, degraded or faulted' }),
     readOnly: Type.Boolean(),
-    readOnlyReason: Type.Optional(Type.String()),
-    sizeBytes: Type.Integer(),
-    allocatedBytes: Type.Integer(),
-    freeBytes: Type.Integer(),
-    provisionedBytes: Type.Integer(),
+    readOnlyReason: Type.Optional(Text(4096)),
+    sizeBytes: ByteCount(),
+    allocatedBytes: ByteCount(),
+    freeBytes: ByteCount(),
+    provisionedBytes: ByteCount(),
     overcommitRatio: Type.Number(),
-    wasteBytes: Type.Integer(),
-    chunkBytes: Type.Integer(),
-    warnings: Type.Array(Type.String()),
-    members: Type.Array(PoolMember),
-    volumes: Type.Integer(),
+    wasteBytes: ByteCount(),
+    chunkBytes: ByteCount(),
+    warnings: List(Text(4096)),
+    members: List(PoolMember),
+    volumes: Count(),
   },
   { $id: 'Pool', additionalProperties: true },
 );
@@ -376,9 +447,9 @@ export const PoolCreateRequest = Type.Object(
 
 export const PoolReplaceRequest = Type.Object(
   {
-    member: Type.Union([Type.Integer({ minimum: 0, maximum: 31 }), DeviceRef], { description: 'The member to replace: its index or its device' }),
+    member: Type.Union([Type.Integer({ minimum: 0, maximum: 31, description: 'Member index' }), DeviceRef], { description: 'The member to replace: its index or its device' }),
     device: DeviceRef,
-    maxMbPerSec: Type.Optional(Type.Integer({ minimum: 1 })),
+    maxMbPerSec: Type.Optional(Type.Integer({ format: 'int32', minimum: 1, maximum: 1000000 })),
     force: Type.Optional(Type.Boolean({ description: 'Overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)' })),
   },
   { additionalProperties: false },
@@ -386,31 +457,33 @@ export const PoolReplaceRequest = Type.Object(
 
 export const Volume = Type.Object(
   {
-    name: Type.String(),
-    pool: Type.String(),
-    sizeBytes: Type.Integer(),
-    kind: Type.String({ description: 'volume, snapshot or clone' }),
-    originName: Type.Optional(Type.String()),
+    name: ResourceName,
+    pool: ResourceName,
+    sizeBytes: ByteCount(),
+    kind: Text(16, { description: 'volume, snapshot or clone' }),
+    originName: Type.Optional(Text(63)),
     readOnly: Type.Boolean(),
-    allocatedBytes: Type.Integer(),
-    usedBy: Type.Optional(Type.String({ description: 'The VM it is attached to' })),
-    host: Type.Optional(Type.String({ description: 'dir pools: the host holding the qcow2 file' })),
-    createdAt: Type.String(),
+    allocatedBytes: ByteCount(),
+    usedBy: Type.Optional(Text(63, { description: 'The VM it is attached to' })),
+    host: Type.Optional(Text(63, { description: 'dir pools: the host holding the qcow2 file' })),
+    createdAt: Timestamp,
   },
   { $id: 'Volume' },
 );
 
-export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Type.String({ description: 'e.g. 20G, 512M' }), host: Type.Optional(ResourceName) }, { additionalProperties: false });
+export const Size = Type.String({ pattern: SIZE_PATTERN, maxLength: 32, description: 'e.g. 20G, 512M', examples: ['1G'] });
+
+export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Size, host: Type.Optional(ResourceName) }, { additionalProperties: false });
 
 export const PortForward = Type.Object(
   {
-    id: Type.String(),
+    id: ResourceId,
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
-    hostPort: Type.Integer(),
-    vm: Type.String(),
-    vmPort: Type.Integer(),
-    listenAddress: Type.Optional(Type.String({ description: "Where clients connect: the gateway host's outside (underlay) address" })),
-    host: Type.Optional(Type.String()),
+    hostPort: Port(),
+    vm: ResourceName,
+    vmPort: Port(),
+    listenAddress: Type.Optional(Ipv4({ description: "Where clients connect: the gateway host's outside (underlay) address" })),
+    host: Type.Optional(Text(63)),
   },
   { $id: 'PortForward' },
 );
@@ -418,9 +491,9 @@ export const PortForward = Type.Object(
 export const PortForwardRequest = Type.Object(
   {
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
-    hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    hostPort: Port(),
     vm: ResourceName,
-    vmPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    vmPort: Port(),
   },
   { additionalProperties: false },
 );
