@@ -447,7 +447,7 @@ export const PoolCreateRequest = Type.Object(
 
 export const PoolReplaceRequest = Type.Object(
   {
-    member: Type.Union([Type.Integer({ minimum: 0, maximum: 31, description: 'Member index' }), DeviceRef], { description: 'The member to replace: its index or its device' }),
+    member: Type.Union([Type.Integer({ format: 'int32', minimum: 0, maximum: 31, description: 'Member index' }), DeviceRef], { description: 'The member to replace: its index or its device' }),
     device: DeviceRef,
     maxMbPerSec: Type.Optional(Type.Integer({ format: 'int32', minimum: 1, maximum: 1000000 })),
     force: Type.Optional(Type.Boolean({ description: 'Overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)' })),
