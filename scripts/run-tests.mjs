@@ -1,13 +1,16 @@
 #!/usr/bin/env node
-// Runs every test with Node's test runner: unit tests beside the code (src/**/*.test.ts), then the
-// integration tests under test/ that boot real VMs, one file at a time (two cores, TCG guests).
-// Arguments narrow the run to files whose path contains one of them.
-import { spawnSync } from 'node:child_process';
+// `npm test` after setup: the static checks (types, import circles, lint and format), then every
+// test file with Node's test runner, one file at a time in a process of its own (two cores, TCG
+// guests), printing each file's time as it ends and a table of them at the close.
+// Arguments narrow the run to files whose path contains one of them and skip the static checks
+// (add --checks to run them anyway).
+import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+const bin = (name) => join(repoRoot, 'node_modules', '.bin', name);
 
 function findTests(dir) {
   const found = [];
@@ -19,7 +22,9 @@ function findTests(dir) {
   return found.sort();
 }
 
-const filters = process.argv.slice(2);
+const args = process.argv.slice(2);
+const filters = args.filter((arg) => !arg.startsWith('--'));
+const runChecks = filters.length === 0 || args.includes('--checks');
 const files = [...findTests(join(repoRoot, 'src')), ...findTests(join(repoRoot, 'test'))].filter(
   (file) => filters.length === 0 || filters.some((filter) => file.includes(filter)),
 );
@@ -27,9 +32,57 @@ if (files.length === 0) {
   console.error(`No test files match ${filters.join(', ')}`);
   process.exit(1);
 }
-const result = spawnSync(
-  process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files],
-  { cwd: repoRoot, stdio: 'inherit' },
-);
-process.exit(result.status ?? 1);
+
+const seconds = (ms) => `${(ms / 1000).toFixed(1)} s`;
+const failedChecks = [];
+if (runChecks) {
+  const checks = [
+    ['type check (tsc --noEmit)', bin('tsc'), ['--noEmit', '-p', repoRoot]],
+    ['import circles', process.execPath, [join(repoRoot, 'scripts', 'check-import-cycles.mjs')]],
+    ['lint and format (biome ci)', bin('biome'), ['ci', repoRoot]],
+  ];
+  for (const [name, command, commandArgs] of checks) {
+    const started = Date.now();
+    const result = spawnSync(command, commandArgs, { cwd: repoRoot, stdio: 'inherit' });
+    const ok = result.status === 0;
+    if (!ok) failedChecks.push(name);
+    console.log(`${ok ? '✔' : '✖'} ${name} (${seconds(Date.now() - started)})`);
+  }
+}
+
+/** Runs one test file in its own process, echoing its output; resolves with its counts. */
+function runFile(file) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', file], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
+    let output = '';
+    child.stdout.on('data', (chunk) => {
+      output += chunk;
+      process.stdout.write(chunk);
+    });
+    child.on('close', (code) => {
+      const count = (name) => Number(new RegExp(`^ℹ ${name} (\\d+)$`, 'm').exec(output)?.[1] ?? 0);
+      // A file that dies before its tests report counts as one failure.
+      const failed = count('fail') + count('cancelled') || (code === 0 ? 0 : 1);
+      resolve({ passed: count('pass'), failed, skipped: count('skipped') + count('todo') });
+    });
+  });
+}
+
+const times = [];
+const totals = { passed: 0, failed: 0, skipped: 0 };
+const startedAll = Date.now();
+for (const file of files) {
+  const started = Date.now();
+  const counts = await runFile(file);
+  const ms = Date.now() - started;
+  times.push({ file, ms, ...counts });
+  for (const key of Object.keys(totals)) totals[key] += counts[key];
+  console.log(`── ${file}: ${seconds(ms)}, ${counts.passed} passed, ${counts.failed} failed${counts.skipped ? `, ${counts.skipped} skipped` : ''}`);
+}
+
+console.log('\nTime per test file:');
+for (const { file, ms, failed } of times) console.log(`  ${seconds(ms).padStart(8)}  ${failed ? '✖' : '✔'} ${file}`);
+console.log(`  ${seconds(Date.now() - startedAll).padStart(8)}  all files`);
+if (failedChecks.length > 0) console.log(`Static checks failed: ${failedChecks.join(', ')}`);
+console.log(`${totals.passed} passed, ${totals.failed + failedChecks.length} failed, ${totals.skipped} skipped`);
+process.exit(totals.failed + failedChecks.length > 0 ? 1 : 0);

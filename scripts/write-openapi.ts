@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildApp } from '../src/api/app.ts';
-import { createServices } from '../src/control/control-plane.ts';
+import { createServices } from '../src/app/control-plane.ts';
 import { repoRoot } from '../src/core/paths.ts';
 import { openDatabase } from '../src/state/database.ts';
 

@@ -9,7 +9,7 @@
  *   npx tsx bench/migration/guest-integrity.bench.ts [RUNS]
  */
 import { execFileSync } from 'node:child_process';
-import type { Operation, Vm } from '../../src/api/schemas.ts';
+import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance } from '../../test/helpers/nubis-instance.ts';
 
 const RUNS = Number(process.argv[2] ?? 8);

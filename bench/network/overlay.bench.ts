@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Vm } from '../../src/api/schemas.ts';
+import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, runOnConsole } from '../../test/helpers/nubis-instance.ts';
 
 const TRANSFER_MB = 64;

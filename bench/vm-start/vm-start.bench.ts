@@ -17,7 +17,7 @@ import { READINESS_PATTERN, waitForSerialLine } from '../../src/compute/serial-l
 import { cacheDir } from '../../src/core/paths.ts';
 import { readTinyImage } from '../../src/images/build-tiny.ts';
 import { NubisInstance } from '../../test/helpers/nubis-instance.ts';
-import type { Operation } from '../../src/api/schemas.ts';
+import type { Operation } from '../../src/wire/schemas.ts';
 
 const rounds = Number(process.argv[2] ?? 5);
 const image = readTinyImage(cacheDir());

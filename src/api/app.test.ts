@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { generateOpenApi, openApiPath } from '../../scripts/write-openapi.ts';
-import { createServices } from '../control/control-plane.ts';
+import { createServices } from '../app/control-plane.ts';
 import { openDatabase, type Db } from '../state/database.ts';
 import { buildApp } from './app.ts';
 

@@ -28,7 +28,7 @@ import {
   Accepted, ErrorBody, Host, HostJoinRequest, HostReport, Image, ImageImportRequest, Operation, OperationEvent, OperationStatus,
   Int32, Count, FilePath, List, Port, ResourceId, ResourceRef, Size, Text, Timestamp, VolumePath,
   Network, NetworkCreateRequest, NetworkProbeRequest, NetworkProbeResult, Pool, PortForward, PortForwardRequest, PoolCreateRequest, PoolReplaceRequest, Project, ResourceName, ProjectCreateRequest, ProjectQuery, Secgroup, SecgroupCreateRequest, SecgroupRule, SecgroupRuleRequest, Status, Vm, VmCreateRequest, VmLog, VmLogQuery, VmRef, VmStopRequest, Volume, VolumeCreateRequest,
-} from './schemas.ts';
+} from '../wire/schemas.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import { newId } from '../core/ids.ts';
 

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { NubisError } from '../core/errors.ts';
 import { dataPaths } from '../core/paths.ts';
-import type { Operation, OperationEvent } from '../api/schemas.ts';
+import type { Operation, OperationEvent } from '../wire/schemas.ts';
 
 export interface ApiTarget {
   url: string;

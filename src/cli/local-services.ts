@@ -18,7 +18,7 @@ import { stopOrphanedVms } from '../host/orphan-vms.ts';
 import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../network/underlay.ts';
 import { setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
-import type { Operation, Vm } from '../api/schemas.ts';
+import type { Operation, Vm } from '../wire/schemas.ts';
 
 export interface UpOptions {
   dataDir: string;

@@ -7,7 +7,7 @@ import WebSocket from 'ws';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { DEFAULT_API_PORT, cacheDir, dataPaths, defaultDataDir } from '../core/paths.ts';
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
-import type { Operation, Vm } from '../api/schemas.ts';
+import type { Operation, Vm } from '../wire/schemas.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import { stageForImport } from './import-staging.ts';
 import { down, up } from './local-services.ts';
@@ -782,7 +782,7 @@ daemon
   .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
   .option('--listen <address>', 'address to listen on', '127.0.0.1')
   .action(async (options: { port: number; listen: string }, command: Command) => {
-    const { startControlPlane } = await import('../control/control-plane.ts');
+    const { startControlPlane } = await import('../app/control-plane.ts');
     const { createLogger } = await import('../core/logger.ts');
     const logger = createLogger('control-plane');
     const running = await startControlPlane({ dataDir: globals(command).data, cacheDir: cacheDir(), host: options.listen, port: options.port, logger });

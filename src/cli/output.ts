@@ -1,5 +1,5 @@
 /** How the CLI prints: aligned tables for people, JSON with --json, a progress bar on a terminal. */
-import type { OperationEvent } from '../api/schemas.ts';
+import type { OperationEvent } from '../wire/schemas.ts';
 
 /** Prints rows as a table with a header, columns padded to their widest cell. */
 export function printTable(headers: string[], rows: Array<Array<string | number | undefined>>): void {

@@ -7,7 +7,7 @@
 import { constants, type Stats } from 'node:fs';
 import { lstat, open, readlink, realpath, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, normalize, relative, sep } from 'node:path';
-import { importFileNamePattern } from '../api/schemas.ts';
+import { importFileNamePattern } from '../wire/schemas.ts';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
 

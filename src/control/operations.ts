@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { toWireError } from '../core/error-codes.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
-import type { Operation, OperationEvent } from '../api/schemas.ts';
+import type { Operation, OperationEvent } from '../wire/schemas.ts';
 import type { Db } from '../state/database.ts';
 import type { OperationsTable } from '../state/schema.ts';
 

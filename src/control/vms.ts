@@ -20,7 +20,7 @@ import type { StorageCatalogue } from './storage.ts';
 import { placeVm } from './placement.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
-import type { Operation, Vm, VmCreateRequest } from '../api/schemas.ts';
+import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
 
 /** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
 const READY_TIMEOUT_MS = 180_000;

@@ -21,7 +21,7 @@ import { placeVm } from '../control/placement.ts';
 import { downtimeTargetForPass, predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
-import type { Operation } from '../api/schemas.ts';
+import type { Operation } from '../wire/schemas.ts';
 
 export type MigrationStrategy = 'precopy' | 'postcopy' | 'auto';
 

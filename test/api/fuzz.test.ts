@@ -17,7 +17,7 @@ import { Ajv } from 'ajv';
 import ajvFormats from 'ajv-formats';
 import type { FastifyInstance } from 'fastify';
 import { buildApp, type AppServices } from '../../src/api/app.ts';
-import { createServices } from '../../src/control/control-plane.ts';
+import { createServices } from '../../src/app/control-plane.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
 
 /**

@@ -11,7 +11,7 @@ import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import type { Operation, Vm } from '../../src/api/schemas.ts';
+import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { startProbe, type RunningProbe } from '../../src/network/probe.ts';
 import { underlayRootLinkName } from '../../src/network/underlay.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';

@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Operation, Vm } from '../../src/api/schemas.ts';
+import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import type { FaultPoint } from '../../src/core/fault-points.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 

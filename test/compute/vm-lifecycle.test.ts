@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
-import type { Operation, Vm } from '../../src/api/schemas.ts';
+import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { processAlive } from '../../src/core/process-alive.ts';
 import { NubisInstance, freePort, httpGet } from '../helpers/nubis-instance.ts';
 

@@ -13,10 +13,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildApp, type AppServices } from '../../src/api/app.ts';
-import { createServices } from '../../src/control/control-plane.ts';
+import { createServices } from '../../src/app/control-plane.ts';
 import { readTinyImage } from '../../src/images/build-tiny.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
-import type { Operation } from '../../src/api/schemas.ts';
+import type { Operation } from '../../src/wire/schemas.ts';
 
 /** Every file under `dir`, relative, with its mode. */
 function listTree(dir: string, prefix = ''): string[] {

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Vm } from '../../src/api/schemas.ts';
+import type { Vm } from '../../src/wire/schemas.ts';
 import { cacheDir } from '../../src/core/paths.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Vm } from '../../src/api/schemas.ts';
+import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, freePort, httpGet, runOnConsole } from '../helpers/nubis-instance.ts';
 
 describe('VMs on volumes of the storage node', () => {

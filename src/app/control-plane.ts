@@ -13,16 +13,16 @@ import type { Logger } from '../core/logger.ts';
 import { dataPaths } from '../core/paths.ts';
 import { readTinyImage } from '../images/build-tiny.ts';
 import { openDatabase, type Db } from '../state/database.ts';
-import { HostRegistry } from './hosts.ts';
-import { ImageCatalogue } from './images.ts';
-import { OperationManager } from './operations.ts';
-import { NetworkService } from './networks.ts';
-import { SecurityGroupService } from './security-groups.ts';
+import { HostRegistry } from '../control/hosts.ts';
+import { ImageCatalogue } from '../control/images.ts';
+import { OperationManager } from '../control/operations.ts';
+import { NetworkService } from '../control/networks.ts';
+import { SecurityGroupService } from '../control/security-groups.ts';
 import { MigrationService } from '../migration/migration-service.ts';
-import { StorageCatalogue } from './storage.ts';
-import { DirPoolCatalogue } from './dir-pools.ts';
-import { VmService } from './vms.ts';
-import { VmOwner } from './vm-owner.ts';
+import { StorageCatalogue } from '../control/storage.ts';
+import { DirPoolCatalogue } from '../control/dir-pools.ts';
+import { VmService } from '../control/vms.ts';
+import { VmOwner } from '../control/vm-owner.ts';
 
 export interface ControlPlaneOptions {
   dataDir: string;
