@@ -14,22 +14,22 @@ export const debianPackages = {
   'qemu-system-x86': 'runs the virtual machines',
   'qemu-utils': 'qemu-img checks and converts imported disk images',
   'busybox-static': 'the userland of the built-in tiny guest image',
-  'iproute2': 'network namespaces, bridges, veth and VXLAN links',
-  'nftables': 'security groups and anti-spoofing filters',
-  'iptables': 'stateful per-port filters (physdev match)',
+  iproute2: 'network namespaces, bridges, veth and VXLAN links',
+  nftables: 'security groups and anti-spoofing filters',
+  iptables: 'stateful per-port filters (physdev match)',
   'dnsmasq-base': 'DHCP on virtual networks',
   'libnbd-bin': 'nbdinfo and nbdcopy, used to test the NBD server',
-  'nbdkit': 'a reference NBD server for storage tests',
-  'fio': 'storage benchmarks',
-  'dosfstools': 'tests: a bootable disk image of the tiny guest (mkfs.fat)',
-  'mtools': 'tests: copying the kernel onto that image (mcopy)',
-  'syslinux': 'tests: the boot loader of that image',
+  nbdkit: 'a reference NBD server for storage tests',
+  fio: 'storage benchmarks',
+  dosfstools: 'tests: a bootable disk image of the tiny guest (mkfs.fat)',
+  mtools: 'tests: copying the kernel onto that image (mcopy)',
+  syslinux: 'tests: the boot loader of that image',
   'iputils-ping': 'ping in network probes and tests',
-  'curl': 'HTTP checks in network probes and tests',
-  'gcc': 'compiles the guest workload tool and native npm modules',
+  curl: 'HTTP checks in network probes and tests',
+  gcc: 'compiles the guest workload tool and native npm modules',
   'libc6-dev': 'static C library for the guest workload tool',
-  'make': 'builds native npm modules',
-  'python3': 'node-gyp builds native npm modules',
+  make: 'builds native npm modules',
+  python3: 'node-gyp builds native npm modules',
 };
 
 function log(message) {
@@ -46,6 +46,7 @@ function isDebian() {
 
 function missingDebianPackages() {
   return Object.keys(debianPackages).filter((name) => {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format, not a template
     const probe = spawnSync('dpkg-query', ['-W', '-f=${Status}', name], { encoding: 'utf8' });
     return probe.status !== 0 || !probe.stdout.includes('install ok installed');
   });
@@ -70,6 +71,7 @@ function debianCodename() {
 
 /** The upstream major version of an installed Debian package ("1:10.0.2+ds-2~bpo12+1" is 10), or undefined. */
 function installedMajor(name) {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format, not a template
   const probe = spawnSync('dpkg-query', ['-W', '-f=${Status} ${Version}', name], { encoding: 'utf8' });
   if (probe.status !== 0 || !probe.stdout.includes('install ok installed')) return undefined;
   const match = /(?:\d+:)?(\d+)\./.exec(probe.stdout.split(' ').at(-1));
@@ -97,7 +99,10 @@ function ensureQemu(env) {
   }
   log(`Installing QEMU ${MINIMUM_QEMU_MAJOR} or newer${fromBackports ? ' from bookworm-backports' : ''}`);
   execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...(fromBackports ? ['-t', 'bookworm-backports'] : []), ...QEMU_PACKAGES], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...(fromBackports ? ['-t', 'bookworm-backports'] : []), ...QEMU_PACKAGES], {
+    stdio: 'inherit',
+    env,
+  });
   if (!qemuCurrent()) {
     log(`QEMU ${MINIMUM_QEMU_MAJOR} or newer could not be installed on Debian ${codename ?? '(unknown release)'}; install it by hand and run again`);
     process.exit(1);

@@ -9,6 +9,7 @@
  *   npx tsx bench/migration/guest-integrity.bench.ts [RUNS]
  */
 import { execFileSync } from 'node:child_process';
+import type { MigrationFigures } from '../../src/migration/migration-service.ts';
 import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance } from '../../test/helpers/nubis-instance.ts';
 
@@ -36,7 +37,7 @@ try {
     const to = run % 2 === 1 ? 'host-2' : 'host-1';
     const created = await nubis.api<{ operation: Operation }>('POST', '/v1/vms/writer/migrate', { to, strategy: 'precopy', maxDowntimeMs: 20 });
     const final = await nubis.waitOperation(created.body.operation.id);
-    const history = await nubis.cliJson<Array<{ figures: Record<string, any> }>>(['vm', 'migrations', 'writer']);
+    const history = await nubis.cliJson<Array<{ figures: MigrationFigures }>>(['vm', 'migrations', 'writer']);
     await new Promise((resolve) => setTimeout(resolve, 2000)); // a fault shows a moment after the switch-over
     const log = await nubis.cliJson<{ lines: string[] }>(['vm', 'log', 'writer', '--lines', '400']);
     const faultLine = log.lines.find((line) => FAULT.test(line));
@@ -45,7 +46,9 @@ try {
     const ok = final.status === 'succeeded' && !faultLine && writerAlive;
     if (!ok) faults++;
     const f = history[0].figures;
-    rows.push(`| ${run} | ${final.status} | ${f.passes ?? '-'} | ${f.downtimeMs ?? '-'} | ${writerAlive ? 'yes' : 'no'} | ${faultLine ? `\`${faultLine.trim().slice(0, 80)}\`` : 'none'} |`);
+    rows.push(
+      `| ${run} | ${final.status} | ${f.passes ?? '-'} | ${f.downtimeMs ?? '-'} | ${writerAlive ? 'yes' : 'no'} | ${faultLine ? `\`${faultLine.trim().slice(0, 80)}\`` : 'none'} |`,
+    );
     console.error(rows.at(-1));
     if (!ok) break; // the guest is damaged: later runs would measure the damage, not the migration
   }

@@ -13,6 +13,7 @@
  * cancelled and reported as not finished.
  */
 import { performance } from 'node:perf_hooks';
+import type { MigrationFigures } from '../../src/migration/migration-service.ts';
 import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { startProbe } from '../../src/network/probe.ts';
 import { NubisInstance } from '../../test/helpers/nubis-instance.ts';
@@ -57,16 +58,32 @@ try {
       const vm = await nubis.cliJson<Vm>(['vm', 'create', name, '--image', 'tiny', '--memory', '256', '--network', 'bench', '--host', 'host-1']);
       const ip = vm.nics[0].ip;
       if (scenario.dirtyRateMb > 0) {
-        await nubis.cli(['network', 'probe', 'bench', '--on', 'host-2', '--', 'curl', '-s', `http://${ip}/cgi-bin/dirty?rate_mb=${scenario.dirtyRateMb}&wss_mb=${scenario.workingSetMb}`]);
+        await nubis.cli([
+          'network',
+          'probe',
+          'bench',
+          '--on',
+          'host-2',
+          '--',
+          'curl',
+          '-s',
+          `http://${ip}/cgi-bin/dirty?rate_mb=${scenario.dirtyRateMb}&wss_mb=${scenario.workingSetMb}`,
+        ]);
         await new Promise((resolve) => setTimeout(resolve, 3000)); // let the working set fill and the rate settle
       }
       for (let run = 1; run <= scenario.runs; run++) {
         const to = run % 2 === 1 ? 'host-2' : 'host-1';
-        const pinger = await startProbe({ hostNs: `${bed}-host-2`, networkKey: network.id, address: '10.95.0.250/24', command: ['ping', '-D', '-i', '0.01', '-W', '1', ip] });
+        const pinger = await startProbe({
+          hostNs: `${bed}-host-2`,
+          networkKey: network.id,
+          address: '10.95.0.250/24',
+          command: ['ping', '-D', '-i', '0.01', '-W', '1', ip],
+        });
         await new Promise((resolve) => setTimeout(resolve, 500));
-        const body = mode === 'Nubis auto'
-          ? { to, strategy: 'auto', ...(scenario.bandwidthMbps ? { bandwidthMbps: scenario.bandwidthMbps } : {}) }
-          : { to, strategy: 'precopy', maxDowntimeMs: 300, ...(scenario.bandwidthMbps ? { bandwidthMbps: scenario.bandwidthMbps } : {}) };
+        const body =
+          mode === 'Nubis auto'
+            ? { to, strategy: 'auto', ...(scenario.bandwidthMbps ? { bandwidthMbps: scenario.bandwidthMbps } : {}) }
+            : { to, strategy: 'precopy', maxDowntimeMs: 300, ...(scenario.bandwidthMbps ? { bandwidthMbps: scenario.bandwidthMbps } : {}) };
         const started = performance.now();
         const created = await nubis.api<{ operation: Operation }>('POST', `/v1/vms/${name}/migrate`, body);
         const id = created.body.operation.id;
@@ -76,13 +93,13 @@ try {
         const wallMs = performance.now() - started;
         await new Promise((resolve) => setTimeout(resolve, 500));
         const ping = await pinger.stop();
-        const history = await nubis.cliJson<Array<{ status: string; figures: Record<string, any> }>>(['vm', 'migrations', name]);
+        const history = await nubis.cliJson<Array<{ status: string; figures: MigrationFigures }>>(['vm', 'migrations', name]);
         const f = history[0].figures;
         const finished = final.status === 'succeeded';
         const p = f.prediction;
         const prediction = p ? `${p.route}, lambda ${p.lambda.toFixed(2)}: ${p.predictedTotalMs ?? '-'} ms (${f.predictionErrorPercent ?? '-'}%)` : '-';
         rows.push(
-          `| ${scenario.name} | ${mode} | ${finished ? 'yes' : `no (cancelled after ${GIVE_UP_S} s)`} | ${finished ? f.downtimeMs : '-'} | ${finished ? (f.pausedMs ?? '-') : '-'} | ${finished ? longestGapMs(ping.stdout).toFixed(0) : '-'} | ${finished ? f.totalTimeMs : `>${(wallMs / 1000).toFixed(0)} s`} | ${finished ? (f.transferredBytes / (f.memoryMb * 2 ** 20)).toFixed(2) : '-'} | ${f.switchedToPostcopy ? 'yes' : 'no'} | ${prediction} |`,
+          `| ${scenario.name} | ${mode} | ${finished ? 'yes' : `no (cancelled after ${GIVE_UP_S} s)`} | ${finished ? f.downtimeMs : '-'} | ${finished ? (f.pausedMs ?? '-') : '-'} | ${finished ? longestGapMs(ping.stdout).toFixed(0) : '-'} | ${finished ? f.totalTimeMs : `>${(wallMs / 1000).toFixed(0)} s`} | ${finished ? ((f.transferredBytes ?? 0) / (f.memoryMb * 2 ** 20)).toFixed(2) : '-'} | ${f.switchedToPostcopy ? 'yes' : 'no'} | ${prediction} |`,
         );
         console.error(rows.at(-1));
         if (!finished) break;
@@ -90,7 +107,9 @@ try {
       await nubis.cliJson(['vm', 'delete', name]);
     }
   }
-  console.log('| guest | migration | finished | QEMU downtime (ms) | true pause (ms) | client blackout (ms) | total (ms) | bytes sent / memory | post-copy | prediction: route, lambda, total (error) |');
+  console.log(
+    '| guest | migration | finished | QEMU downtime (ms) | true pause (ms) | client blackout (ms) | total (ms) | bytes sent / memory | post-copy | prediction: route, lambda, total (error) |',
+  );
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const row of rows) console.log(row);
 } finally {

@@ -79,13 +79,21 @@ const REFERENCE = 'qemu-direct';
 const RESULTS_BEGIN = '<!-- nbd-bench: generated from here -->';
 const RESULTS_END = '<!-- nbd-bench: generated up to here -->';
 
-const jobFilter = values.jobs?.split(',').map((s) => s.trim()).filter(Boolean);
-const serverFilter = values.servers?.split(',').map((s) => s.trim()).filter(Boolean);
+const jobFilter = values.jobs
+  ?.split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
+const serverFilter = values.servers
+  ?.split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
 const JOBS = ALL_JOBS.filter((job) => !jobFilter || jobFilter.some((f) => job.label.includes(f)));
 const SERVERS = ALL_SERVERS.filter((server) => !serverFilter || serverFilter.includes(server.key));
 const fullRun = !jobFilter && !serverFilter;
 if (JOBS.length === 0 || SERVERS.length === 0) {
-  process.stderr.write(`Nothing to measure: jobs ${values.jobs ?? 'all'}, servers ${values.servers ?? 'all'} (keys: ${ALL_SERVERS.map((s) => s.key).join(', ')})\n`);
+  process.stderr.write(
+    `Nothing to measure: jobs ${values.jobs ?? 'all'}, servers ${values.servers ?? 'all'} (keys: ${ALL_SERVERS.map((s) => s.key).join(', ')})\n`,
+  );
   process.exit(2);
 }
 const wants = (key: string) => SERVERS.some((s) => s.key === key);
@@ -98,8 +106,17 @@ interface Sample {
 async function fio(uri: string, job: Job, dir: string): Promise<Sample> {
   const out = join(dir, 'fio.json');
   await run('fio', [
-    '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.depth}`,
-    `--size=${sizeMiB}M`, `--runtime=${runtime}`, '--time_based', '--output-format=json', `--output=${out}`,
+    '--name=bench',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    `--rw=${job.rw}`,
+    `--bs=${job.bs}`,
+    `--iodepth=${job.depth}`,
+    `--size=${sizeMiB}M`,
+    `--runtime=${runtime}`,
+    '--time_based',
+    '--output-format=json',
+    `--output=${out}`,
   ]);
   const result = JSON.parse(await readFile(out, 'utf8')).jobs[0];
   const side = result.read.io_bytes > 0 ? result.read : result.write;
@@ -157,7 +174,10 @@ try {
   await run('dd', ['if=/dev/urandom', `of=${raw}`, 'bs=1M', `count=${sizeMiB}`, 'status=none']);
 
   // qemu-nbd locks its image, so every server gets its own copy.
-  for (const [key, extra] of [['qemu-direct', ['--cache=none', '--aio=native']], ['qemu-cache', []]] as const) {
+  for (const [key, extra] of [
+    ['qemu-direct', ['--cache=none', '--aio=native']],
+    ['qemu-cache', []],
+  ] as const) {
     if (!wants(key)) continue;
     const file = join(dir, `${key}.raw`);
     await copyFile(raw, file);
@@ -295,16 +315,29 @@ for (const metric of ['iops', 'mbPerSec'] as const) {
   }
   lines.push('');
 }
-lines.push(`Percentages (bold) are medians relative to the median of ${ALL_SERVERS.find((s) => s.key === REFERENCE)!.title}, the reference the storage issue names.`, '');
+lines.push(
+  `Percentages (bold) are medians relative to the median of ${ALL_SERVERS.find((s) => s.key === REFERENCE)!.title}, the reference the storage issue names.`,
+  '',
+);
 const degradedLines: string[] = [];
 for (const job of JOBS.filter((j) => !j.rw.includes('write'))) {
   const healthy = cell('raid5', job.label, 'iops');
   const degraded = cell('raid5-degraded', job.label, 'iops');
   if (healthy && degraded) {
-    degradedLines.push(`- ${job.label}: ${Math.round(degraded.median)} IOPS degraded vs ${Math.round(healthy.median)} healthy, ${Math.round(100 - (100 * degraded.median) / healthy.median)}% less.`);
+    degradedLines.push(
+      `- ${job.label}: ${Math.round(degraded.median)} IOPS degraded vs ${Math.round(healthy.median)} healthy, ${Math.round(100 - (100 * degraded.median) / healthy.median)}% less.`,
+    );
   }
 }
-if (degradedLines.length) lines.push('## RAID 5 degraded reads', '', 'One member of three offline: a third of the data chunks are rebuilt from the other two on every read.', '', ...degradedLines, '');
+if (degradedLines.length)
+  lines.push(
+    '## RAID 5 degraded reads',
+    '',
+    'One member of three offline: a third of the data chunks are rebuilt from the other two on every read.',
+    '',
+    ...degradedLines,
+    '',
+  );
 if (notes.length) lines.push('## Rebuild', '', ...notes.map((n) => `- ${n}`), '');
 const report = `${lines.join('\n')}\n`;
 if (fullRun) {

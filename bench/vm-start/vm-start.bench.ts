@@ -27,12 +27,39 @@ async function bareStart(dir: string, round: number): Promise<{ runningMs: numbe
   const qmpPath = join(dir, `bare-${round}.qmp`);
   const serialLog = join(dir, `bare-${round}.log`);
   const started = performance.now();
-  const child = spawn('qemu-system-x86_64', [
-    '-machine', 'pc-q35-7.2,accel=tcg', '-cpu', 'qemu64', '-smp', '1', '-m', '256M', '-nodefaults', '-display', 'none',
-    '-qmp', `unix:${qmpPath},server=on,wait=off`, '-chardev', `file,id=s0,path=${serialLog}`, '-serial', 'chardev:s0',
-    '-kernel', image!.kernelPath, '-initrd', image!.initrdPath, '-append', 'console=ttyS0 nubis.name=bare nubis.net=dhcp',
-    '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0',
-  ], { stdio: 'ignore' });
+  const child = spawn(
+    'qemu-system-x86_64',
+    [
+      '-machine',
+      'pc-q35-7.2,accel=tcg',
+      '-cpu',
+      'qemu64',
+      '-smp',
+      '1',
+      '-m',
+      '256M',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-qmp',
+      `unix:${qmpPath},server=on,wait=off`,
+      '-chardev',
+      `file,id=s0,path=${serialLog}`,
+      '-serial',
+      'chardev:s0',
+      '-kernel',
+      image!.kernelPath,
+      '-initrd',
+      image!.initrdPath,
+      '-append',
+      'console=ttyS0 nubis.name=bare nubis.net=dhcp',
+      '-netdev',
+      'user,id=n0',
+      '-device',
+      'virtio-net-pci,netdev=n0',
+    ],
+    { stdio: 'ignore' },
+  );
   let qmp: QmpClient | undefined;
   while (!qmp) qmp = await QmpClient.connect(qmpPath, { timeoutMs: 1000 }).catch(() => undefined);
   const runningMs = performance.now() - started;
@@ -80,7 +107,9 @@ try {
   console.log(`| --- | --- | --- | --- |`);
   console.log(row('bare qemu-system-x86_64', bare));
   console.log(row('Nubis POST /v1/vms', ours));
-  console.log(`\nNubis overhead (median): running +${(median(ours.map((r) => r.runningMs)) - median(bare.map((r) => r.runningMs))).toFixed(0)} ms, ready +${(median(ours.map((r) => r.readyMs)) - median(bare.map((r) => r.readyMs))).toFixed(0)} ms over ${rounds} rounds`);
+  console.log(
+    `\nNubis overhead (median): running +${(median(ours.map((r) => r.runningMs)) - median(bare.map((r) => r.runningMs))).toFixed(0)} ms, ready +${(median(ours.map((r) => r.readyMs)) - median(bare.map((r) => r.readyMs))).toFixed(0)} ms over ${rounds} rounds`,
+  );
 } finally {
   await nubis.destroy();
   rmSync(dir, { recursive: true, force: true });

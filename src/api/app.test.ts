@@ -21,7 +21,10 @@ describe('API (inject, no hosts)', () => {
     dir = mkdtempSync(join(tmpdir(), 'nubis-api-test-'));
     db = await openDatabase(join(dir, 'nubis.db'));
     const now = new Date().toISOString();
-    await db.insertInto('tokens').values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now }).execute();
+    await db
+      .insertInto('tokens')
+      .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
+      .execute();
     await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
     const services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_test' });
     writeFileSync(join(dir, 'vmlinuz'), 'kernel');
@@ -48,8 +51,18 @@ describe('API (inject, no hosts)', () => {
 
   it('refuses a wrong join token and reports from unknown hosts', async () => {
     const join = await app.inject({
-      method: 'POST', url: '/v1/hosts/join',
-      payload: { name: 'h1', joinToken: 'wrong', endpoint: 'unix:/x', agentToken: 'a'.repeat(40), accelerator: 'tcg', acceleratorReason: 'test', cpus: 2, memoryMb: 4096 },
+      method: 'POST',
+      url: '/v1/hosts/join',
+      payload: {
+        name: 'h1',
+        joinToken: 'wrong',
+        endpoint: 'unix:/x',
+        agentToken: 'a'.repeat(40),
+        accelerator: 'tcg',
+        acceleratorReason: 'test',
+        cpus: 2,
+        memoryMb: 4096,
+      },
     });
     assert.equal(join.statusCode, 401);
     const report = await app.inject({ method: 'POST', url: '/v1/hosts/h9/report', headers: { authorization: 'Bearer x' }, payload: { vms: [], full: true } });
@@ -59,22 +72,54 @@ describe('API (inject, no hosts)', () => {
     // answer as an unknown host, so host names cannot be probed.
     const agentToken = `nubis_agent_${'b'.repeat(43)}`;
     const joined = await app.inject({
-      method: 'POST', url: '/v1/hosts/join',
-      payload: { name: 'h2', joinToken: 'nubis_join_test', endpoint: 'unix:/x', agentToken, accelerator: 'tcg', acceleratorReason: 'test', cpus: 2, memoryMb: 4096 },
+      method: 'POST',
+      url: '/v1/hosts/join',
+      payload: {
+        name: 'h2',
+        joinToken: 'nubis_join_test',
+        endpoint: 'unix:/x',
+        agentToken,
+        accelerator: 'tcg',
+        acceleratorReason: 'test',
+        cpus: 2,
+        memoryMb: 4096,
+      },
     });
     assert.equal(joined.statusCode, 200, joined.body);
     assert.match(joined.json().controlToken, /^nubis_ctl_/);
     const stored = JSON.stringify(await db.selectFrom('hosts').selectAll().execute());
     assert.ok(!stored.includes(agentToken) && !stored.includes(joined.json().controlToken), 'no credential is stored as it is');
-    const wrongToken = await app.inject({ method: 'POST', url: '/v1/hosts/h2/report', headers: { authorization: 'Bearer x' }, payload: { vms: [], full: true } });
+    const wrongToken = await app.inject({
+      method: 'POST',
+      url: '/v1/hosts/h2/report',
+      headers: { authorization: 'Bearer x' },
+      payload: { vms: [], full: true },
+    });
     assert.deepEqual([wrongToken.statusCode, wrongToken.json()], [report.statusCode, report.json()]);
-    const right = await app.inject({ method: 'POST', url: '/v1/hosts/h2/report', headers: { authorization: `Bearer ${agentToken}` }, payload: { vms: [], full: true } });
+    const right = await app.inject({
+      method: 'POST',
+      url: '/v1/hosts/h2/report',
+      headers: { authorization: `Bearer ${agentToken}` },
+      payload: { vms: [], full: true },
+    });
     assert.equal(right.statusCode, 204);
     await db.deleteFrom('hosts').where('name', '=', 'h2').execute();
   });
 
   it('lets only its own origin (or no origin: the CLI) open a console', async () => {
-    const foreign = await app.inject({ method: 'GET', url: '/v1/vms/web1/console', headers: { ...auth, origin: 'http://evil.example', host: 'localhost:8600', connection: 'upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' } });
+    const foreign = await app.inject({
+      method: 'GET',
+      url: '/v1/vms/web1/console',
+      headers: {
+        ...auth,
+        origin: 'http://evil.example',
+        host: 'localhost:8600',
+        connection: 'upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+      },
+    });
     assert.equal(foreign.statusCode, 403, foreign.body);
     assert.equal(foreign.json().code, 'AUTH_FORBIDDEN');
   });
@@ -103,7 +148,11 @@ describe('API (inject, no hosts)', () => {
 
   it('checks pool device strings and chunk sizes before the storage node sees them', async () => {
     const cases: Array<[string, unknown, RegExp]> = [
-      ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/a.img', 'b.img'] }, /^Invalid body\.devices\.1 "b\.img": give regular file or block device .*absolute path/],
+      [
+        '/v1/pools',
+        { name: 'p1', layout: 'raid1', devices: ['/srv/a.img', 'b.img'] },
+        /^Invalid body\.devices\.1 "b\.img": give regular file or block device .*absolute path/,
+      ],
       ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/../etc/shadow'] }, /"\/srv\/\.\.\/etc\/shadow"/],
       ['/v1/pools', { name: 'p1', layout: 'raid1', devices: ['/srv/a\u0000.img'] }, /devices\.0/],
       ['/v1/pools', { name: 'p1', layout: 'raid1', devices: [`/${'a'.repeat(5000)}`] }, /devices\.0/],
@@ -135,7 +184,16 @@ describe('API (inject, no hosts)', () => {
   it('documents every route in the OpenAPI document, and the checked-in copy is current', async () => {
     const document = (await app.inject({ method: 'GET', url: '/v1/openapi.json' })).json() as { paths: Record<string, Record<string, unknown>> };
     const routes = app.printRoutes({ commonPrefix: false });
-    for (const path of ['/v1/vms', '/v1/vms/{vm}', '/v1/vms/{vm}/console', '/v1/vms/{vm}/log', '/v1/operations/{id}/events', '/v1/hosts', '/v1/images', '/v1/status']) {
+    for (const path of [
+      '/v1/vms',
+      '/v1/vms/{vm}',
+      '/v1/vms/{vm}/console',
+      '/v1/vms/{vm}/log',
+      '/v1/operations/{id}/events',
+      '/v1/hosts',
+      '/v1/images',
+      '/v1/status',
+    ]) {
       assert.ok(document.paths[path], `${path} is documented`);
     }
     // Every registered /v1 route appears (fastify's :param is OpenAPI's {param}).

@@ -50,8 +50,13 @@ describe('OpenAPI document lint (Redocly recommended, Spectral OWASP)', () => {
   });
 
   it('has no Spectral (OWASP) errors', async () => {
-    const results = JSON.parse(await lint('spectral', ['lint', documentPath, '--format=json', '--quiet', `--ruleset=${join(repoRoot, '.spectral.yaml')}`])) as Array<{
-      code: string; severity: number; message: string; path: string[];
+    const results = JSON.parse(
+      await lint('spectral', ['lint', documentPath, '--format=json', '--quiet', `--ruleset=${join(repoRoot, '.spectral.yaml')}`]),
+    ) as Array<{
+      code: string;
+      severity: number;
+      message: string;
+      path: string[];
     }>;
     // Spectral severities: 0 error, 1 warning, 2 info, 3 hint.
     const errors = results.filter((r) => r.severity === 0).map((r) => `${r.code} ${r.path.join('.')}: ${r.message}`);

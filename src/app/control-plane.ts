@@ -78,12 +78,18 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   const db = await openDatabase(paths.database);
   const now = new Date().toISOString();
   await secretFile(paths.adminToken, 'nubis_admin', async (secret) => {
-    await db.insertInto('tokens').values({ id: newId('tok'), name: 'admin', secret_sha256: createHash('sha256').update(secret).digest('hex'), role: 'admin', created_at: now }).execute();
+    await db
+      .insertInto('tokens')
+      .values({ id: newId('tok'), name: 'admin', secret_sha256: createHash('sha256').update(secret).digest('hex'), role: 'admin', created_at: now })
+      .execute();
   });
   const joinToken = await secretFile(paths.joinToken, 'nubis_join');
   const controlKey = await secretFile(paths.controlKey, 'nubis_ctlkey');
   if (!(await db.selectFrom('projects').select('id').where('name', '=', 'default').executeTakeFirst())) {
-    await db.insertInto('projects').values({ id: newId('prj'), name: 'default', created_at: now }).execute();
+    await db
+      .insertInto('projects')
+      .values({ id: newId('prj'), name: 'default', created_at: now })
+      .execute();
   }
   const services = createServices({ db, dataDir: options.dataDir, joinToken, controlKey, logger: options.logger });
   const { operations, images } = services;

@@ -17,7 +17,8 @@ export function resolveApiTarget(dataDir: string, flags: { url?: string; token?:
   const paths = dataPaths(dataDir);
   let url = flags.url ?? process.env.NUBIS_URL;
   if (!url && existsSync(paths.apiInfo)) url = (JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string }).url;
-  if (!url) throw new NubisError('CLI_NOT_CONFIGURED', `No Nubis API found: start one with npx nubis up (data folder ${dataDir}), or set NUBIS_URL and NUBIS_TOKEN`);
+  if (!url)
+    throw new NubisError('CLI_NOT_CONFIGURED', `No Nubis API found: start one with npx nubis up (data folder ${dataDir}), or set NUBIS_URL and NUBIS_TOKEN`);
   let token = flags.token ?? process.env.NUBIS_TOKEN;
   if (!token && existsSync(paths.adminToken)) token = readFileSync(paths.adminToken, 'utf8').trim();
   if (!token) throw new NubisError('CLI_NOT_CONFIGURED', `No API token: set NUBIS_TOKEN or run as a user who can read ${paths.adminToken}`);
@@ -40,13 +41,18 @@ export class ApiClient {
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (error) {
-      throw new NubisError('API_UNREACHABLE', `Cannot reach the Nubis API at ${this.target.url} (${(error as Error).message}); is it running? (npx nubis status)`);
+      throw new NubisError(
+        'API_UNREACHABLE',
+        `Cannot reach the Nubis API at ${this.target.url} (${(error as Error).message}); is it running? (npx nubis status)`,
+      );
     }
     const text = await response.text();
     const parsed = text ? (JSON.parse(text) as unknown) : undefined;
     if (!response.ok) {
       const error = parsed as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
-      throw new NubisError(error?.code ?? `HTTP_${response.status}`, error?.message ?? `${method} ${path} answered ${response.status}`, { details: error?.details });
+      throw new NubisError(error?.code ?? `HTTP_${response.status}`, error?.message ?? `${method} ${path} answered ${response.status}`, {
+        details: error?.details,
+      });
     }
     return parsed as T;
   }
@@ -56,7 +62,9 @@ export class ApiClient {
    * Resolves with the final operation (which may have failed: the caller decides).
    */
   async follow(operationId: string, onEvent: (event: OperationEvent) => void): Promise<Operation> {
-    const response = await fetch(`${this.target.url}/v1/operations/${operationId}/events`, { headers: { authorization: `Bearer ${this.target.token}`, accept: 'text/event-stream' } });
+    const response = await fetch(`${this.target.url}/v1/operations/${operationId}/events`, {
+      headers: { authorization: `Bearer ${this.target.token}`, accept: 'text/event-stream' },
+    });
     if (!response.ok || !response.body) return this.request<Operation>('GET', `/v1/operations/${operationId}`);
     const decoder = new TextDecoder();
     let buffer = '';

@@ -40,12 +40,18 @@ describe('stageForImport', () => {
   it('refuses what is not a regular file and leaves nothing of a half-staged pair', async () => {
     writeFileSync(join(dir, 'kernel'), 'kernel');
     execFileSync('mkfifo', [join(dir, 'fifo')]);
-    await assert.rejects(stageForImport(importDir, [join(dir, 'kernel'), join(dir, 'fifo')]), (error) => isNubisError(error, 'IMAGE_INVALID') && /fifo is not a regular file/.test(error.message));
+    await assert.rejects(
+      stageForImport(importDir, [join(dir, 'kernel'), join(dir, 'fifo')]),
+      (error) => isNubisError(error, 'IMAGE_INVALID') && /fifo is not a regular file/.test(error.message),
+    );
     await assert.rejects(stageForImport(importDir, [join(dir, 'missing')]), (error) => isNubisError(error, 'IMAGE_INVALID') && /No file/.test(error.message));
     assert.deepEqual(readdirSync(importDir), []);
   });
 
   it('says how to import from another machine when there is no import folder', async () => {
-    await assert.rejects(stageForImport(join(dir, 'nowhere'), [join(dir, 'kernel')]), (error) => isNubisError(error, 'CLI_NOT_CONFIGURED') && /--in-import-folder/.test(error.message));
+    await assert.rejects(
+      stageForImport(join(dir, 'nowhere'), [join(dir, 'kernel')]),
+      (error) => isNubisError(error, 'CLI_NOT_CONFIGURED') && /--in-import-folder/.test(error.message),
+    );
   });
 });

@@ -4,7 +4,7 @@
  * there first (a hard link when it can, else a copy of mode 0600) and passes the name it got.
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, type Stats } from 'node:fs';
 import { link, realpath, rm, stat } from 'node:fs/promises';
 import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -38,7 +38,7 @@ export async function stageForImport(importDir: string, files: readonly string[]
   try {
     for (const file of files) {
       const source = resolve(file);
-      let stats;
+      let stats: Stats;
       try {
         stats = await stat(source);
       } catch (error) {
@@ -51,7 +51,9 @@ export async function stageForImport(importDir: string, files: readonly string[]
         names.push(inside);
         continue;
       }
-      const safeBase = basename(real).replace(/[^A-Za-z0-9._+@-]/g, '_').slice(-100);
+      const safeBase = basename(real)
+        .replace(/[^A-Za-z0-9._+@-]/g, '_')
+        .slice(-100);
       const name = `cli-${process.pid}-${randomBytes(4).toString('hex')}-${safeBase}`;
       const destination = resolve(realDir, name);
       try {

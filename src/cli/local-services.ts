@@ -51,7 +51,7 @@ function underlayIpOf(index: number): string {
   return `172.31.0.${11 + index}`;
 }
 
-async function readTestBed(dataDir: string): Promise<TestBed | undefined> {
+async function _readTestBed(dataDir: string): Promise<TestBed | undefined> {
   const path = join(dataPaths(dataDir).runDir, 'testbed.json');
   return existsSync(path) ? (JSON.parse(await readFile(path, 'utf8')) as TestBed) : undefined;
 }
@@ -78,7 +78,6 @@ async function ensureTestBed(dataDir: string, hostNames: string[]): Promise<Test
   await writeFile(join(dataPaths(dataDir).runDir, 'testbed.json'), `${JSON.stringify(bed, null, 2)}\n`);
   return bed;
 }
-
 
 async function readPidFile(path: string): Promise<number | undefined> {
   if (!existsSync(path)) return undefined;
@@ -129,7 +128,10 @@ async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<
     }
     await delay(100);
   }
-  throw new NubisError('UP_FAILED', `${what} did not happen within ${timeoutMs / 1000} s${lastError ? ` (${(lastError as Error).message})` : ''}; see the logs in the data folder`);
+  throw new NubisError(
+    'UP_FAILED',
+    `${what} did not happen within ${timeoutMs / 1000} s${lastError ? ` (${(lastError as Error).message})` : ''}; see the logs in the data folder`,
+  );
 }
 
 export interface UpResult {
@@ -175,7 +177,10 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     });
   }
   if (options.netns && process.getuid?.() !== 0) {
-    throw new NubisError('UP_NEEDS_ROOT', 'Hosts in network namespaces (--hosts 2 or more, or --netns) need root; run as root, or use --no-netns for plain agent processes with user-mode networking only');
+    throw new NubisError(
+      'UP_NEEDS_ROOT',
+      'Hosts in network namespaces (--hosts 2 or more, or --netns) need root; run as root, or use --no-netns for plain agent processes with user-mode networking only',
+    );
   }
   const bed = options.netns ? await ensureTestBed(options.dataDir, hostNames) : undefined;
   // Agents reach the control plane over its unix socket: it works from any network namespace.
@@ -186,13 +191,22 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     alreadyRunning = false;
     const host = bed?.hosts[index];
     const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp] : [];
-    started.push({ name, pid: await spawnDaemon(options.dataDir, `agent-${name}`, ['agent', '--name', name, '--data', options.dataDir, '--control-url', agentUrl, ...placement], host?.netns) });
+    started.push({
+      name,
+      pid: await spawnDaemon(
+        options.dataDir,
+        `agent-${name}`,
+        ['agent', '--name', name, '--data', options.dataDir, '--control-url', agentUrl, ...placement],
+        host?.netns,
+      ),
+    });
   }
   // A restarted agent's host still looks online from its last report, so wait for the new agent
   // itself: it listens on its socket before it joins.
   for (const agent of started) {
     await waitFor(`The agent of ${agent.name} listening`, 90_000, async () => {
-      if (!processAlive(agent.pid)) throw new NubisError('UP_FAILED', `The agent of ${agent.name} exited; see ${join(paths.logsDir, `agent-${agent.name}.log`)}`);
+      if (!processAlive(agent.pid))
+        throw new NubisError('UP_FAILED', `The agent of ${agent.name} exited; see ${join(paths.logsDir, `agent-${agent.name}.log`)}`);
       return (await socketAccepts(join(paths.hostsDir, agent.name, 'agent.sock'))) ? true : undefined;
     });
   }
@@ -239,14 +253,18 @@ export async function down(options: { dataDir: string; keepVms: boolean }, say: 
     // Agents first, so none reports to a control plane that is going away; the storage node
     // last, since VMs (stopped by now unless kept) read their volumes from it.
     const order = (file: string): number => (file.startsWith('agent') ? 0 : file.startsWith('control') ? 1 : 2);
-    const pidFiles = readdirSync(paths.runDir).filter((f) => f.endsWith('.pid')).sort((a, b) => order(a) - order(b));
+    const pidFiles = readdirSync(paths.runDir)
+      .filter((f) => f.endsWith('.pid'))
+      .sort((a, b) => order(a) - order(b));
     for (const file of pidFiles) {
       // VMs kept running still read their volumes from the storage node: it stays too.
       if (options.keepVms && file === 'storage.pid') continue;
       const pid = await readPidFile(join(paths.runDir, file));
       if (pid) {
         process.kill(pid, 'SIGTERM');
-        await waitFor(`${file.replace('.pid', '')} exiting`, 30_000, async () => (processAlive(pid) ? undefined : true)).catch(() => process.kill(pid, 'SIGKILL'));
+        await waitFor(`${file.replace('.pid', '')} exiting`, 30_000, async () => (processAlive(pid) ? undefined : true)).catch(() =>
+          process.kill(pid, 'SIGKILL'),
+        );
         stoppedProcesses.push(file.replace('.pid', ''));
       }
       await rm(join(paths.runDir, file), { force: true });

@@ -2,7 +2,7 @@
  * The `nubis` command. Every command has --json; long actions follow their operation's event
  * stream with a progress bar; a failure exits non-zero with a one-line reason.
  */
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import WebSocket from 'ws';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { DEFAULT_API_PORT, cacheDir, dataPaths, defaultDataDir } from '../core/paths.ts';
@@ -74,10 +74,21 @@ function printVms(vms: Vm[]): void {
 
 function printVm(vm: Vm): void {
   const rows: Array<[string, unknown]> = [
-    ['Name', vm.name], ['ID', vm.id], ['Project', vm.project], ['State', vm.state], ['Desired state', vm.desiredState],
-    ['Guest ready', vm.ready ? `yes (${vm.readyAt})` : 'no'], ['Host', vm.host], ['Accelerator', vm.accelerator],
-    ['vCPUs', vm.cpus], ['Memory', `${vm.memoryMb} MiB`], ['Image', vm.image], ['PID', vm.pid], ['Started', vm.startedAt],
-    ['Uptime', formatDuration(vm.uptimeSeconds)], ['Guest IPs', vm.guestIps.join(', ') || undefined],
+    ['Name', vm.name],
+    ['ID', vm.id],
+    ['Project', vm.project],
+    ['State', vm.state],
+    ['Desired state', vm.desiredState],
+    ['Guest ready', vm.ready ? `yes (${vm.readyAt})` : 'no'],
+    ['Host', vm.host],
+    ['Accelerator', vm.accelerator],
+    ['vCPUs', vm.cpus],
+    ['Memory', `${vm.memoryMb} MiB`],
+    ['Image', vm.image],
+    ['PID', vm.pid],
+    ['Started', vm.startedAt],
+    ['Uptime', formatDuration(vm.uptimeSeconds)],
+    ['Guest IPs', vm.guestIps.join(', ') || undefined],
     ['Published ports', vm.publish.map((p) => `${p.hostAddress}:${p.hostPort} -> ${p.guestPort}/${p.protocol}`).join(', ') || undefined],
     ['Last error', vm.lastError],
   ];
@@ -149,7 +160,10 @@ program
     const g = globals(command);
     const result = await down({ dataDir: g.data, keepVms: Boolean(options.keepVms) }, (line) => void (g.json ? undefined : console.error(line)));
     if (g.json) printJson(result);
-    else console.log(`Stopped ${result.stoppedProcesses.join(', ') || 'nothing (nothing was running)'}${result.stoppedVms.length ? `; VMs stopped: ${result.stoppedVms.join(', ')}` : ''}`);
+    else
+      console.log(
+        `Stopped ${result.stoppedProcesses.join(', ') || 'nothing (nothing was running)'}${result.stoppedVms.length ? `; VMs stopped: ${result.stoppedVms.join(', ')}` : ''}`,
+      );
   });
 
 program
@@ -158,7 +172,10 @@ program
   .action(async (_options: unknown, command: Command) => {
     const status = await client(command).request<Record<string, unknown>>('GET', '/v1/status');
     if (globals(command).json) printJson(status);
-    else console.log(`Nubis ${status.version}: ${status.hostsOnline}/${status.hosts} hosts online, ${status.vmsRunning}/${status.vms} VMs running (data ${status.dataDir})`);
+    else
+      console.log(
+        `Nubis ${status.version}: ${status.hostsOnline}/${status.hosts} hosts online, ${status.vmsRunning}/${status.vms} VMs running (data ${status.dataDir})`,
+      );
   });
 
 // --- hosts ------------------------------------------------------------------------------------
@@ -188,11 +205,16 @@ host
   .description('Maintenance: place nothing on the host and live-migrate its running VMs away')
   .option('--parallel <n>', 'migrations at a time', parseInteger('--parallel'), 2)
   .action(async (name: string, options: { parallel: number }, command: Command) => {
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/hosts/${encodeURIComponent(name)}/evacuate`, { parallel: options.parallel });
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/hosts/${encodeURIComponent(name)}/evacuate`, {
+      parallel: options.parallel,
+    });
     const final = await runOperation(command, `Evacuating ${name}`, operation);
     if (globals(command).json) return printJson(final.result);
     const results = (final.result as { results: Array<{ vm: string; status: string; to?: string }> }).results;
-    printTable(['VM', 'RESULT', 'NOW ON'], results.map((r) => [r.vm, r.status, r.to]));
+    printTable(
+      ['VM', 'RESULT', 'NOW ON'],
+      results.map((r) => [r.vm, r.status, r.to]),
+    );
   });
 host
   .command('restore <host>')
@@ -200,12 +222,18 @@ host
   .option('--move-back', 'live-migrate back the running VMs whose last migration took them off this host')
   .option('--parallel <n>', 'migrations at a time', parseInteger('--parallel'), 2)
   .action(async (name: string, options: { moveBack?: boolean; parallel: number }, command: Command) => {
-    const answer = await client(command).request<Record<string, unknown> & { operation?: Operation }>('POST', `/v1/hosts/${encodeURIComponent(name)}/restore`, { moveBack: Boolean(options.moveBack), parallel: options.parallel });
+    const answer = await client(command).request<Record<string, unknown> & { operation?: Operation }>('POST', `/v1/hosts/${encodeURIComponent(name)}/restore`, {
+      moveBack: Boolean(options.moveBack),
+      parallel: options.parallel,
+    });
     if (answer.operation) {
       const final = await runOperation(command, `Moving VMs back to ${name}`, answer.operation);
       if (globals(command).json) return printJson(final.result);
       const results = (final.result as { results: Array<{ vm: string; status: string; to?: string }> }).results;
-      return printTable(['VM', 'RESULT', 'NOW ON'], results.map((r) => [r.vm, r.status, r.to]));
+      return printTable(
+        ['VM', 'RESULT', 'NOW ON'],
+        results.map((r) => [r.vm, r.status, r.to]),
+      );
     }
     if (globals(command).json) return printJson(answer);
     console.log(`${name}: ${answer.status}`);
@@ -213,8 +241,7 @@ host
 
 // --- VMs --------------------------------------------------------------------------------------
 const vm = program.command('vm').description('Virtual machines').option('--project <name>', 'project (default: default)');
-vm
-  .command('create <name>')
+vm.command('create <name>')
   .description('Create and boot a VM')
   .requiredOption('--image <image>', 'image to boot (nubis image list)')
   .option('--cpus <n>', 'virtual CPUs', parseInteger('--cpus'), 1)
@@ -227,26 +254,56 @@ vm
   .option('--disk <pool/volume>', 'attach a volume of the storage node as a virtio disk (repeatable: vda, vdb, ...)', collect, [])
   .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
   .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
-  .action(async (name: string, options: { image: string; cpus: number; memory: number; host?: string; publish?: unknown[]; network: string[]; ip: string[]; secgroup: string[]; disk: string[]; wait: boolean; postcopy: boolean }, command: Command) => {
-    const g = globals(command);
-    if (options.ip.length > options.network.length) throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
-    const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
-    const body = { name, image: options.image, cpus: options.cpus, memoryMb: options.memory, waitReady: options.wait, ...(options.host ? { host: options.host } : {}), ...(options.publish ? { publish: options.publish } : {}), ...(networks.length ? { networks } : {}), ...(options.secgroup.length ? { secgroups: options.secgroup } : {}), ...(options.disk.length ? { disks: options.disk } : {}), ...(options.postcopy ? {} : { allowPostcopy: false }), ...(g.project ? { project: g.project } : {}) };
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
-    const final = await runOperation(command, `Creating ${name}`, operation);
-    if (g.json) printJson(final.result);
-    else printVm(final.result as Vm);
-  });
-vm
-  .command('list')
+  .action(
+    async (
+      name: string,
+      options: {
+        image: string;
+        cpus: number;
+        memory: number;
+        host?: string;
+        publish?: unknown[];
+        network: string[];
+        ip: string[];
+        secgroup: string[];
+        disk: string[];
+        wait: boolean;
+        postcopy: boolean;
+      },
+      command: Command,
+    ) => {
+      const g = globals(command);
+      if (options.ip.length > options.network.length)
+        throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
+      const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
+      const body = {
+        name,
+        image: options.image,
+        cpus: options.cpus,
+        memoryMb: options.memory,
+        waitReady: options.wait,
+        ...(options.host ? { host: options.host } : {}),
+        ...(options.publish ? { publish: options.publish } : {}),
+        ...(networks.length ? { networks } : {}),
+        ...(options.secgroup.length ? { secgroups: options.secgroup } : {}),
+        ...(options.disk.length ? { disks: options.disk } : {}),
+        ...(options.postcopy ? {} : { allowPostcopy: false }),
+        ...(g.project ? { project: g.project } : {}),
+      };
+      const { operation } = await client(command).request<{ operation: Operation }>('POST', '/v1/vms', body);
+      const final = await runOperation(command, `Creating ${name}`, operation);
+      if (g.json) printJson(final.result);
+      else printVm(final.result as Vm);
+    },
+  );
+vm.command('list')
   .description('List VMs')
   .action(async (_options: unknown, command: Command) => {
     const vms = await client(command).request<Vm[]>('GET', `/v1/vms${projectQuery(command)}`);
     if (globals(command).json) printJson(vms);
     else printVms(vms);
   });
-vm
-  .command('show <vm>')
+vm.command('show <vm>')
   .description('Show a VM')
   .action(async (name: string, _options: unknown, command: Command) => {
     const found = await client(command).request<Vm>('GET', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`);
@@ -262,14 +319,17 @@ for (const action of ['start', 'stop', 'reboot', 'pause', 'resume'] as const) {
   }
   sub.action(async (name: string, options: { force?: boolean; timeout?: number }, command: Command) => {
     const body = action === 'stop' || action === 'reboot' ? { force: Boolean(options.force), timeoutSeconds: options.timeout ?? 30 } : undefined;
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/${action}${projectQuery(command)}`, body);
+    const { operation } = await client(command).request<{ operation: Operation }>(
+      'POST',
+      `/v1/vms/${encodeURIComponent(name)}/${action}${projectQuery(command)}`,
+      body,
+    );
     const final = await runOperation(command, `${action} ${name}`, operation);
     if (globals(command).json) printJson(final.result);
     else console.log(`${name}: ${(final.result as Vm).state}`);
   });
 }
-vm
-  .command('delete <vm>')
+vm.command('delete <vm>')
   .description('Stop and delete a VM')
   .action(async (name: string, _options: unknown, command: Command) => {
     const { operation } = await client(command).request<{ operation: Operation }>('DELETE', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`);
@@ -277,65 +337,101 @@ vm
     if (globals(command).json) printJson(final.result);
     else console.log(`${name}: deleted`);
   });
-vm
-  .command('attach <vm> <pool/volume>')
+vm.command('attach <vm> <pool/volume>')
   .description('Attach a volume as a disk (hot-plugged when the VM runs)')
   .action(async (name: string, volumeRef: string, _options: unknown, command: Command) => {
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/disks${projectQuery(command)}`, { volume: volumeRef });
+    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/disks${projectQuery(command)}`, {
+      volume: volumeRef,
+    });
     const final = await runOperation(command, `Attaching ${volumeRef}`, operation);
     if (globals(command).json) return printJson(final.result);
     console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ')}`);
   });
-vm
-  .command('detach <vm> <pool/volume>')
+vm.command('detach <vm> <pool/volume>')
   .description('Detach a volume (a running guest must release it)')
   .action(async (name: string, volumeRef: string, _options: unknown, command: Command) => {
-    const { operation } = await client(command).request<{ operation: Operation }>('DELETE', `/v1/vms/${encodeURIComponent(name)}/disks/${volumeRef.split('/').map(encodeURIComponent).join('/')}${projectQuery(command)}`);
+    const { operation } = await client(command).request<{ operation: Operation }>(
+      'DELETE',
+      `/v1/vms/${encodeURIComponent(name)}/disks/${volumeRef.split('/').map(encodeURIComponent).join('/')}${projectQuery(command)}`,
+    );
     const final = await runOperation(command, `Detaching ${volumeRef}`, operation);
     if (globals(command).json) return printJson(final.result);
     console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ') || 'none'}`);
   });
-vm
-  .command('set <vm>')
+vm.command('set <vm>')
   .description("Change a VM's policies")
   .option('--postcopy <allow|deny>', 'whether live migration may use post-copy')
   .action(async (name: string, options: { postcopy?: string }, command: Command) => {
-    if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny') throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
+    if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
+      throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
     const body = options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' };
     const vm = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
     if (globals(command).json) return printJson(vm);
     console.log(`${vm.name}: post-copy ${vm.allowPostcopy ? 'allowed' : 'denied'}`);
   });
-vm
-  .command('migrate <vm>')
+vm.command('migrate <vm>')
   .description('Live-migrate a VM to another host, showing stage, passes, dirty rate and remaining memory')
   .option('--to <host>', 'destination (default: the scheduler picks)')
-  .option('--strategy <strategy>', 'precopy, postcopy (the VM moves at once and pulls its memory; a link broken mid-way pauses it until the link returns) or auto', 'auto')
+  .option(
+    '--strategy <strategy>',
+    'precopy, postcopy (the VM moves at once and pulls its memory; a link broken mid-way pauses it until the link returns) or auto',
+    'auto',
+  )
   .option('--max-downtime <ms>', 'longest stop-and-copy accepted (default 300; auto aims at 20 first)', parseInteger('--max-downtime'))
   .option('--bandwidth <MB/s>', 'cap on the migration stream', parseInteger('--bandwidth'))
   .option('--timeout <seconds>', 'deadline for the switch-over (default 300)', parseInteger('--timeout'))
   .option('--on-timeout <action>', 'at the deadline: abort, or postcopy (default: postcopy when prepared, else abort)')
-  .action(async (name: string, options: { to?: string; strategy: string; maxDowntime?: number; bandwidth?: number; timeout?: number; onTimeout?: string }, command: Command) => {
-    const body = { strategy: options.strategy, ...(options.to ? { to: options.to } : {}), ...(options.maxDowntime ? { maxDowntimeMs: options.maxDowntime } : {}), ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}), ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}), ...(options.onTimeout ? { onTimeout: options.onTimeout } : {}) };
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(name)}/migrate${projectQuery(command)}`, body);
-    const final = await runOperation(command, `Migrating ${name}`, operation);
-    if (globals(command).json) return printJson(final.result);
-    const result = final.result as { from: string; to: string; figures: Record<string, number> };
-    const f = result.figures;
-    console.log(`${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, QEMU downtime ${f.downtimeMs} ms, paused ${f.pausedMs ?? '?'} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}${f.predictionErrorPercent !== undefined ? `, predicted total off by ${f.predictionErrorPercent}%` : ''}`);
-  });
-vm
-  .command('migrations <vm>')
+  .action(
+    async (
+      name: string,
+      options: { to?: string; strategy: string; maxDowntime?: number; bandwidth?: number; timeout?: number; onTimeout?: string },
+      command: Command,
+    ) => {
+      const body = {
+        strategy: options.strategy,
+        ...(options.to ? { to: options.to } : {}),
+        ...(options.maxDowntime ? { maxDowntimeMs: options.maxDowntime } : {}),
+        ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}),
+        ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}),
+        ...(options.onTimeout ? { onTimeout: options.onTimeout } : {}),
+      };
+      const { operation } = await client(command).request<{ operation: Operation }>(
+        'POST',
+        `/v1/vms/${encodeURIComponent(name)}/migrate${projectQuery(command)}`,
+        body,
+      );
+      const final = await runOperation(command, `Migrating ${name}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      const result = final.result as { from: string; to: string; figures: Record<string, number> };
+      const f = result.figures;
+      console.log(
+        `${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, QEMU downtime ${f.downtimeMs} ms, paused ${f.pausedMs ?? '?'} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}${f.predictionErrorPercent !== undefined ? `, predicted total off by ${f.predictionErrorPercent}%` : ''}`,
+      );
+    },
+  );
+vm.command('migrations <vm>')
   .description('Past migrations of a VM with their figures')
   .action(async (name: string, _options: unknown, command: Command) => {
     const history = await client(command).request<Array<Record<string, any>>>('GET', `/v1/vms/${encodeURIComponent(name)}/migrations${projectQuery(command)}`);
     if (globals(command).json) return printJson(history);
-    printTable(['STARTED', 'FROM', 'TO', 'STRATEGY', 'STATUS', 'TOTAL MS', 'PREDICTED MS', 'DOWNTIME MS', 'PAUSED MS', 'SENT MiB', 'POSTCOPY'], history.map((h) => [
-      h.startedAt, h.from, h.to, h.strategy, h.status, h.figures.totalTimeMs, h.figures.prediction?.predictedTotalMs, h.figures.downtimeMs, h.figures.pausedMs, h.figures.transferredBytes === undefined ? undefined : (h.figures.transferredBytes / 2 ** 20).toFixed(1), h.figures.switchedToPostcopy ? 'yes' : 'no',
-    ]));
+    printTable(
+      ['STARTED', 'FROM', 'TO', 'STRATEGY', 'STATUS', 'TOTAL MS', 'PREDICTED MS', 'DOWNTIME MS', 'PAUSED MS', 'SENT MiB', 'POSTCOPY'],
+      history.map((h) => [
+        h.startedAt,
+        h.from,
+        h.to,
+        h.strategy,
+        h.status,
+        h.figures.totalTimeMs,
+        h.figures.prediction?.predictedTotalMs,
+        h.figures.downtimeMs,
+        h.figures.pausedMs,
+        h.figures.transferredBytes === undefined ? undefined : (h.figures.transferredBytes / 2 ** 20).toFixed(1),
+        h.figures.switchedToPostcopy ? 'yes' : 'no',
+      ]),
+    );
   });
-vm
-  .command('log <vm>')
+vm.command('log <vm>')
   .description('Show the serial console output of a VM')
   .option('-n, --lines <n>', 'how many lines', parseInteger('--lines'), 100)
   .action(async (name: string, options: { lines: number }, command: Command) => {
@@ -345,8 +441,7 @@ vm
     if (g.json) printJson(log);
     else for (const line of log.lines) console.log(line);
   });
-vm
-  .command('console <vm>')
+vm.command('console <vm>')
   .description('Attach to the serial console of a VM (detach with Ctrl-])')
   .action(async (name: string, _options: unknown, command: Command) => {
     const api = client(command);
@@ -387,7 +482,10 @@ image
   .action(async (_options: unknown, command: Command) => {
     const images = await client(command).request<Array<Record<string, any>>>('GET', '/v1/images');
     if (globals(command).json) return printJson(images);
-    printTable(['NAME', 'KIND', 'FORMAT', 'SIZE', 'BUILTIN'], images.map((i) => [i.name, i.kind, i.format, `${(i.sizeBytes / 1048576).toFixed(1)} MiB`, i.builtin ? 'yes' : 'no']));
+    printTable(
+      ['NAME', 'KIND', 'FORMAT', 'SIZE', 'BUILTIN'],
+      images.map((i) => [i.name, i.kind, i.format, `${(i.sizeBytes / 1048576).toFixed(1)} MiB`, i.builtin ? 'yes' : 'no']),
+    );
   });
 image
   .command('build <name>')
@@ -398,16 +496,24 @@ image
     if (name !== 'tiny') throw new NubisError('IMAGE_NOT_FOUND', `No built-in image ${name}; the built-in image is tiny`);
     const g = globals(command);
     const existing = options.ifMissing ? readTinyImage(cacheDir()) : undefined;
-    const built = existing ?? (await buildTinyImage({ cacheDir: cacheDir(), force: options.force, onProgress: (message) => void (g.json ? undefined : console.error(`  ${message}`)) }));
+    const built =
+      existing ??
+      (await buildTinyImage({
+        cacheDir: cacheDir(),
+        force: options.force,
+        onProgress: (message) => void (g.json ? undefined : console.error(`  ${message}`)),
+      }));
     if (g.json) printJson(built);
     else console.log(`tiny: kernel ${built.kernelVersion}, initrd ${built.initrdPath}`);
   });
 image
   .command('import <name> [file]')
-  .description('Import a qcow2 or raw disk image, or a kernel+initrd pair: the files are put into the control plane\'s import folder (<data>/import/) and checked there')
+  .description(
+    "Import a qcow2 or raw disk image, or a kernel+initrd pair: the files are put into the control plane's import folder (<data>/import/) and checked there",
+  )
   .option('--kernel <file>', 'kernel of a kernel+initrd image')
   .option('--initrd <file>', 'initrd of a kernel+initrd image')
-  .option('--in-import-folder', 'the files are already in the control plane\'s import folder: send their names as given (for a CLI on another machine)')
+  .option('--in-import-folder', "the files are already in the control plane's import folder: send their names as given (for a CLI on another machine)")
   .action(async (name: string, file: string | undefined, options: { kernel?: string; initrd?: string; inImportFolder?: boolean }, command: Command) => {
     const files = file ? [file] : [options.kernel, options.initrd].filter((f): f is string => f !== undefined);
     if (file && (options.kernel || options.initrd)) throw new NubisError('IMAGE_INVALID', 'Give either a disk image FILE or --kernel and --initrd, not both');
@@ -432,7 +538,10 @@ image
   });
 
 // --- networks ---------------------------------------------------------------------------------
-const network = program.command('network').description('Virtual networks (VXLAN overlays across hosts)').option('--project <name>', 'project (default: default)');
+const network = program
+  .command('network')
+  .description('Virtual networks (VXLAN overlays across hosts)')
+  .option('--project <name>', 'project (default: default)');
 network
   .command('create <name>')
   .description('Create a virtual network')
@@ -443,7 +552,15 @@ network
   .option('--vni <n>', 'VXLAN network identifier (default: the next free one)', parseInteger('--vni'))
   .action(async (name: string, options: { subnet: string; gateway?: string; dhcp?: boolean; nat?: boolean; vni?: number }, command: Command) => {
     const g = globals(command);
-    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/networks', { name, subnet: options.subnet, dhcp: Boolean(options.dhcp), nat: Boolean(options.nat), ...(options.gateway ? { gateway: options.gateway } : {}), ...(options.vni ? { vni: options.vni } : {}), ...(g.project ? { project: g.project } : {}) });
+    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/networks', {
+      name,
+      subnet: options.subnet,
+      dhcp: Boolean(options.dhcp),
+      nat: Boolean(options.nat),
+      ...(options.gateway ? { gateway: options.gateway } : {}),
+      ...(options.vni ? { vni: options.vni } : {}),
+      ...(g.project ? { project: g.project } : {}),
+    });
     if (g.json) return printJson(created);
     console.log(`${name}: created (subnet ${created.subnet}, VNI ${created.vni}${created.dhcp ? `, DHCP from ${created.dhcpAddress}` : ''})`);
   });
@@ -453,7 +570,10 @@ network
   .action(async (_options: unknown, command: Command) => {
     const networks = await client(command).request<Array<Record<string, any>>>('GET', `/v1/networks${projectQuery(command)}`);
     if (globals(command).json) return printJson(networks);
-    printTable(['NAME', 'PROJECT', 'SUBNET', 'GATEWAY', 'DHCP', 'VNI', 'NICS', 'HOSTS'], networks.map((n) => [n.name, n.project, n.subnet, n.gateway, n.dhcp ? 'yes' : 'no', n.vni, n.nicCount, n.hosts.join(',') || undefined]));
+    printTable(
+      ['NAME', 'PROJECT', 'SUBNET', 'GATEWAY', 'DHCP', 'VNI', 'NICS', 'HOSTS'],
+      networks.map((n) => [n.name, n.project, n.subnet, n.gateway, n.dhcp ? 'yes' : 'no', n.vni, n.nicCount, n.hosts.join(',') || undefined]),
+    );
   });
 network
   .command('show <network>')
@@ -481,7 +601,12 @@ forward
   .action(async (name: string, options: { port: number; to: string; protocol: string }, command: Command) => {
     const match = /^([^:]+):(\d+)$/.exec(options.to);
     if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --to ${options.to}; write VM:PORT, e.g. web1:80`);
-    const added = await client(command).request<Record<string, unknown>>('POST', `/v1/networks/${encodeURIComponent(name)}/forwards${projectQuery(command)}`, { protocol: options.protocol, hostPort: options.port, vm: match[1], vmPort: Number(match[2]) });
+    const added = await client(command).request<Record<string, unknown>>('POST', `/v1/networks/${encodeURIComponent(name)}/forwards${projectQuery(command)}`, {
+      protocol: options.protocol,
+      hostPort: options.port,
+      vm: match[1],
+      vmPort: Number(match[2]),
+    });
     if (globals(command).json) return printJson(added);
     console.log(`${added.listenAddress ?? '?'}:${added.hostPort}/${added.protocol} -> ${added.vm}:${added.vmPort}`);
   });
@@ -489,9 +614,15 @@ forward
   .command('list <network>')
   .description('List port forwards')
   .action(async (name: string, _options: unknown, command: Command) => {
-    const forwards = await client(command).request<Array<Record<string, any>>>('GET', `/v1/networks/${encodeURIComponent(name)}/forwards${projectQuery(command)}`);
+    const forwards = await client(command).request<Array<Record<string, any>>>(
+      'GET',
+      `/v1/networks/${encodeURIComponent(name)}/forwards${projectQuery(command)}`,
+    );
     if (globals(command).json) return printJson(forwards);
-    printTable(['LISTEN', 'PROTOCOL', 'VM', 'VM PORT', 'HOST'], forwards.map((f) => [`${f.listenAddress ?? '?'}:${f.hostPort}`, f.protocol, f.vm, f.vmPort, f.host]));
+    printTable(
+      ['LISTEN', 'PROTOCOL', 'VM', 'VM PORT', 'HOST'],
+      forwards.map((f) => [`${f.listenAddress ?? '?'}:${f.hostPort}`, f.protocol, f.vm, f.vmPort, f.host]),
+    );
   });
 forward
   .command('delete <network> <port>')
@@ -522,14 +653,21 @@ network
   });
 
 // --- security groups ------------------------------------------------------------------------
-const secgroup = program.command('secgroup').description('Security groups: allow rules for traffic towards VMs').option('--project <name>', 'project (default: default)');
+const secgroup = program
+  .command('secgroup')
+  .description('Security groups: allow rules for traffic towards VMs')
+  .option('--project <name>', 'project (default: default)');
 secgroup
   .command('create <name>')
   .description('Create a security group (members reach each other; everything else needs a rule)')
   .option('--description <text>', 'what the group is for')
   .action(async (name: string, options: { description?: string }, command: Command) => {
     const g = globals(command);
-    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/secgroups', { name, ...(options.description ? { description: options.description } : {}), ...(g.project ? { project: g.project } : {}) });
+    const created = await client(command).request<Record<string, unknown>>('POST', '/v1/secgroups', {
+      name,
+      ...(options.description ? { description: options.description } : {}),
+      ...(g.project ? { project: g.project } : {}),
+    });
     if (g.json) return printJson(created);
     console.log(`${name}: created`);
   });
@@ -539,7 +677,10 @@ secgroup
   .action(async (_options: unknown, command: Command) => {
     const groups = await client(command).request<Array<Record<string, any>>>('GET', `/v1/secgroups${projectQuery(command)}`);
     if (globals(command).json) return printJson(groups);
-    printTable(['NAME', 'PROJECT', 'RULES', 'MEMBERS'], groups.map((group) => [group.name, group.project, group.rules.length, group.members.join(',') || undefined]));
+    printTable(
+      ['NAME', 'PROJECT', 'RULES', 'MEMBERS'],
+      groups.map((group) => [group.name, group.project, group.rules.length, group.members.join(',') || undefined]),
+    );
   });
 secgroup
   .command('show <group>')
@@ -548,9 +689,16 @@ secgroup
     const group = await client(command).request<Record<string, any>>('GET', `/v1/secgroups/${encodeURIComponent(name)}${projectQuery(command)}`);
     if (globals(command).json) return printJson(group);
     console.log(`${group.name} (${group.project}): members ${group.members.join(', ') || 'none'}`);
-    printTable(['RULE', 'DIRECTION', 'PROTOCOL', 'PORTS', 'PEER'], group.rules.map((rule: Record<string, any>) => [
-      rule.id, rule.direction, rule.protocol, rule.portMin === undefined ? 'all' : rule.portMin === rule.portMax ? rule.portMin : `${rule.portMin}-${rule.portMax}`, rule.remoteGroup ? `group ${rule.remoteGroup}` : rule.cidr,
-    ]));
+    printTable(
+      ['RULE', 'DIRECTION', 'PROTOCOL', 'PORTS', 'PEER'],
+      group.rules.map((rule: Record<string, any>) => [
+        rule.id,
+        rule.direction,
+        rule.protocol,
+        rule.portMin === undefined ? 'all' : rule.portMin === rule.portMax ? rule.portMin : `${rule.portMin}-${rule.portMax}`,
+        rule.remoteGroup ? `group ${rule.remoteGroup}` : rule.cidr,
+      ]),
+    );
   });
 secgroup
   .command('delete <group>')
@@ -563,7 +711,7 @@ secgroup
 const rule = secgroup.command('rule').description('Rules of a security group');
 rule
   .command('add <group>')
-  .description('Allow traffic towards (or with --direction egress, from) the group\'s VMs, e.g. nubis secgroup rule add web --protocol tcp --port 80')
+  .description("Allow traffic towards (or with --direction egress, from) the group's VMs, e.g. nubis secgroup rule add web --protocol tcp --port 80")
   .requiredOption('--protocol <protocol>', 'tcp, udp, icmp or any')
   .option('--port <port[-port]>', 'port or port range (tcp and udp)')
   .option('--cidr <cidr>', 'allowed sources (ingress) or destinations (egress); default 0.0.0.0/0')
@@ -576,8 +724,18 @@ rule
       if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --port ${options.port}; write a port (80) or a range (8000-8080)`);
       ports = { portMin: Number(match[1]), portMax: Number(match[2] ?? match[1]) };
     }
-    const body = { direction: options.direction, protocol: options.protocol, ...ports, ...(options.cidr ? { cidr: options.cidr } : {}), ...(options.remoteGroup ? { remoteGroup: options.remoteGroup } : {}) };
-    const added = await client(command).request<Record<string, unknown>>('POST', `/v1/secgroups/${encodeURIComponent(name)}/rules${projectQuery(command)}`, body);
+    const body = {
+      direction: options.direction,
+      protocol: options.protocol,
+      ...ports,
+      ...(options.cidr ? { cidr: options.cidr } : {}),
+      ...(options.remoteGroup ? { remoteGroup: options.remoteGroup } : {}),
+    };
+    const added = await client(command).request<Record<string, unknown>>(
+      'POST',
+      `/v1/secgroups/${encodeURIComponent(name)}/rules${projectQuery(command)}`,
+      body,
+    );
     if (globals(command).json) return printJson(added);
     console.log(`${name}: rule ${added.id} added`);
   });
@@ -595,31 +753,62 @@ const mib = (bytes: number): string => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).
 const pool = program.command('pool').description('Storage pools: devices mapped into one address space with RAID');
 pool
   .command('create <name>')
-  .description('Create a pool: on the storage node, e.g. nubis pool create p1 --layout raid5 --device /srv/a.img --device /srv/b.img --device /srv/c.img; or a dir pool of qcow2 files on hosts, e.g. nubis pool create local --kind dir')
+  .description(
+    'Create a pool: on the storage node, e.g. nubis pool create p1 --layout raid5 --device /srv/a.img --device /srv/b.img --device /srv/c.img; or a dir pool of qcow2 files on hosts, e.g. nubis pool create local --kind dir',
+  )
   .option('--kind <kind>', 'san (storage node, shared by every host) or dir (a folder on each host)', 'san')
   .option('--layout <layout>', 'san: raid0, raid1, raid5, raid6 or raid10')
   .option('--device <path>', 'san: member device, a file, a block device or nbd://... (repeatable)', collect, [])
   .option('--chunk <size>', 'san: chunk size, e.g. 64K')
   .option('--host <host>', 'dir: a host that gets a folder (repeatable; default every host)', collect, [])
   .option('--force', 'san: overwrite devices that hold a filesystem, a partition table or another pool (refused otherwise)')
-  .action(async (name: string, options: { kind: string; layout?: string; device: string[]; chunk?: string; host: string[]; force?: boolean }, command: Command) => {
-    const { resolve } = await import('node:path');
-    const devices = options.device.map((device) => (device.startsWith('nbd') ? device : resolve(device)));
-    const body = options.kind === 'dir'
-      ? { name, kind: 'dir', ...(options.host.length ? { hosts: options.host } : {}), ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}) }
-      : { name, kind: options.kind, ...(options.layout ? { layout: options.layout } : {}), ...(devices.length ? { devices } : {}), ...(options.chunk ? { chunk: options.chunk } : {}), ...(options.host.length ? { hosts: options.host } : {}), ...(options.force ? { force: true } : {}) };
-    const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', body);
-    if (globals(command).json) return printJson(created);
-    if (created.kind === 'dir') console.log(`${name}: dir pool of qcow2 files on ${created.hosts.join(', ')}, ${mib(created.freeBytes)} free`);
-    else console.log(`${name}: ${created.layout}, ${mib(created.sizeBytes)} usable, ${mib(created.wasteBytes)} unusable (unequal members and metadata)`);
-  });
+  .action(
+    async (name: string, options: { kind: string; layout?: string; device: string[]; chunk?: string; host: string[]; force?: boolean }, command: Command) => {
+      const { resolve } = await import('node:path');
+      const devices = options.device.map((device) => (device.startsWith('nbd') ? device : resolve(device)));
+      const body =
+        options.kind === 'dir'
+          ? {
+              name,
+              kind: 'dir',
+              ...(options.host.length ? { hosts: options.host } : {}),
+              ...(options.layout ? { layout: options.layout } : {}),
+              ...(devices.length ? { devices } : {}),
+            }
+          : {
+              name,
+              kind: options.kind,
+              ...(options.layout ? { layout: options.layout } : {}),
+              ...(devices.length ? { devices } : {}),
+              ...(options.chunk ? { chunk: options.chunk } : {}),
+              ...(options.host.length ? { hosts: options.host } : {}),
+              ...(options.force ? { force: true } : {}),
+            };
+      const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', body);
+      if (globals(command).json) return printJson(created);
+      if (created.kind === 'dir') console.log(`${name}: dir pool of qcow2 files on ${created.hosts.join(', ')}, ${mib(created.freeBytes)} free`);
+      else console.log(`${name}: ${created.layout}, ${mib(created.sizeBytes)} usable, ${mib(created.wasteBytes)} unusable (unequal members and metadata)`);
+    },
+  );
 pool
   .command('list')
   .description('List pools with health and capacity')
   .action(async (_options: unknown, command: Command) => {
     const pools = await client(command).request<Array<Record<string, any>>>('GET', '/v1/pools');
     if (globals(command).json) return printJson(pools);
-    printTable(['NAME', 'KIND', 'LAYOUT', 'STATE', 'SIZE', 'ALLOCATED', 'PROVISIONED', 'VOLUMES'], pools.map((p) => [p.name, p.kind, p.layout, p.state, mib(p.sizeBytes), mib(p.allocatedBytes), `${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`, p.volumes]));
+    printTable(
+      ['NAME', 'KIND', 'LAYOUT', 'STATE', 'SIZE', 'ALLOCATED', 'PROVISIONED', 'VOLUMES'],
+      pools.map((p) => [
+        p.name,
+        p.kind,
+        p.layout,
+        p.state,
+        mib(p.sizeBytes),
+        mib(p.allocatedBytes),
+        `${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
+        p.volumes,
+      ]),
+    );
   });
 pool
   .command('show <pool>')
@@ -627,21 +816,34 @@ pool
   .action(async (name: string, _options: unknown, command: Command) => {
     const p = await client(command).request<Record<string, any>>('GET', `/v1/pools/${encodeURIComponent(name)}`);
     if (globals(command).json) return printJson(p);
-    console.log(`pool: ${p.name}  state: ${p.state}${p.readOnly ? ` (read-only: ${p.readOnlyReason})` : ''}  layout: ${p.layout}  chunk: ${p.chunkBytes / 1024}K`);
-    console.log(`size ${mib(p.sizeBytes)}, allocated ${mib(p.allocatedBytes)}, free ${mib(p.freeBytes)}, provisioned ${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`);
+    console.log(
+      `pool: ${p.name}  state: ${p.state}${p.readOnly ? ` (read-only: ${p.readOnlyReason})` : ''}  layout: ${p.layout}  chunk: ${p.chunkBytes / 1024}K`,
+    );
+    console.log(
+      `size ${mib(p.sizeBytes)}, allocated ${mib(p.allocatedBytes)}, free ${mib(p.freeBytes)}, provisioned ${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
+    );
     for (const warning of p.warnings) console.log(`warning: ${warning}`);
-    printTable(['#', 'DEVICE', 'STATE', 'READ', 'WRITE', 'CKSUM'], p.members.map((m: Record<string, any>) => [m.index, m.path, m.state, m.readErrors, m.writeErrors, m.checksumErrors]));
+    printTable(
+      ['#', 'DEVICE', 'STATE', 'READ', 'WRITE', 'CKSUM'],
+      p.members.map((m: Record<string, any>) => [m.index, m.path, m.state, m.readErrors, m.writeErrors, m.checksumErrors]),
+    );
   });
 pool
   .command('scrub <pool>')
   .description('Read everything, find silent corruption by checksum and repair it from redundancy')
   .option('--max-rate <MiB/s>', 'throttle', parseInteger('--max-rate'))
   .action(async (name: string, options: { maxRate?: number }, command: Command) => {
-    const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/pools/${encodeURIComponent(name)}/scrub`, options.maxRate ? { maxMbPerSec: options.maxRate } : {});
+    const { operation } = await client(command).request<{ operation: Operation }>(
+      'POST',
+      `/v1/pools/${encodeURIComponent(name)}/scrub`,
+      options.maxRate ? { maxMbPerSec: options.maxRate } : {},
+    );
     const final = await runOperation(command, `Scrubbing ${name}`, operation);
     if (globals(command).json) return printJson(final.result);
     const r = final.result as Record<string, number>;
-    console.log(`${name}: scanned ${mib(r.scannedBytes)}, ${r.checksumErrors} checksum errors, ${r.repairedBlocks} blocks repaired, ${r.unrepairedBlocks} unrepairable`);
+    console.log(
+      `${name}: scanned ${mib(r.scannedBytes)}, ${r.checksumErrors} checksum errors, ${r.repairedBlocks} blocks repaired, ${r.unrepairedBlocks} unrepairable`,
+    );
   });
 pool
   .command('replace <pool> <member> <device>')
@@ -650,7 +852,12 @@ pool
   .option('--force', 'overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)')
   .action(async (name: string, member: string, device: string, options: { maxRate?: number; force?: boolean }, command: Command) => {
     const { resolve } = await import('node:path');
-    const body = { member: /^\d+$/.test(member) ? Number(member) : member, device: device.startsWith('nbd') ? device : resolve(device), ...(options.maxRate ? { maxMbPerSec: options.maxRate } : {}), ...(options.force ? { force: true } : {}) };
+    const body = {
+      member: /^\d+$/.test(member) ? Number(member) : member,
+      device: device.startsWith('nbd') ? device : resolve(device),
+      ...(options.maxRate ? { maxMbPerSec: options.maxRate } : {}),
+      ...(options.force ? { force: true } : {}),
+    };
     const { operation } = await client(command).request<{ operation: Operation }>('POST', `/v1/pools/${encodeURIComponent(name)}/replace`, body);
     const final = await runOperation(command, `Rebuilding ${name}`, operation);
     if (globals(command).json) return printJson(final.result);
@@ -678,7 +885,11 @@ volume
   .requiredOption('--size <size>', 'size, e.g. 512M or 20G')
   .option('--host <host>', 'dir pools: the host that holds the qcow2 file (needed when the pool spans several)')
   .action(async (name: string, options: { pool: string; size: string; host?: string }, command: Command) => {
-    const created = await client(command).request<Record<string, any>>('POST', `/v1/pools/${encodeURIComponent(options.pool)}/volumes`, { name, size: options.size, ...(options.host ? { host: options.host } : {}) });
+    const created = await client(command).request<Record<string, any>>('POST', `/v1/pools/${encodeURIComponent(options.pool)}/volumes`, {
+      name,
+      size: options.size,
+      ...(options.host ? { host: options.host } : {}),
+    });
     if (globals(command).json) return printJson(created);
     console.log(`${options.pool}/${name}: ${mib(created.sizeBytes)}${created.host ? ` on ${created.host}` : ''}`);
   });
@@ -691,7 +902,10 @@ volume
     const pools = options.pool ? [options.pool] : (await api.request<Array<{ name: string }>>('GET', '/v1/pools')).map((p) => p.name);
     const volumes = (await Promise.all(pools.map((p) => api.request<Array<Record<string, any>>>('GET', `/v1/pools/${encodeURIComponent(p)}/volumes`)))).flat();
     if (globals(command).json) return printJson(volumes);
-    printTable(['VOLUME', 'KIND', 'SIZE', 'ALLOCATED', 'ORIGIN', 'HOST', 'USED BY'], volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, mib(v.sizeBytes), mib(v.allocatedBytes), v.originName, v.host, v.usedBy]));
+    printTable(
+      ['VOLUME', 'KIND', 'SIZE', 'ALLOCATED', 'ORIGIN', 'HOST', 'USED BY'],
+      volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, mib(v.sizeBytes), mib(v.allocatedBytes), v.originName, v.host, v.usedBy]),
+    );
   });
 volume
   .command('show <pool/volume>')
@@ -737,7 +951,10 @@ operation
   .action(async (options: { limit: number }, command: Command) => {
     const operations = await client(command).request<Operation[]>('GET', `/v1/operations?limit=${options.limit}`);
     if (globals(command).json) return printJson(operations);
-    printTable(['ID', 'KIND', 'TARGET', 'STATUS', 'STAGE', 'CREATED'], operations.map((o) => [o.id, o.kind, o.target.name, o.status, o.stage, o.createdAt]));
+    printTable(
+      ['ID', 'KIND', 'TARGET', 'STATUS', 'STAGE', 'CREATED'],
+      operations.map((o) => [o.id, o.kind, o.target.name, o.status, o.stage, o.createdAt]),
+    );
   });
 operation
   .command('show <id>')
@@ -758,16 +975,25 @@ operation
 
 // --- projects ---------------------------------------------------------------------------------
 const project = program.command('project').description('Projects (tenants)');
-project.command('list').description('List projects').action(async (_options: unknown, command: Command) => {
-  const projects = await client(command).request<Array<Record<string, string>>>('GET', '/v1/projects');
-  if (globals(command).json) return printJson(projects);
-  printTable(['NAME', 'ID', 'CREATED'], projects.map((p) => [p.name, p.id, p.createdAt]));
-});
-project.command('create <name>').description('Create a project').action(async (name: string, _options: unknown, command: Command) => {
-  const created = await client(command).request<Record<string, string>>('POST', '/v1/projects', { name });
-  if (globals(command).json) return printJson(created);
-  console.log(`${name}: created`);
-});
+project
+  .command('list')
+  .description('List projects')
+  .action(async (_options: unknown, command: Command) => {
+    const projects = await client(command).request<Array<Record<string, string>>>('GET', '/v1/projects');
+    if (globals(command).json) return printJson(projects);
+    printTable(
+      ['NAME', 'ID', 'CREATED'],
+      projects.map((p) => [p.name, p.id, p.createdAt]),
+    );
+  });
+project
+  .command('create <name>')
+  .description('Create a project')
+  .action(async (name: string, _options: unknown, command: Command) => {
+    const created = await client(command).request<Record<string, string>>('POST', '/v1/projects', { name });
+    if (globals(command).json) return printJson(created);
+    console.log(`${name}: created`);
+  });
 
 // --- daemons (started by `nubis up`) ----------------------------------------------------------
 const daemon = program.command('daemon').description('Run a Nubis service in the foreground (nubis up does this for you)');
@@ -826,7 +1052,7 @@ daemon
   .command('storage')
   .description('Run the storage node: pools, volumes and their NBD exports')
   .option('--nbd-tcp <host:port>', 'also serve NBD on TCP')
-  .option('--nbd-tls-dir <dir>', 'require TLS on TCP: server-cert.pem, server-key.pem and, for client certificates, ca-cert.pem (QEMU\'s file names)')
+  .option('--nbd-tls-dir <dir>', "require TLS on TCP: server-cert.pem, server-key.pem and, for client certificates, ca-cert.pem (QEMU's file names)")
   .action(async (options: { nbdTcp?: string; nbdTlsDir?: string }, command: Command) => {
     const { startStorageNode } = await import('../storage/storage-node.ts');
     const { createLogger } = await import('../core/logger.ts');
@@ -838,13 +1064,23 @@ daemon
     if (options.nbdTcp && !tcp) throw new NubisError('VALIDATION_FAILED', `--nbd-tcp takes HOST:PORT, not ${options.nbdTcp}`);
     if (options.nbdTlsDir && !tcp) throw new NubisError('VALIDATION_FAILED', '--nbd-tls-dir protects the TCP listener: give --nbd-tcp too');
     const tlsFile = (name: string): string => join(options.nbdTlsDir!, name);
-    if (options.nbdTlsDir) for (const name of ['server-cert.pem', 'server-key.pem']) if (!existsSync(tlsFile(name))) throw new NubisError('VALIDATION_FAILED', `${tlsFile(name)} is missing`);
+    if (options.nbdTlsDir)
+      for (const name of ['server-cert.pem', 'server-key.pem'])
+        if (!existsSync(tlsFile(name))) throw new NubisError('VALIDATION_FAILED', `${tlsFile(name)} is missing`);
     const node = await startStorageNode({
       poolsDir: paths.storagePools,
       nbdSocket: paths.storageNbdSocket,
       manageSocket: paths.storageManageSocket,
       ...(tcp ? { nbdTcp: { host: tcp[1], port: Number(tcp[2]) } } : {}),
-      ...(options.nbdTlsDir ? { nbdTls: { cert: readFileSync(tlsFile('server-cert.pem')), key: readFileSync(tlsFile('server-key.pem')), ...(existsSync(tlsFile('ca-cert.pem')) ? { ca: readFileSync(tlsFile('ca-cert.pem')) } : {}) } } : {}),
+      ...(options.nbdTlsDir
+        ? {
+            nbdTls: {
+              cert: readFileSync(tlsFile('server-cert.pem')),
+              key: readFileSync(tlsFile('server-key.pem')),
+              ...(existsSync(tlsFile('ca-cert.pem')) ? { ca: readFileSync(tlsFile('ca-cert.pem')) } : {}),
+            },
+          }
+        : {}),
     });
     logger.info({ pools: node.service.listPools().map((pool) => pool.name) }, 'storage node serving');
     await waitForSignal();

@@ -5,7 +5,13 @@ import type { OperationEvent } from '../wire/schemas.ts';
 export function printTable(headers: string[], rows: Array<Array<string | number | undefined>>): void {
   const cells = [headers, ...rows.map((row) => row.map((cell) => (cell === undefined ? '-' : String(cell))))];
   const widths = headers.map((_, column) => Math.max(...cells.map((row) => row[column].length)));
-  for (const row of cells) console.log(row.map((cell, column) => cell.padEnd(widths[column])).join('  ').trimEnd());
+  for (const row of cells)
+    console.log(
+      row
+        .map((cell, column) => cell.padEnd(widths[column]))
+        .join('  ')
+        .trimEnd(),
+    );
 }
 
 export function printJson(value: unknown): void {
@@ -44,7 +50,9 @@ export class ProgressView {
     const width = 24;
     const filled = Math.round(event.progress * width);
     const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
-    process.stderr.write(`\r\x1b[2K${this.#title} [${bar}] ${Math.round(event.progress * 100)}% ${event.message}`.slice(0, (process.stderr.columns ?? 100) - 1));
+    process.stderr.write(
+      `\r\x1b[2K${this.#title} [${bar}] ${Math.round(event.progress * 100)}% ${event.message}`.slice(0, (process.stderr.columns ?? 100) - 1),
+    );
   }
 
   done(): void {

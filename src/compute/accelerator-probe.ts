@@ -32,7 +32,10 @@ export interface ProbeGuest {
  * The accelerator for this host, probed once and cached in `cacheFile` for as long as the kernel,
  * QEMU and the probe guest stay the same. `NUBIS_ACCELERATOR=tcg|kvm` overrides the probe.
  */
-export async function chooseAccelerator(guest: ProbeGuest, options: { cacheFile: string; workDir: string; timeoutMs?: number; qemuVersion?: string }): Promise<AcceleratorChoice> {
+export async function chooseAccelerator(
+  guest: ProbeGuest,
+  options: { cacheFile: string; workDir: string; timeoutMs?: number; qemuVersion?: string },
+): Promise<AcceleratorChoice> {
   const forced = process.env.NUBIS_ACCELERATOR;
   const key = [readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), options.qemuVersion ?? qemuVersionLine(), guest.identity].join(' | ');
   if (forced === 'tcg' || forced === 'kvm') {

@@ -29,7 +29,7 @@ async function readFrom(logPath: string, fromOffset: number): Promise<{ text: st
   const handle = await open(logPath, 'r');
   try {
     const { size } = await handle.stat();
-    if (size <= fromOffset) return { text: '', offset: size < fromOffset ? size : fromOffset };
+    if (size <= fromOffset) return { text: '', offset: Math.min(size, fromOffset) };
     const buffer = Buffer.alloc(size - fromOffset);
     const { bytesRead } = await handle.read(buffer, 0, buffer.length, fromOffset);
     return { text: buffer.subarray(0, bytesRead).toString('utf8'), offset: fromOffset + bytesRead };

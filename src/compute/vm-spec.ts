@@ -11,13 +11,18 @@ export const NUBIS_MACHINE_TYPE = 'pc-q35-7.2';
 export type Accelerator = 'kvm' | 'tcg';
 
 /** How the guest boots: a kernel with initrd (like the built-in `tiny` image) or a disk image. */
-export type BootSource =
-  | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline: string }
-  | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' };
+export type BootSource = { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline: string } | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' };
 
 /** A VM disk: a local image file, or a volume that a storage node exports over NBD. */
 export type DiskSpec =
-  | { id: string; kind: 'file'; path: string; format: 'qcow2' | 'raw'; readOnly?: boolean; /** POOL/VOLUME when the file is a volume of a host's dir pool. */ localVolume?: string }
+  | {
+      id: string;
+      kind: 'file';
+      path: string;
+      format: 'qcow2' | 'raw';
+      readOnly?: boolean /** POOL/VOLUME when the file is a volume of a host's dir pool. */;
+      localVolume?: string;
+    }
   | { id: string; kind: 'nbd'; socketPath: string; exportName: string; readOnly?: boolean };
 
 /** A host port forwarded to a guest port over user-mode networking. */

@@ -51,17 +51,25 @@ export class DirPoolCatalogue {
    */
   async create(name: string, hostRefs: string[], nameTaken: boolean): Promise<Record<string, unknown>> {
     if (nameTaken || (await this.find(name))) throw new NubisError('POOL_EXISTS', `A pool named ${name} exists; choose another name`);
-    const hosts = hostRefs.length > 0 ? await Promise.all(hostRefs.map((ref) => this.#hosts.row(ref))) : await this.#db.selectFrom('hosts').selectAll().orderBy('name').execute();
+    const hosts =
+      hostRefs.length > 0
+        ? await Promise.all(hostRefs.map((ref) => this.#hosts.row(ref)))
+        : await this.#db.selectFrom('hosts').selectAll().orderBy('name').execute();
     if (hosts.length === 0) throw new NubisError('NO_HOSTS', 'No host has joined yet; start one (nubis up) before creating a dir pool');
     const placed: PoolHost[] = [];
     try {
-      for (const host of hosts) placed.push({ hostId: host.id, path: (await this.#hosts.call<DirPoolInfo>(host, { method: 'PUT', path: `/agent/dir-pools/${name}` })).path });
+      for (const host of hosts)
+        placed.push({ hostId: host.id, path: (await this.#hosts.call<DirPoolInfo>(host, { method: 'PUT', path: `/agent/dir-pools/${name}` })).path });
     } catch (error) {
       // Nothing half-built: the folders made so far go again.
-      for (const done of placed) await this.#hosts.call(await this.#hosts.row(done.hostId), { method: 'DELETE', path: `/agent/dir-pools/${name}` }).catch(() => undefined);
+      for (const done of placed)
+        await this.#hosts.call(await this.#hosts.row(done.hostId), { method: 'DELETE', path: `/agent/dir-pools/${name}` }).catch(() => undefined);
       throw error;
     }
-    await this.#db.insertInto('dir_pools').values({ id: newId('dpool'), name, hosts: JSON.stringify(placed), created_at: new Date().toISOString() }).execute();
+    await this.#db
+      .insertInto('dir_pools')
+      .values({ id: newId('dpool'), name, hosts: JSON.stringify(placed), created_at: new Date().toISOString() })
+      .execute();
     return this.show(name);
   }
 
@@ -78,7 +86,14 @@ export class DirPoolCatalogue {
       (JSON.parse(pool.hosts) as PoolHost[]).map(async (entry, index) => {
         const host = await this.#hosts.row(entry.hostId);
         const info = await this.#hosts.call<DirPoolInfo>(host, { method: 'GET', path: `/agent/dir-pools/${name}`, timeoutMs: 10_000 }).catch(() => undefined);
-        return { index, host: host.name, path: entry.path, state: info ? 'online' : 'unreachable', sizeBytes: info?.sizeBytes ?? 0, freeBytes: info?.freeBytes ?? 0 };
+        return {
+          index,
+          host: host.name,
+          path: entry.path,
+          state: info ? 'online' : 'unreachable',
+          sizeBytes: info?.sizeBytes ?? 0,
+          freeBytes: info?.freeBytes ?? 0,
+        };
       }),
     );
     const sizeBytes = members.reduce((sum, m) => sum + m.sizeBytes, 0);
@@ -108,7 +123,8 @@ export class DirPoolCatalogue {
   async delete(name: string): Promise<void> {
     const pool = await this.#pool(name);
     const volumes = await this.#db.selectFrom('dir_volumes').select('name').where('pool_id', '=', pool.id).execute();
-    if (volumes.length > 0) throw new NubisError('POOL_NOT_EMPTY', `Dir pool ${name} holds volumes ${volumes.map((v) => v.name).join(', ')}; delete them first`);
+    if (volumes.length > 0)
+      throw new NubisError('POOL_NOT_EMPTY', `Dir pool ${name} holds volumes ${volumes.map((v) => v.name).join(', ')}; delete them first`);
     for (const entry of JSON.parse(pool.hosts) as PoolHost[]) {
       await this.#hosts.call(await this.#hosts.row(entry.hostId), { method: 'DELETE', path: `/agent/dir-pools/${name}` });
     }
@@ -138,7 +154,10 @@ export class DirPoolCatalogue {
     const host = await this.#hostFor(pool, hostRef);
     const info = await this.#hosts.call<DirVolumeInfo>(host, { method: 'PUT', path: `/agent/dir-pools/${poolName}/volumes/${name}`, body: { sizeBytes } });
     const created = new Date().toISOString();
-    await this.#db.insertInto('dir_volumes').values({ id: newId('dvol'), pool_id: pool.id, name, host_id: host.id, size_bytes: info.sizeBytes, created_at: created }).execute();
+    await this.#db
+      .insertInto('dir_volumes')
+      .values({ id: newId('dvol'), pool_id: pool.id, name, host_id: host.id, size_bytes: info.sizeBytes, created_at: created })
+      .execute();
     return this.#volumeView(pool, await this.#volume(pool, name), info);
   }
 
@@ -163,7 +182,11 @@ export class DirPoolCatalogue {
   async resizeVolume(poolName: string, name: string, sizeBytes: number): Promise<Record<string, unknown>> {
     const pool = await this.#pool(poolName);
     const volume = await this.#volume(pool, name);
-    const info = await this.#hosts.call<DirVolumeInfo>(await this.#hosts.row(volume.host_id), { method: 'POST', path: `/agent/dir-pools/${poolName}/volumes/${name}/resize`, body: { sizeBytes } });
+    const info = await this.#hosts.call<DirVolumeInfo>(await this.#hosts.row(volume.host_id), {
+      method: 'POST',
+      path: `/agent/dir-pools/${poolName}/volumes/${name}/resize`,
+      body: { sizeBytes },
+    });
     await this.#db.updateTable('dir_volumes').set({ size_bytes: info.sizeBytes }).where('id', '=', volume.id).execute();
     return this.#volumeView(pool, { ...volume, size_bytes: info.sizeBytes }, info);
   }
@@ -196,8 +219,18 @@ export class DirPoolCatalogue {
 
   async #volumeView(pool: DirPoolsTable, volume: DirVolumesTable, known?: DirVolumeInfo): Promise<Record<string, unknown>> {
     const host = await this.#hosts.row(volume.host_id);
-    const info = known ?? (await this.#hosts.call<DirVolumeInfo>(host, { method: 'GET', path: `/agent/dir-pools/${pool.name}/volumes/${volume.name}`, timeoutMs: 10_000 }).catch(() => undefined));
-    const user = await this.#db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select('vms.name').where('pool', '=', pool.name).where('volume', '=', volume.name).executeTakeFirst();
+    const info =
+      known ??
+      (await this.#hosts
+        .call<DirVolumeInfo>(host, { method: 'GET', path: `/agent/dir-pools/${pool.name}/volumes/${volume.name}`, timeoutMs: 10_000 })
+        .catch(() => undefined));
+    const user = await this.#db
+      .selectFrom('vm_disks')
+      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
+      .select('vms.name')
+      .where('pool', '=', pool.name)
+      .where('volume', '=', volume.name)
+      .executeTakeFirst();
     return {
       name: volume.name,
       pool: pool.name,

@@ -117,7 +117,11 @@ export class HostRegistry {
   }
 
   async row(ref: string): Promise<HostsTable> {
-    const host = await this.#db.selectFrom('hosts').selectAll().where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)])).executeTakeFirst();
+    const host = await this.#db
+      .selectFrom('hosts')
+      .selectAll()
+      .where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)]))
+      .executeTakeFirst();
     if (!host) throw new NubisError('HOST_NOT_FOUND', `No host ${ref}; see nubis host list`);
     return host;
   }
@@ -162,7 +166,9 @@ export class HostRegistry {
       return await requestJson<T>(host.endpoint, { ...request, token: this.controlTokenFor(host) });
     } catch (error) {
       if ((error as { code?: string }).code === 'HTTP_UNREACHABLE') {
-        throw new NubisError('HOST_UNAVAILABLE', `The agent of host ${host.name} does not answer (${(error as Error).message}); is it running?`, { cause: error });
+        throw new NubisError('HOST_UNAVAILABLE', `The agent of host ${host.name} does not answer (${(error as Error).message}); is it running?`, {
+          cause: error,
+        });
       }
       throw error;
     }

@@ -95,12 +95,25 @@ export class ImageCatalogue {
     const size = (await stat(files.kernelPath)).size + (await stat(files.initrdPath)).size;
     const existing = await this.#db.selectFrom('images').select('id').where('name', '=', name).executeTakeFirst();
     if (existing) {
-      await this.#db.updateTable('images').set({ files: JSON.stringify(files), size_bytes: size }).where('id', '=', existing.id).execute();
+      await this.#db
+        .updateTable('images')
+        .set({ files: JSON.stringify(files), size_bytes: size })
+        .where('id', '=', existing.id)
+        .execute();
       return;
     }
     await this.#db
       .insertInto('images')
-      .values({ id: newId('img'), name, kind: 'kernel', format: 'kernel+initrd', files: JSON.stringify(files), size_bytes: size, builtin: 1, created_at: new Date().toISOString() })
+      .values({
+        id: newId('img'),
+        name,
+        kind: 'kernel',
+        format: 'kernel+initrd',
+        files: JSON.stringify(files),
+        size_bytes: size,
+        builtin: 1,
+        created_at: new Date().toISOString(),
+      })
       .execute();
   }
 
@@ -109,7 +122,11 @@ export class ImageCatalogue {
   }
 
   async row(ref: string): Promise<ImagesTable> {
-    const row = await this.#db.selectFrom('images').selectAll().where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)])).executeTakeFirst();
+    const row = await this.#db
+      .selectFrom('images')
+      .selectAll()
+      .where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)]))
+      .executeTakeFirst();
     if (!row) throw new NubisError('IMAGE_NOT_FOUND', `No image ${ref}; see nubis image list (the built-in one is tiny)`);
     return row;
   }
@@ -152,7 +169,8 @@ export class ImageCatalogue {
   async import(request: ImageImportFiles, checked: CheckedImport, context: ImportContext = {}): Promise<ImageView> {
     const { signal } = context;
     const shape = this.#shape(request);
-    if (shape.kind !== checked.kind) throw new NubisError('IMAGE_INVALID', `The import of ${request.name} changed between its check and its copy; import again`);
+    if (shape.kind !== checked.kind)
+      throw new NubisError('IMAGE_INVALID', `The import of ${request.name} changed between its check and its copy; import again`);
     await mkdir(this.#imagesDir, { recursive: true, mode: 0o750 });
     const staging = join(this.#imagesDir, `${STAGING_PREFIX}${newId('imp')}`);
     const finalDir = join(this.#imagesDir, request.name);
@@ -176,7 +194,8 @@ export class ImageCatalogue {
           copies.push(await openImportSource(staging, names[index], shape.roles[index]));
         }
         const format = await this.#checkContent(copies, signal);
-        if (format !== checked.format) throw new NubisError('IMAGE_INVALID', `The file of ${request.name} changed while it was imported (it is now ${format}); import again`);
+        if (format !== checked.format)
+          throw new NubisError('IMAGE_INVALID', `The file of ${request.name} changed while it was imported (it is now ${format}); import again`);
       } finally {
         await Promise.all(copies.map((copy) => copy.handle.close()));
       }
@@ -185,14 +204,26 @@ export class ImageCatalogue {
         await rename(staging, finalDir);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOTEMPTY' || (error as NodeJS.ErrnoException).code === 'EEXIST') {
-          throw new NubisError('IMAGE_NAME_TAKEN', `The image store already holds ${finalDir} (another import of ${request.name}?); choose another name`, { cause: error });
+          throw new NubisError('IMAGE_NAME_TAKEN', `The image store already holds ${finalDir} (another import of ${request.name}?); choose another name`, {
+            cause: error,
+          });
         }
         throw error;
       }
       renamed = true;
-      const files = checked.kind === 'disk' ? { path: join(finalDir, names[0]) } : { kernelPath: join(finalDir, names[0]), initrdPath: join(finalDir, names[1]) };
+      const files =
+        checked.kind === 'disk' ? { path: join(finalDir, names[0]) } : { kernelPath: join(finalDir, names[0]), initrdPath: join(finalDir, names[1]) };
       const size = sources.reduce((sum, source) => sum + source.sizeBytes, 0);
-      const row: ImagesTable = { id: newId('img'), name: request.name, kind: checked.kind, format: checked.format, files: JSON.stringify(files), size_bytes: size, builtin: 0, created_at: new Date().toISOString() };
+      const row: ImagesTable = {
+        id: newId('img'),
+        name: request.name,
+        kind: checked.kind,
+        format: checked.format,
+        files: JSON.stringify(files),
+        size_bytes: size,
+        builtin: 0,
+        created_at: new Date().toISOString(),
+      };
       await this.#db.insertInto('images').values(row).execute();
       return toView(row);
     } catch (error) {
@@ -206,7 +237,8 @@ export class ImageCatalogue {
   /** Which files an import names, and for what. */
   #shape(request: ImageImportFiles): ImportShape {
     // The name becomes a folder of the image store: the schema's rule, checked where it is used.
-    if (!imageNamePattern.test(request.name)) throw new NubisError('IMAGE_INVALID', `The image name ${JSON.stringify(request.name)} is not allowed; use lowercase letters, digits and inner hyphens`);
+    if (!imageNamePattern.test(request.name))
+      throw new NubisError('IMAGE_INVALID', `The image name ${JSON.stringify(request.name)} is not allowed; use lowercase letters, digits and inner hyphens`);
     if (request.path && (request.kernelPath || request.initrdPath)) {
       throw new NubisError('IMAGE_INVALID', 'Give either a disk image path or a kernel and initrd, not both');
     }

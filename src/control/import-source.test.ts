@@ -20,7 +20,11 @@ describe('import sources', () => {
     assert.equal(importPathOf(importDir, 'a.qcow2'), join(importDir, 'a.qcow2'));
     assert.equal(importPathOf(importDir, join(importDir, 'x', 'y')), join(importDir, 'x', 'y'));
     for (const bad of ['a\u0000b', 'a\u001bb', '../x', 'a/../../x', 'a b', 'x'.repeat(1025), '']) {
-      assert.throws(() => importPathOf(importDir, bad), (error) => isNubisError(error, 'IMAGE_INVALID'), JSON.stringify(bad));
+      assert.throws(
+        () => importPathOf(importDir, bad),
+        (error) => isNubisError(error, 'IMAGE_INVALID'),
+        JSON.stringify(bad),
+      );
     }
   });
 
@@ -37,8 +41,13 @@ describe('import sources', () => {
 
   it('accepts initrds by their magic and kernels by their boot header', async () => {
     const magics: Record<string, Buffer> = {
-      cpio: Buffer.from('070701000000'), cpioCrc: Buffer.from('070702000000'), gzip: Buffer.from([0x1f, 0x8b, 8]), xz: Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]),
-      zstd: Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), lz4: Buffer.from([0x02, 0x21, 0x4c, 0x18]), bzip2: Buffer.from('BZh9'),
+      cpio: Buffer.from('070701000000'),
+      cpioCrc: Buffer.from('070702000000'),
+      gzip: Buffer.from([0x1f, 0x8b, 8]),
+      xz: Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]),
+      zstd: Buffer.from([0x28, 0xb5, 0x2f, 0xfd]),
+      lz4: Buffer.from([0x02, 0x21, 0x4c, 0x18]),
+      bzip2: Buffer.from('BZh9'),
     };
     for (const [name, bytes] of Object.entries(magics)) {
       writeFileSync(join(importDir, name), bytes);

@@ -58,7 +58,9 @@ export function importPathOf(importDir: string, given: string): string {
   if (/[\u0000-\u001f\u007f]/.test(given)) throw invalid(`The import file name ${JSON.stringify(given)} holds a control character; rename the file`);
   if (given.length > 1024) throw invalid(`The import file name ${given.slice(0, 64)}... is longer than 1024 characters; rename the file`);
   if (!namePattern.test(given)) {
-    throw invalid(`The import file name ${given} is not allowed: use letters, digits and . _ + @ - / without .. segments, naming a file in the import folder ${importDir}`);
+    throw invalid(
+      `The import file name ${given} is not allowed: use letters, digits and . _ + @ - / without .. segments, naming a file in the import folder ${importDir}`,
+    );
   }
   const path = isAbsolute(given) ? normalize(given) : join(importDir, given);
   return path;
@@ -94,16 +96,19 @@ export async function openImportSource(importDir: string, given: string, role: I
   try {
     handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ELOOP') throw invalid(`The ${role} file ${given} became a symbolic link while it was checked; import a regular file`, error);
+    if ((error as NodeJS.ErrnoException).code === 'ELOOP')
+      throw invalid(`The ${role} file ${given} became a symbolic link while it was checked; import a regular file`, error);
     throw invalid(`Cannot open the ${role} file ${given}: ${messageOf(error)}`, error);
   }
   try {
     const stats = await handle.stat();
     if (!stats.isFile()) throw invalid(`The ${role} file ${given} is ${fileType(stats)}; import a regular file`);
-    if (stats.dev !== linkStats.dev || stats.ino !== linkStats.ino) throw invalid(`The ${role} file ${given} was replaced while it was checked; import it again`);
+    if (stats.dev !== linkStats.dev || stats.ino !== linkStats.ino)
+      throw invalid(`The ${role} file ${given} was replaced while it was checked; import it again`);
     // The descriptor's own path: a folder swapped for a symlink after realpath shows here.
     const opened = await readlink(`/proc/self/fd/${handle.fd}`);
-    if (!isInside(realDir, opened)) throw invalid(`The ${role} file ${given} leads out of the import folder ${importDir} (to ${opened}); copy the file itself there`);
+    if (!isInside(realDir, opened))
+      throw invalid(`The ${role} file ${given} leads out of the import folder ${importDir} (to ${opened}); copy the file itself there`);
     return { given, path: real, handle, sizeBytes: stats.size };
   } catch (error) {
     await handle.close();
@@ -159,13 +164,15 @@ export function describeContent(head: Buffer): string {
 /** Refuses a file that is not a Linux x86 kernel. */
 export async function checkKernel(source: { given: string; handle: FileHandle }): Promise<void> {
   const head = await readHead(source.handle);
-  if (!isLinuxKernel(head)) throw invalid(`The kernel file ${source.given} is not a Linux x86 kernel (no HdrS boot header at 0x202): it looks like ${describeContent(head)}`);
+  if (!isLinuxKernel(head))
+    throw invalid(`The kernel file ${source.given} is not a Linux x86 kernel (no HdrS boot header at 0x202): it looks like ${describeContent(head)}`);
 }
 
 /** Refuses a file that is not a (compressed) cpio archive. */
 export async function checkInitrd(source: { given: string; handle: FileHandle }): Promise<void> {
   const head = await readHead(source.handle);
-  if (!initrdFormat(head)) throw invalid(`The initrd file ${source.given} is not a cpio archive (plain or gzip/xz/zstd/lz4/bzip2-compressed): it looks like ${describeContent(head)}`);
+  if (!initrdFormat(head))
+    throw invalid(`The initrd file ${source.given} is not a cpio archive (plain or gzip/xz/zstd/lz4/bzip2-compressed): it looks like ${describeContent(head)}`);
 }
 
 /**
@@ -180,9 +187,12 @@ export async function checkDisk(source: { given: string; handle: FileHandle }, s
   const isQcow2 = head.subarray(0, 4).equals(magic.qcow2);
   if (isQcow2) {
     if (head.length < 104) throw invalid(`The disk file ${source.given} has a truncated qcow2 header; import a complete image`);
-    if (head.readBigUInt64BE(8) !== 0n) throw invalid(`The disk file ${source.given} is a qcow2 image that has a backing file; flatten it first (qemu-img convert -O qcow2)`);
+    if (head.readBigUInt64BE(8) !== 0n)
+      throw invalid(`The disk file ${source.given} is a qcow2 image that has a backing file; flatten it first (qemu-img convert -O qcow2)`);
     if (head.readUInt32BE(4) >= 3 && (head.readBigUInt64BE(72) & 4n) !== 0n) {
-      throw invalid(`The disk file ${source.given} is a qcow2 image that has an external data file; convert it to a self-contained image first (qemu-img convert -O qcow2)`);
+      throw invalid(
+        `The disk file ${source.given} is a qcow2 image that has an external data file; convert it to a self-contained image first (qemu-img convert -O qcow2)`,
+      );
     }
   }
   let info: { format?: string; 'backing-filename'?: string; 'format-specific'?: { data?: { 'data-file'?: string } } };
@@ -192,14 +202,19 @@ export async function checkDisk(source: { given: string; handle: FileHandle }, s
   } catch (error) {
     if (signal?.aborted) throw error;
     if (isNubisError(error, 'COMMAND_MISSING')) throw error;
-    const reason = isNubisError(error, 'COMMAND_FAILED') ? String(error.details?.stderr ?? '').trim().replaceAll('/dev/fd/3', source.given) : messageOf(error);
+    const reason = isNubisError(error, 'COMMAND_FAILED')
+      ? String(error.details?.stderr ?? '')
+          .trim()
+          .replaceAll('/dev/fd/3', source.given)
+      : messageOf(error);
     throw invalid(`qemu-img cannot read the disk file ${source.given}: ${reason || messageOf(error)}`, error);
   }
   if (info.format !== 'qcow2' && info.format !== 'raw') {
     throw invalid(`The disk file ${source.given} is a ${info.format} image; import qcow2 or raw (convert with qemu-img convert -O qcow2)`);
   }
   if (info['backing-filename']) throw invalid(`The disk file ${source.given} has a backing file; flatten it first (qemu-img convert -O qcow2)`);
-  if (info['format-specific']?.data?.['data-file']) throw invalid(`The disk file ${source.given} has an external data file; convert it to a self-contained image first (qemu-img convert -O qcow2)`);
+  if (info['format-specific']?.data?.['data-file'])
+    throw invalid(`The disk file ${source.given} has an external data file; convert it to a self-contained image first (qemu-img convert -O qcow2)`);
   return info.format;
 }
 

@@ -93,12 +93,16 @@ export class NetworkService {
     // across projects they may: tenant networks are isolated from each other.
     for (const other of await this.#db.selectFrom('networks').select(['name', 'subnet']).where('project_id', '=', projectId).execute()) {
       if (subnetsOverlap(subnet, parseSubnet(other.subnet))) {
-        throw new NubisError('NET_SUBNET_OVERLAP', `Subnet ${subnet.cidr} overlaps ${other.subnet} of network ${other.name} in this project; choose a subnet that does not`);
+        throw new NubisError(
+          'NET_SUBNET_OVERLAP',
+          `Subnet ${subnet.cidr} overlaps ${other.subnet} of network ${other.name} in this project; choose a subnet that does not`,
+        );
       }
     }
     const taken = new Set<number>();
     const gateway = request.gateway === undefined ? undefined : checkAddress(subnet, request.gateway);
-    if (request.nat && gateway === undefined) throw new NubisError('NET_NAT_NEEDS_GATEWAY', 'A NAT gateway needs the gateway address: add --gateway, e.g. the first address of the subnet');
+    if (request.nat && gateway === undefined)
+      throw new NubisError('NET_NAT_NEEDS_GATEWAY', 'A NAT gateway needs the gateway address: add --gateway, e.g. the first address of the subnet');
     if (gateway !== undefined) taken.add(gateway);
     const dhcpAddress = request.dhcp ? firstFreeAddress(subnet, taken) : undefined;
     let vni = request.vni;
@@ -107,7 +111,10 @@ export class NetworkService {
       const clash = await this.#db.selectFrom('networks').select('name').where('vni', '=', vni).executeTakeFirst();
       if (clash) throw new NubisError('NET_VNI_TAKEN', `VNI ${vni} is used by network ${clash.name}; choose another or leave it out`);
     } else {
-      const highest = await this.#db.selectFrom('networks').select((eb) => eb.fn.max('vni').as('vni')).executeTakeFirst();
+      const highest = await this.#db
+        .selectFrom('networks')
+        .select((eb) => eb.fn.max('vni').as('vni'))
+        .executeTakeFirst();
       vni = Math.max(FIRST_AUTO_VNI, Number(highest?.vni ?? 0) + 1);
     }
     const row: NetworksTable = {
@@ -130,7 +137,11 @@ export class NetworkService {
   async #view(row: NetworksTable): Promise<NetworkView> {
     const [project, nicCount, hosts] = await Promise.all([
       this.#db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
-      this.#db.selectFrom('nics').select((eb) => eb.fn.countAll<number>().as('count')).where('network_id', '=', row.id).executeTakeFirst(),
+      this.#db
+        .selectFrom('nics')
+        .select((eb) => eb.fn.countAll<number>().as('count'))
+        .where('network_id', '=', row.id)
+        .executeTakeFirst(),
       this.hostsOf(row.id),
     ]);
     return {
@@ -171,16 +182,39 @@ export class NetworkService {
   }
 
   /** Forwards `hostPort` on the network's NAT gateway host to `vmPort` of a VM on the network. */
-  async addForward(ref: string, request: { protocol: 'tcp' | 'udp'; hostPort: number; vmId: string; vmName: string; vmPort: number }, project?: string): Promise<PortForwardView> {
+  async addForward(
+    ref: string,
+    request: { protocol: 'tcp' | 'udp'; hostPort: number; vmId: string; vmName: string; vmPort: number },
+    project?: string,
+  ): Promise<PortForwardView> {
     const network = await this.row(ref, project);
     if (!network.nat) throw new NubisError('NET_NO_NAT', `Network ${network.name} has no NAT gateway; port forwards need one (network create --nat)`);
     if (!(await this.#db.selectFrom('nics').select('id').where('vm_id', '=', request.vmId).where('network_id', '=', network.id).executeTakeFirst())) {
       throw new NubisError('NET_INVALID_PORT_FORWARD', `VM ${request.vmName} has no NIC on network ${network.name}`);
     }
-    if (await this.#db.selectFrom('port_forwards').select('id').where('network_id', '=', network.id).where('protocol', '=', request.protocol).where('host_port', '=', request.hostPort).executeTakeFirst()) {
-      throw new NubisError('NET_PORT_FORWARD_TAKEN', `Port ${request.hostPort}/${request.protocol} of network ${network.name} is already forwarded; choose another`);
+    if (
+      await this.#db
+        .selectFrom('port_forwards')
+        .select('id')
+        .where('network_id', '=', network.id)
+        .where('protocol', '=', request.protocol)
+        .where('host_port', '=', request.hostPort)
+        .executeTakeFirst()
+    ) {
+      throw new NubisError(
+        'NET_PORT_FORWARD_TAKEN',
+        `Port ${request.hostPort}/${request.protocol} of network ${network.name} is already forwarded; choose another`,
+      );
     }
-    const row = { id: newId('fwd'), network_id: network.id, protocol: request.protocol, host_port: request.hostPort, vm_id: request.vmId, vm_port: request.vmPort, created_at: new Date().toISOString() };
+    const row = {
+      id: newId('fwd'),
+      network_id: network.id,
+      protocol: request.protocol,
+      host_port: request.hostPort,
+      vm_id: request.vmId,
+      vm_port: request.vmPort,
+      created_at: new Date().toISOString(),
+    };
     await this.#db.insertInto('port_forwards').values(row).execute();
     try {
       await this.sync(network.id);
@@ -195,8 +229,14 @@ export class NetworkService {
 
   async deleteForward(ref: string, protocol: 'tcp' | 'udp', hostPort: number, project?: string): Promise<void> {
     const network = await this.row(ref, project);
-    const deleted = await this.#db.deleteFrom('port_forwards').where('network_id', '=', network.id).where('protocol', '=', protocol).where('host_port', '=', hostPort).executeTakeFirst();
-    if (Number(deleted.numDeletedRows) === 0) throw new NubisError('NET_PORT_FORWARD_NOT_FOUND', `Network ${network.name} forwards no port ${hostPort}/${protocol}`);
+    const deleted = await this.#db
+      .deleteFrom('port_forwards')
+      .where('network_id', '=', network.id)
+      .where('protocol', '=', protocol)
+      .where('host_port', '=', hostPort)
+      .executeTakeFirst();
+    if (Number(deleted.numDeletedRows) === 0)
+      throw new NubisError('NET_PORT_FORWARD_NOT_FOUND', `Network ${network.name} forwards no port ${hostPort}/${protocol}`);
     await this.sync(network.id);
   }
 
@@ -204,8 +244,22 @@ export class NetworkService {
   async forwards(ref: string, project?: string): Promise<PortForwardView[]> {
     const network = await this.row(ref, project);
     const listenHost = (await this.hostsOf(network.id))[0];
-    const rows = await this.#db.selectFrom('port_forwards').innerJoin('vms', 'vms.id', 'port_forwards.vm_id').selectAll('port_forwards').select('vms.name as vm_name').where('network_id', '=', network.id).orderBy('host_port').execute();
-    return rows.map((r) => ({ id: r.id, protocol: r.protocol, hostPort: r.host_port, vm: r.vm_name, vmPort: r.vm_port, ...(listenHost?.underlay_ip ? { listenAddress: listenHost.underlay_ip, host: listenHost.name } : {}) }));
+    const rows = await this.#db
+      .selectFrom('port_forwards')
+      .innerJoin('vms', 'vms.id', 'port_forwards.vm_id')
+      .selectAll('port_forwards')
+      .select('vms.name as vm_name')
+      .where('network_id', '=', network.id)
+      .orderBy('host_port')
+      .execute();
+    return rows.map((r) => ({
+      id: r.id,
+      protocol: r.protocol,
+      hostPort: r.host_port,
+      vm: r.vm_name,
+      vmPort: r.vm_port,
+      ...(listenHost?.underlay_ip ? { listenAddress: listenHost.underlay_ip, host: listenHost.name } : {}),
+    }));
   }
 
   /** Drops the forwards to a VM that is going away. */
@@ -226,11 +280,20 @@ export class NetworkService {
     let address: number;
     if (requestedIp) {
       address = checkAddress(subnet, requestedIp);
-      if (taken.has(address)) throw new NubisError('NET_ADDRESS_TAKEN', `Address ${requestedIp} on network ${network.name} is taken; choose another or leave --ip out`);
+      if (taken.has(address))
+        throw new NubisError('NET_ADDRESS_TAKEN', `Address ${requestedIp} on network ${network.name} is taken; choose another or leave --ip out`);
     } else {
       address = firstFreeAddress(subnet, taken);
     }
-    const nic: NicsTable = { id: newId('nic'), vm_id: vmId, network_id: network.id, device_index: deviceIndex, mac: newMac(), ip: formatIpv4(address), created_at: new Date().toISOString() };
+    const nic: NicsTable = {
+      id: newId('nic'),
+      vm_id: vmId,
+      network_id: network.id,
+      device_index: deviceIndex,
+      mac: newMac(),
+      ip: formatIpv4(address),
+      created_at: new Date().toISOString(),
+    };
     await this.#db.insertInto('nics').values(nic).execute();
     return nic;
   }
@@ -248,7 +311,9 @@ export class NetworkService {
     return this.#db
       .selectFrom('hosts')
       .selectAll('hosts')
-      .where('hosts.id', 'in', (eb) => eb.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select('vms.host_id').where('nics.network_id', '=', networkId))
+      .where('hosts.id', 'in', (eb) =>
+        eb.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select('vms.host_id').where('nics.network_id', '=', networkId),
+      )
       .orderBy('hosts.name')
       .execute();
   }
@@ -263,10 +328,22 @@ export class NetworkService {
     const specs = new Map<string, { host: HostsTable; spec: HostNetworkSpec }>();
     const subnet = parseSubnet(network.subnet);
     const leases = network.dhcp
-      ? (await this.#db.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select(['nics.mac', 'nics.ip', 'vms.name']).where('nics.network_id', '=', networkId).execute())
+      ? await this.#db
+          .selectFrom('nics')
+          .innerJoin('vms', 'vms.id', 'nics.vm_id')
+          .select(['nics.mac', 'nics.ip', 'vms.name'])
+          .where('nics.network_id', '=', networkId)
+          .execute()
       : [];
     const forwards = network.nat
-      ? (await this.#db.selectFrom('port_forwards').innerJoin('nics', (join) => join.onRef('nics.vm_id', '=', 'port_forwards.vm_id').onRef('nics.network_id', '=', 'port_forwards.network_id')).select(['port_forwards.protocol', 'port_forwards.host_port', 'port_forwards.vm_port', 'nics.ip']).where('port_forwards.network_id', '=', networkId).execute()).map((f) => ({ protocol: f.protocol, hostPort: f.host_port, vmIp: f.ip, vmPort: f.vm_port }))
+      ? (
+          await this.#db
+            .selectFrom('port_forwards')
+            .innerJoin('nics', (join) => join.onRef('nics.vm_id', '=', 'port_forwards.vm_id').onRef('nics.network_id', '=', 'port_forwards.network_id'))
+            .select(['port_forwards.protocol', 'port_forwards.host_port', 'port_forwards.vm_port', 'nics.ip'])
+            .where('port_forwards.network_id', '=', networkId)
+            .execute()
+        ).map((f) => ({ protocol: f.protocol, hostPort: f.host_port, vmIp: f.ip, vmPort: f.vm_port }))
       : [];
     hosts.forEach((host, index) => {
       const peers = hosts.filter((other) => other.id !== host.id && other.underlay_ip).map((other) => other.underlay_ip!);
@@ -277,7 +354,12 @@ export class NetworkService {
       }
       // One DHCP server per network, on the first host carrying it.
       if (network.dhcp && index === 0 && network.dhcp_address) {
-        spec.dhcp = { subnet: subnet.cidr, serverIp: network.dhcp_address, ...(network.gateway ? { gateway: network.gateway } : {}), hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })) };
+        spec.dhcp = {
+          subnet: subnet.cidr,
+          serverIp: network.dhcp_address,
+          ...(network.gateway ? { gateway: network.gateway } : {}),
+          hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })),
+        };
       }
       specs.set(host.id, { host, spec });
     });
@@ -309,7 +391,13 @@ export class NetworkService {
   async probeHost(networkId: string, hostName?: string): Promise<HostsTable> {
     const hosts = await this.hostsOf(networkId);
     const host = hostName ? hosts.find((h) => h.name === hostName) : hosts[0];
-    if (!host) throw new NubisError('NET_NOT_PLUMBED', hostName ? `Host ${hostName} carries no VM on this network; probe from one that does` : 'No VM uses this network yet, so no host carries it; create a VM on it first');
+    if (!host)
+      throw new NubisError(
+        'NET_NOT_PLUMBED',
+        hostName
+          ? `Host ${hostName} carries no VM on this network; probe from one that does`
+          : 'No VM uses this network yet, so no host carries it; create a VM on it first',
+      );
     return host;
   }
 

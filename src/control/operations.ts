@@ -56,7 +56,12 @@ export class OperationManager {
   async failInterrupted(): Promise<void> {
     await this.#db
       .updateTable('operations')
-      .set({ status: 'failed', error_code: 'OPERATION_INTERRUPTED', error_message: 'The control plane stopped while this operation ran', updated_at: new Date().toISOString() })
+      .set({
+        status: 'failed',
+        error_code: 'OPERATION_INTERRUPTED',
+        error_message: 'The control plane stopped while this operation ran',
+        updated_at: new Date().toISOString(),
+      })
       .where('status', '=', 'running')
       .execute();
   }
@@ -67,21 +72,33 @@ export class OperationManager {
    */
   async interrupted(kind: string, targetIds: string[]): Promise<OperationsTable[]> {
     if (targetIds.length === 0) return [];
-    return this.#db.selectFrom('operations').selectAll().where('kind', '=', kind).where('target_id', 'in', targetIds).where('error_code', '=', 'OPERATION_INTERRUPTED').where('stage', '!=', 'reconciled').execute();
+    return this.#db
+      .selectFrom('operations')
+      .selectAll()
+      .where('kind', '=', kind)
+      .where('target_id', 'in', targetIds)
+      .where('error_code', '=', 'OPERATION_INTERRUPTED')
+      .where('stage', '!=', 'reconciled')
+      .execute();
   }
 
   /**
    * Settles an interrupted operation once the hosts have told what really happened: finished
    * (the work was done before the restart) or failed with what was undone.
    */
-  async settleInterrupted(id: string, outcome: { status: 'succeeded'; message: string; result: unknown } | { status: 'failed'; message: string }): Promise<void> {
+  async settleInterrupted(
+    id: string,
+    outcome: { status: 'succeeded'; message: string; result: unknown } | { status: 'failed'; message: string },
+  ): Promise<void> {
     const at = new Date().toISOString();
     await this.#addEvent(id, 'reconciled', outcome.message, 1);
     await this.#db
       .updateTable('operations')
-      .set(outcome.status === 'succeeded'
-        ? { status: 'succeeded', error_code: null, error_message: null, result: JSON.stringify(outcome.result), updated_at: at }
-        : { status: 'failed', error_message: outcome.message, updated_at: at })
+      .set(
+        outcome.status === 'succeeded'
+          ? { status: 'succeeded', error_code: null, error_message: null, result: JSON.stringify(outcome.result), updated_at: at }
+          : { status: 'failed', error_message: outcome.message, updated_at: at },
+      )
       .where('id', '=', id)
       .execute();
   }
@@ -123,7 +140,10 @@ export class OperationManager {
       } catch (error) {
         const cancelled = controller.signal.aborted;
         const wire = toWireError(error);
-        await this.#finish(row.id, cancelled ? 'cancelled' : 'failed', { code: cancelled ? 'OPERATION_CANCELLED' : wire.body.code, message: cancelled ? messageOf(error) : wire.body.message });
+        await this.#finish(row.id, cancelled ? 'cancelled' : 'failed', {
+          code: cancelled ? 'OPERATION_CANCELLED' : wire.body.code,
+          message: cancelled ? messageOf(error) : wire.body.message,
+        });
       } finally {
         this.#controllers.delete(row.id);
         this.#running.delete(row.id);
@@ -140,7 +160,11 @@ export class OperationManager {
   }
 
   async list(options: { limit?: number; status?: string } = {}): Promise<Operation[]> {
-    let query = this.#db.selectFrom('operations').selectAll().orderBy('created_at', 'desc').limit(options.limit ?? 50);
+    let query = this.#db
+      .selectFrom('operations')
+      .selectAll()
+      .orderBy('created_at', 'desc')
+      .limit(options.limit ?? 50);
     if (options.status) query = query.where('status', '=', options.status as OperationsTable['status']);
     return (await query.execute()).map(toOperation);
   }
@@ -165,7 +189,14 @@ export class OperationManager {
   /** Events recorded so far with a sequence number above `afterSeq`. */
   async events(id: string, afterSeq = 0): Promise<OperationEvent[]> {
     const rows = await this.#db.selectFrom('operation_events').selectAll().where('operation_id', '=', id).where('seq', '>', afterSeq).orderBy('seq').execute();
-    return rows.map((row) => ({ seq: row.seq, at: row.at, stage: row.stage, message: row.message, progress: row.progress, ...(row.data ? { data: JSON.parse(row.data) } : {}) }));
+    return rows.map((row) => ({
+      seq: row.seq,
+      at: row.at,
+      stage: row.stage,
+      message: row.message,
+      progress: row.progress,
+      ...(row.data ? { data: JSON.parse(row.data) } : {}),
+    }));
   }
 
   /**

@@ -5,8 +5,20 @@ import { placeVm } from './placement.ts';
 
 function host(name: string, change: Partial<HostView> = {}): HostView {
   return {
-    id: `host-${name}`, name, status: 'online', endpoint: 'unix:/x', accelerator: 'tcg', acceleratorReason: '',
-    cpus: 2, memoryMb: 4096, allocatedCpus: 0, allocatedMemoryMb: 0, vmCount: 0, lastSeenAt: '', joinedAt: '', ...change,
+    id: `host-${name}`,
+    name,
+    status: 'online',
+    endpoint: 'unix:/x',
+    accelerator: 'tcg',
+    acceleratorReason: '',
+    cpus: 2,
+    memoryMb: 4096,
+    allocatedCpus: 0,
+    allocatedMemoryMb: 0,
+    vmCount: 0,
+    lastSeenAt: '',
+    joinedAt: '',
+    ...change,
   };
 }
 
@@ -24,12 +36,15 @@ describe('placeVm', () => {
 
   it('refuses a VM larger than any host, naming each host and what it lacks', () => {
     const hosts = [host('a'), host('b', { status: 'offline' })];
-    assert.throws(() => placeVm(hosts, { cpus: 1, memoryMb: 100_000 }), (error: Error & { code: string }) => {
-      assert.equal(error.code, 'NO_HOST_FITS');
-      assert.match(error.message, /a has 3584 MiB free for VMs, the VM needs 100000 MiB/);
-      assert.match(error.message, /b is offline/);
-      return true;
-    });
+    assert.throws(
+      () => placeVm(hosts, { cpus: 1, memoryMb: 100_000 }),
+      (error: Error & { code: string }) => {
+        assert.equal(error.code, 'NO_HOST_FITS');
+        assert.match(error.message, /a has 3584 MiB free for VMs, the VM needs 100000 MiB/);
+        assert.match(error.message, /b is offline/);
+        return true;
+      },
+    );
     assert.throws(() => placeVm(hosts, { cpus: 9, memoryMb: 256 }), /8 vCPUs left/);
   });
 });

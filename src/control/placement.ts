@@ -23,7 +23,8 @@ function refusal(host: HostView, request: PlacementRequest): string | undefined 
   const freeMemoryMb = host.memoryMb - HOST_RESERVED_MEMORY_MB - host.allocatedMemoryMb;
   if (request.memoryMb > freeMemoryMb) return `${host.name} has ${Math.max(0, freeMemoryMb)} MiB free for VMs, the VM needs ${request.memoryMb} MiB`;
   const freeCpus = host.cpus * CPU_OVERCOMMIT_RATIO - host.allocatedCpus;
-  if (request.cpus > freeCpus) return `${host.name} has ${Math.max(0, freeCpus)} vCPUs left (${CPU_OVERCOMMIT_RATIO}x its ${host.cpus} cores), the VM needs ${request.cpus}`;
+  if (request.cpus > freeCpus)
+    return `${host.name} has ${Math.max(0, freeCpus)} vCPUs left (${CPU_OVERCOMMIT_RATIO}x its ${host.cpus} cores), the VM needs ${request.cpus}`;
   return undefined;
 }
 
@@ -47,6 +48,9 @@ export function placeVm(hosts: HostView[], request: PlacementRequest): HostView 
       bestLoad = load;
     }
   }
-  if (!best) throw new NubisError('NO_HOST_FITS', `No host can take a VM with ${request.cpus} vCPUs and ${request.memoryMb} MiB: ${reasons.join('; ')}`, { details: { reasons } });
+  if (!best)
+    throw new NubisError('NO_HOST_FITS', `No host can take a VM with ${request.cpus} vCPUs and ${request.memoryMb} MiB: ${reasons.join('; ')}`, {
+      details: { reasons },
+    });
   return best;
 }

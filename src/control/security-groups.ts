@@ -85,12 +85,28 @@ export class SecurityGroupService {
     if (await this.#db.selectFrom('secgroups').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
       throw new NubisError('SECGROUP_NAME_TAKEN', `A security group named ${request.name} exists in this project; choose another name`);
     }
-    const row: SecgroupsTable = { id: newId('sg'), project_id: projectId, name: request.name, description: request.description ?? '', created_at: new Date().toISOString() };
+    const row: SecgroupsTable = {
+      id: newId('sg'),
+      project_id: projectId,
+      name: request.name,
+      description: request.description ?? '',
+      created_at: new Date().toISOString(),
+    };
     await this.#db.insertInto('secgroups').values(row).execute();
     // As in OpenStack, a new group allows all egress; delete this rule to restrict it.
     await this.#db
       .insertInto('secgroup_rules')
-      .values({ id: newId('rule'), group_id: row.id, direction: 'egress', protocol: 'any', port_min: null, port_max: null, cidr: '0.0.0.0/0', remote_group_id: null, created_at: row.created_at })
+      .values({
+        id: newId('rule'),
+        group_id: row.id,
+        direction: 'egress',
+        protocol: 'any',
+        port_min: null,
+        port_max: null,
+        cidr: '0.0.0.0/0',
+        remote_group_id: null,
+        created_at: row.created_at,
+      })
       .execute();
     return this.#view(row);
   }
@@ -98,8 +114,21 @@ export class SecurityGroupService {
   async #view(row: SecgroupsTable): Promise<SecgroupView> {
     const [project, rules, members] = await Promise.all([
       this.#db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
-      this.#db.selectFrom('secgroup_rules').leftJoin('secgroups as remote', 'remote.id', 'secgroup_rules.remote_group_id').selectAll('secgroup_rules').select('remote.name as remote_name').where('group_id', '=', row.id).orderBy('secgroup_rules.created_at').execute(),
-      this.#db.selectFrom('vm_secgroups').innerJoin('vms', 'vms.id', 'vm_secgroups.vm_id').select('vms.name').where('vm_secgroups.group_id', '=', row.id).orderBy('vms.name').execute(),
+      this.#db
+        .selectFrom('secgroup_rules')
+        .leftJoin('secgroups as remote', 'remote.id', 'secgroup_rules.remote_group_id')
+        .selectAll('secgroup_rules')
+        .select('remote.name as remote_name')
+        .where('group_id', '=', row.id)
+        .orderBy('secgroup_rules.created_at')
+        .execute(),
+      this.#db
+        .selectFrom('vm_secgroups')
+        .innerJoin('vms', 'vms.id', 'vm_secgroups.vm_id')
+        .select('vms.name')
+        .where('vm_secgroups.group_id', '=', row.id)
+        .orderBy('vms.name')
+        .execute(),
     ]);
     return {
       id: row.id,
@@ -133,9 +162,19 @@ export class SecurityGroupService {
   async delete(ref: string, project?: string): Promise<void> {
     const row = await this.row(ref, project);
     const view = await this.#view(row);
-    if (view.members.length > 0) throw new NubisError('SECGROUP_IN_USE', `Security group ${row.name} is used by VM(s) ${view.members.join(', ')}; delete those VMs first`);
-    const referrers = await this.#db.selectFrom('secgroup_rules').innerJoin('secgroups', 'secgroups.id', 'secgroup_rules.group_id').select('secgroups.name').where('remote_group_id', '=', row.id).execute();
-    if (referrers.length > 0) throw new NubisError('SECGROUP_IN_USE', `Rules of group(s) ${[...new Set(referrers.map((r) => r.name))].join(', ')} name ${row.name}; delete those rules first`);
+    if (view.members.length > 0)
+      throw new NubisError('SECGROUP_IN_USE', `Security group ${row.name} is used by VM(s) ${view.members.join(', ')}; delete those VMs first`);
+    const referrers = await this.#db
+      .selectFrom('secgroup_rules')
+      .innerJoin('secgroups', 'secgroups.id', 'secgroup_rules.group_id')
+      .select('secgroups.name')
+      .where('remote_group_id', '=', row.id)
+      .execute();
+    if (referrers.length > 0)
+      throw new NubisError(
+        'SECGROUP_IN_USE',
+        `Rules of group(s) ${[...new Set(referrers.map((r) => r.name))].join(', ')} name ${row.name}; delete those rules first`,
+      );
     await this.#db.deleteFrom('secgroup_rules').where('group_id', '=', row.id).execute();
     await this.#db.deleteFrom('secgroups').where('id', '=', row.id).execute();
   }
@@ -179,7 +218,8 @@ export class SecurityGroupService {
   async deleteRule(ref: string, ruleId: string, project?: string): Promise<void> {
     const group = await this.row(ref, project);
     const deleted = await this.#db.deleteFrom('secgroup_rules').where('id', '=', ruleId).where('group_id', '=', group.id).executeTakeFirst();
-    if (Number(deleted.numDeletedRows) === 0) throw new NubisError('SECGROUP_RULE_NOT_FOUND', `Group ${group.name} has no rule ${ruleId}; see nubis secgroup show ${group.name}`);
+    if (Number(deleted.numDeletedRows) === 0)
+      throw new NubisError('SECGROUP_RULE_NOT_FOUND', `Group ${group.name} has no rule ${ruleId}; see nubis secgroup show ${group.name}`);
     await this.refreshProject(group.project_id);
   }
 
@@ -188,7 +228,11 @@ export class SecurityGroupService {
     for (const name of groups) {
       const group = await this.#db.selectFrom('secgroups').select('id').where('project_id', '=', projectId).where('name', '=', name).executeTakeFirst();
       if (!group) throw new NubisError('SECGROUP_NOT_FOUND', `No security group ${name} in the VM's project; create it with nubis secgroup create ${name}`);
-      await this.#db.insertInto('vm_secgroups').values({ vm_id: vmId, group_id: group.id }).onConflict((oc) => oc.doNothing()).execute();
+      await this.#db
+        .insertInto('vm_secgroups')
+        .values({ vm_id: vmId, group_id: group.id })
+        .onConflict((oc) => oc.doNothing())
+        .execute();
     }
   }
 
@@ -218,7 +262,14 @@ export class SecurityGroupService {
         }
       }
     }
-    return nics.map((nic) => ({ nicId: `net${nic.device_index}`, mac: nic.mac, ip: nic.ip, ingressRules, allowIngressFrom, ...(egressRules ? { egressRules } : {}) }));
+    return nics.map((nic) => ({
+      nicId: `net${nic.device_index}`,
+      mac: nic.mac,
+      ip: nic.ip,
+      ingressRules,
+      allowIngressFrom,
+      ...(egressRules ? { egressRules } : {}),
+    }));
   }
 
   /** Addresses of the NICs of every VM in `groupIds`, but `exceptVmId`'s. */

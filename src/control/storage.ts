@@ -84,7 +84,12 @@ export class StorageCatalogue {
       job = await this.call<StorageJob>({ method: 'GET', path: `/storage/jobs/${job.id}` });
       const p = job.progress;
       if (p && p.totalBytes > 0) {
-        await op.report(stage, `${(p.doneBytes / 2 ** 20).toFixed(0)} of ${(p.totalBytes / 2 ** 20).toFixed(0)} MiB at ${(p.rateBytesPerSec / 2 ** 20).toFixed(1)} MiB/s, ETA ${Math.ceil(p.etaSeconds)} s`, p.doneBytes / p.totalBytes, p);
+        await op.report(
+          stage,
+          `${(p.doneBytes / 2 ** 20).toFixed(0)} of ${(p.totalBytes / 2 ** 20).toFixed(0)} MiB at ${(p.rateBytesPerSec / 2 ** 20).toFixed(1)} MiB/s, ETA ${Math.ceil(p.etaSeconds)} s`,
+          p.doneBytes / p.totalBytes,
+          p,
+        );
       }
     }
     if (job.status === 'failed') throw new NubisError(job.error?.code ?? 'STORAGE_JOB_FAILED', job.error?.message ?? 'The storage job failed');
@@ -95,9 +100,19 @@ export class StorageCatalogue {
   async checkDiskFree(pool: string, volume: string): Promise<{ sizeBytes: number }> {
     const info = (await this.dirPools.find(pool))
       ? { sizeBytes: (await this.dirPools.diskOf(pool, volume, 'check')).sizeBytes, readOnly: false }
-      : await this.call<{ sizeBytes: number; readOnly: boolean }>({ method: 'GET', path: `/storage/pools/${encodeURIComponent(pool)}/volumes/${encodeURIComponent(volume)}` });
-    if (info.readOnly) throw new NubisError('VOLUME_READ_ONLY', `Volume ${pool}/${volume} is a read-only snapshot; clone it (nubis volume clone) and attach the clone`);
-    const user = await this.#db.selectFrom('vm_disks').innerJoin('vms', 'vms.id', 'vm_disks.vm_id').select('vms.name').where('pool', '=', pool).where('volume', '=', volume).executeTakeFirst();
+      : await this.call<{ sizeBytes: number; readOnly: boolean }>({
+          method: 'GET',
+          path: `/storage/pools/${encodeURIComponent(pool)}/volumes/${encodeURIComponent(volume)}`,
+        });
+    if (info.readOnly)
+      throw new NubisError('VOLUME_READ_ONLY', `Volume ${pool}/${volume} is a read-only snapshot; clone it (nubis volume clone) and attach the clone`);
+    const user = await this.#db
+      .selectFrom('vm_disks')
+      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
+      .select('vms.name')
+      .where('pool', '=', pool)
+      .where('volume', '=', volume)
+      .executeTakeFirst();
     if (user) throw new NubisError('VOLUME_IN_USE', `Volume ${pool}/${volume} is attached to VM ${user.name}; detach it there first`);
     return info;
   }
@@ -108,7 +123,10 @@ export class StorageCatalogue {
     if (volume) query = query.where('volume', '=', volume);
     const users = await query.execute();
     if (users.length > 0) {
-      throw new NubisError('VOLUME_IN_USE', `${volume ? `Volume ${pool}/${volume}` : `Pool ${pool}`} is used by VM(s) ${[...new Set(users.map((u) => u.name))].join(', ')}; detach or delete them first`);
+      throw new NubisError(
+        'VOLUME_IN_USE',
+        `${volume ? `Volume ${pool}/${volume}` : `Pool ${pool}`} is used by VM(s) ${[...new Set(users.map((u) => u.name))].join(', ')}; detach or delete them first`,
+      );
     }
   }
 

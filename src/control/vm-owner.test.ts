@@ -15,12 +15,15 @@ describe('VmOwner: one owner per VM', () => {
     const migration = owner.claim('vm-1', 'migrate', 'web1');
     migration.setOperation('op-7');
     for (const action of ['stop', 'delete', 'attach', 'migrate', 'reboot'] as const) {
-      assert.throws(() => owner.claim('vm-1', action, 'web1'), (error: Error & { code?: string; details?: Record<string, unknown> }) => {
-        assert.equal(error.code, 'VM_BUSY');
-        assert.match(error.message, /web1 is busy with migrate \(operation op-7\)/);
-        assert.deepEqual(error.details, { vm: 'web1', inProgress: 'migrate', operationId: 'op-7', requested: action });
-        return true;
-      });
+      assert.throws(
+        () => owner.claim('vm-1', action, 'web1'),
+        (error: Error & { code?: string; details?: Record<string, unknown> }) => {
+          assert.equal(error.code, 'VM_BUSY');
+          assert.match(error.message, /web1 is busy with migrate \(operation op-7\)/);
+          assert.deepEqual(error.details, { vm: 'web1', inProgress: 'migrate', operationId: 'op-7', requested: action });
+          return true;
+        },
+      );
     }
     // Another VM is not affected, and the VM is free again once the migration lets go.
     owner.claim('vm-2', 'stop').release();
@@ -69,9 +72,11 @@ describe('VmOwner: one owner per VM', () => {
 
   it('frees the VM when the work fails', async () => {
     const owner = new VmOwner();
-    await assert.rejects(owner.claim('vm-1', 'stop').run(async () => {
-      throw new Error('agent gone');
-    }));
+    await assert.rejects(
+      owner.claim('vm-1', 'stop').run(async () => {
+        throw new Error('agent gone');
+      }),
+    );
     assert.equal(owner.busy('vm-1'), false);
   });
 

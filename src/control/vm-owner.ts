@@ -24,7 +24,18 @@ const LIFECYCLE: VmActionName[] = ['start', 'stop', 'reboot', 'pause', 'resume']
  * comes. The README shows the same table.
  */
 export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = (() => {
-  const all = (meeting: Meeting): Record<VmActionName, Meeting> => ({ create: meeting, start: meeting, stop: meeting, reboot: meeting, pause: meeting, resume: meeting, delete: meeting, attach: meeting, detach: meeting, migrate: meeting });
+  const all = (meeting: Meeting): Record<VmActionName, Meeting> => ({
+    create: meeting,
+    start: meeting,
+    stop: meeting,
+    reboot: meeting,
+    pause: meeting,
+    resume: meeting,
+    delete: meeting,
+    attach: meeting,
+    detach: meeting,
+    migrate: meeting,
+  });
   const busyWithLifecycleOrDisks = { ...all('queue'), create: 'refuse', migrate: 'refuse' } satisfies Record<VmActionName, Meeting>;
   const table = {} as Record<VmActionName, Record<VmActionName, Meeting>>;
   table.create = { ...all('refuse'), delete: 'queue' };
@@ -66,9 +77,13 @@ export class VmOwner {
     for (const other of entries) {
       if (CONFLICTS[other.action][action] === 'refuse') {
         const operation = other.operationId ? ` (operation ${other.operationId})` : '';
-        throw new NubisError('VM_BUSY', `VM ${vmName} is busy with ${other.action}${operation}; ${other.action === 'migrate' ? 'wait for it or cancel it' : 'wait for it'} before ${action}`, {
-          details: { vm: vmName, inProgress: other.action, ...(other.operationId ? { operationId: other.operationId } : {}), requested: action },
-        });
+        throw new NubisError(
+          'VM_BUSY',
+          `VM ${vmName} is busy with ${other.action}${operation}; ${other.action === 'migrate' ? 'wait for it or cancel it' : 'wait for it'} before ${action}`,
+          {
+            details: { vm: vmName, inProgress: other.action, ...(other.operationId ? { operationId: other.operationId } : {}), requested: action },
+          },
+        );
       }
     }
     const entry: ClaimEntry = { action };

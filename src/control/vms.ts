@@ -7,7 +7,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
-import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
+import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../host/vm-status.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
@@ -45,7 +45,16 @@ export class VmService {
   readonly #storage: StorageCatalogue;
   readonly #owner: VmOwner;
 
-  constructor(deps: { db: Db; hosts: HostRegistry; images: ImageCatalogue; operations: OperationManager; networks: NetworkService; secgroups: SecurityGroupService; storage: StorageCatalogue; owner: VmOwner }) {
+  constructor(deps: {
+    db: Db;
+    hosts: HostRegistry;
+    images: ImageCatalogue;
+    operations: OperationManager;
+    networks: NetworkService;
+    secgroups: SecurityGroupService;
+    storage: StorageCatalogue;
+    owner: VmOwner;
+  }) {
     this.#owner = deps.owner;
     this.#secgroups = deps.secgroups;
     this.#storage = deps.storage;
@@ -99,7 +108,13 @@ export class VmService {
     ]);
     const status = JSON.parse(row.status) as Partial<VmStatus>;
     const spec = JSON.parse(row.spec) as VmSpec;
-    const nics = await this.#db.selectFrom('nics').innerJoin('networks', 'networks.id', 'nics.network_id').select(['networks.name', 'nics.mac', 'nics.ip']).where('nics.vm_id', '=', row.id).orderBy('nics.device_index').execute();
+    const nics = await this.#db
+      .selectFrom('nics')
+      .innerJoin('networks', 'networks.id', 'nics.network_id')
+      .select(['networks.name', 'nics.mac', 'nics.ip'])
+      .where('nics.vm_id', '=', row.id)
+      .orderBy('nics.device_index')
+      .execute();
     const running = row.actual_state === 'running' || row.actual_state === 'paused';
     return {
       id: row.id,
@@ -118,7 +133,10 @@ export class VmService {
       ...(status.readyAt && running ? { readyAt: status.readyAt } : {}),
       guestIps: running ? (status.guestIps ?? []) : [],
       nics: nics.map((nic) => ({ network: nic.name, mac: nic.mac, ip: nic.ip })),
-      disks: (await this.#storage.disksOf(row.id)).map((disk) => ({ device: `vd${String.fromCharCode(97 + disk.deviceIndex)}`, volume: `${disk.pool}/${disk.volume}` })),
+      disks: (await this.#storage.disksOf(row.id)).map((disk) => ({
+        device: `vd${String.fromCharCode(97 + disk.deviceIndex)}`,
+        volume: `${disk.pool}/${disk.volume}`,
+      })),
       publish: spec.nics.flatMap((nic) => nic.forwards ?? []),
       ...(status.lastError ? { lastError: status.lastError } : {}),
       ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
@@ -141,7 +159,11 @@ export class VmService {
   async update(ref: string, project: string | undefined, change: { allowPostcopy?: boolean }): Promise<Vm> {
     const row = await this.#row(ref, project);
     if (change.allowPostcopy !== undefined) {
-      await this.#db.updateTable('vms').set({ allow_postcopy: change.allowPostcopy ? 1 : 0, updated_at: new Date().toISOString() }).where('id', '=', row.id).execute();
+      await this.#db
+        .updateTable('vms')
+        .set({ allow_postcopy: change.allowPostcopy ? 1 : 0, updated_at: new Date().toISOString() })
+        .where('id', '=', row.id)
+        .execute();
     }
     return this.get(row.id);
   }
@@ -154,20 +176,34 @@ export class VmService {
     const projectId = await this.projectId(request.project);
     const image = await this.#images.row(request.image);
     if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
-      throw new NubisError('VM_NAME_TAKEN', `A VM named ${request.name} exists in project ${request.project ?? 'default'}; choose another name or delete it first`);
+      throw new NubisError(
+        'VM_NAME_TAKEN',
+        `A VM named ${request.name} exists in project ${request.project ?? 'default'}; choose another name or delete it first`,
+      );
     }
-    const forwards: PortForward[] = (request.publish ?? []).map((p) => ({ protocol: p.protocol ?? 'tcp', hostAddress: p.hostAddress ?? '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort }));
+    const forwards: PortForward[] = (request.publish ?? []).map((p) => ({
+      protocol: p.protocol ?? 'tcp',
+      hostAddress: p.hostAddress ?? '127.0.0.1',
+      hostPort: p.hostPort,
+      guestPort: p.guestPort,
+    }));
     await this.#checkPortsFree(forwards);
-    const networks = await Promise.all((request.networks ?? []).map(async (nic) => ({ row: await this.#networks.row(nic.network, request.project), ip: nic.ip })));
+    const networks = await Promise.all(
+      (request.networks ?? []).map(async (nic) => ({ row: await this.#networks.row(nic.network, request.project), ip: nic.ip })),
+    );
     if (networks.length > 0 && forwards.length > 0) {
-      throw new NubisError('VALIDATION_FAILED', 'Published ports work on the user-mode NIC only; a VM on virtual networks is reached through them (or a network port forward)');
+      throw new NubisError(
+        'VALIDATION_FAILED',
+        'Published ports work on the user-mode NIC only; a VM on virtual networks is reached through them (or a network port forward)',
+      );
     }
     const volumes = (request.disks ?? []).map((ref) => {
       const [pool, volume, ...rest] = ref.split('/');
       if (!pool || !volume || rest.length > 0) throw new NubisError('VALIDATION_FAILED', `Disk ${ref} is not POOL/VOLUME; see nubis volume list`);
       return { pool, volume };
     });
-    if (new Set(volumes.map((v) => `${v.pool}/${v.volume}`)).size !== volumes.length) throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
+    if (new Set(volumes.map((v) => `${v.pool}/${v.volume}`)).size !== volumes.length)
+      throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
     for (const { pool, volume } of volumes) await this.#storage.checkDiskFree(pool, volume);
     const disks = await Promise.all(volumes.map(({ pool, volume }, index) => this.#storage.diskFor(pool, volume, `disk${index}`)));
     // A volume of a host's dir pool is a file on that host: the VM runs there.
@@ -176,7 +212,8 @@ export class VmService {
     let pinned = request.host;
     if (diskHosts.length === 1) {
       const diskHost = await this.#hosts.row(diskHosts[0]);
-      if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id) throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
+      if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id)
+        throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
       pinned = diskHost.name;
     }
     await faultPoint('vm.create.before-placement');
@@ -203,7 +240,12 @@ export class VmService {
         throw error;
       }
       const files = this.#images.filesOf(image);
-      const guestNet = nics.length > 0 ? nics.map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`)).join(';') : 'dhcp';
+      const guestNet =
+        nics.length > 0
+          ? nics
+              .map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`))
+              .join(';')
+          : 'dhcp';
       const spec: VmSpec = {
         id,
         name: request.name,
@@ -211,7 +253,12 @@ export class VmService {
         memoryMb: request.memoryMb,
         boot:
           'kernelPath' in files
-            ? { kind: 'kernel', kernelPath: files.kernelPath, initrdPath: files.initrdPath, cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1` }
+            ? {
+                kind: 'kernel',
+                kernelPath: files.kernelPath,
+                initrdPath: files.initrdPath,
+                cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
+              }
             : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
         disks: disks.map((d) => d.disk),
         nics:
@@ -223,7 +270,12 @@ export class VmService {
                   mac: nic.mac,
                   mode: 'tap' as const,
                   network: { id: network.id, vni: network.vni, mtu: network.mtu },
-                  firewall: { ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom, ...(firewall.egressRules ? { egressRules: firewall.egressRules } : {}) },
+                  firewall: {
+                    ip: firewall.ip,
+                    ingressRules: firewall.ingressRules,
+                    allowIngressFrom: firewall.allowIngressFrom,
+                    ...(firewall.egressRules ? { egressRules: firewall.egressRules } : {}),
+                  },
                 };
               })
             : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
@@ -256,13 +308,21 @@ export class VmService {
             await op.report('network', `Plumbing network ${network.name} (VNI ${network.vni})`, 0.2);
             await this.#networks.sync(network.id, op.signal);
           }
-          const status = await this.#hosts.call<VmStatus>(hostRow, { method: 'PUT', path: `/agent/vms/${id}`, body: spec, timeoutMs: 60_000, signal: op.signal });
+          const status = await this.#hosts.call<VmStatus>(hostRow, {
+            method: 'PUT',
+            path: `/agent/vms/${id}`,
+            body: spec,
+            timeoutMs: 60_000,
+            signal: op.signal,
+          });
           await this.applyStatus(hostRow.id, status);
           await faultPoint('vm.create.after-qemu-started');
           await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
         } catch (error) {
           // The host has nothing of it (the agent removes a VM that never started): forget it too.
-          await this.#forget({ id, project_id: projectId }, hostRow).catch((undoError) => op.report('undo', `Could not undo everything: ${messageOf(undoError)}`, 0.4));
+          await this.#forget({ id, project_id: projectId }, hostRow).catch((undoError) =>
+            op.report('undo', `Could not undo everything: ${messageOf(undoError)}`, 0.4),
+          );
           throw error;
         }
         // The other members of its groups now let the new VM in.
@@ -276,9 +336,20 @@ export class VmService {
     }
   }
 
-  async #waitReady(host: HostsTable, id: string, name: string, op: { report: (stage: string, message: string, progress: number, data?: unknown) => Promise<void>; signal: AbortSignal }): Promise<void> {
+  async #waitReady(
+    host: HostsTable,
+    id: string,
+    _name: string,
+    op: { report: (stage: string, message: string, progress: number, data?: unknown) => Promise<void>; signal: AbortSignal },
+  ): Promise<void> {
     await op.report('booting', 'Waiting for the guest to print its readiness line', 0.5);
-    const status = await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${id}/wait-ready`, body: { timeoutMs: READY_TIMEOUT_MS }, timeoutMs: READY_TIMEOUT_MS + 10_000, signal: op.signal });
+    const status = await this.#hosts.call<VmStatus>(host, {
+      method: 'POST',
+      path: `/agent/vms/${id}/wait-ready`,
+      body: { timeoutMs: READY_TIMEOUT_MS },
+      timeoutMs: READY_TIMEOUT_MS + 10_000,
+      signal: op.signal,
+    });
     await this.applyStatus(host.id, status);
     const seconds = status.startedAt && status.readyAt ? ((Date.parse(status.readyAt) - Date.parse(status.startedAt)) / 1000).toFixed(1) : '?';
     await op.report('ready', `Guest ready after ${seconds} s (${(status.guestIps ?? []).join(', ') || 'no address'})`, 0.95, { guestIps: status.guestIps });
@@ -300,7 +371,11 @@ export class VmService {
     return this.#operate(this.#claim(row, action), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
       const host = await this.#hosts.row(row.host_id);
       if (action === 'start' || action === 'stop') {
-        await this.#db.updateTable('vms').set({ desired_state: action === 'start' ? 'running' : 'stopped' }).where('id', '=', row.id).execute();
+        await this.#db
+          .updateTable('vms')
+          .set({ desired_state: action === 'start' ? 'running' : 'stopped' })
+          .where('id', '=', row.id)
+          .execute();
       }
       await op.report(action, `${action} on host ${host.name}`, 0.2);
       const status = await this.#hosts.call<VmStatus>(host, {
@@ -338,7 +413,10 @@ export class VmService {
       const host = await this.#hosts.row(row.host_id);
       if (hostId && hostId !== host.id) {
         await this.#storage.forgetDisks(row.id, deviceIndex);
-        throw new NubisError('VALIDATION_FAILED', `Volume ${pool}/${volume} lives on ${(await this.#hosts.row(hostId)).name}, VM ${row.name} on ${host.name}; a dir-pool volume attaches on its own host only`);
+        throw new NubisError(
+          'VALIDATION_FAILED',
+          `Volume ${pool}/${volume} lives on ${(await this.#hosts.row(hostId)).name}, VM ${row.name} on ${host.name}; a dir-pool volume attaches on its own host only`,
+        );
       }
       await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
       try {
@@ -360,7 +438,12 @@ export class VmService {
     return this.#operate(this.#claim(row, 'detach'), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
       const host = await this.#hosts.row(row.host_id);
       await op.report('detaching', `Detaching ${volumeRef} on host ${host.name}`, 0.3);
-      await this.#hosts.call<VmStatus>(host, { method: 'DELETE', path: `/agent/vms/${row.id}/disks/disk${attached.deviceIndex}`, timeoutMs: 60_000, signal: op.signal });
+      await this.#hosts.call<VmStatus>(host, {
+        method: 'DELETE',
+        path: `/agent/vms/${row.id}/disks/disk${attached.deviceIndex}`,
+        timeoutMs: 60_000,
+        signal: op.signal,
+      });
       await this.#storage.forgetDisks(row.id, attached.deviceIndex);
       await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
       return this.get(row.id);
@@ -369,7 +452,11 @@ export class VmService {
 
   async #updateSpec(id: string, change: (spec: VmSpec) => VmSpec): Promise<void> {
     const row = await this.#db.selectFrom('vms').select('spec').where('id', '=', id).executeTakeFirstOrThrow();
-    await this.#db.updateTable('vms').set({ spec: JSON.stringify(change(JSON.parse(row.spec) as VmSpec)) }).where('id', '=', id).execute();
+    await this.#db
+      .updateTable('vms')
+      .set({ spec: JSON.stringify(change(JSON.parse(row.spec) as VmSpec)) })
+      .where('id', '=', id)
+      .execute();
   }
 
   /** Stops the VM if needed and removes it from its host and from the records. */
@@ -434,15 +521,27 @@ export class VmService {
     const reported = new Set(statuses.map((status) => status.id));
     const host = await this.#hosts.row(hostId);
     const rows = await this.#db.selectFrom('vms').selectAll().where('host_id', '=', hostId).execute();
-    const interrupted = await this.#operations.interrupted('vm.create', rows.map((row) => row.id));
+    const interrupted = await this.#operations.interrupted(
+      'vm.create',
+      rows.map((row) => row.id),
+    );
     for (const row of rows) {
       if (this.#owner.busy(row.id)) continue;
       const operation = interrupted.find((op) => op.target_id === row.id);
       if (reported.has(row.id)) {
-        if (operation) await this.#operations.settleInterrupted(operation.id, { status: 'succeeded', message: `The control plane restarted while this ran; host ${host.name} runs the VM, so it is done`, result: await this.get(row.id) });
+        if (operation)
+          await this.#operations.settleInterrupted(operation.id, {
+            status: 'succeeded',
+            message: `The control plane restarted while this ran; host ${host.name} runs the VM, so it is done`,
+            result: await this.get(row.id),
+          });
       } else if (row.actual_state === 'pending') {
         await this.#forget(row, host);
-        if (operation) await this.#operations.settleInterrupted(operation.id, { status: 'failed', message: `The control plane stopped while this ran, before host ${host.name} started the VM; it was undone (its name, addresses and capacity are free)` });
+        if (operation)
+          await this.#operations.settleInterrupted(operation.id, {
+            status: 'failed',
+            message: `The control plane stopped while this ran, before host ${host.name} started the VM; it was undone (its name, addresses and capacity are free)`,
+          });
       }
     }
   }
@@ -463,7 +562,11 @@ export class VmService {
     if (!full) return;
     await this.#reconcileInterruptedCreates(hostId, statuses);
     const known = statuses.map((s) => s.id);
-    let query = this.#db.updateTable('vms').set({ actual_state: 'missing', updated_at: new Date().toISOString() }).where('host_id', '=', hostId).where('actual_state', '!=', 'pending');
+    let query = this.#db
+      .updateTable('vms')
+      .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
+      .where('host_id', '=', hostId)
+      .where('actual_state', '!=', 'pending');
     if (known.length > 0) query = query.where('id', 'not in', known);
     // A VM being created is not yet on its host: leave it to its operation.
     await query.execute();

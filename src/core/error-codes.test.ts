@@ -32,15 +32,20 @@ describe('the one error contract', () => {
   });
 
   it('never answers 5xx for a code the client causes', () => {
-    const clientCaused = /(_NOT_FOUND|_TAKEN|_EXISTS|_IN_USE|_INVALID|^VALIDATION_FAILED|^UNKNOWN_FIELD|^AUTH_[A-Z_]+|_BUSY|_DENIED|_REFUSED|_UNSUPPORTED|^NO_HOSTS?(_FITS)?|_HAS_DATA|_DUPLICATE|_NOT_EMPTY|_READ_ONLY|_SAME_HOST)$/;
+    const clientCaused =
+      /(_NOT_FOUND|_TAKEN|_EXISTS|_IN_USE|_INVALID|^VALIDATION_FAILED|^UNKNOWN_FIELD|^AUTH_[A-Z_]+|_BUSY|_DENIED|_REFUSED|_UNSUPPORTED|^NO_HOSTS?(_FITS)?|_HAS_DATA|_DUPLICATE|_NOT_EMPTY|_READ_ONLY|_SAME_HOST)$/;
     const wrong = Object.entries(ERROR_STATUS).filter(([code, status]) => (clientCaused.test(code) || code.startsWith('NET_INVALID')) && status >= 500);
     assert.deepEqual(wrong, []);
     // The ones an attacker found answered 500.
-    for (const code of ['POOL_KIND_UNSUPPORTED', 'VOLUME_SHRINK_REFUSED', 'NO_HOSTS', 'POOL_DEVICE_UNREADABLE', 'NET_PROBE_TIMEOUT']) assert.ok(httpStatusOf(code) < 500, code);
+    for (const code of ['POOL_KIND_UNSUPPORTED', 'VOLUME_SHRINK_REFUSED', 'NO_HOSTS', 'POOL_DEVICE_UNREADABLE', 'NET_PROBE_TIMEOUT'])
+      assert.ok(httpStatusOf(code) < 500, code);
   });
 
   it('keeps the code of our own and of the protocol modules, and hides anything else behind INTERNAL_ERROR', () => {
-    assert.deepEqual(toWireError(new NubisError('VM_BUSY', 'Busy', { details: { vm: 'a' } })), { status: 409, body: { code: 'VM_BUSY', message: 'Busy', details: { vm: 'a' } } });
+    assert.deepEqual(toWireError(new NubisError('VM_BUSY', 'Busy', { details: { vm: 'a' } })), {
+      status: 409,
+      body: { code: 'VM_BUSY', message: 'Busy', details: { vm: 'a' } },
+    });
     const qmp = Object.assign(new Error('QEMU did not answer'), { code: 'QMP_TIMEOUT' });
     assert.deepEqual(toWireError(qmp), { status: 504, body: { code: 'QMP_TIMEOUT', message: 'QEMU did not answer' } });
     const system = Object.assign(new Error('ENOENT: no such file'), { code: 'ENOENT' });

@@ -52,7 +52,13 @@ export function requestJson<T>(endpoint: string, options: JsonRequest): Promise<
           }
           if ((res.statusCode ?? 500) >= 400) {
             const error = parsed as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
-            reject(new NubisError(error?.code ?? 'HTTP_ERROR', error?.message ?? `${options.method} ${options.path} answered ${res.statusCode}: ${text.slice(0, 200)}`, { details: { httpStatus: res.statusCode, ...error?.details } }));
+            reject(
+              new NubisError(
+                error?.code ?? 'HTTP_ERROR',
+                error?.message ?? `${options.method} ${options.path} answered ${res.statusCode}: ${text.slice(0, 200)}`,
+                { details: { httpStatus: res.statusCode, ...error?.details } },
+              ),
+            );
           } else {
             resolve(parsed as T);
           }
@@ -60,7 +66,9 @@ export function requestJson<T>(endpoint: string, options: JsonRequest): Promise<
         res.on('error', reject);
       },
     );
-    req.on('timeout', () => req.destroy(new NubisError('HTTP_TIMEOUT', `${options.method} ${options.path} at ${endpoint} got no answer within ${options.timeoutMs ?? 30_000} ms`)));
+    req.on('timeout', () =>
+      req.destroy(new NubisError('HTTP_TIMEOUT', `${options.method} ${options.path} at ${endpoint} got no answer within ${options.timeoutMs ?? 30_000} ms`)),
+    );
     req.on('error', (error) => {
       if (error instanceof NubisError) reject(error);
       else if ((error as { name?: string }).name === 'AbortError') reject(options.signal?.reason ?? error);

@@ -81,7 +81,8 @@ export function runCommand(command: string, args: readonly string[], options: Ru
     child.on('close', (code, killedBy) => {
       settle();
       if (aborted && signal) return reject(abortReason(signal));
-      if (timedOut) return reject(new NubisError('COMMAND_TIMEOUT', `${commandLine} did not finish within ${timeoutMs} ms and was killed`, { details: { timeoutMs } }));
+      if (timedOut)
+        return reject(new NubisError('COMMAND_TIMEOUT', `${commandLine} did not finish within ${timeoutMs} ms and was killed`, { details: { timeoutMs } }));
       if (code === 0) return resolve({ stdout, stderr });
       const how = killedBy ? `was killed by ${killedBy}` : `exited with status ${code}`;
       const tail = stderr.trim().split('\n').slice(-5).join('\n');

@@ -49,7 +49,9 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     if (!options.isControlToken(token)) throw new NubisError('AUTH_INVALID_TOKEN', 'The control token is missing or wrong');
   });
   app.setErrorHandler((error, _request, reply) => {
-    const { status, body } = (error as { validation?: unknown }).validation ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } } : toWireError(error);
+    const { status, body } = (error as { validation?: unknown }).validation
+      ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } }
+      : toWireError(error);
     void reply.status(status).send(body);
   });
 
@@ -80,9 +82,21 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     lines: await supervisor.consoleLog(request.params.id, Number(request.query.lines ?? 100)),
   }));
   // Live migration: the control plane drives both ends through these.
-  type IncomingBody = { spec: VmSpec; listenUri: string; capabilities: Record<string, boolean>; carried: Partial<VmStatus>; mirror?: Parameters<VmSupervisor['prepareIncoming']>[4] };
+  type IncomingBody = {
+    spec: VmSpec;
+    listenUri: string;
+    capabilities: Record<string, boolean>;
+    carried: Partial<VmStatus>;
+    mirror?: Parameters<VmSupervisor['prepareIncoming']>[4];
+  };
   app.put<IdParams & { Body: IncomingBody }>('/agent/vms/:id/incoming', async (request) =>
-    supervisor.prepareIncoming({ ...request.body.spec, id: request.params.id }, request.body.listenUri, request.body.capabilities, request.body.carried, request.body.mirror),
+    supervisor.prepareIncoming(
+      { ...request.body.spec, id: request.params.id },
+      request.body.listenUri,
+      request.body.capabilities,
+      request.body.carried,
+      request.body.mirror,
+    ),
   );
   // Local disks travel by mirror: the source copies them into the destination's NBD exports.
   app.post<IdParams & { Body: { diskIds: string[]; target: { host: string; port: number } } }>('/agent/vms/:id/mirror', async (request, reply) => {
@@ -95,9 +109,11 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     return reply.status(204).send();
   });
   app.post<IdParams>('/agent/vms/:id/incoming/activate', async (request) => supervisor.activateIncoming(request.params.id));
-  app.post<IdParams & { Body: { uri: string; capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] } }>('/agent/vms/:id/migrate', async (request) =>
-    supervisor.migrateOut(request.params.id, request.body.uri, request.body),
-  );
+  app.post<
+    IdParams & {
+      Body: { uri: string; capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] };
+    }
+  >('/agent/vms/:id/migrate', async (request) => supervisor.migrateOut(request.params.id, request.body.uri, request.body));
   app.get<IdParams>('/agent/vms/:id/migration', async (request) => supervisor.migrationStatus(request.params.id));
   app.get<IdParams>('/agent/vms/:id/pauses', async (request) => supervisor.pauseTimes(request.params.id));
   app.post<IdParams>('/agent/vms/:id/migration/postcopy', async (request, reply) => {
@@ -111,10 +127,13 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   app.post<IdParams & { Body: { seconds: number } }>('/agent/vms/:id/migration/dirty-rate', async (request) => ({
     bytesPerSec: await supervisor.sampleDirtyRate(request.params.id, request.body.seconds),
   }));
-  app.put<IdParams & { Body: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number } }>('/agent/vms/:id/migration/parameters', async (request, reply) => {
-    await supervisor.setMigrationParameters(request.params.id, request.body);
-    return reply.status(204).send();
-  });
+  app.put<IdParams & { Body: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number } }>(
+    '/agent/vms/:id/migration/parameters',
+    async (request, reply) => {
+      await supervisor.setMigrationParameters(request.params.id, request.body);
+      return reply.status(204).send();
+    },
+  );
   // Post-copy recovery: both ends pause on a broken link; the destination listens again and the
   // source reconnects.
   app.post<IdParams>('/agent/vms/:id/migration/pause', async (request, reply) => {
@@ -150,7 +169,9 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
     options.dirPools.resizeVolume(request.params.pool, request.params.volume, request.body.sizeBytes),
   );
   app.post<IdParams & { Body: DiskSpec }>('/agent/vms/:id/disks', async (request) => supervisor.attachDisk(request.params.id, request.body));
-  app.delete<{ Params: { id: string; disk: string } }>('/agent/vms/:id/disks/:disk', async (request) => supervisor.detachDisk(request.params.id, request.params.disk));
+  app.delete<{ Params: { id: string; disk: string } }>('/agent/vms/:id/disks/:disk', async (request) =>
+    supervisor.detachDisk(request.params.id, request.params.disk),
+  );
   app.put<IdParams & { Body: Array<NicFirewallSpec & { nicId: string }> }>('/agent/vms/:id/firewall', async (request, reply) => {
     await options.networks.applyFirewalls(supervisor.spec(request.params.id), request.body);
     return reply.status(204).send();

@@ -74,7 +74,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const identity = await loadIdentity(options.hostDir);
   const qemuVersion = qemuVersionLine();
   requireSupportedQemu(qemuVersion);
-  const accelerator = await chooseAccelerator(options.probeGuest, { cacheFile: join(options.cacheDir, 'accelerator-probe.json'), workDir: options.hostDir, qemuVersion });
+  const accelerator = await chooseAccelerator(options.probeGuest, {
+    cacheFile: join(options.cacheDir, 'accelerator-probe.json'),
+    workDir: options.hostDir,
+    qemuVersion,
+  });
   logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
 
   const changed = new Map<string, VmStatus>();
@@ -97,7 +101,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   });
 
   const report = (vms: VmStatus[], full: boolean): Promise<unknown> =>
-    requestJson(options.controlUrl, { method: 'POST', path: `/v1/hosts/${options.name}/report`, token: identity.agentToken, body: { vms, full }, timeoutMs: 10_000 });
+    requestJson(options.controlUrl, {
+      method: 'POST',
+      path: `/v1/hosts/${options.name}/report`,
+      token: identity.agentToken,
+      body: { vms, full },
+      timeoutMs: 10_000,
+    });
 
   async function flushChanges(): Promise<void> {
     flushScheduled = false;
@@ -163,7 +173,12 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     while (!abort.signal.aborted) {
       try {
         if (!joined) {
-          const answer = await requestJson<{ controlToken: string }>(options.controlUrl, { method: 'POST', path: '/v1/hosts/join', body: joinBody, timeoutMs: 10_000 });
+          const answer = await requestJson<{ controlToken: string }>(options.controlUrl, {
+            method: 'POST',
+            path: '/v1/hosts/join',
+            body: joinBody,
+            timeoutMs: 10_000,
+          });
           const controlTokenSha256 = createHash('sha256').update(answer.controlToken).digest('hex');
           if (controlTokenSha256 !== identity.controlTokenSha256) {
             identity.controlTokenSha256 = controlTokenSha256;

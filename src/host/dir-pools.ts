@@ -88,7 +88,8 @@ export class DirPools {
   /** Grows a volume (qcow2 shrinking would cut data off: refused). */
   async resizeVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo> {
     const current = await this.volumeInfo(pool, volume);
-    if (sizeBytes < current.sizeBytes) throw new NubisError('VOLUME_SHRINK_REFUSED', `Volume ${pool}/${volume} is ${current.sizeBytes} bytes; dir volumes only grow`);
+    if (sizeBytes < current.sizeBytes)
+      throw new NubisError('VOLUME_SHRINK_REFUSED', `Volume ${pool}/${volume} is ${current.sizeBytes} bytes; dir volumes only grow`);
     if (sizeBytes > current.sizeBytes) await this.#qemuImg(['resize', '-q', '-f', 'qcow2', current.path, String(sizeBytes)]);
     return this.volumeInfo(pool, volume);
   }

@@ -55,7 +55,10 @@ export class NetworkPlumbing {
   /** The host namespace and underlay address; virtual networks need both. */
   #where(): { hostNs: string; underlayIp: string } {
     if (!this.#hostNs || !this.#underlayIp) {
-      throw new NubisError('NET_NO_UNDERLAY', 'This host has no underlay, so it cannot carry virtual networks; start Nubis as root with nubis up --hosts 2 (or --netns), which gives every host a namespace and an underlay link');
+      throw new NubisError(
+        'NET_NO_UNDERLAY',
+        'This host has no underlay, so it cannot carry virtual networks; start Nubis as root with nubis up --hosts 2 (or --netns), which gives every host a namespace and an underlay link',
+      );
     }
     return { hostNs: this.#hostNs, underlayIp: this.#underlayIp };
   }
@@ -75,7 +78,16 @@ export class NetworkPlumbing {
       // dnsmasq re-reads its hosts file as its own user, which must be able to search every
       // folder down to it; mkdir's mode is cut by the agent's umask (0077), so set it outright.
       for (const dir of [DHCP_STATE_ROOT, join(DHCP_STATE_ROOT, hostNs), stateDir]) await chmod(dir, 0o755);
-      await ensureDhcp({ hostNs, networkKey: spec.id, stateDir, subnet: spec.dhcp.subnet, serverIp: spec.dhcp.serverIp, gateway: spec.dhcp.gateway, hosts: spec.dhcp.hosts, mtu: spec.mtu });
+      await ensureDhcp({
+        hostNs,
+        networkKey: spec.id,
+        stateDir,
+        subnet: spec.dhcp.subnet,
+        serverIp: spec.dhcp.serverIp,
+        gateway: spec.dhcp.gateway,
+        hosts: spec.dhcp.hosts,
+        mtu: spec.mtu,
+      });
     } else if (existsSync(stateDir)) {
       // This host served DHCP for the network before (the server moved, or DHCP was turned off).
       await stopDhcp({ hostNs, networkKey: spec.id, stateDir });
@@ -142,7 +154,15 @@ export class NetworkPlumbing {
     for (const firewall of firewalls) {
       const nic = spec.nics.find((candidate) => candidate.id === firewall.nicId);
       if (!nic?.tapName) throw new NubisError('NET_NIC_NOT_FOUND', `VM ${spec.name} has no network NIC ${firewall.nicId} on this host`);
-      await applyPortFirewall({ hostNs, tapName: nic.tapName, mac: nic.mac, ip: firewall.ip, ingressRules: firewall.ingressRules, allowIngressFrom: firewall.allowIngressFrom, egressRules: firewall.egressRules });
+      await applyPortFirewall({
+        hostNs,
+        tapName: nic.tapName,
+        mac: nic.mac,
+        ip: firewall.ip,
+        ingressRules: firewall.ingressRules,
+        allowIngressFrom: firewall.allowIngressFrom,
+        egressRules: firewall.egressRules,
+      });
     }
   }
 
@@ -157,13 +177,28 @@ export class NetworkPlumbing {
   }
 
   /** Runs a command in a throw-away namespace plugged into the network on this host. */
-  async probe(networkId: string, request: { address: string; gateway?: string; command: string[]; timeoutMs: number }): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+  async probe(
+    networkId: string,
+    request: { address: string; gateway?: string; command: string[]; timeoutMs: number },
+  ): Promise<{ exitCode: number; stdout: string; stderr: string }> {
     const { hostNs } = this.#where();
     try {
-      return await runProbe({ hostNs, networkKey: networkId, address: request.address, gateway: request.gateway, command: request.command, timeoutMs: request.timeoutMs });
+      return await runProbe({
+        hostNs,
+        networkKey: networkId,
+        address: request.address,
+        gateway: request.gateway,
+        command: request.command,
+        timeoutMs: request.timeoutMs,
+      });
     } catch (error) {
       // The deadline is the caller's own choice: running past it is the command's outcome, not a fault here.
-      if (isNubisError(error, 'NET_COMMAND_TIMEOUT')) throw new NubisError('NET_PROBE_TIMEOUT', `The probe command did not end within ${request.timeoutMs / 1000} s and was killed; give it a longer --timeout`, { cause: error });
+      if (isNubisError(error, 'NET_COMMAND_TIMEOUT'))
+        throw new NubisError(
+          'NET_PROBE_TIMEOUT',
+          `The probe command did not end within ${request.timeoutMs / 1000} s and was killed; give it a longer --timeout`,
+          { cause: error },
+        );
       throw error;
     }
   }

@@ -93,9 +93,11 @@ export class VmSupervisor {
     };
     const saved = (this.#saves.get(id) ?? Promise.resolve()).catch(() => undefined).then(write);
     this.#saves.set(id, saved);
-    void saved.catch(() => undefined).finally(() => {
-      if (this.#saves.get(id) === saved) this.#saves.delete(id);
-    });
+    void saved
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.#saves.get(id) === saved) this.#saves.delete(id);
+      });
     return saved;
   }
 
@@ -190,7 +192,10 @@ export class VmSupervisor {
     try {
       await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', boot.format, '-b', boot.path, overlay]);
     } catch (error) {
-      throw new NubisError('VM_START_FAILED', `Cannot create the root disk of VM ${record.spec.name} over ${boot.path}: ${(error as { stderr?: string }).stderr?.trim() || messageOf(error)}`);
+      throw new NubisError(
+        'VM_START_FAILED',
+        `Cannot create the root disk of VM ${record.spec.name} over ${boot.path}: ${(error as { stderr?: string }).stderr?.trim() || messageOf(error)}`,
+      );
     }
     record.spec = { ...record.spec, boot: { kind: 'disk', path: overlay, format: 'qcow2' } };
     await this.#save(record);
@@ -215,7 +220,12 @@ export class VmSupervisor {
       if (!qemu) return { ...record.status };
       this.#update(record, { state: 'stopping' });
       const how = await qemu.stop(options);
-      this.#update(record, { state: 'stopped', pid: undefined, readyAt: undefined, lastError: how === 'graceful' ? undefined : `Stopped ${how} after the guest did not shut down in time` });
+      this.#update(record, {
+        state: 'stopped',
+        pid: undefined,
+        readyAt: undefined,
+        lastError: how === 'graceful' ? undefined : `Stopped ${how} after the guest did not shut down in time`,
+      });
       return { ...record.status };
     });
   }
@@ -252,7 +262,7 @@ export class VmSupervisor {
     return this.#queue.run(id, async () => {
       const record = this.#record(id);
       const qemu = this.#processes.get(id);
-      if (!qemu || qemu.state !== 'paused') throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}, not paused`);
+      if (qemu?.state !== 'paused') throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}, not paused`);
       await qemu.resume();
       return this.status(id);
     });
@@ -267,7 +277,11 @@ export class VmSupervisor {
       if (qemu) {
         const used = new Set(Object.values(record.hotplugged ?? {}));
         const port = HOTPLUG_PORTS.find((candidate) => !used.has(candidate));
-        if (!port) throw new NubisError('VM_NO_HOTPLUG_SLOT', `VM ${record.spec.name} has no free hot-plug slot (${HOTPLUG_PORTS.length}); stop it to attach more disks`);
+        if (!port)
+          throw new NubisError(
+            'VM_NO_HOTPLUG_SLOT',
+            `VM ${record.spec.name} has no free hot-plug slot (${HOTPLUG_PORTS.length}); stop it to attach more disks`,
+          );
         await qemu.attachDisk(disk, port);
         record.hotplugged = { ...record.hotplugged, [disk.id]: port };
       }
@@ -312,14 +326,20 @@ export class VmSupervisor {
         await this.#discardIncoming(earlier);
       }
       if (this.#records.has(spec.id)) throw new NubisError('VM_EXISTS', `VM ${spec.name} already exists on this host`);
-      const record: VmRecord = { spec, desired: 'running', status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps }, mirrorCopies: [] };
+      const record: VmRecord = {
+        spec,
+        desired: 'running',
+        status: { id: spec.id, name: spec.name, state: 'incoming', guestIps: carried.guestIps },
+        mirrorCopies: [],
+      };
       this.#records.set(spec.id, record);
       let qemu: QemuProcess | undefined;
       try {
         await this.#save(record);
         // Empty copies of the disks the source mirrors here, the same size; never over a file.
         for (const file of mirror?.newFiles ?? []) {
-          if (existsSync(file.path)) throw new NubisError('VOLUME_EXISTS', `${file.path} already exists on this host; it would be overwritten by the mirrored disk`);
+          if (existsSync(file.path))
+            throw new NubisError('VOLUME_EXISTS', `${file.path} already exists on this host; it would be overwritten by the mirrored disk`);
           await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', file.path, String(file.sizeBytes)]);
           // Saved before anything else can fail, so a restarted agent knows what to delete.
           record.mirrorCopies?.push(file.path);
@@ -329,7 +349,11 @@ export class VmSupervisor {
         // fills with what its overlay holds.
         await this.#prepareBootDisk(record);
         if (this.#options.plugNics) record.spec = await this.#options.plugNics(record.spec);
-        qemu = await QemuProcess.launch(record.spec, this.#vmDir(spec.id), { accelerator: this.#options.accelerator, incoming: 'defer', events: this.#eventsFor(record) });
+        qemu = await QemuProcess.launch(record.spec, this.#vmDir(spec.id), {
+          accelerator: this.#options.accelerator,
+          incoming: 'defer',
+          events: this.#eventsFor(record),
+        });
         await qemu.setMigrationCapabilities(capabilities);
         if (mirror && mirror.diskIds.length > 0) await qemu.exportDisksForMirror(mirror.diskIds, mirror.listen);
         await qemu.acceptIncomingMigration(listenUri);
@@ -416,7 +440,11 @@ export class VmSupervisor {
    * the switch-over (the VM already stopped); the mirrors are ended there, so the destination's
    * copies are complete, and the migration goes on, all here and without a round trip.
    */
-  migrateOut(id: string, uri: string, options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] }): Promise<VmStatus> {
+  migrateOut(
+    id: string,
+    uri: string,
+    options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] },
+  ): Promise<VmStatus> {
     return this.#queue.run(id, async () => {
       const qemu = this.#running(id);
       const mirrored = (options.mirroredDisks ?? []).length > 0;
@@ -523,13 +551,24 @@ export class VmSupervisor {
     return new Promise((resolve, reject) => {
       const check = (): boolean => {
         if (record.status.readyAt) resolve({ ...record.status });
-        else if (!this.#processes.has(id)) reject(new NubisError('VM_NOT_READY', `VM ${record.spec.name} ended (${record.status.state}) before its guest was ready: ${record.status.lastError ?? ''}`.trim()));
+        else if (!this.#processes.has(id))
+          reject(
+            new NubisError(
+              'VM_NOT_READY',
+              `VM ${record.spec.name} ended (${record.status.state}) before its guest was ready: ${record.status.lastError ?? ''}`.trim(),
+            ),
+          );
         else return false;
         return true;
       };
       const timer = setTimeout(() => {
         this.#waiters.delete(waiter);
-        reject(new NubisError('VM_READY_TIMEOUT', `The guest of VM ${record.spec.name} did not print its readiness line within ${timeoutMs} ms; see nubis vm log ${record.spec.name}`));
+        reject(
+          new NubisError(
+            'VM_READY_TIMEOUT',
+            `The guest of VM ${record.spec.name} did not print its readiness line within ${timeoutMs} ms; see nubis vm log ${record.spec.name}`,
+          ),
+        );
       }, timeoutMs);
       const waiter = (): void => {
         if (check()) {
@@ -573,7 +612,7 @@ export class VmSupervisor {
   #running(id: string): QemuProcess {
     const record = this.#record(id);
     const qemu = this.#processes.get(id);
-    if (!qemu || qemu.state !== 'running') throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}, not running`);
+    if (qemu?.state !== 'running') throw new NubisError('VM_INVALID_STATE', `VM ${record.spec.name} is ${record.status.state}, not running`);
     return qemu;
   }
 
@@ -604,7 +643,10 @@ export class VmSupervisor {
       onQmpEvent: (event: { event: string; timestampMs: number }) => {
         if (event.event === 'STOP' || event.event === 'RESUME') {
           const times = this.#pauseTimes.get(record.spec.id) ?? {};
-          this.#pauseTimes.set(record.spec.id, event.event === 'STOP' ? { ...times, stoppedAtMs: event.timestampMs } : { ...times, resumedAtMs: event.timestampMs });
+          this.#pauseTimes.set(
+            record.spec.id,
+            event.event === 'STOP' ? { ...times, stoppedAtMs: event.timestampMs } : { ...times, resumedAtMs: event.timestampMs },
+          );
         }
         // A guest-initiated reboot starts a new boot: readiness must be seen again.
         if (event.event === 'RESET' && record.status.readyAt) {

@@ -122,7 +122,7 @@ export async function buildTinyImage(options: BuildTinyImageOptions): Promise<Ti
       initrdBytes: initrd.length,
     };
     const manifestPath = join(imageDir, 'manifest.json');
-    await writeFile(`${manifestPath}.${process.pid}.tmp`, JSON.stringify(manifest, null, 2) + '\n');
+    await writeFile(`${manifestPath}.${process.pid}.tmp`, `${JSON.stringify(manifest, null, 2)}\n`);
     await rename(`${manifestPath}.${process.pid}.tmp`, manifestPath);
     onProgress(`Built the tiny image: initrd ${(initrd.length / 1024 / 1024).toFixed(1)} MiB, sha256 ${manifest.sha256.slice(0, 12)}`);
     return toTinyImage(manifest);

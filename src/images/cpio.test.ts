@@ -84,7 +84,13 @@ test('the gzip variant decompresses to the plain archive', async () => {
 test('duplicate and escaping paths are refused with IMAGE_CPIO_INVALID_ENTRY', () => {
   const invalid = (list: CpioEntry[]) => () => encodeCpio(list);
   const code = (error: unknown) => isNubisError(error, 'IMAGE_CPIO_INVALID_ENTRY');
-  assert.throws(invalid([{ type: 'directory', path: 'a' }, { type: 'directory', path: 'a/' }]), code);
+  assert.throws(
+    invalid([
+      { type: 'directory', path: 'a' },
+      { type: 'directory', path: 'a/' },
+    ]),
+    code,
+  );
   assert.throws(invalid([{ type: 'file', path: '../etc/passwd', data: '' }]), code);
   assert.throws(invalid([{ type: 'file', path: 'a', data: '', mode: 0o10000 }]), code);
 });

@@ -74,12 +74,7 @@ export function encodeCpio(entries: readonly CpioEntry[], options: CpioOptions =
         break;
       case 'char-device':
       case 'block-device':
-        push(
-          path,
-          (entry.type === 'char-device' ? S_IFCHR : S_IFBLK) | permissions(entry.mode, 0o600, path),
-          Buffer.alloc(0),
-          [entry.major, entry.minor],
-        );
+        push(path, (entry.type === 'char-device' ? S_IFCHR : S_IFBLK) | permissions(entry.mode, 0o600, path), Buffer.alloc(0), [entry.major, entry.minor]);
         break;
     }
   }
@@ -107,11 +102,8 @@ interface HeaderFields {
 // check (0 for newc). Header plus name are padded to a multiple of 4, as is the data.
 function header(fields: HeaderFields): Buffer {
   const name = Buffer.from(`${fields.path}\0`, 'utf8');
-  const values = [
-    fields.inode, fields.mode, 0, 0, fields.nlink, fields.mtimeSec, fields.size,
-    0, 0, fields.rdev[0], fields.rdev[1], name.length, 0,
-  ];
-  const text = '070701' + values.map((value) => hex8(value, fields.path)).join('');
+  const values = [fields.inode, fields.mode, 0, 0, fields.nlink, fields.mtimeSec, fields.size, 0, 0, fields.rdev[0], fields.rdev[1], name.length, 0];
+  const text = `070701${values.map((value) => hex8(value, fields.path)).join('')}`;
   const head = Buffer.concat([Buffer.from(text, 'ascii'), name]);
   return Buffer.concat([head, padding(head.length)]);
 }

@@ -12,10 +12,7 @@ test('a cached kernel is returned without asking apt', async (t) => {
   mkdirSync(join(unpacked, 'boot'), { recursive: true });
   mkdirSync(join(unpacked, 'lib', 'modules', '6.1.0-99-amd64'), { recursive: true });
   writeFileSync(join(unpacked, 'boot', 'vmlinuz-6.1.0-99-amd64'), 'not really a kernel');
-  writeFileSync(
-    join(cacheDir, 'kernels', 'current.json'),
-    JSON.stringify({ packageName: 'linux-image-6.1.0-99-amd64', packageVersion: '6.1.999-1' }),
-  );
+  writeFileSync(join(cacheDir, 'kernels', 'current.json'), JSON.stringify({ packageName: 'linux-image-6.1.0-99-amd64', packageVersion: '6.1.999-1' }));
   const progress: string[] = [];
   // A package this old is in no apt list: reaching apt at all would fail or download.
   const kernel = await ensureGuestKernel(cacheDir, (message) => progress.push(message));

@@ -83,7 +83,7 @@ export async function ensureGuestKernel(
       );
     }
   }
-  await writeFile(join(kernelsDir, CURRENT_RECORD), JSON.stringify({ packageName, packageVersion }, null, 2) + '\n');
+  await writeFile(join(kernelsDir, CURRENT_RECORD), `${JSON.stringify({ packageName, packageVersion }, null, 2)}\n`);
   await removeOtherKernels(kernelsDir, unpackedDir, onProgress);
   return kernel;
 }
@@ -126,10 +126,7 @@ async function resolveKernelPackage(onProgress: ProgressListener): Promise<{ pac
       `${META_PACKAGE} depends on no linux-image-<release>-amd64 package (apt-cache said: ${depends.trim().split('\n').slice(0, 4).join('; ')}); run apt-get update`,
     );
   }
-  const show = await aptStep(
-    ['apt-cache', 'show', '--no-all-versions', packageName],
-    `apt-cache has no candidate for ${packageName}; run apt-get update`,
-  );
+  const show = await aptStep(['apt-cache', 'show', '--no-all-versions', packageName], `apt-cache has no candidate for ${packageName}; run apt-get update`);
   const packageVersion = /^Version:\s*(\S+)\s*$/m.exec(show)?.[1];
   if (!packageVersion) {
     throw new NubisError('IMAGE_KERNEL_UNAVAILABLE', `apt-cache show ${packageName} printed no Version; run apt-get update`);

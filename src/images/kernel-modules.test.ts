@@ -32,7 +32,10 @@ test('every module comes after the modules it depends on', (t) => {
 
 test('dashes and underscores name the same module, and each is listed once', (t) => {
   const dir = fakeModules(t, { 'drivers/a/virtio-rng.ko': '', 'drivers/b/user.ko': 'virtio_rng' });
-  assert.deepEqual(resolveKernelModules(dir, ['user', 'virtio-rng']).map((module) => module.name), ['virtio_rng', 'user']);
+  assert.deepEqual(
+    resolveKernelModules(dir, ['user', 'virtio-rng']).map((module) => module.name),
+    ['virtio_rng', 'user'],
+  );
 });
 
 test('a missing module is an IMAGE_BUILD_FAILED error naming it and who needs it', (t) => {

@@ -75,7 +75,10 @@ function indexModules(dir: string): Map<string, string> {
 
 function readModule(path: string): Buffer {
   if (!path.endsWith('.xz')) return readFileSync(path);
-  for (const [command, args] of [['xz', ['-dc', path]], ['busybox', ['xz', '-dc', path]]] as const) {
+  for (const [command, args] of [
+    ['xz', ['-dc', path]],
+    ['busybox', ['xz', '-dc', path]],
+  ] as const) {
     try {
       return execFileSync(command, args, { maxBuffer: 64 * 1024 * 1024, stdio: ['ignore', 'pipe', 'ignore'] });
     } catch {

@@ -160,7 +160,15 @@ export class MigrationService {
   readonly #dirPools: DirPoolCatalogue;
   readonly #owner: VmOwner;
 
-  constructor(deps: { db: Db; hosts: HostRegistry; networks: NetworkService; secgroups: SecurityGroupService; operations: OperationManager; dirPools: DirPoolCatalogue; owner: VmOwner }) {
+  constructor(deps: {
+    db: Db;
+    hosts: HostRegistry;
+    networks: NetworkService;
+    secgroups: SecurityGroupService;
+    operations: OperationManager;
+    dirPools: DirPoolCatalogue;
+    owner: VmOwner;
+  }) {
     this.#db = deps.db;
     this.#owner = deps.owner;
     this.#dirPools = deps.dirPools;
@@ -171,9 +179,22 @@ export class MigrationService {
   }
 
   /** Past migrations of a VM, newest first. */
-  async history(vmId: string): Promise<Array<{ id: string; from: string; to: string; strategy: string; status: string; startedAt: string; endedAt?: string; figures: MigrationFigures }>> {
+  async history(
+    vmId: string,
+  ): Promise<
+    Array<{ id: string; from: string; to: string; strategy: string; status: string; startedAt: string; endedAt?: string; figures: MigrationFigures }>
+  > {
     const rows = await this.#db.selectFrom('vm_migrations').selectAll().where('vm_id', '=', vmId).orderBy('started_at', 'desc').execute();
-    return rows.map((row) => ({ id: row.id, from: row.from_host, to: row.to_host, strategy: row.strategy, status: row.status, startedAt: row.started_at, ...(row.ended_at ? { endedAt: row.ended_at } : {}), figures: JSON.parse(row.figures) as MigrationFigures }));
+    return rows.map((row) => ({
+      id: row.id,
+      from: row.from_host,
+      to: row.to_host,
+      strategy: row.strategy,
+      status: row.status,
+      startedAt: row.started_at,
+      ...(row.ended_at ? { endedAt: row.ended_at } : {}),
+      figures: JSON.parse(row.figures) as MigrationFigures,
+    }));
   }
 
   /**
@@ -196,7 +217,11 @@ export class MigrationService {
     const vmId = claimed.id;
     // Read again under the claim: an action that ended just before may have changed it.
     const vm = await this.#db.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirstOrThrow();
-    if (vm.actual_state !== 'running') throw new NubisError('VM_INVALID_STATE', `VM ${vm.name} is ${vm.actual_state}; only a running VM migrates live (a stopped one can simply start elsewhere)`);
+    if (vm.actual_state !== 'running')
+      throw new NubisError(
+        'VM_INVALID_STATE',
+        `VM ${vm.name} is ${vm.actual_state}; only a running VM migrates live (a stopped one can simply start elsewhere)`,
+      );
     const spec = JSON.parse(vm.spec) as VmSpec;
     const source = await this.#hosts.row(vm.host_id);
     const candidates = (await this.#hosts.list()).filter((host) => host.id !== source.id);
@@ -204,53 +229,85 @@ export class MigrationService {
     const target = placeVm(candidates, { cpus: vm.cpus, memoryMb: vm.memory_mb, host: request.to });
     const destination = await this.#hosts.row(target.id);
     if (destination.accelerator !== source.accelerator) {
-      throw new NubisError('MIGRATION_INCOMPATIBLE', `${source.name} runs ${source.accelerator} and ${destination.name} ${destination.accelerator}; a VM migrates only between hosts of the same accelerator class`);
+      throw new NubisError(
+        'MIGRATION_INCOMPATIBLE',
+        `${source.name} runs ${source.accelerator} and ${destination.name} ${destination.accelerator}; a VM migrates only between hosts of the same accelerator class`,
+      );
     }
     if (!canMigrateBetween(source.qemu_version, destination.qemu_version)) {
-      throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} runs an older QEMU (${destination.qemu_version}) than ${source.name} (${source.qemu_version}); QEMU cannot load a newer release's stream: upgrade QEMU on ${destination.name} first`);
+      throw new NubisError(
+        'MIGRATION_INCOMPATIBLE',
+        `${destination.name} runs an older QEMU (${destination.qemu_version}) than ${source.name} (${source.qemu_version}); QEMU cannot load a newer release's stream: upgrade QEMU on ${destination.name} first`,
+      );
     }
     for (const disk of spec.disks) {
       if (disk.kind !== 'file') continue;
       const [pool, volume] = (disk.localVolume ?? '').split('/');
-      if (!pool || !volume) throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} has a local file disk ${disk.path} that is no pool volume; it cannot be mirrored`);
+      if (!pool || !volume)
+        throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} has a local file disk ${disk.path} that is no pool volume; it cannot be mirrored`);
       if (!(await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id))) {
-        throw new NubisError('MIGRATION_LOCAL_DISK', `Disk ${disk.localVolume} of VM ${vm.name} lives in dir pool ${pool}, which has no folder on ${destination.name}; choose a host the pool spans`);
+        throw new NubisError(
+          'MIGRATION_LOCAL_DISK',
+          `Disk ${disk.localVolume} of VM ${vm.name} lives in dir pool ${pool}, which has no folder on ${destination.name}; choose a host the pool spans`,
+        );
       }
     }
     if (spec.nics.some((nic) => nic.mode === 'user')) {
-      throw new NubisError('MIGRATION_USER_NETWORK', `VM ${vm.name} uses user-mode networking, which cannot keep its address on another host; give it a --network`);
+      throw new NubisError(
+        'MIGRATION_USER_NETWORK',
+        `VM ${vm.name} uses user-mode networking, which cannot keep its address on another host; give it a --network`,
+      );
     }
     if (spec.nics.some((nic) => nic.network) && !destination.underlay_ip) {
       throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} has no underlay, so it cannot carry the VM's networks`);
     }
     const postcopyAllowed = vm.allow_postcopy === 1;
     if (!postcopyAllowed && (request.strategy === 'postcopy' || request.onTimeout === 'postcopy')) {
-      throw new NubisError('MIGRATION_POSTCOPY_DENIED', `VM ${vm.name} does not allow post-copy (a broken link during post-copy pauses it until the link returns); use --strategy auto or precopy, or allow it with: nubis vm set ${vm.name} --postcopy allow`);
+      throw new NubisError(
+        'MIGRATION_POSTCOPY_DENIED',
+        `VM ${vm.name} does not allow post-copy (a broken link during post-copy pauses it until the link returns); use --strategy auto or precopy, or allow it with: nubis vm set ${vm.name} --postcopy allow`,
+      );
     }
     const migrationId = newId('mig');
     const figures: MigrationFigures = { memoryMb: vm.memory_mb, switchedToPostcopy: false };
     await this.#db
       .insertInto('vm_migrations')
-      .values({ id: migrationId, vm_id: vmId, from_host: source.name, to_host: destination.name, strategy: request.strategy, status: 'running', figures: JSON.stringify(figures), started_at: new Date().toISOString(), ended_at: null })
+      .values({
+        id: migrationId,
+        vm_id: vmId,
+        from_host: source.name,
+        to_host: destination.name,
+        strategy: request.strategy,
+        status: 'running',
+        figures: JSON.stringify(figures),
+        started_at: new Date().toISOString(),
+        ended_at: null,
+      })
       .execute();
     const finish = async (status: 'completed' | 'failed' | 'cancelled'): Promise<void> => {
-      await this.#db.updateTable('vm_migrations').set({ status, figures: JSON.stringify(figures), ended_at: new Date().toISOString() }).where('id', '=', migrationId).execute();
+      await this.#db
+        .updateTable('vm_migrations')
+        .set({ status, figures: JSON.stringify(figures), ended_at: new Date().toISOString() })
+        .where('id', '=', migrationId)
+        .execute();
     };
-    const operation = await this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, (op) => claim.run(async () => {
-      await op.report('checks', `Checks passed: ${source.name} -> ${destination.name} (${destination.accelerator}), strategy ${request.strategy}`, 0.02);
-      try {
-        const plan = await this.#plan(op, { vmId, source, destination, request, postcopyAllowed });
-        figures.plan = plan;
-        await op.report('plan', plan.reason, 0.04, plan);
-        const result = await this.#run(op, { vmId, vmName: vm.name, spec, source, destination, request, plan, figures });
-        await finish('completed');
-        return result;
-      } catch (error) {
-        figures.error = messageOf(error);
-        await finish(op.signal.aborted ? 'cancelled' : 'failed');
-        throw error;
-      }
-    }));
+    const operation = await this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, (op) =>
+      claim.run(async () => {
+        await op.report('checks', `Checks passed: ${source.name} -> ${destination.name} (${destination.accelerator}), strategy ${request.strategy}`, 0.02);
+        try {
+          const plan = await this.#plan(op, { vmId, source, destination, request, postcopyAllowed });
+          figures.plan = plan;
+          await op.report('plan', plan.reason, 0.04, plan);
+          const result = await this.#run(op, { vmId, vmName: vm.name, spec, source, destination, request, plan, figures });
+          await finish('completed');
+          return result;
+        } catch (error) {
+          figures.error = messageOf(error);
+          await finish(op.signal.aborted ? 'cancelled' : 'failed');
+          throw error;
+        }
+      }),
+    );
     claim.setOperation(operation.id);
     return operation;
   }
@@ -262,22 +319,51 @@ export class MigrationService {
    * because preparing it lengthens a plain pre-copy's final phase; auto-converge is the safety
    * net either way, and the only one for a VM that does not allow post-copy.
    */
-  async #plan(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; request: MigrationRequest; postcopyAllowed: boolean }): Promise<MigrationPlan> {
+  async #plan(
+    op: OperationContext,
+    m: { vmId: string; source: HostsTable; destination: HostsTable; request: MigrationRequest; postcopyAllowed: boolean },
+  ): Promise<MigrationPlan> {
     const { request } = m;
     const maxDowntimeMs = request.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS;
     const onTimeoutFor = (prepared: boolean): 'abort' | 'postcopy' => request.onTimeout ?? (prepared ? 'postcopy' : 'abort');
     // The link as known before the stream measures it: the cap, else what the last migration
     // between these hosts measured, else a gigabit. Every plan carries it for the prediction.
-    const expected = request.bandwidthMbps ? request.bandwidthMbps * 1_000_000 : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
+    const expected = request.bandwidthMbps
+      ? request.bandwidthMbps * 1_000_000
+      : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
     if (request.strategy === 'precopy') {
       const prepared = request.onTimeout === 'postcopy';
-      return { postcopyPrepared: prepared, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason: `Pre-copy with a ${maxDowntimeMs} ms downtime limit${prepared ? '; post-copy prepared for the timeout' : ''}`, expectedBandwidthBytesPerSec: expected };
+      return {
+        postcopyPrepared: prepared,
+        autoConverge: false,
+        targetDowntimeMs: maxDowntimeMs,
+        maxDowntimeMs,
+        onTimeout: onTimeoutFor(prepared),
+        reason: `Pre-copy with a ${maxDowntimeMs} ms downtime limit${prepared ? '; post-copy prepared for the timeout' : ''}`,
+        expectedBandwidthBytesPerSec: expected,
+      };
     }
     if (request.strategy === 'postcopy') {
-      return { postcopyPrepared: true, autoConverge: false, targetDowntimeMs: maxDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(true), reason: 'Post-copy from the start: the VM runs on the destination at once and pulls the rest of its memory', expectedBandwidthBytesPerSec: expected };
+      return {
+        postcopyPrepared: true,
+        autoConverge: false,
+        targetDowntimeMs: maxDowntimeMs,
+        maxDowntimeMs,
+        onTimeout: onTimeoutFor(true),
+        reason: 'Post-copy from the start: the VM runs on the destination at once and pulls the rest of its memory',
+        expectedBandwidthBytesPerSec: expected,
+      };
     }
     await op.report('measure', 'Sampling the dirty rate of the guest (1 s)', 0.03);
-    const sampled = (await this.#hosts.call<{ bytesPerSec: number }>(m.source, { method: 'POST', path: `/agent/vms/${m.vmId}/migration/dirty-rate`, body: { seconds: 1 }, timeoutMs: 30_000, signal: op.signal })).bytesPerSec;
+    const sampled = (
+      await this.#hosts.call<{ bytesPerSec: number }>(m.source, {
+        method: 'POST',
+        path: `/agent/vms/${m.vmId}/migration/dirty-rate`,
+        body: { seconds: 1 },
+        timeoutMs: 30_000,
+        signal: op.signal,
+      })
+    ).bytesPerSec;
     const lambda = sampled / expected;
     const prepared = m.postcopyAllowed && lambda >= POSTCOPY_PREPARE_LAMBDA;
     const targetDowntimeMs = Math.min(AUTO_TARGET_DOWNTIME_MS, maxDowntimeMs);
@@ -285,7 +371,16 @@ export class MigrationService {
     const reason = prepared
       ? `${rates}: pre-copy may not converge, post-copy prepared`
       : `${rates}: pre-copy aiming at ${targetDowntimeMs} ms downtime${targetDowntimeMs < maxDowntimeMs ? ` (up to ${maxDowntimeMs} ms)` : ''}, auto-converge as the safety net${m.postcopyAllowed ? '' : ' (the VM does not allow post-copy)'}`;
-    return { postcopyPrepared: prepared, autoConverge: true, targetDowntimeMs, maxDowntimeMs, onTimeout: onTimeoutFor(prepared), reason, sampledDirtyRateBytesPerSec: sampled, expectedBandwidthBytesPerSec: expected };
+    return {
+      postcopyPrepared: prepared,
+      autoConverge: true,
+      targetDowntimeMs,
+      maxDowntimeMs,
+      onTimeout: onTimeoutFor(prepared),
+      reason,
+      sampledDirtyRateBytesPerSec: sampled,
+      expectedBandwidthBytesPerSec: expected,
+    };
   }
 
   /** The link rate the last completed migration between two hosts (either way) measured. */
@@ -316,11 +411,18 @@ export class MigrationService {
     const vms = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '=', host.id).orderBy('name').execute();
     return this.#operations.start('host.evacuate', { type: 'host', id: host.id, name: host.name }, async (op) => {
       const running = vms.filter((vm) => vm.actual_state === 'running');
-      const left: Array<{ vm: string; status: string; error?: string }> = vms.filter((vm) => vm.actual_state !== 'running').map((vm) => ({ vm: vm.name, status: `left ${vm.actual_state}` }));
+      const left: Array<{ vm: string; status: string; error?: string }> = vms
+        .filter((vm) => vm.actual_state !== 'running')
+        .map((vm) => ({ vm: vm.name, status: `left ${vm.actual_state}` }));
       await op.report('evacuating', `Host ${host.name} is in maintenance; moving ${running.length} running VM(s)`, 0.05);
       const results = [...left, ...(await this.#migrateAll(op, 'evacuating', running, undefined, options.parallel ?? 2))];
       const failed = results.filter((r) => r.status === 'failed');
-      if (failed.length > 0) throw new NubisError('EVACUATION_INCOMPLETE', `${failed.length} VM(s) could not leave ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`, { details: { results } });
+      if (failed.length > 0)
+        throw new NubisError(
+          'EVACUATION_INCOMPLETE',
+          `${failed.length} VM(s) could not leave ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`,
+          { details: { results } },
+        );
       return { host: host.name, results };
     });
   }
@@ -333,23 +435,46 @@ export class MigrationService {
     const host = await this.#hosts.row(hostRef);
     await this.#db.updateTable('hosts').set({ maintenance: 0 }).where('id', '=', host.id).execute();
     if (!options.moveBack) return undefined;
-    const elsewhere = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '!=', host.id).where('actual_state', '=', 'running').orderBy('name').execute();
+    const elsewhere = await this.#db
+      .selectFrom('vms')
+      .select(['id', 'name', 'actual_state'])
+      .where('host_id', '!=', host.id)
+      .where('actual_state', '=', 'running')
+      .orderBy('name')
+      .execute();
     const moved: typeof elsewhere = [];
     for (const vm of elsewhere) {
-      const last = await this.#db.selectFrom('vm_migrations').select('from_host').where('vm_id', '=', vm.id).where('status', '=', 'completed').orderBy('ended_at', 'desc').executeTakeFirst();
+      const last = await this.#db
+        .selectFrom('vm_migrations')
+        .select('from_host')
+        .where('vm_id', '=', vm.id)
+        .where('status', '=', 'completed')
+        .orderBy('ended_at', 'desc')
+        .executeTakeFirst();
       if (last?.from_host === host.name) moved.push(vm);
     }
     return this.#operations.start('host.restore', { type: 'host', id: host.id, name: host.name }, async (op) => {
       await op.report('restoring', `Host ${host.name} takes VMs again; moving ${moved.length} VM(s) back`, 0.05);
       const results = await this.#migrateAll(op, 'restoring', moved, host.name, options.parallel ?? 2);
       const failed = results.filter((r) => r.status === 'failed');
-      if (failed.length > 0) throw new NubisError('RESTORE_INCOMPLETE', `${failed.length} VM(s) could not move back to ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`, { details: { results } });
+      if (failed.length > 0)
+        throw new NubisError(
+          'RESTORE_INCOMPLETE',
+          `${failed.length} VM(s) could not move back to ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`,
+          { details: { results } },
+        );
       return { host: host.name, results };
     });
   }
 
   /** Live-migrates `vms` (`parallel` at a time) to `to` or where the scheduler says, reporting each result. */
-  async #migrateAll(op: OperationContext, stage: string, vms: Array<{ id: string; name: string }>, to: string | undefined, parallel: number): Promise<Array<{ vm: string; status: string; to?: string; error?: string }>> {
+  async #migrateAll(
+    op: OperationContext,
+    stage: string,
+    vms: Array<{ id: string; name: string }>,
+    to: string | undefined,
+    parallel: number,
+  ): Promise<Array<{ vm: string; status: string; to?: string; error?: string }>> {
     const results: Array<{ vm: string; status: string; to?: string; error?: string }> = [];
     const queue = [...vms];
     const worker = async (): Promise<void> => {
@@ -372,7 +497,16 @@ export class MigrationService {
 
   async #run(
     op: OperationContext,
-    m: { vmId: string; vmName: string; spec: VmSpec; source: HostsTable; destination: HostsTable; request: MigrationRequest; plan: MigrationPlan; figures: MigrationFigures },
+    m: {
+      vmId: string;
+      vmName: string;
+      spec: VmSpec;
+      source: HostsTable;
+      destination: HostsTable;
+      request: MigrationRequest;
+      plan: MigrationPlan;
+      figures: MigrationFigures;
+    },
   ): Promise<unknown> {
     const { vmId, source, destination, request, plan, figures } = m;
     const networkIds = [...new Set(m.spec.nics.flatMap((nic) => (nic.network ? [nic.network.id] : [])))];
@@ -386,12 +520,14 @@ export class MigrationService {
     let switchedOver = false;
     // Disks in a dir pool of the source are copied to the pool's folder on the destination.
     const mirrored = await Promise.all(
-      m.spec.disks.flatMap((disk) => (disk.kind === 'file' && disk.localVolume ? [{ disk, ref: disk.localVolume }] : [])).map(async ({ disk, ref }) => {
-        const [pool, volume] = ref.split('/');
-        const target = await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id);
-        if (!target || target.kind !== 'file') throw new NubisError('MIGRATION_LOCAL_DISK', `Dir pool ${pool} has no folder on ${destination.name}`);
-        return { diskId: disk.id, pool, volume, target, sizeBytes: (await this.#dirPools.diskOf(pool, volume, disk.id)).sizeBytes };
-      }),
+      m.spec.disks
+        .flatMap((disk) => (disk.kind === 'file' && disk.localVolume ? [{ disk, ref: disk.localVolume }] : []))
+        .map(async ({ disk, ref }) => {
+          const [pool, volume] = ref.split('/');
+          const target = await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id);
+          if (target?.kind !== 'file') throw new NubisError('MIGRATION_LOCAL_DISK', `Dir pool ${pool} has no folder on ${destination.name}`);
+          return { diskId: disk.id, pool, volume, target, sizeBytes: (await this.#dirPools.diskOf(pool, volume, disk.id)).sizeBytes };
+        }),
     );
     const destinationSpec: VmSpec = { ...m.spec, disks: m.spec.disks.map((disk) => mirrored.find((x) => x.diskId === disk.id)?.target ?? disk) };
     // A VM booting from an image has its own overlay over it on the source; the destination
@@ -406,8 +542,21 @@ export class MigrationService {
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
     try {
       for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
-      const mirror = mirroredDiskIds.length > 0 ? { newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })), listen: mirrorTarget, diskIds: mirroredDiskIds } : undefined;
-      await this.#hosts.call(destination, { method: 'PUT', path: `${vmPath}/incoming`, body: { spec: destinationSpec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt }, mirror }, timeoutMs: 60_000, signal: op.signal });
+      const mirror =
+        mirroredDiskIds.length > 0
+          ? {
+              newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })),
+              listen: mirrorTarget,
+              diskIds: mirroredDiskIds,
+            }
+          : undefined;
+      await this.#hosts.call(destination, {
+        method: 'PUT',
+        path: `${vmPath}/incoming`,
+        body: { spec: destinationSpec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt }, mirror },
+        timeoutMs: 60_000,
+        signal: op.signal,
+      });
       reserved = true;
       if (mirroredDiskIds.length > 0) await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirroredDiskIds });
 
@@ -416,14 +565,32 @@ export class MigrationService {
       await this.#hosts.call(source, {
         method: 'POST',
         path: `${vmPath}/migrate`,
-        body: { uri, capabilities, downtimeLimitMs: qemuLimitMs, mirroredDisks: mirroredDiskIds, ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}) },
+        body: {
+          uri,
+          capabilities,
+          downtimeLimitMs: qemuLimitMs,
+          mirroredDisks: mirroredDiskIds,
+          ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}),
+        },
         signal: op.signal,
       });
       const startedAt = Date.now();
       // A first prediction before any byte moves, from the plan's figures, so that a migration
       // over before the first-pass samples settle (an idle guest can finish in 300 ms) has one.
       const memoryBytes = figures.memoryMb * 2 ** 20;
-      figures.prediction = this.#predict({ basis: 'plan', elapsedMs: 0, pass: 1, remaining: memoryBytes, scanRate: 0, dirtyRate: plan.sampledDirtyRateBytesPerSec ?? 0, bandwidth: plan.expectedBandwidthBytesPerSec, memoryBytes, plan, strategy: request.strategy, inPostcopy: request.strategy === 'postcopy' });
+      figures.prediction = this.#predict({
+        basis: 'plan',
+        elapsedMs: 0,
+        pass: 1,
+        remaining: memoryBytes,
+        scanRate: 0,
+        dirtyRate: plan.sampledDirtyRateBytesPerSec ?? 0,
+        bandwidth: plan.expectedBandwidthBytesPerSec,
+        memoryBytes,
+        plan,
+        strategy: request.strategy,
+        inPostcopy: request.strategy === 'postcopy',
+      });
       const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
       const link = new RateMeter();
       const scan = new RateMeter();
@@ -444,17 +611,41 @@ export class MigrationService {
         scan.add(now, ((ram.normal ?? 0) + (ram.duplicate ?? 0)) * pageSize);
         const bandwidth = link.rate();
         const qemuBandwidth = ((ram.mbps ?? 0) * 1_000_000) / 8;
-        if (bandwidth > 0) figures.bandwidth = { measuredBytesPerSec: Math.round(bandwidth), qemuBytesPerSec: Math.round(qemuBandwidth), capped: request.bandwidthMbps !== undefined };
+        if (bandwidth > 0)
+          figures.bandwidth = {
+            measuredBytesPerSec: Math.round(bandwidth),
+            qemuBytesPerSec: Math.round(qemuBandwidth),
+            capped: request.bandwidthMbps !== undefined,
+          };
         figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
         const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
         // A pre-copy prediction waits for 300 ms of samples, so that the first pass's pace has
         // settled; a post-copy one needs only the link rate.
-        if (figures.prediction?.basis !== 'first-pass' && bandwidth > 0 && link.spanMs() >= (status.status === 'active' ? 300 : 0) && ram.remaining !== undefined && status.status !== 'completed') {
+        if (
+          figures.prediction?.basis !== 'first-pass' &&
+          bandwidth > 0 &&
+          link.spanMs() >= (status.status === 'active' ? 300 : 0) &&
+          ram.remaining !== undefined &&
+          status.status !== 'completed'
+        ) {
           const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-          figures.prediction = this.#predict({ basis: 'first-pass', elapsedMs: now - startedAt, pass: Math.max(1, passes), remaining: ram.remaining, scanRate: scan.rate(), dirtyRate: dirty, bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, plan, strategy: request.strategy, inPostcopy: status.status !== 'active' });
+          figures.prediction = this.#predict({
+            basis: 'first-pass',
+            elapsedMs: now - startedAt,
+            pass: Math.max(1, passes),
+            remaining: ram.remaining,
+            scanRate: scan.rate(),
+            dirtyRate: dirty,
+            bandwidth,
+            memoryBytes: figures.memoryMb * 2 ** 20,
+            plan,
+            strategy: request.strategy,
+            inPostcopy: status.status !== 'active',
+          });
         }
         if (status.status === 'completed') break;
-        if (status.status === 'failed' || status.status === 'cancelled') throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
+        if (status.status === 'failed' || status.status === 'cancelled')
+          throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
         if (status.status === 'postcopy-paused' || (status.status === 'postcopy-active' && now - lastProgressAt > STALL_MS)) {
           switchedOver = true;
           await this.#recoverPostcopy(op, { vmId, source, destination, figures });
@@ -465,8 +656,16 @@ export class MigrationService {
           // link lost in that window ends the destination QEMU (QEMU recovers only a running
           // post-copy), which is why post-copy is reported only from the RESUME on.
           // Read from the agent, not QEMU: in-band QMP on a post-copy destination may hang.
-          const resumed = (await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses`, timeoutMs: 5_000 }).catch(() => ({}) as PauseTimes)).resumedAtMs;
-          if (resumed) await op.report('postcopy', `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`, 0.9, { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] });
+          const resumed = (
+            await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses`, timeoutMs: 5_000 }).catch(() => ({}) as PauseTimes)
+          ).resumedAtMs;
+          if (resumed)
+            await op.report(
+              'postcopy',
+              `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`,
+              0.9,
+              { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] },
+            );
           else await op.report('switching', `Handing the device state over to ${destination.name}`, 0.88);
         } else if (status.status === 'device' || status.status === 'pre-switchover') {
           await op.report('stop-and-copy', 'Stop-and-copy: the last dirty pages and the device state', 0.9);
@@ -480,28 +679,52 @@ export class MigrationService {
             throw new NubisError('MIGRATION_STALLED', `No byte reached ${destination.name} for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
           }
           const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-          await op.report('precopy', `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`, 0.1 + progress * 0.75, {
-            pass: Math.max(1, passes), transferredBytes: ram.transferred, remainingBytes: ram.remaining, dirtyRateBytesPerSec: dirty, bandwidthBytesPerSec: bandwidth, ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
-          });
+          await op.report(
+            'precopy',
+            `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`,
+            0.1 + progress * 0.75,
+            {
+              pass: Math.max(1, passes),
+              transferredBytes: ram.transferred,
+              remainingBytes: ram.remaining,
+              dirtyRateBytesPerSec: dirty,
+              bandwidthBytesPerSec: bandwidth,
+              ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
+            },
+          );
           // Widen the downtime target, step by step, while passes go on without converging; and
           // tell QEMU the limit that, with its under-estimate of the link, means that target.
           const targetMs = downtimeTargetForPass(plan.targetDowntimeMs, plan.maxDowntimeMs, passes);
           // (`precopy` keeps QEMU's own semantics: the user's limit goes to QEMU as it is.)
           const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
           if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
-            await this.#hosts.call(source, { method: 'PUT', path: `${vmPath}/migration/parameters`, body: { downtimeLimitMs: limit }, signal: op.signal }).catch(() => undefined);
+            await this.#hosts
+              .call(source, { method: 'PUT', path: `${vmPath}/migration/parameters`, body: { downtimeLimitMs: limit }, signal: op.signal })
+              .catch(() => undefined);
             qemuLimitMs = limit;
           }
           // The post-copy decision: for `auto` once the first full pass has measured the dirty
           // rate; at the completion timeout when that is its action.
           if (plan.postcopyPrepared && !figures.switchedToPostcopy) {
-            const outlook = predictPrecopy({ remainingBytes: ram.remaining ?? 0, scanRateBytesPerSec: bandwidth, dirtyRateBytesPerSec: dirtyRate, bandwidthBytesPerSec: bandwidth, memoryBytes: figures.memoryMb * 2 ** 20, downtimeLimitMs: plan.maxDowntimeMs });
+            const outlook = predictPrecopy({
+              remainingBytes: ram.remaining ?? 0,
+              scanRateBytesPerSec: bandwidth,
+              dirtyRateBytesPerSec: dirtyRate,
+              bandwidthBytesPerSec: bandwidth,
+              memoryBytes: figures.memoryMb * 2 ** 20,
+              downtimeLimitMs: plan.maxDowntimeMs,
+            });
             const afterFirstPass = passes >= 2;
-            const why = now > deadline && plan.onTimeout === 'postcopy' ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
-              : request.strategy === 'postcopy' ? 'as asked'
-              : request.strategy === 'auto' && afterFirstPass && !outlook.converges ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
-              : request.strategy === 'auto' && passes > AUTO_MAX_PASSES ? `still not done after ${AUTO_MAX_PASSES} passes`
-              : undefined;
+            const why =
+              now > deadline && plan.onTimeout === 'postcopy'
+                ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
+                : request.strategy === 'postcopy'
+                  ? 'as asked'
+                  : request.strategy === 'auto' && afterFirstPass && !outlook.converges
+                    ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
+                    : request.strategy === 'auto' && passes > AUTO_MAX_PASSES
+                      ? `still not done after ${AUTO_MAX_PASSES} passes`
+                      : undefined;
             if (why) {
               await op.report('switching', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
               await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/postcopy`, signal: op.signal });
@@ -509,7 +732,10 @@ export class MigrationService {
             }
           }
           if (now > deadline && !figures.switchedToPostcopy) {
-            throw new NubisError('MIGRATION_TIMEOUT', `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`);
+            throw new NubisError(
+              'MIGRATION_TIMEOUT',
+              `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`,
+            );
           }
         }
         // Closer looks in the first second, so that even a short migration gets its first-pass refinement.
@@ -539,7 +765,9 @@ export class MigrationService {
       await this.#hosts.call(destination, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch(() => undefined);
       // The copies made for this migration (only once the reservation made them: a file that
       // was there before made it fail, and is not ours to delete).
-      if (reserved) for (const x of mirrored) await this.#hosts.call(destination, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` }).catch(() => undefined);
+      if (reserved)
+        for (const x of mirrored)
+          await this.#hosts.call(destination, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` }).catch(() => undefined);
       for (const networkId of networkIds) {
         await this.#networks.unplugHost(networkId, destination).catch(() => undefined);
         await this.#networks.sync(networkId).catch(() => undefined);
@@ -552,13 +780,28 @@ export class MigrationService {
     await op.report('activation', `Activating on ${destination.name} and announcing the VM to the network`, 0.96);
     const stoppedAtMs = (await this.#hosts.call<PauseTimes>(source, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes)).stoppedAtMs;
     const activated = await this.#hosts.call<VmStatus>(destination, { method: 'POST', path: `${vmPath}/incoming/activate`, timeoutMs: 90_000 });
-    const resumedAtMs = (await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes)).resumedAtMs;
+    const resumedAtMs = (await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes))
+      .resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
-    await this.#db.updateTable('vms').set({ host_id: destination.id, actual_state: activated.state, status: JSON.stringify(activated), spec: JSON.stringify(destinationSpec), updated_at: new Date().toISOString() }).where('id', '=', vmId).execute();
+    await this.#db
+      .updateTable('vms')
+      .set({
+        host_id: destination.id,
+        actual_state: activated.state,
+        status: JSON.stringify(activated),
+        spec: JSON.stringify(destinationSpec),
+        updated_at: new Date().toISOString(),
+      })
+      .where('id', '=', vmId)
+      .execute();
     for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
-    await this.#hosts.call(source, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch((error) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
+    await this.#hosts
+      .call(source, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 })
+      .catch((error) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
     for (const x of mirrored) {
-      await this.#hosts.call(source, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` }).catch((error) => op.report('activation', `The old copy of ${x.pool}/${x.volume} on ${source.name} could not be removed: ${messageOf(error)}`, 0.97));
+      await this.#hosts
+        .call(source, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` })
+        .catch((error) => op.report('activation', `The old copy of ${x.pool}/${x.volume} on ${source.name} could not be removed: ${messageOf(error)}`, 0.97));
     }
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, source);
@@ -566,7 +809,12 @@ export class MigrationService {
     }
     const project = (await this.#db.selectFrom('vms').select('project_id').where('id', '=', vmId).executeTakeFirstOrThrow()).project_id;
     await this.#secgroups.refreshProject(project);
-    await op.report('done', `Moved to ${destination.name}: ${figures.totalTimeMs ?? '?'} ms total, ${figures.downtimeMs ?? '?'} ms QEMU downtime, ${figures.pausedMs ?? '?'} ms paused, ${mib(figures.transferredBytes)} sent for ${figures.memoryMb} MiB of memory`, 1, figures);
+    await op.report(
+      'done',
+      `Moved to ${destination.name}: ${figures.totalTimeMs ?? '?'} ms total, ${figures.downtimeMs ?? '?'} ms QEMU downtime, ${figures.pausedMs ?? '?'} ms paused, ${mib(figures.transferredBytes)} sent for ${figures.memoryMb} MiB of memory`,
+      1,
+      figures,
+    );
     return { vm: m.vmName, from: source.name, to: destination.name, figures };
   }
 
@@ -574,14 +822,22 @@ export class MigrationService {
    * Storage during migration: the source mirrors each local disk into the destination's export
    * while the VM runs, until every mirror is in step (from then on writes reach both copies).
    */
-  async #mirrorDisks(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; target: { host: string; port: number }; diskIds: string[] }): Promise<void> {
+  async #mirrorDisks(
+    op: OperationContext,
+    m: { vmId: string; source: HostsTable; destination: HostsTable; target: { host: string; port: number }; diskIds: string[] },
+  ): Promise<void> {
     const vmPath = `/agent/vms/${m.vmId}`;
     await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/mirror`, body: { diskIds: m.diskIds, target: m.target }, signal: op.signal });
     let lastCopied = -1;
     let lastProgressAt = Date.now();
     for (;;) {
-      const jobs = await this.#hosts.call<Array<{ disk: string; lengthBytes: number; copiedBytes: number; ready: boolean; status: string }>>(m.source, { method: 'GET', path: `${vmPath}/mirror`, signal: op.signal });
-      if (jobs.length < m.diskIds.length) throw new NubisError('MIGRATION_FAILED', `A disk mirror to ${m.destination.name} ended before it was in step (see the agent log of ${m.source.name})`);
+      const jobs = await this.#hosts.call<Array<{ disk: string; lengthBytes: number; copiedBytes: number; ready: boolean; status: string }>>(m.source, {
+        method: 'GET',
+        path: `${vmPath}/mirror`,
+        signal: op.signal,
+      });
+      if (jobs.length < m.diskIds.length)
+        throw new NubisError('MIGRATION_FAILED', `A disk mirror to ${m.destination.name} ended before it was in step (see the agent log of ${m.source.name})`);
       const copied = jobs.reduce((sum, j) => sum + j.copiedBytes, 0);
       const length = jobs.reduce((sum, j) => sum + j.lengthBytes, 0);
       if (jobs.every((j) => j.ready)) {
@@ -589,8 +845,17 @@ export class MigrationService {
         return;
       }
       if (copied !== lastCopied) [lastCopied, lastProgressAt] = [copied, Date.now()];
-      else if (Date.now() - lastProgressAt > STALL_MS) throw new NubisError('MIGRATION_STALLED', `The disk mirror to ${m.destination.name} made no progress for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
-      await op.report('mirror', `Mirroring ${m.diskIds.length} local disk(s) to ${m.destination.name}: ${mib(copied)} of ${mib(length)}`, 0.05 + 0.05 * (length > 0 ? copied / length : 0), { copiedBytes: copied, lengthBytes: length });
+      else if (Date.now() - lastProgressAt > STALL_MS)
+        throw new NubisError(
+          'MIGRATION_STALLED',
+          `The disk mirror to ${m.destination.name} made no progress for ${STALL_MS / 1000} s (is the link between the hosts down?)`,
+        );
+      await op.report(
+        'mirror',
+        `Mirroring ${m.diskIds.length} local disk(s) to ${m.destination.name}: ${mib(copied)} of ${mib(length)}`,
+        0.05 + 0.05 * (length > 0 ? copied / length : 0),
+        { copiedBytes: copied, lengthBytes: length },
+      );
       await delay(POLL_MS, undefined, { signal: op.signal });
     }
   }
@@ -607,10 +872,38 @@ export class MigrationService {
    * through memory, then the model's pre-copy passes, or (when post-copy will be used) the
    * dirty set pulled once over the link.
    */
-  #predict(p: { basis: MigrationPrediction['basis']; elapsedMs: number; pass: number; remaining: number; scanRate: number; dirtyRate: number; bandwidth: number; memoryBytes: number; plan: MigrationPlan; strategy: MigrationStrategy; inPostcopy: boolean }): MigrationPrediction {
+  #predict(p: {
+    basis: MigrationPrediction['basis'];
+    elapsedMs: number;
+    pass: number;
+    remaining: number;
+    scanRate: number;
+    dirtyRate: number;
+    bandwidth: number;
+    memoryBytes: number;
+    plan: MigrationPlan;
+    strategy: MigrationStrategy;
+    inPostcopy: boolean;
+  }): MigrationPrediction {
     // The targets QEMU will really be given, pass by pass (auto's tight start, widened).
-    const model = predictPrecopy({ remainingBytes: p.remaining, scanRateBytesPerSec: p.scanRate, dirtyRateBytesPerSec: p.dirtyRate, bandwidthBytesPerSec: p.bandwidth, memoryBytes: p.memoryBytes, downtimeLimitMs: p.plan.targetDowntimeMs, maxDowntimeLimitMs: p.plan.maxDowntimeMs, pass: p.pass });
-    const base = { basis: p.basis, madeAtMs: p.elapsedMs, dirtyRateBytesPerSec: Math.round(p.dirtyRate), bandwidthBytesPerSec: Math.round(p.bandwidth), lambda: Number(model.lambda.toFixed(3)), converges: model.converges };
+    const model = predictPrecopy({
+      remainingBytes: p.remaining,
+      scanRateBytesPerSec: p.scanRate,
+      dirtyRateBytesPerSec: p.dirtyRate,
+      bandwidthBytesPerSec: p.bandwidth,
+      memoryBytes: p.memoryBytes,
+      downtimeLimitMs: p.plan.targetDowntimeMs,
+      maxDowntimeLimitMs: p.plan.maxDowntimeMs,
+      pass: p.pass,
+    });
+    const base = {
+      basis: p.basis,
+      madeAtMs: p.elapsedMs,
+      dirtyRateBytesPerSec: Math.round(p.dirtyRate),
+      bandwidthBytesPerSec: Math.round(p.bandwidth),
+      lambda: Number(model.lambda.toFixed(3)),
+      converges: model.converges,
+    };
     if (p.inPostcopy || (p.plan.postcopyPrepared && p.strategy === 'postcopy')) {
       // Post-copy from (nearly) the start: the rest of memory crosses once, at the pace of the scan.
       return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000) };
@@ -620,7 +913,11 @@ export class MigrationService {
       const dirtyAfterFirstPass = Math.min(p.dirtyRate * (firstPassMs / 1000), p.memoryBytes);
       return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + firstPassMs + predictPostcopyMs(dirtyAfterFirstPass, p.bandwidth)) };
     }
-    return { ...base, route: 'precopy', ...(model.converges ? { predictedTotalMs: p.elapsedMs + (model.remainingTimeMs ?? 0), predictedDowntimeMs: model.downtimeMs } : {}) };
+    return {
+      ...base,
+      route: 'precopy',
+      ...(model.converges ? { predictedTotalMs: p.elapsedMs + (model.remainingTimeMs ?? 0), predictedDowntimeMs: model.downtimeMs } : {}),
+    };
   }
 
   /**
@@ -632,24 +929,41 @@ export class MigrationService {
    */
   async #recoverPostcopy(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; figures: MigrationFigures }): Promise<void> {
     const vmPath = `/agent/vms/${m.vmId}`;
-    const statusOf = (host: HostsTable) => this.#hosts.call<QemuMigrationStatus>(host, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 10_000 }).then((s) => s.status, () => undefined);
+    const statusOf = (host: HostsTable) =>
+      this.#hosts.call<QemuMigrationStatus>(host, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 10_000 }).then(
+        (s) => s.status,
+        () => undefined,
+      );
     const giveUpAt = Date.now() + POSTCOPY_RECOVERY_MS;
     m.figures.recoveries = (m.figures.recoveries ?? 0) + 1;
-    await op.report('postcopy-paused', `The post-copy stream to ${m.destination.name} broke: the VM waits there for its missing pages; recovering as soon as the link is back`, 0.9);
+    await op.report(
+      'postcopy-paused',
+      `The post-copy stream to ${m.destination.name} broke: the VM waits there for its missing pages; recovering as soon as the link is back`,
+      0.9,
+    );
     for (let attempt = 1; ; attempt++) {
       if (Date.now() > giveUpAt) {
-        throw new NubisError('MIGRATION_POSTCOPY_PAUSED', `Post-copy could not be recovered within ${POSTCOPY_RECOVERY_MS / 1000} s; the VM stays paused on ${m.destination.name} with pages on ${m.source.name} (keep both hosts up)`);
+        throw new NubisError(
+          'MIGRATION_POSTCOPY_PAUSED',
+          `Post-copy could not be recovered within ${POSTCOPY_RECOVERY_MS / 1000} s; the VM stays paused on ${m.destination.name} with pages on ${m.source.name} (keep both hosts up)`,
+        );
       }
       const sourceState = await statusOf(m.source);
       if (sourceState === 'completed') return;
       // The agent's record, not QEMU: the destination's main loop may be stuck on a missing page.
-      const destinationVm = await this.#hosts.call<VmStatus>(m.destination, { method: 'GET', path: vmPath, timeoutMs: 10_000 }).catch((error: { code?: string }) => (error.code === 'VM_NOT_FOUND' ? ({ state: 'stopped' } as VmStatus) : undefined));
+      const destinationVm = await this.#hosts
+        .call<VmStatus>(m.destination, { method: 'GET', path: vmPath, timeoutMs: 10_000 })
+        .catch((error: { code?: string }) => (error.code === 'VM_NOT_FOUND' ? ({ state: 'stopped' } as VmStatus) : undefined));
       if (destinationVm && (destinationVm.state === 'crashed' || destinationVm.state === 'stopped')) {
-        throw new NubisError('MIGRATION_FAILED', `The destination QEMU on ${m.destination.name} ended during post-copy; the VM's last state is paused on ${m.source.name} (see the destination's qemu.log)`);
+        throw new NubisError(
+          'MIGRATION_FAILED',
+          `The destination QEMU on ${m.destination.name} ended during post-copy; the VM's last state is paused on ${m.source.name} (see the destination's qemu.log)`,
+        );
       }
       // Both ends must wait in postcopy-paused: a stalled (not broken) stream is closed by hand.
       // Out-of-band, and harmless on an end that already paused.
-      for (const host of [m.source, m.destination]) await this.#hosts.call(host, { method: 'POST', path: `${vmPath}/migration/pause`, timeoutMs: 15_000 }).catch(() => undefined);
+      for (const host of [m.source, m.destination])
+        await this.#hosts.call(host, { method: 'POST', path: `${vmPath}/migration/pause`, timeoutMs: 15_000 }).catch(() => undefined);
       const uri = this.#listenUri(m.destination);
       try {
         await this.#hosts.call(m.destination, { method: 'POST', path: `${vmPath}/incoming/recover`, body: { uri }, timeoutMs: 15_000 });
@@ -670,7 +984,10 @@ export class MigrationService {
         // for a page that cannot come blocks the destination's main loop, which must accept the
         // recovered stream (seen with gdb: do_interrupt_all -> handle_userfault). KVM's vCPUs
         // wait for pages outside that lock.
-        const tcgHint = m.destination.accelerator === 'tcg' && attempt >= 3 ? ' (under TCG, a vCPU waiting for a missing page inside interrupt delivery blocks the destination QEMU for good; KVM hosts do not have this limit)' : '';
+        const tcgHint =
+          m.destination.accelerator === 'tcg' && attempt >= 3
+            ? ' (under TCG, a vCPU waiting for a missing page inside interrupt delivery blocks the destination QEMU for good; KVM hosts do not have this limit)'
+            : '';
         await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again${tcgHint}`, 0.9);
       }
       await delay(2_000);

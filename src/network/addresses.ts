@@ -66,7 +66,7 @@ export function cidrContains(cidr: string, address: string): boolean {
   const value = ipv4ToNumber(address);
   if (value === undefined) return false;
   const mask = ipv4ToNumber(parsed.netmask)!;
-  return ((value & mask) >>> 0) === ipv4ToNumber(parsed.network);
+  return (value & mask) >>> 0 === ipv4ToNumber(parsed.network);
 }
 
 /** Normalises a MAC address to lower case with colons; throws `NET_INVALID_MAC` when it is not one. */

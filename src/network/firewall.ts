@@ -156,7 +156,9 @@ async function applyEgress(options: PortFirewallOptions, chain: string, inHost: 
     await removeChain(jump, chain, inHost);
     return;
   }
-  const lines = options.egressRules.map((rule) => ruleToIptables({ protocol: rule.protocol, portMin: rule.portMin, portMax: rule.portMax, sourceCidr: rule.destinationCidr }).replace(/^-s /, '-d '));
+  const lines = options.egressRules.map((rule) =>
+    ruleToIptables({ protocol: rule.protocol, portMin: rule.portMin, portMax: rule.portMax, sourceCidr: rule.destinationCidr }).replace(/^-s /, '-d '),
+  );
   const restore = [
     '*filter',
     `:${chain} - [0:0]`,
@@ -190,7 +192,11 @@ export async function removePortFirewall(options: { hostNs: string; tapName: str
   assertInterfaceName(options.tapName);
   const names = portFirewallNames(options.tapName);
   const inHost: CommandOptions = { netns: options.hostNs, signal: options.signal, timeoutMs: options.timeoutMs };
-  await removeChain(['FORWARD', '-m', 'physdev', '--physdev-out', options.tapName, '--physdev-is-bridged', '-j', names.ingressChain], names.ingressChain, inHost);
+  await removeChain(
+    ['FORWARD', '-m', 'physdev', '--physdev-out', options.tapName, '--physdev-is-bridged', '-j', names.ingressChain],
+    names.ingressChain,
+    inHost,
+  );
   await removeChain(['FORWARD', '-m', 'physdev', '--physdev-in', options.tapName, '--physdev-is-bridged', '-j', names.egressChain], names.egressChain, inHost);
   const table = `bridge ${ANTI_SPOOF_TABLE}`;
   const listed = await runCommand('nft', ['list', 'chain', 'bridge', ANTI_SPOOF_TABLE, names.antiSpoofChain], { ...inHost, allowFailure: true });

@@ -116,7 +116,12 @@ describe('nftSets', () => {
       ],
     });
     const sets = nftSets(json);
-    assert.deepEqual(sets.get('forwards'), [[['tcp', 8080], ['169.254.1.2', 8080]]]);
+    assert.deepEqual(sets.get('forwards'), [
+      [
+        ['tcp', 8080],
+        ['169.254.1.2', 8080],
+      ],
+    ]);
     assert.deepEqual(sets.get('listeners'), [['172.31.0.11', 'udp', 53]]);
     assert.deepEqual(sets.get('empty'), []);
     assert.equal(sets.has('prerouting'), false);

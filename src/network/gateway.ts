@@ -646,7 +646,11 @@ export function nftSets(json: string): Map<string, unknown[]> {
   const sets = new Map<string, unknown[]>();
   for (const entry of parsed.nftables ?? []) {
     const set = entry.set ?? entry.map;
-    if (set) sets.set(set.name, (set.elem ?? []).map((element) => (Array.isArray(element) ? element.map(unwrap) : unwrap(element))));
+    if (set)
+      sets.set(
+        set.name,
+        (set.elem ?? []).map((element) => (Array.isArray(element) ? element.map(unwrap) : unwrap(element))),
+      );
   }
   return sets;
 }
@@ -671,9 +675,13 @@ async function chooseLinkSubnet(
   if (existing) {
     const current = `${parseIpv4Cidr(existing).network}/30`;
     if (requested !== undefined && requested !== current) {
-      throw new NubisError('NET_LINK_CONFLICT', `The gateway of ${options.networkKey} on ${options.hostNs} uses link subnet ${current}, not ${requested}: remove the gateway first`, {
-        details: { current, requested },
-      });
+      throw new NubisError(
+        'NET_LINK_CONFLICT',
+        `The gateway of ${options.networkKey} on ${options.hostNs} uses link subnet ${current}, not ${requested}: remove the gateway first`,
+        {
+          details: { current, requested },
+        },
+      );
     }
     return { linkSubnet: current, present: true };
   }

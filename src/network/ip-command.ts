@@ -79,7 +79,9 @@ export function runCommand(command: string, args: readonly string[], options: Co
       if (ended === 'timeout') {
         reject(new NubisError('NET_COMMAND_TIMEOUT', `Command did not finish within ${timeoutMs} ms: ${shown}`, { details: { command: argv, ...result } }));
       } else if (ended === 'abort') {
-        reject(new NubisError('NET_COMMAND_ABORTED', `Command was aborted: ${shown}`, { cause: options.signal?.reason, details: { command: argv, ...result } }));
+        reject(
+          new NubisError('NET_COMMAND_ABORTED', `Command was aborted: ${shown}`, { cause: options.signal?.reason, details: { command: argv, ...result } }),
+        );
       } else if (result.exitCode !== 0 && !options.allowFailure) {
         const why = result.stderr.trim() || (killedBy ? `killed by ${killedBy}` : `exit code ${result.exitCode}`);
         reject(new NubisError('NET_COMMAND_FAILED', `${shown} failed: ${why}`, { details: { command: argv, ...result } }));

@@ -46,13 +46,7 @@ export function tapNameFor(nicKey: string): string {
  * them `/`, `:`, whitespace or NUL, and not `.` or `..` (net/core/dev.c dev_valid_name).
  */
 export function assertInterfaceName(name: string): void {
-  if (
-    name.length === 0 ||
-    Buffer.byteLength(name) > MAX_INTERFACE_NAME_LENGTH ||
-    name === '.' ||
-    name === '..' ||
-    /[/:\s\0]/.test(name)
-  ) {
+  if (name.length === 0 || Buffer.byteLength(name) > MAX_INTERFACE_NAME_LENGTH || name === '.' || name === '..' || /[/:\s\0]/.test(name)) {
     throw new NubisError('NET_INVALID_NAME', `Interface name ${JSON.stringify(name)} is not valid: use 1-15 characters without '/', ':' or spaces`, {
       details: { name },
     });

@@ -16,7 +16,10 @@ export interface NamespaceCallOptions {
 /** Names of the existing network namespaces that start with `prefix` (all when omitted), sorted. */
 export async function listNamespaces(prefix = '', options: NamespaceCallOptions = {}): Promise<string[]> {
   const entries = await ipJson<{ name: string }[]>(['netns', 'list'], rootCall(options));
-  return entries.map((entry) => entry.name).filter((name) => name.startsWith(prefix)).sort();
+  return entries
+    .map((entry) => entry.name)
+    .filter((name) => name.startsWith(prefix))
+    .sort();
 }
 
 /** True when the named namespace exists. */
@@ -105,12 +108,7 @@ export interface RunInNamespaceOptions extends NamespaceCallOptions {
  * non-zero exit is a result, not an error. A command still running after `timeoutMs` (default
  * 10 s) is killed and the call rejects with `NET_COMMAND_TIMEOUT`.
  */
-export async function runInNamespace(
-  ns: string,
-  command: string,
-  args: readonly string[],
-  options: RunInNamespaceOptions = {},
-): Promise<CommandResult> {
+export async function runInNamespace(ns: string, command: string, args: readonly string[], options: RunInNamespaceOptions = {}): Promise<CommandResult> {
   assertNamespaceName(ns);
   return runCommand(command, args, { ...rootCall(options), input: options.input, netns: ns, allowFailure: true });
 }

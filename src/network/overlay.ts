@@ -74,9 +74,13 @@ export async function ensureNetworkOnHost(options: EnsureNetworkOptions): Promis
   const maxMtu = underlay.mtu - VXLAN_OVERHEAD_BYTES;
   const mtu = options.mtu ?? maxMtu;
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > maxMtu) {
-    throw new NubisError('NET_INVALID_MTU', `Overlay MTU ${mtu} does not fit: use 576 to ${maxMtu} (underlay MTU ${underlay.mtu} minus ${VXLAN_OVERHEAD_BYTES})`, {
-      details: { mtu, maxMtu },
-    });
+    throw new NubisError(
+      'NET_INVALID_MTU',
+      `Overlay MTU ${mtu} does not fit: use 576 to ${maxMtu} (underlay MTU ${underlay.mtu} minus ${VXLAN_OVERHEAD_BYTES})`,
+      {
+        details: { mtu, maxMtu },
+      },
+    );
   }
   const bridgeName = bridgeNameFor(networkKey);
   const vxlanName = vxlanNameFor(networkKey);
@@ -102,8 +106,23 @@ export async function ensureNetworkOnHost(options: EnsureNetworkOptions): Promis
     if (existingVxlan && !matches) await ip(['link', 'delete', vxlanName], inHost);
     if (!matches) {
       await ip(
-        ['link', 'add', vxlanName, 'mtu', String(mtu), 'type', 'vxlan', 'id', String(vni), 'dstport', String(VXLAN_PORT),
-          'local', localUnderlayIp, 'dev', underlayDevice],
+        [
+          'link',
+          'add',
+          vxlanName,
+          'mtu',
+          String(mtu),
+          'type',
+          'vxlan',
+          'id',
+          String(vni),
+          'dstport',
+          String(VXLAN_PORT),
+          'local',
+          localUnderlayIp,
+          'dev',
+          underlayDevice,
+        ],
         inHost,
       );
       revert.add(`delete vxlan ${vxlanName}`, () => ip(['link', 'delete', vxlanName], inHost));
@@ -175,7 +194,10 @@ export function diffFloodEntries(current: readonly string[], desired: readonly s
 export async function getPeers(options: NetworkOnHostKey): Promise<string[]> {
   const inHost: CommandOptions = { netns: options.hostNs, signal: options.signal, timeoutMs: options.timeoutMs };
   const entries = await readVxlanFdb(vxlanNameFor(options.networkKey), inHost);
-  return entries.filter((entry) => entry.mac === FLOOD_MAC && entry.dst !== undefined).map((entry) => entry.dst!).sort();
+  return entries
+    .filter((entry) => entry.mac === FLOOD_MAC && entry.dst !== undefined)
+    .map((entry) => entry.dst!)
+    .sort();
 }
 
 interface FdbEntry {
@@ -229,7 +251,10 @@ export async function inspectNetworkOnHost(options: NetworkOnHostKey): Promise<N
     mtu: bridgeLink.mtu,
     localUnderlayIp: String(vxlan.linkinfo?.info_data?.local ?? ''),
     peers: await getPeers(options),
-    ports: links.filter((link) => link.master === bridgeName && link.ifname !== vxlanName).map((link) => link.ifname).sort(),
+    ports: links
+      .filter((link) => link.master === bridgeName && link.ifname !== vxlanName)
+      .map((link) => link.ifname)
+      .sort(),
   };
 }
 
@@ -314,8 +339,23 @@ export async function plugNamespace(options: PlugNamespaceOptions): Promise<{ mt
   return Revert.run(async (revert) => {
     const peerAddress = options.mac === undefined ? [] : ['address', normalizeMac(options.mac)];
     await ip(
-      ['link', 'add', options.hostLinkName, 'mtu', String(mtu), 'type', 'veth',
-        'peer', 'name', options.peerName, 'mtu', String(mtu), ...peerAddress, 'netns', options.peerNs],
+      [
+        'link',
+        'add',
+        options.hostLinkName,
+        'mtu',
+        String(mtu),
+        'type',
+        'veth',
+        'peer',
+        'name',
+        options.peerName,
+        'mtu',
+        String(mtu),
+        ...peerAddress,
+        'netns',
+        options.peerNs,
+      ],
       inHost,
     );
     revert.add(`delete veth ${options.hostLinkName}`, () => deleteLinkIfPresent(options.hostLinkName, inHost));
@@ -328,7 +368,7 @@ export async function plugNamespace(options: PlugNamespaceOptions): Promise<{ mt
 
 async function requireBridge(bridgeName: string, options: NetworkOnHostKey) {
   const link = await findLink(bridgeName, { netns: options.hostNs, signal: options.signal, timeoutMs: options.timeoutMs });
-  if (!link || link.linkinfo?.info_kind !== 'bridge') {
+  if (link?.linkinfo?.info_kind !== 'bridge') {
     throw new NubisError('NET_NETWORK_NOT_FOUND', `Network ${options.networkKey} is not set up in ${options.hostNs}: no bridge ${bridgeName}`, {
       details: { hostNs: options.hostNs, networkKey: options.networkKey },
     });

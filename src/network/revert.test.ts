@@ -31,10 +31,13 @@ describe('Revert', () => {
 
   it('runs no undo when the build succeeds', async () => {
     let undone = false;
-    assert.equal(await Revert.run(async (revert) => {
-      revert.add('x', () => (undone = true));
-      return 42;
-    }), 42);
+    assert.equal(
+      await Revert.run(async (revert) => {
+        revert.add('x', () => (undone = true));
+        return 42;
+      }),
+      42,
+    );
     assert.equal(undone, false);
   });
 });

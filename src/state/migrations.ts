@@ -170,7 +170,10 @@ const migrations: Record<string, Migration> = {
   },
   '0005-nat-gateways': {
     async up(db: Kysely<unknown>): Promise<void> {
-      await db.schema.alterTable('networks').addColumn('nat', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema
+        .alterTable('networks')
+        .addColumn('nat', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
       await db.schema
         .createTable('port_forwards')
         .addColumn('id', 'text', (c) => c.primaryKey())
@@ -202,7 +205,10 @@ const migrations: Record<string, Migration> = {
   },
   '0007-vm-allow-postcopy': {
     async up(db: Kysely<unknown>): Promise<void> {
-      await db.schema.alterTable('vms').addColumn('allow_postcopy', 'integer', (c) => c.notNull().defaultTo(1)).execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('allow_postcopy', 'integer', (c) => c.notNull().defaultTo(1))
+        .execute();
     },
   },
   '0008-dir-pools': {
@@ -236,7 +242,10 @@ const migrations: Record<string, Migration> = {
     // sha256 is kept now (the control plane's own credential towards agents is derived from a key
     // file, see HostRegistry).
     async up(db: Kysely<unknown>): Promise<void> {
-      await db.schema.alterTable('hosts').addColumn('agent_token_sha256', 'text', (c) => c.notNull().defaultTo('')).execute();
+      await db.schema
+        .alterTable('hosts')
+        .addColumn('agent_token_sha256', 'text', (c) => c.notNull().defaultTo(''))
+        .execute();
       const hosts = await sql<{ id: string; agent_token: string }>`select id, agent_token from hosts`.execute(db);
       for (const host of hosts.rows) {
         await sql`update hosts set agent_token_sha256 = ${createHash('sha256').update(host.agent_token).digest('hex')} where id = ${host.id}`.execute(db);

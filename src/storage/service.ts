@@ -15,14 +15,7 @@ import { NbdServer, type NbdServerEvent, type NbdTlsOptions } from './nbd/nbd-se
 import { openMemberDevice, type MemberDevice } from './pool/member-device.ts';
 import { LABEL_BYTES } from './pool/metadata-format.ts';
 import type { RaidLayout } from './pool/raid-array.ts';
-import {
-  StoragePool,
-  type LongActionOptions,
-  type OpenMemberDevice,
-  type PoolStatus,
-  type ScrubReport,
-  type VolumeInfo,
-} from './pool/storage-pool.ts';
+import { StoragePool, type LongActionOptions, type OpenMemberDevice, type PoolStatus, type ScrubReport, type VolumeInfo } from './pool/storage-pool.ts';
 import { parseSize } from './size.ts';
 import { checkDeviceRef } from './pool/device-ref.ts';
 
@@ -76,7 +69,9 @@ function parseGeometrySize(value: unknown, what: string): number {
   if (typeof value === 'number') return parseSize(value, what);
   if (typeof value !== 'string' || value.length > 16 || !STRICT_SIZE.test(value)) {
     const shown = typeof value === 'string' && value.length > 40 ? `${JSON.stringify(value.slice(0, 40))}...` : JSON.stringify(value);
-    throw new NubisError('POOL_CHUNK_INVALID', `The ${what} ${shown} does not parse; write it like 64K or 1M`, { details: { value: typeof value === 'string' ? value.slice(0, 40) : value } });
+    throw new NubisError('POOL_CHUNK_INVALID', `The ${what} ${shown} does not parse; write it like 64K or 1M`, {
+      details: { value: typeof value === 'string' ? value.slice(0, 40) : value },
+    });
   }
   return parseSize(value, what);
 }
@@ -142,7 +137,8 @@ export class StorageService {
       }
     }
     if (options.socketPath) service.#unixPath = ((await service.#server.listen({ path: options.socketPath, tls: false })) as { path: string }).path;
-    if (options.tcp) service.#tcpAddress = (await service.#server.listen({ host: options.tcp.host ?? '127.0.0.1', port: options.tcp.port })) as { host: string; port: number };
+    if (options.tcp)
+      service.#tcpAddress = (await service.#server.listen({ host: options.tcp.host ?? '127.0.0.1', port: options.tcp.port })) as { host: string; port: number };
     return { service, failures };
   }
 
@@ -214,7 +210,9 @@ export class StorageService {
    */
   async createPool(request: CreatePoolRequest): Promise<PoolStatus> {
     if (!Array.isArray(request.devices) || request.devices.length === 0 || request.devices.length > MAX_POOL_DEVICES) {
-      throw new NubisError('POOL_DEVICES_INVALID', `A pool takes 1 to ${MAX_POOL_DEVICES} devices as a list of paths or nbd:// URIs`, { details: { devices: Array.isArray(request.devices) ? request.devices.length : typeof request.devices } });
+      throw new NubisError('POOL_DEVICES_INVALID', `A pool takes 1 to ${MAX_POOL_DEVICES} devices as a list of paths or nbd:// URIs`, {
+        details: { devices: Array.isArray(request.devices) ? request.devices.length : typeof request.devices },
+      });
     }
     const devices = request.devices.map((device) => checkDeviceRef(device));
     const chunkBytes = request.chunk === undefined ? undefined : parseGeometrySize(request.chunk, 'chunk size');
@@ -222,7 +220,8 @@ export class StorageService {
     if (this.#pools.has(request.name)) throw new NubisError('POOL_EXISTS', `A pool named ${request.name} already exists`, { details: { pool: request.name } });
     for (const pool of this.#pools.values()) {
       const clash = devices.find((d) => pool.memberPaths().includes(d));
-      if (clash) throw new NubisError('POOL_DEVICE_IN_USE', `Device ${clash} already belongs to pool ${pool.name}`, { details: { device: clash, pool: pool.name } });
+      if (clash)
+        throw new NubisError('POOL_DEVICE_IN_USE', `Device ${clash} already belongs to pool ${pool.name}`, { details: { device: clash, pool: pool.name } });
     }
     const pool = await StoragePool.create({
       name: request.name,
@@ -246,7 +245,9 @@ export class StorageService {
     await this.#serial(name, async () => {
       const volumes = pool.listVolumes();
       if (volumes.length > 0 && !options.force) {
-        throw new NubisError('POOL_NOT_EMPTY', `Pool ${name} still has ${volumes.length} volume(s); delete them first or use force`, { details: { pool: name, volumes: volumes.length } });
+        throw new NubisError('POOL_NOT_EMPTY', `Pool ${name} still has ${volumes.length} volume(s); delete them first or use force`, {
+          details: { pool: name, volumes: volumes.length },
+        });
       }
       const paths = pool.memberPaths().filter((p) => p !== '');
       await pool.close();
@@ -299,7 +300,8 @@ export class StorageService {
     const pool = this.#pool(name);
     const device = checkDeviceRef(newDevice);
     const index = typeof member === 'number' ? member : typeof member === 'string' ? pool.memberPaths().indexOf(member) : -1;
-    if (!Number.isInteger(index) || index < 0) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${name} has no member ${JSON.stringify(member)}`, { details: { pool: name, member } });
+    if (!Number.isInteger(index) || index < 0)
+      throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${name} has no member ${JSON.stringify(member)}`, { details: { pool: name, member } });
     return { pool, index, device };
   }
 

@@ -15,9 +15,15 @@ describe('parseSize', () => {
 
   it('names the value that does not parse', () => {
     for (const bad of ['20X', '', 'G', '-1G', '1e3']) {
-      assert.throws(() => parseSize(bad), (error: unknown) => isNubisError(error, 'VOLUME_SIZE_INVALID') && (error as Error).message.includes(JSON.stringify(bad)));
+      assert.throws(
+        () => parseSize(bad),
+        (error: unknown) => isNubisError(error, 'VOLUME_SIZE_INVALID') && (error as Error).message.includes(JSON.stringify(bad)),
+      );
     }
-    assert.throws(() => parseSize(1.5), (error: unknown) => isNubisError(error, 'VOLUME_SIZE_INVALID'));
+    assert.throws(
+      () => parseSize(1.5),
+      (error: unknown) => isNubisError(error, 'VOLUME_SIZE_INVALID'),
+    );
   });
 
   it('formats sizes for messages', () => {

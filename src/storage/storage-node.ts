@@ -38,12 +38,19 @@ export interface StorageJob {
 
 /** Starts the storage service and its management API; resolves once both listen. */
 export async function startStorageNode(options: StorageNodeOptions): Promise<{ service: StorageService; app: FastifyInstance; stop(): Promise<void> }> {
-  const { service, failures } = await StorageService.start({ poolsDir: options.poolsDir, socketPath: options.nbdSocket, ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}), ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}) });
+  const { service, failures } = await StorageService.start({
+    poolsDir: options.poolsDir,
+    socketPath: options.nbdSocket,
+    ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}),
+    ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}),
+  });
   const app = Fastify({ logger: false });
   const jobs = new Map<string, StorageJob>();
 
   app.setErrorHandler((error, _request, reply) => {
-    const { status, body } = (error as { validation?: unknown }).validation ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } } : toWireError(error);
+    const { status, body } = (error as { validation?: unknown }).validation
+      ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } }
+      : toWireError(error);
     void reply.status(status).send(body);
   });
 
@@ -52,7 +59,8 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
     jobs.set(job.id, job);
     work((progress) => (job.progress = progress)).then(
       (result) => Object.assign(job, { status: 'succeeded', result }),
-      (error: unknown) => Object.assign(job, { status: 'failed', error: { code: isNubisError(error) ? error.code : 'INTERNAL_ERROR', message: messageOf(error) } }),
+      (error: unknown) =>
+        Object.assign(job, { status: 'failed', error: { code: isNubisError(error) ? error.code : 'INTERNAL_ERROR', message: messageOf(error) } }),
     );
     return job;
   }
@@ -69,14 +77,29 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
   });
   app.post<PoolParams & { Body: { maxBytesPerSec?: number } }>('/storage/pools/:pool/scrub', async (request, reply) => {
     service.getPool(request.params.pool);
-    return reply.status(202).send(startJob('scrub', request.params.pool, (onProgress) => service.scrubPool(request.params.pool, { onProgress, maxBytesPerSec: request.body?.maxBytesPerSec })));
+    return reply
+      .status(202)
+      .send(
+        startJob('scrub', request.params.pool, (onProgress) =>
+          service.scrubPool(request.params.pool, { onProgress, maxBytesPerSec: request.body?.maxBytesPerSec }),
+        ),
+      );
   });
-  app.post<PoolParams & { Body: { member: number | string; device: string; maxBytesPerSec?: number; force?: boolean } }>('/storage/pools/:pool/replace', async (request, reply) => {
-    const { member, device, maxBytesPerSec, force } = request.body ?? {};
-    // Bad devices are refused here, with a 4xx, rather than as a failed job after the 202.
-    await service.checkReplacement(request.params.pool, member, device, { force });
-    return reply.status(202).send(startJob('replace', request.params.pool, (onProgress) => service.replaceMember(request.params.pool, member, device, { onProgress, maxBytesPerSec, force })));
-  });
+  app.post<PoolParams & { Body: { member: number | string; device: string; maxBytesPerSec?: number; force?: boolean } }>(
+    '/storage/pools/:pool/replace',
+    async (request, reply) => {
+      const { member, device, maxBytesPerSec, force } = request.body ?? {};
+      // Bad devices are refused here, with a 4xx, rather than as a failed job after the 202.
+      await service.checkReplacement(request.params.pool, member, device, { force });
+      return reply
+        .status(202)
+        .send(
+          startJob('replace', request.params.pool, (onProgress) =>
+            service.replaceMember(request.params.pool, member, device, { onProgress, maxBytesPerSec, force }),
+          ),
+        );
+    },
+  );
   app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => {
     const job = jobs.get(request.params.id);
     if (!job) throw new NubisError('STORAGE_JOB_NOT_FOUND', `No storage job ${request.params.id}`);

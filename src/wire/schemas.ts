@@ -24,7 +24,11 @@ export function ResourceRef(description: string) {
 }
 
 /** An id as the API hands it out: a type prefix and random hex (core/ids.ts). */
-export const ResourceId = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 63, description: 'A type prefix and random hex, e.g. vm-3f9c1a2b7d4e' });
+export const ResourceId = Type.String({
+  pattern: '^[a-z0-9][a-z0-9-]{0,62}$',
+  maxLength: 63,
+  description: 'A type prefix and random hex, e.g. vm-3f9c1a2b7d4e',
+});
 
 /** An ISO 8601 time as `Date.toISOString()` writes it. */
 export const Timestamp = Type.String({ format: 'date-time', maxLength: 32 });
@@ -96,10 +100,7 @@ export const ErrorBody = Type.Object(
   { $id: 'Error' },
 );
 
-export const ProjectQuery = Type.Object(
-  { project: Type.Optional(ResourceName) },
-  { additionalProperties: false },
-);
+export const ProjectQuery = Type.Object({ project: Type.Optional(ResourceName) }, { additionalProperties: false });
 
 export const Host = Type.Object(
   {
@@ -122,16 +123,24 @@ export const Host = Type.Object(
   { $id: 'Host' },
 );
 
-export const PublishedPort = Type.Object({
-  protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
-  // It becomes part of QEMU's `hostfwd=` option: only a plain address may pass.
-  hostAddress: Type.String({ format: 'ipv4', pattern: IPV4_PATTERN, maxLength: 15, default: '127.0.0.1', description: 'Host IPv4 address to listen on' }),
-  hostPort: Type.Integer({ format: 'int32', minimum: 1, maximum: 65535 }),
-  guestPort: Type.Integer({ format: 'int32', minimum: 1, maximum: 65535 }),
-}, { additionalProperties: false });
+export const PublishedPort = Type.Object(
+  {
+    protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
+    // It becomes part of QEMU's `hostfwd=` option: only a plain address may pass.
+    hostAddress: Type.String({ format: 'ipv4', pattern: IPV4_PATTERN, maxLength: 15, default: '127.0.0.1', description: 'Host IPv4 address to listen on' }),
+    hostPort: Type.Integer({ format: 'int32', minimum: 1, maximum: 65535 }),
+    guestPort: Type.Integer({ format: 'int32', minimum: 1, maximum: 65535 }),
+  },
+  { additionalProperties: false },
+);
 
 /** A volume as POOL/VOLUME. */
-export const VolumePath = Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?/[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', maxLength: 127, description: 'POOL/VOLUME, both names', examples: ['pool1/vol1'] });
+export const VolumePath = Type.String({
+  pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?/[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$',
+  maxLength: 127,
+  description: 'POOL/VOLUME, both names',
+  examples: ['pool1/vol1'],
+});
 
 export const VmCreateRequest = Type.Object(
   {
@@ -144,14 +153,19 @@ export const VmCreateRequest = Type.Object(
     publish: Type.Optional(Type.Array(PublishedPort, { maxItems: 16, description: 'Host ports forwarded to guest ports (user-mode network)' })),
     networks: Type.Optional(
       Type.Array(
-        Type.Object({ network: ResourceName, ip: Type.Optional(Ipv4({ description: 'Requested address; default: the lowest free one' })) }, { additionalProperties: false }),
+        Type.Object(
+          { network: ResourceName, ip: Type.Optional(Ipv4({ description: 'Requested address; default: the lowest free one' })) },
+          { additionalProperties: false },
+        ),
         { maxItems: 8, description: 'NICs on virtual networks, in guest order (eth0, eth1, ...); without it the VM gets a user-mode NIC' },
       ),
     ),
     secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
     disks: Type.Optional(Type.Array(VolumePath, { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
-    allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' })),
+    allowPostcopy: Type.Optional(
+      Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' }),
+    ),
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -177,8 +191,12 @@ export const Vm = Type.Object(
     readyAt: Type.Optional(Timestamp),
     uptimeSeconds: Type.Optional(Count()),
     guestIps: Type.Array(Text(64), { maxItems: 64 }),
-    nics: Type.Array(Type.Object({ network: ResourceName, mac: Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$', maxLength: 17 }), ip: Ipv4() }), { maxItems: 8 }),
-    disks: Type.Array(Type.Object({ device: Text(16, { description: 'Name in the guest when it boots from kernel+initrd' }), volume: VolumePath }), { maxItems: 64 }),
+    nics: Type.Array(Type.Object({ network: ResourceName, mac: Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$', maxLength: 17 }), ip: Ipv4() }), {
+      maxItems: 8,
+    }),
+    disks: Type.Array(Type.Object({ device: Text(16, { description: 'Name in the guest when it boots from kernel+initrd' }), volume: VolumePath }), {
+      maxItems: 64,
+    }),
     publish: Type.Array(PublishedPort, { maxItems: 16 }),
     lastError: Type.Optional(Text(65536)),
     crashLogTail: Type.Optional(Type.Array(Text(65536), { maxItems: 1000 })),
@@ -199,10 +217,7 @@ export const VmStopRequest = Type.Object(
   { additionalProperties: false },
 );
 
-export const VmLogQuery = Type.Object(
-  { project: Type.Optional(ResourceName), lines: Int32(1, 10000, { default: 100 }) },
-  { additionalProperties: false },
-);
+export const VmLogQuery = Type.Object({ project: Type.Optional(ResourceName), lines: Int32(1, 10000, { default: 100 }) }, { additionalProperties: false });
 
 export const VmLog = Type.Object({ lines: Type.Array(Text(65536), { maxItems: 10000 }) });
 
@@ -226,7 +241,12 @@ export const Image = Type.Object(
  */
 export const importFileNamePattern = '^(?!.*(?:^|/)\\.\\.(?:/|$))[A-Za-z0-9._+@/-]{1,1024}$';
 const ImportFileName = (description: string) =>
-  Type.String({ pattern: importFileNamePattern, maxLength: 1024, description: `${description}; letters, digits and . _ + @ - /, no .. segments, at most 1024 characters`, examples: ['debian-12.qcow2'] });
+  Type.String({
+    pattern: importFileNamePattern,
+    maxLength: 1024,
+    description: `${description}; letters, digits and . _ + @ - /, no .. segments, at most 1024 characters`,
+    examples: ['debian-12.qcow2'],
+  });
 
 export const ImageImportRequest = Type.Object(
   {
@@ -276,7 +296,12 @@ export const HostJoinRequest = Type.Object(
   {
     name: ResourceName,
     joinToken: Text(256),
-    endpoint: Type.String({ pattern: '^(unix:/|https?://)', maxLength: 4096, description: 'Where the control plane reaches the agent: unix:/path or http://host:port', examples: ['unix:/run/nubis/agent.sock'] }),
+    endpoint: Type.String({
+      pattern: '^(unix:/|https?://)',
+      maxLength: 4096,
+      description: 'Where the control plane reaches the agent: unix:/path or http://host:port',
+      examples: ['unix:/run/nubis/agent.sock'],
+    }),
     agentToken: Type.String({ minLength: 32, maxLength: 256, description: 'What the agent presents to the control plane from now on (only its hash is kept)' }),
     accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
     acceleratorReason: Text(4096),
@@ -350,7 +375,11 @@ export const NetworkCreateRequest = Type.Object(
 
 export const NetworkProbeRequest = Type.Object(
   {
-    command: Type.Array(Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\u0000]*$' }), { minItems: 1, maxItems: 64, description: 'Command and arguments, run in a namespace attached to the network' }),
+    command: Type.Array(Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\u0000]*$' }), {
+      minItems: 1,
+      maxItems: 64,
+      description: 'Command and arguments, run in a namespace attached to the network',
+    }),
     host: Type.Optional(ResourceName),
     timeoutSeconds: Int32(1, 600, { default: 30 }),
   },
@@ -405,7 +434,17 @@ export const SecgroupRuleRequest = Type.Object(
   { additionalProperties: false },
 );
 
-export const PoolMember = Type.Object({ index: Count(), path: FilePath(), state: Text(32), readErrors: Type.Optional(Count()), writeErrors: Type.Optional(Count()), checksumErrors: Type.Optional(Count()) }, { additionalProperties: true });
+export const PoolMember = Type.Object(
+  {
+    index: Count(),
+    path: FilePath(),
+    state: Text(32),
+    readErrors: Type.Optional(Count()),
+    writeErrors: Type.Optional(Count()),
+    checksumErrors: Type.Optional(Count()),
+  },
+  { additionalProperties: true },
+);
 
 export const Pool = Type.Object(
   {
@@ -430,16 +469,38 @@ export const Pool = Type.Object(
 );
 
 /** A pool member as a client names it; the storage node checks it again (src/storage/pool/device-ref.ts). */
-export const DeviceRef = Type.String({ minLength: 1, maxLength: DEVICE_REF_MAX_LENGTH, pattern: DEVICE_REF_PATTERN, description: `Regular file or block device on the storage node, or an NBD export: ${DEVICE_REF_RULE}` });
+export const DeviceRef = Type.String({
+  minLength: 1,
+  maxLength: DEVICE_REF_MAX_LENGTH,
+  pattern: DEVICE_REF_PATTERN,
+  description: `Regular file or block device on the storage node, or an NBD export: ${DEVICE_REF_RULE}`,
+});
 
 export const PoolCreateRequest = Type.Object(
   {
     name: ResourceName,
-    kind: Type.Optional(Type.Union([Type.Literal('san'), Type.Literal('dir')], { description: 'san (default): devices in a RAID layout served by the storage node over NBD; dir: a folder of qcow2 files on each of `hosts`' })),
-    layout: Type.Optional(Type.Union(['raid0', 'raid1', 'raid5', 'raid6', 'raid10'].map((l) => Type.Literal(l)), { description: 'san pools' })),
+    kind: Type.Optional(
+      Type.Union([Type.Literal('san'), Type.Literal('dir')], {
+        description: 'san (default): devices in a RAID layout served by the storage node over NBD; dir: a folder of qcow2 files on each of `hosts`',
+      }),
+    ),
+    layout: Type.Optional(
+      Type.Union(
+        ['raid0', 'raid1', 'raid5', 'raid6', 'raid10'].map((l) => Type.Literal(l)),
+        { description: 'san pools' },
+      ),
+    ),
     devices: Type.Optional(Type.Array(DeviceRef, { minItems: 1, maxItems: 32, description: 'san pools' })),
-    chunk: Type.Optional(Type.String({ maxLength: 16, pattern: '^[0-9]{1,12}([KMGkmg]([iI]?[bB])?|[bB])?$', description: 'Chunk size: whole bytes or with K, M or G, e.g. 64K (default 64K)' })),
-    force: Type.Optional(Type.Boolean({ description: 'san pools: overwrite devices that hold a filesystem, a partition table or another pool (refused otherwise)' })),
+    chunk: Type.Optional(
+      Type.String({
+        maxLength: 16,
+        pattern: '^[0-9]{1,12}([KMGkmg]([iI]?[bB])?|[bB])?$',
+        description: 'Chunk size: whole bytes or with K, M or G, e.g. 64K (default 64K)',
+      }),
+    ),
+    force: Type.Optional(
+      Type.Boolean({ description: 'san pools: overwrite devices that hold a filesystem, a partition table or another pool (refused otherwise)' }),
+    ),
     hosts: Type.Optional(Type.Array(ResourceName, { minItems: 1, maxItems: 64, description: 'dir pools: the hosts that get a folder (default: every host)' })),
   },
   { additionalProperties: false },
@@ -447,10 +508,14 @@ export const PoolCreateRequest = Type.Object(
 
 export const PoolReplaceRequest = Type.Object(
   {
-    member: Type.Union([Type.Integer({ format: 'int32', minimum: 0, maximum: 31, description: 'Member index' }), DeviceRef], { description: 'The member to replace: its index or its device' }),
+    member: Type.Union([Type.Integer({ format: 'int32', minimum: 0, maximum: 31, description: 'Member index' }), DeviceRef], {
+      description: 'The member to replace: its index or its device',
+    }),
     device: DeviceRef,
     maxMbPerSec: Type.Optional(Type.Integer({ format: 'int32', minimum: 1, maximum: 1000000 })),
-    force: Type.Optional(Type.Boolean({ description: 'Overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)' })),
+    force: Type.Optional(
+      Type.Boolean({ description: 'Overwrite a new device that holds a filesystem, a partition table or another pool (refused otherwise)' }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -52,7 +52,10 @@ class Raw {
   constructor(readonly token: string) {}
 }
 
-interface FuzzValue { label: string; value: unknown }
+interface FuzzValue {
+  label: string;
+  value: unknown;
+}
 
 function fuzzValues(random: () => number): FuzzValue[] {
   const values: FuzzValue[] = [
@@ -88,19 +91,50 @@ function fuzzValues(random: () => number): FuzzValue[] {
   ];
   // Seeded extras: an integer far out of every range and a random printable string.
   values.push({ label: 'random-int', value: Math.floor((random() - 0.5) * 2 ** 40) });
-  values.push({ label: 'random-string', value: Array.from({ length: 1 + Math.floor(random() * 40) }, () => String.fromCharCode(32 + Math.floor(random() * 95))).join('') });
+  values.push({
+    label: 'random-string',
+    value: Array.from({ length: 1 + Math.floor(random() * 40) }, () => String.fromCharCode(32 + Math.floor(random() * 95))).join(''),
+  });
   return values;
 }
 
-type Schema = Record<string, unknown> & { type?: string; properties?: Record<string, Schema>; items?: Schema; required?: string[]; anyOf?: Schema[]; $ref?: string };
-interface Parameter { name: string; in: 'path' | 'query'; required?: boolean; schema: Schema }
-interface Operation { operationId: string; parameters?: Parameter[]; requestBody?: { content: Record<string, { schema: Schema }> } }
-interface Document { paths: Record<string, Record<string, Operation>>; components: { schemas: Record<string, Schema> } }
+type Schema = Record<string, unknown> & {
+  type?: string;
+  properties?: Record<string, Schema>;
+  items?: Schema;
+  required?: string[];
+  anyOf?: Schema[];
+  $ref?: string;
+};
+interface Parameter {
+  name: string;
+  in: 'path' | 'query';
+  required?: boolean;
+  schema: Schema;
+}
+interface Operation {
+  operationId: string;
+  parameters?: Parameter[];
+  requestBody?: { content: Record<string, { schema: Schema }> };
+}
+interface Document {
+  paths: Record<string, Record<string, Operation>>;
+  components: { schemas: Record<string, Schema> };
+}
 
 /** Path parameter values that name fixtures the test creates, or plausible names that do not exist. */
 const PATH_VALUES: Record<string, string> = {
-  vm: 'web1', network: 'fuzz-net', group: 'fuzz-sg', host: 'host1', name: 'host1', pool: 'pool1', volume: 'vol1',
-  id: 'op-000000000000', rule: 'rule-000000000000', protocol: 'tcp', port: '8080',
+  vm: 'web1',
+  network: 'fuzz-net',
+  group: 'fuzz-sg',
+  host: 'host1',
+  name: 'host1',
+  pool: 'pool1',
+  volume: 'vol1',
+  id: 'op-000000000000',
+  rule: 'rule-000000000000',
+  protocol: 'tcp',
+  port: '8080',
 };
 
 describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () => {
@@ -116,7 +150,10 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
     dir = mkdtempSync(join(tmpdir(), 'nubis-fuzz-test-'));
     db = await openDatabase(join(dir, 'nubis.db'));
     const now = new Date().toISOString();
-    await db.insertInto('tokens').values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now }).execute();
+    await db
+      .insertInto('tokens')
+      .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
+      .execute();
     await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
     services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_fuzz' });
     writeFileSync(join(dir, 'vmlinuz'), 'kernel');
@@ -146,7 +183,11 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
       if (Array.isArray(schema)) return schema.map(deref);
       if (schema && typeof schema === 'object') {
         const resolved = (schema as Schema).$ref ? resolve(schema as Schema) : (schema as Schema);
-        return Object.fromEntries(Object.entries(resolved).filter(([k]) => k !== '$id' && k !== 'example' && k !== 'examples').map(([k, v]) => [k, deref(v)]));
+        return Object.fromEntries(
+          Object.entries(resolved)
+            .filter(([k]) => k !== '$id' && k !== 'example' && k !== 'examples')
+            .map(([k, v]) => [k, deref(v)]),
+        );
       }
       return schema;
     };
@@ -169,9 +210,13 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
           for (const [name, property] of Object.entries(schema.properties ?? {})) out[name] = example(property, name);
           return out;
         }
-        case 'array': return Array.from({ length: Number(schema.minItems ?? 0) }, () => example(schema.items!, key));
-        case 'integer': case 'number': return Number(schema.minimum ?? 1);
-        case 'boolean': return false;
+        case 'array':
+          return Array.from({ length: Number(schema.minItems ?? 0) }, () => example(schema.items!, key));
+        case 'integer':
+        case 'number':
+          return Number(schema.minimum ?? 1);
+        case 'boolean':
+          return false;
         case 'string': {
           if (schema.format === 'ipv4') return '10.10.0.5';
           if (schema.format === 'date-time') return new Date(0).toISOString();
@@ -179,7 +224,8 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
           if (typeof schema.pattern === 'string' && schema.pattern.startsWith('^[a-z0-9]')) return `fuzz-${key.toLowerCase().replace(/[^a-z0-9]/g, '') || 'x'}`;
           return Number(schema.minLength ?? 0) > 8 ? 'x'.repeat(Number(schema.minLength)) : 'fuzz';
         }
-        default: return 'fuzz';
+        default:
+          return 'fuzz';
       }
     };
 
@@ -197,7 +243,10 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
         images: await list('/v1/images', byId),
         projects: await list('/v1/projects', byId),
         // GET /v1/pools answers 503 without a storage node: the dir pools are read from their catalogue.
-        dirPools: ((await services.storage.dirPools.list()) as Array<{ name: string }>).map((p) => p.name).sort().join(','),
+        dirPools: ((await services.storage.dirPools.list()) as Array<{ name: string }>)
+          .map((p) => p.name)
+          .sort()
+          .join(','),
         operations: await list('/v1/operations?limit=500', byId),
       });
     };
@@ -239,7 +288,9 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
     const failures: string[] = [];
     const known: string[] = [];
     const fail = (message: string, match: { value: string; type: string; operation: string; coercible: boolean }): void => {
-      const entry = match.coercible ? KNOWN_COERCION_FAILURES.find((k) => k.value === match.value && k.type === match.type && (!k.operation || k.operation === match.operation)) : undefined;
+      const entry = match.coercible
+        ? KNOWN_COERCION_FAILURES.find((k) => k.value === match.value && k.type === match.type && (!k.operation || k.operation === match.operation))
+        : undefined;
       (entry ? known : failures).push(message);
     };
 
@@ -254,7 +305,12 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
         state = await snapshot();
         const parameters = operation.parameters ?? [];
         const bodySchema = operation.requestBody?.content['application/json']?.schema;
-        const validParams = Object.fromEntries(parameters.map((p) => [`${p.in}:${p.name}`, p.in === 'path' ? (PATH_VALUES[p.name] ?? String(example(p.schema, p.name))) : String(example(p.schema, p.name))]));
+        const validParams = Object.fromEntries(
+          parameters.map((p) => [
+            `${p.in}:${p.name}`,
+            p.in === 'path' ? (PATH_VALUES[p.name] ?? String(example(p.schema, p.name))) : String(example(p.schema, p.name)),
+          ]),
+        );
         const validBody = bodySchema ? example(bodySchema) : undefined;
 
         // Mutations: none (the valid request), then each parameter, then each body field (one level into objects).
@@ -272,7 +328,7 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
         for (const mutation of mutations) {
           const params = { ...validParams };
           if (mutation.param && mutation.value) params[`${mutation.param.in}:${mutation.param.name}`] = asText(mutation.value.value);
-          let body: unknown = validBody === undefined ? undefined : structuredClone(validBody);
+          const body: unknown = validBody === undefined ? undefined : structuredClone(validBody);
           // Fresh names, subnets and VNIs, so that a create is not refused as a duplicate of the
           // last one: the fuzzed field alone decides the answer.
           unique++;
@@ -288,20 +344,29 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
             for (const key of mutation.bodyPath.slice(0, -1)) target = target[key] as Record<string, unknown>;
             target[mutation.bodyPath.at(-1)!] = mutation.value.value;
           }
-          const url = pathTemplate.replace(/\{(\w+)\}/g, (_m, name: string) => encodeURIComponent(params[`path:${name}`]!))
-            + (parameters.some((p) => p.in === 'query') ? `?${new URLSearchParams(parameters.filter((p) => p.in === 'query').map((p) => [p.name, params[`query:${p.name}`]!])).toString()}` : '');
+          const url =
+            pathTemplate.replace(/\{(\w+)\}/g, (_m, name: string) => encodeURIComponent(params[`path:${name}`]!)) +
+            (parameters.some((p) => p.in === 'query')
+              ? `?${new URLSearchParams(parameters.filter((p) => p.in === 'query').map((p) => [p.name, params[`query:${p.name}`]!])).toString()}`
+              : '');
           const rawBody = body === undefined ? undefined : serialize(body);
 
           // Is the request invalid by the schema (no coercion)? Only the mutated field can make it so.
           let invalid = false;
-          if (mutation.param && mutation.value) invalid = !isValid(mutation.param.schema, paramValue(mutation.param.schema, params[`${mutation.param.in}:${mutation.param.name}`]!));
+          if (mutation.param && mutation.value)
+            invalid = !isValid(mutation.param.schema, paramValue(mutation.param.schema, params[`${mutation.param.in}:${mutation.param.name}`]!));
           if (mutation.bodyPath && mutation.schema && rawBody !== undefined) {
             const seen = parsedAt(rawBody, mutation.bodyPath);
             invalid = !seen.ok || !isValid(mutation.schema, seen.value);
           }
 
           const t0 = Date.now();
-          const response = await app.inject({ method: method.toUpperCase() as 'GET', url, headers: { ...auth, ...(rawBody !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(rawBody !== undefined ? { payload: rawBody } : {}) });
+          const response = await app.inject({
+            method: method.toUpperCase() as 'GET',
+            url,
+            headers: { ...auth, ...(rawBody !== undefined ? { 'content-type': 'application/json' } : {}) },
+            ...(rawBody !== undefined ? { payload: rawBody } : {}),
+          });
           const elapsedMs = Date.now() - t0;
           const status = response.statusCode;
           const statusClass = `${Math.floor(status / 100)}xx`;
@@ -312,7 +377,12 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
 
           const label = mutation.value?.label ?? '';
           const what = `${operation.operationId} (${method.toUpperCase()} ${pathTemplate}) ${mutation.field}=${label}`;
-          const match = { value: label, type: mutation.schema ? schemaType(mutation.schema) : '', operation: operation.operationId, coercible: Boolean(mutation.value) };
+          const match = {
+            value: label,
+            type: mutation.schema ? schemaType(mutation.schema) : '',
+            operation: operation.operationId,
+            coercible: Boolean(mutation.value),
+          };
           let code = '';
           try {
             code = (response.json() as { code?: string }).code ?? '';
@@ -343,6 +413,10 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
     for (const [operationId, byClass] of Object.entries(counts.byOperation)) console.log(`  ${operationId}: ${JSON.stringify(byClass)}`);
     console.log(`known coercion failures matched: ${known.length}; other failures: ${failures.length}`);
     for (const line of known.slice(0, 400)) console.log(`  known: ${line.slice(0, 300)}`);
-    assert.deepEqual(failures.map((f) => f.slice(0, 400)), [], 'the API mishandled malformed requests');
+    assert.deepEqual(
+      failures.map((f) => f.slice(0, 400)),
+      [],
+      'the API mishandled malformed requests',
+    );
   });
 });

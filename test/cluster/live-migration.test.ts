@@ -22,7 +22,14 @@ interface Migration {
   strategy: string;
   status: string;
   figures: {
-    memoryMb: number; totalTimeMs: number; downtimeMs: number; pausedMs?: number; transferredBytes: number; switchedToPostcopy: boolean; recoveries?: number; error?: string;
+    memoryMb: number;
+    totalTimeMs: number;
+    downtimeMs: number;
+    pausedMs?: number;
+    transferredBytes: number;
+    switchedToPostcopy: boolean;
+    recoveries?: number;
+    error?: string;
     plan?: { postcopyPrepared: boolean; autoConverge: boolean; reason: string };
     prediction?: { predictedTotalMs?: number; lambda: number };
   };
@@ -49,7 +56,19 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
   after(() => nubis.destroy());
 
   async function httpCount(on?: string): Promise<number> {
-    const result = await nubis.cli(['--json', 'network', 'probe', 'mnet', ...(on ? ['--on', on] : []), '--', 'curl', '-s', '--max-time', '5', `http://${vmIp}/`]);
+    const result = await nubis.cli([
+      '--json',
+      'network',
+      'probe',
+      'mnet',
+      ...(on ? ['--on', on] : []),
+      '--',
+      'curl',
+      '-s',
+      '--max-time',
+      '5',
+      `http://${vmIp}/`,
+    ]);
     assert.ok(result.stdout, `the probe ran: ${result.stderr}`);
     const match = /requests=(\d+)/.exec((JSON.parse(result.stdout) as { stdout: string }).stdout);
     assert.ok(match, `the guest answers HTTP: ${result.stdout}`);
@@ -65,7 +84,8 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     assert.match(unknown.stderr, /No host host-9/);
     assert.equal((await nubis.cliJson<Vm>(['vm', 'show', 'mv1'])).host, 'host-1');
     // Hosts say which QEMU they run: the checks refuse a destination with an older one.
-    for (const host of ['host-1', 'host-2']) assert.match((await nubis.cliJson<{ qemuVersion?: string }>(['host', 'show', host])).qemuVersion ?? '', /^QEMU emulator version \d+\.\d+\.\d+/);
+    for (const host of ['host-1', 'host-2'])
+      assert.match((await nubis.cliJson<{ qemuVersion?: string }>(['host', 'show', host])).qemuVersion ?? '', /^QEMU emulator version \d+\.\d+\.\d+/);
     const written = await runOnConsole(nubis, 'mv1', 'nubis-tool disk-write /dev/vda 16 11 && echo written-ok');
     assert.match(written, /written-ok/);
   });
@@ -76,21 +96,47 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     // carries the network throughout because another VM stays there.
     await nubis.cliJson(['vm', 'create', 'anchor', '--image', 'tiny', '--memory', '128', '--network', 'mnet', '--host', 'host-2']);
     assert.match(await runOnConsole(nubis, 'mv1', 'nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 & echo echo-started'), /echo-started/);
-    const pinger: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.250/24', command: ['ping', '-D', '-i', '0.01', '-W', '1', vmIp] });
-    const talker: RunningProbe = await startProbe({ hostNs: `${testBed}-host-2`, networkKey: networkId, address: '10.90.0.251/24', command: [process.execPath, echoClient, vmIp, '7000'] });
+    const pinger: RunningProbe = await startProbe({
+      hostNs: `${testBed}-host-2`,
+      networkKey: networkId,
+      address: '10.90.0.250/24',
+      command: ['ping', '-D', '-i', '0.01', '-W', '1', vmIp],
+    });
+    const talker: RunningProbe = await startProbe({
+      hostNs: `${testBed}-host-2`,
+      networkKey: networkId,
+      address: '10.90.0.251/24',
+      command: [process.execPath, echoClient, vmIp, '7000'],
+    });
     let counter = await httpCount();
     // The probes stop in `finally`, but their results are judged only after it, so that a
     // failing migration assertion is the one reported, not hidden by a follow-on one.
     let ping: Awaited<ReturnType<RunningProbe['stop']>>;
     let talk: Awaited<ReturnType<RunningProbe['stop']>>;
     try {
-      for (const [strategy, to] of [['precopy', 'host-2'], ['postcopy', 'host-1'], ['auto', 'host-2']] as const) {
-        const moved = await nubis.cliJson<{ from: string; to: string; figures: Migration['figures'] }>(['vm', 'migrate', 'mv1', '--to', to, '--strategy', strategy]);
+      for (const [strategy, to] of [
+        ['precopy', 'host-2'],
+        ['postcopy', 'host-1'],
+        ['auto', 'host-2'],
+      ] as const) {
+        const moved = await nubis.cliJson<{ from: string; to: string; figures: Migration['figures'] }>([
+          'vm',
+          'migrate',
+          'mv1',
+          '--to',
+          to,
+          '--strategy',
+          strategy,
+        ]);
         assert.equal(moved.to, to);
         const vm = await nubis.cliJson<Vm>(['vm', 'show', 'mv1']);
         assert.equal(vm.host, to);
         assert.equal(vm.state, 'running');
-        assert.deepEqual(vm.nics.map((n) => n.ip), [vmIp], 'the VM keeps its address');
+        assert.deepEqual(
+          vm.nics.map((n) => n.ip),
+          [vmIp],
+          'the VM keeps its address',
+        );
         const next = await httpCount();
         assert.equal(next, counter + 1, `${strategy}: the guest's memory came along (its request counter goes on)`);
         counter = next;
@@ -120,13 +166,32 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
       // matters is that answers never stop for long: the longest gap spans a switch-over.
       const replies = [...ping.stdout.matchAll(/^\[(\d+\.\d+)\] \d+ bytes from/gm)].map((match) => Number(match[1]) * 1000);
       const longestGapMs = Math.max(...replies.slice(1).map((at, i) => at - replies[i]));
-      assert.ok(received >= sent * 0.5 && longestGapMs < 3000, `the client kept its answers across three migrations: ${received} of ${sent}, longest gap ${Math.round(longestGapMs)} ms`);
-      const conversation = JSON.parse(talk.stdout.trim().split('\n').at(-1) ?? '{}') as { sent: number; echoed: number; inOrder: boolean; longestGapMs: number; broken?: string };
+      assert.ok(
+        received >= sent * 0.5 && longestGapMs < 3000,
+        `the client kept its answers across three migrations: ${received} of ${sent}, longest gap ${Math.round(longestGapMs)} ms`,
+      );
+      const conversation = JSON.parse(talk.stdout.trim().split('\n').at(-1) ?? '{}') as {
+        sent: number;
+        echoed: number;
+        inOrder: boolean;
+        longestGapMs: number;
+        broken?: string;
+      };
       assert.equal(conversation.broken, undefined, `the TCP connection survived: ${talk.stdout} ${talk.stderr}`);
-      assert.ok(conversation.inOrder && conversation.echoed > 100 && conversation.echoed === conversation.sent, `every line came back, in order: ${talk.stdout}`);
+      assert.ok(
+        conversation.inOrder && conversation.echoed > 100 && conversation.echoed === conversation.sent,
+        `every line came back, in order: ${talk.stdout}`,
+      );
     }
     const history = await nubis.cliJson<Migration[]>(['vm', 'migrations', 'mv1']);
-    assert.deepEqual(history.map((h) => [h.strategy, h.status, h.from, h.to]), [['auto', 'completed', 'host-1', 'host-2'], ['postcopy', 'completed', 'host-2', 'host-1'], ['precopy', 'completed', 'host-1', 'host-2']]);
+    assert.deepEqual(
+      history.map((h) => [h.strategy, h.status, h.from, h.to]),
+      [
+        ['auto', 'completed', 'host-1', 'host-2'],
+        ['postcopy', 'completed', 'host-2', 'host-1'],
+        ['precopy', 'completed', 'host-1', 'host-2'],
+      ],
+    );
   });
 
   /** Starts a slow (capped) migration of mv1 to `to` and resolves once it is in `stage`. */
@@ -155,7 +220,9 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
       assert.ok((await httpCount(host)) > 0, `${why}: it still serves`);
     } catch (error) {
       // What the guest says about itself, for the failure report.
-      const inside = await runOnConsole(nubis, 'mv1', 'ip addr show eth0; ip neigh; netstat -tn 2>/dev/null | tail -5', { timeoutMs: 20_000 }).catch((e) => String(e));
+      const inside = await runOnConsole(nubis, 'mv1', 'ip addr show eth0; ip neigh; netstat -tn 2>/dev/null | tail -5', { timeoutMs: 20_000 }).catch((e) =>
+        String(e),
+      );
       const log = await nubis.cli(['vm', 'log', 'mv1', '-n', '20']);
       throw new Error(`${(error as Error).message}\nguest: ${inside}\nconsole: ${log.stdout}`);
     }
@@ -258,7 +325,8 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const started = await nubis.api<{ operation: Operation }>('POST', '/v1/vms/mv1/migrate', { to, strategy: 'precopy', bandwidthMbps: 1 });
     assert.equal(started.status, 202);
     const id = started.body.operation.id;
-    for (let i = 0; i < 100 && (await nubis.api<Operation>('GET', `/v1/operations/${id}`)).body.stage !== 'precopy'; i++) await new Promise((resolve) => setTimeout(resolve, 200));
+    for (let i = 0; i < 100 && (await nubis.api<Operation>('GET', `/v1/operations/${id}`)).body.stage !== 'precopy'; i++)
+      await new Promise((resolve) => setTimeout(resolve, 200));
     const cancelled = await nubis.cli(['operation', 'cancel', id]);
     assert.equal(cancelled.code, 0, cancelled.stderr);
     const final = await nubis.waitOperation(id);
@@ -279,15 +347,33 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
   it('evacuates a host for maintenance and takes it back', async () => {
     for (const name of ['e1', 'e2']) await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--network', 'mnet', '--host', 'host-1']);
     const evacuated = await nubis.cliJson<{ results: Array<{ vm: string; status: string; to: string }> }>(['host', 'evacuate', 'host-1']);
-    assert.deepEqual(evacuated.results.map((r) => [r.vm, r.status, r.to]).sort(), [['e1', 'succeeded', 'host-2'], ['e2', 'succeeded', 'host-2']]);
+    assert.deepEqual(evacuated.results.map((r) => [r.vm, r.status, r.to]).sort(), [
+      ['e1', 'succeeded', 'host-2'],
+      ['e2', 'succeeded', 'host-2'],
+    ]);
     const hosts = await nubis.cliJson<Array<{ name: string; status: string; vmCount: number }>>(['host', 'list']);
-    assert.deepEqual(hosts.map((h) => [h.name, h.status, h.vmCount]), [['host-1', 'maintenance', 0], ['host-2', 'online', 2]]);
+    assert.deepEqual(
+      hosts.map((h) => [h.name, h.status, h.vmCount]),
+      [
+        ['host-1', 'maintenance', 0],
+        ['host-2', 'online', 2],
+      ],
+    );
     const refused = await nubis.cli(['vm', 'create', 'e3', '--image', 'tiny', '--host', 'host-1', '--network', 'mnet']);
     assert.match(refused.stderr, /host-1 is maintenance/);
     const restored = await nubis.cliJson<{ results: Array<{ vm: string; status: string; to: string }> }>(['host', 'restore', 'host-1', '--move-back']);
-    assert.deepEqual(restored.results.map((r) => [r.vm, r.status, r.to]).sort(), [['e1', 'succeeded', 'host-1'], ['e2', 'succeeded', 'host-1']]);
+    assert.deepEqual(restored.results.map((r) => [r.vm, r.status, r.to]).sort(), [
+      ['e1', 'succeeded', 'host-1'],
+      ['e2', 'succeeded', 'host-1'],
+    ]);
     const after = await nubis.cliJson<Array<{ name: string; status: string; vmCount: number }>>(['host', 'list']);
-    assert.deepEqual(after.map((h) => [h.name, h.status, h.vmCount]), [['host-1', 'online', 2], ['host-2', 'online', 0]]);
+    assert.deepEqual(
+      after.map((h) => [h.name, h.status, h.vmCount]),
+      [
+        ['host-1', 'online', 2],
+        ['host-2', 'online', 0],
+      ],
+    );
     for (const name of ['e1', 'e2']) await nubis.cliJson(['vm', 'delete', name]);
   });
 
@@ -300,7 +386,15 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const ip = (await nubis.cliJson<Vm>(['vm', 'show', 'thr'])).nics[0].ip;
     // Dirtying at 10 MB/s over an 8 MB/s cap: pre-copy alone would never converge.
     await nubis.cli(['network', 'probe', 'mnet', '--', 'curl', '-s', `http://${ip}/cgi-bin/dirty?rate_mb=10&wss_mb=16`]);
-    const moved = await nubis.cliJson<{ to: string; figures: Migration['figures'] & { throttlePercent?: number } }>(['vm', 'migrate', 'thr', '--to', 'host-2', '--bandwidth', '8']);
+    const moved = await nubis.cliJson<{ to: string; figures: Migration['figures'] & { throttlePercent?: number } }>([
+      'vm',
+      'migrate',
+      'thr',
+      '--to',
+      'host-2',
+      '--bandwidth',
+      '8',
+    ]);
     assert.equal(moved.to, 'host-2');
     assert.equal(moved.figures.switchedToPostcopy, false);
     assert.equal(moved.figures.plan?.postcopyPrepared, false);

@@ -39,7 +39,13 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
 
   it('puts every host in its own namespace on the underlay', async () => {
     const hosts = await nubis.cliJson<Array<{ name: string; status: string; underlayIp?: string }>>(['host', 'list']);
-    assert.deepEqual(hosts.map((h) => [h.name, h.status]), [['host-1', 'online'], ['host-2', 'online']]);
+    assert.deepEqual(
+      hosts.map((h) => [h.name, h.status]),
+      [
+        ['host-1', 'online'],
+        ['host-2', 'online'],
+      ],
+    );
     assert.ok(hosts.every((h) => h.underlayIp?.startsWith('172.31.0.')));
     const namespaces = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
     assert.match(namespaces, new RegExp(`${testBed}-host-1`));
@@ -47,7 +53,15 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
   });
 
   it('creates networks and refuses bad ones with the reason, creating nothing', async () => {
-    const created = await nubis.cliJson<{ subnet: string; vni: number; mtu: number }>(['network', 'create', 'net-a', '--subnet', '10.20.0.0/24', '--gateway', '10.20.0.1']);
+    const created = await nubis.cliJson<{ subnet: string; vni: number; mtu: number }>([
+      'network',
+      'create',
+      'net-a',
+      '--subnet',
+      '10.20.0.0/24',
+      '--gateway',
+      '10.20.0.1',
+    ]);
     assert.equal(created.subnet, '10.20.0.0/24');
     assert.ok(created.vni >= 1000);
     assert.equal(created.mtu, 1450);
@@ -70,7 +84,13 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
       assert.match(result.stderr, message);
     }
     const networks = await nubis.cliJson<Array<{ name: string; project: string; nicCount: number }>>(['network', 'list']);
-    assert.deepEqual(networks.map((n) => [n.name, n.project, n.nicCount]), [['net-a', 'default', 0], ['net-b', 'other', 0]]);
+    assert.deepEqual(
+      networks.map((n) => [n.name, n.project, n.nicCount]),
+      [
+        ['net-a', 'default', 0],
+        ['net-b', 'other', 0],
+      ],
+    );
     assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).length, 0);
   });
 
@@ -78,7 +98,11 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     const a1 = await nubis.cliJson<Vm>(['vm', 'create', 'a1', '--image', 'tiny', '--network', 'net-a', '--ip', '10.20.0.10', '--host', 'host-1']);
     const a2 = await nubis.cliJson<Vm>(['vm', 'create', 'a2', '--image', 'tiny', '--network', 'net-a', '--host', 'host-2']);
     assert.deepEqual(a1.guestIps, ['10.20.0.10']);
-    assert.deepEqual(a2.nics.map((n) => n.ip), ['10.20.0.2'], 'the lowest free address after the gateway');
+    assert.deepEqual(
+      a2.nics.map((n) => n.ip),
+      ['10.20.0.2'],
+      'the lowest free address after the gateway',
+    );
     assert.deepEqual(a2.guestIps, ['10.20.0.2'], 'the guest configured the address IPAM gave it');
     const ping = await probe('net-a', ['ping', '-c', '3', '-i', '0.2', '-W', '2', '10.20.0.10']);
     assert.equal(ping.exitCode, 0, ping.stdout + ping.stderr);
@@ -105,7 +129,16 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
   });
 
   it('hands each NIC its IPAM address over DHCP, also to a host that does not run the server', async () => {
-    const created = await nubis.cliJson<{ dhcp: boolean; dhcpAddress: string }>(['network', 'create', 'net-d', '--subnet', '10.40.0.0/24', '--gateway', '10.40.0.1', '--dhcp']);
+    const created = await nubis.cliJson<{ dhcp: boolean; dhcpAddress: string }>([
+      'network',
+      'create',
+      'net-d',
+      '--subnet',
+      '10.40.0.0/24',
+      '--gateway',
+      '10.40.0.1',
+      '--dhcp',
+    ]);
     assert.equal(created.dhcp, true);
     assert.equal(created.dhcpAddress, '10.40.0.2');
     const d1 = await nubis.cliJson<Vm>(['vm', 'create', 'd1', '--image', 'tiny', '--network', 'net-d', '--host', 'host-1']);
@@ -121,7 +154,21 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
 
   it('never lets two networks exchange a frame, even with the same subnet on the same host', async () => {
     // b1 takes the very address a1 has, on host-2 where a2 (net-a) also runs.
-    const b1 = await nubis.cliJson<Vm>(['vm', 'create', 'b1', '--image', 'tiny', '--network', 'net-b', '--ip', '10.20.0.10', '--host', 'host-2', '--project', 'other']);
+    const b1 = await nubis.cliJson<Vm>([
+      'vm',
+      'create',
+      'b1',
+      '--image',
+      'tiny',
+      '--network',
+      'net-b',
+      '--ip',
+      '10.20.0.10',
+      '--host',
+      'host-2',
+      '--project',
+      'other',
+    ]);
     assert.deepEqual(b1.guestIps, ['10.20.0.10']);
     const onB = await probe('net-b', ['curl', '-s', '--max-time', '5', 'http://10.20.0.10/'], 'other');
     assert.match(onB.stdout, /^b1 requests=/, 'net-b sees its own 10.20.0.10');
@@ -221,7 +268,10 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     assert.deepEqual(network.hosts, ['host-1'], 'host-2 no longer carries net-a');
     await nubis.cliJson(['vm', 'delete', 'a1']);
     await nubis.cliJson(['network', 'delete', 'net-a']);
-    assert.deepEqual((await nubis.cliJson<Array<{ name: string }>>(['network', 'list'])).map((n) => n.name), ['net-b']);
+    assert.deepEqual(
+      (await nubis.cliJson<Array<{ name: string }>>(['network', 'list'])).map((n) => n.name),
+      ['net-b'],
+    );
   });
 
   it('reconciles a VM create that a killed control plane interrupted: the VM and its operation agree, nothing is left holding a name, address or capacity', async () => {
@@ -231,9 +281,19 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     /** Restarts the control plane armed to stop at `point`, creates k1 there, and kills it at that moment. */
     const killDuringCreate = async (point: FaultPoint): Promise<string | undefined> => {
       process.kill(nubis.pidOf('control-plane'), 'SIGKILL');
-      const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port), '--hosts', '2', '--json'], { env: { NUBIS_FAULT_POINTS: point, NUBIS_FAULT_DIR: faultDir } });
+      const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port), '--hosts', '2', '--json'], {
+        env: { NUBIS_FAULT_POINTS: point, NUBIS_FAULT_DIR: faultDir },
+      });
       assert.equal(armed.code, 0, armed.stderr);
-      const request = nubis.api<{ operation: Operation }>('POST', '/v1/vms', { name: 'k1', image: 'tiny', memoryMb: 128, host: 'host-2', networks: [{ network: 'net-k', ip: '10.60.0.9' }] }).catch(() => undefined);
+      const request = nubis
+        .api<{ operation: Operation }>('POST', '/v1/vms', {
+          name: 'k1',
+          image: 'tiny',
+          memoryMb: 128,
+          host: 'host-2',
+          networks: [{ network: 'net-k', ip: '10.60.0.9' }],
+        })
+        .catch(() => undefined);
       for (let i = 0; i < 600 && !existsSync(join(faultDir, point)); i++) await new Promise((resolve) => setTimeout(resolve, 100));
       assert.ok(existsSync(join(faultDir, point)), `the control plane reached ${point}`);
       process.kill(nubis.pidOf('control-plane'), 'SIGKILL');
@@ -247,7 +307,7 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
       for (let i = 0; i < 150; i++) {
         const vms = await nubis.cliJson<Vm[]>(['vm', 'list']);
         const vm = vms.find((v) => v.name === 'k1');
-        if (!vm || vm.state !== 'pending') return vm;
+        if (vm?.state !== 'pending') return vm;
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
       throw new Error('k1 stayed pending');
@@ -269,7 +329,11 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
       const finished = await killDuringCreate('vm.create.after-qemu-started');
       const vm = await settled();
       assert.equal(vm?.state, 'running');
-      assert.deepEqual(vm?.nics.map((n) => n.ip), ['10.60.0.9'], 'its name and address were free for it again');
+      assert.deepEqual(
+        vm?.nics.map((n) => n.ip),
+        ['10.60.0.9'],
+        'its name and address were free for it again',
+      );
       const finishedOp = await nubis.cliJson<Operation>(['operation', 'show', finished!]);
       assert.equal(finishedOp.status, 'succeeded', JSON.stringify(finishedOp));
       assert.equal(await memoryOf('host-2'), before + 128);

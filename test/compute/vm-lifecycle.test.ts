@@ -39,14 +39,23 @@ describe('VM lifecycle through the API and the CLI', () => {
   });
 
   it('creates a VM through the API that boots and answers HTTP', async () => {
-    const created = await nubis.api<{ operation: Operation }>('POST', '/v1/vms', { name: 'web1', image: 'tiny', cpus: 1, memoryMb: 256, publish: [{ hostPort: httpPort, guestPort: 80 }] });
+    const created = await nubis.api<{ operation: Operation }>('POST', '/v1/vms', {
+      name: 'web1',
+      image: 'tiny',
+      cpus: 1,
+      memoryMb: 256,
+      publish: [{ hostPort: httpPort, guestPort: 80 }],
+    });
     assert.equal(created.status, 202);
     const operation = await nubis.waitOperation(created.body.operation.id);
     assert.equal(operation.status, 'succeeded', operation.error?.message);
     // The event stream replays the whole operation for a late client: its stages in order.
     const stream = await (await fetch(`${nubis.url}/v1/operations/${operation.id}/events`, { headers: { authorization: `Bearer ${nubis.token}` } })).text();
     const stages = [...stream.matchAll(/"stage":"([a-z-]+)"/g)].map((m) => m[1]);
-    assert.deepEqual(stages.filter((stage, i) => stage !== stages[i - 1]), ['placed', 'started', 'booting', 'ready', 'done']);
+    assert.deepEqual(
+      stages.filter((stage, i) => stage !== stages[i - 1]),
+      ['placed', 'started', 'booting', 'ready', 'done'],
+    );
     assert.equal(await httpGet(guestUrl), 'web1 requests=1');
     assert.equal(await httpGet(guestUrl), 'web1 requests=2');
     const listed = await nubis.cliJson<Vm[]>(['vm', 'list']);
@@ -58,7 +67,10 @@ describe('VM lifecycle through the API and the CLI', () => {
     assert.equal(listed[0].memoryMb, 256);
     assert.ok(listed[0].pid && processAlive(listed[0].pid));
     const log = await nubis.cliJson<{ lines: string[] }>(['vm', 'log', 'web1']);
-    assert.ok(log.lines.some((line) => line.includes('NUBIS-READY name=web1')), 'the console log holds the readiness line');
+    assert.ok(
+      log.lines.some((line) => line.includes('NUBIS-READY name=web1')),
+      'the console log holds the readiness line',
+    );
   });
 
   it('refuses bad input with a 4xx, a stable code and a sentence, and creates nothing', async () => {
@@ -73,7 +85,11 @@ describe('VM lifecycle through the API and the CLI', () => {
       [{ name: 'bad6', image: 'tiny', host: 'no-such-host' }, 404, 'HOST_NOT_FOUND'],
       [{ name: 'bad7', image: 'tiny', publish: [{ hostPort: httpPort, guestPort: 80 }] }, 409, 'PORT_IN_USE'],
       // Values that would reach QEMU's option strings, and types the schema must not coerce.
-      [{ name: 'bad9', image: 'tiny', publish: [{ hostAddress: '127.0.0.1:18081-:80,tftp=/etc,hostfwd=tcp:127.0.0.1', hostPort: 18082, guestPort: 80 }] }, 400, 'VALIDATION_FAILED'],
+      [
+        { name: 'bad9', image: 'tiny', publish: [{ hostAddress: '127.0.0.1:18081-:80,tftp=/etc,hostfwd=tcp:127.0.0.1', hostPort: 18082, guestPort: 80 }] },
+        400,
+        'VALIDATION_FAILED',
+      ],
       [{ name: 'bad10', image: 'tiny', publish: [{ hostAddress: '127.0.0.1', hostPort: 18083, guestPort: 80, extra: ',tftp=/' }] }, 400, 'UNKNOWN_FIELD'],
       [{ name: 'bad11', image: 'tiny', disks: ['p1,tftp=/etc/v1'] }, 400, 'VALIDATION_FAILED'],
       [{ name: 'bad12', image: 'tiny', cpus: '-Infinity' }, 400, 'VALIDATION_FAILED'],
@@ -97,7 +113,11 @@ describe('VM lifecycle through the API and the CLI', () => {
       const cmdline = execFileSync('cat', [`/proc/${pid}/cmdline`], { encoding: 'utf8' }).replaceAll('\0', ' ');
       assert.doesNotMatch(cmdline, /tftp=|18082|18083/, `QEMU ${pid}: ${cmdline}`);
     }
-    for (const [query, code] of [['lines=Infinity', 'VALIDATION_FAILED'], ['lines=1e400', 'VALIDATION_FAILED'], ['lines=20000', 'VALIDATION_FAILED']] as const) {
+    for (const [query, code] of [
+      ['lines=Infinity', 'VALIDATION_FAILED'],
+      ['lines=1e400', 'VALIDATION_FAILED'],
+      ['lines=20000', 'VALIDATION_FAILED'],
+    ] as const) {
       const log = await nubis.api<{ code: string }>('GET', `/v1/vms/web1/log?${query}`);
       assert.deepEqual([log.status, log.body.code], [400, code], query);
     }
@@ -205,7 +225,11 @@ describe('VM lifecycle through the API and the CLI', () => {
     // Not an OS that announces readiness: the VM is created once QEMU runs.
     const blank = await nubis.cliJson<Vm>(['vm', 'create', 'blank1', '--image', 'blank', '--memory', '64']);
     assert.equal(blank.state, 'running');
-    const overlayInfo = JSON.parse(execFileSync('qemu-img', ['info', '--force-share', '--output=json', join(nubis.dataDir, 'hosts', 'host-1', 'vms', blank.id, 'root.qcow2')], { encoding: 'utf8' }));
+    const overlayInfo = JSON.parse(
+      execFileSync('qemu-img', ['info', '--force-share', '--output=json', join(nubis.dataDir, 'hosts', 'host-1', 'vms', blank.id, 'root.qcow2')], {
+        encoding: 'utf8',
+      }),
+    );
     assert.match(overlayInfo['backing-filename'], /images\/blank\/disk\.qcow2$/);
     await nubis.cliJson(['vm', 'delete', 'blank1']);
   });
@@ -216,7 +240,10 @@ describe('VM lifecycle through the API and the CLI', () => {
     const first = await vm('web1');
     await nubis.cliJson(['vm', 'delete', 'web2']);
     assert.equal(processAlive(second.pid!), false, 'deleting stops its QEMU');
-    assert.deepEqual((await nubis.cliJson<Vm[]>(['vm', 'list'])).map((v) => v.name), ['web1']);
+    assert.deepEqual(
+      (await nubis.cliJson<Vm[]>(['vm', 'list'])).map((v) => v.name),
+      ['web1'],
+    );
     const down = await nubis.cli(['down']);
     assert.equal(down.code, 0, down.stderr);
     assert.equal(processAlive(first.pid!), false, 'down stops the VMs');

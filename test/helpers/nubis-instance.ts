@@ -162,7 +162,9 @@ export async function runOnConsole(nubis: NubisInstance, vm: string, command: st
       while (!finished && !closed && Date.now() < deadline) await sleep(50);
       if (finished) return output;
     }
-    failure = closed ? `The console of ${vm} closed (${closed})` : `No ${prompted ? `${marker}-done` : 'prompt'} on the console of ${vm} within ${timeoutMs} ms`;
+    failure = closed
+      ? `The console of ${vm} closed (${closed})`
+      : `No ${prompted ? `${marker}-done` : 'prompt'} on the console of ${vm} within ${timeoutMs} ms`;
   } catch (error) {
     failure = `The console of ${vm} could not be opened: ${(error as Error).message}`;
   } finally {

@@ -51,7 +51,10 @@ describe('image import (API, no hosts)', () => {
     dir = mkdtempSync(join(tmpdir(), `nubis-image-import-${process.pid}-`));
     db = await openDatabase(join(dir, 'nubis.db'));
     const now = new Date().toISOString();
-    await db.insertInto('tokens').values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now }).execute();
+    await db
+      .insertInto('tokens')
+      .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
+      .execute();
     await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
     services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_test' });
     await services.images.prepareFolders();
@@ -144,8 +147,14 @@ describe('image import (API, no hosts)', () => {
     writeFileSync(join(importDir, 'good-kernel'), kernelBytes());
     writeFileSync(join(importDir, 'good-initrd'), Buffer.concat([Buffer.from([0x1f, 0x8b, 0x08, 0]), Buffer.alloc(100)]));
     writeFileSync(join(importDir, 'raw-initrd'), Buffer.alloc(4096, 0xab));
-    await assertRefused({ name: 'textk', kernelPath: 'text-kernel', initrdPath: 'good-initrd' }, /kernel file text-kernel is not a Linux x86 kernel .*looks like text/);
-    await assertRefused({ name: 'rawi', kernelPath: 'good-kernel', initrdPath: 'raw-initrd' }, /initrd file raw-initrd is not a cpio archive .*looks like unrecognised data starting abab/);
+    await assertRefused(
+      { name: 'textk', kernelPath: 'text-kernel', initrdPath: 'good-initrd' },
+      /kernel file text-kernel is not a Linux x86 kernel .*looks like text/,
+    );
+    await assertRefused(
+      { name: 'rawi', kernelPath: 'good-kernel', initrdPath: 'raw-initrd' },
+      /initrd file raw-initrd is not a cpio archive .*looks like unrecognised data starting abab/,
+    );
     await assertRefused({ name: 'both', path: 'good-kernel', kernelPath: 'good-kernel', initrdPath: 'good-initrd' }, /either/);
   });
 

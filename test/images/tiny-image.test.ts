@@ -58,14 +58,33 @@ class TinyVm {
     const child = spawn(
       'qemu-system-x86_64',
       [
-        '-accel', 'tcg', '-machine', 'q35', '-cpu', 'qemu64', '-m', String(options.memoryMb ?? 256),
-        '-nographic', '-monitor', 'none', '-serial', 'stdio',
-        '-qmp', `unix:${this.qmpPath},server=on,wait=off`,
-        '-kernel', image.kernelPath, '-initrd', image.initrdPath,
-        '-append', `console=ttyS0 nubis.name=${this.name} ${options.append}`.trim(),
-        '-netdev', `user,id=n0,hostfwd=tcp:127.0.0.1:${this.httpPort}-:80`,
-        '-device', 'virtio-net-pci,netdev=n0',
-        '-drive', `file=${this.diskPath},if=virtio,format=raw`,
+        '-accel',
+        'tcg',
+        '-machine',
+        'q35',
+        '-cpu',
+        'qemu64',
+        '-m',
+        String(options.memoryMb ?? 256),
+        '-nographic',
+        '-monitor',
+        'none',
+        '-serial',
+        'stdio',
+        '-qmp',
+        `unix:${this.qmpPath},server=on,wait=off`,
+        '-kernel',
+        image.kernelPath,
+        '-initrd',
+        image.initrdPath,
+        '-append',
+        `console=ttyS0 nubis.name=${this.name} ${options.append}`.trim(),
+        '-netdev',
+        `user,id=n0,hostfwd=tcp:127.0.0.1:${this.httpPort}-:80`,
+        '-device',
+        'virtio-net-pci,netdev=n0',
+        '-drive',
+        `file=${this.diskPath},if=virtio,format=raw`,
       ],
       { stdio: ['pipe', 'pipe', 'pipe'] },
     );
@@ -152,9 +171,9 @@ class TinyVm {
         return replies.shift()!;
       };
       await next(); // greeting
-      socket.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
+      socket.write(`${JSON.stringify({ execute: 'qmp_capabilities' })}\n`);
       await next();
-      socket.write(JSON.stringify({ execute }) + '\n');
+      socket.write(`${JSON.stringify({ execute })}\n`);
       return await next();
     } finally {
       socket.destroy();
@@ -165,7 +184,10 @@ class TinyVm {
   async exited(timeoutMs: number): Promise<number | null> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`QEMU for ${this.name} still runs after ${timeoutMs} ms; console tail:\n${this.#console.slice(-2000)}`)), timeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`QEMU for ${this.name} still runs after ${timeoutMs} ms; console tail:\n${this.#console.slice(-2000)}`)),
+        timeoutMs,
+      );
     });
     try {
       return await Promise.race([this.#exit!, timeout]);

@@ -36,7 +36,12 @@ describe('cleanupByPrefix', { timeout: 60_000 }, () => {
     const stateDir = join(dir, 'dhcp');
     await mkdir(stateDir);
     const server = await ensureDhcp({
-      hostNs: bed.hosts[0].ns, networkKey: 'net-a', stateDir, subnet: '10.0.0.0/24', serverIp: '10.0.0.2', hosts: [],
+      hostNs: bed.hosts[0].ns,
+      networkKey: 'net-a',
+      stateDir,
+      subnet: '10.0.0.0/24',
+      serverIp: '10.0.0.2',
+      hosts: [],
     });
     const probe = await startProbe({ hostNs: bed.hosts[1].ns, networkKey: 'net-a', address: '10.0.0.9/24', command: ['busybox', 'sleep', '600'] });
     await runCommand('nft', ['add', 'table', 'inet', `${prefix}fw`]);
@@ -51,7 +56,10 @@ describe('cleanupByPrefix', { timeout: 60_000 }, () => {
       assert.deepEqual(await leftovers(prefix), []);
       assert.equal(isRunning(server.pid), false);
       assert.equal(isRunning(probe.child.pid!), false);
-      assert.deepEqual((await listNftTables()).filter((table) => table.name.startsWith(prefix)), []);
+      assert.deepEqual(
+        (await listNftTables()).filter((table) => table.name.startsWith(prefix)),
+        [],
+      );
       assert.deepEqual(await leftovers(bystander), [bystander]);
       // Running it again on nothing is fine.
       assert.deepEqual(await cleanupByPrefix(prefix), { namespaces: [], links: [], nftTables: [], killedPids: [] });

@@ -50,7 +50,10 @@ describe('DHCP server per network', { timeout: 120_000 }, () => {
     // udhcpc passes the lease in environment variables; print them for the test to read.
     await writeFile(script, '#!/bin/sh\necho "$1 ip=$ip mask=$mask router=$router mtu=$mtu"\n', { mode: 0o755 });
     bed = await buildTestbed(2);
-    await plumbNetworks(bed, [[NET_A, 100], [NET_B, 101]]);
+    await plumbNetworks(bed, [
+      [NET_A, 100],
+      [NET_B, 101],
+    ]);
     dhcp = {
       hostNs: bed.hosts[0].ns,
       networkKey: NET_A,
@@ -109,7 +112,10 @@ describe('DHCP server per network', { timeout: 120_000 }, () => {
     const server = await ensureDhcp(dhcp);
     await stopDhcp(dhcp);
     assert.equal(isRunning(server.pid), false);
-    assert.deepEqual((await leftovers(bed.prefix)).filter((name) => name.includes('-dhcp-')), []);
+    assert.deepEqual(
+      (await leftovers(bed.prefix)).filter((name) => name.includes('-dhcp-')),
+      [],
+    );
     await assert.rejects(readFile(server.pidPath), { code: 'ENOENT' });
     await stopDhcp(dhcp);
   });

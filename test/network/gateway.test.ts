@@ -47,8 +47,7 @@ describe('network gateway: NAT and port forwards', { timeout: 180_000 }, () => {
     const result = await runInNamespace(ns, 'curl', ['-s', '--connect-timeout', '2', '--max-time', '3', url], { timeoutMs: 10_000 });
     return result.exitCode === 0 ? result.stdout : undefined;
   };
-  const ping = async (from: Probe, target: string) =>
-    (await from.run(['busybox', 'ping', '-c', '2', '-W', '1', target], { timeoutMs: 10_000 })).exitCode === 0;
+  const ping = async (from: Probe, target: string) => (await from.run(['busybox', 'ping', '-c', '2', '-W', '1', target], { timeoutMs: 10_000 })).exitCode === 0;
   const hostTable = async (ns: string) => {
     const result = await runCommand('nft', ['list', 'table', 'ip', HOST_GATEWAY_TABLE], { netns: ns, allowFailure: true });
     return result.exitCode === 0 ? result.stdout : undefined;
@@ -95,16 +94,14 @@ describe('network gateway: NAT and port forwards', { timeout: 180_000 }, () => {
   });
 
   it('refuses a gateway for a network that is not on the host and leaves nothing behind', async () => {
-    await assert.rejects(
-      ensureGateway({ hostNs: hostA, networkKey: 'net-missing', gatewayCidr: '10.9.0.1/24', subnet: '10.9.0.0/24' }),
-      { code: 'NET_NETWORK_NOT_FOUND' },
-    );
+    await assert.rejects(ensureGateway({ hostNs: hostA, networkKey: 'net-missing', gatewayCidr: '10.9.0.1/24', subnet: '10.9.0.0/24' }), {
+      code: 'NET_NETWORK_NOT_FOUND',
+    });
     assert.equal(await namespaceExists(routerNamespaceFor(hostA, 'net-missing')), false);
     assert.equal(await hostTable(hostA), undefined);
-    await assert.rejects(
-      ensureGateway({ hostNs: hostA, networkKey: NET_A, gatewayCidr: '10.0.0.1/24', subnet: '10.0.0.0/24', uplinkDevice: 'nope0' }),
-      { code: 'NET_LINK_NOT_FOUND' },
-    );
+    await assert.rejects(ensureGateway({ hostNs: hostA, networkKey: NET_A, gatewayCidr: '10.0.0.1/24', subnet: '10.0.0.0/24', uplinkDevice: 'nope0' }), {
+      code: 'NET_LINK_NOT_FOUND',
+    });
     await assert.rejects(ensureGateway({ hostNs: hostA, networkKey: NET_A, gatewayCidr: '10.0.1.1/24', subnet: '10.0.0.0/24' }), {
       code: 'NET_INVALID_ADDRESS',
     });
@@ -171,7 +168,12 @@ describe('network gateway: NAT and port forwards', { timeout: 180_000 }, () => {
       { code: 'NET_PORT_FORWARD_TAKEN' },
     );
     await assert.rejects(
-      setPortForwards({ hostNs: hostA, networkKey: NET_B, listenAddress: underlayA, forwards: [{ protocol: 'tcp', hostPort: 8081, vmIp: '10.1.0.5', vmPort: 80 }] }),
+      setPortForwards({
+        hostNs: hostA,
+        networkKey: NET_B,
+        listenAddress: underlayA,
+        forwards: [{ protocol: 'tcp', hostPort: 8081, vmIp: '10.1.0.5', vmPort: 80 }],
+      }),
       { code: 'NET_INVALID_PORT_FORWARD' },
     );
     assert.deepEqual(await listPortForwards({ hostNs: hostA, networkKey: NET_B }), []);
@@ -180,12 +182,15 @@ describe('network gateway: NAT and port forwards', { timeout: 180_000 }, () => {
       hostNs: hostA,
       networkKey: NET_B,
       listenAddress: underlayA,
-      forwards: [{ protocol: 'tcp', hostPort: 8081, vmIp: VM_IP, vmPort: 80 }, { protocol: 'udp', hostPort: 8080, vmIp: VM_IP, vmPort: 53 }],
+      forwards: [
+        { protocol: 'tcp', hostPort: 8081, vmIp: VM_IP, vmPort: 80 },
+        { protocol: 'udp', hostPort: 8080, vmIp: VM_IP, vmPort: 53 },
+      ],
     });
-    assert.deepEqual((await listPortForwards({ hostNs: hostA, networkKey: NET_B })).map((forward) => `${forward.protocol} ${forward.hostPort}`), [
-      'tcp 8081',
-      'udp 8080',
-    ]);
+    assert.deepEqual(
+      (await listPortForwards({ hostNs: hostA, networkKey: NET_B })).map((forward) => `${forward.protocol} ${forward.hostPort}`),
+      ['tcp 8081', 'udp 8080'],
+    );
     // Network A's forward is untouched and still works.
     assert.equal(await curl(hostB, `http://${underlayA}:8080/`), 'hello from the vm\n');
     // Network B has no VM at 10.0.0.5: its forward reaches nobody, and never network A's VM.
@@ -193,7 +198,12 @@ describe('network gateway: NAT and port forwards', { timeout: 180_000 }, () => {
   });
 
   it('replaces the forward set as a whole and removes single forwards', async () => {
-    await setPortForwards({ hostNs: hostA, networkKey: NET_A, listenAddress: underlayA, forwards: [{ protocol: 'tcp', hostPort: 8082, vmIp: VM_IP, vmPort: 80 }] });
+    await setPortForwards({
+      hostNs: hostA,
+      networkKey: NET_A,
+      listenAddress: underlayA,
+      forwards: [{ protocol: 'tcp', hostPort: 8082, vmIp: VM_IP, vmPort: 80 }],
+    });
     assert.equal(await curl(hostB, `http://${underlayA}:8080/`), undefined);
     assert.equal(await curl(hostB, `http://${underlayA}:8082/`), 'hello from the vm\n');
     await addPortForward({ hostNs: hostA, networkKey: NET_A, protocol: 'tcp', hostPort: 8080, vmIp: VM_IP, vmPort: 80, listenAddress: underlayA });
@@ -227,7 +237,12 @@ describe('network gateway: NAT and port forwards', { timeout: 180_000 }, () => {
 
   it('is swept by cleanupByPrefix when its owner forgot it', async () => {
     const gateway = await ensureGateway({ hostNs: hostA, networkKey: NET_A, gatewayCidr: '10.0.0.1/24', subnet: '10.0.0.0/24' });
-    await setPortForwards({ hostNs: hostA, networkKey: NET_A, listenAddress: underlayA, forwards: [{ protocol: 'tcp', hostPort: 8080, vmIp: VM_IP, vmPort: 80 }] });
+    await setPortForwards({
+      hostNs: hostA,
+      networkKey: NET_A,
+      listenAddress: underlayA,
+      forwards: [{ protocol: 'tcp', hostPort: 8080, vmIp: VM_IP, vmPort: 80 }],
+    });
     assert.equal(await curl(hostB, `http://${underlayA}:8080/`), 'hello from the vm\n');
     await vm.close();
     if (outsideServer?.pid !== undefined && isRunning(outsideServer.pid)) outsideServer.kill('SIGKILL');

@@ -4,15 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ipJson } from '../../src/network/ip-command.ts';
 import { bridgeNameFor, vxlanNameFor } from '../../src/network/names.ts';
-import {
-  createTap,
-  deleteTap,
-  ensureNetworkOnHost,
-  getPeers,
-  inspectNetworkOnHost,
-  removeNetworkFromHost,
-  setPeers,
-} from '../../src/network/overlay.ts';
+import { createTap, deleteTap, ensureNetworkOnHost, getPeers, inspectNetworkOnHost, removeNetworkFromHost, setPeers } from '../../src/network/overlay.ts';
 import { openProbe, runProbe, startProbe, type Probe } from '../../src/network/probe.ts';
 import { buildTestbed, plumbNetworks, flushNeighbours, leftovers, macOf, type Testbed } from './testbed.ts';
 
@@ -42,7 +34,10 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
 
   before(async () => {
     bed = await buildTestbed(2);
-    await plumbNetworks(bed, [[NET_A, 100], [NET_B, 101]]);
+    await plumbNetworks(bed, [
+      [NET_A, 100],
+      [NET_B, 101],
+    ]);
   });
 
   after(async () => {
@@ -62,7 +57,9 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
     assert.equal(state.localUnderlayIp, h1.underlayIp);
     assert.deepEqual(state.peers, [bed.hosts[1].underlayIp]);
     const [vxlan] = await ipJson<{ mtu: number; master: string; linkinfo: { info_data: { port: number; id: number } } }[]>(
-      ['-d', 'link', 'show', 'dev', vxlanNameFor(NET_A)], { netns: h1.ns });
+      ['-d', 'link', 'show', 'dev', vxlanNameFor(NET_A)],
+      { netns: h1.ns },
+    );
     assert.equal(vxlan.linkinfo.info_data.port, 4789);
     assert.equal(vxlan.master, bridgeNameFor(NET_A));
     // The host has no address on the tenant segment.
@@ -91,11 +88,23 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
 
   it('runs a one-off probe command and removes the probe afterwards', async () => {
     const [h1] = bed.hosts;
-    const result = await runProbe({ hostNs: h1.ns, networkKey: NET_A, address: '10.0.0.99/24', command: ['busybox', 'ping', '-c', '1', '-W', '1', '10.0.0.20'], timeoutMs: 10_000 });
+    const result = await runProbe({
+      hostNs: h1.ns,
+      networkKey: NET_A,
+      address: '10.0.0.99/24',
+      command: ['busybox', 'ping', '-c', '1', '-W', '1', '10.0.0.20'],
+      timeoutMs: 10_000,
+    });
     assert.equal(result.exitCode, 0, result.stdout + result.stderr);
     const state = await inspectNetworkOnHost({ hostNs: h1.ns, networkKey: NET_A });
-    assert.deepEqual(state!.ports.filter((port) => !probes.some((probe) => probe.hostLinkName === port)), []);
-    assert.deepEqual((await leftovers(bed.prefix)).filter((name) => name.includes('-pb-')).filter((name) => !probes.some((probe) => probe.namespace === name)), []);
+    assert.deepEqual(
+      state!.ports.filter((port) => !probes.some((probe) => probe.hostLinkName === port)),
+      [],
+    );
+    assert.deepEqual(
+      (await leftovers(bed.prefix)).filter((name) => name.includes('-pb-')).filter((name) => !probes.some((probe) => probe.namespace === name)),
+      [],
+    );
   });
 
   it('keeps networks apart, even with overlapping subnets, on other hosts and on the same host', async () => {
@@ -154,7 +163,10 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
     const result = await running.stop();
     const replies = result.stdout.match(/bytes from 10\.0\.0\.10/g) ?? [];
     assert.ok(replies.length >= 3, `expected replies, got: ${result.stdout}`);
-    assert.deepEqual((await leftovers(bed.prefix)).filter((name) => name === running.probe.namespace), []);
+    assert.deepEqual(
+      (await leftovers(bed.prefix)).filter((name) => name === running.probe.namespace),
+      [],
+    );
   });
 
   it('makes a persistent tap on the network bridge, idempotently, and deletes it', async () => {
@@ -163,7 +175,9 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
     assert.deepEqual(tap, { tapName: 'ntap-test0', bridge: bridgeNameFor(NET_A), mtu: 1450 });
     assert.deepEqual(await createTap({ hostNs: h1.ns, networkKey: NET_A, tapName: 'ntap-test0' }), tap);
     const [link] = await ipJson<{ master: string; mtu: number; linkinfo: { info_kind: string; info_data: { type: string; pi: boolean } } }[]>(
-      ['-d', 'link', 'show', 'dev', 'ntap-test0'], { netns: h1.ns });
+      ['-d', 'link', 'show', 'dev', 'ntap-test0'],
+      { netns: h1.ns },
+    );
     assert.equal(link.master, bridgeNameFor(NET_A));
     assert.equal(link.linkinfo.info_kind, 'tun');
     assert.equal(link.linkinfo.info_data.type, 'tap');
@@ -174,16 +188,14 @@ describe('bridge + VXLAN overlay across two hosts', { timeout: 120_000 }, () => 
 
   it('undoes the bridge when the VXLAN device cannot be made (VNI already taken on the host)', async () => {
     const [h1] = bed.hosts;
-    await assert.rejects(
-      ensureNetworkOnHost({ hostNs: h1.ns, networkKey: 'net-clash', vni: 100, localUnderlayIp: h1.underlayIp }),
-      { code: 'NET_COMMAND_FAILED' },
-    );
+    await assert.rejects(ensureNetworkOnHost({ hostNs: h1.ns, networkKey: 'net-clash', vni: 100, localUnderlayIp: h1.underlayIp }), {
+      code: 'NET_COMMAND_FAILED',
+    });
     const names = (await ipJson<{ ifname: string }[]>(['link', 'show'], { netns: h1.ns })).map((link) => link.ifname);
     assert.ok(!names.includes(bridgeNameFor('net-clash')), 'the bridge of the failed network was left behind');
-    await assert.rejects(
-      ensureNetworkOnHost({ hostNs: h1.ns, networkKey: 'net-big', vni: 102, localUnderlayIp: h1.underlayIp, mtu: 1500 }),
-      { code: 'NET_INVALID_MTU' },
-    );
+    await assert.rejects(ensureNetworkOnHost({ hostNs: h1.ns, networkKey: 'net-big', vni: 102, localUnderlayIp: h1.underlayIp, mtu: 1500 }), {
+      code: 'NET_INVALID_MTU',
+    });
   });
 
   it('removes a network from a host, leaving the other network working', async () => {

@@ -67,7 +67,10 @@ describe('storage node: pool member hardening', () => {
     return path;
   }
 
-  const sha256 = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex');
+  const sha256 = async (path: string) =>
+    createHash('sha256')
+      .update(await readFile(path))
+      .digest('hex');
   const poolNames = async () => ((await app.inject({ method: 'GET', url: '/storage/pools' })).json() as Array<{ name: string }>).map((p) => p.name).sort();
 
   /** The answer to a request, failing the test if it takes 5 s (a FIFO opened would hang). */
@@ -90,7 +93,10 @@ describe('storage node: pool member hardening', () => {
     assert.equal(refused.json().code, 'POOL_DEVICE_HAS_DATA');
     assert.equal(refused.json().message, `Device ${ext4} holds an ext4 filesystem; pass --force to overwrite it`);
     assert.equal(await sha256(ext4), before, 'the filesystem is byte-for-byte intact');
-    assert.ok((await readFile(other)).subarray(0, 8192).every((b) => b === 0), 'the blank member was not labelled either');
+    assert.ok(
+      (await readFile(other)).subarray(0, 8192).every((b) => b === 0),
+      'the blank member was not labelled either',
+    );
     assert.deepEqual(await poolNames(), []);
     const forced = await createPool('p-ext4', [other, ext4], true);
     assert.equal(forced.statusCode, 201, forced.body);
@@ -98,13 +104,30 @@ describe('storage node: pool member hardening', () => {
   });
 
   it('refuses a GPT-labelled file, and a member of another pool naming that pool', async () => {
-    const gpt = await withBytes([[510, Buffer.from([0x55, 0xaa])], [446 + 4, Buffer.from([0xee])], [512, Buffer.from('EFI PART')]]);
+    const gpt = await withBytes([
+      [510, Buffer.from([0x55, 0xaa])],
+      [446 + 4, Buffer.from([0xee])],
+      [512, Buffer.from('EFI PART')],
+    ]);
     const gptAnswer = await createPool('p-gpt', [gpt, await blank()]);
     assert.equal(gptAnswer.statusCode, 409);
     assert.match(gptAnswer.json().message, new RegExp(`^Device ${gpt} holds a GPT partition table; pass --force`));
 
     // A member of a pool this node does not serve (another node's, or one whose file was lost).
-    const label = encodeLabel({ poolUuid: 'elsewhere-uuid', poolName: 'elsewhere', memberIndex: 1, memberCount: 2, layout: 'raid1', chunkBytes: 65536, allocationUnitBytes: MiB, slotBytes: MiB, journalBytes: MiB, dataStartBytes: 4 * MiB, rows: 8, createdAt: new Date(0).toISOString() });
+    const label = encodeLabel({
+      poolUuid: 'elsewhere-uuid',
+      poolName: 'elsewhere',
+      memberIndex: 1,
+      memberCount: 2,
+      layout: 'raid1',
+      chunkBytes: 65536,
+      allocationUnitBytes: MiB,
+      slotBytes: MiB,
+      journalBytes: MiB,
+      dataStartBytes: 4 * MiB,
+      rows: 8,
+      createdAt: new Date(0).toISOString(),
+    });
     const foreign = await withBytes([[0, label]]);
     const foreignAnswer = await createPool('p-foreign', [foreign, await blank()]);
     assert.equal(foreignAnswer.statusCode, 409);
@@ -152,13 +175,20 @@ describe('storage node: pool member hardening', () => {
       assert.equal(answer.statusCode, status, `${what}: ${answer.body}`);
       assert.equal(answer.json().code, code, what);
       assert.equal(httpStatusOf(code), status, `${what}: the API answers the same status`);
-      assert.ok(answer.json().message.includes(device.includes('\n') ? JSON.stringify(device) : device), `${what}: the message names the device: ${answer.json().message}`);
+      assert.ok(
+        answer.json().message.includes(device.includes('\n') ? JSON.stringify(device) : device),
+        `${what}: the message names the device: ${answer.json().message}`,
+      );
       assert.deepEqual(await poolNames(), poolsBefore, what);
     }
     const symlinked = await createPool('p-wrong', [await blank(), (await wrongDevices())[3]![1]]);
     assert.match(symlinked.json().message, /\(a symlink to \/dev\/zero\) is a character device/);
     for (const chunk of ['64K ', '1.5K', 'x'.repeat(100), '0x1000']) {
-      const answer = await within5s({ method: 'POST', url: '/storage/pools', payload: { name: 'p-chunk', layout: 'raid1', devices: [await blank(), await blank()], chunk } });
+      const answer = await within5s({
+        method: 'POST',
+        url: '/storage/pools',
+        payload: { name: 'p-chunk', layout: 'raid1', devices: [await blank(), await blank()], chunk },
+      });
       assert.equal(answer.statusCode, 400, `chunk ${JSON.stringify(chunk)}: ${answer.body}`);
     }
     assert.deepEqual(await poolNames(), poolsBefore);
@@ -168,7 +198,8 @@ describe('storage node: pool member hardening', () => {
     const [a, b] = [await blank(), await blank()];
     assert.equal((await createPool('p-replace', [a, b])).statusCode, 201);
     const members = async () => (await app.inject({ method: 'GET', url: '/storage/pools/p-replace' })).json().members.map((m: { path: string }) => m.path);
-    const replace = (device: string, force?: boolean) => within5s({ method: 'POST', url: '/storage/pools/p-replace/replace', payload: { member: 0, device, ...(force ? { force } : {}) } });
+    const replace = (device: string, force?: boolean) =>
+      within5s({ method: 'POST', url: '/storage/pools/p-replace/replace', payload: { member: 0, device, ...(force ? { force } : {}) } });
 
     const ext4 = await ext4File();
     const before = await sha256(ext4);

@@ -31,7 +31,8 @@ interface VolumeView {
 }
 
 /** A console command printing the md5 of MiB [skip, skip+count) of /dev/vda as the disk holds it, not the page cache. */
-const regionSum = (skip: number, count: number): string => `sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M skip=${skip} count=${count} 2>/dev/null | md5sum`;
+const regionSum = (skip: number, count: number): string =>
+  `sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M skip=${skip} count=${count} 2>/dev/null | md5sum`;
 const md5Of = (output: string): string => {
   const match = /\b([0-9a-f]{32})\s+-/.exec(output);
   assert.ok(match, `an md5sum in: ${output.slice(-300)}`);
@@ -56,7 +57,13 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     const created = await nubis.cliJson<PoolView>(['pool', 'create', 'local', '--kind', 'dir']);
     assert.deepEqual([created.kind, created.state, created.hosts], ['dir', 'online', ['host-1', 'host-2']]);
     const pools = await nubis.cliJson<PoolView[]>(['pool', 'list']);
-    assert.deepEqual(pools.map((p) => [p.name, p.kind]), [['shared', 'san'], ['local', 'dir']]);
+    assert.deepEqual(
+      pools.map((p) => [p.name, p.kind]),
+      [
+        ['shared', 'san'],
+        ['local', 'dir'],
+      ],
+    );
     assert.ok(existsSync(join(nubis.dataDir, 'hosts', 'host-2', 'pools', 'local')), 'each host got its folder');
   });
 
@@ -69,7 +76,13 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     assert.match(whichHost.stderr, /on host-1, host-2; choose the volume's host with --host/);
     const badSize = await nubis.cli(['volume', 'create', 'v0', '--pool', 'local', '--size', 'lots', '--host', 'host-1']);
     assert.notEqual(badSize.code, 0);
-    assert.deepEqual((await nubis.cliJson<PoolView[]>(['pool', 'list'])).map((p) => [p.name, p.volumes]), [['shared', 0], ['local', 0]]);
+    assert.deepEqual(
+      (await nubis.cliJson<PoolView[]>(['pool', 'list'])).map((p) => [p.name, p.volumes]),
+      [
+        ['shared', 0],
+        ['local', 0],
+      ],
+    );
   });
 
   it('runs a VM on its dir volume and moves the volume with it when it migrates, while the guest writes', async () => {
@@ -86,15 +99,28 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     assert.equal(vm.host, 'host-1', 'placed where its volume lives');
     // 32 MiB of one pattern, then the guest rewrites the first 8 MiB with another in the
     // background, while the disk is being mirrored (one console session for both).
-    const started = await runOnConsole(nubis, 'dv1', 'nubis-tool disk-write /dev/vda 32 5 && echo written-ok; (nubis-tool disk-write /dev/vda 8 6 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started', { timeoutMs: 120_000 });
+    const started = await runOnConsole(
+      nubis,
+      'dv1',
+      'nubis-tool disk-write /dev/vda 32 5 && echo written-ok; (nubis-tool disk-write /dev/vda 8 6 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started',
+      { timeoutMs: 120_000 },
+    );
     assert.match(started, /written-ok/);
     assert.match(started, /writer-started/);
     const tailBefore = md5Of(await runOnConsole(nubis, 'dv1', regionSum(8, 24), { timeoutMs: 120_000 }));
     const moved = await nubis.cliJson<{ to: string; figures: { transferredBytes: number } }>(['vm', 'migrate', 'dv1', '--to', 'host-2']);
     assert.equal(moved.to, 'host-2');
     assert.match(await runOnConsole(nubis, 'dv1', 'while [ ! -s /tmp/w.status ]; do sleep 1; done; cat /tmp/w.status', { timeoutMs: 120_000 }), /\n0\r?\n/);
-    assert.match(await runOnConsole(nubis, 'dv1', 'nubis-tool disk-verify /dev/vda 8 6 && echo head-ok', { timeoutMs: 120_000 }), /head-ok/, 'what the guest wrote during the mirror is on the new copy');
-    assert.equal(md5Of(await runOnConsole(nubis, 'dv1', regionSum(8, 24), { timeoutMs: 120_000 })), tailBefore, 'what the guest wrote before the mirror is on the new copy');
+    assert.match(
+      await runOnConsole(nubis, 'dv1', 'nubis-tool disk-verify /dev/vda 8 6 && echo head-ok', { timeoutMs: 120_000 }),
+      /head-ok/,
+      'what the guest wrote during the mirror is on the new copy',
+    );
+    assert.equal(
+      md5Of(await runOnConsole(nubis, 'dv1', regionSum(8, 24), { timeoutMs: 120_000 })),
+      tailBefore,
+      'what the guest wrote before the mirror is on the new copy',
+    );
 
     const after = await nubis.cliJson<VolumeView>(['volume', 'show', 'local/lv1']);
     assert.deepEqual([after.host, after.usedBy], ['host-2', 'dv1']);
@@ -128,7 +154,12 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     // The guest writes into its boot disk (its overlay: the image stays as imported), over the
     // file system it booted from (kernel and initrd are in memory by now), then rewrites the
     // start in the background during the mirror.
-    const started = await runOnConsole(nubis, 'di1', 'nubis-tool disk-write /dev/vda 24 8 && echo written-ok; (nubis-tool disk-write /dev/vda 6 9 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started', { timeoutMs: 120_000 });
+    const started = await runOnConsole(
+      nubis,
+      'di1',
+      'nubis-tool disk-write /dev/vda 24 8 && echo written-ok; (nubis-tool disk-write /dev/vda 6 9 > /tmp/w.log 2>&1; echo $? > /tmp/w.status) & echo writer-started',
+      { timeoutMs: 120_000 },
+    );
     assert.match(started, /written-ok/);
     assert.match(started, /writer-started/);
     // Written before the mirror: only the initial copy of the overlay's clusters carries it.
@@ -136,10 +167,20 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     const moved = await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'di1', '--to', 'host-2']);
     assert.equal(moved.to, 'host-2');
     assert.match(await runOnConsole(nubis, 'di1', 'while [ ! -s /tmp/w.status ]; do sleep 1; done; cat /tmp/w.status', { timeoutMs: 120_000 }), /\n0\r?\n/);
-    assert.match(await runOnConsole(nubis, 'di1', 'nubis-tool disk-verify /dev/vda 6 9 && echo head-ok', { timeoutMs: 120_000 }), /head-ok/, 'what the guest wrote during the mirror is on host-2');
-    assert.equal(md5Of(await runOnConsole(nubis, 'di1', regionSum(6, 18), { timeoutMs: 120_000 })), tailBefore, 'what the guest wrote before the mirror is on host-2');
+    assert.match(
+      await runOnConsole(nubis, 'di1', 'nubis-tool disk-verify /dev/vda 6 9 && echo head-ok', { timeoutMs: 120_000 }),
+      /head-ok/,
+      'what the guest wrote during the mirror is on host-2',
+    );
+    assert.equal(
+      md5Of(await runOnConsole(nubis, 'di1', regionSum(6, 18), { timeoutMs: 120_000 })),
+      tailBefore,
+      'what the guest wrote before the mirror is on host-2',
+    );
     // The new overlay holds the guest's writes over the same image; the old one is gone.
-    const info = JSON.parse(execFileSync('qemu-img', ['info', '--force-share', '--output=json', overlayOn('host-2')], { encoding: 'utf8' })) as { 'backing-filename': string };
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '--force-share', '--output=json', overlayOn('host-2')], { encoding: 'utf8' })) as {
+      'backing-filename': string;
+    };
     assert.match(info['backing-filename'], /images\/tiny-disk\//);
     assert.ok(!existsSync(overlayOn('host-1')), 'the old overlay is gone from host-1');
     await nubis.cliJson(['vm', 'delete', 'di1']);
@@ -153,6 +194,9 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
     assert.ok(!existsSync(fileOn('host-2', 'lv1')));
     await nubis.cli(['pool', 'delete', 'local']);
     assert.ok(!existsSync(join(nubis.dataDir, 'hosts', 'host-1', 'pools', 'local')));
-    assert.deepEqual((await nubis.cliJson<PoolView[]>(['pool', 'list'])).map((p) => p.name), ['shared']);
+    assert.deepEqual(
+      (await nubis.cliJson<PoolView[]>(['pool', 'list'])).map((p) => p.name),
+      ['shared'],
+    );
   });
 });

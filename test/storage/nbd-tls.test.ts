@@ -25,9 +25,25 @@ const opensslMissing = spawnSync('openssl', ['version']).error ? 'openssl is not
 async function makeCertificates(dir: string): Promise<{ serverDir: string; clientDir: string; noCertDir: string; rogueDir: string }> {
   const openssl = (...args: string[]) => run('openssl', args, { cwd: dir });
   const ca = async (name: string) => {
-    await openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`,
-      '-keyout', `${name}-key.pem`, '-out', `${name}-cert.pem`,
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+    await openssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      `/CN=${name}`,
+      '-keyout',
+      `${name}-key.pem`,
+      '-out',
+      `${name}-cert.pem`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    );
   };
   // QEMU checks the key usage and purpose of every certificate it loads.
   const issue = async (name: string, caName: string, purpose: 'serverAuth' | 'clientAuth') => {
@@ -39,8 +55,23 @@ async function makeCertificates(dir: string): Promise<{ serverDir: string; clien
     ];
     await writeFile(join(dir, `${name}.ext`), `${extensions.join('\n')}\n`);
     await openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`, '-keyout', `${name}-key.pem`, '-out', `${name}.csr`);
-    await openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${caName}-cert.pem`, '-CAkey', `${caName}-key.pem`, '-CAcreateserial',
-      '-days', '1', '-extfile', `${name}.ext`, '-out', `${name}-cert.pem`);
+    await openssl(
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      `${caName}-cert.pem`,
+      '-CAkey',
+      `${caName}-key.pem`,
+      '-CAcreateserial',
+      '-days',
+      '1',
+      '-extfile',
+      `${name}.ext`,
+      '-out',
+      `${name}-cert.pem`,
+    );
   };
   await ca('nubis-test-ca');
   await ca('rogue-ca');
@@ -55,8 +86,16 @@ async function makeCertificates(dir: string): Promise<{ serverDir: string; clien
     return target;
   };
   const dirs = {
-    serverDir: await layout('server', { 'ca-cert.pem': 'nubis-test-ca-cert.pem', 'server-cert.pem': 'nubis-test-server-cert.pem', 'server-key.pem': 'nubis-test-server-key.pem' }),
-    clientDir: await layout('client', { 'ca-cert.pem': 'nubis-test-ca-cert.pem', 'client-cert.pem': 'nubis-test-client-cert.pem', 'client-key.pem': 'nubis-test-client-key.pem' }),
+    serverDir: await layout('server', {
+      'ca-cert.pem': 'nubis-test-ca-cert.pem',
+      'server-cert.pem': 'nubis-test-server-cert.pem',
+      'server-key.pem': 'nubis-test-server-key.pem',
+    }),
+    clientDir: await layout('client', {
+      'ca-cert.pem': 'nubis-test-ca-cert.pem',
+      'client-cert.pem': 'nubis-test-client-cert.pem',
+      'client-key.pem': 'nubis-test-client-key.pem',
+    }),
     noCertDir: await layout('client-no-cert', { 'ca-cert.pem': 'nubis-test-ca-cert.pem' }),
     rogueDir: await layout('client-rogue', { 'client-cert.pem': 'rogue-client-cert.pem', 'client-key.pem': 'rogue-client-key.pem' }),
   };
@@ -149,7 +188,10 @@ describe('NBD server requiring TLS', { skip: opensslMissing }, () => {
 
   const tlsObject = (credsDir: string) => `tls-creds-x509,id=tls0,dir=${credsDir},endpoint=client`;
   const tlsImage = () => `driver=nbd,host=127.0.0.1,port=${port},export=disk,tls-creds=tls0`;
-  const imageDigest = async () => createHash('sha256').update(await readFile(imagePath)).digest('hex');
+  const imageDigest = async () =>
+    createHash('sha256')
+      .update(await readFile(imagePath))
+      .digest('hex');
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'nubis-nbd-tls-'));
@@ -180,12 +222,18 @@ describe('NBD server requiring TLS', { skip: opensslMissing }, () => {
 
   it('qemu-io writes and reads back through TLS with a client certificate', async () => {
     const { stdout } = await run('qemu-io', [
-      '--object', tlsObject(certs.clientDir),
-      '--image-opts', tlsImage(),
-      '-c', 'write -P 0x5a 0 1M',
-      '-c', 'read -P 0x5a 0 1M',
-      '-c', 'write -P 0xc3 8M 64k',
-      '-c', 'read -P 0xc3 8M 64k',
+      '--object',
+      tlsObject(certs.clientDir),
+      '--image-opts',
+      tlsImage(),
+      '-c',
+      'write -P 0x5a 0 1M',
+      '-c',
+      'read -P 0x5a 0 1M',
+      '-c',
+      'write -P 0xc3 8M 64k',
+      '-c',
+      'read -P 0xc3 8M 64k',
     ]);
     assert.doesNotMatch(stdout, /Pattern verification failed/);
     const image = await readFile(imagePath);

@@ -155,7 +155,10 @@ describe('storage service over NBD', () => {
     await expect(service.createVolume('raid1', 'other', '20X'), 'VOLUME_SIZE_INVALID', /"20X" does not parse/);
     await expect(service.resizeVolume('raid1', 'disk', '1M'), 'VOLUME_SHRINK_BELOW_DATA', /holds data at/);
     assert.equal(service.getVolume('raid1', 'disk').sizeBytes, 16 * MiB);
-    assert.deepEqual(service.listPools().map((p) => p.name), ['raid0', 'raid1', 'raid10', 'raid5', 'raid6', 'tiny']);
+    assert.deepEqual(
+      service.listPools().map((p) => p.name),
+      ['raid0', 'raid1', 'raid10', 'raid5', 'raid6', 'tiny'],
+    );
     assert.ok((await readFile(a)).subarray(0, 8).every((x) => x === 0));
     await expect(StorageService.start({ poolsDir: poolsDir() }), 'POOL_IN_USE', /served by process \d+ already/);
   });

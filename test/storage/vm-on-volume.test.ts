@@ -45,11 +45,19 @@ describe('VMs on volumes of the storage node', () => {
   });
 
   it('creates a RAID 5 pool over unequal devices and thin volumes on it', async () => {
-    const pool = await nubis.cliJson<{ layout: string; state: string; sizeBytes: number; wasteBytes: number; members: unknown[] }>(['pool', 'create', 'p1', '--layout', 'raid5', '--device', ...devices.flatMap((d) => ['--device', d]).slice(1)]);
+    const pool = await nubis.cliJson<{ layout: string; state: string; sizeBytes: number; wasteBytes: number; members: unknown[] }>([
+      'pool',
+      'create',
+      'p1',
+      '--layout',
+      'raid5',
+      '--device',
+      ...devices.flatMap((d) => ['--device', d]).slice(1),
+    ]);
     assert.equal(pool.layout, 'raid5');
     assert.equal(pool.state, 'online');
     assert.equal(pool.members.length, 3);
-    assert.ok(pool.wasteBytes >= 64 * 2 ** 20, 'the larger member\'s extra 64 MiB is shown as waste');
+    assert.ok(pool.wasteBytes >= 64 * 2 ** 20, "the larger member's extra 64 MiB is shown as waste");
     const volume = await nubis.cliJson<{ sizeBytes: number; allocatedBytes: number }>(['volume', 'create', 'data1', '--pool', 'p1', '--size', '64M']);
     assert.equal(volume.sizeBytes, 64 * 2 ** 20);
     assert.equal(volume.allocatedBytes, 0, 'thin: nothing allocated before a write');
@@ -96,7 +104,8 @@ describe('VMs on volumes of the storage node', () => {
     await nubis.cliJson(['volume', 'delete', 'p1/snap1']);
     await nubis.cliJson(['volume', 'delete', 'p1/data1']);
     const pool = await nubis.cliJson<{ allocatedBytes: number }>(['pool', 'show', 'p1']);
-    assert.equal(pool.allocatedBytes, 0, 'deleting the volumes returned their space');  });
+    assert.equal(pool.allocatedBytes, 0, 'deleting the volumes returned their space');
+  });
 
   it('hot-plugs a volume into a running VM and unplugs it again, data intact', async () => {
     await nubis.cliJson(['volume', 'create', 'hot', '--pool', 'p1', '--size', '32M']);
@@ -104,7 +113,10 @@ describe('VMs on volumes of the storage node', () => {
     await nubis.cliJson(['vm', 'create', 'hp1', '--image', 'tiny', '--memory', '128', '--publish', `${port}:80`]);
     const waitForDisk = 'for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done; ls /dev/vda';
     const attached = await nubis.cliJson<Vm>(['vm', 'attach', 'hp1', 'p1/hot']);
-    assert.deepEqual(attached.disks.map((d) => d.volume), ['p1/hot']);
+    assert.deepEqual(
+      attached.disks.map((d) => d.volume),
+      ['p1/hot'],
+    );
     assert.match(await runOnConsole(nubis, 'hp1', waitForDisk), /\/dev\/vda\r?\n/, 'the guest sees the new disk');
     assert.equal((await guestDisk(port, 'write', 5)).ok, true);
     const detached = await nubis.cliJson<Vm>(['vm', 'detach', 'hp1', 'p1/hot']);

@@ -17,7 +17,10 @@ const spec: VmSpec = {
   cpus: 2,
   memoryMb: 256,
   boot: { kind: 'kernel', kernelPath: '/img/vmlinuz', initrdPath: '/img/initrd', cmdline: 'console=ttyS0 nubis.name=web1' },
-  disks: [{ id: 'disk0', kind: 'file', path: '/data/a,b.qcow2', format: 'qcow2' }, { id: 'disk1', kind: 'nbd', socketPath: '/run/nbd.sock', exportName: 'pool1/vol1' }],
+  disks: [
+    { id: 'disk0', kind: 'file', path: '/data/a,b.qcow2', format: 'qcow2' },
+    { id: 'disk1', kind: 'nbd', socketPath: '/run/nbd.sock', exportName: 'pool1/vol1' },
+  ],
   nics: [{ id: 'net0', mac: '52:54:00:12:34:56', mode: 'user', forwards: [{ protocol: 'tcp', hostAddress: '127.0.0.1', hostPort: 8080, guestPort: 80 }] }],
 };
 
@@ -62,14 +65,20 @@ describe('buildQemuArgs', () => {
   });
 
   it('refuses a tap NIC without a device name', () => {
-    assert.throws(() => buildQemuArgs({ ...spec, nics: [{ id: 'net0', mac: '52:54:00:00:00:01', mode: 'tap' }] }, paths, { accelerator: 'tcg' }), /no tap device/);
+    assert.throws(
+      () => buildQemuArgs({ ...spec, nics: [{ id: 'net0', mac: '52:54:00:00:00:01', mode: 'tap' }] }, paths, { accelerator: 'tcg' }),
+      /no tap device/,
+    );
   });
 
   it('refuses, field by field, a value that would add options to the QEMU command line', () => {
     const userNic = spec.nics[0];
     const forward = userNic.forwards![0];
     const attempts: Array<[string, VmSpec]> = [
-      ['published host address', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, hostAddress: '127.0.0.1:18081-:80,tftp=/etc,hostfwd=tcp:127.0.0.1' }] }] }],
+      [
+        'published host address',
+        { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, hostAddress: '127.0.0.1:18081-:80,tftp=/etc,hostfwd=tcp:127.0.0.1' }] }] },
+      ],
       ['published host port', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, hostPort: 70000 }] }] }],
       ['published guest port', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, guestPort: Number.POSITIVE_INFINITY }] }] }],
       ['published protocol', { ...spec, nics: [{ ...userNic, forwards: [{ ...forward, protocol: 'tcp,tftp=/' as 'tcp' }] }] }],
@@ -82,7 +91,11 @@ describe('buildQemuArgs', () => {
       ['kernel command line', { ...spec, boot: { ...spec.boot, cmdline: 'console=ttyS0\nroot=/dev/sda' } as VmSpec['boot'] }],
     ];
     for (const [what, hostile] of attempts) {
-      assert.throws(() => buildQemuArgs(hostile, paths, { accelerator: 'tcg' }), (error: Error & { code?: string }) => error.code === 'QEMU_INVALID_OPTION' && error.message.includes(what), what);
+      assert.throws(
+        () => buildQemuArgs(hostile, paths, { accelerator: 'tcg' }),
+        (error: Error & { code?: string }) => error.code === 'QEMU_INVALID_OPTION' && error.message.includes(what),
+        what,
+      );
     }
     // A comma in a path is escaped, not refused: QEMU reads ",," as a comma.
     assert.ok(buildQemuArgs(spec, paths, { accelerator: 'tcg' }).some((arg) => arg.includes('file.filename=/data/a,,b.qcow2')));

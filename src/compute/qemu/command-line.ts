@@ -49,7 +49,10 @@ const OPTION_VALUE_FORMATS = {
 export function optionValue(value: string | number, format: keyof typeof OPTION_VALUE_FORMATS, what: string): string {
   const text = String(value);
   if (!OPTION_VALUE_FORMATS[format].test(text)) {
-    throw new NubisError('QEMU_INVALID_OPTION', `The ${what} ${JSON.stringify(text).slice(0, 80)} is not a valid ${format} for a QEMU option; nothing was started`);
+    throw new NubisError(
+      'QEMU_INVALID_OPTION',
+      `The ${what} ${JSON.stringify(text).slice(0, 80)} is not a valid ${format} for a QEMU option; nothing was started`,
+    );
   }
   return text;
 }
@@ -60,30 +63,50 @@ export const BOOT_DISK_NODE = 'boot';
 /** The argument list (without the binary) for `spec` under `options`. */
 export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: QemuLaunchOptions): string[] {
   const args: string[] = [
-    '-name', `guest=${escapeOptionValue(optionValue(spec.name, 'path', 'VM name'))},debug-threads=on`,
-    '-machine', `${NUBIS_MACHINE_TYPE},accel=${options.accelerator}`,
-    '-cpu', NUBIS_CPU_MODEL,
-    '-smp', String(spec.cpus),
-    '-m', `${spec.memoryMb}M`,
+    '-name',
+    `guest=${escapeOptionValue(optionValue(spec.name, 'path', 'VM name'))},debug-threads=on`,
+    '-machine',
+    `${NUBIS_MACHINE_TYPE},accel=${options.accelerator}`,
+    '-cpu',
+    NUBIS_CPU_MODEL,
+    '-smp',
+    String(spec.cpus),
+    '-m',
+    `${spec.memoryMb}M`,
     '-nodefaults',
     '-no-user-config',
-    '-display', 'none',
+    '-display',
+    'none',
     // seccomp filter: QEMU may not run obsolete syscalls, gain privileges, or spawn programs.
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
-    '-qmp', `unix:${escapeOptionValue(paths.qmpSocket)},server=on,wait=off`,
+    '-sandbox',
+    'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    '-qmp',
+    `unix:${escapeOptionValue(paths.qmpSocket)},server=on,wait=off`,
     // The serial console is a socket a user can attach to, and QEMU also logs it to a file,
     // so the log is complete whether or not anyone is attached.
-    '-chardev', `socket,id=serial0,path=${escapeOptionValue(paths.consoleSocket)},server=on,wait=off,logfile=${escapeOptionValue(paths.serialLog)},logappend=on`,
-    '-serial', 'chardev:serial0',
-    '-vnc', `unix:${escapeOptionValue(paths.vncSocket)}`,
-    '-device', 'VGA',
+    '-chardev',
+    `socket,id=serial0,path=${escapeOptionValue(paths.consoleSocket)},server=on,wait=off,logfile=${escapeOptionValue(paths.serialLog)},logappend=on`,
+    '-serial',
+    'chardev:serial0',
+    '-vnc',
+    `unix:${escapeOptionValue(paths.vncSocket)}`,
+    '-device',
+    'VGA',
     // q35's root bus takes no hot-plugged devices: a few PCIe root ports give disks attached
     // to a running VM a slot (the guest kernel's pciehp sees them arrive and leave).
     ...HOTPLUG_PORTS.flatMap((port, index) => ['-device', `pcie-root-port,id=${port},chassis=${index + 1},slot=${index + 1}`]),
-    '-pidfile', paths.pidFile,
+    '-pidfile',
+    paths.pidFile,
   ];
   if (spec.boot.kind === 'kernel') {
-    args.push('-kernel', optionValue(spec.boot.kernelPath, 'path', 'kernel path'), '-initrd', optionValue(spec.boot.initrdPath, 'path', 'initrd path'), '-append', optionValue(spec.boot.cmdline, 'path', 'kernel command line'));
+    args.push(
+      '-kernel',
+      optionValue(spec.boot.kernelPath, 'path', 'kernel path'),
+      '-initrd',
+      optionValue(spec.boot.initrdPath, 'path', 'initrd path'),
+      '-append',
+      optionValue(spec.boot.cmdline, 'path', 'kernel command line'),
+    );
   } else {
     args.push('-blockdev', blockdev(BOOT_DISK_NODE, spec.boot.path, spec.boot.format, false));
     args.push('-device', `virtio-blk-pci,drive=${BOOT_DISK_NODE},id=boot-disk,bootindex=0`);
@@ -96,7 +119,10 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
   for (const nic of spec.nics) {
     if (nic.mode === 'user') {
       const forwards = (nic.forwards ?? [])
-        .map((f) => `,hostfwd=${optionValue(f.protocol, 'protocol', 'published protocol')}:${optionValue(f.hostAddress, 'address', 'published host address')}:${optionValue(f.hostPort, 'port', 'published host port')}-:${optionValue(f.guestPort, 'port', 'published guest port')}`)
+        .map(
+          (f) =>
+            `,hostfwd=${optionValue(f.protocol, 'protocol', 'published protocol')}:${optionValue(f.hostAddress, 'address', 'published host address')}:${optionValue(f.hostPort, 'port', 'published host port')}-:${optionValue(f.guestPort, 'port', 'published guest port')}`,
+        )
         .join('');
       args.push('-netdev', `user,id=${optionValue(nic.id, 'id', 'NIC id')}${forwards}`);
     } else {

@@ -2,7 +2,7 @@
  * One QEMU process on this host: launched detached (so it outlives the agent), re-attached after
  * an agent restart, driven over QMP, and observed through QMP events rather than polling.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -127,7 +127,7 @@ export class QemuProcess {
     await Promise.all([paths.qmpSocket, paths.consoleSocket, paths.vncSocket, paths.pidFile].map((path) => rm(path, { force: true })));
     const args = buildQemuArgs(spec, paths, options);
     const logFd = openSync(paths.qemuLog, 'a');
-    let child;
+    let child: ChildProcess;
     try {
       child = spawn(QEMU_BINARY, args, { detached: true, stdio: ['ignore', logFd, logFd] });
     } finally {
@@ -141,11 +141,14 @@ export class QemuProcess {
     const deadline = Date.now() + (options.timeoutMs ?? 30_000);
     // QEMU creates the QMP socket while it initialises; connecting is the event we wait for.
     for (;;) {
-      if (spawnError) throw new NubisError('VM_START_FAILED', `Cannot run ${QEMU_BINARY}: ${spawnError.message}; install the qemu-system-x86 package`, { cause: spawnError });
+      if (spawnError)
+        throw new NubisError('VM_START_FAILED', `Cannot run ${QEMU_BINARY}: ${spawnError.message}; install the qemu-system-x86 package`, { cause: spawnError });
       if (exitedEarly) {
         const log = await readFile(paths.qemuLog, 'utf8').catch(() => '');
         const tail = log.trim().split('\n').slice(-5).join('\n');
-        throw new NubisError('VM_START_FAILED', `QEMU exited while starting VM ${spec.name} (code ${exitedEarly.code ?? exitedEarly.signal}): ${tail}`, { details: { qemuLog: tail } });
+        throw new NubisError('VM_START_FAILED', `QEMU exited while starting VM ${spec.name} (code ${exitedEarly.code ?? exitedEarly.signal}): ${tail}`, {
+          details: { qemuLog: tail },
+        });
       }
       if (existsSync(paths.qmpSocket)) {
         try {
@@ -223,7 +226,11 @@ export class QemuProcess {
     try {
       await deleted;
     } catch (error) {
-      throw new NubisError('VM_DETACH_TIMEOUT', `The guest did not release disk ${diskId} within ${timeoutMs / 1000} s; is something using it? (it stays attached)`, { cause: error });
+      throw new NubisError(
+        'VM_DETACH_TIMEOUT',
+        `The guest did not release disk ${diskId} within ${timeoutMs / 1000} s; is something using it? (it stays attached)`,
+        { cause: error },
+      );
     }
     await this.qmp.execute('blockdev-del', { 'node-name': diskId });
   }
@@ -307,7 +314,8 @@ export class QemuProcess {
    */
   async exportDisksForMirror(diskIds: string[], listen: { host: string; port: number }): Promise<void> {
     await this.qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listen.host, port: String(listen.port) } } });
-    for (const id of diskIds) await this.qmp.execute('block-export-add', { type: 'nbd', id: `${MIRROR_PREFIX}${id}`, 'node-name': id, name: id, writable: true });
+    for (const id of diskIds)
+      await this.qmp.execute('block-export-add', { type: 'nbd', id: `${MIRROR_PREFIX}${id}`, 'node-name': id, name: id, writable: true });
   }
 
   /** Destination, after the switch-over: the mirror exports are no longer needed. */
@@ -323,15 +331,28 @@ export class QemuProcess {
    */
   async startDiskMirrors(disks: Array<{ id: string; sync: 'full' | 'top' }>, target: { host: string; port: number }): Promise<void> {
     for (const { id, sync } of disks) {
-      await this.qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': `${MIRROR_PREFIX}${id}`, server: { type: 'inet', host: target.host, port: String(target.port) }, export: id });
-      await this.qmp.execute('blockdev-mirror', { 'job-id': `${MIRROR_PREFIX}${id}`, device: id, target: `${MIRROR_PREFIX}${id}`, sync, 'copy-mode': 'write-blocking' });
+      await this.qmp.execute('blockdev-add', {
+        driver: 'nbd',
+        'node-name': `${MIRROR_PREFIX}${id}`,
+        server: { type: 'inet', host: target.host, port: String(target.port) },
+        export: id,
+      });
+      await this.qmp.execute('blockdev-mirror', {
+        'job-id': `${MIRROR_PREFIX}${id}`,
+        device: id,
+        target: `${MIRROR_PREFIX}${id}`,
+        sync,
+        'copy-mode': 'write-blocking',
+      });
     }
   }
 
   /** Source: the disk mirrors in progress, with bytes copied and whether each is in step. */
   async diskMirrors(): Promise<Array<{ disk: string; lengthBytes: number; copiedBytes: number; ready: boolean; status: string }>> {
     const jobs = await this.qmp.execute<Array<{ device: string; len: number; offset: number; ready: boolean; status: string }>>('query-block-jobs');
-    return jobs.filter((job) => job.device.startsWith(MIRROR_PREFIX)).map((job) => ({ disk: job.device.slice(MIRROR_PREFIX.length), lengthBytes: job.len, copiedBytes: job.offset, ready: job.ready, status: job.status }));
+    return jobs
+      .filter((job) => job.device.startsWith(MIRROR_PREFIX))
+      .map((job) => ({ disk: job.device.slice(MIRROR_PREFIX.length), lengthBytes: job.len, copiedBytes: job.offset, ready: job.ready, status: job.status }));
   }
 
   /**
@@ -348,7 +369,8 @@ export class QemuProcess {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     const nodes = await this.qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
-    for (const node of nodes.filter((n) => n['node-name'].startsWith(MIRROR_PREFIX))) await this.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
+    for (const node of nodes.filter((n) => n['node-name'].startsWith(MIRROR_PREFIX)))
+      await this.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
   }
 
   /** Source: switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both ends). */

@@ -16,7 +16,10 @@ test("Debian 12's own QEMU 7.2 is refused with what to run", () => {
 });
 
 test('a QEMU that cannot be run is named as missing', () => {
-  assert.throws(() => requireSupportedQemu('unknown'), (error: unknown) => error instanceof NubisError && error.code === 'QEMU_MISSING');
+  assert.throws(
+    () => requireSupportedQemu('unknown'),
+    (error: unknown) => error instanceof NubisError && error.code === 'QEMU_MISSING',
+  );
 });
 
 test('a VM migrates to the same or a newer QEMU, never to an older one', () => {

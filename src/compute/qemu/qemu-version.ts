@@ -44,9 +44,15 @@ export function canMigrateBetween(sourceLine: string | null | undefined, destina
 export function requireSupportedQemu(versionLine = qemuVersionLine()): void {
   const major = parseQemuVersion(versionLine)?.[0];
   if (major === undefined) {
-    throw new NubisError('QEMU_MISSING', `${QEMU_BINARY} could not be run or did not report its version: run \`npm start\` (or node scripts/setup.mjs) as root to install QEMU ${MINIMUM_QEMU_MAJOR} or newer`);
+    throw new NubisError(
+      'QEMU_MISSING',
+      `${QEMU_BINARY} could not be run or did not report its version: run \`npm start\` (or node scripts/setup.mjs) as root to install QEMU ${MINIMUM_QEMU_MAJOR} or newer`,
+    );
   }
   if (major < MINIMUM_QEMU_MAJOR) {
-    throw new NubisError('QEMU_TOO_OLD', `${versionLine} is older than QEMU ${MINIMUM_QEMU_MAJOR}, which Nubis needs (7.2 lost guest memory in live migration under TCG): run \`npm start\` (or node scripts/setup.mjs) as root, which installs it, on Debian 12 from bookworm-backports`);
+    throw new NubisError(
+      'QEMU_TOO_OLD',
+      `${versionLine} is older than QEMU ${MINIMUM_QEMU_MAJOR}, which Nubis needs (7.2 lost guest memory in live migration under TCG): run \`npm start\` (or node scripts/setup.mjs) as root, which installs it, on Debian 12 from bookworm-backports`,
+    );
   }
 }

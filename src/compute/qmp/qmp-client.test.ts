@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { QmpClient, QmpError } from './qmp-client.ts';
+import { QmpClient, type QmpError } from './qmp-client.ts';
 
 /** A scripted QMP peer: greets, accepts qmp_capabilities and hands every later line to `onCommand`. */
 class FakeQemu {
@@ -12,7 +12,10 @@ class FakeQemu {
   socket?: Socket;
   onCommand: (command: { execute: string; arguments?: Record<string, unknown>; id?: number }, peer: Socket) => void = () => {};
 
-  constructor(readonly path: string, greeting = '{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}') {
+  constructor(
+    readonly path: string,
+    greeting = '{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}',
+  ) {
     this.server = createServer((socket) => {
       this.socket = socket;
       socket.write(`${greeting}\r\n`);

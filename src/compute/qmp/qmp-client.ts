@@ -11,13 +11,7 @@
 import { connect, type Socket } from 'node:net';
 
 /** Stable codes of everything this client throws. */
-export type QmpErrorCode =
-  | 'QMP_CONNECT_FAILED'
-  | 'QMP_TIMEOUT'
-  | 'QMP_ABORTED'
-  | 'QMP_DISCONNECTED'
-  | 'QMP_COMMAND_FAILED'
-  | 'QMP_PROTOCOL';
+export type QmpErrorCode = 'QMP_CONNECT_FAILED' | 'QMP_TIMEOUT' | 'QMP_ABORTED' | 'QMP_DISCONNECTED' | 'QMP_COMMAND_FAILED' | 'QMP_PROTOCOL';
 
 /** An error from the QMP client. For `QMP_COMMAND_FAILED`, `qmpClass` holds QEMU's error class. */
 export class QmpError extends Error {
@@ -358,9 +352,7 @@ export class QmpClient {
       pending.resolve(message.return);
     } else if (typeof message.error === 'object' && message.error !== null) {
       const error = message.error as { class?: string; desc?: string };
-      pending.reject(
-        new QmpError('QMP_COMMAND_FAILED', `QEMU refused ${pending.command}: ${error.desc ?? 'no description'}`, { qmpClass: error.class }),
-      );
+      pending.reject(new QmpError('QMP_COMMAND_FAILED', `QEMU refused ${pending.command}: ${error.desc ?? 'no description'}`, { qmpClass: error.class }));
     } else {
       pending.reject(new QmpError('QMP_PROTOCOL', `QMP reply to ${pending.command} has neither return nor error`));
     }

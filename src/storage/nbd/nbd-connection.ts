@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import { ByteQueue } from './byte-queue.ts';
 import * as C from './nbd-constants.ts';
-import { defaultErrnoOf, type NbdExport, type NbdExportCatalog, type NbdExtent } from './nbd-export.ts';
+import type { NbdExport, NbdExportCatalog, NbdExtent } from './nbd-export.ts';
 
 /** How a server that requires TLS upgrades connections (proto.md "TLS support"). */
 export interface NbdTlsSettings {
@@ -402,7 +402,12 @@ export class NbdConnection {
     this.#listen(secure);
     secure.once('secure', () => {
       const subject = tls.requireClientCertificate ? secure.getPeerCertificate()?.subject?.CN : undefined;
-      this.#emit({ type: 'tls-established', connectionId: this.id, protocol: secure.getProtocol() ?? 'unknown', clientCertificateSubject: typeof subject === 'string' ? subject : undefined });
+      this.#emit({
+        type: 'tls-established',
+        connectionId: this.id,
+        protocol: secure.getProtocol() ?? 'unknown',
+        clientCertificateSubject: typeof subject === 'string' ? subject : undefined,
+      });
     });
   }
 
@@ -423,12 +428,7 @@ export class NbdConnection {
   }
 
   #transmissionFlags(exp: NbdExport): number {
-    let flags =
-      C.NBD_FLAG_HAS_FLAGS |
-      C.NBD_FLAG_SEND_FLUSH |
-      C.NBD_FLAG_SEND_FUA |
-      C.NBD_FLAG_SEND_TRIM |
-      C.NBD_FLAG_SEND_WRITE_ZEROES;
+    let flags = C.NBD_FLAG_HAS_FLAGS | C.NBD_FLAG_SEND_FLUSH | C.NBD_FLAG_SEND_FUA | C.NBD_FLAG_SEND_TRIM | C.NBD_FLAG_SEND_WRITE_ZEROES;
     // proto.md NBD_FLAG_SEND_DF: MUST be left clear unless structured replies were negotiated.
     if (this.#structuredReplies) flags |= C.NBD_FLAG_SEND_DF;
     if (exp.readOnly) flags |= C.NBD_FLAG_READ_ONLY;
@@ -770,9 +770,7 @@ export class NbdConnection {
         this.#replyOk(request);
         return;
       case C.NBD_CMD_BLOCK_STATUS: {
-        const extents = exp.blockStatus
-          ? await exp.blockStatus(request.offset, request.length)
-          : [{ lengthBytes: request.length, hole: false, zero: false }];
+        const extents = exp.blockStatus ? await exp.blockStatus(request.offset, request.length) : [{ lengthBytes: request.length, hole: false, zero: false }];
         this.#replyBlockStatus(request, extents);
         return;
       }

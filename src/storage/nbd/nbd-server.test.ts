@@ -18,7 +18,10 @@ class MemoryExport implements NbdExport {
   readonly multiConn = true;
   flushes = 0;
   fuaWrites = 0;
-  constructor(size: number, readonly readOnly = false) {
+  constructor(
+    size: number,
+    readonly readOnly = false,
+  ) {
     this.data = Buffer.alloc(size);
   }
   get sizeBytes(): number {
@@ -331,7 +334,11 @@ describe('NbdServer', () => {
     peer.request(C.NBD_CMD_READ, 15, 8192, 4);
     assert.deepEqual(await peer.simpleReply(), { error: 0, handle: 15 });
     assert.equal((await peer.read(4)).toString(), 'abcd');
-    assert.equal(disk.data.subarray(0, 1024).every((b) => b === 0), true, 'skipped write left no trace');
+    assert.equal(
+      disk.data.subarray(0, 1024).every((b) => b === 0),
+      true,
+      'skipped write left no trace',
+    );
     peer.destroy();
   });
 

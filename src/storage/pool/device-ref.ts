@@ -15,9 +15,9 @@ const NO_DOTDOT = String.raw`(?!.*/\.\.(?:/|$))`;
 const ABSOLUTE_PATH = String.raw`${NO_DOTDOT}/[^\x00-\x1f\x7f]*`;
 // NBD URI spec (nbd-uri.md in the NBD repository): nbd://host[:port][/export] and
 // nbd+unix:///[export]?socket=PATH. We take no percent-escapes, user info or other query keys.
-const EXPORT_NAME = String.raw`[A-Za-z0-9._~/+=:@-]{0,1024}`;
+const EXPORT_NAME = '[A-Za-z0-9._~/+=:@-]{0,1024}';
 const HOST = String.raw`(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])`;
-const NBD_TCP = String.raw`nbd://${HOST}(?::[0-9]{1,5})?(?:/${EXPORT_NAME})?`;
+const NBD_TCP = `nbd://${HOST}(?::[0-9]{1,5})?(?:/${EXPORT_NAME})?`;
 const NBD_UNIX = String.raw`nbd\+unix:///${EXPORT_NAME}\?socket=${NO_DOTDOT}/[^\x00-\x20\x7f&#?%]+`;
 
 /** The pattern a device string matches (JSON Schema `pattern`, also valid with the `u` flag). */
@@ -33,10 +33,13 @@ export const DEVICE_REF_RULE = 'an absolute path without control characters or .
  * opener's business (`openMemberDevice`).
  */
 export function checkDeviceRef(ref: unknown): string {
-  if (typeof ref !== 'string') throw new NubisError('POOL_DEVICE_INVALID', `Device ${JSON.stringify(ref)} is not a string; give ${DEVICE_REF_RULE}`, { details: { device: ref } });
+  if (typeof ref !== 'string')
+    throw new NubisError('POOL_DEVICE_INVALID', `Device ${JSON.stringify(ref)} is not a string; give ${DEVICE_REF_RULE}`, { details: { device: ref } });
   const shown = ref.length > 200 ? `${JSON.stringify(ref.slice(0, 200))}...` : JSON.stringify(ref);
   if (ref.length > DEVICE_REF_MAX_LENGTH) {
-    throw new NubisError('POOL_DEVICE_INVALID', `Device ${shown} is longer than ${DEVICE_REF_MAX_LENGTH} characters`, { details: { device: ref.slice(0, 200), length: ref.length } });
+    throw new NubisError('POOL_DEVICE_INVALID', `Device ${shown} is longer than ${DEVICE_REF_MAX_LENGTH} characters`, {
+      details: { device: ref.slice(0, 200), length: ref.length },
+    });
   }
   if (!DEVICE_REF.test(ref)) throw new NubisError('POOL_DEVICE_INVALID', `Device ${shown} is not ${DEVICE_REF_RULE}`, { details: { device: ref } });
   const port = /^nbd:\/\/(?:\[[^\]]*\]|[^/:]*):([0-9]+)/.exec(ref)?.[1];

@@ -54,9 +54,26 @@ describe('readDeviceSignature', () => {
 
   it('tells ext2, ext3 and ext4 apart by their feature flags', async () => {
     assert.equal((await probe([[1080, u16(0xef53)]]))?.description, 'an ext2 filesystem');
-    assert.equal((await probe([[1080, u16(0xef53)], [1024 + 0x5c, u32(0x4)]]))?.description, 'an ext3 filesystem');
+    assert.equal(
+      (
+        await probe([
+          [1080, u16(0xef53)],
+          [1024 + 0x5c, u32(0x4)],
+        ])
+      )?.description,
+      'an ext3 filesystem',
+    );
     // extents (0x40) in the incompatible features: ext4.
-    assert.equal((await probe([[1080, u16(0xef53)], [1024 + 0x5c, u32(0x4)], [1024 + 0x60, u32(0x42)]]))?.description, 'an ext4 filesystem');
+    assert.equal(
+      (
+        await probe([
+          [1080, u16(0xef53)],
+          [1024 + 0x5c, u32(0x4)],
+          [1024 + 0x60, u32(0x42)],
+        ])
+      )?.description,
+      'an ext4 filesystem',
+    );
   });
 
   it('finds XFS, btrfs, LUKS and swap', async () => {
@@ -68,7 +85,15 @@ describe('readDeviceSignature', () => {
 
   it('finds GPT, and MBR only with a used partition entry', async () => {
     assert.equal((await probe([[512, 'EFI PART']]))?.description, 'a GPT partition table');
-    assert.equal((await probe([[510, Buffer.from([0x55, 0xaa])], [446 + 4, Buffer.from([0x83])]]))?.description, 'an MBR partition table');
+    assert.equal(
+      (
+        await probe([
+          [510, Buffer.from([0x55, 0xaa])],
+          [446 + 4, Buffer.from([0x83])],
+        ])
+      )?.description,
+      'an MBR partition table',
+    );
     assert.equal(await probe([[510, Buffer.from([0x55, 0xaa])]]), undefined, 'a boot signature over four empty entries is no partition table');
   });
 
@@ -82,8 +107,18 @@ describe('readDeviceSignature', () => {
 
   it('names the Nubis pool a label belongs to, and still refuses a damaged label', async () => {
     const label: PoolLabel = {
-      poolUuid: 'u-1', poolName: 'p1', memberIndex: 2, memberCount: 3, layout: 'raid5', chunkBytes: 65536, allocationUnitBytes: MiB,
-      slotBytes: MiB, journalBytes: MiB, dataStartBytes: 4 * MiB, rows: 1, createdAt: new Date(0).toISOString(),
+      poolUuid: 'u-1',
+      poolName: 'p1',
+      memberIndex: 2,
+      memberCount: 3,
+      layout: 'raid5',
+      chunkBytes: 65536,
+      allocationUnitBytes: MiB,
+      slotBytes: MiB,
+      journalBytes: MiB,
+      dataStartBytes: 4 * MiB,
+      rows: 1,
+      createdAt: new Date(0).toISOString(),
     };
     const found = await probe([[0, encodeLabel(label)]]);
     assert.deepEqual({ kind: found?.kind, pool: found?.pool, poolUuid: found?.poolUuid }, { kind: 'nubis-pool', pool: 'p1', poolUuid: 'u-1' });

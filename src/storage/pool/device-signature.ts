@@ -56,14 +56,21 @@ export function identifyDeviceContent(head: Buffer, tail?: { buffer: Buffer; siz
   if (ascii(head, 0, 'NUBISPL1')) {
     try {
       const label = decodeLabel(head.subarray(0, 4096));
-      if (label) return { kind: 'nubis-pool', description: `the label of member ${label.memberIndex} of Nubis pool ${label.poolName}`, pool: label.poolName, poolUuid: label.poolUuid };
+      if (label)
+        return {
+          kind: 'nubis-pool',
+          description: `the label of member ${label.memberIndex} of Nubis pool ${label.poolName}`,
+          pool: label.poolName,
+          poolUuid: label.poolUuid,
+        };
     } catch {
       // A damaged label still says a pool was here.
     }
     return { kind: 'nubis-pool', description: 'a damaged Nubis pool label' };
   }
   // LUKS1/LUKS2 header: "LUKS\xba\xbe" at 0 (blkid luks.c).
-  if (head.length >= 6 && head.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]))) return { kind: 'luks', description: 'a LUKS encrypted volume' };
+  if (head.length >= 6 && head.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])))
+    return { kind: 'luks', description: 'a LUKS encrypted volume' };
   // XFS superblock magic "XFSB" at 0 (blkid xfs.c).
   if (ascii(head, 0, 'XFSB')) return { kind: 'xfs', description: 'an XFS filesystem' };
   // md superblock 1.1 at 0, 1.2 at 4 KiB (blkid linux_raid.c).
@@ -97,7 +104,8 @@ export function identifyDeviceContent(head: Buffer, tail?: { buffer: Buffer; siz
     const at = (position: number) => (position >= tailStart && position + 4 <= tail.sizeBytes ? u32le(tail.buffer, position - tailStart) : undefined);
     const md090 = Math.floor(tail.sizeBytes / 65536) * 65536 - 65536;
     const md10 = Math.floor((tail.sizeBytes - 8192) / 4096) * 4096;
-    if ((md090 >= 0 && at(md090) === MD_MAGIC) || (md10 >= 0 && at(md10) === MD_MAGIC)) return { kind: 'linux-raid', description: 'a Linux md RAID member superblock' };
+    if ((md090 >= 0 && at(md090) === MD_MAGIC) || (md10 >= 0 && at(md10) === MD_MAGIC))
+      return { kind: 'linux-raid', description: 'a Linux md RAID member superblock' };
   }
   return undefined;
 }

@@ -223,20 +223,35 @@ async function statMemberPath(path: string): Promise<Stats> {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') {
-      throw new NubisError('POOL_DEVICE_MISSING', `Device ${await describeTarget(path)} does not exist; create the file (e.g. truncate -s 1G ${path}) or name an existing block device`, { cause: error, details: { path } });
+      throw new NubisError(
+        'POOL_DEVICE_MISSING',
+        `Device ${await describeTarget(path)} does not exist; create the file (e.g. truncate -s 1G ${path}) or name an existing block device`,
+        { cause: error, details: { path } },
+      );
     }
     throw openError(path, error);
   }
   if (found.isFile() || found.isBlockDevice()) return found;
-  throw new NubisError('POOL_DEVICE_UNSUITABLE', `Device ${await describeTarget(path)} is ${fileTypeOf(found)}; a pool member must be a regular file, a block device or an nbd:// export`, {
-    details: { path, target: await realpath(path).catch(() => path) },
-  });
+  throw new NubisError(
+    'POOL_DEVICE_UNSUITABLE',
+    `Device ${await describeTarget(path)} is ${fileTypeOf(found)}; a pool member must be a regular file, a block device or an nbd:// export`,
+    {
+      details: { path, target: await realpath(path).catch(() => path) },
+    },
+  );
 }
 
 /** An open that failed on a device that exists: permissions, a read-only filesystem, a busy device. */
 function openError(path: string, error: unknown): NubisError {
   const code = (error as NodeJS.ErrnoException).code;
-  const hint = code === 'EACCES' || code === 'EPERM' ? '; give the storage node read-write access to it' : code === 'EROFS' ? '; it is on a read-only filesystem' : code === 'EBUSY' ? '; something else holds it open exclusively' : '';
+  const hint =
+    code === 'EACCES' || code === 'EPERM'
+      ? '; give the storage node read-write access to it'
+      : code === 'EROFS'
+        ? '; it is on a read-only filesystem'
+        : code === 'EBUSY'
+          ? '; something else holds it open exclusively'
+          : '';
   return new NubisError('POOL_DEVICE_UNREADABLE', `Cannot open device ${path}: ${(error as Error).message}${hint}`, { cause: error, details: { path } });
 }
 
@@ -291,10 +306,16 @@ export class NbdMemberDevice implements MemberDevice {
     } catch (error) {
       const code = (error as { code?: string }).code;
       if (code === 'NBD_EXPORT_UNKNOWN') {
-        throw new NubisError('POOL_DEVICE_MISSING', `The NBD server at ${uri} has no export ${JSON.stringify(exportName)}; check the export name`, { cause: error, details: { path: uri } });
+        throw new NubisError('POOL_DEVICE_MISSING', `The NBD server at ${uri} has no export ${JSON.stringify(exportName)}; check the export name`, {
+          cause: error,
+          details: { path: uri },
+        });
       }
       const reason = code === 'NBD_TIMEOUT' ? `no NBD handshake within ${timeoutMs} ms` : (error as Error).message;
-      throw new NubisError('POOL_DEVICE_UNREACHABLE', `Cannot attach NBD export ${uri}: ${reason}; check that its server runs and this node can reach it`, { cause: error, details: { path: uri } });
+      throw new NubisError('POOL_DEVICE_UNREACHABLE', `Cannot attach NBD export ${uri}: ${reason}; check that its server runs and this node can reach it`, {
+        cause: error,
+        details: { path: uri },
+      });
     }
     if (client.readOnly) {
       client.destroy();

@@ -169,7 +169,14 @@ export function decodeCheckpoint(buffer: Buffer, checksumCount: number, allocati
   }
   const checksums = new Uint32Array(checksumCount);
   Buffer.from(checksums.buffer).set(payload.subarray(at, at + checksumCount * 4));
-  return { volumes, nextVolumeId: meta.nextVolumeId, durableHighWaterAu: meta.durableHighWaterAu, intentAus: new Set(meta.intentAus), faultedMembers: new Set(meta.faultedMembers ?? []), checksums };
+  return {
+    volumes,
+    nextVolumeId: meta.nextVolumeId,
+    durableHighWaterAu: meta.durableHighWaterAu,
+    intentAus: new Set(meta.intentAus),
+    faultedMembers: new Set(meta.faultedMembers ?? []),
+    checksums,
+  };
 }
 
 // Journal operations.

@@ -199,7 +199,12 @@ export class RaidArray {
   #runs(position: number, length: number, fn: (row: number, dataIndex: number, inChunk: number, runLength: number, done: number) => void): void {
     let current: [number, number, number, number, number] | undefined;
     this.#pieces(position, length, (row, dataIndex, inChunk, n, done) => {
-      if (current && current[1] === dataIndex && inChunk === 0 && current[0] * this.geometry.chunkBytes + current[2] + current[3] === row * this.geometry.chunkBytes) {
+      if (
+        current &&
+        current[1] === dataIndex &&
+        inChunk === 0 &&
+        current[0] * this.geometry.chunkBytes + current[2] + current[3] === row * this.geometry.chunkBytes
+      ) {
         current[3] += n;
         return;
       }
@@ -337,7 +342,9 @@ export class RaidArray {
 
   async #writeMirrored(row: number, dataIndex: number, inChunk: number, length: number, buffer: Buffer, offset: number): Promise<void> {
     const position = this.#memberOffset(row, inChunk);
-    const targets = this.#mirrorGroup(dataIndex).map((i) => this.members[i]!).filter((m) => this.#writable(m));
+    const targets = this.#mirrorGroup(dataIndex)
+      .map((i) => this.members[i]!)
+      .filter((m) => this.#writable(m));
     const results = await Promise.all(targets.map((m) => this.#writeMember(m, buffer, offset, length, position)));
     if (!results.some(Boolean)) throw new NubisError('POOL_FAULTED', `No member could store row ${row}: the pool is faulted`);
   }
@@ -497,7 +504,9 @@ export class RaidArray {
       if (!this.hasParity) {
         if (this.geometry.layout === 'raid0') continue;
         for (let group = 0; group < this.#dataPerRow; group++) {
-          const members = this.#mirrorGroup(group).map((i) => this.members[i]!).filter((m) => !this.#unreadable(m, row));
+          const members = this.#mirrorGroup(group)
+            .map((i) => this.members[i]!)
+            .filter((m) => !this.#unreadable(m, row));
           if (members.length < 2) continue;
           const copies = await Promise.all(
             members.map(async (m) => {

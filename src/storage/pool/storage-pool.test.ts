@@ -55,7 +55,10 @@ async function writePattern(pool: StoragePool, volume: string, sizeBytes: number
     }
     const hole = Buffer.alloc(4096, 1);
     await d.read(hole, 8 * MiB);
-    assert.ok(hole.every((b) => b === 0), 'never-written space reads as zeroes');
+    assert.ok(
+      hole.every((b) => b === 0),
+      'never-written space reads as zeroes',
+    );
   };
 }
 
@@ -293,13 +296,20 @@ describe('StoragePool volumes', () => {
 
   it('refuses bad input with clear errors and changes nothing', async () => {
     const [a, b] = await devices([40, 40]);
-    await expectCode(StoragePool.create({ name: 'bad', layout: 'raid5', devices: [a!, b!] }), 'POOL_TOO_FEW_DEVICES', /raid5 pool needs at least 3 devices; 2 given/);
+    await expectCode(
+      StoragePool.create({ name: 'bad', layout: 'raid5', devices: [a!, b!] }),
+      'POOL_TOO_FEW_DEVICES',
+      /raid5 pool needs at least 3 devices; 2 given/,
+    );
     const [tiny] = await devices([2]);
     await expectCode(StoragePool.create({ name: 'bad', layout: 'raid1', devices: [a!, tiny!] }), 'POOL_DEVICE_TOO_SMALL', /dev-.*\.img has 2 MiB/);
     await expectCode(StoragePool.create({ name: 'bad', layout: 'raid1', devices: [a!, a!] }), 'POOL_DEVICE_DUPLICATE');
     await expectCode(StoragePool.create({ name: 'bad', layout: 'raid7' as RaidLayout, devices: [a!, b!] }), 'POOL_LAYOUT_INVALID');
     await expectCode(StoragePool.create({ name: 'bad pool!', layout: 'raid1', devices: [a!, b!] }), 'POOL_NAME_INVALID');
-    assert.ok((await readFile(a!)).subarray(0, 8).every((x) => x === 0), 'failed creates wrote nothing');
+    assert.ok(
+      (await readFile(a!)).subarray(0, 8).every((x) => x === 0),
+      'failed creates wrote nothing',
+    );
     const pool = await StoragePool.create({ name: 'good', layout: 'raid1', devices: [a!, b!] });
     await expectCode(StoragePool.create({ name: 'other', layout: 'raid1', devices: [b!, tiny!] }), 'POOL_DEVICE_IN_USE', /already belongs to pool good/);
     await pool.createVolume('v', 8 * MiB);
@@ -310,7 +320,10 @@ describe('StoragePool volumes', () => {
     assert.equal(pool.getVolume('v').sizeBytes, 8 * MiB, 'size unchanged');
     await pool.resizeVolume('v', 32 * MiB);
     assert.equal(pool.getVolume('v').sizeBytes, 32 * MiB);
-    assert.deepEqual(pool.listVolumes().map((v) => v.name), ['v']);
+    assert.deepEqual(
+      pool.listVolumes().map((v) => v.name),
+      ['v'],
+    );
     await pool.close();
   });
 

@@ -103,7 +103,11 @@ async function refuseDeviceWithData(device: MemberDevice, options: { force?: boo
   if (!found) return;
   const details = { device: device.path, found: found.kind, ...(found.pool ? { pool: found.pool } : {}) };
   if (found.poolUuid && options.livePoolUuids?.has(found.poolUuid)) {
-    throw new NubisError('POOL_DEVICE_IN_USE', `Device ${device.path} already belongs to pool ${found.pool}, which this node serves; take it out of that pool first`, { details });
+    throw new NubisError(
+      'POOL_DEVICE_IN_USE',
+      `Device ${device.path} already belongs to pool ${found.pool}, which this node serves; take it out of that pool first`,
+      { details },
+    );
   }
   if (options.force) return;
   if (found.kind === 'nubis-pool') {
@@ -210,7 +214,13 @@ interface Geometry {
 }
 
 /** Computes where everything lives for devices of the given sizes; throws on bad input. */
-export function planPool(options: { layout: RaidLayout; deviceSizes: number[]; devices: string[]; chunkBytes?: number; allocationUnitBytes?: number }): Geometry & { auCount: number; usableBytes: number; wasteBytes: number } {
+export function planPool(options: {
+  layout: RaidLayout;
+  deviceSizes: number[];
+  devices: string[];
+  chunkBytes?: number;
+  allocationUnitBytes?: number;
+}): Geometry & { auCount: number; usableBytes: number; wasteBytes: number } {
   const { layout, deviceSizes, devices } = options;
   if (!RAID_LAYOUTS.includes(layout)) {
     throw new NubisError('POOL_LAYOUT_INVALID', `Layout ${JSON.stringify(layout)} is not one of ${RAID_LAYOUTS.join(', ')}`, { details: { layout } });
@@ -219,7 +229,9 @@ export function planPool(options: { layout: RaidLayout; deviceSizes: number[]; d
   const { minMembers } = layoutRules(layout, n);
   const needed = layout === 'raid1' ? 2 : minMembers;
   if (n < needed) {
-    throw new NubisError('POOL_TOO_FEW_DEVICES', `A ${layout} pool needs at least ${needed} devices; ${n} given`, { details: { layout, devices: n, minimum: needed } });
+    throw new NubisError('POOL_TOO_FEW_DEVICES', `A ${layout} pool needs at least ${needed} devices; ${n} given`, {
+      details: { layout, devices: n, minimum: needed },
+    });
   }
   if (layout === 'raid10' && n % 2 !== 0) {
     throw new NubisError('POOL_TOO_FEW_DEVICES', `A raid10 pool needs an even number of devices; ${n} given`, { details: { layout, devices: n } });
@@ -231,7 +243,9 @@ export function planPool(options: { layout: RaidLayout; deviceSizes: number[]; d
   const rowData = dataChunksPerRow(layout, n) * chunkBytes;
   const requestedAu = options.allocationUnitBytes ?? DEFAULT_ALLOCATION_UNIT_BYTES;
   if (!Number.isInteger(requestedAu) || requestedAu < 4096 || requestedAu % 4096 !== 0) {
-    throw new NubisError('POOL_ALLOCATION_UNIT_INVALID', `Allocation unit ${requestedAu} must be a multiple of 4 KiB`, { details: { allocationUnitBytes: requestedAu } });
+    throw new NubisError('POOL_ALLOCATION_UNIT_INVALID', `Allocation unit ${requestedAu} must be a multiple of 4 KiB`, {
+      details: { allocationUnitBytes: requestedAu },
+    });
   }
   // Whole rows per AU: no parity row is ever shared by two AUs, so a write to one AU can never
   // leave another's redundancy stale (the RAID 5 write hole stays inside the AU being written).
@@ -257,7 +271,19 @@ export function planPool(options: { layout: RaidLayout; deviceSizes: number[]; d
   }
   const usedPerMember = dataStartBytes + rows * chunkBytes;
   const wasteBytes = deviceSizes.reduce((sum, size) => sum + (size - usedPerMember), 0);
-  return { layout, chunkBytes, allocationUnitBytes, slotBytes, journalBytes, dataStartBytes, rows, memberCount: n, auCount, usableBytes: auCount * allocationUnitBytes, wasteBytes };
+  return {
+    layout,
+    chunkBytes,
+    allocationUnitBytes,
+    slotBytes,
+    journalBytes,
+    dataStartBytes,
+    rows,
+    memberCount: n,
+    auCount,
+    usableBytes: auCount * allocationUnitBytes,
+    wasteBytes,
+  };
 }
 
 function alignUp(value: number, alignment: number): number {
@@ -266,7 +292,11 @@ function alignUp(value: number, alignment: number): number {
 
 function validateName(name: string, what: 'Pool' | 'Volume'): void {
   if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
-    throw new NubisError(`${what.toUpperCase()}_NAME_INVALID`, `${what} name ${JSON.stringify(name)} must be 1-63 letters, digits, dots, dashes or underscores, starting with a letter or digit`, { details: { name } });
+    throw new NubisError(
+      `${what.toUpperCase()}_NAME_INVALID`,
+      `${what} name ${JSON.stringify(name)} must be 1-63 letters, digits, dots, dashes or underscores, starting with a letter or digit`,
+      { details: { name } },
+    );
   }
 }
 
@@ -453,7 +483,9 @@ export class StoragePool {
       }
     }
     if (found.length === 0) {
-      throw new NubisError('POOL_NOT_FOUND', `None of the devices holds a readable pool label (${problems.join('; ')})`, { details: { devices: options.devices } });
+      throw new NubisError('POOL_NOT_FOUND', `None of the devices holds a readable pool label (${problems.join('; ')})`, {
+        details: { devices: options.devices },
+      });
     }
     const reference = found[0]!.label;
     const members: MemberSlot[] = Array.from({ length: reference.memberCount }, (_, index) => ({
@@ -476,7 +508,13 @@ export class StoragePool {
       slot.state = (entry.label as PoolLabel & { rebuilding?: boolean }).rebuilding ? 'rebuilding' : 'online';
     }
     const raid = new RaidArray(
-      { layout: reference.layout, memberCount: reference.memberCount, chunkBytes: reference.chunkBytes, dataStartBytes: reference.dataStartBytes, rows: reference.rows },
+      {
+        layout: reference.layout,
+        memberCount: reference.memberCount,
+        chunkBytes: reference.chunkBytes,
+        dataStartBytes: reference.dataStartBytes,
+        rows: reference.rows,
+      },
       members,
     );
     const auCount = Math.floor(raid.sizeBytes / reference.allocationUnitBytes);
@@ -629,7 +667,8 @@ export class StoragePool {
 
   #requireWritable(): void {
     if (this.#closed) throw new NubisError('POOL_CLOSED', `Pool ${this.name} is closed`);
-    if (this.#readOnlyReason) throw new NubisError('POOL_READ_ONLY', `Pool ${this.name} is read-only: ${this.#readOnlyReason}`, { details: { pool: this.name } });
+    if (this.#readOnlyReason)
+      throw new NubisError('POOL_READ_ONLY', `Pool ${this.name} is read-only: ${this.#readOnlyReason}`, { details: { pool: this.name } });
   }
 
   // ---------------------------------------------------------------- volume management
@@ -645,7 +684,8 @@ export class StoragePool {
   #checkNameFree(name: string): void {
     validateName(name, 'Volume');
     for (const entry of this.#state.volumes.values()) {
-      if (entry.record.name === name) throw new NubisError('VOLUME_EXISTS', `Pool ${this.name} already has a volume named ${name}`, { details: { pool: this.name, volume: name } });
+      if (entry.record.name === name)
+        throw new NubisError('VOLUME_EXISTS', `Pool ${this.name} already has a volume named ${name}`, { details: { pool: this.name, volume: name } });
     }
   }
 
@@ -696,7 +736,8 @@ export class StoragePool {
     this.#requireWritable();
     const entry = this.#byName(name);
     this.#checkVolumeSize(sizeBytes);
-    if (entry.record.kind === 'snapshot') throw new NubisError('VOLUME_READ_ONLY', `Volume ${name} is a snapshot and cannot be resized`, { details: { volume: name } });
+    if (entry.record.kind === 'snapshot')
+      throw new NubisError('VOLUME_READ_ONLY', `Volume ${name} is a snapshot and cannot be resized`, { details: { volume: name } });
     await this.#gates.with(entry.record.id, true, async () => {
       const keep = Math.ceil(sizeBytes / this.#geometry.allocationUnitBytes);
       for (let i = keep; i < entry.map.length; i++) {
@@ -870,9 +911,12 @@ export class StoragePool {
     if (gate) await gate;
     try {
       const entry = this.#volume(id);
-      if (entry.record.readOnly) throw new NubisError('VOLUME_READ_ONLY', `Volume ${entry.record.name} is a read-only snapshot`, { details: { volume: entry.record.name } });
+      if (entry.record.readOnly)
+        throw new NubisError('VOLUME_READ_ONLY', `Volume ${entry.record.name} is a read-only snapshot`, { details: { volume: entry.record.name } });
       this.#checkBounds(entry, position, data.length);
-      const jobs = this.#segments(position, data.length).map(({ vAu, inAu, offset, length }) => this.#writeSegment(entry, vAu, inAu, data.subarray(offset, offset + length)));
+      const jobs = this.#segments(position, data.length).map(({ vAu, inAu, offset, length }) =>
+        this.#writeSegment(entry, vAu, inAu, data.subarray(offset, offset + length)),
+      );
       const results = await Promise.allSettled(jobs);
       const failed = results.find((r) => r.status === 'rejected');
       if (failed) throw (failed as PromiseRejectedResult).reason;
@@ -1016,7 +1060,8 @@ export class StoragePool {
     if (gate) await gate;
     try {
       const entry = this.#volume(id);
-      if (entry.record.readOnly) throw new NubisError('VOLUME_READ_ONLY', `Volume ${entry.record.name} is a read-only snapshot`, { details: { volume: entry.record.name } });
+      if (entry.record.readOnly)
+        throw new NubisError('VOLUME_READ_ONLY', `Volume ${entry.record.name} is a read-only snapshot`, { details: { volume: entry.record.name } });
       this.#checkBounds(entry, position, length);
       for (let vAu = firstFull; vAu < endFull; vAu++) {
         if (entry.map[vAu] === 0) continue;
@@ -1298,7 +1343,9 @@ export class StoragePool {
     const member = this.#raid.members[index];
     if (!member) throw new NubisError('POOL_MEMBER_NOT_FOUND', `Pool ${this.name} has no member ${index}`, { details: { index } });
     if (this.#geometry.layout === 'raid0') {
-      throw new NubisError('POOL_NO_REDUNDANCY', `Pool ${this.name} is raid0: a member's data exists nowhere else, so it cannot be rebuilt`, { details: { pool: this.name } });
+      throw new NubisError('POOL_NO_REDUNDANCY', `Pool ${this.name} is raid0: a member's data exists nowhere else, so it cannot be rebuilt`, {
+        details: { pool: this.name },
+      });
     }
     if (this.#raid.members.some((m) => m.path === newPath && m.device && m.index !== index)) {
       throw new NubisError('POOL_DEVICE_IN_USE', `Device ${newPath} is already a member of pool ${this.name}`, { details: { device: newPath } });
@@ -1318,9 +1365,13 @@ export class StoragePool {
       if (!resuming) await refuseDeviceWithData(device, { force: options.force, livePoolUuids: new Set([...(options.livePoolUuids ?? []), this.uuid]) });
       const needed = this.#geometry.dataStartBytes + this.#geometry.rows * this.#geometry.chunkBytes;
       if (device.sizeBytes < needed) {
-        throw new NubisError('POOL_DEVICE_TOO_SMALL', `Device ${newPath} has ${formatSize(device.sizeBytes)}; members of pool ${this.name} need ${formatSize(needed)}`, {
-          details: { device: newPath, sizeBytes: device.sizeBytes, minimumBytes: needed },
-        });
+        throw new NubisError(
+          'POOL_DEVICE_TOO_SMALL',
+          `Device ${newPath} has ${formatSize(device.sizeBytes)}; members of pool ${this.name} need ${formatSize(needed)}`,
+          {
+            details: { device: newPath, sizeBytes: device.sizeBytes, minimumBytes: needed },
+          },
+        );
       }
       return { member, device };
     } catch (error) {
@@ -1498,7 +1549,14 @@ async function loadMetadata(
       break;
     }
   }
-  const emptyState = (): PoolState => ({ volumes: new Map(), nextVolumeId: 1, durableHighWaterAu: 0, intentAus: new Set(), faultedMembers: new Set(), checksums: new Uint32Array(checksumCount) });
+  const emptyState = (): PoolState => ({
+    volumes: new Map(),
+    nextVolumeId: 1,
+    durableHighWaterAu: 0,
+    intentAus: new Set(),
+    faultedMembers: new Set(),
+    checksums: new Uint32Array(checksumCount),
+  });
   if (!chosen) {
     return {
       state: emptyState(),
