@@ -71,7 +71,7 @@ import {
   Volume,
   VolumeCreateRequest,
 } from '../wire/schemas.ts';
-import type { VmStatus } from '../host/vm-status.ts';
+import type { VmStatus } from '../agent-api/contract.ts';
 import { newId } from '../core/ids.ts';
 
 export const API_VERSION = '0.1.0';
@@ -812,21 +812,7 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
       },
     },
     async (request) => {
-      const network = await services.networks.row(request.params.network, request.query.project);
-      const host = await services.networks.probeHost(network.id, request.body.host);
-      const { address, prefixLength } = await services.networks.probeAddress(network);
-      const result = await services.hosts.call<{ exitCode: number; stdout: string; stderr: string }>(host, {
-        method: 'POST',
-        path: `/agent/networks/${network.id}/probe`,
-        body: {
-          address: `${address}/${prefixLength}`,
-          ...(network.gateway ? { gateway: network.gateway } : {}),
-          command: request.body.command,
-          timeoutMs: request.body.timeoutSeconds * 1000,
-        },
-        timeoutMs: request.body.timeoutSeconds * 1000 + 15_000,
-      });
-      return { host: host.name, address, ...result };
+      return services.networks.probe(request.params.network, request.query.project, request.body);
     },
   );
 

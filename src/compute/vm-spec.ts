@@ -1,7 +1,10 @@
 /**
  * What a host needs to run one VM: the wire type between control plane and host agent, and the
- * input of every hypervisor driver. Sizes carry their unit in the name.
+ * input of every hypervisor driver. Sizes carry their unit in the name. Each type is a TypeBox
+ * schema first: the agent validates what it receives against it (src/agent-api/), and the
+ * formats here are strict enough that nothing but the intended value can reach a command line.
  */
+import { type Static, Type } from '@sinclair/typebox';
 
 /** The fixed vCPU model every host presents, so that a VM can later move to any host. */
 export const NUBIS_CPU_MODEL = 'qemu64';
@@ -10,57 +13,119 @@ export const NUBIS_MACHINE_TYPE = 'pc-q35-7.2';
 
 export type Accelerator = 'kvm' | 'tcg';
 
+/** Formats shared by the schemas below (and by the QEMU command-line builder's own checks). */
+const IPV4 = '^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$';
+const CIDR = '^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$';
+const DEVICE_ID = '^[a-z][a-z0-9-]{0,31}$';
+/** A path on the host: anything but control characters. */
+const PATH = Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+const ID = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
+const Port = Type.Integer({ minimum: 1, maximum: 65535 });
+const Protocol = Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]);
+
 /** How the guest boots: a kernel with initrd (like the built-in `tiny` image) or a disk image. */
-export type BootSource = { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline: string } | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' };
+export const BootSource = Type.Union([
+  Type.Object(
+    { kind: Type.Literal('kernel'), kernelPath: PATH, initrdPath: PATH, cmdline: Type.String({ maxLength: 4096, pattern: '^[^\\u0000-\\u001f\\u007f]*$' }) },
+    { additionalProperties: false },
+  ),
+  Type.Object({ kind: Type.Literal('disk'), path: PATH, format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]) }, { additionalProperties: false }),
+]);
+export type BootSource = Static<typeof BootSource>;
 
 /** A VM disk: a local image file, or a volume that a storage node exports over NBD. */
-export type DiskSpec =
-  | {
-      id: string;
-      kind: 'file';
-      path: string;
-      format: 'qcow2' | 'raw';
-      readOnly?: boolean /** POOL/VOLUME when the file is a volume of a host's dir pool. */;
-      localVolume?: string;
-    }
-  | { id: string; kind: 'nbd'; socketPath: string; exportName: string; readOnly?: boolean };
+export const DiskSpec = Type.Union([
+  Type.Object(
+    {
+      id: Type.String({ pattern: DEVICE_ID }),
+      kind: Type.Literal('file'),
+      path: PATH,
+      format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
+      readOnly: Type.Optional(Type.Boolean()),
+      /** POOL/VOLUME when the file is a volume of a host's dir pool. */
+      localVolume: Type.Optional(Type.String({ maxLength: 127, pattern: '^[a-z0-9-]+/[a-z0-9-]+$' })),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    {
+      id: Type.String({ pattern: DEVICE_ID }),
+      kind: Type.Literal('nbd'),
+      socketPath: PATH,
+      exportName: Type.String({ maxLength: 1024, pattern: '^[a-z0-9/-]+$' }),
+      readOnly: Type.Optional(Type.Boolean()),
+    },
+    { additionalProperties: false },
+  ),
+]);
+export type DiskSpec = Static<typeof DiskSpec>;
 
 /** A host port forwarded to a guest port over user-mode networking. */
-export interface PortForward {
-  protocol: 'tcp' | 'udp';
-  hostAddress: string;
-  hostPort: number;
-  guestPort: number;
-}
-
-export interface NicSpec {
-  id: string;
-  mac: string;
-  /** `user`: QEMU's user-mode network (no root needed); `tap`: a tap device plugged by the host. */
-  mode: 'user' | 'tap';
-  tapName?: string;
-  forwards?: PortForward[];
-  /** For `tap` NICs: the virtual network the host plugs the tap into. */
-  network?: { id: string; vni: number; mtu: number };
-  /** For `tap` NICs: the port's firewall (anti-spoofing for `ip`, and ingress from its security groups). */
-  firewall?: NicFirewallSpec;
-}
+export const PortForward = Type.Object(
+  { protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]), hostAddress: Type.String({ pattern: IPV4 }), hostPort: Port, guestPort: Port },
+  { additionalProperties: false },
+);
+export type PortForward = Static<typeof PortForward>;
 
 /** A port's firewall; the host enforces it before the VM starts and whenever it changes. */
-export interface NicFirewallSpec {
-  ip: string;
-  ingressRules: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; sourceCidr: string }>;
-  allowIngressFrom: string[];
-  /** Allowed new connections from the VM; undefined: egress open. */
-  egressRules?: Array<{ protocol: 'tcp' | 'udp' | 'icmp' | 'any'; portMin?: number; portMax?: number; destinationCidr: string }>;
-}
+export const NicFirewallSpec = Type.Object(
+  {
+    ip: Type.String({ pattern: IPV4 }),
+    ingressRules: Type.Array(
+      Type.Object(
+        { protocol: Protocol, portMin: Type.Optional(Port), portMax: Type.Optional(Port), sourceCidr: Type.String({ pattern: CIDR }) },
+        { additionalProperties: false },
+      ),
+      { maxItems: 1024 },
+    ),
+    allowIngressFrom: Type.Array(Type.String({ pattern: IPV4 }), { maxItems: 65536 }),
+    /** Allowed new connections from the VM; undefined: egress open. */
+    egressRules: Type.Optional(
+      Type.Array(
+        Type.Object(
+          { protocol: Protocol, portMin: Type.Optional(Port), portMax: Type.Optional(Port), destinationCidr: Type.String({ pattern: CIDR }) },
+          { additionalProperties: false },
+        ),
+        { maxItems: 1024 },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type NicFirewallSpec = Static<typeof NicFirewallSpec>;
 
-export interface VmSpec {
-  id: string;
-  name: string;
-  cpus: number;
-  memoryMb: number;
-  boot: BootSource;
-  disks: DiskSpec[];
-  nics: NicSpec[];
-}
+export const NicSpec = Type.Object(
+  {
+    id: Type.String({ pattern: DEVICE_ID }),
+    mac: Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$' }),
+    /** `user`: QEMU's user-mode network (no root needed); `tap`: a tap device plugged by the host. */
+    mode: Type.Union([Type.Literal('user'), Type.Literal('tap')]),
+    tapName: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,15}$' })),
+    forwards: Type.Optional(Type.Array(PortForward, { maxItems: 16 })),
+    /** For `tap` NICs: the virtual network the host plugs the tap into. */
+    network: Type.Optional(
+      Type.Object(
+        { id: ID, vni: Type.Integer({ minimum: 1, maximum: 16777215 }), mtu: Type.Integer({ minimum: 576, maximum: 9000 }) },
+        { additionalProperties: false },
+      ),
+    ),
+    /** For `tap` NICs: the port's firewall (anti-spoofing for `ip`, and ingress from its security groups). */
+    firewall: Type.Optional(NicFirewallSpec),
+  },
+  { additionalProperties: false },
+);
+export type NicSpec = Static<typeof NicSpec>;
+
+export const VmSpec = Type.Object(
+  {
+    id: ID,
+    name: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' }),
+    cpus: Type.Integer({ minimum: 1, maximum: 64 }),
+    memoryMb: Type.Integer({ minimum: 64, maximum: 1048576 }),
+    boot: BootSource,
+    disks: Type.Array(DiskSpec, { maxItems: 16 }),
+    nics: Type.Array(NicSpec, { maxItems: 16 }),
+  },
+  { additionalProperties: false },
+);
+export type VmSpec = Static<typeof VmSpec>;

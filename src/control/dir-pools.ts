@@ -7,7 +7,7 @@
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
-import type { DirPoolInfo, DirVolumeInfo } from '../host/dir-pools.ts';
+import type { DirVolumeInfo } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolsTable, DirVolumesTable, HostsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -58,12 +58,14 @@ export class DirPoolCatalogue {
     if (hosts.length === 0) throw new NubisError('NO_HOSTS', 'No host has joined yet; start one (nubis up) before creating a dir pool');
     const placed: PoolHost[] = [];
     try {
-      for (const host of hosts)
-        placed.push({ hostId: host.id, path: (await this.#hosts.call<DirPoolInfo>(host, { method: 'PUT', path: `/agent/dir-pools/${name}` })).path });
+      for (const host of hosts) placed.push({ hostId: host.id, path: (await this.#hosts.agent(host).ensureDirPool(name)).path });
     } catch (error) {
       // Nothing half-built: the folders made so far go again.
       for (const done of placed)
-        await this.#hosts.call(await this.#hosts.row(done.hostId), { method: 'DELETE', path: `/agent/dir-pools/${name}` }).catch(() => undefined);
+        await this.#hosts
+          .agent(await this.#hosts.row(done.hostId))
+          .removeDirPool(name)
+          .catch(() => undefined);
       throw error;
     }
     await this.#db
@@ -85,7 +87,10 @@ export class DirPoolCatalogue {
     const members = await Promise.all(
       (JSON.parse(pool.hosts) as PoolHost[]).map(async (entry, index) => {
         const host = await this.#hosts.row(entry.hostId);
-        const info = await this.#hosts.call<DirPoolInfo>(host, { method: 'GET', path: `/agent/dir-pools/${name}`, timeoutMs: 10_000 }).catch(() => undefined);
+        const info = await this.#hosts
+          .agent(host)
+          .dirPool(name, { timeoutMs: 10_000 })
+          .catch(() => undefined);
         return {
           index,
           host: host.name,
@@ -126,7 +131,7 @@ export class DirPoolCatalogue {
     if (volumes.length > 0)
       throw new NubisError('POOL_NOT_EMPTY', `Dir pool ${name} holds volumes ${volumes.map((v) => v.name).join(', ')}; delete them first`);
     for (const entry of JSON.parse(pool.hosts) as PoolHost[]) {
-      await this.#hosts.call(await this.#hosts.row(entry.hostId), { method: 'DELETE', path: `/agent/dir-pools/${name}` });
+      await this.#hosts.agent(await this.#hosts.row(entry.hostId)).removeDirPool(name);
     }
     await this.#db.deleteFrom('dir_pools').where('id', '=', pool.id).execute();
   }
@@ -152,7 +157,7 @@ export class DirPoolCatalogue {
       throw new NubisError('VOLUME_EXISTS', `Pool ${poolName} already has a volume ${name}; choose another name`);
     }
     const host = await this.#hostFor(pool, hostRef);
-    const info = await this.#hosts.call<DirVolumeInfo>(host, { method: 'PUT', path: `/agent/dir-pools/${poolName}/volumes/${name}`, body: { sizeBytes } });
+    const info = await this.#hosts.agent(host).createDirVolume(poolName, name, sizeBytes);
     const created = new Date().toISOString();
     await this.#db
       .insertInto('dir_volumes')
@@ -175,18 +180,14 @@ export class DirPoolCatalogue {
   async deleteVolume(poolName: string, name: string): Promise<void> {
     const pool = await this.#pool(poolName);
     const volume = await this.#volume(pool, name);
-    await this.#hosts.call(await this.#hosts.row(volume.host_id), { method: 'DELETE', path: `/agent/dir-pools/${poolName}/volumes/${name}` });
+    await this.#hosts.agent(await this.#hosts.row(volume.host_id)).deleteDirVolume(poolName, name);
     await this.#db.deleteFrom('dir_volumes').where('id', '=', volume.id).execute();
   }
 
   async resizeVolume(poolName: string, name: string, sizeBytes: number): Promise<Record<string, unknown>> {
     const pool = await this.#pool(poolName);
     const volume = await this.#volume(pool, name);
-    const info = await this.#hosts.call<DirVolumeInfo>(await this.#hosts.row(volume.host_id), {
-      method: 'POST',
-      path: `/agent/dir-pools/${poolName}/volumes/${name}/resize`,
-      body: { sizeBytes },
-    });
+    const info = await this.#hosts.agent(await this.#hosts.row(volume.host_id)).resizeDirVolume(poolName, name, sizeBytes);
     await this.#db.updateTable('dir_volumes').set({ size_bytes: info.sizeBytes }).where('id', '=', volume.id).execute();
     return this.#volumeView(pool, { ...volume, size_bytes: info.sizeBytes }, info);
   }
@@ -222,7 +223,8 @@ export class DirPoolCatalogue {
     const info =
       known ??
       (await this.#hosts
-        .call<DirVolumeInfo>(host, { method: 'GET', path: `/agent/dir-pools/${pool.name}/volumes/${volume.name}`, timeoutMs: 10_000 })
+        .agent(host)
+        .dirVolume(pool.name, volume.name, { timeoutMs: 10_000 })
         .catch(() => undefined));
     const user = await this.#db
       .selectFrom('vm_disks')

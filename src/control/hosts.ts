@@ -5,7 +5,8 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
-import { requestJson, type JsonRequest } from '../core/http-json.ts';
+import type { AgentClient } from '../agent-api/contract.ts';
+import { HttpAgentClient } from '../agent-api/agent-client.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
 
@@ -57,13 +58,20 @@ function sameSecret(given: string, expected: string): boolean {
  * from a key file of its own (HMAC of the host's name), handed to the agent once at join, which
  * keeps only its hash too.
  */
+/** Makes the client of one host's agent. */
+export type AgentFactory = (options: { endpoint: string; token: string; hostName: string }) => AgentClient;
+
 export class HostRegistry {
   readonly #db: Db;
   readonly #joinToken: string;
   readonly #controlKey: string;
 
-  constructor(db: Db, secrets: { joinToken: string; controlKey: string }) {
+  readonly #agentFactory: AgentFactory;
+
+  /** `agentFactory` makes the client of one agent: over HTTP by default, a fake in unit tests. */
+  constructor(db: Db, secrets: { joinToken: string; controlKey: string }, agentFactory: AgentFactory = (options) => new HttpAgentClient(options)) {
     this.#db = db;
+    this.#agentFactory = agentFactory;
     this.#joinToken = secrets.joinToken;
     this.#controlKey = secrets.controlKey;
   }
@@ -160,17 +168,8 @@ export class HostRegistry {
     return (await this.list()).find((host) => host.id === row.id)!;
   }
 
-  /** Calls the agent of `host`. An unreachable agent is `HOST_UNAVAILABLE`. */
-  async call<T>(host: HostsTable, request: Omit<JsonRequest, 'token'>): Promise<T> {
-    try {
-      return await requestJson<T>(host.endpoint, { ...request, token: this.controlTokenFor(host) });
-    } catch (error) {
-      if ((error as { code?: string }).code === 'HTTP_UNREACHABLE') {
-        throw new NubisError('HOST_UNAVAILABLE', `The agent of host ${host.name} does not answer (${(error as Error).message}); is it running?`, {
-          cause: error,
-        });
-      }
-      throw error;
-    }
+  /** The agent of `host`, through the typed contract (an unreachable agent is `HOST_UNAVAILABLE`). */
+  agent(host: Pick<HostsTable, 'name' | 'endpoint'>): AgentClient {
+    return this.#agentFactory({ endpoint: host.endpoint, token: this.controlTokenFor(host), hostName: host.name });
   }
 }

@@ -8,7 +8,7 @@ import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
-import type { HostNetworkSpec } from '../host/network-plumbing.ts';
+import type { HostNetworkSpec } from '../agent-api/contract.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { HostRegistry } from './hosts.ts';
 import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
@@ -376,7 +376,7 @@ export class NetworkService {
     // (say, of two VMs migrating at once) could otherwise apply an older view last.
     return this.#syncQueue.run(networkId, async () => {
       for (const { host, spec } of (await this.hostSpecs(networkId, alsoHostIds)).values()) {
-        await this.#hosts.call(host, { method: 'PUT', path: `/agent/networks/${networkId}`, body: spec, timeoutMs: 30_000, signal });
+        await this.#hosts.agent(host).applyNetwork(spec, { timeoutMs: 30_000, signal });
       }
     });
   }
@@ -384,7 +384,35 @@ export class NetworkService {
   /** Removes the network's plumbing from a host that no longer carries it. */
   async unplugHost(networkId: string, host: HostsTable): Promise<void> {
     if ((await this.hostsOf(networkId)).some((h) => h.id === host.id)) return;
-    await this.#hosts.call(host, { method: 'DELETE', path: `/agent/networks/${networkId}`, timeoutMs: 30_000 }).catch(() => undefined);
+    await this.#hosts
+      .agent(host)
+      .removeNetwork(networkId, { timeoutMs: 30_000 })
+      .catch(() => undefined);
+  }
+
+  /**
+   * Runs a diagnostic command in a temporary namespace plugged into the network, on `host` or the
+   * first host carrying it, with a free address of the subnet.
+   */
+  async probe(
+    ref: string,
+    project: string | undefined,
+    request: { host?: string; command: string[]; timeoutSeconds: number },
+  ): Promise<{ host: string; address: string; exitCode: number; stdout: string; stderr: string }> {
+    const network = await this.row(ref, project);
+    const host = await this.probeHost(network.id, request.host);
+    const { address, prefixLength } = await this.probeAddress(network);
+    const result = await this.#hosts.agent(host).probe(
+      network.id,
+      {
+        address: `${address}/${prefixLength}`,
+        ...(network.gateway ? { gateway: network.gateway } : {}),
+        command: request.command,
+        timeoutMs: request.timeoutSeconds * 1000,
+      },
+      { timeoutMs: request.timeoutSeconds * 1000 + 15_000 },
+    );
+    return { host: host.name, address, ...result };
   }
 
   /** A host carrying the network, for probes: the given one, or the first. */

@@ -299,7 +299,7 @@ export class SecurityGroupService {
       .execute();
     for (const vm of vms) {
       const host = await this.#hosts.row(vm.host_id);
-      await this.#hosts.call(host, { method: 'PUT', path: `/agent/vms/${vm.id}/firewall`, body: await this.firewallOf(vm.id), timeoutMs: 30_000 });
+      await this.#hosts.agent(host).setFirewall(vm.id, await this.firewallOf(vm.id));
     }
   }
 }

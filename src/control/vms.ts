@@ -8,7 +8,7 @@ import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
-import type { VmStatus } from '../host/vm-status.ts';
+import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -308,13 +308,7 @@ export class VmService {
             await op.report('network', `Plumbing network ${network.name} (VNI ${network.vni})`, 0.2);
             await this.#networks.sync(network.id, op.signal);
           }
-          const status = await this.#hosts.call<VmStatus>(hostRow, {
-            method: 'PUT',
-            path: `/agent/vms/${id}`,
-            body: spec,
-            timeoutMs: 60_000,
-            signal: op.signal,
-          });
+          const status = await this.#hosts.agent(hostRow).createVm(spec, { timeoutMs: 60_000, signal: op.signal });
           await this.applyStatus(hostRow.id, status);
           await faultPoint('vm.create.after-qemu-started');
           await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
@@ -343,13 +337,7 @@ export class VmService {
     op: { report: (stage: string, message: string, progress: number, data?: unknown) => Promise<void>; signal: AbortSignal },
   ): Promise<void> {
     await op.report('booting', 'Waiting for the guest to print its readiness line', 0.5);
-    const status = await this.#hosts.call<VmStatus>(host, {
-      method: 'POST',
-      path: `/agent/vms/${id}/wait-ready`,
-      body: { timeoutMs: READY_TIMEOUT_MS },
-      timeoutMs: READY_TIMEOUT_MS + 10_000,
-      signal: op.signal,
-    });
+    const status = await this.#hosts.agent(host).waitReady(id, READY_TIMEOUT_MS, { timeoutMs: READY_TIMEOUT_MS + 10_000, signal: op.signal });
     await this.applyStatus(host.id, status);
     const seconds = status.startedAt && status.readyAt ? ((Date.parse(status.readyAt) - Date.parse(status.startedAt)) / 1000).toFixed(1) : '?';
     await op.report('ready', `Guest ready after ${seconds} s (${(status.guestIps ?? []).join(', ') || 'no address'})`, 0.95, { guestIps: status.guestIps });
@@ -362,6 +350,23 @@ export class VmService {
       if (taken.has(`${forward.protocol}:${forward.hostPort}`)) {
         throw new NubisError('PORT_IN_USE', `Host port ${forward.hostPort}/${forward.protocol} is already published by another VM; choose another port`);
       }
+    }
+  }
+
+  /** One lifecycle action on the VM's host agent, with a deadline past the guest's own. */
+  #runAction(agent: AgentClient, id: string, action: VmAction, stop: { force: boolean; timeoutSeconds: number }, signal: AbortSignal): Promise<VmStatus> {
+    const options = { timeoutMs: (stop.timeoutSeconds + 30) * 1000, signal };
+    switch (action) {
+      case 'start':
+        return agent.startVm(id, options);
+      case 'stop':
+        return agent.stopVm(id, stop, options);
+      case 'reboot':
+        return agent.rebootVm(id, stop, options);
+      case 'pause':
+        return agent.pauseVm(id, options);
+      case 'resume':
+        return agent.resumeVm(id, options);
     }
   }
 
@@ -378,13 +383,13 @@ export class VmService {
           .execute();
       }
       await op.report(action, `${action} on host ${host.name}`, 0.2);
-      const status = await this.#hosts.call<VmStatus>(host, {
-        method: 'POST',
-        path: `/agent/vms/${row.id}/${action}`,
-        body: { force: options.force ?? false, timeoutSeconds: options.timeoutSeconds ?? 30 },
-        timeoutMs: ((options.timeoutSeconds ?? 30) + 30) * 1000,
-        signal: op.signal,
-      });
+      const status = await this.#runAction(
+        this.#hosts.agent(host),
+        row.id,
+        action,
+        { force: options.force ?? false, timeoutSeconds: options.timeoutSeconds ?? 30 },
+        op.signal,
+      );
       await this.applyStatus(host.id, status);
       const image = await this.#images.row(row.image_id);
       if ((action === 'start' || action === 'reboot') && announcesReadiness(image)) await this.#waitReady(host, row.id, row.name, op);
@@ -420,7 +425,7 @@ export class VmService {
       }
       await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
       try {
-        await this.#hosts.call<VmStatus>(host, { method: 'POST', path: `/agent/vms/${row.id}/disks`, body: disk, signal: op.signal });
+        await this.#hosts.agent(host).attachDisk(row.id, disk, { signal: op.signal });
       } catch (error) {
         await this.#storage.forgetDisks(row.id, deviceIndex);
         throw error;
@@ -438,12 +443,7 @@ export class VmService {
     return this.#operate(this.#claim(row, 'detach'), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
       const host = await this.#hosts.row(row.host_id);
       await op.report('detaching', `Detaching ${volumeRef} on host ${host.name}`, 0.3);
-      await this.#hosts.call<VmStatus>(host, {
-        method: 'DELETE',
-        path: `/agent/vms/${row.id}/disks/disk${attached.deviceIndex}`,
-        timeoutMs: 60_000,
-        signal: op.signal,
-      });
+      await this.#hosts.agent(host).detachDisk(row.id, `disk${attached.deviceIndex}`, { timeoutMs: 60_000, signal: op.signal });
       await this.#storage.forgetDisks(row.id, attached.deviceIndex);
       await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
       return this.get(row.id);
@@ -469,7 +469,7 @@ export class VmService {
       const host = await this.#hosts.row(row.host_id);
       await op.report('stopping', `Stopping and removing on host ${host.name}`, 0.3);
       try {
-        await this.#hosts.call(host, { method: 'DELETE', path: `/agent/vms/${row.id}`, timeoutMs: 60_000, signal: op.signal });
+        await this.#hosts.agent(host).deleteVm(row.id, { timeoutMs: 60_000, signal: op.signal });
       } catch (error) {
         if ((error as { code?: string }).code !== 'VM_NOT_FOUND') throw error;
       }
@@ -501,7 +501,7 @@ export class VmService {
   async log(ref: string, lines: number, project?: string): Promise<string[]> {
     const row = await this.#row(ref, project);
     const host = await this.#hosts.row(row.host_id);
-    return (await this.#hosts.call<{ lines: string[] }>(host, { method: 'GET', path: `/agent/vms/${row.id}/log?lines=${lines}` })).lines;
+    return this.#hosts.agent(host).consoleLog(row.id, lines);
   }
 
   /** Where to attach to the VM's console: its host agent and the VM id. */

@@ -19,7 +19,7 @@ import { buildAgentApp, matchesHash } from './agent-app.ts';
 import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
-import type { VmStatus } from './vm-status.ts';
+import type { VmStatus } from '../agent-api/contract.ts';
 
 export interface AgentOptions {
   /** Host name, unique in the cluster. */

@@ -8,22 +8,10 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, rmdir, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { DirPoolInfo, DirVolumeInfo } from '../agent-api/contract.ts';
 import { NubisError } from '../core/errors.ts';
 
 const run = promisify(execFile);
-
-export interface DirPoolInfo {
-  path: string;
-  sizeBytes: number;
-  freeBytes: number;
-}
-
-export interface DirVolumeInfo {
-  path: string;
-  sizeBytes: number;
-  /** What the qcow2 file takes on disk. */
-  allocatedBytes: number;
-}
 
 export class DirPools {
   readonly #root: string;

@@ -6,6 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
+import type { HostNetworkSpec } from '../agent-api/contract.ts';
 import { join } from 'node:path';
 import { NubisError, isNubisError } from '../core/errors.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
@@ -16,19 +17,6 @@ import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPe
 import { runProbe } from '../network/probe.ts';
 import { ensureDhcp, stopDhcp } from '../network/dhcp.ts';
 import { ensureGateway, removeGateway, setPortForwards } from '../network/gateway.ts';
-
-/** What a host needs to plumb one network: the control plane sends it as PUT /agent/networks/{id}. */
-export interface HostNetworkSpec {
-  id: string;
-  vni: number;
-  mtu: number;
-  /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
-  peers: string[];
-  /** Present on the one host that serves the network's DHCP. */
-  dhcp?: { subnet: string; serverIp: string; gateway?: string; hosts: Array<{ mac: string; ip: string; name: string }> };
-  /** Present on the one host that runs the network's NAT gateway, with the port forwards into it. */
-  nat?: { gatewayCidr: string; subnet: string; forwards: Array<{ protocol: 'tcp' | 'udp'; hostPort: number; vmIp: string; vmPort: number }> };
-}
 
 /**
  * Where a host keeps its DHCP servers' files. Not in the data folder: dnsmasq drops root and must

@@ -14,7 +14,7 @@ import { READINESS_PATTERN, serialLogOffset, serialLogTail, waitForSerialLine } 
 import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE, HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
-import type { VmStatus } from './vm-status.ts';
+import type { VmStatus } from '../agent-api/contract.ts';
 
 /** What survives an agent restart about a VM, in `<vmDir>/vm.json`. */
 interface VmRecord {

@@ -10,7 +10,7 @@ import { newId } from '../core/ids.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
-import type { VmStatus } from '../host/vm-status.ts';
+import type { PauseTimes, QemuMigrationStatus, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, VmsTable } from '../state/schema.ts';
 import type { DirPoolCatalogue } from '../control/dir-pools.ts';
@@ -38,36 +38,6 @@ export interface MigrationRequest {
   /** At the deadline: give up (the VM stays on its source) or switch to post-copy. Default:
    * post-copy when it is prepared for this migration, else abort. */
   onTimeout?: 'abort' | 'postcopy';
-}
-
-/** What `query-migrate` tells about RAM, the fields Nubis reads. */
-interface QemuRamStats {
-  transferred?: number;
-  remaining?: number;
-  total?: number;
-  normal?: number;
-  duplicate?: number;
-  'dirty-pages-rate'?: number;
-  'dirty-sync-count'?: number;
-  'page-size'?: number;
-  mbps?: number;
-  'postcopy-requests'?: number;
-}
-
-interface QemuMigrationStatus {
-  status?: string;
-  ram?: QemuRamStats;
-  'total-time'?: number;
-  downtime?: number;
-  'setup-time'?: number;
-  'cpu-throttle-percentage'?: number;
-  'error-desc'?: string;
-}
-
-/** What an agent's `/pauses` tells: QEMU's timestamps of the VM's last STOP and RESUME events. */
-interface PauseTimes {
-  stoppedAtMs?: number;
-  resumedAtMs?: number;
 }
 
 /** How a migration is set up before it starts, and why. */
@@ -355,15 +325,7 @@ export class MigrationService {
       };
     }
     await op.report('measure', 'Sampling the dirty rate of the guest (1 s)', 0.03);
-    const sampled = (
-      await this.#hosts.call<{ bytesPerSec: number }>(m.source, {
-        method: 'POST',
-        path: `/agent/vms/${m.vmId}/migration/dirty-rate`,
-        body: { seconds: 1 },
-        timeoutMs: 30_000,
-        signal: op.signal,
-      })
-    ).bytesPerSec;
+    const sampled = await this.#hosts.agent(m.source).sampleDirtyRate(m.vmId, 1, { timeoutMs: 30_000, signal: op.signal });
     const lambda = sampled / expected;
     const prepared = m.postcopyAllowed && lambda >= POSTCOPY_PREPARE_LAMBDA;
     const targetDowntimeMs = Math.min(AUTO_TARGET_DOWNTIME_MS, maxDowntimeMs);
@@ -516,7 +478,6 @@ export class MigrationService {
     const capabilities = { events: true, 'postcopy-ram': plan.postcopyPrepared, 'postcopy-preempt': plan.postcopyPrepared, 'auto-converge': plan.autoConverge };
     const uri = this.#listenUri(destination);
     const sourceStatus = JSON.parse((await this.#db.selectFrom('vms').select('status').where('id', '=', vmId).executeTakeFirstOrThrow()).status) as VmStatus;
-    const vmPath = `/agent/vms/${vmId}`;
     let switchedOver = false;
     // Disks in a dir pool of the source are copied to the pool's folder on the destination.
     const mirrored = await Promise.all(
@@ -550,30 +511,33 @@ export class MigrationService {
               diskIds: mirroredDiskIds,
             }
           : undefined;
-      await this.#hosts.call(destination, {
-        method: 'PUT',
-        path: `${vmPath}/incoming`,
-        body: { spec: destinationSpec, listenUri: uri, capabilities, carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt }, mirror },
-        timeoutMs: 60_000,
-        signal: op.signal,
-      });
+      await this.#hosts.agent(destination).prepareIncoming(
+        vmId,
+        {
+          spec: destinationSpec,
+          listenUri: uri,
+          capabilities,
+          carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt },
+          ...(mirror ? { mirror } : {}),
+        },
+        { timeoutMs: 60_000, signal: op.signal },
+      );
       reserved = true;
       if (mirroredDiskIds.length > 0) await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirroredDiskIds });
 
       // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
       let qemuLimitMs = plan.targetDowntimeMs;
-      await this.#hosts.call(source, {
-        method: 'POST',
-        path: `${vmPath}/migrate`,
-        body: {
+      await this.#hosts.agent(source).migrate(
+        vmId,
+        {
           uri,
           capabilities,
           downtimeLimitMs: qemuLimitMs,
           mirroredDisks: mirroredDiskIds,
           ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}),
         },
-        signal: op.signal,
-      });
+        { signal: op.signal },
+      );
       const startedAt = Date.now();
       // A first prediction before any byte moves, from the plan's figures, so that a migration
       // over before the first-pass samples settle (an idle guest can finish in 300 ms) has one.
@@ -598,7 +562,7 @@ export class MigrationService {
       let lastProgressAt = startedAt;
       let status: QemuMigrationStatus = {};
       for (;;) {
-        status = await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/migration`, signal: op.signal });
+        status = await this.#hosts.agent(source).migrationStatus(vmId, { signal: op.signal });
         const now = Date.now();
         const ram = status.ram ?? {};
         const pageSize = ram['page-size'] ?? 4096;
@@ -657,7 +621,10 @@ export class MigrationService {
           // post-copy), which is why post-copy is reported only from the RESUME on.
           // Read from the agent, not QEMU: in-band QMP on a post-copy destination may hang.
           const resumed = (
-            await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses`, timeoutMs: 5_000 }).catch(() => ({}) as PauseTimes)
+            await this.#hosts
+              .agent(destination)
+              .pauseTimes(vmId, { timeoutMs: 5_000 })
+              .catch((): PauseTimes => ({}))
           ).resumedAtMs;
           if (resumed)
             await op.report(
@@ -672,9 +639,12 @@ export class MigrationService {
         } else if (status.status === 'active') {
           // The destination must still be there: a lost destination agent fails the migration
           // now, while the VM can still stay where it is.
-          await this.#hosts.call(destination, { method: 'GET', path: `${vmPath}/pauses`, timeoutMs: 5_000, signal: op.signal }).catch((error) => {
-            throw new NubisError('MIGRATION_DESTINATION_LOST', `The destination ${destination.name} stopped answering: ${messageOf(error)}`);
-          });
+          await this.#hosts
+            .agent(destination)
+            .pauseTimes(vmId, { timeoutMs: 5_000, signal: op.signal })
+            .catch((error) => {
+              throw new NubisError('MIGRATION_DESTINATION_LOST', `The destination ${destination.name} stopped answering: ${messageOf(error)}`);
+            });
           if (now - lastProgressAt > STALL_MS) {
             throw new NubisError('MIGRATION_STALLED', `No byte reached ${destination.name} for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
           }
@@ -699,7 +669,8 @@ export class MigrationService {
           const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
           if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
             await this.#hosts
-              .call(source, { method: 'PUT', path: `${vmPath}/migration/parameters`, body: { downtimeLimitMs: limit }, signal: op.signal })
+              .agent(source)
+              .setMigrationParameters(vmId, { downtimeLimitMs: limit }, { signal: op.signal })
               .catch(() => undefined);
             qemuLimitMs = limit;
           }
@@ -727,7 +698,7 @@ export class MigrationService {
                       : undefined;
             if (why) {
               await op.report('switching', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
-              await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/postcopy`, signal: op.signal });
+              await this.#hosts.agent(source).startPostcopy(vmId, { signal: op.signal });
               figures.switchedToPostcopy = true;
             }
           }
@@ -745,7 +716,7 @@ export class MigrationService {
       // QEMU marks the migration completed a moment before it fills in the times: ask again.
       for (let i = 0; i < 20 && !status['total-time']; i++) {
         await delay(50);
-        status = await this.#hosts.call<QemuMigrationStatus>(source, { method: 'GET', path: `${vmPath}/migration` });
+        status = await this.#hosts.agent(source).migrationStatus(vmId);
       }
       figures.totalTimeMs = status['total-time'];
       figures.downtimeMs = status.downtime;
@@ -760,14 +731,27 @@ export class MigrationService {
       // Before the switch-over: the VM never left the source. Stop the stream, drop the
       // destination, and unplug what was plumbed for it.
       await op.report('rollback', `Rolling back: ${messageOf(error)}`, 0.95);
-      await this.#hosts.call(source, { method: 'POST', path: `${vmPath}/migration/cancel` }).catch(() => undefined);
-      if (mirroredDiskIds.length > 0) await this.#hosts.call(source, { method: 'DELETE', path: `${vmPath}/mirror` }).catch(() => undefined);
-      await this.#hosts.call(destination, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 }).catch(() => undefined);
+      await this.#hosts
+        .agent(source)
+        .cancelMigration(vmId)
+        .catch(() => undefined);
+      if (mirroredDiskIds.length > 0)
+        await this.#hosts
+          .agent(source)
+          .abortMirrors(vmId)
+          .catch(() => undefined);
+      await this.#hosts
+        .agent(destination)
+        .deleteVm(vmId, { timeoutMs: 60_000 })
+        .catch(() => undefined);
       // The copies made for this migration (only once the reservation made them: a file that
       // was there before made it fail, and is not ours to delete).
       if (reserved)
         for (const x of mirrored)
-          await this.#hosts.call(destination, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` }).catch(() => undefined);
+          await this.#hosts
+            .agent(destination)
+            .deleteDirVolume(x.pool, x.volume)
+            .catch(() => undefined);
       for (const networkId of networkIds) {
         await this.#networks.unplugHost(networkId, destination).catch(() => undefined);
         await this.#networks.sync(networkId).catch(() => undefined);
@@ -778,10 +762,19 @@ export class MigrationService {
     // Stage 6: commitment and activation. The destination owns the VM and announces it; the
     // record moves in one step; the source lets go.
     await op.report('activation', `Activating on ${destination.name} and announcing the VM to the network`, 0.96);
-    const stoppedAtMs = (await this.#hosts.call<PauseTimes>(source, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes)).stoppedAtMs;
-    const activated = await this.#hosts.call<VmStatus>(destination, { method: 'POST', path: `${vmPath}/incoming/activate`, timeoutMs: 90_000 });
-    const resumedAtMs = (await this.#hosts.call<PauseTimes>(destination, { method: 'GET', path: `${vmPath}/pauses` }).catch(() => ({}) as PauseTimes))
-      .resumedAtMs;
+    const stoppedAtMs = (
+      await this.#hosts
+        .agent(source)
+        .pauseTimes(vmId)
+        .catch((): PauseTimes => ({}))
+    ).stoppedAtMs;
+    const activated = await this.#hosts.agent(destination).activateIncoming(vmId, { timeoutMs: 90_000 });
+    const resumedAtMs = (
+      await this.#hosts
+        .agent(destination)
+        .pauseTimes(vmId)
+        .catch((): PauseTimes => ({}))
+    ).resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
     await this.#db
       .updateTable('vms')
@@ -796,12 +789,16 @@ export class MigrationService {
       .execute();
     for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
     await this.#hosts
-      .call(source, { method: 'DELETE', path: vmPath, timeoutMs: 60_000 })
-      .catch((error) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
+      .agent(source)
+      .deleteVm(vmId, { timeoutMs: 60_000 })
+      .catch((error: unknown) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
     for (const x of mirrored) {
       await this.#hosts
-        .call(source, { method: 'DELETE', path: `/agent/dir-pools/${x.pool}/volumes/${x.volume}` })
-        .catch((error) => op.report('activation', `The old copy of ${x.pool}/${x.volume} on ${source.name} could not be removed: ${messageOf(error)}`, 0.97));
+        .agent(source)
+        .deleteDirVolume(x.pool, x.volume)
+        .catch((error: unknown) =>
+          op.report('activation', `The old copy of ${x.pool}/${x.volume} on ${source.name} could not be removed: ${messageOf(error)}`, 0.97),
+        );
     }
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, source);
@@ -826,16 +823,11 @@ export class MigrationService {
     op: OperationContext,
     m: { vmId: string; source: HostsTable; destination: HostsTable; target: { host: string; port: number }; diskIds: string[] },
   ): Promise<void> {
-    const vmPath = `/agent/vms/${m.vmId}`;
-    await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/mirror`, body: { diskIds: m.diskIds, target: m.target }, signal: op.signal });
+    await this.#hosts.agent(m.source).startMirrors(m.vmId, { diskIds: m.diskIds, target: m.target }, { signal: op.signal });
     let lastCopied = -1;
     let lastProgressAt = Date.now();
     for (;;) {
-      const jobs = await this.#hosts.call<Array<{ disk: string; lengthBytes: number; copiedBytes: number; ready: boolean; status: string }>>(m.source, {
-        method: 'GET',
-        path: `${vmPath}/mirror`,
-        signal: op.signal,
-      });
+      const jobs = await this.#hosts.agent(m.source).mirrors(m.vmId, { signal: op.signal });
       if (jobs.length < m.diskIds.length)
         throw new NubisError('MIGRATION_FAILED', `A disk mirror to ${m.destination.name} ended before it was in step (see the agent log of ${m.source.name})`);
       const copied = jobs.reduce((sum, j) => sum + j.copiedBytes, 0);
@@ -928,12 +920,14 @@ export class MigrationService {
    * with `resume`), and post-copy goes on where it stopped.
    */
   async #recoverPostcopy(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; figures: MigrationFigures }): Promise<void> {
-    const vmPath = `/agent/vms/${m.vmId}`;
     const statusOf = (host: HostsTable) =>
-      this.#hosts.call<QemuMigrationStatus>(host, { method: 'GET', path: `${vmPath}/migration`, timeoutMs: 10_000 }).then(
-        (s) => s.status,
-        () => undefined,
-      );
+      this.#hosts
+        .agent(host)
+        .migrationStatus(m.vmId, { timeoutMs: 10_000 })
+        .then(
+          (s) => s.status,
+          () => undefined,
+        );
     const giveUpAt = Date.now() + POSTCOPY_RECOVERY_MS;
     m.figures.recoveries = (m.figures.recoveries ?? 0) + 1;
     await op.report(
@@ -952,7 +946,8 @@ export class MigrationService {
       if (sourceState === 'completed') return;
       // The agent's record, not QEMU: the destination's main loop may be stuck on a missing page.
       const destinationVm = await this.#hosts
-        .call<VmStatus>(m.destination, { method: 'GET', path: vmPath, timeoutMs: 10_000 })
+        .agent(m.destination)
+        .vmStatus(m.vmId, { timeoutMs: 10_000 })
         .catch((error: { code?: string }) => (error.code === 'VM_NOT_FOUND' ? ({ state: 'stopped' } as VmStatus) : undefined));
       if (destinationVm && (destinationVm.state === 'crashed' || destinationVm.state === 'stopped')) {
         throw new NubisError(
@@ -963,11 +958,14 @@ export class MigrationService {
       // Both ends must wait in postcopy-paused: a stalled (not broken) stream is closed by hand.
       // Out-of-band, and harmless on an end that already paused.
       for (const host of [m.source, m.destination])
-        await this.#hosts.call(host, { method: 'POST', path: `${vmPath}/migration/pause`, timeoutMs: 15_000 }).catch(() => undefined);
+        await this.#hosts
+          .agent(host)
+          .pauseMigration(m.vmId, { timeoutMs: 15_000 })
+          .catch(() => undefined);
       const uri = this.#listenUri(m.destination);
       try {
-        await this.#hosts.call(m.destination, { method: 'POST', path: `${vmPath}/incoming/recover`, body: { uri }, timeoutMs: 15_000 });
-        await this.#hosts.call(m.source, { method: 'POST', path: `${vmPath}/migration/resume`, body: { uri } });
+        await this.#hosts.agent(m.destination).recoverIncoming(m.vmId, uri, { timeoutMs: 15_000 });
+        await this.#hosts.agent(m.source).resumeMigration(m.vmId, uri);
         // The source connects (the kernel retries its SYN while the link is down); wait for
         // it to go on or to fall back to paused.
         for (let waited = 0; waited < 60_000; waited += 500) {

@@ -1,0 +1,336 @@
+/**
+ * The contract between the control plane and a host agent, in one place that both sides import:
+ * every route the agent serves with the schema of its path parameters, body and answer. The agent
+ * registers its routes from this table and validates each body against it (src/host/agent-app.ts);
+ * the control plane calls them through {@link AgentClient} (src/agent-api/agent-client.ts), never
+ * with a path of its own making. Imports only the wire types of compute/ (the VM spec).
+ */
+import { type Static, type TSchema, Type } from '@sinclair/typebox';
+import { DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
+
+/** What an agent reports about one VM: the actual state, as opposed to the desired one. */
+export type VmRunState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
+
+export const VmStatus = Type.Object({
+  id: Type.String({ maxLength: 63 }),
+  name: Type.String({ maxLength: 63 }),
+  state: Type.String({ maxLength: 16 }),
+  pid: Type.Optional(Type.Integer()),
+  /** When QEMU last started (ISO time). */
+  startedAt: Type.Optional(Type.String({ maxLength: 32 })),
+  /** When the guest printed its readiness line in the current boot. */
+  readyAt: Type.Optional(Type.String({ maxLength: 32 })),
+  /** IPv4 addresses the guest reported in its readiness line. */
+  guestIps: Type.Optional(Type.Array(Type.String({ maxLength: 15 }), { maxItems: 64 })),
+  /** Why the VM stopped or crashed, with the end of its console log for a crash. */
+  lastError: Type.Optional(Type.String({ maxLength: 65536 })),
+  crashLogTail: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 100 })),
+});
+export type VmStatus = Omit<Static<typeof VmStatus>, 'state'> & { state: VmRunState };
+
+/** What a host needs to plumb one network. */
+export const HostNetworkSpec = Type.Object(
+  {
+    id: Type.String({ maxLength: 63 }),
+    vni: Type.Integer({ minimum: 1, maximum: 16777215 }),
+    mtu: Type.Integer({ minimum: 576, maximum: 9000 }),
+    /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
+    peers: Type.Array(Type.String({ format: 'ipv4', maxLength: 15 }), { maxItems: 4096 }),
+    /** Present on the one host that serves the network's DHCP. */
+    dhcp: Type.Optional(
+      Type.Object({
+        subnet: Type.String({ maxLength: 18 }),
+        serverIp: Type.String({ format: 'ipv4', maxLength: 15 }),
+        gateway: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15 })),
+        hosts: Type.Array(
+          Type.Object({
+            mac: Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$' }),
+            ip: Type.String({ format: 'ipv4', maxLength: 15 }),
+            name: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' }),
+          }),
+          { maxItems: 65536 },
+        ),
+      }),
+    ),
+    /** Present on the one host that runs the network's NAT gateway, with the port forwards into it. */
+    nat: Type.Optional(
+      Type.Object({
+        gatewayCidr: Type.String({ maxLength: 18 }),
+        subnet: Type.String({ maxLength: 18 }),
+        forwards: Type.Array(
+          Type.Object({
+            protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
+            hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+            vmIp: Type.String({ format: 'ipv4', maxLength: 15 }),
+            vmPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+          }),
+          { maxItems: 65536 },
+        ),
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type HostNetworkSpec = Static<typeof HostNetworkSpec>;
+
+export interface DirPoolInfo {
+  path: string;
+  sizeBytes: number;
+  freeBytes: number;
+}
+
+export interface DirVolumeInfo {
+  path: string;
+  sizeBytes: number;
+  /** What the qcow2 file takes on disk. */
+  allocatedBytes: number;
+}
+
+/** What `query-migrate` tells about RAM, the fields Nubis reads (QEMU's qapi/migration.json MigrationStats). */
+export interface QemuRamStats {
+  transferred?: number;
+  remaining?: number;
+  total?: number;
+  normal?: number;
+  duplicate?: number;
+  'dirty-pages-rate'?: number;
+  'dirty-sync-count'?: number;
+  'page-size'?: number;
+  mbps?: number;
+  'postcopy-requests'?: number;
+}
+
+/** QEMU's `query-migrate` (qapi/migration.json MigrationInfo), as the agent passes it on. */
+export interface QemuMigrationStatus {
+  status?: string;
+  ram?: QemuRamStats;
+  'total-time'?: number;
+  downtime?: number;
+  'setup-time'?: number;
+  'cpu-throttle-percentage'?: number;
+  'error-desc'?: string;
+}
+
+/** QEMU's timestamps of the VM's last STOP and RESUME events. */
+export interface PauseTimes {
+  stoppedAtMs?: number;
+  resumedAtMs?: number;
+}
+
+export interface DiskMirrorJob {
+  disk: string;
+  lengthBytes: number;
+  copiedBytes: number;
+  ready: boolean;
+  status: string;
+}
+
+const Uri = Type.String({ maxLength: 64, pattern: '^tcp:[0-9.]{7,15}:[0-9]{1,5}$', description: 'tcp:ADDRESS:PORT on the underlay' });
+const Capabilities = Type.Record(Type.String({ pattern: '^[a-z-]{1,32}$' }), Type.Boolean());
+const Ms = (maximum: number) => Type.Integer({ minimum: 0, maximum });
+const SizeBytes = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+const Name = Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' });
+const VmParams = Type.Object({ id: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' }) });
+const PoolParams = Type.Object({ pool: Name });
+const VolumeParams = Type.Object({ pool: Name, volume: Name });
+const DiskParams = Type.Object({ id: VmParams.properties.id, disk: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }) });
+const NetworkParams = Type.Object({ id: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' }) });
+const NoParams = Type.Object({});
+
+export const StopRequest = Type.Object(
+  { force: Type.Optional(Type.Boolean()), timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600 })) },
+  { additionalProperties: false },
+);
+const NbdTarget = Type.Object({ host: Type.String({ format: 'ipv4' }), port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false });
+export const MirrorRequest = Type.Object(
+  { diskIds: Type.Array(Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }), { maxItems: 17 }), target: NbdTarget },
+  { additionalProperties: false },
+);
+export const IncomingRequest = Type.Object(
+  {
+    spec: VmSpec,
+    listenUri: Uri,
+    capabilities: Capabilities,
+    carried: Type.Object({
+      guestIps: Type.Optional(Type.Array(Type.String({ maxLength: 15 }), { maxItems: 64 })),
+      startedAt: Type.Optional(Type.String({ maxLength: 32 })),
+    }),
+    mirror: Type.Optional(
+      Type.Object({
+        newFiles: Type.Array(Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }), sizeBytes: SizeBytes }), { maxItems: 16 }),
+        listen: NbdTarget,
+        diskIds: MirrorRequest.properties.diskIds,
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export const MigrateRequest = Type.Object(
+  {
+    uri: Uri,
+    capabilities: Capabilities,
+    downtimeLimitMs: Ms(600_000),
+    maxBandwidthBytesPerSec: Type.Optional(SizeBytes),
+    mirroredDisks: Type.Optional(MirrorRequest.properties.diskIds),
+  },
+  { additionalProperties: false },
+);
+export const MigrationParameters = Type.Object(
+  { downtimeLimitMs: Type.Optional(Ms(600_000)), maxBandwidthBytesPerSec: Type.Optional(SizeBytes) },
+  { additionalProperties: false },
+);
+export const ProbeRequest = Type.Object(
+  {
+    address: Type.String({ maxLength: 18 }),
+    gateway: Type.Optional(Type.String({ format: 'ipv4' })),
+    command: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1, maxItems: 64 }),
+    timeoutMs: Ms(3_600_000),
+  },
+  { additionalProperties: false },
+);
+export const FirewallUpdate = Type.Array(Type.Composite([NicFirewallSpec, Type.Object({ nicId: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }) })]), {
+  maxItems: 16,
+});
+
+/** One route: how it is called and the schemas its parts are validated against. */
+export interface AgentRoute {
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE';
+  url: string;
+  params: TSchema;
+  body?: TSchema;
+}
+
+const route = <R extends AgentRoute>(r: R): R => r;
+
+/** Every route of the agent API (the console is a WebSocket beside these). */
+export const AGENT_ROUTES = {
+  info: route({ method: 'GET', url: '/agent/info', params: NoParams }),
+  listVms: route({ method: 'GET', url: '/agent/vms', params: NoParams }),
+  createVm: route({ method: 'PUT', url: '/agent/vms/:id', params: VmParams, body: VmSpec }),
+  vmStatus: route({ method: 'GET', url: '/agent/vms/:id', params: VmParams }),
+  startVm: route({ method: 'POST', url: '/agent/vms/:id/start', params: VmParams }),
+  stopVm: route({ method: 'POST', url: '/agent/vms/:id/stop', params: VmParams, body: StopRequest }),
+  rebootVm: route({ method: 'POST', url: '/agent/vms/:id/reboot', params: VmParams, body: StopRequest }),
+  pauseVm: route({ method: 'POST', url: '/agent/vms/:id/pause', params: VmParams }),
+  resumeVm: route({ method: 'POST', url: '/agent/vms/:id/resume', params: VmParams }),
+  waitReady: route({
+    method: 'POST',
+    url: '/agent/vms/:id/wait-ready',
+    params: VmParams,
+    body: Type.Object({ timeoutMs: Ms(3_600_000) }, { additionalProperties: false }),
+  }),
+  deleteVm: route({ method: 'DELETE', url: '/agent/vms/:id', params: VmParams }),
+  consoleLog: route({ method: 'GET', url: '/agent/vms/:id/log', params: VmParams }),
+  attachDisk: route({ method: 'POST', url: '/agent/vms/:id/disks', params: VmParams, body: DiskSpec }),
+  detachDisk: route({ method: 'DELETE', url: '/agent/vms/:id/disks/:disk', params: DiskParams }),
+  setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
+  prepareIncoming: route({ method: 'PUT', url: '/agent/vms/:id/incoming', params: VmParams, body: IncomingRequest }),
+  activateIncoming: route({ method: 'POST', url: '/agent/vms/:id/incoming/activate', params: VmParams }),
+  recoverIncoming: route({
+    method: 'POST',
+    url: '/agent/vms/:id/incoming/recover',
+    params: VmParams,
+    body: Type.Object({ uri: Uri }, { additionalProperties: false }),
+  }),
+  startMirrors: route({ method: 'POST', url: '/agent/vms/:id/mirror', params: VmParams, body: MirrorRequest }),
+  mirrors: route({ method: 'GET', url: '/agent/vms/:id/mirror', params: VmParams }),
+  abortMirrors: route({ method: 'DELETE', url: '/agent/vms/:id/mirror', params: VmParams }),
+  migrate: route({ method: 'POST', url: '/agent/vms/:id/migrate', params: VmParams, body: MigrateRequest }),
+  migrationStatus: route({ method: 'GET', url: '/agent/vms/:id/migration', params: VmParams }),
+  pauseTimes: route({ method: 'GET', url: '/agent/vms/:id/pauses', params: VmParams }),
+  startPostcopy: route({ method: 'POST', url: '/agent/vms/:id/migration/postcopy', params: VmParams }),
+  cancelMigration: route({ method: 'POST', url: '/agent/vms/:id/migration/cancel', params: VmParams }),
+  sampleDirtyRate: route({
+    method: 'POST',
+    url: '/agent/vms/:id/migration/dirty-rate',
+    params: VmParams,
+    body: Type.Object({ seconds: Type.Integer({ minimum: 1, maximum: 60 }) }, { additionalProperties: false }),
+  }),
+  setMigrationParameters: route({ method: 'PUT', url: '/agent/vms/:id/migration/parameters', params: VmParams, body: MigrationParameters }),
+  pauseMigration: route({ method: 'POST', url: '/agent/vms/:id/migration/pause', params: VmParams }),
+  resumeMigration: route({
+    method: 'POST',
+    url: '/agent/vms/:id/migration/resume',
+    params: VmParams,
+    body: Type.Object({ uri: Uri }, { additionalProperties: false }),
+  }),
+  ensureDirPool: route({ method: 'PUT', url: '/agent/dir-pools/:pool', params: PoolParams }),
+  dirPool: route({ method: 'GET', url: '/agent/dir-pools/:pool', params: PoolParams }),
+  removeDirPool: route({ method: 'DELETE', url: '/agent/dir-pools/:pool', params: PoolParams }),
+  createDirVolume: route({
+    method: 'PUT',
+    url: '/agent/dir-pools/:pool/volumes/:volume',
+    params: VolumeParams,
+    body: Type.Object({ sizeBytes: SizeBytes }, { additionalProperties: false }),
+  }),
+  dirVolume: route({ method: 'GET', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
+  deleteDirVolume: route({ method: 'DELETE', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
+  resizeDirVolume: route({
+    method: 'POST',
+    url: '/agent/dir-pools/:pool/volumes/:volume/resize',
+    params: VolumeParams,
+    body: Type.Object({ sizeBytes: SizeBytes }, { additionalProperties: false }),
+  }),
+  applyNetwork: route({ method: 'PUT', url: '/agent/networks/:id', params: NetworkParams, body: HostNetworkSpec }),
+  removeNetwork: route({ method: 'DELETE', url: '/agent/networks/:id', params: NetworkParams }),
+  probe: route({ method: 'POST', url: '/agent/networks/:id/probe', params: NetworkParams, body: ProbeRequest }),
+  shutdown: route({
+    method: 'POST',
+    url: '/agent/shutdown',
+    params: NoParams,
+    body: Type.Object({ stopVms: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+  }),
+} as const;
+
+export type AgentRouteName = keyof typeof AGENT_ROUTES;
+
+/** Options of one call: a deadline and the signal that cancels it. */
+export interface CallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** The agent API as the control plane sees it: one method per route. */
+export interface AgentClient {
+  info(): Promise<{ name: string; accelerator: string; acceleratorReason: string; vms: VmStatus[] }>;
+  listVms(): Promise<VmStatus[]>;
+  createVm(spec: VmSpec, options?: CallOptions): Promise<VmStatus>;
+  vmStatus(id: string, options?: CallOptions): Promise<VmStatus>;
+  startVm(id: string, options?: CallOptions): Promise<VmStatus>;
+  stopVm(id: string, request: Static<typeof StopRequest>, options?: CallOptions): Promise<VmStatus>;
+  rebootVm(id: string, request: Static<typeof StopRequest>, options?: CallOptions): Promise<VmStatus>;
+  pauseVm(id: string, options?: CallOptions): Promise<VmStatus>;
+  resumeVm(id: string, options?: CallOptions): Promise<VmStatus>;
+  waitReady(id: string, timeoutMs: number, options?: CallOptions): Promise<VmStatus>;
+  deleteVm(id: string, options?: CallOptions): Promise<void>;
+  consoleLog(id: string, lines: number): Promise<string[]>;
+  attachDisk(id: string, disk: DiskSpec, options?: CallOptions): Promise<VmStatus>;
+  detachDisk(id: string, diskId: string, options?: CallOptions): Promise<VmStatus>;
+  setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;
+  prepareIncoming(id: string, request: Static<typeof IncomingRequest>, options?: CallOptions): Promise<VmStatus>;
+  activateIncoming(id: string, options?: CallOptions): Promise<VmStatus>;
+  recoverIncoming(id: string, uri: string, options?: CallOptions): Promise<void>;
+  startMirrors(id: string, request: Static<typeof MirrorRequest>, options?: CallOptions): Promise<void>;
+  mirrors(id: string, options?: CallOptions): Promise<DiskMirrorJob[]>;
+  abortMirrors(id: string): Promise<void>;
+  migrate(id: string, request: Static<typeof MigrateRequest>, options?: CallOptions): Promise<VmStatus>;
+  migrationStatus(id: string, options?: CallOptions): Promise<QemuMigrationStatus>;
+  pauseTimes(id: string, options?: CallOptions): Promise<PauseTimes>;
+  startPostcopy(id: string, options?: CallOptions): Promise<void>;
+  cancelMigration(id: string): Promise<void>;
+  sampleDirtyRate(id: string, seconds: number, options?: CallOptions): Promise<number>;
+  setMigrationParameters(id: string, parameters: Static<typeof MigrationParameters>, options?: CallOptions): Promise<void>;
+  pauseMigration(id: string, options?: CallOptions): Promise<void>;
+  resumeMigration(id: string, uri: string, options?: CallOptions): Promise<void>;
+  ensureDirPool(pool: string): Promise<DirPoolInfo>;
+  dirPool(pool: string, options?: CallOptions): Promise<DirPoolInfo>;
+  removeDirPool(pool: string): Promise<void>;
+  createDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
+  dirVolume(pool: string, volume: string, options?: CallOptions): Promise<DirVolumeInfo>;
+  deleteDirVolume(pool: string, volume: string): Promise<void>;
+  resizeDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
+  applyNetwork(spec: HostNetworkSpec, options?: CallOptions): Promise<{ bridge: string; vxlan: string }>;
+  removeNetwork(networkId: string, options?: CallOptions): Promise<void>;
+  probe(networkId: string, request: Static<typeof ProbeRequest>, options?: CallOptions): Promise<{ exitCode: number; stdout: string; stderr: string }>;
+  shutdown(stopVms: boolean): Promise<void>;
+}
