@@ -13,7 +13,7 @@ import type { Logger } from '../core/logger.ts';
 import { dataPaths } from '../core/paths.ts';
 import { readTinyImage } from '../images/build-tiny.ts';
 import { openDatabase, type Db } from '../state/database.ts';
-import { HostRegistry } from '../control/hosts.ts';
+import { type AgentFactory, HostRegistry } from '../control/hosts.ts';
 import { ImageCatalogue } from '../control/images.ts';
 import { OperationManager } from '../control/operations.ts';
 import { NetworkService } from '../control/networks.ts';
@@ -51,11 +51,19 @@ async function secretFile(path: string, prefix: string, onCreate?: (secret: stri
 }
 
 /** The control plane's services over an open database: what `buildApp` serves. */
-export function createServices(options: { db: Db; dataDir: string; joinToken: string; controlKey?: string; logger?: Logger }): AppServices {
+export function createServices(options: {
+  db: Db;
+  dataDir: string;
+  joinToken: string;
+  controlKey?: string;
+  /** How agents are reached: over HTTP unless a unit test passes fake agents. */
+  agentFactory?: AgentFactory;
+  logger?: Logger;
+}): AppServices {
   const { db } = options;
   const operations = new OperationManager(db);
   // Without a key file (unit tests), a key of this process: agents joined to it join again later.
-  const hosts = new HostRegistry(db, { joinToken: options.joinToken, controlKey: options.controlKey ?? newSecret('nubis_ctlkey') });
+  const hosts = new HostRegistry(db, { joinToken: options.joinToken, controlKey: options.controlKey ?? newSecret('nubis_ctlkey') }, options.agentFactory);
   const images = new ImageCatalogue(db, { imagesDir: dataPaths(options.dataDir).images, importDir: dataPaths(options.dataDir).imports });
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
