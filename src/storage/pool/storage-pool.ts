@@ -20,52 +20,50 @@
  *   their content is only guaranteed up to the last commit anyway (md's write-intent bitmap). An
  *   intent vouches for no data, so its record goes out alone, without flushing any data first.
  */
-import { randomUUID } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { NubisError } from '../../core/errors.ts';
+import { formatSize } from '../size.ts';
 import { blockChecksum, CHECKSUM_BLOCK_BYTES, ZERO_BLOCK_CHECKSUM } from './checksum.ts';
 import { KeyedLocks } from './locks.ts';
-import { readDeviceSignature } from './device-signature.ts';
 import { openMemberDevice, type MemberDevice } from './member-device.ts';
 import {
-  CHECKPOINT_HEADER_BYTES,
-  decodeCheckpoint,
-  decodeCheckpointHeader,
   decodeLabel,
   encodeCheckpoint,
-  encodeLabel,
   JOURNAL_HEADER_BYTES,
   JournalWriter,
   LABEL_BYTES,
-  OP_CHECKSUMS,
   OP_HIGH_WATER,
   OP_INTENT_CLEAR,
   OP_INTENT_SET,
-  OP_JSON,
-  OP_MAP,
-  readJournal,
-  type JournalOp,
   type JsonOp,
   type PoolLabel,
   type PoolState,
   type VolumeRecord,
 } from './metadata-format.ts';
-import { dataChunksPerRow, layoutRules, RAID_LAYOUTS, RaidArray, type MemberSlot, type RaidLayout } from './raid-array.ts';
-import { formatSize } from '../size.ts';
+import { applyJsonOp, loadMetadata } from './metadata-replay.ts';
+import {
+  checkpointSlotOffset,
+  geometryFromLabel,
+  journalStartOffset,
+  memberBytesUsed,
+  planPool,
+  splitAtAllocationUnits,
+  wasteBytes,
+  type PoolGeometry,
+} from './pool-geometry.ts';
+import { encodeMemberLabel, findMembers, formatMembers, refuseDeviceWithData, type OpenMemberDevice } from './pool-members.ts';
+import { validateName } from './pool-names.ts';
+import { RAID_LAYOUTS, RaidArray, type MemberSlot, type RaidLayout } from './raid-array.ts';
+import { VolumeDevice } from './volume-device.ts';
 
-const MiB = 1024 * 1024;
-const DEFAULT_CHUNK_BYTES = 64 * 1024;
-const DEFAULT_ALLOCATION_UNIT_BYTES = MiB;
-const MIN_ALLOCATION_UNITS = 8;
+export type { OpenMemberDevice } from './pool-members.ts';
+export { VolumeDevice } from './volume-device.ts';
+
 const HIGH_WATER_STEP_AUS = 256;
 const PERIODIC_COMMIT_MS = 5000;
 /** A write intent is cleared once its AU has not been written for this long. */
 const INTENT_IDLE_MS = 10_000;
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const SECTOR_BYTES = 512;
-
-/** Opens a member device by path; the default handles files, block devices and NBD URIs. */
-export type OpenMemberDevice = (path: string) => Promise<MemberDevice>;
 
 /** Options of `StoragePool.create`. */
 export interface PoolCreateOptions {
@@ -92,29 +90,6 @@ export interface ReplaceOptions {
   force?: boolean;
   /** UUIDs of the pools open on this node (this one included): never overwritten. */
   livePoolUuids?: ReadonlySet<string>;
-}
-
-/**
- * Refuses a device that holds something (see device-signature.ts) unless `force`; a member of
- * a pool this node serves is refused even then, since overwriting it breaks a live pool.
- */
-async function refuseDeviceWithData(device: MemberDevice, options: { force?: boolean; livePoolUuids?: ReadonlySet<string> }): Promise<void> {
-  const found = await readDeviceSignature(device);
-  if (!found) return;
-  const details = { device: device.path, found: found.kind, ...(found.pool ? { pool: found.pool } : {}) };
-  if (found.poolUuid && options.livePoolUuids?.has(found.poolUuid)) {
-    throw new NubisError(
-      'POOL_DEVICE_IN_USE',
-      `Device ${device.path} already belongs to pool ${found.pool}, which this node serves; take it out of that pool first`,
-      { details },
-    );
-  }
-  if (options.force) return;
-  if (found.kind === 'nubis-pool') {
-    const owner = found.pool ? `already belongs to pool ${found.pool} (it holds ${found.description})` : `holds ${found.description}`;
-    throw new NubisError('POOL_DEVICE_IN_USE', `Device ${device.path} ${owner}; pass --force to overwrite it`, { details });
-  }
-  throw new NubisError('POOL_DEVICE_HAS_DATA', `Device ${device.path} holds ${found.description}; pass --force to overwrite it`, { details });
 }
 
 /** Options of `StoragePool.open`. */
@@ -202,109 +177,11 @@ interface VolumeEntry {
   map: Int32Array;
 }
 
-interface Geometry {
-  layout: RaidLayout;
-  chunkBytes: number;
-  allocationUnitBytes: number;
-  slotBytes: number;
-  journalBytes: number;
-  dataStartBytes: number;
-  rows: number;
-  memberCount: number;
-}
-
-/** Computes where everything lives for devices of the given sizes; throws on bad input. */
-export function planPool(options: {
-  layout: RaidLayout;
-  deviceSizes: number[];
-  devices: string[];
-  chunkBytes?: number;
-  allocationUnitBytes?: number;
-}): Geometry & { auCount: number; usableBytes: number; wasteBytes: number } {
-  const { layout, deviceSizes, devices } = options;
-  if (!RAID_LAYOUTS.includes(layout)) {
-    throw new NubisError('POOL_LAYOUT_INVALID', `Layout ${JSON.stringify(layout)} is not one of ${RAID_LAYOUTS.join(', ')}`, { details: { layout } });
-  }
-  const n = deviceSizes.length;
-  const { minMembers } = layoutRules(layout, n);
-  const needed = layout === 'raid1' ? 2 : minMembers;
-  if (n < needed) {
-    throw new NubisError('POOL_TOO_FEW_DEVICES', `A ${layout} pool needs at least ${needed} devices; ${n} given`, {
-      details: { layout, devices: n, minimum: needed },
-    });
-  }
-  if (layout === 'raid10' && n % 2 !== 0) {
-    throw new NubisError('POOL_TOO_FEW_DEVICES', `A raid10 pool needs an even number of devices; ${n} given`, { details: { layout, devices: n } });
-  }
-  const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-  if (!Number.isInteger(chunkBytes) || chunkBytes < 4096 || chunkBytes > 16 * MiB || (chunkBytes & (chunkBytes - 1)) !== 0) {
-    throw new NubisError('POOL_CHUNK_INVALID', `Chunk size ${chunkBytes} must be a power of two from 4 KiB to 16 MiB`, { details: { chunkBytes } });
-  }
-  const rowData = dataChunksPerRow(layout, n) * chunkBytes;
-  const requestedAu = options.allocationUnitBytes ?? DEFAULT_ALLOCATION_UNIT_BYTES;
-  if (!Number.isInteger(requestedAu) || requestedAu < 4096 || requestedAu % 4096 !== 0) {
-    throw new NubisError('POOL_ALLOCATION_UNIT_INVALID', `Allocation unit ${requestedAu} must be a multiple of 4 KiB`, {
-      details: { allocationUnitBytes: requestedAu },
-    });
-  }
-  // Whole rows per AU: no parity row is ever shared by two AUs, so a write to one AU can never
-  // leave another's redundancy stale (the RAID 5 write hole stays inside the AU being written).
-  const allocationUnitBytes = Math.ceil(requestedAu / rowData) * rowData;
-  const minSize = Math.min(...deviceSizes);
-  const upperUsable = dataChunksPerRow(layout, n) * minSize;
-  const upperBlocks = Math.ceil(upperUsable / CHECKSUM_BLOCK_BYTES);
-  const upperAus = Math.ceil(upperUsable / allocationUnitBytes);
-  // A checkpoint holds the checksums, map entries (budget: 8 mappers per AU) and volume records.
-  const slotBytes = alignUp(CHECKPOINT_HEADER_BYTES + 256 * 1024 + upperAus * 8 * 8 + upperBlocks * 4, 4096);
-  const journalBytes = Math.max(4 * MiB, slotBytes);
-  const dataStartBytes = alignUp(LABEL_BYTES + 2 * slotBytes + journalBytes, MiB);
-  const rows = Math.max(0, Math.floor((minSize - dataStartBytes) / chunkBytes));
-  const auCount = Math.floor((rows * rowData) / allocationUnitBytes);
-  if (auCount < MIN_ALLOCATION_UNITS) {
-    const smallest = devices[deviceSizes.indexOf(minSize)];
-    const neededPerDevice = dataStartBytes + Math.ceil((MIN_ALLOCATION_UNITS * allocationUnitBytes) / rowData) * chunkBytes;
-    throw new NubisError(
-      'POOL_DEVICE_TOO_SMALL',
-      `Device ${smallest} has ${formatSize(minSize)}; a ${layout} pool over ${n} devices with ${formatSize(chunkBytes)} chunks needs at least ${formatSize(neededPerDevice)} per device`,
-      { details: { device: smallest, sizeBytes: minSize, minimumBytes: neededPerDevice } },
-    );
-  }
-  const usedPerMember = dataStartBytes + rows * chunkBytes;
-  const wasteBytes = deviceSizes.reduce((sum, size) => sum + (size - usedPerMember), 0);
-  return {
-    layout,
-    chunkBytes,
-    allocationUnitBytes,
-    slotBytes,
-    journalBytes,
-    dataStartBytes,
-    rows,
-    memberCount: n,
-    auCount,
-    usableBytes: auCount * allocationUnitBytes,
-    wasteBytes,
-  };
-}
-
-function alignUp(value: number, alignment: number): number {
-  return Math.ceil(value / alignment) * alignment;
-}
-
-function validateName(name: string, what: 'Pool' | 'Volume'): void {
-  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
-    throw new NubisError(
-      `${what.toUpperCase()}_NAME_INVALID`,
-      `${what} name ${JSON.stringify(name)} must be 1-63 letters, digits, dots, dashes or underscores, starting with a letter or digit`,
-      { details: { name } },
-    );
-  }
-}
-
 /** A pool opened by this process. Not safe to open the same devices from two processes. */
 export class StoragePool {
   readonly name: string;
   readonly uuid: string;
-  readonly #geometry: Geometry;
+  readonly #geometry: PoolGeometry;
   readonly #raid: RaidArray;
   readonly #auCount: number;
   readonly #blocksPerAu: number;
@@ -360,16 +237,7 @@ export class StoragePool {
     const { label } = args;
     this.name = label.poolName;
     this.uuid = label.poolUuid;
-    this.#geometry = {
-      layout: label.layout,
-      chunkBytes: label.chunkBytes,
-      allocationUnitBytes: label.allocationUnitBytes,
-      slotBytes: label.slotBytes,
-      journalBytes: label.journalBytes,
-      dataStartBytes: label.dataStartBytes,
-      rows: label.rows,
-      memberCount: label.memberCount,
-    };
+    this.#geometry = geometryFromLabel(label);
     this.#raid = args.raid;
     this.#auCount = Math.floor(args.raid.sizeBytes / label.allocationUnitBytes);
     this.#blocksPerAu = label.allocationUnitBytes / CHECKSUM_BLOCK_BYTES;
@@ -417,8 +285,6 @@ export class StoragePool {
         chunkBytes: options.chunkBytes,
         allocationUnitBytes: options.allocationUnitBytes,
       });
-      const uuid = randomUUID();
-      const createdAt = new Date().toISOString();
       const state: PoolState = {
         volumes: new Map(),
         nextVolumeId: 1,
@@ -427,33 +293,7 @@ export class StoragePool {
         faultedMembers: new Set(),
         checksums: new Uint32Array(plan.auCount * (plan.allocationUnitBytes / CHECKSUM_BLOCK_BYTES)).fill(ZERO_BLOCK_CHECKSUM),
       };
-      const checkpoint = encodeCheckpoint(state, 1, 0);
-      const marker = new JournalWriter().encode(1, 1);
-      for (let index = 0; index < devices.length; index++) {
-        const device = devices[index]!;
-        const label: PoolLabel = {
-          poolUuid: uuid,
-          poolName: options.name,
-          memberIndex: index,
-          memberCount: devices.length,
-          layout: plan.layout,
-          chunkBytes: plan.chunkBytes,
-          allocationUnitBytes: plan.allocationUnitBytes,
-          slotBytes: plan.slotBytes,
-          journalBytes: plan.journalBytes,
-          dataStartBytes: plan.dataStartBytes,
-          rows: plan.rows,
-          createdAt,
-        };
-        // Metadata first, label last: a device with a label always has valid metadata.
-        await device.write(checkpoint, 0, checkpoint.length, LABEL_BYTES);
-        await device.write(Buffer.alloc(JOURNAL_HEADER_BYTES), 0, JOURNAL_HEADER_BYTES, LABEL_BYTES + plan.slotBytes);
-        await device.write(marker, 0, marker.length, LABEL_BYTES + 2 * plan.slotBytes);
-        await device.flush();
-        const labelBlock = encodeLabel(label);
-        await device.write(labelBlock, 0, labelBlock.length, 0);
-        await device.flush();
-      }
+      await formatMembers(devices, plan, state, options.name);
     } finally {
       await Promise.all(devices.map((d) => d.close().catch(() => undefined)));
     }
@@ -466,47 +306,7 @@ export class StoragePool {
    */
   static async open(options: PoolOpenOptions): Promise<StoragePool> {
     const openDevice = options.openDevice ?? openMemberDevice;
-    const found: Array<{ path: string; device: MemberDevice; label: PoolLabel }> = [];
-    const problems: string[] = [];
-    for (const path of options.devices) {
-      let device: MemberDevice | undefined;
-      try {
-        device = await openDevice(path);
-        const block = Buffer.alloc(LABEL_BYTES);
-        await device.read(block, 0, LABEL_BYTES, 0);
-        const label = decodeLabel(block);
-        if (!label) throw new Error('no pool label');
-        found.push({ path, device, label });
-      } catch (error) {
-        problems.push(`${path}: ${(error as Error).message}`);
-        await device?.close().catch(() => undefined);
-      }
-    }
-    if (found.length === 0) {
-      throw new NubisError('POOL_NOT_FOUND', `None of the devices holds a readable pool label (${problems.join('; ')})`, {
-        details: { devices: options.devices },
-      });
-    }
-    const reference = found[0]!.label;
-    const members: MemberSlot[] = Array.from({ length: reference.memberCount }, (_, index) => ({
-      index,
-      path: '',
-      state: 'missing' as const,
-      rebuiltRows: 0,
-      readErrors: 0,
-      writeErrors: 0,
-      checksumErrors: 0,
-    }));
-    for (const entry of found) {
-      const slot = members[entry.label.memberIndex];
-      if (entry.label.poolUuid !== reference.poolUuid || !slot || slot.device) {
-        await entry.device.close();
-        continue;
-      }
-      slot.device = entry.device;
-      slot.path = entry.path;
-      slot.state = (entry.label as PoolLabel & { rebuilding?: boolean }).rebuilding ? 'rebuilding' : 'online';
-    }
+    const { label: reference, members } = await findMembers(options.devices, openDevice);
     const raid = new RaidArray(
       {
         layout: reference.layout,
@@ -519,8 +319,11 @@ export class StoragePool {
     );
     const auCount = Math.floor(raid.sizeBytes / reference.allocationUnitBytes);
     const checksumCount = auCount * (reference.allocationUnitBytes / CHECKSUM_BLOCK_BYTES);
-    const sizes = members.map((m) => m.device?.sizeBytes ?? reference.dataStartBytes + reference.rows * reference.chunkBytes);
-    const wasteBytes = sizes.reduce((sum, size) => sum + size - (reference.dataStartBytes + reference.rows * reference.chunkBytes), 0);
+    const usedPerMember = memberBytesUsed(reference);
+    const waste = wasteBytes(
+      members.map((m) => m.device?.sizeBytes ?? usedPerMember),
+      usedPerMember,
+    );
 
     const loaded = await loadMetadata(reference, members, checksumCount);
     const pool = new StoragePool({
@@ -531,7 +334,7 @@ export class StoragePool {
       sequence: loaded.sequence,
       activeSlot: loaded.activeSlot,
       journalOffset: loaded.journalOffset,
-      wasteBytes,
+      wasteBytes: waste,
       fullWarningRatio: options.fullWarningRatio ?? 0.8,
       openDevice,
       readOnlyReason: loaded.readOnlyReason,
@@ -802,25 +605,6 @@ export class StoragePool {
     return this.#volume(id).record;
   }
 
-  /**
-   * Splits the byte range `position`..`position + length` of a volume at allocation-unit
-   * boundaries: each piece lies in one AU (`vAu`, from `inAu` within it) and starts `offset`
-   * bytes into the caller's buffer.
-   */
-  #segments(position: number, length: number): Array<{ vAu: number; inAu: number; offset: number; length: number }> {
-    const au = this.#geometry.allocationUnitBytes;
-    const segments: Array<{ vAu: number; inAu: number; offset: number; length: number }> = [];
-    for (let done = 0; done < length; ) {
-      const pos = position + done;
-      const vAu = Math.floor(pos / au);
-      const inAu = pos - vAu * au;
-      const n = Math.min(au - inAu, length - done);
-      segments.push({ vAu, inAu, offset: done, length: n });
-      done += n;
-    }
-    return segments;
-  }
-
   /** Reads `buffer.length` bytes of volume `id` at `position`. */
   async readVolume(id: number, buffer: Buffer, position: number): Promise<void> {
     if (this.#closed) throw new NubisError('POOL_CLOSED', `Pool ${this.name} is closed`);
@@ -829,7 +613,9 @@ export class StoragePool {
     try {
       const entry = this.#volume(id);
       this.#checkBounds(entry, position, buffer.length);
-      const jobs = this.#segments(position, buffer.length).map(({ vAu, inAu, offset, length }) => this.#readSegment(entry, vAu, inAu, buffer, offset, length));
+      const jobs = splitAtAllocationUnits(position, buffer.length, this.#geometry.allocationUnitBytes).map(({ vAu, inAu, offset, length }) =>
+        this.#readSegment(entry, vAu, inAu, buffer, offset, length),
+      );
       await Promise.all(jobs);
     } finally {
       this.#gates.release(id, false);
@@ -914,7 +700,7 @@ export class StoragePool {
       if (entry.record.readOnly)
         throw new NubisError('VOLUME_READ_ONLY', `Volume ${entry.record.name} is a read-only snapshot`, { details: { volume: entry.record.name } });
       this.#checkBounds(entry, position, data.length);
-      const jobs = this.#segments(position, data.length).map(({ vAu, inAu, offset, length }) =>
+      const jobs = splitAtAllocationUnits(position, data.length, this.#geometry.allocationUnitBytes).map(({ vAu, inAu, offset, length }) =>
         this.#writeSegment(entry, vAu, inAu, data.subarray(offset, offset + length)),
       );
       const results = await Promise.allSettled(jobs);
@@ -1165,7 +951,7 @@ export class StoragePool {
     this.#pendingIntents = [];
     const record = writer.encode(this.#generation, this.#sequence + 1);
     try {
-      await this.#writeMetadata(record, LABEL_BYTES + 2 * this.#geometry.slotBytes + this.#journalOffset);
+      await this.#writeMetadata(record, journalStartOffset(this.#geometry) + this.#journalOffset);
     } catch (error) {
       this.#readOnlyReason = `Metadata of pool ${this.name} could not be written: ${(error as Error).message}`;
       throw error;
@@ -1213,11 +999,10 @@ export class StoragePool {
     }
     try {
       await this.#raid.flush();
-      const { slotBytes } = this.#geometry;
-      const journalStart = LABEL_BYTES + 2 * slotBytes;
+      const journalStart = journalStartOffset(this.#geometry);
       if (checkpoint) {
         const slot = this.#activeSlot === 0 ? 1 : 0;
-        await this.#writeMetadata(checkpoint, LABEL_BYTES + slot * slotBytes);
+        await this.#writeMetadata(checkpoint, checkpointSlotOffset(this.#geometry, slot));
         this.#generation++;
         this.#sequence++;
         this.#activeSlot = slot;
@@ -1363,7 +1148,7 @@ export class StoragePool {
       // A device that already carries this member's label is an interrupted rebuild: resume it.
       const resuming = existing?.poolUuid === this.uuid && existing.memberIndex === index;
       if (!resuming) await refuseDeviceWithData(device, { force: options.force, livePoolUuids: new Set([...(options.livePoolUuids ?? []), this.uuid]) });
-      const needed = this.#geometry.dataStartBytes + this.#geometry.rows * this.#geometry.chunkBytes;
+      const needed = memberBytesUsed(this.#geometry);
       if (device.sizeBytes < needed) {
         throw new NubisError(
           'POOL_DEVICE_TOO_SMALL',
@@ -1387,7 +1172,7 @@ export class StoragePool {
    */
   async replaceMember(index: number, newPath: string, options: LongActionOptions & ReplaceOptions = {}): Promise<void> {
     const { member, device } = await this.#openReplacement(index, newPath, options);
-    const label = await this.#labelFor(index, true);
+    const label = this.#labelFor(index, true);
     await device.write(label, 0, label.length, 0);
     await device.flush();
     await member.device?.close().catch(() => undefined);
@@ -1423,31 +1208,15 @@ export class StoragePool {
     await device.flush();
     member.state = 'online';
     this.#apply({ op: 'member-replaced', index });
-    const finalLabel = await this.#labelFor(index, false);
+    const finalLabel = this.#labelFor(index, false);
     await device.write(finalLabel, 0, finalLabel.length, 0);
     await device.flush();
     this.#forceCheckpoint = true;
     await this.commit();
   }
 
-  async #labelFor(index: number, rebuilding: boolean): Promise<Buffer> {
-    const g = this.#geometry;
-    const label: PoolLabel & { rebuilding?: boolean } = {
-      poolUuid: this.uuid,
-      poolName: this.name,
-      memberIndex: index,
-      memberCount: g.memberCount,
-      layout: g.layout,
-      chunkBytes: g.chunkBytes,
-      allocationUnitBytes: g.allocationUnitBytes,
-      slotBytes: g.slotBytes,
-      journalBytes: g.journalBytes,
-      dataStartBytes: g.dataStartBytes,
-      rows: g.rows,
-      createdAt: new Date().toISOString(),
-    };
-    if (rebuilding) label.rebuilding = true;
-    return encodeLabel(label);
+  #labelFor(index: number, rebuilding: boolean): Buffer {
+    return encodeMemberLabel(this.#geometry, { poolUuid: this.uuid, poolName: this.name, memberIndex: index, createdAt: new Date().toISOString(), rebuilding });
   }
 
   /** Commits, writes a final checkpoint and closes the members. */
@@ -1472,224 +1241,4 @@ async function reportAndThrottle(options: LongActionOptions, started: number, do
   // Member I/O of cached data completes inline (member-device.ts), without a turn of the event
   // loop: give one between allocation units, so that clients are served during long actions.
   else await nextTurn();
-}
-
-/** Applies a volume-level operation to a state (at runtime and in journal replay). */
-function applyJsonOp(state: PoolState, op: JsonOp, allocationUnitBytes: number, refs: { ref: (p: number) => void; unref: (p: number) => void }): void {
-  switch (op.op) {
-    case 'create':
-      state.volumes.set(op.record.id, { record: op.record, map: new Int32Array(Math.ceil(op.record.sizeBytes / allocationUnitBytes)) });
-      state.nextVolumeId = Math.max(state.nextVolumeId, op.record.id + 1);
-      return;
-    case 'copy': {
-      const source = state.volumes.get(op.sourceId);
-      if (!source) throw new NubisError('POOL_METADATA_CORRUPT', `Journal copies volume ${op.sourceId}, which does not exist`);
-      const map = Int32Array.from(source.map);
-      for (let i = 0; i < map.length; i++) if (map[i] !== 0) refs.ref(map[i]! - 1);
-      state.volumes.set(op.record.id, { record: op.record, map });
-      state.nextVolumeId = Math.max(state.nextVolumeId, op.record.id + 1);
-      return;
-    }
-    case 'delete': {
-      const entry = state.volumes.get(op.id);
-      if (!entry) return;
-      for (let i = 0; i < entry.map.length; i++) if (entry.map[i] !== 0) refs.unref(entry.map[i]! - 1);
-      state.volumes.delete(op.id);
-      return;
-    }
-    case 'member-faulted':
-      state.faultedMembers.add(op.index);
-      return;
-    case 'member-replaced':
-      state.faultedMembers.delete(op.index);
-      return;
-    case 'resize': {
-      const entry = state.volumes.get(op.id);
-      if (!entry) return;
-      const map = new Int32Array(Math.ceil(op.sizeBytes / allocationUnitBytes));
-      map.set(entry.map.subarray(0, Math.min(map.length, entry.map.length)));
-      entry.map = map;
-      entry.record = { ...entry.record, sizeBytes: op.sizeBytes };
-      return;
-    }
-  }
-}
-
-/** Reads the newest valid metadata from the members and replays its journal. */
-async function loadMetadata(
-  label: PoolLabel,
-  members: MemberSlot[],
-  checksumCount: number,
-): Promise<{ state: PoolState; generation: number; sequence: number; activeSlot: 0 | 1; journalOffset: number; readOnlyReason?: string }> {
-  const present = members.filter((m) => m.device && m.state !== 'rebuilding');
-  const candidates: Array<{ member: MemberSlot; slot: 0 | 1; generation: number; sequence: number; payloadBytes: number }> = [];
-  let newestClaimed = 0;
-  for (const member of present) {
-    for (const slot of [0, 1] as const) {
-      const header = Buffer.alloc(CHECKPOINT_HEADER_BYTES);
-      try {
-        await member.device!.read(header, 0, CHECKPOINT_HEADER_BYTES, LABEL_BYTES + slot * label.slotBytes);
-      } catch {
-        continue;
-      }
-      const decoded = decodeCheckpointHeader(header);
-      if (!decoded || decoded.payloadBytes + CHECKPOINT_HEADER_BYTES > label.slotBytes) continue;
-      newestClaimed = Math.max(newestClaimed, decoded.generation);
-      candidates.push({ member, slot, ...decoded });
-    }
-  }
-  candidates.sort((a, b) => b.generation - a.generation);
-  let chosen: { state: PoolState; generation: number; sequence: number; slot: 0 | 1 } | undefined;
-  for (const candidate of candidates) {
-    const buffer = Buffer.alloc(CHECKPOINT_HEADER_BYTES + candidate.payloadBytes);
-    await candidate.member.device!.read(buffer, 0, buffer.length, LABEL_BYTES + candidate.slot * label.slotBytes);
-    const state = decodeCheckpoint(buffer, checksumCount, label.allocationUnitBytes);
-    if (state) {
-      chosen = { state, generation: candidate.generation, sequence: candidate.sequence, slot: candidate.slot };
-      break;
-    }
-  }
-  const emptyState = (): PoolState => ({
-    volumes: new Map(),
-    nextVolumeId: 1,
-    durableHighWaterAu: 0,
-    intentAus: new Set(),
-    faultedMembers: new Set(),
-    checksums: new Uint32Array(checksumCount),
-  });
-  if (!chosen) {
-    return {
-      state: emptyState(),
-      generation: 0,
-      sequence: 0,
-      activeSlot: 0,
-      journalOffset: 0,
-      readOnlyReason: `Metadata of pool ${label.poolName} is corrupt: no member holds a checkpoint that passes its checksum`,
-    };
-  }
-  // Read every member's journal and keep the longest valid chain.
-  let best: { records: JournalOp[][]; endOffset: number; lastSequence: number } = { records: [], endOffset: 0, lastSequence: chosen.sequence };
-  let newerGenerationSeen = false;
-  for (const member of present) {
-    const region = Buffer.alloc(label.journalBytes);
-    try {
-      await member.device!.read(region, 0, region.length, LABEL_BYTES + 2 * label.slotBytes);
-    } catch {
-      continue;
-    }
-    const chain = readJournal(region, chosen.generation, chosen.sequence);
-    if (chain.lastSequence > best.lastSequence) best = chain;
-    // A durable newer checkpoint always has its marker record at the journal start.
-    const probe = region.subarray(0, JOURNAL_HEADER_BYTES);
-    if (probe.toString('latin1', 0, 8) === 'NUBISJR1' && probe.readUInt32LE(8) > chosen.generation) {
-      const generation = probe.readUInt32LE(8);
-      const sequence = probe.readUInt32LE(12) + probe.readUInt32LE(16) * 0x1_0000_0000;
-      if (readJournal(region, generation, sequence - 1).records.length > 0) {
-        newerGenerationSeen = true;
-        newestClaimed = Math.max(newestClaimed, generation);
-      }
-    }
-  }
-  if (newerGenerationSeen) {
-    return {
-      state: emptyState(),
-      generation: chosen.generation,
-      sequence: chosen.sequence,
-      activeSlot: chosen.slot,
-      journalOffset: 0,
-      readOnlyReason: `Metadata of pool ${label.poolName} is corrupt: the newest checkpoint (generation ${newestClaimed}) fails its checksum on every member`,
-    };
-  }
-  const state = chosen.state;
-  const noop = { ref: () => undefined, unref: () => undefined };
-  try {
-    for (const record of best.records) {
-      for (const op of record) {
-        switch (op.type) {
-          case OP_MAP: {
-            const entry = state.volumes.get(op.volumeId);
-            if (entry && op.vAu < entry.map.length) entry.map[op.vAu] = op.mapValue;
-            break;
-          }
-          case OP_CHECKSUMS:
-            state.checksums.set(op.values, op.firstBlock);
-            break;
-          case OP_INTENT_SET:
-            state.intentAus.add(op.value);
-            break;
-          case OP_INTENT_CLEAR:
-            state.intentAus.delete(op.value);
-            break;
-          case OP_HIGH_WATER:
-            state.durableHighWaterAu = Math.max(state.durableHighWaterAu, op.value);
-            break;
-          case OP_JSON:
-            applyJsonOp(state, op.op, label.allocationUnitBytes, noop);
-            break;
-        }
-      }
-    }
-  } catch (error) {
-    return {
-      state: emptyState(),
-      generation: chosen.generation,
-      sequence: chosen.sequence,
-      activeSlot: chosen.slot,
-      journalOffset: 0,
-      readOnlyReason: `Metadata of pool ${label.poolName} is corrupt: ${(error as Error).message}`,
-    };
-  }
-  return { state, generation: chosen.generation, sequence: best.lastSequence, activeSlot: chosen.slot, journalOffset: best.endOffset };
-}
-
-/**
- * One volume as a block device (the shape the NBD server's export interface expects, without
- * importing it). The handle follows the volume by id, so a rename cannot redirect it.
- */
-export class VolumeDevice {
-  readonly #pool: StoragePool;
-  readonly #id: number;
-  readonly multiConn = true;
-
-  constructor(pool: StoragePool, id: number) {
-    this.#pool = pool;
-    this.#id = id;
-  }
-
-  get sizeBytes(): number {
-    return this.#pool.volumeRecord(this.#id).sizeBytes;
-  }
-
-  get readOnly(): boolean {
-    return this.#pool.volumeRecord(this.#id).readOnly || this.#pool.readOnlyReason !== undefined;
-  }
-
-  get description(): string {
-    const record = this.#pool.volumeRecord(this.#id);
-    return `${record.kind} ${record.name} of pool ${this.#pool.name}`;
-  }
-
-  read(buffer: Buffer, position: number): Promise<void> {
-    return this.#pool.readVolume(this.#id, buffer, position);
-  }
-
-  write(data: Buffer, position: number, options: { fua: boolean }): Promise<void> {
-    return this.#pool.writeVolume(this.#id, data, position, options.fua);
-  }
-
-  flush(): Promise<void> {
-    return this.#pool.commit();
-  }
-
-  trim(position: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
-    return this.#pool.trimVolume(this.#id, position, lengthBytes, options.fua);
-  }
-
-  writeZeroes(position: number, lengthBytes: number, options: { fua: boolean; noHole: boolean }): Promise<void> {
-    return this.#pool.writeZeroesVolume(this.#id, position, lengthBytes, options.fua, options.noHole);
-  }
-
-  async blockStatus(position: number, lengthBytes: number): Promise<Array<{ lengthBytes: number; hole: boolean; zero: boolean }>> {
-    return this.#pool.blockStatusVolume(this.#id, position, lengthBytes);
-  }
 }
