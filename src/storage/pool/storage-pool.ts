@@ -192,10 +192,6 @@ export class StoragePool {
     return this.#store.readOnlyReason;
   }
 
-  get allocationUnitBytes(): number {
-    return this.#geometry.allocationUnitBytes;
-  }
-
   /** Health, capacity and members, like `zpool status` and `zpool list` together. */
   status(): PoolStatus {
     return poolStatus({

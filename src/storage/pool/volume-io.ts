@@ -16,7 +16,7 @@ import type { RaidArray } from './raid-array.ts';
 import type { SelfHealingReader } from './self-healing-reader.ts';
 
 /** What a volume's block status reports: runs of mapped data and of holes that read as zeroes. */
-export type BlockStatusExtent = { lengthBytes: number; hole: boolean; zero: boolean };
+type BlockStatusExtent = { lengthBytes: number; hole: boolean; zero: boolean };
 
 /** Reads and writes of a pool's volumes. */
 export class VolumeIo {
