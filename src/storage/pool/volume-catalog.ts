@@ -1,0 +1,155 @@
+/**
+ * The volumes of a pool by name: listing, and creating, snapshotting, cloning, resizing and
+ * deleting them. Each change is one journal operation (see metadata-replay.ts for what it does
+ * to the tables) made durable before the call returns.
+ */
+import { NubisError } from '../../core/errors.ts';
+import { formatSize } from '../size.ts';
+import type { KeyedLocks } from './locks.ts';
+import type { VolumeRecord } from './metadata-format.ts';
+import type { MetadataStore, VolumeEntry } from './metadata-store.ts';
+import { validateName } from './pool-names.ts';
+
+const SECTOR_BYTES = 512;
+
+/** A volume as callers see it. */
+export interface VolumeInfo {
+  name: string;
+  sizeBytes: number;
+  kind: 'volume' | 'snapshot' | 'clone';
+  originName?: string;
+  readOnly: boolean;
+  /** Space this volume maps (shared AUs counted in every volume that maps them). */
+  allocatedBytes: number;
+  createdAt: string;
+}
+
+/** Volume management of one pool. */
+export class VolumeCatalog {
+  readonly #poolName: string;
+  readonly #allocationUnitBytes: number;
+  readonly #store: MetadataStore;
+  readonly #gates: KeyedLocks;
+
+  constructor(args: { poolName: string; allocationUnitBytes: number; store: MetadataStore; gates: KeyedLocks }) {
+    this.#poolName = args.poolName;
+    this.#allocationUnitBytes = args.allocationUnitBytes;
+    this.#store = args.store;
+    this.#gates = args.gates;
+  }
+
+  list(): VolumeInfo[] {
+    return [...this.#store.state.volumes.values()].map((v) => this.#info(v)).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  get(name: string): VolumeInfo {
+    return this.#info(this.byName(name));
+  }
+
+  /** The volume named `name`; throws VOLUME_NOT_FOUND. */
+  byName(name: string): VolumeEntry {
+    for (const entry of this.#store.state.volumes.values()) if (entry.record.name === name) return entry;
+    throw new NubisError('VOLUME_NOT_FOUND', `Pool ${this.#poolName} has no volume named ${JSON.stringify(name)}`, {
+      details: { pool: this.#poolName, volume: name },
+    });
+  }
+
+  #info(entry: VolumeEntry): VolumeInfo {
+    let mapped = 0;
+    for (let i = 0; i < entry.map.length; i++) if (entry.map[i] !== 0) mapped++;
+    const { record } = entry;
+    return {
+      name: record.name,
+      sizeBytes: record.sizeBytes,
+      kind: record.kind,
+      originName: record.originName,
+      readOnly: record.readOnly,
+      allocatedBytes: mapped * this.#allocationUnitBytes,
+      createdAt: record.createdAt,
+    };
+  }
+
+  #checkVolumeSize(sizeBytes: number): void {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % SECTOR_BYTES !== 0) {
+      throw new NubisError('VOLUME_SIZE_INVALID', `Volume size ${sizeBytes} must be a positive multiple of 512 bytes`, { details: { sizeBytes } });
+    }
+    const mapEntries = Math.ceil(sizeBytes / this.#allocationUnitBytes);
+    if (mapEntries > 0x7fffffff) throw new NubisError('VOLUME_SIZE_INVALID', `Volume size ${formatSize(sizeBytes)} is too large`, { details: { sizeBytes } });
+  }
+
+  #checkNameFree(name: string): void {
+    validateName(name, 'Volume');
+    for (const entry of this.#store.state.volumes.values()) {
+      if (entry.record.name === name)
+        throw new NubisError('VOLUME_EXISTS', `Pool ${this.#poolName} already has a volume named ${name}`, { details: { pool: this.#poolName, volume: name } });
+    }
+  }
+
+  /** Creates a thin volume; it may exceed free space (overcommit shows in status). */
+  async create(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    this.#store.requireWritable();
+    this.#checkNameFree(name);
+    this.#checkVolumeSize(sizeBytes);
+    const record: VolumeRecord = { id: this.#store.state.nextVolumeId, name, sizeBytes, kind: 'volume', readOnly: false, createdAt: new Date().toISOString() };
+    this.#store.apply({ op: 'create', record });
+    await this.#store.commit();
+    return this.get(name);
+  }
+
+  /** A snapshot (read-only) or clone (writable) of `source`, instant: it shares every AU. */
+  async copy(source: string, name: string, kind: 'snapshot' | 'clone'): Promise<VolumeInfo> {
+    this.#store.requireWritable();
+    const origin = this.byName(source);
+    this.#checkNameFree(name);
+    // Drain writes to the source so none lands in an AU after it becomes shared.
+    await this.#gates.with(origin.record.id, true, async () => {
+      const record: VolumeRecord = {
+        id: this.#store.state.nextVolumeId,
+        name,
+        sizeBytes: origin.record.sizeBytes,
+        kind,
+        originName: origin.record.name,
+        readOnly: kind === 'snapshot',
+        createdAt: new Date().toISOString(),
+      };
+      this.#store.apply({ op: 'copy', record, sourceId: origin.record.id });
+      await this.#store.commit();
+    });
+    return this.get(name);
+  }
+
+  /** Grows or shrinks a volume; shrinking below allocated data is refused. */
+  async resize(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    this.#store.requireWritable();
+    const entry = this.byName(name);
+    this.#checkVolumeSize(sizeBytes);
+    if (entry.record.kind === 'snapshot')
+      throw new NubisError('VOLUME_READ_ONLY', `Volume ${name} is a snapshot and cannot be resized`, { details: { volume: name } });
+    await this.#gates.with(entry.record.id, true, async () => {
+      const au = this.#allocationUnitBytes;
+      const keep = Math.ceil(sizeBytes / au);
+      for (let i = keep; i < entry.map.length; i++) {
+        if (entry.map[i] !== 0) {
+          throw new NubisError(
+            'VOLUME_SHRINK_BELOW_DATA',
+            `Volume ${name} holds data at ${formatSize(i * au)}, beyond the new size ${formatSize(sizeBytes)}; trim that range first or pick a larger size`,
+            { details: { volume: name, sizeBytes, dataAtBytes: i * au } },
+          );
+        }
+      }
+      this.#store.apply({ op: 'resize', id: entry.record.id, sizeBytes });
+      await this.#store.commit();
+    });
+    return this.get(name);
+  }
+
+  /** Deletes a volume; AUs no other volume shares return to the pool after the commit. */
+  async delete(name: string): Promise<void> {
+    this.#store.requireWritable();
+    const entry = this.byName(name);
+    await this.#gates.with(entry.record.id, true, async () => {
+      this.#store.apply({ op: 'delete', id: entry.record.id });
+      await this.#store.commit();
+    });
+  }
+}
