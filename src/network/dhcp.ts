@@ -11,7 +11,7 @@ import { findLink, ip, runCommand, setExactAddress, setSysctl, type CommandOptio
 import { dhcpLinkNameFor } from './names.ts';
 import { createNamespace, deleteNamespace, isRunning, processCommandLine } from './namespaces.ts';
 import { plugNamespace, type NetworkOnHostKey } from './overlay.ts';
-import { Revert } from './revert.ts';
+import { Revert } from '../core/revert.ts';
 import { deleteLinkIfPresent } from './underlay.ts';
 
 /** The dnsmasq binary of Debian's dnsmasq-base package. */

@@ -32,7 +32,7 @@ import { findLink, ip, ipJson, listLinks, runCommand, setExactAddress, setSysctl
 import { bridgeNameFor, shortName } from './names.ts';
 import { createNamespace, deleteNamespace, namespaceExists } from './namespaces.ts';
 import { plugNamespace } from './overlay.ts';
-import { Revert } from './revert.ts';
+import { Revert } from '../core/revert.ts';
 import { DEFAULT_UNDERLAY_DEVICE, deleteLinkIfPresent, type CallOptions } from './underlay.ts';
 
 /** The router's leg on the network's bridge, inside the router namespace. */

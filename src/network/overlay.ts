@@ -6,7 +6,7 @@ import { NubisError } from '../core/errors.ts';
 import { assertIpv4, normalizeMac } from './addresses.ts';
 import { bridge, bridgeJson, findLink, ip, listLinks, type CommandOptions } from './ip-command.ts';
 import { assertInterfaceName, bridgeNameFor, vxlanNameFor } from './names.ts';
-import { Revert } from './revert.ts';
+import { Revert } from '../core/revert.ts';
 import { DEFAULT_UNDERLAY_DEVICE, deleteLinkIfPresent, type CallOptions } from './underlay.ts';
 
 /** IANA's VXLAN port (RFC 7348); Linux defaults to 8472 unless told. */

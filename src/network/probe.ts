@@ -8,7 +8,7 @@ import { assertIpv4, parseIpv4Cidr } from './addresses.ts';
 import { ip, setSysctl, type CommandResult } from './ip-command.ts';
 import { createNamespace, deleteNamespace, isRunning, runInNamespace } from './namespaces.ts';
 import { plugNamespace, type NetworkOnHostKey } from './overlay.ts';
-import { Revert } from './revert.ts';
+import { Revert } from '../core/revert.ts';
 import { deleteLinkIfPresent } from './underlay.ts';
 
 /** The probe's interface name inside its namespace. */

@@ -6,7 +6,7 @@ import { parseIpv4Cidr } from './addresses.ts';
 import { findLink, ip, listLinks, runCommand, setExactAddress, type LinkInfo } from './ip-command.ts';
 import { assertInterfaceName, shortName } from './names.ts';
 import { createNamespace, deleteNamespace, killNamespaceProcesses, listNamespaces, namespaceExists } from './namespaces.ts';
-import { Revert } from './revert.ts';
+import { Revert } from '../core/revert.ts';
 
 /** The default name of the underlay device inside a host namespace. */
 export const DEFAULT_UNDERLAY_DEVICE = 'ul0';

@@ -1,7 +1,7 @@
 // An undo stack for multi-step host work, after Incus `shared/revert`: each step that changed the
 // host registers how to take it back; if a later step fails, the undos run newest first, so
 // nothing half-built is left behind.
-import { messageOf } from '../core/errors.ts';
+import { messageOf } from './errors.ts';
 
 /** One undo step: a name for diagnostics and the action that takes the step back. */
 interface UndoStep {
