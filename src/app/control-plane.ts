@@ -72,7 +72,7 @@ export function createServices(options: {
   // The one owner of every VM: user actions and migrations claim VMs from the same table.
   const owner = new VmOwner();
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner });
-  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner });
+  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms });
   return { db, hosts, images, vms, networks, secgroups, storage, migrations, operations, dataDir: options.dataDir, logger: options.logger };
 }
 

@@ -546,6 +546,18 @@ export class VmService {
     }
   }
 
+  /**
+   * A VM now lives on `hostId` (a migration's switch-over): its host, state, status and spec
+   * change in one write, so no reader ever sees it half moved.
+   */
+  async recordMove(vmId: string, hostId: string, status: VmStatus, spec: VmSpec): Promise<void> {
+    await this.#db
+      .updateTable('vms')
+      .set({ host_id: hostId, actual_state: status.state, status: JSON.stringify(status), spec: JSON.stringify(spec), updated_at: new Date().toISOString() })
+      .where('id', '=', vmId)
+      .execute();
+  }
+
   /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
   async applyStatus(hostId: string, status: VmStatus): Promise<void> {
     await this.#db

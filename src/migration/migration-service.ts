@@ -5,9 +5,10 @@
  * source, untouched, and the destination cleaned up. Every migration is recorded with its figures.
  */
 import { setTimeout as delay } from 'node:timers/promises';
-import { NubisError, messageOf } from '../core/errors.ts';
+import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
+import { Revert } from '../core/revert.ts';
 import { newId } from '../core/ids.ts';
-import type { VmSpec } from '../compute/vm-spec.ts';
+import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
 import type { PauseTimes, QemuMigrationStatus, VmStatus } from '../agent-api/contract.ts';
@@ -21,6 +22,7 @@ import { placeVm } from '../control/placement.ts';
 import { downtimeTargetForPass, predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
+import type { VmService } from '../control/vms.ts';
 import type { Operation } from '../wire/schemas.ts';
 
 export type MigrationStrategy = 'precopy' | 'postcopy' | 'auto';
@@ -38,6 +40,30 @@ export interface MigrationRequest {
   /** At the deadline: give up (the VM stays on its source) or switch to post-copy. Default:
    * post-copy when it is prepared for this migration, else abort. */
   onTimeout?: 'abort' | 'postcopy';
+}
+
+/** One migration as it runs: the request, the hosts and what was decided before anything moved. */
+interface MigrationRun {
+  vmId: string;
+  vmName: string;
+  spec: VmSpec;
+  source: HostsTable;
+  destination: HostsTable;
+  request: MigrationRequest;
+  plan: MigrationPlan;
+  figures: MigrationFigures;
+  networkIds: string[];
+  capabilities: Record<string, boolean>;
+  /** Where the destination listens for the stream. */
+  uri: string;
+  sourceStatus: VmStatus;
+  /** The dir-pool volumes copied to the destination, with their disk there. */
+  mirrored: Array<{ diskId: string; pool: string; volume: string; target: DiskSpec; sizeBytes: number }>;
+  destinationSpec: VmSpec;
+  mirroredDiskIds: string[];
+  mirrorTarget: { host: string; port: number };
+  /** True once the VM runs on the destination (post-copy or completion): nothing is rolled back then. */
+  switchedOver: boolean;
 }
 
 /** How a migration is set up before it starts, and why. */
@@ -129,6 +155,8 @@ export class MigrationService {
   readonly #operations: OperationManager;
   readonly #dirPools: DirPoolCatalogue;
   readonly #owner: VmOwner;
+  /** The one writer of VM records: a migration moves a VM's record through it. */
+  readonly #vms: Pick<VmService, 'recordMove'>;
 
   constructor(deps: {
     db: Db;
@@ -138,9 +166,11 @@ export class MigrationService {
     operations: OperationManager;
     dirPools: DirPoolCatalogue;
     owner: VmOwner;
+    vms: Pick<VmService, 'recordMove'>;
   }) {
     this.#db = deps.db;
     this.#owner = deps.owner;
+    this.#vms = deps.vms;
     this.#dirPools = deps.dirPools;
     this.#hosts = deps.hosts;
     this.#networks = deps.networks;
@@ -457,6 +487,11 @@ export class MigrationService {
     return results;
   }
 
+  /**
+   * Runs a checked migration: reservation, the stream, activation. Anything failing before the
+   * switch-over undoes what was built, newest first, and reports each undo that failed; past it
+   * the VM lives on the destination and its record follows it there.
+   */
   async #run(
     op: OperationContext,
     m: {
@@ -470,7 +505,46 @@ export class MigrationService {
       figures: MigrationFigures;
     },
   ): Promise<unknown> {
-    const { vmId, source, destination, request, plan, figures } = m;
+    const run = await this.#prepareRun(m);
+    const revert = new Revert();
+    try {
+      await this.#reserve(op, run, revert);
+      await this.#stream(op, run, revert);
+    } catch (error) {
+      if (run.switchedOver) {
+        revert.success();
+        // Paused on the destination for good (its link never came back): that is where it is.
+        if (isNubisError(error, 'MIGRATION_POSTCOPY_PAUSED')) {
+          await this.#vms.recordMove(
+            run.vmId,
+            run.destination.id,
+            { id: run.vmId, name: run.vmName, state: 'paused', lastError: messageOf(error) },
+            run.destinationSpec,
+          );
+        }
+        throw error;
+      }
+      // Before the switch-over: the VM never left the source.
+      await op.report('rollback', `Rolling back: ${messageOf(error)}`, 0.95);
+      for (const failure of await revert.fail()) await op.report('rollback', `Could not undo: ${failure}`, 0.96, { undoFailed: failure });
+      throw error;
+    }
+    revert.success();
+    return this.#activate(op, run);
+  }
+
+  /** What one migration works with, decided before anything moves. */
+  async #prepareRun(m: {
+    vmId: string;
+    vmName: string;
+    spec: VmSpec;
+    source: HostsTable;
+    destination: HostsTable;
+    request: MigrationRequest;
+    plan: MigrationPlan;
+    figures: MigrationFigures;
+  }): Promise<MigrationRun> {
+    const { vmId, destination, plan } = m;
     const networkIds = [...new Set(m.spec.nics.flatMap((nic) => (nic.network ? [nic.network.id] : [])))];
     // With post-copy, `postcopy-preempt` sends the pages the guest waits for on a channel of
     // their own, so they do not queue behind the background stream (on a slow link a missing
@@ -478,7 +552,6 @@ export class MigrationService {
     const capabilities = { events: true, 'postcopy-ram': plan.postcopyPrepared, 'postcopy-preempt': plan.postcopyPrepared, 'auto-converge': plan.autoConverge };
     const uri = this.#listenUri(destination);
     const sourceStatus = JSON.parse((await this.#db.selectFrom('vms').select('status').where('id', '=', vmId).executeTakeFirstOrThrow()).status) as VmStatus;
-    let switchedOver = false;
     // Disks in a dir pool of the source are copied to the pool's folder on the destination.
     const mirrored = await Promise.all(
       m.spec.disks
@@ -495,272 +568,271 @@ export class MigrationService {
     // makes an empty one over the same image and the overlay's clusters are mirrored into it.
     const mirroredDiskIds = [...(m.spec.boot.kind === 'disk' ? [BOOT_DISK_NODE] : []), ...mirrored.map((x) => x.diskId)];
     const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(this.#listenUri(destination).split(':').at(-1)) };
-    let reserved = false;
+    return { ...m, networkIds, capabilities, uri, sourceStatus, mirrored, destinationSpec, mirroredDiskIds, mirrorTarget, switchedOver: false };
+  }
 
-    // Stage 2: reservation. The destination gets the VM's networks and an incoming QEMU with the
-    // identical device model, listening for the stream (and, for local disks, empty copies
-    // exported over NBD).
+  /**
+   * Stage 2: reservation. The destination gets the VM's networks and an incoming QEMU with the
+   * identical device model, listening for the stream (and, for local disks, empty copies exported
+   * over NBD, which the source mirrors into). Each step registers its undo.
+   */
+  async #reserve(op: OperationContext, run: MigrationRun, revert: Revert): Promise<void> {
+    const { vmId, source, destination, capabilities, uri, sourceStatus, mirrored, destinationSpec, mirroredDiskIds, mirrorTarget, networkIds } = run;
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
-    try {
-      for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
-      const mirror =
-        mirroredDiskIds.length > 0
-          ? {
-              newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })),
-              listen: mirrorTarget,
-              diskIds: mirroredDiskIds,
-            }
-          : undefined;
-      await this.#hosts.agent(destination).prepareIncoming(
-        vmId,
-        {
-          spec: destinationSpec,
-          listenUri: uri,
-          capabilities,
-          carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt },
-          ...(mirror ? { mirror } : {}),
-        },
-        { timeoutMs: 60_000, signal: op.signal },
-      );
-      reserved = true;
-      if (mirroredDiskIds.length > 0) await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirroredDiskIds });
-
-      // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
-      let qemuLimitMs = plan.targetDowntimeMs;
-      await this.#hosts.agent(source).migrate(
-        vmId,
-        {
-          uri,
-          capabilities,
-          downtimeLimitMs: qemuLimitMs,
-          mirroredDisks: mirroredDiskIds,
-          ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}),
-        },
-        { signal: op.signal },
-      );
-      const startedAt = Date.now();
-      // A first prediction before any byte moves, from the plan's figures, so that a migration
-      // over before the first-pass samples settle (an idle guest can finish in 300 ms) has one.
-      const memoryBytes = figures.memoryMb * 2 ** 20;
-      figures.prediction = this.#predict({
-        basis: 'plan',
-        elapsedMs: 0,
-        pass: 1,
-        remaining: memoryBytes,
-        scanRate: 0,
-        dirtyRate: plan.sampledDirtyRateBytesPerSec ?? 0,
-        bandwidth: plan.expectedBandwidthBytesPerSec,
-        memoryBytes,
-        plan,
-        strategy: request.strategy,
-        inPostcopy: request.strategy === 'postcopy',
-      });
-      const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
-      const link = new RateMeter();
-      const scan = new RateMeter();
-      let lastBytes = -1;
-      let lastProgressAt = startedAt;
-      let status: QemuMigrationStatus = {};
-      for (;;) {
-        status = await this.#hosts.agent(source).migrationStatus(vmId, { signal: op.signal });
-        const now = Date.now();
-        const ram = status.ram ?? {};
-        const pageSize = ram['page-size'] ?? 4096;
-        const passes = ram['dirty-sync-count'] ?? 0;
-        const dirtyRate = (ram['dirty-pages-rate'] ?? 0) * pageSize;
-        if (ram.transferred !== undefined) {
-          link.add(now, ram.transferred);
-          if (ram.transferred !== lastBytes) [lastBytes, lastProgressAt] = [ram.transferred, now];
-        }
-        scan.add(now, ((ram.normal ?? 0) + (ram.duplicate ?? 0)) * pageSize);
-        const bandwidth = link.rate();
-        const qemuBandwidth = ((ram.mbps ?? 0) * 1_000_000) / 8;
-        if (bandwidth > 0)
-          figures.bandwidth = {
-            measuredBytesPerSec: Math.round(bandwidth),
-            qemuBytesPerSec: Math.round(qemuBandwidth),
-            capped: request.bandwidthMbps !== undefined,
-          };
-        figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
-        const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
-        // A pre-copy prediction waits for 300 ms of samples, so that the first pass's pace has
-        // settled; a post-copy one needs only the link rate.
-        if (
-          figures.prediction?.basis !== 'first-pass' &&
-          bandwidth > 0 &&
-          link.spanMs() >= (status.status === 'active' ? 300 : 0) &&
-          ram.remaining !== undefined &&
-          status.status !== 'completed'
-        ) {
-          const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-          figures.prediction = this.#predict({
-            basis: 'first-pass',
-            elapsedMs: now - startedAt,
-            pass: Math.max(1, passes),
-            remaining: ram.remaining,
-            scanRate: scan.rate(),
-            dirtyRate: dirty,
-            bandwidth,
-            memoryBytes: figures.memoryMb * 2 ** 20,
-            plan,
-            strategy: request.strategy,
-            inPostcopy: status.status !== 'active',
-          });
-        }
-        if (status.status === 'completed') break;
-        if (status.status === 'failed' || status.status === 'cancelled')
-          throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
-        if (status.status === 'postcopy-paused' || (status.status === 'postcopy-active' && now - lastProgressAt > STALL_MS)) {
-          switchedOver = true;
-          await this.#recoverPostcopy(op, { vmId, source, destination, figures });
-          lastProgressAt = Date.now();
-        } else if (status.status === 'postcopy-active' || status.status === 'postcopy-recover') {
-          switchedOver = true;
-          // Until the destination has resumed the VM it is still loading the device state: a
-          // link lost in that window ends the destination QEMU (QEMU recovers only a running
-          // post-copy), which is why post-copy is reported only from the RESUME on.
-          // Read from the agent, not QEMU: in-band QMP on a post-copy destination may hang.
-          const resumed = (
-            await this.#hosts
-              .agent(destination)
-              .pauseTimes(vmId, { timeoutMs: 5_000 })
-              .catch((): PauseTimes => ({}))
-          ).resumedAtMs;
-          if (resumed)
-            await op.report(
-              'postcopy',
-              `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`,
-              0.9,
-              { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] },
-            );
-          else await op.report('switching', `Handing the device state over to ${destination.name}`, 0.88);
-        } else if (status.status === 'device' || status.status === 'pre-switchover') {
-          await op.report('stop-and-copy', 'Stop-and-copy: the last dirty pages and the device state', 0.9);
-        } else if (status.status === 'active') {
-          // The destination must still be there: a lost destination agent fails the migration
-          // now, while the VM can still stay where it is.
-          await this.#hosts
-            .agent(destination)
-            .pauseTimes(vmId, { timeoutMs: 5_000, signal: op.signal })
-            .catch((error) => {
-              throw new NubisError('MIGRATION_DESTINATION_LOST', `The destination ${destination.name} stopped answering: ${messageOf(error)}`);
-            });
-          if (now - lastProgressAt > STALL_MS) {
-            throw new NubisError('MIGRATION_STALLED', `No byte reached ${destination.name} for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
-          }
-          const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-          await op.report(
-            'precopy',
-            `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`,
-            0.1 + progress * 0.75,
-            {
-              pass: Math.max(1, passes),
-              transferredBytes: ram.transferred,
-              remainingBytes: ram.remaining,
-              dirtyRateBytesPerSec: dirty,
-              bandwidthBytesPerSec: bandwidth,
-              ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
-            },
-          );
-          // Widen the downtime target, step by step, while passes go on without converging; and
-          // tell QEMU the limit that, with its under-estimate of the link, means that target.
-          const targetMs = downtimeTargetForPass(plan.targetDowntimeMs, plan.maxDowntimeMs, passes);
-          // (`precopy` keeps QEMU's own semantics: the user's limit goes to QEMU as it is.)
-          const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
-          if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
-            await this.#hosts
-              .agent(source)
-              .setMigrationParameters(vmId, { downtimeLimitMs: limit }, { signal: op.signal })
-              .catch(() => undefined);
-            qemuLimitMs = limit;
-          }
-          // The post-copy decision: for `auto` once the first full pass has measured the dirty
-          // rate; at the completion timeout when that is its action.
-          if (plan.postcopyPrepared && !figures.switchedToPostcopy) {
-            const outlook = predictPrecopy({
-              remainingBytes: ram.remaining ?? 0,
-              scanRateBytesPerSec: bandwidth,
-              dirtyRateBytesPerSec: dirtyRate,
-              bandwidthBytesPerSec: bandwidth,
-              memoryBytes: figures.memoryMb * 2 ** 20,
-              downtimeLimitMs: plan.maxDowntimeMs,
-            });
-            const afterFirstPass = passes >= 2;
-            const why =
-              now > deadline && plan.onTimeout === 'postcopy'
-                ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
-                : request.strategy === 'postcopy'
-                  ? 'as asked'
-                  : request.strategy === 'auto' && afterFirstPass && !outlook.converges
-                    ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
-                    : request.strategy === 'auto' && passes > AUTO_MAX_PASSES
-                      ? `still not done after ${AUTO_MAX_PASSES} passes`
-                      : undefined;
-            if (why) {
-              await op.report('switching', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
-              await this.#hosts.agent(source).startPostcopy(vmId, { signal: op.signal });
-              figures.switchedToPostcopy = true;
-            }
-          }
-          if (now > deadline && !figures.switchedToPostcopy) {
-            throw new NubisError(
-              'MIGRATION_TIMEOUT',
-              `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`,
-            );
-          }
-        }
-        // Closer looks in the first second, so that even a short migration gets its first-pass refinement.
-        await delay(now - startedAt < 1000 ? POLL_MS / 2 : POLL_MS, undefined, { signal: op.signal });
-      }
-      switchedOver = true;
-      // QEMU marks the migration completed a moment before it fills in the times: ask again.
-      for (let i = 0; i < 20 && !status['total-time']; i++) {
-        await delay(50);
-        status = await this.#hosts.agent(source).migrationStatus(vmId);
-      }
-      figures.totalTimeMs = status['total-time'];
-      figures.downtimeMs = status.downtime;
-      figures.transferredBytes = status.ram?.transferred;
-      figures.passes = status.ram?.['dirty-sync-count'];
-      figures.postcopyRequests = status.ram?.['postcopy-requests'];
-      if (figures.prediction?.predictedTotalMs && figures.totalTimeMs) {
-        figures.predictionErrorPercent = Math.round(((figures.totalTimeMs - figures.prediction.predictedTotalMs) / figures.totalTimeMs) * 100);
-      }
-    } catch (error) {
-      if (switchedOver) throw error; // past the switch-over the VM lives on the destination: nothing to roll back
-      // Before the switch-over: the VM never left the source. Stop the stream, drop the
-      // destination, and unplug what was plumbed for it.
-      await op.report('rollback', `Rolling back: ${messageOf(error)}`, 0.95);
-      await this.#hosts
-        .agent(source)
-        .cancelMigration(vmId)
-        .catch(() => undefined);
-      if (mirroredDiskIds.length > 0)
-        await this.#hosts
-          .agent(source)
-          .abortMirrors(vmId)
-          .catch(() => undefined);
-      await this.#hosts
-        .agent(destination)
-        .deleteVm(vmId, { timeoutMs: 60_000 })
-        .catch(() => undefined);
-      // The copies made for this migration (only once the reservation made them: a file that
-      // was there before made it fail, and is not ours to delete).
-      if (reserved)
-        for (const x of mirrored)
-          await this.#hosts
-            .agent(destination)
-            .deleteDirVolume(x.pool, x.volume)
-            .catch(() => undefined);
+    revert.add(`unplug the VM's networks on ${destination.name}`, async () => {
       for (const networkId of networkIds) {
-        await this.#networks.unplugHost(networkId, destination).catch(() => undefined);
-        await this.#networks.sync(networkId).catch(() => undefined);
+        await this.#networks.unplugHost(networkId, destination);
+        await this.#networks.sync(networkId);
       }
-      throw error;
+    });
+    for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
+    const mirror =
+      mirroredDiskIds.length > 0
+        ? {
+            newFiles: mirrored.map((x) => ({ path: x.target.kind === 'file' ? x.target.path : '', sizeBytes: x.sizeBytes })),
+            listen: mirrorTarget,
+            diskIds: mirroredDiskIds,
+          }
+        : undefined;
+    await this.#hosts.agent(destination).prepareIncoming(
+      vmId,
+      {
+        spec: destinationSpec,
+        listenUri: uri,
+        capabilities,
+        carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt },
+        ...(mirror ? { mirror } : {}),
+      },
+      { timeoutMs: 60_000, signal: op.signal },
+    );
+    // The copies made for this migration go after the incoming VM that holds them (undos run
+    // newest first); a file that was there before made the reservation fail and is not ours.
+    for (const x of mirrored)
+      revert.add(`delete the copy of ${x.pool}/${x.volume} on ${destination.name}`, () => this.#hosts.agent(destination).deleteDirVolume(x.pool, x.volume));
+    revert.add(`remove the incoming VM on ${destination.name}`, () => this.#hosts.agent(destination).deleteVm(vmId, { timeoutMs: 60_000 }));
+    if (mirroredDiskIds.length > 0) {
+      revert.add(`abort the disk mirrors on ${source.name}`, () => this.#hosts.agent(source).abortMirrors(vmId));
+      await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirroredDiskIds });
     }
+  }
 
-    // Stage 6: commitment and activation. The destination owns the VM and announces it; the
-    // record moves in one step; the source lets go.
+  /**
+   * Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy; resolves when QEMU reports the
+   * migration complete, with the figures filled in. `run.switchedOver` turns true once the VM
+   * runs on the destination: from then on nothing is rolled back.
+   */
+  async #stream(op: OperationContext, run: MigrationRun, revert: Revert): Promise<void> {
+    const { vmId, source, destination, request, plan, figures, uri, capabilities, mirroredDiskIds } = run;
+    // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
+    let qemuLimitMs = plan.targetDowntimeMs;
+    await this.#hosts.agent(source).migrate(
+      vmId,
+      {
+        uri,
+        capabilities,
+        downtimeLimitMs: qemuLimitMs,
+        mirroredDisks: mirroredDiskIds,
+        ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}),
+      },
+      { signal: op.signal },
+    );
+    revert.add(`cancel the stream on ${source.name}`, () => this.#hosts.agent(source).cancelMigration(vmId));
+    const startedAt = Date.now();
+    // A first prediction before any byte moves, from the plan's figures, so that a migration
+    // over before the first-pass samples settle (an idle guest can finish in 300 ms) has one.
+    const memoryBytes = figures.memoryMb * 2 ** 20;
+    figures.prediction = this.#predict({
+      basis: 'plan',
+      elapsedMs: 0,
+      pass: 1,
+      remaining: memoryBytes,
+      scanRate: 0,
+      dirtyRate: plan.sampledDirtyRateBytesPerSec ?? 0,
+      bandwidth: plan.expectedBandwidthBytesPerSec,
+      memoryBytes,
+      plan,
+      strategy: request.strategy,
+      inPostcopy: request.strategy === 'postcopy',
+    });
+    const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
+    const link = new RateMeter();
+    const scan = new RateMeter();
+    let lastBytes = -1;
+    let lastProgressAt = startedAt;
+    let status: QemuMigrationStatus = {};
+    for (;;) {
+      status = await this.#hosts.agent(source).migrationStatus(vmId, { signal: op.signal });
+      const now = Date.now();
+      const ram = status.ram ?? {};
+      const pageSize = ram['page-size'] ?? 4096;
+      const passes = ram['dirty-sync-count'] ?? 0;
+      const dirtyRate = (ram['dirty-pages-rate'] ?? 0) * pageSize;
+      if (ram.transferred !== undefined) {
+        link.add(now, ram.transferred);
+        if (ram.transferred !== lastBytes) [lastBytes, lastProgressAt] = [ram.transferred, now];
+      }
+      scan.add(now, ((ram.normal ?? 0) + (ram.duplicate ?? 0)) * pageSize);
+      const bandwidth = link.rate();
+      const qemuBandwidth = ((ram.mbps ?? 0) * 1_000_000) / 8;
+      if (bandwidth > 0)
+        figures.bandwidth = {
+          measuredBytesPerSec: Math.round(bandwidth),
+          qemuBytesPerSec: Math.round(qemuBandwidth),
+          capped: request.bandwidthMbps !== undefined,
+        };
+      figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
+      const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
+      // A pre-copy prediction waits for 300 ms of samples, so that the first pass's pace has
+      // settled; a post-copy one needs only the link rate.
+      if (
+        figures.prediction?.basis !== 'first-pass' &&
+        bandwidth > 0 &&
+        link.spanMs() >= (status.status === 'active' ? 300 : 0) &&
+        ram.remaining !== undefined &&
+        status.status !== 'completed'
+      ) {
+        const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
+        figures.prediction = this.#predict({
+          basis: 'first-pass',
+          elapsedMs: now - startedAt,
+          pass: Math.max(1, passes),
+          remaining: ram.remaining,
+          scanRate: scan.rate(),
+          dirtyRate: dirty,
+          bandwidth,
+          memoryBytes: figures.memoryMb * 2 ** 20,
+          plan,
+          strategy: request.strategy,
+          inPostcopy: status.status !== 'active',
+        });
+      }
+      if (status.status === 'completed') break;
+      if (status.status === 'failed' || status.status === 'cancelled')
+        throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
+      if (status.status === 'postcopy-paused' || (status.status === 'postcopy-active' && now - lastProgressAt > STALL_MS)) {
+        run.switchedOver = true;
+        await this.#recoverPostcopy(op, { vmId, source, destination, figures });
+        lastProgressAt = Date.now();
+      } else if (status.status === 'postcopy-active' || status.status === 'postcopy-recover') {
+        run.switchedOver = true;
+        // Until the destination has resumed the VM it is still loading the device state: a
+        // link lost in that window ends the destination QEMU (QEMU recovers only a running
+        // post-copy), which is why post-copy is reported only from the RESUME on.
+        // Read from the agent, not QEMU: in-band QMP on a post-copy destination may hang.
+        const resumed = (
+          await this.#hosts
+            .agent(destination)
+            .pauseTimes(vmId, { timeoutMs: 5_000 })
+            .catch((): PauseTimes => ({}))
+        ).resumedAtMs;
+        if (resumed)
+          await op.report(
+            'postcopy',
+            `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`,
+            0.9,
+            { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] },
+          );
+        else await op.report('switching', `Handing the device state over to ${destination.name}`, 0.88);
+      } else if (status.status === 'device' || status.status === 'pre-switchover') {
+        await op.report('stop-and-copy', 'Stop-and-copy: the last dirty pages and the device state', 0.9);
+      } else if (status.status === 'active') {
+        // The destination must still be there: a lost destination agent fails the migration
+        // now, while the VM can still stay where it is.
+        await this.#hosts
+          .agent(destination)
+          .pauseTimes(vmId, { timeoutMs: 5_000, signal: op.signal })
+          .catch((error) => {
+            throw new NubisError('MIGRATION_DESTINATION_LOST', `The destination ${destination.name} stopped answering: ${messageOf(error)}`);
+          });
+        if (now - lastProgressAt > STALL_MS) {
+          throw new NubisError('MIGRATION_STALLED', `No byte reached ${destination.name} for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
+        }
+        const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
+        await op.report(
+          'precopy',
+          `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`,
+          0.1 + progress * 0.75,
+          {
+            pass: Math.max(1, passes),
+            transferredBytes: ram.transferred,
+            remainingBytes: ram.remaining,
+            dirtyRateBytesPerSec: dirty,
+            bandwidthBytesPerSec: bandwidth,
+            ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
+          },
+        );
+        // Widen the downtime target, step by step, while passes go on without converging; and
+        // tell QEMU the limit that, with its under-estimate of the link, means that target.
+        const targetMs = downtimeTargetForPass(plan.targetDowntimeMs, plan.maxDowntimeMs, passes);
+        // (`precopy` keeps QEMU's own semantics: the user's limit goes to QEMU as it is.)
+        const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
+        if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
+          await this.#hosts
+            .agent(source)
+            .setMigrationParameters(vmId, { downtimeLimitMs: limit }, { signal: op.signal })
+            .catch(() => undefined);
+          qemuLimitMs = limit;
+        }
+        // The post-copy decision: for `auto` once the first full pass has measured the dirty
+        // rate; at the completion timeout when that is its action.
+        if (plan.postcopyPrepared && !figures.switchedToPostcopy) {
+          const outlook = predictPrecopy({
+            remainingBytes: ram.remaining ?? 0,
+            scanRateBytesPerSec: bandwidth,
+            dirtyRateBytesPerSec: dirtyRate,
+            bandwidthBytesPerSec: bandwidth,
+            memoryBytes: figures.memoryMb * 2 ** 20,
+            downtimeLimitMs: plan.maxDowntimeMs,
+          });
+          const afterFirstPass = passes >= 2;
+          const why =
+            now > deadline && plan.onTimeout === 'postcopy'
+              ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
+              : request.strategy === 'postcopy'
+                ? 'as asked'
+                : request.strategy === 'auto' && afterFirstPass && !outlook.converges
+                  ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
+                  : request.strategy === 'auto' && passes > AUTO_MAX_PASSES
+                    ? `still not done after ${AUTO_MAX_PASSES} passes`
+                    : undefined;
+          if (why) {
+            await op.report('switching', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
+            await this.#hosts.agent(source).startPostcopy(vmId, { signal: op.signal });
+            figures.switchedToPostcopy = true;
+          }
+        }
+        if (now > deadline && !figures.switchedToPostcopy) {
+          throw new NubisError(
+            'MIGRATION_TIMEOUT',
+            `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`,
+          );
+        }
+      }
+      // Closer looks in the first second, so that even a short migration gets its first-pass refinement.
+      await delay(now - startedAt < 1000 ? POLL_MS / 2 : POLL_MS, undefined, { signal: op.signal });
+    }
+    run.switchedOver = true;
+    // QEMU marks the migration completed a moment before it fills in the times: ask again.
+    for (let i = 0; i < 20 && !status['total-time']; i++) {
+      await delay(50);
+      status = await this.#hosts.agent(source).migrationStatus(vmId);
+    }
+    figures.totalTimeMs = status['total-time'];
+    figures.downtimeMs = status.downtime;
+    figures.transferredBytes = status.ram?.transferred;
+    figures.passes = status.ram?.['dirty-sync-count'];
+    figures.postcopyRequests = status.ram?.['postcopy-requests'];
+    if (figures.prediction?.predictedTotalMs && figures.totalTimeMs) {
+      figures.predictionErrorPercent = Math.round(((figures.totalTimeMs - figures.prediction.predictedTotalMs) / figures.totalTimeMs) * 100);
+    }
+  }
+
+  /**
+   * Stage 6: commitment and activation. The destination owns the VM and announces it; the
+   * record moves in one step; the source lets go.
+   */
+  async #activate(op: OperationContext, run: MigrationRun): Promise<unknown> {
+    const { vmId, source, destination, figures, destinationSpec, mirrored, networkIds } = run;
     await op.report('activation', `Activating on ${destination.name} and announcing the VM to the network`, 0.96);
     const stoppedAtMs = (
       await this.#hosts
@@ -776,17 +848,7 @@ export class MigrationService {
         .catch((): PauseTimes => ({}))
     ).resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
-    await this.#db
-      .updateTable('vms')
-      .set({
-        host_id: destination.id,
-        actual_state: activated.state,
-        status: JSON.stringify(activated),
-        spec: JSON.stringify(destinationSpec),
-        updated_at: new Date().toISOString(),
-      })
-      .where('id', '=', vmId)
-      .execute();
+    await this.#vms.recordMove(vmId, destination.id, activated, destinationSpec);
     for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
     await this.#hosts
       .agent(source)
@@ -812,7 +874,7 @@ export class MigrationService {
       1,
       figures,
     );
-    return { vm: m.vmName, from: source.name, to: destination.name, figures };
+    return { vm: run.vmName, from: source.name, to: destination.name, figures };
   }
 
   /**
