@@ -2,12 +2,11 @@
  * The control plane's REST API. `buildApp()` wires routes to services without listening, so route
  * tests use `inject()`; the same TypeBox schemas validate requests and produce /v1/openapi.json.
  */
-import { createHash } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from '@sinclair/typebox';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { parseEndpoint } from '../core/http-json.ts';
@@ -21,7 +20,9 @@ import type { StorageCatalogue } from '../control/storage.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmAction, VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
-import { httpStatusOf, toWireError } from '../core/error-codes.ts';
+import { httpStatusOf } from '../core/error-codes.ts';
+import { adminTokenCheck } from './auth.ts';
+import { toApiError } from './errors.ts';
 import { coerceTextValues } from './query-coercion.ts';
 import { parseSize } from '../storage/size.ts';
 import {
@@ -94,40 +95,6 @@ export interface AppServices {
 const errorResponses = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 503: ErrorBody };
 /** What a list may answer besides success: a refused query or a missing token. */
 const listErrorResponses = { 400: ErrorBody, 401: ErrorBody };
-
-function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
-}
-
-/** Turns Fastify's validation errors into our codes and a sentence that names the field. */
-function toApiError(error: FastifyError | NubisError | Error): { status: number; body: { code: string; message: string; details?: Record<string, unknown> } } {
-  const fastifyError = error as FastifyError;
-  if (fastifyError.validation) {
-    const first = fastifyError.validation[0];
-    const field = `${fastifyError.validationContext ?? 'body'}${first?.instancePath ? first.instancePath.replaceAll('/', '.') : ''}`;
-    if (first?.keyword === 'additionalProperties') {
-      const extra = (first.params as { additionalProperty?: string }).additionalProperty;
-      return { status: 400, body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)` } };
-    }
-    // A pattern alone tells a person nothing: name the value and say what the field takes.
-    // (Ajv's `verbose` option adds the failing schema and value to each error.)
-    const verbose = first as { parentSchema?: { description?: string }; data?: unknown } | undefined;
-    const description = verbose?.parentSchema?.description;
-    if (first?.keyword === 'pattern' && description && typeof verbose?.data === 'string') {
-      const value = verbose.data.length > 200 ? `${JSON.stringify(verbose.data.slice(0, 200))}...` : JSON.stringify(verbose.data);
-      return {
-        status: 400,
-        body: { code: 'VALIDATION_FAILED', message: `Invalid ${field} ${value}: give ${description.charAt(0).toLowerCase()}${description.slice(1)}` },
-      };
-    }
-    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
-  }
-  // Fastify's own refusals of a malformed request (a body that is no JSON, too large, ...).
-  if (!(error instanceof NubisError) && fastifyError.statusCode && fastifyError.statusCode < 500 && fastifyError.code?.startsWith('FST_')) {
-    return { status: fastifyError.statusCode, body: { code: 'BAD_REQUEST', message: fastifyError.message } };
-  }
-  return toWireError(error);
-}
 
 /** The serial console route, which is a WebSocket and so not seen by @fastify/swagger. */
 const consolePath = {
@@ -204,20 +171,7 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   await app.register(websocket);
   app.addSchema(ErrorBody);
 
-  const publicRoutes = new Set(['/v1/openapi.json', '/v1/hosts/join', '/v1/hosts/:name/report']);
-  app.addHook('onRequest', async (request) => {
-    if (publicRoutes.has(request.routeOptions.url ?? '')) return;
-    const header = request.headers.authorization ?? '';
-    const token = header.startsWith('Bearer ') ? header.slice(7).trim() : undefined;
-    if (!token)
-      throw new NubisError(
-        'AUTH_REQUIRED',
-        'This request needs a bearer token: send Authorization: Bearer <token> (the admin token is in the data folder, file admin-token)',
-      );
-    const known = await services.db.selectFrom('tokens').select(['role']).where('secret_sha256', '=', sha256(token)).executeTakeFirst();
-    if (known?.role !== 'admin')
-      throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; use the admin token from the data folder (admin-token)');
-  });
+  app.addHook('onRequest', adminTokenCheck(services.db));
   app.setErrorHandler((error, request, reply) => {
     const { status, body } = toApiError(error as Error);
     if (status >= 500) services.logger?.error({ err: error, url: request.url }, 'request failed');
