@@ -1,0 +1,348 @@
+/**
+ * Storage: pools and volumes, of the storage node (san) or as qcow2 files on hosts (dir). The
+ * routes pass storage-node requests on to the storage node and dir requests to the dir catalogue.
+ */
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type, type Static } from '@sinclair/typebox';
+import type { DirPoolCatalogue } from '../../control/dir-pools.ts';
+import type { OperationManager } from '../../control/operations.ts';
+import type { StorageCatalogue } from '../../control/storage.ts';
+import { NubisError } from '../../core/errors.ts';
+import type { Db } from '../../state/database.ts';
+import { parseSize } from '../../storage/size.ts';
+import {
+  Accepted,
+  ErrorBody,
+  Int32,
+  List,
+  Pool,
+  PoolCreateRequest,
+  PoolReplaceRequest,
+  ResourceName,
+  Size,
+  Volume,
+  VolumeCreateRequest,
+} from '../../wire/schemas.ts';
+import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
+
+/** What the pool routes use: the storage catalogue, the database for who uses a volume, operations for jobs. */
+export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager };
+
+const PoolRef = Type.Object({ pool: ResourceName });
+const VolumeRef = Type.Object({ pool: ResourceName, volume: ResourceName });
+const poolPath = (pool: string): string => `/storage/pools/${encodeURIComponent(pool)}`;
+type PoolBody = Static<typeof Pool>;
+type VolumeBody = Static<typeof Volume>;
+
+/** The lookups that the pool routes share. */
+interface PoolLookups {
+  dirPools: DirPoolCatalogue;
+  isDir(pool: string): Promise<boolean>;
+  refuseForDir(pool: string, what: string): Promise<void>;
+  volumeView(pool: string, volume: VolumeBody): Promise<VolumeBody>;
+}
+
+/** Builds the shared lookups over the plugin's services, once per plugin. */
+function poolLookups(services: PoolRouteServices): PoolLookups {
+  const volumeView = async (pool: string, volume: VolumeBody): Promise<VolumeBody> => {
+    const user = await services.db
+      .selectFrom('vm_disks')
+      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
+      .select('vms.name')
+      .where('pool', '=', pool)
+      .where('volume', '=', volume.name)
+      .executeTakeFirst();
+    return { ...volume, pool, ...(user ? { usedBy: user.name } : {}) };
+  };
+  // A pool name refers to a storage-node pool or to a host-based dir pool (one namespace).
+  const dirPools = services.storage.dirPools;
+  const isDir = async (pool: string): Promise<boolean> => (await dirPools.find(pool)) !== undefined;
+  const refuseForDir = async (pool: string, what: string): Promise<void> => {
+    if (await isDir(pool)) throw new NubisError('POOL_KIND_UNSUPPORTED', `${pool} is a dir pool (qcow2 files on hosts): ${what} is for storage-node pools`);
+  };
+  return { dirPools, isDir, refuseForDir, volumeView };
+}
+
+/** The pool routes, in the order the OpenAPI document lists them. */
+export const poolRoutes: FastifyPluginAsyncTypebox<PoolRouteServices> = async (app, services) => {
+  const lookups = poolLookups(services);
+  registerPoolRoutes(app, services, lookups);
+  registerPoolJobRoutes(app, services, lookups);
+  registerVolumeRoutes(app, services, lookups);
+  registerVolumeChangeRoutes(app, services, lookups);
+};
+
+/** Listing, creating, showing and deleting pools. */
+function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPools, isDir }: PoolLookups): void {
+  app.get(
+    '/v1/pools',
+    {
+      schema: {
+        operationId: 'listPools',
+        tags: ['storage'],
+        summary: 'List storage pools (storage-node and host dir pools) with health and capacity',
+        response: { 200: List(Pool), ...listErrorResponses, 503: ErrorBody },
+      },
+    },
+    async () => [
+      ...(await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' })).map((pool) => ({ ...pool, kind: 'san' })),
+      ...((await dirPools.list()) as PoolBody[]),
+    ],
+  );
+  app.post(
+    '/v1/pools',
+    {
+      schema: {
+        operationId: 'createPool',
+        tags: ['storage'],
+        summary: 'Create a pool: over devices with a RAID layout (san), or a folder of qcow2 files on hosts (dir)',
+        body: PoolCreateRequest,
+        response: { 201: Pool, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const { kind, hosts, ...san } = request.body;
+      if (kind === 'dir') {
+        if (san.layout || san.devices) throw new NubisError('VALIDATION_FAILED', 'A dir pool takes hosts, not a layout or devices');
+        const sanNames = (await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' }).catch(() => [] as PoolBody[])).map((p) => p.name);
+        return reply.status(201).send((await dirPools.create(san.name, hosts ?? [], sanNames.includes(san.name))) as PoolBody);
+      }
+      if (hosts) throw new NubisError('VALIDATION_FAILED', 'A storage-node pool takes devices, not hosts (hosts are for --kind dir)');
+      if (!san.layout || !san.devices) throw new NubisError('VALIDATION_FAILED', 'A storage-node pool needs a layout and at least one device');
+      if (await isDir(san.name)) throw new NubisError('POOL_EXISTS', `A pool named ${san.name} exists; choose another name`);
+      return reply.status(201).send({ ...(await services.storage.call<PoolBody>({ method: 'POST', path: '/storage/pools', body: san })), kind: 'san' });
+    },
+  );
+  app.get(
+    '/v1/pools/:pool',
+    {
+      schema: {
+        operationId: 'getPool',
+        tags: ['storage'],
+        summary: 'Show a pool: state, capacity, members with error counters (a dir pool: a member per host)',
+        params: PoolRef,
+        response: { 200: Pool, ...errorResponses },
+      },
+    },
+    async (request) =>
+      (await isDir(request.params.pool))
+        ? ((await dirPools.show(request.params.pool)) as PoolBody)
+        : { ...(await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })), kind: 'san' },
+  );
+  app.delete(
+    '/v1/pools/:pool',
+    {
+      schema: {
+        operationId: 'deletePool',
+        tags: ['storage'],
+        summary: 'Delete an empty pool',
+        params: PoolRef,
+        response: { 204: Type.Null(), ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      await services.storage.checkUnused(request.params.pool);
+      if (await isDir(request.params.pool)) await dirPools.delete(request.params.pool);
+      else await services.storage.call({ method: 'DELETE', path: poolPath(request.params.pool) });
+      return reply.status(204).send(null);
+    },
+  );
+}
+
+/** Scrub and member replacement: storage-node jobs that run on as operations. */
+function registerPoolJobRoutes(app: RouteApp, services: PoolRouteServices, { refuseForDir }: PoolLookups): void {
+  app.post(
+    '/v1/pools/:pool/scrub',
+    {
+      schema: {
+        operationId: 'scrubPool',
+        tags: ['storage'],
+        summary: 'Read everything, find silent corruption by checksum and repair it (operation)',
+        params: PoolRef,
+        body: Type.Object({ maxMbPerSec: Type.Optional(Int32(1, 1000000)) }, { additionalProperties: false }),
+        response: { 202: Accepted, ...errorResponses },
+      },
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
+    },
+    async (request, reply) => {
+      await refuseForDir(request.params.pool, 'scrub');
+      await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
+      const body = request.body as { maxMbPerSec?: number };
+      const operation = await services.operations.start('pool.scrub', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
+        services.storage.runJob(
+          `${poolPath(request.params.pool)}/scrub`,
+          { ...(body.maxMbPerSec ? { maxBytesPerSec: body.maxMbPerSec * 2 ** 20 } : {}) },
+          op,
+          'scrubbing',
+        ),
+      );
+      return reply.status(202).send({ operation });
+    },
+  );
+  app.post(
+    '/v1/pools/:pool/replace',
+    {
+      schema: {
+        operationId: 'replacePoolMember',
+        tags: ['storage'],
+        summary: 'Replace a member and rebuild onto the new device, online (operation)',
+        params: PoolRef,
+        body: PoolReplaceRequest,
+        response: { 202: Accepted, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      await refuseForDir(request.params.pool, 'replace');
+      await services.storage.call({ method: 'GET', path: poolPath(request.params.pool) });
+      const { member, device, maxMbPerSec, force } = request.body;
+      const body = { member, device, ...(maxMbPerSec ? { maxBytesPerSec: maxMbPerSec * 2 ** 20 } : {}), ...(force ? { force } : {}) };
+      // The storage node vets the device before it starts the job: a bad one is this request's 4xx.
+      const job = await services.storage.startJob(`${poolPath(request.params.pool)}/replace`, body);
+      const operation = await services.operations.start('pool.replace', { type: 'pool', id: request.params.pool, name: request.params.pool }, (op) =>
+        services.storage.followJob(job, op, 'rebuilding'),
+      );
+      return reply.status(202).send({ operation });
+    },
+  );
+}
+
+/** Listing, creating, showing and deleting volumes. */
+function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirPools, isDir, volumeView }: PoolLookups): void {
+  app.get(
+    '/v1/pools/:pool/volumes',
+    {
+      schema: {
+        operationId: 'listVolumes',
+        tags: ['storage'],
+        summary: 'List the volumes of a pool',
+        params: PoolRef,
+        response: { 200: List(Volume), ...errorResponses },
+      },
+    },
+    async (request) =>
+      (await isDir(request.params.pool))
+        ? ((await dirPools.listVolumes(request.params.pool)) as VolumeBody[])
+        : Promise.all(
+            (await services.storage.call<VolumeBody[]>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes` })).map((v) =>
+              volumeView(request.params.pool, v),
+            ),
+          ),
+  );
+  app.post(
+    '/v1/pools/:pool/volumes',
+    {
+      schema: {
+        operationId: 'createVolume',
+        tags: ['storage'],
+        summary: 'Create a volume: thin on a storage-node pool, a qcow2 file on a dir pool (on `host`)',
+        params: PoolRef,
+        body: VolumeCreateRequest,
+        response: { 201: Volume, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const { host, ...body } = request.body;
+      if (await isDir(request.params.pool))
+        return reply.status(201).send((await dirPools.createVolume(request.params.pool, body.name, parseSize(body.size), host)) as VolumeBody);
+      if (host) throw new NubisError('VALIDATION_FAILED', `${request.params.pool} is a storage-node pool, reachable from every host: drop --host`);
+      return reply
+        .status(201)
+        .send(
+          await volumeView(
+            request.params.pool,
+            await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes`, body }),
+          ),
+        );
+    },
+  );
+  app.get(
+    '/v1/pools/:pool/volumes/:volume',
+    { schema: { operationId: 'getVolume', tags: ['storage'], summary: 'Show a volume', params: VolumeRef, response: { 200: Volume, ...errorResponses } } },
+    async (request) =>
+      (await isDir(request.params.pool))
+        ? ((await dirPools.showVolume(request.params.pool, request.params.volume)) as VolumeBody)
+        : volumeView(
+            request.params.pool,
+            await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` }),
+          ),
+  );
+  app.delete(
+    '/v1/pools/:pool/volumes/:volume',
+    {
+      schema: {
+        operationId: 'deleteVolume',
+        tags: ['storage'],
+        summary: 'Delete a volume no VM uses (its space returns to the pool)',
+        params: VolumeRef,
+        response: { 204: Type.Null(), ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      await services.storage.checkUnused(request.params.pool, request.params.volume);
+      if (await isDir(request.params.pool)) await dirPools.deleteVolume(request.params.pool, request.params.volume);
+      else await services.storage.call({ method: 'DELETE', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` });
+      return reply.status(204).send(null);
+    },
+  );
+}
+
+/** Snapshots, clones and resizes of a volume. */
+function registerVolumeChangeRoutes(app: RouteApp, services: PoolRouteServices, { dirPools, isDir, refuseForDir, volumeView }: PoolLookups): void {
+  for (const action of ['snapshot', 'clone'] as const) {
+    app.post(
+      `/v1/pools/:pool/volumes/:volume/${action}`,
+      {
+        schema: {
+          operationId: `${action}Volume`,
+          tags: ['storage'],
+          summary: action === 'snapshot' ? 'Take a read-only copy-on-write snapshot, instantly' : 'Make a writable copy-on-write clone, instantly',
+          params: VolumeRef,
+          body: Type.Object({ name: ResourceName }, { additionalProperties: false }),
+          response: { 201: Volume, ...errorResponses },
+        },
+      },
+      async (request, reply) => {
+        await refuseForDir(request.params.pool, action);
+        return reply.status(201).send(
+          await volumeView(
+            request.params.pool,
+            await services.storage.call<VolumeBody>({
+              method: 'POST',
+              path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/${action}`,
+              body: request.body,
+            }),
+          ),
+        );
+      },
+    );
+  }
+  app.post(
+    '/v1/pools/:pool/volumes/:volume/resize',
+    {
+      schema: {
+        operationId: 'resizeVolume',
+        tags: ['storage'],
+        summary: 'Grow or shrink a volume (never below its data; dir volumes only grow, while detached)',
+        params: VolumeRef,
+        body: Type.Object({ size: Size }, { additionalProperties: false }),
+        response: { 200: Volume, ...errorResponses },
+      },
+    },
+    async (request) => {
+      if (await isDir(request.params.pool)) {
+        await services.storage.checkUnused(request.params.pool, request.params.volume);
+        return (await dirPools.resizeVolume(request.params.pool, request.params.volume, parseSize(request.body.size))) as VolumeBody;
+      }
+      return volumeView(
+        request.params.pool,
+        await services.storage.call<VolumeBody>({
+          method: 'POST',
+          path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/resize`,
+          body: request.body,
+        }),
+      );
+    },
+  );
+}
