@@ -8,18 +8,10 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { DEFAULT_API_PORT, cacheDir, dataPaths, defaultDataDir } from '../core/paths.ts';
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
-import { ApiClient, resolveApiTarget } from './api-client.ts';
+import { client, collect, globals, parseInteger, projectQuery, runOperation } from './common.ts';
 import { stageForImport } from './import-staging.ts';
 import { down, up } from './local-services.ts';
-import { ProgressView, formatDuration, printJson, printTable } from './output.ts';
-
-interface GlobalOptions {
-  json?: boolean;
-  data: string;
-  url?: string;
-  token?: string;
-  project?: string;
-}
+import { formatDuration, formatSize, printJson, printTable } from './output.ts';
 
 const program = new Command('nubis')
   .description('Nubis: real virtual machines on a pool of hosts')
@@ -29,31 +21,6 @@ const program = new Command('nubis')
   .option('--token <token>', 'API token (env NUBIS_TOKEN; default: the admin token in the data folder)')
   .configureHelp({ showGlobalOptions: true })
   .showHelpAfterError();
-
-function globals(command: Command): GlobalOptions {
-  return command.optsWithGlobals() as GlobalOptions;
-}
-
-function client(command: Command): ApiClient {
-  const options = globals(command);
-  return new ApiClient(resolveApiTarget(options.data, options));
-}
-
-function projectQuery(command: Command): string {
-  const project = globals(command).project;
-  return project ? `?project=${encodeURIComponent(project)}` : '';
-}
-
-/** Follows an operation with a progress bar, then fails the command if the operation failed. */
-async function runOperation(command: Command, title: string, operation: Operation): Promise<Operation> {
-  const view = new ProgressView(title, !globals(command).json);
-  const final = await client(command).follow(operation.id, (event) => view.update(event));
-  view.done();
-  if (final.status !== 'succeeded') {
-    throw new NubisError(final.error?.code ?? 'OPERATION_FAILED', `${title} ${final.status}: ${final.error?.message ?? ''} (operation ${final.id})`);
-  }
-  return final;
-}
 
 function printVms(vms: Vm[]): void {
   printTable(
@@ -104,18 +71,6 @@ function parsePublish(value: string, previous: Array<Record<string, unknown>> = 
   const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d+):(\d+)(?:\/(tcp|udp))?$/.exec(value);
   if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --publish ${value}; write HOSTPORT:GUESTPORT, e.g. 8080:80 or 127.0.0.1:8080:80/tcp`);
   return [...previous, { hostAddress: match[1] ?? '127.0.0.1', hostPort: Number(match[2]), guestPort: Number(match[3]), protocol: match[4] ?? 'tcp' }];
-}
-
-/** Commander's way to gather a repeatable option into a list. */
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
-function parseInteger(name: string) {
-  return (value: string): number => {
-    if (!/^-?\d+$/.test(value)) throw new NubisError('VALIDATION_FAILED', `${name} must be a whole number, not ${value}`);
-    return Number(value);
-  };
 }
 
 // --- up / down / status ---------------------------------------------------------------------
@@ -749,7 +704,6 @@ rule
   });
 
 // --- storage ----------------------------------------------------------------------------------
-const mib = (bytes: number): string => (bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`);
 const pool = program.command('pool').description('Storage pools: devices mapped into one address space with RAID');
 pool
   .command('create <name>')
@@ -786,8 +740,11 @@ pool
             };
       const created = await client(command).request<Record<string, any>>('POST', '/v1/pools', body);
       if (globals(command).json) return printJson(created);
-      if (created.kind === 'dir') console.log(`${name}: dir pool of qcow2 files on ${created.hosts.join(', ')}, ${mib(created.freeBytes)} free`);
-      else console.log(`${name}: ${created.layout}, ${mib(created.sizeBytes)} usable, ${mib(created.wasteBytes)} unusable (unequal members and metadata)`);
+      if (created.kind === 'dir') console.log(`${name}: dir pool of qcow2 files on ${created.hosts.join(', ')}, ${formatSize(created.freeBytes)} free`);
+      else
+        console.log(
+          `${name}: ${created.layout}, ${formatSize(created.sizeBytes)} usable, ${formatSize(created.wasteBytes)} unusable (unequal members and metadata)`,
+        );
     },
   );
 pool
@@ -803,9 +760,9 @@ pool
         p.kind,
         p.layout,
         p.state,
-        mib(p.sizeBytes),
-        mib(p.allocatedBytes),
-        `${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
+        formatSize(p.sizeBytes),
+        formatSize(p.allocatedBytes),
+        `${formatSize(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
         p.volumes,
       ]),
     );
@@ -820,7 +777,7 @@ pool
       `pool: ${p.name}  state: ${p.state}${p.readOnly ? ` (read-only: ${p.readOnlyReason})` : ''}  layout: ${p.layout}  chunk: ${p.chunkBytes / 1024}K`,
     );
     console.log(
-      `size ${mib(p.sizeBytes)}, allocated ${mib(p.allocatedBytes)}, free ${mib(p.freeBytes)}, provisioned ${mib(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
+      `size ${formatSize(p.sizeBytes)}, allocated ${formatSize(p.allocatedBytes)}, free ${formatSize(p.freeBytes)}, provisioned ${formatSize(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
     );
     for (const warning of p.warnings) console.log(`warning: ${warning}`);
     printTable(
@@ -842,7 +799,7 @@ pool
     if (globals(command).json) return printJson(final.result);
     const r = final.result as Record<string, number>;
     console.log(
-      `${name}: scanned ${mib(r.scannedBytes)}, ${r.checksumErrors} checksum errors, ${r.repairedBlocks} blocks repaired, ${r.unrepairedBlocks} unrepairable`,
+      `${name}: scanned ${formatSize(r.scannedBytes)}, ${r.checksumErrors} checksum errors, ${r.repairedBlocks} blocks repaired, ${r.unrepairedBlocks} unrepairable`,
     );
   });
 pool
@@ -891,7 +848,7 @@ volume
       ...(options.host ? { host: options.host } : {}),
     });
     if (globals(command).json) return printJson(created);
-    console.log(`${options.pool}/${name}: ${mib(created.sizeBytes)}${created.host ? ` on ${created.host}` : ''}`);
+    console.log(`${options.pool}/${name}: ${formatSize(created.sizeBytes)}${created.host ? ` on ${created.host}` : ''}`);
   });
 volume
   .command('list')
@@ -904,7 +861,7 @@ volume
     if (globals(command).json) return printJson(volumes);
     printTable(
       ['VOLUME', 'KIND', 'SIZE', 'ALLOCATED', 'ORIGIN', 'HOST', 'USED BY'],
-      volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, mib(v.sizeBytes), mib(v.allocatedBytes), v.originName, v.host, v.usedBy]),
+      volumes.map((v) => [`${v.pool}/${v.name}`, v.kind, formatSize(v.sizeBytes), formatSize(v.allocatedBytes), v.originName, v.host, v.usedBy]),
     );
   });
 volume
@@ -931,7 +888,7 @@ volume
   .action(async (ref: string, size: string, _options: unknown, command: Command) => {
     const resized = await client(command).request<Record<string, any>>('POST', `${volumePath(ref)}/resize`, { size });
     if (globals(command).json) return printJson(resized);
-    console.log(`${ref}: ${mib(resized.sizeBytes)}`);
+    console.log(`${ref}: ${formatSize(resized.sizeBytes)}`);
   });
 volume
   .command('delete <pool/volume>')
