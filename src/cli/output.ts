@@ -14,8 +14,14 @@ export function printTable(headers: string[], rows: Array<Array<string | number 
     );
 }
 
+/** Prints a value as indented JSON, the output of every command under --json. */
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value, null, 2));
+}
+
+/** "1.5 GiB" from a GiB up, "20 MiB" below: for pools and volumes. */
+export function formatSize(bytes: number): string {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 }
 
 /** "1h 2m", "3m 4s", "5s": for uptimes. */

@@ -1,0 +1,353 @@
+/** `nubis vm`: create, run, inspect, migrate and reach virtual machines. */
+import type { Static } from '@sinclair/typebox';
+import type { Command } from 'commander';
+import WebSocket from 'ws';
+import { NubisError } from '../../core/errors.ts';
+import type { Accepted, PublishedPort, Vm } from '../../wire/schemas.ts';
+import { client, collect, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
+import { formatDuration, printJson, printTable } from '../output.ts';
+
+interface VmCreateOptions {
+  image: string;
+  cpus: number;
+  memory: number;
+  host?: string;
+  publish?: Array<Static<typeof PublishedPort>>;
+  network: string[];
+  ip: string[];
+  secgroup: string[];
+  disk: string[];
+  wait: boolean;
+  postcopy: boolean;
+}
+
+interface VmMigrateOptions {
+  to?: string;
+  strategy: string;
+  maxDowntime?: number;
+  bandwidth?: number;
+  timeout?: number;
+  onTimeout?: string;
+}
+
+/**
+ * The figures of a migration that the CLI prints. The API sends every figure the migration
+ * service records (MigrationFigures in src/migration/migration-service.ts) as an open object.
+ */
+interface MigrationFigures {
+  memoryMb: number;
+  totalTimeMs?: number;
+  downtimeMs?: number;
+  pausedMs?: number;
+  transferredBytes?: number;
+  switchedToPostcopy: boolean;
+  prediction?: { predictedTotalMs?: number };
+  predictionErrorPercent?: number;
+}
+
+/** A past migration as `GET /v1/vms/{vm}/migrations` lists it. */
+interface MigrationRecord {
+  startedAt: string;
+  from: string;
+  to: string;
+  strategy: string;
+  status: string;
+  figures: MigrationFigures;
+}
+
+/** Registers `vm` and its subcommands on the program. */
+export function registerVmCommands(program: Command): void {
+  const vm = program.command('vm').description('Virtual machines').option('--project <name>', 'project (default: default)');
+  addCreate(vm);
+  addListAndShow(vm);
+  addPowerActions(vm);
+  addDeleteAttachDetachSet(vm);
+  addMigrate(vm);
+  addLogAndConsole(vm);
+}
+
+function addCreate(vm: Command): void {
+  vm.command('create <name>')
+    .description('Create and boot a VM')
+    .requiredOption('--image <image>', 'image to boot (nubis image list)')
+    .option('--cpus <n>', 'virtual CPUs', parseInteger('--cpus'), 1)
+    .option('--memory <mib>', 'memory in MiB', parseInteger('--memory'), 256)
+    .option('--host <host>', 'pin the VM to this host')
+    .option('--publish <host:guest>', 'forward a host port to a guest port (repeatable)', parsePublish)
+    .option('--network <name>', 'a NIC on this virtual network (repeatable: eth0, eth1, ...)', collect, [])
+    .option('--ip <address>', 'address for the NIC of the --network in the same position (repeatable)', collect, [])
+    .option('--secgroup <group>', 'security group of its network NICs (repeatable)', collect, [])
+    .option('--disk <pool/volume>', 'attach a volume of the storage node as a virtio disk (repeatable: vda, vdb, ...)', collect, [])
+    .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
+    .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
+    .action(createVm);
+}
+
+async function createVm(name: string, options: VmCreateOptions, command: Command): Promise<void> {
+  const g = globals(command);
+  if (options.ip.length > options.network.length)
+    throw new NubisError('VALIDATION_FAILED', `Got ${options.ip.length} --ip for ${options.network.length} --network; give one --network per --ip`);
+  const networks = options.network.map((network, index) => ({ network, ...(options.ip[index] ? { ip: options.ip[index] } : {}) }));
+  const body = {
+    name,
+    image: options.image,
+    cpus: options.cpus,
+    memoryMb: options.memory,
+    waitReady: options.wait,
+    ...(options.host ? { host: options.host } : {}),
+    ...(options.publish ? { publish: options.publish } : {}),
+    ...(networks.length ? { networks } : {}),
+    ...(options.secgroup.length ? { secgroups: options.secgroup } : {}),
+    ...(options.disk.length ? { disks: options.disk } : {}),
+    ...(options.postcopy ? {} : { allowPostcopy: false }),
+    ...(g.project ? { project: g.project } : {}),
+  };
+  const { operation } = await client(command).request<Static<typeof Accepted>>('POST', '/v1/vms', body);
+  const final = await runOperation(command, `Creating ${name}`, operation);
+  if (g.json) printJson(final.result);
+  else printVm(final.result as Vm);
+}
+
+/** Parses `8080:80`, `127.0.0.1:8080:80` or `8053:53/udp`. */
+function parsePublish(value: string, previous: Array<Static<typeof PublishedPort>> = []): Array<Static<typeof PublishedPort>> {
+  const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d+):(\d+)(?:\/(tcp|udp))?$/.exec(value);
+  if (!match) throw new NubisError('VALIDATION_FAILED', `Cannot read --publish ${value}; write HOSTPORT:GUESTPORT, e.g. 8080:80 or 127.0.0.1:8080:80/tcp`);
+  const protocol = match[4] === 'udp' ? 'udp' : 'tcp';
+  return [...previous, { hostAddress: match[1] ?? '127.0.0.1', hostPort: Number(match[2]), guestPort: Number(match[3]), protocol }];
+}
+
+function addListAndShow(vm: Command): void {
+  vm.command('list')
+    .description('List VMs')
+    .action(async (_options: unknown, command: Command) => {
+      const vms = await client(command).request<Vm[]>('GET', `/v1/vms${projectQuery(command)}`);
+      if (globals(command).json) printJson(vms);
+      else printVms(vms);
+    });
+  vm.command('show <vm>')
+    .description('Show a VM')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const found = await client(command).request<Vm>('GET', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`);
+      if (globals(command).json) printJson(found);
+      else printVm(found);
+    });
+}
+
+function printVms(vms: Vm[]): void {
+  printTable(
+    ['NAME', 'STATE', 'HOST', 'ACCEL', 'VCPUS', 'MEMORY', 'UPTIME', 'IPS', 'PORTS'],
+    vms.map((vm) => [
+      vm.name,
+      vm.state === 'running' && !vm.ready ? 'running (booting)' : vm.state,
+      vm.host,
+      vm.accelerator,
+      vm.cpus,
+      `${vm.memoryMb} MiB`,
+      formatDuration(vm.uptimeSeconds),
+      vm.guestIps.join(',') || undefined,
+      vm.publish.map((p) => `${p.hostAddress}:${p.hostPort}->${p.guestPort}/${p.protocol}`).join(',') || undefined,
+    ]),
+  );
+}
+
+function printVm(vm: Vm): void {
+  const rows: Array<[string, unknown]> = [
+    ['Name', vm.name],
+    ['ID', vm.id],
+    ['Project', vm.project],
+    ['State', vm.state],
+    ['Desired state', vm.desiredState],
+    ['Guest ready', vm.ready ? `yes (${vm.readyAt})` : 'no'],
+    ['Host', vm.host],
+    ['Accelerator', vm.accelerator],
+    ['vCPUs', vm.cpus],
+    ['Memory', `${vm.memoryMb} MiB`],
+    ['Image', vm.image],
+    ['PID', vm.pid],
+    ['Started', vm.startedAt],
+    ['Uptime', formatDuration(vm.uptimeSeconds)],
+    ['Guest IPs', vm.guestIps.join(', ') || undefined],
+    ['Published ports', vm.publish.map((p) => `${p.hostAddress}:${p.hostPort} -> ${p.guestPort}/${p.protocol}`).join(', ') || undefined],
+    ['Last error', vm.lastError],
+  ];
+  for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
+  if (vm.crashLogTail?.length) {
+    console.log('Last console lines:');
+    for (const line of vm.crashLogTail) console.log(`  ${line}`);
+  }
+}
+
+/** start, stop, reboot, pause and resume: one operation each, on one VM. */
+function addPowerActions(vm: Command): void {
+  for (const action of ['start', 'stop', 'reboot', 'pause', 'resume'] as const) {
+    const sub = vm.command(`${action} <vm>`).description(`${action[0].toUpperCase()}${action.slice(1)} a VM`);
+    if (action === 'stop' || action === 'reboot') {
+      sub
+        .option('--force', action === 'stop' ? 'stop at once instead of an ACPI shutdown' : 'hard reset instead of a clean shutdown and start')
+        .option('--timeout <seconds>', 'how long the guest may take to shut down before it is forced', parseInteger('--timeout'), 30);
+    }
+    sub.action(async (name: string, options: { force?: boolean; timeout?: number }, command: Command) => {
+      const body = action === 'stop' || action === 'reboot' ? { force: Boolean(options.force), timeoutSeconds: options.timeout ?? 30 } : undefined;
+      const { operation } = await client(command).request<Static<typeof Accepted>>(
+        'POST',
+        `/v1/vms/${encodeURIComponent(name)}/${action}${projectQuery(command)}`,
+        body,
+      );
+      const final = await runOperation(command, `${action} ${name}`, operation);
+      if (globals(command).json) printJson(final.result);
+      else console.log(`${name}: ${(final.result as Vm).state}`);
+    });
+  }
+}
+
+function addDeleteAttachDetachSet(vm: Command): void {
+  vm.command('delete <vm>')
+    .description('Stop and delete a VM')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const { operation } = await client(command).request<Static<typeof Accepted>>('DELETE', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`);
+      const final = await runOperation(command, `Deleting ${name}`, operation);
+      if (globals(command).json) printJson(final.result);
+      else console.log(`${name}: deleted`);
+    });
+  vm.command('attach <vm> <pool/volume>')
+    .description('Attach a volume as a disk (hot-plugged when the VM runs)')
+    .action(async (name: string, volumeRef: string, _options: unknown, command: Command) => {
+      const { operation } = await client(command).request<Static<typeof Accepted>>(
+        'POST',
+        `/v1/vms/${encodeURIComponent(name)}/disks${projectQuery(command)}`,
+        { volume: volumeRef },
+      );
+      const final = await runOperation(command, `Attaching ${volumeRef}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ')}`);
+    });
+  vm.command('detach <vm> <pool/volume>')
+    .description('Detach a volume (a running guest must release it)')
+    .action(async (name: string, volumeRef: string, _options: unknown, command: Command) => {
+      const { operation } = await client(command).request<Static<typeof Accepted>>(
+        'DELETE',
+        `/v1/vms/${encodeURIComponent(name)}/disks/${volumeRef.split('/').map(encodeURIComponent).join('/')}${projectQuery(command)}`,
+      );
+      const final = await runOperation(command, `Detaching ${volumeRef}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ') || 'none'}`);
+    });
+  vm.command('set <vm>')
+    .description("Change a VM's policies")
+    .option('--postcopy <allow|deny>', 'whether live migration may use post-copy')
+    .action(async (name: string, options: { postcopy?: string }, command: Command) => {
+      if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
+        throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
+      const body = options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' };
+      const changed = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
+      if (globals(command).json) return printJson(changed);
+      console.log(`${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}`);
+    });
+}
+
+function addMigrate(vm: Command): void {
+  vm.command('migrate <vm>')
+    .description('Live-migrate a VM to another host, showing stage, passes, dirty rate and remaining memory')
+    .option('--to <host>', 'destination (default: the scheduler picks)')
+    .option(
+      '--strategy <strategy>',
+      'precopy, postcopy (the VM moves at once and pulls its memory; a link broken mid-way pauses it until the link returns) or auto',
+      'auto',
+    )
+    .option('--max-downtime <ms>', 'longest stop-and-copy accepted (default 300; auto aims at 20 first)', parseInteger('--max-downtime'))
+    .option('--bandwidth <MB/s>', 'cap on the migration stream', parseInteger('--bandwidth'))
+    .option('--timeout <seconds>', 'deadline for the switch-over (default 300)', parseInteger('--timeout'))
+    .option('--on-timeout <action>', 'at the deadline: abort, or postcopy (default: postcopy when prepared, else abort)')
+    .action(migrateVm);
+  vm.command('migrations <vm>')
+    .description('Past migrations of a VM with their figures')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const history = await client(command).request<MigrationRecord[]>('GET', `/v1/vms/${encodeURIComponent(name)}/migrations${projectQuery(command)}`);
+      if (globals(command).json) return printJson(history);
+      printTable(
+        ['STARTED', 'FROM', 'TO', 'STRATEGY', 'STATUS', 'TOTAL MS', 'PREDICTED MS', 'DOWNTIME MS', 'PAUSED MS', 'SENT MiB', 'POSTCOPY'],
+        history.map((h) => [
+          h.startedAt,
+          h.from,
+          h.to,
+          h.strategy,
+          h.status,
+          h.figures.totalTimeMs,
+          h.figures.prediction?.predictedTotalMs,
+          h.figures.downtimeMs,
+          h.figures.pausedMs,
+          h.figures.transferredBytes === undefined ? undefined : (h.figures.transferredBytes / 2 ** 20).toFixed(1),
+          h.figures.switchedToPostcopy ? 'yes' : 'no',
+        ]),
+      );
+    });
+}
+
+async function migrateVm(name: string, options: VmMigrateOptions, command: Command): Promise<void> {
+  const body = {
+    strategy: options.strategy,
+    ...(options.to ? { to: options.to } : {}),
+    ...(options.maxDowntime ? { maxDowntimeMs: options.maxDowntime } : {}),
+    ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}),
+    ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}),
+    ...(options.onTimeout ? { onTimeout: options.onTimeout } : {}),
+  };
+  const { operation } = await client(command).request<Static<typeof Accepted>>(
+    'POST',
+    `/v1/vms/${encodeURIComponent(name)}/migrate${projectQuery(command)}`,
+    body,
+  );
+  const final = await runOperation(command, `Migrating ${name}`, operation);
+  if (globals(command).json) return printJson(final.result);
+  const result = final.result as { from: string; to: string; figures: MigrationFigures };
+  const f = result.figures;
+  console.log(
+    `${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, QEMU downtime ${f.downtimeMs} ms, paused ${f.pausedMs ?? '?'} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}${f.predictionErrorPercent !== undefined ? `, predicted total off by ${f.predictionErrorPercent}%` : ''}`,
+  );
+}
+
+function addLogAndConsole(vm: Command): void {
+  vm.command('log <vm>')
+    .description('Show the serial console output of a VM')
+    .option('-n, --lines <n>', 'how many lines', parseInteger('--lines'), 100)
+    .action(async (name: string, options: { lines: number }, command: Command) => {
+      const g = globals(command);
+      const query = `?lines=${options.lines}${g.project ? `&project=${encodeURIComponent(g.project)}` : ''}`;
+      const log = await client(command).request<{ lines: string[] }>('GET', `/v1/vms/${encodeURIComponent(name)}/log${query}`);
+      if (g.json) printJson(log);
+      else for (const line of log.lines) console.log(line);
+    });
+  vm.command('console <vm>').description('Attach to the serial console of a VM (detach with Ctrl-])').action(attachConsole);
+}
+
+/** Joins the VM's serial console over the API's WebSocket, stdin to the guest and the guest to stdout. */
+async function attachConsole(name: string, _options: unknown, command: Command): Promise<void> {
+  const api = client(command);
+  const url = `${api.target.url.replace(/^http/, 'ws')}/v1/vms/${encodeURIComponent(name)}/console${projectQuery(command)}`;
+  const socket = new WebSocket(url, { headers: { authorization: `Bearer ${api.target.token}` } });
+  await new Promise<void>((resolve, reject) => {
+    socket.on('open', () => {
+      if (!globals(command).json) console.error(`Connected to the console of ${name}; detach with Ctrl-]`);
+      if (process.stdin.isTTY) process.stdin.setRawMode(true);
+      process.stdin.resume();
+      process.stdin.on('data', (data: Buffer) => {
+        // Ctrl-] (0x1d) detaches, as in telnet and virsh console; what came before it is sent.
+        const detachAt = data.indexOf(0x1d);
+        if (detachAt === -1) return socket.send(data);
+        if (detachAt > 0) socket.send(data.subarray(0, detachAt));
+        socket.close();
+      });
+      // Piped input that ends detaches too, instead of holding the console forever.
+      process.stdin.on('end', () => socket.close());
+    });
+    socket.on('message', (data: Buffer) => process.stdout.write(data));
+    socket.on('close', (code, reason) => {
+      if (process.stdin.isTTY) process.stdin.setRawMode(false);
+      process.stdin.pause();
+      if (code >= 4000) reject(new NubisError('VM_CONSOLE_FAILED', reason.toString() || `Console closed (${code})`));
+      else resolve();
+    });
+    socket.on('error', (error) => reject(new NubisError('VM_CONSOLE_FAILED', `Cannot attach to the console: ${error.message}`)));
+  });
+  if (!globals(command).json) console.error('\nDetached');
+}
