@@ -25,6 +25,8 @@ export class VmLanes {
   #incoming = false;
   #startingOutgoing = false;
   #removed = false;
+  /** Lifecycle actions past their arrival but still in their arrival check, not yet queued. */
+  #arriving = 0;
 
   constructor(options: VmLanesOptions) {
     this.#options = Object.freeze({ ...options });
@@ -56,7 +58,10 @@ export class VmLanes {
    */
   lifecycle<T>(action: string, task: () => Promise<T>, options: { duringIncoming?: boolean } = {}): Promise<T> {
     const check = (): Promise<void> => this.#refuseWhileMigrating(action, options.duringIncoming ?? false);
-    return check().then(() =>
+    // Counted from arrival, so that a migration asked after it does not start first.
+    this.#arriving++;
+    const arrived = check().finally(() => this.#arriving--);
+    return arrived.then(() =>
       this.#queue.run(LIFECYCLE, async () => {
         this.#refuseIfRemoved();
         await check();
@@ -80,7 +85,7 @@ export class VmLanes {
     return this.#queue.run(MIGRATION, async () => {
       this.#refuseIfRemoved();
       // Checked and marked before any await, so no lifecycle action can slip in between.
-      if (options.starts && this.#queue.busy(LIFECYCLE))
+      if (options.starts && (this.#arriving > 0 || this.#queue.busy(LIFECYCLE)))
         throw new NubisError('VM_BUSY', `VM ${this.#options.name()} is busy with another action; ${options.starts} must wait until it ends`);
       if (!options.outgoing) return task();
       this.#startingOutgoing = true;
