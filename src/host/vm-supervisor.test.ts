@@ -90,7 +90,10 @@ class FakeQemu {
   setMigrationCapabilities = () => this.#call('setMigrationCapabilities');
   acceptIncomingMigration = () => this.#call('acceptIncomingMigration');
   setMigrationParameters = () => this.#call('setMigrationParameters');
-  sampleDirtyRate = async () => (await this.#call('sampleDirtyRate'), 1);
+  sampleDirtyRate = async () => {
+    await this.#call('sampleDirtyRate');
+    return 1;
+  };
   pauseMigration = () => this.#call('pauseMigration');
   recoverIncomingMigration = () => this.#call('recoverIncomingMigration');
   resumeMigration = () => this.#call('resumeMigration');
