@@ -272,8 +272,9 @@ export class QemuProcess {
   }
 
   /**
-   * How fast the guest dirties memory, sampled over `seconds` by QEMU's `calc-dirty-rate`
-   * (page-sampling mode: the dirty-bitmap mode crashes QEMU 7.2 under TCG). Bytes per second.
+   * How fast the guest dirties memory, sampled over `seconds` by QEMU's `calc-dirty-rate` in its
+   * default page-sampling mode, which needs neither KVM's dirty ring nor dirty logging of all
+   * memory, so it measures the same way under TCG and KVM. Bytes per second.
    */
   async sampleDirtyRate(seconds: number): Promise<number> {
     await this.qmp.execute('calc-dirty-rate', { 'calc-time': seconds });
@@ -371,6 +372,19 @@ export class QemuProcess {
     const nodes = await this.qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
     for (const node of nodes.filter((n) => n['node-name'].startsWith(MIRROR_PREFIX)))
       await this.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
+  }
+
+  /**
+   * Source, in `pre-switchover` (capability `pause-before-switchover`): lets the paused migration
+   * go on to the switch-over.
+   */
+  async continueMigration(): Promise<void> {
+    await this.qmp.execute('migrate-continue', { state: 'pre-switchover' });
+  }
+
+  /** Asks QEMU for its run state (`query-status`), for when an event may have been missed. */
+  async queryRunState(): Promise<QemuRunState> {
+    return runStateFromQmp((await this.qmp.execute<{ status: string }>('query-status')).status);
   }
 
   /** Source: switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both ends). */

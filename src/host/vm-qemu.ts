@@ -1,0 +1,56 @@
+/**
+ * The QEMU side of a managed VM as the agent sees it: the part of `QemuProcess` a `ManagedVm`
+ * drives, and the two ways to get one (launch, re-attach). A unit test passes in a driver of fake
+ * processes that hang or fail on cue, as `src/storage/pool/member-device.ts` does for devices.
+ */
+import { QemuProcess, type QemuProcessEvents } from '../compute/qemu/qemu-process.ts';
+import type { QemuLaunchOptions } from '../compute/qemu/command-line.ts';
+import type { VmSpec } from '../compute/vm-spec.ts';
+
+/** What a `ManagedVm` calls on its QEMU process. */
+export type VmQemu = Pick<
+  QemuProcess,
+  | 'pid'
+  | 'state'
+  | 'stopRequested'
+  | 'exited'
+  | 'pause'
+  | 'resume'
+  | 'reset'
+  | 'stop'
+  | 'detach'
+  | 'queryRunState'
+  | 'attachDisk'
+  | 'detachDisk'
+  | 'setMigrationCapabilities'
+  | 'acceptIncomingMigration'
+  | 'startMigration'
+  | 'migrationStatus'
+  | 'setMigrationParameters'
+  | 'sampleDirtyRate'
+  | 'pauseMigration'
+  | 'recoverIncomingMigration'
+  | 'resumeMigration'
+  | 'continueMigration'
+  | 'startPostcopy'
+  | 'cancelMigration'
+  | 'exportDisksForMirror'
+  | 'stopDiskExports'
+  | 'startDiskMirrors'
+  | 'diskMirrors'
+  | 'endDiskMirrors'
+  | 'announceSelf'
+>;
+
+/** Starts a VM's QEMU, or finds the one still running in its folder after an agent restart. */
+export interface QemuDriver {
+  launch(spec: VmSpec, vmDir: string, options: QemuLaunchOptions & { events: QemuProcessEvents }): Promise<VmQemu>;
+  /** Undefined when no QEMU of this VM runs; rejects when one runs but does not answer. */
+  attach(vmDir: string, events: QemuProcessEvents): Promise<VmQemu | undefined>;
+}
+
+/** The real driver: QEMU processes on this host. */
+export const qemuProcessDriver: QemuDriver = {
+  launch: (spec, vmDir, options) => QemuProcess.launch(spec, vmDir, options),
+  attach: (vmDir, events) => QemuProcess.attach(vmDir, events),
+};
