@@ -9,7 +9,7 @@
  *   npx tsx bench/migration/guest-integrity.bench.ts [RUNS]
  */
 import { execFileSync } from 'node:child_process';
-import type { MigrationFigures } from '../../src/migration/migration-service.ts';
+import type { MigrationFigures } from '../../src/migration/migration-types.ts';
 import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance } from '../../test/helpers/nubis-instance.ts';
 

@@ -13,7 +13,7 @@
  * cancelled and reported as not finished.
  */
 import { performance } from 'node:perf_hooks';
-import type { MigrationFigures } from '../../src/migration/migration-service.ts';
+import type { MigrationFigures } from '../../src/migration/migration-types.ts';
 import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import { startProbe } from '../../src/network/probe.ts';
 import { NubisInstance } from '../../test/helpers/nubis-instance.ts';

@@ -15,6 +15,7 @@ import type { NetworkService } from '../control/networks.ts';
 import type { OperationManager } from '../control/operations.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { StorageCatalogue } from '../control/storage.ts';
+import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
@@ -45,6 +46,7 @@ export interface AppServices {
   secgroups: SecurityGroupService;
   storage: StorageCatalogue;
   migrations: MigrationService;
+  maintenance: HostMaintenance;
   operations: OperationManager;
   dataDir: string;
   logger?: Logger;
@@ -81,10 +83,10 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
 
   // The hooks and handlers above reach every plugin below, which registers in its own context.
   // The order of registration is the order of `paths` in the OpenAPI document.
-  const { db, hosts, images, vms, networks, secgroups, storage, migrations, operations, dataDir } = services;
+  const { db, hosts, images, vms, networks, secgroups, storage, migrations, maintenance, operations, dataDir } = services;
   await app.register(statusRoutes, { hosts, vms, dataDir });
   await app.register(projectRoutes, { db });
-  await app.register(hostRoutes, { hosts, vms, migrations });
+  await app.register(hostRoutes, { hosts, vms, maintenance });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
   await app.register(consoleRoutes, { vms, hosts });

@@ -18,6 +18,7 @@ import { ImageCatalogue } from '../control/images.ts';
 import { OperationManager } from '../control/operations.ts';
 import { NetworkService } from '../control/networks.ts';
 import { SecurityGroupService } from '../control/security-groups.ts';
+import { HostMaintenance } from '../migration/host-maintenance.ts';
 import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from '../control/storage.ts';
 import { DirPoolCatalogue } from '../control/dir-pools.ts';
@@ -73,7 +74,8 @@ export function createServices(options: {
   const owner = new VmOwner();
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner });
   const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms });
-  return { db, hosts, images, vms, networks, secgroups, storage, migrations, operations, dataDir: options.dataDir, logger: options.logger };
+  const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
+  return { db, hosts, images, vms, networks, secgroups, storage, migrations, maintenance, operations, dataDir: options.dataDir, logger: options.logger };
 }
 
 /** Starts the control plane and resolves once it listens. */

@@ -7,11 +7,14 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import { Revert } from '../core/revert.ts';
+import type { MigrationFigures, MigrationPlan, MigrationRequest, MigrationRun } from './migration-types.ts';
+import { nextListenUri } from './stream-ports.ts';
+import { MigrationStream, POLL_MS, STALL_MS, mib } from './migration-stream.ts';
 import { newId } from '../core/ids.ts';
-import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
-import type { PauseTimes, QemuMigrationStatus, VmStatus } from '../agent-api/contract.ts';
+import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, VmsTable } from '../state/schema.ts';
 import type { DirPoolCatalogue } from '../control/dir-pools.ts';
@@ -19,112 +22,10 @@ import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
 import { placeVm } from '../control/placement.ts';
-import { downtimeTargetForPass, predictPostcopyMs, predictPrecopy, qemuDowntimeLimitFor, RateMeter } from './precopy-model.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
 import type { VmService } from '../control/vms.ts';
 import type { Operation } from '../wire/schemas.ts';
-
-export type MigrationStrategy = 'precopy' | 'postcopy' | 'auto';
-
-export interface MigrationRequest {
-  to?: string;
-  strategy: MigrationStrategy;
-  /** The longest stop-and-copy the user accepts. Default 300 ms (QEMU's own limit). `auto` aims
-   * lower first ({@link AUTO_TARGET_DOWNTIME_MS}) and widens towards this only if it must. */
-  maxDowntimeMs?: number;
-  /** Cap on the migration stream; default unlimited. */
-  bandwidthMbps?: number;
-  /** Deadline for the switch-over; then `onTimeout` applies. */
-  completionTimeoutSeconds?: number;
-  /** At the deadline: give up (the VM stays on its source) or switch to post-copy. Default:
-   * post-copy when it is prepared for this migration, else abort. */
-  onTimeout?: 'abort' | 'postcopy';
-}
-
-/** One migration as it runs: the request, the hosts and what was decided before anything moved. */
-interface MigrationRun {
-  vmId: string;
-  vmName: string;
-  spec: VmSpec;
-  source: HostsTable;
-  destination: HostsTable;
-  request: MigrationRequest;
-  plan: MigrationPlan;
-  figures: MigrationFigures;
-  networkIds: string[];
-  capabilities: Record<string, boolean>;
-  /** Where the destination listens for the stream. */
-  uri: string;
-  sourceStatus: VmStatus;
-  /** The dir-pool volumes copied to the destination, with their disk there. */
-  mirrored: Array<{ diskId: string; pool: string; volume: string; target: DiskSpec; sizeBytes: number }>;
-  destinationSpec: VmSpec;
-  mirroredDiskIds: string[];
-  mirrorTarget: { host: string; port: number };
-  /** True once the VM runs on the destination (post-copy or completion): nothing is rolled back then. */
-  switchedOver: boolean;
-}
-
-/** How a migration is set up before it starts, and why. */
-export interface MigrationPlan {
-  /** `postcopy-ram` on both ends: the switch to post-copy stays possible, at the price of a
-   * return-path handshake that lengthens a plain pre-copy's final phase. */
-  postcopyPrepared: boolean;
-  /** QEMU throttles the guest's vCPUs when pre-copy passes stop shrinking. */
-  autoConverge: boolean;
-  /** The stop-and-copy QEMU is first asked to fit in, and the most it may be widened to. */
-  targetDowntimeMs: number;
-  maxDowntimeMs: number;
-  onTimeout: 'abort' | 'postcopy';
-  reason: string;
-  /** `auto` only: the guest's dirty rate sampled before the stream starts. */
-  sampledDirtyRateBytesPerSec?: number;
-  /** The link assumed before the stream measures it (the cap, the last measured, or a gigabit). */
-  expectedBandwidthBytesPerSec: number;
-}
-
-/** The figures of a migration, as recorded and shown by `nubis vm migrations`. */
-export interface MigrationFigures {
-  memoryMb: number;
-  totalTimeMs?: number;
-  /** QEMU's downtime: from stopping the VM to the last byte handed to the stream. */
-  downtimeMs?: number;
-  /** What the guest lost: the source's STOP to the destination's RESUME. It adds what QEMU's
-   * downtime leaves out: the destination draining the stream and loading the device state. */
-  pausedMs?: number;
-  transferredBytes?: number;
-  passes?: number;
-  postcopyRequests?: number;
-  switchedToPostcopy: boolean;
-  /** The largest vCPU throttle auto-converge applied, in percent. */
-  throttlePercent?: number;
-  /** How often a broken post-copy stream was recovered. */
-  recoveries?: number;
-  plan?: MigrationPlan;
-  /** The link as measured from bytes sent over time, beside QEMU's own estimate. */
-  bandwidth?: { measuredBytesPerSec: number; qemuBytesPerSec: number; capped: boolean };
-  /** Made before the stream starts from the plan's dirty rate and link (`basis: plan`), and
-   * refined once early in the first pass from what the stream measures (`basis: first-pass`);
-   * a migration over before the refinement keeps the first one, so every migration has one. */
-  prediction?: MigrationPrediction;
-  /** Actual minus predicted total time, in percent of the actual. */
-  predictionErrorPercent?: number;
-  error?: string;
-}
-
-/** What the model expected of a migration, and from what. */
-export interface MigrationPrediction {
-  basis: 'plan' | 'first-pass';
-  madeAtMs: number;
-  dirtyRateBytesPerSec: number;
-  bandwidthBytesPerSec: number;
-  lambda: number;
-  converges: boolean;
-  route: 'precopy' | 'postcopy';
-  predictedTotalMs?: number;
-  predictedDowntimeMs?: number;
-}
 
 /** `auto` first asks QEMU for a stop-and-copy this short: an idle guest then loses only a few
  * milliseconds; it is widened step by step, up to the user's maximum, when passes stop shrinking. */
@@ -135,17 +36,6 @@ const DEFAULT_MAX_DOWNTIME_MS = 300;
 const POSTCOPY_PREPARE_LAMBDA = 0.5;
 /** The link assumed before any migration between two hosts has measured it: one gigabit. */
 const ASSUMED_LINK_BYTES_PER_SEC = 125_000_000;
-/** Pre-copy passes `auto` allows before it switches to post-copy (when prepared). */
-const AUTO_MAX_PASSES = 10;
-/** No byte moved for this long: the link or an end is gone. */
-const STALL_MS = 10_000;
-/** How long a paused post-copy waits for its link to return. */
-const POSTCOPY_RECOVERY_MS = 600_000;
-const POLL_MS = 200;
-
-/** The first migration port tried on the destination; each migration takes the next free one. */
-const MIGRATION_PORT_BASE = 49152;
-let nextPort = MIGRATION_PORT_BASE + Math.floor(Math.random() * 1000);
 
 export class MigrationService {
   readonly #db: Db;
@@ -393,101 +283,6 @@ export class MigrationService {
   }
 
   /**
-   * Host maintenance: marks the host so nothing is placed there, then live-migrates every running
-   * VM off it (destinations from the scheduler, `parallel` at a time) and reports each result.
-   * VMs that are not running are left where they are (they hold no resources there while stopped).
-   */
-  async evacuate(hostRef: string, options: { parallel?: number } = {}): Promise<Operation> {
-    const host = await this.#hosts.row(hostRef);
-    await this.#db.updateTable('hosts').set({ maintenance: 1 }).where('id', '=', host.id).execute();
-    const vms = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '=', host.id).orderBy('name').execute();
-    return this.#operations.start('host.evacuate', { type: 'host', id: host.id, name: host.name }, async (op) => {
-      const running = vms.filter((vm) => vm.actual_state === 'running');
-      const left: Array<{ vm: string; status: string; error?: string }> = vms
-        .filter((vm) => vm.actual_state !== 'running')
-        .map((vm) => ({ vm: vm.name, status: `left ${vm.actual_state}` }));
-      await op.report('evacuating', `Host ${host.name} is in maintenance; moving ${running.length} running VM(s)`, 0.05);
-      const results = [...left, ...(await this.#migrateAll(op, 'evacuating', running, undefined, options.parallel ?? 2))];
-      const failed = results.filter((r) => r.status === 'failed');
-      if (failed.length > 0)
-        throw new NubisError(
-          'EVACUATION_INCOMPLETE',
-          `${failed.length} VM(s) could not leave ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`,
-          { details: { results } },
-        );
-      return { host: host.name, results };
-    });
-  }
-
-  /**
-   * Ends maintenance: the host takes new VMs again. With `moveBack`, the running VMs whose last
-   * migration took them off this host come back, as an operation.
-   */
-  async restore(hostRef: string, options: { moveBack?: boolean; parallel?: number } = {}): Promise<Operation | undefined> {
-    const host = await this.#hosts.row(hostRef);
-    await this.#db.updateTable('hosts').set({ maintenance: 0 }).where('id', '=', host.id).execute();
-    if (!options.moveBack) return undefined;
-    const elsewhere = await this.#db
-      .selectFrom('vms')
-      .select(['id', 'name', 'actual_state'])
-      .where('host_id', '!=', host.id)
-      .where('actual_state', '=', 'running')
-      .orderBy('name')
-      .execute();
-    const moved: typeof elsewhere = [];
-    for (const vm of elsewhere) {
-      const last = await this.#db
-        .selectFrom('vm_migrations')
-        .select('from_host')
-        .where('vm_id', '=', vm.id)
-        .where('status', '=', 'completed')
-        .orderBy('ended_at', 'desc')
-        .executeTakeFirst();
-      if (last?.from_host === host.name) moved.push(vm);
-    }
-    return this.#operations.start('host.restore', { type: 'host', id: host.id, name: host.name }, async (op) => {
-      await op.report('restoring', `Host ${host.name} takes VMs again; moving ${moved.length} VM(s) back`, 0.05);
-      const results = await this.#migrateAll(op, 'restoring', moved, host.name, options.parallel ?? 2);
-      const failed = results.filter((r) => r.status === 'failed');
-      if (failed.length > 0)
-        throw new NubisError(
-          'RESTORE_INCOMPLETE',
-          `${failed.length} VM(s) could not move back to ${host.name}: ${failed.map((f) => `${f.vm} (${f.error})`).join('; ')}`,
-          { details: { results } },
-        );
-      return { host: host.name, results };
-    });
-  }
-
-  /** Live-migrates `vms` (`parallel` at a time) to `to` or where the scheduler says, reporting each result. */
-  async #migrateAll(
-    op: OperationContext,
-    stage: string,
-    vms: Array<{ id: string; name: string }>,
-    to: string | undefined,
-    parallel: number,
-  ): Promise<Array<{ vm: string; status: string; to?: string; error?: string }>> {
-    const results: Array<{ vm: string; status: string; to?: string; error?: string }> = [];
-    const queue = [...vms];
-    const worker = async (): Promise<void> => {
-      for (let vm = queue.shift(); vm; vm = queue.shift()) {
-        try {
-          const child = await this.migrate(vm.id, { strategy: 'auto', ...(to ? { to } : {}) });
-          const final = await this.#operations.wait(child.id);
-          const moved = final.result as { to?: string } | undefined;
-          results.push({ vm: vm.name, status: final.status, ...(moved?.to ? { to: moved.to } : {}), ...(final.error ? { error: final.error.message } : {}) });
-        } catch (error) {
-          results.push({ vm: vm.name, status: 'failed', error: messageOf(error) });
-        }
-        const last = results.at(-1)!;
-        await op.report(stage, `${vm.name}: ${last.status}${last.to ? ` to ${last.to}` : ''}`, 0.05 + (0.9 * results.length) / Math.max(1, vms.length));
-      }
-    };
-    await Promise.all(Array.from({ length: Math.max(1, parallel) }, worker));
-    return results;
-  }
-
-  /**
    * Runs a checked migration: reservation, the stream, activation. Anything failing before the
    * switch-over undoes what was built, newest first, and reports each undo that failed; past it
    * the VM lives on the destination and its record follows it there.
@@ -509,7 +304,7 @@ export class MigrationService {
     const revert = new Revert();
     try {
       await this.#reserve(op, run, revert);
-      await this.#stream(op, run, revert);
+      await new MigrationStream(this.#hosts, op, run).run(revert);
     } catch (error) {
       if (run.switchedOver) {
         revert.success();
@@ -550,7 +345,7 @@ export class MigrationService {
     // their own, so they do not queue behind the background stream (on a slow link a missing
     // page otherwise waits for everything already in the socket buffers).
     const capabilities = { events: true, 'postcopy-ram': plan.postcopyPrepared, 'postcopy-preempt': plan.postcopyPrepared, 'auto-converge': plan.autoConverge };
-    const uri = this.#listenUri(destination);
+    const uri = nextListenUri(destination);
     const sourceStatus = JSON.parse((await this.#db.selectFrom('vms').select('status').where('id', '=', vmId).executeTakeFirstOrThrow()).status) as VmStatus;
     // Disks in a dir pool of the source are copied to the pool's folder on the destination.
     const mirrored = await Promise.all(
@@ -567,7 +362,7 @@ export class MigrationService {
     // A VM booting from an image has its own overlay over it on the source; the destination
     // makes an empty one over the same image and the overlay's clusters are mirrored into it.
     const mirroredDiskIds = [...(m.spec.boot.kind === 'disk' ? [BOOT_DISK_NODE] : []), ...mirrored.map((x) => x.diskId)];
-    const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(this.#listenUri(destination).split(':').at(-1)) };
+    const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(nextListenUri(destination).split(':').at(-1)) };
     return { ...m, networkIds, capabilities, uri, sourceStatus, mirrored, destinationSpec, mirroredDiskIds, mirrorTarget, switchedOver: false };
   }
 
@@ -613,217 +408,6 @@ export class MigrationService {
     if (mirroredDiskIds.length > 0) {
       revert.add(`abort the disk mirrors on ${source.name}`, () => this.#hosts.agent(source).abortMirrors(vmId));
       await this.#mirrorDisks(op, { vmId, source, destination, target: mirrorTarget, diskIds: mirroredDiskIds });
-    }
-  }
-
-  /**
-   * Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy; resolves when QEMU reports the
-   * migration complete, with the figures filled in. `run.switchedOver` turns true once the VM
-   * runs on the destination: from then on nothing is rolled back.
-   */
-  async #stream(op: OperationContext, run: MigrationRun, revert: Revert): Promise<void> {
-    const { vmId, source, destination, request, plan, figures, uri, capabilities, mirroredDiskIds } = run;
-    // Stages 3-5: pre-copy passes, then stop-and-copy, or post-copy.
-    let qemuLimitMs = plan.targetDowntimeMs;
-    await this.#hosts.agent(source).migrate(
-      vmId,
-      {
-        uri,
-        capabilities,
-        downtimeLimitMs: qemuLimitMs,
-        mirroredDisks: mirroredDiskIds,
-        ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}),
-      },
-      { signal: op.signal },
-    );
-    revert.add(`cancel the stream on ${source.name}`, () => this.#hosts.agent(source).cancelMigration(vmId));
-    const startedAt = Date.now();
-    // A first prediction before any byte moves, from the plan's figures, so that a migration
-    // over before the first-pass samples settle (an idle guest can finish in 300 ms) has one.
-    const memoryBytes = figures.memoryMb * 2 ** 20;
-    figures.prediction = this.#predict({
-      basis: 'plan',
-      elapsedMs: 0,
-      pass: 1,
-      remaining: memoryBytes,
-      scanRate: 0,
-      dirtyRate: plan.sampledDirtyRateBytesPerSec ?? 0,
-      bandwidth: plan.expectedBandwidthBytesPerSec,
-      memoryBytes,
-      plan,
-      strategy: request.strategy,
-      inPostcopy: request.strategy === 'postcopy',
-    });
-    const deadline = startedAt + (request.completionTimeoutSeconds ?? 300) * 1000;
-    const link = new RateMeter();
-    const scan = new RateMeter();
-    let lastBytes = -1;
-    let lastProgressAt = startedAt;
-    let status: QemuMigrationStatus = {};
-    for (;;) {
-      status = await this.#hosts.agent(source).migrationStatus(vmId, { signal: op.signal });
-      const now = Date.now();
-      const ram = status.ram ?? {};
-      const pageSize = ram['page-size'] ?? 4096;
-      const passes = ram['dirty-sync-count'] ?? 0;
-      const dirtyRate = (ram['dirty-pages-rate'] ?? 0) * pageSize;
-      if (ram.transferred !== undefined) {
-        link.add(now, ram.transferred);
-        if (ram.transferred !== lastBytes) [lastBytes, lastProgressAt] = [ram.transferred, now];
-      }
-      scan.add(now, ((ram.normal ?? 0) + (ram.duplicate ?? 0)) * pageSize);
-      const bandwidth = link.rate();
-      const qemuBandwidth = ((ram.mbps ?? 0) * 1_000_000) / 8;
-      if (bandwidth > 0)
-        figures.bandwidth = {
-          measuredBytesPerSec: Math.round(bandwidth),
-          qemuBytesPerSec: Math.round(qemuBandwidth),
-          capped: request.bandwidthMbps !== undefined,
-        };
-      figures.throttlePercent = Math.max(figures.throttlePercent ?? 0, status['cpu-throttle-percentage'] ?? 0) || undefined;
-      const progress = ram.transferred !== undefined && ram.remaining !== undefined ? ram.transferred / (ram.transferred + ram.remaining) : 0;
-      // A pre-copy prediction waits for 300 ms of samples, so that the first pass's pace has
-      // settled; a post-copy one needs only the link rate.
-      if (
-        figures.prediction?.basis !== 'first-pass' &&
-        bandwidth > 0 &&
-        link.spanMs() >= (status.status === 'active' ? 300 : 0) &&
-        ram.remaining !== undefined &&
-        status.status !== 'completed'
-      ) {
-        const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-        figures.prediction = this.#predict({
-          basis: 'first-pass',
-          elapsedMs: now - startedAt,
-          pass: Math.max(1, passes),
-          remaining: ram.remaining,
-          scanRate: scan.rate(),
-          dirtyRate: dirty,
-          bandwidth,
-          memoryBytes: figures.memoryMb * 2 ** 20,
-          plan,
-          strategy: request.strategy,
-          inPostcopy: status.status !== 'active',
-        });
-      }
-      if (status.status === 'completed') break;
-      if (status.status === 'failed' || status.status === 'cancelled')
-        throw new NubisError('MIGRATION_FAILED', `QEMU reports the migration ${status.status}: ${status['error-desc'] ?? 'no reason given'}`);
-      if (status.status === 'postcopy-paused' || (status.status === 'postcopy-active' && now - lastProgressAt > STALL_MS)) {
-        run.switchedOver = true;
-        await this.#recoverPostcopy(op, { vmId, source, destination, figures });
-        lastProgressAt = Date.now();
-      } else if (status.status === 'postcopy-active' || status.status === 'postcopy-recover') {
-        run.switchedOver = true;
-        // Until the destination has resumed the VM it is still loading the device state: a
-        // link lost in that window ends the destination QEMU (QEMU recovers only a running
-        // post-copy), which is why post-copy is reported only from the RESUME on.
-        // Read from the agent, not QEMU: in-band QMP on a post-copy destination may hang.
-        const resumed = (
-          await this.#hosts
-            .agent(destination)
-            .pauseTimes(vmId, { timeoutMs: 5_000 })
-            .catch((): PauseTimes => ({}))
-        ).resumedAtMs;
-        if (resumed)
-          await op.report(
-            'postcopy',
-            `Post-copy: the VM runs on ${destination.name} and pulls its last pages (${ram['postcopy-requests'] ?? 0} requests), ${mib(ram.remaining)} left`,
-            0.9,
-            { remainingBytes: ram.remaining, postcopyRequests: ram['postcopy-requests'] },
-          );
-        else await op.report('switching', `Handing the device state over to ${destination.name}`, 0.88);
-      } else if (status.status === 'device' || status.status === 'pre-switchover') {
-        await op.report('stop-and-copy', 'Stop-and-copy: the last dirty pages and the device state', 0.9);
-      } else if (status.status === 'active') {
-        // The destination must still be there: a lost destination agent fails the migration
-        // now, while the VM can still stay where it is.
-        await this.#hosts
-          .agent(destination)
-          .pauseTimes(vmId, { timeoutMs: 5_000, signal: op.signal })
-          .catch((error) => {
-            throw new NubisError('MIGRATION_DESTINATION_LOST', `The destination ${destination.name} stopped answering: ${messageOf(error)}`);
-          });
-        if (now - lastProgressAt > STALL_MS) {
-          throw new NubisError('MIGRATION_STALLED', `No byte reached ${destination.name} for ${STALL_MS / 1000} s (is the link between the hosts down?)`);
-        }
-        const dirty = dirtyRate || plan.sampledDirtyRateBytesPerSec || 0;
-        await op.report(
-          'precopy',
-          `Pass ${Math.max(1, passes)}: ${mib(ram.transferred)} sent, ${mib(ram.remaining)} remaining, dirty rate ${mib(dirty)}/s, link ${mib(bandwidth)}/s`,
-          0.1 + progress * 0.75,
-          {
-            pass: Math.max(1, passes),
-            transferredBytes: ram.transferred,
-            remainingBytes: ram.remaining,
-            dirtyRateBytesPerSec: dirty,
-            bandwidthBytesPerSec: bandwidth,
-            ...(figures.throttlePercent ? { throttlePercent: figures.throttlePercent } : {}),
-          },
-        );
-        // Widen the downtime target, step by step, while passes go on without converging; and
-        // tell QEMU the limit that, with its under-estimate of the link, means that target.
-        const targetMs = downtimeTargetForPass(plan.targetDowntimeMs, plan.maxDowntimeMs, passes);
-        // (`precopy` keeps QEMU's own semantics: the user's limit goes to QEMU as it is.)
-        const limit = request.strategy === 'auto' ? qemuDowntimeLimitFor(targetMs, bandwidth, qemuBandwidth) : targetMs;
-        if (Math.abs(limit - qemuLimitMs) > qemuLimitMs * 0.1) {
-          await this.#hosts
-            .agent(source)
-            .setMigrationParameters(vmId, { downtimeLimitMs: limit }, { signal: op.signal })
-            .catch(() => undefined);
-          qemuLimitMs = limit;
-        }
-        // The post-copy decision: for `auto` once the first full pass has measured the dirty
-        // rate; at the completion timeout when that is its action.
-        if (plan.postcopyPrepared && !figures.switchedToPostcopy) {
-          const outlook = predictPrecopy({
-            remainingBytes: ram.remaining ?? 0,
-            scanRateBytesPerSec: bandwidth,
-            dirtyRateBytesPerSec: dirtyRate,
-            bandwidthBytesPerSec: bandwidth,
-            memoryBytes: figures.memoryMb * 2 ** 20,
-            downtimeLimitMs: plan.maxDowntimeMs,
-          });
-          const afterFirstPass = passes >= 2;
-          const why =
-            now > deadline && plan.onTimeout === 'postcopy'
-              ? `the ${request.completionTimeoutSeconds ?? 300} s completion timeout passed`
-              : request.strategy === 'postcopy'
-                ? 'as asked'
-                : request.strategy === 'auto' && afterFirstPass && !outlook.converges
-                  ? `pre-copy does not converge (dirty rate / link = ${outlook.lambda.toFixed(2)})`
-                  : request.strategy === 'auto' && passes > AUTO_MAX_PASSES
-                    ? `still not done after ${AUTO_MAX_PASSES} passes`
-                    : undefined;
-          if (why) {
-            await op.report('switching', `Switching to post-copy: ${why}`, 0.85, { lambda: outlook.lambda });
-            await this.#hosts.agent(source).startPostcopy(vmId, { signal: op.signal });
-            figures.switchedToPostcopy = true;
-          }
-        }
-        if (now > deadline && !figures.switchedToPostcopy) {
-          throw new NubisError(
-            'MIGRATION_TIMEOUT',
-            `The migration did not reach its switch-over within ${request.completionTimeoutSeconds ?? 300} s; try --strategy auto, a larger --max-downtime, or --on-timeout postcopy`,
-          );
-        }
-      }
-      // Closer looks in the first second, so that even a short migration gets its first-pass refinement.
-      await delay(now - startedAt < 1000 ? POLL_MS / 2 : POLL_MS, undefined, { signal: op.signal });
-    }
-    run.switchedOver = true;
-    // QEMU marks the migration completed a moment before it fills in the times: ask again.
-    for (let i = 0; i < 20 && !status['total-time']; i++) {
-      await delay(50);
-      status = await this.#hosts.agent(source).migrationStatus(vmId);
-    }
-    figures.totalTimeMs = status['total-time'];
-    figures.downtimeMs = status.downtime;
-    figures.transferredBytes = status.ram?.transferred;
-    figures.passes = status.ram?.['dirty-sync-count'];
-    figures.postcopyRequests = status.ram?.['postcopy-requests'];
-    if (figures.prediction?.predictedTotalMs && figures.totalTimeMs) {
-      figures.predictionErrorPercent = Math.round(((figures.totalTimeMs - figures.prediction.predictedTotalMs) / figures.totalTimeMs) * 100);
     }
   }
 
@@ -913,148 +497,4 @@ export class MigrationService {
       await delay(POLL_MS, undefined, { signal: op.signal });
     }
   }
-
-  /** A fresh port on the destination's underlay address for a migration stream. */
-  #listenUri(destination: HostsTable): string {
-    const port = nextPort;
-    nextPort = nextPort >= 60999 ? MIGRATION_PORT_BASE : nextPort + 1;
-    return `tcp:${destination.underlay_ip ?? '127.0.0.1'}:${port}`;
-  }
-
-  /**
-   * The prediction recorded with the migration: the rest of the first pass at the rate it goes
-   * through memory, then the model's pre-copy passes, or (when post-copy will be used) the
-   * dirty set pulled once over the link.
-   */
-  #predict(p: {
-    basis: MigrationPrediction['basis'];
-    elapsedMs: number;
-    pass: number;
-    remaining: number;
-    scanRate: number;
-    dirtyRate: number;
-    bandwidth: number;
-    memoryBytes: number;
-    plan: MigrationPlan;
-    strategy: MigrationStrategy;
-    inPostcopy: boolean;
-  }): MigrationPrediction {
-    // The targets QEMU will really be given, pass by pass (auto's tight start, widened).
-    const model = predictPrecopy({
-      remainingBytes: p.remaining,
-      scanRateBytesPerSec: p.scanRate,
-      dirtyRateBytesPerSec: p.dirtyRate,
-      bandwidthBytesPerSec: p.bandwidth,
-      memoryBytes: p.memoryBytes,
-      downtimeLimitMs: p.plan.targetDowntimeMs,
-      maxDowntimeLimitMs: p.plan.maxDowntimeMs,
-      pass: p.pass,
-    });
-    const base = {
-      basis: p.basis,
-      madeAtMs: p.elapsedMs,
-      dirtyRateBytesPerSec: Math.round(p.dirtyRate),
-      bandwidthBytesPerSec: Math.round(p.bandwidth),
-      lambda: Number(model.lambda.toFixed(3)),
-      converges: model.converges,
-    };
-    if (p.inPostcopy || (p.plan.postcopyPrepared && p.strategy === 'postcopy')) {
-      // Post-copy from (nearly) the start: the rest of memory crosses once, at the pace of the scan.
-      return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000) };
-    }
-    if (p.plan.postcopyPrepared && !model.converges) {
-      const firstPassMs = (p.remaining / Math.max(p.scanRate, p.bandwidth)) * 1000;
-      const dirtyAfterFirstPass = Math.min(p.dirtyRate * (firstPassMs / 1000), p.memoryBytes);
-      return { ...base, route: 'postcopy', predictedTotalMs: Math.round(p.elapsedMs + firstPassMs + predictPostcopyMs(dirtyAfterFirstPass, p.bandwidth)) };
-    }
-    return {
-      ...base,
-      route: 'precopy',
-      ...(model.converges ? { predictedTotalMs: p.elapsedMs + (model.remainingTimeMs ?? 0), predictedDowntimeMs: model.downtimeMs } : {}),
-    };
-  }
-
-  /**
-   * Post-copy lost its stream (a broken or stalled link): the VM already runs on the destination
-   * and some of its pages are still on the source, so neither end may go on alone. Both ends are
-   * paused (vCPUs touching a missing page wait; nothing crashes), then, until the link returns,
-   * the destination listens again (`migrate-recover`) and the source reconnects (`migrate`
-   * with `resume`), and post-copy goes on where it stopped.
-   */
-  async #recoverPostcopy(op: OperationContext, m: { vmId: string; source: HostsTable; destination: HostsTable; figures: MigrationFigures }): Promise<void> {
-    const statusOf = (host: HostsTable) =>
-      this.#hosts
-        .agent(host)
-        .migrationStatus(m.vmId, { timeoutMs: 10_000 })
-        .then(
-          (s) => s.status,
-          () => undefined,
-        );
-    const giveUpAt = Date.now() + POSTCOPY_RECOVERY_MS;
-    m.figures.recoveries = (m.figures.recoveries ?? 0) + 1;
-    await op.report(
-      'postcopy-paused',
-      `The post-copy stream to ${m.destination.name} broke: the VM waits there for its missing pages; recovering as soon as the link is back`,
-      0.9,
-    );
-    for (let attempt = 1; ; attempt++) {
-      if (Date.now() > giveUpAt) {
-        throw new NubisError(
-          'MIGRATION_POSTCOPY_PAUSED',
-          `Post-copy could not be recovered within ${POSTCOPY_RECOVERY_MS / 1000} s; the VM stays paused on ${m.destination.name} with pages on ${m.source.name} (keep both hosts up)`,
-        );
-      }
-      const sourceState = await statusOf(m.source);
-      if (sourceState === 'completed') return;
-      // The agent's record, not QEMU: the destination's main loop may be stuck on a missing page.
-      const destinationVm = await this.#hosts
-        .agent(m.destination)
-        .vmStatus(m.vmId, { timeoutMs: 10_000 })
-        .catch((error: { code?: string }) => (error.code === 'VM_NOT_FOUND' ? ({ state: 'stopped' } as VmStatus) : undefined));
-      if (destinationVm && (destinationVm.state === 'crashed' || destinationVm.state === 'stopped')) {
-        throw new NubisError(
-          'MIGRATION_FAILED',
-          `The destination QEMU on ${m.destination.name} ended during post-copy; the VM's last state is paused on ${m.source.name} (see the destination's qemu.log)`,
-        );
-      }
-      // Both ends must wait in postcopy-paused: a stalled (not broken) stream is closed by hand.
-      // Out-of-band, and harmless on an end that already paused.
-      for (const host of [m.source, m.destination])
-        await this.#hosts
-          .agent(host)
-          .pauseMigration(m.vmId, { timeoutMs: 15_000 })
-          .catch(() => undefined);
-      const uri = this.#listenUri(m.destination);
-      try {
-        await this.#hosts.agent(m.destination).recoverIncoming(m.vmId, uri, { timeoutMs: 15_000 });
-        await this.#hosts.agent(m.source).resumeMigration(m.vmId, uri);
-        // The source connects (the kernel retries its SYN while the link is down); wait for
-        // it to go on or to fall back to paused.
-        for (let waited = 0; waited < 60_000; waited += 500) {
-          const state = await statusOf(m.source);
-          if (state === 'postcopy-active' || state === 'completed') {
-            await op.report('postcopy', `Post-copy recovered (attempt ${attempt}); the rest of the pages follow`, 0.92);
-            return;
-          }
-          if (state === 'postcopy-paused') break;
-          await delay(500);
-        }
-      } catch (error) {
-        // Under TCG a vCPU delivers interrupts holding QEMU's global lock; one that waits there
-        // for a page that cannot come blocks the destination's main loop, which must accept the
-        // recovered stream (seen with gdb: do_interrupt_all -> handle_userfault). KVM's vCPUs
-        // wait for pages outside that lock.
-        const tcgHint =
-          m.destination.accelerator === 'tcg' && attempt >= 3
-            ? ' (under TCG, a vCPU waiting for a missing page inside interrupt delivery blocks the destination QEMU for good; KVM hosts do not have this limit)'
-            : '';
-        await op.report('postcopy-paused', `Recovery attempt ${attempt} failed: ${messageOf(error)}; trying again${tcgHint}`, 0.9);
-      }
-      await delay(2_000);
-    }
-  }
-}
-
-function mib(bytes: number | undefined): string {
-  return bytes === undefined ? '?' : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }

@@ -4,12 +4,12 @@ import { Type } from '@sinclair/typebox';
 import type { HostRegistry } from '../../control/hosts.ts';
 import type { VmService } from '../../control/vms.ts';
 import type { VmStatus } from '../../agent-api/contract.ts';
-import type { MigrationService } from '../../migration/migration-service.ts';
+import type { HostMaintenance } from '../../migration/host-maintenance.ts';
 import { Accepted, Host, HostJoinRequest, HostReport, Int32, List, ResourceId, ResourceRef } from '../../wire/schemas.ts';
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
-/** What the host routes use: the host registry, VMs for agent reports, migrations for maintenance. */
-export type HostRouteServices = { hosts: HostRegistry; vms: VmService; migrations: MigrationService };
+/** What the host routes use: the host registry, VMs for agent reports, and host maintenance. */
+export type HostRouteServices = { hosts: HostRegistry; vms: VmService; maintenance: HostMaintenance };
 
 const HostRef = Type.Object({ host: ResourceRef('Host name or id') });
 
@@ -54,7 +54,7 @@ function registerMaintenanceRoutes(app: RouteApp, services: HostRouteServices): 
       },
     },
     async (request, reply) =>
-      reply.status(202).send({ operation: await services.migrations.evacuate(request.params.host, request.body as { parallel?: number }) }),
+      reply.status(202).send({ operation: await services.maintenance.evacuate(request.params.host, request.body as { parallel?: number }) }),
   );
   app.post(
     '/v1/hosts/:host/restore',
@@ -75,7 +75,7 @@ function registerMaintenanceRoutes(app: RouteApp, services: HostRouteServices): 
       },
     },
     async (request, reply) => {
-      const operation = await services.migrations.restore(request.params.host, request.body as { moveBack?: boolean; parallel?: number });
+      const operation = await services.maintenance.restore(request.params.host, request.body as { moveBack?: boolean; parallel?: number });
       if (operation) return reply.status(202).send({ operation });
       return services.hosts.get(request.params.host);
     },
