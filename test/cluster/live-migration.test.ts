@@ -327,6 +327,17 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const id = started.body.operation.id;
     for (let i = 0; i < 100 && (await nubis.api<Operation>('GET', `/v1/operations/${id}`)).body.stage !== 'precopy'; i++)
       await new Promise((resolve) => setTimeout(resolve, 200));
+    // One owner per VM: while it migrates, a stop, a delete and a second migration are refused,
+    // each naming the migration in progress, and the VM stays where it is.
+    for (const [method, path, body] of [
+      ['POST', '/v1/vms/mv1/stop', { force: true }],
+      ['DELETE', '/v1/vms/mv1', undefined],
+      ['POST', '/v1/vms/mv1/migrate', { to, strategy: 'precopy' }],
+    ] as const) {
+      const refused = await nubis.api<{ code: string; message: string }>(method, path, body);
+      assert.deepEqual([refused.status, refused.body.code], [409, 'VM_BUSY'], `${method} ${path}: ${JSON.stringify(refused.body)}`);
+      assert.match(refused.body.message, new RegExp(`busy with migrate \\(operation ${id}\\)`));
+    }
     const cancelled = await nubis.cli(['operation', 'cancel', id]);
     assert.equal(cancelled.code, 0, cancelled.stderr);
     const final = await nubis.waitOperation(id);
