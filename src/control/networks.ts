@@ -263,8 +263,9 @@ export class NetworkService {
   }
 
   /** Drops the forwards to a VM that is going away. */
-  async dropForwardsOf(vmId: string): Promise<void> {
-    await this.#db.deleteFrom('port_forwards').where('vm_id', '=', vmId).execute();
+  /** Drops a deleted VM's port forwards (`db`: the caller's transaction, if any). */
+  async dropForwardsOf(vmId: string, db: Db = this.#db): Promise<void> {
+    await db.deleteFrom('port_forwards').where('vm_id', '=', vmId).execute();
   }
 
   /**
@@ -302,8 +303,9 @@ export class NetworkService {
     return this.#db.selectFrom('nics').selectAll().where('vm_id', '=', vmId).orderBy('device_index').execute();
   }
 
-  async releaseNics(vmId: string): Promise<void> {
-    await this.#db.deleteFrom('nics').where('vm_id', '=', vmId).execute();
+  /** Frees a VM's NICs and their addresses (`db`: the caller's transaction, if any). */
+  async releaseNics(vmId: string, db: Db = this.#db): Promise<void> {
+    await db.deleteFrom('nics').where('vm_id', '=', vmId).execute();
   }
 
   /** Hosts that carry the network: those with a VM that has a NIC on it. */

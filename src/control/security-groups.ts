@@ -236,8 +236,9 @@ export class SecurityGroupService {
     }
   }
 
-  async unassign(vmId: string): Promise<void> {
-    await this.#db.deleteFrom('vm_secgroups').where('vm_id', '=', vmId).execute();
+  /** Takes a VM out of its groups (`db`: the caller's transaction, if any). */
+  async unassign(vmId: string, db: Db = this.#db): Promise<void> {
+    await db.deleteFrom('vm_secgroups').where('vm_id', '=', vmId).execute();
   }
 
   /** The firewall of each network NIC of a VM, from its groups and their members now. */

@@ -130,8 +130,9 @@ export class StorageCatalogue {
     }
   }
 
-  async recordDisk(vmId: string, deviceIndex: number, pool: string, volume: string): Promise<void> {
-    await this.#db.insertInto('vm_disks').values({ vm_id: vmId, device_index: deviceIndex, pool, volume }).execute();
+  /** Records that a VM uses a volume as its disk `deviceIndex` (`db`: the caller's transaction, if any). */
+  async recordDisk(vmId: string, deviceIndex: number, pool: string, volume: string, db: Db = this.#db): Promise<void> {
+    await db.insertInto('vm_disks').values({ vm_id: vmId, device_index: deviceIndex, pool, volume }).execute();
   }
 
   async disksOf(vmId: string): Promise<Array<{ deviceIndex: number; pool: string; volume: string }>> {
@@ -139,8 +140,9 @@ export class StorageCatalogue {
     return rows.map((row) => ({ deviceIndex: row.device_index, pool: row.pool, volume: row.volume }));
   }
 
-  async forgetDisks(vmId: string, deviceIndex?: number): Promise<void> {
-    let query = this.#db.deleteFrom('vm_disks').where('vm_id', '=', vmId);
+  /** Forgets a VM's disks, or one of them (`db`: the caller's transaction, if any). */
+  async forgetDisks(vmId: string, deviceIndex?: number, db: Db = this.#db): Promise<void> {
+    let query = db.deleteFrom('vm_disks').where('vm_id', '=', vmId);
     if (deviceIndex !== undefined) query = query.where('device_index', '=', deviceIndex);
     await query.execute();
   }

@@ -7,11 +7,11 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
-import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
+import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
-import type { HostRegistry } from './hosts.ts';
+import type { HostRegistry, HostView } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
 import type { NetworkService } from './networks.ts';
@@ -31,6 +31,25 @@ const READY_TIMEOUT_MS = 180_000;
  */
 function announcesReadiness(image: ImagesTable): boolean {
   return image.builtin === 1;
+}
+
+/** What a create resolved before anything is recorded. */
+interface CreatePlan {
+  projectId: string;
+  image: ImagesTable;
+  forwards: PortForward[];
+  networks: Array<{ row: NetworksTable; ip?: string }>;
+  volumes: Array<{ pool: string; volume: string }>;
+  disks: Array<{ disk: DiskSpec; hostId?: string }>;
+  /** The host the VM must run on (asked for, or where its dir-pool volume lives). */
+  pinnedHost?: string;
+}
+
+/** A NIC allocated for a new VM, with its network and its port's firewall. */
+interface AllocatedNic {
+  nic: NicsTable;
+  network: NetworksTable;
+  firewall?: Awaited<ReturnType<SecurityGroupService['firewallOf']>>[number];
 }
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
@@ -173,6 +192,28 @@ export class VmService {
    * operation. Everything that can be refused is refused before anything is recorded.
    */
   async create(request: VmCreateRequest): Promise<Operation> {
+    const plan = await this.#resolveCreate(request);
+    await faultPoint('vm.create.before-placement');
+    const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: plan.pinnedHost });
+    const id = newId('vm');
+    // Claimed before anything is recorded: a VM still `pending` that nobody holds is one whose
+    // create was interrupted (reconciled when its host reports).
+    const claim = this.#claim({ id, name: request.name }, 'create');
+    try {
+      const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
+      const spec = this.#specFor(id, request, plan, nics);
+      await this.#recordNew(id, request, plan, host.id, spec);
+      return await this.#operate(claim, { type: 'vm', id, name: request.name, projectId: plan.projectId }, (op) =>
+        this.#build(op, { id, request, plan, host, spec, nics }),
+      );
+    } catch (error) {
+      claim.release();
+      throw error;
+    }
+  }
+
+  /** Everything a create can be refused for, checked before anything is recorded. */
+  async #resolveCreate(request: VmCreateRequest): Promise<CreatePlan> {
     const projectId = await this.projectId(request.project);
     const image = await this.#images.row(request.image);
     if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
@@ -197,6 +238,9 @@ export class VmService {
         'Published ports work on the user-mode NIC only; a VM on virtual networks is reached through them (or a network port forward)',
       );
     }
+    if ((request.secgroups ?? []).length > 0 && networks.length === 0) {
+      throw new NubisError('VALIDATION_FAILED', 'Security groups filter NICs on virtual networks; give the VM a --network too');
+    }
     const volumes = (request.disks ?? []).map((ref) => {
       const [pool, volume, ...rest] = ref.split('/');
       if (!pool || !volume || rest.length > 0) throw new NubisError('VALIDATION_FAILED', `Disk ${ref} is not POOL/VOLUME; see nubis volume list`);
@@ -206,128 +250,138 @@ export class VmService {
       throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
     for (const { pool, volume } of volumes) await this.#storage.checkDiskFree(pool, volume);
     const disks = await Promise.all(volumes.map(({ pool, volume }, index) => this.#storage.diskFor(pool, volume, `disk${index}`)));
-    // A volume of a host's dir pool is a file on that host: the VM runs there.
+    return { projectId, image, forwards, networks, volumes, disks, pinnedHost: await this.#pinnedHost(request, disks) };
+  }
+
+  /** A volume of a host's dir pool is a file on that host: the VM runs there (else where asked). */
+  async #pinnedHost(request: VmCreateRequest, disks: Array<{ hostId?: string }>): Promise<string | undefined> {
     const diskHosts = [...new Set(disks.flatMap((d) => (d.hostId ? [d.hostId] : [])))];
     if (diskHosts.length > 1) throw new NubisError('VALIDATION_FAILED', 'The dir-pool volumes given live on different hosts; a VM runs on one host');
-    let pinned = request.host;
-    if (diskHosts.length === 1) {
-      const diskHost = await this.#hosts.row(diskHosts[0]);
-      if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id)
-        throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
-      pinned = diskHost.name;
+    if (diskHosts.length === 0) return request.host;
+    const diskHost = await this.#hosts.row(diskHosts[0]);
+    if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id) {
+      throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
     }
-    await faultPoint('vm.create.before-placement');
-    const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: pinned });
-    const id = newId('vm');
-    // Claimed before anything is recorded: a VM still `pending` that nobody holds is one whose
-    // create was interrupted (reconciled when its host reports).
-    const claim = this.#claim({ id, name: request.name }, 'create');
+    return diskHost.name;
+  }
+
+  /**
+   * Addresses (and group memberships) are allocated before the VM is recorded, so a taken or
+   * invalid address refuses the request with nothing to undo but the NICs allocated before it.
+   */
+  async #allocateNics(id: string, plan: CreatePlan, secgroups: string[]): Promise<AllocatedNic[]> {
+    const nics: AllocatedNic[] = [];
     try {
-      // Addresses are allocated before anything else is recorded, so a taken or invalid address
-      // refuses the request with nothing to undo but the NICs allocated before it.
-      if ((request.secgroups ?? []).length > 0 && networks.length === 0) {
-        throw new NubisError('VALIDATION_FAILED', 'Security groups filter NICs on virtual networks; give the VM a --network too');
-      }
-      const nics: Array<{ nic: NicsTable; network: NetworksTable }> = [];
-      let firewalls: Awaited<ReturnType<SecurityGroupService['firewallOf']>> = [];
-      try {
-        for (const [index, nic] of networks.entries()) nics.push({ nic: await this.#networks.allocateNic(nic.row, id, index, nic.ip), network: nic.row });
-        await this.#secgroups.assign(id, projectId, request.secgroups ?? []);
-        firewalls = await this.#secgroups.firewallOf(id);
-      } catch (error) {
-        await this.#networks.releaseNics(id);
-        await this.#secgroups.unassign(id);
-        throw error;
-      }
-      const files = this.#images.filesOf(image);
-      const guestNet =
-        nics.length > 0
-          ? nics
-              .map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`))
-              .join(';')
-          : 'dhcp';
-      const spec: VmSpec = {
-        id,
-        name: request.name,
-        cpus: request.cpus,
-        memoryMb: request.memoryMb,
-        boot:
-          'kernelPath' in files
-            ? {
-                kind: 'kernel',
-                kernelPath: files.kernelPath,
-                initrdPath: files.initrdPath,
-                cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
-              }
-            : { kind: 'disk', path: files.path, format: image.format as 'qcow2' | 'raw' },
-        disks: disks.map((d) => d.disk),
-        nics:
-          nics.length > 0
-            ? nics.map(({ nic, network }) => {
-                const firewall = firewalls.find((f) => f.nicId === `net${nic.device_index}`)!;
-                return {
-                  id: `net${nic.device_index}`,
-                  mac: nic.mac,
-                  mode: 'tap' as const,
-                  network: { id: network.id, vni: network.vni, mtu: network.mtu },
-                  firewall: {
-                    ip: firewall.ip,
-                    ingressRules: firewall.ingressRules,
-                    allowIngressFrom: firewall.allowIngressFrom,
-                    ...(firewall.egressRules ? { egressRules: firewall.egressRules } : {}),
-                  },
-                };
-              })
-            : [{ id: 'net0', mac: newMac(), mode: 'user', forwards }],
-      };
-      const now = new Date().toISOString();
-      const row: VmsTable = {
-        id,
-        project_id: projectId,
-        name: request.name,
-        host_id: host.id,
-        image_id: image.id,
-        cpus: request.cpus,
-        memory_mb: request.memoryMb,
-        desired_state: 'running',
-        actual_state: 'pending',
-        spec: JSON.stringify(spec),
-        status: '{}',
-        allow_postcopy: request.allowPostcopy === false ? 0 : 1,
-        created_at: now,
-        updated_at: now,
-      };
-      await this.#db.insertInto('vms').values(row).execute();
-      for (const [index, { pool, volume }] of volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume);
-      return this.#operate(claim, { type: 'vm', id, name: request.name, projectId }, async (op) => {
-        await faultPoint('vm.create.after-record');
-        const hostRow = await this.#hosts.row(host.id);
-        await op.report('placed', `Placed on host ${host.name} (${host.accelerator})`, 0.1, { host: host.name });
-        try {
-          for (const { network } of nics) {
-            await op.report('network', `Plumbing network ${network.name} (VNI ${network.vni})`, 0.2);
-            await this.#networks.sync(network.id, op.signal);
-          }
-          const status = await this.#hosts.agent(hostRow).createVm(spec, { timeoutMs: 60_000, signal: op.signal });
-          await this.applyStatus(hostRow.id, status);
-          await faultPoint('vm.create.after-qemu-started');
-          await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
-        } catch (error) {
-          // The host has nothing of it (the agent removes a VM that never started): forget it too.
-          await this.#forget({ id, project_id: projectId }, hostRow).catch((undoError) =>
-            op.report('undo', `Could not undo everything: ${messageOf(undoError)}`, 0.4),
-          );
-          throw error;
-        }
-        // The other members of its groups now let the new VM in.
-        if ((request.secgroups ?? []).length > 0) await this.#secgroups.refreshProject(projectId);
-        if (request.waitReady && announcesReadiness(image)) await this.#waitReady(hostRow, id, request.name, op);
-        return this.get(id);
-      });
+      for (const [index, nic] of plan.networks.entries())
+        nics.push({ nic: await this.#networks.allocateNic(nic.row, id, index, nic.ip), network: nic.row, firewall: undefined });
+      await this.#secgroups.assign(id, plan.projectId, secgroups);
+      const firewalls = await this.#secgroups.firewallOf(id);
+      for (const allocated of nics) allocated.firewall = firewalls.find((f) => f.nicId === `net${allocated.nic.device_index}`);
+      return nics;
     } catch (error) {
-      claim.release();
+      await this.#networks.releaseNics(id);
+      await this.#secgroups.unassign(id);
       throw error;
     }
+  }
+
+  /** The spec the host starts the VM from. */
+  #specFor(id: string, request: VmCreateRequest, plan: CreatePlan, nics: AllocatedNic[]): VmSpec {
+    const files = this.#images.filesOf(plan.image);
+    const guestNet =
+      nics.length > 0
+        ? nics
+            .map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`))
+            .join(';')
+        : 'dhcp';
+    const boot: VmSpec['boot'] =
+      'kernelPath' in files
+        ? {
+            kind: 'kernel',
+            kernelPath: files.kernelPath,
+            initrdPath: files.initrdPath,
+            cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
+          }
+        : { kind: 'disk', path: files.path, format: plan.image.format as 'qcow2' | 'raw' };
+    const tapNics = nics.map(({ nic, network, firewall }) => ({
+      id: `net${nic.device_index}`,
+      mac: nic.mac,
+      mode: 'tap' as const,
+      network: { id: network.id, vni: network.vni, mtu: network.mtu },
+      firewall: {
+        ip: firewall!.ip,
+        ingressRules: firewall!.ingressRules,
+        allowIngressFrom: firewall!.allowIngressFrom,
+        ...(firewall!.egressRules ? { egressRules: firewall!.egressRules } : {}),
+      },
+    }));
+    return {
+      id,
+      name: request.name,
+      cpus: request.cpus,
+      memoryMb: request.memoryMb,
+      boot,
+      disks: plan.disks.map((d) => d.disk),
+      nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
+    };
+  }
+
+  /** The VM's record and its disks, in one transaction: a crash leaves both or neither. */
+  async #recordNew(id: string, request: VmCreateRequest, plan: CreatePlan, hostId: string, spec: VmSpec): Promise<void> {
+    const now = new Date().toISOString();
+    await this.#db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto('vms')
+        .values({
+          id,
+          project_id: plan.projectId,
+          name: request.name,
+          host_id: hostId,
+          image_id: plan.image.id,
+          cpus: request.cpus,
+          memory_mb: request.memoryMb,
+          desired_state: 'running',
+          actual_state: 'pending',
+          spec: JSON.stringify(spec),
+          status: '{}',
+          allow_postcopy: request.allowPostcopy === false ? 0 : 1,
+          created_at: now,
+          updated_at: now,
+        })
+        .execute();
+      for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
+    });
+  }
+
+  /** The create operation's work: networks plumbed, QEMU started on the host, the guest ready. */
+  async #build(
+    op: OperationContext,
+    c: { id: string; request: VmCreateRequest; plan: CreatePlan; host: HostView; spec: VmSpec; nics: AllocatedNic[] },
+  ): Promise<Vm> {
+    const { id, request, plan, host, spec } = c;
+    await faultPoint('vm.create.after-record');
+    const hostRow = await this.#hosts.row(host.id);
+    await op.report('placed', `Placed on host ${host.name} (${host.accelerator})`, 0.1, { host: host.name });
+    try {
+      for (const { network } of c.nics) {
+        await op.report('network', `Plumbing network ${network.name} (VNI ${network.vni})`, 0.2);
+        await this.#networks.sync(network.id, op.signal);
+      }
+      const status = await this.#hosts.agent(hostRow).createVm(spec, { timeoutMs: 60_000, signal: op.signal });
+      await this.applyStatus(hostRow.id, status);
+      await faultPoint('vm.create.after-qemu-started');
+      await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
+    } catch (error) {
+      // The host has nothing of it (the agent removes a VM that never started): forget it too.
+      await this.#forget({ id, project_id: plan.projectId }, hostRow).catch((undoError) =>
+        op.report('undo', `Could not undo everything: ${messageOf(undoError)}`, 0.4),
+      );
+      throw error;
+    }
+    // The other members of its groups now let the new VM in.
+    if ((request.secgroups ?? []).length > 0) await this.#secgroups.refreshProject(plan.projectId);
+    if (request.waitReady && announcesReadiness(plan.image)) await this.#waitReady(hostRow, id, request.name, op);
+    return this.get(id);
   }
 
   async #waitReady(
@@ -485,11 +539,14 @@ export class VmService {
    */
   async #forget(row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable): Promise<void> {
     const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
-    await this.#db.deleteFrom('vms').where('id', '=', row.id).execute();
-    await this.#networks.dropForwardsOf(row.id);
-    await this.#networks.releaseNics(row.id);
-    await this.#secgroups.unassign(row.id);
-    await this.#storage.forgetDisks(row.id);
+    // One transaction: a crash mid-way leaves the VM whole or gone, never an address without a VM.
+    await this.#db.transaction().execute(async (trx) => {
+      await this.#networks.dropForwardsOf(row.id, trx);
+      await this.#networks.releaseNics(row.id, trx);
+      await this.#secgroups.unassign(row.id, trx);
+      await this.#storage.forgetDisks(row.id, undefined, trx);
+      await trx.deleteFrom('vms').where('id', '=', row.id).execute();
+    });
     await this.#secgroups.refreshProject(row.project_id);
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, host);

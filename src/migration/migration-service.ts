@@ -103,6 +103,31 @@ export class MigrationService {
     }
   }
 
+  /** A VM's disks must be shared or mirrorable there, and its NICs must be able to keep their addresses. */
+  async #checkDisksAndNetworks(vm: VmsTable, spec: VmSpec, destination: HostsTable): Promise<void> {
+    for (const disk of spec.disks) {
+      if (disk.kind !== 'file') continue;
+      const [pool, volume] = (disk.localVolume ?? '').split('/');
+      if (!pool || !volume)
+        throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} has a local file disk ${disk.path} that is no pool volume; it cannot be mirrored`);
+      if (!(await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id))) {
+        throw new NubisError(
+          'MIGRATION_LOCAL_DISK',
+          `Disk ${disk.localVolume} of VM ${vm.name} lives in dir pool ${pool}, which has no folder on ${destination.name}; choose a host the pool spans`,
+        );
+      }
+    }
+    if (spec.nics.some((nic) => nic.mode === 'user')) {
+      throw new NubisError(
+        'MIGRATION_USER_NETWORK',
+        `VM ${vm.name} uses user-mode networking, which cannot keep its address on another host; give it a --network`,
+      );
+    }
+    if (spec.nics.some((nic) => nic.network) && !destination.underlay_ip) {
+      throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} has no underlay, so it cannot carry the VM's networks`);
+    }
+  }
+
   async #checkedMigration(claim: VmClaim, claimed: VmsTable, request: MigrationRequest): Promise<Operation> {
     const vmId = claimed.id;
     // Read again under the claim: an action that ended just before may have changed it.
@@ -130,27 +155,7 @@ export class MigrationService {
         `${destination.name} runs an older QEMU (${destination.qemu_version}) than ${source.name} (${source.qemu_version}); QEMU cannot load a newer release's stream: upgrade QEMU on ${destination.name} first`,
       );
     }
-    for (const disk of spec.disks) {
-      if (disk.kind !== 'file') continue;
-      const [pool, volume] = (disk.localVolume ?? '').split('/');
-      if (!pool || !volume)
-        throw new NubisError('MIGRATION_LOCAL_DISK', `VM ${vm.name} has a local file disk ${disk.path} that is no pool volume; it cannot be mirrored`);
-      if (!(await this.#dirPools.diskOnHost(pool, volume, disk.id, destination.id))) {
-        throw new NubisError(
-          'MIGRATION_LOCAL_DISK',
-          `Disk ${disk.localVolume} of VM ${vm.name} lives in dir pool ${pool}, which has no folder on ${destination.name}; choose a host the pool spans`,
-        );
-      }
-    }
-    if (spec.nics.some((nic) => nic.mode === 'user')) {
-      throw new NubisError(
-        'MIGRATION_USER_NETWORK',
-        `VM ${vm.name} uses user-mode networking, which cannot keep its address on another host; give it a --network`,
-      );
-    }
-    if (spec.nics.some((nic) => nic.network) && !destination.underlay_ip) {
-      throw new NubisError('MIGRATION_INCOMPATIBLE', `${destination.name} has no underlay, so it cannot carry the VM's networks`);
-    }
+    await this.#checkDisksAndNetworks(vm, spec, destination);
     const postcopyAllowed = vm.allow_postcopy === 1;
     if (!postcopyAllowed && (request.strategy === 'postcopy' || request.onTimeout === 'postcopy')) {
       throw new NubisError(
@@ -158,6 +163,16 @@ export class MigrationService {
         `VM ${vm.name} does not allow post-copy (a broken link during post-copy pauses it until the link returns); use --strategy auto or precopy, or allow it with: nubis vm set ${vm.name} --postcopy allow`,
       );
     }
+    return this.#start(claim, { vm, spec, source, destination, request, postcopyAllowed });
+  }
+
+  /** Records the migration and runs it as an operation under the VM's claim. */
+  async #start(
+    claim: VmClaim,
+    m: { vm: VmsTable; spec: VmSpec; source: HostsTable; destination: HostsTable; request: MigrationRequest; postcopyAllowed: boolean },
+  ): Promise<Operation> {
+    const { vm, spec, source, destination, request, postcopyAllowed } = m;
+    const vmId = vm.id;
     const migrationId = newId('mig');
     const figures: MigrationFigures = { memoryMb: vm.memory_mb, switchedToPostcopy: false };
     await this.#db

@@ -73,9 +73,10 @@ export function predictPostcopyMs(remainingBytes: number, bandwidthBytesPerSec: 
 
 /**
  * The `downtime-limit` to give QEMU so that its stop decision matches the real link. QEMU stops
- * the VM once what is left fits `its bandwidth estimate x limit`; QEMU 7.2 under-estimates the
- * bandwidth of fast links, which makes it stop later than it could (more passes for nothing). With
- * the measured rate it stops when the rest takes `targetMs` on the real link.
+ * the VM once what is left fits `its bandwidth estimate x limit`; where that estimate falls below
+ * the real link (it did on fast links in earlier QEMUs), QEMU stops later than it could, after
+ * passes for nothing. With the measured rate it stops when the rest takes `targetMs` on the real
+ * link; where QEMU's estimate is right, the ratio is 1 and the limit is the target as it is.
  */
 export function qemuDowntimeLimitFor(targetMs: number, measuredBytesPerSec: number, qemuBytesPerSec: number): number {
   if (!(measuredBytesPerSec > 0) || !(qemuBytesPerSec > 0)) return targetMs;
