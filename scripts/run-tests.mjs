@@ -39,6 +39,7 @@ if (runChecks) {
   const checks = [
     ['type check (tsc --noEmit)', bin('tsc'), ['--noEmit', '-p', repoRoot]],
     ['import circles', process.execPath, [join(repoRoot, 'scripts', 'check-import-cycles.mjs')]],
+    ['function and file sizes', process.execPath, [join(repoRoot, 'scripts', 'check-sizes.mjs')]],
     ['lint and format (biome ci)', bin('biome'), ['ci', repoRoot]],
   ];
   for (const [name, command, commandArgs] of checks) {

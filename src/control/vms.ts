@@ -18,6 +18,7 @@ import type { NetworkService } from './networks.ts';
 import type { SecurityGroupService } from './security-groups.ts';
 import type { StorageCatalogue } from './storage.ts';
 import { placeVm } from './placement.ts';
+import { vmView } from './vm-view.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
@@ -119,49 +120,8 @@ export class VmService {
     return row;
   }
 
-  async #view(row: VmsTable): Promise<Vm> {
-    const [host, image, project] = await Promise.all([
-      this.#db.selectFrom('hosts').select(['name', 'accelerator']).where('id', '=', row.host_id).executeTakeFirst(),
-      this.#db.selectFrom('images').select('name').where('id', '=', row.image_id).executeTakeFirst(),
-      this.#db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
-    ]);
-    const status = JSON.parse(row.status) as Partial<VmStatus>;
-    const spec = JSON.parse(row.spec) as VmSpec;
-    const nics = await this.#db
-      .selectFrom('nics')
-      .innerJoin('networks', 'networks.id', 'nics.network_id')
-      .select(['networks.name', 'nics.mac', 'nics.ip'])
-      .where('nics.vm_id', '=', row.id)
-      .orderBy('nics.device_index')
-      .execute();
-    const running = row.actual_state === 'running' || row.actual_state === 'paused';
-    return {
-      id: row.id,
-      name: row.name,
-      project: project?.name ?? row.project_id,
-      host: host?.name ?? row.host_id,
-      image: image?.name ?? row.image_id,
-      cpus: row.cpus,
-      memoryMb: row.memory_mb,
-      state: row.actual_state,
-      desiredState: row.desired_state,
-      accelerator: host?.accelerator ?? 'unknown',
-      ready: running && Boolean(status.readyAt),
-      ...(status.pid && running ? { pid: status.pid } : {}),
-      ...(status.startedAt && running ? { startedAt: status.startedAt, uptimeSeconds: Math.floor((Date.now() - Date.parse(status.startedAt)) / 1000) } : {}),
-      ...(status.readyAt && running ? { readyAt: status.readyAt } : {}),
-      guestIps: running ? (status.guestIps ?? []) : [],
-      nics: nics.map((nic) => ({ network: nic.name, mac: nic.mac, ip: nic.ip })),
-      disks: (await this.#storage.disksOf(row.id)).map((disk) => ({
-        device: `vd${String.fromCharCode(97 + disk.deviceIndex)}`,
-        volume: `${disk.pool}/${disk.volume}`,
-      })),
-      publish: spec.nics.flatMap((nic) => nic.forwards ?? []),
-      ...(status.lastError ? { lastError: status.lastError } : {}),
-      ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
-      allowPostcopy: row.allow_postcopy === 1,
-      createdAt: row.created_at,
-    };
+  #view(row: VmsTable): Promise<Vm> {
+    return vmView(this.#db, this.#storage, row);
   }
 
   async list(project?: string): Promise<Vm[]> {

@@ -7,6 +7,7 @@ import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely
 
 const migrations: Record<string, Migration> = {
   '0001-initial': {
+    /** Size: the first schema, every table at once; a released migration never changes. */
     async up(db: Kysely<unknown>): Promise<void> {
       await db.schema
         .createTable('projects')
