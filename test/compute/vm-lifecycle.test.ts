@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
@@ -126,6 +127,28 @@ describe('VM lifecycle through the API and the CLI', () => {
     const cli = await nubis.cli(['vm', 'create', 'bad8', '--image', 'tiny', '--memory', 'lots']);
     assert.notEqual(cli.code, 0);
     assert.match(cli.stderr, /--memory must be a whole number, not lots/);
+  });
+
+  it('keeps its files and secrets to itself', async () => {
+    const modeOf = (path: string): number => statSync(path).mode & 0o777;
+    assert.equal(modeOf(nubis.dataDir), 0o700, 'the data folder');
+    for (const file of ['nubis.db', 'admin-token', 'join-token', 'control-key']) assert.equal(modeOf(join(nubis.dataDir, file)), 0o600, file);
+    const vmId = (await vm('web1')).id;
+    assert.equal(modeOf(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId, 'serial.log')), 0o600, 'the serial log');
+    // No credential is in the database as it is: the agent's token only as a hash.
+    const agentToken = (JSON.parse(readFileSync(join(nubis.dataDir, 'hosts', 'host-1', 'agent.json'), 'utf8')) as { agentToken: string }).agentToken;
+    assert.ok(!readFileSync(join(nubis.dataDir, 'nubis.db')).includes(agentToken), 'the agent token is not stored as it is');
+    // The agent takes its token only in the header, never in a query string.
+    const socketPath = join(nubis.dataDir, 'hosts', 'host-1', 'agent.sock');
+    const status = await new Promise<number>((resolve, reject) => {
+      const request = httpRequest({ socketPath, path: `/agent/vms?token=${encodeURIComponent(agentToken)}`, method: 'GET' }, (response) => {
+        response.resume();
+        resolve(response.statusCode ?? 0);
+      });
+      request.on('error', reject);
+      request.end();
+    });
+    assert.equal(status, 401);
   });
 
   it('stops, starts, pauses, resumes and reboots through the CLI', async () => {
