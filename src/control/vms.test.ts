@@ -4,61 +4,22 @@
  * reconciliation of a create that a control plane restart interrupted.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { FakeAgent } from '../agent-api/fake-agent.ts';
-import type { AppServices } from '../api/app.ts';
-import { createServices } from '../app/control-plane.ts';
 import { NubisError } from '../core/errors.ts';
-import { openDatabase, type Db } from '../state/database.ts';
+import { type FakeCluster, fakeCluster } from '../../test/helpers/fake-cluster.ts';
 
 describe('VM service with fake agents', () => {
-  let dir: string;
-  let db: Db;
-  let services: AppServices;
-  const agents = new Map<string, FakeAgent>();
-  const agent = (host: string): FakeAgent => agents.get(host)!;
+  let cluster: FakeCluster;
+  let services: FakeCluster['services'];
+  let db: FakeCluster['db'];
+  const agent = (host: string) => cluster.agent(host);
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'nubis-vms-test-'));
-    db = await openDatabase(join(dir, 'nubis.db'));
-    await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: new Date().toISOString() }).execute();
-    services = createServices({
-      db,
-      dataDir: dir,
-      joinToken: 'nubis_join_test',
-      agentFactory: ({ hostName }) => {
-        if (!agents.has(hostName)) agents.set(hostName, new FakeAgent(hostName));
-        return agents.get(hostName)!;
-      },
-    });
-    writeFileSync(join(dir, 'vmlinuz'), 'kernel');
-    writeFileSync(join(dir, 'initrd'), 'initrd');
-    await services.images.registerBuiltin('tiny', { kernelPath: join(dir, 'vmlinuz'), initrdPath: join(dir, 'initrd') });
-    for (const name of ['h1', 'h2']) {
-      await services.hosts.join({
-        name,
-        joinToken: 'nubis_join_test',
-        endpoint: `unix:/fake/${name}.sock`,
-        agentToken: `nubis_agent_${name.repeat(20)}`,
-        accelerator: 'tcg',
-        acceleratorReason: 'fake',
-        cpus: 4,
-        memoryMb: 8192,
-        underlayIp: '172.31.0.11',
-        qemuVersion: 'QEMU emulator version 10.0.2',
-      });
-      services.hosts.agent(await services.hosts.row(name));
-    }
+    cluster = await fakeCluster(['h1', 'h2']);
+    ({ services, db } = cluster);
     await services.networks.create({ name: 'n1', subnet: '10.70.0.0/24', dhcp: false, nat: false });
   });
-  after(async () => {
-    await services.operations.drain();
-    await db.destroy();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => cluster.close());
 
   const create = (name: string, host = 'h1') =>
     services.vms.create({ name, image: 'tiny', cpus: 1, memoryMb: 256, host, networks: [{ network: 'n1' }], waitReady: false });
@@ -102,6 +63,25 @@ describe('VM service with fake agents', () => {
     assert.equal((await services.operations.wait(deleting.id)).status, 'succeeded');
     await assert.rejects(services.vms.get('a2'), (error: NubisError) => error.code === 'VM_NOT_FOUND');
     assert.equal(agent('h1').vms.has(creating.target.id), false);
+  });
+
+  it('queues a delete behind an attach in progress: the disk is attached, then the VM and its disk record are gone', async () => {
+    await services.storage.dirPools.create('local', ['h1'], false);
+    await services.storage.dirPools.createVolume('local', 'scratch', 2 ** 30, 'h1');
+    const created = await services.operations.wait((await create('a4')).id);
+    assert.equal(created.status, 'succeeded');
+    const release = agent('h1').hold('attachDisk');
+    const attaching = await services.vms.attachVolume('a4', 'local/scratch');
+    const deleting = await services.vms.delete('a4');
+    await assert.rejects(
+      services.migrations.migrate(attaching.target.id, { to: 'h2', strategy: 'precopy' }),
+      (error: NubisError) => error.code === 'VM_BUSY' && error.message.includes('busy with attach'),
+    );
+    release();
+    assert.equal((await services.operations.wait(attaching.id)).status, 'succeeded');
+    assert.equal((await services.operations.wait(deleting.id)).status, 'succeeded');
+    assert.deepEqual(await services.storage.disksOf(attaching.target.id), [], 'no disk record outlives its VM');
+    assert.equal(agent('h1').vms.has(attaching.target.id), false);
   });
 
   it('forgets a VM whose agent refused to start it, keeping the agent’s error code', async () => {
