@@ -31,17 +31,25 @@ for (const file of sourceFiles(join(repoRoot, 'src'))) {
   const name = relative(repoRoot, file);
   const lines = text.split('\n').length;
   const header = text.slice(0, text.indexOf('\nimport ') === -1 ? 2000 : text.indexOf('\nimport '));
-  if (lines > MAX_FILE_LINES && !/^\s*(\/\/|\*)\s*Size:/m.test(header)) problems.push(`${name}: ${lines} lines (over ${MAX_FILE_LINES}, no Size: reason at its top)`);
+  if (lines > MAX_FILE_LINES && !/^\s*(\/\/|\*)\s*Size:/m.test(header))
+    problems.push(`${name}: ${lines} lines (over ${MAX_FILE_LINES}, no Size: reason at its top)`);
   const source = ts.createSourceFile(file, text, ts.ScriptTarget.ES2022, true);
   const visit = (node) => {
-    const isFunction = ts.isFunctionDeclaration(node) || ts.isMethodDeclaration(node) || ts.isArrowFunction(node) || ts.isFunctionExpression(node) || ts.isConstructorDeclaration(node);
+    const isFunction =
+      ts.isFunctionDeclaration(node) ||
+      ts.isMethodDeclaration(node) ||
+      ts.isArrowFunction(node) ||
+      ts.isFunctionExpression(node) ||
+      ts.isConstructorDeclaration(node);
     if (isFunction && node.body) {
       const first = source.getLineAndCharacterOfPosition(node.getStart()).line;
       const last = source.getLineAndCharacterOfPosition(node.getEnd()).line;
       // An arrow function's doc comment sits on the statement that holds it.
       const documented = leadingComments(text, node) + leadingComments(text, node.parent?.parent ?? node) + leadingComments(text, node.parent ?? node);
       if (last - first > MAX_FUNCTION_LINES && !/Size:/.test(documented)) {
-        problems.push(`${name}:${first + 1}: ${node.name?.getText?.() ?? 'a function'} has ${last - first} lines (over ${MAX_FUNCTION_LINES}, no Size: reason in its doc comment)`);
+        problems.push(
+          `${name}:${first + 1}: ${node.name?.getText?.() ?? 'a function'} has ${last - first} lines (over ${MAX_FUNCTION_LINES}, no Size: reason in its doc comment)`,
+        );
       }
     }
     ts.forEachChild(node, visit);
