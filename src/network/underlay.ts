@@ -123,34 +123,6 @@ export function underlayRootLinkName(bridge: string, hostNs: string): string {
   return shortName(bridge, hostNs);
 }
 
-/** Unplugs a host from the underlay: deletes its cable (both ends). Missing is not an error. */
-export async function detachHostFromUnderlay(options: { bridge: string; hostNs: string; rootLinkName?: string } & CallOptions): Promise<void> {
-  const rootLink = options.rootLinkName ?? underlayRootLinkName(options.bridge, options.hostNs);
-  const call: CallOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
-  if (await findLink(rootLink, call)) await ip(['link', 'delete', rootLink], call);
-}
-
-/**
- * Removes the underlay bridge and every veth plugged into it (their peers in host namespaces
- * go with them). Host namespaces themselves are left alone. Missing is not an error.
- */
-export async function removeUnderlay(options: { bridge: string } & CallOptions): Promise<string[]> {
-  const call: CallOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
-  const links = await listLinks(call);
-  const removed: string[] = [];
-  for (const link of links) {
-    if (link.master === options.bridge && link.linkinfo?.info_kind === 'veth') {
-      await deleteLinkIfPresent(link.ifname, call);
-      removed.push(link.ifname);
-    }
-  }
-  if (links.some((link) => link.ifname === options.bridge)) {
-    await deleteLinkIfPresent(options.bridge, call);
-    removed.push(options.bridge);
-  }
-  return removed;
-}
-
 /** What {@link cleanupByPrefix} removed. */
 export interface CleanupReport {
   namespaces: string[];
