@@ -6,7 +6,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { connect } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
-import websocket from '@fastify/websocket';
+import websocket, { type WebSocket } from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { Static, TSchema } from '@sinclair/typebox';
@@ -41,35 +41,54 @@ export function matchesHash(token: string, expectedSha256: string | undefined): 
   return expected.length === given.length && timingSafeEqual(given, expected);
 }
 
+type RouteHandler<N extends AgentRouteName> = (params: ParamsOf<N>, body: BodyOf<N>, query: Record<string, string | undefined>) => Promise<unknown> | unknown;
+/** Registers the handler of one contract route (see {@link contractRoutes}). */
+type On = <N extends AgentRouteName>(name: N, handler: RouteHandler<N>) => void;
+
 /** Builds the agent's Fastify app (not listening: the caller chooses the socket). */
 export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyInstance> {
   // Bodies are validated exactly as sent, against the contract's schemas (no coercion).
   const app = Fastify({ logger: false, ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: true } } });
   await app.register(websocket);
-  const { supervisor } = options;
+  requireControlToken(app, options.isControlToken);
+  answerErrorsOnTheWire(app);
+  const on = contractRoutes(app);
+  registerVmRoutes(on, options);
+  registerMigrationRoutes(on, options.supervisor);
+  registerDirPoolRoutes(on, options.dirPools);
+  registerNetworkRoutes(on, options.networks);
+  registerShutdownRoute(app, options.onShutdown);
+  registerConsole(app, options.supervisor);
+  return app;
+}
 
+/** Refuses every request that does not carry the control plane's token. */
+function requireControlToken(app: FastifyInstance, isControlToken: AgentAppOptions['isControlToken']): void {
   app.addHook('onRequest', async (request) => {
     // Only in the header: a token in a query string ends up in logs and process listings.
     const header = request.headers.authorization ?? '';
     const token = header.startsWith('Bearer ') ? header.slice(7) : '';
-    if (!options.isControlToken(token)) throw new NubisError('AUTH_INVALID_TOKEN', 'The control token is missing or wrong');
+    if (!isControlToken(token)) throw new NubisError('AUTH_INVALID_TOKEN', 'The control token is missing or wrong');
   });
+}
+
+/** Answers failures with the wire error (its code and status); bad bodies with VALIDATION_FAILED. */
+function answerErrorsOnTheWire(app: FastifyInstance): void {
   app.setErrorHandler((error, _request, reply) => {
     const { status, body } = (error as { validation?: unknown }).validation
       ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } }
       : toWireError(error);
     void reply.status(status).send(body);
   });
+}
 
-  /**
-   * Registers the handler of one route of the contract: its path parameters and body are
-   * validated against the route's schemas before the handler runs, and a handler that returns
-   * nothing answers 204.
-   */
-  const on = <N extends AgentRouteName>(
-    name: N,
-    handler: (params: ParamsOf<N>, body: BodyOf<N>, query: Record<string, string | undefined>) => Promise<unknown> | unknown,
-  ): void => {
+/**
+ * The one way a route of the contract is registered: its path parameters and body are
+ * validated against the route's schemas before the handler runs, and a handler that returns
+ * nothing answers 204.
+ */
+function contractRoutes(app: FastifyInstance): On {
+  return <N extends AgentRouteName>(name: N, handler: RouteHandler<N>): void => {
     const route: AgentRoute = AGENT_ROUTES[name];
     app.route({
       method: route.method,
@@ -81,8 +100,12 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
       },
     });
   };
-  const stopOptions = (body: { force?: boolean; timeoutSeconds?: number }) => ({ force: body.force, gracefulTimeoutMs: (body.timeoutSeconds ?? 30) * 1000 });
+}
 
+/** The VM lifecycle: create, start, stop, disks, console log and firewall of the host's VMs. */
+function registerVmRoutes(on: On, options: AgentAppOptions): void {
+  const { supervisor } = options;
+  const stopOptions = (body: { force?: boolean; timeoutSeconds?: number }) => ({ force: body.force, gracefulTimeoutMs: (body.timeoutSeconds ?? 30) * 1000 });
   on('info', () => ({ ...options.info(), vms: supervisor.list() }));
   on('listVms', () => supervisor.list());
   on('createVm', (params, spec) => supervisor.create({ ...spec, id: params.id }));
@@ -104,7 +127,10 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   on('setFirewall', async (params, firewalls) => {
     await options.networks.applyFirewalls(supervisor.spec(params.id), firewalls);
   });
-  // Live migration: the control plane drives both ends through these.
+}
+
+/** Live migration: the control plane drives both ends through these. */
+function registerMigrationRoutes(on: On, supervisor: VmSupervisor): void {
   on('prepareIncoming', (params, body) =>
     supervisor.prepareIncoming({ ...body.spec, id: params.id }, body.listenUri, body.capabilities, body.carried, body.mirror),
   );
@@ -141,37 +167,52 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   on('resumeMigration', async (params, body) => {
     await supervisor.resumeMigration(params.id, body.uri);
   });
-  // Host-based storage: the dir pools of this host.
-  on('ensureDirPool', (params) => options.dirPools.ensurePool(params.pool));
-  on('dirPool', (params) => options.dirPools.poolInfo(params.pool));
+}
+
+/** Host-based storage: the dir pools of this host. */
+function registerDirPoolRoutes(on: On, dirPools: DirPools): void {
+  on('ensureDirPool', (params) => dirPools.ensurePool(params.pool));
+  on('dirPool', (params) => dirPools.poolInfo(params.pool));
   on('removeDirPool', async (params) => {
-    await options.dirPools.removePool(params.pool);
+    await dirPools.removePool(params.pool);
   });
-  on('createDirVolume', (params, body) => options.dirPools.createVolume(params.pool, params.volume, body.sizeBytes));
-  on('dirVolume', (params) => options.dirPools.volumeInfo(params.pool, params.volume));
+  on('createDirVolume', (params, body) => dirPools.createVolume(params.pool, params.volume, body.sizeBytes));
+  on('dirVolume', (params) => dirPools.volumeInfo(params.pool, params.volume));
   on('deleteDirVolume', async (params) => {
-    await options.dirPools.deleteVolume(params.pool, params.volume);
+    await dirPools.deleteVolume(params.pool, params.volume);
   });
-  on('resizeDirVolume', (params, body) => options.dirPools.resizeVolume(params.pool, params.volume, body.sizeBytes));
-  on('applyNetwork', (params, spec) => options.networks.apply({ ...spec, id: params.id }));
+  on('resizeDirVolume', (params, body) => dirPools.resizeVolume(params.pool, params.volume, body.sizeBytes));
+}
+
+/** The tenant networks' plumbing on this host, and the probe used to check it. */
+function registerNetworkRoutes(on: On, networks: NetworkPlumbing): void {
+  on('applyNetwork', (params, spec) => networks.apply({ ...spec, id: params.id }));
   on('removeNetwork', async (params) => {
-    await options.networks.remove(params.id);
+    await networks.remove(params.id);
   });
-  on('probe', (params, body) => options.networks.probe(params.id, body));
+  on('probe', (params, body) => networks.probe(params.id, body));
+}
+
+/** POST /agent/shutdown answers 202 first, then ends the agent. */
+function registerShutdownRoute(app: FastifyInstance, onShutdown: AgentAppOptions['onShutdown']): void {
   app.route({
     method: AGENT_ROUTES.shutdown.method,
     url: AGENT_ROUTES.shutdown.url,
     schema: { body: AGENT_ROUTES.shutdown.body },
     handler: async (request, reply) => {
       await reply.status(202).send({ shuttingDown: true });
-      options.onShutdown((request.body as { stopVms?: boolean } | undefined)?.stopVms ?? false);
+      onShutdown((request.body as { stopVms?: boolean } | undefined)?.stopVms ?? false);
     },
   });
+}
 
-  // Interactive serial console: bytes both ways between the WebSocket and QEMU's console socket.
-  // QEMU's socket chardev serves one client at a time, so a second attach is refused; but a
-  // detach travels through the control plane and may arrive just after a new attach, so a busy
-  // console gets a moment to free itself first.
+/**
+ * Interactive serial console: bytes both ways between the WebSocket and QEMU's console socket.
+ * QEMU's socket chardev serves one client at a time, so a second attach is refused; but a
+ * detach travels through the control plane and may arrive just after a new attach, so a busy
+ * console gets a moment to free itself first.
+ */
+function registerConsole(app: FastifyInstance, supervisor: VmSupervisor): void {
   const attached = new Map<string, Promise<void>>();
   app.get<{ Params: { id: string } }>(
     '/agent/vms/:id/console',
@@ -188,26 +229,30 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
         socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120));
         return;
       }
-      let ended!: () => void;
-      const session = new Promise<void>((resolve) => (ended = resolve));
-      attached.set(id, session);
-      const serial = connect(path);
-      serial.on('data', (data) => socket.send(data));
-      socket.on('message', (data: Buffer) => serial.write(data));
-      let over = false;
-      const end = (): void => {
-        if (over) return;
-        over = true;
-        // Only this session's entry: a later session may already hold the console.
-        if (attached.get(id) === session) attached.delete(id);
-        ended();
-        serial.destroy();
-        socket.close();
-      };
-      serial.on('close', end);
-      serial.on('error', end);
-      socket.on('close', end);
+      pipeConsole(socket, path, id, attached);
     },
   );
-  return app;
+}
+
+/** Joins one attached WebSocket to QEMU's console socket until either side ends. */
+function pipeConsole(socket: WebSocket, path: string, id: string, attached: Map<string, Promise<void>>): void {
+  let ended!: () => void;
+  const session = new Promise<void>((resolve) => (ended = resolve));
+  attached.set(id, session);
+  const serial = connect(path);
+  serial.on('data', (data) => socket.send(data));
+  socket.on('message', (data: Buffer) => serial.write(data));
+  let over = false;
+  const end = (): void => {
+    if (over) return;
+    over = true;
+    // Only this session's entry: a later session may already hold the console.
+    if (attached.get(id) === session) attached.delete(id);
+    ended();
+    serial.destroy();
+    socket.close();
+  };
+  serial.on('close', end);
+  serial.on('error', end);
+  socket.on('close', end);
 }

@@ -15,6 +15,7 @@ import { messageOf } from '../core/errors.ts';
 import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
+import type { FastifyInstance } from 'fastify';
 import { buildAgentApp, matchesHash } from './agent-app.ts';
 import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
@@ -72,18 +73,8 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const { logger } = options;
   await mkdir(join(options.hostDir, 'vms'), { recursive: true });
   const identity = await loadIdentity(options.hostDir);
-  const qemuVersion = qemuVersionLine();
-  requireSupportedQemu(qemuVersion);
-  const accelerator = await chooseAccelerator(options.probeGuest, {
-    cacheFile: join(options.cacheDir, 'accelerator-probe.json'),
-    workDir: options.hostDir,
-    qemuVersion,
-  });
-  logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
-
-  const changed = new Map<string, VmStatus>();
-  let flushScheduled = false;
-  let joined = false;
+  const { qemuVersion, accelerator } = await probeHost(options);
+  const reports = new ChangeReports(reporterTo(options, identity), logger);
   const networks = new NetworkPlumbing({ hostNs: options.hostNs, underlayIp: options.underlayIp });
   const supervisor = new VmSupervisor({
     vmsDir: join(options.hostDir, 'vms'),
@@ -91,36 +82,8 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     unplugNics: (spec) => networks.unplugNics(spec),
     accelerator: accelerator.accelerator,
     log: (level, message) => logger[level](message),
-    onChange: (status) => {
-      changed.set(status.id, status);
-      if (!flushScheduled && joined) {
-        flushScheduled = true;
-        queueMicrotask(() => void flushChanges());
-      }
-    },
+    onChange: (status) => reports.note(status),
   });
-
-  const report = (vms: VmStatus[], full: boolean): Promise<unknown> =>
-    requestJson(options.controlUrl, {
-      method: 'POST',
-      path: `/v1/hosts/${options.name}/report`,
-      token: identity.agentToken,
-      body: { vms, full },
-      timeoutMs: 10_000,
-    });
-
-  async function flushChanges(): Promise<void> {
-    flushScheduled = false;
-    const batch = [...changed.values()];
-    changed.clear();
-    if (batch.length === 0) return;
-    try {
-      await report(batch, false);
-    } catch (error) {
-      // The next heartbeat sends everything again, so nothing is lost by dropping this batch.
-      logger.warn(`Cannot report to the control plane: ${messageOf(error)}`);
-    }
-  }
 
   await supervisor.adoptAll();
   const endpoint = `unix:${join(options.hostDir, 'agent.sock')}`;
@@ -132,14 +95,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     if (stopping) return ended;
     stopping = true;
     abort.abort();
-    if (stopOptions.stopVms) {
-      logger.info('stopping every VM of this host');
-      await supervisor.stopAll({ gracefulTimeoutMs: 20_000 });
-      await flushChanges();
-    }
-    supervisor.detachAll();
-    await app.close();
-    await rm(join(options.hostDir, 'agent.sock'), { force: true });
+    await shutDown(stopOptions, { supervisor, reports, app, hostDir: options.hostDir, logger });
     resolveEnded();
   };
 
@@ -166,39 +122,140 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     ...(options.underlayIp ? { underlayIp: options.underlayIp } : {}),
     qemuVersion,
   };
-  // Join, then report everything on a heartbeat. The control plane may start after the agent or
-  // restart under it: the loop keeps trying and re-joins, and VMs run on meanwhile.
-  void (async () => {
-    let backoffMs = 200;
-    while (!abort.signal.aborted) {
-      try {
-        if (!joined) {
-          const answer = await requestJson<{ controlToken: string }>(options.controlUrl, {
-            method: 'POST',
-            path: '/v1/hosts/join',
-            body: joinBody,
-            timeoutMs: 10_000,
-          });
-          const controlTokenSha256 = createHash('sha256').update(answer.controlToken).digest('hex');
-          if (controlTokenSha256 !== identity.controlTokenSha256) {
-            identity.controlTokenSha256 = controlTokenSha256;
-            await writeFile(join(options.hostDir, 'agent.json'), `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
-          }
-          joined = true;
-          backoffMs = 200;
-          logger.info({ controlUrl: options.controlUrl }, 'joined the control plane');
-        }
-        await report(supervisor.list(), true);
-        await delay((options.heartbeatSeconds ?? 10) * 1000, undefined, { signal: abort.signal });
-      } catch (error) {
-        if (abort.signal.aborted) break;
-        if ((error as { code?: string }).code === 'HOST_NOT_FOUND' || (error as { code?: string }).code === 'AUTH_INVALID_TOKEN') joined = false;
-        logger.warn(`Control plane not reachable or refused us (${messageOf(error)}); retrying`);
-        await delay(backoffMs, undefined, { signal: abort.signal }).catch(() => undefined);
-        backoffMs = Math.min(backoffMs * 2, 5_000);
-      }
-    }
-  })();
+  void joinAndHeartbeat({ options, identity, joinBody, reports, supervisor, signal: abort.signal });
 
   return { endpoint, accelerator, supervisor, stop, ended };
+}
+
+/** Checks this host's QEMU and chooses its accelerator (the probe's result is cached). */
+async function probeHost(options: AgentOptions): Promise<{ qemuVersion: string; accelerator: AcceleratorChoice }> {
+  const qemuVersion = qemuVersionLine();
+  requireSupportedQemu(qemuVersion);
+  const accelerator = await chooseAccelerator(options.probeGuest, {
+    cacheFile: join(options.cacheDir, 'accelerator-probe.json'),
+    workDir: options.hostDir,
+    qemuVersion,
+  });
+  options.logger.info({ accelerator: accelerator.accelerator, reason: accelerator.reason }, 'accelerator chosen');
+  return { qemuVersion, accelerator };
+}
+
+/** Sends the control plane a report of VM statuses: `full` when it is everything that runs here. */
+type Report = (vms: VmStatus[], full: boolean) => Promise<unknown>;
+
+function reporterTo(options: AgentOptions, identity: AgentIdentity): Report {
+  return (vms, full) =>
+    requestJson(options.controlUrl, {
+      method: 'POST',
+      path: `/v1/hosts/${options.name}/report`,
+      token: identity.agentToken,
+      body: { vms, full },
+      timeoutMs: 10_000,
+    });
+}
+
+/**
+ * The VM statuses that changed since the last report, sent as one batch per tick once the agent
+ * has joined (before that, the first heartbeat sends everything anyway).
+ */
+class ChangeReports {
+  /** True once the control plane has accepted this agent; false again when it forgets us. */
+  joined = false;
+  readonly report: Report;
+  readonly #logger: Logger;
+  readonly #changed = new Map<string, VmStatus>();
+  #flushScheduled = false;
+
+  constructor(report: Report, logger: Logger) {
+    this.report = report;
+    this.#logger = logger;
+  }
+
+  /** Remembers a VM's new status and schedules a flush. */
+  note(status: VmStatus): void {
+    this.#changed.set(status.id, status);
+    if (!this.#flushScheduled && this.joined) {
+      this.#flushScheduled = true;
+      queueMicrotask(() => void this.flush());
+    }
+  }
+
+  /** Sends the changed statuses now, if any. */
+  async flush(): Promise<void> {
+    this.#flushScheduled = false;
+    const batch = [...this.#changed.values()];
+    this.#changed.clear();
+    if (batch.length === 0) return;
+    try {
+      await this.report(batch, false);
+    } catch (error) {
+      // The next heartbeat sends everything again, so nothing is lost by dropping this batch.
+      this.#logger.warn(`Cannot report to the control plane: ${messageOf(error)}`);
+    }
+  }
+}
+
+/**
+ * Join, then report everything on a heartbeat. The control plane may start after the agent or
+ * restart under it: the loop keeps trying and re-joins, and VMs run on meanwhile. Ends when
+ * `signal` aborts.
+ */
+async function joinAndHeartbeat(loop: {
+  options: AgentOptions;
+  identity: AgentIdentity;
+  joinBody: Record<string, unknown>;
+  reports: ChangeReports;
+  supervisor: VmSupervisor;
+  signal: AbortSignal;
+}): Promise<void> {
+  const { options, reports, signal } = loop;
+  let backoffMs = 200;
+  while (!signal.aborted) {
+    try {
+      if (!reports.joined) {
+        await joinControlPlane(options, loop.identity, loop.joinBody);
+        reports.joined = true;
+        backoffMs = 200;
+        options.logger.info({ controlUrl: options.controlUrl }, 'joined the control plane');
+      }
+      await reports.report(loop.supervisor.list(), true);
+      await delay((options.heartbeatSeconds ?? 10) * 1000, undefined, { signal });
+    } catch (error) {
+      if (signal.aborted) break;
+      if ((error as { code?: string }).code === 'HOST_NOT_FOUND' || (error as { code?: string }).code === 'AUTH_INVALID_TOKEN') reports.joined = false;
+      options.logger.warn(`Control plane not reachable or refused us (${messageOf(error)}); retrying`);
+      await delay(backoffMs, undefined, { signal }).catch(() => undefined);
+      backoffMs = Math.min(backoffMs * 2, 5_000);
+    }
+  }
+}
+
+/** Joins with the join token and keeps (in agent.json) the hash of the control token handed back. */
+async function joinControlPlane(options: AgentOptions, identity: AgentIdentity, joinBody: Record<string, unknown>): Promise<void> {
+  const answer = await requestJson<{ controlToken: string }>(options.controlUrl, {
+    method: 'POST',
+    path: '/v1/hosts/join',
+    body: joinBody,
+    timeoutMs: 10_000,
+  });
+  const controlTokenSha256 = createHash('sha256').update(answer.controlToken).digest('hex');
+  if (controlTokenSha256 !== identity.controlTokenSha256) {
+    identity.controlTokenSha256 = controlTokenSha256;
+    await writeFile(join(options.hostDir, 'agent.json'), `${JSON.stringify(identity, null, 2)}\n`, { mode: 0o600 });
+  }
+}
+
+/** Ends the agent: stops the VMs only when asked, lets go of the rest and closes the API. */
+async function shutDown(
+  stopOptions: { stopVms?: boolean },
+  agent: { supervisor: VmSupervisor; reports: ChangeReports; app: FastifyInstance; hostDir: string; logger: Logger },
+): Promise<void> {
+  if (stopOptions.stopVms) {
+    agent.logger.info('stopping every VM of this host');
+    await agent.supervisor.stopAll({ gracefulTimeoutMs: 20_000 });
+    await agent.reports.flush();
+  }
+  agent.supervisor.detachAll();
+  await agent.app.close();
+  await rm(join(agent.hostDir, 'agent.sock'), { force: true });
 }

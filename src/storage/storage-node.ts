@@ -45,7 +45,7 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
     ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}),
   });
   const app = Fastify({ logger: false });
-  const jobs = new Map<string, StorageJob>();
+  const jobs = new StorageJobs();
 
   app.setErrorHandler((error, _request, reply) => {
     const { status, body } = (error as { validation?: unknown }).validation
@@ -53,10 +53,31 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
       : toWireError(error);
     void reply.status(status).send(body);
   });
+  app.get('/storage/info', async () => ({ nbdSocket: options.nbdSocket, openFailures: failures }));
+  registerPoolRoutes(app, service, jobs);
+  app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => jobs.get(request.params.id));
+  registerVolumeRoutes(app, service);
 
-  function startJob(kind: StorageJob['kind'], pool: string, work: (onProgress: (progress: PoolProgress) => void) => Promise<unknown>): StorageJob {
+  await rm(options.manageSocket, { force: true });
+  await app.listen({ path: options.manageSocket });
+  return {
+    service,
+    app,
+    async stop() {
+      await app.close();
+      await service.close();
+    },
+  };
+}
+
+/** The node's long actions, kept (finished ones too) so the control plane can sample them. */
+class StorageJobs {
+  readonly #jobs = new Map<string, StorageJob>();
+
+  /** Starts `work` as a job and returns it at once, running; its outcome lands on the job. */
+  start(kind: StorageJob['kind'], pool: string, work: (onProgress: (progress: PoolProgress) => void) => Promise<unknown>): StorageJob {
     const job: StorageJob = { id: newId('job'), kind, pool, status: 'running' };
-    jobs.set(job.id, job);
+    this.#jobs.set(job.id, job);
     work((progress) => (job.progress = progress)).then(
       (result) => Object.assign(job, { status: 'succeeded', result }),
       (error: unknown) =>
@@ -65,9 +86,19 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
     return job;
   }
 
-  type PoolParams = { Params: { pool: string } };
-  type VolumeParams = { Params: { pool: string; volume: string } };
-  app.get('/storage/info', async () => ({ nbdSocket: options.nbdSocket, openFailures: failures }));
+  /** The job with this id; throws `STORAGE_JOB_NOT_FOUND`. */
+  get(id: string): StorageJob {
+    const job = this.#jobs.get(id);
+    if (!job) throw new NubisError('STORAGE_JOB_NOT_FOUND', `No storage job ${id}`);
+    return job;
+  }
+}
+
+type PoolParams = { Params: { pool: string } };
+type VolumeParams = { Params: { pool: string; volume: string } };
+
+/** Pools: create, read, delete, and the long scrub and member replacement as jobs. */
+function registerPoolRoutes(app: FastifyInstance, service: StorageService, jobs: StorageJobs): void {
   app.get('/storage/pools', async () => service.listPools());
   app.post<{ Body: CreatePoolRequest }>('/storage/pools', async (request, reply) => reply.status(201).send(await service.createPool(request.body)));
   app.get<PoolParams>('/storage/pools/:pool', async (request) => service.getPool(request.params.pool));
@@ -80,7 +111,7 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
     return reply
       .status(202)
       .send(
-        startJob('scrub', request.params.pool, (onProgress) =>
+        jobs.start('scrub', request.params.pool, (onProgress) =>
           service.scrubPool(request.params.pool, { onProgress, maxBytesPerSec: request.body?.maxBytesPerSec }),
         ),
       );
@@ -94,17 +125,16 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
       return reply
         .status(202)
         .send(
-          startJob('replace', request.params.pool, (onProgress) =>
+          jobs.start('replace', request.params.pool, (onProgress) =>
             service.replaceMember(request.params.pool, member, device, { onProgress, maxBytesPerSec, force }),
           ),
         );
     },
   );
-  app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => {
-    const job = jobs.get(request.params.id);
-    if (!job) throw new NubisError('STORAGE_JOB_NOT_FOUND', `No storage job ${request.params.id}`);
-    return job;
-  });
+}
+
+/** Volumes of a pool: create, read, delete, snapshot, clone and resize. */
+function registerVolumeRoutes(app: FastifyInstance, service: StorageService): void {
   app.get<PoolParams>('/storage/pools/:pool/volumes', async (request) => service.listVolumes(request.params.pool));
   app.post<PoolParams & { Body: { name: string; size: number | string } }>('/storage/pools/:pool/volumes', async (request, reply) =>
     reply.status(201).send(await service.createVolume(request.params.pool, request.body.name, request.body.size)),
@@ -123,15 +153,4 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
   app.post<VolumeParams & { Body: { size: number | string } }>('/storage/pools/:pool/volumes/:volume/resize', async (request) =>
     service.resizeVolume(request.params.pool, request.params.volume, request.body.size),
   );
-
-  await rm(options.manageSocket, { force: true });
-  await app.listen({ path: options.manageSocket });
-  return {
-    service,
-    app,
-    async stop() {
-      await app.close();
-      await service.close();
-    },
-  };
 }

@@ -56,85 +56,16 @@ export class NbdClient {
   static async connect(options: NbdClientOptions): Promise<NbdClient> {
     const socket = options.path ? connect(options.path) : connect(options.port ?? 10809, options.host ?? '127.0.0.1');
     socket.setNoDelay(true);
-    const queue = new ByteQueue();
-    let waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
-    let failure: Error | undefined;
-    const fail = (error: Error) => {
-      failure ??= error;
-      waiter?.reject(failure);
-      waiter = undefined;
-    };
-    socket.on('data', (chunk: Buffer) => {
-      queue.push(chunk);
-      if (waiter && queue.length >= waiter.n) {
-        const w = waiter;
-        waiter = undefined;
-        w.resolve(queue.take(w.n));
-      }
-    });
-    socket.on('error', (error) => fail(new NbdError('NBD_CONNECT_FAILED', `Cannot connect to the NBD server: ${error.message}`, { cause: error })));
-    socket.on('close', () => fail(new NbdError('NBD_DISCONNECTED', 'Server closed the connection during the handshake')));
-    const read = (n: number): Promise<Buffer> => {
-      if (failure) return Promise.reject(failure);
-      if (queue.length >= n) return Promise.resolve(Buffer.from(queue.take(n)));
-      return new Promise((resolve, reject) => (waiter = { n, resolve: (b) => resolve(Buffer.from(b)), reject }));
-    };
-    const timeoutMs = options.timeoutMs ?? 10_000;
-    const timer = setTimeout(() => {
-      fail(new NbdError('NBD_TIMEOUT', `NBD handshake took longer than ${timeoutMs} ms`));
-      socket.destroy();
-    }, timeoutMs);
-    const onAbort = () => {
-      fail(new NbdError('NBD_DISCONNECTED', 'Connection aborted'));
-      socket.destroy();
-    };
-    options.signal?.addEventListener('abort', onAbort, { once: true });
+    const reader = new HandshakeReader(socket, options);
     try {
-      const greeting = await read(18);
-      if (greeting.readBigUInt64BE(0) !== C.NBD_INIT_PASSWD || greeting.readBigUInt64BE(8) !== C.NBD_IHAVEOPT) {
-        throw new NbdError('NBD_PROTOCOL', 'Server does not speak newstyle NBD');
-      }
-      const serverFlags = greeting.readUInt16BE(16);
-      if ((serverFlags & C.NBD_FLAG_FIXED_NEWSTYLE) === 0) throw new NbdError('NBD_PROTOCOL', 'Server lacks fixed newstyle negotiation');
-      const clientFlags = Buffer.allocUnsafe(4);
-      clientFlags.writeUInt32BE(C.NBD_FLAG_C_FIXED_NEWSTYLE | (serverFlags & C.NBD_FLAG_NO_ZEROES ? C.NBD_FLAG_C_NO_ZEROES : 0));
-      socket.write(clientFlags);
-
-      const name = Buffer.from(options.exportName ?? '', 'utf8');
-      const data = Buffer.alloc(4 + name.length + 2);
-      data.writeUInt32BE(name.length, 0);
-      name.copy(data, 4);
-      socket.write(encodeOption(C.NBD_OPT_GO, data));
-      let sizeBytes = -1;
-      let flags = 0;
-      for (;;) {
-        const header = await read(20);
-        if (header.readBigUInt64BE(0) !== C.NBD_REP_MAGIC) throw new NbdError('NBD_PROTOCOL', 'Wrong option reply magic');
-        const type = header.readUInt32BE(12);
-        const length = header.readUInt32BE(16);
-        if (length > 64 * 1024) throw new NbdError('NBD_PROTOCOL', 'Option reply too long');
-        const payload = length > 0 ? await read(length) : Buffer.alloc(0);
-        if (type === C.NBD_REP_ACK) break;
-        if (type === C.NBD_REP_INFO) {
-          if (payload.length >= 12 && payload.readUInt16BE(0) === C.NBD_INFO_EXPORT) {
-            sizeBytes = payload.readUInt32BE(2) * 0x1_0000_0000 + payload.readUInt32BE(6);
-            flags = payload.readUInt16BE(10);
-          }
-          continue;
-        }
-        if (type >= 0x80000000) {
-          const code = type === C.NBD_REP_ERR_UNKNOWN ? 'NBD_EXPORT_UNKNOWN' : 'NBD_PROTOCOL';
-          throw new NbdError(code, `Server refused export ${JSON.stringify(options.exportName ?? '')}: ${payload.toString('utf8') || type}`);
-        }
-      }
-      if (sizeBytes < 0) throw new NbdError('NBD_PROTOCOL', 'Server sent no NBD_INFO_EXPORT');
-      return new NbdClient(socket, queue, sizeBytes, flags);
+      await negotiateFlags(reader, socket);
+      const { sizeBytes, flags } = await selectExport(reader, socket, options.exportName ?? '');
+      return new NbdClient(socket, reader.queue, sizeBytes, flags);
     } catch (error) {
       socket.destroy();
       throw error;
     } finally {
-      clearTimeout(timer);
-      options.signal?.removeEventListener('abort', onAbort);
+      reader.dispose();
     }
   }
 
@@ -237,6 +168,112 @@ export class NbdClient {
     this.#pending.clear();
     this.#onIdle?.();
   }
+}
+
+/**
+ * Reads the handshake's bytes as they arrive, and fails every read once the socket errors,
+ * closes, the handshake takes longer than `timeoutMs` or `signal` aborts.
+ */
+class HandshakeReader {
+  readonly queue = new ByteQueue();
+  readonly #socket: Socket;
+  readonly #signal?: AbortSignal;
+  readonly #timer: NodeJS.Timeout;
+  #waiter?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
+  #failure?: Error;
+  readonly #onAbort = () => {
+    this.#fail(new NbdError('NBD_DISCONNECTED', 'Connection aborted'));
+    this.#socket.destroy();
+  };
+
+  constructor(socket: Socket, options: NbdClientOptions) {
+    this.#socket = socket;
+    this.#signal = options.signal;
+    socket.on('data', (chunk: Buffer) => {
+      this.queue.push(chunk);
+      if (this.#waiter && this.queue.length >= this.#waiter.n) {
+        const w = this.#waiter;
+        this.#waiter = undefined;
+        w.resolve(this.queue.take(w.n));
+      }
+    });
+    socket.on('error', (error) => this.#fail(new NbdError('NBD_CONNECT_FAILED', `Cannot connect to the NBD server: ${error.message}`, { cause: error })));
+    socket.on('close', () => this.#fail(new NbdError('NBD_DISCONNECTED', 'Server closed the connection during the handshake')));
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    this.#timer = setTimeout(() => {
+      this.#fail(new NbdError('NBD_TIMEOUT', `NBD handshake took longer than ${timeoutMs} ms`));
+      socket.destroy();
+    }, timeoutMs);
+    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  /** The next `n` bytes, copied out of the queue. */
+  read(n: number): Promise<Buffer> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (this.queue.length >= n) return Promise.resolve(Buffer.from(this.queue.take(n)));
+    return new Promise((resolve, reject) => (this.#waiter = { n, resolve: (b) => resolve(Buffer.from(b)), reject }));
+  }
+
+  /** Stops the timeout and the abort listener (the socket's own listeners are the client's to replace). */
+  dispose(): void {
+    clearTimeout(this.#timer);
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+  }
+
+  #fail(error: Error): void {
+    this.#failure ??= error;
+    this.#waiter?.reject(this.#failure);
+    this.#waiter = undefined;
+  }
+}
+
+/** proto.md "Newstyle negotiation": checks the server's greeting and answers with the client flags. */
+async function negotiateFlags(reader: HandshakeReader, socket: Socket): Promise<void> {
+  const greeting = await reader.read(18);
+  if (greeting.readBigUInt64BE(0) !== C.NBD_INIT_PASSWD || greeting.readBigUInt64BE(8) !== C.NBD_IHAVEOPT) {
+    throw new NbdError('NBD_PROTOCOL', 'Server does not speak newstyle NBD');
+  }
+  const serverFlags = greeting.readUInt16BE(16);
+  if ((serverFlags & C.NBD_FLAG_FIXED_NEWSTYLE) === 0) throw new NbdError('NBD_PROTOCOL', 'Server lacks fixed newstyle negotiation');
+  const clientFlags = Buffer.allocUnsafe(4);
+  clientFlags.writeUInt32BE(C.NBD_FLAG_C_FIXED_NEWSTYLE | (serverFlags & C.NBD_FLAG_NO_ZEROES ? C.NBD_FLAG_C_NO_ZEROES : 0));
+  socket.write(clientFlags);
+}
+
+/**
+ * Sends NBD_OPT_GO for `exportName` (no information requests) and reads the replies up to the
+ * ACK: the size and transmission flags come in NBD_INFO_EXPORT.
+ */
+async function selectExport(reader: HandshakeReader, socket: Socket, exportName: string): Promise<{ sizeBytes: number; flags: number }> {
+  const name = Buffer.from(exportName, 'utf8');
+  const data = Buffer.alloc(4 + name.length + 2);
+  data.writeUInt32BE(name.length, 0);
+  name.copy(data, 4);
+  socket.write(encodeOption(C.NBD_OPT_GO, data));
+  let sizeBytes = -1;
+  let flags = 0;
+  for (;;) {
+    const header = await reader.read(20);
+    if (header.readBigUInt64BE(0) !== C.NBD_REP_MAGIC) throw new NbdError('NBD_PROTOCOL', 'Wrong option reply magic');
+    const type = header.readUInt32BE(12);
+    const length = header.readUInt32BE(16);
+    if (length > 64 * 1024) throw new NbdError('NBD_PROTOCOL', 'Option reply too long');
+    const payload = length > 0 ? await reader.read(length) : Buffer.alloc(0);
+    if (type === C.NBD_REP_ACK) break;
+    if (type === C.NBD_REP_INFO) {
+      if (payload.length >= 12 && payload.readUInt16BE(0) === C.NBD_INFO_EXPORT) {
+        sizeBytes = payload.readUInt32BE(2) * 0x1_0000_0000 + payload.readUInt32BE(6);
+        flags = payload.readUInt16BE(10);
+      }
+      continue;
+    }
+    if (type >= 0x80000000) {
+      const code = type === C.NBD_REP_ERR_UNKNOWN ? 'NBD_EXPORT_UNKNOWN' : 'NBD_PROTOCOL';
+      throw new NbdError(code, `Server refused export ${JSON.stringify(exportName)}: ${payload.toString('utf8') || type}`);
+    }
+  }
+  if (sizeBytes < 0) throw new NbdError('NBD_PROTOCOL', 'Server sent no NBD_INFO_EXPORT');
+  return { sizeBytes, flags };
 }
 
 function encodeOption(option: number, data: Buffer): Buffer {

@@ -6,6 +6,18 @@
  * Protocol code: imports nothing from the application. Every rule enforced here cites
  * NetworkBlockDevice/nbd doc/proto.md. A hostile or broken client can only ever end its own
  * connection: every read of client-controlled lengths is bounded before anything is allocated.
+ *
+ * Why one file of ~900 lines: it is one state machine, and its phases share one connection's
+ * private state. NBD_OPT_STARTTLS swaps the socket under both phases; the options haggled in the
+ * handshake (structured replies, the selected meta context) decide how the transmission phase
+ * validates requests and shapes every reply; the inflight counts tie request parsing to reply
+ * sending (back-pressure, NBD_CMD_DISC and shutdown wait for the last reply).
+ * Split into classes, those fields would have to be public and writable from other files, and
+ * the order rules proto.md imposes (no plaintext byte after STARTTLS, no simple READ reply once
+ * structured replies are on) could no longer be checked in one place. Instead the file is in
+ * sections (input, handshake, transmission, replies), each method stays under ~65 lines, and only
+ * the pieces without connection state (the buffer pool, the zero-fill fallback) sit outside the
+ * class. Should it grow, those pure pieces and the option-data parsers are the first to move out.
  */
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
