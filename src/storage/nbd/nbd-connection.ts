@@ -7,7 +7,7 @@
  * NetworkBlockDevice/nbd doc/proto.md. A hostile or broken client can only ever end its own
  * connection: every read of client-controlled lengths is bounded before anything is allocated.
  *
- * Why one file of ~900 lines: it is one state machine, and its phases share one connection's
+ * Size: why one file of ~900 lines: it is one state machine, and its phases share one connection's
  * private state. NBD_OPT_STARTTLS swaps the socket under both phases; the options haggled in the
  * handshake (structured replies, the selected meta context) decide how the transmission phase
  * validates requests and shapes every reply; the inflight counts tie request parsing to reply
