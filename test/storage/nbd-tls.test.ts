@@ -279,7 +279,10 @@ describe('NBD server requiring TLS', { skip: opensslMissing }, () => {
       const established = count('tls-established');
       // qemu-io names the TLS alert, or (when the server's refusal wins the race against its own
       // handshake write) only sees the connection reset; the counts below prove the refusal.
-      await assert.rejects(run('qemu-io', ['--object', tlsObject(credsDir), '--image-opts', tlsImage(), '-c', 'write -P 0x22 0 1M']), /TLS|Connection reset by peer|Broken pipe/);
+      await assert.rejects(
+        run('qemu-io', ['--object', tlsObject(credsDir), '--image-opts', tlsImage(), '-c', 'write -P 0x22 0 1M']),
+        /TLS|Connection reset by peer|Broken pipe/,
+      );
       assert.equal(count('connected'), connected + 1, 'the client reached the server');
       assert.equal(count('tls-established'), established, 'and the server refused its handshake');
     }
