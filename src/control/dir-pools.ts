@@ -6,6 +6,7 @@
  */
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
+import { Revert } from '../core/revert.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
 import type { DirVolumeInfo } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
@@ -56,18 +57,16 @@ export class DirPoolCatalogue {
         ? await Promise.all(hostRefs.map((ref) => this.#hosts.row(ref)))
         : await this.#db.selectFrom('hosts').selectAll().orderBy('name').execute();
     if (hosts.length === 0) throw new NubisError('NO_HOSTS', 'No host has joined yet; start one (nubis up) before creating a dir pool');
-    const placed: PoolHost[] = [];
-    try {
-      for (const host of hosts) placed.push({ hostId: host.id, path: (await this.#hosts.agent(host).ensureDirPool(name)).path });
-    } catch (error) {
-      // Nothing half-built: the folders made so far go again.
-      for (const done of placed)
-        await this.#hosts
-          .agent(await this.#hosts.row(done.hostId))
-          .removeDirPool(name)
-          .catch(() => undefined);
-      throw error;
-    }
+    // Nothing half-built: the folders made so far go again when a later host refuses, and an
+    // undo that fails travels with the error (Revert), never dropped.
+    const placed = await Revert.run(async (revert) => {
+      const made: PoolHost[] = [];
+      for (const host of hosts) {
+        made.push({ hostId: host.id, path: (await this.#hosts.agent(host).ensureDirPool(name)).path });
+        revert.add(`remove the folder of ${name} on ${host.name}`, () => this.#hosts.agent(host).removeDirPool(name));
+      }
+      return made;
+    });
     await this.#db
       .insertInto('dir_pools')
       .values({ id: newId('dpool'), name, hosts: JSON.stringify(placed), created_at: new Date().toISOString() })

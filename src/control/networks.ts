@@ -6,6 +6,7 @@
 import { NubisError } from '../core/errors.ts';
 import { projectIdByName } from './projects.ts';
 import { newId, newMac } from '../core/ids.ts';
+import { Revert } from '../core/revert.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
 import type { HostNetworkSpec } from '../agent-api/contract.ts';
@@ -215,15 +216,16 @@ export class NetworkService {
       vm_port: request.vmPort,
       created_at: new Date().toISOString(),
     };
-    await this.#db.insertInto('port_forwards').values(row).execute();
-    try {
+    // The gateway may refuse it (e.g. another network's forward holds the port on that host):
+    // then the record goes and the hosts are told again; an undo that fails travels with the error.
+    await Revert.run(async (revert) => {
+      await this.#db.insertInto('port_forwards').values(row).execute();
+      revert.add(`forget forward ${request.hostPort}/${request.protocol}`, async () => {
+        await this.#db.deleteFrom('port_forwards').where('id', '=', row.id).execute();
+        await this.sync(network.id);
+      });
       await this.sync(network.id);
-    } catch (error) {
-      // The gateway refused it (e.g. another network's forward holds the port on that host).
-      await this.#db.deleteFrom('port_forwards').where('id', '=', row.id).execute();
-      await this.sync(network.id).catch(() => undefined);
-      throw error;
-    }
+    });
     return (await this.forwards(ref, project)).find((f) => f.id === row.id)!;
   }
 

@@ -51,5 +51,8 @@ describe('the one error contract', () => {
     const system = Object.assign(new Error('ENOENT: no such file'), { code: 'ENOENT' });
     assert.deepEqual(toWireError(system), { status: 500, body: { code: 'INTERNAL_ERROR', message: 'Internal error: ENOENT: no such file' } });
     assert.equal(toWireError('a string').body.code, 'INTERNAL_ERROR');
+    // An undo that failed while a change was taken back is in the answer, not dropped.
+    const undone = Object.assign(new NubisError('NET_PORT_FORWARD_TAKEN', 'Taken'), { undoFailures: ['forget forward 80/tcp: disk full'] });
+    assert.deepEqual(toWireError(undone).body.details, { undoFailures: ['forget forward 80/tcp: disk full'] });
   });
 });

@@ -220,8 +220,11 @@ export interface WireError {
  * a bug) is `INTERNAL_ERROR` with its message, never a code that means nothing to a client.
  */
 export function toWireError(error: unknown): { status: number; body: WireError } {
+  // Undo steps that failed while a change was taken back (core/revert.ts) are part of the answer.
+  const undoFailures = (error as { undoFailures?: string[] } | undefined)?.undoFailures;
   if (error instanceof NubisError) {
-    return { status: httpStatusOf(error.code), body: { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) } };
+    const details = error.details || undoFailures ? { ...error.details, ...(undoFailures ? { undoFailures } : {}) } : undefined;
+    return { status: httpStatusOf(error.code), body: { code: error.code, message: error.message, ...(details ? { details } : {}) } };
   }
   const code = (error as { code?: unknown } | undefined)?.code;
   if (typeof code === 'string' && code in ERROR_STATUS) return { status: httpStatusOf(code), body: { code, message: messageOf(error) } };
