@@ -7,7 +7,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import { Revert } from '../core/revert.ts';
-import type { MigrationFigures, MigrationPlan, MigrationRequest, MigrationRun } from './migration-types.ts';
+import type { MigrationFigures, MigrationInput, MigrationPlan, MigrationRequest, MigrationRun } from './migration-types.ts';
 import { nextListenUri } from './stream-ports.ts';
 import { MigrationStream, POLL_MS, STALL_MS, mib } from './migration-stream.ts';
 import { newId } from '../core/ids.ts';
@@ -302,19 +302,7 @@ export class MigrationService {
    * switch-over undoes what was built, newest first, and reports each undo that failed; past it
    * the VM lives on the destination and its record follows it there.
    */
-  async #run(
-    op: OperationContext,
-    m: {
-      vmId: string;
-      vmName: string;
-      spec: VmSpec;
-      source: HostsTable;
-      destination: HostsTable;
-      request: MigrationRequest;
-      plan: MigrationPlan;
-      figures: MigrationFigures;
-    },
-  ): Promise<unknown> {
+  async #run(op: OperationContext, m: MigrationInput): Promise<unknown> {
     const run = await this.#prepareRun(m);
     const revert = new Revert();
     try {
@@ -344,16 +332,7 @@ export class MigrationService {
   }
 
   /** What one migration works with, decided before anything moves. */
-  async #prepareRun(m: {
-    vmId: string;
-    vmName: string;
-    spec: VmSpec;
-    source: HostsTable;
-    destination: HostsTable;
-    request: MigrationRequest;
-    plan: MigrationPlan;
-    figures: MigrationFigures;
-  }): Promise<MigrationRun> {
+  async #prepareRun(m: MigrationInput): Promise<MigrationRun> {
     const { vmId, destination, plan } = m;
     const networkIds = [...new Set(m.spec.nics.flatMap((nic) => (nic.network ? [nic.network.id] : [])))];
     // With post-copy, `postcopy-preempt` sends the pages the guest waits for on a channel of

@@ -103,3 +103,6 @@ export interface MigrationRun {
   /** True once the VM runs on the destination (post-copy or completion): nothing is rolled back then. */
   switchedOver: boolean;
 }
+
+/** What a checked migration starts from: the VM, the two hosts, the request and its plan. */
+export type MigrationInput = Pick<MigrationRun, 'vmId' | 'vmName' | 'spec' | 'source' | 'destination' | 'request' | 'plan' | 'figures'>;
