@@ -1,42 +1,23 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { generateOpenApi, openApiPath } from '../../scripts/write-openapi.ts';
-import { createServices } from '../app/control-plane.ts';
-import { openDatabase, type Db } from '../state/database.ts';
-import { buildApp } from './app.ts';
+import { type FakeCluster, fakeCluster } from '../../test/helpers/fake-cluster.ts';
+import type { Db } from '../state/database.ts';
 
 describe('API (inject, no hosts)', () => {
-  let dir: string;
+  let cluster: FakeCluster;
   let db: Db;
   let app: FastifyInstance;
-  const token = 'nubis_admin_test-secret';
-  const auth = { authorization: `Bearer ${token}` };
+  let auth: FakeCluster['auth'];
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'nubis-api-test-'));
-    db = await openDatabase(join(dir, 'nubis.db'));
-    const now = new Date().toISOString();
-    await db
-      .insertInto('tokens')
-      .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
-      .execute();
-    await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
-    const services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_test' });
-    writeFileSync(join(dir, 'vmlinuz'), 'kernel');
-    writeFileSync(join(dir, 'initrd'), 'initrd');
-    await services.images.registerBuiltin('tiny', { kernelPath: join(dir, 'vmlinuz'), initrdPath: join(dir, 'initrd') });
-    app = await buildApp(services);
+    cluster = await fakeCluster();
+    ({ db, auth } = cluster);
+    app = await cluster.app();
   });
-  after(async () => {
-    await app.close();
-    await db.destroy();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => cluster.close());
 
   it('needs a valid bearer token everywhere but the OpenAPI document and the agent routes', async () => {
     const missing = await app.inject({ method: 'GET', url: '/v1/vms' });

@@ -8,17 +8,11 @@
  * NUBIS_FUZZ_SEED=<n> picks other random values (default 1).
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Ajv } from 'ajv';
 import ajvFormats from 'ajv-formats';
 import type { FastifyInstance } from 'fastify';
-import { buildApp, type AppServices } from '../../src/api/app.ts';
-import { createServices } from '../../src/app/control-plane.ts';
-import { openDatabase, type Db } from '../../src/state/database.ts';
+import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
 
 /**
  * Cases that fail today because the API validates with ajv `coerceTypes: true`: ajv turns null
@@ -138,35 +132,19 @@ const PATH_VALUES: Record<string, string> = {
 };
 
 describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () => {
-  let dir: string;
-  let db: Db;
-  let services: AppServices;
+  let cluster: FakeCluster;
+  let services: FakeCluster['services'];
   let app: FastifyInstance;
   let document: Document;
-  const token = 'nubis_admin_fuzz-secret';
-  const auth = { authorization: `Bearer ${token}` };
+  let auth: FakeCluster['auth'];
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'nubis-fuzz-test-'));
-    db = await openDatabase(join(dir, 'nubis.db'));
-    const now = new Date().toISOString();
-    await db
-      .insertInto('tokens')
-      .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
-      .execute();
-    await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
-    services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_fuzz' });
-    writeFileSync(join(dir, 'vmlinuz'), 'kernel');
-    writeFileSync(join(dir, 'initrd'), 'initrd');
-    await services.images.registerBuiltin('tiny', { kernelPath: join(dir, 'vmlinuz'), initrdPath: join(dir, 'initrd') });
-    app = await buildApp(services);
+    cluster = await fakeCluster();
+    ({ services, auth } = cluster);
+    app = await cluster.app();
     document = (await app.inject({ method: 'GET', url: '/v1/openapi.json' })).json() as Document;
   });
-  after(async () => {
-    await app?.close();
-    await db?.destroy();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => cluster.close());
 
   it('answers every malformed request with a 4xx, in time, and creates nothing for it', async () => {
     const random = prng(SEED);

@@ -1,28 +1,47 @@
 /**
- * The control plane's real services over a fresh database, with fake agents for hosts: for unit
- * tests of the services that drive agents (VMs, migrations, networks), without QEMU or namespaces.
+ * The control plane's real services over a fresh database, with fake agents for hosts, and the
+ * API over them: for unit tests of the services that drive agents (VMs, migrations, networks) and
+ * of the API with `inject()`, without QEMU or namespaces.
  */
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FakeAgent } from '../../src/agent-api/fake-agent.ts';
-import type { AppServices } from '../../src/api/app.ts';
+import type { FastifyInstance } from 'fastify';
+import { type AppServices, buildApp } from '../../src/api/app.ts';
 import { createServices } from '../../src/app/control-plane.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
 
 export interface FakeCluster {
   services: AppServices;
   db: Db;
+  /** The data folder (database, image store, import folder), removed by `close`. */
+  dir: string;
+  /** The admin token the database knows, and the header that sends it. */
+  token: string;
+  auth: { authorization: string };
+  /** The API over these services, built on first use (for `inject()`). */
+  app(): Promise<FastifyInstance>;
   /** The fake agent of each host, by host name. */
   agent(host: string): FakeAgent;
   close(): Promise<void>;
 }
 
-/** Services with `hosts` joined (each with its own underlay address), the `default` project and the tiny image. */
-export async function fakeCluster(hosts: string[]): Promise<FakeCluster> {
-  const dir = mkdtempSync(join(tmpdir(), 'nubis-fake-cluster-'));
+/**
+ * Services with `hosts` joined (each with its own underlay address), the `default` project, an
+ * admin token and the tiny image (its files stand-ins: nothing boots).
+ */
+export async function fakeCluster(hosts: string[] = []): Promise<FakeCluster> {
+  const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
   const db = await openDatabase(join(dir, 'nubis.db'));
-  await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: new Date().toISOString() }).execute();
+  const now = new Date().toISOString();
+  const token = 'nubis_admin_test-secret';
+  await db
+    .insertInto('tokens')
+    .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
+    .execute();
+  await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
   const agents = new Map<string, FakeAgent>();
   const services = createServices({
     db,
@@ -51,12 +70,21 @@ export async function fakeCluster(hosts: string[]): Promise<FakeCluster> {
     });
     services.hosts.agent(await services.hosts.row(name));
   }
+  let app: FastifyInstance | undefined;
   return {
     services,
     db,
+    dir,
+    token,
+    auth: { authorization: `Bearer ${token}` },
+    app: async () => {
+      app ??= await buildApp(services);
+      return app;
+    },
     agent: (host) => agents.get(host)!,
     async close() {
       await services.operations.drain();
+      await app?.close();
       await db.destroy();
       rmSync(dir, { recursive: true, force: true });
     },

@@ -6,17 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, copyFileSync, mkdirSync, readdirSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import { buildApp, type AppServices } from '../../src/api/app.ts';
-import { createServices } from '../../src/app/control-plane.ts';
 import { readTinyImage } from '../../src/images/build-tiny.ts';
-import { openDatabase, type Db } from '../../src/state/database.ts';
 import type { Operation } from '../../src/wire/schemas.ts';
+import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
 
 /** Every file under `dir`, relative, with its mode. */
 function listTree(dir: string, prefix = ''): string[] {
@@ -37,37 +33,24 @@ function craftedKernel(): Buffer {
 }
 
 describe('image import (API, no hosts)', () => {
+  let cluster: FakeCluster;
   let dir: string;
-  let db: Db;
   let app: FastifyInstance;
-  let services: AppServices;
+  let services: FakeCluster['services'];
   let importDir: string;
   let imagesDir: string;
-  const token = 'nubis_admin_import-test';
-  const auth = { authorization: `Bearer ${token}` };
+  let auth: FakeCluster['auth'];
   const kernelBytes = (): Buffer => craftedKernel();
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), `nubis-image-import-${process.pid}-`));
-    db = await openDatabase(join(dir, 'nubis.db'));
-    const now = new Date().toISOString();
-    await db
-      .insertInto('tokens')
-      .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
-      .execute();
-    await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
-    services = createServices({ db, dataDir: dir, joinToken: 'nubis_join_test' });
+    cluster = await fakeCluster();
+    ({ dir, services, auth } = cluster);
     await services.images.prepareFolders();
     importDir = services.images.importDir;
     imagesDir = join(dir, 'images');
-    app = await buildApp(services);
+    app = await cluster.app();
   });
-  after(async () => {
-    await services?.operations.drain();
-    await app?.close();
-    await db?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => cluster?.close());
 
   async function post(body: Record<string, unknown>) {
     return app.inject({ method: 'POST', url: '/v1/images', headers: auth, payload: body });
