@@ -92,22 +92,25 @@ export class SecurityGroupService {
       description: request.description ?? '',
       created_at: new Date().toISOString(),
     };
-    await this.#db.insertInto('secgroups').values(row).execute();
-    // As in OpenStack, a new group allows all egress; delete this rule to restrict it.
-    await this.#db
-      .insertInto('secgroup_rules')
-      .values({
-        id: newId('rule'),
-        group_id: row.id,
-        direction: 'egress',
-        protocol: 'any',
-        port_min: null,
-        port_max: null,
-        cidr: '0.0.0.0/0',
-        remote_group_id: null,
-        created_at: row.created_at,
-      })
-      .execute();
+    // The group and its default rule in one transaction: never a group without it.
+    await this.#db.transaction().execute(async (trx) => {
+      await trx.insertInto('secgroups').values(row).execute();
+      // As in OpenStack, a new group allows all egress; delete this rule to restrict it.
+      await trx
+        .insertInto('secgroup_rules')
+        .values({
+          id: newId('rule'),
+          group_id: row.id,
+          direction: 'egress',
+          protocol: 'any',
+          port_min: null,
+          port_max: null,
+          cidr: '0.0.0.0/0',
+          remote_group_id: null,
+          created_at: row.created_at,
+        })
+        .execute();
+    });
     return this.#view(row);
   }
 
@@ -175,8 +178,10 @@ export class SecurityGroupService {
         'SECGROUP_IN_USE',
         `Rules of group(s) ${[...new Set(referrers.map((r) => r.name))].join(', ')} name ${row.name}; delete those rules first`,
       );
-    await this.#db.deleteFrom('secgroup_rules').where('group_id', '=', row.id).execute();
-    await this.#db.deleteFrom('secgroups').where('id', '=', row.id).execute();
+    await this.#db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('secgroup_rules').where('group_id', '=', row.id).execute();
+      await trx.deleteFrom('secgroups').where('id', '=', row.id).execute();
+    });
   }
 
   /** Checks and adds an allow rule, then updates the firewall of every affected port. */
