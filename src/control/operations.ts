@@ -67,16 +67,14 @@ export class OperationManager {
   }
 
   /**
-   * The operations of `kind` on `targetIds` that a control plane restart interrupted and that
-   * have not been settled with the hosts' truth yet.
+   * The operations of `kind` that a control plane restart interrupted and that have not been
+   * settled with the hosts' truth yet.
    */
-  async interrupted(kind: string, targetIds: string[]): Promise<OperationsTable[]> {
-    if (targetIds.length === 0) return [];
+  async interrupted(kind: string): Promise<OperationsTable[]> {
     return this.#db
       .selectFrom('operations')
       .selectAll()
       .where('kind', '=', kind)
-      .where('target_id', 'in', targetIds)
       .where('error_code', '=', 'OPERATION_INTERRUPTED')
       .where('stage', '!=', 'reconciled')
       .execute();

@@ -535,13 +535,31 @@ export class VmService {
    * holds are left to it.
    */
   async #reconcileInterruptedCreates(hostId: string, statuses: VmStatus[]): Promise<void> {
+    // Runs on every full report (each host, every 10 s): only VMs that can need settling are read,
+    // those still `pending` and those with an unsettled interrupted create (normally none).
+    const interrupted = await this.#operations.interrupted('vm.create');
+    const rows = await this.#db
+      .selectFrom('vms')
+      .selectAll()
+      .where('host_id', '=', hostId)
+      .where((eb) =>
+        eb.or([
+          eb('actual_state', '=', 'pending'),
+          ...(interrupted.length > 0
+            ? [
+                eb(
+                  'id',
+                  'in',
+                  interrupted.map((op) => op.target_id),
+                ),
+              ]
+            : []),
+        ]),
+      )
+      .execute();
+    if (rows.length === 0) return;
     const reported = new Set(statuses.map((status) => status.id));
     const host = await this.#hosts.row(hostId);
-    const rows = await this.#db.selectFrom('vms').selectAll().where('host_id', '=', hostId).execute();
-    const interrupted = await this.#operations.interrupted(
-      'vm.create',
-      rows.map((row) => row.id),
-    );
     for (const row of rows) {
       if (this.#owner.busy(row.id)) continue;
       const operation = interrupted.find((op) => op.target_id === row.id);

@@ -2,17 +2,9 @@
 // the reading of `nft -j` output. The real-kernel tests are in test/network/gateway.test.ts.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import {
-  gatewayLinkNamesFor,
-  gatewayMacFor,
-  linkAddresses,
-  nftSets,
-  normalizePortForwards,
-  pickLinkSubnet,
-  renderHostTable,
-  renderRouterTable,
-  routerNamespaceFor,
-} from './gateway.ts';
+import { gatewayLinkNamesFor, gatewayMacFor, linkAddresses, pickLinkSubnet, routerNamespaceFor } from './gateway-layout.ts';
+import { nftSets, renderHostTable, renderRouterTable } from './gateway-nft.ts';
+import { normalizePortForwards } from './port-forwards.ts';
 import { MAX_INTERFACE_NAME_LENGTH } from './names.ts';
 
 describe('gateway names', () => {

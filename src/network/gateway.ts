@@ -44,21 +44,6 @@ import { plugNamespace } from './overlay.ts';
 import { portTaken, readForwards, replaceForwards, type ActivePortForward, type PortForward, type SetPortForwardsOptions } from './port-forwards.ts';
 import { DEFAULT_UNDERLAY_DEVICE, deleteLinkIfPresent, type CallOptions } from './underlay.ts';
 
-// The gateway's whole surface stays importable from here.
-export {
-  gatewayLinkNamesFor,
-  gatewayMacFor,
-  linkAddresses,
-  pickLinkSubnet,
-  ROUTER_INNER_INTERFACE,
-  ROUTER_OUTER_INTERFACE,
-  routerNamespaceFor,
-  type Gateway,
-  type GatewayKey,
-} from './gateway-layout.ts';
-export { HOST_GATEWAY_TABLE, nftSets, renderHostTable, renderRouterTable, ROUTER_TABLE } from './gateway-nft.ts';
-export { normalizePortForwards, type ActivePortForward, type PortForward, type SetPortForwardsOptions } from './port-forwards.ts';
-
 /** What {@link ensureGateway} needs. */
 export interface GatewayOptions extends GatewayKey {
   /** The gateway's address in the tenant network with prefix length, e.g. `10.0.0.1/24`. */

@@ -11,16 +11,15 @@ import { after, before, describe, it } from 'node:test';
 import {
   addPortForward,
   ensureGateway,
-  HOST_GATEWAY_TABLE,
   inspectGateway,
   listPortForwards,
   removeGateway,
   removePortForward,
-  routerNamespaceFor,
   setPortForwards,
-  type ActivePortForward,
-  type Gateway,
 } from '../../src/network/gateway.ts';
+import { routerNamespaceFor, type Gateway } from '../../src/network/gateway-layout.ts';
+import { HOST_GATEWAY_TABLE } from '../../src/network/gateway-nft.ts';
+import type { ActivePortForward } from '../../src/network/port-forwards.ts';
 import { findLink, ip, runCommand } from '../../src/network/ip-command.ts';
 import { isRunning, namespaceExists, runInNamespace } from '../../src/network/namespaces.ts';
 import { ensureNetworkOnHost } from '../../src/network/overlay.ts';

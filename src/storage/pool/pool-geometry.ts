@@ -16,16 +16,10 @@ const DEFAULT_ALLOCATION_UNIT_BYTES = MiB;
 const MIN_ALLOCATION_UNITS = 8;
 
 /** The layout of a pool's members and its allocation unit; the same on every member's label. */
-export interface PoolGeometry {
-  layout: RaidLayout;
-  chunkBytes: number;
-  allocationUnitBytes: number;
-  slotBytes: number;
-  journalBytes: number;
-  dataStartBytes: number;
-  rows: number;
-  memberCount: number;
-}
+export type PoolGeometry = Pick<
+  PoolLabel,
+  'layout' | 'chunkBytes' | 'allocationUnitBytes' | 'slotBytes' | 'journalBytes' | 'dataStartBytes' | 'rows' | 'memberCount'
+>;
 
 /** The geometry a member's label records. */
 export function geometryFromLabel(label: PoolLabel): PoolGeometry {
