@@ -20,10 +20,13 @@ import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { ErrorBody } from '../wire/schemas.ts';
-import { adminTokenCheck } from './auth.ts';
+import type { AccessControl } from '../access/access-control.ts';
+import type { AuditLog } from '../audit/audit-log.ts';
+import { installAccessHooks } from './access-hook.ts';
 import { toApiError } from './errors.ts';
 import { openApiOptions } from './openapi.ts';
 import { coerceTextValues } from './query-coercion.ts';
+import { accessRoutes } from './routes/access.ts';
 import { consoleRoutes } from './routes/console.ts';
 import { hostRoutes } from './routes/hosts.ts';
 import { imageRoutes } from './routes/images.ts';
@@ -48,6 +51,8 @@ export interface AppServices {
   migrations: MigrationService;
   maintenance: HostMaintenance;
   operations: OperationManager;
+  access: AccessControl;
+  audit: AuditLog;
   dataDir: string;
   logger?: Logger;
 }
@@ -71,9 +76,11 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   await app.register(websocket);
   app.addSchema(ErrorBody);
 
-  app.addHook('onRequest', adminTokenCheck(services.db));
+  installAccessHooks(app, services);
   app.setErrorHandler((error, request, reply) => {
     const { status, body } = toApiError(error as Error);
+    // The audit entry of a failed request names its code (access-hook.ts reads it when the request ends).
+    (reply as typeof reply & { nubisError?: { code: string; message: string } }).nubisError = body;
     if (status >= 500) services.logger?.error({ err: error, url: request.url }, 'request failed');
     void reply.status(status).send(body);
   });
@@ -83,16 +90,17 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
 
   // The hooks and handlers above reach every plugin below, which registers in its own context.
   // The order of registration is the order of `paths` in the OpenAPI document.
-  const { db, hosts, images, vms, networks, secgroups, storage, migrations, maintenance, operations, dataDir } = services;
+  const { db, hosts, images, vms, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
   await app.register(statusRoutes, { hosts, vms, dataDir });
   await app.register(projectRoutes, { db });
   await app.register(hostRoutes, { hosts, vms, maintenance });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
-  await app.register(consoleRoutes, { vms, hosts });
+  await app.register(consoleRoutes, { db, vms, hosts, access });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
   await app.register(poolRoutes, { db, storage, operations });
-  await app.register(operationRoutes, { operations });
+  await app.register(operationRoutes, { operations, access });
+  await app.register(accessRoutes, { db, access, audit });
   return app;
 }

@@ -3,8 +3,11 @@
  * that stay with it for its life), and keeping each host's plumbing in step: which hosts carry a
  * network, their VXLAN peers, and the network's DHCP server with its fixed leases.
  */
+import { sql } from 'kysely';
 import { NubisError } from '../core/errors.ts';
-import { projectIdByName } from './projects.ts';
+import { projectIdByName, type VisibleProjects } from './projects.ts';
+import { enforceQuota } from '../access/quotas.ts';
+import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
 import { Revert } from '../core/revert.ts';
 import type { Db } from '../state/database.ts';
@@ -77,7 +80,9 @@ export class NetworkService {
     const row = await this.#db
       .selectFrom('networks')
       .selectAll()
-      .where((eb) => eb.or([eb.and([eb('name', '=', ref), eb('project_id', '=', projectId)]), eb('id', '=', ref)]))
+      // By name or id, but only within the project: a reference never reaches another project's resource.
+      .where('project_id', '=', projectId)
+      .where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)]))
       .executeTakeFirst();
     if (!row) throw new NubisError('NET_NOT_FOUND', `No network ${ref} in project ${project ?? 'default'}; see nubis network list`);
     return row;
@@ -131,7 +136,10 @@ export class NetworkService {
       nat: request.nat ? 1 : 0,
       created_at: new Date().toISOString(),
     };
-    await this.#db.insertInto('networks').values(row).execute();
+    await auditedTransaction(this.#db, async (trx) => {
+      await enforceQuota(trx, projectId, request.project ?? 'default', { networks: 1 });
+      await trx.insertInto('networks').values(row).execute();
+    });
     return this.#view(row);
   }
 
@@ -162,9 +170,11 @@ export class NetworkService {
     };
   }
 
-  async list(project?: string): Promise<NetworkView[]> {
+  /** The networks of `project`, or (without one) of the projects in `visible`. */
+  async list(project?: string, visible: VisibleProjects = 'all'): Promise<NetworkView[]> {
     let query = this.#db.selectFrom('networks').selectAll().orderBy('name');
     if (project) query = query.where('project_id', '=', await this.#projectId(project));
+    else if (visible !== 'all') query = visible.length > 0 ? query.where('project_id', 'in', visible) : query.where(sql<boolean>`0`);
     return Promise.all((await query.execute()).map((row) => this.#view(row)));
   }
 
@@ -219,7 +229,10 @@ export class NetworkService {
     // The gateway may refuse it (e.g. another network's forward holds the port on that host):
     // then the record goes and the hosts are told again; an undo that fails travels with the error.
     await Revert.run(async (revert) => {
-      await this.#db.insertInto('port_forwards').values(row).execute();
+      await auditedTransaction(this.#db, async (trx) => {
+        await enforceQuota(trx, network.project_id, project ?? 'default', { portForwards: 1 });
+        await trx.insertInto('port_forwards').values(row).execute();
+      });
       revert.add(`forget forward ${request.hostPort}/${request.protocol}`, async () => {
         await this.#db.deleteFrom('port_forwards').where('id', '=', row.id).execute();
         await this.sync(network.id);

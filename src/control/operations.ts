@@ -9,6 +9,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Operation, OperationEvent } from '../wire/schemas.ts';
 import type { Db } from '../state/database.ts';
+import { annotateAudit, auditedTransaction } from '../audit/audit-context.ts';
 import type { OperationsTable } from '../state/schema.ts';
 
 /** What an operation's work gets: a way to report progress and the signal that cancels it. */
@@ -123,7 +124,8 @@ export class OperationManager {
       created_at: now,
       updated_at: now,
     };
-    await this.#db.insertInto('operations').values(row).execute();
+    annotateAudit({ operation: row.id });
+    await auditedTransaction(this.#db, (trx) => trx.insertInto('operations').values(row).execute());
     const controller = new AbortController();
     this.#controllers.set(row.id, controller);
     const context: OperationContext = {
@@ -157,13 +159,30 @@ export class OperationManager {
     return toOperation(row);
   }
 
-  async list(options: { limit?: number; status?: string } = {}): Promise<Operation[]> {
+  /** The project an operation acts in (id and name), or null for one on the platform (pools, hosts, images). */
+  async projectOf(id: string): Promise<{ id: string; name: string } | null> {
+    const row = await this.#db
+      .selectFrom('operations')
+      .leftJoin('projects', 'projects.id', 'operations.project_id')
+      .select(['operations.project_id', 'projects.name'])
+      .where('operations.id', '=', id)
+      .executeTakeFirst();
+    if (!row) throw new NubisError('OPERATION_NOT_FOUND', `No operation ${id}; list operations with nubis operation list`);
+    return row.project_id ? { id: row.project_id, name: row.name ?? row.project_id } : null;
+  }
+
+  /** Recent operations, newest first; `projectIds` limits them to those projects' (platform operations need `all`). */
+  async list(options: { limit?: number; status?: string; projectIds?: 'all' | string[] } = {}): Promise<Operation[]> {
     let query = this.#db
       .selectFrom('operations')
       .selectAll()
       .orderBy('created_at', 'desc')
       .limit(options.limit ?? 50);
     if (options.status) query = query.where('status', '=', options.status as OperationsTable['status']);
+    if (options.projectIds && options.projectIds !== 'all') {
+      if (options.projectIds.length === 0) return [];
+      query = query.where('project_id', 'in', options.projectIds);
+    }
     return (await query.execute()).map(toOperation);
   }
 

@@ -5,8 +5,10 @@
  * The control plane computes each port's firewall from the groups and pushes it to the host,
  * again whenever a rule or a membership changes.
  */
+import { sql } from 'kysely';
 import { NubisError } from '../core/errors.ts';
-import { projectIdByName } from './projects.ts';
+import { projectIdByName, type VisibleProjects } from './projects.ts';
+import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
 import type { SecgroupRulesTable, SecgroupsTable } from '../state/schema.ts';
@@ -74,7 +76,9 @@ export class SecurityGroupService {
     const row = await this.#db
       .selectFrom('secgroups')
       .selectAll()
-      .where((eb) => eb.or([eb.and([eb('name', '=', ref), eb('project_id', '=', projectId)]), eb('id', '=', ref)]))
+      // By name or id, but only within the project: a reference never reaches another project's resource.
+      .where('project_id', '=', projectId)
+      .where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)]))
       .executeTakeFirst();
     if (!row) throw new NubisError('SECGROUP_NOT_FOUND', `No security group ${ref} in project ${project ?? 'default'}; see nubis secgroup list`);
     return row;
@@ -93,7 +97,7 @@ export class SecurityGroupService {
       created_at: new Date().toISOString(),
     };
     // The group and its default rule in one transaction: never a group without it.
-    await this.#db.transaction().execute(async (trx) => {
+    await auditedTransaction(this.#db, async (trx) => {
       await trx.insertInto('secgroups').values(row).execute();
       // As in OpenStack, a new group allows all egress; delete this rule to restrict it.
       await trx
@@ -152,9 +156,11 @@ export class SecurityGroupService {
     };
   }
 
-  async list(project?: string): Promise<SecgroupView[]> {
+  /** The groups of `project`, or (without one) of the projects in `visible`. */
+  async list(project?: string, visible: VisibleProjects = 'all'): Promise<SecgroupView[]> {
     let query = this.#db.selectFrom('secgroups').selectAll().orderBy('name');
     if (project) query = query.where('project_id', '=', await this.#projectId(project));
+    else if (visible !== 'all') query = visible.length > 0 ? query.where('project_id', 'in', visible) : query.where(sql<boolean>`0`);
     return Promise.all((await query.execute()).map((row) => this.#view(row)));
   }
 
@@ -178,7 +184,7 @@ export class SecurityGroupService {
         'SECGROUP_IN_USE',
         `Rules of group(s) ${[...new Set(referrers.map((r) => r.name))].join(', ')} name ${row.name}; delete those rules first`,
       );
-    await this.#db.transaction().execute(async (trx) => {
+    await auditedTransaction(this.#db, async (trx) => {
       await trx.deleteFrom('secgroup_rules').where('group_id', '=', row.id).execute();
       await trx.deleteFrom('secgroups').where('id', '=', row.id).execute();
     });

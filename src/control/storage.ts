@@ -10,6 +10,7 @@ import type { DiskSpec } from '../compute/vm-spec.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolCatalogue } from './dir-pools.ts';
 import type { OperationContext } from './operations.ts';
+import { VolumeOwners } from './volume-owners.ts';
 
 export interface StorageEndpoints {
   /** The storage node's management API, e.g. `unix:/var/lib/nubis/storage/manage.sock`. */
@@ -32,9 +33,12 @@ export class StorageCatalogue {
   readonly endpoints: StorageEndpoints;
   /** Host-based pools; volume references name either kind. */
   readonly dirPools: DirPoolCatalogue;
+  /** Which project each volume belongs to. */
+  readonly owners: VolumeOwners;
 
   constructor(db: Db, endpoints: StorageEndpoints, dirPools: DirPoolCatalogue) {
     this.#db = db;
+    this.owners = new VolumeOwners(db);
     this.endpoints = endpoints;
     this.dirPools = dirPools;
   }

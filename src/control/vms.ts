@@ -3,9 +3,12 @@
  * turns every lifecycle action into an operation that drives the VM's host agent. Changes to one
  * VM pass through its queue, one at a time.
  */
+import { sql } from 'kysely';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
-import { projectIdByName } from './projects.ts';
+import { projectIdByName, type VisibleProjects } from './projects.ts';
+import { enforceQuota } from '../access/quotas.ts';
+import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
@@ -114,7 +117,9 @@ export class VmService {
     const row = await this.#db
       .selectFrom('vms')
       .selectAll()
-      .where((eb) => eb.or([eb.and([eb('name', '=', ref), eb('project_id', '=', projectId)]), eb('id', '=', ref)]))
+      // By name or id, but only within the project: a reference never reaches another project's resource.
+      .where('project_id', '=', projectId)
+      .where((eb) => eb.or([eb('name', '=', ref), eb('id', '=', ref)]))
       .executeTakeFirst();
     if (!row) throw new NubisError('VM_NOT_FOUND', `No VM ${ref} in project ${project ?? 'default'}; see nubis vm list`);
     return row;
@@ -124,10 +129,17 @@ export class VmService {
     return vmView(this.#db, this.#storage, row);
   }
 
-  async list(project?: string): Promise<Vm[]> {
+  /** The VMs of `project`, or (without one) of the projects in `visible`. */
+  async list(project?: string, visible: VisibleProjects = 'all'): Promise<Vm[]> {
     let query = this.#db.selectFrom('vms').selectAll().orderBy('name');
     if (project) query = query.where('project_id', '=', await this.projectId(project));
+    else if (visible !== 'all') query = visible.length > 0 ? query.where('project_id', 'in', visible) : query.where(sql<boolean>`0`);
     return Promise.all((await query.execute()).map((row) => this.#view(row)));
+  }
+
+  /** A VM by id, whatever its project: for the service's own follow-ups, never for a request's reference. */
+  async #viewById(id: string): Promise<Vm> {
+    return this.#view(await this.#db.selectFrom('vms').selectAll().where('id', '=', id).executeTakeFirstOrThrow());
   }
 
   async get(ref: string, project?: string): Promise<Vm> {
@@ -144,7 +156,7 @@ export class VmService {
         .where('id', '=', row.id)
         .execute();
     }
-    return this.get(row.id);
+    return this.#viewById(row.id);
   }
 
   /**
@@ -162,7 +174,14 @@ export class VmService {
     try {
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const spec = this.#specFor(id, request, plan, nics);
-      await this.#recordNew(id, request, plan, host.id, spec);
+      try {
+        await this.#recordNew(id, request, plan, host.id, spec);
+      } catch (error) {
+        // Not recorded (a quota another create took meanwhile): its addresses and groups go back.
+        await this.#networks.releaseNics(id);
+        await this.#secgroups.unassign(id);
+        throw error;
+      }
       return await this.#operate(claim, { type: 'vm', id, name: request.name, projectId: plan.projectId }, (op) =>
         this.#build(op, { id, request, plan, host, spec, nics }),
       );
@@ -208,7 +227,13 @@ export class VmService {
     });
     if (new Set(volumes.map((v) => `${v.pool}/${v.volume}`)).size !== volumes.length)
       throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
-    for (const { pool, volume } of volumes) await this.#storage.checkDiskFree(pool, volume);
+    const project = { id: projectId, name: request.project ?? 'default' };
+    for (const { pool, volume } of volumes) {
+      await this.#storage.owners.requireIn(pool, volume, project);
+      await this.#storage.checkDiskFree(pool, volume);
+    }
+    // Refused early with nothing allocated; the check that counts is in the transaction that records the VM.
+    await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
     const disks = await Promise.all(volumes.map(({ pool, volume }, index) => this.#storage.diskFor(pool, volume, `disk${index}`)));
     return { projectId, image, forwards, networks, volumes, disks, pinnedHost: await this.#pinnedHost(request, disks) };
   }
@@ -289,7 +314,9 @@ export class VmService {
   /** The VM's record and its disks, in one transaction: a crash leaves both or neither. */
   async #recordNew(id: string, request: VmCreateRequest, plan: CreatePlan, hostId: string, spec: VmSpec): Promise<void> {
     const now = new Date().toISOString();
-    await this.#db.transaction().execute(async (trx) => {
+    // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
+    await auditedTransaction(this.#db, async (trx) => {
+      await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
       await trx
         .insertInto('vms')
         .values({
@@ -341,7 +368,7 @@ export class VmService {
     // The other members of its groups now let the new VM in.
     if ((request.secgroups ?? []).length > 0) await this.#secgroups.refreshProject(plan.projectId);
     if (request.waitReady && announcesReadiness(plan.image)) await this.#waitReady(hostRow, id, request.name, op);
-    return this.get(id);
+    return this.#viewById(id);
   }
 
   async #waitReady(
@@ -407,7 +434,7 @@ export class VmService {
       await this.applyStatus(host.id, status);
       const image = await this.#images.row(row.image_id);
       if ((action === 'start' || action === 'reboot') && announcesReadiness(image)) await this.#waitReady(host, row.id, row.name, op);
-      return this.get(row.id);
+      return this.#viewById(row.id);
     });
   }
 
@@ -419,6 +446,7 @@ export class VmService {
     const claim = this.#claim(row, 'attach');
     let deviceIndex: number;
     try {
+      await this.#storage.owners.requireIn(pool, volume, { id: row.project_id, name: project ?? 'default' });
       await this.#storage.checkDiskFree(pool, volume);
       deviceIndex = Math.max(-1, ...(await this.#storage.disksOf(row.id)).map((d) => d.deviceIndex)) + 1;
       // Recorded first, so a second attach of the same volume is refused while this one runs.
@@ -445,7 +473,7 @@ export class VmService {
         throw error;
       }
       await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: [...spec.disks, disk] }));
-      return this.get(row.id);
+      return this.#viewById(row.id);
     });
   }
 
@@ -460,7 +488,7 @@ export class VmService {
       await this.#hosts.agent(host).detachDisk(row.id, `disk${attached.deviceIndex}`, { timeoutMs: 60_000, signal: op.signal });
       await this.#storage.forgetDisks(row.id, attached.deviceIndex);
       await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
-      return this.get(row.id);
+      return this.#viewById(row.id);
     });
   }
 

@@ -254,6 +254,96 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('hosts').dropColumn('agent_token').execute();
     },
   },
+  '0011-access-control': {
+    /**
+     * Size: users, roles, bindings, scoped tokens, quotas and the audit log arrive together; the
+     * admin token of older releases becomes a token of the first platform admin user.
+     */
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('users')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('password_hash', 'text')
+        .addColumn('totp_secret', 'text')
+        .addColumn('totp_enabled', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('source', 'text', (c) => c.notNull().defaultTo('local'))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('roles')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('description', 'text', (c) => c.notNull())
+        .addColumn('permissions', 'text', (c) => c.notNull())
+        .addColumn('builtin', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('role_bindings')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('subject_type', 'text', (c) => c.notNull())
+        .addColumn('subject', 'text', (c) => c.notNull())
+        .addColumn('role_id', 'text', (c) => c.notNull().references('roles.id'))
+        .addColumn('project_id', 'text', (c) => c.references('projects.id'))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await sql`CREATE UNIQUE INDEX role_bindings_unique ON role_bindings (subject_type, subject, role_id, coalesce(project_id, ''))`.execute(db);
+      await db.schema.alterTable('tokens').addColumn('user_id', 'text').execute();
+      await db.schema.alterTable('tokens').addColumn('kind', 'text', (c) => c.notNull().defaultTo('api')).execute();
+      await db.schema.alterTable('tokens').addColumn('project_id', 'text').execute();
+      await db.schema.alterTable('tokens').addColumn('role_id', 'text').execute();
+      await db.schema.alterTable('tokens').addColumn('groups', 'text').execute();
+      await db.schema.alterTable('tokens').addColumn('expires_at', 'text').execute();
+      await db.schema.alterTable('tokens').addColumn('revoked_at', 'text').execute();
+      await db.schema.alterTable('tokens').addColumn('last_used_at', 'text').execute();
+      await db.schema
+        .createTable('project_quotas')
+        .addColumn('project_id', 'text', (c) => c.primaryKey().references('projects.id'))
+        .addColumn('cpus', 'integer')
+        .addColumn('memory_mb', 'integer')
+        .addColumn('vms', 'integer')
+        .addColumn('volume_bytes', 'integer')
+        .addColumn('networks', 'integer')
+        .addColumn('port_forwards', 'integer')
+        .execute();
+      await db.schema
+        .createTable('volume_owners')
+        .addColumn('pool', 'text', (c) => c.notNull())
+        .addColumn('volume', 'text', (c) => c.notNull())
+        .addColumn('project_id', 'text', (c) => c.notNull().references('projects.id'))
+        .addColumn('size_bytes', 'integer', (c) => c.notNull())
+        .addPrimaryKeyConstraint('volume_owners_pk', ['pool', 'volume'])
+        .execute();
+      await db.schema
+        .createTable('audit_entries')
+        .addColumn('seq', 'integer', (c) => c.primaryKey())
+        .addColumn('data', 'text', (c) => c.notNull())
+        .addColumn('leaf_hash', 'text', (c) => c.notNull())
+        .addColumn('at', 'text', (c) => c.notNull())
+        .addColumn('user_name', 'text')
+        .addColumn('project_id', 'text')
+        .execute();
+      await sql`CREATE INDEX audit_entries_by_project ON audit_entries (project_id, seq)`.execute(db);
+      await db.schema
+        .createTable('audit_heads')
+        .addColumn('tree_size', 'integer', (c) => c.primaryKey())
+        .addColumn('root_hash', 'text', (c) => c.notNull())
+        .addColumn('timestamp', 'text', (c) => c.notNull())
+        .addColumn('signature', 'text', (c) => c.notNull())
+        .execute();
+      // The admin token of an older release: it becomes a token of the user `admin`, who holds
+      // the platform role `admin` (the roles themselves are written at every start, roles.ts).
+      const admins = await sql<{ id: string; created_at: string }>`select id, created_at from tokens where role = 'admin'`.execute(db);
+      if (admins.rows.length > 0) {
+        const now = new Date().toISOString();
+        await sql`insert into users (id, name, created_at, source) values ('usr-admin', 'admin', ${now}, 'local')`.execute(db);
+        await sql`update tokens set user_id = 'usr-admin', kind = 'api' where role = 'admin'`.execute(db);
+        await sql`insert into roles (id, name, description, permissions, builtin, created_at) values ('role-admin', 'admin', 'Platform administrator', '["*"]', 1, ${now})`.execute(db);
+        await sql`insert into role_bindings (id, subject_type, subject, role_id, project_id, created_at) values ('bnd-admin', 'user', 'usr-admin', 'role-admin', null, ${now})`.execute(db);
+      }
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

@@ -15,8 +15,91 @@ export interface TokensTable {
   name: string;
   /** sha256 of the secret: the secret itself is shown once and never stored. */
   secret_sha256: string;
-  role: 'admin' | 'host';
+  /** Kept for older releases, where `admin` was the one token; access comes from `user_id` now. */
+  role: string;
   created_at: string;
+  user_id: string | null;
+  /** `api`: a named token a user made; `session`: one that `login` handed out. */
+  kind: 'api' | 'session';
+  /** A token limited to one project: it acts nowhere else. */
+  project_id: string | null;
+  /** A token limited to a role's permissions (intersected with its user's). */
+  role_id: string | null;
+  /** JSON array: the OpenID Connect groups of a session from an ID token. */
+  groups: string | null;
+  expires_at: string | null;
+  revoked_at: string | null;
+  last_used_at: string | null;
+}
+
+export interface UsersTable {
+  id: string;
+  name: string;
+  /** scrypt (see access/passwords.ts), or null for a user who signs in through OpenID Connect. */
+  password_hash: string | null;
+  totp_secret: string | null;
+  totp_enabled: number;
+  source: 'local' | 'oidc';
+  created_at: string;
+}
+
+export interface RolesTable {
+  id: string;
+  name: string;
+  description: string;
+  /** JSON array of permission names (access/permissions.ts); `*` is every permission. */
+  permissions: string;
+  builtin: number;
+  created_at: string;
+}
+
+/** A role held by a user (or by the members of an OpenID Connect group) on a project, or on the platform when project_id is null. */
+export interface RoleBindingsTable {
+  id: string;
+  subject_type: 'user' | 'group';
+  /** A user id, or a group name. */
+  subject: string;
+  role_id: string;
+  project_id: string | null;
+  created_at: string;
+}
+
+/** A project's limits; null is no limit. */
+export interface ProjectQuotasTable {
+  project_id: string;
+  cpus: number | null;
+  memory_mb: number | null;
+  vms: number | null;
+  volume_bytes: number | null;
+  networks: number | null;
+  port_forwards: number | null;
+}
+
+/** Which project a storage volume belongs to (volumes live in platform pools). */
+export interface VolumeOwnersTable {
+  pool: string;
+  volume: string;
+  project_id: string;
+  size_bytes: number;
+}
+
+/** A leaf of the audit log's Merkle tree: `data` is the canonical entry JSON (it holds `seq`). */
+export interface AuditEntriesTable {
+  seq: number;
+  data: string;
+  /** hex SHA-256(0x00 || data), RFC 9162 2.1.1. */
+  leaf_hash: string;
+  at: string;
+  user_name: string | null;
+  project_id: string | null;
+}
+
+/** A signed tree head: the control plane's Ed25519 signature over size, root and time. */
+export interface AuditHeadsTable {
+  tree_size: number;
+  root_hash: string;
+  timestamp: string;
+  signature: string;
 }
 
 export interface HostsTable {
@@ -206,6 +289,13 @@ export interface DirVolumesTable {
 }
 
 export interface Database {
+  users: UsersTable;
+  roles: RolesTable;
+  role_bindings: RoleBindingsTable;
+  project_quotas: ProjectQuotasTable;
+  volume_owners: VolumeOwnersTable;
+  audit_entries: AuditEntriesTable;
+  audit_heads: AuditHeadsTable;
   dir_pools: DirPoolsTable;
   dir_volumes: DirVolumesTable;
   vm_migrations: VmMigrationsTable;

@@ -2,10 +2,13 @@
  * The serial console of a VM: a WebSocket relayed to the host agent's console socket. The route
  * is hidden from @fastify/swagger, so its OpenAPI entry is written here by hand.
  */
+import type { AccessControl } from '../../access/access-control.ts';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import WebSocket from 'ws';
+import { finishAudit } from '../../audit/audit-context.ts';
 import type { HostRegistry } from '../../control/hosts.ts';
+import type { Db } from '../../state/database.ts';
 import type { VmService } from '../../control/vms.ts';
 import { httpStatusOf } from '../../core/error-codes.ts';
 import { NubisError, messageOf } from '../../core/errors.ts';
@@ -13,7 +16,7 @@ import { parseEndpoint } from '../../core/http-json.ts';
 import { ProjectQuery, ResourceName, VmRef } from '../../wire/schemas.ts';
 
 /** What the console route uses: the VM's host, and the token the control plane presents to its agent. */
-export type ConsoleRouteServices = { vms: VmService; hosts: HostRegistry };
+export type ConsoleRouteServices = { db: Db; vms: VmService; hosts: HostRegistry; access: AccessControl };
 
 /** The serial console route, which is a WebSocket and so not seen by @fastify/swagger. */
 export const consolePath = {
@@ -66,6 +69,7 @@ export const consoleRoutes: FastifyPluginAsyncTypebox<ConsoleRouteServices> = as
     '/v1/vms/:vm/console',
     {
       websocket: true,
+      config: { access: { on: 'project', permission: 'vm.console', audit: true } },
       schema: {
         operationId: 'openVmConsole',
         tags: ['vms'],
@@ -80,6 +84,8 @@ export const consoleRoutes: FastifyPluginAsyncTypebox<ConsoleRouteServices> = as
       const query = request.query as { project?: string };
       void services.vms.consoleTarget(params.vm, query.project).then(
         ({ host, vmId }) => {
+          // A WebSocket has no response to end with: its entry is written when the console opens.
+          if (request.audit) void finishAudit(services.db, request.audit, { result: 'ok', status: 101 });
           const { socketPath, host: address, port } = parseEndpoint(host.endpoint);
           const url = socketPath ? `ws+unix://${socketPath}:/agent/vms/${vmId}/console` : `ws://${address}:${port}/agent/vms/${vmId}/console`;
           const upstream = new WebSocket(url, { headers: { authorization: `Bearer ${services.hosts.controlTokenFor(host)}` } });
@@ -91,7 +97,14 @@ export const consoleRoutes: FastifyPluginAsyncTypebox<ConsoleRouteServices> = as
           upstream.on('message', (data: Buffer) => socket.send(data));
           upstream.on('close', (code, reason) => socket.close(code >= 4000 ? code : 1000, reason.toString()));
           upstream.on('error', () => socket.close(1011, 'The host agent console is not reachable'));
-          socket.on('close', () => upstream.close());
+          // Open as long as its token holds vm.console there: a revoked token, an ended session or a revoked role closes it (4401).
+          const unwatch = services.access.watch(request.principal!, 'vm.console', { project: request.accessProject! }, (reason) =>
+            socket.close(4401, reason.slice(0, 120)),
+          );
+          socket.on('close', () => {
+            unwatch();
+            upstream.close();
+          });
         },
         (error) => socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120)),
       );

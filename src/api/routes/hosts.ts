@@ -18,6 +18,7 @@ export const hostRoutes: FastifyPluginAsyncTypebox<HostRouteServices> = async (a
   app.get(
     '/v1/hosts',
     {
+      config: { access: { on: 'platform', permission: 'host.read' } },
       schema: {
         operationId: 'listHosts',
         tags: ['hosts'],
@@ -29,7 +30,10 @@ export const hostRoutes: FastifyPluginAsyncTypebox<HostRouteServices> = async (a
   );
   app.get(
     '/v1/hosts/:host',
-    { schema: { operationId: 'getHost', tags: ['hosts'], summary: 'Show a host', params: HostRef, response: { 200: Host, ...errorResponses } } },
+    {
+      config: { access: { on: 'platform', permission: 'host.read' } },
+      schema: { operationId: 'getHost', tags: ['hosts'], summary: 'Show a host', params: HostRef, response: { 200: Host, ...errorResponses } },
+    },
     async (request) => services.hosts.get(request.params.host),
   );
   registerMaintenanceRoutes(app, services);
@@ -41,6 +45,7 @@ function registerMaintenanceRoutes(app: RouteApp, services: HostRouteServices): 
   app.post(
     '/v1/hosts/:host/evacuate',
     {
+      config: { access: { on: 'platform', permission: 'host.evacuate' } },
       schema: {
         operationId: 'evacuateHost',
         tags: ['hosts'],
@@ -59,6 +64,7 @@ function registerMaintenanceRoutes(app: RouteApp, services: HostRouteServices): 
   app.post(
     '/v1/hosts/:host/restore',
     {
+      config: { access: { on: 'platform', permission: 'host.evacuate' } },
       schema: {
         operationId: 'restoreHost',
         tags: ['hosts'],
@@ -87,6 +93,7 @@ function registerAgentRoutes(app: RouteApp, services: HostRouteServices): void {
   app.post(
     '/v1/hosts/join',
     {
+      config: { access: { on: 'agent' } },
       schema: {
         operationId: 'joinHost',
         tags: ['hosts'],
@@ -113,6 +120,7 @@ function registerAgentRoutes(app: RouteApp, services: HostRouteServices): void {
   app.post(
     '/v1/hosts/:name/report',
     {
+      config: { access: { on: 'agent', audit: false } },
       schema: {
         operationId: 'reportHostVms',
         tags: ['hosts'],

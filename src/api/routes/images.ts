@@ -12,12 +12,16 @@ export type ImageRouteServices = { images: ImageCatalogue; operations: Operation
 export const imageRoutes: FastifyPluginAsyncTypebox<ImageRouteServices> = async (app, services) => {
   app.get(
     '/v1/images',
-    { schema: { operationId: 'listImages', tags: ['images'], summary: 'List images', response: { 200: List(Image), ...listErrorResponses } } },
+    {
+      config: { access: { on: 'self' } },
+      schema: { operationId: 'listImages', tags: ['images'], summary: 'List images', response: { 200: List(Image), ...listErrorResponses } },
+    },
     async () => services.images.list(),
   );
   app.post(
     '/v1/images',
     {
+      config: { access: { on: 'platform', permission: 'image.import' } },
       schema: {
         operationId: 'importImage',
         tags: ['images'],

@@ -27,6 +27,7 @@ export const networkRoutes: FastifyPluginAsyncTypebox<NetworkRouteServices> = as
   app.get(
     '/v1/networks',
     {
+      config: { access: { on: 'list', permission: 'network.read' } },
       schema: {
         operationId: 'listNetworks',
         tags: ['networks'],
@@ -35,11 +36,12 @@ export const networkRoutes: FastifyPluginAsyncTypebox<NetworkRouteServices> = as
         response: { 200: List(Network), ...listErrorResponses },
       },
     },
-    async (request) => services.networks.list(request.query.project),
+    async (request) => services.networks.list(request.query.project, request.visibleProjects),
   );
   app.post(
     '/v1/networks',
     {
+      config: { access: { on: 'project', permission: 'network.create' } },
       schema: {
         operationId: 'createNetwork',
         tags: ['networks'],
@@ -53,6 +55,7 @@ export const networkRoutes: FastifyPluginAsyncTypebox<NetworkRouteServices> = as
   app.get(
     '/v1/networks/:network',
     {
+      config: { access: { on: 'project', permission: 'network.read' } },
       schema: {
         operationId: 'getNetwork',
         tags: ['networks'],
@@ -67,6 +70,7 @@ export const networkRoutes: FastifyPluginAsyncTypebox<NetworkRouteServices> = as
   app.delete(
     '/v1/networks/:network',
     {
+      config: { access: { on: 'project', permission: 'network.delete' } },
       schema: {
         operationId: 'deleteNetwork',
         tags: ['networks'],
@@ -90,6 +94,7 @@ function registerForwardRoutes(app: RouteApp, services: NetworkRouteServices): v
   app.get(
     '/v1/networks/:network/forwards',
     {
+      config: { access: { on: 'project', permission: 'network.read' } },
       schema: {
         operationId: 'listNetworkForwards',
         tags: ['networks'],
@@ -104,6 +109,7 @@ function registerForwardRoutes(app: RouteApp, services: NetworkRouteServices): v
   app.post(
     '/v1/networks/:network/forwards',
     {
+      config: { access: { on: 'project', permission: 'network.forward' } },
       schema: {
         operationId: 'createNetworkForward',
         tags: ['networks'],
@@ -127,6 +133,7 @@ function registerForwardRoutes(app: RouteApp, services: NetworkRouteServices): v
   app.delete(
     '/v1/networks/:network/forwards/:protocol/:port',
     {
+      config: { access: { on: 'project', permission: 'network.forward' } },
       schema: {
         operationId: 'deleteNetworkForward',
         tags: ['networks'],
@@ -152,6 +159,7 @@ function registerProbeRoute(app: RouteApp, services: NetworkRouteServices): void
   app.post(
     '/v1/networks/:network/probe',
     {
+      config: { access: { on: 'project', permission: 'network.probe' } },
       schema: {
         operationId: 'probeNetwork',
         tags: ['networks'],

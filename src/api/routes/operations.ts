@@ -1,12 +1,25 @@
 /** Operations: the long-running work that 202 answers name, and their event streams. */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
+import type { FastifyRequest } from 'fastify';
+import type { AccessControl } from '../../access/access-control.ts';
+import type { AccessTarget } from '../../access/authorize.ts';
+import type { Permission } from '../../access/permissions.ts';
 import type { OperationManager } from '../../control/operations.ts';
-import { Int32, Operation, OperationEvent, OperationStatus, ResourceRef } from '../../wire/schemas.ts';
+import { checkResource } from '../access-hook.ts';
+import { Int32, Operation, OperationEvent, OperationStatus, ResourceName, ResourceRef } from '../../wire/schemas.ts';
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
 /** What the operation routes use. */
-export type OperationRouteServices = { operations: OperationManager };
+export type OperationRouteServices = { operations: OperationManager; access: AccessControl };
+
+/** Checks `permission` on the project of operation `request.params.id` (the platform for a platform operation). */
+async function checkOperation(services: OperationRouteServices, request: FastifyRequest, permission: Permission): Promise<AccessTarget> {
+  const project = await services.operations.projectOf((request.params as { id: string }).id);
+  const target: AccessTarget = project ? { project } : 'platform';
+  checkResource(services.access, request, permission, target);
+  return target;
+}
 
 const OperationRef = Type.Object({ id: ResourceRef('Operation id') });
 
@@ -15,19 +28,25 @@ export const operationRoutes: FastifyPluginAsyncTypebox<OperationRouteServices> 
   app.get(
     '/v1/operations',
     {
+      config: { access: { on: 'list', permission: 'operation.read' } },
       schema: {
         operationId: 'listOperations',
         tags: ['operations'],
         summary: 'Recent operations, newest first',
-        querystring: Type.Object({ limit: Int32(1, 500, { default: 50 }), status: Type.Optional(OperationStatus) }, { additionalProperties: false }),
+        querystring: Type.Object(
+          { limit: Int32(1, 500, { default: 50 }), status: Type.Optional(OperationStatus), project: Type.Optional(ResourceName) },
+          { additionalProperties: false },
+        ),
         response: { 200: Type.Array(Operation, { maxItems: 500 }), ...listErrorResponses },
       },
     },
-    async (request) => services.operations.list(request.query),
+    async (request) =>
+      services.operations.list({ ...request.query, projectIds: request.accessProject ? [request.accessProject.id] : request.visibleProjects }),
   );
   app.get(
     '/v1/operations/:id',
     {
+      config: { access: { on: 'resource', permission: 'operation.read' } },
       schema: {
         operationId: 'getOperation',
         tags: ['operations'],
@@ -36,11 +55,15 @@ export const operationRoutes: FastifyPluginAsyncTypebox<OperationRouteServices> 
         response: { 200: Operation, ...errorResponses },
       },
     },
-    async (request) => services.operations.get(request.params.id),
+    async (request) => {
+      await checkOperation(services, request, 'operation.read');
+      return services.operations.get(request.params.id);
+    },
   );
   app.post(
     '/v1/operations/:id/cancel',
     {
+      config: { access: { on: 'resource', permission: 'operation.cancel' } },
       schema: {
         operationId: 'cancelOperation',
         tags: ['operations'],
@@ -49,7 +72,10 @@ export const operationRoutes: FastifyPluginAsyncTypebox<OperationRouteServices> 
         response: { 202: Operation, ...errorResponses },
       },
     },
-    async (request, reply) => reply.status(202).send(await services.operations.cancel(request.params.id)),
+    async (request, reply) => {
+      await checkOperation(services, request, 'operation.cancel');
+      return reply.status(202).send(await services.operations.cancel(request.params.id));
+    },
   );
   registerEventStream(app, services);
 };
@@ -59,6 +85,7 @@ function registerEventStream(app: RouteApp, services: OperationRouteServices): v
   app.get(
     '/v1/operations/:id/events',
     {
+      config: { access: { on: 'resource', permission: 'operation.read' } },
       schema: {
         operationId: 'streamOperationEvents',
         tags: ['operations'],
@@ -69,7 +96,7 @@ function registerEventStream(app: RouteApp, services: OperationRouteServices): v
     },
     async (request, reply) => {
       const { id } = request.params;
-      await services.operations.get(id);
+      const target = await checkOperation(services, request, 'operation.read');
       reply.hijack();
       const raw = reply.raw;
       raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
@@ -89,7 +116,12 @@ function registerEventStream(app: RouteApp, services: OperationRouteServices): v
       };
       // Subscribe before replaying, so an event between the two is not lost.
       const unsubscribe = services.operations.subscribe(id, (update) => (replaying ? backlog.push(update) : deliver(update)));
-      raw.on('close', unsubscribe);
+      // A stream outlives the request: revoking its token (or the permission) ends it at once.
+      const unwatch = services.access.watch(request.principal!, 'operation.read', target, () => raw.end());
+      raw.on('close', () => {
+        unsubscribe();
+        unwatch();
+      });
       for (const event of await services.operations.events(id)) deliver({ event });
       replaying = false;
       for (const update of backlog.splice(0)) deliver(update);

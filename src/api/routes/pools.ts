@@ -7,6 +7,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { DirPoolCatalogue } from '../../control/dir-pools.ts';
 import type { OperationManager } from '../../control/operations.ts';
 import type { StorageCatalogue } from '../../control/storage.ts';
+import type { ProjectRef } from '../../control/volume-owners.ts';
 import { NubisError } from '../../core/errors.ts';
 import type { Db } from '../../state/database.ts';
 import { parseSize } from '../../storage/size.ts';
@@ -18,6 +19,7 @@ import {
   Pool,
   PoolCreateRequest,
   PoolReplaceRequest,
+  ProjectQuery,
   ResourceName,
   Size,
   Volume,
@@ -77,6 +79,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
   app.get(
     '/v1/pools',
     {
+      config: { access: { on: 'platform', permission: 'pool.read' } },
       schema: {
         operationId: 'listPools',
         tags: ['storage'],
@@ -92,6 +95,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
   app.post(
     '/v1/pools',
     {
+      config: { access: { on: 'platform', permission: 'pool.manage' } },
       schema: {
         operationId: 'createPool',
         tags: ['storage'],
@@ -116,6 +120,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
   app.get(
     '/v1/pools/:pool',
     {
+      config: { access: { on: 'platform', permission: 'pool.read' } },
       schema: {
         operationId: 'getPool',
         tags: ['storage'],
@@ -132,6 +137,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
   app.delete(
     '/v1/pools/:pool',
     {
+      config: { access: { on: 'platform', permission: 'pool.manage' } },
       schema: {
         operationId: 'deletePool',
         tags: ['storage'],
@@ -154,6 +160,7 @@ function registerPoolJobRoutes(app: RouteApp, services: PoolRouteServices, { ref
   app.post(
     '/v1/pools/:pool/scrub',
     {
+      config: { access: { on: 'platform', permission: 'pool.manage' } },
       schema: {
         operationId: 'scrubPool',
         tags: ['storage'],
@@ -184,6 +191,7 @@ function registerPoolJobRoutes(app: RouteApp, services: PoolRouteServices, { ref
   app.post(
     '/v1/pools/:pool/replace',
     {
+      config: { access: { on: 'platform', permission: 'pool.manage' } },
       schema: {
         operationId: 'replacePoolMember',
         tags: ['storage'],
@@ -213,54 +221,67 @@ function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirP
   app.get(
     '/v1/pools/:pool/volumes',
     {
+      config: { access: { on: 'list', permission: 'volume.read' } },
       schema: {
         operationId: 'listVolumes',
         tags: ['storage'],
-        summary: 'List the volumes of a pool',
+        summary: "List the volumes of a pool (those of the given project, or of every project the caller may see)",
         params: PoolRef,
+        querystring: ProjectQuery,
         response: { 200: List(Volume), ...errorResponses },
       },
     },
-    async (request) =>
-      (await isDir(request.params.pool))
-        ? ((await dirPools.listVolumes(request.params.pool)) as VolumeBody[])
-        : Promise.all(
-            (await services.storage.call<VolumeBody[]>({ method: 'GET', path: `${poolPath(request.params.pool)}/volumes` })).map((v) =>
-              volumeView(request.params.pool, v),
-            ),
-          ),
+    async (request) => {
+      const { pool } = request.params;
+      const visible = await services.storage.owners.visibleIn(pool, request.accessProject ? [request.accessProject.id] : (request.visibleProjects ?? []));
+      const volumes = (await isDir(pool))
+        ? ((await dirPools.listVolumes(pool)) as VolumeBody[])
+        : await Promise.all((await services.storage.call<VolumeBody[]>({ method: 'GET', path: `${poolPath(pool)}/volumes` })).map((v) => volumeView(pool, v)));
+      return volumes.filter((volume) => visible(volume.name));
+    },
   );
   app.post(
     '/v1/pools/:pool/volumes',
     {
+      config: { access: { on: 'project', permission: 'volume.create' } },
       schema: {
         operationId: 'createVolume',
         tags: ['storage'],
         summary: 'Create a volume: thin on a storage-node pool, a qcow2 file on a dir pool (on `host`)',
         params: PoolRef,
+        querystring: ProjectQuery,
         body: VolumeCreateRequest,
         response: { 201: Volume, ...errorResponses },
       },
     },
     async (request, reply) => {
       const { host, ...body } = request.body;
-      if (await isDir(request.params.pool))
-        return reply.status(201).send((await dirPools.createVolume(request.params.pool, body.name, parseSize(body.size), host)) as VolumeBody);
-      if (host) throw new NubisError('VALIDATION_FAILED', `${request.params.pool} is a storage-node pool, reachable from every host: drop --host`);
-      return reply
-        .status(201)
-        .send(
-          await volumeView(
-            request.params.pool,
-            await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(request.params.pool)}/volumes`, body }),
-          ),
-        );
+      const { pool } = request.params;
+      const dir = await isDir(pool);
+      if (!dir && host) throw new NubisError('VALIDATION_FAILED', `${pool} is a storage-node pool, reachable from every host: drop --host`);
+      const created = await withOwnership(services, pool, body.name, projectOf(request), parseSize(body.size), async () =>
+        dir
+          ? ((await dirPools.createVolume(pool, body.name, parseSize(body.size), host)) as VolumeBody)
+          : volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes`, body })),
+      );
+      return reply.status(201).send(created);
     },
   );
   app.get(
     '/v1/pools/:pool/volumes/:volume',
-    { schema: { operationId: 'getVolume', tags: ['storage'], summary: 'Show a volume', params: VolumeRef, response: { 200: Volume, ...errorResponses } } },
+    {
+      config: { access: { on: 'project', permission: 'volume.read' } },
+      schema: {
+        operationId: 'getVolume',
+        tags: ['storage'],
+        summary: 'Show a volume',
+        params: VolumeRef,
+        querystring: ProjectQuery,
+        response: { 200: Volume, ...errorResponses },
+      },
+    },
     async (request) =>
+      (await services.storage.owners.requireIn(request.params.pool, request.params.volume, projectOf(request))) ??
       (await isDir(request.params.pool))
         ? ((await dirPools.showVolume(request.params.pool, request.params.volume)) as VolumeBody)
         : volumeView(
@@ -271,18 +292,22 @@ function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirP
   app.delete(
     '/v1/pools/:pool/volumes/:volume',
     {
+      config: { access: { on: 'project', permission: 'volume.delete' } },
       schema: {
         operationId: 'deleteVolume',
         tags: ['storage'],
         summary: 'Delete a volume no VM uses (its space returns to the pool)',
         params: VolumeRef,
+        querystring: ProjectQuery,
         response: { 204: Type.Null(), ...errorResponses },
       },
     },
     async (request, reply) => {
+      await services.storage.owners.requireIn(request.params.pool, request.params.volume, projectOf(request));
       await services.storage.checkUnused(request.params.pool, request.params.volume);
       if (await isDir(request.params.pool)) await dirPools.deleteVolume(request.params.pool, request.params.volume);
       else await services.storage.call({ method: 'DELETE', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` });
+      await services.storage.owners.forget(request.params.pool, request.params.volume);
       return reply.status(204).send(null);
     },
   );
@@ -294,55 +319,82 @@ function registerVolumeChangeRoutes(app: RouteApp, services: PoolRouteServices, 
     app.post(
       `/v1/pools/:pool/volumes/:volume/${action}`,
       {
+        config: { access: { on: 'project', permission: action === 'snapshot' ? 'volume.snapshot' : 'volume.create' } },
         schema: {
           operationId: `${action}Volume`,
           tags: ['storage'],
           summary: action === 'snapshot' ? 'Take a read-only copy-on-write snapshot, instantly' : 'Make a writable copy-on-write clone, instantly',
           params: VolumeRef,
+          querystring: ProjectQuery,
           body: Type.Object({ name: ResourceName }, { additionalProperties: false }),
           response: { 201: Volume, ...errorResponses },
         },
       },
       async (request, reply) => {
-        await refuseForDir(request.params.pool, action);
-        return reply.status(201).send(
-          await volumeView(
-            request.params.pool,
-            await services.storage.call<VolumeBody>({
-              method: 'POST',
-              path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/${action}`,
-              body: request.body,
-            }),
-          ),
+        const { pool, volume } = request.params;
+        const project = projectOf(request);
+        await services.storage.owners.requireIn(pool, volume, project);
+        await refuseForDir(pool, action);
+        const source = await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(pool)}/volumes/${volume}` });
+        // A snapshot or clone counts its full size against the quota, as Cinder counts snapshot gigabytes.
+        const copy = await withOwnership(services, pool, request.body.name, project, source.sizeBytes, async () =>
+          volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes/${volume}/${action}`, body: request.body })),
         );
+        return reply.status(201).send(copy);
       },
     );
   }
   app.post(
     '/v1/pools/:pool/volumes/:volume/resize',
     {
+      config: { access: { on: 'project', permission: 'volume.resize' } },
       schema: {
         operationId: 'resizeVolume',
         tags: ['storage'],
         summary: 'Grow or shrink a volume (never below its data; dir volumes only grow, while detached)',
         params: VolumeRef,
+        querystring: ProjectQuery,
         body: Type.Object({ size: Size }, { additionalProperties: false }),
         response: { 200: Volume, ...errorResponses },
       },
     },
     async (request) => {
-      if (await isDir(request.params.pool)) {
-        await services.storage.checkUnused(request.params.pool, request.params.volume);
-        return (await dirPools.resizeVolume(request.params.pool, request.params.volume, parseSize(request.body.size))) as VolumeBody;
+      const project = projectOf(request);
+      await services.storage.owners.requireIn(request.params.pool, request.params.volume, project);
+      const undo = await services.storage.owners.resize(request.params.pool, request.params.volume, project, parseSize(request.body.size));
+      try {
+        return await resizeOnStorage(request.params.pool, request.params.volume, request.body.size);
+      } catch (error) {
+        await undo();
+        throw error;
       }
-      return volumeView(
-        request.params.pool,
-        await services.storage.call<VolumeBody>({
-          method: 'POST',
-          path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}/resize`,
-          body: request.body,
-        }),
-      );
     },
   );
+  async function resizeOnStorage(pool: string, volume: string, size: string): Promise<VolumeBody> {
+    if (await isDir(pool)) {
+      await services.storage.checkUnused(pool, volume);
+      return (await dirPools.resizeVolume(pool, volume, parseSize(size))) as VolumeBody;
+    }
+    return volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes/${volume}/resize`, body: { size } }));
+  }
+}
+
+/** The project a volume route acts in (the access hook resolved and checked it). */
+function projectOf(request: { accessProject?: ProjectRef }): ProjectRef {
+  if (!request.accessProject) throw new NubisError('AUTH_REQUIRED', 'This request needs a bearer token');
+  return request.accessProject;
+}
+
+/**
+ * Makes a volume for `project`: its bytes are reserved against the quota first (atomically),
+ * then the storage makes it; a refusal by the storage gives the reservation back.
+ */
+async function withOwnership(services: PoolRouteServices, pool: string, volume: string, project: ProjectRef, sizeBytes: number, make: () => Promise<VolumeBody>): Promise<VolumeBody> {
+  const undo = await services.storage.owners.reserve(pool, volume, project, sizeBytes);
+  try {
+    return await make();
+  } catch (error) {
+    await undo();
+    throw error;
+  }
 }

@@ -13,13 +13,17 @@ export type ProjectRouteServices = { db: Db };
 export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRouteServices> = async (app, services) => {
   app.get(
     '/v1/projects',
-    { schema: { operationId: 'listProjects', tags: ['projects'], summary: 'List projects', response: { 200: List(Project), ...listErrorResponses } } },
+    {
+      config: { access: { on: 'list', permission: 'project.read' } },
+      schema: { operationId: 'listProjects', tags: ['projects'], summary: 'List projects', response: { 200: List(Project), ...listErrorResponses } },
+    },
     async () =>
       (await services.db.selectFrom('projects').selectAll().orderBy('name').execute()).map((p) => ({ id: p.id, name: p.name, createdAt: p.created_at })),
   );
   app.post(
     '/v1/projects',
     {
+      config: { access: { on: 'platform', permission: 'project.create' } },
       schema: {
         operationId: 'createProject',
         tags: ['projects'],

@@ -15,6 +15,7 @@ export const secgroupRoutes: FastifyPluginAsyncTypebox<SecgroupRouteServices> = 
   app.get(
     '/v1/secgroups',
     {
+      config: { access: { on: 'list', permission: 'secgroup.read' } },
       schema: {
         operationId: 'listSecgroups',
         tags: ['secgroups'],
@@ -23,11 +24,12 @@ export const secgroupRoutes: FastifyPluginAsyncTypebox<SecgroupRouteServices> = 
         response: { 200: List(Secgroup), ...listErrorResponses },
       },
     },
-    async (request) => services.secgroups.list(request.query.project),
+    async (request) => services.secgroups.list(request.query.project, request.visibleProjects),
   );
   app.post(
     '/v1/secgroups',
     {
+      config: { access: { on: 'project', permission: 'secgroup.create' } },
       schema: {
         operationId: 'createSecgroup',
         tags: ['secgroups'],
@@ -41,6 +43,7 @@ export const secgroupRoutes: FastifyPluginAsyncTypebox<SecgroupRouteServices> = 
   app.get(
     '/v1/secgroups/:group',
     {
+      config: { access: { on: 'project', permission: 'secgroup.read' } },
       schema: {
         operationId: 'getSecgroup',
         tags: ['secgroups'],
@@ -55,6 +58,7 @@ export const secgroupRoutes: FastifyPluginAsyncTypebox<SecgroupRouteServices> = 
   app.delete(
     '/v1/secgroups/:group',
     {
+      config: { access: { on: 'project', permission: 'secgroup.delete' } },
       schema: {
         operationId: 'deleteSecgroup',
         tags: ['secgroups'],
@@ -77,6 +81,7 @@ function registerRuleRoutes(app: RouteApp, services: SecgroupRouteServices): voi
   app.post(
     '/v1/secgroups/:group/rules',
     {
+      config: { access: { on: 'project', permission: 'secgroup.rules' } },
       schema: {
         operationId: 'createSecgroupRule',
         tags: ['secgroups'],
@@ -92,6 +97,7 @@ function registerRuleRoutes(app: RouteApp, services: SecgroupRouteServices): voi
   app.delete(
     '/v1/secgroups/:group/rules/:rule',
     {
+      config: { access: { on: 'project', permission: 'secgroup.rules' } },
       schema: {
         operationId: 'deleteSecgroupRule',
         tags: ['secgroups'],

@@ -15,6 +15,7 @@ export const statusRoutes: FastifyPluginAsyncTypebox<StatusRouteServices> = asyn
   app.get(
     '/v1/openapi.json',
     {
+      config: { access: { on: 'public' } },
       schema: {
         operationId: 'getOpenApiDocument',
         tags: ['status'],
@@ -28,7 +29,10 @@ export const statusRoutes: FastifyPluginAsyncTypebox<StatusRouteServices> = asyn
 
   app.get(
     '/v1/status',
-    { schema: { operationId: 'getStatus', tags: ['status'], summary: 'Cluster summary', response: { 200: Status, ...listErrorResponses } } },
+    {
+      config: { access: { on: 'platform', permission: 'platform.status' } },
+      schema: { operationId: 'getStatus', tags: ['status'], summary: 'Cluster summary', response: { 200: Status, ...listErrorResponses } },
+    },
     async () => {
       const hosts = await services.hosts.list();
       const vms = await services.vms.list();

@@ -30,12 +30,16 @@ export type VmRouteServices = { vms: VmService; migrations: MigrationService };
 export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, services) => {
   app.get(
     '/v1/vms',
-    { schema: { operationId: 'listVms', tags: ['vms'], summary: 'List VMs', querystring: ProjectQuery, response: { 200: List(Vm), ...listErrorResponses } } },
-    async (request) => services.vms.list(request.query.project),
+    {
+      config: { access: { on: 'list', permission: 'vm.read' } },
+      schema: { operationId: 'listVms', tags: ['vms'], summary: 'List VMs', querystring: ProjectQuery, response: { 200: List(Vm), ...listErrorResponses } },
+    },
+    async (request) => services.vms.list(request.query.project, request.visibleProjects),
   );
   app.post(
     '/v1/vms',
     {
+      config: { access: { on: 'project', permission: 'vm.create' } },
       schema: {
         operationId: 'createVm',
         tags: ['vms'],
@@ -52,6 +56,7 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
   app.get(
     '/v1/vms/:vm',
     {
+      config: { access: { on: 'project', permission: 'vm.read' } },
       schema: { operationId: 'getVm', tags: ['vms'], summary: 'Show a VM', params: VmRef, querystring: ProjectQuery, response: { 200: Vm, ...errorResponses } },
     },
     async (request) => services.vms.get(request.params.vm, request.query.project),
@@ -68,6 +73,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
     app.post(
       `/v1/vms/:vm/${action}`,
       {
+        config: { access: { on: 'project', permission: 'vm.power' } },
         schema: {
           operationId: `${action}Vm`,
           tags: ['vms'],
@@ -96,6 +102,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
   app.delete(
     '/v1/vms/:vm',
     {
+      config: { access: { on: 'project', permission: 'vm.delete' } },
       schema: {
         operationId: 'deleteVm',
         tags: ['vms'],
@@ -113,6 +120,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
   app.patch(
     '/v1/vms/:vm',
     {
+      config: { access: { on: 'project', permission: 'vm.update' } },
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
@@ -132,6 +140,7 @@ function registerMigrationRoutes(app: RouteApp, services: VmRouteServices): void
   app.post(
     '/v1/vms/:vm/migrate',
     {
+      config: { access: { on: 'project', permission: 'vm.migrate' } },
       schema: {
         operationId: 'migrateVm',
         tags: ['vms'],
@@ -167,6 +176,7 @@ function registerMigrationRoutes(app: RouteApp, services: VmRouteServices): void
   app.get(
     '/v1/vms/:vm/migrations',
     {
+      config: { access: { on: 'project', permission: 'vm.read' } },
       schema: {
         operationId: 'listVmMigrations',
         tags: ['vms'],
@@ -203,6 +213,7 @@ function registerDiskAndLogRoutes(app: RouteApp, services: VmRouteServices): voi
   app.post(
     '/v1/vms/:vm/disks',
     {
+      config: { access: { on: 'project', permission: 'vm.disks' } },
       schema: {
         operationId: 'attachVmDisk',
         tags: ['vms'],
@@ -219,6 +230,7 @@ function registerDiskAndLogRoutes(app: RouteApp, services: VmRouteServices): voi
   app.delete(
     '/v1/vms/:vm/disks/:pool/:volume',
     {
+      config: { access: { on: 'project', permission: 'vm.disks' } },
       schema: {
         operationId: 'detachVmDisk',
         tags: ['vms'],
@@ -236,6 +248,7 @@ function registerDiskAndLogRoutes(app: RouteApp, services: VmRouteServices): voi
   app.get(
     '/v1/vms/:vm/log',
     {
+      config: { access: { on: 'project', permission: 'vm.log' } },
       schema: {
         operationId: 'getVmLog',
         tags: ['vms'],

@@ -1,0 +1,96 @@
+/**
+ * Access control as one service: who a request is (tokens), what roles exist and who holds them
+ * (roles), users and signing in (users), and the connections that outlive a request (consoles,
+ * event streams), which are checked again whenever access changes and closed the moment their
+ * token is revoked, expires, or loses the permission they were opened with.
+ */
+import { NubisError } from '../core/errors.ts';
+import type { Db } from '../state/database.ts';
+import { type AccessTarget, authorize, type Decision, type Principal } from './authorize.ts';
+import type { OidcVerifier } from './oidc.ts';
+import type { Permission } from './permissions.ts';
+import { RoleStore } from './roles.ts';
+import { TokenStore } from './tokens.ts';
+import { UserStore } from './users.ts';
+
+/** A connection open under a token: re-checked on every access change, closed when refused. */
+interface LiveConnection {
+  tokenId: string;
+  permission: Permission;
+  target: AccessTarget;
+  close(reason: string): void;
+  expiryTimer?: NodeJS.Timeout;
+}
+
+export class AccessControl {
+  readonly tokens: TokenStore;
+  readonly roles: RoleStore;
+  readonly users: UserStore;
+  readonly #live = new Set<LiveConnection>();
+
+  constructor(db: Db, options: { oidc?: OidcVerifier } = {}) {
+    this.tokens = new TokenStore(db);
+    this.roles = new RoleStore(db);
+    this.users = new UserStore(db, this.tokens, options.oidc);
+  }
+
+  /** The decision, or ACCESS_DENIED (403) with its reason: the one gate every entry point passes. */
+  check(principal: Principal, permission: Permission, target: AccessTarget): Decision {
+    const decision = authorize(principal, permission, target);
+    if (!decision.allowed) throw new NubisError('ACCESS_DENIED', decision.reason, { details: { permission, on: target === 'platform' ? 'platform' : target.project.name } });
+    return decision;
+  }
+
+  /**
+   * Registers a connection (console, event stream) opened by `principal` under `permission`;
+   * it closes when the token expires or any later access change refuses it. Returns the
+   * function that forgets it (call it when the connection closes).
+   */
+  watch(principal: Principal, permission: Permission, target: AccessTarget, close: (reason: string) => void): () => void {
+    const connection: LiveConnection = { tokenId: principal.tokenId, permission, target, close };
+    if (principal.expiresAt) {
+      const delay = Math.max(0, new Date(principal.expiresAt).getTime() - Date.now());
+      // setTimeout holds at most ~24.8 days; a longer token is re-checked at each access change anyway.
+      if (delay < 2 ** 31 - 1) {
+        connection.expiryTimer = setTimeout(() => this.#end(connection, `Token expired at ${principal.expiresAt}`), delay);
+        connection.expiryTimer.unref();
+      }
+    }
+    this.#live.add(connection);
+    return () => {
+      clearTimeout(connection.expiryTimer);
+      this.#live.delete(connection);
+    };
+  }
+
+  #end(connection: LiveConnection, reason: string): void {
+    clearTimeout(connection.expiryTimer);
+    this.#live.delete(connection);
+    connection.close(reason);
+  }
+
+  /** Checks every open connection again (after a revocation, a deleted user, a revoked role); closes the refused ones. */
+  async revalidate(): Promise<number> {
+    let closed = 0;
+    for (const connection of [...this.#live]) {
+      let reason: string | undefined;
+      try {
+        const principal = await this.tokens.authenticateId(connection.tokenId);
+        const decision = authorize(principal, connection.permission, connection.target);
+        if (!decision.allowed) reason = decision.reason;
+      } catch (error) {
+        reason = (error as Error).message;
+      }
+      if (reason) {
+        this.#end(connection, reason);
+        closed += 1;
+      }
+    }
+    return closed;
+  }
+
+  /** How many connections are open under access control (for tests and status). */
+  get liveConnections(): number {
+    return this.#live.size;
+  }
+}

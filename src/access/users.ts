@@ -1,0 +1,176 @@
+/**
+ * Users and signing in: local users with a scrypt password and an optional TOTP second factor,
+ * and users from an OpenID Connect provider (their groups map to roles through group bindings).
+ * Signing in hands out a session token (kind `session`) that `logout` revokes.
+ */
+import { NubisError } from '../core/errors.ts';
+import { newId } from '../core/ids.ts';
+import type { Db } from '../state/database.ts';
+import type { UsersTable } from '../state/schema.ts';
+import type { Principal } from './authorize.ts';
+import type { OidcVerifier } from './oidc.ts';
+import { DECOY_PASSWORD_HASH, hashPassword, verifyPassword } from './passwords.ts';
+import type { TokenStore, TokenView } from './tokens.ts';
+import { newTotpSecret, totpUri, verifyTotp } from './totp.ts';
+
+export interface UserView {
+  name: string;
+  source: 'local' | 'oidc';
+  totp: boolean;
+  createdAt: string;
+}
+
+/** How long a session from `login` lasts unless the request asks for less. */
+export const SESSION_HOURS = 12;
+/** Failed sign-ins of one user name tolerated per window before it is locked for the window. */
+const FAILED_LOGIN_LIMIT = 5;
+const FAILED_LOGIN_WINDOW_MS = 15 * 60_000;
+
+export class UserStore {
+  readonly #db: Db;
+  readonly #tokens: TokenStore;
+  readonly #oidc: OidcVerifier | undefined;
+  /** Recent failed sign-ins by user name: a guesser is slowed to a few tries per window. */
+  readonly #failures = new Map<string, number[]>();
+
+  constructor(db: Db, tokens: TokenStore, oidc?: OidcVerifier) {
+    this.#db = db;
+    this.#tokens = tokens;
+    this.#oidc = oidc;
+  }
+
+  async row(name: string): Promise<UsersTable> {
+    const row = await this.#db.selectFrom('users').selectAll().where('name', '=', name).executeTakeFirst();
+    if (!row) throw new NubisError('USER_NOT_FOUND', `No user ${name}; see nubis user list`);
+    return row;
+  }
+
+  async list(): Promise<UserView[]> {
+    return (await this.#db.selectFrom('users').selectAll().orderBy('name').execute()).map(userView);
+  }
+
+  async create(name: string, password?: string): Promise<UserView> {
+    if (await this.#db.selectFrom('users').select('id').where('name', '=', name).executeTakeFirst())
+      throw new NubisError('USER_NAME_TAKEN', `A user named ${name} exists`);
+    const row: UsersTable = {
+      id: newId('usr'),
+      name,
+      password_hash: password === undefined ? null : await hashPassword(password),
+      totp_secret: null,
+      totp_enabled: 0,
+      source: 'local',
+      created_at: new Date().toISOString(),
+    };
+    await this.#db.insertInto('users').values(row).execute();
+    return userView(row);
+  }
+
+  /** Deletes a user with its role bindings, and revokes every token it has. */
+  async delete(name: string): Promise<string[]> {
+    const user = await this.row(name);
+    const tokens = await this.#db.selectFrom('tokens').select('id').where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();
+    const admin = await this.#db
+      .selectFrom('role_bindings')
+      .select('id')
+      .where('role_id', '=', 'role-admin')
+      .where('subject_type', '=', 'user')
+      .where('project_id', 'is', null)
+      .execute();
+    const isAdmin = await this.#db.selectFrom('role_bindings').select('id').where('role_id', '=', 'role-admin').where('subject', '=', user.id).executeTakeFirst();
+    if (isAdmin && admin.length === 1) throw new NubisError('ACCESS_LAST_ADMIN', `${name} is the last platform admin; grant admin to another user first`);
+    await this.#db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('role_bindings').where('subject_type', '=', 'user').where('subject', '=', user.id).execute();
+      await trx.updateTable('tokens').set({ revoked_at: new Date().toISOString() }).where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();
+      await trx.deleteFrom('users').where('id', '=', user.id).execute();
+    });
+    return tokens.map((token) => token.id);
+  }
+
+  /** Sets a local user's password; the user's sessions end (their tokens made by name stay). */
+  async setPassword(name: string, password: string): Promise<string[]> {
+    const user = await this.row(name);
+    if (user.source !== 'local') throw new NubisError('USER_NOT_LOCAL', `${name} signs in through OpenID Connect and has no password here`);
+    const sessions = await this.#db.selectFrom('tokens').select('id').where('user_id', '=', user.id).where('kind', '=', 'session').where('revoked_at', 'is', null).execute();
+    await this.#db.updateTable('users').set({ password_hash: await hashPassword(password) }).where('id', '=', user.id).execute();
+    await this.#tokens.revoke(sessions.map((s) => s.id));
+    return sessions.map((s) => s.id);
+  }
+
+  /**
+   * Signs a local user in: password (always verified, also for an unknown name, so timing does
+   * not tell which names exist), then the TOTP code when the user enrolled one. One message for
+   * every wrong name or password.
+   */
+  async login(request: { user: string; password: string; totp?: string; hours?: number }): Promise<{ token: TokenView; secret: string }> {
+    this.#refuseLocked(request.user);
+    const user = await this.#db.selectFrom('users').selectAll().where('name', '=', request.user).executeTakeFirst();
+    const passwordOk = await verifyPassword(request.password, user?.password_hash ?? DECOY_PASSWORD_HASH);
+    if (!user || !passwordOk || user.source !== 'local') {
+      this.#recordFailure(request.user);
+      throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong user name or password');
+    }
+    if (user.totp_enabled && user.totp_secret) {
+      if (!request.totp) throw new NubisError('AUTH_TOTP_REQUIRED', `${user.name} has a second factor: send the 6-digit code of the authenticator app (--totp)`);
+      if (!verifyTotp(user.totp_secret, request.totp)) {
+        this.#recordFailure(request.user);
+        throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong one-time code; use the current code of the authenticator app');
+      }
+    }
+    this.#failures.delete(request.user);
+    return this.#session(user, request.hours);
+  }
+
+  /** Signs in with an ID token of the configured OpenID Connect provider; the user is made on first sign-in. */
+  async loginOidc(idToken: string): Promise<{ token: TokenView; secret: string; groups: string[] }> {
+    if (!this.#oidc) throw new NubisError('AUTH_OIDC_NOT_CONFIGURED', 'OpenID Connect is not configured; start Nubis with --oidc-issuer and --oidc-client-id');
+    const identity = await this.#oidc.verifyIdToken(idToken);
+    let user = await this.#db.selectFrom('users').selectAll().where('name', '=', identity.username).executeTakeFirst();
+    if (user && user.source !== 'oidc')
+      throw new NubisError('AUTH_OIDC_INVALID', `A local user named ${identity.username} exists; an OpenID Connect identity cannot take it over`);
+    if (!user) {
+      user = { id: newId('usr'), name: identity.username, password_hash: null, totp_secret: null, totp_enabled: 0, source: 'oidc', created_at: new Date().toISOString() };
+      await this.#db.insertInto('users').values(user).execute();
+    }
+    const hours = Math.max(0, Math.min(SESSION_HOURS, (identity.expiresAt.getTime() - Date.now()) / 3_600_000));
+    const session = await this.#session(user, hours, identity.groups);
+    return { ...session, groups: identity.groups };
+  }
+
+  async #session(user: UsersTable, hours = SESSION_HOURS, groups?: string[]): Promise<{ token: TokenView; secret: string }> {
+    const owner: Principal = { userId: user.id, userName: user.name, tokenId: '', tokenName: 'login', grants: [], tokenProjectId: null, tokenRole: null };
+    const expiresAt = new Date(Date.now() + Math.min(hours, SESSION_HOURS) * 3_600_000);
+    return this.#tokens.create(owner, { name: `session-${new Date().toISOString().slice(0, 19)}`, kind: 'session', expiresAt, groups });
+  }
+
+  /** Starts TOTP enrolment: a new secret (shown once, as an otpauth:// URI), active after `confirmTotp`. */
+  async enrollTotp(userId: string): Promise<{ secret: string; uri: string }> {
+    const user = await this.#db.selectFrom('users').selectAll().where('id', '=', userId).executeTakeFirstOrThrow();
+    if (user.source !== 'local') throw new NubisError('USER_NOT_LOCAL', `${user.name} signs in through OpenID Connect; its provider handles second factors`);
+    const secret = newTotpSecret();
+    await this.#db.updateTable('users').set({ totp_secret: secret, totp_enabled: 0 }).where('id', '=', userId).execute();
+    return { secret, uri: totpUri(secret, user.name) };
+  }
+
+  /** Turns TOTP on once the user proves the authenticator app has the secret. */
+  async confirmTotp(userId: string, code: string): Promise<void> {
+    const user = await this.#db.selectFrom('users').selectAll().where('id', '=', userId).executeTakeFirstOrThrow();
+    if (!user.totp_secret) throw new NubisError('AUTH_TOTP_NOT_ENROLLED', 'Start with nubis user totp enable, then confirm with a code');
+    if (!verifyTotp(user.totp_secret, code)) throw new NubisError('AUTH_TOTP_WRONG', 'The code does not match; use the current code of the authenticator app');
+    await this.#db.updateTable('users').set({ totp_enabled: 1 }).where('id', '=', userId).execute();
+  }
+
+  #refuseLocked(name: string): void {
+    const recent = (this.#failures.get(name) ?? []).filter((at) => Date.now() - at < FAILED_LOGIN_WINDOW_MS);
+    this.#failures.set(name, recent);
+    if (recent.length >= FAILED_LOGIN_LIMIT)
+      throw new NubisError('AUTH_LOGIN_LOCKED', `Too many failed sign-ins for ${name}; try again in ${Math.ceil((recent[0] + FAILED_LOGIN_WINDOW_MS - Date.now()) / 60_000)} minutes`);
+  }
+
+  #recordFailure(name: string): void {
+    this.#failures.set(name, [...(this.#failures.get(name) ?? []), Date.now()].slice(-FAILED_LOGIN_LIMIT));
+  }
+}
+
+function userView(row: UsersTable): UserView {
+  return { name: row.name, source: row.source, totp: row.totp_enabled === 1, createdAt: row.created_at };
+}

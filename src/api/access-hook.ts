@@ -1,0 +1,173 @@
+/**
+ * Every request's way in: who is asking (the bearer token), whether the route's declared
+ * permission holds on the project or platform it acts on (access/authorize.ts decides), and the
+ * audit entry it leaves. Each route declares its rule in `config.access`; a route without one
+ * does not start (a new route cannot ship unchecked).
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify';
+import type { AccessControl } from '../access/access-control.ts';
+import { type AccessTarget, type Principal, projectsWith } from '../access/authorize.ts';
+import type { Permission } from '../access/permissions.ts';
+import { finishAudit, type PendingAudit, runWithAudit } from '../audit/audit-context.ts';
+import { redactSecrets } from '../audit/audit-store.ts';
+import { NubisError } from '../core/errors.ts';
+import type { Db } from '../state/database.ts';
+import { ResourceName } from '../wire/schemas.ts';
+
+/**
+ * How a route is guarded:
+ * - `public`: no token (the OpenAPI document, signing in);
+ * - `agent`: host agents with their own join or host credentials, never a user's token;
+ * - `self`: any valid token (whoami, one's own tokens);
+ * - `platform`: `permission` on the platform;
+ * - `project`: `permission` on the project named by `?project=` or the body's `project` (default `default`);
+ * - `list`: like `project` when a project is named, else the route lists what the principal may see;
+ * - `resource`: the handler finds the project from the resource (an operation) and checks it.
+ */
+export type AccessRule =
+  | { on: 'public' | 'agent' | 'self'; audit?: boolean }
+  | { on: 'platform' | 'project' | 'list' | 'resource'; permission: Permission; audit?: boolean };
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    access?: AccessRule;
+  }
+  interface FastifyRequest {
+    principal?: Principal;
+    /** The project the route acts in, once authorized (`project` and `list` with a project). */
+    accessProject?: { id: string; name: string };
+    /** For `list` without a project: the projects the principal may see (`all` for every one). */
+    visibleProjects?: 'all' | string[];
+    audit?: PendingAudit;
+  }
+}
+
+const PROJECT_NAME = new RegExp(ResourceName.pattern ?? '^.+$');
+
+function bearerOf(request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization ?? '';
+  return header.startsWith('Bearer ') ? header.slice(7).trim() || undefined : undefined;
+}
+
+/** The project a request names: in its path (`/v1/projects/:project`), `?project=`, or the body's `project`. */
+function namedProject(request: FastifyRequest): string | undefined {
+  const fromPath = (request.params as Record<string, unknown> | undefined)?.project;
+  const fromQuery = (request.query as Record<string, unknown> | undefined)?.project;
+  const fromBody = (request.body as Record<string, unknown> | undefined)?.project;
+  const value = fromPath ?? fromQuery ?? fromBody;
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !PROJECT_NAME.test(value))
+    throw new NubisError('VALIDATION_FAILED', `Invalid project ${JSON.stringify(value).slice(0, 80)}: give a project name (lowercase letters, digits and -)`);
+  return value;
+}
+
+function isMutating(request: FastifyRequest): boolean {
+  return request.method !== 'GET' && request.method !== 'HEAD';
+}
+
+/** Installs authentication, authorization and auditing on `app` (before any route is registered). */
+export function installAccessHooks(app: FastifyInstance, services: { db: Db; access: AccessControl }): void {
+  const { db, access } = services;
+  app.addHook('onRoute', (route: RouteOptions) => {
+    if (!route.config?.access) throw new Error(`Route ${route.method} ${route.url} declares no access rule (config.access)`);
+  });
+  // The audit context is created first, so everything after (hooks, handler, its transactions) sees it.
+  app.addHook('onRequest', (request, _reply, done) => {
+    request.audit = { entry: undefined, written: false };
+    runWithAudit(request.audit, done);
+  });
+  app.addHook('onRequest', async (request) => {
+    const rule = request.routeOptions.config.access;
+    if (!rule || rule.on === 'public' || rule.on === 'agent') return;
+    try {
+      request.principal = await access.tokens.authenticate(bearerOf(request));
+    } catch (error) {
+      recordEntry(request, undefined, undefined);
+      throw error;
+    }
+  });
+  app.addHook('preValidation', async (request) => {
+    const rule = request.routeOptions.config.access;
+    // Sign-in and agent requests have no principal yet: their changes (and attempts) are still recorded.
+    if (rule && !request.principal) recordEntry(request, rule, undefined);
+    if (!rule || !request.principal) return;
+    let project: { id: string; name: string } | undefined;
+    try {
+      if (rule.on === 'project' || rule.on === 'list') {
+        const name = namedProject(request) ?? (rule.on === 'project' ? 'default' : undefined);
+        if (name) project = await resolveProject(db, access, request.principal, rule.permission, name);
+      }
+      recordEntry(request, rule, project);
+      if (rule.on === 'platform') access.check(request.principal, rule.permission, 'platform');
+      else if ((rule.on === 'project' || rule.on === 'list') && project) {
+        access.check(request.principal, rule.permission, { project });
+        request.accessProject = project;
+      } else if (rule.on === 'list') request.visibleProjects = projectsWith(request.principal, rule.permission);
+    } catch (error) {
+      if (request.audit && !request.audit.entry) recordEntry(request, rule, project, true);
+      throw error;
+    }
+  });
+  app.addHook('onResponse', async (request, reply) => writeOutcome(db, request, reply));
+}
+
+/**
+ * The project named `name` for an authorization check. A principal who could not act there
+ * anyway is told it lacks the permission, not whether the project exists.
+ */
+async function resolveProject(db: Db, access: AccessControl, principal: Principal, permission: Permission, name: string): Promise<{ id: string; name: string }> {
+  const row = await db.selectFrom('projects').select(['id', 'name']).where('name', '=', name).executeTakeFirst();
+  if (row) return row;
+  if (projectsWith(principal, permission) === 'all') throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
+  access.check(principal, permission, { project: { id: '', name } });
+  throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}`);
+}
+
+/** Prepares the request's audit entry: for changes, consoles and every denial. */
+function recordEntry(request: FastifyRequest, rule: AccessRule | undefined, project: { id: string; name: string } | undefined, force = false): void {
+  if (!request.audit || request.audit.entry) return;
+  const audited = force || rule === undefined || rule.audit === true || (isMutating(request) && rule.audit !== false);
+  if (!audited) return;
+  const params = redactSecrets({ ...(request.body && typeof request.body === 'object' ? { body: request.body } : {}), query: request.query }) as Record<string, unknown>;
+  request.audit.entry = {
+    ...(request.principal ? { user: request.principal.userName, token: request.principal.tokenName } : {}),
+    ...(project ? { projectId: project.id, project: project.name } : {}),
+    action: rule && 'permission' in rule ? rule.permission : (request.routeOptions.schema?.operationId as string | undefined) ?? 'request',
+    method: request.method,
+    route: request.routeOptions.url ?? request.url.split('?')[0].slice(0, 200),
+    ...(request.params && Object.keys(request.params as object).length > 0 ? { resource: redactSecrets(request.params) as Record<string, string> } : {}),
+    params,
+    result: 'ok',
+  };
+}
+
+/** Writes the entry with how the request ended, unless a transaction of the request already wrote it. */
+async function writeOutcome(db: Db, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const pending = request.audit;
+  if (!pending?.entry || pending.written) return;
+  const status = reply.statusCode;
+  const failure = (reply as FastifyReply & { nubisError?: { code: string; message: string } }).nubisError;
+  const result = status < 400 ? 'ok' : status === 401 || status === 403 ? 'denied' : 'failed';
+  await finishAudit(db, pending, {
+    result,
+    status,
+    ...(failure ? { code: failure.code } : {}),
+    ...(result === 'denied' && failure ? { reason: failure.message } : {}),
+  });
+}
+
+/** The project a `resource` route acts in, checked: for routes whose project comes from the resource itself. */
+export function checkResource(access: AccessControl, request: FastifyRequest, permission: Permission, target: AccessTarget): void {
+  const principal = request.principal;
+  if (!principal) throw new NubisError('AUTH_REQUIRED', 'This request needs a bearer token');
+  if (request.audit?.entry && target !== 'platform') {
+    request.audit.entry.projectId = target.project.id;
+    request.audit.entry.project = target.project.name;
+  }
+  try {
+    access.check(principal, permission, target);
+  } catch (error) {
+    if (request.audit?.entry === undefined && request.audit) recordEntry(request, { on: 'resource', permission }, target === 'platform' ? undefined : target.project, true);
+    throw error;
+  }
+}
