@@ -103,7 +103,7 @@ export async function quotaUsage(db: Db, projectId: string): Promise<QuotaUsage>
 }
 
 /** Sets some of a project's limits; `null` removes one. Lowering below the use is allowed (nothing new fits until use drops). */
-export async function setQuota(db: Db, projectId: string, change: Partial<Record<QuotaName, number | null>>): Promise<void> {
+export async function setQuota(db: Reader, projectId: string, change: Partial<Record<QuotaName, number | null>>): Promise<void> {
   const values: Partial<ProjectQuotasTable> = {};
   for (const name of QUOTA_NAMES) if (change[name] !== undefined) values[COLUMN[name]] = change[name];
   await db

@@ -178,6 +178,6 @@ export class RoleStore {
 }
 
 /** Every permission with its scope and meaning, for `nubis role permissions`. */
-export function permissionCatalogue(): Array<{ name: string; scope: string; description: string }> {
+export function permissionCatalogue(): Array<{ name: string; scope: 'project' | 'platform'; description: string }> {
   return Object.entries(PERMISSIONS).map(([name, [scope, description]]) => ({ name, scope, description }));
 }

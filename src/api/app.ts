@@ -26,7 +26,9 @@ import { installAccessHooks } from './access-hook.ts';
 import { toApiError } from './errors.ts';
 import { openApiOptions } from './openapi.ts';
 import { coerceTextValues } from './query-coercion.ts';
-import { accessRoutes } from './routes/access.ts';
+import { auditRoutes } from './routes/audit.ts';
+import { authRoutes } from './routes/auth.ts';
+import { userRoutes } from './routes/users.ts';
 import { consoleRoutes } from './routes/console.ts';
 import { hostRoutes } from './routes/hosts.ts';
 import { imageRoutes } from './routes/images.ts';
@@ -53,6 +55,8 @@ export interface AppServices {
   operations: OperationManager;
   access: AccessControl;
   audit: AuditLog;
+  /** Where the audit log publishes its heads, read back by verify when no head is given. */
+  auditPublishFile?: string;
   dataDir: string;
   logger?: Logger;
 }
@@ -101,6 +105,8 @@ export async function buildApp(services: AppServices): Promise<FastifyInstance> 
   await app.register(secgroupRoutes, { secgroups });
   await app.register(poolRoutes, { db, storage, operations });
   await app.register(operationRoutes, { operations, access });
-  await app.register(accessRoutes, { db, access, audit });
+  await app.register(authRoutes, { db, access });
+  await app.register(userRoutes, { db, access });
+  await app.register(auditRoutes, { db, audit, publishFile: services.auditPublishFile });
   return app;
 }

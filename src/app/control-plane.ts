@@ -24,6 +24,10 @@ import { StorageCatalogue } from '../control/storage.ts';
 import { DirPoolCatalogue } from '../control/dir-pools.ts';
 import { VmService } from '../control/vms.ts';
 import { VmOwner } from '../control/vm-owner.ts';
+import { AccessControl } from '../access/access-control.ts';
+import { bootstrapAccess } from '../access/bootstrap.ts';
+import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
+import { AuditLog } from '../audit/audit-log.ts';
 
 export interface ControlPlaneOptions {
   dataDir: string;
@@ -32,6 +36,11 @@ export interface ControlPlaneOptions {
   host?: string;
   port: number;
   logger: Logger;
+  oidc?: OidcConfig;
+  /** A file outside the data folder that each signed audit head is written to. */
+  auditPublishFile?: string;
+  /** A command each signed audit head is piped to (as JSON on stdin). */
+  auditPublishCommand?: string;
 }
 
 export interface RunningControlPlane {
@@ -60,8 +69,20 @@ export function createServices(options: {
   /** How agents are reached: over HTTP unless a unit test passes fake agents. */
   agentFactory?: AgentFactory;
   logger?: Logger;
+  /** OpenID Connect sign-in, when configured. */
+  oidc?: OidcConfig;
+  /** Where audit tree heads are published (outside the data folder). */
+  auditPublishFile?: string;
+  auditPublishCommand?: string;
 }): AppServices {
   const { db } = options;
+  const access = new AccessControl(db, { oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined });
+  const audit = new AuditLog(db, {
+    keyPath: dataPaths(options.dataDir).auditKey,
+    publishFile: options.auditPublishFile,
+    publishCommand: options.auditPublishCommand,
+    logger: options.logger,
+  });
   const operations = new OperationManager(db);
   // Without a key file (unit tests), a key of this process: agents joined to it join again later.
   const hosts = new HostRegistry(db, { joinToken: options.joinToken, controlKey: options.controlKey ?? newSecret('nubis_ctlkey') }, options.agentFactory);
@@ -75,7 +96,23 @@ export function createServices(options: {
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner });
   const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
-  return { db, hosts, images, vms, networks, secgroups, storage, migrations, maintenance, operations, dataDir: options.dataDir, logger: options.logger };
+  return {
+    db,
+    hosts,
+    images,
+    vms,
+    networks,
+    secgroups,
+    storage,
+    migrations,
+    maintenance,
+    operations,
+    access,
+    audit,
+    auditPublishFile: options.auditPublishFile,
+    dataDir: options.dataDir,
+    logger: options.logger,
+  };
 }
 
 /** Starts the control plane and resolves once it listens. */
@@ -87,12 +124,6 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   await chmod(options.dataDir, 0o700);
   const db = await openDatabase(paths.database);
   const now = new Date().toISOString();
-  await secretFile(paths.adminToken, 'nubis_admin', async (secret) => {
-    await db
-      .insertInto('tokens')
-      .values({ id: newId('tok'), name: 'admin', secret_sha256: createHash('sha256').update(secret).digest('hex'), role: 'admin', created_at: now })
-      .execute();
-  });
   const joinToken = await secretFile(paths.joinToken, 'nubis_join');
   const controlKey = await secretFile(paths.controlKey, 'nubis_ctlkey');
   if (!(await db.selectFrom('projects').select('id').where('name', '=', 'default').executeTakeFirst())) {
@@ -101,8 +132,19 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
       .values({ id: newId('prj'), name: 'default', created_at: now })
       .execute();
   }
-  const services = createServices({ db, dataDir: options.dataDir, joinToken, controlKey, logger: options.logger });
-  const { operations, images } = services;
+  await bootstrapAccess(db, paths.adminToken);
+  const services = createServices({
+    db,
+    dataDir: options.dataDir,
+    joinToken,
+    controlKey,
+    logger: options.logger,
+    oidc: options.oidc,
+    auditPublishFile: options.auditPublishFile,
+    auditPublishCommand: options.auditPublishCommand,
+  });
+  const { operations, images, audit } = services;
+  await audit.start();
   await operations.failInterrupted();
   await images.prepareFolders();
   const tiny = readTinyImage(options.cacheDir);
@@ -127,6 +169,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     async stop() {
       await new Promise((resolve) => agentServer.close(resolve));
       await app.close();
+      await audit.stop();
       await db.destroy();
     },
   };

@@ -26,6 +26,8 @@ export function dataPaths(dataDir: string) {
     /** The key the control plane derives each agent's control token from (never in the database). */
     controlKey: join(dataDir, 'control-key'),
     apiInfo: join(dataDir, 'api.json'),
+    /** The Ed25519 key that signs the audit log's tree heads. */
+    auditKey: join(dataDir, 'audit-key.pem'),
     /** The API on a unix socket, for host agents in network namespaces. */
     agentApiSocket: join(dataDir, 'api.sock'),
     images: join(dataDir, 'images'),
