@@ -61,11 +61,12 @@ export interface AppServices {
   logger?: Logger;
 }
 
-/** Builds the API app; the caller listens. */
-export async function buildApp(services: AppServices): Promise<FastifyInstance> {
+/** Builds the API app; the caller listens. With `options.https` it serves HTTPS with that certificate and key. */
+export async function buildApp(services: AppServices, options: { https?: { cert: Buffer; key: Buffer } } = {}): Promise<FastifyInstance> {
   // No coercion by the validator: bodies are checked as sent, and query strings and path
   // parameters are turned into numbers and booleans strictly, before validation (query-coercion.ts).
   const app = Fastify({
+    ...(options.https ? { https: options.https } : {}),
     logger: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, verbose: true } },
   }).withTypeProvider<TypeBoxTypeProvider>();

@@ -28,6 +28,7 @@ import { AccessControl } from '../access/access-control.ts';
 import { bootstrapAccess } from '../access/bootstrap.ts';
 import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
+import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
   dataDir: string;
@@ -41,6 +42,8 @@ export interface ControlPlaneOptions {
   auditPublishFile?: string;
   /** A command each signed audit head is piped to (as JSON on stdin). */
   auditPublishCommand?: string;
+  /** Serve HTTPS: with the user's certificate, or one from the Nubis CA in `<data>/tls` (app/tls.ts). Default: HTTP. */
+  tls?: ApiTlsOptions;
 }
 
 export interface RunningControlPlane {
@@ -150,16 +153,20 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   const tiny = readTinyImage(options.cacheDir);
   if (tiny) await images.registerBuiltin('tiny', { kernelPath: tiny.kernelPath, initrdPath: tiny.initrdPath });
   else options.logger.warn('The tiny image is not built; run nubis image build tiny');
-  const app = await buildApp(services);
+  // Before buildApp: a bad certificate or name stops the start here, with nothing listening yet.
+  const tls = options.tls ? await prepareApiTls(options.dataDir, options.tls, options.host) : undefined;
+  const app = await buildApp(services, tls ? { https: tls.https } : {});
   const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port });
   const url = address.replace('[::1]', '127.0.0.1');
   // Agents in host namespaces cannot reach the root namespace's loopback; a unix socket in the
   // data folder reaches every namespace of this machine without an address in the root one.
+  // It stays plain HTTP also when the API is HTTPS: it is a local socket in a 0700 folder.
   const agentSocket = dataPaths(options.dataDir).agentApiSocket;
   await rm(agentSocket, { force: true });
   const agentServer = createServer((request, response) => app.routing(request, response));
   await new Promise<void>((resolve, reject) => agentServer.listen(agentSocket, resolve).once('error', reject));
-  await writeFile(paths.apiInfo, `${JSON.stringify({ url, agentUrl: `unix:${agentSocket}`, pid: process.pid }, null, 2)}\n`);
+  const caPath = tls?.caPath ? { caPath: tls.caPath } : {};
+  await writeFile(paths.apiInfo, `${JSON.stringify({ url, agentUrl: `unix:${agentSocket}`, pid: process.pid, ...caPath }, null, 2)}\n`);
   options.logger.info({ url }, 'control plane listening');
   return {
     url,

@@ -1,50 +1,60 @@
 /**
  * The CLI's view of the API: where it is, with which token, and how to follow an operation's
- * event stream. The CLI reaches the control plane over HTTP only.
+ * event stream. The CLI reaches the control plane over HTTP or HTTPS (api-fetch.ts).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { NubisError } from '../core/errors.ts';
 import { dataPaths } from '../core/paths.ts';
+import { type ApiFetch, apiFetch, unreachableError } from './api-fetch.ts';
 import type { Operation, OperationEvent } from '../wire/schemas.ts';
 
 export interface ApiTarget {
   url: string;
   token: string;
+  /** A CA certificate file the API's certificate must chain to (HTTPS with a private CA). */
+  ca?: string;
 }
 
-/** URL and token from flags, then NUBIS_URL / NUBIS_TOKEN, then the data folder of `nubis up`. */
-export function resolveApiTarget(dataDir: string, flags: { url?: string; token?: string } = {}): ApiTarget {
+/**
+ * URL, token and CA from flags, then NUBIS_URL / NUBIS_TOKEN / NUBIS_CA, then the data folder of
+ * `nubis up` (its Nubis CA only with its URL: another control plane has a CA of its own).
+ */
+export function resolveApiTarget(dataDir: string, flags: { url?: string; token?: string; ca?: string } = {}): ApiTarget {
   const paths = dataPaths(dataDir);
   let url = flags.url ?? process.env.NUBIS_URL;
-  if (!url && existsSync(paths.apiInfo)) url = (JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string }).url;
+  let ca = flags.ca ?? process.env.NUBIS_CA;
+  if (!url && existsSync(paths.apiInfo)) {
+    const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; caPath?: string };
+    url = info.url;
+    ca ??= info.caPath;
+  }
   if (!url)
     throw new NubisError('CLI_NOT_CONFIGURED', `No Nubis API found: start one with npx nubis up (data folder ${dataDir}), or set NUBIS_URL and NUBIS_TOKEN`);
   let token = flags.token ?? process.env.NUBIS_TOKEN;
   if (!token && existsSync(paths.adminToken)) token = readFileSync(paths.adminToken, 'utf8').trim();
   if (!token) throw new NubisError('CLI_NOT_CONFIGURED', `No API token: set NUBIS_TOKEN or run as a user who can read ${paths.adminToken}`);
-  return { url, token };
+  return { url, token, ...(ca ? { ca } : {}) };
 }
 
 export class ApiClient {
   readonly target: ApiTarget;
+  readonly #fetch: ApiFetch;
 
   constructor(target: ApiTarget) {
     this.target = target;
+    this.#fetch = apiFetch(target.ca);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     let response: Response;
     try {
-      response = await fetch(`${this.target.url}${path}`, {
+      response = await this.#fetch(`${this.target.url}${path}`, {
         method,
         headers: { authorization: `Bearer ${this.target.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (error) {
-      throw new NubisError(
-        'API_UNREACHABLE',
-        `Cannot reach the Nubis API at ${this.target.url} (${(error as Error).message}); is it running? (npx nubis status)`,
-      );
+      throw unreachableError(this.target.url, error);
     }
     const text = await response.text();
     const parsed = text ? (JSON.parse(text) as unknown) : undefined;
@@ -62,7 +72,7 @@ export class ApiClient {
    * Resolves with the final operation (which may have failed: the caller decides).
    */
   async follow(operationId: string, onEvent: (event: OperationEvent) => void): Promise<Operation> {
-    const response = await fetch(`${this.target.url}/v1/operations/${operationId}/events`, {
+    const response = await this.#fetch(`${this.target.url}/v1/operations/${operationId}/events`, {
       headers: { authorization: `Bearer ${this.target.token}`, accept: 'text/event-stream' },
     });
     if (!response.ok || !response.body) return this.request<Operation>('GET', `/v1/operations/${operationId}`);

@@ -14,6 +14,8 @@ export interface GlobalOptions {
   data: string;
   url?: string;
   token?: string;
+  /** CA certificate file the API's certificate must chain to (`--ca`). */
+  ca?: string;
   project?: string;
 }
 

@@ -19,6 +19,8 @@ import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../
 import { setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
+import type { ApiTlsOptions } from '../app/tls.ts';
+import { tlsDaemonArgs } from './tls-options.ts';
 
 export interface UpOptions {
   dataDir: string;
@@ -28,6 +30,12 @@ export interface UpOptions {
   quiet: boolean;
   /** Run each host in a network namespace of its own on an underlay bridge (needs root). */
   netns: boolean;
+  /** Address the API listens on. Default 127.0.0.1. */
+  host?: string;
+  /** Serve the API over HTTPS (app/tls.ts). Default: HTTP. */
+  tls?: ApiTlsOptions;
+  /** CA file the CLI trusts for the API (`--ca`); the Nubis CA of the data folder needs none. */
+  ca?: string;
 }
 
 /** How the hosts of a test bed are laid out on this machine (kept in run/testbed.json). */
@@ -136,6 +144,8 @@ async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<
 
 export interface UpResult {
   url: string;
+  /** The Nubis CA that clients of an HTTPS API trust (nubis up --tls-self-signed). */
+  caPath?: string;
   dataDir: string;
   adminTokenFile: string;
   hosts: string[];
@@ -158,14 +168,16 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
   if (!controlPid) {
     alreadyRunning = false;
     await rm(paths.apiInfo, { force: true });
-    controlPid = await spawnDaemon(options.dataDir, 'control-plane', ['control-plane', '--data', options.dataDir, '--port', String(options.port)]);
+    const listen = options.host ? ['--listen', options.host] : [];
+    const args = ['control-plane', '--data', options.dataDir, '--port', String(options.port), ...listen, ...tlsDaemonArgs(options.tls)];
+    controlPid = await spawnDaemon(options.dataDir, 'control-plane', args);
   }
-  const url = await waitFor('The control plane answering', 30_000, async () => {
+  const { url, caPath } = await waitFor('The control plane answering', 30_000, async () => {
     if (!processAlive(controlPid!)) throw new NubisError('UP_FAILED', `The control plane exited; see ${join(paths.logsDir, 'control-plane.log')}`);
     if (!existsSync(paths.apiInfo)) return undefined;
-    const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string };
-    await new ApiClient(resolveApiTarget(options.dataDir)).request('GET', '/v1/status');
-    return info.url;
+    const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; caPath?: string };
+    await new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca })).request('GET', '/v1/status');
+    return info;
   });
   // The storage node starts before the agents: VMs they re-adopt may have volumes on it.
   if (!(await readPidFile(join(paths.runDir, 'storage.pid')))) {
@@ -210,13 +222,21 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
       return (await socketAccepts(join(paths.hostsDir, agent.name, 'agent.sock'))) ? true : undefined;
     });
   }
-  const client = new ApiClient(resolveApiTarget(options.dataDir));
+  const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca }));
   // The first agent start probes the accelerator (up to ~20 s where KVM does not work).
   await waitFor('Every host agent joining', 90_000, async () => {
     const hosts = await client.request<Array<{ name: string; status: string }>>('GET', '/v1/hosts');
     return hostNames.every((name) => hosts.some((host) => host.name === name && host.status === 'online')) ? true : undefined;
   });
-  return { url, dataDir: options.dataDir, adminTokenFile: paths.adminToken, hosts: hostNames, alreadyRunning, ...(bed ? { testBed: bed.prefix } : {}) };
+  return {
+    url,
+    ...(caPath ? { caPath } : {}),
+    dataDir: options.dataDir,
+    adminTokenFile: paths.adminToken,
+    hosts: hostNames,
+    alreadyRunning,
+    ...(bed ? { testBed: bed.prefix } : {}),
+  };
 }
 
 export interface DownResult {
@@ -228,12 +248,12 @@ export interface DownResult {
  * Stops the VMs (unless `keepVms`), then the agents and the control plane. VMs are stopped
  * through the API, cleanly; any QEMU left without an agent is stopped directly afterwards.
  */
-export async function down(options: { dataDir: string; keepVms: boolean }, say: (line: string) => void): Promise<DownResult> {
+export async function down(options: { dataDir: string; keepVms: boolean; ca?: string }, say: (line: string) => void): Promise<DownResult> {
   const paths = dataPaths(options.dataDir);
   const stoppedVms: string[] = [];
   if (!options.keepVms) {
     try {
-      const client = new ApiClient(resolveApiTarget(options.dataDir));
+      const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca }));
       const vms = await client.request<Vm[]>('GET', '/v1/vms');
       const running = vms.filter((vm) => ['running', 'paused', 'starting'].includes(vm.state));
       if (running.length > 0) say(`Stopping ${running.length} VM(s): ${running.map((vm) => vm.name).join(', ')}`);

@@ -24,6 +24,7 @@ const program = new Command('nubis')
   .option('--data <dir>', 'data folder of the local control plane (env NUBIS_DATA)', defaultDataDir())
   .option('--url <url>', 'API URL (env NUBIS_URL; default: from the data folder)')
   .option('--token <token>', 'API token (env NUBIS_TOKEN; default: the admin token in the data folder)')
+  .option('--ca <file>', "CA certificate the API's HTTPS certificate must chain to (env NUBIS_CA; default: the Nubis CA of the data folder)")
   .configureHelp({ showGlobalOptions: true })
   .showHelpAfterError();
 

@@ -7,9 +7,11 @@ import type { Status } from '../../wire/schemas.ts';
 import { client, globals, parseInteger } from '../common.ts';
 import { down, up } from '../local-services.ts';
 import { printJson } from '../output.ts';
+import { type TlsFlags, addTlsOptions, tlsOptionsOf } from '../tls-options.ts';
 
-interface UpOptions {
+interface UpOptions extends TlsFlags {
   port: number;
+  host?: string;
   hosts: number;
   detach?: boolean;
   netns?: boolean;
@@ -17,10 +19,10 @@ interface UpOptions {
 
 /** Registers `up`, `down` and `status` on the program. */
 export function registerUpDownCommands(program: Command): void {
-  program
-    .command('up')
+  addTlsOptions(program.command('up'))
     .description('Start the control plane and the local host agent(s)')
     .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
+    .option('--host <address>', 'address the API listens on (default 127.0.0.1)')
     .option('--hosts <count>', 'number of local host agents', parseInteger('--hosts'), 1)
     .option('--netns', 'run each host in a network namespace with an underlay link (default as root with 2+ hosts)')
     .option('--no-netns', 'run host agents as plain processes (user-mode networking only)')
@@ -33,7 +35,7 @@ export function registerUpDownCommands(program: Command): void {
     .option('--keep-vms', 'leave the VMs running (the next nubis up re-adopts them)')
     .action(async (options: { keepVms?: boolean }, command: Command) => {
       const g = globals(command);
-      const result = await down({ dataDir: g.data, keepVms: Boolean(options.keepVms) }, (line) => void (g.json ? undefined : console.error(line)));
+      const result = await down({ dataDir: g.data, keepVms: Boolean(options.keepVms), ca: g.ca }, (line) => void (g.json ? undefined : console.error(line)));
       if (g.json) printJson(result);
       else
         console.log(
@@ -60,12 +62,27 @@ async function runUp(options: UpOptions, command: Command): Promise<void> {
   const say = (line: string): void => void (g.json ? undefined : console.error(line));
   if (options.hosts < 1 || options.hosts > 16) throw new NubisError('VALIDATION_FAILED', `--hosts must be from 1 to 16, not ${options.hosts}`);
   const netns = options.netns ?? (options.hosts > 1 && process.getuid?.() === 0);
-  const result = await up({ dataDir: g.data, port: options.port, hosts: options.hosts, detach: Boolean(options.detach), quiet: Boolean(g.json), netns }, say);
+  const tls = await tlsOptionsOf(options);
+  const result = await up(
+    {
+      dataDir: g.data,
+      port: options.port,
+      hosts: options.hosts,
+      detach: Boolean(options.detach),
+      quiet: Boolean(g.json),
+      netns,
+      host: options.host,
+      tls,
+      ca: g.ca,
+    },
+    say,
+  );
   if (g.json) printJson(result);
   else {
     console.log(`Nubis ${result.alreadyRunning ? 'was already running' : 'is running'}.`);
     console.log(`  API:          ${result.url}  (OpenAPI: ${result.url}/v1/openapi.json)`);
     console.log(`  Admin token:  ${result.adminTokenFile}`);
+    if (result.caPath) console.log(`  CA:           ${result.caPath}  (other machines: nubis --ca FILE, or NUBIS_CA)`);
     console.log(`  Hosts:        ${result.hosts.join(', ')}`);
     console.log(`  Data folder:  ${result.dataDir}`);
     console.log('Next: npx nubis vm create web1 --image tiny --cpus 1 --memory 256');
@@ -77,5 +94,5 @@ async function runUp(options: UpOptions, command: Command): Promise<void> {
     process.once('SIGTERM', resolve);
   });
   console.error('\nStopping Nubis');
-  await down({ dataDir: g.data, keepVms: false }, (line) => console.error(line));
+  await down({ dataDir: g.data, keepVms: false, ca: g.ca }, (line) => console.error(line));
 }

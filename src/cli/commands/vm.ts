@@ -6,6 +6,7 @@ import { NubisError } from '../../core/errors.ts';
 import type { Accepted, PublishedPort, Vm } from '../../wire/schemas.ts';
 import { client, collect, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatDuration, printJson, printTable } from '../output.ts';
+import { readCaFile } from '../api-fetch.ts';
 
 interface VmCreateOptions {
   image: string;
@@ -324,7 +325,8 @@ function addLogAndConsole(vm: Command): void {
 async function attachConsole(name: string, _options: unknown, command: Command): Promise<void> {
   const api = client(command);
   const url = `${api.target.url.replace(/^http/, 'ws')}/v1/vms/${encodeURIComponent(name)}/console${projectQuery(command)}`;
-  const socket = new WebSocket(url, { headers: { authorization: `Bearer ${api.target.token}` } });
+  // https -> wss; ws takes the CA per connection, as fetch does through api-fetch.ts.
+  const socket = new WebSocket(url, { headers: { authorization: `Bearer ${api.target.token}` }, ...(api.target.ca ? { ca: readCaFile(api.target.ca) } : {}) });
   await new Promise<void>((resolve, reject) => {
     socket.on('open', () => {
       if (!globals(command).json) console.error(`Connected to the console of ${name}; detach with Ctrl-]`);
