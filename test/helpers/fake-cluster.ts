@@ -3,7 +3,6 @@
  * API over them: for unit tests of the services that drive agents (VMs, migrations, networks) and
  * of the API with `inject()`, without QEMU or namespaces.
  */
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +10,7 @@ import { FakeAgent } from '../../src/agent-api/fake-agent.ts';
 import type { FastifyInstance } from 'fastify';
 import { type AppServices, buildApp } from '../../src/api/app.ts';
 import { createServices } from '../../src/app/control-plane.ts';
+import { bootstrapAccess } from '../../src/access/bootstrap.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
 
 export interface FakeCluster {
@@ -37,11 +37,10 @@ export async function fakeCluster(hosts: string[] = []): Promise<FakeCluster> {
   const db = await openDatabase(join(dir, 'nubis.db'));
   const now = new Date().toISOString();
   const token = 'nubis_admin_test-secret';
-  await db
-    .insertInto('tokens')
-    .values({ id: 'tok-1', name: 'admin', secret_sha256: createHash('sha256').update(token).digest('hex'), role: 'admin', created_at: now })
-    .execute();
   await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
+  // The first admin as a real start makes it: the user admin, its platform role and this token.
+  writeFileSync(join(dir, 'admin-token'), `${token}\n`, { mode: 0o600 });
+  await bootstrapAccess(db, join(dir, 'admin-token'));
   const agents = new Map<string, FakeAgent>();
   const services = createServices({
     db,
@@ -52,6 +51,7 @@ export async function fakeCluster(hosts: string[] = []): Promise<FakeCluster> {
       return agents.get(hostName)!;
     },
   });
+  await services.audit.start();
   writeFileSync(join(dir, 'vmlinuz'), 'kernel');
   writeFileSync(join(dir, 'initrd'), 'initrd');
   await services.images.registerBuiltin('tiny', { kernelPath: join(dir, 'vmlinuz'), initrdPath: join(dir, 'initrd') });
@@ -85,6 +85,7 @@ export async function fakeCluster(hosts: string[] = []): Promise<FakeCluster> {
     async close() {
       await services.operations.drain();
       await app?.close();
+      await services.audit.stop();
       await db.destroy();
       rmSync(dir, { recursive: true, force: true });
     },

@@ -152,14 +152,14 @@ function registerTokenRoutes(app: RouteApp, { db, access }: AuthRouteServices): 
     },
   );
   app.delete(
-    '/v1/tokens/:token',
+    '/v1/tokens/:name',
     {
       config: { access: { on: 'self' } },
       schema: {
         operationId: 'revokeToken',
         tags: ['access'],
         summary: "Revoke one of your tokens (another user's with ?user=, which needs token.manage); open consoles of it close",
-        params: Type.Object({ token: TokenName }),
+        params: Type.Object({ name: TokenName }),
         querystring: Type.Object({ user: Type.Optional(UserName) }, { additionalProperties: false }),
         response: { 204: Type.Null(), ...errorResponses },
       },
@@ -170,7 +170,7 @@ function registerTokenRoutes(app: RouteApp, { db, access }: AuthRouteServices): 
         checkResource(access, request, 'token.manage', 'platform');
         userId = (await access.users.row(request.query.user)).id;
       }
-      const token = await access.tokens.find(userId, request.params.token);
+      const token = await access.tokens.find(userId, request.params.name);
       await access.tokens.revoke([token.id]);
       await access.revalidate();
       return reply.status(204).send(null);
