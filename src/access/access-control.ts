@@ -37,7 +37,8 @@ export class AccessControl {
   /** The decision, or ACCESS_DENIED (403) with its reason: the one gate every entry point passes. */
   check(principal: Principal, permission: Permission, target: AccessTarget): Decision {
     const decision = authorize(principal, permission, target);
-    if (!decision.allowed) throw new NubisError('ACCESS_DENIED', decision.reason, { details: { permission, on: target === 'platform' ? 'platform' : target.project.name } });
+    if (!decision.allowed)
+      throw new NubisError('ACCESS_DENIED', decision.reason, { details: { permission, on: target === 'platform' ? 'platform' : target.project.name } });
     return decision;
   }
 

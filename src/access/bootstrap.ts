@@ -19,8 +19,24 @@ export async function bootstrapAccess(db: Db, adminTokenPath: string): Promise<v
   const secret = existsSync(adminTokenPath) ? (await readFile(adminTokenPath, 'utf8')).trim() : newSecret('nubis_admin');
   const now = new Date().toISOString();
   await db.transaction().execute(async (trx) => {
-    await trx.insertInto('users').values({ id: 'usr-admin', name: 'admin', password_hash: null, totp_secret: null, totp_enabled: 0, source: 'local', created_at: now }).execute();
-    await trx.insertInto('role_bindings').values({ id: newId('bnd'), subject_type: 'user', subject: 'usr-admin', role_id: 'role-admin', project_id: null, created_at: now }).execute();
+    await trx
+      .insertInto('users')
+      .values({
+        id: 'usr-admin',
+        name: 'admin',
+        password_hash: null,
+        totp_secret: null,
+        totp_enabled: 0,
+        totp_last_step: null,
+        oidc_subject: null,
+        source: 'local',
+        created_at: now,
+      })
+      .execute();
+    await trx
+      .insertInto('role_bindings')
+      .values({ id: newId('bnd'), subject_type: 'user', subject: 'usr-admin', role_id: 'role-admin', project_id: null, created_at: now })
+      .execute();
     await trx.deleteFrom('tokens').where('secret_sha256', '=', sha256Hex(secret)).execute();
     await trx
       .insertInto('tokens')

@@ -137,6 +137,11 @@ export class OidcVerifier {
     });
   }
 
+  /** The issuer whose ID tokens this verifier accepts. */
+  get issuer(): string {
+    return this.#config.issuer;
+  }
+
   /**
    * Verifies `idToken` (OpenID Connect Core 1.0 §3.1.3.7) and returns who it names: the subject,
    * the Nubis user name (the username claim lower-cased, which must match

@@ -12,7 +12,7 @@ export type PermissionScope = 'project' | 'platform';
 export const PERMISSIONS = {
   // Projects and their members.
   'project.read': ['project', 'See the project, its quota and use'],
-  'project.members': ['project', "Grant and revoke roles on the project (manage its members)"],
+  'project.members': ['project', 'Grant and revoke roles on the project (manage its members)'],
   'project.create': ['platform', 'Create projects'],
   'project.quota': ['platform', "Set a project's quotas"],
   // VMs.
@@ -54,7 +54,7 @@ export const PERMISSIONS = {
   'pool.manage': ['platform', 'Create, delete, scrub and repair storage pools'],
   'network.probe': ['platform', 'Run a command in a namespace attached to a network (as root on a host)'],
   'user.read': ['platform', 'List users'],
-  'user.manage': ['platform', "Create and delete users and set their passwords"],
+  'user.manage': ['platform', 'Create and delete users and set their passwords'],
   'role.manage': ['platform', 'Create and delete custom roles'],
   'token.manage': ['platform', "List and revoke other users' tokens"],
   'audit.verify': ['platform', 'Verify, prove and export the whole audit log'],

@@ -22,7 +22,14 @@ const COLUMN: Record<QuotaName, keyof Omit<ProjectQuotasTable, 'project_id'>> = 
   portForwards: 'port_forwards',
 };
 
-const UNIT: Record<QuotaName, string> = { cpus: 'vCPUs', memoryMb: 'MiB of memory', vms: 'VMs', volumeBytes: 'bytes of volumes', networks: 'networks', portForwards: 'port forwards' };
+const UNIT: Record<QuotaName, string> = {
+  cpus: 'vCPUs',
+  memoryMb: 'MiB of memory',
+  vms: 'VMs',
+  volumeBytes: 'bytes of volumes',
+  networks: 'networks',
+  portForwards: 'port forwards',
+};
 
 /** One quota as `project show` gives it: the limit (absent: none) and the use. */
 export type QuotaUsage = Record<QuotaName, { limit?: number; used: number }>;

@@ -49,7 +49,12 @@ export class RoleStore {
 
   async list(): Promise<RoleView[]> {
     const rows = await this.#db.selectFrom('roles').selectAll().orderBy('builtin', 'desc').orderBy('name').execute();
-    return rows.map((row) => ({ name: row.name, description: row.description, permissions: JSON.parse(row.permissions) as string[], builtin: row.builtin === 1 }));
+    return rows.map((row) => ({
+      name: row.name,
+      description: row.description,
+      permissions: JSON.parse(row.permissions) as string[],
+      builtin: row.builtin === 1,
+    }));
   }
 
   async id(name: string): Promise<string> {
@@ -112,7 +117,14 @@ export class RoleStore {
     if (await existing.executeTakeFirst()) return;
     await this.#db
       .insertInto('role_bindings')
-      .values({ id: newId('bnd'), subject_type: subject.type, subject: subjectKey, role_id: roleId, project_id: projectId, created_at: new Date().toISOString() })
+      .values({
+        id: newId('bnd'),
+        subject_type: subject.type,
+        subject: subjectKey,
+        role_id: roleId,
+        project_id: projectId,
+        created_at: new Date().toISOString(),
+      })
       .execute();
   }
 

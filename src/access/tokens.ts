@@ -79,7 +79,8 @@ export class TokenStore {
   async #principalIfValid(token: TokensTable): Promise<Principal> {
     if (!token.user_id)
       throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; sign in again with nubis login (or use a token from nubis token create)');
-    if (token.revoked_at) throw new NubisError('AUTH_TOKEN_REVOKED', `Token ${token.name} was revoked at ${token.revoked_at}; sign in again or make a new token`);
+    if (token.revoked_at)
+      throw new NubisError('AUTH_TOKEN_REVOKED', `Token ${token.name} was revoked at ${token.revoked_at}; sign in again or make a new token`);
     const now = new Date();
     if (token.expires_at && new Date(token.expires_at) <= now)
       throw new NubisError('AUTH_TOKEN_EXPIRED', `Token ${token.name} expired at ${token.expires_at}; sign in again or make a new token`);
@@ -141,7 +142,10 @@ export class TokenStore {
       .where('kind', '=', request.kind ?? 'api')
       .executeTakeFirst();
     if (taken && (request.kind ?? 'api') === 'api')
-      throw new NubisError('TOKEN_NAME_TAKEN', `You have a token named ${request.name}; revoke it first (nubis token revoke ${request.name}) or pick another name`);
+      throw new NubisError(
+        'TOKEN_NAME_TAKEN',
+        `You have a token named ${request.name}; revoke it first (nubis token revoke ${request.name}) or pick another name`,
+      );
     const secret = newSecret('nubis_tok');
     const row: TokensTable = {
       id: newId('tok'),
@@ -211,7 +215,12 @@ export class TokenStore {
   /** Revokes tokens by id; they are refused from the next request on (and open consoles close). */
   async revoke(ids: readonly string[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.#db.updateTable('tokens').set({ revoked_at: new Date().toISOString() }).where('id', 'in', [...ids]).where('revoked_at', 'is', null).execute();
+    await this.#db
+      .updateTable('tokens')
+      .set({ revoked_at: new Date().toISOString() })
+      .where('id', 'in', [...ids])
+      .where('revoked_at', 'is', null)
+      .execute();
   }
 
   async #views(rows: TokensTable[]): Promise<TokenView[]> {

@@ -11,7 +11,7 @@ import type { Principal } from './authorize.ts';
 import type { OidcVerifier } from './oidc.ts';
 import { DECOY_PASSWORD_HASH, hashPassword, verifyPassword } from './passwords.ts';
 import type { TokenStore, TokenView } from './tokens.ts';
-import { newTotpSecret, totpUri, verifyTotp } from './totp.ts';
+import { newTotpSecret, totpUri, verifyTotp, verifyTotpStep } from './totp.ts';
 
 export interface UserView {
   name: string;
@@ -58,6 +58,8 @@ export class UserStore {
       password_hash: password === undefined ? null : await hashPassword(password),
       totp_secret: null,
       totp_enabled: 0,
+      totp_last_step: null,
+      oidc_subject: null,
       source: 'local',
       created_at: new Date().toISOString(),
     };
@@ -76,7 +78,12 @@ export class UserStore {
       .where('subject_type', '=', 'user')
       .where('project_id', 'is', null)
       .execute();
-    const isAdmin = await this.#db.selectFrom('role_bindings').select('id').where('role_id', '=', 'role-admin').where('subject', '=', user.id).executeTakeFirst();
+    const isAdmin = await this.#db
+      .selectFrom('role_bindings')
+      .select('id')
+      .where('role_id', '=', 'role-admin')
+      .where('subject', '=', user.id)
+      .executeTakeFirst();
     if (isAdmin && admin.length === 1) throw new NubisError('ACCESS_LAST_ADMIN', `${name} is the last platform admin; grant admin to another user first`);
     await this.#db.transaction().execute(async (trx) => {
       await trx.deleteFrom('role_bindings').where('subject_type', '=', 'user').where('subject', '=', user.id).execute();
@@ -90,8 +97,18 @@ export class UserStore {
   async setPassword(name: string, password: string): Promise<string[]> {
     const user = await this.row(name);
     if (user.source !== 'local') throw new NubisError('USER_NOT_LOCAL', `${name} signs in through OpenID Connect and has no password here`);
-    const sessions = await this.#db.selectFrom('tokens').select('id').where('user_id', '=', user.id).where('kind', '=', 'session').where('revoked_at', 'is', null).execute();
-    await this.#db.updateTable('users').set({ password_hash: await hashPassword(password) }).where('id', '=', user.id).execute();
+    const sessions = await this.#db
+      .selectFrom('tokens')
+      .select('id')
+      .where('user_id', '=', user.id)
+      .where('kind', '=', 'session')
+      .where('revoked_at', 'is', null)
+      .execute();
+    await this.#db
+      .updateTable('users')
+      .set({ password_hash: await hashPassword(password) })
+      .where('id', '=', user.id)
+      .execute();
     await this.#tokens.revoke(sessions.map((s) => s.id));
     return sessions.map((s) => s.id);
   }
@@ -110,11 +127,15 @@ export class UserStore {
       throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong user name or password');
     }
     if (user.totp_enabled && user.totp_secret) {
-      if (!request.totp) throw new NubisError('AUTH_TOTP_REQUIRED', `${user.name} has a second factor: send the 6-digit code of the authenticator app (--totp)`);
-      if (!verifyTotp(user.totp_secret, request.totp)) {
+      if (!request.totp)
+        throw new NubisError('AUTH_TOTP_REQUIRED', `${user.name} has a second factor: send the 6-digit code of the authenticator app (--totp)`);
+      const step = verifyTotpStep(user.totp_secret, request.totp);
+      // RFC 6238 5.2: a code is accepted once; a code seen (or one older than it) is refused.
+      if (step === undefined || (user.totp_last_step !== null && step <= user.totp_last_step)) {
         this.#recordFailure(request.user);
-        throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong one-time code; use the current code of the authenticator app');
+        throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong or already used one-time code; wait for the next code of the authenticator app');
       }
+      await this.#db.updateTable('users').set({ totp_last_step: step }).where('id', '=', user.id).execute();
     }
     this.#failures.delete(request.user);
     return this.#session(user, request.hours);
@@ -124,11 +145,26 @@ export class UserStore {
   async loginOidc(idToken: string): Promise<{ token: TokenView; secret: string; groups: string[] }> {
     if (!this.#oidc) throw new NubisError('AUTH_OIDC_NOT_CONFIGURED', 'OpenID Connect is not configured; start Nubis with --oidc-issuer and --oidc-client-id');
     const identity = await this.#oidc.verifyIdToken(idToken);
+    const subject = `${this.#oidc.issuer} ${identity.subject}`;
     let user = await this.#db.selectFrom('users').selectAll().where('name', '=', identity.username).executeTakeFirst();
     if (user && user.source !== 'oidc')
       throw new NubisError('AUTH_OIDC_INVALID', `A local user named ${identity.username} exists; an OpenID Connect identity cannot take it over`);
+    // The name is the provider's preferred_username, which its users may change (OIDC Core 5.7): the
+    // account stays bound to the subject that first signed in with it.
+    if (user && user.oidc_subject !== subject)
+      throw new NubisError('AUTH_OIDC_INVALID', `User ${identity.username} belongs to another identity of the provider; ask an admin to delete it first`);
     if (!user) {
-      user = { id: newId('usr'), name: identity.username, password_hash: null, totp_secret: null, totp_enabled: 0, source: 'oidc', created_at: new Date().toISOString() };
+      user = {
+        id: newId('usr'),
+        name: identity.username,
+        password_hash: null,
+        totp_secret: null,
+        totp_enabled: 0,
+        totp_last_step: null,
+        oidc_subject: subject,
+        source: 'oidc',
+        created_at: new Date().toISOString(),
+      };
       await this.#db.insertInto('users').values(user).execute();
     }
     const hours = Math.max(0, Math.min(SESSION_HOURS, (identity.expiresAt.getTime() - Date.now()) / 3_600_000));
@@ -163,7 +199,10 @@ export class UserStore {
     const recent = (this.#failures.get(name) ?? []).filter((at) => Date.now() - at < FAILED_LOGIN_WINDOW_MS);
     this.#failures.set(name, recent);
     if (recent.length >= FAILED_LOGIN_LIMIT)
-      throw new NubisError('AUTH_LOGIN_LOCKED', `Too many failed sign-ins for ${name}; try again in ${Math.ceil((recent[0] + FAILED_LOGIN_WINDOW_MS - Date.now()) / 60_000)} minutes`);
+      throw new NubisError(
+        'AUTH_LOGIN_LOCKED',
+        `Too many failed sign-ins for ${name}; try again in ${Math.ceil((recent[0] + FAILED_LOGIN_WINDOW_MS - Date.now()) / 60_000)} minutes`,
+      );
   }
 
   #recordFailure(name: string): void {

@@ -115,10 +115,17 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
  * The project named `name` for an authorization check. A principal who could not act there
  * anyway is told it lacks the permission, not whether the project exists.
  */
-async function resolveProject(db: Db, access: AccessControl, principal: Principal, permission: Permission, name: string): Promise<{ id: string; name: string }> {
+async function resolveProject(
+  db: Db,
+  access: AccessControl,
+  principal: Principal,
+  permission: Permission,
+  name: string,
+): Promise<{ id: string; name: string }> {
   const row = await db.selectFrom('projects').select(['id', 'name']).where('name', '=', name).executeTakeFirst();
   if (row) return row;
-  if (projectsWith(principal, permission) === 'all') throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
+  if (projectsWith(principal, permission) === 'all')
+    throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
   access.check(principal, permission, { project: { id: '', name } });
   throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}`);
 }
@@ -128,11 +135,14 @@ function recordEntry(request: FastifyRequest, rule: AccessRule | undefined, proj
   if (!request.audit || request.audit.entry) return;
   const audited = force || rule === undefined || rule.audit === true || (isMutating(request) && rule.audit !== false);
   if (!audited) return;
-  const params = redactSecrets({ ...(request.body && typeof request.body === 'object' ? { body: request.body } : {}), query: request.query }) as Record<string, unknown>;
+  const params = redactSecrets({ ...(request.body && typeof request.body === 'object' ? { body: request.body } : {}), query: request.query }) as Record<
+    string,
+    unknown
+  >;
   request.audit.entry = {
     ...(request.principal ? { user: request.principal.userName, token: request.principal.tokenName } : {}),
     ...(project ? { projectId: project.id, project: project.name } : {}),
-    action: rule && 'permission' in rule ? rule.permission : (request.routeOptions.schema?.operationId as string | undefined) ?? 'request',
+    action: rule && 'permission' in rule ? rule.permission : ((request.routeOptions.schema?.operationId as string | undefined) ?? 'request'),
     method: request.method,
     route: request.routeOptions.url ?? request.url.split('?')[0].slice(0, 200),
     ...(request.params && Object.keys(request.params as object).length > 0 ? { resource: redactSecrets(request.params) as Record<string, string> } : {}),
@@ -167,7 +177,8 @@ export function checkResource(access: AccessControl, request: FastifyRequest, pe
   try {
     access.check(principal, permission, target);
   } catch (error) {
-    if (request.audit?.entry === undefined && request.audit) recordEntry(request, { on: 'resource', permission }, target === 'platform' ? undefined : target.project, true);
+    if (request.audit?.entry === undefined && request.audit)
+      recordEntry(request, { on: 'resource', permission }, target === 'platform' ? undefined : target.project, true);
     throw error;
   }
 }

@@ -63,7 +63,10 @@ export class AuditLog {
     this.#key = await loadOrCreateSigningKey(this.#options.keyPath);
     for (const row of await this.#db.selectFrom('audit_entries').select('leaf_hash').orderBy('seq').execute())
       this.#frontier.append(Buffer.from(row.leaf_hash, 'hex'));
-    this.#timer = setInterval(() => void this.signHead().catch((error) => this.#options.logger?.error({ err: error }, 'audit head not signed')), this.#options.headIntervalMs ?? 2000);
+    this.#timer = setInterval(
+      () => void this.signHead().catch((error) => this.#options.logger?.error({ err: error }, 'audit head not signed')),
+      this.#options.headIntervalMs ?? 2000,
+    );
     this.#timer.unref();
   }
 
@@ -93,7 +96,11 @@ export class AuditLog {
     const fresh = await this.#db.selectFrom('audit_entries').select(['seq', 'leaf_hash']).where('seq', '>', this.#frontier.size).orderBy('seq').execute();
     if (fresh.length === 0) return undefined;
     for (const row of fresh) this.#frontier.append(Buffer.from(row.leaf_hash, 'hex'));
-    const head = signTreeHead(key.privateKey, { treeSize: this.#frontier.size, rootHash: this.#frontier.root().toString('hex'), timestamp: new Date().toISOString() });
+    const head = signTreeHead(key.privateKey, {
+      treeSize: this.#frontier.size,
+      rootHash: this.#frontier.root().toString('hex'),
+      timestamp: new Date().toISOString(),
+    });
     await this.#db
       .insertInto('audit_heads')
       .values({ tree_size: head.treeSize, root_hash: head.rootHash, timestamp: head.timestamp, signature: head.signature })
@@ -132,11 +139,17 @@ export class AuditLog {
   }
 
   /** The inclusion proof of entry `seq` in the tree of `treeSize` entries (default: the latest head's). */
-  async inclusionProof(seq: number, treeSize?: number): Promise<{ seq: number; leafIndex: number; treeSize: number; leafHash: string; rootHash: string; proof: string[] }> {
+  async inclusionProof(
+    seq: number,
+    treeSize?: number,
+  ): Promise<{ seq: number; leafIndex: number; treeSize: number; leafHash: string; rootHash: string; proof: string[] }> {
     const leaves = await this.#leafHashes();
     const size = treeSize ?? (await this.heads()).at(-1)?.treeSize ?? leaves.length;
     if (seq < 1 || seq > size || size > leaves.length)
-      throw new NubisError('AUDIT_OUT_OF_RANGE', `Entry ${seq} is not in a tree of ${size} entries (the log has ${leaves.length}); wait for the next signed head or give a larger --tree-size`);
+      throw new NubisError(
+        'AUDIT_OUT_OF_RANGE',
+        `Entry ${seq} is not in a tree of ${size} entries (the log has ${leaves.length}); wait for the next signed head or give a larger --tree-size`,
+      );
     return {
       seq,
       leafIndex: seq - 1,
@@ -187,11 +200,16 @@ export class AuditLog {
     }
     let previous = 0;
     for (const head of heads) {
-      if (!verifyTreeHead(key.publicKey, head)) problems.push(`Head of size ${head.treeSize} (signed ${head.timestamp}) has a bad signature: it was not made by this control plane's key`);
+      if (!verifyTreeHead(key.publicKey, head))
+        problems.push(`Head of size ${head.treeSize} (signed ${head.timestamp}) has a bad signature: it was not made by this control plane's key`);
       if (head.treeSize > rows.length)
-        problems.push(`Head of size ${head.treeSize} (signed ${head.timestamp}) covers entries the log no longer has (it has ${rows.length}): the log was truncated`);
+        problems.push(
+          `Head of size ${head.treeSize} (signed ${head.timestamp}) covers entries the log no longer has (it has ${rows.length}): the log was truncated`,
+        );
       else if (rootAt.get(head.treeSize) !== head.rootHash)
-        problems.push(`Head of size ${head.treeSize} (signed ${head.timestamp}) does not match the entries: an entry among ${previous + 1}..${head.treeSize} was changed, removed, inserted or moved`);
+        problems.push(
+          `Head of size ${head.treeSize} (signed ${head.timestamp}) does not match the entries: an entry among ${previous + 1}..${head.treeSize} was changed, removed, inserted or moved`,
+        );
       previous = head.treeSize;
     }
     const notes: string[] = [];
@@ -201,7 +219,9 @@ export class AuditLog {
       checkExternal(external, key, rows.length, rootAt.get(external.treeSize), problems);
       externalResult = { treeSize: external.treeSize, matched: problems.length === before };
     } else {
-      notes.push('No head kept outside the data folder was checked: a truncated log, or one replaced by another signed with a new key, is only caught against one (configure --audit-publish-file, pass --head)');
+      notes.push(
+        'No head kept outside the data folder was checked: a truncated log, or one replaced by another signed with a new key, is only caught against one (configure --audit-publish-file, pass --head)',
+      );
     }
     const covered = heads.at(-1)?.treeSize ?? 0;
     if (covered < rows.length) notes.push(`Entries ${covered + 1}..${rows.length} are not covered by a signed head yet (the next one comes within seconds)`);
@@ -229,7 +249,13 @@ function checkEntries(rows: Array<{ seq: number; data: string; leaf_hash: string
   return problems;
 }
 
-function checkExternal(external: PublishedHead, key: { publicKey: KeyObject; keyId: string }, entries: number, root: string | undefined, problems: string[]): void {
+function checkExternal(
+  external: PublishedHead,
+  key: { publicKey: KeyObject; keyId: string },
+  entries: number,
+  root: string | undefined,
+  problems: string[],
+): void {
   const signer = external.publicKey ? publicKeyFromPem(external.publicKey) : key.publicKey;
   if (!verifyTreeHead(signer, external)) {
     problems.push(`The external head of size ${external.treeSize} has a bad signature`);
@@ -238,7 +264,9 @@ function checkExternal(external: PublishedHead, key: { publicKey: KeyObject; key
   if (external.keyId && external.keyId !== key.keyId)
     problems.push(`The external head was signed by key ${external.keyId}, the log by key ${key.keyId}: the log (or its key) was replaced`);
   if (external.treeSize > entries)
-    problems.push(`The external head (signed ${external.timestamp}) has ${external.treeSize} entries, the log only ${entries}: the log was truncated or replaced`);
+    problems.push(
+      `The external head (signed ${external.timestamp}) has ${external.treeSize} entries, the log only ${entries}: the log was truncated or replaced`,
+    );
   else if (root !== external.rootHash)
     problems.push(`The first ${external.treeSize} entries do not match the external head signed ${external.timestamp}: the log was rewritten or replaced`);
 }

@@ -80,7 +80,14 @@ export async function appendAuditEntry(trx: Transaction<Database>, input: AuditE
   const data = canonicalJson(entry);
   await trx
     .insertInto('audit_entries')
-    .values({ seq: entry.seq, data, leaf_hash: leafHash(data).toString('hex'), at: entry.at, user_name: entry.user ?? null, project_id: entry.projectId ?? null })
+    .values({
+      seq: entry.seq,
+      data,
+      leaf_hash: leafHash(data).toString('hex'),
+      at: entry.at,
+      user_name: entry.user ?? null,
+      project_id: entry.projectId ?? null,
+    })
     .execute();
   return entry;
 }

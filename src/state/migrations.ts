@@ -267,6 +267,8 @@ const migrations: Record<string, Migration> = {
         .addColumn('password_hash', 'text')
         .addColumn('totp_secret', 'text')
         .addColumn('totp_enabled', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('totp_last_step', 'integer')
+        .addColumn('oidc_subject', 'text')
         .addColumn('source', 'text', (c) => c.notNull().defaultTo('local'))
         .addColumn('created_at', 'text', (c) => c.notNull())
         .execute();

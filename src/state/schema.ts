@@ -39,6 +39,10 @@ export interface UsersTable {
   password_hash: string | null;
   totp_secret: string | null;
   totp_enabled: number;
+  /** The TOTP time step last accepted: a code is good once (RFC 6238 5.2). */
+  totp_last_step: number | null;
+  /** `issuer subject` of an OpenID Connect user: the name alone may be reassigned at the provider. */
+  oidc_subject: string | null;
   source: 'local' | 'oidc';
   created_at: string;
 }

@@ -24,93 +24,93 @@ type Role = (typeof ROLES)[number];
 
 // prettier-ignore
 const EXPECTED: Record<string, string> = {
-  getOpenApiDocument:       '--A --A --A --A --A --A --A',
-  getStatus:                '--A --D --D --D --D --D --D',
-  listProjects:             '--A --A --A --A --A --A --A',
-  createProject:            '--A --D --D --D --D --D --D',
-  getProject:               'AA- AD- AD- AD- AD- DD- DD-',
-  setProjectQuota:          '--A --D --D --D --D --D --D',
-  listHosts:                '--A --D --D --D --D --D --D',
-  getHost:                  '--A --D --D --D --D --D --D',
-  evacuateHost:             '--A --D --D --D --D --D --D',
-  restoreHost:              '--A --D --D --D --D --D --D',
-  joinHost:                 '--D --D --D --D --D --D --D',
-  reportHostVms:            '--D --D --D --D --D --D --D',
-  listImages:               '--A --A --A --A --A --A --A',
-  importImage:              '--A --D --D --D --D --D --D',
-  listVms:                  'AAA ADA ADA ADA ADA ADA DDA',
-  createVm:                 'AA- AD- AD- AD- DD- DD- DD-',
-  getVm:                    'AA- AD- AD- AD- AD- AD- DD-',
-  deleteVm:                 'AA- AD- AD- AD- DD- DD- DD-',
-  updateVm:                 'AA- AD- AD- AD- DD- DD- DD-',
-  startVm:                  'AA- AD- AD- AD- DD- DD- DD-',
-  stopVm:                   'AA- AD- AD- AD- DD- DD- DD-',
-  rebootVm:                 'AA- AD- AD- AD- DD- DD- DD-',
-  pauseVm:                  'AA- AD- AD- AD- DD- DD- DD-',
-  resumeVm:                 'AA- AD- AD- AD- DD- DD- DD-',
-  migrateVm:                'AA- AD- AD- DD- DD- DD- DD-',
-  listVmMigrations:         'AA- AD- AD- AD- AD- AD- DD-',
-  attachVmDisk:             'AA- AD- AD- AD- DD- DD- DD-',
-  detachVmDisk:             'AA- AD- AD- AD- DD- DD- DD-',
-  getVmLog:                 'AA- AD- AD- AD- AD- DD- DD-',
-  openVmConsole:            'AA- AD- AD- AD- DD- AD- DD-',
-  listNetworks:             'AAA ADA ADA ADA ADA DDA DDA',
-  createNetwork:            'AA- AD- AD- AD- DD- DD- DD-',
-  getNetwork:               'AA- AD- AD- AD- AD- DD- DD-',
-  deleteNetwork:            'AA- AD- AD- AD- DD- DD- DD-',
-  listNetworkForwards:      'AA- AD- AD- AD- AD- DD- DD-',
-  createNetworkForward:     'AA- AD- AD- AD- DD- DD- DD-',
-  deleteNetworkForward:     'AA- AD- AD- AD- DD- DD- DD-',
-  probeNetwork:             'AA- DD- DD- DD- DD- DD- DD-',
-  listSecgroups:            'AAA ADA ADA ADA ADA DDA DDA',
-  createSecgroup:           'AA- AD- AD- AD- DD- DD- DD-',
-  getSecgroup:              'AA- AD- AD- AD- AD- DD- DD-',
-  deleteSecgroup:           'AA- AD- AD- AD- DD- DD- DD-',
-  createSecgroupRule:       'AA- AD- AD- AD- DD- DD- DD-',
-  deleteSecgroupRule:       'AA- AD- AD- AD- DD- DD- DD-',
-  listPools:                '--A --D --D --D --D --D --D',
-  createPool:               '--A --D --D --D --D --D --D',
-  getPool:                  '--A --D --D --D --D --D --D',
-  deletePool:               '--A --D --D --D --D --D --D',
-  scrubPool:                '--A --D --D --D --D --D --D',
-  replacePoolMember:        '--A --D --D --D --D --D --D',
-  listVolumes:              'AAA ADA ADA ADA ADA DDA DDA',
-  createVolume:             'AA- AD- AD- AD- DD- DD- DD-',
-  getVolume:                'AA- AD- AD- AD- AD- DD- DD-',
-  deleteVolume:             'AA- AD- AD- AD- DD- DD- DD-',
-  snapshotVolume:           'AA- AD- AD- AD- DD- DD- DD-',
-  cloneVolume:              'AA- AD- AD- AD- DD- DD- DD-',
-  resizeVolume:             'AA- AD- AD- AD- DD- DD- DD-',
-  listOperations:           'AAA ADA ADA ADA ADA DDA DDA',
-  getOperation:             'AAA ADD ADD ADD ADD DDD DDD',
-  cancelOperation:          'AAA ADD ADD ADD DDD DDD DDD',
-  streamOperationEvents:    'AAA ADD ADD ADD ADD DDD DDD',
-  login:                    '--A --A --A --A --A --A --A',
-  loginOidc:                '--A --A --A --A --A --A --A',
-  logout:                   '--A --A --A --A --A --A --A',
-  whoami:                   '--A --A --A --A --A --A --A',
-  enrollTotp:               '--A --A --A --A --A --A --A',
-  confirmTotp:              '--A --A --A --A --A --A --A',
-  listTokens:               '--A --A --A --A --A --A --A',
-  createToken:              '--A --A --A --A --A --A --A',
-  revokeToken:              '--A --A --A --A --A --A --A',
-  listUsers:                '--A --D --D --D --D --D --D',
-  createUser:               '--A --D --D --D --D --D --D',
-  deleteUser:               '--A --D --D --D --D --D --D',
-  setUserPassword:          '--A --D --D --D --D --D --D',
-  listRoles:                '--A --A --A --A --A --A --A',
-  createRole:               '--A --D --D --D --D --D --D',
-  deleteRole:               '--A --D --D --D --D --D --D',
-  listPermissions:          '--A --A --A --A --A --A --A',
-  listAccess:               'AAA ADA ADA ADA ADA DDA DDA',
-  grantRole:                'AAA ADD DDD DDD DDD DDD DDD',
-  revokeRole:               'AAA ADD DDD DDD DDD DDD DDD',
-  listAudit:                'AAA ADA DDA DDA DDA DDA DDA',
-  listAuditHeads:           '--A --D --D --D --D --D --D',
-  verifyAudit:              '--A --D --D --D --D --D --D',
-  getAuditInclusionProof:   '--A --D --D --D --D --D --D',
+  getOpenApiDocument: '--A --A --A --A --A --A --A',
+  getStatus: '--A --D --D --D --D --D --D',
+  listProjects: '--A --A --A --A --A --A --A',
+  createProject: '--A --D --D --D --D --D --D',
+  getProject: 'AA- AD- AD- AD- AD- DD- DD-',
+  setProjectQuota: '--A --D --D --D --D --D --D',
+  listHosts: '--A --D --D --D --D --D --D',
+  getHost: '--A --D --D --D --D --D --D',
+  evacuateHost: '--A --D --D --D --D --D --D',
+  restoreHost: '--A --D --D --D --D --D --D',
+  joinHost: '--D --D --D --D --D --D --D',
+  reportHostVms: '--D --D --D --D --D --D --D',
+  listImages: '--A --A --A --A --A --A --A',
+  importImage: '--A --D --D --D --D --D --D',
+  listVms: 'AAA ADA ADA ADA ADA ADA DDA',
+  createVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  getVm: 'AA- AD- AD- AD- AD- AD- DD-',
+  deleteVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  updateVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  startVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  stopVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  rebootVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  pauseVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  resumeVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  migrateVm: 'AA- AD- AD- DD- DD- DD- DD-',
+  listVmMigrations: 'AA- AD- AD- AD- AD- AD- DD-',
+  attachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
+  detachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
+  getVmLog: 'AA- AD- AD- AD- AD- DD- DD-',
+  openVmConsole: 'AA- AD- AD- AD- DD- AD- DD-',
+  listNetworks: 'AAA ADA ADA ADA ADA DDA DDA',
+  createNetwork: 'AA- AD- AD- AD- DD- DD- DD-',
+  getNetwork: 'AA- AD- AD- AD- AD- DD- DD-',
+  deleteNetwork: 'AA- AD- AD- AD- DD- DD- DD-',
+  listNetworkForwards: 'AA- AD- AD- AD- AD- DD- DD-',
+  createNetworkForward: 'AA- AD- AD- AD- DD- DD- DD-',
+  deleteNetworkForward: 'AA- AD- AD- AD- DD- DD- DD-',
+  probeNetwork: 'AA- DD- DD- DD- DD- DD- DD-',
+  listSecgroups: 'AAA ADA ADA ADA ADA DDA DDA',
+  createSecgroup: 'AA- AD- AD- AD- DD- DD- DD-',
+  getSecgroup: 'AA- AD- AD- AD- AD- DD- DD-',
+  deleteSecgroup: 'AA- AD- AD- AD- DD- DD- DD-',
+  createSecgroupRule: 'AA- AD- AD- AD- DD- DD- DD-',
+  deleteSecgroupRule: 'AA- AD- AD- AD- DD- DD- DD-',
+  listPools: '--A --D --D --D --D --D --D',
+  createPool: '--A --D --D --D --D --D --D',
+  getPool: '--A --D --D --D --D --D --D',
+  deletePool: '--A --D --D --D --D --D --D',
+  scrubPool: '--A --D --D --D --D --D --D',
+  replacePoolMember: '--A --D --D --D --D --D --D',
+  listVolumes: 'AAA ADA ADA ADA ADA DDA DDA',
+  createVolume: 'AA- AD- AD- AD- DD- DD- DD-',
+  getVolume: 'AA- AD- AD- AD- AD- DD- DD-',
+  deleteVolume: 'AA- AD- AD- AD- DD- DD- DD-',
+  snapshotVolume: 'AA- AD- AD- AD- DD- DD- DD-',
+  cloneVolume: 'AA- AD- AD- AD- DD- DD- DD-',
+  resizeVolume: 'AA- AD- AD- AD- DD- DD- DD-',
+  listOperations: 'AAA ADA ADA ADA ADA DDA DDA',
+  getOperation: 'AAA ADD ADD ADD ADD DDD DDD',
+  cancelOperation: 'AAA ADD ADD ADD DDD DDD DDD',
+  streamOperationEvents: 'AAA ADD ADD ADD ADD DDD DDD',
+  login: '--A --A --A --A --A --A --A',
+  loginOidc: '--A --A --A --A --A --A --A',
+  logout: '--A --A --A --A --A --A --A',
+  whoami: '--A --A --A --A --A --A --A',
+  enrollTotp: '--A --A --A --A --A --A --A',
+  confirmTotp: '--A --A --A --A --A --A --A',
+  listTokens: '--A --A --A --A --A --A --A',
+  createToken: '--A --A --A --A --A --A --A',
+  revokeToken: '--A --A --A --A --A --A --A',
+  listUsers: '--A --D --D --D --D --D --D',
+  createUser: '--A --D --D --D --D --D --D',
+  deleteUser: '--A --D --D --D --D --D --D',
+  setUserPassword: '--A --D --D --D --D --D --D',
+  listRoles: '--A --A --A --A --A --A --A',
+  createRole: '--A --D --D --D --D --D --D',
+  deleteRole: '--A --D --D --D --D --D --D',
+  listPermissions: '--A --A --A --A --A --A --A',
+  listAccess: 'AAA ADA ADA ADA ADA DDA DDA',
+  grantRole: 'AAA ADD DDD DDD DDD DDD DDD',
+  revokeRole: 'AAA ADD DDD DDD DDD DDD DDD',
+  listAudit: 'AAA ADA DDA DDA DDA DDA DDA',
+  listAuditHeads: '--A --D --D --D --D --D --D',
+  verifyAudit: '--A --D --D --D --D --D --D',
+  getAuditInclusionProof: '--A --D --D --D --D --D --D',
   getAuditConsistencyProof: '--A --D --D --D --D --D --D',
-  exportAudit:              '--A --D --D --D --D --D --D',
+  exportAudit: '--A --D --D --D --D --D --D',
 };
 
 type Context = 'own' | 'other' | 'platform';
@@ -155,7 +155,11 @@ describe('authorization matrix (every route x role x project)', () => {
     cluster = await fakeCluster(['h1']);
     const { services, db } = cluster;
     app = await cluster.app();
-    for (const name of ['alpha', 'beta']) await db.insertInto('projects').values({ id: `prj-${name}`, name, created_at: new Date().toISOString() }).execute();
+    for (const name of ['alpha', 'beta'])
+      await db
+        .insertInto('projects')
+        .values({ id: `prj-${name}`, name, created_at: new Date().toISOString() })
+        .execute();
     for (const project of ['alpha', 'beta']) {
       await services.networks.create({ name: 'net1', subnet: '10.80.0.0/24', dhcp: false, nat: false, project });
       await services.secgroups.create({ name: 'sg1', project });
@@ -178,7 +182,15 @@ describe('authorization matrix (every route x role x project)', () => {
 
   /** A fresh token of the role's user, so a route such as logout cannot spoil the next cell. */
   async function tokenOf(role: Role): Promise<string> {
-    const owner: Principal = { userId: userIds.get(role)!, userName: `u-${role}`, tokenId: '', tokenName: '', grants: [], tokenProjectId: null, tokenRole: null };
+    const owner: Principal = {
+      userId: userIds.get(role)!,
+      userName: `u-${role}`,
+      tokenId: '',
+      tokenName: '',
+      grants: [],
+      tokenProjectId: null,
+      tokenRole: null,
+    };
     return (await cluster.services.access.tokens.create(owner, { name: `m-${Math.random().toString(36).slice(2)}`, kind: 'session' })).secret;
   }
 
@@ -191,14 +203,32 @@ describe('authorization matrix (every route x role x project)', () => {
     const projectName = context === 'own' ? 'alpha' : 'beta';
     if (takesProjectQuery && context !== 'platform') query.set('project', projectName);
     let body: Record<string, unknown> | undefined;
-    const harmless = !['getOperation', 'streamOperationEvents', 'cancelOperation', 'grantRole', 'revokeRole', 'joinHost', 'reportHostVms', 'setUserPassword'].includes(operation.operationId);
+    const harmless = ![
+      'getOperation',
+      'streamOperationEvents',
+      'cancelOperation',
+      'grantRole',
+      'revokeRole',
+      'joinHost',
+      'reportHostVms',
+      'setUserPassword',
+    ].includes(operation.operationId);
     if (operation.operationId === 'grantRole') body = { user: 'dummy', role: 'reader', ...(context === 'platform' ? {} : { project: projectName }) };
     else if (operation.operationId === 'revokeRole') {
       query.set('user', 'dummy');
       query.set('role', 'reader');
       if (context !== 'platform') query.set('project', projectName);
     } else if (operation.operationId === 'joinHost')
-      body = { name: 'h9', joinToken: 'wrong', endpoint: 'unix:/x', agentToken: 'x'.repeat(32), accelerator: 'tcg', acceleratorReason: 'x', cpus: 1, memoryMb: 64 };
+      body = {
+        name: 'h9',
+        joinToken: 'wrong',
+        endpoint: 'unix:/x',
+        agentToken: 'x'.repeat(32),
+        accelerator: 'tcg',
+        acceleratorReason: 'x',
+        cpus: 1,
+        memoryMb: 64,
+      };
     else if (operation.operationId === 'reportHostVms') body = { vms: [], full: false };
     else if (operation.operationId === 'setUserPassword') body = { password: 'another-password-1' };
     else if (parameters.some((p) => p.in === 'query') && harmless) query.set('matrixProbe', '1');
@@ -215,7 +245,9 @@ describe('authorization matrix (every route x role x project)', () => {
 
   it('allows and denies exactly as the table says, for every route of the OpenAPI document', async () => {
     const document = (await app.inject({ method: 'GET', url: '/v1/openapi.json' })).json() as { paths: Record<string, Record<string, OpenApiOperation>> };
-    const routes = Object.entries(document.paths).flatMap(([path, methods]) => Object.entries(methods).map(([method, operation]) => ({ path, method, operation })));
+    const routes = Object.entries(document.paths).flatMap(([path, methods]) =>
+      Object.entries(methods).map(([method, operation]) => ({ path, method, operation })),
+    );
     const missing = routes.map((r) => r.operation.operationId).filter((id) => !(id in EXPECTED));
     assert.deepEqual(missing, [], 'routes missing from the table: add a line for each (a new route cannot ship unchecked)');
     const unexpected: string[] = [];
@@ -235,14 +267,19 @@ describe('authorization matrix (every route x role x project)', () => {
           const got = await probe(method, path, operation, context, role);
           triplet += got;
           counts[got === 'A' ? 'allowed' : 'denied'] += 1;
-          if (got !== want) unexpected.push(`${operation.operationId} as ${role} in ${context}: expected ${want === 'A' ? 'allow' : 'deny'}, got ${got === 'A' ? 'allow' : 'deny'}`);
+          if (got !== want)
+            unexpected.push(
+              `${operation.operationId} as ${role} in ${context}: expected ${want === 'A' ? 'allow' : 'deny'}, got ${got === 'A' ? 'allow' : 'deny'}`,
+            );
         }
         row.push(triplet);
       }
       observed.push(`  ${`${operation.operationId}:`.padEnd(26)}'${row.join(' ')}',`);
     }
     if (process.env.MATRIX_PRINT) console.log(observed.join('\n'));
-    console.log(`# authorization matrix: ${routes.length} routes x ${ROLES.length} roles, ${counts.allowed + counts.denied} requests: ${counts.allowed} allowed, ${counts.denied} denied, ${unexpected.length} unexpected`);
+    console.log(
+      `# authorization matrix: ${routes.length} routes x ${ROLES.length} roles, ${counts.allowed + counts.denied} requests: ${counts.allowed} allowed, ${counts.denied} denied, ${unexpected.length} unexpected`,
+    );
     assert.deepEqual(unexpected, []);
   });
 });

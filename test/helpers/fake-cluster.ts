@@ -32,7 +32,7 @@ export interface FakeCluster {
  * Services with `hosts` joined (each with its own underlay address), the `default` project, an
  * admin token and the tiny image (its files stand-ins: nothing boots).
  */
-export async function fakeCluster(hosts: string[] = []): Promise<FakeCluster> {
+export async function fakeCluster(hosts: string[] = [], options: { auditPublishFile?: string } = {}): Promise<FakeCluster> {
   const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
   const db = await openDatabase(join(dir, 'nubis.db'));
   const now = new Date().toISOString();
@@ -46,6 +46,7 @@ export async function fakeCluster(hosts: string[] = []): Promise<FakeCluster> {
     db,
     dataDir: dir,
     joinToken: 'nubis_join_test',
+    auditPublishFile: options.auditPublishFile,
     agentFactory: ({ hostName }) => {
       if (!agents.has(hostName)) agents.set(hostName, new FakeAgent(hostName));
       return agents.get(hostName)!;

@@ -41,7 +41,12 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditRouteServices> = async 
     '/v1/audit/heads',
     {
       config: { access: { on: 'platform', permission: 'audit.verify' } },
-      schema: { operationId: 'listAuditHeads', tags: ['audit'], summary: 'The signed tree heads, oldest first', response: { 200: Type.Array(TreeHead, { maxItems: 10_000_000 }), ...listErrorResponses } },
+      schema: {
+        operationId: 'listAuditHeads',
+        tags: ['audit'],
+        summary: 'The signed tree heads, oldest first',
+        response: { 200: Type.Array(TreeHead, { maxItems: 10_000_000 }), ...listErrorResponses },
+      },
     },
     async () => audit.heads(),
   );
@@ -94,7 +99,8 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditRouteServices> = async 
       },
     },
     async (request) => {
-      if (request.query.from > request.query.to) throw new NubisError('AUDIT_OUT_OF_RANGE', `from (${request.query.from}) must not exceed to (${request.query.to})`);
+      if (request.query.from > request.query.to)
+        throw new NubisError('AUDIT_OUT_OF_RANGE', `from (${request.query.from}) must not exceed to (${request.query.to})`);
       return audit.consistencyProof(request.query.from, request.query.to);
     },
   );

@@ -4,7 +4,18 @@ import { Type } from '@sinclair/typebox';
 import type { AccessControl } from '../../access/access-control.ts';
 import { NubisError } from '../../core/errors.ts';
 import type { Db } from '../../state/database.ts';
-import { IssuedToken, LoginRequest, OidcLoginRequest, Token, TokenCreateRequest, TokenName, TotpCode, TotpEnrolment, UserName, WhoAmI } from '../../wire/access-schemas.ts';
+import {
+  IssuedToken,
+  LoginRequest,
+  OidcLoginRequest,
+  Token,
+  TokenCreateRequest,
+  TokenName,
+  TotpCode,
+  TotpEnrolment,
+  UserName,
+  WhoAmI,
+} from '../../wire/access-schemas.ts';
 import { List } from '../../wire/schemas.ts';
 import { checkResource } from '../access-hook.ts';
 import { errorResponses, listErrorResponses } from './common.ts';
@@ -13,12 +24,25 @@ export type AuthRouteServices = { db: Db; access: AccessControl };
 
 /** The routes under /v1/auth and /v1/tokens. */
 export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (app, { db, access }) => {
-  const signInResponses = { 200: IssuedToken, 400: errorResponses[400], 401: errorResponses[401], 422: errorResponses[422], 429: errorResponses[400], 503: errorResponses[503] };
+  const signInResponses = {
+    200: IssuedToken,
+    400: errorResponses[400],
+    401: errorResponses[401],
+    422: errorResponses[422],
+    429: errorResponses[400],
+    503: errorResponses[503],
+  };
   app.post(
     '/v1/auth/login',
     {
       config: { access: { on: 'public' } },
-      schema: { operationId: 'login', tags: ['access'], summary: 'Sign in with a password (and a TOTP code): a session token', body: LoginRequest, response: signInResponses },
+      schema: {
+        operationId: 'login',
+        tags: ['access'],
+        summary: 'Sign in with a password (and a TOTP code): a session token',
+        body: LoginRequest,
+        response: signInResponses,
+      },
     },
     async (request) => access.users.login(request.body),
   );
@@ -29,7 +53,7 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (a
       schema: {
         operationId: 'loginOidc',
         tags: ['access'],
-        summary: "Sign in with an ID token of the configured OpenID Connect provider (its groups map to roles)",
+        summary: 'Sign in with an ID token of the configured OpenID Connect provider (its groups map to roles)',
         body: OidcLoginRequest,
         response: signInResponses,
       },
@@ -43,7 +67,12 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (a
     '/v1/auth/logout',
     {
       config: { access: { on: 'self' } },
-      schema: { operationId: 'logout', tags: ['access'], summary: 'Revoke the token of this request (end the session)', response: { 204: Type.Null(), ...errorResponses } },
+      schema: {
+        operationId: 'logout',
+        tags: ['access'],
+        summary: 'Revoke the token of this request (end the session)',
+        response: { 204: Type.Null(), ...errorResponses },
+      },
     },
     async (request, reply) => {
       await access.tokens.revoke([request.principal!.tokenId]);
@@ -55,7 +84,12 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (a
     '/v1/auth/whoami',
     {
       config: { access: { on: 'self' } },
-      schema: { operationId: 'whoami', tags: ['access'], summary: 'Who this token acts as, with which roles and limits', response: { 200: WhoAmI, ...listErrorResponses } },
+      schema: {
+        operationId: 'whoami',
+        tags: ['access'],
+        summary: 'Who this token acts as, with which roles and limits',
+        response: { 200: WhoAmI, ...listErrorResponses },
+      },
     },
     async (request) => {
       const principal = request.principal!;

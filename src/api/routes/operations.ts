@@ -40,8 +40,7 @@ export const operationRoutes: FastifyPluginAsyncTypebox<OperationRouteServices> 
         response: { 200: Type.Array(Operation, { maxItems: 500 }), ...listErrorResponses },
       },
     },
-    async (request) =>
-      services.operations.list({ ...request.query, projectIds: request.accessProject ? [request.accessProject.id] : request.visibleProjects }),
+    async (request) => services.operations.list({ ...request.query, projectIds: request.accessProject ? [request.accessProject.id] : request.visibleProjects }),
   );
   app.get(
     '/v1/operations/:id',

@@ -225,7 +225,7 @@ function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirP
       schema: {
         operationId: 'listVolumes',
         tags: ['storage'],
-        summary: "List the volumes of a pool (those of the given project, or of every project the caller may see)",
+        summary: 'List the volumes of a pool (those of the given project, or of every project the caller may see)',
         params: PoolRef,
         querystring: ProjectQuery,
         response: { 200: List(Volume), ...errorResponses },
@@ -281,8 +281,7 @@ function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirP
       },
     },
     async (request) =>
-      (await services.storage.owners.requireIn(request.params.pool, request.params.volume, projectOf(request))) ??
-      (await isDir(request.params.pool))
+      ((await services.storage.owners.requireIn(request.params.pool, request.params.volume, projectOf(request))) ?? (await isDir(request.params.pool)))
         ? ((await dirPools.showVolume(request.params.pool, request.params.volume)) as VolumeBody)
         : volumeView(
             request.params.pool,
@@ -338,7 +337,10 @@ function registerVolumeChangeRoutes(app: RouteApp, services: PoolRouteServices, 
         const source = await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(pool)}/volumes/${volume}` });
         // A snapshot or clone counts its full size against the quota, as Cinder counts snapshot gigabytes.
         const copy = await withOwnership(services, pool, request.body.name, project, source.sizeBytes, async () =>
-          volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes/${volume}/${action}`, body: request.body })),
+          volumeView(
+            pool,
+            await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes/${volume}/${action}`, body: request.body }),
+          ),
         );
         return reply.status(201).send(copy);
       },
@@ -389,7 +391,14 @@ function projectOf(request: { accessProject?: ProjectRef }): ProjectRef {
  * Makes a volume for `project`: its bytes are reserved against the quota first (atomically),
  * then the storage makes it; a refusal by the storage gives the reservation back.
  */
-async function withOwnership(services: PoolRouteServices, pool: string, volume: string, project: ProjectRef, sizeBytes: number, make: () => Promise<VolumeBody>): Promise<VolumeBody> {
+async function withOwnership(
+  services: PoolRouteServices,
+  pool: string,
+  volume: string,
+  project: ProjectRef,
+  sizeBytes: number,
+  make: () => Promise<VolumeBody>,
+): Promise<VolumeBody> {
   const undo = await services.storage.owners.reserve(pool, volume, project, sizeBytes);
   try {
     return await make();

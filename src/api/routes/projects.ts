@@ -21,7 +21,12 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRouteServices> = as
     '/v1/projects',
     {
       config: { access: { on: 'list', permission: 'project.read' } },
-      schema: { operationId: 'listProjects', tags: ['projects'], summary: 'List the projects you may see', response: { 200: List(Project), ...listErrorResponses } },
+      schema: {
+        operationId: 'listProjects',
+        tags: ['projects'],
+        summary: 'List the projects you may see',
+        response: { 200: List(Project), ...listErrorResponses },
+      },
     },
     async (request) => {
       let query = db.selectFrom('projects').selectAll().orderBy('name');
@@ -34,7 +39,13 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRouteServices> = as
     '/v1/projects',
     {
       config: { access: { on: 'platform', permission: 'project.create' } },
-      schema: { operationId: 'createProject', tags: ['projects'], summary: 'Create a project', body: ProjectCreateRequest, response: { 201: Project, ...errorResponses } },
+      schema: {
+        operationId: 'createProject',
+        tags: ['projects'],
+        summary: 'Create a project',
+        body: ProjectCreateRequest,
+        response: { 201: Project, ...errorResponses },
+      },
     },
     async (request, reply) => {
       if (await db.selectFrom('projects').select('id').where('name', '=', request.body.name).executeTakeFirst()) {
@@ -49,7 +60,13 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRouteServices> = as
     '/v1/projects/:project',
     {
       config: { access: { on: 'project', permission: 'project.read' } },
-      schema: { operationId: 'getProject', tags: ['projects'], summary: 'Show a project with each quota: its limit and its use', params: ProjectPath, response: { 200: ProjectDetail, ...errorResponses } },
+      schema: {
+        operationId: 'getProject',
+        tags: ['projects'],
+        summary: 'Show a project with each quota: its limit and its use',
+        params: ProjectPath,
+        response: { 200: ProjectDetail, ...errorResponses },
+      },
     },
     async (request) => {
       const project = await db.selectFrom('projects').selectAll().where('id', '=', request.accessProject!.id).executeTakeFirstOrThrow();

@@ -33,7 +33,13 @@ function registerUserRoutes(app: RouteApp, { access }: UserRouteServices): void 
     '/v1/users',
     {
       config: { access: { on: 'platform', permission: 'user.manage' } },
-      schema: { operationId: 'createUser', tags: ['access'], summary: 'Create a local user', body: UserCreateRequest, response: { 201: User, ...errorResponses } },
+      schema: {
+        operationId: 'createUser',
+        tags: ['access'],
+        summary: 'Create a local user',
+        body: UserCreateRequest,
+        response: { 201: User, ...errorResponses },
+      },
     },
     async (request, reply) => reply.status(201).send(await access.users.create(request.body.name, request.body.password)),
   );
@@ -93,7 +99,12 @@ function registerRoleRoutes(app: RouteApp, { access }: UserRouteServices): void 
     '/v1/roles',
     {
       config: { access: { on: 'self' } },
-      schema: { operationId: 'listRoles', tags: ['access'], summary: 'Built-in and custom roles with their permissions', response: { 200: List(Role), ...listErrorResponses } },
+      schema: {
+        operationId: 'listRoles',
+        tags: ['access'],
+        summary: 'Built-in and custom roles with their permissions',
+        response: { 200: List(Role), ...listErrorResponses },
+      },
     },
     async () => access.roles.list(),
   );
@@ -101,7 +112,13 @@ function registerRoleRoutes(app: RouteApp, { access }: UserRouteServices): void 
     '/v1/roles',
     {
       config: { access: { on: 'platform', permission: 'role.manage' } },
-      schema: { operationId: 'createRole', tags: ['access'], summary: 'Create a custom role: a named set of permissions', body: RoleCreateRequest, response: { 201: Role, ...errorResponses } },
+      schema: {
+        operationId: 'createRole',
+        tags: ['access'],
+        summary: 'Create a custom role: a named set of permissions',
+        body: RoleCreateRequest,
+        response: { 201: Role, ...errorResponses },
+      },
     },
     async (request, reply) => reply.status(201).send(await access.roles.create(request.body)),
   );
@@ -109,7 +126,13 @@ function registerRoleRoutes(app: RouteApp, { access }: UserRouteServices): void 
     '/v1/roles/:role',
     {
       config: { access: { on: 'platform', permission: 'role.manage' } },
-      schema: { operationId: 'deleteRole', tags: ['access'], summary: 'Delete a custom role nobody holds', params: Type.Object({ role: ResourceName }), response: { 204: Type.Null(), ...errorResponses } },
+      schema: {
+        operationId: 'deleteRole',
+        tags: ['access'],
+        summary: 'Delete a custom role nobody holds',
+        params: Type.Object({ role: ResourceName }),
+        response: { 204: Type.Null(), ...errorResponses },
+      },
     },
     async (request, reply) => {
       await access.roles.delete(request.params.role);
@@ -120,7 +143,12 @@ function registerRoleRoutes(app: RouteApp, { access }: UserRouteServices): void 
     '/v1/permissions',
     {
       config: { access: { on: 'self' } },
-      schema: { operationId: 'listPermissions', tags: ['access'], summary: 'Every permission, where it applies and what it allows', response: { 200: List(PermissionInfo), ...listErrorResponses } },
+      schema: {
+        operationId: 'listPermissions',
+        tags: ['access'],
+        summary: 'Every permission, where it applies and what it allows',
+        response: { 200: List(PermissionInfo), ...listErrorResponses },
+      },
     },
     async () => permissionCatalogue(),
   );
@@ -168,7 +196,15 @@ function registerGrantRoutes(app: RouteApp, services: UserRouteServices): void {
       const visible = request.visibleProjects ?? [];
       const all = await access.roles.bindings({ userId });
       if (visible === 'all') return all;
-      const names = new Set((await db.selectFrom('projects').select('name').where('id', 'in', visible.length > 0 ? visible : ['']).execute()).map((p) => p.name));
+      const names = new Set(
+        (
+          await db
+            .selectFrom('projects')
+            .select('name')
+            .where('id', 'in', visible.length > 0 ? visible : [''])
+            .execute()
+        ).map((p) => p.name),
+      );
       return all.filter((binding) => binding.project !== undefined && names.has(binding.project));
     },
   );
