@@ -2,7 +2,6 @@
  * The control plane process: opens the state database, makes sure the first-start secrets and
  * the `default` project exist, registers the built-in image, and serves the API.
  */
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';

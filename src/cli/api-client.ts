@@ -5,6 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { NubisError } from '../core/errors.ts';
 import { dataPaths } from '../core/paths.ts';
+import { readCredentials } from './credentials.ts';
 import { type ApiFetch, apiFetch, unreachableError } from './api-fetch.ts';
 import type { Operation, OperationEvent } from '../wire/schemas.ts';
 
@@ -16,13 +17,19 @@ export interface ApiTarget {
 }
 
 /**
- * URL, token and CA from flags, then NUBIS_URL / NUBIS_TOKEN / NUBIS_CA, then the data folder of
- * `nubis up` (its Nubis CA only with its URL: another control plane has a CA of its own).
+ * URL, token and CA from flags, then NUBIS_URL / NUBIS_TOKEN / NUBIS_CA, then what `nubis login`
+ * stored, then the data folder of `nubis up` (its Nubis CA only with its URL: another control
+ * plane has a CA of its own).
  */
 export function resolveApiTarget(dataDir: string, flags: { url?: string; token?: string; ca?: string } = {}): ApiTarget {
   const paths = dataPaths(dataDir);
   let url = flags.url ?? process.env.NUBIS_URL;
   let ca = flags.ca ?? process.env.NUBIS_CA;
+  // After `nubis login`: its URL and token, unless flags or the environment name others.
+  const stored = readCredentials();
+  if (stored && (!url || url === stored.url) && !flags.token && !process.env.NUBIS_TOKEN) {
+    return { url: stored.url, token: stored.token, ...((ca ?? stored.ca) ? { ca: ca ?? stored.ca } : {}) };
+  }
   if (!url && existsSync(paths.apiInfo)) {
     const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; caPath?: string };
     url = info.url;

@@ -6,6 +6,8 @@
 import { Command } from 'commander';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { defaultDataDir } from '../core/paths.ts';
+import { registerAccessCommands } from './commands/access.ts';
+import { registerAuditCommands } from './commands/audit.ts';
 import { registerDaemonCommands } from './commands/daemon.ts';
 import { registerHostCommands } from './commands/host.ts';
 import { registerImageCommands } from './commands/image.ts';
@@ -38,6 +40,8 @@ registerPoolCommands(program);
 registerVolumeCommands(program);
 registerOperationCommands(program);
 registerProjectCommands(program);
+registerAccessCommands(program);
+registerAuditCommands(program);
 registerDaemonCommands(program);
 
 try {

@@ -10,7 +10,7 @@ import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
 import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
-import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
+import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
@@ -21,6 +21,7 @@ import type { NetworkService } from './networks.ts';
 import type { SecurityGroupService } from './security-groups.ts';
 import type { StorageCatalogue } from './storage.ts';
 import { placeVm } from './placement.ts';
+import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { vmView } from './vm-view.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
@@ -38,15 +39,11 @@ function announcesReadiness(image: ImagesTable): boolean {
 }
 
 /** What a create resolved before anything is recorded. */
-interface CreatePlan {
+interface CreatePlan extends DiskPlan {
   projectId: string;
   image: ImagesTable;
   forwards: PortForward[];
   networks: Array<{ row: NetworksTable; ip?: string }>;
-  volumes: Array<{ pool: string; volume: string }>;
-  disks: Array<{ disk: DiskSpec; hostId?: string }>;
-  /** The host the VM must run on (asked for, or where its dir-pool volume lives). */
-  pinnedHost?: string;
 }
 
 /** A NIC allocated for a new VM, with its network and its port's firewall. */
@@ -220,34 +217,11 @@ export class VmService {
     if ((request.secgroups ?? []).length > 0 && networks.length === 0) {
       throw new NubisError('VALIDATION_FAILED', 'Security groups filter NICs on virtual networks; give the VM a --network too');
     }
-    const volumes = (request.disks ?? []).map((ref) => {
-      const [pool, volume, ...rest] = ref.split('/');
-      if (!pool || !volume || rest.length > 0) throw new NubisError('VALIDATION_FAILED', `Disk ${ref} is not POOL/VOLUME; see nubis volume list`);
-      return { pool, volume };
-    });
-    if (new Set(volumes.map((v) => `${v.pool}/${v.volume}`)).size !== volumes.length)
-      throw new NubisError('VALIDATION_FAILED', 'The same volume is given twice');
     const project = { id: projectId, name: request.project ?? 'default' };
-    for (const { pool, volume } of volumes) {
-      await this.#storage.owners.requireIn(pool, volume, project);
-      await this.#storage.checkDiskFree(pool, volume);
-    }
+    const diskPlan = await planDisks(request, project, { storage: this.#storage, hosts: this.#hosts });
     // Refused early with nothing allocated; the check that counts is in the transaction that records the VM.
     await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
-    const disks = await Promise.all(volumes.map(({ pool, volume }, index) => this.#storage.diskFor(pool, volume, `disk${index}`)));
-    return { projectId, image, forwards, networks, volumes, disks, pinnedHost: await this.#pinnedHost(request, disks) };
-  }
-
-  /** A volume of a host's dir pool is a file on that host: the VM runs there (else where asked). */
-  async #pinnedHost(request: VmCreateRequest, disks: Array<{ hostId?: string }>): Promise<string | undefined> {
-    const diskHosts = [...new Set(disks.flatMap((d) => (d.hostId ? [d.hostId] : [])))];
-    if (diskHosts.length > 1) throw new NubisError('VALIDATION_FAILED', 'The dir-pool volumes given live on different hosts; a VM runs on one host');
-    if (diskHosts.length === 0) return request.host;
-    const diskHost = await this.#hosts.row(diskHosts[0]);
-    if (request.host && (await this.#hosts.row(request.host)).id !== diskHost.id) {
-      throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
-    }
-    return diskHost.name;
+    return { projectId, image, forwards, networks, ...diskPlan };
   }
 
   /**

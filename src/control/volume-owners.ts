@@ -30,7 +30,10 @@ export class VolumeOwners {
   /** Refuses (VOLUME_NOT_FOUND) a volume of another project, as if it were not there: a project sees only its own. */
   async requireIn(pool: string, volume: string, project: ProjectRef): Promise<void> {
     if ((await this.projectOf(pool, volume)) !== project.id)
-      throw new NubisError('VOLUME_NOT_FOUND', `No volume ${pool}/${volume} in project ${project.name}; see nubis volume list ${pool} --project ${project.name}`);
+      throw new NubisError(
+        'VOLUME_NOT_FOUND',
+        `No volume ${pool}/${volume} in project ${project.name}; see nubis volume list ${pool} --project ${project.name}`,
+      );
   }
 
   /**
@@ -60,7 +63,8 @@ export class VolumeOwners {
         .execute();
     });
     return async () => {
-      if (before) await this.#db.updateTable('volume_owners').set({ size_bytes: before.size_bytes }).where('pool', '=', pool).where('volume', '=', volume).execute();
+      if (before)
+        await this.#db.updateTable('volume_owners').set({ size_bytes: before.size_bytes }).where('pool', '=', pool).where('volume', '=', volume).execute();
     };
   }
 
@@ -71,7 +75,9 @@ export class VolumeOwners {
   /** The volumes of `pool` that belong to one of `projectIds` (`all`: every volume), as a name filter. */
   async visibleIn(pool: string, projectIds: 'all' | string[]): Promise<(name: string) => boolean> {
     if (projectIds === 'all') return () => true;
-    const owners = new Map((await this.#db.selectFrom('volume_owners').select(['volume', 'project_id']).where('pool', '=', pool).execute()).map((r) => [r.volume, r.project_id]));
+    const owners = new Map(
+      (await this.#db.selectFrom('volume_owners').select(['volume', 'project_id']).where('pool', '=', pool).execute()).map((r) => [r.volume, r.project_id]),
+    );
     const defaultId = await projectIdByName(this.#db, 'default');
     return (name) => projectIds.includes(owners.get(name) ?? defaultId);
   }

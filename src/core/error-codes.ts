@@ -187,6 +187,7 @@ export const ERROR_STATUS = {
   NBD_TLS_CONFIG: 500,
   AUDIT_NOT_STARTED: 500,
   TLS_CA_DAMAGED: 500,
+  AUDIT_TAMPERED: 500,
   // What Nubis drives failed: a host agent, QEMU, an NBD peer.
   HTTP_ERROR: 502,
   VM_START_FAILED: 502,

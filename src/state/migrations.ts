@@ -292,7 +292,10 @@ const migrations: Record<string, Migration> = {
         .execute();
       await sql`CREATE UNIQUE INDEX role_bindings_unique ON role_bindings (subject_type, subject, role_id, coalesce(project_id, ''))`.execute(db);
       await db.schema.alterTable('tokens').addColumn('user_id', 'text').execute();
-      await db.schema.alterTable('tokens').addColumn('kind', 'text', (c) => c.notNull().defaultTo('api')).execute();
+      await db.schema
+        .alterTable('tokens')
+        .addColumn('kind', 'text', (c) => c.notNull().defaultTo('api'))
+        .execute();
       await db.schema.alterTable('tokens').addColumn('project_id', 'text').execute();
       await db.schema.alterTable('tokens').addColumn('role_id', 'text').execute();
       await db.schema.alterTable('tokens').addColumn('groups', 'text').execute();
@@ -341,8 +344,12 @@ const migrations: Record<string, Migration> = {
         const now = new Date().toISOString();
         await sql`insert into users (id, name, created_at, source) values ('usr-admin', 'admin', ${now}, 'local')`.execute(db);
         await sql`update tokens set user_id = 'usr-admin', kind = 'api' where role = 'admin'`.execute(db);
-        await sql`insert into roles (id, name, description, permissions, builtin, created_at) values ('role-admin', 'admin', 'Platform administrator', '["*"]', 1, ${now})`.execute(db);
-        await sql`insert into role_bindings (id, subject_type, subject, role_id, project_id, created_at) values ('bnd-admin', 'user', 'usr-admin', 'role-admin', null, ${now})`.execute(db);
+        await sql`insert into roles (id, name, description, permissions, builtin, created_at) values ('role-admin', 'admin', 'Platform administrator', '["*"]', 1, ${now})`.execute(
+          db,
+        );
+        await sql`insert into role_bindings (id, subject_type, subject, role_id, project_id, created_at) values ('bnd-admin', 'user', 'usr-admin', 'role-admin', null, ${now})`.execute(
+          db,
+        );
       }
     },
   },

@@ -28,7 +28,12 @@ export const PermissionName = Type.String({
 });
 
 /** A password: any characters but control characters, 8 to 1024 of them. */
-export const Password = Type.String({ minLength: 8, maxLength: 1024, pattern: '^[^\\u0000-\\u001f\\u007f]*$', description: 'At least 8 characters, no control characters' });
+export const Password = Type.String({
+  minLength: 8,
+  maxLength: 1024,
+  pattern: '^[^\\u0000-\\u001f\\u007f]*$',
+  description: 'At least 8 characters, no control characters',
+});
 
 export const TotpCode = Type.String({ pattern: '^[0-9]{6}$', maxLength: 6, description: 'The 6-digit code of the authenticator app' });
 
@@ -62,7 +67,11 @@ export const RoleCreateRequest = Type.Object(
   { additionalProperties: false },
 );
 
-export const PermissionInfo = Type.Object({ name: PermissionName, scope: Type.Union([Type.Literal('project'), Type.Literal('platform')]), description: Text(200) });
+export const PermissionInfo = Type.Object({
+  name: PermissionName,
+  scope: Type.Union([Type.Literal('project'), Type.Literal('platform')]),
+  description: Text(200),
+});
 
 export const Binding = Type.Object({
   id: Text(63),
@@ -94,7 +103,11 @@ export const Token = Type.Object(
   { $id: 'Token' },
 );
 
-export const TokenName = Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$', maxLength: 63, description: 'Lowercase letters, digits, dot, underscore, hyphen' });
+export const TokenName = Type.String({
+  pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$',
+  maxLength: 63,
+  description: 'Lowercase letters, digits, dot, underscore, hyphen',
+});
 
 export const TokenCreateRequest = Type.Object(
   {
@@ -114,7 +127,10 @@ export const LoginRequest = Type.Object(
   { additionalProperties: false },
 );
 
-export const OidcLoginRequest = Type.Object({ idToken: Type.String({ minLength: 16, maxLength: 16384, pattern: '^[A-Za-z0-9_.-]+$' }) }, { additionalProperties: false });
+export const OidcLoginRequest = Type.Object(
+  { idToken: Type.String({ minLength: 16, maxLength: 16384, pattern: '^[A-Za-z0-9_.-]+$' }) },
+  { additionalProperties: false },
+);
 
 export const WhoAmI = Type.Object({
   user: UserName,

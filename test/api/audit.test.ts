@@ -61,7 +61,11 @@ const folders: string[] = [];
 const clusters: FakeCluster[] = [];
 
 /** A fake cluster whose heads are published to a file outside its data folder, with allowed and denied requests logged. */
-async function clusterWithHistory(): Promise<{ cluster: FakeCluster; headFile: string; call: (m: string, u: string, t?: string, b?: unknown) => Promise<{ status: number; body: Record<string, unknown> }> }> {
+async function clusterWithHistory(): Promise<{
+  cluster: FakeCluster;
+  headFile: string;
+  call: (m: string, u: string, t?: string, b?: unknown) => Promise<{ status: number; body: Record<string, unknown> }>;
+}> {
   const outside = mkdtempSync(join(tmpdir(), `nubis-audit-witness-${process.pid}-`));
   folders.push(outside);
   const headFile = join(outside, 'head.json');
@@ -80,7 +84,12 @@ async function clusterWithHistory(): Promise<{ cluster: FakeCluster; headFile: s
   await call('POST', '/v1/projects', cluster.token, { name: 'web' });
   await call('POST', '/v1/users', cluster.token, { name: 'dave', password: 'dave-secret-password' });
   await call('POST', '/v1/access/grants', cluster.token, { user: 'dave', role: 'reader', project: 'web' });
-  const login = await app.inject({ method: 'POST', url: '/v1/auth/login', headers: { 'content-type': 'application/json' }, payload: { user: 'dave', password: 'dave-secret-password' } });
+  const login = await app.inject({
+    method: 'POST',
+    url: '/v1/auth/login',
+    headers: { 'content-type': 'application/json' },
+    payload: { user: 'dave', password: 'dave-secret-password' },
+  });
   const dave = (login.json() as { secret: string }).secret;
   await call('POST', '/v1/networks', dave, { name: 'n1', subnet: '10.94.0.0/24', project: 'web' });
   await call('POST', '/v1/networks', cluster.token, { name: 'n1', subnet: '10.94.0.0/24', project: 'web' });
@@ -113,7 +122,10 @@ describe('the tamper-evident audit log', () => {
     const allowed = entries.find((e) => e.user === 'admin' && e.route === '/v1/networks' && e.result === 'ok');
     assert.ok(allowed, 'the allowed network create is logged');
     assert.equal(allowed.token, 'admin');
-    assert.ok(entries.find((e) => e.result === 'denied' && e.status === 401 && e.user === undefined), 'an unknown token is logged');
+    assert.ok(
+      entries.find((e) => e.result === 'denied' && e.status === 401 && e.user === undefined),
+      'an unknown token is logged',
+    );
     const login = entries.find((e) => e.route === '/v1/auth/login');
     assert.ok(login, 'sign-ins are logged');
     const everything = JSON.stringify((await call('GET', '/v1/audit/export')).body);
@@ -130,19 +142,40 @@ describe('the tamper-evident audit log', () => {
       const proof = (await call('GET', `/v1/audit/entries/${entry.seq}/proof?treeSize=${head.treeSize}`)).body as { proof: string[]; rootHash: string };
       assert.equal(proof.rootHash, head.rootHash);
       assert.ok(
-        rfcVerifyInclusion(entry.seq - 1, head.treeSize, leaf(entry.data), proof.proof.map((h) => Buffer.from(h, 'hex')), Buffer.from(head.rootHash, 'hex')),
+        rfcVerifyInclusion(
+          entry.seq - 1,
+          head.treeSize,
+          leaf(entry.data),
+          proof.proof.map((h) => Buffer.from(h, 'hex')),
+          Buffer.from(head.rootHash, 'hex'),
+        ),
         `entry ${entry.seq} is in the tree of ${head.treeSize}`,
       );
     }
     for (let from = 1; from < head.treeSize; from += 1) {
       const proof = (await call('GET', `/v1/audit/consistency?from=${from}&to=${head.treeSize}`)).body as { fromRoot: string; toRoot: string; proof: string[] };
       assert.ok(
-        rfcVerifyConsistency(from, head.treeSize, Buffer.from(proof.fromRoot, 'hex'), Buffer.from(proof.toRoot, 'hex'), proof.proof.map((h) => Buffer.from(h, 'hex'))),
+        rfcVerifyConsistency(
+          from,
+          head.treeSize,
+          Buffer.from(proof.fromRoot, 'hex'),
+          Buffer.from(proof.toRoot, 'hex'),
+          proof.proof.map((h) => Buffer.from(h, 'hex')),
+        ),
         `tree ${head.treeSize} extends tree ${from}`,
       );
     }
     const tampered = (await call('GET', `/v1/audit/entries/3/proof?treeSize=${head.treeSize}`)).body as { proof: string[] };
-    assert.ok(!rfcVerifyInclusion(3, head.treeSize, leaf(exported.entries[2].data), tampered.proof.map((h) => Buffer.from(h, 'hex')), Buffer.from(head.rootHash, 'hex')), 'a proof for the wrong place fails');
+    assert.ok(
+      !rfcVerifyInclusion(
+        3,
+        head.treeSize,
+        leaf(exported.entries[2].data),
+        tampered.proof.map((h) => Buffer.from(h, 'hex')),
+        Buffer.from(head.rootHash, 'hex'),
+      ),
+      'a proof for the wrong place fails',
+    );
   });
 
   const tamperCases: Array<{ name: string; expect: RegExp; tamper: (cluster: FakeCluster) => Promise<void> }> = [
@@ -151,7 +184,11 @@ describe('the tamper-evident audit log', () => {
       expect: /Entry 4 was edited/,
       tamper: async ({ db }) => {
         const row = await db.selectFrom('audit_entries').select('data').where('seq', '=', 4).executeTakeFirstOrThrow();
-        await db.updateTable('audit_entries').set({ data: row.data.replace('"POST"', '"POSU"') }).where('seq', '=', 4).execute();
+        await db
+          .updateTable('audit_entries')
+          .set({ data: row.data.replace('"POST"', '"POSU"') })
+          .where('seq', '=', 4)
+          .execute();
       },
     },
     {
@@ -160,7 +197,11 @@ describe('the tamper-evident audit log', () => {
       tamper: async ({ db }) => {
         const row = await db.selectFrom('audit_entries').select('data').where('seq', '=', 4).executeTakeFirstOrThrow();
         const data = row.data.replace('"POST"', '"POSU"');
-        await db.updateTable('audit_entries').set({ data, leaf_hash: leaf(data).toString('hex') }).where('seq', '=', 4).execute();
+        await db
+          .updateTable('audit_entries')
+          .set({ data, leaf_hash: leaf(data).toString('hex') })
+          .where('seq', '=', 4)
+          .execute();
       },
     },
     {
@@ -196,7 +237,10 @@ describe('the tamper-evident audit log', () => {
       await tamper(cluster);
       const report = await verify(call);
       assert.equal(report.ok, false);
-      assert.ok(report.problems.some((p) => expect.test(p)), `${expect} in ${JSON.stringify(report.problems)}`);
+      assert.ok(
+        report.problems.some((p) => expect.test(p)),
+        `${expect} in ${JSON.stringify(report.problems)}`,
+      );
     });
   }
 
@@ -208,6 +252,9 @@ describe('the tamper-evident audit log', () => {
     assert.equal((await verify(forged.call)).ok, true);
     const report = (await forged.call('POST', '/v1/audit/verify', forged.cluster.token, { head: publishedHead })).body as { ok: boolean; problems: string[] };
     assert.equal(report.ok, false);
-    assert.ok(report.problems.some((p) => /the log \(or its key\) was replaced/.test(p)), JSON.stringify(report.problems));
+    assert.ok(
+      report.problems.some((p) => /the log \(or its key\) was replaced/.test(p)),
+      JSON.stringify(report.problems),
+    );
   });
 });

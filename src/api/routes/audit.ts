@@ -13,7 +13,15 @@ import { errorResponses, listErrorResponses } from './common.ts';
 
 export type AuditRouteServices = { db: Db; audit: AuditLog; publishFile?: string };
 
-export const auditRoutes: FastifyPluginAsyncTypebox<AuditRouteServices> = async (app, { db, audit, publishFile }) => {
+export const auditRoutes: FastifyPluginAsyncTypebox<AuditRouteServices> = async (app, services) => {
+  registerEntryRoutes(app, services);
+  registerProofRoutes(app, services);
+};
+
+type RouteApp = Parameters<FastifyPluginAsyncTypebox>[0];
+
+/** Entries, heads and verification. */
+function registerEntryRoutes(app: RouteApp, { db, audit, publishFile }: AuditRouteServices): void {
   app.get(
     '/v1/audit',
     {
@@ -71,6 +79,10 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditRouteServices> = async 
       return audit.verify(external);
     },
   );
+}
+
+/** Inclusion and consistency proofs, and the export for offline verification. */
+function registerProofRoutes(app: RouteApp, { audit }: AuditRouteServices): void {
   app.get(
     '/v1/audit/entries/:seq/proof',
     {
@@ -117,4 +129,4 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditRouteServices> = async 
     },
     async () => audit.export(),
   );
-};
+}

@@ -23,7 +23,16 @@ import { errorResponses, listErrorResponses } from './common.ts';
 export type AuthRouteServices = { db: Db; access: AccessControl };
 
 /** The routes under /v1/auth and /v1/tokens. */
-export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (app, { db, access }) => {
+export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (app, services) => {
+  registerSignInRoutes(app, services);
+  registerSessionRoutes(app, services);
+  registerTokenRoutes(app, services);
+};
+
+type RouteApp = Parameters<FastifyPluginAsyncTypebox>[0];
+
+/** Signing in: with a password (and TOTP), or with an OpenID Connect ID token. */
+function registerSignInRoutes(app: RouteApp, { access }: AuthRouteServices): void {
   const signInResponses = {
     200: IssuedToken,
     400: errorResponses[400],
@@ -63,6 +72,10 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (a
       return { token, secret };
     },
   );
+}
+
+/** The session of the request: sign out, who am I, a second factor. */
+function registerSessionRoutes(app: RouteApp, { db, access }: AuthRouteServices): void {
   app.post(
     '/v1/auth/logout',
     {
@@ -136,10 +149,7 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRouteServices> = async (a
       return reply.status(204).send(null);
     },
   );
-  registerTokenRoutes(app, { db, access });
-};
-
-type RouteApp = Parameters<FastifyPluginAsyncTypebox>[0];
+}
 
 /** One's own tokens; with token.manage, everyone's. */
 function registerTokenRoutes(app: RouteApp, { db, access }: AuthRouteServices): void {

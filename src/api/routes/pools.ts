@@ -71,6 +71,7 @@ export const poolRoutes: FastifyPluginAsyncTypebox<PoolRouteServices> = async (a
   registerPoolRoutes(app, services, lookups);
   registerPoolJobRoutes(app, services, lookups);
   registerVolumeRoutes(app, services, lookups);
+  registerVolumeCreateRoute(app, services, lookups);
   registerVolumeChangeRoutes(app, services, lookups);
 };
 
@@ -240,33 +241,6 @@ function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirP
       return volumes.filter((volume) => visible(volume.name));
     },
   );
-  app.post(
-    '/v1/pools/:pool/volumes',
-    {
-      config: { access: { on: 'project', permission: 'volume.create' } },
-      schema: {
-        operationId: 'createVolume',
-        tags: ['storage'],
-        summary: 'Create a volume: thin on a storage-node pool, a qcow2 file on a dir pool (on `host`)',
-        params: PoolRef,
-        querystring: ProjectQuery,
-        body: VolumeCreateRequest,
-        response: { 201: Volume, ...errorResponses },
-      },
-    },
-    async (request, reply) => {
-      const { host, ...body } = request.body;
-      const { pool } = request.params;
-      const dir = await isDir(pool);
-      if (!dir && host) throw new NubisError('VALIDATION_FAILED', `${pool} is a storage-node pool, reachable from every host: drop --host`);
-      const created = await withOwnership(services, pool, body.name, projectOf(request), parseSize(body.size), async () =>
-        dir
-          ? ((await dirPools.createVolume(pool, body.name, parseSize(body.size), host)) as VolumeBody)
-          : volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes`, body })),
-      );
-      return reply.status(201).send(created);
-    },
-  );
   app.get(
     '/v1/pools/:pool/volumes/:volume',
     {
@@ -308,6 +282,37 @@ function registerVolumeRoutes(app: RouteApp, services: PoolRouteServices, { dirP
       else await services.storage.call({ method: 'DELETE', path: `${poolPath(request.params.pool)}/volumes/${request.params.volume}` });
       await services.storage.owners.forget(request.params.pool, request.params.volume);
       return reply.status(204).send(null);
+    },
+  );
+}
+
+/** Creating a volume: its bytes reserved against the project's quota first. */
+function registerVolumeCreateRoute(app: RouteApp, services: PoolRouteServices, { dirPools, isDir, volumeView }: PoolLookups): void {
+  app.post(
+    '/v1/pools/:pool/volumes',
+    {
+      config: { access: { on: 'project', permission: 'volume.create' } },
+      schema: {
+        operationId: 'createVolume',
+        tags: ['storage'],
+        summary: 'Create a volume: thin on a storage-node pool, a qcow2 file on a dir pool (on `host`)',
+        params: PoolRef,
+        querystring: ProjectQuery,
+        body: VolumeCreateRequest,
+        response: { 201: Volume, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const { host, ...body } = request.body;
+      const { pool } = request.params;
+      const dir = await isDir(pool);
+      if (!dir && host) throw new NubisError('VALIDATION_FAILED', `${pool} is a storage-node pool, reachable from every host: drop --host`);
+      const created = await withOwnership(services, pool, body.name, projectOf(request), parseSize(body.size), async () =>
+        dir
+          ? ((await dirPools.createVolume(pool, body.name, parseSize(body.size), host)) as VolumeBody)
+          : volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes`, body })),
+      );
+      return reply.status(201).send(created);
     },
   );
 }

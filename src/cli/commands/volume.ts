@@ -3,7 +3,7 @@ import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import { NubisError } from '../../core/errors.ts';
 import type { Volume } from '../../wire/schemas.ts';
-import { client, globals } from '../common.ts';
+import { client, globals, projectQuery } from '../common.ts';
 import { formatSize, printJson, printTable } from '../output.ts';
 
 /** The API path of a volume written as POOL/VOLUME. */
@@ -15,7 +15,10 @@ function volumePath(ref: string): string {
 
 /** Registers `volume` and its subcommands on the program. */
 export function registerVolumeCommands(program: Command): void {
-  const volume = program.command('volume').description('Thin volumes of storage pools, served over NBD');
+  const volume = program
+    .command('volume')
+    .description('Thin volumes of storage pools, served over NBD; each belongs to a project (its quota counts it)')
+    .option('--project <name>', 'project (default: default)');
   volume
     .command('create <name>')
     .description('Create a thin volume, e.g. nubis volume create data1 --pool p1 --size 20G')
@@ -23,23 +26,29 @@ export function registerVolumeCommands(program: Command): void {
     .requiredOption('--size <size>', 'size, e.g. 512M or 20G')
     .option('--host <host>', 'dir pools: the host that holds the qcow2 file (needed when the pool spans several)')
     .action(async (name: string, options: { pool: string; size: string; host?: string }, command: Command) => {
-      const created = await client(command).request<Static<typeof Volume>>('POST', `/v1/pools/${encodeURIComponent(options.pool)}/volumes`, {
-        name,
-        size: options.size,
-        ...(options.host ? { host: options.host } : {}),
-      });
+      const created = await client(command).request<Static<typeof Volume>>(
+        'POST',
+        `/v1/pools/${encodeURIComponent(options.pool)}/volumes${projectQuery(command)}`,
+        {
+          name,
+          size: options.size,
+          ...(options.host ? { host: options.host } : {}),
+        },
+      );
       if (globals(command).json) return printJson(created);
       console.log(`${options.pool}/${name}: ${formatSize(created.sizeBytes)}${created.host ? ` on ${created.host}` : ''}`);
     });
   volume
     .command('list')
-    .description('List volumes (of one pool with --pool)')
+    .description("List volumes (of one pool with --pool; a project user names the pool, pools are the platform's)")
     .option('--pool <pool>', 'only this pool')
     .action(async (options: { pool?: string }, command: Command) => {
       const api = client(command);
       const pools = options.pool ? [options.pool] : (await api.request<Array<{ name: string }>>('GET', '/v1/pools')).map((p) => p.name);
       const volumes = (
-        await Promise.all(pools.map((p) => api.request<Array<Static<typeof Volume>>>('GET', `/v1/pools/${encodeURIComponent(p)}/volumes`)))
+        await Promise.all(
+          pools.map((p) => api.request<Array<Static<typeof Volume>>>('GET', `/v1/pools/${encodeURIComponent(p)}/volumes${projectQuery(command)}`)),
+        )
       ).flat();
       if (globals(command).json) return printJson(volumes);
       printTable(
@@ -55,7 +64,7 @@ function addChanges(volume: Command): void {
     .command('show <pool/volume>')
     .description('Show a volume')
     .action(async (ref: string, _options: unknown, command: Command) => {
-      const found = await client(command).request<Static<typeof Volume>>('GET', volumePath(ref));
+      const found = await client(command).request<Static<typeof Volume>>('GET', `${volumePath(ref)}${projectQuery(command)}`);
       if (globals(command).json) return printJson(found);
       for (const [key, value] of Object.entries(found)) console.log(`${`${key}:`.padEnd(16)} ${value}`);
     });
@@ -64,7 +73,7 @@ function addChanges(volume: Command): void {
       .command(`${action} <pool/volume> <name>`)
       .description(action === 'snapshot' ? 'Take a read-only snapshot (instant, copy-on-write)' : 'Make a writable clone (instant, copy-on-write)')
       .action(async (ref: string, name: string, _options: unknown, command: Command) => {
-        const made = await client(command).request<Static<typeof Volume>>('POST', `${volumePath(ref)}/${action}`, { name });
+        const made = await client(command).request<Static<typeof Volume>>('POST', `${volumePath(ref)}/${action}${projectQuery(command)}`, { name });
         if (globals(command).json) return printJson(made);
         console.log(`${ref.split('/')[0]}/${name}: ${action} of ${ref}`);
       });
@@ -73,7 +82,7 @@ function addChanges(volume: Command): void {
     .command('resize <pool/volume> <size>')
     .description('Grow or shrink a volume (never below its data)')
     .action(async (ref: string, size: string, _options: unknown, command: Command) => {
-      const resized = await client(command).request<Static<typeof Volume>>('POST', `${volumePath(ref)}/resize`, { size });
+      const resized = await client(command).request<Static<typeof Volume>>('POST', `${volumePath(ref)}/resize${projectQuery(command)}`, { size });
       if (globals(command).json) return printJson(resized);
       console.log(`${ref}: ${formatSize(resized.sizeBytes)}`);
     });
@@ -81,7 +90,7 @@ function addChanges(volume: Command): void {
     .command('delete <pool/volume>')
     .description('Delete a volume no VM uses; its space returns to the pool')
     .action(async (ref: string, _options: unknown, command: Command) => {
-      await client(command).request('DELETE', volumePath(ref));
+      await client(command).request('DELETE', `${volumePath(ref)}${projectQuery(command)}`);
       if (globals(command).json) return printJson({ deleted: ref });
       console.log(`${ref}: deleted`);
     });
