@@ -21,12 +21,13 @@ export interface ApiTarget {
  * stored, then the data folder of `nubis up` (its Nubis CA only with its URL: another control
  * plane has a CA of its own).
  */
-export function resolveApiTarget(dataDir: string, flags: { url?: string; token?: string; ca?: string } = {}): ApiTarget {
+export function resolveApiTarget(dataDir: string, flags: { url?: string; token?: string; ca?: string; localAdmin?: boolean } = {}): ApiTarget {
   const paths = dataPaths(dataDir);
   let url = flags.url ?? process.env.NUBIS_URL;
   let ca = flags.ca ?? process.env.NUBIS_CA;
-  // After `nubis login`: its URL and token, unless flags or the environment name others.
-  const stored = readCredentials();
+  // After `nubis login`: its URL and token, unless flags or the environment name others. `nubis
+  // up` and `down` act as the local admin (the data folder's token), whoever signed in.
+  const stored = flags.localAdmin ? undefined : readCredentials();
   if (stored && (!url || url === stored.url) && !flags.token && !process.env.NUBIS_TOKEN) {
     return { url: stored.url, token: stored.token, ...((ca ?? stored.ca) ? { ca: ca ?? stored.ca } : {}) };
   }

@@ -20,6 +20,7 @@ import { setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
 import type { ApiTlsOptions } from '../app/tls.ts';
+import { type AccessOptions, accessDaemonArgs } from './access-options.ts';
 import { tlsDaemonArgs } from './tls-options.ts';
 
 export interface UpOptions {
@@ -34,6 +35,8 @@ export interface UpOptions {
   host?: string;
   /** Serve the API over HTTPS (app/tls.ts). Default: HTTP. */
   tls?: ApiTlsOptions;
+  /** OpenID Connect sign-in and audit head publishing (access-options.ts). */
+  access?: AccessOptions;
   /** CA file the CLI trusts for the API (`--ca`); the Nubis CA of the data folder needs none. */
   ca?: string;
 }
@@ -169,14 +172,23 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     alreadyRunning = false;
     await rm(paths.apiInfo, { force: true });
     const listen = options.host ? ['--listen', options.host] : [];
-    const args = ['control-plane', '--data', options.dataDir, '--port', String(options.port), ...listen, ...tlsDaemonArgs(options.tls)];
+    const args = [
+      'control-plane',
+      '--data',
+      options.dataDir,
+      '--port',
+      String(options.port),
+      ...listen,
+      ...tlsDaemonArgs(options.tls),
+      ...accessDaemonArgs(options.access ?? {}),
+    ];
     controlPid = await spawnDaemon(options.dataDir, 'control-plane', args);
   }
   const { url, caPath } = await waitFor('The control plane answering', 30_000, async () => {
     if (!processAlive(controlPid!)) throw new NubisError('UP_FAILED', `The control plane exited; see ${join(paths.logsDir, 'control-plane.log')}`);
     if (!existsSync(paths.apiInfo)) return undefined;
     const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; caPath?: string };
-    await new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca })).request('GET', '/v1/status');
+    await new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca, localAdmin: true })).request('GET', '/v1/status');
     return info;
   });
   // The storage node starts before the agents: VMs they re-adopt may have volumes on it.
@@ -222,7 +234,7 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
       return (await socketAccepts(join(paths.hostsDir, agent.name, 'agent.sock'))) ? true : undefined;
     });
   }
-  const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca }));
+  const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca, localAdmin: true }));
   // The first agent start probes the accelerator (up to ~20 s where KVM does not work).
   await waitFor('Every host agent joining', 90_000, async () => {
     const hosts = await client.request<Array<{ name: string; status: string }>>('GET', '/v1/hosts');
@@ -253,7 +265,7 @@ export async function down(options: { dataDir: string; keepVms: boolean; ca?: st
   const stoppedVms: string[] = [];
   if (!options.keepVms) {
     try {
-      const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca }));
+      const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca, localAdmin: true }));
       const vms = await client.request<Vm[]>('GET', '/v1/vms');
       const running = vms.filter((vm) => ['running', 'paused', 'starting'].includes(vm.state));
       if (running.length > 0) say(`Stopping ${running.length} VM(s): ${running.map((vm) => vm.name).join(', ')}`);

@@ -10,6 +10,7 @@ import { NubisError } from '../../core/errors.ts';
 import { DEFAULT_API_PORT, cacheDir, dataPaths } from '../../core/paths.ts';
 import { readTinyImage } from '../../images/build-tiny.ts';
 import { globals, parseInteger } from '../common.ts';
+import { type AccessFlags, accessOptionsOf, addAccessOptions } from '../access-options.ts';
 import { type TlsFlags, addTlsOptions, tlsOptionsOf } from '../tls-options.ts';
 
 interface AgentOptions {
@@ -27,7 +28,7 @@ export function registerDaemonCommands(program: Command): void {
   daemon.hook('preAction', () => {
     process.umask(0o077);
   });
-  addTlsOptions(daemon.command('control-plane'))
+  addAccessOptions(addTlsOptions(daemon.command('control-plane')))
     .description('Run the control plane')
     .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
     .option('--listen <address>', 'address to listen on', '127.0.0.1')
@@ -48,12 +49,21 @@ export function registerDaemonCommands(program: Command): void {
     .action(runStorageNode);
 }
 
-async function runControlPlane(options: { port: number; listen: string } & TlsFlags, command: Command): Promise<void> {
+async function runControlPlane(options: { port: number; listen: string } & TlsFlags & AccessFlags, command: Command): Promise<void> {
   const { startControlPlane } = await import('../../app/control-plane.ts');
   const { createLogger } = await import('../../core/logger.ts');
   const logger = createLogger('control-plane');
   const tls = await tlsOptionsOf(options);
-  const running = await startControlPlane({ dataDir: globals(command).data, cacheDir: cacheDir(), host: options.listen, port: options.port, logger, tls });
+  const access = accessOptionsOf(options, globals(command).data);
+  const running = await startControlPlane({
+    dataDir: globals(command).data,
+    cacheDir: cacheDir(),
+    host: options.listen,
+    port: options.port,
+    logger,
+    tls,
+    ...access,
+  });
   await waitForSignal();
   logger.info('stopping');
   await running.stop();

@@ -7,9 +7,10 @@ import type { Status } from '../../wire/schemas.ts';
 import { client, globals, parseInteger } from '../common.ts';
 import { down, up } from '../local-services.ts';
 import { printJson } from '../output.ts';
+import { type AccessFlags, accessOptionsOf, addAccessOptions } from '../access-options.ts';
 import { type TlsFlags, addTlsOptions, tlsOptionsOf } from '../tls-options.ts';
 
-interface UpOptions extends TlsFlags {
+interface UpOptions extends TlsFlags, AccessFlags {
   port: number;
   host?: string;
   hosts: number;
@@ -19,7 +20,7 @@ interface UpOptions extends TlsFlags {
 
 /** Registers `up`, `down` and `status` on the program. */
 export function registerUpDownCommands(program: Command): void {
-  addTlsOptions(program.command('up'))
+  addAccessOptions(addTlsOptions(program.command('up')))
     .description('Start the control plane and the local host agent(s)')
     .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
     .option('--host <address>', 'address the API listens on (default 127.0.0.1)')
@@ -63,6 +64,7 @@ async function runUp(options: UpOptions, command: Command): Promise<void> {
   if (options.hosts < 1 || options.hosts > 16) throw new NubisError('VALIDATION_FAILED', `--hosts must be from 1 to 16, not ${options.hosts}`);
   const netns = options.netns ?? (options.hosts > 1 && process.getuid?.() === 0);
   const tls = await tlsOptionsOf(options);
+  const access = accessOptionsOf(options, g.data);
   const result = await up(
     {
       dataDir: g.data,
@@ -73,6 +75,7 @@ async function runUp(options: UpOptions, command: Command): Promise<void> {
       netns,
       host: options.host,
       tls,
+      access,
       ca: g.ca,
     },
     say,
