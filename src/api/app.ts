@@ -22,7 +22,7 @@ import type { Db } from '../state/database.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
-import { installAccessHooks } from './access-hook.ts';
+import { installAccessHooks, installTokenOnlyHook } from './access-hook.ts';
 import { toApiError } from './errors.ts';
 import { openApiOptions } from './openapi.ts';
 import { coerceTextValues } from './query-coercion.ts';
@@ -62,7 +62,18 @@ export interface AppServices {
 }
 
 /** Builds the API app; the caller listens. With `options.https` it serves HTTPS with that certificate and key. */
-export async function buildApp(services: AppServices, options: { https?: { cert: Buffer; key: Buffer } } = {}): Promise<FastifyInstance> {
+export async function buildApp(
+  services: AppServices,
+  options: {
+    https?: { cert: Buffer; key: Buffer };
+    /**
+     * `tokenOnly` checks that a bearer token is valid and nothing more: no authorization, no
+     * audit. It exists for bench/access, which measures what access control costs against the
+     * same build without it; nothing that serves users passes it.
+     */
+    accessControl?: 'enforce' | 'tokenOnly';
+  } = {},
+): Promise<FastifyInstance> {
   // No coercion by the validator: bodies are checked as sent, and query strings and path
   // parameters are turned into numbers and booleans strictly, before validation (query-coercion.ts).
   const app = Fastify({
@@ -81,7 +92,8 @@ export async function buildApp(services: AppServices, options: { https?: { cert:
   await app.register(websocket);
   app.addSchema(ErrorBody);
 
-  installAccessHooks(app, services);
+  if (options.accessControl === 'tokenOnly') installTokenOnlyHook(app, services);
+  else installAccessHooks(app, services);
   app.setErrorHandler((error, request, reply) => {
     const { status, body } = toApiError(error as Error);
     // The audit entry of a failed request names its code (access-hook.ts reads it when the request ends).
