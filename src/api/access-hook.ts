@@ -10,6 +10,7 @@ import { type AccessTarget, type Principal, projectsWith } from '../access/autho
 import type { Permission } from '../access/permissions.ts';
 import { finishAudit, type PendingAudit, runWithAudit } from '../audit/audit-context.ts';
 import { redactSecrets } from '../audit/audit-store.ts';
+import { sha256Hex } from '../access/tokens.ts';
 import { NubisError } from '../core/errors.ts';
 import type { Db } from '../state/database.ts';
 import { ResourceName } from '../wire/schemas.ts';
@@ -47,6 +48,20 @@ const PROJECT_NAME = new RegExp(ResourceName.pattern ?? '^.+$');
 function bearerOf(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization ?? '';
   return header.startsWith('Bearer ') ? header.slice(7).trim() || undefined : undefined;
+}
+
+/**
+ * The baseline bench/access compares against: a valid bearer token is required (a hash lookup, as
+ * before access control), nothing is authorized or audited. Never used to serve users.
+ */
+export function installTokenOnlyHook(app: FastifyInstance, services: { db: Db }): void {
+  app.addHook('onRequest', async (request) => {
+    const rule = request.routeOptions.config.access;
+    if (!rule || rule.on === 'public' || rule.on === 'agent') return;
+    const secret = bearerOf(request);
+    const known = secret ? await services.db.selectFrom('tokens').select('id').where('secret_sha256', '=', sha256Hex(secret)).executeTakeFirst() : undefined;
+    if (!known) throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid');
+  });
 }
 
 /** The project a request names: in its path (`/v1/projects/:project`), `?project=`, or the body's `project`. */
