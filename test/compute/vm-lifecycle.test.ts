@@ -195,6 +195,39 @@ describe('VM lifecycle through the API and the CLI', () => {
     assert.match(cli.stderr, /Detached/);
   });
 
+  it('opens a console only with vm.console, and closes it the moment the role or the session ends', async () => {
+    for (const [user, role] of [
+      ['viewer', 'console'],
+      ['peeker', 'reader'],
+    ]) {
+      assert.equal((await nubis.api('POST', '/v1/users', { name: user, password: `${user}-password-1` })).status, 201);
+      assert.equal((await nubis.api('POST', '/v1/access/grants', { user, role, project: 'default' })).status, 204);
+    }
+    const session = async (user: string) => (await nubis.api<{ secret: string }>('POST', '/v1/auth/login', { user, password: `${user}-password-1` }, null)).body.secret;
+    const open = (token: string) => new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/web1/console`, { headers: { authorization: `Bearer ${token}` } });
+    const refused = open(await session('peeker'));
+    const status = await new Promise<number>((resolve) => refused.once('unexpected-response', (_request, response) => resolve(response.statusCode ?? 0)));
+    assert.equal(status, 403, 'a reader cannot open a console');
+    /** Opens a console as viewer, runs `end` with the session's token, and resolves with how the console closed. */
+    const closedWhen = async (end: (token: string) => Promise<{ status: number }>) => {
+      const token = await session('viewer');
+      const socket = open(token);
+      await new Promise((resolve, reject) => {
+        socket.once('open', resolve);
+        socket.once('error', reject);
+      });
+      const closed = new Promise<[number, string]>((resolve) => socket.once('close', (code, reason) => resolve([code, reason.toString()])));
+      assert.equal((await end(token)).status, 204);
+      return closed;
+    };
+    const [afterLogout, logoutReason] = await closedWhen((token) => nubis.api('POST', '/v1/auth/logout', undefined, token));
+    assert.equal(afterLogout, 4401);
+    assert.match(logoutReason, /revoked/);
+    const [afterRevoke, revokeReason] = await closedWhen(() => nubis.api('DELETE', '/v1/access/grants?user=viewer&role=console&project=default'));
+    assert.equal(afterRevoke, 4401);
+    assert.match(revokeReason, /viewer lacks permission vm\.console on project default/);
+  });
+
   it('keeps the VM running across an agent restart and shows the truth afterwards', async () => {
     const before = await vm('web1');
     process.kill(nubis.pidOf('agent-host-1'), 'SIGKILL');

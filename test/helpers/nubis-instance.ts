@@ -44,7 +44,8 @@ export class NubisInstance {
   cli(args: string[], options: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
     return new Promise((resolve, reject) => {
       const child = spawn(process.execPath, [join(repoRoot, 'bin/nubis.mjs'), '--data', this.dataDir, ...args], {
-        env: { ...process.env, NUBIS_URL: '', NUBIS_TOKEN: '', ...options.env },
+        // Its own config folder: a `nubis login` of the machine's user never stands in for this instance.
+        env: { ...process.env, NUBIS_URL: '', NUBIS_TOKEN: '', NUBIS_CONFIG: join(this.dataDir, 'cli-config'), ...options.env },
         stdio: ['pipe', 'pipe', 'pipe'],
       });
       let stdout = '';
