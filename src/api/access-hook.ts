@@ -169,8 +169,10 @@ function recordEntry(request: FastifyRequest, rule: AccessRule | undefined, proj
 /** Writes the entry with how the request ended, unless a transaction of the request already wrote it. */
 async function writeOutcome(db: Db, request: FastifyRequest, reply: FastifyReply): Promise<void> {
   const pending = request.audit;
-  if (!pending?.entry || pending.written) return;
   const status = reply.statusCode;
+  // Every denial is recorded, also one a handler decided (an agent's wrong credential).
+  if (pending && !pending.entry && (status === 401 || status === 403)) recordEntry(request, request.routeOptions.config.access, request.accessProject, true);
+  if (!pending?.entry || pending.written) return;
   const failure = (reply as FastifyReply & { nubisError?: { code: string; message: string } }).nubisError;
   const result = status < 400 ? 'ok' : status === 401 || status === 403 ? 'denied' : 'failed';
   await finishAudit(db, pending, {
