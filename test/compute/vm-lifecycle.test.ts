@@ -203,7 +203,8 @@ describe('VM lifecycle through the API and the CLI', () => {
       assert.equal((await nubis.api('POST', '/v1/users', { name: user, password: `${user}-password-1` })).status, 201);
       assert.equal((await nubis.api('POST', '/v1/access/grants', { user, role, project: 'default' })).status, 204);
     }
-    const session = async (user: string) => (await nubis.api<{ secret: string }>('POST', '/v1/auth/login', { user, password: `${user}-password-1` }, null)).body.secret;
+    const session = async (user: string) =>
+      (await nubis.api<{ secret: string }>('POST', '/v1/auth/login', { user, password: `${user}-password-1` }, null)).body.secret;
     const open = (token: string) => new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/web1/console`, { headers: { authorization: `Bearer ${token}` } });
     const refused = open(await session('peeker'));
     const status = await new Promise<number>((resolve) => refused.once('unexpected-response', (_request, response) => resolve(response.statusCode ?? 0)));
