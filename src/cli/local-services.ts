@@ -157,6 +157,21 @@ export interface UpResult {
   testBed?: string;
 }
 
+/** The command line of `nubis daemon control-plane` for these options. */
+function controlPlaneArgs(options: UpOptions): string[] {
+  const listen = options.host ? ['--listen', options.host] : [];
+  return [
+    'control-plane',
+    '--data',
+    options.dataDir,
+    '--port',
+    String(options.port),
+    ...listen,
+    ...tlsDaemonArgs(options.tls),
+    ...accessDaemonArgs(options.access ?? {}),
+  ];
+}
+
 /** Starts whatever of the control plane and the host agents is not running yet. */
 export async function up(options: UpOptions, say: (line: string) => void): Promise<UpResult> {
   const paths = dataPaths(options.dataDir);
@@ -171,18 +186,7 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
   if (!controlPid) {
     alreadyRunning = false;
     await rm(paths.apiInfo, { force: true });
-    const listen = options.host ? ['--listen', options.host] : [];
-    const args = [
-      'control-plane',
-      '--data',
-      options.dataDir,
-      '--port',
-      String(options.port),
-      ...listen,
-      ...tlsDaemonArgs(options.tls),
-      ...accessDaemonArgs(options.access ?? {}),
-    ];
-    controlPid = await spawnDaemon(options.dataDir, 'control-plane', args);
+    controlPid = await spawnDaemon(options.dataDir, 'control-plane', controlPlaneArgs(options));
   }
   const { url, caPath } = await waitFor('The control plane answering', 30_000, async () => {
     if (!processAlive(controlPid!)) throw new NubisError('UP_FAILED', `The control plane exited; see ${join(paths.logsDir, 'control-plane.log')}`);

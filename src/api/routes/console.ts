@@ -40,7 +40,8 @@ export const consolePath = {
         '400': { description: 'Invalid VM reference or project', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
         '401': { description: 'No or wrong bearer token', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
         '403': {
-          description: 'The token lacks vm.console in the project, or a foreign origin. An open console closes with code 4401 when its token is revoked, expires or loses vm.console',
+          description:
+            'The token lacks vm.console in the project, or a foreign origin. An open console closes with code 4401 when its token is revoked, expires or loses vm.console',
           content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
         },
         '404': { description: 'No such VM', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
