@@ -2,7 +2,8 @@
  * Login with a real OpenID provider (oidc-provider, the certified Node implementation) on
  * 127.0.0.1: the CLI's device login (RFC 8628) is approved by driving the provider's own pages
  * over HTTP as a browser would (user code form, confirmation, the login and consent pages of its
- * devInteractions), and the ID token it issues is verified by the control plane's OidcVerifier.
+ * devInteractions; test/helpers/oidc-provider.ts), and the ID token it issues is verified by the
+ * control plane's OidcVerifier.
  * Tokens it cannot be made to issue (expired, foreign issuer, unknown key) are signed here with
  * the provider's own key or a stranger's.
  */
@@ -10,96 +11,11 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { exportJWK, generateKeyPair, type JWTPayload, SignJWT } from 'jose';
-// @ts-expect-error oidc-provider ships no type declarations
-import Provider from 'oidc-provider';
-import { type DeviceLoginPrompt, deviceLogin } from '../../src/access/oidc-device-login.ts';
+import { generateKeyPair, type JWTPayload, SignJWT } from 'jose';
+import { deviceLogin } from '../../src/access/oidc-device-login.ts';
 import { OidcVerifier } from '../../src/access/oidc.ts';
 import { isNubisError } from '../../src/core/errors.ts';
-
-const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
-const PROVIDER_KID = 'provider-key';
-/** A public client (no secret) that may use only the device code grant, as Nubis's CLI is registered. */
-const deviceClient = (clientId: string) => ({
-  client_id: clientId,
-  token_endpoint_auth_method: 'none',
-  grant_types: [DEVICE_CODE_GRANT],
-  response_types: [],
-  redirect_uris: [],
-});
-
-/** A browser for the provider's pages: a cookie jar, manual redirects, and forms submitted with their hidden fields. */
-class Browser {
-  readonly #cookies = new Map<string, string>();
-
-  async #fetch(url: string, init: RequestInit = {}): Promise<Response> {
-    const cookie = [...this.#cookies].map(([name, value]) => `${name}=${value}`).join('; ');
-    const response = await fetch(url, { ...init, redirect: 'manual', headers: { ...(init.headers as Record<string, string>), ...(cookie ? { cookie } : {}) } });
-    for (const line of response.headers.getSetCookie()) {
-      const [pair] = line.split(';');
-      const at = pair.indexOf('=');
-      const [name, value] = [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
-      if (value === '' || /expires=Thu, 01 Jan 1970/i.test(line)) this.#cookies.delete(name);
-      else this.#cookies.set(name, value);
-    }
-    return response;
-  }
-
-  /** Loads `url` and follows redirects to the page they end on. */
-  async open(url: string, init?: RequestInit): Promise<{ url: string; html: string }> {
-    let response = await this.#fetch(url, init);
-    for (let hops = 0; response.status >= 300 && response.status < 400; hops++) {
-      assert.ok(hops < 10, 'too many redirects');
-      url = new URL(response.headers.get('location')!, url).href;
-      await response.body?.cancel();
-      response = await this.#fetch(url);
-    }
-    const html = await response.text();
-    assert.equal(response.status, 200, `${url} answered ${response.status}: ${html.slice(0, 300)}`);
-    return { url, html };
-  }
-
-  /** Submits the page's first form with its own fields, changed by `fields` (undefined removes one). */
-  submit(page: { url: string; html: string }, fields: Record<string, string | undefined>): Promise<{ url: string; html: string }> {
-    const form = /<form\b([^>]*)>([\s\S]*?)<\/form>/.exec(page.html);
-    assert.ok(form, `no form on ${page.url}`);
-    const action = /\baction="([^"]*)"/.exec(form[1])?.[1].replaceAll('&amp;', '&') ?? page.url;
-    const values = new Map<string, string>();
-    for (const [input] of form[2].matchAll(/<input\b[^>]*>/g)) {
-      const name = /\bname="([^"]*)"/.exec(input)?.[1];
-      if (name) values.set(name, /\bvalue="([^"]*)"/.exec(input)?.[1] ?? '');
-    }
-    for (const [name, value] of Object.entries(fields)) value === undefined ? values.delete(name) : values.set(name, value);
-    return this.open(new URL(action, page.url).href, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams([...values]),
-    });
-  }
-}
-
-/**
- * What a person does with the CLI's prompt: opens the verification page, types the code, confirms
- * (or aborts), signs in as `login` and consents. Returns once the provider shows its success page.
- */
-async function approve(prompt: DeviceLoginPrompt, options: { login?: string; deny?: boolean } = {}): Promise<void> {
-  const browser = new Browser();
-  const entry = await browser.open(prompt.verificationUri);
-  const confirm = await browser.submit(entry, { user_code: prompt.userCode });
-  assert.match(confirm.html, /Confirm Device/);
-  if (options.deny) {
-    const denied = await browser.submit(confirm, { confirm: undefined, abort: 'yes' });
-    assert.match(denied.html, /interrupted/);
-    return;
-  }
-  let page = await browser.submit(confirm, {});
-  for (let steps = 0; !/Sign-in Success/.test(page.html); steps++) {
-    assert.ok(steps < 5, `stuck on ${page.url}: ${page.html.slice(0, 300)}`);
-    if (/name="prompt" value="login"/.test(page.html)) page = await browser.submit(page, { login: options.login ?? 'alice', password: 'any' });
-    else if (/name="prompt" value="consent"/.test(page.html)) page = await browser.submit(page, {});
-    else assert.fail(`unexpected page ${page.url}: ${page.html.slice(0, 300)}`);
-  }
-}
+import { startOidcProvider, type TestOidcProvider } from '../helpers/oidc-provider.ts';
 
 /** Asserts that `promise` is refused with `code` and a message matching `reason`. */
 async function refused(promise: Promise<unknown>, code: string, reason: RegExp): Promise<void> {
@@ -111,84 +27,28 @@ async function refused(promise: Promise<unknown>, code: string, reason: RegExp):
 }
 
 describe('OpenID Connect login against a real provider', () => {
-  const server = createServer();
+  let provider: TestOidcProvider;
   let issuer = '';
-  let provider: { callback(): (req: unknown, res: unknown) => void; use(middleware: unknown): void };
-  let providerKey: CryptoKey;
   let verifier: OidcVerifier;
-  /** Set by a test: the provider answers the next token request with slow_down. */
-  let slowDownOnce = false;
-  const tokenRequestsAt: number[] = [];
 
   before(async () => {
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const { privateKey } = await generateKeyPair('RS256', { extractable: true });
-    providerKey = privateKey;
-    provider = new Provider(issuer, {
-      clients: [deviceClient('nubis-cli'), deviceClient('other-app'), deviceClient('short-lived')],
-      jwks: { keys: [{ ...(await exportJWK(privateKey)), kid: PROVIDER_KID, alg: 'RS256', use: 'sig' }] },
-      features: { deviceFlow: { enabled: true }, devInteractions: { enabled: true } },
-      // The `groups` scope releases the `groups` claim; `profile` the user name.
-      claims: { openid: ['sub'], profile: ['preferred_username', 'name'], groups: ['groups'] },
-      scopes: ['openid', 'profile', 'groups'],
-      // Put the scope's claims into the ID token even though an access token is issued too
-      // (Core §5.4 would otherwise leave them to the userinfo endpoint): Nubis reads only the ID token.
-      conformIdTokenClaims: false,
-      findAccount: async (_ctx: unknown, id: string) => ({
-        accountId: id,
-        claims: async () => ({ sub: id, preferred_username: id, name: id, groups: id === 'alice' ? ['ops', 'web-devs'] : [] }),
-      }),
-      ttl: { DeviceCode: (_ctx: unknown, _code: unknown, client: { clientId: string }) => (client.clientId === 'short-lived' ? 2 : 600) },
-      cookies: { keys: ['nubis-test-cookie-key'] },
-    });
-    // The provider sends no `interval`, so RFC 8628's default of 5 s would apply; 1 s keeps the
-    // test short. And a test can make it answer slow_down once.
-    provider.use(async (ctx: { path: string; method: string; status: number; body: unknown }, next: () => Promise<void>) => {
-      if (ctx.method === 'POST' && ctx.path === '/token') {
-        tokenRequestsAt.push(Date.now());
-        if (slowDownOnce) {
-          slowDownOnce = false;
-          ctx.status = 400;
-          ctx.body = { error: 'slow_down', error_description: 'poll less often' };
-          return;
-        }
-      }
-      await next();
-      if (ctx.method === 'POST' && ctx.path === '/device/auth' && ctx.status === 200) ctx.body = { ...(ctx.body as object), interval: 1 };
-    });
-    server.on('request', provider.callback());
+    provider = await startOidcProvider({ clients: ['nubis-cli', 'other-app', 'short-lived'], deviceCodeTtlSeconds: { 'short-lived': 2 } });
+    issuer = provider.issuer;
     verifier = new OidcVerifier({ issuer, clientId: 'nubis-cli' });
   });
 
-  after(async () => {
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  });
+  after(() => provider?.close());
 
   /** An ID token as the provider would sign it, with `claims` changed; `key`/`kid`/`alg` to forge one. */
   async function signed(claims: JWTPayload, header: { key?: CryptoKey | Uint8Array; kid?: string; alg?: string } = {}): Promise<string> {
     const now = Math.floor(Date.now() / 1000);
     return new SignJWT({ iss: issuer, aud: 'nubis-cli', sub: 'alice', preferred_username: 'alice', iat: now, exp: now + 600, ...claims })
-      .setProtectedHeader({ alg: header.alg ?? 'RS256', kid: header.kid ?? PROVIDER_KID, typ: 'JWT' })
-      .sign(header.key ?? providerKey);
+      .setProtectedHeader({ alg: header.alg ?? 'RS256', kid: header.kid ?? provider.keyId, typ: 'JWT' })
+      .sign(header.key ?? provider.signingKey);
   }
 
-  /** A device login of `clientId`, approved through the provider's pages as `login`. */
-  async function loginAs(clientId: string, login = 'alice'): Promise<{ idToken: string; prompt: DeviceLoginPrompt }> {
-    let approval: Promise<void> | undefined;
-    let shown: DeviceLoginPrompt | undefined;
-    const result = await deviceLogin({
-      issuer,
-      clientId,
-      onPrompt(prompt) {
-        shown = prompt;
-        approval = approve(prompt, { login });
-      },
-    });
-    await approval;
-    return { ...result, prompt: shown! };
-  }
+  /** A device login of `clientId`, approved through the provider's pages as alice. */
+  const loginAs = (clientId: string) => provider.login('alice', clientId);
 
   it('logs alice in with the device grant, and the verifier reads her user name and groups from the ID token', async () => {
     const { idToken, prompt } = await loginAs('nubis-cli');
@@ -256,7 +116,7 @@ describe('OpenID Connect login against a real provider', () => {
   it('reports a denial at the provider as AUTH_OIDC_DEVICE_DENIED', async () => {
     let approval: Promise<void> | undefined;
     await refused(
-      deviceLogin({ issuer, clientId: 'nubis-cli', onPrompt: (prompt) => (approval = approve(prompt, { deny: true })) }),
+      deviceLogin({ issuer, clientId: 'nubis-cli', onPrompt: (prompt) => (approval = provider.denyDeviceCode(prompt)) }),
       'AUTH_OIDC_DEVICE_DENIED',
       /denied/,
     );
@@ -268,11 +128,11 @@ describe('OpenID Connect login against a real provider', () => {
   });
 
   it('waits 5 s longer between polls after slow_down (RFC 8628 §3.5)', async () => {
-    slowDownOnce = true;
-    const first = tokenRequestsAt.length;
+    provider.slowDownNextTokenRequest();
+    const first = provider.tokenRequestsAt.length;
     const { idToken } = await loginAs('nubis-cli');
     assert.equal((await verifier.verifyIdToken(idToken)).username, 'alice');
-    const [slowed, next] = tokenRequestsAt.slice(first);
+    const [slowed, next] = provider.tokenRequestsAt.slice(first);
     assert.ok(next - slowed >= 5_900, `polled again after ${next - slowed} ms`);
   });
 

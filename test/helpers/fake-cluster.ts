@@ -11,6 +11,7 @@ import type { FastifyInstance } from 'fastify';
 import { type AppServices, buildApp } from '../../src/api/app.ts';
 import { createServices } from '../../src/app/control-plane.ts';
 import { bootstrapAccess } from '../../src/access/bootstrap.ts';
+import type { OidcConfig } from '../../src/access/oidc.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
 
 export interface FakeCluster {
@@ -30,9 +31,10 @@ export interface FakeCluster {
 
 /**
  * Services with `hosts` joined (each with its own underlay address), the `default` project, an
- * admin token and the tiny image (its files stand-ins: nothing boots).
+ * admin token and the tiny image (its files stand-ins: nothing boots). With `oidc`, users sign in
+ * with ID tokens of that provider.
  */
-export async function fakeCluster(hosts: string[] = [], options: { auditPublishFile?: string } = {}): Promise<FakeCluster> {
+export async function fakeCluster(hosts: string[] = [], options: { auditPublishFile?: string; oidc?: OidcConfig } = {}): Promise<FakeCluster> {
   const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
   const db = await openDatabase(join(dir, 'nubis.db'));
   const now = new Date().toISOString();
@@ -47,6 +49,7 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
     dataDir: dir,
     joinToken: 'nubis_join_test',
     auditPublishFile: options.auditPublishFile,
+    oidc: options.oidc,
     agentFactory: ({ hostName }) => {
       if (!agents.has(hostName)) agents.set(hostName, new FakeAgent(hostName));
       return agents.get(hostName)!;
