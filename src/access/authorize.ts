@@ -28,6 +28,8 @@ export interface Principal {
   tokenRole: { name: string; permissions: ReadonlySet<string> } | null;
   /** When the token stops working (ISO), if it expires. */
   expiresAt?: string;
+  /** The OpenID Connect groups the token carries (from the ID token it was signed in with). */
+  groups?: readonly string[];
 }
 
 /** What a permission is checked on: one project, or the platform. */

@@ -103,7 +103,16 @@ export class TokenStore {
       // A token limited to a role that was deleted since can do nothing.
       tokenRole = { name: role?.name ?? '(deleted role)', permissions: new Set(role ? (JSON.parse(role.permissions) as string[]) : []) };
     }
-    return { userId: user.id, userName: user.name, tokenId: token.id, tokenName: token.name, grants, tokenProjectId: token.project_id, tokenRole };
+    return {
+      userId: user.id,
+      userName: user.name,
+      tokenId: token.id,
+      tokenName: token.name,
+      grants,
+      tokenProjectId: token.project_id,
+      tokenRole,
+      ...(groups.length > 0 ? { groups } : {}),
+    };
   }
 
   /** The grants of a user: its own bindings and those of its OpenID Connect groups. */
@@ -146,6 +155,12 @@ export class TokenStore {
         'TOKEN_NAME_TAKEN',
         `You have a token named ${request.name}; revoke it first (nubis token revoke ${request.name}) or pick another name`,
       );
+    // A token made from a session of an OpenID Connect user carries the session's groups (its
+    // roles come partly from them), and ends no later than the session: the groups are as the
+    // provider said at sign-in, and are not trusted beyond that sign-in's lifetime.
+    const groups = request.groups ?? (owner.groups && owner.groups.length > 0 ? [...owner.groups] : undefined);
+    let expiresAt = request.expiresAt;
+    if (groups && !request.groups && owner.expiresAt && (!expiresAt || expiresAt > new Date(owner.expiresAt))) expiresAt = new Date(owner.expiresAt);
     const secret = newSecret('nubis_tok');
     const row: TokensTable = {
       id: newId('tok'),
@@ -157,8 +172,8 @@ export class TokenStore {
       kind: request.kind ?? 'api',
       project_id: request.projectId ?? null,
       role_id: request.roleId ?? null,
-      groups: request.groups ? JSON.stringify(request.groups) : null,
-      expires_at: request.expiresAt?.toISOString() ?? null,
+      groups: groups ? JSON.stringify(groups) : null,
+      expires_at: expiresAt?.toISOString() ?? null,
       revoked_at: null,
       last_used_at: null,
     };

@@ -115,6 +115,13 @@ describe('signing in through OpenID Connect, through the whole platform', () => 
     assert.match(inOps.body.message as string, /alice lacks permission network\.create on project ops-tools \(roles held there: reader\)/);
 
     assert.equal((await users()).alice, 'oidc');
+
+    // A token alice makes carries her groups' roles, and ends no later than her session.
+    const made = await api('POST', '/v1/tokens', session, { name: 'ci', project: 'web', role: 'member', expiresInSeconds: 30 * 86400 });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    assert.ok(Date.parse((made.body.token as { expiresAt: string }).expiresAt) <= sessionEnds, 'not beyond the session');
+    const byToken = await api('POST', '/v1/networks', made.body.secret as string, { name: 'ci-net', subnet: '10.75.0.0/24', project: 'web' });
+    assert.equal(byToken.status, 201, JSON.stringify(byToken.body));
   });
 
   it("takes a revoked group binding away from alice's open session at once", async () => {
