@@ -37,7 +37,10 @@ export function resolveApiTarget(dataDir: string, flags: { url?: string; token?:
     ca ??= info.caPath;
   }
   if (!url)
-    throw new NubisError('CLI_NOT_CONFIGURED', `No Nubis API found: start one with npx nubis up (data folder ${dataDir}), or set NUBIS_URL and NUBIS_TOKEN`);
+    throw new NubisError(
+      'CLI_NOT_CONFIGURED',
+      `No Nubis API found and not signed in: sign in with nubis login --url URL, start one with npx nubis up (data folder ${dataDir}), or set NUBIS_URL and NUBIS_TOKEN`,
+    );
   let token = flags.token ?? process.env.NUBIS_TOKEN;
   if (!token && existsSync(paths.adminToken)) token = readFileSync(paths.adminToken, 'utf8').trim();
   if (!token) throw new NubisError('CLI_NOT_CONFIGURED', `No API token: set NUBIS_TOKEN or run as a user who can read ${paths.adminToken}`);
