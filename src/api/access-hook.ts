@@ -64,12 +64,18 @@ export function installTokenOnlyHook(app: FastifyInstance, services: { db: Db })
   });
 }
 
-/** The project a request names: in its path (`/v1/projects/:project`), `?project=`, or the body's `project`. */
+/**
+ * The project a request names, read only where its route's schema declares `project` (the path,
+ * the query or the body): the place the route's handler reads it from too. A `?project=` added to
+ * a route whose body names the project must not get authorized while the body's project is used.
+ */
 function namedProject(request: FastifyRequest): string | undefined {
-  const fromPath = (request.params as Record<string, unknown> | undefined)?.project;
-  const fromQuery = (request.query as Record<string, unknown> | undefined)?.project;
-  const fromBody = (request.body as Record<string, unknown> | undefined)?.project;
-  const value = fromPath ?? fromQuery ?? fromBody;
+  const schema = request.routeOptions.schema as Partial<Record<'params' | 'querystring' | 'body', { properties?: Record<string, unknown> }>> | undefined;
+  const sources = { params: request.params, querystring: request.query, body: request.body } as Record<string, Record<string, unknown> | undefined>;
+  const declared = (['params', 'querystring', 'body'] as const).filter((where) => schema?.[where]?.properties?.project !== undefined);
+  const values = declared.map((where) => sources[where]?.project).filter((value) => value !== undefined);
+  if (new Set(values).size > 1) throw new NubisError('VALIDATION_FAILED', 'The project is named twice, differently; name it once');
+  const value = values[0];
   if (value === undefined) return undefined;
   if (typeof value !== 'string' || !PROJECT_NAME.test(value))
     throw new NubisError('VALIDATION_FAILED', `Invalid project ${JSON.stringify(value).slice(0, 80)}: give a project name (lowercase letters, digits and -)`);

@@ -123,6 +123,13 @@ describe('access control through the API', () => {
     assert.equal((await cluster.db.selectFrom('networks').select('id').where('name', '=', 'n2').execute()).length, 0);
     const listed = await call('GET', '/v1/networks', bob);
     assert.deepEqual(listed.body, [], 'a list without a project shows only what bob may see');
+    // The project is read where the route declares it (here the body): a ?project= of bob's own
+    // project next to it authorizes nothing.
+    const smuggled = await call('POST', '/v1/networks?project=web', bob, { name: 'n3', subnet: '10.95.0.0/24', project: 'shop' });
+    assert.deepEqual([smuggled.status, smuggled.body.code], [403, 'ACCESS_DENIED']);
+    const defaulted = await call('POST', '/v1/networks?project=web', bob, { name: 'n4', subnet: '10.96.0.0/24' });
+    assert.deepEqual([defaulted.status, defaulted.body.code], [403, 'ACCESS_DENIED'], 'no body project is the default project, where bob holds nothing');
+    assert.equal((await cluster.db.selectFrom('networks').select('id').where('name', 'in', ['n3', 'n4']).execute()).length, 0);
   });
 
   it('keeps agent and user credentials apart', async () => {
