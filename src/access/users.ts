@@ -25,6 +25,7 @@ export const SESSION_HOURS = 12;
 /** Failed sign-ins of one user name tolerated per window before it is locked for the window. */
 const FAILED_LOGIN_LIMIT = 5;
 const FAILED_LOGIN_WINDOW_MS = 15 * 60_000;
+const FAILED_LOGIN_NAMES_KEPT = 10_000;
 
 export class UserStore {
   readonly #db: Db;
@@ -206,6 +207,8 @@ export class UserStore {
   }
 
   #recordFailure(name: string): void {
+    // Guessed names are attacker-chosen: the table forgets the oldest beyond a bound, not growing without end.
+    if (this.#failures.size >= FAILED_LOGIN_NAMES_KEPT) this.#failures.delete(this.#failures.keys().next().value as string);
     this.#failures.set(name, [...(this.#failures.get(name) ?? []), Date.now()].slice(-FAILED_LOGIN_LIMIT));
   }
 }
