@@ -2,6 +2,7 @@
  * Roles (built-in and custom: named sets of permissions) and role bindings: a role held by a
  * user, or by the members of an OpenID Connect group, on one project or on the platform.
  */
+import { auditedTransaction } from '../audit/audit-context.ts';
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
@@ -73,17 +74,19 @@ export class RoleStore {
     if (await this.#db.selectFrom('roles').select('id').where('name', '=', request.name).executeTakeFirst())
       throw new NubisError('ROLE_NAME_TAKEN', `A role named ${request.name} exists`);
     const permissions = [...new Set(request.permissions)].sort();
-    await this.#db
-      .insertInto('roles')
-      .values({
-        id: newId('role'),
-        name: request.name,
-        description: request.description ?? '',
-        permissions: JSON.stringify(permissions),
-        builtin: 0,
-        created_at: new Date().toISOString(),
-      })
-      .execute();
+    await auditedTransaction(this.#db, (trx) =>
+      trx
+        .insertInto('roles')
+        .values({
+          id: newId('role'),
+          name: request.name,
+          description: request.description ?? '',
+          permissions: JSON.stringify(permissions),
+          builtin: 0,
+          created_at: new Date().toISOString(),
+        })
+        .execute(),
+    );
     return { name: request.name, description: request.description ?? '', permissions, builtin: false };
   }
 
@@ -94,7 +97,7 @@ export class RoleStore {
     if (row.builtin) throw new NubisError('ROLE_BUILTIN', `Role ${name} is built in and cannot be deleted`);
     const held = await this.#db.selectFrom('role_bindings').select('id').where('role_id', '=', row.id).executeTakeFirst();
     if (held) throw new NubisError('ROLE_IN_USE', `Role ${name} is held; revoke it first (nubis access list)`);
-    await this.#db.deleteFrom('roles').where('id', '=', row.id).execute();
+    await auditedTransaction(this.#db, (trx) => trx.deleteFrom('roles').where('id', '=', row.id).execute());
   }
 
   /**
@@ -115,17 +118,19 @@ export class RoleStore {
       .where('role_id', '=', roleId);
     existing = projectId ? existing.where('project_id', '=', projectId) : existing.where('project_id', 'is', null);
     if (await existing.executeTakeFirst()) return;
-    await this.#db
-      .insertInto('role_bindings')
-      .values({
-        id: newId('bnd'),
-        subject_type: subject.type,
-        subject: subjectKey,
-        role_id: roleId,
-        project_id: projectId,
-        created_at: new Date().toISOString(),
-      })
-      .execute();
+    await auditedTransaction(this.#db, (trx) =>
+      trx
+        .insertInto('role_bindings')
+        .values({
+          id: newId('bnd'),
+          subject_type: subject.type,
+          subject: subjectKey,
+          role_id: roleId,
+          project_id: projectId,
+          created_at: new Date().toISOString(),
+        })
+        .execute(),
+    );
   }
 
   /** Revokes a binding; BINDING_NOT_FOUND when there is none. The last platform admin stays. */
@@ -143,7 +148,7 @@ export class RoleStore {
     const who = subject.type === 'user' ? subject.name : `group ${subject.name}`;
     if (!binding) throw new NubisError('BINDING_NOT_FOUND', `${who} does not hold role ${roleName} there; see nubis access list`);
     if (roleName === 'admin' && projectId === null) await this.#refuseLastAdmin(binding.id);
-    await this.#db.deleteFrom('role_bindings').where('id', '=', binding.id).execute();
+    await auditedTransaction(this.#db, (trx) => trx.deleteFrom('role_bindings').where('id', '=', binding.id).execute());
   }
 
   /** Refuses to remove the last user binding of the platform role admin: nobody could manage Nubis any more. */

@@ -5,6 +5,7 @@
  * made, and again on every request by intersection in authorize()).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { auditedTransaction } from '../audit/audit-context.ts';
 import { NubisError } from '../core/errors.ts';
 import { newId, newSecret } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
@@ -177,7 +178,7 @@ export class TokenStore {
       revoked_at: null,
       last_used_at: null,
     };
-    await this.#db.insertInto('tokens').values(row).execute();
+    await auditedTransaction(this.#db, (trx) => trx.insertInto('tokens').values(row).execute());
     return { token: (await this.#views([row]))[0], secret };
   }
 
@@ -230,12 +231,14 @@ export class TokenStore {
   /** Revokes tokens by id; they are refused from the next request on (and open consoles close). */
   async revoke(ids: readonly string[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.#db
-      .updateTable('tokens')
-      .set({ revoked_at: new Date().toISOString() })
-      .where('id', 'in', [...ids])
-      .where('revoked_at', 'is', null)
-      .execute();
+    await auditedTransaction(this.#db, (trx) =>
+      trx
+        .updateTable('tokens')
+        .set({ revoked_at: new Date().toISOString() })
+        .where('id', 'in', [...ids])
+        .where('revoked_at', 'is', null)
+        .execute(),
+    );
   }
 
   async #views(rows: TokensTable[]): Promise<TokenView[]> {

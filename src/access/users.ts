@@ -3,6 +3,7 @@
  * and users from an OpenID Connect provider (their groups map to roles through group bindings).
  * Signing in hands out a session token (kind `session`) that `logout` revokes.
  */
+import { auditedTransaction } from '../audit/audit-context.ts';
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
@@ -64,7 +65,7 @@ export class UserStore {
       source: 'local',
       created_at: new Date().toISOString(),
     };
-    await this.#db.insertInto('users').values(row).execute();
+    await auditedTransaction(this.#db, (trx) => trx.insertInto('users').values(row).execute());
     return userView(row);
   }
 
@@ -86,7 +87,7 @@ export class UserStore {
       .where('subject', '=', user.id)
       .executeTakeFirst();
     if (isAdmin && admin.length === 1) throw new NubisError('ACCESS_LAST_ADMIN', `${name} is the last platform admin; grant admin to another user first`);
-    await this.#db.transaction().execute(async (trx) => {
+    await auditedTransaction(this.#db, async (trx) => {
       await trx.deleteFrom('role_bindings').where('subject_type', '=', 'user').where('subject', '=', user.id).execute();
       await trx.updateTable('tokens').set({ revoked_at: new Date().toISOString() }).where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();
       await trx.deleteFrom('users').where('id', '=', user.id).execute();
@@ -105,11 +106,8 @@ export class UserStore {
       .where('kind', '=', 'session')
       .where('revoked_at', 'is', null)
       .execute();
-    await this.#db
-      .updateTable('users')
-      .set({ password_hash: await hashPassword(password) })
-      .where('id', '=', user.id)
-      .execute();
+    const passwordHash = await hashPassword(password);
+    await auditedTransaction(this.#db, (trx) => trx.updateTable('users').set({ password_hash: passwordHash }).where('id', '=', user.id).execute());
     await this.#tokens.revoke(sessions.map((s) => s.id));
     return sessions.map((s) => s.id);
   }
@@ -120,13 +118,7 @@ export class UserStore {
    * every wrong name or password.
    */
   async login(request: { user: string; password: string; totp?: string; hours?: number }): Promise<{ token: TokenView; secret: string }> {
-    this.#refuseLocked(request.user);
-    const user = await this.#db.selectFrom('users').selectAll().where('name', '=', request.user).executeTakeFirst();
-    const passwordOk = await verifyPassword(request.password, user?.password_hash ?? DECOY_PASSWORD_HASH);
-    if (!user || !passwordOk || user.source !== 'local') {
-      this.#recordFailure(request.user);
-      throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong user name or password');
-    }
+    const user = await this.#checkPassword(request.user, request.password);
     if (user.totp_enabled && user.totp_secret) {
       if (!request.totp)
         throw new NubisError('AUTH_TOTP_REQUIRED', `${user.name} has a second factor: send the 6-digit code of the authenticator app (--totp)`);
@@ -142,6 +134,22 @@ export class UserStore {
     return this.#session(user, request.hours);
   }
 
+  /** Proves a local user's current password (for changing it); failures count towards the lock as sign-ins do. */
+  async verifyCurrentPassword(name: string, password: string): Promise<void> {
+    await this.#checkPassword(name, password);
+  }
+
+  async #checkPassword(name: string, password: string): Promise<UsersTable> {
+    this.#refuseLocked(name);
+    const user = await this.#db.selectFrom('users').selectAll().where('name', '=', name).executeTakeFirst();
+    const passwordOk = await verifyPassword(password, user?.password_hash ?? DECOY_PASSWORD_HASH);
+    if (!user || !passwordOk || user.source !== 'local') {
+      this.#recordFailure(name);
+      throw new NubisError('AUTH_LOGIN_FAILED', 'Wrong user name or password');
+    }
+    return user;
+  }
+
   /** Signs in with an ID token of the configured OpenID Connect provider; the user is made on first sign-in. */
   async loginOidc(idToken: string): Promise<{ token: TokenView; secret: string; groups: string[] }> {
     if (!this.#oidc) throw new NubisError('AUTH_OIDC_NOT_CONFIGURED', 'OpenID Connect is not configured; start Nubis with --oidc-issuer and --oidc-client-id');
@@ -155,7 +163,7 @@ export class UserStore {
     if (user && user.oidc_subject !== subject)
       throw new NubisError('AUTH_OIDC_INVALID', `User ${identity.username} belongs to another identity of the provider; ask an admin to delete it first`);
     if (!user) {
-      user = {
+      const created: UsersTable = {
         id: newId('usr'),
         name: identity.username,
         password_hash: null,
@@ -166,7 +174,8 @@ export class UserStore {
         source: 'oidc',
         created_at: new Date().toISOString(),
       };
-      await this.#db.insertInto('users').values(user).execute();
+      await auditedTransaction(this.#db, (trx) => trx.insertInto('users').values(created).execute());
+      user = created;
     }
     const hours = Math.max(0, Math.min(SESSION_HOURS, (identity.expiresAt.getTime() - Date.now()) / 3_600_000));
     const session = await this.#session(user, hours, identity.groups);
@@ -184,7 +193,7 @@ export class UserStore {
     const user = await this.#db.selectFrom('users').selectAll().where('id', '=', userId).executeTakeFirstOrThrow();
     if (user.source !== 'local') throw new NubisError('USER_NOT_LOCAL', `${user.name} signs in through OpenID Connect; its provider handles second factors`);
     const secret = newTotpSecret();
-    await this.#db.updateTable('users').set({ totp_secret: secret, totp_enabled: 0 }).where('id', '=', userId).execute();
+    await auditedTransaction(this.#db, (trx) => trx.updateTable('users').set({ totp_secret: secret, totp_enabled: 0 }).where('id', '=', userId).execute());
     return { secret, uri: totpUri(secret, user.name) };
   }
 
@@ -193,7 +202,7 @@ export class UserStore {
     const user = await this.#db.selectFrom('users').selectAll().where('id', '=', userId).executeTakeFirstOrThrow();
     if (!user.totp_secret) throw new NubisError('AUTH_TOTP_NOT_ENROLLED', 'Start with nubis user totp enable, then confirm with a code');
     if (!verifyTotp(user.totp_secret, code)) throw new NubisError('AUTH_TOTP_WRONG', 'The code does not match; use the current code of the authenticator app');
-    await this.#db.updateTable('users').set({ totp_enabled: 1 }).where('id', '=', userId).execute();
+    await auditedTransaction(this.#db, (trx) => trx.updateTable('users').set({ totp_enabled: 1 }).where('id', '=', userId).execute());
   }
 
   #refuseLocked(name: string): void {

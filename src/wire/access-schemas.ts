@@ -134,6 +134,7 @@ export const OidcLoginRequest = Type.Object(
 
 export const WhoAmI = Type.Object({
   user: UserName,
+  hasPassword: Type.Boolean({ description: 'The user signs in with a password (changing it needs the current one)' }),
   token: Text(63),
   tokenKind: Text(16),
   expiresAt: Type.Optional(Timestamp),

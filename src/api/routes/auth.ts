@@ -108,8 +108,10 @@ function registerSessionRoutes(app: RouteApp, { db, access }: AuthRouteServices)
       const principal = request.principal!;
       const projects = new Map((await db.selectFrom('projects').select(['id', 'name']).execute()).map((p) => [p.id, p.name]));
       const token = await db.selectFrom('tokens').select(['kind']).where('id', '=', principal.tokenId).executeTakeFirstOrThrow();
+      const user = await access.users.row(principal.userName);
       return {
         user: principal.userName,
+        hasPassword: user.password_hash !== null,
         token: principal.tokenName,
         tokenKind: token.kind,
         ...(principal.expiresAt ? { expiresAt: principal.expiresAt } : {}),

@@ -77,15 +77,11 @@ function registerUserRoutes(app: RouteApp, { access }: UserRouteServices): void 
     async (request, reply) => {
       const principal = request.principal!;
       if (request.params.user !== principal.userName) checkResource(access, request, 'user.manage', 'platform');
-      else {
-        // Changing one's own password proves the old one: a stolen session alone cannot lock its owner out.
+      else if ((await access.users.row(principal.userName)).password_hash !== null) {
+        // Changing one's own password proves the old one: a stolen session alone cannot lock its
+        // owner out. A user without one yet (the first admin) sets it with its token alone.
         if (!request.body.currentPassword) throw new NubisError('AUTH_LOGIN_FAILED', 'Give your current password (currentPassword) to set a new one');
-        await access.users.login({ user: principal.userName, password: request.body.currentPassword, totp: undefined }).then(
-          (session) => access.tokens.revoke([session.token.id]),
-          (error) => {
-            if ((error as NubisError).code !== 'AUTH_TOTP_REQUIRED') throw error;
-          },
-        );
+        await access.users.verifyCurrentPassword(principal.userName, request.body.currentPassword);
       }
       await access.users.setPassword(request.params.user, request.body.password);
       await access.revalidate();

@@ -144,7 +144,8 @@ function registerUserCommands(program: Command): void {
     .action(async (name: string, options: { passwordStdin?: boolean }, command: Command) => {
       const api = client(command);
       const me = await api.request<Static<typeof WhoAmI>>('GET', '/v1/auth/whoami');
-      const currentPassword = me.user === name ? await readSecret('Current password: ', options.passwordStdin === true) : undefined;
+      // Your own password is changed with the current one (a first one, e.g. the first admin's, without).
+      const currentPassword = me.user === name && me.hasPassword ? await readSecret('Current password: ', options.passwordStdin === true) : undefined;
       const password = await readSecret('New password: ', options.passwordStdin === true);
       await api.request('PUT', `/v1/users/${encodeURIComponent(name)}/password`, { password, ...(currentPassword ? { currentPassword } : {}) });
       if (globals(command).json) return printJson({ user: name, passwordSet: true });
