@@ -4,9 +4,14 @@
  * baseline: a bearer-token hash lookup and nothing else), both listening on 127.0.0.1 and loaded
  * with autocannon over real HTTP in one run, so that the figures are comparable. Then the audit
  * log alone: appends per second, each in its own transaction on a file database with the
- * durability the app opens it with, and the time to sign a tree head over them.
+ * durability the app opens it with (and, for comparison, with synchronous = FULL), and the time
+ * to sign a tree head over them.
  *
  *   npx tsx bench/access/access.bench.ts [--duration 20] [--connections 10] [--warmup 3] [--appends 2000]
+ *
+ * Each API runs in its own process (api-server.ts: the audit context's AsyncLocalStorage would
+ * otherwise slow the baseline too); autocannon runs in this one, so neither shares an event loop
+ * with the load. Create runs start with no networks in `web` (the create route reads them all).
  *
  * Goals (the access-control issue): enforce keeps >= 90% of the baseline's requests/s and adds at
  * most 1 ms at p99. Any non-2xx response, socket error or timeout fails the run.
@@ -14,19 +19,15 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { FastifyInstance } from 'fastify';
 import { sql } from 'kysely';
-import type { Principal } from '../../src/access/authorize.ts';
-import { buildApp } from '../../src/api/app.ts';
 import { AuditLog } from '../../src/audit/audit-log.ts';
 import { type AuditEntryInput, appendAuditEntry } from '../../src/audit/audit-store.ts';
 import { openDatabase } from '../../src/state/database.ts';
-import { type FakeCluster, fakeCluster } from '../../test/helpers/fake-cluster.ts';
-import type { LoadJob, LoadMessage, LoadResult } from './load-generator.ts';
+import type { ServerMessage, ServerRequest } from './api-server.ts';
+import { type LoadJob, type LoadResult, runLoad } from './run-load.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -57,14 +58,13 @@ const ROUTES: Record<Route, string> = { read: 'GET /v1/vms?project=web', create:
 /** Alternated so that drift in machine load hits both builds alike. */
 const ORDER: Build[] = ['baseline', 'enforce', 'enforce', 'baseline'];
 
-/** One API under test: its own fake cluster, project `web`, member `bench` and its token. */
+/** One API under test, served by its own process (api-server.ts). */
 interface Target {
   build: Build;
-  cluster: FakeCluster;
-  app: FastifyInstance;
   url: string;
   token: string;
-  webId: string;
+  /** Removes the networks of project `web`, so that each create run starts from the same state. */
+  resetNetworks(): Promise<void>;
 }
 
 interface Run {
@@ -92,43 +92,48 @@ function cleanUp(): Promise<void> {
   return cleaning;
 }
 // `on`, not `once`: tsx relays Ctrl-C to this process a second time, and a SIGINT without a
-// listener of ours would end the process in the middle of the clean-up.
+// listener of ours would end the process in the middle of the clean-up. (Should tsx still kill
+// this process, the API servers clean up after themselves when it disconnects.)
 process.on('SIGINT', () => void cleanUp().finally(() => process.exit(130)));
 
-/** A fake cluster with project `web`, user `bench` as `member` there and an API token of it, and `vmCount` VMs in `web`. */
-async function startTarget(build: Build, load: LoadGenerator): Promise<Target> {
-  // A fake host has 4 cores, 16 vCPUs at the 4x overcommit: one host per 16 VMs of 1 vCPU.
-  const cluster = await fakeCluster(Array.from({ length: Math.ceil(vmCount / 16) }, (_, index) => `h${index + 1}`));
-  cleanups.push(() => cluster.close());
-  load.guard(cluster.dir);
-  const { db, services } = cluster;
-  const webId = 'prj-web';
-  await db.insertInto('projects').values({ id: webId, name: 'web', created_at: new Date().toISOString() }).execute();
-  await services.access.users.create('bench');
-  const user = await services.access.users.row('bench');
-  await services.access.roles.grant({ type: 'user', id: user.id, name: 'bench' }, 'member', webId);
-  const owner: Principal = {
-    userId: user.id,
-    userName: 'bench',
-    tokenId: '',
-    tokenName: '',
-    grants: await services.access.tokens.grantsOf(user.id),
-    tokenProjectId: null,
-    tokenRole: null,
+/** How long an API server may take to close its app and cluster before it is killed. */
+const SERVER_CLOSE_TIMEOUT_MS = 30_000;
+
+/** Starts the API server of `build` and waits until it listens. */
+async function startTarget(build: Build): Promise<Target> {
+  const child: ChildProcess = fork(new URL('./api-server.ts', import.meta.url), ['--build', build, '--vms', String(vmCount)], { stdio: 'inherit' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  cleanups.push(async () => {
+    // Disconnecting asks it to close its app and cluster and remove its folder.
+    if (child.connected) child.disconnect();
+    const timer = setTimeout(() => child.kill(), SERVER_CLOSE_TIMEOUT_MS);
+    await exited;
+    clearTimeout(timer);
+  });
+  const next = () =>
+    new Promise<ServerMessage>((resolve, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`The ${build} API server exited (code ${code})`));
+      child.once('exit', onExit);
+      child.once('message', (message: ServerMessage) => {
+        child.off('exit', onExit);
+        resolve(message);
+      });
+    });
+  const ready = await next();
+  if (ready.type !== 'ready') throw new Error(`The ${build} API server did not start: ${ready.type === 'failed' ? ready.error : ready.type}`);
+  const target: Target = {
+    build,
+    url: ready.url,
+    token: ready.token,
+    async resetNetworks() {
+      const answer = next();
+      child.send({ type: 'reset-networks' } satisfies ServerRequest);
+      const reply = await answer;
+      if (reply.type !== 'reset' || reply.error) throw new Error(`The ${build} API server did not remove its networks: ${JSON.stringify(reply)}`);
+    },
   };
-  const { secret: token } = await services.access.tokens.create(owner, { name: 'bench' });
-  for (let index = 0; index < vmCount; index++) {
-    const operation = await services.vms.create({ name: `vm${index}`, image: 'tiny', cpus: 1, memoryMb: 256, project: 'web', waitReady: false });
-    const done = await services.operations.wait(operation.id);
-    assert.equal(done.status, 'succeeded', `VM vm${index} was not created: ${JSON.stringify(done)}`);
-  }
-  const app = await buildApp(services, { accessControl: build === 'enforce' ? 'enforce' : 'tokenOnly' });
-  // Closed before the cluster (clean-ups run in reverse).
-  cleanups.push(() => app.close());
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
-  await checkTarget({ build, cluster, app, url, token, webId });
-  return { build, cluster, app, url, token, webId };
+  await checkTarget(target);
+  return target;
 }
 
 /** Proves the set-up before timing it: real rows, a token needed by both, authorization by enforce only. */
@@ -144,35 +149,6 @@ async function checkTarget(target: Target): Promise<void> {
   assert.equal(elsewhere, target.build === 'enforce' ? 403 : 200, `${target.build}: GET /v1/vms?project=default as bench answered ${elsewhere}`);
 }
 
-/** The load-generator process: it runs one job at a time, and removes guarded folders if this process dies first. */
-interface LoadGenerator {
-  run(job: LoadJob): Promise<LoadResult>;
-  guard(dir: string): void;
-}
-
-function startLoadGenerator(): LoadGenerator {
-  const child: ChildProcess = fork(new URL('./load-generator.ts', import.meta.url), { serialization: 'advanced', stdio: 'inherit' });
-  cleanups.push(() => {
-    if (child.connected) child.disconnect();
-    if (child.exitCode === null && child.signalCode === null) child.kill();
-  });
-  const send = (message: LoadMessage) => child.send(message);
-  return {
-    guard: (dir) => send({ guardDir: dir }),
-    run: (job) =>
-      new Promise((resolve, reject) => {
-        const onExit = (code: number | null) => reject(new Error(`The load generator exited (code ${code}) during a run against ${job.url}${job.path}`));
-        child.once('exit', onExit);
-        child.once('message', (message: { result?: LoadResult; error?: string }) => {
-          child.off('exit', onExit);
-          if (message.error !== undefined) reject(new Error(`autocannon failed against ${job.url}${job.path}: ${message.error}`));
-          else resolve(message.result!);
-        });
-        send({ job });
-      }),
-  };
-}
-
 function jobFor(target: Target, route: Route, seconds: number, namePrefix: string): LoadJob {
   const base = { url: target.url, token: target.token, durationSec: seconds, connections };
   if (route === 'read') return { ...base, path: '/v1/vms?project=web' };
@@ -185,14 +161,6 @@ function requireAllOk(label: string, result: LoadResult): void {
   throw new Error(
     `${label}: ${result.ok2xx} 2xx, ${result.non2xx} non-2xx, ${result.errors} errors, ${result.timeouts} timeouts (status codes ${JSON.stringify(result.statusCodeStats)}); every response must be 2xx`,
   );
-}
-
-/**
- * Networks made by a previous run are removed before the next one: the create route reads every
- * network of the project (its subnet overlap check), so each run starts from the same state.
- */
-async function resetNetworks(target: Target): Promise<void> {
-  await target.cluster.db.deleteFrom('networks').where('project_id', '=', target.webId).execute();
 }
 
 function percentile(sorted: Float64Array, fraction: number): number {
@@ -231,14 +199,18 @@ function networkCreateEntry(index: number): AuditEntryInput {
 
 const SYNCHRONOUS_NAMES = ['OFF', 'NORMAL', 'FULL', 'EXTRA'];
 
-/** Appends `count` entries, each in its own transaction, to a fresh file database; then signs one head over them. */
-async function measureAuditLog(count: number, load: LoadGenerator) {
+/**
+ * Appends `count` entries, each in its own transaction, to a fresh file database opened as the
+ * app opens it; then signs one head over them. With `synchronous`, that PRAGMA is set first: a
+ * comparison only, the app does not set it.
+ */
+async function measureAuditLog(count: number, synchronousOverride?: 'FULL') {
   const dir = mkdtempSync(join(tmpdir(), `nubis-bench-audit-${process.pid}-`));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  load.guard(dir);
   const db = await openDatabase(join(dir, 'nubis.db'));
   cleanups.push(() => db.destroy());
   const pragma = async (name: string) => Object.values((await sql.raw<Record<string, unknown>>(`PRAGMA ${name}`).execute(db)).rows[0])[0];
+  if (synchronousOverride) await sql.raw(`PRAGMA synchronous = ${synchronousOverride}`).execute(db);
   const synchronous = Number(await pragma('synchronous'));
   const journalMode = String(await pragma('journal_mode'));
   // Only the head signed below: the periodic one would sign part of the entries mid-measurement.
@@ -287,26 +259,26 @@ const loads = () =>
 const loadBefore = loads();
 const startedAt = new Date();
 try {
-  // Started first and disconnected last: it guards the folders made after it.
-  const load = startLoadGenerator();
-  const targets: Record<Build, Target> = { baseline: await startTarget('baseline', load), enforce: await startTarget('enforce', load) };
+  const [baseline, enforce] = await Promise.all([startTarget('baseline'), startTarget('enforce')]);
+  const targets: Record<Build, Target> = { baseline, enforce };
   const runs: Run[] = [];
   let runNumber = 0;
   for (const route of ['read', 'create'] as Route[]) {
     for (const build of ['baseline', 'enforce'] as Build[]) {
       const target = targets[build];
-      requireAllOk(`Warm-up ${ROUTES[route]} on ${build}`, await load.run(jobFor(target, route, warmupSec, `w${runNumber++}`)));
-      if (route === 'create') await resetNetworks(target);
+      requireAllOk(`Warm-up ${ROUTES[route]} on ${build}`, await runLoad(jobFor(target, route, warmupSec, `w${runNumber++}`)));
     }
     for (const [round, build] of ORDER.entries()) {
       const target = targets[build];
-      if (route === 'create') await resetNetworks(target);
-      const result = await load.run(jobFor(target, route, durationSec, `r${runNumber++}`));
+      if (route === 'create') await target.resetNetworks();
+      const result = await runLoad(jobFor(target, route, durationSec, `r${runNumber++}`));
       requireAllOk(`${ROUTES[route]} on ${build}, run ${round + 1}`, result);
       runs.push({ route, build, round: round + 1, result });
     }
   }
-  const audit = await measureAuditLog(appendCount, load);
+  const audit = await measureAuditLog(appendCount);
+  // What a commit that survives power loss would cost (WAL with NORMAL syncs at checkpoints only).
+  const auditFull = await measureAuditLog(appendCount, 'FULL');
   const loadAfter = loads();
 
   const cpuList = cpus();
@@ -334,11 +306,17 @@ try {
       `| ${ROUTES[route]} | ${fixed(baseline.requestsPerSec, 0)} | ${fixed(enforce.requestsPerSec, 0)} | ${fixed(ratio * 100, 1)}% | ${fixed(baseline.p99Ms)} | ${fixed(enforce.p99Ms)} | ${added >= 0 ? '+' : ''}${fixed(added)} | ${verdict} |`,
     );
   }
-  console.log('\n| audit log (file DB, WAL) | entries | appends/s | p50 ms | p99 ms | PRAGMA synchronous | sign a head over them, ms |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   console.log(
-    `| one transaction per append (journal_mode ${audit.journalMode}) | ${appendCount} | ${fixed(audit.appendsPerSec, 0)} | ${fixed(audit.p50Ms, 3)} | ${fixed(audit.p99Ms, 3)} | ${audit.synchronous} | ${fixed(audit.signMs, 1)} |`,
+    '\n| audit log, one transaction per append, fresh file DB | entries | appends/s | p50 ms | p99 ms | PRAGMA synchronous | sign a head over them, ms |',
   );
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const [label, row] of [
+    [`as the app opens it (journal_mode ${audit.journalMode})`, audit],
+    ['comparison only: synchronous = FULL set by the bench', auditFull],
+  ] as const)
+    console.log(
+      `| ${label} | ${appendCount} | ${fixed(row.appendsPerSec, 0)} | ${fixed(row.p50Ms, 3)} | ${fixed(row.p99Ms, 3)} | ${row.synchronous} | ${fixed(row.signMs, 1)} |`,
+    );
 } finally {
   await cleanUp();
 }

@@ -1,12 +1,10 @@
 /**
- * The load side of bench/access, in its own process so that autocannon does not share the event
- * loop (and the core) of the API it measures. The parent sends one `LoadJob` at a time and gets
- * one `LoadResult` back; the process ends when the parent disconnects.
+ * One autocannon run against one API of bench/access, with every 2xx response time kept
+ * unrounded (autocannon's own histogram keeps whole milliseconds, too coarse for a +1 ms goal).
  */
-import { rmSync } from 'node:fs';
 import autocannon, { type AutocannonRequest } from 'autocannon';
 
-/** One autocannon run against one API. */
+/** One run: where, how long, how many connections, and what each request carries. */
 export interface LoadJob {
   url: string;
   path: string;
@@ -26,16 +24,17 @@ export interface LoadResult {
   errors: number;
   timeouts: number;
   statusCodeStats: Record<string, { count: number }>;
-  /** Every 2xx response time in ms, unrounded: autocannon's own histogram keeps whole ms only. */
   latenciesMs: Float64Array;
 }
 
-/** A /24 per request, 10.X.Y.0/24: 65536 of them, enough for a run when the parent resets networks between runs. */
+/** A /24 per request, 10.X.Y.0/24: 65536 of them, enough for one run (the bench removes networks between runs). */
 const SUBNETS_PER_RUN = 256 * 256;
 
-async function run(job: LoadJob): Promise<LoadResult> {
+/** Runs `job` and resolves with what it measured; a run that ran out of subnets rejects. */
+export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const headers: Record<string, string> = { authorization: `Bearer ${job.token}` };
   const request: AutocannonRequest = { method: 'GET', path: job.path, headers };
+  let exhausted = false;
   if (job.body) {
     const { project, namePrefix } = job.body;
     let next = 0;
@@ -43,8 +42,10 @@ async function run(job: LoadJob): Promise<LoadResult> {
     headers['content-type'] = 'application/json';
     request.setupRequest = (req) => {
       const index = next++;
-      if (index >= SUBNETS_PER_RUN) throw new Error(`Ran out of distinct /24 subnets after ${index} creates; shorten --duration`);
-      const subnet = `10.${index >> 8}.${index & 255}.0/24`;
+      // Past the last subnet the names stay unique and the subnets repeat: those creates fail
+      // (non-2xx) and the run is refused below with the reason.
+      if (index >= SUBNETS_PER_RUN) exhausted = true;
+      const subnet = `10.${(index >> 8) & 255}.${index & 255}.0/24`;
       return { ...req, body: JSON.stringify({ name: `${namePrefix}-${index}`, subnet, project }) };
     };
   }
@@ -61,6 +62,7 @@ async function run(job: LoadJob): Promise<LoadResult> {
     latencies[count++] = responseTimeMs;
   });
   const result = await instance;
+  if (exhausted) throw new Error(`The run made more than ${SUBNETS_PER_RUN} networks and ran out of distinct /24 subnets; shorten --duration`);
   return {
     durationSec: result.duration,
     sent: result.requests.sent,
@@ -72,29 +74,3 @@ async function run(job: LoadJob): Promise<LoadResult> {
     latenciesMs: latencies.slice(0, count),
   };
 }
-
-/** What the parent sends: a job to run, or a folder to remove should the parent die without cleaning up. */
-export type LoadMessage = { job: LoadJob } | { guardDir: string };
-
-// `npx tsx` answers a Ctrl-C that the parent does not acknowledge within 30 ms with SIGKILL (its
-// relaySignals), which a busy parent can miss: then no clean-up of its own runs, and this process,
-// told by the disconnect, removes the parent's temporary folders. After a normal clean-up they are gone already.
-const guarded: string[] = [];
-
-process.on('message', (message: LoadMessage) => {
-  if ('guardDir' in message) {
-    guarded.push(message.guardDir);
-    return;
-  }
-  run(message.job).then(
-    (result) => process.send?.({ result }),
-    (error: Error) => process.send?.({ error: error.message }),
-  );
-});
-process.on('disconnect', () => {
-  for (const dir of guarded) rmSync(dir, { recursive: true, force: true });
-  process.exit(0);
-});
-// Ctrl-C reaches the whole process group: the parent ends this process (by disconnecting) once it
-// has cleaned up, rather than having its run fail under it.
-process.on('SIGINT', () => undefined);
