@@ -63,21 +63,34 @@ export class TokenStore {
         'This request needs a bearer token: send Authorization: Bearer <token> (nubis login gives one; the first admin token is in the data folder, file admin-token)',
       );
     const hash = sha256Hex(secret);
-    const token = await this.#db.selectFrom('tokens').selectAll().where('secret_sha256', '=', hash).executeTakeFirst();
+    const token = await this.#db
+      .selectFrom('tokens')
+      .leftJoin('users', 'users.id', 'tokens.user_id')
+      .selectAll('tokens')
+      .select('users.name as user_name')
+      .where('secret_sha256', '=', hash)
+      .executeTakeFirst();
     // The lookup is by hash; comparing again in constant time keeps a timing side channel off the stored hashes.
     if (!token || !timingSafeEqual(Buffer.from(token.secret_sha256), Buffer.from(hash)))
       throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; sign in again with nubis login (or use a token from nubis token create)');
-    return this.#principalIfValid(token);
+    return this.#principalIfValid(token, token.user_name);
   }
 
   /** The principal of token `id` as of now: for connections that outlive a request (a console re-checks it). */
   async authenticateId(id: string): Promise<Principal> {
-    const token = await this.#db.selectFrom('tokens').selectAll().where('id', '=', id).executeTakeFirst();
+    const token = await this.#db
+      .selectFrom('tokens')
+      .leftJoin('users', 'users.id', 'tokens.user_id')
+      .selectAll('tokens')
+      .select('users.name as user_name')
+      .where('tokens.id', '=', id)
+      .executeTakeFirst();
     if (!token) throw new NubisError('AUTH_INVALID_TOKEN', 'The token no longer exists');
-    return this.#principalIfValid(token);
+    return this.#principalIfValid(token, token.user_name);
   }
 
-  async #principalIfValid(token: TokensTable): Promise<Principal> {
+  /** The principal of a token and its user's name (null: the user was deleted), or why not. */
+  async #principalIfValid(token: TokensTable, userName: string | null): Promise<Principal> {
     if (!token.user_id)
       throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; sign in again with nubis login (or use a token from nubis token create)');
     if (token.revoked_at)
@@ -85,8 +98,8 @@ export class TokenStore {
     const now = new Date();
     if (token.expires_at && new Date(token.expires_at) <= now)
       throw new NubisError('AUTH_TOKEN_EXPIRED', `Token ${token.name} expired at ${token.expires_at}; sign in again or make a new token`);
-    const user = await this.#db.selectFrom('users').select(['id', 'name']).where('id', '=', token.user_id).executeTakeFirst();
-    if (!user) throw new NubisError('AUTH_INVALID_TOKEN', `The user of token ${token.name} no longer exists`);
+    if (userName === null) throw new NubisError('AUTH_INVALID_TOKEN', `The user of token ${token.name} no longer exists`);
+    const user = { id: token.user_id, name: userName };
     if (!token.last_used_at || now.getTime() - new Date(token.last_used_at).getTime() > LAST_USED_RESOLUTION_MS) {
       await this.#db.updateTable('tokens').set({ last_used_at: now.toISOString() }).where('id', '=', token.id).execute();
     }

@@ -16,6 +16,10 @@ export async function openDatabase(path: string): Promise<Db> {
   const sqlite = new SqliteDatabase(path);
   // WAL keeps readers off the writer's back; foreign keys are off by default in SQLite.
   sqlite.pragma('journal_mode = WAL');
+  // FULL: a commit is on disk when it returns, also across a power loss (WAL's default, NORMAL,
+  // may lose the last commits then). An acknowledged change, and the audit entry committed with
+  // it, stays acknowledged.
+  sqlite.pragma('synchronous = FULL');
   // The state holds hashes of every credential and each tenant's resources: readable by its
   // owner only, also when an older Nubis (or a umask) made the files readable by all.
   for (const file of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(file)) chmodSync(file, 0o600);
