@@ -30,7 +30,7 @@ export class AccessControl {
 
   constructor(db: Db, options: { oidc?: OidcVerifier } = {}) {
     this.tokens = new TokenStore(db);
-    this.roles = new RoleStore(db);
+    this.roles = new RoleStore(db, () => this.tokens.invalidate());
     this.users = new UserStore(db, this.tokens, options.oidc);
   }
 

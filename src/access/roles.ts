@@ -30,9 +30,12 @@ export type BindingSubject = { type: 'user'; id: string; name: string } | { type
 
 export class RoleStore {
   readonly #db: Db;
+  /** Told after every change of who holds what (the token store forgets its cached principals). */
+  readonly #changed: () => void;
 
-  constructor(db: Db) {
+  constructor(db: Db, changed: () => void = () => undefined) {
     this.#db = db;
+    this.#changed = changed;
   }
 
   /** Writes the built-in roles as this release defines them (at every start: a release may change them). */
@@ -98,6 +101,7 @@ export class RoleStore {
     const held = await this.#db.selectFrom('role_bindings').select('id').where('role_id', '=', row.id).executeTakeFirst();
     if (held) throw new NubisError('ROLE_IN_USE', `Role ${name} is held; revoke it first (nubis access list)`);
     await auditedTransaction(this.#db, (trx) => trx.deleteFrom('roles').where('id', '=', row.id).execute());
+    this.#changed();
   }
 
   /**
@@ -131,6 +135,7 @@ export class RoleStore {
         })
         .execute(),
     );
+    this.#changed();
   }
 
   /** Revokes a binding; BINDING_NOT_FOUND when there is none. The last platform admin stays. */
@@ -149,6 +154,7 @@ export class RoleStore {
     if (!binding) throw new NubisError('BINDING_NOT_FOUND', `${who} does not hold role ${roleName} there; see nubis access list`);
     if (roleName === 'admin' && projectId === null) await this.#refuseLastAdmin(binding.id);
     await auditedTransaction(this.#db, (trx) => trx.deleteFrom('role_bindings').where('id', '=', binding.id).execute());
+    this.#changed();
   }
 
   /** Refuses to remove the last user binding of the platform role admin: nobody could manage Nubis any more. */

@@ -43,13 +43,27 @@ export interface TokenRequest {
 
 /** How long last_used_at may lag: one write a minute per token, not one per request. */
 const LAST_USED_RESOLUTION_MS = 60_000;
+/** Principals kept between requests, at most (the table is cleared beyond it). */
+const PRINCIPALS_CACHED = 10_000;
 
 /** Bearer tokens: authentication of requests, and the tokens users make and revoke. */
 export class TokenStore {
   readonly #db: Db;
+  /**
+   * Principals by token hash, so a request does not read its token, user and grants again. Every
+   * change that could alter one (a revocation, a grant or revocation of a role, a user deleted, a
+   * custom role deleted) passes through this process's stores and clears the table (`invalidate`),
+   * so a change takes effect at the next request; expiry is checked on every hit.
+   */
+  readonly #principals = new Map<string, { principal: Principal; lastUsedAt: number }>();
 
   constructor(db: Db) {
     this.#db = db;
+  }
+
+  /** Forgets the cached principals: access changed. */
+  invalidate(): void {
+    this.#principals.clear();
   }
 
   /**
@@ -63,6 +77,14 @@ export class TokenStore {
         'This request needs a bearer token: send Authorization: Bearer <token> (nubis login gives one; the first admin token is in the data folder, file admin-token)',
       );
     const hash = sha256Hex(secret);
+    const cached = this.#principals.get(hash);
+    if (cached && (!cached.principal.expiresAt || new Date(cached.principal.expiresAt) > new Date())) {
+      if (Date.now() - cached.lastUsedAt > LAST_USED_RESOLUTION_MS) {
+        cached.lastUsedAt = Date.now();
+        await this.#db.updateTable('tokens').set({ last_used_at: new Date().toISOString() }).where('id', '=', cached.principal.tokenId).execute();
+      }
+      return cached.principal;
+    }
     const token = await this.#db
       .selectFrom('tokens')
       .leftJoin('users', 'users.id', 'tokens.user_id')
@@ -73,7 +95,10 @@ export class TokenStore {
     // The lookup is by hash; comparing again in constant time keeps a timing side channel off the stored hashes.
     if (!token || !timingSafeEqual(Buffer.from(token.secret_sha256), Buffer.from(hash)))
       throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; sign in again with nubis login (or use a token from nubis token create)');
-    return this.#principalIfValid(token, token.user_name);
+    const principal = await this.#principalIfValid(token, token.user_name);
+    if (this.#principals.size >= PRINCIPALS_CACHED) this.#principals.clear();
+    this.#principals.set(hash, { principal, lastUsedAt: Date.now() });
+    return principal;
   }
 
   /** The principal of token `id` as of now: for connections that outlive a request (a console re-checks it). */
@@ -252,6 +277,8 @@ export class TokenStore {
         .where('revoked_at', 'is', null)
         .execute(),
     );
+    // After the commit: a request between a clearing and the commit would cache the old state again.
+    this.invalidate();
   }
 
   async #views(rows: TokensTable[]): Promise<TokenView[]> {

@@ -92,6 +92,7 @@ export class UserStore {
       await trx.updateTable('tokens').set({ revoked_at: new Date().toISOString() }).where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();
       await trx.deleteFrom('users').where('id', '=', user.id).execute();
     });
+    this.#tokens.invalidate();
     return tokens.map((token) => token.id);
   }
 

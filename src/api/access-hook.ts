@@ -89,13 +89,24 @@ function isMutating(request: FastifyRequest): boolean {
 /** Installs authentication, authorization and auditing on `app` (before any route is registered). */
 export function installAccessHooks(app: FastifyInstance, services: { db: Db; access: AccessControl }): void {
   const { db, access } = services;
+  // Projects are never renamed or deleted: one found stays found (a new one is looked up on first use).
+  const projects = new Map<string, { id: string; name: string }>();
+  const projectByName = async (name: string) => {
+    const known = projects.get(name);
+    if (known) return known;
+    const row = await db.selectFrom('projects').select(['id', 'name']).where('name', '=', name).executeTakeFirst();
+    if (row) projects.set(name, row);
+    return row;
+  };
   app.addHook('onRoute', (route: RouteOptions) => {
     if (!route.config?.access) throw new Error(`Route ${route.method} ${route.url} declares no access rule (config.access)`);
   });
   // The audit context is created first, so everything after (hooks, handler, its transactions) sees it.
-  app.addHook('onRequest', (request, _reply, done) => {
+  app.addHook('onRequest', (request, reply, done) => {
     request.audit = { entry: undefined, written: false };
-    runWithAudit(request.audit, done);
+    if (!isMutating(request)) return done();
+    const end = runWithAudit(request.audit, done);
+    reply.raw.once('close', end);
   });
   app.addHook('onRequest', async (request) => {
     const rule = request.routeOptions.config.access;
@@ -116,7 +127,7 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
     try {
       if (rule.on === 'project' || rule.on === 'list') {
         const name = namedProject(request) ?? (rule.on === 'project' ? 'default' : undefined);
-        if (name) project = await resolveProject(db, access, request.principal, rule.permission, name);
+        if (name) project = await resolveProject(await projectByName(name), access, request.principal, rule.permission, name);
       }
       recordEntry(request, rule, project);
       if (rule.on === 'platform') access.check(request.principal, rule.permission, 'platform');
@@ -136,14 +147,13 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
  * The project named `name` for an authorization check. A principal who could not act there
  * anyway is told it lacks the permission, not whether the project exists.
  */
-async function resolveProject(
-  db: Db,
+function resolveProject(
+  row: { id: string; name: string } | undefined,
   access: AccessControl,
   principal: Principal,
   permission: Permission,
   name: string,
-): Promise<{ id: string; name: string }> {
-  const row = await db.selectFrom('projects').select(['id', 'name']).where('name', '=', name).executeTakeFirst();
+): { id: string; name: string } {
   if (row) return row;
   if (projectsWith(principal, permission) === 'all')
     throw new NubisError('PROJECT_NOT_FOUND', `No project ${name}; create it with nubis project create ${name}`);
