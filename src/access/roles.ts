@@ -114,14 +114,7 @@ export class RoleStore {
     if (projectId && builtin?.heldOn === 'platform')
       throw new NubisError('ROLE_PLATFORM_ONLY', `Role ${roleName} is held on the whole platform only; grant it without --project`);
     const subjectKey = subject.type === 'user' ? subject.id : subject.name;
-    let existing = this.#db
-      .selectFrom('role_bindings')
-      .select('id')
-      .where('subject_type', '=', subject.type)
-      .where('subject', '=', subjectKey)
-      .where('role_id', '=', roleId);
-    existing = projectId ? existing.where('project_id', '=', projectId) : existing.where('project_id', 'is', null);
-    if (await existing.executeTakeFirst()) return;
+    if (await this.#binding(subject, roleId, projectId)) return;
     await auditedTransaction(this.#db, (trx) =>
       trx
         .insertInto('role_bindings')
@@ -140,34 +133,24 @@ export class RoleStore {
 
   /** Revokes a binding; BINDING_NOT_FOUND when there is none. The last platform admin stays. */
   async revoke(subject: BindingSubject, roleName: string, projectId: string | null): Promise<void> {
-    const roleId = await this.id(roleName);
-    const subjectKey = subject.type === 'user' ? subject.id : subject.name;
-    let query = this.#db
-      .selectFrom('role_bindings')
-      .select('id')
-      .where('subject_type', '=', subject.type)
-      .where('subject', '=', subjectKey)
-      .where('role_id', '=', roleId);
-    query = projectId ? query.where('project_id', '=', projectId) : query.where('project_id', 'is', null);
-    const binding = await query.executeTakeFirst();
+    const binding = await this.#binding(subject, await this.id(roleName), projectId);
     const who = subject.type === 'user' ? subject.name : `group ${subject.name}`;
     if (!binding) throw new NubisError('BINDING_NOT_FOUND', `${who} does not hold role ${roleName} there; see nubis access list`);
-    if (roleName === 'admin' && projectId === null) await this.#refuseLastAdmin(binding.id);
+    if (roleName === 'admin' && projectId === null && subject.type === 'user' && (await isLastPlatformAdmin(this.#db, subject.id)))
+      throw new NubisError('ACCESS_LAST_ADMIN', `${subject.name} is the last platform admin; grant admin to another user first`);
     await auditedTransaction(this.#db, (trx) => trx.deleteFrom('role_bindings').where('id', '=', binding.id).execute());
     this.#changed();
   }
 
-  /** Refuses to remove the last user binding of the platform role admin: nobody could manage Nubis any more. */
-  async #refuseLastAdmin(bindingId: string): Promise<void> {
-    const admins = await this.#db
+  /** The binding of `role` to `subject` on `projectId` (null: the platform), if there is one. */
+  #binding(subject: BindingSubject, roleId: string, projectId: string | null): Promise<{ id: string } | undefined> {
+    const query = this.#db
       .selectFrom('role_bindings')
       .select('id')
-      .where('role_id', '=', 'role-admin')
-      .where('subject_type', '=', 'user')
-      .where('project_id', 'is', null)
-      .execute();
-    if (admins.length === 1 && admins[0].id === bindingId)
-      throw new NubisError('ACCESS_LAST_ADMIN', 'This is the last platform admin; grant admin to another user first');
+      .where('subject_type', '=', subject.type)
+      .where('subject', '=', subject.type === 'user' ? subject.id : subject.name)
+      .where('role_id', '=', roleId);
+    return (projectId ? query.where('project_id', '=', projectId) : query.where('project_id', 'is', null)).executeTakeFirst();
   }
 
   /** Bindings, optionally of one project (`null`: platform bindings only) or of one user. */
@@ -198,6 +181,21 @@ export class RoleStore {
       createdAt: row.created_at,
     }));
   }
+}
+
+/**
+ * Whether `userId` is the only user holding the platform role admin: removing that binding (or
+ * the user) would leave nobody who can manage Nubis.
+ */
+export async function isLastPlatformAdmin(db: Db, userId: string): Promise<boolean> {
+  const admins = await db
+    .selectFrom('role_bindings')
+    .select('subject')
+    .where('role_id', '=', 'role-admin')
+    .where('subject_type', '=', 'user')
+    .where('project_id', 'is', null)
+    .execute();
+  return admins.length === 1 && admins[0].subject === userId;
 }
 
 /** Every permission with its scope and meaning, for `nubis role permissions`. */

@@ -11,6 +11,7 @@ import type { UsersTable } from '../state/schema.ts';
 import type { Principal } from './authorize.ts';
 import type { OidcVerifier } from './oidc.ts';
 import { DECOY_PASSWORD_HASH, hashPassword, verifyPassword } from './passwords.ts';
+import { isLastPlatformAdmin } from './roles.ts';
 import type { TokenStore, TokenView } from './tokens.ts';
 import { newTotpSecret, totpUri, verifyTotp, verifyTotpStep } from './totp.ts';
 
@@ -73,20 +74,8 @@ export class UserStore {
   async delete(name: string): Promise<string[]> {
     const user = await this.row(name);
     const tokens = await this.#db.selectFrom('tokens').select('id').where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();
-    const admin = await this.#db
-      .selectFrom('role_bindings')
-      .select('id')
-      .where('role_id', '=', 'role-admin')
-      .where('subject_type', '=', 'user')
-      .where('project_id', 'is', null)
-      .execute();
-    const isAdmin = await this.#db
-      .selectFrom('role_bindings')
-      .select('id')
-      .where('role_id', '=', 'role-admin')
-      .where('subject', '=', user.id)
-      .executeTakeFirst();
-    if (isAdmin && admin.length === 1) throw new NubisError('ACCESS_LAST_ADMIN', `${name} is the last platform admin; grant admin to another user first`);
+    if (await isLastPlatformAdmin(this.#db, user.id))
+      throw new NubisError('ACCESS_LAST_ADMIN', `${name} is the last platform admin; grant admin to another user first`);
     await auditedTransaction(this.#db, async (trx) => {
       await trx.deleteFrom('role_bindings').where('subject_type', '=', 'user').where('subject', '=', user.id).execute();
       await trx.updateTable('tokens').set({ revoked_at: new Date().toISOString() }).where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();

@@ -141,6 +141,14 @@ describe('access control through the API', () => {
     assert.equal((await call('POST', '/v1/hosts/h1/report', agentToken, { vms: [], full: false })).status, 204);
   });
 
+  it('never removes the last platform admin', async () => {
+    const revoke = await call('DELETE', '/v1/access/grants?user=admin&role=admin', cluster.token);
+    assert.deepEqual([revoke.status, revoke.body.code], [409, 'ACCESS_LAST_ADMIN']);
+    const remove = await call('DELETE', '/v1/users/admin', cluster.token);
+    assert.deepEqual([remove.status, remove.body.code], [409, 'ACCESS_LAST_ADMIN']);
+    assert.equal((await call('GET', '/v1/auth/whoami', cluster.token)).status, 200);
+  });
+
   it('holds a quota under parallel creates, and says which quota, its limit and its use', async () => {
     assert.equal((await call('PUT', '/v1/projects/web/quota', cluster.token, { vms: 3, cpus: 64 })).status, 200);
     const alice = await tokenFor('alice');
