@@ -48,7 +48,6 @@ export const PERMISSIONS = {
   'platform.status': ['platform', "Read the platform's status"],
   'host.read': ['platform', 'List and show hosts'],
   'host.evacuate': ['platform', 'Evacuate hosts (maintenance) and restore them'],
-  'image.read': ['project', 'List images (every project may boot every image)'],
   'image.import': ['platform', 'Import images'],
   'pool.read': ['platform', 'List and show storage pools'],
   'pool.manage': ['platform', 'Create, delete, scrub and repair storage pools'],
@@ -74,7 +73,7 @@ export function scopeOf(permission: Permission): PermissionScope {
 }
 
 const projectPermissions = (Object.keys(PERMISSIONS) as Permission[]).filter((p) => scopeOf(p) === 'project');
-const readPermissions: Permission[] = ['project.read', 'vm.read', 'vm.log', 'network.read', 'secgroup.read', 'volume.read', 'operation.read', 'image.read'];
+const readPermissions: Permission[] = ['project.read', 'vm.read', 'vm.log', 'network.read', 'secgroup.read', 'volume.read', 'operation.read'];
 const usePermissions: Permission[] = [
   ...readPermissions,
   'vm.create',
