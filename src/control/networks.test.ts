@@ -73,4 +73,17 @@ describe('network service with fake agents', () => {
     await cluster.services.networks.delete('blue');
     await assert.rejects(cluster.services.networks.get('blue'), (error: NubisError) => error.code === 'NET_NOT_FOUND');
   });
+
+  it('gives parallel creates distinct VNIs, and a name to one of them only', async () => {
+    const services = cluster.services;
+    const made = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => services.networks.create({ name: `par${i}`, subnet: `10.120.${i}.0/24`, dhcp: false, nat: false })),
+    );
+    assert.equal(new Set(made.map((network) => network.vni)).size, 6);
+    const same = await Promise.allSettled([0, 1].map((i) => services.networks.create({ name: 'twin', subnet: `10.121.${i}.0/24`, dhcp: false, nat: false })));
+    assert.deepEqual(same.map((result) => (result.status === 'fulfilled' ? 'created' : (result.reason as NubisError).code)).sort(), [
+      'NET_NAME_TAKEN',
+      'created',
+    ]);
+  });
 });

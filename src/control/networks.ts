@@ -3,7 +3,7 @@
  * that stay with it for its life), and keeping each host's plumbing in step: which hosts carry a
  * network, their VXLAN peers, and the network's DHCP server with its fixed leases.
  */
-import { sql } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import { NubisError } from '../core/errors.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
@@ -11,7 +11,7 @@ import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
 import { Revert } from '../core/revert.ts';
 import type { Db } from '../state/database.ts';
-import type { HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
+import type { Database, HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
 import type { HostNetworkSpec } from '../agent-api/contract.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -92,37 +92,14 @@ export class NetworkService {
   async create(request: NetworkCreateRequest): Promise<NetworkView> {
     const projectId = await this.#projectId(request.project);
     const subnet = parseSubnet(request.subnet);
-    if (await this.#db.selectFrom('networks').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
-      throw new NubisError('NET_NAME_TAKEN', `A network named ${request.name} exists in project ${request.project ?? 'default'}; choose another name`);
-    }
-    // Within a project subnets must not overlap (its VMs could not tell them apart once routed);
-    // across projects they may: tenant networks are isolated from each other.
-    for (const other of await this.#db.selectFrom('networks').select(['name', 'subnet']).where('project_id', '=', projectId).execute()) {
-      if (subnetsOverlap(subnet, parseSubnet(other.subnet))) {
-        throw new NubisError(
-          'NET_SUBNET_OVERLAP',
-          `Subnet ${subnet.cidr} overlaps ${other.subnet} of network ${other.name} in this project; choose a subnet that does not`,
-        );
-      }
-    }
     const taken = new Set<number>();
     const gateway = request.gateway === undefined ? undefined : checkAddress(subnet, request.gateway);
     if (request.nat && gateway === undefined)
       throw new NubisError('NET_NAT_NEEDS_GATEWAY', 'A NAT gateway needs the gateway address: add --gateway, e.g. the first address of the subnet');
     if (gateway !== undefined) taken.add(gateway);
     const dhcpAddress = request.dhcp ? firstFreeAddress(subnet, taken) : undefined;
-    let vni = request.vni;
-    if (vni !== undefined) {
-      if (!Number.isInteger(vni) || vni < 1 || vni > MAX_VNI) throw new NubisError('NET_INVALID_VNI', `VNI ${vni} is outside 1-${MAX_VNI}`);
-      const clash = await this.#db.selectFrom('networks').select('name').where('vni', '=', vni).executeTakeFirst();
-      if (clash) throw new NubisError('NET_VNI_TAKEN', `VNI ${vni} is used by network ${clash.name}; choose another or leave it out`);
-    } else {
-      const highest = await this.#db
-        .selectFrom('networks')
-        .select((eb) => eb.fn.max('vni').as('vni'))
-        .executeTakeFirst();
-      vni = Math.max(FIRST_AUTO_VNI, Number(highest?.vni ?? 0) + 1);
-    }
+    if (request.vni !== undefined && (!Number.isInteger(request.vni) || request.vni < 1 || request.vni > MAX_VNI))
+      throw new NubisError('NET_INVALID_VNI', `VNI ${request.vni} is outside 1-${MAX_VNI}`);
     const row: NetworksTable = {
       id: newId('net'),
       project_id: projectId,
@@ -131,16 +108,51 @@ export class NetworkService {
       gateway: gateway === undefined ? null : formatIpv4(gateway),
       dhcp: request.dhcp ? 1 : 0,
       dhcp_address: dhcpAddress === undefined ? null : formatIpv4(dhcpAddress),
-      vni,
+      vni: 0,
       mtu: OVERLAY_MTU,
       nat: request.nat ? 1 : 0,
       created_at: new Date().toISOString(),
     };
+    // Name, subnet, VNI and quota are checked in the transaction that records the network: two
+    // creates at once cannot both take the same name or VNI.
     await auditedTransaction(this.#db, async (trx) => {
+      await this.#refuseClashes(trx, projectId, request, subnet);
+      row.vni = await this.#vniFor(trx, request.vni);
       await enforceQuota(trx, projectId, request.project ?? 'default', { networks: 1 });
       await trx.insertInto('networks').values(row).execute();
     });
     return this.#view(row);
+  }
+
+  /** A name taken in the project, or a subnet that overlaps one of the project's. */
+  async #refuseClashes(trx: Transaction<Database>, projectId: string, request: NetworkCreateRequest, subnet: ReturnType<typeof parseSubnet>): Promise<void> {
+    if (await trx.selectFrom('networks').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
+      throw new NubisError('NET_NAME_TAKEN', `A network named ${request.name} exists in project ${request.project ?? 'default'}; choose another name`);
+    }
+    // Within a project subnets must not overlap (its VMs could not tell them apart once routed);
+    // across projects they may: tenant networks are isolated from each other.
+    for (const other of await trx.selectFrom('networks').select(['name', 'subnet']).where('project_id', '=', projectId).execute()) {
+      if (subnetsOverlap(subnet, parseSubnet(other.subnet))) {
+        throw new NubisError(
+          'NET_SUBNET_OVERLAP',
+          `Subnet ${subnet.cidr} overlaps ${other.subnet} of network ${other.name} in this project; choose a subnet that does not`,
+        );
+      }
+    }
+  }
+
+  /** The VNI asked for if no network has it, else the next free one from FIRST_AUTO_VNI. */
+  async #vniFor(trx: Transaction<Database>, asked: number | undefined): Promise<number> {
+    if (asked !== undefined) {
+      const clash = await trx.selectFrom('networks').select('name').where('vni', '=', asked).executeTakeFirst();
+      if (clash) throw new NubisError('NET_VNI_TAKEN', `VNI ${asked} is used by network ${clash.name}; choose another or leave it out`);
+      return asked;
+    }
+    const highest = await trx
+      .selectFrom('networks')
+      .select((eb) => eb.fn.max('vni').as('vni'))
+      .executeTakeFirst();
+    return Math.max(FIRST_AUTO_VNI, Number(highest?.vni ?? 0) + 1);
   }
 
   async #view(row: NetworksTable): Promise<NetworkView> {
