@@ -121,7 +121,7 @@ export class UserStore {
       await this.#db.updateTable('users').set({ totp_last_step: step }).where('id', '=', user.id).execute();
     }
     this.#failures.delete(request.user);
-    return this.#session(user, request.hours);
+    return this.#session(user, new Date(Date.now() + Math.min(request.hours ?? SESSION_HOURS, SESSION_HOURS) * 3_600_000));
   }
 
   /** Proves a local user's current password (for changing it); failures count towards the lock as sign-ins do. */
@@ -167,14 +167,14 @@ export class UserStore {
       await auditedTransaction(this.#db, (trx) => trx.insertInto('users').values(created).execute());
       user = created;
     }
-    const hours = Math.max(0, Math.min(SESSION_HOURS, (identity.expiresAt.getTime() - Date.now()) / 3_600_000));
-    const session = await this.#session(user, hours, identity.groups);
+    // The session ends with the ID token it came from (at most SESSION_HOURS from now).
+    const until = new Date(Math.min(identity.expiresAt.getTime(), Date.now() + SESSION_HOURS * 3_600_000));
+    const session = await this.#session(user, until, identity.groups);
     return { ...session, groups: identity.groups };
   }
 
-  async #session(user: UsersTable, hours = SESSION_HOURS, groups?: string[]): Promise<{ token: TokenView; secret: string }> {
+  async #session(user: UsersTable, expiresAt: Date, groups?: string[]): Promise<{ token: TokenView; secret: string }> {
     const owner: Principal = { userId: user.id, userName: user.name, tokenId: '', tokenName: 'login', grants: [], tokenProjectId: null, tokenRole: null };
-    const expiresAt = new Date(Date.now() + Math.min(hours, SESSION_HOURS) * 3_600_000);
     return this.#tokens.create(owner, { name: `session-${new Date().toISOString().slice(0, 19)}`, kind: 'session', expiresAt, groups });
   }
 
