@@ -179,7 +179,7 @@ describe('access control through the API', () => {
     assert.equal(networks.filter((n) => n.status === 201).length, 2);
   });
 
-  it('closes an open event stream the moment its token is revoked', async () => {
+  it('closes an open event stream the moment its token is revoked, or expires', async () => {
     const release = cluster.agent('h1').hold('createVm');
     const alice = await tokenFor('alice');
     const created = await call('POST', '/v1/vms', cluster.token, { name: 'slow', image: 'tiny', project: 'shop', waitReady: false });
@@ -209,6 +209,15 @@ describe('access control through the API', () => {
       assert.equal(cluster.services.access.liveConnections, 1);
       assert.equal((await call('DELETE', `/v1/tokens/${carol.token.id}`, carol.secret)).status, 204);
       assert.equal(await ended, 'closed');
+      assert.equal(cluster.services.access.liveConnections, 0);
+      // A token that expires while its stream is open: the stream ends at the expiry.
+      const shortLived = await tokenFor('carol', new Date(Date.now() + 1500));
+      const expiring = await fetch(`${address}/v1/operations/${operation}/events`, { headers: { authorization: `Bearer ${shortLived}` } });
+      assert.equal(expiring.status, 200);
+      const opened = Date.now();
+      const expiringReader = expiring.body!.getReader();
+      while (!(await expiringReader.read()).done);
+      assert.ok(Date.now() - opened < 10_000, 'closed at the expiry, not by the operation ending');
       assert.equal(cluster.services.access.liveConnections, 0);
     } finally {
       release();
