@@ -90,7 +90,6 @@ export class OperationManager {
     outcome: { status: 'succeeded'; message: string; result: unknown } | { status: 'failed'; message: string },
   ): Promise<void> {
     const at = new Date().toISOString();
-    await this.#addEvent(id, 'reconciled', outcome.message, 1);
     await this.#db
       .updateTable('operations')
       .set(
@@ -100,6 +99,8 @@ export class OperationManager {
       )
       .where('id', '=', id)
       .execute();
+    // The stage last: whoever sees `reconciled` sees the settled status with it.
+    await this.#addEvent(id, 'reconciled', outcome.message, 1);
   }
 
   /**

@@ -302,6 +302,15 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
       await nubis.up(['--hosts', '2']);
       return answered?.body.operation.id;
     };
+    /** Waits until an interrupted operation is settled with its host's report (stage `reconciled`). */
+    const reconciled = async (id: string): Promise<Operation> => {
+      for (let i = 0; i < 150; i++) {
+        const operation = await nubis.cliJson<Operation>(['operation', 'show', id]);
+        if (operation.stage === 'reconciled') return operation;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      throw new Error(`operation ${id} was not reconciled`);
+    };
     /** Waits until the VM is reconciled with its host's report (no longer pending). */
     const settled = async (): Promise<Vm | undefined> => {
       for (let i = 0; i < 150; i++) {
@@ -321,7 +330,8 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
       const undone = await killDuringCreate('vm.create.after-record');
       assert.ok(undone, 'the request was answered with an operation');
       assert.equal(await settled(), undefined, 'the pending VM was undone');
-      const undoneOp = await nubis.cliJson<Operation>(['operation', 'show', undone]);
+      // The VM is settled first, its operation right after (the same report).
+      const undoneOp = await reconciled(undone);
       assert.equal(undoneOp.status, 'failed');
       assert.match(undoneOp.error?.message ?? '', /undone/);
       assert.equal(await memoryOf('host-2'), before, 'its capacity is free');
@@ -334,7 +344,7 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
         ['10.60.0.9'],
         'its name and address were free for it again',
       );
-      const finishedOp = await nubis.cliJson<Operation>(['operation', 'show', finished!]);
+      const finishedOp = await reconciled(finished!);
       assert.equal(finishedOp.status, 'succeeded', JSON.stringify(finishedOp));
       assert.equal(await memoryOf('host-2'), before + 128);
       await nubis.cliJson(['vm', 'delete', 'k1']);
