@@ -29,7 +29,9 @@ export class AccessControl {
   readonly #live = new Set<LiveConnection>();
 
   constructor(db: Db, options: { oidc?: OidcVerifier } = {}) {
-    this.tokens = new TokenStore(db);
+    // Every access change (a revocation, a role granted or revoked, a user deleted) clears the
+    // cached principals and re-checks the open consoles and streams: the stores say so, not each route.
+    this.tokens = new TokenStore(db, () => void this.revalidate());
     this.roles = new RoleStore(db, () => this.tokens.invalidate());
     this.users = new UserStore(db, this.tokens, options.oidc);
   }

@@ -55,15 +55,28 @@ export class TokenStore {
    * custom role deleted) passes through this process's stores and clears the table (`invalidate`),
    * so a change takes effect at the next request; expiry is checked on every hit.
    */
-  readonly #principals = new Map<string, { principal: Principal; lastUsedAt: number }>();
+  readonly #principals = new Map<string, { principal: Principal; lastUsedAt: string }>();
 
-  constructor(db: Db) {
+  /** Told after every access change (AccessControl re-checks the open consoles and streams). */
+  readonly #changed: () => void;
+
+  constructor(db: Db, changed: () => void = () => undefined) {
     this.#db = db;
+    this.#changed = changed;
   }
 
-  /** Forgets the cached principals: access changed. */
+  /** Access changed: forgets the cached principals and says so. */
   invalidate(): void {
     this.#principals.clear();
+    this.#changed();
+  }
+
+  /** Records that a token was used, at most once a minute per token (LAST_USED_RESOLUTION_MS). */
+  async #touch(tokenId: string, lastUsedAt: string | null): Promise<string> {
+    if (lastUsedAt && Date.now() - new Date(lastUsedAt).getTime() <= LAST_USED_RESOLUTION_MS) return lastUsedAt;
+    const now = new Date().toISOString();
+    await this.#db.updateTable('tokens').set({ last_used_at: now }).where('id', '=', tokenId).execute();
+    return now;
   }
 
   /**
@@ -79,10 +92,7 @@ export class TokenStore {
     const hash = sha256Hex(secret);
     const cached = this.#principals.get(hash);
     if (cached && (!cached.principal.expiresAt || new Date(cached.principal.expiresAt) > new Date())) {
-      if (Date.now() - cached.lastUsedAt > LAST_USED_RESOLUTION_MS) {
-        cached.lastUsedAt = Date.now();
-        await this.#db.updateTable('tokens').set({ last_used_at: new Date().toISOString() }).where('id', '=', cached.principal.tokenId).execute();
-      }
+      cached.lastUsedAt = await this.#touch(cached.principal.tokenId, cached.lastUsedAt);
       return cached.principal;
     }
     const token = await this.#db
@@ -97,7 +107,7 @@ export class TokenStore {
       throw new NubisError('AUTH_INVALID_TOKEN', 'The bearer token is not valid; sign in again with nubis login (or use a token from nubis token create)');
     const principal = await this.#principalIfValid(token, token.user_name);
     if (this.#principals.size >= PRINCIPALS_CACHED) this.#principals.clear();
-    this.#principals.set(hash, { principal, lastUsedAt: Date.now() });
+    this.#principals.set(hash, { principal, lastUsedAt: new Date().toISOString() });
     return principal;
   }
 
@@ -125,9 +135,7 @@ export class TokenStore {
       throw new NubisError('AUTH_TOKEN_EXPIRED', `Token ${token.name} expired at ${token.expires_at}; sign in again or make a new token`);
     if (userName === null) throw new NubisError('AUTH_INVALID_TOKEN', `The user of token ${token.name} no longer exists`);
     const user = { id: token.user_id, name: userName };
-    if (!token.last_used_at || now.getTime() - new Date(token.last_used_at).getTime() > LAST_USED_RESOLUTION_MS) {
-      await this.#db.updateTable('tokens').set({ last_used_at: now.toISOString() }).where('id', '=', token.id).execute();
-    }
+    await this.#touch(token.id, token.last_used_at);
     const principal = await this.principalOf(token, user);
     return token.expires_at ? { ...principal, expiresAt: token.expires_at } : principal;
   }

@@ -71,9 +71,8 @@ export class UserStore {
   }
 
   /** Deletes a user with its role bindings, and revokes every token it has. */
-  async delete(name: string): Promise<string[]> {
+  async delete(name: string): Promise<void> {
     const user = await this.row(name);
-    const tokens = await this.#db.selectFrom('tokens').select('id').where('user_id', '=', user.id).where('revoked_at', 'is', null).execute();
     if (await isLastPlatformAdmin(this.#db, user.id))
       throw new NubisError('ACCESS_LAST_ADMIN', `${name} is the last platform admin; grant admin to another user first`);
     await auditedTransaction(this.#db, async (trx) => {
@@ -82,11 +81,10 @@ export class UserStore {
       await trx.deleteFrom('users').where('id', '=', user.id).execute();
     });
     this.#tokens.invalidate();
-    return tokens.map((token) => token.id);
   }
 
   /** Sets a local user's password; the user's sessions end (their tokens made by name stay). */
-  async setPassword(name: string, password: string): Promise<string[]> {
+  async setPassword(name: string, password: string): Promise<void> {
     const user = await this.row(name);
     if (user.source !== 'local') throw new NubisError('USER_NOT_LOCAL', `${name} signs in through OpenID Connect and has no password here`);
     const sessions = await this.#db
@@ -99,7 +97,6 @@ export class UserStore {
     const passwordHash = await hashPassword(password);
     await auditedTransaction(this.#db, (trx) => trx.updateTable('users').set({ password_hash: passwordHash }).where('id', '=', user.id).execute());
     await this.#tokens.revoke(sessions.map((s) => s.id));
-    return sessions.map((s) => s.id);
   }
 
   /**

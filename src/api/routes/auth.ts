@@ -89,7 +89,6 @@ function registerSessionRoutes(app: RouteApp, { db, access }: AuthRouteServices)
     },
     async (request, reply) => {
       await access.tokens.revoke([request.principal!.tokenId]);
-      await access.revalidate();
       return reply.status(204).send(null);
     },
   );
@@ -218,7 +217,6 @@ function registerTokenRoutes(app: RouteApp, { db, access }: AuthRouteServices): 
       }
       const token = await access.tokens.find(userId, request.params.name);
       await access.tokens.revoke([token.id]);
-      await access.revalidate();
       return reply.status(204).send(null);
     },
   );

@@ -57,7 +57,6 @@ function registerUserRoutes(app: RouteApp, { access }: UserRouteServices): void 
     },
     async (request, reply) => {
       await access.users.delete(request.params.user);
-      await access.revalidate();
       return reply.status(204).send(null);
     },
   );
@@ -84,7 +83,6 @@ function registerUserRoutes(app: RouteApp, { access }: UserRouteServices): void 
         await access.users.verifyCurrentPassword(principal.userName, request.body.currentPassword);
       }
       await access.users.setPassword(request.params.user, request.body.password);
-      await access.revalidate();
       return reply.status(204).send(null);
     },
   );
@@ -237,7 +235,6 @@ function registerGrantRoutes(app: RouteApp, services: UserRouteServices): void {
     async (request, reply) => {
       const { subject, projectId } = await grantTarget(services, request, request.query);
       await access.roles.revoke(subject, request.query.role, projectId);
-      await access.revalidate();
       return reply.status(204).send(null);
     },
   );
