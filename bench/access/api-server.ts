@@ -45,7 +45,7 @@ async function start(): Promise<{ url: string; token: string }> {
   // A fake host has 4 cores, 16 vCPUs at the 4x overcommit: one host per 16 VMs of 1 vCPU.
   cluster = await fakeCluster(Array.from({ length: Math.ceil(vmCount / 16) }, (_, index) => `h${index + 1}`));
   const { db, services } = cluster;
-  await db.insertInto('projects').values({ id: WEB_ID, name: 'web', created_at: new Date().toISOString() }).execute();
+  await db.insertInto('projects').values({ id: WEB_ID, name: 'web', created_at: new Date().toISOString(), requirements: '{}' }).execute();
   await services.access.users.create('bench');
   const user = await services.access.users.row('bench');
   await services.access.roles.grant({ type: 'user', id: user.id, name: 'bench' }, 'member', WEB_ID);

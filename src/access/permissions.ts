@@ -15,6 +15,7 @@ export const PERMISSIONS = {
   'project.members': ['project', 'Grant and revoke roles on the project (manage its members)'],
   'project.create': ['platform', 'Create projects'],
   'project.quota': ['platform', "Set a project's quotas"],
+  'project.residency': ['platform', "Set the labels a project's hosts and pools must carry (data residency)"],
   // VMs.
   'vm.read': ['project', 'List and show VMs and their migration history'],
   'vm.log': ['project', "Read a VM's serial log"],
@@ -41,12 +42,15 @@ export const PERMISSIONS = {
   'volume.snapshot': ['project', 'Snapshot volumes'],
   'volume.resize': ['project', 'Resize volumes'],
   // Operations and the audit log.
+  'placement.read': ['project', 'List and show placement groups'],
+  'placement.manage': ['project', 'Create and delete placement groups'],
   'operation.read': ['project', 'See operations and follow their events'],
   'operation.cancel': ['project', 'Cancel operations'],
   'audit.read': ['project', 'Read the audit log of the project'],
   // The platform: everything physical and every account.
   'platform.status': ['platform', "Read the platform's status"],
   'host.read': ['platform', 'List and show hosts'],
+  'host.update': ['platform', "Set hosts' labels and overcommit ratios"],
   'host.evacuate': ['platform', 'Evacuate hosts (maintenance) and restore them'],
   'image.import': ['platform', 'Import images'],
   'pool.read': ['platform', 'List and show storage pools'],
@@ -73,7 +77,7 @@ export function scopeOf(permission: Permission): PermissionScope {
 }
 
 const projectPermissions = (Object.keys(PERMISSIONS) as Permission[]).filter((p) => scopeOf(p) === 'project');
-const readPermissions: Permission[] = ['project.read', 'vm.read', 'vm.log', 'network.read', 'secgroup.read', 'volume.read', 'operation.read'];
+const readPermissions: Permission[] = ['project.read', 'vm.read', 'vm.log', 'network.read', 'secgroup.read', 'volume.read', 'placement.read', 'operation.read'];
 const usePermissions: Permission[] = [
   ...readPermissions,
   'vm.create',
@@ -92,6 +96,7 @@ const usePermissions: Permission[] = [
   'volume.delete',
   'volume.snapshot',
   'volume.resize',
+  'placement.manage',
   'operation.cancel',
 ];
 

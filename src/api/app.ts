@@ -18,6 +18,7 @@ import type { StorageCatalogue } from '../control/storage.ts';
 import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
+import type { PlacementService } from '../control/placement.ts';
 import type { Db } from '../state/database.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
@@ -39,6 +40,7 @@ import { projectRoutes } from './routes/projects.ts';
 import { secgroupRoutes } from './routes/secgroups.ts';
 import { statusRoutes } from './routes/status.ts';
 import { vmRoutes } from './routes/vms.ts';
+import { placementRoutes } from './routes/placement.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -47,6 +49,7 @@ export interface AppServices {
   hosts: HostRegistry;
   images: ImageCatalogue;
   vms: VmService;
+  placement: PlacementService;
   networks: NetworkService;
   secgroups: SecurityGroupService;
   storage: StorageCatalogue;
@@ -107,7 +110,7 @@ export async function buildApp(
 
   // The hooks and handlers above reach every plugin below, which registers in its own context.
   // The order of registration is the order of `paths` in the OpenAPI document.
-  const { db, hosts, images, vms, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
+  const { db, hosts, images, vms, placement, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
   await app.register(statusRoutes, { hosts, vms, dataDir });
   await app.register(projectRoutes, { db });
   await app.register(hostRoutes, { hosts, vms, maintenance });
@@ -116,7 +119,8 @@ export async function buildApp(
   await app.register(consoleRoutes, { db, vms, hosts, access });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
-  await app.register(poolRoutes, { db, storage, operations });
+  await app.register(placementRoutes, { placement, vms });
+  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
   await app.register(operationRoutes, { operations, access });
   await app.register(authRoutes, { db, access });
   await app.register(userRoutes, { db, access });

@@ -21,6 +21,7 @@ import { HostMaintenance } from '../migration/host-maintenance.ts';
 import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from '../control/storage.ts';
 import { DirPoolCatalogue } from '../control/dir-pools.ts';
+import { PlacementService } from '../control/placement.ts';
 import { VmService } from '../control/vms.ts';
 import { VmOwner } from '../control/vm-owner.ts';
 import { AccessControl } from '../access/access-control.ts';
@@ -95,14 +96,16 @@ export function createServices(options: {
   const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket }, new DirPoolCatalogue(db, hosts));
   // The one owner of every VM: user actions and migrations claim VMs from the same table.
   const owner = new VmOwner();
-  const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner });
-  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms });
+  const placement = new PlacementService({ db, hosts });
+  const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
+  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
   return {
     db,
     hosts,
     images,
     vms,
+    placement,
     networks,
     secgroups,
     storage,
@@ -131,7 +134,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   if (!(await db.selectFrom('projects').select('id').where('name', '=', 'default').executeTakeFirst())) {
     await db
       .insertInto('projects')
-      .values({ id: newId('prj'), name: 'default', created_at: now })
+      .values({ id: newId('prj'), name: 'default', created_at: now, requirements: '{}' })
       .execute();
   }
   await bootstrapAccess(db, paths.adminToken);

@@ -49,7 +49,7 @@ describe('audited transactions', () => {
     await assert.rejects(
       asRequest(audit, () =>
         auditedTransaction(db, async (trx) => {
-          await trx.insertInto('projects').values({ id: 'prj-x', name: 'x', created_at: new Date().toISOString() }).execute();
+          await trx.insertInto('projects').values({ id: 'prj-x', name: 'x', created_at: new Date().toISOString(), requirements: '{}' }).execute();
           throw new Error('the change fails after its first write');
         }),
       ),
@@ -61,7 +61,9 @@ describe('audited transactions', () => {
   it('writes both in one commit, and the entry once, also when the request writes again', async () => {
     const audit = pending();
     await asRequest(audit, async () => {
-      await auditedTransaction(db, (trx) => trx.insertInto('projects').values({ id: 'prj-y', name: 'y', created_at: new Date().toISOString() }).execute());
+      await auditedTransaction(db, (trx) =>
+        trx.insertInto('projects').values({ id: 'prj-y', name: 'y', created_at: new Date().toISOString(), requirements: '{}' }).execute(),
+      );
       await auditedTransaction(db, (trx) => trx.updateTable('projects').set({ name: 'y2' }).where('id', '=', 'prj-y').execute());
     });
     await finishAudit(db, audit, { result: 'ok', status: 201 });
@@ -71,7 +73,9 @@ describe('audited transactions', () => {
   });
 
   it('writes nothing for work outside a request', async () => {
-    await auditedTransaction(db, (trx) => trx.insertInto('projects').values({ id: 'prj-z', name: 'z', created_at: new Date().toISOString() }).execute());
+    await auditedTransaction(db, (trx) =>
+      trx.insertInto('projects').values({ id: 'prj-z', name: 'z', created_at: new Date().toISOString(), requirements: '{}' }).execute(),
+    );
     assert.equal(await count('audit_entries'), 1);
   });
 });

@@ -47,6 +47,11 @@ export function annotateAudit(fields: Pick<AuditEntryInput, 'operation'>): void 
   if (pending?.entry && !pending.written) Object.assign(pending.entry, fields);
 }
 
+/** The user of the running mutating request, if any (who placed a VM, for its placement record). */
+export function currentUser(): string | undefined {
+  return storage.getStore()?.entry?.user;
+}
+
 /** Takes the pending entry of the running request, once: a second caller gets nothing. */
 function takePending(): AuditEntryInput | undefined {
   const pending = storage.getStore();

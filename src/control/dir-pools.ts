@@ -150,6 +150,11 @@ export class DirPoolCatalogue {
     return host;
   }
 
+  /** The host a new volume of the pool goes to: `hostRef`, or the pool's only host. */
+  async hostOf(poolName: string, hostRef: string | undefined): Promise<HostsTable> {
+    return this.#hostFor(await this.#pool(poolName), hostRef);
+  }
+
   async createVolume(poolName: string, name: string, sizeBytes: number, hostRef?: string): Promise<Record<string, unknown>> {
     const pool = await this.#pool(poolName);
     if (await this.#db.selectFrom('dir_volumes').select('id').where('pool_id', '=', pool.id).where('name', '=', name).executeTakeFirst()) {

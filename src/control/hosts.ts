@@ -5,10 +5,21 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
+import { auditedTransaction } from '../audit/audit-context.ts';
 import type { AgentClient } from '../agent-api/contract.ts';
 import { HttpAgentClient } from '../agent-api/agent-client.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
+import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labels.ts';
+import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT } from './scheduler.ts';
+
+/** What `nubis host set` changes. */
+export interface HostChange {
+  /** Labels to set; a label given an empty value is removed. */
+  labels?: Labels;
+  cpuOvercommit?: number;
+  memoryOvercommit?: number;
+}
 
 /** A host is offline when its last report is older than this. */
 export const HOST_OFFLINE_AFTER_MS = 30_000;
@@ -17,6 +28,9 @@ export interface HostView {
   id: string;
   name: string;
   status: 'online' | 'offline' | 'maintenance';
+  labels: Labels;
+  cpuOvercommit: number;
+  memoryOvercommit: number;
   endpoint: string;
   accelerator: string;
   acceleratorReason: string;
@@ -103,7 +117,16 @@ export class HostRegistry {
       await this.#db.updateTable('hosts').set(values).where('id', '=', existing.id).execute();
       return { ...existing, ...values };
     }
-    const row: HostsTable = { id: newId('host'), name: request.name, maintenance: 0, joined_at: now, ...values };
+    const row: HostsTable = {
+      id: newId('host'),
+      name: request.name,
+      maintenance: 0,
+      joined_at: now,
+      labels: '{}',
+      cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
+      memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,
+      ...values,
+    };
     await this.#db.insertInto('hosts').values(row).execute();
     return row;
   }
@@ -148,6 +171,9 @@ export class HostRegistry {
       id: host.id,
       name: host.name,
       status: host.maintenance ? 'maintenance' : now - Date.parse(host.last_seen_at) > HOST_OFFLINE_AFTER_MS ? 'offline' : 'online',
+      labels: parseStoredLabels(host.labels),
+      cpuOvercommit: host.cpu_overcommit,
+      memoryOvercommit: host.memory_overcommit,
       endpoint: host.endpoint,
       accelerator: host.accelerator,
       acceleratorReason: host.accelerator_reason,
@@ -161,6 +187,31 @@ export class HostRegistry {
       ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
       ...(host.qemu_version ? { qemuVersion: host.qemu_version } : {}),
     }));
+  }
+
+  /** Labels and overcommit ratios (`nubis host set`); what runs there stays. */
+  async update(ref: string, change: HostChange, admit?: (host: HostsTable, labels: Labels) => Promise<void>): Promise<HostView> {
+    const host = await this.row(ref);
+    const labels = checkLabels(mergeLabels(parseStoredLabels(host.labels), change.labels ?? {}), `host ${host.name}`);
+    await admit?.(host, labels);
+    for (const [name, ratio] of [
+      ['CPU', change.cpuOvercommit],
+      ['memory', change.memoryOvercommit],
+    ] as const)
+      if (ratio !== undefined && !(ratio >= 0.1 && ratio <= 64))
+        throw new NubisError('VALIDATION_FAILED', `The ${name} overcommit ratio must be between 0.1 and 64, not ${ratio}`);
+    await auditedTransaction(this.#db, (trx) =>
+      trx
+        .updateTable('hosts')
+        .set({
+          labels: JSON.stringify(labels),
+          ...(change.cpuOvercommit !== undefined ? { cpu_overcommit: change.cpuOvercommit } : {}),
+          ...(change.memoryOvercommit !== undefined ? { memory_overcommit: change.memoryOvercommit } : {}),
+        })
+        .where('id', '=', host.id)
+        .execute(),
+    );
+    return this.get(host.id);
   }
 
   async get(ref: string): Promise<HostView> {

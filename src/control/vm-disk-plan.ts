@@ -11,8 +11,8 @@ import type { ProjectRef } from './volume-owners.ts';
 export interface DiskPlan {
   volumes: Array<{ pool: string; volume: string }>;
   disks: Array<{ disk: DiskSpec; hostId?: string }>;
-  /** Where the VM must run: the host of its dir-pool volumes, else the host asked for. */
-  pinnedHost: string | undefined;
+  /** Where the VM must run (host name or id) and why: the host of its dir-pool volumes, else the host asked for. */
+  pinnedHost: { ref: string; why: string } | undefined;
 }
 
 /** Checks the disk references of a create and resolves them to disk specs (nothing is recorded). */
@@ -36,13 +36,13 @@ export async function planDisks(
 }
 
 /** A volume of a host's dir pool is a file on that host: the VM runs there (else where asked). */
-async function pinnedHost(request: { host?: string }, disks: Array<{ hostId?: string }>, hosts: HostRegistry): Promise<string | undefined> {
+async function pinnedHost(request: { host?: string }, disks: Array<{ hostId?: string }>, hosts: HostRegistry): Promise<DiskPlan['pinnedHost']> {
   const diskHosts = [...new Set(disks.flatMap((d) => (d.hostId ? [d.hostId] : [])))];
   if (diskHosts.length > 1) throw new NubisError('VALIDATION_FAILED', 'The dir-pool volumes given live on different hosts; a VM runs on one host');
-  if (diskHosts.length === 0) return request.host;
+  if (diskHosts.length === 0) return request.host ? { ref: request.host, why: `--host ${request.host} was asked for` } : undefined;
   const diskHost = await hosts.row(diskHosts[0]);
   if (request.host && (await hosts.row(request.host)).id !== diskHost.id) {
     throw new NubisError('VALIDATION_FAILED', `Its dir-pool volume lives on ${diskHost.name}, so the VM must run there, not on ${request.host}`);
   }
-  return diskHost.name;
+  return { ref: diskHost.name, why: 'its dir-pool volume lives there' };
 }

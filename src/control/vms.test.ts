@@ -141,7 +141,7 @@ describe('VM service with fake agents', () => {
         })
         .execute();
     }
-    await services.vms.applyReport(h1.id, [{ id: 'vm-runs', name: 'runs', state: 'running', pid: 7 }], true);
+    await services.vms.reports.applyReport(h1.id, [{ id: 'vm-runs', name: 'runs', state: 'running', pid: 7 }], true);
     assert.equal((await services.vms.get('runs')).state, 'running');
     assert.equal((await services.operations.get('op-vm-runs')).status, 'succeeded');
     await assert.rejects(services.vms.get('gone'), (error: NubisError) => error.code === 'VM_NOT_FOUND');
@@ -149,7 +149,7 @@ describe('VM service with fake agents', () => {
     assert.deepEqual([undone.status, undone.error?.code], ['failed', 'OPERATION_INTERRUPTED']);
     assert.match(undone.error?.message ?? '', /undone/);
     // Settled once: a later report changes nothing more.
-    await services.vms.applyReport(h1.id, [{ id: 'vm-runs', name: 'runs', state: 'running', pid: 7 }], true);
+    await services.vms.reports.applyReport(h1.id, [{ id: 'vm-runs', name: 'runs', state: 'running', pid: 7 }], true);
     assert.equal((await services.operations.events('op-vm-runs')).filter((event) => event.stage === 'reconciled').length, 1);
   });
 });

@@ -20,7 +20,10 @@ import type { OperationManager } from './operations.ts';
 import type { NetworkService } from './networks.ts';
 import type { SecurityGroupService } from './security-groups.ts';
 import type { StorageCatalogue } from './storage.ts';
-import { placeVm } from './placement.ts';
+import type { PlacementEvent, PlacementNeeds, PlacementService } from './placement.ts';
+import type { PlacementDecision } from './scheduler.ts';
+import { VmReports } from './vm-reports.ts';
+import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { vmView } from './vm-view.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
@@ -41,6 +44,7 @@ function announcesReadiness(image: ImagesTable): boolean {
 /** What a create resolved before anything is recorded. */
 interface CreatePlan extends DiskPlan {
   projectId: string;
+  placementGroupId: string | null;
   image: ImagesTable;
   forwards: PortForward[];
   networks: Array<{ row: NetworksTable; ip?: string }>;
@@ -55,6 +59,17 @@ interface AllocatedNic {
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
 
+/** `nubis schedule explain`: a VM of a size in a project, or an existing VM to migrate. */
+export interface ScheduleQuestion {
+  project?: string;
+  cpus: number;
+  memoryMb: number;
+  host?: string;
+  group?: string;
+  networks?: boolean;
+  vm?: string;
+}
+
 export class VmService {
   readonly #db: Db;
   readonly #hosts: HostRegistry;
@@ -64,6 +79,9 @@ export class VmService {
   readonly #secgroups: SecurityGroupService;
   readonly #storage: StorageCatalogue;
   readonly #owner: VmOwner;
+  readonly #placement: PlacementService;
+  /** What host agents report, applied to the records. */
+  readonly reports: VmReports;
 
   constructor(deps: {
     db: Db;
@@ -74,8 +92,11 @@ export class VmService {
     secgroups: SecurityGroupService;
     storage: StorageCatalogue;
     owner: VmOwner;
+    placement: PlacementService;
   }) {
     this.#owner = deps.owner;
+    this.#placement = deps.placement;
+    this.reports = new VmReports({ ...deps, view: (id) => this.#viewById(id), forget: (row, host) => this.#forget(row, host) });
     this.#secgroups = deps.secgroups;
     this.#storage = deps.storage;
     this.#db = deps.db;
@@ -143,17 +164,54 @@ export class VmService {
     return this.#view(await this.#row(ref, project));
   }
 
-  /** Changes a VM's policies (today: whether live migration may use post-copy). */
-  async update(ref: string, project: string | undefined, change: { allowPostcopy?: boolean }): Promise<Vm> {
+  /**
+   * Changes a VM's policies: whether live migration may use post-copy, and its placement group
+   * (`''` leaves its group; joining a strict group is refused where the VM already breaks it).
+   */
+  async update(ref: string, project: string | undefined, change: { allowPostcopy?: boolean; group?: string }): Promise<Vm> {
     const row = await this.#row(ref, project);
-    if (change.allowPostcopy !== undefined) {
-      await this.#db
-        .updateTable('vms')
-        .set({ allow_postcopy: change.allowPostcopy ? 1 : 0, updated_at: new Date().toISOString() })
-        .where('id', '=', row.id)
-        .execute();
+    let groupId: string | null | undefined;
+    if (change.group !== undefined) {
+      groupId = change.group === '' ? null : (await this.#placement.groups.row(change.group, project)).id;
+      if (groupId) await this.#placement.checkJoin(groupId, { id: row.id, name: row.name, hostId: row.host_id });
     }
+    await auditedTransaction(this.#db, (trx) =>
+      trx
+        .updateTable('vms')
+        .set({
+          ...(change.allowPostcopy !== undefined ? { allow_postcopy: change.allowPostcopy ? 1 : 0 } : {}),
+          ...(groupId !== undefined ? { placement_group_id: groupId } : {}),
+          updated_at: new Date().toISOString(),
+        })
+        .where('id', '=', row.id)
+        .execute(),
+    );
     return this.#viewById(row.id);
+  }
+
+  /** The scheduler's decision for a VM of a size, or (with `vm`) for migrating that VM, changing nothing. */
+  async explainSchedule(question: ScheduleQuestion): Promise<PlacementDecision> {
+    const projectId = await this.projectId(question.project);
+    const onlyHost = question.host ? { ref: question.host, why: `--host ${question.host} was asked for` } : undefined;
+    if (question.vm) {
+      const row = await this.#row(question.vm, question.project);
+      return this.#placement.explain(this.#placement.movingNeeds(row, await this.#hosts.row(row.host_id), onlyHost));
+    }
+    return this.#placement.explain({
+      projectId,
+      cpus: question.cpus,
+      memoryMb: question.memoryMb,
+      ...(onlyHost ? { onlyHost } : {}),
+      placementGroupId: question.group ? (await this.#placement.groups.row(question.group, question.project)).id : null,
+      needsUnderlay: question.networks === true,
+    });
+  }
+
+  /** Where the VM has run, with every decision. */
+  async placementHistory(ref: string, project?: string): Promise<{ vm: string; project: string; events: PlacementEvent[]; count: number }> {
+    const row = await this.#row(ref, project);
+    const events = await this.#placement.history(row.id);
+    return { vm: row.name, project: project ?? 'default', events, count: events.length };
   }
 
   /**
@@ -163,7 +221,7 @@ export class VmService {
   async create(request: VmCreateRequest): Promise<Operation> {
     const plan = await this.#resolveCreate(request);
     await faultPoint('vm.create.before-placement');
-    const host = placeVm(await this.#hosts.list(), { cpus: request.cpus, memoryMb: request.memoryMb, host: plan.pinnedHost });
+    const { host, decision } = await this.#placement.place(this.#placementNeeds(request, plan), `VM ${request.name}`);
     const id = newId('vm');
     // Claimed before anything is recorded: a VM still `pending` that nobody holds is one whose
     // create was interrupted (reconciled when its host reports).
@@ -172,7 +230,7 @@ export class VmService {
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const spec = this.#specFor(id, request, plan, nics);
       try {
-        await this.#recordNew(id, request, plan, host.id, spec);
+        await this.#recordNew(id, request, plan, host, spec, decision);
       } catch (error) {
         // Not recorded (a quota another create took meanwhile): its addresses and groups go back.
         await this.#networks.releaseNics(id);
@@ -186,6 +244,26 @@ export class VmService {
       claim.release();
       throw error;
     }
+  }
+
+  /**
+   * What a create would do, changing nothing (`vm create --dry-run`): every check a create makes,
+   * then the scheduler's decision for every host.
+   */
+  async planCreate(request: VmCreateRequest): Promise<PlacementDecision> {
+    const plan = await this.#resolveCreate(request);
+    return this.#placement.explain(this.#placementNeeds(request, plan));
+  }
+
+  #placementNeeds(request: VmCreateRequest, plan: CreatePlan): PlacementNeeds {
+    return {
+      projectId: plan.projectId,
+      cpus: request.cpus,
+      memoryMb: request.memoryMb,
+      ...(plan.pinnedHost ? { onlyHost: plan.pinnedHost } : {}),
+      placementGroupId: plan.placementGroupId,
+      needsUnderlay: plan.networks.length > 0,
+    };
   }
 
   /** Everything a create can be refused for, checked before anything is recorded. */
@@ -221,7 +299,8 @@ export class VmService {
     const diskPlan = await planDisks(request, project, { storage: this.#storage, hosts: this.#hosts });
     // Refused early with nothing allocated; the check that counts is in the transaction that records the VM.
     await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
-    return { projectId, image, forwards, networks, ...diskPlan };
+    const placementGroupId = request.group ? (await this.#placement.groups.row(request.group, project)).id : null;
+    return { projectId, image, forwards, networks, placementGroupId, ...diskPlan };
   }
 
   /**
@@ -286,7 +365,7 @@ export class VmService {
   }
 
   /** The VM's record and its disks, in one transaction: a crash leaves both or neither. */
-  async #recordNew(id: string, request: VmCreateRequest, plan: CreatePlan, hostId: string, spec: VmSpec): Promise<void> {
+  async #recordNew(id: string, request: VmCreateRequest, plan: CreatePlan, host: HostView, spec: VmSpec, decision: PlacementDecision): Promise<void> {
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
     await auditedTransaction(this.#db, async (trx) => {
@@ -297,7 +376,7 @@ export class VmService {
           id,
           project_id: plan.projectId,
           name: request.name,
-          host_id: hostId,
+          host_id: host.id,
           image_id: plan.image.id,
           cpus: request.cpus,
           memory_mb: request.memoryMb,
@@ -306,11 +385,20 @@ export class VmService {
           spec: JSON.stringify(spec),
           status: '{}',
           allow_postcopy: request.allowPostcopy === false ? 0 : 1,
+          placement_group_id: plan.placementGroupId,
           created_at: now,
           updated_at: now,
         })
         .execute();
       for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
+      const actor = currentUser();
+      await this.#placement.record(trx, {
+        vm: { id, name: request.name, projectId: plan.projectId },
+        host,
+        action: 'create',
+        ...(actor ? { actor } : {}),
+        decision,
+      });
     });
   }
 
@@ -329,7 +417,7 @@ export class VmService {
         await this.#networks.sync(network.id, op.signal);
       }
       const status = await this.#hosts.agent(hostRow).createVm(spec, { timeoutMs: 60_000, signal: op.signal });
-      await this.applyStatus(hostRow.id, status);
+      await this.reports.applyStatus(hostRow.id, status);
       await faultPoint('vm.create.after-qemu-started');
       await op.report('started', `QEMU is running (pid ${status.pid})`, 0.4, { pid: status.pid });
     } catch (error) {
@@ -353,7 +441,7 @@ export class VmService {
   ): Promise<void> {
     await op.report('booting', 'Waiting for the guest to print its readiness line', 0.5);
     const status = await this.#hosts.agent(host).waitReady(id, READY_TIMEOUT_MS, { timeoutMs: READY_TIMEOUT_MS + 10_000, signal: op.signal });
-    await this.applyStatus(host.id, status);
+    await this.reports.applyStatus(host.id, status);
     const seconds = status.startedAt && status.readyAt ? ((Date.parse(status.readyAt) - Date.parse(status.startedAt)) / 1000).toFixed(1) : '?';
     await op.report('ready', `Guest ready after ${seconds} s (${(status.guestIps ?? []).join(', ') || 'no address'})`, 0.95, { guestIps: status.guestIps });
   }
@@ -405,7 +493,7 @@ export class VmService {
         { force: options.force ?? false, timeoutSeconds: options.timeoutSeconds ?? 30 },
         op.signal,
       );
-      await this.applyStatus(host.id, status);
+      await this.reports.applyStatus(host.id, status);
       const image = await this.#images.row(row.image_id);
       if ((action === 'start' || action === 'reboot') && announcesReadiness(image)) await this.#waitReady(host, row.id, row.name, op);
       return this.#viewById(row.id);
@@ -527,97 +615,5 @@ export class VmService {
   async consoleTarget(ref: string, project?: string): Promise<{ host: HostsTable; vmId: string }> {
     const row = await this.#row(ref, project);
     return { host: await this.#hosts.row(row.host_id), vmId: row.id };
-  }
-
-  /**
-   * A control plane that stopped mid-create left a VM `pending` (before its QEMU started) or
-   * running with its operation failed. With the host's full report the truth is known: a VM
-   * the host has is finished, and its operation says so; a `pending` VM the host does not have
-   * is undone, freeing its name, addresses and capacity. VMs an action of this control plane
-   * holds are left to it.
-   */
-  async #reconcileInterruptedCreates(hostId: string, statuses: VmStatus[]): Promise<void> {
-    // Runs on every full report (each host, every 10 s): only VMs that can need settling are read,
-    // those still `pending` and those with an unsettled interrupted create (normally none).
-    const interrupted = await this.#operations.interrupted('vm.create');
-    const rows = await this.#db
-      .selectFrom('vms')
-      .selectAll()
-      .where('host_id', '=', hostId)
-      .where((eb) =>
-        eb.or([
-          eb('actual_state', '=', 'pending'),
-          ...(interrupted.length > 0
-            ? [
-                eb(
-                  'id',
-                  'in',
-                  interrupted.map((op) => op.target_id),
-                ),
-              ]
-            : []),
-        ]),
-      )
-      .execute();
-    if (rows.length === 0) return;
-    const reported = new Set(statuses.map((status) => status.id));
-    const host = await this.#hosts.row(hostId);
-    for (const row of rows) {
-      if (this.#owner.busy(row.id)) continue;
-      const operation = interrupted.find((op) => op.target_id === row.id);
-      if (reported.has(row.id)) {
-        if (operation)
-          await this.#operations.settleInterrupted(operation.id, {
-            status: 'succeeded',
-            message: `The control plane restarted while this ran; host ${host.name} runs the VM, so it is done`,
-            result: await this.get(row.id),
-          });
-      } else if (row.actual_state === 'pending') {
-        await this.#forget(row, host);
-        if (operation)
-          await this.#operations.settleInterrupted(operation.id, {
-            status: 'failed',
-            message: `The control plane stopped while this ran, before host ${host.name} started the VM; it was undone (its name, addresses and capacity are free)`,
-          });
-      }
-    }
-  }
-
-  /**
-   * A VM now lives on `hostId` (a migration's switch-over): its host, state, status and spec
-   * change in one write, so no reader ever sees it half moved.
-   */
-  async recordMove(vmId: string, hostId: string, status: VmStatus, spec: VmSpec): Promise<void> {
-    await this.#db
-      .updateTable('vms')
-      .set({ host_id: hostId, actual_state: status.state, status: JSON.stringify(status), spec: JSON.stringify(spec), updated_at: new Date().toISOString() })
-      .where('id', '=', vmId)
-      .execute();
-  }
-
-  /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
-  async applyStatus(hostId: string, status: VmStatus): Promise<void> {
-    await this.#db
-      .updateTable('vms')
-      .set({ actual_state: status.state, status: JSON.stringify(status), updated_at: new Date().toISOString() })
-      .where('id', '=', status.id)
-      .where('host_id', '=', hostId)
-      .execute();
-  }
-
-  /** A full report: VMs of the host that the agent does not know are `missing`. */
-  async applyReport(hostId: string, statuses: VmStatus[], full: boolean): Promise<void> {
-    for (const status of statuses) await this.applyStatus(hostId, status);
-    if (!full) return;
-    await this.#reconcileInterruptedCreates(hostId, statuses);
-    const known = statuses.map((s) => s.id);
-    let query = this.#db
-      .updateTable('vms')
-      .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
-      .where('host_id', '=', hostId)
-      .where('actual_state', '!=', 'pending');
-    if (known.length > 0) query = query.where('id', 'not in', known);
-    // A VM being created is not yet on its host: leave it to its operation.
-    await query.execute();
   }
 }

@@ -93,7 +93,7 @@ export class HostMaintenance {
   /** Live-migrates `vms` (`parallel` at a time) to `to` or where the scheduler says, reporting each result. */
   async #migrateAll(
     op: OperationContext,
-    stage: string,
+    stage: 'evacuating' | 'restoring',
     vms: Array<{ id: string; name: string }>,
     to: string | undefined,
     parallel: number,
@@ -103,7 +103,8 @@ export class HostMaintenance {
     const worker = async (): Promise<void> => {
       for (let vm = queue.shift(); vm; vm = queue.shift()) {
         try {
-          const child = await this.#migrations.migrate(vm.id, { strategy: 'auto', ...(to ? { to } : {}) });
+          const reason = stage === 'evacuating' ? 'evacuate' : 'restore';
+          const child = await this.#migrations.migrate(vm.id, { strategy: 'auto', reason, ...(to ? { to } : {}) });
           const final = await this.#operations.wait(child.id);
           const moved = final.result as { to?: string } | undefined;
           results.push({ vm: vm.name, status: final.status, ...(moved?.to ? { to: moved.to } : {}), ...(final.error ? { error: final.error.message } : {}) });

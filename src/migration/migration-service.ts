@@ -7,7 +7,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import { Revert } from '../core/revert.ts';
-import type { MigrationFigures, MigrationInput, MigrationPlan, MigrationRequest, MigrationRun } from './migration-types.ts';
+import type { MigrationFigures, MigrationInput, MigrationPlacement, MigrationPlan, MigrationRequest, MigrationRun } from './migration-types.ts';
 import { nextListenUri } from './stream-ports.ts';
 import { MigrationStream, POLL_MS, STALL_MS, mib } from './migration-stream.ts';
 import { newId } from '../core/ids.ts';
@@ -21,7 +21,8 @@ import type { DirPoolCatalogue } from '../control/dir-pools.ts';
 import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
-import { placeVm } from '../control/placement.ts';
+import type { PlacementService } from '../control/placement.ts';
+import { currentUser } from '../audit/audit-context.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
 import type { VmService } from '../control/vms.ts';
@@ -46,7 +47,8 @@ export class MigrationService {
   readonly #dirPools: DirPoolCatalogue;
   readonly #owner: VmOwner;
   /** The one writer of VM records: a migration moves a VM's record through it. */
-  readonly #vms: Pick<VmService, 'recordMove'>;
+  readonly #vms: Pick<VmService, 'reports'>;
+  readonly #placement: PlacementService;
 
   constructor(deps: {
     db: Db;
@@ -56,8 +58,10 @@ export class MigrationService {
     operations: OperationManager;
     dirPools: DirPoolCatalogue;
     owner: VmOwner;
-    vms: Pick<VmService, 'recordMove'>;
+    vms: Pick<VmService, 'reports'>;
+    placement: PlacementService;
   }) {
+    this.#placement = deps.placement;
     this.#db = deps.db;
     this.#owner = deps.owner;
     this.#vms = deps.vms;
@@ -139,10 +143,12 @@ export class MigrationService {
       );
     const spec = JSON.parse(vm.spec) as VmSpec;
     const source = await this.#hosts.row(vm.host_id);
-    const candidates = (await this.#hosts.list()).filter((host) => host.id !== source.id);
     if (request.to === source.name) throw new NubisError('MIGRATION_SAME_HOST', `VM ${vm.name} already runs on ${source.name}; choose another host`);
-    const target = placeVm(candidates, { cpus: vm.cpus, memoryMb: vm.memory_mb, host: request.to });
-    const destination = await this.#hosts.row(target.id);
+    const to = request.to ? { ref: request.to, why: `the migration asks for ${request.to}` } : undefined;
+    const placed = await this.#placement.place(this.#placement.movingNeeds(vm, source, to), `VM ${vm.name}`);
+    const destination = await this.#hosts.row(placed.host.id);
+    const actor = currentUser();
+    const placement: MigrationPlacement = { action: request.reason ?? 'migrate', ...(actor ? { actor } : {}), decision: placed.decision };
     if (destination.accelerator !== source.accelerator) {
       throw new NubisError(
         'MIGRATION_INCOMPATIBLE',
@@ -163,15 +169,23 @@ export class MigrationService {
         `VM ${vm.name} does not allow post-copy (a broken link during post-copy pauses it until the link returns); use --strategy auto or precopy, or allow it with: nubis vm set ${vm.name} --postcopy allow`,
       );
     }
-    return this.#start(claim, { vm, spec, source, destination, request, postcopyAllowed });
+    return this.#start(claim, { vm, spec, source, destination, request, postcopyAllowed, placement });
   }
 
   /** Records the migration and runs it as an operation under the VM's claim. */
   async #start(
     claim: VmClaim,
-    m: { vm: VmsTable; spec: VmSpec; source: HostsTable; destination: HostsTable; request: MigrationRequest; postcopyAllowed: boolean },
+    m: {
+      vm: VmsTable;
+      spec: VmSpec;
+      source: HostsTable;
+      destination: HostsTable;
+      request: MigrationRequest;
+      postcopyAllowed: boolean;
+      placement: MigrationPlacement;
+    },
   ): Promise<Operation> {
-    const { vm, spec, source, destination, request, postcopyAllowed } = m;
+    const { vm, spec, source, destination, request, postcopyAllowed, placement } = m;
     const vmId = vm.id;
     const migrationId = newId('mig');
     const figures: MigrationFigures = { memoryMb: vm.memory_mb, switchedToPostcopy: false };
@@ -203,7 +217,7 @@ export class MigrationService {
           const plan = await this.#plan(op, { vmId, source, destination, request, postcopyAllowed });
           figures.plan = plan;
           await op.report('plan', plan.reason, 0.04, plan);
-          const result = await this.#run(op, { vmId, vmName: vm.name, spec, source, destination, request, plan, figures });
+          const result = await this.#run(op, { vmId, vmName: vm.name, projectId: vm.project_id, placement, spec, source, destination, request, plan, figures });
           await finish('completed');
           return result;
         } catch (error) {
@@ -313,11 +327,12 @@ export class MigrationService {
         revert.success();
         // Paused on the destination for good (its link never came back): that is where it is.
         if (isNubisError(error, 'MIGRATION_POSTCOPY_PAUSED')) {
-          await this.#vms.recordMove(
-            run.vmId,
-            run.destination.id,
+          await this.#vms.reports.recordMove(
+            { id: run.vmId, name: run.vmName, projectId: run.projectId },
+            run.destination,
             { id: run.vmId, name: run.vmName, state: 'paused', lastError: messageOf(error) },
             run.destinationSpec,
+            run.placement,
           );
         }
         throw error;
@@ -426,7 +441,7 @@ export class MigrationService {
         .catch((): PauseTimes => ({}))
     ).resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
-    await this.#vms.recordMove(vmId, destination.id, activated, destinationSpec);
+    await this.#vms.reports.recordMove({ id: vmId, name: run.vmName, projectId: run.projectId }, destination, activated, destinationSpec, run.placement);
     for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
     await this.#hosts
       .agent(source)

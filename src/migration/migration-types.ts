@@ -2,6 +2,8 @@
 import type { VmStatus } from '../agent-api/contract.ts';
 import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import type { HostsTable } from '../state/schema.ts';
+import type { PlacementAction } from '../control/placement.ts';
+import type { PlacementDecision } from '../control/scheduler.ts';
 
 export type MigrationStrategy = 'precopy' | 'postcopy' | 'auto';
 
@@ -18,6 +20,15 @@ export interface MigrationRequest {
   /** At the deadline: give up (the VM stays on its source) or switch to post-copy. Default:
    * post-copy when it is prepared for this migration, else abort. */
   onTimeout?: 'abort' | 'postcopy';
+  /** Why the VM moves, for its placement record: a user's `migrate` unless a service says (never from the API). */
+  reason?: PlacementAction;
+}
+
+/** The scheduler's decision for a migration, recorded with the VM's placement when it switches over. */
+export interface MigrationPlacement {
+  action: PlacementAction;
+  actor?: string;
+  decision: PlacementDecision;
 }
 
 /** How a migration is set up before it starts, and why. */
@@ -84,6 +95,8 @@ export interface MigrationPrediction {
 export interface MigrationRun {
   vmId: string;
   vmName: string;
+  projectId: string;
+  placement: MigrationPlacement;
   spec: VmSpec;
   source: HostsTable;
   destination: HostsTable;
@@ -105,4 +118,7 @@ export interface MigrationRun {
 }
 
 /** What a checked migration starts from: the VM, the two hosts, the request and its plan. */
-export type MigrationInput = Pick<MigrationRun, 'vmId' | 'vmName' | 'spec' | 'source' | 'destination' | 'request' | 'plan' | 'figures'>;
+export type MigrationInput = Pick<
+  MigrationRun,
+  'vmId' | 'vmName' | 'projectId' | 'placement' | 'spec' | 'source' | 'destination' | 'request' | 'plan' | 'figures'
+>;

@@ -353,6 +353,62 @@ const migrations: Record<string, Migration> = {
       }
     },
   },
+  '0012-placement': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .alterTable('hosts')
+        .addColumn('labels', 'text', (c) => c.notNull().defaultTo('{}'))
+        .execute();
+      await db.schema
+        .alterTable('hosts')
+        .addColumn('cpu_overcommit', 'real', (c) => c.notNull().defaultTo(4))
+        .execute();
+      await db.schema
+        .alterTable('hosts')
+        .addColumn('memory_overcommit', 'real', (c) => c.notNull().defaultTo(1))
+        .execute();
+      await db.schema
+        .alterTable('projects')
+        .addColumn('requirements', 'text', (c) => c.notNull().defaultTo('{}'))
+        .execute();
+      await db.schema
+        .createTable('placement_groups')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('project_id', 'text', (c) => c.notNull().references('projects.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('policy', 'text', (c) => c.notNull())
+        .addColumn('scope', 'text', (c) => c.notNull())
+        .addColumn('strict', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('placement_groups_name', ['project_id', 'name'])
+        .execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('placement_group_id', 'text', (c) => c.references('placement_groups.id'))
+        .execute();
+      await db.schema
+        .createTable('pool_labels')
+        .addColumn('pool', 'text', (c) => c.primaryKey())
+        .addColumn('labels', 'text', (c) => c.notNull())
+        .execute();
+      // Kept after the VM is deleted (its name and project are copied): the record of where a
+      // tenant's workloads have run.
+      await db.schema
+        .createTable('placement_events')
+        .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('vm_name', 'text', (c) => c.notNull())
+        .addColumn('project_id', 'text', (c) => c.notNull())
+        .addColumn('host_id', 'text', (c) => c.notNull())
+        .addColumn('host_name', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('actor', 'text')
+        .addColumn('at', 'text', (c) => c.notNull())
+        .addColumn('decision', 'text', (c) => c.notNull())
+        .execute();
+      await sql`CREATE INDEX placement_events_by_vm ON placement_events (vm_id, seq)`.execute(db);
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

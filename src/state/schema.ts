@@ -8,6 +8,8 @@ export interface ProjectsTable {
   id: string;
   name: string;
   created_at: string;
+  /** JSON object of host/pool labels that the project's VMs and volumes require (data residency). */
+  requirements: string;
 }
 
 export interface TokensTable {
@@ -124,6 +126,47 @@ export interface HostsTable {
   underlay_ip: string | null;
   /** The agent's `qemu-system-x86_64 --version` line, or null when it did not say. */
   qemu_version: string | null;
+  /** JSON object of the host's labels (`zone`, `region`, `rack`, ...), set by `nubis host set`. */
+  labels: string;
+  /** vCPUs placement may give VMs per host core. */
+  cpu_overcommit: number;
+  /** Guest memory placement may give VMs per MiB of the host's memory (after its reserve). */
+  memory_overcommit: number;
+}
+
+/** A set of VMs placed together (affinity) or apart (anti-affinity) on hosts or zones. */
+export interface PlacementGroupsTable {
+  id: string;
+  project_id: string;
+  name: string;
+  policy: 'affinity' | 'anti-affinity';
+  scope: 'host' | 'zone';
+  /** 1: a host that breaks the policy is refused; 0: it is only scored lower. */
+  strict: number;
+  created_at: string;
+}
+
+/** Labels of a storage-node pool (a dir pool's volumes take the labels of their host). */
+export interface PoolLabelsTable {
+  pool: string;
+  labels: string;
+}
+
+/** One placement of a VM on a host, with the decision behind it; kept after the VM is gone. */
+export interface PlacementEventsTable {
+  seq: Generated<number>;
+  vm_id: string;
+  vm_name: string;
+  project_id: string;
+  host_id: string;
+  host_name: string;
+  /** create, migrate, evacuate, balance, ha-restart, restore. */
+  action: string;
+  /** The user (or `system` for the balancer and HA) whose action placed it. */
+  actor: string | null;
+  at: string;
+  /** JSON: the scheduler's decision (refused hosts by rule, scores of the rest). */
+  decision: string;
 }
 
 export interface ImagesTable {
@@ -156,6 +199,8 @@ export interface VmsTable {
   status: string;
   /** 1 when live migration may use post-copy for this VM (a link broken mid-way pauses it). */
   allow_postcopy: number;
+  /** The placement group the VM belongs to, or null. */
+  placement_group_id: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -293,6 +338,9 @@ export interface DirVolumesTable {
 }
 
 export interface Database {
+  placement_groups: PlacementGroupsTable;
+  pool_labels: PoolLabelsTable;
+  placement_events: PlacementEventsTable;
   users: UsersTable;
   roles: RolesTable;
   role_bindings: RoleBindingsTable;

@@ -3,6 +3,7 @@
  * route handlers and produce the OpenAPI document.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
@@ -102,11 +103,20 @@ export const ErrorBody = Type.Object(
 
 export const ProjectQuery = Type.Object({ project: Type.Optional(ResourceName) }, { additionalProperties: false });
 
+/** Labels of hosts and pools, as stored and shown. */
+export const Labels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 127 }), Type.String({ pattern: LABEL_VALUE_PATTERN, maxLength: 63 }), {
+  maxProperties: MAX_LABELS,
+  description: 'Labels as key=value (e.g. zone, region, rack)',
+});
+
 export const Host = Type.Object(
   {
     id: ResourceId,
     name: ResourceName,
     status: Type.Union([Type.Literal('online'), Type.Literal('offline'), Type.Literal('maintenance')]),
+    labels: Labels,
+    cpuOvercommit: Type.Number({ description: 'vCPUs placement gives VMs per host core' }),
+    memoryOvercommit: Type.Number({ description: "Guest memory per MiB of the host's memory after its reserve" }),
     endpoint: Text(4096),
     accelerator: Text(16, { description: 'kvm or tcg, chosen by a boot probe' }),
     acceleratorReason: Text(4096),
@@ -161,6 +171,7 @@ export const VmCreateRequest = Type.Object(
       ),
     ),
     secgroups: Type.Optional(Type.Array(ResourceName, { maxItems: 8, description: 'Security groups of its network NICs; without any, ingress is open' })),
+    group: Type.Optional(ResourceName),
     disks: Type.Optional(Type.Array(VolumePath, { maxItems: 8, description: 'Volumes (POOL/VOLUME) attached as virtio disks vda, vdb, ... over NBD' })),
     waitReady: Type.Boolean({ default: true, description: 'The operation ends when the guest printed its readiness line' }),
     allowPostcopy: Type.Optional(
@@ -450,6 +461,7 @@ export const Pool = Type.Object(
   {
     name: ResourceName,
     kind: Text(8, { description: 'san: volumes served by the storage node over NBD (device-based); dir: qcow2 files on hosts (host-based)' }),
+    labels: Type.Optional(Labels),
     layout: Text(16),
     state: Text(16, { description: 'online, degraded or faulted' }),
     readOnly: Type.Boolean(),

@@ -30,8 +30,10 @@ const EXPECTED: Record<string, string> = {
   createProject: '--A --D --D --D --D --D --D',
   getProject: 'AA- AD- AD- AD- AD- DD- DD-',
   setProjectQuota: '--A --D --D --D --D --D --D',
+  setProjectRequirements: '--A --D --D --D --D --D --D',
   listHosts: '--A --D --D --D --D --D --D',
   getHost: '--A --D --D --D --D --D --D',
+  updateHost: '--A --D --D --D --D --D --D',
   evacuateHost: '--A --D --D --D --D --D --D',
   restoreHost: '--A --D --D --D --D --D --D',
   joinHost: '--D --D --D --D --D --D --D',
@@ -50,6 +52,13 @@ const EXPECTED: Record<string, string> = {
   resumeVm: 'AA- AD- AD- AD- DD- DD- DD-',
   migrateVm: 'AA- AD- AD- DD- DD- DD- DD-',
   listVmMigrations: 'AA- AD- AD- AD- AD- AD- DD-',
+  planVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  getVmPlacement: 'AA- AD- AD- AD- AD- AD- DD-',
+  explainSchedule: '--A --D --D --D --D --D --D',
+  listPlacementGroups: 'AAA ADA ADA ADA ADA DDA DDA',
+  createPlacementGroup: 'AA- AD- AD- AD- DD- DD- DD-',
+  getPlacementGroup: 'AA- AD- AD- AD- AD- DD- DD-',
+  deletePlacementGroup: 'AA- AD- AD- AD- DD- DD- DD-',
   attachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   detachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   getVmLog: 'AA- AD- AD- AD- AD- DD- DD-',
@@ -71,6 +80,7 @@ const EXPECTED: Record<string, string> = {
   listPools: '--A --D --D --D --D --D --D',
   createPool: '--A --D --D --D --D --D --D',
   getPool: '--A --D --D --D --D --D --D',
+  setPoolLabels: '--A --D --D --D --D --D --D',
   deletePool: '--A --D --D --D --D --D --D',
   scrubPool: '--A --D --D --D --D --D --D',
   replacePoolMember: '--A --D --D --D --D --D --D',
@@ -158,7 +168,7 @@ describe('authorization matrix (every route x role x project)', () => {
     for (const name of ['alpha', 'beta'])
       await db
         .insertInto('projects')
-        .values({ id: `prj-${name}`, name, created_at: new Date().toISOString() })
+        .values({ id: `prj-${name}`, name, created_at: new Date().toISOString(), requirements: '{}' })
         .execute();
     for (const project of ['alpha', 'beta']) {
       await services.networks.create({ name: 'net1', subnet: '10.80.0.0/24', dhcp: false, nat: false, project });

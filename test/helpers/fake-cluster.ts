@@ -39,7 +39,7 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
   const db = await openDatabase(join(dir, 'nubis.db'));
   const now = new Date().toISOString();
   const token = 'nubis_admin_test-secret';
-  await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now }).execute();
+  await db.insertInto('projects').values({ id: 'prj-1', name: 'default', created_at: now, requirements: '{}' }).execute();
   // The first admin as a real start makes it: the user admin, its platform role and this token.
   writeFileSync(join(dir, 'admin-token'), `${token}\n`, { mode: 0o600 });
   await bootstrapAccess(db, join(dir, 'admin-token'));

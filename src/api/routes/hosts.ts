@@ -135,7 +135,7 @@ function registerAgentRoutes(app: RouteApp, services: HostRouteServices): void {
       const header = request.headers.authorization ?? '';
       const host = await services.hosts.authenticateAgent(request.params.name, header.startsWith('Bearer ') ? header.slice(7) : '');
       await services.hosts.touch(host.id);
-      await services.vms.applyReport(host.id, request.body.vms as VmStatus[], request.body.full);
+      await services.vms.reports.applyReport(host.id, request.body.vms as VmStatus[], request.body.full);
       return reply.status(204).send(null);
     },
   );

@@ -8,6 +8,8 @@ import type { DirPoolCatalogue } from '../../control/dir-pools.ts';
 import type { OperationManager } from '../../control/operations.ts';
 import type { StorageCatalogue } from '../../control/storage.ts';
 import type { ProjectRef } from '../../control/volume-owners.ts';
+import { parseStoredLabels } from '../../control/labels.ts';
+import { poolLabels, type Residency } from '../../control/residency.ts';
 import { NubisError } from '../../core/errors.ts';
 import type { Db } from '../../state/database.ts';
 import { parseSize } from '../../storage/size.ts';
@@ -28,7 +30,7 @@ import {
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
 /** What the pool routes use: the storage catalogue, the database for who uses a volume, operations for jobs. */
-export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager };
+export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager; residency: Residency };
 
 const PoolRef = Type.Object({ pool: ResourceName });
 const VolumeRef = Type.Object({ pool: ResourceName, volume: ResourceName });
@@ -75,6 +77,11 @@ export const poolRoutes: FastifyPluginAsyncTypebox<PoolRouteServices> = async (a
   registerVolumeChangeRoutes(app, services, lookups);
 };
 
+/** A storage-node pool as the API shows it: its kind, and its labels kept by the control plane. */
+async function withLabels(db: Db, pool: PoolBody): Promise<PoolBody> {
+  return { ...pool, kind: 'san', labels: await poolLabels(db, pool.name) };
+}
+
 /** Listing, creating, showing and deleting pools. */
 function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPools, isDir }: PoolLookups): void {
   app.get(
@@ -89,7 +96,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
       },
     },
     async () => [
-      ...(await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' })).map((pool) => ({ ...pool, kind: 'san' })),
+      ...(await Promise.all((await services.storage.call<PoolBody[]>({ method: 'GET', path: '/storage/pools' })).map((pool) => withLabels(services.db, pool)))),
       ...((await dirPools.list()) as PoolBody[]),
     ],
   );
@@ -133,7 +140,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
     async (request) =>
       (await isDir(request.params.pool))
         ? ((await dirPools.show(request.params.pool)) as PoolBody)
-        : { ...(await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })), kind: 'san' },
+        : withLabels(services.db, await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })),
   );
   app.delete(
     '/v1/pools/:pool',
@@ -150,7 +157,10 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
     async (request, reply) => {
       await services.storage.checkUnused(request.params.pool);
       if (await isDir(request.params.pool)) await dirPools.delete(request.params.pool);
-      else await services.storage.call({ method: 'DELETE', path: poolPath(request.params.pool) });
+      else {
+        await services.storage.call({ method: 'DELETE', path: poolPath(request.params.pool) });
+        await services.db.deleteFrom('pool_labels').where('pool', '=', request.params.pool).execute();
+      }
       return reply.status(204).send(null);
     },
   );
@@ -307,7 +317,13 @@ function registerVolumeCreateRoute(app: RouteApp, services: PoolRouteServices, {
       const { pool } = request.params;
       const dir = await isDir(pool);
       if (!dir && host) throw new NubisError('VALIDATION_FAILED', `${pool} is a storage-node pool, reachable from every host: drop --host`);
-      const created = await withOwnership(services, pool, body.name, projectOf(request), parseSize(body.size), async () =>
+      const project = projectOf(request);
+      const onHost = dir ? await dirPools.hostOf(pool, host) : undefined;
+      await services.residency.checkVolume(project.id, project.name, {
+        pool,
+        ...(onHost ? { hostName: onHost.name, hostLabels: parseStoredLabels(onHost.labels) } : {}),
+      });
+      const created = await withOwnership(services, pool, body.name, project, parseSize(body.size), async () =>
         dir
           ? ((await dirPools.createVolume(pool, body.name, parseSize(body.size), host)) as VolumeBody)
           : volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes`, body })),

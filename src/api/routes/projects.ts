@@ -51,7 +51,7 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRouteServices> = as
       if (await db.selectFrom('projects').select('id').where('name', '=', request.body.name).executeTakeFirst()) {
         throw new NubisError('PROJECT_NAME_TAKEN', `A project named ${request.body.name} exists`);
       }
-      const project = { id: newId('prj'), name: request.body.name, created_at: new Date().toISOString() };
+      const project = { id: newId('prj'), name: request.body.name, created_at: new Date().toISOString(), requirements: '{}' };
       await auditedTransaction(db, (trx) => trx.insertInto('projects').values(project).execute());
       return reply.status(201).send({ id: project.id, name: project.name, createdAt: project.created_at });
     },

@@ -127,7 +127,15 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
         summary: "Change a VM's policies",
         params: VmRef,
         querystring: ProjectQuery,
-        body: Type.Object({ allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy' })) }, { additionalProperties: false }),
+        body: Type.Object(
+          {
+            allowPostcopy: Type.Optional(Type.Boolean({ description: 'Live migration may use post-copy' })),
+            group: Type.Optional(
+              Type.String({ pattern: '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$', maxLength: 63, description: "Placement group to join; '' leaves its group" }),
+            ),
+          },
+          { additionalProperties: false },
+        ),
         response: { 200: Vm, ...errorResponses },
       },
     },

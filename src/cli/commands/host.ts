@@ -4,6 +4,8 @@ import type { Command } from 'commander';
 import type { Accepted, Host } from '../../wire/schemas.ts';
 import { client, globals, parseInteger, runOperation } from '../common.ts';
 import { printJson, printTable } from '../output.ts';
+import { NubisError } from '../../core/errors.ts';
+import { collectLabel, formatLabels } from './placement.ts';
 
 /** The result of an evacuate or restore operation: what became of each VM it moved. */
 interface MoveResults {
@@ -20,8 +22,16 @@ export function registerHostCommands(program: Command): void {
       const hosts = await client(command).request<Array<Static<typeof Host>>>('GET', '/v1/hosts');
       if (globals(command).json) return printJson(hosts);
       printTable(
-        ['NAME', 'STATUS', 'ACCEL', 'VMS', 'VCPUS', 'MEMORY (USED/TOTAL)'],
-        hosts.map((h) => [h.name, h.status, h.accelerator, h.vmCount, `${h.allocatedCpus}/${h.cpus}`, `${h.allocatedMemoryMb}/${h.memoryMb} MiB`]),
+        ['NAME', 'STATUS', 'ACCEL', 'VMS', 'VCPUS', 'MEMORY (USED/TOTAL)', 'LABELS'],
+        hosts.map((h) => [
+          h.name,
+          h.status,
+          h.accelerator,
+          h.vmCount,
+          `${h.allocatedCpus}/${h.cpus}`,
+          `${h.allocatedMemoryMb}/${h.memoryMb} MiB`,
+          formatLabels(h.labels),
+        ]),
       );
     });
   host
@@ -30,9 +40,33 @@ export function registerHostCommands(program: Command): void {
     .action(async (name: string, _options: unknown, command: Command) => {
       const h = await client(command).request<Static<typeof Host>>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
       if (globals(command).json) return printJson(h);
-      for (const [key, value] of Object.entries(h)) console.log(`${`${key}:`.padEnd(20)} ${value}`);
+      for (const [key, value] of Object.entries(h)) console.log(`${`${key}:`.padEnd(20)} ${key === 'labels' ? formatLabels(h.labels) : value}`);
+    });
+  host
+    .command('set <host>')
+    .description("Set a host's labels (zone, region, rack, ...) and overcommit ratios")
+    .option('--label <key=value>', 'set a label; key= removes it (repeatable)', collectLabel, {})
+    .option('--cpu-overcommit <ratio>', 'vCPUs placement may give VMs per core (default 4)', parseRatio)
+    .option('--memory-overcommit <ratio>', 'guest memory per MiB of host memory (default 1)', parseRatio)
+    .action(async (name: string, options: { label: Record<string, string>; cpuOvercommit?: number; memoryOvercommit?: number }, command: Command) => {
+      const body = {
+        ...(Object.keys(options.label).length > 0 ? { labels: options.label } : {}),
+        ...(options.cpuOvercommit !== undefined ? { cpuOvercommit: options.cpuOvercommit } : {}),
+        ...(options.memoryOvercommit !== undefined ? { memoryOvercommit: options.memoryOvercommit } : {}),
+      };
+      if (Object.keys(body).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give something to set, e.g. --label zone=a or --cpu-overcommit 2');
+      const h = await client(command).request<Static<typeof Host>>('PATCH', `/v1/hosts/${encodeURIComponent(name)}`, body);
+      if (globals(command).json) return printJson(h);
+      console.log(`${h.name}: labels ${formatLabels(h.labels)}, overcommit CPU ${h.cpuOvercommit}x, memory ${h.memoryOvercommit}x`);
     });
   addMaintenanceCommands(host);
+}
+
+function parseRatio(value: string): number {
+  const ratio = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || !(ratio >= 0.1 && ratio <= 64))
+    throw new NubisError('VALIDATION_FAILED', `${value} is not a ratio between 0.1 and 64 (e.g. 1.5)`);
+  return ratio;
 }
 
 function addMaintenanceCommands(host: Command): void {

@@ -5,6 +5,8 @@ import type { Command } from 'commander';
 import type { Accepted, Pool } from '../../wire/schemas.ts';
 import { client, collect, globals, parseInteger, runOperation } from '../common.ts';
 import { formatSize, printJson, printTable } from '../output.ts';
+import { NubisError } from '../../core/errors.ts';
+import { collectLabel, formatLabels } from './placement.ts';
 
 /** A pool as the API answers; a dir pool also names the hosts that hold its folders. */
 type PoolAnswer = Static<typeof Pool> & { hosts?: string[] };
@@ -97,6 +99,18 @@ function addListAndShow(pool: Command): void {
       );
     });
   pool
+    .command('set <pool>')
+    .description("Set a storage-node pool's labels (for projects' residency rules; a dir pool's volumes take their host's labels)")
+    .option('--label <key=value>', 'set a label; key= removes it (repeatable)', collectLabel, {})
+    .action(async (name: string, options: { label: Record<string, string> }, command: Command) => {
+      if (Object.keys(options.label).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give a label, e.g. --label region=eu');
+      const set = await client(command).request<{ pool: string; labels: Record<string, string> }>('PUT', `/v1/pools/${encodeURIComponent(name)}/labels`, {
+        labels: options.label,
+      });
+      if (globals(command).json) return printJson(set);
+      console.log(`${set.pool}: labels ${formatLabels(set.labels)}`);
+    });
+  pool
     .command('show <pool>')
     .description('Show a pool like zpool status: state, members and their error counters')
     .action(async (name: string, _options: unknown, command: Command) => {
@@ -108,6 +122,7 @@ function addListAndShow(pool: Command): void {
       console.log(
         `size ${formatSize(p.sizeBytes)}, allocated ${formatSize(p.allocatedBytes)}, free ${formatSize(p.freeBytes)}, provisioned ${formatSize(p.provisionedBytes)} (${p.overcommitRatio.toFixed(2)}x)`,
       );
+      if (p.labels) console.log(`labels: ${formatLabels(p.labels)}`);
       for (const warning of p.warnings) console.log(`warning: ${warning}`);
       printTable(
         ['#', 'DEVICE', 'STATE', 'READ', 'WRITE', 'CKSUM'],

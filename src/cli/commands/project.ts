@@ -7,6 +7,7 @@ import type { ProjectDetail } from '../../wire/access-schemas.ts';
 import type { Project } from '../../wire/schemas.ts';
 import { client, globals } from '../common.ts';
 import { formatSize, printJson, printTable } from '../output.ts';
+import { collectLabel, formatLabels } from './placement.ts';
 
 /** Registers `project` and its subcommands on the program. */
 export function registerProjectCommands(program: Command): void {
@@ -37,6 +38,20 @@ export function registerProjectCommands(program: Command): void {
       const detail = await client(command).request<Static<typeof ProjectDetail>>('GET', `/v1/projects/${encodeURIComponent(name)}`);
       if (globals(command).json) return printJson(detail);
       printQuota(detail);
+    });
+  project
+    .command('set <name>')
+    .description("Set the labels the project's VMs' hosts and volumes' pools must carry (data residency)")
+    .option('--require <key=value>', 'require a label; key= drops the requirement (repeatable)', collectLabel, {})
+    .action(async (name: string, options: { require: Record<string, string> }, command: Command) => {
+      if (Object.keys(options.require).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give a requirement, e.g. --require region=eu');
+      const set = await client(command).request<{ project: string; requirements: Record<string, string> }>(
+        'PUT',
+        `/v1/projects/${encodeURIComponent(name)}/requirements`,
+        { requirements: options.require },
+      );
+      if (globals(command).json) return printJson(set);
+      console.log(`${set.project} requires ${formatLabels(set.requirements)} of its hosts and pools`);
     });
   project
     .command('quota')

@@ -7,6 +7,8 @@ import type { Accepted, PublishedPort, Vm } from '../../wire/schemas.ts';
 import { client, collect, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatDuration, printJson, printTable } from '../output.ts';
 import { readCaFile } from '../api-fetch.ts';
+import type { PlacementDecision, PlacementHistory } from '../../wire/placement-schemas.ts';
+import { printDecision } from './placement.ts';
 
 interface VmCreateOptions {
   image: string;
@@ -18,6 +20,8 @@ interface VmCreateOptions {
   ip: string[];
   secgroup: string[];
   disk: string[];
+  group?: string;
+  dryRun?: boolean;
   wait: boolean;
   postcopy: boolean;
 }
@@ -79,6 +83,8 @@ function addCreate(vm: Command): void {
     .option('--ip <address>', 'address for the NIC of the --network in the same position (repeatable)', collect, [])
     .option('--secgroup <group>', 'security group of its network NICs (repeatable)', collect, [])
     .option('--disk <pool/volume>', 'attach a volume of the storage node as a virtio disk (repeatable: vda, vdb, ...)', collect, [])
+    .option('--group <group>', 'placement group to join (nubis placement-group list)')
+    .option('--dry-run', 'check everything and show where the VM would go and why; create nothing')
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
     .action(createVm);
@@ -100,13 +106,25 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
     ...(networks.length ? { networks } : {}),
     ...(options.secgroup.length ? { secgroups: options.secgroup } : {}),
     ...(options.disk.length ? { disks: options.disk } : {}),
+    ...(options.group ? { group: options.group } : {}),
     ...(options.postcopy ? {} : { allowPostcopy: false }),
     ...(g.project ? { project: g.project } : {}),
   };
+  if (options.dryRun) {
+    const decision = await client(command).request<Static<typeof PlacementDecision>>('POST', '/v1/vms/plan', body);
+    return g.json ? printJson(decision) : printDecision(decision);
+  }
   const { operation } = await client(command).request<Static<typeof Accepted>>('POST', '/v1/vms', body);
   const final = await runOperation(command, `Creating ${name}`, operation);
   if (g.json) printJson(final.result);
   else printVm(final.result as Vm);
+}
+
+/** One line on why a host was chosen: its score against the runner-up, and how many hosts were refused. */
+function whyChosen(decision: Static<typeof PlacementDecision>): string {
+  const [best, second] = decision.ranked;
+  const refused = decision.refused.length > 0 ? `; ${decision.refused.length} refused (${[...new Set(decision.refused.map((r) => r.filter))].join(', ')})` : '';
+  return `${best ? `score ${best.score}` : 'no score'}${second ? ` vs ${second.host} ${second.score}` : ''}${refused}`;
 }
 
 /** Parses `8080:80`, `127.0.0.1:8080:80` or `8053:53/udp`. */
@@ -236,13 +254,33 @@ function addDeleteAttachDetachSet(vm: Command): void {
   vm.command('set <vm>')
     .description("Change a VM's policies")
     .option('--postcopy <allow|deny>', 'whether live migration may use post-copy')
-    .action(async (name: string, options: { postcopy?: string }, command: Command) => {
+    .option('--group <group>', "join this placement group ('' leaves its group)")
+    .action(async (name: string, options: { postcopy?: string; group?: string }, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
-      const body = options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' };
+      const body = {
+        ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
+        ...(options.group === undefined ? {} : { group: options.group }),
+      };
+      if (Object.keys(body).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny or --group web');
       const changed = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
       if (globals(command).json) return printJson(changed);
-      console.log(`${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}`);
+      console.log(
+        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}`,
+      );
+    });
+  vm.command('placement <vm>')
+    .description('Where the VM has run: when, on which host, by whose action, and why the scheduler chose it')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const history = await client(command).request<Static<typeof PlacementHistory>>(
+        'GET',
+        `/v1/vms/${encodeURIComponent(name)}/placement${projectQuery(command)}`,
+      );
+      if (globals(command).json) return printJson(history);
+      printTable(
+        ['AT', 'HOST', 'ACTION', 'BY', 'WHY'],
+        history.events.map((e) => [e.at, e.host, e.action, e.actor ?? 'system', whyChosen(e.decision)]),
+      );
     });
 }
 

@@ -1,0 +1,145 @@
+/**
+ * What host agents report about their VMs, applied to the records: each VM's state, VMs a host
+ * no longer has, creates a control-plane restart interrupted, and a migration's switch-over.
+ */
+import type { VmSpec } from '../compute/vm-spec.ts';
+import type { VmStatus } from '../agent-api/contract.ts';
+import type { Db } from '../state/database.ts';
+import type { HostsTable, VmsTable } from '../state/schema.ts';
+import type { Vm } from '../wire/schemas.ts';
+import type { HostRegistry } from './hosts.ts';
+import type { OperationManager } from './operations.ts';
+import type { VmOwner } from './vm-owner.ts';
+import type { PlacementAction, PlacementService } from './placement.ts';
+import type { PlacementDecision } from './scheduler.ts';
+
+export class VmReports {
+  readonly #db: Db;
+  readonly #hosts: HostRegistry;
+  readonly #operations: OperationManager;
+  readonly #owner: VmOwner;
+  readonly #placement: PlacementService;
+  readonly #view: (id: string) => Promise<Vm>;
+  readonly #forget: (row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable) => Promise<void>;
+
+  /** `view` shows a VM by id; `forget` drops a VM's record and what it held (VmService's). */
+  constructor(deps: {
+    db: Db;
+    hosts: HostRegistry;
+    operations: OperationManager;
+    owner: VmOwner;
+    placement: PlacementService;
+    view: (id: string) => Promise<Vm>;
+    forget: (row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable) => Promise<void>;
+  }) {
+    this.#db = deps.db;
+    this.#hosts = deps.hosts;
+    this.#operations = deps.operations;
+    this.#owner = deps.owner;
+    this.#placement = deps.placement;
+    this.#view = deps.view;
+    this.#forget = deps.forget;
+  }
+
+  /**
+   * A control plane that stopped mid-create left a VM `pending` (before its QEMU started) or
+   * running with its operation failed. With the host's full report the truth is known: a VM
+   * the host has is finished, and its operation says so; a `pending` VM the host does not have
+   * is undone, freeing its name, addresses and capacity. VMs an action of this control plane
+   * holds are left to it.
+   */
+  async #reconcileInterruptedCreates(hostId: string, statuses: VmStatus[]): Promise<void> {
+    // Runs on every full report (each host, every 10 s): only VMs that can need settling are read,
+    // those still `pending` and those with an unsettled interrupted create (normally none).
+    const interrupted = await this.#operations.interrupted('vm.create');
+    const rows = await this.#db
+      .selectFrom('vms')
+      .selectAll()
+      .where('host_id', '=', hostId)
+      .where((eb) =>
+        eb.or([
+          eb('actual_state', '=', 'pending'),
+          ...(interrupted.length > 0
+            ? [
+                eb(
+                  'id',
+                  'in',
+                  interrupted.map((op) => op.target_id),
+                ),
+              ]
+            : []),
+        ]),
+      )
+      .execute();
+    if (rows.length === 0) return;
+    const reported = new Set(statuses.map((status) => status.id));
+    const host = await this.#hosts.row(hostId);
+    for (const row of rows) {
+      if (this.#owner.busy(row.id)) continue;
+      const operation = interrupted.find((op) => op.target_id === row.id);
+      if (reported.has(row.id)) {
+        if (operation)
+          await this.#operations.settleInterrupted(operation.id, {
+            status: 'succeeded',
+            message: `The control plane restarted while this ran; host ${host.name} runs the VM, so it is done`,
+            result: await this.#view(row.id),
+          });
+      } else if (row.actual_state === 'pending') {
+        await this.#forget(row, host);
+        if (operation)
+          await this.#operations.settleInterrupted(operation.id, {
+            status: 'failed',
+            message: `The control plane stopped while this ran, before host ${host.name} started the VM; it was undone (its name, addresses and capacity are free)`,
+          });
+      }
+    }
+  }
+
+  /**
+   * A VM now lives on `host` (a migration's switch-over, or a restart elsewhere): its host,
+   * state, status and spec change in one write with the record of its placement, so no reader
+   * ever sees it half moved and no move goes unrecorded.
+   */
+  async recordMove(
+    vm: { id: string; name: string; projectId: string },
+    host: Pick<HostsTable, 'id' | 'name'>,
+    status: VmStatus,
+    spec: VmSpec,
+    placement: { action: PlacementAction; actor?: string; decision: PlacementDecision },
+  ): Promise<void> {
+    await this.#db.transaction().execute(async (trx) => {
+      await trx
+        .updateTable('vms')
+        .set({ host_id: host.id, actual_state: status.state, status: JSON.stringify(status), spec: JSON.stringify(spec), updated_at: new Date().toISOString() })
+        .where('id', '=', vm.id)
+        .execute();
+      await this.#placement.record(trx, { vm, host, ...placement });
+    });
+  }
+
+  /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
+  async applyStatus(hostId: string, status: VmStatus): Promise<void> {
+    await this.#db
+      .updateTable('vms')
+      .set({ actual_state: status.state, status: JSON.stringify(status), updated_at: new Date().toISOString() })
+      .where('id', '=', status.id)
+      .where('host_id', '=', hostId)
+      .execute();
+  }
+
+  /** A full report: VMs of the host that the agent does not know are `missing`. */
+  async applyReport(hostId: string, statuses: VmStatus[], full: boolean): Promise<void> {
+    for (const status of statuses) await this.applyStatus(hostId, status);
+    if (!full) return;
+    await this.#reconcileInterruptedCreates(hostId, statuses);
+    const known = statuses.map((s) => s.id);
+    let query = this.#db
+      .updateTable('vms')
+      .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
+      .where('host_id', '=', hostId)
+      .where('actual_state', '!=', 'pending');
+    if (known.length > 0) query = query.where('id', 'not in', known);
+    // A VM being created is not yet on its host: leave it to its operation.
+    await query.execute();
+  }
+}
