@@ -48,8 +48,7 @@ describe('placement through the API', () => {
     ])
       assert.equal((await call('PATCH', `/v1/hosts/${host}`, { labels: { zone, region: host === 'h1' ? 'us' : 'eu' } })).status, 200);
     assert.equal((await call('POST', '/v1/projects', { name: 'web' })).status, 201);
-    for (const project of ['default', 'web'])
-      assert.equal((await call('POST', '/v1/networks', { name: 'net', subnet: '10.20.0.0/24', project })).status, 201);
+    for (const project of ['default', 'web']) assert.equal((await call('POST', '/v1/networks', { name: 'net', subnet: '10.20.0.0/24', project })).status, 201);
   });
   after(() => cluster.close());
 
@@ -58,7 +57,13 @@ describe('placement through the API', () => {
     assert.deepEqual([set.body.labels, set.body.cpuOvercommit, set.body.memoryOvercommit], [{ zone: 'a', region: 'us', rack: 'r1' }, 2, 1]);
     const removed = await call('PATCH', '/v1/hosts/h1', { labels: { rack: '' }, cpuOvercommit: 4 });
     assert.deepEqual(removed.body.labels, { zone: 'a', region: 'us' });
-    for (const bad of [{ labels: { 'Zone!': 'a' } }, { labels: { zone: 'a b' } }, { cpuOvercommit: 0 }, { memoryOvercommit: 100 }, { labels: { zone: 'x;reboot' } }]) {
+    for (const bad of [
+      { labels: { 'Zone!': 'a' } },
+      { labels: { zone: 'a b' } },
+      { cpuOvercommit: 0 },
+      { memoryOvercommit: 100 },
+      { labels: { zone: 'x;reboot' } },
+    ]) {
       const refused = await call('PATCH', '/v1/hosts/h1', bad);
       assert.equal(refused.status, 400, JSON.stringify(bad));
     }
@@ -140,7 +145,10 @@ describe('placement through the API', () => {
         ['h2', 'migrate', 'admin'],
       ],
     );
-    assert.ok(events.some((e) => e.action === 'evacuate'), 'the evacuation moved it and is on record');
+    assert.ok(
+      events.some((e) => e.action === 'evacuate'),
+      'the evacuation moved it and is on record',
+    );
     assert.ok(events[1]!.decision.refused.length >= 1, 'the refusals are kept');
   });
 

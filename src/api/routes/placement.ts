@@ -147,7 +147,7 @@ function registerGroupRoutes(app: RouteApp, { placement }: PlacementRouteService
 }
 
 /** The scheduler's decisions: before a create, for any question, and those already made for a VM. */
-function registerDecisionRoutes(app: RouteApp, { placement, vms }: PlacementRouteServices): void {
+function registerDecisionRoutes(app: RouteApp, { vms }: PlacementRouteServices): void {
   app.post(
     '/v1/vms/plan',
     {
