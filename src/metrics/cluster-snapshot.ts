@@ -130,13 +130,16 @@ export class StorageSampler {
   }
 
   async #ask(failed: (part: SnapshotPart, error: unknown) => void): Promise<StoragePoolSample[] | undefined> {
-    // The signal bounds the whole call: the socket's own timeout only bounds silence between bytes.
-    const signal = AbortSignal.timeout(this.#timeoutMs);
+    // The abort bounds the whole call: the socket's own timeout only bounds silence between bytes.
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error(`The storage node did not answer within ${this.#timeoutMs} ms`)), this.#timeoutMs);
     let pools: StoragePoolSample[] | undefined;
     try {
-      pools = await this.#storage.call<StoragePoolSample[]>({ method: 'GET', path: '/storage/pools', timeoutMs: this.#timeoutMs, signal });
+      pools = await this.#storage.call<StoragePoolSample[]>({ method: 'GET', path: '/storage/pools', timeoutMs: this.#timeoutMs, signal: controller.signal });
     } catch (error) {
       failed('storage_node', error);
+    } finally {
+      clearTimeout(timer);
     }
     this.#last = { atMs: Date.now(), pools };
     return pools;

@@ -29,8 +29,6 @@ const SNAPSHOT_PARTS: readonly SnapshotPart[] = ['hosts', 'vms', 'dir_pools', 's
 
 /** Options of the control plane's metrics, with defaults. */
 export interface ControlPlaneMetricsOptions {
-  /** A snapshot of the state is reused by scrapes within this long of it. Default 1 000 ms. */
-  snapshotTtlMs?: number;
   /** How the storage node is asked (StorageSampler): default at most every 10 s, waited on 2 s at most. */
   storage?: StorageSamplerOptions;
   /** Told of each part of a scrape that could not be read. */
@@ -44,17 +42,16 @@ export class ControlPlaneMetrics {
   readonly #registry = new Registry();
   readonly #sources: SnapshotSources;
   readonly #storage?: StorageSampler;
-  readonly #snapshotTtlMs: number;
   readonly #logger?: Logger;
   readonly #scrapeErrors: Counter<'source'>;
   readonly #requests: Counter<'route' | 'method' | 'status_code'>;
   readonly #requestSeconds: Histogram<'route' | 'method' | 'status_code'>;
-  #snapshot?: { promise: Promise<ClusterSnapshot>; settledAtMs?: number };
+  /** The read in progress, shared by the collectors of one scrape. */
+  #reading?: Promise<ClusterSnapshot>;
 
   constructor(sources: SnapshotSources, options: ControlPlaneMetricsOptions = {}) {
     this.#sources = sources;
     this.#storage = sources.storage ? new StorageSampler(sources.storage, options.storage) : undefined;
-    this.#snapshotTtlMs = options.snapshotTtlMs ?? 1_000;
     this.#logger = options.logger;
     const registers = [this.#registry];
     collectDefaultMetrics({ register: this.#registry, prefix: 'nubis_' });
@@ -106,23 +103,23 @@ export class ControlPlaneMetrics {
   }
 
   /**
-   * The cluster as read for this scrape. The gauges collect in parallel and share one read; a read
-   * that ended less than `snapshotTtlMs` ago serves the next scrapes too.
+   * The cluster as read for this scrape. Every collector of a scrape starts in the same turn of
+   * the event loop (the registry asks them all at once), so they share one read; a scrape that
+   * starts after it ended reads again, so no scrape is served state older than its own start.
    */
   #read(): Promise<ClusterSnapshot> {
-    const current = this.#snapshot;
-    if (current && (current.settledAtMs === undefined || Date.now() - current.settledAtMs < this.#snapshotTtlMs)) return current.promise;
+    if (this.#reading) return this.#reading;
     const failed = (part: SnapshotPart, error: unknown): void => {
       this.#scrapeErrors.inc({ source: part });
       this.#logger?.warn({ part, error: messageOf(error) }, 'metrics: a part of the scrape could not be read');
     };
-    const promise = Promise.all([readDatabaseParts(this.#sources, failed), this.#storage?.pools(failed)]).then(([snapshot, storagePools]) => {
-      next.settledAtMs = Date.now();
-      return { ...snapshot, storagePools };
-    });
-    const next: { promise: Promise<ClusterSnapshot>; settledAtMs?: number } = { promise };
-    this.#snapshot = next;
-    return promise;
+    const reading = Promise.all([readDatabaseParts(this.#sources, failed), this.#storage?.pools(failed)])
+      .then(([snapshot, storagePools]) => ({ ...snapshot, storagePools }))
+      .finally(() => {
+        this.#reading = undefined;
+      });
+    this.#reading = reading;
+    return reading;
   }
 
   /** A gauge whose series are replaced at each scrape by `fill` over the snapshot. */
