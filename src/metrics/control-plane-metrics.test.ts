@@ -16,7 +16,7 @@ import { ControlPlaneMetrics } from './control-plane-metrics.ts';
 import { clusterMetrics, observeMigration } from './metrics.ts';
 
 /** The value of the one sample of `name` with `labels` (among others), or undefined. */
-function valueOf(samples: MetricSample[], name: string, labels: Record<string, string> = {}): number | string | undefined {
+function sampleValue(samples: MetricSample[], name: string, labels: Record<string, string> = {}): number | string | undefined {
   const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([key, value]) => s.labels[key] === value));
   assert.ok(found.length <= 1, `${name} ${JSON.stringify(labels)} matches ${found.length} samples`);
   return found[0]?.value;
@@ -61,12 +61,12 @@ describe('control plane metrics', () => {
     let hosts = [host('h1', 'online', 2_000), host('h2', 'suspect', 45_000)];
     const metrics = new ControlPlaneMetrics({ db, hosts: { list: async () => hosts } });
     const samples = await scrape(metrics);
-    assert.equal(valueOf(samples, 'nubis_host_state', { host: 'h1', state: 'online' }), 1);
-    assert.equal(valueOf(samples, 'nubis_host_state', { host: 'h2', state: 'suspect' }), 1, 'a state the metrics never heard of passes through');
-    assert.equal(valueOf(samples, 'nubis_host_memory_bytes', { host: 'h1' }), 16 * 2 ** 30);
-    assert.equal(valueOf(samples, 'nubis_host_allocated_memory_bytes', { host: 'h1' }), 2 ** 30);
-    assert.equal(valueOf(samples, 'nubis_host_allocated_cpus', { host: 'h2' }), 3);
-    const age = valueOf(samples, 'nubis_host_heartbeat_age_seconds', { host: 'h2' }) as number;
+    assert.equal(sampleValue(samples, 'nubis_host_state', { host: 'h1', state: 'online' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_host_state', { host: 'h2', state: 'suspect' }), 1, 'a state the metrics never heard of passes through');
+    assert.equal(sampleValue(samples, 'nubis_host_memory_bytes', { host: 'h1' }), 16 * 2 ** 30);
+    assert.equal(sampleValue(samples, 'nubis_host_allocated_memory_bytes', { host: 'h1' }), 2 ** 30);
+    assert.equal(sampleValue(samples, 'nubis_host_allocated_cpus', { host: 'h2' }), 3);
+    const age = sampleValue(samples, 'nubis_host_heartbeat_age_seconds', { host: 'h2' }) as number;
     assert.ok(age >= 45 && age < 60, `heartbeat age ${age}`);
     hosts = [host('h1', 'maintenance', 0)];
     const later = await scrape(metrics);
@@ -86,8 +86,8 @@ describe('control plane metrics', () => {
       },
     });
     const samples = await scrape(metrics);
-    assert.equal(valueOf(samples, 'nubis_scrape_errors_total', { source: 'hosts' }), 1);
-    assert.equal(valueOf(samples, 'nubis_scrape_errors_total', { source: 'vms' }), 0);
+    assert.equal(sampleValue(samples, 'nubis_scrape_errors_total', { source: 'hosts' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_scrape_errors_total', { source: 'vms' }), 0);
     assert.equal(
       samples.some((s) => s.name.startsWith('nubis_host_')),
       false,
@@ -107,11 +107,11 @@ describe('control plane metrics', () => {
     const started = Date.now();
     const first = await scrape(metrics);
     assert.ok(Date.now() - started < 2_000, `the scrape took ${Date.now() - started} ms`);
-    assert.equal(valueOf(first, 'nubis_storage_node_up'), 0);
-    assert.equal(valueOf(first, 'nubis_scrape_errors_total', { source: 'storage_node' }), 1);
+    assert.equal(sampleValue(first, 'nubis_storage_node_up'), 0);
+    assert.equal(sampleValue(first, 'nubis_scrape_errors_total', { source: 'storage_node' }), 1);
     const second = await scrape(metrics);
     assert.equal(calls, 1, 'the node is not asked again within the refresh interval');
-    assert.equal(valueOf(second, 'nubis_scrape_errors_total', { source: 'storage_node' }), 1);
+    assert.equal(sampleValue(second, 'nubis_scrape_errors_total', { source: 'storage_node' }), 1);
     assert.equal(
       second.some((s) => s.name === 'nubis_storage_pool_size_bytes'),
       false,
@@ -121,31 +121,35 @@ describe('control plane metrics', () => {
   it("shows the storage node's pools: health, capacity and each member's state and errors", async () => {
     const answering = { call: async <T>() => [POOL] as T };
     const samples = await scrape(new ControlPlaneMetrics({ db, hosts: { list: async () => [] }, storage: answering }));
-    assert.equal(valueOf(samples, 'nubis_storage_node_up'), 1);
-    assert.equal(valueOf(samples, 'nubis_storage_pool_state', { pool: 'tank', state: 'degraded' }), 1);
-    assert.equal(valueOf(samples, 'nubis_storage_pool_free_bytes', { pool: 'tank' }), 2 ** 34 - 2 ** 30);
-    assert.equal(valueOf(samples, 'nubis_storage_pool_provisioned_bytes', { pool: 'tank', kind: 'san' }), 2 ** 35);
-    assert.equal(valueOf(samples, 'nubis_storage_pool_member_state', { pool: 'tank', member: '1', state: 'faulted' }), 1);
-    assert.equal(valueOf(samples, 'nubis_storage_pool_member_errors_total', { pool: 'tank', member: '1', error: 'read' }), 7);
+    assert.equal(sampleValue(samples, 'nubis_storage_node_up'), 1);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_state', { pool: 'tank', state: 'degraded' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_free_bytes', { pool: 'tank' }), 2 ** 34 - 2 ** 30);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_provisioned_bytes', { pool: 'tank', kind: 'san' }), 2 ** 35);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_member_state', { pool: 'tank', member: '1', state: 'faulted' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_member_errors_total', { pool: 'tank', member: '1', error: 'read' }), 7);
   });
 
   it('serves what other services count: migrations with their figures, HA and balancer metrics registered from the start', async () => {
     const metrics = new ControlPlaneMetrics({ db, hosts: { list: async () => [] } });
     const before = await scrape(metrics);
     const labels = { strategy: 'auto', outcome: 'completed' };
-    const countBefore = Number(valueOf(before, 'nubis_migrations_total', labels) ?? 0);
+    const countBefore = Number(sampleValue(before, 'nubis_migrations_total', labels) ?? 0);
     observeMigration({ ...labels, outcome: 'completed', figures: { totalTimeMs: 1500, downtimeMs: 12, pausedMs: 40, transferredBytes: 2 ** 28 } });
     observeMigration({ strategy: 'auto', outcome: 'failed', figures: {} });
     clusterMetrics.haRestarts.inc({ outcome: 'restarted' });
     const text = (await metrics.scrape()).body;
     const samples = parsePrometheusText(text);
-    assert.equal(valueOf(samples, 'nubis_migrations_total', labels), countBefore + 1);
-    assert.equal(valueOf(samples, 'nubis_migration_blackout_seconds_bucket', { ...labels, le: '0.05' }), 1);
-    assert.equal(valueOf(samples, 'nubis_migration_blackout_seconds_bucket', { ...labels, le: '0.02' }), 0);
-    assert.equal(valueOf(samples, 'nubis_migration_transferred_bytes_sum', labels), 2 ** 28);
-    assert.equal(valueOf(samples, 'nubis_migrations_total', { strategy: 'auto', outcome: 'failed' }), 1);
-    assert.equal(valueOf(samples, 'nubis_migration_duration_seconds_count', { strategy: 'auto', outcome: 'failed' }), undefined, 'no figure, no observation');
-    assert.equal(valueOf(samples, 'nubis_ha_restarts_total', { outcome: 'restarted' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_migrations_total', labels), countBefore + 1);
+    assert.equal(sampleValue(samples, 'nubis_migration_blackout_seconds_bucket', { ...labels, le: '0.05' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_migration_blackout_seconds_bucket', { ...labels, le: '0.02' }), 0);
+    assert.equal(sampleValue(samples, 'nubis_migration_transferred_bytes_sum', labels), 2 ** 28);
+    assert.equal(sampleValue(samples, 'nubis_migrations_total', { strategy: 'auto', outcome: 'failed' }), 1);
+    assert.equal(
+      sampleValue(samples, 'nubis_migration_duration_seconds_count', { strategy: 'auto', outcome: 'failed' }),
+      undefined,
+      'no figure, no observation',
+    );
+    assert.equal(sampleValue(samples, 'nubis_ha_restarts_total', { outcome: 'restarted' }), 1);
     for (const name of ['nubis_ha_failover_seconds', 'nubis_balancer_moves_total', 'nubis_process_cpu_seconds_total'])
       assert.match(text, new RegExp(`^# TYPE ${name} `, 'm'));
   });

@@ -14,7 +14,7 @@ import { repoRoot } from '../../src/core/paths.ts';
 import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
 
 /** The value of the one sample of `name` whose labels include `labels`, or undefined. */
-function valueOf(samples: MetricSample[], name: string, labels: Record<string, string> = {}): number | string | undefined {
+function sampleValue(samples: MetricSample[], name: string, labels: Record<string, string> = {}): number | string | undefined {
   const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([key, value]) => s.labels[key] === value));
   assert.ok(found.length <= 1, `${name} ${JSON.stringify(labels)} matches ${found.length} samples`);
   return found[0]?.value;
@@ -66,18 +66,18 @@ describe('GET /metrics (Prometheus) through the API', () => {
     assert.equal(response.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8');
     const samples = parsePrometheusText(response.body);
     for (const h of ['h1', 'h2']) {
-      assert.equal(valueOf(samples, 'nubis_host_cpus', { host: h }), 4);
-      assert.equal(valueOf(samples, 'nubis_host_memory_bytes', { host: h }), 8192 * 2 ** 20);
-      assert.equal(valueOf(samples, 'nubis_host_state', { host: h, state: 'online' }), 1);
+      assert.equal(sampleValue(samples, 'nubis_host_cpus', { host: h }), 4);
+      assert.equal(sampleValue(samples, 'nubis_host_memory_bytes', { host: h }), 8192 * 2 ** 20);
+      assert.equal(sampleValue(samples, 'nubis_host_state', { host: h, state: 'online' }), 1);
     }
-    assert.equal(valueOf(samples, 'nubis_host_allocated_cpus', { host: 'h1' }), 2);
-    assert.equal(valueOf(samples, 'nubis_host_allocated_memory_bytes', { host: 'h2' }), 128 * 2 ** 20);
-    assert.equal(valueOf(samples, 'nubis_host_vms', { host: 'h2' }), 1);
-    assert.equal(valueOf(samples, 'nubis_vms', { project: 'default', state: 'running' }), 1);
-    assert.equal(valueOf(samples, 'nubis_vms', { project: 'default', state: 'stopped' }), 1);
-    assert.equal(valueOf(samples, 'nubis_vm_cpus', { project: 'default', vm: 'vm1' }), 2);
-    assert.equal(valueOf(samples, 'nubis_vm_memory_bytes', { project: 'default', vm: 'vm2' }), 128 * 2 ** 20);
-    assert.ok(valueOf(samples, 'nubis_process_resident_memory_bytes') !== undefined, 'the process metrics carry the nubis_ prefix');
+    assert.equal(sampleValue(samples, 'nubis_host_allocated_cpus', { host: 'h1' }), 2);
+    assert.equal(sampleValue(samples, 'nubis_host_allocated_memory_bytes', { host: 'h2' }), 128 * 2 ** 20);
+    assert.equal(sampleValue(samples, 'nubis_host_vms', { host: 'h2' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_vms', { project: 'default', state: 'running' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_vms', { project: 'default', state: 'stopped' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_vm_cpus', { project: 'default', vm: 'vm1' }), 2);
+    assert.equal(sampleValue(samples, 'nubis_vm_memory_bytes', { project: 'default', vm: 'vm2' }), 128 * 2 ** 20);
+    assert.ok(sampleValue(samples, 'nubis_process_resident_memory_bytes') !== undefined, 'the process metrics carry the nubis_ prefix');
 
     // A host that stopped reporting is shown offline, with the age of its last report.
     await cluster.db
@@ -90,7 +90,7 @@ describe('GET /metrics (Prometheus) through the API', () => {
       later.filter((s) => s.name === 'nubis_host_state' && s.labels.host === 'h2').map((s) => s.labels.state),
       ['offline'],
     );
-    const age = valueOf(later, 'nubis_host_heartbeat_age_seconds', { host: 'h2' }) as number;
+    const age = sampleValue(later, 'nubis_host_heartbeat_age_seconds', { host: 'h2' }) as number;
     assert.ok(age >= 90 && age < 120, `heartbeat age ${age}`);
     await cluster.services.hosts.touch((await cluster.services.hosts.row('h2')).id);
   });
@@ -100,10 +100,10 @@ describe('GET /metrics (Prometheus) through the API', () => {
     assert.equal((await call('GET', '/v1/no-such-route', cluster.token)).statusCode, 404);
     const samples = await scrape();
     const labels = { route: '/v1/vms/:vm', method: 'GET', status_code: '200' };
-    assert.equal(valueOf(samples, 'nubis_api_requests_total', labels), 2);
-    assert.equal(valueOf(samples, 'nubis_api_request_duration_seconds_count', labels), 2);
-    assert.equal(valueOf(samples, 'nubis_api_request_duration_seconds_bucket', { ...labels, le: '+Inf' }), 2);
-    assert.equal(valueOf(samples, 'nubis_api_requests_total', { route: 'unmatched', status_code: '404' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_api_requests_total', labels), 2);
+    assert.equal(sampleValue(samples, 'nubis_api_request_duration_seconds_count', labels), 2);
+    assert.equal(sampleValue(samples, 'nubis_api_request_duration_seconds_bucket', { ...labels, le: '+Inf' }), 2);
+    assert.equal(sampleValue(samples, 'nubis_api_requests_total', { route: 'unmatched', status_code: '404' }), 1);
     const routes = new Set(samples.filter((s) => s.name === 'nubis_api_requests_total').map((s) => s.labels.route));
     assert.deepEqual(
       [...routes].filter((route) => /vm1|vm2|no-such/.test(route)),
@@ -123,14 +123,14 @@ describe('GET /metrics (Prometheus) through the API', () => {
     assert.equal(failed.status, 'failed');
     const samples = await scrape();
     const completed = { strategy: 'precopy', outcome: 'completed' };
-    assert.equal(valueOf(samples, 'nubis_migrations_total', completed), 1);
-    assert.equal(valueOf(samples, 'nubis_migrations_total', { strategy: 'precopy', outcome: 'failed' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_migrations_total', completed), 1);
+    assert.equal(sampleValue(samples, 'nubis_migrations_total', { strategy: 'precopy', outcome: 'failed' }), 1);
     // The fake agent's QEMU says: 100 ms in all, 10 ms of downtime, 2 MiB sent.
-    assert.equal(valueOf(samples, 'nubis_migration_duration_seconds_sum', completed), 0.1);
-    assert.equal(valueOf(samples, 'nubis_migration_downtime_seconds_sum', completed), 0.01);
-    assert.equal(valueOf(samples, 'nubis_migration_transferred_bytes_sum', completed), 2 ** 21);
-    assert.equal(valueOf(samples, 'nubis_migration_duration_seconds_count', { strategy: 'precopy', outcome: 'failed' }), undefined);
-    assert.equal(valueOf(samples, 'nubis_host_vms', { host: 'h2' }), 2, 'the VM is counted on its new host');
+    assert.equal(sampleValue(samples, 'nubis_migration_duration_seconds_sum', completed), 0.1);
+    assert.equal(sampleValue(samples, 'nubis_migration_downtime_seconds_sum', completed), 0.01);
+    assert.equal(sampleValue(samples, 'nubis_migration_transferred_bytes_sum', completed), 2 ** 21);
+    assert.equal(sampleValue(samples, 'nubis_migration_duration_seconds_count', { strategy: 'precopy', outcome: 'failed' }), undefined);
+    assert.equal(sampleValue(samples, 'nubis_host_vms', { host: 'h2' }), 2, 'the VM is counted on its new host');
   });
 
   it('shows dir pools from the state and leaves out an unreachable storage node, counting the miss', async () => {
@@ -140,11 +140,11 @@ describe('GET /metrics (Prometheus) through the API', () => {
     const started = Date.now();
     const samples = await scrape();
     assert.ok(Date.now() - started < 5_000, 'the scrape does not wait on what does not answer');
-    assert.equal(valueOf(samples, 'nubis_storage_pool_provisioned_bytes', { pool: 'dp1', kind: 'dir' }), 2 ** 30);
-    assert.equal(valueOf(samples, 'nubis_storage_pool_volumes', { pool: 'dp1', kind: 'dir' }), 1);
-    assert.equal(valueOf(samples, 'nubis_storage_node_up'), 0);
-    assert.ok(Number(valueOf(samples, 'nubis_scrape_errors_total', { source: 'storage_node' })) >= 1);
-    assert.equal(valueOf(samples, 'nubis_scrape_errors_total', { source: 'hosts' }), 0);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_provisioned_bytes', { pool: 'dp1', kind: 'dir' }), 2 ** 30);
+    assert.equal(sampleValue(samples, 'nubis_storage_pool_volumes', { pool: 'dp1', kind: 'dir' }), 1);
+    assert.equal(sampleValue(samples, 'nubis_storage_node_up'), 0);
+    assert.ok(Number(sampleValue(samples, 'nubis_scrape_errors_total', { source: 'storage_node' })) >= 1);
+    assert.equal(sampleValue(samples, 'nubis_scrape_errors_total', { source: 'hosts' }), 0);
   });
 
   it('refuses a scrape without a token (401) and with a project member token (403)', async () => {
