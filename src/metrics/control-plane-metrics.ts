@@ -105,7 +105,7 @@ export class ControlPlaneMetrics {
   /**
    * The cluster as read for this scrape. Every collector of a scrape starts in the same turn of
    * the event loop (the registry asks them all at once), so they share one read; a scrape that
-   * starts after it ended reads again, so no scrape is served state older than its own start.
+   * comes while a read is out shares it too, and the next one reads again: nothing is cached.
    */
   #read(): Promise<ClusterSnapshot> {
     if (this.#reading) return this.#reading;
