@@ -61,6 +61,7 @@ export const PERMISSIONS = {
   'role.manage': ['platform', 'Create and delete custom roles'],
   'token.manage': ['platform', "List and revoke other users' tokens"],
   'audit.verify': ['platform', 'Verify, prove and export the whole audit log'],
+  'metrics.read': ['platform', 'Scrape the Prometheus metrics of the whole platform (GET /metrics)'],
 } as const satisfies Record<string, readonly [PermissionScope, string]>;
 
 export type Permission = keyof typeof PERMISSIONS;
@@ -122,4 +123,10 @@ export const BUILTIN_ROLES: readonly BuiltinRole[] = [
   { name: 'member', description: 'Create and use VMs, networks and volumes in the project', heldOn: 'project', permissions: usePermissions },
   { name: 'reader', description: 'Read everything in the project, open nothing', heldOn: 'project', permissions: readPermissions },
   { name: 'console', description: "Open the consoles of the project's VMs (and see them listed)", heldOn: 'project', permissions: ['vm.read', 'vm.console'] },
+  {
+    name: 'metrics',
+    description: "Read the platform's Prometheus metrics and nothing else: a scraper's token",
+    heldOn: 'platform',
+    permissions: ['metrics.read'],
+  },
 ];

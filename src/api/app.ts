@@ -19,6 +19,7 @@ import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
 import type { PlacementService } from '../control/placement.ts';
+import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import type { Db } from '../state/database.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
@@ -33,6 +34,7 @@ import { userRoutes } from './routes/users.ts';
 import { consoleRoutes } from './routes/console.ts';
 import { hostRoutes } from './routes/hosts.ts';
 import { imageRoutes } from './routes/images.ts';
+import { installRequestMetrics, metricsRoutes } from './routes/metrics.ts';
 import { networkRoutes } from './routes/networks.ts';
 import { operationRoutes } from './routes/operations.ts';
 import { poolRoutes } from './routes/pools.ts';
@@ -58,6 +60,8 @@ export interface AppServices {
   operations: OperationManager;
   access: AccessControl;
   audit: AuditLog;
+  /** What GET /metrics serves. */
+  metrics: ControlPlaneMetrics;
   /** Where the audit log publishes its heads, read back by verify when no head is given. */
   auditPublishFile?: string;
   dataDir: string;
@@ -97,6 +101,7 @@ export async function buildApp(
 
   if (options.accessControl === 'tokenOnly') installTokenOnlyHook(app, services);
   else installAccessHooks(app, services);
+  installRequestMetrics(app, services.metrics);
   app.setErrorHandler((error, request, reply) => {
     const { status, body } = toApiError(error as Error);
     // The audit entry of a failed request names its code (access-hook.ts reads it when the request ends).
@@ -112,6 +117,7 @@ export async function buildApp(
   // The order of registration is the order of `paths` in the OpenAPI document.
   const { db, hosts, images, vms, placement, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
   await app.register(statusRoutes, { hosts, vms, dataDir });
+  await app.register(metricsRoutes, { metrics: services.metrics });
   await app.register(projectRoutes, { db });
   await app.register(hostRoutes, { hosts, vms, maintenance });
   await app.register(imageRoutes, { images, operations });

@@ -28,6 +28,7 @@ import { AccessControl } from '../access/access-control.ts';
 import { bootstrapAccess } from '../access/bootstrap.ts';
 import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
+import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
@@ -100,6 +101,7 @@ export function createServices(options: {
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
   const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
+  const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   return {
     db,
     hosts,
@@ -114,6 +116,7 @@ export function createServices(options: {
     operations,
     access,
     audit,
+    metrics,
     auditPublishFile: options.auditPublishFile,
     dataDir: options.dataDir,
     logger: options.logger,

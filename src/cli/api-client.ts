@@ -57,25 +57,39 @@ export class ApiClient {
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const text = await this.#send(method, path, body);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  /** A GET whose answer is text, not JSON (GET /metrics); an error answer is thrown as `request` throws it. */
+  async text(path: string): Promise<string> {
+    return this.#send('GET', path, undefined, 'text/plain');
+  }
+
+  /** Sends a request and resolves with the body of a 2xx answer; an error answer becomes a NubisError with its code. */
+  async #send(method: string, path: string, body: unknown, accept?: string): Promise<string> {
     let response: Response;
     try {
       response = await this.#fetch(`${this.target.url}${path}`, {
         method,
-        headers: { authorization: `Bearer ${this.target.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        headers: {
+          authorization: `Bearer ${this.target.token}`,
+          ...(accept ? { accept } : {}),
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (error) {
       throw unreachableError(this.target.url, error);
     }
     const text = await response.text();
-    const parsed = text ? (JSON.parse(text) as unknown) : undefined;
     if (!response.ok) {
-      const error = parsed as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
+      const error = (text ? JSON.parse(text) : undefined) as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
       throw new NubisError(error?.code ?? `HTTP_${response.status}`, error?.message ?? `${method} ${path} answered ${response.status}`, {
         details: error?.details,
       });
     }
-    return parsed as T;
+    return text;
   }
 
   /**

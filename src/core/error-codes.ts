@@ -195,6 +195,7 @@ export const ERROR_STATUS = {
   AUDIT_TAMPERED: 500,
   // What Nubis drives failed: a host agent, QEMU, an NBD peer.
   HTTP_ERROR: 502,
+  METRICS_UNPARSABLE: 502,
   VM_START_FAILED: 502,
   VM_NOT_READY: 502,
   VM_CONSOLE_FAILED: 502,

@@ -27,6 +27,7 @@ import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
 import type { VmService } from '../control/vms.ts';
 import type { Operation } from '../wire/schemas.ts';
+import { observeMigration } from '../metrics/metrics.ts';
 
 /** `auto` first asks QEMU for a stop-and-copy this short: an idle guest then loses only a few
  * milliseconds; it is widened step by step, up to the user's maximum, when passes stop shrinking. */
@@ -209,6 +210,7 @@ export class MigrationService {
         .set({ status, figures: JSON.stringify(figures), ended_at: new Date().toISOString() })
         .where('id', '=', migrationId)
         .execute();
+      observeMigration({ strategy: request.strategy, outcome: status, figures });
     };
     const operation = await this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, (op) =>
       claim.run(async () => {

@@ -26,6 +26,7 @@ type Role = (typeof ROLES)[number];
 const EXPECTED: Record<string, string> = {
   getOpenApiDocument: '--A --A --A --A --A --A --A',
   getStatus: '--A --D --D --D --D --D --D',
+  getMetrics: '--A --D --D --D --D --D --D',
   listProjects: '--A --A --A --A --A --A --A',
   createProject: '--A --D --D --D --D --D --D',
   getProject: 'AA- AD- AD- AD- AD- DD- DD-',
