@@ -19,6 +19,8 @@ import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
 import type { PlacementService } from '../control/placement.ts';
+import type { HaManager } from '../ha/ha-manager.ts';
+import type { Autostart } from '../control/autostart.ts';
 import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import type { Db } from '../state/database.ts';
 import { ErrorBody } from '../wire/schemas.ts';
@@ -43,6 +45,7 @@ import { secgroupRoutes } from './routes/secgroups.ts';
 import { statusRoutes } from './routes/status.ts';
 import { vmRoutes } from './routes/vms.ts';
 import { placementRoutes } from './routes/placement.ts';
+import { haRoutes } from './routes/ha.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -52,6 +55,8 @@ export interface AppServices {
   images: ImageCatalogue;
   vms: VmService;
   placement: PlacementService;
+  ha: HaManager;
+  autostart: Autostart;
   networks: NetworkService;
   secgroups: SecurityGroupService;
   storage: StorageCatalogue;
@@ -115,17 +120,18 @@ export async function buildApp(
 
   // The hooks and handlers above reach every plugin below, which registers in its own context.
   // The order of registration is the order of `paths` in the OpenAPI document.
-  const { db, hosts, images, vms, placement, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
+  const { db, hosts, images, vms, placement, ha, autostart, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
   await app.register(statusRoutes, { hosts, vms, dataDir });
   await app.register(metricsRoutes, { metrics: services.metrics });
   await app.register(projectRoutes, { db });
-  await app.register(hostRoutes, { hosts, vms, maintenance });
+  await app.register(hostRoutes, { hosts, vms, maintenance, ha, autostart });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
   await app.register(consoleRoutes, { db, vms, hosts, access });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
+  await app.register(haRoutes, { db, hosts });
   await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
   await app.register(operationRoutes, { operations, access });
   await app.register(authRoutes, { db, access });

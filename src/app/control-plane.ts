@@ -22,6 +22,8 @@ import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from '../control/storage.ts';
 import { DirPoolCatalogue } from '../control/dir-pools.ts';
 import { PlacementService } from '../control/placement.ts';
+import { HaManager } from '../ha/ha-manager.ts';
+import { Autostart } from '../control/autostart.ts';
 import { VmService } from '../control/vms.ts';
 import { VmOwner } from '../control/vm-owner.ts';
 import { AccessControl } from '../access/access-control.ts';
@@ -37,6 +39,8 @@ export interface ControlPlaneOptions {
   /** Address to listen on. Default 127.0.0.1. */
   host?: string;
   port: number;
+  /** Also serve host agents on this TCP address (the underlay), besides the unix socket. */
+  agentListen?: { host: string; port: number };
   logger: Logger;
   oidc?: OidcConfig;
   /** A file outside the data folder that each signed audit head is written to. */
@@ -102,7 +106,11 @@ export function createServices(options: {
   const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
+  const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, logger: options.logger });
+  const autostart = new Autostart({ db, vms, operations, logger: options.logger });
   return {
+    ha,
+    autostart,
     db,
     hosts,
     images,
@@ -151,7 +159,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit } = services;
+  const { operations, images, audit, ha } = services;
   await audit.start();
   await operations.failInterrupted();
   await images.prepareFolders();
@@ -170,8 +178,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   await rm(agentSocket, { force: true });
   const agentServer = createServer((request, response) => app.routing(request, response));
   await new Promise<void>((resolve, reject) => agentServer.listen(agentSocket, resolve).once('error', reject));
+  // Agents on other machines (or host namespaces on the test bed's underlay) over TCP: cutting a
+  // host's link then cuts it off the control plane, as it would between separate servers.
+  const agentTcp = options.agentListen ? createServer((request, response) => app.routing(request, response)) : undefined;
+  if (agentTcp && options.agentListen)
+    await new Promise<void>((resolve, reject) => agentTcp.listen(options.agentListen!.port, options.agentListen!.host, resolve).once('error', reject));
   const caPath = tls?.caPath ? { caPath: tls.caPath } : {};
   await writeFile(paths.apiInfo, `${JSON.stringify({ url, agentUrl: `unix:${agentSocket}`, pid: process.pid, ...caPath }, null, 2)}\n`);
+  ha.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -179,7 +193,9 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     db,
     operations,
     async stop() {
+      await ha.stop();
       await new Promise((resolve) => agentServer.close(resolve));
+      if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();
       await audit.stop();
       await db.destroy();

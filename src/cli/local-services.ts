@@ -16,7 +16,7 @@ import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import { DHCP_STATE_ROOT } from '../host/network-plumbing.ts';
 import { stopOrphanedVms } from '../host/orphan-vms.ts';
 import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../network/underlay.ts';
-import { setSysctl } from '../network/ip-command.ts';
+import { setExactAddress, setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
 import type { ApiTlsOptions } from '../app/tls.ts';
@@ -57,6 +57,13 @@ function testBedPrefix(dataDir: string): string {
 /** Largest TCP socket buffer in a test-bed host: room for a LAN's bandwidth-delay product. */
 const MIGRATION_LINK_SOCKET_BUFFER = 262_144;
 
+/**
+ * The control plane's address on the test bed's underlay (on the bridge in the root namespace):
+ * agents reach it over TCP there, so cutting a host's link cuts the host off the control plane.
+ */
+const UNDERLAY_CONTROL_ADDRESS = '172.31.0.1';
+const UNDERLAY_CONTROL_PORT = 7900;
+
 /** Underlay addresses: 172.31.0.11, .12, ... inside the host namespaces only. */
 function underlayIpOf(index: number): string {
   return `172.31.0.${11 + index}`;
@@ -76,6 +83,7 @@ async function ensureTestBed(dataDir: string, hostNames: string[]): Promise<Test
     hosts: hostNames.map((name, index) => ({ name, netns: `${prefix}-${name}`, underlayIp: underlayIpOf(index) })),
   };
   await ensureUnderlayBridge(bed.underlayBridge);
+  await setExactAddress(bed.underlayBridge, `${UNDERLAY_CONTROL_ADDRESS}/24`);
   for (const host of bed.hosts) {
     await attachHostToUnderlay({ bridge: bed.underlayBridge, hostNs: host.netns, address: `${host.underlayIp}/24` });
     // TCP buffers sized for a LAN (its bandwidth-delay product is tens of KiB) instead of the
@@ -88,6 +96,14 @@ async function ensureTestBed(dataDir: string, hostNames: string[]): Promise<Test
   await mkdir(dataPaths(dataDir).runDir, { recursive: true });
   await writeFile(join(dataPaths(dataDir).runDir, 'testbed.json'), `${JSON.stringify(bed, null, 2)}\n`);
   return bed;
+}
+
+/** A watchdog per host of the test bed, in the host's namespace, apart from its agent. */
+async function startWatchdogs(dataDir: string, bed: TestBed): Promise<void> {
+  for (const host of bed.hosts) {
+    if (await readPidFile(join(dataPaths(dataDir).runDir, `watchdog-${host.name}.pid`))) continue;
+    await spawnDaemon(dataDir, `watchdog-${host.name}`, ['watchdog', '--name', host.name, '--underlay-ip', host.underlayIp], host.netns);
+  }
 }
 
 async function readPidFile(path: string): Promise<number | undefined> {
@@ -158,8 +174,9 @@ export interface UpResult {
 }
 
 /** The command line of `nubis daemon control-plane` for these options. */
-function controlPlaneArgs(options: UpOptions): string[] {
+function controlPlaneArgs(options: UpOptions, bed: TestBed | undefined): string[] {
   const listen = options.host ? ['--listen', options.host] : [];
+  const agentListen = bed ? ['--agent-listen', `${UNDERLAY_CONTROL_ADDRESS}:${UNDERLAY_CONTROL_PORT}`] : [];
   return [
     'control-plane',
     '--data',
@@ -167,6 +184,7 @@ function controlPlaneArgs(options: UpOptions): string[] {
     '--port',
     String(options.port),
     ...listen,
+    ...agentListen,
     ...tlsDaemonArgs(options.tls),
     ...accessDaemonArgs(options.access ?? {}),
   ];
@@ -181,12 +199,20 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
     await buildTinyImage({ cacheDir: cacheDir(), onProgress: (message) => say(`  ${message}`) });
   }
   const hostNames = Array.from({ length: options.hosts }, (_, i) => `host-${i + 1}`);
+  if (options.netns && process.getuid?.() !== 0) {
+    throw new NubisError(
+      'UP_NEEDS_ROOT',
+      'Hosts in network namespaces (--hosts 2 or more, or --netns) need root; run as root, or use --no-netns for plain agent processes with user-mode networking only',
+    );
+  }
+  // The underlay first: the control plane listens for agents on its address there.
+  const bed = options.netns ? await ensureTestBed(options.dataDir, hostNames) : undefined;
   let alreadyRunning = true;
   let controlPid = await readPidFile(join(paths.runDir, 'control-plane.pid'));
   if (!controlPid) {
     alreadyRunning = false;
     await rm(paths.apiInfo, { force: true });
-    controlPid = await spawnDaemon(options.dataDir, 'control-plane', controlPlaneArgs(options));
+    controlPid = await spawnDaemon(options.dataDir, 'control-plane', controlPlaneArgs(options, bed));
   }
   const { url, caPath } = await waitFor('The control plane answering', 30_000, async () => {
     if (!processAlive(controlPid!)) throw new NubisError('UP_FAILED', `The control plane exited; see ${join(paths.logsDir, 'control-plane.log')}`);
@@ -204,21 +230,14 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
       return (await socketAccepts(paths.storageManageSocket)) ? true : undefined;
     });
   }
-  if (options.netns && process.getuid?.() !== 0) {
-    throw new NubisError(
-      'UP_NEEDS_ROOT',
-      'Hosts in network namespaces (--hosts 2 or more, or --netns) need root; run as root, or use --no-netns for plain agent processes with user-mode networking only',
-    );
-  }
-  const bed = options.netns ? await ensureTestBed(options.dataDir, hostNames) : undefined;
-  // Agents reach the control plane over its unix socket: it works from any network namespace.
-  const agentUrl = `unix:${paths.agentApiSocket}`;
+  // Agents in host namespaces reach the control plane on the underlay; others over its unix socket.
+  const agentUrl = bed ? `http://${UNDERLAY_CONTROL_ADDRESS}:${UNDERLAY_CONTROL_PORT}` : `unix:${paths.agentApiSocket}`;
   const started: Array<{ name: string; pid: number }> = [];
   for (const [index, name] of hostNames.entries()) {
     if (await readPidFile(join(paths.runDir, `agent-${name}.pid`))) continue;
     alreadyRunning = false;
     const host = bed?.hosts[index];
-    const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp] : [];
+    const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp, '--listen-underlay'] : [];
     started.push({
       name,
       pid: await spawnDaemon(
@@ -229,6 +248,7 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
       ),
     });
   }
+  if (bed) await startWatchdogs(options.dataDir, bed);
   // A restarted agent's host still looks online from its last report, so wait for the new agent
   // itself: it listens on its socket before it joins.
   for (const agent of started) {
@@ -286,9 +306,14 @@ export async function down(options: { dataDir: string; keepVms: boolean; ca?: st
   }
   const stoppedProcesses: string[] = [];
   if (existsSync(paths.runDir)) {
-    // Agents first, so none reports to a control plane that is going away; the storage node
-    // last, since VMs (stopped by now unless kept) read their volumes from it.
-    const order = (file: string): number => (file.startsWith('agent') ? 0 : file.startsWith('control') ? 1 : 2);
+    // Watchdogs first (an agent stopping must not make them kill VMs that are kept), then
+    // agents, so none reports to a control plane that is going away; the storage node last,
+    // since VMs (stopped by now unless kept) read their volumes from it.
+    const rank = ['watchdog', 'agent', 'control'];
+    const order = (file: string): number => {
+      const found = rank.findIndex((prefix) => file.startsWith(prefix));
+      return found === -1 ? rank.length : found;
+    };
     const pidFiles = readdirSync(paths.runDir)
       .filter((f) => f.endsWith('.pid'))
       .sort((a, b) => order(a) - order(b));

@@ -129,3 +129,11 @@ export const VmSpec = Type.Object(
   { additionalProperties: false },
 );
 export type VmSpec = Static<typeof VmSpec>;
+
+/** Why a VM cannot be restarted on another host, or undefined when it can. */
+export function notRestartable(spec: VmSpec): string | undefined {
+  if (spec.boot.kind !== 'kernel') return 'it boots an imported disk image, whose overlay lives on its host';
+  const local = spec.disks.find((disk) => disk.kind !== 'nbd');
+  if (local) return `its disk ${local.id} is a file on its host (only storage-node volumes are reachable from every host)`;
+  return undefined;
+}

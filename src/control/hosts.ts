@@ -11,6 +11,7 @@ import { HttpAgentClient } from '../agent-api/agent-client.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
 import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labels.ts';
+import { SUSPECT_AFTER_MS } from '../agent-api/heartbeat.ts';
 import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT } from './scheduler.ts';
 
 /** What `nubis host set` changes. */
@@ -21,13 +22,16 @@ export interface HostChange {
   memoryOvercommit?: number;
 }
 
-/** A host is offline when its last report is older than this. */
+/** A host is offline when its last heartbeat is older than this (and it was not fenced). */
 export const HOST_OFFLINE_AFTER_MS = 30_000;
+/** Heartbeats are kept in memory; each host's time is written to the database at most this often. */
+const PERSIST_HEARTBEAT_EVERY_MS = 30_000;
 
 export interface HostView {
   id: string;
   name: string;
-  status: 'online' | 'offline' | 'maintenance';
+  /** online; suspect (silent a few seconds); offline; fenced (lost, its HA VMs restarted elsewhere); maintenance. */
+  status: 'online' | 'suspect' | 'offline' | 'fenced' | 'maintenance';
   labels: Labels;
   cpuOvercommit: number;
   memoryOvercommit: number;
@@ -81,6 +85,12 @@ export class HostRegistry {
   readonly #controlKey: string;
 
   readonly #agentFactory: AgentFactory;
+  /** Host id -> time of its last heartbeat (ms), in memory: a thousand hosts must not each write. */
+  readonly #heartbeats = new Map<string, number>();
+  /** Host id -> the heartbeat time last written to the database. */
+  readonly #persisted = new Map<string, number>();
+  /** Hosts get a whole fence delay after a control-plane start before anything counts as silence. */
+  readonly #startedAt = Date.now();
 
   /** `agentFactory` makes the client of one agent: over HTTP by default, a fake in unit tests. */
   constructor(db: Db, secrets: { joinToken: string; controlKey: string }, agentFactory: AgentFactory = (options) => new HttpAgentClient(options)) {
@@ -115,6 +125,7 @@ export class HostRegistry {
     };
     if (existing) {
       await this.#db.updateTable('hosts').set(values).where('id', '=', existing.id).execute();
+      this.heartbeat(existing.id);
       return { ...existing, ...values };
     }
     const row: HostsTable = {
@@ -122,12 +133,15 @@ export class HostRegistry {
       name: request.name,
       maintenance: 0,
       joined_at: now,
+      fenced_at: null,
+      lost_at: null,
       labels: '{}',
       cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
       memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,
       ...values,
     };
     await this.#db.insertInto('hosts').values(row).execute();
+    this.heartbeat(row.id);
     return row;
   }
 
@@ -143,8 +157,24 @@ export class HostRegistry {
     return host;
   }
 
-  async touch(hostId: string): Promise<void> {
-    await this.#db.updateTable('hosts').set({ last_seen_at: new Date().toISOString() }).where('id', '=', hostId).execute();
+  /** A host agent is alive (a heartbeat or a report), now unless `at` says when. */
+  heartbeat(hostId: string, at = Date.now()): void {
+    this.#heartbeats.set(hostId, at);
+  }
+
+  /** When `host` was last heard from: in memory, else as stored, never before this control plane started. */
+  lastHeartbeatMs(host: Pick<HostsTable, 'id' | 'last_seen_at'>): number {
+    return this.#heartbeats.get(host.id) ?? Math.max(Date.parse(host.last_seen_at), this.#startedAt);
+  }
+
+  /** Writes heartbeat times older than PERSIST_HEARTBEAT_EVERY_MS to the database, in one transaction. */
+  async persistHeartbeats(): Promise<void> {
+    const due = [...this.#heartbeats].filter(([id, at]) => at - (this.#persisted.get(id) ?? 0) >= PERSIST_HEARTBEAT_EVERY_MS);
+    if (due.length === 0) return;
+    await this.#db.transaction().execute(async (trx) => {
+      for (const [id, at] of due) await trx.updateTable('hosts').set({ last_seen_at: new Date(at).toISOString() }).where('id', '=', id).execute();
+    });
+    for (const [id, at] of due) this.#persisted.set(id, at);
   }
 
   async row(ref: string): Promise<HostsTable> {
@@ -170,7 +200,7 @@ export class HostRegistry {
     return hosts.map((host) => ({
       id: host.id,
       name: host.name,
-      status: host.maintenance ? 'maintenance' : now - Date.parse(host.last_seen_at) > HOST_OFFLINE_AFTER_MS ? 'offline' : 'online',
+      status: this.#status(host, now),
       labels: parseStoredLabels(host.labels),
       cpuOvercommit: host.cpu_overcommit,
       memoryOvercommit: host.memory_overcommit,
@@ -182,7 +212,7 @@ export class HostRegistry {
       allocatedCpus: Number(byHost.get(host.id)?.cpus ?? 0),
       allocatedMemoryMb: Number(byHost.get(host.id)?.memory ?? 0),
       vmCount: Number(byHost.get(host.id)?.count ?? 0),
-      lastSeenAt: host.last_seen_at,
+      lastSeenAt: new Date(this.#heartbeats.get(host.id) ?? Date.parse(host.last_seen_at)).toISOString(),
       joinedAt: host.joined_at,
       ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
       ...(host.qemu_version ? { qemuVersion: host.qemu_version } : {}),
@@ -212,6 +242,13 @@ export class HostRegistry {
         .execute(),
     );
     return this.get(host.id);
+  }
+
+  #status(host: HostsTable, now: number): HostView['status'] {
+    if (host.fenced_at) return 'fenced';
+    if (host.maintenance) return 'maintenance';
+    const silent = now - this.lastHeartbeatMs(host);
+    return silent > HOST_OFFLINE_AFTER_MS ? 'offline' : silent > SUSPECT_AFTER_MS ? 'suspect' : 'online';
   }
 
   async get(ref: string): Promise<HostView> {

@@ -137,7 +137,8 @@ export class VmReports {
       .updateTable('vms')
       .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
       .where('host_id', '=', hostId)
-      .where('actual_state', '!=', 'pending');
+      // A VM being created, or restarted here by HA, is not yet on its host: its action settles it.
+      .where('actual_state', 'not in', ['pending', 'restarting']);
     if (known.length > 0) query = query.where('id', 'not in', known);
     // A VM being created is not yet on its host: leave it to its operation.
     await query.execute();

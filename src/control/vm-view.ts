@@ -51,6 +51,11 @@ export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOf'>,
     ...(status.lastError ? { lastError: status.lastError } : {}),
     ...(status.crashLogTail && row.actual_state === 'crashed' ? { crashLogTail: status.crashLogTail } : {}),
     allowPostcopy: row.allow_postcopy === 1,
+    ha: row.ha === 1,
+    haPriority: row.ha_priority,
+    autostart: row.autostart === 1,
+    bootOrder: row.boot_order,
+    bootDelaySeconds: row.boot_delay_seconds,
     createdAt: row.created_at,
   };
 }

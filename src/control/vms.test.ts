@@ -117,6 +117,11 @@ describe('VM service with fake agents', () => {
           spec: spec(id, name),
           status: '{}',
           allow_postcopy: 1,
+          ha: 0,
+          ha_priority: 0,
+          autostart: 0,
+          boot_order: 0,
+          boot_delay_seconds: 0,
           created_at: now,
           updated_at: now,
         })

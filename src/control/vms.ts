@@ -10,7 +10,7 @@ import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
 import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
-import type { PortForward, VmSpec } from '../compute/vm-spec.ts';
+import { notRestartable, type PortForward, type VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
@@ -58,6 +58,23 @@ interface AllocatedNic {
 }
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
+
+/** What `vm set` changes. */
+export interface VmChange {
+  allowPostcopy?: boolean;
+  group?: string;
+  ha?: boolean;
+  haPriority?: number;
+  autostart?: boolean;
+  bootOrder?: number;
+  bootDelaySeconds?: number;
+}
+
+/** Refuses HA for a VM that could not restart on another host, saying why. */
+function requireRestartable(name: string, spec: VmSpec): void {
+  const why = notRestartable(spec);
+  if (why) throw new NubisError('VM_NOT_RESTARTABLE', `VM ${name} cannot be highly available: ${why}`);
+}
 
 /** `nubis schedule explain`: a VM of a size in a project, or an existing VM to migrate. */
 export interface ScheduleQuestion {
@@ -168,8 +185,9 @@ export class VmService {
    * Changes a VM's policies: whether live migration may use post-copy, and its placement group
    * (`''` leaves its group; joining a strict group is refused where the VM already breaks it).
    */
-  async update(ref: string, project: string | undefined, change: { allowPostcopy?: boolean; group?: string }): Promise<Vm> {
+  async update(ref: string, project: string | undefined, change: VmChange): Promise<Vm> {
     const row = await this.#row(ref, project);
+    if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
     let groupId: string | null | undefined;
     if (change.group !== undefined) {
       groupId = change.group === '' ? null : (await this.#placement.groups.row(change.group, project)).id;
@@ -181,6 +199,11 @@ export class VmService {
         .set({
           ...(change.allowPostcopy !== undefined ? { allow_postcopy: change.allowPostcopy ? 1 : 0 } : {}),
           ...(groupId !== undefined ? { placement_group_id: groupId } : {}),
+          ...(change.ha !== undefined ? { ha: change.ha ? 1 : 0 } : {}),
+          ...(change.haPriority !== undefined ? { ha_priority: change.haPriority } : {}),
+          ...(change.autostart !== undefined ? { autostart: change.autostart ? 1 : 0 } : {}),
+          ...(change.bootOrder !== undefined ? { boot_order: change.bootOrder } : {}),
+          ...(change.bootDelaySeconds !== undefined ? { boot_delay_seconds: change.bootDelaySeconds } : {}),
           updated_at: new Date().toISOString(),
         })
         .where('id', '=', row.id)
@@ -229,6 +252,7 @@ export class VmService {
     try {
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const spec = this.#specFor(id, request, plan, nics);
+      if (request.ha) requireRestartable(request.name, spec);
       try {
         await this.#recordNew(id, request, plan, host, spec, decision);
       } catch (error) {
@@ -386,6 +410,11 @@ export class VmService {
           status: '{}',
           allow_postcopy: request.allowPostcopy === false ? 0 : 1,
           placement_group_id: plan.placementGroupId,
+          ha: request.ha ? 1 : 0,
+          ha_priority: request.haPriority ?? 0,
+          autostart: request.autostart ? 1 : 0,
+          boot_order: request.bootOrder ?? 0,
+          boot_delay_seconds: request.bootDelaySeconds ?? 0,
           created_at: now,
           updated_at: now,
         })

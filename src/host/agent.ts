@@ -20,6 +20,9 @@ import { buildAgentApp, matchesHash } from './agent-app.ts';
 import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
+import { feedWatchdog, heartbeatLoop } from './heartbeat-loop.ts';
+import { AGENT_UNDERLAY_PORT } from '../agent-api/heartbeat.ts';
+import { createServer } from 'node:http';
 import type { VmStatus } from '../agent-api/contract.ts';
 
 export interface AgentOptions {
@@ -41,6 +44,11 @@ export interface AgentOptions {
   underlayIp?: string;
   /** Seconds between full reports to the control plane. Default 10. */
   heartbeatSeconds?: number;
+  /**
+   * Serve the agent API on the underlay address too (the endpoint the control plane calls), so
+   * that cutting the host's link cuts the control plane off it, as on separate machines.
+   */
+  listenOnUnderlay?: boolean;
 }
 
 interface AgentIdentity {
@@ -86,7 +94,6 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   });
 
   await supervisor.adoptAll();
-  const endpoint = `unix:${join(options.hostDir, 'agent.sock')}`;
   let resolveEnded!: () => void;
   const ended = new Promise<void>((resolve) => (resolveEnded = resolve));
   const abort = new AbortController();
@@ -109,6 +116,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   });
   await rm(join(options.hostDir, 'agent.sock'), { force: true });
   await app.listen({ path: join(options.hostDir, 'agent.sock') });
+  const endpoint = await listenOnUnderlay(app, options);
 
   const joinBody = {
     name: options.name,
@@ -123,8 +131,33 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     qemuVersion,
   };
   void joinAndHeartbeat({ options, identity, joinBody, reports, supervisor, signal: abort.signal });
+  void feedWatchdog(options.hostDir, abort.signal, logger);
+  void heartbeatLoop({
+    name: options.name,
+    hostDir: options.hostDir,
+    controlUrl: options.controlUrl,
+    agentToken: () => identity.agentToken,
+    joined: () => reports.joined,
+    supervisor,
+    logger,
+    signal: abort.signal,
+  });
 
   return { endpoint, accelerator, supervisor, stop, ended };
+}
+
+/**
+ * The endpoint the control plane calls: the agent's unix socket, or with `listenOnUnderlay` a TCP
+ * listener on the host's underlay address (same routes, same control token).
+ */
+async function listenOnUnderlay(app: FastifyInstance, options: AgentOptions): Promise<string> {
+  if (!options.listenOnUnderlay || !options.underlayIp) return `unix:${join(options.hostDir, 'agent.sock')}`;
+  const server = createServer((request, response) => app.routing(request, response));
+  // Upgrades (the console's WebSocket) go to the app's own server, which serves them.
+  server.on('upgrade', (request, socket, head) => app.server.emit('upgrade', request, socket, head));
+  await new Promise<void>((resolve, reject) => server.listen(AGENT_UNDERLAY_PORT, options.underlayIp, resolve).once('error', reject));
+  app.addHook('onClose', async () => new Promise<void>((resolve) => server.close(() => resolve())));
+  return `http://${options.underlayIp}:${AGENT_UNDERLAY_PORT}`;
 }
 
 /** Checks this host's QEMU and chooses its accelerator (the probe's result is cached). */

@@ -409,6 +409,30 @@ const migrations: Record<string, Migration> = {
       await sql`CREATE INDEX placement_events_by_vm ON placement_events (vm_id, seq)`.execute(db);
     },
   },
+  '0014-high-availability': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('vms').addColumn('ha', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('vms').addColumn('ha_priority', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('vms').addColumn('autostart', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('vms').addColumn('boot_order', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('vms').addColumn('boot_delay_seconds', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('hosts').addColumn('fenced_at', 'text').execute();
+      await db.schema.alterTable('hosts').addColumn('lost_at', 'text').execute();
+      await db.schema
+        .createTable('ha_events')
+        .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
+        .addColumn('vm_id', 'text', (c) => c.notNull())
+        .addColumn('vm_name', 'text', (c) => c.notNull())
+        .addColumn('from_host', 'text', (c) => c.notNull())
+        .addColumn('to_host', 'text')
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('message', 'text', (c) => c.notNull())
+        .addColumn('host_lost_at', 'text', (c) => c.notNull())
+        .addColumn('fenced_at', 'text', (c) => c.notNull())
+        .addColumn('ended_at', 'text')
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

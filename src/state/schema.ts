@@ -132,6 +132,27 @@ export interface HostsTable {
   cpu_overcommit: number;
   /** Guest memory placement may give VMs per MiB of the host's memory (after its reserve). */
   memory_overcommit: number;
+  /** When the control plane fenced the host (it stopped answering), or null while it is in service. */
+  fenced_at: string | null;
+  /** The last heartbeat before the host was fenced (when it was lost). */
+  lost_at: string | null;
+}
+
+/** One HA restart of a VM: from its failed host to another, with the times that make its failover time. */
+export interface HaEventsTable {
+  seq: Generated<number>;
+  vm_id: string;
+  vm_name: string;
+  from_host: string;
+  to_host: string | null;
+  /** restarting, restarted, failed, not-restartable. */
+  status: string;
+  message: string;
+  /** The host's last heartbeat: when it was lost. */
+  host_lost_at: string;
+  fenced_at: string;
+  /** When the VM ran (its guest ready) on the new host, or the restart gave up. */
+  ended_at: string | null;
 }
 
 /** A set of VMs placed together (affinity) or apart (anti-affinity) on hosts or zones. */
@@ -201,6 +222,16 @@ export interface VmsTable {
   allow_postcopy: number;
   /** The placement group the VM belongs to, or null. */
   placement_group_id: string | null;
+  /** 1: restarted on another host when its host fails (high availability). */
+  ha: number;
+  /** Higher restarts first when a host fails. */
+  ha_priority: number;
+  /** 1: started when its host's agent starts after a host reboot. */
+  autostart: number;
+  /** Lower starts first at autostart. */
+  boot_order: number;
+  /** Seconds to wait after starting this VM before the next one at autostart. */
+  boot_delay_seconds: number;
   created_at: string;
   updated_at: string;
 }
@@ -338,6 +369,7 @@ export interface DirVolumesTable {
 }
 
 export interface Database {
+  ha_events: HaEventsTable;
   placement_groups: PlacementGroupsTable;
   pool_labels: PoolLabelsTable;
   placement_events: PlacementEventsTable;

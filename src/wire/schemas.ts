@@ -113,7 +113,9 @@ export const Host = Type.Object(
   {
     id: ResourceId,
     name: ResourceName,
-    status: Type.Union([Type.Literal('online'), Type.Literal('offline'), Type.Literal('maintenance')]),
+    status: Type.Union([Type.Literal('online'), Type.Literal('suspect'), Type.Literal('offline'), Type.Literal('fenced'), Type.Literal('maintenance')], {
+      description: 'online; suspect (silent a few seconds); offline; fenced (lost: its HA VMs were restarted elsewhere); maintenance',
+    }),
     labels: Labels,
     cpuOvercommit: Type.Number({ description: 'vCPUs placement gives VMs per host core' }),
     memoryOvercommit: Type.Number({ description: "Guest memory per MiB of the host's memory after its reserve" }),
@@ -152,6 +154,15 @@ export const VolumePath = Type.String({
   examples: ['pool1/vol1'],
 });
 
+/** What a VM create and update set about high availability and start on boot. */
+export const VmPolicies = {
+  ha: Type.Optional(Type.Boolean({ description: "Restart it on another host when its host fails (its disks must be on shared storage)" })),
+  haPriority: Type.Optional(Int32(0, 1000, { description: 'Higher restarts first when a host fails (default 0)' })),
+  autostart: Type.Optional(Type.Boolean({ description: "Start it when its host's agent starts after a host reboot" })),
+  bootOrder: Type.Optional(Int32(0, 1000, { description: 'Lower starts first at autostart (default 0)' })),
+  bootDelaySeconds: Type.Optional(Int32(0, 600, { description: 'Seconds before the next VM starts at autostart (default 0)' })),
+};
+
 export const VmCreateRequest = Type.Object(
   {
     name: ResourceName,
@@ -177,6 +188,7 @@ export const VmCreateRequest = Type.Object(
     allowPostcopy: Type.Optional(
       Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' }),
     ),
+    ...VmPolicies,
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -212,6 +224,11 @@ export const Vm = Type.Object(
     lastError: Type.Optional(Text(65536)),
     crashLogTail: Type.Optional(Type.Array(Text(65536), { maxItems: 1000 })),
     allowPostcopy: Type.Boolean({ description: 'Live migration may use post-copy' }),
+    ha: Type.Boolean({ description: 'Restarted on another host when its host fails' }),
+    haPriority: Type.Integer({ format: 'int32', minimum: 0, maximum: 1000 }),
+    autostart: Type.Boolean({ description: "Started when its host's agent starts after a host reboot" }),
+    bootOrder: Type.Integer({ format: 'int32', minimum: 0, maximum: 1000 }),
+    bootDelaySeconds: Type.Integer({ format: 'int32', minimum: 0, maximum: 600 }),
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

@@ -80,11 +80,7 @@ describe('GET /metrics (Prometheus) through the API', () => {
     assert.ok(sampleValue(samples, 'nubis_process_resident_memory_bytes') !== undefined, 'the process metrics carry the nubis_ prefix');
 
     // A host that stopped reporting is shown offline, with the age of its last report.
-    await cluster.db
-      .updateTable('hosts')
-      .set({ last_seen_at: new Date(Date.now() - 90_000).toISOString() })
-      .where('name', '=', 'h2')
-      .execute();
+    await cluster.silence('h2', 90_000);
     const later = await scrape();
     assert.deepEqual(
       later.filter((s) => s.name === 'nubis_host_state' && s.labels.host === 'h2').map((s) => s.labels.state),
@@ -92,7 +88,7 @@ describe('GET /metrics (Prometheus) through the API', () => {
     );
     const age = sampleValue(later, 'nubis_host_heartbeat_age_seconds', { host: 'h2' }) as number;
     assert.ok(age >= 90 && age < 120, `heartbeat age ${age}`);
-    await cluster.services.hosts.touch((await cluster.services.hosts.row('h2')).id);
+    cluster.services.hosts.heartbeat((await cluster.services.hosts.row('h2')).id);
   });
 
   it('counts and times API requests by route pattern, never by the URL as sent', async () => {

@@ -26,6 +26,11 @@ export interface FakeCluster {
   app(): Promise<FastifyInstance>;
   /** The fake agent of each host, by host name. */
   agent(host: string): FakeAgent;
+  /**
+   * The fake agents heartbeat every half second, as real ones do every second; `silence` stops
+   * a host's heartbeats and dates its last one `agoMs` back (a host that died then).
+   */
+  silence(host: string, agoMs: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -74,6 +79,14 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
     });
     services.hosts.agent(await services.hosts.row(name));
   }
+  const alive = new Set(hosts);
+  const keepAlive = setInterval(async () => {
+    for (const name of alive) {
+      const row = await services.hosts.row(name).catch(() => undefined);
+      if (row && alive.has(name)) services.hosts.heartbeat(row.id);
+    }
+  }, 500);
+  keepAlive.unref();
   let app: FastifyInstance | undefined;
   return {
     services,
@@ -86,7 +99,12 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
       return app;
     },
     agent: (host) => agents.get(host)!,
+    async silence(host, agoMs) {
+      alive.delete(host);
+      services.hosts.heartbeat((await services.hosts.row(host)).id, Date.now() - agoMs);
+    },
     async close() {
+      clearInterval(keepAlive);
       await services.operations.drain();
       await app?.close();
       await services.audit.stop();

@@ -5,11 +5,14 @@ import type { HostRegistry } from '../../control/hosts.ts';
 import type { VmService } from '../../control/vms.ts';
 import type { VmStatus } from '../../agent-api/contract.ts';
 import type { HostMaintenance } from '../../migration/host-maintenance.ts';
+import type { HaManager } from '../../ha/ha-manager.ts';
+import type { Autostart } from '../../control/autostart.ts';
+import { HeartbeatAnswer, HeartbeatRequest } from '../../agent-api/heartbeat.ts';
 import { Accepted, Host, HostJoinRequest, HostReport, Int32, List, ResourceId, ResourceRef } from '../../wire/schemas.ts';
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
 /** What the host routes use: the host registry, VMs for agent reports, and host maintenance. */
-export type HostRouteServices = { hosts: HostRegistry; vms: VmService; maintenance: HostMaintenance };
+export type HostRouteServices = { hosts: HostRegistry; vms: VmService; maintenance: HostMaintenance; ha: HaManager; autostart: Autostart };
 
 const HostRef = Type.Object({ host: ResourceRef('Host name or id') });
 
@@ -88,8 +91,28 @@ function registerMaintenanceRoutes(app: RouteApp, services: HostRouteServices): 
   );
 }
 
-/** Join and report: called by host agents, with the join token and their own token, not the admin's. */
+/** Join, heartbeat and report: called by host agents, with the join token and their own token, not the admin's. */
 function registerAgentRoutes(app: RouteApp, services: HostRouteServices): void {
+  app.post(
+    '/v1/hosts/:name/heartbeat',
+    {
+      config: { access: { on: 'agent', audit: false } },
+      schema: {
+        operationId: 'hostHeartbeat',
+        tags: ['hosts'],
+        summary: 'A host agent says it lives (every second); the answer says what it must kill and whom its watchdog probes (agent token)',
+        security: [{ agentBearer: [] }],
+        params: Type.Object({ name: ResourceRef('Host name') }),
+        body: HeartbeatRequest,
+        response: { 200: HeartbeatAnswer, ...errorResponses },
+      },
+    },
+    async (request) => {
+      const header = request.headers.authorization ?? '';
+      const host = await services.hosts.authenticateAgent(request.params.name, header.startsWith('Bearer ') ? header.slice(7) : '');
+      return services.ha.onHeartbeat(host, request.body.vms);
+    },
+  );
   app.post(
     '/v1/hosts/join',
     {
@@ -114,6 +137,7 @@ function registerAgentRoutes(app: RouteApp, services: HostRouteServices): void {
     },
     async (request) => {
       const host = await services.hosts.join(request.body);
+      services.autostart.joined(host.id);
       return { hostId: host.id, controlToken: services.hosts.controlTokenFor(host) };
     },
   );
@@ -134,8 +158,9 @@ function registerAgentRoutes(app: RouteApp, services: HostRouteServices): void {
     async (request, reply) => {
       const header = request.headers.authorization ?? '';
       const host = await services.hosts.authenticateAgent(request.params.name, header.startsWith('Bearer ') ? header.slice(7) : '');
-      await services.hosts.touch(host.id);
+      services.hosts.heartbeat(host.id);
       await services.vms.reports.applyReport(host.id, request.body.vms as VmStatus[], request.body.full);
+      if (request.body.full) services.autostart.reported(host.id);
       return reply.status(204).send(null);
     },
   );

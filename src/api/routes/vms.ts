@@ -17,6 +17,7 @@ import {
   VmCreateRequest,
   VmLog,
   VmLogQuery,
+  VmPolicies,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -133,6 +134,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             group: Type.Optional(
               Type.String({ pattern: '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$', maxLength: 63, description: "Placement group to join; '' leaves its group" }),
             ),
+            ...VmPolicies,
           },
           { additionalProperties: false },
         ),

@@ -18,6 +18,7 @@ interface AgentOptions {
   controlUrl: string;
   netns?: string;
   underlayIp?: string;
+  listenUnderlay?: boolean;
 }
 
 /** Registers `daemon` and its subcommands (control-plane, agent, storage) on the program. */
@@ -32,6 +33,7 @@ export function registerDaemonCommands(program: Command): void {
     .description('Run the control plane')
     .option('--port <port>', 'API port', parseInteger('--port'), DEFAULT_API_PORT)
     .option('--listen <address>', 'address to listen on', '127.0.0.1')
+    .option('--agent-listen <host:port>', "also serve host agents on this address (e.g. the underlay's), plain HTTP with agent tokens")
     .action(runControlPlane);
   daemon
     .command('agent')
@@ -40,7 +42,14 @@ export function registerDaemonCommands(program: Command): void {
     .requiredOption('--control-url <url>', 'control plane URL (http://... or unix:/path)')
     .option('--netns <name>', 'the network namespace this host runs in')
     .option('--underlay-ip <address>', "this host's underlay address (VXLAN endpoint)")
+    .option('--listen-underlay', 'serve the agent API on the underlay address (the control plane calls it there)')
     .action(runAgent);
+  daemon
+    .command('watchdog')
+    .description("Run a host's watchdog: it kills the host's HA VMs when the host is cut off or its agent is gone")
+    .requiredOption('--name <name>', 'host name')
+    .option('--underlay-ip <address>', "this host's underlay address (the watchdog answers peers' probes there)")
+    .action(runWatchdog);
   daemon
     .command('storage')
     .description('Run the storage node: pools, volumes and their NBD exports')
@@ -49,7 +58,7 @@ export function registerDaemonCommands(program: Command): void {
     .action(runStorageNode);
 }
 
-async function runControlPlane(options: { port: number; listen: string } & TlsFlags & AccessFlags, command: Command): Promise<void> {
+async function runControlPlane(options: { port: number; listen: string; agentListen?: string } & TlsFlags & AccessFlags, command: Command): Promise<void> {
   const { startControlPlane } = await import('../../app/control-plane.ts');
   const { createLogger } = await import('../../core/logger.ts');
   const logger = createLogger('control-plane');
@@ -60,6 +69,7 @@ async function runControlPlane(options: { port: number; listen: string } & TlsFl
     cacheDir: cacheDir(),
     host: options.listen,
     port: options.port,
+    ...(options.agentListen ? { agentListen: parseHostPort(options.agentListen, '--agent-listen') } : {}),
     logger,
     tls,
     ...access,
@@ -86,10 +96,30 @@ async function runAgent(options: AgentOptions, command: Command): Promise<void> 
     logger,
     hostNs: options.netns,
     underlayIp: options.underlayIp,
+    listenOnUnderlay: options.listenUnderlay === true,
   });
   await Promise.race([waitForSignal(), agent.ended]);
   logger.info('stopping; VMs keep running');
   await agent.stop();
+}
+
+async function runWatchdog(options: { name: string; underlayIp?: string }, command: Command): Promise<void> {
+  const { Watchdog } = await import('../../host/watchdog.ts');
+  const { createLogger } = await import('../../core/logger.ts');
+  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(options.name)) throw new NubisError('VALIDATION_FAILED', `--name ${options.name} is not a host name`);
+  const logger = createLogger(`watchdog ${options.name}`);
+  const watchdog = new Watchdog({ hostDir: join(dataPaths(globals(command).data).hostsDir, options.name), underlayIp: options.underlayIp, logger });
+  await watchdog.start();
+  logger.info('watching');
+  await waitForSignal();
+  await watchdog.stop();
+}
+
+/** `HOST:PORT` as given on a command line. */
+function parseHostPort(value: string, option: string): { host: string; port: number } {
+  const match = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(value);
+  if (!match || Number(match[2]) > 65535) throw new NubisError('VALIDATION_FAILED', `${option} takes IPV4:PORT (e.g. 172.31.0.1:7900), not ${value}`);
+  return { host: match[1]!, port: Number(match[2]) };
 }
 
 async function runStorageNode(options: { nbdTcp?: string; nbdTlsDir?: string }, command: Command): Promise<void> {

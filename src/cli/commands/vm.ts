@@ -22,6 +22,11 @@ interface VmCreateOptions {
   disk: string[];
   group?: string;
   dryRun?: boolean;
+  ha?: boolean;
+  haPriority?: number;
+  autostart?: boolean;
+  bootOrder?: number;
+  bootDelay?: number;
   wait: boolean;
   postcopy: boolean;
 }
@@ -85,6 +90,11 @@ function addCreate(vm: Command): void {
     .option('--disk <pool/volume>', 'attach a volume of the storage node as a virtio disk (repeatable: vda, vdb, ...)', collect, [])
     .option('--group <group>', 'placement group to join (nubis placement-group list)')
     .option('--dry-run', 'check everything and show where the VM would go and why; create nothing')
+    .option('--ha', 'restart it on another host when its host fails (disks on storage-node volumes, or none)')
+    .option('--ha-priority <n>', 'higher restarts first when a host fails', parseInteger('--ha-priority'))
+    .option('--autostart', 'start it when its host comes back after a reboot')
+    .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
+    .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
     .action(createVm);
@@ -107,6 +117,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
     ...(options.secgroup.length ? { secgroups: options.secgroup } : {}),
     ...(options.disk.length ? { disks: options.disk } : {}),
     ...(options.group ? { group: options.group } : {}),
+    ...policiesOf(options),
     ...(options.postcopy ? {} : { allowPostcopy: false }),
     ...(g.project ? { project: g.project } : {}),
   };
@@ -118,6 +129,25 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
   const final = await runOperation(command, `Creating ${name}`, operation);
   if (g.json) printJson(final.result);
   else printVm(final.result as Vm);
+}
+
+/** The HA and autostart fields of a create or set, from their options. */
+function policiesOf(options: { ha?: boolean; haPriority?: number; autostart?: boolean; bootOrder?: number; bootDelay?: number }): Record<string, unknown> {
+  return {
+    ...(options.ha !== undefined ? { ha: options.ha } : {}),
+    ...(options.haPriority !== undefined ? { haPriority: options.haPriority } : {}),
+    ...(options.autostart !== undefined ? { autostart: options.autostart } : {}),
+    ...(options.bootOrder !== undefined ? { bootOrder: options.bootOrder } : {}),
+    ...(options.bootDelay !== undefined ? { bootDelaySeconds: options.bootDelay } : {}),
+  };
+}
+
+/** `on` or `off` as a boolean. */
+function onOff(option: string): (value: string) => boolean {
+  return (value) => {
+    if (value !== 'on' && value !== 'off') throw new NubisError('VALIDATION_FAILED', `${option} takes on or off, not ${value}`);
+    return value === 'on';
+  };
 }
 
 /** One line on why a host was chosen: its score against the runner-up, and how many hosts were refused. */
@@ -255,14 +285,20 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .description("Change a VM's policies")
     .option('--postcopy <allow|deny>', 'whether live migration may use post-copy')
     .option('--group <group>', "join this placement group ('' leaves its group)")
-    .action(async (name: string, options: { postcopy?: string; group?: string }, command: Command) => {
+    .option('--ha <on|off>', 'restart it on another host when its host fails', onOff('--ha'))
+    .option('--ha-priority <n>', 'higher restarts first when a host fails', parseInteger('--ha-priority'))
+    .option('--autostart <on|off>', 'start it when its host comes back after a reboot', onOff('--autostart'))
+    .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
+    .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
+    .action(async (name: string, options: { postcopy?: string; group?: string } & Parameters<typeof policiesOf>[0], command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
       const body = {
         ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
         ...(options.group === undefined ? {} : { group: options.group }),
+        ...policiesOf(options),
       };
-      if (Object.keys(body).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny or --group web');
+      if (Object.keys(body).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny, --group web or --ha on');
       const changed = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
       if (globals(command).json) return printJson(changed);
       console.log(

@@ -55,6 +55,13 @@ function readPid(pidFile: string): number | undefined {
   }
 }
 
+/** The pid of the QEMU running for `vmDir`, or undefined (no pid file, gone, or a reused pid). */
+export function runningQemuPid(vmDir: string): number | undefined {
+  const paths = runtimePathsOf(vmDir);
+  const pid = readPid(paths.pidFile);
+  return pid !== undefined && isOurQemu(pid, paths.qmpSocket) ? pid : undefined;
+}
+
 /** Maps QMP's `query-status` run states onto ours. */
 function runStateFromQmp(status: string): QemuRunState {
   switch (status) {
