@@ -1,0 +1,287 @@
+/**
+ * Many hosts as one, on `nubis up --hosts 3` with real VMs, namespaces and links: a strict
+ * anti-affinity group spreads and refuses a fourth member; a control plane down for a minute
+ * stops nothing; an HA VM comes back on another host when its host's link is cut (its watchdog
+ * kills it first, and a counter its guest writes to a storage-node volume never forks), when
+ * only its agent dies (never two QEMUs at once), when the whole host dies, and when the control
+ * plane itself dies mid-failover; VMs marked autostart come back in boot order after a host
+ * reboot.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Vm } from '../../src/wire/schemas.ts';
+import { underlayRootLinkName } from '../../src/network/underlay.ts';
+import { NubisInstance, repoRoot, runOnConsole } from '../helpers/nubis-instance.ts';
+
+const HOSTS = ['host-1', 'host-2', 'host-3'];
+
+/** Polls `check` every 250 ms until it returns a value, or fails after `timeoutMs`. */
+async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  throw new Error(`${what} did not happen within ${timeoutMs / 1000} s${last ? ` (${(last as Error).message})` : ''}`);
+}
+
+/** Pids of every QEMU on this machine that runs the VM `vmId` (whatever host folder it is in). */
+function qemuPidsOf(vmId: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline.includes('qemu-system') && cmdline.includes(`/vms/${vmId}/`)) pids.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pids;
+}
+
+function killQuietly(pid: number | undefined): void {
+  if (!pid) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // Already gone.
+  }
+}
+
+/**
+ * The writer typed into the guest: it appends `<boot id> <n>` records, one 512-byte sector each
+ * (sector n holds record n), and keeps the last n in sector 0, so a boot on another host goes on
+ * from the last record that reached the disk. Two QEMUs writing at once would interleave boots.
+ */
+const WRITER =
+  'B=$(cut -c1-8 /proc/sys/kernel/random/uuid); N=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d "\\000" | cut -d" " -f2 | sed "s/^0*//"); N=${N:-0}; ' +
+  '(while :; do N=$((N+1)); printf "%s %010d\\n" $B $N | dd of=/dev/vda bs=512 seek=$N conv=notrunc,fsync 2>/dev/null; ' +
+  'printf "%s %010d\\n" $B $N | dd of=/dev/vda bs=512 seek=0 conv=notrunc,fsync 2>/dev/null; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo writer-$B-from-$N';
+
+describe('many hosts as one: placement groups, HA with fencing, autostart', { skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false }, () => {
+  const nubis = new NubisInstance('ha');
+  let testBed = '';
+  let ha1Id = '';
+  let ha1Ip = '';
+  const failovers: Array<{ scenario: string; seconds: number }> = [];
+
+  const show = (vm: string): Promise<Vm> => nubis.cliJson<Vm>(['vm', 'show', vm]);
+  const hostStatus = async (host: string): Promise<string> => (await nubis.cliJson<{ status: string }>(['host', 'show', host])).status;
+  const rootLink = (host: string): string => underlayRootLinkName(`${testBed}-ul`, `${testBed}-${host}`);
+  const setLink = (host: string, state: 'up' | 'down'): void => {
+    execFileSync('ip', ['link', 'set', rootLink(host), state]);
+  };
+
+  /** Kills a whole host: its watchdog, its agent and its QEMUs, and cuts its link. */
+  function killHost(host: string): void {
+    setLink(host, 'down');
+    for (const name of [`watchdog-${host}`, `agent-${host}`]) killQuietly(readPid(join(nubis.dataDir, 'run', `${name}.pid`)));
+    const vmsDir = join(nubis.dataDir, 'hosts', host, 'vms');
+    for (const vm of existsSync(vmsDir) ? readdirSync(vmsDir) : []) killQuietly(readPid(join(vmsDir, vm, 'qemu.pid')));
+  }
+
+  function readPid(path: string): number | undefined {
+    return existsSync(path) ? Number(readFileSync(path, 'utf8')) || undefined : undefined;
+  }
+
+  /** Brings a host back: its link up, its agent and watchdog started again, and waits until it is in service. */
+  async function reviveHost(host: string): Promise<void> {
+    setLink(host, 'up');
+    await nubis.up(['--hosts', '3']);
+    await waitFor(`${host} online`, 60_000, async () => ((await hostStatus(host)) === 'online' ? true : undefined));
+  }
+
+  /** Waits until ha1 runs with its guest ready on a host other than `from`; returns that host. */
+  async function ha1RunsElsewhere(from: string, timeoutMs = 120_000): Promise<string> {
+    return waitFor(`ha1 running on a host other than ${from}`, timeoutMs, async () => {
+      const vm = await show('ha1');
+      return vm.host !== from && vm.state === 'running' && vm.ready ? vm.host : undefined;
+    });
+  }
+
+  /** Whether ha1 answers HTTP on its address, from a probe on the network. */
+  async function ha1Answers(): Promise<boolean> {
+    const result = await nubis.cli(['--json', 'network', 'probe', 'hanet', '--', 'curl', '-s', '--max-time', '2', `http://${ha1Ip}/`]);
+    return result.code === 0 && /ha1 requests=\d+/.test(result.stdout);
+  }
+
+  /** The records the writer left on ha1's volume, read through the storage node. */
+  function writerRecords(): Array<{ boot: string; n: number }> {
+    const dir = mkdtempSync(join(tmpdir(), 'nubis-ha-read-'));
+    try {
+      const image = join(dir, 'volume.img');
+      const socket = join(nubis.dataDir, 'storage', 'nbd.sock');
+      execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', `nbd+unix:///p1/hvol?socket=${socket}`, image]);
+      const data = readFileSync(image);
+      const records: Array<{ boot: string; n: number }> = [];
+      for (let sector = 1; sector * 512 < data.length; sector++) {
+        const text = data.subarray(sector * 512, sector * 512 + 20).toString('latin1');
+        const match = /^([0-9a-f]{8}) (\d{10})\n/.exec(text);
+        if (!match) break;
+        records.push({ boot: match[1]!, n: Number(match[2]) });
+      }
+      return records;
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  before(async () => {
+    await nubis.up(['--hosts', '3']);
+    testBed = nubis.upResult.testBed as string;
+    const device = join(nubis.dataDir, 'disk.img');
+    writeFileSync(device, '');
+    truncateSync(device, 256 * 2 ** 20);
+    await nubis.cliJson(['pool', 'create', 'p1', '--layout', 'raid0', '--device', device]);
+    await nubis.cliJson(['volume', 'create', 'hvol', '--pool', 'p1', '--size', '16M']);
+    await nubis.cliJson(['network', 'create', 'hanet', '--subnet', '10.91.0.0/24']);
+  });
+  after(async () => {
+    if (failovers.length > 0) console.log(`HA failover times on this machine: ${JSON.stringify(failovers)}`);
+    await nubis.destroy();
+  });
+
+  it('spreads a strict anti-affinity group over the hosts and refuses a fourth member, naming the rule', async () => {
+    await nubis.cliJson(['placement-group', 'create', 'spread', '--policy', 'anti-affinity', '--strict']);
+    const hosts: string[] = [];
+    for (const name of ['w1', 'w2', 'w3']) hosts.push((await nubis.cliJson<Vm>(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--group', 'spread'])).host);
+    assert.deepEqual(hosts.sort(), HOSTS);
+    const fourth = await nubis.cli(['vm', 'create', 'w4', '--image', 'tiny', '--memory', '128', '--group', 'spread']);
+    assert.notEqual(fourth.code, 0);
+    assert.match(fourth.stderr, /already runs a member of strict anti-affinity group spread/);
+  });
+
+  it('stops nothing while the control plane is down for a minute', async () => {
+    const vm = await nubis.cliJson<Vm>(['vm', 'create', 'ha1', '--image', 'tiny', '--ha', '--disk', 'p1/hvol', '--network', 'hanet', '--host', 'host-2']);
+    ha1Id = vm.id;
+    ha1Ip = vm.nics[0]!.ip;
+    assert.equal(vm.ha, true);
+    const pids = Object.fromEntries(['ha1', 'w1', 'w2', 'w3'].map((name) => [name, 0]));
+    for (const name of Object.keys(pids)) pids[name] = (await show(name)).pid!;
+    const control = nubis.pidOf('control-plane');
+    process.kill(control, 'SIGKILL');
+    await new Promise((resolve) => setTimeout(resolve, 60_000));
+    for (const [name, pid] of Object.entries(pids)) assert.doesNotThrow(() => process.kill(pid, 0), `${name}'s QEMU still runs`);
+    for (const host of HOSTS) assert.equal(existsSync(join(nubis.dataDir, 'hosts', host, 'watchdog-fired.json')), false, `${host}'s watchdog stayed quiet`);
+    await nubis.up(['--hosts', '3']);
+    // A whole fence delay after the restart: nothing is fenced, ha1 is where it was.
+    await new Promise((resolve) => setTimeout(resolve, 14_000));
+    const status = await nubis.cliJson<{ hosts: Array<{ status: string }>; events: unknown[] }>(['ha', 'status']);
+    assert.deepEqual(
+      status.hosts.map((h) => h.status),
+      ['online', 'online', 'online'],
+    );
+    assert.deepEqual(status.events, []);
+    assert.equal((await show('ha1')).pid, pids.ha1);
+  });
+
+  it('cut off from the control plane and its peers, a host stops its HA VM before it restarts elsewhere, and the disk never sees two writers', async () => {
+    assert.match(await runOnConsole(nubis, 'ha1', WRITER), /writer-[0-9a-f]{8}-from-0/);
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    const oldPid = (await show('ha1')).pid!;
+    const cutAt = Date.now();
+    setLink('host-2', 'down');
+    const now = await ha1RunsElsewhere('host-2');
+    failovers.push({ scenario: 'link cut', seconds: (Date.now() - cutAt) / 1000 });
+    assert.throws(() => process.kill(oldPid, 0), 'the old QEMU is gone');
+    const fired = JSON.parse(readFileSync(join(nubis.dataDir, 'hosts', 'host-2', 'watchdog-fired.json'), 'utf8')) as { killed: string[] };
+    assert.deepEqual(fired.killed, ['ha1'], "host-2's watchdog killed it");
+    assert.ok(await ha1Answers(), `ha1 answers on ${now} at the same address`);
+    assert.match(await runOnConsole(nubis, 'ha1', WRITER), /writer-[0-9a-f]{8}-from-[1-9]/);
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    // host-2 comes back: it is told ha1 lives elsewhere and drops its stale copy before it is let back in.
+    setLink('host-2', 'up');
+    await waitFor('host-2 online again', 60_000, async () => ((await hostStatus('host-2')) === 'online' ? true : undefined));
+    assert.equal(existsSync(join(nubis.dataDir, 'hosts', 'host-2', 'vms', ha1Id)), false, 'the stale copy is gone');
+    const records = writerRecords();
+    const boots = records.map((r) => r.boot).filter((boot, i, all) => i === 0 || all[i - 1] !== boot);
+    assert.equal(boots.length, 2, `two boots wrote, one after the other: ${boots.join(' -> ')}`);
+    assert.ok(
+      records.every((r, i) => r.n === i + 1),
+      'every record is where its number says',
+    );
+    const status = await nubis.cliJson<{ events: Array<{ vm: string; from: string; to: string; status: string; failoverSeconds: number }> }>(['ha', 'status']);
+    assert.deepEqual([status.events[0]!.vm, status.events[0]!.from, status.events[0]!.to, status.events[0]!.status], ['ha1', 'host-2', now, 'restarted']);
+  });
+
+  it('when only the agent dies, the VM is restarted elsewhere and never runs twice', async () => {
+    const from = (await show('ha1')).host;
+    process.kill(nubis.pidOf(`agent-${from}`), 'SIGKILL');
+    let most = 0;
+    const sampler = setInterval(() => {
+      most = Math.max(most, qemuPidsOf(ha1Id).length);
+    }, 100);
+    try {
+      await ha1RunsElsewhere(from);
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.equal(most, 1, 'at most one QEMU of ha1 at any time');
+    await reviveHost(from);
+    assert.equal(qemuPidsOf(ha1Id).length, 1);
+  });
+
+  it('when the whole host dies, the HA VM answers on another host', async () => {
+    const from = (await show('ha1')).host;
+    const killedAt = Date.now();
+    killHost(from);
+    await ha1RunsElsewhere(from);
+    await waitFor('ha1 answering', 60_000, async () => ((await ha1Answers()) ? true : undefined));
+    failovers.push({ scenario: 'host killed', seconds: (Date.now() - killedAt) / 1000 });
+    await reviveHost(from);
+  });
+
+  it('a control plane killed during a failover resumes it after its restart without doubling the VM', async () => {
+    const from = (await show('ha1')).host;
+    killHost(from);
+    await waitFor(`${from} fenced`, 60_000, async () => ((await hostStatus(from)) === 'fenced' ? true : undefined));
+    process.kill(nubis.pidOf('control-plane'), 'SIGKILL');
+    // Started again by hand: `nubis up` would wait for the dead host to join.
+    const log = openSync(join(nubis.dataDir, 'logs', 'control-plane.log'), 'a');
+    const child = spawn(
+      process.execPath,
+      [join(repoRoot, 'bin/nubis.mjs'), 'daemon', 'control-plane', '--data', nubis.dataDir, '--port', String(nubis.port), '--agent-listen', '172.31.0.1:7900'],
+      { detached: true, stdio: ['ignore', log, log] },
+    );
+    closeSync(log);
+    child.unref();
+    writeFileSync(join(nubis.dataDir, 'run', 'control-plane.pid'), `${child.pid}\n`);
+    await ha1RunsElsewhere(from);
+    assert.equal(qemuPidsOf(ha1Id).length, 1, 'one QEMU of ha1');
+    await reviveHost(from);
+    assert.equal(qemuPidsOf(ha1Id).length, 1, 'still one after the host came back');
+  });
+
+  it('starts autostart VMs in boot order when their host comes back from a reboot', async () => {
+    const haHost = (await show('ha1')).host;
+    const target = HOSTS.find((h) => h !== haHost)!;
+    for (const [name, order, delay] of [
+      ['as2', '2', '0'],
+      ['as1', '1', '3'],
+    ])
+      await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--host', target, '--autostart', '--boot-order', order, '--boot-delay', delay]);
+    // A reboot: the agent and every QEMU of the host die (the watchdog has no HA VM there to kill).
+    process.kill(nubis.pidOf(`agent-${target}`), 'SIGKILL');
+    const vmsDir = join(nubis.dataDir, 'hosts', target, 'vms');
+    for (const vm of readdirSync(vmsDir)) killQuietly(readPid(join(vmsDir, vm, 'qemu.pid')));
+    await nubis.up(['--hosts', '3']);
+    const [first, second] = await waitFor('both autostart VMs running', 120_000, async () => {
+      const vms = await Promise.all(['as1', 'as2'].map(show));
+      return vms.every((vm) => vm.state === 'running' && vm.ready) ? vms : undefined;
+    });
+    assert.ok(Date.parse(second!.startedAt!) >= Date.parse(first!.readyAt!) + 3_000, 'as2 started after as1 was ready and its 3 s boot delay');
+    const others = (await nubis.cliJson<Vm[]>(['vm', 'list'])).filter((vm) => vm.host === target && !vm.name.startsWith('as') && vm.name !== 'ha1');
+    for (const vm of others) assert.notEqual(vm.state, 'running', `${vm.name} is not autostart and stays down`);
+  });
+});
