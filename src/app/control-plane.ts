@@ -98,7 +98,11 @@ export function createServices(options: {
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
   const paths = dataPaths(options.dataDir);
-  const storage = new StorageCatalogue(db, { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket }, new DirPoolCatalogue(db, hosts));
+  const storage = new StorageCatalogue(
+    db,
+    { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket, hostsDir: paths.storageHosts },
+    new DirPoolCatalogue(db, hosts),
+  );
   // The one owner of every VM: user actions and migrations claim VMs from the same table.
   const owner = new VmOwner();
   const placement = new PlacementService({ db, hosts });

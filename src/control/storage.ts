@@ -6,6 +6,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
 import { requestJson, type JsonRequest } from '../core/http-json.ts';
+import { checkHostName, hostNbdSocketIn } from '../core/paths.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolCatalogue } from './dir-pools.ts';
@@ -15,8 +16,23 @@ import { VolumeOwners } from './volume-owners.ts';
 export interface StorageEndpoints {
   /** The storage node's management API, e.g. `unix:/var/lib/nubis/storage/manage.sock`. */
   manage: string;
-  /** The NBD socket QEMU attaches volumes through. */
+  /** The shared NBD socket (VMs recorded before per-host sockets, tools): it cannot be fenced. */
   nbdSocket: string;
+  /** The storage node's folder of per-host NBD sockets, e.g. `/var/lib/nubis/storage/hosts`. */
+  hostsDir: string;
+}
+
+/** A host as the storage node reports it (`GET /storage/hosts`). */
+export interface StorageHostState {
+  name: string;
+  /** Raised by every fence; connections from an earlier generation get NBD_EPERM. */
+  generation: number;
+  /** While true the host's socket refuses new connections and every request. */
+  fenced: boolean;
+  /** Connections open on the host's socket. */
+  connections: number;
+  /** The host's NBD socket. */
+  socket: string;
 }
 
 /** A long action on the storage node, as its API reports it. */
@@ -53,6 +69,41 @@ export class StorageCatalogue {
       return { disk, hostId };
     }
     return { disk: { id: diskId, kind: 'nbd', socketPath: this.endpoints.nbdSocket, exportName: `${pool}/${volume}` } };
+  }
+
+  /**
+   * The NBD socket the QEMU processes of host `hostName` attach volumes through (served once the
+   * host is registered with `registerHost`). `STORAGE_HOST_NAME_INVALID` for a name that cannot
+   * be a folder name.
+   */
+  nbdSocketFor(hostName: string): string {
+    return hostNbdSocketIn(this.endpoints.hostsDir, hostName);
+  }
+
+  /** Registers a host at the storage node, which then serves its own NBD socket; idempotent. */
+  async registerHost(name: string): Promise<StorageHostState> {
+    return this.call<StorageHostState>({ method: 'PUT', path: `/storage/hosts/${checkHostName(name)}` });
+  }
+
+  /**
+   * Fences a host: once this resolves, no write from that host reaches any volume any more (its
+   * connections are closed, every later request and connection refused, the raised generation on
+   * the storage node's disk), so its VMs can be started elsewhere. It fails (the host fenced all
+   * the same) with `STORAGE_FENCE_TIMEOUT` when requests already running did not finish in time:
+   * call it again until it resolves before starting the VMs elsewhere. Waits up to 2 minutes.
+   */
+  async fenceHost(name: string): Promise<StorageHostState> {
+    return this.call<StorageHostState>({ method: 'POST', path: `/storage/hosts/${checkHostName(name)}/fence`, timeoutMs: 120_000 });
+  }
+
+  /** Lets a fenced host connect again (new connections only: the ones from before stay refused). */
+  async unfenceHost(name: string): Promise<StorageHostState> {
+    return this.call<StorageHostState>({ method: 'POST', path: `/storage/hosts/${checkHostName(name)}/unfence` });
+  }
+
+  /** Every host registered at the storage node, with its generation, fence and open connections. */
+  async hostStates(): Promise<StorageHostState[]> {
+    return this.call<StorageHostState[]>({ method: 'GET', path: '/storage/hosts' });
   }
 
   /** Calls the storage node; an unreachable node is `STORAGE_UNAVAILABLE`. */

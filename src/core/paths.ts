@@ -2,6 +2,7 @@
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { NubisError } from './errors.ts';
 
 /** The repository (or installed package) root. */
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -36,11 +37,58 @@ export function dataPaths(dataDir: string) {
     /** The storage node of this machine: pools, the NBD socket VMs attach volumes through, its API. */
     storagePools: join(dataDir, 'storage', 'pools'),
     storageNbdSocket: join(dataDir, 'storage', 'nbd.sock'),
+    /** A folder per registered host with its own NBD socket (see `hostNbdSocket`), and the fencing state. */
+    storageHosts: join(dataDir, 'storage', 'hosts'),
     storageManageSocket: join(dataDir, 'storage', 'manage.sock'),
     hostsDir: join(dataDir, 'hosts'),
     runDir: join(dataDir, 'run'),
     logsDir: join(dataDir, 'logs'),
   };
+}
+
+/** A host name as it may become a folder name: a DNS label, so never `.`, `..` or a `/`. */
+const HOST_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** Linux's sun_path holds 108 bytes with the terminating NUL. */
+const MAX_UNIX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Checks a host name before it becomes part of a path; `STORAGE_HOST_NAME_INVALID` naming the
+ * value otherwise. Every place that builds a path from a host name calls it, also behind a route
+ * that validated the name already.
+ */
+export function checkHostName(name: unknown): string {
+  if (typeof name !== 'string' || !HOST_NAME.test(name)) {
+    const shown = typeof name === 'string' ? JSON.stringify(name.length > 70 ? `${name.slice(0, 70)}...` : name) : String(typeof name);
+    throw new NubisError(
+      'STORAGE_HOST_NAME_INVALID',
+      `The host name ${shown} is not valid: use 1 to 63 lowercase letters, digits and inner hyphens (no dots or slashes)`,
+      { details: { host: typeof name === 'string' ? name.slice(0, 70) : typeof name } },
+    );
+  }
+  return name;
+}
+
+/**
+ * The NBD socket that the QEMU processes of host `hostName` attach storage-node volumes through:
+ * `<data>/storage/hosts/<host>/nbd.sock`. A socket per host lets the storage node tell hosts apart
+ * and fence one (refuse its I/O) before its VMs are restarted elsewhere; a folder per host lets a
+ * later permission scheme give it an owner.
+ */
+export function hostNbdSocket(dataDir: string, hostName: string): string {
+  return hostNbdSocketIn(join(dataDir, 'storage', 'hosts'), hostName);
+}
+
+/** `hostNbdSocket` inside a storage node's hosts folder (the node is told only that folder). */
+export function hostNbdSocketIn(hostsDir: string, hostName: string): string {
+  const path = join(hostsDir, checkHostName(hostName), 'nbd.sock');
+  if (Buffer.byteLength(path) > MAX_UNIX_SOCKET_PATH_BYTES) {
+    throw new NubisError(
+      'STORAGE_SOCKET_PATH_TOO_LONG',
+      `The NBD socket path ${path} is ${Buffer.byteLength(path)} bytes, over the ${MAX_UNIX_SOCKET_PATH_BYTES} a unix socket takes: use a shorter host name or data folder`,
+      { details: { host: hostName, path } },
+    );
+  }
+  return path;
 }
 
 /** The default API port. */

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { isNubisError, NubisError } from '../core/errors.ts';
 import * as C from './nbd/nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
+import type { NbdGate } from './nbd/nbd-gate.ts';
 import { NbdServer, type NbdServerEvent, type NbdTlsOptions } from './nbd/nbd-server.ts';
 import { openMemberDevice, type MemberDevice } from './pool/member-device.ts';
 import { LABEL_BYTES } from './pool/metadata-format.ts';
@@ -145,6 +146,14 @@ export class StorageService {
   /** Where the NBD server listens. */
   get addresses(): { unixSocket?: string; tcp?: { host: string; port: number } } {
     return { unixSocket: this.#unixPath, tcp: this.#tcpAddress };
+  }
+
+  /**
+   * Also serves every volume on the unix socket `path`, to the connections of `gate` only: one
+   * client host's socket, which can be fenced (host-fencing.ts). Plaintext, like the shared socket.
+   */
+  async listenGated(path: string, gate: NbdGate): Promise<void> {
+    await this.#server.listen({ path, tls: false, gate });
   }
 
   /** The URI QEMU and libnbd tools take for a volume (unix socket preferred). */

@@ -1,12 +1,16 @@
 /**
  * A storage node: the storage service (pools, volumes, the NBD server) plus a small management
  * API for the control plane on a unix socket. Long pool actions (scrub, member replacement) run
- * as jobs whose progress the control plane samples into its operations.
+ * as jobs whose progress the control plane samples into its operations. Registered hosts get an
+ * NBD socket each and can be fenced (host-fencing.ts).
  */
 import { rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
+import { checkHostName } from '../core/paths.ts';
+import { HostFencing } from './host-fencing.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
 import { toWireError } from '../core/error-codes.ts';
 import type { NbdTlsOptions } from './nbd/nbd-server.ts';
@@ -15,8 +19,18 @@ import { StorageService, type CreatePoolRequest } from './service.ts';
 /** Where a storage node listens. */
 export interface StorageNodeOptions {
   poolsDir: string;
-  /** The NBD server's unix socket: QEMU on every host of this machine attaches volumes here. */
+  /**
+   * The NBD server's shared unix socket: any client of this machine (QEMU of VMs recorded before
+   * per-host sockets, tools) attaches volumes here. It cannot be fenced.
+   */
   nbdSocket: string;
+  /**
+   * Folder of the per-host sockets (`<host>/nbd.sock`) and of the fencing state. Default: `hosts`
+   * beside `nbdSocket`, which is `<data>/storage/hosts` (core/paths.ts `hostNbdSocket`).
+   */
+  hostsDir?: string;
+  /** How long a fence waits for a host's requests already running on volumes. Default 30 000 ms. */
+  fenceTimeoutMs?: number;
   /** The management API's unix socket. */
   manageSocket: string;
   /** Also serve NBD on TCP, for hosts that do not share this machine's filesystem. */
@@ -37,13 +51,26 @@ export interface StorageJob {
 }
 
 /** Starts the storage service and its management API; resolves once both listen. */
-export async function startStorageNode(options: StorageNodeOptions): Promise<{ service: StorageService; app: FastifyInstance; stop(): Promise<void> }> {
+export async function startStorageNode(
+  options: StorageNodeOptions,
+): Promise<{ service: StorageService; hosts: HostFencing; app: FastifyInstance; stop(): Promise<void> }> {
   const { service, failures } = await StorageService.start({
     poolsDir: options.poolsDir,
     socketPath: options.nbdSocket,
     ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}),
     ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}),
   });
+  let hosts: HostFencing;
+  try {
+    hosts = await HostFencing.open({
+      hostsDir: options.hostsDir ?? join(dirname(options.nbdSocket), 'hosts'),
+      listen: (path, gate) => service.listenGated(path, gate),
+      ...(options.fenceTimeoutMs === undefined ? {} : { fenceTimeoutMs: options.fenceTimeoutMs }),
+    });
+  } catch (error) {
+    await service.close();
+    throw error;
+  }
   const app = Fastify({ logger: false });
   const jobs = new StorageJobs();
 
@@ -57,11 +84,13 @@ export async function startStorageNode(options: StorageNodeOptions): Promise<{ s
   registerPoolRoutes(app, service, jobs);
   app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => jobs.get(request.params.id));
   registerVolumeRoutes(app, service);
+  registerHostRoutes(app, hosts);
 
   await rm(options.manageSocket, { force: true });
   await app.listen({ path: options.manageSocket });
   return {
     service,
+    hosts,
     app,
     async stop() {
       await app.close();
@@ -131,6 +160,20 @@ function registerPoolRoutes(app: FastifyInstance, service: StorageService, jobs:
         );
     },
   );
+}
+
+type HostParams = { Params: { host: string } };
+
+/**
+ * Hosts: register (its own NBD socket), list, fence and unfence. The name becomes a folder name:
+ * it is checked here, and again where its path is built.
+ */
+function registerHostRoutes(app: FastifyInstance, hosts: HostFencing): void {
+  app.get('/storage/hosts', async () => hosts.list());
+  app.get<HostParams>('/storage/hosts/:host', async (request) => hosts.get(checkHostName(request.params.host)));
+  app.put<HostParams>('/storage/hosts/:host', async (request) => hosts.register(checkHostName(request.params.host)));
+  app.post<HostParams>('/storage/hosts/:host/fence', async (request) => hosts.fence(checkHostName(request.params.host)));
+  app.post<HostParams>('/storage/hosts/:host/unfence', async (request) => hosts.unfence(checkHostName(request.params.host)));
 }
 
 /** Volumes of a pool: create, read, delete, snapshot, clone and resize. */

@@ -137,6 +137,7 @@ async function runStorageNode(options: { nbdTcp?: string; nbdTlsDir?: string }, 
   const node = await startStorageNode({
     poolsDir: paths.storagePools,
     nbdSocket: paths.storageNbdSocket,
+    hostsDir: paths.storageHosts,
     manageSocket: paths.storageManageSocket,
     ...(tcp ? { nbdTcp: { host: tcp[1], port: Number(tcp[2]) } } : {}),
     ...(options.nbdTlsDir

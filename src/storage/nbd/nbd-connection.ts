@@ -24,6 +24,7 @@ import { TLSSocket, type SecureContext } from 'node:tls';
 import { ByteQueue } from './byte-queue.ts';
 import * as C from './nbd-constants.ts';
 import type { NbdExport, NbdExportCatalog, NbdExtent } from './nbd-export.ts';
+import type { NbdGate, NbdGateMember } from './nbd-gate.ts';
 
 /** How a server that requires TLS upgrades connections (proto.md "TLS support"). */
 export interface NbdTlsSettings {
@@ -114,9 +115,11 @@ interface Request {
 }
 
 /** Serves one socket until it closes; `done` settles when it has. */
-export class NbdConnection {
+export class NbdConnection implements NbdGateMember {
   readonly id: number;
   readonly done: Promise<void>;
+  /** Settles once the connection is closed and no request of it still runs on its export. */
+  readonly settled: Promise<void>;
   /** The client's socket; after NBD_OPT_STARTTLS, the TLS socket over `#rawSocket`. */
   #socket: Socket;
   readonly #rawSocket: Socket;
@@ -127,6 +130,10 @@ export class NbdConnection {
   readonly #queue = new ByteQueue();
   #closed = false;
   #resolveDone!: () => void;
+  #resolveSettled!: () => void;
+  /** The gate this connection came through, and its generation at accept (see nbd-gate.ts). */
+  readonly #gate?: NbdGate;
+  readonly #gateGeneration: number;
 
   // Handshake phase.
   #waiter?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
@@ -151,14 +158,21 @@ export class NbdConnection {
   #corked = false;
   readonly #headerBuffer = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
 
-  /** `tls`: this connection is FORCEDTLS (proto.md); without it, NOTLS. */
-  constructor(id: number, socket: Socket, settings: NbdConnectionSettings, tls?: NbdTlsSettings) {
+  /**
+   * `tls`: this connection is FORCEDTLS (proto.md); without it, NOTLS. `gate`: every request is
+   * checked against it, with the generation it has now.
+   */
+  constructor(id: number, socket: Socket, settings: NbdConnectionSettings, tls?: NbdTlsSettings, gate?: NbdGate) {
     this.id = id;
     this.#socket = socket;
     this.#rawSocket = socket;
     this.#settings = settings;
     this.#tls = tls;
+    this.#gate = gate;
+    this.#gateGeneration = gate?.generation ?? 0;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    this.settled = new Promise((resolve) => (this.#resolveSettled = resolve));
+    gate?.attach(this);
     socket.setNoDelay?.(true);
     this.#listen(socket);
     this.#emit({ type: 'connected', connectionId: id, remote: `${socket.remoteAddress ?? 'unix'}:${socket.remotePort ?? ''}` });
@@ -181,9 +195,12 @@ export class NbdConnection {
     this.#maybeFinish();
   }
 
-  /** Hard disconnect now. */
+  /**
+   * Hard disconnect now: from this call on no request of this connection is started, also none
+   * already buffered (the socket's own 'close' event would come a tick later).
+   */
   destroy(): void {
-    this.#socket.destroy();
+    this.#teardown();
   }
 
   // ---------------------------------------------------------------- input
@@ -230,6 +247,7 @@ export class NbdConnection {
     this.#rawSocket.destroy();
     this.#emit({ type: 'disconnected', connectionId: this.id });
     this.#resolveDone();
+    if (this.#inflightRequests === 0) this.#resolveSettled();
   }
 
   /** proto.md: on a violation of a mandatory condition a party MAY initiate a hard disconnect. */
@@ -334,6 +352,17 @@ export class NbdConnection {
       if (option !== C.NBD_OPT_STARTTLS && option !== C.NBD_OPT_ABORT) {
         return this.#optError(option, C.NBD_REP_ERR_TLS_REQD, 'This server requires TLS: send NBD_OPT_STARTTLS first');
       }
+    }
+    const gate = this.#gate;
+    if (gate !== undefined && !gate.admits(this.#gateGeneration) && option !== C.NBD_OPT_ABORT) {
+      // A fenced group may not select an export. The error carries the reason, which clients
+      // show (QEMU: "server reported: ..."); NBD_OPT_EXPORT_NAME cannot fail, so that one ends
+      // the session (proto.md NBD_OPT_EXPORT_NAME).
+      if (option === C.NBD_OPT_EXPORT_NAME) {
+        this.#violation(`NBD_OPT_EXPORT_NAME while ${gate.name} is fenced`);
+        return true;
+      }
+      return this.#optError(option, C.NBD_REP_ERR_POLICY, gate.refusal);
     }
     switch (option) {
       case C.NBD_OPT_EXPORT_NAME:
@@ -687,6 +716,9 @@ export class NbdConnection {
 
   /** The wire error for a request that must not run, or undefined. */
   #validate(request: Request): [number, string] | undefined {
+    // I/O fencing (nbd-gate.ts): two comparisons per request; nothing runs once the gate moved on.
+    const gate = this.#gate;
+    if (gate !== undefined && !gate.admits(this.#gateGeneration)) return [C.NBD_EPERM, gate.refusal];
     if (this.#shuttingDown) return [C.NBD_ESHUTDOWN, 'Server is shutting down'];
     const allowed = ALLOWED_FLAGS[request.type];
     // proto.md "Error values": the server SHOULD return EINVAL for an unknown command, an unknown
@@ -793,6 +825,7 @@ export class NbdConnection {
 
   #finishRequest(): void {
     this.#inflightRequests--;
+    if (this.#closed && this.#inflightRequests === 0) this.#resolveSettled();
     this.#maybeResume();
     this.#maybeFinish();
   }

@@ -12,6 +12,7 @@ import { createSecureContext } from 'node:tls';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from './nbd-constants.ts';
 import { NbdConnection, type NbdServerEvent, type NbdTlsSettings } from './nbd-connection.ts';
 import { defaultErrnoOf, NbdError, type NbdExportCatalog } from './nbd-export.ts';
+import type { NbdGate } from './nbd-gate.ts';
 
 export type { NbdServerEvent } from './nbd-connection.ts';
 
@@ -56,8 +57,10 @@ export interface NbdServerOptions {
  * Where to listen: a unix socket path, or a TCP host and port (port 0 picks a free one). On a
  * server with TLS credentials, `tls: false` serves this listener in plaintext (say, a unix socket
  * that only local QEMU processes can open); proto.md lets the mode depend on the session.
+ * `gate`: the connections accepted here belong to that group of clients and can be fenced with it
+ * (nbd-gate.ts); several listeners may share one gate.
  */
-export type NbdListenAddress = ({ path: string } | { host?: string; port: number }) & { tls?: boolean };
+export type NbdListenAddress = ({ path: string } | { host?: string; port: number }) & { tls?: boolean; gate?: NbdGate };
 
 /** An NBD server; `listen` may be called several times (e.g. a unix socket and TCP). */
 export class NbdServer {
@@ -112,7 +115,8 @@ export class NbdServer {
     if (this.#closing) throw new NbdError('NBD_ESHUTDOWN', 'Server is closed');
     if (address.tls === true && !this.#tls) throw new NbdError('NBD_TLS_CONFIG', 'A listener asks for TLS but the server has no TLS credentials');
     const tls = address.tls === false ? undefined : this.#tls;
-    const server = createServer({ noDelay: true }, (socket) => this.#accept(socket, tls));
+    const gate = address.gate;
+    const server = createServer({ noDelay: true }, (socket) => this.#accept(socket, tls, gate));
     if ('path' in address) await unlink(address.path).catch(() => undefined);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -145,12 +149,12 @@ export class NbdServer {
     await Promise.all(this.#socketPaths.map((path) => unlink(path).catch(() => undefined)));
   }
 
-  #accept(socket: Socket, tls: NbdTlsSettings | undefined): void {
+  #accept(socket: Socket, tls: NbdTlsSettings | undefined, gate: NbdGate | undefined): void {
     if (this.#closing) {
       socket.destroy();
       return;
     }
-    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings, tls);
+    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings, tls, gate);
     this.#connections.add(connection);
     void connection.done.then(() => this.#connections.delete(connection));
   }
