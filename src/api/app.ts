@@ -120,7 +120,8 @@ export async function buildApp(
 
   // The hooks and handlers above reach every plugin below, which registers in its own context.
   // The order of registration is the order of `paths` in the OpenAPI document.
-  const { db, hosts, images, vms, placement, ha, autostart, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } = services;
+  const { db, hosts, images, vms, placement, ha, autostart, networks, secgroups, storage, migrations, maintenance, operations, access, audit, dataDir } =
+    services;
   await app.register(statusRoutes, { hosts, vms, dataDir });
   await app.register(metricsRoutes, { metrics: services.metrics });
   await app.register(projectRoutes, { db });

@@ -107,7 +107,7 @@ export function createServices(options: {
   const owner = new VmOwner();
   const placement = new PlacementService({ db, hosts });
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
-  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement });
+  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, logger: options.logger });

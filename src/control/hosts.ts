@@ -172,7 +172,12 @@ export class HostRegistry {
     const due = [...this.#heartbeats].filter(([id, at]) => at - (this.#persisted.get(id) ?? 0) >= PERSIST_HEARTBEAT_EVERY_MS);
     if (due.length === 0) return;
     await this.#db.transaction().execute(async (trx) => {
-      for (const [id, at] of due) await trx.updateTable('hosts').set({ last_seen_at: new Date(at).toISOString() }).where('id', '=', id).execute();
+      for (const [id, at] of due)
+        await trx
+          .updateTable('hosts')
+          .set({ last_seen_at: new Date(at).toISOString() })
+          .where('id', '=', id)
+          .execute();
     });
     for (const [id, at] of due) this.#persisted.set(id, at);
   }

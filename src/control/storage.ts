@@ -51,6 +51,8 @@ export class StorageCatalogue {
   readonly dirPools: DirPoolCatalogue;
   /** Which project each volume belongs to. */
   readonly owners: VolumeOwners;
+  /** Hosts registered at the storage node by this control plane (registering is idempotent). */
+  readonly #registered = new Set<string>();
 
   constructor(db: Db, endpoints: StorageEndpoints, dirPools: DirPoolCatalogue) {
     this.#db = db;
@@ -76,6 +78,20 @@ export class StorageCatalogue {
    * host is registered with `registerHost`). `STORAGE_HOST_NAME_INVALID` for a name that cannot
    * be a folder name.
    */
+  /**
+   * `spec` as host `hostName` runs it: its storage-node disks reach the node through that host's
+   * own socket (registered there first), so that fencing the host cuts exactly its I/O.
+   */
+  async bindDisksToHost<T extends { disks: DiskSpec[] }>(spec: T, hostName: string): Promise<T> {
+    if (!spec.disks.some((disk) => disk.kind === 'nbd')) return spec;
+    if (!this.#registered.has(hostName)) {
+      await this.registerHost(hostName);
+      this.#registered.add(hostName);
+    }
+    const socketPath = this.nbdSocketFor(hostName);
+    return { ...spec, disks: spec.disks.map((disk) => (disk.kind === 'nbd' ? { ...disk, socketPath } : disk)) };
+  }
+
   nbdSocketFor(hostName: string): string {
     return hostNbdSocketIn(this.endpoints.hostsDir, hostName);
   }

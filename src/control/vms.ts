@@ -10,7 +10,7 @@ import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
 import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
-import { notRestartable, type PortForward, type VmSpec } from '../compute/vm-spec.ts';
+import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
@@ -20,9 +20,10 @@ import type { OperationManager } from './operations.ts';
 import type { NetworkService } from './networks.ts';
 import type { SecurityGroupService } from './security-groups.ts';
 import type { StorageCatalogue } from './storage.ts';
-import type { PlacementEvent, PlacementNeeds, PlacementService } from './placement.ts';
+import type { PlacementNeeds, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
 import { VmReports } from './vm-reports.ts';
+import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { vmView } from './vm-view.ts';
@@ -59,34 +60,6 @@ interface AllocatedNic {
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
 
-/** What `vm set` changes. */
-export interface VmChange {
-  allowPostcopy?: boolean;
-  group?: string;
-  ha?: boolean;
-  haPriority?: number;
-  autostart?: boolean;
-  bootOrder?: number;
-  bootDelaySeconds?: number;
-}
-
-/** Refuses HA for a VM that could not restart on another host, saying why. */
-function requireRestartable(name: string, spec: VmSpec): void {
-  const why = notRestartable(spec);
-  if (why) throw new NubisError('VM_NOT_RESTARTABLE', `VM ${name} cannot be highly available: ${why}`);
-}
-
-/** `nubis schedule explain`: a VM of a size in a project, or an existing VM to migrate. */
-export interface ScheduleQuestion {
-  project?: string;
-  cpus: number;
-  memoryMb: number;
-  host?: string;
-  group?: string;
-  networks?: boolean;
-  vm?: string;
-}
-
 export class VmService {
   readonly #db: Db;
   readonly #hosts: HostRegistry;
@@ -99,6 +72,8 @@ export class VmService {
   readonly #placement: PlacementService;
   /** What host agents report, applied to the records. */
   readonly reports: VmReports;
+  /** Policies of existing VMs and the scheduler's view of them. */
+  readonly policies: VmPolicies;
 
   constructor(deps: {
     db: Db;
@@ -114,6 +89,7 @@ export class VmService {
     this.#owner = deps.owner;
     this.#placement = deps.placement;
     this.reports = new VmReports({ ...deps, view: (id) => this.#viewById(id), forget: (row, host) => this.#forget(row, host) });
+    this.policies = new VmPolicies({ ...deps, vms: this });
     this.#secgroups = deps.secgroups;
     this.#storage = deps.storage;
     this.#db = deps.db;
@@ -181,60 +157,14 @@ export class VmService {
     return this.#view(await this.#row(ref, project));
   }
 
-  /**
-   * Changes a VM's policies: whether live migration may use post-copy, and its placement group
-   * (`''` leaves its group; joining a strict group is refused where the VM already breaks it).
-   */
-  async update(ref: string, project: string | undefined, change: VmChange): Promise<Vm> {
-    const row = await this.#row(ref, project);
-    if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
-    let groupId: string | null | undefined;
-    if (change.group !== undefined) {
-      groupId = change.group === '' ? null : (await this.#placement.groups.row(change.group, project)).id;
-      if (groupId) await this.#placement.checkJoin(groupId, { id: row.id, name: row.name, hostId: row.host_id });
-    }
-    await auditedTransaction(this.#db, (trx) =>
-      trx
-        .updateTable('vms')
-        .set({
-          ...(change.allowPostcopy !== undefined ? { allow_postcopy: change.allowPostcopy ? 1 : 0 } : {}),
-          ...(groupId !== undefined ? { placement_group_id: groupId } : {}),
-          ...(change.ha !== undefined ? { ha: change.ha ? 1 : 0 } : {}),
-          ...(change.haPriority !== undefined ? { ha_priority: change.haPriority } : {}),
-          ...(change.autostart !== undefined ? { autostart: change.autostart ? 1 : 0 } : {}),
-          ...(change.bootOrder !== undefined ? { boot_order: change.bootOrder } : {}),
-          ...(change.bootDelaySeconds !== undefined ? { boot_delay_seconds: change.bootDelaySeconds } : {}),
-          updated_at: new Date().toISOString(),
-        })
-        .where('id', '=', row.id)
-        .execute(),
-    );
-    return this.#viewById(row.id);
+  /** The record of VM `ref` in `project` (by name or id, never another project's). */
+  row(ref: string, project?: string): Promise<VmsTable> {
+    return this.#row(ref, project);
   }
 
-  /** The scheduler's decision for a VM of a size, or (with `vm`) for migrating that VM, changing nothing. */
-  async explainSchedule(question: ScheduleQuestion): Promise<PlacementDecision> {
-    const projectId = await this.projectId(question.project);
-    const onlyHost = question.host ? { ref: question.host, why: `--host ${question.host} was asked for` } : undefined;
-    if (question.vm) {
-      const row = await this.#row(question.vm, question.project);
-      return this.#placement.explain(this.#placement.movingNeeds(row, await this.#hosts.row(row.host_id), onlyHost));
-    }
-    return this.#placement.explain({
-      projectId,
-      cpus: question.cpus,
-      memoryMb: question.memoryMb,
-      ...(onlyHost ? { onlyHost } : {}),
-      placementGroupId: question.group ? (await this.#placement.groups.row(question.group, question.project)).id : null,
-      needsUnderlay: question.networks === true,
-    });
-  }
-
-  /** Where the VM has run, with every decision. */
-  async placementHistory(ref: string, project?: string): Promise<{ vm: string; project: string; events: PlacementEvent[]; count: number }> {
-    const row = await this.#row(ref, project);
-    const events = await this.#placement.history(row.id);
-    return { vm: row.name, project: project ?? 'default', events, count: events.length };
+  /** A VM by id, whatever its project: for services' own follow-ups, never for a request's reference. */
+  viewById(id: string): Promise<Vm> {
+    return this.#viewById(id);
   }
 
   /**
@@ -251,7 +181,7 @@ export class VmService {
     const claim = this.#claim({ id, name: request.name }, 'create');
     try {
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
-      const spec = this.#specFor(id, request, plan, nics);
+      const spec = await this.#storage.bindDisksToHost(this.#specFor(id, request, plan, nics), host.name);
       if (request.ha) requireRestartable(request.name, spec);
       try {
         await this.#recordNew(id, request, plan, host, spec, decision);
@@ -547,8 +477,9 @@ export class VmService {
       throw error;
     }
     return this.#operate(claim, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
-      const { disk, hostId } = await this.#storage.diskFor(pool, volume, `disk${deviceIndex}`);
       const host = await this.#hosts.row(row.host_id);
+      const { disk: unbound, hostId } = await this.#storage.diskFor(pool, volume, `disk${deviceIndex}`);
+      const [disk] = (await this.#storage.bindDisksToHost({ disks: [unbound] }, host.name)).disks as [DiskSpec];
       if (hostId && hostId !== host.id) {
         await this.#storage.forgetDisks(row.id, deviceIndex);
         throw new NubisError(

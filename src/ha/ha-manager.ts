@@ -69,7 +69,13 @@ export class HaManager {
     const hosts = await this.#db.selectFrom('hosts').selectAll().execute();
     for (const host of hosts) {
       if (host.fenced_at || now - this.#hosts.lastHeartbeatMs(host) <= FENCE_AFTER_MS) continue;
-      const ha = await this.#db.selectFrom('vms').select('spec').where('host_id', '=', host.id).where('ha', '=', 1).where('desired_state', '=', 'running').execute();
+      const ha = await this.#db
+        .selectFrom('vms')
+        .select('spec')
+        .where('host_id', '=', host.id)
+        .where('ha', '=', 1)
+        .where('desired_state', '=', 'running')
+        .execute();
       const onStorageNode = ha.some((vm) => (JSON.parse(vm.spec) as VmSpec).disks.some((disk) => disk.kind === 'nbd'));
       if (ha.length > 0) await this.#fence(host, onStorageNode);
     }

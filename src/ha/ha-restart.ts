@@ -120,7 +120,7 @@ export class HaRestarts {
     // A cold boot elsewhere: unlike a live migration it needs no host of the same accelerator.
     const { accelerator: _, ...needs } = placement.movingNeeds(vm, from);
     const { host, decision } = await placement.place(needs, `VM ${vm.name}`);
-    const spec = this.#deps.storage.bindDisksToHost(JSON.parse(vm.spec) as VmSpec, host.name);
+    const spec = await this.#deps.storage.bindDisksToHost(JSON.parse(vm.spec) as VmSpec, host.name);
     await db.transaction().execute(async (trx) => {
       await trx
         .updateTable('vms')
@@ -150,9 +150,14 @@ export class HaRestarts {
       await this.#deps.vms.reports.applyStatus(host.id, status);
     }
     const now = new Date().toISOString();
-    const seq = eventSeq ?? (await db.selectFrom('ha_events').select('seq').where('vm_id', '=', vm.id).where('status', '=', 'restarting').executeTakeFirst())?.seq;
+    const seq =
+      eventSeq ?? (await db.selectFrom('ha_events').select('seq').where('vm_id', '=', vm.id).where('status', '=', 'restarting').executeTakeFirst())?.seq;
     if (seq !== undefined)
-      await db.updateTable('ha_events').set({ status: 'restarted', to_host: host.name, message: `Running on ${host.name}`, ended_at: now }).where('seq', '=', seq).execute();
+      await db
+        .updateTable('ha_events')
+        .set({ status: 'restarted', to_host: host.name, message: `Running on ${host.name}`, ended_at: now })
+        .where('seq', '=', seq)
+        .execute();
     this.#deps.logger?.info({ vm: vm.name, host: host.name }, 'HA VM restarted');
   }
 

@@ -65,7 +65,8 @@ export function firingReason(view: WatchdogView): string | undefined {
   if (view.fedAt !== undefined && view.now - view.fedAt > view.timeoutMs) return `the agent has not fed the watchdog for ${view.now - view.fedAt} ms`;
   const isolated = view.now - view.lastControlAt > view.timeoutMs && view.now - view.lastQuorumAt > view.timeoutMs;
   // A lone host has nowhere else its VMs could run: it never fences itself.
-  if (isolated && view.peerCount > 0) return `the control plane and most peer hosts have not answered for ${view.now - Math.max(view.lastControlAt, view.lastQuorumAt)} ms`;
+  if (isolated && view.peerCount > 0)
+    return `the control plane and most peer hosts have not answered for ${view.now - Math.max(view.lastControlAt, view.lastQuorumAt)} ms`;
   return undefined;
 }
 

@@ -22,6 +22,7 @@ import type { HostRegistry } from '../control/hosts.ts';
 import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
 import type { PlacementService } from '../control/placement.ts';
+import type { StorageCatalogue } from '../control/storage.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
@@ -50,6 +51,7 @@ export class MigrationService {
   /** The one writer of VM records: a migration moves a VM's record through it. */
   readonly #vms: Pick<VmService, 'reports'>;
   readonly #placement: PlacementService;
+  readonly #storage: Pick<StorageCatalogue, 'bindDisksToHost'>;
 
   constructor(deps: {
     db: Db;
@@ -61,8 +63,10 @@ export class MigrationService {
     owner: VmOwner;
     vms: Pick<VmService, 'reports'>;
     placement: PlacementService;
+    storage: Pick<StorageCatalogue, 'bindDisksToHost'>;
   }) {
     this.#placement = deps.placement;
+    this.#storage = deps.storage;
     this.#db = deps.db;
     this.#owner = deps.owner;
     this.#vms = deps.vms;
@@ -369,7 +373,11 @@ export class MigrationService {
           return { diskId: disk.id, pool, volume, target, sizeBytes: (await this.#dirPools.diskOf(pool, volume, disk.id)).sizeBytes };
         }),
     );
-    const destinationSpec: VmSpec = { ...m.spec, disks: m.spec.disks.map((disk) => mirrored.find((x) => x.diskId === disk.id)?.target ?? disk) };
+    // Storage-node disks reach the node through the destination's own socket there.
+    const destinationSpec: VmSpec = await this.#storage.bindDisksToHost(
+      { ...m.spec, disks: m.spec.disks.map((disk) => mirrored.find((x) => x.diskId === disk.id)?.target ?? disk) },
+      destination.name,
+    );
     // A VM booting from an image has its own overlay over it on the source; the destination
     // makes an empty one over the same image and the overlay's clusters are mirrored into it.
     const mirroredDiskIds = [...(m.spec.boot.kind === 'disk' ? [BOOT_DISK_NODE] : []), ...mirrored.map((x) => x.diskId)];

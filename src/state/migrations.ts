@@ -411,11 +411,26 @@ const migrations: Record<string, Migration> = {
   },
   '0014-high-availability': {
     async up(db: Kysely<unknown>): Promise<void> {
-      await db.schema.alterTable('vms').addColumn('ha', 'integer', (c) => c.notNull().defaultTo(0)).execute();
-      await db.schema.alterTable('vms').addColumn('ha_priority', 'integer', (c) => c.notNull().defaultTo(0)).execute();
-      await db.schema.alterTable('vms').addColumn('autostart', 'integer', (c) => c.notNull().defaultTo(0)).execute();
-      await db.schema.alterTable('vms').addColumn('boot_order', 'integer', (c) => c.notNull().defaultTo(0)).execute();
-      await db.schema.alterTable('vms').addColumn('boot_delay_seconds', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('ha', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('ha_priority', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('autostart', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('boot_order', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('boot_delay_seconds', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
       await db.schema.alterTable('hosts').addColumn('fenced_at', 'text').execute();
       await db.schema.alterTable('hosts').addColumn('lost_at', 'text').execute();
       await db.schema

@@ -156,7 +156,7 @@ export const VolumePath = Type.String({
 
 /** What a VM create and update set about high availability and start on boot. */
 export const VmPolicies = {
-  ha: Type.Optional(Type.Boolean({ description: "Restart it on another host when its host fails (its disks must be on shared storage)" })),
+  ha: Type.Optional(Type.Boolean({ description: 'Restart it on another host when its host fails (its disks must be on shared storage)' })),
   haPriority: Type.Optional(Int32(0, 1000, { description: 'Higher restarts first when a host fails (default 0)' })),
   autostart: Type.Optional(Type.Boolean({ description: "Start it when its host's agent starts after a host reboot" })),
   bootOrder: Type.Optional(Int32(0, 1000, { description: 'Lower starts first at autostart (default 0)' })),

@@ -65,11 +65,13 @@ function killQuietly(pid: number | undefined): void {
  * from the last record that reached the disk. Two QEMUs writing at once would interleave boots.
  */
 const WRITER =
-  'B=$(cut -c1-8 /proc/sys/kernel/random/uuid); N=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d "\\000" | cut -d" " -f2 | sed "s/^0*//"); N=${N:-0}; ' +
+  'B=$(cut -c1-8 /proc/sys/kernel/random/uuid); N=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d "\\000" | cut -d" " -f2 | sed "s/^0*//"); [ -z "$N" ] && N=0; ' +
   '(while :; do N=$((N+1)); printf "%s %010d\\n" $B $N | dd of=/dev/vda bs=512 seek=$N conv=notrunc,fsync 2>/dev/null; ' +
   'printf "%s %010d\\n" $B $N | dd of=/dev/vda bs=512 seek=0 conv=notrunc,fsync 2>/dev/null; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo writer-$B-from-$N';
 
-describe('many hosts as one: placement groups, HA with fencing, autostart', { skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false }, () => {
+describe('many hosts as one: placement groups, HA with fencing, autostart', {
+  skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false,
+}, () => {
   const nubis = new NubisInstance('ha');
   let testBed = '';
   let ha1Id = '';
@@ -155,7 +157,8 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', { sk
   it('spreads a strict anti-affinity group over the hosts and refuses a fourth member, naming the rule', async () => {
     await nubis.cliJson(['placement-group', 'create', 'spread', '--policy', 'anti-affinity', '--strict']);
     const hosts: string[] = [];
-    for (const name of ['w1', 'w2', 'w3']) hosts.push((await nubis.cliJson<Vm>(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--group', 'spread'])).host);
+    for (const name of ['w1', 'w2', 'w3'])
+      hosts.push((await nubis.cliJson<Vm>(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--group', 'spread'])).host);
     assert.deepEqual(hosts.sort(), HOSTS);
     const fourth = await nubis.cli(['vm', 'create', 'w4', '--image', 'tiny', '--memory', '128', '--group', 'spread']);
     assert.notEqual(fourth.code, 0);
@@ -270,7 +273,22 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', { sk
       ['as2', '2', '0'],
       ['as1', '1', '3'],
     ])
-      await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--host', target, '--autostart', '--boot-order', order, '--boot-delay', delay]);
+      await nubis.cliJson([
+        'vm',
+        'create',
+        name,
+        '--image',
+        'tiny',
+        '--memory',
+        '128',
+        '--host',
+        target,
+        '--autostart',
+        '--boot-order',
+        order,
+        '--boot-delay',
+        delay,
+      ]);
     // A reboot: the agent and every QEMU of the host die (the watchdog has no HA VM there to kill).
     process.kill(nubis.pidOf(`agent-${target}`), 'SIGKILL');
     const vmsDir = join(nubis.dataDir, 'hosts', target, 'vms');

@@ -175,7 +175,7 @@ function registerDecisionRoutes(app: RouteApp, { vms }: PlacementRouteServices):
         response: { 200: PlacementDecision, ...errorResponses },
       },
     },
-    async (request) => vms.explainSchedule(request.body),
+    async (request) => vms.policies.explainSchedule(request.body),
   );
   app.get(
     '/v1/vms/:vm/placement',
@@ -190,6 +190,6 @@ function registerDecisionRoutes(app: RouteApp, { vms }: PlacementRouteServices):
         response: { 200: PlacementHistory, ...errorResponses },
       },
     },
-    async (request) => vms.placementHistory(request.params.vm, request.query.project),
+    async (request) => vms.policies.placementHistory(request.params.vm, request.query.project),
   );
 }

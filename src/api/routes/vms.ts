@@ -141,7 +141,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
         response: { 200: Vm, ...errorResponses },
       },
     },
-    async (request) => services.vms.update(request.params.vm, request.query.project, request.body),
+    async (request) => services.vms.policies.update(request.params.vm, request.query.project, request.body),
   );
 }
 

@@ -25,7 +25,15 @@ export function registerHaCommands(program: Command): void {
       console.log('');
       printTable(
         ['VM', 'FROM', 'TO', 'RESULT', 'HOST LOST AT', 'FAILOVER', 'DETAIL'],
-        status.events.map((e) => [e.vm, e.from, e.to ?? '-', e.status, e.hostLostAt, e.failoverSeconds !== undefined ? `${e.failoverSeconds} s` : '-', e.message]),
+        status.events.map((e) => [
+          e.vm,
+          e.from,
+          e.to ?? '-',
+          e.status,
+          e.hostLostAt,
+          e.failoverSeconds !== undefined ? `${e.failoverSeconds} s` : '-',
+          e.message,
+        ]),
       );
     });
 }

@@ -1,0 +1,118 @@
+/**
+ * A VM's policies after it exists (post-copy, placement group, HA, autostart), and the
+ * scheduler's view of it: where it could go, and where it has been.
+ */
+import { auditedTransaction } from '../audit/audit-context.ts';
+import { notRestartable, type VmSpec } from '../compute/vm-spec.ts';
+import { NubisError } from '../core/errors.ts';
+import type { Db } from '../state/database.ts';
+import type { Vm } from '../wire/schemas.ts';
+import type { HostRegistry } from './hosts.ts';
+import type { PlacementEvent, PlacementService } from './placement.ts';
+import type { PlacementDecision } from './scheduler.ts';
+import type { VmsTable } from '../state/schema.ts';
+
+/** What `vm set` changes. */
+export interface VmChange {
+  allowPostcopy?: boolean;
+  group?: string;
+  ha?: boolean;
+  haPriority?: number;
+  autostart?: boolean;
+  bootOrder?: number;
+  bootDelaySeconds?: number;
+}
+
+/** Refuses HA for a VM that could not restart on another host, saying why. */
+export function requireRestartable(name: string, spec: VmSpec): void {
+  const why = notRestartable(spec);
+  if (why) throw new NubisError('VM_NOT_RESTARTABLE', `VM ${name} cannot be highly available: ${why}`);
+}
+
+/** `nubis schedule explain`: a VM of a size in a project, or an existing VM to migrate. */
+export interface ScheduleQuestion {
+  project?: string;
+  cpus: number;
+  memoryMb: number;
+  host?: string;
+  group?: string;
+  networks?: boolean;
+  vm?: string;
+}
+
+/** What the policies need of the VM service (its lookups; vms.ts builds this class). */
+export interface VmLookup {
+  row(ref: string, project?: string): Promise<VmsTable>;
+  viewById(id: string): Promise<Vm>;
+  projectId(name?: string): Promise<string>;
+}
+
+export class VmPolicies {
+  readonly #db: Db;
+  readonly #hosts: HostRegistry;
+  readonly #placement: PlacementService;
+  readonly #vms: VmLookup;
+
+  constructor(deps: { db: Db; hosts: HostRegistry; placement: PlacementService; vms: VmLookup }) {
+    this.#db = deps.db;
+    this.#hosts = deps.hosts;
+    this.#placement = deps.placement;
+    this.#vms = deps.vms;
+  }
+
+  /**
+   * Changes a VM's policies: whether live migration may use post-copy, and its placement group
+   * (`''` leaves its group; joining a strict group is refused where the VM already breaks it).
+   */
+  async update(ref: string, project: string | undefined, change: VmChange): Promise<Vm> {
+    const row = await this.#vms.row(ref, project);
+    if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
+    let groupId: string | null | undefined;
+    if (change.group !== undefined) {
+      groupId = change.group === '' ? null : (await this.#placement.groups.row(change.group, project)).id;
+      if (groupId) await this.#placement.checkJoin(groupId, { id: row.id, name: row.name, hostId: row.host_id });
+    }
+    await auditedTransaction(this.#db, (trx) =>
+      trx
+        .updateTable('vms')
+        .set({
+          ...(change.allowPostcopy !== undefined ? { allow_postcopy: change.allowPostcopy ? 1 : 0 } : {}),
+          ...(groupId !== undefined ? { placement_group_id: groupId } : {}),
+          ...(change.ha !== undefined ? { ha: change.ha ? 1 : 0 } : {}),
+          ...(change.haPriority !== undefined ? { ha_priority: change.haPriority } : {}),
+          ...(change.autostart !== undefined ? { autostart: change.autostart ? 1 : 0 } : {}),
+          ...(change.bootOrder !== undefined ? { boot_order: change.bootOrder } : {}),
+          ...(change.bootDelaySeconds !== undefined ? { boot_delay_seconds: change.bootDelaySeconds } : {}),
+          updated_at: new Date().toISOString(),
+        })
+        .where('id', '=', row.id)
+        .execute(),
+    );
+    return this.#vms.viewById(row.id);
+  }
+
+  /** The scheduler's decision for a VM of a size, or (with `vm`) for migrating that VM, changing nothing. */
+  async explainSchedule(question: ScheduleQuestion): Promise<PlacementDecision> {
+    const projectId = await this.#vms.projectId(question.project);
+    const onlyHost = question.host ? { ref: question.host, why: `--host ${question.host} was asked for` } : undefined;
+    if (question.vm) {
+      const row = await this.#vms.row(question.vm, question.project);
+      return this.#placement.explain(this.#placement.movingNeeds(row, await this.#hosts.row(row.host_id), onlyHost));
+    }
+    return this.#placement.explain({
+      projectId,
+      cpus: question.cpus,
+      memoryMb: question.memoryMb,
+      ...(onlyHost ? { onlyHost } : {}),
+      placementGroupId: question.group ? (await this.#placement.groups.row(question.group, question.project)).id : null,
+      needsUnderlay: question.networks === true,
+    });
+  }
+
+  /** Where the VM has run, with every decision. */
+  async placementHistory(ref: string, project?: string): Promise<{ vm: string; project: string; events: PlacementEvent[]; count: number }> {
+    const row = await this.#vms.row(ref, project);
+    const events = await this.#placement.history(row.id);
+    return { vm: row.name, project: project ?? 'default', events, count: events.length };
+  }
+}
