@@ -22,7 +22,7 @@ import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
 import { feedWatchdog, heartbeatLoop } from './heartbeat-loop.ts';
 import { AGENT_UNDERLAY_PORT } from '../agent-api/heartbeat.ts';
-import { createServer } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { VmStatus } from '../agent-api/contract.ts';
 
 export interface AgentOptions {
@@ -102,6 +102,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     if (stopping) return ended;
     stopping = true;
     abort.abort();
+    underlayServer?.close();
     await shutDown(stopOptions, { supervisor, reports, app, hostDir: options.hostDir, logger });
     resolveEnded();
   };
@@ -116,7 +117,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   });
   await rm(join(options.hostDir, 'agent.sock'), { force: true });
   await app.listen({ path: join(options.hostDir, 'agent.sock') });
-  const endpoint = await listenOnUnderlay(app, options);
+  const { endpoint, underlayServer } = await listenOnUnderlay(app, options);
 
   const joinBody = {
     name: options.name,
@@ -150,14 +151,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
  * The endpoint the control plane calls: the agent's unix socket, or with `listenOnUnderlay` a TCP
  * listener on the host's underlay address (same routes, same control token).
  */
-async function listenOnUnderlay(app: FastifyInstance, options: AgentOptions): Promise<string> {
-  if (!options.listenOnUnderlay || !options.underlayIp) return `unix:${join(options.hostDir, 'agent.sock')}`;
+async function listenOnUnderlay(app: FastifyInstance, options: AgentOptions): Promise<{ endpoint: string; underlayServer?: Server }> {
+  if (!options.listenOnUnderlay || !options.underlayIp) return { endpoint: `unix:${join(options.hostDir, 'agent.sock')}` };
   const server = createServer((request, response) => app.routing(request, response));
   // Upgrades (the console's WebSocket) go to the app's own server, which serves them.
   server.on('upgrade', (request, socket, head) => app.server.emit('upgrade', request, socket, head));
   await new Promise<void>((resolve, reject) => server.listen(AGENT_UNDERLAY_PORT, options.underlayIp, resolve).once('error', reject));
-  app.addHook('onClose', async () => new Promise<void>((resolve) => server.close(() => resolve())));
-  return `http://${options.underlayIp}:${AGENT_UNDERLAY_PORT}`;
+  return { endpoint: `http://${options.underlayIp}:${AGENT_UNDERLAY_PORT}`, underlayServer: server };
 }
 
 /** Checks this host's QEMU and chooses its accelerator (the probe's result is cached). */
