@@ -42,11 +42,11 @@ export interface ThresholdLevel {
 
 /** The threshold levels, as vSphere DRS's migration threshold (1 conservative .. 5 aggressive); 3 is the default. */
 export const THRESHOLDS: readonly ThresholdLevel[] = [
-  { level: 1, actAbove: 0.3, target: 0.15, minBenefit: 0.05, costFactor: 1 },
-  { level: 2, actAbove: 0.2, target: 0.1, minBenefit: 0.03, costFactor: 1.5 },
-  { level: 3, actAbove: 0.15, target: 0.075, minBenefit: 0.02, costFactor: 2 },
-  { level: 4, actAbove: 0.1, target: 0.05, minBenefit: 0.01, costFactor: 3 },
-  { level: 5, actAbove: 0.05, target: 0.025, minBenefit: 0.005, costFactor: 4 },
+  { level: 1, actAbove: 0.3, target: 0.15, minBenefit: 0.05, costFactor: 1.5 },
+  { level: 2, actAbove: 0.2, target: 0.1, minBenefit: 0.03, costFactor: 2 },
+  { level: 3, actAbove: 0.15, target: 0.075, minBenefit: 0.02, costFactor: 3 },
+  { level: 4, actAbove: 0.1, target: 0.05, minBenefit: 0.01, costFactor: 4 },
+  { level: 5, actAbove: 0.05, target: 0.025, minBenefit: 0.005, costFactor: 6 },
 ];
 export const DEFAULT_THRESHOLD = 3;
 /** How many of the most loaded hosts a step takes VMs from. */
