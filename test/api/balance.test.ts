@@ -7,8 +7,11 @@
  * the threshold.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { repoRoot } from '../../src/core/paths.ts';
 import { clusterMetrics } from '../../src/metrics/metrics.ts';
 import type { BalanceProposal, BalanceRun, ClusterView } from '../../src/wire/cluster-schemas.ts';
 import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
@@ -278,5 +281,40 @@ describe('cluster balancing through the API', () => {
     const refused = await call('POST', '/v1/cluster/balance', {});
     assert.deepEqual([refused.status, refused.body.code], [409, 'CLUSTER_BALANCE_OFF']);
     assert.equal((await call('POST', '/v1/cluster/balance', { dryRun: true })).status, 200, 'a dry run still answers');
+  });
+
+  it('nubis cluster show, set and balance (dry run and real), as text and --json', async () => {
+    const names = await setUp(6);
+    const url = await app.listen({ host: '127.0.0.1', port: 0 });
+    const env: NodeJS.ProcessEnv = { ...process.env, NUBIS_URL: url, NUBIS_TOKEN: cluster.token, HOME: cluster.dir, XDG_CONFIG_HOME: cluster.dir };
+    delete env.NODE_TEST_CONTEXT;
+    delete env.NUBIS_CA;
+    const nubis = (args: string[]) =>
+      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+        const child = spawn(process.execPath, [join(repoRoot, 'bin/nubis.mjs'), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+        let [stdout, stderr] = ['', ''];
+        child.stdout.on('data', (chunk) => (stdout += chunk));
+        child.stderr.on('data', (chunk) => (stderr += chunk));
+        child.on('error', reject);
+        child.on('close', (code) => resolve({ code, stdout, stderr }));
+      });
+    const set = await nubis(['cluster', 'set', '--threshold', '2', '--interval', '60s', '--cooldown', '2h']);
+    assert.equal(set.code, 0, set.stderr);
+    assert.equal(set.stdout.trim(), 'Balancing manual, threshold 2, every 1m 0s, cooldown 2h 0m, at most 8 moves per run');
+    const bad = await nubis(['cluster', 'set', '--interval', 'soon']);
+    assert.deepEqual([bad.code, bad.stderr.trim()], [1, 'Error: --interval must be a duration such as 60s, 5m or 1h, not soon']);
+    const dry = await nubis(['cluster', 'balance', '--dry-run']);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /^Imbalance 0\.3771 \(threshold 2\): brings it to 0, at or under the target 0\.1\n/);
+    assert.match(dry.stdout, /VM +PROJECT +FROM +TO +BENEFIT +PREDICTED +SENDS\nc\d +default +h1 +h\d +0\.\d{3} +\d+\.\d s +1\.\d GiB/);
+    assert.deepEqual(Object.values(await hostsOf(names)), Array(6).fill('h1'), 'a dry run moves nothing');
+    const run = await nubis(['--json', 'cluster', 'balance']);
+    assert.equal(run.code, 0, run.stderr);
+    const result = JSON.parse(run.stdout) as BalanceRun;
+    assert.ok(result.moves.length >= 3 && result.moves.every((m) => m.status === 'completed'), run.stdout);
+    const shown = await nubis(['cluster', 'show']);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.match(shown.stdout, /HOST +STATUS +LOAD +MEMORY +VCPUS\nh1 +online +\d+% +\d+% +\d+%/);
+    assert.match(shown.stdout, new RegExp(`Last run .* \\(manual, operation ${result.operationId}\\): imbalance 0\\.3771 -> `));
   });
 });
