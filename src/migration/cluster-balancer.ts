@@ -127,7 +127,8 @@ export class ClusterBalancer {
 
   /**
    * One round of the background balancer: with `balance: auto`, counts the rounds in a row the
-   * imbalance is above the threshold and, at `ROUNDS_BEFORE_ACTING`, plans and runs the moves.
+   * imbalance is above the threshold (none while a run is under way) and, at
+   * `ROUNDS_BEFORE_ACTING`, plans and runs the moves, then counts from zero again.
    * Returns the run's operation when it started one.
    */
   async round(): Promise<Operation | undefined> {
@@ -137,12 +138,13 @@ export class ClusterBalancer {
       return undefined;
     }
     const imbalance = imbalanceOf(await this.#inputs.placement.schedulerHosts());
-    if (imbalance <= thresholdLevel(settings.threshold).actAbove) {
+    // Rounds during a run see hosts in motion: the count starts again once the run is over.
+    if (this.#running || imbalance <= thresholdLevel(settings.threshold).actAbove) {
       this.#roundsAbove = 0;
       return undefined;
     }
     this.#roundsAbove += 1;
-    if (this.#roundsAbove < ROUNDS_BEFORE_ACTING || this.#running) return undefined;
+    if (this.#roundsAbove < ROUNDS_BEFORE_ACTING) return undefined;
     this.#roundsAbove = 0;
     const plan = await this.#plan(settings);
     if (plan.proposal.moves.length > 0) return this.#start(plan, 'auto');
