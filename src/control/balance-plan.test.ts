@@ -227,7 +227,7 @@ describe('balance plan', () => {
   });
 
   it('moves a VM with local disks only to hosts its pool reaches', () => {
-    const vms = crowded(4).map((v) => ({ ...v, diskHostIds: new Set(['host-a', 'host-c']) }));
+    const vms = crowded(4).map((v) => ({ ...v, reachableHostIds: new Set(['host-a', 'host-c']) }));
     const plan = planBalance(input([host('a'), host('b'), host('c')], vms, { threshold: thresholdLevel(5) }));
     assert.ok(plan.moves.length >= 1);
     for (const move of plan.moves) assert.equal(move.to, 'c');

@@ -23,7 +23,8 @@
  * A VM moves at most once per run, never within the cooldown of its last move, and only where
  * every placement rule holds: the scheduler's filters on the simulated hosts (state, capacity,
  * residency labels, accelerator, underlay, placement groups, with soft groups held as strict:
- * balancing never trades a group's preference for load), and hosts its local disks can reach.
+ * balancing never trades a group's preference for load), and hosts its migration can reach (a
+ * QEMU that loads its stream, a folder of its local disks' pool).
  */
 import { type ScheduleRequest, type SchedulerHost, cpuCapacity, explainPlacement, memoryCapacityMb } from './scheduler.ts';
 
@@ -99,8 +100,9 @@ export interface BalanceVm {
   request?: ScheduleRequest;
   /** Why this running VM may not move (busy, user-mode network, a local disk outside a pool). */
   blocked?: string;
-  /** The hosts all of its local (dir-pool) disks can be mirrored to; absent: any host. */
-  diskHostIds?: ReadonlySet<string>;
+  /** Beyond the scheduler's rules, the hosts a migration can take it to: those whose QEMU loads
+   * its stream and that all of its local (dir-pool) disks can be mirrored to; absent: any host. */
+  reachableHostIds?: ReadonlySet<string>;
   /** When it last moved (epoch ms): migrate, evacuate, restore, balance or HA restart. */
   lastMovedAtMs?: number;
 }
@@ -323,10 +325,10 @@ class Simulation<C extends MoveCost> {
     const request = this.#question(vm, source);
     const decision = explainPlacement(this.hosts, request);
     const refused = new Set(decision.refused.map((r) => r.host));
-    const accepted = this.online.filter((host) => !refused.has(host.name) && (vm.diskHostIds?.has(host.id) ?? true));
+    const accepted = this.online.filter((host) => !refused.has(host.name) && (vm.reachableHostIds?.has(host.id) ?? true));
     if (accepted.length > 0) return accepted;
     const reasons = decision.refused.filter((r) => r.filter !== 'avoid').map((r) => r.reason);
-    if (reasons.length === 0) return 'its local disks live in a pool with no folder on the hosts that would take it';
+    if (reasons.length === 0) return 'the hosts that would take it run an older QEMU or have no folder of the pool of its local disks';
     return `no other host takes it: ${reasons.slice(0, 3).join('; ')}${reasons.length > 3 ? `; and ${reasons.length - 3} more` : ''}`;
   }
 

@@ -4,6 +4,7 @@
  * placement.movingNeeds: the same rules as a user's migration), why a running VM may not move at
  * all, when it last moved, and what moving it would cost on each link.
  */
+import { canMigrateBetween } from '../compute/qemu/qemu-version.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { BalanceVm } from '../control/balance-plan.ts';
 import type { DirPoolCatalogue } from '../control/dir-pools.ts';
@@ -48,6 +49,7 @@ export async function loadBalanceInputs(deps: BalanceInputDeps): Promise<Balance
   const { db } = deps;
   const hosts = await deps.placement.schedulerHosts();
   const byId = new Map(hosts.map((host) => [host.id, host]));
+  const qemuOf = new Map((await db.selectFrom('hosts').select(['id', 'qemu_version']).execute()).map((h) => [h.id, h.qemu_version]));
   const rows = await db.selectFrom('vms').selectAll().orderBy('name').execute();
   const projects = new Map((await db.selectFrom('projects').select(['id', 'name']).execute()).map((p) => [p.id, p.name]));
   const lastMoves = await db
@@ -72,7 +74,7 @@ export async function loadBalanceInputs(deps: BalanceInputDeps): Promise<Balance
     const source = byId.get(row.host_id);
     // Only running VMs on online hosts are candidates; the others count only for their groups.
     if (row.actual_state !== 'running' || source?.status !== 'online') vms.push(base);
-    else vms.push(await candidate(deps, row, source, hosts, base));
+    else vms.push(await candidate(deps, row, { source, hosts, qemuOf }, base));
   }
   const links = await measuredLinks(db);
   return {
@@ -99,10 +101,10 @@ export async function loadBalanceInputs(deps: BalanceInputDeps): Promise<Balance
 async function candidate(
   deps: BalanceInputDeps,
   row: VmsTable,
-  source: SchedulerHost,
-  hosts: SchedulerHost[],
+  where: { source: SchedulerHost; hosts: SchedulerHost[]; qemuOf: Map<string, string | null> },
   base: BalanceCandidate,
 ): Promise<BalanceCandidate> {
+  const { source, hosts, qemuOf } = where;
   const spec = JSON.parse(row.spec) as VmSpec;
   const request = await deps.placement.request(deps.placement.movingNeeds(row, source), hosts);
   const claims = deps.owner.claimsOf(row.id);
@@ -114,14 +116,16 @@ async function candidate(
   if (spec.nics.some((nic) => nic.mode === 'user'))
     return { ...base, request, blocked: 'it uses user-mode networking, which cannot keep its address on another host' };
   let diskBytes = 0;
-  let diskHostIds: Set<string> | undefined;
+  // As the migration service checks: QEMU loads the streams of its own and older releases only.
+  const loadsStream = hosts.filter((host) => canMigrateBetween(qemuOf.get(source.id), qemuOf.get(host.id)));
+  let reachableHostIds = loadsStream.length < hosts.length ? new Set(loadsStream.map((host) => host.id)) : undefined;
   for (const disk of spec.disks) {
     if (disk.kind !== 'file') continue;
     const [pool, volume] = (disk.localVolume ?? '').split('/');
     if (!pool || !volume) return { ...base, request, blocked: `it has a local file disk ${disk.path} that is no pool volume, so it cannot be mirrored` };
     const poolRow = await deps.dirPools.find(pool);
     const reach = new Set((JSON.parse(poolRow?.hosts ?? '[]') as Array<{ hostId: string }>).map((entry) => entry.hostId));
-    diskHostIds = new Set([...(diskHostIds ?? reach)].filter((id) => reach.has(id)));
+    reachableHostIds = new Set([...(reachableHostIds ?? reach)].filter((id) => reach.has(id)));
     diskBytes += (await deps.dirPools.diskOf(pool, volume, disk.id)).sizeBytes;
   }
   const sampled = await lastSampledDirtyRate(deps.db, row.id);
@@ -129,7 +133,7 @@ async function candidate(
     ...base,
     request,
     diskBytes,
-    ...(diskHostIds ? { diskHostIds } : {}),
+    ...(reachableHostIds ? { reachableHostIds } : {}),
     dirtyRate: sampled === undefined ? { bytesPerSec: ASSUMED_DIRTY_RATE_BYTES_PER_SEC, source: 'assumed' } : { bytesPerSec: sampled, source: 'sampled' },
   };
 }

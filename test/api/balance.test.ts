@@ -232,6 +232,17 @@ describe('cluster balancing through the API', () => {
     assert.match(explained.body.refused.find((r) => r.host === 'h2')?.reason ?? '', /h2 has region=us; project euro's residency rule requires region=eu/);
   });
 
+  it('moves nothing to a host whose older QEMU could not load the stream', async () => {
+    await setUp(6);
+    await cluster.db.updateTable('hosts').set({ qemu_version: 'QEMU emulator version 9.2.0' }).where('name', '=', 'h2').execute();
+    const dry = await call<BalanceProposal>('POST', '/v1/cluster/balance', { dryRun: true });
+    assert.ok(dry.body.moves.length >= 2, JSON.stringify(dry.body));
+    assert.ok(
+      dry.body.moves.every((m) => m.to === 'h3'),
+      JSON.stringify(dry.body.moves),
+    );
+  });
+
   it('leaves a VM that just moved where it is for the cooldown', async () => {
     const names = await setUp(2);
     for (const name of ['c3', 'c4']) await createVm(name, 'h2');
