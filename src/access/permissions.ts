@@ -52,6 +52,8 @@ export const PERMISSIONS = {
   'host.read': ['platform', 'List and show hosts'],
   'host.update': ['platform', "Set hosts' labels and overcommit ratios"],
   'host.evacuate': ['platform', 'Evacuate hosts (maintenance) and restore them'],
+  'cluster.read': ['platform', "See the cluster's balancing settings, imbalance and last run"],
+  'cluster.manage': ['platform', 'Balance the cluster and set its policies'],
   'image.import': ['platform', 'Import images'],
   'pool.read': ['platform', 'List and show storage pools'],
   'pool.manage': ['platform', 'Create, delete, scrub and repair storage pools'],

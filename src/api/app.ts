@@ -16,6 +16,7 @@ import type { OperationManager } from '../control/operations.ts';
 import type { SecurityGroupService } from '../control/security-groups.ts';
 import type { StorageCatalogue } from '../control/storage.ts';
 import type { HostMaintenance } from '../migration/host-maintenance.ts';
+import type { ClusterBalancer } from '../migration/cluster-balancer.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
 import type { PlacementService } from '../control/placement.ts';
@@ -46,6 +47,7 @@ import { statusRoutes } from './routes/status.ts';
 import { vmRoutes } from './routes/vms.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
+import { clusterRoutes } from './routes/cluster.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -62,6 +64,8 @@ export interface AppServices {
   storage: StorageCatalogue;
   migrations: MigrationService;
   maintenance: HostMaintenance;
+  /** Balancing the cluster: settings, runs and the background balancer. */
+  balancer: ClusterBalancer;
   operations: OperationManager;
   access: AccessControl;
   audit: AuditLog;
@@ -126,6 +130,7 @@ export async function buildApp(
   await app.register(metricsRoutes, { metrics: services.metrics });
   await app.register(projectRoutes, { db });
   await app.register(hostRoutes, { hosts, vms, maintenance, ha, autostart });
+  await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
   await app.register(consoleRoutes, { db, vms, hosts, access });

@@ -18,6 +18,7 @@ import { OperationManager } from '../control/operations.ts';
 import { NetworkService } from '../control/networks.ts';
 import { SecurityGroupService } from '../control/security-groups.ts';
 import { HostMaintenance } from '../migration/host-maintenance.ts';
+import { ClusterBalancer } from '../migration/cluster-balancer.ts';
 import { MigrationService } from '../migration/migration-service.ts';
 import { StorageCatalogue } from '../control/storage.ts';
 import { DirPoolCatalogue } from '../control/dir-pools.ts';
@@ -109,6 +110,7 @@ export function createServices(options: {
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
   const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
+  const balancer = new ClusterBalancer({ db, placement, owner, dirPools: storage.dirPools, operations, migrations, logger: options.logger });
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
@@ -125,6 +127,7 @@ export function createServices(options: {
     storage,
     migrations,
     maintenance,
+    balancer,
     operations,
     access,
     audit,
@@ -163,7 +166,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha } = services;
+  const { operations, images, audit, ha, balancer } = services;
   await audit.start();
   await operations.failInterrupted();
   await images.prepareFolders();
@@ -190,6 +193,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   const caPath = tls?.caPath ? { caPath: tls.caPath } : {};
   await writeFile(paths.apiInfo, `${JSON.stringify({ url, agentUrl: `unix:${agentSocket}`, pid: process.pid, ...caPath }, null, 2)}\n`);
   ha.start();
+  // The background balancer's rounds (they move VMs only with `nubis cluster set --balance auto`).
+  await balancer.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -198,6 +203,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     operations,
     async stop() {
       await ha.stop();
+      balancer.stop();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();

@@ -8,6 +8,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { defaultDataDir } from '../core/paths.ts';
 import { registerAccessCommands } from './commands/access.ts';
 import { registerAuditCommands } from './commands/audit.ts';
+import { registerClusterCommands } from './commands/cluster.ts';
 import { registerDaemonCommands } from './commands/daemon.ts';
 import { registerHostCommands } from './commands/host.ts';
 import { registerImageCommands } from './commands/image.ts';
@@ -35,6 +36,7 @@ const program = new Command('nubis')
 
 registerUpDownCommands(program);
 registerHostCommands(program);
+registerClusterCommands(program);
 registerVmCommands(program);
 registerImageCommands(program);
 registerNetworkCommands(program);

@@ -8,6 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import { Revert } from '../core/revert.ts';
 import type { MigrationFigures, MigrationInput, MigrationPlacement, MigrationPlan, MigrationRequest, MigrationRun } from './migration-types.ts';
+import { ASSUMED_LINK_BYTES_PER_SEC, lastMeasuredLink } from './migration-cost.ts';
 import { nextListenUri } from './stream-ports.ts';
 import { MigrationStream, POLL_MS, STALL_MS, mib } from './migration-stream.ts';
 import { newId } from '../core/ids.ts';
@@ -34,11 +35,9 @@ import { observeMigration } from '../metrics/metrics.ts';
  * milliseconds; it is widened step by step, up to the user's maximum, when passes stop shrinking. */
 export const AUTO_TARGET_DOWNTIME_MS = 20;
 /** QEMU's own default downtime limit, the maximum when the user names none. */
-const DEFAULT_MAX_DOWNTIME_MS = 300;
+export const DEFAULT_MAX_DOWNTIME_MS = 300;
 /** `auto` prepares post-copy when the guest dirties memory at least this fraction of the link. */
 const POSTCOPY_PREPARE_LAMBDA = 0.5;
-/** The link assumed before any migration between two hosts has measured it: one gigabit. */
-const ASSUMED_LINK_BYTES_PER_SEC = 125_000_000;
 
 export class MigrationService {
   readonly #db: Db;
@@ -255,7 +254,7 @@ export class MigrationService {
     // between these hosts measured, else a gigabit. Every plan carries it for the prediction.
     const expected = request.bandwidthMbps
       ? request.bandwidthMbps * 1_000_000
-      : ((await this.#lastMeasuredLink(m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
+      : ((await lastMeasuredLink(this.#db, m.source.name, m.destination.name)) ?? ASSUMED_LINK_BYTES_PER_SEC);
     if (request.strategy === 'precopy') {
       const prepared = request.onTimeout === 'postcopy';
       return {
@@ -298,23 +297,6 @@ export class MigrationService {
       sampledDirtyRateBytesPerSec: sampled,
       expectedBandwidthBytesPerSec: expected,
     };
-  }
-
-  /** The link rate the last completed migration between two hosts (either way) measured. */
-  async #lastMeasuredLink(a: string, b: string): Promise<number | undefined> {
-    const rows = await this.#db
-      .selectFrom('vm_migrations')
-      .select('figures')
-      .where('status', '=', 'completed')
-      .where((eb) => eb.or([eb.and([eb('from_host', '=', a), eb('to_host', '=', b)]), eb.and([eb('from_host', '=', b), eb('to_host', '=', a)])]))
-      .orderBy('ended_at', 'desc')
-      .limit(5)
-      .execute();
-    for (const row of rows) {
-      const link = (JSON.parse(row.figures) as MigrationFigures).bandwidth;
-      if (link && !link.capped && link.measuredBytesPerSec > 0) return link.measuredBytesPerSec;
-    }
-    return undefined;
   }
 
   /**

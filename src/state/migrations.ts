@@ -409,6 +409,22 @@ const migrations: Record<string, Migration> = {
       await sql`CREATE INDEX placement_events_by_vm ON placement_events (vm_id, seq)`.execute(db);
     },
   },
+  '0013-cluster-settings': {
+    /** The balancer's settings and its last run: one row, `id` = 'cluster'. */
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('cluster_settings')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('balance', 'text', (c) => c.notNull().defaultTo('manual'))
+        .addColumn('threshold', 'integer', (c) => c.notNull().defaultTo(3))
+        .addColumn('interval_seconds', 'integer', (c) => c.notNull().defaultTo(300))
+        .addColumn('cooldown_seconds', 'integer', (c) => c.notNull().defaultTo(3600))
+        .addColumn('max_moves', 'integer', (c) => c.notNull().defaultTo(8))
+        .addColumn('last_run', 'text')
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
   '0014-high-availability': {
     async up(db: Kysely<unknown>): Promise<void> {
       await db.schema

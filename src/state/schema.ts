@@ -368,8 +368,25 @@ export interface DirVolumesTable {
   created_at: string;
 }
 
+/** The balancer's settings (one row, id `cluster`) and its last run. */
+export interface ClusterSettingsTable {
+  id: string;
+  /** auto: the background balancer acts; manual: only `nubis cluster balance`; off: neither. */
+  balance: 'auto' | 'manual' | 'off';
+  /** 1 (careful) .. 5 (eager): control/balance-plan.ts THRESHOLDS. */
+  threshold: number;
+  interval_seconds: number;
+  /** A VM that moved (for any reason) is not moved by the balancer for this long. */
+  cooldown_seconds: number;
+  max_moves: number;
+  /** JSON: the last run (manual or automatic) with its moves and their outcomes. */
+  last_run: string | null;
+  updated_at: string;
+}
+
 export interface Database {
   ha_events: HaEventsTable;
+  cluster_settings: ClusterSettingsTable;
   placement_groups: PlacementGroupsTable;
   pool_labels: PoolLabelsTable;
   placement_events: PlacementEventsTable;
