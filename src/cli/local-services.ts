@@ -102,7 +102,7 @@ async function ensureTestBed(dataDir: string, hostNames: string[]): Promise<Test
 async function startWatchdogs(dataDir: string, bed: TestBed): Promise<void> {
   for (const host of bed.hosts) {
     if (await readPidFile(join(dataPaths(dataDir).runDir, `watchdog-${host.name}.pid`))) continue;
-    await spawnDaemon(dataDir, `watchdog-${host.name}`, ['watchdog', '--name', host.name, '--underlay-ip', host.underlayIp], host.netns);
+    await spawnDaemon(dataDir, `watchdog-${host.name}`, ['watchdog', '--name', host.name, '--data', dataDir, '--underlay-ip', host.underlayIp], host.netns);
   }
 }
 
