@@ -34,6 +34,8 @@ export const HostNetworkSpec = Type.Object(
     id: Type.String({ maxLength: 63 }),
     vni: Type.Integer({ minimum: 1, maximum: 16777215 }),
     mtu: Type.Integer({ minimum: 576, maximum: 9000 }),
+    /** The network's conntrack zone on every host: overlapping subnets never share connection state. */
+    ctZone: Type.Integer({ minimum: 1, maximum: 65535 }),
     /** Underlay addresses of the other hosts carrying the network: VXLAN head-end replication. */
     peers: Type.Array(Type.String({ format: 'ipv4', maxLength: 15 }), { maxItems: 4096 }),
     /** Present on the one host that serves the network's DHCP. */

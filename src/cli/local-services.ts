@@ -15,6 +15,7 @@ import { cacheDir, dataPaths, repoRoot } from '../core/paths.ts';
 import { buildTinyImage, readTinyImage } from '../images/build-tiny.ts';
 import { DHCP_STATE_ROOT } from '../host/network-plumbing.ts';
 import { stopOrphanedVms } from '../host/orphan-vms.ts';
+import { stopDhcpServersUnder } from '../network/dhcp.ts';
 import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../network/underlay.ts';
 import { setExactAddress, setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
@@ -114,7 +115,7 @@ async function readPidFile(path: string): Promise<number | undefined> {
 
 /**
  * Starts `nubis daemon ...` detached, with its output in a log file and its pid in run/. With
- * `netns` it runs inside that network namespace (`ip netns exec` execs in place: same pid).
+ * `netns` it runs inside that network namespace (`nsenter` execs in place: same pid).
  */
 async function spawnDaemon(dataDir: string, name: string, args: string[], netns?: string): Promise<number> {
   const paths = dataPaths(dataDir);
@@ -122,7 +123,11 @@ async function spawnDaemon(dataDir: string, name: string, args: string[], netns?
   await mkdir(paths.logsDir, { recursive: true });
   const logFd = openSync(join(paths.logsDir, `${name}.log`), 'a');
   const command = [process.execPath, join(repoRoot, 'bin/nubis.mjs'), 'daemon', ...args];
-  const argv = netns ? ['ip', 'netns', 'exec', netns, ...command] : command;
+  // nsenter, not `ip netns exec`: that also gives the process a mount namespace of its own, a
+  // slave of ours, and the namespaces an agent names inside it (DHCP servers, routers, probes)
+  // would exist only there. `down` could then neither see nor stop what runs in them (a dnsmasq
+  // outlived it), and a restarted agent could not enter them.
+  const argv = netns ? ['nsenter', `--net=/run/netns/${netns}`, '--', ...command] : command;
   const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', logFd, logFd], env: process.env });
   closeSync(logFd);
   child.unref();
@@ -334,6 +339,9 @@ export async function down(options: { dataDir: string; keepVms: boolean; ca?: st
   if (!options.keepVms) {
     const orphans = await stopOrphanedVms(paths.hostsDir);
     if (orphans.length > 0) say(`Stopped ${orphans.length} QEMU process(es) that had no agent`);
+    // DHCP servers first, by their files: one whose namespace went missing runs on all the same.
+    const dhcpServers = await stopDhcpServersUnder(join(DHCP_STATE_ROOT, testBedPrefix(options.dataDir)));
+    if (dhcpServers.length > 0) say(`Stopped ${dhcpServers.length} DHCP server(s)`);
     // Namespaces, links and bridges of hosts in namespaces: also those a crashed run left.
     const removed = await cleanupByPrefix(testBedPrefix(options.dataDir));
     if (removed.namespaces.length + removed.links.length > 0) say(`Removed ${removed.namespaces.length} namespace(s) and ${removed.links.length} link(s)`);

@@ -24,8 +24,11 @@ export interface HostChange {
 
 /** A host is offline when its last heartbeat is older than this (and it was not fenced). */
 export const HOST_OFFLINE_AFTER_MS = 30_000;
-/** Heartbeats are kept in memory; each host's time is written to the database at most this often. */
-const PERSIST_HEARTBEAT_EVERY_MS = 30_000;
+/**
+ * Heartbeats are kept in memory; each host's time is written to the database at most this often
+ * (readers of `last_seen_at`, such as network service placement, see it at most this stale).
+ */
+const PERSIST_HEARTBEAT_EVERY_MS = 10_000;
 
 export interface HostView {
   id: string;

@@ -1,10 +1,11 @@
 /**
  * Virtual networks in the control plane: their records, IPAM (every NIC gets a MAC and an IP
- * that stay with it for its life), and keeping each host's plumbing in step: which hosts carry a
- * network, their VXLAN peers, and the network's DHCP server with its fixed leases.
+ * that stay with it for its life), and keeping each host's plumbing in step: the hosts that carry
+ * a network (network-carriers.ts decides which), their VXLAN peers, the network's DHCP server
+ * with its fixed leases and its NAT gateway, and clearing hosts that no longer need it.
  */
 import { sql, type Transaction } from 'kysely';
-import { NubisError } from '../core/errors.ts';
+import { NubisError, messageOf } from '../core/errors.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
 import { auditedTransaction } from '../audit/audit-context.ts';
@@ -12,14 +13,16 @@ import { newId, newMac } from '../core/ids.ts';
 import { Revert } from '../core/revert.ts';
 import type { Db } from '../state/database.ts';
 import type { Database, HostsTable, NetworksTable, NicsTable } from '../state/schema.ts';
-import type { HostNetworkSpec } from '../agent-api/contract.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
-import type { HostRegistry } from './hosts.ts';
+import { HOST_OFFLINE_AFTER_MS, type HostRegistry } from './hosts.ts';
+import { NetworkCarriers, type NetworkPlacement } from './network-carriers.ts';
 import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
 
 /** VNIs Nubis hands out start here; lower ones are left for explicit choice. */
 const FIRST_AUTO_VNI = 1000;
 const MAX_VNI = 16_777_215;
+/** Conntrack zones networks get (zone 0 is the hosts' default); see network/conntrack-zones.ts. */
+const MAX_CT_ZONE = 65_535;
 /** Underlay MTU 1500 minus the VXLAN, UDP, IP and inner Ethernet headers (50 bytes). */
 export const OVERLAY_MTU = 1450;
 
@@ -33,6 +36,8 @@ export interface NetworkView {
   nat: boolean;
   dhcpAddress?: string;
   vni: number;
+  /** The network's conntrack zone on every host that carries it. */
+  conntrackZone: number;
   mtu: number;
   nicCount: number;
   hosts: string[];
@@ -64,11 +69,14 @@ export interface NetworkCreateRequest {
 export class NetworkService {
   readonly #db: Db;
   readonly #hosts: HostRegistry;
+  /** One change of a network's placement at a time: syncs, unplugs, probe holds, delete. */
   readonly #syncQueue = new KeyedSerialQueue();
+  readonly #carriers: NetworkCarriers;
 
   constructor(deps: { db: Db; hosts: HostRegistry }) {
     this.#db = deps.db;
     this.#hosts = deps.hosts;
+    this.#carriers = new NetworkCarriers(deps.db);
   }
 
   async #projectId(name = 'default'): Promise<string> {
@@ -111,13 +119,16 @@ export class NetworkService {
       vni: 0,
       mtu: OVERLAY_MTU,
       nat: request.nat ? 1 : 0,
+      ct_zone: 0,
+      service_host_id: null,
       created_at: new Date().toISOString(),
     };
-    // Name, subnet, VNI and quota are checked in the transaction that records the network: two
-    // creates at once cannot both take the same name or VNI.
+    // Name, subnet, VNI, zone and quota are checked in the transaction that records the network:
+    // two creates at once cannot both take the same name, VNI or zone.
     await auditedTransaction(this.#db, async (trx) => {
       await this.#refuseClashes(trx, projectId, request, subnet);
       row.vni = await this.#vniFor(trx, request.vni);
+      row.ct_zone = await this.#ctZoneFor(trx);
       await enforceQuota(trx, projectId, request.project ?? 'default', { networks: 1 });
       await trx.insertInto('networks').values(row).execute();
     });
@@ -155,6 +166,16 @@ export class NetworkService {
     return Math.max(FIRST_AUTO_VNI, Number(highest?.vni ?? 0) + 1);
   }
 
+  /** The lowest conntrack zone no network has (zones of deleted networks are used again). */
+  async #ctZoneFor(trx: Transaction<Database>): Promise<number> {
+    const used = await trx.selectFrom('networks').select('ct_zone').orderBy('ct_zone').execute();
+    let zone = 1;
+    for (const row of used) if (row.ct_zone === zone) zone++;
+    if (zone > MAX_CT_ZONE)
+      throw new NubisError('NET_CT_ZONES_EXHAUSTED', `Every conntrack zone (1-${MAX_CT_ZONE}) belongs to a network; delete networks no longer used`);
+    return zone;
+  }
+
   async #view(row: NetworksTable): Promise<NetworkView> {
     const [project, nicCount, hosts] = await Promise.all([
       this.#db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
@@ -175,6 +196,7 @@ export class NetworkService {
       nat: row.nat === 1,
       ...(row.dhcp_address ? { dhcpAddress: row.dhcp_address } : {}),
       vni: row.vni,
+      conntrackZone: row.ct_zone,
       mtu: row.mtu,
       nicCount: Number(nicCount?.count ?? 0),
       hosts: hosts.map((host) => host.name),
@@ -194,14 +216,35 @@ export class NetworkService {
     return this.#view(await this.row(ref, project));
   }
 
-  /** Deletes a network no NIC uses, and removes its plumbing from every host. */
+  /**
+   * Deletes a network no NIC uses, and first removes its plumbing (a DHCP server and gateway stay
+   * on their host until then) from every host it was plumbed on. A host that is up but cannot
+   * remove it fails the delete, which can be tried again; one that is down keeps what it has.
+   */
   async delete(ref: string, project?: string): Promise<void> {
     const row = await this.row(ref, project);
-    const users = await this.#db.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select('vms.name').where('nics.network_id', '=', row.id).execute();
-    if (users.length > 0) {
-      throw new NubisError('NET_IN_USE', `Network ${row.name} is used by VM(s) ${users.map((u) => u.name).join(', ')}; delete those VMs first`);
-    }
-    await this.#db.deleteFrom('networks').where('id', '=', row.id).execute();
+    await this.#syncQueue.run(row.id, async () => {
+      const users = await this.#db
+        .selectFrom('nics')
+        .innerJoin('vms', 'vms.id', 'nics.vm_id')
+        .select('vms.name')
+        .where('nics.network_id', '=', row.id)
+        .execute();
+      if (users.length > 0) {
+        throw new NubisError('NET_IN_USE', `Network ${row.name} is used by VM(s) ${users.map((u) => u.name).join(', ')}; delete those VMs first`);
+      }
+      const failures = await this.#clearUnneeded(row.id, { carriers: [] });
+      const now = Date.now();
+      const up = failures.filter(({ host }) => now - Date.parse(host.last_seen_at) <= HOST_OFFLINE_AFTER_MS);
+      if (up.length > 0) {
+        const { host, error } = up[0];
+        throw new NubisError('NET_UNPLUG_FAILED', `Host ${host.name} could not remove network ${row.name}: ${messageOf(error)}; try again`, { cause: error });
+      }
+      await this.#db.transaction().execute(async (trx) => {
+        await trx.deleteFrom('network_hosts').where('network_id', '=', row.id).execute();
+        await trx.deleteFrom('networks').where('id', '=', row.id).execute();
+      });
+    });
   }
 
   /** Forwards `hostPort` on the network's NAT gateway host to `vmPort` of a VM on the network. */
@@ -270,7 +313,10 @@ export class NetworkService {
   /** The forwards of a network, with the address they listen on (the gateway host's underlay). */
   async forwards(ref: string, project?: string): Promise<PortForwardView[]> {
     const network = await this.row(ref, project);
-    const listenHost = (await this.hostsOf(network.id))[0];
+    // The gateway runs on the network's service host (network-carriers.ts).
+    const listenHost = network.service_host_id
+      ? await this.#db.selectFrom('hosts').selectAll().where('id', '=', network.service_host_id).executeTakeFirst()
+      : undefined;
     const rows = await this.#db
       .selectFrom('port_forwards')
       .innerJoin('vms', 'vms.id', 'port_forwards.vm_id')
@@ -335,93 +381,94 @@ export class NetworkService {
     await db.deleteFrom('nics').where('vm_id', '=', vmId).execute();
   }
 
-  /** Hosts that carry the network: those with a VM that has a NIC on it. */
+  /** Hosts that carry the network, by name: see network-carriers.ts for who needs it where. */
   async hostsOf(networkId: string): Promise<HostsTable[]> {
-    return this.#db
-      .selectFrom('hosts')
-      .selectAll('hosts')
-      .where('hosts.id', 'in', (eb) =>
-        eb.selectFrom('nics').innerJoin('vms', 'vms.id', 'nics.vm_id').select('vms.host_id').where('nics.network_id', '=', networkId),
-      )
-      .orderBy('hosts.name')
-      .execute();
-  }
-
-  /** What each host carrying the network needs, keyed by host id. */
-  async hostSpecs(networkId: string, alsoHostIds: string[] = []): Promise<Map<string, { host: HostsTable; spec: HostNetworkSpec }>> {
-    const network = await this.#db.selectFrom('networks').selectAll().where('id', '=', networkId).executeTakeFirstOrThrow();
-    const hosts = await this.hostsOf(networkId);
-    for (const id of alsoHostIds) {
-      if (!hosts.some((host) => host.id === id)) hosts.push(await this.#db.selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirstOrThrow());
-    }
-    const specs = new Map<string, { host: HostsTable; spec: HostNetworkSpec }>();
-    const subnet = parseSubnet(network.subnet);
-    const leases = network.dhcp
-      ? await this.#db
-          .selectFrom('nics')
-          .innerJoin('vms', 'vms.id', 'nics.vm_id')
-          .select(['nics.mac', 'nics.ip', 'vms.name'])
-          .where('nics.network_id', '=', networkId)
-          .execute()
-      : [];
-    const forwards = network.nat
-      ? (
-          await this.#db
-            .selectFrom('port_forwards')
-            .innerJoin('nics', (join) => join.onRef('nics.vm_id', '=', 'port_forwards.vm_id').onRef('nics.network_id', '=', 'port_forwards.network_id'))
-            .select(['port_forwards.protocol', 'port_forwards.host_port', 'port_forwards.vm_port', 'nics.ip'])
-            .where('port_forwards.network_id', '=', networkId)
-            .execute()
-        ).map((f) => ({ protocol: f.protocol, hostPort: f.host_port, vmIp: f.ip, vmPort: f.vm_port }))
-      : [];
-    hosts.forEach((host, index) => {
-      const peers = hosts.filter((other) => other.id !== host.id && other.underlay_ip).map((other) => other.underlay_ip!);
-      const spec: HostNetworkSpec = { id: network.id, vni: network.vni, mtu: network.mtu, peers };
-      // One NAT gateway per network, on the first host carrying it (like a network node).
-      if (network.nat && index === 0 && network.gateway) {
-        spec.nat = { gatewayCidr: `${network.gateway}/${subnet.prefixLength}`, subnet: subnet.cidr, forwards };
-      }
-      // One DHCP server per network, on the first host carrying it.
-      if (network.dhcp && index === 0 && network.dhcp_address) {
-        spec.dhcp = {
-          subnet: subnet.cidr,
-          serverIp: network.dhcp_address,
-          ...(network.gateway ? { gateway: network.gateway } : {}),
-          hosts: leases.map((l) => ({ mac: l.mac, ip: l.ip, name: l.name })),
-        };
-      }
-      specs.set(host.id, { host, spec });
-    });
-    return specs;
+    const network = await this.#db.selectFrom('networks').selectAll().where('id', '=', networkId).executeTakeFirst();
+    return network ? (await this.#carriers.of(network)).carriers.map((carrier) => carrier.host) : [];
   }
 
   /**
-   * Brings every host carrying the network in step (bridge, VXLAN, peers, DHCP). Called after a
-   * VM with a NIC on it is placed, started, moved or deleted; `alsoHostIds` plumbs hosts about
-   * to carry it (the destination of a migration).
+   * Brings the network's plumbing in step with where it is needed: hosts that no longer need it
+   * lose it first (a DHCP server or gateway that moves never runs twice at once), then every host
+   * that carries it is told its spec (bridge, VXLAN, peers, zone, DHCP, NAT). Called after a VM
+   * with a NIC on it is placed, started, moved or deleted, and when a probe or migration lets go.
    */
-  sync(networkId: string, signal?: AbortSignal, alsoHostIds: string[] = []): Promise<void> {
-    // One sync of a network at a time, each computing the specs afresh: two interleaved syncs
-    // (say, of two VMs migrating at once) could otherwise apply an older view last.
+  sync(networkId: string, signal?: AbortSignal): Promise<void> {
+    // One change of a network at a time, each computing the placement afresh: two interleaved
+    // syncs (say, of two VMs migrating at once) could otherwise apply an older view last.
     return this.#syncQueue.run(networkId, async () => {
-      for (const { host, spec } of (await this.hostSpecs(networkId, alsoHostIds)).values()) {
+      const network = await this.#db.selectFrom('networks').selectAll().where('id', '=', networkId).executeTakeFirst();
+      if (!network) return;
+      const placement = await this.#carriers.of(network);
+      const serviceHostId = placement.serviceHost?.id ?? null;
+      if (serviceHostId !== network.service_host_id) {
+        await this.#db.updateTable('networks').set({ service_host_id: serviceHostId }).where('id', '=', networkId).execute();
+      }
+      await this.#clearUnneeded(networkId, placement);
+      for (const { host, spec } of (await this.#carriers.specs(network, placement)).values()) {
+        // Recorded before it is applied: a host left half-plumbed is still cleared later.
+        await this.#db
+          .insertInto('network_hosts')
+          .values({ network_id: networkId, host_id: host.id })
+          .onConflict((oc) => oc.doNothing())
+          .execute();
         await this.#hosts.agent(host).applyNetwork(spec, { timeoutMs: 30_000, signal });
       }
     });
   }
 
-  /** Removes the network's plumbing from a host that no longer carries it. */
-  async unplugHost(networkId: string, host: HostsTable): Promise<void> {
-    if ((await this.hostsOf(networkId)).some((h) => h.id === host.id)) return;
-    await this.#hosts
-      .agent(host)
-      .removeNetwork(networkId, { timeoutMs: 30_000 })
-      .catch(() => undefined);
+  /**
+   * Removes the network from `host` unless the host still needs it (a VM, its DHCP server or
+   * gateway, a probe, an incoming migration). The other hosts learn of it at the next sync.
+   */
+  unplugHost(networkId: string, host: HostsTable): Promise<void> {
+    return this.#syncQueue.run(networkId, async () => {
+      const network = await this.#db.selectFrom('networks').selectAll().where('id', '=', networkId).executeTakeFirst();
+      if (network) await this.#clearUnneeded(networkId, await this.#carriers.of(network), [host]);
+    });
+  }
+
+  /**
+   * Takes the network off every host it was plumbed on (and `alsoFrom`) that is not in
+   * `placement`. A host that cannot be reached keeps its record, so the next sync (or the
+   * network's delete) tries again: nothing it runs for the network is forgotten. Resolves with
+   * the hosts that failed and why.
+   */
+  async #clearUnneeded(networkId: string, placement: NetworkPlacement, alsoFrom: HostsTable[] = []): Promise<Array<{ host: HostsTable; error: unknown }>> {
+    const plumbed = await this.#db
+      .selectFrom('hosts')
+      .innerJoin('network_hosts', 'network_hosts.host_id', 'hosts.id')
+      .selectAll('hosts')
+      .where('network_hosts.network_id', '=', networkId)
+      .execute();
+    const needed = new Set(placement.carriers.map((carrier) => carrier.host.id));
+    // A fenced host is unreachable by definition: its record stays, and it is cleared when it is back.
+    const stale = new Map([...plumbed, ...alsoFrom].filter((host) => !needed.has(host.id) && !host.fenced_at).map((host) => [host.id, host]));
+    const failures: Array<{ host: HostsTable; error: unknown }> = [];
+    for (const host of stale.values()) {
+      try {
+        await this.#hosts.agent(host).removeNetwork(networkId, { timeoutMs: 30_000 });
+        await this.#db.deleteFrom('network_hosts').where('network_id', '=', networkId).where('host_id', '=', host.id).execute();
+      } catch (error) {
+        failures.push({ host, error });
+      }
+    }
+    return failures;
+  }
+
+  /**
+   * Keeps the network on `hostId` until the returned function is called, as for a VM migrating
+   * there: the host is a carrier meanwhile, also for syncs that other changes start. The caller
+   * syncs the network after taking the hold and after letting it go.
+   */
+  hold(networkId: string, hostId: string, role: 'probe' | 'migration'): () => void {
+    return this.#carriers.hold(networkId, hostId, role);
   }
 
   /**
    * Runs a diagnostic command in a temporary namespace plugged into the network, on `host` or the
-   * first host carrying it, with a free address of the subnet.
+   * first host carrying it, with a free address of the subnet. The host keeps the network while
+   * the probe runs, whatever leaves it meanwhile (a migration, a deleted VM).
    */
   async probe(
     ref: string,
@@ -429,30 +476,40 @@ export class NetworkService {
     request: { host?: string; command: string[]; timeoutSeconds: number },
   ): Promise<{ host: string; address: string; exitCode: number; stdout: string; stderr: string }> {
     const network = await this.row(ref, project);
-    const host = await this.probeHost(network.id, request.host);
-    const { address, prefixLength } = await this.probeAddress(network);
-    const result = await this.#hosts.agent(host).probe(
-      network.id,
-      {
-        address: `${address}/${prefixLength}`,
-        ...(network.gateway ? { gateway: network.gateway } : {}),
-        command: request.command,
-        timeoutMs: request.timeoutSeconds * 1000,
-      },
-      { timeoutMs: request.timeoutSeconds * 1000 + 15_000 },
-    );
-    return { host: host.name, address, ...result };
+    // Chosen and held in the network's queue: no unplug can come between the choice and the hold.
+    const { host, release } = await this.#syncQueue.run(network.id, async () => {
+      const chosen = await this.probeHost(network, request.host);
+      return { host: chosen, release: this.#carriers.hold(network.id, chosen.id, 'probe') };
+    });
+    try {
+      const { address, prefixLength } = await this.probeAddress(network);
+      const result = await this.#hosts.agent(host).probe(
+        network.id,
+        {
+          address: `${address}/${prefixLength}`,
+          ...(network.gateway ? { gateway: network.gateway } : {}),
+          command: request.command,
+          timeoutMs: request.timeoutSeconds * 1000,
+        },
+        { timeoutMs: request.timeoutSeconds * 1000 + 15_000 },
+      );
+      return { host: host.name, address, ...result };
+    } finally {
+      release();
+      // Only when the probe was all that kept the network there is there anything to change.
+      if (!(await this.hostsOf(network.id)).some((carrier) => carrier.id === host.id)) await this.sync(network.id).catch(() => undefined);
+    }
   }
 
   /** A host carrying the network, for probes: the given one, or the first. */
-  async probeHost(networkId: string, hostName?: string): Promise<HostsTable> {
-    const hosts = await this.hostsOf(networkId);
+  async probeHost(network: NetworksTable, hostName?: string): Promise<HostsTable> {
+    const hosts = (await this.#carriers.of(network)).carriers.map((carrier) => carrier.host);
     const host = hostName ? hosts.find((h) => h.name === hostName) : hosts[0];
     if (!host)
       throw new NubisError(
         'NET_NOT_PLUMBED',
         hostName
-          ? `Host ${hostName} carries no VM on this network; probe from one that does`
+          ? `Host ${hostName} does not carry this network (no VM, DHCP server or gateway of it runs there); probe from one that does`
           : 'No VM uses this network yet, so no host carries it; create a VM on it first',
       );
     return host;

@@ -1,8 +1,8 @@
 /**
  * The host agent's side of virtual networks: it plumbs a network on its host when the control
- * plane says the host carries it (bridge, VXLAN device, flood peers, the DHCP server where this
- * host serves it), plugs VM NICs in as taps, and runs diagnostic probes. The devices themselves
- * are made by the network driver in src/network.
+ * plane says the host carries it (bridge, VXLAN device, flood peers, its conntrack zone, the DHCP
+ * server and NAT gateway where this host runs them), plugs VM NICs in as taps, and runs
+ * diagnostic probes. The devices themselves are made by the network driver in src/network.
  */
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { NubisError, isNubisError } from '../core/errors.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
+import { removeConntrackZone, setConntrackZone } from '../network/conntrack-zones.ts';
 import { applyPortFirewall, removePortFirewall } from '../network/firewall.ts';
 import { tapNameFor } from '../network/names.ts';
 import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPeers } from '../network/overlay.ts';
@@ -59,6 +60,7 @@ export class NetworkPlumbing {
   async #apply(spec: HostNetworkSpec): Promise<{ bridge: string; vxlan: string }> {
     const { hostNs, underlayIp } = this.#where();
     const devices = await ensureNetworkOnHost({ hostNs, networkKey: spec.id, vni: spec.vni, localUnderlayIp: underlayIp, mtu: spec.mtu });
+    await setConntrackZone({ hostNs, networkKey: spec.id, zone: spec.ctZone });
     await setPeers({ hostNs, networkKey: spec.id, peerUnderlayIps: spec.peers });
     const stateDir = this.#dhcpStateDir(hostNs, spec.id);
     if (spec.dhcp) {
@@ -104,6 +106,7 @@ export class NetworkPlumbing {
     }
     await removeGateway({ hostNs, networkKey: networkId });
     await removeNetworkFromHost({ hostNs, networkKey: networkId });
+    await removeConntrackZone({ hostNs, networkKey: networkId });
   }
 
   /** Creates the taps of a VM's network NICs and names them in the spec QEMU is started from. */

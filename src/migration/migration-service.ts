@@ -322,7 +322,10 @@ export class MigrationService {
             run.destinationSpec,
             run.placement,
           );
+          run.releaseNetworks();
         }
+        // Otherwise the VM may run on the destination with its record elsewhere: the hold keeps
+        // its networks there until the host's report settles it (or this control plane ends).
         throw error;
       }
       // Before the switch-over: the VM never left the source.
@@ -364,7 +367,19 @@ export class MigrationService {
     // makes an empty one over the same image and the overlay's clusters are mirrored into it.
     const mirroredDiskIds = [...(m.spec.boot.kind === 'disk' ? [BOOT_DISK_NODE] : []), ...mirrored.map((x) => x.diskId)];
     const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(nextListenUri(destination).split(':').at(-1)) };
-    return { ...m, networkIds, capabilities, uri, sourceStatus, mirrored, destinationSpec, mirroredDiskIds, mirrorTarget, switchedOver: false };
+    return {
+      ...m,
+      networkIds,
+      releaseNetworks: () => {},
+      capabilities,
+      uri,
+      sourceStatus,
+      mirrored,
+      destinationSpec,
+      mirroredDiskIds,
+      mirrorTarget,
+      switchedOver: false,
+    };
   }
 
   /**
@@ -375,13 +390,14 @@ export class MigrationService {
   async #reserve(op: OperationContext, run: MigrationRun, revert: Revert): Promise<void> {
     const { vmId, source, destination, capabilities, uri, sourceStatus, mirrored, destinationSpec, mirroredDiskIds, mirrorTarget, networkIds } = run;
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
+    // The destination carries the VM's networks from now until the record moves there (or this
+    // is undone): a sync that another change starts meanwhile keeps them there too.
+    run.releaseNetworks = this.#holdNetworks(networkIds, destination);
     revert.add(`unplug the VM's networks on ${destination.name}`, async () => {
-      for (const networkId of networkIds) {
-        await this.#networks.unplugHost(networkId, destination);
-        await this.#networks.sync(networkId);
-      }
+      run.releaseNetworks();
+      for (const networkId of networkIds) await this.#networks.sync(networkId);
     });
-    for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal, [destination.id]);
+    for (const networkId of networkIds) await this.#networks.sync(networkId, op.signal);
     const mirror =
       mirroredDiskIds.length > 0
         ? {
@@ -412,6 +428,14 @@ export class MigrationService {
     }
   }
 
+  /** Holds each network on `host`; the returned function lets go of them all (idempotent). */
+  #holdNetworks(networkIds: string[], host: HostsTable): () => void {
+    const releases = networkIds.map((networkId) => this.#networks.hold(networkId, host.id, 'migration'));
+    return () => {
+      for (const release of releases) release();
+    };
+  }
+
   /**
    * Stage 6: commitment and activation. The destination owns the VM and announces it; the
    * record moves in one step; the source lets go.
@@ -434,6 +458,8 @@ export class MigrationService {
     ).resumedAtMs;
     if (stoppedAtMs && resumedAtMs && resumedAtMs >= stoppedAtMs) figures.pausedMs = resumedAtMs - stoppedAtMs;
     await this.#vms.reports.recordMove({ id: vmId, name: run.vmName, projectId: run.projectId }, destination, activated, destinationSpec, run.placement);
+    // The VM's record holds the networks on the destination now.
+    run.releaseNetworks();
     for (const x of mirrored) await this.#dirPools.moveVolume(x.pool, x.volume, destination.id);
     await this.#hosts
       .agent(source)
@@ -447,10 +473,9 @@ export class MigrationService {
           op.report('activation', `The old copy of ${x.pool}/${x.volume} on ${source.name} could not be removed: ${messageOf(error)}`, 0.97),
         );
     }
-    for (const networkId of networkIds) {
-      await this.#networks.unplugHost(networkId, source);
-      await this.#networks.sync(networkId);
-    }
+    // The source keeps a network only where it still needs it (another VM, its DHCP server or
+    // gateway, a probe): the sync decides, and tells every carrier of the change.
+    for (const networkId of networkIds) await this.#networks.sync(networkId);
     const project = (await this.#db.selectFrom('vms').select('project_id').where('id', '=', vmId).executeTakeFirstOrThrow()).project_id;
     await this.#secgroups.refreshProject(project);
     await op.report(

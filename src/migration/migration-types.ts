@@ -104,6 +104,8 @@ export interface MigrationRun {
   plan: MigrationPlan;
   figures: MigrationFigures;
   networkIds: string[];
+  /** Lets go of the hold that keeps the VM's networks on the destination during the migration. */
+  releaseNetworks: () => void;
   capabilities: Record<string, boolean>;
   /** Where the destination listens for the stream. */
   uri: string;

@@ -3,7 +3,7 @@
 // out fixed leases only (MAC -> IP from IPAM), no DNS. dnsmasq daemonizes and writes a pid file, so
 // it outlives an agent restart and the next agent finds and adopts it.
 import { createHash } from 'node:crypto';
-import { chmod, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NubisError } from '../core/errors.ts';
 import { assertIpv4, cidrContains, normalizeMac, parseIpv4Cidr } from './addresses.ts';
@@ -182,6 +182,29 @@ export async function stopDhcp(options: DhcpLocation): Promise<void> {
   await deleteNamespace(namespace, { ...call, killProcesses: true });
   await deleteLinkIfPresent(dhcpLinkNameFor(options.networkKey), { ...call, netns: options.hostNs });
   for (const path of Object.values(paths)) await rm(path, { force: true });
+}
+
+/**
+ * Stops every dnsmasq whose configuration file lies under `pathPrefix` (say, the DHCP folders of
+ * one test bed's hosts), found by its command line in /proc wherever it runs: `nubis down` must
+ * leave none behind, also when its namespace, its pid file or its agent is gone. Resolves with
+ * the pids it stopped.
+ */
+export async function stopDhcpServersUnder(pathPrefix: string): Promise<number[]> {
+  // An absolute path of two segments at least, so a slip cannot match every dnsmasq on the machine.
+  if (!/^\/[^/\0]+\/[^\0]+$/.test(pathPrefix)) {
+    throw new NubisError('NET_INVALID_NAME', `DHCP folder prefix ${JSON.stringify(pathPrefix)} is too broad: give an absolute path below a folder`);
+  }
+  const stopped: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid <= 0) continue;
+    const commandLine = await processCommandLine(pid);
+    if (commandLine?.[0] !== DNSMASQ_BINARY || !commandLine.some((arg) => arg.startsWith(`--conf-file=${pathPrefix}`))) continue;
+    await stopProcess(pid);
+    stopped.push(pid);
+  }
+  return stopped;
 }
 
 /** The pid of the dnsmasq serving `confPath` according to `pidPath`, or undefined when none runs. */

@@ -464,6 +464,30 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0015-network-carriers': {
+    /**
+     * A conntrack zone per network (overlapping subnets on one host never share connection
+     * state), the host that runs its DHCP server and NAT gateway (it stays put while VMs move),
+     * and the hosts the network is plumbed on (so one that no longer needs it is always cleared).
+     */
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('networks').addColumn('ct_zone', 'integer').execute();
+      await db.schema.alterTable('networks').addColumn('service_host_id', 'text').execute();
+      const networks = await sql<{ id: string }>`select id from networks order by created_at, id`.execute(db);
+      for (const [index, network] of networks.rows.entries()) await sql`update networks set ct_zone = ${index + 1} where id = ${network.id}`.execute(db);
+      await sql`CREATE UNIQUE INDEX networks_ct_zone ON networks (ct_zone)`.execute(db);
+      await db.schema
+        .createTable('network_hosts')
+        .addColumn('network_id', 'text', (c) => c.notNull().references('networks.id'))
+        .addColumn('host_id', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('network_hosts_pk', ['network_id', 'host_id'])
+        .execute();
+      // What the release before plumbed: the hosts of the networks' VMs.
+      await sql`insert into network_hosts (network_id, host_id) select distinct nics.network_id, vms.host_id from nics join vms on vms.id = nics.vm_id`.execute(
+        db,
+      );
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

@@ -276,7 +276,17 @@ export interface NetworksTable {
   mtu: number;
   /** 1: a NAT gateway at `gateway` lets VMs out and port forwards in. */
   nat: number;
+  /** The network's conntrack zone on every host (1-65535, unique): its connections are its own. */
+  ct_zone: number;
+  /** The host running the network's DHCP server and NAT gateway, once one does. */
+  service_host_id: string | null;
   created_at: string;
+}
+
+/** A host the control plane plumbed a network on (and must clear when it no longer needs it). */
+export interface NetworkHostsTable {
+  network_id: string;
+  host_id: string;
 }
 
 /** A host port on the network's NAT gateway host forwarded to a VM's port. */
@@ -406,6 +416,7 @@ export interface Database {
   secgroup_rules: SecgroupRulesTable;
   vm_secgroups: VmSecgroupsTable;
   networks: NetworksTable;
+  network_hosts: NetworkHostsTable;
   nics: NicsTable;
   projects: ProjectsTable;
   tokens: TokensTable;

@@ -1,24 +1,44 @@
 /**
  * Virtual networks across hosts, with real packets: two hosts in network namespaces joined by an
  * underlay, tenant networks as VXLAN overlays, VMs on different hosts reaching each other, two
- * networks with the same subnet never exchanging a frame, IPAM refusals, and `down` leaving no
- * namespace or link behind.
+ * networks with the same subnet never exchanging a frame (each in its own conntrack zone), IPAM
+ * refusals, a probe and a DHCP server keeping their host's network while VMs migrate away, and
+ * `down` leaving no namespace, link or dnsmasq behind.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Operation, Vm } from '../../src/wire/schemas.ts';
 import type { FaultPoint } from '../../src/core/fault-points.ts';
+import { bridgeNameFor } from '../../src/network/names.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 interface ProbeResult {
   host: string;
+  address: string;
   exitCode: number;
   stdout: string;
   stderr: string;
+}
+
+/** The dnsmasq processes of a test bed, found by their configuration path in /proc (/run/nubis/<prefix>-<host>/...). */
+function dnsmasqOf(testBed: string): Array<{ pid: number; host: string }> {
+  const found: Array<{ pid: number; host: string }> = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let args: string[];
+    try {
+      args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const conf = args.find((arg) => arg.startsWith(`--conf-file=/run/nubis/${testBed}-`));
+    if (args[0].endsWith('dnsmasq') && conf) found.push({ pid: Number(entry), host: conf.split('/')[3].slice(testBed.length + 1) });
+  }
+  return found;
 }
 
 describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'needs root for network namespaces' : false }, () => {
@@ -31,9 +51,20 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
   });
   after(() => nubis.destroy());
 
-  async function probe(network: string, args: string[], project?: string): Promise<ProbeResult> {
+  async function probe(network: string, args: string[], options: { project?: string; on?: string; timeoutSeconds?: number } = {}): Promise<ProbeResult> {
     // --json goes before `--`: everything after it belongs to the probed command.
-    const result = await nubis.cli(['--json', 'network', 'probe', network, ...(project ? ['--project', project] : []), '--', ...args]);
+    const result = await nubis.cli([
+      '--json',
+      'network',
+      'probe',
+      network,
+      ...(options.project ? ['--project', options.project] : []),
+      ...(options.on ? ['--on', options.on] : []),
+      ...(options.timeoutSeconds ? ['--timeout', String(options.timeoutSeconds)] : []),
+      '--',
+      ...args,
+    ]);
+    if (result.code !== 0 && result.stdout === '') throw new Error(`nubis network probe ${network} failed: ${result.stderr}`);
     return JSON.parse(result.stdout) as ProbeResult;
   }
 
@@ -170,14 +201,86 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
       'other',
     ]);
     assert.deepEqual(b1.guestIps, ['10.20.0.10']);
-    const onB = await probe('net-b', ['curl', '-s', '--max-time', '5', 'http://10.20.0.10/'], 'other');
+    const onB = await probe('net-b', ['curl', '-s', '--max-time', '5', 'http://10.20.0.10/'], { project: 'other' });
     assert.match(onB.stdout, /^b1 requests=/, 'net-b sees its own 10.20.0.10');
     const onA = await probe('net-a', ['curl', '-s', '--max-time', '5', 'http://10.20.0.10/']);
     assert.match(onA.stdout, /^a1 requests=/, 'net-a sees its own 10.20.0.10');
-    const crossing = await probe('net-b', ['ping', '-c', '3', '-i', '0.2', '-W', '1', '10.20.0.2'], 'other');
+    const crossing = await probe('net-b', ['ping', '-c', '3', '-i', '0.2', '-W', '1', '10.20.0.2'], { project: 'other' });
     assert.notEqual(crossing.exitCode, 0, 'a2 (net-a) must not answer on net-b');
     const fromGuest = await runOnConsole(nubis, 'b1', 'ping -c 2 -W 1 10.20.0.2 || echo unreachable', { project: 'other' });
     assert.match(fromGuest, /unreachable/);
+  });
+
+  it('tracks two networks with the same subnet on one host in conntrack zones of their own, each reaching its own VM', async () => {
+    const netA = await nubis.cliJson<{ id: string; conntrackZone: number }>(['network', 'show', 'net-a']);
+    const netB = await nubis.cliJson<{ id: string; conntrackZone: number }>(['network', 'show', 'net-b', '--project', 'other']);
+    assert.notEqual(netA.conntrackZone, netB.conntrackZone);
+    // host-2 carries both: each bridge's traffic is put in its network's zone before conntrack.
+    const inHost2 = (...command: string[]) => execFileSync('ip', ['netns', 'exec', `${testBed}-host-2`, ...command], { encoding: 'utf8' });
+    const rules = inHost2('nft', 'list', 'table', 'ip', 'nubis_ct_zones');
+    assert.match(rules, /ct zone set iifname map @zones/);
+    assert.match(rules, new RegExp(`"${bridgeNameFor(netA.id)}" : ${netA.conntrackZone}\\b`));
+    assert.match(rules, new RegExp(`"${bridgeNameFor(netB.id)}" : ${netB.conntrackZone}\\b`));
+    // The very same connection (probe address, source port, 10.20.0.10:80) on both networks from
+    // host-2, in turns: each network reaches its own VM, a1 across the overlay and b1 on host-2.
+    const curl = ['curl', '-s', '--max-time', '5', '--local-port', '40080', 'http://10.20.0.10/'];
+    for (let round = 0; round < 2; round++) {
+      const onA = await probe('net-a', curl, { on: 'host-2' });
+      const onB = await probe('net-b', curl, { project: 'other', on: 'host-2' });
+      assert.equal(onA.address, onB.address, 'both probes have the same address');
+      assert.match(onA.stdout, /^a1 requests=/, `net-a, round ${round}`);
+      assert.match(onB.stdout, /^b1 requests=/, `net-b, round ${round}`);
+    }
+    const tracked = inHost2('cat', '/proc/net/nf_conntrack');
+    for (const zone of [netA.conntrackZone, netB.conntrackZone]) {
+      assert.match(tracked, new RegExp(`sport=40080 dport=80 .*zone=${zone} `), `the connection is tracked in zone ${zone}`);
+    }
+  });
+
+  it('keeps a probe on a host answered while the last VM of its network there migrates away', async () => {
+    await nubis.cliJson(['network', 'create', 'net-p', '--subnet', '10.70.0.0/24']);
+    const p1 = await nubis.cliJson<Vm>(['vm', 'create', 'p1', '--image', 'tiny', '--network', 'net-p', '--host', 'host-1']);
+    const signals = mkdtempSync(join(tmpdir(), 'nubis-probe-signals-'));
+    try {
+      // One ping every 0.2 s, each marked before or after the move, until the test says stop.
+      const loop = [
+        `touch ${signals}/started;`,
+        `while [ ! -e ${signals}/stop ]; do`,
+        `if [ -e ${signals}/moved ]; then when=after; else when=before; fi;`,
+        `if ping -c 1 -W 1 ${p1.nics[0].ip} > /dev/null; then echo "$when ok"; else echo "$when lost"; fi;`,
+        'sleep 0.2; done',
+      ].join(' ');
+      const probing = probe('net-p', ['sh', '-c', loop], { on: 'host-1', timeoutSeconds: 300 });
+      let ended: ProbeResult | Error | undefined;
+      probing.then(
+        (result) => (ended = result),
+        (error: Error) => (ended = error),
+      );
+      for (let i = 0; i < 300 && !ended && !existsSync(join(signals, 'started')); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.ok(existsSync(join(signals, 'started')), `the probe runs (it ended: ${ended instanceof Error ? ended.message : JSON.stringify(ended)})`);
+      const moved = await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'p1', '--to', 'host-2']);
+      assert.equal(moved.to, 'host-2');
+      writeFileSync(join(signals, 'moved'), '');
+      await new Promise((resolve) => setTimeout(resolve, 4000));
+      const whileProbing = await nubis.cliJson<{ hosts: string[] }>(['network', 'show', 'net-p']);
+      writeFileSync(join(signals, 'stop'), '');
+      const result = await probing;
+      assert.equal(result.host, 'host-1');
+      const after = result.stdout.split('\n').filter((line) => line.startsWith('after'));
+      assert.ok(after.length >= 5, `pings after the move: ${after.length}`);
+      assert.deepEqual(
+        after.filter((line) => line !== 'after ok'),
+        [],
+        'every ping after the move was answered',
+      );
+      assert.deepEqual(whileProbing.hosts, ['host-1', 'host-2'], 'the probe kept the network on host-1');
+      assert.deepEqual((await nubis.cliJson<{ hosts: string[] }>(['network', 'show', 'net-p'])).hosts, ['host-2'], 'without the probe host-1 lets go');
+    } finally {
+      writeFileSync(join(signals, 'stop'), '');
+      rmSync(signals, { recursive: true, force: true });
+    }
+    await nubis.cliJson(['vm', 'delete', 'p1']);
+    await nubis.cliJson(['network', 'delete', 'net-p']);
   });
 
   it('enforces security groups per port, updated live as rules change', async () => {
@@ -354,9 +457,35 @@ describe('virtual networks across hosts', { skip: process.getuid?.() !== 0 ? 'ne
     }
   });
 
-  it('leaves no namespace, link or QEMU behind on down', async () => {
+  it('keeps a DHCP network served from its host while its VM moves away, and a VM created after the move gets its lease', async () => {
+    await nubis.cliJson(['network', 'create', 'net-m', '--subnet', '10.45.0.0/24', '--gateway', '10.45.0.1', '--dhcp']);
+    await nubis.cliJson<Vm>(['vm', 'create', 'm1', '--image', 'tiny', '--network', 'net-m', '--host', 'host-1']);
+    assert.deepEqual(
+      dnsmasqOf(testBed).map((server) => server.host),
+      ['host-1'],
+    );
+    assert.equal((await nubis.cliJson<{ to: string }>(['vm', 'migrate', 'm1', '--to', 'host-2'])).to, 'host-2');
+    const m2 = await nubis.cliJson<Vm>(['vm', 'create', 'm2', '--image', 'tiny', '--network', 'net-m', '--host', 'host-2']);
+    assert.deepEqual(m2.guestIps, [m2.nics[0].ip], 'm2 got its lease from host-1 across the overlay');
+    assert.deepEqual((await nubis.cliJson<{ hosts: string[] }>(['network', 'show', 'net-m'])).hosts, ['host-1', 'host-2']);
+    assert.deepEqual(
+      dnsmasqOf(testBed).map((server) => server.host),
+      ['host-1'],
+      'one DHCP server, still on host-1',
+    );
+    // Both VMs and the server stay for `down`, as a user leaves them.
+  });
+
+  it('leaves no namespace, link, QEMU or dnsmasq behind on down', async () => {
+    assert.ok(dnsmasqOf(testBed).length > 0, 'a DHCP server runs before down');
     const down = await nubis.cli(['down']);
     assert.equal(down.code, 0, down.stderr);
+    assert.deepEqual(dnsmasqOf(testBed), [], 'no dnsmasq of this data folder survives');
+    assert.deepEqual(
+      (existsSync('/run/nubis') ? readdirSync('/run/nubis') : []).filter((entry) => entry.startsWith(testBed)),
+      [],
+      'nor its files',
+    );
     assert.doesNotMatch(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), new RegExp(testBed));
     assert.doesNotMatch(execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' }), new RegExp(testBed));
   });

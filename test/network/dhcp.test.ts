@@ -5,7 +5,8 @@ import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ensureDhcp, stopDhcp, updateDhcpHosts, type DhcpOptions } from '../../src/network/dhcp.ts';
+import { ensureDhcp, stopDhcp, stopDhcpServersUnder, updateDhcpHosts, type DhcpOptions } from '../../src/network/dhcp.ts';
+import { runCommand } from '../../src/network/ip-command.ts';
 import { isRunning } from '../../src/network/namespaces.ts';
 import { openProbe } from '../../src/network/probe.ts';
 import { buildTestbed, plumbNetworks, leftovers, type Testbed } from './testbed.ts';
@@ -117,6 +118,18 @@ describe('DHCP server per network', { timeout: 120_000 }, () => {
       [],
     );
     await assert.rejects(readFile(server.pidPath), { code: 'ENOENT' });
+    await stopDhcp(dhcp);
+  });
+
+  it('stops, by its files, a server whose namespace name is gone', async () => {
+    const server = await ensureDhcp(dhcp);
+    // What an agent's private mount namespace did: the name vanished, the server ran on unseen.
+    await runCommand('ip', ['netns', 'delete', server.namespace]);
+    assert.ok(isRunning(server.pid));
+    await assert.rejects(stopDhcpServersUnder('/run'), { code: 'NET_INVALID_NAME' });
+    assert.deepEqual(await stopDhcpServersUnder(join(dir, 'other')), [], 'another folder has no server');
+    assert.deepEqual(await stopDhcpServersUnder(dir), [server.pid]);
+    assert.equal(isRunning(server.pid), false);
     await stopDhcp(dhcp);
   });
 });
