@@ -7,6 +7,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
 import { requestJson, type JsonRequest } from '../core/http-json.ts';
 import { checkHostName, hostNbdSocketIn } from '../core/paths.ts';
+import type { StorageHostState } from '../storage/host-fencing.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolCatalogue } from './dir-pools.ts';
@@ -22,18 +23,7 @@ export interface StorageEndpoints {
   hostsDir: string;
 }
 
-/** A host as the storage node reports it (`GET /storage/hosts`). */
-export interface StorageHostState {
-  name: string;
-  /** Raised by every fence; connections from an earlier generation get NBD_EPERM. */
-  generation: number;
-  /** While true the host's socket refuses new connections and every request. */
-  fenced: boolean;
-  /** Connections open on the host's socket. */
-  connections: number;
-  /** The host's NBD socket. */
-  socket: string;
-}
+export type { StorageHostState };
 
 /** A long action on the storage node, as its API reports it. */
 export interface StorageJob {
