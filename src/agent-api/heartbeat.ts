@@ -31,7 +31,7 @@ export const AGENT_UNDERLAY_PORT = 7901;
 export const HeartbeatRequest = Type.Object(
   {
     /** The VMs this agent has (running or not), by id: a fenced host learns which are stale. */
-    vms: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' }), { maxItems: 10_000 }),
+    vms: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 63 }), { maxItems: 10_000 }),
   },
   { additionalProperties: false },
 );

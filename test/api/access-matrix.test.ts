@@ -42,6 +42,8 @@ const EXPECTED: Record<string, string> = {
   balanceCluster: '--A --D --D --D --D --D --D',
   joinHost: '--D --D --D --D --D --D --D',
   reportHostVms: '--D --D --D --D --D --D --D',
+  hostHeartbeat: '--D --D --D --D --D --D --D',
+  getHaStatus: '--A --D --D --D --D --D --D',
   listImages: '--A --A --A --A --A --A --A',
   importImage: '--A --D --D --D --D --D --D',
   listVms: 'AAA ADA ADA ADA ADA ADA DDA',
@@ -225,6 +227,7 @@ describe('authorization matrix (every route x role x project)', () => {
       'revokeRole',
       'joinHost',
       'reportHostVms',
+      'hostHeartbeat',
       'setUserPassword',
     ].includes(operation.operationId);
     if (operation.operationId === 'grantRole') body = { user: 'dummy', role: 'reader', ...(context === 'platform' ? {} : { project: projectName }) };
@@ -244,6 +247,7 @@ describe('authorization matrix (every route x role x project)', () => {
         memoryMb: 64,
       };
     else if (operation.operationId === 'reportHostVms') body = { vms: [], full: false };
+    else if (operation.operationId === 'hostHeartbeat') body = { vms: [] };
     else if (operation.operationId === 'setUserPassword') body = { password: 'another-password-1' };
     else if (parameters.some((p) => p.in === 'query') && harmless) query.set('matrixProbe', '1');
     else if (operation.requestBody && harmless) body = { matrixProbe: 1 };
