@@ -235,14 +235,17 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
       return (await socketAccepts(paths.storageManageSocket)) ? true : undefined;
     });
   }
-  // Agents in host namespaces reach the control plane on the underlay; others over its unix socket.
+  // Agents in host namespaces report and heartbeat to the control plane over TCP on the underlay,
+  // so cutting a host's link cuts its heartbeats as between separate servers (HA fences it); the
+  // control plane still calls agents on their unix sockets. Agents without a namespace use the
+  // control plane's unix socket.
   const agentUrl = bed ? `http://${UNDERLAY_CONTROL_ADDRESS}:${UNDERLAY_CONTROL_PORT}` : `unix:${paths.agentApiSocket}`;
   const started: Array<{ name: string; pid: number }> = [];
   for (const [index, name] of hostNames.entries()) {
     if (await readPidFile(join(paths.runDir, `agent-${name}.pid`))) continue;
     alreadyRunning = false;
     const host = bed?.hosts[index];
-    const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp, '--listen-underlay'] : [];
+    const placement = host ? ['--netns', host.netns, '--underlay-ip', host.underlayIp] : [];
     started.push({
       name,
       pid: await spawnDaemon(
