@@ -71,7 +71,9 @@ try {
       const probe = await nubis.cli(['--json', 'network', 'probe', 'n1', '--', 'curl', '-s', '--max-time', '1', `http://${ip}/`]);
       return /ha1 requests=/.test(probe.stdout) ? Date.now() - t0 : undefined;
     });
-    rows.push(`| ${round} | ${from} -> ${ready.host} | ${(suspect / 1000).toFixed(1)} | ${(fenced / 1000).toFixed(1)} | ${(ready.at / 1000).toFixed(1)} | ${(answering / 1000).toFixed(1)} |`);
+    rows.push(
+      `| ${round} | ${from} -> ${ready.host} | ${(suspect / 1000).toFixed(1)} | ${(fenced / 1000).toFixed(1)} | ${(ready.at / 1000).toFixed(1)} | ${(answering / 1000).toFixed(1)} |`,
+    );
     execFileSync('ip', ['link', 'set', underlayRootLinkName(`${bed}-ul`, `${bed}-${from}`), 'up']);
     await nubis.up(['--hosts', '3']);
   }

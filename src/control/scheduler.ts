@@ -21,7 +21,7 @@ export const RANKED_KEPT = 10;
 export interface SchedulerHost {
   id: string;
   name: string;
-  /** online, offline, maintenance, suspect, fenced: only `online` hosts take VMs. */
+  /** online, suspect, offline, maintenance, fenced: online and suspect hosts take VMs. */
   status: string;
   labels: Readonly<Record<string, string>>;
   cpus: number;
@@ -124,7 +124,8 @@ const FILTERS: readonly Filter[] = [
   {
     name: 'state',
     applies: always,
-    passes: (host) => host.status === 'online',
+    // A suspect host missed a few heartbeats (a busy host can): it is not refused for that alone.
+    passes: (host) => host.status === 'online' || host.status === 'suspect',
     reason: (host) => `${host.name} is ${host.status}`,
   },
   {
