@@ -138,6 +138,7 @@ export class HostRegistry {
       joined_at: now,
       fenced_at: null,
       lost_at: null,
+      storage_fenced: 0,
       labels: '{}',
       cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
       memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,

@@ -100,7 +100,11 @@ export class HaManager {
     }
     const fencedAt = new Date().toISOString();
     const lostAt = new Date(this.#hosts.lastHeartbeatMs(host)).toISOString();
-    await this.#db.updateTable('hosts').set({ fenced_at: fencedAt, lost_at: lostAt }).where('id', '=', host.id).execute();
+    await this.#db
+      .updateTable('hosts')
+      .set({ fenced_at: fencedAt, lost_at: lostAt, storage_fenced: storageIo ? 1 : 0 })
+      .where('id', '=', host.id)
+      .execute();
     await this.#resyncNetworksOf(host, 'fence');
   }
 
@@ -134,13 +138,13 @@ export class HaManager {
     const stale = vmIds.filter((id) => !mine.has(id));
     if (stale.length > 0) return { fenced: true, stale, ha, peers };
     try {
-      await this.#storage.unfenceHost(host.name);
+      if (host.storage_fenced) await this.#storage.unfenceHost(host.name);
     } catch (error) {
       // Not let back in until its storage is: new VMs there would find their disks refused.
       this.#logger?.warn({ host: host.name }, `cannot unfence the host's storage I/O yet: ${messageOf(error)}`);
       return { fenced: true, stale: [], ha, peers };
     }
-    await this.#db.updateTable('hosts').set({ fenced_at: null }).where('id', '=', host.id).execute();
+    await this.#db.updateTable('hosts').set({ fenced_at: null, storage_fenced: 0 }).where('id', '=', host.id).execute();
     await this.#resyncNetworksOf(host, 'return');
     this.#logger?.info({ host: host.name }, 'fenced host is back with nothing stale: it takes VMs again');
     return { fenced: false, stale: [], ha, peers };

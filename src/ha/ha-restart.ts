@@ -19,6 +19,7 @@ import type { StorageCatalogue } from '../control/storage.ts';
 import type { VmOwner } from '../control/vm-owner.ts';
 import type { VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
+import { clusterMetrics } from '../metrics/metrics.ts';
 import type { HostsTable, VmsTable } from '../state/schema.ts';
 
 /** How long a restarted guest may take to print its readiness line. */
@@ -93,6 +94,7 @@ export class HaRestarts {
     const why = notRestartable(JSON.parse(vm.spec) as VmSpec);
     if (why) {
       await this.#event(vm, host, { status: 'not-restartable', message: `VM ${vm.name} cannot restart elsewhere: ${why}`, ended: true });
+      clusterMetrics.haRestarts.inc({ outcome: 'skipped' });
       return;
     }
     await this.#claimAndRun(vm, async (claimed) => {
@@ -104,6 +106,7 @@ export class HaRestarts {
         await this.#boot(moved, event);
       } catch (error) {
         this.#deps.logger?.warn({ vm: claimed.name }, `HA restart failed: ${messageOf(error)}`);
+        clusterMetrics.haRestarts.inc({ outcome: 'failed' });
         await db.updateTable('vms').set({ host_id: host.id, actual_state: 'unknown' }).where('id', '=', claimed.id).execute();
         await db
           .updateTable('ha_events')

@@ -450,6 +450,10 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('hosts').addColumn('fenced_at', 'text').execute();
       await db.schema.alterTable('hosts').addColumn('lost_at', 'text').execute();
       await db.schema
+        .alterTable('hosts')
+        .addColumn('storage_fenced', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
         .createTable('ha_events')
         .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
         .addColumn('vm_id', 'text', (c) => c.notNull())

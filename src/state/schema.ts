@@ -136,6 +136,8 @@ export interface HostsTable {
   fenced_at: string | null;
   /** The last heartbeat before the host was fenced (when it was lost). */
   lost_at: string | null;
+  /** 1 while the storage node refuses the host's I/O (fenced with HA VMs on storage-node volumes). */
+  storage_fenced: number;
 }
 
 /** One HA restart of a VM: from its failed host to another, with the times that make its failover time. */
