@@ -137,7 +137,7 @@ export async function buildApp(
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
-  await app.register(haRoutes, { db, hosts });
+  await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
   await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
   await app.register(operationRoutes, { operations, access });
   await app.register(authRoutes, { db, access });

@@ -112,7 +112,7 @@ export function createServices(options: {
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
   const balancer = new ClusterBalancer({ db, placement, owner, dirPools: storage.dirPools, operations, migrations, logger: options.logger });
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
-  const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, logger: options.logger });
+  const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, migrations, operations, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
   return {
     ha,

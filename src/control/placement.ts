@@ -12,10 +12,11 @@ import type { HostChange, HostRegistry, HostView } from './hosts.ts';
 import { formatLabels, parseStoredLabels } from './labels.ts';
 import { PlacementGroups } from './placement-groups.ts';
 import { Residency } from './residency.ts';
+import { HaGroups } from './ha-groups.ts';
 import { explainPlacement, type GroupRule, type PlacementDecision, type ScheduleRequest, type SchedulerHost } from './scheduler.ts';
 
 /** What moved a VM to a host. */
-export type PlacementAction = 'create' | 'migrate' | 'evacuate' | 'restore' | 'balance' | 'ha-restart';
+export type PlacementAction = 'create' | 'migrate' | 'evacuate' | 'restore' | 'balance' | 'ha-restart' | 'failback';
 
 /** What a VM needs of its host, in the terms of the API. */
 export interface PlacementNeeds {
@@ -29,6 +30,7 @@ export interface PlacementNeeds {
   /** Not these hosts (by id): the source of a migration. */
   avoidHostIds?: string[];
   placementGroupId?: string | null;
+  haGroupId?: string | null;
   needsUnderlay?: boolean;
   accelerator?: string;
 }
@@ -47,12 +49,14 @@ export class PlacementService {
   readonly #hosts: HostRegistry;
   readonly groups: PlacementGroups;
   readonly residency: Residency;
+  readonly haGroups: HaGroups;
 
   constructor(deps: { db: Db; hosts: HostRegistry }) {
     this.#db = deps.db;
     this.#hosts = deps.hosts;
     this.groups = new PlacementGroups(deps.db);
     this.residency = new Residency(deps.db);
+    this.haGroups = new HaGroups(deps);
   }
 
   /** Labels and overcommit ratios of a host, refused when its new labels break a project's residency rule. */
@@ -90,6 +94,7 @@ export class PlacementService {
       ...(to ? { onlyHost: to } : {}),
       avoidHostIds: [source.id],
       placementGroupId: vm.placement_group_id,
+      haGroupId: vm.ha_group_id,
       needsUnderlay: spec.nics.some((nic) => nic.network !== undefined),
       accelerator: source.accelerator,
     };
@@ -120,6 +125,7 @@ export class PlacementService {
       ...(needs.needsUnderlay ? { needsUnderlay: true } : {}),
       ...(needs.accelerator ? { accelerator: needs.accelerator } : {}),
       ...(needs.placementGroupId ? { group: await this.#groupRule(needs.placementGroupId, needs.vmId) } : {}),
+      ...(needs.haGroupId ? { haGroup: await this.#haGroup(needs.haGroupId) } : {}),
     };
   }
 
@@ -129,6 +135,11 @@ export class PlacementService {
     if (vmId) members = members.where('id', '!=', vmId);
     const memberHostIds = new Set((await members.execute()).map((member) => member.host_id));
     return { name: group.name, policy: group.policy, scope: group.scope, strict: group.strict === 1, memberHostIds };
+  }
+
+  async #haGroup(groupId: string): Promise<NonNullable<ScheduleRequest['haGroup']>> {
+    const group = await this.#db.selectFrom('ha_groups').selectAll().where('id', '=', groupId).executeTakeFirstOrThrow();
+    return { name: group.name, hostIds: new Set(JSON.parse(group.hosts) as string[]), restricted: group.restricted === 1 };
   }
 
   /** Every host's fate for `needs`, changing nothing (`vm create --dry-run`, `nubis schedule explain`). */

@@ -64,6 +64,8 @@ export interface ScheduleRequest {
   /** The accelerator the host must have (a running VM migrates only between hosts of its own). */
   accelerator?: string;
   group?: GroupRule;
+  /** The VM's HA group: hosts it prefers (or, `restricted`, the only ones it may use). */
+  haGroup?: { name: string; hostIds: ReadonlySet<string>; restricted: boolean };
   /** spread (default): the least-loaded host; pack: the fullest host that fits. */
   strategy?: 'spread' | 'pack';
 }
@@ -165,6 +167,12 @@ const FILTERS: readonly Filter[] = [
     reason: (host) => `${host.name} has no underlay address, so it cannot carry virtual networks`,
   },
   {
+    name: 'ha-group',
+    applies: (request) => request.haGroup?.restricted === true,
+    passes: (host, { request }) => request.haGroup!.hostIds.has(host.id),
+    reason: (host, { request }) => `${host.name} is not a host of restricted HA group ${request.haGroup!.name}`,
+  },
+  {
     name: 'zone',
     applies: (request) => request.group?.scope === 'zone',
     passes: (host) => zoneOf(host) !== undefined,
@@ -218,6 +226,13 @@ const WEIGHERS: readonly Weigher[] = [
     weight: 4,
     applies: (request) => request.group !== undefined && !request.group.strict && request.group.memberHostIds.size > 0,
     score: (host, prepared) => (withMembers(host, prepared) === (prepared.request.group!.policy === 'affinity') ? 1 : 0),
+  },
+  {
+    // The HA group's hosts come first whenever one fits: the whole point of the group.
+    name: 'ha-group',
+    weight: 8,
+    applies: (request) => request.haGroup !== undefined,
+    score: (host, { request }) => (request.haGroup!.hostIds.has(host.id) ? 1 : 0),
   },
 ];
 

@@ -18,6 +18,7 @@ export interface VmChange {
   group?: string;
   ha?: boolean;
   haPriority?: number;
+  haGroup?: string;
   autostart?: boolean;
   bootOrder?: number;
   bootDelaySeconds?: number;
@@ -67,6 +68,7 @@ export class VmPolicies {
   async update(ref: string, project: string | undefined, change: VmChange): Promise<Vm> {
     const row = await this.#vms.row(ref, project);
     if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
+    const haGroupId = change.haGroup === undefined ? undefined : change.haGroup === '' ? null : (await this.#placement.haGroups.row(change.haGroup)).id;
     let groupId: string | null | undefined;
     if (change.group !== undefined) {
       groupId = change.group === '' ? null : (await this.#placement.groups.row(change.group, project)).id;
@@ -80,6 +82,7 @@ export class VmPolicies {
           ...(groupId !== undefined ? { placement_group_id: groupId } : {}),
           ...(change.ha !== undefined ? { ha: change.ha ? 1 : 0 } : {}),
           ...(change.haPriority !== undefined ? { ha_priority: change.haPriority } : {}),
+          ...(haGroupId !== undefined ? { ha_group_id: haGroupId } : {}),
           ...(change.autostart !== undefined ? { autostart: change.autostart ? 1 : 0 } : {}),
           ...(change.bootOrder !== undefined ? { boot_order: change.bootOrder } : {}),
           ...(change.bootDelaySeconds !== undefined ? { boot_delay_seconds: change.bootDelaySeconds } : {}),

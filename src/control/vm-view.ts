@@ -11,10 +11,11 @@ import type { Vm } from '../wire/schemas.ts';
 import type { StorageCatalogue } from './storage.ts';
 
 export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOf'>, row: VmsTable): Promise<Vm> {
-  const [host, image, project] = await Promise.all([
+  const [host, image, project, haGroup] = await Promise.all([
     db.selectFrom('hosts').select(['name', 'accelerator']).where('id', '=', row.host_id).executeTakeFirst(),
     db.selectFrom('images').select('name').where('id', '=', row.image_id).executeTakeFirst(),
     db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
+    row.ha_group_id ? db.selectFrom('ha_groups').select('name').where('id', '=', row.ha_group_id).executeTakeFirst() : undefined,
   ]);
   const status = JSON.parse(row.status) as Partial<VmStatus>;
   const spec = JSON.parse(row.spec) as VmSpec;
@@ -53,6 +54,7 @@ export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOf'>,
     allowPostcopy: row.allow_postcopy === 1,
     ha: row.ha === 1,
     haPriority: row.ha_priority,
+    ...(haGroup ? { haGroup: haGroup.name } : {}),
     autostart: row.autostart === 1,
     bootOrder: row.boot_order,
     bootDelaySeconds: row.boot_delay_seconds,

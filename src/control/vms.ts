@@ -46,6 +46,7 @@ function announcesReadiness(image: ImagesTable): boolean {
 interface CreatePlan extends DiskPlan {
   projectId: string;
   placementGroupId: string | null;
+  haGroupId: string | null;
   image: ImagesTable;
   forwards: PortForward[];
   networks: Array<{ row: NetworksTable; ip?: string }>;
@@ -216,6 +217,7 @@ export class VmService {
       memoryMb: request.memoryMb,
       ...(plan.pinnedHost ? { onlyHost: plan.pinnedHost } : {}),
       placementGroupId: plan.placementGroupId,
+      haGroupId: plan.haGroupId,
       needsUnderlay: plan.networks.length > 0,
     };
   }
@@ -254,7 +256,8 @@ export class VmService {
     // Refused early with nothing allocated; the check that counts is in the transaction that records the VM.
     await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
     const placementGroupId = request.group ? (await this.#placement.groups.row(request.group, project)).id : null;
-    return { projectId, image, forwards, networks, placementGroupId, ...diskPlan };
+    const haGroupId = request.haGroup ? (await this.#placement.haGroups.row(request.haGroup)).id : null;
+    return { projectId, image, forwards, networks, placementGroupId, haGroupId, ...diskPlan };
   }
 
   /**
@@ -342,6 +345,7 @@ export class VmService {
           placement_group_id: plan.placementGroupId,
           ha: request.ha ? 1 : 0,
           ha_priority: request.haPriority ?? 0,
+          ha_group_id: plan.haGroupId,
           autostart: request.autostart ? 1 : 0,
           boot_order: request.bootOrder ?? 0,
           boot_delay_seconds: request.bootDelaySeconds ?? 0,

@@ -21,6 +21,7 @@ import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { HaRestarts } from './ha-restart.ts';
+import { Failback, type FailbackDeps } from './failback.ts';
 import type { HaRestartDeps } from './ha-restart.ts';
 
 /** How often the manager looks at the hosts. */
@@ -33,17 +34,19 @@ export class HaManager {
   readonly #networks: NetworkService;
   readonly #logger: Logger | undefined;
   readonly restarts: HaRestarts;
+  readonly #failback: Failback;
   #timer: NodeJS.Timeout | undefined;
   #tick: Promise<void> = Promise.resolve();
   #ticking = false;
 
-  constructor(deps: HaRestartDeps & { logger?: Logger }) {
+  constructor(deps: HaRestartDeps & FailbackDeps & { logger?: Logger }) {
     this.#db = deps.db;
     this.#hosts = deps.hosts;
     this.#storage = deps.storage;
     this.#networks = deps.networks;
     this.#logger = deps.logger;
     this.restarts = new HaRestarts(deps);
+    this.#failback = new Failback(deps);
   }
 
   start(): void {
@@ -81,6 +84,7 @@ export class HaManager {
     }
     await this.#hosts.persistHeartbeats();
     await this.restarts.drive();
+    await this.#failback.round();
   }
 
   /**

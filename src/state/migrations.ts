@@ -454,6 +454,19 @@ const migrations: Record<string, Migration> = {
         .addColumn('storage_fenced', 'integer', (c) => c.notNull().defaultTo(0))
         .execute();
       await db.schema
+        .createTable('ha_groups')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('hosts', 'text', (c) => c.notNull())
+        .addColumn('restricted', 'integer', (c) => c.notNull())
+        .addColumn('failback', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .alterTable('vms')
+        .addColumn('ha_group_id', 'text', (c) => c.references('ha_groups.id'))
+        .execute();
+      await db.schema
         .createTable('ha_events')
         .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
         .addColumn('vm_id', 'text', (c) => c.notNull())

@@ -140,6 +140,19 @@ export interface HostsTable {
   storage_fenced: number;
 }
 
+/** A preferred set of hosts for HA VMs, as Proxmox's HA groups: restricted or not, with or without failback. */
+export interface HaGroupsTable {
+  id: string;
+  name: string;
+  /** JSON array of host ids. */
+  hosts: string;
+  /** 1: its VMs run only on its hosts; 0: they prefer them. */
+  restricted: number;
+  /** 1: a VM away from the group's hosts migrates back when one of them is in service again. */
+  failback: number;
+  created_at: string;
+}
+
 /** One HA restart of a VM: from its failed host to another, with the times that make its failover time. */
 export interface HaEventsTable {
   seq: Generated<number>;
@@ -228,6 +241,8 @@ export interface VmsTable {
   ha: number;
   /** Higher restarts first when a host fails. */
   ha_priority: number;
+  /** The HA group whose hosts it prefers (or is restricted to), or null. */
+  ha_group_id: string | null;
   /** 1: started when its host's agent starts after a host reboot. */
   autostart: number;
   /** Lower starts first at autostart. */
@@ -397,6 +412,7 @@ export interface ClusterSettingsTable {
 }
 
 export interface Database {
+  ha_groups: HaGroupsTable;
   ha_events: HaEventsTable;
   cluster_settings: ClusterSettingsTable;
   placement_groups: PlacementGroupsTable;

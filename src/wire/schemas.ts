@@ -158,6 +158,13 @@ export const VolumePath = Type.String({
 export const VmPolicies = {
   ha: Type.Optional(Type.Boolean({ description: 'Restart it on another host when its host fails (its disks must be on shared storage)' })),
   haPriority: Type.Optional(Int32(0, 1000, { description: 'Higher restarts first when a host fails (default 0)' })),
+  haGroup: Type.Optional(
+    Type.String({
+      pattern: '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$',
+      maxLength: 63,
+      description: "HA group whose hosts it prefers; '' leaves its group (on update)",
+    }),
+  ),
   autostart: Type.Optional(Type.Boolean({ description: "Start it when its host's agent starts after a host reboot" })),
   bootOrder: Type.Optional(Int32(0, 1000, { description: 'Lower starts first at autostart (default 0)' })),
   bootDelaySeconds: Type.Optional(Int32(0, 600, { description: 'Seconds before the next VM starts at autostart (default 0)' })),
@@ -226,6 +233,7 @@ export const Vm = Type.Object(
     allowPostcopy: Type.Boolean({ description: 'Live migration may use post-copy' }),
     ha: Type.Boolean({ description: 'Restarted on another host when its host fails' }),
     haPriority: Type.Integer({ format: 'int32', minimum: 0, maximum: 1000 }),
+    haGroup: Type.Optional(ResourceName),
     autostart: Type.Boolean({ description: "Started when its host's agent starts after a host reboot" }),
     bootOrder: Type.Integer({ format: 'int32', minimum: 0, maximum: 1000 }),
     bootDelaySeconds: Type.Integer({ format: 'int32', minimum: 0, maximum: 600 }),

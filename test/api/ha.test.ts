@@ -101,3 +101,63 @@ describe('high availability decisions', () => {
     assert.equal(await hostOf('other'), 'h3');
   });
 });
+
+describe('HA groups', () => {
+  let cluster: FakeCluster;
+
+  async function createVm(name: string, request: Record<string, unknown>): Promise<void> {
+    const operation = await cluster.services.vms.create({
+      name,
+      image: 'tiny',
+      cpus: 1,
+      memoryMb: 256,
+      waitReady: true,
+      networks: [{ network: 'n1' }],
+      ...request,
+    });
+    assert.equal((await cluster.services.operations.wait(operation.id)).status, 'succeeded');
+  }
+  const hostOf = async (vm: string): Promise<string> => (await cluster.services.vms.get(vm)).host;
+
+  before(async () => {
+    cluster = await fakeCluster(['g1', 'g2', 'g3']);
+    await cluster.services.networks.create({ name: 'n1', subnet: '10.30.0.0/24' });
+    await cluster.services.placement.haGroups.create({ name: 'home', hosts: ['g1'], failback: true });
+    await cluster.services.placement.haGroups.create({ name: 'only3', hosts: ['g3'], restricted: true });
+  });
+  after(() => cluster.close());
+
+  it("places a VM on its group's hosts, restarts it elsewhere only when the group is not restricted, and fails it back home", async () => {
+    await createVm('homed', { ha: true, haGroup: 'home' });
+    await createVm('kept', { ha: true, haGroup: 'only3' });
+    assert.deepEqual([await hostOf('homed'), await hostOf('kept')], ['g1', 'g3'], "on their groups' hosts although g2 is emptier");
+
+    await cluster.silence('g1', FENCE_AFTER_MS + 1_000);
+    await cluster.silence('g3', FENCE_AFTER_MS + 1_000);
+    await cluster.services.ha.tick();
+    assert.equal(await hostOf('homed'), 'g2', 'an unrestricted group lets it run elsewhere');
+    assert.equal(await hostOf('kept'), 'g3', 'a restricted group keeps it off other hosts');
+    const failed = await cluster.db.selectFrom('ha_events').select(['vm_name', 'status', 'message']).where('vm_name', '=', 'kept').execute();
+    assert.equal(failed[0]?.status, 'failed');
+    assert.match(failed[0]!.message, /not a host of restricted HA group only3/);
+
+    // g1 comes back (its heartbeat has nothing stale): homed migrates back to it.
+    await cluster.revive('g1');
+    await cluster.services.ha.onHeartbeat(await cluster.services.hosts.row('g1'), []);
+    await cluster.services.ha.tick();
+    for (let i = 0; i < 50 && (await hostOf('homed')) !== 'g1'; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(await hostOf('homed'), 'g1');
+    const actions = (await cluster.services.vms.policies.placementHistory('homed')).events.map((e) => e.action);
+    assert.deepEqual(actions, ['create', 'ha-restart', 'failback']);
+  });
+
+  it('refuses to delete a group with VMs, and lets a VM leave its group', async () => {
+    await assert.rejects(cluster.services.placement.haGroups.delete('home'), { code: 'HA_GROUP_IN_USE' });
+    await cluster.services.vms.policies.update('homed', undefined, { haGroup: '' });
+    await cluster.services.placement.haGroups.delete('home');
+    assert.deepEqual(
+      (await cluster.services.placement.haGroups.list()).map((g) => g.name),
+      ['only3'],
+    );
+  });
+});

@@ -31,6 +31,8 @@ export interface FakeCluster {
    * a host's heartbeats and dates its last one `agoMs` back (a host that died then).
    */
   silence(host: string, agoMs: number): Promise<void>;
+  /** The host's heartbeats start again. */
+  revive(host: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -102,6 +104,10 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
     async silence(host, agoMs) {
       alive.delete(host);
       services.hosts.heartbeat((await services.hosts.row(host)).id, Date.now() - agoMs);
+    },
+    async revive(host) {
+      alive.add(host);
+      services.hosts.heartbeat((await services.hosts.row(host)).id);
     },
     async close() {
       clearInterval(keepAlive);

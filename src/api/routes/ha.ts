@@ -4,8 +4,9 @@ import { Type } from '@sinclair/typebox';
 import type { HostRegistry } from '../../control/hosts.ts';
 import { haEvents } from '../../ha/ha-restart.ts';
 import type { Db } from '../../state/database.ts';
-import { List, Text, Timestamp } from '../../wire/schemas.ts';
-import { listErrorResponses } from './common.ts';
+import type { HaGroups } from '../../control/ha-groups.ts';
+import { List, ResourceId, ResourceName, ResourceRef, Text, Timestamp } from '../../wire/schemas.ts';
+import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
 const HaStatus = Type.Object(
   {
@@ -28,7 +29,22 @@ const HaStatus = Type.Object(
   { $id: 'HaStatus' },
 );
 
-export const haRoutes: FastifyPluginAsyncTypebox<{ db: Db; hosts: HostRegistry }> = async (app, { db, hosts }) => {
+const HaGroup = Type.Object(
+  {
+    id: ResourceId,
+    name: ResourceName,
+    hosts: List(Text(63)),
+    restricted: Type.Boolean({ description: 'Its VMs run only on its hosts' }),
+    failback: Type.Boolean({ description: 'A VM away from its hosts moves back when one is in service again' }),
+    members: List(ResourceName, { description: 'Its VMs' }),
+    createdAt: Timestamp,
+  },
+  { $id: 'HaGroup' },
+);
+const GroupRef = Type.Object({ group: ResourceRef('HA group name or id') });
+
+export const haRoutes: FastifyPluginAsyncTypebox<{ db: Db; hosts: HostRegistry; groups: HaGroups }> = async (app, { db, hosts, groups }) => {
+  registerGroupRoutes(app, groups);
   app.get(
     '/v1/ha',
     {
@@ -55,3 +71,54 @@ export const haRoutes: FastifyPluginAsyncTypebox<{ db: Db; hosts: HostRegistry }
     },
   );
 };
+
+/** HA groups: preferred hosts of HA VMs, restricted or not, with failback or not. */
+function registerGroupRoutes(app: RouteApp, groups: HaGroups): void {
+  app.get(
+    '/v1/ha/groups',
+    {
+      config: { access: { on: 'platform', permission: 'host.read' } },
+      schema: { operationId: 'listHaGroups', tags: ['hosts'], summary: 'List HA groups', response: { 200: List(HaGroup), ...listErrorResponses } },
+    },
+    async () => groups.list(),
+  );
+  app.post(
+    '/v1/ha/groups',
+    {
+      config: { access: { on: 'platform', permission: 'host.update' } },
+      schema: {
+        operationId: 'createHaGroup',
+        tags: ['hosts'],
+        summary: 'Create an HA group: hosts its VMs prefer (restricted: the only ones), with failback or not',
+        body: Type.Object(
+          {
+            name: ResourceName,
+            hosts: Type.Array(ResourceName, { minItems: 1, maxItems: 1000 }),
+            restricted: Type.Optional(Type.Boolean()),
+            failback: Type.Optional(Type.Boolean()),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 201: HaGroup, ...errorResponses },
+      },
+    },
+    async (request, reply) => reply.status(201).send(await groups.create(request.body)),
+  );
+  app.delete(
+    '/v1/ha/groups/:group',
+    {
+      config: { access: { on: 'platform', permission: 'host.update' } },
+      schema: {
+        operationId: 'deleteHaGroup',
+        tags: ['hosts'],
+        summary: 'Delete an HA group no VM is in',
+        params: GroupRef,
+        response: { 204: Type.Null(), ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      await groups.delete(request.params.group);
+      return reply.status(204).send(null);
+    },
+  );
+}

@@ -24,6 +24,7 @@ interface VmCreateOptions {
   dryRun?: boolean;
   ha?: boolean;
   haPriority?: number;
+  haGroup?: string;
   autostart?: boolean;
   bootOrder?: number;
   bootDelay?: number;
@@ -92,6 +93,7 @@ function addCreate(vm: Command): void {
     .option('--dry-run', 'check everything and show where the VM would go and why; create nothing')
     .option('--ha', 'restart it on another host when its host fails (disks on storage-node volumes, or none)')
     .option('--ha-priority <n>', 'higher restarts first when a host fails', parseInteger('--ha-priority'))
+    .option('--ha-group <group>', 'HA group whose hosts it prefers (nubis ha group list)')
     .option('--autostart', 'start it when its host comes back after a reboot')
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
@@ -132,10 +134,18 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
 }
 
 /** The HA and autostart fields of a create or set, from their options. */
-function policiesOf(options: { ha?: boolean; haPriority?: number; autostart?: boolean; bootOrder?: number; bootDelay?: number }): Record<string, unknown> {
+function policiesOf(options: {
+  ha?: boolean;
+  haPriority?: number;
+  haGroup?: string;
+  autostart?: boolean;
+  bootOrder?: number;
+  bootDelay?: number;
+}): Record<string, unknown> {
   return {
     ...(options.ha !== undefined ? { ha: options.ha } : {}),
     ...(options.haPriority !== undefined ? { haPriority: options.haPriority } : {}),
+    ...(options.haGroup !== undefined ? { haGroup: options.haGroup } : {}),
     ...(options.autostart !== undefined ? { autostart: options.autostart } : {}),
     ...(options.bootOrder !== undefined ? { bootOrder: options.bootOrder } : {}),
     ...(options.bootDelay !== undefined ? { bootDelaySeconds: options.bootDelay } : {}),
@@ -287,6 +297,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--group <group>', "join this placement group ('' leaves its group)")
     .option('--ha <on|off>', 'restart it on another host when its host fails', onOff('--ha'))
     .option('--ha-priority <n>', 'higher restarts first when a host fails', parseInteger('--ha-priority'))
+    .option('--ha-group <group>', "HA group whose hosts it prefers ('' leaves its group)")
     .option('--autostart <on|off>', 'start it when its host comes back after a reboot', onOff('--autostart'))
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
