@@ -38,6 +38,9 @@ export class HaManager {
   #timer: NodeJS.Timeout | undefined;
   #tick: Promise<void> = Promise.resolve();
   #ticking = false;
+  /** When the last timed round ran, and until when no host is fenced (see `start`). */
+  #lastRoundAt = Date.now();
+  #graceUntil = 0;
 
   constructor(deps: HaRestartDeps & FailbackDeps & { logger?: Logger }) {
     this.#db = deps.db;
@@ -50,10 +53,17 @@ export class HaManager {
   }
 
   start(): void {
+    this.#lastRoundAt = Date.now();
     this.#timer = setInterval(() => {
       if (this.#ticking) return;
       this.#ticking = true;
-      this.#tick = this.tick()
+      // A control plane that stood still (a stalled event loop, a suspended process) has not read
+      // the heartbeats that came meanwhile: the silence is its own, so hosts get a whole fence
+      // delay again rather than all being fenced at once.
+      const now = Date.now();
+      if (now - this.#lastRoundAt > 3 * TICK_MS) this.#graceUntil = now + FENCE_AFTER_MS;
+      this.#lastRoundAt = now;
+      this.#tick = this.tick(now)
         .catch((error: unknown) => this.#logger?.error(`HA round failed: ${messageOf(error)}`))
         .finally(() => {
           this.#ticking = false;
@@ -69,7 +79,7 @@ export class HaManager {
 
   /** One round: fence hosts silent too long that run HA VMs, then restart what fenced hosts held. */
   async tick(now = Date.now()): Promise<void> {
-    const hosts = await this.#db.selectFrom('hosts').selectAll().execute();
+    const hosts = now < this.#graceUntil ? [] : await this.#db.selectFrom('hosts').selectAll().execute();
     for (const host of hosts) {
       if (host.fenced_at || now - this.#hosts.lastHeartbeatMs(host) <= FENCE_AFTER_MS) continue;
       const ha = await this.#db
