@@ -10,7 +10,17 @@ import { readCaFile } from '../api-fetch.ts';
 import type { PlacementDecision, PlacementHistory } from '../../wire/placement-schemas.ts';
 import { printDecision } from './placement.ts';
 
-interface VmCreateOptions {
+/** The HA and start-on-boot options of vm create and vm set. */
+interface VmPolicyOptions {
+  ha?: boolean;
+  haPriority?: number;
+  haGroup?: string;
+  autostart?: boolean;
+  bootOrder?: number;
+  bootDelay?: number;
+}
+
+interface VmCreateOptions extends VmPolicyOptions {
   image: string;
   cpus: number;
   memory: number;
@@ -22,12 +32,6 @@ interface VmCreateOptions {
   disk: string[];
   group?: string;
   dryRun?: boolean;
-  ha?: boolean;
-  haPriority?: number;
-  haGroup?: string;
-  autostart?: boolean;
-  bootOrder?: number;
-  bootDelay?: number;
   wait: boolean;
   postcopy: boolean;
 }
@@ -134,14 +138,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
 }
 
 /** The HA and autostart fields of a create or set, from their options. */
-function policiesOf(options: {
-  ha?: boolean;
-  haPriority?: number;
-  haGroup?: string;
-  autostart?: boolean;
-  bootOrder?: number;
-  bootDelay?: number;
-}): Record<string, unknown> {
+function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
   return {
     ...(options.ha !== undefined ? { ha: options.ha } : {}),
     ...(options.haPriority !== undefined ? { haPriority: options.haPriority } : {}),
@@ -301,7 +298,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--autostart <on|off>', 'start it when its host comes back after a reboot', onOff('--autostart'))
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
-    .action(async (name: string, options: { postcopy?: string; group?: string } & Parameters<typeof policiesOf>[0], command: Command) => {
+    .action(async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
       const body = {
