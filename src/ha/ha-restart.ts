@@ -24,6 +24,8 @@ import type { HostsTable, VmsTable } from '../state/schema.ts';
 
 /** How long a restarted guest may take to print its readiness line. */
 const READY_TIMEOUT_MS = 120_000;
+/** HA restarts of one fenced host that run at once. */
+const RESTARTS_AT_ONCE = 3;
 /** Restarts tried per VM per fencing before it is left for a person. */
 const MAX_ATTEMPTS = 3;
 
@@ -65,7 +67,12 @@ export class HaRestarts {
           .orderBy('ha_priority', 'desc')
           .orderBy('name')
           .execute();
-        for (const vm of vms) await this.#restartFrom(vm, host);
+        // Started in priority order, three at a time: a guest's boot need not hold up the next.
+        const queue = [...vms];
+        const worker = async (): Promise<void> => {
+          for (let vm = queue.shift(); vm; vm = queue.shift()) await this.#restartFrom(vm, host);
+        };
+        await Promise.all(Array.from({ length: Math.min(RESTARTS_AT_ONCE, queue.length) }, worker));
       }
     } finally {
       this.#driving = false;
@@ -100,14 +107,15 @@ export class HaRestarts {
     await this.#claimAndRun(vm, async (claimed) => {
       if (claimed.host_id !== host.id) return;
       const event = await this.#event(claimed, host, { status: 'restarting', message: `Restarting ${claimed.name} (its host ${host.name} was fenced)` });
+      let target: HostsTable | undefined;
       try {
-        await this.#place(claimed, host);
+        target = await this.#place(claimed, host);
         const moved = await db.selectFrom('vms').selectAll().where('id', '=', claimed.id).executeTakeFirstOrThrow();
         await this.#boot(moved, event);
       } catch (error) {
         this.#deps.logger?.warn({ vm: claimed.name }, `HA restart failed: ${messageOf(error)}`);
         clusterMetrics.haRestarts.inc({ outcome: 'failed' });
-        await db.updateTable('vms').set({ host_id: host.id, actual_state: 'unknown' }).where('id', '=', claimed.id).execute();
+        await this.#undo(claimed, host, target);
         await db
           .updateTable('ha_events')
           .set({ status: 'failed', message: messageOf(error).slice(0, 2000), ended_at: new Date().toISOString() })
@@ -117,8 +125,28 @@ export class HaRestarts {
     });
   }
 
+  /**
+   * After a failed restart on `target`: the VM must not run there (a QEMU that started but whose
+   * guest never got ready is removed) before its record goes back to the fenced host for the next
+   * round to try another host. If the target cannot confirm it, the record stays on the target:
+   * trying elsewhere could start a second copy.
+   */
+  async #undo(vm: VmsTable, fenced: HostsTable, target: HostsTable | undefined): Promise<void> {
+    if (target) {
+      try {
+        await this.#deps.hosts.agent(target).deleteVm(vm.id, { timeoutMs: 30_000 });
+      } catch (error) {
+        if (!isNubisError(error, 'VM_NOT_FOUND')) {
+          await this.#deps.db.updateTable('vms').set({ actual_state: 'unknown' }).where('id', '=', vm.id).execute();
+          return;
+        }
+      }
+    }
+    await this.#deps.db.updateTable('vms').set({ host_id: fenced.id, actual_state: 'unknown' }).where('id', '=', vm.id).execute();
+  }
+
   /** Chooses the VM's new host and moves its record there (state `restarting`), with the placement recorded. */
-  async #place(vm: VmsTable, from: HostsTable): Promise<void> {
+  async #place(vm: VmsTable, from: HostsTable): Promise<HostsTable> {
     const { placement, db } = this.#deps;
     // A cold boot elsewhere: unlike a live migration it needs no host of the same accelerator.
     const { accelerator: _, ...needs } = placement.movingNeeds(vm, from);
@@ -132,6 +160,7 @@ export class HaRestarts {
         .execute();
       await placement.record(trx, { vm: { id: vm.id, name: vm.name, projectId: vm.project_id }, host, action: 'ha-restart', decision });
     });
+    return this.#deps.hosts.row(host.id);
   }
 
   /** Boots a VM recorded as `restarting` on its host, waits for its guest, and closes its event. */
