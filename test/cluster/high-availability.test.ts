@@ -4,8 +4,8 @@
  * stops nothing; an HA VM comes back on another host when its host's link is cut (its watchdog
  * kills it first, and a counter its guest writes to a storage-node volume never forks), when
  * only its agent dies (never two QEMUs at once), when the whole host dies, and when the control
- * plane itself dies mid-failover; VMs marked autostart come back in boot order after a host
- * reboot.
+ * plane itself dies mid-failover; a project's residency rule holds through an evacuation and a
+ * balancing proposal; VMs marked autostart come back in boot order after a host reboot.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -264,6 +264,51 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     assert.equal(qemuPidsOf(ha1Id).length, 1, 'one QEMU of ha1');
     await reviveHost(from);
     assert.equal(qemuPidsOf(ha1Id).length, 1, 'still one after the host came back');
+  });
+
+  it("keeps a project's VMs on hosts with its required labels through evacuation, and balancing proposes nothing that breaks it", async () => {
+    for (const [host, region] of [
+      ['host-1', 'us'],
+      ['host-2', 'eu'],
+      ['host-3', 'eu'],
+    ])
+      await nubis.cliJson(['host', 'set', host, '--label', `region=${region}`]);
+    assert.equal((await nubis.api('POST', '/v1/projects', { name: 'eu' })).status, 201);
+    await nubis.cliJson(['project', 'set', 'eu', '--require', 'region=eu']);
+    assert.equal((await nubis.api('POST', '/v1/networks', { name: 'eunet', subnet: '10.93.0.0/24', project: 'eu' })).status, 201);
+    const created = await nubis.api<{ operation: { id: string } }>('POST', '/v1/vms', {
+      name: 'e1',
+      image: 'tiny',
+      memoryMb: 128,
+      project: 'eu',
+      host: 'host-2',
+      networks: [{ network: 'eunet' }],
+    });
+    assert.equal(created.status, 202, JSON.stringify(created.body));
+    assert.equal((await nubis.waitOperation(created.body.operation.id)).status, 'succeeded');
+    const pinned = await nubis.api<{ message: string }>('POST', '/v1/vms', { name: 'e2', image: 'tiny', project: 'eu', host: 'host-1' });
+    assert.equal(pinned.status, 422);
+    assert.match(pinned.body.message, /host-1 has region=us; project eu's residency rule requires region=eu/);
+    const evacuation = await nubis.api<{ operation: { id: string } }>('POST', '/v1/hosts/host-2/evacuate', { parallel: 1 });
+    await nubis.waitOperation(evacuation.body.operation.id);
+    const e1 = await nubis.api<Vm>('GET', '/v1/vms/e1?project=eu');
+    assert.deepEqual([e1.body.host, e1.body.state], ['host-3', 'running'], 'evacuated to the other eu host, never to host-1');
+    assert.equal((await nubis.api('POST', '/v1/hosts/host-2/restore', {})).status, 200);
+    const before = (await nubis.cliJson<Vm[]>(['vm', 'list'])).map((vm) => `${vm.name}@${vm.host}`).sort();
+    const proposal = await nubis.api<{ moves: Array<{ vm: string; to: string }> }>('POST', '/v1/cluster/balance', { dryRun: true });
+    assert.equal(proposal.status, 200, JSON.stringify(proposal.body));
+    for (const move of proposal.body.moves.filter((m) => m.vm === 'e1')) assert.notEqual(move.to, 'host-1', 'a balancing move keeps the rule');
+    assert.deepEqual((await nubis.cliJson<Vm[]>(['vm', 'list'])).map((vm) => `${vm.name}@${vm.host}`).sort(), before, 'a dry run moves nothing');
+    const history = await nubis
+      .cliJson<{ events: Array<{ host: string; action: string }> }>(['vm', 'placement', 'e1', '--project', 'eu'])
+      .catch(async () => (await nubis.api<{ events: Array<{ host: string; action: string }> }>('GET', '/v1/vms/e1/placement?project=eu')).body);
+    assert.deepEqual(
+      history.events.map((e) => [e.host, e.action]),
+      [
+        ['host-2', 'create'],
+        ['host-3', 'evacuate'],
+      ],
+    );
   });
 
   it('starts autostart VMs in boot order when their host comes back from a reboot', async () => {
