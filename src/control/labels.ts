@@ -4,9 +4,9 @@
  * are parsed from text and stored.
  */
 import { NubisError } from '../core/errors.ts';
-import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from '../wire/label-format.ts';
+import { formatLabels, LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from '../wire/label-format.ts';
 
-export { MAX_LABELS };
+export { formatLabels, MAX_LABELS };
 
 export type Labels = Record<string, string>;
 
@@ -32,18 +32,7 @@ export function checkLabels(labels: Labels, what: string): Labels {
   return labels;
 }
 
-/** `KEY=VALUE` pairs as the CLI takes them (`--label zone=a`); an empty value removes the key. */
-export function parseLabelArgs(pairs: readonly string[]): Labels {
-  const labels: Labels = {};
-  for (const pair of pairs) {
-    const at = pair.indexOf('=');
-    if (at <= 0) throw new NubisError('VALIDATION_FAILED', `Label ${JSON.stringify(pair)} is not KEY=VALUE (e.g. zone=a)`);
-    labels[pair.slice(0, at)] = pair.slice(at + 1);
-  }
-  return labels;
-}
-
-/** Labels as stored (a JSON object), checked again on the way out. */
+/** Labels as stored: a JSON object that `checkLabels` passed before it was written. */
 export function parseStoredLabels(text: string): Labels {
   const parsed = JSON.parse(text) as unknown;
   if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) return {};
@@ -64,12 +53,4 @@ export function mergeLabels(base: Labels, change: Labels): Labels {
 export function unmetRequirement(labels: Labels, requirements: Labels): string | undefined {
   for (const [key, value] of Object.entries(requirements)) if (labels[key] !== value) return `${key}=${value}`;
   return undefined;
-}
-
-export function formatLabels(labels: Labels): string {
-  return (
-    Object.entries(labels)
-      .map(([key, value]) => `${key}=${value}`)
-      .join(',') || '-'
-  );
 }

@@ -24,6 +24,8 @@ import { HaRestarts } from './ha-restart.ts';
 import { Failback, type FailbackDeps } from './failback.ts';
 import type { HaRestartDeps } from './ha-restart.ts';
 
+type PeerRow = Pick<HostsTable, 'id' | 'name' | 'underlay_ip' | 'fenced_at'>;
+
 /** How often the manager looks at the hosts. */
 const TICK_MS = 1_000;
 
@@ -41,6 +43,11 @@ export class HaManager {
   /** When the last timed round ran, and until when no host is fenced (see `start`). */
   #lastRoundAt = Date.now();
   #graceUntil = 0;
+  /**
+   * The hosts as heartbeats answer them (who the watchdogs probe), read at most once a second
+   * for every host's heartbeat together, and again at once after a fence or a return.
+   */
+  #hostsForPeers: { readAt: number; rows: PeerRow[] } | undefined;
 
   constructor(deps: HaRestartDeps & FailbackDeps & { logger?: Logger }) {
     this.#db = deps.db;
@@ -119,7 +126,15 @@ export class HaManager {
       .set({ fenced_at: fencedAt, lost_at: lostAt, storage_fenced: storageIo ? 1 : 0 })
       .where('id', '=', host.id)
       .execute();
+    this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'fence');
+  }
+
+  async #peerRows(): Promise<PeerRow[]> {
+    const now = Date.now();
+    if (!this.#hostsForPeers || now - this.#hostsForPeers.readAt >= 1_000)
+      this.#hostsForPeers = { readAt: now, rows: await this.#db.selectFrom('hosts').select(['id', 'name', 'underlay_ip', 'fenced_at']).execute() };
+    return this.#hostsForPeers.rows;
   }
 
   /** Brings the networks of `host`'s VMs in step on every host (peers drop or take it back). */
@@ -142,7 +157,7 @@ export class HaManager {
    */
   async onHeartbeat(host: HostsTable, vmIds: string[]): Promise<HeartbeatAnswer> {
     this.#hosts.heartbeat(host.id);
-    const peers = (await this.#db.selectFrom('hosts').select(['id', 'name', 'underlay_ip', 'fenced_at']).execute())
+    const peers = (await this.#peerRows())
       .filter((other) => other.id !== host.id && other.underlay_ip && !other.fenced_at)
       .map((other) => ({ name: other.name, address: other.underlay_ip! }));
     const assigned = await this.#db.selectFrom('vms').select(['id', 'ha']).where('host_id', '=', host.id).execute();
@@ -159,6 +174,7 @@ export class HaManager {
       return { fenced: true, stale: [], ha, peers };
     }
     await this.#db.updateTable('hosts').set({ fenced_at: null, storage_fenced: 0 }).where('id', '=', host.id).execute();
+    this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'return');
     this.#logger?.info({ host: host.name }, 'fenced host is back with nothing stale: it takes VMs again');
     return { fenced: false, stale: [], ha, peers };

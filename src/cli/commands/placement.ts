@@ -5,6 +5,9 @@ import { NubisError } from '../../core/errors.ts';
 import type { PlacementDecision, PlacementGroup } from '../../wire/placement-schemas.ts';
 import { client, globals, parseInteger, projectQuery } from '../common.ts';
 import { printJson, printTable } from '../output.ts';
+import { formatLabels } from '../../wire/label-format.ts';
+
+export { formatLabels };
 
 type Decision = Static<typeof PlacementDecision>;
 type Group = Static<typeof PlacementGroup>;
@@ -39,14 +42,6 @@ export function collectLabel(value: string, previous: Record<string, string> = {
   const at = value.indexOf('=');
   if (at <= 0) throw new NubisError('VALIDATION_FAILED', `${JSON.stringify(value)} is not KEY=VALUE (e.g. zone=a; zone= removes the label)`);
   return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
-}
-
-export function formatLabels(labels: Record<string, string>): string {
-  return (
-    Object.entries(labels)
-      .map(([key, value]) => `${key}=${value}`)
-      .join(',') || '-'
-  );
 }
 
 export function registerPlacementCommands(program: Command): void {
