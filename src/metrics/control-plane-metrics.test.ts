@@ -129,6 +129,21 @@ describe('control plane metrics', () => {
     assert.equal(sampleValue(samples, 'nubis_storage_pool_member_errors_total', { pool: 'tank', member: '1', error: 'read' }), 7);
   });
 
+  it('counts the rows the control plane changed in its database, and nothing for reads', async () => {
+    const metrics = new ControlPlaneMetrics({ db, hosts: { list: async () => [] } });
+    const rowsChanged = async () => Number(sampleValue(await scrape(metrics), 'nubis_db_rows_changed_total'));
+    const first = await rowsChanged();
+    await db.selectFrom('projects').selectAll().execute();
+    assert.equal(await rowsChanged(), first, 'a read (and a scrape) changes nothing');
+    const now = new Date().toISOString();
+    await db
+      .insertInto('projects')
+      .values([1, 2, 3].map((n) => ({ id: `prj-rows-${n}`, name: `rows-${n}`, created_at: now, requirements: '{}' })))
+      .execute();
+    await db.updateTable('projects').set({ requirements: '{}' }).where('name', '=', 'rows-1').execute();
+    assert.equal(await rowsChanged(), first + 4);
+  });
+
   it('serves what other services count: migrations with their figures, HA and balancer metrics registered from the start', async () => {
     const metrics = new ControlPlaneMetrics({ db, hosts: { list: async () => [] } });
     const before = await scrape(metrics);

@@ -9,6 +9,7 @@
  * failures, migrations ended, and the storage node's per-member error counters (which restart
  * from zero with the node, a reset Prometheus' rate() handles).
  */
+import { sql } from 'kysely';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../core/logger.ts';
 import { messageOf } from '../core/errors.ts';
@@ -82,6 +83,7 @@ export class ControlPlaneMetrics {
       buckets: REQUEST_BUCKETS_SECONDS,
       registers,
     });
+    this.#databaseCounter();
     this.#hostGauges();
     this.#vmGauges();
     this.#storageGauges();
@@ -135,6 +137,27 @@ export class ControlPlaneMetrics {
         // Replaced whole: a host or VM that is gone leaves no stale series behind.
         this.reset();
         fill(snapshot, (labels, value) => this.set(labels, value));
+      },
+    });
+  }
+
+  /**
+   * Rows this control plane inserted, updated or deleted since it started: SQLite's
+   * total_changes() of its one connection (sqlite.org/c3ref/total_changes.html), which counts
+   * every write whoever made it. bench/scale reads it to show that heartbeats do not each write.
+   */
+  #databaseCounter(): void {
+    const db = this.#sources.db;
+    let counted = 0;
+    new Counter({
+      name: 'nubis_db_rows_changed_total',
+      help: 'Rows inserted, updated or deleted in the database by this control plane since it started',
+      registers: [this.#registry],
+      async collect() {
+        const row = await sql<{ changes: number }>`select total_changes() as changes`.execute(db);
+        const total = Number(row.rows[0]?.changes ?? counted);
+        this.inc(Math.max(0, total - counted));
+        counted = Math.max(counted, total);
       },
     });
   }
