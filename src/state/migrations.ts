@@ -505,7 +505,52 @@ const migrations: Record<string, Migration> = {
       );
     },
   },
+  '0016-scale': {
+    /**
+     * What a thousand hosts and a hundred thousand VMs need (bench/scale): indexes for the reads
+     * that run per heartbeat, per report and per HA round (a VM's host, its state, a VM's NICs,
+     * interrupted operations), and a counter that every change to what placement reads bumps
+     * (a VM added, removed, moved or resized; a host added, removed or changed other than its
+     * heartbeat time), kept by triggers so that no writer, in any module, can forget it: the
+     * placement cache (control/host-usage.ts) reads the hosts again only when it moved.
+     */
+    async up(db: Kysely<unknown>): Promise<void> {
+      // By host: a heartbeat's HA VMs, and (covering) what is allocated on each host.
+      await sql`CREATE INDEX vms_by_host ON vms (host_id, ha, cpus, memory_mb)`.execute(db);
+      // The list of every VM one may see, a page at a time (by name, then id).
+      await sql`CREATE INDEX vms_by_name ON vms (name, id)`.execute(db);
+      await sql`CREATE INDEX vms_by_state ON vms (actual_state)`.execute(db);
+      await sql`CREATE INDEX nics_by_vm ON nics (vm_id, device_index)`.execute(db);
+      await sql`CREATE INDEX operations_by_error ON operations (error_code, kind)`.execute(db);
+      await sql`CREATE INDEX operations_by_status ON operations (status, created_at)`.execute(db);
+      await sql`CREATE INDEX operations_by_created ON operations (created_at)`.execute(db);
+      await sql`CREATE TABLE placement_state (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)`.execute(db);
+      await sql`INSERT INTO placement_state (id, version) VALUES (1, 0)`.execute(db);
+      const bump = 'UPDATE placement_state SET version = version + 1 WHERE id = 1';
+      for (const [name, event] of [
+        ['vms_inserted', 'AFTER INSERT ON vms'],
+        ['vms_deleted', 'AFTER DELETE ON vms'],
+        ['hosts_inserted', 'AFTER INSERT ON hosts'],
+        ['hosts_deleted', 'AFTER DELETE ON hosts'],
+      ])
+        await sql.raw(`CREATE TRIGGER placement_${name} ${event} BEGIN ${bump}; END`).execute(db);
+      await sql
+        .raw(`CREATE TRIGGER placement_vms_moved AFTER UPDATE ON vms WHEN ${changedAny(['host_id', 'cpus', 'memory_mb'])} BEGIN ${bump}; END`)
+        .execute(db);
+      // Every column of `hosts` but `last_seen_at`, which heartbeats rewrite and placement reads
+      // from memory. A later migration that adds a column to `hosts` recreates this trigger (a
+      // test compares it with the table).
+      const hostColumns = ['id', 'name', 'endpoint', 'agent_token_sha256', 'accelerator', 'accelerator_reason', 'cpus', 'memory_mb', 'maintenance'];
+      hostColumns.push('joined_at', 'underlay_ip', 'qemu_version', 'labels', 'cpu_overcommit', 'memory_overcommit', 'fenced_at', 'lost_at', 'storage_fenced');
+      await sql.raw(`CREATE TRIGGER placement_hosts_changed AFTER UPDATE ON hosts WHEN ${changedAny(hostColumns)} BEGIN ${bump}; END`).execute(db);
+    },
+  },
 };
+
+/** A trigger's WHEN: any of `columns` differs between the old and the new row (NULL-safe). */
+function changedAny(columns: readonly string[]): string {
+  return columns.map((column) => `old.${column} IS NOT new.${column}`).join(' OR ');
+}
 
 /** Hands Kysely's Migrator the migrations defined in this file. */
 export const inlineMigrations: MigrationProvider = {

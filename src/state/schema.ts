@@ -411,7 +411,17 @@ export interface ClusterSettingsTable {
   updated_at: string;
 }
 
+/**
+ * One row (id 1) whose `version` triggers bump at every change that placement reads: VMs added,
+ * removed, moved or resized, hosts added, removed or changed (migration 0016).
+ */
+export interface PlacementStateTable {
+  id: number;
+  version: number;
+}
+
 export interface Database {
+  placement_state: PlacementStateTable;
   ha_groups: HaGroupsTable;
   ha_events: HaEventsTable;
   cluster_settings: ClusterSettingsTable;
