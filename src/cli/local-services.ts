@@ -298,7 +298,14 @@ export async function down(options: { dataDir: string; keepVms: boolean; ca?: st
   if (!options.keepVms) {
     try {
       const client = new ApiClient(resolveApiTarget(options.dataDir, { ca: options.ca, localAdmin: true }));
-      const vms = await client.request<Vm[]>('GET', '/v1/vms');
+      // Every VM, a page of the API at a time.
+      const vms: Vm[] = [];
+      for (;;) {
+        const marker = vms.length > 0 ? `&marker=${vms[vms.length - 1].id}` : '';
+        const page = await client.request<Vm[]>('GET', `/v1/vms?limit=1000${marker}`);
+        vms.push(...page);
+        if (page.length < 1000) break;
+      }
       const running = vms.filter((vm) => ['running', 'paused', 'starting'].includes(vm.state));
       if (running.length > 0) say(`Stopping ${running.length} VM(s): ${running.map((vm) => vm.name).join(', ')}`);
       await Promise.all(

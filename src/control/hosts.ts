@@ -13,6 +13,7 @@ import type { HostsTable } from '../state/schema.ts';
 import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labels.ts';
 import { SUSPECT_AFTER_MS } from '../agent-api/heartbeat.ts';
 import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT } from './scheduler.ts';
+import { type HostAllocation, HostUsage, type PlacementReservation } from './host-usage.ts';
 
 /** What `nubis host set` changes. */
 export interface HostChange {
@@ -94,6 +95,18 @@ export class HostRegistry {
   readonly #persisted = new Map<string, number>();
   /** Hosts get a whole fence delay after a control-plane start before anything counts as silence. */
   readonly #startedAt = Date.now();
+  /** The hosts and their allocations, read again only when something placement reads changed. */
+  readonly #usage: HostUsage;
+  /**
+   * Host rows of authenticated agents, by host name, with the version the host rows were read at
+   * then. Kept until that version moves (any change to a host, in this process or another, seen
+   * at the next refresh: every HA round makes one, each second) or, at once, until the host joins
+   * again or the HA manager fences it or lets it back (`forgetAgent`): the changes its agent's
+   * requests read.
+   */
+  readonly #agents = new Map<string, { row: HostsTable; readAt: number }>();
+  /** Parsed labels of the cached host rows. */
+  readonly #labels = new WeakMap<HostsTable, Labels>();
 
   /** `agentFactory` makes the client of one agent: over HTTP by default, a fake in unit tests. */
   constructor(db: Db, secrets: { joinToken: string; controlKey: string }, agentFactory: AgentFactory = (options) => new HttpAgentClient(options)) {
@@ -101,6 +114,7 @@ export class HostRegistry {
     this.#agentFactory = agentFactory;
     this.#joinToken = secrets.joinToken;
     this.#controlKey = secrets.controlKey;
+    this.#usage = new HostUsage(db);
   }
 
   /** The token the control plane presents to the agent of `host`. */
@@ -128,6 +142,7 @@ export class HostRegistry {
     };
     if (existing) {
       await this.#db.updateTable('hosts').set(values).where('id', '=', existing.id).execute();
+      this.forgetAgent(existing.id);
       this.heartbeat(existing.id);
       return { ...existing, ...values };
     }
@@ -149,9 +164,19 @@ export class HostRegistry {
     return row;
   }
 
-  /** The host whose agent presents `agentToken`, checked against the host named in the path. */
+  /**
+   * The host whose agent presents `agentToken`, checked against the host named in the path.
+   * A thousand agents each heartbeat every second: their rows are kept (`#agents`) rather than
+   * read for every request.
+   */
   async authenticateAgent(hostName: string, agentToken: string): Promise<HostsTable> {
-    const host = await this.#db.selectFrom('hosts').selectAll().where('name', '=', hostName).executeTakeFirst();
+    const readAt = this.#usage.hostsReadAt;
+    const cached = this.#agents.get(hostName);
+    let host = cached && cached.readAt === readAt ? cached.row : undefined;
+    if (!host) {
+      host = await this.#db.selectFrom('hosts').selectAll().where('name', '=', hostName).executeTakeFirst();
+      if (host && readAt !== undefined) this.#agents.set(hostName, { row: host, readAt });
+    }
     // One answer for an unknown host and a wrong token, so that host names cannot be probed.
     const given = Buffer.from(sha256(agentToken), 'hex');
     const expected = Buffer.from(host?.agent_token_sha256 || sha256(`no host: ${agentToken}`), 'hex');
@@ -159,6 +184,14 @@ export class HostRegistry {
       throw new NubisError('AUTH_INVALID_TOKEN', 'Unknown host or wrong agent token; the agent joins again with the join token');
     }
     return host;
+  }
+
+  /**
+   * Forgets the kept row of `hostId`'s agent: its host was changed in a way its requests see
+   * (fenced, let back in). Joining again forgets it too.
+   */
+  forgetAgent(hostId: string): void {
+    for (const [name, entry] of this.#agents) if (entry.row.id === hostId) this.#agents.delete(name);
   }
 
   /** A host agent is alive (a heartbeat or a report), now unless `at` says when. */
@@ -196,36 +229,63 @@ export class HostRegistry {
     return host;
   }
 
-  /** Every host with what is allocated on it. */
+  /** Every host with what is recorded on it. */
   async list(): Promise<HostView[]> {
-    const hosts = await this.#db.selectFrom('hosts').selectAll().orderBy('name').execute();
-    const usage = await this.#db
-      .selectFrom('vms')
-      .select((eb) => ['host_id', eb.fn.sum<number>('cpus').as('cpus'), eb.fn.sum<number>('memory_mb').as('memory'), eb.fn.countAll<number>().as('count')])
-      .groupBy('host_id')
-      .execute();
-    const byHost = new Map(usage.map((u) => [u.host_id, u]));
+    await this.#usage.refresh();
+    return this.#views(this.#usage.allocations(false));
+  }
+
+  /** Every host's row, as of now (read again only when a host changed). */
+  async rows(): Promise<HostsTable[]> {
+    return (await this.#usage.refresh()).hosts;
+  }
+
+  /** Brings placement's view of the hosts up to date (before `placementViews`). */
+  async refreshPlacement(): Promise<void> {
+    await this.#usage.refresh();
+  }
+
+  /**
+   * The hosts as placement sees them at this instant, synchronously: what is recorded on each and
+   * the shares of the creates placed and not yet recorded. After `refreshPlacement`.
+   */
+  placementViews(): HostView[] {
+    return this.#views(this.#usage.allocations(true));
+  }
+
+  /** Reserves `cpus` and `memoryMb` of `hostId` for a VM being created: synchronously, in the turn of its placement. */
+  reserve(hostId: string, cpus: number, memoryMb: number): PlacementReservation {
+    return this.#usage.reserve(hostId, cpus, memoryMb);
+  }
+
+  #views(allocationOf: (hostId: string) => HostAllocation): HostView[] {
     const now = Date.now();
-    return hosts.map((host) => ({
-      id: host.id,
-      name: host.name,
-      status: this.#status(host, now),
-      labels: parseStoredLabels(host.labels),
-      cpuOvercommit: host.cpu_overcommit,
-      memoryOvercommit: host.memory_overcommit,
-      endpoint: host.endpoint,
-      accelerator: host.accelerator,
-      acceleratorReason: host.accelerator_reason,
-      cpus: host.cpus,
-      memoryMb: host.memory_mb,
-      allocatedCpus: Number(byHost.get(host.id)?.cpus ?? 0),
-      allocatedMemoryMb: Number(byHost.get(host.id)?.memory ?? 0),
-      vmCount: Number(byHost.get(host.id)?.count ?? 0),
-      lastSeenAt: new Date(this.#heartbeats.get(host.id) ?? Date.parse(host.last_seen_at)).toISOString(),
-      joinedAt: host.joined_at,
-      ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
-      ...(host.qemu_version ? { qemuVersion: host.qemu_version } : {}),
-    }));
+    return this.#usage.snapshot.hosts.map((host) => {
+      const allocated = allocationOf(host.id);
+      let labels = this.#labels.get(host);
+      // Shared by every view of this row: frozen, so that no caller can change the cached one.
+      if (!labels) this.#labels.set(host, (labels = Object.freeze(parseStoredLabels(host.labels))));
+      return {
+        id: host.id,
+        name: host.name,
+        status: this.#status(host, now),
+        labels,
+        cpuOvercommit: host.cpu_overcommit,
+        memoryOvercommit: host.memory_overcommit,
+        endpoint: host.endpoint,
+        accelerator: host.accelerator,
+        acceleratorReason: host.accelerator_reason,
+        cpus: host.cpus,
+        memoryMb: host.memory_mb,
+        allocatedCpus: allocated.cpus,
+        allocatedMemoryMb: allocated.memoryMb,
+        vmCount: allocated.vms,
+        lastSeenAt: new Date(this.#heartbeats.get(host.id) ?? Date.parse(host.last_seen_at)).toISOString(),
+        joinedAt: host.joined_at,
+        ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
+        ...(host.qemu_version ? { qemuVersion: host.qemu_version } : {}),
+      };
+    });
   }
 
   /** Labels and overcommit ratios (`nubis host set`); what runs there stays. */

@@ -9,6 +9,7 @@ import type { Db } from '../state/database.ts';
 import type { Database, HostsTable, VmsTable } from '../state/schema.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { HostChange, HostRegistry, HostView } from './hosts.ts';
+import type { PlacementReservation } from './host-usage.ts';
 import { formatLabels, parseStoredLabels } from './labels.ts';
 import { PlacementGroups } from './placement-groups.ts';
 import { Residency } from './residency.ts';
@@ -150,20 +151,29 @@ export class PlacementService {
 
   /**
    * The host for `needs` and the decision behind it. Throws `NO_HOST_FITS` naming, for every
-   * host, the rule that refused it.
+   * host, the rule that refused it. With `reserve` (a create), the VM's share of the host is
+   * reserved in the same turn as the decision, so that creates placed together never overcommit
+   * a host; the caller settles the reservation (recorded, or released).
    */
-  async place(needs: PlacementNeeds, what: string): Promise<{ host: HostView; decision: PlacementDecision }> {
-    const views = await this.#hosts.list();
-    if (views.length === 0) throw new NubisError('NO_HOST_FITS', 'No host has joined yet; start one with nubis up');
-    const hosts = views.map(toSchedulerHost);
-    const decision = explainPlacement(hosts, await this.request(needs, hosts));
+  async place(
+    needs: PlacementNeeds,
+    what: string,
+    options: { reserve?: boolean } = {},
+  ): Promise<{ host: HostView; decision: PlacementDecision; reservation?: PlacementReservation }> {
+    await this.#hosts.refreshPlacement();
+    if (this.#hosts.placementViews().length === 0) throw new NubisError('NO_HOST_FITS', 'No host has joined yet; start one with nubis up');
+    const request = await this.request(needs, this.#hosts.placementViews().map(toSchedulerHost));
+    // From here to the reservation nothing waits: the views count every share reserved so far.
+    const views = this.#hosts.placementViews();
+    const decision = explainPlacement(views.map(toSchedulerHost), request);
     if (!decision.hostId) {
       const reasons = decision.refused.map((refusal) => refusal.reason);
       throw new NubisError('NO_HOST_FITS', `No host can take ${what} (${needs.cpus} vCPUs, ${needs.memoryMb} MiB): ${reasons.join('; ')}`, {
         details: { reasons, refused: decision.refused },
       });
     }
-    return { host: views.find((view) => view.id === decision.hostId)!, decision };
+    const reservation = options.reserve ? this.#hosts.reserve(decision.hostId, needs.cpus, needs.memoryMb) : undefined;
+    return { host: views.find((view) => view.id === decision.hostId)!, decision, ...(reservation ? { reservation } : {}) };
   }
 
   /** Records that `vm` now runs on `host` (in `db`, which may be the transaction that moves it). */

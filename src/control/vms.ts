@@ -26,7 +26,8 @@ import { VmReports } from './vm-reports.ts';
 import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
-import { vmView } from './vm-view.ts';
+import { VM_PAGE_MAX, type VmPage, vmPage, vmView } from './vm-view.ts';
+import type { PlacementReservation } from './host-usage.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
@@ -60,6 +61,7 @@ interface AllocatedNic {
 }
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
+export { VM_PAGE_MAX, type VmPage } from './vm-view.ts';
 
 export class VmService {
   readonly #db: Db;
@@ -138,15 +140,26 @@ export class VmService {
   }
 
   #view(row: VmsTable): Promise<Vm> {
-    return vmView(this.#db, this.#storage, row);
+    return vmView(this.#db, row);
   }
 
-  /** The VMs of `project`, or (without one) of the projects in `visible`. */
-  async list(project?: string, visible: VisibleProjects = 'all'): Promise<Vm[]> {
-    let query = this.#db.selectFrom('vms').selectAll().orderBy('name');
-    if (project) query = query.where('project_id', '=', await this.projectId(project));
-    else if (visible !== 'all') query = visible.length > 0 ? query.where('project_id', 'in', visible) : query.where(sql<boolean>`0`);
-    return Promise.all((await query.execute()).map((row) => this.#view(row)));
+  /**
+   * A page of the VMs of `project`, or (without one) of the projects in `visible`, by name then
+   * id: `limit` of them (VM_PAGE_MAX at most) after the VM `marker` (the id of the last one of
+   * the previous page, as OpenStack's `marker`), with whether more follow.
+   */
+  async list(options: { project?: string; visible?: VisibleProjects; limit?: number; marker?: string } = {}): Promise<VmPage> {
+    const projects = options.project ? [await this.projectId(options.project)] : (options.visible ?? 'all');
+    return vmPage(this.#db, projects, { limit: Math.min(options.limit ?? VM_PAGE_MAX, VM_PAGE_MAX), marker: options.marker });
+  }
+
+  /** How many VMs there are, and how many of them run (the cluster summary). */
+  async counts(): Promise<{ vms: number; running: number }> {
+    const row = await this.#db
+      .selectFrom('vms')
+      .select((eb) => [eb.fn.countAll<number>().as('vms'), eb.fn.sum<number>(sql`actual_state = 'running'`).as('running')])
+      .executeTakeFirstOrThrow();
+    return { vms: Number(row.vms), running: Number(row.running ?? 0) };
   }
 
   /** A VM by id, whatever its project: for the service's own follow-ups, never for a request's reference. */
@@ -175,28 +188,34 @@ export class VmService {
   async create(request: VmCreateRequest): Promise<Operation> {
     const plan = await this.#resolveCreate(request);
     await faultPoint('vm.create.before-placement');
-    const { host, decision } = await this.#placement.place(this.#placementNeeds(request, plan), `VM ${request.name}`);
+    const placed = await this.#placement.place(this.#placementNeeds(request, plan), `VM ${request.name}`, { reserve: true });
+    const { host, decision } = placed;
+    const reservation = placed.reservation!;
     const id = newId('vm');
     // Claimed before anything is recorded: a VM still `pending` that nobody holds is one whose
     // create was interrupted (reconciled when its host reports).
-    const claim = this.#claim({ id, name: request.name }, 'create');
+    let claim: VmClaim | undefined;
     try {
+      claim = this.#claim({ id, name: request.name }, 'create');
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const spec = await this.#storage.bindDisksToHost(this.#specFor(id, request, plan, nics), host.name);
       if (request.ha) requireRestartable(request.name, spec);
       try {
-        await this.#recordNew(id, request, plan, host, spec, decision);
+        await this.#recordNew(id, request, plan, host, spec, decision, reservation);
       } catch (error) {
         // Not recorded (a quota another create took meanwhile): its addresses and groups go back.
         await this.#networks.releaseNics(id);
         await this.#secgroups.unassign(id);
         throw error;
       }
+      reservation.committed();
       return await this.#operate(claim, { type: 'vm', id, name: request.name, projectId: plan.projectId }, (op) =>
         this.#build(op, { id, request, plan, host, spec, nics }),
       );
     } catch (error) {
-      claim.release();
+      // Its share of the host goes back unless its record holds it now.
+      reservation.release();
+      claim?.release();
       throw error;
     }
   }
@@ -322,7 +341,15 @@ export class VmService {
   }
 
   /** The VM's record and its disks, in one transaction: a crash leaves both or neither. */
-  async #recordNew(id: string, request: VmCreateRequest, plan: CreatePlan, host: HostView, spec: VmSpec, decision: PlacementDecision): Promise<void> {
+  async #recordNew(
+    id: string,
+    request: VmCreateRequest,
+    plan: CreatePlan,
+    host: HostView,
+    spec: VmSpec,
+    decision: PlacementDecision,
+    reservation: PlacementReservation,
+  ): Promise<void> {
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
     await auditedTransaction(this.#db, async (trx) => {
@@ -353,6 +380,7 @@ export class VmService {
           updated_at: now,
         })
         .execute();
+      await reservation.recordIn(trx);
       for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
       const actor = currentUser();
       await this.#placement.record(trx, {
@@ -411,7 +439,10 @@ export class VmService {
 
   async #checkPortsFree(forwards: PortForward[]): Promise<void> {
     if (forwards.length === 0) return;
-    const taken = new Set((await this.list()).flatMap((vm) => vm.publish.map((p) => `${p.protocol}:${p.hostPort}`)));
+    // Every VM's published ports are in its spec: read the specs only, not whole views.
+    const specs = await this.#db.selectFrom('vms').select('spec').execute();
+    const published = specs.flatMap((row) => (JSON.parse(row.spec) as VmSpec).nics.flatMap((nic) => nic.forwards ?? []));
+    const taken = new Set(published.map((p) => `${p.protocol}:${p.hostPort}`));
     for (const forward of forwards) {
       if (taken.has(`${forward.protocol}:${forward.hostPort}`)) {
         throw new NubisError('PORT_IN_USE', `Host port ${forward.hostPort}/${forward.protocol} is already published by another VM; choose another port`);

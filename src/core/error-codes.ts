@@ -18,6 +18,8 @@ export const ERROR_STATUS = {
   VALIDATION_FAILED: 400,
   UNKNOWN_FIELD: 400,
   BAD_REQUEST: 400,
+  // A list's `marker` (the last VM of the previous page) is not among the VMs listed.
+  VM_MARKER_NOT_FOUND: 400,
   CLI_NOT_CONFIGURED: 400,
   IMAGE_INVALID: 400,
   QEMU_INVALID_OPTION: 400,

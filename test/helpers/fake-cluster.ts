@@ -13,6 +13,7 @@ import { createServices } from '../../src/app/control-plane.ts';
 import { bootstrapAccess } from '../../src/access/bootstrap.ts';
 import type { OidcConfig } from '../../src/access/oidc.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
+import type { KyselyPlugin } from 'kysely';
 
 export interface FakeCluster {
   services: AppServices;
@@ -41,7 +42,15 @@ export interface FakeCluster {
  * admin token and the tiny image (its files stand-ins: nothing boots). With `oidc`, users sign in
  * with ID tokens of that provider.
  */
-export async function fakeCluster(hosts: string[] = [], options: { auditPublishFile?: string; oidc?: OidcConfig } = {}): Promise<FakeCluster> {
+export async function fakeCluster(
+  hosts: string[] = [],
+  options: {
+    auditPublishFile?: string;
+    oidc?: OidcConfig;
+    /** Added to the database the services use (not to `db`): a QueryCounter sees their queries. */
+    plugins?: KyselyPlugin[];
+  } = {},
+): Promise<FakeCluster> {
   const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
   const db = await openDatabase(join(dir, 'nubis.db'));
   const now = new Date().toISOString();
@@ -52,7 +61,7 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
   await bootstrapAccess(db, join(dir, 'admin-token'));
   const agents = new Map<string, FakeAgent>();
   const services = createServices({
-    db,
+    db: (options.plugins ?? []).reduce((wrapped, plugin) => wrapped.withPlugin(plugin), db),
     dataDir: dir,
     joinToken: 'nubis_join_test',
     auditPublishFile: options.auditPublishFile,

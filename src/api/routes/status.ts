@@ -35,13 +35,14 @@ export const statusRoutes: FastifyPluginAsyncTypebox<StatusRouteServices> = asyn
     },
     async () => {
       const hosts = await services.hosts.list();
-      const vms = await services.vms.list();
+      // Counted in the database: a summary never builds a view of every VM.
+      const vms = await services.vms.counts();
       return {
         version: API_VERSION,
         hosts: hosts.length,
         hostsOnline: hosts.filter((h) => h.status === 'online').length,
-        vms: vms.length,
-        vmsRunning: vms.filter((v) => v.state === 'running').length,
+        vms: vms.vms,
+        vmsRunning: vms.running,
         dataDir: services.dataDir,
       };
     },

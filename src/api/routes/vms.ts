@@ -1,7 +1,7 @@
 /** VMs: create, show, act on (start, stop, ...), delete, migrate, attach disks, read the log. */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import type { VmAction, VmService } from '../../control/vms.ts';
+import { VM_PAGE_MAX, type VmAction, type VmService } from '../../control/vms.ts';
 import type { MigrationService } from '../../migration/migration-service.ts';
 import {
   Accepted,
@@ -24,6 +24,16 @@ import {
 } from '../../wire/schemas.ts';
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
+/** The query of the VM list: a project (or all one may see) and a page (OpenStack's `limit` and `marker`). */
+const VmListQuery = Type.Object(
+  {
+    project: Type.Optional(ResourceName),
+    limit: Type.Optional(Int32(1, VM_PAGE_MAX, { default: VM_PAGE_MAX, description: 'VMs in one answer' })),
+    marker: Type.Optional({ ...ResourceId, description: 'The id of the last VM of the previous page: the answer starts after it' }),
+  },
+  { additionalProperties: false },
+);
+
 /** What the VM routes use: the VM service, and the migration service for migrate and its history. */
 export type VmRouteServices = { vms: VmService; migrations: MigrationService };
 
@@ -33,9 +43,28 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
     '/v1/vms',
     {
       config: { access: { on: 'list', permission: 'vm.read' } },
-      schema: { operationId: 'listVms', tags: ['vms'], summary: 'List VMs', querystring: ProjectQuery, response: { 200: List(Vm), ...listErrorResponses } },
+      schema: {
+        operationId: 'listVms',
+        tags: ['vms'],
+        summary: 'List VMs, a page at a time: by name, `limit` of them after the VM `marker` (as OpenStack); a `Link` header names the next page',
+        querystring: VmListQuery,
+        response: {
+          200: List(Vm, {
+            description: `At most \`limit\` VMs (default and most ${VM_PAGE_MAX}), by name then id; when more follow, a \`Link: <URL>; rel="next"\` header (RFC 8288) names the next page`,
+          }),
+          ...listErrorResponses,
+        },
+      },
     },
-    async (request) => services.vms.list(request.query.project, request.visibleProjects),
+    async (request, reply) => {
+      const { project, limit, marker } = request.query;
+      const page = await services.vms.list({ project, visible: request.visibleProjects, limit, marker });
+      if (page.more) {
+        const next = new URLSearchParams({ ...(project ? { project } : {}), limit: String(limit ?? VM_PAGE_MAX), marker: page.vms[page.vms.length - 1].id });
+        void reply.header('link', `</v1/vms?${next}>; rel="next"`);
+      }
+      return page.vms;
+    },
   );
   app.post(
     '/v1/vms',

@@ -174,9 +174,10 @@ function parsePublish(value: string, previous: Array<Static<typeof PublishedPort
 
 function addListAndShow(vm: Command): void {
   vm.command('list')
-    .description('List VMs')
-    .action(async (_options: unknown, command: Command) => {
-      const vms = await client(command).request<Vm[]>('GET', `/v1/vms${projectQuery(command)}`);
+    .description('List VMs (every one, a page of the API at a time)')
+    .option('--limit <n>', 'show at most this many (the first by name)', parseInteger('--limit'))
+    .action(async (options: { limit?: number }, command: Command) => {
+      const vms = await listVms(command, options.limit);
       if (globals(command).json) printJson(vms);
       else printVms(vms);
     });
@@ -187,6 +188,28 @@ function addListAndShow(vm: Command): void {
       if (globals(command).json) printJson(found);
       else printVm(found);
     });
+}
+
+/** VMs in one answer of the API at most (its VM_PAGE_MAX). */
+const API_PAGE = 1000;
+
+/**
+ * The VMs of the project (or all one may see), by name: page after page (`limit` and `marker`,
+ * the last VM's id), up to `atMost`.
+ */
+async function listVms(command: Command, atMost = Number.POSITIVE_INFINITY): Promise<Vm[]> {
+  if (!(atMost >= 1)) throw new NubisError('VALIDATION_FAILED', `--limit must be 1 or more, not ${atMost}`);
+  const project = globals(command).project;
+  const api = client(command);
+  const vms: Vm[] = [];
+  for (;;) {
+    const limit = Math.min(API_PAGE, atMost - vms.length);
+    const query = new URLSearchParams({ ...(project ? { project } : {}), limit: String(limit), ...(vms.length > 0 ? { marker: vms[vms.length - 1].id } : {}) });
+    const page = await api.request<Vm[]>('GET', `/v1/vms?${query}`);
+    vms.push(...page);
+    // A short page is the last; a full one may be too (the next answer is then empty).
+    if (page.length < limit || vms.length >= atMost) return vms;
+  }
 }
 
 function printVms(vms: Vm[]): void {
