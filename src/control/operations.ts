@@ -231,33 +231,45 @@ export class OperationManager {
     await Promise.all(this.#running.values());
   }
 
-  async #addEvent(id: string, stage: string, message: string, progress: number, data?: unknown): Promise<void> {
+  /**
+   * Records an event and the operation's new stage and progress (and, ending it, its outcome) in
+   * one transaction: one commit, not two (a commit waits for the disk, and a create reports five
+   * events), and no reader sees the event without the stage it brought.
+   */
+  async #addEvent(id: string, stage: string, message: string, progress: number, data?: unknown, outcome?: Partial<OperationsTable>): Promise<void> {
     const at = new Date().toISOString();
     const clamped = Math.max(0, Math.min(1, progress));
-    const inserted = await this.#db
-      .insertInto('operation_events')
-      .values({ operation_id: id, at, stage, message, progress: clamped, data: data === undefined ? null : JSON.stringify(data) })
-      .returning('seq')
-      .executeTakeFirstOrThrow();
-    await this.#db.updateTable('operations').set({ stage, progress: clamped, updated_at: at }).where('id', '=', id).execute();
-    this.#live.emit(id, { event: { seq: inserted.seq, at, stage, message, progress: clamped, ...(data === undefined ? {} : { data }) } });
+    const seq = await this.#db.transaction().execute(async (trx) => {
+      const inserted = await trx
+        .insertInto('operation_events')
+        .values({ operation_id: id, at, stage, message, progress: clamped, data: data === undefined ? null : JSON.stringify(data) })
+        .returning('seq')
+        .executeTakeFirstOrThrow();
+      await trx
+        .updateTable('operations')
+        .set({ stage, progress: clamped, updated_at: at, ...outcome })
+        .where('id', '=', id)
+        .execute();
+      return inserted.seq;
+    });
+    this.#live.emit(id, { event: { seq, at, stage, message, progress: clamped, ...(data === undefined ? {} : { data }) } });
   }
 
   async #finish(id: string, status: 'succeeded' | 'failed' | 'cancelled', outcome: { result?: unknown; code?: string; message?: string }): Promise<void> {
-    const at = new Date().toISOString();
     const stage = status === 'succeeded' ? 'done' : status;
-    await this.#addEvent(id, stage, status === 'succeeded' ? 'Done' : (outcome.message ?? status), status === 'succeeded' ? 1 : (await this.get(id)).progress);
-    await this.#db
-      .updateTable('operations')
-      .set({
+    await this.#addEvent(
+      id,
+      stage,
+      status === 'succeeded' ? 'Done' : (outcome.message ?? status),
+      status === 'succeeded' ? 1 : (await this.get(id)).progress,
+      undefined,
+      {
         status,
         error_code: outcome.code ?? null,
         error_message: outcome.message ?? null,
         result: outcome.result === undefined ? null : JSON.stringify(outcome.result),
-        updated_at: at,
-      })
-      .where('id', '=', id)
-      .execute();
+      },
+    );
     this.#live.emit(id, { finished: await this.get(id) });
   }
 }

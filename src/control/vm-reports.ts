@@ -13,6 +13,11 @@ import type { VmOwner } from './vm-owner.ts';
 import type { PlacementAction, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
 
+/** States whose VM is not on its host yet (a create, an HA restart): a full report without it says nothing. */
+const UNSETTLED = ['pending', 'restarting'];
+/** Ids in one `IN (...)` list at most. */
+const IN_LIST_MAX = 500;
+
 export class VmReports {
   readonly #db: Db;
   readonly #hosts: HostRegistry;
@@ -119,28 +124,60 @@ export class VmReports {
 
   /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
   async applyStatus(hostId: string, status: VmStatus): Promise<void> {
-    await this.#db
+    await this.#writeStatus(this.#db, hostId, status);
+  }
+
+  /**
+   * A report: each VM's status, and with `full` the VMs of the host that the agent does not know
+   * are `missing`. Only what changed is written, all of it in one transaction: a thousand hosts
+   * each send a full report every 10 s, and a report that tells nothing new writes nothing.
+   */
+  async applyReport(hostId: string, statuses: VmStatus[], full: boolean): Promise<void> {
+    const recorded = await this.#recordedStates(hostId, full ? undefined : statuses.map((status) => status.id));
+    const changed = statuses.filter((status) => {
+      const row = recorded.get(status.id);
+      // Reports about unknown VMs (or another host's) are ignored.
+      return row !== undefined && (row.actual_state !== status.state || row.status !== JSON.stringify(status));
+    });
+    if (changed.length > 0)
+      await this.#db.transaction().execute(async (trx) => {
+        for (const status of changed) await this.#writeStatus(trx, hostId, status);
+      });
+    if (!full) return;
+    await this.#reconcileInterruptedCreates(hostId, statuses);
+    const reported = new Set(statuses.map((status) => status.id));
+    // A VM being created, or restarted here by HA, is not yet on its host: its action settles it.
+    const missing = [...recorded.values()].filter((row) => !reported.has(row.id) && !UNSETTLED.includes(row.actual_state) && row.actual_state !== 'missing');
+    for (let from = 0; from < missing.length; from += IN_LIST_MAX)
+      await this.#db
+        .updateTable('vms')
+        .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
+        .where('host_id', '=', hostId)
+        .where(
+          'id',
+          'in',
+          missing.slice(from, from + IN_LIST_MAX).map((row) => row.id),
+        )
+        // Read again in the write: one that became `pending` or `restarting` meanwhile is left alone.
+        .where('actual_state', 'not in', UNSETTLED)
+        .execute();
+  }
+
+  /** The recorded state and status of the host's VMs (of `ids` only, when given). */
+  async #recordedStates(hostId: string, ids: string[] | undefined): Promise<Map<string, Pick<VmsTable, 'id' | 'actual_state' | 'status'>>> {
+    if (ids?.length === 0) return new Map();
+    let query = this.#db.selectFrom('vms').select(['id', 'actual_state', 'status']).where('host_id', '=', hostId);
+    // A long list reads the whole host instead (SQLite bounds a statement's parameters).
+    if (ids && ids.length <= IN_LIST_MAX) query = query.where('id', 'in', ids);
+    return new Map((await query.execute()).map((row) => [row.id, row]));
+  }
+
+  async #writeStatus(db: Db, hostId: string, status: VmStatus): Promise<void> {
+    await db
       .updateTable('vms')
       .set({ actual_state: status.state, status: JSON.stringify(status), updated_at: new Date().toISOString() })
       .where('id', '=', status.id)
       .where('host_id', '=', hostId)
       .execute();
-  }
-
-  /** A full report: VMs of the host that the agent does not know are `missing`. */
-  async applyReport(hostId: string, statuses: VmStatus[], full: boolean): Promise<void> {
-    for (const status of statuses) await this.applyStatus(hostId, status);
-    if (!full) return;
-    await this.#reconcileInterruptedCreates(hostId, statuses);
-    const known = statuses.map((s) => s.id);
-    let query = this.#db
-      .updateTable('vms')
-      .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
-      .where('host_id', '=', hostId)
-      // A VM being created, or restarted here by HA, is not yet on its host: its action settles it.
-      .where('actual_state', 'not in', ['pending', 'restarting']);
-    if (known.length > 0) query = query.where('id', 'not in', known);
-    // A VM being created is not yet on its host: leave it to its operation.
-    await query.execute();
   }
 }

@@ -86,7 +86,8 @@ export class HaManager {
 
   /** One round: fence hosts silent too long that run HA VMs, then restart what fenced hosts held. */
   async tick(now = Date.now()): Promise<void> {
-    const hosts = now < this.#graceUntil ? [] : await this.#db.selectFrom('hosts').selectAll().execute();
+    // The registry's rows: read again only when a host changed, not every second.
+    const hosts = now < this.#graceUntil ? [] : await this.#hosts.rows();
     for (const host of hosts) {
       if (host.fenced_at || now - this.#hosts.lastHeartbeatMs(host) <= FENCE_AFTER_MS) continue;
       const ha = await this.#db
@@ -126,14 +127,15 @@ export class HaManager {
       .set({ fenced_at: fencedAt, lost_at: lostAt, storage_fenced: storageIo ? 1 : 0 })
       .where('id', '=', host.id)
       .execute();
+    // Its agent's next heartbeat must see the fence at once (its stale VMs are killed first).
+    this.#hosts.forgetAgent(host.id);
     this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'fence');
   }
 
   async #peerRows(): Promise<PeerRow[]> {
     const now = Date.now();
-    if (!this.#hostsForPeers || now - this.#hostsForPeers.readAt >= 1_000)
-      this.#hostsForPeers = { readAt: now, rows: await this.#db.selectFrom('hosts').select(['id', 'name', 'underlay_ip', 'fenced_at']).execute() };
+    if (!this.#hostsForPeers || now - this.#hostsForPeers.readAt >= 1_000) this.#hostsForPeers = { readAt: now, rows: await this.#hosts.rows() };
     return this.#hostsForPeers.rows;
   }
 
@@ -160,10 +162,11 @@ export class HaManager {
     const peers = (await this.#peerRows())
       .filter((other) => other.id !== host.id && other.underlay_ip && !other.fenced_at)
       .map((other) => ({ name: other.name, address: other.underlay_ip! }));
-    const assigned = await this.#db.selectFrom('vms').select(['id', 'ha']).where('host_id', '=', host.id).execute();
-    const ha = assigned.filter((vm) => vm.ha === 1).map((vm) => vm.id);
+    // Its HA VMs only (an index read): the host's other VMs matter only when it was fenced.
+    const haVms = await this.#db.selectFrom('vms').select('id').where('host_id', '=', host.id).where('ha', '=', 1).execute();
+    const ha = haVms.map((vm) => vm.id);
     if (!host.fenced_at) return { fenced: false, stale: [], ha, peers };
-    const mine = new Set(assigned.map((vm) => vm.id));
+    const mine = new Set((await this.#db.selectFrom('vms').select('id').where('host_id', '=', host.id).execute()).map((vm) => vm.id));
     const stale = vmIds.filter((id) => !mine.has(id));
     if (stale.length > 0) return { fenced: true, stale, ha, peers };
     try {
@@ -174,6 +177,7 @@ export class HaManager {
       return { fenced: true, stale: [], ha, peers };
     }
     await this.#db.updateTable('hosts').set({ fenced_at: null, storage_fenced: 0 }).where('id', '=', host.id).execute();
+    this.#hosts.forgetAgent(host.id);
     this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'return');
     this.#logger?.info({ host: host.name }, 'fenced host is back with nothing stale: it takes VMs again');
