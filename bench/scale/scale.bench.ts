@@ -22,7 +22,7 @@
  * end, also on failure and Ctrl-C.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -62,6 +62,8 @@ for (const [name, value] of Object.entries(options))
 
 /** Every host's full report is heard within this after the control plane starts (10 s cycle, and a margin). */
 const SETTLE_SECONDS = 15;
+/** The processes' logs, shown when the run fails. */
+const logFiles: string[] = [];
 const PROJECT = 'scale';
 
 // `on`, not `once`: tsx relays Ctrl-C to this process a second time, and a SIGINT without a
@@ -123,6 +125,7 @@ async function run(): Promise<void> {
   const core = measureSchedulerCore(options.hosts, options.decisions);
   const dirs = makeRunFolder();
   const logs = { control: join(dirs.logs, 'control-plane.log'), sim: join(dirs.logs, 'sim-agents.log'), seed: join(dirs.logs, 'seed.log') };
+  logFiles.push(...Object.values(logs));
   let control = await startControlPlane({ dataDir: dirs.data, cacheDir: dirs.cache, logFile: logs.control });
   await api({ url: control.url, token: control.adminToken }, 'POST', '/v1/projects', { name: PROJECT });
   const sim = startSimAgents({ hosts: options.hosts, socketDir: dirs.sockets, agentUrl: control.agentUrl, joinToken: control.joinToken, logFile: logs.sim });
@@ -185,6 +188,13 @@ async function run(): Promise<void> {
 
 try {
   await run();
+} catch (error) {
+  // The folder goes with the clean-up: what the processes logged is shown first.
+  for (const file of logFiles) {
+    const text = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+    if (text) console.error(`--- last lines of ${file}\n${text.split('\n').slice(-30).join('\n')}`);
+  }
+  throw error;
 } finally {
   await cleanUp();
 }
