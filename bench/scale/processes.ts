@@ -113,11 +113,28 @@ export interface SimAgentsProcess {
 }
 
 /** Starts the simulated hosts' process (sim-agents.ts); `ask` sends one request and waits for its answer. */
-export function startSimAgents(options: { hosts: number; socketDir: string; agentUrl: string; joinToken: string; logFile: string }): SimAgentsProcess {
+export function startSimAgents(options: {
+  hosts: number;
+  socketDir: string;
+  agentUrl: string;
+  joinToken: string;
+  logFile: string;
+  underlay: boolean;
+}): SimAgentsProcess {
   const log = openSync(options.logFile, 'a');
   const child = fork(
     new URL('./sim-agents.ts', import.meta.url),
-    ['--hosts', String(options.hosts), '--dir', options.socketDir, '--control', options.agentUrl, '--join-token', options.joinToken],
+    [
+      '--hosts',
+      String(options.hosts),
+      '--dir',
+      options.socketDir,
+      '--control',
+      options.agentUrl,
+      '--join-token',
+      options.joinToken,
+      ...(options.underlay ? ['--underlay'] : []),
+    ],
     { stdio: ['ignore', log, log, 'ipc'] },
   );
   const stop = async () => {

@@ -22,6 +22,8 @@ export interface BenchOptions {
 /** Everything a run measured. */
 export interface RunFigures {
   options: BenchOptions;
+  /** The hosts had underlay addresses (heartbeat answers name every other host). */
+  underlay: boolean;
   machine: string;
   startedAt: Date;
   commit: string;
@@ -95,12 +97,12 @@ export function printResults(f: RunFigures): void {
   const lines = [
     `### ${f.startedAt.toISOString().slice(0, 10)}: ${whole(o.hosts)} hosts, ${whole(f.finalVms)} VMs`,
     '',
-    `\`npx tsx bench/scale/scale.bench.ts --hosts ${o.hosts} --vms ${o.vms} --create-seconds ${o.createSeconds} --create-connections ${o.createConnections} --list-seconds ${o.listSeconds} --list-connections ${o.listConnections} --heartbeat-seconds ${o.heartbeatSeconds} --report-seconds ${o.reportSeconds} --decisions ${o.decisions}\``,
+    `\`npx tsx bench/scale/scale.bench.ts --hosts ${o.hosts} --vms ${o.vms} --create-seconds ${o.createSeconds} --create-connections ${o.createConnections} --list-seconds ${o.listSeconds} --list-connections ${o.listConnections} --heartbeat-seconds ${o.heartbeatSeconds} --report-seconds ${o.reportSeconds} --decisions ${o.decisions}${f.underlay ? ' --underlay' : ''}\``,
     '',
     `- Machine: ${f.machine}`,
     `- Date: ${f.startedAt.toISOString()}; commit ${f.commit}`,
     `- Load average (1, 5, 15 min): before ${f.loadBefore}; after ${f.loadAfter}`,
-    `- Processes, all on this machine: control plane pid ${f.pids.control} (\`node bin/nubis.mjs daemon control-plane\`, SQLite file and API on 127.0.0.1 in a temporary folder); simulated agents pid ${f.pids.sim} (${o.hosts} hosts, one unix socket each); bench pid ${f.pids.bench} (scheduler core, autocannon); seed.ts for set-up only.`,
+    `- Processes, all on this machine: control plane pid ${f.pids.control} (\`node bin/nubis.mjs daemon control-plane\`, SQLite file and API on 127.0.0.1 in a temporary folder); simulated agents pid ${f.pids.sim} (${o.hosts} hosts, one unix socket each, ${f.underlay ? 'each with an underlay address, so every heartbeat answer names the other hosts as watchdog peers' : 'no underlay addresses, so heartbeat answers name no watchdog peers'}); bench pid ${f.pids.bench} (scheduler core, autocannon); seed.ts for set-up only.`,
     '',
     ...goalRows(f),
     '',

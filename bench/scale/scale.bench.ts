@@ -12,7 +12,7 @@
  *
  *   npx tsx bench/scale/scale.bench.ts [--hosts 1000] [--vms 100000] [--create-seconds 30]
  *     [--create-connections 16] [--list-seconds 20] [--list-connections 4] [--heartbeat-seconds 30]
- *     [--report-seconds 30] [--decisions 20000]
+ *     [--report-seconds 30] [--decisions 20000] [--underlay]
  *
  * Phases, in order: the scheduler core alone (before anything else runs); join; seed; settle (the
  * restarted control plane hears every host's full report); heartbeats only; heartbeats and full
@@ -44,6 +44,7 @@ const { values: args } = parseArgs({
     'heartbeat-seconds': { type: 'string', default: '30' },
     'report-seconds': { type: 'string', default: '30' },
     decisions: { type: 'string', default: '20000' },
+    underlay: { type: 'boolean', default: false },
   },
 });
 const options: BenchOptions = {
@@ -57,6 +58,8 @@ const options: BenchOptions = {
   reportSeconds: Number(args['report-seconds']),
   decisions: Number(args.decisions),
 };
+/** Hosts with underlay addresses: each heartbeat answer then names every other host (its watchdog's peers). */
+const underlay = args.underlay === true;
 for (const [name, value] of Object.entries(options))
   if (!Number.isInteger(value) || value < (name === 'vms' ? 0 : 1)) throw new Error(`Option ${name} is ${value}: give a whole number`);
 
@@ -128,7 +131,14 @@ async function run(): Promise<void> {
   logFiles.push(...Object.values(logs));
   let control = await startControlPlane({ dataDir: dirs.data, cacheDir: dirs.cache, logFile: logs.control });
   await api({ url: control.url, token: control.adminToken }, 'POST', '/v1/projects', { name: PROJECT });
-  const sim = startSimAgents({ hosts: options.hosts, socketDir: dirs.sockets, agentUrl: control.agentUrl, joinToken: control.joinToken, logFile: logs.sim });
+  const sim = startSimAgents({
+    hosts: options.hosts,
+    socketDir: dirs.sockets,
+    agentUrl: control.agentUrl,
+    joinToken: control.joinToken,
+    logFile: logs.sim,
+    underlay,
+  });
   let controlRunning = true;
   const processes: Processes = { control: () => (controlRunning ? control.pid : undefined), sim: sim.pid };
   await sim.ask({ type: 'start' }, 'started');
@@ -165,6 +175,7 @@ async function run(): Promise<void> {
   const cpuList = cpus();
   printResults({
     options,
+    underlay,
     machine: `${cpuList[0]?.model ?? 'unknown CPU'} x ${cpuList.length}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}`,
     startedAt,
     commit: gitCommit(),

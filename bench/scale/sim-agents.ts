@@ -69,6 +69,7 @@ const { values: args } = parseArgs({
     'join-token': { type: 'string' },
     cpus: { type: 'string', default: '64' },
     'memory-mb': { type: 'string', default: String(256 * 1024) },
+    underlay: { type: 'boolean', default: false },
   },
 });
 if (!args.dir || !args.control || !args['join-token']) throw new Error('Give --dir, --control and --join-token');
@@ -78,6 +79,8 @@ const joinToken = args['join-token'];
 const hostCount = Number(args.hosts);
 const hostCpus = Number(args.cpus);
 const hostMemoryMb = Number(args['memory-mb']);
+/** With `--underlay`, each host has an underlay address (10.200.X.Y), as hosts carrying virtual networks do. */
+const withUnderlay = args.underlay === true;
 
 /** Latencies of one kind of request, kept until the next reset. */
 class Latencies {
@@ -191,8 +194,9 @@ function every(intervalMs: number, step: () => Promise<void>): void {
   next(Math.random() * intervalMs);
 }
 
-async function joinHost(host: SimHost): Promise<void> {
+async function joinHost(host: SimHost, index: number): Promise<void> {
   const body: Static<typeof HostJoinRequest> = {
+    ...(withUnderlay ? { underlayIp: `10.200.${(index + 1) >> 8}.${(index + 1) & 255}` } : {}),
     name: host.name,
     joinToken,
     endpoint: `unix:${host.socketPath}`,
@@ -212,10 +216,10 @@ async function joinHost(host: SimHost): Promise<void> {
 
 async function joinAll(): Promise<number> {
   const started = performance.now();
-  const queue = [...hosts];
+  let next = 0;
   await Promise.all(
     Array.from({ length: JOINS_AT_ONCE }, async () => {
-      for (let host = queue.shift(); host; host = queue.shift()) await joinHost(host);
+      for (let index = next++; index < hosts.length; index = next++) await joinHost(hosts[index], index);
     }),
   );
   const seconds = (performance.now() - started) / 1000;
