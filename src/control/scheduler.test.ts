@@ -108,4 +108,35 @@ describe('scheduler', () => {
     assert.equal(decision.ranked.length, 10);
     assert.deepEqual(Object.keys(decision.ranked[0]!.weights), ['memory', 'cpu']);
   });
+
+  it('ranks a thousand hosts as a full stable sort would: the best ten, ties in host order, every refusal', () => {
+    // Few distinct loads: many ties. Some hosts full or in maintenance: refusals among them.
+    const hosts = Array.from({ length: 1000 }, (_, i) =>
+      host(`h${String(i).padStart(4, '0')}`, {
+        allocatedMemoryMb: [0, 1024, 2048, 4096][(i * 7) % 4],
+        allocatedCpus: (i * 3) % 4,
+        ...(i % 97 === 0 ? { status: 'maintenance' } : {}),
+      }),
+    );
+    for (const request of [
+      { cpus: 1, memoryMb: 256 },
+      { cpus: 1, memoryMb: 256, strategy: 'pack' as const },
+      { cpus: 2, memoryMb: 1024, group: group({ strict: false, memberHostIds: new Set(['host-h0004', 'host-h0008']) }) },
+    ]) {
+      const decision = explainPlacement(hosts, request);
+      // The reference: each host alone (its refusal or its score), then a stable sort of all.
+      const alone = hosts.map((h) => ({ name: h.name, decision: explainPlacement([h], request) }));
+      const scored = alone.filter((a) => a.decision.host).map((a) => ({ name: a.name, score: a.decision.ranked[0]!.score }));
+      scored.sort((a, b) => b.score - a.score);
+      assert.deepEqual(
+        decision.ranked.map((r) => [r.host, r.score]),
+        scored.slice(0, 10).map((s) => [s.name, s.score]),
+      );
+      assert.deepEqual(
+        decision.refused,
+        alone.flatMap((a) => a.decision.refused),
+      );
+      assert.equal(decision.host, pickHost(hosts, request)?.name);
+    }
+  });
 });

@@ -280,30 +280,38 @@ export interface PlacementDecision {
   ranked: Array<{ host: string; score: number; weights: Record<string, number> }>;
 }
 
+/**
+ * Every host's fate: refused by which filter and why, or scored, the best RANKED_KEPT with their
+ * weights. A thousand hosts a create: only the best are kept as they come (a short sorted list,
+ * no sort of every host) and only theirs get a breakdown of their weights.
+ */
 export function explainPlacement(hosts: readonly SchedulerHost[], request: ScheduleRequest): PlacementDecision {
   const prepared = prepare(hosts, request);
   const filters = FILTERS.filter((filter) => filter.applies(request));
   const weighers = WEIGHERS.filter((weigher) => weigher.applies(request));
   const refused: PlacementDecision['refused'] = [];
-  const ranked: Array<PlacementDecision['ranked'][number] & { hostId: string; exact: number }> = [];
+  // Best first; equal scores keep the hosts' order, as pickHost does.
+  const best: Array<{ host: SchedulerHost; exact: number }> = [];
   for (const host of hosts) {
     const failed = filters.find((filter) => !filter.passes(host, prepared));
     if (failed) {
       refused.push({ host: host.name, filter: failed.name, reason: failed.reason(host, prepared) });
       continue;
     }
-    const weights = Object.fromEntries(weighers.map((weigher) => [weigher.name, round(weigher.weight * weigher.score(host, prepared))]));
     const exact = scoreOf(host, weighers, prepared);
-    ranked.push({ host: host.name, hostId: host.id, exact, score: round(exact), weights });
+    if (best.length === RANKED_KEPT && exact <= best[RANKED_KEPT - 1].exact) continue;
+    let at = best.length;
+    while (at > 0 && best[at - 1].exact < exact) at--;
+    best.splice(at, 0, { host, exact });
+    if (best.length > RANKED_KEPT) best.pop();
   }
-  // Stable: equal scores keep the hosts' order, as pickHost does.
-  ranked.sort((a, b) => b.exact - a.exact);
-  const best = ranked[0];
-  return {
-    ...(best ? { host: best.host, hostId: best.hostId } : {}),
-    refused,
-    ranked: ranked.slice(0, RANKED_KEPT).map(({ hostId: _, exact: __, ...rest }) => rest),
-  };
+  const ranked = best.map(({ host, exact }) => ({
+    host: host.name,
+    score: round(exact),
+    weights: Object.fromEntries(weighers.map((weigher) => [weigher.name, round(weigher.weight * weigher.score(host, prepared))])),
+  }));
+  const chosen = best[0]?.host;
+  return { ...(chosen ? { host: chosen.name, hostId: chosen.id } : {}), refused, ranked };
 }
 
 function round(value: number): number {
