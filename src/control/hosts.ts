@@ -12,7 +12,7 @@ import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
 import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labels.ts';
 import { SUSPECT_AFTER_MS } from '../agent-api/heartbeat.ts';
-import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT } from './scheduler.ts';
+import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, type SchedulerHost } from './scheduler.ts';
 import { type HostAllocation, HostUsage, type PlacementReservation } from './host-usage.ts';
 
 /** What `nubis host set` changes. */
@@ -240,17 +240,41 @@ export class HostRegistry {
     return (await this.#usage.refresh()).hosts;
   }
 
-  /** Brings placement's view of the hosts up to date (before `placementViews`). */
+  /** Brings placement's view of the hosts up to date (before `schedulerHosts`). */
   async refreshPlacement(): Promise<void> {
     await this.#usage.refresh();
   }
 
   /**
-   * The hosts as placement sees them at this instant, synchronously: what is recorded on each and
-   * the shares of the creates placed and not yet recorded. After `refreshPlacement`.
+   * The hosts as the scheduler sees them at this instant, synchronously: what is recorded on each
+   * and the shares of the creates placed and not yet recorded. After `refreshPlacement`. Built
+   * for every create, so no more than the scheduler reads (not whole views).
    */
-  placementViews(): HostView[] {
-    return this.#views(this.#usage.allocations(true));
+  schedulerHosts(): SchedulerHost[] {
+    const allocationOf = this.#usage.allocations(true);
+    const now = Date.now();
+    return this.#usage.snapshot.hosts.map((host) => {
+      const allocated = allocationOf(host.id);
+      return {
+        id: host.id,
+        name: host.name,
+        status: this.#status(host, now),
+        labels: this.#labelsOf(host),
+        cpus: host.cpus,
+        memoryMb: host.memory_mb,
+        allocatedCpus: allocated.cpus,
+        allocatedMemoryMb: allocated.memoryMb,
+        cpuOvercommit: host.cpu_overcommit,
+        memoryOvercommit: host.memory_overcommit,
+        accelerator: host.accelerator,
+        ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
+      };
+    });
+  }
+
+  /** The view of host `hostId` as of the last refresh, shares of creates on their way counted (the host placement chose). */
+  placementView(hostId: string): HostView {
+    return this.#views(this.#usage.allocations(true), hostId)[0];
   }
 
   /** Reserves `cpus` and `memoryMb` of `hostId` for a VM being created: synchronously, in the turn of its placement. */
@@ -258,13 +282,19 @@ export class HostRegistry {
     return this.#usage.reserve(hostId, cpus, memoryMb);
   }
 
-  #views(allocationOf: (hostId: string) => HostAllocation): HostView[] {
+  /** Parsed labels of a cached host row; shared by every view of it, so frozen: no caller can change the cached one. */
+  #labelsOf(host: HostsTable): Labels {
+    let labels = this.#labels.get(host);
+    if (!labels) this.#labels.set(host, (labels = Object.freeze(parseStoredLabels(host.labels))));
+    return labels;
+  }
+
+  #views(allocationOf: (hostId: string) => HostAllocation, onlyHostId?: string): HostView[] {
     const now = Date.now();
-    return this.#usage.snapshot.hosts.map((host) => {
+    const hosts = this.#usage.snapshot.hosts;
+    return (onlyHostId ? hosts.filter((host) => host.id === onlyHostId) : hosts).map((host) => {
       const allocated = allocationOf(host.id);
-      let labels = this.#labels.get(host);
-      // Shared by every view of this row: frozen, so that no caller can change the cached one.
-      if (!labels) this.#labels.set(host, (labels = Object.freeze(parseStoredLabels(host.labels))));
+      const labels = this.#labelsOf(host);
       return {
         id: host.id,
         name: host.name,

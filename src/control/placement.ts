@@ -103,7 +103,8 @@ export class PlacementService {
 
   /** The hosts as the scheduler sees them. */
   async schedulerHosts(): Promise<SchedulerHost[]> {
-    return (await this.#hosts.list()).map(toSchedulerHost);
+    await this.#hosts.refreshPlacement();
+    return this.#hosts.schedulerHosts();
   }
 
   /** The scheduler's question for `needs`, with the project's requirements and the group's rule. */
@@ -160,12 +161,11 @@ export class PlacementService {
     what: string,
     options: { reserve?: boolean } = {},
   ): Promise<{ host: HostView; decision: PlacementDecision; reservation?: PlacementReservation }> {
-    await this.#hosts.refreshPlacement();
-    if (this.#hosts.placementViews().length === 0) throw new NubisError('NO_HOST_FITS', 'No host has joined yet; start one with nubis up');
-    const request = await this.request(needs, this.#hosts.placementViews().map(toSchedulerHost));
-    // From here to the reservation nothing waits: the views count every share reserved so far.
-    const views = this.#hosts.placementViews();
-    const decision = explainPlacement(views.map(toSchedulerHost), request);
+    const known = await this.schedulerHosts();
+    if (known.length === 0) throw new NubisError('NO_HOST_FITS', 'No host has joined yet; start one with nubis up');
+    const request = await this.request(needs, known);
+    // From here to the reservation nothing waits: the hosts count every share reserved so far.
+    const decision = explainPlacement(this.#hosts.schedulerHosts(), request);
     if (!decision.hostId) {
       const reasons = decision.refused.map((refusal) => refusal.reason);
       throw new NubisError('NO_HOST_FITS', `No host can take ${what} (${needs.cpus} vCPUs, ${needs.memoryMb} MiB): ${reasons.join('; ')}`, {
@@ -173,7 +173,7 @@ export class PlacementService {
       });
     }
     const reservation = options.reserve ? this.#hosts.reserve(decision.hostId, needs.cpus, needs.memoryMb) : undefined;
-    return { host: views.find((view) => view.id === decision.hostId)!, decision, ...(reservation ? { reservation } : {}) };
+    return { host: this.#hosts.placementView(decision.hostId), decision, ...(reservation ? { reservation } : {}) };
   }
 
   /** Records that `vm` now runs on `host` (in `db`, which may be the transaction that moves it). */
