@@ -11,6 +11,29 @@ import type { Database } from './schema.ts';
 
 export type Db = Kysely<Database>;
 
+/** Statements kept, by SQL text, at most (the least recently used go). */
+const STATEMENTS_KEPT = 1000;
+
+/**
+ * Kysely prepares every query it sends, and parsing the same SQL again for each was about a
+ * millisecond of every VM create (bench/scale): `prepare` hands back the statement made before
+ * for the same text. Safe as Kysely uses it: one query at a time on the one connection, each run
+ * to its end (`all` or `run`) before the next; SQLite prepares a kept statement again by itself
+ * when the schema changed.
+ */
+function keepPreparedStatements(sqlite: SqliteDatabase.Database): void {
+  const prepare = sqlite.prepare.bind(sqlite);
+  const kept = new Map<string, SqliteDatabase.Statement>();
+  sqlite.prepare = ((source: string) => {
+    let statement = kept.get(source);
+    if (statement) kept.delete(source);
+    else statement = prepare(source);
+    kept.set(source, statement);
+    if (kept.size > STATEMENTS_KEPT) kept.delete(kept.keys().next().value!);
+    return statement;
+  }) as typeof sqlite.prepare;
+}
+
 /** Opens (creating if needed) the SQLite database at `path` and applies pending migrations. */
 export async function openDatabase(path: string): Promise<Db> {
   const sqlite = new SqliteDatabase(path);
@@ -25,6 +48,7 @@ export async function openDatabase(path: string): Promise<Db> {
   for (const file of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(file)) chmodSync(file, 0o600);
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
+  keepPreparedStatements(sqlite);
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
   const { error, results } = await new Migrator({ db, provider: inlineMigrations }).migrateToLatest();
   if (error) {
