@@ -26,7 +26,7 @@ import { VmReports } from './vm-reports.ts';
 import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
-import { VM_PAGE_MAX, type VmPage, vmPage, vmView } from './vm-view.ts';
+import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
@@ -61,7 +61,7 @@ interface AllocatedNic {
 }
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
-export { VM_PAGE_MAX, type VmPage } from './vm-view.ts';
+export { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage } from './vm-view.ts';
 
 export class VmService {
   readonly #db: Db;
@@ -145,12 +145,12 @@ export class VmService {
 
   /**
    * A page of the VMs of `project`, or (without one) of the projects in `visible`, by name then
-   * id: `limit` of them (VM_PAGE_MAX at most) after the VM `marker` (the id of the last one of
+   * id: `limit` of them (VM_PAGE_DEFAULT unless said, VM_PAGE_MAX at most) after the VM `marker` (the id of the last one of
    * the previous page, as OpenStack's `marker`), with whether more follow.
    */
   async list(options: { project?: string; visible?: VisibleProjects; limit?: number; marker?: string } = {}): Promise<VmPage> {
     const projects = options.project ? [await this.projectId(options.project)] : (options.visible ?? 'all');
-    return vmPage(this.#db, projects, { limit: Math.min(options.limit ?? VM_PAGE_MAX, VM_PAGE_MAX), marker: options.marker });
+    return vmPage(this.#db, projects, { limit: Math.min(options.limit ?? VM_PAGE_DEFAULT, VM_PAGE_MAX), marker: options.marker });
   }
 
   /** How many VMs there are, and how many of them run (the cluster summary). */

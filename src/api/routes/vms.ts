@@ -1,7 +1,7 @@
 /** VMs: create, show, act on (start, stop, ...), delete, migrate, attach disks, read the log. */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import { VM_PAGE_MAX, type VmAction, type VmService } from '../../control/vms.ts';
+import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmAction, type VmService } from '../../control/vms.ts';
 import type { MigrationService } from '../../migration/migration-service.ts';
 import {
   Accepted,
@@ -28,7 +28,7 @@ import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 const VmListQuery = Type.Object(
   {
     project: Type.Optional(ResourceName),
-    limit: Type.Optional(Int32(1, VM_PAGE_MAX, { default: VM_PAGE_MAX, description: 'VMs in one answer' })),
+    limit: Type.Optional(Int32(1, VM_PAGE_MAX, { default: VM_PAGE_DEFAULT, description: 'VMs in one answer' })),
     marker: Type.Optional({ ...ResourceId, description: 'The id of the last VM of the previous page: the answer starts after it' }),
   },
   { additionalProperties: false },
@@ -50,7 +50,7 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
         querystring: VmListQuery,
         response: {
           200: List(Vm, {
-            description: `At most \`limit\` VMs (default and most ${VM_PAGE_MAX}), by name then id; when more follow, a \`Link: <URL>; rel="next"\` header (RFC 8288) names the next page`,
+            description: `At most \`limit\` VMs (default ${VM_PAGE_DEFAULT}, most ${VM_PAGE_MAX}), by name then id; when more follow, a \`Link: <URL>; rel="next"\` header (RFC 8288) names the next page`,
           }),
           ...listErrorResponses,
         },
@@ -60,7 +60,11 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
       const { project, limit, marker } = request.query;
       const page = await services.vms.list({ project, visible: request.visibleProjects, limit, marker });
       if (page.more) {
-        const next = new URLSearchParams({ ...(project ? { project } : {}), limit: String(limit ?? VM_PAGE_MAX), marker: page.vms[page.vms.length - 1].id });
+        const next = new URLSearchParams({
+          ...(project ? { project } : {}),
+          limit: String(limit ?? VM_PAGE_DEFAULT),
+          marker: page.vms[page.vms.length - 1].id,
+        });
         void reply.header('link', `</v1/vms?${next}>; rel="next"`);
       }
       return page.vms;
