@@ -77,9 +77,11 @@ export interface ControlPlaneProcess {
  */
 export async function startControlPlane(options: { dataDir: string; cacheDir: string; logFile: string }): Promise<ControlPlaneProcess> {
   const log = openSync(options.logFile, 'a');
+  // NUBIS_BENCH_CPU_PROF=DIR: the control plane writes a CPU profile there when it stops (for finding what to fix).
+  const profile = process.env.NUBIS_BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.NUBIS_BENCH_CPU_PROF}`] : [];
   const child = spawn(
     process.execPath,
-    [join(repoRoot, 'bin', 'nubis.mjs'), '--data', options.dataDir, 'daemon', 'control-plane', '--port', '0', '--listen', '127.0.0.1'],
+    [...profile, join(repoRoot, 'bin', 'nubis.mjs'), '--data', options.dataDir, 'daemon', 'control-plane', '--port', '0', '--listen', '127.0.0.1'],
     { env: { ...process.env, NUBIS_CACHE: options.cacheDir, NUBIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', log, log] },
   );
   const stop = () => stopChild(child, 'SIGTERM', 60_000);
