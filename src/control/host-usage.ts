@@ -59,6 +59,8 @@ export class HostUsage {
   readonly #db: Db;
   #snapshot: HostUsageSnapshot | undefined;
   #hostsReadAt: number | undefined;
+  /** The read of the hosts in progress, shared by whoever needs it meanwhile. */
+  #reading: Promise<void> | undefined;
   readonly #shares = new Set<Share>();
 
   constructor(db: Db) {
@@ -68,7 +70,18 @@ export class HostUsage {
   /** The current snapshot: one small query, and the hosts and their usage again only when the version moved. */
   async refresh(): Promise<HostUsageSnapshot> {
     const version = await readVersion(this.#db);
-    if (this.#snapshot?.version === version) return this.#snapshot;
+    // Creates placed together after a change share one read; one that began before the change
+    // stands for an older version, and then another read follows.
+    while (!this.#snapshot || this.#snapshot.version < version) {
+      this.#reading ??= this.#read().finally(() => {
+        this.#reading = undefined;
+      });
+      await this.#reading;
+    }
+    return this.#snapshot;
+  }
+
+  async #read(): Promise<void> {
     // One transaction: the version and what it stands for are read together.
     const snapshot = await this.#db.transaction().execute(async (trx) => {
       const at = await readVersion(trx);
@@ -82,13 +95,12 @@ export class HostUsage {
       const usage = new Map(rows.map((row) => [row.host_id, { cpus: Number(row.cpus), memoryMb: Number(row.memory), vms: Number(row.count) }]));
       return { version: at, hosts, usage };
     });
-    // A read that finished after a newer one keeps the newer.
+    // A snapshot folded past this read's version meanwhile is newer: it stays.
     if (!this.#snapshot || snapshot.version >= this.#snapshot.version) {
       this.#snapshot = snapshot;
       this.#hostsReadAt = snapshot.version;
     }
     this.#forgetCached();
-    return this.#snapshot;
   }
 
   /**
