@@ -92,8 +92,12 @@ export async function startControlPlane(options: { dataDir: string; cacheDir: st
     if (child.exitCode !== null) throw new Error(`The control plane exited (code ${child.exitCode}); see ${options.logFile}`);
     if (Date.now() > deadline) throw new Error(`The control plane did not start within 120 s; see ${options.logFile}`);
     if (existsSync(paths.apiInfo)) {
-      const info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; agentUrl: string; pid: number };
-      if (info.pid === child.pid)
+      // Read while the control plane writes it, it may be cut short: the next poll reads it whole.
+      let info: { url: string; agentUrl: string; pid: number } | undefined;
+      try {
+        info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; agentUrl: string; pid: number };
+      } catch {}
+      if (info?.pid === child.pid)
         return {
           pid: child.pid,
           url: info.url,
