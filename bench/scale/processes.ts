@@ -97,9 +97,9 @@ export async function startControlPlane(options: { dataDir: string; cacheDir: st
       try {
         info = JSON.parse(readFileSync(paths.apiInfo, 'utf8')) as { url: string; agentUrl: string; pid: number };
       } catch {}
-      if (info?.pid === child.pid)
+      if (info && info.pid === child.pid)
         return {
-          pid: child.pid,
+          pid: info.pid,
           url: info.url,
           agentUrl: info.agentUrl,
           adminToken: readFileSync(paths.adminToken, 'utf8').trim(),
