@@ -36,6 +36,8 @@ export interface RunFigures {
   seed: { created: number; seconds: number; cpuSeconds: number } | undefined;
   seedUsage: PhaseUsage;
   settleUsage: PhaseUsage;
+  /** Hosts the control plane showed online once settled (all of them, unless it could not keep up). */
+  onlineAfterSettle: number;
   simVms: number;
   finalVms: number;
   heartbeats: Awaited<ReturnType<typeof measureReportPhase>>;
@@ -120,6 +122,7 @@ export function printResults(f: RunFigures): void {
     f.seed
       ? `- Seed: ${whole(f.seed.created)} VMs through the service code (seed.ts) in ${fixed(f.seed.seconds)} s (${fixed(f.seed.created / f.seed.seconds)}/s, synchronous = OFF, no HTTP); the simulated hosts then held ${whole(f.simVms)} VMs.`
       : '- Seed: none.',
+    `- Settle: once the restarted control plane had heard every host, it showed ${whole(f.onlineAfterSettle)} of ${whole(o.hosts)} hosts online.`,
     ...reportPhaseLines('Heartbeats only', f.heartbeats),
     ...reportPhaseLines('Heartbeats and reports', f.reports),
     `- Creates: ${whole(creates.accepted)} POSTs accepted (the control plane's count) in ${fixed(creates.loadSeconds)} s (${fixed(creates.acceptedPerSecond)}/s, p50 ${fixed(creates.postP50Ms, 1)} ms, p99 ${fixed(creates.postP99Ms, 1)} ms); the last operation ended ${fixed(creates.drainSeconds, 1)} s after the load; ${whole(creates.succeeded)} VMs created (${fixed(creates.createsPerSecond)}/s over ${fixed(creates.loadSeconds + creates.drainSeconds)} s); failed among the last 500: ${creates.failedInLast500}; operation time (accepted to succeeded) of the last ${creates.operationsSampled}: p50 ${fixed(creates.operationP50Ms, 0)} ms, p99 ${fixed(creates.operationP99Ms, 0)} ms; ${whole(creates.dbRowsChanged)} database rows changed (${fixed(creates.dbRowsChanged / Math.max(1, creates.succeeded), 1)} per VM).`,
