@@ -58,6 +58,7 @@ export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOf'>,
     autostart: row.autostart === 1,
     bootOrder: row.boot_order,
     bootDelaySeconds: row.boot_delay_seconds,
+    balance: row.balance,
     createdAt: row.created_at,
   };
 }

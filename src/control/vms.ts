@@ -349,6 +349,7 @@ export class VmService {
           autostart: request.autostart ? 1 : 0,
           boot_order: request.bootOrder ?? 0,
           boot_delay_seconds: request.bootDelaySeconds ?? 0,
+          balance: request.balance ?? 'auto',
           created_at: now,
           updated_at: now,
         })

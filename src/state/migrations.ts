@@ -505,6 +505,14 @@ const migrations: Record<string, Migration> = {
       );
     },
   },
+  '0016-vm-balance-policy': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .alterTable('vms')
+        .addColumn('balance', 'text', (c) => c.notNull().defaultTo('auto'))
+        .execute();
+    },
+  },
 };
 
 /** Hands Kysely's Migrator the migrations defined in this file. */

@@ -4,6 +4,9 @@
  */
 import type { Generated } from 'kysely';
 
+/** See VmBalancePolicy in src/wire/schemas.ts. */
+type VmBalancePolicy = 'auto' | 'manual' | 'never';
+
 export interface ProjectsTable {
   id: string;
   name: string;
@@ -249,6 +252,8 @@ export interface VmsTable {
   boot_order: number;
   /** Seconds to wait after starting this VM before the next one at autostart. */
   boot_delay_seconds: number;
+  /** Which balancing runs may move it: auto, manual (only runs a person starts) or never; `auto` unless set. */
+  balance: VmBalancePolicy;
   created_at: string;
   updated_at: string;
 }

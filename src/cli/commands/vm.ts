@@ -3,15 +3,16 @@ import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
 import { NubisError } from '../../core/errors.ts';
-import type { Accepted, PublishedPort, Vm } from '../../wire/schemas.ts';
+import type { Accepted, PublishedPort, Vm, VmBalancePolicy } from '../../wire/schemas.ts';
 import { client, collect, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatDuration, printJson, printTable } from '../output.ts';
 import { readCaFile } from '../api-fetch.ts';
 import type { PlacementDecision, PlacementHistory } from '../../wire/placement-schemas.ts';
 import { printDecision } from './placement.ts';
 
-/** The HA and start-on-boot options of vm create and vm set. */
+/** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions {
+  balance?: VmBalancePolicy;
   ha?: boolean;
   haPriority?: number;
   haGroup?: string;
@@ -101,6 +102,7 @@ function addCreate(vm: Command): void {
     .option('--autostart', 'start it when its host comes back after a reboot')
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
+    .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
     .action(createVm);
@@ -137,7 +139,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
   else printVm(final.result as Vm);
 }
 
-/** The HA and autostart fields of a create or set, from their options. */
+/** The HA, autostart and balancing fields of a create or set, from their options. */
 function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
   return {
     ...(options.ha !== undefined ? { ha: options.ha } : {}),
@@ -146,7 +148,14 @@ function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
     ...(options.autostart !== undefined ? { autostart: options.autostart } : {}),
     ...(options.bootOrder !== undefined ? { bootOrder: options.bootOrder } : {}),
     ...(options.bootDelay !== undefined ? { bootDelaySeconds: options.bootDelay } : {}),
+    ...(options.balance !== undefined ? { balance: options.balance } : {}),
   };
+}
+
+function balancePolicy(value: string): VmBalancePolicy {
+  if (value !== 'auto' && value !== 'manual' && value !== 'never')
+    throw new NubisError('VALIDATION_FAILED', `--balance takes auto, manual or never, not ${value}`);
+  return value;
 }
 
 /** `on` or `off` as a boolean. */
@@ -225,6 +234,10 @@ function printVm(vm: Vm): void {
     ['Guest IPs', vm.guestIps.join(', ') || undefined],
     ['Published ports', vm.publish.map((p) => `${p.hostAddress}:${p.hostPort} -> ${p.guestPort}/${p.protocol}`).join(', ') || undefined],
     ['Last error', vm.lastError],
+    ['High availability', vm.ha ? `on, priority ${vm.haPriority}${vm.haGroup ? `, group ${vm.haGroup}` : ''}` : 'off'],
+    ['Autostart', vm.autostart ? `on, order ${vm.bootOrder}, then ${vm.bootDelaySeconds} s` : 'off'],
+    ['Balancing', vm.balance],
+    ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
   if (vm.crashLogTail?.length) {
@@ -298,6 +311,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--autostart <on|off>', 'start it when its host comes back after a reboot', onOff('--autostart'))
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
+    .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy)
     .action(async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
