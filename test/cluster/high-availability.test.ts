@@ -7,7 +7,8 @@
  * plane itself dies mid-failover; a project's residency rule holds through an evacuation and a
  * balancing proposal; VMs marked autostart come back in boot order after a host reboot; a crowded
  * host is evened out by real live migrations in a bounded number of moves, a dry run moves
- * nothing, and a VM whose move would cost more than it brings (a 500 GiB local disk) stays.
+ * nothing, and a VM whose move would cost more than it brings (a 500 GiB local disk) stays, as
+ * does one whose balancing policy is `never`.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -359,12 +360,13 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     // A VM on a 500 GiB host-local disk: moving it means mirroring the whole disk first.
     await nubis.cliJson(['pool', 'create', 'local', '--kind', 'dir']);
     await nubis.cliJson(['volume', 'create', 'bigdisk', '--pool', 'local', '--size', '500G', '--host', crowded]);
-    for (const [name, disk] of [
+    // b2's own policy keeps it out of balancing.
+    for (const [name, extra] of [
       ['big', ['--disk', 'local/bigdisk']],
       ['b1', []],
-      ['b2', []],
+      ['b2', ['--balance', 'never']],
     ] as const)
-      await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--cpus', '2', '--memory', '128', '--network', 'hanet', '--host', crowded, ...disk]);
+      await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--cpus', '2', '--memory', '128', '--network', 'hanet', '--host', crowded, ...extra]);
     const placed = async () => (await nubis.cliJson<Vm[]>(['vm', 'list'])).map((vm) => `${vm.name}@${vm.host}`).sort();
     const before = await placed();
 
@@ -373,6 +375,7 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     assert.ok(proposal.moves.length > 0, JSON.stringify(proposal));
     assert.ok(!proposal.moves.some((move) => move.vm === 'big'), 'the big-disk VM is not proposed');
     assert.match(proposal.held.find((held) => held.vm === 'big')?.reason ?? '', /predicted to (take|send) /, JSON.stringify(proposal.held));
+    assert.match(proposal.held.find((held) => held.vm === 'b2')?.reason ?? '', /its balancing policy is never/);
     for (const move of proposal.moves) assert.ok(move.benefit > 0 && move.cost.bytes! > 0, `each move carries its benefit and cost: ${JSON.stringify(move)}`);
     assert.deepEqual(await placed(), before, 'a dry run moves nothing');
 
@@ -380,13 +383,13 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     assert.ok(run.moves.length > 0 && run.moves.length <= 6, `a bounded number of moves: ${JSON.stringify(run.moves)}`);
     for (const move of run.moves) {
       assert.equal(move.status, 'completed', JSON.stringify(move));
-      assert.notEqual(move.vm, 'big');
+      assert.ok(move.vm !== 'big' && move.vm !== 'b2', `${move.vm} may not move`);
       const vm = await nubis.api<Vm>('GET', `/v1/vms/${move.vm}?project=${move.project}`);
       assert.deepEqual([vm.body.host, vm.body.state, vm.body.ready], [move.to, 'running', true], `${move.vm} runs on ${move.to}`);
       if (move.vm === 'e1') assert.notEqual(move.to, 'host-1', "balancing keeps the project's residency rule");
     }
     assert.ok(run.imbalanceAfter! < run.imbalanceBefore, `${run.imbalanceBefore} -> ${run.imbalanceAfter}`);
-    assert.equal((await show('big')).host, crowded, 'the big-disk VM stays');
+    assert.deepEqual([(await show('big')).host, (await show('b2')).host], [crowded, crowded], 'the big-disk VM and the one whose policy says never stay');
     const again = await nubis.cliJson<BalanceProposal>(['cluster', 'balance', '--dry-run']);
     assert.deepEqual(again.moves, [], `balanced: nothing more to do (${again.outcome})`);
   });
