@@ -32,6 +32,9 @@ import { bootstrapAccess } from '../access/bootstrap.ts';
 import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
 import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
+import { DesktopBroker } from '../desktop/desktop-broker.ts';
+import { DesktopMachines } from '../desktop/desktop-machines.ts';
+import { DesktopPools } from '../desktop/desktop-pools.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
@@ -114,7 +117,12 @@ export function createServices(options: {
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, migrations, operations, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
+  const desktopMachines = new DesktopMachines({ db, hosts, images, vms, storage, operations, owner });
+  const desktopBroker = new DesktopBroker({ db, machines: desktopMachines, operations }, { logger: options.logger });
+  const desktopPools = new DesktopPools({ db, storage, images, networks, operations, users: access.users, machines: desktopMachines, broker: desktopBroker });
   return {
+    desktopBroker,
+    desktopPools,
     ha,
     autostart,
     db,
@@ -166,7 +174,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer } = services;
+  const { operations, images, audit, ha, balancer, desktopBroker } = services;
   await audit.start();
   await operations.failInterrupted();
   await images.prepareFolders();
@@ -195,6 +203,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   ha.start();
   // The background balancer's rounds (they move VMs only with `nubis cluster set --balance auto`).
   await balancer.start();
+  // Resets after the grace time and spare desktops kept booted.
+  await desktopBroker.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -204,6 +214,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     async stop() {
       await ha.stop();
       balancer.stop();
+      await desktopBroker.stop();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();
