@@ -86,6 +86,8 @@ export function createServices(options: {
   /** Where audit tree heads are published (outside the data folder). */
   auditPublishFile?: string;
   auditPublishCommand?: string;
+  /** The desktop broker's clock (tests of the grace time pass their own). */
+  desktopClock?: () => number;
 }): AppServices {
   const { db } = options;
   const access = new AccessControl(db, { oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined });
@@ -118,7 +120,10 @@ export function createServices(options: {
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, migrations, operations, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
   const desktopMachines = new DesktopMachines({ db, hosts, images, vms, storage, operations, owner });
-  const desktopBroker = new DesktopBroker({ db, machines: desktopMachines, operations }, { logger: options.logger });
+  const desktopBroker = new DesktopBroker(
+    { db, machines: desktopMachines, operations },
+    { logger: options.logger, ...(options.desktopClock ? { now: options.desktopClock } : {}) },
+  );
   const desktopPools = new DesktopPools({ db, storage, images, networks, operations, users: access.users, machines: desktopMachines, broker: desktopBroker });
   return {
     desktopBroker,

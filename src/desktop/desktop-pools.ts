@@ -175,7 +175,7 @@ export class DesktopPools {
       const users = await this.records.userNames(held.map((row) => row.assigned_user_id!));
       throw new NubisError(
         'DESKTOP_POOL_IN_USE',
-        `Desktop pool ${name} has ${held.length} desktop(s) assigned (to ${[...users.values()].join(', ')}); they leave first, or delete with --force`,
+        `Desktop pool ${name} has ${held.length} desktop(s) assigned (to ${[...users.values()].sort().join(', ')}); they leave first, or delete with --force`,
       );
     }
     const { broker, machines, db } = this.#deps;
