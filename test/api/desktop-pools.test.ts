@@ -334,6 +334,9 @@ describe('desktop pools (API, fake agents, real storage node)', () => {
     await cluster.services.desktopBroker.keepSpares(await cluster.services.desktopPools.records.pool('spr', { id: 'prj-1', name: 'default' }));
     await settle();
     assert.equal((await pool('spr')).desktops.find((d) => d.vm === spare.vm)!.state, 'running');
+    const metrics = (await app.inject({ method: 'GET', url: '/metrics', headers: cluster.auth })).body;
+    assert.match(metrics, /^nubis_desktops\{project="default",pool="spr",state="running"\} 3$/m);
+    assert.match(metrics, /^nubis_desktops_assigned\{project="default",pool="spr"\} 2$/m);
   });
 
   it('refuses to delete a pool with assigned desktops unless forced, then removes desktops, clones and snapshot', async () => {
