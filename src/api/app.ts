@@ -19,6 +19,7 @@ import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { ClusterBalancer } from '../migration/cluster-balancer.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
+import type { VmOwner } from '../control/vm-owner.ts';
 import type { PlacementService } from '../control/placement.ts';
 import type { HaManager } from '../ha/ha-manager.ts';
 import type { Autostart } from '../control/autostart.ts';
@@ -72,6 +73,8 @@ export interface AppServices {
   operations: OperationManager;
   access: AccessControl;
   audit: AuditLog;
+  /** The one owner every action on a VM claims it from. */
+  owner: VmOwner;
   /** Desktop pools (VDI): their management, and the broker that hands desktops out. */
   desktopPools: DesktopPools;
   desktopBroker: DesktopBroker;

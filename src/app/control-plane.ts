@@ -126,6 +126,7 @@ export function createServices(options: {
   );
   const desktopPools = new DesktopPools({ db, storage, images, networks, operations, users: access.users, machines: desktopMachines, broker: desktopBroker });
   return {
+    owner,
     desktopBroker,
     desktopPools,
     ha,

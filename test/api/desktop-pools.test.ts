@@ -273,6 +273,28 @@ describe('desktop pools (API, fake agents, real storage node)', () => {
       );
   });
 
+  it('floating: a reset waits for a migration holding the VM, and nobody gets the desktop meanwhile', async () => {
+    await settle();
+    const carols = (await pool('flo')).desktops.find((d) => d.assignedTo === 'carol')!;
+    const migration = cluster.services.owner.claim(carols.vmId!, 'migrate', carols.vm);
+    const left = await as<{ desktop: string; operation?: Operation }>('carol', 'POST', '/v1/desktop-pools/flo/leave', undefined, 200);
+    assert.equal(left.operation, undefined, 'no reset while the migration holds the VM');
+    assert.equal((await pool('flo')).desktops.find((d) => d.vm === carols.vm)!.state, 'resetting');
+    const full = await as<{ code: string }>('alice', 'POST', '/v1/desktop-pools/flo/connect', undefined, 409);
+    assert.equal(full.code, 'DESKTOP_POOL_FULL', 'the desktop owed a reset is handed to nobody');
+    const flo = await cluster.services.desktopPools.records.pool('flo', { id: 'prj-1', name: 'default' });
+    assert.deepEqual(await cluster.services.desktopBroker.keepSpares(flo), [], 'still held: still owed');
+    migration.release();
+    const retried = await cluster.services.desktopBroker.keepSpares(flo);
+    assert.deepEqual(
+      retried.map((op) => [op.kind, op.target.name]),
+      [['desktop.reset', carols.vm]],
+    );
+    await waitOk(retried[0]!);
+    const carolsAgain = await as<DesktopAssignment>('carol', 'POST', '/v1/desktop-pools/flo/connect', undefined, 200);
+    assert.equal(carolsAgain.desktop.vm, carols.vm);
+  });
+
   it('floating: resets a desktop whose user stayed disconnected past the grace time, or never opened a console', async () => {
     const broker = cluster.services.desktopBroker;
     await settle();
