@@ -69,9 +69,16 @@ export class DesktopBroker {
 
   /**
    * Starts the timer. No console survives a control-plane restart, so every held desktop counts
-   * as disconnected from now: its grace time starts again.
+   * as disconnected from now: its grace time starts again. A provisioning or reset the restart
+   * interrupted is owed: the first round does it again (a missing VM is provisioned afresh).
    */
   async start(): Promise<void> {
+    // Work that a stopped control plane left half done (its operations are failed by now) is owed again.
+    await this.#db
+      .updateTable('desktops')
+      .set({ state: 'resetting', operation_id: null, updated_at: this.#iso() })
+      .where('state', 'in', ['provisioning', 'resetting'])
+      .execute();
     await this.#db
       .updateTable('desktops')
       .set({ disconnected_at: this.#iso() })
@@ -483,6 +490,24 @@ export class DesktopBroker {
       await this.#event(pool, held, { action: 'desktop.release', user: userName, reason });
       await this.#release(pool, held, userName, reason);
     });
+  }
+
+  /** Resets every free desktop of `pool` that has a VM (its base snapshot was taken again). */
+  async resetFree(pool: DesktopPoolsTable): Promise<Operation[]> {
+    return this.#decide(pool.id, async () => {
+      const started: Operation[] = [];
+      for (const row of await this.#records.desktops(pool.id)) {
+        if (row.assigned_user_id !== null || row.state !== 'available') continue;
+        const operation = await this.#resetNow(pool, row, undefined, 'new base');
+        if (operation) started.push(operation);
+      }
+      return started;
+    });
+  }
+
+  /** Runs `work` while no decision about `poolId`'s desktops is taken (the snapshot is swapped). */
+  whileDeciding<T>(poolId: string, work: () => Promise<T>): Promise<T> {
+    return this.#decide(poolId, work);
   }
 
   // ------------------------------------------------------------------ pool deletion

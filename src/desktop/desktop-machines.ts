@@ -164,7 +164,7 @@ export class DesktopMachines {
     await db.updateTable('vms').set({ desired_state: 'stopped' }).where('id', '=', vm.id).execute();
     // Forced: whatever the guest holds is thrown away with the disk.
     try {
-      await vms.reports.applyStatus(host.id, await agent.stopVm(vm.id, { force: true, timeoutSeconds: 0 }, { timeoutMs: 60_000, signal: op.signal }));
+      await vms.reports.applyStatus(host.id, await agent.stopVm(vm.id, { force: true }, { timeoutMs: 60_000, signal: op.signal }));
     } catch (error) {
       // Already stopped (or crashed): nothing to stop.
       if (!isNubisError(error) || error.code !== 'VM_INVALID_STATE') throw error;

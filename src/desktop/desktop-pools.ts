@@ -200,6 +200,39 @@ export class DesktopPools {
     });
   }
 
+  /**
+   * Takes the pool's snapshot of its base again (the base was changed on purpose). Free desktops
+   * are reset onto it at once; floating ones held by users get it at their next reset; dedicated
+   * ones held keep their disk. Refused while desktops are being readied.
+   */
+  async updateBase(name: string, project: ProjectRef): Promise<Operation> {
+    const pool = await this.records.pool(name, project);
+    const base = await this.#cloneableBase(pool.base_pool, pool.base_volume, project);
+    const busy = (await this.records.desktops(pool.id)).filter(
+      (row) => row.state === 'provisioning' || (row.state === 'resetting' && row.operation_id !== null),
+    );
+    if (busy.length > 0)
+      throw new NubisError(
+        'DESKTOP_POOL_BUSY',
+        `Desktop pool ${name} is readying ${busy.map((row) => row.vm_name).join(', ')}; update its base once that has ended`,
+      );
+    const { storage, broker, machines } = this.#deps;
+    return this.#deps.operations.start(
+      'desktop-pool.update-base',
+      { type: 'desktop-pool', id: pool.id, name: pool.name, projectId: project.id },
+      async (op) => {
+        await op.report('snapshot', `Taking ${pool.base_pool}/${pool.snapshot_volume} of ${pool.base_pool}/${pool.base_volume} again`, 0.05);
+        await broker.whileDeciding(pool.id, async () => {
+          await machines.deleteVolume(pool.base_pool, pool.snapshot_volume, { keepOwner: true });
+          await storage.owners.resize(pool.base_pool, pool.snapshot_volume, project, base.sizeBytes);
+          await storage.call({ method: 'POST', path: `${volumePath(pool.base_pool, pool.base_volume)}/snapshot`, body: { name: pool.snapshot_volume } });
+        });
+        await this.#awaitAll(op, await broker.resetFree(pool), 'Resetting the free desktops onto the new snapshot');
+        return this.records.poolView(pool);
+      },
+    );
+  }
+
   /** Lets a user (or an OpenID Connect group) use the pool. */
   async grant(name: string, project: ProjectRef, who: { user?: string; group?: string }): Promise<DesktopPool> {
     const pool = await this.records.pool(name, project);

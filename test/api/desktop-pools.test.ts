@@ -361,6 +361,23 @@ describe('desktop pools (API, fake agents, real storage node)', () => {
     assert.match(metrics, /^nubis_desktops_assigned\{project="default",pool="spr"\} 2$/m);
   });
 
+  it('update-base: a new snapshot of the base; free desktops are reset onto it, held ones keep their disk', async () => {
+    await settle();
+    await writeVolume('p1/base', 'NEW-BASE');
+    const { operation } = await as<{ operation: Operation }>('admin', 'POST', '/v1/desktop-pools/spr/update-base', undefined, 202);
+    await waitOk(operation);
+    const desktops = (await pool('spr')).desktops;
+    const free = desktops.find((d) => !d.assignedTo)!;
+    const held = desktops.find((d) => d.assignedTo === 'alice')!;
+    assert.equal(await readVolume(free.volume), 'NEW-BASE');
+    assert.equal(await readVolume(held.volume), 'BASE-CONTENT', "alice's desktop is hers until she leaves");
+    const left = await as<{ operation: Operation }>('alice', 'POST', '/v1/desktop-pools/spr/leave', undefined, 200);
+    await waitOk(left.operation);
+    assert.equal(await readVolume(held.volume), 'NEW-BASE', 'her next user gets the new base');
+    await as('alice', 'POST', '/v1/desktop-pools/spr/connect', undefined, 200);
+    await settle();
+  });
+
   it('refuses to delete a pool with assigned desktops unless forced, then removes desktops, clones and snapshot', async () => {
     const refused = await as<{ code: string; message: string }>('admin', 'DELETE', '/v1/desktop-pools/spr', undefined, 409);
     assert.equal(refused.code, 'DESKTOP_POOL_IN_USE');

@@ -115,6 +115,21 @@ function registerPoolRoutes(app: RouteApp, { pools }: DesktopRouteServices): voi
     async (request, reply) =>
       reply.status(202).send({ operation: await pools.delete(request.params.pool, accessProjectOf(request), request.query.force ?? false) }),
   );
+  app.post(
+    '/v1/desktop-pools/:pool/update-base',
+    {
+      config: { access: { on: 'project', permission: 'desktop.manage' } },
+      schema: {
+        operationId: 'updateDesktopPoolBase',
+        tags: ['desktops'],
+        summary: "Snapshot the pool's base again; free desktops are reset onto it, held floating ones at their next reset",
+        params: PoolRef,
+        querystring: ProjectQuery,
+        response: { 202: Accepted, ...errorResponses },
+      },
+    },
+    async (request, reply) => reply.status(202).send({ operation: await pools.updateBase(request.params.pool, accessProjectOf(request)) }),
+  );
 }
 
 function registerGrantRoutes(app: RouteApp, { pools }: DesktopRouteServices): void {

@@ -58,6 +58,15 @@ function addPoolCommands(pool: Command): void {
       if (globals(command).json) return printJson(final);
       console.log(`Deleted desktop pool ${name}`);
     });
+  pool
+    .command('update-base <name>')
+    .description("Snapshot the pool's base again: free desktops are reset onto it, held floating ones at their next reset")
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const { operation } = await client(command).request<{ operation: Operation }>('POST', poolPath(name, `/update-base${projectQuery(command)}`));
+      const final = await runOperation(command, `Updating the base of desktop pool ${name}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      printPool(final.result as DesktopPool);
+    });
   for (const action of ['grant', 'revoke'] as const) {
     pool
       .command(`${action} <name> [user]`)
