@@ -104,6 +104,7 @@ const EXPECTED: Record<string, string> = {
   createDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
   getDesktopPool: 'AA- AD- AD- AD- AD- DD- DD-',
   deleteDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
+  updateDesktopPoolBase: 'AA- AD- AD- DD- DD- DD- DD-',
   grantDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
   revokeDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
   connectDesktop: 'AAA AAA AAA AAA AAA AAA AAA',
