@@ -182,6 +182,8 @@ export class DesktopPools {
     await broker.closePool(pool.id);
     return this.#deps.operations.start('desktop-pool.delete', { type: 'desktop-pool', id: pool.id, name: pool.name, projectId: project.id }, async (op) => {
       try {
+        // Provisioning and resets in flight end first: a VM created after its clone was deleted would be left over.
+        for (const row of await this.records.desktops(pool.id)) if (row.operation_id) await this.#deps.operations.wait(row.operation_id).catch(() => undefined);
         const rows = await this.records.desktops(pool.id);
         for (const [index, desktop] of rows.entries()) {
           await op.report('desktops', `Deleting desktop ${desktop.vm_name} (${index + 1} of ${rows.length})`, (0.9 * index) / Math.max(1, rows.length));
