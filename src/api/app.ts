@@ -19,10 +19,13 @@ import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { ClusterBalancer } from '../migration/cluster-balancer.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
+import type { VmOwner } from '../control/vm-owner.ts';
 import type { PlacementService } from '../control/placement.ts';
 import type { HaManager } from '../ha/ha-manager.ts';
 import type { Autostart } from '../control/autostart.ts';
 import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
+import type { DesktopBroker } from '../desktop/desktop-broker.ts';
+import type { DesktopPools } from '../desktop/desktop-pools.ts';
 import type { Db } from '../state/database.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
@@ -48,6 +51,7 @@ import { vmRoutes } from './routes/vms.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
 import { clusterRoutes } from './routes/cluster.ts';
+import { desktopRoutes } from './routes/desktops.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -69,6 +73,11 @@ export interface AppServices {
   operations: OperationManager;
   access: AccessControl;
   audit: AuditLog;
+  /** The one owner every action on a VM claims it from. */
+  owner: VmOwner;
+  /** Desktop pools (VDI): their management, and the broker that hands desktops out. */
+  desktopPools: DesktopPools;
+  desktopBroker: DesktopBroker;
   /** What GET /metrics serves. */
   metrics: ControlPlaneMetrics;
   /** Where the audit log publishes its heads, read back by verify when no head is given. */
@@ -139,6 +148,7 @@ export async function buildApp(
   await app.register(placementRoutes, { placement, vms });
   await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
   await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
+  await app.register(desktopRoutes, { pools: services.desktopPools, broker: services.desktopBroker });
   await app.register(operationRoutes, { operations, access });
   await app.register(authRoutes, { db, access });
   await app.register(userRoutes, { db, access });

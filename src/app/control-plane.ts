@@ -32,6 +32,9 @@ import { bootstrapAccess } from '../access/bootstrap.ts';
 import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
 import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
+import { DesktopBroker } from '../desktop/desktop-broker.ts';
+import { DesktopMachines } from '../desktop/desktop-machines.ts';
+import { DesktopPools } from '../desktop/desktop-pools.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
@@ -83,6 +86,8 @@ export function createServices(options: {
   /** Where audit tree heads are published (outside the data folder). */
   auditPublishFile?: string;
   auditPublishCommand?: string;
+  /** The desktop broker's clock (tests of the grace time pass their own). */
+  desktopClock?: () => number;
 }): AppServices {
   const { db } = options;
   const access = new AccessControl(db, { oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined });
@@ -114,7 +119,16 @@ export function createServices(options: {
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, migrations, operations, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
+  const desktopMachines = new DesktopMachines({ db, hosts, images, vms, storage, operations, owner });
+  const desktopBroker = new DesktopBroker(
+    { db, machines: desktopMachines, operations },
+    { logger: options.logger, ...(options.desktopClock ? { now: options.desktopClock } : {}) },
+  );
+  const desktopPools = new DesktopPools({ db, storage, images, networks, operations, users: access.users, machines: desktopMachines, broker: desktopBroker });
   return {
+    owner,
+    desktopBroker,
+    desktopPools,
     ha,
     autostart,
     db,
@@ -166,7 +180,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer } = services;
+  const { operations, images, audit, ha, balancer, desktopBroker } = services;
   await audit.start();
   await operations.failInterrupted();
   await images.prepareFolders();
@@ -195,6 +209,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   ha.start();
   // The background balancer's rounds (they move VMs only with `nubis cluster set --balance auto`).
   await balancer.start();
+  // Resets after the grace time and spare desktops kept booted.
+  await desktopBroker.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -204,6 +220,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     async stop() {
       await ha.stop();
       balancer.stop();
+      await desktopBroker.stop();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();
