@@ -3,7 +3,7 @@
  * event stream's `change` messages (each carries the resource as its GET shows it), and fetched
  * again on `reset`. Without the stream the lists are fetched again every few seconds.
  */
-import { useCallback, useEffect, useState } from 'react';
+import { useCallback, useEffect, useRef, useState } from 'react';
 import { ApiError, api, type Host, type Network, type Operation, type Pool, type Vm, unwrap } from '../api/client';
 import { type ChangeEvent, type LiveState, useEventStream } from './events';
 
@@ -71,14 +71,22 @@ export function applyChange(state: ClusterState, event: ChangeEvent): ClusterSta
 export function useClusterState(): { state: ClusterState | undefined; live: LiveState; error: string | undefined } {
   const [state, setState] = useState<ClusterState>();
   const [error, setError] = useState<string>();
+  // One fetch at a time: on a slow control plane, refreshes must not pile up behind each other.
+  const fetching = useRef(false);
   const refresh = useCallback(() => {
-    fetchClusterState().then(
-      (next) => {
-        setState(next);
-        setError(undefined);
-      },
-      (failure: unknown) => setError(failure instanceof Error ? failure.message : String(failure)),
-    );
+    if (fetching.current) return;
+    fetching.current = true;
+    fetchClusterState()
+      .then(
+        (next) => {
+          setState(next);
+          setError(undefined);
+        },
+        (failure: unknown) => setError(failure instanceof Error ? failure.message : String(failure)),
+      )
+      .finally(() => {
+        fetching.current = false;
+      });
   }, []);
   const live = useEventStream({
     onChange: (event) => setState((current) => (current ? applyChange(current, event) : current)),

@@ -1,0 +1,177 @@
+/**
+ * The web console in a real browser (Debian's Chromium, headless, driven by playwright-core)
+ * against the control plane's API over a fake cluster: signing in (the session only in an
+ * HttpOnly cookie), the overview, creating a VM from the form built from the API's schema (a
+ * refused value shown beside its field first), a change made elsewhere showing without a reload,
+ * 1,000 VMs at phone width, and the main flows by keyboard alone. The run saves screenshots of
+ * the main pages to docs/screenshots/ for the README.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import type { Page } from 'playwright-core';
+import { addSimulatedVms, type ConsoleFixture, PASSWORD, skipReason, startConsoleFixture, USER } from './console-fixture.ts';
+
+const SCREENSHOTS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'docs', 'screenshots');
+const SIMULATED_VMS = 1000;
+
+/** Presses Tab until the focused element matches `selector` (and has the text `text`); fails after `limit` presses. */
+async function tabTo(page: Page, selector: string, text?: string, limit = 60): Promise<void> {
+  for (let press = 0; press < limit; press++) {
+    await page.keyboard.press('Tab');
+    const reached = await page.evaluate(
+      ([wanted, label]) => (document.activeElement?.matches(wanted) ?? false) && (label === undefined || document.activeElement?.textContent?.trim() === label),
+      [selector, text] as const,
+    );
+    if (reached) return;
+  }
+  throw new Error(`${limit} presses of Tab never reached ${selector} ${text ?? ''}`);
+}
+
+async function signIn(page: Page, url: string): Promise<void> {
+  await page.goto(url);
+  await page.getByLabel('User', { exact: true }).fill(USER);
+  await page.getByLabel('Password', { exact: true }).fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.getByRole('heading', { name: 'Overview' }).waitFor();
+}
+
+describe('web console in a browser', { skip: skipReason() }, () => {
+  let fixture: ConsoleFixture;
+  let page: Page;
+
+  before(async () => {
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    fixture = await startConsoleFixture();
+    page = await fixture.browser.newPage();
+  });
+  after(() => fixture?.close());
+
+  it('signs in with a password into an HttpOnly cookie, nothing in storage, and shows hosts and VMs', async () => {
+    await page.goto(fixture.url);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).waitFor();
+    await page.screenshot({ path: join(SCREENSHOTS, 'login.png') });
+    await page.getByLabel('User', { exact: true }).fill(USER);
+    await page.getByLabel('Password', { exact: true }).fill('not-the-password');
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.getByRole('alert').filter({ hasText: 'Wrong user name or password' }).waitFor();
+    await page.getByLabel('Password', { exact: true }).fill(PASSWORD);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    const hosts = page.locator('.host');
+    await hosts.first().waitFor();
+    assert.deepEqual(await page.locator('.host-title strong').allTextContents(), ['h1', 'h2']);
+    assert.match((await hosts.first().getByText('CPU').textContent()) ?? '', /1 vCPU \/ 16 vCPU/, 'web1 takes one of h1 or h2');
+    await page.locator('[data-vm="web1"]').waitFor();
+    const cookies = await fixture.browser.cookies(fixture.url);
+    assert.deepEqual(
+      cookies.map((cookie) => [cookie.name, cookie.httpOnly, cookie.sameSite, cookie.path]),
+      [['nubis_session', true, 'Strict', '/']],
+    );
+    assert.equal(await page.evaluate(() => document.cookie), '', 'no script can read the session');
+    assert.equal(await page.evaluate(() => localStorage.length + sessionStorage.length), 0);
+    await page.screenshot({ path: join(SCREENSHOTS, 'overview.png'), fullPage: true });
+  });
+
+  it('says whether updates are live: the event stream when the control plane has it, else a refresh it names', async () => {
+    const stream = await page.evaluate(async () => (await fetch('/v1/events', { method: 'HEAD' })).status);
+    const indicator = page.locator('[data-live]');
+    if (stream === 404) await page.getByText('Live updates unavailable: refreshing every 5 s').waitFor();
+    else await page.locator('[data-live="live"]').waitFor();
+    assert.ok(await indicator.isVisible());
+  });
+
+  it('creates a VM from the form built from the API schema: a refused name shows beside its field, then the VM page follows it', async () => {
+    await page.getByRole('link', { name: 'New VM' }).click();
+    const name = page.locator('[data-field="name"] input');
+    await name.fill('Web_2');
+    await page.getByRole('button', { name: 'Create' }).click();
+    const fieldError = page.locator('[data-field="name"] .error');
+    await fieldError.waitFor();
+    assert.match((await fieldError.textContent()) ?? '', /Invalid body\.name "Web_2"/);
+    assert.equal(await name.getAttribute('aria-invalid'), 'true');
+    await page.screenshot({ path: join(SCREENSHOTS, 'vm-create.png'), fullPage: true });
+    await name.fill('web2');
+    await page.locator('[data-field="memoryMb"] input').fill('128');
+    await page.getByRole('button', { name: 'Create' }).click();
+    await page.waitForURL(`${fixture.url}/vms/default/web2`);
+    await page.locator('[data-testid="vm-state"]', { hasText: 'running' }).waitFor({ timeout: 20_000 });
+    const vm = await fixture.cluster.services.vms.get('web2', 'default');
+    assert.equal(vm.memoryMb, 128, 'the form sent what was typed');
+  });
+
+  it('shows a change made elsewhere without reloading the page', async () => {
+    await page.evaluate(() => {
+      (window as unknown as { notReloaded: boolean }).notReloaded = true;
+    });
+    const paused = await fixture.cluster.services.vms.act('web2', 'pause', { project: 'default' });
+    await fixture.cluster.services.operations.wait(paused.id);
+    await page.locator('[data-testid="vm-state"]', { hasText: 'paused' }).waitFor({ timeout: 15_000 });
+    assert.equal(await page.evaluate(() => (window as unknown as { notReloaded?: boolean }).notReloaded), true, 'the page was not reloaded');
+    await page.screenshot({ path: join(SCREENSHOTS, 'vm.png'), fullPage: true });
+  });
+
+  it('works by keyboard alone: find a VM, open it, resume it, sign out and in again', async () => {
+    await page.goto(fixture.url);
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    await tabTo(page, 'input[type="search"]');
+    await page.keyboard.type('web2');
+    await tabTo(page, 'a[data-vm="web2"]', undefined, 5);
+    await page.keyboard.press('Enter');
+    await page.waitForURL(`${fixture.url}/vms/default/web2`);
+    await page.locator('[data-testid="vm-state"]', { hasText: 'paused' }).waitFor();
+    await tabTo(page, 'button', 'Resume');
+    await page.keyboard.press('Enter');
+    await page.locator('[data-testid="vm-state"]', { hasText: 'running' }).waitFor({ timeout: 15_000 });
+    await page.goto(`${fixture.url}/`);
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    await tabTo(page, 'button', 'Sign out');
+    await page.keyboard.press('Enter');
+    await page.getByRole('button', { name: 'Sign in', exact: true }).waitFor();
+    assert.deepEqual(await fixture.browser.cookies(fixture.url), [], 'signing out clears the cookie');
+    await tabTo(page, 'input[name="user"]');
+    await page.keyboard.type(USER);
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(PASSWORD);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+  });
+
+  it('signs in with an API token exchanged for a cookie session, the token not kept by the page', async () => {
+    const context = await fixture.browser.browser()?.newContext();
+    const other = context ? await context.newPage() : await fixture.browser.newPage();
+    await fixture.browser.clearCookies();
+    await other.goto(fixture.url);
+    await other.getByText('Sign in with an API token').click();
+    await other.getByLabel('Token', { exact: true }).fill(fixture.cluster.token);
+    await other.getByRole('button', { name: 'Sign in with token' }).click();
+    await other.getByRole('heading', { name: 'Overview' }).waitFor();
+    const cookies = await other.context().cookies(fixture.url);
+    assert.equal(cookies.length, 1);
+    assert.notEqual(cookies[0].value, fixture.cluster.token, 'a session of its own, not the token');
+    assert.equal(await other.evaluate(() => localStorage.length + sessionStorage.length), 0);
+    await other.close();
+    await signIn(page, fixture.url);
+  });
+
+  it(`lists ${SIMULATED_VMS} VMs at 390 px wide: a few rows in the page, every one reachable, nothing wider than the screen`, async () => {
+    await addSimulatedVms(fixture.cluster, SIMULATED_VMS);
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.goto(fixture.url);
+    await page.getByText(`${SIMULATED_VMS + 2} VMs`).waitFor({ timeout: 20_000 });
+    const rows = await page.locator('[data-testid="vm-scroller"] li').count();
+    assert.ok(rows > 5 && rows < 60, `${rows} rows in the page: the list is virtualized`);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than the screen`);
+    await page.screenshot({ path: join(SCREENSHOTS, 'overview-390px.png'), fullPage: true });
+    await page.locator('[data-testid="vm-scroller"]').evaluate((scroller) => scroller.scrollTo(0, scroller.scrollHeight));
+    await page.locator(`[data-vm="sim-${String(SIMULATED_VMS - 1).padStart(4, '0')}"]`).waitFor();
+    await page.getByLabel('Filter').fill('sim-0777');
+    await page.getByText(`1 of ${SIMULATED_VMS + 2} VMs`).waitFor();
+    await page.setViewportSize({ width: 1280, height: 720 });
+    await page.getByLabel('Filter').fill('');
+    await page.screenshot({ path: join(SCREENSHOTS, 'overview-1000-vms.png') });
+  });
+});
