@@ -83,6 +83,30 @@ describe('web console in a browser', { skip: skipReason() }, () => {
     assert.ok(await indicator.isVisible());
   });
 
+  it('applies the event stream as the contract states it: a change updates the list in place, a reset refetches', async () => {
+    // The stream (GET /v1/events) is served here by the test, in the contract's format, with the
+    // resource as GET /v1/vms/{vm} shows it but crashed: what the page makes of the messages is
+    // under test, not the control plane's stream.
+    const web1 = (await fixture.cluster.services.vms.get('web1', 'default')) as unknown as Record<string, unknown>;
+    const message = { seq: 1, time: new Date().toISOString(), type: 'vm', action: 'updated', id: web1.id, name: 'web1', project: 'default' };
+    const bodies = [
+      `retry: 500\nid: 1-1\nevent: change\ndata: ${JSON.stringify({ ...message, resource: { ...web1, state: 'crashed' } })}\n\n`,
+      `retry: 500\nid: 2-1\nevent: reset\ndata: ${JSON.stringify({ reason: 'The control plane restarted' })}\n\n`,
+    ];
+    let served = 0;
+    await page.route('**/v1/events*', (route) =>
+      route.fulfill({ status: 200, headers: { 'content-type': 'text/event-stream' }, body: bodies[Math.min(served++, bodies.length - 1)] }),
+    );
+    try {
+      await page.goto(fixture.url);
+      await page.locator('[data-vm="web1"] .state', { hasText: 'crashed' }).waitFor({ timeout: 10_000 });
+      await page.locator('[data-vm="web1"] .state', { hasText: 'running' }).waitFor({ timeout: 10_000 });
+      assert.ok(served >= 2, 'the page reconnected after the stream ended');
+    } finally {
+      await page.unroute('**/v1/events*');
+    }
+  });
+
   it('creates a VM from the form built from the API schema: a refused name shows beside its field, then the VM page follows it', async () => {
     await page.getByRole('link', { name: 'New VM' }).click();
     const name = page.locator('[data-field="name"] input');

@@ -73,23 +73,31 @@ export function useClusterState(): { state: ClusterState | undefined; live: Live
   const [error, setError] = useState<string>();
   // One fetch at a time: on a slow control plane, refreshes must not pile up behind each other.
   const fetching = useRef(false);
+  // Changes that arrive while a fetch is under way are applied on top of its answer, which may
+  // predate them (the stream is opened before the first fetch, so nothing falls in between).
+  const arrivedWhileFetching = useRef<ChangeEvent[]>([]);
   const refresh = useCallback(() => {
     if (fetching.current) return;
     fetching.current = true;
+    arrivedWhileFetching.current = [];
     fetchClusterState()
       .then(
         (next) => {
-          setState(next);
+          setState(arrivedWhileFetching.current.reduce(applyChange, next));
           setError(undefined);
         },
         (failure: unknown) => setError(failure instanceof Error ? failure.message : String(failure)),
       )
       .finally(() => {
         fetching.current = false;
+        arrivedWhileFetching.current = [];
       });
   }, []);
   const live = useEventStream({
-    onChange: (event) => setState((current) => (current ? applyChange(current, event) : current)),
+    onChange: (event) => {
+      if (fetching.current) arrivedWhileFetching.current.push(event);
+      else setState((current) => (current ? applyChange(current, event) : current));
+    },
     onReset: refresh,
   });
   useEffect(refresh, [refresh]);
