@@ -6,12 +6,15 @@
  * served with their security headers and caching.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { Agent, fetch } from 'undici';
 import { buildApp } from '../../src/api/app.ts';
+import { prepareApiTls } from '../../src/app/tls.ts';
 import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
 
 // light-my-request's requests come to http://localhost:80.
@@ -206,5 +209,48 @@ describe('web console files', () => {
     const page = await missingApp.inject({ url: '/' });
     assert.equal(page.statusCode, 503);
     assert.match(page.body, /npm run build:web/);
+  });
+});
+
+describe('web console session over HTTPS', () => {
+  let cluster: FakeCluster;
+  let app: FastifyInstance;
+  let origin: string;
+  let dispatcher: Agent;
+
+  before(async () => {
+    cluster = await fakeCluster([]);
+    await cluster.services.access.users.create('alice', 'alice-password-1');
+    const tls = await prepareApiTls(cluster.dir, { selfSigned: true }, '127.0.0.1');
+    app = await buildApp(cluster.services, { https: tls.https });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    origin = `https://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    dispatcher = new Agent({ connect: { ca: readFileSync(tls.caPath!) } });
+  });
+  after(async () => {
+    await dispatcher.close();
+    await app.close();
+    await cluster.close();
+  });
+
+  it('sets a Secure __Host- cookie, and takes only that name back over TLS', async () => {
+    const signIn = await fetch(`${origin}/v1/auth/session`, {
+      dispatcher,
+      method: 'POST',
+      headers: { origin, 'content-type': 'application/json' },
+      body: JSON.stringify({ user: 'alice', password: 'alice-password-1' }),
+    });
+    assert.equal(signIn.status, 200);
+    const setCookie = signIn.headers.get('set-cookie') ?? '';
+    assert.match(setCookie, /^__Host-nubis_session=nubis_tok_[^;]+;/);
+    for (const flag of ['; Secure', '; HttpOnly', '; SameSite=Strict', '; Path=/']) assert.ok(setCookie.includes(flag), `${flag} in ${setCookie}`);
+    assert.doesNotMatch(setCookie, /Domain=/i, '__Host- cookies have no Domain');
+    const secret = /^__Host-nubis_session=([^;]+)/.exec(setCookie)![1];
+    const whoami = await fetch(`${origin}/v1/auth/whoami`, { dispatcher, headers: { cookie: `__Host-nubis_session=${secret}` } });
+    assert.equal(whoami.status, 200);
+    const plainName = await fetch(`${origin}/v1/auth/whoami`, { dispatcher, headers: { cookie: `nubis_session=${secret}` } });
+    assert.equal(plainName.status, 401, 'over TLS only the __Host- cookie counts');
+    const page = await fetch(`${origin}/vms/new`, { dispatcher });
+    assert.match(page.headers.get('content-security-policy') ?? '', /connect-src 'self' wss:\/\/127\.0\.0\.1:\d+/);
   });
 });
