@@ -89,6 +89,12 @@ export const webConsoleRoutes: FastifyPluginAsync<{ root?: string }> = async (ap
       const hashed = path.startsWith('assets/');
       return reply.sendFile(path, { maxAge: hashed ? YEAR_MS : 0, immutable: hashed, cacheControl: true });
     }
+    // A missing file (a name with an extension) is missing; only page paths get the page.
+    if (/\.[A-Za-z0-9]+$/.test(path))
+      return reply
+        .status(404)
+        .type('text/plain; charset=utf-8')
+        .send(`No file /${path.slice(0, 200)} in the web console\n`);
     reply.header('cache-control', 'no-cache');
     return reply.sendFile('index.html', { cacheControl: false });
   });

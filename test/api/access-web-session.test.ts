@@ -201,6 +201,8 @@ describe('web console files', () => {
     assert.equal(api.headers['x-content-type-options'], 'nosniff', 'the API too');
     const outside = await app.inject({ url: '/../../etc/passwd' });
     assert.doesNotMatch(outside.body, /root:/);
+    const missingFile = await app.inject({ url: '/favicon.ico' });
+    assert.deepEqual([missingFile.statusCode, missingFile.headers['content-type']], [404, 'text/plain; charset=utf-8'], 'a missing file is no page');
     const post = await app.inject({ method: 'POST', url: '/vms/new' });
     assert.equal(post.statusCode, 404);
   });
