@@ -1,5 +1,6 @@
 /**
- * Every request's way in: who is asking (the bearer token), whether the route's declared
+ * Every request's way in: who is asking (the bearer token, or the web console's session cookie
+ * when the request has no Authorization header), whether the route's declared
  * permission holds on the project or platform it acts on (access/authorize.ts decides), and the
  * audit entry it leaves. Each route declares its rule in `config.access`; a route without one
  * does not start (a new route cannot ship unchecked).
@@ -14,6 +15,7 @@ import { sha256Hex } from '../access/tokens.ts';
 import { NubisError } from '../core/errors.ts';
 import type { Db } from '../state/database.ts';
 import { ResourceName } from '../wire/schemas.ts';
+import { isSameOrigin, sessionSecretOf } from './session-cookie.ts';
 
 /**
  * How a route is guarded:
@@ -40,6 +42,8 @@ declare module 'fastify' {
     /** For `list` without a project: the projects the principal may see (`all` for every one). */
     visibleProjects?: 'all' | string[];
     audit?: PendingAudit;
+    /** The principal came from the session cookie, not an Authorization header. */
+    viaSessionCookie?: boolean;
   }
 }
 
@@ -82,6 +86,16 @@ function namedProject(request: FastifyRequest): string | undefined {
   return value;
 }
 
+/**
+ * The secret the request authenticates with: its bearer token, else the session cookie. A request
+ * with an Authorization header is judged by that header alone, even when it carries a cookie too.
+ */
+function credentialOf(request: FastifyRequest): { secret: string | undefined; viaCookie: boolean } {
+  if (request.headers.authorization !== undefined) return { secret: bearerOf(request), viaCookie: false };
+  const cookie = sessionSecretOf(request);
+  return { secret: cookie, viaCookie: cookie !== undefined };
+}
+
 function isMutating(request: FastifyRequest): boolean {
   return request.method !== 'GET' && request.method !== 'HEAD';
 }
@@ -112,7 +126,14 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
     const rule = request.routeOptions.config.access;
     if (!rule || rule.on === 'public' || rule.on === 'agent') return;
     try {
-      request.principal = await access.tokens.authenticate(bearerOf(request));
+      const { secret, viaCookie } = credentialOf(request);
+      request.principal = await access.tokens.authenticate(secret);
+      request.viaSessionCookie = viaCookie;
+      if (viaCookie && isMutating(request) && !isSameOrigin(request))
+        throw new NubisError(
+          'AUTH_ORIGIN_REFUSED',
+          `A change with the session cookie must come from this origin's pages (Origin ${JSON.stringify(request.headers.origin ?? '(none)').slice(0, 120)}); other clients send a bearer token`,
+        );
     } catch (error) {
       recordEntry(request, undefined, undefined);
       throw error;

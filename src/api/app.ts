@@ -4,6 +4,7 @@
  * What every route shares is here (validation options, hooks, error handling, the document);
  * the routes themselves are one Fastify plugin per resource in routes/.
  */
+import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -52,6 +53,8 @@ import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
 import { clusterRoutes } from './routes/cluster.ts';
 import { desktopRoutes } from './routes/desktops.ts';
+import { webSessionRoutes } from './routes/web-session.ts';
+import { installSecurityHeaders, webConsoleRoutes } from './web-console.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -97,6 +100,8 @@ export async function buildApp(
      * same build without it; nothing that serves users passes it.
      */
     accessControl?: 'enforce' | 'tokenOnly';
+    /** The built web console to serve at `/` (default web/dist, see web-console.ts). */
+    webConsoleRoot?: string;
   } = {},
 ): Promise<FastifyInstance> {
   // No coercion by the validator: bodies are checked as sent, and query strings and path
@@ -115,6 +120,9 @@ export async function buildApp(
   });
   await app.register(swagger, openApiOptions);
   await app.register(websocket);
+  // Parses the web console's session cookie (access-hook.ts reads it when there is no bearer token).
+  await app.register(cookie);
+  installSecurityHeaders(app);
   app.addSchema(ErrorBody);
 
   if (options.accessControl === 'tokenOnly') installTokenOnlyHook(app, services);
@@ -151,7 +159,9 @@ export async function buildApp(
   await app.register(desktopRoutes, { pools: services.desktopPools, broker: services.desktopBroker });
   await app.register(operationRoutes, { operations, access });
   await app.register(authRoutes, { db, access });
+  await app.register(webSessionRoutes, { access });
   await app.register(userRoutes, { db, access });
   await app.register(auditRoutes, { db, audit, publishFile: services.auditPublishFile });
+  await app.register(webConsoleRoutes, { root: options.webConsoleRoot });
   return app;
 }

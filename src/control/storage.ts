@@ -201,6 +201,15 @@ export class StorageCatalogue {
     return rows.map((row) => ({ deviceIndex: row.device_index, pool: row.pool, volume: row.volume }));
   }
 
+  /** The disks of many VMs in one query (a list of a thousand VMs asks once, not a thousand times), by VM id. */
+  async disksOfVms(vmIds: string[]): Promise<Map<string, Array<{ deviceIndex: number; pool: string; volume: string }>>> {
+    const disks = new Map<string, Array<{ deviceIndex: number; pool: string; volume: string }>>();
+    if (vmIds.length === 0) return disks;
+    const rows = await this.#db.selectFrom('vm_disks').selectAll().where('vm_id', 'in', vmIds).orderBy('device_index').execute();
+    for (const row of rows) disks.set(row.vm_id, [...(disks.get(row.vm_id) ?? []), { deviceIndex: row.device_index, pool: row.pool, volume: row.volume }]);
+    return disks;
+  }
+
   /** Forgets a VM's disks, or one of them (`db`: the caller's transaction, if any). */
   async forgetDisks(vmId: string, deviceIndex?: number, db: Db = this.#db): Promise<void> {
     let query = db.deleteFrom('vm_disks').where('vm_id', '=', vmId);

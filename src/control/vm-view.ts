@@ -10,22 +10,86 @@ import type { VmsTable } from '../state/schema.ts';
 import type { Vm } from '../wire/schemas.ts';
 import type { StorageCatalogue } from './storage.ts';
 
-export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOf'>, row: VmsTable): Promise<Vm> {
-  const [host, image, project, haGroup] = await Promise.all([
-    db.selectFrom('hosts').select(['name', 'accelerator']).where('id', '=', row.host_id).executeTakeFirst(),
-    db.selectFrom('images').select('name').where('id', '=', row.image_id).executeTakeFirst(),
-    db.selectFrom('projects').select('name').where('id', '=', row.project_id).executeTakeFirst(),
-    row.ha_group_id ? db.selectFrom('ha_groups').select('name').where('id', '=', row.ha_group_id).executeTakeFirst() : undefined,
+/** One VM as the API shows it. */
+export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOfVms'>, row: VmsTable): Promise<Vm> {
+  return (await vmViews(db, storage, [row]))[0];
+}
+
+/**
+ * Many VMs as the API shows them, with a fixed number of queries whatever their count: the
+ * hosts, images, projects, HA groups, NICs and disks they name are read once for all of them.
+ */
+export async function vmViews(db: Db, storage: Pick<StorageCatalogue, 'disksOfVms'>, rows: VmsTable[]): Promise<Vm[]> {
+  if (rows.length === 0) return [];
+  const ids = (pick: (row: VmsTable) => string | null) => [...new Set(rows.map(pick).filter((id): id is string => id !== null))];
+  const haGroupIds = ids((row) => row.ha_group_id);
+  const vmIds = rows.map((row) => row.id);
+  const [hosts, images, projects, haGroups, nics, disks] = await Promise.all([
+    db
+      .selectFrom('hosts')
+      .select(['id', 'name', 'accelerator'])
+      .where(
+        'id',
+        'in',
+        ids((row) => row.host_id),
+      )
+      .execute(),
+    db
+      .selectFrom('images')
+      .select(['id', 'name'])
+      .where(
+        'id',
+        'in',
+        ids((row) => row.image_id),
+      )
+      .execute(),
+    db
+      .selectFrom('projects')
+      .select(['id', 'name'])
+      .where(
+        'id',
+        'in',
+        ids((row) => row.project_id),
+      )
+      .execute(),
+    haGroupIds.length > 0 ? db.selectFrom('ha_groups').select(['id', 'name']).where('id', 'in', haGroupIds).execute() : [],
+    db
+      .selectFrom('nics')
+      .innerJoin('networks', 'networks.id', 'nics.network_id')
+      .select(['nics.vm_id', 'networks.name', 'nics.mac', 'nics.ip'])
+      .where('nics.vm_id', 'in', vmIds)
+      .orderBy('nics.device_index')
+      .execute(),
+    storage.disksOfVms(vmIds),
   ]);
+  const byId = <T extends { id: string }>(list: T[]) => new Map(list.map((item) => [item.id, item]));
+  const [hostById, imageById, projectById, haGroupById] = [byId(hosts), byId(images), byId(projects), byId(haGroups)];
+  const nicsByVm = new Map<string, typeof nics>();
+  for (const nic of nics) nicsByVm.set(nic.vm_id, [...(nicsByVm.get(nic.vm_id) ?? []), nic]);
+  return rows.map((row) =>
+    viewOf(row, {
+      host: hostById.get(row.host_id),
+      image: imageById.get(row.image_id),
+      project: projectById.get(row.project_id),
+      haGroup: row.ha_group_id ? haGroupById.get(row.ha_group_id) : undefined,
+      nics: nicsByVm.get(row.id) ?? [],
+      disks: disks.get(row.id) ?? [],
+    }),
+  );
+}
+
+type Related = {
+  host?: { name: string; accelerator: string };
+  image?: { name: string };
+  project?: { name: string };
+  haGroup?: { name: string };
+  nics: Array<{ name: string; mac: string; ip: string }>;
+  disks: Array<{ deviceIndex: number; pool: string; volume: string }>;
+};
+
+function viewOf(row: VmsTable, { host, image, project, haGroup, nics, disks }: Related): Vm {
   const status = JSON.parse(row.status) as Partial<VmStatus>;
   const spec = JSON.parse(row.spec) as VmSpec;
-  const nics = await db
-    .selectFrom('nics')
-    .innerJoin('networks', 'networks.id', 'nics.network_id')
-    .select(['networks.name', 'nics.mac', 'nics.ip'])
-    .where('nics.vm_id', '=', row.id)
-    .orderBy('nics.device_index')
-    .execute();
   const running = row.actual_state === 'running' || row.actual_state === 'paused';
   return {
     id: row.id,
@@ -44,7 +108,7 @@ export async function vmView(db: Db, storage: Pick<StorageCatalogue, 'disksOf'>,
     ...(status.readyAt && running ? { readyAt: status.readyAt } : {}),
     guestIps: running ? (status.guestIps ?? []) : [],
     nics: nics.map((nic) => ({ network: nic.name, mac: nic.mac, ip: nic.ip })),
-    disks: (await storage.disksOf(row.id)).map((disk) => ({
+    disks: disks.map((disk) => ({
       device: `vd${String.fromCharCode(97 + disk.deviceIndex)}`,
       volume: `${disk.pool}/${disk.volume}`,
     })),

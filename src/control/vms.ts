@@ -26,7 +26,7 @@ import { VmReports } from './vm-reports.ts';
 import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
-import { vmView } from './vm-view.ts';
+import { vmView, vmViews } from './vm-view.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
@@ -146,7 +146,7 @@ export class VmService {
     let query = this.#db.selectFrom('vms').selectAll().orderBy('name');
     if (project) query = query.where('project_id', '=', await this.projectId(project));
     else if (visible !== 'all') query = visible.length > 0 ? query.where('project_id', 'in', visible) : query.where(sql<boolean>`0`);
-    return Promise.all((await query.execute()).map((row) => this.#view(row)));
+    return vmViews(this.#db, this.#storage, await query.execute());
   }
 
   /** A VM by id, whatever its project: for the service's own follow-ups, never for a request's reference. */

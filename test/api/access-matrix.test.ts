@@ -117,6 +117,8 @@ const EXPECTED: Record<string, string> = {
   login: '--A --A --A --A --A --A --A',
   loginOidc: '--A --A --A --A --A --A --A',
   logout: '--A --A --A --A --A --A --A',
+  createWebSession: '--A --A --A --A --A --A --A',
+  createWebSessionFromToken: '--A --A --A --A --A --A --A',
   whoami: '--A --A --A --A --A --A --A',
   enrollTotp: '--A --A --A --A --A --A --A',
   confirmTotp: '--A --A --A --A --A --A --A',
