@@ -24,6 +24,7 @@ import type { HaManager } from '../ha/ha-manager.ts';
 import type { Autostart } from '../control/autostart.ts';
 import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import type { Db } from '../state/database.ts';
+import type { ChangeFeed } from '../events/change-feed.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
@@ -48,6 +49,7 @@ import { vmRoutes } from './routes/vms.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
 import { clusterRoutes } from './routes/cluster.ts';
+import { eventRoutes } from './routes/events.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -71,6 +73,8 @@ export interface AppServices {
   audit: AuditLog;
   /** What GET /metrics serves. */
   metrics: ControlPlaneMetrics;
+  /** The cluster-wide change feed that GET /v1/events streams. */
+  changes: ChangeFeed;
   /** Where the audit log publishes its heads, read back by verify when no head is given. */
   auditPublishFile?: string;
   dataDir: string;
@@ -138,8 +142,9 @@ export async function buildApp(
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
   await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
-  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
+  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency, changes: services.changes });
   await app.register(operationRoutes, { operations, access });
+  await app.register(eventRoutes, { changes: services.changes, access });
   await app.register(authRoutes, { db, access });
   await app.register(userRoutes, { db, access });
   await app.register(auditRoutes, { db, audit, publishFile: services.auditPublishFile });

@@ -32,6 +32,8 @@ import { bootstrapAccess } from '../access/bootstrap.ts';
 import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
 import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
+import { changeFeedOf } from '../events/change-feed.ts';
+import { describeResources } from './change-views.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
@@ -114,7 +116,7 @@ export function createServices(options: {
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, migrations, operations, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
-  return {
+  const services: AppServices = {
     ha,
     autostart,
     db,
@@ -132,10 +134,13 @@ export function createServices(options: {
     access,
     audit,
     metrics,
+    changes: changeFeedOf(db),
     auditPublishFile: options.auditPublishFile,
     dataDir: options.dataDir,
     logger: options.logger,
   };
+  describeResources(services.changes, services);
+  return services;
 }
 
 /** Starts the control plane and resolves once it listens. */

@@ -104,6 +104,7 @@ const EXPECTED: Record<string, string> = {
   getOperation: 'AAA ADD ADD ADD ADD DDD DDD',
   cancelOperation: 'AAA ADD ADD ADD DDD DDD DDD',
   streamOperationEvents: 'AAA ADD ADD ADD ADD DDD DDD',
+  streamEvents: '--A --A --A --A --A --A --A',
   login: '--A --A --A --A --A --A --A',
   loginOidc: '--A --A --A --A --A --A --A',
   logout: '--A --A --A --A --A --A --A',
