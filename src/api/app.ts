@@ -25,6 +25,7 @@ import type { Autostart } from '../control/autostart.ts';
 import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import type { Db } from '../state/database.ts';
 import type { ChangeFeed } from '../events/change-feed.ts';
+import type { UsageStore } from '../metrics/usage-store.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
@@ -50,6 +51,7 @@ import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
 import { clusterRoutes } from './routes/cluster.ts';
 import { eventRoutes } from './routes/events.ts';
+import { usageRoutes } from './routes/usage.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -75,6 +77,8 @@ export interface AppServices {
   metrics: ControlPlaneMetrics;
   /** The cluster-wide change feed that GET /v1/events streams. */
   changes: ChangeFeed;
+  /** The usage graphs of VMs and hosts, fed by the agents. */
+  usage: UsageStore;
   /** Where the audit log publishes its heads, read back by verify when no head is given. */
   auditPublishFile?: string;
   dataDir: string;
@@ -137,6 +141,7 @@ export async function buildApp(
   await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
+  await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });

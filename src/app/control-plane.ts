@@ -33,6 +33,7 @@ import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
 import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import { changeFeedOf } from '../events/change-feed.ts';
+import { UsageStore } from '../metrics/usage-store.ts';
 import { describeResources } from './change-views.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
@@ -135,11 +136,14 @@ export function createServices(options: {
     audit,
     metrics,
     changes: changeFeedOf(db),
+    usage: new UsageStore({ file: dataPaths(options.dataDir).usage, logger: options.logger }),
     auditPublishFile: options.auditPublishFile,
     dataDir: options.dataDir,
     logger: options.logger,
   };
   describeResources(services.changes, services);
+  // A deleted VM's graphs go with it.
+  services.changes.subscribe(({ event }) => event.type === 'vm' && event.action === 'deleted' && services.usage.dropVm(event.id));
   return services;
 }
 
@@ -171,8 +175,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer } = services;
+  const { operations, images, audit, ha, balancer, usage } = services;
   await audit.start();
+  await usage.load();
+  // Graphs of VMs and hosts deleted while the control plane was down go now.
+  usage.keepOnly(
+    new Set((await db.selectFrom('vms').select('id').execute()).map((row) => row.id)),
+    new Set((await db.selectFrom('hosts').select('id').execute()).map((row) => row.id)),
+  );
+  usage.start();
   await operations.failInterrupted();
   await images.prepareFolders();
   const tiny = readTinyImage(options.cacheDir);
@@ -212,6 +223,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();
+      await usage.stop();
       await audit.stop();
       await db.destroy();
     },

@@ -4,7 +4,7 @@
  * Shared by the API, the agents and the CLI.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { Count, ResourceId, ResourceName, Text, Timestamp } from './schemas.ts';
+import { Count, Int32, ResourceId, ResourceName, Text, Timestamp } from './schemas.ts';
 
 /** The types of resources the stream reports, in the order `?types=` lists them. */
 export const CHANGE_TYPE_NAMES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration'] as const;
@@ -81,7 +81,7 @@ export const VmUsageSample = Type.Object(
     vm: ResourceId,
     /** CPU time of its QEMU process, in seconds (utime + stime). */
     cpuSeconds: Counter,
-    cpus: Type.Integer({ minimum: 1, maximum: 1024 }),
+    cpus: Int32(1, 1024),
     /** QEMU's resident memory. */
     memoryBytes: Counter,
     diskReadBytes: Counter,
@@ -89,7 +89,7 @@ export const VmUsageSample = Type.Object(
     netRxBytes: Counter,
     netTxBytes: Counter,
     /** The QEMU process's pid: a new one means the counters started again. */
-    pid: Type.Integer({ minimum: 1, maximum: 2 ** 31 - 1 }),
+    pid: Int32(1, 2 ** 31 - 1),
   },
   { additionalProperties: false },
 );
@@ -104,7 +104,7 @@ export const HostUsageReport = Type.Object(
         /** Jiffies-derived seconds from /proc/stat: all CPU time, and the idle part of it. */
         cpuTotalSeconds: Counter,
         cpuIdleSeconds: Counter,
-        cpus: Type.Integer({ minimum: 1, maximum: 4096 }),
+        cpus: Int32(1, 4096),
         memoryUsedBytes: Counter,
         memoryTotalBytes: Counter,
       },
