@@ -62,6 +62,8 @@ export interface ChangeFeedOptions {
 export type ResumePoint = { events: RecordedChange[] } | { reset: string };
 
 const EVENT_ID = /^([a-z0-9]{1,32})-(\d{1,15})$/;
+/** How many resources the feed remembers the name and project of (for their deletes). */
+const MAX_KNOWN = 100_000;
 
 export class ChangeFeed {
   /** New at every start: ids of an earlier control plane never resume here. */
@@ -165,8 +167,12 @@ export class ChangeFeed {
     if (action !== 'deleted' && !described) return;
     const known = described ?? this.#known.get(key);
     const project = known ? known.project : await this.#projectOf(hint.projectId ?? null);
-    if (action === 'deleted') this.#known.delete(key);
-    else this.#known.set(key, { name: described!.name, project: described!.project });
+    this.#known.delete(key);
+    if (action !== 'deleted') {
+      // Most recently described last; operations are never deleted, so the oldest make room.
+      this.#known.set(key, { name: described!.name, project: described!.project });
+      if (this.#known.size > MAX_KNOWN) this.#known.delete(this.#known.keys().next().value!);
+    }
     const event: ChangeEvent = {
       seq: this.#lastSeq + 1,
       time,
