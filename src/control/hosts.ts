@@ -166,6 +166,8 @@ export class HostRegistry {
 
   /** A host agent is alive (a heartbeat or a report), now unless `at` says when. */
   heartbeat(hostId: string, at = Date.now()): void {
+    // A host heard from again after a silence changes status (suspect or offline -> online).
+    if (at - (this.#heartbeats.get(hostId) ?? 0) > SUSPECT_AFTER_MS) publishChange(this.#db, 'host', 'updated', hostId);
     this.#heartbeats.set(hostId, at);
   }
 
