@@ -16,9 +16,12 @@ import { UserStore } from './users.ts';
 /** A connection open under a token: re-checked on every access change, closed when refused. */
 interface LiveConnection {
   tokenId: string;
-  permission: Permission;
+  /** Null: the connection needs only a valid token (the event stream filters what it sends). */
+  permission: Permission | null;
   target: AccessTarget;
   close(reason: string): void;
+  /** Told the principal as it is after an access change that did not close the connection. */
+  changed?: (principal: Principal) => void;
   expiryTimer?: NodeJS.Timeout;
 }
 
@@ -46,11 +49,18 @@ export class AccessControl {
 
   /**
    * Registers a connection (console, event stream) opened by `principal` under `permission`;
-   * it closes when the token expires or any later access change refuses it. Returns the
-   * function that forgets it (call it when the connection closes).
+   * it closes when the token expires or any later access change refuses it. A `null` permission
+   * asks only that the token stays valid, and `changed` then hears the principal's new grants.
+   * Returns the function that forgets it (call it when the connection closes).
    */
-  watch(principal: Principal, permission: Permission, target: AccessTarget, close: (reason: string) => void): () => void {
-    const connection: LiveConnection = { tokenId: principal.tokenId, permission, target, close };
+  watch(
+    principal: Principal,
+    permission: Permission | null,
+    target: AccessTarget,
+    close: (reason: string) => void,
+    changed?: (principal: Principal) => void,
+  ): () => void {
+    const connection: LiveConnection = { tokenId: principal.tokenId, permission, target, close, changed };
     if (principal.expiresAt) {
       const delay = Math.max(0, new Date(principal.expiresAt).getTime() - Date.now());
       // setTimeout holds at most ~24.8 days; a longer token is re-checked at each access change anyway.
@@ -79,8 +89,9 @@ export class AccessControl {
       let reason: string | undefined;
       try {
         const principal = await this.tokens.authenticateId(connection.tokenId);
-        const decision = authorize(principal, connection.permission, connection.target);
-        if (!decision.allowed) reason = decision.reason;
+        const decision = connection.permission ? authorize(principal, connection.permission, connection.target) : undefined;
+        if (decision && !decision.allowed) reason = decision.reason;
+        else connection.changed?.(principal);
       } catch (error) {
         reason = (error as Error).message;
       }

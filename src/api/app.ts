@@ -28,6 +28,8 @@ import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import type { DesktopBroker } from '../desktop/desktop-broker.ts';
 import type { DesktopPools } from '../desktop/desktop-pools.ts';
 import type { Db } from '../state/database.ts';
+import type { ChangeFeed } from '../events/change-feed.ts';
+import type { UsageStore } from '../metrics/usage-store.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
@@ -55,6 +57,8 @@ import { clusterRoutes } from './routes/cluster.ts';
 import { desktopRoutes } from './routes/desktops.ts';
 import { webSessionRoutes } from './routes/web-session.ts';
 import { installSecurityHeaders, webConsoleRoutes } from './web-console.ts';
+import { eventRoutes } from './routes/events.ts';
+import { usageRoutes } from './routes/usage.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -83,6 +87,10 @@ export interface AppServices {
   desktopBroker: DesktopBroker;
   /** What GET /metrics serves. */
   metrics: ControlPlaneMetrics;
+  /** The cluster-wide change feed that GET /v1/events streams. */
+  changes: ChangeFeed;
+  /** The usage graphs of VMs and hosts, fed by the agents. */
+  usage: UsageStore;
   /** Where the audit log publishes its heads, read back by verify when no head is given. */
   auditPublishFile?: string;
   dataDir: string;
@@ -150,14 +158,16 @@ export async function buildApp(
   await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
+  await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
   await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
-  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
+  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency, changes: services.changes });
   await app.register(desktopRoutes, { pools: services.desktopPools, broker: services.desktopBroker });
   await app.register(operationRoutes, { operations, access });
+  await app.register(eventRoutes, { changes: services.changes, access });
   await app.register(authRoutes, { db, access });
   await app.register(webSessionRoutes, { access });
   await app.register(userRoutes, { db, access });

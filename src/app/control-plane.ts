@@ -35,6 +35,9 @@ import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
 import { DesktopBroker } from '../desktop/desktop-broker.ts';
 import { DesktopMachines } from '../desktop/desktop-machines.ts';
 import { DesktopPools } from '../desktop/desktop-pools.ts';
+import { changeFeedOf } from '../events/change-feed.ts';
+import { UsageStore } from '../metrics/usage-store.ts';
+import { describeResources } from './change-views.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
@@ -125,7 +128,7 @@ export function createServices(options: {
     { logger: options.logger, ...(options.desktopClock ? { now: options.desktopClock } : {}) },
   );
   const desktopPools = new DesktopPools({ db, storage, images, networks, operations, users: access.users, machines: desktopMachines, broker: desktopBroker });
-  return {
+  const services: AppServices = {
     owner,
     desktopBroker,
     desktopPools,
@@ -146,10 +149,16 @@ export function createServices(options: {
     access,
     audit,
     metrics,
+    changes: changeFeedOf(db),
+    usage: new UsageStore({ file: dataPaths(options.dataDir).usage, logger: options.logger }),
     auditPublishFile: options.auditPublishFile,
     dataDir: options.dataDir,
     logger: options.logger,
   };
+  describeResources(services.changes, services);
+  // A deleted VM's graphs go with it.
+  services.changes.subscribe(({ event }) => event.type === 'vm' && event.action === 'deleted' && services.usage.dropVm(event.id));
+  return services;
 }
 
 /** Starts the control plane and resolves once it listens. */
@@ -180,8 +189,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer, desktopBroker } = services;
+  const { operations, images, audit, ha, balancer, desktopBroker, usage } = services;
   await audit.start();
+  await usage.load();
+  // Graphs of VMs and hosts deleted while the control plane was down go now.
+  usage.keepOnly(
+    new Set((await db.selectFrom('vms').select('id').execute()).map((row) => row.id)),
+    new Set((await db.selectFrom('hosts').select('id').execute()).map((row) => row.id)),
+  );
+  usage.start();
   await operations.failInterrupted();
   await images.prepareFolders();
   const tiny = readTinyImage(options.cacheDir);
@@ -224,6 +240,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();
+      await usage.stop();
       await audit.stop();
       await db.destroy();
     },

@@ -13,6 +13,7 @@ import type { HostsTable } from '../state/schema.ts';
 import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labels.ts';
 import { SUSPECT_AFTER_MS } from '../agent-api/heartbeat.ts';
 import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT } from './scheduler.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** What `nubis host set` changes. */
 export interface HostChange {
@@ -128,6 +129,7 @@ export class HostRegistry {
     };
     if (existing) {
       await this.#db.updateTable('hosts').set(values).where('id', '=', existing.id).execute();
+      publishChange(this.#db, 'host', 'updated', existing.id);
       this.heartbeat(existing.id);
       return { ...existing, ...values };
     }
@@ -145,6 +147,7 @@ export class HostRegistry {
       ...values,
     };
     await this.#db.insertInto('hosts').values(row).execute();
+    publishChange(this.#db, 'host', 'created', row.id);
     this.heartbeat(row.id);
     return row;
   }
@@ -163,6 +166,8 @@ export class HostRegistry {
 
   /** A host agent is alive (a heartbeat or a report), now unless `at` says when. */
   heartbeat(hostId: string, at = Date.now()): void {
+    // A host heard from again after a silence changes status (suspect or offline -> online).
+    if (at - (this.#heartbeats.get(hostId) ?? 0) > SUSPECT_AFTER_MS) publishChange(this.#db, 'host', 'updated', hostId);
     this.#heartbeats.set(hostId, at);
   }
 
@@ -250,6 +255,7 @@ export class HostRegistry {
         .where('id', '=', host.id)
         .execute(),
     );
+    publishChange(this.#db, 'host', 'updated', host.id);
     return this.get(host.id);
   }
 

@@ -11,6 +11,7 @@ import type { HostRegistry } from './hosts.ts';
 import type { PlacementEvent, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
 import type { VmsTable } from '../state/schema.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** What `vm set` changes. */
 export interface VmChange {
@@ -93,6 +94,7 @@ export class VmPolicies {
         .where('id', '=', row.id)
         .execute(),
     );
+    publishChange(this.#db, 'vm', 'updated', row.id);
     return this.#vms.viewById(row.id);
   }
 

@@ -12,6 +12,7 @@ import type { OperationManager } from './operations.ts';
 import type { VmOwner } from './vm-owner.ts';
 import type { PlacementAction, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 export class VmReports {
   readonly #db: Db;
@@ -115,6 +116,7 @@ export class VmReports {
         .execute();
       await this.#placement.record(trx, { vm, host, ...placement });
     });
+    publishChange(this.#db, 'vm', 'updated', vm.id);
   }
 
   /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
@@ -125,6 +127,7 @@ export class VmReports {
       .where('id', '=', status.id)
       .where('host_id', '=', hostId)
       .execute();
+    publishChange(this.#db, 'vm', 'updated', status.id);
   }
 
   /** A full report: VMs of the host that the agent does not know are `missing`. */
@@ -141,6 +144,6 @@ export class VmReports {
       .where('actual_state', 'not in', ['pending', 'restarting']);
     if (known.length > 0) query = query.where('id', 'not in', known);
     // A VM being created is not yet on its host: leave it to its operation.
-    await query.execute();
+    for (const { id } of await query.returning('id').execute()) publishChange(this.#db, 'vm', 'updated', id);
   }
 }

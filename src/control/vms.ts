@@ -30,6 +30,7 @@ import { vmView, vmViews } from './vm-view.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
 const READY_TIMEOUT_MS = 180_000;
@@ -364,6 +365,7 @@ export class VmService {
         decision,
       });
     });
+    publishChange(this.#db, 'vm', 'created', id);
   }
 
   /** The create operation's work: networks plumbed, QEMU started on the host, the guest ready. */
@@ -448,6 +450,7 @@ export class VmService {
           .set({ desired_state: action === 'start' ? 'running' : 'stopped' })
           .where('id', '=', row.id)
           .execute();
+        publishChange(this.#db, 'vm', 'updated', row.id);
       }
       await op.report(action, `${action} on host ${host.name}`, 0.2);
       const status = await this.#runAction(
@@ -526,6 +529,7 @@ export class VmService {
       .set({ spec: JSON.stringify(change(JSON.parse(row.spec) as VmSpec)) })
       .where('id', '=', id)
       .execute();
+    publishChange(this.#db, 'vm', 'updated', id);
   }
 
   /** Stops the VM if needed and removes it from its host and from the records. */
@@ -562,6 +566,7 @@ export class VmService {
       await this.#storage.forgetDisks(row.id, undefined, trx);
       await trx.deleteFrom('vms').where('id', '=', row.id).execute();
     });
+    publishChange(this.#db, 'vm', 'deleted', row.id, { projectId: row.project_id });
     await this.#secgroups.refreshProject(row.project_id);
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, host);

@@ -23,6 +23,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import { HaRestarts } from './ha-restart.ts';
 import { Failback, type FailbackDeps } from './failback.ts';
 import type { HaRestartDeps } from './ha-restart.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 type PeerRow = Pick<HostsTable, 'id' | 'name' | 'underlay_ip' | 'fenced_at'>;
 
@@ -126,6 +127,7 @@ export class HaManager {
       .set({ fenced_at: fencedAt, lost_at: lostAt, storage_fenced: storageIo ? 1 : 0 })
       .where('id', '=', host.id)
       .execute();
+    publishChange(this.#db, 'host', 'updated', host.id);
     this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'fence');
   }
@@ -174,6 +176,7 @@ export class HaManager {
       return { fenced: true, stale: [], ha, peers };
     }
     await this.#db.updateTable('hosts').set({ fenced_at: null, storage_fenced: 0 }).where('id', '=', host.id).execute();
+    publishChange(this.#db, 'host', 'updated', host.id);
     this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'return');
     this.#logger?.info({ host: host.name }, 'fenced host is back with nothing stale: it takes VMs again');

@@ -48,6 +48,7 @@ import { GuestReadiness } from './guest-readiness.ts';
 import { VmLanes } from './vm-lanes.ts';
 import { MIGRATION_ENDED, VmMigrationControl, migrationStateOf } from './vm-migration-control.ts';
 import type { QemuDriver, VmQemu } from './vm-qemu.ts';
+import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 
@@ -151,6 +152,18 @@ export class ManagedVm {
 
   spec(): VmSpec {
     return this.#record.spec;
+  }
+
+  /**
+   * What the usage sampler reads of this VM while its QEMU runs or is paused: the process, its
+   * vCPUs, its taps and the bytes its disks moved; undefined without such a QEMU.
+   */
+  usageSource(): UsageSource | undefined {
+    const qemu = this.#qemu;
+    if (!qemu?.pid || (qemu.state !== 'running' && qemu.state !== 'paused')) return undefined;
+    const spec = this.#record.spec;
+    const taps = spec.nics.flatMap((nic) => (nic.mode === 'tap' && nic.tapName ? [nic.tapName] : []));
+    return { vm: this.id, pid: qemu.pid, cpus: spec.cpus, taps, diskBytes: () => qemu.blockStats() };
   }
 
   /** Resolves once every lifecycle action asked so far has ended. */

@@ -20,6 +20,7 @@ export type VmQemu = Pick<
   | 'stop'
   | 'detach'
   | 'queryRunState'
+  | 'blockStats'
   | 'attachDisk'
   | 'detachDisk'
   | 'setMigrationCapabilities'

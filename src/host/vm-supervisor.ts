@@ -14,6 +14,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { ManagedVm, type ManagedVmContext, type PauseTimes } from './managed-vm.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
+import type { UsageSource } from './usage-sampler.ts';
 
 export interface VmSupervisorOptions {
   /** Folder holding one sub-folder per VM. */
@@ -83,6 +84,11 @@ export class VmSupervisor {
       this.#vms.set(vm.id, vm);
       await vm.adopt();
     }
+  }
+
+  /** What the usage sampler reads, for every VM whose QEMU runs here. */
+  usageSources(): UsageSource[] {
+    return [...this.#vms.values()].flatMap((vm) => vm.usageSource() ?? []);
   }
 
   /** Statuses of every VM on this host. */

@@ -43,6 +43,8 @@ const EXPECTED: Record<string, string> = {
   joinHost: '--D --D --D --D --D --D --D',
   reportHostVms: '--D --D --D --D --D --D --D',
   hostHeartbeat: '--D --D --D --D --D --D --D',
+  reportHostUsage: '--D --D --D --D --D --D --D',
+  getHostUsage: '--A --D --D --D --D --D --D',
   getHaStatus: '--A --D --D --D --D --D --D',
   listHaGroups: '--A --D --D --D --D --D --D',
   createHaGroup: '--A --D --D --D --D --D --D',
@@ -52,6 +54,7 @@ const EXPECTED: Record<string, string> = {
   listVms: 'AAA ADA ADA ADA ADA ADA DDA',
   createVm: 'AA- AD- AD- AD- DD- DD- DD-',
   getVm: 'AA- AD- AD- AD- AD- AD- DD-',
+  getVmUsage: 'AA- AD- AD- AD- AD- AD- DD-',
   deleteVm: 'AA- AD- AD- AD- DD- DD- DD-',
   updateVm: 'AA- AD- AD- AD- DD- DD- DD-',
   startVm: 'AA- AD- AD- AD- DD- DD- DD-',
@@ -114,6 +117,7 @@ const EXPECTED: Record<string, string> = {
   getOperation: 'AAA ADD ADD ADD ADD DDD DDD',
   cancelOperation: 'AAA ADD ADD ADD DDD DDD DDD',
   streamOperationEvents: 'AAA ADD ADD ADD ADD DDD DDD',
+  streamEvents: '--A --A --A --A --A --A --A',
   login: '--A --A --A --A --A --A --A',
   loginOidc: '--A --A --A --A --A --A --A',
   logout: '--A --A --A --A --A --A --A',
@@ -243,6 +247,7 @@ describe('authorization matrix (every route x role x project)', () => {
       'joinHost',
       'reportHostVms',
       'hostHeartbeat',
+      'reportHostUsage',
       'setUserPassword',
     ].includes(operation.operationId);
     if (operation.operationId === 'grantRole') body = { user: 'dummy', role: 'reader', ...(context === 'platform' ? {} : { project: projectName }) };
@@ -263,6 +268,12 @@ describe('authorization matrix (every route x role x project)', () => {
       };
     else if (operation.operationId === 'reportHostVms') body = { vms: [], full: false };
     else if (operation.operationId === 'hostHeartbeat') body = { vms: [] };
+    else if (operation.operationId === 'reportHostUsage')
+      body = {
+        at: new Date().toISOString(),
+        host: { cpuTotalSeconds: 1, cpuIdleSeconds: 0, cpus: 1, memoryUsedBytes: 0, memoryTotalBytes: 1 },
+        vms: [],
+      };
     else if (operation.operationId === 'setUserPassword') body = { password: 'another-password-1' };
     else if (parameters.some((p) => p.in === 'query') && harmless) query.set('matrixProbe', '1');
     else if (operation.requestBody && harmless) body = { matrixProbe: 1 };

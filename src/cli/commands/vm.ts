@@ -9,6 +9,7 @@ import { formatDuration, printJson, printTable } from '../output.ts';
 import { readCaFile } from '../api-fetch.ts';
 import type { PlacementDecision, PlacementHistory } from '../../wire/placement-schemas.ts';
 import { printDecision } from './placement.ts';
+import { addUsageCommand } from './usage.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions {
@@ -80,6 +81,7 @@ export function registerVmCommands(program: Command): void {
   addDeleteAttachDetachSet(vm);
   addMigrate(vm);
   addLogAndConsole(vm);
+  addUsageCommand(vm, 'vm');
 }
 
 function addCreate(vm: Command): void {

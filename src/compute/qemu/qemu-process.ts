@@ -390,6 +390,21 @@ export class QemuProcess {
   }
 
   /** Asks QEMU for its run state (`query-status`), for when an event may have been missed. */
+  /**
+   * Bytes read and written by the guest's disks since this QEMU started, summed over its block
+   * devices (QMP `query-blockstats`: `stats.rd_bytes`, `stats.wr_bytes`).
+   */
+  async blockStats(): Promise<{ readBytes: number; writtenBytes: number }> {
+    const devices = await this.qmp.execute<Array<{ stats?: { rd_bytes?: number; wr_bytes?: number } }>>('query-blockstats');
+    let readBytes = 0;
+    let writtenBytes = 0;
+    for (const device of devices) {
+      readBytes += device.stats?.rd_bytes ?? 0;
+      writtenBytes += device.stats?.wr_bytes ?? 0;
+    }
+    return { readBytes, writtenBytes };
+  }
+
   async queryRunState(): Promise<QemuRunState> {
     return runStateFromQmp((await this.qmp.execute<{ status: string }>('query-status')).status);
   }
