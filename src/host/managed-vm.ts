@@ -496,6 +496,22 @@ export class ManagedVm {
     return this.#paths().consoleSocket;
   }
 
+  /** The unix socket of the VM's VNC display (running or paused), for the agent's relay. */
+  vncSocket(): string {
+    this.#qemuOrThrow();
+    return this.#paths().vncSocket;
+  }
+
+  /** The display takes `password` for `validSeconds`; not queued (the VM's state is untouched). */
+  setVncPassword(password: string, validSeconds: number): Promise<void> {
+    return this.#qemuOrThrow().setVncPassword(password, validSeconds);
+  }
+
+  /** The display's password stops working now (a VM without QEMU has no display to close). */
+  async expireVncPassword(): Promise<void> {
+    await this.#qemu?.expireVncPassword();
+  }
+
   /** Lets go of the QEMU without stopping it (agent shutdown): the VM keeps running. */
   detach(): void {
     this.#readiness.abort();
