@@ -83,9 +83,14 @@ export function createServices(options: {
   /** Where audit tree heads are published (outside the data folder). */
   auditPublishFile?: string;
   auditPublishCommand?: string;
+  /** How long a console ticket lives (at most and by default 30 s; tests shorten it). */
+  consoleTicketTtlMs?: number;
 }): AppServices {
   const { db } = options;
-  const access = new AccessControl(db, { oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined });
+  const access = new AccessControl(db, {
+    oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined,
+    consoleTicketTtlMs: options.consoleTicketTtlMs,
+  });
   const audit = new AuditLog(db, {
     keyPath: dataPaths(options.dataDir).auditKey,
     publishFile: options.auditPublishFile,

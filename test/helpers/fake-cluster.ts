@@ -41,7 +41,10 @@ export interface FakeCluster {
  * admin token and the tiny image (its files stand-ins: nothing boots). With `oidc`, users sign in
  * with ID tokens of that provider.
  */
-export async function fakeCluster(hosts: string[] = [], options: { auditPublishFile?: string; oidc?: OidcConfig } = {}): Promise<FakeCluster> {
+export async function fakeCluster(
+  hosts: string[] = [],
+  options: { auditPublishFile?: string; oidc?: OidcConfig; consoleTicketTtlMs?: number } = {},
+): Promise<FakeCluster> {
   const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
   const db = await openDatabase(join(dir, 'nubis.db'));
   const now = new Date().toISOString();
@@ -57,6 +60,7 @@ export async function fakeCluster(hosts: string[] = [], options: { auditPublishF
     joinToken: 'nubis_join_test',
     auditPublishFile: options.auditPublishFile,
     oidc: options.oidc,
+    consoleTicketTtlMs: options.consoleTicketTtlMs,
     agentFactory: ({ hostName }) => {
       if (!agents.has(hostName)) agents.set(hostName, new FakeAgent(hostName));
       return agents.get(hostName)!;
