@@ -9,7 +9,8 @@
  * A ticket for the screen carries the display's one-time VNC password, handed to the VM's agent
  * when the ticket is used (host/vnc-relay.ts sets it in QEMU for that one connection).
  */
-import { createHash, randomInt } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { newVncPassword } from '../compute/vnc/vnc-auth.ts';
 import { NubisError } from '../core/errors.ts';
 import { newSecret } from '../core/ids.ts';
 import type { Principal } from './authorize.ts';
@@ -40,7 +41,6 @@ export const CONSOLE_TICKET_MAX_TTL_MS = 30_000;
 const TICKETS_KEPT = 10_000;
 /** A used or expired ticket is remembered this long past its expiry, so that its refusal says why. */
 const REMEMBERED_MS = 60_000;
-const PASSWORD_ALPHABET = 'ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789';
 
 interface Entry {
   grant: ConsoleTicketGrant;
@@ -50,11 +50,6 @@ interface Entry {
 
 function sha256Hex(text: string): string {
   return createHash('sha256').update(text).digest('hex');
-}
-
-/** An 8-character VNC password of letters and digits (no look-alikes: it may be typed into a viewer). */
-export function newVncPassword(): string {
-  return Array.from({ length: 8 }, () => PASSWORD_ALPHABET[randomInt(PASSWORD_ALPHABET.length)]).join('');
 }
 
 /** The tickets of this control plane, in memory (a restart forgets them, which only costs a new ticket). */

@@ -6,11 +6,12 @@
  * twice, neither through Nubis nor on the VM's VNC socket itself.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Operation } from '../../src/wire/schemas.ts';
-import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+import { NubisInstance, repoRoot, runOnConsole } from '../helpers/nubis-instance.ts';
 import { openRfb } from '../helpers/rfb-client.ts';
 
 type Ticket = { ticket: string; path: string; password?: string; expiresAt: string };
@@ -89,6 +90,52 @@ describe("a VM's screen (VNC) and serial console through console tickets", () =>
     );
     const reused = await nubis.api<{ code: string }>('GET', first.path, undefined, null);
     assert.equal(reused.status, 401, 'the spent ticket itself is refused too');
+  });
+
+  it('relays a native viewer through nubis vm vnc, with the password it prints, a new ticket per connection', async () => {
+    const cli = spawn(
+      process.execPath,
+      [join(repoRoot, 'bin/nubis.mjs'), '--data', nubis.dataDir, 'vm', 'vnc', 'screen1', '--listen', '127.0.0.1:0', '--json'],
+      {
+        env: { ...process.env, NUBIS_URL: '', NUBIS_TOKEN: '', NUBIS_CONFIG: join(nubis.dataDir, 'cli-config') },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    try {
+      let stdout = '';
+      let stderr = '';
+      cli.stderr.on('data', (chunk) => (stderr += chunk));
+      const printed = await new Promise<{ address: string; password: string }>((resolve, reject) => {
+        cli.stdout.on('data', (chunk) => {
+          stdout += chunk;
+          // The JSON is printed once, whole, and the command keeps running.
+          if (stdout.trimEnd().endsWith('}')) {
+            try {
+              resolve(JSON.parse(stdout));
+            } catch (error) {
+              reject(error);
+            }
+          }
+        });
+        cli.on('exit', (code) => reject(new Error(`nubis vm vnc exited (${code}): ${stderr}`)));
+      });
+      assert.match(printed.address, /^127\.0\.0\.1:\d+$/);
+      assert.match(printed.password, /^[A-Za-z0-9]{8}$/);
+      for (const attempt of [1, 2]) {
+        const session = await openRfb(printed.address, printed.password);
+        const pixels = await session.screen();
+        assert.ok(new Set(Array.from({ length: pixels.length / 4 }, (_, i) => pixels.readUInt32BE(i * 4))).size >= 2, `viewer ${attempt} sees the screen`);
+        session.close();
+      }
+      await assert.rejects(openRfb(printed.address, 'wrongpw1'), /VNC authentication failed: Wrong password/);
+    } finally {
+      // Ctrl-C ends it; it must not outlive the test in any case.
+      const exited = new Promise((resolve) => cli.once('exit', resolve));
+      cli.kill('SIGTERM');
+      const stopped = await Promise.race([exited.then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 5_000))]);
+      if (!stopped) cli.kill('SIGKILL');
+      assert.ok(stopped, 'nubis vm vnc ends on SIGTERM');
+    }
   });
 
   it('answers a command on the serial console opened with a ticket', async () => {

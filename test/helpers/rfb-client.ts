@@ -3,27 +3,9 @@
  * with VNC Authentication (RFC 6143 7.1-7.3), then raw framebuffer updates (7.5.3, 7.6.1, 7.7.1).
  * Test-only: it knows just enough to see what a guest shows.
  */
-import { createCipheriv } from 'node:crypto';
 import { connect } from 'node:net';
 import WebSocket from 'ws';
-
-/**
- * VNC Authentication's answer: the 16-byte challenge encrypted with DES, keyed by the password
- * (at most 8 characters, zero-padded) with the bits of each byte reversed (RFB's known quirk).
- * Node's OpenSSL 3 offers no single DES; triple DES with three equal keys is the same cipher.
- */
-export function vncResponse(challenge: Buffer, password: string): Buffer {
-  const key = Buffer.alloc(8);
-  Buffer.from(password, 'latin1').copy(key, 0, 0, 8);
-  for (let i = 0; i < 8; i += 1) {
-    let reversed = 0;
-    for (let bit = 0; bit < 8; bit += 1) if (key[i] & (1 << bit)) reversed |= 1 << (7 - bit);
-    key[i] = reversed;
-  }
-  const cipher = createCipheriv('des-ede3-ecb', Buffer.concat([key, key, key]), null);
-  cipher.setAutoPadding(false);
-  return Buffer.concat([cipher.update(challenge), cipher.final()]);
-}
+import { vncAuthResponse } from '../../src/compute/vnc/vnc-auth.ts';
 
 /** An authenticated RFB session: the screen's size and a way to read it. */
 export interface RfbSession {
@@ -58,9 +40,10 @@ async function webSocketTransport(url: string): Promise<Transport> {
   };
 }
 
-/** A unix socket (QEMU's vnc.sock) as a transport, once connected. */
-async function unixTransport(path: string): Promise<Transport> {
-  const socket = connect(path);
+/** A unix socket (QEMU's vnc.sock), or `host:port` over TCP (nubis vm vnc), as a transport, once connected. */
+async function socketTransport(where: string): Promise<Transport> {
+  const tcp = /^([\d.]+):(\d+)$/.exec(where);
+  const socket = tcp ? connect(Number(tcp[2]), tcp[1]) : connect(where);
   await new Promise((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('error', reject);
@@ -107,11 +90,11 @@ class ByteReader {
 }
 
 /**
- * Opens `url` (a screen WebSocket with its ticket, or the path of a VNC unix socket), authenticates with `password`, and resolves
+ * Opens `url` (a screen WebSocket with its ticket, the path of a VNC unix socket, or host:port), authenticates with `password`, and resolves
  * with the session; rejects with the server's reason when authentication fails.
  */
 export async function openRfb(url: string, password: string): Promise<RfbSession> {
-  return rfbOver(url.startsWith('ws') ? await webSocketTransport(url) : await unixTransport(url), password);
+  return rfbOver(url.startsWith('ws') ? await webSocketTransport(url) : await socketTransport(url), password);
 }
 
 async function rfbOver(socket: Transport, password: string): Promise<RfbSession> {
@@ -126,7 +109,7 @@ async function rfbOver(socket: Transport, password: string): Promise<RfbSession>
     const types = [...(await reader.read(count))];
     if (!types.includes(2)) throw new Error(`The screen offers no VNC Authentication (types ${types.join(', ')})`);
     send([2]);
-    send(vncResponse(await reader.read(16), password));
+    send(vncAuthResponse(await reader.read(16), password));
     if ((await reader.read(4)).readUInt32BE(0) !== 0) {
       const reason = (await reader.read((await reader.read(4)).readUInt32BE(0))).toString();
       throw new Error(`VNC authentication failed: ${reason}`);
