@@ -28,13 +28,21 @@ interface Transport {
 /** A screen WebSocket (with its ticket) as a transport, once open. */
 async function webSocketTransport(url: string): Promise<Transport> {
   const socket = new WebSocket(url);
+  // Listening from the start: a frame that arrives with the upgrade's answer is emitted before
+  // the code awaiting 'open' runs again, and would be lost.
+  const early: Buffer[] = [];
+  let deliver: ((data: Buffer) => void) | undefined;
+  socket.on('message', (data: Buffer) => (deliver ? deliver(data) : early.push(data)));
   await new Promise((resolve, reject) => {
     socket.once('open', resolve);
     socket.once('error', reject);
   });
   return {
     send: (bytes) => socket.send(bytes),
-    onData: (listener) => socket.on('message', listener),
+    onData: (listener) => {
+      deliver = listener;
+      for (const data of early.splice(0)) listener(data);
+    },
     onClose: (listener) => socket.on('close', (code, reason) => listener(`closed ${code} ${reason.toString()}`)),
     close: () => socket.close(),
   };

@@ -468,6 +468,18 @@ async function attachConsole(name: string, _options: unknown, command: Command):
       if (code >= 4000) reject(new NubisError('VM_CONSOLE_FAILED', reason.toString() || `Console closed (${code})`));
       else resolve();
     });
+    // A refused attach is an HTTP answer before the upgrade: its code and message say why.
+    socket.on('unexpected-response', (_request, response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      response.on('end', () => {
+        let refusal: { code?: string; message?: string } = {};
+        try {
+          refusal = JSON.parse(text) as { code?: string; message?: string };
+        } catch {}
+        reject(new NubisError(refusal.code ?? 'VM_CONSOLE_FAILED', refusal.message ?? `Cannot attach to the console (HTTP ${response.statusCode})`));
+      });
+    });
     socket.on('error', (error) => reject(new NubisError('VM_CONSOLE_FAILED', `Cannot attach to the console: ${error.message}`)));
   });
   if (!globals(command).json) console.error('\nDetached');
