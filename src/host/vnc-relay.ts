@@ -33,12 +33,12 @@ class PasswordWindows {
     const previous = this.#last.get(id) ?? Promise.resolve();
     let close!: () => void;
     const closed = new Promise<void>((resolve) => (close = resolve));
-    // Its password has expired in QEMU by then, whatever the holder does.
-    const timer = setTimeout(close, PASSWORD_WINDOW_SECONDS * 1000);
-    timer.unref();
     const mine = previous.then(() => closed);
     this.#last.set(id, mine);
     await previous;
+    // Counted from its opening: its password has expired in QEMU by then, whatever the holder does.
+    const timer = setTimeout(close, PASSWORD_WINDOW_SECONDS * 1000);
+    timer.unref();
     return () => {
       clearTimeout(timer);
       close();
