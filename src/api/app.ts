@@ -140,7 +140,8 @@ export async function buildApp(
     const { status, body } = toApiError(error as Error);
     // The audit entry of a failed request names its code (access-hook.ts reads it when the request ends).
     (reply as typeof reply & { nubisError?: { code: string; message: string } }).nubisError = body;
-    if (status >= 500) services.logger?.error({ err: error, url: request.url }, 'request failed');
+    // Without the query: it may hold a console ticket.
+    if (status >= 500) services.logger?.error({ err: error, url: request.url.split('?')[0] }, 'request failed');
     void reply.status(status).send(body);
   });
   app.setNotFoundHandler((request, reply) => {

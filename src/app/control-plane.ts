@@ -75,8 +75,8 @@ async function secretFile(path: string, prefix: string, onCreate?: (secret: stri
   return secret;
 }
 
-/** The control plane's services over an open database: what `buildApp` serves. */
-export function createServices(options: {
+/** What the control plane's services are made with. */
+export interface ServiceOptions {
   db: Db;
   dataDir: string;
   joinToken: string;
@@ -91,9 +91,17 @@ export function createServices(options: {
   auditPublishCommand?: string;
   /** The desktop broker's clock (tests of the grace time pass their own). */
   desktopClock?: () => number;
-}): AppServices {
+  /** How long a console ticket lives (at most and by default 30 s; tests shorten it). */
+  consoleTicketTtlMs?: number;
+}
+
+/** The control plane's services over an open database: what `buildApp` serves. */
+export function createServices(options: ServiceOptions): AppServices {
   const { db } = options;
-  const access = new AccessControl(db, { oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined });
+  const access = new AccessControl(db, {
+    oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined,
+    consoleTicketTtlMs: options.consoleTicketTtlMs,
+  });
   const audit = new AuditLog(db, {
     keyPath: dataPaths(options.dataDir).auditKey,
     publishFile: options.auditPublishFile,

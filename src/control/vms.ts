@@ -296,7 +296,9 @@ export class VmService {
             kind: 'kernel',
             kernelPath: files.kernelPath,
             initrdPath: files.initrdPath,
-            cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
+            // The kernel writes to the screen (tty0) and the serial port; the last console named
+            // is /dev/console, so the readiness line and the shell stay on the serial port.
+            cmdline: `console=tty0 console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
           }
         : { kind: 'disk', path: files.path, format: plan.image.format as 'qcow2' | 'raw' };
     const tapNics = nics.map(({ nic, network, firewall }) => ({

@@ -115,6 +115,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),
+    log: (message) => logger.warn(message),
   });
   await rm(join(options.hostDir, 'agent.sock'), { force: true });
   await app.listen({ path: join(options.hostDir, 'agent.sock') });

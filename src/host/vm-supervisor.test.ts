@@ -106,6 +106,8 @@ class FakeQemu {
   startDiskMirrors = () => this.#call('startDiskMirrors');
   endDiskMirrors = () => this.#call('endDiskMirrors');
   announceSelf = () => this.#call('announceSelf');
+  setVncPassword = () => this.#call('setVncPassword');
+  expireVncPassword = () => this.#call('expireVncPassword');
 }
 
 const spec: VmSpec = {

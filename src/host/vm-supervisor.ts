@@ -270,6 +270,21 @@ export class VmSupervisor {
     return this.#vm(id).consoleSocket();
   }
 
+  /** The unix socket of the VM's VNC display. */
+  vncSocket(id: string): string {
+    return this.#vm(id).vncSocket();
+  }
+
+  /** The VM's display takes `password` for `validSeconds` (one client's way in). */
+  setVncPassword(id: string, password: string, validSeconds: number): Promise<void> {
+    return this.#vm(id).setVncPassword(password, validSeconds);
+  }
+
+  /** The VM's display password stops working now. */
+  expireVncPassword(id: string): Promise<void> {
+    return this.#vm(id).expireVncPassword();
+  }
+
   /** Lets go of every QEMU without stopping it (agent shutdown): VMs keep running. */
   detachAll(): void {
     for (const vm of this.#vms.values()) vm.detach();

@@ -74,7 +74,9 @@ const EXPECTED: Record<string, string> = {
   attachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   detachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   getVmLog: 'AA- AD- AD- AD- AD- DD- DD-',
+  createConsoleTicket: 'AA- AD- AD- AD- DD- AD- DD-',
   openVmConsole: 'AA- AD- AD- AD- DD- AD- DD-',
+  openVmVnc: 'AA- AD- AD- AD- DD- AD- DD-',
   listNetworks: 'AAA ADA ADA ADA ADA DDA DDA',
   createNetwork: 'AA- AD- AD- AD- DD- DD- DD-',
   getNetwork: 'AA- AD- AD- AD- AD- DD- DD-',
@@ -278,10 +280,22 @@ describe('authorization matrix (every route x role x project)', () => {
     else if (parameters.some((p) => p.in === 'query') && harmless) query.set('matrixProbe', '1');
     else if (operation.requestBody && harmless) body = { matrixProbe: 1 };
     if (operation.requestBody && body && !takesProjectQuery && context !== 'platform' && !('project' in body) && harmless) body.project = projectName;
+    const secret = await tokenOf(role);
+    // The screen opens only with a console ticket: the role asks for one first, as a page does.
+    if (parameters.some((p) => p.in === 'query' && p.name === 'ticket' && (p as { required?: boolean }).required)) {
+      const issued = await app.inject({
+        method: 'POST',
+        url: `${url.replace(/\/vnc$/, '/console-ticket')}?project=${projectName}`,
+        headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
+        payload: '{"kind":"vnc"}',
+      });
+      if (issued.statusCode === 401 || issued.statusCode === 403) return 'D';
+      query.set('ticket', (issued.json() as { ticket: string }).ticket);
+    }
     const response = await app.inject({
       method: method.toUpperCase() as 'GET',
       url: `${url}${query.size > 0 ? `?${query}` : ''}`,
-      headers: { authorization: `Bearer ${await tokenOf(role)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      headers: { authorization: `Bearer ${secret}`, ...(body ? { 'content-type': 'application/json' } : {}) },
       ...(body ? { payload: JSON.stringify(body) } : {}),
     });
     return response.statusCode === 401 || response.statusCode === 403 ? 'D' : 'A';

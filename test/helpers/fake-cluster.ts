@@ -43,7 +43,7 @@ export interface FakeCluster {
  */
 export async function fakeCluster(
   hosts: string[] = [],
-  options: { auditPublishFile?: string; oidc?: OidcConfig; desktopClock?: () => number } = {},
+  options: { auditPublishFile?: string; oidc?: OidcConfig; desktopClock?: () => number; consoleTicketTtlMs?: number } = {},
 ): Promise<FakeCluster> {
   const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
   const db = await openDatabase(join(dir, 'nubis.db'));
@@ -61,6 +61,7 @@ export async function fakeCluster(
     auditPublishFile: options.auditPublishFile,
     oidc: options.oidc,
     ...(options.desktopClock ? { desktopClock: options.desktopClock } : {}),
+    consoleTicketTtlMs: options.consoleTicketTtlMs,
     agentFactory: ({ hostName }) => {
       if (!agents.has(hostName)) agents.set(hostName, new FakeAgent(hostName));
       return agents.get(hostName)!;

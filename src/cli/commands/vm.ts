@@ -10,6 +10,7 @@ import { readCaFile } from '../api-fetch.ts';
 import type { PlacementDecision, PlacementHistory } from '../../wire/placement-schemas.ts';
 import { printDecision } from './placement.ts';
 import { addUsageCommand } from './usage.ts';
+import { startVncProxy } from '../vnc-proxy.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions {
@@ -417,6 +418,42 @@ function addLogAndConsole(vm: Command): void {
       else for (const line of log.lines) console.log(line);
     });
   vm.command('console <vm>').description('Attach to the serial console of a VM (detach with Ctrl-])').action(attachConsole);
+  vm.command('vnc <vm>')
+    .description("Show the VM's screen in a native VNC viewer: a local port, and a password for the viewer (Ctrl-C ends)")
+    .option('--listen <host:port>', 'where the viewer connects (port 0: any free port)', '127.0.0.1:5900')
+    .action(openVnc);
+}
+
+const LISTEN_FORMAT = /^(localhost|(\d{1,3}\.){3}\d{1,3}):(\d{1,5})$/;
+
+/** Relays a local port to the VM's screen (cli/vnc-proxy.ts) until interrupted. */
+async function openVnc(name: string, options: { listen: string }, command: Command): Promise<void> {
+  const listen = LISTEN_FORMAT.exec(options.listen);
+  if (!listen || Number(listen[3]) > 65535)
+    throw new NubisError('VALIDATION_FAILED', `Invalid --listen ${JSON.stringify(options.listen).slice(0, 60)}: give host:port, e.g. 127.0.0.1:5900`);
+  const api = client(command);
+  const proxy = await startVncProxy({
+    listen: { host: listen[1], port: Number(listen[3]) },
+    ticket: async () => {
+      const issued = await api.request<{ path: string; password: string }>(
+        'POST',
+        `/v1/vms/${encodeURIComponent(name)}/console-ticket${projectQuery(command)}`,
+        { kind: 'vnc' },
+      );
+      return { path: issued.path, password: issued.password };
+    },
+    webSocket: (path) => new WebSocket(`${api.target.url.replace(/^http/, 'ws')}${path}`, api.target.ca ? { ca: readCaFile(api.target.ca) } : {}),
+    log: (message) => console.error(message),
+  });
+  if (globals(command).json) printJson({ address: proxy.address, password: proxy.password });
+  else
+    console.log(
+      `The screen of ${name} is at ${proxy.address} (VNC password ${proxy.password}); connect a viewer, e.g. vncviewer ${proxy.address.replace(/:(\d+)$/, '::$1')}. Ctrl-C ends`,
+    );
+  await new Promise<void>((resolve) => {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, resolve);
+  });
+  proxy.close();
 }
 
 /** Joins the VM's serial console over the API's WebSocket, stdin to the guest and the guest to stdout. */
@@ -446,6 +483,18 @@ async function attachConsole(name: string, _options: unknown, command: Command):
       process.stdin.pause();
       if (code >= 4000) reject(new NubisError('VM_CONSOLE_FAILED', reason.toString() || `Console closed (${code})`));
       else resolve();
+    });
+    // A refused attach is an HTTP answer before the upgrade: its code and message say why.
+    socket.on('unexpected-response', (_request, response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      response.on('end', () => {
+        let refusal: { code?: string; message?: string } = {};
+        try {
+          refusal = JSON.parse(text) as { code?: string; message?: string };
+        } catch {}
+        reject(new NubisError(refusal.code ?? 'VM_CONSOLE_FAILED', refusal.message ?? `Cannot attach to the console (HTTP ${response.statusCode})`));
+      });
     });
     socket.on('error', (error) => reject(new NubisError('VM_CONSOLE_FAILED', `Cannot attach to the console: ${error.message}`)));
   });

@@ -419,6 +419,21 @@ export class QemuProcess {
     await this.qmp.execute('migrate_cancel');
   }
 
+  /**
+   * Sets the VNC password and when it stops being accepted (QAPI ui.json `set_password`, then
+   * `expire_password` with `+N` seconds). VNC authentication uses at most 8 characters of it.
+   * The expiry counts only when a client authenticates: connections already in are kept.
+   */
+  async setVncPassword(password: string, validSeconds: number): Promise<void> {
+    await this.qmp.execute('set_password', { protocol: 'vnc', password }, { timeoutMs: 5_000 });
+    await this.qmp.execute('expire_password', { protocol: 'vnc', time: `+${Math.max(1, Math.round(validSeconds))}` }, { timeoutMs: 5_000 });
+  }
+
+  /** Expires the VNC password at once (`expire_password` `now`): no further client gets in with it. */
+  async expireVncPassword(): Promise<void> {
+    await this.qmp.execute('expire_password', { protocol: 'vnc', time: 'now' }, { timeoutMs: 5_000 });
+  }
+
   /** Destination: tells the network where the VM now is (RARP from each NIC, repeated). */
   async announceSelf(): Promise<void> {
     await this.qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 });
