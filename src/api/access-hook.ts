@@ -246,14 +246,15 @@ async function principalOf(request: FastifyRequest, rule: AccessRule, access: Ac
       'AUTH_REQUIRED',
       `This console opens with a console ticket in ?ticket=: POST /v1/vms/{vm}/console-ticket with {"kind":"${ticketRule.kind}"} gives one`,
     );
-  const principal = await access.tokens.authenticate(secret);
+  // Set before the origin check, so that a refused change is audited as its user's.
+  request.principal = await access.tokens.authenticate(secret);
   request.viaSessionCookie = viaCookie;
   if (viaCookie && isMutating(request) && !isSameOrigin(request))
     throw new NubisError(
       'AUTH_ORIGIN_REFUSED',
       `A change with the session cookie must come from this origin's pages (Origin ${JSON.stringify(request.headers.origin ?? '(none)').slice(0, 120)}); other clients send a bearer token`,
     );
-  return principal;
+  return request.principal;
 }
 
 /** A ticket's request acts in the ticket's project; a `?project=` naming another one is refused. */
