@@ -224,4 +224,9 @@ describe('the cluster-wide event stream', () => {
     const anonymous = await app.inject({ method: 'GET', url: '/v1/events' });
     assert.equal(anonymous.statusCode, 401);
   });
+
+  it('answers a HEAD with the headers and ends (a page asking whether the stream exists)', async () => {
+    const head = await app.inject({ method: 'HEAD', url: '/v1/events', headers: { authorization: `Bearer ${cluster.token}` } });
+    assert.deepEqual([head.statusCode, head.headers['content-type'], head.body], [200, 'text/event-stream', '']);
+  });
 });

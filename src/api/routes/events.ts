@@ -60,6 +60,8 @@ export const eventRoutes: FastifyPluginAsyncTypebox<EventRouteServices> = async 
       reply.hijack();
       const raw = reply.raw;
       raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+      // A HEAD (does this control plane stream events?) gets the headers and ends: it has no body to wait for.
+      if (request.method === 'HEAD') return void raw.end();
       const deliver = (change: RecordedChange): void => {
         if (raw.writableEnded || (types && !types.has(change.event.type)) || !maySee(principal, change)) return;
         raw.write(`id: ${changes.eventId(change.event.seq)}\nevent: change\ndata: ${JSON.stringify(change.event)}\n\n`);
