@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // First-run setup shared by `npm start` and `npm test`: npm packages, the Debian packages the
-// platform drives, and the built-in `tiny` guest image. Plain Node with no dependencies, because
+// platform drives, the web console's build, and the built-in `tiny` guest image. Plain Node with no dependencies, because
 // it runs before node_modules exists. Every step checks first, so a second run takes a moment.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,6 +30,7 @@ export const debianPackages = {
   'libc6-dev': 'static C library for the guest workload tool',
   make: 'builds native npm modules',
   python3: 'node-gyp builds native npm modules',
+  chromium: 'tests: the browser that drives the web console headless (playwright-core)',
 };
 
 function log(message) {
@@ -149,6 +150,28 @@ function ensureNpmPackages() {
   execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: repoRoot, stdio: 'inherit' });
 }
 
+/** What the web console's build is made from: a change to any of them makes web/dist stale. */
+const WEB_SOURCES = ['web/src', 'web/index.html', 'web/vite.config.ts', 'web/tsconfig.json', 'docs/openapi.json', 'package-lock.json'];
+
+function newestChangeMs(path) {
+  const stat = statSync(path);
+  if (!stat.isDirectory()) return stat.mtimeMs;
+  // The generated API types are written by the build itself.
+  const entries = readdirSync(path).filter((name) => name !== 'schema.d.ts');
+  return Math.max(stat.mtimeMs, ...entries.map((name) => newestChangeMs(join(path, name))));
+}
+
+function ensureWebConsole() {
+  const built = join(repoRoot, 'web', 'dist', 'index.html');
+  if (existsSync(built) && statSync(built).mtimeMs >= Math.max(...WEB_SOURCES.map((path) => newestChangeMs(join(repoRoot, path))))) return;
+  log('Building the web console (npm run build:web)');
+  const result = spawnSync('npm', ['run', '--silent', 'build:web'], { cwd: repoRoot, stdio: 'inherit' });
+  if (result.status !== 0) {
+    log('Building the web console failed (see above)');
+    process.exit(1);
+  }
+}
+
 function ensureTinyImage() {
   // The image builder is TypeScript; it is a no-op when the cached image is current.
   const result = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'image', 'build', 'tiny', '--if-missing'], {
@@ -168,4 +191,5 @@ if (major < 20) {
 }
 ensureDebianPackages();
 ensureNpmPackages();
+ensureWebConsole();
 ensureTinyImage();

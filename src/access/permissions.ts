@@ -47,6 +47,9 @@ export const PERMISSIONS = {
   'operation.read': ['project', 'See operations and follow their events'],
   'operation.cancel': ['project', 'Cancel operations'],
   'audit.read': ['project', 'Read the audit log of the project'],
+  // Desktop pools (using one needs no permission, only access to that pool: nubis desktop pool grant).
+  'desktop.read': ['project', 'List and show desktop pools, their desktops and who holds them'],
+  'desktop.manage': ['project', 'Create and delete desktop pools and grant or revoke access to them'],
   // The platform: everything physical and every account.
   'platform.status': ['platform', "Read the platform's status"],
   'host.read': ['platform', 'List and show hosts'],
@@ -80,7 +83,17 @@ export function scopeOf(permission: Permission): PermissionScope {
 }
 
 const projectPermissions = (Object.keys(PERMISSIONS) as Permission[]).filter((p) => scopeOf(p) === 'project');
-const readPermissions: Permission[] = ['project.read', 'vm.read', 'vm.log', 'network.read', 'secgroup.read', 'volume.read', 'placement.read', 'operation.read'];
+const readPermissions: Permission[] = [
+  'project.read',
+  'vm.read',
+  'vm.log',
+  'network.read',
+  'secgroup.read',
+  'volume.read',
+  'placement.read',
+  'operation.read',
+  'desktop.read',
+];
 const usePermissions: Permission[] = [
   ...readPermissions,
   'vm.create',
@@ -120,7 +133,7 @@ export const BUILTIN_ROLES: readonly BuiltinRole[] = [
     name: 'operator',
     description: 'Every VM, network and volume action in the project (migration included), no member management',
     heldOn: 'project',
-    permissions: [...usePermissions, 'vm.migrate'],
+    permissions: [...usePermissions, 'vm.migrate', 'desktop.manage'],
   },
   { name: 'member', description: 'Create and use VMs, networks and volumes in the project', heldOn: 'project', permissions: usePermissions },
   { name: 'reader', description: 'Read everything in the project, open nothing', heldOn: 'project', permissions: readPermissions },

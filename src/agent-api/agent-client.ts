@@ -4,9 +4,10 @@
  * every parameter escaped, never written by hand. An agent that does not answer is
  * `HOST_UNAVAILABLE`; the agent's own errors keep their code (the one error contract).
  */
+import WebSocket from 'ws';
 import { NubisError } from '../core/errors.ts';
-import { requestJson } from '../core/http-json.ts';
-import { AGENT_ROUTES, type AgentClient, type AgentRouteName, type CallOptions } from './contract.ts';
+import { parseEndpoint, requestJson } from '../core/http-json.ts';
+import { AGENT_ROUTES, AGENT_STREAMS, type AgentClient, type AgentRouteName, type AgentStream, type CallOptions, VNC_PASSWORD_HEADER } from './contract.ts';
 
 /** The URL of `route` with its `:name` parameters filled in, each escaped. */
 export function agentPath(name: AgentRouteName, params: Record<string, string>, query?: Record<string, string | number>): string {
@@ -69,6 +70,14 @@ export class HttpAgentClient implements AgentClient {
   deleteVm: AgentClient['deleteVm'] = (id, options) => this.#call('deleteVm', { id }, undefined, options);
   consoleLog: AgentClient['consoleLog'] = async (id, lines) =>
     (await this.#call<{ lines: string[] }>('consoleLog', { id }, undefined, { query: { lines } })).lines;
+  openStream: AgentClient['openStream'] = (kind, id, options = {}) => {
+    const { socketPath, host, port } = parseEndpoint(this.#endpoint);
+    const path = AGENT_STREAMS[kind].url.replace(':id', encodeURIComponent(id));
+    const url = socketPath ? `ws+unix://${socketPath}:${path}` : `ws://${host}:${port}${path}`;
+    const headers: Record<string, string> = { authorization: `Bearer ${this.#token}` };
+    if (options.vncPassword) headers[VNC_PASSWORD_HEADER] = options.vncPassword;
+    return webSocketStream(new WebSocket(url, { headers }));
+  };
   attachDisk: AgentClient['attachDisk'] = (id, disk, options) => this.#call('attachDisk', { id }, disk, options);
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#call('setFirewall', { id }, firewalls);
@@ -100,4 +109,24 @@ export class HttpAgentClient implements AgentClient {
   removeNetwork: AgentClient['removeNetwork'] = (networkId, options) => this.#call('removeNetwork', { id: networkId }, undefined, options);
   probe: AgentClient['probe'] = (networkId, request, options) => this.#call('probe', { id: networkId }, request, options);
   shutdown: AgentClient['shutdown'] = (stopVms) => this.#call('shutdown', {}, { stopVms });
+}
+
+/** An agent stream over a WebSocket: frames are the bytes; an unreachable agent ends it with 1011. */
+function webSocketStream(socket: WebSocket): AgentStream {
+  let ended = false;
+  return {
+    send: (data) => socket.send(data),
+    close: () => socket.close(),
+    listen(handlers) {
+      const end = (code: number, reason: string) => {
+        if (ended) return;
+        ended = true;
+        handlers.end(code, reason);
+      };
+      socket.on('open', () => handlers.open());
+      socket.on('message', (data: Buffer) => handlers.data(data));
+      socket.on('close', (code, reason) => end(code, reason.toString()));
+      socket.on('error', (error) => end(1011, `The host agent is not reachable: ${error.message}`.slice(0, 120)));
+    },
+  };
 }

@@ -286,6 +286,36 @@ export const AGENT_ROUTES = {
 
 export type AgentRouteName = keyof typeof AGENT_ROUTES;
 
+/**
+ * The agent's WebSocket routes, beside the JSON ones: byte streams to a VM's serial console and
+ * to its VNC display. Binary frames carry the bytes both ways; the agent closes with 4000 plus
+ * the HTTP status of a refusal (4404 no such VM, 4409 console busy), with its reason.
+ */
+export const AGENT_STREAMS = {
+  console: { url: '/agent/vms/:id/console', params: VmParams },
+  vnc: { url: '/agent/vms/:id/vnc', params: VmParams },
+} as const;
+
+export type AgentStreamKind = keyof typeof AGENT_STREAMS;
+
+/** The header that carries a VNC stream's one-time password: never the URL, which logs keep. */
+export const VNC_PASSWORD_HEADER = 'x-nubis-vnc-password';
+
+/** A one-time VNC password: 8 letters and digits (VNC authentication uses at most 8 characters). */
+export const VNC_PASSWORD_FORMAT = /^[A-Za-z0-9]{8}$/;
+
+/** One open byte stream to a VM through its agent (see {@link AGENT_STREAMS}). */
+export interface AgentStream {
+  send(data: Buffer): void;
+  close(): void;
+  /**
+   * Registers what happens next, right after the stream is made (nothing is missed before):
+   * `open` once connected, `data` for each frame, `end` once with the close code and reason
+   * (1011 when the agent could not be reached).
+   */
+  listen(handlers: { open(): void; data(data: Buffer): void; end(code: number, reason: string): void }): void;
+}
+
 /** Options of one call: a deadline and the signal that cancels it. */
 export interface CallOptions {
   timeoutMs?: number;
@@ -306,6 +336,8 @@ export interface AgentClient {
   waitReady(id: string, timeoutMs: number, options?: CallOptions): Promise<VmStatus>;
   deleteVm(id: string, options?: CallOptions): Promise<void>;
   consoleLog(id: string, lines: number): Promise<string[]>;
+  /** Opens a byte stream to the VM's serial console or VNC display; `vncPassword` is the display's one-time password. */
+  openStream(kind: AgentStreamKind, id: string, options?: { vncPassword?: string }): AgentStream;
   attachDisk(id: string, disk: DiskSpec, options?: CallOptions): Promise<VmStatus>;
   detachDisk(id: string, diskId: string, options?: CallOptions): Promise<VmStatus>;
   setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;

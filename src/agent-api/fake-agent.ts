@@ -5,7 +5,7 @@
  * Never used outside tests: what it does is what a test needs, not what a host does.
  */
 import { NubisError } from '../core/errors.ts';
-import type { AgentClient, VmStatus } from './contract.ts';
+import type { AgentClient, AgentStream, VmStatus } from './contract.ts';
 
 type Method = keyof AgentClient;
 
@@ -16,6 +16,8 @@ export class FakeAgent implements AgentClient {
   readonly vms = new Map<string, VmStatus>();
   readonly #failures = new Map<Method, Error>();
   readonly #holds = new Map<Method, Promise<void>>();
+  /** The open streams' ends, by VM id: the VM's end (a stop, a delete) ends them as QEMU's sockets would. */
+  readonly #streams = new Map<string, Set<(code: number, reason: string) => void>>();
 
   constructor(hostName: string) {
     this.hostName = hostName;
@@ -90,7 +92,46 @@ export class FakeAgent implements AgentClient {
     await this.#enter('deleteVm', [id]);
     this.#vm(id);
     this.vms.delete(id);
+    this.endStreams(id);
   };
+  /**
+   * A stream that echoes every frame back, opened a tick later when the VM is here (else ended
+   * 4404 as the agent does). The call is recorded with its options (the VNC password).
+   */
+  openStream: AgentClient['openStream'] = (kind, id, options = {}) => {
+    this.calls.push({ method: 'openStream', args: [kind, id, options] });
+    let handlers: Parameters<AgentStream['listen']>[0] | undefined;
+    let open = false;
+    const ends = this.#streams.get(id) ?? new Set();
+    this.#streams.set(id, ends);
+    const end = (code: number, reason: string) => {
+      if (!ends.delete(end)) return;
+      open = false;
+      handlers?.end(code, reason);
+    };
+    ends.add(end);
+    setImmediate(() => {
+      if (!this.vms.has(id)) end(4404, `VM ${id} is not on this host`);
+      if (!ends.has(end)) return;
+      open = true;
+      handlers?.open();
+    });
+    return {
+      send: (data) => setImmediate(() => open && handlers?.data(Buffer.from(data))),
+      close: () => setImmediate(() => end(1000, '')),
+      listen: (given) => (handlers = given),
+    };
+  };
+
+  /** Ends the open streams of VM `id` (as its QEMU ending would), with `code`. */
+  endStreams(id: string, code = 1000, reason = ''): void {
+    for (const end of [...(this.#streams.get(id) ?? [])]) end(code, reason);
+  }
+
+  /** How many streams are open to VM `id`. */
+  openStreams(id: string): number {
+    return this.#streams.get(id)?.size ?? 0;
+  }
   consoleLog: AgentClient['consoleLog'] = async (id, lines) => {
     await this.#enter('consoleLog', [id, lines]);
     return [`NUBIS-READY name=${this.#vm(id).name}`];

@@ -1,5 +1,6 @@
 /**
- * Every request's way in: who is asking (the bearer token), whether the route's declared
+ * Every request's way in: who is asking (the bearer token, or the web console's session cookie
+ * when the request has no Authorization header), whether the route's declared
  * permission holds on the project or platform it acts on (access/authorize.ts decides), and the
  * audit entry it leaves. Each route declares its rule in `config.access`; a route without one
  * does not start (a new route cannot ship unchecked).
@@ -8,12 +9,14 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from
 import type { AccessControl } from '../access/access-control.ts';
 import { type AccessTarget, type Principal, projectsWith } from '../access/authorize.ts';
 import type { Permission } from '../access/permissions.ts';
+import type { ConsoleKind, ConsoleTicketGrant } from '../access/console-tickets.ts';
 import { finishAudit, type PendingAudit, runWithAudit } from '../audit/audit-context.ts';
 import { redactSecrets } from '../audit/audit-store.ts';
 import { sha256Hex } from '../access/tokens.ts';
 import { NubisError } from '../core/errors.ts';
 import type { Db } from '../state/database.ts';
 import { ResourceName } from '../wire/schemas.ts';
+import { isSameOrigin, sessionSecretOf } from './session-cookie.ts';
 
 /**
  * How a route is guarded:
@@ -27,7 +30,17 @@ import { ResourceName } from '../wire/schemas.ts';
  */
 export type AccessRule =
   | { on: 'public' | 'agent' | 'self'; audit?: boolean }
-  | { on: 'platform' | 'project' | 'list' | 'resource'; permission: Permission; audit?: boolean };
+  | { on: 'platform' | 'project' | 'list' | 'resource'; permission: Permission; audit?: boolean; ticket?: TicketRule };
+
+/**
+ * A console WebSocket that a browser opens: a console ticket of `kind` in `?ticket=` stands in
+ * for the bearer token (access/console-tickets.ts); with `required`, nothing else opens it.
+ * The ticket's project is the project the request acts in.
+ */
+export interface TicketRule {
+  kind: ConsoleKind;
+  required?: boolean;
+}
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -40,6 +53,10 @@ declare module 'fastify' {
     /** For `list` without a project: the projects the principal may see (`all` for every one). */
     visibleProjects?: 'all' | string[];
     audit?: PendingAudit;
+    /** The principal came from the session cookie, not an Authorization header. */
+    viaSessionCookie?: boolean;
+    /** What the request's console ticket was issued for (console WebSockets opened with one). */
+    consoleTicket?: ConsoleTicketGrant;
   }
 }
 
@@ -82,6 +99,16 @@ function namedProject(request: FastifyRequest): string | undefined {
   return value;
 }
 
+/**
+ * The secret the request authenticates with: its bearer token, else the session cookie. A request
+ * with an Authorization header is judged by that header alone, even when it carries a cookie too.
+ */
+function credentialOf(request: FastifyRequest): { secret: string | undefined; viaCookie: boolean } {
+  if (request.headers.authorization !== undefined) return { secret: bearerOf(request), viaCookie: false };
+  const cookie = sessionSecretOf(request);
+  return { secret: cookie, viaCookie: cookie !== undefined };
+}
+
 function isMutating(request: FastifyRequest): boolean {
   return request.method !== 'GET' && request.method !== 'HEAD';
 }
@@ -112,7 +139,7 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
     const rule = request.routeOptions.config.access;
     if (!rule || rule.on === 'public' || rule.on === 'agent') return;
     try {
-      request.principal = await access.tokens.authenticate(bearerOf(request));
+      request.principal = await principalOf(request, rule, access);
     } catch (error) {
       recordEntry(request, undefined, undefined);
       throw error;
@@ -125,7 +152,8 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
     if (!rule || !request.principal) return;
     let project: { id: string; name: string } | undefined;
     try {
-      if (rule.on === 'project' || rule.on === 'list') {
+      if (request.consoleTicket) project = ticketProject(request, request.consoleTicket);
+      else if (rule.on === 'project' || rule.on === 'list') {
         const name = namedProject(request) ?? (rule.on === 'project' ? 'default' : undefined);
         if (name) project = await resolveProject(await projectByName(name), access, request.principal, rule.permission, name);
       }
@@ -197,6 +225,44 @@ async function writeOutcome(db: Db, request: FastifyRequest, reply: FastifyReply
     ...(failure ? { code: failure.code } : {}),
     ...(result === 'denied' && failure ? { reason: failure.message } : {}),
   });
+}
+
+/**
+ * Who a request is: its console ticket's token where the route takes tickets and one is given
+ * (the ticket is spent here, before anything else), else its bearer token.
+ */
+async function principalOf(request: FastifyRequest, rule: AccessRule, access: AccessControl): Promise<Principal> {
+  const { secret, viaCookie } = credentialOf(request);
+  const ticketRule = 'ticket' in rule ? rule.ticket : undefined;
+  const ticket = ticketRule ? (request.query as Record<string, unknown> | undefined)?.ticket : undefined;
+  if (ticketRule && typeof ticket === 'string' && ticket !== '') {
+    // A credential sent along (a page's session cookie, the CLI's bearer token) must be the one the ticket was issued to.
+    const { principal, grant } = await access.redeemConsoleTicket(ticket, ticketRule.kind, secret);
+    request.consoleTicket = grant;
+    return principal;
+  }
+  if (ticketRule?.required)
+    throw new NubisError(
+      'AUTH_REQUIRED',
+      `This console opens with a console ticket in ?ticket=: POST /v1/vms/{vm}/console-ticket with {"kind":"${ticketRule.kind}"} gives one`,
+    );
+  // Set before the origin check, so that a refused change is audited as its user's.
+  request.principal = await access.tokens.authenticate(secret);
+  request.viaSessionCookie = viaCookie;
+  if (viaCookie && isMutating(request) && !isSameOrigin(request))
+    throw new NubisError(
+      'AUTH_ORIGIN_REFUSED',
+      `A change with the session cookie must come from this origin's pages (Origin ${JSON.stringify(request.headers.origin ?? '(none)').slice(0, 120)}); other clients send a bearer token`,
+    );
+  return request.principal;
+}
+
+/** A ticket's request acts in the ticket's project; a `?project=` naming another one is refused. */
+function ticketProject(request: FastifyRequest, grant: ConsoleTicketGrant): { id: string; name: string } {
+  const named = namedProject(request);
+  if (named !== undefined && named !== grant.project.name)
+    throw new NubisError('ACCESS_DENIED', `The console ticket was issued for project ${grant.project.name}, not ${named}`);
+  return grant.project;
 }
 
 /** The project a `resource` route acts in, checked: for routes whose project comes from the resource itself. */

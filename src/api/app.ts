@@ -4,6 +4,7 @@
  * What every route shares is here (validation options, hooks, error handling, the document);
  * the routes themselves are one Fastify plugin per resource in routes/.
  */
+import cookie from '@fastify/cookie';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -19,11 +20,16 @@ import type { HostMaintenance } from '../migration/host-maintenance.ts';
 import type { ClusterBalancer } from '../migration/cluster-balancer.ts';
 import type { MigrationService } from '../migration/migration-service.ts';
 import type { VmService } from '../control/vms.ts';
+import type { VmOwner } from '../control/vm-owner.ts';
 import type { PlacementService } from '../control/placement.ts';
 import type { HaManager } from '../ha/ha-manager.ts';
 import type { Autostart } from '../control/autostart.ts';
 import type { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
+import type { DesktopBroker } from '../desktop/desktop-broker.ts';
+import type { DesktopPools } from '../desktop/desktop-pools.ts';
 import type { Db } from '../state/database.ts';
+import type { ChangeFeed } from '../events/change-feed.ts';
+import type { UsageStore } from '../metrics/usage-store.ts';
 import { ErrorBody } from '../wire/schemas.ts';
 import type { AccessControl } from '../access/access-control.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
@@ -48,6 +54,11 @@ import { vmRoutes } from './routes/vms.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
 import { clusterRoutes } from './routes/cluster.ts';
+import { desktopRoutes } from './routes/desktops.ts';
+import { webSessionRoutes } from './routes/web-session.ts';
+import { installSecurityHeaders, webConsoleRoutes } from './web-console.ts';
+import { eventRoutes } from './routes/events.ts';
+import { usageRoutes } from './routes/usage.ts';
 
 export { API_VERSION } from './version.ts';
 
@@ -69,8 +80,17 @@ export interface AppServices {
   operations: OperationManager;
   access: AccessControl;
   audit: AuditLog;
+  /** The one owner every action on a VM claims it from. */
+  owner: VmOwner;
+  /** Desktop pools (VDI): their management, and the broker that hands desktops out. */
+  desktopPools: DesktopPools;
+  desktopBroker: DesktopBroker;
   /** What GET /metrics serves. */
   metrics: ControlPlaneMetrics;
+  /** The cluster-wide change feed that GET /v1/events streams. */
+  changes: ChangeFeed;
+  /** The usage graphs of VMs and hosts, fed by the agents. */
+  usage: UsageStore;
   /** Where the audit log publishes its heads, read back by verify when no head is given. */
   auditPublishFile?: string;
   dataDir: string;
@@ -88,6 +108,8 @@ export async function buildApp(
      * same build without it; nothing that serves users passes it.
      */
     accessControl?: 'enforce' | 'tokenOnly';
+    /** The built web console to serve at `/` (default web/dist, see web-console.ts). */
+    webConsoleRoot?: string;
   } = {},
 ): Promise<FastifyInstance> {
   // No coercion by the validator: bodies are checked as sent, and query strings and path
@@ -106,6 +128,9 @@ export async function buildApp(
   });
   await app.register(swagger, openApiOptions);
   await app.register(websocket);
+  // Parses the web console's session cookie (access-hook.ts reads it when there is no bearer token).
+  await app.register(cookie);
+  installSecurityHeaders(app);
   app.addSchema(ErrorBody);
 
   if (options.accessControl === 'tokenOnly') installTokenOnlyHook(app, services);
@@ -115,7 +140,8 @@ export async function buildApp(
     const { status, body } = toApiError(error as Error);
     // The audit entry of a failed request names its code (access-hook.ts reads it when the request ends).
     (reply as typeof reply & { nubisError?: { code: string; message: string } }).nubisError = body;
-    if (status >= 500) services.logger?.error({ err: error, url: request.url }, 'request failed');
+    // Without the query: it may hold a console ticket.
+    if (status >= 500) services.logger?.error({ err: error, url: request.url.split('?')[0] }, 'request failed');
     void reply.status(status).send(body);
   });
   app.setNotFoundHandler((request, reply) => {
@@ -133,15 +159,20 @@ export async function buildApp(
   await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
+  await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
   await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
-  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency });
+  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency, changes: services.changes });
+  await app.register(desktopRoutes, { pools: services.desktopPools, broker: services.desktopBroker });
   await app.register(operationRoutes, { operations, access });
+  await app.register(eventRoutes, { changes: services.changes, access });
   await app.register(authRoutes, { db, access });
+  await app.register(webSessionRoutes, { access });
   await app.register(userRoutes, { db, access });
   await app.register(auditRoutes, { db, audit, publishFile: services.auditPublishFile });
+  await app.register(webConsoleRoutes, { root: options.webConsoleRoot });
   return app;
 }

@@ -15,9 +15,15 @@ export function toApiError(error: FastifyError | NubisError | Error): {
   if (fastifyError.validation) {
     const first = fastifyError.validation[0];
     const field = `${fastifyError.validationContext ?? 'body'}${first?.instancePath ? first.instancePath.replaceAll('/', '.') : ''}`;
+    // details.field names the offending field for forms (the web console shows the message beside it).
+    const missing = first?.keyword === 'required' ? (first.params as { missingProperty?: string }).missingProperty : undefined;
+    const details = { field: missing ? `${field}.${missing}` : field };
     if (first?.keyword === 'additionalProperties') {
       const extra = (first.params as { additionalProperty?: string }).additionalProperty;
-      return { status: 400, body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)` } };
+      return {
+        status: 400,
+        body: { code: 'UNKNOWN_FIELD', message: `Unknown field ${extra} in ${field}; remove it (see /v1/openapi.json for the fields)`, details },
+      };
     }
     // A pattern alone tells a person nothing: name the value and say what the field takes.
     // (Ajv's `verbose` option adds the failing schema and value to each error.)
@@ -27,10 +33,10 @@ export function toApiError(error: FastifyError | NubisError | Error): {
       const value = verbose.data.length > 200 ? `${JSON.stringify(verbose.data.slice(0, 200))}...` : JSON.stringify(verbose.data);
       return {
         status: 400,
-        body: { code: 'VALIDATION_FAILED', message: `Invalid ${field} ${value}: give ${description.charAt(0).toLowerCase()}${description.slice(1)}` },
+        body: { code: 'VALIDATION_FAILED', message: `Invalid ${field} ${value}: give ${description.charAt(0).toLowerCase()}${description.slice(1)}`, details },
       };
     }
-    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}` } };
+    return { status: 400, body: { code: 'VALIDATION_FAILED', message: `Invalid ${field}: ${first?.message ?? fastifyError.message}`, details } };
   }
   // Fastify's own refusals of a malformed request (a body that is no JSON, too large, ...).
   if (!(error instanceof NubisError) && fastifyError.statusCode && fastifyError.statusCode < 500 && fastifyError.code?.startsWith('FST_')) {

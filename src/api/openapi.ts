@@ -3,7 +3,7 @@
  * docs/openapi.json checks in: the routes' own TypeBox schemas, plus what no route schema says.
  */
 import type { SwaggerOptions } from '@fastify/swagger';
-import { consolePath } from './routes/console.ts';
+import { consolePath } from './routes/console-openapi.ts';
 import { API_VERSION } from './version.ts';
 
 /** The options buildApp registers @fastify/swagger with, before any route. */

@@ -32,6 +32,12 @@ import { bootstrapAccess } from '../access/bootstrap.ts';
 import { OidcVerifier, type OidcConfig } from '../access/oidc.ts';
 import { AuditLog } from '../audit/audit-log.ts';
 import { ControlPlaneMetrics } from '../metrics/control-plane-metrics.ts';
+import { DesktopBroker } from '../desktop/desktop-broker.ts';
+import { DesktopMachines } from '../desktop/desktop-machines.ts';
+import { DesktopPools } from '../desktop/desktop-pools.ts';
+import { changeFeedOf } from '../events/change-feed.ts';
+import { UsageStore } from '../metrics/usage-store.ts';
+import { describeResources } from './change-views.ts';
 import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
@@ -69,8 +75,8 @@ async function secretFile(path: string, prefix: string, onCreate?: (secret: stri
   return secret;
 }
 
-/** The control plane's services over an open database: what `buildApp` serves. */
-export function createServices(options: {
+/** What the control plane's services are made with. */
+export interface ServiceOptions {
   db: Db;
   dataDir: string;
   joinToken: string;
@@ -83,9 +89,19 @@ export function createServices(options: {
   /** Where audit tree heads are published (outside the data folder). */
   auditPublishFile?: string;
   auditPublishCommand?: string;
-}): AppServices {
+  /** The desktop broker's clock (tests of the grace time pass their own). */
+  desktopClock?: () => number;
+  /** How long a console ticket lives (at most and by default 30 s; tests shorten it). */
+  consoleTicketTtlMs?: number;
+}
+
+/** The control plane's services over an open database: what `buildApp` serves. */
+export function createServices(options: ServiceOptions): AppServices {
   const { db } = options;
-  const access = new AccessControl(db, { oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined });
+  const access = new AccessControl(db, {
+    oidc: options.oidc ? new OidcVerifier(options.oidc) : undefined,
+    consoleTicketTtlMs: options.consoleTicketTtlMs,
+  });
   const audit = new AuditLog(db, {
     keyPath: dataPaths(options.dataDir).auditKey,
     publishFile: options.auditPublishFile,
@@ -114,7 +130,16 @@ export function createServices(options: {
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });
   const ha = new HaManager({ db, hosts, placement, owner, vms, networks, storage, migrations, operations, logger: options.logger });
   const autostart = new Autostart({ db, vms, operations, logger: options.logger });
-  return {
+  const desktopMachines = new DesktopMachines({ db, hosts, images, vms, storage, operations, owner });
+  const desktopBroker = new DesktopBroker(
+    { db, machines: desktopMachines, operations },
+    { logger: options.logger, ...(options.desktopClock ? { now: options.desktopClock } : {}) },
+  );
+  const desktopPools = new DesktopPools({ db, storage, images, networks, operations, users: access.users, machines: desktopMachines, broker: desktopBroker });
+  const services: AppServices = {
+    owner,
+    desktopBroker,
+    desktopPools,
     ha,
     autostart,
     db,
@@ -132,10 +157,16 @@ export function createServices(options: {
     access,
     audit,
     metrics,
+    changes: changeFeedOf(db),
+    usage: new UsageStore({ file: dataPaths(options.dataDir).usage, logger: options.logger }),
     auditPublishFile: options.auditPublishFile,
     dataDir: options.dataDir,
     logger: options.logger,
   };
+  describeResources(services.changes, services);
+  // A deleted VM's graphs go with it.
+  services.changes.subscribe(({ event }) => event.type === 'vm' && event.action === 'deleted' && services.usage.dropVm(event.id));
+  return services;
 }
 
 /** Starts the control plane and resolves once it listens. */
@@ -166,8 +197,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer } = services;
+  const { operations, images, audit, ha, balancer, desktopBroker, usage } = services;
   await audit.start();
+  await usage.load();
+  // Graphs of VMs and hosts deleted while the control plane was down go now.
+  usage.keepOnly(
+    new Set((await db.selectFrom('vms').select('id').execute()).map((row) => row.id)),
+    new Set((await db.selectFrom('hosts').select('id').execute()).map((row) => row.id)),
+  );
+  usage.start();
   await operations.failInterrupted();
   await images.prepareFolders();
   const tiny = readTinyImage(options.cacheDir);
@@ -195,6 +233,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   ha.start();
   // The background balancer's rounds (they move VMs only with `nubis cluster set --balance auto`).
   await balancer.start();
+  // Resets after the grace time and spare desktops kept booted.
+  await desktopBroker.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -204,9 +244,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     async stop() {
       await ha.stop();
       balancer.stop();
+      await desktopBroker.stop();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();
+      await usage.stop();
       await audit.stop();
       await db.destroy();
     },

@@ -51,7 +51,7 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
-const SECRET_FIELD = /pass(word)?|secret|token|totp|code|key|credential/i;
+const SECRET_FIELD = /pass(word)?|secret|token|ticket|totp|code|key|credential/i;
 
 /** A copy of a request's body or query with every secret-looking field replaced, and long strings cut. */
 export function redactSecrets(value: unknown, depth = 0): unknown {

@@ -93,6 +93,38 @@ export class ApiClient {
   }
 
   /**
+   * Follows the cluster-wide event stream (GET /v1/events?...`query`) until the process ends:
+   * `onMessage` sees each `change` and `reset`. A dropped connection is opened again after a
+   * second, resuming after the last event seen (Last-Event-ID), as a browser's EventSource does.
+   */
+  async followEvents(query: string, onMessage: (event: 'change' | 'reset', data: unknown) => void): Promise<never> {
+    let lastEventId: string | undefined;
+    for (;;) {
+      let response: Response | undefined;
+      try {
+        response = await this.#fetch(`${this.target.url}/v1/events${query}`, {
+          headers: { authorization: `Bearer ${this.target.token}`, accept: 'text/event-stream', ...(lastEventId ? { 'last-event-id': lastEventId } : {}) },
+        });
+      } catch {
+        response = undefined;
+      }
+      if (response && !response.ok) {
+        const error = JSON.parse((await response.text()) || '{}') as { code?: string; message?: string };
+        throw new NubisError(error.code ?? `HTTP_${response.status}`, error.message ?? `GET /v1/events answered ${response.status}`);
+      }
+      if (response?.body) {
+        for await (const block of sseBlocks(response.body as unknown as AsyncIterable<Uint8Array>)) {
+          lastEventId = /^id: (.*)$/m.exec(block)?.[1] ?? lastEventId;
+          const event = /^event: (.*)$/m.exec(block)?.[1];
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          if (data && (event === 'change' || event === 'reset')) onMessage(event, JSON.parse(data));
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
+  /**
    * Follows an operation's event stream until it ends; `onEvent` sees each progress event.
    * Resolves with the final operation (which may have failed: the caller decides).
    */
@@ -117,5 +149,19 @@ export class ApiClient {
       }
     }
     return this.request<Operation>('GET', `/v1/operations/${operationId}`);
+  }
+}
+
+/** The blocks (separated by an empty line) of a server-sent event stream, as they arrive. */
+async function* sseBlocks(body: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const chunk of body) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let boundary: number;
+    while ((boundary = buffer.indexOf('\n\n')) !== -1) {
+      yield buffer.slice(0, boundary);
+      buffer = buffer.slice(boundary + 2);
+    }
   }
 }

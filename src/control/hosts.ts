@@ -14,6 +14,7 @@ import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labe
 import { SUSPECT_AFTER_MS } from '../agent-api/heartbeat.ts';
 import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, type SchedulerHost } from './scheduler.ts';
 import { type HostAllocation, HostUsage, type PlacementReservation } from './host-usage.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** What `nubis host set` changes. */
 export interface HostChange {
@@ -143,6 +144,7 @@ export class HostRegistry {
     if (existing) {
       await this.#db.updateTable('hosts').set(values).where('id', '=', existing.id).execute();
       this.forgetAgent(existing.id);
+      publishChange(this.#db, 'host', 'updated', existing.id);
       this.heartbeat(existing.id);
       return { ...existing, ...values };
     }
@@ -160,6 +162,7 @@ export class HostRegistry {
       ...values,
     };
     await this.#db.insertInto('hosts').values(row).execute();
+    publishChange(this.#db, 'host', 'created', row.id);
     this.heartbeat(row.id);
     return row;
   }
@@ -196,6 +199,8 @@ export class HostRegistry {
 
   /** A host agent is alive (a heartbeat or a report), now unless `at` says when. */
   heartbeat(hostId: string, at = Date.now()): void {
+    // A host heard from again after a silence changes status (suspect or offline -> online).
+    if (at - (this.#heartbeats.get(hostId) ?? 0) > SUSPECT_AFTER_MS) publishChange(this.#db, 'host', 'updated', hostId);
     this.#heartbeats.set(hostId, at);
   }
 
@@ -340,6 +345,7 @@ export class HostRegistry {
         .where('id', '=', host.id)
         .execute(),
     );
+    publishChange(this.#db, 'host', 'updated', host.id);
     return this.get(host.id);
   }
 
@@ -351,8 +357,10 @@ export class HostRegistry {
   }
 
   async get(ref: string): Promise<HostView> {
-    const row = await this.row(ref);
-    return (await this.list()).find((host) => host.id === row.id)!;
+    // From the kept rows: every host's return after a silence describes it for the event stream.
+    const host = (await this.list()).find((view) => view.name === ref || view.id === ref);
+    if (!host) throw new NubisError('HOST_NOT_FOUND', `No host ${ref}; see nubis host list`);
+    return host;
   }
 
   /** The agent of `host`, through the typed contract (an unreachable agent is `HOST_UNAVAILABLE`). */

@@ -17,6 +17,7 @@ import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import { HOST_OFFLINE_AFTER_MS, type HostRegistry } from './hosts.ts';
 import { NetworkCarriers, type NetworkPlacement } from './network-carriers.ts';
 import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** VNIs Nubis hands out start here; lower ones are left for explicit choice. */
 const FIRST_AUTO_VNI = 1000;
@@ -132,6 +133,7 @@ export class NetworkService {
       await enforceQuota(trx, projectId, request.project ?? 'default', { networks: 1 });
       await trx.insertInto('networks').values(row).execute();
     });
+    publishChange(this.#db, 'network', 'created', row.id);
     return this.#view(row);
   }
 
@@ -244,6 +246,7 @@ export class NetworkService {
         await trx.deleteFrom('network_hosts').where('network_id', '=', row.id).execute();
         await trx.deleteFrom('networks').where('id', '=', row.id).execute();
       });
+      publishChange(this.#db, 'network', 'deleted', row.id, { name: row.name, projectId: row.project_id });
     });
   }
 
@@ -414,6 +417,7 @@ export class NetworkService {
           .execute();
         await this.#hosts.agent(host).applyNetwork(spec, { timeoutMs: 30_000, signal });
       }
+      publishChange(this.#db, 'network', 'updated', networkId);
     });
   }
 

@@ -11,6 +11,7 @@ import type { Operation, OperationEvent } from '../wire/schemas.ts';
 import type { Db } from '../state/database.ts';
 import { annotateAudit, auditedTransaction } from '../audit/audit-context.ts';
 import type { OperationsTable } from '../state/schema.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** What an operation's work gets: a way to report progress and the signal that cancels it. */
 export interface OperationContext {
@@ -127,6 +128,7 @@ export class OperationManager {
     };
     annotateAudit({ operation: row.id });
     await auditedTransaction(this.#db, (trx) => trx.insertInto('operations').values(row).execute());
+    publishChange(this.#db, 'operation', 'created', row.id);
     const controller = new AbortController();
     this.#controllers.set(row.id, controller);
     const context: OperationContext = {
@@ -252,6 +254,7 @@ export class OperationManager {
         .execute();
       return inserted.seq;
     });
+    publishChange(this.#db, 'operation', 'updated', id);
     this.#live.emit(id, { event: { seq, at, stage, message, progress: clamped, ...(data === undefined ? {} : { data }) } });
   }
 

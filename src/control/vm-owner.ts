@@ -8,7 +8,7 @@
 import { NubisError } from '../core/errors.ts';
 
 /** Everything that acts on a VM. */
-export type VmActionName = 'create' | 'start' | 'stop' | 'reboot' | 'pause' | 'resume' | 'delete' | 'attach' | 'detach' | 'migrate' | 'restart';
+export type VmActionName = 'create' | 'start' | 'stop' | 'reboot' | 'pause' | 'resume' | 'delete' | 'attach' | 'detach' | 'migrate' | 'restart' | 'reset';
 
 /** What a new action does when another is in progress or waiting on the same VM. */
 export type Meeting = 'queue' | 'refuse';
@@ -21,8 +21,8 @@ const LIFECYCLE: VmActionName[] = ['start', 'stop', 'reboot', 'pause', 'resume']
  * VM's QEMU is moving and its record changes hands at the end); lifecycle and disk actions wait
  * for each other, one at a time, in the order asked; a migration asked for while anything else
  * is in progress is refused, not queued, since what it checked may no longer hold when its turn
- * comes; an HA restart is asked for by the control plane itself, which tries again on its next
- * round rather than wait. The README shows the same table.
+ * comes; an HA restart or a desktop reset is asked for by the control plane itself, which tries
+ * again on its next round rather than wait. The README shows the same table.
  */
 export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = (() => {
   const all = (meeting: Meeting): Record<VmActionName, Meeting> => ({
@@ -37,14 +37,21 @@ export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = ((
     detach: meeting,
     migrate: meeting,
     restart: meeting,
+    reset: meeting,
   });
-  const busyWithLifecycleOrDisks = { ...all('queue'), create: 'refuse', migrate: 'refuse', restart: 'refuse' } satisfies Record<VmActionName, Meeting>;
+  const busyWithLifecycleOrDisks = { ...all('queue'), create: 'refuse', migrate: 'refuse', restart: 'refuse', reset: 'refuse' } satisfies Record<
+    VmActionName,
+    Meeting
+  >;
   const table = {} as Record<VmActionName, Record<VmActionName, Meeting>>;
   table.create = { ...all('refuse'), delete: 'queue' };
   table.delete = all('refuse');
   table.migrate = all('refuse');
   // An HA restart (the VM's host failed, it boots elsewhere) takes nothing until it ends.
   table.restart = all('refuse');
+  // A desktop reset (stop, fresh clone of its disk, start) takes nothing but a delete after it,
+  // as a create does; it is asked for by the desktop broker, which tries again rather than wait.
+  table.reset = { ...all('refuse'), delete: 'queue' };
   for (const action of [...LIFECYCLE, 'attach', 'detach'] as VmActionName[]) table[action] = busyWithLifecycleOrDisks;
   return table;
 })();

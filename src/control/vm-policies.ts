@@ -6,11 +6,12 @@ import { auditedTransaction } from '../audit/audit-context.ts';
 import { notRestartable, type VmSpec } from '../compute/vm-spec.ts';
 import { NubisError } from '../core/errors.ts';
 import type { Db } from '../state/database.ts';
-import type { Vm } from '../wire/schemas.ts';
+import type { Vm, VmBalancePolicy } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
 import type { PlacementEvent, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
 import type { VmsTable } from '../state/schema.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** What `vm set` changes. */
 export interface VmChange {
@@ -22,6 +23,7 @@ export interface VmChange {
   autostart?: boolean;
   bootOrder?: number;
   bootDelaySeconds?: number;
+  balance?: VmBalancePolicy;
 }
 
 /** Refuses HA for a VM that could not restart on another host, saying why. */
@@ -86,11 +88,13 @@ export class VmPolicies {
           ...(change.autostart !== undefined ? { autostart: change.autostart ? 1 : 0 } : {}),
           ...(change.bootOrder !== undefined ? { boot_order: change.bootOrder } : {}),
           ...(change.bootDelaySeconds !== undefined ? { boot_delay_seconds: change.bootDelaySeconds } : {}),
+          ...(change.balance !== undefined ? { balance: change.balance } : {}),
           updated_at: new Date().toISOString(),
         })
         .where('id', '=', row.id)
         .execute(),
     );
+    publishChange(this.#db, 'vm', 'updated', row.id);
     return this.#vms.viewById(row.id);
   }
 

@@ -12,6 +12,7 @@ import type { OperationManager } from './operations.ts';
 import type { VmOwner } from './vm-owner.ts';
 import type { PlacementAction, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** States whose VM is not on its host yet (a create, an HA restart): a full report without it says nothing. */
 const UNSETTLED = ['pending', 'restarting'];
@@ -120,11 +121,13 @@ export class VmReports {
         .execute();
       await this.#placement.record(trx, { vm, host, ...placement });
     });
+    publishChange(this.#db, 'vm', 'updated', vm.id);
   }
 
   /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
   async applyStatus(hostId: string, status: VmStatus): Promise<void> {
     await this.#writeStatus(this.#db, hostId, status);
+    publishChange(this.#db, 'vm', 'updated', status.id);
   }
 
   /**
@@ -143,13 +146,15 @@ export class VmReports {
       await this.#db.transaction().execute(async (trx) => {
         for (const status of changed) await this.#writeStatus(trx, hostId, status);
       });
+    // Published once committed: a reader woken by the feed sees the new state.
+    for (const status of changed) publishChange(this.#db, 'vm', 'updated', status.id);
     if (!full) return;
     await this.#reconcileInterruptedCreates(hostId, statuses);
     const reported = new Set(statuses.map((status) => status.id));
     // A VM being created, or restarted here by HA, is not yet on its host: its action settles it.
     const missing = [...recorded.values()].filter((row) => !reported.has(row.id) && !UNSETTLED.includes(row.actual_state) && row.actual_state !== 'missing');
-    for (let from = 0; from < missing.length; from += IN_LIST_MAX)
-      await this.#db
+    for (let from = 0; from < missing.length; from += IN_LIST_MAX) {
+      const marked = await this.#db
         .updateTable('vms')
         .set({ actual_state: 'missing', updated_at: new Date().toISOString() })
         .where('host_id', '=', hostId)
@@ -160,7 +165,10 @@ export class VmReports {
         )
         // Read again in the write: one that became `pending` or `restarting` meanwhile is left alone.
         .where('actual_state', 'not in', UNSETTLED)
+        .returning('id')
         .execute();
+      for (const { id } of marked) publishChange(this.#db, 'vm', 'updated', id);
+    }
   }
 
   /** The recorded state and status of the host's VMs (of `ids` only, when given). */

@@ -127,6 +127,7 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     autostart: row.autostart === 1,
     bootOrder: row.boot_order,
     bootDelaySeconds: row.boot_delay_seconds,
+    balance: row.balance,
     createdAt: row.created_at,
   };
 }

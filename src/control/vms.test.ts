@@ -122,6 +122,7 @@ describe('VM service with fake agents', () => {
           autostart: 0,
           boot_order: 0,
           boot_delay_seconds: 0,
+          balance: 'auto',
           created_at: now,
           updated_at: now,
         })

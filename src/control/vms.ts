@@ -31,6 +31,7 @@ import type { PlacementReservation } from './host-usage.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
 const READY_TIMEOUT_MS = 180_000;
@@ -314,7 +315,9 @@ export class VmService {
             kind: 'kernel',
             kernelPath: files.kernelPath,
             initrdPath: files.initrdPath,
-            cmdline: `console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
+            // The kernel writes to the screen (tty0) and the serial port; the last console named
+            // is /dev/console, so the readiness line and the shell stay on the serial port.
+            cmdline: `console=tty0 console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
           }
         : { kind: 'disk', path: files.path, format: plan.image.format as 'qcow2' | 'raw' };
     const tapNics = nics.map(({ nic, network, firewall }) => ({
@@ -376,6 +379,7 @@ export class VmService {
           autostart: request.autostart ? 1 : 0,
           boot_order: request.bootOrder ?? 0,
           boot_delay_seconds: request.bootDelaySeconds ?? 0,
+          balance: request.balance ?? 'auto',
           created_at: now,
           updated_at: now,
         })
@@ -391,6 +395,7 @@ export class VmService {
         decision,
       });
     });
+    publishChange(this.#db, 'vm', 'created', id);
   }
 
   /** The create operation's work: networks plumbed, QEMU started on the host, the guest ready. */
@@ -478,6 +483,7 @@ export class VmService {
           .set({ desired_state: action === 'start' ? 'running' : 'stopped' })
           .where('id', '=', row.id)
           .execute();
+        publishChange(this.#db, 'vm', 'updated', row.id);
       }
       await op.report(action, `${action} on host ${host.name}`, 0.2);
       const status = await this.#runAction(
@@ -556,6 +562,7 @@ export class VmService {
       .set({ spec: JSON.stringify(change(JSON.parse(row.spec) as VmSpec)) })
       .where('id', '=', id)
       .execute();
+    publishChange(this.#db, 'vm', 'updated', id);
   }
 
   /** Stops the VM if needed and removes it from its host and from the records. */
@@ -592,6 +599,7 @@ export class VmService {
       await this.#storage.forgetDisks(row.id, undefined, trx);
       await trx.deleteFrom('vms').where('id', '=', row.id).execute();
     });
+    publishChange(this.#db, 'vm', 'deleted', row.id, { projectId: row.project_id });
     await this.#secgroups.refreshProject(row.project_id);
     for (const networkId of networkIds) {
       await this.#networks.unplugHost(networkId, host);

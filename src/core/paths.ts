@@ -43,6 +43,8 @@ export function dataPaths(dataDir: string) {
     hostsDir: join(dataDir, 'hosts'),
     runDir: join(dataDir, 'run'),
     logsDir: join(dataDir, 'logs'),
+    /** The usage graphs of VMs and hosts (round-robin series), saved every few minutes. */
+    usage: join(dataDir, 'usage.json'),
   };
 }
 

@@ -23,6 +23,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import { HaRestarts } from './ha-restart.ts';
 import { Failback, type FailbackDeps } from './failback.ts';
 import type { HaRestartDeps } from './ha-restart.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 type PeerRow = Pick<HostsTable, 'id' | 'name' | 'underlay_ip' | 'fenced_at'>;
 
@@ -129,6 +130,7 @@ export class HaManager {
       .execute();
     // Its agent's next heartbeat must see the fence at once (its stale VMs are killed first).
     this.#hosts.forgetAgent(host.id);
+    publishChange(this.#db, 'host', 'updated', host.id);
     this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'fence');
   }
@@ -178,6 +180,7 @@ export class HaManager {
     }
     await this.#db.updateTable('hosts').set({ fenced_at: null, storage_fenced: 0 }).where('id', '=', host.id).execute();
     this.#hosts.forgetAgent(host.id);
+    publishChange(this.#db, 'host', 'updated', host.id);
     this.#hostsForPeers = undefined;
     await this.#resyncNetworksOf(host, 'return');
     this.#logger?.info({ host: host.name }, 'fenced host is back with nothing stale: it takes VMs again');

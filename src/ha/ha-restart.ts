@@ -21,6 +21,7 @@ import type { VmService } from '../control/vms.ts';
 import type { Db } from '../state/database.ts';
 import { clusterMetrics } from '../metrics/metrics.ts';
 import type { HostsTable, VmsTable } from '../state/schema.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** How long a restarted guest may take to print its readiness line. */
 const READY_TIMEOUT_MS = 120_000;
@@ -138,11 +139,13 @@ export class HaRestarts {
       } catch (error) {
         if (!isNubisError(error, 'VM_NOT_FOUND')) {
           await this.#deps.db.updateTable('vms').set({ actual_state: 'unknown' }).where('id', '=', vm.id).execute();
+          publishChange(this.#deps.db, 'vm', 'updated', vm.id);
           return;
         }
       }
     }
     await this.#deps.db.updateTable('vms').set({ host_id: fenced.id, actual_state: 'unknown' }).where('id', '=', vm.id).execute();
+    publishChange(this.#deps.db, 'vm', 'updated', vm.id);
   }
 
   /** Chooses the VM's new host and moves its record there (state `restarting`), with the placement recorded. */
@@ -160,6 +163,7 @@ export class HaRestarts {
         .execute();
       await placement.record(trx, { vm: { id: vm.id, name: vm.name, projectId: vm.project_id }, host, action: 'ha-restart', decision });
     });
+    publishChange(db, 'vm', 'updated', vm.id);
     return this.#deps.hosts.row(host.id);
   }
 

@@ -10,11 +10,12 @@ import websocket, { type WebSocket } from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { Static, TSchema } from '@sinclair/typebox';
-import { AGENT_ROUTES, type AgentRoute, type AgentRouteName } from '../agent-api/contract.ts';
+import { AGENT_ROUTES, AGENT_STREAMS, type AgentRoute, type AgentRouteName } from '../agent-api/contract.ts';
 import { httpStatusOf, toWireError } from '../core/error-codes.ts';
 import type { NetworkPlumbing } from './network-plumbing.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
 import type { DirPools } from './dir-pools.ts';
+import { registerVncRelay } from './vnc-relay.ts';
 
 type Routes = typeof AGENT_ROUTES;
 type ParamsOf<N extends AgentRouteName> = Static<Routes[N]['params']>;
@@ -30,6 +31,8 @@ export interface AgentAppOptions {
   /** True when `token` is what the control plane presents to this agent. */
   isControlToken: (token: string) => boolean;
   info: () => Record<string, unknown>;
+  /** Where the agent's warnings go (a VNC password that could not be expired). */
+  log?: (message: string) => void;
   /** Called by POST /agent/shutdown after the answer is sent. */
   onShutdown: (stopVms: boolean) => void;
 }
@@ -59,6 +62,7 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   registerNetworkRoutes(on, options.networks);
   registerShutdownRoute(app, options.onShutdown);
   registerConsole(app, options.supervisor);
+  registerVncRelay(app, options.supervisor, options.log);
   return app;
 }
 
@@ -215,8 +219,8 @@ function registerShutdownRoute(app: FastifyInstance, onShutdown: AgentAppOptions
 function registerConsole(app: FastifyInstance, supervisor: VmSupervisor): void {
   const attached = new Map<string, Promise<void>>();
   app.get<{ Params: { id: string } }>(
-    '/agent/vms/:id/console',
-    { websocket: true, schema: { params: AGENT_ROUTES.vmStatus.params } },
+    AGENT_STREAMS.console.url,
+    { websocket: true, schema: { params: AGENT_STREAMS.console.params } },
     async (socket, request) => {
       const { id } = request.params;
       let path: string;

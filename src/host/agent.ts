@@ -20,6 +20,7 @@ import { buildAgentApp, matchesHash } from './agent-app.ts';
 import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
+import { UsageSampler } from './usage-sampler.ts';
 import { feedWatchdog, heartbeatLoop } from './heartbeat-loop.ts';
 import { AGENT_UNDERLAY_PORT } from '../agent-api/heartbeat.ts';
 import { createServer, type Server } from 'node:http';
@@ -114,6 +115,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),
+    log: (message) => logger.warn(message),
   });
   await rm(join(options.hostDir, 'agent.sock'), { force: true });
   await app.listen({ path: join(options.hostDir, 'agent.sock') });
@@ -143,6 +145,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     logger,
     signal: abort.signal,
   });
+
+  void new UsageSampler({
+    sources: () => supervisor.usageSources(),
+    send: (report) =>
+      requestJson(options.controlUrl, { method: 'POST', path: `/v1/hosts/${options.name}/usage`, token: identity.agentToken, body: report, timeoutMs: 10_000 }),
+    logger,
+  }).run(abort.signal);
 
   return { endpoint, accelerator, supervisor, stop, ended };
 }

@@ -2,37 +2,9 @@
  * One VM on this host, and everything the agent knows about it in one object: its record (spec,
  * desired and actual state, on disk beside its control files), its QEMU process, the watch for
  * its guest's readiness line, the times of its last STOP and RESUME, and its queues. Every call
- * that changes the VM passes through it, in one of two lanes, each strictly in the order asked:
- *
- * - Lifecycle lane: create, start, stop, reboot, pause, resume, attach and detach a disk, delete,
- *   sampling the dirty rate, preparing and activating an incoming migration. While a migration is
- *   in progress here, a lifecycle action fails at once with `VM_BUSY` instead of waiting for it:
- *   a migration lasts minutes (post-copy recovery up to ten), far beyond one agent call, and the
- *   control plane's owner (`src/control/vm-owner.ts`) already refuses actions during a migration,
- *   so one that gets here is out of step, and waiting would only hide that. The steps of the
- *   migration itself are let through: `activateIncoming`, and `delete` of a destination (the
- *   control plane's rollback). A source's `delete` is refused while its stream runs: in post-copy
- *   part of the guest's memory is only here.
- *   "In progress" is, on a destination, from `prepareIncoming` until `activateIncoming` succeeds
- *   (or its QEMU ends); on a source, from `migrateOut` until QEMU's `query-migrate` says the
- *   stream ended (asked each time, in-band QMP being safe on a source, whose guest has all its
- *   pages). Disk mirrors alone do not count: stopping a VM whose disks are being mirrored loses
- *   nothing, and a control plane that died mid-mirror must not leave the VM busy for good.
- * - Migration lane: start the disk mirrors, start the stream, change its parameters, switch to
- *   post-copy, the pre-switchover step (ending the mirrors), cancel, abort the mirrors, and the
- *   post-copy recovery (pause, recover, resume). One at a time among themselves, but never behind
- *   a lifecycle action: a lifecycle action may wait on in-band QMP that a destination QEMU whose
- *   main loop waits for a missing page never answers (README "Post-copy risk"), and the recovery
- *   must still get through. On a destination only the recovery comes here, and it goes
- *   out-of-band with a 10 s timeout, so nothing in this lane waits on in-band QMP there. Nothing
- *   in this lane waits for the migration to progress: `migrateOut` returns once QEMU has started
- *   the stream, and the pre-switchover step is queued when QEMU's event says so. Starting the
- *   mirrors or the stream is refused with `VM_BUSY` while a lifecycle action runs or waits, so a
- *   migration never starts under a stop or a reboot.
- * - Not queued: `migrationStatus`, `diskMirrors`, `pauseTimes` and the status reads. They change
- *   nothing, and the control plane polls them throughout a migration; `pauseTimes` never asks
- *   QEMU at all.
- * `vm-lanes.ts` enforces these rules; the migration lane's calls are in `vm-migration-control.ts`.
+ * that changes the VM passes through it, in one of two lanes (lifecycle and migration), each
+ * strictly in the order asked. `vm-lanes.ts` says which lane each call takes and why, and
+ * enforces it; the migration lane's calls are in `vm-migration-control.ts`.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -48,6 +20,7 @@ import { GuestReadiness } from './guest-readiness.ts';
 import { VmLanes } from './vm-lanes.ts';
 import { MIGRATION_ENDED, VmMigrationControl, migrationStateOf } from './vm-migration-control.ts';
 import type { QemuDriver, VmQemu } from './vm-qemu.ts';
+import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 
@@ -151,6 +124,18 @@ export class ManagedVm {
 
   spec(): VmSpec {
     return this.#record.spec;
+  }
+
+  /**
+   * What the usage sampler reads of this VM while its QEMU runs or is paused: the process, its
+   * vCPUs, its taps and the bytes its disks moved; undefined without such a QEMU.
+   */
+  usageSource(): UsageSource | undefined {
+    const qemu = this.#qemu;
+    if (!qemu?.pid || (qemu.state !== 'running' && qemu.state !== 'paused')) return undefined;
+    const spec = this.#record.spec;
+    const taps = spec.nics.flatMap((nic) => (nic.mode === 'tap' && nic.tapName ? [nic.tapName] : []));
+    return { vm: this.id, pid: qemu.pid, cpus: spec.cpus, taps, diskBytes: () => qemu.blockStats() };
   }
 
   /** Resolves once every lifecycle action asked so far has ended. */
@@ -494,6 +479,22 @@ export class ManagedVm {
   consoleSocket(): string {
     this.#running();
     return this.#paths().consoleSocket;
+  }
+
+  /** The unix socket of the VM's VNC display (running or paused), for the agent's relay. */
+  vncSocket(): string {
+    this.#qemuOrThrow();
+    return this.#paths().vncSocket;
+  }
+
+  /** The display takes `password` for `validSeconds`; not queued (the VM's state is untouched). */
+  setVncPassword(password: string, validSeconds: number): Promise<void> {
+    return this.#qemuOrThrow().setVncPassword(password, validSeconds);
+  }
+
+  /** The display's password stops working now (a VM without QEMU has no display to close). */
+  async expireVncPassword(): Promise<void> {
+    await this.#qemu?.expireVncPassword();
   }
 
   /** Lets go of the QEMU without stopping it (agent shutdown): the VM keeps running. */

@@ -1,8 +1,36 @@
 /**
- * The two ordered lanes of one managed VM, lifecycle and migration, and the rules between them:
- * which call is refused with `VM_BUSY`, which waits, and which passes. What the rules are and why
- * is written in the header of `managed-vm.ts`; this file only enforces them, so that a unit test
- * can check them without a VM.
+ * The two ordered lanes of one managed VM (`managed-vm.ts`), lifecycle and migration, and the
+ * rules between them: which call is refused with `VM_BUSY`, which waits, and which passes. They
+ * are enforced here, apart from the VM, so that a unit test can check them without one:
+ *
+ * - Lifecycle lane: create, start, stop, reboot, pause, resume, attach and detach a disk, delete,
+ *   sampling the dirty rate, preparing and activating an incoming migration. While a migration is
+ *   in progress here, a lifecycle action fails at once with `VM_BUSY` instead of waiting for it:
+ *   a migration lasts minutes (post-copy recovery up to ten), far beyond one agent call, and the
+ *   control plane's owner (`src/control/vm-owner.ts`) already refuses actions during a migration,
+ *   so one that gets here is out of step, and waiting would only hide that. The steps of the
+ *   migration itself are let through: `activateIncoming`, and `delete` of a destination (the
+ *   control plane's rollback). A source's `delete` is refused while its stream runs: in post-copy
+ *   part of the guest's memory is only here.
+ *   "In progress" is, on a destination, from `prepareIncoming` until `activateIncoming` succeeds
+ *   (or its QEMU ends); on a source, from `migrateOut` until QEMU's `query-migrate` says the
+ *   stream ended (asked each time, in-band QMP being safe on a source, whose guest has all its
+ *   pages). Disk mirrors alone do not count: stopping a VM whose disks are being mirrored loses
+ *   nothing, and a control plane that died mid-mirror must not leave the VM busy for good.
+ * - Migration lane: start the disk mirrors, start the stream, change its parameters, switch to
+ *   post-copy, the pre-switchover step (ending the mirrors), cancel, abort the mirrors, and the
+ *   post-copy recovery (pause, recover, resume). One at a time among themselves, but never behind
+ *   a lifecycle action: a lifecycle action may wait on in-band QMP that a destination QEMU whose
+ *   main loop waits for a missing page never answers (README "Post-copy risk"), and the recovery
+ *   must still get through. On a destination only the recovery comes here, and it goes
+ *   out-of-band with a 10 s timeout, so nothing in this lane waits on in-band QMP there. Nothing
+ *   in this lane waits for the migration to progress: `migrateOut` returns once QEMU has started
+ *   the stream, and the pre-switchover step is queued when QEMU's event says so. Starting the
+ *   mirrors or the stream is refused with `VM_BUSY` while a lifecycle action runs or waits, so a
+ *   migration never starts under a stop or a reboot.
+ * - Not queued: `migrationStatus`, `diskMirrors`, `pauseTimes` and the status reads. They change
+ *   nothing, and the control plane polls them throughout a migration; `pauseTimes` never asks
+ *   QEMU at all.
  */
 import { NubisError } from '../core/errors.ts';
 import { KeyedSerialQueue } from '../core/serial-queue.ts';

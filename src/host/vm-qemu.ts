@@ -20,6 +20,7 @@ export type VmQemu = Pick<
   | 'stop'
   | 'detach'
   | 'queryRunState'
+  | 'blockStats'
   | 'attachDisk'
   | 'detachDisk'
   | 'setMigrationCapabilities'
@@ -40,6 +41,8 @@ export type VmQemu = Pick<
   | 'diskMirrors'
   | 'endDiskMirrors'
   | 'announceSelf'
+  | 'setVncPassword'
+  | 'expireVncPassword'
 >;
 
 /** Starts a VM's QEMU, or finds the one still running in its folder after an agent restart. */

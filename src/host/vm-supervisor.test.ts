@@ -94,6 +94,7 @@ class FakeQemu {
     await this.#call('sampleDirtyRate');
     return 1;
   };
+  blockStats = async () => ({ readBytes: 0, writtenBytes: 0 });
   pauseMigration = () => this.#call('pauseMigration');
   recoverIncomingMigration = () => this.#call('recoverIncomingMigration');
   resumeMigration = () => this.#call('resumeMigration');
@@ -105,6 +106,8 @@ class FakeQemu {
   startDiskMirrors = () => this.#call('startDiskMirrors');
   endDiskMirrors = () => this.#call('endDiskMirrors');
   announceSelf = () => this.#call('announceSelf');
+  setVncPassword = () => this.#call('setVncPassword');
+  expireVncPassword = () => this.#call('expireVncPassword');
 }
 
 const spec: VmSpec = {

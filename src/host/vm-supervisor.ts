@@ -14,6 +14,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { ManagedVm, type ManagedVmContext, type PauseTimes } from './managed-vm.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
+import type { UsageSource } from './usage-sampler.ts';
 
 export interface VmSupervisorOptions {
   /** Folder holding one sub-folder per VM. */
@@ -83,6 +84,11 @@ export class VmSupervisor {
       this.#vms.set(vm.id, vm);
       await vm.adopt();
     }
+  }
+
+  /** What the usage sampler reads, for every VM whose QEMU runs here. */
+  usageSources(): UsageSource[] {
+    return [...this.#vms.values()].flatMap((vm) => vm.usageSource() ?? []);
   }
 
   /** Statuses of every VM on this host. */
@@ -262,6 +268,21 @@ export class VmSupervisor {
   /** The unix socket of the VM's serial console, for an interactive attach. */
   consoleSocket(id: string): string {
     return this.#vm(id).consoleSocket();
+  }
+
+  /** The unix socket of the VM's VNC display. */
+  vncSocket(id: string): string {
+    return this.#vm(id).vncSocket();
+  }
+
+  /** The VM's display takes `password` for `validSeconds` (one client's way in). */
+  setVncPassword(id: string, password: string, validSeconds: number): Promise<void> {
+    return this.#vm(id).setVncPassword(password, validSeconds);
+  }
+
+  /** The VM's display password stops working now. */
+  expireVncPassword(id: string): Promise<void> {
+    return this.#vm(id).expireVncPassword();
   }
 
   /** Lets go of every QEMU without stopping it (agent shutdown): VMs keep running. */

@@ -87,6 +87,7 @@ export class ControlPlaneMetrics {
     this.#hostGauges();
     this.#vmGauges();
     this.#storageGauges();
+    this.#desktopGauges(sources.db);
   }
 
   /**
@@ -192,6 +193,58 @@ export class ControlPlaneMetrics {
     });
     this.#gauge('nubis_vm_memory_bytes', "A VM's configured memory", ['project', 'vm'], (s, set) => {
       for (const vm of s.vms ?? []) set({ project: vm.project, vm: vm.name }, vm.memoryMb * MIB);
+    });
+  }
+
+  /** Desktops per pool by state, and how many are held: one query at scrape time. */
+  #desktopGauges(db: SnapshotSources['db']): void {
+    const read = async () =>
+      db
+        .selectFrom('desktops')
+        .innerJoin('desktop_pools', 'desktop_pools.id', 'desktops.pool_id')
+        .innerJoin('projects', 'projects.id', 'desktop_pools.project_id')
+        .leftJoin('vms', 'vms.id', 'desktops.vm_id')
+        .select(['projects.name as project', 'desktop_pools.name as pool', 'desktops.state', 'vms.actual_state', 'desktops.assigned_user_id'])
+        .execute();
+    const scrapeErrors = this.#scrapeErrors;
+    const count = (rows: Awaited<ReturnType<typeof read>>, key: (row: (typeof rows)[number]) => string | undefined) => {
+      const counts = new Map<string, { labels: Record<string, string>; value: number }>();
+      for (const row of rows) {
+        const extra = key(row);
+        if (extra === undefined) continue;
+        const id = `${row.project}/${row.pool}/${extra}`;
+        const entry = counts.get(id) ?? { labels: { project: row.project, pool: row.pool, ...(extra ? { state: extra } : {}) }, value: 0 };
+        entry.value += 1;
+        counts.set(id, entry);
+      }
+      return [...counts.values()];
+    };
+    new Gauge({
+      name: 'nubis_desktops',
+      help: "Desktops of each desktop pool by state (provisioning, resetting, broken, or their VM's state)",
+      labelNames: ['project', 'pool', 'state'] as const,
+      registers: [this.#registry],
+      async collect() {
+        this.reset();
+        const rows = await read().catch(() => {
+          scrapeErrors.inc({ source: 'vms' });
+          return [];
+        });
+        for (const { labels, value } of count(rows, (row) => (row.state === 'available' ? (row.actual_state ?? 'unknown') : row.state)))
+          this.set(labels as Record<'project' | 'pool' | 'state', string>, value);
+      },
+    });
+    new Gauge({
+      name: 'nubis_desktops_assigned',
+      help: 'Desktops of each desktop pool held by a user',
+      labelNames: ['project', 'pool'] as const,
+      registers: [this.#registry],
+      async collect() {
+        this.reset();
+        const rows = await read().catch(() => []);
+        for (const { labels, value } of count(rows, (row) => (row.assigned_user_id ? '' : undefined)))
+          this.set(labels as Record<'project' | 'pool', string>, value);
+      },
     });
   }
 

@@ -44,8 +44,11 @@ export interface BalanceInputDeps {
   dirPools: DirPoolCatalogue;
 }
 
-/** Reads everything a plan needs, at once, so that planning itself is pure. */
-export async function loadBalanceInputs(deps: BalanceInputDeps): Promise<BalanceInputs> {
+/**
+ * Reads everything a plan needs, at once, so that planning itself is pure. `trigger` is who
+ * starts the run: a person (`manual`, also for a dry run) or the background balancer (`auto`).
+ */
+export async function loadBalanceInputs(deps: BalanceInputDeps, trigger: 'manual' | 'auto'): Promise<BalanceInputs> {
   const { db } = deps;
   const hosts = await deps.placement.schedulerHosts();
   const byId = new Map(hosts.map((host) => [host.id, host]));
@@ -74,7 +77,7 @@ export async function loadBalanceInputs(deps: BalanceInputDeps): Promise<Balance
     const source = byId.get(row.host_id);
     // Only running VMs on online hosts are candidates; the others count only for their groups.
     if (row.actual_state !== 'running' || source?.status !== 'online') vms.push(base);
-    else vms.push(await candidate(deps, row, { source, hosts, qemuOf }, base));
+    else vms.push(await candidate(deps, row, { source, hosts, qemuOf, trigger }, base));
   }
   const links = await measuredLinks(db);
   return {
@@ -101,12 +104,14 @@ export async function loadBalanceInputs(deps: BalanceInputDeps): Promise<Balance
 async function candidate(
   deps: BalanceInputDeps,
   row: VmsTable,
-  where: { source: SchedulerHost; hosts: SchedulerHost[]; qemuOf: Map<string, string | null> },
+  where: { source: SchedulerHost; hosts: SchedulerHost[]; qemuOf: Map<string, string | null>; trigger: 'manual' | 'auto' },
   base: BalanceCandidate,
 ): Promise<BalanceCandidate> {
   const { source, hosts, qemuOf } = where;
   const spec = JSON.parse(row.spec) as VmSpec;
   const request = await deps.placement.request(deps.placement.movingNeeds(row, source), hosts);
+  const forbidden = forbiddenByPolicy(row, where.trigger);
+  if (forbidden) return { ...base, request, blocked: forbidden };
   const claims = deps.owner.claimsOf(row.id);
   if (claims.length > 0) {
     const operation = claims[0].operationId ? ` (operation ${claims[0].operationId})` : '';
@@ -136,4 +141,11 @@ async function candidate(
     ...(reachableHostIds ? { reachableHostIds } : {}),
     dirtyRate: sampled === undefined ? { bytesPerSec: ASSUMED_DIRTY_RATE_BYTES_PER_SEC, source: 'assumed' } : { bytesPerSec: sampled, source: 'sampled' },
   };
+}
+
+/** Why the VM's own balancing policy keeps it where it is for a run of `trigger`, if it does. */
+function forbiddenByPolicy(row: VmsTable, trigger: 'manual' | 'auto'): string | undefined {
+  if (row.balance === 'never') return `its balancing policy is never (nubis vm set ${row.name} --balance auto allows it)`;
+  if (row.balance === 'manual' && trigger === 'auto') return 'its balancing policy is manual: only a run a person starts moves it';
+  return undefined;
 }

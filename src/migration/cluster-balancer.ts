@@ -116,7 +116,7 @@ export class ClusterBalancer {
     if (!options.dryRun && settings.balance === 'off')
       throw new NubisError('CLUSTER_BALANCE_OFF', 'Balancing is off; turn it on with nubis cluster set --balance manual (or auto), or ask for --dry-run');
     this.#refuseIfRunning();
-    const plan = await this.#plan(settings);
+    const plan = await this.#plan(settings, 'manual');
     if (options.dryRun) return { proposal: plan.proposal };
     if (plan.proposal.moves.length === 0) {
       await this.#recordRun({ at: new Date().toISOString(), trigger: 'manual', ...summary(plan.proposal), moves: [] });
@@ -146,7 +146,7 @@ export class ClusterBalancer {
     this.#roundsAbove += 1;
     if (this.#roundsAbove < ROUNDS_BEFORE_ACTING) return undefined;
     this.#roundsAbove = 0;
-    const plan = await this.#plan(settings);
+    const plan = await this.#plan(settings, 'auto');
     if (plan.proposal.moves.length > 0) return this.#start(plan, 'auto');
     await this.#recordRun({ at: new Date().toISOString(), trigger: 'auto', ...summary(plan.proposal), moves: [] });
     return undefined;
@@ -183,8 +183,8 @@ export class ClusterBalancer {
       );
   }
 
-  async #plan(settings: ClusterSettings): Promise<Plan> {
-    const inputs = await loadBalanceInputs(this.#inputs);
+  async #plan(settings: ClusterSettings, trigger: BalanceRun['trigger']): Promise<Plan> {
+    const inputs = await loadBalanceInputs(this.#inputs, trigger);
     const plan = planBalance({
       hosts: inputs.hosts,
       vms: inputs.vms,

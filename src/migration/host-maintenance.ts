@@ -9,6 +9,7 @@ import type { OperationContext, OperationManager } from '../control/operations.t
 import type { Db } from '../state/database.ts';
 import type { Operation } from '../wire/schemas.ts';
 import type { MigrationService } from './migration-service.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 export class HostMaintenance {
   readonly #db: Db;
@@ -31,6 +32,7 @@ export class HostMaintenance {
   async evacuate(hostRef: string, options: { parallel?: number } = {}): Promise<Operation> {
     const host = await this.#hosts.row(hostRef);
     await this.#db.updateTable('hosts').set({ maintenance: 1 }).where('id', '=', host.id).execute();
+    publishChange(this.#db, 'host', 'updated', host.id);
     const vms = await this.#db.selectFrom('vms').select(['id', 'name', 'actual_state']).where('host_id', '=', host.id).orderBy('name').execute();
     return this.#operations.start('host.evacuate', { type: 'host', id: host.id, name: host.name }, async (op) => {
       const running = vms.filter((vm) => vm.actual_state === 'running');
@@ -57,6 +59,7 @@ export class HostMaintenance {
   async restore(hostRef: string, options: { moveBack?: boolean; parallel?: number } = {}): Promise<Operation | undefined> {
     const host = await this.#hosts.row(hostRef);
     await this.#db.updateTable('hosts').set({ maintenance: 0 }).where('id', '=', host.id).execute();
+    publishChange(this.#db, 'host', 'updated', host.id);
     if (!options.moveBack) return undefined;
     const elsewhere = await this.#db
       .selectFrom('vms')

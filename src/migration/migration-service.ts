@@ -30,6 +30,7 @@ import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
 import type { VmService } from '../control/vms.ts';
 import type { Operation } from '../wire/schemas.ts';
 import { observeMigration } from '../metrics/metrics.ts';
+import { publishChange } from '../events/change-feed.ts';
 
 /** `auto` first asks QEMU for a stop-and-copy this short: an idle guest then loses only a few
  * milliseconds; it is widened step by step, up to the user's maximum, when passes stop shrinking. */
@@ -207,12 +208,14 @@ export class MigrationService {
         ended_at: null,
       })
       .execute();
+    publishChange(this.#db, 'migration', 'created', migrationId);
     const finish = async (status: 'completed' | 'failed' | 'cancelled'): Promise<void> => {
       await this.#db
         .updateTable('vm_migrations')
         .set({ status, figures: JSON.stringify(figures), ended_at: new Date().toISOString() })
         .where('id', '=', migrationId)
         .execute();
+      publishChange(this.#db, 'migration', 'updated', migrationId);
       observeMigration({ strategy: request.strategy, outcome: status, figures });
     };
     const operation = await this.#operations.start('vm.migrate', { type: 'vm', id: vmId, name: vm.name, projectId: vm.project_id }, (op) =>

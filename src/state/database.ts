@@ -50,7 +50,9 @@ export async function openDatabase(path: string): Promise<Db> {
   sqlite.pragma('busy_timeout = 5000');
   keepPreparedStatements(sqlite);
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
-  const { error, results } = await new Migrator({ db, provider: inlineMigrations }).migrateToLatest();
+  // Branches number their migrations ahead and merge in any order (0017 may land before 0016): a
+  // database that ran the later one still runs the earlier one when it arrives.
+  const { error, results } = await new Migrator({ db, provider: inlineMigrations, allowUnorderedMigrations: true }).migrateToLatest();
   if (error) {
     await db.destroy();
     const failed = results?.find((result) => result.status === 'Error')?.migrationName ?? 'unknown';

@@ -505,7 +505,64 @@ const migrations: Record<string, Migration> = {
       );
     },
   },
-  '0016-scale': {
+  '0016-vm-balance-policy': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .alterTable('vms')
+        .addColumn('balance', 'text', (c) => c.notNull().defaultTo('auto'))
+        .execute();
+    },
+  },
+  '0017-desktop-pools': {
+    /** Desktop pools, who may use each, and their desktops. */
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('desktop_pools')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('project_id', 'text', (c) => c.notNull().references('projects.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('image_id', 'text', (c) => c.notNull())
+        .addColumn('base_pool', 'text', (c) => c.notNull())
+        .addColumn('base_volume', 'text', (c) => c.notNull())
+        .addColumn('snapshot_volume', 'text', (c) => c.notNull())
+        .addColumn('mode', 'text', (c) => c.notNull())
+        .addColumn('size', 'integer', (c) => c.notNull())
+        .addColumn('spare', 'integer', (c) => c.notNull())
+        .addColumn('grace_seconds', 'integer', (c) => c.notNull())
+        .addColumn('cpus', 'integer', (c) => c.notNull())
+        .addColumn('memory_mb', 'integer', (c) => c.notNull())
+        .addColumn('network', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('desktop_pools_project_name', ['project_id', 'name'])
+        .execute();
+      await db.schema
+        .createTable('desktop_entitlements')
+        .addColumn('pool_id', 'text', (c) => c.notNull().references('desktop_pools.id'))
+        .addColumn('subject', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('desktop_entitlements_pk', ['pool_id', 'subject'])
+        .execute();
+      await db.schema
+        .createTable('desktops')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('pool_id', 'text', (c) => c.notNull().references('desktop_pools.id'))
+        .addColumn('slot', 'integer', (c) => c.notNull())
+        .addColumn('vm_id', 'text')
+        .addColumn('vm_name', 'text', (c) => c.notNull())
+        .addColumn('volume', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('error', 'text')
+        .addColumn('operation_id', 'text')
+        .addColumn('assigned_user_id', 'text')
+        .addColumn('assigned_at', 'text')
+        .addColumn('connected_at', 'text')
+        .addColumn('disconnected_at', 'text')
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('desktops_pool_slot', ['pool_id', 'slot'])
+        .execute();
+    },
+  },
+  '0018-scale': {
     /**
      * What a thousand hosts and a hundred thousand VMs need (bench/scale): indexes for the reads
      * that run per heartbeat, per report and per HA round (a VM's host, its state, a VM's NICs,

@@ -4,6 +4,9 @@
  */
 import type { Generated } from 'kysely';
 
+/** See VmBalancePolicy in src/wire/schemas.ts. */
+type VmBalancePolicy = 'auto' | 'manual' | 'never';
+
 export interface ProjectsTable {
   id: string;
   name: string;
@@ -249,6 +252,8 @@ export interface VmsTable {
   boot_order: number;
   /** Seconds to wait after starting this VM before the next one at autostart. */
   boot_delay_seconds: number;
+  /** Which balancing runs may move it: auto, manual (only runs a person starts) or never; `auto` unless set. */
+  balance: VmBalancePolicy;
   created_at: string;
   updated_at: string;
 }
@@ -420,8 +425,64 @@ export interface PlacementStateTable {
   version: number;
 }
 
+/** A desktop pool (VDI): desktops cloned from one snapshot of a base volume, handed out by the broker. */
+export interface DesktopPoolsTable {
+  id: string;
+  project_id: string;
+  name: string;
+  image_id: string;
+  /** The storage-node volume the pool was made from, and the read-only snapshot its desktops clone. */
+  base_pool: string;
+  base_volume: string;
+  snapshot_volume: string;
+  /** floating: any free desktop, reset when its user leaves; dedicated: the same desktop every time. */
+  mode: 'floating' | 'dedicated';
+  size: number;
+  spare: number;
+  grace_seconds: number;
+  cpus: number;
+  memory_mb: number;
+  /** The virtual network of its desktops' NIC, or null (user-mode network). */
+  network: string | null;
+  created_at: string;
+}
+
+/** Who may get a desktop of a pool: a user (by id) or an OpenID Connect group (`group:NAME`). */
+export interface DesktopEntitlementsTable {
+  pool_id: string;
+  /** A user id, or `group:NAME`. */
+  subject: string;
+  created_at: string;
+}
+
+/** One desktop of a pool: a VM with its own clone of the pool's snapshot, and who holds it. */
+export interface DesktopsTable {
+  id: string;
+  pool_id: string;
+  /** 1..size: the VM is `<pool>-<slot>`, its disk `desktop-<pool>-<slot>`. */
+  slot: number;
+  /** The VM, once its create has started (null while its clone is made). */
+  vm_id: string | null;
+  vm_name: string;
+  volume: string;
+  /** provisioning, resetting: work in progress; available: the VM exists (its state is the VM's); broken: see error. */
+  state: 'provisioning' | 'resetting' | 'available' | 'broken';
+  error: string | null;
+  /** The operation of the provisioning or reset in progress, if any. */
+  operation_id: string | null;
+  assigned_user_id: string | null;
+  assigned_at: string | null;
+  connected_at: string | null;
+  /** Since when its user has had no console open (null while one is open). */
+  disconnected_at: string | null;
+  updated_at: string;
+}
+
 export interface Database {
   placement_state: PlacementStateTable;
+  desktop_pools: DesktopPoolsTable;
+  desktop_entitlements: DesktopEntitlementsTable;
+  desktops: DesktopsTable;
   ha_groups: HaGroupsTable;
   ha_events: HaEventsTable;
   cluster_settings: ClusterSettingsTable;

@@ -233,3 +233,19 @@ export const AuditExport = Type.Object({
   entries: Type.Array(Type.Object({ seq: Count(), data: Text(65536) }), { maxItems: 10_000_000 }),
   heads: Type.Array(TreeHead, { maxItems: 10_000_000 }),
 });
+
+/** POST /v1/vms/{vm}/console-ticket: which console the ticket opens. */
+export const ConsoleTicketRequest = Type.Object(
+  { kind: Type.Union([Type.Literal('vnc'), Type.Literal('serial')], { description: 'vnc: the screen (RFB); serial: the serial console (bytes)' }) },
+  { additionalProperties: false },
+);
+
+/** A console ticket, shown once: open `path` as a WebSocket within 30 s, once. */
+export const ConsoleTicket = Type.Object({
+  ticket: Type.String({ maxLength: 100, description: 'One-time ticket: single use, valid until expiresAt, bound to you, this token and this VM' }),
+  expiresAt: Type.String({ format: 'date-time', maxLength: 40 }),
+  path: Type.String({ maxLength: 300, description: 'The WebSocket to open, ticket included (same origin as the API)' }),
+  password: Type.Optional(
+    Type.String({ minLength: 8, maxLength: 8, description: "vnc only: the display's one-time VNC password, for the RFB handshake (VNC authentication)" }),
+  ),
+});

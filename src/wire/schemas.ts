@@ -154,7 +154,16 @@ export const VolumePath = Type.String({
   examples: ['pool1/vol1'],
 });
 
-/** What a VM create and update set about high availability and start on boot. */
+/**
+ * Whether the balancer may move a VM, as vSphere DRS's per-VM automation level: `auto` (any run),
+ * `manual` (only a run a person starts, never the background balancer) or `never`.
+ */
+export const VmBalancePolicy = Type.Union([Type.Literal('auto'), Type.Literal('manual'), Type.Literal('never')], {
+  description: 'Which balancing runs may move it: auto (any, the default), manual (only one a person starts) or never',
+});
+export type VmBalancePolicy = Static<typeof VmBalancePolicy>;
+
+/** What a VM create and update set about high availability, start on boot and balancing. */
 export const VmPolicies = {
   ha: Type.Optional(Type.Boolean({ description: 'Restart it on another host when its host fails (its disks must be on shared storage)' })),
   haPriority: Type.Optional(Int32(0, 1000, { description: 'Higher restarts first when a host fails (default 0)' })),
@@ -168,6 +177,7 @@ export const VmPolicies = {
   autostart: Type.Optional(Type.Boolean({ description: "Start it when its host's agent starts after a host reboot" })),
   bootOrder: Type.Optional(Int32(0, 1000, { description: 'Lower starts first at autostart (default 0)' })),
   bootDelaySeconds: Type.Optional(Int32(0, 600, { description: 'Seconds before the next VM starts at autostart (default 0)' })),
+  balance: Type.Optional(VmBalancePolicy),
 };
 
 export const VmCreateRequest = Type.Object(
@@ -237,6 +247,7 @@ export const Vm = Type.Object(
     autostart: Type.Boolean({ description: "Started when its host's agent starts after a host reboot" }),
     bootOrder: Type.Integer({ format: 'int32', minimum: 0, maximum: 1000 }),
     bootDelaySeconds: Type.Integer({ format: 'int32', minimum: 0, maximum: 600 }),
+    balance: VmBalancePolicy,
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

@@ -43,6 +43,8 @@ const EXPECTED: Record<string, string> = {
   joinHost: '--D --D --D --D --D --D --D',
   reportHostVms: '--D --D --D --D --D --D --D',
   hostHeartbeat: '--D --D --D --D --D --D --D',
+  reportHostUsage: '--D --D --D --D --D --D --D',
+  getHostUsage: '--A --D --D --D --D --D --D',
   getHaStatus: '--A --D --D --D --D --D --D',
   listHaGroups: '--A --D --D --D --D --D --D',
   createHaGroup: '--A --D --D --D --D --D --D',
@@ -52,6 +54,7 @@ const EXPECTED: Record<string, string> = {
   listVms: 'AAA ADA ADA ADA ADA ADA DDA',
   createVm: 'AA- AD- AD- AD- DD- DD- DD-',
   getVm: 'AA- AD- AD- AD- AD- AD- DD-',
+  getVmUsage: 'AA- AD- AD- AD- AD- AD- DD-',
   deleteVm: 'AA- AD- AD- AD- DD- DD- DD-',
   updateVm: 'AA- AD- AD- AD- DD- DD- DD-',
   startVm: 'AA- AD- AD- AD- DD- DD- DD-',
@@ -71,7 +74,9 @@ const EXPECTED: Record<string, string> = {
   attachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   detachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   getVmLog: 'AA- AD- AD- AD- AD- DD- DD-',
+  createConsoleTicket: 'AA- AD- AD- AD- DD- AD- DD-',
   openVmConsole: 'AA- AD- AD- AD- DD- AD- DD-',
+  openVmVnc: 'AA- AD- AD- AD- DD- AD- DD-',
   listNetworks: 'AAA ADA ADA ADA ADA DDA DDA',
   createNetwork: 'AA- AD- AD- AD- DD- DD- DD-',
   getNetwork: 'AA- AD- AD- AD- AD- DD- DD-',
@@ -100,13 +105,26 @@ const EXPECTED: Record<string, string> = {
   snapshotVolume: 'AA- AD- AD- AD- DD- DD- DD-',
   cloneVolume: 'AA- AD- AD- AD- DD- DD- DD-',
   resizeVolume: 'AA- AD- AD- AD- DD- DD- DD-',
+  listDesktopPools: 'AAA ADA ADA ADA ADA DDA DDA',
+  createDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
+  getDesktopPool: 'AA- AD- AD- AD- AD- DD- DD-',
+  deleteDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
+  updateDesktopPoolBase: 'AA- AD- AD- DD- DD- DD- DD-',
+  grantDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
+  revokeDesktopPool: 'AA- AD- AD- DD- DD- DD- DD-',
+  connectDesktop: 'AAA AAA AAA AAA AAA AAA AAA',
+  leaveDesktop: 'AAA AAA AAA AAA AAA AAA AAA',
+  listMyDesktops: '--A --A --A --A --A --A --A',
   listOperations: 'AAA ADA ADA ADA ADA DDA DDA',
   getOperation: 'AAA ADD ADD ADD ADD DDD DDD',
   cancelOperation: 'AAA ADD ADD ADD DDD DDD DDD',
   streamOperationEvents: 'AAA ADD ADD ADD ADD DDD DDD',
+  streamEvents: '--A --A --A --A --A --A --A',
   login: '--A --A --A --A --A --A --A',
   loginOidc: '--A --A --A --A --A --A --A',
   logout: '--A --A --A --A --A --A --A',
+  createWebSession: '--A --A --A --A --A --A --A',
+  createWebSessionFromToken: '--A --A --A --A --A --A --A',
   whoami: '--A --A --A --A --A --A --A',
   enrollTotp: '--A --A --A --A --A --A --A',
   confirmTotp: '--A --A --A --A --A --A --A',
@@ -231,6 +249,7 @@ describe('authorization matrix (every route x role x project)', () => {
       'joinHost',
       'reportHostVms',
       'hostHeartbeat',
+      'reportHostUsage',
       'setUserPassword',
     ].includes(operation.operationId);
     if (operation.operationId === 'grantRole') body = { user: 'dummy', role: 'reader', ...(context === 'platform' ? {} : { project: projectName }) };
@@ -251,14 +270,32 @@ describe('authorization matrix (every route x role x project)', () => {
       };
     else if (operation.operationId === 'reportHostVms') body = { vms: [], full: false };
     else if (operation.operationId === 'hostHeartbeat') body = { vms: [] };
+    else if (operation.operationId === 'reportHostUsage')
+      body = {
+        at: new Date().toISOString(),
+        host: { cpuTotalSeconds: 1, cpuIdleSeconds: 0, cpus: 1, memoryUsedBytes: 0, memoryTotalBytes: 1 },
+        vms: [],
+      };
     else if (operation.operationId === 'setUserPassword') body = { password: 'another-password-1' };
     else if (parameters.some((p) => p.in === 'query') && harmless) query.set('matrixProbe', '1');
     else if (operation.requestBody && harmless) body = { matrixProbe: 1 };
     if (operation.requestBody && body && !takesProjectQuery && context !== 'platform' && !('project' in body) && harmless) body.project = projectName;
+    const secret = await tokenOf(role);
+    // The screen opens only with a console ticket: the role asks for one first, as a page does.
+    if (parameters.some((p) => p.in === 'query' && p.name === 'ticket' && (p as { required?: boolean }).required)) {
+      const issued = await app.inject({
+        method: 'POST',
+        url: `${url.replace(/\/vnc$/, '/console-ticket')}?project=${projectName}`,
+        headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
+        payload: '{"kind":"vnc"}',
+      });
+      if (issued.statusCode === 401 || issued.statusCode === 403) return 'D';
+      query.set('ticket', (issued.json() as { ticket: string }).ticket);
+    }
     const response = await app.inject({
       method: method.toUpperCase() as 'GET',
       url: `${url}${query.size > 0 ? `?${query}` : ''}`,
-      headers: { authorization: `Bearer ${await tokenOf(role)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      headers: { authorization: `Bearer ${secret}`, ...(body ? { 'content-type': 'application/json' } : {}) },
       ...(body ? { payload: JSON.stringify(body) } : {}),
     });
     return response.statusCode === 401 || response.statusCode === 403 ? 'D' : 'A';

@@ -14,6 +14,7 @@ import type { FastifyInstance } from 'fastify';
 import { repoRoot } from '../../src/core/paths.ts';
 import { clusterMetrics } from '../../src/metrics/metrics.ts';
 import type { BalanceProposal, BalanceRun, ClusterView } from '../../src/wire/cluster-schemas.ts';
+import type { Vm } from '../../src/wire/schemas.ts';
 import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
 
 type Body = Record<string, unknown> & { code?: string; message?: string };
@@ -271,6 +272,36 @@ describe('cluster balancing through the API', () => {
     for (const held of dry.body.held) assert.match(held.reason, /moved 0 min ago; it stays for the cooldown of 60 min/);
     const refused = await call<BalanceProposal>('POST', '/v1/cluster/balance', {});
     assert.deepEqual([refused.status, refused.body.moves.length], [200, 0], 'a real run moves nothing either');
+  });
+
+  it('never moves a VM whose balancing policy forbids it: never for any run, manual for the background balancer', async () => {
+    const names = await setUp(6);
+    const set = async (vm: string, balance: string) => call<Vm>('PATCH', `/v1/vms/${vm}`, { balance });
+    for (const vm of ['c1', 'c2', 'c3']) assert.equal((await set(vm, 'never')).body.balance, 'never');
+    for (const vm of ['c4', 'c5']) assert.equal((await set(vm, 'manual')).status, 200);
+    const bad = await set('c6', 'sometimes');
+    assert.equal(bad.status, 400);
+    assert.equal((await call<Vm>('GET', '/v1/vms/c6')).body.balance, 'auto', 'a refused change changes nothing');
+
+    // The background balancer may move only c6; a run a person starts, c4..c6.
+    assert.equal((await call('PATCH', '/v1/cluster', { balance: 'auto' })).status, 200);
+    const { balancer } = cluster.services;
+    for (let round = 0; round < 2; round++) assert.equal(await balancer.round(), undefined);
+    const operation = await balancer.round();
+    assert.ok(operation, 'the third round above the threshold acts');
+    const auto = (await cluster.services.operations.wait(operation.id)).result as BalanceRun;
+    assert.deepEqual(
+      auto.moves.map((m) => [m.vm, m.status]),
+      [['c6', 'completed']],
+    );
+    const dry = await call<BalanceProposal>('POST', '/v1/cluster/balance', { dryRun: true });
+    const reasons = Object.fromEntries(dry.body.held.map((h) => [h.vm, h.reason]));
+    for (const vm of ['c1', 'c2', 'c3']) assert.equal(reasons[vm], `its balancing policy is never (nubis vm set ${vm} --balance auto allows it)`);
+    assert.deepEqual(dry.body.moves.map((m) => m.vm).sort(), ['c4', 'c5'], "a person's run may move the manual ones");
+    const run = await balance();
+    assert.deepEqual(run.moves.map((m) => m.vm).sort(), ['c4', 'c5']);
+    const where = await hostsOf(names);
+    assert.deepEqual([where.c1, where.c2, where.c3], ['h1', 'h1', 'h1']);
   });
 
   it('acts in the background only after three rounds above the threshold, and not at all when off', async () => {

@@ -285,8 +285,8 @@ describe('API fuzzer (OpenAPI-driven, inject, no hosts, no storage node)', () =>
     const started = Date.now();
     for (const [pathTemplate, methods] of Object.entries(document.paths)) {
       for (const [method, operation] of Object.entries(methods)) {
-        // The console is a WebSocket (inject cannot upgrade); the events stream is long-lived.
-        if (operation.operationId === 'openVmConsole' || operation.operationId === 'streamOperationEvents') continue;
+        // The consoles are WebSockets (inject cannot upgrade); the event streams are long-lived.
+        if (['openVmConsole', 'openVmVnc', 'streamOperationEvents', 'streamEvents'].includes(operation.operationId)) continue;
         await ensureFixtures();
         state = await snapshot();
         const parameters = operation.parameters ?? [];

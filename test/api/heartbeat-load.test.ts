@@ -45,6 +45,8 @@ describe('heartbeats at scale', () => {
     // The heartbeats below keep the hosts alive: the fake cluster's own (and their reads) stop.
     for (const host of ['h1', 'h2', 'h3']) await cluster.silence(host, 0);
     await heartbeat('h1');
+    // The event stream's descriptions of the VMs created above and the hosts heard from again.
+    await cluster.services.changes.settled();
     queries.reset();
     const rounds = 30;
     for (let index = 0; index < rounds; index++) {

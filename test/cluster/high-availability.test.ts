@@ -5,7 +5,10 @@
  * kills it first, and a counter its guest writes to a storage-node volume never forks), when
  * only its agent dies (never two QEMUs at once), when the whole host dies, and when the control
  * plane itself dies mid-failover; a project's residency rule holds through an evacuation and a
- * balancing proposal; VMs marked autostart come back in boot order after a host reboot.
+ * balancing proposal; VMs marked autostart come back in boot order after a host reboot; a crowded
+ * host is evened out by real live migrations in a bounded number of moves, a dry run moves
+ * nothing, and a VM whose move would cost more than it brings (a 500 GiB local disk) stays, as
+ * does one whose balancing policy is `never`.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -13,6 +16,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { BalanceProposal, BalanceRun, ClusterView } from '../../src/wire/cluster-schemas.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
 import { underlayRootLinkName } from '../../src/network/underlay.ts';
 import { NubisInstance, repoRoot, runOnConsole } from '../helpers/nubis-instance.ts';
@@ -346,5 +350,47 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     assert.ok(Date.parse(second!.startedAt!) >= Date.parse(first!.readyAt!) + 3_000, 'as2 started after as1 was ready and its 3 s boot delay');
     const others = (await nubis.cliJson<Vm[]>(['vm', 'list'])).filter((vm) => vm.host === target && !vm.name.startsWith('as') && vm.name !== 'ha1');
     for (const vm of others) assert.notEqual(vm.state, 'running', `${vm.name} is not autostart and stays down`);
+  });
+
+  it('evens out a crowded host in a bounded number of live migrations, moves nothing in a dry run, and leaves a VM whose move costs more than it brings', async () => {
+    await nubis.cliJson(['cluster', 'set', '--balance', 'manual', '--threshold', '3', '--max-moves', '6', '--cooldown', '1h']);
+    const loads = (await nubis.cliJson<ClusterView>(['cluster', 'show'])).imbalance.hosts;
+    // The host with the most room takes three VMs of 2 vCPUs (of the 8 a host of 2 cores offers at 4x): it is then the most loaded by far.
+    const crowded = loads.reduce((least, host) => (host.load.load < least.load.load ? host : least)).host;
+    // A VM on a 500 GiB host-local disk: moving it means mirroring the whole disk first.
+    await nubis.cliJson(['pool', 'create', 'local', '--kind', 'dir']);
+    await nubis.cliJson(['volume', 'create', 'bigdisk', '--pool', 'local', '--size', '500G', '--host', crowded]);
+    // b2's own policy keeps it out of balancing.
+    for (const [name, extra] of [
+      ['big', ['--disk', 'local/bigdisk']],
+      ['b1', []],
+      ['b2', ['--balance', 'never']],
+    ] as const)
+      await nubis.cliJson(['vm', 'create', name, '--image', 'tiny', '--cpus', '2', '--memory', '128', '--network', 'hanet', '--host', crowded, ...extra]);
+    const placed = async () => (await nubis.cliJson<Vm[]>(['vm', 'list'])).map((vm) => `${vm.name}@${vm.host}`).sort();
+    const before = await placed();
+
+    const proposal = await nubis.cliJson<BalanceProposal>(['cluster', 'balance', '--dry-run']);
+    assert.ok(proposal.imbalanceBefore > 0.15, `the crowded host makes the cluster imbalanced: ${JSON.stringify(proposal.hosts)}`);
+    assert.ok(proposal.moves.length > 0, JSON.stringify(proposal));
+    assert.ok(!proposal.moves.some((move) => move.vm === 'big'), 'the big-disk VM is not proposed');
+    assert.match(proposal.held.find((held) => held.vm === 'big')?.reason ?? '', /predicted to (take|send) /, JSON.stringify(proposal.held));
+    assert.match(proposal.held.find((held) => held.vm === 'b2')?.reason ?? '', /its balancing policy is never/);
+    for (const move of proposal.moves) assert.ok(move.benefit > 0 && move.cost.bytes! > 0, `each move carries its benefit and cost: ${JSON.stringify(move)}`);
+    assert.deepEqual(await placed(), before, 'a dry run moves nothing');
+
+    const run = await nubis.cliJson<BalanceRun>(['cluster', 'balance']);
+    assert.ok(run.moves.length > 0 && run.moves.length <= 6, `a bounded number of moves: ${JSON.stringify(run.moves)}`);
+    for (const move of run.moves) {
+      assert.equal(move.status, 'completed', JSON.stringify(move));
+      assert.ok(move.vm !== 'big' && move.vm !== 'b2', `${move.vm} may not move`);
+      const vm = await nubis.api<Vm>('GET', `/v1/vms/${move.vm}?project=${move.project}`);
+      assert.deepEqual([vm.body.host, vm.body.state, vm.body.ready], [move.to, 'running', true], `${move.vm} runs on ${move.to}`);
+      if (move.vm === 'e1') assert.notEqual(move.to, 'host-1', "balancing keeps the project's residency rule");
+    }
+    assert.ok(run.imbalanceAfter! < run.imbalanceBefore, `${run.imbalanceBefore} -> ${run.imbalanceAfter}`);
+    assert.deepEqual([(await show('big')).host, (await show('b2')).host], [crowded, crowded], 'the big-disk VM and the one whose policy says never stay');
+    const again = await nubis.cliJson<BalanceProposal>(['cluster', 'balance', '--dry-run']);
+    assert.deepEqual(again.moves, [], `balanced: nothing more to do (${again.outcome})`);
   });
 });

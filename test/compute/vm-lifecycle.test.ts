@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import type { Operation, Vm } from '../../src/wire/schemas.ts';
+import type { UsageSeries } from '../../src/wire/event-schemas.ts';
 import { processAlive } from '../../src/core/process-alive.ts';
 import { NubisInstance, freePort, httpGet } from '../helpers/nubis-instance.ts';
 
@@ -72,6 +73,23 @@ describe('VM lifecycle through the API and the CLI', () => {
       log.lines.some((line) => line.includes('NUBIS-READY name=web1')),
       'the console log holds the readiness line',
     );
+  });
+
+  it("graphs the running VM's CPU and memory from what its host agent samples", async () => {
+    // The agent samples every 10 s and a rate needs two samples: give it about 25 s.
+    let usage: UsageSeries | undefined;
+    for (const deadline = Date.now() + 40_000; Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 5000))) {
+      usage = await nubis.cliJson<UsageSeries>(['vm', 'usage', 'web1']).catch(() => undefined);
+      if (usage?.average.cpu.some((value) => value !== null && value > 0)) break;
+    }
+    assert.ok(usage, 'the VM has a usage graph');
+    const cpu = usage.average.cpu.filter((value): value is number => value !== null);
+    assert.ok(cpu.some((value) => value > 0) && cpu.every((value) => value <= 1), `CPU above zero, at most its vCPUs: ${cpu}`);
+    const memory = usage.average.memoryBytes.filter((value): value is number => value !== null);
+    // QEMU's resident memory: the guest RAM it touched plus QEMU itself (a tiny guest touches little).
+    assert.ok(memory.length > 0 && memory.every((bytes) => bytes > 0 && bytes <= 256 * 2 ** 20 + 128 * 2 ** 20), `memory within the VM's size: ${memory}`);
+    const host = await nubis.cliJson<UsageSeries>(['host', 'usage', 'host-1']);
+    assert.ok(host.average.memoryBytes.some((bytes) => bytes !== null && bytes > 0 && bytes <= (host.memoryTotalBytes ?? 0)));
   });
 
   it('refuses bad input with a 4xx, a stable code and a sentence, and creates nothing', async () => {

@@ -49,6 +49,8 @@ export async function fakeCluster(
     oidc?: OidcConfig;
     /** Added to the database the services use (not to `db`): a QueryCounter sees their queries. */
     plugins?: KyselyPlugin[];
+    desktopClock?: () => number;
+    consoleTicketTtlMs?: number;
   } = {},
 ): Promise<FakeCluster> {
   const dir = mkdtempSync(join(tmpdir(), `nubis-fake-cluster-${process.pid}-`));
@@ -66,6 +68,8 @@ export async function fakeCluster(
     joinToken: 'nubis_join_test',
     auditPublishFile: options.auditPublishFile,
     oidc: options.oidc,
+    ...(options.desktopClock ? { desktopClock: options.desktopClock } : {}),
+    consoleTicketTtlMs: options.consoleTicketTtlMs,
     agentFactory: ({ hostName }) => {
       if (!agents.has(hostName)) agents.set(hostName, new FakeAgent(hostName));
       return agents.get(hostName)!;

@@ -125,14 +125,25 @@ export async function httpGet(url: string, timeoutMs = 5_000): Promise<string | 
  * A command typed while the guest's shell is still starting is flushed with the terminal's
  * input, so the shell is first woken with empty lines until it shows a prompt.
  */
-export async function runOnConsole(nubis: NubisInstance, vm: string, command: string, options: { project?: string; timeoutMs?: number } = {}): Promise<string> {
+export async function runOnConsole(
+  nubis: NubisInstance,
+  vm: string,
+  command: string,
+  options: { project?: string; timeoutMs?: number; viaTicket?: boolean } = {},
+): Promise<string> {
   const { default: WebSocket } = await import('ws');
   const timeoutMs = options.timeoutMs ?? 30_000;
   const deadline = Date.now() + timeoutMs;
   const query = options.project ? `?project=${options.project}` : '';
   const marker = `mark${Math.random().toString(36).slice(2, 10)}`;
   const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-  const socket = new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/${vm}/console${query}`, { headers: { authorization: `Bearer ${nubis.token}` } });
+  // With `viaTicket` the console opens as a browser's does: a serial ticket, no token on the WebSocket.
+  const ticketPath = options.viaTicket
+    ? (await nubis.api<{ path: string }>('POST', `/v1/vms/${vm}/console-ticket${query}`, { kind: 'serial' })).body.path
+    : undefined;
+  const socket = ticketPath
+    ? new WebSocket(`${nubis.url.replace('http', 'ws')}${ticketPath}`)
+    : new WebSocket(`${nubis.url.replace('http', 'ws')}/v1/vms/${vm}/console${query}`, { headers: { authorization: `Bearer ${nubis.token}` } });
   let output = '';
   let prompted = false;
   let finished = false;

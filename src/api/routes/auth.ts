@@ -18,6 +18,7 @@ import {
 } from '../../wire/access-schemas.ts';
 import { List } from '../../wire/schemas.ts';
 import { checkResource } from '../access-hook.ts';
+import { clearSessionCookie } from '../session-cookie.ts';
 import { errorResponses, listErrorResponses } from './common.ts';
 
 export type AuthRouteServices = { db: Db; access: AccessControl };
@@ -83,12 +84,13 @@ function registerSessionRoutes(app: RouteApp, { db, access }: AuthRouteServices)
       schema: {
         operationId: 'logout',
         tags: ['access'],
-        summary: 'Revoke the token of this request (end the session)',
+        summary: 'Revoke the token of this request (end the session); a web console session also has its cookie cleared',
         response: { 204: Type.Null(), ...errorResponses },
       },
     },
     async (request, reply) => {
       await access.tokens.revoke([request.principal!.tokenId]);
+      if (request.viaSessionCookie) clearSessionCookie(request, reply);
       return reply.status(204).send(null);
     },
   );

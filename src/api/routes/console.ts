@@ -1,55 +1,32 @@
 /**
- * The serial console of a VM: a WebSocket relayed to the host agent's console socket. The route
- * is hidden from @fastify/swagger, so its OpenAPI entry is written here by hand.
+ * A VM's consoles: the serial console and the screen (VNC), each a WebSocket relayed to the VM's
+ * host agent (agent-api AGENT_STREAMS). A browser cannot send an Authorization header on a
+ * WebSocket, so it first asks for a console ticket (POST .../console-ticket, with its token) and
+ * opens the WebSocket with `?ticket=`; the CLI's serial console still sends its bearer token.
+ * The access hook spends the ticket and re-checks its token (access-hook.ts), this file checks
+ * the Origin and the ticket's VM. The OpenAPI entries of the WebSockets are in console-openapi.ts.
  */
-import type { AccessControl } from '../../access/access-control.ts';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
-import WebSocket from 'ws';
+import type { WebSocket } from '@fastify/websocket';
+import type { AccessControl } from '../../access/access-control.ts';
+import type { ConsoleKind } from '../../access/console-tickets.ts';
 import { finishAudit } from '../../audit/audit-context.ts';
 import type { HostRegistry } from '../../control/hosts.ts';
-import type { Db } from '../../state/database.ts';
 import type { VmService } from '../../control/vms.ts';
-import { httpStatusOf } from '../../core/error-codes.ts';
 import { NubisError, messageOf } from '../../core/errors.ts';
-import { parseEndpoint } from '../../core/http-json.ts';
-import { ProjectQuery, ResourceName, VmRef } from '../../wire/schemas.ts';
+import type { HostsTable } from '../../state/schema.ts';
+import type { Db } from '../../state/database.ts';
+import { ConsoleTicket, ConsoleTicketRequest } from '../../wire/access-schemas.ts';
+import { Type } from '@sinclair/typebox';
+import { ErrorBody, ProjectQuery, ResourceName, VmRef } from '../../wire/schemas.ts';
+import { errorResponses } from './common.ts';
 
-/** What the console route uses: the VM's host, and the token the control plane presents to its agent. */
+/** What the console routes use: the VM's host and agent, access control, and the audit log. */
 export type ConsoleRouteServices = { db: Db; vms: VmService; hosts: HostRegistry; access: AccessControl };
 
-/** The serial console route, which is a WebSocket and so not seen by @fastify/swagger. */
-export const consolePath = {
-  '/v1/vms/{vm}/console': {
-    get: {
-      operationId: 'openVmConsole',
-      tags: ['vms'],
-      summary: 'Interactive serial console: a WebSocket upgrade; binary frames carry the bytes both ways',
-      parameters: [
-        {
-          name: 'vm',
-          in: 'path',
-          required: true,
-          schema: { type: 'string', pattern: ResourceName.pattern, maxLength: ResourceName.maxLength },
-          description: 'VM name (in the project) or id',
-        },
-        { name: 'project', in: 'query', required: false, schema: { type: 'string', pattern: ResourceName.pattern, maxLength: ResourceName.maxLength } },
-      ],
-      responses: {
-        '101': { description: 'Switching to the WebSocket protocol' },
-        '400': { description: 'Invalid VM reference or project', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
-        '401': { description: 'No or wrong bearer token', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
-        '403': {
-          description:
-            'The token lacks vm.console in the project, or a foreign origin. An open console closes with code 4401 when its token is revoked, expires or loses vm.console',
-          content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
-        },
-        '404': { description: 'No such VM', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
-        '409': { description: 'Someone else is attached', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
-      },
-    },
-  },
-};
+/** The close code that tells a page the VM now runs on another host: ask for a new ticket and reconnect. */
+export const CONSOLE_MOVED_CODE = 4000;
 
 /**
  * A browser sends its page's Origin with every WebSocket, and lets any page open one to any
@@ -68,51 +45,110 @@ async function refuseForeignOrigin(request: FastifyRequest): Promise<void> {
     throw new NubisError('AUTH_FORBIDDEN', `A console may be opened only from this API's own origin, not from ${origin.slice(0, 100)}`);
 }
 
-/** GET /v1/vms/:vm/console, a WebSocket upgrade. */
+type Target = { host: HostsTable; vmId: string };
+
+/** A console WebSocket's query: the project, and the ticket that the access hook has already spent. */
+const ConsoleQuery = Type.Object(
+  { project: Type.Optional(ResourceName), ticket: Type.Optional(Type.String({ maxLength: 100 })) },
+  { additionalProperties: false },
+);
+
+/** GET /v1/vms/:vm/console and /vnc (WebSockets) and POST /v1/vms/:vm/console-ticket. */
 export const consoleRoutes: FastifyPluginAsyncTypebox<ConsoleRouteServices> = async (app, services) => {
-  app.get(
-    '/v1/vms/:vm/console',
+  app.post(
+    '/v1/vms/:vm/console-ticket',
     {
-      websocket: true,
-      config: { access: { on: 'project', permission: 'vm.console', audit: true } },
+      config: { access: { on: 'project', permission: 'vm.console' } },
       schema: {
-        operationId: 'openVmConsole',
+        operationId: 'createConsoleTicket',
         tags: ['vms'],
-        summary: 'Interactive serial console (WebSocket; binary frames both ways)',
+        summary:
+          "A one-time ticket to open the VM's screen (vnc, with its one-time VNC password) or serial console from a browser: single use, valid 30 s, bound to you, this token and this VM",
         params: VmRef,
         querystring: ProjectQuery,
+        body: ConsoleTicketRequest,
+        response: { 201: ConsoleTicket, ...errorResponses, 403: ErrorBody, 429: ErrorBody },
       },
-      preValidation: refuseForeignOrigin,
     },
-    (socket, request) => {
-      const params = request.params as { vm: string };
-      const query = request.query as { project?: string };
-      void services.vms.consoleTarget(params.vm, query.project).then(
-        ({ host, vmId }) => {
-          // A WebSocket has no response to end with: its entry is written when the console opens.
-          if (request.audit) void finishAudit(services.db, request.audit, { result: 'ok', status: 101 });
-          const { socketPath, host: address, port } = parseEndpoint(host.endpoint);
-          const url = socketPath ? `ws+unix://${socketPath}:/agent/vms/${vmId}/console` : `ws://${address}:${port}/agent/vms/${vmId}/console`;
-          const upstream = new WebSocket(url, { headers: { authorization: `Bearer ${services.hosts.controlTokenFor(host)}` } });
-          const pending: Buffer[] = [];
-          socket.on('message', (data: Buffer) => (upstream.readyState === WebSocket.OPEN ? upstream.send(data) : pending.push(data)));
-          upstream.on('open', () => {
-            for (const data of pending.splice(0)) upstream.send(data);
-          });
-          upstream.on('message', (data: Buffer) => socket.send(data));
-          upstream.on('close', (code, reason) => socket.close(code >= 4000 ? code : 1000, reason.toString()));
-          upstream.on('error', () => socket.close(1011, 'The host agent console is not reachable'));
-          // Open as long as its token holds vm.console there: a revoked token, an ended session or a revoked role closes it (4401).
-          const unwatch = services.access.watch(request.principal!, 'vm.console', { project: request.accessProject! }, (reason) =>
-            socket.close(4401, reason.slice(0, 120)),
-          );
-          socket.on('close', () => {
-            unwatch();
-            upstream.close();
-          });
-        },
-        (error) => socket.close(4000 + (httpStatusOf((error as NubisError).code ?? '') % 1000), messageOf(error).slice(0, 120)),
-      );
+    async (request, reply) => {
+      const project = request.accessProject!;
+      const { vmId } = await services.vms.consoleTarget(request.params.vm, project.name);
+      const { kind } = request.body;
+      const issued = services.access.consoleTickets.issue(request.principal!, { kind, vmId, project });
+      return reply.status(201).send({
+        ticket: issued.ticket,
+        expiresAt: issued.expiresAt,
+        path: `/v1/vms/${vmId}/${kind === 'vnc' ? 'vnc' : 'console'}?ticket=${encodeURIComponent(issued.ticket)}`,
+        ...(issued.vncPassword ? { password: issued.vncPassword } : {}),
+      });
     },
   );
+
+  // The VM is found (and a ticket's VM checked) before the upgrade, so a refusal is an HTTP answer.
+  const targets = new WeakMap<FastifyRequest, Target>();
+  const findTarget = async (request: FastifyRequest): Promise<void> => {
+    const target = await services.vms.consoleTarget((request.params as { vm: string }).vm, request.accessProject!.name);
+    if (request.consoleTicket && request.consoleTicket.vmId !== target.vmId)
+      throw new NubisError('ACCESS_DENIED', `The console ticket was issued for another VM than ${(request.params as { vm: string }).vm}`);
+    targets.set(request, target);
+  };
+  const consoleRoute = (url: string, operationId: string, kind: ConsoleKind, summary: string) =>
+    app.get(
+      url,
+      {
+        websocket: true,
+        config: { access: { on: 'project', permission: 'vm.console', audit: true, ticket: { kind, required: kind === 'vnc' } } },
+        schema: { operationId, tags: ['vms'], summary, params: VmRef, querystring: ConsoleQuery },
+        preValidation: refuseForeignOrigin,
+        preHandler: findTarget,
+      },
+      (socket, request) => relay(socket, request, services, targets.get(request)!, kind),
+    );
+  consoleRoute('/v1/vms/:vm/console', 'openVmConsole', 'serial', 'Interactive serial console (WebSocket; binary frames both ways)');
+  consoleRoute('/v1/vms/:vm/vnc', 'openVmVnc', 'vnc', 'The screen of the VM (WebSocket carrying RFB)');
 };
+
+/** Joins the browser's (or CLI's) WebSocket to the agent's stream of the VM until either ends. */
+function relay(socket: WebSocket, request: FastifyRequest, services: ConsoleRouteServices, target: Target, kind: ConsoleKind): void {
+  // A WebSocket has no response to end with: its entry is written when the console opens.
+  if (request.audit) void finishAudit(services.db, request.audit, { result: 'ok', status: 101 });
+  const project = request.accessProject!;
+  const upstream = services.hosts
+    .agent(target.host)
+    .openStream(kind === 'vnc' ? 'vnc' : 'console', target.vmId, { vncPassword: request.consoleTicket?.vncPassword });
+  const pending: Buffer[] = [];
+  let open = false;
+  socket.on('message', (data: Buffer) => (open ? upstream.send(data) : pending.push(data)));
+  upstream.listen({
+    open() {
+      open = true;
+      for (const data of pending.splice(0)) upstream.send(data);
+    },
+    data: (data) => socket.send(data),
+    end(code, reason) {
+      void closingOf(services, target, project.name, code, reason).then(([closeCode, closeReason]) => socket.close(closeCode, closeReason));
+    },
+  });
+  // Open as long as its token holds vm.console there: a revoked token, an ended session or a revoked role closes it (4401).
+  const unwatch = services.access.watch(request.principal!, 'vm.console', { project }, (reason) => socket.close(4401, reason.slice(0, 120)));
+  socket.on('close', () => {
+    unwatch();
+    upstream.close();
+  });
+}
+
+/**
+ * How the browser's WebSocket closes after the agent's stream ended: the agent's own refusals
+ * (4xxx) as they are; a stream that ended because the VM now runs on another host (the source
+ * of a live migration lets its QEMU go) as 4000 "moved", so the page reconnects with a new ticket.
+ */
+async function closingOf(services: ConsoleRouteServices, target: Target, project: string, code: number, reason: string): Promise<[number, string]> {
+  if (code >= 4000) return [code, reason.slice(0, 120)];
+  try {
+    const now = await services.vms.consoleTarget(target.vmId, project);
+    if (now.host.id !== target.host.id) return [CONSOLE_MOVED_CODE, 'moved'];
+  } catch (error) {
+    return [1000, `The VM is gone: ${messageOf(error)}`.slice(0, 120)];
+  }
+  return code === 1011 ? [1011, reason.slice(0, 120)] : [1000, ''];
+}

@@ -12,6 +12,8 @@ import { parseStoredLabels } from '../../control/labels.ts';
 import { poolLabels, type Residency } from '../../control/residency.ts';
 import { NubisError } from '../../core/errors.ts';
 import type { Db } from '../../state/database.ts';
+import type { ChangeFeed } from '../../events/change-feed.ts';
+import { publishStorageChanges } from './pool-changes.ts';
 import { parseSize } from '../../storage/size.ts';
 import {
   Accepted,
@@ -30,7 +32,7 @@ import {
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
 /** What the pool routes use: the storage catalogue, the database for who uses a volume, operations for jobs. */
-export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager; residency: Residency };
+export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager; residency: Residency; changes: ChangeFeed };
 
 const PoolRef = Type.Object({ pool: ResourceName });
 const VolumeRef = Type.Object({ pool: ResourceName, volume: ResourceName });
@@ -70,6 +72,10 @@ function poolLookups(services: PoolRouteServices): PoolLookups {
 /** The pool routes, in the order the OpenAPI document lists them. */
 export const poolRoutes: FastifyPluginAsyncTypebox<PoolRouteServices> = async (app, services) => {
   const lookups = poolLookups(services);
+  publishStorageChanges(app, services, {
+    poolView: (pool) => poolView(services, lookups, pool),
+    volumeView: (pool, volume) => volumeShown(services, lookups, pool, volume),
+  });
   registerPoolRoutes(app, services, lookups);
   registerPoolJobRoutes(app, services, lookups);
   registerVolumeRoutes(app, services, lookups);
@@ -82,8 +88,23 @@ async function withLabels(db: Db, pool: PoolBody): Promise<PoolBody> {
   return { ...pool, kind: 'san', labels: await poolLabels(db, pool.name) };
 }
 
+/** A pool as GET /v1/pools/:pool shows it. */
+async function poolView(services: PoolRouteServices, { dirPools, isDir }: PoolLookups, pool: string): Promise<PoolBody> {
+  return (await isDir(pool))
+    ? ((await dirPools.show(pool)) as PoolBody)
+    : withLabels(services.db, await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(pool) }));
+}
+
+/** A volume as GET /v1/pools/:pool/volumes/:volume shows it. */
+async function volumeShown(services: PoolRouteServices, { dirPools, isDir, volumeView }: PoolLookups, pool: string, volume: string): Promise<VolumeBody> {
+  return (await isDir(pool))
+    ? ((await dirPools.showVolume(pool, volume)) as VolumeBody)
+    : volumeView(pool, await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(pool)}/volumes/${volume}` }));
+}
+
 /** Listing, creating, showing and deleting pools. */
-function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPools, isDir }: PoolLookups): void {
+function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, lookups: PoolLookups): void {
+  const { dirPools, isDir } = lookups;
   app.get(
     '/v1/pools',
     {
@@ -137,10 +158,7 @@ function registerPoolRoutes(app: RouteApp, services: PoolRouteServices, { dirPoo
         response: { 200: Pool, ...errorResponses },
       },
     },
-    async (request) =>
-      (await isDir(request.params.pool))
-        ? ((await dirPools.show(request.params.pool)) as PoolBody)
-        : withLabels(services.db, await services.storage.call<PoolBody>({ method: 'GET', path: poolPath(request.params.pool) })),
+    async (request) => poolView(services, lookups, request.params.pool),
   );
   app.delete(
     '/v1/pools/:pool',

@@ -6,6 +6,7 @@ import { client, globals, parseInteger, runOperation } from '../common.ts';
 import { printJson, printTable } from '../output.ts';
 import { NubisError } from '../../core/errors.ts';
 import { collectLabel, formatLabels } from './placement.ts';
+import { addUsageCommand } from './usage.ts';
 
 /** The result of an evacuate or restore operation: what became of each VM it moved. */
 interface MoveResults {
@@ -15,6 +16,7 @@ interface MoveResults {
 /** Registers `host` and its subcommands on the program. */
 export function registerHostCommands(program: Command): void {
   const host = program.command('host').description('Hosts of the cluster');
+  addUsageCommand(host, 'host');
   host
     .command('list')
     .description('List hosts with their accelerator, capacity and allocation')

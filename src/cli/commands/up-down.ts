@@ -84,6 +84,7 @@ async function runUp(options: UpOptions, command: Command): Promise<void> {
   else {
     console.log(`Nubis ${result.alreadyRunning ? 'was already running' : 'is running'}.`);
     console.log(`  API:          ${result.url}  (OpenAPI: ${result.url}/v1/openapi.json)`);
+    console.log(`  Web console:  ${result.url}/  (sign in with a user's password, or with the admin token)`);
     console.log(`  Admin token:  ${result.adminTokenFile}`);
     if (result.caPath) console.log(`  CA:           ${result.caPath}  (other machines: nubis --ca FILE, or NUBIS_CA)`);
     console.log(`  Hosts:        ${result.hosts.join(', ')}`);

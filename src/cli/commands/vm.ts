@@ -3,15 +3,18 @@ import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
 import { NubisError } from '../../core/errors.ts';
-import type { Accepted, PublishedPort, Vm } from '../../wire/schemas.ts';
+import type { Accepted, PublishedPort, Vm, VmBalancePolicy } from '../../wire/schemas.ts';
 import { client, collect, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatDuration, printJson, printTable } from '../output.ts';
 import { readCaFile } from '../api-fetch.ts';
 import type { PlacementDecision, PlacementHistory } from '../../wire/placement-schemas.ts';
 import { printDecision } from './placement.ts';
+import { addUsageCommand } from './usage.ts';
+import { startVncProxy } from '../vnc-proxy.ts';
 
-/** The HA and start-on-boot options of vm create and vm set. */
+/** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions {
+  balance?: VmBalancePolicy;
   ha?: boolean;
   haPriority?: number;
   haGroup?: string;
@@ -79,6 +82,7 @@ export function registerVmCommands(program: Command): void {
   addDeleteAttachDetachSet(vm);
   addMigrate(vm);
   addLogAndConsole(vm);
+  addUsageCommand(vm, 'vm');
 }
 
 function addCreate(vm: Command): void {
@@ -101,6 +105,7 @@ function addCreate(vm: Command): void {
     .option('--autostart', 'start it when its host comes back after a reboot')
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
+    .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
     .action(createVm);
@@ -137,7 +142,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
   else printVm(final.result as Vm);
 }
 
-/** The HA and autostart fields of a create or set, from their options. */
+/** The HA, autostart and balancing fields of a create or set, from their options. */
 function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
   return {
     ...(options.ha !== undefined ? { ha: options.ha } : {}),
@@ -146,7 +151,14 @@ function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
     ...(options.autostart !== undefined ? { autostart: options.autostart } : {}),
     ...(options.bootOrder !== undefined ? { bootOrder: options.bootOrder } : {}),
     ...(options.bootDelay !== undefined ? { bootDelaySeconds: options.bootDelay } : {}),
+    ...(options.balance !== undefined ? { balance: options.balance } : {}),
   };
+}
+
+function balancePolicy(value: string): VmBalancePolicy {
+  if (value !== 'auto' && value !== 'manual' && value !== 'never')
+    throw new NubisError('VALIDATION_FAILED', `--balance takes auto, manual or never, not ${value}`);
+  return value;
 }
 
 /** `on` or `off` as a boolean. */
@@ -248,6 +260,10 @@ function printVm(vm: Vm): void {
     ['Guest IPs', vm.guestIps.join(', ') || undefined],
     ['Published ports', vm.publish.map((p) => `${p.hostAddress}:${p.hostPort} -> ${p.guestPort}/${p.protocol}`).join(', ') || undefined],
     ['Last error', vm.lastError],
+    ['High availability', vm.ha ? `on, priority ${vm.haPriority}${vm.haGroup ? `, group ${vm.haGroup}` : ''}` : 'off'],
+    ['Autostart', vm.autostart ? `on, order ${vm.bootOrder}, then ${vm.bootDelaySeconds} s` : 'off'],
+    ['Balancing', vm.balance],
+    ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
   if (vm.crashLogTail?.length) {
@@ -321,6 +337,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--autostart <on|off>', 'start it when its host comes back after a reboot', onOff('--autostart'))
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
+    .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy)
     .action(async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
@@ -424,6 +441,42 @@ function addLogAndConsole(vm: Command): void {
       else for (const line of log.lines) console.log(line);
     });
   vm.command('console <vm>').description('Attach to the serial console of a VM (detach with Ctrl-])').action(attachConsole);
+  vm.command('vnc <vm>')
+    .description("Show the VM's screen in a native VNC viewer: a local port, and a password for the viewer (Ctrl-C ends)")
+    .option('--listen <host:port>', 'where the viewer connects (port 0: any free port)', '127.0.0.1:5900')
+    .action(openVnc);
+}
+
+const LISTEN_FORMAT = /^(localhost|(\d{1,3}\.){3}\d{1,3}):(\d{1,5})$/;
+
+/** Relays a local port to the VM's screen (cli/vnc-proxy.ts) until interrupted. */
+async function openVnc(name: string, options: { listen: string }, command: Command): Promise<void> {
+  const listen = LISTEN_FORMAT.exec(options.listen);
+  if (!listen || Number(listen[3]) > 65535)
+    throw new NubisError('VALIDATION_FAILED', `Invalid --listen ${JSON.stringify(options.listen).slice(0, 60)}: give host:port, e.g. 127.0.0.1:5900`);
+  const api = client(command);
+  const proxy = await startVncProxy({
+    listen: { host: listen[1], port: Number(listen[3]) },
+    ticket: async () => {
+      const issued = await api.request<{ path: string; password: string }>(
+        'POST',
+        `/v1/vms/${encodeURIComponent(name)}/console-ticket${projectQuery(command)}`,
+        { kind: 'vnc' },
+      );
+      return { path: issued.path, password: issued.password };
+    },
+    webSocket: (path) => new WebSocket(`${api.target.url.replace(/^http/, 'ws')}${path}`, api.target.ca ? { ca: readCaFile(api.target.ca) } : {}),
+    log: (message) => console.error(message),
+  });
+  if (globals(command).json) printJson({ address: proxy.address, password: proxy.password });
+  else
+    console.log(
+      `The screen of ${name} is at ${proxy.address} (VNC password ${proxy.password}); connect a viewer, e.g. vncviewer ${proxy.address.replace(/:(\d+)$/, '::$1')}. Ctrl-C ends`,
+    );
+  await new Promise<void>((resolve) => {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, resolve);
+  });
+  proxy.close();
 }
 
 /** Joins the VM's serial console over the API's WebSocket, stdin to the guest and the guest to stdout. */
@@ -453,6 +506,18 @@ async function attachConsole(name: string, _options: unknown, command: Command):
       process.stdin.pause();
       if (code >= 4000) reject(new NubisError('VM_CONSOLE_FAILED', reason.toString() || `Console closed (${code})`));
       else resolve();
+    });
+    // A refused attach is an HTTP answer before the upgrade: its code and message say why.
+    socket.on('unexpected-response', (_request, response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      response.on('end', () => {
+        let refusal: { code?: string; message?: string } = {};
+        try {
+          refusal = JSON.parse(text) as { code?: string; message?: string };
+        } catch {}
+        reject(new NubisError(refusal.code ?? 'VM_CONSOLE_FAILED', refusal.message ?? `Cannot attach to the console (HTTP ${response.statusCode})`));
+      });
     });
     socket.on('error', (error) => reject(new NubisError('VM_CONSOLE_FAILED', `Cannot attach to the console: ${error.message}`)));
   });

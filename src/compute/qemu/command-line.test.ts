@@ -43,7 +43,7 @@ describe('buildQemuArgs', () => {
     assert.match(valuesOf(args, '-sandbox')[0], /^on,.*spawn=deny/);
     assert.deepEqual(valuesOf(args, '-qmp'), ['unix:/run/vm/qmp.sock,server=on,wait=off']);
     assert.match(valuesOf(args, '-chardev')[0], /path=\/run\/vm\/console\.sock,.*logfile=\/run\/vm\/serial\.log/);
-    assert.deepEqual(valuesOf(args, '-vnc'), ['unix:/run/vm/vnc.sock']);
+    assert.deepEqual(valuesOf(args, '-vnc'), ['unix:/run/vm/vnc.sock,password=on']);
     assert.deepEqual(valuesOf(args, '-pidfile'), ['/run/vm/qemu.pid']);
   });
 

@@ -88,8 +88,11 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     `socket,id=serial0,path=${escapeOptionValue(paths.consoleSocket)},server=on,wait=off,logfile=${escapeOptionValue(paths.serialLog)},logappend=on`,
     '-serial',
     'chardev:serial0',
+    // The screen is a VNC server on a unix socket that only the agent reaches, and even that
+    // socket is useless alone: VNC authentication with a password the agent sets for one
+    // connection (a console ticket's) and expires right after (host/vnc-relay.ts).
     '-vnc',
-    `unix:${escapeOptionValue(paths.vncSocket)}`,
+    `unix:${escapeOptionValue(paths.vncSocket)},password=on`,
     '-device',
     'VGA',
     // q35's root bus takes no hot-plugged devices: a few PCIe root ports give disks attached

@@ -390,6 +390,21 @@ export class QemuProcess {
   }
 
   /** Asks QEMU for its run state (`query-status`), for when an event may have been missed. */
+  /**
+   * Bytes read and written by the guest's disks since this QEMU started, summed over its block
+   * devices (QMP `query-blockstats`: `stats.rd_bytes`, `stats.wr_bytes`).
+   */
+  async blockStats(): Promise<{ readBytes: number; writtenBytes: number }> {
+    const devices = await this.qmp.execute<Array<{ stats?: { rd_bytes?: number; wr_bytes?: number } }>>('query-blockstats');
+    let readBytes = 0;
+    let writtenBytes = 0;
+    for (const device of devices) {
+      readBytes += device.stats?.rd_bytes ?? 0;
+      writtenBytes += device.stats?.wr_bytes ?? 0;
+    }
+    return { readBytes, writtenBytes };
+  }
+
   async queryRunState(): Promise<QemuRunState> {
     return runStateFromQmp((await this.qmp.execute<{ status: string }>('query-status')).status);
   }
@@ -402,6 +417,21 @@ export class QemuProcess {
   /** Source: abandons the migration before switch-over; the VM keeps running here. */
   async cancelMigration(): Promise<void> {
     await this.qmp.execute('migrate_cancel');
+  }
+
+  /**
+   * Sets the VNC password and when it stops being accepted (QAPI ui.json `set_password`, then
+   * `expire_password` with `+N` seconds). VNC authentication uses at most 8 characters of it.
+   * The expiry counts only when a client authenticates: connections already in are kept.
+   */
+  async setVncPassword(password: string, validSeconds: number): Promise<void> {
+    await this.qmp.execute('set_password', { protocol: 'vnc', password }, { timeoutMs: 5_000 });
+    await this.qmp.execute('expire_password', { protocol: 'vnc', time: `+${Math.max(1, Math.round(validSeconds))}` }, { timeoutMs: 5_000 });
+  }
+
+  /** Expires the VNC password at once (`expire_password` `now`): no further client gets in with it. */
+  async expireVncPassword(): Promise<void> {
+    await this.qmp.execute('expire_password', { protocol: 'vnc', time: 'now' }, { timeoutMs: 5_000 });
   }
 
   /** Destination: tells the network where the VM now is (RARP from each NIC, repeated). */

@@ -298,7 +298,9 @@ export class QmpClient {
 
   #send(message: Record<string, unknown>): void {
     const line = JSON.stringify(message);
-    this.#options.traffic?.('>', line);
+    const args = message.arguments as Record<string, unknown> | undefined;
+    // A password (set_password's one-time VNC password) is a secret: the traffic log shows its place, not its value.
+    this.#options.traffic?.('>', args && 'password' in args ? JSON.stringify({ ...message, arguments: { ...args, password: '[redacted]' } }) : line);
     this.#socket.write(`${line}\n`);
   }
 

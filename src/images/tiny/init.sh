@@ -5,7 +5,7 @@
 # says the same at more length. Change both together, never one.
 #
 # Kernel command line (set by Nubis with QEMU -kernel/-initrd/-append):
-#   console=ttyS0 nubis.name=<vm name> nubis.net=<nic0>[;<nic1>...] [nubis.dirty=<rate_mb>:<wss_mb>]
+#   console=tty0 console=ttyS0 nubis.name=<vm name> nubis.net=<nic0>[;<nic1>...] [nubis.dirty=<rate_mb>:<wss_mb>]
 #   A NIC spec is "dhcp" or "<ip>/<prefix>[,<gateway>]", applied to eth0, eth1, ... in order.
 #   No nubis.net: eth0 (if present) runs DHCP in the background without delaying readiness.
 #   nubis.dirty starts the memory-dirtying workload at boot (as "nubis-tool dirty R W").
@@ -22,7 +22,8 @@
 #   Bad parameters answer 400 {"ok":false,"error":"..."}.
 # Shell: nubis-tool dirty R W | disk-write DEV N S | disk-verify DEV N S (exit 0 only if intact).
 # ACPI power button (QEMU system_powerdown) powers off cleanly; "reboot" reboots.
-# After readiness a root shell respawns on the console (ttyS0).
+# After readiness a root shell respawns on the console (ttyS0, the last console= named) and
+# another on the screen (tty1, shown by the VGA display).
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root

@@ -1,0 +1,51 @@
+/**
+ * How the change feed builds each resource into its event: the same views the API's GET routes
+ * show (EVENTS-CONTRACT: `resource` exactly as the GET shows it). Pools and volumes are seen
+ * through the storage node, so the pool routes describe those themselves.
+ */
+import type { AppServices } from '../api/app.ts';
+import type { ChangeFeed, ChangeProject } from '../events/change-feed.ts';
+
+/** The project of `projectId`, as events name it. */
+async function projectOf(services: Pick<AppServices, 'db'>, projectId: string): Promise<ChangeProject> {
+  const row = await services.db.selectFrom('projects').select('name').where('id', '=', projectId).executeTakeFirst();
+  return { id: projectId, name: row?.name ?? projectId };
+}
+
+/** Registers the views of VMs, hosts, networks, operations and migrations with `feed`. */
+export function describeResources(feed: ChangeFeed, services: AppServices): void {
+  const { db } = services;
+  feed.describe('vm', async (id) => {
+    const row = await db.selectFrom('vms').select(['project_id']).where('id', '=', id).executeTakeFirst();
+    if (!row) return undefined;
+    const vm = await services.vms.viewById(id);
+    return { name: vm.name, project: { id: row.project_id, name: vm.project }, resource: vm };
+  });
+  feed.describe('host', async (id) => {
+    const host = await services.hosts.get(id).catch(() => undefined);
+    return host && { name: host.name, project: null, resource: host };
+  });
+  feed.describe('network', async (id) => {
+    const row = await db.selectFrom('networks').select(['project_id']).where('id', '=', id).executeTakeFirst();
+    if (!row) return undefined;
+    const project = await projectOf(services, row.project_id);
+    const network = await services.networks.get(id, project.name);
+    return { name: network.name, project, resource: network };
+  });
+  feed.describe('operation', async (id) => {
+    const operation = await services.operations.get(id).catch(() => undefined);
+    if (!operation) return undefined;
+    return { name: operation.kind, project: await services.operations.projectOf(id), resource: operation };
+  });
+  feed.describe('migration', async (id) => {
+    const row = await db
+      .selectFrom('vm_migrations')
+      .innerJoin('vms', 'vms.id', 'vm_migrations.vm_id')
+      .select(['vm_migrations.vm_id', 'vms.name', 'vms.project_id'])
+      .where('vm_migrations.id', '=', id)
+      .executeTakeFirst();
+    if (!row) return undefined;
+    const entry = (await services.migrations.history(row.vm_id)).find((migration) => migration.id === id);
+    return entry && { name: row.name, project: await projectOf(services, row.project_id), resource: { vm: row.name, ...entry } };
+  });
+}

@@ -1,0 +1,222 @@
+/**
+ * The cluster-wide change feed: every service that changes a resource (a VM, a host, a network,
+ * a pool, a volume, an operation, a migration) publishes one line here, and GET /v1/events
+ * streams what it may show to each caller (docs: /work/shared EVENTS-CONTRACT, README "Live
+ * events"). Publishing is synchronous and cheap: the resource as the API shows it is built
+ * later, once per event, and bursts of updates of one resource become one event.
+ *
+ * The feed keeps the last `capacity` events in a ring, numbered from 1 in an epoch that is new
+ * at every start of the control plane: a client that reconnects with the id of its last event
+ * gets exactly what it missed, or `reset` when that is no longer known.
+ */
+import type { Db } from '../state/database.ts';
+
+export const CHANGE_TYPES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration'] as const;
+export type ChangeType = (typeof CHANGE_TYPES)[number];
+export type ChangeAction = 'created' | 'updated' | 'deleted';
+
+/** A project as events name it (id for authorization, name for the client). */
+export interface ChangeProject {
+  id: string;
+  name: string;
+}
+
+/** One event as the stream sends it (`data:`). */
+export interface ChangeEvent {
+  seq: number;
+  time: string;
+  type: ChangeType;
+  action: ChangeAction;
+  id: string;
+  name: string;
+  /** The project of a project resource; null for platform resources (hosts, pools). */
+  project: string | null;
+  /** The resource as the API's GET shows it; absent when deleted. */
+  resource?: unknown;
+}
+
+/** An event with what deciding who may see it needs. */
+export interface RecordedChange {
+  event: ChangeEvent;
+  /** The resource's project, or null for a platform resource (or a platform operation). */
+  project: ChangeProject | null;
+}
+
+/** How one type's resource is seen when its event is built: undefined when it is gone. */
+export type ResourceDescriber = (id: string) => Promise<{ name: string; project: ChangeProject | null; resource: unknown } | undefined>;
+
+/** What a publisher may know already: it names a resource whose view is gone (deleted). */
+export interface ChangeHint {
+  name?: string;
+  projectId?: string | null;
+}
+
+export interface ChangeFeedOptions {
+  /** How many events the ring keeps for reconnecting clients. Default 10,000. */
+  capacity?: number;
+  /** Updates of one resource within this window become one event. Default 250 ms. */
+  coalesceMs?: number;
+}
+
+/** Where a reconnecting client resumes: the events it missed, or a reset with its reason. */
+export type ResumePoint = { events: RecordedChange[] } | { reset: string };
+
+const EVENT_ID = /^([a-z0-9]{1,32})-(\d{1,15})$/;
+/** How many resources the feed remembers the name and project of (for their deletes). */
+const MAX_KNOWN = 100_000;
+
+export class ChangeFeed {
+  /** New at every start: ids of an earlier control plane never resume here. */
+  readonly epoch = `${Date.now().toString(36)}${Math.floor(Math.random() * 36 ** 4).toString(36)}`;
+  readonly #db: Db;
+  readonly #capacity: number;
+  readonly #coalesceMs: number;
+  readonly #ring: RecordedChange[] = [];
+  #lastSeq = 0;
+  readonly #describers = new Map<ChangeType, ResourceDescriber>();
+  /** Updates waiting for the end of their coalescing window, by `type:id`. */
+  readonly #pending = new Map<string, NodeJS.Timeout>();
+  /** Name and project of every resource described since the start, so a delete can name it. */
+  readonly #known = new Map<string, { name: string; project: ChangeProject | null }>();
+  readonly #projectNames = new Map<string, string>();
+  readonly #listeners = new Set<(change: RecordedChange) => void>();
+  /** Events are built one after another, so seq order is publish order. */
+  #tail: Promise<void> = Promise.resolve();
+
+  constructor(db: Db, options: ChangeFeedOptions = {}) {
+    this.#db = db;
+    this.#capacity = options.capacity ?? 10_000;
+    this.#coalesceMs = options.coalesceMs ?? 250;
+  }
+
+  /** Sets how resources of `type` are built into events (the composition root and the pool routes do). */
+  describe(type: ChangeType, describer: ResourceDescriber): void {
+    this.#describers.set(type, describer);
+  }
+
+  /**
+   * Records that a resource changed. Returns at once: an update waits for the end of its
+   * coalescing window (later updates of the same resource in it add nothing); a create or a
+   * delete goes out now, and a delete drops the update still waiting.
+   */
+  publish(type: ChangeType, action: ChangeAction, id: string, hint: ChangeHint = {}): void {
+    const key = `${type}:${id}`;
+    if (action === 'updated') {
+      if (this.#pending.has(key)) return;
+      const timer = setTimeout(() => {
+        this.#pending.delete(key);
+        this.#enqueue(type, action, id, hint);
+      }, this.#coalesceMs);
+      timer.unref();
+      this.#pending.set(key, timer);
+      return;
+    }
+    clearTimeout(this.#pending.get(key));
+    this.#pending.delete(key);
+    this.#enqueue(type, action, id, hint);
+  }
+
+  /** Calls `listener` with every event from now on; returns the function that stops it. */
+  subscribe(listener: (change: RecordedChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** The id the stream sends with an event. */
+  eventId(seq: number): string {
+    return `${this.epoch}-${seq}`;
+  }
+
+  /** The id of the latest event (a client that starts now resumes from it). */
+  get lastEventId(): string {
+    return this.eventId(this.#lastSeq);
+  }
+
+  /** The events after `lastEventId`, or why they are not known any more. */
+  resumeAfter(lastEventId: string): ResumePoint {
+    const match = EVENT_ID.exec(lastEventId);
+    if (!match) return { reset: `${lastEventId.slice(0, 64)} is not an event id of this stream` };
+    if (match[1] !== this.epoch) return { reset: 'The control plane restarted since that event' };
+    const seq = Number(match[2]);
+    if (seq > this.#lastSeq) return { reset: `Event ${seq} was never sent (the last is ${this.#lastSeq})` };
+    const oldest = this.#ring[0]?.event.seq ?? this.#lastSeq + 1;
+    if (seq < oldest - 1) return { reset: `Events after ${seq} are no longer kept (the oldest kept is ${oldest})` };
+    return { events: this.#ring.slice(seq - oldest + 1) };
+  }
+
+  /** Resolves once every event published so far is built and sent (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.#pending.size > 0) await new Promise((resolve) => setTimeout(resolve, this.#coalesceMs / 2));
+    await this.#tail;
+  }
+
+  #enqueue(type: ChangeType, action: ChangeAction, id: string, hint: ChangeHint): void {
+    const time = new Date().toISOString();
+    this.#tail = this.#tail.then(() => this.#emit(type, action, id, hint, time)).catch(() => undefined);
+  }
+
+  async #emit(type: ChangeType, action: ChangeAction, id: string, hint: ChangeHint, time: string): Promise<void> {
+    const key = `${type}:${id}`;
+    const described =
+      action === 'deleted'
+        ? undefined
+        : await this.#describers
+            .get(type)?.(id)
+            .catch(() => undefined);
+    // An update of something deleted meanwhile says nothing the delete will not say.
+    if (action !== 'deleted' && !described) return;
+    const known = described ?? this.#known.get(key);
+    const project = known ? known.project : await this.#projectOf(hint.projectId ?? null);
+    this.#known.delete(key);
+    if (action !== 'deleted') {
+      // Most recently described last; operations are never deleted, so the oldest make room.
+      this.#known.set(key, { name: described!.name, project: described!.project });
+      if (this.#known.size > MAX_KNOWN) this.#known.delete(this.#known.keys().next().value!);
+    }
+    const event: ChangeEvent = {
+      seq: this.#lastSeq + 1,
+      time,
+      type,
+      action,
+      id,
+      name: known?.name ?? hint.name ?? id,
+      project: project?.name ?? null,
+      ...(described ? { resource: described.resource } : {}),
+    };
+    this.#lastSeq = event.seq;
+    const change = { event, project };
+    this.#ring.push(change);
+    if (this.#ring.length > this.#capacity) this.#ring.shift();
+    for (const listener of this.#listeners) listener(change);
+  }
+
+  async #projectOf(projectId: string | null): Promise<ChangeProject | null> {
+    if (!projectId) return null;
+    let name = this.#projectNames.get(projectId);
+    if (!name) {
+      name = (await this.#db.selectFrom('projects').select('name').where('id', '=', projectId).executeTakeFirst())?.name ?? projectId;
+      this.#projectNames.set(projectId, name);
+    }
+    return { id: projectId, name };
+  }
+}
+
+const feeds = new WeakMap<Db, ChangeFeed>();
+
+/**
+ * The change feed of the control plane over `db`: one per database, so that every service that
+ * writes the state publishes with one line and no new constructor argument.
+ */
+export function changeFeedOf(db: Db): ChangeFeed {
+  let feed = feeds.get(db);
+  if (!feed) {
+    feed = new ChangeFeed(db);
+    feeds.set(db, feed);
+  }
+  return feed;
+}
+
+/** Publishes a change of a resource into the feed of `db` (see ChangeFeed.publish). */
+export function publishChange(db: Db, type: ChangeType, action: ChangeAction, id: string, hint?: ChangeHint): void {
+  changeFeedOf(db).publish(type, action, id, hint);
+}
