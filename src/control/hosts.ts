@@ -96,6 +96,8 @@ export class HostRegistry {
   readonly #persisted = new Map<string, number>();
   /** Hosts get a whole fence delay after a control-plane start before anything counts as silence. */
   readonly #startedAt = Date.now();
+  /** Each host's status at the last `publishStatusChanges`, to publish only the moves. */
+  readonly #lastStatus = new Map<string, HostView['status']>();
   /** The hosts and their allocations, read again only when something placement reads changed. */
   readonly #usage: HostUsage;
   /**
@@ -207,6 +209,20 @@ export class HostRegistry {
   /** When `host` was last heard from: in memory, else as stored, never before this control plane started. */
   lastHeartbeatMs(host: Pick<HostsTable, 'id' | 'last_seen_at'>): number {
     return this.#heartbeats.get(host.id) ?? Math.max(Date.parse(host.last_seen_at), this.#startedAt);
+  }
+
+  /**
+   * Publishes a change for every host whose status moved since the last call. A silence has no
+   * write of its own (online -> suspect -> offline is the clock passing), so the HA round, which
+   * runs every second, calls this: the event stream shows a host going quiet within a second.
+   */
+  publishStatusChanges(hosts: readonly HostsTable[], now = Date.now()): void {
+    for (const host of hosts) {
+      const status = this.#status(host, now);
+      const before = this.#lastStatus.get(host.id);
+      this.#lastStatus.set(host.id, status);
+      if (before !== undefined && before !== status) publishChange(this.#db, 'host', 'updated', host.id);
+    }
   }
 
   /** Writes heartbeat times older than PERSIST_HEARTBEAT_EVERY_MS to the database, in one transaction. */

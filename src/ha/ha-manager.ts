@@ -88,7 +88,9 @@ export class HaManager {
   /** One round: fence hosts silent too long that run HA VMs, then restart what fenced hosts held. */
   async tick(now = Date.now()): Promise<void> {
     // The registry's rows: read again only when a host changed, not every second.
-    const hosts = now < this.#graceUntil ? [] : await this.#hosts.rows();
+    const rows = await this.#hosts.rows();
+    this.#hosts.publishStatusChanges(rows, now);
+    const hosts = now < this.#graceUntil ? [] : rows;
     for (const host of hosts) {
       if (host.fenced_at || now - this.#hosts.lastHeartbeatMs(host) <= FENCE_AFTER_MS) continue;
       const ha = await this.#db

@@ -140,6 +140,22 @@ describe('the cluster-wide event stream', () => {
     }
   });
 
+  it('shows a host going quiet and coming back (a status moved by the clock, not by a write)', async () => {
+    const stream = await openStream(`${base}/v1/events?types=host`, cluster.token);
+    try {
+      await cluster.services.ha.tick();
+      await cluster.silence('h1', 20_000);
+      await cluster.services.ha.tick();
+      const quiet = await stream.next((m) => changeOf(m).name === 'h1' && (changeOf(m).resource as { status?: string } | undefined)?.status !== 'online');
+      assert.match((changeOf(quiet).resource as { status: string }).status, /^(suspect|offline)$/);
+      await cluster.revive('h1');
+      await cluster.services.ha.tick();
+      await stream.next((m) => m !== quiet && changeOf(m).name === 'h1' && (changeOf(m).resource as { status?: string } | undefined)?.status === 'online');
+    } finally {
+      stream.close();
+    }
+  });
+
   it("never shows a user of one project another project's events", async () => {
     const ann = await openStream(`${base}/v1/events`, tokens.alpha);
     const ben = await openStream(`${base}/v1/events`, tokens.beta);
