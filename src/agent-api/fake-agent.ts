@@ -145,6 +145,10 @@ export class FakeAgent implements AgentClient {
     return { ...this.#vm(id) };
   };
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#enter('setFirewall', [id, firewalls]);
+  setCpuControls: AgentClient['setCpuControls'] = async (id, controls) => {
+    await this.#enter('setCpuControls', [id, controls]);
+    return { ...this.#vm(id) };
+  };
   prepareIncoming: AgentClient['prepareIncoming'] = async (id, request) => {
     await this.#enter('prepareIncoming', [id, request]);
     const vm: VmStatus = { id, name: request.spec.name, state: 'incoming' };

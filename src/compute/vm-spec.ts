@@ -116,6 +116,23 @@ export const NicSpec = Type.Object(
 );
 export type NicSpec = Static<typeof NicSpec>;
 
+/** A list of host CPUs, as the kernel's cpusets write it: `0-3,6`. */
+export const CPU_LIST_PATTERN = '^[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?){0,63}$';
+
+/** A VM's share of its host's CPUs, applied through its cgroup (host/cgroups.ts). */
+export const CpuControls = Type.Object(
+  {
+    /** A cap on the CPU time of the whole VM, in percent of one host CPU (200: two CPUs' worth). */
+    limitPercent: Type.Optional(Type.Integer({ minimum: 1, maximum: 6400 })),
+    /** Its share against the host's other VMs when CPUs are short (100 by default, as cgroup v2). */
+    weight: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })),
+    /** The host CPUs its threads may run on. */
+    pin: Type.Optional(Type.String({ maxLength: 320, pattern: CPU_LIST_PATTERN })),
+  },
+  { additionalProperties: false },
+);
+export type CpuControls = Static<typeof CpuControls>;
+
 export const VmSpec = Type.Object(
   {
     id: ID,
@@ -125,6 +142,7 @@ export const VmSpec = Type.Object(
     boot: BootSource,
     disks: Type.Array(DiskSpec, { maxItems: 16 }),
     nics: Type.Array(NicSpec, { maxItems: 16 }),
+    cpuControls: Type.Optional(CpuControls),
   },
   { additionalProperties: false },
 );

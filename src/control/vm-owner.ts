@@ -8,7 +8,20 @@
 import { NubisError } from '../core/errors.ts';
 
 /** Everything that acts on a VM. */
-export type VmActionName = 'create' | 'start' | 'stop' | 'reboot' | 'pause' | 'resume' | 'delete' | 'attach' | 'detach' | 'migrate' | 'restart' | 'reset';
+export type VmActionName =
+  | 'create'
+  | 'start'
+  | 'stop'
+  | 'reboot'
+  | 'pause'
+  | 'resume'
+  | 'delete'
+  | 'attach'
+  | 'detach'
+  | 'tune'
+  | 'migrate'
+  | 'restart'
+  | 'reset';
 
 /** What a new action does when another is in progress or waiting on the same VM. */
 export type Meeting = 'queue' | 'refuse';
@@ -35,6 +48,7 @@ export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = ((
     delete: meeting,
     attach: meeting,
     detach: meeting,
+    tune: meeting,
     migrate: meeting,
     restart: meeting,
     reset: meeting,
@@ -52,7 +66,8 @@ export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = ((
   // A desktop reset (stop, fresh clone of its disk, start) takes nothing but a delete after it,
   // as a create does; it is asked for by the desktop broker, which tries again rather than wait.
   table.reset = { ...all('refuse'), delete: 'queue' };
-  for (const action of [...LIFECYCLE, 'attach', 'detach'] as VmActionName[]) table[action] = busyWithLifecycleOrDisks;
+  // `tune`: a change of its CPU controls (vm set), which its host applies at once.
+  for (const action of [...LIFECYCLE, 'attach', 'detach', 'tune'] as VmActionName[]) table[action] = busyWithLifecycleOrDisks;
   return table;
 })();
 

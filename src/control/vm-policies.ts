@@ -12,9 +12,11 @@ import type { PlacementEvent, PlacementService } from './placement.ts';
 import type { PlacementDecision } from './scheduler.ts';
 import type { VmsTable } from '../state/schema.ts';
 import { publishChange } from '../events/change-feed.ts';
+import { type CpuControlFields, changesCpuControls, cpuControlsAfter } from './vm-cpu-controls.ts';
+import type { VmOwner } from './vm-owner.ts';
 
 /** What `vm set` changes. */
-export interface VmChange {
+export interface VmChange extends CpuControlFields {
   allowPostcopy?: boolean;
   group?: string;
   ha?: boolean;
@@ -55,8 +57,10 @@ export class VmPolicies {
   readonly #hosts: HostRegistry;
   readonly #placement: PlacementService;
   readonly #vms: VmLookup;
+  readonly #owner: VmOwner;
 
-  constructor(deps: { db: Db; hosts: HostRegistry; placement: PlacementService; vms: VmLookup }) {
+  constructor(deps: { db: Db; hosts: HostRegistry; placement: PlacementService; vms: VmLookup; owner: VmOwner }) {
+    this.#owner = deps.owner;
     this.#db = deps.db;
     this.#hosts = deps.hosts;
     this.#placement = deps.placement;
@@ -70,6 +74,8 @@ export class VmPolicies {
   async update(ref: string, project: string | undefined, change: VmChange): Promise<Vm> {
     const row = await this.#vms.row(ref, project);
     if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
+    // First, as the one thing here that can fail on the host: a refusal changes nothing.
+    if (changesCpuControls(change)) await this.#setCpuControls(row, change);
     const haGroupId = change.haGroup === undefined ? undefined : change.haGroup === '' ? null : (await this.#placement.haGroups.row(change.haGroup)).id;
     let groupId: string | null | undefined;
     if (change.group !== undefined) {
@@ -96,6 +102,28 @@ export class VmPolicies {
     );
     publishChange(this.#db, 'vm', 'updated', row.id);
     return this.#vms.viewById(row.id);
+  }
+
+  /**
+   * Changes the VM's CPU controls: its host applies them at once (to its cgroup when it runs,
+   * and to its record for every later start), then the control plane's spec follows. Claimed
+   * from the VM's one owner as `tune`, so no start, stop or migration runs meanwhile.
+   */
+  async #setCpuControls(row: VmsTable, change: CpuControlFields): Promise<void> {
+    const claim = this.#owner.claim(row.id, 'tune', row.name);
+    await claim.run(async () => {
+      const current = await this.#db.selectFrom('vms').select(['spec', 'host_id']).where('id', '=', row.id).executeTakeFirstOrThrow();
+      const spec = JSON.parse(current.spec) as VmSpec;
+      const controls = cpuControlsAfter(spec.cpuControls, change, row);
+      const host = await this.#hosts.row(current.host_id);
+      await this.#hosts.agent(host).setCpuControls(row.id, controls ?? {});
+      const { cpuControls: _old, ...rest } = spec;
+      await this.#db
+        .updateTable('vms')
+        .set({ spec: JSON.stringify(controls ? { ...rest, cpuControls: controls } : rest) })
+        .where('id', '=', row.id)
+        .execute();
+    });
   }
 
   /** The scheduler's decision for a VM of a size, or (with `vm`) for migrating that VM, changing nothing. */

@@ -13,6 +13,7 @@ import { NubisError } from '../core/errors.ts';
 import type { Db } from '../state/database.ts';
 import type { VmsTable } from '../state/schema.ts';
 import type { Vm } from '../wire/schemas.ts';
+import { cpuControlFields } from './vm-cpu-controls.ts';
 
 /** What the VMs of a page refer to, read with one query per table. */
 interface Related {
@@ -128,6 +129,7 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     bootOrder: row.boot_order,
     bootDelaySeconds: row.boot_delay_seconds,
     balance: row.balance,
+    ...cpuControlFields(spec),
     createdAt: row.created_at,
   };
 }

@@ -26,6 +26,7 @@ import { VmReports } from './vm-reports.ts';
 import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
+import { cpuControlsAfter } from './vm-cpu-controls.ts';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
@@ -246,6 +247,7 @@ export class VmService {
   async #resolveCreate(request: VmCreateRequest): Promise<CreatePlan> {
     const projectId = await this.projectId(request.project);
     const image = await this.#images.row(request.image);
+    cpuControlsAfter(undefined, request, request); // refused before anything is placed
     if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
       throw new NubisError(
         'VM_NAME_TAKEN',
@@ -332,6 +334,7 @@ export class VmService {
         ...(firewall!.egressRules ? { egressRules: firewall!.egressRules } : {}),
       },
     }));
+    const cpuControls = cpuControlsAfter(undefined, request, request);
     return {
       id,
       name: request.name,
@@ -340,6 +343,7 @@ export class VmService {
       boot,
       disks: plan.disks.map((d) => d.disk),
       nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
+      ...(cpuControls ? { cpuControls } : {}),
     };
   }
 

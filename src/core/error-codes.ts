@@ -179,6 +179,7 @@ export const ERROR_STATUS = {
   // Understood, but nothing can take it.
   NO_HOST_FITS: 422,
   NO_HOSTS: 422,
+  HOST_CPU_CONTROLS_UNAVAILABLE: 422,
   NET_NO_UNDERLAY: 422,
   NET_PROBE_TIMEOUT: 422,
   POOL_DEVICE_MISSING: 422,

@@ -10,6 +10,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator-probe.ts';
+import { VmCgroups, describeCgroups, detectCgroups } from './cgroups.ts';
 import { qemuVersionLine, requireSupportedQemu } from '../compute/qemu/qemu-version.ts';
 import { messageOf } from '../core/errors.ts';
 import { requestJson } from '../core/http-json.ts';
@@ -85,7 +86,10 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const { qemuVersion, accelerator } = await probeHost(options);
   const reports = new ChangeReports(reporterTo(options, identity), logger);
   const networks = new NetworkPlumbing({ hostNs: options.hostNs, underlayIp: options.underlayIp });
+  const cgroups = new VmCgroups(await detectCgroups());
+  logger.info({ cgroups: cgroups.layout.version }, `CPU controls: ${describeCgroups(cgroups.layout)}`);
   const supervisor = new VmSupervisor({
+    cgroups,
     vmsDir: join(options.hostDir, 'vms'),
     plugNics: (spec) => networks.plugNics(spec),
     unplugNics: (spec) => networks.unplugNics(spec),

@@ -13,13 +13,14 @@ import { promisify } from 'node:util';
 import { runtimePathsOf, type QemuProcessEvents, type QemuRunState } from '../compute/qemu/qemu-process.ts';
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { serialLogOffset, serialLogTail } from '../compute/serial-log.ts';
-import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, CpuControls, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { GuestReadiness } from './guest-readiness.ts';
 import { VmLanes } from './vm-lanes.ts';
 import { MIGRATION_ENDED, VmMigrationControl, migrationStateOf } from './vm-migration-control.ts';
-import type { QemuDriver, VmQemu } from './vm-qemu.ts';
+import { launchInCgroup, type QemuDriver, type VmQemu } from './vm-qemu.ts';
+import type { VmCgroups } from './cgroups.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
@@ -28,6 +29,8 @@ import type { VmStatus } from '../agent-api/contract.ts';
 export interface ManagedVmContext {
   accelerator: Accelerator;
   qemu: QemuDriver;
+  /** The VMs' cgroups (CPU controls); undefined runs QEMU in the agent's own groups. */
+  cgroups?: VmCgroups;
   /** How long a guest may take to print its readiness line before it is reported not ready. */
   readyTimeoutMs: number;
   /** Plugs a new VM's NICs (taps) in and returns the spec QEMU starts from; unplugs a removed VM's. */
@@ -196,6 +199,7 @@ export class ManagedVm {
   }
 
   async #adoptWithoutQemu(wasIncoming: boolean): Promise<void> {
+    this.#context.cgroups?.remove(this.id); // what its QEMU left, ended while no agent watched
     if (wasIncoming) {
       // The destination of a migration that ended while this agent was down, before the guest
       // ran here (a guest that runs here is saved as running): the VM stayed on its source.
@@ -303,6 +307,16 @@ export class ManagedVm {
     });
   }
 
+  /** Changes the VM's CPU controls: at once in its cgroup when it runs, and for every later start. */
+  setCpuControls(controls: CpuControls | undefined): Promise<VmStatus> {
+    return this.#lanes.lifecycle('changing its CPU controls', async () => {
+      if (this.#qemu) await this.#context.cgroups?.apply(this.id, controls);
+      this.#record.spec = { ...this.#record.spec, cpuControls: controls };
+      await this.#save();
+      return this.status();
+    });
+  }
+
   /** Stops the VM if it runs (forcefully after the deadline) and removes all its files. */
   delete(options: { gracefulTimeoutMs?: number } = {}): Promise<void> {
     return this.#lanes.lifecycle(
@@ -360,7 +374,7 @@ export class ManagedVm {
         // fills with what its overlay holds.
         await this.#prepareBootDisk();
         if (this.#context.plugNics) this.#record.spec = await this.#context.plugNics(this.#record.spec);
-        qemu = await this.#context.qemu.launch(this.#record.spec, this.#file.dir, {
+        qemu = await launchInCgroup(this.#context.qemu, this.#context.cgroups, this.#record.spec, this.#file.dir, {
           accelerator: this.#context.accelerator,
           incoming: 'defer',
           events: this.#events(),
@@ -526,7 +540,8 @@ export class ManagedVm {
     this.#record.hotplugged = {}; // a fresh QEMU puts every disk on the root bus
     let qemu: VmQemu;
     try {
-      qemu = await this.#context.qemu.launch(this.#record.spec, this.#file.dir, { accelerator: this.#context.accelerator, events: this.#events() });
+      const options = { accelerator: this.#context.accelerator, events: this.#events() };
+      qemu = await launchInCgroup(this.#context.qemu, this.#context.cgroups, this.#record.spec, this.#file.dir, options);
     } catch (error) {
       this.#update({ state: 'stopped', lastError: messageOf(error) });
       throw error;
@@ -563,6 +578,8 @@ export class ManagedVm {
   #track(qemu: VmQemu): void {
     this.#qemu = qemu;
     void qemu.exited.then(async (ended) => {
+      // A detached QEMU (agent shutdown) runs on in its group.
+      if (ended === 'stopped' || ended === 'crashed') this.#context.cgroups?.remove(this.id);
       if (this.#qemu !== qemu) return;
       this.#qemu = undefined;
       this.#lanes.incoming = false; // no migration goes on without its QEMU

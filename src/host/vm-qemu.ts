@@ -6,6 +6,7 @@
 import { QemuProcess, type QemuProcessEvents } from '../compute/qemu/qemu-process.ts';
 import type { QemuLaunchOptions } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
+import type { VmCgroups } from './cgroups.ts';
 
 /** What a `ManagedVm` calls on its QEMU process. */
 export type VmQemu = Pick<
@@ -57,3 +58,26 @@ export const qemuProcessDriver: QemuDriver = {
   launch: (spec, vmDir, options) => QemuProcess.launch(spec, vmDir, options),
   attach: (vmDir, events) => QemuProcess.attach(vmDir, events),
 };
+
+/**
+ * Starts `spec`'s QEMU through `driver` and puts it in the VM's cgroup with its CPU controls
+ * (when the host has cgroups: `cgroups` undefined runs it where the agent runs). A QEMU that
+ * cannot be placed is stopped again: a VM never runs without the controls it asked for.
+ */
+export async function launchInCgroup(
+  driver: QemuDriver,
+  cgroups: VmCgroups | undefined,
+  spec: VmSpec,
+  vmDir: string,
+  options: QemuLaunchOptions & { events: QemuProcessEvents },
+): Promise<VmQemu> {
+  const qemu = await driver.launch(spec, vmDir, options);
+  try {
+    await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
+  } catch (error) {
+    await qemu.stop({ force: true }).catch(() => undefined);
+    cgroups?.remove(spec.id);
+    throw error;
+  }
+  return qemu;
+}

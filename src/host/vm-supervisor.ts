@@ -7,7 +7,7 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, CpuControls, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { QemuProcess } from '../compute/qemu/qemu-process.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
@@ -15,6 +15,7 @@ import { ManagedVm, type ManagedVmContext, type PauseTimes } from './managed-vm.
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
+import type { VmCgroups } from './cgroups.ts';
 
 export interface VmSupervisorOptions {
   /** Folder holding one sub-folder per VM. */
@@ -30,6 +31,8 @@ export interface VmSupervisorOptions {
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
   /** Launches and re-attaches QEMU processes (default: real ones; tests pass fakes). */
   qemu?: QemuDriver;
+  /** The VMs' cgroups, for their CPU controls (none: QEMU runs in the agent's groups). */
+  cgroups?: VmCgroups;
 }
 
 /** The VMs of this host, one `ManagedVm` each; every call is forwarded to the VM's object. */
@@ -43,6 +46,7 @@ export class VmSupervisor {
     this.#context = Object.freeze({
       accelerator: options.accelerator,
       qemu: options.qemu ?? qemuProcessDriver,
+      cgroups: options.cgroups,
       readyTimeoutMs: options.readyTimeoutMs ?? 600_000,
       plugNics: options.plugNics,
       unplugNics: options.unplugNics,
@@ -151,6 +155,10 @@ export class VmSupervisor {
   /** Removes a disk: hot-unplugged from a running VM (the guest must release it), or dropped from a stopped one. */
   detachDisk(id: string, diskId: string): Promise<VmStatus> {
     return this.#vm(id).detachDisk(diskId);
+  }
+
+  setCpuControls(id: string, controls: CpuControls): Promise<VmStatus> {
+    return this.#vm(id).setCpuControls(Object.keys(controls).length > 0 ? controls : undefined);
   }
 
   /**

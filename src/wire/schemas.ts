@@ -5,6 +5,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
+import { CPU_LIST_PATTERN } from '../compute/vm-spec.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
@@ -180,6 +181,22 @@ export const VmPolicies = {
   balance: Type.Optional(VmBalancePolicy),
 };
 
+/** A VM's CPU controls as create sets them (host/cgroups.ts applies them in the VM's cgroup). */
+export const VmCpuControls = {
+  cpuLimit: Type.Optional(
+    Int32(1, 6400, { description: "Cap on the VM's CPU time in percent of one host CPU (50: half a CPU; 200: two CPUs' worth); at most 100 per vCPU" }),
+  ),
+  cpuWeight: Type.Optional(Int32(1, 10000, { description: "Its share against the host's other VMs when CPUs are short (default 100)" })),
+  cpuPin: Type.Optional(Type.String({ pattern: CPU_LIST_PATTERN, maxLength: 320, description: 'The host CPUs it may run on, as 0-3,6' })),
+};
+
+/** The same on update, where null takes a control away. */
+export const VmCpuControlsUpdate = {
+  cpuLimit: Type.Optional(Type.Union([VmCpuControls.cpuLimit, Type.Null()])),
+  cpuWeight: Type.Optional(Type.Union([VmCpuControls.cpuWeight, Type.Null()])),
+  cpuPin: Type.Optional(Type.Union([VmCpuControls.cpuPin, Type.Null()])),
+};
+
 export const VmCreateRequest = Type.Object(
   {
     name: ResourceName,
@@ -206,6 +223,7 @@ export const VmCreateRequest = Type.Object(
       Type.Boolean({ description: 'Live migration may use post-copy (default true); without it a migration that cannot converge throttles the guest instead' }),
     ),
     ...VmPolicies,
+    ...VmCpuControls,
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -248,6 +266,7 @@ export const Vm = Type.Object(
     bootOrder: Type.Integer({ format: 'int32', minimum: 0, maximum: 1000 }),
     bootDelaySeconds: Type.Integer({ format: 'int32', minimum: 0, maximum: 600 }),
     balance: VmBalancePolicy,
+    ...VmCpuControls,
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

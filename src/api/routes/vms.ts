@@ -18,6 +18,7 @@ import {
   VmLog,
   VmLogQuery,
   VmPolicies,
+  VmCpuControlsUpdate,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -158,7 +159,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies",
+        summary: "Change a VM's policies and CPU controls (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -168,6 +169,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
               Type.String({ pattern: '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$', maxLength: 63, description: "Placement group to join; '' leaves its group" }),
             ),
             ...VmPolicies,
+            ...VmCpuControlsUpdate,
           },
           { additionalProperties: false },
         ),

@@ -1,4 +1,5 @@
 /** `nubis vm`: create, run, inspect, migrate and reach virtual machines. */
+import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCpuControls } from './vm-cpu-options.ts';
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
@@ -13,7 +14,7 @@ import { addUsageCommand } from './usage.ts';
 import { startVncProxy } from '../vnc-proxy.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
-interface VmPolicyOptions {
+interface VmPolicyOptions extends CpuControlOptions {
   balance?: VmBalancePolicy;
   ha?: boolean;
   haPriority?: number;
@@ -86,7 +87,8 @@ export function registerVmCommands(program: Command): void {
 }
 
 function addCreate(vm: Command): void {
-  vm.command('create <name>')
+  const create = vm
+    .command('create <name>')
     .description('Create and boot a VM')
     .requiredOption('--image <image>', 'image to boot (nubis image list)')
     .option('--cpus <n>', 'virtual CPUs', parseInteger('--cpus'), 1)
@@ -107,8 +109,8 @@ function addCreate(vm: Command): void {
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
-    .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)')
-    .action(createVm);
+    .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)');
+  addCpuControlOptions(create, false).action(createVm);
 }
 
 async function createVm(name: string, options: VmCreateOptions, command: Command): Promise<void> {
@@ -152,6 +154,7 @@ function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
     ...(options.bootOrder !== undefined ? { bootOrder: options.bootOrder } : {}),
     ...(options.bootDelay !== undefined ? { bootDelaySeconds: options.bootDelay } : {}),
     ...(options.balance !== undefined ? { balance: options.balance } : {}),
+    ...cpuControlsOf(options),
   };
 }
 
@@ -263,6 +266,7 @@ function printVm(vm: Vm): void {
     ['High availability', vm.ha ? `on, priority ${vm.haPriority}${vm.haGroup ? `, group ${vm.haGroup}` : ''}` : 'off'],
     ['Autostart', vm.autostart ? `on, order ${vm.bootOrder}, then ${vm.bootDelaySeconds} s` : 'off'],
     ['Balancing', vm.balance],
+    ['CPU controls', describeCpuControls(vm)],
     ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
@@ -327,7 +331,8 @@ function addDeleteAttachDetachSet(vm: Command): void {
       if (globals(command).json) return printJson(final.result);
       console.log(`${name}: disks ${(final.result as Vm).disks.map((d) => d.volume).join(', ') || 'none'}`);
     });
-  vm.command('set <vm>')
+  const set = vm
+    .command('set <vm>')
     .description("Change a VM's policies")
     .option('--postcopy <allow|deny>', 'whether live migration may use post-copy')
     .option('--group <group>', "join this placement group ('' leaves its group)")
@@ -337,22 +342,23 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--autostart <on|off>', 'start it when its host comes back after a reboot', onOff('--autostart'))
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
-    .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy)
-    .action(async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
-      if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
-        throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
-      const body = {
-        ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
-        ...(options.group === undefined ? {} : { group: options.group }),
-        ...policiesOf(options),
-      };
-      if (Object.keys(body).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny, --group web or --ha on');
-      const changed = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
-      if (globals(command).json) return printJson(changed);
-      console.log(
-        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}`,
-      );
-    });
+    .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy);
+  addCpuControlOptions(set, true).action(async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
+    if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
+      throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
+    const body = {
+      ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
+      ...(options.group === undefined ? {} : { group: options.group }),
+      ...policiesOf(options),
+    };
+    if (Object.keys(body).length === 0)
+      throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny, --group web, --ha on or --cpu-limit 50%');
+    const changed = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
+    if (globals(command).json) return printJson(changed);
+    console.log(
+      `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}`,
+    );
+  });
   vm.command('placement <vm>')
     .description('Where the VM has run: when, on which host, by whose action, and why the scheduler chose it')
     .action(async (name: string, _options: unknown, command: Command) => {
