@@ -179,3 +179,12 @@ export async function vmPage(db: Db, projects: 'all' | string[], page: { limit: 
     .execute();
   return { vms: await vmViews(db, rows.slice(0, page.limit)), more: rows.length > page.limit };
 }
+
+/** How many VMs there are, and how many of them run, counted in SQL (a summary builds no view). */
+export async function vmCounts(db: Db): Promise<{ vms: number; running: number }> {
+  const row = await db
+    .selectFrom('vms')
+    .select((eb) => [eb.fn.countAll<number>().as('vms'), eb.fn.sum<number>(sql`actual_state = 'running'`).as('running')])
+    .executeTakeFirstOrThrow();
+  return { vms: Number(row.vms), running: Number(row.running ?? 0) };
+}

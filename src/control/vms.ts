@@ -27,7 +27,7 @@ import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
-import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmPage, vmView } from './vm-view.ts';
+import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmCounts, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
@@ -156,12 +156,8 @@ export class VmService {
   }
 
   /** How many VMs there are, and how many of them run (the cluster summary). */
-  async counts(): Promise<{ vms: number; running: number }> {
-    const row = await this.#db
-      .selectFrom('vms')
-      .select((eb) => [eb.fn.countAll<number>().as('vms'), eb.fn.sum<number>(sql`actual_state = 'running'`).as('running')])
-      .executeTakeFirstOrThrow();
-    return { vms: Number(row.vms), running: Number(row.running ?? 0) };
+  counts(): Promise<{ vms: number; running: number }> {
+    return vmCounts(this.#db);
   }
 
   /** A VM by id, whatever its project: for the service's own follow-ups, never for a request's reference. */
@@ -247,7 +243,7 @@ export class VmService {
   async #resolveCreate(request: VmCreateRequest): Promise<CreatePlan> {
     const projectId = await this.projectId(request.project);
     const image = await this.#images.row(request.image);
-    cpuControlsAfter(undefined, request, request); // refused before anything is placed
+    cpuControlsAfter(undefined, request, request); // refused before anything is placed or allocated
     if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
       throw new NubisError(
         'VM_NAME_TAKEN',
@@ -334,7 +330,6 @@ export class VmService {
         ...(firewall!.egressRules ? { egressRules: firewall!.egressRules } : {}),
       },
     }));
-    const cpuControls = cpuControlsAfter(undefined, request, request);
     return {
       id,
       name: request.name,
@@ -343,7 +338,7 @@ export class VmService {
       boot,
       disks: plan.disks.map((d) => d.disk),
       nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
-      ...(cpuControls ? { cpuControls } : {}),
+      cpuControls: cpuControlsAfter(undefined, request, request),
     };
   }
 

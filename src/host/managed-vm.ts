@@ -578,8 +578,7 @@ export class ManagedVm {
   #track(qemu: VmQemu): void {
     this.#qemu = qemu;
     void qemu.exited.then(async (ended) => {
-      // A detached QEMU (agent shutdown) runs on in its group.
-      if (ended === 'stopped' || ended === 'crashed') this.#context.cgroups?.remove(this.id);
+      if (ended === 'stopped' || ended === 'crashed') this.#context.cgroups?.remove(this.id); // a detached one runs on in it
       if (this.#qemu !== qemu) return;
       this.#qemu = undefined;
       this.#lanes.incoming = false; // no migration goes on without its QEMU

@@ -1,6 +1,9 @@
 /**
  * Every wire type of the REST API, in one place: the same schemas validate requests, type the
  * route handlers and produce the OpenAPI document.
+ *
+ * Size: the shared catalogue of the API's types; the larger families have their own files
+ * (cluster-schemas.ts, event-schemas.ts, ...), and what stays here is what the routes share.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
