@@ -3,7 +3,6 @@
  * turns every lifecycle action into an operation that drives the VM's host agent. Changes to one
  * VM pass through its queue, one at a time.
  */
-import { sql } from 'kysely';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
