@@ -70,7 +70,7 @@ function Grants({ pool, refresh }: { pool: DesktopPool; refresh: () => void }) {
         <ul className="grants">
           {pool.entitled.map((who) => (
             <li key={who}>
-              {who}{' '}
+              <span>{who}</span>{' '}
               <button type="button" onClick={() => revoke(who)} aria-label={`Revoke ${who}`}>
                 Revoke
               </button>
