@@ -59,9 +59,11 @@ export function App() {
         <Switch>
           <Route path="/" component={OverviewPage} />
           <Route path="/vms/new" component={VmCreatePage} />
-          <Route path="/desktops" component={MyDesktopsPage} />
+          <Route path="/desktops">{() => <MyDesktopsPage />}</Route>
           <Route path="/desktops/pools/new" component={DesktopPoolCreatePage} />
           <Route path="/desktops/pools/:project/:name">{(params) => <DesktopPoolPage project={params.project} name={params.name} />}</Route>
+          {/* What nubis desktop connect prints: the same page, that pool's card first. */}
+          <Route path="/desktops/:pool">{(params) => <MyDesktopsPage first={params.pool} />}</Route>
           <Route path="/vms/:project/:name">{(params) => <VmPage project={params.project} name={params.name} />}</Route>
           <Route>
             <h1>Not found</h1>

@@ -9,6 +9,7 @@
 import { useCallback, useEffect, useState } from 'react';
 import { Link, useLocation } from 'wouter';
 import { api, type Desktop, type DesktopPool, type MyDesktop, unwrap } from '../api/client';
+import { whoAmI } from '../api/session';
 import { LiveIndicator } from '../components/live-indicator';
 import { useEventStream } from '../live/events';
 
@@ -40,9 +41,13 @@ function useDesktops() {
       },
       (error: unknown) => setFailure(messageOf(error)),
     );
-    // A user who may not read pools sees only their own: the refusal hides the section.
-    api.GET('/v1/desktop-pools').then(
-      (result) => setPools(result.response.ok ? (result.data ?? []) : null),
+    // A user with no role (only grants of pools) sees only their own desktops: the pools' section
+    // is for those who may read pools, and shows when they hold a role or some pool is visible.
+    Promise.all([api.GET('/v1/desktop-pools'), whoAmI()]).then(
+      ([result, who]) => {
+        const visible = result.response.ok ? (result.data ?? []) : [];
+        setPools(visible.length > 0 || (who?.roles.length ?? 0) > 0 ? visible : null);
+      },
       () => setPools(null),
     );
   }, []);
@@ -142,8 +147,10 @@ function PoolCard({ entry, refresh, live }: { entry: MyDesktop; refresh: () => v
   );
 }
 
-export function MyDesktopsPage() {
+/** `first`: the pool whose card comes first (the page `nubis desktop connect POOL` prints). */
+export function MyDesktopsPage({ first }: { first?: string } = {}) {
   const { mine, pools, failure, refresh, live } = useDesktops();
+  const ordered = mine && first ? [...mine.filter((entry) => entry.pool === first), ...mine.filter((entry) => entry.pool !== first)] : mine;
   return (
     <>
       <div className="page-head">
@@ -156,7 +163,7 @@ export function MyDesktopsPage() {
       ) : mine.length === 0 ? (
         <p>No desktop pool is granted to you. An admin grants one with nubis desktop pool grant POOL {'<your name>'}.</p>
       ) : (
-        mine.map((entry) => <PoolCard key={`${entry.project}/${entry.pool}`} entry={entry} refresh={refresh} live={live === 'live'} />)
+        ordered?.map((entry) => <PoolCard key={`${entry.project}/${entry.pool}`} entry={entry} refresh={refresh} live={live === 'live'} />)
       )}
       {pools && (
         <section className="card" aria-label="Desktop pools">
