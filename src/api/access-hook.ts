@@ -30,7 +30,15 @@ import { isSameOrigin, sessionSecretOf } from './session-cookie.ts';
  */
 export type AccessRule =
   | { on: 'public' | 'agent' | 'self'; audit?: boolean }
-  | { on: 'platform' | 'project' | 'list' | 'resource'; permission: Permission; audit?: boolean; ticket?: TicketRule };
+  | { on: 'platform' | 'project' | 'list' | 'resource'; permission: Permission; audit?: boolean; ticket?: TicketRule; alternative?: AccessAlternative };
+
+/**
+ * A second way into a `project` route when `permission` does not hold there: asked only then,
+ * with the principal and the project; true lets the request in (with `request.accessAlternative`
+ * set), false leaves the permission's own refusal. A user's own desktop is the one use: its
+ * consoles open without `vm.console` (desktop/desktop-broker.ts `mayOpen`).
+ */
+export type AccessAlternative = (request: FastifyRequest, principal: Principal, project: { id: string; name: string }) => Promise<boolean>;
 
 /**
  * A console WebSocket that a browser opens: a console ticket of `kind` in `?ticket=` stands in
@@ -57,6 +65,8 @@ declare module 'fastify' {
     viaSessionCookie?: boolean;
     /** What the request's console ticket was issued for (console WebSockets opened with one). */
     consoleTicket?: ConsoleTicketGrant;
+    /** The route's permission did not hold: its `alternative` let the request in. */
+    accessAlternative?: boolean;
   }
 }
 
@@ -160,7 +170,7 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
       recordEntry(request, rule, project);
       if (rule.on === 'platform') access.check(request.principal, rule.permission, 'platform');
       else if ((rule.on === 'project' || rule.on === 'list') && project) {
-        access.check(request.principal, rule.permission, { project });
+        await checkOrAlternative(access, request, request.principal, rule, project);
         request.accessProject = project;
       } else if (rule.on === 'list') request.visibleProjects = projectsWith(request.principal, rule.permission);
     } catch (error) {
@@ -169,6 +179,22 @@ export function installAccessHooks(app: FastifyInstance, services: { db: Db; acc
     }
   });
   app.addHook('onResponse', async (request, reply) => writeOutcome(db, request, reply));
+}
+
+/** `rule.permission` on `project`, else the rule's alternative; the permission's refusal when neither lets in. */
+async function checkOrAlternative(
+  access: AccessControl,
+  request: FastifyRequest,
+  principal: Principal,
+  rule: { permission: Permission; alternative?: AccessAlternative },
+  project: { id: string; name: string },
+): Promise<void> {
+  try {
+    access.check(principal, rule.permission, { project });
+  } catch (error) {
+    if (!rule.alternative || !(await rule.alternative(request, principal, project).catch(() => false))) throw error;
+    request.accessAlternative = true;
+  }
 }
 
 /**

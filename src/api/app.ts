@@ -160,7 +160,7 @@ export async function buildApp(
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations });
   await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
-  await app.register(consoleRoutes, { db, vms, hosts, access });
+  await app.register(consoleRoutes, { db, vms, hosts, access, desktops: services.desktopBroker });
   await app.register(networkRoutes, { networks, vms });
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
@@ -171,7 +171,7 @@ export async function buildApp(
   await app.register(eventRoutes, { changes: services.changes, access });
   await app.register(authRoutes, { db, access });
   await app.register(webSessionRoutes, { access });
-  await app.register(userRoutes, { db, access });
+  await app.register(userRoutes, { db, access, desktops: services.desktopPools });
   await app.register(auditRoutes, { db, audit, publishFile: services.auditPublishFile });
   await app.register(webConsoleRoutes, { root: options.webConsoleRoot });
   return app;

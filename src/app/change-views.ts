@@ -4,7 +4,7 @@
  * through the storage node, so the pool routes describe those themselves.
  */
 import type { AppServices } from '../api/app.ts';
-import type { ChangeFeed, ChangeProject } from '../events/change-feed.ts';
+import { type ChangeFeed, type ChangeProject, publishChange } from '../events/change-feed.ts';
 
 /** The project of `projectId`, as events name it. */
 async function projectOf(services: Pick<AppServices, 'db'>, projectId: string): Promise<ChangeProject> {
@@ -47,5 +47,42 @@ export function describeResources(feed: ChangeFeed, services: AppServices): void
     if (!row) return undefined;
     const entry = (await services.migrations.history(row.vm_id)).find((migration) => migration.id === id);
     return entry && { name: row.name, project: await projectOf(services, row.project_id), resource: { vm: row.name, ...entry } };
+  });
+  describeDesktops(feed, services);
+}
+
+/**
+ * Desktops and desktop pools as their GET shows them (a desktop with its pool's project), and a
+ * desktop's event whenever its VM or the operation readying it changes: its state is theirs, and
+ * its user, who may not read VMs or operations, follows it through the desktop.
+ */
+function describeDesktops(feed: ChangeFeed, services: AppServices): void {
+  const { db } = services;
+  const records = services.desktopPools.records;
+  feed.describe('desktop', async (id) => {
+    const row = await records.desktop(id);
+    const pool = row && (await records.poolById(row.pool_id));
+    if (!row || !pool) return undefined;
+    const project = await projectOf(services, pool.project_id);
+    const [desktop] = await records.desktopViews(pool, [row]);
+    return { name: row.vm_name, project, resource: { ...desktop, project: project.name }, ...(row.assigned_user_id ? { users: [row.assigned_user_id] } : {}) };
+  });
+  feed.describe('desktop-pool', async (id) => {
+    const pool = await records.poolById(id);
+    if (!pool) return undefined;
+    return { name: pool.name, project: await projectOf(services, pool.project_id), resource: await records.poolView(pool) };
+  });
+  feed.subscribe((change) => {
+    const { type, id } = change.event;
+    if (type !== 'vm' && type !== 'operation') return;
+    void db
+      .selectFrom('desktops')
+      .select('id')
+      .where(type === 'vm' ? 'vm_id' : 'operation_id', '=', id)
+      .execute()
+      .then((rows) => {
+        for (const row of rows) publishChange(db, 'desktop', 'updated', row.id);
+      })
+      .catch(() => undefined);
   });
 }

@@ -14,6 +14,7 @@ import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import type { OperationManager } from '../control/operations.ts';
+import { publishChange } from '../events/change-feed.ts';
 import type { Db } from '../state/database.ts';
 import type { DesktopPoolsTable, DesktopsTable } from '../state/schema.ts';
 import type { DesktopAssignment, MyDesktop } from '../wire/desktop-schemas.ts';
@@ -48,6 +49,8 @@ export class DesktopBroker {
   readonly #logger?: Logger;
   /** Open consoles per desktop VM, by user: kept in memory, as the consoles themselves are. */
   readonly #consoles = new Map<string, Map<string, number>>();
+  /** How to close each open desktop console (by the VM it shows), when its desktop is taken back. */
+  readonly #closers = new Map<(reason: string) => void, string>();
   /** Pools being deleted: the spare keeping leaves them alone. */
   readonly #deleting = new Set<string>();
   #timer?: NodeJS.Timeout;
@@ -119,12 +122,14 @@ export class DesktopBroker {
     await recordDesktopEvent(this.#db, { ...event, pool: { ...pool, projectName: await this.#records.projectName(pool.project_id) }, desktop });
   }
 
-  async #update(id: string, values: Partial<DesktopsTable>): Promise<void> {
+  /** Writes a desktop's row; its event names `formerUser` too (the one it was just taken from). */
+  async #update(id: string, values: Partial<DesktopsTable>, formerUser?: string | null): Promise<void> {
     await this.#db
       .updateTable('desktops')
       .set({ ...values, updated_at: this.#iso() })
       .where('id', '=', id)
       .execute();
+    publishChange(this.#db, 'desktop', 'updated', id, formerUser ? { users: [formerUser] } : {});
   }
 
   /** True when `user` (or one of their groups) is entitled to `pool`. */
@@ -232,6 +237,7 @@ export class DesktopBroker {
       updated_at: this.#iso(),
     };
     await this.#db.insertInto('desktops').values(row).execute();
+    publishChange(this.#db, 'desktop', 'created', row.id);
     const operation = await this.#machines.provision(pool, row);
     return { ...row, operation_id: operation.id };
   }
@@ -293,15 +299,9 @@ export class DesktopBroker {
    * the VM is busy (a migration) is tried again by the spare keeping.
    */
   async #release(pool: DesktopPoolsTable, desktop: DesktopsTable, userName: string, reason: string): Promise<Operation | undefined> {
-    await this.#update(desktop.id, {
-      assigned_user_id: null,
-      assigned_at: null,
-      connected_at: null,
-      disconnected_at: null,
-      state: 'resetting',
-      operation_id: null,
-    });
-    if (desktop.vm_id) this.#consoles.delete(desktop.vm_id);
+    const values = { assigned_user_id: null, assigned_at: null, connected_at: null, disconnected_at: null, state: 'resetting' as const, operation_id: null };
+    await this.#update(desktop.id, values, desktop.assigned_user_id);
+    if (desktop.vm_id) this.#closeConsoles(desktop.vm_id, `The desktop was taken back (${reason})`);
     return this.#resetNow(pool, { ...desktop, assigned_user_id: null, state: 'resetting', operation_id: null }, userName, reason);
   }
 
@@ -358,25 +358,41 @@ export class DesktopBroker {
   }
 
   /**
-   * Whether `userId` may open the console of `vmId` because it is the desktop assigned to them:
-   * the console-ticket route accepts this as an alternative to `vm.console`.
+   * Whether `user` may open the consoles (screen and serial) of `vmId` because it is the desktop
+   * assigned to them in a pool they are still entitled to: the console-ticket route and the
+   * redemption of its ticket accept this as an alternative to `vm.console`. A token limited to
+   * another project reaches no desktop there.
    */
-  async mayOpen(userId: string, vmId: string): Promise<boolean> {
-    return (await this.assignedUserOf(vmId)) === userId;
+  async mayOpen(user: DesktopUser, vmId: string): Promise<boolean> {
+    const desktop = await this.#records.desktopOfVm(vmId);
+    if (!desktop || desktop.assigned_user_id !== user.userId || desktop.state !== 'available') return false;
+    const pool = await this.#records.poolById(desktop.pool_id);
+    if (!pool || this.#deleting.has(pool.id)) return false;
+    if (user.tokenProjectId && user.tokenProjectId !== pool.project_id) return false;
+    return this.entitled(user, pool.id);
   }
 
-  /** The console relay tells the broker that `userId` opened a console of desktop VM `vmId`. */
-  async consoleOpened(vmId: string, userId: string): Promise<void> {
+  /**
+   * The console relay tells the broker that `userId` opened a console of desktop VM `vmId`: the
+   * grace time stops until the last of their consoles closes. `close` is called if the desktop
+   * is taken from them meanwhile (left, revoked, reset): a console outlives no assignment.
+   */
+  async consoleOpened(vmId: string, userId: string, close?: (reason: string) => void): Promise<void> {
     const desktop = await this.#records.desktopOfVm(vmId);
     if (!desktop || desktop.assigned_user_id !== userId) return;
     const users = this.#consoles.get(vmId) ?? new Map<string, number>();
     users.set(userId, (users.get(userId) ?? 0) + 1);
     this.#consoles.set(vmId, users);
+    if (close) this.#closers.set(close, vmId);
     await this.#update(desktop.id, { connected_at: this.#iso(), disconnected_at: null });
+    const pool = await this.#records.poolById(desktop.pool_id);
+    const user = (await this.#records.userNames([userId])).get(userId);
+    if (pool) await this.#event(pool, desktop, { action: 'desktop.console-connect', ...(user ? { user } : {}) });
   }
 
   /** The console relay tells the broker that a console of `vmId` opened by `userId` closed. */
-  async consoleClosed(vmId: string, userId: string): Promise<void> {
+  async consoleClosed(vmId: string, userId: string, close?: (reason: string) => void): Promise<void> {
+    if (close) this.#closers.delete(close);
     const users = this.#consoles.get(vmId);
     const open = users?.get(userId) ?? 0;
     if (!users || open === 0) return;
@@ -384,7 +400,21 @@ export class DesktopBroker {
     else users.delete(userId);
     if (users.size === 0) this.#consoles.delete(vmId);
     const desktop = await this.#records.desktopOfVm(vmId);
-    if (desktop?.assigned_user_id === userId && this.#openConsoles(vmId) === 0) await this.#update(desktop.id, { disconnected_at: this.#iso() });
+    if (desktop?.assigned_user_id !== userId || this.#openConsoles(vmId) > 0) return;
+    await this.#update(desktop.id, { disconnected_at: this.#iso() });
+    const pool = await this.#records.poolById(desktop.pool_id);
+    const user = (await this.#records.userNames([userId])).get(userId);
+    if (pool) await this.#event(pool, desktop, { action: 'desktop.console-disconnect', ...(user ? { user } : {}) });
+  }
+
+  /** Closes every console still open on `vmId` (its desktop was taken back). */
+  #closeConsoles(vmId: string, reason: string): void {
+    this.#consoles.delete(vmId);
+    for (const [close, of] of [...this.#closers]) {
+      if (of !== vmId) continue;
+      this.#closers.delete(close);
+      close(reason);
+    }
   }
 
   /**

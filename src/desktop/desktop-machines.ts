@@ -13,6 +13,7 @@ import type { OperationContext, OperationManager } from '../control/operations.t
 import type { StorageCatalogue } from '../control/storage.ts';
 import type { VmClaim, VmOwner } from '../control/vm-owner.ts';
 import type { VmService } from '../control/vms.ts';
+import { publishChange } from '../events/change-feed.ts';
 import type { Db } from '../state/database.ts';
 import type { DesktopPoolsTable, DesktopsTable } from '../state/schema.ts';
 import type { Operation } from '../wire/schemas.ts';
@@ -46,6 +47,7 @@ export class DesktopMachines {
       .set({ ...values, updated_at: new Date().toISOString() })
       .where('id', '=', id)
       .execute();
+    publishChange(this.#deps.db, 'desktop', 'updated', id);
   }
 
   /**
@@ -60,6 +62,7 @@ export class DesktopMachines {
       .where('state', '=', state)
       .where('operation_id', 'is', null)
       .execute();
+    publishChange(this.#deps.db, 'desktop', 'updated', id);
   }
 
   /** Marks a desktop broken with the reason its work failed; the broker retries later. */
@@ -232,6 +235,7 @@ export class DesktopMachines {
     }
     await this.deleteVolume(pool.base_pool, desktop.volume);
     await db.deleteFrom('desktops').where('id', '=', desktop.id).execute();
+    publishChange(db, 'desktop', 'deleted', desktop.id, { name: desktop.vm_name, projectId: pool.project_id });
   }
 }
 

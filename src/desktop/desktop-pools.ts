@@ -13,6 +13,7 @@ import type { NetworkService } from '../control/networks.ts';
 import type { OperationContext, OperationManager } from '../control/operations.ts';
 import { projectIdByName, type VisibleProjects } from '../control/projects.ts';
 import type { StorageCatalogue } from '../control/storage.ts';
+import { publishChange } from '../events/change-feed.ts';
 import type { Db } from '../state/database.ts';
 import type { DesktopPoolsTable } from '../state/schema.ts';
 import type { DesktopPool, DesktopPoolCreateRequest } from '../wire/desktop-schemas.ts';
@@ -86,6 +87,7 @@ export class DesktopPools {
       created_at: new Date().toISOString(),
     };
     await db.insertInto('desktop_pools').values(pool).execute();
+    publishChange(db, 'desktop-pool', 'created', pool.id);
     return operations.start('desktop-pool.create', { type: 'desktop-pool', id: pool.id, name: pool.name, projectId: project.id }, async (op) => {
       await op.report('snapshot', `Took snapshot ${basePool}/${snapshot} of ${request.base}`, 0.05);
       await this.#awaitAll(op, await this.#deps.broker.keepSpares(pool), `Booting ${spare} spare desktop(s)`);
@@ -195,6 +197,7 @@ export class DesktopPools {
           await trx.deleteFrom('desktop_entitlements').where('pool_id', '=', pool.id).execute();
           await trx.deleteFrom('desktop_pools').where('id', '=', pool.id).execute();
         });
+        publishChange(db, 'desktop-pool', 'deleted', pool.id, { name: pool.name, projectId: pool.project_id });
         return { deleted: pool.id };
       } finally {
         broker.reopenPool(pool.id);
@@ -244,6 +247,7 @@ export class DesktopPools {
       .values({ pool_id: pool.id, subject, created_at: new Date().toISOString() })
       .onConflict((oc) => oc.columns(['pool_id', 'subject']).doNothing())
       .execute();
+    publishChange(this.#deps.db, 'desktop-pool', 'updated', pool.id);
     return this.records.poolView(pool);
   }
 
@@ -258,7 +262,23 @@ export class DesktopPools {
     if (Number(removed.numDeletedRows) === 0)
       throw new NubisError('DESKTOP_GRANT_NOT_FOUND', `${who.user ?? `group:${who.group}`} has no access to desktop pool ${name} to revoke`);
     if (who.user) await this.#deps.broker.takeBack(pool, subject, who.user, 'access revoked');
+    publishChange(this.#deps.db, 'desktop-pool', 'updated', pool.id);
     return this.records.poolView(pool);
+  }
+
+  /**
+   * Forgets a deleted user in every pool: the desktop they held is taken back and reset (their
+   * files do not wait there for whoever gets the name next), and their grants go.
+   */
+  async forgetUser(userId: string, userName: string): Promise<void> {
+    const { db, broker } = this.#deps;
+    const held = await db.selectFrom('desktops').select('pool_id').where('assigned_user_id', '=', userId).execute();
+    for (const { pool_id } of held) {
+      const pool = await this.records.poolById(pool_id);
+      if (pool) await broker.takeBack(pool, userId, userName, 'user deleted');
+    }
+    const granted = await db.deleteFrom('desktop_entitlements').where('subject', '=', userId).returning('pool_id').execute();
+    for (const { pool_id } of granted) publishChange(db, 'desktop-pool', 'updated', pool_id);
   }
 
   async #subject(who: { user?: string; group?: string }): Promise<string> {

@@ -33,7 +33,14 @@ export function desktopState(row: DesktopsTable, vmState: string | undefined): s
 
 /** What one broker event records. */
 export interface DesktopEvent {
-  action: 'desktop.assign' | 'desktop.connect' | 'desktop.leave' | 'desktop.reset' | 'desktop.release';
+  action:
+    | 'desktop.assign'
+    | 'desktop.connect'
+    | 'desktop.leave'
+    | 'desktop.reset'
+    | 'desktop.release'
+    | 'desktop.console-connect'
+    | 'desktop.console-disconnect';
   pool: Pick<DesktopPoolsTable, 'name' | 'project_id'> & { projectName: string };
   desktop: Pick<DesktopsTable, 'vm_name'>;
   /** The user concerned (the one assigned, connecting, leaving, or whose leaving caused the reset). */
@@ -107,10 +114,18 @@ export class DesktopRecords {
     return new Map(rows.map((row) => [row.id, row.name]));
   }
 
+  /** Stage and progress of the operations still running among `ids` (a desktop's user may not read operations). */
+  async #progress(ids: string[]): Promise<Map<string, { stage: string; fraction: number }>> {
+    if (ids.length === 0) return new Map();
+    const rows = await this.#db.selectFrom('operations').select(['id', 'stage', 'progress']).where('id', 'in', ids).where('status', '=', 'running').execute();
+    return new Map(rows.map((row) => [row.id, { stage: row.stage.slice(0, 256), fraction: Math.min(1, Math.max(0, row.progress)) }]));
+  }
+
   /** The API view of desktops of one pool. */
   async desktopViews(pool: DesktopPoolsTable, rows: DesktopsTable[]): Promise<Desktop[]> {
     const states = await this.vmStates(rows.flatMap((row) => (row.vm_id ? [row.vm_id] : [])));
     const users = await this.userNames(rows.flatMap((row) => (row.assigned_user_id ? [row.assigned_user_id] : [])));
+    const work = await this.#progress(rows.flatMap((row) => (row.operation_id ? [row.operation_id] : [])));
     return rows.map((row) => ({
       id: row.id,
       pool: pool.name,
@@ -124,6 +139,7 @@ export class DesktopRecords {
       ...(row.connected_at ? { connectedAt: row.connected_at } : {}),
       ...(row.disconnected_at ? { disconnectedAt: row.disconnected_at } : {}),
       ...(row.operation_id ? { operationId: row.operation_id } : {}),
+      ...(row.operation_id && work.has(row.operation_id) ? { progress: work.get(row.operation_id) } : {}),
       ...(row.error ? { error: row.error.slice(0, 1000) } : {}),
     }));
   }

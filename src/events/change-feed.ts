@@ -11,7 +11,7 @@
  */
 import type { Db } from '../state/database.ts';
 
-export const CHANGE_TYPES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration'] as const;
+export const CHANGE_TYPES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration', 'desktop', 'desktop-pool'] as const;
 export type ChangeType = (typeof CHANGE_TYPES)[number];
 export type ChangeAction = 'created' | 'updated' | 'deleted';
 
@@ -40,15 +40,21 @@ export interface RecordedChange {
   event: ChangeEvent;
   /** The resource's project, or null for a platform resource (or a platform operation). */
   project: ChangeProject | null;
+  /** Users (ids) who see this event without the read permission: a desktop's holder, and the one it was just taken from. */
+  users?: readonly string[];
 }
 
 /** How one type's resource is seen when its event is built: undefined when it is gone. */
-export type ResourceDescriber = (id: string) => Promise<{ name: string; project: ChangeProject | null; resource: unknown } | undefined>;
+export type ResourceDescriber = (
+  id: string,
+) => Promise<{ name: string; project: ChangeProject | null; resource: unknown; users?: readonly string[] } | undefined>;
 
 /** What a publisher may know already: it names a resource whose view is gone (deleted). */
 export interface ChangeHint {
   name?: string;
   projectId?: string | null;
+  /** Users (ids) who see this event besides those the describer names (one who just lost the resource). */
+  users?: readonly string[];
 }
 
 export interface ChangeFeedOptions {
@@ -75,7 +81,7 @@ export class ChangeFeed {
   #lastSeq = 0;
   readonly #describers = new Map<ChangeType, ResourceDescriber>();
   /** Updates waiting for the end of their coalescing window, by `type:id`. */
-  readonly #pending = new Map<string, NodeJS.Timeout>();
+  readonly #pending = new Map<string, { timer: NodeJS.Timeout; hint: ChangeHint }>();
   /** Name and project of every resource described since the start, so a delete can name it. */
   readonly #known = new Map<string, { name: string; project: ChangeProject | null }>();
   readonly #projectNames = new Map<string, string>();
@@ -101,19 +107,29 @@ export class ChangeFeed {
    */
   publish(type: ChangeType, action: ChangeAction, id: string, hint: ChangeHint = {}): void {
     const key = `${type}:${id}`;
+    const waiting = this.#pending.get(key);
+    // The users named by any of the coalesced updates see the one event.
+    const users = [...(waiting?.hint.users ?? []), ...(hint.users ?? [])];
+    const merged = users.length > 0 ? { ...hint, users } : hint;
     if (action === 'updated') {
-      if (this.#pending.has(key)) return;
-      const timer = setTimeout(() => {
-        this.#pending.delete(key);
-        this.#enqueue(type, action, id, hint);
-      }, this.#coalesceMs);
-      timer.unref();
-      this.#pending.set(key, timer);
+      if (waiting) {
+        waiting.hint = { ...waiting.hint, ...(users.length > 0 ? { users } : {}) };
+        return;
+      }
+      const entry = {
+        hint: merged,
+        timer: setTimeout(() => {
+          this.#pending.delete(key);
+          this.#enqueue(type, action, id, entry.hint);
+        }, this.#coalesceMs),
+      };
+      entry.timer.unref();
+      this.#pending.set(key, entry);
       return;
     }
-    clearTimeout(this.#pending.get(key));
+    clearTimeout(waiting?.timer);
     this.#pending.delete(key);
-    this.#enqueue(type, action, id, hint);
+    this.#enqueue(type, action, id, merged);
   }
 
   /** Calls `listener` with every event from now on; returns the function that stops it. */
@@ -184,7 +200,8 @@ export class ChangeFeed {
       ...(described ? { resource: described.resource } : {}),
     };
     this.#lastSeq = event.seq;
-    const change = { event, project };
+    const users = [...(described?.users ?? []), ...(hint.users ?? [])];
+    const change: RecordedChange = { event, project, ...(users.length > 0 ? { users: [...new Set(users)] } : {}) };
     this.#ring.push(change);
     if (this.#ring.length > this.#capacity) this.#ring.shift();
     for (const listener of this.#listeners) listener(change);

@@ -56,6 +56,12 @@ export const Desktop = Type.Object(
     connectedAt: Type.Optional(Timestamp),
     disconnectedAt: Type.Optional(Timestamp),
     operationId: Type.Optional(ResourceId),
+    progress: Type.Optional(
+      Type.Object(
+        { stage: Text(256), fraction: Type.Number({ minimum: 0, maximum: 1 }) },
+        { description: 'The work readying it (provisioning, a reset, a boot) while it runs' },
+      ),
+    ),
     error: Type.Optional(Text(1000)),
   },
   { $id: 'Desktop' },

@@ -189,8 +189,8 @@ describe('desktop pools (API, fake agents, real storage node)', () => {
     const broker = cluster.services.desktopBroker;
     const vmId = (await pool('ded')).desktops.find((d) => d.vm === first.desktop.vm)!.vmId!;
     assert.equal(await broker.assignedUserOf(vmId), userIds.get('alice'));
-    assert.equal(await broker.mayOpen(userIds.get('alice')!, vmId), true);
-    assert.equal(await broker.mayOpen(userIds.get('bob')!, vmId), false);
+    assert.equal(await broker.mayOpen({ userId: userIds.get('alice')!, userName: 'alice' }, vmId), true);
+    assert.equal(await broker.mayOpen({ userId: userIds.get('bob')!, userName: 'bob' }, vmId), false);
   });
 
   it('floating: two users get different desktops, spares are kept, a full pool is refused', async () => {
@@ -329,7 +329,7 @@ describe('desktop pools (API, fake agents, real storage node)', () => {
     );
     assert.ok(audit.some((e) => e.action === 'desktop.reset' && e.params?.reason === 'grace' && e.resource?.vm === carols.vm));
     await settle();
-    assert.equal(await broker.mayOpen(userIds.get('carol')!, carols.vmId!), false);
+    assert.equal(await broker.mayOpen({ userId: userIds.get('carol')!, userName: 'carol' }, carols.vmId!), false);
   });
 
   it('keeps K spares booted, creating desktops up to the size and never beyond', async () => {

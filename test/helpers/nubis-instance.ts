@@ -129,7 +129,7 @@ export async function runOnConsole(
   nubis: NubisInstance,
   vm: string,
   command: string,
-  options: { project?: string; timeoutMs?: number; viaTicket?: boolean } = {},
+  options: { project?: string; timeoutMs?: number; viaTicket?: boolean; token?: string } = {},
 ): Promise<string> {
   const { default: WebSocket } = await import('ws');
   const timeoutMs = options.timeoutMs ?? 30_000;
@@ -137,9 +137,13 @@ export async function runOnConsole(
   const query = options.project ? `?project=${options.project}` : '';
   const marker = `mark${Math.random().toString(36).slice(2, 10)}`;
   const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-  // With `viaTicket` the console opens as a browser's does: a serial ticket, no token on the WebSocket.
+  // With `viaTicket` the console opens as a browser's does: a serial ticket (asked with `token`,
+  // default the admin's), no token on the WebSocket.
   const ticketPath = options.viaTicket
-    ? (await nubis.api<{ path: string }>('POST', `/v1/vms/${vm}/console-ticket${query}`, { kind: 'serial' })).body.path
+    ? await nubis.api<{ path: string }>('POST', `/v1/vms/${vm}/console-ticket${query}`, { kind: 'serial' }, options.token ?? nubis.token).then((answer) => {
+        if (answer.status !== 201) throw new Error(`No console ticket for ${vm}: ${answer.status} ${JSON.stringify(answer.body)}`);
+        return answer.body.path;
+      })
     : undefined;
   const socket = ticketPath
     ? new WebSocket(`${nubis.url.replace('http', 'ws')}${ticketPath}`)

@@ -7,7 +7,10 @@ import { useCallback, useEffect, useState } from 'react';
 import { Link, Route, Switch } from 'wouter';
 import { onSignedOut } from './api/client';
 import { signOut, type WhoAmI, whoAmI } from './api/session';
+import { DesktopPoolPage } from './pages/desktop-pool';
+import { DesktopPoolCreatePage } from './pages/desktop-pool-create';
 import { LoginPage } from './pages/login';
+import { MyDesktopsPage } from './pages/my-desktops';
 import { OverviewPage } from './pages/overview';
 import { VmCreatePage } from './pages/vm-create';
 import { VmPage } from './pages/vm';
@@ -43,6 +46,7 @@ export function App() {
         <nav aria-label="Main">
           <Link href="/">Overview</Link>
           <Link href="/vms/new">New VM</Link>
+          <Link href="/desktops">My desktops</Link>
         </nav>
         <span className="who" title={`Signed in with ${who.token}`}>
           {who.user}
@@ -55,6 +59,11 @@ export function App() {
         <Switch>
           <Route path="/" component={OverviewPage} />
           <Route path="/vms/new" component={VmCreatePage} />
+          <Route path="/desktops">{() => <MyDesktopsPage />}</Route>
+          <Route path="/desktops/pools/new" component={DesktopPoolCreatePage} />
+          <Route path="/desktops/pools/:project/:name">{(params) => <DesktopPoolPage project={params.project} name={params.name} />}</Route>
+          {/* What nubis desktop connect prints: the same page, that pool's card first. */}
+          <Route path="/desktops/:pool">{(params) => <MyDesktopsPage first={params.pool} />}</Route>
           <Route path="/vms/:project/:name">{(params) => <VmPage project={params.project} name={params.name} />}</Route>
           <Route>
             <h1>Not found</h1>

@@ -10,6 +10,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import type { WebSocket } from '@fastify/websocket';
 import type { AccessControl } from '../../access/access-control.ts';
+import type { Principal } from '../../access/authorize.ts';
 import type { ConsoleKind } from '../../access/console-tickets.ts';
 import { finishAudit } from '../../audit/audit-context.ts';
 import type { HostRegistry } from '../../control/hosts.ts';
@@ -20,10 +21,21 @@ import type { Db } from '../../state/database.ts';
 import { ConsoleTicket, ConsoleTicketRequest } from '../../wire/access-schemas.ts';
 import { Type } from '@sinclair/typebox';
 import { ErrorBody, ProjectQuery, ResourceName, VmRef } from '../../wire/schemas.ts';
+import type { AccessAlternative } from '../access-hook.ts';
 import { errorResponses } from './common.ts';
 
-/** What the console routes use: the VM's host and agent, access control, and the audit log. */
-export type ConsoleRouteServices = { db: Db; vms: VmService; hosts: HostRegistry; access: AccessControl };
+/**
+ * The desktop broker as the consoles see it: a user's own desktop opens without `vm.console`,
+ * and the grace time of floating desktops counts from the moment their last console closed.
+ */
+export interface DesktopConsoleGate {
+  mayOpen(user: Principal, vmId: string): Promise<boolean>;
+  consoleOpened(vmId: string, userId: string, close?: (reason: string) => void): Promise<void>;
+  consoleClosed(vmId: string, userId: string, close?: (reason: string) => void): Promise<void>;
+}
+
+/** What the console routes use: the VM's host and agent, access control, the audit log and the desktop broker. */
+export type ConsoleRouteServices = { db: Db; vms: VmService; hosts: HostRegistry; access: AccessControl; desktops?: DesktopConsoleGate };
 
 /** The close code that tells a page the VM now runs on another host: ask for a new ticket and reconnect. */
 export const CONSOLE_MOVED_CODE = 4000;
@@ -55,10 +67,16 @@ const ConsoleQuery = Type.Object(
 
 /** GET /v1/vms/:vm/console and /vnc (WebSockets) and POST /v1/vms/:vm/console-ticket. */
 export const consoleRoutes: FastifyPluginAsyncTypebox<ConsoleRouteServices> = async (app, services) => {
+  // Without vm.console, the VM must be the caller's own desktop: asked when the ticket is issued and again when it is used.
+  const ownDesktop: AccessAlternative = async (request, principal, project) => {
+    if (!services.desktops) return false;
+    const vmId = request.consoleTicket?.vmId ?? (await services.vms.consoleTarget((request.params as { vm: string }).vm, project.name)).vmId;
+    return services.desktops.mayOpen(principal, vmId);
+  };
   app.post(
     '/v1/vms/:vm/console-ticket',
     {
-      config: { access: { on: 'project', permission: 'vm.console' } },
+      config: { access: { on: 'project', permission: 'vm.console', alternative: ownDesktop } },
       schema: {
         operationId: 'createConsoleTicket',
         tags: ['vms'],
@@ -97,7 +115,7 @@ export const consoleRoutes: FastifyPluginAsyncTypebox<ConsoleRouteServices> = as
       url,
       {
         websocket: true,
-        config: { access: { on: 'project', permission: 'vm.console', audit: true, ticket: { kind, required: kind === 'vnc' } } },
+        config: { access: { on: 'project', permission: 'vm.console', audit: true, ticket: { kind, required: kind === 'vnc' }, alternative: ownDesktop } },
         schema: { operationId, tags: ['vms'], summary, params: VmRef, querystring: ConsoleQuery },
         preValidation: refuseForeignOrigin,
         preHandler: findTarget,
@@ -130,10 +148,17 @@ function relay(socket: WebSocket, request: FastifyRequest, services: ConsoleRout
     },
   });
   // Open as long as its token holds vm.console there: a revoked token, an ended session or a revoked role closes it (4401).
-  const unwatch = services.access.watch(request.principal!, 'vm.console', { project }, (reason) => socket.close(4401, reason.slice(0, 120)));
+  // A desktop's console opened without vm.console is open as long as the token is valid and the desktop theirs.
+  const closeRefused = (reason: string) => socket.close(4401, reason.slice(0, 120));
+  const viaDesktop = request.accessAlternative === true;
+  const unwatch = services.access.watch(request.principal!, viaDesktop ? null : 'vm.console', { project }, closeRefused);
+  const userId = request.principal!.userId;
+  const opened = services.desktops?.consoleOpened(target.vmId, userId, closeRefused).catch(() => undefined);
   socket.on('close', () => {
     unwatch();
     upstream.close();
+    // The close is told after the open was recorded, so the grace time never starts before it.
+    void opened?.then(() => services.desktops?.consoleClosed(target.vmId, userId, closeRefused)).catch(() => undefined);
   });
 }
 

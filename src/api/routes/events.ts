@@ -24,6 +24,8 @@ const READ_PERMISSION: Record<ChangeType, Permission> = {
   volume: 'volume.read',
   operation: 'operation.read',
   migration: 'vm.read',
+  desktop: 'desktop.read',
+  'desktop-pool': 'desktop.read',
 };
 
 const KEEP_ALIVE_MS = 15_000;
@@ -32,6 +34,8 @@ const MAX_BUFFERED_BYTES = 8 * 2 ** 20;
 
 /** Whether `principal` may see `change`. */
 export function maySee(principal: Principal, change: RecordedChange): boolean {
+  // A desktop's user follows it without desktop.read (a token limited to another project excepted).
+  if (change.users?.includes(principal.userId) && (!principal.tokenProjectId || principal.tokenProjectId === change.project?.id)) return true;
   const target = change.project ? { project: change.project } : 'platform';
   return authorize(principal, READ_PERMISSION[change.event.type], target).allowed;
 }

@@ -11,7 +11,8 @@ import { List, ResourceName } from '../../wire/schemas.ts';
 import { checkResource } from '../access-hook.ts';
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
-export type UserRouteServices = { db: Db; access: AccessControl };
+/** `desktops` forgets a deleted user's desktop grants and takes their desktops back. */
+export type UserRouteServices = { db: Db; access: AccessControl; desktops?: { forgetUser(userId: string, userName: string): Promise<void> } };
 
 /** The routes under /v1/users, /v1/roles, /v1/permissions and /v1/access. */
 export const userRoutes: FastifyPluginAsyncTypebox<UserRouteServices> = async (app, services) => {
@@ -20,7 +21,7 @@ export const userRoutes: FastifyPluginAsyncTypebox<UserRouteServices> = async (a
   registerGrantRoutes(app, services);
 };
 
-function registerUserRoutes(app: RouteApp, { access }: UserRouteServices): void {
+function registerUserRoutes(app: RouteApp, { access, desktops }: UserRouteServices): void {
   app.get(
     '/v1/users',
     {
@@ -50,13 +51,15 @@ function registerUserRoutes(app: RouteApp, { access }: UserRouteServices): void 
       schema: {
         operationId: 'deleteUser',
         tags: ['access'],
-        summary: 'Delete a user, its role bindings and tokens (its open consoles close)',
+        summary: 'Delete a user, its role bindings, tokens and desktop grants (its open consoles close, a desktop it held is reset)',
         params: Type.Object({ user: UserName }),
         response: { 204: Type.Null(), ...errorResponses },
       },
     },
     async (request, reply) => {
+      const { id } = await access.users.row(request.params.user);
       await access.users.delete(request.params.user);
+      await desktops?.forgetUser(id, request.params.user);
       return reply.status(204).send(null);
     },
   );

@@ -5,7 +5,7 @@
  * origin); no token is kept by the page.
  */
 import createClient from 'openapi-fetch';
-import type { components, paths } from './schema';
+import type { components, operations, paths } from './schema';
 
 export type Schemas = components['schemas'];
 export type Vm = Schemas['Vm'];
@@ -13,6 +13,10 @@ export type Host = Schemas['Host'];
 export type Network = Schemas['Network'];
 export type Pool = Schemas['Pool'];
 export type Operation = Schemas['Operation'];
+export type Desktop = Schemas['Desktop'];
+export type DesktopPool = Schemas['DesktopPool'];
+/** A pool the signed-in user may use, with the desktop they hold there ("my desktops"). */
+export type MyDesktop = operations['listMyDesktops']['responses'][200]['content']['application/json'][number];
 
 export const api = createClient<paths>({ baseUrl: window.location.origin, credentials: 'same-origin' });
 

@@ -7,7 +7,7 @@
  */
 import { useEffect, useRef, useState } from 'react';
 
-export type ResourceType = 'vm' | 'host' | 'network' | 'pool' | 'volume' | 'operation' | 'migration';
+export type ResourceType = 'vm' | 'host' | 'network' | 'pool' | 'volume' | 'operation' | 'migration' | 'desktop' | 'desktop-pool';
 
 /** One `change` message of the stream. */
 export interface ChangeEvent {

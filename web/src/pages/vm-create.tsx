@@ -9,12 +9,13 @@ import { useLocation } from 'wouter';
 import { ApiError, api, unwrap } from '../api/client';
 import { bodyOf, type FormValues, type JsonSchema, SchemaFields } from '../components/schema-form';
 
-async function createRequestSchema(): Promise<JsonSchema> {
+/** The JSON schema of the body of `POST path`, read from the API's OpenAPI document. */
+export async function requestSchema(path: string): Promise<JsonSchema> {
   const response = await fetch('/v1/openapi.json', { credentials: 'same-origin' });
   if (!response.ok) throw new Error(`The API's OpenAPI document did not load (${response.status})`);
   const document = (await response.json()) as { paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: JsonSchema }> } }>> };
-  const schema = document.paths['/v1/vms']?.post?.requestBody?.content['application/json']?.schema;
-  if (!schema) throw new Error('The OpenAPI document has no request body for POST /v1/vms');
+  const schema = document.paths[path]?.post?.requestBody?.content['application/json']?.schema;
+  if (!schema) throw new Error(`The OpenAPI document has no request body for POST ${path}`);
   return schema;
 }
 
@@ -26,7 +27,7 @@ export function VmCreatePage() {
   const [busy, setBusy] = useState(false);
   const [, navigate] = useLocation();
   useEffect(() => {
-    createRequestSchema().then(setSchema, (error: unknown) => setFormError(error instanceof Error ? error.message : String(error)));
+    requestSchema('/v1/vms').then(setSchema, (error: unknown) => setFormError(error instanceof Error ? error.message : String(error)));
   }, []);
   const submit = (event: FormEvent) => {
     event.preventDefault();
