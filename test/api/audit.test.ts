@@ -193,7 +193,8 @@ describe('the tamper-evident audit log', () => {
     },
     {
       name: 'an entry edited together with its leaf hash',
-      expect: /does not match the entries: an entry among 1\.\.\d+ was changed/,
+      // The range starts after the last head signed before entry 4 (under load one may follow entry 3).
+      expect: /does not match the entries: an entry among [1-4]\.\.\d+ was changed/,
       tamper: async ({ db }) => {
         const row = await db.selectFrom('audit_entries').select('data').where('seq', '=', 4).executeTakeFirstOrThrow();
         const data = row.data.replace('"POST"', '"POSU"');
