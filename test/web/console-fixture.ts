@@ -24,7 +24,7 @@ export function skipReason(): string | undefined {
 
 // From the machine notes: as root Chromium needs --no-sandbox, and without the background
 // networking flags it keeps trying to reach Google's hosts on a closed network.
-const CHROMIUM_FLAGS = [
+export const CHROMIUM_FLAGS = [
   '--no-sandbox',
   '--disable-gpu',
   '--disable-quic',

@@ -40,8 +40,10 @@ export function HostPage({ name }: { name: string }) {
             <dt>VMs</dt>
             <dd>{host.vmCount}</dd>
           </dl>
-          <UsageBar label="CPU" used={host.allocatedCpus} total={host.cpus * host.cpuOvercommit} unit="vCPU" />
-          <UsageBar label="Memory" used={host.allocatedMemoryMb} total={host.memoryMb * host.memoryOvercommit} unit="MiB" />
+          <div className="host-bars">
+            <UsageBar label="CPU" used={host.allocatedCpus} total={host.cpus * host.cpuOvercommit} unit="vCPU" />
+            <UsageBar label="Memory" used={host.allocatedMemoryMb} total={host.memoryMb * host.memoryOvercommit} unit="MiB" />
+          </div>
         </section>
       )}
       <UsageCharts of={{ kind: 'host', name }} />
