@@ -65,6 +65,9 @@ async function waitAtLeast(probe: () => Promise<number>, wanted: number, timeout
   return value;
 }
 
+/** What the page's content security policy refused, as `directive blocked-uri`. */
+const cspViolations = (page: Page) => page.evaluate(() => (window as unknown as { cspViolations: string[] }).cspViolations);
+
 /** The serial console page's terminal text, one line per row. */
 const terminalText = async (page: Page) => (await page.locator('.xterm-rows > div').allTextContents()).join('\n');
 
@@ -124,6 +127,12 @@ describe('web console: screen, serial console, graphs and a live migration with 
     await login.getByRole('button', { name: 'Sign in with token' }).click();
     await login.getByRole('heading', { name: 'Overview' }).waitFor();
     await login.close();
+    // Every breach of the content security policy is kept, to check what the consoles need of it.
+    await browser.addInitScript(() => {
+      const seen: string[] = [];
+      (window as unknown as { cspViolations: string[] }).cspViolations = seen;
+      document.addEventListener('securitypolicyviolation', (event) => seen.push(`${event.effectiveDirective} ${event.blockedURI}`));
+    });
   });
   after(async () => {
     await browser?.close();
@@ -148,12 +157,22 @@ describe('web console: screen, serial console, graphs and a live migration with 
     const changed = await waitAtLeast(() => pixelsChanged(screen), 3_000, 10_000);
     assert.ok(changed >= 3_000, `eight lines of text on tty1 changed ${changed} pixels of the screen`);
     await screen.screenshot({ path: join(SCREENSHOTS, 'screen.png') });
+    assert.deepEqual(await cspViolations(screen), [], 'noVNC works within the policy: its WebSocket, canvas and script are allowed');
   });
 
   it('answers on the serial console page what is typed there', async () => {
     const text = await typeOnSerial(serial, 'echo serial-$((6*7)); uname -s', /serial-42\s*\n\s*Linux/);
     assert.match(text, /serial-42/);
     await serial.screenshot({ path: join(SCREENSHOTS, 'serial.png') });
+    // xterm.js writes its sizes and colours into <style> elements, which `style-src 'self'`
+    // blocks: they are the only breaches, and the sheet adopted in their place lays the rows out.
+    const breaches = await cspViolations(serial);
+    assert.ok(
+      breaches.every((breach) => breach === 'style-src-elem inline'),
+      breaches.join('; '),
+    );
+    const rowHeights = await serial.locator('.xterm-rows > div').evaluateAll((rows) => rows.slice(0, 5).map((row) => row.getBoundingClientRect().height));
+    assert.ok(new Set(rowHeights).size === 1 && rowHeights[0] > 10, `rows of one height from xterm's sheet (${rowHeights})`);
   });
 
   it('shows the screen to a page that may not read the VM (a desktop user): nothing but the ticket is asked', async () => {

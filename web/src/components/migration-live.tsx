@@ -201,7 +201,11 @@ export function MigrationLive({ operationId }: { operationId: string }) {
           </li>
         ))}
       </ol>
-      <UPlotChart title="Pre-copy: sent, remaining, dirty rate against the link" options={CHART_OPTIONS} seriesKey="precopy" data={data} />
+      {samples.length > 0 ? (
+        <UPlotChart title="Pre-copy: sent, remaining, dirty rate against the link" options={CHART_OPTIONS} seriesKey="precopy" data={data} />
+      ) : (
+        <p className="empty">{end ? 'No pre-copy pass was reported' : 'The chart starts with the first pre-copy pass'}</p>
+      )}
       {passes.length > 0 && (
         <table className="passes" aria-label="Passes">
           <thead>
