@@ -175,6 +175,25 @@ describe('web console: screen, serial console, graphs and a live migration with 
     assert.ok(new Set(rowHeights).size === 1 && rowHeights[0] > 10, `rows of one height from xterm's sheet (${rowHeights})`);
   });
 
+  it('sends the keys typed on the screen to the guest: a line typed there is read by a command on the serial console page', async () => {
+    // The serial console's shell reads one line of the screen's terminal (tty1), which has the keyboard.
+    await serial.locator('[data-testid="serial-terminal"]').click();
+    await serial.keyboard.type('read line < /dev/tty1; echo got-$line');
+    await serial.keyboard.press('Enter');
+    await serial.waitForFunction(() =>
+      Array.from(document.querySelectorAll('.xterm-rows > div'), (row) => row.textContent).some((text) => text?.includes('echo got-$line')),
+    );
+    await screen.locator(SCREEN_CANVAS).click();
+    // Only unshifted keys: noVNC sends QEMU scan codes, and Playwright types '$' without Shift held.
+    await screen.keyboard.type('typed-on-screen-42');
+    await screen.keyboard.press('Enter');
+    await serial.waitForFunction(
+      () => Array.from(document.querySelectorAll('.xterm-rows > div'), (row) => row.textContent).some((text) => text?.includes('got-typed-on-screen-42')),
+      undefined,
+      { timeout: 15_000 },
+    );
+  });
+
   it('shows the screen to a page that may not read the VM (a desktop user): nothing but the ticket is asked', async () => {
     const page = await browser.newPage();
     const readsOfVm: string[] = [];
@@ -248,6 +267,8 @@ describe('web console: screen, serial console, graphs and a live migration with 
     try {
       const before = (await nubis.api<Vm>('GET', `/v1/vms/${VM}`)).body;
       await page.goto(`${nubis.url}${VM_PAGE}`);
+      // The hosts arrive after the page: until then the target is a text field.
+      await page.locator('select#migrate-to').waitFor();
       await page.getByLabel('Target host').selectOption({ index: 1 });
       const target = await page.getByLabel('Target host').inputValue();
       assert.notEqual(target, before.host);
