@@ -22,7 +22,10 @@ const PLAIN_HOST = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/;
  * The content security policy: scripts, styles and fonts only from this origin (no inline
  * script, no eval), connections only back to it (fetch, EventSource and the console WebSockets,
  * named by scheme because older browsers do not count ws: as 'self'), no plugins, and no framing
- * by any page (against clickjacking).
+ * by any page (against clickjacking). The consoles fit in it as it is: noVNC draws on a canvas
+ * and sets styles through the CSSOM, which the policy does not govern; xterm.js's `<style>`
+ * elements are blocked and copied into a constructed sheet (web/src/console/adopt-styles.ts), so
+ * `style-src` needs no 'unsafe-inline' (test/web/screen.test.ts checks what the policy refused).
  */
 export function contentSecurityPolicy(request: FastifyRequest): string {
   const host = PLAIN_HOST.test(request.host) ? request.host : undefined;

@@ -176,7 +176,8 @@ describe('web console in a browser', { skip: skipReason() }, () => {
     await page.getByLabel('Strategy').selectOption('precopy');
     await page.getByLabel('Target host').selectOption(to);
     await page.getByRole('button', { name: 'Migrate' }).click();
-    await page.locator('section[aria-label="Last action"] .operation', { hasText: 'migrate' }).waitFor();
+    // A migration shows as it runs, from its operation's event stream.
+    await page.locator('.migration-live .stages li').first().waitFor();
     await page.getByRole('cell', { name: `${from} → ${to}` }).waitFor({ timeout: 20_000 });
     await page.locator('.facts dd', { hasText: new RegExp(`^${to}$`) }).waitFor({ timeout: 20_000 });
     await page.screenshot({ path: join(SCREENSHOTS, 'vm.png'), fullPage: true });

@@ -3,7 +3,7 @@
  * login page when nobody is, and the pages by path. The control plane answers every non-API path
  * with index.html, so these paths can be bookmarked and reloaded.
  */
-import { useCallback, useEffect, useState } from 'react';
+import { lazy, Suspense, useCallback, useEffect, useState } from 'react';
 import { Link, Route, Switch } from 'wouter';
 import { onSignedOut } from './api/client';
 import { signOut, type WhoAmI, whoAmI } from './api/session';
@@ -13,7 +13,13 @@ import { LoginPage } from './pages/login';
 import { MyDesktopsPage } from './pages/my-desktops';
 import { OverviewPage } from './pages/overview';
 import { VmCreatePage } from './pages/vm-create';
+import { HostPage } from './pages/host';
+import { OperationPage } from './pages/operation';
 import { VmPage } from './pages/vm';
+
+// noVNC and xterm.js load only with the console pages: the overview stays small.
+const VmScreenPage = lazy(() => import('./pages/vm-screen').then((module) => ({ default: module.VmScreenPage })));
+const VmSerialPage = lazy(() => import('./pages/vm-screen').then((module) => ({ default: module.VmSerialPage })));
 
 export function App() {
   const [who, setWho] = useState<WhoAmI | null>();
@@ -56,22 +62,28 @@ export function App() {
         </button>
       </header>
       <main id="main" className="page">
-        <Switch>
-          <Route path="/" component={OverviewPage} />
-          <Route path="/vms/new" component={VmCreatePage} />
-          <Route path="/desktops">{() => <MyDesktopsPage />}</Route>
-          <Route path="/desktops/pools/new" component={DesktopPoolCreatePage} />
-          <Route path="/desktops/pools/:project/:name">{(params) => <DesktopPoolPage project={params.project} name={params.name} />}</Route>
-          {/* What nubis desktop connect prints: the same page, that pool's card first. */}
-          <Route path="/desktops/:pool">{(params) => <MyDesktopsPage first={params.pool} />}</Route>
-          <Route path="/vms/:project/:name">{(params) => <VmPage project={params.project} name={params.name} />}</Route>
-          <Route>
-            <h1>Not found</h1>
-            <p>
-              No page here. <Link href="/">Back to the overview</Link>
-            </p>
-          </Route>
-        </Switch>
+        <Suspense fallback={<p aria-busy="true">Loading…</p>}>
+          <Switch>
+            <Route path="/" component={OverviewPage} />
+            <Route path="/vms/new" component={VmCreatePage} />
+            <Route path="/desktops">{() => <MyDesktopsPage />}</Route>
+            <Route path="/desktops/pools/new" component={DesktopPoolCreatePage} />
+            <Route path="/desktops/pools/:project/:name">{(params) => <DesktopPoolPage project={params.project} name={params.name} />}</Route>
+            {/* What nubis desktop connect prints: the same page, that pool's card first. */}
+            <Route path="/desktops/:pool">{(params) => <MyDesktopsPage first={params.pool} />}</Route>
+            <Route path="/vms/:project/:name/screen">{(params) => <VmScreenPage project={params.project} name={params.name} />}</Route>
+            <Route path="/vms/:project/:name/serial">{(params) => <VmSerialPage project={params.project} name={params.name} />}</Route>
+            <Route path="/hosts/:name">{(params) => <HostPage name={params.name} />}</Route>
+            <Route path="/operations/:id">{(params) => <OperationPage id={params.id} />}</Route>
+            <Route path="/vms/:project/:name">{(params) => <VmPage project={params.project} name={params.name} />}</Route>
+            <Route>
+              <h1>Not found</h1>
+              <p>
+                No page here. <Link href="/">Back to the overview</Link>
+              </p>
+            </Route>
+          </Switch>
+        </Suspense>
       </main>
     </>
   );

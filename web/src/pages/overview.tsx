@@ -25,7 +25,10 @@ function HostCard({ host }: { host: Host }) {
   return (
     <li className="host">
       <div className="host-title">
-        <strong>{host.name}</strong> <span className={`state state-${host.status}`}>{host.status}</span>{' '}
+        <strong>
+          <Link href={`/hosts/${encodeURIComponent(host.name)}`}>{host.name}</Link>
+        </strong>{' '}
+        <span className={`state state-${host.status}`}>{host.status}</span>{' '}
         <span className="tag" title={host.acceleratorReason}>
           {host.accelerator}
         </span>

@@ -1,12 +1,15 @@
 /**
  * One VM: its state and where it runs, every action the CLI has (vm-actions.tsx), the operation
- * an action started with its progress, the serial log and the migration history. It follows the
+ * an action started with its progress (a migration live, with its passes and prediction), links to
+ * its screen and serial console, its usage graphs, the serial log and the migration history. It follows the
  * event stream for this VM and its operations, and refreshes on an interval without it.
  */
 import { useCallback, useEffect, useState } from 'react';
-import { useLocation } from 'wouter';
+import { Link, useLocation } from 'wouter';
 import { api, type Operation, type Vm, unwrap } from '../api/client';
 import { LiveIndicator } from '../components/live-indicator';
+import { MigrationLive } from '../components/migration-live';
+import { UsageCharts } from '../components/usage-charts';
 import { type LiveState, useEventStream } from '../live/events';
 import { OperationRow } from './overview';
 import { VmActions } from './vm-actions';
@@ -166,6 +169,7 @@ function VmHead({ vm, live }: { vm: Vm; live: LiveState }) {
 export function VmPage({ project, name }: { project: string; name: string }) {
   const { vm, setVm, gone, log, migrations, operation, setOperation, live } = useVmState(project, name);
   const [, navigate] = useLocation();
+  const base = `/vms/${encodeURIComponent(project)}/${encodeURIComponent(name)}`;
   if (gone && !vm) return <p role="alert">{gone}</p>;
   if (!vm) return <p aria-busy="true">Loading…</p>;
   return (
@@ -174,7 +178,8 @@ export function VmPage({ project, name }: { project: string; name: string }) {
       {gone && <p role="alert">{gone}</p>}
       <VmFacts vm={vm} />
       <VmActions vm={vm} onOperation={setOperation} onChanged={setVm} onDeleted={() => navigate('/')} />
-      {operation && (
+      {operation?.kind === 'vm.migrate' && <MigrationLive operationId={operation.id} />}
+      {operation && operation.kind !== 'vm.migrate' && (
         <section className="card" aria-label="Last action">
           <h2>Last action</h2>
           <ul className="operations">
@@ -184,12 +189,16 @@ export function VmPage({ project, name }: { project: string; name: string }) {
       )}
       <section className="card" aria-labelledby="console-heading">
         <h2 id="console-heading">Screen and console</h2>
-        {/* The graphical console (noVNC over the console ticket's WebSocket) and the interactive
-            serial console (xterm.js) are mounted here by the console work. */}
-        <p className="muted" data-testid="console-slot">
-          The VM's screen and interactive serial console open here once the console relay is part of this control plane.
+        <p className="inline-links">
+          <Link href={`${base}/screen`} className="button">
+            Screen
+          </Link>
+          <Link href={`${base}/serial`} className="button">
+            Serial console
+          </Link>
         </p>
       </section>
+      <UsageCharts of={{ kind: 'vm', project, name }} />
       <section className="card" aria-labelledby="log-heading">
         <h2 id="log-heading">Serial log</h2>
         {/* biome-ignore lint/a11y/noNoninteractiveTabindex: a scrolling box must take focus to be scrolled by keyboard (WCAG 2.1.1) */}
