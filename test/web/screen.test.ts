@@ -7,7 +7,7 @@
  * pages go to docs/screenshots/ for the README.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -225,6 +225,34 @@ describe('web console: screen, serial console, graphs and a live migration with 
       await status.waitFor();
       assert.match((await status.textContent()) ?? '', /No screen ticket: You may not open the console of screen1/);
       assert.ok(await page.getByRole('button', { name: 'Reconnect' }).isVisible());
+    } finally {
+      await page.close();
+    }
+  });
+
+  it("shows a storage pool's members with their error counters, and a scrub started from its page as it runs", async () => {
+    const devices = ['a', 'b'].map((name) => join(nubis.dataDir, `webpool-${name}.img`));
+    for (const device of devices) {
+      writeFileSync(device, '');
+      truncateSync(device, 64 * 2 ** 20);
+    }
+    await nubis.cliJson(['pool', 'create', 'webpool', '--layout', 'raid1', ...devices.flatMap((device) => ['--device', device])]);
+    const page = await browser.newPage();
+    try {
+      await page.goto(nubis.url);
+      await page.getByRole('link', { name: 'webpool' }).click();
+      await page.getByRole('heading', { name: 'Pool webpool' }).waitFor();
+      const members = page.getByRole('region', { name: 'Members' }).locator('tbody tr');
+      await members.nth(1).waitFor();
+      assert.deepEqual(
+        await members.evaluateAll((rows) => rows.map((row) => [...row.querySelectorAll('td')].map((cell) => cell.textContent))),
+        devices.map((device, index) => [String(index), device, 'online', '0', '0', '0']),
+      );
+      await page.getByRole('button', { name: 'Scrub', exact: true }).click();
+      const scrub = page.getByRole('region', { name: 'Scrubs and rebuilds' }).locator('[data-operation]').first();
+      await scrub.locator('.state-succeeded').waitFor({ timeout: 120_000 });
+      assert.match((await scrub.textContent()) ?? '', /pool\.scrub pool webpool/);
+      await page.screenshot({ path: join(SCREENSHOTS, 'pool.png'), fullPage: true });
     } finally {
       await page.close();
     }

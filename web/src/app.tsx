@@ -15,6 +15,7 @@ import { OverviewPage } from './pages/overview';
 import { VmCreatePage } from './pages/vm-create';
 import { HostPage } from './pages/host';
 import { OperationPage } from './pages/operation';
+import { PoolPage } from './pages/pool';
 import { VmPage } from './pages/vm';
 
 // noVNC and xterm.js load only with the console pages: the overview stays small.
@@ -74,6 +75,7 @@ export function App() {
             <Route path="/vms/:project/:name/screen">{(params) => <VmScreenPage project={params.project} name={params.name} />}</Route>
             <Route path="/vms/:project/:name/serial">{(params) => <VmSerialPage project={params.project} name={params.name} />}</Route>
             <Route path="/hosts/:name">{(params) => <HostPage name={params.name} />}</Route>
+            <Route path="/pools/:name">{(params) => <PoolPage name={params.name} />}</Route>
             <Route path="/operations/:id">{(params) => <OperationPage id={params.id} />}</Route>
             <Route path="/vms/:project/:name">{(params) => <VmPage project={params.project} name={params.name} />}</Route>
             <Route>

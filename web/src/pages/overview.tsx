@@ -75,7 +75,10 @@ function PoolCard({ pool }: { pool: Pool }) {
   return (
     <li className="pool">
       <div>
-        <strong>{pool.name}</strong> <span className={`state state-${pool.state}`}>{pool.state}</span> <span className="tag">{pool.layout}</span>
+        <Link href={`/pools/${encodeURIComponent(pool.name)}`}>
+          <strong>{pool.name}</strong>
+        </Link>{' '}
+        <span className={`state state-${pool.state}`}>{pool.state}</span> <span className="tag">{pool.layout}</span>
         {pool.readOnly && <span className="warning"> read-only: {pool.readOnlyReason}</span>}
       </div>
       <UsageBar label="Capacity" used={pool.allocatedBytes} total={pool.sizeBytes} unit="B" />
