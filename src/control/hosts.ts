@@ -357,10 +357,12 @@ export class HostRegistry {
   }
 
   async get(ref: string): Promise<HostView> {
-    // From the kept rows: every host's return after a silence describes it for the event stream.
-    const host = (await this.list()).find((view) => view.name === ref || view.id === ref);
-    if (!host) throw new NubisError('HOST_NOT_FOUND', `No host ${ref}; see nubis host list`);
-    return host;
+    // From the kept rows, and the view of that host only: every host's return after a silence
+    // describes it for the event stream, and a view of all of them was ~3 ms at 1,000 hosts.
+    const { hosts } = await this.#usage.refresh();
+    const row = hosts.find((host) => host.name === ref || host.id === ref);
+    if (!row) throw new NubisError('HOST_NOT_FOUND', `No host ${ref}; see nubis host list`);
+    return this.#views(this.#usage.allocations(false), row.id)[0];
   }
 
   /** The agent of `host`, through the typed contract (an unreachable agent is `HOST_UNAVAILABLE`). */

@@ -9,6 +9,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Operation, OperationEvent } from '../wire/schemas.ts';
 import type { Db } from '../state/database.ts';
+import { writeTransaction } from '../state/write-queue.ts';
 import { annotateAudit, auditedTransaction } from '../audit/audit-context.ts';
 import type { OperationsTable } from '../state/schema.ts';
 import { publishChange } from '../events/change-feed.ts';
@@ -241,7 +242,7 @@ export class OperationManager {
   async #addEvent(id: string, stage: string, message: string, progress: number, data?: unknown, outcome?: Partial<OperationsTable>): Promise<void> {
     const at = new Date().toISOString();
     const clamped = Math.max(0, Math.min(1, progress));
-    const seq = await this.#db.transaction().execute(async (trx) => {
+    const seq = await writeTransaction(this.#db, async (trx) => {
       const inserted = await trx
         .insertInto('operation_events')
         .values({ operation_id: id, at, stage, message, progress: clamped, data: data === undefined ? null : JSON.stringify(data) })

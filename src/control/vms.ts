@@ -13,6 +13,7 @@ import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
+import { writeTransaction } from '../state/write-queue.ts';
 import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry, HostView } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
@@ -592,7 +593,7 @@ export class VmService {
   async #forget(row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable): Promise<void> {
     const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
     // One transaction: a crash mid-way leaves the VM whole or gone, never an address without a VM.
-    await this.#db.transaction().execute(async (trx) => {
+    await writeTransaction(this.#db, async (trx) => {
       await this.#networks.dropForwardsOf(row.id, trx);
       await this.#networks.releaseNics(row.id, trx);
       await this.#secgroups.unassign(row.id, trx);
