@@ -65,7 +65,12 @@ describe('write queue', () => {
         throw new Error('refused after its write');
       }),
       // The same name as wq-a: SQLite refuses it, and only it.
-      writeTransaction(db, (trx) => trx.insertInto('projects').values({ ...project('wq-c'), name: 'wq-a' }).execute()),
+      writeTransaction(db, (trx) =>
+        trx
+          .insertInto('projects')
+          .values({ ...project('wq-c'), name: 'wq-a' })
+          .execute(),
+      ),
       writeTransaction(db, (trx) => trx.insertInto('projects').values(project('wq-d')).execute()),
     ]);
     assert.deepEqual(
