@@ -11,7 +11,8 @@ import type { Operation, OperationEvent } from '../wire/schemas.ts';
 import type { Db } from '../state/database.ts';
 import { writeTransaction } from '../state/write-queue.ts';
 import { annotateAudit, auditedTransaction } from '../audit/audit-context.ts';
-import type { OperationsTable } from '../state/schema.ts';
+import type { Database, OperationsTable } from '../state/schema.ts';
+import type { Transaction } from 'kysely';
 import { publishChange } from '../events/change-feed.ts';
 
 /** What an operation's work gets: a way to report progress and the signal that cancels it. */
@@ -107,9 +108,16 @@ export class OperationManager {
 
   /**
    * Records a new operation and runs `work` in the background. Returns the operation at once,
-   * so the API can answer `202` with its id.
+   * so the API can answer `202` with its id. `recordWith` writes, in the transaction that records
+   * the operation, what it acts on (a VM create its VM): both commit together, or neither, and
+   * the request's audit entry names the operation.
    */
-  async start<T>(kind: string, target: OperationTarget, work: (context: OperationContext) => Promise<T>): Promise<Operation> {
+  async start<T>(
+    kind: string,
+    target: OperationTarget,
+    work: (context: OperationContext) => Promise<T>,
+    recordWith?: (trx: Transaction<Database>) => Promise<void>,
+  ): Promise<Operation> {
     const now = new Date().toISOString();
     const row: OperationsTable = {
       id: newId('op'),
@@ -128,7 +136,10 @@ export class OperationManager {
       updated_at: now,
     };
     annotateAudit({ operation: row.id });
-    await auditedTransaction(this.#db, (trx) => trx.insertInto('operations').values(row).execute());
+    await auditedTransaction(this.#db, async (trx) => {
+      await recordWith?.(trx);
+      await trx.insertInto('operations').values(row).execute();
+    });
     publishChange(this.#db, 'operation', 'created', row.id);
     const controller = new AbortController();
     this.#controllers.set(row.id, controller);

@@ -3,18 +3,17 @@
  * turns every lifecycle action into an operation that drives the VM's host agent. Changes to one
  * VM pass through its queue, one at a time.
  */
-import { sql } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
-import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import { writeTransaction } from '../state/write-queue.ts';
-import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
+import type { Database, HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry, HostView } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
@@ -108,9 +107,14 @@ export class VmService {
    * Runs `work` as an operation under `claim` (taken by the caller before any check, so that the
    * checks hold until the work runs). A failure to start the operation gives the claim back.
    */
-  async #operate<T>(claim: VmClaim, target: OperationTarget, work: (op: OperationContext) => Promise<T>): Promise<Operation> {
+  async #operate<T>(
+    claim: VmClaim,
+    target: OperationTarget,
+    work: (op: OperationContext) => Promise<T>,
+    recordWith?: (trx: Transaction<Database>) => Promise<void>,
+  ): Promise<Operation> {
     try {
-      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)));
+      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)), recordWith);
       claim.setOperation(operation.id);
       return operation;
     } catch (error) {
@@ -202,8 +206,16 @@ export class VmService {
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const spec = await this.#storage.bindDisksToHost(this.#specFor(id, request, plan, nics), host.name);
       if (request.ha) requireRestartable(request.name, spec);
+      let operation: Operation;
       try {
-        await this.#recordNew(id, request, plan, host, spec, decision, reservation);
+        // The VM is recorded with its create operation: a VM left `pending` by a control plane
+        // that stopped always has the operation that says what became of it.
+        operation = await this.#operate(
+          claim,
+          { type: 'vm', id, name: request.name, projectId: plan.projectId },
+          (op) => this.#build(op, { id, request, plan, host, spec, nics }),
+          (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
+        );
       } catch (error) {
         // Not recorded (a quota another create took meanwhile): its addresses and groups go back.
         await this.#networks.releaseNics(id);
@@ -211,9 +223,8 @@ export class VmService {
         throw error;
       }
       reservation.committed();
-      return await this.#operate(claim, { type: 'vm', id, name: request.name, projectId: plan.projectId }, (op) =>
-        this.#build(op, { id, request, plan, host, spec, nics }),
-      );
+      publishChange(this.#db, 'vm', 'created', id);
+      return operation;
     } catch (error) {
       // Its share of the host goes back unless its record holds it now.
       reservation.release();
@@ -344,59 +355,52 @@ export class VmService {
     };
   }
 
-  /** The VM's record and its disks, in one transaction: a crash leaves both or neither. */
+  /** The VM's record, its disks and its placement, in the transaction that records its create operation. */
   async #recordNew(
-    id: string,
-    request: VmCreateRequest,
-    plan: CreatePlan,
-    host: HostView,
-    spec: VmSpec,
-    decision: PlacementDecision,
-    reservation: PlacementReservation,
+    trx: Transaction<Database>,
+    c: { id: string; request: VmCreateRequest; plan: CreatePlan; host: HostView; spec: VmSpec; decision: PlacementDecision; reservation: PlacementReservation },
   ): Promise<void> {
+    const { id, request, plan, host, spec } = c;
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
-    await auditedTransaction(this.#db, async (trx) => {
-      await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
-      await trx
-        .insertInto('vms')
-        .values({
-          id,
-          project_id: plan.projectId,
-          name: request.name,
-          host_id: host.id,
-          image_id: plan.image.id,
-          cpus: request.cpus,
-          memory_mb: request.memoryMb,
-          desired_state: 'running',
-          actual_state: 'pending',
-          spec: JSON.stringify(spec),
-          status: '{}',
-          allow_postcopy: request.allowPostcopy === false ? 0 : 1,
-          placement_group_id: plan.placementGroupId,
-          ha: request.ha ? 1 : 0,
-          ha_priority: request.haPriority ?? 0,
-          ha_group_id: plan.haGroupId,
-          autostart: request.autostart ? 1 : 0,
-          boot_order: request.bootOrder ?? 0,
-          boot_delay_seconds: request.bootDelaySeconds ?? 0,
-          balance: request.balance ?? 'auto',
-          created_at: now,
-          updated_at: now,
-        })
-        .execute();
-      await reservation.recordIn(trx);
-      for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
-      const actor = currentUser();
-      await this.#placement.record(trx, {
-        vm: { id, name: request.name, projectId: plan.projectId },
-        host,
-        action: 'create',
-        ...(actor ? { actor } : {}),
-        decision,
-      });
+    await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
+    await trx
+      .insertInto('vms')
+      .values({
+        id,
+        project_id: plan.projectId,
+        name: request.name,
+        host_id: host.id,
+        image_id: plan.image.id,
+        cpus: request.cpus,
+        memory_mb: request.memoryMb,
+        desired_state: 'running',
+        actual_state: 'pending',
+        spec: JSON.stringify(spec),
+        status: '{}',
+        allow_postcopy: request.allowPostcopy === false ? 0 : 1,
+        placement_group_id: plan.placementGroupId,
+        ha: request.ha ? 1 : 0,
+        ha_priority: request.haPriority ?? 0,
+        ha_group_id: plan.haGroupId,
+        autostart: request.autostart ? 1 : 0,
+        boot_order: request.bootOrder ?? 0,
+        boot_delay_seconds: request.bootDelaySeconds ?? 0,
+        balance: request.balance ?? 'auto',
+        created_at: now,
+        updated_at: now,
+      })
+      .execute();
+    await c.reservation.recordIn(trx);
+    for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
+    const actor = currentUser();
+    await this.#placement.record(trx, {
+      vm: { id, name: request.name, projectId: plan.projectId },
+      host,
+      action: 'create',
+      ...(actor ? { actor } : {}),
+      decision: c.decision,
     });
-    publishChange(this.#db, 'vm', 'created', id);
   }
 
   /** The create operation's work: networks plumbed, QEMU started on the host, the guest ready. */
