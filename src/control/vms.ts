@@ -111,10 +111,10 @@ export class VmService {
     claim: VmClaim,
     target: OperationTarget,
     work: (op: OperationContext) => Promise<T>,
-    recordWith?: (trx: Transaction<Database>) => Promise<void>,
+    record?: { with: (trx: Transaction<Database>) => Promise<void>; then: () => void },
   ): Promise<Operation> {
     try {
-      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)), recordWith);
+      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)), record);
       claim.setOperation(operation.id);
       return operation;
     } catch (error) {
@@ -214,7 +214,10 @@ export class VmService {
           claim,
           { type: 'vm', id, name: request.name, projectId: plan.projectId },
           (op) => this.#build(op, { id, request, plan, host, spec, nics }),
-          (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
+          {
+            with: (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
+            then: () => publishChange(this.#db, 'vm', 'created', id),
+          },
         );
       } catch (error) {
         // Not recorded (a quota another create took meanwhile): its addresses and groups go back.
@@ -223,7 +226,6 @@ export class VmService {
         throw error;
       }
       reservation.committed();
-      publishChange(this.#db, 'vm', 'created', id);
       return operation;
     } catch (error) {
       // Its share of the host goes back unless its record holds it now.
