@@ -108,16 +108,16 @@ export class OperationManager {
 
   /**
    * Records a new operation and runs `work` in the background. Returns the operation at once,
-   * so the API can answer `202` with its id. `record.with` writes, in the transaction that records
+   * so the API can answer `202` with its id. `record.within` writes, in the transaction that records
    * the operation, what it acts on (a VM create its VM): both commit together, or neither, and
-   * the request's audit entry names the operation; `record.then` runs once they committed, before
+   * the request's audit entry names the operation; `record.committed` runs once they committed, before
    * the work starts (to publish what it recorded before the work changes it).
    */
   async start<T>(
     kind: string,
     target: OperationTarget,
     work: (context: OperationContext) => Promise<T>,
-    record?: { with: (trx: Transaction<Database>) => Promise<void>; then: () => void },
+    record?: { within: (trx: Transaction<Database>) => Promise<void>; committed: () => void },
   ): Promise<Operation> {
     const now = new Date().toISOString();
     const row: OperationsTable = {
@@ -138,10 +138,10 @@ export class OperationManager {
     };
     annotateAudit({ operation: row.id });
     await auditedTransaction(this.#db, async (trx) => {
-      await record?.with(trx);
+      await record?.within(trx);
       await trx.insertInto('operations').values(row).execute();
     });
-    record?.then();
+    record?.committed();
     publishChange(this.#db, 'operation', 'created', row.id);
     const controller = new AbortController();
     this.#controllers.set(row.id, controller);

@@ -111,7 +111,7 @@ export class VmService {
     claim: VmClaim,
     target: OperationTarget,
     work: (op: OperationContext) => Promise<T>,
-    record?: { with: (trx: Transaction<Database>) => Promise<void>; then: () => void },
+    record?: { within: (trx: Transaction<Database>) => Promise<void>; committed: () => void },
   ): Promise<Operation> {
     try {
       const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)), record);
@@ -215,8 +215,8 @@ export class VmService {
           { type: 'vm', id, name: request.name, projectId: plan.projectId },
           (op) => this.#build(op, { id, request, plan, host, spec, nics }),
           {
-            with: (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
-            then: () => publishChange(this.#db, 'vm', 'created', id),
+            within: (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
+            committed: () => publishChange(this.#db, 'vm', 'created', id),
           },
         );
       } catch (error) {
