@@ -32,7 +32,7 @@ describe('VM creates and commits', () => {
     const names = Array.from({ length: 24 }, (_, index) => `together-${index}`);
     await createAll(names);
     const spent = (await commits()) - before;
-    // Alone, a create commits nine times (its record, its operation, two statuses, five stages):
+    // Alone, a create commits eight times (its record with its operation, two statuses, five stages):
     // together, a commit carries the writes of many.
     assert.ok(spent <= names.length / 2, `${spent} commits for ${names.length} creates`);
     const vms = await cluster.services.vms.list({ limit: 1000 });
