@@ -41,14 +41,25 @@ class WriteQueue {
   run<T>(work: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#waiting.push({ work: AsyncResource.bind(work), resolve: resolve as (value: unknown) => void, reject });
-      if (!this.#running) void this.#drain();
+      if (!this.#running) {
+        this.#running = true;
+        setImmediate(() => void this.#drain());
+      }
     });
   }
 
+  /**
+   * Commits batches until none waits. Each starts after the event loop's I/O callbacks of the
+   * moment (setImmediate): better-sqlite3 commits synchronously, so a write started at once from
+   * an I/O callback (an agent's answer, a request) would commit before the next callback could add
+   * its own; a turn later, every callback the last commit held up has added its writes.
+   */
   async #drain(): Promise<void> {
-    this.#running = true;
     try {
-      while (this.#waiting.length > 0) await this.#commitBatch();
+      while (this.#waiting.length > 0) {
+        await this.#commitBatch();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
     } finally {
       this.#running = false;
     }
