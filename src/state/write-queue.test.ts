@@ -83,6 +83,20 @@ describe('write queue', () => {
     await db.deleteFrom('projects').where('id', 'like', 'wq-%').execute();
   });
 
+  it('fails the transactions still waiting when the database is closed, instead of trying again for ever', async () => {
+    const closing = await openDatabase(join(dir, 'closing.db'));
+    await closing.destroy();
+    const waiting = Array.from({ length: 3 }, (_, index) =>
+      writeTransaction(closing, async (trx) => {
+        await trx
+          .insertInto('projects')
+          .values(project(`wq-closed-${index}`))
+          .execute();
+      }),
+    );
+    for (const result of await Promise.allSettled(waiting)) assert.equal(result.status, 'rejected');
+  });
+
   it("runs each transaction in its caller's async context", async () => {
     const context = new AsyncLocalStorage<string>();
     const seen = await Promise.all(['one', 'two', 'three'].map((name) => context.run(name, () => writeTransaction(db, async () => context.getStore()))));

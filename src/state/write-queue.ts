@@ -93,6 +93,9 @@ class WriteQueue {
       for (const { job } of done) job.reject(error);
       // Taken but not run to its end (the transaction failed under it).
       for (const job of taken) if (!done.some((entry) => entry.job === job)) job.reject(error);
+      // No transaction could begin (the database is closed): the waiting jobs fail with it, or
+      // the queue would try again for ever.
+      if (taken.length === 0) for (const job of this.#waiting.splice(0, JOBS_PER_COMMIT)) job.reject(error);
       return;
     }
     for (const { job, value } of done) job.resolve(value);
