@@ -27,6 +27,8 @@ export interface MetricsFigures {
   heapUsedBytes: number;
   /** Rows the control plane inserted, updated or deleted since it started; NaN where not served. */
   dbRowsChanged: number;
+  /** Commits of the database since it started (each waits for the disk); NaN where not served. */
+  dbCommits: number;
   /** Requests answered, by route pattern (all methods and statuses together). */
   requests: Map<string, number>;
 }
@@ -39,7 +41,7 @@ export async function scrapeMetrics(target: { url: string; token: string }): Pro
   if (!response.ok) throw new Error(`GET /metrics answered ${response.status}: ${text.slice(0, 300)}`);
   // Only the lines read here are parsed: a scrape at 100 000 VMs holds two series per VM.
   const wanted =
-    /^(nubis_process_cpu_seconds_total|nubis_process_resident_memory_bytes|nubis_nodejs_heap_size_used_bytes|nubis_db_rows_changed_total|nubis_api_requests_total)[{ ]/;
+    /^(nubis_process_cpu_seconds_total|nubis_process_resident_memory_bytes|nubis_nodejs_heap_size_used_bytes|nubis_db_rows_changed_total|nubis_db_commits_total|nubis_api_requests_total)[{ ]/;
   const samples = parsePrometheusText(
     text
       .split('\n')
@@ -57,6 +59,7 @@ export async function scrapeMetrics(target: { url: string; token: string }): Pro
     residentBytes: value('nubis_process_resident_memory_bytes'),
     heapUsedBytes: value('nubis_nodejs_heap_size_used_bytes'),
     dbRowsChanged: value('nubis_db_rows_changed_total'),
+    dbCommits: value('nubis_db_commits_total'),
     requests,
   };
 }

@@ -169,6 +169,7 @@ export async function measureCreates(options: { target: Target; processes: Proce
     operationsSampled: opMs.length,
     vmsAfter: after,
     dbRowsChanged: m1.dbRowsChanged - m0.dbRowsChanged,
+    dbCommits: m1.dbCommits - m0.dbCommits,
     metrics: m1,
   };
 }

@@ -8,6 +8,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Transaction } from 'kysely';
 import type { Db } from '../state/database.ts';
+import { writeTransaction } from '../state/write-queue.ts';
 import type { Database } from '../state/schema.ts';
 import { appendAuditEntry, type AuditEntryInput } from './audit-store.ts';
 
@@ -65,7 +66,7 @@ function takePending(): AuditEntryInput | undefined {
  * before it commits: the change and its entry are one atomic write.
  */
 export async function auditedTransaction<T>(db: Db, fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
-  return db.transaction().execute(async (trx) => {
+  return writeTransaction(db, async (trx) => {
     const result = await fn(trx);
     const entry = takePending();
     if (entry) await appendAuditEntry(trx, { ...entry, result: 'ok' });
@@ -78,5 +79,5 @@ export async function finishAudit(db: Db, pending: PendingAudit, outcome: Pick<A
   if (!pending.entry || pending.written) return;
   pending.written = true;
   const entry = { ...pending.entry, ...outcome };
-  await db.transaction().execute((trx) => appendAuditEntry(trx, entry));
+  await writeTransaction(db, (trx) => appendAuditEntry(trx, entry));
 }

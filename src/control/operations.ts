@@ -9,8 +9,10 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Operation, OperationEvent } from '../wire/schemas.ts';
 import type { Db } from '../state/database.ts';
+import { writeTransaction } from '../state/write-queue.ts';
 import { annotateAudit, auditedTransaction } from '../audit/audit-context.ts';
-import type { OperationsTable } from '../state/schema.ts';
+import type { Database, OperationsTable } from '../state/schema.ts';
+import type { Transaction } from 'kysely';
 import { publishChange } from '../events/change-feed.ts';
 
 /** What an operation's work gets: a way to report progress and the signal that cancels it. */
@@ -106,9 +108,17 @@ export class OperationManager {
 
   /**
    * Records a new operation and runs `work` in the background. Returns the operation at once,
-   * so the API can answer `202` with its id.
+   * so the API can answer `202` with its id. `record.within` writes, in the transaction that records
+   * the operation, what it acts on (a VM create its VM): both commit together, or neither, and
+   * the request's audit entry names the operation; `record.committed` runs once they committed, before
+   * the work starts (to publish what it recorded before the work changes it).
    */
-  async start<T>(kind: string, target: OperationTarget, work: (context: OperationContext) => Promise<T>): Promise<Operation> {
+  async start<T>(
+    kind: string,
+    target: OperationTarget,
+    work: (context: OperationContext) => Promise<T>,
+    record?: { within: (trx: Transaction<Database>) => Promise<void>; committed: () => void },
+  ): Promise<Operation> {
     const now = new Date().toISOString();
     const row: OperationsTable = {
       id: newId('op'),
@@ -127,7 +137,11 @@ export class OperationManager {
       updated_at: now,
     };
     annotateAudit({ operation: row.id });
-    await auditedTransaction(this.#db, (trx) => trx.insertInto('operations').values(row).execute());
+    await auditedTransaction(this.#db, async (trx) => {
+      await record?.within(trx);
+      await trx.insertInto('operations').values(row).execute();
+    });
+    record?.committed();
     publishChange(this.#db, 'operation', 'created', row.id);
     const controller = new AbortController();
     this.#controllers.set(row.id, controller);
@@ -241,7 +255,7 @@ export class OperationManager {
   async #addEvent(id: string, stage: string, message: string, progress: number, data?: unknown, outcome?: Partial<OperationsTable>): Promise<void> {
     const at = new Date().toISOString();
     const clamped = Math.max(0, Math.min(1, progress));
-    const seq = await this.#db.transaction().execute(async (trx) => {
+    const seq = await writeTransaction(this.#db, async (trx) => {
       const inserted = await trx
         .insertInto('operation_events')
         .values({ operation_id: id, at, stage, message, progress: clamped, data: data === undefined ? null : JSON.stringify(data) })

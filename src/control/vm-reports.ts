@@ -5,6 +5,7 @@
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
+import { writeTransaction } from '../state/write-queue.ts';
 import type { HostsTable, VmsTable } from '../state/schema.ts';
 import type { Vm } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -113,7 +114,7 @@ export class VmReports {
     spec: VmSpec,
     placement: { action: PlacementAction; actor?: string; decision: PlacementDecision },
   ): Promise<void> {
-    await this.#db.transaction().execute(async (trx) => {
+    await writeTransaction(this.#db, async (trx) => {
       await trx
         .updateTable('vms')
         .set({ host_id: host.id, actual_state: status.state, status: JSON.stringify(status), spec: JSON.stringify(spec), updated_at: new Date().toISOString() })
@@ -126,7 +127,8 @@ export class VmReports {
 
   /** Records what a host reports about one of its VMs. Reports about unknown VMs are ignored. */
   async applyStatus(hostId: string, status: VmStatus): Promise<void> {
-    await this.#writeStatus(this.#db, hostId, status);
+    // Through the write queue: committed with the other writes of the moment, not on its own.
+    await writeTransaction(this.#db, (trx) => this.#writeStatus(trx, hostId, status));
     publishChange(this.#db, 'vm', 'updated', status.id);
   }
 
@@ -143,7 +145,7 @@ export class VmReports {
       return row !== undefined && (row.actual_state !== status.state || row.status !== JSON.stringify(status));
     });
     if (changed.length > 0)
-      await this.#db.transaction().execute(async (trx) => {
+      await writeTransaction(this.#db, async (trx) => {
         for (const status of changed) await this.#writeStatus(trx, hostId, status);
       });
     // Published once committed: a reader woken by the feed sees the new state.

@@ -3,16 +3,17 @@
  * turns every lifecycle action into an operation that drives the VM's host agent. Changes to one
  * VM pass through its queue, one at a time.
  */
+import type { Transaction } from 'kysely';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
-import { auditedTransaction } from '../audit/audit-context.ts';
 import { newId, newMac } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
-import type { HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
+import { writeTransaction } from '../state/write-queue.ts';
+import type { Database, HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry, HostView } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
@@ -26,6 +27,7 @@ import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
+import { checkPortsFree } from './published-ports.ts';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmCounts, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
 import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
@@ -107,9 +109,14 @@ export class VmService {
    * Runs `work` as an operation under `claim` (taken by the caller before any check, so that the
    * checks hold until the work runs). A failure to start the operation gives the claim back.
    */
-  async #operate<T>(claim: VmClaim, target: OperationTarget, work: (op: OperationContext) => Promise<T>): Promise<Operation> {
+  async #operate<T>(
+    claim: VmClaim,
+    target: OperationTarget,
+    work: (op: OperationContext) => Promise<T>,
+    record?: { within: (trx: Transaction<Database>) => Promise<void>; committed: () => void },
+  ): Promise<Operation> {
     try {
-      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)));
+      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)), record);
       claim.setOperation(operation.id);
       return operation;
     } catch (error) {
@@ -197,8 +204,19 @@ export class VmService {
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const spec = await this.#storage.bindDisksToHost(this.#specFor(id, request, plan, nics), host.name);
       if (request.ha) requireRestartable(request.name, spec);
+      let operation: Operation;
       try {
-        await this.#recordNew(id, request, plan, host, spec, decision, reservation);
+        // The VM is recorded with its create operation: a VM left `pending` by a control plane
+        // that stopped always has the operation that says what became of it.
+        operation = await this.#operate(
+          claim,
+          { type: 'vm', id, name: request.name, projectId: plan.projectId },
+          (op) => this.#build(op, { id, request, plan, host, spec, nics }),
+          {
+            within: (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
+            committed: () => publishChange(this.#db, 'vm', 'created', id),
+          },
+        );
       } catch (error) {
         // Not recorded (a quota another create took meanwhile): its addresses and groups go back.
         await this.#networks.releaseNics(id);
@@ -206,9 +224,7 @@ export class VmService {
         throw error;
       }
       reservation.committed();
-      return await this.#operate(claim, { type: 'vm', id, name: request.name, projectId: plan.projectId }, (op) =>
-        this.#build(op, { id, request, plan, host, spec, nics }),
-      );
+      return operation;
     } catch (error) {
       // Its share of the host goes back unless its record holds it now.
       reservation.release();
@@ -255,7 +271,7 @@ export class VmService {
       hostPort: p.hostPort,
       guestPort: p.guestPort,
     }));
-    await this.#checkPortsFree(forwards);
+    await checkPortsFree(this.#db, forwards);
     const networks = await Promise.all(
       (request.networks ?? []).map(async (nic) => ({ row: await this.#networks.row(nic.network, request.project), ip: nic.ip })),
     );
@@ -341,59 +357,52 @@ export class VmService {
     };
   }
 
-  /** The VM's record and its disks, in one transaction: a crash leaves both or neither. */
+  /** The VM's record, its disks and its placement, in the transaction that records its create operation. */
   async #recordNew(
-    id: string,
-    request: VmCreateRequest,
-    plan: CreatePlan,
-    host: HostView,
-    spec: VmSpec,
-    decision: PlacementDecision,
-    reservation: PlacementReservation,
+    trx: Transaction<Database>,
+    c: { id: string; request: VmCreateRequest; plan: CreatePlan; host: HostView; spec: VmSpec; decision: PlacementDecision; reservation: PlacementReservation },
   ): Promise<void> {
+    const { id, request, plan, host, spec } = c;
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
-    await auditedTransaction(this.#db, async (trx) => {
-      await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
-      await trx
-        .insertInto('vms')
-        .values({
-          id,
-          project_id: plan.projectId,
-          name: request.name,
-          host_id: host.id,
-          image_id: plan.image.id,
-          cpus: request.cpus,
-          memory_mb: request.memoryMb,
-          desired_state: 'running',
-          actual_state: 'pending',
-          spec: JSON.stringify(spec),
-          status: '{}',
-          allow_postcopy: request.allowPostcopy === false ? 0 : 1,
-          placement_group_id: plan.placementGroupId,
-          ha: request.ha ? 1 : 0,
-          ha_priority: request.haPriority ?? 0,
-          ha_group_id: plan.haGroupId,
-          autostart: request.autostart ? 1 : 0,
-          boot_order: request.bootOrder ?? 0,
-          boot_delay_seconds: request.bootDelaySeconds ?? 0,
-          balance: request.balance ?? 'auto',
-          created_at: now,
-          updated_at: now,
-        })
-        .execute();
-      await reservation.recordIn(trx);
-      for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
-      const actor = currentUser();
-      await this.#placement.record(trx, {
-        vm: { id, name: request.name, projectId: plan.projectId },
-        host,
-        action: 'create',
-        ...(actor ? { actor } : {}),
-        decision,
-      });
+    await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
+    await trx
+      .insertInto('vms')
+      .values({
+        id,
+        project_id: plan.projectId,
+        name: request.name,
+        host_id: host.id,
+        image_id: plan.image.id,
+        cpus: request.cpus,
+        memory_mb: request.memoryMb,
+        desired_state: 'running',
+        actual_state: 'pending',
+        spec: JSON.stringify(spec),
+        status: '{}',
+        allow_postcopy: request.allowPostcopy === false ? 0 : 1,
+        placement_group_id: plan.placementGroupId,
+        ha: request.ha ? 1 : 0,
+        ha_priority: request.haPriority ?? 0,
+        ha_group_id: plan.haGroupId,
+        autostart: request.autostart ? 1 : 0,
+        boot_order: request.bootOrder ?? 0,
+        boot_delay_seconds: request.bootDelaySeconds ?? 0,
+        balance: request.balance ?? 'auto',
+        created_at: now,
+        updated_at: now,
+      })
+      .execute();
+    await c.reservation.recordIn(trx);
+    for (const [index, { pool, volume }] of plan.volumes.entries()) await this.#storage.recordDisk(id, index, pool, volume, trx);
+    const actor = currentUser();
+    await this.#placement.record(trx, {
+      vm: { id, name: request.name, projectId: plan.projectId },
+      host,
+      action: 'create',
+      ...(actor ? { actor } : {}),
+      decision: c.decision,
     });
-    publishChange(this.#db, 'vm', 'created', id);
   }
 
   /** The create operation's work: networks plumbed, QEMU started on the host, the guest ready. */
@@ -438,19 +447,6 @@ export class VmService {
     await this.reports.applyStatus(host.id, status);
     const seconds = status.startedAt && status.readyAt ? ((Date.parse(status.readyAt) - Date.parse(status.startedAt)) / 1000).toFixed(1) : '?';
     await op.report('ready', `Guest ready after ${seconds} s (${(status.guestIps ?? []).join(', ') || 'no address'})`, 0.95, { guestIps: status.guestIps });
-  }
-
-  async #checkPortsFree(forwards: PortForward[]): Promise<void> {
-    if (forwards.length === 0) return;
-    // Every VM's published ports are in its spec: read the specs only, not whole views.
-    const specs = await this.#db.selectFrom('vms').select('spec').execute();
-    const published = specs.flatMap((row) => (JSON.parse(row.spec) as VmSpec).nics.flatMap((nic) => nic.forwards ?? []));
-    const taken = new Set(published.map((p) => `${p.protocol}:${p.hostPort}`));
-    for (const forward of forwards) {
-      if (taken.has(`${forward.protocol}:${forward.hostPort}`)) {
-        throw new NubisError('PORT_IN_USE', `Host port ${forward.hostPort}/${forward.protocol} is already published by another VM; choose another port`);
-      }
-    }
   }
 
   /** One lifecycle action on the VM's host agent, with a deadline past the guest's own. */
@@ -590,7 +586,7 @@ export class VmService {
   async #forget(row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable): Promise<void> {
     const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
     // One transaction: a crash mid-way leaves the VM whole or gone, never an address without a VM.
-    await this.#db.transaction().execute(async (trx) => {
+    await writeTransaction(this.#db, async (trx) => {
       await this.#networks.dropForwardsOf(row.id, trx);
       await this.#networks.releaseNics(row.id, trx);
       await this.#secgroups.unassign(row.id, trx);

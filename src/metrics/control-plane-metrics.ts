@@ -146,21 +146,34 @@ export class ControlPlaneMetrics {
    * Rows this control plane inserted, updated or deleted since it started: SQLite's
    * total_changes() of its one connection (sqlite.org/c3ref/total_changes.html), which counts
    * every write whoever made it. bench/scale reads it to show that heartbeats do not each write.
+   * And its commits (database.ts counts them): each waits for the disk, so writes per commit is
+   * what group commit (state/write-queue.ts) buys.
    */
   #databaseCounter(): void {
     const db = this.#sources.db;
-    let counted = 0;
-    new Counter({
-      name: 'nubis_db_rows_changed_total',
-      help: 'Rows inserted, updated or deleted in the database by this control plane since it started',
-      registers: [this.#registry],
-      async collect() {
-        const row = await sql<{ changes: number }>`select total_changes() as changes`.execute(db);
-        const total = Number(row.rows[0]?.changes ?? counted);
-        this.inc(Math.max(0, total - counted));
-        counted = Math.max(counted, total);
-      },
-    });
+    const counter = (name: string, help: string, read: () => Promise<number | undefined>) => {
+      let counted = 0;
+      new Counter({
+        name,
+        help,
+        registers: [this.#registry],
+        async collect() {
+          const total = (await read()) ?? counted;
+          this.inc(Math.max(0, total - counted));
+          counted = Math.max(counted, total);
+        },
+      });
+    };
+    const scalar = async (query: ReturnType<typeof sql<{ value: number }>>) => {
+      const value = (await query.execute(db)).rows[0]?.value;
+      return value === undefined ? undefined : Number(value);
+    };
+    counter('nubis_db_rows_changed_total', 'Rows inserted, updated or deleted in the database by this control plane since it started', () =>
+      scalar(sql<{ value: number }>`select total_changes() as value`),
+    );
+    counter('nubis_db_commits_total', 'Database commits by this control plane since it started (each waits for the disk)', () =>
+      scalar(sql<{ value: number }>`select nubis_commits() as value`),
+    );
   }
 
   #hostGauges(): void {

@@ -20,14 +20,30 @@ const STATEMENTS_KEPT = 1000;
  * for the same text. Safe as Kysely uses it: one query at a time on the one connection, each run
  * to its end (`all` or `run`) before the next; SQLite prepares a kept statement again by itself
  * when the schema changed.
+ *
+ * Each writing statement is counted as a commit when it leaves no transaction open (a `commit`,
+ * or a write outside a transaction): every commit waits for the disk, so their number per action
+ * is what bounds the writes a second. SQL sees the count as `nubis_commits()` (the metrics do).
  */
 function keepPreparedStatements(sqlite: SqliteDatabase.Database): void {
   const prepare = sqlite.prepare.bind(sqlite);
   const kept = new Map<string, SqliteDatabase.Statement>();
+  let commits = 0;
+  sqlite.function('nubis_commits', () => commits);
   sqlite.prepare = ((source: string) => {
     let statement = kept.get(source);
     if (statement) kept.delete(source);
-    else statement = prepare(source);
+    else {
+      statement = prepare(source);
+      if (!statement.reader && source !== 'rollback') {
+        const run = statement.run.bind(statement);
+        statement.run = ((...parameters: unknown[]) => {
+          const result = run(...parameters);
+          if (!sqlite.inTransaction) commits += 1;
+          return result;
+        }) as typeof statement.run;
+      }
+    }
     kept.set(source, statement);
     if (kept.size > STATEMENTS_KEPT) kept.delete(kept.keys().next().value!);
     return statement;
