@@ -163,7 +163,8 @@ export class DesktopRecords {
       cpus: pool.cpus,
       memoryMb: pool.memory_mb,
       ...(pool.network ? { network: pool.network } : {}),
-      entitled: subjects.map((s) => (s.subject.startsWith('group:') ? s.subject : (users.get(s.subject) ?? s.subject))),
+      // By name: the subjects are user ids, whose order says nothing to a reader.
+      entitled: subjects.map((s) => (s.subject.startsWith('group:') ? s.subject : (users.get(s.subject) ?? s.subject))).sort(),
       desktops: await this.desktopViews(pool, await this.desktops(pool.id)),
       createdAt: pool.created_at,
     };

@@ -19,6 +19,7 @@ import { startStorageNode } from '../../src/storage/storage-node.ts';
 import type { DesktopAssignment, DesktopPool } from '../../src/wire/desktop-schemas.ts';
 import type { Operation } from '../../src/wire/schemas.ts';
 import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
+import { settle as settleCluster } from '../helpers/settle.ts';
 import { openStream } from '../helpers/sse-stream.ts';
 
 const MINUTE = 60_000;
@@ -110,13 +111,7 @@ describe('desktop consoles for their users', () => {
     return (response.body ? response.json() : undefined) as T;
   }
 
-  async function settle(): Promise<void> {
-    for (let i = 0; i < 400; i++) {
-      if ((await cluster.services.operations.list({ status: 'running' })).length === 0) return;
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-    throw new Error('operations still running');
-  }
+  const settle = () => settleCluster(cluster);
 
   async function waitOk(operation: Operation): Promise<Operation> {
     const final = await cluster.services.operations.wait(operation.id);

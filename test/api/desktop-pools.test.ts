@@ -16,6 +16,7 @@ import { startStorageNode } from '../../src/storage/storage-node.ts';
 import type { DesktopAssignment, DesktopPool, MyDesktop } from '../../src/wire/desktop-schemas.ts';
 import type { Operation } from '../../src/wire/schemas.ts';
 import { type FakeCluster, fakeCluster } from '../helpers/fake-cluster.ts';
+import { settle as settleCluster } from '../helpers/settle.ts';
 
 const MINUTE = 60_000;
 
@@ -67,13 +68,7 @@ describe('desktop pools (API, fake agents, real storage node)', () => {
   }
 
   /** Waits until no operation runs any more (provisioning and resets started in the background). */
-  async function settle(): Promise<void> {
-    for (let i = 0; i < 400; i++) {
-      if ((await cluster.services.operations.list({ status: 'running' })).length === 0) return;
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-    throw new Error('operations still running');
-  }
+  const settle = () => settleCluster(cluster);
 
   async function waitOk(operation: Operation): Promise<Operation> {
     const final = await cluster.services.operations.wait(operation.id);
