@@ -17,10 +17,11 @@
  *
  * Only the CPU controllers are joined: a VM's memory stays accounted where the agent's is.
  */
-import { existsSync, rmdirSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { CPU_LIST_PATTERN, type CpuControls } from '../compute/vm-spec.ts';
 
@@ -74,6 +75,8 @@ export class VmCgroups {
   readonly layout: CgroupLayout;
   /** How many CPUs this host has: a pin names only these. */
   readonly #hostCpus: number;
+  /** Removals still waiting for a group to empty, by VM: a new start of that VM waits for them. */
+  readonly #removing = new Map<string, Promise<void>>();
 
   constructor(layout: CgroupLayout, hostCpus = cpus().length) {
     this.layout = layout;
@@ -93,6 +96,7 @@ export class VmCgroups {
     if (!Number.isInteger(pid) || pid <= 0) throw new NubisError('VALIDATION_FAILED', `Not a process id: ${pid}`);
     const layout = this.#usable(controls);
     if (!layout) return;
+    await this.#removing.get(vmId); // the group of its last QEMU must not vanish under the new one
     const dirs = await this.#makeGroup(layout, vmId);
     await this.apply(vmId, controls);
     for (const dir of dirs) await write(dir, 'cgroup.procs', String(pid));
@@ -136,16 +140,30 @@ export class VmCgroups {
   }
 
   /**
-   * Removes the VM's group once its QEMU is gone (a group with a process left cannot go, and
-   * stays). Synchronous: called as QEMU's end is seen, it is done before a new start of the same
-   * VM can make the group again.
+   * Removes the VM's group once its QEMU is gone. A QEMU that has just ended can still be a zombie
+   * its parent has not reaped yet, and the kernel keeps a group with a zombie in it busy: so a busy
+   * group is tried again for up to `waitMs`. A group that still holds a process after that stays
+   * (it is not ours to end). Awaited before a stopped VM is reported, so a new start of the same
+   * VM never finds the group half gone.
    */
-  remove(vmId: string): void {
+  remove(vmId: string, waitMs = 5_000): Promise<void> {
+    const pending = this.#removing.get(vmId);
+    if (pending) return pending;
+    const removal = this.#removeGroups(vmId, Date.now() + waitMs).finally(() => this.#removing.delete(vmId));
+    this.#removing.set(vmId, removal);
+    return removal;
+  }
+
+  async #removeGroups(vmId: string, deadline: number): Promise<void> {
     for (const root of this.#roots()) {
-      try {
-        rmdirSync(groupDir(root, vmId));
-      } catch {
-        // Already gone, or still holding a process: nothing to free.
+      for (;;) {
+        try {
+          await rmdir(groupDir(root, vmId));
+          break;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EBUSY' || Date.now() >= deadline) break; // gone already, or kept busy
+          await delay(20);
+        }
       }
     }
   }

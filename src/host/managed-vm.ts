@@ -199,7 +199,7 @@ export class ManagedVm {
   }
 
   async #adoptWithoutQemu(wasIncoming: boolean): Promise<void> {
-    this.#context.cgroups?.remove(this.id); // what its QEMU left, ended while no agent watched
+    await this.#context.cgroups?.remove(this.id); // what its QEMU left, ended while no agent watched
     if (wasIncoming) {
       // The destination of a migration that ended while this agent was down, before the guest
       // ran here (a guest that runs here is saved as running): the VM stayed on its source.
@@ -578,7 +578,7 @@ export class ManagedVm {
   #track(qemu: VmQemu): void {
     this.#qemu = qemu;
     void qemu.exited.then(async (ended) => {
-      if (ended === 'stopped' || ended === 'crashed') this.#context.cgroups?.remove(this.id); // a detached one runs on in it
+      if (ended === 'stopped' || ended === 'crashed') await this.#context.cgroups?.remove(this.id); // a detached one runs on in it
       if (this.#qemu !== qemu) return;
       this.#qemu = undefined;
       this.#lanes.incoming = false; // no migration goes on without its QEMU

@@ -76,7 +76,7 @@ export async function launchInCgroup(
     await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
   } catch (error) {
     await qemu.stop({ force: true }).catch(() => undefined);
-    cgroups?.remove(spec.id);
+    await cgroups?.remove(spec.id);
     throw error;
   }
   return qemu;
