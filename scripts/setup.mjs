@@ -173,8 +173,9 @@ function ensureWebConsole() {
 }
 
 function ensureTinyImage() {
-  // The image builder is TypeScript; it is a no-op when the cached image is current.
-  const result = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'image', 'build', 'tiny', '--if-missing'], {
+  // The image builder is TypeScript; it is a no-op when the cached image is current, and rebuilds
+  // an image whose sources (src/images/tiny/, the kernel, busybox) changed since it was built.
+  const result = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'src/cli/main.ts'), 'image', 'build', 'tiny'], {
     cwd: repoRoot,
     stdio: 'inherit',
   });

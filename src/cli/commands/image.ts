@@ -33,7 +33,7 @@ export function registerImageCommands(program: Command): void {
     .command('build <name>')
     .description('Build a built-in image (tiny) into the local cache')
     .option('--force', 'rebuild even when the cached image is current')
-    .option('--if-missing', 'do nothing when an image was built before (used by npm start)')
+    .option('--if-missing', 'do nothing when an image was built before, even from older sources')
     .action(async (name: string, options: { force?: boolean; ifMissing?: boolean }, command: Command) => {
       if (name !== 'tiny') throw new NubisError('IMAGE_NOT_FOUND', `No built-in image ${name}; the built-in image is tiny`);
       const g = globals(command);
