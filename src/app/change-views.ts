@@ -4,7 +4,8 @@
  * through the storage node, so the pool routes describe those themselves.
  */
 import type { AppServices } from '../api/app.ts';
-import { type ChangeFeed, type ChangeProject, publishChange } from '../events/change-feed.ts';
+import { vmViews } from '../control/vm-view.ts';
+import { type ChangeFeed, type ChangeProject, type DescribedResource, publishChange } from '../events/change-feed.ts';
 
 /** The project of `projectId`, as events name it. */
 async function projectOf(services: Pick<AppServices, 'db'>, projectId: string): Promise<ChangeProject> {
@@ -15,11 +16,16 @@ async function projectOf(services: Pick<AppServices, 'db'>, projectId: string): 
 /** Registers the views of VMs, hosts, networks, operations and migrations with `feed`. */
 export function describeResources(feed: ChangeFeed, services: AppServices): void {
   const { db } = services;
-  feed.describe('vm', async (id) => {
-    const row = await db.selectFrom('vms').select(['project_id']).where('id', '=', id).executeTakeFirst();
-    if (!row) return undefined;
-    const vm = await services.vms.viewById(id);
-    return { name: vm.name, project: { id: row.project_id, name: vm.project }, resource: vm };
+  // VMs and operations change many times a second in a busy cluster: their events are built in
+  // batches, a few queries for all the VMs (or operations) whose events wait together.
+  feed.describeMany('vm', async (ids) => {
+    const rows = await db.selectFrom('vms').selectAll().where('id', 'in', ids).execute();
+    const views = await vmViews(db, rows);
+    const described = new Map<string, DescribedResource>();
+    for (const [index, row] of rows.entries()) {
+      described.set(row.id, { name: row.name, project: { id: row.project_id, name: views[index].project }, resource: views[index] });
+    }
+    return described;
   });
   feed.describe('host', async (id) => {
     const host = await services.hosts.get(id).catch(() => undefined);
@@ -32,10 +38,12 @@ export function describeResources(feed: ChangeFeed, services: AppServices): void
     const network = await services.networks.get(id, project.name);
     return { name: network.name, project, resource: network };
   });
-  feed.describe('operation', async (id) => {
-    const operation = await services.operations.get(id).catch(() => undefined);
-    if (!operation) return undefined;
-    return { name: operation.kind, project: await services.operations.projectOf(id), resource: operation };
+  feed.describeMany('operation', async (ids) => {
+    const described = new Map<string, DescribedResource>();
+    for (const [id, { operation, project }] of await services.operations.getMany(ids)) {
+      described.set(id, { name: operation.kind, project, resource: operation });
+    }
+    return described;
   });
   feed.describe('migration', async (id) => {
     const row = await db
@@ -72,17 +80,33 @@ function describeDesktops(feed: ChangeFeed, services: AppServices): void {
     if (!pool) return undefined;
     return { name: pool.name, project: await projectOf(services, pool.project_id), resource: await records.poolView(pool) };
   });
+  // A desktop's event follows its VM's and its readying operation's: the ids of a burst's events
+  // are looked up together, one query for all of them.
+  const changed = { vms: new Set<string>(), operations: new Set<string>() };
+  let lookupQueued = false;
   feed.subscribe((change) => {
     const { type, id } = change.event;
     if (type !== 'vm' && type !== 'operation') return;
-    void db
-      .selectFrom('desktops')
-      .select('id')
-      .where(type === 'vm' ? 'vm_id' : 'operation_id', '=', id)
-      .execute()
-      .then((rows) => {
-        for (const row of rows) publishChange(db, 'desktop', 'updated', row.id);
-      })
-      .catch(() => undefined);
+    (type === 'vm' ? changed.vms : changed.operations).add(id);
+    if (lookupQueued) return;
+    lookupQueued = true;
+    setImmediate(() => {
+      lookupQueued = false;
+      const vmIds = [...changed.vms];
+      const operationIds = [...changed.operations];
+      changed.vms.clear();
+      changed.operations.clear();
+      void db
+        .selectFrom('desktops')
+        .select('id')
+        .where((where) =>
+          where.or([where('vm_id', 'in', vmIds.length > 0 ? vmIds : ['']), where('operation_id', 'in', operationIds.length > 0 ? operationIds : [''])]),
+        )
+        .execute()
+        .then((rows) => {
+          for (const row of rows) publishChange(db, 'desktop', 'updated', row.id);
+        })
+        .catch(() => undefined);
+    });
   });
 }

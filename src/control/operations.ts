@@ -176,6 +176,24 @@ export class OperationManager {
     return toOperation(row);
   }
 
+  /**
+   * The operations of `ids` that exist, each with the project it acts in (null: the platform's),
+   * in two queries whatever their number (the change feed builds a burst's events with it).
+   */
+  async getMany(ids: readonly string[]): Promise<Map<string, { operation: Operation; project: { id: string; name: string } | null }>> {
+    const found = new Map<string, { operation: Operation; project: { id: string; name: string } | null }>();
+    if (ids.length === 0) return found;
+    const rows = await this.#db.selectFrom('operations').selectAll().where('id', 'in', ids).execute();
+    const projectIds = [...new Set(rows.flatMap((row) => (row.project_id ? [row.project_id] : [])))];
+    const projects = projectIds.length === 0 ? [] : await this.#db.selectFrom('projects').select(['id', 'name']).where('id', 'in', projectIds).execute();
+    const names = new Map(projects.map((project) => [project.id, project.name]));
+    for (const row of rows) {
+      const project = row.project_id ? { id: row.project_id, name: names.get(row.project_id) ?? row.project_id } : null;
+      found.set(row.id, { operation: toOperation(row), project });
+    }
+    return found;
+  }
+
   /** The project an operation acts in (id and name), or null for one on the platform (pools, hosts, images). */
   async projectOf(id: string): Promise<{ id: string; name: string } | null> {
     const row = await this.#db

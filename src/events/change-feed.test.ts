@@ -80,4 +80,26 @@ describe('change feed', () => {
     assert.match((changes.resumeAfter('garbage') as { reset: string }).reset, /not an event id/);
     assert.deepEqual((changes.resumeAfter(changes.lastEventId) as { events: unknown[] }).events, [], 'up to date: nothing missed');
   });
+
+  it('builds the events of a burst together: one batch describer call for every VM created at once, in publish order', async () => {
+    const changes = new ChangeFeed(undefined as unknown as Db, { coalesceMs: 10 });
+    const calls: string[][] = [];
+    changes.describeMany('vm', async (ids) => {
+      calls.push([...ids]);
+      return new Map(ids.map((id) => [id, { name: id, project: { id: 'prj-1', name: 'default' }, resource: { id } }]));
+    });
+    const seen: string[] = [];
+    changes.subscribe(() => {
+      throw new Error('a failing listener');
+    });
+    changes.subscribe((change) => seen.push(change.event.id));
+    for (let i = 0; i < 50; i++) changes.publish('vm', 'created', `vm-${i}`);
+    await changes.settled();
+    assert.equal(calls.length, 1, `one call builds the burst (calls: ${calls.map((ids) => ids.length)})`);
+    assert.deepEqual(
+      seen,
+      Array.from({ length: 50 }, (_, i) => `vm-${i}`),
+      'every event reached the listener after the failing one, in publish order',
+    );
+  });
 });

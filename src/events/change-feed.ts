@@ -3,7 +3,9 @@
  * a pool, a volume, an operation, a migration) publishes one line here, and GET /v1/events
  * streams what it may show to each caller (docs: /work/shared EVENTS-CONTRACT, README "Live
  * events"). Publishing is synchronous and cheap: the resource as the API shows it is built
- * later, once per event, and bursts of updates of one resource become one event.
+ * later, once per event, and bursts of updates of one resource become one event. Events waiting
+ * together are built together: a type with a batch describer (VMs, operations) builds all of
+ * them in a few queries, which is what keeps a burst of creates from paying a view per event.
  *
  * The feed keeps the last `capacity` events in a ring, numbered from 1 in an epoch that is new
  * at every start of the control plane: a client that reconnects with the id of its last event
@@ -49,6 +51,12 @@ export type ResourceDescriber = (
   id: string,
 ) => Promise<{ name: string; project: ChangeProject | null; resource: unknown; users?: readonly string[] } | undefined>;
 
+/** A resource as its event shows it. */
+export type DescribedResource = NonNullable<Awaited<ReturnType<ResourceDescriber>>>;
+
+/** How many resources of one type are built at once: the ids of those still there, with their views. */
+export type BatchDescriber = (ids: readonly string[]) => Promise<Map<string, DescribedResource>>;
+
 /** What a publisher may know already: it names a resource whose view is gone (deleted). */
 export interface ChangeHint {
   name?: string;
@@ -68,6 +76,17 @@ export interface ChangeFeedOptions {
 export type ResumePoint = { events: RecordedChange[] } | { reset: string };
 
 const EVENT_ID = /^([a-z0-9]{1,32})-(\d{1,15})$/;
+/** Events built in one batch at most (a batch describer's ids). */
+const BATCH_MAX = 500;
+
+/** A change waiting to be built into its event. */
+interface QueuedChange {
+  type: ChangeType;
+  action: ChangeAction;
+  id: string;
+  hint: ChangeHint;
+  time: string;
+}
 /** How many resources the feed remembers the name and project of (for their deletes). */
 const MAX_KNOWN = 100_000;
 
@@ -79,15 +98,17 @@ export class ChangeFeed {
   readonly #coalesceMs: number;
   readonly #ring: RecordedChange[] = [];
   #lastSeq = 0;
-  readonly #describers = new Map<ChangeType, ResourceDescriber>();
+  readonly #describers = new Map<ChangeType, BatchDescriber>();
   /** Updates waiting for the end of their coalescing window, by `type:id`. */
   readonly #pending = new Map<string, { timer: NodeJS.Timeout; hint: ChangeHint }>();
   /** Name and project of every resource described since the start, so a delete can name it. */
   readonly #known = new Map<string, { name: string; project: ChangeProject | null }>();
   readonly #projectNames = new Map<string, string>();
   readonly #listeners = new Set<(change: RecordedChange) => void>();
-  /** Events are built one after another, so seq order is publish order. */
-  #tail: Promise<void> = Promise.resolve();
+  /** Changes waiting to be built, in publish order: events go out in this order, so seq order is publish order. */
+  readonly #queue: QueuedChange[] = [];
+  /** The run building the queue, while one runs. */
+  #draining: Promise<void> | undefined;
 
   constructor(db: Db, options: ChangeFeedOptions = {}) {
     this.#db = db;
@@ -95,8 +116,20 @@ export class ChangeFeed {
     this.#coalesceMs = options.coalesceMs ?? 250;
   }
 
-  /** Sets how resources of `type` are built into events (the composition root and the pool routes do). */
+  /** Sets how resources of `type` are built into events, one at a time (the composition root and the pool routes do). */
   describe(type: ChangeType, describer: ResourceDescriber): void {
+    this.#describers.set(type, async (ids) => {
+      const described = new Map<string, DescribedResource>();
+      for (const id of ids) {
+        const one = await describer(id).catch(() => undefined);
+        if (one) described.set(id, one);
+      }
+      return described;
+    });
+  }
+
+  /** Sets how resources of `type` are built into events, many at once (those with many events a second). */
+  describeMany(type: ChangeType, describer: BatchDescriber): void {
     this.#describers.set(type, describer);
   }
 
@@ -163,30 +196,57 @@ export class ChangeFeed {
   /** Resolves once every event published so far is built and sent (tests, shutdown). */
   async settled(): Promise<void> {
     while (this.#pending.size > 0) await new Promise((resolve) => setTimeout(resolve, this.#coalesceMs / 2));
-    await this.#tail;
+    while (this.#draining) await this.#draining;
   }
 
   #enqueue(type: ChangeType, action: ChangeAction, id: string, hint: ChangeHint): void {
-    const time = new Date().toISOString();
-    this.#tail = this.#tail.then(() => this.#emit(type, action, id, hint, time)).catch(() => undefined);
+    this.#queue.push({ type, action, id, hint, time: new Date().toISOString() });
+    // The build starts on the next turn, so what one burst publishes is built together.
+    if (!this.#draining) this.#draining = new Promise((resolve) => setImmediate(resolve)).then(() => this.#drain());
   }
 
-  async #emit(type: ChangeType, action: ChangeAction, id: string, hint: ChangeHint, time: string): Promise<void> {
+  async #drain(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, BATCH_MAX);
+        const described = await this.#describeAll(batch);
+        for (const change of batch) await this.#emit(change, described.get(`${change.type}:${change.id}`));
+      }
+    } finally {
+      this.#draining = undefined;
+    }
+    // Published while the last event went out, after the loop had looked.
+    if (this.#queue.length > 0 && !this.#draining) this.#draining = this.#drain();
+  }
+
+  /** The views of every resource in `batch` that is not deleted, by `type:id`: one describer call per type. */
+  async #describeAll(batch: readonly QueuedChange[]): Promise<Map<string, DescribedResource>> {
+    const idsByType = new Map<ChangeType, Set<string>>();
+    for (const change of batch) {
+      if (change.action === 'deleted') continue;
+      const ids = idsByType.get(change.type) ?? new Set<string>();
+      idsByType.set(change.type, ids.add(change.id));
+    }
+    const described = new Map<string, DescribedResource>();
+    for (const [type, ids] of idsByType) {
+      const views = await this.#describers
+        .get(type)?.([...ids])
+        .catch(() => undefined);
+      for (const [id, view] of views ?? []) described.set(`${type}:${id}`, view);
+    }
+    return described;
+  }
+
+  async #emit({ type, action, id, hint, time }: QueuedChange, described: DescribedResource | undefined): Promise<void> {
     const key = `${type}:${id}`;
-    const described =
-      action === 'deleted'
-        ? undefined
-        : await this.#describers
-            .get(type)?.(id)
-            .catch(() => undefined);
     // An update of something deleted meanwhile says nothing the delete will not say.
     if (action !== 'deleted' && !described) return;
-    const known = described ?? this.#known.get(key);
+    const known = action === 'deleted' ? this.#known.get(key) : described;
     const project = known ? known.project : await this.#projectOf(hint.projectId ?? null);
     this.#known.delete(key);
-    if (action !== 'deleted') {
+    if (described) {
       // Most recently described last; operations are never deleted, so the oldest make room.
-      this.#known.set(key, { name: described!.name, project: described!.project });
+      this.#known.set(key, { name: described.name, project: described.project });
       if (this.#known.size > MAX_KNOWN) this.#known.delete(this.#known.keys().next().value!);
     }
     const event: ChangeEvent = {
@@ -204,7 +264,13 @@ export class ChangeFeed {
     const change: RecordedChange = { event, project, ...(users.length > 0 ? { users: [...new Set(users)] } : {}) };
     this.#ring.push(change);
     if (this.#ring.length > this.#capacity) this.#ring.shift();
-    for (const listener of this.#listeners) listener(change);
+    for (const listener of this.#listeners) {
+      try {
+        listener(change);
+      } catch {
+        // One listener's failure is its own: the others, and the events after, still go out.
+      }
+    }
   }
 
   async #projectOf(projectId: string | null): Promise<ChangeProject | null> {
