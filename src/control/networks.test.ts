@@ -195,4 +195,12 @@ describe('network service with fake agents', () => {
       'created',
     ]);
   });
+
+  it('gives VMs created at once on one network distinct addresses, all of them created', async () => {
+    await cluster.services.networks.create({ name: 'rush', subnet: '10.122.0.0/24', dhcp: false, nat: false });
+    const names = Array.from({ length: 8 }, (_, i) => `rush${i}`);
+    await Promise.all(names.map((name, i) => createVm(name, `h${(i % 3) + 1}`, 'rush')));
+    const ips = await Promise.all(names.map(async (name) => (await cluster.services.vms.get(name)).nics[0].ip));
+    assert.equal(new Set(ips).size, names.length, `distinct addresses: ${ips.join(', ')}`);
+  });
 });

@@ -18,6 +18,7 @@ import { HOST_OFFLINE_AFTER_MS, type HostRegistry } from './hosts.ts';
 import { NetworkCarriers, type NetworkPlacement } from './network-carriers.ts';
 import { checkAddress, firstFreeAddress, formatIpv4, parseIpv4, parseSubnet, subnetsOverlap } from './ipam.ts';
 import { publishChange } from '../events/change-feed.ts';
+import { writeTransaction } from '../state/write-queue.ts';
 
 /** VNIs Nubis hands out start here; lower ones are left for explicit choice. */
 const FIRST_AUTO_VNI = 1000;
@@ -351,28 +352,32 @@ export class NetworkService {
    */
   async allocateNic(network: NetworksTable, vmId: string, deviceIndex: number, requestedIp?: string): Promise<NicsTable> {
     const subnet = parseSubnet(network.subnet);
-    const held = await this.#db.selectFrom('nics').select('ip').where('network_id', '=', network.id).execute();
-    const taken = new Set(held.map((nic) => parseIpv4(nic.ip)!));
-    for (const reserved of [network.gateway, network.dhcp_address]) if (reserved) taken.add(parseIpv4(reserved)!);
-    let address: number;
-    if (requestedIp) {
-      address = checkAddress(subnet, requestedIp);
-      if (taken.has(address))
-        throw new NubisError('NET_ADDRESS_TAKEN', `Address ${requestedIp} on network ${network.name} is taken; choose another or leave --ip out`);
-    } else {
-      address = firstFreeAddress(subnet, taken);
-    }
-    const nic: NicsTable = {
-      id: newId('nic'),
-      vm_id: vmId,
-      network_id: network.id,
-      device_index: deviceIndex,
-      mac: newMac(),
-      ip: formatIpv4(address),
-      created_at: new Date().toISOString(),
-    };
-    await this.#db.insertInto('nics').values(nic).execute();
-    return nic;
+    // The free address is chosen and taken in one write transaction: creates running at once
+    // would otherwise each see the same address free.
+    return writeTransaction(this.#db, async (trx) => {
+      const held = await trx.selectFrom('nics').select('ip').where('network_id', '=', network.id).execute();
+      const taken = new Set(held.map((nic) => parseIpv4(nic.ip)!));
+      for (const reserved of [network.gateway, network.dhcp_address]) if (reserved) taken.add(parseIpv4(reserved)!);
+      let address: number;
+      if (requestedIp) {
+        address = checkAddress(subnet, requestedIp);
+        if (taken.has(address))
+          throw new NubisError('NET_ADDRESS_TAKEN', `Address ${requestedIp} on network ${network.name} is taken; choose another or leave --ip out`);
+      } else {
+        address = firstFreeAddress(subnet, taken);
+      }
+      const nic: NicsTable = {
+        id: newId('nic'),
+        vm_id: vmId,
+        network_id: network.id,
+        device_index: deviceIndex,
+        mac: newMac(),
+        ip: formatIpv4(address),
+        created_at: new Date().toISOString(),
+      };
+      await trx.insertInto('nics').values(nic).execute();
+      return nic;
+    });
   }
 
   async nicsOf(vmId: string): Promise<NicsTable[]> {
