@@ -55,6 +55,7 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   detachDisk: (host, params) => host.detachDisk(params.id, params.disk),
   // A simulated host has no cgroups: the controls are taken and change nothing.
   setCpuControls: (host, params) => host.status(params.id),
+  setDiskLimits: (host, params) => host.status(params.id),
   setFirewall: (host, params, _firewalls: Static<typeof FirewallUpdate> | unknown) => {
     host.spec(params.id);
   },

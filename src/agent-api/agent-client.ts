@@ -81,6 +81,7 @@ export class HttpAgentClient implements AgentClient {
   attachDisk: AgentClient['attachDisk'] = (id, disk, options) => this.#call('attachDisk', { id }, disk, options);
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);
+  setDiskLimits: AgentClient['setDiskLimits'] = (id, disk, limits, options) => this.#call('setDiskLimits', { id, disk }, limits, options);
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#call('setFirewall', { id }, firewalls);
   prepareIncoming: AgentClient['prepareIncoming'] = (id, request, options) => this.#call('prepareIncoming', { id }, request, options);
   activateIncoming: AgentClient['activateIncoming'] = (id, options) => this.#call('activateIncoming', { id }, undefined, options);

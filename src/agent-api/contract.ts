@@ -6,7 +6,7 @@
  * with a path of its own making. Imports only the wire types of compute/ (the VM spec).
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
-import { CpuControls, DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
+import { CpuControls, DiskLimits, DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 
 /** What an agent reports about one VM: the actual state, as opposed to the desired one. */
 export type VmRunState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
@@ -227,6 +227,7 @@ export const AGENT_ROUTES = {
   detachDisk: route({ method: 'DELETE', url: '/agent/vms/:id/disks/:disk', params: DiskParams }),
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),
+  setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
   prepareIncoming: route({ method: 'PUT', url: '/agent/vms/:id/incoming', params: VmParams, body: IncomingRequest }),
   activateIncoming: route({ method: 'POST', url: '/agent/vms/:id/incoming/activate', params: VmParams }),
   recoverIncoming: route({
@@ -344,6 +345,8 @@ export interface AgentClient {
   setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;
   /** Sets the VM's CPU controls (all of them: one left out goes back to the host's default), live when it runs. */
   setCpuControls(id: string, controls: CpuControls, options?: CallOptions): Promise<VmStatus>;
+  /** Sets one disk's IO limits (all of them: empty lifts every one), live when the VM runs. */
+  setDiskLimits(id: string, diskId: string, limits: DiskLimits, options?: CallOptions): Promise<VmStatus>;
   prepareIncoming(id: string, request: Static<typeof IncomingRequest>, options?: CallOptions): Promise<VmStatus>;
   activateIncoming(id: string, options?: CallOptions): Promise<VmStatus>;
   recoverIncoming(id: string, uri: string, options?: CallOptions): Promise<void>;

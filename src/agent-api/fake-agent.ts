@@ -149,6 +149,10 @@ export class FakeAgent implements AgentClient {
     await this.#enter('setCpuControls', [id, controls]);
     return { ...this.#vm(id) };
   };
+  setDiskLimits: AgentClient['setDiskLimits'] = async (id, diskId, limits) => {
+    await this.#enter('setDiskLimits', [id, diskId, limits]);
+    return { ...this.#vm(id) };
+  };
   prepareIncoming: AgentClient['prepareIncoming'] = async (id, request) => {
     await this.#enter('prepareIncoming', [id, request]);
     const vm: VmStatus = { id, name: request.spec.name, state: 'incoming' };

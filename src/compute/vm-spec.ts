@@ -33,6 +33,29 @@ export const BootSource = Type.Union([
 ]);
 export type BootSource = Static<typeof BootSource>;
 
+const RATE = (description: string) => Type.Optional(Type.Integer({ format: 'int64', minimum: 1, maximum: 1e12, description }));
+
+/**
+ * IO limits of one disk, applied by QEMU's throttling (QMP block_set_io_throttle): operations and
+ * bytes per second, each either for reads and writes together or for each apart, with a burst
+ * allowed above the limit for `burstSeconds`. What is left out is not limited.
+ */
+export const DiskLimits = Type.Object(
+  {
+    iops: RATE('Operations a second, reads and writes together'),
+    iopsRead: RATE('Read operations a second'),
+    iopsWrite: RATE('Write operations a second'),
+    bytesPerSec: RATE('Bytes a second, read and written together'),
+    bytesReadPerSec: RATE('Bytes read a second'),
+    bytesWritePerSec: RATE('Bytes written a second'),
+    iopsBurst: RATE('Operations a second allowed in a burst (at least the operations limit)'),
+    bytesPerSecBurst: RATE('Bytes a second allowed in a burst (at least the bytes limit)'),
+    burstSeconds: Type.Optional(Type.Integer({ format: 'int32', minimum: 1, maximum: 3600, description: 'How long a burst may last (default 1 s)' })),
+  },
+  { additionalProperties: false },
+);
+export type DiskLimits = Static<typeof DiskLimits>;
+
 /** A VM disk: a local image file, or a volume that a storage node exports over NBD. */
 export const DiskSpec = Type.Union([
   Type.Object(
@@ -44,6 +67,7 @@ export const DiskSpec = Type.Union([
       readOnly: Type.Optional(Type.Boolean()),
       /** POOL/VOLUME when the file is a volume of a host's dir pool. */
       localVolume: Type.Optional(Type.String({ maxLength: 127, pattern: '^[a-z0-9-]+/[a-z0-9-]+$' })),
+      limits: Type.Optional(DiskLimits),
     },
     { additionalProperties: false },
   ),
@@ -54,6 +78,7 @@ export const DiskSpec = Type.Union([
       socketPath: PATH,
       exportName: Type.String({ maxLength: 1024, pattern: '^[a-z0-9/-]+$' }),
       readOnly: Type.Optional(Type.Boolean()),
+      limits: Type.Optional(DiskLimits),
     },
     { additionalProperties: false },
   ),

@@ -13,10 +13,12 @@ import type { PlacementDecision } from './scheduler.ts';
 import type { VmsTable } from '../state/schema.ts';
 import { publishChange } from '../events/change-feed.ts';
 import { type CpuControlFields, changesCpuControls, cpuControlsAfter } from './vm-cpu-controls.ts';
+import { type DiskLimitFields, diskLimitChanges, withDiskLimits } from './vm-disk-limits.ts';
 import type { VmOwner } from './vm-owner.ts';
 
 /** What `vm set` changes. */
 export interface VmChange extends CpuControlFields {
+  diskLimits?: DiskLimitFields;
   allowPostcopy?: boolean;
   group?: string;
   ha?: boolean;
@@ -75,7 +77,7 @@ export class VmPolicies {
     const row = await this.#vms.row(ref, project);
     if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
     // First, as the one thing here that can fail on the host: a refusal changes nothing.
-    if (changesCpuControls(change)) await this.#setCpuControls(row, change);
+    if (changesCpuControls(change) || change.diskLimits) await this.#tune(row, change);
     const haGroupId = change.haGroup === undefined ? undefined : change.haGroup === '' ? null : (await this.#placement.haGroups.row(change.haGroup)).id;
     let groupId: string | null | undefined;
     if (change.group !== undefined) {
@@ -105,24 +107,36 @@ export class VmPolicies {
   }
 
   /**
-   * Changes the VM's CPU controls: its host applies them at once (to its cgroup when it runs,
-   * and to its record for every later start), then the control plane's spec follows. Claimed
+   * Changes the VM's resource controls (CPU controls, disk IO limits): everything is checked
+   * first, then its host applies each at once (live when it runs, and for every later start), and
+   * the control plane's spec follows with what the host took, also when a later one fails. Claimed
    * from the VM's one owner as `tune`, so no start, stop or migration runs meanwhile.
    */
-  async #setCpuControls(row: VmsTable, change: CpuControlFields): Promise<void> {
+  async #tune(row: VmsTable, change: VmChange): Promise<void> {
     const claim = this.#owner.claim(row.id, 'tune', row.name);
     await claim.run(async () => {
       const current = await this.#db.selectFrom('vms').select(['spec', 'host_id']).where('id', '=', row.id).executeTakeFirstOrThrow();
-      const spec = JSON.parse(current.spec) as VmSpec;
-      const controls = cpuControlsAfter(spec.cpuControls, change, row);
-      const host = await this.#hosts.row(current.host_id);
-      await this.#hosts.agent(host).setCpuControls(row.id, controls ?? {});
-      const { cpuControls: _old, ...rest } = spec;
-      await this.#db
-        .updateTable('vms')
-        .set({ spec: JSON.stringify(controls ? { ...rest, cpuControls: controls } : rest) })
-        .where('id', '=', row.id)
-        .execute();
+      let spec = JSON.parse(current.spec) as VmSpec;
+      const controls = changesCpuControls(change) ? cpuControlsAfter(spec.cpuControls, change, row) : spec.cpuControls;
+      const disks = change.diskLimits ? diskLimitChanges(spec, change.diskLimits, row.name) : [];
+      const agent = this.#hosts.agent(await this.#hosts.row(current.host_id));
+      try {
+        if (changesCpuControls(change)) {
+          await agent.setCpuControls(row.id, controls ?? {});
+          const { cpuControls: _old, ...rest } = spec;
+          spec = controls ? { ...rest, cpuControls: controls } : rest;
+        }
+        for (const disk of disks) {
+          await agent.setDiskLimits(row.id, disk.diskId, disk.limits);
+          spec = withDiskLimits(spec, [disk]);
+        }
+      } finally {
+        await this.#db
+          .updateTable('vms')
+          .set({ spec: JSON.stringify(spec) })
+          .where('id', '=', row.id)
+          .execute();
+      }
     });
   }
 

@@ -14,6 +14,7 @@ import type { Db } from '../state/database.ts';
 import type { VmsTable } from '../state/schema.ts';
 import type { Vm } from '../wire/schemas.ts';
 import { cpuControlFields } from './vm-cpu-controls.ts';
+import { diskLimitFields } from './vm-disk-limits.ts';
 
 /** What the VMs of a page refer to, read with one query per table. */
 interface Related {
@@ -130,6 +131,7 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     bootDelaySeconds: row.boot_delay_seconds,
     balance: row.balance,
     ...cpuControlFields(spec),
+    ...diskLimitFields(spec),
     createdAt: row.created_at,
   };
 }

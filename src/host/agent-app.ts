@@ -129,6 +129,7 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   on('attachDisk', (params, disk) => supervisor.attachDisk(params.id, disk));
   on('detachDisk', (params) => supervisor.detachDisk(params.id, params.disk));
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
+  on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
   on('setFirewall', async (params, firewalls) => {
     await options.networks.applyFirewalls(supervisor.spec(params.id), firewalls);
   });

@@ -13,7 +13,8 @@ import { promisify } from 'node:util';
 import { runtimePathsOf, type QemuProcessEvents, type QemuRunState } from '../compute/qemu/qemu-process.ts';
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { serialLogOffset, serialLogTail } from '../compute/serial-log.ts';
-import type { Accelerator, CpuControls, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import { type VmTuning, applyTuning } from './vm-tuning.ts';
 import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { GuestReadiness } from './guest-readiness.ts';
@@ -307,11 +308,10 @@ export class ManagedVm {
     });
   }
 
-  /** Changes the VM's CPU controls: at once in its cgroup when it runs, and for every later start. */
-  setCpuControls(controls: CpuControls | undefined): Promise<VmStatus> {
-    return this.#lanes.lifecycle('changing its CPU controls', async () => {
-      if (this.#qemu) await this.#context.cgroups?.apply(this.id, controls);
-      this.#record.spec = { ...this.#record.spec, cpuControls: controls };
+  /** Changes the VM's CPU controls or a disk's IO limits: at once while it runs, and for every later start (vm-tuning.ts). */
+  tune(change: VmTuning): Promise<VmStatus> {
+    return this.#lanes.lifecycle('changing its resource controls', async () => {
+      this.#record.spec = await applyTuning(this.#record.spec, change, { vmName: this.name, qemu: this.#qemu, cgroups: this.#context.cgroups });
       await this.#save();
       return this.status();
     });

@@ -7,6 +7,7 @@ import { QemuProcess, type QemuProcessEvents } from '../compute/qemu/qemu-proces
 import type { QemuLaunchOptions } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmCgroups } from './cgroups.ts';
+import { limitsAnything } from '../compute/qemu/disk-throttle.ts';
 
 /** What a `ManagedVm` calls on its QEMU process. */
 export type VmQemu = Pick<
@@ -24,6 +25,7 @@ export type VmQemu = Pick<
   | 'blockStats'
   | 'attachDisk'
   | 'detachDisk'
+  | 'setDiskLimits'
   | 'setMigrationCapabilities'
   | 'acceptIncomingMigration'
   | 'startMigration'
@@ -60,9 +62,10 @@ export const qemuProcessDriver: QemuDriver = {
 };
 
 /**
- * Starts `spec`'s QEMU through `driver` and puts it in the VM's cgroup with its CPU controls
- * (when the host has cgroups: `cgroups` undefined runs it where the agent runs). A QEMU that
- * cannot be placed is stopped again: a VM never runs without the controls it asked for.
+ * Starts `spec`'s QEMU through `driver`, puts it in the VM's cgroup with its CPU controls (when
+ * the host has cgroups: `cgroups` undefined runs it where the agent runs) and sets its disks' IO
+ * limits. A QEMU that cannot be given them is stopped again: a VM never runs without the controls
+ * it asked for.
  */
 export async function launchInCgroup(
   driver: QemuDriver,
@@ -74,6 +77,7 @@ export async function launchInCgroup(
   const qemu = await driver.launch(spec, vmDir, options);
   try {
     await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
+    for (const disk of spec.disks) if (limitsAnything(disk.limits)) await qemu.setDiskLimits(disk.id, disk.limits);
   } catch (error) {
     await qemu.stop({ force: true }).catch(() => undefined);
     await cgroups?.remove(spec.id);

@@ -87,6 +87,7 @@ class FakeQemu {
   reset = () => this.#call('reset');
   attachDisk = () => this.#call('attachDisk');
   detachDisk = () => this.#call('detachDisk');
+  setDiskLimits = () => this.#call('setDiskLimits');
   setMigrationCapabilities = () => this.#call('setMigrationCapabilities');
   acceptIncomingMigration = () => this.#call('acceptIncomingMigration');
   setMigrationParameters = () => this.#call('setMigrationParameters');

@@ -7,7 +7,7 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Accelerator, CpuControls, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, CpuControls, DiskLimits, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { QemuProcess } from '../compute/qemu/qemu-process.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
@@ -158,7 +158,12 @@ export class VmSupervisor {
   }
 
   setCpuControls(id: string, controls: CpuControls): Promise<VmStatus> {
-    return this.#vm(id).setCpuControls(Object.keys(controls).length > 0 ? controls : undefined);
+    return this.#vm(id).tune({ cpuControls: Object.keys(controls).length > 0 ? controls : null });
+  }
+
+  /** Sets disk `diskId`'s IO limits (empty: none), live when the VM runs. */
+  setDiskLimits(id: string, diskId: string, limits: DiskLimits): Promise<VmStatus> {
+    return this.#vm(id).tune({ disk: diskId, limits });
   }
 
   /**

@@ -8,7 +8,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
-import { CPU_LIST_PATTERN } from '../compute/vm-spec.ts';
+import { CPU_LIST_PATTERN, DiskLimits } from '../compute/vm-spec.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
@@ -193,6 +193,16 @@ export const VmCpuControls = {
   cpuPin: Type.Optional(Type.String({ pattern: CPU_LIST_PATTERN, maxLength: 320, description: 'The host CPUs it may run on, as 0-3,6' })),
 };
 
+/** A VM's disks' IO limits by guest device (vdb), as `vm show` lists the disks. */
+const DISK_DEVICE = Type.String({ pattern: '^vd[a-p]$' });
+export const VmDiskLimits = Type.Record(DISK_DEVICE, DiskLimits, { maxProperties: 16, additionalProperties: false });
+/** On update: the disks named get these limits (in full); null lifts a disk's limits. */
+export const VmDiskLimitsUpdate = Type.Record(DISK_DEVICE, Type.Union([DiskLimits, Type.Null()]), {
+  maxProperties: 16,
+  additionalProperties: false,
+  description: 'IO limits by guest device (vdb); each disk named gets exactly the limits given, null lifts them',
+});
+
 /** The same on update, where null takes a control away. */
 export const VmCpuControlsUpdate = {
   cpuLimit: Type.Optional(Type.Union([VmCpuControls.cpuLimit, Type.Null()])),
@@ -270,6 +280,7 @@ export const Vm = Type.Object(
     bootDelaySeconds: Type.Integer({ format: 'int32', minimum: 0, maximum: 600 }),
     balance: VmBalancePolicy,
     ...VmCpuControls,
+    diskLimits: Type.Optional(VmDiskLimits),
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

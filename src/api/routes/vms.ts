@@ -19,6 +19,7 @@ import {
   VmLogQuery,
   VmPolicies,
   VmCpuControlsUpdate,
+  VmDiskLimitsUpdate,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -159,7 +160,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies and CPU controls (these at once on its host, also while it runs)",
+        summary: "Change a VM's policies, CPU controls and disk IO limits (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -170,6 +171,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             ),
             ...VmPolicies,
             ...VmCpuControlsUpdate,
+            diskLimits: Type.Optional(VmDiskLimitsUpdate),
           },
           { additionalProperties: false },
         ),

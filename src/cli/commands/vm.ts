@@ -1,5 +1,6 @@
 /** `nubis vm`: create, run, inspect, migrate and reach virtual machines. */
 import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCpuControls } from './vm-cpu-options.ts';
+import { addDiskLimitOptions, describeDiskLimits, diskLimitsOf, givesDiskLimits } from './vm-disk-limit-options.ts';
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
@@ -267,6 +268,7 @@ function printVm(vm: Vm): void {
     ['Autostart', vm.autostart ? `on, order ${vm.bootOrder}, then ${vm.bootDelaySeconds} s` : 'off'],
     ['Balancing', vm.balance],
     ['CPU controls', describeCpuControls(vm)],
+    ['Disk limits', describeDiskLimits(vm)],
     ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
@@ -343,22 +345,27 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy);
-  addCpuControlOptions(set, true).action(async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
-    if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
-      throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
-    const body = {
-      ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
-      ...(options.group === undefined ? {} : { group: options.group }),
-      ...policiesOf(options),
-    };
-    if (Object.keys(body).length === 0)
-      throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny, --group web, --ha on or --cpu-limit 50%');
-    const changed = await client(command).request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`, body);
-    if (globals(command).json) return printJson(changed);
-    console.log(
-      `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}`,
-    );
-  });
+  addDiskLimitOptions(addCpuControlOptions(set, true)).action(
+    async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
+      if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
+        throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
+      const vmPath = `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`;
+      const body = {
+        ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
+        ...(options.group === undefined ? {} : { group: options.group }),
+        ...policiesOf(options),
+        // A disk's limits go whole: what the options leave alone stays as the VM has it now.
+        ...(givesDiskLimits(options) ? { diskLimits: diskLimitsOf(options, await client(command).request<Vm>('GET', vmPath)) } : {}),
+      };
+      if (Object.keys(body).length === 0)
+        throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny, --group web, --ha on or --cpu-limit 50%');
+      const changed = await client(command).request<Vm>('PATCH', vmPath, body);
+      if (globals(command).json) return printJson(changed);
+      console.log(
+        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}, disk limits ${describeDiskLimits(changed) ?? 'none'}`,
+      );
+    },
+  );
   vm.command('placement <vm>')
     .description('Where the VM has run: when, on which host, by whose action, and why the scheduler chose it')
     .action(async (name: string, _options: unknown, command: Command) => {

@@ -10,7 +10,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../../core/errors.ts';
 import { processAlive } from '../../core/process-alive.ts';
 import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
-import type { DiskSpec, VmSpec } from '../vm-spec.ts';
+import type { DiskLimits, DiskSpec, VmSpec } from '../vm-spec.ts';
+import { blockIoThrottleArgs, limitsAnything } from './disk-throttle.ts';
 import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -216,10 +217,20 @@ export class QemuProcess {
     await this.qmp.execute('blockdev-add', blockdevQmpOf(disk));
     try {
       await this.qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `${disk.id}-disk`, drive: disk.id, bus: port });
+      if (limitsAnything(disk.limits)) await this.setDiskLimits(disk.id, disk.limits);
     } catch (error) {
       await this.qmp.execute('blockdev-del', { 'node-name': disk.id }).catch(() => undefined);
       throw error;
     }
+  }
+
+  /**
+   * Sets (none: lifts) the IO limits of disk `diskId` in its device's block backend
+   * (disk-throttle.ts). The backend belongs to the virtio-blk device inside the PCI proxy that
+   * -device names, so QMP is given that inner device's QOM path.
+   */
+  async setDiskLimits(diskId: string, limits: DiskLimits | undefined): Promise<void> {
+    await this.qmp.execute('block_set_io_throttle', { ...blockIoThrottleArgs(`/machine/peripheral/${diskId}-disk/virtio-backend`, limits) });
   }
 
   /**
