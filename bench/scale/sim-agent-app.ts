@@ -55,6 +55,12 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   detachDisk: (host, params) => host.detachDisk(params.id, params.disk),
   // A simulated host has no cgroups: the controls are taken and change nothing.
   setCpuControls: (host, params) => host.status(params.id),
+  // Nor balloons: memory is taken and reported as unknown.
+  setMemory: (host, params) => host.status(params.id),
+  memoryReport: (host, params) => {
+    host.status(params.id);
+    return {};
+  },
   setFirewall: (host, params, _firewalls: Static<typeof FirewallUpdate> | unknown) => {
     host.spec(params.id);
   },

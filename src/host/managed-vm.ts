@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { runtimePathsOf, type QemuProcessEvents, type QemuRunState } from '../compute/qemu/qemu-process.ts';
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { serialLogOffset, serialLogTail } from '../compute/serial-log.ts';
-import type { Accelerator, CpuControls, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { GuestReadiness } from './guest-readiness.ts';
@@ -138,7 +138,7 @@ export class ManagedVm {
     if (!qemu?.pid || (qemu.state !== 'running' && qemu.state !== 'paused')) return undefined;
     const spec = this.#record.spec;
     const taps = spec.nics.flatMap((nic) => (nic.mode === 'tap' && nic.tapName ? [nic.tapName] : []));
-    return { vm: this.id, pid: qemu.pid, cpus: spec.cpus, taps, diskBytes: () => qemu.blockStats() };
+    return { vm: this.id, pid: qemu.pid, cpus: spec.cpus, taps, diskBytes: () => qemu.blockStats(), qmp: qemu.qmp };
   }
 
   /** Resolves once every lifecycle action asked so far has ended. */
@@ -307,11 +307,11 @@ export class ManagedVm {
     });
   }
 
-  /** Changes the VM's CPU controls: at once in its cgroup when it runs, and for every later start. */
-  setCpuControls(controls: CpuControls | undefined): Promise<VmStatus> {
-    return this.#lanes.lifecycle('changing its CPU controls', async () => {
-      if (this.#qemu) await this.#context.cgroups?.apply(this.id, controls);
-      this.#record.spec = { ...this.#record.spec, cpuControls: controls };
+  /** Changes part of the VM's spec (CPU controls, memory): at once through `live` when its QEMU runs, and for every later start. */
+  tune(what: string, change: Partial<VmSpec>, live: (qemu: VmQemu) => Promise<unknown>): Promise<VmStatus> {
+    return this.#lanes.lifecycle(what, async () => {
+      if (this.#qemu) await live(this.#qemu);
+      this.#record.spec = { ...this.#record.spec, ...change };
       await this.#save();
       return this.status();
     });

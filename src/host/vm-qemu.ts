@@ -7,11 +7,13 @@ import { QemuProcess, type QemuProcessEvents } from '../compute/qemu/qemu-proces
 import type { QemuLaunchOptions } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmCgroups } from './cgroups.ts';
+import { startBalloon } from './vm-memory.ts';
 
 /** What a `ManagedVm` calls on its QEMU process. */
 export type VmQemu = Pick<
   QemuProcess,
   | 'pid'
+  | 'qmp'
   | 'state'
   | 'stopRequested'
   | 'exited'
@@ -61,8 +63,9 @@ export const qemuProcessDriver: QemuDriver = {
 
 /**
  * Starts `spec`'s QEMU through `driver` and puts it in the VM's cgroup with its CPU controls
- * (when the host has cgroups: `cgroups` undefined runs it where the agent runs). A QEMU that
- * cannot be placed is stopped again: a VM never runs without the controls it asked for.
+ * (when the host has cgroups: `cgroups` undefined runs it where the agent runs), and sets its
+ * balloon. A QEMU that cannot be placed is stopped again: a VM never runs without the controls
+ * it asked for.
  */
 export async function launchInCgroup(
   driver: QemuDriver,
@@ -74,6 +77,7 @@ export async function launchInCgroup(
   const qemu = await driver.launch(spec, vmDir, options);
   try {
     await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
+    await startBalloon(qemu.qmp, spec, { incoming: options.incoming !== undefined });
   } catch (error) {
     await qemu.stop({ force: true }).catch(() => undefined);
     await cgroups?.remove(spec.id);
