@@ -4,6 +4,7 @@
  * the current memory is what the balloon leaves it (VmSpec.memoryTargetMb).
  */
 import { type Static, Type } from '@sinclair/typebox';
+import { NubisError } from '../core/errors.ts';
 import type { VmSpec } from './vm-spec.ts';
 
 /** No guest is ballooned below this: the tiny guest boots in 64 MiB, a Debian one barely. */
@@ -16,6 +17,20 @@ export const MEMORY_FLOOR_MB = 64;
  */
 export function memoryFloorMb(maxMb: number): number {
   return Math.min(maxMb, Math.max(MEMORY_FLOOR_MB, Math.ceil(maxMb / 8)));
+}
+
+/**
+ * `targetMb` when a VM of `maxMb` may have it; otherwise a VM_MEMORY_OUT_OF_RANGE error that
+ * names the range (checked where the API receives it and again on the host).
+ */
+export function checkedMemoryTarget(vmName: string, targetMb: number, maxMb: number): number {
+  const floorMb = memoryFloorMb(maxMb);
+  if (!Number.isInteger(targetMb) || targetMb > maxMb || targetMb < floorMb)
+    throw new NubisError(
+      'VM_MEMORY_OUT_OF_RANGE',
+      `VM ${vmName} can have from ${floorMb} to ${maxMb} MiB of memory (its maximum), not ${targetMb}; ask within that, or recreate it with a larger --max-memory`,
+    );
+  return targetMb;
 }
 
 /** The memory a spec asks its guest to have now, in MiB. */

@@ -5,10 +5,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { balloonActualMb, guestMemoryStats, setBalloonTarget, startBalloonStats } from '../compute/qemu/balloon.ts';
-import { type MemorySettings, memoryFloorMb, memoryTargetOf, type VmMemoryReport } from '../compute/memory-spec.ts';
+import { checkedMemoryTarget, type MemorySettings, memoryTargetOf, type VmMemoryReport } from '../compute/memory-spec.ts';
 import type { QmpClient } from '../compute/qmp/qmp-client.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
-import { NubisError } from '../core/errors.ts';
 import { parseKilobytesField } from './usage-sampler.ts';
 
 type Qmp = Pick<QmpClient, 'execute'>;
@@ -27,10 +26,7 @@ export async function startBalloon(qmp: Qmp, spec: VmSpec, options: { incoming: 
 
 /** The spec's memory fields after `settings`, refused (changing nothing) outside the floor and the maximum. */
 export function memoryAfter(spec: VmSpec, settings: MemorySettings): Pick<VmSpec, 'memoryTargetMb' | 'memoryReclaim'> {
-  const targetMb = settings.targetMb ?? spec.memoryMb;
-  const floorMb = memoryFloorMb(spec.memoryMb);
-  if (!Number.isInteger(targetMb) || targetMb > spec.memoryMb || targetMb < floorMb)
-    throw new NubisError('VM_MEMORY_OUT_OF_RANGE', `VM ${spec.name} can have from ${floorMb} to ${spec.memoryMb} MiB of memory, not ${targetMb}`);
+  const targetMb = checkedMemoryTarget(spec.name, settings.targetMb ?? spec.memoryMb, spec.memoryMb);
   return { memoryTargetMb: targetMb < spec.memoryMb ? targetMb : undefined, memoryReclaim: settings.reclaim || undefined };
 }
 

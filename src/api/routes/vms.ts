@@ -19,6 +19,7 @@ import {
   VmLogQuery,
   VmPolicies,
   VmCpuControlsUpdate,
+  VmMemoryUpdate,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -94,7 +95,7 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
       config: { access: { on: 'project', permission: 'vm.read' } },
       schema: { operationId: 'getVm', tags: ['vms'], summary: 'Show a VM', params: VmRef, querystring: ProjectQuery, response: { 200: Vm, ...errorResponses } },
     },
-    async (request) => services.vms.get(request.params.vm, request.query.project),
+    async (request) => services.vms.policies.withMemoryUsage(await services.vms.get(request.params.vm, request.query.project)),
   );
   registerLifecycleRoutes(app, services);
   registerMigrationRoutes(app, services);
@@ -159,7 +160,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies and CPU controls (these at once on its host, also while it runs)",
+        summary: "Change a VM's policies, CPU controls and memory (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -170,6 +171,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             ),
             ...VmPolicies,
             ...VmCpuControlsUpdate,
+            ...VmMemoryUpdate,
           },
           { additionalProperties: false },
         ),
