@@ -8,6 +8,7 @@ import WebSocket from 'ws';
 import { NubisError } from '../core/errors.ts';
 import { parseEndpoint, requestJson } from '../core/http-json.ts';
 import { AGENT_ROUTES, AGENT_STREAMS, type AgentClient, type AgentRouteName, type AgentStream, type CallOptions, VNC_PASSWORD_HEADER } from './contract.ts';
+import type { VmMemoryReport } from '../compute/memory-spec.ts';
 
 /** The URL of `route` with its `:name` parameters filled in, each escaped. */
 export function agentPath(name: AgentRouteName, params: Record<string, string>, query?: Record<string, string | number>): string {
@@ -82,6 +83,8 @@ export class HttpAgentClient implements AgentClient {
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);
   setDiskLimits: AgentClient['setDiskLimits'] = (id, disk, limits, options) => this.#call('setDiskLimits', { id, disk }, limits, options);
+  setMemory: AgentClient['setMemory'] = (id, settings, options) => this.#call('setMemory', { id }, settings, options);
+  memoryReport: AgentClient['memoryReport'] = async (id) => (await this.#call<{ report?: VmMemoryReport }>('memoryReport', { id })).report;
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#call('setFirewall', { id }, firewalls);
   prepareIncoming: AgentClient['prepareIncoming'] = (id, request, options) => this.#call('prepareIncoming', { id }, request, options);
   activateIncoming: AgentClient['activateIncoming'] = (id, options) => this.#call('activateIncoming', { id }, undefined, options);

@@ -153,6 +153,14 @@ export class FakeAgent implements AgentClient {
     await this.#enter('setDiskLimits', [id, diskId, limits]);
     return { ...this.#vm(id) };
   };
+  setMemory: AgentClient['setMemory'] = async (id, settings) => {
+    await this.#enter('setMemory', [id, settings]);
+    return { ...this.#vm(id) };
+  };
+  memoryReport: AgentClient['memoryReport'] = async (id) => {
+    await this.#enter('memoryReport', [id]);
+    return undefined;
+  };
   prepareIncoming: AgentClient['prepareIncoming'] = async (id, request) => {
     await this.#enter('prepareIncoming', [id, request]);
     const vm: VmStatus = { id, name: request.spec.name, state: 'incoming' };

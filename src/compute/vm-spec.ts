@@ -163,7 +163,12 @@ export const VmSpec = Type.Object(
     id: ID,
     name: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' }),
     cpus: Type.Integer({ minimum: 1, maximum: 64 }),
+    /** The guest's RAM as QEMU gives it (-m): the VM's maximum memory, which placement counts. */
     memoryMb: Type.Integer({ minimum: 64, maximum: 1048576 }),
+    /** What the balloon leaves the guest (its current memory, host/vm-memory.ts); absent: all of memoryMb. */
+    memoryTargetMb: Type.Optional(Type.Integer({ minimum: 64, maximum: 1048576 })),
+    /** The agent may balloon the idle guest below its target when the host runs short (host/memory-reclaim.ts). */
+    memoryReclaim: Type.Optional(Type.Boolean()),
     boot: BootSource,
     disks: Type.Array(DiskSpec, { maxItems: 16 }),
     nics: Type.Array(NicSpec, { maxItems: 16 }),

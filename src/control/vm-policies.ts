@@ -15,9 +15,10 @@ import { publishChange } from '../events/change-feed.ts';
 import { type CpuControlFields, changesCpuControls, cpuControlsAfter } from './vm-cpu-controls.ts';
 import { type DiskLimitFields, diskLimitChanges, withDiskLimits } from './vm-disk-limits.ts';
 import type { VmOwner } from './vm-owner.ts';
+import { changesMemory, type MemoryChange, readVmMemoryUsage, setVmMemory } from './vm-memory.ts';
 
 /** What `vm set` changes. */
-export interface VmChange extends CpuControlFields {
+export interface VmChange extends CpuControlFields, MemoryChange {
   diskLimits?: DiskLimitFields;
   allowPostcopy?: boolean;
   group?: string;
@@ -78,6 +79,7 @@ export class VmPolicies {
     if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
     // First, as the one thing here that can fail on the host: a refusal changes nothing.
     if (changesCpuControls(change) || change.diskLimits) await this.#tune(row, change);
+    if (changesMemory(change)) await setVmMemory({ db: this.#db, hosts: this.#hosts, owner: this.#owner }, row, change);
     const haGroupId = change.haGroup === undefined ? undefined : change.haGroup === '' ? null : (await this.#placement.haGroups.row(change.haGroup)).id;
     let groupId: string | null | undefined;
     if (change.group !== undefined) {
@@ -138,6 +140,14 @@ export class VmPolicies {
           .execute();
       }
     });
+  }
+
+  /** `vm` with its memory as its guest and host see it now, when it runs (one agent call: for one VM shown, not lists). */
+  async withMemoryUsage(vm: Vm): Promise<Vm> {
+    if (vm.state !== 'running' && vm.state !== 'paused') return vm;
+    const row = await this.#vms.row(vm.id);
+    const memoryUsage = await readVmMemoryUsage(this.#hosts, row);
+    return memoryUsage ? { ...vm, memoryUsage } : vm;
   }
 
   /** The scheduler's decision for a VM of a size, or (with `vm`) for migrating that VM, changing nothing. */

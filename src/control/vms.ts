@@ -27,6 +27,7 @@ import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
+import { maxMemoryOf, memorySpecOf } from './vm-memory.ts';
 import { checkPortsFree } from './published-ports.ts';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmCounts, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
@@ -246,7 +247,7 @@ export class VmService {
     return {
       projectId: plan.projectId,
       cpus: request.cpus,
-      memoryMb: request.memoryMb,
+      memoryMb: maxMemoryOf(request),
       ...(plan.pinnedHost ? { onlyHost: plan.pinnedHost } : {}),
       placementGroupId: plan.placementGroupId,
       haGroupId: plan.haGroupId,
@@ -259,6 +260,7 @@ export class VmService {
     const projectId = await this.projectId(request.project);
     const image = await this.#images.row(request.image);
     cpuControlsAfter(undefined, request, request); // refused before anything is placed or allocated
+    memorySpecOf(request); // likewise
     if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
       throw new NubisError(
         'VM_NAME_TAKEN',
@@ -287,7 +289,7 @@ export class VmService {
     const project = { id: projectId, name: request.project ?? 'default' };
     const diskPlan = await planDisks(request, project, { storage: this.#storage, hosts: this.#hosts });
     // Refused early with nothing allocated; the check that counts is in the transaction that records the VM.
-    await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
+    await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: maxMemoryOf(request) });
     const placementGroupId = request.group ? (await this.#placement.groups.row(request.group, project)).id : null;
     const haGroupId = request.haGroup ? (await this.#placement.haGroups.row(request.haGroup)).id : null;
     return { projectId, image, forwards, networks, placementGroupId, haGroupId, ...diskPlan };
@@ -349,7 +351,7 @@ export class VmService {
       id,
       name: request.name,
       cpus: request.cpus,
-      memoryMb: request.memoryMb,
+      ...memorySpecOf(request),
       boot,
       disks: plan.disks.map((d) => d.disk),
       nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
@@ -365,7 +367,7 @@ export class VmService {
     const { id, request, plan, host, spec } = c;
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
-    await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: request.memoryMb });
+    await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: maxMemoryOf(request) });
     await trx
       .insertInto('vms')
       .values({
@@ -375,7 +377,7 @@ export class VmService {
         host_id: host.id,
         image_id: plan.image.id,
         cpus: request.cpus,
-        memory_mb: request.memoryMb,
+        memory_mb: maxMemoryOf(request),
         desired_state: 'running',
         actual_state: 'pending',
         spec: JSON.stringify(spec),

@@ -23,6 +23,8 @@ export const ERROR_STATUS = {
   CLI_NOT_CONFIGURED: 400,
   IMAGE_INVALID: 400,
   QEMU_INVALID_OPTION: 400,
+  // A current memory above the VM's maximum or below its floor (compute/memory-spec.ts).
+  VM_MEMORY_OUT_OF_RANGE: 400,
   NET_INVALID_ADDRESS: 400,
   NET_INVALID_CIDR: 400,
   NET_INVALID_COMMAND: 400,

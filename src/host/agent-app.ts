@@ -130,6 +130,8 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   on('detachDisk', (params) => supervisor.detachDisk(params.id, params.disk));
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
   on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
+  on('setMemory', (params, settings) => supervisor.setMemory(params.id, settings));
+  on('memoryReport', async (params) => ({ report: await supervisor.memoryReport(params.id) }));
   on('setFirewall', async (params, firewalls) => {
     await options.networks.applyFirewalls(supervisor.spec(params.id), firewalls);
   });

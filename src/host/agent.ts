@@ -22,6 +22,7 @@ import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
 import { UsageSampler } from './usage-sampler.ts';
+import { MemoryReclaimer } from './memory-reclaimer.ts';
 import { feedWatchdog, heartbeatLoop } from './heartbeat-loop.ts';
 import { AGENT_UNDERLAY_PORT } from '../agent-api/heartbeat.ts';
 import { createServer, type Server } from 'node:http';
@@ -156,6 +157,9 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       requestJson(options.controlUrl, { method: 'POST', path: `/v1/hosts/${options.name}/usage`, token: identity.agentToken, body: report, timeoutMs: 10_000 }),
     logger,
   }).run(abort.signal);
+  void new MemoryReclaimer({ sources: () => supervisor.usageSources(), spec: (id) => supervisor.spec(id), targets: supervisor.reclaimTargets, logger }).run(
+    abort.signal,
+  );
 
   return { endpoint, accelerator, supervisor, stop, ended };
 }

@@ -14,7 +14,6 @@ import { runtimePathsOf, type QemuProcessEvents, type QemuRunState } from '../co
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { serialLogOffset, serialLogTail } from '../compute/serial-log.ts';
 import type { Accelerator, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
-import { type VmTuning, applyTuning } from './vm-tuning.ts';
 import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { GuestReadiness } from './guest-readiness.ts';
@@ -139,7 +138,7 @@ export class ManagedVm {
     if (!qemu?.pid || (qemu.state !== 'running' && qemu.state !== 'paused')) return undefined;
     const spec = this.#record.spec;
     const taps = spec.nics.flatMap((nic) => (nic.mode === 'tap' && nic.tapName ? [nic.tapName] : []));
-    return { vm: this.id, pid: qemu.pid, cpus: spec.cpus, taps, diskBytes: () => qemu.blockStats() };
+    return { vm: this.id, pid: qemu.pid, cpus: spec.cpus, taps, diskBytes: () => qemu.blockStats(), qmp: qemu.qmp };
   }
 
   /** Resolves once every lifecycle action asked so far has ended. */
@@ -308,10 +307,11 @@ export class ManagedVm {
     });
   }
 
-  /** Changes the VM's CPU controls or a disk's IO limits: at once while it runs, and for every later start (vm-tuning.ts). */
-  tune(change: VmTuning): Promise<VmStatus> {
-    return this.#lanes.lifecycle('changing its resource controls', async () => {
-      this.#record.spec = await applyTuning(this.#record.spec, change, { vmName: this.name, qemu: this.#qemu, cgroups: this.#context.cgroups });
+  /** Changes part of the VM's spec (CPU controls, memory): at once through `live` when its QEMU runs, and for every later start. */
+  tune(what: string, change: Partial<VmSpec>, live: (qemu: VmQemu) => Promise<unknown>): Promise<VmStatus> {
+    return this.#lanes.lifecycle(what, async () => {
+      if (this.#qemu) await live(this.#qemu);
+      this.#record.spec = { ...this.#record.spec, ...change };
       await this.#save();
       return this.status();
     });

@@ -12,6 +12,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { messageOf } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import type { HostUsageReport, VmUsageSample } from '../wire/event-schemas.ts';
+import type { QmpClient } from '../compute/qmp/qmp-client.ts';
 
 /** What the sampler needs of one VM (ManagedVm.usageSource). */
 export interface UsageSource {
@@ -22,6 +23,8 @@ export interface UsageSource {
   taps: string[];
   /** Bytes read and written by its disks since its QEMU started. */
   diskBytes(): Promise<{ readBytes: number; writtenBytes: number }>;
+  /** Its QMP, for the balloon (host/vm-memory.ts). */
+  qmp?: Pick<QmpClient, 'execute'>;
 }
 
 /** Linux reports CPU times in clock ticks of USER_HZ, 100 a second on every architecture Nubis runs on (proc(5)). */

@@ -8,11 +8,13 @@ import type { QemuLaunchOptions } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmCgroups } from './cgroups.ts';
 import { limitsAnything } from '../compute/qemu/disk-throttle.ts';
+import { startBalloon } from './vm-memory.ts';
 
 /** What a `ManagedVm` calls on its QEMU process. */
 export type VmQemu = Pick<
   QemuProcess,
   | 'pid'
+  | 'qmp'
   | 'state'
   | 'stopRequested'
   | 'exited'
@@ -63,9 +65,9 @@ export const qemuProcessDriver: QemuDriver = {
 
 /**
  * Starts `spec`'s QEMU through `driver`, puts it in the VM's cgroup with its CPU controls (when
- * the host has cgroups: `cgroups` undefined runs it where the agent runs) and sets its disks' IO
- * limits. A QEMU that cannot be given them is stopped again: a VM never runs without the controls
- * it asked for.
+ * the host has cgroups: `cgroups` undefined runs it where the agent runs), sets its disks' IO
+ * limits and its balloon. A QEMU that cannot be given them is stopped again: a VM never runs
+ * without the controls it asked for.
  */
 export async function launchInCgroup(
   driver: QemuDriver,
@@ -78,6 +80,7 @@ export async function launchInCgroup(
   try {
     await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
     for (const disk of spec.disks) if (limitsAnything(disk.limits)) await qemu.setDiskLimits(disk.id, disk.limits);
+    await startBalloon(qemu.qmp, spec, { incoming: options.incoming !== undefined });
   } catch (error) {
     await qemu.stop({ force: true }).catch(() => undefined);
     await cgroups?.remove(spec.id);

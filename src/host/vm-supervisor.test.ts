@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import type { QemuProcessEvents, QemuRunState } from '../compute/qemu/qemu-process.ts';
+import type { QmpClient } from '../compute/qmp/qmp-client.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { QemuDriver } from './vm-qemu.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
@@ -13,6 +14,8 @@ import { VmSupervisor } from './vm-supervisor.ts';
 /** A QEMU process that answers at once, or hangs on the calls a test holds, and records every call. */
 class FakeQemu {
   readonly pid = 4242;
+  /** Answers every command (the balloon's at launch) with nothing. */
+  readonly qmp = { execute: async () => ({}) } as unknown as QmpClient;
   state: QemuRunState;
   stopRequested = false;
   /** What `query-migrate` reports. */

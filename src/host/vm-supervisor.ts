@@ -16,6 +16,9 @@ import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import type { VmCgroups } from './cgroups.ts';
+import type { MemorySettings, VmMemoryReport } from '../compute/memory-spec.ts';
+import { applyBalloon, memoryAfter, readMemoryReport } from './vm-memory.ts';
+import { limitsAnything, specWithDiskLimits } from '../compute/qemu/disk-throttle.ts';
 
 export interface VmSupervisorOptions {
   /** Folder holding one sub-folder per VM. */
@@ -40,6 +43,8 @@ export class VmSupervisor {
   readonly #options: VmSupervisorOptions;
   readonly #context: ManagedVmContext;
   readonly #vms = new Map<string, ManagedVm>();
+  /** Where automatic reclaim has taken each guest below its current memory (host/memory-reclaimer.ts). */
+  readonly reclaimTargets = new Map<string, number>();
 
   constructor(options: VmSupervisorOptions) {
     this.#options = Object.freeze({ ...options });
@@ -158,12 +163,31 @@ export class VmSupervisor {
   }
 
   setCpuControls(id: string, controls: CpuControls): Promise<VmStatus> {
-    return this.#vm(id).tune({ cpuControls: Object.keys(controls).length > 0 ? controls : null });
+    const cpuControls = Object.keys(controls).length > 0 ? controls : undefined;
+    return this.#vm(id).tune('changing its CPU controls', { cpuControls }, async () => this.#context.cgroups?.apply(id, cpuControls));
   }
 
   /** Sets disk `diskId`'s IO limits (empty: none), live when the VM runs. */
   setDiskLimits(id: string, diskId: string, limits: DiskLimits): Promise<VmStatus> {
-    return this.#vm(id).tune({ disk: diskId, limits });
+    const vm = this.#vm(id);
+    const given = limitsAnything(limits) ? limits : undefined;
+    return vm.tune('changing its disk limits', specWithDiskLimits(vm.spec(), diskId, given), (qemu) => qemu.setDiskLimits(diskId, given));
+  }
+
+  /** Sets the VM's current memory (live through its balloon) and whether reclaim may take from it; a new owner target ends reclaim's. */
+  setMemory(id: string, settings: MemorySettings): Promise<VmStatus> {
+    const vm = this.#vm(id);
+    const change = memoryAfter(vm.spec(), settings);
+    return vm.tune('changing its memory', change, async (qemu) => {
+      await applyBalloon(qemu.qmp, { ...vm.spec(), ...change });
+      this.reclaimTargets.delete(id);
+    });
+  }
+
+  /** The VM's memory as its guest and host see it; undefined while its QEMU does not run. */
+  async memoryReport(id: string): Promise<VmMemoryReport | undefined> {
+    const source = this.#vm(id).usageSource();
+    return source?.qmp ? readMemoryReport({ pid: source.pid, qmp: source.qmp }, this.reclaimTargets.get(id)) : undefined;
   }
 
   /**

@@ -52,7 +52,9 @@ const SOURCE_DIR = fileURLToPath(new URL('./tiny/', import.meta.url));
 const BUSYBOX_PATH = '/bin/busybox';
 // virtio_pci is the transport nothing depends on; the rest pull in their dependencies
 // (virtio_ring, virtio, failover, ...). evdev and button carry the ACPI power button to acpid.
-const WANTED_MODULES = ['virtio_pci', 'virtio_net', 'virtio_blk', 'evdev', 'button'];
+// virtio_balloon gives memory back to the host (vm set --memory, free page reporting) and
+// reports the guest's memory statistics; last, so a failed load costs nothing else.
+const WANTED_MODULES = ['virtio_pci', 'virtio_net', 'virtio_blk', 'evdev', 'button', 'virtio_balloon'];
 
 /**
  * Builds the tiny image under `<cacheDir>/images/tiny/` (vmlinuz, initrd.img, manifest.json),

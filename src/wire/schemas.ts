@@ -9,6 +9,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
 import { CPU_LIST_PATTERN, DiskLimits } from '../compute/vm-spec.ts';
+import { VmMemoryReport } from '../compute/memory-spec.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
@@ -202,6 +203,19 @@ export const VmDiskLimitsUpdate = Type.Record(DISK_DEVICE, Type.Union([DiskLimit
   additionalProperties: false,
   description: 'IO limits by guest device (vdb); each disk named gets exactly the limits given, null lifts them',
 });
+/** A VM's memory beside `memoryMb` (its current memory) as create sets them (control/vm-memory.ts). */
+export const VmMemoryFields = {
+  maxMemoryMb: Type.Optional(
+    Int32(64, 1048576, { description: 'Its maximum memory in MiB (default: memoryMb): vm set can raise memoryMb up to it; placement and quotas count it' }),
+  ),
+  memoryReclaim: Type.Optional(Type.Boolean({ description: 'Its host may balloon it below memoryMb while the host is short of memory, and gives it back' })),
+};
+
+/** The memory fields of an update. */
+export const VmMemoryUpdate = {
+  memoryMb: Type.Optional(Int32(64, 1048576, { description: 'Its current memory in MiB, within its maximum: live through its balloon while it runs' })),
+  memoryReclaim: VmMemoryFields.memoryReclaim,
+};
 
 /** The same on update, where null takes a control away. */
 export const VmCpuControlsUpdate = {
@@ -215,7 +229,7 @@ export const VmCreateRequest = Type.Object(
     name: ResourceName,
     image: ResourceName,
     cpus: Int32(1, 64, { default: 1, description: 'Virtual CPUs' }),
-    memoryMb: Int32(64, 1048576, { default: 256, description: 'Guest memory in MiB' }),
+    memoryMb: Int32(64, 1048576, { default: 256, description: 'Guest memory in MiB (its current memory, within maxMemoryMb)' }),
     host: Type.Optional(ResourceName),
     project: Type.Optional(ResourceName),
     publish: Type.Optional(Type.Array(PublishedPort, { maxItems: 16, description: 'Host ports forwarded to guest ports (user-mode network)' })),
@@ -237,6 +251,7 @@ export const VmCreateRequest = Type.Object(
     ),
     ...VmPolicies,
     ...VmCpuControls,
+    ...VmMemoryFields,
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -281,6 +296,9 @@ export const Vm = Type.Object(
     balance: VmBalancePolicy,
     ...VmCpuControls,
     diskLimits: Type.Optional(VmDiskLimits),
+    maxMemoryMb: Count(),
+    memoryReclaim: Type.Boolean(),
+    memoryUsage: Type.Optional({ ...VmMemoryReport, description: 'Its memory as its guest and host see it now (a running VM shown alone, not in lists)' }),
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

@@ -20,6 +20,7 @@ import {
   VmPolicies,
   VmCpuControlsUpdate,
   VmDiskLimitsUpdate,
+  VmMemoryUpdate,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -95,7 +96,7 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
       config: { access: { on: 'project', permission: 'vm.read' } },
       schema: { operationId: 'getVm', tags: ['vms'], summary: 'Show a VM', params: VmRef, querystring: ProjectQuery, response: { 200: Vm, ...errorResponses } },
     },
-    async (request) => services.vms.get(request.params.vm, request.query.project),
+    async (request) => services.vms.policies.withMemoryUsage(await services.vms.get(request.params.vm, request.query.project)),
   );
   registerLifecycleRoutes(app, services);
   registerMigrationRoutes(app, services);
@@ -160,7 +161,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies, CPU controls and disk IO limits (these at once on its host, also while it runs)",
+        summary: "Change a VM's policies, CPU controls, memory and disk IO limits (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -172,6 +173,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             ...VmPolicies,
             ...VmCpuControlsUpdate,
             diskLimits: Type.Optional(VmDiskLimitsUpdate),
+            ...VmMemoryUpdate,
           },
           { additionalProperties: false },
         ),

@@ -1,6 +1,7 @@
 /** `nubis vm`: create, run, inspect, migrate and reach virtual machines. */
 import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCpuControls } from './vm-cpu-options.ts';
 import { addDiskLimitOptions, describeDiskLimits, diskLimitsOf, givesDiskLimits } from './vm-disk-limit-options.ts';
+import { addMemoryOptions, describeMemory, type MemoryOptions, memoryOf } from './vm-memory-options.ts';
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
@@ -15,7 +16,7 @@ import { addUsageCommand } from './usage.ts';
 import { startVncProxy } from '../vnc-proxy.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
-interface VmPolicyOptions extends CpuControlOptions {
+interface VmPolicyOptions extends CpuControlOptions, MemoryOptions {
   balance?: VmBalancePolicy;
   ha?: boolean;
   haPriority?: number;
@@ -111,7 +112,7 @@ function addCreate(vm: Command): void {
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)');
-  addCpuControlOptions(create, false).action(createVm);
+  addMemoryOptions(addCpuControlOptions(create, false), false).action(createVm);
 }
 
 async function createVm(name: string, options: VmCreateOptions, command: Command): Promise<void> {
@@ -156,6 +157,7 @@ function policiesOf(options: VmPolicyOptions): Record<string, unknown> {
     ...(options.bootDelay !== undefined ? { bootDelaySeconds: options.bootDelay } : {}),
     ...(options.balance !== undefined ? { balance: options.balance } : {}),
     ...cpuControlsOf(options),
+    ...memoryOf(options),
   };
 }
 
@@ -256,7 +258,7 @@ function printVm(vm: Vm): void {
     ['Host', vm.host],
     ['Accelerator', vm.accelerator],
     ['vCPUs', vm.cpus],
-    ['Memory', `${vm.memoryMb} MiB`],
+    ...describeMemory(vm),
     ['Image', vm.image],
     ['PID', vm.pid],
     ['Started', vm.startedAt],
@@ -345,7 +347,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy);
-  addDiskLimitOptions(addCpuControlOptions(set, true)).action(
+  addDiskLimitOptions(addMemoryOptions(addCpuControlOptions(set, true), true)).action(
     async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
@@ -358,11 +360,14 @@ function addDeleteAttachDetachSet(vm: Command): void {
         ...(givesDiskLimits(options) ? { diskLimits: diskLimitsOf(options, await client(command).request<Vm>('GET', vmPath)) } : {}),
       };
       if (Object.keys(body).length === 0)
-        throw new NubisError('VALIDATION_FAILED', 'Give something to change, e.g. --postcopy deny, --group web, --ha on or --cpu-limit 50%');
+        throw new NubisError(
+          'VALIDATION_FAILED',
+          'Give something to change, e.g. --postcopy deny, --group web, --ha on, --cpu-limit 50%, --memory 512 or --disk-iops vdb=500',
+        );
       const changed = await client(command).request<Vm>('PATCH', vmPath, body);
       if (globals(command).json) return printJson(changed);
       console.log(
-        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}, disk limits ${describeDiskLimits(changed) ?? 'none'}`,
+        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}, memory ${changed.memoryMb} of ${changed.maxMemoryMb} MiB, disk limits ${describeDiskLimits(changed) ?? 'none'}`,
       );
     },
   );

@@ -59,6 +59,12 @@ describe('buildQemuArgs', () => {
     assert.deepEqual(valuesOf(args, '-append'), ['console=ttyS0 nubis.name=web1']);
   });
 
+  it('gives every VM a balloon with free page reporting, the guest RAM being its maximum', () => {
+    const args = buildQemuArgs({ ...spec, memoryTargetMb: 128 }, paths, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(args, '-m'), ['256M'], 'the balloon, not -m, holds the current memory');
+    assert.ok(valuesOf(args, '-device').includes('virtio-balloon-pci,id=balloon0,free-page-reporting=on'));
+  });
+
   it('waits for an incoming migration when asked', () => {
     const args = buildQemuArgs(spec, paths, { accelerator: 'tcg', incoming: 'tcp:0.0.0.0:4444' });
     assert.deepEqual(valuesOf(args, '-incoming'), ['tcp:0.0.0.0:4444']);

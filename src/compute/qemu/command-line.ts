@@ -57,6 +57,9 @@ export function optionValue(value: string | number, format: keyof typeof OPTION_
   return text;
 }
 
+/** The balloon's device id; QOM names it /machine/peripheral/<id> (compute/qemu/balloon.ts). */
+export const BALLOON_DEVICE_ID = 'balloon0';
+
 /** The block node of a VM's boot disk (its copy-on-write overlay over an image). */
 export const BOOT_DISK_NODE = 'boot';
 
@@ -98,6 +101,11 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     // q35's root bus takes no hot-plugged devices: a few PCIe root ports give disks attached
     // to a running VM a slot (the guest kernel's pciehp sees them arrive and leave).
     ...HOTPLUG_PORTS.flatMap((port, index) => ['-device', `pcie-root-port,id=${port},chassis=${index + 1},slot=${index + 1}`]),
+    // The balloon: `vm set --memory` within the maximum, the guest's memory statistics, and
+    // free page reporting (the guest hands back pages it freed). No deflate-on-oom: with it the
+    // guest keeps ballooned pages in its MemTotal, and a target it can take back is no limit.
+    '-device',
+    `virtio-balloon-pci,id=${BALLOON_DEVICE_ID},free-page-reporting=on`,
     '-pidfile',
     paths.pidFile,
   ];

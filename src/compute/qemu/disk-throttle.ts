@@ -6,7 +6,7 @@
  * attached while the VM runs, and live when the limits change. All six rates are required by
  * QMP; 0 means "no limit".
  */
-import type { DiskLimits } from '../vm-spec.ts';
+import type { DiskLimits, VmSpec } from '../vm-spec.ts';
 import { NubisError } from '../../core/errors.ts';
 
 /** The QMP arguments of `block_set_io_throttle` (QAPI BlockIOThrottle, the subset Nubis sets). */
@@ -75,4 +75,19 @@ export function blockIoThrottleArgs(deviceId: string, limits: DiskLimits | undef
 /** Whether `limits` limit anything. */
 export function limitsAnything(limits: DiskLimits | undefined): boolean {
   return limits !== undefined && Object.keys(limits).length > 0;
+}
+
+/**
+ * The disks of `spec` with disk `diskId`'s limits replaced by `limits` (undefined: none);
+ * refuses a disk the VM does not have.
+ */
+export function specWithDiskLimits(spec: Pick<VmSpec, 'name' | 'disks'>, diskId: string, limits: DiskLimits | undefined): Pick<VmSpec, 'disks'> {
+  if (!spec.disks.some((disk) => disk.id === diskId)) throw new NubisError('VM_DISK_NOT_FOUND', `VM ${spec.name} has no disk ${diskId}`);
+  return {
+    disks: spec.disks.map((disk) => {
+      if (disk.id !== diskId) return disk;
+      const { limits: _old, ...rest } = disk;
+      return limitsAnything(limits) ? { ...rest, limits } : rest;
+    }),
+  };
 }

@@ -1,0 +1,25 @@
+import { fakeCluster } from '../test/helpers/fake-cluster.ts';
+import { vmPage } from '../src/control/vm-view.ts';
+const cluster = await fakeCluster(['h1', 'h2']);
+const { services } = cluster;
+await cluster.db.updateTable('hosts').set({ cpus: 100000, memory_mb: 100000000 } as never).execute();
+await services.networks.create({ name: 'n1', subnet: '10.70.0.0/20', dhcp: false, nat: false });
+const create = (name: string) => services.vms.create({ name, image: 'tiny', cpus: 1, memoryMb: 256, waitReady: true, networks: [{ network: 'n1' }] } as never);
+const ops: string[] = [];
+for (let i = 0; i < 1200; i += 16) ops.push(...(await Promise.all(Array.from({ length: 16 }, (_, j) => create(`v${i + j}`)))).map((o) => o.id));
+for (const id of ops) await services.operations.wait(id);
+const app = await cluster.app();
+const time = async (label: string, f: () => Promise<unknown>, n = 20) => {
+  await f();
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) await f();
+  console.log(label, ((performance.now() - t0) / n).toFixed(1), 'ms');
+};
+await time('vmPage 1000', () => vmPage(cluster.db, 'all', { limit: 1000 }));
+await time('rows only', () => cluster.db.selectFrom('vms').selectAll().orderBy('name').orderBy('id').limit(1001).execute());
+const rows = await cluster.db.selectFrom('vms').selectAll().limit(1000).execute();
+await time('parse spec+status', async () => { for (const r of rows) { JSON.parse(r.spec); JSON.parse(r.status); } });
+console.log('spec bytes', rows[0].spec.length, 'status bytes', rows[0].status.length);
+await time('GET limit=1000', async () => { const r = await app.inject({ method: 'GET', url: '/v1/vms?limit=1000', headers: cluster.auth }); if (r.statusCode !== 200) throw new Error(r.body); });
+await time('GET default', async () => { const r = await app.inject({ method: 'GET', url: '/v1/vms', headers: cluster.auth }); if (r.statusCode !== 200) throw new Error(r.body); });
+await cluster.close();
