@@ -41,14 +41,14 @@ export function memoryTargetOf(spec: Pick<VmSpec, 'memoryMb' | 'memoryTargetMb'>
 /** What the control plane sets on an agent (all of it: `targetMb` left out means all of the maximum). */
 export const MemorySettings = Type.Object(
   {
-    targetMb: Type.Optional(Type.Integer({ minimum: MEMORY_FLOOR_MB, maximum: 1048576 })),
+    targetMb: Type.Optional(Type.Integer({ format: 'int32', minimum: MEMORY_FLOOR_MB, maximum: 1048576 })),
     reclaim: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
 export type MemorySettings = Static<typeof MemorySettings>;
 
-const Mb = (description: string) => Type.Optional(Type.Integer({ minimum: 0, maximum: 1048576, description }));
+const Mb = (description: string) => Type.Optional(Type.Integer({ format: 'int32', minimum: 0, maximum: 1048576, description }));
 
 /** A running VM's memory as its guest and its host see it, read when one VM is shown. */
 export const VmMemoryReport = Type.Object(
