@@ -158,7 +158,7 @@ export async function buildApp(
   await app.register(hostRoutes, { hosts, vms, maintenance, ha, autostart });
   await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
-  await app.register(vmRoutes, { vms, migrations });
+  await app.register(vmRoutes, { vms, migrations, usage: services.usage });
   await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access, desktops: services.desktopBroker });
   await app.register(networkRoutes, { networks, vms });

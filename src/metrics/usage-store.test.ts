@@ -88,6 +88,16 @@ describe('usage store', () => {
       ],
       [1000, 2000, 3000, 4000],
     );
+    assert.deepEqual(store.vmNow('vm-1', T0 + 15_000), {
+      sampledAt: new Date(T0 + 10_000).toISOString(),
+      cpu: 0.25,
+      memoryBytes: 64 * 2 ** 20,
+      diskReadBytesPerSec: 1000,
+      diskWriteBytesPerSec: 2000,
+      netRxBytesPerSec: 3000,
+      netTxBytesPerSec: 4000,
+    });
+    assert.equal(store.vmNow('vm-1', T0 + 60_000), undefined, 'a sample older than three periods is no news');
     const host = store.host('host-1', 'hour', T0 + 10_000)!;
     assert.equal(host.average.cpu.at(-1), 0.5);
     assert.equal(host.average.diskReadBytesPerSec.at(-1), 1000, "a host's disk is what its VMs moved");

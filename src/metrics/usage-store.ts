@@ -10,6 +10,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import type { Logger } from '../core/logger.ts';
 import { messageOf } from '../core/errors.ts';
 import { type HostUsageReport, USAGE_METRICS, type UsageRange, type UsageSeries, type VmUsageSample } from '../wire/event-schemas.ts';
+import type { VmActivity } from '../wire/schemas.ts';
 import { RoundRobinSeries } from './rrd.ts';
 
 const FILE_VERSION = 1;
@@ -39,6 +40,8 @@ export class UsageStore {
   readonly #options: UsageStoreOptions;
   readonly #series = new Map<string, RoundRobinSeries>();
   readonly #last = new Map<string, LastCounters>();
+  /** Each VM's rates from its latest sample, for `vm show` (the series average them into steps). */
+  readonly #latest = new Map<string, { atMs: number; values: Array<number | null> }>();
   readonly #memoryTotal = new Map<string, number>();
   #timer?: NodeJS.Timeout;
 
@@ -77,7 +80,22 @@ export class UsageStore {
     const cpu = rates[0] === null ? null : Math.min(1, rates[0] / sample.cpus);
     const values = [cpu, sample.memoryBytes, rates[1], rates[2], rates[3], rates[4]];
     this.#seriesOf(key).add(receivedMs, values);
+    this.#latest.set(key, { atMs: receivedMs, values });
     return values;
+  }
+
+  /**
+   * What VM `vmId` is doing now: its rates from its host's latest sample (at most `freshMs` old,
+   * default 30 s: three sampling periods), or undefined when there is none that recent.
+   */
+  vmNow(vmId: string, nowMs = Date.now(), freshMs = 30_000): VmActivity | undefined {
+    const latest = this.#latest.get(`vm:${vmId}`);
+    if (!latest || nowMs - latest.atMs > freshMs) return undefined;
+    const figures = Object.fromEntries(USAGE_METRICS.flatMap((metric, i) => (latest.values[i] === null ? [] : [[metric, latest.values[i]]]))) as Omit<
+      VmActivity,
+      'sampledAt'
+    >;
+    return { sampledAt: new Date(latest.atMs).toISOString(), ...figures };
   }
 
   #seriesOf(key: string): RoundRobinSeries {
@@ -118,6 +136,7 @@ export class UsageStore {
 
   /** Forgets a deleted VM's series. */
   dropVm(vmId: string): void {
+    this.#latest.delete(`vm:${vmId}`);
     this.#series.delete(`vm:${vmId}`);
     this.#last.delete(`vm:${vmId}`);
   }
@@ -126,7 +145,10 @@ export class UsageStore {
   keepOnly(vmIds: ReadonlySet<string>, hostIds: ReadonlySet<string>): void {
     for (const key of [...this.#series.keys()]) {
       const [kind, id] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)];
-      if (!(kind === 'vm' ? vmIds : hostIds).has(id)) this.#series.delete(key);
+      if (!(kind === 'vm' ? vmIds : hostIds).has(id)) {
+        this.#series.delete(key);
+        this.#latest.delete(key);
+      }
     }
   }
 

@@ -259,6 +259,21 @@ export type VmCreateRequest = Static<typeof VmCreateRequest>;
 
 export const VmState = Text(16, { description: 'pending, starting, running, paused, stopping, stopped, crashed, migrating, unknown' });
 
+/** What a VM does now: the rates of its host's latest usage sample (a running VM shown alone). */
+export const VmActivity = Type.Object(
+  {
+    sampledAt: Timestamp,
+    cpu: Type.Optional(Type.Number({ minimum: 0, maximum: 1, description: 'Busy fraction of its vCPUs' })),
+    memoryBytes: Type.Optional(Type.Number({ minimum: 0, description: "QEMU's resident memory" })),
+    diskReadBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
+    diskWriteBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
+    netRxBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
+    netTxBytesPerSec: Type.Optional(Type.Number({ minimum: 0 })),
+  },
+  { description: "Its CPU, disk and network rates from its host's latest sample (every 10 s)" },
+);
+export type VmActivity = Static<typeof VmActivity>;
+
 export const Vm = Type.Object(
   {
     id: ResourceId,
@@ -298,6 +313,7 @@ export const Vm = Type.Object(
     diskLimits: Type.Optional(VmDiskLimits),
     maxMemoryMb: Count(),
     memoryReclaim: Type.Boolean(),
+    activity: Type.Optional(VmActivity),
     memoryUsage: Type.Optional({ ...VmMemoryReport, description: 'Its memory as its guest and host see it now (a running VM shown alone, not in lists)' }),
     createdAt: Timestamp,
   },

@@ -85,6 +85,20 @@ describe('disk IO limits of a VM', () => {
     assert.ok(iops > 300, `unlimited again: ${iops.toFixed(0)} reads/s`);
   });
 
+  it("shows what the VM does now: its host's latest CPU, disk and network rates", async () => {
+    let shown = await nubis.cliJson<Vm>(['vm', 'show', 'io']);
+    for (let tries = 0; !shown.activity && tries < 40; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      shown = await nubis.cliJson<Vm>(['vm', 'show', 'io']);
+    }
+    const activity = shown.activity;
+    assert.ok(activity, 'a sample within 40 s (the agent samples every 10 s)');
+    assert.ok(activity.cpu !== undefined && activity.cpu >= 0 && activity.cpu <= 1, `CPU ${activity.cpu}`);
+    assert.ok((activity.memoryBytes ?? 0) > 0 && activity.diskReadBytesPerSec !== undefined);
+    assert.match((await nubis.cli(['vm', 'show', 'io'])).stdout, /Activity:\s+CPU \d+%, disk read .+\/s write .+\/s, network in .+ out .+ \(at /);
+    assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).find((vm) => vm.name === 'io')?.activity, undefined, 'lists stay cheap');
+  });
+
   it('refuses limits that cannot mean anything, naming them, and changes nothing', async () => {
     for (const [args, message] of [
       [['--disk-iops', 'vdp=100'], /no disk vdp/],

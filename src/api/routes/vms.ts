@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmAction, type VmService } from '../../control/vms.ts';
 import type { MigrationService } from '../../migration/migration-service.ts';
+import type { UsageStore } from '../../metrics/usage-store.ts';
 import {
   Accepted,
   Int32,
@@ -38,7 +39,7 @@ const VmListQuery = Type.Object(
 );
 
 /** What the VM routes use: the VM service, and the migration service for migrate and its history. */
-export type VmRouteServices = { vms: VmService; migrations: MigrationService };
+export type VmRouteServices = { vms: VmService; migrations: MigrationService; usage: Pick<UsageStore, 'vmNow'> };
 
 /** The VM routes (the console, a WebSocket, is console.ts), in the order the OpenAPI document lists them. */
 export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, services) => {
@@ -96,7 +97,11 @@ export const vmRoutes: FastifyPluginAsyncTypebox<VmRouteServices> = async (app, 
       config: { access: { on: 'project', permission: 'vm.read' } },
       schema: { operationId: 'getVm', tags: ['vms'], summary: 'Show a VM', params: VmRef, querystring: ProjectQuery, response: { 200: Vm, ...errorResponses } },
     },
-    async (request) => services.vms.policies.withMemoryUsage(await services.vms.get(request.params.vm, request.query.project)),
+    async (request) => {
+      const vm = await services.vms.policies.withMemoryUsage(await services.vms.get(request.params.vm, request.query.project));
+      const activity = vm.state === 'running' || vm.state === 'paused' ? services.usage.vmNow(vm.id) : undefined;
+      return activity ? { ...vm, activity } : vm;
+    },
   );
   registerLifecycleRoutes(app, services);
   registerMigrationRoutes(app, services);

@@ -14,6 +14,7 @@ import type { PlacementDecision, PlacementHistory } from '../../wire/placement-s
 import { printDecision } from './placement.ts';
 import { addUsageCommand } from './usage.ts';
 import { startVncProxy } from '../vnc-proxy.ts';
+import { formatSize } from '../../storage/size.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions extends CpuControlOptions, MemoryOptions {
@@ -247,6 +248,15 @@ function printVms(vms: Vm[]): void {
   );
 }
 
+/** `vm show`'s line of what the VM does now (its host's latest usage sample), or undefined without one. */
+function describeActivity(vm: Pick<Vm, 'activity'>): string | undefined {
+  const now = vm.activity;
+  if (!now) return undefined;
+  const rate = (bytes: number | undefined) => (bytes === undefined ? '-' : `${formatSize(Math.round(bytes))}/s`);
+  const cpu = now.cpu === undefined ? '-' : `${(now.cpu * 100).toFixed(0)}%`;
+  return `CPU ${cpu}, disk read ${rate(now.diskReadBytesPerSec)} write ${rate(now.diskWriteBytesPerSec)}, network in ${rate(now.netRxBytesPerSec)} out ${rate(now.netTxBytesPerSec)} (at ${now.sampledAt})`;
+}
+
 function printVm(vm: Vm): void {
   const rows: Array<[string, unknown]> = [
     ['Name', vm.name],
@@ -271,6 +281,7 @@ function printVm(vm: Vm): void {
     ['Balancing', vm.balance],
     ['CPU controls', describeCpuControls(vm)],
     ['Disk limits', describeDiskLimits(vm)],
+    ['Activity', describeActivity(vm)],
     ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);
