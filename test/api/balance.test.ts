@@ -23,15 +23,7 @@ describe('cluster balancing through the API', () => {
   let cluster: FakeCluster;
   let app: FastifyInstance;
 
-  async function call<T = Body>(method: string, url: string, body?: unknown): Promise<{ status: number; body: T }> {
-    const response = await app.inject({
-      method: method as 'GET',
-      url,
-      headers: { ...cluster.auth, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(body === undefined ? {} : { payload: JSON.stringify(body) }),
-    });
-    return { status: response.statusCode, body: (response.body ? response.json() : {}) as T };
-  }
+  const call = <T = Body>(method: string, url: string, body?: unknown) => cluster.call<T>(method, url, body);
 
   /** A fake cluster h1..h3 with network `net`; `crowd` VMs of 1 GiB created on h1 (7.5 GiB for VMs per host). */
   async function setUp(crowd: number, project = 'default'): Promise<string[]> {

@@ -6,7 +6,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
 import type { VmSpec } from '../../src/compute/vm-spec.ts';
 import { NubisError } from '../../src/core/errors.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
@@ -16,17 +15,8 @@ type Body = Record<string, unknown> & { code?: string; message?: string };
 
 describe('CPU controls through the API', () => {
   let cluster: FakeCluster;
-  let app: FastifyInstance;
 
-  async function call<T = Body>(method: string, url: string, body?: unknown): Promise<{ status: number; body: T }> {
-    const response = await app.inject({
-      method: method as 'GET',
-      url,
-      headers: { ...cluster.auth, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(body === undefined ? {} : { payload: JSON.stringify(body) }),
-    });
-    return { status: response.statusCode, body: (response.body ? response.json() : {}) as T };
-  }
+  const call = <T = Body>(method: string, url: string, body?: unknown) => cluster.call<T>(method, url, body);
 
   const recordedControls = async (name: string) => {
     const row = await cluster.db.selectFrom('vms').select('spec').where('name', '=', name).executeTakeFirstOrThrow();
@@ -35,7 +25,6 @@ describe('CPU controls through the API', () => {
 
   before(async () => {
     cluster = await fakeCluster(['h1']);
-    app = await cluster.app();
     const created = await call<{ operation: { id: string } }>('POST', '/v1/vms', {
       name: 'capped',
       image: 'tiny',

@@ -8,7 +8,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
 import type { VmSpec } from '../../src/compute/vm-spec.ts';
 import { setQuota } from '../../src/access/quotas.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
@@ -18,17 +17,8 @@ type Body = Record<string, unknown> & { code?: string; message?: string };
 
 describe('VM memory through the API', () => {
   let cluster: FakeCluster;
-  let app: FastifyInstance;
 
-  async function call<T = Body>(method: string, url: string, body?: unknown): Promise<{ status: number; body: T }> {
-    const response = await app.inject({
-      method: method as 'GET',
-      url,
-      headers: { ...cluster.auth, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(body === undefined ? {} : { payload: JSON.stringify(body) }),
-    });
-    return { status: response.statusCode, body: (response.body ? response.json() : {}) as T };
-  }
+  const call = <T = Body>(method: string, url: string, body?: unknown) => cluster.call<T>(method, url, body);
 
   async function create(body: Record<string, unknown>): Promise<{ status: number; body: Body }> {
     const created = await call<{ operation: { id: string } } & Body>('POST', '/v1/vms', { image: 'tiny', waitReady: false, ...body });
@@ -43,7 +33,6 @@ describe('VM memory through the API', () => {
 
   before(async () => {
     cluster = await fakeCluster(['h1']);
-    app = await cluster.app();
     assert.equal((await create({ name: 'elastic', memoryMb: 512, maxMemoryMb: 1024 })).status, 202);
   });
   after(() => cluster.close());

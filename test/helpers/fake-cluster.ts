@@ -25,6 +25,8 @@ export interface FakeCluster {
   auth: { authorization: string };
   /** The API over these services, built on first use (for `inject()`). */
   app(): Promise<FastifyInstance>;
+  /** One API request as the admin, through `inject()`: its status and its JSON body ({} when empty). */
+  call<T = Record<string, unknown> & { code?: string; message?: string }>(method: string, url: string, body?: unknown): Promise<{ status: number; body: T }>;
   /** The fake agent of each host, by host name. */
   agent(host: string): FakeAgent;
   /**
@@ -112,6 +114,16 @@ export async function fakeCluster(
     app: async () => {
       app ??= await buildApp(services);
       return app;
+    },
+    async call<T>(method: string, url: string, body?: unknown) {
+      app ??= await buildApp(services);
+      const response = await app.inject({
+        method: method as 'GET',
+        url,
+        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        ...(body === undefined ? {} : { payload: JSON.stringify(body) }),
+      });
+      return { status: response.statusCode, body: (response.body ? response.json() : {}) as T };
     },
     agent: (host) => agents.get(host)!,
     async silence(host, agoMs) {
