@@ -130,6 +130,8 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     bootDelaySeconds: row.boot_delay_seconds,
     balance: row.balance,
     ...cpuControlFields(spec),
+    ...(spec.tpm ? { tpm: true } : {}),
+    ...(spec.firmware ? { firmware: spec.firmware } : {}),
     createdAt: row.created_at,
   };
 }

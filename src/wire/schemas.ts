@@ -9,6 +9,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
 import { CPU_LIST_PATTERN } from '../compute/vm-spec.ts';
+import { VmPlatformFields } from './trusted-launch-schemas.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
@@ -227,6 +228,7 @@ export const VmCreateRequest = Type.Object(
     ),
     ...VmPolicies,
     ...VmCpuControls,
+    ...VmPlatformFields,
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -270,6 +272,7 @@ export const Vm = Type.Object(
     bootDelaySeconds: Type.Integer({ format: 'int32', minimum: 0, maximum: 600 }),
     balance: VmBalancePolicy,
     ...VmCpuControls,
+    ...VmPlatformFields,
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

@@ -1,5 +1,6 @@
 /** `nubis vm`: create, run, inspect, migrate and reach virtual machines. */
 import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCpuControls } from './vm-cpu-options.ts';
+import { addAttestCommand, addPlatformOptions, describePlatform, type PlatformOptions, platformOf } from './vm-trusted-launch.ts';
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
@@ -24,7 +25,7 @@ interface VmPolicyOptions extends CpuControlOptions {
   bootDelay?: number;
 }
 
-interface VmCreateOptions extends VmPolicyOptions {
+interface VmCreateOptions extends VmPolicyOptions, PlatformOptions {
   image: string;
   cpus: number;
   memory: number;
@@ -84,6 +85,7 @@ export function registerVmCommands(program: Command): void {
   addMigrate(vm);
   addLogAndConsole(vm);
   addUsageCommand(vm, 'vm');
+  addAttestCommand(vm);
 }
 
 function addCreate(vm: Command): void {
@@ -110,7 +112,7 @@ function addCreate(vm: Command): void {
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)');
-  addCpuControlOptions(create, false).action(createVm);
+  addPlatformOptions(addCpuControlOptions(create, false)).action(createVm);
 }
 
 async function createVm(name: string, options: VmCreateOptions, command: Command): Promise<void> {
@@ -132,6 +134,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
     ...(options.group ? { group: options.group } : {}),
     ...policiesOf(options),
     ...(options.postcopy ? {} : { allowPostcopy: false }),
+    ...platformOf(options),
     ...(g.project ? { project: g.project } : {}),
   };
   if (options.dryRun) {
@@ -267,6 +270,7 @@ function printVm(vm: Vm): void {
     ['Autostart', vm.autostart ? `on, order ${vm.bootOrder}, then ${vm.bootDelaySeconds} s` : 'off'],
     ['Balancing', vm.balance],
     ['CPU controls', describeCpuControls(vm)],
+    ['Platform', describePlatform(vm)],
     ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);

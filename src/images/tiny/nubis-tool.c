@@ -6,6 +6,8 @@
  *   nubis-tool dirty RATE_MB WSS_MB        start or replace it (RATE_MB 0 stops it)
  *   nubis-tool disk-write DEV MB SEED      write MB MiB of checksummed blocks, on stable storage
  *   nubis-tool disk-verify DEV MB SEED     read them back; exit status 0 only when all intact
+ *   nubis-tool tpm-extend PCR HEXDIGEST    extend a SHA-256 PCR of the VM's TPM 2.0 (/dev/tpmrm0)
+ *   nubis-tool tpm-read PCR                print a SHA-256 PCR's value
  *   nubis-tool cgi-index|cgi-dirty|cgi-disk   the same as CGI programs for busybox httpd
  *
  * Every command prints one JSON object on stdout. Exit status: 0 success, 1 verification found
@@ -470,11 +472,97 @@ static int cgi_disk(void) {
   return 0;
 }
 
+/*
+ * TPM 2.0 over the kernel's character device, with raw commands (TCG "TPM 2.0 Library, Part 3:
+ * Commands"): every field big-endian, a 10-byte header (tag, size, command code) and, for a
+ * command on an authorised handle, a password session (TPM_RS_PW) with an empty password.
+ */
+#define TPM_ST_NO_SESSIONS 0x8001u
+#define TPM_ST_SESSIONS 0x8002u
+#define TPM_CC_PCR_EXTEND 0x00000182u
+#define TPM_CC_PCR_READ 0x0000017Eu
+#define TPM_RS_PW 0x40000009u
+#define TPM_ALG_SHA256 0x000Bu
+#define SHA256_BYTES 32
+#define MAX_PCR 23
+
+static size_t put16(uint8_t *at, uint16_t value) { at[0] = value >> 8; at[1] = value; return 2; }
+static size_t put32(uint8_t *at, uint32_t value) { at[0] = value >> 24; at[1] = value >> 16; at[2] = value >> 8; at[3] = value; return 4; }
+static uint32_t get32(const uint8_t *at) { return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3]; }
+
+/* Sends `command` (its size field filled in here) and reads the answer; fails unless its response code is 0. */
+static size_t tpm_transact(uint8_t *command, size_t length, uint8_t *response, size_t capacity) {
+  put32(command + 2, (uint32_t)length);
+  int fd = open("/dev/tpmrm0", O_RDWR);
+  if (fd < 0) fd = open("/dev/tpm0", O_RDWR);
+  if (fd < 0) fail(500, "no TPM: cannot open /dev/tpmrm0 or /dev/tpm0 (%s)", strerror(errno));
+  if (write(fd, command, length) != (ssize_t)length) fail(500, "cannot send the TPM command: %s", strerror(errno));
+  ssize_t got = read(fd, response, capacity);
+  close(fd);
+  if (got < 10) fail(500, "short TPM response (%zd bytes)", got);
+  uint32_t rc = get32(response + 6);
+  if (rc != 0) fail(500, "TPM response code 0x%08x", rc);
+  return (size_t)got;
+}
+
+static uint32_t pcr_arg(const char *text) {
+  return (uint32_t)number_arg(text, MAX_PCR, "PCR");
+}
+
+/* TPM2_PCR_Read of one SHA-256 PCR; prints it as JSON. */
+static int tpm_read(uint32_t pcr) {
+  uint8_t command[32], response[512];
+  size_t n = put16(command, TPM_ST_NO_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_PCR_READ);
+  n += put32(command + n, 1);                /* TPML_PCR_SELECTION: one bank */
+  n += put16(command + n, TPM_ALG_SHA256);
+  command[n++] = 3;                          /* sizeofSelect: PCRs 0-23 */
+  command[n++] = pcr < 8 ? 1u << pcr : 0;
+  command[n++] = pcr >= 8 && pcr < 16 ? 1u << (pcr - 8) : 0;
+  command[n++] = pcr >= 16 ? 1u << (pcr - 16) : 0;
+  size_t got = tpm_transact(command, n, response, sizeof response);
+  /* header, pcrUpdateCounter, the selection echoed (count + one 6-byte entry), TPML_DIGEST count, TPM2B size */
+  const size_t digest_at = 10 + 4 + 10 + 4 + 2;
+  if (got < digest_at + SHA256_BYTES || get32(response + 24) != 1) fail(500, "the TPM returned no value for PCR %u", pcr);
+  printf("{\"ok\":true,\"pcr\":%u,\"bank\":\"sha256\",\"value\":\"", pcr);
+  for (int i = 0; i < SHA256_BYTES; i++) printf("%02x", response[digest_at + i]);
+  printf("\"}\n");
+  return 0;
+}
+
+/* TPM2_PCR_Extend of one SHA-256 PCR with `hex` (64 hex digits), then prints its new value. */
+static int tpm_extend(uint32_t pcr, const char *hex) {
+  uint8_t digest[SHA256_BYTES];
+  if (strlen(hex) != 2 * SHA256_BYTES) fail(400, "HEXDIGEST must be 64 hex digits (a SHA-256 digest)");
+  for (int i = 0; i < SHA256_BYTES; i++) {
+    if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1])) fail(400, "HEXDIGEST must be 64 hex digits");
+    char pair[3] = {hex[2 * i], hex[2 * i + 1], 0};
+    digest[i] = (uint8_t)strtoul(pair, NULL, 16);
+  }
+  uint8_t command[96], response[512];
+  size_t n = put16(command, TPM_ST_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_PCR_EXTEND);
+  n += put32(command + n, pcr);              /* pcrHandle: a PCR's handle is its index */
+  n += put32(command + n, 9);                /* authorizationSize */
+  n += put32(command + n, TPM_RS_PW);        /* password session, empty nonce, attributes and password */
+  n += put16(command + n, 0);
+  command[n++] = 0;
+  n += put16(command + n, 0);
+  n += put32(command + n, 1);                /* TPML_DIGEST_VALUES: one digest */
+  n += put16(command + n, TPM_ALG_SHA256);
+  memcpy(command + n, digest, SHA256_BYTES);
+  n += SHA256_BYTES;
+  tpm_transact(command, n, response, sizeof response);
+  return tpm_read(pcr);
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: nubis-tool dirty [RATE_MB WSS_MB]\n"
           "       nubis-tool disk-write DEV MB SEED\n"
           "       nubis-tool disk-verify DEV MB SEED\n"
+          "       nubis-tool tpm-extend PCR HEXDIGEST\n"
+          "       nubis-tool tpm-read PCR\n"
           "       nubis-tool cgi-index|cgi-dirty|cgi-disk\n");
   exit(2);
 }
@@ -496,6 +584,8 @@ int main(int argc, char **argv) {
     print_dirty_state();
     return 0;
   }
+  if (strcmp(command, "tpm-read") == 0 && argc == 3) return tpm_read(pcr_arg(argv[2]));
+  if (strcmp(command, "tpm-extend") == 0 && argc == 4) return tpm_extend(pcr_arg(argv[2]), argv[3]);
   if ((strcmp(command, "disk-write") == 0 || strcmp(command, "disk-verify") == 0) && argc == 5) {
     uint64_t mb = number_arg(argv[3], MAX_DISK_MB, "MB");
     uint64_t seed = number_arg(argv[4], MAX_SEED, "SEED");
