@@ -11,26 +11,27 @@ export const VmPlatformFields = {
   ),
 };
 
-const Digest = Type.String({ pattern: '^[0-9a-f]{64}$', description: 'SHA-256, hex' });
+const Digest = Type.String({ pattern: '^[0-9a-f]{64}$', maxLength: 64, description: 'SHA-256, hex' });
 
 /** A VM's attestation: its last launch's measurements, each beside its expected value. */
 export const VmAttestation = Type.Object(
   {
-    vm: Type.String(),
-    measuredAt: Type.Optional(Type.String({ format: 'date-time' })),
+    vm: Type.String({ maxLength: 63 }),
+    measuredAt: Type.Optional(Type.String({ format: 'date-time', maxLength: 32 })),
     requireTrustedLaunch: Type.Boolean({ description: "Its project's VMs start only from matching measurements" }),
     verdict: Type.Union([Type.Literal('match'), Type.Literal('mismatch'), Type.Literal('unmeasured')], {
       description: 'match: no measured component differs from its expected value; mismatch: one does; unmeasured: no launch was measured',
     }),
     components: Type.Array(
       Type.Object({
-        component: Type.String({ description: 'qemu-binary, command-line, kernel, initrd, firmware or disk-base:<file>' }),
-        path: Type.String({ description: 'What QEMU really holds open (the canonical command line for command-line)' }),
+        component: Type.String({ maxLength: 128, description: 'qemu-binary, command-line, kernel, initrd, firmware or disk-base:<file>' }),
+        path: Type.String({ maxLength: 4096, description: 'What QEMU really holds open (the canonical command line for command-line)' }),
         measured: Digest,
         expected: Type.Optional(Digest),
-        scope: Type.String({ description: 'Where the expected value was recorded: image:<id>, host-software or vm:<id>' }),
+        scope: Type.String({ maxLength: 80, description: 'Where the expected value was recorded: image:<id>, host-software or vm:<id>' }),
         matches: Type.Optional(Type.Boolean({ description: 'Absent while nothing is expected yet' })),
       }),
+      { maxItems: 64 },
     ),
   },
   { $id: 'VmAttestation' },
