@@ -1,12 +1,16 @@
 /**
  * Trusted launch on the control plane: the expected launch digests (SHA-256), the projects that
- * require them, and a VM's attestation. The first launch measured (host/launch-measurement.ts)
- * from an image records the image's expected values (kernel, initrd, disk base images); the first
+ * require them, and a VM's attestation. An image's expected values (kernel, initrd, disk base
+ * image) are recorded when it is imported or built (`recordImageReferences`), else by the first
+ * launch measured from it (host/launch-measurement.ts); the first
  * launch on any host records the hosts' software (QEMU's binary, the UEFI firmware); a VM's first
  * launch records its own canonical command line. Later launches are compared with them: a project
  * that requires trusted launch hands its VMs' hosts the expected values, and a host starts such a
  * VM paused and lets it run only when they match.
  */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { basename } from 'node:path';
 import type { LaunchMeasurement } from '../agent-api/contract.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { Db } from '../state/database.ts';
@@ -16,6 +20,46 @@ export function referenceScope(component: string, vm: { id: string; imageId: str
   if (component === 'qemu-binary' || component === 'firmware') return 'host-software';
   if (component === 'command-line') return `vm:${vm.id}`;
   return `image:${vm.imageId}`;
+}
+
+/** SHA-256 of a file, read as a stream. */
+async function fileSha256(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/**
+ * Records the expected values of image `imageId` from its files, as a launch from it measures
+ * them (the kernel, the initrd, or the disk image under a VM's overlay). `replace` is for an
+ * image the platform builds itself (`tiny`): a rebuild's files are the ones to expect.
+ */
+export async function recordImageReferences(
+  db: Db,
+  imageId: string,
+  files: { kernelPath: string; initrdPath: string } | { path: string },
+  options: { replace?: boolean } = {},
+): Promise<void> {
+  const named: Array<[component: string, path: string]> =
+    'path' in files
+      ? [[`disk-base:${basename(files.path)}`, files.path]]
+      : [
+          ['kernel', files.kernelPath],
+          ['initrd', files.initrdPath],
+        ];
+  const recordedAt = new Date().toISOString();
+  for (const [component, path] of named) {
+    const row = { scope: `image:${imageId}`, component, sha256: await fileSha256(path), path, recorded_at: recordedAt, recorded_from_vm: '' };
+    await db
+      .insertInto('launch_references')
+      .values(row)
+      .onConflict((conflict) =>
+        options.replace
+          ? conflict.columns(['scope', 'component']).doUpdateSet({ sha256: row.sha256, path: row.path, recorded_at: row.recorded_at })
+          : conflict.columns(['scope', 'component']).doNothing(),
+      )
+      .execute();
+  }
 }
 
 /**

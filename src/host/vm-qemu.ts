@@ -95,7 +95,8 @@ export async function launchInCgroup(
     throw error;
   }
   prepared.closeFiles();
-  void qemu.exited.then(() => prepared.release());
+  // A detached QEMU (agent shutdown) runs on with its swtpm; one that ended takes its swtpm along.
+  void qemu.exited.then((ended) => (ended === 'stopped' || ended === 'crashed' ? prepared.release() : undefined));
   try {
     await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
     const measured = await measureLaunch(qemu.pid, vmDir, spec, prepared.firmwareCodePath).catch((error) => {

@@ -78,16 +78,18 @@ export async function startVmTpm(vmDir: string, options: { incoming?: boolean; t
   return { socket: paths.socket, pid, stop: () => stopTpmProcess(vmDir, pid) };
 }
 
-/** Ends a swtpm an earlier run of this VM left (its pid file names a live swtpm). */
+/**
+ * Ends a swtpm an earlier run of this VM left (its pid file names a live swtpm), and removes the
+ * socket and pid file of one that ended with its QEMU while no agent watched.
+ */
 async function stopLeftoverTpm(vmDir: string): Promise<void> {
-  const { pidFile } = tpmPathsOf(vmDir);
-  const pid = Number.parseInt(readFileSafe(pidFile), 10);
-  if (Number.isInteger(pid) && pid > 0 && isSwtpmOf(pid, vmDir)) await stopTpmProcess(vmDir, pid);
+  const pid = Number.parseInt(readFileSafe(tpmPathsOf(vmDir).pidFile), 10);
+  await stopTpmProcess(vmDir, Number.isInteger(pid) && pid > 0 ? pid : undefined);
 }
 
-async function stopTpmProcess(vmDir: string, pid: number): Promise<void> {
+async function stopTpmProcess(vmDir: string, pid: number | undefined): Promise<void> {
   const paths = tpmPathsOf(vmDir);
-  if (processAlive(pid) && isSwtpmOf(pid, vmDir)) {
+  if (pid !== undefined && processAlive(pid) && isSwtpmOf(pid, vmDir)) {
     process.kill(pid, 'SIGTERM');
     for (let waited = 0; waited < 2_000 && processAlive(pid); waited += 20) await delay(20);
     if (processAlive(pid)) process.kill(pid, 'SIGKILL');

@@ -60,6 +60,18 @@ describe('vTPM in live migration', { skip: process.getuid?.() !== 0 ? 'needs roo
     assert.equal(swtpmsNaming(vm.id).length, 1);
   });
 
+  it('keeps the TPM running while its host agent restarts', async () => {
+    const before = await runOnConsole(nubis, 'tpm1', `nubis-tool tpm-read ${PCR}`);
+    const value = /"value":"([0-9a-f]{64})"/.exec(before)?.[1];
+    assert.ok(value, before);
+    const down = await nubis.cli(['down', '--keep-vms']);
+    assert.equal(down.code, 0, down.stderr);
+    assert.equal(swtpmsNaming(vm.id).length, 1, 'the swtpm runs on with its QEMU');
+    await nubis.up(['--hosts', '2']);
+    const after = await runOnConsole(nubis, 'tpm1', `nubis-tool tpm-read ${PCR}`);
+    assert.match(after, new RegExp(`"value":"${value}"`));
+  });
+
   it('ends the swtpm when the VM is deleted', async () => {
     const deleted = await nubis.cli(['vm', 'delete', 'tpm1']);
     assert.equal(deleted.code, 0, deleted.stderr);
