@@ -99,8 +99,9 @@ export async function trustedLaunchFor(db: Db, projectId: string, imageId: strin
     .where('scope', 'in', [`image:${imageId}`, 'host-software'])
     .orderBy('component')
     .execute();
-  // Only a UEFI VM's QEMU holds a firmware file open (SeaBIOS is built in and read once).
-  const wanted = rows.filter((row) => row.component !== 'firmware' || firmware === 'uefi');
+  // Only a UEFI VM's QEMU holds a firmware file open (SeaBIOS is built in and read once); PCR
+  // values are checked through a quote once the guest runs (`attestPcrs`), not at launch.
+  const wanted = rows.filter((row) => (row.component !== 'firmware' || firmware === 'uefi') && !row.component.startsWith('pcr:'));
   return { expected: wanted.map((row) => ({ component: row.component, sha256: row.sha256 })) };
 }
 
@@ -158,4 +159,41 @@ export function platformSpecOf(request: { tpm?: boolean; firmware?: 'bios' | 'ue
     ...(request.firmware === 'uefi' ? { firmware: 'uefi' as const } : {}),
     ...(trustedLaunch ? { trustedLaunch } : {}),
   };
+}
+
+/**
+ * Checks a verified quote's PCR values (pcr-quote.ts) against the expected ones and records the
+ * missing ones, as launches do: PCR 0 (the firmware's own code) per firmware for all hosts, PCRs
+ * 1-7 (its configuration and what it booted) per VM. Answers in the attestation's shape.
+ */
+export async function attestPcrs(db: Db, row: { id: string; name: string; spec: string }, pcrs: string[]): Promise<AttestedComponent[]> {
+  const firmware = (JSON.parse(row.spec) as Partial<VmSpec>).firmware ?? 'bios';
+  const measured = pcrs.map((sha256, index) => ({
+    scope: index === 0 ? 'host-software' : `vm:${row.id}`,
+    component: index === 0 ? `pcr:0:${firmware}` : `pcr:${index}`,
+    sha256,
+  }));
+  const recordedAt = new Date().toISOString();
+  await db
+    .insertInto('launch_references')
+    .values(measured.map((m) => ({ ...m, path: `PCR ${m.component.split(':')[1]} (sha256)`, recorded_at: recordedAt, recorded_from_vm: row.id })))
+    .onConflict((conflict) => conflict.columns(['scope', 'component']).doNothing())
+    .execute();
+  const references = await db
+    .selectFrom('launch_references')
+    .selectAll()
+    .where('scope', 'in', ['host-software', `vm:${row.id}`])
+    .execute();
+  return measured.map((m) => {
+    const expected = references.find((r) => r.scope === m.scope && r.component === m.component);
+    // A value recorded by this very quote is first seen, not a match.
+    const firstSeen = expected?.recorded_at === recordedAt && expected.recorded_from_vm === row.id;
+    return {
+      component: m.component,
+      path: `PCR ${m.component.split(':')[1]} (sha256)`,
+      measured: m.sha256,
+      scope: m.scope,
+      ...(expected && !firstSeen ? { expected: expected.sha256, matches: expected.sha256 === m.sha256 } : {}),
+    };
+  });
 }

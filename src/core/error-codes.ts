@@ -15,6 +15,7 @@ import { NubisError, messageOf } from './errors.ts';
 
 export const ERROR_STATUS = {
   // The request alone is wrong.
+  QUOTE_INVALID: 400,
   VALIDATION_FAILED: 400,
   UNKNOWN_FIELD: 400,
   BAD_REQUEST: 400,

@@ -42,3 +42,18 @@ export const TrustedLaunchSetting = Type.Object(
   { required: Type.Boolean({ description: "The project's VMs start only from launch measurements that match the expected ones" }) },
   { additionalProperties: false, $id: 'TrustedLaunchSetting' },
 );
+
+const Hex = (bytes: number, description: string) => Type.String({ pattern: `^[0-9a-f]{${2 * bytes}}$`, maxLength: 2 * bytes, description });
+
+/** A TPM quote of PCRs 0-7 as `nubis-tool tpm-quote NONCE` prints it in the guest. */
+export const PcrQuoteRequest = Type.Object(
+  {
+    nonce: Type.String({ pattern: '^([0-9a-f]{2}){8,32}$', maxLength: 64, description: 'The nonce given to tpm-quote (8-32 bytes, hex)' }),
+    ak: Type.Object({ x: Hex(32, 'Attestation key, P-256 x'), y: Hex(32, 'Attestation key, P-256 y') }, { additionalProperties: false }),
+    quoted: Type.String({ pattern: '^([0-9a-f]{2})+$', maxLength: 1024, description: 'The signed TPMS_ATTEST, hex' }),
+    signature: Type.Object({ r: Hex(32, 'ECDSA r'), s: Hex(32, 'ECDSA s') }, { additionalProperties: false }),
+    pcrs: Type.Array(Hex(32, 'A PCR value, SHA-256 bank'), { minItems: 8, maxItems: 8, description: 'PCRs 0-7' }),
+    ok: Type.Optional(Type.Boolean({ description: "nubis-tool's own success flag, ignored" })),
+  },
+  { additionalProperties: false, $id: 'PcrQuoteRequest' },
+);

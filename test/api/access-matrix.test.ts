@@ -56,6 +56,7 @@ const EXPECTED: Record<string, string> = {
   createVm: 'AA- AD- AD- AD- DD- DD- DD-',
   getVm: 'AA- AD- AD- AD- AD- AD- DD-',
   getVmAttestation: 'AA- AD- AD- AD- AD- AD- DD-',
+  verifyVmQuote: 'AA- AD- AD- AD- AD- AD- DD-',
   getVmUsage: 'AA- AD- AD- AD- AD- AD- DD-',
   deleteVm: 'AA- AD- AD- AD- DD- DD- DD-',
   updateVm: 'AA- AD- AD- AD- DD- DD- DD-',

@@ -5,7 +5,7 @@
  * no VM from an image whose initrd changed (its QEMU stopped, the error naming the initrd).
  */
 import assert from 'node:assert/strict';
-import { appendFileSync, copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { readTinyImage } from '../../src/images/build-tiny.ts';
@@ -59,6 +59,44 @@ describe('vTPM, UEFI and measured launch', () => {
     const attestation = await nubis.cliJson<Attestation>(['vm', 'attest', 'uefi']);
     const firmware = attestation.components.find((c) => c.component === 'firmware');
     assert.equal(firmware?.path, '/usr/share/OVMF/OVMF_CODE_4M.fd', 'the firmware QEMU holds open is measured');
+  });
+
+  /** A quote of PCRs 0-7 over `nonce` from the guest, as nubis-tool printed it, in a file. */
+  async function quoteFile(nonce: string, change?: (quote: Record<string, unknown>) => void): Promise<string> {
+    const printed = await runOnConsole(nubis, 'uefi', `nubis-tool tpm-quote ${nonce}`);
+    const json = /\{"ok":true,"nonce"[^\r\n]*\}/.exec(printed)?.[0];
+    assert.ok(json, `tpm-quote printed a quote: ${printed}`);
+    const quote = JSON.parse(json) as Record<string, unknown>;
+    change?.(quote);
+    const file = join(nubis.dataDir, `quote-${nonce}.json`);
+    writeFileSync(file, JSON.stringify(quote));
+    return file;
+  }
+
+  it("verifies the guest's TPM quote of its PCRs and checks them against the values first quoted", async () => {
+    const first = await nubis.cliJson<Attestation>(['vm', 'attest', 'uefi', '--quote', await quoteFile('00112233445566778899aabbccddeeff')]);
+    assert.equal(first.verdict, 'match');
+    assert.deepEqual(
+      first.components.map((c) => c.component),
+      ['pcr:0:uefi', 'pcr:1', 'pcr:2', 'pcr:3', 'pcr:4', 'pcr:5', 'pcr:6', 'pcr:7'],
+    );
+    assert.notEqual(first.components[0].measured, '0'.repeat(64), 'OVMF measured its own code into PCR 0');
+    const again = await nubis.cli(['vm', 'attest', 'uefi', '--quote', await quoteFile('ffeeddccbbaa99887766554433221100')]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /uefi: match/);
+    assert.match(again.stdout, /pcr:0:uefi\s+[0-9a-f]{16}\.\.\.\s+[0-9a-f]{16}\.\.\.\s+yes/);
+    // A PCR value changed after the TPM signed: refused, naming why.
+    const forged = await nubis.cli([
+      'vm',
+      'attest',
+      'uefi',
+      '--quote',
+      await quoteFile('0102030405060708', (quote) => ((quote.pcrs as string[])[4] = 'ab'.repeat(32))),
+    ]);
+    assert.notEqual(forged.code, 0);
+    assert.match(forged.stderr, /The TPM quote does not verify: the PCR values given are not the ones quoted/);
+    const replayed = await nubis.cli(['vm', 'attest', 'uefi', '--quote', await quoteFile('0102030405060708', (quote) => (quote.nonce = '0807060504030201'))]);
+    assert.match(replayed.stderr, /it carries another nonce than the one asked/);
   });
 
   it('measures a launch and attests it against the values its first launch recorded', async () => {

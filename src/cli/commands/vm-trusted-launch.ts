@@ -1,5 +1,6 @@
 /** `vm create --tpm --firmware`, `vm attest` and how `vm show` prints a VM's platform (control/trusted-launch.ts). */
 import type { Static } from '@sinclair/typebox';
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { NubisError } from '../../core/errors.ts';
 import type { Vm } from '../../wire/schemas.ts';
@@ -37,10 +38,13 @@ export function describePlatform(vm: Pick<Vm, 'tpm' | 'firmware'>): string {
 export function addAttestCommand(vm: Command): void {
   vm.command('attest <vm>')
     .description("Show the VM's launch measurements (what its QEMU really runs), each with its expected value and whether it matches")
-    .action(async (name: string, _options: unknown, command: Command) => {
+    .option('--quote <file>', "verify a TPM quote of its PCRs 0-7 instead: the JSON that 'nubis-tool tpm-quote NONCE' printed in its guest")
+    .action(async (name: string, options: { quote?: string }, command: Command) => {
+      const path = `/v1/vms/${encodeURIComponent(name)}/attestation${options.quote ? '/quote' : ''}${projectQuery(command)}`;
       const attestation = await client(command).request<Static<typeof VmAttestation>>(
-        'GET',
-        `/v1/vms/${encodeURIComponent(name)}/attestation${projectQuery(command)}`,
+        options.quote ? 'POST' : 'GET',
+        path,
+        options.quote ? readQuote(options.quote) : undefined,
       );
       if (globals(command).json) return printJson(attestation);
       const required = attestation.requireTrustedLaunch ? 'required by its project' : 'not required by its project';
@@ -55,8 +59,23 @@ export function addAttestCommand(vm: Command): void {
           short(c.measured),
           short(c.expected),
           c.matches === undefined ? 'first seen' : c.matches ? 'yes' : 'NO',
-          c.component === 'command-line' ? '(canonical command line)' : c.path,
+          c.component === 'command-line' ? '(canonical command line)' : c.path.slice(0, 100),
         ]),
       );
     });
+}
+
+/** The quote JSON of `file` (what nubis-tool printed), refused clearly when it is not JSON. */
+function readQuote(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new NubisError('VALIDATION_FAILED', `Cannot read the quote file ${file}: ${(error as Error).message}`);
+  }
+  try {
+    return JSON.parse(text.slice(text.indexOf('{'), text.lastIndexOf('}') + 1));
+  } catch {
+    throw new NubisError('VALIDATION_FAILED', `${file} holds no quote JSON; give what 'nubis-tool tpm-quote NONCE' printed`);
+  }
 }

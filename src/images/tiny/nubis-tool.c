@@ -8,6 +8,7 @@
  *   nubis-tool disk-verify DEV MB SEED     read them back; exit status 0 only when all intact
  *   nubis-tool tpm-extend PCR HEXDIGEST    extend a SHA-256 PCR of the VM's TPM 2.0 (/dev/tpmrm0)
  *   nubis-tool tpm-read PCR                print a SHA-256 PCR's value
+ *   nubis-tool tpm-quote NONCEHEX          a signed quote of PCRs 0-7 over NONCEHEX, with the PCRs
  *   nubis-tool cgi-index|cgi-dirty|cgi-disk   the same as CGI programs for busybox httpd
  *
  * Every command prints one JSON object on stdout. Exit status: 0 success, 1 verification found
@@ -490,15 +491,18 @@ static size_t put16(uint8_t *at, uint16_t value) { at[0] = value >> 8; at[1] = v
 static size_t put32(uint8_t *at, uint32_t value) { at[0] = value >> 24; at[1] = value >> 16; at[2] = value >> 8; at[3] = value; return 4; }
 static uint32_t get32(const uint8_t *at) { return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3]; }
 
+/* One open TPM device for the whole command: with /dev/tpmrm0, a key created by one TPM command
+ * is gone once the device is closed, so a quote's key must live on the same open device. */
+static int tpm_fd = -1;
+
 /* Sends `command` (its size field filled in here) and reads the answer; fails unless its response code is 0. */
 static size_t tpm_transact(uint8_t *command, size_t length, uint8_t *response, size_t capacity) {
   put32(command + 2, (uint32_t)length);
-  int fd = open("/dev/tpmrm0", O_RDWR);
-  if (fd < 0) fd = open("/dev/tpm0", O_RDWR);
-  if (fd < 0) fail(500, "no TPM: cannot open /dev/tpmrm0 or /dev/tpm0 (%s)", strerror(errno));
-  if (write(fd, command, length) != (ssize_t)length) fail(500, "cannot send the TPM command: %s", strerror(errno));
-  ssize_t got = read(fd, response, capacity);
-  close(fd);
+  if (tpm_fd < 0) tpm_fd = open("/dev/tpmrm0", O_RDWR);
+  if (tpm_fd < 0) tpm_fd = open("/dev/tpm0", O_RDWR);
+  if (tpm_fd < 0) fail(500, "no TPM: cannot open /dev/tpmrm0 or /dev/tpm0 (%s)", strerror(errno));
+  if (write(tpm_fd, command, length) != (ssize_t)length) fail(500, "cannot send the TPM command: %s", strerror(errno));
+  ssize_t got = read(tpm_fd, response, capacity);
   if (got < 10) fail(500, "short TPM response (%zd bytes)", got);
   uint32_t rc = get32(response + 6);
   if (rc != 0) fail(500, "TPM response code 0x%08x", rc);
@@ -556,6 +560,133 @@ static int tpm_extend(uint32_t pcr, const char *hex) {
   return tpm_read(pcr);
 }
 
+#define TPM_CC_CREATE_PRIMARY 0x00000131u
+#define TPM_CC_QUOTE 0x00000158u
+#define TPM_CC_FLUSH_CONTEXT 0x00000165u
+#define TPM_RH_OWNER 0x40000001u
+#define TPM_ALG_ECC 0x0023u
+#define TPM_ALG_ECDSA 0x0018u
+#define TPM_ALG_NULL 0x0010u
+#define TPM_ECC_NIST_P256 0x0003u
+/* fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign */
+#define AK_ATTRIBUTES 0x00050072u
+#define QUOTED_PCRS 8 /* PCRs 0-7: the firmware's and the boot's measurements */
+
+static uint16_t get16(const uint8_t *at) { return (uint16_t)(at[0] << 8 | at[1]); }
+
+static size_t put_password_session(uint8_t *at) {
+  size_t n = put32(at, 9);                   /* authorizationSize */
+  n += put32(at + n, TPM_RS_PW);             /* empty nonce, attributes and password */
+  n += put16(at + n, 0);
+  at[n++] = 0;
+  n += put16(at + n, 0);
+  return n;
+}
+
+static void print_hex(const char *name, const uint8_t *bytes, size_t length, const char *after) {
+  printf("\"%s\":\"", name);
+  for (size_t i = 0; i < length; i++) printf("%02x", bytes[i]);
+  printf("\"%s", after);
+}
+
+/*
+ * A quote of PCRs 0-7 (SHA-256 bank) over NONCEHEX, signed by an attestation key: a restricted
+ * ECDSA P-256 signing key the TPM derives from its owner seed (TPM2_CreatePrimary, the same key
+ * each time for this TPM), so a verifier checks the PCR values against the signed digest.
+ */
+static int tpm_quote(const char *nonce_hex) {
+  size_t nonce_length = strlen(nonce_hex) / 2;
+  if (strlen(nonce_hex) % 2 || nonce_length < 8 || nonce_length > 32) fail(400, "NONCEHEX must be 16 to 64 hex digits");
+  uint8_t nonce[32];
+  for (size_t i = 0; i < nonce_length; i++) {
+    if (!isxdigit((unsigned char)nonce_hex[2 * i]) || !isxdigit((unsigned char)nonce_hex[2 * i + 1])) fail(400, "NONCEHEX must be hex digits");
+    char pair[3] = {nonce_hex[2 * i], nonce_hex[2 * i + 1], 0};
+    nonce[i] = (uint8_t)strtoul(pair, NULL, 16);
+  }
+  uint8_t command[256], response[1024];
+  /* TPM2_CreatePrimary under the owner hierarchy */
+  size_t n = put16(command, TPM_ST_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_CREATE_PRIMARY);
+  n += put32(command + n, TPM_RH_OWNER);
+  n += put_password_session(command + n);
+  n += put16(command + n, 4);                /* inSensitive: empty userAuth and data */
+  n += put16(command + n, 0);
+  n += put16(command + n, 0);
+  n += put16(command + n, 24);               /* inPublic: TPMT_PUBLIC of 24 bytes */
+  n += put16(command + n, TPM_ALG_ECC);
+  n += put16(command + n, TPM_ALG_SHA256);
+  n += put32(command + n, AK_ATTRIBUTES);
+  n += put16(command + n, 0);                /* authPolicy */
+  n += put16(command + n, TPM_ALG_NULL);     /* symmetric */
+  n += put16(command + n, TPM_ALG_ECDSA);
+  n += put16(command + n, TPM_ALG_SHA256);
+  n += put16(command + n, TPM_ECC_NIST_P256);
+  n += put16(command + n, TPM_ALG_NULL);     /* kdf */
+  n += put16(command + n, 0);                /* unique.x, unique.y */
+  n += put16(command + n, 0);
+  n += put16(command + n, 0);                /* outsideInfo */
+  n += put32(command + n, 0);                /* creationPCR: none */
+  size_t got = tpm_transact(command, n, response, sizeof response);
+  uint32_t key = get32(response + 10);
+  /* outPublic's TPMT_PUBLIC starts at 20: type, nameAlg, attributes, authPolicy (empty), then 10 bytes of parameters */
+  size_t at = 20 + 2 + 2 + 4 + 2 + get16(response + 28) + 10;
+  if (got < at + 4 + 2 * SHA256_BYTES || get16(response + at) != SHA256_BYTES) fail(500, "unexpected public key from TPM2_CreatePrimary");
+  const uint8_t *x = response + at + 2, *y = response + at + 4 + SHA256_BYTES;
+  printf("{\"ok\":true,");
+  print_hex("nonce", nonce, nonce_length, ",");
+  printf("\"ak\":{");
+  print_hex("x", x, SHA256_BYTES, ",");
+  print_hex("y", y, SHA256_BYTES, "},");
+  /* TPM2_Quote with the key's own scheme */
+  n = put16(command, TPM_ST_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_QUOTE);
+  n += put32(command + n, key);
+  n += put_password_session(command + n);
+  n += put16(command + n, (uint16_t)nonce_length);
+  memcpy(command + n, nonce, nonce_length);
+  n += nonce_length;
+  n += put16(command + n, TPM_ALG_NULL);
+  n += put32(command + n, 1);
+  n += put16(command + n, TPM_ALG_SHA256);
+  command[n++] = 3;
+  command[n++] = 0xff;
+  command[n++] = 0;
+  command[n++] = 0;
+  got = tpm_transact(command, n, response, sizeof response);
+  size_t quoted_length = get16(response + 14);
+  const uint8_t *quoted = response + 16, *signature = quoted + quoted_length;
+  if (got < 16 + quoted_length + 4 + 2 * (2 + SHA256_BYTES) || get16(signature) != TPM_ALG_ECDSA || get16(signature + 4) != SHA256_BYTES)
+    fail(500, "unexpected answer from TPM2_Quote");
+  print_hex("quoted", quoted, quoted_length, ",");
+  printf("\"signature\":{");
+  print_hex("r", signature + 6, SHA256_BYTES, ",");
+  print_hex("s", signature + 8 + SHA256_BYTES, SHA256_BYTES, "},");
+  /* The PCR values themselves (their digest is in the quote) */
+  n = put16(command, TPM_ST_NO_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_PCR_READ);
+  n += put32(command + n, 1);
+  n += put16(command + n, TPM_ALG_SHA256);
+  command[n++] = 3;
+  command[n++] = 0xff;
+  command[n++] = 0;
+  command[n++] = 0;
+  got = tpm_transact(command, n, response, sizeof response);
+  if (get32(response + 24) != QUOTED_PCRS || got < 28 + QUOTED_PCRS * (2 + SHA256_BYTES)) fail(500, "the TPM returned no values for PCRs 0-7");
+  printf("\"pcrs\":[");
+  for (int i = 0; i < QUOTED_PCRS; i++) {
+    const uint8_t *digest = response + 28 + i * (2 + SHA256_BYTES) + 2;
+    printf("%s\"", i ? "," : "");
+    for (int j = 0; j < SHA256_BYTES; j++) printf("%02x", digest[j]);
+    printf("\"");
+  }
+  printf("]}\n");
+  n = put16(command, TPM_ST_NO_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_FLUSH_CONTEXT);
+  n += put32(command + n, key);
+  tpm_transact(command, n, response, sizeof response);
+  return 0;
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: nubis-tool dirty [RATE_MB WSS_MB]\n"
@@ -563,6 +694,7 @@ static void usage(void) {
           "       nubis-tool disk-verify DEV MB SEED\n"
           "       nubis-tool tpm-extend PCR HEXDIGEST\n"
           "       nubis-tool tpm-read PCR\n"
+          "       nubis-tool tpm-quote NONCEHEX\n"
           "       nubis-tool cgi-index|cgi-dirty|cgi-disk\n");
   exit(2);
 }
@@ -584,6 +716,7 @@ int main(int argc, char **argv) {
     print_dirty_state();
     return 0;
   }
+  if (strcmp(command, "tpm-quote") == 0 && argc == 3) return tpm_quote(argv[2]);
   if (strcmp(command, "tpm-read") == 0 && argc == 3) return tpm_read(pcr_arg(argv[2]));
   if (strcmp(command, "tpm-extend") == 0 && argc == 4) return tpm_extend(pcr_arg(argv[2]), argv[3]);
   if ((strcmp(command, "disk-write") == 0 || strcmp(command, "disk-verify") == 0) && argc == 5) {
