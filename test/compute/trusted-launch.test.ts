@@ -37,6 +37,7 @@ describe('vTPM, UEFI and measured launch', () => {
     const set = await nubis.cli(['project', 'set', 'secure', '--require-trusted-launch']);
     assert.equal(set.code, 0, set.stderr);
     assert.match(set.stdout, /secure requires trusted launch of its VMs/);
+    assert.match((await nubis.cli(['project', 'show', 'secure'])).stdout, /^secure \(prj-[^)]+\), created .*, requires trusted launch$/m);
   });
   after(() => nubis.destroy());
 
@@ -128,6 +129,14 @@ describe('vTPM, UEFI and measured launch', () => {
     assert.match(refused.stderr, /initrd \(.*images\/tl\/initrd\.img\): measured [0-9a-f]{16}\.\.\., expected [0-9a-f]{16}\.\.\./);
     const shown = await nubis.cli(['vm', 'show', 'second', '--project', 'secure']);
     assert.notEqual(shown.code, 0, 'the refused VM does not exist');
+    // The VM that started from the image as imported does not start again from the changed one.
+    assert.equal((await nubis.cli(['vm', 'stop', 'first', '--force', '--project', 'secure'])).code, 0);
+    const restart = await nubis.cli(['vm', 'start', 'first', '--project', 'secure']);
+    assert.notEqual(restart.code, 0);
+    assert.match(restart.stderr, /VM first was not started: .*initrd/);
+    const first = await nubis.cliJson<Vm>(['vm', 'show', 'first', '--project', 'secure']);
+    assert.equal(first.state, 'stopped');
+    assert.equal(first.pid, undefined, 'no QEMU runs for it');
     // Outside the trusted-launch project the same image starts, and its attestation says what differs.
     const created = await nubis.cli(['vm', 'create', 'other', '--image', 'tl', '--memory', '128', '--no-wait']);
     assert.equal(created.code, 0, created.stderr);

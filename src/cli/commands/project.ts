@@ -109,7 +109,7 @@ function quotaChange(options: Record<string, string | undefined>): Record<string
 }
 
 function printQuota(detail: Static<typeof ProjectDetail>): void {
-  console.log(`${detail.name} (${detail.id}), created ${detail.createdAt}`);
+  console.log(`${detail.name} (${detail.id}), created ${detail.createdAt}${detail.requireTrustedLaunch ? ', requires trusted launch' : ''}`);
   const shown = (name: string, value: number | undefined) =>
     value === undefined ? 'none' : name === 'volumeBytes' ? formatSize(value) : name === 'memoryMb' ? formatSize(value * 2 ** 20) : String(value);
   printTable(
