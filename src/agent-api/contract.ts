@@ -12,6 +12,16 @@ import { MemorySettings, type VmMemoryReport } from '../compute/memory-spec.ts';
 /** What an agent reports about one VM: the actual state, as opposed to the desired one. */
 export type VmRunState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
 
+/** Digests of what a VM's QEMU really runs, taken at its launch (host/launch-measurement.ts). */
+export const LaunchMeasurement = Type.Object({
+  measuredAt: Type.String({ maxLength: 32 }),
+  components: Type.Array(
+    Type.Object({ component: Type.String({ maxLength: 128 }), path: Type.String({ maxLength: 4096 }), sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }) }),
+    { maxItems: 64 },
+  ),
+});
+export type LaunchMeasurement = Static<typeof LaunchMeasurement>;
+
 export const VmStatus = Type.Object({
   id: Type.String({ maxLength: 63 }),
   name: Type.String({ maxLength: 63 }),
@@ -26,6 +36,8 @@ export const VmStatus = Type.Object({
   /** Why the VM stopped or crashed, with the end of its console log for a crash. */
   lastError: Type.Optional(Type.String({ maxLength: 65536 })),
   crashLogTail: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 100 })),
+  /** The measurements of its QEMU's current launch. */
+  launch: Type.Optional(LaunchMeasurement),
 });
 export type VmStatus = Omit<Static<typeof VmStatus>, 'state'> & { state: VmRunState };
 

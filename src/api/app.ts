@@ -51,6 +51,7 @@ import { projectRoutes } from './routes/projects.ts';
 import { secgroupRoutes } from './routes/secgroups.ts';
 import { statusRoutes } from './routes/status.ts';
 import { vmRoutes } from './routes/vms.ts';
+import { trustedLaunchRoutes } from './routes/trusted-launch.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
 import { clusterRoutes } from './routes/cluster.ts';
@@ -159,6 +160,7 @@ export async function buildApp(
   await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations, usage: services.usage });
+  await app.register(trustedLaunchRoutes, { db, vms });
   await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access, desktops: services.desktopBroker });
   await app.register(networkRoutes, { networks, vms });

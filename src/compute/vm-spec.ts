@@ -141,6 +141,29 @@ export const NicSpec = Type.Object(
 );
 export type NicSpec = Static<typeof NicSpec>;
 
+/** A VM's TPM, firmware and launch policy (compute/trusted-launch.ts). */
+export const TrustedLaunchFields = {
+  /** A TPM 2.0 (swtpm on the host) whose state lives in the VM's folder and moves with it. */
+  tpm: Type.Optional(Type.Boolean()),
+  /** `uefi`: OVMF firmware with a per-VM variable store; absent or `bios`: SeaBIOS as before. */
+  firmware: Type.Optional(Type.Union([Type.Literal('bios'), Type.Literal('uefi')])),
+  /** Present when the VM may only run from matching launch measurements (its project requires trusted launch). */
+  trustedLaunch: Type.Optional(
+    Type.Object(
+      {
+        expected: Type.Array(
+          Type.Object(
+            { component: Type.String({ pattern: '^[a-z][a-z0-9:._-]{0,127}$' }), sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }) },
+            { additionalProperties: false },
+          ),
+          { maxItems: 64 },
+        ),
+      },
+      { additionalProperties: false },
+    ),
+  ),
+};
+
 /** A list of host CPUs, as the kernel's cpusets write it: `0-3,6`. */
 export const CPU_LIST_PATTERN = '^[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?){0,63}$';
 
@@ -173,6 +196,7 @@ export const VmSpec = Type.Object(
     disks: Type.Array(DiskSpec, { maxItems: 16 }),
     nics: Type.Array(NicSpec, { maxItems: 16 }),
     cpuControls: Type.Optional(CpuControls),
+    ...TrustedLaunchFields,
   },
   { additionalProperties: false },
 );

@@ -10,6 +10,7 @@ import { NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import type { Db } from '../state/database.ts';
 import type { ImagesTable } from '../state/schema.ts';
+import { recordImageReferences } from './trusted-launch.ts';
 import { checkDisk, checkInitrd, checkKernel, copyImportSource, openImportSource, type ImportFileRole, type ImportSource } from './import-source.ts';
 
 export type ImageFiles = { kernelPath: string; initrdPath: string } | { path: string };
@@ -100,12 +101,14 @@ export class ImageCatalogue {
         .set({ files: JSON.stringify(files), size_bytes: size })
         .where('id', '=', existing.id)
         .execute();
+      await recordImageReferences(this.#db, existing.id, files, { replace: true }); // a rebuild is the platform's own
       return;
     }
+    const id = newId('img');
     await this.#db
       .insertInto('images')
       .values({
-        id: newId('img'),
+        id,
         name,
         kind: 'kernel',
         format: 'kernel+initrd',
@@ -115,6 +118,7 @@ export class ImageCatalogue {
         created_at: new Date().toISOString(),
       })
       .execute();
+    await recordImageReferences(this.#db, id, files, { replace: true });
   }
 
   async list(): Promise<ImageView[]> {
@@ -224,6 +228,7 @@ export class ImageCatalogue {
         builtin: 0,
         created_at: new Date().toISOString(),
       };
+      await recordImageReferences(this.#db, row.id, files); // what a trusted launch from it expects
       await this.#db.insertInto('images').values(row).execute();
       return toView(row);
     } catch (error) {

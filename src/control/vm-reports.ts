@@ -6,6 +6,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import { writeTransaction } from '../state/write-queue.ts';
+import { recordLaunchReferences } from './trusted-launch.ts';
 import type { HostsTable, VmsTable } from '../state/schema.ts';
 import type { Vm } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -189,5 +190,7 @@ export class VmReports {
       .where('id', '=', status.id)
       .where('host_id', '=', hostId)
       .execute();
+    // A first launch from an image (or on these hosts' software) sets what later ones must match.
+    if (status.launch) await recordLaunchReferences(db, status.id, status.launch);
   }
 }

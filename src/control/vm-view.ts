@@ -133,6 +133,8 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     balance: row.balance,
     ...cpuControlFields(spec),
     ...diskLimitFields(spec),
+    ...(spec.tpm ? { tpm: true } : {}),
+    ...(spec.firmware ? { firmware: spec.firmware } : {}),
     createdAt: row.created_at,
   };
 }

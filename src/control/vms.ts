@@ -28,6 +28,7 @@ import { currentUser } from '../audit/audit-context.ts';
 import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
 import { maxMemoryOf, memorySpecOf } from './vm-memory.ts';
+import { platformSpecOf, trustedLaunchFor } from './trusted-launch.ts';
 import { checkPortsFree } from './published-ports.ts';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmCounts, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
@@ -55,6 +56,7 @@ interface CreatePlan extends DiskPlan {
   image: ImagesTable;
   forwards: PortForward[];
   networks: Array<{ row: NetworksTable; ip?: string }>;
+  trustedLaunch: VmSpec['trustedLaunch'];
 }
 
 /** A NIC allocated for a new VM, with its network and its port's firewall. */
@@ -292,7 +294,8 @@ export class VmService {
     await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: maxMemoryOf(request) });
     const placementGroupId = request.group ? (await this.#placement.groups.row(request.group, project)).id : null;
     const haGroupId = request.haGroup ? (await this.#placement.haGroups.row(request.haGroup)).id : null;
-    return { projectId, image, forwards, networks, placementGroupId, haGroupId, ...diskPlan };
+    const trustedLaunch = await trustedLaunchFor(this.#db, projectId, image.id, request.firmware);
+    return { projectId, image, forwards, networks, placementGroupId, haGroupId, trustedLaunch, ...diskPlan };
   }
 
   /**
@@ -356,6 +359,7 @@ export class VmService {
       disks: plan.disks.map((d) => d.disk),
       nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
       cpuControls: cpuControlsAfter(undefined, request, request),
+      ...platformSpecOf(request, plan.trustedLaunch),
     };
   }
 

@@ -15,6 +15,7 @@ import { NubisError, messageOf } from './errors.ts';
 
 export const ERROR_STATUS = {
   // The request alone is wrong.
+  QUOTE_INVALID: 400,
   VALIDATION_FAILED: 400,
   UNKNOWN_FIELD: 400,
   BAD_REQUEST: 400,
@@ -123,6 +124,7 @@ export const ERROR_STATUS = {
   VM_CONSOLE_BUSY: 409,
   VM_DISK_EXISTS: 409,
   VM_NO_HOTPLUG_SLOT: 409,
+  TRUSTED_LAUNCH_MISMATCH: 409,
   IMAGE_NAME_TAKEN: 409,
   PROJECT_NAME_TAKEN: 409,
   OPERATION_FINISHED: 409,

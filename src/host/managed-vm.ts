@@ -19,7 +19,7 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { GuestReadiness } from './guest-readiness.ts';
 import { VmLanes } from './vm-lanes.ts';
 import { MIGRATION_ENDED, VmMigrationControl, migrationStateOf } from './vm-migration-control.ts';
-import { launchInCgroup, type QemuDriver, type VmQemu } from './vm-qemu.ts';
+import { launchInCgroup, launchMeasurementOf, type QemuDriver, type VmQemu } from './vm-qemu.ts';
 import type { VmCgroups } from './cgroups.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
@@ -388,7 +388,7 @@ export class ManagedVm {
         throw error;
       }
       this.#track(qemu);
-      this.#update({ state: 'incoming', pid: qemu.pid, startedAt });
+      this.#update({ state: 'incoming', pid: qemu.pid, startedAt, launch: launchMeasurementOf(qemu) });
       return this.status();
     });
   }
@@ -548,7 +548,7 @@ export class ManagedVm {
     }
     await this.#save();
     this.#track(qemu);
-    this.#update({ state: qemu.state, pid: qemu.pid, startedAt: new Date().toISOString() });
+    this.#update({ state: qemu.state, pid: qemu.pid, startedAt: new Date().toISOString(), launch: launchMeasurementOf(qemu) });
     void this.#readiness.watch(offset);
   }
 

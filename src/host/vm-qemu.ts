@@ -9,6 +9,9 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmCgroups } from './cgroups.ts';
 import { limitsAnything } from '../compute/qemu/disk-throttle.ts';
 import { startBalloon } from './vm-memory.ts';
+import type { LaunchMeasurement } from '../agent-api/contract.ts';
+import { prepareLaunchPlatform } from './launch-platform.ts';
+import { measureLaunch, verifyLaunch } from './launch-measurement.ts';
 
 /** What a `ManagedVm` calls on its QEMU process. */
 export type VmQemu = Pick<
@@ -63,11 +66,22 @@ export const qemuProcessDriver: QemuDriver = {
   attach: (vmDir, events) => QemuProcess.attach(vmDir, events),
 };
 
+/** The measurements of each QEMU's launch, for the VM's status (see `launchMeasurementOf`). */
+const launches = new WeakMap<VmQemu, LaunchMeasurement>();
+
+/** What `launchInCgroup` measured of `qemu`'s launch; undefined when it could not measure. */
+export function launchMeasurementOf(qemu: VmQemu): LaunchMeasurement | undefined {
+  return launches.get(qemu);
+}
+
 /**
- * Starts `spec`'s QEMU through `driver`, puts it in the VM's cgroup with its CPU controls (when
- * the host has cgroups: `cgroups` undefined runs it where the agent runs), sets its disks' IO
- * limits and its balloon. A QEMU that cannot be given them is stopped again: a VM never runs
- * without the controls it asked for.
+ * Starts `spec`'s QEMU through `driver` and puts it in the VM's cgroup with its CPU controls
+ * (when the host has cgroups: `cgroups` undefined runs it where the agent runs), then sets its
+ * disks' IO limits and its balloon. Its TPM and firmware are prepared first (launch-platform.ts),
+ * and its launch is measured; a VM whose spec asks for a trusted launch starts paused and runs
+ * only once its measurements match. A QEMU that cannot be given its controls or does not match
+ * is stopped again: a VM never runs without the controls or the trust it asked for. Its swtpm
+ * ends with it.
  */
 export async function launchInCgroup(
   driver: QemuDriver,
@@ -76,14 +90,35 @@ export async function launchInCgroup(
   vmDir: string,
   options: QemuLaunchOptions & { events: QemuProcessEvents },
 ): Promise<VmQemu> {
-  const qemu = await driver.launch(spec, vmDir, options);
+  const trusted = spec.trustedLaunch !== undefined;
+  const prepared = await prepareLaunchPlatform(spec, vmDir, { incoming: options.incoming !== undefined, startPaused: trusted && !options.incoming });
+  let qemu: VmQemu;
+  try {
+    qemu = await driver.launch(prepared.qemuSpec, vmDir, { ...options, platform: prepared.platform });
+  } catch (error) {
+    await prepared.release();
+    throw error;
+  }
+  prepared.closeFiles();
+  // A detached QEMU (agent shutdown) runs on with its swtpm; one that ended takes its swtpm along.
+  void qemu.exited.then((ended) => (ended === 'stopped' || ended === 'crashed' ? prepared.release() : undefined));
   try {
     await cgroups?.place(spec.id, qemu.pid, spec.cpuControls);
     for (const disk of spec.disks) if (limitsAnything(disk.limits)) await qemu.setDiskLimits(disk.id, disk.limits);
     await startBalloon(qemu.qmp, spec, { incoming: options.incoming !== undefined });
+    const measured = await measureLaunch(qemu.pid, vmDir, spec, prepared.firmwareCodePath).catch((error) => {
+      if (trusted) throw error;
+      return undefined; // measured where it can be; only a trusted launch depends on it
+    });
+    if (measured) launches.set(qemu, measured);
+    if (trusted) {
+      verifyLaunch(spec.name, measured!, spec.trustedLaunch!.expected);
+      if (!options.incoming) await qemu.resume();
+    }
   } catch (error) {
     await qemu.stop({ force: true }).catch(() => undefined);
     await cgroups?.remove(spec.id);
+    await prepared.release();
     throw error;
   }
   return qemu;

@@ -119,7 +119,8 @@ const spec: VmSpec = {
   name: 'web1',
   cpus: 1,
   memoryMb: 64,
-  boot: { kind: 'kernel', kernelPath: '/nonexistent/kernel', initrdPath: '/nonexistent/initrd', cmdline: '' },
+  // The agent opens the boot files before QEMU starts (launch-platform.ts): they must exist.
+  boot: { kind: 'kernel', kernelPath: '/dev/null', initrdPath: '/dev/null', cmdline: '' },
   disks: [],
   nics: [],
 };

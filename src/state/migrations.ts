@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { trustedLaunchMigrations } from './migrations-trusted-launch.ts';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': {
@@ -611,5 +612,5 @@ function changedAny(columns: readonly string[]): string {
 
 /** Hands Kysely's Migrator the migrations defined in this file. */
 export const inlineMigrations: MigrationProvider = {
-  getMigrations: async () => migrations,
+  getMigrations: async () => ({ ...migrations, ...trustedLaunchMigrations }),
 };

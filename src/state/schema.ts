@@ -13,6 +13,19 @@ export interface ProjectsTable {
   created_at: string;
   /** JSON object of host/pool labels that the project's VMs and volumes require (data residency). */
   requirements: string;
+  /** 1: its VMs start only from launch measurements that match the expected ones (control/trusted-launch.ts). */
+  require_trusted_launch: Generated<number>;
+}
+
+/** An expected launch digest: of an image's files, the hosts' software, or one VM's command line. */
+export interface LaunchReferencesTable {
+  /** `image:<id>`, `host-software` or `vm:<id>`. */
+  scope: string;
+  component: string;
+  sha256: string;
+  path: string;
+  recorded_at: string;
+  recorded_from_vm: string;
 }
 
 export interface TokensTable {
@@ -508,6 +521,7 @@ export interface Database {
   network_hosts: NetworkHostsTable;
   nics: NicsTable;
   projects: ProjectsTable;
+  launch_references: LaunchReferencesTable;
   tokens: TokensTable;
   hosts: HostsTable;
   images: ImagesTable;

@@ -160,6 +160,7 @@ export const ProjectDetail = Type.Object(
       networks: QuotaEntry,
       portForwards: QuotaEntry,
     }),
+    requireTrustedLaunch: Type.Optional(Type.Boolean({ description: 'Its VMs start only from launch measurements that match the expected ones' })),
   },
   { $id: 'ProjectDetail' },
 );

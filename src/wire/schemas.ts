@@ -10,6 +10,7 @@ import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-form
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
 import { CPU_LIST_PATTERN, DiskLimits } from '../compute/vm-spec.ts';
 import { VmMemoryReport } from '../compute/memory-spec.ts';
+import { VmPlatformFields } from './trusted-launch-schemas.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
@@ -252,6 +253,7 @@ export const VmCreateRequest = Type.Object(
     ...VmPolicies,
     ...VmCpuControls,
     ...VmMemoryFields,
+    ...VmPlatformFields,
   },
   { additionalProperties: false, $id: 'VmCreateRequest' },
 );
@@ -315,6 +317,7 @@ export const Vm = Type.Object(
     memoryReclaim: Type.Boolean(),
     activity: Type.Optional(VmActivity),
     memoryUsage: Type.Optional({ ...VmMemoryReport, description: 'Its memory as its guest and host see it now (a running VM shown alone, not in lists)' }),
+    ...VmPlatformFields,
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

@@ -70,7 +70,8 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRouteServices> = as
     },
     async (request) => {
       const project = await db.selectFrom('projects').selectAll().where('id', '=', request.accessProject!.id).executeTakeFirstOrThrow();
-      return { id: project.id, name: project.name, createdAt: project.created_at, quota: await quotaUsage(db, project.id) };
+      const trusted = project.require_trusted_launch === 1 ? { requireTrustedLaunch: true } : {};
+      return { id: project.id, name: project.name, createdAt: project.created_at, quota: await quotaUsage(db, project.id), ...trusted };
     },
   );
   app.put(

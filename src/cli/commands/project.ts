@@ -41,17 +41,30 @@ export function registerProjectCommands(program: Command): void {
     });
   project
     .command('set <name>')
-    .description("Set the labels the project's VMs' hosts and volumes' pools must carry (data residency)")
+    .description("Set the labels the project's VMs' hosts and volumes' pools must carry (data residency), and whether its VMs need a trusted launch")
     .option('--require <key=value>', 'require a label; key= drops the requirement (repeatable)', collectLabel, {})
-    .action(async (name: string, options: { require: Record<string, string> }, command: Command) => {
-      if (Object.keys(options.require).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give a requirement, e.g. --require region=eu');
-      const set = await client(command).request<{ project: string; requirements: Record<string, string> }>(
-        'PUT',
-        `/v1/projects/${encodeURIComponent(name)}/requirements`,
-        { requirements: options.require },
-      );
-      if (globals(command).json) return printJson(set);
-      console.log(`${set.project} requires ${formatLabels(set.requirements)} of its hosts and pools`);
+    .option('--require-trusted-launch', 'its VMs start only from launch measurements that match the expected ones (nubis vm attest)')
+    .option('--no-require-trusted-launch', 'stop requiring trusted launch')
+    .action(async (name: string, options: { require: Record<string, string>; requireTrustedLaunch?: boolean }, command: Command) => {
+      if (Object.keys(options.require).length === 0 && options.requireTrustedLaunch === undefined)
+        throw new NubisError('VALIDATION_FAILED', 'Give a requirement, e.g. --require region=eu or --require-trusted-launch');
+      const path = `/v1/projects/${encodeURIComponent(name)}`;
+      const results: unknown[] = [];
+      if (Object.keys(options.require).length > 0) {
+        const set = await client(command).request<{ project: string; requirements: Record<string, string> }>('PUT', `${path}/requirements`, {
+          requirements: options.require,
+        });
+        results.push(set);
+        if (!globals(command).json) console.log(`${set.project} requires ${formatLabels(set.requirements)} of its hosts and pools`);
+      }
+      if (options.requireTrustedLaunch !== undefined) {
+        const set = await client(command).request<{ project: string; requireTrustedLaunch: boolean }>('PUT', `${path}/trusted-launch`, {
+          required: options.requireTrustedLaunch,
+        });
+        results.push(set);
+        if (!globals(command).json) console.log(`${set.project} ${set.requireTrustedLaunch ? 'requires' : 'does not require'} trusted launch of its VMs`);
+      }
+      if (globals(command).json) printJson(results.length === 1 ? results[0] : results);
     });
   project
     .command('quota')
@@ -96,7 +109,7 @@ function quotaChange(options: Record<string, string | undefined>): Record<string
 }
 
 function printQuota(detail: Static<typeof ProjectDetail>): void {
-  console.log(`${detail.name} (${detail.id}), created ${detail.createdAt}`);
+  console.log(`${detail.name} (${detail.id}), created ${detail.createdAt}${detail.requireTrustedLaunch ? ', requires trusted launch' : ''}`);
   const shown = (name: string, value: number | undefined) =>
     value === undefined ? 'none' : name === 'volumeBytes' ? formatSize(value) : name === 'memoryMb' ? formatSize(value * 2 ** 20) : String(value);
   printTable(

@@ -2,6 +2,7 @@
 import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCpuControls } from './vm-cpu-options.ts';
 import { addDiskLimitOptions, describeDiskLimits, diskLimitsOf, givesDiskLimits } from './vm-disk-limit-options.ts';
 import { addMemoryOptions, describeMemory, type MemoryOptions, memoryOf } from './vm-memory-options.ts';
+import { addAttestCommand, addPlatformOptions, describePlatform, type PlatformOptions, platformOf } from './vm-trusted-launch.ts';
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
 import WebSocket from 'ws';
@@ -27,7 +28,7 @@ interface VmPolicyOptions extends CpuControlOptions, MemoryOptions {
   bootDelay?: number;
 }
 
-interface VmCreateOptions extends VmPolicyOptions {
+interface VmCreateOptions extends VmPolicyOptions, PlatformOptions {
   image: string;
   cpus: number;
   memory: number;
@@ -87,6 +88,7 @@ export function registerVmCommands(program: Command): void {
   addMigrate(vm);
   addLogAndConsole(vm);
   addUsageCommand(vm, 'vm');
+  addAttestCommand(vm);
 }
 
 function addCreate(vm: Command): void {
@@ -113,7 +115,7 @@ function addCreate(vm: Command): void {
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)');
-  addMemoryOptions(addCpuControlOptions(create, false), false).action(createVm);
+  addPlatformOptions(addMemoryOptions(addCpuControlOptions(create, false), false)).action(createVm);
 }
 
 async function createVm(name: string, options: VmCreateOptions, command: Command): Promise<void> {
@@ -135,6 +137,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
     ...(options.group ? { group: options.group } : {}),
     ...policiesOf(options),
     ...(options.postcopy ? {} : { allowPostcopy: false }),
+    ...platformOf(options),
     ...(g.project ? { project: g.project } : {}),
   };
   if (options.dryRun) {
@@ -282,6 +285,7 @@ function printVm(vm: Vm): void {
     ['CPU controls', describeCpuControls(vm)],
     ['Disk limits', describeDiskLimits(vm)],
     ['Activity', describeActivity(vm)],
+    ['Platform', describePlatform(vm)],
     ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
   ];
   for (const [key, value] of rows) if (value !== undefined) console.log(`${`${key}:`.padEnd(17)} ${value}`);

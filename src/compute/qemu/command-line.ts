@@ -3,6 +3,7 @@
  * the same spec always gives the same device model (which live migration depends on).
  */
 import { NubisError } from '../../core/errors.ts';
+import { type LaunchPlatform, platformArgs } from './platform-args.ts';
 import { NUBIS_CPU_MODEL, NUBIS_MACHINE_TYPE, type Accelerator, type DiskSpec, type VmSpec } from '../vm-spec.ts';
 
 /** Where a VM's control files live (all in the VM's folder on its host). */
@@ -22,6 +23,8 @@ export interface QemuLaunchOptions {
   accelerator: Accelerator;
   /** `-incoming` for the destination of a migration (`defer`: wait for `migrate-incoming`). */
   incoming?: string;
+  /** The VM's TPM socket, firmware files and paused start (platform-args.ts). */
+  platform?: LaunchPlatform;
 }
 
 /** QEMU's option syntax escapes a comma in a value by doubling it. */
@@ -142,6 +145,7 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     }
     args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev`);
   }
+  args.push(...platformArgs(spec, options.platform));
   if (options.incoming) args.push('-incoming', options.incoming);
   return args;
 }

@@ -137,7 +137,8 @@ export class QemuProcess {
     const logFd = openSync(paths.qemuLog, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(QEMU_BINARY, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+      // Files the agent opened and measured (kernel, initrd) become QEMU's fds 3, 4, ...
+      child = spawn(QEMU_BINARY, args, { detached: true, stdio: ['ignore', logFd, logFd, ...(options.platform?.inheritFds ?? [])] });
     } finally {
       closeSync(logFd);
     }

@@ -6,6 +6,9 @@
  *   nubis-tool dirty RATE_MB WSS_MB        start or replace it (RATE_MB 0 stops it)
  *   nubis-tool disk-write DEV MB SEED      write MB MiB of checksummed blocks, on stable storage
  *   nubis-tool disk-verify DEV MB SEED     read them back; exit status 0 only when all intact
+ *   nubis-tool tpm-extend PCR HEXDIGEST    extend a SHA-256 PCR of the VM's TPM 2.0 (/dev/tpmrm0)
+ *   nubis-tool tpm-read PCR                print a SHA-256 PCR's value
+ *   nubis-tool tpm-quote NONCEHEX          a signed quote of PCRs 0-7 over NONCEHEX, with the PCRs
  *   nubis-tool cgi-index|cgi-dirty|cgi-disk   the same as CGI programs for busybox httpd
  *
  * Every command prints one JSON object on stdout. Exit status: 0 success, 1 verification found
@@ -470,11 +473,228 @@ static int cgi_disk(void) {
   return 0;
 }
 
+/*
+ * TPM 2.0 over the kernel's character device, with raw commands (TCG "TPM 2.0 Library, Part 3:
+ * Commands"): every field big-endian, a 10-byte header (tag, size, command code) and, for a
+ * command on an authorised handle, a password session (TPM_RS_PW) with an empty password.
+ */
+#define TPM_ST_NO_SESSIONS 0x8001u
+#define TPM_ST_SESSIONS 0x8002u
+#define TPM_CC_PCR_EXTEND 0x00000182u
+#define TPM_CC_PCR_READ 0x0000017Eu
+#define TPM_RS_PW 0x40000009u
+#define TPM_ALG_SHA256 0x000Bu
+#define SHA256_BYTES 32
+#define MAX_PCR 23
+
+static size_t put16(uint8_t *at, uint16_t value) { at[0] = value >> 8; at[1] = value; return 2; }
+static size_t put32(uint8_t *at, uint32_t value) { at[0] = value >> 24; at[1] = value >> 16; at[2] = value >> 8; at[3] = value; return 4; }
+static uint32_t get32(const uint8_t *at) { return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3]; }
+
+/* One open TPM device for the whole command: with /dev/tpmrm0, a key created by one TPM command
+ * is gone once the device is closed, so a quote's key must live on the same open device. */
+static int tpm_fd = -1;
+
+/* Sends `command` (its size field filled in here) and reads the answer; fails unless its response code is 0. */
+static size_t tpm_transact(uint8_t *command, size_t length, uint8_t *response, size_t capacity) {
+  put32(command + 2, (uint32_t)length);
+  if (tpm_fd < 0) tpm_fd = open("/dev/tpmrm0", O_RDWR);
+  if (tpm_fd < 0) tpm_fd = open("/dev/tpm0", O_RDWR);
+  if (tpm_fd < 0) fail(500, "no TPM: cannot open /dev/tpmrm0 or /dev/tpm0 (%s)", strerror(errno));
+  if (write(tpm_fd, command, length) != (ssize_t)length) fail(500, "cannot send the TPM command: %s", strerror(errno));
+  ssize_t got = read(tpm_fd, response, capacity);
+  if (got < 10) fail(500, "short TPM response (%zd bytes)", got);
+  uint32_t rc = get32(response + 6);
+  if (rc != 0) fail(500, "TPM response code 0x%08x", rc);
+  return (size_t)got;
+}
+
+static uint32_t pcr_arg(const char *text) {
+  return (uint32_t)number_arg(text, MAX_PCR, "PCR");
+}
+
+/* TPM2_PCR_Read of one SHA-256 PCR; prints it as JSON. */
+static int tpm_read(uint32_t pcr) {
+  uint8_t command[32], response[512];
+  size_t n = put16(command, TPM_ST_NO_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_PCR_READ);
+  n += put32(command + n, 1);                /* TPML_PCR_SELECTION: one bank */
+  n += put16(command + n, TPM_ALG_SHA256);
+  command[n++] = 3;                          /* sizeofSelect: PCRs 0-23 */
+  command[n++] = pcr < 8 ? 1u << pcr : 0;
+  command[n++] = pcr >= 8 && pcr < 16 ? 1u << (pcr - 8) : 0;
+  command[n++] = pcr >= 16 ? 1u << (pcr - 16) : 0;
+  size_t got = tpm_transact(command, n, response, sizeof response);
+  /* header, pcrUpdateCounter, the selection echoed (count + one 6-byte entry), TPML_DIGEST count, TPM2B size */
+  const size_t digest_at = 10 + 4 + 10 + 4 + 2;
+  if (got < digest_at + SHA256_BYTES || get32(response + 24) != 1) fail(500, "the TPM returned no value for PCR %u", pcr);
+  printf("{\"ok\":true,\"pcr\":%u,\"bank\":\"sha256\",\"value\":\"", pcr);
+  for (int i = 0; i < SHA256_BYTES; i++) printf("%02x", response[digest_at + i]);
+  printf("\"}\n");
+  return 0;
+}
+
+/* TPM2_PCR_Extend of one SHA-256 PCR with `hex` (64 hex digits), then prints its new value. */
+static int tpm_extend(uint32_t pcr, const char *hex) {
+  uint8_t digest[SHA256_BYTES];
+  if (strlen(hex) != 2 * SHA256_BYTES) fail(400, "HEXDIGEST must be 64 hex digits (a SHA-256 digest)");
+  for (int i = 0; i < SHA256_BYTES; i++) {
+    if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1])) fail(400, "HEXDIGEST must be 64 hex digits");
+    char pair[3] = {hex[2 * i], hex[2 * i + 1], 0};
+    digest[i] = (uint8_t)strtoul(pair, NULL, 16);
+  }
+  uint8_t command[96], response[512];
+  size_t n = put16(command, TPM_ST_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_PCR_EXTEND);
+  n += put32(command + n, pcr);              /* pcrHandle: a PCR's handle is its index */
+  n += put32(command + n, 9);                /* authorizationSize */
+  n += put32(command + n, TPM_RS_PW);        /* password session, empty nonce, attributes and password */
+  n += put16(command + n, 0);
+  command[n++] = 0;
+  n += put16(command + n, 0);
+  n += put32(command + n, 1);                /* TPML_DIGEST_VALUES: one digest */
+  n += put16(command + n, TPM_ALG_SHA256);
+  memcpy(command + n, digest, SHA256_BYTES);
+  n += SHA256_BYTES;
+  tpm_transact(command, n, response, sizeof response);
+  return tpm_read(pcr);
+}
+
+#define TPM_CC_CREATE_PRIMARY 0x00000131u
+#define TPM_CC_QUOTE 0x00000158u
+#define TPM_CC_FLUSH_CONTEXT 0x00000165u
+#define TPM_RH_OWNER 0x40000001u
+#define TPM_ALG_ECC 0x0023u
+#define TPM_ALG_ECDSA 0x0018u
+#define TPM_ALG_NULL 0x0010u
+#define TPM_ECC_NIST_P256 0x0003u
+/* fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign */
+#define AK_ATTRIBUTES 0x00050072u
+#define QUOTED_PCRS 8 /* PCRs 0-7: the firmware's and the boot's measurements */
+
+static uint16_t get16(const uint8_t *at) { return (uint16_t)(at[0] << 8 | at[1]); }
+
+static size_t put_password_session(uint8_t *at) {
+  size_t n = put32(at, 9);                   /* authorizationSize */
+  n += put32(at + n, TPM_RS_PW);             /* empty nonce, attributes and password */
+  n += put16(at + n, 0);
+  at[n++] = 0;
+  n += put16(at + n, 0);
+  return n;
+}
+
+static void print_hex(const char *name, const uint8_t *bytes, size_t length, const char *after) {
+  printf("\"%s\":\"", name);
+  for (size_t i = 0; i < length; i++) printf("%02x", bytes[i]);
+  printf("\"%s", after);
+}
+
+/*
+ * A quote of PCRs 0-7 (SHA-256 bank) over NONCEHEX, signed by an attestation key: a restricted
+ * ECDSA P-256 signing key the TPM derives from its owner seed (TPM2_CreatePrimary, the same key
+ * each time for this TPM), so a verifier checks the PCR values against the signed digest.
+ */
+static int tpm_quote(const char *nonce_hex) {
+  size_t nonce_length = strlen(nonce_hex) / 2;
+  if (strlen(nonce_hex) % 2 || nonce_length < 8 || nonce_length > 32) fail(400, "NONCEHEX must be 16 to 64 hex digits");
+  uint8_t nonce[32];
+  for (size_t i = 0; i < nonce_length; i++) {
+    if (!isxdigit((unsigned char)nonce_hex[2 * i]) || !isxdigit((unsigned char)nonce_hex[2 * i + 1])) fail(400, "NONCEHEX must be hex digits");
+    char pair[3] = {nonce_hex[2 * i], nonce_hex[2 * i + 1], 0};
+    nonce[i] = (uint8_t)strtoul(pair, NULL, 16);
+  }
+  uint8_t command[256], response[1024];
+  /* TPM2_CreatePrimary under the owner hierarchy */
+  size_t n = put16(command, TPM_ST_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_CREATE_PRIMARY);
+  n += put32(command + n, TPM_RH_OWNER);
+  n += put_password_session(command + n);
+  n += put16(command + n, 4);                /* inSensitive: empty userAuth and data */
+  n += put16(command + n, 0);
+  n += put16(command + n, 0);
+  n += put16(command + n, 24);               /* inPublic: TPMT_PUBLIC of 24 bytes */
+  n += put16(command + n, TPM_ALG_ECC);
+  n += put16(command + n, TPM_ALG_SHA256);
+  n += put32(command + n, AK_ATTRIBUTES);
+  n += put16(command + n, 0);                /* authPolicy */
+  n += put16(command + n, TPM_ALG_NULL);     /* symmetric */
+  n += put16(command + n, TPM_ALG_ECDSA);
+  n += put16(command + n, TPM_ALG_SHA256);
+  n += put16(command + n, TPM_ECC_NIST_P256);
+  n += put16(command + n, TPM_ALG_NULL);     /* kdf */
+  n += put16(command + n, 0);                /* unique.x, unique.y */
+  n += put16(command + n, 0);
+  n += put16(command + n, 0);                /* outsideInfo */
+  n += put32(command + n, 0);                /* creationPCR: none */
+  size_t got = tpm_transact(command, n, response, sizeof response);
+  uint32_t key = get32(response + 10);
+  /* outPublic's TPMT_PUBLIC starts at 20: type, nameAlg, attributes, authPolicy (empty), then 10 bytes of parameters */
+  size_t at = 20 + 2 + 2 + 4 + 2 + get16(response + 28) + 10;
+  if (got < at + 4 + 2 * SHA256_BYTES || get16(response + at) != SHA256_BYTES) fail(500, "unexpected public key from TPM2_CreatePrimary");
+  const uint8_t *x = response + at + 2, *y = response + at + 4 + SHA256_BYTES;
+  printf("{\"ok\":true,");
+  print_hex("nonce", nonce, nonce_length, ",");
+  printf("\"ak\":{");
+  print_hex("x", x, SHA256_BYTES, ",");
+  print_hex("y", y, SHA256_BYTES, "},");
+  /* TPM2_Quote with the key's own scheme */
+  n = put16(command, TPM_ST_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_QUOTE);
+  n += put32(command + n, key);
+  n += put_password_session(command + n);
+  n += put16(command + n, (uint16_t)nonce_length);
+  memcpy(command + n, nonce, nonce_length);
+  n += nonce_length;
+  n += put16(command + n, TPM_ALG_NULL);
+  n += put32(command + n, 1);
+  n += put16(command + n, TPM_ALG_SHA256);
+  command[n++] = 3;
+  command[n++] = 0xff;
+  command[n++] = 0;
+  command[n++] = 0;
+  got = tpm_transact(command, n, response, sizeof response);
+  size_t quoted_length = get16(response + 14);
+  const uint8_t *quoted = response + 16, *signature = quoted + quoted_length;
+  if (got < 16 + quoted_length + 4 + 2 * (2 + SHA256_BYTES) || get16(signature) != TPM_ALG_ECDSA || get16(signature + 4) != SHA256_BYTES)
+    fail(500, "unexpected answer from TPM2_Quote");
+  print_hex("quoted", quoted, quoted_length, ",");
+  printf("\"signature\":{");
+  print_hex("r", signature + 6, SHA256_BYTES, ",");
+  print_hex("s", signature + 8 + SHA256_BYTES, SHA256_BYTES, "},");
+  /* The PCR values themselves (their digest is in the quote) */
+  n = put16(command, TPM_ST_NO_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_PCR_READ);
+  n += put32(command + n, 1);
+  n += put16(command + n, TPM_ALG_SHA256);
+  command[n++] = 3;
+  command[n++] = 0xff;
+  command[n++] = 0;
+  command[n++] = 0;
+  got = tpm_transact(command, n, response, sizeof response);
+  if (get32(response + 24) != QUOTED_PCRS || got < 28 + QUOTED_PCRS * (2 + SHA256_BYTES)) fail(500, "the TPM returned no values for PCRs 0-7");
+  printf("\"pcrs\":[");
+  for (int i = 0; i < QUOTED_PCRS; i++) {
+    const uint8_t *digest = response + 28 + i * (2 + SHA256_BYTES) + 2;
+    printf("%s\"", i ? "," : "");
+    for (int j = 0; j < SHA256_BYTES; j++) printf("%02x", digest[j]);
+    printf("\"");
+  }
+  printf("]}\n");
+  n = put16(command, TPM_ST_NO_SESSIONS) + 4;
+  n += put32(command + n, TPM_CC_FLUSH_CONTEXT);
+  n += put32(command + n, key);
+  tpm_transact(command, n, response, sizeof response);
+  return 0;
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: nubis-tool dirty [RATE_MB WSS_MB]\n"
           "       nubis-tool disk-write DEV MB SEED\n"
           "       nubis-tool disk-verify DEV MB SEED\n"
+          "       nubis-tool tpm-extend PCR HEXDIGEST\n"
+          "       nubis-tool tpm-read PCR\n"
+          "       nubis-tool tpm-quote NONCEHEX\n"
           "       nubis-tool cgi-index|cgi-dirty|cgi-disk\n");
   exit(2);
 }
@@ -496,6 +716,9 @@ int main(int argc, char **argv) {
     print_dirty_state();
     return 0;
   }
+  if (strcmp(command, "tpm-quote") == 0 && argc == 3) return tpm_quote(argv[2]);
+  if (strcmp(command, "tpm-read") == 0 && argc == 3) return tpm_read(pcr_arg(argv[2]));
+  if (strcmp(command, "tpm-extend") == 0 && argc == 4) return tpm_extend(pcr_arg(argv[2]), argv[3]);
   if ((strcmp(command, "disk-write") == 0 || strcmp(command, "disk-verify") == 0) && argc == 5) {
     uint64_t mb = number_arg(argv[3], MAX_DISK_MB, "MB");
     uint64_t seed = number_arg(argv[4], MAX_SEED, "SEED");
