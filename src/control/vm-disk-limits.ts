@@ -5,7 +5,7 @@
  * destination and live (compute/qemu/disk-throttle.ts).
  */
 import type { DiskLimits, VmSpec } from '../compute/vm-spec.ts';
-import { checkDiskLimits, limitsAnything } from '../compute/qemu/disk-throttle.ts';
+import { checkDiskLimits, limitsAnything, specWithDiskLimits } from '../compute/qemu/disk-throttle.ts';
 import { NubisError } from '../core/errors.ts';
 
 /** The API's form: limits by guest device; null (on update) lifts a disk's limits. */
@@ -46,16 +46,9 @@ export function diskLimitChanges(spec: Pick<VmSpec, 'disks'>, change: DiskLimitF
 
 /** The spec after `changes` (from diskLimitChanges). */
 export function withDiskLimits(spec: VmSpec, changes: ReadonlyArray<{ diskId: string; limits: DiskLimits }>): VmSpec {
-  const byDisk = new Map(changes.map((change) => [change.diskId, change.limits]));
-  return {
-    ...spec,
-    disks: spec.disks.map((disk) => {
-      if (!byDisk.has(disk.id)) return disk;
-      const { limits: _old, ...rest } = disk;
-      const limits = byDisk.get(disk.id);
-      return limitsAnything(limits) ? { ...rest, limits } : rest;
-    }),
-  };
+  let next = spec;
+  for (const change of changes) next = { ...next, ...specWithDiskLimits(next, change.diskId, change.limits) };
+  return next;
 }
 
 /** The API's view of a spec's disk limits: by guest device, only disks that have some. */
