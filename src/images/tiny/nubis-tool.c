@@ -534,24 +534,34 @@ static int tpm_read(uint32_t pcr) {
   return 0;
 }
 
+static size_t put_password_session(uint8_t *at) {
+  size_t n = put32(at, 9);                   /* authorizationSize */
+  n += put32(at + n, TPM_RS_PW);             /* empty nonce, attributes and password */
+  n += put16(at + n, 0);
+  at[n++] = 0;
+  n += put16(at + n, 0);
+  return n;
+}
+
+/* `length` bytes from the hex digits of `hex` (exactly 2 * length of them), or a 400 naming `what`. */
+static void parse_hex(const char *hex, uint8_t *out, size_t length, const char *what) {
+  for (size_t i = 0; i < length; i++) {
+    if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1])) fail(400, "%s must be hex digits", what);
+    char pair[3] = {hex[2 * i], hex[2 * i + 1], 0};
+    out[i] = (uint8_t)strtoul(pair, NULL, 16);
+  }
+}
+
 /* TPM2_PCR_Extend of one SHA-256 PCR with `hex` (64 hex digits), then prints its new value. */
 static int tpm_extend(uint32_t pcr, const char *hex) {
   uint8_t digest[SHA256_BYTES];
   if (strlen(hex) != 2 * SHA256_BYTES) fail(400, "HEXDIGEST must be 64 hex digits (a SHA-256 digest)");
-  for (int i = 0; i < SHA256_BYTES; i++) {
-    if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1])) fail(400, "HEXDIGEST must be 64 hex digits");
-    char pair[3] = {hex[2 * i], hex[2 * i + 1], 0};
-    digest[i] = (uint8_t)strtoul(pair, NULL, 16);
-  }
+  parse_hex(hex, digest, SHA256_BYTES, "HEXDIGEST");
   uint8_t command[96], response[512];
   size_t n = put16(command, TPM_ST_SESSIONS) + 4;
   n += put32(command + n, TPM_CC_PCR_EXTEND);
   n += put32(command + n, pcr);              /* pcrHandle: a PCR's handle is its index */
-  n += put32(command + n, 9);                /* authorizationSize */
-  n += put32(command + n, TPM_RS_PW);        /* password session, empty nonce, attributes and password */
-  n += put16(command + n, 0);
-  command[n++] = 0;
-  n += put16(command + n, 0);
+  n += put_password_session(command + n);
   n += put32(command + n, 1);                /* TPML_DIGEST_VALUES: one digest */
   n += put16(command + n, TPM_ALG_SHA256);
   memcpy(command + n, digest, SHA256_BYTES);
@@ -574,15 +584,6 @@ static int tpm_extend(uint32_t pcr, const char *hex) {
 
 static uint16_t get16(const uint8_t *at) { return (uint16_t)(at[0] << 8 | at[1]); }
 
-static size_t put_password_session(uint8_t *at) {
-  size_t n = put32(at, 9);                   /* authorizationSize */
-  n += put32(at + n, TPM_RS_PW);             /* empty nonce, attributes and password */
-  n += put16(at + n, 0);
-  at[n++] = 0;
-  n += put16(at + n, 0);
-  return n;
-}
-
 static void print_hex(const char *name, const uint8_t *bytes, size_t length, const char *after) {
   printf("\"%s\":\"", name);
   for (size_t i = 0; i < length; i++) printf("%02x", bytes[i]);
@@ -598,11 +599,7 @@ static int tpm_quote(const char *nonce_hex) {
   size_t nonce_length = strlen(nonce_hex) / 2;
   if (strlen(nonce_hex) % 2 || nonce_length < 8 || nonce_length > 32) fail(400, "NONCEHEX must be 16 to 64 hex digits");
   uint8_t nonce[32];
-  for (size_t i = 0; i < nonce_length; i++) {
-    if (!isxdigit((unsigned char)nonce_hex[2 * i]) || !isxdigit((unsigned char)nonce_hex[2 * i + 1])) fail(400, "NONCEHEX must be hex digits");
-    char pair[3] = {nonce_hex[2 * i], nonce_hex[2 * i + 1], 0};
-    nonce[i] = (uint8_t)strtoul(pair, NULL, 16);
-  }
+  parse_hex(nonce_hex, nonce, nonce_length, "NONCEHEX");
   uint8_t command[256], response[1024];
   /* TPM2_CreatePrimary under the owner hierarchy */
   size_t n = put16(command, TPM_ST_SESSIONS) + 4;
