@@ -10,6 +10,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import type { Db } from '../state/database.ts';
 import type { VmsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
+import type { Vm } from '../wire/schemas.ts';
 import type { VmOwner } from './vm-owner.ts';
 
 /** The memory fields of a create request. */
@@ -85,9 +86,9 @@ export async function setVmMemory(deps: { db: Db; hosts: HostRegistry; owner: Vm
 }
 
 /** The VM's memory as its host reports it now; undefined (never an error: it is extra detail) when the host cannot say. */
-export async function readVmMemoryUsage(hosts: HostRegistry, row: Pick<VmsTable, 'id' | 'host_id'>): Promise<VmMemoryReport | undefined> {
+export async function readVmMemoryUsage(hosts: HostRegistry, vm: Pick<Vm, 'id' | 'host'>): Promise<VmMemoryReport | undefined> {
   try {
-    return await hosts.agent(await hosts.row(row.host_id)).memoryReport(row.id);
+    return await hosts.agent(await hosts.row(vm.host)).memoryReport(vm.id);
   } catch {
     return undefined;
   }
