@@ -3,7 +3,8 @@
  * the `default` project exist, registers the built-in image, and serves the API.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { closeDataFolder } from '../core/data-folder.ts';
 import { createServer } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildApp, type AppServices } from '../api/app.ts';
@@ -173,10 +174,10 @@ export function createServices(options: ServiceOptions): AppServices {
 export async function startControlPlane(options: ControlPlaneOptions): Promise<RunningControlPlane> {
   const paths = dataPaths(options.dataDir);
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
-  // mkdir's mode does nothing for a folder that exists: the data folder holds the database and
-  // the secrets, so it is closed to others whoever made it.
-  await chmod(options.dataDir, 0o700);
   const db = await openDatabase(paths.database);
+  // mkdir's mode does nothing for a folder that exists: the data folder holds the database and
+  // the secrets, so it is closed to others whoever made it, but for the ways VMs' users need.
+  await closeDataFolder(options.dataDir);
   const now = new Date().toISOString();
   const joinToken = await secretFile(paths.joinToken, 'nubis_join');
   const controlKey = await secretFile(paths.controlKey, 'nubis_ctlkey');

@@ -2,22 +2,48 @@
  * Reading a VM's serial console log: its tail for humans, and waiting for a line (the guest's
  * readiness line) without polling guesses: the wait is woken by fs.watch on the log file.
  */
-import { existsSync, watch, type FSWatcher } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { constants, existsSync, watch, type FSWatcher } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { NubisError } from '../core/errors.ts';
 
 /** The line the built-in guest prints once it serves (src/images/README-guest.md). */
 export const READINESS_PATTERN = /NUBIS-READY name=(\S+) ips=(\S+)/;
 
+/**
+ * Opens the log for reading. The log is in the folder QEMU's user owns, so a QEMU a guest took
+ * over could put a link there to a file only root may read: the agent (root) opens no link and
+ * nothing but a regular file.
+ */
+async function openLog(logPath: string): Promise<FileHandle> {
+  const handle = await open(logPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  if (!(await handle.stat()).isFile()) {
+    await handle.close();
+    throw new NubisError('VM_CONSOLE_FAILED', `The serial log ${logPath} is not a regular file; it is not read`);
+  }
+  return handle;
+}
+
 /** The current size of the log, as the offset from which a new boot's output starts. */
 export async function serialLogOffset(logPath: string): Promise<number> {
-  return existsSync(logPath) ? (await stat(logPath)).size : 0;
+  if (!existsSync(logPath)) return 0;
+  const handle = await openLog(logPath);
+  try {
+    return (await handle.stat()).size;
+  } finally {
+    await handle.close();
+  }
 }
 
 /** The last `lineCount` lines of the log (empty when there is no log yet). */
 export async function serialLogTail(logPath: string, lineCount: number): Promise<string[]> {
   if (!existsSync(logPath)) return [];
-  const text = (await readFile(logPath, 'utf8')).replaceAll('\r', '');
+  const handle = await openLog(logPath);
+  let text: string;
+  try {
+    text = (await handle.readFile('utf8')).replaceAll('\r', '');
+  } finally {
+    await handle.close();
+  }
   const lines = text.split('\n');
   if (lines.at(-1) === '') lines.pop();
   return lines.slice(-lineCount);
@@ -26,7 +52,7 @@ export async function serialLogTail(logPath: string, lineCount: number): Promise
 /** Reads the log from `fromOffset` on; returns the text and the new offset. */
 async function readFrom(logPath: string, fromOffset: number): Promise<{ text: string; offset: number }> {
   if (!existsSync(logPath)) return { text: '', offset: fromOffset };
-  const handle = await open(logPath, 'r');
+  const handle = await openLog(logPath);
   try {
     const { size } = await handle.stat();
     if (size <= fromOffset) return { text: '', offset: Math.min(size, fromOffset) };

@@ -5,6 +5,7 @@
  * formats here are strict enough that nothing but the intended value can reach a command line.
  */
 import { type Static, Type } from '@sinclair/typebox';
+import { VM_UID_FIRST, VM_UID_LAST } from './vm-user.ts';
 
 /** The fixed vCPU model every host presents, so that a VM can later move to any host. */
 export const NUBIS_CPU_MODEL = 'qemu64';
@@ -196,6 +197,8 @@ export const VmSpec = Type.Object(
     disks: Type.Array(DiskSpec, { maxItems: 16 }),
     nics: Type.Array(NicSpec, { maxItems: 16 }),
     cpuControls: Type.Optional(CpuControls),
+    /** The unprivileged uid (and gid) its QEMU and swtpm run as on every host (compute/vm-user.ts). */
+    unixUid: Type.Optional(Type.Integer({ minimum: VM_UID_FIRST, maximum: VM_UID_LAST, format: 'int32' })),
     ...TrustedLaunchFields,
   },
   { additionalProperties: false },

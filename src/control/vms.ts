@@ -8,12 +8,12 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
-import { newId, newMac } from '../core/ids.ts';
+import { newId } from '../core/ids.ts';
 import type { DiskSpec, PortForward, VmSpec } from '../compute/vm-spec.ts';
 import type { AgentClient, VmStatus } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import { writeTransaction } from '../state/write-queue.ts';
-import type { Database, HostsTable, ImagesTable, NetworksTable, NicsTable, VmsTable } from '../state/schema.ts';
+import type { Database, HostsTable, ImagesTable, VmsTable } from '../state/schema.ts';
 import type { HostRegistry, HostView } from './hosts.ts';
 import type { ImageCatalogue } from './images.ts';
 import type { OperationManager } from './operations.ts';
@@ -25,10 +25,12 @@ import type { PlacementDecision } from './scheduler.ts';
 import { VmReports } from './vm-reports.ts';
 import { requireRestartable, VmPolicies } from './vm-policies.ts';
 import { currentUser } from '../audit/audit-context.ts';
-import { type DiskPlan, planDisks } from './vm-disk-plan.ts';
+import { planDisks } from './vm-disk-plan.ts';
+import { type AllocatedNic, type CreatePlan, createSpecOf } from './vm-create-spec.ts';
+import { VmUidCounter } from './vm-uids.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
 import { maxMemoryOf, memorySpecOf } from './vm-memory.ts';
-import { platformSpecOf, trustedLaunchFor } from './trusted-launch.ts';
+import { trustedLaunchFor } from './trusted-launch.ts';
 import { checkPortsFree } from './published-ports.ts';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmCounts, vmPage, vmView } from './vm-view.ts';
 import type { PlacementReservation } from './host-usage.ts';
@@ -48,24 +50,6 @@ function announcesReadiness(image: ImagesTable): boolean {
   return image.builtin === 1;
 }
 
-/** What a create resolved before anything is recorded. */
-interface CreatePlan extends DiskPlan {
-  projectId: string;
-  placementGroupId: string | null;
-  haGroupId: string | null;
-  image: ImagesTable;
-  forwards: PortForward[];
-  networks: Array<{ row: NetworksTable; ip?: string }>;
-  trustedLaunch: VmSpec['trustedLaunch'];
-}
-
-/** A NIC allocated for a new VM, with its network and its port's firewall. */
-interface AllocatedNic {
-  nic: NicsTable;
-  network: NetworksTable;
-  firewall?: Awaited<ReturnType<SecurityGroupService['firewallOf']>>[number];
-}
-
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
 export { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage } from './vm-view.ts';
 
@@ -79,6 +63,7 @@ export class VmService {
   readonly #storage: StorageCatalogue;
   readonly #owner: VmOwner;
   readonly #placement: PlacementService;
+  readonly #uids: VmUidCounter;
   /** What host agents report, applied to the records. */
   readonly reports: VmReports;
   /** Policies of existing VMs and the scheduler's view of them. */
@@ -106,6 +91,7 @@ export class VmService {
     this.#images = deps.images;
     this.#operations = deps.operations;
     this.#networks = deps.networks;
+    this.#uids = new VmUidCounter(deps.db);
   }
 
   /**
@@ -205,7 +191,8 @@ export class VmService {
     try {
       claim = this.#claim({ id, name: request.name }, 'create');
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
-      const spec = await this.#storage.bindDisksToHost(this.#specFor(id, request, plan, nics), host.name);
+      const unbound = createSpecOf({ id, unixUid: await this.#uids.next() }, request, plan, nics, this.#images.filesOf(plan.image));
+      const spec = await this.#storage.bindDisksToHost(unbound, host.name);
       if (request.ha) requireRestartable(request.name, spec);
       let operation: Operation;
       try {
@@ -318,51 +305,6 @@ export class VmService {
     }
   }
 
-  /** The spec the host starts the VM from. */
-  #specFor(id: string, request: VmCreateRequest, plan: CreatePlan, nics: AllocatedNic[]): VmSpec {
-    const files = this.#images.filesOf(plan.image);
-    const guestNet =
-      nics.length > 0
-        ? nics
-            .map(({ nic, network }) => (network.dhcp ? 'dhcp' : `${nic.ip}/${network.subnet.split('/')[1]}${network.gateway ? `,${network.gateway}` : ''}`))
-            .join(';')
-        : 'dhcp';
-    const boot: VmSpec['boot'] =
-      'kernelPath' in files
-        ? {
-            kind: 'kernel',
-            kernelPath: files.kernelPath,
-            initrdPath: files.initrdPath,
-            // The kernel writes to the screen (tty0) and the serial port; the last console named
-            // is /dev/console, so the readiness line and the shell stay on the serial port.
-            cmdline: `console=tty0 console=ttyS0 nubis.name=${request.name} nubis.net=${guestNet} panic=-1`,
-          }
-        : { kind: 'disk', path: files.path, format: plan.image.format as 'qcow2' | 'raw' };
-    const tapNics = nics.map(({ nic, network, firewall }) => ({
-      id: `net${nic.device_index}`,
-      mac: nic.mac,
-      mode: 'tap' as const,
-      network: { id: network.id, vni: network.vni, mtu: network.mtu },
-      firewall: {
-        ip: firewall!.ip,
-        ingressRules: firewall!.ingressRules,
-        allowIngressFrom: firewall!.allowIngressFrom,
-        ...(firewall!.egressRules ? { egressRules: firewall!.egressRules } : {}),
-      },
-    }));
-    return {
-      id,
-      name: request.name,
-      cpus: request.cpus,
-      ...memorySpecOf(request),
-      boot,
-      disks: plan.disks.map((d) => d.disk),
-      nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
-      cpuControls: cpuControlsAfter(undefined, request, request),
-      ...platformSpecOf(request, plan.trustedLaunch),
-    };
-  }
-
   /** The VM's record, its disks and its placement, in the transaction that records its create operation. */
   async #recordNew(
     trx: Transaction<Database>,
@@ -395,6 +337,7 @@ export class VmService {
         boot_order: request.bootOrder ?? 0,
         boot_delay_seconds: request.bootDelaySeconds ?? 0,
         balance: request.balance ?? 'auto',
+        unix_uid: spec.unixUid ?? null,
         created_at: now,
         updated_at: now,
       })

@@ -7,12 +7,14 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator-probe.ts';
 import { VmCgroups, describeCgroups, detectCgroups } from './cgroups.ts';
 import { qemuVersionLine, requireSupportedQemu } from '../compute/qemu/qemu-version.ts';
 import { messageOf } from '../core/errors.ts';
+import { closeDataFolder, closeHostFolder } from '../core/data-folder.ts';
+import { openUserfaultfdToVms, vmUsersAvailable } from './vm-launcher.ts';
 import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
@@ -84,6 +86,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const { logger } = options;
   await mkdir(join(options.hostDir, 'vms'), { recursive: true });
   const identity = await loadIdentity(options.hostDir);
+  await openWaysToVms(options.hostDir, logger);
   const { qemuVersion, accelerator } = await probeHost(options);
   const reports = new ChangeReports(reporterTo(options, identity), logger);
   const networks = new NetworkPlumbing({ hostNs: options.hostNs, underlayIp: options.underlayIp });
@@ -308,4 +311,20 @@ async function shutDown(
   agent.supervisor.detachAll();
   await agent.app.close();
   await rm(join(agent.hostDir, 'agent.sock'), { force: true });
+}
+
+/**
+ * Lets VMs' unprivileged QEMUs reach their own folders and nothing else of the data folder
+ * (core/data-folder.ts), and post-copy's device (vm-launcher.ts). Without root, VMs run as the
+ * agent's own user and this is skipped.
+ */
+async function openWaysToVms(hostDir: string, logger: Logger): Promise<void> {
+  if (!vmUsersAvailable()) {
+    logger.warn('The agent does not run as root: VMs run as its own user, not each as an unprivileged user of its own');
+    return;
+  }
+  const hostsDir = dirname(hostDir);
+  if (basename(hostsDir) === 'hosts') await closeDataFolder(dirname(hostsDir));
+  await closeHostFolder(hostDir);
+  await openUserfaultfdToVms();
 }

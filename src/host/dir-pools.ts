@@ -5,7 +5,8 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm, rmdir, statfs } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rm, rmdir, statfs } from 'node:fs/promises';
+import { makePassable } from '../core/data-folder.ts';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { DirPoolInfo, DirVolumeInfo } from '../agent-api/contract.ts';
@@ -29,9 +30,14 @@ export class DirPools {
     return join(this.#poolPath(pool), `${volume}.qcow2`);
   }
 
-  /** Creates the pool's folder (idempotent) and tells its capacity. */
+  /**
+   * Creates the pool's folder (idempotent) and tells its capacity. VMs' users pass through it to
+   * the volume they were given (host/vm-files.ts); others may not list it.
+   */
   async ensurePool(pool: string): Promise<DirPoolInfo> {
     await mkdir(this.#poolPath(pool), { recursive: true });
+    await makePassable(this.#root);
+    await makePassable(this.#poolPath(pool));
     return this.poolInfo(pool);
   }
 
@@ -58,6 +64,8 @@ export class DirPools {
     const path = this.volumePath(pool, volume);
     if (existsSync(path)) throw new NubisError('VOLUME_EXISTS', `Volume ${pool}/${volume} already has a file on this host (${path})`);
     await this.#qemuImg(['create', '-q', '-f', 'qcow2', path, String(sizeBytes)]);
+    // Root's alone until a VM that uses it starts (then that VM's user's).
+    await chmod(path, 0o600);
     return this.volumeInfo(pool, volume);
   }
 

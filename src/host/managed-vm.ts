@@ -23,6 +23,7 @@ import { launchInCgroup, launchMeasurementOf, type QemuDriver, type VmQemu } fro
 import type { VmCgroups } from './cgroups.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
+import { ownSocket } from './vm-files.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 
 /** What every managed VM of a host shares: its QEMU driver, its hooks and its settings. */
@@ -338,10 +339,7 @@ export class ManagedVm {
     return this.#lanes.lifecycle('sampling its dirty rate', () => this.#running().sampleDirtyRate(seconds));
   }
 
-  /**
-   * A VM booting from a disk image gets its own copy-on-write overlay over the image, so that
-   * images stay read-only and any number of VMs can share one.
-   */
+  /** A VM booting from an image gets a copy-on-write overlay of its own: images stay read-only and shared. */
   async #prepareBootDisk(): Promise<void> {
     const boot = this.#record.spec.boot;
     if (boot.kind !== 'disk') return;
@@ -492,13 +490,13 @@ export class ManagedVm {
   /** The unix socket of the VM's serial console, for an interactive attach. */
   consoleSocket(): string {
     this.#running();
-    return this.#paths().consoleSocket;
+    return ownSocket(this.#paths().consoleSocket, this.#record.spec);
   }
 
   /** The unix socket of the VM's VNC display (running or paused), for the agent's relay. */
   vncSocket(): string {
     this.#qemuOrThrow();
-    return this.#paths().vncSocket;
+    return ownSocket(this.#paths().vncSocket, this.#record.spec);
   }
 
   /** The display takes `password` for `validSeconds`; not queued (the VM's state is untouched). */

@@ -45,7 +45,8 @@ export class VmRecordFile {
       await mkdir(this.dir, { recursive: true });
       const path = join(this.dir, 'vm.json');
       // Write then rename, so a crash mid-write never leaves a torn record.
-      await writeFile(`${path}.tmp`, `${JSON.stringify(record, null, 2)}\n`);
+      // Its own only: the VM's folder is passable by VMs' users (core/data-folder.ts).
+      await writeFile(`${path}.tmp`, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
       await rename(`${path}.tmp`, path);
     };
     const saved = this.#last.catch(() => undefined).then(write);

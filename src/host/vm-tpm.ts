@@ -1,23 +1,37 @@
 /**
  * A VM's TPM 2.0 on its host: one swtpm process per VM, started before its QEMU and ended with
- * it. The TPM's state lives in the VM's folder (`tpm/`), so it lasts from one boot to the next and
+ * it, as the VM's own user like its QEMU (vm-launcher.ts). The TPM's state lives in the VM's
+ * `run/tpm/` (the folder that user owns, vm-files.ts), so it lasts from one boot to the next and
  * goes when the VM is deleted; in a live migration QEMU carries it in the migration stream
  * (QEMU docs/specs/tpm.rst: the destination's swtpm starts with an empty state and receives the
  * source's state blobs), so the destination's swtpm starts from an empty folder.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { lchown, lstat, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { serialLogTail } from '../compute/serial-log.ts';
+import type { VmUser } from '../compute/vm-user.ts';
 import { NubisError } from '../core/errors.ts';
 import { processAlive } from '../core/process-alive.ts';
 
 export const SWTPM_BINARY = 'swtpm';
 
-/** The files of a VM's swtpm in its folder. */
+/**
+ * The files of a VM's swtpm in its folder: what swtpm writes is in `run/`, its log (its output,
+ * opened by the agent) beside QEMU's.
+ */
 export function tpmPathsOf(vmDir: string): { stateDir: string; socket: string; pidFile: string; log: string } {
-  return { stateDir: join(vmDir, 'tpm'), socket: join(vmDir, 'swtpm.sock'), pidFile: join(vmDir, 'swtpm.pid'), log: join(vmDir, 'swtpm.log') };
+  const runDir = join(vmDir, 'run');
+  return { stateDir: join(runDir, 'tpm'), socket: join(runDir, 'swtpm.sock'), pidFile: join(runDir, 'swtpm.pid'), log: join(vmDir, 'swtpm.log') };
+}
+
+/** How a VM's process is started as its user: the launcher and its arguments up to the program (vm-launcher.ts). */
+export interface VmProcessLauncher {
+  user: VmUser;
+  command: string;
+  args: string[];
 }
 
 /** A running swtpm of one VM. */
@@ -33,11 +47,16 @@ export interface VmTpm {
  * (the destination of a migration) starts it from an empty state, which the migration fills.
  * With `--terminate` the swtpm ends by itself when its QEMU goes away, also while no agent runs.
  */
-export async function startVmTpm(vmDir: string, options: { incoming?: boolean; timeoutMs?: number } = {}): Promise<VmTpm> {
+export async function startVmTpm(vmDir: string, options: { incoming?: boolean; timeoutMs?: number; launcher?: VmProcessLauncher } = {}): Promise<VmTpm> {
   const paths = tpmPathsOf(vmDir);
   await stopLeftoverTpm(vmDir);
   if (options.incoming) await rm(paths.stateDir, { recursive: true, force: true });
   await mkdir(paths.stateDir, { recursive: true, mode: 0o700 });
+  if (options.launcher) {
+    // In the user's own folder: what is there could be a link it made, and lchown never follows one.
+    if (!(await lstat(paths.stateDir)).isDirectory()) throw new NubisError('VM_START_FAILED', `The TPM state folder ${paths.stateDir} is not a folder`);
+    await lchown(paths.stateDir, options.launcher.user.uid, options.launcher.user.gid);
+  }
   const args = [
     'socket',
     '--tpm2',
@@ -48,13 +67,14 @@ export async function startVmTpm(vmDir: string, options: { incoming?: boolean; t
     '--pid',
     `file=${paths.pidFile}`,
     '--log',
-    `file=${paths.log}`,
+    'fd=1',
     '--terminate',
   ];
-  const logFd = openSync(paths.log, 'a');
+  const logFd = openSync(paths.log, 'a', 0o600);
   let child: ChildProcess;
   try {
-    child = spawn(SWTPM_BINARY, args, { detached: true, stdio: ['ignore', logFd, logFd] });
+    const [command, commandArgs] = options.launcher ? [options.launcher.command, [...options.launcher.args, SWTPM_BINARY, ...args]] : [SWTPM_BINARY, args];
+    child = spawn(command, commandArgs, { detached: true, stdio: ['ignore', logFd, logFd] });
   } finally {
     closeSync(logFd);
   }
@@ -66,7 +86,7 @@ export async function startVmTpm(vmDir: string, options: { incoming?: boolean; t
   while (!existsSync(paths.socket)) {
     if (failure || Date.now() > deadline) {
       if (child.pid) process.kill(child.pid, 'SIGKILL');
-      const tail = (await readFile(paths.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ');
+      const tail = (await serialLogTail(paths.log, 3).catch(() => [])).join(' | ');
       throw new NubisError(
         'VM_START_FAILED',
         `The TPM of the VM in ${vmDir} did not start: ${failure ?? 'no control socket within the deadline'}${tail ? `: ${tail}` : ''}`,

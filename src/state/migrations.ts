@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
-import { trustedLaunchMigrations } from './migrations-trusted-launch.ts';
+import { vmPlatformMigrations } from './migrations-vm-platform.ts';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': {
@@ -612,5 +612,5 @@ function changedAny(columns: readonly string[]): string {
 
 /** Hands Kysely's Migrator the migrations defined in this file. */
 export const inlineMigrations: MigrationProvider = {
-  getMigrations: async () => ({ ...migrations, ...trustedLaunchMigrations }),
+  getMigrations: async () => ({ ...migrations, ...vmPlatformMigrations }),
 };

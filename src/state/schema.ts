@@ -267,6 +267,8 @@ export interface VmsTable {
   boot_delay_seconds: number;
   /** Which balancing runs may move it: auto, manual (only runs a person starts) or never; `auto` unless set. */
   balance: VmBalancePolicy;
+  /** The uid its processes run as on any host (compute/vm-user.ts), also in its spec; unique. */
+  unix_uid: number | null;
   created_at: string;
   updated_at: string;
 }

@@ -149,10 +149,10 @@ describe('VM lifecycle through the API and the CLI', () => {
 
   it('keeps its files and secrets to itself', async () => {
     const modeOf = (path: string): number => statSync(path).mode & 0o777;
-    assert.equal(modeOf(nubis.dataDir), 0o700, 'the data folder');
+    assert.equal(modeOf(nubis.dataDir), 0o711, 'the data folder: others pass through to what VMs need, never list it');
     for (const file of ['nubis.db', 'admin-token', 'join-token', 'control-key']) assert.equal(modeOf(join(nubis.dataDir, file)), 0o600, file);
     const vmId = (await vm('web1')).id;
-    assert.equal(modeOf(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId, 'serial.log')), 0o600, 'the serial log');
+    assert.equal(modeOf(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId, 'run', 'serial.log')), 0o600, 'the serial log');
     // No credential is in the database as it is: the agent's token only as a hash.
     const agentToken = (JSON.parse(readFileSync(join(nubis.dataDir, 'hosts', 'host-1', 'agent.json'), 'utf8')) as { agentToken: string }).agentToken;
     assert.ok(!readFileSync(join(nubis.dataDir, 'nubis.db')).includes(agentToken), 'the agent token is not stored as it is');

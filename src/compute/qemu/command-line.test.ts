@@ -77,6 +77,15 @@ describe('buildQemuArgs', () => {
     );
   });
 
+  it('names a tap by its device, or by the descriptor the launcher opened it on', () => {
+    const tapSpec: VmSpec = { ...spec, nics: [{ id: 'net0', mac: '52:54:00:00:00:01', mode: 'tap', tapName: 'ntap-ab12' }] };
+    assert.deepEqual(valuesOf(buildQemuArgs(tapSpec, paths, { accelerator: 'tcg' }), '-netdev'), ['tap,id=net0,ifname=ntap-ab12,script=no,downscript=no']);
+    const handed = buildQemuArgs(tapSpec, paths, { accelerator: 'tcg', platform: { tapFds: { net0: 5 } } });
+    assert.deepEqual(valuesOf(handed, '-netdev'), ['tap,id=net0,fd=5']);
+    for (const fd of [0, 2, 256, 1.5])
+      assert.throws(() => buildQemuArgs(tapSpec, paths, { accelerator: 'tcg', platform: { tapFds: { net0: fd } } }), /not a descriptor/);
+  });
+
   it('refuses, field by field, a value that would add options to the QEMU command line', () => {
     const userNic = spec.nics[0];
     const forward = userNic.forwards![0];

@@ -141,7 +141,10 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
       args.push('-netdev', `user,id=${optionValue(nic.id, 'id', 'NIC id')}${forwards}`);
     } else {
       if (!nic.tapName) throw new Error(`NIC ${nic.id} is in tap mode but has no tap device name`);
-      args.push('-netdev', `tap,id=${optionValue(nic.id, 'id', 'NIC id')},ifname=${optionValue(nic.tapName, 'tap', 'tap name')},script=no,downscript=no`);
+      const tapName = optionValue(nic.tapName, 'tap', 'tap name');
+      const fd = options.platform?.tapFds?.[nic.id];
+      if (fd !== undefined && !(Number.isInteger(fd) && fd >= 3 && fd < 256)) throw new Error(`NIC ${nic.id}: ${fd} is not a descriptor a tap is handed on`);
+      args.push('-netdev', `tap,id=${optionValue(nic.id, 'id', 'NIC id')},${fd === undefined ? `ifname=${tapName},script=no,downscript=no` : `fd=${fd}`}`);
     }
     args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev`);
   }

@@ -17,6 +17,16 @@ export interface LaunchPlatform {
   startPaused?: boolean;
   /** Open files QEMU inherits as its fds 3, 4, ... (the spec names them `/proc/self/fd/N`). */
   inheritFds?: number[];
+  /**
+   * The descriptor QEMU finds each tap NIC's tap open on (by NIC id), for a QEMU that runs as the
+   * VM's user and cannot open /dev/net/tun (the launcher opens them); absent: QEMU opens them by name.
+   */
+  tapFds?: Record<string, number>;
+  /**
+   * The program QEMU is started through (host/vm-launcher.ts: as the VM's own user) and its
+   * arguments up to QEMU's program name, which follows them; absent: QEMU is started directly.
+   */
+  launcher?: { command: string; args: string[] };
 }
 
 /**

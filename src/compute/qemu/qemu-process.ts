@@ -25,14 +25,20 @@ const MIRROR_PREFIX = 'mirror-';
 
 export type QemuRunState = 'running' | 'paused' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
 
-/** The control files of a VM in its folder. */
-export function runtimePathsOf(vmDir: string): VmRuntimePaths & { qemuLog: string } {
+/**
+ * The control files of a VM in its folder. What QEMU itself creates (sockets, the serial log, its
+ * pid file) is in `run/`, the one folder QEMU's user may write (host/vm-files.ts); QEMU's own log
+ * is the agent's, opened by the agent and handed over as QEMU's output.
+ */
+export function runtimePathsOf(vmDir: string): VmRuntimePaths & { runDir: string; qemuLog: string } {
+  const runDir = join(vmDir, 'run');
   return {
-    qmpSocket: join(vmDir, 'qmp.sock'),
-    consoleSocket: join(vmDir, 'console.sock'),
-    vncSocket: join(vmDir, 'vnc.sock'),
-    serialLog: join(vmDir, 'serial.log'),
-    pidFile: join(vmDir, 'qemu.pid'),
+    runDir,
+    qmpSocket: join(runDir, 'qmp.sock'),
+    consoleSocket: join(runDir, 'console.sock'),
+    vncSocket: join(runDir, 'vnc.sock'),
+    serialLog: join(runDir, 'serial.log'),
+    pidFile: join(runDir, 'qemu.pid'),
     qemuLog: join(vmDir, 'qemu.log'),
   };
 }
@@ -130,15 +136,17 @@ export class QemuProcess {
    */
   static async launch(spec: VmSpec, vmDir: string, options: QemuLaunchOptions & { timeoutMs?: number; events?: QemuProcessEvents }): Promise<QemuProcess> {
     const paths = runtimePathsOf(vmDir);
-    await mkdir(vmDir, { recursive: true });
+    await mkdir(paths.runDir, { recursive: true });
     // Stale sockets from an earlier run would make QEMU fail to bind.
     await Promise.all([paths.qmpSocket, paths.consoleSocket, paths.vncSocket, paths.pidFile].map((path) => rm(path, { force: true })));
     const args = buildQemuArgs(spec, paths, options);
-    const logFd = openSync(paths.qemuLog, 'a');
+    const logFd = openSync(paths.qemuLog, 'a', 0o600);
     let child: ChildProcess;
     try {
       // Files the agent opened and measured (kernel, initrd) become QEMU's fds 3, 4, ...
-      child = spawn(QEMU_BINARY, args, { detached: true, stdio: ['ignore', logFd, logFd, ...(options.platform?.inheritFds ?? [])] });
+      const launcher = options.platform?.launcher;
+      const [command, commandArgs] = launcher ? [launcher.command, [...launcher.args, QEMU_BINARY, ...args]] : [QEMU_BINARY, args];
+      child = spawn(command, commandArgs, { detached: true, stdio: ['ignore', logFd, logFd, ...(options.platform?.inheritFds ?? [])] });
     } finally {
       closeSync(logFd);
     }

@@ -1,0 +1,80 @@
+/**
+ * The files of a VM on its host, and who owns them, when its QEMU runs as the VM's own user
+ * (compute/vm-user.ts):
+ *
+ * - the VM's folder stays root's (mode 0711): the agent's record of the VM, QEMU's log, the root
+ *   disk overlay's name; QEMU's user cannot create, rename or replace anything in it, so nothing
+ *   the agent (root) opens there can have been swapped for a link;
+ * - `run/` in it is the VM user's (0700): what QEMU creates (QMP, console and screen sockets, the
+ *   serial log, its pid file) and the swtpm's state. The agent reads in it only through checks
+ *   (serial-log.ts opens no links; sockets are checked before connecting, `ownSocket`);
+ * - the disks the VM writes (its root overlay, file volumes, UEFI variables) are the user's,
+ *   mode 0600, given to it at every launch (a volume may have been another VM's before).
+ *
+ * Folders on the way to those files must be passable by others (the data folder's are,
+ * core/data-folder.ts); a volume in a folder QEMU's user cannot reach is refused before the start
+ * with the folder to open.
+ */
+import { lstatSync } from 'node:fs';
+import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { VmSpec } from '../compute/vm-spec.ts';
+import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
+import { NubisError } from '../core/errors.ts';
+import { vmUsersAvailable } from './vm-launcher.ts';
+
+/** Makes `vmDir` root's and passable, and `runDir` in it the user's alone. */
+export async function prepareVmFolder(vmDir: string, runDir: string, user: VmUser): Promise<void> {
+  await mkdir(vmDir, { recursive: true });
+  await chown(vmDir, 0, 0);
+  await chmod(vmDir, 0o711);
+  await mkdir(runDir, { recursive: true });
+  // `run` is in the root-owned folder, so the user cannot have replaced it by a link.
+  await chown(runDir, user.uid, user.gid);
+  await chmod(runDir, 0o700);
+}
+
+/** Gives `user` the files of `spec` that its QEMU writes: its root overlay and writable file disks. */
+export async function giveDisksTo(spec: Pick<VmSpec, 'name' | 'boot' | 'disks'>, user: VmUser): Promise<void> {
+  const paths = spec.disks.flatMap((disk) => (disk.kind === 'file' && !disk.readOnly ? [disk.path] : []));
+  if (spec.boot.kind === 'disk') paths.push(spec.boot.path);
+  for (const path of paths) await giveFileTo(path, user, `disk of VM ${spec.name}`);
+}
+
+/** Gives one file to `user` (mode 0600), after checking that its user can reach it. */
+export async function giveFileTo(path: string, user: VmUser, what: string): Promise<void> {
+  const info = await lstat(path);
+  if (!info.isFile()) throw new NubisError('VM_START_FAILED', `The ${what} ${path} is not a regular file (a link or a device is never given to a VM)`);
+  checkReachable(path, what);
+  await chown(path, user.uid, user.gid);
+  await chmod(path, 0o600);
+}
+
+/**
+ * Refuses a file whose folders others cannot pass (QEMU, running as the VM's user, could not
+ * open it), naming the folder to open.
+ */
+function checkReachable(path: string, what: string): void {
+  for (let folder = dirname(path); ; folder = dirname(folder)) {
+    const { mode } = lstatSync(folder);
+    if ((mode & 0o001) === 0)
+      throw new NubisError(
+        'VM_START_FAILED',
+        `The ${what} ${path} is in ${folder}, which others may not pass through (mode ${(mode & 0o777).toString(8)}), so the VM's unprivileged QEMU cannot open it: run chmod o+x ${folder}, or keep pools in a folder others may pass through`,
+      );
+    if (folder === dirname(folder)) return;
+  }
+}
+
+/**
+ * `socketPath` in the `run/` of VM `spec`, once checked to be a socket its user owns: a QEMU a
+ * guest took over could otherwise leave a link there to another VM's socket, and the agent (root)
+ * would connect a user's console to the wrong VM. Unchecked when VMs run as the agent's user.
+ */
+export function ownSocket(socketPath: string, spec: Pick<VmSpec, 'id' | 'unixUid'>): string {
+  if (!vmUsersAvailable()) return socketPath;
+  const info = lstatSync(socketPath, { throwIfNoEntry: false });
+  if (!info?.isSocket() || info.uid !== vmUserOf(spec).uid)
+    throw new NubisError('VM_CONSOLE_FAILED', `${socketPath} is not a socket of the VM's own user; the agent does not connect to it`);
+  return socketPath;
+}

@@ -1,0 +1,111 @@
+/**
+ * VM isolation on a real host: every VM's QEMU runs as an unprivileged user of its own, under
+ * QEMU's seccomp sandbox, with no capabilities and no way to gain any, and each VM's user can
+ * open its own files and nothing of another VM's or of the platform's. The checks are made as a
+ * guest that took over its QEMU would try: by a process running as the VM's uid (spawned here as
+ * that uid), opening the files and sockets by their paths.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Vm } from '../../src/wire/schemas.ts';
+import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+
+/** The fields of /proc/PID/status a check needs. */
+function statusOf(pid: number): Record<string, string> {
+  return Object.fromEntries(
+    readFileSync(`/proc/${pid}/status`, 'utf8')
+      .split('\n')
+      .map((line) => line.split(/:\s*/, 2) as [string, string]),
+  );
+}
+
+/**
+ * Runs a small Node script as `uid` (and gid) with no supplementary groups and returns what it
+ * printed: for each path, `ok` or the error code of opening it the way `how` says.
+ */
+function tryAs(uid: number, how: 'read' | 'connect' | 'list', paths: string[]): Record<string, string> {
+  const script = `
+    const fs = require('node:fs'); const net = require('node:net');
+    const how = ${JSON.stringify(how)}; const paths = ${JSON.stringify(paths)}; const out = {};
+    (async () => {
+      for (const p of paths) {
+        try {
+          if (how === 'read') fs.closeSync(fs.openSync(p, 'r'));
+          else if (how === 'list') fs.readdirSync(p);
+          else await new Promise((ok, no) => { const s = net.connect(p, () => { s.destroy(); ok(); }); s.on('error', no); });
+          out[p] = 'ok';
+        } catch (e) { out[p] = e.code ?? String(e); }
+      }
+      console.log(JSON.stringify(out));
+    })();`;
+  const run = spawnSync(process.execPath, ['-e', script], { uid, gid: uid, encoding: 'utf8', timeout: 20_000 });
+  assert.equal(run.status, 0, run.stderr);
+  return JSON.parse(run.stdout) as Record<string, string>;
+}
+
+describe('VM isolation', { skip: process.getuid?.() !== 0 ? 'needs root: VMs run as users of their own only under a root agent' : false }, () => {
+  const nubis = new NubisInstance('isolation');
+  const vms: Record<string, { id: string; dir: string; pid: number; uid: number }> = {};
+
+  before(async () => {
+    await nubis.up(['--netns']);
+    await nubis.cliJson(['network', 'create', 'iso', '--subnet', '10.94.0.0/24']);
+    for (const name of ['isoa', 'isob']) {
+      const vm = await nubis.cliJson<Vm>(['vm', 'create', name, '--image', 'tiny', '--memory', '128', '--network', 'iso']);
+      const dir = join(nubis.dataDir, 'hosts', 'host-1', 'vms', vm.id);
+      const pid = Number(readFileSync(join(dir, 'run', 'qemu.pid'), 'utf8'));
+      vms[name] = { id: vm.id, dir, pid, uid: Number(statusOf(pid).Uid.split(/\s+/)[0]) };
+    }
+  });
+  after(() => nubis.destroy());
+
+  it('runs each QEMU as a user of its own, sandboxed, without capabilities or a way to gain them', () => {
+    const { isoa, isob } = vms;
+    assert.ok(isoa.uid >= 0x7000_0000, `VM isoa's QEMU runs as uid ${isoa.uid}, a VM uid`);
+    assert.notEqual(isoa.uid, isob.uid, 'two VMs, two users');
+    for (const vm of [isoa, isob]) {
+      const status = statusOf(vm.pid);
+      assert.deepEqual(new Set(status.Uid.split(/\s+/)), new Set([String(vm.uid)]), 'real, effective, saved and fs uid');
+      assert.deepEqual(new Set(status.Gid.split(/\s+/)), new Set([String(vm.uid)]), 'its own group');
+      assert.equal(status.CapEff, '0000000000000000');
+      assert.equal(status.CapPrm, '0000000000000000');
+      assert.equal(status.NoNewPrivs, '1');
+      assert.equal(status.Seccomp, '2', "QEMU's seccomp filter is on");
+      assert.match(readFileSync(`/proc/${vm.pid}/cmdline`, 'utf8'), /spawn=deny.*resourcecontrol=deny|elevateprivileges=deny/);
+    }
+  });
+
+  it('lets a VM user open its own files and none of another VM or of the platform', () => {
+    const { isoa, isob } = vms;
+    const own = tryAs(isoa.uid, 'read', [join(isoa.dir, 'run', 'serial.log')]);
+    assert.deepEqual(Object.values(own), ['ok'], 'its own serial log: the checks below can succeed');
+    assert.deepEqual(Object.values(tryAs(isoa.uid, 'connect', [join(isoa.dir, 'run', 'qmp.sock')])), ['ok'], 'its own QMP socket');
+    const closed = [
+      join(isob.dir, 'run', 'serial.log'),
+      join(isob.dir, 'qemu.log'),
+      join(isob.dir, 'vm.json'),
+      join(nubis.dataDir, 'nubis.db'),
+      join(nubis.dataDir, 'admin-token'),
+      join(nubis.dataDir, 'control-key'),
+      join(nubis.dataDir, 'hosts', 'host-1', 'agent.json'),
+    ];
+    for (const [path, result] of Object.entries(tryAs(isoa.uid, 'read', closed))) assert.match(result, /EACCES|ENOENT/, `${path}: ${result}`);
+    for (const [path, result] of Object.entries(tryAs(isoa.uid, 'connect', [join(isob.dir, 'run', 'qmp.sock'), join(isob.dir, 'run', 'console.sock')])))
+      assert.equal(result, 'EACCES', `${path}: ${result}`);
+    for (const [path, result] of Object.entries(tryAs(isoa.uid, 'list', [nubis.dataDir, join(nubis.dataDir, 'hosts', 'host-1', 'vms'), isob.dir])))
+      assert.equal(result, 'EACCES', `listing ${path}: ${result}`);
+    assert.equal(statSync(join(isob.dir, 'run')).uid, isob.uid, "VM isob's run folder is its user's");
+    assert.equal(statSync(isob.dir).uid, 0, "the VM's folder stays root's: its user cannot swap what the agent opens there");
+  });
+
+  it('hands QEMU its taps open, so the guests talk over the network without QEMU opening /dev/net/tun', async () => {
+    assert.equal(statSync('/dev/net/tun').mode & 0o007, 0, 'only root may open /dev/net/tun');
+    assert.match(readFileSync(`/proc/${vms.isoa.pid}/cmdline`, 'utf8').replaceAll('\0', ' '), /-netdev tap,id=net0,fd=\d+ /);
+    const b = await nubis.cliJson<Vm>(['vm', 'show', 'isob']);
+    const output = await runOnConsole(nubis, 'isoa', `ping -c 2 -W 5 ${b.nics[0].ip} && echo reached-b`, { timeoutMs: 60_000 });
+    assert.match(output, /reached-b/);
+  });
+});
