@@ -146,7 +146,10 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
       if (fd !== undefined && !(Number.isInteger(fd) && fd >= 3 && fd < 256)) throw new Error(`NIC ${nic.id}: ${fd} is not a descriptor a tap is handed on`);
       args.push('-netdev', `tap,id=${optionValue(nic.id, 'id', 'NIC id')},${fd === undefined ? `ifname=${tapName},script=no,downscript=no` : `fd=${fd}`}`);
     }
-    args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev`);
+    // A virtual network's frames are smaller than Ethernet's (VXLAN's header) and its bridge drops
+    // larger ones: the device tells the guest's driver the MTU, so no guest sends one.
+    const mtu = nic.mode === 'tap' && nic.network ? `,host_mtu=${checkedMtu(nic.network.mtu)}` : '';
+    args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev${mtu}`);
   }
   args.push(...platformArgs(spec, options.platform));
   if (options.incoming) args.push('-incoming', options.incoming);
@@ -162,4 +165,10 @@ export function diskBlockdev(disk: DiskSpec): string {
 function blockdev(id: string, path: string, format: 'qcow2' | 'raw', readOnly: boolean): string {
   if (format !== 'qcow2' && format !== 'raw') throw new NubisError('QEMU_INVALID_OPTION', `The disk format ${JSON.stringify(format)} is neither qcow2 nor raw`);
   return `driver=${format},node-name=${optionValue(id, 'id', 'disk id')},read-only=${readOnly ? 'on' : 'off'},file.driver=file,file.filename=${escapeOptionValue(optionValue(path, 'path', 'disk path'))}`;
+}
+
+/** An MTU as the spec allows it (576 to 9000), checked again where it reaches the command line. */
+function checkedMtu(mtu: number): number {
+  if (!Number.isInteger(mtu) || mtu < 576 || mtu > 9000) throw new Error(`${mtu} is not an MTU from 576 to 9000`);
+  return mtu;
 }
