@@ -152,7 +152,7 @@ export class VmPolicies {
   /** `vm` with its memory as its guest and host see it now, when it runs (one agent call: for one VM shown, not lists). */
   async withMemoryUsage(vm: Vm): Promise<Vm> {
     if (vm.state !== 'running' && vm.state !== 'paused') return vm;
-    const row = await this.#vms.row(vm.id);
+    const row = await this.#vms.row(vm.id, vm.project);
     const memoryUsage = await readVmMemoryUsage(this.#hosts, row);
     return memoryUsage ? { ...vm, memoryUsage } : vm;
   }

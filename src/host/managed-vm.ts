@@ -58,7 +58,6 @@ export interface IncomingMirror {
 
 /** Lines of console log kept with a crash report. */
 const CRASH_LOG_LINES = 20;
-
 const runFile = promisify(execFile);
 
 /** One VM of this host; see the file header for which calls wait for which. */
@@ -229,6 +228,7 @@ export class ManagedVm {
       if (!qemu) return this.status();
       this.#update({ state: 'stopping' });
       const how = await qemu.stop(options);
+      await this.#context.cgroups?.remove(this.id); // reported stopped once its group is gone too
       this.#update({
         state: 'stopped',
         pid: undefined,
@@ -578,7 +578,7 @@ export class ManagedVm {
   #track(qemu: VmQemu): void {
     this.#qemu = qemu;
     void qemu.exited.then(async (ended) => {
-      if (ended === 'stopped' || ended === 'crashed') await this.#context.cgroups?.remove(this.id); // a detached one runs on in it
+      if (ended === 'stopped' || ended === 'crashed') void this.#context.cgroups?.remove(this.id); // unawaited: a start right after finds #qemu cleared
       if (this.#qemu !== qemu) return;
       this.#qemu = undefined;
       this.#lanes.incoming = false; // no migration goes on without its QEMU

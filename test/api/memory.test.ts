@@ -94,4 +94,12 @@ describe('VM memory through the API', () => {
     assert.equal(cluster.agent('h1').callsOf('setMemory').length, calls, 'the host was never asked');
     assert.equal((await call<Vm>('GET', '/v1/vms/elastic')).body.memoryMb, 1024);
   });
+
+  it("shows a running VM of another project with its host's memory report", async () => {
+    assert.equal((await call('POST', '/v1/projects', { name: 'other' })).status, 201);
+    assert.equal((await create({ name: 'elsewhere', project: 'other' })).status, 202);
+    const vm = await call<Vm>('GET', '/v1/vms/elsewhere?project=other');
+    assert.deepEqual([vm.status, vm.body.name, vm.body.project], [200, 'elsewhere', 'other']);
+    assert.ok(cluster.agent('h1').callsOf('memoryReport').length > 0, 'its host was asked');
+  });
 });
