@@ -14,7 +14,7 @@ export const debianPackages = {
   'qemu-system-x86': 'runs the virtual machines',
   'qemu-utils': 'qemu-img checks and converts imported disk images',
   swtpm: 'the software TPM 2.0 behind vm create --tpm (one swtpm process per VM)',
-  'swtpm-tools': 'swtpm_setup and swtpm_ioctl, to inspect or prepare a VM\'s TPM state by hand',
+  'swtpm-tools': "swtpm_setup and swtpm_ioctl, to inspect or prepare a VM's TPM state by hand",
   ovmf: 'the UEFI firmware (OVMF) behind vm create --firmware uefi',
   'busybox-static': 'the userland of the built-in tiny guest image',
   iproute2: 'network namespaces, bridges, veth and VXLAN links',
