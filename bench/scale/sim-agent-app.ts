@@ -56,6 +56,7 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   // A simulated host has no cgroups: the controls are taken and change nothing.
   setCpuControls: (host, params) => host.status(params.id),
   setDiskLimits: (host, params) => host.status(params.id),
+  setNicBandwidth: (host, params) => host.status(params.id),
   // Nor balloons: memory is taken and reported as unknown.
   setMemory: (host, params) => host.status(params.id),
   memoryReport: (host, params) => {

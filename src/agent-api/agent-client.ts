@@ -83,6 +83,7 @@ export class HttpAgentClient implements AgentClient {
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);
   setDiskLimits: AgentClient['setDiskLimits'] = (id, disk, limits, options) => this.#call('setDiskLimits', { id, disk }, limits, options);
+  setNicBandwidth: AgentClient['setNicBandwidth'] = (id, nic, bandwidth, options) => this.#call('setNicBandwidth', { id, nic }, bandwidth, options);
   setMemory: AgentClient['setMemory'] = (id, settings, options) => this.#call('setMemory', { id }, settings, options);
   memoryReport: AgentClient['memoryReport'] = async (id) => (await this.#call<{ report?: VmMemoryReport }>('memoryReport', { id })).report;
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#call('setFirewall', { id }, firewalls);

@@ -6,7 +6,7 @@
  * with a path of its own making. Imports only the wire types of compute/ (the VM spec).
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
-import { CpuControls, DiskLimits, DiskSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
+import { CpuControls, DiskLimits, DiskSpec, NicBandwidthSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { MemorySettings, type VmMemoryReport } from '../compute/memory-spec.ts';
 
 /** What an agent reports about one VM: the actual state, as opposed to the desired one. */
@@ -149,6 +149,7 @@ const VmParams = Type.Object({ id: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,
 const PoolParams = Type.Object({ pool: Name });
 const VolumeParams = Type.Object({ pool: Name, volume: Name });
 const DiskParams = Type.Object({ id: VmParams.properties.id, disk: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }) });
+const NicParams = Type.Object({ id: VmParams.properties.id, nic: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }) });
 const NetworkParams = Type.Object({ id: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' }) });
 const NoParams = Type.Object({});
 
@@ -241,6 +242,7 @@ export const AGENT_ROUTES = {
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),
   setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
+  setNicBandwidth: route({ method: 'PUT', url: '/agent/vms/:id/nics/:nic/bandwidth', params: NicParams, body: NicBandwidthSpec }),
   setMemory: route({ method: 'PUT', url: '/agent/vms/:id/memory', params: VmParams, body: MemorySettings }),
   memoryReport: route({ method: 'GET', url: '/agent/vms/:id/memory', params: VmParams }),
   prepareIncoming: route({ method: 'PUT', url: '/agent/vms/:id/incoming', params: VmParams, body: IncomingRequest }),
@@ -362,6 +364,8 @@ export interface AgentClient {
   setCpuControls(id: string, controls: CpuControls, options?: CallOptions): Promise<VmStatus>;
   /** Sets one disk's IO limits (all of them: empty lifts every one), live when the VM runs. */
   setDiskLimits(id: string, diskId: string, limits: DiskLimits, options?: CallOptions): Promise<VmStatus>;
+  /** Sets one NIC's bandwidth limits (all of them: empty lifts both), live when the VM runs. */
+  setNicBandwidth(id: string, nicId: string, bandwidth: NicBandwidthSpec, options?: CallOptions): Promise<VmStatus>;
   /** Sets the VM's current memory and reclaim (all of it: a target left out is the whole maximum), live through its balloon when it runs. */
   setMemory(id: string, settings: MemorySettings, options?: CallOptions): Promise<VmStatus>;
   /** The VM's memory as its guest and host see it; undefined while its QEMU does not run. */

@@ -153,6 +153,10 @@ export class FakeAgent implements AgentClient {
     await this.#enter('setDiskLimits', [id, diskId, limits]);
     return { ...this.#vm(id) };
   };
+  setNicBandwidth: AgentClient['setNicBandwidth'] = async (id, nicId, bandwidth) => {
+    await this.#enter('setNicBandwidth', [id, nicId, bandwidth]);
+    return { ...this.#vm(id) };
+  };
   setMemory: AgentClient['setMemory'] = async (id, settings) => {
     await this.#enter('setMemory', [id, settings]);
     return { ...this.#vm(id) };

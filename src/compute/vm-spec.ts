@@ -120,6 +120,15 @@ export const NicFirewallSpec = Type.Object(
 );
 export type NicFirewallSpec = Static<typeof NicFirewallSpec>;
 
+const MBIT = (description: string) => Type.Optional(Type.Integer({ format: 'int32', minimum: 1, maximum: 100_000, description }));
+
+/** A NIC's bandwidth limits in Mbit/s, applied to its tap by the host (network/nic-bandwidth.ts). */
+export const NicBandwidthSpec = Type.Object(
+  { inMbit: MBIT('Towards the guest, Mbit/s (shaped)'), outMbit: MBIT('From the guest, Mbit/s (policed)') },
+  { additionalProperties: false },
+);
+export type NicBandwidthSpec = Static<typeof NicBandwidthSpec>;
+
 export const NicSpec = Type.Object(
   {
     id: Type.String({ pattern: DEVICE_ID }),
@@ -137,6 +146,8 @@ export const NicSpec = Type.Object(
     ),
     /** For `tap` NICs: the port's firewall (anti-spoofing for `ip`, and ingress from its security groups). */
     firewall: Type.Optional(NicFirewallSpec),
+    /** For `tap` NICs: its bandwidth limits. */
+    bandwidth: Type.Optional(NicBandwidthSpec),
   },
   { additionalProperties: false },
 );

@@ -14,12 +14,14 @@ import type { VmsTable } from '../state/schema.ts';
 import { publishChange } from '../events/change-feed.ts';
 import { type CpuControlFields, changesCpuControls, cpuControlsAfter } from './vm-cpu-controls.ts';
 import { type DiskLimitFields, diskLimitChanges, withDiskLimits } from './vm-disk-limits.ts';
+import { type NicBandwidthFields, nicBandwidthChanges, withNicBandwidth } from './vm-nic-bandwidth.ts';
 import type { VmOwner } from './vm-owner.ts';
 import { changesMemory, type MemoryChange, readVmMemoryUsage, setVmMemory } from './vm-memory.ts';
 
 /** What `vm set` changes. */
 export interface VmChange extends CpuControlFields, MemoryChange {
   diskLimits?: DiskLimitFields;
+  nicBandwidth?: NicBandwidthFields;
   allowPostcopy?: boolean;
   group?: string;
   ha?: boolean;
@@ -78,7 +80,7 @@ export class VmPolicies {
     const row = await this.#vms.row(ref, project);
     if (change.ha) requireRestartable(row.name, JSON.parse(row.spec) as VmSpec);
     // First, as the one thing here that can fail on the host: a refusal changes nothing.
-    if (changesCpuControls(change) || change.diskLimits) await this.#tune(row, change);
+    if (changesCpuControls(change) || change.diskLimits || change.nicBandwidth) await this.#tune(row, change);
     if (changesMemory(change)) await setVmMemory({ db: this.#db, hosts: this.#hosts, owner: this.#owner }, row, change);
     const haGroupId = change.haGroup === undefined ? undefined : change.haGroup === '' ? null : (await this.#placement.haGroups.row(change.haGroup)).id;
     let groupId: string | null | undefined;
@@ -109,7 +111,7 @@ export class VmPolicies {
   }
 
   /**
-   * Changes the VM's resource controls (CPU controls, disk IO limits): everything is checked
+   * Changes the VM's resource controls (CPU controls, disk IO limits, NIC bandwidth): everything is checked
    * first, then its host applies each at once (live when it runs, and for every later start), and
    * the control plane's spec follows with what the host took, also when a later one fails. Claimed
    * from the VM's one owner as `tune`, so no start, stop or migration runs meanwhile.
@@ -121,6 +123,7 @@ export class VmPolicies {
       let spec = JSON.parse(current.spec) as VmSpec;
       const controls = changesCpuControls(change) ? cpuControlsAfter(spec.cpuControls, change, row) : spec.cpuControls;
       const disks = change.diskLimits ? diskLimitChanges(spec, change.diskLimits, row.name) : [];
+      const nics = change.nicBandwidth ? nicBandwidthChanges(spec, change.nicBandwidth, row.name) : [];
       const agent = this.#hosts.agent(await this.#hosts.row(current.host_id));
       try {
         if (changesCpuControls(change)) {
@@ -131,6 +134,10 @@ export class VmPolicies {
         for (const disk of disks) {
           await agent.setDiskLimits(row.id, disk.diskId, disk.limits);
           spec = withDiskLimits(spec, [disk]);
+        }
+        for (const nic of nics) {
+          await agent.setNicBandwidth(row.id, nic.nicId, nic.bandwidth);
+          spec = withNicBandwidth(spec, nic);
         }
       } finally {
         await this.#db

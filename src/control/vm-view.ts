@@ -15,6 +15,7 @@ import type { VmsTable } from '../state/schema.ts';
 import type { Vm } from '../wire/schemas.ts';
 import { cpuControlFields } from './vm-cpu-controls.ts';
 import { diskLimitFields } from './vm-disk-limits.ts';
+import { nicBandwidthFields } from './vm-nic-bandwidth.ts';
 import { memoryFields } from './vm-memory.ts';
 
 /** What the VMs of a page refer to, read with one query per table. */
@@ -133,6 +134,7 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     balance: row.balance,
     ...cpuControlFields(spec),
     ...diskLimitFields(spec),
+    ...nicBandwidthFields(spec),
     ...(spec.tpm ? { tpm: true } : {}),
     ...(spec.firmware ? { firmware: spec.firmware } : {}),
     createdAt: row.created_at,

@@ -130,6 +130,9 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   on('detachDisk', (params) => supervisor.detachDisk(params.id, params.disk));
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
   on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
+  on('setNicBandwidth', (params, bandwidth) =>
+    supervisor.setNicBandwidth(params.id, params.nic, bandwidth, (spec) => options.networks.applyBandwidth(spec, params.nic)),
+  );
   on('setMemory', (params, settings) => supervisor.setMemory(params.id, settings));
   on('memoryReport', async (params) => ({ report: await supervisor.memoryReport(params.id) }));
   on('setFirewall', async (params, firewalls) => {

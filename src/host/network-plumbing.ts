@@ -13,6 +13,7 @@ import { KeyedSerialQueue } from '../core/serial-queue.ts';
 import type { NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { removeConntrackZone, setConntrackZone } from '../network/conntrack-zones.ts';
 import { applyPortFirewall, removePortFirewall } from '../network/firewall.ts';
+import { applyNicBandwidth, removeNicBandwidth } from '../network/nic-bandwidth.ts';
 import { tapNameFor } from '../network/names.ts';
 import { createTap, deleteTap, ensureNetworkOnHost, removeNetworkFromHost, setPeers } from '../network/overlay.ts';
 import { runProbe } from '../network/probe.ts';
@@ -127,11 +128,13 @@ export class NetworkPlumbing {
         plugged.push(tapName);
         // The port is filtered before QEMU opens it: the VM never sends or receives unfiltered.
         if (nic.firewall) await applyPortFirewall({ hostNs, tapName, mac: nic.mac, ...nic.firewall });
+        if (nic.bandwidth) await applyNicBandwidth({ hostNs, tapName, bandwidth: nic.bandwidth });
         nics.push({ ...nic, tapName });
       }
       return { ...spec, nics };
     } catch (error) {
       for (const tapName of plugged) {
+        await removeNicBandwidth({ hostNs, tapName }).catch(() => undefined);
         await removePortFirewall({ hostNs, tapName }).catch(() => undefined);
         await deleteTap({ hostNs, tapName }).catch(() => undefined);
       }
@@ -157,11 +160,19 @@ export class NetworkPlumbing {
     }
   }
 
+  /** Sets the bandwidth limits of a running VM's NIC `nicId` on its tap, as its spec now says. */
+  async applyBandwidth(spec: VmSpec, nicId: string): Promise<void> {
+    const nic = spec.nics.find((candidate) => candidate.id === nicId);
+    if (!nic?.tapName) throw new NubisError('NET_NIC_NOT_FOUND', `VM ${spec.name} has no network NIC ${nicId} on this host`);
+    await applyNicBandwidth({ hostNs: this.#where().hostNs, tapName: nic.tapName, bandwidth: nic.bandwidth });
+  }
+
   /** Deletes the taps of a VM that is gone. */
   async unplugNics(spec: VmSpec): Promise<void> {
     if (!this.#hostNs) return;
     for (const nic of spec.nics) {
       if (!nic.tapName) continue;
+      await removeNicBandwidth({ hostNs: this.#hostNs, tapName: nic.tapName }).catch(() => undefined);
       await removePortFirewall({ hostNs: this.#hostNs, tapName: nic.tapName }).catch(() => undefined);
       await deleteTap({ hostNs: this.#hostNs, tapName: nic.tapName }).catch(() => undefined);
     }

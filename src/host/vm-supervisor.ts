@@ -7,7 +7,7 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Accelerator, CpuControls, DiskLimits, DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import type { Accelerator, CpuControls, DiskLimits, DiskSpec, NicBandwidthSpec, VmSpec } from '../compute/vm-spec.ts';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { QemuProcess } from '../compute/qemu/qemu-process.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
@@ -172,6 +172,24 @@ export class VmSupervisor {
     const vm = this.#vm(id);
     const given = limitsAnything(limits) ? limits : undefined;
     return vm.tune('changing its disk limits', specWithDiskLimits(vm.spec(), diskId, given), (qemu) => qemu.setDiskLimits(diskId, given));
+  }
+
+  /**
+   * Sets NIC `nicId`'s bandwidth limits (empty: none): in its spec for every later start, and on
+   * its tap through `applyLive` when the VM runs.
+   */
+  setNicBandwidth(id: string, nicId: string, bandwidth: NicBandwidthSpec, applyLive: (spec: VmSpec) => Promise<void>): Promise<VmStatus> {
+    const vm = this.#vm(id);
+    const spec = vm.spec();
+    if (!spec.nics.some((nic) => nic.id === nicId && nic.mode === 'tap'))
+      throw new NubisError('NET_NIC_NOT_FOUND', `VM ${spec.name} has no NIC ${nicId} on a virtual network`);
+    const given = Object.keys(bandwidth).length > 0 ? bandwidth : undefined;
+    const nics = spec.nics.map((nic) => {
+      if (nic.id !== nicId) return nic;
+      const { bandwidth: _old, ...rest } = nic;
+      return given ? { ...rest, bandwidth: given } : rest;
+    });
+    return vm.tune('changing its NIC bandwidth', { nics }, () => applyLive({ ...spec, nics }));
   }
 
   /** Sets the VM's current memory (live through its balloon) and whether reclaim may take from it; a new owner target ends reclaim's. */

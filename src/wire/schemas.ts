@@ -8,7 +8,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
-import { CPU_LIST_PATTERN, DiskLimits } from '../compute/vm-spec.ts';
+import { CPU_LIST_PATTERN, DiskLimits, NicBandwidthSpec } from '../compute/vm-spec.ts';
 import { VmMemoryReport } from '../compute/memory-spec.ts';
 import { VmPlatformFields } from './trusted-launch-schemas.ts';
 
@@ -218,6 +218,17 @@ export const VmMemoryUpdate = {
   memoryReclaim: VmMemoryFields.memoryReclaim,
 };
 
+/** A VM's NICs' bandwidth limits by NIC (net0), as `vm show` lists the NICs. */
+const NIC_ID = Type.String({ pattern: '^net[0-9]{1,2}$' });
+export const VmNicBandwidth = Type.Record(NIC_ID, NicBandwidthSpec, { maxProperties: 16, additionalProperties: false });
+/** On update: the NICs named get these limits (in full); null lifts a NIC's limits. */
+export const VmNicBandwidthUpdate = Type.Record(NIC_ID, Type.Union([NicBandwidthSpec, Type.Null()]), {
+  maxProperties: 16,
+  additionalProperties: false,
+  description:
+    'Bandwidth limits by NIC (net0) in Mbit/s, inMbit towards the guest and outMbit from it; each NIC named gets exactly the limits given, null lifts them',
+});
+
 /** The same on update, where null takes a control away. */
 export const VmCpuControlsUpdate = {
   cpuLimit: Type.Optional(Type.Union([VmCpuControls.cpuLimit, Type.Null()])),
@@ -313,6 +324,7 @@ export const Vm = Type.Object(
     balance: VmBalancePolicy,
     ...VmCpuControls,
     diskLimits: Type.Optional(VmDiskLimits),
+    nicBandwidth: Type.Optional(VmNicBandwidth),
     maxMemoryMb: Count(),
     memoryReclaim: Type.Boolean(),
     activity: Type.Optional(VmActivity),

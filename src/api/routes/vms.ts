@@ -21,6 +21,7 @@ import {
   VmPolicies,
   VmCpuControlsUpdate,
   VmDiskLimitsUpdate,
+  VmNicBandwidthUpdate,
   VmMemoryUpdate,
   VmRef,
   VmStopRequest,
@@ -166,7 +167,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies, CPU controls, memory and disk IO limits (these at once on its host, also while it runs)",
+        summary: "Change a VM's policies, CPU controls, memory, disk IO limits and NIC bandwidth (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -178,6 +179,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             ...VmPolicies,
             ...VmCpuControlsUpdate,
             diskLimits: Type.Optional(VmDiskLimitsUpdate),
+            nicBandwidth: Type.Optional(VmNicBandwidthUpdate),
             ...VmMemoryUpdate,
           },
           { additionalProperties: false },

@@ -1,6 +1,7 @@
 /** `nubis vm`: create, run, inspect, migrate and reach virtual machines. */
 import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCpuControls } from './vm-cpu-options.ts';
 import { addDiskLimitOptions, describeDiskLimits, diskLimitsOf, givesDiskLimits } from './vm-disk-limit-options.ts';
+import { addNicBandwidthOptions, describeNicBandwidth, nicBandwidthOf } from './vm-nic-bandwidth-options.ts';
 import { addMemoryOptions, describeMemory, type MemoryOptions, memoryOf } from './vm-memory-options.ts';
 import { addAttestCommand, addPlatformOptions, describePlatform, type PlatformOptions, platformOf } from './vm-trusted-launch.ts';
 import type { Static } from '@sinclair/typebox';
@@ -284,6 +285,7 @@ function printVm(vm: Vm): void {
     ['Balancing', vm.balance],
     ['CPU controls', describeCpuControls(vm)],
     ['Disk limits', describeDiskLimits(vm)],
+    ['NIC bandwidth', describeNicBandwidth(vm)],
     ['Activity', describeActivity(vm)],
     ['Platform', describePlatform(vm)],
     ['Post-copy', vm.allowPostcopy ? 'allowed' : 'denied'],
@@ -362,7 +364,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy);
-  addDiskLimitOptions(addMemoryOptions(addCpuControlOptions(set, true), true)).action(
+  addNicBandwidthOptions(addDiskLimitOptions(addMemoryOptions(addCpuControlOptions(set, true), true))).action(
     async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
@@ -373,6 +375,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
         ...policiesOf(options),
         // A disk's limits go whole: what the options leave alone stays as the VM has it now.
         ...(givesDiskLimits(options) ? { diskLimits: diskLimitsOf(options, await client(command).request<Vm>('GET', vmPath)) } : {}),
+        ...(await nicBandwidthOf(options, () => client(command).request<Vm>('GET', vmPath))),
       };
       if (Object.keys(body).length === 0)
         throw new NubisError(
@@ -382,7 +385,7 @@ function addDeleteAttachDetachSet(vm: Command): void {
       const changed = await client(command).request<Vm>('PATCH', vmPath, body);
       if (globals(command).json) return printJson(changed);
       console.log(
-        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}, memory ${changed.memoryMb} of ${changed.maxMemoryMb} MiB, disk limits ${describeDiskLimits(changed) ?? 'none'}`,
+        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}, memory ${changed.memoryMb} of ${changed.maxMemoryMb} MiB, disk limits ${describeDiskLimits(changed) ?? 'none'}, NIC bandwidth ${describeNicBandwidth(changed) ?? 'none'}`,
       );
     },
   );
