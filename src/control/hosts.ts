@@ -10,6 +10,7 @@ import type { AgentClient } from '../agent-api/contract.ts';
 import { HttpAgentClient } from '../agent-api/agent-client.ts';
 import type { Db } from '../state/database.ts';
 import type { HostsTable } from '../state/schema.ts';
+import type { HostIsolation } from '../wire/schemas.ts';
 import { checkLabels, type Labels, mergeLabels, parseStoredLabels } from './labels.ts';
 import { SUSPECT_AFTER_MS } from '../agent-api/heartbeat.ts';
 import { DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT, type SchedulerHost } from './scheduler.ts';
@@ -52,6 +53,7 @@ export interface HostView {
   joinedAt: string;
   underlayIp?: string;
   qemuVersion?: string;
+  isolation?: HostIsolation;
 }
 
 export interface JoinRequest {
@@ -65,6 +67,7 @@ export interface JoinRequest {
   memoryMb: number;
   underlayIp?: string;
   qemuVersion?: string;
+  isolation?: HostIsolation;
 }
 
 function sha256(text: string): string {
@@ -141,6 +144,7 @@ export class HostRegistry {
       memory_mb: request.memoryMb,
       underlay_ip: request.underlayIp ?? null,
       qemu_version: request.qemuVersion ?? null,
+      isolation: request.isolation ? JSON.stringify(request.isolation) : null,
       last_seen_at: now,
     };
     if (existing) {
@@ -335,6 +339,7 @@ export class HostRegistry {
         joinedAt: host.joined_at,
         ...(host.underlay_ip ? { underlayIp: host.underlay_ip } : {}),
         ...(host.qemu_version ? { qemuVersion: host.qemu_version } : {}),
+        ...(host.isolation ? { isolation: JSON.parse(host.isolation) as HostIsolation } : {}),
       };
     });
   }

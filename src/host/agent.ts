@@ -140,6 +140,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     memoryMb: Math.floor(totalmem() / 1024 / 1024),
     ...(options.underlayIp ? { underlayIp: options.underlayIp } : {}),
     qemuVersion,
+    isolation: { cgroups: cgroups.layout.version === 'none' ? 'none' : (`v${cgroups.layout.version}` as const), vmUsers: vmUsersAvailable() },
   };
   void joinAndHeartbeat({ options, identity, joinBody, reports, supervisor, signal: abort.signal });
   void feedWatchdog(options.hostDir, abort.signal, logger);

@@ -53,16 +53,20 @@ export function inShapingArgs(tapName: string, mbit: number): string[] {
   return ['qdisc', 'replace', 'dev', tapName, 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', String(burstBytes), 'latency', '50ms'];
 }
 
-/** The nft script that polices what the guest sends to `mbit` (in bytes a second, as nft counts). */
+/**
+ * The nft script that polices what the guest sends to `mbit`, in bytes a second (nft's `kbytes`
+ * are 1024 bytes, so bytes it is). nftables' byte limit is a bucket that holds one second at the
+ * rate (net/netfilter/nft_limit.c: tokens_max = unit x (rate + burst) / rate), so a guest that
+ * was quiet may send one second's worth at once; no extra burst is added to that.
+ */
 export function outPolicingScript(tapName: string, mbit: number): string {
   const table = `bridge ${outLimitTable(tapName)}`;
-  const kbytesPerSecond = Math.max(1, Math.round((mbit * 1e6) / 8 / 1000));
-  const burstKbytes = Math.max(64, Math.round(kbytesPerSecond / 10));
+  const bytesPerSecond = Math.round((mbit * 1e6) / 8);
   return [
     `add table ${table}`,
     `add chain ${table} from_guest { type filter hook prerouting priority -150; policy accept; }`,
     `flush chain ${table} from_guest`,
-    `add rule ${table} from_guest iifname ${JSON.stringify(tapName)} limit rate over ${kbytesPerSecond} kbytes/second burst ${burstKbytes} kbytes drop`,
+    `add rule ${table} from_guest iifname ${JSON.stringify(tapName)} limit rate over ${bytesPerSecond} bytes/second drop`,
     '',
   ].join('\n');
 }

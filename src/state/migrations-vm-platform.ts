@@ -36,4 +36,10 @@ export const vmPlatformMigrations: Record<string, Migration> = {
       await db.schema.createIndex('vms_unix_uid').unique().on('vms').column('unix_uid').execute();
     },
   },
+  '0021-host-isolation': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      // Not a placement input, so the placement trigger of 0018 need not watch it.
+      await db.schema.alterTable('hosts').addColumn('isolation', 'text').execute();
+    },
+  },
 };

@@ -142,6 +142,8 @@ export interface HostsTable {
   underlay_ip: string | null;
   /** The agent's `qemu-system-x86_64 --version` line, or null when it did not say. */
   qemu_version: string | null;
+  /** JSON: how the host keeps its VMs apart (wire HostIsolation), as its agent reported at join. */
+  isolation: string | null;
   /** JSON object of the host's labels (`zone`, `region`, `rack`, ...), set by `nubis host set`. */
   labels: string;
   /** vCPUs placement may give VMs per host core. */

@@ -115,6 +115,18 @@ export const Labels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxL
   description: 'Labels as key=value (e.g. zone, region, rack)',
 });
 
+/** How a host keeps its VMs apart (README "Isolation"), as its agent reports it. */
+export const HostIsolation = Type.Object(
+  {
+    cgroups: Type.Union([Type.Literal('v1'), Type.Literal('v2'), Type.Literal('none')], {
+      description: 'The cgroup version its CPU controls use (none: the host has neither, VMs run without controls)',
+    }),
+    vmUsers: Type.Boolean({ description: 'Each VM runs as an unprivileged user of its own (false: the agent is not root)' }),
+  },
+  { additionalProperties: false },
+);
+export type HostIsolation = Static<typeof HostIsolation>;
+
 export const Host = Type.Object(
   {
     id: ResourceId,
@@ -137,6 +149,7 @@ export const Host = Type.Object(
     joinedAt: Timestamp,
     underlayIp: Type.Optional(Ipv4({ description: 'Address on the underlay network (VXLAN endpoint)' })),
     qemuVersion: Type.Optional(Text(256, { description: 'QEMU on the host; a VM migrates only to the same or a newer QEMU' })),
+    isolation: Type.Optional(HostIsolation),
   },
   { $id: 'Host' },
 );
@@ -438,6 +451,7 @@ export const HostJoinRequest = Type.Object(
     memoryMb: Int32(64, 2 ** 31 - 1),
     underlayIp: Type.Optional(Ipv4()),
     qemuVersion: Type.Optional(Text(256, { description: "The host's `qemu-system-x86_64 --version` line" })),
+    isolation: Type.Optional(HostIsolation),
   },
   { additionalProperties: false },
 );

@@ -78,6 +78,14 @@ describe('VM isolation', { skip: process.getuid?.() !== 0 ? 'needs root: VMs run
     }
   });
 
+  it('says how its hosts keep VMs apart', async () => {
+    const host = await nubis.cliJson<{ isolation?: { cgroups: string; vmUsers: boolean } }>(['host', 'show', 'host-1']);
+    assert.equal(host.isolation?.vmUsers, true);
+    assert.match(host.isolation?.cgroups ?? '', /^v[12]$/, 'this test bed has cgroup v1 controllers (HOST-FACTS); a stock Debian 12 host has v2');
+    const shown = await nubis.cli(['host', 'show', 'host-1']);
+    assert.match(shown.stdout, /isolation:\s+cgroup v[12], every VM its own unprivileged user/);
+  });
+
   it('lets a VM user open its own files and none of another VM or of the platform', () => {
     const { isoa, isob } = vms;
     const own = tryAs(isoa.uid, 'read', [join(isoa.dir, 'run', 'serial.log')]);

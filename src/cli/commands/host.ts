@@ -1,7 +1,7 @@
 /** `nubis host`: the hosts of the cluster, and maintenance (evacuate, restore). */
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
-import type { Accepted, Host } from '../../wire/schemas.ts';
+import type { Accepted, Host, HostIsolation } from '../../wire/schemas.ts';
 import { client, globals, parseInteger, runOperation } from '../common.ts';
 import { printJson, printTable } from '../output.ts';
 import { NubisError } from '../../core/errors.ts';
@@ -42,7 +42,9 @@ export function registerHostCommands(program: Command): void {
     .action(async (name: string, _options: unknown, command: Command) => {
       const h = await client(command).request<Static<typeof Host>>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
       if (globals(command).json) return printJson(h);
-      for (const [key, value] of Object.entries(h)) console.log(`${`${key}:`.padEnd(20)} ${key === 'labels' ? formatLabels(h.labels) : value}`);
+      const shown = (key: string, value: unknown) =>
+        key === 'labels' ? formatLabels(h.labels) : key === 'isolation' && h.isolation ? isolationText(h.isolation) : value;
+      for (const [key, value] of Object.entries(h)) console.log(`${`${key}:`.padEnd(20)} ${shown(key, value)}`);
     });
   host
     .command('set <host>')
@@ -110,4 +112,10 @@ function printMoveResults(moves: MoveResults): void {
     ['VM', 'RESULT', 'NOW ON'],
     moves.results.map((r) => [r.vm, r.status, r.to]),
   );
+}
+
+/** `cgroup v1, every VM its own user` */
+function isolationText(isolation: HostIsolation): string {
+  const cgroups = isolation.cgroups === 'none' ? 'no cgroups (no CPU controls)' : `cgroup ${isolation.cgroups}`;
+  return `${cgroups}, ${isolation.vmUsers ? 'every VM its own unprivileged user' : "VMs run as the agent's user (it is not root)"}`;
 }

@@ -82,7 +82,11 @@ describe('buildQemuArgs', () => {
       ...spec,
       nics: [{ id: 'net0', mac: '52:54:00:00:00:01', mode: 'tap', tapName: 'ntap-ab12', network: { id: 'net-1', vni: 7, mtu: 1450 } }],
     };
-    assert.ok(valuesOf(buildQemuArgs(tapSpec, paths, { accelerator: 'tcg' }), '-device').includes('virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=net0-dev,host_mtu=1450'));
+    assert.ok(
+      valuesOf(buildQemuArgs(tapSpec, paths, { accelerator: 'tcg' }), '-device').includes(
+        'virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=net0-dev,host_mtu=1450',
+      ),
+    );
     assert.deepEqual(valuesOf(buildQemuArgs(tapSpec, paths, { accelerator: 'tcg' }), '-netdev'), ['tap,id=net0,ifname=ntap-ab12,script=no,downscript=no']);
     const handed = buildQemuArgs(tapSpec, paths, { accelerator: 'tcg', platform: { tapFds: { net0: 5 } } });
     assert.deepEqual(valuesOf(handed, '-netdev'), ['tap,id=net0,fd=5']);

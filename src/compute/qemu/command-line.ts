@@ -130,29 +130,33 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     args.push('-blockdev', diskBlockdev(disk));
     args.push('-device', `virtio-blk-pci,drive=${disk.id},id=${disk.id}-disk`);
   }
-  for (const nic of spec.nics) {
-    if (nic.mode === 'user') {
-      const forwards = (nic.forwards ?? [])
-        .map(
-          (f) =>
-            `,hostfwd=${optionValue(f.protocol, 'protocol', 'published protocol')}:${optionValue(f.hostAddress, 'address', 'published host address')}:${optionValue(f.hostPort, 'port', 'published host port')}-:${optionValue(f.guestPort, 'port', 'published guest port')}`,
-        )
-        .join('');
-      args.push('-netdev', `user,id=${optionValue(nic.id, 'id', 'NIC id')}${forwards}`);
-    } else {
-      if (!nic.tapName) throw new Error(`NIC ${nic.id} is in tap mode but has no tap device name`);
-      const tapName = optionValue(nic.tapName, 'tap', 'tap name');
-      const fd = options.platform?.tapFds?.[nic.id];
-      if (fd !== undefined && !(Number.isInteger(fd) && fd >= 3 && fd < 256)) throw new Error(`NIC ${nic.id}: ${fd} is not a descriptor a tap is handed on`);
-      args.push('-netdev', `tap,id=${optionValue(nic.id, 'id', 'NIC id')},${fd === undefined ? `ifname=${tapName},script=no,downscript=no` : `fd=${fd}`}`);
-    }
-    // A virtual network's frames are smaller than Ethernet's (VXLAN's header) and its bridge drops
-    // larger ones: the device tells the guest's driver the MTU, so no guest sends one.
-    const mtu = nic.mode === 'tap' && nic.network ? `,host_mtu=${checkedMtu(nic.network.mtu)}` : '';
-    args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev${mtu}`);
-  }
+  for (const nic of spec.nics) args.push(...nicArgs(nic, options.platform?.tapFds?.[nic.id]));
   args.push(...platformArgs(spec, options.platform));
   if (options.incoming) args.push('-incoming', options.incoming);
+  return args;
+}
+
+/** The -netdev and -device of a NIC; a tap by name, or on descriptor `fd` (opened by the launcher). */
+function nicArgs(nic: VmSpec['nics'][number], fd: number | undefined): string[] {
+  const args: string[] = [];
+  if (nic.mode === 'user') {
+    const forwards = (nic.forwards ?? [])
+      .map(
+        (f) =>
+          `,hostfwd=${optionValue(f.protocol, 'protocol', 'published protocol')}:${optionValue(f.hostAddress, 'address', 'published host address')}:${optionValue(f.hostPort, 'port', 'published host port')}-:${optionValue(f.guestPort, 'port', 'published guest port')}`,
+      )
+      .join('');
+    args.push('-netdev', `user,id=${optionValue(nic.id, 'id', 'NIC id')}${forwards}`);
+  } else {
+    if (!nic.tapName) throw new Error(`NIC ${nic.id} is in tap mode but has no tap device name`);
+    const tapName = optionValue(nic.tapName, 'tap', 'tap name');
+    if (fd !== undefined && !(Number.isInteger(fd) && fd >= 3 && fd < 256)) throw new Error(`NIC ${nic.id}: ${fd} is not a descriptor a tap is handed on`);
+    args.push('-netdev', `tap,id=${optionValue(nic.id, 'id', 'NIC id')},${fd === undefined ? `ifname=${tapName},script=no,downscript=no` : `fd=${fd}`}`);
+  }
+  // A virtual network's frames are smaller than Ethernet's (VXLAN's header) and its bridge drops
+  // larger ones: the device tells the guest's driver the MTU, so no guest sends one.
+  const mtu = nic.mode === 'tap' && nic.network ? `,host_mtu=${checkedMtu(nic.network.mtu)}` : '';
+  args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev${mtu}`);
   return args;
 }
 
