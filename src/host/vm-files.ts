@@ -78,3 +78,15 @@ export function ownSocket(socketPath: string, spec: Pick<VmSpec, 'id' | 'unixUid
     throw new NubisError('VM_CONSOLE_FAILED', `${socketPath} is not a socket of the VM's own user; the agent does not connect to it`);
   return socketPath;
 }
+
+/**
+ * The same check for a VM whose spec is not at hand (re-attaching after an agent restart): the
+ * socket must belong to the owner of the `run/` folder it is in, which the agent gave the VM's user.
+ */
+export function checkRunSocket(socketPath: string): void {
+  if (!vmUsersAvailable()) return;
+  const folder = lstatSync(dirname(socketPath), { throwIfNoEntry: false });
+  const info = lstatSync(socketPath, { throwIfNoEntry: false });
+  if (info && (!info.isSocket() || info.uid !== folder?.uid))
+    throw new NubisError('VM_START_FAILED', `${socketPath} is not a socket of the VM's own user; the agent does not connect to it`);
+}

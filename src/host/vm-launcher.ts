@@ -71,7 +71,9 @@ function missingGcc(error: unknown): never {
  */
 export function vmGroups(): number[] {
   const groups = [VMS_GID];
-  if (existsSync(KVM_DEVICE)) groups.push(statSync(KVM_DEVICE).gid);
+  // Never root's group: a host whose /dev/kvm is root's and open to all needs no group for it.
+  const kvmGid = existsSync(KVM_DEVICE) ? statSync(KVM_DEVICE).gid : 0;
+  if (kvmGid !== 0) groups.push(kvmGid);
   return groups;
 }
 

@@ -3,7 +3,7 @@
  * drives, and the two ways to get one (launch, re-attach). A unit test passes in a driver of fake
  * processes that hang or fail on cue, as `src/storage/pool/member-device.ts` does for devices.
  */
-import { QemuProcess, type QemuProcessEvents } from '../compute/qemu/qemu-process.ts';
+import { QemuProcess, type QemuProcessEvents, runtimePathsOf } from '../compute/qemu/qemu-process.ts';
 import type { QemuLaunchOptions } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import type { VmCgroups } from './cgroups.ts';
@@ -12,6 +12,7 @@ import { startBalloon } from './vm-memory.ts';
 import type { LaunchMeasurement } from '../agent-api/contract.ts';
 import { prepareLaunchPlatform } from './launch-platform.ts';
 import { measureLaunch, verifyLaunch } from './launch-measurement.ts';
+import { checkRunSocket } from './vm-files.ts';
 
 /** What a `ManagedVm` calls on its QEMU process. */
 export type VmQemu = Pick<
@@ -63,7 +64,10 @@ export interface QemuDriver {
 /** The real driver: QEMU processes on this host. */
 export const qemuProcessDriver: QemuDriver = {
   launch: (spec, vmDir, options) => QemuProcess.launch(spec, vmDir, options),
-  attach: (vmDir, events) => QemuProcess.attach(vmDir, events),
+  attach: (vmDir, events) => {
+    checkRunSocket(runtimePathsOf(vmDir).qmpSocket);
+    return QemuProcess.attach(vmDir, events);
+  },
 };
 
 /** The measurements of each QEMU's launch, for the VM's status (see `launchMeasurementOf`). */
