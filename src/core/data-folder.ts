@@ -11,13 +11,13 @@
  * | `<data>`, `<data>/hosts`, `<data>/hosts/<host>`, `.../vms`, `.../vms/<id>` | pass through |
  * | `<data>/hosts/<host>/pools`, `.../pools/<pool>` (dir pools; each volume is root's or its VM's) | pass through |
  * | `<data>/storage` | pass through (its sockets are each one VM's, storage/host-fencing.ts) |
- * | `<data>/images` | read (base images that VMs' disks are overlays of) |
+ * | `<data>/images` | read, for the VMs' group only (base images that VMs' disks are overlays of, `openImagesToVms`) |
  * | `.../vms/<id>/run`, the VM's own disks | nothing: they belong to the VM's user (host/vm-files.ts) |
  * | anything else (database, tokens, keys, logs, pools, agent records) | nothing |
  */
-import { lstat, readdir } from 'node:fs/promises';
-import { chmod } from 'node:fs/promises';
+import { chmod, chown, lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { VMS_GID } from '../compute/vm-user.ts';
 
 /** Folders of the data folder that others may pass through. */
 const PASSABLE = new Set(['hosts', 'storage']);
@@ -63,4 +63,24 @@ export async function closeHostFolder(hostDir: string): Promise<void> {
     if (entry === 'vms' || entry === 'pools') await makePassable(path);
     else await closeToOthers(path);
   }
+}
+
+/**
+ * Lets the VMs' group read the image store (`<data>/images`, folders 0750 and files 0640): a
+ * VM's root disk is an overlay whose backing file QEMU, running as the VM's user, opens there.
+ * Other users of the host still cannot. Run at start and after every import; needs root (a
+ * control plane of another user leaves the store its own: its VMs run as that user anyway).
+ */
+export async function openImagesToVms(imagesDir: string): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  const walk = async (path: string, depth: number): Promise<void> => {
+    const info = await lstat(path);
+    if (info.isSymbolicLink()) return;
+    await chown(path, info.uid, VMS_GID);
+    // Explicit modes: the daemons run with umask 077, so what they made is 0700/0600.
+    await chmod(path, info.isDirectory() ? 0o750 : 0o640);
+    if (info.isDirectory() && depth > 0) for (const entry of await readdir(path)) await walk(join(path, entry), depth - 1);
+  };
+  // The store, each image's folder, the image's files.
+  await walk(imagesDir, 2);
 }
