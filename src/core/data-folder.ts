@@ -46,9 +46,17 @@ export async function closeDataFolder(dataDir: string): Promise<void> {
   await chmod(dataDir, 0o711);
   for (const entry of await readdir(dataDir)) {
     const path = join(dataDir, entry);
-    if (PASSABLE.has(entry)) await makePassable(path);
-    else if (!READABLE.has(entry)) await closeToOthers(path);
+    if (PASSABLE.has(entry)) await makePassable(path).catch(ignoreGone);
+    else if (!READABLE.has(entry)) await closeToOthers(path).catch(ignoreGone);
   }
+}
+
+/**
+ * The control plane, the storage node and the agents of one data folder start together and make
+ * and remove files meanwhile (a journal, a socket): one gone by the time its turn came is fine.
+ */
+function ignoreGone(error: unknown): void {
+  if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
 }
 
 /**
@@ -60,8 +68,8 @@ export async function closeHostFolder(hostDir: string): Promise<void> {
   await makePassable(hostDir);
   for (const entry of await readdir(hostDir)) {
     const path = join(hostDir, entry);
-    if (entry === 'vms' || entry === 'pools') await makePassable(path);
-    else await closeToOthers(path);
+    if (entry === 'vms' || entry === 'pools') await makePassable(path).catch(ignoreGone);
+    else await closeToOthers(path).catch(ignoreGone);
   }
 }
 
