@@ -89,3 +89,16 @@ export function checkedVcpuLayout(vmName: string, fields: VcpuFields): VcpuLayou
 export function vcpuFields(fields: VcpuFields): VcpuLayout {
   return vcpuLayoutOf(fields);
 }
+
+/** What the control plane sets on an agent: the vCPUs present (live by hot-adding while the VM runs). */
+export const VcpuSettings = Type.Object({ cpus: Count('vCPUs present, up to its maximum') }, { additionalProperties: false });
+export type VcpuSettings = Static<typeof VcpuSettings>;
+
+/**
+ * The layout after `cpus` over `current`, checked against its maximum, with the maximum and
+ * layout written out: a spec that left them implicit (max = cpus) keeps its maximum when its
+ * present count changes.
+ */
+export function vcpusAfter(vmName: string, current: VcpuFields, cpus: number): VcpuLayout {
+  return checkedVcpuLayout(vmName, { ...vcpuLayoutOf(current), cpus });
+}

@@ -131,6 +131,7 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
   on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
   on('setMemory', (params, settings) => supervisor.setMemory(params.id, settings));
+  on('setCpus', (params, settings) => supervisor.setCpus(params.id, settings));
   on('memoryReport', async (params) => ({ report: await supervisor.memoryReport(params.id) }));
   on('setFirewall', async (params, firewalls) => {
     await options.networks.applyFirewalls(supervisor.spec(params.id), firewalls);

@@ -22,6 +22,7 @@ import {
   VmCpuControlsUpdate,
   VmDiskLimitsUpdate,
   VmMemoryUpdate,
+  VmVcpuUpdate,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -166,7 +167,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies, CPU controls, memory and disk IO limits (these at once on its host, also while it runs)",
+        summary: "Change a VM's policies, vCPUs, CPU controls, memory and disk IO limits (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -179,6 +180,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             ...VmCpuControlsUpdate,
             diskLimits: Type.Optional(VmDiskLimitsUpdate),
             ...VmMemoryUpdate,
+            ...VmVcpuUpdate,
           },
           { additionalProperties: false },
         ),
