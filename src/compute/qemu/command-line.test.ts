@@ -34,8 +34,11 @@ describe('buildQemuArgs', () => {
     const args = buildQemuArgs(spec, paths, { accelerator: 'tcg' });
     assert.deepEqual(valuesOf(args, '-machine'), ['pc-q35-7.2,accel=tcg']);
     assert.deepEqual(valuesOf(args, '-cpu'), ['qemu64']);
-    // A spec without a maximum or layout (as every VM before them had): one socket of its vCPUs.
-    assert.deepEqual(valuesOf(args, '-smp'), ['cpus=2,maxcpus=2,sockets=1,cores=2,threads=1']);
+    // A spec without a maximum or layout (as every VM before them had), or with the default one,
+    // keeps the short form QEMU reads as one socket of its vCPUs: its measured command line stays.
+    assert.deepEqual(valuesOf(args, '-smp'), ['2']);
+    const explicit = buildQemuArgs({ ...spec, maxCpus: 2, cpuTopology: { sockets: 1, cores: 2, threads: 1 } }, paths, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(explicit, '-smp'), ['2']);
     assert.deepEqual(valuesOf(args, '-m'), ['256M']);
   });
 

@@ -17,6 +17,8 @@ describe('vCPUs in QEMU', () => {
       'cpus=1,maxcpus=4,sockets=2,cores=2,threads=1',
     );
     assert.throws(() => smpOption({ name: 'web', cpus: 2, maxCpus: 4, cpuTopology: { sockets: 1, cores: 2, threads: 1 } }), { code: 'VM_CPUS_INVALID' });
+    assert.equal(smpOption({ name: 'web', cpus: 2, maxCpus: 4 }), 'cpus=2,maxcpus=4,sockets=1,cores=4,threads=1');
+    assert.equal(smpOption({ name: 'web', cpus: 2 }), '2', 'the default layout keeps the form every VM had');
   });
 
   it('orders slots socket by socket, core by core, as -smp cpus=N fills them', () => {

@@ -19,9 +19,16 @@ type Qmp = Pick<QmpClient, 'execute'>;
 /**
  * `-smp cpus=N,maxcpus=M,sockets=S,cores=C,threads=T` for a spec's vCPUs. Checked again here,
  * where the command is built: a layout QEMU would refuse (or reinterpret) starts nothing.
+ *
+ * The default layout (N present of N, one socket of N cores, one thread) stays `-smp N`, as every
+ * VM was started before layouts existed: QEMU reads both the same on machine types from 6.2 on
+ * (cores preferred over sockets; checked with query-hotpluggable-cpus), and a VM's command line
+ * is part of its measured launch, whose recorded digest must not change under a running fleet.
  */
 export function smpOption(vm: VcpuFields & { name: string }): string {
   const { cpus, maxCpus, cpuTopology: t } = checkedVcpuLayout(vm.name, vm);
+  const defaultLayout = maxCpus === cpus && t.sockets === 1 && t.cores === maxCpus && t.threads === 1;
+  if (defaultLayout) return String(cpus);
   return `cpus=${cpus},maxcpus=${maxCpus},sockets=${t.sockets},cores=${t.cores},threads=${t.threads}`;
 }
 
