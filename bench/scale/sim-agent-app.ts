@@ -59,6 +59,7 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   setNicBandwidth: (host, params) => host.status(params.id),
   // Nor balloons: memory is taken and reported as unknown.
   setMemory: (host, params) => host.status(params.id),
+  setCpus: (host, params) => host.status(params.id),
   memoryReport: (host, params) => {
     host.status(params.id);
     return {};

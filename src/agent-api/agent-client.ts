@@ -85,6 +85,7 @@ export class HttpAgentClient implements AgentClient {
   setDiskLimits: AgentClient['setDiskLimits'] = (id, disk, limits, options) => this.#call('setDiskLimits', { id, disk }, limits, options);
   setNicBandwidth: AgentClient['setNicBandwidth'] = (id, nic, bandwidth, options) => this.#call('setNicBandwidth', { id, nic }, bandwidth, options);
   setMemory: AgentClient['setMemory'] = (id, settings, options) => this.#call('setMemory', { id }, settings, options);
+  setCpus: AgentClient['setCpus'] = (id, settings, options) => this.#call('setCpus', { id }, settings, options);
   memoryReport: AgentClient['memoryReport'] = async (id) => (await this.#call<{ report?: VmMemoryReport }>('memoryReport', { id })).report;
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#call('setFirewall', { id }, firewalls);
   prepareIncoming: AgentClient['prepareIncoming'] = (id, request, options) => this.#call('prepareIncoming', { id }, request, options);

@@ -8,6 +8,7 @@
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { CpuControls, DiskLimits, DiskSpec, NicBandwidthSpec, NicFirewallSpec, VmSpec } from '../compute/vm-spec.ts';
 import { MemorySettings, type VmMemoryReport } from '../compute/memory-spec.ts';
+import { VcpuSettings } from '../compute/cpu-topology.ts';
 
 /** What an agent reports about one VM: the actual state, as opposed to the desired one. */
 export type VmRunState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed' | 'migrating' | 'incoming';
@@ -244,6 +245,7 @@ export const AGENT_ROUTES = {
   setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
   setNicBandwidth: route({ method: 'PUT', url: '/agent/vms/:id/nics/:nic/bandwidth', params: NicParams, body: NicBandwidthSpec }),
   setMemory: route({ method: 'PUT', url: '/agent/vms/:id/memory', params: VmParams, body: MemorySettings }),
+  setCpus: route({ method: 'PUT', url: '/agent/vms/:id/cpus', params: VmParams, body: VcpuSettings }),
   memoryReport: route({ method: 'GET', url: '/agent/vms/:id/memory', params: VmParams }),
   prepareIncoming: route({ method: 'PUT', url: '/agent/vms/:id/incoming', params: VmParams, body: IncomingRequest }),
   activateIncoming: route({ method: 'POST', url: '/agent/vms/:id/incoming/activate', params: VmParams }),
@@ -368,6 +370,8 @@ export interface AgentClient {
   setNicBandwidth(id: string, nicId: string, bandwidth: NicBandwidthSpec, options?: CallOptions): Promise<VmStatus>;
   /** Sets the VM's current memory and reclaim (all of it: a target left out is the whole maximum), live through its balloon when it runs. */
   setMemory(id: string, settings: MemorySettings, options?: CallOptions): Promise<VmStatus>;
+  /** Sets the vCPUs present: hot-added while it runs (fewer refused then), at the next start when stopped. */
+  setCpus(id: string, settings: VcpuSettings, options?: CallOptions): Promise<VmStatus>;
   /** The VM's memory as its guest and host see it; undefined while its QEMU does not run. */
   memoryReport(id: string): Promise<VmMemoryReport | undefined>;
   prepareIncoming(id: string, request: Static<typeof IncomingRequest>, options?: CallOptions): Promise<VmStatus>;

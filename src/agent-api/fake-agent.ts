@@ -161,6 +161,10 @@ export class FakeAgent implements AgentClient {
     await this.#enter('setMemory', [id, settings]);
     return { ...this.#vm(id) };
   };
+  setCpus: AgentClient['setCpus'] = async (id, settings) => {
+    await this.#enter('setCpus', [id, settings]);
+    return { ...this.#vm(id) };
+  };
   memoryReport: AgentClient['memoryReport'] = async (id) => {
     await this.#enter('memoryReport', [id]);
     return undefined;

@@ -6,6 +6,7 @@
  */
 import { type Static, Type } from '@sinclair/typebox';
 import { VM_UID_FIRST, VM_UID_LAST } from './vm-user.ts';
+import { CpuTopology, MAX_VCPUS } from './cpu-topology.ts';
 
 /** The fixed vCPU model every host presents, so that a VM can later move to any host. */
 export const NUBIS_CPU_MODEL = 'qemu64';
@@ -197,7 +198,12 @@ export const VmSpec = Type.Object(
   {
     id: ID,
     name: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' }),
-    cpus: Type.Integer({ minimum: 1, maximum: 64 }),
+    /** The vCPUs present now (QEMU's -smp cpus=): at start, and raised by hot-adding while it runs. */
+    cpus: Type.Integer({ minimum: 1, maximum: MAX_VCPUS }),
+    /** The vCPUs it can ever have (-smp maxcpus=; absent: cpus), which placement and quotas count. */
+    maxCpus: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_VCPUS })),
+    /** How the maximum is laid out (absent: one socket of maxCpus cores); compute/cpu-topology.ts. */
+    cpuTopology: Type.Optional(CpuTopology),
     /** The guest's RAM as QEMU gives it (-m): the VM's maximum memory, which placement counts. */
     memoryMb: Type.Integer({ minimum: 64, maximum: 1048576 }),
     /** What the balloon leaves the guest (its current memory, host/vm-memory.ts); absent: all of memoryMb. */

@@ -12,6 +12,7 @@ import type { Db } from '../state/database.ts';
 import type { ImagesTable } from '../state/schema.ts';
 import { recordImageReferences } from './trusted-launch.ts';
 import { openImagesToVms } from '../core/data-folder.ts';
+import { VMS_GID } from '../compute/vm-user.ts';
 import { checkDisk, checkInitrd, checkKernel, copyImportSource, openImportSource, type ImportFileRole, type ImportSource } from './import-source.ts';
 
 export type ImageFiles = { kernelPath: string; initrdPath: string } | { path: string };
@@ -90,7 +91,7 @@ export class ImageCatalogue {
     for (const entry of await readdir(this.#imagesDir)) {
       if (entry.startsWith(STAGING_PREFIX)) await rm(join(this.#imagesDir, entry), { recursive: true, force: true });
     }
-    await openImagesToVms(this.#imagesDir);
+    await openImagesToVms(this.#imagesDir, VMS_GID);
   }
 
   /** Registers (or refreshes) a built-in kernel+initrd image such as `tiny`. */
@@ -217,7 +218,7 @@ export class ImageCatalogue {
         throw error;
       }
       renamed = true;
-      await openImagesToVms(this.#imagesDir);
+      await openImagesToVms(this.#imagesDir, VMS_GID);
       const files =
         checked.kind === 'disk' ? { path: join(finalDir, names[0]) } : { kernelPath: join(finalDir, names[0]), initrdPath: join(finalDir, names[1]) };
       const size = sources.reduce((sum, source) => sum + source.sizeBytes, 0);

@@ -12,6 +12,7 @@ import { platformSpecOf } from './trusted-launch.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
 import type { DiskPlan } from './vm-disk-plan.ts';
 import { memorySpecOf } from './vm-memory.ts';
+import { maxCpusOfRequest, vcpuSpecOf } from './vm-vcpus.ts';
 
 /** What a create resolved before anything is recorded. */
 export interface CreatePlan extends DiskPlan {
@@ -75,12 +76,12 @@ export function createSpecOf(
   return {
     id,
     name: request.name,
-    cpus: request.cpus,
+    ...vcpuSpecOf(request),
     ...memorySpecOf(request),
     boot,
     disks: plan.disks.map((d) => d.disk),
     nics: tapNics.length > 0 ? tapNics : [{ id: 'net0', mac: newMac(), mode: 'user', forwards: plan.forwards }],
-    cpuControls: cpuControlsAfter(undefined, request, request),
+    cpuControls: cpuControlsAfter(undefined, request, { name: request.name, cpus: maxCpusOfRequest(request) }),
     ...platformSpecOf(request, plan.trustedLaunch),
     unixUid: vm.unixUid,
   };

@@ -16,10 +16,13 @@ import { type CpuControlFields, changesCpuControls, cpuControlsAfter } from './v
 import { type DiskLimitFields, diskLimitChanges, withDiskLimits } from './vm-disk-limits.ts';
 import { type NicBandwidthFields, nicBandwidthChanges, withNicBandwidth } from './vm-nic-bandwidth.ts';
 import type { VmOwner } from './vm-owner.ts';
+import { setVmCpus } from './vm-vcpus.ts';
 import { changesMemory, type MemoryChange, readVmMemoryUsage, setVmMemory } from './vm-memory.ts';
 
 /** What `vm set` changes. */
 export interface VmChange extends CpuControlFields, MemoryChange {
+  /** The vCPUs present (vm-vcpus.ts). */
+  cpus?: number;
   diskLimits?: DiskLimitFields;
   nicBandwidth?: NicBandwidthFields;
   allowPostcopy?: boolean;
@@ -82,6 +85,7 @@ export class VmPolicies {
     // First, as the one thing here that can fail on the host: a refusal changes nothing.
     if (changesCpuControls(change) || change.diskLimits || change.nicBandwidth) await this.#tune(row, change);
     if (changesMemory(change)) await setVmMemory({ db: this.#db, hosts: this.#hosts, owner: this.#owner }, row, change);
+    if (change.cpus !== undefined) await setVmCpus({ db: this.#db, hosts: this.#hosts, owner: this.#owner }, row, change.cpus);
     const haGroupId = change.haGroup === undefined ? undefined : change.haGroup === '' ? null : (await this.#placement.haGroups.row(change.haGroup)).id;
     let groupId: string | null | undefined;
     if (change.group !== undefined) {

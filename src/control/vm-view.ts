@@ -17,6 +17,7 @@ import { cpuControlFields } from './vm-cpu-controls.ts';
 import { diskLimitFields } from './vm-disk-limits.ts';
 import { nicBandwidthFields } from './vm-nic-bandwidth.ts';
 import { memoryFields } from './vm-memory.ts';
+import { vcpuFieldsOf } from './vm-vcpus.ts';
 
 /** What the VMs of a page refer to, read with one query per table. */
 interface Related {
@@ -106,7 +107,7 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     project: related.projects.get(row.project_id) ?? row.project_id,
     host: host?.name ?? row.host_id,
     image: related.images.get(row.image_id) ?? row.image_id,
-    cpus: row.cpus,
+    ...vcpuFieldsOf(spec),
     ...memoryFields(spec),
     state: row.actual_state,
     desiredState: row.desired_state,

@@ -30,6 +30,7 @@ import { type AllocatedNic, type CreatePlan, createSpecOf } from './vm-create-sp
 import { VmUidCounter } from './vm-uids.ts';
 import { cpuControlsAfter } from './vm-cpu-controls.ts';
 import { maxMemoryOf, memorySpecOf } from './vm-memory.ts';
+import { maxCpusOfRequest, vcpuSpecOf } from './vm-vcpus.ts';
 import { trustedLaunchFor } from './trusted-launch.ts';
 import { checkPortsFree } from './published-ports.ts';
 import { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage, vmCounts, vmPage, vmView } from './vm-view.ts';
@@ -235,7 +236,7 @@ export class VmService {
   #placementNeeds(request: VmCreateRequest, plan: CreatePlan): PlacementNeeds {
     return {
       projectId: plan.projectId,
-      cpus: request.cpus,
+      cpus: maxCpusOfRequest(request),
       memoryMb: maxMemoryOf(request),
       ...(plan.pinnedHost ? { onlyHost: plan.pinnedHost } : {}),
       placementGroupId: plan.placementGroupId,
@@ -248,7 +249,8 @@ export class VmService {
   async #resolveCreate(request: VmCreateRequest): Promise<CreatePlan> {
     const projectId = await this.projectId(request.project);
     const image = await this.#images.row(request.image);
-    cpuControlsAfter(undefined, request, request); // refused before anything is placed or allocated
+    vcpuSpecOf(request); // refused before anything is placed or allocated
+    cpuControlsAfter(undefined, request, { name: request.name, cpus: maxCpusOfRequest(request) }); // likewise
     memorySpecOf(request); // likewise
     if (await this.#db.selectFrom('vms').select('id').where('project_id', '=', projectId).where('name', '=', request.name).executeTakeFirst()) {
       throw new NubisError(
@@ -278,7 +280,7 @@ export class VmService {
     const project = { id: projectId, name: request.project ?? 'default' };
     const diskPlan = await planDisks(request, project, { storage: this.#storage, hosts: this.#hosts });
     // Refused early with nothing allocated; the check that counts is in the transaction that records the VM.
-    await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: request.cpus, memoryMb: maxMemoryOf(request) });
+    await enforceQuota(this.#db, projectId, project.name, { vms: 1, cpus: maxCpusOfRequest(request), memoryMb: maxMemoryOf(request) });
     const placementGroupId = request.group ? (await this.#placement.groups.row(request.group, project)).id : null;
     const haGroupId = request.haGroup ? (await this.#placement.haGroups.row(request.haGroup)).id : null;
     const trustedLaunch = await trustedLaunchFor(this.#db, projectId, image.id, request.firmware);
@@ -313,7 +315,7 @@ export class VmService {
     const { id, request, plan, host, spec } = c;
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
-    await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: request.cpus, memoryMb: maxMemoryOf(request) });
+    await enforceQuota(trx, plan.projectId, request.project ?? 'default', { vms: 1, cpus: maxCpusOfRequest(request), memoryMb: maxMemoryOf(request) });
     await trx
       .insertInto('vms')
       .values({
@@ -322,7 +324,7 @@ export class VmService {
         name: request.name,
         host_id: host.id,
         image_id: plan.image.id,
-        cpus: request.cpus,
+        cpus: maxCpusOfRequest(request),
         memory_mb: maxMemoryOf(request),
         desired_state: 'running',
         actual_state: 'pending',

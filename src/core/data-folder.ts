@@ -17,7 +17,6 @@
  */
 import { chmod, chown, lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { VMS_GID } from '../compute/vm-user.ts';
 
 /** Folders of the data folder that others may pass through. */
 const PASSABLE = new Set(['hosts', 'storage']);
@@ -74,17 +73,17 @@ export async function closeHostFolder(hostDir: string): Promise<void> {
 }
 
 /**
- * Lets the VMs' group read the image store (`<data>/images`, folders 0750 and files 0640): a
+ * Lets the VMs' group (`vmsGid`, compute/vm-user.ts VMS_GID) read the image store (`<data>/images`, folders 0750 and files 0640): a
  * VM's root disk is an overlay whose backing file QEMU, running as the VM's user, opens there.
  * Other users of the host still cannot. Run at start and after every import; needs root (a
  * control plane of another user leaves the store its own: its VMs run as that user anyway).
  */
-export async function openImagesToVms(imagesDir: string): Promise<void> {
+export async function openImagesToVms(imagesDir: string, vmsGid: number): Promise<void> {
   if (process.getuid?.() !== 0) return;
   const walk = async (path: string, depth: number): Promise<void> => {
     const info = await lstat(path);
     if (info.isSymbolicLink()) return;
-    await chown(path, info.uid, VMS_GID);
+    await chown(path, info.uid, vmsGid);
     // Explicit modes: the daemons run with umask 077, so what they made is 0700/0600.
     await chmod(path, info.isDirectory() ? 0o750 : 0o640);
     if (info.isDirectory() && depth > 0) for (const entry of await readdir(path)) await walk(join(path, entry), depth - 1);

@@ -26,6 +26,8 @@ export const ERROR_STATUS = {
   QEMU_INVALID_OPTION: 400,
   // A current memory above the VM's maximum or below its floor (compute/memory-spec.ts).
   VM_MEMORY_OUT_OF_RANGE: 400,
+  // vCPUs outside 1-64, above the VM's maximum, or a layout whose product is not the maximum (compute/cpu-topology.ts).
+  VM_CPUS_INVALID: 400,
   NET_INVALID_ADDRESS: 400,
   NET_INVALID_CIDR: 400,
   NET_INVALID_COMMAND: 400,
@@ -124,6 +126,8 @@ export const ERROR_STATUS = {
   VM_CONSOLE_BUSY: 409,
   VM_DISK_EXISTS: 409,
   VM_NO_HOTPLUG_SLOT: 409,
+  // Fewer vCPUs asked of a running VM: set it while the VM is stopped (host/vm-vcpus.ts says why).
+  VM_CPUS_LIVE_DECREASE: 409,
   TRUSTED_LAUNCH_MISMATCH: 409,
   IMAGE_NAME_TAKEN: 409,
   PROJECT_NAME_TAKEN: 409,

@@ -134,6 +134,7 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
     supervisor.setNicBandwidth(params.id, params.nic, bandwidth, (spec) => options.networks.applyBandwidth(spec, params.nic)),
   );
   on('setMemory', (params, settings) => supervisor.setMemory(params.id, settings));
+  on('setCpus', (params, settings) => supervisor.setCpus(params.id, settings));
   on('memoryReport', async (params) => ({ report: await supervisor.memoryReport(params.id) }));
   on('setFirewall', async (params, firewalls) => {
     await options.networks.applyFirewalls(supervisor.spec(params.id), firewalls);

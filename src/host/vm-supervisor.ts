@@ -19,6 +19,8 @@ import type { VmCgroups } from './cgroups.ts';
 import type { MemorySettings, VmMemoryReport } from '../compute/memory-spec.ts';
 import { applyBalloon, memoryAfter, readMemoryReport } from './vm-memory.ts';
 import { limitsAnything, specWithDiskLimits } from '../compute/qemu/disk-throttle.ts';
+import type { VcpuSettings } from '../compute/cpu-topology.ts';
+import { applyVcpus, vcpuChange } from './vm-vcpus.ts';
 
 export interface VmSupervisorOptions {
   /** Folder holding one sub-folder per VM. */
@@ -200,6 +202,12 @@ export class VmSupervisor {
       await applyBalloon(qemu.qmp, { ...vm.spec(), ...change });
       this.reclaimTargets.delete(id);
     });
+  }
+
+  /** Sets the vCPUs present: hot-added while the VM runs (fewer refused then), from the next start when stopped. */
+  setCpus(id: string, settings: VcpuSettings): Promise<VmStatus> {
+    const vm = this.#vm(id);
+    return vm.tune('changing its vCPUs', vcpuChange(vm.spec(), settings), (qemu) => applyVcpus(qemu.qmp, vm.name, settings.cpus));
   }
 
   /** The VM's memory as its guest and host see it; undefined while its QEMU does not run. */

@@ -191,6 +191,9 @@ function initramfsEntries(parts: InitramfsParts): CpioEntry[] {
     { type: 'file', path: 'etc/resolv.conf', data: '' },
     { type: 'file', path: 'etc/nubis/udhcpc.sh', data: source('udhcpc.sh'), mode: 0o755 },
     { type: 'file', path: 'etc/nubis/shutdown.sh', data: source('shutdown.sh'), mode: 0o755 },
+    // mdev brings hot-added vCPUs online (README-guest.md "vCPUs added while it runs").
+    { type: 'file', path: 'etc/mdev.conf', data: source('mdev.conf') },
+    { type: 'file', path: 'etc/nubis/cpu-online.sh', data: source('cpu-online.sh'), mode: 0o755 },
     { type: 'file', path: 'etc/nubis/modules', data: parts.modules.map((module) => `${module.name}\n`).join('') },
     // busybox acpid runs /etc/acpi/<action> for a mapped event; the power button is PWRF/00000080.
     { type: 'file', path: 'etc/acpi/PWRF/00000080', data: source('power-button.sh'), mode: 0o755 },
@@ -213,7 +216,7 @@ function initramfsEntries(parts: InitramfsParts): CpioEntry[] {
 function readSources(): Map<string, Buffer> {
   const sources = new Map<string, Buffer>();
   for (const name of readdirSync(SOURCE_DIR).sort()) sources.set(name, readFileSync(join(SOURCE_DIR, name)));
-  for (const required of ['init.sh', 'inittab', 'profile', 'udhcpc.sh', 'shutdown.sh', 'power-button.sh', 'nubis-tool.c']) {
+  for (const required of ['init.sh', 'inittab', 'profile', 'udhcpc.sh', 'shutdown.sh', 'power-button.sh', 'mdev.conf', 'cpu-online.sh', 'nubis-tool.c']) {
     if (!sources.has(required)) throw new NubisError('IMAGE_BUILD_FAILED', `Guest source ${join(SOURCE_DIR, required)} is missing`);
   }
   return sources;

@@ -201,7 +201,7 @@ export class ControlPlaneMetrics {
     this.#gauge('nubis_vms', 'VMs by project and state (as their hosts last reported it)', ['project', 'state'], (s, set) => {
       for (const row of s.vmCounts ?? []) set({ project: row.project, state: row.state }, row.count);
     });
-    this.#gauge('nubis_vm_cpus', "A VM's configured vCPUs", ['project', 'vm'], (s, set) => {
+    this.#gauge('nubis_vm_cpus', "A VM's maximum vCPUs (what placement and quotas count)", ['project', 'vm'], (s, set) => {
       for (const vm of s.vms ?? []) set({ project: vm.project, vm: vm.name }, vm.cpus);
     });
     this.#gauge('nubis_vm_memory_bytes', "A VM's configured memory", ['project', 'vm'], (s, set) => {

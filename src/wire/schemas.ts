@@ -9,6 +9,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS } from './label-format.ts';
 import { DEVICE_REF_MAX_LENGTH, DEVICE_REF_PATTERN, DEVICE_REF_RULE } from '../storage/pool/device-ref.ts';
 import { CPU_LIST_PATTERN, DiskLimits, NicBandwidthSpec } from '../compute/vm-spec.ts';
+import { CpuTopology, MAX_VCPUS } from '../compute/cpu-topology.ts';
 import { VmMemoryReport } from '../compute/memory-spec.ts';
 import { VmPlatformFields } from './trusted-launch-schemas.ts';
 
@@ -225,6 +226,26 @@ export const VmMemoryFields = {
   memoryReclaim: Type.Optional(Type.Boolean({ description: 'Its host may balloon it below memoryMb while the host is short of memory, and gives it back' })),
 };
 
+/** A VM's vCPUs beside `cpus` (present now) as create sets them (compute/cpu-topology.ts, control/vm-vcpus.ts). */
+export const VmVcpuFields = {
+  maxCpus: Type.Optional(
+    Int32(1, MAX_VCPUS, { description: 'The most vCPUs it can have (default: cpus): vm set can hot-add up to it; placement and quotas count it' }),
+  ),
+  cpuTopology: Type.Optional({
+    ...CpuTopology,
+    description: 'How maxCpus are laid out for the guest; sockets x cores x threads must be maxCpus (default: one socket of maxCpus cores, one thread each)',
+  }),
+};
+
+/** The vCPU field of an update. */
+export const VmVcpuUpdate = {
+  cpus: Type.Optional(
+    Int32(1, MAX_VCPUS, {
+      description: 'vCPUs present, up to its maxCpus: hot-added while it runs (fewer only while it is stopped, from its next start)',
+    }),
+  ),
+};
+
 /** The memory fields of an update. */
 export const VmMemoryUpdate = {
   memoryMb: Type.Optional(Int32(64, 1048576, { description: 'Its current memory in MiB, within its maximum: live through its balloon while it runs' })),
@@ -253,7 +274,7 @@ export const VmCreateRequest = Type.Object(
   {
     name: ResourceName,
     image: ResourceName,
-    cpus: Int32(1, 64, { default: 1, description: 'Virtual CPUs' }),
+    cpus: Int32(1, MAX_VCPUS, { default: 1, description: 'Virtual CPUs present at its start (within maxCpus)' }),
     memoryMb: Int32(64, 1048576, { default: 256, description: 'Guest memory in MiB (its current memory, within maxMemoryMb)' }),
     host: Type.Optional(ResourceName),
     project: Type.Optional(ResourceName),
@@ -276,6 +297,7 @@ export const VmCreateRequest = Type.Object(
     ),
     ...VmPolicies,
     ...VmCpuControls,
+    ...VmVcpuFields,
     ...VmMemoryFields,
     ...VmPlatformFields,
   },
@@ -307,7 +329,9 @@ export const Vm = Type.Object(
     project: ResourceName,
     host: Text(63),
     image: ResourceName,
-    cpus: Count(),
+    cpus: Count({ description: 'vCPUs present now' }),
+    maxCpus: Count({ description: 'The most vCPUs it can have; placement and quotas count it' }),
+    cpuTopology: { ...CpuTopology, description: 'How maxCpus are laid out for the guest (sockets x cores x threads)' },
     memoryMb: Count(),
     state: VmState,
     desiredState: Text(16),

@@ -23,6 +23,7 @@ import {
   VmDiskLimitsUpdate,
   VmNicBandwidthUpdate,
   VmMemoryUpdate,
+  VmVcpuUpdate,
   VmRef,
   VmStopRequest,
   VolumePath,
@@ -167,7 +168,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
       schema: {
         operationId: 'updateVm',
         tags: ['vms'],
-        summary: "Change a VM's policies, CPU controls, memory, disk IO limits and NIC bandwidth (these at once on its host, also while it runs)",
+        summary: "Change a VM's policies, vCPUs, CPU controls, memory, disk IO limits and NIC bandwidth (these at once on its host, also while it runs)",
         params: VmRef,
         querystring: ProjectQuery,
         body: Type.Object(
@@ -181,6 +182,7 @@ function registerLifecycleRoutes(app: RouteApp, services: VmRouteServices): void
             diskLimits: Type.Optional(VmDiskLimitsUpdate),
             nicBandwidth: Type.Optional(VmNicBandwidthUpdate),
             ...VmMemoryUpdate,
+            ...VmVcpuUpdate,
           },
           { additionalProperties: false },
         ),

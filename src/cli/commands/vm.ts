@@ -3,6 +3,7 @@ import { addCpuControlOptions, type CpuControlOptions, cpuControlsOf, describeCp
 import { addDiskLimitOptions, describeDiskLimits, diskLimitsOf, givesDiskLimits } from './vm-disk-limit-options.ts';
 import { addNicBandwidthOptions, describeNicBandwidth, nicBandwidthOf } from './vm-nic-bandwidth-options.ts';
 import { addMemoryOptions, describeMemory, type MemoryOptions, memoryOf } from './vm-memory-options.ts';
+import { addVcpuOptions, describeVcpus, type VcpuOptions, vcpuLayoutOf } from './vm-vcpu-options.ts';
 import { addAttestCommand, addPlatformOptions, describePlatform, type PlatformOptions, platformOf } from './vm-trusted-launch.ts';
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
@@ -29,7 +30,7 @@ interface VmPolicyOptions extends CpuControlOptions, MemoryOptions {
   bootDelay?: number;
 }
 
-interface VmCreateOptions extends VmPolicyOptions, PlatformOptions {
+interface VmCreateOptions extends VmPolicyOptions, PlatformOptions, VcpuOptions {
   image: string;
   cpus: number;
   memory: number;
@@ -97,7 +98,7 @@ function addCreate(vm: Command): void {
     .command('create <name>')
     .description('Create and boot a VM')
     .requiredOption('--image <image>', 'image to boot (nubis image list)')
-    .option('--cpus <n>', 'virtual CPUs', parseInteger('--cpus'), 1)
+    .option('--cpus <n>', 'virtual CPUs present at its start (up to --max-cpus)', parseInteger('--cpus'), 1)
     .option('--memory <mib>', 'memory in MiB', parseInteger('--memory'), 256)
     .option('--host <host>', 'pin the VM to this host')
     .option('--publish <host:guest>', 'forward a host port to a guest port (repeatable)', parsePublish)
@@ -116,7 +117,7 @@ function addCreate(vm: Command): void {
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (default auto; manual: only runs a person starts)', balancePolicy)
     .option('--no-wait', 'return once QEMU runs, without waiting for the guest to be ready')
     .option('--no-postcopy', 'live migration must not use post-copy (it throttles the guest instead)');
-  addPlatformOptions(addMemoryOptions(addCpuControlOptions(create, false), false)).action(createVm);
+  addPlatformOptions(addMemoryOptions(addCpuControlOptions(addVcpuOptions(create, false), false), false)).action(createVm);
 }
 
 async function createVm(name: string, options: VmCreateOptions, command: Command): Promise<void> {
@@ -128,6 +129,7 @@ async function createVm(name: string, options: VmCreateOptions, command: Command
     name,
     image: options.image,
     cpus: options.cpus,
+    ...vcpuLayoutOf(options),
     memoryMb: options.memory,
     waitReady: options.wait,
     ...(options.host ? { host: options.host } : {}),
@@ -243,7 +245,7 @@ function printVms(vms: Vm[]): void {
       vm.state === 'running' && !vm.ready ? 'running (booting)' : vm.state,
       vm.host,
       vm.accelerator,
-      vm.cpus,
+      vm.cpus === vm.maxCpus ? vm.cpus : `${vm.cpus}/${vm.maxCpus}`,
       `${vm.memoryMb} MiB`,
       formatDuration(vm.uptimeSeconds),
       vm.guestIps.join(',') || undefined,
@@ -271,7 +273,7 @@ function printVm(vm: Vm): void {
     ['Guest ready', vm.ready ? `yes (${vm.readyAt})` : 'no'],
     ['Host', vm.host],
     ['Accelerator', vm.accelerator],
-    ['vCPUs', vm.cpus],
+    ['vCPUs', describeVcpus(vm)],
     ...describeMemory(vm),
     ['Image', vm.image],
     ['PID', vm.pid],
@@ -364,14 +366,15 @@ function addDeleteAttachDetachSet(vm: Command): void {
     .option('--boot-order <n>', 'lower starts first at autostart', parseInteger('--boot-order'))
     .option('--boot-delay <seconds>', 'wait this long before the next VM starts at autostart', parseInteger('--boot-delay'))
     .option('--balance <auto|manual|never>', 'which balancing runs may move it (manual: only runs a person starts)', balancePolicy);
-  addNicBandwidthOptions(addDiskLimitOptions(addMemoryOptions(addCpuControlOptions(set, true), true))).action(
-    async (name: string, options: { postcopy?: string; group?: string } & VmPolicyOptions, command: Command) => {
+  addNicBandwidthOptions(addDiskLimitOptions(addMemoryOptions(addCpuControlOptions(addVcpuOptions(set, true), true), true))).action(
+    async (name: string, options: { postcopy?: string; group?: string; cpus?: number } & VmPolicyOptions, command: Command) => {
       if (options.postcopy !== undefined && options.postcopy !== 'allow' && options.postcopy !== 'deny')
         throw new NubisError('VALIDATION_FAILED', `--postcopy takes allow or deny, not ${options.postcopy}`);
       const vmPath = `/v1/vms/${encodeURIComponent(name)}${projectQuery(command)}`;
       const body = {
         ...(options.postcopy === undefined ? {} : { allowPostcopy: options.postcopy === 'allow' }),
         ...(options.group === undefined ? {} : { group: options.group }),
+        ...(options.cpus === undefined ? {} : { cpus: options.cpus }),
         ...policiesOf(options),
         // A disk's limits go whole: what the options leave alone stays as the VM has it now.
         ...(givesDiskLimits(options) ? { diskLimits: diskLimitsOf(options, await client(command).request<Vm>('GET', vmPath)) } : {}),
@@ -380,12 +383,12 @@ function addDeleteAttachDetachSet(vm: Command): void {
       if (Object.keys(body).length === 0)
         throw new NubisError(
           'VALIDATION_FAILED',
-          'Give something to change, e.g. --postcopy deny, --group web, --ha on, --cpu-limit 50%, --memory 512 or --disk-iops vdb=500',
+          'Give something to change, e.g. --postcopy deny, --group web, --ha on, --cpus 4, --cpu-limit 50%, --memory 512 or --disk-iops vdb=500',
         );
       const changed = await client(command).request<Vm>('PATCH', vmPath, body);
       if (globals(command).json) return printJson(changed);
       console.log(
-        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, CPU controls ${describeCpuControls(changed) ?? 'none'}, memory ${changed.memoryMb} of ${changed.maxMemoryMb} MiB, disk limits ${describeDiskLimits(changed) ?? 'none'}, NIC bandwidth ${describeNicBandwidth(changed) ?? 'none'}`,
+        `${changed.name}: post-copy ${changed.allowPostcopy ? 'allowed' : 'denied'}${options.group !== undefined ? `, group ${options.group || 'none'}` : ''}, vCPUs ${describeVcpus(changed)}, CPU controls ${describeCpuControls(changed) ?? 'none'}, memory ${changed.memoryMb} of ${changed.maxMemoryMb} MiB, disk limits ${describeDiskLimits(changed) ?? 'none'}, NIC bandwidth ${describeNicBandwidth(changed) ?? 'none'}`,
       );
     },
   );

@@ -34,8 +34,29 @@ describe('buildQemuArgs', () => {
     const args = buildQemuArgs(spec, paths, { accelerator: 'tcg' });
     assert.deepEqual(valuesOf(args, '-machine'), ['pc-q35-7.2,accel=tcg']);
     assert.deepEqual(valuesOf(args, '-cpu'), ['qemu64']);
+    // A spec without a maximum or layout (as every VM before them had), or with the default one,
+    // keeps the short form QEMU reads as one socket of its vCPUs: its measured command line stays.
     assert.deepEqual(valuesOf(args, '-smp'), ['2']);
+    const explicit = buildQemuArgs({ ...spec, maxCpus: 2, cpuTopology: { sockets: 1, cores: 2, threads: 1 } }, paths, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(explicit, '-smp'), ['2']);
     assert.deepEqual(valuesOf(args, '-m'), ['256M']);
+  });
+
+  it('starts the vCPUs present of a maximum laid out in sockets, cores and threads', () => {
+    const args = buildQemuArgs({ ...spec, cpus: 3, maxCpus: 8, cpuTopology: { sockets: 2, cores: 2, threads: 2 } }, paths, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(args, '-smp'), ['cpus=3,maxcpus=8,sockets=2,cores=2,threads=2']);
+  });
+
+  it('refuses, where the command is built, a vCPU layout QEMU would refuse or read otherwise', () => {
+    const bad: Array<Partial<VmSpec>> = [
+      { cpus: 5, maxCpus: 4 },
+      { cpus: 1, maxCpus: 4, cpuTopology: { sockets: 2, cores: 2, threads: 2 } },
+      { cpus: 65 },
+      { cpus: 0 },
+      { cpus: 1.5 },
+      { cpus: 1, maxCpus: 4, cpuTopology: { sockets: 4, cores: 1, threads: '1,maxcpus=9' as unknown as number } },
+    ];
+    for (const vcpus of bad) assert.throws(() => buildQemuArgs({ ...spec, ...vcpus }, paths, { accelerator: 'tcg' }), { code: 'VM_CPUS_INVALID' });
   });
 
   it('sandboxes QEMU and exposes QMP, a logged serial console and VNC on unix sockets', () => {

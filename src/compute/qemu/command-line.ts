@@ -4,6 +4,7 @@
  */
 import { NubisError } from '../../core/errors.ts';
 import { type LaunchPlatform, platformArgs } from './platform-args.ts';
+import { smpOption } from './vcpus.ts';
 import { NUBIS_CPU_MODEL, NUBIS_MACHINE_TYPE, type Accelerator, type DiskSpec, type VmSpec } from '../vm-spec.ts';
 
 /** Where a VM's control files live (all in the VM's folder on its host). */
@@ -76,7 +77,7 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     '-cpu',
     NUBIS_CPU_MODEL,
     '-smp',
-    String(spec.cpus),
+    smpOption(spec),
     '-m',
     `${spec.memoryMb}M`,
     '-nodefaults',

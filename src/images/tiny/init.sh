@@ -22,6 +22,8 @@
 #   Bad parameters answer 400 {"ok":false,"error":"..."}.
 # Shell: nubis-tool dirty R W | disk-write DEV N S | disk-verify DEV N S (exit 0 only if intact).
 # ACPI power button (QEMU system_powerdown) powers off cleanly; "reboot" reboots.
+# vCPUs hot-added by the host (QMP device_add) come online at once: mdev, as a netlink daemon,
+#   runs /etc/nubis/cpu-online.sh for each (as udev's usual rule does on a distribution).
 # After readiness a root shell respawns on the console (ttyS0, the last console= named) and
 # another on the screen (tty1, shown by the VGA display).
 
@@ -38,6 +40,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm /run/nubis /tmp /var/log
 mount -t devpts devpts /dev/pts
+
+# A vCPU the host hot-adds arrives offline: mdev (etc/mdev.conf) onlines each as the kernel
+# announces it, and any added before mdev listened is onlined here.
+mdev -d
+for online in /sys/devices/system/cpu/cpu*/online; do
+	[ "$(cat "$online")" = 0 ] && echo 1 > "$online"
+done
 
 name=tiny
 net=
