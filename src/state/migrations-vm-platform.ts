@@ -5,6 +5,7 @@
  */
 import { type Kysely, type Migration, sql } from 'kysely';
 import { VM_UID_FIRST } from '../compute/vm-user.ts';
+import { createHostsPlacementTrigger } from './placement-trigger.ts';
 
 export const vmPlatformMigrations: Record<string, Migration> = {
   '0019-trusted-launch': {
@@ -38,8 +39,8 @@ export const vmPlatformMigrations: Record<string, Migration> = {
   },
   '0021-host-isolation': {
     async up(db: Kysely<unknown>): Promise<void> {
-      // Not a placement input, so the placement trigger of 0018 need not watch it.
       await db.schema.alterTable('hosts').addColumn('isolation', 'text').execute();
+      await createHostsPlacementTrigger(db, '0021-host-isolation');
     },
   },
 };

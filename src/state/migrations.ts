@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import { vmPlatformMigrations } from './migrations-vm-platform.ts';
+import { changedAny, createHostsPlacementTrigger, PLACEMENT_BUMP } from './placement-trigger.ts';
 
 const migrations: Record<string, Migration> = {
   '0001-initial': {
@@ -584,7 +585,7 @@ const migrations: Record<string, Migration> = {
       await sql`CREATE INDEX operations_by_created ON operations (created_at)`.execute(db);
       await sql`CREATE TABLE placement_state (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)`.execute(db);
       await sql`INSERT INTO placement_state (id, version) VALUES (1, 0)`.execute(db);
-      const bump = 'UPDATE placement_state SET version = version + 1 WHERE id = 1';
+      const bump = PLACEMENT_BUMP;
       for (const [name, event] of [
         ['vms_inserted', 'AFTER INSERT ON vms'],
         ['vms_deleted', 'AFTER DELETE ON vms'],
@@ -595,20 +596,10 @@ const migrations: Record<string, Migration> = {
       await sql
         .raw(`CREATE TRIGGER placement_vms_moved AFTER UPDATE ON vms WHEN ${changedAny(['host_id', 'cpus', 'memory_mb'])} BEGIN ${bump}; END`)
         .execute(db);
-      // Every column of `hosts` but `last_seen_at`, which heartbeats rewrite and placement reads
-      // from memory. A later migration that adds a column to `hosts` recreates this trigger (a
-      // test compares it with the table).
-      const hostColumns = ['id', 'name', 'endpoint', 'agent_token_sha256', 'accelerator', 'accelerator_reason', 'cpus', 'memory_mb', 'maintenance'];
-      hostColumns.push('joined_at', 'underlay_ip', 'qemu_version', 'labels', 'cpu_overcommit', 'memory_overcommit', 'fenced_at', 'lost_at', 'storage_fenced');
-      await sql.raw(`CREATE TRIGGER placement_hosts_changed AFTER UPDATE ON hosts WHEN ${changedAny(hostColumns)} BEGIN ${bump}; END`).execute(db);
+      await createHostsPlacementTrigger(db, '0018-scale');
     },
   },
 };
-
-/** A trigger's WHEN: any of `columns` differs between the old and the new row (NULL-safe). */
-function changedAny(columns: readonly string[]): string {
-  return columns.map((column) => `old.${column} IS NOT new.${column}`).join(' OR ');
-}
 
 /** Hands Kysely's Migrator the migrations defined in this file. */
 export const inlineMigrations: MigrationProvider = {
