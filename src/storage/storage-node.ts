@@ -10,7 +10,7 @@
  * socket are root's alone; only the hosts folder is passable, on the way to each VM's socket.
  */
 import { chmod, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
@@ -102,8 +102,9 @@ export async function startStorageNode(
   await chmod(options.manageSocket, 0o600);
   await chmod(options.nbdSocket, 0o600);
   await closeToOthers(options.poolsDir);
-  // The usual layout (`<data>/storage` with `hosts` in it): passable on the way to VM sockets only.
-  if (hostsDir === join(storageDir, 'hosts')) await closeStorageFolder(storageDir);
+  // The data folder's layout (`<data>/storage` with `hosts` in it): passable on the way to VM
+  // sockets only. A node started elsewhere (a test's folder) leaves its folder's other files be.
+  if (basename(storageDir) === 'storage' && hostsDir === join(storageDir, 'hosts')) await closeStorageFolder(storageDir);
   return {
     service,
     hosts,
