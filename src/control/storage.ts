@@ -6,9 +6,10 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
 import { requestJson, type JsonRequest } from '../core/http-json.ts';
-import { checkHostName, hostNbdSocketIn } from '../core/paths.ts';
-import type { StorageHostState } from '../storage/host-fencing.ts';
+import { checkHostName, hostNbdSocketIn, vmNbdSocketIn } from '../core/paths.ts';
+import type { StorageHostState, StorageVmSocketState } from '../storage/host-fencing.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
+import { vmUserOf } from '../compute/vm-user.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolCatalogue } from './dir-pools.ts';
 import type { OperationContext } from './operations.ts';
@@ -19,11 +20,14 @@ export interface StorageEndpoints {
   manage: string;
   /** The shared NBD socket (VMs recorded before per-host sockets, tools): it cannot be fenced. */
   nbdSocket: string;
-  /** The storage node's folder of per-host NBD sockets, e.g. `/var/lib/nubis/storage/hosts`. */
+  /** The storage node's folder of per-host and per-VM NBD sockets, e.g. `/var/lib/nubis/storage/hosts`. */
   hostsDir: string;
 }
 
-export type { StorageHostState };
+export type { StorageHostState, StorageVmSocketState };
+
+/** What binding a VM's disks needs of its spec: its id and uid (the socket's owner) and its disks. */
+type BindableSpec = { id: string; unixUid?: number; disks: DiskSpec[] };
 
 /** A long action on the storage node, as its API reports it. */
 export interface StorageJob {
@@ -41,8 +45,6 @@ export class StorageCatalogue {
   readonly dirPools: DirPoolCatalogue;
   /** Which project each volume belongs to. */
   readonly owners: VolumeOwners;
-  /** Hosts registered at the storage node by this control plane (registering is idempotent). */
-  readonly #registered = new Set<string>();
 
   constructor(db: Db, endpoints: StorageEndpoints, dirPools: DirPoolCatalogue) {
     this.#db = db;
@@ -64,26 +66,57 @@ export class StorageCatalogue {
   }
 
   /**
-   * The NBD socket the QEMU processes of host `hostName` attach volumes through (served once the
-   * host is registered with `registerHost`). `STORAGE_HOST_NAME_INVALID` for a name that cannot
-   * be a folder name.
+   * `spec` as host `hostName` runs it: its storage-node disks reach the node through the VM's own
+   * socket there (`<hostsDir>/<host>/vm-<uid>.sock`, its QEMU's uid's alone), which the storage
+   * node serves with exactly these disks' exports once this resolves (created, or its list
+   * replaced: an export no longer named is cut). The socket belongs to the host, so fencing the
+   * host cuts exactly its I/O. A spec without storage-node disks is returned as it is (use
+   * `releaseVmSocket` when its last one went).
    */
-  /**
-   * `spec` as host `hostName` runs it: its storage-node disks reach the node through that host's
-   * own socket (registered there first), so that fencing the host cuts exactly its I/O.
-   */
-  async bindDisksToHost<T extends { disks: DiskSpec[] }>(spec: T, hostName: string): Promise<T> {
-    if (!spec.disks.some((disk) => disk.kind === 'nbd')) return spec;
-    if (!this.#registered.has(hostName)) {
-      await this.registerHost(hostName);
-      this.#registered.add(hostName);
-    }
-    const socketPath = this.nbdSocketFor(hostName);
+  async bindDisksToHost<T extends BindableSpec>(spec: T, hostName: string): Promise<T> {
+    const exports = nbdExportsOf(spec);
+    if (exports.length === 0) return spec;
+    const { uid } = vmUserOf(spec);
+    const socketPath = this.vmSocketFor(hostName, uid);
+    await this.call<StorageVmSocketState>({ method: 'PUT', path: `/storage/hosts/${checkHostName(hostName)}/vms/${uid}`, body: { exports } });
     return { ...spec, disks: spec.disks.map((disk) => (disk.kind === 'nbd' ? { ...disk, socketPath } : disk)) };
   }
 
+  /**
+   * Lets the storage node close the VM's socket on `hostName` (its connections cut, its file
+   * removed): the VM was deleted, left the host, or has no storage-node disk any more. `spec` is
+   * the VM's spec while it had its disks: nothing is asked of the node when it names no
+   * storage-node disk (the VM never had a socket). Releasing twice is fine.
+   */
+  async releaseVmSocket(spec: BindableSpec, hostName: string): Promise<void> {
+    if (nbdExportsOf(spec).length === 0) return;
+    await this.call({ method: 'DELETE', path: `/storage/hosts/${checkHostName(hostName)}/vms/${vmUserOf(spec).uid}` });
+  }
+
+  /**
+   * After a change of a VM's disks on `hostName` (from `previous` to `spec`): its socket serves
+   * exactly `spec`'s storage-node exports, or is released when `spec` names none. `spec` as
+   * bound (see `bindDisksToHost`).
+   */
+  async syncVmSocket<T extends BindableSpec>(spec: T, hostName: string, previous: BindableSpec): Promise<T> {
+    if (nbdExportsOf(spec).length > 0) return this.bindDisksToHost(spec, hostName);
+    await this.releaseVmSocket(previous, hostName);
+    return spec;
+  }
+
+  /** The shared NBD socket of host `hostName` (every export, root only; tools and older VM records). */
   nbdSocketFor(hostName: string): string {
     return hostNbdSocketIn(this.endpoints.hostsDir, hostName);
+  }
+
+  /** The NBD socket of the VM running as `uid` on host `hostName`. */
+  vmSocketFor(hostName: string, uid: number): string {
+    return vmNbdSocketIn(this.endpoints.hostsDir, hostName, uid);
+  }
+
+  /** The VM sockets the storage node serves on host `hostName`. */
+  async vmSockets(hostName: string): Promise<StorageVmSocketState[]> {
+    return this.call<StorageVmSocketState[]>({ method: 'GET', path: `/storage/hosts/${checkHostName(hostName)}/vms` });
   }
 
   /** Registers a host at the storage node, which then serves its own NBD socket; idempotent. */
@@ -207,4 +240,9 @@ export class StorageCatalogue {
     if (deviceIndex !== undefined) query = query.where('device_index', '=', deviceIndex);
     await query.execute();
   }
+}
+
+/** The storage-node exports a spec's disks name, each once. */
+function nbdExportsOf(spec: { disks: DiskSpec[] }): string[] {
+  return [...new Set(spec.disks.flatMap((disk) => (disk.kind === 'nbd' ? [disk.exportName] : [])))];
 }

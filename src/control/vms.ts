@@ -4,7 +4,7 @@
  * VM pass through its queue, one at a time.
  */
 import type { Transaction } from 'kysely';
-import { NubisError, messageOf } from '../core/errors.ts';
+import { isNubisError, NubisError, messageOf } from '../core/errors.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import { projectIdByName, type VisibleProjects } from './projects.ts';
 import { enforceQuota } from '../access/quotas.ts';
@@ -189,12 +189,14 @@ export class VmService {
     // Claimed before anything is recorded: a VM still `pending` that nobody holds is one whose
     // create was interrupted (reconciled when its host reports).
     let claim: VmClaim | undefined;
+    let bound: VmSpec | undefined;
     try {
       claim = this.#claim({ id, name: request.name }, 'create');
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const unbound = createSpecOf({ id, unixUid: await this.#uids.next() }, request, plan, nics, this.#images.filesOf(plan.image));
+      if (request.ha) requireRestartable(request.name, unbound);
       const spec = await this.#storage.bindDisksToHost(unbound, host.name);
-      if (request.ha) requireRestartable(request.name, spec);
+      bound = spec;
       let operation: Operation;
       try {
         // The VM is recorded with its create operation: a VM left `pending` by a control plane
@@ -217,9 +219,10 @@ export class VmService {
       reservation.committed();
       return operation;
     } catch (error) {
-      // Its share of the host goes back unless its record holds it now.
+      // Its share of the host goes back unless its record holds it now; its storage socket closes.
       reservation.release();
       claim?.release();
+      if (bound) await this.#storage.releaseVmSocket(bound, host.name).catch(() => undefined);
       throw error;
     }
   }
@@ -465,7 +468,6 @@ export class VmService {
     return this.#operate(claim, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
       const host = await this.#hosts.row(row.host_id);
       const { disk: unbound, hostId } = await this.#storage.diskFor(pool, volume, `disk${deviceIndex}`);
-      const [disk] = (await this.#storage.bindDisksToHost({ disks: [unbound] }, host.name)).disks as [DiskSpec];
       if (hostId && hostId !== host.id) {
         await this.#storage.forgetDisks(row.id, deviceIndex);
         throw new NubisError(
@@ -473,16 +475,28 @@ export class VmService {
           `Volume ${pool}/${volume} lives on ${(await this.#hosts.row(hostId)).name}, VM ${row.name} on ${host.name}; a dir-pool volume attaches on its own host only`,
         );
       }
-      await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
+      // The VM's storage socket serves the new volume from here on, beside the ones it has.
+      const before = await this.#specOf(row.id);
+      let disk: DiskSpec;
       try {
+        disk = (await this.#storage.bindDisksToHost({ ...before, disks: [...before.disks, unbound] }, host.name)).disks.at(-1)!;
+        await op.report('attaching', `Attaching ${pool}/${volume} on host ${host.name}`, 0.3);
         await this.#hosts.agent(host).attachDisk(row.id, disk, { signal: op.signal });
       } catch (error) {
         await this.#storage.forgetDisks(row.id, deviceIndex);
+        await this.#storage
+          .syncVmSocket(before, host.name, { ...before, disks: [...before.disks, unbound] })
+          .catch((undoError: unknown) => op.report('undo', `The storage node may still serve ${pool}/${volume} to the VM: ${messageOf(undoError)}`, 0.3));
         throw error;
       }
       await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: [...spec.disks, disk] }));
       return this.#viewById(row.id);
     });
+  }
+
+  /** The spec recorded for a VM. */
+  async #specOf(id: string): Promise<VmSpec> {
+    return JSON.parse((await this.#db.selectFrom('vms').select('spec').where('id', '=', id).executeTakeFirstOrThrow()).spec) as VmSpec;
   }
 
   /** Detaches a volume from a VM (the guest must release it when it runs) as an operation. */
@@ -492,10 +506,20 @@ export class VmService {
     if (!attached) throw new NubisError('VM_DISK_NOT_FOUND', `Volume ${volumeRef} is not attached to VM ${row.name}; see nubis vm show ${row.name}`);
     return this.#operate(this.#claim(row, 'detach'), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
       const host = await this.#hosts.row(row.host_id);
+      const diskId = `disk${attached.deviceIndex}`;
       await op.report('detaching', `Detaching ${volumeRef} on host ${host.name}`, 0.3);
-      await this.#hosts.agent(host).detachDisk(row.id, `disk${attached.deviceIndex}`, { timeoutMs: 60_000, signal: op.signal });
+      try {
+        await this.#hosts.agent(host).detachDisk(row.id, diskId, { timeoutMs: 60_000, signal: op.signal });
+      } catch (error) {
+        // An earlier detach whose storage step failed left the disk gone from the host: carry on.
+        if (!isNubisError(error, 'VM_DISK_NOT_FOUND')) throw error;
+      }
+      // The VM's storage socket stops serving the volume before it is free for another VM.
+      const keep = (spec: VmSpec): VmSpec => ({ ...spec, disks: spec.disks.filter((d) => d.id !== diskId) });
+      const before = await this.#specOf(row.id);
+      await this.#storage.syncVmSocket(keep(before), host.name, before);
       await this.#storage.forgetDisks(row.id, attached.deviceIndex);
-      await this.#updateSpec(row.id, (spec) => ({ ...spec, disks: spec.disks.filter((d) => d.id !== `disk${attached.deviceIndex}`) }));
+      await this.#updateSpec(row.id, keep);
       return this.#viewById(row.id);
     });
   }
@@ -536,6 +560,9 @@ export class VmService {
    */
   async #forget(row: Pick<VmsTable, 'id' | 'project_id'>, host: HostsTable): Promise<void> {
     const networkIds = [...new Set((await this.#networks.nicsOf(row.id)).map((nic) => nic.network_id))];
+    // Its storage socket first: a failure leaves the record, and the next try releases it.
+    const recorded = await this.#db.selectFrom('vms').select('spec').where('id', '=', row.id).executeTakeFirst();
+    if (recorded) await this.#storage.releaseVmSocket(JSON.parse(recorded.spec) as VmSpec, host.name);
     // One transaction: a crash mid-way leaves the VM whole or gone, never an address without a VM.
     await writeTransaction(this.#db, async (trx) => {
       await this.#networks.dropForwardsOf(row.id, trx);

@@ -12,14 +12,20 @@ describe('closeDataFolder', () => {
   after(() => rmSync(dataDir, { recursive: true, force: true }));
 
   it('lets others pass only on the ways VMs need, and closes everything else whatever its mode', async () => {
-    for (const folder of ['hosts/host-1/vms/vm-a', 'images', 'storage/pools', 'logs']) mkdirSync(join(dataDir, folder), { recursive: true, mode: 0o755 });
-    for (const file of ['nubis.db', 'nubis.db-wal', 'api.json', 'images/base.qcow2', 'hosts/host-1/identity.json'])
+    for (const folder of ['hosts/host-1/vms/vm-a', 'images', 'storage/pools', 'storage/hosts/host-1', 'storage/hosts/.bind', 'logs'])
+      mkdirSync(join(dataDir, folder), { recursive: true, mode: 0o755 });
+    for (const file of ['nubis.db', 'nubis.db-wal', 'api.json', 'images/base.qcow2', 'hosts/host-1/identity.json', 'storage/hosts/fencing.json'])
       writeFileSync(join(dataDir, file), 'x', { mode: 0o644 });
     await closeDataFolder(dataDir);
     await closeHostFolder(join(dataDir, 'hosts', 'host-1'));
     assert.equal(modeOf(dataDir), '711');
     assert.equal(modeOf(join(dataDir, 'hosts')), '751', 'passable, not listable, by others');
     assert.equal(modeOf(join(dataDir, 'storage')), '751');
+    assert.equal(modeOf(join(dataDir, 'storage', 'hosts')), '751', 'on the way to the VM sockets');
+    assert.equal(modeOf(join(dataDir, 'storage', 'hosts', 'host-1')), '751');
+    assert.equal(modeOf(join(dataDir, 'storage', 'pools')), '750');
+    assert.equal(modeOf(join(dataDir, 'storage', 'hosts', '.bind')), '750');
+    assert.equal(modeOf(join(dataDir, 'storage', 'hosts', 'fencing.json')), '640');
     assert.equal(modeOf(join(dataDir, 'hosts', 'host-1')), '751');
     assert.equal(modeOf(join(dataDir, 'hosts', 'host-1', 'vms')), '751');
     for (const closed of ['nubis.db', 'nubis.db-wal', 'api.json', 'hosts/host-1/identity.json']) assert.equal(modeOf(join(dataDir, closed)), '640', closed);

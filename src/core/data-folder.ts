@@ -10,10 +10,10 @@
  * | --- | --- |
  * | `<data>`, `<data>/hosts`, `<data>/hosts/<host>`, `.../vms`, `.../vms/<id>` | pass through |
  * | `<data>/hosts/<host>/pools`, `.../pools/<pool>` (dir pools; each volume is root's or its VM's) | pass through |
- * | `<data>/storage` | pass through (its sockets are each one VM's, storage/host-fencing.ts) |
+ * | `<data>/storage`, `storage/hosts`, `storage/hosts/<host>` | pass through, to each VM's own NBD socket (its uid's, mode 0600; storage/host-fencing.ts) |
  * | `<data>/images` | read, for the VMs' group only (base images that VMs' disks are overlays of, `openImagesToVms`) |
  * | `.../vms/<id>/run`, the VM's own disks | nothing: they belong to the VM's user (host/vm-files.ts) |
- * | anything else (database, tokens, keys, logs, pools, agent records) | nothing |
+ * | anything else (database, tokens, keys, logs, pools, agent records; in `storage/`: pools, the shared, management and per-host sockets, the fencing state) | nothing |
  */
 import { chmod, chown, lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -45,7 +45,8 @@ export async function closeDataFolder(dataDir: string): Promise<void> {
   await chmod(dataDir, 0o711);
   for (const entry of await readdir(dataDir)) {
     const path = join(dataDir, entry);
-    if (PASSABLE.has(entry)) await makePassable(path).catch(ignoreGone);
+    if (entry === 'storage') await closeStorageFolder(path).catch(ignoreGone);
+    else if (PASSABLE.has(entry)) await makePassable(path).catch(ignoreGone);
     else if (!READABLE.has(entry)) await closeToOthers(path).catch(ignoreGone);
   }
 }
@@ -56,6 +57,31 @@ export async function closeDataFolder(dataDir: string): Promise<void> {
  */
 function ignoreGone(error: unknown): void {
   if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+}
+
+/**
+ * Closes the storage node's folder (`<data>/storage`) to others but for the way to each VM's NBD
+ * socket: the folder, `hosts` and each host's folder in it are passable; everything else (pools,
+ * the shared and management sockets, the fencing state, the staging folder) is closed. The
+ * sockets in a host's folder keep what the storage node gave them (the host's root's, each VM's
+ * its uid's, all 0600). Run by the storage node at start and with `closeDataFolder`.
+ */
+export async function closeStorageFolder(storageDir: string): Promise<void> {
+  await makePassable(storageDir);
+  const isFolder = async (path: string) => (await lstat(path)).isDirectory();
+  for (const entry of await readdir(storageDir)) {
+    const path = join(storageDir, entry);
+    if (entry !== 'hosts' || !(await isFolder(path).catch(() => false))) {
+      await closeToOthers(path).catch(ignoreGone);
+      continue;
+    }
+    await makePassable(path).catch(ignoreGone);
+    for (const host of await readdir(path)) {
+      const hostPath = join(path, host);
+      if (!host.startsWith('.') && (await isFolder(hostPath).catch(() => false))) await makePassable(hostPath).catch(ignoreGone);
+      else await closeToOthers(hostPath).catch(ignoreGone);
+    }
+  }
 }
 
 /**

@@ -82,7 +82,25 @@ export function hostNbdSocket(dataDir: string, hostName: string): string {
 
 /** `hostNbdSocket` inside a storage node's hosts folder (the node is told only that folder). */
 export function hostNbdSocketIn(hostsDir: string, hostName: string): string {
-  const path = join(hostsDir, checkHostName(hostName), 'nbd.sock');
+  return checkSocketPathLength(join(hostsDir, checkHostName(hostName), 'nbd.sock'), hostName);
+}
+
+/**
+ * The NBD socket of one VM on host `hostName`, named by the uid its QEMU runs as:
+ * `<hostsDir>/<host>/vm-<uid>.sock`. The storage node serves on it only that VM's volumes, to
+ * that uid only (storage/host-fencing.ts). `STORAGE_VM_UID_INVALID` for a uid that is not a
+ * positive 32-bit number (the storage node checks the VM range itself).
+ */
+export function vmNbdSocketIn(hostsDir: string, hostName: string, uid: number): string {
+  if (!Number.isInteger(uid) || uid <= 0 || uid >= 2 ** 32 - 1) {
+    throw new NubisError('STORAGE_VM_UID_INVALID', `The uid ${String(uid)} is not a VM's uid: give a whole number from 1 to 4294967294`, {
+      details: { uid: String(uid).slice(0, 40) },
+    });
+  }
+  return checkSocketPathLength(join(hostsDir, checkHostName(hostName), `vm-${uid}.sock`), hostName);
+}
+
+function checkSocketPathLength(path: string, hostName: string): string {
   if (Buffer.byteLength(path) > MAX_UNIX_SOCKET_PATH_BYTES) {
     throw new NubisError(
       'STORAGE_SOCKET_PATH_TOO_LONG',

@@ -113,6 +113,11 @@ export class HaRestarts {
         target = await this.#place(claimed, host);
         const moved = await db.selectFrom('vms').selectAll().where('id', '=', claimed.id).executeTakeFirstOrThrow();
         await this.#boot(moved, event);
+        // The fenced host's socket for this VM closes: if that host comes back, nothing of it may
+        // reach the VM's volumes again.
+        await this.#deps.storage
+          .releaseVmSocket(JSON.parse(claimed.spec) as VmSpec, host.name)
+          .catch((error: unknown) => this.#deps.logger?.warn({ vm: claimed.name, host: host.name }, `releasing the VM's storage socket: ${messageOf(error)}`));
       } catch (error) {
         this.#deps.logger?.warn({ vm: claimed.name }, `HA restart failed: ${messageOf(error)}`);
         clusterMetrics.haRestarts.inc({ outcome: 'failed' });
@@ -143,6 +148,9 @@ export class HaRestarts {
           return;
         }
       }
+      await this.#deps.storage
+        .releaseVmSocket(JSON.parse(vm.spec) as VmSpec, target.name)
+        .catch((error: unknown) => this.#deps.logger?.warn({ vm: vm.name, host: target.name }, `releasing the VM's storage socket: ${messageOf(error)}`));
     }
     await this.#deps.db.updateTable('vms').set({ host_id: fenced.id, actual_state: 'unknown' }).where('id', '=', vm.id).execute();
     publishChange(this.#deps.db, 'vm', 'updated', vm.id);

@@ -51,7 +51,7 @@ export class MigrationService {
   /** The one writer of VM records: a migration moves a VM's record through it. */
   readonly #vms: Pick<VmService, 'reports'>;
   readonly #placement: PlacementService;
-  readonly #storage: Pick<StorageCatalogue, 'bindDisksToHost'>;
+  readonly #storage: Pick<StorageCatalogue, 'bindDisksToHost' | 'releaseVmSocket'>;
 
   constructor(deps: {
     db: Db;
@@ -63,7 +63,7 @@ export class MigrationService {
     owner: VmOwner;
     vms: Pick<VmService, 'reports'>;
     placement: PlacementService;
-    storage: Pick<StorageCatalogue, 'bindDisksToHost'>;
+    storage: Pick<StorageCatalogue, 'bindDisksToHost' | 'releaseVmSocket'>;
   }) {
     this.#placement = deps.placement;
     this.#storage = deps.storage;
@@ -361,7 +361,8 @@ export class MigrationService {
           return { diskId: disk.id, pool, volume, target, sizeBytes: (await this.#dirPools.diskOf(pool, volume, disk.id)).sizeBytes };
         }),
     );
-    // Storage-node disks reach the node through the destination's own socket there.
+    // Storage-node disks reach the node through the VM's own socket on the destination (served
+    // from here on; released by the rollback, or on the source once the VM has left it).
     const destinationSpec: VmSpec = await this.#storage.bindDisksToHost(
       { ...m.spec, disks: m.spec.disks.map((disk) => mirrored.find((x) => x.diskId === disk.id)?.target ?? disk) },
       destination.name,
@@ -393,6 +394,8 @@ export class MigrationService {
   async #reserve(op: OperationContext, run: MigrationRun, revert: Revert): Promise<void> {
     const { vmId, source, destination, capabilities, uri, sourceStatus, mirrored, destinationSpec, mirroredDiskIds, mirrorTarget, networkIds } = run;
     await op.report('reservation', `Starting the incoming VM on ${destination.name}`, 0.05);
+    // Undone last: the storage node stops serving the VM on the destination once nothing runs there.
+    revert.add(`release the VM's storage socket on ${destination.name}`, () => this.#storage.releaseVmSocket(destinationSpec, destination.name));
     // The destination carries the VM's networks from now until the record moves there (or this
     // is undone): a sync that another change starts meanwhile keeps them there too.
     run.releaseNetworks = this.#holdNetworks(networkIds, destination);
@@ -468,6 +471,10 @@ export class MigrationService {
       .agent(source)
       .deleteVm(vmId, { timeoutMs: 60_000 })
       .catch((error: unknown) => op.report('activation', `The source could not clean up: ${messageOf(error)}`, 0.97));
+    // The VM's storage socket on the source closes with its QEMU there.
+    await this.#storage
+      .releaseVmSocket(run.spec, source.name)
+      .catch((error: unknown) => op.report('activation', `The storage node still serves the VM's socket on ${source.name}: ${messageOf(error)}`, 0.97));
     for (const x of mirrored) {
       await this.#hosts
         .agent(source)

@@ -46,7 +46,11 @@ describe('HostFencing', () => {
   });
 
   const open = (hostsDir: string, fenceTimeoutMs = 30_000) =>
-    HostFencing.open({ hostsDir, fenceTimeoutMs, listen: (path, gate) => server.listen({ path, gate }).then(() => undefined) });
+    HostFencing.open({
+      hostsDir,
+      fenceTimeoutMs,
+      server: { listen: (path, options) => server.listen({ path, ...options }).then(() => undefined), closeListener: (path) => server.closeListener(path) },
+    });
 
   it('a fence that cannot confirm in time fails with the host fenced; fencing again confirms', async () => {
     const hosts = await open(join(dir, 'a'), 100);
@@ -79,12 +83,13 @@ describe('HostFencing', () => {
     await hosts.register('h1');
     await hosts.register('h2');
     await hosts.fence('h2');
-    assert.deepEqual((await readdir(hostsDir)).sort(), ['fencing.json', 'h1', 'h2']);
+    assert.deepEqual((await readdir(hostsDir)).sort(), ['.bind', 'fencing.json', 'h1', 'h2']);
+    assert.deepEqual(await readdir(join(hostsDir, '.bind')), [], 'the staging folder keeps nothing');
     assert.deepEqual(JSON.parse(await readFile(join(hostsDir, 'fencing.json'), 'utf8')), {
-      version: 1,
+      version: 2,
       hosts: [
-        { name: 'h1', generation: 1, fenced: false },
-        { name: 'h2', generation: 2, fenced: true },
+        { name: 'h1', generation: 1, fenced: false, vms: [] },
+        { name: 'h2', generation: 2, fenced: true, vms: [] },
       ],
     });
   });
@@ -92,7 +97,11 @@ describe('HostFencing', () => {
   it('refuses to start on a damaged state file, naming it', async () => {
     for (const content of [
       '{',
-      '{"version":2,"hosts":[]}',
+      '{"version":3,"hosts":[]}',
+      '{"version":2,"hosts":[{"name":"h1","generation":1,"fenced":false}]}',
+      '{"version":2,"hosts":[{"name":"h1","generation":1,"fenced":false,"vms":[{"uid":0,"exports":["p/v"]}]}]}',
+      '{"version":2,"hosts":[{"name":"h1","generation":1,"fenced":false,"vms":[{"uid":1879048192,"exports":["../x"]}]}]}',
+      '{"version":2,"hosts":[{"name":"h1","generation":1,"fenced":false,"vms":[{"uid":1879048192,"exports":["p/v"]},{"uid":1879048192,"exports":["p/w"]}]}]}',
       '{"version":1,"hosts":[{"name":"../x","generation":1,"fenced":false}]}',
       '{"version":1,"hosts":[{"name":"h1","generation":0,"fenced":false}]}',
     ]) {

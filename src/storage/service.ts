@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { isNubisError, NubisError } from '../core/errors.ts';
 import * as C from './nbd/nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
+import type { NbdExportAccess } from './nbd/nbd-export-access.ts';
 import type { NbdGate } from './nbd/nbd-gate.ts';
-import { NbdServer, type NbdServerEvent, type NbdTlsOptions } from './nbd/nbd-server.ts';
+import { NbdServer, type NbdServerEvent, type NbdSocketFile, type NbdTlsOptions } from './nbd/nbd-server.ts';
 import { openMemberDevice, type MemberDevice } from './pool/member-device.ts';
 import { LABEL_BYTES } from './pool/metadata-format.ts';
 import type { RaidLayout } from './pool/raid-array.ts';
@@ -149,11 +150,18 @@ export class StorageService {
   }
 
   /**
-   * Also serves every volume on the unix socket `path`, to the connections of `gate` only: one
-   * client host's socket, which can be fenced (host-fencing.ts). Plaintext, like the shared socket.
+   * Also serves volumes on the unix socket `path`, to the connections of `gate` only: a client
+   * host's socket, or one VM's on it, which can be fenced (host-fencing.ts). With `access`, only
+   * the exports it allows; with `file`, the socket gets that owner and mode before it appears.
+   * Plaintext, like the shared socket.
    */
-  async listenGated(path: string, gate: NbdGate): Promise<void> {
-    await this.#server.listen({ path, tls: false, gate });
+  async listenGated(path: string, options: { gate: NbdGate; access?: NbdExportAccess; file?: NbdSocketFile }): Promise<void> {
+    await this.#server.listen({ path, tls: false, ...options });
+  }
+
+  /** Stops serving on a socket `listenGated` opened, and removes it (see NbdServer.closeListener). */
+  closeListener(path: string): Promise<void> {
+    return this.#server.closeListener(path);
   }
 
   /** The URI QEMU and libnbd tools take for a volume (unix socket preferred). */

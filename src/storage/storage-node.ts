@@ -2,31 +2,39 @@
  * A storage node: the storage service (pools, volumes, the NBD server) plus a small management
  * API for the control plane on a unix socket. Long pool actions (scrub, member replacement) run
  * as jobs whose progress the control plane samples into its operations. Registered hosts get an
- * NBD socket each and can be fenced (host-fencing.ts).
+ * NBD socket each and can be fenced; each VM on them gets a socket of its own that serves only
+ * its volumes (host-fencing.ts).
+ *
+ * What it creates is closed to other users (VMs run as unprivileged uids of their own, and the
+ * data folder is passable by them): the pools folder, the shared NBD socket and the management
+ * socket are root's alone; only the hosts folder is passable, on the way to each VM's socket.
  */
-import { rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { chmod, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
+import { closeStorageFolder, closeToOthers } from '../core/data-folder.ts';
 import { checkHostName } from '../core/paths.ts';
 import { HostFencing } from './host-fencing.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
 import { toWireError } from '../core/error-codes.ts';
 import type { NbdTlsOptions } from './nbd/nbd-server.ts';
 import { StorageService, type CreatePoolRequest } from './service.ts';
+import { checkVmExports, checkVmUid } from './vm-socket-checks.ts';
 
 /** Where a storage node listens. */
 export interface StorageNodeOptions {
   poolsDir: string;
   /**
-   * The NBD server's shared unix socket: any client of this machine (QEMU of VMs recorded before
-   * per-host sockets, tools) attaches volumes here. It cannot be fenced.
+   * The NBD server's shared unix socket (root's alone, mode 0600): tools of this machine, and the
+   * QEMU of VMs recorded before per-host sockets, attach volumes here. It cannot be fenced.
    */
   nbdSocket: string;
   /**
-   * Folder of the per-host sockets (`<host>/nbd.sock`) and of the fencing state. Default: `hosts`
-   * beside `nbdSocket`, which is `<data>/storage/hosts` (core/paths.ts `hostNbdSocket`).
+   * Folder of the per-host sockets (`<host>/nbd.sock`), the VM sockets (`<host>/vm-<uid>.sock`)
+   * and the fencing state. Default: `hosts` beside `nbdSocket`, which is `<data>/storage/hosts`
+   * (core/paths.ts `hostNbdSocket`).
    */
   hostsDir?: string;
   /** How long a fence waits for a host's requests already running on volumes. Default 30 000 ms. */
@@ -60,11 +68,13 @@ export async function startStorageNode(
     ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}),
     ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}),
   });
+  const storageDir = dirname(options.nbdSocket);
+  const hostsDir = options.hostsDir ?? join(storageDir, 'hosts');
   let hosts: HostFencing;
   try {
     hosts = await HostFencing.open({
-      hostsDir: options.hostsDir ?? join(dirname(options.nbdSocket), 'hosts'),
-      listen: (path, gate) => service.listenGated(path, gate),
+      hostsDir,
+      server: { listen: (path, listenOptions) => service.listenGated(path, listenOptions), closeListener: (path) => service.closeListener(path) },
       ...(options.fenceTimeoutMs === undefined ? {} : { fenceTimeoutMs: options.fenceTimeoutMs }),
     });
   } catch (error) {
@@ -88,6 +98,13 @@ export async function startStorageNode(
 
   await rm(options.manageSocket, { force: true });
   await app.listen({ path: options.manageSocket });
+  // Root's alone, whatever the umask gave them (the data folder lets VMs' users pass through).
+  await chmod(options.manageSocket, 0o600);
+  await chmod(options.nbdSocket, 0o600);
+  await closeToOthers(options.poolsDir);
+  // The data folder's layout (`<data>/storage` with `hosts` in it): passable on the way to VM
+  // sockets only. A node started elsewhere (a test's folder) leaves its folder's other files be.
+  if (basename(storageDir) === 'storage' && hostsDir === join(storageDir, 'hosts')) await closeStorageFolder(storageDir);
   return {
     service,
     hosts,
@@ -163,10 +180,13 @@ function registerPoolRoutes(app: FastifyInstance, service: StorageService, jobs:
 }
 
 type HostParams = { Params: { host: string } };
+type VmSocketParams = { Params: { host: string; uid: string } };
 
 /**
- * Hosts: register (its own NBD socket), list, fence and unfence. The name becomes a folder name:
- * it is checked here, and again where its path is built.
+ * Hosts: register (its own NBD socket), list, fence and unfence; and the VM sockets of a host:
+ * list, read, serve (`PUT {exports: [POOL/VOLUME, ...]}`: create, or replace the list) and
+ * release. The host name and the uid become parts of a path: they are checked here, and again
+ * where the path is built; the exports are checked here and again before they reach a list.
  */
 function registerHostRoutes(app: FastifyInstance, hosts: HostFencing): void {
   app.get('/storage/hosts', async () => hosts.list());
@@ -174,6 +194,28 @@ function registerHostRoutes(app: FastifyInstance, hosts: HostFencing): void {
   app.put<HostParams>('/storage/hosts/:host', async (request) => hosts.register(checkHostName(request.params.host)));
   app.post<HostParams>('/storage/hosts/:host/fence', async (request) => hosts.fence(checkHostName(request.params.host)));
   app.post<HostParams>('/storage/hosts/:host/unfence', async (request) => hosts.unfence(checkHostName(request.params.host)));
+  app.get<HostParams>('/storage/hosts/:host/vms', async (request) => hosts.vms(checkHostName(request.params.host)));
+  app.get<VmSocketParams>('/storage/hosts/:host/vms/:uid', async (request) => hosts.vm(checkHostName(request.params.host), checkVmUid(request.params.uid)));
+  app.put<VmSocketParams & { Body: unknown }>('/storage/hosts/:host/vms/:uid', async (request) => {
+    const host = checkHostName(request.params.host);
+    const uid = checkVmUid(request.params.uid);
+    return hosts.serveVm(host, uid, checkVmExports(exportsOf(request.body)));
+  });
+  app.delete<VmSocketParams>('/storage/hosts/:host/vms/:uid', async (request, reply) => {
+    await hosts.releaseVm(checkHostName(request.params.host), checkVmUid(request.params.uid));
+    return reply.status(204).send();
+  });
+}
+
+/** The `exports` of a body that holds nothing else; `STORAGE_EXPORT_INVALID` otherwise. */
+function exportsOf(body: unknown): unknown {
+  const fields = body !== null && typeof body === 'object' && !Array.isArray(body) ? Object.keys(body) : undefined;
+  if (!fields || fields.some((field) => field !== 'exports')) {
+    throw new NubisError('STORAGE_EXPORT_INVALID', 'Send a JSON object {"exports": ["POOL/VOLUME", ...]} and nothing else', {
+      details: { fields: fields?.slice(0, 10) ?? null },
+    });
+  }
+  return (body as { exports?: unknown }).exports;
 }
 
 /** Volumes of a pool: create, read, delete, snapshot, clone and resize. */

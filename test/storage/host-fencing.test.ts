@@ -179,7 +179,7 @@ describe('storage node: a socket per host, and fencing', () => {
     await assert.rejects(connect('host-1'), /host host-1 is fenced \(generation 3\)/);
     assert.deepEqual(await readThrough('host-2', 4096, 4096), Buffer.alloc(4096, 0xcc));
     const file = JSON.parse(await readFile(join(paths.storageHosts, 'fencing.json'), 'utf8'));
-    assert.deepEqual(file.hosts[0], { name: 'host-1', generation: 3, fenced: true });
+    assert.deepEqual(file.hosts[0], { name: 'host-1', generation: 3, fenced: true, vms: [] });
     await catalogue.unfenceHost('host-1');
   });
 

@@ -4,9 +4,11 @@
  * checksummed data verified across a restart, a snapshot and a clone of it, and bad input.
  */
 import assert from 'node:assert/strict';
-import { truncateSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { requestJson } from '../../src/core/http-json.ts';
+import type { StorageVmSocketState } from '../../src/storage/host-fencing.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, freePort, httpGet, runOnConsole } from '../helpers/nubis-instance.ts';
 
@@ -24,6 +26,16 @@ describe('VMs on volumes of the storage node', () => {
     }
   });
   after(() => nubis.destroy());
+
+  /** The VM sockets the storage node serves on `host`, as it reports them. */
+  function vmSockets(host: string): Promise<StorageVmSocketState[]> {
+    return requestJson<StorageVmSocketState[]>(`unix:${join(nubis.dataDir, 'storage', 'manage.sock')}`, { method: 'GET', path: `/storage/hosts/${host}/vms` });
+  }
+
+  /** The uid a process runs as (its real uid). */
+  function uidOf(pid: number): number {
+    return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+  }
 
   async function guestDisk(port: number, op: 'write' | 'verify', seed: number): Promise<{ ok: boolean; blocks?: number; badCount?: number }> {
     const body = await httpGet(`http://127.0.0.1:${port}/cgi-bin/disk?op=${op}&dev=vda&mb=16&seed=${seed}`, 60_000);
@@ -119,14 +131,23 @@ describe('VMs on volumes of the storage node', () => {
     );
     assert.match(await runOnConsole(nubis, 'hp1', waitForDisk), /\/dev\/vda\r?\n/, 'the guest sees the new disk');
     assert.equal((await guestDisk(port, 'write', 5)).ok, true);
+    // The VM's QEMU reached the volume through a socket of its own, which its uid alone owns.
+    const vm = await nubis.cliJson<Vm>(['vm', 'show', 'hp1']);
+    const uid = uidOf(vm.pid!);
+    const [own] = await vmSockets(vm.host);
+    assert.deepEqual({ uid: own?.uid, exports: own?.exports, connections: own?.connections }, { uid, exports: ['p1/hot'], connections: 1 });
+    const socketFile = lstatSync(own!.socket);
+    assert.deepEqual({ owner: socketFile.uid, mode: socketFile.mode & 0o777 }, { owner: uid, mode: 0o600 });
     const detached = await nubis.cliJson<Vm>(['vm', 'detach', 'hp1', 'p1/hot']);
     assert.deepEqual(detached.disks, []);
     assert.match(await runOnConsole(nubis, 'hp1', '[ -b /dev/vda ] || echo gone'), /gone/, 'the guest released the disk');
     assert.equal((await nubis.cliJson<{ usedBy?: string }>(['volume', 'show', 'p1/hot'])).usedBy, undefined);
+    assert.deepEqual(await vmSockets(vm.host), [], 'its last volume gone, the VM socket is released');
     await nubis.cliJson(['vm', 'attach', 'hp1', 'p1/hot']);
     await runOnConsole(nubis, 'hp1', waitForDisk);
     assert.equal((await guestDisk(port, 'verify', 5)).ok, true, 'what the guest wrote before the detach is still there');
     await nubis.cliJson(['vm', 'delete', 'hp1']);
+    assert.deepEqual(await vmSockets(vm.host), [], 'a deleted VM keeps no socket');
     await nubis.cliJson(['volume', 'delete', 'p1/hot']);
     await nubis.cliJson(['pool', 'delete', 'p1']);
   });

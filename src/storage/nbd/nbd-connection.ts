@@ -24,6 +24,7 @@ import { TLSSocket, type SecureContext } from 'node:tls';
 import { ByteQueue } from './byte-queue.ts';
 import * as C from './nbd-constants.ts';
 import type { NbdExport, NbdExportCatalog, NbdExtent } from './nbd-export.ts';
+import type { NbdExportAccess } from './nbd-export-access.ts';
 import type { NbdGate, NbdGateMember } from './nbd-gate.ts';
 
 /** How a server that requires TLS upgrades connections (proto.md "TLS support"). */
@@ -134,6 +135,8 @@ export class NbdConnection implements NbdGateMember {
   /** The gate this connection came through, and its generation at accept (see nbd-gate.ts). */
   readonly #gate?: NbdGate;
   readonly #gateGeneration: number;
+  /** The allow list of the listener this connection came through, if it has one (nbd-export-access.ts). */
+  readonly #access?: NbdExportAccess;
 
   // Handshake phase.
   #waiter?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
@@ -160,9 +163,10 @@ export class NbdConnection implements NbdGateMember {
 
   /**
    * `tls`: this connection is FORCEDTLS (proto.md); without it, NOTLS. `gate`: every request is
-   * checked against it, with the generation it has now.
+   * checked against it, with the generation it has now. `access`: only the exports it allows can
+   * be selected.
    */
-  constructor(id: number, socket: Socket, settings: NbdConnectionSettings, tls?: NbdTlsSettings, gate?: NbdGate) {
+  constructor(id: number, socket: Socket, settings: NbdConnectionSettings, tls?: NbdTlsSettings, gate?: NbdGate, access?: NbdExportAccess) {
     this.id = id;
     this.#socket = socket;
     this.#rawSocket = socket;
@@ -170,9 +174,11 @@ export class NbdConnection implements NbdGateMember {
     this.#tls = tls;
     this.#gate = gate;
     this.#gateGeneration = gate?.generation ?? 0;
+    this.#access = access;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     this.settled = new Promise((resolve) => (this.#resolveSettled = resolve));
     gate?.attach(this);
+    access?.attach(this);
     socket.setNoDelay?.(true);
     this.#listen(socket);
     this.#emit({ type: 'connected', connectionId: id, remote: `${socket.remoteAddress ?? 'unix'}:${socket.remotePort ?? ''}` });
@@ -374,6 +380,7 @@ export class NbdConnection implements NbdGateMember {
       case C.NBD_OPT_LIST:
         if (data.length !== 0) return this.#optError(option, C.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
         for (const name of this.#settings.catalog.names()) {
+          if (this.#access?.check(name) !== undefined) continue;
           const nameBytes = Buffer.from(name, 'utf8');
           const payload = Buffer.allocUnsafe(4 + nameBytes.length);
           payload.writeUInt32BE(nameBytes.length, 0);
@@ -479,10 +486,10 @@ export class NbdConnection implements NbdGateMember {
 
   #optExportName(data: Buffer): boolean {
     const name = data.toString('utf8');
-    const exp = data.length <= C.MAX_STRING_BYTES ? this.#settings.catalog.get(name) : undefined;
+    const exp = data.length <= C.MAX_STRING_BYTES ? this.#find(name) : undefined;
     if (!exp) {
       // proto.md NBD_OPT_EXPORT_NAME: if the export does not exist the server MUST terminate the session.
-      this.#violation(`unknown export ${JSON.stringify(name.slice(0, 64))} via NBD_OPT_EXPORT_NAME`);
+      this.#violation(`unknown or refused export ${JSON.stringify(name.slice(0, 64))} via NBD_OPT_EXPORT_NAME`);
       return true;
     }
     const reply = Buffer.alloc(this.#noZeroes ? 10 : 134);
@@ -512,6 +519,8 @@ export class NbdConnection implements NbdGateMember {
     const requested = new Set<number>();
     for (let i = 0; i < infoCount; i++) requested.add(data.readUInt16BE(6 + nameLength + 2 * i));
 
+    const refused = this.#access?.check(name);
+    if (refused !== undefined) return this.#optError(option, C.NBD_REP_ERR_UNKNOWN, refused);
     const exp = this.#settings.catalog.get(name);
     if (!exp) return this.#optError(option, C.NBD_REP_ERR_UNKNOWN, `No export named ${JSON.stringify(name)}`);
 
@@ -579,9 +588,9 @@ export class NbdConnection implements NbdGateMember {
       position += queryLength;
     }
     if (position !== data.length) return invalid('Trailing bytes after the queries');
-    if (!this.#settings.catalog.get(name)) {
+    if (!this.#find(name)) {
       if (option === C.NBD_OPT_SET_META_CONTEXT) this.#baseAllocationSelected = false;
-      return this.#optError(option, C.NBD_REP_ERR_UNKNOWN, `No export named ${JSON.stringify(name)}`);
+      return this.#optError(option, C.NBD_REP_ERR_UNKNOWN, this.#access?.check(name) ?? `No export named ${JSON.stringify(name)}`);
     }
     let matches = false;
     for (const query of queries) {
@@ -609,8 +618,14 @@ export class NbdConnection implements NbdGateMember {
     return false;
   }
 
+  /** The export `name`, if it exists and this connection's listener allows it. */
+  #find(name: string): NbdExport | undefined {
+    return this.#access?.check(name) === undefined ? this.#settings.catalog.get(name) : undefined;
+  }
+
   #enterTransmission(name: string, exp: NbdExport): void {
     clearTimeout(this.#handshakeTimer);
+    this.#access?.selected(this, name);
     this.#export = exp;
     this.#exportSize = exp.sizeBytes;
     this.#readOnly = exp.readOnly === true;

@@ -6,11 +6,12 @@
  *
  * Protocol code: imports nothing from the application and can be lifted into its own package.
  */
-import { unlink } from 'node:fs/promises';
+import { chmod, chown, rename, unlink } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from './nbd-constants.ts';
 import { NbdConnection, type NbdServerEvent, type NbdTlsSettings } from './nbd-connection.ts';
+import type { NbdExportAccess } from './nbd-export-access.ts';
 import { defaultErrnoOf, NbdError, type NbdExportCatalog } from './nbd-export.ts';
 import type { NbdGate } from './nbd-gate.ts';
 
@@ -54,21 +55,51 @@ export interface NbdServerOptions {
 }
 
 /**
+ * The owner and mode of a unix socket file, set before any other user can reach the socket: it
+ * is bound at `bindPath` (in a folder only this process's user may enter, on the same filesystem
+ * as the socket's path), given its owner and mode there, and only then renamed into place. A
+ * socket bound in place would exist, for a moment, with the mode the umask gave it.
+ */
+export interface NbdSocketFile {
+  /** Owner and group; omitted: this process's. */
+  owner?: { uid: number; gid: number };
+  /** Permission bits, e.g. 0o600: only the owner (and root) may connect. */
+  mode: number;
+  /**
+   * Unique per listen, never reused while the server runs: libuv removes the path a listener was
+   * bound at when it closes, which must never be another listener's file.
+   */
+  bindPath: string;
+}
+
+/**
  * Where to listen: a unix socket path, or a TCP host and port (port 0 picks a free one). On a
  * server with TLS credentials, `tls: false` serves this listener in plaintext (say, a unix socket
  * that only local QEMU processes can open); proto.md lets the mode depend on the session.
  * `gate`: the connections accepted here belong to that group of clients and can be fenced with it
- * (nbd-gate.ts); several listeners may share one gate.
+ * (nbd-gate.ts); several listeners may share one gate. `access`: the clients of this listener may
+ * select only the exports it allows (nbd-export-access.ts). `file`: the unix socket's owner and mode.
  */
-export type NbdListenAddress = ({ path: string } | { host?: string; port: number }) & { tls?: boolean; gate?: NbdGate };
+export type NbdListenAddress = ({ path: string; file?: NbdSocketFile } | { host?: string; port: number }) & {
+  tls?: boolean;
+  gate?: NbdGate;
+  access?: NbdExportAccess;
+};
+
+/** One listener and the connections it accepted that may still have requests running. */
+interface Listener {
+  server: Server;
+  connections: Set<NbdConnection>;
+}
 
 /** An NBD server; `listen` may be called several times (e.g. a unix socket and TCP). */
 export class NbdServer {
   readonly #settings;
   readonly #tls?: NbdTlsSettings;
-  readonly #listeners: Server[] = [];
+  readonly #listeners = new Set<Listener>();
   readonly #connections = new Set<NbdConnection>();
-  readonly #socketPaths: string[] = [];
+  /** Unix socket listeners by path, each removed with its file when it closes. */
+  readonly #byPath = new Map<string, Listener>();
   #nextConnectionId = 1;
   #closing = false;
 
@@ -109,28 +140,57 @@ export class NbdServer {
 
   /**
    * Starts accepting on `address`; resolves with the bound address (the TCP port when 0 was
-   * given). A stale unix socket file at the path is replaced.
+   * given). A stale unix socket file at the path is replaced; a path this server listens on
+   * already is refused.
    */
   async listen(address: NbdListenAddress): Promise<{ path: string } | { host: string; port: number }> {
     if (this.#closing) throw new NbdError('NBD_ESHUTDOWN', 'Server is closed');
     if (address.tls === true && !this.#tls) throw new NbdError('NBD_TLS_CONFIG', 'A listener asks for TLS but the server has no TLS credentials');
+    if ('path' in address && this.#byPath.has(address.path)) throw new NbdError('NBD_EINVAL', `The server listens on ${address.path} already`);
     const tls = address.tls === false ? undefined : this.#tls;
-    const gate = address.gate;
-    const server = createServer({ noDelay: true }, (socket) => this.#accept(socket, tls, gate));
-    if ('path' in address) await unlink(address.path).catch(() => undefined);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if ('path' in address) server.listen(address.path, resolve);
-      else server.listen(address.port, address.host ?? '127.0.0.1', resolve);
-    });
-    server.on('error', () => undefined);
-    this.#listeners.push(server);
+    const listener: Listener = {
+      server: createServer({ noDelay: true }, (socket) => this.#accept(socket, listener, { tls, gate: address.gate, access: address.access })),
+      connections: new Set(),
+    };
+    const { server } = listener;
     if ('path' in address) {
-      this.#socketPaths.push(address.path);
-      return { path: address.path };
+      const file = address.file;
+      const bindPath = file?.bindPath ?? address.path;
+      await unlink(bindPath).catch(() => undefined);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(bindPath, resolve);
+      });
+      if (file) await placeSocketFile(server, bindPath, address.path, file);
+      this.#byPath.set(address.path, listener);
+    } else {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(address.port, address.host ?? '127.0.0.1', resolve);
+      });
     }
+    server.on('error', () => undefined);
+    this.#listeners.add(listener);
+    if ('path' in address) return { path: address.path };
     const bound = server.address() as AddressInfo;
     return { host: bound.address, port: bound.port };
+  }
+
+  /**
+   * Stops listening on the unix socket `path` and removes its file, cuts the connections it
+   * accepted, and resolves once none of their requests still runs on an export. A path this
+   * server does not listen on is left alone.
+   */
+  async closeListener(path: string): Promise<void> {
+    const listener = this.#byPath.get(path);
+    if (!listener) return;
+    this.#byPath.delete(path);
+    this.#listeners.delete(listener);
+    const closed = new Promise<void>((resolve) => listener.server.close(() => resolve()));
+    await unlink(path).catch(() => undefined);
+    const cut = [...listener.connections];
+    for (const connection of cut) connection.destroy();
+    await Promise.all([closed, ...cut.map((connection) => connection.settled)]);
   }
 
   /**
@@ -139,23 +199,45 @@ export class NbdServer {
    */
   async close(graceMs = 5000): Promise<void> {
     this.#closing = true;
-    await Promise.all(this.#listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    // A listener's close completes only once its connections have ended: not awaited before
+    // they are told to finish, or an open connection would hold the server open for ever.
+    const listenersClosed = [...this.#listeners].map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve())));
     for (const connection of this.#connections) connection.shutdown();
     const all = Promise.all([...this.#connections].map((connection) => connection.done));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([all, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
     clearTimeout(timer);
     for (const connection of this.#connections) connection.destroy();
-    await Promise.all(this.#socketPaths.map((path) => unlink(path).catch(() => undefined)));
+    await Promise.all(listenersClosed);
+    await Promise.all([...this.#byPath.keys()].map((path) => unlink(path).catch(() => undefined)));
   }
 
-  #accept(socket: Socket, tls: NbdTlsSettings | undefined, gate: NbdGate | undefined): void {
-    if (this.#closing) {
+  #accept(socket: Socket, listener: Listener, admission: { tls?: NbdTlsSettings; gate?: NbdGate; access?: NbdExportAccess }): void {
+    if (this.#closing || !this.#listeners.has(listener)) {
       socket.destroy();
       return;
     }
-    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings, tls, gate);
+    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings, admission.tls, admission.gate, admission.access);
     this.#connections.add(connection);
+    listener.connections.add(connection);
     void connection.done.then(() => this.#connections.delete(connection));
+    // Kept until its last request ended, so that closing the listener can wait for it.
+    void connection.settled.then(() => listener.connections.delete(connection));
+  }
+}
+
+/**
+ * Gives the socket bound at `bindPath` its owner and mode, then renames it to `path` (replacing
+ * a stale file there atomically). On failure the listener is closed and nothing is left behind.
+ */
+async function placeSocketFile(server: Server, bindPath: string, path: string, file: NbdSocketFile): Promise<void> {
+  try {
+    if (file.owner) await chown(bindPath, file.owner.uid, file.owner.gid);
+    await chmod(bindPath, file.mode);
+    await rename(bindPath, path);
+  } catch (error) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await unlink(bindPath).catch(() => undefined);
+    throw new NbdError('NBD_EINVAL', `Cannot give the NBD socket ${path} its owner and mode: ${(error as Error).message}`, { cause: error });
   }
 }
