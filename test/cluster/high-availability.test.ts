@@ -94,7 +94,7 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     setLink(host, 'down');
     for (const name of [`watchdog-${host}`, `agent-${host}`]) killQuietly(readPid(join(nubis.dataDir, 'run', `${name}.pid`)));
     const vmsDir = join(nubis.dataDir, 'hosts', host, 'vms');
-    for (const vm of existsSync(vmsDir) ? readdirSync(vmsDir) : []) killQuietly(readPid(join(vmsDir, vm, 'qemu.pid')));
+    for (const vm of existsSync(vmsDir) ? readdirSync(vmsDir) : []) killQuietly(readPid(join(vmsDir, vm, 'run', 'qemu.pid')));
   }
 
   function readPid(path: string): number | undefined {
@@ -341,7 +341,7 @@ describe('many hosts as one: placement groups, HA with fencing, autostart', {
     // A reboot: the agent and every QEMU of the host die (the watchdog has no HA VM there to kill).
     process.kill(nubis.pidOf(`agent-${target}`), 'SIGKILL');
     const vmsDir = join(nubis.dataDir, 'hosts', target, 'vms');
-    for (const vm of readdirSync(vmsDir)) killQuietly(readPid(join(vmsDir, vm, 'qemu.pid')));
+    for (const vm of readdirSync(vmsDir)) killQuietly(readPid(join(vmsDir, vm, 'run', 'qemu.pid')));
     await nubis.up(['--hosts', '3']);
     const [first, second] = await waitFor('both autostart VMs running', 120_000, async () => {
       const vms = await Promise.all(['as1', 'as2'].map(show));

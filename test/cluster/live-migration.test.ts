@@ -231,7 +231,7 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
   it('leaves the VM running on its source when the destination QEMU is killed mid-pre-copy', async () => {
     const id = await slowMigration({ to: 'host-1', strategy: 'precopy', bandwidthMbps: 2 }, 'precopy');
     const vmId = (await nubis.cliJson<Vm>(['vm', 'show', 'mv1'])).id;
-    const destinationPid = Number(readFileSync(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId, 'qemu.pid'), 'utf8'));
+    const destinationPid = Number(readFileSync(join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId, 'run', 'qemu.pid'), 'utf8'));
     process.kill(destinationPid, 'SIGKILL');
     const final = await nubis.waitOperation(id);
     assert.equal(final.status, 'failed');
@@ -246,7 +246,7 @@ describe('live migration', { skip: process.getuid?.() !== 0 ? 'needs root for ne
     const id = await slowMigration({ to: 'host-1', strategy: 'precopy', bandwidthMbps: 2 }, 'precopy');
     const vmId = (await nubis.cliJson<Vm>(['vm', 'show', 'mv1'])).id;
     const destinationDir = join(nubis.dataDir, 'hosts', 'host-1', 'vms', vmId);
-    const destinationQemu = Number(readFileSync(join(destinationDir, 'qemu.pid'), 'utf8'));
+    const destinationQemu = Number(readFileSync(join(destinationDir, 'run', 'qemu.pid'), 'utf8'));
     const agentPid = Number(readFileSync(join(nubis.dataDir, 'run', 'agent-host-1.pid'), 'utf8'));
     process.kill(agentPid, 'SIGKILL');
     const final = await nubis.waitOperation(id);
