@@ -4,6 +4,7 @@
  * metadata-replay.ts for what it does to the tables) made durable before the call returns.
  */
 import { NubisError } from '../../core/errors.ts';
+import { faultPoint } from '../../core/fault-points.ts';
 import { formatSize } from '../size.ts';
 import type { KeyedLocks } from './locks.ts';
 import type { VolumeRecord } from './metadata-format.ts';
@@ -207,7 +208,10 @@ export class VolumeCatalog {
       await this.#store.commit();
       keyDestroyed = this.#keys.forget(entry.record.id, entry.record.encryption);
     });
-    if (entry.record.encryption) await this.#store.purgeStaleCopies();
+    if (entry.record.encryption) {
+      await faultPoint('storage.volume-delete.before-purge');
+      await this.#store.purgeStaleCopies();
+    }
     return { keyDestroyed: entry.record.encryption !== undefined && keyDestroyed };
   }
 

@@ -1,8 +1,10 @@
-// A key rotation killed midway loses no volume. The storage node (`nubis daemon storage`, its
-// own process) is stopped by a fault point at each step of a rotation (the new KEK durable; one
-// volume key rewrapped, the others not; every key rewrapped, the old KEK not yet destroyed), killed
-// with SIGKILL there, and restarted: every encrypted volume of two pools reads back what was
-// written through NBD before. A last rotation that runs to its end then destroys the old KEKs.
+// Crashes in the key handling of encrypted volumes. A key rotation killed midway loses no
+// volume: the storage node (`nubis daemon storage`, its own process) is stopped by a fault point
+// at each step of a rotation (the new KEK durable; one volume key rewrapped, the others not; every
+// key rewrapped, the old KEK not yet destroyed), killed with SIGKILL there, and restarted: every
+// encrypted volume of two pools reads back what was written through NBD before. A last rotation
+// that runs to its end then destroys the old KEKs. And a delete killed after it is durable but
+// before the stale copies of the wrapped key are purged gets them purged when the pool reopens.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -33,7 +35,16 @@ interface KeyStatus {
   kekIdsInUse: string[];
 }
 
-describe('key rotation killed midway', () => {
+/** Every wrapped key written on the members (metadata is JSON, so they show as text). */
+async function wrappedKeysOn(paths: string[]): Promise<Set<string>> {
+  const found = new Set<string>();
+  for (const path of paths) {
+    for (const match of (await readFile(path)).toString('latin1').matchAll(/"wrappedKey":"([A-Za-z0-9+/=]+)"/g)) found.add(match[1]!);
+  }
+  return found;
+}
+
+describe('key handling of encrypted volumes killed midway', () => {
   let dir: string;
   let paths: ReturnType<typeof dataPaths>;
   let daemon: ChildProcess | undefined;
@@ -196,6 +207,45 @@ describe('key rotation killed midway', () => {
       await verifyVolumes();
     } finally {
       await node2.stop();
+    }
+  });
+
+  it('purges the stale wrapped keys of a delete killed before its purge when the pool reopens', async () => {
+    const members = [join(dir, 'p2-0.img'), join(dir, 'p2-1.img')];
+    const node = await startStorageNode(nodeOptions());
+    const keysBefore = await wrappedKeysOn(members);
+    await node.service.createVolume('p2', 'doomed', '4M', { encrypted: true });
+    await node.stop();
+    const doomedKeys = [...(await wrappedKeysOn(members))].filter((key) => !keysBefore.has(key));
+    assert.equal(doomedKeys.length, 1, "the new volume's wrapped key is in the metadata");
+
+    const point: FaultPoint = 'storage.volume-delete.before-purge';
+    daemon = await startDaemon(point);
+    const fault = faultReached(point);
+    try {
+      // The delete never answers: the node stops at the fault point inside it.
+      const deleting = requestJson(`unix:${paths.storageManageSocket}`, { method: 'DELETE', path: '/storage/pools/p2/volumes/doomed' }).catch(() => undefined);
+      await fault.reached;
+      const atCrash = await wrappedKeysOn(members);
+      assert.ok(atCrash.has(doomedKeys[0]!), 'at the crash, older metadata still holds the wrapped key');
+      await kill(daemon);
+      await deleting;
+    } finally {
+      fault.stop();
+    }
+
+    const reopened = await startStorageNode(nodeOptions());
+    try {
+      assert.deepEqual(
+        reopened.service.listVolumes('p2').map((v) => v.name),
+        ['c'],
+        'the delete was durable',
+      );
+      const left = await wrappedKeysOn(members);
+      assert.ok(!left.has(doomedKeys[0]!), 'reopening purged every stale copy of the wrapped key');
+      await verifyVolumes();
+    } finally {
+      await reopened.stop();
     }
   });
 });
