@@ -26,12 +26,11 @@ export const DATA_KEY_BYTES = 64;
 const CIPHER = 'aes-256-xts';
 const ZERO_SECTOR = Buffer.alloc(CRYPT_SECTOR_BYTES);
 
-/** The XTS tweak of sector `sector`: its number as a 128-bit little-endian integer. */
-export function sectorTweak(sector: number): Buffer {
-  const tweak = Buffer.alloc(16);
-  tweak.writeUInt32LE(sector % 0x1_0000_0000, 0);
-  tweak.writeUInt32LE(Math.floor(sector / 0x1_0000_0000), 4);
-  return tweak;
+/** The XTS tweak of sector `sector`: its number as a 128-bit little-endian integer (into `into`, reused per sector). */
+export function sectorTweak(sector: number, into = Buffer.alloc(16)): Buffer {
+  into.writeUInt32LE(sector % 0x1_0000_0000, 0);
+  into.writeUInt32LE(Math.floor(sector / 0x1_0000_0000), 4);
+  return into;
 }
 
 /** Encrypts and decrypts whole 4 KiB sectors of one volume with its data key. */
@@ -76,8 +75,10 @@ export class VolumeCipher {
     this.#checkRange(plain, position);
     const out = Buffer.allocUnsafe(plain.length);
     const first = position / CRYPT_SECTOR_BYTES;
+    const tweak = Buffer.alloc(16);
     for (let at = 0; at < plain.length; at += CRYPT_SECTOR_BYTES) {
-      const cipher = createCipheriv(CIPHER, this.#key, sectorTweak(first + at / CRYPT_SECTOR_BYTES));
+      // One cipher object per sector: node:crypto takes the tweak only as the IV of a new one.
+      const cipher = createCipheriv(CIPHER, this.#key, sectorTweak(first + at / CRYPT_SECTOR_BYTES, tweak));
       const sealed = cipher.update(plain.subarray(at, at + CRYPT_SECTOR_BYTES));
       sealed.copy(out, at);
       cipher.final();
@@ -89,11 +90,12 @@ export class VolumeCipher {
   decryptInPlace(data: Buffer, position: number): void {
     this.#checkRange(data, position);
     const first = position / CRYPT_SECTOR_BYTES;
+    const tweak = Buffer.alloc(16);
     for (let at = 0; at < data.length; at += CRYPT_SECTOR_BYTES) {
       const sector = data.subarray(at, at + CRYPT_SECTOR_BYTES);
       // Never written: raw zeroes read as zeroes (see the comment at the top).
       if (sector.equals(ZERO_SECTOR)) continue;
-      const decipher = createDecipheriv(CIPHER, this.#key, sectorTweak(first + at / CRYPT_SECTOR_BYTES));
+      const decipher = createDecipheriv(CIPHER, this.#key, sectorTweak(first + at / CRYPT_SECTOR_BYTES, tweak));
       decipher.update(sector).copy(sector);
       decipher.final();
     }
