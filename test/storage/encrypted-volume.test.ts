@@ -1,9 +1,10 @@
 /**
- * A real VM on an encrypted volume of the storage node: the guest writes checksummed blocks and a
- * text marker to its disk (QEMU's NBD client, our NBD server, the engine's encryption), the VM is
- * stopped and started, and the guest reads both back intact; the member device files never hold
- * the marker. Then `nubis key rotate` rewraps the key while the VM runs, and the guest still reads
- * its data; the volume is deleted and its key destroyed.
+ * Encrypted volumes through the CLI and the API of a whole Nubis (`nubis up`): made, listed,
+ * shown, the KEK shown and rotated, refused on a dir pool. Then a real VM on an encrypted volume
+ * of the storage node: the guest writes checksummed blocks and a text marker to its disk (QEMU's
+ * NBD client, our NBD server, the engine's encryption), the VM is stopped and started, and the
+ * guest reads both back intact; the member device files never hold the marker. `nubis key rotate`
+ * rewraps the key while the VM runs, and the guest still reads its data; the volume is deleted.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
@@ -33,10 +34,39 @@ describe('a VM on an encrypted storage-node volume', () => {
     return JSON.parse(body ?? '{}') as { ok: boolean };
   }
 
-  it('keeps what the guest wrote across a restart and a key rotation, and no plaintext on the members', async () => {
+  it('makes, lists, shows and rotates encrypted volumes through the CLI, and refuses them on dir pools', async () => {
     await nubis.cliJson(['pool', 'create', 'cp1', '--layout', 'raid1', ...devices.flatMap((d) => ['--device', d])]);
     const volume = await nubis.cliJson<{ encrypted: boolean }>(['volume', 'create', 'secret', '--pool', 'cp1', '--size', '64M', '--encrypted']);
     assert.equal(volume.encrypted, true);
+    assert.equal((await nubis.cliJson<{ encrypted: boolean }>(['volume', 'create', 'open', '--pool', 'cp1', '--size', '8M'])).encrypted, false);
+    const listed = await nubis.cliJson<Array<{ name: string; encrypted: boolean }>>(['volume', 'list', '--pool', 'cp1']);
+    assert.deepEqual(
+      listed.map((v) => [v.name, v.encrypted]),
+      [
+        ['open', false],
+        ['secret', true],
+      ],
+    );
+    assert.match((await nubis.cli(['volume', 'show', 'cp1/secret'])).stdout, /encrypted:\s+true/);
+    assert.match((await nubis.cli(['volume', 'list', '--pool', 'cp1'])).stdout, /ENCRYPTED/);
+    const shown = await nubis.cliJson<{ currentKekId: string; encryptedVolumes: number; location: string }>(['key', 'show']);
+    assert.equal(shown.encryptedVolumes, 1);
+    assert.equal(shown.location, join(nubis.dataDir, 'storage', 'keys', 'kek.json'));
+    const rotated = await nubis.cliJson<{ kekId: string; rewrappedKeys: number; destroyedKekIds: string[] }>(['key', 'rotate']);
+    assert.equal(rotated.rewrappedKeys, 1);
+    assert.deepEqual(rotated.destroyedKekIds, [shown.currentKekId]);
+    const operations = await nubis.cliJson<Array<{ kind: string; status: string }>>(['operation', 'list']);
+    assert.equal(operations.find((o) => o.kind === 'key.rotate')?.status, 'succeeded', 'the rotation ran as an operation');
+
+    await nubis.cliJson(['pool', 'create', 'local', '--kind', 'dir']);
+    const refused = await nubis.cli(['volume', 'create', 'x', '--pool', 'local', '--size', '8M', '--encrypted']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /local is a dir pool: encrypted volumes are made on storage-node pools/);
+    await nubis.cliJson(['pool', 'delete', 'local']);
+    await nubis.cliJson(['volume', 'delete', 'cp1/open']);
+  });
+
+  it('keeps what the guest wrote across a restart and a key rotation, and no plaintext on the members', async () => {
     const port = await freePort();
     await nubis.cliJson(['vm', 'create', 'cvm', '--image', 'tiny', '--memory', '128', '--disk', 'cp1/secret', '--publish', `${port}:80`]);
     assert.equal((await guestDisk(port, 'write', 11)).ok, true, 'the guest wrote its blocks');
