@@ -16,6 +16,8 @@
  * - qemu-cache: qemu-nbd with its default cache mode (buffered, like ours)
  * - raw: ours serving a raw file (protocol overhead only)
  * - pool: ours serving a volume of a single-device pool (raid0 over one file: thin map, checksums)
+ * - pool-encrypted: the same with an encrypted volume (XTS-AES-256 in the storage engine), so the
+ *   cost of encryption is the ratio of the two (the issue's goal: at least 80% of plain)
  * - raid5, raid5-degraded: ours serving a volume of a 3-device raid5 pool, healthy and with a
  *   member offline
  * and the rebuild rate of the degraded raid5 member onto a new device.
@@ -26,6 +28,7 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs, promisify } from 'node:util';
+import { FileKeyProvider } from '../../src/storage/keys/file-key-provider.ts';
 import { StorageService } from '../../src/storage/service.ts';
 
 const run = promisify(execFile);
@@ -72,6 +75,7 @@ const ALL_SERVERS: Server[] = [
   { key: 'qemu-cache', title: 'qemu-nbd (default cache)' },
   { key: 'raw', title: 'ours, raw file' },
   { key: 'pool', title: 'ours, single-device pool volume' },
+  { key: 'pool-encrypted', title: 'ours, single-device pool volume, encrypted' },
   { key: 'raid5', title: 'ours, raid5 (3 devices) volume' },
   { key: 'raid5-degraded', title: 'ours, raid5 degraded (1 of 3 offline)', readsOnly: true },
 ];
@@ -162,6 +166,7 @@ async function sparseFile(path: string, bytes: number): Promise<void> {
   await truncate(path, bytes);
 }
 
+const loadBefore = (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
 const dir = await mkdtemp(join(tmpdir(), 'nubis-nbd-bench-'));
 const children: ChildProcess[] = [];
 /** server key -> job label -> samples */
@@ -199,14 +204,17 @@ try {
   const poolsDir = join(dir, 'pools');
   const pools = [
     { key: 'pool', name: 'single', layout: 'raid0' as const, members: 1, memberMiB: sizeMiB + 256 },
+    { key: 'pool-encrypted', name: 'single-enc', layout: 'raid0' as const, members: 1, memberMiB: sizeMiB + 256, encrypted: true },
     { key: 'raid5', name: 'r5', layout: 'raid5' as const, members: 3, memberMiB: sizeMiB / 2 + 256 },
     { key: 'raid5-degraded', name: 'r5d', layout: 'raid5' as const, members: 3, memberMiB: sizeMiB / 2 + 256 },
   ].filter((p) => wants(p.key));
   let daemon: ChildProcess | undefined;
   const socket = join(dir, 'pool.sock');
+  const keysDir = join(dir, 'keys');
+  const daemonArgs = ['src/storage/storage-daemon.ts', '--pools', poolsDir, '--socket', socket, '--keys', keysDir];
   if (pools.length > 0) {
     {
-      const { service } = await StorageService.start({ poolsDir });
+      const { service } = await StorageService.start({ poolsDir, keys: new FileKeyProvider(keysDir) });
       for (const pool of pools) {
         const devices: string[] = [];
         for (let i = 0; i < pool.members; i++) {
@@ -214,19 +222,19 @@ try {
           await sparseFile(devices[i]!, pool.memberMiB * MiB);
         }
         await service.createPool({ name: pool.name, layout: pool.layout, devices });
-        await service.createVolume(pool.name, 'vol', sizeMiB * MiB);
+        await service.createVolume(pool.name, 'vol', sizeMiB * MiB, { encrypted: 'encrypted' in pool });
       }
       await service.close();
     }
-    daemon = await startDaemon(['src/storage/storage-daemon.ts', '--pools', poolsDir, '--socket', socket]);
+    daemon = await startDaemon(daemonArgs);
     for (const pool of pools) await run('nbdcopy', [raw, `nbd+unix:///${pool.name}/vol?socket=${socket}`]);
     if (wants('raid5-degraded')) {
       // Offline member 1 while no daemon has the pool open; the daemon then serves it degraded.
       await stop(daemon);
-      const { service } = await StorageService.start({ poolsDir });
+      const { service } = await StorageService.start({ poolsDir, keys: new FileKeyProvider(keysDir) });
       await service.offlineMember('r5d', 1);
       await service.close();
-      daemon = await startDaemon(['src/storage/storage-daemon.ts', '--pools', poolsDir, '--socket', socket]);
+      daemon = await startDaemon(daemonArgs);
     }
     children.push(daemon);
     for (const pool of pools) SERVERS.find((s) => s.key === pool.key)!.uri = `nbd+unix:///${pool.name}/vol?socket=${socket}`;
@@ -255,7 +263,7 @@ try {
   if (daemon) await stop(daemon);
   if (wants('raid5-degraded') && !values['no-rebuild']) {
     // The rebuild of the offline member onto a new device, in-process, unthrottled.
-    const { service } = await StorageService.start({ poolsDir });
+    const { service } = await StorageService.start({ poolsDir, keys: new FileKeyProvider(keysDir) });
     const spare = join(dir, 'r5d-spare.img');
     await sparseFile(spare, (sizeMiB / 2 + 256) * MiB);
     const started = Date.now();
@@ -290,7 +298,7 @@ const cell = (key: string, label: string, metric: keyof Sample): { median: numbe
 const lines: string[] = [];
 lines.push('# NBD server benchmark', '');
 lines.push(`Date: ${new Date().toISOString()} (${Math.round((Date.now() - startedAt) / 60000)} min)  `);
-lines.push(`Load average at the end of the run: ${(await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ')}  `);
+lines.push(`Load average before the run: ${loadBefore}; at its end: ${(await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ')}  `);
 lines.push(`Machine: ${cpus().length} x ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${kernel.trim()}, Node ${process.version}  `);
 lines.push(`Tools: ${fioVersion.trim()} (nbd engine), ${qemuVersion.split('\n')[0]}  `);
 lines.push(
@@ -336,6 +344,30 @@ if (degradedLines.length)
     'One member of three offline: a third of the data chunks are rebuilt from the other two on every read.',
     '',
     ...degradedLines,
+    '',
+  );
+const encryptionLines: string[] = [];
+for (const job of JOBS) {
+  const plain = cell('pool', job.label, 'mbPerSec');
+  const encrypted = cell('pool-encrypted', job.label, 'mbPerSec');
+  const plainIops = cell('pool', job.label, 'iops');
+  const encryptedIops = cell('pool-encrypted', job.label, 'iops');
+  if (plain && encrypted && plainIops && encryptedIops) {
+    const share = Math.round((100 * encrypted.median) / plain.median);
+    encryptionLines.push(
+      `| ${job.label} | ${Math.round(plainIops.median)} IOPS, ${Math.round(plain.median)} MB/s | ${Math.round(encryptedIops.median)} IOPS, ${Math.round(encrypted.median)} MB/s | ${share}%${share >= 80 ? '' : ' (under 80%)'} |`,
+    );
+  }
+}
+if (encryptionLines.length)
+  lines.push(
+    '## Encrypted vs plain volume',
+    '',
+    'The same single-device pool layout, one volume plain and one encrypted (XTS-AES-256 per 4 KiB sector in the storage engine), measured interleaved; the goal is at least 80% of plain.',
+    '',
+    '| job | plain | encrypted | encrypted / plain |',
+    '| --- | ---: | ---: | ---: |',
+    ...encryptionLines,
     '',
   );
 if (notes.length) lines.push('## Rebuild', '', ...notes.map((n) => `- ${n}`), '');

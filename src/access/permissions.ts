@@ -60,6 +60,7 @@ export const PERMISSIONS = {
   'image.import': ['platform', 'Import images'],
   'pool.read': ['platform', 'List and show storage pools'],
   'pool.manage': ['platform', 'Create, delete, scrub and repair storage pools'],
+  'key.manage': ['platform', 'See and rotate the key-encryption key of encrypted volumes'],
   'network.probe': ['platform', 'Run a command in a namespace attached to a network (as root on a host)'],
   'user.read': ['platform', 'List users'],
   'user.manage': ['platform', 'Create and delete users and set their passwords'],

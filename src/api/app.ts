@@ -47,6 +47,7 @@ import { installRequestMetrics, metricsRoutes } from './routes/metrics.ts';
 import { networkRoutes } from './routes/networks.ts';
 import { operationRoutes } from './routes/operations.ts';
 import { poolRoutes } from './routes/pools.ts';
+import { keyRoutes } from './routes/keys.ts';
 import { projectRoutes } from './routes/projects.ts';
 import { secgroupRoutes } from './routes/secgroups.ts';
 import { statusRoutes } from './routes/status.ts';
@@ -168,6 +169,7 @@ export async function buildApp(
   await app.register(placementRoutes, { placement, vms });
   await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
   await app.register(poolRoutes, { db, storage, operations, residency: placement.residency, changes: services.changes });
+  await app.register(keyRoutes, { storage, operations });
   await app.register(desktopRoutes, { pools: services.desktopPools, broker: services.desktopBroker });
   await app.register(operationRoutes, { operations, access });
   await app.register(eventRoutes, { changes: services.changes, access });

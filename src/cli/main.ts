@@ -25,6 +25,7 @@ import { registerSecgroupCommands } from './commands/secgroup.ts';
 import { registerUpDownCommands } from './commands/up-down.ts';
 import { registerVmCommands } from './commands/vm.ts';
 import { registerVolumeCommands } from './commands/volume.ts';
+import { registerKeyCommands } from './commands/key.ts';
 
 const program = new Command('nubis')
   .description('Nubis: real virtual machines on a pool of hosts')
@@ -45,6 +46,7 @@ registerNetworkCommands(program);
 registerSecgroupCommands(program);
 registerPoolCommands(program);
 registerVolumeCommands(program);
+registerKeyCommands(program);
 registerDesktopCommands(program);
 registerOperationCommands(program);
 registerEventCommands(program);

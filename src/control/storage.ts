@@ -29,11 +29,16 @@ export type { StorageHostState, StorageVmSocketState };
 /** What binding a VM's disks needs of its spec: its id and uid (the socket's owner) and its disks. */
 type BindableSpec = { id: string; unixUid?: number; disks: DiskSpec[] };
 
+/** How far a storage job got: bytes of a pool action, or keys of a key rotation. */
+export type StorageJobProgress =
+  | { doneBytes: number; totalBytes: number; rateBytesPerSec: number; etaSeconds: number }
+  | { doneKeys: number; totalKeys: number; pool?: string; volume?: string };
+
 /** A long action on the storage node, as its API reports it. */
 export interface StorageJob {
   id: string;
   status: 'running' | 'succeeded' | 'failed';
-  progress?: { doneBytes: number; totalBytes: number; rateBytesPerSec: number; etaSeconds: number };
+  progress?: StorageJobProgress;
   result?: unknown;
   error?: { code: string; message: string };
 }
@@ -173,11 +178,18 @@ export class StorageCatalogue {
   /** Reports a started job's progress into the operation until it ends; its result or error. */
   async followJob(started: StorageJob, op: OperationContext, stage: string): Promise<unknown> {
     let job = started;
+    let reported = '';
     while (job.status === 'running') {
       await delay(500, undefined, { signal: op.signal });
       job = await this.call<StorageJob>({ method: 'GET', path: `/storage/jobs/${job.id}` });
       const p = job.progress;
-      if (p && p.totalBytes > 0) {
+      if (!p) continue;
+      if ('totalKeys' in p) {
+        // Key rotations are quick: report each step once, not every sample.
+        const message = `${p.doneKeys} of ${p.totalKeys} volume keys rewrapped${p.volume ? ` (last: ${p.pool}/${p.volume})` : ''}`;
+        if (message !== reported) await op.report(stage, message, p.totalKeys > 0 ? p.doneKeys / p.totalKeys : 0, p);
+        reported = message;
+      } else if (p.totalBytes > 0) {
         await op.report(
           stage,
           `${(p.doneBytes / 2 ** 20).toFixed(0)} of ${(p.totalBytes / 2 ** 20).toFixed(0)} MiB at ${(p.rateBytesPerSec / 2 ** 20).toFixed(1)} MiB/s, ETA ${Math.ceil(p.etaSeconds)} s`,

@@ -11,6 +11,7 @@
  * | `<data>`, `<data>/hosts`, `<data>/hosts/<host>`, `.../vms`, `.../vms/<id>` | pass through |
  * | `<data>/hosts/<host>/pools`, `.../pools/<pool>` (dir pools; each volume is root's or its VM's) | pass through |
  * | `<data>/storage`, `storage/hosts`, `storage/hosts/<host>` | pass through, to each VM's own NBD socket (its uid's, mode 0600; storage/host-fencing.ts) |
+ * | `<data>/storage/keys` (the KEKs of encrypted volumes) | nothing: the folder is 0700 and its key file 0600, set by storage/keys/file-key-provider.ts whatever the umask |
  * | `<data>/images` | read, for the VMs' group only (base images that VMs' disks are overlays of, `openImagesToVms`) |
  * | `.../vms/<id>/run`, the VM's own disks | nothing: they belong to the VM's user (host/vm-files.ts) |
  * | anything else (database, tokens, keys, logs, pools, agent records; in `storage/`: pools, the shared, management and per-host sockets, the fencing state) | nothing |

@@ -187,6 +187,9 @@ export const ERROR_STATUS = {
   QUOTA_EXCEEDED: 409,
   CLUSTER_BALANCE_OFF: 409,
   CLUSTER_BALANCE_RUNNING: 409,
+  // One key rotation at a time; one that could not rewrap every key keeps the old KEKs.
+  KEY_ROTATION_RUNNING: 409,
+  KEY_ROTATION_INCOMPLETE: 409,
   // Understood, but nothing can take it.
   NO_HOST_FITS: 422,
   NO_HOSTS: 422,
@@ -200,6 +203,8 @@ export const ERROR_STATUS = {
   POOL_DEVICE_UNREADABLE: 422,
   AUTH_OIDC_NOT_CONFIGURED: 422,
   AUTH_OIDC_DEVICE_UNSUPPORTED: 422,
+  // A storage node without a key provider cannot encrypt volumes.
+  ENCRYPTION_UNAVAILABLE: 422,
   // Too many attempts: wait.
   AUTH_LOGIN_LOCKED: 429,
   CONSOLE_TICKETS_EXHAUSTED: 429,
@@ -235,6 +240,9 @@ export const ERROR_STATUS = {
   AUDIT_NOT_STARTED: 500,
   TLS_CA_DAMAGED: 500,
   AUDIT_TAMPERED: 500,
+  KEY_FILE_UNSAFE: 500,
+  KEY_FILE_CORRUPT: 500,
+  VOLUME_KEY_MALFORMED: 500,
   // What Nubis drives failed: a host agent, QEMU, an NBD peer.
   HTTP_ERROR: 502,
   METRICS_UNPARSABLE: 502,
@@ -264,6 +272,8 @@ export const ERROR_STATUS = {
   // Not reachable.
   HOST_UNAVAILABLE: 503,
   STORAGE_UNAVAILABLE: 503,
+  // An encrypted volume's key does not unwrap (its KEK is gone or the wrapped key is damaged).
+  VOLUME_KEY_UNAVAILABLE: 503,
   API_UNREACHABLE: 503,
   HTTP_UNREACHABLE: 503,
   // The OpenID provider cannot be reached: not the client's credentials, so not a 4xx.

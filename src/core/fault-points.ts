@@ -9,7 +9,16 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** The places a test can stop at (one list, so a typo cannot silently never fire). */
-export type FaultPoint = 'vm.create.before-placement' | 'vm.create.after-record' | 'vm.create.after-qemu-started';
+export type FaultPoint =
+  | 'vm.create.before-placement'
+  | 'vm.create.after-record'
+  | 'vm.create.after-qemu-started'
+  // storage/service.ts, key rotation: a new KEK is durable / one data key is rewrapped / all are, old KEKs not yet destroyed.
+  | 'storage.key-rotate.after-new-kek'
+  | 'storage.key-rotate.after-first-rewrap'
+  | 'storage.key-rotate.before-destroy'
+  // storage/pool/volume-catalog.ts: an encrypted volume's delete is durable, its stale wrapped keys not yet purged.
+  | 'storage.volume-delete.before-purge';
 
 export async function faultPoint(name: FaultPoint): Promise<void> {
   const armed = process.env.NUBIS_FAULT_POINTS?.split(',') ?? [];

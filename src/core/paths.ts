@@ -40,6 +40,8 @@ export function dataPaths(dataDir: string) {
     /** A folder per registered host with its own NBD socket (see `hostNbdSocket`), and the fencing state. */
     storageHosts: join(dataDir, 'storage', 'hosts'),
     storageManageSocket: join(dataDir, 'storage', 'manage.sock'),
+    /** The key file of the key-encryption keys of encrypted volumes (folder 0700, file 0600). */
+    storageKeys: join(dataDir, 'storage', 'keys'),
     hostsDir: join(dataDir, 'hosts'),
     runDir: join(dataDir, 'run'),
     logsDir: join(dataDir, 'logs'),

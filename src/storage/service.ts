@@ -8,7 +8,9 @@
  */
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isNubisError, NubisError } from '../core/errors.ts';
+import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
+import { faultPoint } from '../core/fault-points.ts';
+import type { KeyProvider, KeyProviderStatus } from './keys/key-provider.ts';
 import * as C from './nbd/nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
 import type { NbdExportAccess } from './nbd/nbd-export-access.ts';
@@ -40,6 +42,32 @@ export interface StorageServiceOptions {
   onNbdEvent?: (event: NbdServerEvent) => void;
   /** Share of a pool's space allocated above which its status warns. Default 0.8. */
   fullWarningRatio?: number;
+  /** Wraps the data keys of encrypted volumes (storage/keys/); without it they cannot be made or read. */
+  keys?: KeyProvider;
+}
+
+/** How far a key rotation got. */
+export interface KeyRotationProgress {
+  doneKeys: number;
+  totalKeys: number;
+  /** The volume whose key was rewrapped last. */
+  pool?: string;
+  volume?: string;
+}
+
+/** What a finished key rotation did. */
+export interface KeyRotationReport {
+  kekId: string;
+  rewrappedKeys: number;
+  destroyedKekIds: string[];
+  durationMs: number;
+}
+
+/** The key provider's state and how many volumes of this node's pools are encrypted. */
+export interface KeyStatus extends KeyProviderStatus {
+  encryptedVolumes: number;
+  /** The KEKs that wrap some volume's key now. */
+  kekIdsInUse: string[];
 }
 
 /** Input of `createPool`. */
@@ -113,6 +141,9 @@ export class StorageService {
   readonly #server: NbdServer;
   #unixPath?: string;
   #tcpAddress?: { host: string; port: number };
+  /** Pool files that did not open: their volumes' keys may still need the KEKs a rotation retires. */
+  #openFailures: Array<{ file: string; error: string }> = [];
+  #rotation?: Promise<KeyRotationReport>;
 
   private constructor(options: StorageServiceOptions) {
     this.#options = Object.freeze({ ...options });
@@ -132,12 +163,18 @@ export class StorageService {
     for (const file of (await readdir(options.poolsDir)).filter((f) => f.endsWith('.pool.json')).sort()) {
       try {
         const config = JSON.parse(await readFile(join(options.poolsDir, file), 'utf8')) as PoolFile;
-        const pool = await StoragePool.open({ devices: config.devices, openDevice: options.openDevice, fullWarningRatio: options.fullWarningRatio });
+        const pool = await StoragePool.open({
+          devices: config.devices,
+          openDevice: options.openDevice,
+          fullWarningRatio: options.fullWarningRatio,
+          keys: options.keys,
+        });
         service.#pools.set(pool.name, pool);
       } catch (error) {
         failures.push({ file, error: (error as Error).message });
       }
     }
+    service.#openFailures = failures;
     if (options.socketPath) service.#unixPath = ((await service.#server.listen({ path: options.socketPath, tls: false })) as { path: string }).path;
     if (options.tcp)
       service.#tcpAddress = (await service.#server.listen({ host: options.tcp.host ?? '127.0.0.1', port: options.tcp.port })) as { host: string; port: number };
@@ -250,6 +287,7 @@ export class StorageService {
       fullWarningRatio: this.#options.fullWarningRatio,
       force: request.force === true,
       livePoolUuids: this.#livePoolUuids(),
+      keys: this.#options.keys,
     });
     this.#pools.set(pool.name, pool);
     await this.#writePoolFile(pool);
@@ -341,11 +379,14 @@ export class StorageService {
     return this.#pool(pool).getVolume(name);
   }
 
-  /** Creates a thin volume; `size` in bytes or like `20G`. */
-  async createVolume(pool: string, name: string, size: number | string): Promise<VolumeInfo> {
+  /** Creates a thin volume; `size` in bytes or like `20G`; `encrypted` gives it a data key of its own. */
+  async createVolume(pool: string, name: string, size: number | string, options: { encrypted?: boolean } = {}): Promise<VolumeInfo> {
     const p = this.#pool(pool);
     const sizeBytes = parseSize(size, 'volume size');
-    return this.#serial(pool, () => p.createVolume(name, sizeBytes));
+    if (options.encrypted !== undefined && typeof options.encrypted !== 'boolean') {
+      throw new NubisError('VALIDATION_FAILED', `encrypted is true or false, not ${JSON.stringify(options.encrypted)}`);
+    }
+    return this.#serial(pool, () => p.createVolume(name, sizeBytes, { encrypted: options.encrypted === true }));
   }
 
   async snapshotVolume(pool: string, source: string, name: string): Promise<VolumeInfo> {
@@ -364,9 +405,83 @@ export class StorageService {
     return this.#serial(pool, () => p.resizeVolume(name, sizeBytes));
   }
 
-  async deleteVolume(pool: string, name: string): Promise<void> {
+  /** Deletes a volume; an encrypted one's key is crypto-shredded (`keyDestroyed`, unless a snapshot or clone shares it). */
+  async deleteVolume(pool: string, name: string): Promise<{ keyDestroyed: boolean }> {
     const p = this.#pool(pool);
     return this.#serial(pool, () => p.deleteVolume(name));
+  }
+
+  // ---------------------------------------------------------------- keys
+
+  #requireKeys(): KeyProvider {
+    if (!this.#options.keys) throw new NubisError('ENCRYPTION_UNAVAILABLE', 'This storage node has no key provider');
+    return this.#options.keys;
+  }
+
+  /** The key provider's state and which KEKs the volumes use. */
+  async keyStatus(): Promise<KeyStatus> {
+    const status = await this.#requireKeys().status();
+    const inUse = new Set<string>();
+    let encryptedVolumes = 0;
+    for (const pool of this.#pools.values()) {
+      for (const id of pool.kekIdsInUse()) inUse.add(id);
+      encryptedVolumes += pool.listVolumes().filter((v) => v.encrypted).length;
+    }
+    return { ...status, encryptedVolumes, kekIdsInUse: [...inUse].sort() };
+  }
+
+  /**
+   * Rotates the key-encryption key: a new KEK, every data key rewrapped with it (one durable
+   * journal record per volume, no data re-encrypted), then the old KEKs destroyed, only once no
+   * key of any pool is wrapped by them. A crash at any point leaves every key unwrappable: the
+   * key file keeps the old KEKs until the end. A pool that is read-only or did not open, or a
+   * key that could not be unwrapped, keeps the old KEKs (`KEY_ROTATION_INCOMPLETE` says which).
+   */
+  rotateKeys(onProgress: (progress: KeyRotationProgress) => void = () => undefined): Promise<KeyRotationReport> {
+    const keys = this.#requireKeys();
+    if (this.#rotation) throw new NubisError('KEY_ROTATION_RUNNING', 'A key rotation is running already; wait for it to finish');
+    this.#rotation = this.#rotate(keys, onProgress).finally(() => (this.#rotation = undefined));
+    return this.#rotation;
+  }
+
+  async #rotate(keys: KeyProvider, onProgress: (progress: KeyRotationProgress) => void): Promise<KeyRotationReport> {
+    const started = Date.now();
+    const rotation = await keys.rotate();
+    await faultPoint('storage.key-rotate.after-new-kek');
+    const pools = [...this.#pools.values()];
+    const totalKeys = pools.reduce((sum, pool) => sum + pool.listVolumes().filter((v) => v.encrypted).length, 0);
+    let doneKeys = 0;
+    onProgress({ doneKeys, totalKeys });
+    const left: string[] = this.#openFailures.map((failure) => `${failure.file} did not open`);
+    for (const pool of pools) {
+      if (pool.readOnlyReason) {
+        if (pool.kekIdsInUse().size > 0) left.push(`pool ${pool.name} is read-only`);
+        continue;
+      }
+      try {
+        await this.#serial(pool.name, () =>
+          pool.rewrapKeys(async (volume) => {
+            doneKeys++;
+            onProgress({ doneKeys, totalKeys, pool: pool.name, volume });
+            if (doneKeys === 1) await faultPoint('storage.key-rotate.after-first-rewrap');
+          }),
+        );
+      } catch (error) {
+        left.push(`pool ${pool.name}: ${messageOf(error)}`);
+      }
+    }
+    for (const pool of pools)
+      if ([...pool.kekIdsInUse()].some((id) => id !== rotation.kekId) && !pool.readOnlyReason) left.push(`pool ${pool.name} has keys left under older KEKs`);
+    if (left.length > 0) {
+      throw new NubisError(
+        'KEY_ROTATION_INCOMPLETE',
+        `New keys are wrapped with ${rotation.kekId}, but the older KEKs are kept, since not every key could be rewrapped: ${[...new Set(left)].join('; ')}. Fix that and rotate again`,
+        { details: { kekId: rotation.kekId, left } },
+      );
+    }
+    await faultPoint('storage.key-rotate.before-destroy');
+    const { destroyedKekIds } = await rotation.retire();
+    return { kekId: rotation.kekId, rewrappedKeys: doneKeys, destroyedKekIds, durationMs: Date.now() - started };
   }
 
   /** Stops serving (running requests finish), commits and closes every pool. */

@@ -1,13 +1,15 @@
 /**
  * A storage node: the storage service (pools, volumes, the NBD server) plus a small management
- * API for the control plane on a unix socket. Long pool actions (scrub, member replacement) run
- * as jobs whose progress the control plane samples into its operations. Registered hosts get an
- * NBD socket each and can be fenced; each VM on them gets a socket of its own that serves only
- * its volumes (host-fencing.ts).
+ * API for the control plane on a unix socket. Long actions (scrub, member replacement, key
+ * rotation) run as jobs whose progress the control plane samples into its operations. Registered
+ * hosts get an NBD socket each and can be fenced; each VM on them gets a socket of its own that
+ * serves only its volumes (host-fencing.ts). The key-encryption keys of encrypted volumes are in
+ * a key file of the node (storage/keys/file-key-provider.ts).
  *
  * What it creates is closed to other users (VMs run as unprivileged uids of their own, and the
- * data folder is passable by them): the pools folder, the shared NBD socket and the management
- * socket are root's alone; only the hosts folder is passable, on the way to each VM's socket.
+ * data folder is passable by them): the pools folder, the shared NBD socket, the management
+ * socket and the keys are root's alone; only the hosts folder is passable, on the way to each
+ * VM's socket.
  */
 import { chmod, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -17,10 +19,11 @@ import { newId } from '../core/ids.ts';
 import { closeStorageFolder, closeToOthers } from '../core/data-folder.ts';
 import { checkHostName } from '../core/paths.ts';
 import { HostFencing } from './host-fencing.ts';
+import { FileKeyProvider } from './keys/file-key-provider.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
 import { toWireError } from '../core/error-codes.ts';
 import type { NbdTlsOptions } from './nbd/nbd-server.ts';
-import { StorageService, type CreatePoolRequest } from './service.ts';
+import { StorageService, type CreatePoolRequest, type KeyRotationProgress } from './service.ts';
 import { checkVmExports, checkVmUid } from './vm-socket-checks.ts';
 
 /** Where a storage node listens. */
@@ -37,6 +40,11 @@ export interface StorageNodeOptions {
    * (core/paths.ts `hostNbdSocket`).
    */
   hostsDir?: string;
+  /**
+   * Folder of the key file that holds the key-encryption keys of encrypted volumes (mode 0700,
+   * the file 0600). Default: `keys` beside `nbdSocket`, which is `<data>/storage/keys`.
+   */
+  keysDir?: string;
   /** How long a fence waits for a host's requests already running on volumes. Default 30 000 ms. */
   fenceTimeoutMs?: number;
   /** The management API's unix socket. */
@@ -50,10 +58,11 @@ export interface StorageNodeOptions {
 /** A long action on the node. */
 export interface StorageJob {
   id: string;
-  kind: 'scrub' | 'replace';
+  kind: 'scrub' | 'replace' | 'key-rotate';
+  /** The pool it works on ('' for a node-wide job). */
   pool: string;
   status: 'running' | 'succeeded' | 'failed';
-  progress?: PoolProgress;
+  progress?: PoolProgress | KeyRotationProgress;
   result?: unknown;
   error?: { code: string; message: string };
 }
@@ -67,6 +76,7 @@ export async function startStorageNode(
     socketPath: options.nbdSocket,
     ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}),
     ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}),
+    keys: new FileKeyProvider(options.keysDir ?? join(dirname(options.nbdSocket), 'keys')),
   });
   const storageDir = dirname(options.nbdSocket);
   const hostsDir = options.hostsDir ?? join(storageDir, 'hosts');
@@ -94,6 +104,7 @@ export async function startStorageNode(
   registerPoolRoutes(app, service, jobs);
   app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => jobs.get(request.params.id));
   registerVolumeRoutes(app, service);
+  registerKeyRoutes(app, service, jobs);
   registerHostRoutes(app, hosts);
 
   await rm(options.manageSocket, { force: true });
@@ -121,7 +132,11 @@ class StorageJobs {
   readonly #jobs = new Map<string, StorageJob>();
 
   /** Starts `work` as a job and returns it at once, running; its outcome lands on the job. */
-  start(kind: StorageJob['kind'], pool: string, work: (onProgress: (progress: PoolProgress) => void) => Promise<unknown>): StorageJob {
+  start<P extends NonNullable<StorageJob['progress']>>(
+    kind: StorageJob['kind'],
+    pool: string,
+    work: (onProgress: (progress: P) => void) => Promise<unknown>,
+  ): StorageJob {
     const job: StorageJob = { id: newId('job'), kind, pool, status: 'running' };
     this.#jobs.set(job.id, job);
     work((progress) => (job.progress = progress)).then(
@@ -179,6 +194,21 @@ function registerPoolRoutes(app: FastifyInstance, service: StorageService, jobs:
   );
 }
 
+/** Keys of encrypted volumes: the key provider's state, and rotation of the KEK as a job. */
+function registerKeyRoutes(app: FastifyInstance, service: StorageService, jobs: StorageJobs): void {
+  app.get('/storage/keys', async () => service.keyStatus());
+  app.post('/storage/keys/rotate', async (_request, reply) => {
+    // Refused here (no provider, a rotation running: it throws at once) rather than as a failed job after the 202.
+    let report: (progress: KeyRotationProgress) => void = () => undefined;
+    const rotation = service.rotateKeys((progress) => report(progress));
+    const job = jobs.start<KeyRotationProgress>('key-rotate', '', (onProgress) => {
+      report = onProgress;
+      return rotation;
+    });
+    return reply.status(202).send(job);
+  });
+}
+
 type HostParams = { Params: { host: string } };
 type VmSocketParams = { Params: { host: string; uid: string } };
 
@@ -221,8 +251,8 @@ function exportsOf(body: unknown): unknown {
 /** Volumes of a pool: create, read, delete, snapshot, clone and resize. */
 function registerVolumeRoutes(app: FastifyInstance, service: StorageService): void {
   app.get<PoolParams>('/storage/pools/:pool/volumes', async (request) => service.listVolumes(request.params.pool));
-  app.post<PoolParams & { Body: { name: string; size: number | string } }>('/storage/pools/:pool/volumes', async (request, reply) =>
-    reply.status(201).send(await service.createVolume(request.params.pool, request.body.name, request.body.size)),
+  app.post<PoolParams & { Body: { name: string; size: number | string; encrypted?: boolean } }>('/storage/pools/:pool/volumes', async (request, reply) =>
+    reply.status(201).send(await service.createVolume(request.params.pool, request.body.name, request.body.size, { encrypted: request.body.encrypted })),
   );
   app.get<VolumeParams>('/storage/pools/:pool/volumes/:volume', async (request) => service.getVolume(request.params.pool, request.params.volume));
   app.delete<VolumeParams>('/storage/pools/:pool/volumes/:volume', async (request, reply) => {

@@ -701,13 +701,24 @@ export const Volume = Type.Object(
     usedBy: Type.Optional(Text(63, { description: 'The VM it is attached to' })),
     host: Type.Optional(Text(63, { description: 'dir pools: the host holding the qcow2 file' })),
     createdAt: Timestamp,
+    encrypted: Type.Optional(
+      Type.Boolean({ description: 'storage-node pools: its blocks are encrypted (XTS-AES-256) with a data key shared only with its snapshots and clones' }),
+    ),
   },
   { $id: 'Volume' },
 );
 
 export const Size = Type.String({ pattern: SIZE_PATTERN, maxLength: 32, description: 'e.g. 20G, 512M', examples: ['1G'] });
 
-export const VolumeCreateRequest = Type.Object({ name: ResourceName, size: Size, host: Type.Optional(ResourceName) }, { additionalProperties: false });
+export const VolumeCreateRequest = Type.Object(
+  {
+    name: ResourceName,
+    size: Size,
+    host: Type.Optional(ResourceName),
+    encrypted: Type.Optional(Type.Boolean({ description: 'storage-node pools: encrypt its blocks with a data key of its own (default false)' })),
+  },
+  { additionalProperties: false },
+);
 
 export const PortForward = Type.Object(
   {

@@ -101,6 +101,8 @@ const EXPECTED: Record<string, string> = {
   deletePool: '--A --D --D --D --D --D --D',
   scrubPool: '--A --D --D --D --D --D --D',
   replacePoolMember: '--A --D --D --D --D --D --D',
+  getKeyStatus: '--A --D --D --D --D --D --D',
+  rotateKeys: '--A --D --D --D --D --D --D',
   listVolumes: 'AAA ADA ADA ADA ADA DDA DDA',
   createVolume: 'AA- AD- AD- AD- DD- DD- DD-',
   getVolume: 'AA- AD- AD- AD- AD- DD- DD-',

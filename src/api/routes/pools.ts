@@ -335,6 +335,12 @@ function registerVolumeCreateRoute(app: RouteApp, services: PoolRouteServices, {
       const { pool } = request.params;
       const dir = await isDir(pool);
       if (!dir && host) throw new NubisError('VALIDATION_FAILED', `${pool} is a storage-node pool, reachable from every host: drop --host`);
+      if (dir && body.encrypted) {
+        throw new NubisError(
+          'POOL_KIND_UNSUPPORTED',
+          `${pool} is a dir pool: encrypted volumes are made on storage-node pools for now; drop --encrypted or pick such a pool`,
+        );
+      }
       const project = projectOf(request);
       const onHost = dir ? await dirPools.hostOf(pool, host) : undefined;
       await services.residency.checkVolume(project.id, project.name, {

@@ -138,6 +138,7 @@ async function runStorageNode(options: { nbdTcp?: string; nbdTlsDir?: string }, 
     poolsDir: paths.storagePools,
     nbdSocket: paths.storageNbdSocket,
     hostsDir: paths.storageHosts,
+    keysDir: paths.storageKeys,
     manageSocket: paths.storageManageSocket,
     ...(tcp ? { nbdTcp: { host: tcp[1], port: Number(tcp[2]) } } : {}),
     ...(options.nbdTlsDir

@@ -65,6 +65,22 @@ export function decodeLabel(block: Buffer): PoolLabel | undefined {
   return JSON.parse(json.toString('utf8')) as PoolLabel;
 }
 
+/**
+ * How a volume is encrypted (volume-cipher.ts, volume-keys.ts): its data key, wrapped by a
+ * key-encryption key of the storage node's key provider. Absent for a plain volume.
+ */
+export interface VolumeEncryption {
+  cipher: 'aes-256-xts';
+  /** Bytes of one XTS data unit; the tweak is the sector's number in the volume. */
+  sectorBytes: number;
+  /** The data key's id: a volume, its snapshots and its clones share one key and so one id. */
+  keyId: string;
+  /** The key-encryption key that wraps it. */
+  kekId: string;
+  /** The data key wrapped for this volume (base64; the provider's format). */
+  wrappedKey: string;
+}
+
 /** A volume as stored in metadata. */
 export interface VolumeRecord {
   id: number;
@@ -75,6 +91,7 @@ export interface VolumeRecord {
   originName?: string;
   readOnly: boolean;
   createdAt: string;
+  encryption?: VolumeEncryption;
 }
 
 /** The whole metadata state of a pool. */
@@ -89,6 +106,11 @@ export interface PoolState {
   faultedMembers: Set<number>;
   /** Per 4 KiB block of the pool's logical space. */
   checksums: Uint32Array;
+  /**
+   * An encrypted volume was deleted and stale copies of its wrapped key may still lie in the
+   * older checkpoint slot or the journal's tail: purge them (MetadataStore.purgeStaleCopies).
+   */
+  purgePending?: boolean;
 }
 
 export function encodeCheckpoint(state: PoolState, generation: number, sequence: number): Buffer {
@@ -100,6 +122,7 @@ export function encodeCheckpoint(state: PoolState, generation: number, sequence:
       durableHighWaterAu: state.durableHighWaterAu,
       intentAus: [...state.intentAus],
       faultedMembers: [...state.faultedMembers],
+      ...(state.purgePending ? { purgePending: true } : {}),
     }),
     'utf8',
   );
@@ -154,6 +177,7 @@ export function decodeCheckpoint(buffer: Buffer, checksumCount: number, allocati
     durableHighWaterAu: number;
     intentAus: number[];
     faultedMembers?: number[];
+    purgePending?: boolean;
   };
   let at = 4 + jsonLength;
   const volumes = new Map<number, { record: VolumeRecord; map: Int32Array }>();
@@ -176,6 +200,7 @@ export function decodeCheckpoint(buffer: Buffer, checksumCount: number, allocati
     intentAus: new Set(meta.intentAus),
     faultedMembers: new Set(meta.faultedMembers ?? []),
     checksums,
+    ...(meta.purgePending ? { purgePending: true } : {}),
   };
 }
 
@@ -193,6 +218,7 @@ export type JsonOp =
   | { op: 'copy'; record: VolumeRecord; sourceId: number }
   | { op: 'delete'; id: number }
   | { op: 'resize'; id: number; sizeBytes: number }
+  | { op: 'rewrap'; id: number; kekId: string; wrappedKey: string }
   | { op: 'member-faulted'; index: number }
   | { op: 'member-replaced'; index: number };
 

@@ -63,6 +63,14 @@ export function applyJsonOp(state: PoolState, op: JsonOp, allocationUnitBytes: n
       if (!entry) return;
       for (let i = 0; i < entry.map.length; i++) if (entry.map[i] !== 0) refs.unref(entry.map[i]! - 1);
       state.volumes.delete(op.id);
+      // Older metadata still holds its wrapped key: purge it (also when a crash comes first).
+      if (entry.record.encryption) state.purgePending = true;
+      return;
+    }
+    case 'rewrap': {
+      const entry = state.volumes.get(op.id);
+      if (!entry?.record.encryption) return;
+      entry.record = { ...entry.record, encryption: { ...entry.record.encryption, kekId: op.kekId, wrappedKey: op.wrappedKey } };
       return;
     }
     case 'member-faulted':

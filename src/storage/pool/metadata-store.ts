@@ -57,6 +57,8 @@ export class MetadataStore {
   #activeSlot: 0 | 1;
   #journalOffset: number;
   #forceCheckpoint = false;
+  /** The next checkpoint also overwrites the rest of its slot and the journal after its marker. */
+  #wipeStale = false;
   #commitRunning?: Promise<void>;
   #commitQueued?: Promise<void>;
   /** The queued commit must be a full one (someone asked for more than intents). */
@@ -127,6 +129,24 @@ export class MetadataStore {
   /** Makes the next commit write a full checkpoint on every member instead of a journal record. */
   requestCheckpoint(): void {
     this.#forceCheckpoint = true;
+  }
+
+  /**
+   * Overwrites every copy of the metadata older than the current state on the writable members:
+   * both checkpoint slots get the current state (zero-padded to the slot's end) and the journal
+   * is zeroed after the new generation's marker. Run after deleting an encrypted volume, whose
+   * wrapped key would otherwise survive in the older slot or in journal records that replay no
+   * longer reads. `purgePending` stays set in the first checkpoint, so a crash before the second
+   * has the next open purge again.
+   */
+  async purgeStaleCopies(): Promise<void> {
+    this.#wipeStale = true;
+    this.#forceCheckpoint = true;
+    await this.commit();
+    this.state.purgePending = false;
+    this.#wipeStale = true;
+    this.#forceCheckpoint = true;
+    await this.commit();
   }
 
   // ---------------------------------------------------------------- changes
@@ -285,9 +305,11 @@ export class MetadataStore {
     const capture = this.allocation.commitStarted();
     const highWater = this.state.durableHighWaterAu;
     const checkpoint = this.#checkpointIfDue(JOURNAL_HEADER_BYTES + writer.bytes);
+    const wipe = checkpoint !== undefined && this.#wipeStale;
+    if (wipe) this.#wipeStale = false;
     try {
       await this.#raid.flush();
-      if (checkpoint) await this.#writeCheckpoint(checkpoint);
+      if (checkpoint) await this.#writeCheckpoint(checkpoint, wipe);
       else if (writer.bytes > 0) await this.#appendRecord(writer);
     } catch (error) {
       // The captured records are neither on disk nor pending any more: the on-disk metadata can
@@ -336,10 +358,14 @@ export class MetadataStore {
     return checkpoint;
   }
 
-  /** Writes `checkpoint` to the inactive slot and starts the new generation's journal. */
-  async #writeCheckpoint(checkpoint: Buffer): Promise<void> {
+  /**
+   * Writes `checkpoint` to the inactive slot and starts the new generation's journal; with `wipe`
+   * the slot's rest and the journal after the marker are zeroed too (`purgeStaleCopies`).
+   */
+  async #writeCheckpoint(checkpoint: Buffer, wipe = false): Promise<void> {
     const slot = this.#activeSlot === 0 ? 1 : 0;
-    await this.#writeMetadata(checkpoint, checkpointSlotOffset(this.#geometry, slot));
+    const slotImage = wipe ? Buffer.concat([checkpoint, Buffer.alloc(this.#geometry.slotBytes - checkpoint.length)]) : checkpoint;
+    await this.#writeMetadata(slotImage, checkpointSlotOffset(this.#geometry, slot));
     this.#generation++;
     this.#sequence++;
     this.#activeSlot = slot;
@@ -347,7 +373,10 @@ export class MetadataStore {
     // a newer checkpoint that fails its checksum but has this marker is corruption, not a tear.
     this.#sequence++;
     const marker = new JournalWriter().encode(this.#generation, this.#sequence);
-    await this.#writeMetadata(marker, journalStartOffset(this.#geometry));
+    await this.#writeMetadata(
+      wipe ? Buffer.concat([marker, Buffer.alloc(this.#geometry.journalBytes - marker.length)]) : marker,
+      journalStartOffset(this.#geometry),
+    );
     this.#journalOffset = marker.length;
   }
 

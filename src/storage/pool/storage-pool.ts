@@ -24,9 +24,11 @@
  * finding members), metadata-replay.ts (loading and journal replay), metadata-store.ts and
  * allocation-table.ts (tables in memory, commits), volume-io.ts and self-healing-reader.ts (the
  * data path), volume-catalog.ts (volumes by name), pool-maintenance.ts (scrub, replace),
- * pool-status.ts. This class opens a pool, wires them together and keeps the public API.
+ * pool-status.ts, volume-cipher.ts and volume-keys.ts (encrypted volumes). This class opens a
+ * pool, wires them together and keeps the public API.
  */
 import { NubisError } from '../../core/errors.ts';
+import type { KeyProvider } from '../keys/key-provider.ts';
 import { CHECKSUM_BLOCK_BYTES, ZERO_BLOCK_CHECKSUM } from './checksum.ts';
 import { KeyedLocks } from './locks.ts';
 import { openMemberDevice, type MemberDevice } from './member-device.ts';
@@ -40,14 +42,15 @@ import { validateName } from './pool-names.ts';
 import { poolStatus, type PoolStatus } from './pool-status.ts';
 import { RAID_LAYOUTS, RaidArray, type MemberSlot, type RaidLayout } from './raid-array.ts';
 import { SelfHealingReader } from './self-healing-reader.ts';
-import { VolumeCatalog, type VolumeInfo } from './volume-catalog.ts';
+import { VolumeCatalog, type VolumeCreateOptions, type VolumeInfo } from './volume-catalog.ts';
 import { VolumeDevice } from './volume-device.ts';
 import { VolumeIo } from './volume-io.ts';
+import { VolumeKeys } from './volume-keys.ts';
 
 export type { LongActionOptions, PoolProgress, ReplaceOptions, ScrubReport } from './pool-maintenance.ts';
 export type { OpenMemberDevice } from './pool-members.ts';
 export type { MemberStatus, PoolStatus } from './pool-status.ts';
-export type { VolumeInfo } from './volume-catalog.ts';
+export type { VolumeCreateOptions, VolumeInfo } from './volume-catalog.ts';
 export { VolumeDevice } from './volume-device.ts';
 
 /** Options of `StoragePool.create`. */
@@ -67,6 +70,8 @@ export interface PoolCreateOptions {
   force?: boolean;
   /** UUIDs of the pools open on this node: their members are refused even with `force`. */
   livePoolUuids?: ReadonlySet<string>;
+  /** Wraps the data keys of encrypted volumes; without it, encrypted volumes cannot be made. */
+  keys?: KeyProvider;
 }
 
 /** Options of `StoragePool.open`. */
@@ -76,6 +81,8 @@ export interface PoolOpenOptions {
   openDevice?: OpenMemberDevice;
   /** Share of usable space allocated above which status warns. Default 0.8. */
   fullWarningRatio?: number;
+  /** Unwraps the data keys of encrypted volumes; without it, they cannot be read or written. */
+  keys?: KeyProvider;
 }
 
 /** A pool opened by this process. Not safe to open the same devices from two processes. */
@@ -90,6 +97,7 @@ export class StoragePool {
   readonly #volumes: VolumeCatalog;
   readonly #io: VolumeIo;
   readonly #maintenance: PoolMaintenance;
+  readonly #keys: VolumeKeys;
 
   private constructor(args: {
     label: PoolLabel;
@@ -98,6 +106,7 @@ export class StoragePool {
     wasteBytes: number;
     fullWarningRatio: number;
     openDevice: OpenMemberDevice;
+    keys: KeyProvider | undefined;
   }) {
     const { label, raid } = args;
     this.name = label.poolName;
@@ -115,8 +124,10 @@ export class StoragePool {
     const gates = new KeyedLocks();
     const auLocks = new KeyedLocks();
     const reader = new SelfHealingReader({ poolName: this.name, allocationUnitBytes, raid, store, auLocks });
-    this.#volumes = new VolumeCatalog({ poolName: this.name, allocationUnitBytes, store, gates });
-    this.#io = new VolumeIo({ allocationUnitBytes, raid, store, reader, gates, auLocks });
+    const keys = new VolumeKeys({ poolName: this.name, poolUuid: this.uuid, provider: args.keys });
+    this.#keys = keys;
+    this.#volumes = new VolumeCatalog({ poolName: this.name, allocationUnitBytes, store, gates, keys });
+    this.#io = new VolumeIo({ allocationUnitBytes, raid, store, reader, gates, auLocks, keys });
     this.#maintenance = new PoolMaintenance({ poolName: this.name, poolUuid: this.uuid, geometry, raid, store, reader, auLocks, openDevice: args.openDevice });
   }
 
@@ -155,7 +166,7 @@ export class StoragePool {
     } finally {
       await Promise.all(devices.map((d) => d.close().catch(() => undefined)));
     }
-    return StoragePool.open({ devices: options.devices, openDevice, fullWarningRatio: options.fullWarningRatio });
+    return StoragePool.open({ devices: options.devices, openDevice, fullWarningRatio: options.fullWarningRatio, keys: options.keys });
   }
 
   /**
@@ -177,12 +188,17 @@ export class StoragePool {
       usedPerMember,
     );
     const loaded = await loadMetadata(label, members, checksumCount);
-    const pool = new StoragePool({ label, raid, loaded, wasteBytes: waste, fullWarningRatio: options.fullWarningRatio ?? 0.8, openDevice });
+    const pool = new StoragePool({ label, raid, loaded, wasteBytes: waste, fullWarningRatio: options.fullWarningRatio ?? 0.8, openDevice, keys: options.keys });
     await closeFaultedMembers(members, loaded.state.faultedMembers);
     if (!pool.#store.readOnlyReason && raid.health().state === 'faulted') {
       pool.#store.setReadOnly(`Pool ${label.poolName} has lost more members than ${label.layout} tolerates`);
     }
-    if (!pool.#store.readOnlyReason) await pool.#store.recoverIntents();
+    if (!pool.#store.readOnlyReason) {
+      await pool.#store.recoverIntents();
+      // A crash came between deleting an encrypted volume and purging its stale wrapped key.
+      if (pool.#store.state.purgePending) await pool.#store.purgeStaleCopies();
+    }
+    await pool.#keys.load([...loaded.state.volumes.values()].map((v) => v.record));
     return pool;
   }
 
@@ -220,9 +236,9 @@ export class StoragePool {
     return this.#volumes.get(name);
   }
 
-  /** Creates a thin volume; it may exceed free space (overcommit shows in status). */
-  createVolume(name: string, sizeBytes: number): Promise<VolumeInfo> {
-    return this.#volumes.create(name, sizeBytes);
+  /** Creates a thin volume, encrypted with `{ encrypted: true }`; it may exceed free space (overcommit shows in status). */
+  createVolume(name: string, sizeBytes: number, options: VolumeCreateOptions = {}): Promise<VolumeInfo> {
+    return this.#volumes.create(name, sizeBytes, options);
   }
 
   /** A read-only point-in-time copy of `source`, instant: it shares every AU. */
@@ -240,9 +256,23 @@ export class StoragePool {
     return this.#volumes.resize(name, sizeBytes);
   }
 
-  /** Deletes a volume; AUs no other volume shares return to the pool after the commit. */
-  deleteVolume(name: string): Promise<void> {
+  /**
+   * Deletes a volume; AUs no other volume shares return to the pool after the commit. An
+   * encrypted volume's key is crypto-shredded (volume-catalog.ts); `keyDestroyed` is false while
+   * a snapshot or clone still shares it.
+   */
+  deleteVolume(name: string): Promise<{ keyDestroyed: boolean }> {
     return this.#volumes.delete(name);
+  }
+
+  /** Wraps every encrypted volume's data key with the key provider's current KEK (no data re-encrypted). */
+  rewrapKeys(onRewrapped?: (volume: string) => Promise<void> | void): Promise<number> {
+    return this.#volumes.rewrapKeys(onRewrapped);
+  }
+
+  /** The KEKs that wrap this pool's data keys. */
+  kekIdsInUse(): Set<string> {
+    return this.#volumes.kekIdsInUse();
   }
 
   // ---------------------------------------------------------------- data path
@@ -326,6 +356,7 @@ export class StoragePool {
   async close(): Promise<void> {
     if (this.#store.closed) return;
     await this.#store.close();
+    this.#keys.destroyAll();
     await Promise.all(this.#raid.members.map((m) => m.device?.close().catch(() => undefined)));
   }
 }

@@ -1,14 +1,16 @@
 /**
- * The volumes of a pool by name: listing, and creating, snapshotting, cloning, resizing and
- * deleting them. Each change is one journal operation (see metadata-replay.ts for what it does
- * to the tables) made durable before the call returns.
+ * The volumes of a pool by name: listing, and creating, snapshotting, cloning, resizing,
+ * deleting them and rewrapping their keys. Each change is one journal operation (see
+ * metadata-replay.ts for what it does to the tables) made durable before the call returns.
  */
 import { NubisError } from '../../core/errors.ts';
+import { faultPoint } from '../../core/fault-points.ts';
 import { formatSize } from '../size.ts';
 import type { KeyedLocks } from './locks.ts';
 import type { VolumeRecord } from './metadata-format.ts';
 import type { MetadataStore, VolumeEntry } from './metadata-store.ts';
 import { validateName } from './pool-names.ts';
+import type { VolumeKeys } from './volume-keys.ts';
 
 const SECTOR_BYTES = 512;
 
@@ -22,6 +24,14 @@ export interface VolumeInfo {
   /** Space this volume maps (shared AUs counted in every volume that maps them). */
   allocatedBytes: number;
   createdAt: string;
+  /** Its blocks are encrypted with a data key of its own (shared with its snapshots and clones). */
+  encrypted: boolean;
+}
+
+/** Options of `VolumeCatalog.create`. */
+export interface VolumeCreateOptions {
+  /** Encrypt its blocks with a new data key (XTS-AES-256). Default false. */
+  encrypted?: boolean;
 }
 
 /** Volume management of one pool. */
@@ -30,12 +40,14 @@ export class VolumeCatalog {
   readonly #allocationUnitBytes: number;
   readonly #store: MetadataStore;
   readonly #gates: KeyedLocks;
+  readonly #keys: VolumeKeys;
 
-  constructor(args: { poolName: string; allocationUnitBytes: number; store: MetadataStore; gates: KeyedLocks }) {
+  constructor(args: { poolName: string; allocationUnitBytes: number; store: MetadataStore; gates: KeyedLocks; keys: VolumeKeys }) {
     this.#poolName = args.poolName;
     this.#allocationUnitBytes = args.allocationUnitBytes;
     this.#store = args.store;
     this.#gates = args.gates;
+    this.#keys = args.keys;
   }
 
   list(): VolumeInfo[] {
@@ -66,6 +78,7 @@ export class VolumeCatalog {
       readOnly: record.readOnly,
       allocatedBytes: mapped * this.#allocationUnitBytes,
       createdAt: record.createdAt,
+      encrypted: record.encryption !== undefined,
     };
   }
 
@@ -85,12 +98,38 @@ export class VolumeCatalog {
     }
   }
 
+  /**
+   * A fresh volume id. Taken before a key is wrapped for it (the wrapped key names its volume),
+   * so that a create or copy running meanwhile cannot take the same one; an id left unused when
+   * a create fails is harmless.
+   */
+  #takeVolumeId(): number {
+    return this.#store.state.nextVolumeId++;
+  }
+
   /** Creates a thin volume; it may exceed free space (overcommit shows in status). */
-  async create(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  async create(name: string, sizeBytes: number, options: VolumeCreateOptions = {}): Promise<VolumeInfo> {
     this.#store.requireWritable();
     this.#checkNameFree(name);
     this.#checkVolumeSize(sizeBytes);
-    const record: VolumeRecord = { id: this.#store.state.nextVolumeId, name, sizeBytes, kind: 'volume', readOnly: false, createdAt: new Date().toISOString() };
+    const id = this.#takeVolumeId();
+    const encryption = options.encrypted ? await this.#keys.create(id) : undefined;
+    const record: VolumeRecord = {
+      id,
+      name,
+      sizeBytes,
+      kind: 'volume',
+      readOnly: false,
+      createdAt: new Date().toISOString(),
+      ...(encryption ? { encryption } : {}),
+    };
+    try {
+      // Another create may have taken the name while the key was wrapped.
+      this.#checkNameFree(name);
+    } catch (error) {
+      this.#keys.forget(id, encryption);
+      throw error;
+    }
     this.#store.apply({ op: 'create', record });
     await this.#store.commit();
     return this.get(name);
@@ -103,15 +142,25 @@ export class VolumeCatalog {
     this.#checkNameFree(name);
     // Drain writes to the source so none lands in an AU after it becomes shared.
     await this.#gates.with(origin.record.id, true, async () => {
+      const id = this.#takeVolumeId();
+      // It shares the origin's blocks, so it shares its data key (volume-keys.ts says why).
+      const encryption = await this.#keys.share(origin.record, id);
       const record: VolumeRecord = {
-        id: this.#store.state.nextVolumeId,
+        id,
         name,
         sizeBytes: origin.record.sizeBytes,
         kind,
         originName: origin.record.name,
         readOnly: kind === 'snapshot',
         createdAt: new Date().toISOString(),
+        ...(encryption ? { encryption } : {}),
       };
+      try {
+        this.#checkNameFree(name);
+      } catch (error) {
+        this.#keys.forget(id, encryption);
+        throw error;
+      }
       this.#store.apply({ op: 'copy', record, sourceId: origin.record.id });
       await this.#store.commit();
     });
@@ -143,13 +192,51 @@ export class VolumeCatalog {
     return this.get(name);
   }
 
-  /** Deletes a volume; AUs no other volume shares return to the pool after the commit. */
-  async delete(name: string): Promise<void> {
+  /**
+   * Deletes a volume; AUs no other volume shares return to the pool after the commit. An
+   * encrypted volume's wrapped key leaves the metadata in the same journal record as the volume,
+   * so before any of its blocks can be reused; its data key is then destroyed in memory (unless
+   * a snapshot or clone still holds it), and the stale copies of the wrapped key in the older
+   * checkpoint and the journal are overwritten before this returns (crypto shredding).
+   */
+  async delete(name: string): Promise<{ keyDestroyed: boolean }> {
     this.#store.requireWritable();
     const entry = this.byName(name);
+    let keyDestroyed = false;
     await this.#gates.with(entry.record.id, true, async () => {
       this.#store.apply({ op: 'delete', id: entry.record.id });
       await this.#store.commit();
+      keyDestroyed = this.#keys.forget(entry.record.id, entry.record.encryption);
     });
+    if (entry.record.encryption) {
+      await faultPoint('storage.volume-delete.before-purge');
+      await this.#store.purgeStaleCopies();
+    }
+    return { keyDestroyed: entry.record.encryption !== undefined && keyDestroyed };
+  }
+
+  /**
+   * Wraps the data key of every encrypted volume again with the key provider's current KEK, one
+   * durable journal record per volume; `onRewrapped` after each. No data is re-encrypted.
+   */
+  async rewrapKeys(onRewrapped: (volume: string) => Promise<void> | void = () => undefined): Promise<number> {
+    this.#store.requireWritable();
+    let count = 0;
+    for (const entry of [...this.#store.state.volumes.values()]) {
+      if (!entry.record.encryption || !this.#store.state.volumes.has(entry.record.id)) continue;
+      const { kekId, wrappedKey } = await this.#keys.rewrap(entry.record);
+      this.#store.apply({ op: 'rewrap', id: entry.record.id, kekId, wrappedKey });
+      await this.#store.commit();
+      count++;
+      await onRewrapped(entry.record.name);
+    }
+    return count;
+  }
+
+  /** The KEKs that wrap the keys of this pool's volumes. */
+  kekIdsInUse(): Set<string> {
+    const ids = new Set<string>();
+    for (const { record } of this.#store.state.volumes.values()) if (record.encryption) ids.add(record.encryption.kekId);
+    return ids;
   }
 }

@@ -6,6 +6,13 @@
  * to an AU the volume alone owns happens in place, after a durable write intent for that AU.
  * Locks: a per-volume gate (shared by I/O, exclusive for snapshot, resize and delete), a lock per
  * volume AU (range) and a lock per physical AU (shared with repair, scrub and rebuild).
+ *
+ * Encrypted volumes are encrypted here and nowhere else: a write is widened to whole 4 KiB
+ * sectors (reading, decrypting and overlaying partial edge sectors under the AU's range lock),
+ * encrypted with the volume's key and the sectors' offsets in the volume (volume-cipher.ts), and
+ * from then on the ciphertext takes the same way as any data (copy-on-write, write intents,
+ * checksums, RAID); a read decrypts what the checked read returns. So everything above (the NBD
+ * server, snapshots, clones, migration) and below (scrub, repair, rebuild) works unchanged.
  */
 import { NubisError } from '../../core/errors.ts';
 import { blockChecksum, CHECKSUM_BLOCK_BYTES, ZERO_BLOCK_CHECKSUM } from './checksum.ts';
@@ -14,6 +21,8 @@ import type { MetadataStore, VolumeEntry } from './metadata-store.ts';
 import { splitAtAllocationUnits } from './pool-geometry.ts';
 import type { RaidArray } from './raid-array.ts';
 import type { SelfHealingReader } from './self-healing-reader.ts';
+import { CRYPT_SECTOR_BYTES, type VolumeCipher } from './volume-cipher.ts';
+import type { VolumeKeys } from './volume-keys.ts';
 
 /** What a volume's block status reports: runs of mapped data and of holes that read as zeroes. */
 type BlockStatusExtent = { lengthBytes: number; hole: boolean; zero: boolean };
@@ -28,8 +37,17 @@ export class VolumeIo {
   readonly #gates: KeyedLocks;
   readonly #auLocks: KeyedLocks;
   readonly #rangeLocks = new KeyedLocks();
+  readonly #keys: VolumeKeys;
 
-  constructor(args: { allocationUnitBytes: number; raid: RaidArray; store: MetadataStore; reader: SelfHealingReader; gates: KeyedLocks; auLocks: KeyedLocks }) {
+  constructor(args: {
+    allocationUnitBytes: number;
+    raid: RaidArray;
+    store: MetadataStore;
+    reader: SelfHealingReader;
+    gates: KeyedLocks;
+    auLocks: KeyedLocks;
+    keys: VolumeKeys;
+  }) {
     this.#allocationUnitBytes = args.allocationUnitBytes;
     this.#blocksPerAu = args.allocationUnitBytes / CHECKSUM_BLOCK_BYTES;
     this.#raid = args.raid;
@@ -37,6 +55,7 @@ export class VolumeIo {
     this.#reader = args.reader;
     this.#gates = args.gates;
     this.#auLocks = args.auLocks;
+    this.#keys = args.keys;
   }
 
   #rangeKey(volumeId: number, vAu: number): number {
@@ -64,8 +83,9 @@ export class VolumeIo {
     try {
       const entry = this.#store.volumeById(id);
       this.#checkBounds(entry, position, buffer.length);
+      const cipher = this.#keys.cipherOf(entry.record);
       const jobs = splitAtAllocationUnits(position, buffer.length, this.#allocationUnitBytes).map(({ vAu, inAu, offset, length }) =>
-        this.#readSegment(entry, vAu, inAu, buffer, offset, length),
+        this.#readSegment(entry, cipher, vAu, inAu, buffer, offset, length),
       );
       await Promise.all(jobs);
     } finally {
@@ -73,17 +93,38 @@ export class VolumeIo {
     }
   }
 
-  async #readSegment(entry: VolumeEntry, vAu: number, inAu: number, target: Buffer, offset: number, length: number): Promise<void> {
+  async #readSegment(
+    entry: VolumeEntry,
+    cipher: VolumeCipher | undefined,
+    vAu: number,
+    inAu: number,
+    target: Buffer,
+    offset: number,
+    length: number,
+  ): Promise<void> {
     const key = this.#rangeKey(entry.record.id, vAu);
     const wait = this.#rangeLocks.acquire(key, false);
     if (wait) await wait;
     try {
       const p = entry.map[vAu]! - 1;
       if (p < 0) target.fill(0, offset, offset + length);
+      else if (cipher) await this.#readDecrypted(cipher, p, vAu, inAu, target, offset, length);
       else await this.#reader.readVerified(p, inAu, length, target, offset);
     } finally {
       this.#rangeLocks.release(key, false);
     }
+  }
+
+  /** Reads the whole sectors around a range of AU `p` (mapped at `vAu`), decrypts them and copies the range out. */
+  async #readDecrypted(cipher: VolumeCipher, p: number, vAu: number, inAu: number, target: Buffer, offset: number, length: number): Promise<void> {
+    const S = CRYPT_SECTOR_BYTES;
+    const first = Math.floor(inAu / S);
+    const end = Math.ceil((inAu + length) / S);
+    const aligned = inAu % S === 0 && length % S === 0;
+    const sectors = aligned ? target.subarray(offset, offset + length) : Buffer.allocUnsafe((end - first) * S);
+    await this.#reader.readVerified(p, first * S, sectors.length, sectors, 0);
+    cipher.decryptInPlace(sectors, vAu * this.#allocationUnitBytes + first * S);
+    if (!aligned) sectors.copy(target, offset, inAu - first * S, inAu - first * S + length);
   }
 
   // ---------------------------------------------------------------- write
@@ -97,8 +138,9 @@ export class VolumeIo {
       const entry = this.#store.volumeById(id);
       this.#requireWritableVolume(entry);
       this.#checkBounds(entry, position, data.length);
+      const cipher = this.#keys.cipherOf(entry.record);
       const jobs = splitAtAllocationUnits(position, data.length, this.#allocationUnitBytes).map(({ vAu, inAu, offset, length }) =>
-        this.#writeSegment(entry, vAu, inAu, data.subarray(offset, offset + length)),
+        this.#writeSegment(entry, cipher, vAu, inAu, data.subarray(offset, offset + length)),
       );
       const results = await Promise.allSettled(jobs);
       const failed = results.find((r) => r.status === 'rejected');
@@ -110,18 +152,52 @@ export class VolumeIo {
     if (fua) await this.#store.commit();
   }
 
-  async #writeSegment(entry: VolumeEntry, vAu: number, inAu: number, chunk: Buffer): Promise<void> {
+  async #writeSegment(entry: VolumeEntry, cipher: VolumeCipher | undefined, vAu: number, plainInAu: number, plain: Buffer): Promise<void> {
     const key = this.#rangeKey(entry.record.id, vAu);
     const wait = this.#rangeLocks.acquire(key, true);
     if (wait) await wait;
     try {
       const p = entry.map[vAu]! - 1;
+      // From here on an encrypted write is whole sectors of ciphertext, like any aligned write.
+      const { inAu, chunk } = cipher ? await this.#sealed(cipher, p, vAu, plainInAu, plain) : { inAu: plainInAu, chunk: plain };
       if (p < 0) await this.#writeFresh(entry, vAu, inAu, chunk, undefined);
       else if (this.#store.allocation.mustCopyOnWrite(p)) await this.#writeFresh(entry, vAu, inAu, chunk, p);
       else await this.#auLocks.with(p, true, () => this.#writeInPlace(p, inAu, chunk));
     } finally {
       this.#rangeLocks.release(key, true);
     }
+  }
+
+  /**
+   * The ciphertext of a write of `plain` at `inAu` of AU `p` (mapped at `vAu`; -1 for a hole),
+   * widened to whole sectors: partial edge sectors are read, decrypted and overlaid first
+   * (read-modify-write; the caller holds the AU's range lock, so no write comes between).
+   */
+  async #sealed(cipher: VolumeCipher, p: number, vAu: number, inAu: number, plain: Buffer): Promise<{ inAu: number; chunk: Buffer }> {
+    const S = CRYPT_SECTOR_BYTES;
+    const first = Math.floor(inAu / S);
+    const end = Math.ceil((inAu + plain.length) / S);
+    const auStart = vAu * this.#allocationUnitBytes;
+    let sectors = plain;
+    if (inAu % S !== 0 || plain.length % S !== 0) {
+      sectors = Buffer.allocUnsafe((end - first) * S);
+      if (inAu % S !== 0 || end - first === 1) await this.#readPlainSector(cipher, p, auStart, first, sectors, 0);
+      if ((inAu + plain.length) % S !== 0 && end - first > 1) await this.#readPlainSector(cipher, p, auStart, end - 1, sectors, (end - first - 1) * S);
+      plain.copy(sectors, inAu - first * S);
+    }
+    return { inAu: first * S, chunk: cipher.encrypt(sectors, auStart + first * S) };
+  }
+
+  /** Sector `sector` of AU `p` (-1: a hole, zeroes) decrypted into `target` at `at`. */
+  async #readPlainSector(cipher: VolumeCipher, p: number, auStart: number, sector: number, target: Buffer, at: number): Promise<void> {
+    const S = CRYPT_SECTOR_BYTES;
+    if (p < 0) {
+      target.fill(0, at, at + S);
+      return;
+    }
+    const one = target.subarray(at, at + S);
+    await this.#reader.readVerified(p, sector * S, S, one, 0);
+    cipher.decryptInPlace(one, auStart + sector * S);
   }
 
   /** First write to an AU, or copy-on-write of shared AU `source`: the data goes to a new AU. */
