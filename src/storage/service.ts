@@ -304,6 +304,8 @@ export class StorageService {
           details: { pool: name, volumes: volumes.length },
         });
       }
+      // Deleted one by one, so that encrypted ones are crypto-shredded (their wrapped keys purged).
+      if (!pool.readOnlyReason) for (const volume of volumes) await pool.deleteVolume(volume.name);
       const paths = pool.memberPaths().filter((p) => p !== '');
       await pool.close();
       this.#pools.delete(name);
