@@ -21,7 +21,7 @@ import { SecurityGroupService } from '../control/security-groups.ts';
 import { HostMaintenance } from '../migration/host-maintenance.ts';
 import { ClusterBalancer } from '../migration/cluster-balancer.ts';
 import { MigrationService } from '../migration/migration-service.ts';
-import { StorageCatalogue } from '../control/storage.ts';
+import { StorageCatalogue, storageEndpointsOf } from '../control/storage.ts';
 import { DirPoolCatalogue } from '../control/dir-pools.ts';
 import { PlacementService } from '../control/placement.ts';
 import { HaManager } from '../ha/ha-manager.ts';
@@ -116,11 +116,7 @@ export function createServices(options: ServiceOptions): AppServices {
   const networks = new NetworkService({ db, hosts });
   const secgroups = new SecurityGroupService({ db, hosts });
   const paths = dataPaths(options.dataDir);
-  const storage = new StorageCatalogue(
-    db,
-    { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket, hostsDir: paths.storageHosts },
-    new DirPoolCatalogue(db, hosts),
-  );
+  const storage = new StorageCatalogue(db, storageEndpointsOf(paths), new DirPoolCatalogue(db, hosts));
   // The one owner of every VM: user actions and migrations claim VMs from the same table.
   const owner = new VmOwner();
   const placement = new PlacementService({ db, hosts });

@@ -6,7 +6,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError } from '../core/errors.ts';
 import { requestJson, type JsonRequest } from '../core/http-json.ts';
-import { checkHostName, hostNbdSocketIn, vmNbdSocketIn } from '../core/paths.ts';
+import { checkHostName, type DataPaths, hostNbdSocketIn, vmNbdSocketIn } from '../core/paths.ts';
 import type { StorageHostState, StorageVmSocketState } from '../storage/host-fencing.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
 import { vmUserOf } from '../compute/vm-user.ts';
@@ -22,6 +22,11 @@ export interface StorageEndpoints {
   nbdSocket: string;
   /** The storage node's folder of per-host and per-VM NBD sockets, e.g. `/var/lib/nubis/storage/hosts`. */
   hostsDir: string;
+}
+
+/** How the control plane reaches the storage node of data folder `paths`. */
+export function storageEndpointsOf(paths: DataPaths): StorageEndpoints {
+  return { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket, hostsDir: paths.storageHosts };
 }
 
 export type { StorageHostState, StorageVmSocketState };

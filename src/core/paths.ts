@@ -50,6 +50,9 @@ export function dataPaths(dataDir: string) {
   };
 }
 
+/** The files of a data folder, as `dataPaths` names them. */
+export type DataPaths = ReturnType<typeof dataPaths>;
+
 /** A host name as it may become a folder name: a DNS label, so never `.`, `..` or a `/`. */
 const HOST_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /** Linux's sun_path holds 108 bytes with the terminating NUL. */

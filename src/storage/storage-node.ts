@@ -17,7 +17,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { isNubisError, messageOf, NubisError } from '../core/errors.ts';
 import { newId } from '../core/ids.ts';
 import { closeStorageFolder, closeToOthers } from '../core/data-folder.ts';
-import { checkHostName } from '../core/paths.ts';
+import { checkHostName, type DataPaths } from '../core/paths.ts';
 import { HostFencing } from './host-fencing.ts';
 import { FileKeyProvider } from './keys/file-key-provider.ts';
 import type { PoolProgress } from './pool/storage-pool.ts';
@@ -53,6 +53,17 @@ export interface StorageNodeOptions {
   nbdTcp?: { host: string; port: number };
   /** Require TLS there (the unix socket stays plaintext). */
   nbdTls?: NbdTlsOptions;
+}
+
+/** The folders and sockets of the storage node of a data folder (`nubis daemon storage` uses these). */
+export function storageNodeFolders(paths: DataPaths): Pick<StorageNodeOptions, 'poolsDir' | 'nbdSocket' | 'hostsDir' | 'keysDir' | 'manageSocket'> {
+  return {
+    poolsDir: paths.storagePools,
+    nbdSocket: paths.storageNbdSocket,
+    hostsDir: paths.storageHosts,
+    keysDir: paths.storageKeys,
+    manageSocket: paths.storageManageSocket,
+  };
 }
 
 /** A long action on the node. */

@@ -13,14 +13,12 @@ import { mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { DirPoolCatalogue } from '../../src/control/dir-pools.ts';
 import type { OperationContext } from '../../src/control/operations.ts';
-import { StorageCatalogue } from '../../src/control/storage.ts';
+import type { StorageCatalogue } from '../../src/control/storage.ts';
 import { dataPaths } from '../../src/core/paths.ts';
-import type { Db } from '../../src/state/database.ts';
 import { NbdClient } from '../../src/storage/nbd/nbd-client.ts';
 import { decodeLabel } from '../../src/storage/pool/metadata-format.ts';
-import { startStorageNode } from '../../src/storage/storage-node.ts';
+import { startStorageNodeIn, type StorageNode, storageNodeCatalogue } from '../helpers/storage-node.ts';
 
 const MiB = 1024 * 1024;
 const SECTOR = 4096;
@@ -118,7 +116,7 @@ async function membersHold(members: string[], needle: string): Promise<boolean> 
 describe('encrypted volumes on the storage node', () => {
   let dir: string;
   let paths: ReturnType<typeof dataPaths>;
-  let node: Awaited<ReturnType<typeof startStorageNode>>;
+  let node: StorageNode;
   let catalogue: StorageCatalogue;
   const clients: NbdClient[] = [];
 
@@ -140,19 +138,8 @@ describe('encrypted volumes on the storage node', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), `nubis-crypt-${process.pid}-`));
     paths = dataPaths(dir);
-    node = await startStorageNode({
-      poolsDir: paths.storagePools,
-      nbdSocket: paths.storageNbdSocket,
-      hostsDir: paths.storageHosts,
-      keysDir: paths.storageKeys,
-      manageSocket: paths.storageManageSocket,
-    });
-    // Only the storage-node calls are used: no database or dir pools behind them.
-    catalogue = new StorageCatalogue(
-      {} as Db,
-      { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket, hostsDir: paths.storageHosts },
-      {} as DirPoolCatalogue,
-    );
+    node = await startStorageNodeIn(paths);
+    catalogue = storageNodeCatalogue(paths);
   });
   after(async () => {
     for (const client of clients) client.destroy();
@@ -233,13 +220,7 @@ describe('encrypted volumes on the storage node', () => {
     // before it shuts them down, so ours go first.)
     for (const client of clients.splice(0)) client.destroy();
     await node.stop();
-    node = await startStorageNode({
-      poolsDir: paths.storagePools,
-      nbdSocket: paths.storageNbdSocket,
-      hostsDir: paths.storageHosts,
-      keysDir: paths.storageKeys,
-      manageSocket: paths.storageManageSocket,
-    });
+    node = await startStorageNodeIn(paths);
     assert.equal((await (await connect('p1/secret')).read(8191, 24)).toString(), 'NUBIS-CRYPT-MARKER-5e1f ');
     assert.equal((await (await connect('p1/secret-copy')).read(3 * MiB + 1, 18)).toString(), 'NUBIS-CLONE-MARKER');
   });

@@ -18,7 +18,7 @@ import type { FaultPoint } from '../../src/core/fault-points.ts';
 import { requestJson } from '../../src/core/http-json.ts';
 import { dataPaths } from '../../src/core/paths.ts';
 import { NbdClient } from '../../src/storage/nbd/nbd-client.ts';
-import { startStorageNode } from '../../src/storage/storage-node.ts';
+import { startStorageNodeIn } from '../helpers/storage-node.ts';
 import { repoRoot } from '../helpers/nubis-instance.ts';
 
 const MiB = 1024 * 1024;
@@ -50,14 +50,6 @@ describe('key handling of encrypted volumes killed midway', () => {
   let daemon: ChildProcess | undefined;
   /** What each volume holds at 0 and at 5 MiB + 3 (written through NBD before any rotation). */
   const written = new Map<string, Buffer>();
-
-  const nodeOptions = () => ({
-    poolsDir: paths.storagePools,
-    nbdSocket: paths.storageNbdSocket,
-    hostsDir: paths.storageHosts,
-    keysDir: paths.storageKeys,
-    manageSocket: paths.storageManageSocket,
-  });
 
   const manage = <T>(method: 'GET' | 'POST', path: string): Promise<T> =>
     requestJson<T>(`unix:${paths.storageManageSocket}`, { method, path, ...(method === 'POST' ? { body: {} } : {}) });
@@ -117,7 +109,7 @@ describe('key handling of encrypted volumes killed midway', () => {
     dir = await mkdtemp(join(tmpdir(), `nubis-rotate-crash-${process.pid}-`));
     paths = dataPaths(dir);
     await mkdir(join(dir, 'faults'));
-    const node = await startStorageNode(nodeOptions());
+    const node = await startStorageNodeIn(paths);
     for (const pool of ['p1', 'p2']) {
       const devices: string[] = [];
       for (let i = 0; i < 2; i++) {
@@ -176,7 +168,7 @@ describe('key handling of encrypted volumes killed midway', () => {
       }
       await kill(daemon);
 
-      const node = await startStorageNode(nodeOptions());
+      const node = await startStorageNodeIn(paths);
       try {
         const status = await manage<KeyStatus>('GET', '/storage/keys');
         assert.equal(status.retiredKekIds.length, keksBefore, 'the key file kept every older KEK');
@@ -189,7 +181,7 @@ describe('key handling of encrypted volumes killed midway', () => {
   }
 
   it('then completes a rotation: every older KEK destroyed, every volume readable', async () => {
-    const node = await startStorageNode(nodeOptions());
+    const node = await startStorageNodeIn(paths);
     try {
       const before = await manage<KeyStatus>('GET', '/storage/keys');
       assert.ok(before.retiredKekIds.length >= 3, 'the interrupted rotations left their KEKs');
@@ -202,7 +194,7 @@ describe('key handling of encrypted volumes killed midway', () => {
     } finally {
       await node.stop();
     }
-    const node2 = await startStorageNode(nodeOptions());
+    const node2 = await startStorageNodeIn(paths);
     try {
       await verifyVolumes();
     } finally {
@@ -212,7 +204,7 @@ describe('key handling of encrypted volumes killed midway', () => {
 
   it('purges the stale wrapped keys of a delete killed before its purge when the pool reopens', async () => {
     const members = [join(dir, 'p2-0.img'), join(dir, 'p2-1.img')];
-    const node = await startStorageNode(nodeOptions());
+    const node = await startStorageNodeIn(paths);
     const keysBefore = await wrappedKeysOn(members);
     await node.service.createVolume('p2', 'doomed', '4M', { encrypted: true });
     await node.stop();
@@ -234,7 +226,7 @@ describe('key handling of encrypted volumes killed midway', () => {
       fault.stop();
     }
 
-    const reopened = await startStorageNode(nodeOptions());
+    const reopened = await startStorageNodeIn(paths);
     try {
       assert.deepEqual(
         reopened.service.listVolumes('p2').map((v) => v.name),

@@ -10,15 +10,13 @@ import { mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { StorageCatalogue } from '../../src/control/storage.ts';
-import type { DirPoolCatalogue } from '../../src/control/dir-pools.ts';
+import type { StorageCatalogue } from '../../src/control/storage.ts';
 import { isNubisError, type NubisError } from '../../src/core/errors.ts';
 import { requestJson } from '../../src/core/http-json.ts';
 import { dataPaths, hostNbdSocket } from '../../src/core/paths.ts';
 import { NbdClient } from '../../src/storage/nbd/nbd-client.ts';
 import { NbdError } from '../../src/storage/nbd/nbd-export.ts';
-import { startStorageNode } from '../../src/storage/storage-node.ts';
-import type { Db } from '../../src/state/database.ts';
+import { startStorageNodeIn, type StorageNode, storageNodeCatalogue } from '../helpers/storage-node.ts';
 
 const MiB = 1024 * 1024;
 const EXPORT = 'p1/disk';
@@ -72,17 +70,12 @@ function qemuIo(uri: string, commands: string[]): Promise<{ code: number | null;
 describe('storage node: a socket per host, and fencing', () => {
   let dir: string;
   let paths: ReturnType<typeof dataPaths>;
-  let node: Awaited<ReturnType<typeof startStorageNode>>;
+  let node: StorageNode;
   let catalogue: StorageCatalogue;
   const clients: NbdClient[] = [];
 
   async function start(): Promise<void> {
-    node = await startStorageNode({
-      poolsDir: paths.storagePools,
-      nbdSocket: paths.storageNbdSocket,
-      hostsDir: paths.storageHosts,
-      manageSocket: paths.storageManageSocket,
-    });
+    node = await startStorageNodeIn(paths);
   }
 
   async function connect(host: string): Promise<NbdClient> {
@@ -110,12 +103,7 @@ describe('storage node: a socket per host, and fencing', () => {
     await truncate(device, 64 * MiB);
     await node.service.createPool({ name: 'p1', layout: 'raid0', devices: [device] });
     await node.service.createVolume('p1', 'disk', '16M');
-    // Only the storage-node calls are used: no database or dir pools behind them.
-    catalogue = new StorageCatalogue(
-      {} as Db,
-      { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket, hostsDir: paths.storageHosts },
-      {} as DirPoolCatalogue,
-    );
+    catalogue = storageNodeCatalogue(paths);
   });
   after(async () => {
     for (const client of clients) client.destroy();

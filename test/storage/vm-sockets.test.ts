@@ -12,15 +12,13 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { DiskSpec } from '../../src/compute/vm-spec.ts';
 import { VM_UID_FIRST } from '../../src/compute/vm-user.ts';
-import type { DirPoolCatalogue } from '../../src/control/dir-pools.ts';
-import { StorageCatalogue } from '../../src/control/storage.ts';
+import type { StorageCatalogue } from '../../src/control/storage.ts';
 import type { NubisError } from '../../src/core/errors.ts';
 import { requestJson } from '../../src/core/http-json.ts';
 import { dataPaths } from '../../src/core/paths.ts';
-import type { Db } from '../../src/state/database.ts';
 import { NbdClient } from '../../src/storage/nbd/nbd-client.ts';
 import { NbdError } from '../../src/storage/nbd/nbd-export.ts';
-import { startStorageNode } from '../../src/storage/storage-node.ts';
+import { startStorageNodeIn, type StorageNode, storageNodeCatalogue } from '../helpers/storage-node.ts';
 
 const MiB = 1024 * 1024;
 // Two VMs' uids, as the control plane counts them (any in the range; files here are this run's).
@@ -66,19 +64,14 @@ const disconnected = (error: unknown) => error instanceof NbdError && error.code
 describe('storage node: a socket per VM', { skip: process.getuid?.() !== 0 && 'needs root (sockets are given to VM uids)' }, () => {
   let dir: string;
   let paths: ReturnType<typeof dataPaths>;
-  let node: Awaited<ReturnType<typeof startStorageNode>>;
+  let node: StorageNode;
   let catalogue: StorageCatalogue;
   const clients: NbdClient[] = [];
   let socketA = '';
   let socketB = '';
 
   async function start(): Promise<void> {
-    node = await startStorageNode({
-      poolsDir: paths.storagePools,
-      nbdSocket: paths.storageNbdSocket,
-      hostsDir: paths.storageHosts,
-      manageSocket: paths.storageManageSocket,
-    });
+    node = await startStorageNodeIn(paths);
   }
 
   async function connect(path: string, exportName: string): Promise<NbdClient> {
@@ -98,11 +91,7 @@ describe('storage node: a socket per VM', { skip: process.getuid?.() !== 0 && 'n
     await truncate(device, 96 * MiB);
     await node.service.createPool({ name: 'p1', layout: 'raid0', devices: [device] });
     for (const volume of ['a', 'b', 'c']) await node.service.createVolume('p1', volume, '8M');
-    catalogue = new StorageCatalogue(
-      {} as Db,
-      { manage: `unix:${paths.storageManageSocket}`, nbdSocket: paths.storageNbdSocket, hostsDir: paths.storageHosts },
-      {} as DirPoolCatalogue,
-    );
+    catalogue = storageNodeCatalogue(paths);
   });
   after(async () => {
     for (const client of clients) client.destroy();

@@ -123,7 +123,7 @@ function parseHostPort(value: string, option: string): { host: string; port: num
 }
 
 async function runStorageNode(options: { nbdTcp?: string; nbdTlsDir?: string }, command: Command): Promise<void> {
-  const { startStorageNode } = await import('../../storage/storage-node.ts');
+  const { startStorageNode, storageNodeFolders } = await import('../../storage/storage-node.ts');
   const { createLogger } = await import('../../core/logger.ts');
   const paths = dataPaths(globals(command).data);
   const logger = createLogger('storage');
@@ -135,11 +135,7 @@ async function runStorageNode(options: { nbdTcp?: string; nbdTlsDir?: string }, 
     for (const name of ['server-cert.pem', 'server-key.pem'])
       if (!existsSync(tlsFile(name))) throw new NubisError('VALIDATION_FAILED', `${tlsFile(name)} is missing`);
   const node = await startStorageNode({
-    poolsDir: paths.storagePools,
-    nbdSocket: paths.storageNbdSocket,
-    hostsDir: paths.storageHosts,
-    keysDir: paths.storageKeys,
-    manageSocket: paths.storageManageSocket,
+    ...storageNodeFolders(paths),
     ...(tcp ? { nbdTcp: { host: tcp[1], port: Number(tcp[2]) } } : {}),
     ...(options.nbdTlsDir
       ? {
