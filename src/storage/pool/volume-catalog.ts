@@ -107,6 +107,21 @@ export class VolumeCatalog {
     return this.#store.state.nextVolumeId++;
   }
 
+  /**
+   * Records a new volume (a create or a copy) and commits it. Its name is checked again: another
+   * create may have taken it while its key was wrapped, and then the wrapped key is forgotten.
+   */
+  async #record(change: { op: 'create'; record: VolumeRecord } | { op: 'copy'; record: VolumeRecord; sourceId: number }): Promise<void> {
+    try {
+      this.#checkNameFree(change.record.name);
+    } catch (error) {
+      this.#keys.forget(change.record.id, change.record.encryption);
+      throw error;
+    }
+    this.#store.apply(change);
+    await this.#store.commit();
+  }
+
   /** Creates a thin volume; it may exceed free space (overcommit shows in status). */
   async create(name: string, sizeBytes: number, options: VolumeCreateOptions = {}): Promise<VolumeInfo> {
     this.#store.requireWritable();
@@ -123,15 +138,7 @@ export class VolumeCatalog {
       createdAt: new Date().toISOString(),
       ...(encryption ? { encryption } : {}),
     };
-    try {
-      // Another create may have taken the name while the key was wrapped.
-      this.#checkNameFree(name);
-    } catch (error) {
-      this.#keys.forget(id, encryption);
-      throw error;
-    }
-    this.#store.apply({ op: 'create', record });
-    await this.#store.commit();
+    await this.#record({ op: 'create', record });
     return this.get(name);
   }
 
@@ -155,14 +162,7 @@ export class VolumeCatalog {
         createdAt: new Date().toISOString(),
         ...(encryption ? { encryption } : {}),
       };
-      try {
-        this.#checkNameFree(name);
-      } catch (error) {
-        this.#keys.forget(id, encryption);
-        throw error;
-      }
-      this.#store.apply({ op: 'copy', record, sourceId: origin.record.id });
-      await this.#store.commit();
+      await this.#record({ op: 'copy', record, sourceId: origin.record.id });
     });
     return this.get(name);
   }
