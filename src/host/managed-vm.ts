@@ -490,13 +490,13 @@ export class ManagedVm {
   /** The unix socket of the VM's serial console, for an interactive attach. */
   consoleSocket(): string {
     this.#running();
-    return ownSocket(this.#paths().consoleSocket, this.#record.spec);
+    return ownSocket(this.#paths().consoleSocket);
   }
 
   /** The unix socket of the VM's VNC display (running or paused), for the agent's relay. */
   vncSocket(): string {
     this.#qemuOrThrow();
-    return ownSocket(this.#paths().vncSocket, this.#record.spec);
+    return ownSocket(this.#paths().vncSocket);
   }
 
   /** The display takes `password` for `validSeconds`; not queued (the VM's state is untouched). */

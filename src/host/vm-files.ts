@@ -19,7 +19,7 @@ import { lstatSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { VmSpec } from '../compute/vm-spec.ts';
-import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
+import type { VmUser } from '../compute/vm-user.ts';
 import { NubisError } from '../core/errors.ts';
 import { vmUsersAvailable } from './vm-launcher.ts';
 
@@ -67,26 +67,26 @@ function checkReachable(path: string, what: string): void {
 }
 
 /**
- * `socketPath` in the `run/` of VM `spec`, once checked to be a socket its user owns: a QEMU a
- * guest took over could otherwise leave a link there to another VM's socket, and the agent (root)
- * would connect a user's console to the wrong VM. Unchecked when VMs run as the agent's user.
+ * `socketPath` in a VM's `run/`, once checked to be a socket of the folder's owner, the VM's user
+ * (the agent gave it the folder, whose root-owned parent it cannot change): a QEMU a guest took
+ * over could otherwise leave a link there to another VM's socket, and the agent (root) would
+ * connect a user's console, or itself, to the wrong VM. Unchecked when VMs run as the agent's user.
  */
-export function ownSocket(socketPath: string, spec: Pick<VmSpec, 'id' | 'unixUid'>): string {
-  if (!vmUsersAvailable()) return socketPath;
-  const info = lstatSync(socketPath, { throwIfNoEntry: false });
-  if (!info?.isSocket() || info.uid !== vmUserOf(spec).uid)
+export function ownSocket(socketPath: string): string {
+  if (foreignSocket(socketPath, { mustExist: true }))
     throw new NubisError('VM_CONSOLE_FAILED', `${socketPath} is not a socket of the VM's own user; the agent does not connect to it`);
   return socketPath;
 }
 
-/**
- * The same check for a VM whose spec is not at hand (re-attaching after an agent restart): the
- * socket must belong to the owner of the `run/` folder it is in, which the agent gave the VM's user.
- */
+/** The same check before re-attaching to QMP after an agent restart; a missing socket is left to the attach. */
 export function checkRunSocket(socketPath: string): void {
-  if (!vmUsersAvailable()) return;
-  const folder = lstatSync(dirname(socketPath), { throwIfNoEntry: false });
-  const info = lstatSync(socketPath, { throwIfNoEntry: false });
-  if (info && (!info.isSocket() || info.uid !== folder?.uid))
+  if (foreignSocket(socketPath, { mustExist: false }))
     throw new NubisError('VM_START_FAILED', `${socketPath} is not a socket of the VM's own user; the agent does not connect to it`);
+}
+
+function foreignSocket(socketPath: string, options: { mustExist: boolean }): boolean {
+  if (!vmUsersAvailable()) return false;
+  const info = lstatSync(socketPath, { throwIfNoEntry: false });
+  if (!info) return options.mustExist;
+  return !info.isSocket() || info.uid !== lstatSync(dirname(socketPath), { throwIfNoEntry: false })?.uid;
 }

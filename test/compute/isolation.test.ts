@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Vm } from '../../src/wire/schemas.ts';
@@ -100,6 +100,8 @@ describe('VM isolation', { skip: process.getuid?.() !== 0 ? 'needs root: VMs run
       join(nubis.dataDir, 'control-key'),
       join(nubis.dataDir, 'hosts', 'host-1', 'agent.json'),
     ];
+    // Each is there (root sees it), so a refusal is the permission, not a wrong path.
+    for (const path of closed) assert.ok(existsSync(path), `${path} exists`);
     for (const [path, result] of Object.entries(tryAs(isoa.uid, 'read', closed))) assert.match(result, /EACCES|ENOENT/, `${path}: ${result}`);
     for (const [path, result] of Object.entries(tryAs(isoa.uid, 'connect', [join(isob.dir, 'run', 'qmp.sock'), join(isob.dir, 'run', 'console.sock')])))
       assert.equal(result, 'EACCES', `${path}: ${result}`);
