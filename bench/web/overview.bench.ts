@@ -14,30 +14,10 @@
 import { cpus, loadavg, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Page } from 'playwright-core';
-import { PASSWORD, startConsoleFixture, USER } from '../../test/web/console-fixture.ts';
-import type { FakeCluster } from '../../test/helpers/fake-cluster.ts';
+import { addSimulatedVms, PASSWORD, startConsoleFixture, USER } from '../../test/web/console-fixture.ts';
 
 const { values: args } = parseArgs({ options: { loads: { type: 'string', default: '9' } } });
 const LOADS = Number(args.loads);
-
-/** Adds VM records to project `many` until it holds `count` (copies of web1's record, as the browser test does). */
-async function fillProject(cluster: FakeCluster, from: number, to: number): Promise<void> {
-  const { db } = cluster;
-  if (!(await db.selectFrom('projects').select('id').where('name', '=', 'many').executeTakeFirst()))
-    await db.insertInto('projects').values({ id: 'prj-many', name: 'many', created_at: new Date().toISOString(), requirements: '{}' }).execute();
-  const template = await db.selectFrom('vms').selectAll().where('name', '=', 'web1').executeTakeFirstOrThrow();
-  const rows = Array.from({ length: to - from }, (_, offset) => ({
-    ...template,
-    id: `vm-sim${String(from + offset).padStart(6, '0')}`,
-    name: `sim-${String(from + offset).padStart(4, '0')}`,
-    project_id: 'prj-many',
-  }));
-  for (let start = 0; start < rows.length; start += 100)
-    await db
-      .insertInto('vms')
-      .values(rows.slice(start, start + 100))
-      .execute();
-}
 
 /** Milliseconds from navigation to the list showing `total` VMs and its first row. */
 async function loadOverview(page: Page, url: string, total: number): Promise<number> {
@@ -63,7 +43,7 @@ async function main(): Promise<void> {
     const results: Array<{ vms: number; times: number[] }> = [];
     for (const total of [10, 1000]) {
       const present = (await fixture.cluster.services.vms.counts()).vms;
-      await fillProject(fixture.cluster, present - 1, total - 1);
+      await addSimulatedVms(fixture.cluster, present - 1, total - 1);
       await loadOverview(page, fixture.url, total); // warm: the first load of each size is not counted
       const times: number[] = [];
       for (let load = 0; load < LOADS; load++) times.push(await loadOverview(page, fixture.url, total));

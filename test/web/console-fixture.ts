@@ -85,16 +85,22 @@ export async function startConsoleFixture(): Promise<ConsoleFixture> {
   }
 }
 
-/** Adds `count` VM records to project `many` on h1, copies of web1's row: what the overview lists, not running guests. */
-export async function addSimulatedVms(cluster: FakeCluster, count: number): Promise<void> {
+/**
+ * Adds VM records numbered `from` up to `to` to project `many` on h1, copies of web1's row: what
+ * the overview lists, not running guests. Each gets a uid of its own (the index on `unix_uid` is
+ * unique), above every uid the fixture gave.
+ */
+export async function addSimulatedVms(cluster: FakeCluster, from: number, to: number): Promise<void> {
   const { db } = cluster;
-  await db.insertInto('projects').values({ id: 'prj-many', name: 'many', created_at: new Date().toISOString(), requirements: '{}' }).execute();
+  if (!(await db.selectFrom('projects').select('id').where('name', '=', 'many').executeTakeFirst()))
+    await db.insertInto('projects').values({ id: 'prj-many', name: 'many', created_at: new Date().toISOString(), requirements: '{}' }).execute();
   const template = await db.selectFrom('vms').selectAll().where('name', '=', 'web1').executeTakeFirstOrThrow();
-  const rows = Array.from({ length: count }, (_, index) => ({
+  const rows = Array.from({ length: to - from }, (_, offset) => ({
     ...template,
-    id: `vm-sim${String(index).padStart(6, '0')}`,
-    name: `sim-${String(index).padStart(4, '0')}`,
+    id: `vm-sim${String(from + offset).padStart(6, '0')}`,
+    name: `sim-${String(from + offset).padStart(4, '0')}`,
     project_id: 'prj-many',
+    unix_uid: template.unix_uid === null ? null : template.unix_uid + 100_000 + from + offset,
   }));
   for (let start = 0; start < rows.length; start += 100)
     await db

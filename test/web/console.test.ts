@@ -229,7 +229,7 @@ describe('web console in a browser', { skip: skipReason() }, () => {
   });
 
   it(`lists ${SIMULATED_VMS} VMs at 390 px wide: a few rows in the page, every one reachable, nothing wider than the screen`, async () => {
-    await addSimulatedVms(fixture.cluster, SIMULATED_VMS);
+    await addSimulatedVms(fixture.cluster, 0, SIMULATED_VMS);
     const total = (await fixture.cluster.services.vms.counts()).vms;
     assert.ok(total > SIMULATED_VMS);
     await page.setViewportSize({ width: 390, height: 844 });
