@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // `npm test` after setup: the static checks (types, import circles, lint and format), then every
-// test file with Node's test runner, one file at a time in a process of its own (two cores, TCG
-// guests), printing each file's time as it ends and a table of them at the close.
+// test file with Node's test runner, each in a process of its own, printing each file's time as it
+// ends and a table of them at the close. Files that boot guests run one at a time (two cores, TCG
+// guests); beside them a second lane runs, one at a time too, the files that boot none (unit
+// tests under src/, the API against a fake cluster under test/api and test/access), so those
+// minutes hide in the guests' waits. NUBIS_TEST_LANES=1 runs everything in one lane.
 // Arguments narrow the run to files whose path contains one of them and skip the static checks
 // (add --checks to run them anyway).
 import { spawn, spawnSync } from 'node:child_process';
@@ -51,16 +54,29 @@ if (runChecks) {
   }
 }
 
-/** Runs one test file in its own process, echoing its output; resolves with its counts. */
-function runFile(file) {
+/** Files that boot no guest: they may run beside the ones that do. */
+const LIGHT = [/^src\//, /^test\/api\//, /^test\/access\//];
+
+/**
+ * Runs one test file in its own process; resolves with its counts. Its output is echoed as it
+ * comes when `live`, else printed in one block when the file ends (so two lanes never interleave
+ * inside a file's report).
+ */
+function runFile(file, live) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', file], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
-    let output = '';
-    child.stdout.on('data', (chunk) => {
-      output += chunk;
-      process.stdout.write(chunk);
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', file], {
+      cwd: repoRoot,
+      stdio: ['ignore', 'pipe', live ? 'inherit' : 'pipe'],
     });
+    let output = '';
+    const collect = (chunk) => {
+      output += chunk;
+      if (live) process.stdout.write(chunk);
+    };
+    child.stdout.on('data', collect);
+    child.stderr?.on('data', collect);
     child.on('close', (code) => {
+      if (!live) process.stdout.write(`\n${output}`);
       const count = (name) => Number(new RegExp(`^ℹ ${name} (\\d+)$`, 'm').exec(output)?.[1] ?? 0);
       // A file that dies before its tests report counts as one failure.
       const failed = count('fail') + count('cancelled') || (code === 0 ? 0 : 1);
@@ -72,18 +88,31 @@ function runFile(file) {
 const times = [];
 const totals = { passed: 0, failed: 0, skipped: 0 };
 const startedAll = Date.now();
-for (const file of files) {
-  const started = Date.now();
-  const counts = await runFile(file);
-  const ms = Date.now() - started;
-  times.push({ file, ms, ...counts });
-  for (const key of Object.keys(totals)) totals[key] += counts[key];
-  console.log(`── ${file}: ${seconds(ms)}, ${counts.passed} passed, ${counts.failed} failed${counts.skipped ? `, ${counts.skipped} skipped` : ''}`);
+
+/** Runs `lane`'s files one after another. */
+async function runLane(lane, live) {
+  for (const file of lane) {
+    const started = Date.now();
+    const counts = await runFile(file, live);
+    const ms = Date.now() - started;
+    times.push({ file, ms, ...counts });
+    for (const key of Object.keys(totals)) totals[key] += counts[key];
+    console.log(`── ${file}: ${seconds(ms)}, ${counts.passed} passed, ${counts.failed} failed${counts.skipped ? `, ${counts.skipped} skipped` : ''}`);
+  }
 }
+
+const oneLane = process.env.NUBIS_TEST_LANES === '1';
+const light = oneLane ? [] : files.filter((file) => LIGHT.some((pattern) => pattern.test(file)));
+const heavy = files.filter((file) => !light.includes(file));
+// With one lane empty the other streams its output live, as a run of a single file should.
+await Promise.all([runLane(heavy, true), runLane(light, heavy.length === 0)]);
+times.sort((a, b) => a.file.localeCompare(b.file));
 
 console.log('\nTime per test file:');
 for (const { file, ms, failed } of times) console.log(`  ${seconds(ms).padStart(8)}  ${failed ? '✖' : '✔'} ${file}`);
-console.log(`  ${seconds(Date.now() - startedAll).padStart(8)}  all files`);
+console.log(
+  `  ${seconds(Date.now() - startedAll).padStart(8)}  all files${light.length > 0 && heavy.length > 0 ? ` (${light.length} of them beside the others)` : ''}`,
+);
 if (failedChecks.length > 0) console.log(`Static checks failed: ${failedChecks.join(', ')}`);
 console.log(`${totals.passed} passed, ${totals.failed + failedChecks.length} failed, ${totals.skipped} skipped`);
 process.exit(totals.failed + failedChecks.length > 0 ? 1 : 0);
