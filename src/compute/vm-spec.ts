@@ -180,6 +180,11 @@ export const TrustedLaunchFields = {
 /** A list of host CPUs, as the kernel's cpusets write it: `0-3,6`. */
 export const CPU_LIST_PATTERN = '^[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?){0,63}$';
 
+/** The highest CPU a list of CPU_LIST_PATTERN names: a host needs more CPUs than that. */
+export function highestCpuOf(cpuList: string): number {
+  return Math.max(...cpuList.split(/[,-]/).map(Number));
+}
+
 /** A VM's share of its host's CPUs, applied through its cgroup (host/cgroups.ts). */
 export const CpuControls = Type.Object(
   {

@@ -7,7 +7,7 @@ import type { Kysely } from 'kysely';
 import { NubisError } from '../core/errors.ts';
 import type { Db } from '../state/database.ts';
 import type { Database, HostsTable, VmsTable } from '../state/schema.ts';
-import type { VmSpec } from '../compute/vm-spec.ts';
+import { highestCpuOf, type VmSpec } from '../compute/vm-spec.ts';
 import type { HostChange, HostRegistry, HostView } from './hosts.ts';
 import type { PlacementReservation } from './host-usage.ts';
 import { formatLabels, parseStoredLabels } from './labels.ts';
@@ -34,6 +34,8 @@ export interface PlacementNeeds {
   haGroupId?: string | null;
   needsUnderlay?: boolean;
   accelerator?: string;
+  /** The host CPUs the VM is pinned to (`--cpu-pin`). */
+  cpuPin?: string;
 }
 
 /** One placement of a VM, as `nubis vm placement` shows it. */
@@ -98,6 +100,7 @@ export class PlacementService {
       haGroupId: vm.ha_group_id,
       needsUnderlay: spec.nics.some((nic) => nic.network !== undefined),
       accelerator: source.accelerator,
+      ...(spec.cpuControls?.pin !== undefined ? { cpuPin: spec.cpuControls.pin } : {}),
     };
   }
 
@@ -126,6 +129,7 @@ export class PlacementService {
       requiredLabels: Object.entries(requirements).map(([key, value]) => ({ key, value, rule: `project ${project.name}'s residency rule` })),
       ...(needs.needsUnderlay ? { needsUnderlay: true } : {}),
       ...(needs.accelerator ? { accelerator: needs.accelerator } : {}),
+      ...(needs.cpuPin !== undefined ? { cpuPin: { list: needs.cpuPin, highest: highestCpuOf(needs.cpuPin) } } : {}),
       ...(needs.placementGroupId ? { group: await this.#groupRule(needs.placementGroupId, needs.vmId) } : {}),
       ...(needs.haGroupId ? { haGroup: await this.#haGroup(needs.haGroupId) } : {}),
     };

@@ -58,6 +58,15 @@ describe('scheduler', () => {
     assert.match(pinned.refused.find((r) => r.host === 'b')!.reason, /not the host the VM must run on \(--host c was asked for\)/);
   });
 
+  it('places a VM pinned to host CPUs only on a host that has them all, naming the pin', () => {
+    const hosts = [host('a', { cpus: 2 }), host('b', { cpus: 8 })];
+    const decision = explainPlacement(hosts, { cpus: 1, memoryMb: 256, cpuPin: { list: '0-1,6', highest: 6 } });
+    assert.equal(decision.host, 'b');
+    assert.deepEqual(decision.refused, [{ host: 'a', filter: 'cpu-pin', reason: 'a has CPUs 0-1, the VM is pinned to 0-1,6' }]);
+    assert.equal(pickHost([host('a', { cpus: 2 })], { cpus: 1, memoryMb: 256, cpuPin: { list: '2', highest: 2 } }), undefined);
+    assert.equal(pickHost([host('a', { cpus: 2 })], { cpus: 1, memoryMb: 256, cpuPin: { list: '1', highest: 1 } })?.name, 'a');
+  });
+
   it('keeps a project on hosts with its required labels, naming the rule', () => {
     const hosts = [host('a', { labels: { region: 'us' } }), host('b'), host('c', { labels: { region: 'eu' } })];
     const requiredLabels = [{ key: 'region', value: 'eu', rule: "project web's residency rule" }];

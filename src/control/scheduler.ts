@@ -63,6 +63,8 @@ export interface ScheduleRequest {
   needsUnderlay?: boolean;
   /** The accelerator the host must have (a running VM migrates only between hosts of its own). */
   accelerator?: string;
+  /** The host CPUs the VM is pinned to (`--cpu-pin`): the host must have them all. */
+  cpuPin?: { list: string; highest: number };
   group?: GroupRule;
   /** The VM's HA group: hosts it prefers (or, `restricted`, the only ones it may use). */
   haGroup?: { name: string; hostIds: ReadonlySet<string>; restricted: boolean };
@@ -159,6 +161,12 @@ const FILTERS: readonly Filter[] = [
     applies: (request) => request.accelerator !== undefined,
     passes: (host, { request }) => host.accelerator === request.accelerator,
     reason: (host, { request }) => `${host.name} runs VMs with ${host.accelerator}, the VM runs with ${request.accelerator}`,
+  },
+  {
+    name: 'cpu-pin',
+    applies: (request) => request.cpuPin !== undefined,
+    passes: (host, { request }) => host.cpus > request.cpuPin!.highest,
+    reason: (host, { request }) => `${host.name} has CPUs 0-${host.cpus - 1}, the VM is pinned to ${request.cpuPin!.list}`,
   },
   {
     name: 'network',

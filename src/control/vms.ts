@@ -245,6 +245,7 @@ export class VmService {
       placementGroupId: plan.placementGroupId,
       haGroupId: plan.haGroupId,
       needsUnderlay: plan.networks.length > 0,
+      ...(request.cpuPin !== undefined ? { cpuPin: request.cpuPin } : {}),
     };
   }
 

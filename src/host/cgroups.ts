@@ -23,7 +23,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, messageOf } from '../core/errors.ts';
-import { CPU_LIST_PATTERN, type CpuControls } from '../compute/vm-spec.ts';
+import { CPU_LIST_PATTERN, type CpuControls, highestCpuOf } from '../compute/vm-spec.ts';
 
 /** The CFS period every cap is expressed in: 100 ms, the kernel's default. */
 export const CPU_PERIOD_US = 100_000;
@@ -219,7 +219,7 @@ function checkControls(controls: CpuControls | undefined, hostCpus: number): voi
     throw new NubisError('VALIDATION_FAILED', `CPU weight ${weight} is not a whole number from 1 to 10000`);
   if (pin === undefined) return;
   if (!new RegExp(CPU_LIST_PATTERN).test(pin)) throw new NubisError('VALIDATION_FAILED', `CPU list ${JSON.stringify(pin)} is not like 0-3,6`);
-  const highest = Math.max(...pin.split(/[,-]/).map(Number));
+  const highest = highestCpuOf(pin);
   if (highest >= hostCpus)
     throw new NubisError(
       'HOST_CPU_CONTROLS_UNAVAILABLE',

@@ -73,6 +73,16 @@ describe('CPU controls through the API', () => {
     assert.equal(cluster.agent('h1').callsOf('setCpuControls').length, calls, 'the host was never asked');
   });
 
+  it('places a VM pinned to host CPUs only where they exist, and says why no host would do', async () => {
+    const cpus = (await cluster.db.selectFrom('hosts').select('cpus').where('name', '=', 'h1').executeTakeFirstOrThrow()).cpus;
+    const creates = cluster.agent('h1').callsOf('createVm').length;
+    const refused = await call('POST', '/v1/vms', { name: 'pinned', image: 'tiny', cpus: 1, cpuPin: `0,${cpus}`, waitReady: false });
+    assert.deepEqual([refused.status, refused.body.code], [422, 'NO_HOST_FITS']);
+    assert.match(refused.body.message ?? '', new RegExp(`h1 has CPUs 0-${cpus - 1}, the VM is pinned to 0,${cpus}`));
+    assert.equal((await call('GET', '/v1/vms/pinned')).status, 404, 'nothing recorded');
+    assert.equal(cluster.agent('h1').callsOf('createVm').length, creates, 'the host was never asked');
+  });
+
   it("keeps the records as they were when the host refuses, and waits its turn behind the VM's other actions", async () => {
     cluster
       .agent('h1')
