@@ -127,7 +127,7 @@ export interface QemuMigrationStatus {
   'error-desc'?: string;
 }
 
-/** QEMU's timestamps of the VM's last STOP and RESUME events. */
+/** QEMU's times of the VM's last STOP and RESUME events (ms since the epoch). */
 export interface PauseTimes {
   stoppedAtMs?: number;
   resumedAtMs?: number;

@@ -23,8 +23,8 @@ import { launchInCgroup, launchMeasurementOf, type QemuDriver, type VmQemu } fro
 import type { VmCgroups } from './cgroups.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
-import { ownSocket } from './vm-files.ts';
-import type { VmStatus } from '../agent-api/contract.ts';
+import { giveHotplugDisk, ownSocket, takeDisksBack } from './vm-files.ts';
+import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
 
 /** What every managed VM of a host shares: its QEMU driver, its hooks and its settings. */
 export interface ManagedVmContext {
@@ -42,12 +42,6 @@ export interface ManagedVmContext {
   /** Called once a VM is gone from this host (deleted, or discarded), so the registry drops it. */
   onRemoved: (vm: ManagedVm) => void;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
-}
-
-/** QEMU's times of the VM's last STOP and RESUME events (ms since the epoch). */
-export interface PauseTimes {
-  stoppedAtMs?: number;
-  resumedAtMs?: number;
 }
 
 /** What an incoming migration with local disks needs here (see `prepareIncoming`). */
@@ -285,6 +279,7 @@ export class ManagedVm {
         const port = HOTPLUG_PORTS.find((candidate) => !used.has(candidate));
         if (!port)
           throw new NubisError('VM_NO_HOTPLUG_SLOT', `VM ${this.name} has no free hot-plug slot (${HOTPLUG_PORTS.length}); stop it to attach more disks`);
+        await giveHotplugDisk(record.spec, disk);
         await this.#qemu.attachDisk(disk, port);
         record.hotplugged = { ...record.hotplugged, [disk.id]: port };
       }
@@ -298,8 +293,10 @@ export class ManagedVm {
   detachDisk(diskId: string): Promise<VmStatus> {
     return this.#lanes.lifecycle('detaching a disk', async () => {
       const record = this.#record;
-      if (!record.spec.disks.some((d) => d.id === diskId)) throw new NubisError('VM_DISK_NOT_FOUND', `VM ${this.name} has no disk ${diskId}`);
+      const leaving = record.spec.disks.find((d) => d.id === diskId);
+      if (!leaving) throw new NubisError('VM_DISK_NOT_FOUND', `VM ${this.name} has no disk ${diskId}`);
       await this.#qemu?.detachDisk(diskId);
+      await takeDisksBack([leaving]);
       const { [diskId]: _freed, ...stillPlugged } = record.hotplugged ?? {};
       record.hotplugged = stillPlugged;
       record.spec = { ...record.spec, disks: record.spec.disks.filter((d) => d.id !== diskId) };
@@ -327,6 +324,7 @@ export class ManagedVm {
         await this.#qemu?.stop({ gracefulTimeoutMs: options.gracefulTimeoutMs ?? 10_000 });
         this.#readiness.abort();
         await this.#context.unplugNics?.(this.#record.spec);
+        await takeDisksBack(this.#record.spec.disks);
         await this.#remove();
       },
       // The delete of a destination is how the control plane rolls its migration back.

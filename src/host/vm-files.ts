@@ -18,8 +18,8 @@
 import { lstatSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { VmSpec } from '../compute/vm-spec.ts';
-import type { VmUser } from '../compute/vm-user.ts';
+import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
+import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
 import { NubisError } from '../core/errors.ts';
 import { vmUsersAvailable } from './vm-launcher.ts';
 
@@ -39,6 +39,29 @@ export async function giveDisksTo(spec: Pick<VmSpec, 'name' | 'boot' | 'disks'>,
   const paths = spec.disks.flatMap((disk) => (disk.kind === 'file' && !disk.readOnly ? [disk.path] : []));
   if (spec.boot.kind === 'disk') paths.push(spec.boot.path);
   for (const path of paths) await giveFileTo(path, user, `disk of VM ${spec.name}`);
+}
+
+/** Gives a file disk hot-plugged into a running VM to the VM's user, as a launch gives the others. */
+export async function giveHotplugDisk(spec: Pick<VmSpec, 'id' | 'name' | 'unixUid'>, disk: DiskSpec): Promise<void> {
+  if (disk.kind !== 'file' || disk.readOnly || !vmUsersAvailable()) return;
+  await giveFileTo(disk.path, vmUserOf(spec), `disk ${disk.id} of VM ${spec.name}`);
+}
+
+/**
+ * Gives file disks the VM no longer has (detached, or the VM deleted) back to root (mode 0600), so
+ * the VM's QEMU, which may still run, cannot open a volume that is no longer its own, nor one
+ * later attached elsewhere. The file is in a pool folder that is root's, so its user cannot
+ * have swapped it for a link; one already gone is fine.
+ */
+export async function takeDisksBack(disks: readonly DiskSpec[]): Promise<void> {
+  if (!vmUsersAvailable()) return;
+  for (const disk of disks) {
+    if (disk.kind !== 'file' || disk.readOnly) continue;
+    const info = await lstat(disk.path).catch(() => undefined);
+    if (!info?.isFile()) continue;
+    await chown(disk.path, 0, 0);
+    await chmod(disk.path, 0o600);
+  }
 }
 
 /** Gives one file to `user` (mode 0600), after checking that its user can reach it. */

@@ -11,9 +11,9 @@ import type { Accelerator, CpuControls, DiskLimits, DiskSpec, NicBandwidthSpec, 
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { QemuProcess } from '../compute/qemu/qemu-process.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
-import { ManagedVm, type ManagedVmContext, type PauseTimes } from './managed-vm.ts';
+import { ManagedVm, type ManagedVmContext } from './managed-vm.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
-import type { VmStatus } from '../agent-api/contract.ts';
+import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import type { VmCgroups } from './cgroups.ts';
 import type { MemorySettings, VmMemoryReport } from '../compute/memory-spec.ts';

@@ -111,6 +111,24 @@ describe('VM isolation', { skip: process.getuid?.() !== 0 ? 'needs root: VMs run
     assert.equal(statSync(isob.dir).uid, 0, "the VM's folder stays root's: its user cannot swap what the agent opens there");
   });
 
+  it("gives a file volume hot-plugged into a running VM to that VM's user while attached, and back to root once detached", async () => {
+    const { isoa, isob } = vms;
+    await nubis.cliJson(['pool', 'create', 'local', '--kind', 'dir']);
+    await nubis.cliJson(['volume', 'create', 'hot', '--pool', 'local', '--size', '16M', '--host', 'host-1']);
+    const file = join(nubis.dataDir, 'hosts', 'host-1', 'pools', 'local', 'hot.qcow2');
+    assert.ok(existsSync(file), `${file} exists`);
+    await nubis.cliJson(['vm', 'attach', 'isoa', 'local/hot']);
+    assert.deepEqual([statSync(file).uid, statSync(file).mode & 0o777], [isoa.uid, 0o600], "the running VM's QEMU could open it");
+    const written = await runOnConsole(nubis, 'isoa', 'echo hot-data | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null && echo wrote-it', {
+      timeoutMs: 60_000,
+    });
+    assert.match(written, /wrote-it/, 'the guest writes to the hot-plugged disk');
+    assert.equal(tryAs(isob.uid, 'read', [file])[file], 'EACCES', 'another VM cannot open it');
+    await nubis.cliJson(['vm', 'detach', 'isoa', 'local/hot']);
+    assert.deepEqual([statSync(file).uid, statSync(file).mode & 0o777], [0, 0o600], "root's again");
+    assert.equal(tryAs(isoa.uid, 'read', [file])[file], 'EACCES', 'the VM it left cannot open it any more, though its QEMU still runs');
+  });
+
   it('hands QEMU its taps open, so the guests talk over the network without QEMU opening /dev/net/tun', async () => {
     assert.equal(statSync('/dev/net/tun').mode & 0o007, 0, 'only root may open /dev/net/tun');
     assert.match(readFileSync(`/proc/${vms.isoa.pid}/cmdline`, 'utf8').replaceAll('\0', ' '), /-netdev tap,id=net0,fd=\d+ /);
