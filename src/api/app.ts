@@ -168,7 +168,7 @@ export async function buildApp(
   await app.register(secgroupRoutes, { secgroups });
   await app.register(placementRoutes, { placement, vms });
   await app.register(haRoutes, { db, hosts, groups: placement.haGroups });
-  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency, changes: services.changes });
+  await app.register(poolRoutes, { db, storage, operations, residency: placement.residency, changes: services.changes, owner: services.owner });
   await app.register(keyRoutes, { storage, operations });
   await app.register(desktopRoutes, { pools: services.desktopPools, broker: services.desktopBroker });
   await app.register(operationRoutes, { operations, access });

@@ -241,6 +241,17 @@ export class StorageCatalogue {
     }
   }
 
+  /** The VM that has the volume as a disk, if one does (a volume is one VM's at a time). */
+  async vmOf(pool: string, volume: string): Promise<{ id: string; name: string } | undefined> {
+    return this.#db
+      .selectFrom('vm_disks')
+      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
+      .select(['vms.id', 'vms.name'])
+      .where('pool', '=', pool)
+      .where('volume', '=', volume)
+      .executeTakeFirst();
+  }
+
   /** Records that a VM uses a volume as its disk `deviceIndex` (`db`: the caller's transaction, if any). */
   async recordDisk(vmId: string, deviceIndex: number, pool: string, volume: string, db: Db = this.#db): Promise<void> {
     await db.insertInto('vm_disks').values({ vm_id: vmId, device_index: deviceIndex, pool, volume }).execute();

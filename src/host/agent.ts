@@ -119,7 +119,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const app = await buildAgentApp({
     supervisor,
     networks,
-    dirPools: new DirPools(join(options.hostDir, 'pools')),
+    dirPools: new DirPools(join(options.hostDir, 'pools'), { growLive: (path, sizeBytes) => supervisor.growFileDisk(path, sizeBytes) }),
     isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),

@@ -14,12 +14,20 @@ import { NubisError } from '../core/errors.ts';
 
 const run = promisify(execFile);
 
+/**
+ * Grows a volume file through the QEMU that has it open, if a running VM has it; false when none
+ * does (the file is then grown here, with qemu-img).
+ */
+export type GrowLive = (path: string, sizeBytes: number) => Promise<boolean>;
+
 export class DirPools {
   readonly #root: string;
+  readonly #growLive?: GrowLive;
 
   /** `root`: the folder that holds one folder per pool (`<hostDir>/pools`). */
-  constructor(root: string) {
+  constructor(root: string, options: { growLive?: GrowLive } = {}) {
     this.#root = root;
+    this.#growLive = options.growLive;
   }
 
   #poolPath(pool: string): string {
@@ -81,12 +89,16 @@ export class DirPools {
     await rm(this.volumePath(pool, volume), { force: true });
   }
 
-  /** Grows a volume (qcow2 shrinking would cut data off: refused). */
+  /**
+   * Grows a volume (qcow2 shrinking would cut data off: refused): through the QEMU of a running VM
+   * that has it (its guest sees the new size at once), else the file itself.
+   */
   async resizeVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo> {
     const current = await this.volumeInfo(pool, volume);
     if (sizeBytes < current.sizeBytes)
       throw new NubisError('VOLUME_SHRINK_REFUSED', `Volume ${pool}/${volume} is ${current.sizeBytes} bytes; dir volumes only grow`);
-    if (sizeBytes > current.sizeBytes) await this.#qemuImg(['resize', '-q', '-f', 'qcow2', current.path, String(sizeBytes)]);
+    if (sizeBytes > current.sizeBytes && !(await this.#growLive?.(current.path, sizeBytes)))
+      await this.#qemuImg(['resize', '-q', '-f', 'qcow2', current.path, String(sizeBytes)]);
     return this.volumeInfo(pool, volume);
   }
 

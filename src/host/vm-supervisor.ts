@@ -210,6 +210,25 @@ export class VmSupervisor {
     return vm.tune('changing its vCPUs', vcpuChange(vm.spec(), settings), (qemu) => applyVcpus(qemu.qmp, vm.name, settings.cpus));
   }
 
+  /**
+   * Grows file disk `path` through the QEMU of the VM that has it, when that VM runs here (QMP
+   * `block_resize` on its qcow2 node: the guest sees the new size at once, and QEMU, which holds
+   * the image's lock, writes the new size itself). False when no running VM has it.
+   */
+  async growFileDisk(path: string, sizeBytes: number): Promise<boolean> {
+    for (const vm of this.#vms.values()) {
+      const disk = vm.spec().disks.find((d) => d.kind === 'file' && d.path === path);
+      if (!disk || !vm.hasQemu) continue;
+      let grown = false;
+      await vm.tune(`growing disk ${disk.id}`, {}, async (qemu) => {
+        await qemu.qmp.execute('block_resize', { 'node-name': disk.id, size: sizeBytes });
+        grown = true;
+      });
+      return grown;
+    }
+    return false;
+  }
+
   /** The VM's memory as its guest and host see it; undefined while its QEMU does not run. */
   async memoryReport(id: string): Promise<VmMemoryReport | undefined> {
     const source = this.#vm(id).usageSource();

@@ -99,6 +99,21 @@ describe('disk IO limits of a VM', () => {
     assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).find((vm) => vm.name === 'io')?.activity, undefined, 'lists stay cheap');
   });
 
+  it('grows its data disk while it runs: the guest sees the new size at once', async () => {
+    const grown = await nubis.cliJson<{ sizeBytes: number }>(['volume', 'resize', 'local/data', '96M']);
+    assert.equal(grown.sizeBytes, 96 * 2 ** 20);
+    const sectors = await runOnConsole(
+      nubis,
+      'io',
+      'for i in $(seq 50); do [ "$(cat /sys/block/vda/size)" = 196608 ] && break; sleep 0.1; done; echo "sectors $(cat /sys/block/vda/size)"',
+      { timeoutMs: 60_000 },
+    );
+    assert.match(sectors, /sectors 196608\b/, 'the guest sees 96 MiB');
+    const shrink = await nubis.cli(['volume', 'resize', 'local/data', '64M']);
+    assert.match(shrink.stderr, /dir volumes only grow/);
+    assert.equal((await nubis.cliJson<{ sizeBytes: number }>(['volume', 'show', 'local/data'])).sizeBytes, 96 * 2 ** 20);
+  });
+
   it('refuses limits that cannot mean anything, naming them, and changes nothing', async () => {
     for (const [args, message] of [
       [['--disk-iops', 'vdp=100'], /no disk vdp/],

@@ -119,9 +119,9 @@ describe('VM isolation', { skip: process.getuid?.() !== 0 ? 'needs root: VMs run
     assert.ok(existsSync(file), `${file} exists`);
     await nubis.cliJson(['vm', 'attach', 'isoa', 'local/hot']);
     assert.deepEqual([statSync(file).uid, statSync(file).mode & 0o777], [isoa.uid, 0o600], "the running VM's QEMU could open it");
-    const written = await runOnConsole(nubis, 'isoa', 'echo hot-data | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null && echo wrote-it', {
-      timeoutMs: 60_000,
-    });
+    const write =
+      'for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done; echo hot-data | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null && echo wrote-it';
+    const written = await runOnConsole(nubis, 'isoa', write, { timeoutMs: 60_000 });
     assert.match(written, /wrote-it/, 'the guest writes to the hot-plugged disk');
     assert.equal(tryAs(isob.uid, 'read', [file])[file], 'EACCES', 'another VM cannot open it');
     await nubis.cliJson(['vm', 'detach', 'isoa', 'local/hot']);

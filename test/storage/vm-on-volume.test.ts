@@ -95,6 +95,9 @@ describe('VMs on volumes of the storage node', () => {
     assert.match(inUse.stderr, /attached to VM db1/);
     const deleteInUse = await nubis.cli(['volume', 'delete', 'p1/data1']);
     assert.match(deleteInUse.stderr, /used by VM\(s\) db1/);
+    const shrink = await nubis.cli(['volume', 'resize', 'p1/data1', '32M']);
+    assert.match(shrink.stderr, /p1\/data1 is a disk of VM db1, and a disk never shrinks under a VM; detach it first/);
+    assert.equal((await nubis.cliJson<{ sizeBytes: number }>(['volume', 'show', 'p1/data1'])).sizeBytes, 64 * 2 ** 20, 'nothing changed');
     const missing = await nubis.cli(['vm', 'create', 'db3', '--image', 'tiny', '--disk', 'p1/nope']);
     assert.notEqual(missing.code, 0);
     assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).length, 1, 'refused VMs left nothing behind');

@@ -8,6 +8,7 @@ import type { DirPoolCatalogue } from '../../control/dir-pools.ts';
 import type { OperationManager } from '../../control/operations.ts';
 import type { StorageCatalogue } from '../../control/storage.ts';
 import type { ProjectRef } from '../../control/volume-owners.ts';
+import type { VmOwner } from '../../control/vm-owner.ts';
 import { parseStoredLabels } from '../../control/labels.ts';
 import { poolLabels, type Residency } from '../../control/residency.ts';
 import { NubisError } from '../../core/errors.ts';
@@ -32,7 +33,7 @@ import {
 import { errorResponses, listErrorResponses, type RouteApp } from './common.ts';
 
 /** What the pool routes use: the storage catalogue, the database for who uses a volume, operations for jobs. */
-export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager; residency: Residency; changes: ChangeFeed };
+export type PoolRouteServices = { db: Db; storage: StorageCatalogue; operations: OperationManager; residency: Residency; changes: ChangeFeed; owner: VmOwner };
 
 const PoolRef = Type.Object({ pool: ResourceName });
 const VolumeRef = Type.Object({ pool: ResourceName, volume: ResourceName });
@@ -398,7 +399,7 @@ function registerVolumeChangeRoutes(app: RouteApp, services: PoolRouteServices, 
       schema: {
         operationId: 'resizeVolume',
         tags: ['storage'],
-        summary: 'Grow or shrink a volume (never below its data; dir volumes only grow, while detached)',
+        summary: 'Grow or shrink a volume (never below its data, nor under a VM; a dir volume only grows, live under its running VM)',
         params: VolumeRef,
         querystring: ProjectQuery,
         body: Type.Object({ size: Size }, { additionalProperties: false }),
@@ -418,9 +419,17 @@ function registerVolumeChangeRoutes(app: RouteApp, services: PoolRouteServices, 
     },
   );
   async function resizeOnStorage(pool: string, volume: string, size: string): Promise<VolumeBody> {
+    const vm = await services.storage.vmOf(pool, volume);
     if (await isDir(pool)) {
-      await services.storage.checkUnused(pool, volume);
-      return (await dirPools.resizeVolume(pool, volume, parseSize(size))) as VolumeBody;
+      const grow = async () => (await dirPools.resizeVolume(pool, volume, parseSize(size))) as VolumeBody;
+      // A VM's disk grows as an action of the VM's one owner: never during its migration (which
+      // copies the file), in turn with its starts and stops. Its agent grows it live if it runs.
+      return vm ? services.owner.claim(vm.id, 'tune', vm.name).run(grow) : grow();
+    }
+    if (vm) {
+      const current = await services.storage.call<VolumeBody>({ method: 'GET', path: `${poolPath(pool)}/volumes/${volume}` });
+      if (parseSize(size) < current.sizeBytes)
+        throw new NubisError('VOLUME_IN_USE', `Volume ${pool}/${volume} is a disk of VM ${vm.name}, and a disk never shrinks under a VM; detach it first`);
     }
     return volumeView(pool, await services.storage.call<VolumeBody>({ method: 'POST', path: `${poolPath(pool)}/volumes/${volume}/resize`, body: { size } }));
   }
