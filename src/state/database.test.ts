@@ -1,7 +1,7 @@
 /**
  * The database as the control plane opens it: statements are prepared once per SQL text and
- * reused (Kysely prepares every query it sends), and a kept statement still sees the schema
- * after it changed.
+ * reused (Kysely prepares every query it sends), a kept statement still sees the schema after it
+ * changed, and rows (built from raw arrays) are the objects better-sqlite3 itself would build.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -49,5 +49,28 @@ describe('database', () => {
     assert.equal('note' in (await read()), false);
     await sql`ALTER TABLE projects ADD COLUMN note TEXT DEFAULT 'added'`.execute(db);
     assert.equal(((await read()) as unknown as { note?: string }).note, 'added', 'the kept statement was prepared again for the new column');
+  });
+
+  it('builds every row as better-sqlite3 would: names, values, types, a repeated name, RETURNING', async () => {
+    const plain = new SqliteDatabase(join(dir, 'nubis.db'), { readonly: true });
+    try {
+      for (const query of [
+        'SELECT * FROM projects ORDER BY id',
+        "SELECT p.id, p.name, q.name, 1.5 AS ratio, NULL AS missing, x'00ff' AS bytes, 'it''s \"quoted\"' AS [odd name] FROM projects p JOIN projects q ON q.id = p.id ORDER BY p.id",
+        'SELECT count(*) FROM projects',
+      ]) {
+        const ours = (await sql.raw(query).execute(db)).rows;
+        assert.deepEqual(ours, plain.prepare(query).all(), query);
+        assert.ok(ours.length > 0);
+      }
+    } finally {
+      plain.close();
+    }
+    const returned = await db
+      .insertInto('projects')
+      .values({ id: 'prj-r', name: 'r', created_at: 'now', requirements: '{}' })
+      .returning(['id', 'name'])
+      .execute();
+    assert.deepEqual(returned, [{ id: 'prj-r', name: 'r' }]);
   });
 });
