@@ -67,6 +67,9 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   setFirewall: (host, params, _firewalls: Static<typeof FirewallUpdate> | unknown) => {
     host.spec(params.id);
   },
+  takeSnapshot: cannot('snapshot a VM'),
+  rollbackSnapshot: cannot('snapshot a VM'),
+  deleteSnapshot: cannot('snapshot a VM'),
   prepareIncoming: cannot('take an incoming migration'),
   activateIncoming: cannot('take an incoming migration'),
   recoverIncoming: cannot('take an incoming migration'),

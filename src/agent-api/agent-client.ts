@@ -81,6 +81,9 @@ export class HttpAgentClient implements AgentClient {
   };
   attachDisk: AgentClient['attachDisk'] = (id, disk, options) => this.#call('attachDisk', { id }, disk, options);
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
+  takeSnapshot: AgentClient['takeSnapshot'] = (id, snapshot, withMemory, options) => this.#call('takeSnapshot', { id, snapshot }, { withMemory }, options);
+  rollbackSnapshot: AgentClient['rollbackSnapshot'] = (id, snapshot, body, options) => this.#call('rollbackSnapshot', { id, snapshot }, body, options);
+  deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot, options) => this.#call('deleteSnapshot', { id, snapshot }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);
   setDiskLimits: AgentClient['setDiskLimits'] = (id, disk, limits, options) => this.#call('setDiskLimits', { id, disk }, limits, options);
   setNicBandwidth: AgentClient['setNicBandwidth'] = (id, nic, bandwidth, options) => this.#call('setNicBandwidth', { id, nic }, bandwidth, options);

@@ -144,6 +144,15 @@ export class FakeAgent implements AgentClient {
     await this.#enter('detachDisk', [id, diskId]);
     return { ...this.#vm(id) };
   };
+  takeSnapshot: AgentClient['takeSnapshot'] = async (id, snapshot, withMemory) => {
+    await this.#enter('takeSnapshot', [id, snapshot, withMemory]);
+    return { disks: [], ...(withMemory ? { memoryBytes: 0 } : {}) };
+  };
+  rollbackSnapshot: AgentClient['rollbackSnapshot'] = async (id, snapshot, body) => {
+    await this.#enter('rollbackSnapshot', [id, snapshot, body]);
+    return { ...this.#vm(id) };
+  };
+  deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot) => this.#enter('deleteSnapshot', [id, snapshot]);
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#enter('setFirewall', [id, firewalls]);
   setCpuControls: AgentClient['setCpuControls'] = async (id, controls) => {
     await this.#enter('setCpuControls', [id, controls]);

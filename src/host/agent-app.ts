@@ -128,6 +128,11 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   }));
   on('attachDisk', (params, disk) => supervisor.attachDisk(params.id, disk));
   on('detachDisk', (params) => supervisor.detachDisk(params.id, params.disk));
+  on('takeSnapshot', (params, body) => supervisor.takeSnapshot(params.id, params.snapshot, body.withMemory));
+  on('rollbackSnapshot', (params, body) => supervisor.rollbackSnapshot(params.id, params.snapshot, body));
+  on('deleteSnapshot', async (params) => {
+    await supervisor.deleteSnapshot(params.id, params.snapshot);
+  });
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
   on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
   on('setNicBandwidth', (params, bandwidth) =>
