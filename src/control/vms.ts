@@ -343,6 +343,8 @@ export class VmService {
         boot_delay_seconds: request.bootDelaySeconds ?? 0,
         balance: request.balance ?? 'auto',
         unix_uid: spec.unixUid ?? null,
+        template: 0,
+        linked_to: null,
         created_at: now,
         updated_at: now,
       })
