@@ -259,6 +259,7 @@ export const AGENT_ROUTES = {
     body: Type.Object({ disks: SnapshotDiskIds, withMemory: Type.Boolean() }, { additionalProperties: false }),
   }),
   deleteSnapshot: route({ method: 'DELETE', url: '/agent/vms/:id/snapshots/:snapshot', params: SnapshotParams }),
+  sealTemplate: route({ method: 'POST', url: '/agent/vms/:id/template', params: VmParams }),
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),
   setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
@@ -306,6 +307,12 @@ export const AGENT_ROUTES = {
     body: Type.Object({ sizeBytes: SizeBytes }, { additionalProperties: false }),
   }),
   dirVolume: route({ method: 'GET', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
+  copyDirVolume: route({
+    method: 'PUT',
+    url: '/agent/dir-pools/:pool/volumes/:volume/copy',
+    params: VolumeParams,
+    body: Type.Object({ from: Name, linked: Type.Boolean() }, { additionalProperties: false }),
+  }),
   deleteDirVolume: route({ method: 'DELETE', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
   resizeDirVolume: route({
     method: 'POST',
@@ -385,6 +392,8 @@ export interface AgentClient {
   /** Rolls the VM back to a snapshot covering `disks`; a memory snapshot leaves it running from that point. */
   rollbackSnapshot(id: string, snapshotId: string, snapshot: { disks: string[]; withMemory: boolean }, options?: CallOptions): Promise<VmStatus>;
   deleteSnapshot(id: string, snapshotId: string, options?: CallOptions): Promise<void>;
+  /** Makes the stopped VM's disk files read-only and readable by its clones' QEMUs (vm template). */
+  sealTemplate(id: string, options?: CallOptions): Promise<void>;
   setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;
   /** Sets the VM's CPU controls (all of them: one left out goes back to the host's default), live when it runs. */
   setCpuControls(id: string, controls: CpuControls, options?: CallOptions): Promise<VmStatus>;
@@ -418,6 +427,8 @@ export interface AgentClient {
   removeDirPool(pool: string): Promise<void>;
   createDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
   dirVolume(pool: string, volume: string, options?: CallOptions): Promise<DirVolumeInfo>;
+  /** A new volume of the pool made of `from`: a full copy, or `linked` copy-on-write over it. */
+  copyDirVolume(pool: string, volume: string, from: string, linked: boolean): Promise<DirVolumeInfo>;
   deleteDirVolume(pool: string, volume: string): Promise<void>;
   resizeDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
   applyNetwork(spec: HostNetworkSpec, options?: CallOptions): Promise<{ bridge: string; vxlan: string }>;

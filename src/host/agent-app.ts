@@ -133,6 +133,9 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   on('deleteSnapshot', async (params) => {
     await supervisor.deleteSnapshot(params.id, params.snapshot);
   });
+  on('sealTemplate', async (params) => {
+    await supervisor.sealTemplate(params.id);
+  });
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
   on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
   on('setNicBandwidth', (params, bandwidth) =>
@@ -195,6 +198,7 @@ function registerDirPoolRoutes(on: On, dirPools: DirPools): void {
   });
   on('createDirVolume', (params, body) => dirPools.createVolume(params.pool, params.volume, body.sizeBytes));
   on('dirVolume', (params) => dirPools.volumeInfo(params.pool, params.volume));
+  on('copyDirVolume', (params, body) => dirPools.copyVolume(params.pool, body.from, params.volume, body.linked));
   on('deleteDirVolume', async (params) => {
     await dirPools.deleteVolume(params.pool, params.volume);
   });

@@ -53,7 +53,10 @@ export async function createBootOverlay(
   try {
     if (boot.copy) {
       // The template's own clusters are copied; its image below stays the backing file.
-      const backing = JSON.parse((await runFile('qemu-img', ['info', '-U', '--output=json', boot.path])).stdout) as { 'full-backing-filename'?: string; 'backing-filename-format'?: string };
+      const backing = JSON.parse((await runFile('qemu-img', ['info', '-U', '--output=json', boot.path])).stdout) as {
+        'full-backing-filename'?: string;
+        'backing-filename-format'?: string;
+      };
       const base = backing['full-backing-filename'];
       const onBase = base ? ['-B', base, '-F', backing['backing-filename-format'] ?? 'qcow2'] : [];
       await runFile('qemu-img', ['convert', '-q', '-f', boot.format, '-O', 'qcow2', ...onBase, boot.path, overlay]);

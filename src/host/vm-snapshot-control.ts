@@ -26,7 +26,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { chmod, chown, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -70,7 +70,8 @@ export interface TakenSnapshot {
 }
 
 function checkedTag(tag: string): string {
-  if (!SNAPSHOT_TAG_FORMAT.test(tag)) throw new NubisError('VALIDATION_FAILED', `${JSON.stringify(tag).slice(0, 40)} is not a snapshot id (snap-<12 hex digits>)`);
+  if (!SNAPSHOT_TAG_FORMAT.test(tag))
+    throw new NubisError('VALIDATION_FAILED', `${JSON.stringify(tag).slice(0, 40)} is not a snapshot id (snap-<12 hex digits>)`);
   return tag;
 }
 
@@ -119,7 +120,8 @@ export async function takeSnapshot(host: SnapshotHost, tag: string, withMemory: 
   const disks = snapshotDisksOf(host.spec());
   const qemu = host.qemu();
   if (!qemu) {
-    if (withMemory) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is stopped, so it has no memory to save; take the snapshot without --with-memory`);
+    if (withMemory)
+      throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is stopped, so it has no memory to save; take the snapshot without --with-memory`);
     for (const disk of disks) await qemuImg(['snapshot', '-c', tag, disk.path]);
     return { disks: disks.map((d) => d.id) };
   }
@@ -138,7 +140,9 @@ export async function takeSnapshot(host: SnapshotHost, tag: string, withMemory: 
   } catch (error) {
     await rm(memoryFile, { force: true });
     await deleteLive(qemu, disks, tag).catch(() => undefined);
-    throw error instanceof NubisError ? error : new NubisError('VM_SNAPSHOT_FAILED', `Snapshot of VM ${host.name} failed: ${messageOf(error)}`, { cause: error });
+    throw error instanceof NubisError
+      ? error
+      : new NubisError('VM_SNAPSHOT_FAILED', `Snapshot of VM ${host.name} failed: ${messageOf(error)}`, { cause: error });
   } finally {
     if (wasRunning) await qemu.resume();
   }
@@ -226,4 +230,17 @@ async function deleteLive(qemu: VmQemu, disks: SnapshotDisk[], tag: string): Pro
 function ignoreMissing(error: unknown, tag: string): void {
   if (/not found|can't find|cannot find|could not find/i.test(messageOf(error))) return;
   throw new NubisError('VM_SNAPSHOT_FAILED', `Cannot delete snapshot ${tag}: ${messageOf(error)}`);
+}
+
+/**
+ * Makes a stopped VM's disks a template's: root's and read-only (0644), so that the QEMUs of its
+ * linked clones, each running as a user of its own, can read them as the backing files of their
+ * overlays, as they read images; nothing writes them again (a template never starts).
+ */
+export async function sealTemplate(host: SnapshotHost): Promise<void> {
+  if (host.qemu()) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} runs; stop it before making it a template`);
+  for (const disk of snapshotDisksOf(host.spec())) {
+    if (process.getuid?.() === 0) await chown(disk.path, 0, 0);
+    await chmod(disk.path, 0o644);
+  }
 }

@@ -13,7 +13,7 @@ import type { QemuProcess } from '../compute/qemu/qemu-process.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { ManagedVm, type ManagedVmContext } from './managed-vm.ts';
 import type { PauseTimes } from './vm-migration-control.ts';
-import { deleteSnapshot, rollbackSnapshot, type TakenSnapshot, takeSnapshot } from './vm-snapshot-control.ts';
+import { deleteSnapshot, rollbackSnapshot, sealTemplate, type TakenSnapshot, takeSnapshot } from './vm-snapshot-control.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
@@ -327,6 +327,11 @@ export class VmSupervisor {
   /** Deletes snapshot `tag` from the VM's disks and its memory file. */
   deleteSnapshot(id: string, tag: string): Promise<void> {
     return this.#vm(id).snapshotWork('deleting a snapshot', (host) => deleteSnapshot(host, tag));
+  }
+
+  /** Makes the stopped VM's disks a template's: read-only, readable by its linked clones' QEMUs. */
+  sealTemplate(id: string): Promise<void> {
+    return this.#vm(id).snapshotWork('making it a template', (host) => sealTemplate(host));
   }
 
   /** Stops the VM if it runs (forcefully after the deadline) and removes all its files. */

@@ -30,7 +30,12 @@ export const VmSnapshotRef = Type.Object({ vm: ResourceRef('VM name (in the proj
 export const VmCloneRequest = Type.Object(
   {
     name: ResourceName,
-    linked: Type.Optional(Type.Boolean({ description: "Copy-on-write over the template's disks (instant; the template cannot be deleted while it has linked clones)", default: false })),
+    linked: Type.Optional(
+      Type.Boolean({
+        description: "Copy-on-write over the template's disks (instant; the template cannot be deleted while it has linked clones)",
+        default: false,
+      }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -18,6 +18,7 @@ import { printDecision } from './placement.ts';
 import { addUsageCommand } from './usage.ts';
 import { startVncProxy } from '../vnc-proxy.ts';
 import { formatSize } from '../../storage/size.ts';
+import { addSnapshotCommands } from './vm-snapshot.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions extends CpuControlOptions, MemoryOptions {
@@ -88,6 +89,7 @@ export function registerVmCommands(program: Command): void {
   addPowerActions(vm);
   addDeleteAttachDetachSet(vm);
   addMigrate(vm);
+  addSnapshotCommands(vm);
   addLogAndConsole(vm);
   addUsageCommand(vm, 'vm');
   addAttestCommand(vm);
