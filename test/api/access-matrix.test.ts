@@ -186,6 +186,7 @@ function pathValue(name: string, context: Context, operations: Record<Context, s
     protocol: 'tcp',
     port: '8080',
     seq: '1',
+    snapshot: 'snap1',
   };
   if (name === 'project') return context === 'other' ? 'beta' : 'alpha';
   if (name === 'id') return operations[context];
