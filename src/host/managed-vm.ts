@@ -335,6 +335,7 @@ export class ManagedVm {
         name: this.name,
         dir: this.#file.dir,
         spec: () => this.#record.spec,
+        hotplugged: () => Object.keys(this.#record.hotplugged ?? {}),
         qemu: () => this.#qemu,
         stopQemu: async () => {
           this.#update({ state: 'stopping' });

@@ -26,7 +26,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, chown, rm, stat } from 'node:fs/promises';
+import { chmod, chown, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -54,6 +54,8 @@ export interface SnapshotHost {
   readonly name: string;
   readonly dir: string;
   spec(): VmSpec;
+  /** The disks hot-plugged into its running QEMU (a fresh QEMU has them elsewhere). */
+  hotplugged(): string[];
   qemu(): VmQemu | undefined;
   /** Ends its QEMU at once (its state is being replaced, so nothing is shut down cleanly). */
   stopQemu(): Promise<void>;
@@ -85,20 +87,46 @@ export function memoryFileOf(dir: string, tag: string): string {
  * kind is refused, naming it and what to do, since a snapshot must hold every disk the guest writes.
  */
 export function snapshotDisksOf(spec: VmSpec): SnapshotDisk[] {
-  const disks: SnapshotDisk[] = spec.boot.kind === 'disk' ? [{ id: BOOT_DISK_NODE, path: spec.boot.path }] : [];
   for (const disk of spec.disks) {
-    if (disk.readOnly) continue;
-    if (disk.kind === 'file' && disk.format === 'qcow2') {
-      disks.push({ id: disk.id, path: disk.path });
-      continue;
-    }
+    if (disk.readOnly || (disk.kind === 'file' && disk.format === 'qcow2')) continue;
     const what = disk.kind === 'nbd' ? `storage-node volume ${disk.exportName}` : `raw file ${disk.path}`;
     throw new NubisError(
       'VM_SNAPSHOT_UNSUPPORTED',
       `VM ${spec.name} has disk ${disk.id} on a ${what}, which VM snapshots do not cover (qcow2 disks only); snapshot it with nubis volume snapshot, or detach it first`,
     );
   }
+  return qcow2DisksOf(spec);
+}
+
+/** The VM's writable qcow2 disks: its root overlay, then its file volumes. */
+function qcow2DisksOf(spec: VmSpec): SnapshotDisk[] {
+  const disks: SnapshotDisk[] = spec.boot.kind === 'disk' ? [{ id: BOOT_DISK_NODE, path: spec.boot.path }] : [];
+  for (const disk of spec.disks) if (disk.kind === 'file' && disk.format === 'qcow2' && !disk.readOnly) disks.push({ id: disk.id, path: disk.path });
   return disks;
+}
+
+/**
+ * What a saved memory state needs of the QEMU that loads it: the same devices, as live migration
+ * needs (vCPUs, RAM, disks, NICs, TPM and firmware). Kept beside the memory file, in the VM's
+ * root-owned folder, and compared before a rollback stops anything.
+ */
+function deviceModelOf(spec: VmSpec, hotplugged: string[]): string {
+  return JSON.stringify({
+    cpus: spec.cpus,
+    maxCpus: spec.maxCpus ?? spec.cpus,
+    topology: spec.cpuTopology ?? null,
+    memoryMb: spec.memoryMb,
+    boot: spec.boot.kind,
+    disks: spec.disks.map((d) => d.id),
+    nics: spec.nics.map((n) => [n.id, n.mac]),
+    tpm: spec.tpm ?? false,
+    firmware: spec.firmware ?? 'bios',
+    hotplugged,
+  });
+}
+
+function deviceModelFileOf(dir: string, tag: string): string {
+  return join(dir, `${checkedTag(tag)}.devices.json`);
 }
 
 async function qemuImg(args: string[]): Promise<void> {
@@ -127,6 +155,12 @@ export async function takeSnapshot(host: SnapshotHost, tag: string, withMemory: 
   }
   if (qemu.state !== 'running' && qemu.state !== 'paused')
     throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is ${qemu.state}; snapshots are taken of running, paused or stopped VMs`);
+  if (withMemory && host.hotplugged().length > 0)
+    throw new NubisError(
+      'VM_INVALID_STATE',
+      `VM ${host.name} has disks hot-plugged since it started (${host.hotplugged().join(', ')}), which a restored QEMU could not match; restart it, or take the snapshot without --with-memory`,
+    );
+  if (withMemory) await writeFile(deviceModelFileOf(host.dir, tag), deviceModelOf(host.spec(), []), { mode: 0o600 });
   const wasRunning = qemu.state === 'running';
   // Stopping the vCPUs drains every disk's requests in flight: what follows is one instant.
   if (wasRunning) await qemu.pause();
@@ -139,6 +173,7 @@ export async function takeSnapshot(host: SnapshotHost, tag: string, withMemory: 
     if (withMemory) await saveMemory(qemu, memoryFile);
   } catch (error) {
     await rm(memoryFile, { force: true });
+    await rm(deviceModelFileOf(host.dir, tag), { force: true });
     await deleteLive(qemu, disks, tag).catch(() => undefined);
     throw error instanceof NubisError
       ? error
@@ -189,8 +224,7 @@ export async function rollbackSnapshot(host: SnapshotHost, tag: string, snapshot
       `VM ${host.name} has disks ${now.join(', ') || 'none'} now, its snapshot covers ${snapshot.disks.join(', ') || 'none'}; attach or detach volumes to match it first`,
     );
   const memoryFile = memoryFileOf(host.dir, tag);
-  if (snapshot.withMemory && !existsSync(memoryFile))
-    throw new NubisError('VM_SNAPSHOT_FAILED', `The memory of snapshot ${tag} of VM ${host.name} is missing (${memoryFile}); roll back to another snapshot`);
+  if (snapshot.withMemory) await checkDeviceModel(host, tag, memoryFile);
   const wasRunning = host.qemu() !== undefined;
   await host.stopQemu();
   for (const disk of disks) await qemuImg(['snapshot', '-a', tag, disk.path]);
@@ -211,14 +245,27 @@ export async function rollbackSnapshot(host: SnapshotHost, tag: string, snapshot
   }
 }
 
+/** Refuses to load a memory state that is missing, or was saved by a QEMU with other devices. */
+async function checkDeviceModel(host: SnapshotHost, tag: string, memoryFile: string): Promise<void> {
+  if (!existsSync(memoryFile))
+    throw new NubisError('VM_SNAPSHOT_FAILED', `The memory of snapshot ${tag} of VM ${host.name} is missing (${memoryFile}); roll back to another snapshot`);
+  const saved = await readFile(deviceModelFileOf(host.dir, tag), 'utf8').catch(() => '');
+  if (saved !== deviceModelOf(host.spec(), []))
+    throw new NubisError(
+      'VM_SNAPSHOT_MISMATCH',
+      `VM ${host.name} has other devices (vCPUs, memory, disks or NICs) than when memory snapshot ${tag} was taken, so its memory cannot be loaded; set them back first`,
+    );
+}
+
 /** Deletes snapshot `tag` from every disk that has it (live through QMP, else qemu-img) and its memory file. */
 export async function deleteSnapshot(host: SnapshotHost, tag: string): Promise<void> {
   checkedTag(tag);
-  const disks = snapshotDisksOf(host.spec()).filter((disk) => existsSync(disk.path));
+  const disks = qcow2DisksOf(host.spec()).filter((disk) => existsSync(disk.path));
   const qemu = host.qemu();
   if (qemu) await deleteLive(qemu, disks, tag);
   else for (const disk of disks) await qemuImg(['snapshot', '-d', tag, disk.path]).catch((error) => ignoreMissing(error, tag));
   await rm(memoryFileOf(host.dir, tag), { force: true });
+  await rm(deviceModelFileOf(host.dir, tag), { force: true });
 }
 
 async function deleteLive(qemu: VmQemu, disks: SnapshotDisk[], tag: string): Promise<void> {
