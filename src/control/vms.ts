@@ -470,6 +470,7 @@ export class VmService {
   /** Attaches a volume to a VM (hot-plugged when it runs) as an operation. */
   async attachVolume(ref: string, volumeRef: string, project?: string): Promise<Operation> {
     const row = await this.#row(ref, project);
+    refuseTemplate(row, 'have volumes attached');
     const [pool, volume] = volumeRef.split('/');
     if (!pool || !volume) throw new NubisError('VALIDATION_FAILED', `Write the volume as POOL/VOLUME, not ${volumeRef}`);
     const claim = this.#claim(row, 'attach');
@@ -521,6 +522,7 @@ export class VmService {
   /** Detaches a volume from a VM (the guest must release it when it runs) as an operation. */
   async detachVolume(ref: string, volumeRef: string, project?: string): Promise<Operation> {
     const row = await this.#row(ref, project);
+    refuseTemplate(row, 'have volumes detached');
     const attached = (await this.#storage.disksOf(row.id)).find((d) => `${d.pool}/${d.volume}` === volumeRef);
     if (!attached) throw new NubisError('VM_DISK_NOT_FOUND', `Volume ${volumeRef} is not attached to VM ${row.name}; see nubis vm show ${row.name}`);
     return this.#operate(this.#claim(row, 'detach'), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {

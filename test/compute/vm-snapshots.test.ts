@@ -62,7 +62,6 @@ describe('VM snapshots, templates and clones', () => {
     const taken = await nubis.cliJson<VmSnapshot>(['vm', 'snapshot', 'snappy', 'first']);
     assert.deepEqual([taken.name, taken.withMemory, taken.disks, taken.vmState], ['first', false, ['disk0'], 'running']);
     await writeDisk('snappy', 'bravo-2');
-    assert.equal(await readDisk('snappy'), 'bravo-2');
     const pidBefore = (await nubis.cliJson<Vm>(['vm', 'show', 'snappy'])).pid;
     const rolled = await nubis.cli(['vm', 'rollback', 'snappy', 'first']);
     assert.equal(rolled.code, 0, rolled.stderr);
@@ -144,8 +143,6 @@ describe('VM snapshots, templates and clones', () => {
     assert.equal(clone.linkedTo, template.id);
     await untilReady('kid');
     assert.equal(await readDisk('kid'), 'charlie-3', "the clone reads the template's disk");
-    await writeDisk('kid', 'echo-5');
-    assert.equal(await readDisk('kid'), 'echo-5');
     const kidFile = execFileSync('find', [nubis.dataDir, '-name', 'kid-data.qcow2'], { encoding: 'utf8' }).trim();
     const backing = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', kidFile], { encoding: 'utf8' })) as { 'backing-filename'?: string };
     assert.equal(backing['backing-filename'], volumeFile, "the clone's disk is an overlay over the template's");
