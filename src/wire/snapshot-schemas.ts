@@ -8,7 +8,7 @@ export const VmSnapshot = Type.Object(
     name: ResourceName,
     vm: ResourceName,
     withMemory: Type.Boolean({ description: 'Holds the running state too: a rollback continues the guest from that instant, without a reboot' }),
-    memoryBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Size of the saved memory' })),
+    memoryBytes: Type.Optional(Type.Integer({ format: 'int64', minimum: 0, maximum: 1e15, description: 'Size of the saved memory' })),
     disks: Type.Array(Text(32), { maxItems: 64, description: 'The disks it holds (boot: the root disk; diskN: volumes)' }),
     vmState: Text(16, { description: 'The state the VM was in when it was taken' }),
     createdAt: Timestamp,
