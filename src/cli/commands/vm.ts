@@ -278,6 +278,7 @@ function printVm(vm: Vm): void {
     ['vCPUs', describeVcpus(vm)],
     ...describeMemory(vm),
     ['Image', vm.image],
+    ['Template', vm.template ? 'yes: read-only, never started; nubis vm clone makes VMs of it' : vm.linkedTo ? `linked clone of ${vm.linkedTo}` : undefined],
     ['PID', vm.pid],
     ['Started', vm.startedAt],
     ['Uptime', formatDuration(vm.uptimeSeconds)],
