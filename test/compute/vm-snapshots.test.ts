@@ -107,6 +107,7 @@ describe('VM snapshots, templates and clones', () => {
       [['vm', 'snapshot', 'delete', 'snappy', 'nope'], /VM snappy has no snapshot nope/],
       [['vm', 'snapshot', 'nosuchvm', 'x'], /No VM nosuchvm/],
       [['vm', 'migrate', 'snappy'], /VM snappy has snapshots \(first, second\), which live in its host's files/],
+      [['vm', 'clone', 'snappy', 'kid'], /VM snappy is no template; make it one first/],
     ];
     for (const [args, message] of refusals) {
       const refused = await nubis.cli(args);
@@ -117,6 +118,7 @@ describe('VM snapshots, templates and clones', () => {
     assert.equal(api.status, 400);
     assert.equal((await nubis.cliJson<VmSnapshot[]>(['vm', 'snapshot', 'list', 'snappy'])).length, 2);
     assert.deepEqual(qcow2Snapshots(), 2, 'the volume holds the two snapshots, no more');
+    assert.equal((await nubis.cliJson<Vm[]>(['vm', 'list'])).length, 1, 'no clone was made');
   });
 
   /** How many internal snapshots the volume's qcow2 file holds. */
