@@ -67,6 +67,11 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   setFirewall: (host, params, _firewalls: Static<typeof FirewallUpdate> | unknown) => {
     host.spec(params.id);
   },
+  takeSnapshot: cannot('snapshot a VM'),
+  rollbackSnapshot: cannot('snapshot a VM'),
+  deleteSnapshot: cannot('snapshot a VM'),
+  sealTemplate: cannot('make a template'),
+  copyDirVolume: cannot('copy a volume'),
   prepareIncoming: cannot('take an incoming migration'),
   activateIncoming: cannot('take an incoming migration'),
   recoverIncoming: cannot('take an incoming migration'),

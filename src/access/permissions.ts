@@ -36,6 +36,7 @@ export const PERMISSIONS = {
   'secgroup.delete': ['project', 'Delete security groups'],
   'secgroup.rules': ['project', 'Add and remove security group rules'],
   // Volumes (project resources in platform pools).
+  'vm.snapshot': ['project', 'Take, roll back and delete VM snapshots, and make templates of VMs'],
   'volume.read': ['project', 'List and show volumes'],
   'volume.create': ['project', 'Create and clone volumes'],
   'volume.delete': ['project', 'Delete volumes'],
@@ -103,6 +104,7 @@ const usePermissions: Permission[] = [
   'vm.power',
   'vm.console',
   'vm.disks',
+  'vm.snapshot',
   'network.create',
   'network.delete',
   'network.forward',

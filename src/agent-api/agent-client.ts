@@ -81,6 +81,10 @@ export class HttpAgentClient implements AgentClient {
   };
   attachDisk: AgentClient['attachDisk'] = (id, disk, options) => this.#call('attachDisk', { id }, disk, options);
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
+  takeSnapshot: AgentClient['takeSnapshot'] = (id, snapshot, withMemory, options) => this.#call('takeSnapshot', { id, snapshot }, { withMemory }, options);
+  rollbackSnapshot: AgentClient['rollbackSnapshot'] = (id, snapshot, body, options) => this.#call('rollbackSnapshot', { id, snapshot }, body, options);
+  deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot, options) => this.#call('deleteSnapshot', { id, snapshot }, undefined, options);
+  sealTemplate: AgentClient['sealTemplate'] = (id, options) => this.#call('sealTemplate', { id }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);
   setDiskLimits: AgentClient['setDiskLimits'] = (id, disk, limits, options) => this.#call('setDiskLimits', { id, disk }, limits, options);
   setNicBandwidth: AgentClient['setNicBandwidth'] = (id, nic, bandwidth, options) => this.#call('setNicBandwidth', { id, nic }, bandwidth, options);
@@ -109,6 +113,7 @@ export class HttpAgentClient implements AgentClient {
   dirPool: AgentClient['dirPool'] = (pool, options) => this.#call('dirPool', { pool }, undefined, options);
   removeDirPool: AgentClient['removeDirPool'] = (pool) => this.#call('removeDirPool', { pool });
   createDirVolume: AgentClient['createDirVolume'] = (pool, volume, sizeBytes) => this.#call('createDirVolume', { pool, volume }, { sizeBytes });
+  copyDirVolume: AgentClient['copyDirVolume'] = (pool, volume, from, linked) => this.#call('copyDirVolume', { pool, volume }, { from, linked });
   dirVolume: AgentClient['dirVolume'] = (pool, volume, options) => this.#call('dirVolume', { pool, volume }, undefined, options);
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#call('deleteDirVolume', { pool, volume });
   resizeDirVolume: AgentClient['resizeDirVolume'] = (pool, volume, sizeBytes) => this.#call('resizeDirVolume', { pool, volume }, { sizeBytes });

@@ -153,6 +153,12 @@ const DiskParams = Type.Object({ id: VmParams.properties.id, disk: Type.String({
 const NicParams = Type.Object({ id: VmParams.properties.id, nic: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }) });
 const NetworkParams = Type.Object({ id: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' }) });
 const NoParams = Type.Object({});
+/** A VM snapshot's id, which names it in the VM's qcow2 files and its memory file (host/vm-snapshot-control.ts). */
+const SnapshotParams = Type.Object({ id: VmParams.properties.id, snapshot: Type.String({ pattern: '^snap-[0-9a-f]{12}$' }) });
+const SnapshotDiskIds = Type.Array(Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }), { maxItems: 64 });
+/** What a snapshot took: the disks it covers and the bytes of its saved memory. */
+export const TakenSnapshot = Type.Object({ disks: SnapshotDiskIds, memoryBytes: Type.Optional(Type.Integer({ minimum: 0 })) });
+export type TakenSnapshot = Static<typeof TakenSnapshot>;
 
 export const StopRequest = Type.Object(
   { force: Type.Optional(Type.Boolean()), timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600 })) },
@@ -240,6 +246,20 @@ export const AGENT_ROUTES = {
   consoleLog: route({ method: 'GET', url: '/agent/vms/:id/log', params: VmParams }),
   attachDisk: route({ method: 'POST', url: '/agent/vms/:id/disks', params: VmParams, body: DiskSpec }),
   detachDisk: route({ method: 'DELETE', url: '/agent/vms/:id/disks/:disk', params: DiskParams }),
+  takeSnapshot: route({
+    method: 'PUT',
+    url: '/agent/vms/:id/snapshots/:snapshot',
+    params: SnapshotParams,
+    body: Type.Object({ withMemory: Type.Boolean() }, { additionalProperties: false }),
+  }),
+  rollbackSnapshot: route({
+    method: 'POST',
+    url: '/agent/vms/:id/snapshots/:snapshot/rollback',
+    params: SnapshotParams,
+    body: Type.Object({ disks: SnapshotDiskIds, withMemory: Type.Boolean() }, { additionalProperties: false }),
+  }),
+  deleteSnapshot: route({ method: 'DELETE', url: '/agent/vms/:id/snapshots/:snapshot', params: SnapshotParams }),
+  sealTemplate: route({ method: 'POST', url: '/agent/vms/:id/template', params: VmParams }),
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),
   setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
@@ -287,6 +307,12 @@ export const AGENT_ROUTES = {
     body: Type.Object({ sizeBytes: SizeBytes }, { additionalProperties: false }),
   }),
   dirVolume: route({ method: 'GET', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
+  copyDirVolume: route({
+    method: 'PUT',
+    url: '/agent/dir-pools/:pool/volumes/:volume/copy',
+    params: VolumeParams,
+    body: Type.Object({ from: Name, linked: Type.Boolean() }, { additionalProperties: false }),
+  }),
   deleteDirVolume: route({ method: 'DELETE', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
   resizeDirVolume: route({
     method: 'POST',
@@ -361,6 +387,13 @@ export interface AgentClient {
   openStream(kind: AgentStreamKind, id: string, options?: { vncPassword?: string }): AgentStream;
   attachDisk(id: string, disk: DiskSpec, options?: CallOptions): Promise<VmStatus>;
   detachDisk(id: string, diskId: string, options?: CallOptions): Promise<VmStatus>;
+  /** Takes a snapshot of the VM's disks (and with `withMemory` its running state), all of one instant. */
+  takeSnapshot(id: string, snapshotId: string, withMemory: boolean, options?: CallOptions): Promise<TakenSnapshot>;
+  /** Rolls the VM back to a snapshot covering `disks`; a memory snapshot leaves it running from that point. */
+  rollbackSnapshot(id: string, snapshotId: string, snapshot: { disks: string[]; withMemory: boolean }, options?: CallOptions): Promise<VmStatus>;
+  deleteSnapshot(id: string, snapshotId: string, options?: CallOptions): Promise<void>;
+  /** Makes the stopped VM's disk files read-only and readable by its clones' QEMUs (vm template). */
+  sealTemplate(id: string, options?: CallOptions): Promise<void>;
   setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;
   /** Sets the VM's CPU controls (all of them: one left out goes back to the host's default), live when it runs. */
   setCpuControls(id: string, controls: CpuControls, options?: CallOptions): Promise<VmStatus>;
@@ -394,6 +427,8 @@ export interface AgentClient {
   removeDirPool(pool: string): Promise<void>;
   createDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
   dirVolume(pool: string, volume: string, options?: CallOptions): Promise<DirVolumeInfo>;
+  /** A new volume of the pool made of `from`: a full copy, or `linked` copy-on-write over it. */
+  copyDirVolume(pool: string, volume: string, from: string, linked: boolean): Promise<DirVolumeInfo>;
   deleteDirVolume(pool: string, volume: string): Promise<void>;
   resizeDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
   applyNetwork(spec: HostNetworkSpec, options?: CallOptions): Promise<{ bridge: string; vxlan: string }>;

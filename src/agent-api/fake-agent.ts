@@ -144,6 +144,16 @@ export class FakeAgent implements AgentClient {
     await this.#enter('detachDisk', [id, diskId]);
     return { ...this.#vm(id) };
   };
+  takeSnapshot: AgentClient['takeSnapshot'] = async (id, snapshot, withMemory) => {
+    await this.#enter('takeSnapshot', [id, snapshot, withMemory]);
+    return { disks: [], ...(withMemory ? { memoryBytes: 0 } : {}) };
+  };
+  rollbackSnapshot: AgentClient['rollbackSnapshot'] = async (id, snapshot, body) => {
+    await this.#enter('rollbackSnapshot', [id, snapshot, body]);
+    return { ...this.#vm(id) };
+  };
+  deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot) => this.#enter('deleteSnapshot', [id, snapshot]);
+  sealTemplate: AgentClient['sealTemplate'] = (id) => this.#enter('sealTemplate', [id]);
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#enter('setFirewall', [id, firewalls]);
   setCpuControls: AgentClient['setCpuControls'] = async (id, controls) => {
     await this.#enter('setCpuControls', [id, controls]);
@@ -213,6 +223,10 @@ export class FakeAgent implements AgentClient {
   createDirVolume: AgentClient['createDirVolume'] = async (pool, volume, sizeBytes) => {
     await this.#enter('createDirVolume', [pool, volume, sizeBytes]);
     return { path: `/fake/${pool}/${volume}.qcow2`, sizeBytes, allocatedBytes: 0 };
+  };
+  copyDirVolume: AgentClient['copyDirVolume'] = async (pool, volume, from, linked) => {
+    await this.#enter('copyDirVolume', [pool, volume, from, linked]);
+    return { path: `/fake/${pool}/${volume}.qcow2`, sizeBytes: 2 ** 30, allocatedBytes: 0 };
   };
   dirVolume: AgentClient['dirVolume'] = async (pool, volume) => ({ path: `/fake/${pool}/${volume}.qcow2`, sizeBytes: 2 ** 30, allocatedBytes: 0 });
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#enter('deleteDirVolume', [pool, volume]);

@@ -52,6 +52,8 @@ import { projectRoutes } from './routes/projects.ts';
 import { secgroupRoutes } from './routes/secgroups.ts';
 import { statusRoutes } from './routes/status.ts';
 import { vmRoutes } from './routes/vms.ts';
+import { vmSnapshotRoutes } from './routes/vm-snapshots.ts';
+import type { VmSnapshots } from '../control/vm-snapshots.ts';
 import { trustedLaunchRoutes } from './routes/trusted-launch.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
@@ -69,6 +71,8 @@ export interface AppServices {
   hosts: HostRegistry;
   images: ImageCatalogue;
   vms: VmService;
+  /** VM snapshots, rollback, templates and clones. */
+  snapshots: VmSnapshots;
   placement: PlacementService;
   ha: HaManager;
   autostart: Autostart;
@@ -161,6 +165,7 @@ export async function buildApp(
   await app.register(clusterRoutes, { balancer: services.balancer });
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations, usage: services.usage });
+  await app.register(vmSnapshotRoutes, { snapshots: services.snapshots });
   await app.register(trustedLaunchRoutes, { db, vms });
   await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access, desktops: services.desktopBroker });

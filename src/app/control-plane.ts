@@ -27,6 +27,7 @@ import { PlacementService } from '../control/placement.ts';
 import { HaManager } from '../ha/ha-manager.ts';
 import { Autostart } from '../control/autostart.ts';
 import { VmService } from '../control/vms.ts';
+import { VmSnapshots } from '../control/vm-snapshots.ts';
 import { VmOwner } from '../control/vm-owner.ts';
 import { AccessControl } from '../access/access-control.ts';
 import { bootstrapAccess } from '../access/bootstrap.ts';
@@ -121,6 +122,7 @@ export function createServices(options: ServiceOptions): AppServices {
   const owner = new VmOwner();
   const placement = new PlacementService({ db, hosts });
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
+  const snapshots = new VmSnapshots({ db, hosts, owner, operations, vms, storage });
   const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
   const balancer = new ClusterBalancer({ db, placement, owner, dirPools: storage.dirPools, operations, migrations, logger: options.logger });
@@ -143,6 +145,7 @@ export function createServices(options: ServiceOptions): AppServices {
     hosts,
     images,
     vms,
+    snapshots,
     placement,
     networks,
     secgroups,

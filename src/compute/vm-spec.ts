@@ -31,7 +31,16 @@ export const BootSource = Type.Union([
     { kind: Type.Literal('kernel'), kernelPath: PATH, initrdPath: PATH, cmdline: Type.String({ maxLength: 4096, pattern: '^[^\\u0000-\\u001f\\u007f]*$' }) },
     { additionalProperties: false },
   ),
-  Type.Object({ kind: Type.Literal('disk'), path: PATH, format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]) }, { additionalProperties: false }),
+  Type.Object(
+    {
+      kind: Type.Literal('disk'),
+      path: PATH,
+      format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
+      /** A full clone: the root disk is made as a copy of `path` (a template's), not an overlay over it. */
+      copy: Type.Optional(Type.Boolean()),
+    },
+    { additionalProperties: false },
+  ),
 ]);
 export type BootSource = Static<typeof BootSource>;
 

@@ -170,6 +170,19 @@ export class DirPoolCatalogue {
     return this.#volumeView(pool, await this.#volume(pool, name), info);
   }
 
+  /** Volume `name` made of `source` on its host (a template's): a full copy, or `linked` copy-on-write over it. */
+  async copyVolume(poolName: string, source: string, name: string, linked: boolean): Promise<void> {
+    const pool = await this.#pool(poolName);
+    const from = await this.#volume(pool, source);
+    if (await this.#db.selectFrom('dir_volumes').select('id').where('pool_id', '=', pool.id).where('name', '=', name).executeTakeFirst())
+      throw new NubisError('VOLUME_EXISTS', `Pool ${poolName} already has a volume ${name}; choose another name`);
+    const info = await this.#hosts.agent(await this.#hosts.row(from.host_id)).copyDirVolume(poolName, name, source, linked);
+    await this.#db
+      .insertInto('dir_volumes')
+      .values({ id: newId('dvol'), pool_id: pool.id, name, host_id: from.host_id, size_bytes: info.sizeBytes, created_at: new Date().toISOString() })
+      .execute();
+  }
+
   async listVolumes(poolName: string): Promise<Array<Record<string, unknown>>> {
     const pool = await this.#pool(poolName);
     const volumes = await this.#db.selectFrom('dir_volumes').selectAll().where('pool_id', '=', pool.id).orderBy('name').execute();

@@ -14,7 +14,7 @@ describe('VmOwner: one owner per VM', () => {
     const owner = new VmOwner();
     const migration = owner.claim('vm-1', 'migrate', 'web1');
     migration.setOperation('op-7');
-    for (const action of ['stop', 'delete', 'attach', 'migrate', 'reboot'] as const) {
+    for (const action of ['stop', 'delete', 'attach', 'migrate', 'reboot', 'snapshot'] as const) {
       assert.throws(
         () => owner.claim('vm-1', action, 'web1'),
         (error: Error & { code?: string; details?: Record<string, unknown> }) => {

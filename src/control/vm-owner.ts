@@ -19,6 +19,7 @@ export type VmActionName =
   | 'attach'
   | 'detach'
   | 'tune'
+  | 'snapshot'
   | 'migrate'
   | 'restart'
   | 'reset';
@@ -49,6 +50,7 @@ export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = ((
     attach: meeting,
     detach: meeting,
     tune: meeting,
+    snapshot: meeting,
     migrate: meeting,
     restart: meeting,
     reset: meeting,
@@ -66,8 +68,9 @@ export const CONFLICTS: Record<VmActionName, Record<VmActionName, Meeting>> = ((
   // A desktop reset (stop, fresh clone of its disk, start) takes nothing but a delete after it,
   // as a create does; it is asked for by the desktop broker, which tries again rather than wait.
   table.reset = { ...all('refuse'), delete: 'queue' };
-  // `tune`: a change of its CPU controls (vm set), which its host applies at once.
-  for (const action of [...LIFECYCLE, 'attach', 'detach', 'tune'] as VmActionName[]) table[action] = busyWithLifecycleOrDisks;
+  // `tune`: a change of its CPU controls (vm set), which its host applies at once; `snapshot`:
+  // taking, rolling back or deleting a snapshot, or making it a template.
+  for (const action of [...LIFECYCLE, 'attach', 'detach', 'tune', 'snapshot'] as VmActionName[]) table[action] = busyWithLifecycleOrDisks;
   return table;
 })();
 

@@ -138,6 +138,8 @@ function toVm(row: VmsTable, related: Related, now: number): Vm {
     ...nicBandwidthFields(spec),
     ...(spec.tpm ? { tpm: true } : {}),
     ...(spec.firmware ? { firmware: spec.firmware } : {}),
+    ...(row.template ? { template: true } : {}),
+    ...(row.linked_to ? { linkedTo: row.linked_to } : {}),
     createdAt: row.created_at,
   };
 }

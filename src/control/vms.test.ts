@@ -123,6 +123,8 @@ describe('VM service with fake agents', () => {
           boot_order: 0,
           boot_delay_seconds: 0,
           balance: 'auto',
+          template: 0,
+          linked_to: null,
           created_at: now,
           updated_at: now,
         })

@@ -39,6 +39,7 @@ import type { VmActionName, VmClaim, VmOwner } from './vm-owner.ts';
 import type { OperationContext, OperationTarget } from './operations.ts';
 import type { Operation, Vm, VmCreateRequest } from '../wire/schemas.ts';
 import { publishChange } from '../events/change-feed.ts';
+import { refuseTemplate, refuseTemplateInUse } from './vm-template-rules.ts';
 
 /** How long the guest may take to print its readiness line under TCG on a busy 2-core host. */
 const READY_TIMEOUT_MS = 180_000;
@@ -52,6 +53,23 @@ function announcesReadiness(image: ImagesTable): boolean {
 }
 
 export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
+
+/** A clone's differences from a create (control/vm-clones.ts): its root disk made of its template's, and the template it reads. */
+export interface VmCloneSource {
+  boot?: VmSpec['boot'];
+  linkedTo?: string;
+}
+
+type RecordedCreate = {
+  id: string;
+  request: VmCreateRequest;
+  plan: CreatePlan;
+  host: HostView;
+  spec: VmSpec;
+  decision: PlacementDecision;
+  reservation: PlacementReservation;
+  linkedTo?: string;
+};
 export { VM_PAGE_DEFAULT, VM_PAGE_MAX, type VmPage } from './vm-view.ts';
 
 export class VmService {
@@ -179,7 +197,7 @@ export class VmService {
    * Validates, places and records a new VM, then creates and boots it on its host in an
    * operation. Everything that can be refused is refused before anything is recorded.
    */
-  async create(request: VmCreateRequest): Promise<Operation> {
+  async create(request: VmCreateRequest, clone?: VmCloneSource): Promise<Operation> {
     const plan = await this.#resolveCreate(request);
     await faultPoint('vm.create.before-placement');
     const placed = await this.#placement.place(this.#placementNeeds(request, plan), `VM ${request.name}`, { reserve: true });
@@ -193,7 +211,8 @@ export class VmService {
     try {
       claim = this.#claim({ id, name: request.name }, 'create');
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
-      const unbound = createSpecOf({ id, unixUid: await this.#uids.next() }, request, plan, nics, this.#images.filesOf(plan.image));
+      const made = createSpecOf({ id, unixUid: await this.#uids.next() }, request, plan, nics, this.#images.filesOf(plan.image));
+      const unbound = clone?.boot ? { ...made, boot: clone.boot } : made;
       if (request.ha) requireRestartable(request.name, unbound);
       const spec = await this.#storage.bindDisksToHost(unbound, host.name);
       bound = spec;
@@ -206,7 +225,7 @@ export class VmService {
           { type: 'vm', id, name: request.name, projectId: plan.projectId },
           (op) => this.#build(op, { id, request, plan, host, spec, nics }),
           {
-            within: (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation }),
+            within: (trx) => this.#recordNew(trx, { id, request, plan, host, spec, decision, reservation, linkedTo: clone?.linkedTo }),
             committed: () => publishChange(this.#db, 'vm', 'created', id),
           },
         );
@@ -312,10 +331,7 @@ export class VmService {
   }
 
   /** The VM's record, its disks and its placement, in the transaction that records its create operation. */
-  async #recordNew(
-    trx: Transaction<Database>,
-    c: { id: string; request: VmCreateRequest; plan: CreatePlan; host: HostView; spec: VmSpec; decision: PlacementDecision; reservation: PlacementReservation },
-  ): Promise<void> {
+  async #recordNew(trx: Transaction<Database>, c: RecordedCreate): Promise<void> {
     const { id, request, plan, host, spec } = c;
     const now = new Date().toISOString();
     // The quota check and the record are one transaction: parallel creates cannot pass a quota together.
@@ -344,6 +360,8 @@ export class VmService {
         boot_delay_seconds: request.bootDelaySeconds ?? 0,
         balance: request.balance ?? 'auto',
         unix_uid: spec.unixUid ?? null,
+        template: 0,
+        linked_to: c.linkedTo ?? null,
         created_at: now,
         updated_at: now,
       })
@@ -424,6 +442,7 @@ export class VmService {
   /** Runs a lifecycle action on a VM as an operation. */
   async act(ref: string, action: VmAction, options: { project?: string; force?: boolean; timeoutSeconds?: number } = {}): Promise<Operation> {
     const row = await this.#row(ref, options.project);
+    if (action !== 'stop') refuseTemplate(row, action);
     return this.#operate(this.#claim(row, action), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
       const host = await this.#hosts.row(row.host_id);
       if (action === 'start' || action === 'stop') {
@@ -452,6 +471,7 @@ export class VmService {
   /** Attaches a volume to a VM (hot-plugged when it runs) as an operation. */
   async attachVolume(ref: string, volumeRef: string, project?: string): Promise<Operation> {
     const row = await this.#row(ref, project);
+    refuseTemplate(row, 'have volumes attached');
     const [pool, volume] = volumeRef.split('/');
     if (!pool || !volume) throw new NubisError('VALIDATION_FAILED', `Write the volume as POOL/VOLUME, not ${volumeRef}`);
     const claim = this.#claim(row, 'attach');
@@ -503,6 +523,7 @@ export class VmService {
   /** Detaches a volume from a VM (the guest must release it when it runs) as an operation. */
   async detachVolume(ref: string, volumeRef: string, project?: string): Promise<Operation> {
     const row = await this.#row(ref, project);
+    refuseTemplate(row, 'have volumes detached');
     const attached = (await this.#storage.disksOf(row.id)).find((d) => `${d.pool}/${d.volume}` === volumeRef);
     if (!attached) throw new NubisError('VM_DISK_NOT_FOUND', `Volume ${volumeRef} is not attached to VM ${row.name}; see nubis vm show ${row.name}`);
     return this.#operate(this.#claim(row, 'detach'), { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
@@ -538,12 +559,19 @@ export class VmService {
   /** Stops the VM if needed and removes it from its host and from the records. */
   async delete(ref: string, project?: string): Promise<Operation> {
     const claimed = await this.#row(ref, project);
+    await refuseTemplateInUse(this.#db, claimed);
     return this.#operate(this.#claim(claimed, 'delete'), { type: 'vm', id: claimed.id, name: claimed.name, projectId: claimed.project_id }, async (op) => {
       // Read again: a delete queued behind a create runs once the create has ended.
       const row = await this.#db.selectFrom('vms').selectAll().where('id', '=', claimed.id).executeTakeFirst();
       if (!row) return { deleted: claimed.id };
       const host = await this.#hosts.row(row.host_id);
       await op.report('stopping', `Stopping and removing on host ${host.name}`, 0.3);
+      // Its snapshots go with it: the folder holds the root disk's and the memory, volumes keep theirs otherwise.
+      for (const { id } of await this.#db.selectFrom('vm_snapshots').select('id').where('vm_id', '=', row.id).execute())
+        await this.#hosts
+          .agent(host)
+          .deleteSnapshot(row.id, id, { signal: op.signal })
+          .catch(() => undefined);
       try {
         await this.#hosts.agent(host).deleteVm(row.id, { timeoutMs: 60_000, signal: op.signal });
       } catch (error) {

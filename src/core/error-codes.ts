@@ -92,6 +92,7 @@ export const ERROR_STATUS = {
   PROJECT_NOT_FOUND: 404,
   OPERATION_NOT_FOUND: 404,
   VM_DISK_NOT_FOUND: 404,
+  VM_SNAPSHOT_NOT_FOUND: 404,
   NET_NOT_FOUND: 404,
   NET_NETWORK_NOT_FOUND: 404,
   NET_NIC_NOT_FOUND: 404,
@@ -121,6 +122,8 @@ export const ERROR_STATUS = {
   PLACEMENT_GROUP_VIOLATED: 409,
   RESIDENCY_VIOLATED: 422,
   VM_NOT_RESTARTABLE: 422,
+  // A disk kind VM snapshots do not cover (a storage-node volume): nubis volume snapshot, or detach it.
+  VM_SNAPSHOT_UNSUPPORTED: 422,
   HA_GROUP_NAME_TAKEN: 409,
   HA_GROUP_NOT_FOUND: 404,
   HA_GROUP_IN_USE: 409,
@@ -129,6 +132,16 @@ export const ERROR_STATUS = {
   VM_CONSOLE_BUSY: 409,
   VM_DISK_EXISTS: 409,
   VM_NO_HOTPLUG_SLOT: 409,
+  // Snapshots, templates and clones (control/vm-snapshots.ts, host/vm-snapshot-control.ts).
+  VM_SNAPSHOT_NAME_TAKEN: 409,
+  // The VM's disks changed since the snapshot (a volume attached or detached): a rollback would not restore it whole.
+  VM_SNAPSHOT_MISMATCH: 409,
+  // A live migration of a VM with snapshots (they live in its host's files), a template or a linked clone.
+  VM_HAS_SNAPSHOTS: 409,
+  VM_IS_TEMPLATE: 409,
+  VM_NOT_TEMPLATE: 409,
+  // A template with linked clones is not deleted (their disks read its own); the message names them.
+  VM_TEMPLATE_IN_USE: 409,
   // Fewer vCPUs asked of a running VM: set it while the VM is stopped (host/vm-vcpus.ts says why).
   VM_CPUS_LIVE_DECREASE: 409,
   TRUSTED_LAUNCH_MISMATCH: 409,
@@ -247,6 +260,7 @@ export const ERROR_STATUS = {
   HTTP_ERROR: 502,
   METRICS_UNPARSABLE: 502,
   VM_START_FAILED: 502,
+  VM_SNAPSHOT_FAILED: 502,
   VM_NOT_READY: 502,
   VM_CONSOLE_FAILED: 502,
   MIGRATION_FAILED: 502,

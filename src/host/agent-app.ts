@@ -128,6 +128,14 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   }));
   on('attachDisk', (params, disk) => supervisor.attachDisk(params.id, disk));
   on('detachDisk', (params) => supervisor.detachDisk(params.id, params.disk));
+  on('takeSnapshot', (params, body) => supervisor.takeSnapshot(params.id, params.snapshot, body.withMemory));
+  on('rollbackSnapshot', (params, body) => supervisor.rollbackSnapshot(params.id, params.snapshot, body));
+  on('deleteSnapshot', async (params) => {
+    await supervisor.deleteSnapshot(params.id, params.snapshot);
+  });
+  on('sealTemplate', async (params) => {
+    await supervisor.sealTemplate(params.id);
+  });
   on('setCpuControls', (params, controls) => supervisor.setCpuControls(params.id, controls));
   on('setDiskLimits', (params, limits) => supervisor.setDiskLimits(params.id, params.disk, limits));
   on('setNicBandwidth', (params, bandwidth) =>
@@ -190,6 +198,7 @@ function registerDirPoolRoutes(on: On, dirPools: DirPools): void {
   });
   on('createDirVolume', (params, body) => dirPools.createVolume(params.pool, params.volume, body.sizeBytes));
   on('dirVolume', (params) => dirPools.volumeInfo(params.pool, params.volume));
+  on('copyDirVolume', (params, body) => dirPools.copyVolume(params.pool, body.from, params.volume, body.linked));
   on('deleteDirVolume', async (params) => {
     await dirPools.deleteVolume(params.pool, params.volume);
   });

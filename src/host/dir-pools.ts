@@ -77,6 +77,20 @@ export class DirPools {
     return this.volumeInfo(pool, volume);
   }
 
+  /**
+   * Volume `volume` made of volume `from` of the same pool: a full copy, or `linked` a qcow2
+   * overlay over it (copy-on-write: `from`, a template's, is never written again). Never over a file.
+   */
+  async copyVolume(pool: string, from: string, volume: string, linked: boolean): Promise<DirVolumeInfo> {
+    const source = await this.volumeInfo(pool, from);
+    const path = this.volumePath(pool, volume);
+    if (existsSync(path)) throw new NubisError('VOLUME_EXISTS', `Volume ${pool}/${volume} already has a file on this host (${path})`);
+    if (linked) await this.#qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', source.path, path]);
+    else await this.#qemuImg(['convert', '-q', '-U', '-f', 'qcow2', '-O', 'qcow2', source.path, path]);
+    await chmod(path, 0o600);
+    return this.volumeInfo(pool, volume);
+  }
+
   async volumeInfo(pool: string, volume: string): Promise<DirVolumeInfo> {
     const path = this.volumePath(pool, volume);
     if (!existsSync(path)) throw new NubisError('VOLUME_NOT_FOUND', `Volume ${pool}/${volume} has no file on this host`);

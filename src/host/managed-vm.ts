@@ -6,10 +6,7 @@
  * strictly in the order asked. `vm-lanes.ts` says which lane each call takes and why, and
  * enforces it; the migration lane's calls are in `vm-migration-control.ts`.
  */
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { runtimePathsOf, type QemuProcessEvents, type QemuRunState } from '../compute/qemu/qemu-process.ts';
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { serialLogOffset, serialLogTail } from '../compute/serial-log.ts';
@@ -23,8 +20,9 @@ import { launchInCgroup, launchMeasurementOf, type QemuDriver, type VmQemu } fro
 import type { VmCgroups } from './cgroups.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
-import { giveHotplugDisk, ownSocket, takeDisksBack } from './vm-files.ts';
-import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
+import { createBootOverlay, createMirrorCopy, giveHotplugDisk, ownSocket, takeDisksBack } from './vm-files.ts';
+import type { SnapshotHost } from './vm-snapshot-control.ts';
+import type { VmStatus } from '../agent-api/contract.ts';
 
 /** What every managed VM of a host shares: its QEMU driver, its hooks and its settings. */
 export interface ManagedVmContext {
@@ -53,7 +51,6 @@ export interface IncomingMirror {
 
 /** Lines of console log kept with a crash report. */
 const CRASH_LOG_LINES = 20;
-const runFile = promisify(execFile);
 
 /** One VM of this host; see the file header for which calls wait for which. */
 export class ManagedVm {
@@ -66,8 +63,6 @@ export class ManagedVm {
   readonly migration: VmMigrationControl;
   readonly #readiness: GuestReadiness;
   #qemu: VmQemu | undefined;
-  /** A migration's true pause is the source's STOP to the destination's RESUME, which QEMU's own `downtime` leaves out. */
-  #pauseTimes: PauseTimes = {};
 
   constructor(context: ManagedVmContext, dir: string, record: VmRecord) {
     this.#context = context;
@@ -337,20 +332,34 @@ export class ManagedVm {
     return this.#lanes.lifecycle('sampling its dirty rate', () => this.#running().sampleDirtyRate(seconds));
   }
 
+  /** Runs snapshot work (vm-snapshot-control.ts) in the lifecycle lane, with its QEMU and ways to stop and relaunch it. */
+  snapshotWork<T>(what: string, work: (host: SnapshotHost) => Promise<T>): Promise<T> {
+    return this.#lanes.lifecycle(what, () =>
+      work({
+        name: this.name,
+        dir: this.#file.dir,
+        spec: () => this.#record.spec,
+        hotplugged: () => Object.keys(this.#record.hotplugged ?? {}),
+        qemu: () => this.#qemu,
+        stopQemu: async () => {
+          this.#update({ state: 'stopping' });
+          await this.#qemu?.stop({ force: true });
+          this.#update({ state: 'stopped', pid: undefined, readyAt: undefined });
+        },
+        launch: (incoming) => this.#launch(incoming),
+        restored: () => {
+          this.#record.desired = 'running';
+          this.#update({ state: 'running', readyAt: new Date().toISOString() });
+        },
+      }),
+    );
+  }
+
   /** A VM booting from an image gets a copy-on-write overlay of its own: images stay read-only and shared. */
   async #prepareBootDisk(): Promise<void> {
     const boot = this.#record.spec.boot;
     if (boot.kind !== 'disk') return;
-    const overlay = `${this.#file.dir}/root.qcow2`;
-    try {
-      await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', boot.format, '-b', boot.path, overlay]);
-    } catch (error) {
-      throw new NubisError(
-        'VM_START_FAILED',
-        `Cannot create the root disk of VM ${this.name} over ${boot.path}: ${(error as { stderr?: string }).stderr?.trim() || messageOf(error)}`,
-      );
-    }
-    this.#record.spec = { ...this.#record.spec, boot: { kind: 'disk', path: overlay, format: 'qcow2' } };
+    this.#record.spec = { ...this.#record.spec, boot: await createBootOverlay(this.#file.dir, boot, this.name) };
     await this.#save();
   }
 
@@ -392,9 +401,7 @@ export class ManagedVm {
   /** Empty copies of the disks the source mirrors here, the same size; never over a file. */
   async #makeMirrorCopies(files: IncomingMirror['newFiles']): Promise<void> {
     for (const file of files) {
-      if (existsSync(file.path))
-        throw new NubisError('VOLUME_EXISTS', `${file.path} already exists on this host; it would be overwritten by the mirrored disk`);
-      await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', file.path, String(file.sizeBytes)]);
+      await createMirrorCopy(file.path, file.sizeBytes);
       // Saved before anything else can fail, so a restarted agent knows what to delete.
       this.#record.mirrorCopies = [...(this.#record.mirrorCopies ?? []), file.path];
       await this.#save();
@@ -442,15 +449,6 @@ export class ManagedVm {
   async #discardIncoming(): Promise<void> {
     for (const path of this.#record.mirrorCopies ?? []) await rm(path, { force: true });
     await this.#forget();
-  }
-
-  /**
-   * The times of the VM's last STOP and RESUME, without asking QEMU: on a post-copy destination
-   * whose main loop waits for a page, in-band QMP commands queue up, and a full queue keeps
-   * even out-of-band commands (the recovery) from being read.
-   */
-  pauseTimes(): PauseTimes {
-    return { ...this.#pauseTimes };
   }
 
   /**
@@ -530,13 +528,14 @@ export class ManagedVm {
     return qemu;
   }
 
-  async #launch(): Promise<void> {
+  /** Starts QEMU: a boot, or with `incoming` one that waits for a saved state (a snapshot's memory). */
+  async #launch(incoming?: string): Promise<VmQemu> {
     const offset = await serialLogOffset(this.#paths().serialLog);
-    this.#update({ state: 'starting', readyAt: undefined, lastError: undefined, crashLogTail: undefined, guestIps: undefined });
+    this.#update({ state: 'starting', readyAt: undefined, lastError: undefined, crashLogTail: undefined, ...(incoming ? {} : { guestIps: undefined }) });
     this.#record.hotplugged = {}; // a fresh QEMU puts every disk on the root bus
     let qemu: VmQemu;
     try {
-      const options = { accelerator: this.#context.accelerator, events: this.#events() };
+      const options = { accelerator: this.#context.accelerator, events: this.#events(), ...(incoming ? { incoming } : {}) };
       qemu = await launchInCgroup(this.#context.qemu, this.#context.cgroups, this.#record.spec, this.#file.dir, options);
     } catch (error) {
       this.#update({ state: 'stopped', lastError: messageOf(error) });
@@ -545,7 +544,8 @@ export class ManagedVm {
     await this.#save();
     this.#track(qemu);
     this.#update({ state: qemu.state, pid: qemu.pid, startedAt: new Date().toISOString(), launch: launchMeasurementOf(qemu) });
-    void this.#readiness.watch(offset);
+    if (!incoming) void this.#readiness.watch(offset);
+    return qemu;
   }
 
   #events(): QemuProcessEvents {
@@ -559,8 +559,6 @@ export class ManagedVm {
   }
 
   #onQmpEvent(event: QmpEvent): void {
-    if (event.event === 'STOP') this.#pauseTimes = { ...this.#pauseTimes, stoppedAtMs: event.timestampMs };
-    if (event.event === 'RESUME') this.#pauseTimes = { ...this.#pauseTimes, resumedAtMs: event.timestampMs };
     this.migration.onQmpEvent(event);
     // A guest-initiated reboot starts a new boot: readiness must be seen again.
     if (event.event === 'RESET' && this.#record.status.readyAt) {

@@ -15,12 +15,14 @@
  * core/data-folder.ts); a volume in a folder QEMU's user cannot reach is refused before the start
  * with the folder to open.
  */
+import { execFile } from 'node:child_process';
 import { lstatSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { promisify } from 'node:util';
 import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
-import { NubisError } from '../core/errors.ts';
+import { NubisError, messageOf } from '../core/errors.ts';
 import { vmUsersAvailable } from './vm-launcher.ts';
 
 /** Makes `vmDir` root's and passable, and `runDir` in it the user's alone. */
@@ -32,6 +34,49 @@ export async function prepareVmFolder(vmDir: string, runDir: string, user: VmUse
   // `run` is in the root-owned folder, so the user cannot have replaced it by a link.
   await chown(runDir, user.uid, user.gid);
   await chmod(runDir, 0o700);
+}
+
+const runFile = promisify(execFile);
+
+/**
+ * Creates a VM's root disk in `vmDir`: a qcow2 overlay over `boot` (an image, or for a linked
+ * clone its template's root disk), which stays read-only and shared; with `copy` (a full clone)
+ * a copy of `boot`'s contents that needs it no more (still over `boot`'s own image, if any,
+ * which is read-only and shared like every image).
+ */
+export async function createBootOverlay(
+  vmDir: string,
+  boot: { path: string; format: 'qcow2' | 'raw'; copy?: boolean },
+  vmName: string,
+): Promise<{ kind: 'disk'; path: string; format: 'qcow2' }> {
+  const overlay = `${vmDir}/root.qcow2`;
+  try {
+    if (boot.copy) {
+      // The template's own clusters are copied; its image below stays the backing file.
+      const backing = JSON.parse((await runFile('qemu-img', ['info', '-U', '--output=json', boot.path])).stdout) as {
+        'full-backing-filename'?: string;
+        'backing-filename-format'?: string;
+      };
+      const base = backing['full-backing-filename'];
+      const onBase = base ? ['-B', base, '-F', backing['backing-filename-format'] ?? 'qcow2'] : [];
+      await runFile('qemu-img', ['convert', '-q', '-f', boot.format, '-O', 'qcow2', ...onBase, boot.path, overlay]);
+    } else {
+      await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', boot.format, '-b', boot.path, overlay]);
+    }
+  } catch (error) {
+    throw new NubisError(
+      'VM_START_FAILED',
+      `Cannot create the root disk of VM ${vmName} over ${boot.path}: ${(error as { stderr?: string }).stderr?.trim() || messageOf(error)}`,
+    );
+  }
+  return { kind: 'disk', path: overlay, format: 'qcow2' };
+}
+
+/** An empty qcow2 disk of `sizeBytes` at `path` for a migration's mirror to fill; never over a file. */
+export async function createMirrorCopy(path: string, sizeBytes: number): Promise<void> {
+  if (lstatSync(path, { throwIfNoEntry: false }))
+    throw new NubisError('VOLUME_EXISTS', `${path} already exists on this host; it would be overwritten by the mirrored disk`);
+  await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(sizeBytes)]);
 }
 
 /** Gives `user` the files of `spec` that its QEMU writes: its root overlay and writable file disks. */

@@ -9,7 +9,7 @@ import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmLanes } from './vm-lanes.ts';
 import type { VmQemu } from './vm-qemu.ts';
-import type { VmStatus } from '../agent-api/contract.ts';
+import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
 
 /** `query-migrate` states in which no migration stream runs (`none`: none ever ran). */
 export const MIGRATION_ENDED = new Set(['none', 'completed', 'failed', 'cancelled']);
@@ -34,6 +34,8 @@ export interface VmMigrationControlOptions {
 /** Migration control of one VM; see the file header. */
 export class VmMigrationControl {
   readonly #options: VmMigrationControlOptions;
+  /** A migration's true pause is the source's STOP to the destination's RESUME, which QEMU's own `downtime` leaves out. */
+  #pauseTimes: PauseTimes = {};
 
   constructor(options: VmMigrationControlOptions) {
     this.#options = Object.freeze({ ...options });
@@ -49,6 +51,15 @@ export class VmMigrationControl {
     const qemu = this.#options.qemu();
     if (qemu?.state !== 'running') throw new NubisError('VM_INVALID_STATE', `VM ${this.#options.name()} is ${this.#options.status().state}, not running`);
     return qemu;
+  }
+
+  /**
+   * The times of the VM's last STOP and RESUME, without asking QEMU: on a post-copy destination
+   * whose main loop waits for a page, in-band QMP commands queue up, and a full queue keeps
+   * even out-of-band commands (the recovery) from being read.
+   */
+  pauseTimes(): PauseTimes {
+    return { ...this.#pauseTimes };
   }
 
   /** Source: true while QEMU reports an outgoing migration stream (the lanes' `streamRuns`). */
@@ -92,6 +103,8 @@ export class VmMigrationControl {
    * with a cancel or an abort of the mirrors asked meanwhile.
    */
   onQmpEvent(event: QmpEvent): void {
+    if (event.event === 'STOP') this.#pauseTimes = { ...this.#pauseTimes, stoppedAtMs: event.timestampMs };
+    if (event.event === 'RESUME') this.#pauseTimes = { ...this.#pauseTimes, resumedAtMs: event.timestampMs };
     const qemu = this.#options.qemu();
     if (event.event === 'MIGRATION' && event.data.status === 'pre-switchover' && qemu) void this.#options.lanes.migration(() => this.#switchOver(qemu));
   }

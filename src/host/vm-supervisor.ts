@@ -12,6 +12,7 @@ import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { QemuProcess } from '../compute/qemu/qemu-process.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { ManagedVm, type ManagedVmContext } from './managed-vm.ts';
+import { deleteSnapshot, rollbackSnapshot, sealTemplate, type TakenSnapshot, takeSnapshot } from './vm-snapshot-control.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
@@ -296,7 +297,7 @@ export class VmSupervisor {
 
   /** The times of the VM's last STOP and RESUME, without asking QEMU (not queued). */
   pauseTimes(id: string): PauseTimes {
-    return this.#vm(id).pauseTimes();
+    return this.#vm(id).migration.pauseTimes();
   }
 
   /** Changes the parameters of the running migration (e.g. a widened downtime limit). */
@@ -327,6 +328,28 @@ export class VmSupervisor {
   /** Source: cancels the migration; the VM goes on running here. A VM not here is no error. */
   async cancelMigration(id: string): Promise<void> {
     await this.#vms.get(id)?.migration.cancelMigration();
+  }
+
+  /** Takes snapshot `tag` of the VM's disks, and with `withMemory` of its running state (vm-snapshot-control.ts). */
+  takeSnapshot(id: string, tag: string, withMemory: boolean): Promise<TakenSnapshot> {
+    return this.#vm(id).snapshotWork('taking a snapshot', (host) => takeSnapshot(host, tag, withMemory));
+  }
+
+  /** Rolls the VM back to snapshot `tag`: its disks, and for a memory snapshot its running state. */
+  async rollbackSnapshot(id: string, tag: string, snapshot: { disks: string[]; withMemory: boolean }): Promise<VmStatus> {
+    const vm = this.#vm(id);
+    await vm.snapshotWork('rolling back to a snapshot', (host) => rollbackSnapshot(host, tag, snapshot));
+    return vm.status();
+  }
+
+  /** Deletes snapshot `tag` from the VM's disks and its memory file. */
+  deleteSnapshot(id: string, tag: string): Promise<void> {
+    return this.#vm(id).snapshotWork('deleting a snapshot', (host) => deleteSnapshot(host, tag));
+  }
+
+  /** Makes the stopped VM's disks a template's: read-only, readable by its linked clones' QEMUs. */
+  sealTemplate(id: string): Promise<void> {
+    return this.#vm(id).snapshotWork('making it a template', (host) => sealTemplate(host));
   }
 
   /** Stops the VM if it runs (forcefully after the deadline) and removes all its files. */

@@ -32,6 +32,7 @@ import type { Operation } from '../wire/schemas.ts';
 import { observeMigration } from '../metrics/metrics.ts';
 import { publishChange } from '../events/change-feed.ts';
 
+import { refuseMigrationOf } from '../control/vm-template-rules.ts';
 /** `auto` first asks QEMU for a stop-and-copy this short: an idle guest then loses only a few
  * milliseconds; it is widened step by step, up to the user's maximum, when passes stop shrinking. */
 export const AUTO_TARGET_DOWNTIME_MS = 20;
@@ -146,6 +147,7 @@ export class MigrationService {
         'VM_INVALID_STATE',
         `VM ${vm.name} is ${vm.actual_state}; only a running VM migrates live (a stopped one can simply start elsewhere)`,
       );
+    await refuseMigrationOf(this.#db, vm);
     const spec = JSON.parse(vm.spec) as VmSpec;
     const source = await this.#hosts.row(vm.host_id);
     if (request.to === source.name) throw new NubisError('MIGRATION_SAME_HOST', `VM ${vm.name} already runs on ${source.name}; choose another host`);

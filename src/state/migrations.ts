@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import { vmPlatformMigrations } from './migrations-vm-platform.ts';
+import { vmSnapshotMigrations } from './migrations-vm-snapshots.ts';
 import { changedAny, createHostsPlacementTrigger, PLACEMENT_BUMP } from './placement-trigger.ts';
 
 const migrations: Record<string, Migration> = {
@@ -603,5 +604,5 @@ const migrations: Record<string, Migration> = {
 
 /** Hands Kysely's Migrator the migrations defined in this file. */
 export const inlineMigrations: MigrationProvider = {
-  getMigrations: async () => ({ ...migrations, ...vmPlatformMigrations }),
+  getMigrations: async () => ({ ...migrations, ...vmPlatformMigrations, ...vmSnapshotMigrations }),
 };

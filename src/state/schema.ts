@@ -271,8 +271,27 @@ export interface VmsTable {
   balance: VmBalancePolicy;
   /** The uid its processes run as on any host (compute/vm-user.ts), also in its spec; unique. */
   unix_uid: number | null;
+  /** 1: a template, read-only, never started again; its clones are made from its disks. */
+  template: number;
+  /** A linked clone: the template whose disks back its own (copy-on-write), or null. */
+  linked_to: string | null;
   created_at: string;
   updated_at: string;
+}
+
+/** A snapshot of a VM's disks (and with `with_memory` its running state), by the VM's own name for it. */
+export interface VmSnapshotsTable {
+  /** Also its name in the VM's qcow2 files and memory file on its host. */
+  id: string;
+  vm_id: string;
+  name: string;
+  with_memory: number;
+  memory_bytes: number | null;
+  /** JSON: the ids of the disks it covers. */
+  disks: string;
+  /** The VM's state when it was taken (running, paused, stopped). */
+  vm_state: string;
+  created_at: string;
 }
 
 export interface OperationsTable {
@@ -518,6 +537,7 @@ export interface Database {
   vm_migrations: VmMigrationsTable;
   port_forwards: PortForwardsTable;
   vm_disks: VmDisksTable;
+  vm_snapshots: VmSnapshotsTable;
   secgroups: SecgroupsTable;
   secgroup_rules: SecgroupRulesTable;
   vm_secgroups: VmSecgroupsTable;

@@ -12,6 +12,7 @@ import { CPU_LIST_PATTERN, DiskLimits, NicBandwidthSpec } from '../compute/vm-sp
 import { CpuTopology, MAX_VCPUS } from '../compute/cpu-topology.ts';
 import { VmMemoryReport } from '../compute/memory-spec.ts';
 import { VmPlatformFields } from './trusted-launch-schemas.ts';
+import { VmTemplateFields } from './template-fields.ts';
 
 const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
 
@@ -367,6 +368,7 @@ export const Vm = Type.Object(
     activity: Type.Optional(VmActivity),
     memoryUsage: Type.Optional({ ...VmMemoryReport, description: 'Its memory as its guest and host see it now (a running VM shown alone, not in lists)' }),
     ...VmPlatformFields,
+    ...VmTemplateFields,
     createdAt: Timestamp,
   },
   { $id: 'Vm' },

@@ -77,6 +77,12 @@ const EXPECTED: Record<string, string> = {
   attachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   detachVmDisk: 'AA- AD- AD- AD- DD- DD- DD-',
   getVmLog: 'AA- AD- AD- AD- AD- DD- DD-',
+  listVmSnapshots: 'AA- AD- AD- AD- AD- AD- DD-',
+  createVmSnapshot: 'AA- AD- AD- AD- DD- DD- DD-',
+  deleteVmSnapshot: 'AA- AD- AD- AD- DD- DD- DD-',
+  rollbackVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  makeVmTemplate: 'AA- AD- AD- AD- DD- DD- DD-',
+  cloneVm: 'AA- AD- AD- AD- DD- DD- DD-',
   createConsoleTicket: 'AA- AD- AD- AD- DD- AD- DD-',
   openVmConsole: 'AA- AD- AD- AD- DD- AD- DD-',
   openVmVnc: 'AA- AD- AD- AD- DD- AD- DD-',
@@ -180,6 +186,7 @@ function pathValue(name: string, context: Context, operations: Record<Context, s
     protocol: 'tcp',
     port: '8080',
     seq: '1',
+    snapshot: 'snap1',
   };
   if (name === 'project') return context === 'other' ? 'beta' : 'alpha';
   if (name === 'id') return operations[context];

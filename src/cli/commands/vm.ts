@@ -18,6 +18,7 @@ import { printDecision } from './placement.ts';
 import { addUsageCommand } from './usage.ts';
 import { startVncProxy } from '../vnc-proxy.ts';
 import { formatSize } from '../../storage/size.ts';
+import { addSnapshotCommands } from './vm-snapshot.ts';
 
 /** The HA, start-on-boot and balancing options of vm create and vm set. */
 interface VmPolicyOptions extends CpuControlOptions, MemoryOptions {
@@ -88,6 +89,7 @@ export function registerVmCommands(program: Command): void {
   addPowerActions(vm);
   addDeleteAttachDetachSet(vm);
   addMigrate(vm);
+  addSnapshotCommands(vm);
   addLogAndConsole(vm);
   addUsageCommand(vm, 'vm');
   addAttestCommand(vm);
@@ -276,6 +278,7 @@ function printVm(vm: Vm): void {
     ['vCPUs', describeVcpus(vm)],
     ...describeMemory(vm),
     ['Image', vm.image],
+    ['Template', vm.template ? 'yes: read-only, never started; nubis vm clone makes VMs of it' : vm.linkedTo ? `linked clone of ${vm.linkedTo}` : undefined],
     ['PID', vm.pid],
     ['Started', vm.startedAt],
     ['Uptime', formatDuration(vm.uptimeSeconds)],
