@@ -32,6 +32,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
+import { VMS_GID } from '../compute/vm-user.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmQemu } from './vm-qemu.ts';
 
@@ -280,14 +281,15 @@ function ignoreMissing(error: unknown, tag: string): void {
 }
 
 /**
- * Makes a stopped VM's disks a template's: root's and read-only (0644), so that the QEMUs of its
- * linked clones, each running as a user of its own, can read them as the backing files of their
- * overlays, as they read images; nothing writes them again (a template never starts).
+ * Makes a stopped VM's disks a template's: root's, readable by the VMs' group only (0640, as
+ * images are), so that the QEMUs of its linked clones, each running as a user of its own in that
+ * group, can read them as the backing files of their overlays, and no other user of the host can;
+ * nothing writes them again (a template never starts).
  */
 export async function sealTemplate(host: SnapshotHost): Promise<void> {
   if (host.qemu()) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} runs; stop it before making it a template`);
   for (const disk of snapshotDisksOf(host.spec())) {
-    if (process.getuid?.() === 0) await chown(disk.path, 0, 0);
-    await chmod(disk.path, 0o644);
+    if (process.getuid?.() === 0) await chown(disk.path, 0, VMS_GID);
+    await chmod(disk.path, process.getuid?.() === 0 ? 0o640 : 0o644);
   }
 }
