@@ -20,7 +20,7 @@ import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../
 import { setExactAddress, setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
-import type { ApiTlsOptions } from '../app/tls.ts';
+import { type ApiTlsOptions, prepareStorageNodeTls } from '../app/tls.ts';
 import { type AccessOptions, accessDaemonArgs } from './access-options.ts';
 import { tlsDaemonArgs } from './tls-options.ts';
 
@@ -229,7 +229,12 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
   // The storage node starts before the agents: VMs they re-adopt may have volumes on it.
   if (!(await readPidFile(join(paths.runDir, 'storage.pid')))) {
     alreadyRunning = false;
-    const pid = await spawnDaemon(options.dataDir, 'storage', ['storage', '--data', options.dataDir]);
+    // NBD on TCP for hosts that do not share this filesystem, TLS only, each client proving with a
+    // certificate of the Nubis CA which VM it is: on the underlay with host namespaces (where
+    // their QEMU reaches it), else on loopback. Port 0: the node reports the one it got.
+    const nbdAddress = bed ? UNDERLAY_CONTROL_ADDRESS : '127.0.0.1';
+    const tlsDir = await prepareStorageNodeTls(options.dataDir, [nbdAddress]);
+    const pid = await spawnDaemon(options.dataDir, 'storage', ['storage', '--data', options.dataDir, '--nbd-tcp', `${nbdAddress}:0`, '--nbd-tls-dir', tlsDir]);
     await waitFor('The storage node listening', 30_000, async () => {
       if (!processAlive(pid)) throw new NubisError('UP_FAILED', `The storage node exited; see ${join(paths.logsDir, 'storage.log')}`);
       return (await socketAccepts(paths.storageManageSocket)) ? true : undefined;

@@ -12,7 +12,7 @@ import { processAlive } from '../../core/process-alive.ts';
 import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
 import type { DiskLimits, DiskSpec, VmSpec } from '../vm-spec.ts';
 import { blockIoThrottleArgs, limitsAnything } from './disk-throttle.ts';
-import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
+import { buildQemuArgs, STORAGE_TLS_OBJECT, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -529,7 +529,10 @@ function blockdevQmpOf(disk: DiskSpec): Record<string, unknown> {
   const file =
     disk.kind === 'file'
       ? { driver: 'file', filename: disk.path }
-      : { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName };
+      : disk.tcp
+        ? // The credentials object exists when the VM started with a disk over TCP (command-line.ts).
+          { driver: 'nbd', server: { type: 'inet', host: disk.tcp.host, port: String(disk.tcp.port) }, export: disk.exportName, 'tls-creds': STORAGE_TLS_OBJECT }
+        : { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName };
   return { driver: disk.kind === 'file' ? disk.format : 'raw', 'node-name': disk.id, 'read-only': disk.readOnly ?? false, file };
 }
 
