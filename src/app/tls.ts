@@ -313,7 +313,11 @@ export async function issueNubisCertificate(dataDir: string, request: Certificat
   const outDir = join(caDir, `issue.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(outDir, { mode: 0o700 });
   try {
-    const config = leafConfig(commonName!, names, purposes.map((purpose) => (purpose === 'server' ? 'serverAuth' : 'clientAuth')));
+    const config = leafConfig(
+      commonName!,
+      names,
+      purposes.map((purpose) => (purpose === 'server' ? 'serverAuth' : 'clientAuth')),
+    );
     await issueLeaf(options.runCommand ?? runCommand, { caDir, outDir, base: 'leaf', config, extensions: 'nubis_leaf', days: request.days });
     return {
       certPem: await readFile(join(outDir, 'leaf.pem'), 'utf8'),

@@ -138,7 +138,7 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
   }
   if (spec.disks.some((disk) => disk.kind === 'nbd' && disk.tcp)) {
     if (!paths.storageTlsDir) throw new NubisError('QEMU_INVALID_OPTION', 'A disk reaches the storage node over TCP but the VM has no storage credentials');
-    args.push('-object', `tls-creds-x509,id=${STORAGE_TLS_OBJECT},endpoint=client,verify-peer=on,dir=${escapeOptionValue(optionValue(paths.storageTlsDir, 'path', 'storage credentials folder'))}`);
+    args.push('-object', storageTlsObject(paths.storageTlsDir));
   }
   for (const disk of spec.disks) {
     optionValue(disk.id, 'id', 'disk id');
@@ -173,6 +173,14 @@ function nicArgs(nic: VmSpec['nics'][number], fd: number | undefined): string[] 
   const mtu = nic.mode === 'tap' && nic.network ? `,host_mtu=${checkedMtu(nic.network.mtu)}` : '';
   args.push('-device', `virtio-net-pci,netdev=${nic.id},mac=${optionValue(nic.mac, 'mac', 'MAC address')},id=${nic.id}-dev${mtu}`);
   return args;
+}
+
+/**
+ * The `-object` of the credentials NBD disks over TCP use: a TLS client that checks the storage
+ * node's certificate (against `ca-cert.pem`) and shows the VM's (`client-cert.pem`) from `dir`.
+ */
+export function storageTlsObject(dir: string): string {
+  return `tls-creds-x509,id=${STORAGE_TLS_OBJECT},endpoint=client,verify-peer=on,dir=${escapeOptionValue(optionValue(dir, 'path', 'storage credentials folder'))}`;
 }
 
 /** The -blockdev of a disk: QEMU's own NBD client attaches a storage node's volume natively. */

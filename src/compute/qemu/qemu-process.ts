@@ -531,7 +531,12 @@ function blockdevQmpOf(disk: DiskSpec): Record<string, unknown> {
       ? { driver: 'file', filename: disk.path }
       : disk.tcp
         ? // The credentials object exists when the VM started with a disk over TCP (command-line.ts).
-          { driver: 'nbd', server: { type: 'inet', host: disk.tcp.host, port: String(disk.tcp.port) }, export: disk.exportName, 'tls-creds': STORAGE_TLS_OBJECT }
+          {
+            driver: 'nbd',
+            server: { type: 'inet', host: disk.tcp.host, port: String(disk.tcp.port) },
+            export: disk.exportName,
+            'tls-creds': STORAGE_TLS_OBJECT,
+          }
         : { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName };
   return { driver: disk.kind === 'file' ? disk.format : 'raw', 'node-name': disk.id, 'read-only': disk.readOnly ?? false, file };
 }

@@ -42,7 +42,6 @@ export interface NbdTlsSettings {
  */
 export type NbdPeerAdmission = (commonName: string) => { gate?: NbdGate; access?: NbdExportAccess } | string;
 
-
 /** Settings shared by all connections of one server (frozen by the server). */
 export interface NbdConnectionSettings {
   catalog: NbdExportCatalog;
@@ -150,6 +149,8 @@ export class NbdConnection implements NbdGateMember {
   readonly #admitPeer?: NbdPeerAdmission;
   /** True from STARTTLS until the peer's certificate was admitted (no option is handled meanwhile). */
   #peerPending = false;
+  /** Why the peer's certificate was not admitted: every option then gets NBD_REP_ERR_POLICY. */
+  #peerRefusal?: string;
 
   // Handshake phase.
   #waiter?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
@@ -387,6 +388,13 @@ export class NbdConnection implements NbdGateMember {
       this.#violation('an option before the client certificate was admitted');
       return 'abort';
     }
+    if (this.#peerRefusal !== undefined && option !== C.NBD_OPT_ABORT) {
+      if (option === C.NBD_OPT_EXPORT_NAME) {
+        this.#violation(this.#peerRefusal);
+        return true;
+      }
+      return this.#optError(option, C.NBD_REP_ERR_POLICY, this.#peerRefusal);
+    }
     const gate = this.#gate;
     if (gate !== undefined && !gate.admits(this.#gateGeneration) && option !== C.NBD_OPT_ABORT) {
       // A fenced group may not select an export. The error carries the reason, which clients
@@ -498,7 +506,10 @@ export class NbdConnection implements NbdGateMember {
       admission = `the admission check failed: ${(error as Error).message}`;
     }
     if (typeof admission === 'string') {
-      this.#violation(`client certificate ${JSON.stringify(commonName.slice(0, 80))} refused: ${admission}`);
+      // Every option is answered with the reason (QEMU shows "server reported: ..."), as a fence's.
+      this.#peerRefusal = `The client certificate ${JSON.stringify(commonName.slice(0, 80))} is refused: ${admission}`;
+      this.#emit({ type: 'protocol-violation', connectionId: this.id, reason: this.#peerRefusal });
+      this.#peerPending = false;
       return;
     }
     this.#gate = admission.gate;
