@@ -373,8 +373,8 @@ function leafConfig(commonName: string, names: string[], purposes: string[]): st
     'distinguished_name = dn',
     'prompt = no',
     '[dn]',
+    // The CN alone: QEMU's authz-simple matches a client by its whole DN (migration-tls.ts).
     `CN = ${commonName}`,
-    'O = Nubis',
     '[nubis_leaf]',
     'basicConstraints = critical, CA:FALSE',
     'keyUsage = critical, digitalSignature, keyEncipherment',

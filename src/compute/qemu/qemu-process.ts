@@ -12,6 +12,7 @@ import { processAlive } from '../../core/process-alive.ts';
 import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
 import type { DiskLimits, DiskSpec, VmSpec } from '../vm-spec.ts';
 import { blockIoThrottleArgs, limitsAnything } from './disk-throttle.ts';
+import { type MigrationTlsCredentials, loadMigrationTls } from './migration-tls.ts';
 import { buildQemuArgs, STORAGE_TLS_OBJECT, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -265,6 +266,11 @@ export class QemuProcess {
   /** Turns migration capabilities on or off (both ends must agree, e.g. on `postcopy-ram`). */
   async setMigrationCapabilities(capabilities: Record<string, boolean>): Promise<void> {
     await this.qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(capabilities).map(([capability, state]) => ({ capability, state })) });
+  }
+
+  /** Loads a migration's TLS credentials for the next migration, or clears them (migration-tls.ts). */
+  async loadMigrationTls(tls: MigrationTlsCredentials | undefined): Promise<void> {
+    await loadMigrationTls(this.qmp, this.vmDir, tls);
   }
 
   /** Destination: starts listening for the migration stream (QEMU was started with `-incoming defer`). */
