@@ -169,9 +169,25 @@ export const MirrorRequest = Type.Object(
   { diskIds: Type.Array(Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }), { maxItems: 17 }), target: NbdTarget },
   { additionalProperties: false },
 );
+/**
+ * One end's credentials for a migration over TLS (compute/qemu/migration-tls.ts), issued for this
+ * migration alone: PEM text, and the peer it accepts (a certificate's DN, or an address).
+ */
+const Pem = Type.String({ minLength: 1, maxLength: 16_384, pattern: '^-----BEGIN [A-Z ]+-----\\n[A-Za-z0-9+/=\\n]+-----END [A-Z ]+-----\\n?$' });
+export const MigrationTls = Type.Object(
+  {
+    endpoint: Type.Union([Type.Literal('server'), Type.Literal('client')]),
+    caPem: Pem,
+    certPem: Pem,
+    keyPem: Pem,
+    peer: Type.String({ minLength: 1, maxLength: 253, pattern: '^(CN=[a-z0-9.-]+|[0-9.]+)$' }),
+  },
+  { additionalProperties: false },
+);
 export const IncomingRequest = Type.Object(
   {
     spec: VmSpec,
+    tls: Type.Optional(MigrationTls),
     listenUri: Uri,
     capabilities: Capabilities,
     carried: Type.Object({
@@ -195,6 +211,7 @@ export const MigrateRequest = Type.Object(
     downtimeLimitMs: Ms(600_000),
     maxBandwidthBytesPerSec: Type.Optional(SizeBytes),
     mirroredDisks: Type.Optional(MirrorRequest.properties.diskIds),
+    tls: Type.Optional(MigrationTls),
   },
   { additionalProperties: false },
 );

@@ -40,7 +40,7 @@ import { DesktopPools } from '../desktop/desktop-pools.ts';
 import { changeFeedOf } from '../events/change-feed.ts';
 import { UsageStore } from '../metrics/usage-store.ts';
 import { describeResources } from './change-views.ts';
-import { type ApiTlsOptions, prepareApiTls } from './tls.ts';
+import { type ApiTlsOptions, issueNubisCertificate, prepareApiTls } from './tls.ts';
 
 export interface ControlPlaneOptions {
   dataDir: string;
@@ -123,7 +123,11 @@ export function createServices(options: ServiceOptions): AppServices {
   const placement = new PlacementService({ db, hosts });
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
   const snapshots = new VmSnapshots({ db, hosts, owner, operations, vms, storage });
-  const migrations = new MigrationService({ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage });
+  const migrations = new MigrationService({
+    ...{ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage },
+    // Migrations over TLS get certificates of the Nubis CA in the data folder (app/tls.ts).
+    issueCertificate: (request) => issueNubisCertificate(options.dataDir, request),
+  });
   const maintenance = new HostMaintenance({ db, hosts, operations, migrations });
   const balancer = new ClusterBalancer({ db, placement, owner, dirPools: storage.dirPools, operations, migrations, logger: options.logger });
   const metrics = new ControlPlaneMetrics({ db, hosts, storage }, { logger: options.logger });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import Fastify from 'fastify';
 import { isNubisError } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
-import { type TlsFiles, checkTlsNames, ensureNubisCa, loadUserTls } from './tls.ts';
+import { type TlsFiles, checkTlsNames, ensureNubisCa, issueNubisCertificate, loadUserTls } from './tls.ts';
 
 const DAY_MS = 24 * 3600 * 1000;
 
@@ -99,6 +99,42 @@ describe('the Nubis CA', () => {
       assert.equal(existsSync(fresh), false, 'nothing written');
     }
     assert.deepEqual(checkTlsNames(['Host-1.Example', '10.0.0.1', '::1']), ['host-1.example', '10.0.0.1', '::1']);
+  });
+
+  it('issues client and server certificates of the same CA, keeping no copy, for names it checks first', async () => {
+    const ca = new X509Certificate(readFileSync(files.caPath!));
+    const client = await issueNubisCertificate(dataDir, { commonName: 'vm-1879048193.host-1', purposes: ['client'], days: 1 });
+    const cert = new X509Certificate(client.certPem);
+    assert.ok(cert.checkIssued(ca) && cert.verify(ca.publicKey), 'signed by the Nubis CA');
+    assert.equal(client.caPem, readFileSync(files.caPath!, 'utf8'));
+    assert.ok(cert.checkPrivateKey(createPrivateKey(client.keyPem)));
+    assert.match(cert.subject, /CN=vm-1879048193\.host-1/);
+    assert.deepEqual(cert.keyUsage, ['1.3.6.1.5.5.7.3.2'], 'clientAuth only');
+    assert.ok(Math.abs(Date.parse(cert.validTo) - Date.now() - DAY_MS) < DAY_MS / 2);
+    const both = new X509Certificate(
+      (await issueNubisCertificate(dataDir, { commonName: 'host-2', purposes: ['server', 'client'], names: ['172.31.0.3'], days: 2 })).certPem,
+    );
+    assert.deepEqual(both.keyUsage?.sort(), ['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']);
+    assert.ok(both.checkIP('172.31.0.3') && both.checkHost('host-2', { subject: 'never' }));
+    assert.deepEqual(
+      readdirSync(join(dataDir, 'tls')).filter((name) => name.includes('tmp')),
+      [],
+      'no key left behind in the CA folder',
+    );
+    const commands: string[][] = [];
+    const recordingRun = (async (command: string, args: readonly string[]) => {
+      commands.push([command, ...args]);
+      return { stdout: '', stderr: '' };
+    }) as typeof runCommand;
+    for (const request of [
+      { commonName: 'vm-1\nCN = root', purposes: ['client' as const], days: 1 },
+      { commonName: 'ok', names: ['-subj'], purposes: ['client' as const], days: 1 },
+    ])
+      await assert.rejects(issueNubisCertificate(dataDir, request, { runCommand: recordingRun }), (error) => isNubisError(error, 'TLS_INVALID_NAME'));
+    await assert.rejects(issueNubisCertificate(dataDir, { commonName: 'ok', purposes: ['client'], days: 9000 }, { runCommand: recordingRun }), (error) =>
+      isNubisError(error, 'VALIDATION_FAILED'),
+    );
+    assert.deepEqual(commands, [], 'no command ran');
   });
 
   it('serves HTTPS that a client trusting the CA accepts and a client without it refuses', async (t) => {

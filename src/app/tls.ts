@@ -185,7 +185,7 @@ async function createCaFolder(dir: string, names: string[], run: typeof runComma
   }
 }
 
-/** Temporary folders of a process that died while making the CA: nothing in them is in use. */
+/** Temporary folders (`<dir>.tmp-<pid>-...`) of a process that died while making the CA or a certificate. */
 async function removeAbandonedFolders(dir: string): Promise<void> {
   const parent = dirname(dir);
   if (!existsSync(parent)) return;
@@ -235,36 +235,97 @@ async function serverCertFits(files: TlsFiles, ca: X509Certificate, names: strin
  * match the certificate, which the next start notices and repairs.
  */
 async function issueServerCert(caDir: string, outDir: string, names: string[], run: typeof runCommand): Promise<void> {
+  await issueLeaf(run, { caDir, outDir, base: 'server', config: serverConfig(names), extensions: 'nubis_server', days: SERVER_DAYS });
+}
+
+/** A leaf certificate to issue: its openssl config (with a `[req]` and an extensions section). */
+interface LeafRequest {
+  caDir: string;
+  outDir: string;
+  /** Files `<base>.key` and `<base>.pem` in `outDir`. */
+  base: string;
+  config: string;
+  extensions: string;
+  days: number;
+}
+
+/** Issues `<base>.key` + `<base>.pem` (see issueServerCert), renamed into place key first. */
+async function issueLeaf(run: typeof runCommand, leaf: LeafRequest): Promise<void> {
   const suffix = `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const temp = (name: string): string => join(outDir, `${name}${suffix}`);
+  const temp = (name: string): string => join(leaf.outDir, `${leaf.base}${name}${suffix}`);
   try {
-    await writeFile(temp('server.cnf'), serverConfig(names));
-    await writePrivateKey(temp('server.key'));
-    await openssl(run, ['req', '-new', '-config', temp('server.cnf'), '-key', temp('server.key'), '-out', temp('server.csr')]);
+    await writeFile(temp('.cnf'), leaf.config);
+    await writePrivateKey(temp('.key'));
+    await openssl(run, ['req', '-new', '-config', temp('.cnf'), '-key', temp('.key'), '-out', temp('.csr')]);
     // A random positive serial of up to 127 bits: RFC 5280 4.1.2.2 wants it unique per CA, and
     // a counter file (openssl's -CAcreateserial) cannot be kept consistent across crashes.
     const serial = randomBytes(16);
     serial[0] &= 0x7f;
     await openssl(run, [
-      ...[
-        'x509',
-        '-req',
-        '-in',
-        temp('server.csr'),
-        '-CA',
-        join(caDir, 'ca.pem'),
-        '-CAkey',
-        join(caDir, 'ca.key'),
-        '-set_serial',
-        `0x${serial.toString('hex')}`,
-      ],
-      ...['-sha256', '-days', String(SERVER_DAYS), '-extfile', temp('server.cnf'), '-extensions', 'nubis_server', '-out', temp('server.pem')],
+      ...['x509', '-req', '-in', temp('.csr'), '-CA', join(leaf.caDir, 'ca.pem'), '-CAkey', join(leaf.caDir, 'ca.key')],
+      ...['-set_serial', `0x${serial.toString('hex')}`, '-sha256', '-days', String(leaf.days)],
+      ...['-extfile', temp('.cnf'), '-extensions', leaf.extensions, '-out', temp('.pem')],
     ]);
-    await chmod(temp('server.pem'), 0o644);
-    await rename(temp('server.key'), join(outDir, 'server.key'));
-    await rename(temp('server.pem'), join(outDir, 'server.pem'));
+    await chmod(temp('.pem'), 0o644);
+    await rename(temp('.key'), join(leaf.outDir, `${leaf.base}.key`));
+    await rename(temp('.pem'), join(leaf.outDir, `${leaf.base}.pem`));
   } finally {
-    for (const name of ['server.cnf', 'server.csr', 'server.key', 'server.pem']) await rm(temp(name), { force: true });
+    for (const name of ['.cnf', '.csr', '.key', '.pem']) await rm(temp(name), { force: true });
+  }
+}
+
+/** What a certificate of the Nubis CA is for (see {@link issueNubisCertificate}). */
+export interface CertificateRequest {
+  /** The subject's common name, a name {@link checkTlsNames} accepts: `vm-1879048193.host-1`. */
+  commonName: string;
+  /** TLS server, TLS client, or both (a migration's QEMU is one or the other). */
+  purposes: Array<'server' | 'client'>;
+  /** Names and addresses the certificate is valid for (subjectAltName); the common name is always one. */
+  names?: string[];
+  days: number;
+}
+
+/** A certificate, its private key and the CA certificate that verifies it, PEM-encoded. */
+export interface IssuedCertificate {
+  certPem: string;
+  keyPem: string;
+  caPem: string;
+}
+
+/**
+ * Issues a certificate of the Nubis CA (made first when there is none, as {@link ensureNubisCa}
+ * makes it) and returns it with its key, keeping neither: the caller writes them where their
+ * user reads them (a VM's QEMU, the storage node). Names are checked first (`TLS_INVALID_NAME`)
+ * and reach openssl only in a config file. Key usage takes digitalSignature and keyEncipherment:
+ * QEMU before 10.0.7 refuses a certificate without the second (crypto/tlscredsx509.c).
+ */
+export async function issueNubisCertificate(dataDir: string, request: CertificateRequest, options: EnsureCaOptions = {}): Promise<IssuedCertificate> {
+  const [commonName] = checkTlsNames([request.commonName]);
+  const names = [...new Set([commonName!, ...checkTlsNames(request.names ?? [])])];
+  const purposes = [...new Set(request.purposes)];
+  if (purposes.length === 0 || purposes.some((purpose) => purpose !== 'server' && purpose !== 'client'))
+    throw new NubisError('VALIDATION_FAILED', `A certificate is for "server", "client" or both, not ${JSON.stringify(request.purposes)}`);
+  if (!Number.isInteger(request.days) || request.days < 1 || request.days > SERVER_DAYS)
+    throw new NubisError('VALIDATION_FAILED', `A certificate lasts 1 to ${SERVER_DAYS} days, not ${request.days}`);
+  const { caPath } = await ensureNubisCa(dataDir, [], options);
+  const caDir = dirname(caPath!);
+  await removeAbandonedFolders(join(caDir, 'issue'));
+  const outDir = join(caDir, `issue.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await mkdir(outDir, { mode: 0o700 });
+  try {
+    const config = leafConfig(
+      commonName!,
+      names,
+      purposes.map((purpose) => (purpose === 'server' ? 'serverAuth' : 'clientAuth')),
+    );
+    await issueLeaf(options.runCommand ?? runCommand, { caDir, outDir, base: 'leaf', config, extensions: 'nubis_leaf', days: request.days });
+    return {
+      certPem: await readFile(join(outDir, 'leaf.pem'), 'utf8'),
+      keyPem: await readFile(join(outDir, 'leaf.key'), 'utf8'),
+      caPem: await readFile(caPath!, 'utf8'),
+    };
+  } finally {
+    await rm(outDir, { recursive: true, force: true });
   }
 }
 
@@ -303,6 +364,31 @@ function caConfig(): string {
   ].join('\n');
 }
 
+/** A leaf's request and extensions (see issueNubisCertificate); names were checked by checkTlsNames. */
+function leafConfig(commonName: string, names: string[], purposes: string[]): string {
+  const ips = names.filter((name) => isIPv4(name) || isIPv6(name));
+  const dns = names.filter((name) => !ips.includes(name));
+  return [
+    '[req]',
+    'distinguished_name = dn',
+    'prompt = no',
+    '[dn]',
+    // The CN alone: QEMU's authz-simple matches a client by its whole DN (migration-tls.ts).
+    `CN = ${commonName}`,
+    '[nubis_leaf]',
+    'basicConstraints = critical, CA:FALSE',
+    'keyUsage = critical, digitalSignature, keyEncipherment',
+    `extendedKeyUsage = ${purposes.join(', ')}`,
+    'subjectKeyIdentifier = hash',
+    'authorityKeyIdentifier = keyid',
+    'subjectAltName = @alt_names',
+    '[alt_names]',
+    ...dns.map((name, index) => `DNS.${index + 1} = ${name}`),
+    ...ips.map((name, index) => `IP.${index + 1} = ${name}`),
+    '',
+  ].join('\n');
+}
+
 /** The server certificate's request and extensions; `names` were checked by checkTlsNames. */
 function serverConfig(names: string[]): string {
   const ips = names.filter((name) => isIPv4(name) || isIPv6(name));
@@ -326,4 +412,28 @@ function serverConfig(names: string[]): string {
     ...ips.map((name, index) => `IP.${index + 1} = ${name}`),
     '',
   ].join('\n');
+}
+
+/**
+ * The storage node's TLS folder for its NBD TCP listener, `<data>/tls/storage/` (mode 0700), in
+ * QEMU's file names: `server-cert.pem` + `server-key.pem` (a new key and certificate of the Nubis
+ * CA for `addresses`, the names hosts connect to) and `ca-cert.pem`, the CA that clients'
+ * certificates must come from (`nubis daemon storage --nbd-tls-dir`). Issued again at every call:
+ * the node reads them once, at its start.
+ */
+export async function prepareStorageNodeTls(dataDir: string, addresses: string[], options: EnsureCaOptions = {}): Promise<string> {
+  const issued = await issueNubisCertificate(dataDir, { commonName: 'nubis-storage', purposes: ['server'], names: addresses, days: SERVER_DAYS }, options);
+  const dir = join(resolve(dataDir), 'tls', 'storage');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chmod(dir, 0o700);
+  for (const [name, text, mode] of [
+    ['ca-cert.pem', issued.caPem, 0o644],
+    ['server-cert.pem', issued.certPem, 0o644],
+    ['server-key.pem', issued.keyPem, 0o600],
+  ] as const) {
+    const temporary = join(dir, `${name}.tmp-${process.pid}`);
+    await writeFile(temporary, text, { mode });
+    await rename(temporary, join(dir, name));
+  }
+  return dir;
 }

@@ -20,7 +20,7 @@ import { attachHostToUnderlay, cleanupByPrefix, ensureUnderlayBridge } from '../
 import { setExactAddress, setSysctl } from '../network/ip-command.ts';
 import { ApiClient, resolveApiTarget } from './api-client.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
-import type { ApiTlsOptions } from '../app/tls.ts';
+import { type ApiTlsOptions, prepareStorageNodeTls } from '../app/tls.ts';
 import { type AccessOptions, accessDaemonArgs } from './access-options.ts';
 import { tlsDaemonArgs } from './tls-options.ts';
 
@@ -195,6 +195,22 @@ function controlPlaneArgs(options: UpOptions, bed: TestBed | undefined): string[
   ];
 }
 
+/**
+ * Starts the storage node and waits for its management socket. It also serves NBD on TCP at
+ * `nbdAddress` for hosts that do not share this filesystem: TLS only, each client proving with a
+ * certificate of the Nubis CA which VM it is (on the underlay with host namespaces, where their
+ * QEMU reaches it, else on loopback). Port 0: the node reports the one it got (`/storage/info`).
+ */
+async function startStorageDaemon(dataDir: string, nbdAddress: string): Promise<void> {
+  const paths = dataPaths(dataDir);
+  const tlsDir = await prepareStorageNodeTls(dataDir, [nbdAddress]);
+  const pid = await spawnDaemon(dataDir, 'storage', ['storage', '--data', dataDir, '--nbd-tcp', `${nbdAddress}:0`, '--nbd-tls-dir', tlsDir]);
+  await waitFor('The storage node listening', 30_000, async () => {
+    if (!processAlive(pid)) throw new NubisError('UP_FAILED', `The storage node exited; see ${join(paths.logsDir, 'storage.log')}`);
+    return (await socketAccepts(paths.storageManageSocket)) ? true : undefined;
+  });
+}
+
 /** Starts whatever of the control plane and the host agents is not running yet. */
 export async function up(options: UpOptions, say: (line: string) => void): Promise<UpResult> {
   const paths = dataPaths(options.dataDir);
@@ -229,11 +245,7 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
   // The storage node starts before the agents: VMs they re-adopt may have volumes on it.
   if (!(await readPidFile(join(paths.runDir, 'storage.pid')))) {
     alreadyRunning = false;
-    const pid = await spawnDaemon(options.dataDir, 'storage', ['storage', '--data', options.dataDir]);
-    await waitFor('The storage node listening', 30_000, async () => {
-      if (!processAlive(pid)) throw new NubisError('UP_FAILED', `The storage node exited; see ${join(paths.logsDir, 'storage.log')}`);
-      return (await socketAccepts(paths.storageManageSocket)) ? true : undefined;
-    });
+    await startStorageDaemon(options.dataDir, bed ? UNDERLAY_CONTROL_ADDRESS : '127.0.0.1');
   }
   // Agents in host namespaces report and heartbeat to the control plane over TCP on the underlay,
   // so cutting a host's link cuts its heartbeats as between separate servers (HA fences it); the

@@ -88,6 +88,11 @@ export const DiskSpec = Type.Union([
       kind: Type.Literal('nbd'),
       socketPath: PATH,
       exportName: Type.String({ maxLength: 1024, pattern: '^[a-z0-9/-]+$' }),
+      /**
+       * The storage node's TCP listener, used instead of `socketPath` by a host that does not
+       * share the node's filesystem: TLS only, QEMU proving with the VM's own client certificate.
+       */
+      tcp: Type.Optional(Type.Object({ host: Type.String({ pattern: IPV4 }), port: Port }, { additionalProperties: false })),
       readOnly: Type.Optional(Type.Boolean()),
       limits: Type.Optional(DiskLimits),
     },

@@ -152,7 +152,7 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
 /** Live migration: the control plane drives both ends through these. */
 function registerMigrationRoutes(on: On, supervisor: VmSupervisor): void {
   on('prepareIncoming', (params, body) =>
-    supervisor.prepareIncoming({ ...body.spec, id: params.id }, body.listenUri, body.capabilities, body.carried, body.mirror),
+    supervisor.prepareIncoming({ ...body.spec, id: params.id }, body.listenUri, body.capabilities, body.carried, body.mirror, body.tls),
   );
   on('activateIncoming', (params) => supervisor.activateIncoming(params.id));
   // Local disks travel by mirror: the source copies them into the destination's NBD exports.

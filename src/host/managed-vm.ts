@@ -15,7 +15,7 @@ import { HOTPLUG_PORTS } from '../compute/qemu/command-line.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { GuestReadiness } from './guest-readiness.ts';
 import { VmLanes } from './vm-lanes.ts';
-import { MIGRATION_ENDED, VmMigrationControl, migrationStateOf } from './vm-migration-control.ts';
+import { type IncomingExtras, type IncomingMirror, MIGRATION_ENDED, VmMigrationControl, migrationStateOf } from './vm-migration-control.ts';
 import { launchInCgroup, launchMeasurementOf, type QemuDriver, type VmQemu } from './vm-qemu.ts';
 import type { VmCgroups } from './cgroups.ts';
 import type { UsageSource } from './usage-sampler.ts';
@@ -40,13 +40,6 @@ export interface ManagedVmContext {
   /** Called once a VM is gone from this host (deleted, or discarded), so the registry drops it. */
   onRemoved: (vm: ManagedVm) => void;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
-}
-
-/** What an incoming migration with local disks needs here (see `prepareIncoming`). */
-export interface IncomingMirror {
-  newFiles: Array<{ path: string; sizeBytes: number }>;
-  listen: { host: string; port: number };
-  diskIds: string[];
 }
 
 /** Lines of console log kept with a crash report. */
@@ -368,7 +361,8 @@ export class ManagedVm {
    * model waiting for the migration stream (`-incoming defer`), agrees on the capabilities and
    * listens on `listenUri`. Nothing half-built is left when a step fails.
    */
-  prepareIncoming(listenUri: string, capabilities: Record<string, boolean>, startedAt: string | undefined, mirror?: IncomingMirror): Promise<VmStatus> {
+  prepareIncoming(listenUri: string, capabilities: Record<string, boolean>, startedAt: string | undefined, extras: IncomingExtras = {}): Promise<VmStatus> {
+    const { mirror, tls } = extras;
     return this.#lanes.lifecycle('preparing an incoming migration', async () => {
       this.#lanes.incoming = true;
       let qemu: VmQemu | undefined;
@@ -385,6 +379,7 @@ export class ManagedVm {
           events: this.#events(),
         });
         await qemu.setMigrationCapabilities(capabilities);
+        if (tls) await qemu.loadMigrationTls(tls);
         if (mirror && mirror.diskIds.length > 0) await qemu.exportDisksForMirror(mirror.diskIds, mirror.listen);
         await qemu.acceptIncomingMigration(listenUri);
       } catch (error) {

@@ -5,11 +5,32 @@
  * are in the header of `managed-vm.ts`): one at a time, never behind a lifecycle action. The
  * reads (`migrationStatus`, `diskMirrors`) are not queued: the control plane polls them.
  */
+import type { MigrationTlsCredentials } from '../compute/qemu/migration-tls.ts';
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmLanes } from './vm-lanes.ts';
 import type { VmQemu } from './vm-qemu.ts';
 import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
+
+/** What an incoming migration with local disks needs on the destination (see `ManagedVm.prepareIncoming`). */
+export interface IncomingMirror {
+  newFiles: Array<{ path: string; sizeBytes: number }>;
+  listen: { host: string; port: number };
+  diskIds: string[];
+}
+
+/** What an incoming migration may bring besides its stream: local disks' copies, and TLS. */
+export type IncomingExtras = { mirror?: IncomingMirror; tls?: MigrationTlsCredentials };
+
+/** How a source sends a VM (agent contract `MigrateRequest`). */
+export interface MigrateOutOptions {
+  capabilities: Record<string, boolean>;
+  downtimeLimitMs: number;
+  maxBandwidthBytesPerSec?: number;
+  mirroredDisks?: string[];
+  /** The source's credentials for a migration over TLS (compute/qemu/migration-tls.ts). */
+  tls?: MigrationTlsCredentials;
+}
 
 /** `query-migrate` states in which no migration stream runs (`none`: none ever ran). */
 export const MIGRATION_ENDED = new Set(['none', 'completed', 'failed', 'cancelled']);
@@ -80,14 +101,13 @@ export class VmMigrationControl {
    * are ended there (queued on QEMU's event, `#switchOver`), so the destination's copies are
    * complete, and the migration goes on, all here and without a round trip.
    */
-  migrateOut(
-    uri: string,
-    options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] },
-  ): Promise<VmStatus> {
+  migrateOut(uri: string, options: MigrateOutOptions): Promise<VmStatus> {
     return this.#options.lanes.migration(
       async () => {
         const qemu = this.#running();
         const mirrored = (options.mirroredDisks ?? []).length > 0;
+        // Always: TLS of this migration, or none (a former migration's must not linger).
+        await qemu.loadMigrationTls(options.tls);
         // MIGRATION events are how this agent learns of the pre-switchover pause.
         await qemu.setMigrationCapabilities({ ...options.capabilities, events: true, 'pause-before-switchover': mirrored });
         await qemu.startMigration(uri, { downtimeLimitMs: options.downtimeLimitMs, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec });

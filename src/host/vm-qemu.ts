@@ -34,6 +34,7 @@ export type VmQemu = Pick<
   | 'setDiskLimits'
   | 'setMigrationCapabilities'
   | 'acceptIncomingMigration'
+  | 'loadMigrationTls'
   | 'startMigration'
   | 'migrationStatus'
   | 'setMigrationParameters'

@@ -93,6 +93,7 @@ class FakeQemu {
   setDiskLimits = () => this.#call('setDiskLimits');
   setMigrationCapabilities = () => this.#call('setMigrationCapabilities');
   acceptIncomingMigration = () => this.#call('acceptIncomingMigration');
+  loadMigrationTls = () => this.#call('loadMigrationTls');
   setMigrationParameters = () => this.#call('setMigrationParameters');
   sampleDirtyRate = async () => {
     await this.#call('sampleDirtyRate');

@@ -5,6 +5,8 @@
  * call to the VM's own object, which owns the VM's QEMU, record and queues and decides which
  * call waits for which (see `managed-vm.ts`). Nothing here touches QEMU.
  */
+import type { MigrationTlsCredentials } from '../compute/qemu/migration-tls.ts';
+import type { MigrateOutOptions } from './vm-migration-control.ts';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Accelerator, CpuControls, DiskLimits, DiskSpec, NicBandwidthSpec, VmSpec } from '../compute/vm-spec.ts';
@@ -247,10 +249,11 @@ export class VmSupervisor {
     capabilities: Record<string, boolean>,
     carried: Partial<VmStatus>,
     mirror?: { newFiles: Array<{ path: string; sizeBytes: number }>; listen: { host: string; port: number }; diskIds: string[] },
+    tls?: MigrationTlsCredentials,
   ): Promise<VmStatus> {
     await this.#vms.get(spec.id)?.discardIfLeftover();
     const vm = await this.#register(spec, () => ManagedVm.incoming(this.#context, this.#vmDir(spec.id), spec, carried));
-    return vm.prepareIncoming(listenUri, capabilities, carried.startedAt, mirror);
+    return vm.prepareIncoming(listenUri, capabilities, carried.startedAt, { mirror, tls });
   }
 
   /** Destination, after the source reported the migration complete: the VM runs and announces itself here. */
@@ -282,11 +285,7 @@ export class VmSupervisor {
   }
 
   /** Source: starts sending a running VM to `uri`; returns once the migration has started. */
-  migrateOut(
-    id: string,
-    uri: string,
-    options: { capabilities: Record<string, boolean>; downtimeLimitMs: number; maxBandwidthBytesPerSec?: number; mirroredDisks?: string[] },
-  ): Promise<VmStatus> {
+  migrateOut(id: string, uri: string, options: MigrateOutOptions): Promise<VmStatus> {
     return this.#vm(id).migration.migrateOut(uri, options);
   }
 

@@ -23,7 +23,14 @@ import type { MigrationService } from './migration-service.ts';
 export const ROUNDS_BEFORE_ACTING = 3;
 /** A balancing move gives up (and the VM stays) past this; the plan refuses moves predicted longer. */
 export const MOVE_TIMEOUT_SECONDS = 300;
-export const DEFAULT_CLUSTER_SETTINGS: ClusterSettings = { balance: 'manual', threshold: 3, intervalSeconds: 300, cooldownSeconds: 3600, maxMoves: 8 };
+export const DEFAULT_CLUSTER_SETTINGS: ClusterSettings = {
+  balance: 'manual',
+  threshold: 3,
+  intervalSeconds: 300,
+  cooldownSeconds: 3600,
+  maxMoves: 8,
+  migrationTls: 'optional',
+};
 
 /** A proposal with the VM ids its moves need to be carried out. */
 interface Plan {
@@ -61,6 +68,7 @@ export class ClusterBalancer {
       intervalSeconds: row.interval_seconds,
       cooldownSeconds: row.cooldown_seconds,
       maxMoves: row.max_moves,
+      migrationTls: row.migration_tls === 'required' ? 'required' : 'optional',
     };
   }
 
@@ -73,6 +81,7 @@ export class ClusterBalancer {
       interval_seconds: settings.intervalSeconds,
       cooldown_seconds: settings.cooldownSeconds,
       max_moves: settings.maxMoves,
+      migration_tls: settings.migrationTls,
       updated_at: new Date().toISOString(),
     };
     await auditedTransaction(this.#db, (trx) =>

@@ -4,6 +4,7 @@
  * commitment and activation. Anything failing before the switch-over leaves the VM running on the
  * source, untouched, and the destination cleaned up. Every migration is recorded with its figures.
  */
+import { checkMigrationTls, type IssueCertificate, issueMigrationTls, migrationTlsPolicy } from './migration-tls.ts';
 import { setTimeout as delay } from 'node:timers/promises';
 import { NubisError, isNubisError, messageOf } from '../core/errors.ts';
 import { Revert } from '../core/revert.ts';
@@ -53,6 +54,7 @@ export class MigrationService {
   readonly #vms: Pick<VmService, 'reports'>;
   readonly #placement: PlacementService;
   readonly #storage: Pick<StorageCatalogue, 'bindDisksToHost' | 'releaseVmSocket'>;
+  readonly #issueCertificate?: IssueCertificate;
 
   constructor(deps: {
     db: Db;
@@ -65,7 +67,10 @@ export class MigrationService {
     vms: Pick<VmService, 'reports'>;
     placement: PlacementService;
     storage: Pick<StorageCatalogue, 'bindDisksToHost' | 'releaseVmSocket'>;
+    /** Issues the certificates of migrations over TLS; without it `tls` is refused. */
+    issueCertificate?: IssueCertificate;
   }) {
+    this.#issueCertificate = deps.issueCertificate;
     this.#placement = deps.placement;
     this.#storage = deps.storage;
     this.#db = deps.db;
@@ -169,6 +174,13 @@ export class MigrationService {
       );
     }
     await this.#checkDisksAndNetworks(vm, spec, destination);
+    const mirrored = spec.boot.kind === 'disk' || spec.disks.some((disk) => disk.kind === 'file' && disk.localVolume);
+    const policy = await migrationTlsPolicy(this.#db);
+    // Moves the services start (balance, maintenance, failback) follow the cluster's rule themselves.
+    const internal = request.reason !== undefined && request.reason !== 'migrate';
+    const tls = checkMigrationTls(vm.name, request.tls ?? (internal && policy === 'required' ? true : undefined), policy, mirrored);
+    request.tls = tls;
+    if (tls && !this.#issueCertificate) throw new NubisError('MIGRATION_TLS_UNSUPPORTED', 'This control plane has no CA to issue migration certificates');
     const postcopyAllowed = vm.allow_postcopy === 1;
     if (!postcopyAllowed && (request.strategy === 'postcopy' || request.onTimeout === 'postcopy')) {
       throw new NubisError(
@@ -373,7 +385,13 @@ export class MigrationService {
     // makes an empty one over the same image and the overlay's clusters are mirrored into it.
     const mirroredDiskIds = [...(m.spec.boot.kind === 'disk' ? [BOOT_DISK_NODE] : []), ...mirrored.map((x) => x.diskId)];
     const mirrorTarget = { host: destination.underlay_ip ?? '127.0.0.1', port: Number(nextListenUri(destination).split(':').at(-1)) };
+    // Certificates of this migration alone (migration-tls.ts); checked to be wanted and possible in stage 1.
+    const tls =
+      m.request.tls && this.#issueCertificate
+        ? await issueMigrationTls(this.#issueCertificate, newId('mig'), destination.underlay_ip ?? '127.0.0.1')
+        : undefined;
     return {
+      ...(tls ? { tls } : {}),
       ...m,
       networkIds,
       releaseNetworks: () => {},
@@ -420,6 +438,7 @@ export class MigrationService {
         spec: destinationSpec,
         listenUri: uri,
         capabilities,
+        ...(run.tls ? { tls: run.tls.destination } : {}),
         carried: { guestIps: sourceStatus.guestIps, startedAt: sourceStatus.startedAt },
         ...(mirror ? { mirror } : {}),
       },

@@ -61,7 +61,7 @@ export class MigrationStream {
    */
   async run(revert: Revert): Promise<void> {
     const { op, migration: run } = this;
-    const { vmId, source, request, plan, figures, uri, capabilities, mirroredDiskIds } = run;
+    const { vmId, source, request, plan, figures, uri, capabilities, mirroredDiskIds, tls } = run;
     await this.#hosts.agent(source).migrate(
       vmId,
       {
@@ -69,6 +69,7 @@ export class MigrationStream {
         capabilities,
         downtimeLimitMs: plan.targetDowntimeMs,
         mirroredDisks: mirroredDiskIds,
+        ...(tls ? { tls: tls.source } : {}),
         ...(request.bandwidthMbps ? { maxBandwidthBytesPerSec: request.bandwidthMbps * 1_000_000 } : {}),
       },
       { signal: op.signal },

@@ -1,5 +1,6 @@
 /** The shapes of a live migration: what is asked, how it is planned, what it measured, and one as it runs. */
 import type { VmStatus } from '../agent-api/contract.ts';
+import type { MigrationTlsCredentials } from '../compute/qemu/migration-tls.ts';
 import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import type { HostsTable } from '../state/schema.ts';
 import type { PlacementAction } from '../control/placement.ts';
@@ -20,6 +21,8 @@ export interface MigrationRequest {
   /** At the deadline: give up (the VM stays on its source) or switch to post-copy. Default:
    * post-copy when it is prepared for this migration, else abort. */
   onTimeout?: 'abort' | 'postcopy';
+  /** TLS between the two QEMUs (migration-tls.ts); a cluster that requires it refuses a migration without. */
+  tls?: boolean;
   /** Why the VM moves, for its placement record: a user's `migrate` unless a service says (never from the API). */
   reason?: PlacementAction;
 }
@@ -115,6 +118,8 @@ export interface MigrationRun {
   destinationSpec: VmSpec;
   mirroredDiskIds: string[];
   mirrorTarget: { host: string; port: number };
+  /** Each end's credentials when the stream runs over TLS. */
+  tls?: { source: MigrationTlsCredentials; destination: MigrationTlsCredentials };
   /** True once the VM runs on the destination (post-copy or completion): nothing is rolled back then. */
   switchedOver: boolean;
 }

@@ -43,4 +43,13 @@ export const vmPlatformMigrations: Record<string, Migration> = {
       await createHostsPlacementTrigger(db, '0021-host-isolation');
     },
   },
+  '0023-migration-tls': {
+    /** The cluster's rule for live migration over TLS: optional (default) or required. */
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .alterTable('cluster_settings')
+        .addColumn('migration_tls', 'text', (c) => c.notNull().defaultTo('optional'))
+        .execute();
+    },
+  },
 };

@@ -447,6 +447,8 @@ export interface ClusterSettingsTable {
   /** A VM that moved (for any reason) is not moved by the balancer for this long. */
   cooldown_seconds: number;
   max_moves: number;
+  /** optional: a migration uses TLS when asked (`--tls`); required: one without TLS is refused. */
+  migration_tls: Generated<'optional' | 'required'>;
   /** JSON: the last run (manual or automatic) with its moves and their outcomes. */
   last_run: string | null;
   updated_at: string;

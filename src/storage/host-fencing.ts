@@ -34,7 +34,7 @@ import { readHostStateFile, writeHostStateFile, type HostStateEntry } from './ho
 import { NbdExportAccess } from './nbd/nbd-export-access.ts';
 import { NbdGate } from './nbd/nbd-gate.ts';
 import type { NbdSocketFile } from './nbd/nbd-server.ts';
-import { checkVmExports, checkVmUid } from './vm-socket-checks.ts';
+import { checkVmExports, parseVmStorageClientName, checkVmUid } from './vm-socket-checks.ts';
 
 /** A host as the storage node reports it. */
 export interface StorageHostState {
@@ -238,6 +238,21 @@ export class HostFencing {
       this.#host(host).vms.delete(uid);
       await this.#persist();
     });
+  }
+
+  /**
+   * Admission on the storage node's TCP listener (nbd-connection.ts `NbdPeerAdmission`): a client
+   * certificate named `vm-<uid>.<host>` (vm-socket-checks.ts) gets exactly what that VM's socket
+   * would give it, behind its host's gate, so a fence or a release cuts its TCP connections like
+   * its socket's. Any other name, or a VM this node does not serve, is refused.
+   */
+  admitPeer(commonName: string): { gate: NbdGate; access: NbdExportAccess } | string {
+    const client = parseVmStorageClientName(commonName);
+    if (!client) return 'it names no VM (vm-<uid>.<host>)';
+    const host = this.#hosts.get(client.host);
+    const vm = host?.vms.get(client.uid);
+    if (!host || !vm) return `this storage node serves no VM of uid ${client.uid} on host ${client.host}`;
+    return { gate: host.gate, access: vm.access };
   }
 
   #host(name: string): Host {

@@ -15,7 +15,7 @@ import * as C from './nbd/nbd-constants.ts';
 import { defaultErrnoOf, type NbdExport, type NbdExportCatalog } from './nbd/nbd-export.ts';
 import type { NbdExportAccess } from './nbd/nbd-export-access.ts';
 import type { NbdGate } from './nbd/nbd-gate.ts';
-import { NbdServer, type NbdServerEvent, type NbdSocketFile, type NbdTlsOptions } from './nbd/nbd-server.ts';
+import { NbdServer, type NbdPeerAdmission, type NbdServerEvent, type NbdSocketFile, type NbdTlsOptions } from './nbd/nbd-server.ts';
 import { openMemberDevice, type MemberDevice } from './pool/member-device.ts';
 import { LABEL_BYTES } from './pool/metadata-format.ts';
 import type { RaidLayout } from './pool/raid-array.ts';
@@ -32,8 +32,11 @@ export interface StorageServiceOptions {
   poolsDir: string;
   /** Serve every volume on this unix socket. */
   socketPath?: string;
-  /** And/or on TCP (port 0 picks one). Default host 127.0.0.1. */
-  tcp?: { host?: string; port: number };
+  /**
+   * And/or on TCP (port 0 picks one). Default host 127.0.0.1. `admitPeer`: clients are told apart
+   * by their TLS client certificate, each served what its name maps to (needs `nbdTls` with a CA).
+   */
+  tcp?: { host?: string; port: number; admitPeer?: NbdPeerAdmission };
   /** TLS required on TCP (NBD's FORCEDTLS mode); the local unix socket stays plaintext. */
   nbdTls?: NbdTlsOptions;
   /** How member devices are opened; default regular files and block devices. */
@@ -177,7 +180,11 @@ export class StorageService {
     service.#openFailures = failures;
     if (options.socketPath) service.#unixPath = ((await service.#server.listen({ path: options.socketPath, tls: false })) as { path: string }).path;
     if (options.tcp)
-      service.#tcpAddress = (await service.#server.listen({ host: options.tcp.host ?? '127.0.0.1', port: options.tcp.port })) as { host: string; port: number };
+      service.#tcpAddress = (await service.#server.listen({
+        host: options.tcp.host ?? '127.0.0.1',
+        port: options.tcp.port,
+        ...(options.tcp.admitPeer ? { admitPeer: options.tcp.admitPeer } : {}),
+      })) as { host: string; port: number };
     return { service, failures };
   }
 

@@ -49,9 +49,13 @@ export interface StorageNodeOptions {
   fenceTimeoutMs?: number;
   /** The management API's unix socket. */
   manageSocket: string;
-  /** Also serve NBD on TCP, for hosts that do not share this machine's filesystem. */
+  /** Also serve NBD on TCP (port 0 picks one), for hosts that do not share this machine's filesystem. */
   nbdTcp?: { host: string; port: number };
-  /** Require TLS there (the unix socket stays plaintext). */
+  /**
+   * Require TLS there (the unix socket stays plaintext). With a CA (`ca`), every client shows a
+   * certificate of it, and the name in it says which VM it is (`vm-<uid>.<host>`): it is served
+   * what that VM's socket serves, behind its host's fence (host-fencing.ts `admitPeer`).
+   */
   nbdTls?: NbdTlsOptions;
 }
 
@@ -82,16 +86,18 @@ export interface StorageJob {
 export async function startStorageNode(
   options: StorageNodeOptions,
 ): Promise<{ service: StorageService; hosts: HostFencing; app: FastifyInstance; stop(): Promise<void> }> {
+  let hosts: HostFencing | undefined;
+  // A VM's certificate maps to its socket's list and its host's gate, once both are known.
+  const admitPeer = (name: string) => hosts?.admitPeer(name) ?? 'the storage node is starting';
   const { service, failures } = await StorageService.start({
     poolsDir: options.poolsDir,
     socketPath: options.nbdSocket,
-    ...(options.nbdTcp ? { tcp: options.nbdTcp } : {}),
+    ...(options.nbdTcp ? { tcp: { ...options.nbdTcp, ...(options.nbdTls?.ca ? { admitPeer } : {}) } } : {}),
     ...(options.nbdTls ? { nbdTls: options.nbdTls } : {}),
     keys: new FileKeyProvider(options.keysDir ?? join(dirname(options.nbdSocket), 'keys')),
   });
   const storageDir = dirname(options.nbdSocket);
   const hostsDir = options.hostsDir ?? join(storageDir, 'hosts');
-  let hosts: HostFencing;
   try {
     hosts = await HostFencing.open({
       hostsDir,
@@ -111,7 +117,10 @@ export async function startStorageNode(
       : toWireError(error);
     void reply.status(status).send(body);
   });
-  app.get('/storage/info', async () => ({ nbdSocket: options.nbdSocket, openFailures: failures }));
+  // `nbdTcp`: where hosts that do not share this filesystem attach volumes (the bound port).
+  const tcp = service.addresses.tcp;
+  const nbdTcp = tcp ? { ...tcp, tls: options.nbdTls !== undefined, clientCertificates: options.nbdTls?.ca !== undefined } : undefined;
+  app.get('/storage/info', async () => ({ nbdSocket: options.nbdSocket, ...(nbdTcp ? { nbdTcp } : {}), openFailures: failures }));
   registerPoolRoutes(app, service, jobs);
   app.get<{ Params: { id: string } }>('/storage/jobs/:id', async (request) => jobs.get(request.params.id));
   registerVolumeRoutes(app, service);

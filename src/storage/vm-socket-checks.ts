@@ -55,3 +55,19 @@ export function checkVmExports(value: unknown): string[] {
   }
   return [...seen];
 }
+
+/**
+ * The name (certificate common name) a VM's QEMU proves on the storage node's TCP listener:
+ * `vm-<uid>.<host>`. Host names have no dots (core/paths.ts), so the name parses back to one pair.
+ */
+export function vmStorageClientName(host: string, uid: number): string {
+  return `vm-${checkVmUid(uid)}.${host}`;
+}
+
+/** The host and uid of a name `vmStorageClientName` made; undefined for any other text. */
+export function parseVmStorageClientName(name: string): { host: string; uid: number } | undefined {
+  const match = /^vm-([0-9]{1,10})\.([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$/.exec(name);
+  if (!match) return undefined;
+  const uid = Number(match[1]);
+  return isVmUid(uid) ? { host: match[2]!, uid } : undefined;
+}

@@ -13,6 +13,9 @@ const Threshold = Int32(1, 5, { description: '1 (careful: act above 0.30 imbalan
 const IntervalSeconds = Int32(10, 86400, { description: 'Seconds between two rounds of the background balancer (default 300)' });
 const CooldownSeconds = Int32(60, 604800, { description: 'A VM that moved (for any reason) is not moved again by the balancer for this long (default 3600)' });
 const MaxMoves = Int32(1, 32, { description: 'The most moves one run makes (default 8)' });
+const MigrationTlsPolicy = Type.Union([Type.Literal('optional'), Type.Literal('required')], {
+  description: 'optional: a live migration runs over TLS when asked (tls: true); required: a migration without TLS is refused (default optional)',
+});
 
 export const ClusterSettings = Type.Object({
   balance: BalanceMode,
@@ -20,6 +23,7 @@ export const ClusterSettings = Type.Object({
   intervalSeconds: IntervalSeconds,
   cooldownSeconds: CooldownSeconds,
   maxMoves: MaxMoves,
+  migrationTls: MigrationTlsPolicy,
 });
 export type ClusterSettings = Static<typeof ClusterSettings>;
 
@@ -30,6 +34,7 @@ export const ClusterUpdateRequest = Type.Object(
     intervalSeconds: Type.Optional(IntervalSeconds),
     cooldownSeconds: Type.Optional(CooldownSeconds),
     maxMoves: Type.Optional(MaxMoves),
+    migrationTls: Type.Optional(MigrationTlsPolicy),
   },
   { additionalProperties: false },
 );

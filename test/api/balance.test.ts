@@ -70,7 +70,14 @@ describe('cluster balancing through the API', () => {
     await setUp(3);
     const shown = await call<ClusterView>('GET', '/v1/cluster');
     assert.equal(shown.status, 200);
-    assert.deepEqual(shown.body.settings, { balance: 'manual', threshold: 3, intervalSeconds: 300, cooldownSeconds: 3600, maxMoves: 8 });
+    assert.deepEqual(shown.body.settings, {
+      balance: 'manual',
+      threshold: 3,
+      intervalSeconds: 300,
+      cooldownSeconds: 3600,
+      maxMoves: 8,
+      migrationTls: 'optional',
+    });
     assert.deepEqual(
       shown.body.imbalance.hosts.map((h) => [h.host, h.load.load]),
       [
@@ -83,9 +90,17 @@ describe('cluster balancing through the API', () => {
     assert.equal(shown.body.lastRun, undefined);
     const set = await call<ClusterView>('PATCH', '/v1/cluster', { balance: 'auto', threshold: 5, intervalSeconds: 60, cooldownSeconds: 7200 });
     assert.equal(set.status, 200);
-    assert.deepEqual(set.body.settings, { balance: 'auto', threshold: 5, intervalSeconds: 60, cooldownSeconds: 7200, maxMoves: 8 });
+    assert.deepEqual(set.body.settings, { balance: 'auto', threshold: 5, intervalSeconds: 60, cooldownSeconds: 7200, maxMoves: 8, migrationTls: 'optional' });
     assert.deepEqual([set.body.imbalance.actAbove, set.body.imbalance.target], [0.05, 0.025]);
-    for (const bad of [{ threshold: 6 }, { threshold: 0 }, { balance: 'always' }, { intervalSeconds: 1 }, { maxMoves: 100 }, { surprise: 1 }]) {
+    for (const bad of [
+      { threshold: 6 },
+      { threshold: 0 },
+      { balance: 'always' },
+      { intervalSeconds: 1 },
+      { maxMoves: 100 },
+      { migrationTls: 'sometimes' },
+      { surprise: 1 },
+    ]) {
       const refused = await call('PATCH', '/v1/cluster', bad);
       assert.equal(refused.status, 400, JSON.stringify(bad));
     }
@@ -332,9 +347,11 @@ describe('cluster balancing through the API', () => {
         child.on('error', reject);
         child.on('close', (code) => resolve({ code, stdout, stderr }));
       });
-    const set = await nubis(['cluster', 'set', '--threshold', '2', '--interval', '60s', '--cooldown', '2h']);
+    const set = await nubis(['cluster', 'set', '--threshold', '2', '--interval', '60s', '--cooldown', '2h', '--migration-tls', 'required']);
     assert.equal(set.code, 0, set.stderr);
-    assert.equal(set.stdout.trim(), 'Balancing manual, threshold 2, every 1m 0s, cooldown 2h 0m, at most 8 moves per run');
+    assert.equal(set.stdout.trim(), 'Balancing manual, threshold 2, every 1m 0s, cooldown 2h 0m, at most 8 moves per run; migration TLS required');
+    const badRule = await nubis(['cluster', 'set', '--migration-tls', 'sometimes']);
+    assert.deepEqual([badRule.code, badRule.stderr.trim()], [1, 'Error: --migration-tls must be optional or required, not sometimes']);
     const bad = await nubis(['cluster', 'set', '--interval', 'soon']);
     assert.deepEqual([bad.code, bad.stderr.trim()], [1, 'Error: --interval must be a duration such as 60s, 5m or 1h, not soon']);
     const dry = await nubis(['cluster', 'balance', '--dry-run']);

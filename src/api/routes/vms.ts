@@ -217,6 +217,12 @@ function registerMigrationRoutes(app: RouteApp, services: VmRouteServices): void
                 description: 'At the deadline: give up (the VM stays on its source) or switch to post-copy; default: post-copy when prepared, else abort',
               }),
             ),
+            tls: Type.Optional(
+              Type.Boolean({
+                description:
+                  "Encrypt the stream with TLS between the two QEMUs, with certificates the Nubis CA issues for this migration alone; required when the cluster's migrationTls is 'required'",
+              }),
+            ),
           },
           { additionalProperties: false },
         ),

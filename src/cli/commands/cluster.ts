@@ -22,21 +22,24 @@ export function registerClusterCommands(program: Command): void {
     });
   cluster
     .command('set')
-    .description('Set the balancing policy')
+    .description('Set the balancing policy and the rule for migration TLS')
     .option('--balance <mode>', 'auto (the background balancer moves VMs), manual (only cluster balance) or off', parseMode)
     .option('--threshold <1..5>', '1 careful (act above 0.30 imbalance) .. 5 eager (above 0.05); default 3', parseInteger('--threshold'))
     .option('--interval <duration>', 'time between background rounds, e.g. 60s, 5m (default 5m)', parseDuration('--interval'))
     .option('--cooldown <duration>', 'a VM that moved stays at least this long, e.g. 1h (default 1h)', parseDuration('--cooldown'))
     .option('--max-moves <n>', 'the most moves one run makes (default 8)', parseInteger('--max-moves'))
-    .action(async (options: { balance?: string; threshold?: number; interval?: number; cooldown?: number; maxMoves?: number }, command: Command) => {
+    .option('--migration-tls <rule>', 'optional (a live migration uses TLS when asked with --tls) or required (one without is refused)', parseMigrationTls)
+    .action(async (options: ClusterSetOptions, command: Command) => {
       const body = {
         ...(options.balance !== undefined ? { balance: options.balance } : {}),
         ...(options.threshold !== undefined ? { threshold: options.threshold } : {}),
         ...(options.interval !== undefined ? { intervalSeconds: options.interval } : {}),
         ...(options.cooldown !== undefined ? { cooldownSeconds: options.cooldown } : {}),
         ...(options.maxMoves !== undefined ? { maxMoves: options.maxMoves } : {}),
+        ...(options.migrationTls !== undefined ? { migrationTls: options.migrationTls } : {}),
       };
-      if (Object.keys(body).length === 0) throw new NubisError('VALIDATION_FAILED', 'Give something to set, e.g. --balance auto or --threshold 2');
+      if (Object.keys(body).length === 0)
+        throw new NubisError('VALIDATION_FAILED', 'Give something to set, e.g. --balance auto, --threshold 2 or --migration-tls required');
       const view = await client(command).request<ClusterView>('PATCH', '/v1/cluster', body);
       if (globals(command).json) return printJson(view);
       console.log(describeSettings(view.settings));
@@ -62,6 +65,20 @@ export function registerClusterCommands(program: Command): void {
     });
 }
 
+interface ClusterSetOptions {
+  balance?: string;
+  threshold?: number;
+  interval?: number;
+  cooldown?: number;
+  maxMoves?: number;
+  migrationTls?: string;
+}
+
+function parseMigrationTls(value: string): string {
+  if (!['optional', 'required'].includes(value)) throw new NubisError('VALIDATION_FAILED', `--migration-tls must be optional or required, not ${value}`);
+  return value;
+}
+
 function parseMode(value: string): string {
   if (!['auto', 'manual', 'off'].includes(value)) throw new NubisError('VALIDATION_FAILED', `--balance must be auto, manual or off, not ${value}`);
   return value;
@@ -78,7 +95,7 @@ export function parseDuration(name: string): (value: string) => number {
 }
 
 function describeSettings(settings: ClusterSettings): string {
-  return `Balancing ${settings.balance}, threshold ${settings.threshold}, every ${formatDuration(settings.intervalSeconds)}, cooldown ${formatDuration(settings.cooldownSeconds)}, at most ${settings.maxMoves} moves per run`;
+  return `Balancing ${settings.balance}, threshold ${settings.threshold}, every ${formatDuration(settings.intervalSeconds)}, cooldown ${formatDuration(settings.cooldownSeconds)}, at most ${settings.maxMoves} moves per run; migration TLS ${settings.migrationTls}`;
 }
 
 function printView(view: ClusterView): void {

@@ -54,6 +54,7 @@ interface VmMigrateOptions {
   bandwidth?: number;
   timeout?: number;
   onTimeout?: string;
+  tls?: boolean;
 }
 
 /**
@@ -423,6 +424,7 @@ function addMigrate(vm: Command): void {
     .option('--bandwidth <MB/s>', 'cap on the migration stream', parseInteger('--bandwidth'))
     .option('--timeout <seconds>', 'deadline for the switch-over (default 300)', parseInteger('--timeout'))
     .option('--on-timeout <action>', 'at the deadline: abort, or postcopy (default: postcopy when prepared, else abort)')
+    .option('--tls', 'encrypt the stream with TLS between the two QEMUs (certificates of the Nubis CA for this migration alone)')
     .action(migrateVm);
   vm.command('migrations <vm>')
     .description('Past migrations of a VM with their figures')
@@ -456,6 +458,7 @@ async function migrateVm(name: string, options: VmMigrateOptions, command: Comma
     ...(options.bandwidth ? { bandwidthMbps: options.bandwidth } : {}),
     ...(options.timeout ? { completionTimeoutSeconds: options.timeout } : {}),
     ...(options.onTimeout ? { onTimeout: options.onTimeout } : {}),
+    ...(options.tls ? { tls: true } : {}),
   };
   const { operation } = await client(command).request<Static<typeof Accepted>>(
     'POST',
@@ -467,7 +470,7 @@ async function migrateVm(name: string, options: VmMigrateOptions, command: Comma
   const result = final.result as { from: string; to: string; figures: MigrationFigures };
   const f = result.figures;
   console.log(
-    `${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, QEMU downtime ${f.downtimeMs} ms, paused ${f.pausedMs ?? '?'} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}${f.predictionErrorPercent !== undefined ? `, predicted total off by ${f.predictionErrorPercent}%` : ''}`,
+    `${name}: ${result.from} -> ${result.to} in ${f.totalTimeMs} ms, QEMU downtime ${f.downtimeMs} ms, paused ${f.pausedMs ?? '?'} ms, ${((f.transferredBytes ?? 0) / 2 ** 20).toFixed(1)} MiB sent for ${f.memoryMb} MiB of memory${f.switchedToPostcopy ? ', post-copy' : ''}${options.tls ? ', over TLS' : ''}${f.predictionErrorPercent !== undefined ? `, predicted total off by ${f.predictionErrorPercent}%` : ''}`,
   );
 }
 

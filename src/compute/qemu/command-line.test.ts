@@ -24,6 +24,15 @@ const spec: VmSpec = {
   nics: [{ id: 'net0', mac: '52:54:00:12:34:56', mode: 'user', forwards: [{ protocol: 'tcp', hostAddress: '127.0.0.1', hostPort: 8080, guestPort: 80 }] }],
 };
 
+/** A storage-node volume reached over TCP (a host that does not share the node's filesystem). */
+const tcpDisk: VmSpec['disks'][number] = {
+  id: 'disk1',
+  kind: 'nbd',
+  socketPath: '/run/nbd.sock',
+  exportName: 'pool1/vol1',
+  tcp: { host: '172.31.0.1', port: 10809 },
+};
+
 /** The value that follows `flag` each time it appears. */
 function valuesOf(args: string[], flag: string): string[] {
   return args.flatMap((arg, index) => (arg === flag ? [args[index + 1]] : []));
@@ -86,6 +95,20 @@ describe('buildQemuArgs', () => {
     assert.ok(valuesOf(args, '-device').includes('virtio-balloon-pci,id=balloon0,free-page-reporting=on'));
   });
 
+  it('reaches a storage node over TCP with TLS and the credentials folder it is given, and only so', () => {
+    const withTcp = { ...spec, disks: [tcpDisk] };
+    const args = buildQemuArgs(withTcp, { ...paths, storageTlsDir: '/run/vm/storage-tls' }, { accelerator: 'tcg' });
+    assert.deepEqual(valuesOf(args, '-object'), ['tls-creds-x509,id=storage-tls,endpoint=client,verify-peer=on,dir=/run/vm/storage-tls']);
+    assert.deepEqual(valuesOf(args, '-blockdev'), [
+      'driver=raw,node-name=disk1,read-only=off,file.driver=nbd,file.server.type=inet,file.server.host=172.31.0.1,file.server.port=10809,file.tls-creds=storage-tls,file.export=pool1/vol1',
+    ]);
+    assert.deepEqual(valuesOf(buildQemuArgs(spec, paths, { accelerator: 'tcg' }), '-object'), [], 'no TCP disk: no credentials');
+    assert.throws(
+      () => buildQemuArgs(withTcp, paths, { accelerator: 'tcg' }),
+      (error: Error & { code?: string }) => error.code === 'QEMU_INVALID_OPTION' && /no storage credentials/.test(error.message),
+    );
+  });
+
   it('waits for an incoming migration when asked', () => {
     const args = buildQemuArgs(spec, paths, { accelerator: 'tcg', incoming: 'tcp:0.0.0.0:4444' });
     assert.deepEqual(valuesOf(args, '-incoming'), ['tcp:0.0.0.0:4444']);
@@ -132,11 +155,13 @@ describe('buildQemuArgs', () => {
       ['disk id', { ...spec, disks: [{ id: 'disk0,file.filename=/etc/shadow', kind: 'file', path: '/data/a.qcow2', format: 'qcow2' }] }],
       ['disk path', { ...spec, disks: [{ id: 'disk0', kind: 'file', path: '/data/a.qcow2\n-append', format: 'qcow2' }] }],
       ['NBD export', { ...spec, disks: [{ id: 'disk1', kind: 'nbd', socketPath: '/run/nbd.sock', exportName: 'p1/v\u0000' }] }],
+      ['storage node address', { ...spec, disks: [{ ...tcpDisk, tcp: { host: '10.0.0.1,file.server.type=unix', port: 10809 } }] }],
+      ['storage node port', { ...spec, disks: [{ ...tcpDisk, tcp: { host: '10.0.0.1', port: 70000 } }] }],
       ['kernel command line', { ...spec, boot: { ...spec.boot, cmdline: 'console=ttyS0\nroot=/dev/sda' } as VmSpec['boot'] }],
     ];
     for (const [what, hostile] of attempts) {
       assert.throws(
-        () => buildQemuArgs(hostile, paths, { accelerator: 'tcg' }),
+        () => buildQemuArgs(hostile, { ...paths, storageTlsDir: '/run/vm/storage-tls' }, { accelerator: 'tcg' }),
         (error: Error & { code?: string }) => error.code === 'QEMU_INVALID_OPTION' && error.message.includes(what),
         what,
       );

@@ -14,7 +14,17 @@ export interface VmRuntimePaths {
   vncSocket: string;
   serialLog: string;
   pidFile: string;
+  /**
+   * The folder of the VM's storage client credentials (`ca-cert.pem`, `client-cert.pem`,
+   * `client-key.pem`), needed when a disk reaches the storage node over TCP. QEMU reads them once,
+   * when it creates the credentials object at its start (crypto/tlscredsx509.c: `complete` loads
+   * the files into gnutls credentials); the launcher removes them after that.
+   */
+  storageTlsDir?: string;
 }
+
+/** The id of the TLS credentials object that NBD disks over TCP use. */
+export const STORAGE_TLS_OBJECT = 'storage-tls';
 
 /** Root ports for devices attached while the VM runs; the same on every host, for migration. */
 export const HOTPLUG_PORTS = ['hp0', 'hp1', 'hp2', 'hp3'];
@@ -126,6 +136,10 @@ export function buildQemuArgs(spec: VmSpec, paths: VmRuntimePaths, options: Qemu
     args.push('-blockdev', blockdev(BOOT_DISK_NODE, spec.boot.path, spec.boot.format, false));
     args.push('-device', `virtio-blk-pci,drive=${BOOT_DISK_NODE},id=boot-disk,bootindex=0`);
   }
+  if (spec.disks.some((disk) => disk.kind === 'nbd' && disk.tcp)) {
+    if (!paths.storageTlsDir) throw new NubisError('QEMU_INVALID_OPTION', 'A disk reaches the storage node over TCP but the VM has no storage credentials');
+    args.push('-object', storageTlsObject(paths.storageTlsDir));
+  }
   for (const disk of spec.disks) {
     optionValue(disk.id, 'id', 'disk id');
     args.push('-blockdev', diskBlockdev(disk));
@@ -161,10 +175,22 @@ function nicArgs(nic: VmSpec['nics'][number], fd: number | undefined): string[] 
   return args;
 }
 
+/**
+ * The `-object` of the credentials NBD disks over TCP use: a TLS client that checks the storage
+ * node's certificate (against `ca-cert.pem`) and shows the VM's (`client-cert.pem`) from `dir`.
+ */
+export function storageTlsObject(dir: string): string {
+  return `tls-creds-x509,id=${STORAGE_TLS_OBJECT},endpoint=client,verify-peer=on,dir=${escapeOptionValue(optionValue(dir, 'path', 'storage credentials folder'))}`;
+}
+
 /** The -blockdev of a disk: QEMU's own NBD client attaches a storage node's volume natively. */
 export function diskBlockdev(disk: DiskSpec): string {
   if (disk.kind === 'file') return blockdev(disk.id, disk.path, disk.format, disk.readOnly ?? false);
-  return `driver=raw,node-name=${optionValue(disk.id, 'id', 'disk id')},read-only=${disk.readOnly ? 'on' : 'off'},file.driver=nbd,file.server.type=unix,file.server.path=${escapeOptionValue(optionValue(disk.socketPath, 'path', 'NBD socket'))},file.export=${escapeOptionValue(optionValue(disk.exportName, 'path', 'NBD export'))}`;
+  // Over TCP: TLS with the VM's certificate, and QEMU checks the node's certificate names this address.
+  const server = disk.tcp
+    ? `file.server.type=inet,file.server.host=${optionValue(disk.tcp.host, 'address', 'storage node address')},file.server.port=${optionValue(disk.tcp.port, 'port', 'storage node port')},file.tls-creds=${STORAGE_TLS_OBJECT}`
+    : `file.server.type=unix,file.server.path=${escapeOptionValue(optionValue(disk.socketPath, 'path', 'NBD socket'))}`;
+  return `driver=raw,node-name=${optionValue(disk.id, 'id', 'disk id')},read-only=${disk.readOnly ? 'on' : 'off'},file.driver=nbd,${server},file.export=${escapeOptionValue(optionValue(disk.exportName, 'path', 'NBD export'))}`;
 }
 
 function blockdev(id: string, path: string, format: 'qcow2' | 'raw', readOnly: boolean): string {

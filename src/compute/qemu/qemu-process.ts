@@ -12,7 +12,8 @@ import { processAlive } from '../../core/process-alive.ts';
 import { QmpClient, QmpError, type QmpEvent } from '../qmp/qmp-client.ts';
 import type { DiskLimits, DiskSpec, VmSpec } from '../vm-spec.ts';
 import { blockIoThrottleArgs, limitsAnything } from './disk-throttle.ts';
-import { buildQemuArgs, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
+import { type MigrationTlsCredentials, loadMigrationTls } from './migration-tls.ts';
+import { buildQemuArgs, STORAGE_TLS_OBJECT, type QemuLaunchOptions, type VmRuntimePaths } from './command-line.ts';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -265,6 +266,11 @@ export class QemuProcess {
   /** Turns migration capabilities on or off (both ends must agree, e.g. on `postcopy-ram`). */
   async setMigrationCapabilities(capabilities: Record<string, boolean>): Promise<void> {
     await this.qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(capabilities).map(([capability, state]) => ({ capability, state })) });
+  }
+
+  /** Loads a migration's TLS credentials for the next migration, or clears them (migration-tls.ts). */
+  async loadMigrationTls(tls: MigrationTlsCredentials | undefined): Promise<void> {
+    await loadMigrationTls(this.qmp, this.vmDir, tls);
   }
 
   /** Destination: starts listening for the migration stream (QEMU was started with `-incoming defer`). */
@@ -529,7 +535,15 @@ function blockdevQmpOf(disk: DiskSpec): Record<string, unknown> {
   const file =
     disk.kind === 'file'
       ? { driver: 'file', filename: disk.path }
-      : { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName };
+      : disk.tcp
+        ? // The credentials object exists when the VM started with a disk over TCP (command-line.ts).
+          {
+            driver: 'nbd',
+            server: { type: 'inet', host: disk.tcp.host, port: String(disk.tcp.port) },
+            export: disk.exportName,
+            'tls-creds': STORAGE_TLS_OBJECT,
+          }
+        : { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName };
   return { driver: disk.kind === 'file' ? disk.format : 'raw', 'node-name': disk.id, 'read-only': disk.readOnly ?? false, file };
 }
 

@@ -34,6 +34,14 @@ export interface NbdTlsSettings {
   requireClientCertificate: boolean;
 }
 
+/**
+ * What a listener that tells clients apart by their certificate lets one client do: the gate it
+ * belongs to and the exports it may select, or a sentence saying why it is refused. Called once
+ * the TLS handshake verified the certificate, with its subject's common name, before any option
+ * is read over TLS (a TCP listener serving several VMs: each VM's certificate names it).
+ */
+export type NbdPeerAdmission = (commonName: string) => { gate?: NbdGate; access?: NbdExportAccess } | string;
+
 /** Settings shared by all connections of one server (frozen by the server). */
 export interface NbdConnectionSettings {
   catalog: NbdExportCatalog;
@@ -133,10 +141,16 @@ export class NbdConnection implements NbdGateMember {
   #resolveDone!: () => void;
   #resolveSettled!: () => void;
   /** The gate this connection came through, and its generation at accept (see nbd-gate.ts). */
-  readonly #gate?: NbdGate;
-  readonly #gateGeneration: number;
+  #gate?: NbdGate;
+  #gateGeneration: number;
   /** The allow list of the listener this connection came through, if it has one (nbd-export-access.ts). */
-  readonly #access?: NbdExportAccess;
+  #access?: NbdExportAccess;
+  /** Set on a listener that admits clients by certificate: gate and access come from it after TLS. */
+  readonly #admitPeer?: NbdPeerAdmission;
+  /** True from STARTTLS until the peer's certificate was admitted (no option is handled meanwhile). */
+  #peerPending = false;
+  /** Why the peer's certificate was not admitted: every option then gets NBD_REP_ERR_POLICY. */
+  #peerRefusal?: string;
 
   // Handshake phase.
   #waiter?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
@@ -164,9 +178,18 @@ export class NbdConnection implements NbdGateMember {
   /**
    * `tls`: this connection is FORCEDTLS (proto.md); without it, NOTLS. `gate`: every request is
    * checked against it, with the generation it has now. `access`: only the exports it allows can
-   * be selected.
+   * be selected. `admitPeer`: gate and access come from the client's certificate instead (needs
+   * `tls` with client certificates).
    */
-  constructor(id: number, socket: Socket, settings: NbdConnectionSettings, tls?: NbdTlsSettings, gate?: NbdGate, access?: NbdExportAccess) {
+  constructor(
+    id: number,
+    socket: Socket,
+    settings: NbdConnectionSettings,
+    tls?: NbdTlsSettings,
+    gate?: NbdGate,
+    access?: NbdExportAccess,
+    admitPeer?: NbdPeerAdmission,
+  ) {
     this.id = id;
     this.#socket = socket;
     this.#rawSocket = socket;
@@ -175,6 +198,7 @@ export class NbdConnection implements NbdGateMember {
     this.#gate = gate;
     this.#gateGeneration = gate?.generation ?? 0;
     this.#access = access;
+    this.#admitPeer = admitPeer;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     this.settled = new Promise((resolve) => (this.#resolveSettled = resolve));
     gate?.attach(this);
@@ -359,6 +383,18 @@ export class NbdConnection implements NbdGateMember {
         return this.#optError(option, C.NBD_REP_ERR_TLS_REQD, 'This server requires TLS: send NBD_OPT_STARTTLS first');
       }
     }
+    if (this.#peerPending) {
+      // Node emits 'secure' before any data of the TLS socket, so this is a guard, not a path.
+      this.#violation('an option before the client certificate was admitted');
+      return 'abort';
+    }
+    if (this.#peerRefusal !== undefined && option !== C.NBD_OPT_ABORT) {
+      if (option === C.NBD_OPT_EXPORT_NAME) {
+        this.#violation(this.#peerRefusal);
+        return true;
+      }
+      return this.#optError(option, C.NBD_REP_ERR_POLICY, this.#peerRefusal);
+    }
     const gate = this.#gate;
     if (gate !== undefined && !gate.admits(this.#gateGeneration) && option !== C.NBD_OPT_ABORT) {
       // A fenced group may not select an export. The error carries the reason, which clients
@@ -447,6 +483,7 @@ export class NbdConnection implements NbdGateMember {
     this.#socket = secure;
     // From here every byte comes through TLS: a failed handshake errors the socket (teardown).
     this.#tlsStarted = true;
+    this.#peerPending = this.#admitPeer !== undefined;
     this.#listen(secure);
     secure.once('secure', () => {
       const subject = tls.requireClientCertificate ? secure.getPeerCertificate()?.subject?.CN : undefined;
@@ -456,7 +493,31 @@ export class NbdConnection implements NbdGateMember {
         protocol: secure.getProtocol() ?? 'unknown',
         clientCertificateSubject: typeof subject === 'string' ? subject : undefined,
       });
+      if (this.#admitPeer) this.#admit(this.#admitPeer, typeof subject === 'string' ? subject : '');
     });
+  }
+
+  /** Takes the gate and allow list of the client its certificate names, or ends the connection. */
+  #admit(admitPeer: NbdPeerAdmission, commonName: string): void {
+    let admission: ReturnType<NbdPeerAdmission>;
+    try {
+      admission = admitPeer(commonName);
+    } catch (error) {
+      admission = `the admission check failed: ${(error as Error).message}`;
+    }
+    if (typeof admission === 'string') {
+      // Every option is answered with the reason (QEMU shows "server reported: ..."), as a fence's.
+      this.#peerRefusal = `The client certificate ${JSON.stringify(commonName.slice(0, 80))} is refused: ${admission}`;
+      this.#emit({ type: 'protocol-violation', connectionId: this.id, reason: this.#peerRefusal });
+      this.#peerPending = false;
+      return;
+    }
+    this.#gate = admission.gate;
+    this.#gateGeneration = admission.gate?.generation ?? 0;
+    this.#access = admission.access;
+    admission.gate?.attach(this);
+    admission.access?.attach(this);
+    this.#peerPending = false;
   }
 
   #optReply(option: number, type: number, payload?: Buffer): void {

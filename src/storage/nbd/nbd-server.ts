@@ -10,12 +10,12 @@ import { chmod, chown, rename, unlink } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from './nbd-constants.ts';
-import { NbdConnection, type NbdServerEvent, type NbdTlsSettings } from './nbd-connection.ts';
+import { NbdConnection, type NbdPeerAdmission, type NbdServerEvent, type NbdTlsSettings } from './nbd-connection.ts';
 import type { NbdExportAccess } from './nbd-export-access.ts';
 import { defaultErrnoOf, NbdError, type NbdExportCatalog } from './nbd-export.ts';
 import type { NbdGate } from './nbd-gate.ts';
 
-export type { NbdServerEvent } from './nbd-connection.ts';
+export type { NbdPeerAdmission, NbdServerEvent } from './nbd-connection.ts';
 
 /** TLS credentials of a server, PEM-encoded. */
 export interface NbdTlsOptions {
@@ -79,11 +79,15 @@ export interface NbdSocketFile {
  * `gate`: the connections accepted here belong to that group of clients and can be fenced with it
  * (nbd-gate.ts); several listeners may share one gate. `access`: the clients of this listener may
  * select only the exports it allows (nbd-export-access.ts). `file`: the unix socket's owner and mode.
+ * `admitPeer`: the listener serves several clients that tell themselves apart by their TLS client
+ * certificate; each gets the gate and allow list its certificate's name maps to (TLS with client
+ * certificates required).
  */
 export type NbdListenAddress = ({ path: string; file?: NbdSocketFile } | { host?: string; port: number }) & {
   tls?: boolean;
   gate?: NbdGate;
   access?: NbdExportAccess;
+  admitPeer?: NbdPeerAdmission;
 };
 
 /** One listener and the connections it accepted that may still have requests running. */
@@ -148,8 +152,11 @@ export class NbdServer {
     if (address.tls === true && !this.#tls) throw new NbdError('NBD_TLS_CONFIG', 'A listener asks for TLS but the server has no TLS credentials');
     if ('path' in address && this.#byPath.has(address.path)) throw new NbdError('NBD_EINVAL', `The server listens on ${address.path} already`);
     const tls = address.tls === false ? undefined : this.#tls;
+    if (address.admitPeer && !tls?.requireClientCertificate)
+      throw new NbdError('NBD_TLS_CONFIG', 'A listener that admits clients by certificate needs TLS with a CA for client certificates');
+    const admission = { tls, gate: address.gate, access: address.access, admitPeer: address.admitPeer };
     const listener: Listener = {
-      server: createServer({ noDelay: true }, (socket) => this.#accept(socket, listener, { tls, gate: address.gate, access: address.access })),
+      server: createServer({ noDelay: true }, (socket) => this.#accept(socket, listener, admission)),
       connections: new Set(),
     };
     const { server } = listener;
@@ -212,12 +219,24 @@ export class NbdServer {
     await Promise.all([...this.#byPath.keys()].map((path) => unlink(path).catch(() => undefined)));
   }
 
-  #accept(socket: Socket, listener: Listener, admission: { tls?: NbdTlsSettings; gate?: NbdGate; access?: NbdExportAccess }): void {
+  #accept(
+    socket: Socket,
+    listener: Listener,
+    admission: { tls?: NbdTlsSettings; gate?: NbdGate; access?: NbdExportAccess; admitPeer?: NbdPeerAdmission },
+  ): void {
     if (this.#closing || !this.#listeners.has(listener)) {
       socket.destroy();
       return;
     }
-    const connection = new NbdConnection(this.#nextConnectionId++, socket, this.#settings, admission.tls, admission.gate, admission.access);
+    const connection = new NbdConnection(
+      this.#nextConnectionId++,
+      socket,
+      this.#settings,
+      admission.tls,
+      admission.gate,
+      admission.access,
+      admission.admitPeer,
+    );
     this.#connections.add(connection);
     listener.connections.add(connection);
     void connection.done.then(() => this.#connections.delete(connection));
