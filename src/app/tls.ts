@@ -235,7 +235,14 @@ async function serverCertFits(files: TlsFiles, ca: X509Certificate, names: strin
  * match the certificate, which the next start notices and repairs.
  */
 async function issueServerCert(caDir: string, outDir: string, names: string[], run: typeof runCommand): Promise<void> {
-  await issueLeaf(run, { caDir, outDir, base: 'server', config: serverConfig(names), extensions: 'nubis_server', days: SERVER_DAYS });
+  await issueLeaf(run, {
+    caDir,
+    outDir,
+    base: 'server',
+    config: leafConfig({ commonName: 'Nubis API', names, purposes: ['serverAuth'], keyUsage: 'digitalSignature', section: 'nubis_server' }),
+    extensions: 'nubis_server',
+    days: SERVER_DAYS,
+  });
 }
 
 /** A leaf certificate to issue: its openssl config (with a `[req]` and an extensions section). */
@@ -313,11 +320,13 @@ export async function issueNubisCertificate(dataDir: string, request: Certificat
   const outDir = join(caDir, `issue.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(outDir, { mode: 0o700 });
   try {
-    const config = leafConfig(
-      commonName!,
+    const config = leafConfig({
+      commonName: commonName!,
       names,
-      purposes.map((purpose) => (purpose === 'server' ? 'serverAuth' : 'clientAuth')),
-    );
+      purposes: purposes.map((purpose) => (purpose === 'server' ? 'serverAuth' : 'clientAuth')),
+      keyUsage: 'digitalSignature, keyEncipherment',
+      section: 'nubis_leaf',
+    });
     await issueLeaf(options.runCommand ?? runCommand, { caDir, outDir, base: 'leaf', config, extensions: 'nubis_leaf', days: request.days });
     return {
       certPem: await readFile(join(outDir, 'leaf.pem'), 'utf8'),
@@ -364,46 +373,24 @@ function caConfig(): string {
   ].join('\n');
 }
 
-/** A leaf's request and extensions (see issueNubisCertificate); names were checked by checkTlsNames. */
-function leafConfig(commonName: string, names: string[], purposes: string[]): string {
-  const ips = names.filter((name) => isIPv4(name) || isIPv6(name));
-  const dns = names.filter((name) => !ips.includes(name));
+/**
+ * A leaf certificate's request and its extensions (in section `section`); names were checked by
+ * checkTlsNames. The subject is the CN alone: QEMU's authz-simple matches a client by its whole DN
+ * (migration-tls.ts), and clients match a server by its subjectAltName only (RFC 6125).
+ */
+function leafConfig(leaf: { commonName: string; names: string[]; purposes: string[]; keyUsage: string; section: string }): string {
+  const ips = leaf.names.filter((name) => isIPv4(name) || isIPv6(name));
+  const dns = leaf.names.filter((name) => !ips.includes(name));
   return [
     '[req]',
     'distinguished_name = dn',
     'prompt = no',
     '[dn]',
-    // The CN alone: QEMU's authz-simple matches a client by its whole DN (migration-tls.ts).
-    `CN = ${commonName}`,
-    '[nubis_leaf]',
+    `CN = ${leaf.commonName}`,
+    `[${leaf.section}]`,
     'basicConstraints = critical, CA:FALSE',
-    'keyUsage = critical, digitalSignature, keyEncipherment',
-    `extendedKeyUsage = ${purposes.join(', ')}`,
-    'subjectKeyIdentifier = hash',
-    'authorityKeyIdentifier = keyid',
-    'subjectAltName = @alt_names',
-    '[alt_names]',
-    ...dns.map((name, index) => `DNS.${index + 1} = ${name}`),
-    ...ips.map((name, index) => `IP.${index + 1} = ${name}`),
-    '',
-  ].join('\n');
-}
-
-/** The server certificate's request and extensions; `names` were checked by checkTlsNames. */
-function serverConfig(names: string[]): string {
-  const ips = names.filter((name) => isIPv4(name) || isIPv6(name));
-  const dns = names.filter((name) => !ips.includes(name));
-  return [
-    '[req]',
-    'distinguished_name = dn',
-    'prompt = no',
-    '[dn]',
-    // Clients match the subjectAltName only (RFC 6125); the CN is a label, short enough for its 64-character limit.
-    'CN = Nubis API',
-    '[nubis_server]',
-    'basicConstraints = critical, CA:FALSE',
-    'keyUsage = critical, digitalSignature',
-    'extendedKeyUsage = serverAuth',
+    `keyUsage = critical, ${leaf.keyUsage}`,
+    `extendedKeyUsage = ${leaf.purposes.join(', ')}`,
     'subjectKeyIdentifier = hash',
     'authorityKeyIdentifier = keyid',
     'subjectAltName = @alt_names',

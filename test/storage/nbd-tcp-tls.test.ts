@@ -6,7 +6,6 @@
 // certificate of another CA or naming no VM the node serves is refused; a fence and a release cut
 // it as they cut the VM's unix socket.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { chmod, chown, mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,6 +18,7 @@ import { VM_UID_FIRST } from '../../src/compute/vm-user.ts';
 import { dataPaths } from '../../src/core/paths.ts';
 import { startStorageNode, storageNodeFolders } from '../../src/storage/storage-node.ts';
 import { vmStorageClientName } from '../../src/storage/vm-socket-checks.ts';
+import { runAs } from '../helpers/run-as.ts';
 
 const MiB = 1024 * 1024;
 const UID_A = VM_UID_FIRST + 0x0011_0000;
@@ -26,18 +26,6 @@ const UID_B = UID_A + 1;
 // qemu-io names the TLS alert, or (when the server's refusal wins the race against its own
 // handshake write) only sees the connection go.
 const REFUSED_HANDSHAKE = /TLS|Connection reset by peer|Broken pipe/;
-
-/** Runs `command` as `uid` (its gid the same number, as VMs run); its exit code and output. */
-function runAs(uid: number, command: string, args: string[]): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { uid, gid: uid, cwd: '/', env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, output }));
-  });
-}
 
 describe('storage node: NBD over TCP with TLS and per-VM certificates', { skip: process.getuid?.() !== 0 && 'needs root (QEMU runs as VM uids)' }, () => {
   let dir = '';

@@ -5,7 +5,6 @@
 // restart of the node, and goes when released. Bad uids, exports and host names never reach the
 // filesystem. Runs as root: processes are started as VM uids with spawn's uid/gid options.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { chmod, lstat, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +18,7 @@ import { dataPaths } from '../../src/core/paths.ts';
 import { NbdClient } from '../../src/storage/nbd/nbd-client.ts';
 import { NbdError } from '../../src/storage/nbd/nbd-export.ts';
 import { startStorageNodeIn, type StorageNode, storageNodeCatalogue } from '../helpers/storage-node.ts';
+import { runAs } from '../helpers/run-as.ts';
 
 const MiB = 1024 * 1024;
 // Two VMs' uids, as the control plane counts them (any in the range; files here are this run's).
@@ -30,18 +30,6 @@ const NOBODY = 65534;
 type Spec = { id: string; unixUid: number; disks: DiskSpec[] };
 const nbdDisk = (index: number, exportName: string): DiskSpec => ({ id: `disk${index}`, kind: 'nbd', socketPath: '/nowhere', exportName });
 const specOf = (id: string, uid: number, exports: string[]): Spec => ({ id, unixUid: uid, disks: exports.map((name, index) => nbdDisk(index, name)) });
-
-/** Runs `command` as `uid` (its gid the same number, as VMs run); its exit code and output. */
-function runAs(uid: number, command: string, args: string[]): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { uid, gid: uid, cwd: '/', env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ code, output }));
-  });
-}
 
 /** What a process of `uid` meets connecting to the unix socket `path`: `connected` or the errno code. */
 async function connectAs(uid: number, path: string): Promise<string> {
