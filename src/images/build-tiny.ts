@@ -102,8 +102,7 @@ export async function buildTinyImage(options: BuildTinyImageOptions): Promise<Ti
     const initrd = await encodeCpioGzip(entries);
 
     await mkdir(imageDir, { recursive: true });
-    const initrdPath = join(imageDir, 'initrd.img');
-    const kernelPath = join(imageDir, 'vmlinuz');
+    const { kernelPath, initrdPath } = imageFilesIn(imageDir);
     // Each file is replaced by a rename, so a VM starting meanwhile reads an old or a new file,
     // never half of one; the manifest goes last, so it never names a file that is not there.
     await writeFile(`${initrdPath}.${process.pid}.tmp`, initrd);
@@ -142,10 +141,18 @@ export function readTinyImage(cacheDir: string): TinyImage | undefined {
   return manifest && toTinyImage(manifest);
 }
 
+/** Where an image folder keeps the guest's kernel and initrd. */
+function imageFilesIn(imageDir: string): { kernelPath: string; initrdPath: string } {
+  return { kernelPath: join(imageDir, 'vmlinuz'), initrdPath: join(imageDir, 'initrd.img') };
+}
+
 function readManifest(imageDir: string): TinyManifest | undefined {
   try {
-    const manifest = JSON.parse(readFileSync(join(imageDir, 'manifest.json'), 'utf8')) as TinyManifest;
-    if (manifest.name !== 'tiny' || typeof manifest.sha256 !== 'string') return undefined;
+    const recorded = JSON.parse(readFileSync(join(imageDir, 'manifest.json'), 'utf8')) as TinyManifest;
+    if (recorded.name !== 'tiny' || typeof recorded.sha256 !== 'string') return undefined;
+    // The files are the folder's own, wherever it was when they were built (a cache that is moved
+    // or shared through a link keeps working).
+    const manifest = { ...recorded, ...imageFilesIn(imageDir) };
     if (!existsSync(manifest.kernelPath) || !existsSync(manifest.initrdPath)) return undefined;
     return manifest;
   } catch {
