@@ -12,6 +12,7 @@ import type { DirVolumeInfo } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolsTable, DirVolumesTable, HostsTable } from '../state/schema.ts';
 import type { HostRegistry } from './hosts.ts';
+import { vmUsingVolume } from './volume-users.ts';
 
 /** The default allocation unit of qcow2 (its cluster size). */
 const QCOW2_CLUSTER_BYTES = 65_536;
@@ -243,13 +244,7 @@ export class DirPoolCatalogue {
         .agent(host)
         .dirVolume(pool.name, volume.name, { timeoutMs: 10_000 })
         .catch(() => undefined));
-    const user = await this.#db
-      .selectFrom('vm_disks')
-      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
-      .select('vms.name')
-      .where('pool', '=', pool.name)
-      .where('volume', '=', volume.name)
-      .executeTakeFirst();
+    const user = await vmUsingVolume(this.#db, pool.name, volume.name);
     return {
       name: volume.name,
       pool: pool.name,

@@ -10,6 +10,7 @@ import { checkHostName, type DataPaths, hostNbdSocketIn, vmNbdSocketIn } from '.
 import type { StorageHostState, StorageVmSocketState } from '../storage/host-fencing.ts';
 import type { DiskSpec } from '../compute/vm-spec.ts';
 import { vmUserOf } from '../compute/vm-user.ts';
+import { vmUsingVolume } from './volume-users.ts';
 import type { Db } from '../state/database.ts';
 import type { DirPoolCatalogue } from './dir-pools.ts';
 import type { OperationContext } from './operations.ts';
@@ -217,13 +218,7 @@ export class StorageCatalogue {
         });
     if (info.readOnly)
       throw new NubisError('VOLUME_READ_ONLY', `Volume ${pool}/${volume} is a read-only snapshot; clone it (nubis volume clone) and attach the clone`);
-    const user = await this.#db
-      .selectFrom('vm_disks')
-      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
-      .select('vms.name')
-      .where('pool', '=', pool)
-      .where('volume', '=', volume)
-      .executeTakeFirst();
+    const user = await vmUsingVolume(this.#db, pool, volume);
     if (user) throw new NubisError('VOLUME_IN_USE', `Volume ${pool}/${volume} is attached to VM ${user.name}; detach it there first`);
     return info;
   }
@@ -242,14 +237,8 @@ export class StorageCatalogue {
   }
 
   /** The VM that has the volume as a disk, if one does (a volume is one VM's at a time). */
-  async vmOf(pool: string, volume: string): Promise<{ id: string; name: string } | undefined> {
-    return this.#db
-      .selectFrom('vm_disks')
-      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
-      .select(['vms.id', 'vms.name'])
-      .where('pool', '=', pool)
-      .where('volume', '=', volume)
-      .executeTakeFirst();
+  vmOf(pool: string, volume: string): Promise<{ id: string; name: string } | undefined> {
+    return vmUsingVolume(this.#db, pool, volume);
   }
 
   /** Records that a VM uses a volume as its disk `deviceIndex` (`db`: the caller's transaction, if any). */

@@ -52,13 +52,7 @@ interface PoolLookups {
 /** Builds the shared lookups over the plugin's services, once per plugin. */
 function poolLookups(services: PoolRouteServices): PoolLookups {
   const volumeView = async (pool: string, volume: VolumeBody): Promise<VolumeBody> => {
-    const user = await services.db
-      .selectFrom('vm_disks')
-      .innerJoin('vms', 'vms.id', 'vm_disks.vm_id')
-      .select('vms.name')
-      .where('pool', '=', pool)
-      .where('volume', '=', volume.name)
-      .executeTakeFirst();
+    const user = await services.storage.vmOf(pool, volume.name);
     return { ...volume, pool, ...(user ? { usedBy: user.name } : {}) };
   };
   // A pool name refers to a storage-node pool or to a host-based dir pool (one namespace).
