@@ -37,6 +37,11 @@ export const PERMISSIONS = {
   'secgroup.rules': ['project', 'Add and remove security group rules'],
   // Volumes (project resources in platform pools).
   'vm.snapshot': ['project', 'Take, roll back and delete VM snapshots, and make templates of VMs'],
+  'backup.read': ['project', 'List and show backups'],
+  'backup.create': ['project', 'Back VMs up, and verify backups'],
+  'backup.delete': ['project', 'Delete backups'],
+  'backup.restore': ['project', 'Restore backups as new VMs'],
+  'backup.collect': ['platform', "Collect the backup store's garbage and check its bytes"],
   'volume.read': ['project', 'List and show volumes'],
   'volume.create': ['project', 'Create and clone volumes'],
   'volume.delete': ['project', 'Delete volumes'],
@@ -95,6 +100,7 @@ const readPermissions: Permission[] = [
   'placement.read',
   'operation.read',
   'desktop.read',
+  'backup.read',
 ];
 const usePermissions: Permission[] = [
   ...readPermissions,
@@ -105,6 +111,9 @@ const usePermissions: Permission[] = [
   'vm.console',
   'vm.disks',
   'vm.snapshot',
+  'backup.create',
+  'backup.delete',
+  'backup.restore',
   'network.create',
   'network.delete',
   'network.forward',

@@ -83,6 +83,7 @@ export class HttpAgentClient implements AgentClient {
   detachDisk: AgentClient['detachDisk'] = (id, diskId, options) => this.#call('detachDisk', { id, disk: diskId }, undefined, options);
   takeSnapshot: AgentClient['takeSnapshot'] = (id, snapshot, withMemory, options) => this.#call('takeSnapshot', { id, snapshot }, { withMemory }, options);
   rollbackSnapshot: AgentClient['rollbackSnapshot'] = (id, snapshot, body, options) => this.#call('rollbackSnapshot', { id, snapshot }, body, options);
+  takeBackup: AgentClient['takeBackup'] = (id, backup, request, options) => this.#call('takeBackup', { id, backup }, request, options);
   deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot, options) => this.#call('deleteSnapshot', { id, snapshot }, undefined, options);
   sealTemplate: AgentClient['sealTemplate'] = (id, options) => this.#call('sealTemplate', { id }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);
@@ -115,6 +116,8 @@ export class HttpAgentClient implements AgentClient {
   createDirVolume: AgentClient['createDirVolume'] = (pool, volume, sizeBytes) => this.#call('createDirVolume', { pool, volume }, { sizeBytes });
   copyDirVolume: AgentClient['copyDirVolume'] = (pool, volume, from, linked) => this.#call('copyDirVolume', { pool, volume }, { from, linked });
   dirVolume: AgentClient['dirVolume'] = (pool, volume, options) => this.#call('dirVolume', { pool, volume }, undefined, options);
+  restoreDirVolume: AgentClient['restoreDirVolume'] = (pool, volume, request, options) =>
+    this.#call('restoreDirVolume', { pool, volume }, request, options);
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#call('deleteDirVolume', { pool, volume });
   resizeDirVolume: AgentClient['resizeDirVolume'] = (pool, volume, sizeBytes) => this.#call('resizeDirVolume', { pool, volume }, { sizeBytes });
   applyNetwork: AgentClient['applyNetwork'] = (spec, options) => this.#call('applyNetwork', { id: spec.id }, spec, options);

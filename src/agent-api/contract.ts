@@ -160,6 +160,27 @@ const SnapshotDiskIds = Type.Array(Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}
 export const TakenSnapshot = Type.Object({ disks: SnapshotDiskIds, memoryBytes: Type.Optional(Type.Integer({ minimum: 0 })) });
 export type TakenSnapshot = Static<typeof TakenSnapshot>;
 
+const BackupParams = Type.Object({ id: VmParams.properties.id, backup: Type.String({ pattern: '^bak-[0-9a-f]{12}$' }) });
+/** A tenant's 32-byte backup key in base64, handed to the agent for one call and never kept on the host. */
+const BackupKey = Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$' });
+/** What a backup cost per disk (host/vm-backup.ts `BackupDiskReport`). */
+export const TakenBackup = Type.Object({
+  disks: Type.Array(
+    Type.Object({
+      id: Type.String({ maxLength: 32 }),
+      source: Type.String({ maxLength: 4096 }),
+      sizeBytes: Type.Integer({ minimum: 0 }),
+      chunks: Type.Integer({ minimum: 0 }),
+      zeroChunks: Type.Integer({ minimum: 0 }),
+      newChunks: Type.Integer({ minimum: 0 }),
+      sentBytes: Type.Integer({ minimum: 0 }),
+    }),
+    { maxItems: 64 },
+  ),
+  storedBytes: Type.Integer({ minimum: 0 }),
+});
+export type TakenBackup = Static<typeof TakenBackup>;
+
 export const StopRequest = Type.Object(
   { force: Type.Optional(Type.Boolean()), timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600 })) },
   { additionalProperties: false },
@@ -277,6 +298,12 @@ export const AGENT_ROUTES = {
   }),
   deleteSnapshot: route({ method: 'DELETE', url: '/agent/vms/:id/snapshots/:snapshot', params: SnapshotParams }),
   sealTemplate: route({ method: 'POST', url: '/agent/vms/:id/template', params: VmParams }),
+  takeBackup: route({
+    method: 'PUT',
+    url: '/agent/vms/:id/backups/:backup',
+    params: BackupParams,
+    body: Type.Object({ key: BackupKey, vm: Type.Record(Type.String({ maxLength: 64 }), Type.Unknown(), { maxProperties: 64 }) }, { additionalProperties: false }),
+  }),
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),
   setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
@@ -331,6 +358,15 @@ export const AGENT_ROUTES = {
     body: Type.Object({ from: Name, linked: Type.Boolean() }, { additionalProperties: false }),
   }),
   deleteDirVolume: route({ method: 'DELETE', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
+  restoreDirVolume: route({
+    method: 'PUT',
+    url: '/agent/dir-pools/:pool/volumes/:volume/restore',
+    params: VolumeParams,
+    body: Type.Object(
+      { backup: BackupParams.properties.backup, disk: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }), key: BackupKey },
+      { additionalProperties: false },
+    ),
+  }),
   resizeDirVolume: route({
     method: 'POST',
     url: '/agent/dir-pools/:pool/volumes/:volume/resize',
@@ -411,6 +447,8 @@ export interface AgentClient {
   deleteSnapshot(id: string, snapshotId: string, options?: CallOptions): Promise<void>;
   /** Makes the stopped VM's disk files read-only and readable by its clones' QEMUs (vm template). */
   sealTemplate(id: string, options?: CallOptions): Promise<void>;
+  /** Backs the VM's disks up into the backup store, sealed with `key` (base64); `vm` is sealed in its manifest. */
+  takeBackup(id: string, backupId: string, request: { key: string; vm: Record<string, unknown> }, options?: CallOptions): Promise<TakenBackup>;
   setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;
   /** Sets the VM's CPU controls (all of them: one left out goes back to the host's default), live when it runs. */
   setCpuControls(id: string, controls: CpuControls, options?: CallOptions): Promise<VmStatus>;
@@ -447,6 +485,8 @@ export interface AgentClient {
   /** A new volume of the pool made of `from`: a full copy, or `linked` copy-on-write over it. */
   copyDirVolume(pool: string, volume: string, from: string, linked: boolean): Promise<DirVolumeInfo>;
   deleteDirVolume(pool: string, volume: string): Promise<void>;
+  /** New volume `volume` made of disk `disk` of a backup in the backup store. */
+  restoreDirVolume(pool: string, volume: string, request: { backup: string; disk: string; key: string }, options?: CallOptions): Promise<DirVolumeInfo>;
   resizeDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
   applyNetwork(spec: HostNetworkSpec, options?: CallOptions): Promise<{ bridge: string; vxlan: string }>;
   removeNetwork(networkId: string, options?: CallOptions): Promise<void>;

@@ -154,6 +154,10 @@ export class FakeAgent implements AgentClient {
   };
   deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot) => this.#enter('deleteSnapshot', [id, snapshot]);
   sealTemplate: AgentClient['sealTemplate'] = (id) => this.#enter('sealTemplate', [id]);
+  takeBackup: AgentClient['takeBackup'] = async (id, backup) => {
+    await this.#enter('takeBackup', [id, backup]);
+    return { disks: [], storedBytes: 0 };
+  };
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#enter('setFirewall', [id, firewalls]);
   setCpuControls: AgentClient['setCpuControls'] = async (id, controls) => {
     await this.#enter('setCpuControls', [id, controls]);
@@ -230,6 +234,10 @@ export class FakeAgent implements AgentClient {
   };
   dirVolume: AgentClient['dirVolume'] = async (pool, volume) => ({ path: `/fake/${pool}/${volume}.qcow2`, sizeBytes: 2 ** 30, allocatedBytes: 0 });
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#enter('deleteDirVolume', [pool, volume]);
+  restoreDirVolume: AgentClient['restoreDirVolume'] = async (pool, volume, request) => {
+    await this.#enter('restoreDirVolume', [pool, volume, request.backup, request.disk]);
+    return { path: `/fake/${pool}/${volume}.qcow2`, sizeBytes: 2 ** 30, allocatedBytes: 0 };
+  };
   resizeDirVolume: AgentClient['resizeDirVolume'] = async (pool, volume, sizeBytes) => {
     await this.#enter('resizeDirVolume', [pool, volume, sizeBytes]);
     return { path: `/fake/${pool}/${volume}.qcow2`, sizeBytes, allocatedBytes: 0 };

@@ -54,6 +54,8 @@ import { statusRoutes } from './routes/status.ts';
 import { vmRoutes } from './routes/vms.ts';
 import { vmSnapshotRoutes } from './routes/vm-snapshots.ts';
 import type { VmSnapshots } from '../control/vm-snapshots.ts';
+import { backupRoutes } from './routes/backups.ts';
+import type { BackupService } from '../control/backups.ts';
 import { trustedLaunchRoutes } from './routes/trusted-launch.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
@@ -73,6 +75,8 @@ export interface AppServices {
   vms: VmService;
   /** VM snapshots, rollback, templates and clones. */
   snapshots: VmSnapshots;
+  /** Backups into the backup store, and their restore. */
+  backups: BackupService;
   placement: PlacementService;
   ha: HaManager;
   autostart: Autostart;
@@ -166,6 +170,7 @@ export async function buildApp(
   await app.register(imageRoutes, { images, operations });
   await app.register(vmRoutes, { vms, migrations, usage: services.usage });
   await app.register(vmSnapshotRoutes, { snapshots: services.snapshots });
+  await app.register(backupRoutes, { backups: services.backups });
   await app.register(trustedLaunchRoutes, { db, vms });
   await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access, desktops: services.desktopBroker });

@@ -28,6 +28,9 @@ import { HaManager } from '../ha/ha-manager.ts';
 import { Autostart } from '../control/autostart.ts';
 import { VmService } from '../control/vms.ts';
 import { VmSnapshots } from '../control/vm-snapshots.ts';
+import { BackupService } from '../control/backups.ts';
+import { BackupStoreClient } from '../backup/store-client.ts';
+import { FileKeyProvider } from '../storage/keys/file-key-provider.ts';
 import { VmOwner } from '../control/vm-owner.ts';
 import { AccessControl } from '../access/access-control.ts';
 import { bootstrapAccess } from '../access/bootstrap.ts';
@@ -123,6 +126,11 @@ export function createServices(options: ServiceOptions): AppServices {
   const placement = new PlacementService({ db, hosts });
   const vms = new VmService({ db, hosts, images, operations, networks, secgroups, storage, owner, placement });
   const snapshots = new VmSnapshots({ db, hosts, owner, operations, vms, storage });
+  const backups = new BackupService({
+    ...{ db, hosts, owner, operations, vms, storage },
+    store: new BackupStoreClient(paths.backupStoreSocket),
+    keys: new FileKeyProvider(paths.backupKeys),
+  });
   const migrations = new MigrationService({
     ...{ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage },
     // Migrations over TLS get certificates of the Nubis CA in the data folder (app/tls.ts).
@@ -150,6 +158,7 @@ export function createServices(options: ServiceOptions): AppServices {
     images,
     vms,
     snapshots,
+    backups,
     placement,
     networks,
     secgroups,

@@ -211,6 +211,16 @@ async function startStorageDaemon(dataDir: string, nbdAddress: string): Promise<
   });
 }
 
+/** Starts the backup store (a process apart from the control plane and the hosts) and waits for its socket. */
+async function startBackupStoreDaemon(dataDir: string): Promise<void> {
+  const paths = dataPaths(dataDir);
+  const pid = await spawnDaemon(dataDir, 'backup-store', ['backup-store', '--data', dataDir]);
+  await waitFor('The backup store listening', 30_000, async () => {
+    if (!processAlive(pid)) throw new NubisError('UP_FAILED', `The backup store exited; see ${join(paths.logsDir, 'backup-store.log')}`);
+    return (await socketAccepts(paths.backupStoreSocket)) ? true : undefined;
+  });
+}
+
 /** Starts whatever of the control plane and the host agents is not running yet. */
 export async function up(options: UpOptions, say: (line: string) => void): Promise<UpResult> {
   const paths = dataPaths(options.dataDir);
@@ -246,6 +256,10 @@ export async function up(options: UpOptions, say: (line: string) => void): Promi
   if (!(await readPidFile(join(paths.runDir, 'storage.pid')))) {
     alreadyRunning = false;
     await startStorageDaemon(options.dataDir, bed ? UNDERLAY_CONTROL_ADDRESS : '127.0.0.1');
+  }
+  if (!(await readPidFile(join(paths.runDir, 'backup-store.pid')))) {
+    alreadyRunning = false;
+    await startBackupStoreDaemon(options.dataDir);
   }
   // Agents in host namespaces report and heartbeat to the control plane over TCP on the underlay,
   // so cutting a host's link cuts its heartbeats as between separate servers (HA fences it); the

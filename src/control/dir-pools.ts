@@ -184,6 +184,25 @@ export class DirPoolCatalogue {
       .execute();
   }
 
+  /** New volume `name` on `hostRef` (or the pool's only host), made of disk `request.disk` of a backup (host/vm-backup.ts). */
+  async restoreVolume(
+    poolName: string,
+    name: string,
+    hostRef: string | undefined,
+    request: { backup: string; disk: string; key: string },
+    options?: { signal?: AbortSignal },
+  ): Promise<void> {
+    const pool = await this.#pool(poolName);
+    if (await this.#db.selectFrom('dir_volumes').select('id').where('pool_id', '=', pool.id).where('name', '=', name).executeTakeFirst())
+      throw new NubisError('VOLUME_EXISTS', `Pool ${poolName} already has a volume ${name}; choose another name`);
+    const host = await this.#hostFor(pool, hostRef);
+    const info = await this.#hosts.agent(host).restoreDirVolume(poolName, name, request, { timeoutMs: 3_600_000, ...options });
+    await this.#db
+      .insertInto('dir_volumes')
+      .values({ id: newId('dvol'), pool_id: pool.id, name, host_id: host.id, size_bytes: info.sizeBytes, created_at: new Date().toISOString() })
+      .execute();
+  }
+
   async listVolumes(poolName: string): Promise<Array<Record<string, unknown>>> {
     const pool = await this.#pool(poolName);
     const volumes = await this.#db.selectFrom('dir_volumes').selectAll().where('pool_id', '=', pool.id).orderBy('name').execute();

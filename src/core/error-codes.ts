@@ -86,6 +86,8 @@ export const ERROR_STATUS = {
   // No such thing.
   ROUTE_NOT_FOUND: 404,
   VM_NOT_FOUND: 404,
+  BACKUP_NOT_FOUND: 404,
+  BACKUP_DISK_NOT_FOUND: 404,
   HOST_NOT_FOUND: 404,
   USAGE_NOT_FOUND: 404,
   IMAGE_NOT_FOUND: 404,
@@ -124,6 +126,13 @@ export const ERROR_STATUS = {
   VM_NOT_RESTARTABLE: 422,
   // A disk kind VM snapshots do not cover (a storage-node volume): nubis volume snapshot, or detach it.
   VM_SNAPSHOT_UNSUPPORTED: 422,
+  // Backups (control/backups.ts): a backup that cannot be restored as it is, or whose chunks do
+  // not open with the project's key (altered, damaged, or another tenant's).
+  BACKUP_RESTORE_UNSUPPORTED: 422,
+  BACKUP_KEY_INVALID: 422,
+  BACKUP_DAMAGED: 422,
+  BACKUP_CHUNK_CORRUPT: 422,
+  BACKUP_CHUNK_MISSING: 422,
   HA_GROUP_NAME_TAKEN: 409,
   HA_GROUP_NOT_FOUND: 404,
   HA_GROUP_IN_USE: 409,
@@ -180,6 +189,7 @@ export const ERROR_STATUS = {
   POOL_DEVICE_HAS_DATA: 409,
   POOL_DEVICE_IN_USE: 409,
   VOLUME_EXISTS: 409,
+  BACKUP_EXISTS: 409,
   DESKTOP_POOL_EXISTS: 409,
   DESKTOP_POOL_FULL: 409,
   DESKTOP_POOL_IN_USE: 409,
@@ -263,6 +273,9 @@ export const ERROR_STATUS = {
   METRICS_UNPARSABLE: 502,
   VM_START_FAILED: 502,
   VM_SNAPSHOT_FAILED: 502,
+  BACKUP_FAILED: 502,
+  BACKUP_STORE_FAILED: 502,
+  BACKUP_RESTORE_FAILED: 502,
   VM_NOT_READY: 502,
   VM_CONSOLE_FAILED: 502,
   MIGRATION_FAILED: 502,
@@ -290,6 +303,7 @@ export const ERROR_STATUS = {
   STORAGE_UNAVAILABLE: 503,
   // An encrypted volume's key does not unwrap (its KEK is gone or the wrapped key is damaged).
   VOLUME_KEY_UNAVAILABLE: 503,
+  BACKUP_STORE_UNREACHABLE: 503,
   API_UNREACHABLE: 503,
   HTTP_UNREACHABLE: 503,
   // The OpenID provider cannot be reached: not the client's credentials, so not a 4xx.

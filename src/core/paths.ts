@@ -42,6 +42,11 @@ export function dataPaths(dataDir: string) {
     storageManageSocket: join(dataDir, 'storage', 'manage.sock'),
     /** The key file of the key-encryption keys of encrypted volumes (folder 0700, file 0600). */
     storageKeys: join(dataDir, 'storage', 'keys'),
+    /** The backup store: sealed chunks and backups (folder 0700), and its API's socket (0600). */
+    backupStore: join(dataDir, 'backups'),
+    backupStoreSocket: join(dataDir, 'backups', 'store.sock'),
+    /** The key file of the key that wraps each project's backup key (folder 0700, file 0600). */
+    backupKeys: join(dataDir, 'backup-keys'),
     hostsDir: join(dataDir, 'hosts'),
     runDir: join(dataDir, 'run'),
     logsDir: join(dataDir, 'logs'),

@@ -14,6 +14,8 @@ import { AGENT_ROUTES, AGENT_STREAMS, type AgentRoute, type AgentRouteName } fro
 import { httpStatusOf, toWireError } from '../core/error-codes.ts';
 import type { NetworkPlumbing } from './network-plumbing.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
+import type { BackupStoreClient } from '../backup/store-client.ts';
+import { restoreDisk } from './vm-backup.ts';
 import type { DirPools } from './dir-pools.ts';
 import { registerVncRelay } from './vnc-relay.ts';
 
@@ -28,6 +30,8 @@ export interface AgentAppOptions {
   supervisor: VmSupervisor;
   networks: NetworkPlumbing;
   dirPools: DirPools;
+  /** The backup store the VMs' backups go to and restores come from. */
+  backupStore: BackupStoreClient;
   /** True when `token` is what the control plane presents to this agent. */
   isControlToken: (token: string) => boolean;
   info: () => Record<string, unknown>;
@@ -58,7 +62,7 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   const on = contractRoutes(app);
   registerVmRoutes(on, options);
   registerMigrationRoutes(on, options.supervisor);
-  registerDirPoolRoutes(on, options.dirPools);
+  registerDirPoolRoutes(on, options.dirPools, options.backupStore);
   registerNetworkRoutes(on, options.networks);
   registerShutdownRoute(app, options.onShutdown);
   registerConsole(app, options.supervisor);
@@ -133,6 +137,9 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
   on('deleteSnapshot', async (params) => {
     await supervisor.deleteSnapshot(params.id, params.snapshot);
   });
+  on('takeBackup', (params, body) =>
+    supervisor.takeBackup(params.id, { backupId: params.backup, key: Buffer.from(body.key, 'base64'), vm: body.vm, store: options.backupStore }),
+  );
   on('sealTemplate', async (params) => {
     await supervisor.sealTemplate(params.id);
   });
@@ -190,7 +197,7 @@ function registerMigrationRoutes(on: On, supervisor: VmSupervisor): void {
 }
 
 /** Host-based storage: the dir pools of this host. */
-function registerDirPoolRoutes(on: On, dirPools: DirPools): void {
+function registerDirPoolRoutes(on: On, dirPools: DirPools, store: BackupStoreClient): void {
   on('ensureDirPool', (params) => dirPools.ensurePool(params.pool));
   on('dirPool', (params) => dirPools.poolInfo(params.pool));
   on('removeDirPool', async (params) => {
@@ -203,6 +210,11 @@ function registerDirPoolRoutes(on: On, dirPools: DirPools): void {
     await dirPools.deleteVolume(params.pool, params.volume);
   });
   on('resizeDirVolume', (params, body) => dirPools.resizeVolume(params.pool, params.volume, body.sizeBytes));
+  on('restoreDirVolume', (params, body) =>
+    dirPools.fillVolume(params.pool, params.volume, (target) =>
+      restoreDisk({ store, backupId: body.backup, diskId: body.disk, key: Buffer.from(body.key, 'base64'), target }),
+    ),
+  );
 }
 
 /** The tenant networks' plumbing on this host, and the probe used to check it. */

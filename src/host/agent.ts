@@ -17,9 +17,11 @@ import { closeDataFolder, closeHostFolder } from '../core/data-folder.ts';
 import { openUserfaultfdToVms, vmUsersAvailable } from './vm-launcher.ts';
 import { requestJson } from '../core/http-json.ts';
 import { newSecret } from '../core/ids.ts';
+import { dataPaths } from '../core/paths.ts';
 import type { Logger } from '../core/logger.ts';
 import type { FastifyInstance } from 'fastify';
 import { buildAgentApp, matchesHash } from './agent-app.ts';
+import { BackupStoreClient } from '../backup/store-client.ts';
 import { DirPools } from './dir-pools.ts';
 import { NetworkPlumbing } from './network-plumbing.ts';
 import { VmSupervisor } from './vm-supervisor.ts';
@@ -54,6 +56,8 @@ export interface AgentOptions {
    * that cutting the host's link cuts the control plane off it, as on separate machines.
    */
   listenOnUnderlay?: boolean;
+  /** The backup store's socket. Default: the one of the data folder that holds `hostDir` (`<data>/hosts/<name>`). */
+  backupStoreSocket?: string;
 }
 
 interface AgentIdentity {
@@ -120,6 +124,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     supervisor,
     networks,
     dirPools: new DirPools(join(options.hostDir, 'pools'), { growLive: (path, sizeBytes) => supervisor.growFileDisk(path, sizeBytes) }),
+    backupStore: new BackupStoreClient(options.backupStoreSocket ?? dataPaths(join(options.hostDir, '..', '..')).backupStoreSocket),
     isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),

@@ -78,6 +78,19 @@ export class DirPools {
   }
 
   /**
+   * A new volume whose file `fill` writes (a restore from a backup); an existing file is never
+   * overwritten, and a failed fill leaves no file.
+   */
+  async fillVolume(pool: string, volume: string, fill: (path: string) => Promise<unknown>): Promise<DirVolumeInfo> {
+    await this.poolInfo(pool);
+    const path = this.volumePath(pool, volume);
+    if (existsSync(path)) throw new NubisError('VOLUME_EXISTS', `Volume ${pool}/${volume} already has a file on this host (${path})`);
+    await fill(path);
+    await chmod(path, 0o600);
+    return this.volumeInfo(pool, volume);
+  }
+
+  /**
    * Volume `volume` made of volume `from` of the same pool: a full copy, or `linked` a qcow2
    * overlay over it (copy-on-write: `from`, a template's, is never written again). Never over a file.
    */

@@ -16,7 +16,8 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { ManagedVm, type ManagedVmContext } from './managed-vm.ts';
 import { deleteSnapshot, rollbackSnapshot, sealTemplate, type TakenSnapshot, takeSnapshot } from './vm-snapshot-control.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
-import type { PauseTimes, VmStatus } from '../agent-api/contract.ts';
+import { takeBackup } from './vm-backup.ts';
+import type { PauseTimes, TakenBackup, VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import type { VmCgroups } from './cgroups.ts';
 import type { MemorySettings, VmMemoryReport } from '../compute/memory-spec.ts';
@@ -332,6 +333,11 @@ export class VmSupervisor {
   /** Takes snapshot `tag` of the VM's disks, and with `withMemory` of its running state (vm-snapshot-control.ts). */
   takeSnapshot(id: string, tag: string, withMemory: boolean): Promise<TakenSnapshot> {
     return this.#vm(id).snapshotWork('taking a snapshot', (host) => takeSnapshot(host, tag, withMemory));
+  }
+
+  /** Backs the VM's disks up into the backup store (vm-backup.ts), in its lifecycle lane. */
+  takeBackup(id: string, request: Omit<Parameters<typeof takeBackup>[1], 'signal'>): Promise<TakenBackup> {
+    return this.#vm(id).snapshotWork('taking a backup', (host) => takeBackup(host, request));
   }
 
   /** Rolls the VM back to snapshot `tag`: its disks, and for a memory snapshot its running state. */

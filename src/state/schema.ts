@@ -280,6 +280,32 @@ export interface VmsTable {
 }
 
 /** A snapshot of a VM's disks (and with `with_memory` its running state), by the VM's own name for it. */
+/** A project's backup key, wrapped by the control plane's KEK (backup-keys/). */
+export interface BackupKeysTable {
+  project_id: string;
+  kek_id: string;
+  wrapped: string;
+  created_at: string;
+}
+
+/** A backup in the backup store, as the control plane knows it (control/backups.ts). */
+export interface BackupsTable {
+  id: string;
+  project_id: string;
+  vm_id: string | null;
+  vm_name: string;
+  vm_state: string;
+  /** JSON: per disk, what it holds and what it cost (agent contract `TakenBackup`). */
+  disks: string;
+  size_bytes: number;
+  sent_bytes: number;
+  stored_bytes: number;
+  duration_ms: number;
+  /** JSON: the VM's settings a restore recreates it with (image, CPUs, memory, networks). */
+  settings: string;
+  created_at: string;
+}
+
 export interface VmSnapshotsTable {
   /** Also its name in the VM's qcow2 files and memory file on its host. */
   id: string;
@@ -540,6 +566,8 @@ export interface Database {
   port_forwards: PortForwardsTable;
   vm_disks: VmDisksTable;
   vm_snapshots: VmSnapshotsTable;
+  backups: BackupsTable;
+  backup_keys: BackupKeysTable;
   secgroups: SecgroupsTable;
   secgroup_rules: SecgroupRulesTable;
   vm_secgroups: VmSecgroupsTable;

@@ -21,7 +21,7 @@ interface AgentOptions {
   listenUnderlay?: boolean;
 }
 
-/** Registers `daemon` and its subcommands (control-plane, agent, storage) on the program. */
+/** Registers `daemon` and its subcommands (control-plane, agent, storage, backup-store) on the program. */
 export function registerDaemonCommands(program: Command): void {
   const daemon = program.command('daemon').description('Run a Nubis service in the foreground (nubis up does this for you)');
   // Everything a service writes (the database, secrets, VM folders, QEMU's serial logs, pool
@@ -56,6 +56,22 @@ export function registerDaemonCommands(program: Command): void {
     .option('--nbd-tcp <host:port>', 'also serve NBD on TCP')
     .option('--nbd-tls-dir <dir>', "require TLS on TCP: server-cert.pem, server-key.pem and, for client certificates, ca-cert.pem (QEMU's file names)")
     .action(runStorageNode);
+  daemon
+    .command('backup-store')
+    .description('Run the backup store: sealed chunks and backups, on a unix socket of root alone; it never sees a key')
+    .action(runBackupStore);
+}
+
+async function runBackupStore(_options: unknown, command: Command): Promise<void> {
+  const { startBackupStore } = await import('../../backup/store/store-app.ts');
+  const { createLogger } = await import('../../core/logger.ts');
+  const paths = dataPaths(globals(command).data);
+  const logger = createLogger('backup-store');
+  const store = await startBackupStore({ dir: paths.backupStore, socketPath: paths.backupStoreSocket });
+  logger.info({ dir: paths.backupStore }, 'backup store serving');
+  await waitForSignal();
+  logger.info('stopping');
+  await store.close();
 }
 
 async function runControlPlane(options: { port: number; listen: string; agentListen?: string } & TlsFlags & AccessFlags, command: Command): Promise<void> {

@@ -1,0 +1,121 @@
+/**
+ * The backup store's API: a process of its own (`nubis daemon backup-store`, started by
+ * `nubis up`), apart from the control plane and the hosts, serving one folder of chunks and
+ * backups (chunk-store.ts) on a unix socket of mode 0600. Its clients are the host agents, which
+ * upload and download sealed chunks, and the control plane, which lists, checks, collects and
+ * forgets backups. It never receives a key, a plaintext chunk, a file name or a VM name.
+ *
+ *   PUT    /chunks/:id          a sealed chunk (application/octet-stream)
+ *   GET    /chunks/:id          a sealed chunk
+ *   POST   /chunks/missing      { ids } -> { missing }: which of these it has not got
+ *   PUT    /backups/:id         commits a backup: { createdAt, chunks, manifest (base64) }
+ *   GET    /backups             the committed backups
+ *   GET    /backups/:id         one, with its sealed manifest
+ *   DELETE /backups/:id         forgets one
+ *   POST   /check               { backup? } -> chunks missing or rotten (against their digests)
+ *   POST   /collect             { graceSeconds } -> removes chunks no backup names
+ */
+import { chmod, rm } from 'node:fs/promises';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { messageOf } from '../../core/errors.ts';
+import { toWireError } from '../../core/error-codes.ts';
+import { CHUNK_ID } from '../chunk-crypto.ts';
+import { BACKUP_ID, ChunkStore, MAX_SEALED_CHUNK_BYTES } from './chunk-store.ts';
+
+const ChunkParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: CHUNK_ID.source } },
+} as const;
+const BackupParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: BACKUP_ID.source } },
+} as const;
+const ChunkIds = { type: 'array', maxItems: 262_144, items: { type: 'string', pattern: CHUNK_ID.source } } as const;
+
+/** The store's routes over `store` (without listening, so a test can `inject`). */
+export function buildStoreApp(store: ChunkStore): FastifyInstance {
+  // A commit names up to 262,144 chunks (1 TiB of 4 MiB chunks): a body of some 17 MiB.
+  const app = Fastify({ logger: false, bodyLimit: 32 * 1024 * 1024 });
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: MAX_SEALED_CHUNK_BYTES }, (_request, body, done) => done(null, body));
+  app.setErrorHandler((error, _request, reply) => {
+    const { status, body } = (error as { validation?: unknown }).validation
+      ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } }
+      : toWireError(error);
+    void reply.status(status).send(body);
+  });
+
+  app.put<{ Params: { id: string }; Body: Buffer }>('/chunks/:id', { schema: { params: ChunkParams } }, async (request) => {
+    if (!Buffer.isBuffer(request.body)) throw Object.assign(new Error('A chunk is sent as application/octet-stream'), { validation: true });
+    return store.putChunk(request.params.id, request.body);
+  });
+  app.get<{ Params: { id: string } }>('/chunks/:id', { schema: { params: ChunkParams } }, async (request, reply) => {
+    const bytes = await store.getChunk(request.params.id);
+    return reply.type('application/octet-stream').send(bytes);
+  });
+  app.post<{ Body: { ids: string[] } }>(
+    '/chunks/missing',
+    { schema: { body: { type: 'object', required: ['ids'], additionalProperties: false, properties: { ids: ChunkIds } } } },
+    async (request) => ({ missing: await store.missing(request.body.ids) }),
+  );
+  app.put<{ Params: { id: string }; Body: { createdAt: string; chunks: string[]; manifest: string } }>(
+    '/backups/:id',
+    {
+      schema: {
+        params: BackupParams,
+        body: {
+          type: 'object',
+          required: ['createdAt', 'chunks', 'manifest'],
+          additionalProperties: false,
+          properties: {
+            createdAt: { type: 'string', format: 'date-time', maxLength: 32 },
+            chunks: ChunkIds,
+            manifest: { type: 'string', maxLength: 16 * 1024 * 1024, pattern: '^[A-Za-z0-9+/]*={0,2}$' },
+          },
+        },
+      },
+    },
+    async (request) => store.commit(request.params.id, { ...request.body, manifest: Buffer.from(request.body.manifest, 'base64') }),
+  );
+  app.get('/backups', async () => ({ backups: await store.list() }));
+  app.get<{ Params: { id: string } }>('/backups/:id', { schema: { params: BackupParams } }, async (request) => {
+    const backup = await store.backup(request.params.id);
+    return { ...backup, manifest: backup.manifest.toString('base64') };
+  });
+  app.delete<{ Params: { id: string } }>('/backups/:id', { schema: { params: BackupParams } }, async (request, reply) => {
+    await store.remove(request.params.id);
+    return reply.status(204).send();
+  });
+  app.post<{ Body: { backup?: string } }>(
+    '/check',
+    { schema: { body: { type: 'object', additionalProperties: false, properties: { backup: { type: 'string', pattern: BACKUP_ID.source } } } } },
+    async (request) => store.check(request.body?.backup),
+  );
+  app.post<{ Body: { graceSeconds: number } }>(
+    '/collect',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['graceSeconds'],
+          additionalProperties: false,
+          properties: { graceSeconds: { type: 'integer', minimum: 0, maximum: 31_536_000 } },
+        },
+      },
+    },
+    async (request) => store.collect(request.body.graceSeconds),
+  );
+  return app;
+}
+
+/** Opens the store in `dir` and serves it on the unix socket `socketPath` (mode 0600: root's processes only). */
+export async function startBackupStore(options: { dir: string; socketPath: string }): Promise<{ close(): Promise<void> }> {
+  const store = new ChunkStore(options.dir);
+  await store.open();
+  const app = buildStoreApp(store);
+  await rm(options.socketPath, { force: true });
+  await app.listen({ path: options.socketPath });
+  await chmod(options.socketPath, 0o600);
+  return { close: () => app.close() };
+}

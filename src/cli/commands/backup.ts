@@ -1,0 +1,97 @@
+/** `nubis backup create|list|show|verify|delete|restore|collect`: backups of VMs in the backup store. */
+import type { Static } from '@sinclair/typebox';
+import type { Command } from 'commander';
+import type { Backup, BackupVerification } from '../../wire/backup-schemas.ts';
+import type { Accepted, Vm } from '../../wire/schemas.ts';
+import { client, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
+import { formatSize } from '../../storage/size.ts';
+import { printJson, printTable } from '../output.ts';
+
+const backupPath = (backup: string): string => `/v1/backups/${encodeURIComponent(backup)}`;
+
+/** Registers `backup` and its subcommands on the program. */
+export function registerBackupCommands(program: Command): void {
+  const backup = program.command('backup').description('Backups of VMs: encrypted before they leave the host, deduplicated, incremental');
+  backup
+    .command('create <vm>')
+    .description("Back a VM's disks up, crash-consistent while it runs; only chunks the store has not got are sent")
+    .action(async (vm: string, _options: unknown, command: Command) => {
+      const { operation } = await client(command).request<Static<typeof Accepted>>('POST', `/v1/backups${projectQuery(command)}`, { vm });
+      const final = await runOperation(command, `Backing up ${vm}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      const taken = final.result as Backup;
+      console.log(`${taken.id}: ${vm}, ${formatSize(taken.sizeBytes)} of disks, ${formatSize(taken.sentBytes)} sent in ${(taken.durationMs / 1000).toFixed(1)} s`);
+    });
+  backup
+    .command('list')
+    .description("List the project's backups, oldest first")
+    .option('--vm <vm>', 'only the backups of this VM')
+    .action(async (options: { vm?: string }, command: Command) => {
+      const query = projectQuery(command);
+      const vm = options.vm ? `${query ? '&' : '?'}vm=${encodeURIComponent(options.vm)}` : '';
+      const backups = await client(command).request<Backup[]>('GET', `/v1/backups${query}${vm}`);
+      if (globals(command).json) return printJson(backups);
+      printTable(
+        ['ID', 'VM', 'VM WAS', 'SIZE', 'SENT', 'TOOK', 'TAKEN'],
+        backups.map((b) => [b.id, b.vm, b.vmState, formatSize(b.sizeBytes), formatSize(b.sentBytes), `${(b.durationMs / 1000).toFixed(1)} s`, b.createdAt]),
+      );
+    });
+  backup
+    .command('show <backup>')
+    .description('Show a backup: its disks, what it sent, what the store keeps')
+    .action(async (id: string, _options: unknown, command: Command) => {
+      const shown = await client(command).request<Backup>('GET', `${backupPath(id)}${projectQuery(command)}`);
+      if (globals(command).json) return printJson(shown);
+      console.log(`${shown.id}: VM ${shown.vm} (${shown.vmState}) at ${shown.createdAt}, stored ${formatSize(shown.storedBytes)}`);
+      printTable(
+        ['DISK', 'SOURCE', 'SIZE', 'CHUNKS', 'ZERO', 'NEW', 'SENT'],
+        shown.disks.map((d) => [d.id, d.source, formatSize(d.sizeBytes), String(d.chunks), String(d.zeroChunks), String(d.newChunks), formatSize(d.sentBytes)]),
+      );
+    });
+  backup
+    .command('verify <backup>')
+    .description("Check every chunk of a backup: present, unaltered, and opening with the project's key")
+    .action(async (id: string, _options: unknown, command: Command) => {
+      const { operation } = await client(command).request<Static<typeof Accepted>>('POST', `${backupPath(id)}/verify${projectQuery(command)}`);
+      const final = await runOperation(command, `Verifying ${id}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      console.log(`${id}: intact, ${(final.result as BackupVerification).checkedChunks} chunks checked`);
+    });
+  backup
+    .command('delete <backup>')
+    .description('Delete a backup (its chunks go at the next collection when no other backup uses them)')
+    .action(async (id: string, _options: unknown, command: Command) => {
+      const deleted = await client(command).request<{ deleted: string }>('DELETE', `${backupPath(id)}${projectQuery(command)}`);
+      if (globals(command).json) return printJson(deleted);
+      console.log(`${id}: deleted`);
+    });
+  addRestoreCommands(backup);
+}
+
+function addRestoreCommands(backup: Command): void {
+  backup
+    .command('restore <backup>')
+    .description('Make a new VM of a backup: its volumes restored into new dir-pool volumes NAME-VOLUME')
+    .requiredOption('--as <name>', 'name of the new VM')
+    .option('--pool <pool>', 'dir pool for the restored volumes (default: each volume its own pool)')
+    .option('--host <host>', "host of the pool's folder the volumes go to")
+    .action(async (id: string, options: { as: string; pool?: string; host?: string }, command: Command) => {
+      const body = { name: options.as, ...(options.pool ? { pool: options.pool } : {}), ...(options.host ? { host: options.host } : {}) };
+      const { operation } = await client(command).request<Static<typeof Accepted>>('POST', `${backupPath(id)}/restore${projectQuery(command)}`, body);
+      const final = await runOperation(command, `Restoring ${id} as ${options.as}`, operation);
+      if (globals(command).json) return printJson(final.result);
+      const vm = final.result as Vm;
+      console.log(`${vm.name}: restored from ${id} on ${vm.host}, ${vm.state}`);
+    });
+  backup
+    .command('collect')
+    .description('Remove the chunks no backup uses any more (admin)')
+    .option('--grace <seconds>', 'keep chunks written or found this recently', parseInteger('--grace'), 86_400)
+    .action(async (options: { grace: number }, command: Command) => {
+      const done = await client(command).request<{ removedChunks: number; freedBytes: number; keptChunks: number }>('POST', '/v1/backup-store/collect', {
+        graceSeconds: options.grace,
+      });
+      if (globals(command).json) return printJson(done);
+      console.log(`Removed ${done.removedChunks} chunks (${formatSize(done.freedBytes)}), kept ${done.keptChunks}`);
+    });
+}

@@ -1,0 +1,136 @@
+/**
+ * `nubis backup restore BACKUP --as NAME [--pool POOL] [--host HOST]`: a new VM made of a backup.
+ * Each backed-up volume becomes a new dir-pool volume `<NAME>-<volume>` (in the volume's own pool
+ * when that is a dir pool, else in `--pool`), written on its host from the store's chunks, each
+ * checked as it is opened (host/vm-backup.ts); then the VM is created on them with the backed-up
+ * settings (image, CPUs, memory, networks; new addresses). Everything is checked before anything
+ * is written: the name, the pools, and that each pool's host has room for the data twice (the
+ * restore writes a raw copy before its qcow2 file). A restore that fails part-way removes the
+ * volumes it made.
+ *
+ * Not yet: a VM that booted from an imported disk image (its root disk is in the backup, but a
+ * VM is not yet created on a given root file), and `--live` (start at once, pull blocks on read).
+ */
+import { NubisError, messageOf } from '../core/errors.ts';
+import type { TakenBackup } from '../agent-api/contract.ts';
+import type { Db } from '../state/database.ts';
+import type { BackupsTable } from '../state/schema.ts';
+import type { Operation, Vm } from '../wire/schemas.ts';
+import type { BackupSettings } from './backups.ts';
+import type { HostRegistry } from './hosts.ts';
+import type { OperationContext, OperationManager } from './operations.ts';
+import type { StorageCatalogue } from './storage.ts';
+import type { VmService } from './vms.ts';
+
+const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** A chunk's plaintext size: at most this much data per chunk that is not all zero. */
+const CHUNK_BYTES = 4 * 1024 * 1024;
+
+interface PlannedVolume {
+  disk: string;
+  pool: string;
+  name: string;
+  sizeBytes: number;
+  dataBytes: number;
+}
+
+type Deps = { db: Db; hosts: HostRegistry; operations: OperationManager; vms: VmService; storage: StorageCatalogue };
+
+/** Checks the restore of `row` as `request.name` and starts it as an operation (see the file header). */
+export async function restoreBackup(
+  deps: Deps,
+  job: { row: BackupsTable; key: () => Promise<Buffer>; request: { name: string; pool?: string; host?: string }; project?: string },
+): Promise<Operation> {
+  const { row, request, project } = job;
+  const plan = await planRestore(deps, row, request, project);
+  const settings = JSON.parse(row.settings) as BackupSettings;
+  return deps.operations.start('backup.restore', { type: 'backup', id: row.id, name: request.name, projectId: row.project_id }, async (op) => {
+    const made: PlannedVolume[] = [];
+    try {
+      const key = (await job.key()).toString('base64');
+      for (const [index, volume] of plan.entries()) {
+        await op.report('restore', `Restoring disk ${volume.disk} into volume ${volume.pool}/${volume.name}`, 0.05 + (0.7 * index) / plan.length);
+        const undo = await deps.storage.owners.reserve(volume.pool, volume.name, { id: row.project_id, name: project ?? 'default' }, volume.sizeBytes);
+        try {
+          await deps.storage.dirPools.restoreVolume(volume.pool, volume.name, request.host, { backup: row.id, disk: volume.disk, key }, { signal: op.signal });
+        } catch (error) {
+          await undo();
+          throw error;
+        }
+        made.push(volume);
+      }
+      return await createVm(deps, op, settings, plan, request, project);
+    } catch (error) {
+      for (const volume of made.reverse()) {
+        await deps.storage.dirPools.deleteVolume(volume.pool, volume.name).catch((undoError: unknown) =>
+          op.report('undo', `Volume ${volume.pool}/${volume.name} stays: ${messageOf(undoError)}`, 0.99),
+        );
+        await deps.storage.owners.forget(volume.pool, volume.name);
+      }
+      throw error;
+    }
+  });
+}
+
+async function createVm(
+  deps: Deps,
+  op: OperationContext,
+  settings: BackupSettings,
+  plan: PlannedVolume[],
+  request: { name: string; host?: string },
+  project: string | undefined,
+): Promise<Vm> {
+  await op.report('create', `Creating VM ${request.name} on the restored volumes`, 0.8);
+  const created = await deps.vms.create({
+    name: request.name,
+    image: settings.image,
+    cpus: settings.cpus,
+    memoryMb: settings.memoryMb,
+    ...(request.host ? { host: request.host } : {}),
+    ...(project ? { project } : {}),
+    ...(settings.networks.length > 0 ? { networks: settings.networks.map((network) => ({ network })) } : {}),
+    ...(plan.length > 0 ? { disks: plan.map((volume) => `${volume.pool}/${volume.name}`) } : {}),
+    waitReady: true,
+  });
+  const done = await deps.operations.wait(created.id);
+  if (done.status !== 'succeeded')
+    throw new NubisError(done.error?.code ?? 'BACKUP_RESTORE_FAILED', `Creating VM ${request.name} failed: ${done.error?.message ?? done.status}`);
+  return deps.vms.get(request.name, project);
+}
+
+/** The volumes a restore makes, after checking that nothing is in the way and the pools have room. */
+async function planRestore(deps: Deps, row: BackupsTable, request: { name: string; pool?: string; host?: string }, project?: string): Promise<PlannedVolume[]> {
+  const disks = JSON.parse(row.disks) as TakenBackup['disks'];
+  if (disks.some((disk) => disk.source === 'root'))
+    throw new NubisError(
+      'BACKUP_RESTORE_UNSUPPORTED',
+      `Backup ${row.id} holds the root disk of a VM booted from a disk image, which restore does not recreate yet; only VMs booting an image's kernel with volumes are restored`,
+    );
+  if (await deps.db.selectFrom('vms').select('id').where('project_id', '=', row.project_id).where('name', '=', request.name).executeTakeFirst())
+    throw new NubisError('VM_NAME_TAKEN', `A VM named ${request.name} exists in project ${project ?? 'default'}; choose another name`);
+  const plan: PlannedVolume[] = [];
+  for (const disk of disks) {
+    const [sourcePool, sourceVolume] = disk.source.includes('/') ? disk.source.split('/') : [undefined, disk.id];
+    const pool = request.pool ?? sourcePool;
+    if (!pool || !(await deps.storage.dirPools.find(pool)))
+      throw new NubisError(
+        'VALIDATION_FAILED',
+        `Disk ${disk.id} of backup ${row.id} (${disk.source}) is restored into a dir pool; name one with --pool (see nubis pool list)`,
+      );
+    const name = `${request.name}-${sourceVolume}`;
+    if (!NAME.test(name)) throw new NubisError('VALIDATION_FAILED', `The restored volume would be named ${name}, which is too long; choose a shorter VM name`);
+    plan.push({ disk: disk.id, pool, name, sizeBytes: disk.sizeBytes, dataBytes: (disk.chunks - disk.zeroChunks) * CHUNK_BYTES });
+  }
+  for (const pool of new Set(plan.map((volume) => volume.pool))) {
+    const host = await deps.storage.dirPools.hostOf(pool, request.host);
+    const needed = plan.filter((volume) => volume.pool === pool).reduce((sum, volume) => sum + 2 * volume.dataBytes, 0);
+    const { freeBytes } = await deps.hosts.agent(host).dirPool(pool);
+    if (freeBytes < needed)
+      throw new NubisError(
+        'POOL_FULL',
+        `Dir pool ${pool} on host ${host.name} has ${(freeBytes / 1048576).toFixed(0)} MiB free, and the restore needs ${(needed / 1048576).toFixed(0)} MiB; free space or restore into another pool (--pool)`,
+        { details: { pool, freeBytes, neededBytes: needed } },
+      );
+  }
+  return plan;
+}

@@ -1,0 +1,254 @@
+/**
+ * Backups of one VM's disks on its host, and restores of a backed-up disk into a new file: the
+ * client side of the backup store, where data is cut into chunks and sealed before it leaves the
+ * host (backup/chunk-crypto.ts), with the tenant key the control plane hands over for the call
+ * only (it is never written on a host).
+ *
+ * A backup of a running VM is crash-consistent: one QMP `transaction` starts a `blockdev-backup`
+ * (sync=full) of every disk into a sparse raw file of the VM's `run/` folder, so every disk is
+ * copied as of one instant while the guest goes on writing (QEMU copies a block before the guest
+ * overwrites it: copy-before-write). The copies are then read, cut into 4 MiB chunks, and only
+ * chunks the store has not got are sealed and sent: a second backup sends only what changed,
+ * whatever happened in between (a reboot, a live migration, a restart elsewhere), since a chunk's
+ * id depends only on its content. Zero chunks are not sent at all. A stopped VM's disks are read
+ * as they are (`qemu-img convert`). Each copy is removed when done, also on failure.
+ *
+ * Reading whole copies costs reading every disk each time; QEMU's dirty bitmaps would tell which
+ * blocks changed, but persist only in qcow2 files and are lost by a migration that mirrors the
+ * disk, so the chunk ids stay the source of truth for what is sent.
+ */
+import { open, rm, truncate, chown, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
+import type { VmSpec } from '../compute/vm-spec.ts';
+import { NubisError, messageOf } from '../core/errors.ts';
+import { runCommand } from '../core/run-command.ts';
+import { backupKeysOf, CHUNK_BYTES, chunkIdOf, openChunk, openManifest, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
+import type { BackupStoreClient } from '../backup/store-client.ts';
+import type { SnapshotHost } from './vm-snapshot-control.ts';
+
+/** What a backup holds of one disk: its place in the VM, its size and its chunks (null: all zero). */
+export interface BackupManifestDisk {
+  id: string;
+  /** `root` for the disk the VM boots from, else the volume (`pool/volume`). */
+  source: string;
+  sizeBytes: number;
+  chunks: Array<string | null>;
+}
+
+/** The sealed description of one backup. */
+export interface BackupManifest {
+  format: 'nubis-backup/1';
+  backupId: string;
+  createdAt: string;
+  chunkBytes: number;
+  /** What the control plane recorded of the VM (its settings), sealed with the data. */
+  vm: Record<string, unknown>;
+  disks: BackupManifestDisk[];
+}
+
+/** What a backup of one disk cost. */
+export interface BackupDiskReport {
+  id: string;
+  source: string;
+  sizeBytes: number;
+  chunks: number;
+  zeroChunks: number;
+  newChunks: number;
+  sentBytes: number;
+}
+
+/** One disk to back up: its block node and where its contents are read from when QEMU does not run. */
+interface BackupSource {
+  id: string;
+  source: string;
+  /** A `qemu-img` source of the stopped VM's disk: a file, or an NBD URI. */
+  offline: { path: string; format: string };
+}
+
+/** Chunks in flight per round trip to the store: 16 chunks, 64 MiB of memory at most. */
+const CHUNKS_PER_ROUND = 16;
+/** Copying a disk of many GiB under TCG may take long. */
+const COPY_TIMEOUT_MS = 3_600_000;
+
+/** The disks of `spec` a backup holds: every disk the guest can write. */
+export function backupSourcesOf(spec: VmSpec): BackupSource[] {
+  const sources: BackupSource[] =
+    spec.boot.kind === 'disk' ? [{ id: BOOT_DISK_NODE, source: 'root', offline: { path: spec.boot.path, format: spec.boot.format } }] : [];
+  for (const disk of spec.disks) {
+    if (disk.readOnly) continue;
+    if (disk.kind === 'file') sources.push({ id: disk.id, source: disk.localVolume ?? disk.path, offline: { path: disk.path, format: disk.format } });
+    else sources.push({ id: disk.id, source: disk.exportName, offline: { path: `nbd+unix:///${disk.exportName}?socket=${disk.socketPath}`, format: 'raw' } });
+  }
+  return sources;
+}
+
+/** Takes backup `backupId` of the VM in `host` into the store (see the file header). */
+export async function takeBackup(
+  host: SnapshotHost,
+  request: { backupId: string; key: Buffer; vm: Record<string, unknown>; store: BackupStoreClient; signal?: AbortSignal },
+): Promise<{ disks: BackupDiskReport[]; storedBytes: number }> {
+  const keys = backupKeysOf(request.key);
+  const sources = backupSourcesOf(host.spec());
+  const copies = sources.map((source) => join(host.dir, 'run', `${request.backupId}-${source.id}.raw`));
+  try {
+    await copyDisks(host, sources, copies, request.signal);
+    const disks: Array<BackupManifestDisk & Omit<BackupDiskReport, 'chunks'>> = [];
+    for (const [index, source] of sources.entries()) disks.push({ id: source.id, source: source.source, ...(await sendChunks(copies[index], keys, request.store)) });
+    const createdAt = new Date().toISOString();
+    const manifest: BackupManifest = {
+      format: 'nubis-backup/1',
+      backupId: request.backupId,
+      createdAt,
+      chunkBytes: CHUNK_BYTES,
+      vm: request.vm,
+      disks: disks.map(({ id, source, sizeBytes, chunks }) => ({ id, source, sizeBytes, chunks })),
+    };
+    const stored = await request.store.commit(request.backupId, {
+      createdAt,
+      chunks: disks.flatMap((disk) => disk.chunks.filter((chunk): chunk is string => chunk !== null)),
+      manifest: sealManifest(keys, request.backupId, manifest),
+    });
+    return {
+      disks: disks.map(({ chunks, ...report }) => ({ ...report, chunks: chunks.length })),
+      storedBytes: stored.storedBytes,
+    };
+  } finally {
+    for (const copy of copies) await rm(copy, { force: true });
+  }
+}
+
+/** Point-in-time copies of the disks into `copies`: one QMP transaction for a running VM, `qemu-img` for a stopped one. */
+async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: string[], signal?: AbortSignal): Promise<void> {
+  const qemu = host.qemu();
+  if (!qemu) {
+    for (const [index, source] of sources.entries())
+      await runCommand('qemu-img', ['convert', '-U', '-f', source.offline.format, '-O', 'raw', source.offline.path, copies[index]], {
+        timeoutMs: COPY_TIMEOUT_MS,
+        ...(signal ? { signal } : {}),
+      }).catch((error: unknown) => {
+        throw new NubisError('BACKUP_FAILED', `Reading disk ${source.id} of VM ${host.name} failed: ${messageOf(error)}`, { cause: error });
+      });
+    return;
+  }
+  if (qemu.state !== 'running' && qemu.state !== 'paused')
+    throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is ${qemu.state}; backups are taken of running, paused or stopped VMs`);
+  const nodes = await qemu.qmp.execute<Array<{ 'node-name': string; image: { 'virtual-size': number } }>>('query-named-block-nodes', { flat: true });
+  const uid = host.spec().unixUid;
+  const targets: string[] = [];
+  try {
+    for (const [index, source] of sources.entries()) {
+      const size = nodes.find((node) => node['node-name'] === source.id)?.image['virtual-size'];
+      if (size === undefined) throw new NubisError('BACKUP_FAILED', `VM ${host.name}'s QEMU has no disk ${source.id}`);
+      // The unprivileged QEMU writes the copy: a file of its user in the one folder it may write.
+      await (await open(copies[index], 'wx', 0o600)).close();
+      await truncate(copies[index], size);
+      if (uid !== undefined && process.getuid?.() === 0) await chown(copies[index], uid, uid);
+      const target = `backup-${source.id}`;
+      await qemu.qmp.execute('blockdev-add', { driver: 'raw', 'node-name': target, file: { driver: 'file', filename: copies[index] } });
+      targets.push(target);
+    }
+    const done = sources.map((source) =>
+      qemu.qmp.waitForEvent('BLOCK_JOB_COMPLETED', (event) => event.data.device === `backup-${source.id}`, { timeoutMs: COPY_TIMEOUT_MS }),
+    );
+    await qemu.qmp.execute('transaction', {
+      actions: sources.map((source) => ({
+        type: 'blockdev-backup',
+        data: { 'job-id': `backup-${source.id}`, device: source.id, target: `backup-${source.id}`, sync: 'full' },
+      })),
+    });
+    for (const event of await Promise.all(done)) {
+      const error = (event.data as { error?: string }).error;
+      if (error) throw new NubisError('BACKUP_FAILED', `Copying disk ${String(event.data.device).slice('backup-'.length)} of VM ${host.name} failed: ${error}`);
+    }
+  } finally {
+    for (const target of targets) await qemu.qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined);
+  }
+}
+
+/** Cuts the copy at `path` into chunks and sends the store those it has not got. */
+async function sendChunks(path: string, keys: BackupKeys, store: BackupStoreClient): Promise<Omit<BackupDiskReport, 'id' | 'source' | 'chunks'> & { chunks: Array<string | null> }> {
+  const sizeBytes = (await stat(path)).size;
+  const file = await open(path, 'r');
+  const chunks: Array<string | null> = [];
+  let zeroChunks = 0;
+  let newChunks = 0;
+  let sentBytes = 0;
+  try {
+    for (let offset = 0; offset < sizeBytes; offset += CHUNK_BYTES * CHUNKS_PER_ROUND) {
+      const round = new Map<string, Buffer>();
+      for (let at = offset; at < Math.min(sizeBytes, offset + CHUNK_BYTES * CHUNKS_PER_ROUND); at += CHUNK_BYTES) {
+        const data = Buffer.alloc(Math.min(CHUNK_BYTES, sizeBytes - at));
+        await file.read(data, 0, data.length, at);
+        if (isZero(data)) {
+          chunks.push(null);
+          zeroChunks += 1;
+          continue;
+        }
+        const id = chunkIdOf(keys, data);
+        chunks.push(id);
+        round.set(id, data);
+      }
+      for (const id of round.size > 0 ? await store.missing([...round.keys()]) : []) {
+        const sealed = sealChunk(keys, id, round.get(id)!);
+        await store.putChunk(id, sealed);
+        newChunks += 1;
+        sentBytes += sealed.length;
+      }
+    }
+  } finally {
+    await file.close();
+  }
+  return { sizeBytes, chunks, zeroChunks, newChunks, sentBytes };
+}
+
+const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
+
+function isZero(data: Buffer): boolean {
+  return data.equals(ZERO_CHUNK.subarray(0, data.length));
+}
+
+/** The manifest of backup `backupId`, opened with the tenant key. */
+export async function readBackupManifest(store: BackupStoreClient, backupId: string, key: Buffer): Promise<BackupManifest> {
+  return openManifest<BackupManifest>(backupKeysOf(key), backupId, (await store.backup(backupId)).manifest);
+}
+
+/**
+ * Writes disk `diskId` of backup `backupId` into the new qcow2 file `target`: every chunk is
+ * checked as it is opened (a damaged one fails the restore, nothing is written at `target`).
+ */
+export async function restoreDisk(
+  request: { store: BackupStoreClient; backupId: string; key: Buffer; diskId: string; target: string },
+  onProgress?: (doneChunks: number, totalChunks: number) => void,
+): Promise<{ sizeBytes: number }> {
+  const keys = backupKeysOf(request.key);
+  const manifest = await readBackupManifest(request.store, request.backupId, request.key);
+  const disk = manifest.disks.find((d) => d.id === request.diskId);
+  if (!disk) throw new NubisError('BACKUP_DISK_NOT_FOUND', `Backup ${request.backupId} has no disk ${request.diskId}`);
+  if (await stat(request.target).catch(() => undefined))
+    throw new NubisError('VOLUME_EXISTS', `${request.target} exists already; a restore writes only into a new file`);
+  const raw = `${request.target}.restoring.raw`;
+  try {
+    const file = await open(raw, 'wx', 0o600);
+    try {
+      await file.truncate(disk.sizeBytes);
+      for (const [index, id] of disk.chunks.entries()) {
+        if (id !== null) {
+          const data = openChunk(keys, id, await request.store.getChunk(id));
+          await file.write(data, 0, data.length, index * manifest.chunkBytes);
+        }
+        onProgress?.(index + 1, disk.chunks.length);
+      }
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await runCommand('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, request.target], { timeoutMs: COPY_TIMEOUT_MS });
+    return { sizeBytes: disk.sizeBytes };
+  } catch (error) {
+    await rm(request.target, { force: true });
+    throw error;
+  } finally {
+    await rm(raw, { force: true });
+  }
+}

@@ -1,0 +1,81 @@
+/** Schemas of backups (control/backups.ts). */
+import { Type, type Static } from '@sinclair/typebox';
+import { ResourceId, ResourceName, Text, Timestamp } from './schemas.ts';
+
+const Bytes = (description: string) => Type.Integer({ format: 'int64', minimum: 0, maximum: 1e18, description });
+
+export const Backup = Type.Object(
+  {
+    id: ResourceId,
+    vm: ResourceName,
+    vmState: Text(16, { description: 'The state the VM was in when it was taken (a running VM is backed up crash-consistent)' }),
+    createdAt: Timestamp,
+    sizeBytes: Bytes('Size of the disks it holds'),
+    sentBytes: Bytes('Bytes sent to the store: only the chunks it had not got (the first backup sends all that is not zero)'),
+    storedBytes: Bytes('Bytes the store keeps for it, shared chunks included'),
+    durationMs: Bytes('How long it took'),
+    disks: Type.Array(
+      Type.Object({
+        id: Text(32, { description: 'boot: the root disk; diskN: volumes' }),
+        source: Text(4096, { description: 'root, or the volume (POOL/VOLUME)' }),
+        sizeBytes: Bytes('Size of the disk'),
+        chunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Chunks of 4 MiB' }),
+        zeroChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Chunks all zero (not stored)' }),
+        newChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Chunks the store had not got, sent by this backup' }),
+        sentBytes: Bytes('Bytes sent for this disk'),
+      }),
+      { maxItems: 64 },
+    ),
+    settings: Type.Object(
+      {
+        image: ResourceName,
+        cpus: Type.Integer({ format: 'int32', minimum: 1, maximum: 1024 }),
+        memoryMb: Type.Integer({ format: 'int32', minimum: 1, maximum: 16777216 }),
+        networks: Type.Array(ResourceName, { maxItems: 16 }),
+        host: ResourceName,
+      },
+      { description: 'What a restore recreates the VM with' },
+    ),
+  },
+  { $id: 'Backup' },
+);
+export type Backup = Static<typeof Backup>;
+
+export const BackupVerification = Type.Object(
+  {
+    backup: ResourceId,
+    ok: Type.Boolean(),
+    checkedChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9 }),
+    missingChunks: Type.Array(Text(64), { maxItems: 262144 }),
+    corruptChunks: Type.Array(Text(64), { maxItems: 262144 }),
+  },
+  { $id: 'BackupVerification' },
+);
+export type BackupVerification = Static<typeof BackupVerification>;
+
+export const BackupRef = Type.Object({ backup: Type.String({ pattern: '^bak-[0-9a-f]{12}$', maxLength: 16, description: 'Backup id' }) });
+
+export const BackupCreateRequest = Type.Object({ vm: Type.String({ minLength: 1, maxLength: 63, description: 'VM name (in the project) or id' }) }, { additionalProperties: false });
+
+export const BackupRestoreRequest = Type.Object(
+  {
+    name: ResourceName,
+    pool: Type.Optional(ResourceName),
+    host: Type.Optional(ResourceName),
+  },
+  { additionalProperties: false },
+);
+
+export const BackupListQuery = Type.Object({
+  project: Type.Optional(ResourceName),
+  vm: Type.Optional(ResourceName),
+});
+
+export const BackupCollectRequest = Type.Object(
+  {
+    graceSeconds: Type.Optional(
+      Type.Integer({ format: 'int32', minimum: 0, maximum: 31536000, default: 86400, description: 'Keep chunks written or found this recently (a backup may be using them)' }),
+    ),
+  },
+  { additionalProperties: false },
+);
