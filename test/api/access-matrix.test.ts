@@ -83,6 +83,13 @@ const EXPECTED: Record<string, string> = {
   rollbackVm: 'AA- AD- AD- AD- DD- DD- DD-',
   makeVmTemplate: 'AA- AD- AD- AD- DD- DD- DD-',
   cloneVm: 'AA- AD- AD- AD- DD- DD- DD-',
+  listBackups: 'AA- AD- AD- AD- AD- DD- DD-',
+  createBackup: 'AA- AD- AD- AD- DD- DD- DD-',
+  showBackup: 'AA- AD- AD- AD- AD- DD- DD-',
+  deleteBackup: 'AA- AD- AD- AD- DD- DD- DD-',
+  verifyBackup: 'AA- AD- AD- AD- DD- DD- DD-',
+  restoreBackup: 'AA- AD- AD- AD- DD- DD- DD-',
+  collectBackupStore: '--A --D --D --D --D --D --D',
   createConsoleTicket: 'AA- AD- AD- AD- DD- AD- DD-',
   openVmConsole: 'AA- AD- AD- AD- DD- AD- DD-',
   openVmVnc: 'AA- AD- AD- AD- DD- AD- DD-',
@@ -187,6 +194,7 @@ function pathValue(name: string, context: Context, operations: Record<Context, s
     port: '8080',
     seq: '1',
     snapshot: 'snap1',
+    backup: 'bak-000000000000',
   };
   if (name === 'project') return context === 'other' ? 'beta' : 'alpha';
   if (name === 'id') return operations[context];

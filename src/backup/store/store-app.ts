@@ -17,7 +17,7 @@
  */
 import { chmod, rm } from 'node:fs/promises';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { messageOf } from '../../core/errors.ts';
+import { isNubisError, messageOf } from '../../core/errors.ts';
 import { toWireError } from '../../core/error-codes.ts';
 import { CHUNK_ID } from '../chunk-crypto.ts';
 import { BACKUP_ID, ChunkStore, MAX_SEALED_CHUNK_BYTES } from './chunk-store.ts';
@@ -40,9 +40,13 @@ export function buildStoreApp(store: ChunkStore): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 32 * 1024 * 1024 });
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: MAX_SEALED_CHUNK_BYTES }, (_request, body, done) => done(null, body));
   app.setErrorHandler((error, _request, reply) => {
+    // Fastify's own refusals (a body too large, a wrong content type) keep their 4xx status.
+    const fastifyStatus = isNubisError(error) ? undefined : (error as { statusCode?: number }).statusCode;
     const { status, body } = (error as { validation?: unknown }).validation
       ? { status: 400, body: { code: 'VALIDATION_FAILED', message: messageOf(error) } }
-      : toWireError(error);
+      : fastifyStatus && fastifyStatus >= 400 && fastifyStatus < 500
+        ? { status: fastifyStatus, body: { code: 'BAD_REQUEST', message: messageOf(error) } }
+        : toWireError(error);
     void reply.status(status).send(body);
   });
 

@@ -1,0 +1,217 @@
+/**
+ * Backups of a real VM (the tiny guest with a dir-pool volume as vda) into the backup store:
+ * a full backup, then an incremental one that sends only the changed chunk; restores of both as
+ * new VMs whose disks have the checksums of their backup point; the store's files hold no
+ * plaintext of what the guest wrote; a damaged chunk is found by verify and stops a restore with
+ * nothing left behind; bad input is refused with nothing changed; a stopped VM is backed up too;
+ * deleted backups' chunks are collected. One VM for the whole file (and the restored ones).
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Backup } from '../../src/wire/backup-schemas.ts';
+import type { Vm } from '../../src/wire/schemas.ts';
+import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+
+const MiB = 1024 * 1024;
+
+describe('backups of a VM into the backup store', () => {
+  const nubis = new NubisInstance('backups');
+  const markerA = `alpha-${randomBytes(6).toString('hex')}`;
+  const markerB = `bravo-${randomBytes(6).toString('hex')}`;
+  const backups: Backup[] = [];
+  const sums: string[] = [];
+  /** Every byte the backup store received and sent, recorded by a relay in front of its socket. */
+  const traffic: Buffer[] = [];
+  let relay: Server | undefined;
+
+  /** Puts a recording relay in front of the store's socket: its clients connect to the relay unknowingly. */
+  async function recordStoreTraffic(): Promise<void> {
+    const socket = join(nubis.dataDir, 'backups', 'store.sock');
+    renameSync(socket, `${socket}.real`);
+    relay = createServer((client) => {
+      const store = connect(`${socket}.real`);
+      client.on('data', (bytes: Buffer) => traffic.push(Buffer.from(bytes)));
+      store.on('data', (bytes: Buffer) => traffic.push(Buffer.from(bytes)));
+      client.pipe(store).pipe(client);
+      client.on('error', () => store.destroy());
+      store.on('error', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => relay!.listen(socket, resolve));
+  }
+
+  before(async () => {
+    await nubis.up();
+    await recordStoreTraffic();
+    for (const args of [
+      ['pool', 'create', 'local', '--kind', 'dir'],
+      ['volume', 'create', 'data', '--pool', 'local', '--size', '64M', '--host', 'host-1'],
+      ['vm', 'create', 'keeper', '--image', 'tiny', '--memory', '128', '--disk', 'local/data'],
+    ]) {
+      const done = await nubis.cli(args);
+      assert.equal(done.code, 0, `${args.join(' ')}: ${done.stderr}`);
+    }
+  });
+  after(async () => {
+    relay?.close();
+    await nubis.destroy();
+  });
+
+  /** Writes `text` at the start of the guest's disk, on the device. */
+  async function writeMarker(vm: string, text: string): Promise<void> {
+    await runOnConsole(nubis, vm, `printf '%s\\n' ${text} | dd of=/dev/vda conv=fsync 2>/dev/null; echo written`);
+  }
+
+  /** The first line of the guest's disk and the SHA-256 of the whole disk, read past its page cache. */
+  async function readDisk(vm: string): Promise<{ first: string; sha256: string }> {
+    const output = await runOnConsole(
+      nubis,
+      vm,
+      `echo 3 > /proc/sys/vm/drop_caches; echo "disk=[$(head -n 1 /dev/vda)] sum=[$(sha256sum /dev/vda | cut -d' ' -f1)]"`,
+      { timeoutMs: 120_000 },
+    );
+    const match = /disk=\[([a-z0-9-]*)\] sum=\[([0-9a-f]{64})\]/.exec(output);
+    assert.ok(match, `the disk's first line and sum in ${JSON.stringify(output.slice(-300))}`);
+    return { first: match[1], sha256: match[2] };
+  }
+
+  it('takes a full backup of the running VM, then an incremental one that sends only the changed chunk', async () => {
+    // 12 MiB of data the guest cannot compress away, in chunks 1-3, and a marker in chunk 0.
+    await runOnConsole(nubis, 'keeper', 'dd if=/dev/urandom of=/dev/vda bs=1M count=12 seek=4 conv=fsync 2>/dev/null; echo filled', { timeoutMs: 60_000 });
+    await writeMarker('keeper', markerA);
+    sums.push((await readDisk('keeper')).sha256);
+    const full = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
+    assert.equal(full.vmState, 'running');
+    assert.equal(full.disks.length, 1);
+    const [disk] = full.disks;
+    assert.deepEqual([disk.source, disk.sizeBytes, disk.chunks], ['local/data', 64 * MiB, 16]);
+    assert.equal(disk.newChunks, 4, 'chunk 0 (marker) and chunks 1-3 (random data); the other 12 are zero');
+    assert.equal(disk.zeroChunks, 12);
+    assert.ok(full.sentBytes >= 16 * MiB && full.sentBytes < 16 * MiB + 4096, `sent ${full.sentBytes}`);
+    backups.push(full);
+
+    await writeMarker('keeper', markerB);
+    sums.push((await readDisk('keeper')).sha256);
+    const next = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
+    assert.equal(next.disks[0].newChunks, 1, 'only chunk 0 changed');
+    assert.ok(next.sentBytes < full.sentBytes / 3, `the incremental sent ${next.sentBytes} bytes, the full ${full.sentBytes}`);
+    console.log(`# full backup sent ${full.sentBytes} bytes in ${full.durationMs} ms; incremental ${next.sentBytes} bytes in ${next.durationMs} ms`);
+    backups.push(next);
+    const listed = await nubis.cliJson<Backup[]>(['backup', 'list', '--vm', 'keeper']);
+    assert.deepEqual(
+      listed.map((b) => b.id),
+      backups.map((b) => b.id),
+    );
+  });
+
+  it("keeps no plaintext of the guest's data, the VM's name or its volume in the store's files nor in anything the store received", () => {
+    const storeDir = join(nubis.dataDir, 'backups');
+    const received = Buffer.concat(traffic);
+    assert.ok(received.length > 20 * MiB, `the relay saw the backups go by (${received.length} bytes)`);
+    for (const plaintext of [markerA, markerB, 'keeper', 'local/data']) {
+      const grep = spawnSync('grep', ['-rlaF', plaintext, storeDir, '--exclude=*.sock'], { encoding: 'utf8' });
+      assert.equal(grep.status, 1, `${plaintext} appears in ${grep.stdout}`);
+      assert.equal(received.indexOf(plaintext), -1, `${plaintext} went to the store in the clear`);
+    }
+  });
+
+  it('restores each backup as a new VM whose disk has the checksum of its backup point', async () => {
+    for (const [index, backup] of backups.entries()) {
+      const name = `restored${index + 1}`;
+      const vm = await nubis.cliJson<Vm>(['backup', 'restore', backup.id, '--as', name]);
+      assert.equal(vm.state, 'running');
+      assert.deepEqual(
+        vm.disks.map((d) => d.volume),
+        [`local/${name}-data`],
+      );
+      const disk = await readDisk(name);
+      assert.equal(disk.first, index === 0 ? markerA : markerB);
+      assert.equal(disk.sha256, sums[index], `the restored disk of ${backup.id} is the disk as it was backed up`);
+    }
+  });
+
+  it('copies all of a disk as of one instant while the guest writes (crash-consistent)', async () => {
+    // The guest writes a counter at 1 MiB (chunk 0), then the same at 13 MiB (chunk 3), over and
+    // over: at any instant first == second or first == second + 1. A copy read from start to end
+    // while the guest writes would see a later second than first.
+    const at = (mib: number) => `dd of=/dev/vda bs=8 count=1 seek=${(mib * MiB) / 8} conv=notrunc,fsync 2>/dev/null`;
+    await runOnConsole(
+      nubis,
+      'keeper',
+      `(i=0; while true; do i=$((i+1)); printf '%08d' $i | ${at(1)}; printf '%08d' $i | ${at(13)}; done) & echo $! > /run/writer.pid; echo started`,
+    );
+    const during = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
+    await runOnConsole(nubis, 'keeper', 'kill $(cat /run/writer.pid); echo stopped');
+    const vm = await nubis.cliJson<Vm>(['backup', 'restore', during.id, '--as', 'instant']);
+    assert.equal(vm.state, 'running');
+    const read = (mib: number) => `$(dd if=/dev/vda bs=8 count=1 skip=${(mib * MiB) / 8} 2>/dev/null)`;
+    const output = await runOnConsole(nubis, 'instant', `echo "counters=[${read(1)} ${read(13)}]"`);
+    const match = /counters=\[(\d{8}) (\d{8})\]/.exec(output);
+    assert.ok(match, `the counters in ${JSON.stringify(output.slice(-200))}`);
+    const [first, second] = [Number(match[1]), Number(match[2])];
+    assert.ok(first > 0 && (first === second || first === second + 1), `first ${first}, second ${second}: not of one instant`);
+    console.log(`# counters in the backup taken while the guest wrote: ${first} and ${second}`);
+    backups.push(during);
+    assert.equal((await nubis.cli(['vm', 'delete', 'instant'])).code, 0);
+  });
+
+  it('finds a damaged chunk with verify, and a restore of it fails leaving no VM and no volume', async () => {
+    const verified = await nubis.cli(['backup', 'verify', backups[1].id]);
+    assert.equal(verified.code, 0, verified.stderr);
+    // Chunk 0 of the first backup is its own (the second has another chunk 0): damage it in the store.
+    const storeDir = join(nubis.dataDir, 'backups');
+    const chunksOf = (backup: Backup) => (JSON.parse(readFileSync(join(storeDir, 'backups', `${backup.id}.json`), 'utf8')) as { chunks: string[] }).chunks;
+    const files = execFileSync('find', [join(storeDir, 'chunks'), '-type', 'f', '-not', '-name', '*.sum'], { encoding: 'utf8' }).trim().split('\n');
+    assert.equal(files.length, 7, 'four chunks of the first backup, one of the second, two of the third');
+    const own = chunksOf(backups[0]).filter((chunk) => !chunksOf(backups[1]).includes(chunk));
+    assert.equal(own.length, 1);
+    const victim = join(storeDir, 'chunks', own[0].slice(0, 2), own[0]);
+    const bytes = readFileSync(victim);
+    bytes[bytes.length >> 1] ^= 0x55;
+    writeFileSync(victim, bytes);
+    const damaged = await nubis.cli(['backup', 'verify', backups[0].id]);
+    assert.notEqual(damaged.code, 0, 'verify finds the damage');
+    assert.match(damaged.stderr, /damaged: 0 chunks missing, 1 altered of 4/);
+    assert.equal((await nubis.cli(['backup', 'verify', backups[1].id])).code, 0, 'the other backup is whole');
+    const brokenBackup = backups[0];
+    const restore = await nubis.cli(['backup', 'restore', brokenBackup.id, '--as', 'broken']);
+    assert.notEqual(restore.code, 0);
+    assert.match(restore.stderr, /does not authenticate|damaged/);
+    const vms = await nubis.cliJson<Vm[]>(['vm', 'list']);
+    assert.ok(!vms.some((vm) => vm.name === 'broken'), 'no VM of the failed restore');
+    const volumes = await nubis.cliJson<Array<{ name: string }>>(['volume', 'list', '--pool', 'local']);
+    assert.ok(!volumes.some((v) => v.name === 'broken-data'), 'no volume of the failed restore');
+  });
+
+  it('refuses bad input with a reason, changing nothing', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['backup', 'create', 'ghost'], /No VM ghost/],
+      [['backup', 'restore', 'bak-000000000000', '--as', 'x'], /No backup bak-000000000000/],
+      [['backup', 'restore', backups[1].id, '--as', 'keeper'], /A VM named keeper exists/],
+      [['backup', 'restore', backups[1].id, '--as', 'x', '--pool', 'nopool'], /dir pool/],
+      [['backup', 'show', '../../etc'], /backup|pattern|match/i],
+    ];
+    const before = await nubis.cliJson<Backup[]>(['backup', 'list']);
+    for (const [args, message] of cases) {
+      const result = await nubis.cli(args);
+      assert.notEqual(result.code, 0, args.join(' '));
+      assert.match(result.stderr, message, args.join(' '));
+    }
+    assert.deepEqual(await nubis.cliJson<Backup[]>(['backup', 'list']), before);
+  });
+
+  it('backs up a stopped VM, and collects the chunks of deleted backups', async () => {
+    assert.equal((await nubis.cli(['vm', 'stop', 'restored2'])).code, 0);
+    const stopped = await nubis.cliJson<Backup>(['backup', 'create', 'restored2']);
+    assert.equal(stopped.vmState, 'stopped');
+    assert.equal(stopped.sentBytes, 0, "its chunks are all in the store already (restored2's disk is backup 2's)");
+    for (const backup of [...backups, stopped]) assert.equal((await nubis.cli(['backup', 'delete', backup.id])).code, 0);
+    const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
+    assert.equal(collected.removedChunks, 7);
+    assert.deepEqual(await nubis.cliJson<Backup[]>(['backup', 'list']), []);
+  });
+});
