@@ -53,8 +53,9 @@ const PROBE_TIMEOUT_MS = 30_000;
 const EXTENDED_MBR_TYPES = new Set(['5', 'f', '85']);
 
 /**
- * Lists the files of the raw disk image at `imagePath`. Rejects with BACKUP_IMAGE_UNREADABLE when
- * the image cannot be opened, and with COMMAND_MISSING when blkid, sfdisk or debugfs is not installed.
+ * Lists the files of the raw disk image file at `imagePath`. Rejects with BACKUP_IMAGE_UNREADABLE
+ * when it cannot be opened or is not a regular file, and with COMMAND_MISSING when blkid, sfdisk
+ * or debugfs is not installed.
  */
 export async function listDiskFiles(imagePath: string, options: ListDiskFilesOptions = {}): Promise<DiskListing> {
   const budget = new WalkBudget(options.maxEntries ?? 200_000, options.timeoutMs ?? 5 * 60_000, options.signal);
@@ -63,7 +64,10 @@ export async function listDiskFiles(imagePath: string, options: ListDiskFilesOpt
   });
   try {
     const listing: DiskListing = { files: [], skipped: [] };
-    const imageBytes = (await image.stat()).size;
+    const stat = await image.stat();
+    // A raw image file: a block device would report size 0 here, a folder has no sectors.
+    if (!stat.isFile()) throw new NubisError('BACKUP_IMAGE_UNREADABLE', `The disk image ${imagePath} is not a regular file`);
+    const imageBytes = stat.size;
     for (const region of await findRegions(image.fd, imageBytes, budget)) {
       if (budget.stopped) break;
       const family = region.skipReason === undefined ? filesystemFamily(region.probe ?? (await blkid(image.fd, region, budget))) : { skip: region.skipReason };
@@ -134,7 +138,9 @@ async function blkid(fd: number, region: Region, budget: WalkBudget): Promise<Bl
   const args = ['-p', '-o', 'export', '-O', String(region.offsetBytes), '-S', String(region.sizeBytes), '/dev/fd/3'];
   try {
     const { stdout } = await runCommand('blkid', args, { timeoutMs: PROBE_TIMEOUT_MS, signal: budget.signal, passFds: [fd] });
-    return Object.fromEntries(stdout.split('\n').flatMap((line) => (line.includes('=') ? [[line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]] : [])));
+    return Object.fromEntries(
+      stdout.split('\n').flatMap((line) => (line.includes('=') ? [[line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]] : [])),
+    );
   } catch (error) {
     // blkid(8): exit status 2 means it found nothing it knows.
     if (error instanceof NubisError && error.code === 'COMMAND_FAILED') return error.details?.exitCode === 2 ? {} : { error: `blkid failed: ${error.message}` };

@@ -57,8 +57,9 @@ export async function listExtFiles(source: FilesystemSource, budget: WalkBudget)
     if (run === undefined) break;
     for (const directory of batch) {
       const entries = run.listings.get(directory.inode);
-      if (entries === undefined) {
-        if (!run.cut) unreadable.push({ path: directory.path, reason: `debugfs could not list it${run.problem ? `: ${run.problem}` : ''}` });
+      // Every directory holds '.' and '..': no records at all means debugfs could not read it (its error is on stderr).
+      if (entries === undefined || entries.length === 0) {
+        if (!run.cut) unreadable.push({ path: directory.path, reason: `debugfs could not list the directory${run.problem ? `: ${run.problem}` : ''}` });
         continue;
       }
       for (const entry of entries) {

@@ -67,6 +67,7 @@ export async function listFatFiles(source: FilesystemSource, budget: WalkBudget)
   const visited = new Set<number>();
   const queue: Array<{ path: string; firstCluster: number }> = [{ path: '/', firstCluster: 0 }];
   while (queue.length > 0 && !budget.stopped) {
+    budget.signal?.throwIfAborted();
     const directory = queue.shift()!;
     let entries: FatEntry[];
     try {
