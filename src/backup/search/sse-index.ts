@@ -2,10 +2,11 @@
  * An encrypted keyword index of a backup's file catalog that a server can search without
  * learning the words or the file names: the basic scheme Pi_bas of Cash, Jaeger, Jarecki, Jutla,
  * Krawczyk, Rosu and Steiner, "Dynamic Searchable Encryption in Very-Large Databases: Data
- * Structures and Implementation" (NDSS 2014, section 2.1 and figure 2).
+ * Structures and Implementation" (NDSS 2014).
  *
  * Building (client, with the 32-byte key K): for each keyword w, K1 = F(K, '1' || w) and
- * K2 = F(K, '2' || w), with F = HMAC-SHA256 and w its UTF-8 after normalizeKeyword (keywords.ts).
+ * K2 = F(K, '2' || w), with F = HMAC-SHA256 and w its UTF-8 after normalizeKeyword (keywords.ts;
+ * bytes of a file name that were not UTF-8 count as those bytes, file-name.ts).
  * The c-th document of w (c = 0, 1, ... in the order the documents were given) becomes one entry:
  * label = F(K1, c) cut to 16 bytes (c as 8 bytes big-endian), value = Enc(K2, document id). The
  * entries are stored sorted by label, an order that says nothing since labels are pseudorandom.
@@ -28,6 +29,8 @@
  * - from the index alone: the number of entries, which is the number of (keyword, file) pairs
  *   of the catalog, and each value's length to within 32 bytes; nothing else: not the words,
  *   not the file names, not how entries group into words or into files;
+ * - from two indexes built with the same key: the labels of the words they share are the same,
+ *   so their overlap shows; give each index its own key (e.g. derived per backup) where it may not;
  * - from each search: the search pattern (the same word gives the same K1, so repeated searches
  *   are recognisable), the access pattern (which entries matched) and the result size (how many
  *   files have the word; results are not padded).
