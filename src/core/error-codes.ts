@@ -67,6 +67,10 @@ export const ERROR_STATUS = {
   TLS_CERT_INVALID: 400,
   TLS_KEY_INVALID: 400,
   TLS_KEY_MISMATCH: 400,
+  // Backup search (backup/search/sse-index.ts): a key, token or serialized index of the wrong shape.
+  BACKUP_SEARCH_KEY_INVALID: 400,
+  BACKUP_SEARCH_TOKEN_INVALID: 400,
+  BACKUP_INDEX_INVALID: 400,
   // Credentials.
   AUTH_REQUIRED: 401,
   AUTH_INVALID_TOKEN: 401,
@@ -236,6 +240,9 @@ export const ERROR_STATUS = {
   TLS_FILE_UNREADABLE: 422,
   TLS_CERT_EXPIRED: 422,
   TLS_CERT_NOT_YET_VALID: 422,
+  // A disk image that cannot be opened; search results that do not open with the key given.
+  BACKUP_IMAGE_UNREADABLE: 422,
+  BACKUP_RESULTS_UNREADABLE: 422,
   // Nubis itself failed.
   INTERNAL_ERROR: 500,
   OPERATION_INTERRUPTED: 500,

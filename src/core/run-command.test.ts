@@ -41,6 +41,11 @@ describe('runCommand', () => {
     await assert.rejects(runCommand('true', [], { timeoutMs: 5000, signal: controller.signal }), (error) => error === reason);
   });
 
+  it("gives every byte back with encoding 'latin1', also bytes that are not UTF-8", async () => {
+    const { stdout } = await runCommand('printf', ['a\\377\\376/\\303\\234'], { timeoutMs: 5000, encoding: 'latin1' });
+    assert.deepEqual(Buffer.from(stdout, 'latin1'), Buffer.from([0x61, 0xff, 0xfe, 0x2f, 0xc3, 0x9c]));
+  });
+
   it('hands open files to the program as fds 3 and up', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nubis-run-command-'));
     try {

@@ -16,6 +16,12 @@ export interface RunCommandOptions {
   passFds?: readonly number[];
   /** Output kept per stream; more is dropped. Default 1 MiB. */
   maxOutputBytes?: number;
+  /**
+   * How the output is decoded. Default 'utf8'. 'latin1' keeps every byte as one character, so
+   * `Buffer.from(stdout, 'latin1')` gives the bytes back: for output that holds raw file names,
+   * which need not be UTF-8, and where `maxOutputBytes` then counts bytes exactly.
+   */
+  encoding?: 'utf8' | 'latin1';
 }
 
 /** What a finished program printed. */
@@ -47,8 +53,9 @@ export function runCommand(command: string, args: readonly string[], options: Ru
     let timedOut = false;
     let aborted = false;
     const keep = (current: string, chunk: string) => (current.length >= maxOutputBytes ? current : current + chunk.slice(0, maxOutputBytes - current.length));
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout = keep(stdout, chunk)));
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr = keep(stderr, chunk)));
+    const encoding = options.encoding ?? 'utf8';
+    child.stdout!.setEncoding(encoding).on('data', (chunk: string) => (stdout = keep(stdout, chunk)));
+    child.stderr!.setEncoding(encoding).on('data', (chunk: string) => (stderr = keep(stderr, chunk)));
     // The whole group is killed, and our ends of the pipes are closed: a grandchild holding them
     // would otherwise delay 'close' past the kill.
     const kill = () => {
