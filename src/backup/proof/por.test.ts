@@ -156,12 +156,34 @@ describe('proof of retrievability', () => {
     assert.equal(await audit(key, store, makeChallenge([a, b])), true);
   });
 
-  it('refuses a store whose tag or block reads back with the wrong size, naming the block', async () => {
+  it('refuses a store whose block or tag cannot be read or reads back with the wrong size, naming the block', async () => {
     const challenge = makeChallenge([chunks[0]]);
     const shortTag: ProofSource = { readBlock: store.readBlock.bind(store), readTag: async () => Buffer.alloc(31) };
     await assert.rejects(prove(challenge, shortTag), (error: unknown) => isNubisError(error, 'BACKUP_PROOF_READ_FAILED') && /31 bytes/.test(error.message));
     const longBlock: ProofSource = { readBlock: async () => Buffer.alloc(BLOCK_BYTES + 1), readTag: store.readTag.bind(store) };
     await assert.rejects(prove(challenge, longBlock), (error: unknown) => isNubisError(error, 'BACKUP_PROOF_READ_FAILED') && /4097 bytes/.test(error.message));
+    const gone = Object.assign(new Error('ENOENT: no such file or directory'), { code: 'ENOENT' });
+    const missing: ProofSource = { readBlock: async () => Promise.reject(gone), readTag: store.readTag.bind(store) };
+    await assert.rejects(
+      prove(challenge, missing),
+      (error: unknown) =>
+        isNubisError(error, 'BACKUP_PROOF_READ_FAILED') && error.cause === gone && /could not read block 0 of chunk .*: ENOENT/.test(error.message),
+    );
+  });
+
+  it('gives the same proof whatever the number of reads at once, and in whatever order they finish', async () => {
+    const challenge = makeChallenge(chunks, 100);
+    const one = await prove(challenge, store, { concurrency: 1 });
+    // Reads that finish in random order.
+    const shuffled: ProofSource = {
+      readBlock: async (chunkId, index) => {
+        await new Promise((resolve) => setTimeout(resolve, randomInt(3)));
+        return store.readBlock(chunkId, index);
+      },
+      readTag: store.readTag.bind(store),
+    };
+    assert.deepEqual(await prove(challenge, shuffled, { concurrency: 16 }), one);
+    assert.deepEqual(await prove(challenge, store, { concurrency: 0 }), one);
   });
 
   it('stops between blocks when aborted', async () => {

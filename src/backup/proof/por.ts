@@ -49,7 +49,7 @@
  * the whole store whose block index is (id, length, i).
  */
 import { createHmac, randomBytes, randomInt } from 'node:crypto';
-import { NubisError } from '../../core/errors.ts';
+import { messageOf, NubisError } from '../../core/errors.ts';
 import {
   BLOCK_BYTES,
   bigIntFromBytes,
@@ -71,7 +71,7 @@ export const MAX_CHALLENGE_BLOCKS = 4096;
 export const MAX_CHUNK_BYTES = 2 ** 30;
 /** Bytes of the secret a ProofKey is derived from, and serialized as. */
 export const PROOF_KEY_SECRET_BYTES = 32;
-/** Bytes of a challenge coefficient nu: 128 bits, as in the paper's private scheme. */
+/** Bytes of a challenge coefficient nu: 128 bits, a subset of Z_p as the paper allows, to keep the challenge short. */
 export const COEFFICIENT_BYTES = 16;
 /** Bytes of a proof: mu_1..mu_s then sigma, 32 bytes each. */
 export const PROOF_BYTES = (SECTORS_PER_BLOCK + 1) * ELEMENT_BYTES;
@@ -116,7 +116,7 @@ export interface ProofSource {
 
 /** Options of prove(). */
 export interface ProveOptions {
-  /** Blocks read at once (default 8): overlaps the reads of a store on disk. */
+  /** Blocks read at once (default 8, also for what is not a positive whole number): overlaps the reads of a store on disk. */
   readonly concurrency?: number;
   /** Stops the proof between blocks. */
   readonly signal?: AbortSignal;
@@ -193,13 +193,16 @@ export class ProofKey {
  * `chunkId` is the chunk's 64-hex-digit id and `data` its whole content (as stored, encrypted):
  * each tag binds the id, the length and the block index.
  */
-export function tagChunk(key: ProofKey, chunkId: string, data: Buffer): Buffer {
-  const chunk = checkChunkRef({ id: chunkId, byteLength: data.length }, 'BACKUP_CHUNK_INVALID', 'Chunk');
-  const blocks = blockCount(data.length);
+export function tagChunk(key: ProofKey, chunkId: string, data: Uint8Array): Buffer {
+  if (!(data instanceof Uint8Array))
+    throw new NubisError('BACKUP_CHUNK_INVALID', `Chunk ${describeValue(chunkId)}: its data is bytes, not ${describeValue(data)}`);
+  const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const chunk = checkChunkRef({ id: chunkId, byteLength: bytes.length }, 'BACKUP_CHUNK_INVALID', 'Chunk');
+  const blocks = blockCount(bytes.length);
   const tags = Buffer.alloc(blocks * ELEMENT_BYTES);
   const sectors = new Array<bigint>(SECTORS_PER_BLOCK);
   for (let i = 0; i < blocks; i++) {
-    blockSectors(data.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES), sectors);
+    blockSectors(bytes.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES), sectors);
     elementToBytes(modP(key.blockMask(chunk, i) + key.alphaSum(sectors)), tags, i * ELEMENT_BYTES);
   }
   return tags;
@@ -284,26 +287,16 @@ export async function prove(challenge: Challenge, source: ProofSource, options: 
       options.signal?.throwIfAborted();
       const item = challenge.items[next++];
       const chunk = challenge.chunks[item.chunk];
-      const [block, tag] = await Promise.all([source.readBlock(chunk.id, item.block), source.readTag(chunk.id, item.block)]);
-      if (!Buffer.isBuffer(block) || block.length > BLOCK_BYTES)
-        throw new NubisError(
-          'BACKUP_PROOF_READ_FAILED',
-          `Block ${item.block} of chunk ${chunk.id} read as ${describeBytes(block)}, not at most ${BLOCK_BYTES} bytes`,
-        );
-      const tagValue = Buffer.isBuffer(tag) ? elementFromBytes(tag) : undefined;
-      if (tagValue === undefined)
-        throw new NubisError(
-          'BACKUP_PROOF_READ_FAILED',
-          `The tag of block ${item.block} of chunk ${chunk.id} is ${describeBytes(tag)}, not an element of ${ELEMENT_BYTES} bytes below p`,
-        );
+      const { block, tag } = await readBlockAndTag(source, chunk.id, item.block);
       blockSectors(block, sectors);
       for (let j = 0; j < SECTORS_PER_BLOCK; j++) mu[j] += item.nu * sectors[j];
-      sigma += item.nu * tagValue;
+      sigma += item.nu * tag;
     }
   };
-  const concurrency = Math.max(1, Math.min(options.concurrency ?? 8, challenge.items.length));
+  const { concurrency = 8 } = options;
+  const workers = Math.min(Number.isSafeInteger(concurrency) && concurrency > 0 ? concurrency : 8, challenge.items.length);
   await Promise.all(
-    Array.from({ length: concurrency }, () =>
+    Array.from({ length: workers }, () =>
       worker().catch((error: unknown) => {
         failed = true;
         throw error;
@@ -311,6 +304,24 @@ export async function prove(challenge: Challenge, source: ProofSource, options: 
     ),
   );
   return { mu: mu.map(modP), sigma: modP(sigma) };
+}
+
+/** Block `index` of a chunk and its tag, as the prover needs them; BACKUP_PROOF_READ_FAILED when the store cannot give them. */
+async function readBlockAndTag(source: ProofSource, chunkId: string, index: number): Promise<{ block: Buffer; tag: bigint }> {
+  const where = `block ${index} of chunk ${chunkId}`;
+  let block: unknown;
+  let tag: unknown;
+  try {
+    [block, tag] = await Promise.all([source.readBlock(chunkId, index), source.readTag(chunkId, index)]);
+  } catch (error) {
+    throw new NubisError('BACKUP_PROOF_READ_FAILED', `The store could not read ${where} or its tag: ${messageOf(error)}`, { cause: error });
+  }
+  if (!Buffer.isBuffer(block) || block.length > BLOCK_BYTES)
+    throw new NubisError('BACKUP_PROOF_READ_FAILED', `Block ${index} of chunk ${chunkId} read as ${describeBytes(block)}, not at most ${BLOCK_BYTES} bytes`);
+  const value = Buffer.isBuffer(tag) ? elementFromBytes(tag) : undefined;
+  if (value === undefined)
+    throw new NubisError('BACKUP_PROOF_READ_FAILED', `The tag of ${where} is ${describeBytes(tag)}, not an element of ${ELEMENT_BYTES} bytes below p`);
+  return { block, tag: value };
 }
 
 /**
