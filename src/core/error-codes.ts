@@ -71,6 +71,10 @@ export const ERROR_STATUS = {
   BACKUP_SEARCH_KEY_INVALID: 400,
   BACKUP_SEARCH_TOKEN_INVALID: 400,
   BACKUP_INDEX_INVALID: 400,
+  // Backup proofs of retrievability (backup/proof/): a key secret, chunk or challenge that does not parse.
+  BACKUP_PROOF_KEY_INVALID: 400,
+  BACKUP_CHUNK_INVALID: 400,
+  BACKUP_CHALLENGE_INVALID: 400,
   // Credentials.
   AUTH_REQUIRED: 401,
   AUTH_INVALID_TOKEN: 401,
@@ -275,9 +279,13 @@ export const ERROR_STATUS = {
   KEY_FILE_UNSAFE: 500,
   KEY_FILE_CORRUPT: 500,
   VOLUME_KEY_MALFORMED: 500,
+  // The backup store's own block or tag read back is not what a proof needs (a damaged tag file).
+  BACKUP_PROOF_READ_FAILED: 500,
   // What Nubis drives failed: a host agent, QEMU, an NBD peer.
   HTTP_ERROR: 502,
   METRICS_UNPARSABLE: 502,
+  // The backup store answered a proof that does not parse.
+  BACKUP_PROOF_MALFORMED: 502,
   VM_START_FAILED: 502,
   VM_SNAPSHOT_FAILED: 502,
   BACKUP_FAILED: 502,
