@@ -178,6 +178,10 @@ export const TakenBackup = Type.Object({
     { maxItems: 64 },
   ),
   storedBytes: Type.Integer({ minimum: 0 }),
+  /** Files (and folders) of the disks' filesystems in the backup's encrypted catalog. */
+  catalogFiles: Type.Integer({ minimum: 0 }),
+  /** What the catalog left out, and why (a disk without a filesystem it reads, a damaged one). */
+  catalogNotes: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 16 })),
 });
 export type TakenBackup = Static<typeof TakenBackup>;
 

@@ -156,7 +156,7 @@ export class FakeAgent implements AgentClient {
   sealTemplate: AgentClient['sealTemplate'] = (id) => this.#enter('sealTemplate', [id]);
   takeBackup: AgentClient['takeBackup'] = async (id, backup) => {
     await this.#enter('takeBackup', [id, backup]);
-    return { disks: [], storedBytes: 0 };
+    return { disks: [], storedBytes: 0, catalogFiles: 0 };
   };
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#enter('setFirewall', [id, firewalls]);
   setCpuControls: AgentClient['setCpuControls'] = async (id, controls) => {

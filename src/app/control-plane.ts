@@ -210,7 +210,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer, desktopBroker, usage } = services;
+  const { operations, images, audit, ha, balancer, desktopBroker, usage, backups } = services;
   await audit.start();
   await usage.load();
   // Graphs of VMs and hosts deleted while the control plane was down go now.
@@ -248,6 +248,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   await balancer.start();
   // Resets after the grace time and spare desktops kept booted.
   await desktopBroker.start();
+  // Proofs of retrievability of every backup, again when its last one is a day old.
+  backups.auditor.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -258,6 +260,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
       await ha.stop();
       balancer.stop();
       await desktopBroker.stop();
+      await backups.auditor.stop();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();

@@ -8,8 +8,12 @@
  * - A chunk's id is HMAC-SHA256 of its plaintext under the tenant's id key: equal chunks of one
  *   tenant share an id (deduplication), but the store cannot test a guess of the content, as it
  *   could with a plain SHA-256, and two tenants' equal chunks do not meet.
- * - A chunk's bytes are AES-256-GCM (NIST SP 800-38D) with a random 96-bit IV and the chunk id as
- *   additional authenticated data: sealed = IV (12) | ciphertext | tag (16). Opening checks the tag
+ * - A chunk's bytes are AES-256-GCM (NIST SP 800-38D) with the chunk id as additional authenticated
+ *   data: sealed = IV (12) | ciphertext | tag (16). The IV is derived from the id (HMAC under the
+ *   seal key), so a chunk always seals to the same bytes: an id names one plaintext, so an IV is
+ *   never used for two plaintexts (GCM's one rule), and the store never holds two different
+ *   contents under one id, which the proofs of retrievability need (backup/proof/por.ts: tags of
+ *   two contents of one id and length would let the store learn the proof key). Opening checks the tag
  *   and then that the plaintext's HMAC is the id it was asked for, so a chunk altered, truncated,
  *   swapped for another chunk or opened with a wrong key is refused (`BACKUP_CHUNK_CORRUPT`),
  *   never returned as wrong data.
@@ -35,13 +39,23 @@ export interface BackupKeys {
   readonly chunkId: Buffer;
   readonly chunkSeal: Buffer;
   readonly manifestSeal: Buffer;
+  /** The secret of the proof-of-retrievability key (backup/proof/por.ts `ProofKey.fromSecret`). */
+  readonly proofSecret: Buffer;
+  /** Derives the key of one backup's encrypted file catalog (each its own: see backup/search/sse-index.ts). */
+  catalogKey(backupId: string): Buffer;
 }
 
 /** Derives the keys of each purpose from a tenant's 32-byte backup key. */
 export function backupKeysOf(tenantKey: Buffer): BackupKeys {
   if (tenantKey.length !== KEY_BYTES) throw new NubisError('BACKUP_KEY_INVALID', `A backup key has ${KEY_BYTES} bytes, not ${tenantKey.length}`);
   const derive = (info: string) => Buffer.from(hkdfSync('sha256', tenantKey, Buffer.alloc(0), `nubis-backup/v1 ${info}`, KEY_BYTES));
-  return { chunkId: derive('chunk id'), chunkSeal: derive('chunk seal'), manifestSeal: derive('manifest seal') };
+  return {
+    chunkId: derive('chunk id'),
+    chunkSeal: derive('chunk seal'),
+    manifestSeal: derive('manifest seal'),
+    proofSecret: derive('proof key'),
+    catalogKey: (backupId) => derive(`catalog ${backupId}`),
+  };
 }
 
 /** The id of a chunk of plaintext `data`. */
@@ -49,8 +63,7 @@ export function chunkIdOf(keys: BackupKeys, data: Buffer): string {
   return createHmac('sha256', keys.chunkId).update(data).digest('hex');
 }
 
-function seal(key: Buffer, aad: string, data: Buffer): Buffer {
-  const iv = randomBytes(IV_BYTES);
+function seal(key: Buffer, aad: string, data: Buffer, iv = randomBytes(IV_BYTES)): Buffer {
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   cipher.setAAD(Buffer.from(aad));
   return Buffer.concat([iv, cipher.update(data), cipher.final(), cipher.getAuthTag()]);
@@ -71,7 +84,8 @@ function open(key: Buffer, aad: string, sealed: Buffer): Buffer | undefined {
 
 /** Chunk `data` sealed for the store under its id. */
 export function sealChunk(keys: BackupKeys, id: string, data: Buffer): Buffer {
-  return seal(keys.chunkSeal, `chunk ${id}`, data);
+  const iv = createHmac('sha256', keys.chunkSeal).update(`iv ${id}`).digest().subarray(0, IV_BYTES);
+  return seal(keys.chunkSeal, `chunk ${id}`, data, iv);
 }
 
 /** The plaintext of chunk `id`; `BACKUP_CHUNK_CORRUPT` when its bytes are not that chunk's. */

@@ -7,6 +7,7 @@ import { request } from 'node:http';
 import { NubisError } from '../core/errors.ts';
 import { requestJson } from '../core/http-json.ts';
 import type { StoreCheck, StoredBackup } from './store/chunk-store.ts';
+import type { ChallengeJson, ProofJson } from './proof/por-wire.ts';
 
 const CHUNK_TIMEOUT_MS = 120_000;
 
@@ -30,6 +31,24 @@ export class BackupStoreClient {
 
   putChunk(id: string, sealed: Buffer): Promise<void> {
     return this.#bytes('PUT', `/chunks/${id}`, sealed).then(() => undefined);
+  }
+
+  putTags(id: string, tags: Buffer): Promise<void> {
+    return this.#bytes('PUT', `/chunks/${id}/tags`, tags).then(() => undefined);
+  }
+
+  putCatalog(id: string, catalog: unknown): Promise<void> {
+    return this.#json('PUT', `/backups/${id}/catalog`, catalog, 600_000);
+  }
+
+  /** The store's proof that it holds the challenged blocks (backup/proof/por-wire.ts forms). */
+  async challenge(challenge: ChallengeJson): Promise<ProofJson> {
+    return (await this.#json<{ proof: ProofJson }>('POST', '/challenge', { challenge }, 300_000)).proof;
+  }
+
+  /** The encrypted catalog entries each backup holds under its token. */
+  async search(queries: Array<{ backup: string; token: string }>): Promise<Array<{ backup: string; values: string[] }>> {
+    return (await this.#json<{ results: Array<{ backup: string; values: string[] }> }>('POST', '/search', { queries }, 300_000)).results;
   }
 
   getChunk(id: string): Promise<Buffer> {

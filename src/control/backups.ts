@@ -23,7 +23,8 @@ import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { KeyProvider } from '../storage/keys/key-provider.ts';
 import type { Db } from '../state/database.ts';
 import type { BackupsTable, VmsTable } from '../state/schema.ts';
-import type { Backup, BackupVerification } from '../wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSearchHit, BackupVerification } from '../wire/backup-schemas.ts';
+import { BackupAuditor, searchCatalogs } from './backup-audits.ts';
 import type { Operation } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
 import type { OperationManager } from './operations.ts';
@@ -56,6 +57,8 @@ export class BackupService {
   readonly #storage: StorageCatalogue;
   readonly #store: BackupStoreClient;
   readonly #keys: KeyProvider;
+  /** Proofs of retrievability of the backups, on request and on a timer. */
+  readonly auditor: BackupAuditor;
 
   constructor(deps: {
     db: Db;
@@ -66,6 +69,8 @@ export class BackupService {
     storage: StorageCatalogue;
     store: BackupStoreClient;
     keys: KeyProvider;
+    /** How old a backup's last proof of retrievability may get before it is challenged again. */
+    auditIntervalMs?: number;
   }) {
     this.#db = deps.db;
     this.#hosts = deps.hosts;
@@ -75,6 +80,12 @@ export class BackupService {
     this.#storage = deps.storage;
     this.#store = deps.store;
     this.#keys = deps.keys;
+    this.auditor = new BackupAuditor({
+      db: deps.db,
+      store: deps.store,
+      key: (projectId) => this.#projectKey(projectId),
+      ...(deps.auditIntervalMs ? { intervalMs: deps.auditIntervalMs } : {}),
+    });
   }
 
   /**
@@ -218,6 +229,31 @@ export class BackupService {
     return { deleted: row.id };
   }
 
+  /**
+   * Challenges backup `id` (or every backup of the project) to prove it still holds their blocks
+   * (backup-audits.ts), recording each outcome.
+   */
+  async challenge(request: { backup?: string; blocks?: number }, project?: string): Promise<BackupAudit[]> {
+    const rows = request.backup
+      ? [await this.#row(request.backup, project)]
+      : await this.#db.selectFrom('backups').selectAll().where('project_id', '=', await projectIdByName(this.#db, project)).orderBy('created_at').execute();
+    const audits: BackupAudit[] = [];
+    for (const row of rows) audits.push(await this.auditor.challenge(row, request.blocks));
+    return audits;
+  }
+
+  /** The recorded challenges of backup `id`, oldest first. */
+  async audits(id: string, project?: string): Promise<BackupAudit[]> {
+    return this.auditor.audits((await this.#row(id, project)).id);
+  }
+
+  /** Which files of the project's backups have `word` in their name, from the encrypted catalogs (backup-audits.ts). */
+  async search(word: string, project?: string): Promise<BackupSearchHit[]> {
+    const projectId = await projectIdByName(this.#db, project);
+    const rows = await this.#db.selectFrom('backups').selectAll().where('project_id', '=', projectId).orderBy('created_at').execute();
+    return searchCatalogs(this.#store, rows, await this.#projectKey(projectId), word);
+  }
+
   /** Removes the store's chunks that no backup uses, except those written or found within `graceSeconds`. */
   collect(graceSeconds: number): Promise<{ removedChunks: number; freedBytes: number; keptChunks: number }> {
     return this.#store.collect(graceSeconds);
@@ -247,6 +283,8 @@ function recordOf(id: string, vm: VmsTable, settings: BackupSettings, taken: Tak
     duration_ms: durationMs,
     settings: JSON.stringify(settings),
     created_at: new Date().toISOString(),
+    catalog_files: taken.catalogFiles,
+    catalog_notes: JSON.stringify(taken.catalogNotes ?? []),
   };
 }
 
@@ -261,6 +299,8 @@ export function viewOf(row: BackupsTable): Backup {
     storedBytes: row.stored_bytes,
     durationMs: row.duration_ms,
     disks: JSON.parse(row.disks) as Backup['disks'],
+    catalogFiles: row.catalog_files,
+    catalogNotes: JSON.parse(row.catalog_notes) as string[],
     settings: JSON.parse(row.settings) as BackupSettings,
   };
 }

@@ -13,6 +13,12 @@
  * id depends only on its content. Zero chunks are not sent at all. A stopped VM's disks are read
  * as they are (`qemu-img convert`). Each copy is removed when done, also on failure.
  *
+ * Each chunk sent goes with its proof-of-retrievability tags (backup/proof/por.ts), so the
+ * tenant can later check that the store still holds it without reading it back. And the files of
+ * the filesystems on each copy (ext2/3/4, FAT, also in MBR or GPT partitions; read offline with
+ * debugfs and our FAT reader, backup/search/) go into the backup's encrypted catalog, searchable
+ * by word without the store learning the word (backup/search/sse-index.ts).
+ *
  * Reading whole copies costs reading every disk each time; QEMU's dirty bitmaps would tell which
  * blocks changed, but persist only in qcow2 files and are lost by a migration that mirrors the
  * disk, so the chunk ids stay the source of truth for what is sent.
@@ -23,29 +29,14 @@ import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
-import { backupKeysOf, CHUNK_BYTES, chunkIdOf, openChunk, openManifest, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
+import { backupKeysOf, CHUNK_BYTES, chunkIdOf, openChunk, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
-
-/** What a backup holds of one disk: its place in the VM, its size and its chunks (null: all zero). */
-export interface BackupManifestDisk {
-  id: string;
-  /** `root` for the disk the VM boots from, else the volume (`pool/volume`). */
-  source: string;
-  sizeBytes: number;
-  chunks: Array<string | null>;
-}
-
-/** The sealed description of one backup. */
-export interface BackupManifest {
-  format: 'nubis-backup/1';
-  backupId: string;
-  createdAt: string;
-  chunkBytes: number;
-  /** What the control plane recorded of the VM (its settings), sealed with the data. */
-  vm: Record<string, unknown>;
-  disks: BackupManifestDisk[];
-}
+import { type BackupManifest, type BackupManifestDisk, readBackupManifest } from '../backup/manifest.ts';
+import { ProofKey, tagChunk } from '../backup/proof/por.ts';
+import { listDiskFiles } from '../backup/search/disk-files.ts';
+import { fileKeywords } from '../backup/search/keywords.ts';
+import { buildIndex, type IndexDocument } from '../backup/search/sse-index.ts';
 
 /** What a backup of one disk cost. */
 export interface BackupDiskReport {
@@ -87,14 +78,18 @@ export function backupSourcesOf(spec: VmSpec): BackupSource[] {
 export async function takeBackup(
   host: SnapshotHost,
   request: { backupId: string; key: Buffer; vm: Record<string, unknown>; store: BackupStoreClient; signal?: AbortSignal },
-): Promise<{ disks: BackupDiskReport[]; storedBytes: number }> {
+): Promise<{ disks: BackupDiskReport[]; storedBytes: number; catalogFiles: number; catalogNotes?: string[] }> {
   const keys = backupKeysOf(request.key);
   const sources = backupSourcesOf(host.spec());
   const copies = sources.map((source) => join(host.dir, 'run', `${request.backupId}-${source.id}.raw`));
   try {
     await copyDisks(host, sources, copies, request.signal);
+    const proofKey = ProofKey.fromSecret(keys.proofSecret);
     const disks: Array<BackupManifestDisk & Omit<BackupDiskReport, 'chunks'>> = [];
-    for (const [index, source] of sources.entries()) disks.push({ id: source.id, source: source.source, ...(await sendChunks(copies[index], keys, request.store)) });
+    for (const [index, source] of sources.entries())
+      disks.push({ id: source.id, source: source.source, ...(await sendChunks(copies[index], keys, proofKey, request.store)) });
+    const catalog = await catalogOf(sources, copies, request.signal);
+    await request.store.putCatalog(request.backupId, buildIndex(keys.catalogKey(request.backupId), catalog.documents).toJSON());
     const createdAt = new Date().toISOString();
     const manifest: BackupManifest = {
       format: 'nubis-backup/1',
@@ -112,6 +107,8 @@ export async function takeBackup(
     return {
       disks: disks.map(({ chunks, ...report }) => ({ ...report, chunks: chunks.length })),
       storedBytes: stored.storedBytes,
+      catalogFiles: catalog.documents.length,
+      ...(catalog.notes.length > 0 ? { catalogNotes: catalog.notes.slice(0, 16) } : {}),
     };
   } finally {
     for (const copy of copies) await rm(copy, { force: true });
@@ -166,8 +163,30 @@ async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: st
   }
 }
 
-/** Cuts the copy at `path` into chunks and sends the store those it has not got. */
-async function sendChunks(path: string, keys: BackupKeys, store: BackupStoreClient): Promise<Omit<BackupDiskReport, 'id' | 'source' | 'chunks'> & { chunks: Array<string | null> }> {
+/** A catalog entry's id: which disk, and the path in it. */
+export function catalogEntryId(source: string, path: string): string {
+  return JSON.stringify([source, path]);
+}
+
+/** The files of the filesystems on the copies, as catalog documents, and why parts were left out. */
+async function catalogOf(sources: BackupSource[], copies: string[], signal?: AbortSignal): Promise<{ documents: IndexDocument[]; notes: string[] }> {
+  const documents: IndexDocument[] = [];
+  const notes: string[] = [];
+  for (const [index, source] of sources.entries()) {
+    try {
+      const listing = await listDiskFiles(copies[index], { ...(signal ? { signal } : {}) });
+      for (const file of listing.files) documents.push({ id: catalogEntryId(source.source, file.path), keywords: fileKeywords(file.path) });
+      for (const skipped of listing.skipped) notes.push(`${source.id} ${skipped.partition}${skipped.path ? ` ${skipped.path}` : ''}: ${skipped.reason}`);
+      if (listing.truncated) notes.push(`${source.id}: ${listing.truncated}`);
+    } catch (error) {
+      notes.push(`${source.id}: ${messageOf(error)}`);
+    }
+  }
+  return { documents, notes };
+}
+
+/** Cuts the copy at `path` into chunks and sends the store those it has not got, each with its proof tags. */
+async function sendChunks(path: string, keys: BackupKeys, proofKey: ProofKey, store: BackupStoreClient): Promise<Omit<BackupDiskReport, 'id' | 'source' | 'chunks'> & { chunks: Array<string | null> }> {
   const sizeBytes = (await stat(path)).size;
   const file = await open(path, 'r');
   const chunks: Array<string | null> = [];
@@ -191,6 +210,8 @@ async function sendChunks(path: string, keys: BackupKeys, store: BackupStoreClie
       }
       for (const id of round.size > 0 ? await store.missing([...round.keys()]) : []) {
         const sealed = sealChunk(keys, id, round.get(id)!);
+        // Tags first: a chunk the store has is always one it can prove.
+        await store.putTags(id, tagChunk(proofKey, id, sealed));
         await store.putChunk(id, sealed);
         newChunks += 1;
         sentBytes += sealed.length;
@@ -206,11 +227,6 @@ const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
 
 function isZero(data: Buffer): boolean {
   return data.equals(ZERO_CHUNK.subarray(0, data.length));
-}
-
-/** The manifest of backup `backupId`, opened with the tenant key. */
-export async function readBackupManifest(store: BackupStoreClient, backupId: string, key: Buffer): Promise<BackupManifest> {
-  return openManifest<BackupManifest>(backupKeysOf(key), backupId, (await store.backup(backupId)).manifest);
 }
 
 /**

@@ -34,4 +34,24 @@ export const backupMigrations: Record<string, Migration> = {
       await db.schema.createIndex('backups_project_vm').on('backups').columns(['project_id', 'vm_name', 'created_at']).execute();
     },
   },
+  '0025-backup-audits': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('backups').addColumn('catalog_files', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('backups').addColumn('catalog_notes', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+      // Each proof-of-retrievability challenge of a backup and its outcome (control/backup-audits.ts).
+      await db.schema
+        .createTable('backup_audits')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('backup_id', 'text', (c) => c.notNull().references('backups.id').onDelete('cascade'))
+        .addColumn('at', 'text', (c) => c.notNull())
+        .addColumn('blocks', 'integer', (c) => c.notNull())
+        .addColumn('passed', 'integer', (c) => c.notNull())
+        .addColumn('proof_bytes', 'integer', (c) => c.notNull())
+        .addColumn('store_ms', 'integer', (c) => c.notNull())
+        .addColumn('verify_ms', 'integer', (c) => c.notNull())
+        .addColumn('error', 'text')
+        .execute();
+      await db.schema.createIndex('backup_audits_backup').on('backup_audits').columns(['backup_id', 'at']).execute();
+    },
+  },
 };

@@ -304,6 +304,23 @@ export interface BackupsTable {
   /** JSON: the VM's settings a restore recreates it with (image, CPUs, memory, networks). */
   settings: string;
   created_at: string;
+  /** Files in its encrypted catalog, and (JSON) what the catalog left out and why. */
+  catalog_files: number;
+  catalog_notes: string;
+}
+
+/** One proof-of-retrievability challenge of a backup (control/backup-audits.ts). */
+export interface BackupAuditsTable {
+  id: string;
+  backup_id: string;
+  at: string;
+  blocks: number;
+  passed: number;
+  proof_bytes: number;
+  store_ms: number;
+  verify_ms: number;
+  /** Why it failed when the store could not answer at all. */
+  error: string | null;
 }
 
 export interface VmSnapshotsTable {
@@ -568,6 +585,7 @@ export interface Database {
   vm_snapshots: VmSnapshotsTable;
   backups: BackupsTable;
   backup_keys: BackupKeysTable;
+  backup_audits: BackupAuditsTable;
   secgroups: SecgroupsTable;
   secgroup_rules: SecgroupRulesTable;
   vm_secgroups: VmSecgroupsTable;

@@ -26,6 +26,8 @@ export const Backup = Type.Object(
       }),
       { maxItems: 64 },
     ),
+    catalogFiles: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Files and folders of its disks in its encrypted catalog' }),
+    catalogNotes: Type.Array(Text(4096), { maxItems: 16, description: 'What the catalog left out and why (a disk without a filesystem it reads)' }),
     settings: Type.Object(
       {
         image: ResourceName,
@@ -79,3 +81,44 @@ export const BackupCollectRequest = Type.Object(
   },
   { additionalProperties: false },
 );
+
+export const BackupAudit = Type.Object(
+  {
+    backup: ResourceId,
+    at: Timestamp,
+    blocks: Type.Integer({ format: 'int32', minimum: 0, maximum: 4096, description: 'Blocks of 4 KiB challenged' }),
+    passed: Type.Boolean({ description: 'The store proved it holds every challenged block unaltered' }),
+    proofBytes: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e6, description: "Size of the store's proof" }),
+    storeMs: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Time the store took to answer' }),
+    verifyMs: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Time to check the proof' }),
+    error: Type.Optional(Text(4096, { description: 'Why the store could not answer' })),
+  },
+  { $id: 'BackupAudit' },
+);
+export type BackupAudit = Static<typeof BackupAudit>;
+
+export const BackupChallengeRequest = Type.Object(
+  {
+    backup: Type.Optional(BackupRef.properties.backup),
+    blocks: Type.Optional(
+      Type.Integer({ format: 'int32', minimum: 1, maximum: 4096, default: 460, description: 'Blocks to challenge (460: 1% damage found with >99% probability)' }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const BackupSearchRequest = Type.Object(
+  { word: Type.String({ minLength: 1, maxLength: 255, description: 'A file name, or a word of one (case does not matter)' }) },
+  { additionalProperties: false },
+);
+
+export const BackupSearchHit = Type.Object(
+  {
+    backup: ResourceId,
+    vm: ResourceName,
+    createdAt: Timestamp,
+    files: Type.Array(Type.Object({ disk: Text(4096), path: Text(8192) }), { maxItems: 200000 }),
+  },
+  { $id: 'BackupSearchHit' },
+);
+export type BackupSearchHit = Static<typeof BackupSearchHit>;

@@ -9,15 +9,24 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Backup } from '../../src/wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSearchHit } from '../../src/wire/backup-schemas.ts';
+import { fileKeywords } from '../../src/backup/search/keywords.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 const MiB = 1024 * 1024;
+/** The files of the second volume's filesystem: their names are what `backup search` finds. */
+const DOCUMENTS: Record<string, string> = {
+  'finance/quarterly-report-2026.pdf': 'q',
+  'finance/old/quarterly-report-2025.pdf': 'q',
+  'finance/budget.ods': 'b',
+  'readme.txt': 'r',
+};
 
 describe('backups of a VM into the backup store', () => {
   const nubis = new NubisInstance('backups');
@@ -25,6 +34,8 @@ describe('backups of a VM into the backup store', () => {
   const markerB = `bravo-${randomBytes(6).toString('hex')}`;
   const backups: Backup[] = [];
   const sums: string[] = [];
+  /** Chunks of the second volume's filesystem (sent by the first backup, shared by the others). */
+  let docsChunks = 0;
   /** Every byte the backup store received and sent, recorded by a relay in front of its socket. */
   const traffic: Buffer[] = [];
   let relay: Server | undefined;
@@ -50,12 +61,29 @@ describe('backups of a VM into the backup store', () => {
     for (const args of [
       ['pool', 'create', 'local', '--kind', 'dir'],
       ['volume', 'create', 'data', '--pool', 'local', '--size', '64M', '--host', 'host-1'],
-      ['vm', 'create', 'keeper', '--image', 'tiny', '--memory', '128', '--disk', 'local/data'],
+      ['volume', 'create', 'docs', '--pool', 'local', '--size', '16M', '--host', 'host-1'],
     ]) {
       const done = await nubis.cli(args);
       assert.equal(done.code, 0, `${args.join(' ')}: ${done.stderr}`);
     }
+    fillWithFilesystem(execFileSync('find', [nubis.dataDir, '-name', 'docs.qcow2'], { encoding: 'utf8' }).trim());
+    const created = await nubis.cli(['vm', 'create', 'keeper', '--image', 'tiny', '--memory', '128', '--disk', 'local/data', '--disk', 'local/docs']);
+    assert.equal(created.code, 0, created.stderr);
   });
+
+  /** Makes the volume file at `path` an ext4 filesystem holding a few named files (made on the host, offline). */
+  function fillWithFilesystem(path: string): void {
+    const folder = mkdtempSync(join(tmpdir(), 'nubis-docs-'));
+    try {
+      mkdirSync(join(folder, 'finance', 'old'), { recursive: true });
+      for (const [name, text] of Object.entries(DOCUMENTS)) writeFileSync(join(folder, name), text);
+      execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', folder, `${folder}.raw`, '16M']);
+      execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', `${folder}.raw`, path]);
+    } finally {
+      rmSync(`${folder}.raw`, { force: true });
+      rmSync(folder, { recursive: true, force: true });
+    }
+  }
   after(async () => {
     relay?.close();
     await nubis.destroy();
@@ -86,18 +114,28 @@ describe('backups of a VM into the backup store', () => {
     sums.push((await readDisk('keeper')).sha256);
     const full = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
     assert.equal(full.vmState, 'running');
-    assert.equal(full.disks.length, 1);
-    const [disk] = full.disks;
+    assert.deepEqual(
+      full.disks.map((d) => d.source),
+      ['local/data', 'local/docs'],
+    );
+    const [disk, docs] = full.disks;
     assert.deepEqual([disk.source, disk.sizeBytes, disk.chunks], ['local/data', 64 * MiB, 16]);
     assert.equal(disk.newChunks, 4, 'chunk 0 (marker) and chunks 1-3 (random data); the other 12 are zero');
     assert.equal(disk.zeroChunks, 12);
-    assert.ok(full.sentBytes >= 16 * MiB && full.sentBytes < 16 * MiB + 4096, `sent ${full.sentBytes}`);
+    assert.ok(disk.sentBytes >= 16 * MiB && disk.sentBytes < 16 * MiB + 4096, `sent ${disk.sentBytes}`);
+    assert.ok(docs.newChunks >= 1, 'the filesystem of the second volume');
+    docsChunks = docs.newChunks;
+    assert.ok(full.catalogFiles >= Object.keys(DOCUMENTS).length, `catalog of ${full.catalogFiles} files`);
     backups.push(full);
 
     await writeMarker('keeper', markerB);
     sums.push((await readDisk('keeper')).sha256);
     const next = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
-    assert.equal(next.disks[0].newChunks, 1, 'only chunk 0 changed');
+    assert.deepEqual(
+      next.disks.map((d) => d.newChunks),
+      [1, 0],
+      'only chunk 0 of the first disk changed',
+    );
     assert.ok(next.sentBytes < full.sentBytes / 3, `the incremental sent ${next.sentBytes} bytes, the full ${full.sentBytes}`);
     console.log(`# full backup sent ${full.sentBytes} bytes in ${full.durationMs} ms; incremental ${next.sentBytes} bytes in ${next.durationMs} ms`);
     backups.push(next);
@@ -108,11 +146,41 @@ describe('backups of a VM into the backup store', () => {
     );
   });
 
+  it("finds backed-up files by a word of their name from the encrypted catalogs, as a plaintext reference would", async () => {
+    const reference = (word: string) =>
+      Object.keys(DOCUMENTS)
+        .filter((path) => fileKeywords(path).includes(word))
+        .map((path) => `/${path}`)
+        .sort();
+    for (const word of ['quarterly', '2026', 'budget', 'readme.txt', 'pdf', 'absent']) {
+      const hits = await nubis.cliJson<BackupSearchHit[]>(['backup', 'search', word]);
+      const expected = reference(word);
+      assert.deepEqual(
+        hits.map((hit) => hit.backup),
+        expected.length > 0 ? backups.map((b) => b.id) : [],
+        word,
+      );
+      for (const hit of hits) {
+        assert.deepEqual(hit.files.map((file) => file.disk), expected.map(() => 'local/docs'), word);
+        assert.deepEqual(hit.files.map((file) => file.path).sort(), expected, word);
+      }
+    }
+  });
+
+  it('makes the store prove it holds every backup, with a proof of a few KiB', async () => {
+    const audits = await nubis.cliJson<BackupAudit[]>(['backup', 'challenge']);
+    assert.deepEqual(
+      audits.map((a) => [a.backup, a.passed, a.blocks, a.proofBytes]),
+      backups.map((b) => [b.id, true, 460, 4288]),
+    );
+    console.log(`# challenge of 460 blocks: store ${audits[0].storeMs} ms, verify ${audits[0].verifyMs} ms, proof ${audits[0].proofBytes} bytes`);
+  });
+
   it("keeps no plaintext of the guest's data, the VM's name or its volume in the store's files nor in anything the store received", () => {
     const storeDir = join(nubis.dataDir, 'backups');
     const received = Buffer.concat(traffic);
     assert.ok(received.length > 20 * MiB, `the relay saw the backups go by (${received.length} bytes)`);
-    for (const plaintext of [markerA, markerB, 'keeper', 'local/data']) {
+    for (const plaintext of [markerA, markerB, 'keeper', 'local/data', 'quarterly', 'budget.ods', 'readme']) {
       const grep = spawnSync('grep', ['-rlaF', plaintext, storeDir, '--exclude=*.sock'], { encoding: 'utf8' });
       assert.equal(grep.status, 1, `${plaintext} appears in ${grep.stdout}`);
       assert.equal(received.indexOf(plaintext), -1, `${plaintext} went to the store in the clear`);
@@ -126,7 +194,7 @@ describe('backups of a VM into the backup store', () => {
       assert.equal(vm.state, 'running');
       assert.deepEqual(
         vm.disks.map((d) => d.volume),
-        [`local/${name}-data`],
+        [`local/${name}-data`, `local/${name}-docs`],
       );
       const disk = await readDisk(name);
       assert.equal(disk.first, index === 0 ? markerA : markerB);
@@ -166,17 +234,26 @@ describe('backups of a VM into the backup store', () => {
     const storeDir = join(nubis.dataDir, 'backups');
     const chunksOf = (backup: Backup) => (JSON.parse(readFileSync(join(storeDir, 'backups', `${backup.id}.json`), 'utf8')) as { chunks: string[] }).chunks;
     const files = execFileSync('find', [join(storeDir, 'chunks'), '-type', 'f', '-not', '-name', '*.sum'], { encoding: 'utf8' }).trim().split('\n');
-    assert.equal(files.length, 7, 'four chunks of the first backup, one of the second, two of the third');
+    assert.equal(files.length, 7 + docsChunks, "the data disk's four chunks of the first backup, one of the second, two of the third, and the filesystem's");
     const own = chunksOf(backups[0]).filter((chunk) => !chunksOf(backups[1]).includes(chunk));
     assert.equal(own.length, 1);
     const victim = join(storeDir, 'chunks', own[0].slice(0, 2), own[0]);
+    // One byte in every 10th block of 4 KiB: 2.5% of the backup's blocks.
     const bytes = readFileSync(victim);
-    bytes[bytes.length >> 1] ^= 0x55;
+    for (let block = 0; block * 4096 < bytes.length; block += 10) bytes[block * 4096 + 7] ^= 0x55;
     writeFileSync(victim, bytes);
     const damaged = await nubis.cli(['backup', 'verify', backups[0].id]);
     assert.notEqual(damaged.code, 0, 'verify finds the damage');
-    assert.match(damaged.stderr, /damaged: 0 chunks missing, 1 altered of 4/);
+    assert.match(damaged.stderr, new RegExp(`damaged: 0 chunks missing, 1 altered of ${4 + docsChunks}`));
     assert.equal((await nubis.cli(['backup', 'verify', backups[1].id])).code, 0, 'the other backup is whole');
+    const challenged = await nubis.cliJson<BackupAudit[]>(['backup', 'challenge', backups[0].id]);
+    assert.equal(challenged[0].passed, false, 'the store cannot prove a backup it damaged');
+    const audits = await nubis.cliJson<BackupAudit[]>(['backup', 'audits', backups[0].id]);
+    assert.deepEqual(
+      audits.map((a) => a.passed),
+      [true, false],
+    );
+    assert.equal((await nubis.cliJson<BackupAudit[]>(['backup', 'challenge', backups[1].id]))[0].passed, true);
     const brokenBackup = backups[0];
     const restore = await nubis.cli(['backup', 'restore', brokenBackup.id, '--as', 'broken']);
     assert.notEqual(restore.code, 0);
@@ -211,7 +288,7 @@ describe('backups of a VM into the backup store', () => {
     assert.equal(stopped.sentBytes, 0, "its chunks are all in the store already (restored2's disk is backup 2's)");
     for (const backup of [...backups, stopped]) assert.equal((await nubis.cli(['backup', 'delete', backup.id])).code, 0);
     const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
-    assert.equal(collected.removedChunks, 7);
+    assert.equal(collected.removedChunks, 7 + docsChunks);
     assert.deepEqual(await nubis.cliJson<Backup[]>(['backup', 'list']), []);
   });
 });

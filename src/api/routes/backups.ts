@@ -2,7 +2,18 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { BackupService } from '../../control/backups.ts';
-import { Backup, BackupCollectRequest, BackupCreateRequest, BackupListQuery, BackupRef, BackupRestoreRequest } from '../../wire/backup-schemas.ts';
+import {
+  Backup,
+  BackupAudit,
+  BackupChallengeRequest,
+  BackupCollectRequest,
+  BackupCreateRequest,
+  BackupListQuery,
+  BackupRef,
+  BackupRestoreRequest,
+  BackupSearchHit,
+  BackupSearchRequest,
+} from '../../wire/backup-schemas.ts';
 import { Accepted, List, ProjectQuery } from '../../wire/schemas.ts';
 import { errorResponses } from './common.ts';
 
@@ -99,6 +110,51 @@ export const backupRoutes: FastifyPluginAsyncTypebox<BackupRouteServices> = asyn
     },
     async (request, reply) =>
       reply.status(202).send({ operation: await backups.restore(request.params.backup, request.body, request.query.project) }),
+  );
+  app.post(
+    '/v1/backups/challenge',
+    {
+      config: { access: { on: 'project', permission: 'backup.read' } },
+      schema: {
+        operationId: 'challengeBackups',
+        tags: ['backups'],
+        summary: "Make the store prove it still holds a backup's data (or every backup's), without reading it back; each outcome is recorded",
+        querystring: ProjectQuery,
+        body: BackupChallengeRequest,
+        response: { 200: List(BackupAudit), ...errorResponses },
+      },
+    },
+    async (request) => backups.challenge(request.body, request.query.project),
+  );
+  app.get(
+    '/v1/backups/:backup/audits',
+    {
+      config: { access: { on: 'project', permission: 'backup.read' } },
+      schema: {
+        operationId: 'listBackupAudits',
+        tags: ['backups'],
+        summary: "A backup's proof-of-retrievability challenges and their outcomes, oldest first",
+        params: BackupRef,
+        querystring: ProjectQuery,
+        response: { 200: List(BackupAudit), ...errorResponses },
+      },
+    },
+    async (request) => backups.audits(request.params.backup, request.query.project),
+  );
+  app.post(
+    '/v1/backups/search',
+    {
+      config: { access: { on: 'project', permission: 'backup.read' } },
+      schema: {
+        operationId: 'searchBackups',
+        tags: ['backups'],
+        summary: "Find the backed-up files whose name has a word, from the backups' encrypted catalogs (the store never sees the word)",
+        querystring: ProjectQuery,
+        body: BackupSearchRequest,
+        response: { 200: List(BackupSearchHit), ...errorResponses },
+      },
+    },
+    async (request) => backups.search(request.body.word, request.query.project),
   );
   app.post(
     '/v1/backup-store/collect',

@@ -6,7 +6,11 @@
  * Layout of the store folder (mode 0700):
  * - `chunks/<first 2 hex digits>/<id>`: a sealed chunk, and `<id>.sum`, the SHA-256 of its bytes
  *   as received, so that the store finds rotten bytes by itself (`check`) without any key.
+ * - `chunks/.../<id>.tags`: the chunk's proof-of-retrievability tags, one of 32 bytes per 4 KiB
+ *   block, made by the client (backup/proof/por.ts); the store answers challenges with them.
  * - `backups/<backup id>.json`: a committed backup: its public record and its sealed manifest.
+ * - `backups/<backup id>.catalog.json`: its encrypted file catalog (backup/search/sse-index.ts),
+ *   searched with tokens that do not show the word.
  * - `tmp/`: files being written; each is written there, fsynced and renamed into place, so a crash
  *   or a killed store leaves a whole chunk or none, and a backup committed or not at all.
  *
@@ -21,9 +25,13 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:f
 import { join } from 'node:path';
 import { NubisError } from '../../core/errors.ts';
 import { CHUNK_ID } from '../chunk-crypto.ts';
+import { BLOCK_BYTES, ELEMENT_BYTES } from '../proof/field.ts';
+import type { ProofSource } from '../proof/por.ts';
+import { EncryptedIndex, searchIndex } from '../search/sse-index.ts';
 
 /** A backup id as the control plane makes them. */
 export const BACKUP_ID = /^bak-[0-9a-f]{12}$/;
+const BACKUP_FILE = /^bak-[0-9a-f]{12}\.json$/;
 /** The largest sealed chunk accepted: a 4 MiB chunk with its IV and tag, and room. */
 export const MAX_SEALED_CHUNK_BYTES = 4 * 1024 * 1024 + 1024;
 
@@ -117,6 +125,63 @@ export class ChunkStore {
     return missing;
   }
 
+  /** Stores the proof tags of chunk `id` (32 bytes per 4 KiB block of its sealed bytes); sent before the chunk. */
+  async putTags(id: string, tags: Buffer): Promise<void> {
+    const path = this.#chunkPath(id);
+    const maxBytes = Math.ceil(MAX_SEALED_CHUNK_BYTES / BLOCK_BYTES) * ELEMENT_BYTES;
+    if (tags.length === 0 || tags.length % ELEMENT_BYTES !== 0 || tags.length > maxBytes)
+      throw new NubisError('VALIDATION_FAILED', `Proof tags are 32 bytes per 4 KiB block, at most ${maxBytes} bytes, not ${tags.length}`);
+    await mkdir(join(path, '..'), { recursive: true, mode: 0o700 });
+    await this.#writeDurably(`${path}.tags`, tags);
+  }
+
+  /** How a prover reads this store: blocks of the chunks' bytes and their tags. */
+  proofSource(): ProofSource {
+    const readAt = async (path: string, length: number, position: number): Promise<Buffer> => {
+      const file = await open(path, 'r');
+      try {
+        const buffer = Buffer.alloc(length);
+        const { bytesRead } = await file.read(buffer, 0, length, position);
+        return buffer.subarray(0, bytesRead);
+      } finally {
+        await file.close();
+      }
+    };
+    return {
+      readBlock: (id, index) => readAt(this.#chunkPath(id), BLOCK_BYTES, index * BLOCK_BYTES),
+      readTag: (id, index) => readAt(`${this.#chunkPath(id)}.tags`, ELEMENT_BYTES, index * ELEMENT_BYTES),
+    };
+  }
+
+  /** Stores backup `id`'s encrypted file catalog (before the backup is committed). */
+  async putCatalog(id: string, catalog: unknown): Promise<void> {
+    EncryptedIndex.fromJSON(catalog);
+    await this.#writeDurably(this.#catalogPath(id), JSON.stringify(catalog));
+  }
+
+  #catalogPath(id: string): string {
+    return join(this.#dir, 'backups', `${checkBackupId(id)}.catalog.json`);
+  }
+
+  /**
+   * The encrypted entries each backup's catalog holds under its token (the k1 of a search token,
+   * one per backup since each catalog has its own key); a backup without a catalog finds nothing.
+   */
+  async searchCatalogs(queries: Array<{ backup: string; token: string }>): Promise<Array<{ backup: string; values: string[] }>> {
+    const results: Array<{ backup: string; values: string[] }> = [];
+    for (const { backup, token } of queries) {
+      let text: string;
+      try {
+        text = await readFile(this.#catalogPath(backup), 'utf8');
+      } catch {
+        continue;
+      }
+      const values = searchIndex(EncryptedIndex.fromJSON(JSON.parse(text)), token);
+      if (values.length > 0) results.push({ backup, values });
+    }
+    return results;
+  }
+
   /** Stores a sealed chunk (an existing one is kept: same id, same content). */
   async putChunk(id: string, sealed: Buffer): Promise<{ stored: boolean }> {
     const path = this.#chunkPath(id);
@@ -177,7 +242,7 @@ export class ChunkStore {
 
   /** The committed backups, oldest first. */
   async list(): Promise<StoredBackup[]> {
-    const names = (await readdir(join(this.#dir, 'backups'))).filter((name) => name.endsWith('.json'));
+    const names = (await readdir(join(this.#dir, 'backups'))).filter((name) => BACKUP_FILE.test(name));
     const backups = await Promise.all(names.map((name) => this.#readBackup(name.slice(0, -'.json'.length))));
     return backups.map(({ format: _f, manifest: _m, ...stored }) => stored).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
   }
@@ -186,12 +251,21 @@ export class ChunkStore {
   async remove(id: string): Promise<void> {
     await this.#readBackup(id);
     await rm(this.#backupPath(id));
+    await rm(this.#catalogPath(id), { force: true });
   }
 
   /** Removes the chunks no backup names that were not written or found within `graceSeconds`. */
   async collect(graceSeconds: number): Promise<{ removedChunks: number; freedBytes: number; keptChunks: number }> {
-    const used = new Set((await this.list()).flatMap((backup) => backup.chunks));
+    const backups = await this.list();
+    const used = new Set(backups.flatMap((backup) => backup.chunks));
     const before = Date.now() - graceSeconds * 1000;
+    // Catalogs of backups never committed (an interrupted backup), past the grace period.
+    const committed = new Set(backups.map((backup) => backup.id));
+    for (const name of await readdir(join(this.#dir, 'backups'))) {
+      const id = /^(bak-[0-9a-f]{12})\.catalog\.json$/.exec(name)?.[1];
+      const path = join(this.#dir, 'backups', name);
+      if (id && !committed.has(id) && (await stat(path)).mtimeMs < before) await rm(path, { force: true });
+    }
     let removedChunks = 0;
     let freedBytes = 0;
     let keptChunks = 0;
@@ -203,6 +277,7 @@ export class ChunkStore {
       }
       await rm(path);
       await rm(`${path}.sum`, { force: true });
+      await rm(`${path}.tags`, { force: true });
       removedChunks += 1;
       freedBytes += info.size;
     }

@@ -12,6 +12,10 @@
  *   GET    /backups             the committed backups
  *   GET    /backups/:id         one, with its sealed manifest
  *   DELETE /backups/:id         forgets one
+ *   PUT    /chunks/:id/tags     its proof tags (application/octet-stream), sent before the chunk
+ *   PUT    /backups/:id/catalog an encrypted file catalog, sent before the backup is committed
+ *   POST   /challenge           { challenge } -> { proof }: proves it holds the challenged blocks
+ *   POST   /search              { queries: [{ backup, token }] } -> the catalogs' encrypted entries
  *   POST   /check               { backup? } -> chunks missing or rotten (against their digests)
  *   POST   /collect             { graceSeconds } -> removes chunks no backup names
  */
@@ -21,6 +25,11 @@ import { isNubisError, messageOf } from '../../core/errors.ts';
 import { toWireError } from '../../core/error-codes.ts';
 import { CHUNK_ID } from '../chunk-crypto.ts';
 import { BACKUP_ID, ChunkStore, MAX_SEALED_CHUNK_BYTES } from './chunk-store.ts';
+import { prove } from '../proof/por.ts';
+import { challengeFromJson, proofToJson } from '../proof/por-wire.ts';
+
+/** A catalog of some 200,000 files is about 130 MB of JSON. */
+const MAX_CATALOG_BYTES = 512 * 1024 * 1024;
 
 const ChunkParams = {
   type: 'object',
@@ -54,6 +63,49 @@ export function buildStoreApp(store: ChunkStore): FastifyInstance {
     if (!Buffer.isBuffer(request.body)) throw Object.assign(new Error('A chunk is sent as application/octet-stream'), { validation: true });
     return store.putChunk(request.params.id, request.body);
   });
+  app.put<{ Params: { id: string }; Body: Buffer }>('/chunks/:id/tags', { schema: { params: ChunkParams } }, async (request, reply) => {
+    if (!Buffer.isBuffer(request.body)) throw Object.assign(new Error('Tags are sent as application/octet-stream'), { validation: true });
+    await store.putTags(request.params.id, request.body);
+    return reply.status(204).send();
+  });
+  app.post<{ Body: { challenge: unknown } }>(
+    '/challenge',
+    { schema: { body: { type: 'object', required: ['challenge'], additionalProperties: false, properties: { challenge: { type: 'object' } } } } },
+    async (request) => ({ proof: proofToJson(await prove(challengeFromJson(request.body.challenge), store.proofSource())) }),
+  );
+  app.put<{ Params: { id: string }; Body: unknown }>(
+    '/backups/:id/catalog',
+    { bodyLimit: MAX_CATALOG_BYTES, schema: { params: BackupParams, body: { type: 'object' } } },
+    async (request, reply) => {
+      await store.putCatalog(request.params.id, request.body);
+      return reply.status(204).send();
+    },
+  );
+  app.post<{ Body: { queries: Array<{ backup: string; token: string }> } }>(
+    '/search',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['queries'],
+          additionalProperties: false,
+          properties: {
+            queries: {
+              type: 'array',
+              maxItems: 100_000,
+              items: {
+                type: 'object',
+                required: ['backup', 'token'],
+                additionalProperties: false,
+                properties: { backup: { type: 'string', pattern: BACKUP_ID.source }, token: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' } },
+              },
+            },
+          },
+        },
+      },
+    },
+    async (request) => ({ results: await store.searchCatalogs(request.body.queries) }),
+  );
   app.get<{ Params: { id: string } }>('/chunks/:id', { schema: { params: ChunkParams } }, async (request, reply) => {
     const bytes = await store.getChunk(request.params.id);
     return reply.type('application/octet-stream').send(bytes);

@@ -1,7 +1,7 @@
 /** `nubis backup create|list|show|verify|delete|restore|collect`: backups of VMs in the backup store. */
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
-import type { Backup, BackupVerification } from '../../wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSearchHit, BackupVerification } from '../../wire/backup-schemas.ts';
 import type { Accepted, Vm } from '../../wire/schemas.ts';
 import { client, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatSize } from '../../storage/size.ts';
@@ -66,6 +66,46 @@ export function registerBackupCommands(program: Command): void {
       console.log(`${id}: deleted`);
     });
   addRestoreCommands(backup);
+  addAuditCommands(backup);
+}
+
+function addAuditCommands(backup: Command): void {
+  backup
+    .command('challenge [backup]')
+    .description("Make the store prove it still holds a backup's data (every backup's without one), without reading it back")
+    .option('--blocks <n>', 'random 4 KiB blocks to challenge (460 finds 1% damage with >99% probability)', parseInteger('--blocks'))
+    .action(async (id: string | undefined, options: { blocks?: number }, command: Command) => {
+      const body = { ...(id ? { backup: id } : {}), ...(options.blocks ? { blocks: options.blocks } : {}) };
+      const audits = await client(command).request<BackupAudit[]>('POST', `/v1/backups/challenge${projectQuery(command)}`, body);
+      if (globals(command).json) return printJson(audits);
+      printTable(
+        ['BACKUP', 'RESULT', 'BLOCKS', 'PROOF', 'STORE', 'VERIFY'],
+        audits.map((a) => [a.backup, a.passed ? 'passed' : `FAILED${a.error ? `: ${a.error}` : ''}`, String(a.blocks), formatSize(a.proofBytes), `${a.storeMs} ms`, `${a.verifyMs} ms`]),
+      );
+      if (audits.some((a) => !a.passed)) process.exitCode = 1;
+    });
+  backup
+    .command('audits <backup>')
+    .description("List a backup's proof-of-retrievability challenges, oldest first")
+    .action(async (id: string, _options: unknown, command: Command) => {
+      const audits = await client(command).request<BackupAudit[]>('GET', `${backupPath(id)}/audits${projectQuery(command)}`);
+      if (globals(command).json) return printJson(audits);
+      printTable(
+        ['AT', 'RESULT', 'BLOCKS', 'STORE', 'VERIFY'],
+        audits.map((a) => [a.at, a.passed ? 'passed' : `FAILED${a.error ? `: ${a.error}` : ''}`, String(a.blocks), `${a.storeMs} ms`, `${a.verifyMs} ms`]),
+      );
+    });
+  backup
+    .command('search <word>')
+    .description("Find the backed-up files whose name has WORD, from the backups' encrypted catalogs (the store never sees the word)")
+    .action(async (word: string, _options: unknown, command: Command) => {
+      const hits = await client(command).request<BackupSearchHit[]>('POST', `/v1/backups/search${projectQuery(command)}`, { word });
+      if (globals(command).json) return printJson(hits);
+      printTable(
+        ['BACKUP', 'VM', 'TAKEN', 'DISK', 'PATH'],
+        hits.flatMap((hit) => hit.files.map((file) => [hit.backup, hit.vm, hit.createdAt, file.disk, file.path])),
+      );
+    });
 }
 
 function addRestoreCommands(backup: Command): void {
