@@ -15,6 +15,7 @@ describe('backup chunk sealing', () => {
     const sealed = sealChunk(keys, id, data);
     assert.ok(!sealed.includes(Buffer.from('quick brown fox')), 'no plaintext in the sealed bytes');
     assert.deepEqual(openChunk(keys, id, sealed), data);
+    assert.deepEqual(sealChunk(keys, id, data), sealed, 'a chunk always seals to the same bytes (one content per id for the proofs)');
   });
 
   it('refuses an altered, truncated, swapped or wrongly keyed chunk instead of returning wrong data', () => {

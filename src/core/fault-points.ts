@@ -18,7 +18,9 @@ export type FaultPoint =
   | 'storage.key-rotate.after-first-rewrap'
   | 'storage.key-rotate.before-destroy'
   // storage/pool/volume-catalog.ts: an encrypted volume's delete is durable, its stale wrapped keys not yet purged.
-  | 'storage.volume-delete.before-purge';
+  | 'storage.volume-delete.before-purge'
+  // backup/store/chunk-store.ts: every chunk of a backup is stored, the backup not yet committed.
+  | 'backup.commit.before-write';
 
 export async function faultPoint(name: FaultPoint): Promise<void> {
   const armed = process.env.NUBIS_FAULT_POINTS?.split(',') ?? [];

@@ -23,7 +23,7 @@
  * blocks changed, but persist only in qcow2 files and are lost by a migration that mirrors the
  * disk, so the chunk ids stay the source of truth for what is sent.
  */
-import { open, rm, truncate, chown, stat } from 'node:fs/promises';
+import { chown, open, readdir, rm, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
@@ -82,6 +82,7 @@ export async function takeBackup(
   const keys = backupKeysOf(request.key);
   const sources = backupSourcesOf(host.spec());
   const copies = sources.map((source) => join(host.dir, 'run', `${request.backupId}-${source.id}.raw`));
+  await removeLeftCopies(join(host.dir, 'run'));
   try {
     await copyDisks(host, sources, copies, request.signal);
     const proofKey = ProofKey.fromSecret(keys.proofSecret);
@@ -113,6 +114,12 @@ export async function takeBackup(
   } finally {
     for (const copy of copies) await rm(copy, { force: true });
   }
+}
+
+/** Removes the copies a backup left when its agent was killed midway (backups of a VM run one at a time). */
+async function removeLeftCopies(runDir: string): Promise<void> {
+  for (const name of await readdir(runDir).catch(() => [] as string[]))
+    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(runDir, name), { force: true });
 }
 
 /** Point-in-time copies of the disks into `copies`: one QMP transaction for a running VM, `qemu-img` for a stopped one. */

@@ -1,15 +1,19 @@
 /**
- * Backups of a real VM (the tiny guest with a dir-pool volume as vda) into the backup store:
- * a full backup, then an incremental one that sends only the changed chunk; restores of both as
- * new VMs whose disks have the checksums of their backup point; the store's files hold no
- * plaintext of what the guest wrote; a damaged chunk is found by verify and stops a restore with
- * nothing left behind; bad input is refused with nothing changed; a stopped VM is backed up too;
- * deleted backups' chunks are collected. One VM for the whole file (and the restored ones).
+ * Backups of a real VM (the tiny guest with two dir-pool volumes: raw data as vda, an ext4
+ * filesystem as vdb) into the backup store: a full backup, then an incremental one that sends only
+ * the changed chunk; search of the encrypted file catalogs against a plaintext reference;
+ * proofs of retrievability; restores as new VMs whose disks have the checksums of their backup
+ * point; a backup taken while the guest writes is of one instant; the store's files and all it
+ * received hold no plaintext; a damaged chunk is found by verify and challenge and stops a restore
+ * with nothing left behind; bad input is refused with nothing changed; a stopped VM is backed up
+ * too; deleted backups' chunks are collected; a store killed before it commits leaves no
+ * half-made backup. One VM for the whole file (and the restored ones).
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -20,6 +24,24 @@ import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 const MiB = 1024 * 1024;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Waits (polling a local condition, up to 2 minutes) for `condition`. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  while (!condition()) {
+    if (Date.now() > deadline) assert.fail(`Waited 2 minutes for ${what}`);
+    await delay(100);
+  }
+}
 /** The files of the second volume's filesystem: their names are what `backup search` finds. */
 const DOCUMENTS: Record<string, string> = {
   'finance/quarterly-report-2026.pdf': 'q',
@@ -233,7 +255,7 @@ describe('backups of a VM into the backup store', () => {
     // Chunk 0 of the first backup is its own (the second has another chunk 0): damage it in the store.
     const storeDir = join(nubis.dataDir, 'backups');
     const chunksOf = (backup: Backup) => (JSON.parse(readFileSync(join(storeDir, 'backups', `${backup.id}.json`), 'utf8')) as { chunks: string[] }).chunks;
-    const files = execFileSync('find', [join(storeDir, 'chunks'), '-type', 'f', '-not', '-name', '*.sum'], { encoding: 'utf8' }).trim().split('\n');
+    const files = execFileSync('find', [join(storeDir, 'chunks'), '-type', 'f', '-not', '-name', '*.sum', '-not', '-name', '*.tags'], { encoding: 'utf8' }).trim().split('\n');
     assert.equal(files.length, 7 + docsChunks, "the data disk's four chunks of the first backup, one of the second, two of the third, and the filesystem's");
     const own = chunksOf(backups[0]).filter((chunk) => !chunksOf(backups[1]).includes(chunk));
     assert.equal(own.length, 1);
@@ -290,5 +312,39 @@ describe('backups of a VM into the backup store', () => {
     const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
     assert.equal(collected.removedChunks, 7 + docsChunks);
     assert.deepEqual(await nubis.cliJson<Backup[]>(['backup', 'list']), []);
+  });
+
+  it('a backup interrupted by a killed store is never listed, and the previous one stays whole', async () => {
+    await writeMarker('keeper', `charlie-${randomBytes(4).toString('hex')}`);
+    const previous = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
+    await writeMarker('keeper', `delta-${randomBytes(4).toString('hex')}`);
+    // The store again, armed to stop once it has every chunk of a backup and before it commits it.
+    const faultDir = mkdtempSync(join(tmpdir(), 'nubis-faults-'));
+    const storePid = Number(readFileSync(join(nubis.dataDir, 'run', 'backup-store.pid'), 'utf8'));
+    process.kill(storePid, 'SIGTERM');
+    await until(() => !alive(storePid), 'the store to stop');
+    const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port)], {
+      env: { NUBIS_FAULT_POINTS: 'backup.commit.before-write', NUBIS_FAULT_DIR: faultDir },
+    });
+    assert.equal(armed.code, 0, armed.stderr);
+    const pending = nubis.cli(['backup', 'create', 'keeper']);
+    const faultFile = join(faultDir, 'backup.commit.before-write');
+    await until(() => existsSync(faultFile), 'the store to reach its fault point');
+    process.kill(Number(readFileSync(faultFile, 'utf8')), 'SIGKILL');
+    const failed = await pending;
+    assert.notEqual(failed.code, 0);
+    assert.match(failed.stderr, /backup store/i);
+    rmSync(faultDir, { recursive: true, force: true });
+    const restarted = await nubis.cli(['up', '--detach', '--port', String(nubis.port)]);
+    assert.equal(restarted.code, 0, restarted.stderr);
+    assert.deepEqual(
+      (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id),
+      [previous.id],
+    );
+    const committed = readdirSync(join(nubis.dataDir, 'backups', 'backups')).filter((name) => /^bak-[0-9a-f]{12}\.json$/.test(name));
+    assert.deepEqual(committed, [`${previous.id}.json`], 'the store committed nothing of the interrupted backup');
+    assert.equal((await nubis.cli(['backup', 'verify', previous.id])).code, 0, 'the previous backup is whole');
+    const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
+    assert.equal(collected.removedChunks, 1, "the interrupted backup's one new chunk is collected");
   });
 });

@@ -24,6 +24,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NubisError } from '../../core/errors.ts';
+import { faultPoint } from '../../core/fault-points.ts';
 import { CHUNK_ID } from '../chunk-crypto.ts';
 import { BLOCK_BYTES, ELEMENT_BYTES } from '../proof/field.ts';
 import type { ProofSource } from '../proof/por.ts';
@@ -219,6 +220,7 @@ export class ChunkStore {
     }
     const path = this.#backupPath(id);
     if (await stat(path).catch(() => undefined)) throw new NubisError('BACKUP_EXISTS', `The backup store already has backup ${id}`);
+    await faultPoint('backup.commit.before-write');
     const stored: StoredBackup = { id, createdAt: record.createdAt, chunks, storedBytes };
     const file: BackupFile = { format: 'nubis-backup-store/1', ...stored, manifest: record.manifest.toString('base64') };
     await this.#writeDurably(path, JSON.stringify(file));
