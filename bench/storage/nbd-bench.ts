@@ -315,7 +315,7 @@ const invocation = [
 ].join(' ');
 lines.push(
   `Method: \`node --import tsx bench/storage/nbd-bench.ts ${invocation}\`; one fio job per cell, ${runtime} s time-based over ${sizeMiB} MiB, unix sockets, every server on its own copy of the data (qemu-nbd and the raw file in processes of their own, the pool volumes in one storage daemon). ` +
-    `All servers run at once and the cells are measured interleaved, ${repeat} rounds; each cell shows the median, with the lowest and highest of the rounds in brackets.`,
+    `All servers run at once and the cells are measured interleaved, ${repeat} round${repeat === 1 ? '' : 's'}; each cell shows the median${repeat > 1 ? ', with the lowest and highest of the rounds in brackets' : ''}.`,
   '',
 );
 for (const metric of ['iops', 'mbPerSec'] as const) {
