@@ -243,6 +243,7 @@ function benchRestic(work: string, rawPath: string, version: string): ResticFigu
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
 const mib = (bytes: number): string => `${(bytes / MiB).toFixed(1)} MiB`;
+const count = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
 const percent = (part: number, whole: number): string => `${((part / whole) * 100).toFixed(1)}%`;
 const meets = (part: number, whole: number): string => (part / whole < GOAL_SHARE ? 'yes' : 'no');
 
@@ -251,14 +252,14 @@ function comparisonTable(n: NubisFigures, r: ResticFigures): string {
   const rows: Array<[string, string, string]> = [
     ['full: time (tool: durationMs / total_duration)', seconds(n.full.toolMs), seconds(r.full.toolMs)],
     ['full: wall clock of the CLI', seconds(n.full.wallMs), seconds(r.full.wallMs)],
-    ['full: bytes sent / added', `${mib(n.full.bytes)} (${n.full.pieces} chunks)`, `${mib(r.full.bytes)} (${r.full.pieces} blobs)`],
+    ['full: bytes sent / added', `${mib(n.full.bytes)} (${count(n.full.pieces, 'chunk')})`, `${mib(r.full.bytes)} (${count(r.full.pieces, 'blob')})`],
     ['full: store / repository grew by', mib(n.full.grewBytes), mib(r.full.grewBytes)],
     ['incremental: time (tool)', seconds(n.incremental.toolMs), seconds(r.incremental.toolMs)],
     ['incremental: wall clock of the CLI', seconds(n.incremental.wallMs), seconds(r.incremental.wallMs)],
     [
       'incremental: bytes sent / added',
-      `${mib(n.incremental.bytes)} (${n.incremental.pieces} chunks)`,
-      `${mib(r.incremental.bytes)} (${r.incremental.pieces} blobs)`,
+      `${mib(n.incremental.bytes)} (${count(n.incremental.pieces, 'chunk')})`,
+      `${mib(r.incremental.bytes)} (${count(r.incremental.pieces, 'blob')})`,
     ],
     ['incremental: store / repository grew by', mib(n.incremental.grewBytes), mib(r.incremental.grewBytes)],
     ['incremental / full: time (tool)', percent(n.incremental.toolMs, n.full.toolMs), percent(r.incremental.toolMs, r.full.toolMs)],
