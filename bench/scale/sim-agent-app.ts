@@ -95,6 +95,8 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   dirVolume: (_host, params) => dirVolume(params),
   deleteDirVolume: nothing,
   restoreDirVolume: cannot('restore a volume'),
+  restoreBootDisk: cannot('restore a disk'),
+  removeRestoredDisk: nothing,
   resizeDirVolume: (_host, params, body) => dirVolume(params, (body as { sizeBytes: number }).sizeBytes),
   applyNetwork: (_host, params) => ({ bridge: `br-${params.id.slice(-8)}`, vxlan: `vx-${params.id.slice(-8)}` }),
   removeNetwork: nothing,

@@ -116,6 +116,8 @@ export class HttpAgentClient implements AgentClient {
   createDirVolume: AgentClient['createDirVolume'] = (pool, volume, sizeBytes) => this.#call('createDirVolume', { pool, volume }, { sizeBytes });
   copyDirVolume: AgentClient['copyDirVolume'] = (pool, volume, from, linked) => this.#call('copyDirVolume', { pool, volume }, { from, linked });
   dirVolume: AgentClient['dirVolume'] = (pool, volume, options) => this.#call('dirVolume', { pool, volume }, undefined, options);
+  restoreBootDisk: AgentClient['restoreBootDisk'] = (backup, disk, key, options) => this.#call('restoreBootDisk', { backup, disk }, { key }, options);
+  removeRestoredDisk: AgentClient['removeRestoredDisk'] = (backup, disk) => this.#call('removeRestoredDisk', { backup, disk });
   restoreDirVolume: AgentClient['restoreDirVolume'] = (pool, volume, request, options) =>
     this.#call('restoreDirVolume', { pool, volume }, request, options);
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#call('deleteDirVolume', { pool, volume });

@@ -163,6 +163,7 @@ export type TakenSnapshot = Static<typeof TakenSnapshot>;
 const BackupParams = Type.Object({ id: VmParams.properties.id, backup: Type.String({ pattern: '^bak-[0-9a-f]{12}$' }) });
 /** A tenant's 32-byte backup key in base64, handed to the agent for one call and never kept on the host. */
 const BackupKey = Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$' });
+const RestoreParams = Type.Object({ backup: BackupParams.properties.backup, disk: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }) });
 /** What a backup cost per disk (host/vm-backup.ts `BackupDiskReport`). */
 export const TakenBackup = Type.Object({
   disks: Type.Array(
@@ -362,6 +363,13 @@ export const AGENT_ROUTES = {
     body: Type.Object({ from: Name, linked: Type.Boolean() }, { additionalProperties: false }),
   }),
   deleteDirVolume: route({ method: 'DELETE', url: '/agent/dir-pools/:pool/volumes/:volume', params: VolumeParams }),
+  restoreBootDisk: route({
+    method: 'PUT',
+    url: '/agent/restores/:backup/:disk',
+    params: RestoreParams,
+    body: Type.Object({ key: BackupKey }, { additionalProperties: false }),
+  }),
+  removeRestoredDisk: route({ method: 'DELETE', url: '/agent/restores/:backup/:disk', params: RestoreParams }),
   restoreDirVolume: route({
     method: 'PUT',
     url: '/agent/dir-pools/:pool/volumes/:volume/restore',
@@ -489,6 +497,10 @@ export interface AgentClient {
   /** A new volume of the pool made of `from`: a full copy, or `linked` copy-on-write over it. */
   copyDirVolume(pool: string, volume: string, from: string, linked: boolean): Promise<DirVolumeInfo>;
   deleteDirVolume(pool: string, volume: string): Promise<void>;
+  /** Writes the root disk `disk` of a backup into a file of the host's own (a restored VM's root disk is then made of it); answers its path. */
+  restoreBootDisk(backup: string, disk: string, key: string, options?: CallOptions): Promise<{ path: string }>;
+  /** Removes the file restoreBootDisk wrote (once the VM's root disk is made of it). */
+  removeRestoredDisk(backup: string, disk: string): Promise<void>;
   /** New volume `volume` made of disk `disk` of a backup in the backup store. */
   restoreDirVolume(pool: string, volume: string, request: { backup: string; disk: string; key: string }, options?: CallOptions): Promise<DirVolumeInfo>;
   resizeDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;

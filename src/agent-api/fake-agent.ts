@@ -234,6 +234,11 @@ export class FakeAgent implements AgentClient {
   };
   dirVolume: AgentClient['dirVolume'] = async (pool, volume) => ({ path: `/fake/${pool}/${volume}.qcow2`, sizeBytes: 2 ** 30, allocatedBytes: 0 });
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#enter('deleteDirVolume', [pool, volume]);
+  restoreBootDisk: AgentClient['restoreBootDisk'] = async (backup, disk) => {
+    await this.#enter('restoreBootDisk', [backup, disk]);
+    return { path: `/fake/restores/${backup}-${disk}.qcow2` };
+  };
+  removeRestoredDisk: AgentClient['removeRestoredDisk'] = (backup, disk) => this.#enter('removeRestoredDisk', [backup, disk]);
   restoreDirVolume: AgentClient['restoreDirVolume'] = async (pool, volume, request) => {
     await this.#enter('restoreDirVolume', [pool, volume, request.backup, request.disk]);
     return { path: `/fake/${pool}/${volume}.qcow2`, sizeBytes: 2 ** 30, allocatedBytes: 0 };

@@ -8,15 +8,18 @@
  * restore writes a raw copy before its qcow2 file). A restore that fails part-way removes the
  * volumes it made.
  *
- * Not yet: a VM that booted from an imported disk image (its root disk is in the backup, but a
- * VM is not yet created on a given root file), and `--live` (start at once, pull blocks on read).
+ * A VM that booted from an imported disk image gets its root disk back too: the root disk is
+ * restored into a file of the host's own (`<host>/restores`), the new VM's root disk is made as a
+ * full copy of it (as a full clone's is of its template's), and the file is removed.
+ *
+ * Not yet: `--live` (start at once, pull blocks on first read).
  */
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { TakenBackup } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { BackupsTable } from '../state/schema.ts';
 import type { Operation, Vm } from '../wire/schemas.ts';
-import type { BackupSettings } from './backups.ts';
+import type { BackupSettings } from '../wire/backup-schemas.ts';
 import type { HostRegistry } from './hosts.ts';
 import type { OperationContext, OperationManager } from './operations.ts';
 import type { StorageCatalogue } from './storage.ts';
@@ -42,8 +45,15 @@ export async function restoreBackup(
   job: { row: BackupsTable; key: () => Promise<Buffer>; request: { name: string; pool?: string; host?: string }; project?: string },
 ): Promise<Operation> {
   const { row, request, project } = job;
-  const plan = await planRestore(deps, row, request, project);
   const settings = JSON.parse(row.settings) as BackupSettings;
+  const plan = await planRestore(deps, row, request, project);
+  const root = (JSON.parse(row.disks) as TakenBackup['disks']).find((disk) => disk.source === 'root');
+  // A root disk is restored on the VM's host: that of its volumes' pool, else the one asked, else its old one.
+  const rootHost = root
+    ? await deps.hosts.row(
+        plan.length > 0 ? (await deps.storage.dirPools.hostOf(plan[0].pool, request.host)).id : (request.host ?? settings.host),
+      )
+    : undefined;
   return deps.operations.start('backup.restore', { type: 'backup', id: row.id, name: request.name, projectId: row.project_id }, async (op) => {
     const made: PlannedVolume[] = [];
     try {
@@ -59,7 +69,15 @@ export async function restoreBackup(
         }
         made.push(volume);
       }
-      return await createVm(deps, op, settings, plan, request, project);
+      if (!root || !rootHost) return await createVm(deps, op, settings, plan, request, project);
+      await op.report('restore', `Restoring the root disk on host ${rootHost.name}`, 0.7);
+      const agent = deps.hosts.agent(rootHost);
+      const { path } = await agent.restoreBootDisk(row.id, root.id, key, { timeoutMs: 3_600_000, signal: op.signal });
+      try {
+        return await createVm(deps, op, settings, plan, { ...request, host: rootHost.name }, project, { kind: 'disk', path, format: 'qcow2', copy: true });
+      } finally {
+        await agent.removeRestoredDisk(row.id, root.id).catch((undoError: unknown) => op.report('undo', `The restored root disk ${path} stays: ${messageOf(undoError)}`, 0.99));
+      }
     } catch (error) {
       for (const volume of made.reverse()) {
         await deps.storage.dirPools.deleteVolume(volume.pool, volume.name).catch((undoError: unknown) =>
@@ -79,6 +97,7 @@ async function createVm(
   plan: PlannedVolume[],
   request: { name: string; host?: string },
   project: string | undefined,
+  boot?: { kind: 'disk'; path: string; format: 'qcow2'; copy: true },
 ): Promise<Vm> {
   await op.report('create', `Creating VM ${request.name} on the restored volumes`, 0.8);
   const created = await deps.vms.create({
@@ -91,7 +110,7 @@ async function createVm(
     ...(settings.networks.length > 0 ? { networks: settings.networks.map((network) => ({ network })) } : {}),
     ...(plan.length > 0 ? { disks: plan.map((volume) => `${volume.pool}/${volume.name}`) } : {}),
     waitReady: true,
-  });
+  }, boot ? { boot } : undefined);
   const done = await deps.operations.wait(created.id);
   if (done.status !== 'succeeded')
     throw new NubisError(done.error?.code ?? 'BACKUP_RESTORE_FAILED', `Creating VM ${request.name} failed: ${done.error?.message ?? done.status}`);
@@ -100,12 +119,7 @@ async function createVm(
 
 /** The volumes a restore makes, after checking that nothing is in the way and the pools have room. */
 async function planRestore(deps: Deps, row: BackupsTable, request: { name: string; pool?: string; host?: string }, project?: string): Promise<PlannedVolume[]> {
-  const disks = JSON.parse(row.disks) as TakenBackup['disks'];
-  if (disks.some((disk) => disk.source === 'root'))
-    throw new NubisError(
-      'BACKUP_RESTORE_UNSUPPORTED',
-      `Backup ${row.id} holds the root disk of a VM booted from a disk image, which restore does not recreate yet; only VMs booting an image's kernel with volumes are restored`,
-    );
+  const disks = (JSON.parse(row.disks) as TakenBackup['disks']).filter((disk) => disk.source !== 'root');
   if (await deps.db.selectFrom('vms').select('id').where('project_id', '=', row.project_id).where('name', '=', request.name).executeTakeFirst())
     throw new NubisError('VM_NAME_TAKEN', `A VM named ${request.name} exists in project ${project ?? 'default'}; choose another name`);
   const plan: PlannedVolume[] = [];

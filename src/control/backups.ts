@@ -23,7 +23,7 @@ import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { KeyProvider } from '../storage/keys/key-provider.ts';
 import type { Db } from '../state/database.ts';
 import type { BackupsTable, VmsTable } from '../state/schema.ts';
-import type { Backup, BackupAudit, BackupSearchHit, BackupVerification } from '../wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSearchHit, BackupSettings, BackupVerification } from '../wire/backup-schemas.ts';
 import { BackupAuditor, searchCatalogs } from './backup-audits.ts';
 import type { Operation } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -37,16 +37,6 @@ import { restoreBackup } from './backup-restore.ts';
 
 /** Reading and sending a disk of a few GiB under TCG takes minutes. */
 const BACKUP_CALL_TIMEOUT_MS = 3_600_000;
-
-/** The VM's settings a restore recreates it with, sealed in the manifest and kept in `backups.settings`. */
-export interface BackupSettings {
-  image: string;
-  cpus: number;
-  memoryMb: number;
-  networks: string[];
-  /** The host it ran on: the restore's default. */
-  host: string;
-}
 
 export class BackupService {
   readonly #db: Db;

@@ -136,7 +136,6 @@ export const ERROR_STATUS = {
   VM_SNAPSHOT_UNSUPPORTED: 422,
   // Backups (control/backups.ts): a backup that cannot be restored as it is, or whose chunks do
   // not open with the project's key (altered, damaged, or another tenant's).
-  BACKUP_RESTORE_UNSUPPORTED: 422,
   BACKUP_KEY_INVALID: 422,
   BACKUP_DAMAGED: 422,
   BACKUP_CHUNK_CORRUPT: 422,

@@ -5,6 +5,8 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { connect } from 'node:net';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import websocket, { type WebSocket } from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -32,6 +34,8 @@ export interface AgentAppOptions {
   dirPools: DirPools;
   /** The backup store the VMs' backups go to and restores come from. */
   backupStore: BackupStoreClient;
+  /** Where restored root disks wait for the VM that is made of them (`<hostDir>/restores`). */
+  restoresDir: string;
   /** True when `token` is what the control plane presents to this agent. */
   isControlToken: (token: string) => boolean;
   info: () => Record<string, unknown>;
@@ -63,6 +67,7 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   registerVmRoutes(on, options);
   registerMigrationRoutes(on, options.supervisor);
   registerDirPoolRoutes(on, options.dirPools, options.backupStore);
+  registerRestoreRoutes(on, options.backupStore, options.restoresDir);
   registerNetworkRoutes(on, options.networks);
   registerShutdownRoute(app, options.onShutdown);
   registerConsole(app, options.supervisor);
@@ -215,6 +220,22 @@ function registerDirPoolRoutes(on: On, dirPools: DirPools, store: BackupStoreCli
       restoreDisk({ store, backupId: body.backup, diskId: body.disk, key: Buffer.from(body.key, 'base64'), target }),
     ),
   );
+}
+
+/** Root disks restored from backups, in files of the host's own until a VM's root disk is made of them. */
+function registerRestoreRoutes(on: On, store: BackupStoreClient, dir: string): void {
+  const pathOf = (backup: string, disk: string) => join(dir, `${backup}-${disk}.qcow2`);
+  on('restoreBootDisk', async (params, body) => {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const target = pathOf(params.backup, params.disk);
+    // A file of an earlier restore of the same disk that was interrupted.
+    await rm(target, { force: true });
+    await restoreDisk({ store, backupId: params.backup, diskId: params.disk, key: Buffer.from(body.key, 'base64'), target });
+    return { path: target };
+  });
+  on('removeRestoredDisk', async (params) => {
+    await rm(pathOf(params.backup, params.disk), { force: true });
+  });
 }
 
 /** The tenant networks' plumbing on this host, and the probe used to check it. */

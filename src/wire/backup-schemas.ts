@@ -42,6 +42,8 @@ export const Backup = Type.Object(
   { $id: 'Backup' },
 );
 export type Backup = Static<typeof Backup>;
+/** The VM's settings a restore recreates it with (sealed in the manifest too). */
+export type BackupSettings = Backup['settings'];
 
 export const BackupVerification = Type.Object(
   {

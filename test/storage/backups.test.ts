@@ -22,6 +22,7 @@ import type { Backup, BackupAudit, BackupSearchHit } from '../../src/wire/backup
 import { fileKeywords } from '../../src/backup/search/keywords.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+import { makeTinyBootDisk } from '../helpers/tiny-boot-disk.ts';
 
 const MiB = 1024 * 1024;
 
@@ -110,6 +111,14 @@ describe('backups of a VM into the backup store', () => {
     relay?.close();
     await nubis.destroy();
   });
+
+  async function untilReady(vm: string): Promise<void> {
+    const deadline = Date.now() + 180_000;
+    while (!(await nubis.cliJson<Vm>(['vm', 'show', vm])).ready) {
+      if (Date.now() > deadline) assert.fail(`${vm} not ready within 3 minutes`);
+      await delay(500);
+    }
+  }
 
   /** Writes `text` at the start of the guest's disk, on the device. */
   async function writeMarker(vm: string, text: string): Promise<void> {
@@ -312,6 +321,32 @@ describe('backups of a VM into the backup store', () => {
     const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
     assert.equal(collected.removedChunks, 7 + docsChunks);
     assert.deepEqual(await nubis.cliJson<Backup[]>(['backup', 'list']), []);
+  });
+
+  it('backs up a VM booted from a disk image (its FAT files catalogued) and restores it, booting from the restored root disk', async () => {
+    const image = join(nubis.dataDir, 'boot-disk.img');
+    makeTinyBootDisk(image, 'booter');
+    await nubis.cliJson(['image', 'import', 'bootdisk', image]);
+    await nubis.cliJson<Vm>(['vm', 'create', 'booter', '--image', 'bootdisk', '--memory', '128', '--host', 'host-1']);
+    await untilReady('booter');
+    const backup = await nubis.cliJson<Backup>(['backup', 'create', 'booter']);
+    assert.deepEqual(
+      backup.disks.map((d) => [d.id, d.source]),
+      [['boot', 'root']],
+    );
+    const hits = await nubis.cliJson<BackupSearchHit[]>(['backup', 'search', 'vmlinuz']);
+    assert.deepEqual(
+      hits.map((hit) => [hit.backup, hit.files]),
+      [[backup.id, [{ disk: 'root', path: '/vmlinuz' }]]],
+      'the kernel on the FAT root disk, found by name',
+    );
+    const restored = await nubis.cliJson<Vm>(['backup', 'restore', backup.id, '--as', 'booter2']);
+    assert.deepEqual([restored.state, restored.host], ['running', 'host-1']);
+    await untilReady('booter2');
+    assert.match(await runOnConsole(nubis, 'booter2', 'echo "root=$(ls /dev/vda)"'), /root=\/dev\/vda/);
+    assert.equal(readdirSync(join(nubis.dataDir, 'hosts', 'host-1', 'restores')).length, 0, 'the restored root file is gone once the VM has its copy');
+    for (const args of [['vm', 'delete', 'booter2'], ['vm', 'delete', 'booter'], ['backup', 'delete', backup.id], ['backup', 'collect', '--grace', '0']])
+      assert.equal((await nubis.cli(args)).code, 0, args.join(' '));
   });
 
   it('a backup interrupted by a killed store is never listed, and the previous one stays whole', async () => {

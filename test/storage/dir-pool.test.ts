@@ -7,11 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Vm } from '../../src/wire/schemas.ts';
-import { cacheDir } from '../../src/core/paths.ts';
+import { makeTinyBootDisk } from '../helpers/tiny-boot-disk.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
 
 interface PoolView {
@@ -135,17 +135,8 @@ describe('dir pools (host-based storage)', { skip: process.getuid?.() !== 0 ? 'n
 
   it('migrates a VM booting from an imported disk image, its overlay mirrored while the guest writes', async () => {
     // A bootable disk image of the tiny guest: a FAT file system with syslinux, kernel and initrd.
-    const tiny = JSON.parse(readFileSync(join(cacheDir(), 'images', 'tiny', 'manifest.json'), 'utf8')) as { kernelPath: string; initrdPath: string };
     const image = join(nubis.dataDir, 'tiny-disk.img');
-    const config = join(nubis.dataDir, 'syslinux.cfg');
-    writeFileSync(image, '');
-    truncateSync(image, 64 * 2 ** 20);
-    execFileSync('mkfs.fat', ['-n', 'TINY', image], { stdio: 'ignore' });
-    execFileSync('syslinux', ['--install', image]);
-    writeFileSync(config, 'DEFAULT tiny\nPROMPT 0\nLABEL tiny\n  KERNEL vmlinuz\n  APPEND initrd=initrd.img console=ttyS0 nubis.name=di1 panic=-1\n');
-    execFileSync('mcopy', ['-i', image, tiny.kernelPath, '::/vmlinuz']);
-    execFileSync('mcopy', ['-i', image, tiny.initrdPath, '::/initrd.img']);
-    execFileSync('mcopy', ['-i', image, config, '::/syslinux.cfg']);
+    makeTinyBootDisk(image, 'di1');
     await nubis.cliJson(['image', 'import', 'tiny-disk', image]);
 
     const vm = await nubis.cliJson<Vm>(['vm', 'create', 'di1', '--image', 'tiny-disk', '--memory', '256', '--network', 'dnet', '--host', 'host-1']);
