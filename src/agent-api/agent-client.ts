@@ -118,8 +118,7 @@ export class HttpAgentClient implements AgentClient {
   dirVolume: AgentClient['dirVolume'] = (pool, volume, options) => this.#call('dirVolume', { pool, volume }, undefined, options);
   restoreBootDisk: AgentClient['restoreBootDisk'] = (backup, disk, key, options) => this.#call('restoreBootDisk', { backup, disk }, { key }, options);
   removeRestoredDisk: AgentClient['removeRestoredDisk'] = (backup, disk) => this.#call('removeRestoredDisk', { backup, disk });
-  restoreDirVolume: AgentClient['restoreDirVolume'] = (pool, volume, request, options) =>
-    this.#call('restoreDirVolume', { pool, volume }, request, options);
+  restoreDirVolume: AgentClient['restoreDirVolume'] = (pool, volume, request, options) => this.#call('restoreDirVolume', { pool, volume }, request, options);
   deleteDirVolume: AgentClient['deleteDirVolume'] = (pool, volume) => this.#call('deleteDirVolume', { pool, volume });
   resizeDirVolume: AgentClient['resizeDirVolume'] = (pool, volume, sizeBytes) => this.#call('resizeDirVolume', { pool, volume }, { sizeBytes });
   applyNetwork: AgentClient['applyNetwork'] = (spec, options) => this.#call('applyNetwork', { id: spec.id }, spec, options);

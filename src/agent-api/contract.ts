@@ -307,7 +307,10 @@ export const AGENT_ROUTES = {
     method: 'PUT',
     url: '/agent/vms/:id/backups/:backup',
     params: BackupParams,
-    body: Type.Object({ key: BackupKey, vm: Type.Record(Type.String({ maxLength: 64 }), Type.Unknown(), { maxProperties: 64 }) }, { additionalProperties: false }),
+    body: Type.Object(
+      { key: BackupKey, vm: Type.Record(Type.String({ maxLength: 64 }), Type.Unknown(), { maxProperties: 64 }) },
+      { additionalProperties: false },
+    ),
   }),
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),

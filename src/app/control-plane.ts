@@ -248,8 +248,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   await balancer.start();
   // Resets after the grace time and spare desktops kept booted.
   await desktopBroker.start();
-  // Proofs of retrievability of every backup, again when its last one is a day old.
-  backups.auditor.start();
+  backups.auditor.start(); // proofs of retrievability of every backup, again when its last one is a day old
   options.logger.info({ url }, 'control plane listening');
   return {
     url,

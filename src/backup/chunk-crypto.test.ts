@@ -39,8 +39,17 @@ describe('backup chunk sealing', () => {
     const sealed = sealManifest(keys, 'bak-000000000001', { disks: ['secret-name'] });
     assert.ok(!sealed.includes(Buffer.from('secret-name')));
     assert.deepEqual(openManifest(keys, 'bak-000000000001', sealed), { disks: ['secret-name'] });
-    assert.throws(() => openManifest(keys, 'bak-000000000002', sealed), (error) => isNubisError(error, 'BACKUP_KEY_INVALID'));
-    assert.throws(() => openManifest(backupKeysOf(randomBytes(32)), 'bak-000000000001', sealed), (error) => isNubisError(error, 'BACKUP_KEY_INVALID'));
-    assert.throws(() => backupKeysOf(randomBytes(16)), (error) => isNubisError(error, 'BACKUP_KEY_INVALID'));
+    assert.throws(
+      () => openManifest(keys, 'bak-000000000002', sealed),
+      (error) => isNubisError(error, 'BACKUP_KEY_INVALID'),
+    );
+    assert.throws(
+      () => openManifest(backupKeysOf(randomBytes(32)), 'bak-000000000001', sealed),
+      (error) => isNubisError(error, 'BACKUP_KEY_INVALID'),
+    );
+    assert.throws(
+      () => backupKeysOf(randomBytes(16)),
+      (error) => isNubisError(error, 'BACKUP_KEY_INVALID'),
+    );
   });
 });

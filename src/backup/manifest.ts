@@ -30,4 +30,3 @@ export interface BackupManifest {
 export async function readBackupManifest(store: BackupStoreClient, backupId: string, key: Buffer): Promise<BackupManifest> {
   return openManifest<BackupManifest>(backupKeysOf(key), backupId, (await store.backup(backupId)).manifest);
 }
-

@@ -101,11 +101,17 @@ export class BackupStoreClient {
             try {
               wire = JSON.parse(bytes.toString('utf8')) as typeof wire;
             } catch {}
-            reject(new NubisError(wire.code ?? 'BACKUP_STORE_FAILED', wire.message ?? `The backup store answered ${res.statusCode} to ${method} ${path}`, { details: wire.details }));
+            reject(
+              new NubisError(wire.code ?? 'BACKUP_STORE_FAILED', wire.message ?? `The backup store answered ${res.statusCode} to ${method} ${path}`, {
+                details: wire.details,
+              }),
+            );
           });
         },
       );
-      req.on('timeout', () => req.destroy(new NubisError('BACKUP_STORE_UNREACHABLE', `The backup store did not answer ${method} ${path} within ${CHUNK_TIMEOUT_MS / 1000} s`)));
+      req.on('timeout', () =>
+        req.destroy(new NubisError('BACKUP_STORE_UNREACHABLE', `The backup store did not answer ${method} ${path} within ${CHUNK_TIMEOUT_MS / 1000} s`)),
+      );
       req.on('error', (error) => reject(storeError(error, this.#socketPath)));
       req.end(body);
     });

@@ -50,9 +50,7 @@ export async function restoreBackup(
   const root = (JSON.parse(row.disks) as TakenBackup['disks']).find((disk) => disk.source === 'root');
   // A root disk is restored on the VM's host: that of its volumes' pool, else the one asked, else its old one.
   const rootHost = root
-    ? await deps.hosts.row(
-        plan.length > 0 ? (await deps.storage.dirPools.hostOf(plan[0].pool, request.host)).id : (request.host ?? settings.host),
-      )
+    ? await deps.hosts.row(plan.length > 0 ? (await deps.storage.dirPools.hostOf(plan[0].pool, request.host)).id : (request.host ?? settings.host))
     : undefined;
   return deps.operations.start('backup.restore', { type: 'backup', id: row.id, name: request.name, projectId: row.project_id }, async (op) => {
     const made: PlannedVolume[] = [];
@@ -76,13 +74,15 @@ export async function restoreBackup(
       try {
         return await createVm(deps, op, settings, plan, { ...request, host: rootHost.name }, project, { kind: 'disk', path, format: 'qcow2', copy: true });
       } finally {
-        await agent.removeRestoredDisk(row.id, root.id).catch((undoError: unknown) => op.report('undo', `The restored root disk ${path} stays: ${messageOf(undoError)}`, 0.99));
+        await agent
+          .removeRestoredDisk(row.id, root.id)
+          .catch((undoError: unknown) => op.report('undo', `The restored root disk ${path} stays: ${messageOf(undoError)}`, 0.99));
       }
     } catch (error) {
       for (const volume of made.reverse()) {
-        await deps.storage.dirPools.deleteVolume(volume.pool, volume.name).catch((undoError: unknown) =>
-          op.report('undo', `Volume ${volume.pool}/${volume.name} stays: ${messageOf(undoError)}`, 0.99),
-        );
+        await deps.storage.dirPools
+          .deleteVolume(volume.pool, volume.name)
+          .catch((undoError: unknown) => op.report('undo', `Volume ${volume.pool}/${volume.name} stays: ${messageOf(undoError)}`, 0.99));
         await deps.storage.owners.forget(volume.pool, volume.name);
       }
       throw error;
@@ -100,17 +100,20 @@ async function createVm(
   boot?: { kind: 'disk'; path: string; format: 'qcow2'; copy: true },
 ): Promise<Vm> {
   await op.report('create', `Creating VM ${request.name} on the restored volumes`, 0.8);
-  const created = await deps.vms.create({
-    name: request.name,
-    image: settings.image,
-    cpus: settings.cpus,
-    memoryMb: settings.memoryMb,
-    ...(request.host ? { host: request.host } : {}),
-    ...(project ? { project } : {}),
-    ...(settings.networks.length > 0 ? { networks: settings.networks.map((network) => ({ network })) } : {}),
-    ...(plan.length > 0 ? { disks: plan.map((volume) => `${volume.pool}/${volume.name}`) } : {}),
-    waitReady: true,
-  }, boot ? { boot } : undefined);
+  const created = await deps.vms.create(
+    {
+      name: request.name,
+      image: settings.image,
+      cpus: settings.cpus,
+      memoryMb: settings.memoryMb,
+      ...(request.host ? { host: request.host } : {}),
+      ...(project ? { project } : {}),
+      ...(settings.networks.length > 0 ? { networks: settings.networks.map((network) => ({ network })) } : {}),
+      ...(plan.length > 0 ? { disks: plan.map((volume) => `${volume.pool}/${volume.name}`) } : {}),
+      waitReady: true,
+    },
+    boot ? { boot } : undefined,
+  );
   const done = await deps.operations.wait(created.id);
   if (done.status !== 'succeeded')
     throw new NubisError(done.error?.code ?? 'BACKUP_RESTORE_FAILED', `Creating VM ${request.name} failed: ${done.error?.message ?? done.status}`);

@@ -129,7 +129,11 @@ export class BackupService {
           const settings = await this.#settingsOf(current, host.name);
           const id = newId('bak');
           const started = Date.now();
-          await op.report('backup', `Backing VM ${row.name} up on host ${host.name}: copying its disks as of now, sending the chunks the store has not got`, 0.1);
+          await op.report(
+            'backup',
+            `Backing VM ${row.name} up on host ${host.name}: copying its disks as of now, sending the chunks the store has not got`,
+            0.1,
+          );
           const taken = await this.#hosts
             .agent(host)
             .takeBackup(
@@ -226,7 +230,12 @@ export class BackupService {
   async challenge(request: { backup?: string; blocks?: number }, project?: string): Promise<BackupAudit[]> {
     const rows = request.backup
       ? [await this.#row(request.backup, project)]
-      : await this.#db.selectFrom('backups').selectAll().where('project_id', '=', await projectIdByName(this.#db, project)).orderBy('created_at').execute();
+      : await this.#db
+          .selectFrom('backups')
+          .selectAll()
+          .where('project_id', '=', await projectIdByName(this.#db, project))
+          .orderBy('created_at')
+          .execute();
     const audits: BackupAudit[] = [];
     for (const row of rows) audits.push(await this.auditor.challenge(row, request.blocks));
     return audits;

@@ -32,10 +32,11 @@ export interface AgentAppOptions {
   supervisor: VmSupervisor;
   networks: NetworkPlumbing;
   dirPools: DirPools;
-  /** The backup store the VMs' backups go to and restores come from. */
-  backupStore: BackupStoreClient;
-  /** Where restored root disks wait for the VM that is made of them (`<hostDir>/restores`). */
-  restoresDir: string;
+  /**
+   * The backup store the VMs' backups go to and restores come from, and where restored root disks
+   * wait for the VM that is made of them (`<hostDir>/restores`).
+   */
+  backups: { store: BackupStoreClient; restoresDir: string };
   /** True when `token` is what the control plane presents to this agent. */
   isControlToken: (token: string) => boolean;
   info: () => Record<string, unknown>;
@@ -66,8 +67,8 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   const on = contractRoutes(app);
   registerVmRoutes(on, options);
   registerMigrationRoutes(on, options.supervisor);
-  registerDirPoolRoutes(on, options.dirPools, options.backupStore);
-  registerRestoreRoutes(on, options.backupStore, options.restoresDir);
+  registerDirPoolRoutes(on, options.dirPools, options.backups.store);
+  registerRestoreRoutes(on, options.backups.store, options.backups.restoresDir);
   registerNetworkRoutes(on, options.networks);
   registerShutdownRoute(app, options.onShutdown);
   registerConsole(app, options.supervisor);
@@ -143,7 +144,7 @@ function registerVmRoutes(on: On, options: AgentAppOptions): void {
     await supervisor.deleteSnapshot(params.id, params.snapshot);
   });
   on('takeBackup', (params, body) =>
-    supervisor.takeBackup(params.id, { backupId: params.backup, key: Buffer.from(body.key, 'base64'), vm: body.vm, store: options.backupStore }),
+    supervisor.takeBackup(params.id, { backupId: params.backup, key: Buffer.from(body.key, 'base64'), vm: body.vm, store: options.backups.store }),
   );
   on('sealTemplate', async (params) => {
     await supervisor.sealTemplate(params.id);

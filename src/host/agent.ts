@@ -124,8 +124,10 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     supervisor,
     networks,
     dirPools: new DirPools(join(options.hostDir, 'pools'), { growLive: (path, sizeBytes) => supervisor.growFileDisk(path, sizeBytes) }),
-    restoresDir: join(options.hostDir, 'restores'),
-    backupStore: new BackupStoreClient(options.backupStoreSocket ?? dataPaths(join(options.hostDir, '..', '..')).backupStoreSocket),
+    backups: {
+      store: new BackupStoreClient(options.backupStoreSocket ?? dataPaths(join(options.hostDir, '..', '..')).backupStoreSocket),
+      restoresDir: join(options.hostDir, 'restores'),
+    },
     isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),

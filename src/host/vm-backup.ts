@@ -193,7 +193,12 @@ async function catalogOf(sources: BackupSource[], copies: string[], signal?: Abo
 }
 
 /** Cuts the copy at `path` into chunks and sends the store those it has not got, each with its proof tags. */
-async function sendChunks(path: string, keys: BackupKeys, proofKey: ProofKey, store: BackupStoreClient): Promise<Omit<BackupDiskReport, 'id' | 'source' | 'chunks'> & { chunks: Array<string | null> }> {
+async function sendChunks(
+  path: string,
+  keys: BackupKeys,
+  proofKey: ProofKey,
+  store: BackupStoreClient,
+): Promise<Omit<BackupDiskReport, 'id' | 'source' | 'chunks'> & { chunks: Array<string | null> }> {
   const sizeBytes = (await stat(path)).size;
   const file = await open(path, 'r');
   const chunks: Array<string | null> = [];

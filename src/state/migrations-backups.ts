@@ -36,8 +36,14 @@ export const backupMigrations: Record<string, Migration> = {
   },
   '0025-backup-audits': {
     async up(db: Kysely<unknown>): Promise<void> {
-      await db.schema.alterTable('backups').addColumn('catalog_files', 'integer', (c) => c.notNull().defaultTo(0)).execute();
-      await db.schema.alterTable('backups').addColumn('catalog_notes', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+      await db.schema
+        .alterTable('backups')
+        .addColumn('catalog_files', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('backups')
+        .addColumn('catalog_notes', 'text', (c) => c.notNull().defaultTo('[]'))
+        .execute();
       // Each proof-of-retrievability challenge of a backup and its outcome (control/backup-audits.ts).
       await db.schema
         .createTable('backup_audits')

@@ -59,7 +59,10 @@ export type BackupVerification = Static<typeof BackupVerification>;
 
 export const BackupRef = Type.Object({ backup: Type.String({ pattern: '^bak-[0-9a-f]{12}$', maxLength: 16, description: 'Backup id' }) });
 
-export const BackupCreateRequest = Type.Object({ vm: Type.String({ minLength: 1, maxLength: 63, description: 'VM name (in the project) or id' }) }, { additionalProperties: false });
+export const BackupCreateRequest = Type.Object(
+  { vm: Type.String({ minLength: 1, maxLength: 63, description: 'VM name (in the project) or id' }) },
+  { additionalProperties: false },
+);
 
 export const BackupRestoreRequest = Type.Object(
   {
@@ -78,7 +81,13 @@ export const BackupListQuery = Type.Object({
 export const BackupCollectRequest = Type.Object(
   {
     graceSeconds: Type.Optional(
-      Type.Integer({ format: 'int32', minimum: 0, maximum: 31536000, default: 86400, description: 'Keep chunks written or found this recently (a backup may be using them)' }),
+      Type.Integer({
+        format: 'int32',
+        minimum: 0,
+        maximum: 31536000,
+        default: 86400,
+        description: 'Keep chunks written or found this recently (a backup may be using them)',
+      }),
     ),
   },
   { additionalProperties: false },
@@ -103,7 +112,13 @@ export const BackupChallengeRequest = Type.Object(
   {
     backup: Type.Optional(BackupRef.properties.backup),
     blocks: Type.Optional(
-      Type.Integer({ format: 'int32', minimum: 1, maximum: 4096, default: 460, description: 'Blocks to challenge (460: 1% damage found with >99% probability)' }),
+      Type.Integer({
+        format: 'int32',
+        minimum: 1,
+        maximum: 4096,
+        default: 460,
+        description: 'Blocks to challenge (460: 1% damage found with >99% probability)',
+      }),
     ),
   },
   { additionalProperties: false },

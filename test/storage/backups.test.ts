@@ -177,7 +177,7 @@ describe('backups of a VM into the backup store', () => {
     );
   });
 
-  it("finds backed-up files by a word of their name from the encrypted catalogs, as a plaintext reference would", async () => {
+  it('finds backed-up files by a word of their name from the encrypted catalogs, as a plaintext reference would', async () => {
     const reference = (word: string) =>
       Object.keys(DOCUMENTS)
         .filter((path) => fileKeywords(path).includes(word))
@@ -192,7 +192,11 @@ describe('backups of a VM into the backup store', () => {
         word,
       );
       for (const hit of hits) {
-        assert.deepEqual(hit.files.map((file) => file.disk), expected.map(() => 'local/docs'), word);
+        assert.deepEqual(
+          hit.files.map((file) => file.disk),
+          expected.map(() => 'local/docs'),
+          word,
+        );
         assert.deepEqual(hit.files.map((file) => file.path).sort(), expected, word);
       }
     }
@@ -264,7 +268,9 @@ describe('backups of a VM into the backup store', () => {
     // Chunk 0 of the first backup is its own (the second has another chunk 0): damage it in the store.
     const storeDir = join(nubis.dataDir, 'backups');
     const chunksOf = (backup: Backup) => (JSON.parse(readFileSync(join(storeDir, 'backups', `${backup.id}.json`), 'utf8')) as { chunks: string[] }).chunks;
-    const files = execFileSync('find', [join(storeDir, 'chunks'), '-type', 'f', '-not', '-name', '*.sum', '-not', '-name', '*.tags'], { encoding: 'utf8' }).trim().split('\n');
+    const files = execFileSync('find', [join(storeDir, 'chunks'), '-type', 'f', '-not', '-name', '*.sum', '-not', '-name', '*.tags'], { encoding: 'utf8' })
+      .trim()
+      .split('\n');
     assert.equal(files.length, 7 + docsChunks, "the data disk's four chunks of the first backup, one of the second, two of the third, and the filesystem's");
     const own = chunksOf(backups[0]).filter((chunk) => !chunksOf(backups[1]).includes(chunk));
     assert.equal(own.length, 1);
@@ -345,7 +351,12 @@ describe('backups of a VM into the backup store', () => {
     await untilReady('booter2');
     assert.match(await runOnConsole(nubis, 'booter2', 'echo "root=$(ls /dev/vda)"'), /root=\/dev\/vda/);
     assert.equal(readdirSync(join(nubis.dataDir, 'hosts', 'host-1', 'restores')).length, 0, 'the restored root file is gone once the VM has its copy');
-    for (const args of [['vm', 'delete', 'booter2'], ['vm', 'delete', 'booter'], ['backup', 'delete', backup.id], ['backup', 'collect', '--grace', '0']])
+    for (const args of [
+      ['vm', 'delete', 'booter2'],
+      ['vm', 'delete', 'booter'],
+      ['backup', 'delete', backup.id],
+      ['backup', 'collect', '--grace', '0'],
+    ])
       assert.equal((await nubis.cli(args)).code, 0, args.join(' '));
   });
 

@@ -15,7 +15,7 @@ import {
   BackupSearchRequest,
 } from '../../wire/backup-schemas.ts';
 import { Accepted, List, ProjectQuery } from '../../wire/schemas.ts';
-import { errorResponses } from './common.ts';
+import { errorResponses, type RouteApp } from './common.ts';
 
 export type BackupRouteServices = { backups: BackupService };
 
@@ -94,6 +94,11 @@ export const backupRoutes: FastifyPluginAsyncTypebox<BackupRouteServices> = asyn
     },
     async (request, reply) => reply.status(202).send({ operation: await backups.verify(request.params.backup, request.query.project) }),
   );
+  registerAuditRoutes(app, backups);
+};
+
+/** Restore, proofs of retrievability, catalog search and the store's garbage collection. */
+function registerAuditRoutes(app: RouteApp, backups: BackupService): void {
   app.post(
     '/v1/backups/:backup/restore',
     {
@@ -108,8 +113,7 @@ export const backupRoutes: FastifyPluginAsyncTypebox<BackupRouteServices> = asyn
         response: { 202: Accepted, ...errorResponses },
       },
     },
-    async (request, reply) =>
-      reply.status(202).send({ operation: await backups.restore(request.params.backup, request.body, request.query.project) }),
+    async (request, reply) => reply.status(202).send({ operation: await backups.restore(request.params.backup, request.body, request.query.project) }),
   );
   app.post(
     '/v1/backups/challenge',
@@ -165,13 +169,16 @@ export const backupRoutes: FastifyPluginAsyncTypebox<BackupRouteServices> = asyn
         tags: ['backups'],
         summary: 'Remove the chunks no backup uses any more (those written or found within graceSeconds stay)',
         body: BackupCollectRequest,
-        response: { 200: Type.Object({
+        response: {
+          200: Type.Object({
             removedChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9 }),
             freedBytes: Type.Integer({ format: 'int64', minimum: 0, maximum: 1e18 }),
             keptChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9 }),
-          }), ...errorResponses },
+          }),
+          ...errorResponses,
+        },
       },
     },
     async (request) => backups.collect(request.body.graceSeconds ?? 86_400),
   );
-};
+}

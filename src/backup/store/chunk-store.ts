@@ -187,7 +187,8 @@ export class ChunkStore {
   async putChunk(id: string, sealed: Buffer): Promise<{ stored: boolean }> {
     const path = this.#chunkPath(id);
     if ((await this.missing([id])).length === 0) return { stored: false };
-    if (sealed.length > MAX_SEALED_CHUNK_BYTES) throw new NubisError('VALIDATION_FAILED', `A sealed chunk has at most ${MAX_SEALED_CHUNK_BYTES} bytes, not ${sealed.length}`);
+    if (sealed.length > MAX_SEALED_CHUNK_BYTES)
+      throw new NubisError('VALIDATION_FAILED', `A sealed chunk has at most ${MAX_SEALED_CHUNK_BYTES} bytes, not ${sealed.length}`);
     await mkdir(join(path, '..'), { recursive: true, mode: 0o700 });
     await this.#writeDurably(`${path}.sum`, createHash('sha256').update(sealed).digest('hex'));
     await this.#writeDurably(path, sealed);

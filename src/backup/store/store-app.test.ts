@@ -30,7 +30,11 @@ describe('backup store API', () => {
   const put = (id: string, bytes: Buffer) =>
     app.inject({ method: 'PUT', url: `/chunks/${id}`, headers: { 'content-type': 'application/octet-stream' }, payload: bytes });
   const commit = (id: string, chunks: string[]) =>
-    app.inject({ method: 'PUT', url: `/backups/${id}`, payload: { createdAt: new Date().toISOString(), chunks, manifest: Buffer.from('sealed').toString('base64') } });
+    app.inject({
+      method: 'PUT',
+      url: `/backups/${id}`,
+      payload: { createdAt: new Date().toISOString(), chunks, manifest: Buffer.from('sealed').toString('base64') },
+    });
 
   it('keeps chunks by id, tells which are missing, and returns them byte for byte', async () => {
     const missing = await app.inject({ method: 'POST', url: '/chunks/missing', payload: { ids: [idOf(chunkA), idOf(chunkB)] } });
@@ -52,7 +56,10 @@ describe('backup store API', () => {
     assert.equal((await commit('bak-000000000001', [idOf(chunkA), idOf(chunkB)])).statusCode, 200);
     assert.equal((await commit('bak-000000000001', [idOf(chunkA)])).json().code, 'BACKUP_EXISTS');
     const listed = (await app.inject({ method: 'GET', url: '/backups' })).json() as { backups: Array<{ id: string; storedBytes: number }> };
-    assert.deepEqual(listed.backups.map((b) => b.id), ['bak-000000000001']);
+    assert.deepEqual(
+      listed.backups.map((b) => b.id),
+      ['bak-000000000001'],
+    );
     assert.equal(listed.backups[0].storedBytes, chunkA.length + chunkB.length + 'sealed'.length);
   });
 

@@ -59,6 +59,13 @@ export function buildStoreApp(store: ChunkStore): FastifyInstance {
     void reply.status(status).send(body);
   });
 
+  registerChunkRoutes(app, store);
+  registerBackupRoutes(app, store);
+  return app;
+}
+
+/** Sealed chunks, their proof tags, and challenges over them. */
+function registerChunkRoutes(app: FastifyInstance, store: ChunkStore): void {
   app.put<{ Params: { id: string }; Body: Buffer }>('/chunks/:id', { schema: { params: ChunkParams } }, async (request) => {
     if (!Buffer.isBuffer(request.body)) throw Object.assign(new Error('A chunk is sent as application/octet-stream'), { validation: true });
     return store.putChunk(request.params.id, request.body);
@@ -115,6 +122,10 @@ export function buildStoreApp(store: ChunkStore): FastifyInstance {
     { schema: { body: { type: 'object', required: ['ids'], additionalProperties: false, properties: { ids: ChunkIds } } } },
     async (request) => ({ missing: await store.missing(request.body.ids) }),
   );
+}
+
+/** Committed backups, their catalogs, and the store's own checks. */
+function registerBackupRoutes(app: FastifyInstance, store: ChunkStore): void {
   app.put<{ Params: { id: string }; Body: { createdAt: string; chunks: string[]; manifest: string } }>(
     '/backups/:id',
     {
@@ -162,7 +173,6 @@ export function buildStoreApp(store: ChunkStore): FastifyInstance {
     },
     async (request) => store.collect(request.body.graceSeconds),
   );
-  return app;
 }
 
 /** Opens the store in `dir` and serves it on the unix socket `socketPath` (mode 0600: root's processes only). */

@@ -20,7 +20,9 @@ export function registerBackupCommands(program: Command): void {
       const final = await runOperation(command, `Backing up ${vm}`, operation);
       if (globals(command).json) return printJson(final.result);
       const taken = final.result as Backup;
-      console.log(`${taken.id}: ${vm}, ${formatSize(taken.sizeBytes)} of disks, ${formatSize(taken.sentBytes)} sent in ${(taken.durationMs / 1000).toFixed(1)} s`);
+      console.log(
+        `${taken.id}: ${vm}, ${formatSize(taken.sizeBytes)} of disks, ${formatSize(taken.sentBytes)} sent in ${(taken.durationMs / 1000).toFixed(1)} s`,
+      );
     });
   backup
     .command('list')
@@ -80,7 +82,14 @@ function addAuditCommands(backup: Command): void {
       if (globals(command).json) return printJson(audits);
       printTable(
         ['BACKUP', 'RESULT', 'BLOCKS', 'PROOF', 'STORE', 'VERIFY'],
-        audits.map((a) => [a.backup, a.passed ? 'passed' : `FAILED${a.error ? `: ${a.error}` : ''}`, String(a.blocks), formatSize(a.proofBytes), `${a.storeMs} ms`, `${a.verifyMs} ms`]),
+        audits.map((a) => [
+          a.backup,
+          a.passed ? 'passed' : `FAILED${a.error ? `: ${a.error}` : ''}`,
+          String(a.blocks),
+          formatSize(a.proofBytes),
+          `${a.storeMs} ms`,
+          `${a.verifyMs} ms`,
+        ]),
       );
       if (audits.some((a) => !a.passed)) process.exitCode = 1;
     });
