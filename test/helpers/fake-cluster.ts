@@ -14,6 +14,8 @@ import { bootstrapAccess } from '../../src/access/bootstrap.ts';
 import type { OidcConfig } from '../../src/access/oidc.ts';
 import { openDatabase, type Db } from '../../src/state/database.ts';
 import type { KyselyPlugin } from 'kysely';
+import { startBackupStore } from '../../src/backup/store/store-app.ts';
+import { dataPaths } from '../../src/core/paths.ts';
 
 export interface FakeCluster {
   services: AppServices;
@@ -78,6 +80,8 @@ export async function fakeCluster(
     },
   });
   await services.audit.start();
+  // A real backup store in the cluster's folder (its agents are fakes; the store is cheap).
+  const backupStore = await startBackupStore({ dir: dataPaths(dir).backupStore, socketPath: dataPaths(dir).backupStoreSocket });
   writeFileSync(join(dir, 'vmlinuz'), 'kernel');
   writeFileSync(join(dir, 'initrd'), 'initrd');
   await services.images.registerBuiltin('tiny', { kernelPath: join(dir, 'vmlinuz'), initrdPath: join(dir, 'initrd') });
@@ -139,6 +143,7 @@ export async function fakeCluster(
       await services.operations.drain();
       await app?.close();
       await services.audit.stop();
+      await backupStore.close();
       await db.destroy();
       rmSync(dir, { recursive: true, force: true });
     },
