@@ -56,6 +56,9 @@ import { vmSnapshotRoutes } from './routes/vm-snapshots.ts';
 import type { VmSnapshots } from '../control/vm-snapshots.ts';
 import { backupRoutes } from './routes/backups.ts';
 import type { BackupService } from '../control/backups.ts';
+import { backupScheduleRoutes } from './routes/backup-schedules.ts';
+import type { BackupSchedules } from '../control/backup-schedules.ts';
+import type { BackupScheduler } from '../control/backup-scheduler.ts';
 import { trustedLaunchRoutes } from './routes/trusted-launch.ts';
 import { placementRoutes } from './routes/placement.ts';
 import { haRoutes } from './routes/ha.ts';
@@ -77,6 +80,9 @@ export interface AppServices {
   snapshots: VmSnapshots;
   /** Backups into the backup store, and their restore. */
   backups: BackupService;
+  /** Backup schedules with retention, and the scheduler that runs them. */
+  backupSchedules: BackupSchedules;
+  backupScheduler: BackupScheduler;
   placement: PlacementService;
   ha: HaManager;
   autostart: Autostart;
@@ -171,6 +177,7 @@ export async function buildApp(
   await app.register(vmRoutes, { vms, migrations, usage: services.usage });
   await app.register(vmSnapshotRoutes, { snapshots: services.snapshots });
   await app.register(backupRoutes, { backups: services.backups });
+  await app.register(backupScheduleRoutes, { schedules: services.backupSchedules, access });
   await app.register(trustedLaunchRoutes, { db, vms });
   await app.register(usageRoutes, { db, vms, hosts, usage: services.usage });
   await app.register(consoleRoutes, { db, vms, hosts, access, desktops: services.desktopBroker });

@@ -13,7 +13,7 @@ async function projectOf(services: Pick<AppServices, 'db'>, projectId: string): 
   return { id: projectId, name: row?.name ?? projectId };
 }
 
-/** Registers the views of VMs, hosts, networks, operations and migrations with `feed`. */
+/** Registers the views of VMs, hosts, networks, operations, migrations and backup schedules with `feed`. */
 export function describeResources(feed: ChangeFeed, services: AppServices): void {
   const { db } = services;
   // VMs and operations change many times a second in a busy cluster: their events are built in
@@ -55,6 +55,11 @@ export function describeResources(feed: ChangeFeed, services: AppServices): void
     if (!row) return undefined;
     const entry = (await services.migrations.history(row.vm_id)).find((migration) => migration.id === id);
     return entry && { name: row.name, project: await projectOf(services, row.project_id), resource: { vm: row.name, ...entry } };
+  });
+  // A schedule's event (its id is its VM's) follows each run: a failed one shows in `lastRun`.
+  feed.describe('backup-schedule', async (id) => {
+    const described = await services.backupSchedules.describe(id);
+    return described && { name: described.name, project: await projectOf(services, described.projectId), resource: described.schedule };
   });
   describeDesktops(feed, services);
 }

@@ -29,6 +29,8 @@ import { Autostart } from '../control/autostart.ts';
 import { VmService } from '../control/vms.ts';
 import { VmSnapshots } from '../control/vm-snapshots.ts';
 import { BackupService } from '../control/backups.ts';
+import { BackupSchedules } from '../control/backup-schedules.ts';
+import { BackupScheduler } from '../control/backup-scheduler.ts';
 import { BackupStoreClient } from '../backup/store-client.ts';
 import { FileKeyProvider } from '../storage/keys/file-key-provider.ts';
 import { VmOwner } from '../control/vm-owner.ts';
@@ -131,6 +133,8 @@ export function createServices(options: ServiceOptions): AppServices {
     store: new BackupStoreClient(paths.backupStoreSocket),
     keys: new FileKeyProvider(paths.backupKeys),
   });
+  const backupSchedules = new BackupSchedules({ db, vms });
+  const backupScheduler = new BackupScheduler({ db, backups, operations }, { logger: options.logger });
   const migrations = new MigrationService({
     ...{ db, hosts, networks, secgroups, operations, dirPools: storage.dirPools, owner, vms, placement, storage },
     // Migrations over TLS get certificates of the Nubis CA in the data folder (app/tls.ts).
@@ -159,6 +163,8 @@ export function createServices(options: ServiceOptions): AppServices {
     vms,
     snapshots,
     backups,
+    backupSchedules,
+    backupScheduler,
     placement,
     networks,
     secgroups,
@@ -210,7 +216,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer, desktopBroker, usage, backups } = services;
+  const { operations, images, audit, ha, balancer, desktopBroker, usage, backups, backupScheduler } = services;
   await audit.start();
   await usage.load();
   // Graphs of VMs and hosts deleted while the control plane was down go now.
@@ -249,6 +255,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
   // Resets after the grace time and spare desktops kept booted.
   await desktopBroker.start();
   backups.auditor.start(); // proofs of retrievability of every backup, again when its last one is a day old
+  // Scheduled backups and their retention; after failInterrupted, so runs a stop cut off are seen as ended.
+  await backupScheduler.start();
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -260,6 +268,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
       balancer.stop();
       await desktopBroker.stop();
       await backups.auditor.stop();
+      await backupScheduler.stop();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();

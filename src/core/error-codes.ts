@@ -75,6 +75,8 @@ export const ERROR_STATUS = {
   BACKUP_PROOF_KEY_INVALID: 400,
   BACKUP_CHUNK_INVALID: 400,
   BACKUP_CHALLENGE_INVALID: 400,
+  // A backup schedule's --every that is not 1m to 366d in m, h, d or w (control/backup-schedules.ts).
+  BACKUP_SCHEDULE_INTERVAL_INVALID: 400,
   // Credentials.
   AUTH_REQUIRED: 401,
   AUTH_INVALID_TOKEN: 401,
@@ -96,6 +98,7 @@ export const ERROR_STATUS = {
   VM_NOT_FOUND: 404,
   BACKUP_NOT_FOUND: 404,
   BACKUP_DISK_NOT_FOUND: 404,
+  BACKUP_SCHEDULE_NOT_FOUND: 404,
   HOST_NOT_FOUND: 404,
   USAGE_NOT_FOUND: 404,
   IMAGE_NOT_FOUND: 404,
@@ -290,6 +293,8 @@ export const ERROR_STATUS = {
   BACKUP_FAILED: 502,
   BACKUP_STORE_FAILED: 502,
   BACKUP_RESTORE_FAILED: 502,
+  // Retention could not delete a backup after a scheduled one (the store failed it): recorded in the schedule's last run.
+  BACKUP_PRUNE_FAILED: 502,
   VM_NOT_READY: 502,
   VM_CONSOLE_FAILED: 502,
   MIGRATION_FAILED: 502,

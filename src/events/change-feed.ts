@@ -13,7 +13,7 @@
  */
 import type { Db } from '../state/database.ts';
 
-export const CHANGE_TYPES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration', 'desktop', 'desktop-pool'] as const;
+export const CHANGE_TYPES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration', 'desktop', 'desktop-pool', 'backup-schedule'] as const;
 export type ChangeType = (typeof CHANGE_TYPES)[number];
 export type ChangeAction = 'created' | 'updated' | 'deleted';
 

@@ -7,6 +7,7 @@ import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely
 import { vmPlatformMigrations } from './migrations-vm-platform.ts';
 import { vmSnapshotMigrations } from './migrations-vm-snapshots.ts';
 import { backupMigrations } from './migrations-backups.ts';
+import { backupScheduleMigrations } from './migrations-backup-schedules.ts';
 import { changedAny, createHostsPlacementTrigger, PLACEMENT_BUMP } from './placement-trigger.ts';
 
 const migrations: Record<string, Migration> = {
@@ -605,5 +606,5 @@ const migrations: Record<string, Migration> = {
 
 /** Hands Kysely's Migrator the migrations defined in this file. */
 export const inlineMigrations: MigrationProvider = {
-  getMigrations: async () => ({ ...migrations, ...vmPlatformMigrations, ...vmSnapshotMigrations, ...backupMigrations }),
+  getMigrations: async () => ({ ...migrations, ...vmPlatformMigrations, ...vmSnapshotMigrations, ...backupMigrations, ...backupScheduleMigrations }),
 };

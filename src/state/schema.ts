@@ -323,6 +323,37 @@ export interface BackupAuditsTable {
   error: string | null;
 }
 
+/**
+ * A VM's backup schedule (control/backup-schedules.ts, migrations-backup-schedules.ts): its
+ * interval, its retention rules (null: the rule is not used), the run under way and the last
+ * run's outcome. Times are ISO 8601 in UTC.
+ */
+export interface BackupSchedulesTable {
+  vm_id: string;
+  interval_seconds: number;
+  keep_last: number | null;
+  keep_hourly: number | null;
+  keep_daily: number | null;
+  keep_weekly: number | null;
+  keep_monthly: number | null;
+  keep_yearly: number | null;
+  next_run_at: string;
+  /** The run under way (null: none): when it was claimed, and its operation once started. */
+  run_started_at: string | null;
+  run_operation_id: string | null;
+  /** The last run that ended: when it started and ended, how, the backup it took, what retention deleted. */
+  last_run_at: string | null;
+  last_finished_at: string | null;
+  last_status: 'succeeded' | 'failed' | null;
+  last_operation_id: string | null;
+  last_backup_id: string | null;
+  last_pruned: number | null;
+  last_error_code: string | null;
+  last_error: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
 export interface VmSnapshotsTable {
   /** Also its name in the VM's qcow2 files and memory file on its host. */
   id: string;
@@ -586,6 +617,7 @@ export interface Database {
   backups: BackupsTable;
   backup_keys: BackupKeysTable;
   backup_audits: BackupAuditsTable;
+  backup_schedules: BackupSchedulesTable;
   secgroups: SecgroupsTable;
   secgroup_rules: SecgroupRulesTable;
   vm_secgroups: VmSecgroupsTable;

@@ -139,3 +139,73 @@ export const BackupSearchHit = Type.Object(
   { $id: 'BackupSearchHit' },
 );
 export type BackupSearchHit = Static<typeof BackupSearchHit>;
+
+/** How often a schedule runs: a whole number of minutes, hours, days or weeks, from 1m to 366d. */
+export const BackupInterval = Type.String({
+  pattern: '^[1-9][0-9]{0,5}[mhdw]$',
+  maxLength: 7,
+  description: 'A whole number of minutes (m), hours (h), days (d) or weeks (w), from 1m to 366d, e.g. 15m, 1h, 6h, 1d',
+  examples: ['1h'],
+});
+
+const Keep = (description: string) => Type.Optional(Type.Integer({ format: 'int32', minimum: 1, maximum: 100000, description }));
+
+export const BackupRetention = Type.Object(
+  {
+    keepLast: Keep('The N newest backups'),
+    keepHourly: Keep('The newest backup of each of the N newest hours (UTC) that have one'),
+    keepDaily: Keep('The newest backup of each of the N newest days (UTC) that have one'),
+    keepWeekly: Keep('The newest backup of each of the N newest ISO weeks that have one'),
+    keepMonthly: Keep('The newest backup of each of the N newest months (UTC) that have one'),
+    keepYearly: Keep('The newest backup of each of the N newest years (UTC) that have one'),
+  },
+  {
+    additionalProperties: false,
+    description:
+      "Which of the VM's backups (scheduled or not) stay after each scheduled backup, as Proxmox Backup Server's prune: each rule keeps periods an earlier one has not; no rule keeps them all",
+  },
+);
+export type BackupRetention = Static<typeof BackupRetention>;
+
+export const BackupScheduleRequest = Type.Object(
+  {
+    every: BackupInterval,
+    retention: Type.Optional(BackupRetention),
+  },
+  { additionalProperties: false },
+);
+export type BackupScheduleRequest = Static<typeof BackupScheduleRequest>;
+
+export const BackupSchedule = Type.Object(
+  {
+    vm: ResourceName,
+    every: BackupInterval,
+    intervalSeconds: Type.Integer({ format: 'int32', minimum: 60, maximum: 31622400 }),
+    retention: BackupRetention,
+    nextRunAt: Timestamp,
+    running: Type.Union([Type.Object({ since: Timestamp, operation: Type.Union([ResourceId, Type.Null()]) }), Type.Null()], {
+      description: 'The run under way: since when, and its operation once started',
+    }),
+    lastRun: Type.Union(
+      [
+        Type.Object({
+          status: Type.Union([Type.Literal('succeeded'), Type.Literal('failed')]),
+          startedAt: Timestamp,
+          finishedAt: Timestamp,
+          operation: Type.Union([ResourceId, Type.Null()], { description: 'The backup.create operation (null when the backup could not start)' }),
+          backup: Type.Union([ResourceId, Type.Null()], { description: 'The backup it took' }),
+          pruned: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Backups the retention rules deleted after it' }),
+          error: Type.Union([Type.Object({ code: Text(64), message: Text(4096) }), Type.Null()], {
+            description: 'Why it failed: the backup, or the pruning after it',
+          }),
+        }),
+        Type.Null(),
+      ],
+      { description: 'The last run that ended; null before the first' },
+    ),
+    createdAt: Timestamp,
+    updatedAt: Timestamp,
+  },
+  { $id: 'BackupSchedule' },
+);
+export type BackupSchedule = Static<typeof BackupSchedule>;

@@ -7,7 +7,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Count, Int32, ResourceId, ResourceName, Text, Timestamp } from './schemas.ts';
 
 /** The types of resources the stream reports, in the order `?types=` lists them. */
-export const CHANGE_TYPE_NAMES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration', 'desktop', 'desktop-pool'] as const;
+export const CHANGE_TYPE_NAMES = ['vm', 'host', 'network', 'pool', 'volume', 'operation', 'migration', 'desktop', 'desktop-pool', 'backup-schedule'] as const;
 
 export const EventsQuery = Type.Object(
   {

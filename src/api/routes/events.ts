@@ -26,6 +26,7 @@ const READ_PERMISSION: Record<ChangeType, Permission> = {
   migration: 'vm.read',
   desktop: 'desktop.read',
   'desktop-pool': 'desktop.read',
+  'backup-schedule': 'backup.read',
 };
 
 const KEEP_ALIVE_MS = 15_000;

@@ -1,11 +1,12 @@
-/** `nubis backup create|list|show|verify|delete|restore|collect`: backups of VMs in the backup store. */
+/** `nubis backup create|list|show|verify|delete|restore|collect|schedule`: backups of VMs in the backup store. */
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
-import type { Backup, BackupAudit, BackupSearchHit, BackupVerification } from '../../wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSchedule, BackupSearchHit, BackupVerification } from '../../wire/backup-schemas.ts';
 import type { Accepted, Vm } from '../../wire/schemas.ts';
 import { client, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatSize } from '../../storage/size.ts';
 import { printJson, printTable } from '../output.ts';
+import { addScheduleCommands, failureOf } from './backup-schedule.ts';
 
 const backupPath = (backup: string): string => `/v1/backups/${encodeURIComponent(backup)}`;
 
@@ -26,7 +27,7 @@ export function registerBackupCommands(program: Command): void {
     });
   backup
     .command('list')
-    .description("List the project's backups, oldest first")
+    .description("List the project's backups, oldest first, then the schedules whose last run failed")
     .option('--vm <vm>', 'only the backups of this VM')
     .action(async (options: { vm?: string }, command: Command) => {
       const query = projectQuery(command);
@@ -36,6 +37,16 @@ export function registerBackupCommands(program: Command): void {
       printTable(
         ['ID', 'VM', 'VM WAS', 'SIZE', 'SENT', 'TOOK', 'TAKEN'],
         backups.map((b) => [b.id, b.vm, b.vmState, formatSize(b.sizeBytes), formatSize(b.sentBytes), `${(b.durationMs / 1000).toFixed(1)} s`, b.createdAt]),
+      );
+      // A backup that is missing because its scheduled run failed shows here too, as its FAILED
+      // line: the list alone would look complete (older failures: nubis operation list).
+      const schedules = await client(command).request<BackupSchedule[]>('GET', `/v1/backup-schedules${query}`);
+      const failed = schedules.filter((s) => s.lastRun?.status === 'failed' && (!options.vm || s.vm === options.vm));
+      if (failed.length === 0) return;
+      console.log('');
+      printTable(
+        ['LAST SCHEDULED RUN', 'VM', 'AT', 'ERROR'],
+        failed.map((s) => ['FAILED', s.vm, s.lastRun?.startedAt, failureOf(s, 100)]),
       );
     });
   backup
@@ -69,6 +80,7 @@ export function registerBackupCommands(program: Command): void {
     });
   addRestoreCommands(backup);
   addAuditCommands(backup);
+  addScheduleCommands(backup);
 }
 
 function addAuditCommands(backup: Command): void {
