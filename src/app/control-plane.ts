@@ -188,6 +188,29 @@ export function createServices(options: ServiceOptions): AppServices {
   return services;
 }
 
+/**
+ * Starts the control plane's background loops, once it listens and operations a stop cut off are
+ * failed; returns what stops them.
+ */
+async function startLoops(services: AppServices): Promise<() => Promise<void>> {
+  const { ha, balancer, desktopBroker, backups, backupScheduler } = services;
+  ha.start();
+  // The background balancer's rounds (they move VMs only with `nubis cluster set --balance auto`).
+  await balancer.start();
+  // Resets after the grace time and spare desktops kept booted.
+  await desktopBroker.start();
+  backups.auditor.start(); // proofs of retrievability of every backup, again when its last one is a day old
+  // Scheduled backups and their retention: the runs a stop cut off are taken up from their (failed) operations.
+  await backupScheduler.start();
+  return async () => {
+    await ha.stop();
+    balancer.stop();
+    await desktopBroker.stop();
+    await backups.auditor.stop();
+    await backupScheduler.stop();
+  };
+}
+
 /** Starts the control plane and resolves once it listens. */
 export async function startControlPlane(options: ControlPlaneOptions): Promise<RunningControlPlane> {
   const paths = dataPaths(options.dataDir);
@@ -216,7 +239,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     auditPublishFile: options.auditPublishFile,
     auditPublishCommand: options.auditPublishCommand,
   });
-  const { operations, images, audit, ha, balancer, desktopBroker, usage, backups, backupScheduler } = services;
+  const { operations, images, audit, usage } = services;
   await audit.start();
   await usage.load();
   // Graphs of VMs and hosts deleted while the control plane was down go now.
@@ -249,14 +272,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     await new Promise<void>((resolve, reject) => agentTcp.listen(options.agentListen!.port, options.agentListen!.host, resolve).once('error', reject));
   const caPath = tls?.caPath ? { caPath: tls.caPath } : {};
   await writeFile(paths.apiInfo, `${JSON.stringify({ url, agentUrl: `unix:${agentSocket}`, pid: process.pid, ...caPath }, null, 2)}\n`);
-  ha.start();
-  // The background balancer's rounds (they move VMs only with `nubis cluster set --balance auto`).
-  await balancer.start();
-  // Resets after the grace time and spare desktops kept booted.
-  await desktopBroker.start();
-  backups.auditor.start(); // proofs of retrievability of every backup, again when its last one is a day old
-  // Scheduled backups and their retention; after failInterrupted, so runs a stop cut off are seen as ended.
-  await backupScheduler.start();
+  const stopLoops = await startLoops(services);
   options.logger.info({ url }, 'control plane listening');
   return {
     url,
@@ -264,11 +280,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<R
     db,
     operations,
     async stop() {
-      await ha.stop();
-      balancer.stop();
-      await desktopBroker.stop();
-      await backups.auditor.stop();
-      await backupScheduler.stop();
+      await stopLoops();
       await new Promise((resolve) => agentServer.close(resolve));
       if (agentTcp) await new Promise((resolve) => agentTcp.close(resolve));
       await app.close();

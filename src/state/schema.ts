@@ -1,6 +1,8 @@
 /**
  * The control plane's tables, as Kysely types. Times are ISO strings; JSON columns hold text.
  * The SQL that creates them is in migrations.ts; both change together.
+ *
+ * Size: every table of the state in one place, as one query's types read them together.
  */
 import type { Generated } from 'kysely';
 
