@@ -19,10 +19,13 @@ import { projectIdByName } from './projects.ts';
 import { refuseTemplate } from './vm-template-rules.ts';
 import type { VmService } from './vms.ts';
 
-const UNIT_SECONDS = { m: 60, w: 604_800, d: 86_400, h: 3_600 } as const;
-/** One minute: shorter would back a VM up while its last backup still runs, for any real disk. */
-export const MIN_INTERVAL_SECONDS = 60;
-export const MAX_INTERVAL_SECONDS = 366 * 86_400;
+const UNIT_SECONDS = { m: 60, h: 3_600, d: 86_400, w: 604_800 } as const;
+/**
+ * The shortest interval, for tests and small VMs: a run never starts beside the one before it,
+ * so a backup that takes longer than the interval only makes the runs back to back.
+ */
+const MIN_INTERVAL_SECONDS = 60;
+const MAX_INTERVAL_SECONDS = 366 * 86_400;
 
 /** The retention rules and the columns that keep them. */
 const RULE_COLUMNS = {
