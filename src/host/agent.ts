@@ -32,6 +32,14 @@ import { AGENT_UNDERLAY_PORT } from '../agent-api/heartbeat.ts';
 import { createServer, type Server } from 'node:http';
 import type { VmStatus } from '../agent-api/contract.ts';
 
+/** The backup store this host's VMs back up to (the data folder's, by default), and where restored root disks wait. */
+function backupsOf(options: AgentOptions): { store: BackupStoreClient; restoresDir: string } {
+  return {
+    store: new BackupStoreClient(options.backupStoreSocket ?? dataPaths(join(options.hostDir, '..', '..')).backupStoreSocket),
+    restoresDir: join(options.hostDir, 'restores'),
+  };
+}
+
 export interface AgentOptions {
   /** Host name, unique in the cluster. */
   name: string;
@@ -124,10 +132,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     supervisor,
     networks,
     dirPools: new DirPools(join(options.hostDir, 'pools'), { growLive: (path, sizeBytes) => supervisor.growFileDisk(path, sizeBytes) }),
-    backups: {
-      store: new BackupStoreClient(options.backupStoreSocket ?? dataPaths(join(options.hostDir, '..', '..')).backupStoreSocket),
-      restoresDir: join(options.hostDir, 'restores'),
-    },
+    backups: backupsOf(options),
     isControlToken: (token) => matchesHash(token, identity.controlTokenSha256),
     info: () => ({ name: options.name, accelerator: accelerator.accelerator, acceleratorReason: accelerator.reason }),
     onShutdown: (stopVms) => void stop({ stopVms }),
