@@ -34,6 +34,7 @@ import type { StorageCatalogue } from './storage.ts';
 import { projectIdByName } from './projects.ts';
 import { refuseTemplate } from './vm-template-rules.ts';
 import { restoreBackup } from './backup-restore.ts';
+import { networkNamesOf } from './vm-view.ts';
 
 /** Reading and sending a disk of a few GiB under TCG takes minutes. */
 const BACKUP_CALL_TIMEOUT_MS = 3_600_000;
@@ -165,14 +166,7 @@ export class BackupService {
   async #settingsOf(row: VmsTable, hostName: string): Promise<BackupSettings> {
     const spec = JSON.parse(row.spec) as VmSpec;
     const image = await this.#db.selectFrom('images').select('name').where('id', '=', row.image_id).executeTakeFirstOrThrow();
-    const networks = await this.#db
-      .selectFrom('nics')
-      .innerJoin('networks', 'networks.id', 'nics.network_id')
-      .select('networks.name')
-      .where('nics.vm_id', '=', row.id)
-      .orderBy('nics.device_index')
-      .execute();
-    return { image: image.name, cpus: spec.cpus, memoryMb: row.memory_mb, networks: networks.map((n) => n.name), host: hostName };
+    return { image: image.name, cpus: spec.cpus, memoryMb: row.memory_mb, networks: await networkNamesOf(this.#db, row.id), host: hostName };
   }
 
   /**

@@ -16,6 +16,7 @@ import type { Operation, VmCreateRequest } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
 import type { StorageCatalogue } from './storage.ts';
 import type { VmService } from './vms.ts';
+import { networkNamesOf } from './vm-view.ts';
 
 const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -88,13 +89,7 @@ async function requestOf(
 ): Promise<VmCreateRequest> {
   const image = await db.selectFrom('images').select('name').where('id', '=', template.image_id).executeTakeFirstOrThrow();
   const host = await db.selectFrom('hosts').select('name').where('id', '=', template.host_id).executeTakeFirstOrThrow();
-  const networks = await db
-    .selectFrom('nics')
-    .innerJoin('networks', 'networks.id', 'nics.network_id')
-    .select('networks.name')
-    .where('nics.vm_id', '=', template.id)
-    .orderBy('nics.device_index')
-    .execute();
+  const networks = await networkNamesOf(db, template.id);
   return {
     name,
     image: image.name,
@@ -102,7 +97,7 @@ async function requestOf(
     memoryMb: template.memory_mb,
     host: host.name,
     ...(project ? { project } : {}),
-    ...(networks.length > 0 ? { networks: networks.map((n) => ({ network: n.name })) } : {}),
+    ...(networks.length > 0 ? { networks: networks.map((network) => ({ network })) } : {}),
     ...(copies.length > 0 ? { disks: copies.map((c) => `${c.pool}/${c.name}`) } : {}),
     waitReady: true,
   };

@@ -191,6 +191,18 @@ export async function vmPage(db: Db, projects: 'all' | string[], page: { limit: 
 }
 
 /** How many VMs there are, and how many of them run, counted in SQL (a summary builds no view). */
+/** The names of the networks of VM `vmId`'s NICs, in device order (what a clone or a restore recreates). */
+export async function networkNamesOf(db: Db, vmId: string): Promise<string[]> {
+  const rows = await db
+    .selectFrom('nics')
+    .innerJoin('networks', 'networks.id', 'nics.network_id')
+    .select('networks.name')
+    .where('nics.vm_id', '=', vmId)
+    .orderBy('nics.device_index')
+    .execute();
+  return rows.map((row) => row.name);
+}
+
 export async function vmCounts(db: Db): Promise<{ vms: number; running: number }> {
   const row = await db
     .selectFrom('vms')
