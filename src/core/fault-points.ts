@@ -20,7 +20,9 @@ export type FaultPoint =
   // storage/pool/volume-catalog.ts: an encrypted volume's delete is durable, its stale wrapped keys not yet purged.
   | 'storage.volume-delete.before-purge'
   // backup/store/chunk-store.ts: every chunk of a backup is stored, the backup not yet committed.
-  | 'backup.commit.before-write';
+  | 'backup.commit.before-write'
+  // host/vm-backup.ts: a running VM's copy jobs and target nodes are in its QEMU.
+  | 'backup.agent.after-copy-start';
 
 export async function faultPoint(name: FaultPoint): Promise<void> {
   const armed = process.env.NUBIS_FAULT_POINTS?.split(',') ?? [];

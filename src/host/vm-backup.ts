@@ -29,6 +29,7 @@ import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
+import { faultPoint } from '../core/fault-points.ts';
 import { backupKeysOf, CHUNK_BYTES, chunkIdOf, openChunk, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
@@ -122,6 +123,24 @@ async function removeLeftCopies(runDir: string): Promise<void> {
     if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(runDir, name), { force: true });
 }
 
+/**
+ * Ends what a backup left in a QEMU whose agent was killed midway (QEMU outlives its agent): its
+ * jobs (cancelled) and target nodes (deleted), which would otherwise make the next backup's
+ * `blockdev-add` fail on their names.
+ */
+async function endLeftBackupJobs(qemu: NonNullable<ReturnType<SnapshotHost['qemu']>>): Promise<void> {
+  const jobs = async () => (await qemu.qmp.execute<Array<{ device: string }>>('query-block-jobs')).filter((job) => job.device.startsWith('backup-'));
+  for (const job of await jobs()) await qemu.qmp.execute('block-job-cancel', { device: job.device, force: true }).catch(() => undefined);
+  const deadline = Date.now() + 60_000;
+  while ((await jobs()).length > 0) {
+    if (Date.now() > deadline) throw new NubisError('BACKUP_FAILED', 'A backup job left by an earlier agent did not end within 60 s');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const nodes = await qemu.qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
+  for (const node of nodes.filter((n) => n['node-name'].startsWith('backup-')))
+    await qemu.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
+}
+
 /** Point-in-time copies of the disks into `copies`: one QMP transaction for a running VM, `qemu-img` for a stopped one. */
 async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: string[], signal?: AbortSignal): Promise<void> {
   const qemu = host.qemu();
@@ -137,6 +156,7 @@ async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: st
   }
   if (qemu.state !== 'running' && qemu.state !== 'paused')
     throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is ${qemu.state}; backups are taken of running, paused or stopped VMs`);
+  await endLeftBackupJobs(qemu);
   const nodes = await qemu.qmp.execute<Array<{ 'node-name': string; image: { 'virtual-size': number } }>>('query-named-block-nodes', { flat: true });
   const uid = host.spec().unixUid;
   const targets: string[] = [];
@@ -161,6 +181,7 @@ async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: st
         data: { 'job-id': `backup-${source.id}`, device: source.id, target: `backup-${source.id}`, sync: 'full' },
       })),
     });
+    await faultPoint('backup.agent.after-copy-start');
     for (const event of await Promise.all(done)) {
       const error = (event.data as { error?: string }).error;
       if (error) throw new NubisError('BACKUP_FAILED', `Copying disk ${String(event.data.device).slice('backup-'.length)} of VM ${host.name} failed: ${error}`);

@@ -393,4 +393,37 @@ describe('backups of a VM into the backup store', () => {
     const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
     assert.equal(collected.removedChunks, 1, "the interrupted backup's one new chunk is collected");
   });
+
+  it('a backup whose agent is killed midway leaves nothing in the way of the next one', async () => {
+    // The agent again, armed to stop once the copy jobs run in the VM's QEMU (which outlives it).
+    const faultDir = mkdtempSync(join(tmpdir(), 'nubis-faults-'));
+    const agentPid = Number(readFileSync(join(nubis.dataDir, 'run', 'agent-host-1.pid'), 'utf8'));
+    process.kill(agentPid, 'SIGTERM');
+    await until(() => !alive(agentPid), 'the agent to stop (its VMs keep running)');
+    const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port)], {
+      env: { NUBIS_FAULT_POINTS: 'backup.agent.after-copy-start', NUBIS_FAULT_DIR: faultDir },
+    });
+    assert.equal(armed.code, 0, armed.stderr);
+    const before = (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id);
+    const pending = nubis.cli(['backup', 'create', 'keeper']);
+    const faultFile = join(faultDir, 'backup.agent.after-copy-start');
+    await until(() => existsSync(faultFile), 'the agent to reach its fault point');
+    process.kill(Number(readFileSync(faultFile, 'utf8')), 'SIGKILL');
+    rmSync(faultDir, { recursive: true, force: true });
+    const restarted = await nubis.cli(['up', '--detach', '--port', String(nubis.port)]);
+    assert.equal(restarted.code, 0, restarted.stderr);
+    assert.notEqual((await pending).code, 0, 'the interrupted backup failed');
+    assert.deepEqual(
+      (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id),
+      before,
+    );
+    const next = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
+    assert.equal(next.vmState, 'running', "the VM ran on through its agent's death");
+    const runDir = join(nubis.dataDir, 'hosts', 'host-1', 'vms', (await nubis.cliJson<Vm>(['vm', 'show', 'keeper'])).id, 'run');
+    assert.deepEqual(
+      readdirSync(runDir).filter((name) => name.endsWith('.raw')),
+      [],
+      'no copy is left in the VM folder',
+    );
+  });
 });
