@@ -32,6 +32,8 @@ export const CHUNK_BYTES = 4 * 1024 * 1024;
 export const CHUNK_ID = /^[0-9a-f]{64}$/;
 const IV_BYTES = 12;
 const TAG_BYTES = 16;
+/** What sealing adds to a chunk: its IV and its GCM tag. */
+export const SEAL_OVERHEAD_BYTES = IV_BYTES + TAG_BYTES;
 const KEY_BYTES = 32;
 
 /** The keys one tenant's backups are sealed with, derived from its backup key. */

@@ -18,7 +18,7 @@
  * chunk's sealed length is its plaintext length and 28 bytes), never from the store's word.
  */
 import type { BackupStoreClient } from '../backup/store-client.ts';
-import { backupKeysOf, CHUNK_BYTES } from '../backup/chunk-crypto.ts';
+import { backupKeysOf, SEAL_OVERHEAD_BYTES } from '../backup/chunk-crypto.ts';
 import { type ChunkRef, DEFAULT_CHALLENGE_BLOCKS, makeChallenge, ProofKey, verify } from '../backup/proof/por.ts';
 import { challengeToJson, proofFromJson } from '../backup/proof/por-wire.ts';
 import { openResults, searchToken } from '../backup/search/sse-index.ts';
@@ -30,9 +30,6 @@ import type { Db } from '../state/database.ts';
 import type { BackupAuditsTable, BackupsTable } from '../state/schema.ts';
 import type { BackupAudit, BackupSearchHit } from '../wire/backup-schemas.ts';
 
-/** IV and GCM tag around each sealed chunk (backup/chunk-crypto.ts). */
-const SEAL_OVERHEAD_BYTES = 12 + 16;
-
 type ProjectKey = (projectId: string) => Promise<Buffer>;
 
 /** The chunks of backup `backupId` with their sealed lengths, as its manifest says. */
@@ -42,7 +39,7 @@ async function chunkRefsOf(store: BackupStoreClient, backupId: string, key: Buff
   for (const disk of manifest.disks) {
     for (const [index, id] of disk.chunks.entries()) {
       if (id === null) continue;
-      const plaintext = Math.min(manifest.chunkBytes ?? CHUNK_BYTES, disk.sizeBytes - index * manifest.chunkBytes);
+      const plaintext = Math.min(manifest.chunkBytes, disk.sizeBytes - index * manifest.chunkBytes);
       refs.set(id, { id, byteLength: plaintext + SEAL_OVERHEAD_BYTES });
     }
   }

@@ -15,6 +15,7 @@
  * Not yet: `--live` (start at once, pull blocks on first read).
  */
 import { NubisError, messageOf } from '../core/errors.ts';
+import { CHUNK_BYTES } from '../backup/chunk-crypto.ts';
 import type { TakenBackup } from '../agent-api/contract.ts';
 import type { Db } from '../state/database.ts';
 import type { BackupsTable } from '../state/schema.ts';
@@ -26,8 +27,6 @@ import type { StorageCatalogue } from './storage.ts';
 import type { VmService } from './vms.ts';
 
 const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-/** A chunk's plaintext size: at most this much data per chunk that is not all zero. */
-const CHUNK_BYTES = 4 * 1024 * 1024;
 
 interface PlannedVolume {
   disk: string;

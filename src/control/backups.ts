@@ -122,45 +122,32 @@ export class BackupService {
     const row = await this.#vms.row(ref, project);
     refuseTemplate(row, 'back up');
     const claim = this.#owner.claim(row.id, 'snapshot', row.name);
-    try {
-      const operation = await this.#operations.start('backup.create', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
-        claim.run(async () => {
-          const current = await this.#vms.row(row.id, project);
-          const host = await this.#hosts.row(current.host_id);
-          const settings = await this.#settingsOf(current, host.name);
-          const id = newId('bak');
-          const started = Date.now();
-          await op.report(
-            'backup',
-            `Backing VM ${row.name} up on host ${host.name}: copying its disks as of now, sending the chunks the store has not got`,
-            0.1,
-          );
-          const taken = await this.#hosts
-            .agent(host)
-            .takeBackup(
-              row.id,
-              id,
-              { key: (await this.#projectKey(row.project_id)).toString('base64'), vm: { name: row.name, ...settings } },
-              { timeoutMs: BACKUP_CALL_TIMEOUT_MS, signal: op.signal },
-            );
-          const record = recordOf(id, current, settings, taken, Date.now() - started);
-          try {
-            await this.#db.insertInto('backups').values(record).execute();
-          } catch (error) {
-            await this.#store.remove(id).catch(() => undefined);
-            throw error;
-          }
-          const sent = (record.sent_bytes / 1048576).toFixed(1);
-          await op.report('taken', `Backup ${id} of VM ${row.name}: ${(record.size_bytes / 1048576).toFixed(0)} MiB of disks, ${sent} MiB sent`, 0.95);
-          return viewOf(record);
-        }),
-      );
-      claim.setOperation(operation.id);
-      return operation;
-    } catch (error) {
-      claim.release();
-      throw error;
-    }
+    return this.#operations.startClaimed(claim, 'backup.create', { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, async (op) => {
+      const current = await this.#vms.row(row.id, project);
+      const host = await this.#hosts.row(current.host_id);
+      const settings = await this.#settingsOf(current, host.name);
+      const id = newId('bak');
+      const started = Date.now();
+      await op.report('backup', `Backing VM ${row.name} up on host ${host.name}: copying its disks as of now, sending the chunks the store has not got`, 0.1);
+      const taken = await this.#hosts
+        .agent(host)
+        .takeBackup(
+          row.id,
+          id,
+          { key: (await this.#projectKey(row.project_id)).toString('base64'), vm: { name: row.name, ...settings } },
+          { timeoutMs: BACKUP_CALL_TIMEOUT_MS, signal: op.signal },
+        );
+      const record = recordOf(id, current, settings, taken, Date.now() - started);
+      try {
+        await this.#db.insertInto('backups').values(record).execute();
+      } catch (error) {
+        await this.#store.remove(id).catch(() => undefined);
+        throw error;
+      }
+      const sent = (record.sent_bytes / 1048576).toFixed(1);
+      await op.report('taken', `Backup ${id} of VM ${row.name}: ${(record.size_bytes / 1048576).toFixed(0)} MiB of disks, ${sent} MiB sent`, 0.95);
+      return viewOf(record);
+    });
   }
 
   async #settingsOf(row: VmsTable, hostName: string): Promise<BackupSettings> {

@@ -107,6 +107,28 @@ export class OperationManager {
   }
 
   /**
+   * `start` with `work` run under `claim` (a VM owner's claim, taken by the caller before its
+   * checks, so that they hold until the work runs); the claim learns its operation, and a failure
+   * to start gives it back.
+   */
+  async startClaimed<T>(
+    claim: { run<R>(work: () => Promise<R>): Promise<R>; setOperation(id: string): void; release(): void },
+    kind: string,
+    target: OperationTarget,
+    work: (context: OperationContext) => Promise<T>,
+    record?: { within: (trx: Transaction<Database>) => Promise<void>; committed: () => void },
+  ): Promise<Operation> {
+    try {
+      const operation = await this.start(kind, target, (op) => claim.run(() => work(op)), record);
+      claim.setOperation(operation.id);
+      return operation;
+    } catch (error) {
+      claim.release();
+      throw error;
+    }
+  }
+
+  /**
    * Records a new operation and runs `work` in the background. Returns the operation at once,
    * so the API can answer `202` with its id. `record.within` writes, in the transaction that records
    * the operation, what it acts on (a VM create its VM): both commit together, or neither, and

@@ -62,16 +62,7 @@ export class VmSnapshots {
   /** Runs `work` as an operation under a `snapshot` claim on the VM (as VmService's own actions run). */
   async #operate<T>(row: VmsTable, kind: string, work: (op: OperationContext) => Promise<T>): Promise<Operation> {
     const claim = this.#owner.claim(row.id, 'snapshot', row.name);
-    try {
-      const operation = await this.#operations.start(kind, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, (op) =>
-        claim.run(() => work(op)),
-      );
-      claim.setOperation(operation.id);
-      return operation;
-    } catch (error) {
-      claim.release();
-      throw error;
-    }
+    return this.#operations.startClaimed(claim, kind, { type: 'vm', id: row.id, name: row.name, projectId: row.project_id }, work);
   }
 
   /** Takes snapshot `name` of the VM's disks, and with `withMemory` of its running state, of one instant. */

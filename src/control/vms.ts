@@ -123,14 +123,7 @@ export class VmService {
     work: (op: OperationContext) => Promise<T>,
     record?: { within: (trx: Transaction<Database>) => Promise<void>; committed: () => void },
   ): Promise<Operation> {
-    try {
-      const operation = await this.#operations.start(`vm.${claim.action}`, target, (op) => claim.run(() => work(op)), record);
-      claim.setOperation(operation.id);
-      return operation;
-    } catch (error) {
-      claim.release();
-      throw error;
-    }
+    return this.#operations.startClaimed(claim, `vm.${claim.action}`, target, work, record);
   }
 
   /** Claims the VM of `row` for `action` (`VM_BUSY` when what is in progress refuses it). */

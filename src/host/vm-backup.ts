@@ -30,6 +30,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
 import { faultPoint } from '../core/fault-points.ts';
+import type { TakenBackup } from '../agent-api/contract.ts';
 import { backupKeysOf, CHUNK_BYTES, chunkIdOf, openChunk, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
@@ -39,16 +40,8 @@ import { listDiskFiles } from '../backup/search/disk-files.ts';
 import { fileKeywords } from '../backup/search/keywords.ts';
 import { buildIndex, type IndexDocument } from '../backup/search/sse-index.ts';
 
-/** What a backup of one disk cost. */
-export interface BackupDiskReport {
-  id: string;
-  source: string;
-  sizeBytes: number;
-  chunks: number;
-  zeroChunks: number;
-  newChunks: number;
-  sentBytes: number;
-}
+/** What a backup of one disk cost (the agent contract's form). */
+export type BackupDiskReport = TakenBackup['disks'][number];
 
 /** One disk to back up: its block node and where its contents are read from when QEMU does not run. */
 interface BackupSource {
@@ -79,7 +72,7 @@ export function backupSourcesOf(spec: VmSpec): BackupSource[] {
 export async function takeBackup(
   host: SnapshotHost,
   request: { backupId: string; key: Buffer; vm: Record<string, unknown>; store: BackupStoreClient; signal?: AbortSignal },
-): Promise<{ disks: BackupDiskReport[]; storedBytes: number; catalogFiles: number; catalogNotes?: string[] }> {
+): Promise<TakenBackup> {
   const keys = backupKeysOf(request.key);
   const sources = backupSourcesOf(host.spec());
   const copies = sources.map((source) => join(host.dir, 'run', `${request.backupId}-${source.id}.raw`));
