@@ -80,7 +80,10 @@ function runFile(file, live) {
       const count = (name) => Number(new RegExp(`^ℹ ${name} (\\d+)$`, 'm').exec(output)?.[1] ?? 0);
       // A file that dies before its tests report counts as one failure.
       const failed = count('fail') + count('cancelled') || (code === 0 ? 0 : 1);
-      resolve({ passed: count('pass'), failed, skipped: count('skipped') + count('todo') });
+      // The reporter's own account of what failed, printed again at the very end of the run, where
+      // a reader of the last lines of a long log (CI) finds it.
+      const failures = failed > 0 ? (/\n✖ failing tests:\n([\s\S]*)$/.exec(output)?.[1] ?? output.slice(-3000)) : '';
+      resolve({ passed: count('pass'), failed, skipped: count('skipped') + count('todo'), failures });
     });
   });
 }
@@ -113,6 +116,7 @@ for (const { file, ms, failed } of times) console.log(`  ${seconds(ms).padStart(
 console.log(
   `  ${seconds(Date.now() - startedAll).padStart(8)}  all files${light.length > 0 && heavy.length > 0 ? ` (${light.length} of them beside the others)` : ''}`,
 );
+for (const { file, failures } of times.filter((time) => time.failed > 0)) console.log(`\nWhat failed in ${file}:\n${failures.trim().slice(0, 6000)}`);
 if (failedChecks.length > 0) console.log(`Static checks failed: ${failedChecks.join(', ')}`);
 console.log(`${totals.passed} passed, ${totals.failed + failedChecks.length} failed, ${totals.skipped} skipped`);
 process.exit(totals.failed + failedChecks.length > 0 ? 1 : 0);
