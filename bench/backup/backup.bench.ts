@@ -23,17 +23,14 @@
  * the Markdown of the run and writes no file: record it by hand from a quiet machine (load
  * average under 1, nothing else running). bench/backup/README.md says more.
  */
-import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { loadavg, tmpdir, totalmem } from 'node:os';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Backup, BackupAudit, BackupVerification } from '../../src/wire/backup-schemas.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, runOnConsole } from '../../test/helpers/nubis-instance.ts';
-
-const MiB = 1024 * 1024;
+import { ensureRestic, folderBytes, load, machine, mib, progress, resticIn, seconds, setUpBenchVm, timed, writeRandom } from './bench-common.ts';
 /** The goal of the issue: an incremental backup costs under 5% of the full one's time and bytes. */
 const GOAL_SHARE = 0.05;
 
@@ -78,75 +75,6 @@ interface ResticFigures {
   incremental: BackupCost;
 }
 
-const progress = (text: string): void => console.error(`# ${text}`);
-
-/** Runs `fn` and measures its wall clock. */
-async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; wallMs: number }> {
-  const started = performance.now();
-  const value = await fn();
-  return { value, wallMs: performance.now() - started };
-}
-
-/** Bytes of the regular files under `path` (apparent sizes; sockets and links are not data). */
-function folderBytes(path: string): number {
-  let total = 0;
-  for (const name of readdirSync(path, { recursive: true }) as string[]) {
-    const stats = lstatSync(join(path, name));
-    if (stats.isFile()) total += stats.size;
-  }
-  return total;
-}
-
-/** Writes `countMiB` MiB of fresh random bytes at `atMiB` MiB of the file at `path` (made when missing). */
-function writeRandom(path: string, atMiB: number, countMiB: number): void {
-  const fd = openSync(path, existsSync(path) ? 'r+' : 'w');
-  try {
-    for (let mib = 0; mib < countMiB; mib += 1) writeSync(fd, randomBytes(MiB), 0, MiB, (atMiB + mib) * MiB);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** restic's version line; installs the Debian package first when it is missing. */
-function ensureRestic(): string {
-  const version = () => spawnSync('restic', ['version'], { encoding: 'utf8' });
-  if (version().error) {
-    progress('restic is missing: apt-get install -y restic');
-    const install = () =>
-      spawnSync('apt-get', ['install', '-y', '-q', 'restic'], {
-        stdio: ['ignore', process.stderr, process.stderr],
-        env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-      });
-    // An old package list may not name the current version: update it once and try again.
-    if (
-      install().status !== 0 &&
-      (spawnSync('apt-get', ['update', '-q'], { stdio: ['ignore', process.stderr, process.stderr] }).status !== 0 || install().status !== 0)
-    ) {
-      throw new Error('Could not install restic with apt-get (install it by hand: apt-get install restic)');
-    }
-  }
-  const answer = version();
-  if (answer.status !== 0) throw new Error(`restic version failed: ${answer.stderr}`);
-  return /restic [\d.]+/.exec(answer.stdout)?.[0] ?? answer.stdout.trim();
-}
-
-/** Nubis with the VM on the raw file's content, ready to back up; answers the guest's accelerator. */
-async function setUpVm(nubis: NubisInstance, rawPath: string): Promise<string> {
-  const cli = async (args: string[]) => {
-    const done = await nubis.cli(args);
-    if (done.code !== 0) throw new Error(`nubis ${args.join(' ')}: ${done.stderr}`);
-  };
-  await nubis.up();
-  await cli(['pool', 'create', 'local', '--kind', 'dir']);
-  await cli(['volume', 'create', 'bench', '--pool', 'local', '--size', `${sizeMiB}M`, '--host', 'host-1']);
-  const found = spawnSync('find', [nubis.dataDir, '-name', 'bench.qcow2'], { encoding: 'utf8' }).stdout.trim().split('\n');
-  if (found.length !== 1 || !found[0]) throw new Error(`The volume's qcow2 file: found ${JSON.stringify(found)}`);
-  const converted = spawnSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rawPath, found[0]], { encoding: 'utf8' });
-  if (converted.status !== 0) throw new Error(`qemu-img convert: ${converted.stderr}`);
-  await cli(['vm', 'create', 'bench', '--image', 'tiny', '--cpus', '1', '--memory', '128', '--disk', 'local/bench']);
-  return (await nubis.cliJson<Vm>(['vm', 'show', 'bench'])).accelerator ?? '?';
-}
-
 /** One `nubis backup create` of the VM, with the store's growth. */
 async function nubisBackup(nubis: NubisInstance): Promise<{ cost: BackupCost; backup: Backup }> {
   const storeDir = join(nubis.dataDir, 'backups');
@@ -158,7 +86,7 @@ async function nubisBackup(nubis: NubisInstance): Promise<{ cost: BackupCost; ba
 
 /** The Nubis half of the run (see the file header); the caller destroys `nubis`. */
 async function benchNubis(nubis: NubisInstance, rawPath: string): Promise<NubisFigures> {
-  const accelerator = await setUpVm(nubis, rawPath);
+  const accelerator = await setUpBenchVm(nubis, rawPath, sizeMiB);
   progress(`Nubis: full backup of ${sizeMiB} MiB (guest under ${accelerator})`);
   const full = await nubisBackup(nubis);
   progress(`Nubis: ${changeMiB} MiB of fresh random bytes at ${changeAtMiB} MiB, in the guest`);
@@ -204,18 +132,7 @@ interface ResticSummary {
 
 /** The restic half of the run: a repository in `work`, a full backup, the change, an incremental. */
 function benchRestic(work: string, rawPath: string, version: string): ResticFigures {
-  const repository = join(work, 'restic-repo');
-  const passwordFile = join(work, 'restic-password');
-  writeFileSync(passwordFile, randomBytes(24).toString('hex'), { mode: 0o600 });
-  // Its cache in the temporary folder too: nothing of the run is left in the user's home.
-  const env = { ...process.env, RESTIC_REPOSITORY: repository, RESTIC_PASSWORD_FILE: passwordFile, RESTIC_CACHE_DIR: join(work, 'restic-cache') };
-  const restic = (args: string[]) => {
-    const started = performance.now();
-    const done = spawnSync('restic', args, { env, encoding: 'utf8', maxBuffer: 256 * MiB });
-    if (done.status !== 0) throw new Error(`restic ${args.join(' ')}: ${done.stderr}`);
-    return { stdout: done.stdout, wallMs: performance.now() - started };
-  };
-  restic(['init']);
+  const { repository, restic } = resticIn(work);
   const backup = (): BackupCost => {
     const before = folderBytes(repository);
     const { stdout, wallMs } = restic(['backup', '--json', '--host', 'nubis-bench', rawPath]);
@@ -241,8 +158,6 @@ function benchRestic(work: string, rawPath: string, version: string): ResticFigu
   return { version, full, incremental };
 }
 
-const seconds = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
-const mib = (bytes: number): string => `${(bytes / MiB).toFixed(1)} MiB`;
 const count = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
 const percent = (part: number, whole: number): string => `${((part / whole) * 100).toFixed(1)}%`;
 const meets = (part: number, whole: number): string => (part / whole < GOAL_SHARE ? 'yes' : 'no');
@@ -291,12 +206,9 @@ function nubisTable(n: NubisFigures): string {
 
 /** The Markdown of the run. */
 function report(n: NubisFigures, r: ResticFigures, loadBefore: number[], loadAfter: number[]): string {
-  const cpuModel = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1].replace(/\s+/g, ' ').trim() ?? '?';
-  const cores = readFileSync('/proc/cpuinfo', 'utf8').match(/^processor\s*:/gm)?.length ?? 0;
-  const load = (values: number[]) => values.map((value) => value.toFixed(2)).join(', ');
   return `### ${new Date().toISOString().slice(0, 10)}: backups of a ${sizeMiB} MiB disk with ${changeMiB} MiB (${changePercent}%) changed, Nubis and restic
 
-- Machine: ${cpuModel} x ${cores}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}, ${r.version}; the guest under ${n.accelerator}
+- Machine: ${machine()}, ${r.version}; the guest under ${n.accelerator}
 - Date: ${new Date().toISOString()}
 - Load average (1, 5, 15 min): before ${load(loadBefore)}; after ${load(loadAfter)}
 - Data: ${sizeMiB} MiB of random bytes; the change: ${changeMiB} MiB of fresh random bytes at ${changeAtMiB} MiB (in the running guest for Nubis, in the raw file for restic)

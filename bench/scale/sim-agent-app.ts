@@ -72,6 +72,7 @@ const HANDLERS: Record<AgentRouteName, Handler> = {
   deleteSnapshot: cannot('snapshot a VM'),
   sealTemplate: cannot('make a template'),
   takeBackup: cannot('take a backup'),
+  pullRestoredDisks: cannot('pull a restored disk'),
   copyDirVolume: cannot('copy a volume'),
   prepareIncoming: cannot('take an incoming migration'),
   activateIncoming: cannot('take an incoming migration'),

@@ -84,6 +84,7 @@ export class HttpAgentClient implements AgentClient {
   takeSnapshot: AgentClient['takeSnapshot'] = (id, snapshot, withMemory, options) => this.#call('takeSnapshot', { id, snapshot }, { withMemory }, options);
   rollbackSnapshot: AgentClient['rollbackSnapshot'] = (id, snapshot, body, options) => this.#call('rollbackSnapshot', { id, snapshot }, body, options);
   takeBackup: AgentClient['takeBackup'] = (id, backup, request, options) => this.#call('takeBackup', { id, backup }, request, options);
+  pullRestoredDisks: AgentClient['pullRestoredDisks'] = (id, options) => this.#call('pullRestoredDisks', { id }, undefined, options);
   deleteSnapshot: AgentClient['deleteSnapshot'] = (id, snapshot, options) => this.#call('deleteSnapshot', { id, snapshot }, undefined, options);
   sealTemplate: AgentClient['sealTemplate'] = (id, options) => this.#call('sealTemplate', { id }, undefined, options);
   setCpuControls: AgentClient['setCpuControls'] = (id, controls, options) => this.#call('setCpuControls', { id }, controls, options);

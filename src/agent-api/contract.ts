@@ -312,6 +312,7 @@ export const AGENT_ROUTES = {
       { additionalProperties: false },
     ),
   }),
+  pullRestoredDisks: route({ method: 'POST', url: '/agent/vms/:id/restored-disks/pull', params: VmParams }),
   setFirewall: route({ method: 'PUT', url: '/agent/vms/:id/firewall', params: VmParams, body: FirewallUpdate }),
   setCpuControls: route({ method: 'PUT', url: '/agent/vms/:id/cpu-controls', params: VmParams, body: CpuControls }),
   setDiskLimits: route({ method: 'PUT', url: '/agent/vms/:id/disks/:disk/limits', params: DiskParams, body: DiskLimits }),
@@ -378,7 +379,13 @@ export const AGENT_ROUTES = {
     url: '/agent/dir-pools/:pool/volumes/:volume/restore',
     params: VolumeParams,
     body: Type.Object(
-      { backup: BackupParams.properties.backup, disk: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }), key: BackupKey },
+      {
+        backup: BackupParams.properties.backup,
+        disk: Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' }),
+        key: BackupKey,
+        /** Serve the backup as the volume's backing file at once, to be pulled while its VM runs (host/live-restore.ts). */
+        live: Type.Optional(Type.Boolean()),
+      },
       { additionalProperties: false },
     ),
   }),
@@ -464,6 +471,8 @@ export interface AgentClient {
   sealTemplate(id: string, options?: CallOptions): Promise<void>;
   /** Backs the VM's disks up into the backup store, sealed with `key` (base64); `vm` is sealed in its manifest. */
   takeBackup(id: string, backupId: string, request: { key: string; vm: Record<string, unknown> }, options?: CallOptions): Promise<TakenBackup>;
+  /** Copies into the running VM's disks restored live what they still read from their backup, then ends those reads. */
+  pullRestoredDisks(id: string, options?: CallOptions): Promise<{ disks: Array<{ disk: string; fetchedBytes: number }> }>;
   setFirewall(id: string, firewalls: Static<typeof FirewallUpdate>): Promise<void>;
   /** Sets the VM's CPU controls (all of them: one left out goes back to the host's default), live when it runs. */
   setCpuControls(id: string, controls: CpuControls, options?: CallOptions): Promise<VmStatus>;
@@ -505,7 +514,12 @@ export interface AgentClient {
   /** Removes the file restoreBootDisk wrote (once the VM's root disk is made of it). */
   removeRestoredDisk(backup: string, disk: string): Promise<void>;
   /** New volume `volume` made of disk `disk` of a backup in the backup store. */
-  restoreDirVolume(pool: string, volume: string, request: { backup: string; disk: string; key: string }, options?: CallOptions): Promise<DirVolumeInfo>;
+  restoreDirVolume(
+    pool: string,
+    volume: string,
+    request: { backup: string; disk: string; key: string; live?: boolean },
+    options?: CallOptions,
+  ): Promise<DirVolumeInfo>;
   resizeDirVolume(pool: string, volume: string, sizeBytes: number): Promise<DirVolumeInfo>;
   applyNetwork(spec: HostNetworkSpec, options?: CallOptions): Promise<{ bridge: string; vxlan: string }>;
   removeNetwork(networkId: string, options?: CallOptions): Promise<void>;

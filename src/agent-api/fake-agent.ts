@@ -158,6 +158,10 @@ export class FakeAgent implements AgentClient {
     await this.#enter('takeBackup', [id, backup]);
     return { disks: [], storedBytes: 0, catalogFiles: 0 };
   };
+  pullRestoredDisks: AgentClient['pullRestoredDisks'] = async (id) => {
+    await this.#enter('pullRestoredDisks', [id]);
+    return { disks: [] };
+  };
   setFirewall: AgentClient['setFirewall'] = (id, firewalls) => this.#enter('setFirewall', [id, firewalls]);
   setCpuControls: AgentClient['setCpuControls'] = async (id, controls) => {
     await this.#enter('setCpuControls', [id, controls]);

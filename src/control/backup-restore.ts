@@ -12,7 +12,11 @@
  * restored into a file of the host's own (`<host>/restores`), the new VM's root disk is made as a
  * full copy of it (as a full clone's is of its template's), and the file is removed.
  *
- * Not yet: `--live` (start at once, pull blocks on first read).
+ * With `--live` the VM starts at once on volumes that read their backup on first use, while each
+ * disk's blocks are pulled into its volume in the background (host/live-restore.ts): the time to
+ * a running VM does not grow with its disks. The operation ends when every block is in; if the
+ * pull fails (the store or the agent gone), the VM and its volumes are removed, as for any failed
+ * restore. A root disk of an imported image is restored in full only (refused with `--live`).
  */
 import { NubisError, messageOf } from '../core/errors.ts';
 import { CHUNK_BYTES } from '../backup/chunk-crypto.ts';
@@ -36,42 +40,66 @@ interface PlannedVolume {
   dataBytes: number;
 }
 
+/** What `backup restore` is asked (wire/backup-schemas.ts). */
+type RestoreRequest = { name: string; pool?: string; host?: string; live?: boolean };
+
 type Deps = { db: Db; hosts: HostRegistry; operations: OperationManager; vms: VmService; storage: StorageCatalogue };
 
 /** Checks the restore of `row` as `request.name` and starts it as an operation (see the file header). */
 export async function restoreBackup(
   deps: Deps,
-  job: { row: BackupsTable; key: () => Promise<Buffer>; request: { name: string; pool?: string; host?: string }; project?: string },
+  job: { row: BackupsTable; key: () => Promise<Buffer>; request: RestoreRequest; project?: string },
 ): Promise<Operation> {
   const { row, request, project } = job;
   const settings = JSON.parse(row.settings) as BackupSettings;
-  const plan = await planRestore(deps, row, request, project);
   const root = (JSON.parse(row.disks) as TakenBackup['disks']).find((disk) => disk.source === 'root');
+  if (root && request.live)
+    throw new NubisError(
+      'VALIDATION_FAILED',
+      `Backup ${row.id} holds the root disk of a VM booted from an imported disk image, which is restored in full only; restore it without --live`,
+    );
+  const plan = await planRestore(deps, row, request, project);
   // A root disk is restored on the VM's host: that of its volumes' pool, else the one asked, else its old one.
   const rootHost = root
     ? await deps.hosts.row(plan.length > 0 ? (await deps.storage.dirPools.hostOf(plan[0].pool, request.host)).id : (request.host ?? settings.host))
     : undefined;
   return deps.operations.start('backup.restore', { type: 'backup', id: row.id, name: request.name, projectId: row.project_id }, async (op) => {
     const made: PlannedVolume[] = [];
+    const started = Date.now();
     try {
       const key = (await job.key()).toString('base64');
       for (const [index, volume] of plan.entries()) {
         await op.report('restore', `Restoring disk ${volume.disk} into volume ${volume.pool}/${volume.name}`, 0.05 + (0.7 * index) / plan.length);
         const undo = await deps.storage.owners.reserve(volume.pool, volume.name, { id: row.project_id, name: project ?? 'default' }, volume.sizeBytes);
         try {
-          await deps.storage.dirPools.restoreVolume(volume.pool, volume.name, request.host, { backup: row.id, disk: volume.disk, key }, { signal: op.signal });
+          await deps.storage.dirPools.restoreVolume(
+            volume.pool,
+            volume.name,
+            request.host,
+            { backup: row.id, disk: volume.disk, key, ...(request.live ? { live: true } : {}) },
+            { signal: op.signal },
+          );
         } catch (error) {
           await undo();
           throw error;
         }
         made.push(volume);
       }
-      if (!root || !rootHost) return await createVm(deps, op, settings, plan, request, project);
+      if (!root || !rootHost) {
+        const vm = await createVm(deps, op, settings, plan, request, project);
+        const runningAfterMs = Date.now() - started;
+        if (!request.live) return { ...vm, restore: { live: false, runningAfterMs } };
+        return {
+          ...vm,
+          restore: { live: true, runningAfterMs, ...(await pullDisks(deps, op, vm, runningAfterMs, project)), doneAfterMs: Date.now() - started },
+        };
+      }
       await op.report('restore', `Restoring the root disk on host ${rootHost.name}`, 0.7);
       const agent = deps.hosts.agent(rootHost);
       const { path } = await agent.restoreBootDisk(row.id, root.id, key, { timeoutMs: 3_600_000, signal: op.signal });
       try {
-        return await createVm(deps, op, settings, plan, { ...request, host: rootHost.name }, project, { kind: 'disk', path, format: 'qcow2', copy: true });
+        const vm = await createVm(deps, op, settings, plan, { ...request, host: rootHost.name }, project, { kind: 'disk', path, format: 'qcow2', copy: true });
+        return { ...vm, restore: { live: false, runningAfterMs: Date.now() - started } };
       } finally {
         await agent
           .removeRestoredDisk(row.id, root.id)
@@ -87,6 +115,24 @@ export async function restoreBackup(
       throw error;
     }
   });
+}
+
+/**
+ * Pulls into the running VM's volumes what they still read from the backup. When that fails the
+ * VM cannot go on (blocks it has not got are gone with the export): it is removed, and the caller
+ * removes its volumes.
+ */
+async function pullDisks(deps: Deps, op: OperationContext, vm: Vm, runningAfterMs: number, project?: string): Promise<{ pulledBytes: number }> {
+  await op.report('pull', `VM ${vm.name} runs after ${(runningAfterMs / 1000).toFixed(1)} s; pulling the rest of its disks from the backup`, 0.85);
+  try {
+    const { disks } = await deps.hosts.agent(await deps.hosts.row(vm.host)).pullRestoredDisks(vm.id, { timeoutMs: 6 * 3_600_000, signal: op.signal });
+    return { pulledBytes: disks.reduce((sum, disk) => sum + disk.fetchedBytes, 0) };
+  } catch (error) {
+    await op.report('undo', `Pulling the disks of ${vm.name} failed (${messageOf(error)}); removing the VM`, 0.95);
+    const removal = await deps.operations.wait((await deps.vms.delete(vm.id, project)).id);
+    if (removal.status !== 'succeeded') await op.report('undo', `VM ${vm.name} stays: ${removal.error?.message ?? removal.status}`, 0.99);
+    throw error;
+  }
 }
 
 async function createVm(
@@ -119,8 +165,11 @@ async function createVm(
   return deps.vms.get(request.name, project);
 }
 
-/** The volumes a restore makes, after checking that nothing is in the way and the pools have room. */
-async function planRestore(deps: Deps, row: BackupsTable, request: { name: string; pool?: string; host?: string }, project?: string): Promise<PlannedVolume[]> {
+/**
+ * The volumes a restore makes, after checking that nothing is in the way and the pools have room:
+ * twice the data for a restore in full (a raw copy, then the qcow2 file), the data for a live one.
+ */
+async function planRestore(deps: Deps, row: BackupsTable, request: RestoreRequest, project?: string): Promise<PlannedVolume[]> {
   const disks = (JSON.parse(row.disks) as TakenBackup['disks']).filter((disk) => disk.source !== 'root');
   if (await deps.db.selectFrom('vms').select('id').where('project_id', '=', row.project_id).where('name', '=', request.name).executeTakeFirst())
     throw new NubisError('VM_NAME_TAKEN', `A VM named ${request.name} exists in project ${project ?? 'default'}; choose another name`);
@@ -139,7 +188,7 @@ async function planRestore(deps: Deps, row: BackupsTable, request: { name: strin
   }
   for (const pool of new Set(plan.map((volume) => volume.pool))) {
     const host = await deps.storage.dirPools.hostOf(pool, request.host);
-    const needed = plan.filter((volume) => volume.pool === pool).reduce((sum, volume) => sum + 2 * volume.dataBytes, 0);
+    const needed = plan.filter((volume) => volume.pool === pool).reduce((sum, volume) => sum + (request.live ? 1 : 2) * volume.dataBytes, 0);
     const { freeBytes } = await deps.hosts.agent(host).dirPool(pool);
     if (freeBytes < needed)
       throw new NubisError(

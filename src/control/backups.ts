@@ -240,7 +240,7 @@ export class BackupService {
   }
 
   /** Makes VM `request.name` of backup `id`: its disks restored into new dir-pool volumes, then the VM created on them (an operation). */
-  async restore(id: string, request: { name: string; pool?: string; host?: string }, project?: string): Promise<Operation> {
+  async restore(id: string, request: { name: string; pool?: string; host?: string; live?: boolean }, project?: string): Promise<Operation> {
     const row = await this.#row(id, project);
     return restoreBackup(
       { db: this.#db, hosts: this.#hosts, operations: this.#operations, vms: this.#vms, storage: this.#storage },

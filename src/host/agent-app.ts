@@ -18,6 +18,7 @@ import type { NetworkPlumbing } from './network-plumbing.ts';
 import type { VmSupervisor } from './vm-supervisor.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import { restoreDisk } from './vm-backup.ts';
+import { LiveRestores } from './live-restore.ts';
 import type { DirPools } from './dir-pools.ts';
 import { registerVncRelay } from './vnc-relay.ts';
 
@@ -67,8 +68,10 @@ export async function buildAgentApp(options: AgentAppOptions): Promise<FastifyIn
   const on = contractRoutes(app);
   registerVmRoutes(on, options);
   registerMigrationRoutes(on, options.supervisor);
-  registerDirPoolRoutes(on, options.dirPools, options.backups.store);
-  registerRestoreRoutes(on, options.backups.store, options.backups.restoresDir);
+  const liveRestores = new LiveRestores(options.backups.store);
+  app.addHook('onClose', () => liveRestores.close());
+  registerDirPoolRoutes(on, options.dirPools, options.backups.store, liveRestores);
+  registerRestoreRoutes(on, options, liveRestores);
   registerNetworkRoutes(on, options.networks);
   registerShutdownRoute(app, options.onShutdown);
   registerConsole(app, options.supervisor);
@@ -203,7 +206,7 @@ function registerMigrationRoutes(on: On, supervisor: VmSupervisor): void {
 }
 
 /** Host-based storage: the dir pools of this host. */
-function registerDirPoolRoutes(on: On, dirPools: DirPools, store: BackupStoreClient): void {
+function registerDirPoolRoutes(on: On, dirPools: DirPools, store: BackupStoreClient, liveRestores: LiveRestores): void {
   on('ensureDirPool', (params) => dirPools.ensurePool(params.pool));
   on('dirPool', (params) => dirPools.poolInfo(params.pool));
   on('removeDirPool', async (params) => {
@@ -213,18 +216,25 @@ function registerDirPoolRoutes(on: On, dirPools: DirPools, store: BackupStoreCli
   on('dirVolume', (params) => dirPools.volumeInfo(params.pool, params.volume));
   on('copyDirVolume', (params, body) => dirPools.copyVolume(params.pool, body.from, params.volume, body.linked));
   on('deleteDirVolume', async (params) => {
+    await liveRestores.end(dirPools.volumePath(params.pool, params.volume));
     await dirPools.deleteVolume(params.pool, params.volume);
   });
   on('resizeDirVolume', (params, body) => dirPools.resizeVolume(params.pool, params.volume, body.sizeBytes));
-  on('restoreDirVolume', (params, body) =>
-    dirPools.fillVolume(params.pool, params.volume, (target) =>
-      restoreDisk({ store, backupId: body.backup, diskId: body.disk, key: Buffer.from(body.key, 'base64'), target }),
-    ),
-  );
+  on('restoreDirVolume', (params, body) => {
+    const request = { backupId: body.backup, diskId: body.disk, key: Buffer.from(body.key, 'base64') };
+    return dirPools.fillVolume(params.pool, params.volume, (target) =>
+      body.live ? liveRestores.start(target, request) : restoreDisk({ store, ...request, target }),
+    );
+  });
 }
 
-/** Root disks restored from backups, in files of the host's own until a VM's root disk is made of them. */
-function registerRestoreRoutes(on: On, store: BackupStoreClient, dir: string): void {
+/**
+ * Root disks restored from backups, in files of the host's own until a VM's root disk is made of
+ * them; and the pull of the disks a VM reads from its backup (live restores).
+ */
+function registerRestoreRoutes(on: On, options: AgentAppOptions, liveRestores: LiveRestores): void {
+  const { store, restoresDir: dir } = options.backups;
+  on('pullRestoredDisks', async (params) => ({ disks: await options.supervisor.pullRestoredDisks(params.id, liveRestores) }));
   const pathOf = (backup: string, disk: string) => join(dir, `${backup}-${disk}.qcow2`);
   on('restoreBootDisk', async (params, body) => {
     await mkdir(dir, { recursive: true, mode: 0o700 });

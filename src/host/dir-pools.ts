@@ -20,6 +20,11 @@ const run = promisify(execFile);
  */
 export type GrowLive = (path: string, sizeBytes: number) => Promise<boolean>;
 
+/** The socket a volume restored live reads its backup through, beside its file (live-restore.ts). */
+export function liveRestoreSocketOf(volumePath: string): string {
+  return volumePath.replace(/\.qcow2$/, '.restore.sock');
+}
+
 export class DirPools {
   readonly #root: string;
   readonly #growLive?: GrowLive;
@@ -114,6 +119,8 @@ export class DirPools {
 
   async deleteVolume(pool: string, volume: string): Promise<void> {
     await rm(this.volumePath(pool, volume), { force: true });
+    // The socket of a live restore whose agent ended before its export did.
+    await rm(liveRestoreSocketOf(this.volumePath(pool, volume)), { force: true });
   }
 
   /**

@@ -168,6 +168,8 @@ async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: st
     const done = sources.map((source) =>
       qemu.qmp.waitForEvent('BLOCK_JOB_COMPLETED', (event) => event.data.device === `backup-${source.id}`, { timeoutMs: COPY_TIMEOUT_MS }),
     );
+    // Awaited below; jobs that never start (a failed transaction) must not leave waits to reject unheard.
+    for (const wait of done) wait.catch(() => undefined);
     await qemu.qmp.execute('transaction', {
       actions: sources.map((source) => ({
         type: 'blockdev-backup',

@@ -22,6 +22,7 @@ import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
 import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
+import { liveRestoreSocketOf } from './dir-pools.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { vmUsersAvailable } from './vm-launcher.ts';
 
@@ -79,11 +80,24 @@ export async function createMirrorCopy(path: string, sizeBytes: number): Promise
   await runFile('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(sizeBytes)]);
 }
 
-/** Gives `user` the files of `spec` that its QEMU writes: its root overlay and writable file disks. */
+/**
+ * Gives `user` the files of `spec` that its QEMU writes: its root overlay and writable file disks,
+ * and the socket a disk restored live reads its backup through (live-restore.ts).
+ */
 export async function giveDisksTo(spec: Pick<VmSpec, 'name' | 'boot' | 'disks'>, user: VmUser): Promise<void> {
   const paths = spec.disks.flatMap((disk) => (disk.kind === 'file' && !disk.readOnly ? [disk.path] : []));
   if (spec.boot.kind === 'disk') paths.push(spec.boot.path);
-  for (const path of paths) await giveFileTo(path, user, `disk of VM ${spec.name}`);
+  for (const path of paths) {
+    await giveFileTo(path, user, `disk of VM ${spec.name}`);
+    await giveRestoreSocket(liveRestoreSocketOf(path), user);
+  }
+}
+
+/** The socket of a live restore beside a volume, when there is one, given to the VM's user alone. */
+async function giveRestoreSocket(socket: string, user: VmUser | { uid: 0; gid: 0 }): Promise<void> {
+  if (!(await lstat(socket).catch(() => undefined))?.isSocket()) return;
+  await chown(socket, user.uid, user.gid);
+  await chmod(socket, 0o600);
 }
 
 /** Gives a file disk hot-plugged into a running VM to the VM's user, as a launch gives the others. */
@@ -106,6 +120,7 @@ export async function takeDisksBack(disks: readonly DiskSpec[]): Promise<void> {
     if (!info?.isFile()) continue;
     await chown(disk.path, 0, 0);
     await chmod(disk.path, 0o600);
+    await giveRestoreSocket(liveRestoreSocketOf(disk.path), { uid: 0, gid: 0 });
   }
 }
 

@@ -17,6 +17,7 @@ import { ManagedVm, type ManagedVmContext } from './managed-vm.ts';
 import { deleteSnapshot, rollbackSnapshot, sealTemplate, type TakenSnapshot, takeSnapshot } from './vm-snapshot-control.ts';
 import { type QemuDriver, qemuProcessDriver } from './vm-qemu.ts';
 import { takeBackup } from './vm-backup.ts';
+import type { LiveRestores } from './live-restore.ts';
 import type { PauseTimes, TakenBackup, VmStatus } from '../agent-api/contract.ts';
 import type { UsageSource } from './usage-sampler.ts';
 import type { VmCgroups } from './cgroups.ts';
@@ -338,6 +339,14 @@ export class VmSupervisor {
   /** Backs the VM's disks up into the backup store (vm-backup.ts), in its lifecycle lane. */
   takeBackup(id: string, request: Omit<Parameters<typeof takeBackup>[1], 'signal'>): Promise<TakenBackup> {
     return this.#vm(id).snapshotWork('taking a backup', (host) => takeBackup(host, request));
+  }
+
+  /**
+   * Copies into the VM's disks restored live what they still read from their backup
+   * (live-restore.ts), in its lifecycle lane: it is not stopped, moved or snapshotted meanwhile.
+   */
+  pullRestoredDisks(id: string, restores: LiveRestores): Promise<Array<{ disk: string; fetchedBytes: number }>> {
+    return this.#vm(id).snapshotWork('pulling its restored disks', (host) => restores.stream(host));
   }
 
   /** Rolls the VM back to snapshot `tag`: its disks, and for a memory snapshot its running state. */

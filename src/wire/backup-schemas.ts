@@ -69,6 +69,9 @@ export const BackupRestoreRequest = Type.Object(
     name: ResourceName,
     pool: Type.Optional(ResourceName),
     host: Type.Optional(ResourceName),
+    live: Type.Optional(
+      Type.Boolean({ description: 'Start the VM at once, its disks read from the backup on first use and pulled in the background (volumes only)' }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -222,15 +222,35 @@ describe('backups of a VM into the backup store', () => {
     }
   });
 
-  it('restores each backup as a new VM whose disk has the checksum of its backup point', async () => {
+  it('restores each backup as a new VM whose disk has the checksum of its backup point, the second live', async () => {
     for (const [index, backup] of backups.entries()) {
       const name = `restored${index + 1}`;
-      const vm = await nubis.cliJson<Vm>(['backup', 'restore', backup.id, '--as', name]);
+      const live = index === 1;
+      const vm = await nubis.cliJson<Vm & { restore: { live: boolean; runningAfterMs: number; doneAfterMs?: number } }>([
+        'backup',
+        'restore',
+        backup.id,
+        '--as',
+        name,
+        ...(live ? ['--live'] : []),
+      ]);
       assert.equal(vm.state, 'running');
       assert.deepEqual(
         vm.disks.map((d) => d.volume),
         [`local/${name}-data`, `local/${name}-docs`],
       );
+      assert.equal(vm.restore.live, live);
+      if (live) {
+        assert.ok(vm.restore.runningAfterMs <= (vm.restore.doneAfterMs ?? 0), JSON.stringify(vm.restore));
+        console.log(`# live restore: running after ${vm.restore.runningAfterMs} ms, all in after ${vm.restore.doneAfterMs} ms`);
+        // All pulled in: each volume stands alone (no backing file left), its backup socket gone.
+        for (const volume of ['data', 'docs']) {
+          const file = join(nubis.dataDir, 'hosts', 'host-1', 'pools', 'local', `${name}-${volume}.qcow2`);
+          const info = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', file], { encoding: 'utf8' })) as Record<string, unknown>;
+          assert.equal(info['backing-filename'], undefined, `${file} has no backing file left`);
+          assert.ok(!existsSync(file.replace(/\.qcow2$/, '.restore.sock')), 'its restore socket is gone');
+        }
+      }
       const disk = await readDisk(name);
       assert.equal(disk.first, index === 0 ? markerA : markerB);
       assert.equal(disk.sha256, sums[index], `the restored disk of ${backup.id} is the disk as it was backed up`);
@@ -346,6 +366,8 @@ describe('backups of a VM into the backup store', () => {
       [[backup.id, [{ disk: 'root', path: '/vmlinuz' }]]],
       'the kernel on the FAT root disk, found by name',
     );
+    const live = await nubis.cli(['backup', 'restore', backup.id, '--as', 'booter2', '--live']);
+    assert.match(live.stderr, /root disk .* restored in full only; restore it without --live/);
     const restored = await nubis.cliJson<Vm>(['backup', 'restore', backup.id, '--as', 'booter2']);
     assert.deepEqual([restored.state, restored.host], ['running', 'host-1']);
     await untilReady('booter2');

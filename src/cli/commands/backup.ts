@@ -136,13 +136,23 @@ function addRestoreCommands(backup: Command): void {
     .requiredOption('--as <name>', 'name of the new VM')
     .option('--pool <pool>', 'dir pool for the restored volumes (default: each volume its own pool)')
     .option('--host <host>', "host of the pool's folder the volumes go to")
-    .action(async (id: string, options: { as: string; pool?: string; host?: string }, command: Command) => {
-      const body = { name: options.as, ...(options.pool ? { pool: options.pool } : {}), ...(options.host ? { host: options.host } : {}) };
+    .option('--live', 'start the VM at once: its disks read the backup on first use while the rest is pulled in the background')
+    .action(async (id: string, options: { as: string; pool?: string; host?: string; live?: boolean }, command: Command) => {
+      const body = {
+        name: options.as,
+        ...(options.pool ? { pool: options.pool } : {}),
+        ...(options.host ? { host: options.host } : {}),
+        ...(options.live ? { live: true } : {}),
+      };
       const { operation } = await client(command).request<Static<typeof Accepted>>('POST', `${backupPath(id)}/restore${projectQuery(command)}`, body);
       const final = await runOperation(command, `Restoring ${id} as ${options.as}`, operation);
       if (globals(command).json) return printJson(final.result);
-      const vm = final.result as Vm;
-      console.log(`${vm.name}: restored from ${id} on ${vm.host}, ${vm.state}`);
+      const vm = final.result as Vm & { restore: { live: boolean; runningAfterMs: number; doneAfterMs?: number } };
+      const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+      const times = vm.restore.live
+        ? `running after ${seconds(vm.restore.runningAfterMs)}, all of its disks in after ${seconds(vm.restore.doneAfterMs ?? 0)}`
+        : `running after ${seconds(vm.restore.runningAfterMs)}`;
+      console.log(`${vm.name}: restored from ${id} on ${vm.host}, ${vm.state}, ${times}`);
     });
   backup
     .command('collect')
