@@ -23,7 +23,7 @@ import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { KeyProvider } from '../storage/keys/key-provider.ts';
 import type { Db } from '../state/database.ts';
 import type { BackupsTable, VmsTable } from '../state/schema.ts';
-import type { Backup, BackupAudit, BackupSearchHit, BackupSettings, BackupVerification } from '../wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSearchHit, BackupSettings, BackupVerification, RestoredFile } from '../wire/backup-schemas.ts';
 import { BackupAuditor, searchCatalogs } from './backup-audits.ts';
 import type { Operation } from '../wire/schemas.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -34,6 +34,7 @@ import type { StorageCatalogue } from './storage.ts';
 import { projectIdByName } from './projects.ts';
 import { refuseTemplate } from './vm-template-rules.ts';
 import { restoreBackup } from './backup-restore.ts';
+import { restoreFile } from './backup-file-restore.ts';
 import { networkNamesOf } from './vm-view.ts';
 
 /** Reading and sending a disk of a few GiB under TCG takes minutes. */
@@ -237,6 +238,12 @@ export class BackupService {
   /** Removes the store's chunks that no backup uses, except those written or found within `graceSeconds`. */
   collect(graceSeconds: number): Promise<{ removedChunks: number; freedBytes: number; keptChunks: number }> {
     return this.#store.collect(graceSeconds);
+  }
+
+  /** One file of backup `id`, read offline from its disk (backup-file-restore.ts). */
+  async restoreFile(id: string, request: { path: string; disk?: string }, project?: string): Promise<RestoredFile> {
+    const row = await this.#row(id, project);
+    return restoreFile(this.#store, row.id, await this.#projectKey(row.project_id), request);
   }
 
   /** Makes VM `request.name` of backup `id`: its disks restored into new dir-pool volumes, then the VM created on them (an operation). */

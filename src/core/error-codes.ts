@@ -98,6 +98,7 @@ export const ERROR_STATUS = {
   VM_NOT_FOUND: 404,
   BACKUP_NOT_FOUND: 404,
   BACKUP_DISK_NOT_FOUND: 404,
+  BACKUP_FILE_NOT_FOUND: 404,
   BACKUP_SCHEDULE_NOT_FOUND: 404,
   HOST_NOT_FOUND: 404,
   USAGE_NOT_FOUND: 404,
@@ -249,6 +250,8 @@ export const ERROR_STATUS = {
   // A disk image that cannot be opened; search results that do not open with the key given.
   BACKUP_IMAGE_UNREADABLE: 422,
   BACKUP_RESULTS_UNREADABLE: 422,
+  BACKUP_FILE_UNREADABLE: 422,
+  BACKUP_FILE_TOO_LARGE: 422,
   // Nubis itself failed.
   INTERNAL_ERROR: 500,
   OPERATION_INTERRUPTED: 500,

@@ -143,6 +143,39 @@ export const BackupSearchHit = Type.Object(
 );
 export type BackupSearchHit = Static<typeof BackupSearchHit>;
 
+export const BackupFileRestoreRequest = Type.Object(
+  {
+    path: Type.String({
+      minLength: 2,
+      maxLength: 4096,
+      // Never on a command line (files are looked up by inode or read directly), but no NUL either.
+      pattern: '^(p[0-9]{1,3}:)?/[^\\x00]*$',
+      description: "The file's path as backup search names it: /dir/file, or p1:/dir/file on a partitioned disk",
+    }),
+    disk: Type.Optional(
+      Type.String({
+        pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,159}$',
+        maxLength: 160,
+        description: 'The disk as backup search names it (root, or pool/volume); needed when the backup holds several',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const RestoredFile = Type.Object(
+  {
+    backup: ResourceId,
+    disk: Text(160),
+    path: Text(4096),
+    sizeBytes: Type.Integer({ minimum: 0 }),
+    sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    contentBase64: Type.String({ contentEncoding: 'base64', description: 'The whole file (up to 64 MiB)' }),
+  },
+  { $id: 'RestoredFile' },
+);
+export type RestoredFile = Static<typeof RestoredFile>;
+
 /** How often a schedule runs: a whole number of minutes, hours, days or weeks, from 1m to 366d. */
 export const BackupInterval = Type.String({
   pattern: '^[1-9][0-9]{0,5}[mhdw]$',

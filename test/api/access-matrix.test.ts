@@ -89,6 +89,7 @@ const EXPECTED: Record<string, string> = {
   deleteBackup: 'AA- AD- AD- AD- DD- DD- DD-',
   verifyBackup: 'AA- AD- AD- AD- DD- DD- DD-',
   restoreBackup: 'AA- AD- AD- AD- DD- DD- DD-',
+  restoreBackupFile: 'AA- AD- AD- AD- DD- DD- DD-',
   collectBackupStore: '--A --D --D --D --D --D --D',
   challengeBackups: 'AA- AD- AD- AD- AD- DD- DD-',
   listBackupAudits: 'AA- AD- AD- AD- AD- DD- DD-',

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Backup, BackupAudit, BackupSearchHit } from '../../src/wire/backup-schemas.ts';
+import type { Backup, BackupAudit, BackupSearchHit, RestoredFile } from '../../src/wire/backup-schemas.ts';
 import { fileKeywords } from '../../src/backup/search/keywords.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
 import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
@@ -199,6 +199,28 @@ describe('backups of a VM into the backup store', () => {
         );
         assert.deepEqual(hit.files.map((file) => file.path).sort(), expected, word);
       }
+    }
+  });
+
+  it('restores one file of a backup, as search names it, without a VM', async () => {
+    const [hit] = await nubis.cliJson<BackupSearchHit[]>(['backup', 'search', 'budget']);
+    const [found] = hit.files;
+    const output = join(nubis.dataDir, 'budget-restored.ods');
+    const restored = await nubis.cliJson<RestoredFile>(['backup', 'file-restore', hit.backup, found.path, '--disk', found.disk, '--output', output]);
+    assert.deepEqual([restored.path, restored.disk, restored.sizeBytes], ['/finance/budget.ods', 'local/docs', 1]);
+    assert.equal(readFileSync(output, 'utf8'), DOCUMENTS['finance/budget.ods']);
+    const refusals: Array<[string[], RegExp]> = [
+      [['/finance/budget.ods'], /holds several disks \(local\/data, local\/docs\); name one with --disk/],
+      [['/finance', '--disk', 'local/docs'], /\/finance is a directory, not a regular file/],
+      [['/finance/none.ods', '--disk', 'local/docs'], /\/finance\/none.ods is not in the backed-up filesystem/],
+      [['/finance/budget.ods', '--disk', 'local/nothing'], /has no disk local\/nothing/],
+      [['relative/path', '--disk', 'local/docs'], /path/],
+      [['/finance/budget.ods', '--disk', 'local/docs', '--output', output], /EEXIST|exists/],
+    ];
+    for (const [args, reason] of refusals) {
+      const refused = await nubis.cli(['backup', 'file-restore', hit.backup, ...args]);
+      assert.notEqual(refused.code, 0, args.join(' '));
+      assert.match(refused.stderr, reason, args.join(' '));
     }
   });
 

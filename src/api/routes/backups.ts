@@ -8,11 +8,13 @@ import {
   BackupChallengeRequest,
   BackupCollectRequest,
   BackupCreateRequest,
+  BackupFileRestoreRequest,
   BackupListQuery,
   BackupRef,
   BackupRestoreRequest,
   BackupSearchHit,
   BackupSearchRequest,
+  RestoredFile,
 } from '../../wire/backup-schemas.ts';
 import { Accepted, List, ProjectQuery } from '../../wire/schemas.ts';
 import { errorResponses, type RouteApp } from './common.ts';
@@ -159,6 +161,22 @@ function registerAuditRoutes(app: RouteApp, backups: BackupService): void {
       },
     },
     async (request) => backups.search(request.body.word, request.query.project),
+  );
+  app.post(
+    '/v1/backups/:backup/file-restore',
+    {
+      config: { access: { on: 'project', permission: 'backup.restore' } },
+      schema: {
+        operationId: 'restoreBackupFile',
+        tags: ['backups'],
+        summary: 'One file of a backup (ext2/3/4 or FAT), read offline from its disk, whole, up to 64 MiB',
+        params: BackupRef,
+        querystring: ProjectQuery,
+        body: BackupFileRestoreRequest,
+        response: { 200: RestoredFile, ...errorResponses },
+      },
+    },
+    async (request) => backups.restoreFile(request.params.backup, request.body, request.query.project),
   );
   app.post(
     '/v1/backup-store/collect',

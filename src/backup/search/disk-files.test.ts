@@ -20,9 +20,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { assertNoPlaintext } from '../../../test/helpers/plaintext-forms.ts';
 import { isNubisError } from '../../core/errors.ts';
-import { listDiskFiles } from './disk-files.ts';
+import { listDiskFiles, readDiskFile } from './disk-files.ts';
 import type { DiskFile, DiskListing } from './disk-listing.ts';
-import { decodeFileName } from './file-name.ts';
+import { decodeFileName, fileNameBytes } from './file-name.ts';
 import { fileKeywords } from './keywords.ts';
 import { EncryptedIndex, buildIndex, openResults, searchIndex, searchToken } from './sse-index.ts';
 
@@ -137,11 +137,13 @@ describe('listDiskFiles', () => {
   let expectedExt: DiskFile[];
   let expectedFat: DiskFile[];
   const images: Record<string, string> = {};
+  let extSource: string;
+  let fatSource: string;
 
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'nubis-disk-files-'));
-    const extSource = join(dir, 'ext-source');
-    const fatSource = join(dir, 'fat-source');
+    extSource = join(dir, 'ext-source');
+    fatSource = join(dir, 'fat-source');
     mkdirSync(extSource);
     mkdirSync(fatSource);
     fillCommon(extSource);
@@ -200,6 +202,44 @@ describe('listDiskFiles', () => {
       { partition: 'p4', reason: 'Extended partition: its logical partitions are listed on their own' },
       { partition: 'p5', reason: 'No filesystem found' },
     ]);
+  });
+
+  it('reads every listed file back, byte for byte, from each filesystem and partition (file-restore)', async () => {
+    const sourceOf = (root: string, path: string) => readFileSync(Buffer.concat([Buffer.from(root), fileNameBytes(path)]));
+    const cases: Array<[string, string, string, DiskFile[]]> = [
+      [images.ext4, '', extSource, expectedExt],
+      [images.fat16, '', fatSource, expectedFat],
+      [images.fat32, '', fatSource, expectedFat],
+      [images.mbr, 'p1:', extSource, expectedExt],
+      [images.gpt, 'p1:', fatSource, expectedFat],
+    ];
+    for (const [image, prefix, root, expected] of cases) {
+      const files = expected.filter((file) => file.kind === 'file' && !file.path.startsWith('/many'));
+      for (const file of files)
+        assert.ok((await readDiskFile(image, `${prefix}${file.path}`, { maxBytes: MIB })).equals(sourceOf(root, file.path)), `${image} ${file.path}`);
+    }
+  });
+
+  it('refuses what is not one regular file with a reason: a folder, a link, a missing path, a file too large, a partition not named', async () => {
+    const refusals: Array<[string, string, RegExp]> = [
+      [images.ext4, '/sub', /\/sub is a directory, not a regular file/],
+      [images.ext4, '/link to a b', /is a symlink, not a regular file/],
+      [images.ext4, '/nowhere/a b.txt', /\/nowhere\/a b.txt is not in the backed-up filesystem/],
+      [images.ext4, '/a b.txt/under', /is not in the backed-up filesystem/],
+      [images.fat12, '/crowd', /is a directory/],
+      [images.fat12, '/NOPE.TXT', /is not in the backed-up filesystem/],
+      [images.ext4, '/sub/deeper/Quarterly_Report-2026.pdf', /has 5000 bytes; one file is restored up to/],
+      [images.fat12, '/sub/deeper/Quarterly_Report-2026.pdf', /has 5000 bytes/],
+      [images.mbr, '/a b.txt', /a disk with a partition table: name the partition/],
+      [images.mbr, 'p3:/a', /not read \(swap filesystems/],
+      [images.mbr, 'p9:/a', /partition p9, which the disk has not/],
+      [images.ext4, 'a b.txt', /is not a path of a backed-up disk/],
+    ];
+    for (const [image, path, reason] of refusals)
+      await assert.rejects(readDiskFile(image, path, { maxBytes: 4096 }), (error: Error) => {
+        assert.match(error.message, reason, path);
+        return true;
+      });
   });
 
   it('lists each partition of a GPT disk', async () => {

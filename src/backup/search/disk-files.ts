@@ -18,9 +18,9 @@
 import { open } from 'node:fs/promises';
 import { NubisError, messageOf } from '../../core/errors.ts';
 import { runCommand } from '../../core/run-command.ts';
-import { type DiskListing, type FilesystemListing, type FilesystemSource, type SkippedPart, WalkBudget } from './disk-listing.ts';
-import { listExtFiles } from './ext-lister.ts';
-import { listFatFiles } from './fat-lister.ts';
+import { type DiskListing, type FilesystemListing, type FilesystemSource, fileNotFound, type SkippedPart, WalkBudget } from './disk-listing.ts';
+import { listExtFiles, readExtFile } from './ext-lister.ts';
+import { listFatFiles, readFatFile } from './fat-lister.ts';
 
 /** Options of {@link listDiskFiles}. */
 export interface ListDiskFilesOptions {
@@ -81,6 +81,34 @@ export async function listDiskFiles(imagePath: string, options: ListDiskFilesOpt
     }
     if (budget.stoppedBecause !== undefined) listing.truncated = budget.stoppedBecause;
     return listing;
+  } finally {
+    await image.close();
+  }
+}
+
+/**
+ * The bytes of the regular file at `path` of the raw disk image at `imagePath`, `path` as the
+ * listing names it ('/etc/hostname', or 'p1:/etc/hostname' on a partitioned disk). The same
+ * detection as the listing finds its filesystem; ext2/3/4 and FAT are read. A file over
+ * `maxBytes` is refused (BACKUP_FILE_TOO_LARGE) before it is read.
+ */
+export async function readDiskFile(imagePath: string, path: string, options: { maxBytes: number; timeoutMs?: number; signal?: AbortSignal }): Promise<Buffer> {
+  const budget = new WalkBudget(1_000_000, options.timeoutMs ?? 5 * 60_000, options.signal);
+  const [, partition = 'disk', inner] = /^(?:(p\d+):)?(\/.*)$/s.exec(path) ?? [];
+  if (inner === undefined) throw fileNotFound(path, "is not a path of a backed-up disk ('/dir/file', or 'p1:/dir/file' on a partitioned disk)");
+  const image = await open(imagePath, 'r');
+  try {
+    const regions = await findRegions(image.fd, (await image.stat()).size, budget);
+    const region = regions.find((candidate) => candidate.partition === partition);
+    if (!region)
+      throw fileNotFound(
+        path,
+        `is on ${partition === 'disk' ? 'a disk with a partition table: name the partition (p1:/...)' : `partition ${partition}, which the disk has not`}`,
+      );
+    const family = region.skipReason === undefined ? filesystemFamily(region.probe ?? (await blkid(image.fd, region, budget))) : { skip: region.skipReason };
+    if ('skip' in family) throw fileNotFound(path, `is on a part of the disk that is not read (${family.skip})`);
+    const source: FilesystemSource = { image, offsetBytes: region.offsetBytes, sizeBytes: region.sizeBytes };
+    return family.lister === 'ext' ? await readExtFile(source, inner, budget, options.maxBytes) : await readFatFile(source, inner, options.maxBytes);
   } finally {
     await image.close();
   }

@@ -3,6 +3,7 @@
  * (ext-lister.ts, fat-lister.ts) and the disk walk (disk-files.ts) all speak these types.
  */
 import type { FileHandle } from 'node:fs/promises';
+import { NubisError } from '../../core/errors.ts';
 
 /** What an entry is. FAT has files and directories only; ext also has links, devices, FIFOs ('other'). */
 export type FileKind = 'file' | 'dir' | 'symlink' | 'other';
@@ -103,4 +104,18 @@ export class WalkBudget {
   get stopped(): boolean {
     return this.stoppedBecause !== undefined;
   }
+}
+
+/** BACKUP_FILE_NOT_FOUND for `path` of a backed-up disk, and `why`. */
+export function fileNotFound(path: string, why = 'is not in the backed-up filesystem'): NubisError {
+  return new NubisError('BACKUP_FILE_NOT_FOUND', `${path} ${why}; find files with nubis backup search WORD`);
+}
+
+/** BACKUP_FILE_TOO_LARGE when a file of `sizeBytes` is over `maxBytes`. */
+export function refuseLargeFile(path: string, sizeBytes: number, maxBytes: number): void {
+  if (sizeBytes > maxBytes)
+    throw new NubisError(
+      'BACKUP_FILE_TOO_LARGE',
+      `${path} has ${sizeBytes} bytes; one file is restored up to ${Math.floor(maxBytes / 1048576)} MiB (restore the VM for more)`,
+    );
 }

@@ -15,12 +15,12 @@
  * - Directories are listed breadth first, a batch of them per debugfs run (`-f` command file): one
  *   run per directory would cost a process start each, seconds on a system disk.
  */
-import { open, rm, writeFile, mkdtemp } from 'node:fs/promises';
+import { open, readFile, rm, writeFile, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isNubisError, messageOf } from '../../core/errors.ts';
+import { isNubisError, messageOf, NubisError } from '../../core/errors.ts';
 import { runCommand } from '../../core/run-command.ts';
-import type { DiskFile, FileKind, FilesystemListing, FilesystemSource, WalkBudget } from './disk-listing.ts';
+import { type DiskFile, type FileKind, type FilesystemListing, type FilesystemSource, fileNotFound, refuseLargeFile, type WalkBudget } from './disk-listing.ts';
 import { decodeFileName } from './file-name.ts';
 
 /** Directories listed by one debugfs run. */
@@ -190,5 +190,44 @@ function kindOfMode(mode: number): FileKind {
       return 'symlink';
     default:
       return 'other';
+  }
+}
+
+/**
+ * The bytes of the regular file at `path` (absolute, inside the filesystem) of the ext filesystem
+ * at `source`: its directories looked up by inode one at a time, as the listing does, then the
+ * file dumped by inode into a file of a folder of our own (no name of the image on a command
+ * line). Throws BACKUP_FILE_NOT_FOUND for a path that is not there or not a regular file.
+ */
+export async function readExtFile(source: FilesystemSource, path: string, budget: WalkBudget, maxBytes: number): Promise<Buffer> {
+  let inode = ROOT_INODE;
+  let kind: FileKind = 'dir';
+  let size = 0;
+  for (const name of path.split('/').filter((part) => part !== '')) {
+    if (kind !== 'dir') throw fileNotFound(path);
+    const run = await runDebugfs(source, [{ inode, path: '' }], budget);
+    const entry = run?.listings.get(inode)?.find((candidate) => candidate.inode !== 0 && decodeFileName(candidate.name) === name);
+    if (!entry) throw fileNotFound(path);
+    inode = entry.inode;
+    kind = kindOfMode(entry.mode);
+    size = entry.size ?? 0;
+  }
+  if (kind !== 'file') throw fileNotFound(path, `is a ${kind === 'dir' ? 'directory' : kind}, not a regular file`);
+  refuseLargeFile(path, size, maxBytes);
+  const dir = await mkdtemp(join(tmpdir(), 'nubis-debugfs-'));
+  try {
+    const out = join(dir, 'file');
+    // debugfs splits -R at blanks: the folder mkdtemp made must hold none.
+    if (!/^[\w./-]+$/.test(out)) throw new NubisError('BACKUP_FILE_UNREADABLE', `The temporary folder ${dir} has characters debugfs would misread`);
+    await runCommand('debugfs', ['-c', '-R', `dump <${inode}> ${out}`, `/dev/fd/3?offset=${source.offsetBytes}`], {
+      timeoutMs: Math.max(1, budget.msLeft()),
+      signal: budget.signal,
+      passFds: [source.image.fd],
+    });
+    return await readFile(out).catch((error: unknown) => {
+      throw new NubisError('BACKUP_FILE_UNREADABLE', `debugfs could not read ${path} (inode ${inode}): ${messageOf(error)}`, { cause: error });
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 }

@@ -12,8 +12,9 @@
  * cluster numbers inside the data area, chains that end and never loop, directories no longer
  * than the 65,536 entries the format allows, reads inside the filesystem's byte range.
  */
-import type { DiskFile, FilesystemListing, FilesystemSource, WalkBudget } from './disk-listing.ts';
+import { type DiskFile, type FilesystemListing, type FilesystemSource, fileNotFound, refuseLargeFile, type WalkBudget } from './disk-listing.ts';
 import { decodeFileName } from './file-name.ts';
+import { NubisError } from '../../core/errors.ts';
 
 const DIRECTORY_ENTRY_BYTES = 32;
 /** fatgen103: a directory holds at most 65,536 entries. */
@@ -247,4 +248,41 @@ async function readAt(source: FilesystemSource, offset: number, length: number):
     done += bytesRead;
   }
   return buffer;
+}
+
+/**
+ * The bytes of the file at `path` (absolute, inside the filesystem) of the FAT filesystem at
+ * `source`: each directory on the way parsed as the listing does, names compared as listed (long
+ * names, else the short ones), then the file's cluster chain read for its size. Throws
+ * BACKUP_FILE_NOT_FOUND for a path that is not there or a directory, BACKUP_FILE_UNREADABLE for
+ * structures that do not hold together.
+ */
+export async function readFatFile(source: FilesystemSource, path: string, maxBytes: number): Promise<Buffer> {
+  try {
+    const geometry = parseBootSector(await readAt(source, 0, 512));
+    let current: FatEntry = { name: '/', isDirectory: true, size: 0, firstCluster: 0 };
+    for (const name of path.split('/').filter((part) => part !== '')) {
+      if (!current.isDirectory) throw fileNotFound(path);
+      const entries = parseDirectory(await readDirectory(source, geometry, current.firstCluster), geometry.type === 32);
+      const found = entries.find((entry) => entry.name === name);
+      if (!found) throw fileNotFound(path);
+      current = found;
+    }
+    if (current.isDirectory) throw fileNotFound(path, 'is a directory, not a regular file');
+    refuseLargeFile(path, current.size, maxBytes);
+    const parts: Buffer[] = [];
+    let left = current.size;
+    if (left > 0)
+      for await (const cluster of clusterChain(source, geometry, current.firstCluster, Math.ceil(left / geometry.clusterBytes) + 1)) {
+        const take = Math.min(left, geometry.clusterBytes);
+        parts.push(await readAt(source, geometry.dataOffset + (cluster - 2) * geometry.clusterBytes, take));
+        left -= take;
+        if (left === 0) break;
+      }
+    if (left > 0) throw new FatFormatError(`The cluster chain of ${path} ends ${left} bytes before its size`);
+    return Buffer.concat(parts);
+  } catch (error) {
+    if (error instanceof FatFormatError) throw new NubisError('BACKUP_FILE_UNREADABLE', `${path} cannot be read from its FAT filesystem: ${error.message}`);
+    throw error;
+  }
 }

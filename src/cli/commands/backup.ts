@@ -1,7 +1,8 @@
-/** `nubis backup create|list|show|verify|delete|restore|collect|schedule`: backups of VMs in the backup store. */
+/** `nubis backup create|list|show|verify|delete|restore|file-restore|collect|schedule`: backups of VMs in the backup store. */
 import type { Static } from '@sinclair/typebox';
 import type { Command } from 'commander';
-import type { Backup, BackupAudit, BackupSchedule, BackupSearchHit, BackupVerification } from '../../wire/backup-schemas.ts';
+import { writeFileSync } from 'node:fs';
+import type { Backup, BackupAudit, BackupSchedule, BackupSearchHit, BackupVerification, RestoredFile } from '../../wire/backup-schemas.ts';
 import type { Accepted, Vm } from '../../wire/schemas.ts';
 import { client, globals, parseInteger, projectQuery, runOperation } from '../common.ts';
 import { formatSize } from '../../storage/size.ts';
@@ -153,6 +154,22 @@ function addRestoreCommands(backup: Command): void {
         ? `running after ${seconds(vm.restore.runningAfterMs)}, all of its disks in after ${seconds(vm.restore.doneAfterMs ?? 0)}`
         : `running after ${seconds(vm.restore.runningAfterMs)}`;
       console.log(`${vm.name}: restored from ${id} on ${vm.host}, ${vm.state}, ${times}`);
+    });
+  backup
+    .command('file-restore <backup> <path>')
+    .description('Restore one file of a backup (as backup search names it), without a VM')
+    .option('--disk <disk>', 'the disk it is on, as backup search names it (root, or pool/volume); needed when the backup holds several')
+    .option('--output <file>', 'write it to this new file (default: standard output)')
+    .action(async (id: string, path: string, options: { disk?: string; output?: string }, command: Command) => {
+      const body = { path, ...(options.disk ? { disk: options.disk } : {}) };
+      const restored = await client(command).request<RestoredFile>('POST', `${backupPath(id)}/file-restore${projectQuery(command)}`, body);
+      const content = Buffer.from(restored.contentBase64, 'base64');
+      // 'wx': an existing file is never overwritten.
+      if (options.output) writeFileSync(options.output, content, { flag: 'wx', mode: 0o600 });
+      if (globals(command).json) return printJson({ ...restored, ...(options.output ? { output: options.output, contentBase64: undefined } : {}) });
+      if (options.output)
+        console.log(`${options.output}: ${restored.path} of ${restored.disk} in ${id}, ${restored.sizeBytes} bytes, sha256 ${restored.sha256}`);
+      else process.stdout.write(content);
     });
   backup
     .command('collect')
