@@ -96,27 +96,12 @@ export const backupRoutes: FastifyPluginAsyncTypebox<BackupRouteServices> = asyn
     },
     async (request, reply) => reply.status(202).send({ operation: await backups.verify(request.params.backup, request.query.project) }),
   );
+  registerRestoreRoutes(app, backups);
   registerAuditRoutes(app, backups);
 };
 
-/** Restore, proofs of retrievability, catalog search and the store's garbage collection. */
+/** Proofs of retrievability, catalog search and the store's garbage collection. */
 function registerAuditRoutes(app: RouteApp, backups: BackupService): void {
-  app.post(
-    '/v1/backups/:backup/restore',
-    {
-      config: { access: { on: 'project', permission: 'backup.restore' } },
-      schema: {
-        operationId: 'restoreBackup',
-        tags: ['backups'],
-        summary: 'Make a new VM of a backup: its volumes restored into new dir-pool volumes, its settings as backed up (operation)',
-        params: BackupRef,
-        querystring: ProjectQuery,
-        body: BackupRestoreRequest,
-        response: { 202: Accepted, ...errorResponses },
-      },
-    },
-    async (request, reply) => reply.status(202).send({ operation: await backups.restore(request.params.backup, request.body, request.query.project) }),
-  );
   app.post(
     '/v1/backups/challenge',
     {
@@ -163,22 +148,6 @@ function registerAuditRoutes(app: RouteApp, backups: BackupService): void {
     async (request) => backups.search(request.body.word, request.query.project),
   );
   app.post(
-    '/v1/backups/:backup/file-restore',
-    {
-      config: { access: { on: 'project', permission: 'backup.restore' } },
-      schema: {
-        operationId: 'restoreBackupFile',
-        tags: ['backups'],
-        summary: 'One file of a backup (ext2/3/4 or FAT), read offline from its disk, whole, up to 64 MiB',
-        params: BackupRef,
-        querystring: ProjectQuery,
-        body: BackupFileRestoreRequest,
-        response: { 200: RestoredFile, ...errorResponses },
-      },
-    },
-    async (request) => backups.restoreFile(request.params.backup, request.body, request.query.project),
-  );
-  app.post(
     '/v1/backup-store/collect',
     {
       config: { access: { on: 'platform', permission: 'backup.collect' } },
@@ -198,5 +167,41 @@ function registerAuditRoutes(app: RouteApp, backups: BackupService): void {
       },
     },
     async (request) => backups.collect(request.body.graceSeconds ?? 86_400),
+  );
+}
+
+/** A new VM made of a backup, or one file out of it. */
+function registerRestoreRoutes(app: RouteApp, backups: BackupService): void {
+  app.post(
+    '/v1/backups/:backup/restore',
+    {
+      config: { access: { on: 'project', permission: 'backup.restore' } },
+      schema: {
+        operationId: 'restoreBackup',
+        tags: ['backups'],
+        summary: 'Make a new VM of a backup: its volumes restored into new dir-pool volumes, its settings as backed up (operation)',
+        params: BackupRef,
+        querystring: ProjectQuery,
+        body: BackupRestoreRequest,
+        response: { 202: Accepted, ...errorResponses },
+      },
+    },
+    async (request, reply) => reply.status(202).send({ operation: await backups.restore(request.params.backup, request.body, request.query.project) }),
+  );
+  app.post(
+    '/v1/backups/:backup/file-restore',
+    {
+      config: { access: { on: 'project', permission: 'backup.restore' } },
+      schema: {
+        operationId: 'restoreBackupFile',
+        tags: ['backups'],
+        summary: 'One file of a backup (ext2/3/4 or FAT), read offline from its disk, whole, up to 64 MiB',
+        params: BackupRef,
+        querystring: ProjectQuery,
+        body: BackupFileRestoreRequest,
+        response: { 200: RestoredFile, ...errorResponses },
+      },
+    },
+    async (request) => backups.restoreFile(request.params.backup, request.body, request.query.project),
   );
 }
