@@ -14,10 +14,7 @@ import { backupKeysOf, openChunk } from '../backup/chunk-crypto.ts';
 import { readBackupManifest } from '../backup/manifest.ts';
 import { readDiskFile } from '../backup/search/disk-files.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
-import type { RestoredFile } from '../wire/backup-schemas.ts';
-
-/** The largest file answered (its bytes travel in a JSON answer, base64). */
-export const FILE_RESTORE_MAX_BYTES = 64 * 1024 * 1024;
+import { FILE_RESTORE_MAX_BYTES, type RestoredFile } from '../wire/backup-schemas.ts';
 
 /** File `request.path` of disk `request.disk` (needed when the backup has several) of backup `backupId`. */
 export async function restoreFile(

@@ -163,14 +163,22 @@ export const BackupFileRestoreRequest = Type.Object(
   { additionalProperties: false },
 );
 
+/** The largest file `backup file-restore` answers (its bytes travel in the JSON answer, base64). */
+export const FILE_RESTORE_MAX_BYTES = 64 * 1024 * 1024;
+
 export const RestoredFile = Type.Object(
   {
     backup: ResourceId,
     disk: Text(160),
     path: Text(4096),
-    sizeBytes: Type.Integer({ minimum: 0 }),
-    sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
-    contentBase64: Type.String({ contentEncoding: 'base64', description: 'The whole file (up to 64 MiB)' }),
+    sizeBytes: Type.Integer({ format: 'int64', minimum: 0, maximum: FILE_RESTORE_MAX_BYTES }),
+    sha256: Type.String({ pattern: '^[0-9a-f]{64}$', maxLength: 64 }),
+    // 64 MiB in base64: 4 characters per 3 bytes.
+    contentBase64: Type.String({
+      contentEncoding: 'base64',
+      maxLength: Math.ceil(FILE_RESTORE_MAX_BYTES / 3) * 4,
+      description: 'The whole file (up to 64 MiB)',
+    }),
   },
   { $id: 'RestoredFile' },
 );
