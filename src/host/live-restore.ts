@@ -135,7 +135,6 @@ export class BackupDiskExport implements NbdExport {
 
 interface LiveRestore {
   server: NbdServer;
-  socket: string;
   export: BackupDiskExport;
 }
 
@@ -174,7 +173,7 @@ export class LiveRestores {
       await rm(path, { force: true });
       throw error;
     }
-    this.#byPath.set(path, { server, socket, export: diskExport });
+    this.#byPath.set(path, { server, export: diskExport });
   }
 
   has(path: string): boolean {
