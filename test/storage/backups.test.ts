@@ -248,7 +248,7 @@ describe('backups of a VM into the backup store', () => {
     for (const [index, backup] of backups.entries()) {
       const name = `restored${index + 1}`;
       const live = index === 1;
-      const vm = await nubis.cliJson<Vm & { restore: { live: boolean; runningAfterMs: number; doneAfterMs?: number } }>([
+      const vm = await nubis.cliJson<Vm & { restore: { live: boolean; runningAfterMs: number; doneAfterMs?: number; pulledBytes?: number } }>([
         'backup',
         'restore',
         backup.id,
@@ -264,6 +264,8 @@ describe('backups of a VM into the backup store', () => {
       assert.equal(vm.restore.live, live);
       if (live) {
         assert.ok(vm.restore.runningAfterMs <= (vm.restore.doneAfterMs ?? 0), JSON.stringify(vm.restore));
+        // Read through the agent's export (a restore in full would have fetched nothing there): at least the 16 MiB written.
+        assert.ok((vm.restore.pulledBytes ?? 0) >= 16 * MiB, JSON.stringify(vm.restore));
         console.log(`# live restore: running after ${vm.restore.runningAfterMs} ms, all in after ${vm.restore.doneAfterMs} ms`);
         // All pulled in: each volume stands alone (no backing file left), its backup socket gone.
         for (const volume of ['data', 'docs']) {
