@@ -6,12 +6,13 @@
  * debugfs, FAT with our reader: backup/search/). A file is answered whole, up to 64 MiB.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NubisError } from '../core/errors.ts';
-import { backupKeysOf, openChunk } from '../backup/chunk-crypto.ts';
+import { backupKeysOf } from '../backup/chunk-crypto.ts';
 import { readBackupManifest } from '../backup/manifest.ts';
+import { writeRawDisk } from '../backup/raw-disk.ts';
 import { readDiskFile } from '../backup/search/disk-files.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import { FILE_RESTORE_MAX_BYTES, type RestoredFile } from '../wire/backup-schemas.ts';
@@ -34,22 +35,10 @@ export async function restoreFile(
         ? `Backup ${backupId} holds several disks (${names}); name one with --disk`
         : `Backup ${backupId} has no disk ${request.disk}; its disks: ${names}`,
     );
-  const keys = backupKeysOf(key);
   const dir = await mkdtemp(join(tmpdir(), 'nubis-file-restore-'));
   try {
     const image = join(dir, 'disk.raw');
-    const file = await open(image, 'wx', 0o600);
-    try {
-      await file.truncate(disk.sizeBytes);
-      for (const [index, id] of disk.chunks.entries()) {
-        signal?.throwIfAborted();
-        if (id === null) continue;
-        const data = openChunk(keys, id, await store.getChunk(id));
-        await file.write(data, 0, data.length, index * manifest.chunkBytes);
-      }
-    } finally {
-      await file.close();
-    }
+    await writeRawDisk(store, backupKeysOf(key), { ...disk, chunkBytes: manifest.chunkBytes }, image, signal ? { signal } : {});
     const content = await readDiskFile(image, request.path, { maxBytes: FILE_RESTORE_MAX_BYTES, ...(signal ? { signal } : {}) });
     return {
       backup: backupId,

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { backupKeysOf, openChunk, type BackupKeys } from '../backup/chunk-crypto.ts';
-import { readBackupManifest, type BackupManifestDisk } from '../backup/manifest.ts';
+import { readBackupDisk, type BackupManifestDisk } from '../backup/manifest.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
@@ -153,10 +153,8 @@ export class LiveRestores {
    */
   async start(path: string, request: { backupId: string; diskId: string; key: Buffer }): Promise<void> {
     if (this.#byPath.has(path)) throw new NubisError('VOLUME_EXISTS', `${path} is being restored already`);
-    const manifest = await readBackupManifest(this.#store, request.backupId, request.key);
-    const disk = manifest.disks.find((d) => d.id === request.diskId);
-    if (!disk) throw new NubisError('BACKUP_DISK_NOT_FOUND', `Backup ${request.backupId} has no disk ${request.diskId}`);
-    const diskExport = new BackupDiskExport(this.#store, backupKeysOf(request.key), disk, manifest.chunkBytes);
+    const disk = await readBackupDisk(this.#store, request.backupId, request.key, request.diskId);
+    const diskExport = new BackupDiskExport(this.#store, backupKeysOf(request.key), disk, disk.chunkBytes);
     const server = new NbdServer({ catalog: mapCatalog(new Map([[EXPORT_NAME, diskExport]]), EXPORT_NAME) });
     const socket = liveRestoreSocketOf(path);
     try {

@@ -31,10 +31,11 @@ import { NubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
 import { faultPoint } from '../core/fault-points.ts';
 import type { TakenBackup } from '../agent-api/contract.ts';
-import { backupKeysOf, CHUNK_BYTES, chunkIdOf, openChunk, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
+import { backupKeysOf, CHUNK_BYTES, chunkIdOf, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
-import { type BackupManifest, type BackupManifestDisk, readBackupManifest } from '../backup/manifest.ts';
+import { type BackupManifest, type BackupManifestDisk, readBackupDisk } from '../backup/manifest.ts';
+import { writeRawDisk } from '../backup/raw-disk.ts';
 import { ProofKey, tagChunk } from '../backup/proof/por.ts';
 import { listDiskFiles } from '../backup/search/disk-files.ts';
 import { fileKeywords } from '../backup/search/keywords.ts';
@@ -265,28 +266,12 @@ export async function restoreDisk(
   request: { store: BackupStoreClient; backupId: string; key: Buffer; diskId: string; target: string },
   onProgress?: (doneChunks: number, totalChunks: number) => void,
 ): Promise<{ sizeBytes: number }> {
-  const keys = backupKeysOf(request.key);
-  const manifest = await readBackupManifest(request.store, request.backupId, request.key);
-  const disk = manifest.disks.find((d) => d.id === request.diskId);
-  if (!disk) throw new NubisError('BACKUP_DISK_NOT_FOUND', `Backup ${request.backupId} has no disk ${request.diskId}`);
+  const disk = await readBackupDisk(request.store, request.backupId, request.key, request.diskId);
   if (await stat(request.target).catch(() => undefined))
     throw new NubisError('VOLUME_EXISTS', `${request.target} exists already; a restore writes only into a new file`);
   const raw = `${request.target}.restoring.raw`;
   try {
-    const file = await open(raw, 'wx', 0o600);
-    try {
-      await file.truncate(disk.sizeBytes);
-      for (const [index, id] of disk.chunks.entries()) {
-        if (id !== null) {
-          const data = openChunk(keys, id, await request.store.getChunk(id));
-          await file.write(data, 0, data.length, index * manifest.chunkBytes);
-        }
-        onProgress?.(index + 1, disk.chunks.length);
-      }
-      await file.sync();
-    } finally {
-      await file.close();
-    }
+    await writeRawDisk(request.store, backupKeysOf(request.key), disk, raw, onProgress ? { onProgress } : {});
     await runCommand('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, request.target], { timeoutMs: COPY_TIMEOUT_MS });
     return { sizeBytes: disk.sizeBytes };
   } catch (error) {

@@ -21,7 +21,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Backup, BackupAudit, BackupSearchHit, RestoredFile } from '../../src/wire/backup-schemas.ts';
 import { fileKeywords } from '../../src/backup/search/keywords.ts';
 import type { Vm } from '../../src/wire/schemas.ts';
-import { NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+import { type CliResult, NubisInstance, runOnConsole } from '../helpers/nubis-instance.ts';
+import type { FaultPoint } from '../../src/core/fault-points.ts';
 import { makeTinyBootDisk } from '../helpers/tiny-boot-disk.ts';
 
 const MiB = 1024 * 1024;
@@ -406,29 +407,39 @@ describe('backups of a VM into the backup store', () => {
       assert.equal((await nubis.cli(args)).code, 0, args.join(' '));
   });
 
+  /**
+   * Runs `action` while process `name` (its pid file in run/) is restarted armed to wait at fault
+   * point `point`; kills it there, starts it again unarmed, and answers what `action` ended with.
+   */
+  async function killedAt(name: string, point: FaultPoint, action: () => Promise<CliResult>): Promise<CliResult> {
+    const faultDir = mkdtempSync(join(tmpdir(), 'nubis-faults-'));
+    let pending: Promise<CliResult>;
+    try {
+      const pid = Number(readFileSync(join(nubis.dataDir, 'run', `${name}.pid`), 'utf8'));
+      process.kill(pid, 'SIGTERM');
+      await until(() => !alive(pid), `${name} to stop (the VMs keep running)`);
+      const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port)], { env: { NUBIS_FAULT_POINTS: point, NUBIS_FAULT_DIR: faultDir } });
+      assert.equal(armed.code, 0, armed.stderr);
+      pending = action();
+      const faultFile = join(faultDir, point);
+      await until(() => existsSync(faultFile), `${name} to reach ${point}`);
+      process.kill(Number(readFileSync(faultFile, 'utf8')), 'SIGKILL');
+    } finally {
+      rmSync(faultDir, { recursive: true, force: true });
+    }
+    const restarted = await nubis.cli(['up', '--detach', '--port', String(nubis.port)]);
+    assert.equal(restarted.code, 0, restarted.stderr);
+    return pending;
+  }
+
   it('a backup interrupted by a killed store is never listed, and the previous one stays whole', async () => {
     await writeMarker('keeper', `charlie-${randomBytes(4).toString('hex')}`);
     const previous = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
     await writeMarker('keeper', `delta-${randomBytes(4).toString('hex')}`);
-    // The store again, armed to stop once it has every chunk of a backup and before it commits it.
-    const faultDir = mkdtempSync(join(tmpdir(), 'nubis-faults-'));
-    const storePid = Number(readFileSync(join(nubis.dataDir, 'run', 'backup-store.pid'), 'utf8'));
-    process.kill(storePid, 'SIGTERM');
-    await until(() => !alive(storePid), 'the store to stop');
-    const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port)], {
-      env: { NUBIS_FAULT_POINTS: 'backup.commit.before-write', NUBIS_FAULT_DIR: faultDir },
-    });
-    assert.equal(armed.code, 0, armed.stderr);
-    const pending = nubis.cli(['backup', 'create', 'keeper']);
-    const faultFile = join(faultDir, 'backup.commit.before-write');
-    await until(() => existsSync(faultFile), 'the store to reach its fault point');
-    process.kill(Number(readFileSync(faultFile, 'utf8')), 'SIGKILL');
-    const failed = await pending;
+    // The store stopped once it has every chunk of a backup and before it commits it.
+    const failed = await killedAt('backup-store', 'backup.commit.before-write', () => nubis.cli(['backup', 'create', 'keeper']));
     assert.notEqual(failed.code, 0);
     assert.match(failed.stderr, /backup store/i);
-    rmSync(faultDir, { recursive: true, force: true });
-    const restarted = await nubis.cli(['up', '--detach', '--port', String(nubis.port)]);
-    assert.equal(restarted.code, 0, restarted.stderr);
     assert.deepEqual(
       (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id),
       [previous.id],
@@ -441,24 +452,10 @@ describe('backups of a VM into the backup store', () => {
   });
 
   it('a backup whose agent is killed midway leaves nothing in the way of the next one', async () => {
-    // The agent again, armed to stop once the copy jobs run in the VM's QEMU (which outlives it).
-    const faultDir = mkdtempSync(join(tmpdir(), 'nubis-faults-'));
-    const agentPid = Number(readFileSync(join(nubis.dataDir, 'run', 'agent-host-1.pid'), 'utf8'));
-    process.kill(agentPid, 'SIGTERM');
-    await until(() => !alive(agentPid), 'the agent to stop (its VMs keep running)');
-    const armed = await nubis.cli(['up', '--detach', '--port', String(nubis.port)], {
-      env: { NUBIS_FAULT_POINTS: 'backup.agent.after-copy-start', NUBIS_FAULT_DIR: faultDir },
-    });
-    assert.equal(armed.code, 0, armed.stderr);
     const before = (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id);
-    const pending = nubis.cli(['backup', 'create', 'keeper']);
-    const faultFile = join(faultDir, 'backup.agent.after-copy-start');
-    await until(() => existsSync(faultFile), 'the agent to reach its fault point');
-    process.kill(Number(readFileSync(faultFile, 'utf8')), 'SIGKILL');
-    rmSync(faultDir, { recursive: true, force: true });
-    const restarted = await nubis.cli(['up', '--detach', '--port', String(nubis.port)]);
-    assert.equal(restarted.code, 0, restarted.stderr);
-    assert.notEqual((await pending).code, 0, 'the interrupted backup failed');
+    // The agent stopped once the copy jobs run in the VM's QEMU (which outlives it).
+    const failed = await killedAt('agent-host-1', 'backup.agent.after-copy-start', () => nubis.cli(['backup', 'create', 'keeper']));
+    assert.notEqual(failed.code, 0, 'the interrupted backup failed');
     assert.deepEqual(
       (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id),
       before,
