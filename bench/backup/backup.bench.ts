@@ -63,6 +63,9 @@ interface NubisFigures {
   incremental: BackupCost;
   fullStoredBytes: number;
   incrementalStoredBytes: number;
+  /** What each backup read of the disk, and the backup whose dirty bitmap the incremental's read followed. */
+  fullReadBytes: number;
+  incrementalRead: { bytes: number; changedSince?: string };
   restoreWallMs: number;
   verifyWallMs: number;
   verifiedChunks: number;
@@ -115,12 +118,19 @@ async function benchNubis(nubis: NubisInstance, rawPath: string): Promise<NubisF
     incremental: incremental.cost,
     fullStoredBytes: full.backup.storedBytes,
     incrementalStoredBytes: incremental.backup.storedBytes,
+    fullReadBytes: readBytesOf(full.backup),
+    incrementalRead: {
+      bytes: readBytesOf(incremental.backup),
+      ...(incremental.backup.disks[0]?.changedSince ? { changedSince: incremental.backup.disks[0].changedSince } : {}),
+    },
     restoreWallMs: restored.wallMs,
     verifyWallMs: verified.wallMs,
     verifiedChunks: verified.value.checkedChunks,
     challenge: { ...audit, wallMs: challenged.wallMs },
   };
 }
+
+const readBytesOf = (backup: Backup): number => backup.disks.reduce((sum, disk) => sum + (disk.readBytes ?? disk.sizeBytes), 0);
 
 /** restic's summary of a backup (`--json`: the last line, message_type "summary"). */
 interface ResticSummary {
@@ -194,6 +204,10 @@ function nubisTable(n: NubisFigures): string {
   const c = n.challenge;
   const rows: Array<[string, string]> = [
     ['storedBytes of the full / the incremental (shared chunks included)', `${mib(n.fullStoredBytes)} / ${mib(n.incrementalStoredBytes)}`],
+    [
+      'read of the disk by the full / the incremental (changed-block tracking)',
+      `${mib(n.fullReadBytes)} / ${mib(n.incrementalRead.bytes)}${n.incrementalRead.changedSince ? ` (the chunks marked by the bitmap since ${n.incrementalRead.changedSince})` : ' (no bitmap: every chunk)'}`,
+    ],
     ['`backup restore --as` until the new VM runs (wall clock)', seconds(n.restoreWallMs)],
     ['`backup verify` (wall clock)', `${seconds(n.verifyWallMs)}, ${n.verifiedChunks} chunks checked`],
     [

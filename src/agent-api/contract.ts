@@ -175,6 +175,9 @@ export const TakenBackup = Type.Object({
       zeroChunks: Type.Integer({ minimum: 0 }),
       newChunks: Type.Integer({ minimum: 0 }),
       sentBytes: Type.Integer({ minimum: 0 }),
+      /** Bytes read of the disk: all of it, or only the chunks changed since backup `changedSince` (host/backup-views.ts). */
+      readBytes: Type.Integer({ minimum: 0 }),
+      changedSince: Type.Optional(Type.String({ pattern: '^bak-[0-9a-f]{12}$' })),
     }),
     { maxItems: 64 },
   ),

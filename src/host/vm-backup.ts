@@ -4,37 +4,34 @@
  * host (backup/chunk-crypto.ts), with the tenant key the control plane hands over for the call
  * only (it is never written on a host).
  *
- * A backup of a running VM is crash-consistent: one QMP `transaction` starts a `blockdev-backup`
- * (sync=full) of every disk into a sparse raw file of the VM's `run/` folder, so every disk is
- * copied as of one instant while the guest goes on writing (QEMU copies a block before the guest
- * overwrites it: copy-before-write). The copies are then read, cut into 4 MiB chunks, and only
- * chunks the store has not got are sealed and sent: a second backup sends only what changed,
- * whatever happened in between (a reboot, a live migration, a restart elsewhere), since a chunk's
- * id depends only on its content. Zero chunks are not sent at all. A stopped VM's disks are read
- * as they are (`qemu-img convert`). Each copy is removed when done, also on failure.
+ * A backup of a running VM is crash-consistent: every disk is read as of one instant while the
+ * guest goes on writing (image fleecing, host/backup-views.ts), and QEMU's dirty bitmaps say which
+ * chunks changed since the VM's last backup, so that only those are read (changed-block
+ * tracking; after a restart of QEMU every chunk is read once more). The disks are cut into 4 MiB
+ * chunks, and only chunks the store has not got are sealed and sent: a second backup sends only
+ * what changed, whatever happened in between (a reboot, a live migration, a restart elsewhere),
+ * since a chunk's id depends only on its content. Zero chunks are not sent at all. A stopped VM's
+ * disks are copied as they are (`qemu-img convert`) and read whole; each copy is removed when
+ * done, also on failure.
  *
  * Each chunk sent goes with its proof-of-retrievability tags (backup/proof/por.ts), so the
  * tenant can later check that the store still holds it without reading it back. And the files of
  * the filesystems on each copy (ext2/3/4, FAT, also in MBR or GPT partitions; read offline with
  * debugfs and our FAT reader, backup/search/) go into the backup's encrypted catalog, searchable
  * by word without the store learning the word (backup/search/sse-index.ts).
- *
- * Reading whole copies costs reading every disk each time; QEMU's dirty bitmaps would tell which
- * blocks changed, but persist only in qcow2 files and are lost by a migration that mirrors the
- * disk, so the chunk ids stay the source of truth for what is sent.
  */
-import { chown, open, readdir, rm, stat, truncate } from 'node:fs/promises';
+import { open, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { runCommand } from '../core/run-command.ts';
-import { faultPoint } from '../core/fault-points.ts';
 import type { TakenBackup } from '../agent-api/contract.ts';
 import { backupKeysOf, CHUNK_BYTES, chunkIdOf, sealChunk, sealManifest, type BackupKeys } from '../backup/chunk-crypto.ts';
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
-import { type BackupManifest, type BackupManifestDisk, readBackupDisk } from '../backup/manifest.ts';
+import { type BackupManifest, type BackupManifestDisk, readBackupDisk, readBackupManifest } from '../backup/manifest.ts';
+import { type BackupViews, type DiskView, openBackupViews } from './backup-views.ts';
 import { writeRawDisk } from '../backup/raw-disk.ts';
 import { ProofKey, tagChunk } from '../backup/proof/por.ts';
 import { listDiskFiles } from '../backup/search/disk-files.ts';
@@ -76,15 +73,18 @@ export async function takeBackup(
 ): Promise<TakenBackup> {
   const keys = backupKeysOf(request.key);
   const sources = backupSourcesOf(host.spec());
-  const copies = sources.map((source) => join(host.dir, 'run', `${request.backupId}-${source.id}.raw`));
-  await removeLeftCopies(join(host.dir, 'run'));
+  const reading = await openDisks(host, sources, request);
+  let committed = false;
   try {
-    await copyDisks(host, sources, copies, request.signal);
     const proofKey = ProofKey.fromSecret(keys.proofSecret);
     const disks: Array<BackupManifestDisk & Omit<BackupDiskReport, 'chunks'>> = [];
     for (const [index, source] of sources.entries())
-      disks.push({ id: source.id, source: source.source, ...(await sendChunks(copies[index], keys, proofKey, request.store)) });
-    const catalog = await catalogOf(sources, copies, request.signal);
+      disks.push({ id: source.id, source: source.source, ...(await sendChunks(reading.views[index], keys, proofKey, request.store)) });
+    const catalog = await catalogOf(
+      sources,
+      reading.views.map((view) => view.path),
+      request.signal,
+    );
     await request.store.putCatalog(request.backupId, buildIndex(keys.catalogKey(request.backupId), catalog.documents).toJSON());
     const createdAt = new Date().toISOString();
     const manifest: BackupManifest = {
@@ -100,6 +100,7 @@ export async function takeBackup(
       chunks: disks.flatMap((disk) => disk.chunks.filter((chunk): chunk is string => chunk !== null)),
       manifest: sealManifest(keys, request.backupId, manifest),
     });
+    committed = true;
     return {
       disks: disks.map(({ chunks, ...report }) => ({ ...report, chunks: chunks.length })),
       storedBytes: stored.storedBytes,
@@ -107,84 +108,62 @@ export async function takeBackup(
       ...(catalog.notes.length > 0 ? { catalogNotes: catalog.notes.slice(0, 16) } : {}),
     };
   } finally {
-    for (const copy of copies) await rm(copy, { force: true });
+    await reading.close(committed);
   }
-}
-
-/** Removes the copies a backup left when its agent was killed midway (backups of a VM run one at a time). */
-async function removeLeftCopies(runDir: string): Promise<void> {
-  for (const name of await readdir(runDir).catch(() => [] as string[]))
-    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(runDir, name), { force: true });
 }
 
 /**
- * Ends what a backup left in a QEMU whose agent was killed midway (QEMU outlives its agent): its
- * jobs (cancelled) and target nodes (deleted), which would otherwise make the next backup's
- * `blockdev-add` fail on their names.
+ * The disks as of one instant, as files: a running or paused VM's through its QEMU (point-in-time
+ * views that know what changed since its last backup: host/backup-views.ts), a stopped VM's
+ * copied as they are (`qemu-img convert`, every chunk read).
  */
-async function endLeftBackupJobs(qemu: NonNullable<ReturnType<SnapshotHost['qemu']>>): Promise<void> {
-  const jobs = async () => (await qemu.qmp.execute<Array<{ device: string }>>('query-block-jobs')).filter((job) => job.device.startsWith('backup-'));
-  for (const job of await jobs()) await qemu.qmp.execute('block-job-cancel', { device: job.device, force: true }).catch(() => undefined);
-  const deadline = Date.now() + 60_000;
-  while ((await jobs()).length > 0) {
-    if (Date.now() > deadline) throw new NubisError('BACKUP_FAILED', 'A backup job left by an earlier agent did not end within 60 s');
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  const nodes = await qemu.qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
-  for (const node of nodes.filter((n) => n['node-name'].startsWith('backup-')))
-    await qemu.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
-}
-
-/** Point-in-time copies of the disks into `copies`: one QMP transaction for a running VM, `qemu-img` for a stopped one. */
-async function copyDisks(host: SnapshotHost, sources: BackupSource[], copies: string[], signal?: AbortSignal): Promise<void> {
+async function openDisks(
+  host: SnapshotHost,
+  sources: BackupSource[],
+  request: { backupId: string; key: Buffer; store: BackupStoreClient; signal?: AbortSignal },
+): Promise<BackupViews> {
   const qemu = host.qemu();
-  if (!qemu) {
-    for (const [index, source] of sources.entries())
+  if (qemu) {
+    if (qemu.state !== 'running' && qemu.state !== 'paused')
+      throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is ${qemu.state}; backups are taken of running, paused or stopped VMs`);
+    const manifests = new Map<string, Promise<BackupManifest>>();
+    const parentDisk = async (backupId: string, diskId: string) => {
+      if (!manifests.has(backupId)) manifests.set(backupId, readBackupManifest(request.store, backupId, request.key));
+      const manifest = await manifests.get(backupId)!;
+      const source = sources.find((s) => s.id === diskId)?.source;
+      // The same disk of this VM: same node and same source, in chunks of the same size.
+      return manifest.chunkBytes === CHUNK_BYTES ? manifest.disks.find((disk) => disk.id === diskId && disk.source === source) : undefined;
+    };
+    return openBackupViews(host, { backupId: request.backupId, disks: sources, parentDisk });
+  }
+  const runDir = join(host.dir, 'run');
+  await removeLeftCopies(runDir);
+  const copies = sources.map((source) => join(runDir, `${request.backupId}-${source.id}.raw`));
+  const close = async () => {
+    for (const copy of copies) await rm(copy, { force: true });
+  };
+  try {
+    const views = [];
+    for (const [index, source] of sources.entries()) {
       await runCommand('qemu-img', ['convert', '-U', '-f', source.offline.format, '-O', 'raw', source.offline.path, copies[index]], {
         timeoutMs: COPY_TIMEOUT_MS,
-        ...(signal ? { signal } : {}),
+        ...(request.signal ? { signal: request.signal } : {}),
       }).catch((error: unknown) => {
         throw new NubisError('BACKUP_FAILED', `Reading disk ${source.id} of VM ${host.name} failed: ${messageOf(error)}`, { cause: error });
       });
-    return;
-  }
-  if (qemu.state !== 'running' && qemu.state !== 'paused')
-    throw new NubisError('VM_INVALID_STATE', `VM ${host.name} is ${qemu.state}; backups are taken of running, paused or stopped VMs`);
-  await endLeftBackupJobs(qemu);
-  const nodes = await qemu.qmp.execute<Array<{ 'node-name': string; image: { 'virtual-size': number } }>>('query-named-block-nodes', { flat: true });
-  const uid = host.spec().unixUid;
-  const targets: string[] = [];
-  try {
-    for (const [index, source] of sources.entries()) {
-      const size = nodes.find((node) => node['node-name'] === source.id)?.image['virtual-size'];
-      if (size === undefined) throw new NubisError('BACKUP_FAILED', `VM ${host.name}'s QEMU has no disk ${source.id}`);
-      // The unprivileged QEMU writes the copy: a file of its user in the one folder it may write.
-      await (await open(copies[index], 'wx', 0o600)).close();
-      await truncate(copies[index], size);
-      if (uid !== undefined && process.getuid?.() === 0) await chown(copies[index], uid, uid);
-      const target = `backup-${source.id}`;
-      await qemu.qmp.execute('blockdev-add', { driver: 'raw', 'node-name': target, file: { driver: 'file', filename: copies[index] } });
-      targets.push(target);
+      views.push({ path: copies[index], sizeBytes: (await stat(copies[index])).size });
     }
-    const done = sources.map((source) =>
-      qemu.qmp.waitForEvent('BLOCK_JOB_COMPLETED', (event) => event.data.device === `backup-${source.id}`, { timeoutMs: COPY_TIMEOUT_MS }),
-    );
-    // Awaited below; jobs that never start (a failed transaction) must not leave waits to reject unheard.
-    for (const wait of done) wait.catch(() => undefined);
-    await qemu.qmp.execute('transaction', {
-      actions: sources.map((source) => ({
-        type: 'blockdev-backup',
-        data: { 'job-id': `backup-${source.id}`, device: source.id, target: `backup-${source.id}`, sync: 'full' },
-      })),
-    });
-    await faultPoint('backup.agent.after-copy-start');
-    for (const event of await Promise.all(done)) {
-      const error = (event.data as { error?: string }).error;
-      if (error) throw new NubisError('BACKUP_FAILED', `Copying disk ${String(event.data.device).slice('backup-'.length)} of VM ${host.name} failed: ${error}`);
-    }
-  } finally {
-    for (const target of targets) await qemu.qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined);
+    return { views, close };
+  } catch (error) {
+    await close();
+    throw error;
   }
+}
+
+/** Removes the copies a backup of a stopped VM left when its agent was killed midway (backups of a VM run one at a time). */
+async function removeLeftCopies(runDir: string): Promise<void> {
+  for (const name of await readdir(runDir).catch(() => [] as string[]))
+    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(runDir, name), { force: true });
 }
 
 /** A catalog entry's id: which disk, and the path in it. */
@@ -209,25 +188,38 @@ async function catalogOf(sources: BackupSource[], copies: string[], signal?: Abo
   return { documents, notes };
 }
 
-/** Cuts the copy at `path` into chunks and sends the store those it has not got, each with its proof tags. */
+/**
+ * Cuts the disk `view` into chunks and sends the store those it has not got, each with its proof
+ * tags. Of a view that knows what changed, only the changed chunks are read; the others are its
+ * parent backup's.
+ */
 async function sendChunks(
-  path: string,
+  view: DiskView,
   keys: BackupKeys,
   proofKey: ProofKey,
   store: BackupStoreClient,
 ): Promise<Omit<BackupDiskReport, 'id' | 'source' | 'chunks'> & { chunks: Array<string | null> }> {
-  const sizeBytes = (await stat(path)).size;
-  const file = await open(path, 'r');
+  const { sizeBytes, changed } = view;
+  const file = await open(view.path, 'r');
   const chunks: Array<string | null> = [];
   let zeroChunks = 0;
   let newChunks = 0;
   let sentBytes = 0;
+  let readBytes = 0;
   try {
     for (let offset = 0; offset < sizeBytes; offset += CHUNK_BYTES * CHUNKS_PER_ROUND) {
       const round = new Map<string, Buffer>();
       for (let at = offset; at < Math.min(sizeBytes, offset + CHUNK_BYTES * CHUNKS_PER_ROUND); at += CHUNK_BYTES) {
+        const index = at / CHUNK_BYTES;
+        if (changed && !changed.chunks.has(index)) {
+          const unchanged = changed.parent.chunks[index];
+          chunks.push(unchanged);
+          if (unchanged === null) zeroChunks += 1;
+          continue;
+        }
         const data = Buffer.alloc(Math.min(CHUNK_BYTES, sizeBytes - at));
         await file.read(data, 0, data.length, at);
+        readBytes += data.length;
         if (isZero(data)) {
           chunks.push(null);
           zeroChunks += 1;
@@ -249,7 +241,7 @@ async function sendChunks(
   } finally {
     await file.close();
   }
-  return { sizeBytes, chunks, zeroChunks, newChunks, sentBytes };
+  return { sizeBytes, chunks, zeroChunks, newChunks, sentBytes, readBytes, ...(changed ? { changedSince: changed.since } : {}) };
 }
 
 const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);

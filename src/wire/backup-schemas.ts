@@ -23,6 +23,16 @@ export const Backup = Type.Object(
         zeroChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Chunks all zero (not stored)' }),
         newChunks: Type.Integer({ format: 'int32', minimum: 0, maximum: 1e9, description: 'Chunks the store had not got, sent by this backup' }),
         sentBytes: Bytes('Bytes sent for this disk'),
+        readBytes: Type.Optional(
+          Bytes('Bytes read of the disk: all of it, or with changed-block tracking only the chunks written since the backup changedSince'),
+        ),
+        changedSince: Type.Optional(
+          Type.String({
+            maxLength: 16,
+            pattern: '^bak-[0-9a-f]{12}$',
+            description: 'The backup whose dirty bitmap said which chunks to read (absent: every chunk was read)',
+          }),
+        ),
       }),
       { maxItems: 64 },
     ),

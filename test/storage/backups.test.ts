@@ -158,6 +158,14 @@ describe('backups of a VM into the backup store', () => {
     assert.ok(docs.newChunks >= 1, 'the filesystem of the second volume');
     docsChunks = docs.newChunks;
     assert.ok(full.catalogFiles >= Object.keys(DOCUMENTS).length, `catalog of ${full.catalogFiles} files`);
+    assert.deepEqual(
+      full.disks.map((d) => [d.readBytes, d.changedSince]),
+      [
+        [64 * MiB, undefined],
+        [16 * MiB, undefined],
+      ],
+      'the first backup reads every chunk',
+    );
     backups.push(full);
 
     await writeMarker('keeper', markerB);
@@ -167,6 +175,14 @@ describe('backups of a VM into the backup store', () => {
       next.disks.map((d) => d.newChunks),
       [1, 0],
       'only chunk 0 of the first disk changed',
+    );
+    assert.deepEqual(
+      next.disks.map((d) => [d.changedSince, d.readBytes]),
+      [
+        [full.id, 4 * MiB],
+        [full.id, 0],
+      ],
+      "changed-block tracking: QEMU's bitmap since the full backup says only chunk 0 was written, so only it is read",
     );
     assert.ok(next.sentBytes < full.sentBytes / 3, `the incremental sent ${next.sentBytes} bytes, the full ${full.sentBytes}`);
     console.log(`# full backup sent ${full.sentBytes} bytes in ${full.durationMs} ms; incremental ${next.sentBytes} bytes in ${next.durationMs} ms`);
@@ -462,11 +478,17 @@ describe('backups of a VM into the backup store', () => {
     );
     const next = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
     assert.equal(next.vmState, 'running', "the VM ran on through its agent's death");
+    assert.deepEqual(
+      next.disks.map((d) => [d.changedSince, d.readBytes === d.sizeBytes]),
+      next.disks.map(() => [undefined, true]),
+      'after a failed backup no bitmap is trusted: every chunk is read once',
+    );
     const runDir = join(nubis.dataDir, 'hosts', 'host-1', 'vms', (await nubis.cliJson<Vm>(['vm', 'show', 'keeper'])).id, 'run');
     assert.deepEqual(
-      readdirSync(runDir).filter((name) => name.endsWith('.raw')),
+      readdirSync(runDir).filter((name) => name.endsWith('.raw') || name.endsWith('.qcow2')),
       [],
-      'no copy is left in the VM folder',
+      'no view or fleece is left in the VM folder',
     );
+    assert.ok(!readFileSync('/proc/self/mounts', 'utf8').includes(runDir), 'no view is left mounted');
   });
 });

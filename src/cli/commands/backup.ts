@@ -58,8 +58,18 @@ export function registerBackupCommands(program: Command): void {
       if (globals(command).json) return printJson(shown);
       console.log(`${shown.id}: VM ${shown.vm} (${shown.vmState}) at ${shown.createdAt}, stored ${formatSize(shown.storedBytes)}`);
       printTable(
-        ['DISK', 'SOURCE', 'SIZE', 'CHUNKS', 'ZERO', 'NEW', 'SENT'],
-        shown.disks.map((d) => [d.id, d.source, formatSize(d.sizeBytes), String(d.chunks), String(d.zeroChunks), String(d.newChunks), formatSize(d.sentBytes)]),
+        ['DISK', 'SOURCE', 'SIZE', 'CHUNKS', 'ZERO', 'NEW', 'SENT', 'READ'],
+        shown.disks.map((d) => [
+          d.id,
+          d.source,
+          formatSize(d.sizeBytes),
+          String(d.chunks),
+          String(d.zeroChunks),
+          String(d.newChunks),
+          formatSize(d.sentBytes),
+          // What changed-block tracking spared: only the chunks written since an earlier backup were read.
+          d.readBytes === undefined ? '' : `${formatSize(d.readBytes)}${d.changedSince ? ` (changed since ${d.changedSince})` : ''}`,
+        ]),
       );
     });
   backup

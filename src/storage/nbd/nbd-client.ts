@@ -174,7 +174,7 @@ export class NbdClient {
  * Reads the handshake's bytes as they arrive, and fails every read once the socket errors,
  * closes, the handshake takes longer than `timeoutMs` or `signal` aborts.
  */
-class HandshakeReader {
+export class HandshakeReader {
   readonly queue = new ByteQueue();
   readonly #socket: Socket;
   readonly #signal?: AbortSignal;
@@ -228,7 +228,7 @@ class HandshakeReader {
 }
 
 /** proto.md "Newstyle negotiation": checks the server's greeting and answers with the client flags. */
-async function negotiateFlags(reader: HandshakeReader, socket: Socket): Promise<void> {
+export async function negotiateFlags(reader: HandshakeReader, socket: Socket): Promise<void> {
   const greeting = await reader.read(18);
   if (greeting.readBigUInt64BE(0) !== C.NBD_INIT_PASSWD || greeting.readBigUInt64BE(8) !== C.NBD_IHAVEOPT) {
     throw new NbdError('NBD_PROTOCOL', 'Server does not speak newstyle NBD');
@@ -244,7 +244,7 @@ async function negotiateFlags(reader: HandshakeReader, socket: Socket): Promise<
  * Sends NBD_OPT_GO for `exportName` (no information requests) and reads the replies up to the
  * ACK: the size and transmission flags come in NBD_INFO_EXPORT.
  */
-async function selectExport(reader: HandshakeReader, socket: Socket, exportName: string): Promise<{ sizeBytes: number; flags: number }> {
+export async function selectExport(reader: HandshakeReader, socket: Socket, exportName: string): Promise<{ sizeBytes: number; flags: number }> {
   const name = Buffer.from(exportName, 'utf8');
   const data = Buffer.alloc(4 + name.length + 2);
   data.writeUInt32BE(name.length, 0);
@@ -276,7 +276,7 @@ async function selectExport(reader: HandshakeReader, socket: Socket, exportName:
   return { sizeBytes, flags };
 }
 
-function encodeOption(option: number, data: Buffer): Buffer {
+export function encodeOption(option: number, data: Buffer): Buffer {
   const out = Buffer.allocUnsafe(16 + data.length);
   out.writeBigUInt64BE(C.NBD_IHAVEOPT, 0);
   out.writeUInt32BE(option, 8);
@@ -285,7 +285,7 @@ function encodeOption(option: number, data: Buffer): Buffer {
   return out;
 }
 
-function encodeRequest(type: number, flags: number, handle: number, offset: number, length: number): Buffer {
+export function encodeRequest(type: number, flags: number, handle: number, offset: number, length: number): Buffer {
   const out = Buffer.allocUnsafe(28);
   out.writeUInt32BE(C.NBD_REQUEST_MAGIC, 0);
   out.writeUInt16BE(flags, 4);

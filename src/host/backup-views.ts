@@ -1,0 +1,323 @@
+/**
+ * Point-in-time views of a running VM's disks for a backup, and which of their chunks changed
+ * since the VM's last backup (changed-block tracking), so that a backup reads only those.
+ *
+ * The view (image fleecing): one QMP `transaction` starts a `blockdev-backup` with `sync=none` of
+ * every disk into a small qcow2 "fleece" whose backing is the disk itself. Reading the fleece
+ * gives the disk as of that instant: a block the guest overwrites afterwards is copied into the
+ * fleece first (copy-before-write), the rest is read from the disk. So nothing is copied ahead of
+ * the backup, and the fleece only grows by what the guest writes while the backup runs. The
+ * VM's QEMU serves each fleece read-only on its own NBD server (a unix socket in its `run/`), and
+ * a `qemu-storage-daemon` of the agent's mounts each export as a file (a FUSE export), which the
+ * chunker and the catalog's debugfs read like any file.
+ *
+ * What changed: the same transaction adds a dirty bitmap `nubis-cbt-<backup id>` to every disk
+ * (granularity: one backup chunk), which records every write from that instant on. At the next
+ * backup, that bitmap says which chunks differ from that backup: the transaction freezes it
+ * (`block-dirty-bitmap-disable`) as it starts the new one, the NBD export carries it as the
+ * metadata context `qemu:dirty-bitmap:<name>`, and storage/nbd/nbd-block-status.ts reads it; the
+ * other chunks are taken from that backup's manifest without being read. A bitmap is used only
+ * when its backup is in the store, its disk has the same size, and QEMU kept it recording and
+ * consistent; otherwise every chunk is read (as the first backup does), which is always right.
+ *
+ * The bitmaps live in QEMU's memory only, for the life of one QEMU process: a stop, a restart, a
+ * snapshot rollback (which stops QEMU) or a migration (a new QEMU) ends them, so no write can
+ * reach a disk unseen by its bitmap. The next backup then reads in full once, and sends only what
+ * changed all the same (chunk ids are content ids). When a backup fails, both its new bitmap and
+ * the one it froze are removed, so the next one reads in full too.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chown, open, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CHUNK_BYTES } from '../backup/chunk-crypto.ts';
+import type { BackupManifestDisk } from '../backup/manifest.ts';
+import { NubisError } from '../core/errors.ts';
+import { faultPoint } from '../core/fault-points.ts';
+import { runCommand } from '../core/run-command.ts';
+import { readMetaContext } from '../storage/nbd/nbd-block-status.ts';
+import type { SnapshotHost } from './vm-snapshot-control.ts';
+
+type Qemu = NonNullable<ReturnType<SnapshotHost['qemu']>>;
+
+/** Dirty bitmaps named so record the writes since the instant of the backup whose id follows. */
+const BITMAP_PREFIX = 'nubis-cbt-';
+/** Names of the fleece nodes, block jobs and exports of a backup in the VM's QEMU. */
+const NODE_PREFIX = 'backup-';
+const NBD_SOCKET = 'backup-nbd.sock';
+const DAEMON_PIDFILE = 'backup-views.pid';
+/** A FUSE mount of a few exports takes milliseconds; this bounds a stuck one. */
+const MOUNT_TIMEOUT_MS = 30_000;
+
+/** A disk of a running VM to back up: its block node and what the backup calls it. */
+export interface ViewedDisk {
+  id: string;
+  source: string;
+}
+
+/** One disk's view: a file to read, and the chunks to read of it when not all. */
+export interface DiskView {
+  path: string;
+  sizeBytes: number;
+  /** From the bitmap of backup `since`: the chunks that may differ from its manifest's `chunks`; the others are its. */
+  changed?: { since: string; chunks: Set<number>; parent: BackupManifestDisk };
+}
+
+/** The views of one backup, open until `close`. */
+export interface BackupViews {
+  views: DiskView[];
+  /** Ends the views; `committed` says whether the backup is in the store (then its bitmaps are the ones to keep). */
+  close(committed: boolean): Promise<void>;
+}
+
+interface DirtyBitmapInfo {
+  name: string;
+  granularity: number;
+  recording: boolean;
+  busy: boolean;
+  inconsistent?: boolean;
+}
+
+/**
+ * Opens the views of `disks` for backup `backupId` (see the file header). `parentDisk` finds disk
+ * `diskId` of an earlier backup in the store (undefined when that backup is gone).
+ */
+export async function openBackupViews(
+  host: SnapshotHost,
+  request: { backupId: string; disks: ViewedDisk[]; parentDisk: (backupId: string, diskId: string) => Promise<BackupManifestDisk | undefined> },
+): Promise<BackupViews> {
+  const qemu = host.qemu();
+  if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} has no running QEMU to take a backup through`);
+  const runDir = join(host.dir, 'run');
+  await endLeftBackupWork(qemu, runDir);
+  const nodes = await qemu.qmp.execute<Array<{ 'node-name': string; image: { 'virtual-size': number }; 'dirty-bitmaps'?: DirtyBitmapInfo[] }>>(
+    'query-named-block-nodes',
+    { flat: true },
+  );
+  const opened: OpenedDisk[] = [];
+  const cleanup = new ViewCleanup(qemu, runDir);
+  try {
+    for (const disk of request.disks) {
+      const node = nodes.find((n) => n['node-name'] === disk.id);
+      if (!node) throw new NubisError('BACKUP_FAILED', `VM ${host.name}'s QEMU has no disk ${disk.id}`);
+      const sizeBytes = node.image['virtual-size'];
+      const parent = await usableParent(qemu, disk.id, sizeBytes, node['dirty-bitmaps'] ?? [], request.parentDisk);
+      const fleece = join(runDir, `${request.backupId}-${disk.id}.fleece.qcow2`);
+      await runCommand('qemu-img', ['create', '-q', '-f', 'qcow2', fleece, String(sizeBytes)], { timeoutMs: 30_000 });
+      const uid = host.spec().unixUid;
+      if (uid !== undefined && process.getuid?.() === 0) await chown(fleece, uid, uid);
+      await qemu.qmp.execute('blockdev-add', {
+        driver: 'qcow2',
+        'node-name': `${NODE_PREFIX}${disk.id}`,
+        file: { driver: 'file', filename: fleece },
+        backing: disk.id,
+      });
+      cleanup.fleeces.push({ node: `${NODE_PREFIX}${disk.id}`, file: fleece });
+      opened.push({ disk, sizeBytes, parent, path: join(runDir, `${request.backupId}-${disk.id}.raw`) });
+    }
+    await startFleecing(qemu, request.backupId, opened, cleanup);
+    await faultPoint('backup.agent.after-copy-start');
+    await qemu.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: join(runDir, NBD_SOCKET) } } });
+    cleanup.nbdServer = true;
+    for (const { disk, parent } of opened)
+      await qemu.qmp.execute('block-export-add', {
+        type: 'nbd',
+        id: `${NODE_PREFIX}${disk.id}`,
+        'node-name': `${NODE_PREFIX}${disk.id}`,
+        name: disk.id,
+        writable: false,
+        ...(parent ? { bitmaps: [{ node: disk.id, name: parent.bitmap }] } : {}),
+      });
+    const views: DiskView[] = [];
+    for (const { disk, sizeBytes, parent, path } of opened) {
+      const chunks = parent ? await changedChunks(join(runDir, NBD_SOCKET), disk.id, parent.bitmap) : undefined;
+      views.push({ path, sizeBytes, ...(parent && chunks ? { changed: { since: parent.since, chunks, parent: parent.disk } } : {}) });
+    }
+    cleanup.daemon = await mountViews(runDir, opened);
+    return { views, close: (committed) => cleanup.run(request.backupId, opened, committed) };
+  } catch (error) {
+    await cleanup.run(request.backupId, opened, false);
+    throw error;
+  }
+}
+
+interface OpenedDisk {
+  disk: ViewedDisk;
+  sizeBytes: number;
+  /** The bitmap this backup reads its changes from, and the disk of its backup. */
+  parent?: { bitmap: string; since: string; disk: BackupManifestDisk };
+  /** Where the view is mounted. */
+  path: string;
+}
+
+/**
+ * The disk's bitmap that may stand for "changed since backup X" (see the file header), after
+ * removing every other bitmap of ours on it: only one is ever kept, and a stale one would only
+ * cost memory and writes.
+ */
+async function usableParent(
+  qemu: Qemu,
+  diskId: string,
+  sizeBytes: number,
+  bitmaps: DirtyBitmapInfo[],
+  parentDisk: (backupId: string, diskId: string) => Promise<BackupManifestDisk | undefined>,
+): Promise<OpenedDisk['parent']> {
+  const ours = bitmaps.filter((bitmap) => bitmap.name.startsWith(BITMAP_PREFIX));
+  let parent: OpenedDisk['parent'];
+  for (const bitmap of ours) {
+    if (parent || !bitmap.recording || bitmap.busy || bitmap.inconsistent || bitmap.granularity !== CHUNK_BYTES) continue;
+    const since = bitmap.name.slice(BITMAP_PREFIX.length);
+    const disk = await parentDisk(since, diskId).catch(() => undefined);
+    if (disk && disk.sizeBytes === sizeBytes && disk.chunks.length === Math.ceil(sizeBytes / CHUNK_BYTES)) parent = { bitmap: bitmap.name, since, disk };
+  }
+  for (const bitmap of ours)
+    if (bitmap.name !== parent?.bitmap) await qemu.qmp.execute('block-dirty-bitmap-remove', { node: diskId, name: bitmap.name }).catch(() => undefined);
+  return parent;
+}
+
+/** One transaction, so one instant for every disk: new bitmaps start, the parents' freeze, the fleecing jobs start. */
+async function startFleecing(qemu: Qemu, backupId: string, opened: OpenedDisk[], cleanup: ViewCleanup): Promise<void> {
+  const actions: unknown[] = [];
+  for (const { disk, parent } of opened) {
+    actions.push({ type: 'block-dirty-bitmap-add', data: { node: disk.id, name: `${BITMAP_PREFIX}${backupId}`, granularity: CHUNK_BYTES, persistent: false } });
+    if (parent) actions.push({ type: 'block-dirty-bitmap-disable', data: { node: disk.id, name: parent.bitmap } });
+    actions.push({
+      type: 'blockdev-backup',
+      data: { 'job-id': `${NODE_PREFIX}${disk.id}`, device: disk.id, target: `${NODE_PREFIX}${disk.id}`, sync: 'none' },
+    });
+  }
+  await qemu.qmp.execute('transaction', { actions });
+  cleanup.jobsStarted = true;
+}
+
+/** The chunks that bitmap `bitmap` marks as written, read through the export of disk `diskId`. */
+async function changedChunks(socket: string, diskId: string, bitmap: string): Promise<Set<number>> {
+  const chunks = new Set<number>();
+  const extents = await readMetaContext({ path: socket, exportName: diskId, context: `qemu:dirty-bitmap:${bitmap}` });
+  // qemu:dirty-bitmap: bit 0 set means dirty.
+  for (const extent of extents.filter((e) => (e.flags & 1) !== 0))
+    for (let chunk = Math.floor(extent.offset / CHUNK_BYTES); chunk * CHUNK_BYTES < extent.offset + extent.length; chunk += 1) chunks.add(chunk);
+  return chunks;
+}
+
+/** A qemu-storage-daemon that mounts each disk's export as a file at its `path`; resolves once all are mounted. */
+async function mountViews(runDir: string, opened: OpenedDisk[]): Promise<ChildProcess> {
+  const args = ['--pidfile', join(runDir, DAEMON_PIDFILE)];
+  for (const [index, { disk, path }] of opened.entries()) {
+    await (await open(path, 'w', 0o600)).close();
+    const node = `view${index}`;
+    args.push(
+      '--blockdev',
+      JSON.stringify({ driver: 'nbd', 'node-name': node, 'read-only': true, server: { type: 'unix', path: join(runDir, NBD_SOCKET) }, export: disk.id }),
+      '--export',
+      JSON.stringify({ type: 'fuse', id: node, 'node-name': node, mountpoint: path, writable: false }),
+    );
+  }
+  const daemon = spawn('qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  daemon.stderr?.on('data', (data: Buffer) => (stderr = (stderr + data.toString('utf8')).slice(-2000)));
+  const deadline = Date.now() + MOUNT_TIMEOUT_MS;
+  for (;;) {
+    const sizes = await Promise.all(
+      opened.map(({ path }) =>
+        stat(path).then(
+          (s) => s.size,
+          () => -1,
+        ),
+      ),
+    );
+    if (sizes.every((size, index) => size === opened[index].sizeBytes)) return daemon;
+    if (daemon.exitCode !== null || daemon.signalCode !== null || Date.now() > deadline) {
+      daemon.kill();
+      throw new NubisError(
+        'BACKUP_FAILED',
+        `Mounting the disks' point-in-time views failed: ${stderr.trim() || 'qemu-storage-daemon did not mount them in time'}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** What a backup's views set up, undone in reverse; each step goes on when an earlier one failed. */
+class ViewCleanup {
+  fleeces: Array<{ node: string; file: string }> = [];
+  jobsStarted = false;
+  nbdServer = false;
+  daemon?: ChildProcess;
+
+  constructor(
+    readonly qemu: Qemu,
+    readonly runDir: string,
+  ) {}
+
+  async run(backupId: string, opened: OpenedDisk[], committed: boolean): Promise<void> {
+    if (this.daemon) await stopDaemon(this.daemon);
+    for (const { path } of opened) await unmount(path);
+    if (this.nbdServer) await this.qemu.qmp.execute('nbd-server-stop').catch(() => undefined);
+    if (this.jobsStarted) await cancelJobs(this.qemu);
+    for (const fleece of this.fleeces) {
+      await this.qemu.qmp.execute('blockdev-del', { 'node-name': fleece.node }).catch(() => undefined);
+      await rm(fleece.file, { force: true });
+    }
+    for (const { disk, parent, path } of opened) {
+      await rm(path, { force: true });
+      if (!this.jobsStarted) continue;
+      // Kept: the bitmap of the backup now in the store. Removed: the one it replaces, and both when it failed.
+      const drop = committed ? [parent?.bitmap] : [parent?.bitmap, `${BITMAP_PREFIX}${backupId}`];
+      for (const name of drop) if (name) await this.qemu.qmp.execute('block-dirty-bitmap-remove', { node: disk.id, name }).catch(() => undefined);
+    }
+  }
+}
+
+async function stopDaemon(daemon: ChildProcess): Promise<void> {
+  if (daemon.exitCode !== null || daemon.signalCode !== null) return;
+  const exited = new Promise((resolve) => daemon.once('exit', resolve));
+  daemon.kill('SIGTERM');
+  const timer = setTimeout(() => daemon.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** A FUSE mount whose daemon died stays mounted (and unreadable) until unmounted. */
+async function unmount(path: string): Promise<void> {
+  const mounts = await readFile('/proc/self/mounts', 'utf8').catch(() => '');
+  if (mounts.split('\n').some((line) => line.split(' ')[1] === path)) await runCommand('umount', ['-l', path], { timeoutMs: 10_000 }).catch(() => undefined);
+}
+
+/** Cancels the fleecing jobs (a `sync=none` job runs until cancelled) and waits for them to end. */
+async function cancelJobs(qemu: Qemu): Promise<void> {
+  const jobs = async () => (await qemu.qmp.execute<Array<{ device: string }>>('query-block-jobs')).filter((job) => job.device.startsWith(NODE_PREFIX));
+  for (const job of await jobs()) await qemu.qmp.execute('block-job-cancel', { device: job.device, force: true }).catch(() => undefined);
+  const deadline = Date.now() + 60_000;
+  while ((await jobs()).length > 0) {
+    if (Date.now() > deadline) throw new NubisError('BACKUP_FAILED', 'A backup job did not end within 60 s of being cancelled');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * Ends what a backup left when its agent was killed midway (QEMU and the storage daemon outlive
+ * it): the daemon and its mounts, the exports and NBD server, the jobs, the fleece nodes and
+ * files. Otherwise the next backup's names would be taken.
+ */
+async function endLeftBackupWork(qemu: Qemu, runDir: string): Promise<void> {
+  const pidfile = join(runDir, DAEMON_PIDFILE);
+  const pid = Number((await readFile(pidfile, 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(pid) && pid > 1) {
+    // Only the daemon that wrote this pidfile: a recycled pid belongs to someone else.
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('qemu-storage-daemon') && cmdline.includes(pidfile)) process.kill(pid, 'SIGKILL');
+  }
+  await rm(pidfile, { force: true });
+  const exports = await qemu.qmp.execute<Array<{ id: string }>>('query-block-exports').catch(() => [] as Array<{ id: string }>);
+  if (exports.some((e) => e.id.startsWith(NODE_PREFIX))) await qemu.qmp.execute('nbd-server-stop').catch(() => undefined);
+  await cancelJobs(qemu);
+  const nodes = await qemu.qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
+  for (const node of nodes.filter((n) => n['node-name'].startsWith(NODE_PREFIX)))
+    await qemu.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
+  for (const name of await readdir(runDir).catch(() => [] as string[]))
+    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.(raw|fleece\.qcow2)$/.test(name)) {
+      await unmount(join(runDir, name));
+      await rm(join(runDir, name), { force: true });
+    }
+  await rm(join(runDir, NBD_SOCKET), { force: true });
+}
