@@ -21,8 +21,8 @@ export type FaultPoint =
   | 'storage.volume-delete.before-purge'
   // backup/store/chunk-store.ts: every chunk of a backup is stored, the backup not yet committed.
   | 'backup.commit.before-write'
-  // host/vm-backup.ts: a running VM's copy jobs and target nodes are in its QEMU.
-  | 'backup.agent.after-copy-start';
+  // host/backup-views.ts: a running VM's fleecing jobs, exports and NBD server are in its QEMU, its views mounted by a storage daemon.
+  | 'backup.agent.after-views-mounted';
 
 export async function faultPoint(name: FaultPoint): Promise<void> {
   const armed = process.env.NUBIS_FAULT_POINTS?.split(',') ?? [];

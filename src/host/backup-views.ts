@@ -11,6 +11,13 @@
  * a `qemu-storage-daemon` of the agent's mounts each export as a file (a FUSE export), which the
  * chunker and the catalog's debugfs read like any file.
  *
+ * `run/` is the one folder the VM's unprivileged QEMU may write, so a QEMU taken over by its guest
+ * could put a symlink there to make the agent (root) read another file into the VM's backup, or
+ * another VM's socket. So the agent reads nothing by a path in `run/`: the views are mounted in
+ * the VM's `backup/` folder (root's, 0700), and QEMU's socket is hard-linked there (a link to the
+ * socket itself, never through a symlink) and checked to be a socket of the VM's user before
+ * anything connects to it.
+ *
  * What changed: the same transaction adds a dirty bitmap `nubis-cbt-<backup id>` to every disk
  * (granularity: one backup chunk), which records every write from that instant on. At the next
  * backup, that bitmap says which chunks differ from that backup: the transaction freezes it
@@ -20,14 +27,15 @@
  * when its backup is in the store, its disk has the same size, and QEMU kept it recording and
  * consistent; otherwise every chunk is read (as the first backup does), which is always right.
  *
- * The bitmaps live in QEMU's memory only, for the life of one QEMU process: a stop, a restart, a
- * snapshot rollback (which stops QEMU) or a migration (a new QEMU) ends them, so no write can
- * reach a disk unseen by its bitmap. The next backup then reads in full once, and sends only what
- * changed all the same (chunk ids are content ids). When a backup fails, both its new bitmap and
- * the one it froze are removed, so the next one reads in full too.
+ * The bitmaps live in QEMU's memory only, for the life of one QEMU process, and go along with a
+ * live migration (the `dirty-bitmaps` capability: the destination's QEMU records on from where
+ * the source's stopped). A stop, a restart or a snapshot rollback (which stops QEMU) ends them,
+ * so no write can reach a disk unseen by its bitmap. The next backup then reads in full once,
+ * and sends only what changed all the same (chunk ids are content ids). When a backup fails,
+ * both its new bitmap and the one it froze are removed, so the next one reads in full too.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chown, open, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { chown, link, lstat, mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CHUNK_BYTES } from '../backup/chunk-crypto.ts';
 import type { BackupManifestDisk } from '../backup/manifest.ts';
@@ -39,12 +47,21 @@ import type { SnapshotHost } from './vm-snapshot-control.ts';
 
 type Qemu = NonNullable<ReturnType<SnapshotHost['qemu']>>;
 
+/**
+ * The migration capability both ends of a live migration turn on so that the bitmaps go along
+ * with the VM (QEMU matches them by node name, which is the disk's id on both ends).
+ */
+export const MIGRATED_BITMAPS = 'dirty-bitmaps';
+
 /** Dirty bitmaps named so record the writes since the instant of the backup whose id follows. */
 const BITMAP_PREFIX = 'nubis-cbt-';
+const BACKUP_ID = /^bak-[0-9a-f]{12}$/;
 /** Names of the fleece nodes, block jobs and exports of a backup in the VM's QEMU. */
 const NODE_PREFIX = 'backup-';
 const NBD_SOCKET = 'backup-nbd.sock';
-const DAEMON_PIDFILE = 'backup-views.pid';
+const DAEMON_PIDFILE = 'views.pid';
+/** The folder of the VM's directory where the agent keeps a backup's views: root's alone. */
+export const VIEWS_FOLDER = 'backup';
 /** A FUSE mount of a few exports takes milliseconds; this bounds a stuck one. */
 const MOUNT_TIMEOUT_MS = 30_000;
 
@@ -88,13 +105,14 @@ export async function openBackupViews(
   const qemu = host.qemu();
   if (!qemu) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} has no running QEMU to take a backup through`);
   const runDir = join(host.dir, 'run');
-  await endLeftBackupWork(qemu, runDir);
+  const viewsDir = await viewsFolderOf(host.dir);
+  await endLeftBackupWork(qemu, runDir, viewsDir);
   const nodes = await qemu.qmp.execute<Array<{ 'node-name': string; image: { 'virtual-size': number }; 'dirty-bitmaps'?: DirtyBitmapInfo[] }>>(
     'query-named-block-nodes',
     { flat: true },
   );
   const opened: OpenedDisk[] = [];
-  const cleanup = new ViewCleanup(qemu, runDir);
+  const cleanup = new ViewCleanup(qemu);
   try {
     for (const disk of request.disks) {
       const node = nodes.find((n) => n['node-name'] === disk.id);
@@ -112,12 +130,13 @@ export async function openBackupViews(
         backing: disk.id,
       });
       cleanup.fleeces.push({ node: `${NODE_PREFIX}${disk.id}`, file: fleece });
-      opened.push({ disk, sizeBytes, parent, path: join(runDir, `${request.backupId}-${disk.id}.raw`) });
+      opened.push({ disk, sizeBytes, parent, path: join(viewsDir, `${request.backupId}-${disk.id}.raw`) });
     }
     await startFleecing(qemu, request.backupId, opened, cleanup);
-    await faultPoint('backup.agent.after-copy-start');
     await qemu.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: join(runDir, NBD_SOCKET) } } });
     cleanup.nbdServer = true;
+    cleanup.files.push(join(runDir, NBD_SOCKET), join(viewsDir, NBD_SOCKET), join(viewsDir, DAEMON_PIDFILE));
+    const socket = await pinnedSocket(join(runDir, NBD_SOCKET), join(viewsDir, NBD_SOCKET), host.spec().unixUid);
     for (const { disk, parent } of opened)
       await qemu.qmp.execute('block-export-add', {
         type: 'nbd',
@@ -129,10 +148,11 @@ export async function openBackupViews(
       });
     const views: DiskView[] = [];
     for (const { disk, sizeBytes, parent, path } of opened) {
-      const chunks = parent ? await changedChunks(join(runDir, NBD_SOCKET), disk.id, parent.bitmap) : undefined;
+      const chunks = parent ? await changedChunks(socket, disk.id, parent.bitmap) : undefined;
       views.push({ path, sizeBytes, ...(parent && chunks ? { changed: { since: parent.since, chunks, parent: parent.disk } } : {}) });
     }
-    cleanup.daemon = await mountViews(runDir, opened);
+    cleanup.daemon = await mountViews(viewsDir, socket, opened);
+    await faultPoint('backup.agent.after-views-mounted');
     return { views, close: (committed) => cleanup.run(request.backupId, opened, committed) };
   } catch (error) {
     await cleanup.run(request.backupId, opened, false);
@@ -164,7 +184,15 @@ async function usableParent(
   const ours = bitmaps.filter((bitmap) => bitmap.name.startsWith(BITMAP_PREFIX));
   let parent: OpenedDisk['parent'];
   for (const bitmap of ours) {
-    if (parent || !bitmap.recording || bitmap.busy || bitmap.inconsistent || bitmap.granularity !== CHUNK_BYTES) continue;
+    if (
+      parent ||
+      !BACKUP_ID.test(bitmap.name.slice(BITMAP_PREFIX.length)) ||
+      !bitmap.recording ||
+      bitmap.busy ||
+      bitmap.inconsistent ||
+      bitmap.granularity !== CHUNK_BYTES
+    )
+      continue;
     const since = bitmap.name.slice(BITMAP_PREFIX.length);
     const disk = await parentDisk(since, diskId).catch(() => undefined);
     if (disk && disk.sizeBytes === sizeBytes && disk.chunks.length === Math.ceil(sizeBytes / CHUNK_BYTES)) parent = { bitmap: bitmap.name, since, disk };
@@ -199,15 +227,44 @@ async function changedChunks(socket: string, diskId: string, bitmap: string): Pr
   return chunks;
 }
 
+/** The VM's `backup/` folder (see the file header), made root's alone whatever it was. */
+export async function viewsFolderOf(vmDir: string): Promise<string> {
+  const dir = join(vmDir, VIEWS_FOLDER);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const info = await lstat(dir);
+  if (!info.isDirectory() || info.uid !== 0 || (info.mode & 0o077) !== 0)
+    throw new NubisError('BACKUP_FAILED', `${dir} is not a folder of root's alone (mode 0700); remove it and try again`);
+  return dir;
+}
+
+/**
+ * A hard link at `pinned` (a folder only root writes) to the socket QEMU made at `made`: link(2)
+ * links a symlink itself, never its target, so `pinned` is whatever `made` was, and it is used
+ * only when that is a socket of the VM's user `uid`.
+ */
+async function pinnedSocket(made: string, pinned: string, uid: number | undefined): Promise<string> {
+  await rm(pinned, { force: true });
+  await link(made, pinned);
+  const info = await lstat(pinned);
+  if (!info.isSocket() || (uid !== undefined && info.uid !== uid)) {
+    await rm(pinned, { force: true });
+    throw new NubisError(
+      'BACKUP_FAILED',
+      `${made} is not the socket the VM's QEMU made (a ${info.isSymbolicLink() ? 'symlink' : 'file'} of uid ${info.uid}); the backup reads nothing through it`,
+    );
+  }
+  return pinned;
+}
+
 /** A qemu-storage-daemon that mounts each disk's export as a file at its `path`; resolves once all are mounted. */
-async function mountViews(runDir: string, opened: OpenedDisk[]): Promise<ChildProcess> {
-  const args = ['--pidfile', join(runDir, DAEMON_PIDFILE)];
+async function mountViews(viewsDir: string, socket: string, opened: OpenedDisk[]): Promise<ChildProcess> {
+  const args = ['--pidfile', join(viewsDir, DAEMON_PIDFILE)];
   for (const [index, { disk, path }] of opened.entries()) {
     await (await open(path, 'w', 0o600)).close();
     const node = `view${index}`;
     args.push(
       '--blockdev',
-      JSON.stringify({ driver: 'nbd', 'node-name': node, 'read-only': true, server: { type: 'unix', path: join(runDir, NBD_SOCKET) }, export: disk.id }),
+      JSON.stringify({ driver: 'nbd', 'node-name': node, 'read-only': true, server: { type: 'unix', path: socket }, export: disk.id }),
       '--export',
       JSON.stringify({ type: 'fuse', id: node, 'node-name': node, mountpoint: path, writable: false }),
     );
@@ -240,19 +297,19 @@ async function mountViews(runDir: string, opened: OpenedDisk[]): Promise<ChildPr
 /** What a backup's views set up, undone in reverse; each step goes on when an earlier one failed. */
 class ViewCleanup {
   fleeces: Array<{ node: string; file: string }> = [];
+  /** The sockets and the daemon's pidfile. */
+  files: string[] = [];
   jobsStarted = false;
   nbdServer = false;
   daemon?: ChildProcess;
 
-  constructor(
-    readonly qemu: Qemu,
-    readonly runDir: string,
-  ) {}
+  constructor(readonly qemu: Qemu) {}
 
   async run(backupId: string, opened: OpenedDisk[], committed: boolean): Promise<void> {
     if (this.daemon) await stopDaemon(this.daemon);
     for (const { path } of opened) await unmount(path);
     if (this.nbdServer) await this.qemu.qmp.execute('nbd-server-stop').catch(() => undefined);
+    for (const file of this.files) await rm(file, { force: true });
     if (this.jobsStarted) await cancelJobs(this.qemu);
     for (const fleece of this.fleeces) {
       await this.qemu.qmp.execute('blockdev-del', { 'node-name': fleece.node }).catch(() => undefined);
@@ -299,15 +356,8 @@ async function cancelJobs(qemu: Qemu): Promise<void> {
  * it): the daemon and its mounts, the exports and NBD server, the jobs, the fleece nodes and
  * files. Otherwise the next backup's names would be taken.
  */
-async function endLeftBackupWork(qemu: Qemu, runDir: string): Promise<void> {
-  const pidfile = join(runDir, DAEMON_PIDFILE);
-  const pid = Number((await readFile(pidfile, 'utf8').catch(() => '')).trim());
-  if (Number.isInteger(pid) && pid > 1) {
-    // Only the daemon that wrote this pidfile: a recycled pid belongs to someone else.
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.includes('qemu-storage-daemon') && cmdline.includes(pidfile)) process.kill(pid, 'SIGKILL');
-  }
-  await rm(pidfile, { force: true });
+async function endLeftBackupWork(qemu: Qemu, runDir: string, viewsDir: string): Promise<void> {
+  await endLeftViews(viewsDir);
   const exports = await qemu.qmp.execute<Array<{ id: string }>>('query-block-exports').catch(() => [] as Array<{ id: string }>);
   if (exports.some((e) => e.id.startsWith(NODE_PREFIX))) await qemu.qmp.execute('nbd-server-stop').catch(() => undefined);
   await cancelJobs(qemu);
@@ -315,9 +365,24 @@ async function endLeftBackupWork(qemu: Qemu, runDir: string): Promise<void> {
   for (const node of nodes.filter((n) => n['node-name'].startsWith(NODE_PREFIX)))
     await qemu.qmp.execute('blockdev-del', { 'node-name': node['node-name'] }).catch(() => undefined);
   for (const name of await readdir(runDir).catch(() => [] as string[]))
-    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.(raw|fleece\.qcow2)$/.test(name)) {
-      await unmount(join(runDir, name));
-      await rm(join(runDir, name), { force: true });
-    }
+    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.fleece\.qcow2$/.test(name)) await rm(join(runDir, name), { force: true });
   await rm(join(runDir, NBD_SOCKET), { force: true });
+}
+
+/**
+ * Ends the storage daemon a killed agent left, and the views it mounted in `viewsDir`: a mount
+ * outlives its daemon, and would keep the VM's folder from being removed.
+ */
+export async function endLeftViews(viewsDir: string): Promise<void> {
+  const pidfile = join(viewsDir, DAEMON_PIDFILE);
+  const pid = Number((await readFile(pidfile, 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(pid) && pid > 1) {
+    // Only the daemon that wrote this pidfile: a recycled pid belongs to someone else.
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('qemu-storage-daemon') && cmdline.includes(pidfile)) process.kill(pid, 'SIGKILL');
+  }
+  for (const name of await readdir(viewsDir).catch(() => [] as string[])) {
+    await unmount(join(viewsDir, name));
+    await rm(join(viewsDir, name), { force: true });
+  }
 }

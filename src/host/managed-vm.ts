@@ -23,6 +23,8 @@ import { type VmRecord, VmRecordFile } from './vm-record-file.ts';
 import { createBootOverlay, createMirrorCopy, giveHotplugDisk, ownSocket, takeDisksBack } from './vm-files.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
+import { join } from 'node:path';
+import { endLeftViews, MIGRATED_BITMAPS, VIEWS_FOLDER } from './backup-views.ts';
 
 /** What every managed VM of a host shares: its QEMU driver, its hooks and its settings. */
 export interface ManagedVmContext {
@@ -378,7 +380,7 @@ export class ManagedVm {
           incoming: 'defer',
           events: this.#events(),
         });
-        await qemu.setMigrationCapabilities(capabilities);
+        await qemu.setMigrationCapabilities({ ...capabilities, [MIGRATED_BITMAPS]: true });
         if (tls) await qemu.loadMigrationTls(tls);
         if (mirror && mirror.diskIds.length > 0) await qemu.exportDisksForMirror(mirror.diskIds, mirror.listen);
         await qemu.acceptIncomingMigration(listenUri);
@@ -608,6 +610,7 @@ export class ManagedVm {
   async #remove(): Promise<void> {
     this.#lanes.markRemoved();
     this.#context.onRemoved(this);
+    await endLeftViews(join(this.#file.dir, VIEWS_FOLDER));
     await this.#file.remove();
   }
 }

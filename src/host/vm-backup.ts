@@ -31,7 +31,7 @@ import { backupKeysOf, CHUNK_BYTES, chunkIdOf, sealChunk, sealManifest, type Bac
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
 import { type BackupManifest, type BackupManifestDisk, readBackupDisk, readBackupManifest } from '../backup/manifest.ts';
-import { type BackupViews, type DiskView, openBackupViews } from './backup-views.ts';
+import { type BackupViews, type DiskView, openBackupViews, viewsFolderOf } from './backup-views.ts';
 import { writeRawDisk } from '../backup/raw-disk.ts';
 import { ProofKey, tagChunk } from '../backup/proof/por.ts';
 import { listDiskFiles } from '../backup/search/disk-files.ts';
@@ -136,9 +136,9 @@ async function openDisks(
     };
     return openBackupViews(host, { backupId: request.backupId, disks: sources, parentDisk });
   }
-  const runDir = join(host.dir, 'run');
-  await removeLeftCopies(runDir);
-  const copies = sources.map((source) => join(runDir, `${request.backupId}-${source.id}.raw`));
+  const viewsDir = await viewsFolderOf(host.dir);
+  await removeLeftCopies(viewsDir);
+  const copies = sources.map((source) => join(viewsDir, `${request.backupId}-${source.id}.raw`));
   const close = async () => {
     for (const copy of copies) await rm(copy, { force: true });
   };
@@ -161,9 +161,8 @@ async function openDisks(
 }
 
 /** Removes the copies a backup of a stopped VM left when its agent was killed midway (backups of a VM run one at a time). */
-async function removeLeftCopies(runDir: string): Promise<void> {
-  for (const name of await readdir(runDir).catch(() => [] as string[]))
-    if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(runDir, name), { force: true });
+async function removeLeftCopies(viewsDir: string): Promise<void> {
+  for (const name of await readdir(viewsDir)) if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(viewsDir, name), { force: true });
 }
 
 /** A catalog entry's id: which disk, and the path in it. */

@@ -6,6 +6,7 @@
  * reads (`migrationStatus`, `diskMirrors`) are not queued: the control plane polls them.
  */
 import type { MigrationTlsCredentials } from '../compute/qemu/migration-tls.ts';
+import { MIGRATED_BITMAPS } from './backup-views.ts';
 import type { QmpEvent } from '../compute/qmp/qmp-client.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmLanes } from './vm-lanes.ts';
@@ -108,8 +109,10 @@ export class VmMigrationControl {
         const mirrored = (options.mirroredDisks ?? []).length > 0;
         // Always: TLS of this migration, or none (a former migration's must not linger).
         await qemu.loadMigrationTls(options.tls);
-        // MIGRATION events are how this agent learns of the pre-switchover pause.
-        await qemu.setMigrationCapabilities({ ...options.capabilities, events: true, 'pause-before-switchover': mirrored });
+        // MIGRATION events are how this agent learns of the pre-switchover pause. The disks'
+        // dirty bitmaps go along, so the next backup on the destination still reads only what
+        // changed since the last one (host/backup-views.ts); the destination turns it on too.
+        await qemu.setMigrationCapabilities({ ...options.capabilities, events: true, 'pause-before-switchover': mirrored, [MIGRATED_BITMAPS]: true });
         await qemu.startMigration(uri, { downtimeLimitMs: options.downtimeLimitMs, maxBandwidthBytesPerSec: options.maxBandwidthBytesPerSec });
         return this.#options.status();
       },

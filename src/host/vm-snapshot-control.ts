@@ -188,8 +188,9 @@ export async function takeSnapshot(host: SnapshotHost, tag: string, withMemory: 
 /** Writes the paused guest's state to `file` and waits for it to be complete. */
 async function saveMemory(qemu: VmQemu, file: string): Promise<void> {
   await rm(file, { force: true });
-  // What a live migration into this QEMU may have turned on does not suit a file.
-  await qemu.setMigrationCapabilities({ 'postcopy-ram': false, 'pause-before-switchover': false });
+  // What a live migration into this QEMU may have turned on does not suit a file (and the QEMU
+  // that loads it expects no dirty bitmaps: they end with the QEMU, host/backup-views.ts).
+  await qemu.setMigrationCapabilities({ 'postcopy-ram': false, 'pause-before-switchover': false, 'dirty-bitmaps': false });
   await qemu.startMigration(`file:${file}`, { downtimeLimitMs: 300 });
   await migrationEnded(qemu, 'saving the memory');
 }

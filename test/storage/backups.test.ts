@@ -451,6 +451,10 @@ describe('backups of a VM into the backup store', () => {
   it('a backup interrupted by a killed store is never listed, and the previous one stays whole', async () => {
     await writeMarker('keeper', `charlie-${randomBytes(4).toString('hex')}`);
     const previous = await nubis.cliJson<Backup>(['backup', 'create', 'keeper']);
+    assert.ok(
+      previous.disks.every((d) => d.changedSince === undefined && d.readBytes === d.sizeBytes),
+      "the VM's bitmap is since a backup deleted meanwhile, so it is not trusted: every chunk is read",
+    );
     await writeMarker('keeper', `delta-${randomBytes(4).toString('hex')}`);
     // The store stopped once it has every chunk of a backup and before it commits it.
     const failed = await killedAt('backup-store', 'backup.commit.before-write', () => nubis.cli(['backup', 'create', 'keeper']));
@@ -469,8 +473,9 @@ describe('backups of a VM into the backup store', () => {
 
   it('a backup whose agent is killed midway leaves nothing in the way of the next one', async () => {
     const before = (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id);
-    // The agent stopped once the copy jobs run in the VM's QEMU (which outlives it).
-    const failed = await killedAt('agent-host-1', 'backup.agent.after-copy-start', () => nubis.cli(['backup', 'create', 'keeper']));
+    // The agent stopped once its views are mounted: the jobs, exports and NBD server in the VM's QEMU
+    // and the storage daemon with its mounts all outlive it.
+    const failed = await killedAt('agent-host-1', 'backup.agent.after-views-mounted', () => nubis.cli(['backup', 'create', 'keeper']));
     assert.notEqual(failed.code, 0, 'the interrupted backup failed');
     assert.deepEqual(
       (await nubis.cliJson<Backup[]>(['backup', 'list'])).map((b) => b.id),
@@ -483,12 +488,13 @@ describe('backups of a VM into the backup store', () => {
       next.disks.map(() => [undefined, true]),
       'after a failed backup no bitmap is trusted: every chunk is read once',
     );
-    const runDir = join(nubis.dataDir, 'hosts', 'host-1', 'vms', (await nubis.cliJson<Vm>(['vm', 'show', 'keeper'])).id, 'run');
+    const vmDir = join(nubis.dataDir, 'hosts', 'host-1', 'vms', (await nubis.cliJson<Vm>(['vm', 'show', 'keeper'])).id);
     assert.deepEqual(
-      readdirSync(runDir).filter((name) => name.endsWith('.raw') || name.endsWith('.qcow2')),
+      readdirSync(join(vmDir, 'run')).filter((name) => name.startsWith('bak-') || name.startsWith('backup-')),
       [],
-      'no view or fleece is left in the VM folder',
+      'no fleece or socket is left in the VM folder',
     );
-    assert.ok(!readFileSync('/proc/self/mounts', 'utf8').includes(runDir), 'no view is left mounted');
+    assert.deepEqual(readdirSync(join(vmDir, 'backup')), [], 'no view, socket or pidfile is left in the views folder');
+    assert.ok(!readFileSync('/proc/self/mounts', 'utf8').includes(vmDir), 'no view is left mounted');
   });
 });
