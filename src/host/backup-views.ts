@@ -35,8 +35,8 @@
  * both its new bitmap and the one it froze are removed, so the next one reads in full too.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chown, link, lstat, mkdir, open, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chown, link, lstat, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { CHUNK_BYTES } from '../backup/chunk-crypto.ts';
 import type { BackupManifestDisk } from '../backup/manifest.ts';
 import { NubisError } from '../core/errors.ts';
@@ -120,9 +120,7 @@ export async function openBackupViews(
       const sizeBytes = node.image['virtual-size'];
       const parent = await usableParent(qemu, disk.id, sizeBytes, node['dirty-bitmaps'] ?? [], request.parentDisk);
       const fleece = join(runDir, `${request.backupId}-${disk.id}.fleece.qcow2`);
-      await runCommand('qemu-img', ['create', '-q', '-f', 'qcow2', fleece, String(sizeBytes)], { timeoutMs: 30_000 });
-      const uid = host.spec().unixUid;
-      if (uid !== undefined && process.getuid?.() === 0) await chown(fleece, uid, uid);
+      await createFleece(join(viewsDir, basename(fleece)), fleece, sizeBytes, host.spec().unixUid);
       await qemu.qmp.execute('blockdev-add', {
         driver: 'qcow2',
         'node-name': `${NODE_PREFIX}${disk.id}`,
@@ -200,6 +198,17 @@ async function usableParent(
   for (const bitmap of ours)
     if (bitmap.name !== parent?.bitmap) await qemu.qmp.execute('block-dirty-bitmap-remove', { node: diskId, name: bitmap.name }).catch(() => undefined);
   return parent;
+}
+
+/**
+ * The fleece at `fleece` in `run/`, of the VM's user `uid` (its QEMU writes it): made at `made`,
+ * in root's folder, then renamed into place. rename(2) replaces whatever is at `fleece`, a
+ * symlink too, where making it there would follow a symlink QEMU put in its way.
+ */
+async function createFleece(made: string, fleece: string, sizeBytes: number, uid: number | undefined): Promise<void> {
+  await runCommand('qemu-img', ['create', '-q', '-f', 'qcow2', made, String(sizeBytes)], { timeoutMs: 30_000 });
+  if (uid !== undefined && process.getuid?.() === 0) await chown(made, uid, uid);
+  await rename(made, fleece);
 }
 
 /** One transaction, so one instant for every disk: new bitmaps start, the parents' freeze, the fleecing jobs start. */
