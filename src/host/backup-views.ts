@@ -149,7 +149,13 @@ export async function openBackupViews(
       const chunks = parent ? await changedChunks(socket, disk.id, parent.bitmap) : undefined;
       views.push({ path, sizeBytes, ...(parent && chunks ? { changed: { since: parent.since, chunks, parent: parent.disk } } : {}) });
     }
-    cleanup.daemon = await mountViews(viewsDir, socket, opened);
+    const nbd = (exportName: string) => ({ driver: 'nbd', server: { type: 'unix', path: socket }, export: exportName });
+    cleanup.daemon = (
+      await mountViews(
+        viewsDir,
+        opened.map(({ disk, path }) => ({ blockdev: nbd(disk.id), path })),
+      )
+    ).daemon;
     await faultPoint('backup.agent.after-views-mounted');
     return { views, close: (committed) => cleanup.run(request.backupId, opened, committed) };
   } catch (error) {
@@ -265,15 +271,24 @@ async function pinnedSocket(made: string, pinned: string, uid: number | undefine
   return pinned;
 }
 
-/** A qemu-storage-daemon that mounts each disk's export as a file at its `path`; resolves once all are mounted. */
-async function mountViews(viewsDir: string, socket: string, opened: OpenedDisk[]): Promise<ChildProcess> {
+/** A disk to mount as a file at `path`: how qemu-storage-daemon opens it (a blockdev, without its node name). */
+interface MountedDisk {
+  blockdev: Record<string, unknown>;
+  path: string;
+}
+
+/**
+ * A qemu-storage-daemon that mounts each disk as a file at its `path` (FUSE exports, read-only);
+ * resolves once all are mounted, with their sizes.
+ */
+async function mountViews(viewsDir: string, disks: MountedDisk[]): Promise<{ daemon: ChildProcess; sizes: number[] }> {
   const args = ['--pidfile', join(viewsDir, DAEMON_PIDFILE)];
-  for (const [index, { disk, path }] of opened.entries()) {
+  for (const [index, { blockdev, path }] of disks.entries()) {
     await (await open(path, 'w', 0o600)).close();
     const node = `view${index}`;
     args.push(
       '--blockdev',
-      JSON.stringify({ driver: 'nbd', 'node-name': node, 'read-only': true, server: { type: 'unix', path: socket }, export: disk.id }),
+      JSON.stringify({ ...blockdev, 'node-name': node, 'read-only': true }),
       '--export',
       JSON.stringify({ type: 'fuse', id: node, 'node-name': node, mountpoint: path, writable: false }),
     );
@@ -283,23 +298,52 @@ async function mountViews(viewsDir: string, socket: string, opened: OpenedDisk[]
   daemon.stderr?.on('data', (data: Buffer) => (stderr = (stderr + data.toString('utf8')).slice(-2000)));
   const deadline = Date.now() + MOUNT_TIMEOUT_MS;
   for (;;) {
+    // An unmounted mountpoint is the empty file made above; a mounted one has the disk's size.
     const sizes = await Promise.all(
-      opened.map(({ path }) =>
+      disks.map(({ path }) =>
         stat(path).then(
           (s) => s.size,
-          () => -1,
+          () => 0,
         ),
       ),
     );
-    if (sizes.every((size, index) => size === opened[index].sizeBytes)) return daemon;
+    if (sizes.every((size) => size > 0)) return { daemon, sizes };
     if (daemon.exitCode !== null || daemon.signalCode !== null || Date.now() > deadline) {
       daemon.kill();
-      throw new NubisError(
-        'BACKUP_FAILED',
-        `Mounting the disks' point-in-time views failed: ${stderr.trim() || 'qemu-storage-daemon did not mount them in time'}`,
-      );
+      throw new NubisError('BACKUP_FAILED', `Mounting the disks as files failed: ${stderr.trim() || 'qemu-storage-daemon did not mount them in time'}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * The disks of a stopped VM as files, each opened read-only from where it lives (`blockdev`: its
+ * image file, or its storage-node volume over NBD) and mounted in the VM's `backup/` folder: read
+ * in place, with no copy and no room needed. No bitmap knows what changed, so every chunk is read.
+ */
+export async function openStoppedViews(
+  vmDir: string,
+  request: { backupId: string; disks: Array<{ id: string; blockdev: Record<string, unknown> }> },
+): Promise<BackupViews> {
+  const viewsDir = await viewsFolderOf(vmDir);
+  await endLeftViews(viewsDir);
+  const disks = request.disks.map(({ id, blockdev }) => ({ blockdev, path: join(viewsDir, `${request.backupId}-${id}.raw`) }));
+  let daemon: ChildProcess | undefined;
+  const close = async () => {
+    if (daemon) await stopDaemon(daemon);
+    for (const { path } of disks) {
+      await unmount(path);
+      await rm(path, { force: true });
+    }
+    await rm(join(viewsDir, DAEMON_PIDFILE), { force: true });
+  };
+  try {
+    const mounted = await mountViews(viewsDir, disks);
+    daemon = mounted.daemon;
+    return { views: disks.map(({ path }, index) => ({ path, sizeBytes: mounted.sizes[index] })), close: () => close() };
+  } catch (error) {
+    await close();
+    throw error;
   }
 }
 

@@ -11,8 +11,7 @@
  * chunks, and only chunks the store has not got are sealed and sent: a second backup sends only
  * what changed, whatever happened in between (a reboot, a live migration, a restart elsewhere),
  * since a chunk's id depends only on its content. Zero chunks are not sent at all. A stopped VM's
- * disks are copied as they are (`qemu-img convert`) and read whole; each copy is removed when
- * done, also on failure.
+ * disks are read where they live, whole, mounted as files the same way.
  *
  * Each chunk sent goes with its proof-of-retrievability tags (backup/proof/por.ts), so the
  * tenant can later check that the store still holds it without reading it back. And the files of
@@ -20,8 +19,7 @@
  * debugfs and our FAT reader, backup/search/) go into the backup's encrypted catalog, searchable
  * by word without the store learning the word (backup/search/sse-index.ts).
  */
-import { open, readdir, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { open, rm, stat } from 'node:fs/promises';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
@@ -31,7 +29,7 @@ import { backupKeysOf, CHUNK_BYTES, chunkIdOf, sealChunk, sealManifest, type Bac
 import type { BackupStoreClient } from '../backup/store-client.ts';
 import type { SnapshotHost } from './vm-snapshot-control.ts';
 import { type BackupManifest, type BackupManifestDisk, readBackupDisk, readBackupManifest } from '../backup/manifest.ts';
-import { type BackupViews, type DiskView, openBackupViews, viewsFolderOf } from './backup-views.ts';
+import { type BackupViews, type DiskView, openBackupViews, openStoppedViews } from './backup-views.ts';
 import { writeRawDisk } from '../backup/raw-disk.ts';
 import { ProofKey, tagChunk } from '../backup/proof/por.ts';
 import { listDiskFiles } from '../backup/search/disk-files.ts';
@@ -45,25 +43,35 @@ export type BackupDiskReport = TakenBackup['disks'][number];
 interface BackupSource {
   id: string;
   source: string;
-  /** A `qemu-img` source of the stopped VM's disk: a file, or an NBD URI. */
-  offline: { path: string; format: string };
+  /** How the stopped VM's disk is opened (a QEMU blockdev, read-only): its image file, or its volume over NBD. */
+  offline: Record<string, unknown>;
 }
 
 /** Chunks in flight per round trip to the store: 16 chunks, 64 MiB of memory at most. */
 const CHUNKS_PER_ROUND = 16;
-/** Copying a disk of many GiB under TCG may take long. */
+/** Converting a restored disk of many GiB may take long. */
 const COPY_TIMEOUT_MS = 3_600_000;
 
 /** The disks of `spec` a backup holds: every disk the guest can write. */
 export function backupSourcesOf(spec: VmSpec): BackupSource[] {
   const sources: BackupSource[] =
-    spec.boot.kind === 'disk' ? [{ id: BOOT_DISK_NODE, source: 'root', offline: { path: spec.boot.path, format: spec.boot.format } }] : [];
+    spec.boot.kind === 'disk' ? [{ id: BOOT_DISK_NODE, source: 'root', offline: imageFile(spec.boot.path, spec.boot.format) }] : [];
   for (const disk of spec.disks) {
     if (disk.readOnly) continue;
-    if (disk.kind === 'file') sources.push({ id: disk.id, source: disk.localVolume ?? disk.path, offline: { path: disk.path, format: disk.format } });
-    else sources.push({ id: disk.id, source: disk.exportName, offline: { path: `nbd+unix:///${disk.exportName}?socket=${disk.socketPath}`, format: 'raw' } });
+    if (disk.kind === 'file') sources.push({ id: disk.id, source: disk.localVolume ?? disk.path, offline: imageFile(disk.path, disk.format) });
+    else
+      sources.push({
+        id: disk.id,
+        source: disk.exportName,
+        offline: { driver: 'raw', file: { driver: 'nbd', server: { type: 'unix', path: disk.socketPath }, export: disk.exportName } },
+      });
   }
   return sources;
+}
+
+/** An image file opened read-only and shared (as `qemu-img -U`): its backing images may be open in running VMs. */
+function imageFile(path: string, format: string): Record<string, unknown> {
+  return { driver: format, 'force-share': true, file: { driver: 'file', filename: path } };
 }
 
 /** Takes backup `backupId` of the VM in `host` into the store (see the file header). */
@@ -113,9 +121,9 @@ export async function takeBackup(
 }
 
 /**
- * The disks as of one instant, as files: a running or paused VM's through its QEMU (point-in-time
- * views that know what changed since its last backup: host/backup-views.ts), a stopped VM's
- * copied as they are (`qemu-img convert`, every chunk read).
+ * The disks as of one instant, as files (host/backup-views.ts): a running or paused VM's through
+ * its QEMU (point-in-time views that know what changed since its last backup), a stopped VM's
+ * opened where they live (every chunk read).
  */
 async function openDisks(
   host: SnapshotHost,
@@ -136,33 +144,7 @@ async function openDisks(
     };
     return openBackupViews(host, { backupId: request.backupId, disks: sources, parentDisk });
   }
-  const viewsDir = await viewsFolderOf(host.dir);
-  await removeLeftCopies(viewsDir);
-  const copies = sources.map((source) => join(viewsDir, `${request.backupId}-${source.id}.raw`));
-  const close = async () => {
-    for (const copy of copies) await rm(copy, { force: true });
-  };
-  try {
-    const views = [];
-    for (const [index, source] of sources.entries()) {
-      await runCommand('qemu-img', ['convert', '-U', '-f', source.offline.format, '-O', 'raw', source.offline.path, copies[index]], {
-        timeoutMs: COPY_TIMEOUT_MS,
-        ...(request.signal ? { signal: request.signal } : {}),
-      }).catch((error: unknown) => {
-        throw new NubisError('BACKUP_FAILED', `Reading disk ${source.id} of VM ${host.name} failed: ${messageOf(error)}`, { cause: error });
-      });
-      views.push({ path: copies[index], sizeBytes: (await stat(copies[index])).size });
-    }
-    return { views, close };
-  } catch (error) {
-    await close();
-    throw error;
-  }
-}
-
-/** Removes the copies a backup of a stopped VM left when its agent was killed midway (backups of a VM run one at a time). */
-async function removeLeftCopies(viewsDir: string): Promise<void> {
-  for (const name of await readdir(viewsDir)) if (/^bak-[0-9a-f]{12}-[a-z][a-z0-9-]*\.raw$/.test(name)) await rm(join(viewsDir, name), { force: true });
+  return openStoppedViews(host.dir, { backupId: request.backupId, disks: sources.map(({ id, offline }) => ({ id, blockdev: offline })) });
 }
 
 /** A catalog entry's id: which disk, and the path in it. */
