@@ -1,6 +1,7 @@
 /**
- * Point-in-time views of a running VM's disks for a backup, and which of their chunks changed
- * since the VM's last backup (changed-block tracking), so that a backup reads only those.
+ * A VM's disks as files for a backup to read: of a running VM, point-in-time views and which of
+ * their chunks changed since the VM's last backup (changed-block tracking), so that a backup
+ * reads only those; of a stopped VM, its disks where they live (no copy), read whole.
  *
  * The view (image fleecing): one QMP `transaction` starts a `blockdev-backup` with `sync=none` of
  * every disk into a small qcow2 "fleece" whose backing is the disk itself. Reading the fleece
