@@ -12,7 +12,7 @@ import type { VmSpec } from '../compute/vm-spec.ts';
 import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { INITRD_FD, KERNEL_FD } from './launch-measurement.ts';
-import { giveDisksTo, giveFileTo, prepareVmFolder } from './vm-files.ts';
+import { giveDisksTo, giveFileTo, prepareVmFolder, templateGroupsOf } from './vm-files.ts';
 import { prepareUefiFirmware } from './vm-firmware.ts';
 import { launcherFor, vmUsersAvailable } from './vm-launcher.ts';
 import { startVmTpm, type VmTpm } from './vm-tpm.ts';
@@ -43,9 +43,11 @@ export async function prepareLaunchPlatform(spec: VmSpec, vmDir: string, options
   };
   try {
     const user = vmUsersAvailable() ? vmUserOf(spec) : undefined;
+    let templateGroups: number[] = [];
     if (user) {
       await prepareVmFolder(vmDir, runtimePathsOf(vmDir).runDir, user);
       await giveDisksTo(spec, user);
+      templateGroups = await templateGroupsOf(spec);
     }
     let qemuSpec = spec;
     if (spec.boot.kind === 'kernel') {
@@ -64,6 +66,7 @@ export async function prepareLaunchPlatform(spec: VmSpec, vmDir: string, options
       (await launcherFor(
         user,
         taps.map((tap) => ({ fd: tapFds[tap.nic], name: tap.name })),
+        templateGroups,
       ));
     return {
       platform: {

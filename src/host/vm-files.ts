@@ -17,11 +17,11 @@
  */
 import { execFile } from 'node:child_process';
 import { lstatSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
-import { type VmUser, vmUserOf } from '../compute/vm-user.ts';
+import { isVmUid, type VmUser, vmUserOf } from '../compute/vm-user.ts';
 import { liveRestoreSocketOf } from './dir-pools.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import { vmUsersAvailable } from './vm-launcher.ts';
@@ -91,6 +91,32 @@ export async function giveDisksTo(spec: Pick<VmSpec, 'name' | 'boot' | 'disks'>,
     await giveFileTo(path, user, `disk of VM ${spec.name}`);
     await giveRestoreSocket(liveRestoreSocketOf(path), user);
   }
+}
+
+/**
+ * The groups of the templates whose disks `spec`'s disks are linked clones of (files in their
+ * backing chains): a template's disks are root's and readable by its group alone, the template
+ * VM's own (vm-snapshot-control.ts `sealTemplate`; a template never runs), so that only the QEMUs
+ * of its clones, launched in that group too, can read them, and no other VM of the host can.
+ * Images (the VMs' common group) and backing files that are no plain file (a live restore's NBD
+ * export) add nothing.
+ */
+export async function templateGroupsOf(spec: Pick<VmSpec, 'boot' | 'disks'>): Promise<number[]> {
+  const groups = new Set<number>();
+  const disks = spec.disks.flatMap((disk) => (disk.kind === 'file' && !disk.readOnly ? [disk.path] : []));
+  if (spec.boot.kind === 'disk') disks.push(spec.boot.path);
+  for (const disk of disks) {
+    // One level at a time (qemu-img info opens no backing file), at most a few levels deep.
+    let path: string | undefined = disk;
+    for (let depth = 0; path && depth < 8; depth += 1) {
+      const info = JSON.parse((await runFile('qemu-img', ['info', '-U', '--output=json', path])).stdout) as { 'full-backing-filename'?: string };
+      path = info['full-backing-filename'];
+      if (!path?.startsWith('/')) break;
+      const backing = await stat(path).catch(() => undefined);
+      if (backing && isVmUid(backing.gid) && (backing.mode & 0o040) !== 0) groups.add(backing.gid);
+    }
+  }
+  return [...groups];
 }
 
 /** The socket of a live restore beside a volume, when there is one, given to the VM's user alone. */

@@ -96,10 +96,16 @@ export interface LaunchedTap {
 
 /**
  * How `user`'s processes are started: the launcher with its arguments up to the program, which
- * follows them (with `taps` opened on their descriptors for QEMU).
+ * follows them (with `taps` opened on their descriptors for QEMU, and `moreGroups` beside the
+ * VMs' own: the groups of the templates its disks are linked clones of, vm-files.ts).
  */
-export async function launcherFor(user: VmUser, taps: LaunchedTap[] = []): Promise<{ user: VmUser; command: string; args: string[] }> {
-  const args = ['--uid', String(user.uid), '--gid', String(user.gid), ...vmGroups().flatMap((gid) => ['--group', String(gid)])];
+export async function launcherFor(
+  user: VmUser,
+  taps: LaunchedTap[] = [],
+  moreGroups: number[] = [],
+): Promise<{ user: VmUser; command: string; args: string[] }> {
+  const groups = [...vmGroups(), ...moreGroups];
+  const args = ['--uid', String(user.uid), '--gid', String(user.gid), ...groups.flatMap((gid) => ['--group', String(gid)])];
   for (const tap of taps) args.push('--tap', `${tap.fd}:${tap.name}`);
   return { user, command: await launcherPath(), args: [...args, '--'] };
 }

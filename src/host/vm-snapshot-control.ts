@@ -32,7 +32,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
-import { VMS_GID } from '../compute/vm-user.ts';
+import { vmUserOf } from '../compute/vm-user.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmQemu } from './vm-qemu.ts';
 
@@ -282,15 +282,17 @@ function ignoreMissing(error: unknown, tag: string): void {
 }
 
 /**
- * Makes a stopped VM's disks a template's: root's, readable by the VMs' group only (0640, as
- * images are), so that the QEMUs of its linked clones, each running as a user of its own in that
- * group, can read them as the backing files of their overlays, and no other user of the host can;
- * nothing writes them again (a template never starts).
+ * Makes a stopped VM's disks a template's: root's, readable by the template VM's own group alone
+ * (0640), so that the QEMUs of its linked clones, each running as a user of its own and launched
+ * in that group too (vm-files.ts `templateGroupsOf`), can read them as the backing files of their
+ * overlays, and no other VM of the host (another tenant's) nor user can. The group has no other
+ * member: a template never starts, so nothing writes its disks again either.
  */
 export async function sealTemplate(host: SnapshotHost): Promise<void> {
   if (host.qemu()) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} runs; stop it before making it a template`);
+  const root = process.getuid?.() === 0;
   for (const disk of snapshotDisksOf(host.spec())) {
-    if (process.getuid?.() === 0) await chown(disk.path, 0, VMS_GID);
-    await chmod(disk.path, process.getuid?.() === 0 ? 0o640 : 0o644);
+    if (root) await chown(disk.path, 0, vmUserOf(host.spec()).gid);
+    await chmod(disk.path, root ? 0o640 : 0o644);
   }
 }

@@ -9,6 +9,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import type { Vm } from '../../src/wire/schemas.ts';
@@ -141,10 +143,14 @@ describe('VM snapshots, templates and clones', () => {
       const refused = await nubis.cli(args);
       assert.match(refused.stderr, /VM snappy is a template/, args.join(' '));
     }
+    // Readable by the template VM's own group alone: not by the group every VM's QEMU is in.
+    const templateUid = statSync(join(nubis.dataDir, 'hosts', template.host, 'vms', template.id, 'run')).uid;
+    const sealed = statSync(volumeFile);
+    assert.deepEqual([sealed.uid, sealed.gid, sealed.mode & 0o777], [0, templateUid, 0o640], "the template's disk: root's, its own group's");
     const clone = await nubis.cliJson<Vm>(['vm', 'clone', 'snappy', 'kid', '--linked']);
     assert.equal(clone.linkedTo, template.id);
     await untilReady('kid');
-    assert.equal(await readDisk('kid'), 'charlie-3', "the clone reads the template's disk");
+    assert.equal(await readDisk('kid'), 'charlie-3', "the clone reads the template's disk (its QEMU, of a uid of its own, is in the template's group)");
     const kidFile = execFileSync('find', [nubis.dataDir, '-name', 'kid-data.qcow2'], { encoding: 'utf8' }).trim();
     const backing = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', kidFile], { encoding: 'utf8' })) as { 'backing-filename'?: string };
     assert.equal(backing['backing-filename'], volumeFile, "the clone's disk is an overlay over the template's");
