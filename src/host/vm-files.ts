@@ -109,7 +109,11 @@ export async function templateGroupsOf(spec: Pick<VmSpec, 'boot' | 'disks'>): Pr
     // One level at a time (qemu-img info opens no backing file), at most a few levels deep.
     let path: string | undefined = disk;
     for (let depth = 0; path && depth < 8; depth += 1) {
-      const info = JSON.parse((await runFile('qemu-img', ['info', '-U', '--output=json', path])).stdout) as { 'full-backing-filename'?: string };
+      // A disk qemu-img cannot read is QEMU's to refuse, with its own error, not this lookup's.
+      const info = await runFile('qemu-img', ['info', '-U', '--output=json', path]).then(
+        ({ stdout }) => JSON.parse(stdout) as { 'full-backing-filename'?: string },
+        () => ({}) as { 'full-backing-filename'?: string },
+      );
       path = info['full-backing-filename'];
       if (!path?.startsWith('/')) break;
       const backing = await stat(path).catch(() => undefined);
