@@ -110,9 +110,9 @@ export async function templateGroupsOf(spec: Pick<VmSpec, 'boot' | 'disks'>): Pr
     let path: string | undefined = disk;
     for (let depth = 0; path && depth < 8; depth += 1) {
       // A disk qemu-img cannot read is QEMU's to refuse, with its own error, not this lookup's.
-      const info = await runFile('qemu-img', ['info', '-U', '--output=json', path]).then(
-        ({ stdout }) => JSON.parse(stdout) as { 'full-backing-filename'?: string },
-        () => ({}) as { 'full-backing-filename'?: string },
+      const info: { 'full-backing-filename'?: string } = await runFile('qemu-img', ['info', '-U', '--output=json', path]).then(
+        ({ stdout }) => JSON.parse(stdout),
+        () => ({}),
       );
       path = info['full-backing-filename'];
       if (!path?.startsWith('/')) break;
