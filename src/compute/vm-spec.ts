@@ -235,6 +235,12 @@ export const VmSpec = Type.Object(
     cpuControls: Type.Optional(CpuControls),
     /** The unprivileged uid (and gid) its QEMU and swtpm run as on every host (compute/vm-user.ts). */
     unixUid: Type.Optional(Type.Integer({ minimum: VM_UID_FIRST, maximum: VM_UID_LAST, format: 'int32' })),
+    /**
+     * A linked clone: the uid of its template, whose group alone may read the template's disks
+     * (host/vm-snapshot-control.ts `sealTemplate`); its QEMU is launched in that group too.
+     * Named by the control plane, never read from the clone's own disk files (its QEMU writes them).
+     */
+    templateUid: Type.Optional(Type.Integer({ minimum: VM_UID_FIRST, maximum: VM_UID_LAST, format: 'int32' })),
     ...TrustedLaunchFields,
   },
   { additionalProperties: false },

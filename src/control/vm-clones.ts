@@ -67,7 +67,7 @@ export async function cloneVm(
     }
     return await vms.create(await requestOf(db, template, spec, copies, request.name, project), {
       ...(spec.boot.kind === 'disk' ? { boot: { kind: 'disk', path: spec.boot.path, format: spec.boot.format, ...(linked ? {} : { copy: true }) } } : {}),
-      ...(linked ? { linkedTo: template.id } : {}),
+      ...(linked ? { linkedTo: template.id, ...(spec.unixUid !== undefined ? { templateUid: spec.unixUid } : {}) } : {}),
     });
   } catch (error) {
     for (const copy of made.reverse()) {

@@ -58,6 +58,8 @@ export type VmAction = 'start' | 'stop' | 'reboot' | 'pause' | 'resume';
 export interface VmCloneSource {
   boot?: VmSpec['boot'];
   linkedTo?: string;
+  /** A linked clone's template's uid (VmSpec `templateUid`). */
+  templateUid?: number;
 }
 
 type RecordedCreate = {
@@ -205,7 +207,11 @@ export class VmService {
       claim = this.#claim({ id, name: request.name }, 'create');
       const nics = await this.#allocateNics(id, plan, request.secgroups ?? []);
       const made = createSpecOf({ id, unixUid: await this.#uids.next() }, request, plan, nics, this.#images.filesOf(plan.image));
-      const unbound = clone?.boot ? { ...made, boot: clone.boot } : made;
+      const unbound = {
+        ...made,
+        ...(clone?.boot ? { boot: clone.boot } : {}),
+        ...(clone?.templateUid !== undefined ? { templateUid: clone.templateUid } : {}),
+      };
       if (request.ha) requireRestartable(request.name, unbound);
       const spec = await this.#storage.bindDisksToHost(unbound, host.name);
       bound = spec;

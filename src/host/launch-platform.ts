@@ -47,7 +47,7 @@ export async function prepareLaunchPlatform(spec: VmSpec, vmDir: string, options
     if (user) {
       await prepareVmFolder(vmDir, runtimePathsOf(vmDir).runDir, user);
       await giveDisksTo(spec, user);
-      templateGroups = await templateGroupsOf(spec);
+      templateGroups = templateGroupsOf(spec);
     }
     let qemuSpec = spec;
     if (spec.boot.kind === 'kernel') {

@@ -17,7 +17,7 @@
  */
 import { execFile } from 'node:child_process';
 import { lstatSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { DiskSpec, VmSpec } from '../compute/vm-spec.ts';
@@ -94,33 +94,15 @@ export async function giveDisksTo(spec: Pick<VmSpec, 'name' | 'boot' | 'disks'>,
 }
 
 /**
- * The groups of the templates whose disks `spec`'s disks are linked clones of (files in their
- * backing chains): a template's disks are root's and readable by its group alone, the template
- * VM's own (vm-snapshot-control.ts `sealTemplate`; a template never runs), so that only the QEMUs
- * of its clones, launched in that group too, can read them, and no other VM of the host can.
- * Images (the VMs' common group) and backing files that are no plain file (a live restore's NBD
- * export) add nothing.
+ * The groups of the templates whose disks `spec`'s disks are linked clones of: a template's disks
+ * are root's and readable by its group alone, the template VM's own (vm-snapshot-control.ts
+ * `sealTemplate`; a template never runs), so that only the QEMUs of its clones, launched in that
+ * group too, can read them, and no other VM of the host can. Which template is the control
+ * plane's word (the spec's `templateUid`), never the backing file named in a clone's qcow2
+ * header, which its QEMU can rewrite.
  */
-export async function templateGroupsOf(spec: Pick<VmSpec, 'boot' | 'disks'>): Promise<number[]> {
-  const groups = new Set<number>();
-  const disks = spec.disks.flatMap((disk) => (disk.kind === 'file' && !disk.readOnly ? [disk.path] : []));
-  if (spec.boot.kind === 'disk') disks.push(spec.boot.path);
-  for (const disk of disks) {
-    // One level at a time (qemu-img info opens no backing file), at most a few levels deep.
-    let path: string | undefined = disk;
-    for (let depth = 0; path && depth < 8; depth += 1) {
-      // A disk qemu-img cannot read is QEMU's to refuse, with its own error, not this lookup's.
-      const info: { 'full-backing-filename'?: string } = await runFile('qemu-img', ['info', '-U', '--output=json', path]).then(
-        ({ stdout }) => JSON.parse(stdout),
-        () => ({}),
-      );
-      path = info['full-backing-filename'];
-      if (!path?.startsWith('/')) break;
-      const backing = await stat(path).catch(() => undefined);
-      if (backing && isVmUid(backing.gid) && (backing.mode & 0o040) !== 0) groups.add(backing.gid);
-    }
-  }
-  return [...groups];
+export function templateGroupsOf(spec: Pick<VmSpec, 'templateUid'>): number[] {
+  return spec.templateUid !== undefined && isVmUid(spec.templateUid) ? [spec.templateUid] : [];
 }
 
 /** The socket of a live restore beside a volume, when there is one, given to the VM's user alone. */

@@ -32,7 +32,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { BOOT_DISK_NODE } from '../compute/qemu/command-line.ts';
 import type { VmSpec } from '../compute/vm-spec.ts';
-import { vmUserOf } from '../compute/vm-user.ts';
+import { VMS_GID } from '../compute/vm-user.ts';
 import { NubisError, messageOf } from '../core/errors.ts';
 import type { VmQemu } from './vm-qemu.ts';
 
@@ -291,8 +291,11 @@ function ignoreMissing(error: unknown, tag: string): void {
 export async function sealTemplate(host: SnapshotHost): Promise<void> {
   if (host.qemu()) throw new NubisError('VM_INVALID_STATE', `VM ${host.name} runs; stop it before making it a template`);
   const root = process.getuid?.() === 0;
+  // A VM made before VMs had uids of their own has no uid for its clones' specs to name: its
+  // template stays readable by every VM's group, as all templates were.
+  const group = host.spec().unixUid ?? VMS_GID;
   for (const disk of snapshotDisksOf(host.spec())) {
-    if (root) await chown(disk.path, 0, vmUserOf(host.spec()).gid);
+    if (root) await chown(disk.path, 0, group);
     await chmod(disk.path, root ? 0o640 : 0o644);
   }
 }
