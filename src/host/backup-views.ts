@@ -67,7 +67,7 @@ export const VIEWS_FOLDER = 'backup';
 const MOUNT_TIMEOUT_MS = 30_000;
 
 /** A disk of a running VM to back up: its block node and what the backup calls it. */
-export interface ViewedDisk {
+interface ViewedDisk {
   id: string;
   source: string;
 }
@@ -244,7 +244,7 @@ async function changedChunks(socket: string, diskId: string, bitmap: string): Pr
 }
 
 /** The VM's `backup/` folder (see the file header), made root's alone whatever it was. */
-export async function viewsFolderOf(vmDir: string): Promise<string> {
+async function viewsFolderOf(vmDir: string): Promise<string> {
   const dir = join(vmDir, VIEWS_FOLDER);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await lstat(dir);
