@@ -113,7 +113,7 @@ export async function openBackupViews(
     { flat: true },
   );
   const opened: OpenedDisk[] = [];
-  const cleanup = new ViewCleanup(qemu);
+  const cleanup = new ViewCleanup(qemu, viewsDir);
   try {
     for (const disk of request.disks) {
       const node = nodes.find((n) => n['node-name'] === disk.id);
@@ -134,7 +134,7 @@ export async function openBackupViews(
     await startFleecing(qemu, request.backupId, opened, cleanup);
     await qemu.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: join(runDir, NBD_SOCKET) } } });
     cleanup.nbdServer = true;
-    cleanup.files.push(join(runDir, NBD_SOCKET), join(viewsDir, NBD_SOCKET), join(viewsDir, DAEMON_PIDFILE));
+    cleanup.files.push(join(runDir, NBD_SOCKET));
     const socket = await pinnedSocket(join(runDir, NBD_SOCKET), join(viewsDir, NBD_SOCKET), host.spec().unixUid);
     for (const { disk, parent } of opened)
       await qemu.qmp.execute('block-export-add', {
@@ -327,16 +327,12 @@ export async function openStoppedViews(
   request: { backupId: string; disks: Array<{ id: string; blockdev: Record<string, unknown> }> },
 ): Promise<BackupViews> {
   const viewsDir = await viewsFolderOf(vmDir);
-  await endLeftViews(viewsDir);
+  await clearViews(viewsDir);
   const disks = request.disks.map(({ id, blockdev }) => ({ blockdev, path: join(viewsDir, `${request.backupId}-${id}.raw`) }));
   let daemon: ChildProcess | undefined;
   const close = async () => {
     if (daemon) await stopDaemon(daemon);
-    for (const { path } of disks) {
-      await unmount(path);
-      await rm(path, { force: true });
-    }
-    await rm(join(viewsDir, DAEMON_PIDFILE), { force: true });
+    await clearViews(viewsDir);
   };
   try {
     const mounted = await mountViews(viewsDir, disks);
@@ -351,17 +347,20 @@ export async function openStoppedViews(
 /** What a backup's views set up, undone in reverse; each step goes on when an earlier one failed. */
 class ViewCleanup {
   fleeces: Array<{ node: string; file: string }> = [];
-  /** The sockets and the daemon's pidfile. */
+  /** QEMU's socket in `run/` (what is in the views folder goes with it). */
   files: string[] = [];
   jobsStarted = false;
   nbdServer = false;
   daemon?: ChildProcess;
 
-  constructor(readonly qemu: Qemu) {}
+  constructor(
+    readonly qemu: Qemu,
+    readonly viewsDir: string,
+  ) {}
 
   async run(backupId: string, opened: OpenedDisk[], committed: boolean): Promise<void> {
     if (this.daemon) await stopDaemon(this.daemon);
-    for (const { path } of opened) await unmount(path);
+    await clearViews(this.viewsDir);
     if (this.nbdServer) await this.qemu.qmp.execute('nbd-server-stop').catch(() => undefined);
     for (const file of this.files) await rm(file, { force: true });
     if (this.jobsStarted) await cancelJobs(this.qemu);
@@ -369,8 +368,7 @@ class ViewCleanup {
       await this.qemu.qmp.execute('blockdev-del', { 'node-name': fleece.node }).catch(() => undefined);
       await rm(fleece.file, { force: true });
     }
-    for (const { disk, parent, path } of opened) {
-      await rm(path, { force: true });
+    for (const { disk, parent } of opened) {
       if (!this.jobsStarted) continue;
       // Kept: the bitmap of the backup now in the store. Removed: the one it replaces, and both when it failed.
       const drop = committed ? [parent?.bitmap] : [parent?.bitmap, `${BITMAP_PREFIX}${backupId}`];
@@ -411,7 +409,7 @@ async function cancelJobs(qemu: Qemu): Promise<void> {
  * files. Otherwise the next backup's names would be taken.
  */
 async function endLeftBackupWork(qemu: Qemu, runDir: string, viewsDir: string): Promise<void> {
-  await endLeftViews(viewsDir);
+  await clearViews(viewsDir);
   const exports = await qemu.qmp.execute<Array<{ id: string }>>('query-block-exports').catch(() => [] as Array<{ id: string }>);
   if (exports.some((e) => e.id.startsWith(NODE_PREFIX))) await qemu.qmp.execute('nbd-server-stop').catch(() => undefined);
   await cancelJobs(qemu);
@@ -424,10 +422,12 @@ async function endLeftBackupWork(qemu: Qemu, runDir: string, viewsDir: string): 
 }
 
 /**
- * Ends the storage daemon a killed agent left, and the views it mounted in `viewsDir`: a mount
- * outlives its daemon, and would keep the VM's folder from being removed.
+ * Empties the views folder `viewsDir`: ends the storage daemon its pidfile names (one a killed
+ * agent left, or one already asked to stop), unmounts each view (a mount outlives its daemon, and
+ * would keep the VM's folder from being removed) and removes every file. A VM's backups run one
+ * at a time, so whatever is in the folder is the current backup's or a dead one's.
  */
-export async function endLeftViews(viewsDir: string): Promise<void> {
+export async function clearViews(viewsDir: string): Promise<void> {
   const pidfile = join(viewsDir, DAEMON_PIDFILE);
   const pid = Number((await readFile(pidfile, 'utf8').catch(() => '')).trim());
   if (Number.isInteger(pid) && pid > 1) {

@@ -24,7 +24,7 @@ import { createBootOverlay, createMirrorCopy, giveHotplugDisk, ownSocket, takeDi
 import type { SnapshotHost } from './vm-snapshot-control.ts';
 import type { VmStatus } from '../agent-api/contract.ts';
 import { join } from 'node:path';
-import { endLeftViews, MIGRATED_BITMAPS, VIEWS_FOLDER } from './backup-views.ts';
+import { clearViews, MIGRATED_BITMAPS, VIEWS_FOLDER } from './backup-views.ts';
 
 /** What every managed VM of a host shares: its QEMU driver, its hooks and its settings. */
 export interface ManagedVmContext {
@@ -610,7 +610,7 @@ export class ManagedVm {
   async #remove(): Promise<void> {
     this.#lanes.markRemoved();
     this.#context.onRemoved(this);
-    await endLeftViews(join(this.#file.dir, VIEWS_FOLDER));
+    await clearViews(join(this.#file.dir, VIEWS_FOLDER));
     await this.#file.remove();
   }
 }

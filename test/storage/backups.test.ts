@@ -384,6 +384,11 @@ describe('backups of a VM into the backup store', () => {
     const stopped = await nubis.cliJson<Backup>(['backup', 'create', 'restored2']);
     assert.equal(stopped.vmState, 'stopped');
     assert.equal(stopped.sentBytes, 0, "its chunks are all in the store already (restored2's disk is backup 2's)");
+    // Sending nothing would also be what an unreadable disk (all zeros) gives: the data was read.
+    assert.ok(
+      stopped.disks.every((d) => d.readBytes === d.sizeBytes && d.zeroChunks < d.chunks),
+      `every disk read whole, with data in it: ${JSON.stringify(stopped.disks)}`,
+    );
     for (const backup of [...backups, stopped]) assert.equal((await nubis.cli(['backup', 'delete', backup.id])).code, 0);
     const collected = await nubis.cliJson<{ removedChunks: number }>(['backup', 'collect', '--grace', '0']);
     assert.equal(collected.removedChunks, 7 + docsChunks);
